@@ -1,0 +1,126 @@
+// The graph IR: SSA values, nodes with attributes, graphs with inputs, parameters, mutable state and outputs.
+
+import { Attrs, opDef, OpError } from './ops.ts';
+import { formatType, TensorType } from './shape.ts';
+
+/** Where a value comes from: a graph input, a parameter (weight), mutable state (KV cache), or a node. */
+export type ValueKind = 'input' | 'param' | 'state' | 'node';
+
+export class Value {
+  /** The node that computes this value; undefined for inputs, params and state. */
+  producer: Node | undefined = undefined;
+  constructor(
+    readonly kind: ValueKind,
+    public type: TensorType,
+    /** Name of an input, param or state; node results are numbered when printed. */
+    readonly name?: string,
+  ) {}
+}
+
+export interface Node {
+  readonly op: string;
+  inputs: Value[];
+  readonly attrs: Attrs;
+  readonly output: Value;
+  /** Source line of the model code that created the node, e.g. "examples/llama.ts:42". */
+  readonly loc?: string;
+}
+
+/** A state tensor's new value at the end of the graph (written back in place by the runtime). */
+export interface StateUpdate {
+  readonly state: Value;
+  readonly value: Value;
+}
+
+export class Graph {
+  readonly inputs: Value[] = [];
+  readonly params: Value[] = [];
+  readonly states: Value[] = [];
+  nodes: Node[] = [];
+  outputs: Value[] = [];
+  stateUpdates: StateUpdate[] = [];
+
+  constructor(readonly name: string) {}
+
+  addInput(name: string, type: TensorType): Value {
+    return this.declare(this.inputs, new Value('input', type, name));
+  }
+
+  addParam(name: string, type: TensorType): Value {
+    return this.declare(this.params, new Value('param', type, name));
+  }
+
+  addState(name: string, type: TensorType): Value {
+    return this.declare(this.states, new Value('state', type, name));
+  }
+
+  /** Appends a node, inferring its result type from the op registry; throws GraphError on a bad op or operands. */
+  addNode(op: string, inputs: Value[], attrs: Attrs = {}, loc?: string): Value {
+    const type = inferType(op, inputs.map((v) => v.type), attrs);
+    return this.appendNode(op, inputs, attrs, type, loc);
+  }
+
+  /** Appends a node whose type is already known (the parser, which checks it against inference in the verifier). */
+  appendNode(op: string, inputs: Value[], attrs: Attrs, type: TensorType, loc?: string): Value {
+    const output = new Value('node', type);
+    const node: Node = { op, inputs, attrs, output, loc };
+    output.producer = node;
+    this.nodes.push(node);
+    return output;
+  }
+
+  setState(state: Value, value: Value): void {
+    if (state.kind !== 'state') throw new GraphError(`${state.name ?? 'value'} is not a state tensor`);
+    this.stateUpdates = this.stateUpdates.filter((u) => u.state !== state);
+    this.stateUpdates.push({ state, value });
+  }
+
+  private declare(list: Value[], v: Value): Value {
+    const clash = [...this.inputs, ...this.params, ...this.states].find((u) => u.name === v.name);
+    if (clash) throw new GraphError(`graph @${this.name} already declares %${v.name}`);
+    list.push(v);
+    return v;
+  }
+}
+
+/** Several graphs over the same parameters and state (Llama: prefill and decode). */
+export interface Module {
+  graphs: Graph[];
+}
+
+export class GraphError extends Error {}
+
+export function inferType(op: string, inputs: readonly TensorType[], attrs: Attrs): TensorType {
+  const d = opDef(op);
+  if (!d) throw new GraphError(`unknown op '${op}'`);
+  if (d.arity === 'variadic' ? inputs.length < 1 : inputs.length !== d.arity) {
+    throw new GraphError(`${op} takes ${d.arity === 'variadic' ? 'one or more' : d.arity} operands, got ${inputs.length}`);
+  }
+  for (const [k, kind] of Object.entries(d.attrs)) {
+    if (!(k in attrs)) throw new GraphError(`${op} needs attribute ${k} (${kind})`);
+  }
+  for (const k of Object.keys(attrs)) {
+    if (!(k in d.attrs)) throw new GraphError(`${op} has no attribute ${k}`);
+  }
+  try {
+    return d.infer(inputs, attrs);
+  } catch (e) {
+    if (e instanceof OpError) {
+      throw new GraphError(`${op}(${inputs.map(formatType).join(', ')}): ${e.message}`);
+    }
+    throw e;
+  }
+}
+
+/** Values used by each value's consumers, in node order. */
+export function usersOf(g: Graph): Map<Value, Node[]> {
+  const users = new Map<Value, Node[]>();
+  for (const n of g.nodes) {
+    for (const v of n.inputs) {
+      const list = users.get(v);
+      if (list) list.push(n);
+      else users.set(v, [n]);
+    }
+  }
+  return users;
+}

@@ -1,0 +1,73 @@
+// The IR text format, printing side: one node per line, a type on every value, sorted attributes, the model's
+// source line as a trailing comment. Node results are renumbered in print order so dumps are deterministic.
+// ir/parser.ts reads the same text back; print → parse → print is byte-identical.
+
+import { Graph, Module, Node, Value } from './graph.ts';
+import { AttrValue, Attrs } from './ops.ts';
+import { formatType } from './shape.ts';
+
+export interface PrintOptions {
+  /** Print the source-line comments (golden tests leave them out). Default true. */
+  locations?: boolean;
+}
+
+/** Column at which source-line comments start, so they line up in a dump. */
+const LOC_COLUMN = 72;
+
+export function printModule(m: Module, opts: PrintOptions = {}): string {
+  return m.graphs.map((g) => printGraph(g, opts)).join('\n');
+}
+
+export function printGraph(g: Graph, opts: PrintOptions = {}): string {
+  const names = new Map<Value, string>();
+  for (const v of [...g.inputs, ...g.params, ...g.states]) names.set(v, `%${v.name}`);
+  g.nodes.forEach((n, i) => names.set(n.output, `%${i}`));
+  const ref = (v: Value): string => names.get(v) ?? `%<undefined ${formatType(v.type)}>`;
+
+  const lines: string[] = [];
+  const ins = g.inputs.map((v) => `${ref(v)}: ${formatType(v.type)}`).join(', ');
+  const outs = g.outputs.map((v) => formatType(v.type)).join(', ');
+  lines.push(`graph @${g.name}(${ins}) -> (${outs}) {`);
+  for (const p of g.params) lines.push(`  param ${ref(p)}: ${formatType(p.type)}`);
+  for (const s of g.states) lines.push(`  state ${ref(s)}: ${formatType(s.type)}`);
+  for (const n of g.nodes) lines.push(withLoc(`  ${printNode(n, ref)}`, opts.locations === false ? undefined : n.loc));
+  for (const u of g.stateUpdates) lines.push(`  state ${ref(u.state)} <- ${ref(u.value)}`);
+  lines.push(`  return ${g.outputs.map(ref).join(', ')}`);
+  lines.push('}');
+  return lines.join('\n') + '\n';
+}
+
+function printNode(n: Node, ref: (v: Value) => string): string {
+  const operands = n.inputs.map(ref).join(', ');
+  const attrs = printAttrs(n.attrs);
+  return `${ref(n.output)}: ${formatType(n.output.type)} = ${n.op}${operands ? ' ' + operands : ''}${attrs ? ' ' + attrs : ''}`;
+}
+
+function withLoc(line: string, loc: string | undefined): string {
+  if (!loc) return line;
+  return `${line.padEnd(Math.max(LOC_COLUMN, line.length + 2))}# ${loc}`;
+}
+
+export function printAttrs(attrs: Attrs): string {
+  const keys = Object.keys(attrs).sort();
+  if (keys.length === 0) return '';
+  return `[${keys.map((k) => `${k}=${printAttrValue(attrs[k])}`).join(', ')}]`;
+}
+
+export function printAttrValue(v: AttrValue): string {
+  if (Array.isArray(v)) return `[${v.map((d) => printAttrValue(d)).join(',')}]`;
+  if (typeof v === 'number') return printNumber(v);
+  if (typeof v === 'boolean') return String(v);
+  return /^[A-Za-z_][A-Za-z0-9_.]*$/.test(v) && v !== 'true' && v !== 'false' && v !== 'inf' && v !== 'nan'
+    ? v
+    : JSON.stringify(v);
+}
+
+/** Shortest text that reads back to the same number; inf and nan spelled as in the grammar. */
+export function printNumber(x: number): string {
+  if (Number.isNaN(x)) return 'nan';
+  if (x === Infinity) return 'inf';
+  if (x === -Infinity) return '-inf';
+  if (Object.is(x, -0)) return '-0';
+  return String(x);
+}

@@ -1,0 +1,56 @@
+// The verifier: rejects ill-formed graphs with a message naming the node (its printed form and source line).
+
+import { Graph, GraphError, inferType, Module, Node, Value } from './graph.ts';
+import { printAttrs } from './printer.ts';
+import { formatType, sameType } from './shape.ts';
+
+export class VerifyError extends Error {}
+
+export function verifyModule(m: Module): void {
+  const names = new Set<string>();
+  for (const g of m.graphs) {
+    if (names.has(g.name)) throw new VerifyError(`module has two graphs named @${g.name}`);
+    names.add(g.name);
+    verifyGraph(g);
+  }
+}
+
+export function verifyGraph(g: Graph): void {
+  const defined = new Set<Value>([...g.inputs, ...g.params, ...g.states]);
+  const where = (n: Node, i: number) =>
+    `graph @${g.name}, node %${i} (${n.op}${n.inputs.length ? ' ' : ''}${n.inputs.map((v) => formatType(v.type)).join(', ')}` +
+    `${Object.keys(n.attrs).length ? ' ' + printAttrs(n.attrs) : ''})${n.loc ? ' at ' + n.loc : ''}`;
+  g.nodes.forEach((n, i) => {
+    n.inputs.forEach((v, k) => {
+      if (!defined.has(v)) throw new VerifyError(`${where(n, i)}: operand ${k} is used before it is defined`);
+    });
+    if (n.output.producer !== n) throw new VerifyError(`${where(n, i)}: result is not linked to its node`);
+    let inferred;
+    try {
+      inferred = inferType(n.op, n.inputs.map((v) => v.type), n.attrs);
+    } catch (e) {
+      if (e instanceof GraphError) throw new VerifyError(`${where(n, i)}: ${e.message}`);
+      throw e;
+    }
+    if (!sameType(inferred, n.output.type)) {
+      throw new VerifyError(`${where(n, i)}: declared type ${formatType(n.output.type)} but the op gives ${formatType(inferred)}`);
+    }
+    if (defined.has(n.output)) throw new VerifyError(`${where(n, i)}: result is defined twice`);
+    defined.add(n.output);
+  });
+  const seen = new Set<Value>();
+  for (const u of g.stateUpdates) {
+    const name = `%${u.state.name}`;
+    if (!g.states.includes(u.state)) throw new VerifyError(`graph @${g.name}: state update of ${name}, which is not a state of this graph`);
+    if (seen.has(u.state)) throw new VerifyError(`graph @${g.name}: state ${name} is updated twice`);
+    seen.add(u.state);
+    if (!defined.has(u.value)) throw new VerifyError(`graph @${g.name}: state ${name} is set to an undefined value`);
+    if (!sameType(u.state.type, u.value.type)) {
+      throw new VerifyError(`graph @${g.name}: state ${name}: ${formatType(u.state.type)} is set to a ${formatType(u.value.type)}`);
+    }
+  }
+  g.outputs.forEach((v, k) => {
+    if (!defined.has(v)) throw new VerifyError(`graph @${g.name}: output ${k} is not defined in the graph`);
+  });
+  if (g.outputs.length === 0) throw new VerifyError(`graph @${g.name} returns nothing`);
+}
