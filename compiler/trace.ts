@@ -1,0 +1,79 @@
+// Tracing: running model code on symbolic tensors records an ir.Graph, each node tagged with its source line.
+
+import { DType } from '../ir/dtype.ts';
+import { Graph, GraphError, Value } from '../ir/graph.ts';
+import { Attrs } from '../ir/ops.ts';
+import { Shape, tensorType, TensorType } from '../ir/shape.ts';
+import { callerLocation } from './source-location.ts';
+import { Tensor } from './tensor.ts';
+
+/** An error in traced model code, naming the model file and line. */
+export class TraceError extends Error {
+  constructor(message: string, readonly loc?: string) {
+    super(loc ? `${loc}: ${message}` : message);
+  }
+}
+
+let active: Graph | undefined;
+
+export function activeGraph(what: string): Graph {
+  if (!active) throw new TraceError(`${what} can only be called while tracing (inside trace())`, callerLocation());
+  return active;
+}
+
+/** Records one op on the active graph; shape and dtype errors name the model line that caused them. */
+export function record(op: string, inputs: Tensor[], attrs: Attrs = {}): Tensor {
+  const g = activeGraph(op);
+  const loc = callerLocation();
+  try {
+    return new Tensor(g.addNode(op, inputs.map((t) => t.value), attrs, loc));
+  } catch (e) {
+    if (e instanceof GraphError) throw new TraceError(e.message, loc);
+    throw e;
+  }
+}
+
+export interface InputSpec {
+  readonly name: string;
+  readonly dtype: DType;
+  readonly shape: Shape;
+}
+
+/** Traces `fn` on symbolic inputs into a graph named `name`; `fn` returns one tensor or several. */
+export function trace(name: string, inputs: readonly InputSpec[], fn: (...args: Tensor[]) => Tensor | Tensor[]): Graph {
+  if (active) throw new TraceError('trace() cannot be nested', callerLocation());
+  const g = new Graph(name);
+  active = g;
+  try {
+    const args = inputs.map((s) => new Tensor(g.addInput(s.name, tensorType(s.dtype, s.shape))));
+    const result = fn(...args);
+    const outs = Array.isArray(result) ? result : [result];
+    for (const t of outs) {
+      if (!(t instanceof Tensor)) throw new TraceError(`@${name} must return tensors, got ${typeof t}`);
+      g.outputs.push(t.value);
+    }
+    return g;
+  } finally {
+    active = undefined;
+  }
+}
+
+/** Declares a parameter (a weight, read-only) of the graph being traced. */
+export function param(name: string, dtype: DType, shape: Shape): Tensor {
+  return new Tensor(declare('param', name, tensorType(dtype, shape)));
+}
+
+/** Declares mutable state (a KV cache): updated in place with Tensor.write. */
+export function state(name: string, dtype: DType, shape: Shape): Tensor {
+  return new Tensor(declare('state', name, tensorType(dtype, shape)));
+}
+
+function declare(kind: 'param' | 'state', name: string, type: TensorType): Value {
+  const g = activeGraph(kind);
+  try {
+    return kind === 'param' ? g.addParam(name, type) : g.addState(name, type);
+  } catch (e) {
+    if (e instanceof GraphError) throw new TraceError(e.message, callerLocation());
+    throw e;
+  }
+}

@@ -1,0 +1,128 @@
+// Llama as ordinary model code against the tensor API: embedding, RMSNorm, rotary embeddings (llama3 scaling too),
+// grouped-query attention over a KV cache, SwiGLU MLP, final norm and LM head. Prefill (S tokens) and decode
+// (one token) are the same function traced with a symbolic or a static sequence length.
+
+import { arange, concat, param, scalar, state, Tensor, trace, where } from '../compiler/index.ts';
+import { DType } from '../ir/dtype.ts';
+import { Module } from '../ir/graph.ts';
+import type { LlamaConfig } from '../runtime/config.ts';
+
+export interface LlamaTraceOptions {
+  /** Dtype of the checkpoint's weights; they stay in it and are widened to f32 where they are used. */
+  readonly weightDType: DType;
+  /** Positions the KV cache holds: prompt plus generated tokens must fit. */
+  readonly cacheLength: number;
+}
+
+/** The prefill graph (symbolic sequence length S) and the decode graph (one token), over shared weights and cache. */
+export function traceLlama(cfg: LlamaConfig, opts: LlamaTraceOptions): Module {
+  const inputs = (seq: number | string) => [
+    { name: 'tokens', dtype: DType.I32, shape: [seq] },
+    { name: 'pos', dtype: DType.I32, shape: [] },
+  ];
+  return {
+    graphs: [
+      trace('prefill', inputs('S'), (tokens, pos) => llamaForward(cfg, opts, tokens, pos)),
+      trace('decode', inputs(1), (tokens, pos) => llamaForward(cfg, opts, tokens, pos)),
+    ],
+  };
+}
+
+/**
+ * Runs tokens i32[S] at positions pos..pos+S-1 through the model, writing their keys and values into the cache.
+ * Returns the logits f32[S, vocab] and the greedy next token after each position, i32[S].
+ */
+export function llamaForward(cfg: LlamaConfig, opts: LlamaTraceOptions, tokens: Tensor, pos: Tensor): Tensor[] {
+  const { hiddenSize: hidden, headDim, numHeads, numKvHeads, rmsNormEps: eps } = cfg;
+  const seq = tokens.dim(0);
+  const weights = new Map<string, Tensor>();
+  const weight = (name: string, ...shape: number[]) => {
+    if (!weights.has(name)) weights.set(name, param(name, opts.weightDType, shape));
+    return weights.get(name)!;
+  };
+  const linear = (x: Tensor, name: string, out: number, inp: number) => x.matmul(weight(name, out, inp).transpose());
+  const norm = (x: Tensor, name: string) => rmsNorm(x, weight(name, hidden), eps);
+
+  const positions = arange(seq).add(pos);
+  const rotary = rotaryTables(cfg, positions);
+
+  let x = weight('model.embed_tokens.weight', cfg.vocabSize, hidden).gather(tokens).cast(DType.F32);
+  for (let i = 0; i < cfg.numLayers; i++) {
+    const p = `model.layers.${i}`;
+    const h = norm(x, `${p}.input_layernorm.weight`);
+    const q = linear(h, `${p}.self_attn.q_proj.weight`, numHeads * headDim, hidden).reshape(seq, numHeads, headDim);
+    const k = linear(h, `${p}.self_attn.k_proj.weight`, numKvHeads * headDim, hidden).reshape(seq, numKvHeads, headDim);
+    const v = linear(h, `${p}.self_attn.v_proj.weight`, numKvHeads * headDim, hidden).reshape(seq, numKvHeads, headDim);
+    const cacheShape = [opts.cacheLength, numKvHeads, headDim];
+    const keys = state(`cache.k.${i}`, DType.F32, cacheShape).write(applyRotary(k, rotary), pos, 0);
+    const values = state(`cache.v.${i}`, DType.F32, cacheShape).write(v, pos, 0);
+    const attn = attention(applyRotary(q, rotary), keys, values, positions, numKvHeads);
+    x = x.add(linear(attn.reshape(seq, numHeads * headDim), `${p}.self_attn.o_proj.weight`, hidden, numHeads * headDim));
+
+    const h2 = norm(x, `${p}.post_attention_layernorm.weight`);
+    const gate = linear(h2, `${p}.mlp.gate_proj.weight`, cfg.intermediateSize, hidden);
+    const up = linear(h2, `${p}.mlp.up_proj.weight`, cfg.intermediateSize, hidden);
+    x = x.add(linear(gate.silu().mul(up), `${p}.mlp.down_proj.weight`, hidden, cfg.intermediateSize));
+  }
+  const head = cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+  const logits = linear(norm(x, 'model.norm.weight'), head, cfg.vocabSize, hidden);
+  return [logits, logits.argmax(-1)];
+}
+
+/** x / rms(x) * weight, in f32. */
+export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
+  const inv = x.pow(2).mean(-1, { keepdims: true }).add(eps).rsqrt();
+  return x.mul(inv).mul(weight.cast(DType.F32));
+}
+
+interface Rotary { cos: Tensor; sin: Tensor }
+
+/** cos and sin of the rotary angles, [S, 1, headDim], computed from the positions in the graph. */
+function rotaryTables(cfg: LlamaConfig, positions: Tensor): Rotary {
+  const half = cfg.headDim / 2;
+  const exponent = arange(half, DType.F32).mul(2).div(cfg.headDim);
+  let invFreq = scalar(cfg.rope.theta).pow(exponent).recip();
+  if (cfg.rope.type === 'llama3') invFreq = llama3Frequencies(cfg.rope, invFreq);
+  else if (cfg.rope.type === 'linear') invFreq = invFreq.div(cfg.rope.factor);
+  const angles = positions.cast(DType.F32).reshape(-1, 1).mul(invFreq.reshape(1, half));
+  const both = concat([angles, angles], 1).reshape(positions.dim(0), 1, cfg.headDim);
+  return { cos: both.cos(), sin: both.sin() };
+}
+
+/** Llama 3's frequency scaling: long wavelengths divided by the factor, a smooth blend in between. */
+function llama3Frequencies(rope: LlamaConfig['rope'], invFreq: Tensor): Tensor {
+  const { factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings: context } = rope;
+  const lowFreqWavelen = context / lowFreqFactor;
+  const highFreqWavelen = context / highFreqFactor;
+  const wavelen = scalar(2 * Math.PI).div(invFreq);
+  const scaled = where(wavelen.gt(lowFreqWavelen), invFreq.div(factor), invFreq);
+  const smooth = scalar(context).div(wavelen).sub(lowFreqFactor).div(highFreqFactor - lowFreqFactor);
+  const smoothed = scalar(1).sub(smooth).mul(scaled).div(factor).add(smooth.mul(scaled));
+  const medium = wavelen.lt(highFreqWavelen).not().and(wavelen.gt(lowFreqWavelen).not());
+  return where(medium, smoothed, scaled);
+}
+
+/** x * cos + rotate_half(x) * sin over the last axis of x [S, heads, headDim]. */
+function applyRotary(x: Tensor, { cos, sin }: Rotary): Tensor {
+  const half = (x.dim(-1) as number) / 2;
+  const rotated = concat([x.slice(-1, half).neg(), x.slice(-1, 0, half)], -1);
+  return x.mul(cos).add(rotated.mul(sin));
+}
+
+/**
+ * Causal grouped-query attention of q [S, heads, d] over the whole cache [T, kvHeads, d]: a key at cache position
+ * t is visible to the query at position p when t <= p, so unwritten cache slots are never read.
+ */
+function attention(q: Tensor, keys: Tensor, values: Tensor, positions: Tensor, kvHeads: number): Tensor {
+  const [seq, heads, d] = [q.dim(0), q.dim(1) as number, q.dim(2) as number];
+  const group = heads / kvHeads;
+  const cacheLen = keys.dim(0);
+  // Heads h = kv * group + j share kv head `kv`: [kvHeads, group, S, d] against a cache broadcast over the group.
+  const qg = q.reshape(seq, kvHeads, group, d).permute(1, 2, 0, 3);
+  const keysT = keys.permute(1, 2, 0).reshape(kvHeads, 1, d, cacheLen);
+  const scores = qg.matmul(keysT).mul(1 / Math.sqrt(d));
+  const visible = arange(cacheLen).reshape(1, -1).le(positions.reshape(-1, 1));
+  const probs = where(visible, scores, -Infinity).softmax(-1);
+  const out = probs.matmul(values.permute(1, 0, 2).reshape(kvHeads, 1, cacheLen, d));
+  return out.permute(2, 0, 1, 3).reshape(seq, heads, d);
+}

@@ -1,0 +1,76 @@
+// Tensors in host memory, as the reference interpreter and the CPU backends hold them: floats of every width are
+// kept in a Float32Array with values rounded to their dtype, integers in Int32Array/Uint32Array, bools in bytes.
+
+import { DType } from '../ir/dtype.ts';
+import { formatShape, numel } from '../ir/shape.ts';
+
+export type HostData = Float32Array | Int32Array | Uint32Array | Uint8Array;
+
+export interface HostTensor {
+  readonly dtype: DType;
+  readonly shape: number[];
+  readonly data: HostData;
+}
+
+export function allocHost(dtype: DType, shape: readonly number[]): HostTensor {
+  const n = numel(shape);
+  return { dtype, shape: [...shape], data: allocData(dtype, n) };
+}
+
+export function allocData(dtype: DType, n: number): HostData {
+  switch (dtype) {
+    case DType.F32: case DType.F16: case DType.BF16: return new Float32Array(n);
+    case DType.I32: return new Int32Array(n);
+    case DType.U32: return new Uint32Array(n);
+    case DType.Bool: return new Uint8Array(n);
+    default: return dtype satisfies never;
+  }
+}
+
+export function hostTensor(dtype: DType, shape: readonly number[], values: ArrayLike<number>): HostTensor {
+  const t = allocHost(dtype, shape);
+  if (values.length !== t.data.length) {
+    throw new Error(`${values.length} values do not fill a ${dtype}${formatShape(shape)} tensor`);
+  }
+  const round = rounderFor(dtype);
+  for (let i = 0; i < values.length; i++) t.data[i] = round(values[i]);
+  return t;
+}
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** Rounds to the nearest bfloat16 (ties to even), returned as a number. */
+export function roundBf16(x: number): number {
+  f32[0] = x;
+  const bits = u32[0];
+  if ((bits & 0x7f800000) === 0x7f800000) return f32[0]; // inf and nan pass through
+  u32[0] = ((bits + 0x7fff + ((bits >>> 16) & 1)) & 0xffff0000) >>> 0;
+  return f32[0];
+}
+
+/** Rounds to the nearest IEEE half (ties to even), with overflow to infinity and gradual underflow. */
+export function roundF16(x: number): number {
+  if (!Number.isFinite(x) || x === 0) return x;
+  const a = Math.abs(x);
+  if (a >= 65520) return Math.sign(x) * Infinity;
+  const e = Math.max(Math.floor(Math.log2(a)), -14);
+  const quantum = 2 ** (e - 10);
+  let q = a / quantum;
+  const r = Math.round(q);
+  q = Math.abs(q - Math.trunc(q) - 0.5) < 1e-12 ? (Math.trunc(q) % 2 === 0 ? Math.trunc(q) : Math.trunc(q) + 1) : r;
+  return Math.sign(x) * q * quantum;
+}
+
+/** The rounding a value gets when stored as `dtype`. */
+export function rounderFor(dtype: DType): (x: number) => number {
+  switch (dtype) {
+    case DType.F32: return Math.fround;
+    case DType.F16: return roundF16;
+    case DType.BF16: return roundBf16;
+    case DType.I32: return (x) => Math.trunc(x) | 0;
+    case DType.U32: return (x) => Math.trunc(x) >>> 0;
+    case DType.Bool: return (x) => (x ? 1 : 0);
+    default: return dtype satisfies never;
+  }
+}
