@@ -1,0 +1,104 @@
+// Loading a Hugging Face Llama checkpoint and running it: prefill over the prompt, then greedy decode steps.
+
+import { DType } from '../ir/dtype.ts';
+import { Module } from '../ir/graph.ts';
+import { interpret } from '../backends/reference/interpreter.ts';
+import { traceLlama } from '../examples/llama.ts';
+import { checkLlamaWeights, LlamaConfig, readLlamaConfig } from './config.ts';
+import { allocHost, HostTensor, hostTensor } from './host-tensor.ts';
+import { readCheckpoint, TensorSource, WeightsError } from './safetensors.ts';
+
+export interface LoadedLlama {
+  readonly cfg: LlamaConfig;
+  readonly weights: TensorSource;
+  /** The dtype the checkpoint stores its weights in; compute is f32. */
+  readonly weightDType: DType;
+}
+
+/** Reads config.json and the safetensors weights of a checkpoint folder, checking every tensor against the config. */
+export function loadLlama(dir: string): LoadedLlama {
+  const cfg = readLlamaConfig(dir);
+  const weights = readCheckpoint(dir);
+  checkLlamaWeights(cfg, weights);
+  const weightDType = weights.info('model.embed_tokens.weight').dtype;
+  for (const t of weights.tensors) {
+    if (t.name.startsWith('model.') && t.dtype !== weightDType) {
+      throw new WeightsError(`${t.file}: tensor '${t.name}' is ${t.dtype} but the embedding is ${weightDType}; mixed weight dtypes are not supported`);
+    }
+  }
+  return { cfg, weights, weightDType };
+}
+
+/** One step of the model: logits f32[S, vocab] and the greedy next token after each position, i32[S]. */
+export interface StepResult {
+  readonly logits: HostTensor;
+  readonly next: HostTensor;
+}
+
+/** Runs the traced Llama graphs on the reference interpreter, with the KV cache in host memory. */
+export class ReferenceLlama {
+  readonly module: Module;
+  private readonly states = new Map<string, HostTensor>();
+  private readonly params = new Map<string, HostTensor>();
+
+  constructor(readonly model: LoadedLlama, readonly cacheLength: number) {
+    this.module = traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength });
+    for (const g of this.module.graphs) {
+      for (const s of g.states) {
+        if (!this.states.has(s.name!)) this.states.set(s.name!, allocHost(s.type.dtype, s.type.shape as number[]));
+      }
+    }
+  }
+
+  /** Runs `tokens` at positions pos.. through the model (the prefill graph for several tokens, decode for one). */
+  step(tokens: readonly number[], pos: number): StepResult {
+    checkTokens(this.model.cfg, tokens);
+    if (pos + tokens.length > this.cacheLength) {
+      throw new RangeError(`positions up to ${pos + tokens.length} do not fit a KV cache of ${this.cacheLength}`);
+    }
+    const graph = this.module.graphs.find((g) => g.name === (tokens.length === 1 ? 'decode' : 'prefill'))!;
+    const inputs = { tokens: hostTensor(DType.I32, [tokens.length], tokens), pos: hostTensor(DType.I32, [], [pos]) };
+    const [logits, next] = interpret(graph, { inputs, param: (n) => this.param(n), states: this.states });
+    return { logits, next };
+  }
+
+  private param(name: string): HostTensor {
+    let t = this.params.get(name);
+    if (!t) {
+      t = this.model.weights.tensor(name);
+      this.params.set(name, t);
+    }
+    return t;
+  }
+}
+
+export function checkTokens(cfg: LlamaConfig, tokens: readonly number[]): void {
+  if (tokens.length === 0) throw new RangeError('no input tokens');
+  tokens.forEach((t, i) => {
+    if (!Number.isInteger(t) || t < 0 || t >= cfg.vocabSize) {
+      throw new RangeError(`token id ${t} at position ${i} is outside the vocabulary (0..${cfg.vocabSize - 1})`);
+    }
+  });
+}
+
+/** Greedy decoding: the prompt in one prefill step, then one decode step per new token. */
+export function generateGreedy(model: LoadedLlama, prompt: readonly number[], maxNewTokens: number,
+  onToken: (t: number) => void = () => {}): number[] {
+  const runner = new ReferenceLlama(model, prompt.length + maxNewTokens);
+  const out: number[] = [];
+  let { next } = runner.step(prompt, 0);
+  let token = next.data[prompt.length - 1];
+  for (let i = 0; i < maxNewTokens; i++) {
+    out.push(token);
+    onToken(token);
+    if (i + 1 === maxNewTokens) break;
+    ({ next } = runner.step([token], prompt.length + i));
+    token = next.data[0];
+  }
+  return out;
+}
+
+/** Logits at every position of one forward pass over `ids` with an empty cache. */
+export function forwardLogits(model: LoadedLlama, ids: readonly number[]): HostTensor {
+  return new ReferenceLlama(model, ids.length).step(ids, 0).logits;
+}
