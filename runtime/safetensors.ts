@@ -1,0 +1,434 @@
+// Reads and writes Hugging Face safetensors files and checkpoints. A file's whole header is checked when it is
+// opened, so a broken checkpoint fails before any compute with an error naming the file and the tensor; tensor bytes
+// are read and decoded only when asked for, so a multi-GB checkpoint never has to sit in memory at once.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { DType } from '../ir/dtype.ts';
+import { formatShape, numel } from '../ir/shape.ts';
+
+export class WeightsError extends Error {
+  override name = 'WeightsError';
+}
+
+export type TensorData = Float32Array | Int32Array | Uint32Array | Uint8Array;
+
+/** Where a tensor lives on disk. `byteOffset` counts from the start of the file, not of the data section. */
+export interface TensorInfo {
+  readonly name: string;
+  readonly file: string;
+  readonly dtype: DType;
+  readonly storedAs: StoredDType;
+  readonly shape: readonly number[];
+  readonly byteOffset: number;
+  readonly byteLength: number;
+}
+
+/**
+ * A tensor read from disk: `data` decoded for the host (halves widened exactly to f32), `raw` the bytes as stored,
+ * which GPU backends upload as they are. `data` may share memory with `raw`; treat both as read-only.
+ */
+export interface Tensor {
+  readonly dtype: DType;
+  readonly shape: number[];
+  readonly data: TensorData;
+  readonly raw: Uint8Array;
+}
+
+/** A name → tensor lookup; single files and sharded checkpoints both are one. */
+export interface TensorSource {
+  /** The file or directory, for messages. */
+  readonly location: string;
+  readonly tensors: readonly TensorInfo[];
+  has(name: string): boolean;
+  info(name: string): TensorInfo;
+  tensor(name: string): Tensor;
+}
+
+export interface SafetensorsFile extends TensorSource {
+  readonly metadata: Readonly<Record<string, string>>;
+}
+
+export interface Checkpoint extends TensorSource {
+  readonly files: readonly string[];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Dtypes as stored: size on disk, the IR dtype they load as, and how their bytes decode.
+
+interface Stored {
+  readonly bytes: number;
+  readonly dtype: DType;
+  decode(raw: Uint8Array, info: TensorInfo): TensorData;
+}
+
+// Typed-array views below assume a little-endian host (as safetensors is), and rely on `raw` being freshly
+// allocated, hence aligned.
+const stored = {
+  F32: { bytes: 4, dtype: DType.F32, decode: (raw) => new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4) },
+  F16: { bytes: 2, dtype: DType.F16, decode: (raw) => decodeF16(halves(raw)) },
+  BF16: { bytes: 2, dtype: DType.BF16, decode: (raw) => decodeBf16(halves(raw)) },
+  I32: { bytes: 4, dtype: DType.I32, decode: (raw) => new Int32Array(raw.buffer, raw.byteOffset, raw.length / 4) },
+  I64: { bytes: 8, dtype: DType.I32, decode: narrowI64 },
+  U32: { bytes: 4, dtype: DType.U32, decode: (raw) => new Uint32Array(raw.buffer, raw.byteOffset, raw.length / 4) },
+  // The IR has no u8; bytes widen to u32 so that a tensor's dtype always says what its data array is.
+  U8: { bytes: 1, dtype: DType.U32, decode: (raw) => Uint32Array.from(raw) },
+  BOOL: { bytes: 1, dtype: DType.Bool, decode: (raw) => raw },
+} satisfies Record<string, Stored>;
+
+export type StoredDType = keyof typeof stored;
+
+function isStoredDType(s: unknown): s is StoredDType {
+  return typeof s === 'string' && Object.hasOwn(stored, s);
+}
+
+function halves(raw: Uint8Array): Uint16Array {
+  return new Uint16Array(raw.buffer, raw.byteOffset, raw.length / 2);
+}
+
+function narrowI64(raw: Uint8Array, info: TensorInfo): Int32Array {
+  const words = new Int32Array(raw.buffer, raw.byteOffset, raw.length / 4);
+  const out = new Int32Array(words.length / 2);
+  for (let i = 0; i < out.length; i++) {
+    const lo = words[2 * i];
+    // An int64 fits in 32 bits exactly when its high word is the sign extension of its low word.
+    if (words[2 * i + 1] !== lo >> 31) {
+      const value = new BigInt64Array(raw.buffer, raw.byteOffset, out.length)[i];
+      throw new WeightsError(`${info.file}: tensor '${info.name}': I64 value ${value} at index ${i} does not fit in i32`);
+    }
+    out[i] = lo;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Half-precision conversion, exact in both directions where the value is representable.
+
+let halfTable: Float32Array | undefined;
+
+/** Every f16 value by bit pattern, built once: one table load per element beats bit twiddling in JS. */
+function f16Values(): Float32Array {
+  if (!halfTable) {
+    halfTable = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) {
+      const exp = (h >> 10) & 0x1f;
+      const mant = h & 0x3ff;
+      const mag = exp === 0 ? mant * 2 ** -24 // subnormal (and zero)
+        : exp === 0x1f ? (mant ? NaN : Infinity)
+        : (mant + 1024) * 2 ** (exp - 25);
+      halfTable[h] = h & 0x8000 ? -mag : mag;
+    }
+  }
+  return halfTable;
+}
+
+export function decodeF16(bits: Uint16Array): Float32Array {
+  const table = f16Values();
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = table[bits[i]];
+  return out;
+}
+
+/** bf16 is the top half of an f32, so widening is a shift. */
+export function decodeBf16(bits: Uint16Array): Float32Array {
+  const out = new Float32Array(bits.length);
+  const words = new Uint32Array(out.buffer);
+  for (let i = 0; i < bits.length; i++) words[i] = bits[i] << 16;
+  return out;
+}
+
+const scratchF32 = new Float32Array(1);
+const scratchU32 = new Uint32Array(scratchF32.buffer);
+
+/** Rounds to nearest even; NaN stays a (quiet) NaN, overflow becomes infinity. */
+function bf16Bits(x: number): number {
+  scratchF32[0] = x;
+  const b = scratchU32[0];
+  if ((b & 0x7fffffff) > 0x7f800000) return (b >>> 16) | 0x40;
+  return (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+}
+
+/** Rounds the f32 value of `x` to nearest even, with gradual underflow and overflow to infinity. */
+function f16Bits(x: number): number {
+  scratchF32[0] = x;
+  const b = scratchU32[0];
+  const sign = (b >>> 16) & 0x8000;
+  const exp = (b >>> 23) & 0xff;
+  const mant = b & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  const e = exp - 112; // rebias 127 → 15
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign; // below half the smallest subnormal
+    // Subnormal: the f16 mantissa counts units of 2^-24; shifting the full significand may round up into the
+    // smallest normal, which is the right answer.
+    const full = mant | 0x800000;
+    const shift = 14 - e;
+    const rest = full & ((1 << shift) - 1);
+    const half = 1 << (shift - 1);
+    const m = full >>> shift;
+    return sign | (rest > half || (rest === half && m & 1) ? m + 1 : m);
+  }
+  // A carry out of the mantissa bumps the exponent, and from the largest finite value reaches infinity.
+  const h = sign | (e << 10) | (mant >>> 13);
+  const rest = mant & 0x1fff;
+  return rest > 0x1000 || (rest === 0x1000 && h & 1) ? h + 1 : h;
+}
+
+export function encodeF16(values: ArrayLike<number>): Uint16Array {
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = f16Bits(values[i]);
+  return out;
+}
+
+export function encodeBf16(values: ArrayLike<number>): Uint16Array {
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = bf16Bits(values[i]);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reading.
+
+/** Opens and validates one file; tensor data is read from disk on each `tensor()` call. */
+export function readSafetensors(file: string): SafetensorsFile {
+  const fd = openFile(file, 'r');
+  try {
+    const size = fs.fstatSync(fd).size;
+    if (size < 8) throw new WeightsError(`${file}: file is ${size} bytes, too short for the 8-byte header length`);
+    const headerLength = new DataView(readAt(fd, file, 0, 8, 'header length').buffer).getBigUint64(0, true);
+    if (headerLength > BigInt(size - 8)) {
+      throw new WeightsError(`${file}: header length ${headerLength} is larger than the file (${size} bytes)`);
+    }
+    const dataStart = 8 + Number(headerLength);
+    const header = parseHeader(file, readAt(fd, file, 8, dataStart - 8, 'header'));
+    const { tensors, metadata } = parseEntries(file, header, dataStart, size - dataStart);
+    return { ...lookup(file, tensors), metadata };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Reads `model.safetensors`, or the shards that `model.safetensors.index.json` names, as one lookup. */
+export function readCheckpoint(dir: string): Checkpoint {
+  const single = path.join(dir, 'model.safetensors');
+  if (fs.existsSync(single)) return { ...lookup(dir, readSafetensors(single).tensors), files: [single] };
+  const indexFile = path.join(dir, 'model.safetensors.index.json');
+  if (!fs.existsSync(indexFile)) {
+    throw new WeightsError(`${dir}: no model.safetensors or model.safetensors.index.json in this directory`);
+  }
+  const weightMap = parseIndex(indexFile);
+  const shards = new Map<string, SafetensorsFile>();
+  const tensors: TensorInfo[] = [];
+  for (const [name, shardName] of weightMap) {
+    let shard = shards.get(shardName);
+    if (!shard) shards.set(shardName, (shard = readSafetensors(path.join(dir, shardName))));
+    if (!shard.has(name)) {
+      throw new WeightsError(`${indexFile}: weight_map puts tensor '${name}' in ${shardName}, which has no such tensor`);
+    }
+    tensors.push(shard.info(name));
+  }
+  return { ...lookup(dir, tensors), files: [...shards.values()].map((s) => s.location) };
+}
+
+function parseIndex(indexFile: string): Map<string, string> {
+  let index: unknown;
+  try {
+    index = JSON.parse(fs.readFileSync(indexFile, 'utf8'));
+  } catch (e) {
+    throw new WeightsError(`${indexFile}: cannot read the index: ${(e as Error).message}`);
+  }
+  const weightMap = isObject(index) ? index.weight_map : undefined;
+  if (!isObject(weightMap)) throw new WeightsError(`${indexFile}: no weight_map object`);
+  const entries = new Map<string, string>();
+  for (const [name, shard] of Object.entries(weightMap)) {
+    if (typeof shard !== 'string') throw new WeightsError(`${indexFile}: weight_map entry for '${name}' is not a file name`);
+    entries.set(name, shard);
+  }
+  return entries;
+}
+
+function lookup(location: string, tensors: readonly TensorInfo[]): TensorSource {
+  const byName = new Map(tensors.map((t) => [t.name, t]));
+  const info = (name: string): TensorInfo => {
+    const t = byName.get(name);
+    if (!t) throw new WeightsError(`${location}: no tensor '${name}'`);
+    return t;
+  };
+  return { location, tensors, has: (name) => byName.has(name), info, tensor: (name) => loadTensor(info(name)) };
+}
+
+function loadTensor(info: TensorInfo): Tensor {
+  const fd = openFile(info.file, 'r');
+  let raw: Uint8Array;
+  try {
+    raw = readAt(fd, info.file, info.byteOffset, info.byteLength, `tensor '${info.name}'`);
+  } finally {
+    fs.closeSync(fd);
+  }
+  const data = stored[info.storedAs].decode(raw, info);
+  return { dtype: info.dtype, shape: [...info.shape], data, raw };
+}
+
+function parseHeader(file: string, bytes: Uint8Array): Record<string, unknown> {
+  let header: unknown;
+  try {
+    header = JSON.parse(new TextDecoder().decode(bytes));
+  } catch (e) {
+    throw new WeightsError(`${file}: header is not valid JSON: ${(e as Error).message}`);
+  }
+  if (!isObject(header)) throw new WeightsError(`${file}: header is not a JSON object`);
+  return header;
+}
+
+function parseEntries(file: string, header: Record<string, unknown>, dataStart: number, dataLength: number) {
+  const metadata: Record<string, string> = {};
+  const tensors: (TensorInfo & { begin: number; end: number })[] = [];
+  for (const [name, entry] of Object.entries(header)) {
+    if (name === '__metadata__') {
+      if (!isObject(entry) || !Object.values(entry).every((v) => typeof v === 'string')) {
+        throw new WeightsError(`${file}: __metadata__ must be an object of strings`);
+      }
+      Object.assign(metadata, entry);
+      continue;
+    }
+    const bad = (msg: string) => new WeightsError(`${file}: tensor '${name}': ${msg}`);
+    if (!isObject(entry)) throw bad('header entry is not an object');
+    const { dtype, shape, data_offsets: offsets } = entry;
+    if (!isStoredDType(dtype)) {
+      throw bad(`unknown dtype ${JSON.stringify(dtype)} (supported: ${Object.keys(stored).join(', ')})`);
+    }
+    if (!Array.isArray(shape) || !shape.every(isCount)) {
+      throw bad(`shape must be a list of non-negative integers, got ${JSON.stringify(shape)}`);
+    }
+    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount) || offsets[0] > offsets[1]) {
+      throw bad(`data_offsets must be two integers [begin, end] with begin <= end, got ${JSON.stringify(offsets)}`);
+    }
+    const [begin, end] = offsets as [number, number];
+    const needed = numel(shape) * stored[dtype].bytes;
+    if (end - begin !== needed) {
+      throw bad(`${dtype}${formatShape(shape)} needs ${needed} bytes but data_offsets [${begin}, ${end}] span ${end - begin}`);
+    }
+    if (end > dataLength) {
+      throw new WeightsError(
+        `${file}: file is truncated: tensor '${name}' needs bytes up to ${end} but the data section has ${dataLength}`);
+    }
+    tensors.push({
+      name, file, dtype: stored[dtype].dtype, storedAs: dtype, shape, byteOffset: dataStart + begin, byteLength: needed,
+      begin, end,
+    });
+  }
+  const byPosition = [...tensors].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  for (let i = 1; i < byPosition.length; i++) {
+    const [prev, cur] = [byPosition[i - 1], byPosition[i]];
+    if (cur.begin < prev.end) {
+      throw new WeightsError(`${file}: tensors '${prev.name}' (bytes ${prev.begin}..${prev.end}) and '${cur.name}' `
+        + `(bytes ${cur.begin}..${cur.end}) overlap`);
+    }
+  }
+  return { tensors: tensors.map(({ begin, end, ...info }) => info), metadata };
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function isCount(v: unknown): v is number {
+  return Number.isSafeInteger(v) && (v as number) >= 0;
+}
+
+function openFile(file: string, flags: 'r' | 'w'): number {
+  try {
+    return fs.openSync(file, flags);
+  } catch (e) {
+    throw new WeightsError(`${file}: cannot open: ${(e as Error).message}`);
+  }
+}
+
+/** Reads exactly `length` bytes into a fresh (so aligned) buffer; a short read means the file shrank since opened. */
+function readAt(fd: number, file: string, position: number, length: number, what: string): Uint8Array {
+  const buf = new Uint8Array(length);
+  for (let done = 0; done < length;) {
+    const n = fs.readSync(fd, buf, done, Math.min(length - done, 1 << 30), position + done);
+    if (n === 0) throw new WeightsError(`${file}: file is truncated: ${what} got ${done} of ${length} bytes`);
+    done += n;
+  }
+  return buf;
+}
+
+/** write(2) may stop short (Linux caps one call near 2 GiB), so loop. */
+function writeAll(fd: number, bytes: Uint8Array): void {
+  for (let done = 0; done < bytes.length;) done += fs.writeSync(fd, bytes, done, bytes.length - done);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Writing.
+
+export interface TensorToWrite {
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+  /** Values, not bits: floats are rounded to the dtype, integers must fit it. */
+  readonly data: ArrayLike<number>;
+}
+
+const encoders: Record<DType, { name: StoredDType; encode(values: ArrayLike<number>, where: string): ArrayBufferView }> = {
+  [DType.F32]: { name: 'F32', encode: (v) => (v instanceof Float32Array ? v : Float32Array.from(v)) },
+  [DType.F16]: { name: 'F16', encode: (v) => encodeF16(v) },
+  [DType.BF16]: { name: 'BF16', encode: (v) => encodeBf16(v) },
+  [DType.I32]: { name: 'I32', encode: (v, where) => Int32Array.from(checkIntegers(v, -(2 ** 31), 2 ** 31 - 1, where)) },
+  [DType.U32]: { name: 'U32', encode: (v, where) => Uint32Array.from(checkIntegers(v, 0, 2 ** 32 - 1, where)) },
+  [DType.Bool]: { name: 'BOOL', encode: (v, where) => Uint8Array.from(checkIntegers(v, 0, 1, where)) },
+};
+
+function checkIntegers(values: ArrayLike<number>, min: number, max: number, where: string): ArrayLike<number> {
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (!Number.isInteger(v) || v < min || v > max) throw new WeightsError(`${where}: value ${v} at index ${i} is out of range`);
+  }
+  return values;
+}
+
+/**
+ * Writes tensors in the given order. The header is padded with spaces to a multiple of 8 bytes, as Hugging Face
+ * does, so every tensor starts 8-byte aligned. Writes to a temporary name first so a failed write leaves no file.
+ */
+export function writeSafetensors(
+  file: string, tensors: Record<string, TensorToWrite>, metadata?: Record<string, string>,
+): void {
+  const header: Record<string, unknown> = metadata ? { __metadata__: metadata } : {};
+  let offset = 0;
+  for (const [name, t] of Object.entries(tensors)) {
+    if (!t.shape.every(isCount)) throw new WeightsError(`${file}: tensor '${name}': bad shape ${formatShape(t.shape)}`);
+    const n = numel(t.shape);
+    if (t.data.length !== n) {
+      throw new WeightsError(`${file}: tensor '${name}': ${t.data.length} values for shape ${formatShape(t.shape)}`);
+    }
+    const storedAs = encoders[t.dtype].name;
+    const end = offset + n * stored[storedAs].bytes;
+    header[name] = { dtype: storedAs, shape: [...t.shape], data_offsets: [offset, end] };
+    offset = end;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fd = openFile(tmp, 'w');
+  try {
+    try {
+      writeAll(fd, length);
+      writeAll(fd, Buffer.from(json));
+      for (const [name, t] of Object.entries(tensors)) {
+        const bytes = encoders[t.dtype].encode(t.data, `${file}: tensor '${name}'`);
+        writeAll(fd, new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+}
