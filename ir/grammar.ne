@@ -1,0 +1,130 @@
+# The IR text format's grammar: a moo lexer and nearley rules for exactly what ir/printer.ts prints.
+# `npm run build:grammar` compiles it to ir/grammar.ts, which is committed so users need no build step.
+
+@preprocessor typescript
+
+@{%
+// The IR text format's syntax: compiled from ir/grammar.ne by `npm run build:grammar`; edit that file, not this one.
+// The rules only build a syntax tree with positions; ir/parser.ts turns it into Graphs and reports semantic errors.
+
+import moo from 'moo';
+import type { AttrValue } from './ops.ts';
+import type { Dim } from './shape.ts';
+
+/** 1-based line and column, as moo counts them. */
+export interface Pos { line: number; col: number }
+/** A name as written, without its sigil (% or @). */
+export interface Name { text: string; at: Pos }
+export interface TypeSyntax { dtype: Name; shape: Dim[]; at: Pos }
+export interface DeclSyntax { name: Name; type: TypeSyntax }
+/** `at` is where the value starts, for errors about the value rather than the key. */
+export interface AttrSyntax { key: Name; value: AttrValue; at: Pos }
+export type StmtSyntax =
+  | ({ kind: 'param' | 'state' } & DeclSyntax)
+  | { kind: 'node'; result: Name; type: TypeSyntax; op: Name; operands: Name[]; attrs: AttrSyntax[]; loc?: string }
+  | { kind: 'update'; state: Name; value: Name };
+export interface GraphSyntax {
+  name: Name;
+  inputs: DeclSyntax[];
+  outputs: TypeSyntax[];
+  body: StmtSyntax[];
+  returns: Name[];
+  returnAt: Pos;
+}
+
+const specialWords: Record<string, string> = { true: 'bool', false: 'bool', inf: 'float', nan: 'float' };
+
+const lexer = moo.compile({
+  ws: /[ \t\r]+/,
+  // A line break swallows the blank and comment-only lines after it, so the rules see a single end of line.
+  nl: { match: /\n(?:[ \t\r]*(?:#[^\n]*)?\n)*/, lineBreaks: true },
+  comment: { match: /#[^\r\n]*/, value: (s) => s.replace(/^# ?/, '') },
+  value: { match: /%[A-Za-z0-9_.]+/, value: (s) => s.slice(1) },
+  global: { match: /@[A-Za-z0-9_.]+/, value: (s) => s.slice(1) },
+  number: { match: /-?(?:inf|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)/, type: (s) => (/^-?\d+$/.test(s) ? 'int' : 'float') },
+  ident: { match: /[A-Za-z_][A-Za-z0-9_.]*/, type: (s) => specialWords[s] },
+  str: { match: /"(?:[^"\\\n]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"/, value: (s) => JSON.parse(s) },
+  punct: ['->', '<-', '(', ')', '[', ']', '{', '}', ',', ':', '='],
+  // Anything else becomes one token that no rule accepts, so the parser reports it with what it expected.
+  error: moo.error,
+});
+
+// Whitespace separates tokens and is otherwise meaningless; line breaks are tokens of their own.
+const nextToken = lexer.next.bind(lexer);
+lexer.next = () => {
+  let t = nextToken();
+  while (t?.type === 'ws') t = nextToken();
+  return t;
+};
+
+const pos = (t: moo.Token): Pos => ({ line: t.line, col: t.col });
+const name = (t: moo.Token): Name => ({ text: t.value, at: pos(t) });
+const specialFloats: Record<string, number> = { inf: Infinity, '-inf': -Infinity, nan: NaN };
+
+function literal(t: moo.Token): number | boolean | string {
+  switch (t.type) {
+    case 'int': return Number(t.text);
+    case 'float': return specialFloats[t.text] ?? Number(t.text);
+    case 'bool': return t.text === 'true';
+    default: return t.value; // identifiers as written, strings JSON-decoded by the lexer
+  }
+}
+
+/** Statements collected back to front; see the `stmts` rule. */
+interface Stmts { last: StmtSyntax; before: Stmts | null }
+
+function unroll(list: Stmts | null): StmtSyntax[] {
+  const out: StmtSyntax[] = [];
+  for (let s = list; s; s = s.before) out.push(s.last);
+  return out.reverse();
+}
+
+/** `x, y, z` or nothing, from `null | $X ("," $X):*`. */
+function list(d: any[]): unknown[] {
+  if (d.length === 0) return [];
+  const [[first], rest] = d;
+  return [first, ...rest.map(([, [x]]: any[]) => x)];
+}
+%}
+
+@lexer lexer
+
+# `x, y, z` or nothing (macros must come before their uses).
+list[X] -> null  {% list %}
+  | $X ("," $X):*  {% list %}
+
+module -> lead graph (eol graph):* eol:? %comment:?  {% ([, first, rest]) => [first, ...rest.map((p: any[]) => p[1])] %}
+
+# Blank and comment-only lines before the first graph (later ones are inside the nl token).
+lead -> null | %nl | %comment %nl
+
+graph -> "graph" %global "(" list[decl] ")" "->" "(" list[type] ")" "{" eol stmts "return" list[value] eol "}"
+  {% (d): GraphSyntax => ({ name: name(d[1]), inputs: d[3], outputs: d[7], body: unroll(d[11]), returns: d[13], returnAt: pos(d[12]) }) %}
+
+# A linked list, not `stmt:*`: nearley's `:*` copies the array at every statement, quadratic on a Llama-sized graph.
+stmts -> null  {% () => null %}
+  | stmts stmt  {% ([before, last]): Stmts => ({ last, before }) %}
+
+stmt ->
+    "param" decl eol              {% ([, decl]): StmtSyntax => ({ kind: 'param', ...decl }) %}
+  | "state" decl eol              {% ([, decl]): StmtSyntax => ({ kind: 'state', ...decl }) %}
+  | "state" value "<-" value eol  {% ([, state, , value]): StmtSyntax => ({ kind: 'update', state, value }) %}
+  | value ":" type "=" rhs eol    {% ([result, , type, , rhs, loc]): StmtSyntax => ({ kind: 'node', result, type, ...rhs, loc }) %}
+
+# What a node computes. A fused kernel will be a second alternative: an op, operands, then a `{ ... }` body of stmts.
+rhs -> %ident list[value] attrs:?  {% ([op, operands, attrs]) => ({ op: name(op), operands, attrs: attrs ?? [] }) %}
+
+attrs -> "[" list[attr] "]"  {% (d) => d[1] %}
+attr -> %ident "=" attrValue  {% ([key, , value]): AttrSyntax => ({ key: name(key), ...value }) %}
+attrValue ->
+    (item | %bool)            {% ([[t]]) => ({ value: literal(t), at: pos(t) }) %}
+  | "[" list[item] "]"        {% ([open, items]) => ({ value: items.map(literal), at: pos(open) }) %}
+item -> (%int | %float | %ident | %str)  {% ([[t]]) => t %}
+
+decl -> value ":" type  {% ([name, , type]): DeclSyntax => ({ name, type }) %}
+type -> %ident "[" list[dim] "]"  {% ([dtype, , dims]): TypeSyntax => ({ dtype: name(dtype), shape: dims.map(literal), at: pos(dtype) }) %}
+dim -> (%int | %ident)  {% ([[t]]) => t %}
+value -> %value  {% ([t]) => name(t) %}
+
+# The end of a line; the text of its comment (a node's source location) if it has one.
+eol -> %comment:? %nl  {% ([c]) => c?.value || undefined %}

@@ -1,0 +1,215 @@
+// Generated automatically by nearley, version 2.20.1
+// http://github.com/Hardmath123/nearley
+// Bypasses TS6133. Allow declared but unused functions.
+// @ts-ignore
+function id(d: any[]): any { return d[0]; }
+declare var comment: any;
+declare var nl: any;
+declare var global: any;
+declare var ident: any;
+declare var bool: any;
+declare var int: any;
+declare var float: any;
+declare var str: any;
+declare var value: any;
+
+// The IR text format's syntax: compiled from ir/grammar.ne by `npm run build:grammar`; edit that file, not this one.
+// The rules only build a syntax tree with positions; ir/parser.ts turns it into Graphs and reports semantic errors.
+
+import moo from 'moo';
+import type { AttrValue } from './ops.ts';
+import type { Dim } from './shape.ts';
+
+/** 1-based line and column, as moo counts them. */
+export interface Pos { line: number; col: number }
+/** A name as written, without its sigil (% or @). */
+export interface Name { text: string; at: Pos }
+export interface TypeSyntax { dtype: Name; shape: Dim[]; at: Pos }
+export interface DeclSyntax { name: Name; type: TypeSyntax }
+/** `at` is where the value starts, for errors about the value rather than the key. */
+export interface AttrSyntax { key: Name; value: AttrValue; at: Pos }
+export type StmtSyntax =
+  | ({ kind: 'param' | 'state' } & DeclSyntax)
+  | { kind: 'node'; result: Name; type: TypeSyntax; op: Name; operands: Name[]; attrs: AttrSyntax[]; loc?: string }
+  | { kind: 'update'; state: Name; value: Name };
+export interface GraphSyntax {
+  name: Name;
+  inputs: DeclSyntax[];
+  outputs: TypeSyntax[];
+  body: StmtSyntax[];
+  returns: Name[];
+  returnAt: Pos;
+}
+
+const specialWords: Record<string, string> = { true: 'bool', false: 'bool', inf: 'float', nan: 'float' };
+
+const lexer = moo.compile({
+  ws: /[ \t\r]+/,
+  // A line break swallows the blank and comment-only lines after it, so the rules see a single end of line.
+  nl: { match: /\n(?:[ \t\r]*(?:#[^\n]*)?\n)*/, lineBreaks: true },
+  comment: { match: /#[^\r\n]*/, value: (s) => s.replace(/^# ?/, '') },
+  value: { match: /%[A-Za-z0-9_.]+/, value: (s) => s.slice(1) },
+  global: { match: /@[A-Za-z0-9_.]+/, value: (s) => s.slice(1) },
+  number: { match: /-?(?:inf|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)/, type: (s) => (/^-?\d+$/.test(s) ? 'int' : 'float') },
+  ident: { match: /[A-Za-z_][A-Za-z0-9_.]*/, type: (s) => specialWords[s] },
+  str: { match: /"(?:[^"\\\n]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"/, value: (s) => JSON.parse(s) },
+  punct: ['->', '<-', '(', ')', '[', ']', '{', '}', ',', ':', '='],
+  // Anything else becomes one token that no rule accepts, so the parser reports it with what it expected.
+  error: moo.error,
+});
+
+// Whitespace separates tokens and is otherwise meaningless; line breaks are tokens of their own.
+const nextToken = lexer.next.bind(lexer);
+lexer.next = () => {
+  let t = nextToken();
+  while (t?.type === 'ws') t = nextToken();
+  return t;
+};
+
+const pos = (t: moo.Token): Pos => ({ line: t.line, col: t.col });
+const name = (t: moo.Token): Name => ({ text: t.value, at: pos(t) });
+const specialFloats: Record<string, number> = { inf: Infinity, '-inf': -Infinity, nan: NaN };
+
+function literal(t: moo.Token): number | boolean | string {
+  switch (t.type) {
+    case 'int': return Number(t.text);
+    case 'float': return specialFloats[t.text] ?? Number(t.text);
+    case 'bool': return t.text === 'true';
+    default: return t.value; // identifiers as written, strings JSON-decoded by the lexer
+  }
+}
+
+/** Statements collected back to front; see the `stmts` rule. */
+interface Stmts { last: StmtSyntax; before: Stmts | null }
+
+function unroll(list: Stmts | null): StmtSyntax[] {
+  const out: StmtSyntax[] = [];
+  for (let s = list; s; s = s.before) out.push(s.last);
+  return out.reverse();
+}
+
+/** `x, y, z` or nothing, from `null | $X ("," $X):*`. */
+function list(d: any[]): unknown[] {
+  if (d.length === 0) return [];
+  const [[first], rest] = d;
+  return [first, ...rest.map(([, [x]]: any[]) => x)];
+}
+
+interface NearleyToken {
+  value: any;
+  [key: string]: any;
+};
+
+interface NearleyLexer {
+  reset: (chunk: string, info: any) => void;
+  next: () => NearleyToken | undefined;
+  save: () => any;
+  formatError: (token: never) => string;
+  has: (tokenType: string) => boolean;
+};
+
+interface NearleyRule {
+  name: string;
+  symbols: NearleySymbol[];
+  postprocess?: (d: any[], loc?: number, reject?: {}) => any;
+};
+
+type NearleySymbol = string | { literal: any } | { test: (token: any) => boolean };
+
+interface Grammar {
+  Lexer: NearleyLexer | undefined;
+  ParserRules: NearleyRule[];
+  ParserStart: string;
+};
+
+const grammar: Grammar = {
+  Lexer: lexer,
+  ParserRules: [
+    {"name": "module$ebnf$1", "symbols": []},
+    {"name": "module$ebnf$1$subexpression$1", "symbols": ["eol", "graph"]},
+    {"name": "module$ebnf$1", "symbols": ["module$ebnf$1", "module$ebnf$1$subexpression$1"], "postprocess": (d) => d[0].concat([d[1]])},
+    {"name": "module$ebnf$2", "symbols": ["eol"], "postprocess": id},
+    {"name": "module$ebnf$2", "symbols": [], "postprocess": () => null},
+    {"name": "module$ebnf$3", "symbols": [(lexer.has("comment") ? {type: "comment"} : comment)], "postprocess": id},
+    {"name": "module$ebnf$3", "symbols": [], "postprocess": () => null},
+    {"name": "module", "symbols": ["lead", "graph", "module$ebnf$1", "module$ebnf$2", "module$ebnf$3"], "postprocess": ([, first, rest]) => [first, ...rest.map((p: any[]) => p[1])]},
+    {"name": "lead", "symbols": []},
+    {"name": "lead", "symbols": [(lexer.has("nl") ? {type: "nl"} : nl)]},
+    {"name": "lead", "symbols": [(lexer.has("comment") ? {type: "comment"} : comment), (lexer.has("nl") ? {type: "nl"} : nl)]},
+    {"name": "graph$macrocall$2", "symbols": ["decl"]},
+    {"name": "graph$macrocall$1", "symbols": [], "postprocess": list},
+    {"name": "graph$macrocall$1$ebnf$1", "symbols": []},
+    {"name": "graph$macrocall$1$ebnf$1$subexpression$1", "symbols": [{"literal":","}, "graph$macrocall$2"]},
+    {"name": "graph$macrocall$1$ebnf$1", "symbols": ["graph$macrocall$1$ebnf$1", "graph$macrocall$1$ebnf$1$subexpression$1"], "postprocess": (d) => d[0].concat([d[1]])},
+    {"name": "graph$macrocall$1", "symbols": ["graph$macrocall$2", "graph$macrocall$1$ebnf$1"], "postprocess": list},
+    {"name": "graph$macrocall$4", "symbols": ["type"]},
+    {"name": "graph$macrocall$3", "symbols": [], "postprocess": list},
+    {"name": "graph$macrocall$3$ebnf$1", "symbols": []},
+    {"name": "graph$macrocall$3$ebnf$1$subexpression$1", "symbols": [{"literal":","}, "graph$macrocall$4"]},
+    {"name": "graph$macrocall$3$ebnf$1", "symbols": ["graph$macrocall$3$ebnf$1", "graph$macrocall$3$ebnf$1$subexpression$1"], "postprocess": (d) => d[0].concat([d[1]])},
+    {"name": "graph$macrocall$3", "symbols": ["graph$macrocall$4", "graph$macrocall$3$ebnf$1"], "postprocess": list},
+    {"name": "graph$macrocall$6", "symbols": ["value"]},
+    {"name": "graph$macrocall$5", "symbols": [], "postprocess": list},
+    {"name": "graph$macrocall$5$ebnf$1", "symbols": []},
+    {"name": "graph$macrocall$5$ebnf$1$subexpression$1", "symbols": [{"literal":","}, "graph$macrocall$6"]},
+    {"name": "graph$macrocall$5$ebnf$1", "symbols": ["graph$macrocall$5$ebnf$1", "graph$macrocall$5$ebnf$1$subexpression$1"], "postprocess": (d) => d[0].concat([d[1]])},
+    {"name": "graph$macrocall$5", "symbols": ["graph$macrocall$6", "graph$macrocall$5$ebnf$1"], "postprocess": list},
+    {"name": "graph", "symbols": [{"literal":"graph"}, (lexer.has("global") ? {type: "global"} : global), {"literal":"("}, "graph$macrocall$1", {"literal":")"}, {"literal":"->"}, {"literal":"("}, "graph$macrocall$3", {"literal":")"}, {"literal":"{"}, "eol", "stmts", {"literal":"return"}, "graph$macrocall$5", "eol", {"literal":"}"}], "postprocess": (d): GraphSyntax => ({ name: name(d[1]), inputs: d[3], outputs: d[7], body: unroll(d[11]), returns: d[13], returnAt: pos(d[12]) })},
+    {"name": "stmts", "symbols": [], "postprocess": () => null},
+    {"name": "stmts", "symbols": ["stmts", "stmt"], "postprocess": ([before, last]): Stmts => ({ last, before })},
+    {"name": "stmt", "symbols": [{"literal":"param"}, "decl", "eol"], "postprocess": ([, decl]): StmtSyntax => ({ kind: 'param', ...decl })},
+    {"name": "stmt", "symbols": [{"literal":"state"}, "decl", "eol"], "postprocess": ([, decl]): StmtSyntax => ({ kind: 'state', ...decl })},
+    {"name": "stmt", "symbols": [{"literal":"state"}, "value", {"literal":"<-"}, "value", "eol"], "postprocess": ([, state, , value]): StmtSyntax => ({ kind: 'update', state, value })},
+    {"name": "stmt", "symbols": ["value", {"literal":":"}, "type", {"literal":"="}, "rhs", "eol"], "postprocess": ([result, , type, , rhs, loc]): StmtSyntax => ({ kind: 'node', result, type, ...rhs, loc })},
+    {"name": "rhs$macrocall$2", "symbols": ["value"]},
+    {"name": "rhs$macrocall$1", "symbols": [], "postprocess": list},
+    {"name": "rhs$macrocall$1$ebnf$1", "symbols": []},
+    {"name": "rhs$macrocall$1$ebnf$1$subexpression$1", "symbols": [{"literal":","}, "rhs$macrocall$2"]},
+    {"name": "rhs$macrocall$1$ebnf$1", "symbols": ["rhs$macrocall$1$ebnf$1", "rhs$macrocall$1$ebnf$1$subexpression$1"], "postprocess": (d) => d[0].concat([d[1]])},
+    {"name": "rhs$macrocall$1", "symbols": ["rhs$macrocall$2", "rhs$macrocall$1$ebnf$1"], "postprocess": list},
+    {"name": "rhs$ebnf$1", "symbols": ["attrs"], "postprocess": id},
+    {"name": "rhs$ebnf$1", "symbols": [], "postprocess": () => null},
+    {"name": "rhs", "symbols": [(lexer.has("ident") ? {type: "ident"} : ident), "rhs$macrocall$1", "rhs$ebnf$1"], "postprocess": ([op, operands, attrs]) => ({ op: name(op), operands, attrs: attrs ?? [] })},
+    {"name": "attrs$macrocall$2", "symbols": ["attr"]},
+    {"name": "attrs$macrocall$1", "symbols": [], "postprocess": list},
+    {"name": "attrs$macrocall$1$ebnf$1", "symbols": []},
+    {"name": "attrs$macrocall$1$ebnf$1$subexpression$1", "symbols": [{"literal":","}, "attrs$macrocall$2"]},
+    {"name": "attrs$macrocall$1$ebnf$1", "symbols": ["attrs$macrocall$1$ebnf$1", "attrs$macrocall$1$ebnf$1$subexpression$1"], "postprocess": (d) => d[0].concat([d[1]])},
+    {"name": "attrs$macrocall$1", "symbols": ["attrs$macrocall$2", "attrs$macrocall$1$ebnf$1"], "postprocess": list},
+    {"name": "attrs", "symbols": [{"literal":"["}, "attrs$macrocall$1", {"literal":"]"}], "postprocess": (d) => d[1]},
+    {"name": "attr", "symbols": [(lexer.has("ident") ? {type: "ident"} : ident), {"literal":"="}, "attrValue"], "postprocess": ([key, , value]): AttrSyntax => ({ key: name(key), ...value })},
+    {"name": "attrValue$subexpression$1", "symbols": ["item"]},
+    {"name": "attrValue$subexpression$1", "symbols": [(lexer.has("bool") ? {type: "bool"} : bool)]},
+    {"name": "attrValue", "symbols": ["attrValue$subexpression$1"], "postprocess": ([[t]]) => ({ value: literal(t), at: pos(t) })},
+    {"name": "attrValue$macrocall$2", "symbols": ["item"]},
+    {"name": "attrValue$macrocall$1", "symbols": [], "postprocess": list},
+    {"name": "attrValue$macrocall$1$ebnf$1", "symbols": []},
+    {"name": "attrValue$macrocall$1$ebnf$1$subexpression$1", "symbols": [{"literal":","}, "attrValue$macrocall$2"]},
+    {"name": "attrValue$macrocall$1$ebnf$1", "symbols": ["attrValue$macrocall$1$ebnf$1", "attrValue$macrocall$1$ebnf$1$subexpression$1"], "postprocess": (d) => d[0].concat([d[1]])},
+    {"name": "attrValue$macrocall$1", "symbols": ["attrValue$macrocall$2", "attrValue$macrocall$1$ebnf$1"], "postprocess": list},
+    {"name": "attrValue", "symbols": [{"literal":"["}, "attrValue$macrocall$1", {"literal":"]"}], "postprocess": ([open, items]) => ({ value: items.map(literal), at: pos(open) })},
+    {"name": "item$subexpression$1", "symbols": [(lexer.has("int") ? {type: "int"} : int)]},
+    {"name": "item$subexpression$1", "symbols": [(lexer.has("float") ? {type: "float"} : float)]},
+    {"name": "item$subexpression$1", "symbols": [(lexer.has("ident") ? {type: "ident"} : ident)]},
+    {"name": "item$subexpression$1", "symbols": [(lexer.has("str") ? {type: "str"} : str)]},
+    {"name": "item", "symbols": ["item$subexpression$1"], "postprocess": ([[t]]) => t},
+    {"name": "decl", "symbols": ["value", {"literal":":"}, "type"], "postprocess": ([name, , type]): DeclSyntax => ({ name, type })},
+    {"name": "type$macrocall$2", "symbols": ["dim"]},
+    {"name": "type$macrocall$1", "symbols": [], "postprocess": list},
+    {"name": "type$macrocall$1$ebnf$1", "symbols": []},
+    {"name": "type$macrocall$1$ebnf$1$subexpression$1", "symbols": [{"literal":","}, "type$macrocall$2"]},
+    {"name": "type$macrocall$1$ebnf$1", "symbols": ["type$macrocall$1$ebnf$1", "type$macrocall$1$ebnf$1$subexpression$1"], "postprocess": (d) => d[0].concat([d[1]])},
+    {"name": "type$macrocall$1", "symbols": ["type$macrocall$2", "type$macrocall$1$ebnf$1"], "postprocess": list},
+    {"name": "type", "symbols": [(lexer.has("ident") ? {type: "ident"} : ident), {"literal":"["}, "type$macrocall$1", {"literal":"]"}], "postprocess": ([dtype, , dims]): TypeSyntax => ({ dtype: name(dtype), shape: dims.map(literal), at: pos(dtype) })},
+    {"name": "dim$subexpression$1", "symbols": [(lexer.has("int") ? {type: "int"} : int)]},
+    {"name": "dim$subexpression$1", "symbols": [(lexer.has("ident") ? {type: "ident"} : ident)]},
+    {"name": "dim", "symbols": ["dim$subexpression$1"], "postprocess": ([[t]]) => t},
+    {"name": "value", "symbols": [(lexer.has("value") ? {type: "value"} : value)], "postprocess": ([t]) => name(t)},
+    {"name": "eol$ebnf$1", "symbols": [(lexer.has("comment") ? {type: "comment"} : comment)], "postprocess": id},
+    {"name": "eol$ebnf$1", "symbols": [], "postprocess": () => null},
+    {"name": "eol", "symbols": ["eol$ebnf$1", (lexer.has("nl") ? {type: "nl"} : nl)], "postprocess": ([c]) => c?.value || undefined}
+  ],
+  ParserStart: "module",
+};
+
+export default grammar;
