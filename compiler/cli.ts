@@ -1,0 +1,167 @@
+// The tsfuse command line: generate, logits, trace, inspect. Errors go to stderr as one readable line, exit code 1.
+
+import fs from 'node:fs';
+import { parseArgs, ParseArgsConfig } from 'node:util';
+import { InterpretError } from '../backends/reference/interpreter.ts';
+import { GraphError } from '../ir/graph.ts';
+import { IrParseError, parseModule } from '../ir/parser.ts';
+import { printModule } from '../ir/printer.ts';
+import { verifyModule, VerifyError } from '../ir/verify.ts';
+import { traceLlama } from '../examples/llama.ts';
+import { ConfigError } from '../runtime/config.ts';
+import { forwardLogits, generateGreedy, loadLlama } from '../runtime/llama.ts';
+import { WeightsError } from '../runtime/safetensors.ts';
+import { TraceError } from './trace.ts';
+
+class UsageError extends Error {}
+
+const usage = `usage: tsfuse <command> [options]
+
+commands:
+  generate --model DIR --ids 5,9,13 [--max-new-tokens N] [--backend cpu|reference] [--json]
+      greedy decoding after the prompt ids; prints the new token ids
+  logits   --model DIR --ids 5,9,13 [--backend cpu|reference] [--json]
+      logits at every prompt position, from one forward pass with an empty cache
+  trace    --model DIR [--dump-ir] [--cache-length N]
+      traces the Llama prefill and decode graphs; --dump-ir prints them as IR text
+  inspect  FILE.ir [--stats]
+      parses and verifies an IR text file and prints it back (--stats: op counts)`;
+
+const modelOptions = {
+  model: { type: 'string' },
+  ids: { type: 'string' },
+  backend: { type: 'string', default: 'cpu' },
+  json: { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const satisfies ParseArgsConfig['options'];
+
+type Handler = (args: string[]) => void;
+
+const commands: Record<string, Handler> = {
+  generate(args) {
+    const { values } = parse(args, { ...modelOptions, 'max-new-tokens': { type: 'string', default: '32' } });
+    const ids = parseIds(values.ids);
+    const maxNew = positiveInt(values['max-new-tokens'], '--max-new-tokens');
+    checkBackend(values.backend);
+    const model = loadLlama(required(values.model, '--model'));
+    const started = performance.now();
+    const tokens = generateGreedy(model, ids, maxNew, values.json ? undefined : (t) => process.stdout.write(`${t} `));
+    const ms = performance.now() - started;
+    if (values.json) console.log(JSON.stringify({ tokens }));
+    else console.log(`\n${tokens.length} tokens in ${ms.toFixed(0)} ms`);
+  },
+
+  logits(args) {
+    const { values } = parse(args, modelOptions);
+    const ids = parseIds(values.ids);
+    checkBackend(values.backend);
+    const logits = forwardLogits(loadLlama(required(values.model, '--model')), ids);
+    const [rows, vocab] = logits.shape;
+    const table = Array.from({ length: rows }, (_, r) => Array.from(logits.data.subarray(r * vocab, (r + 1) * vocab)));
+    if (values.json) {
+      console.log(JSON.stringify({ logits: table }));
+    } else {
+      table.forEach((row, i) => {
+        const best = row.indexOf(Math.max(...row));
+        console.log(`position ${i} (token ${ids[i]}): argmax ${best} (${row[best].toFixed(4)}), first ${row.slice(0, 4).map((v) => v.toFixed(4)).join(' ')} ...`);
+      });
+    }
+  },
+
+  trace(args) {
+    const { values } = parse(args, {
+      model: modelOptions.model, 'dump-ir': { type: 'boolean', default: false }, 'cache-length': { type: 'string' },
+    });
+    const model = loadLlama(required(values.model, '--model'));
+    const cacheLength = values['cache-length'] ? positiveInt(values['cache-length'], '--cache-length')
+      : Math.min(model.cfg.maxPositionEmbeddings, 2048);
+    const module = traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength });
+    verifyModule(module);
+    if (values['dump-ir']) process.stdout.write(printModule(module));
+    else for (const g of module.graphs) console.log(`@${g.name}: ${g.nodes.length} nodes, ${g.params.length} params, ${g.states.length} state tensors`);
+  },
+
+  inspect(args) {
+    const { values, positionals } = parse(args, { stats: { type: 'boolean', default: false } }, true);
+    if (positionals.length !== 1) throw new UsageError('inspect takes one IR file');
+    const file = positionals[0];
+    let text: string;
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch (e) {
+      throw new UsageError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    const module = parseModule(text, file);
+    if (!values.stats) {
+      process.stdout.write(printModule(module));
+      return;
+    }
+    for (const g of module.graphs) {
+      const counts = new Map<string, number>();
+      for (const n of g.nodes) counts.set(n.op, (counts.get(n.op) ?? 0) + 1);
+      console.log(`@${g.name}: ${g.nodes.length} nodes`);
+      for (const [op, n] of [...counts].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))) console.log(`  ${op.padEnd(14)} ${n}`);
+    }
+  },
+};
+
+function parse<O extends ParseArgsConfig['options']>(args: string[], options: O, allowPositionals = false) {
+  try {
+    return parseArgs({ args, options, allowPositionals, strict: true });
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+function required(v: string | undefined, flag: string): string {
+  if (!v) throw new UsageError(`${flag} is required`);
+  return v;
+}
+
+function parseIds(text: string | undefined): number[] {
+  const ids = required(text, '--ids').split(',').map((s) => s.trim());
+  const bad = ids.find((s) => !/^\d+$/.test(s));
+  if (bad !== undefined) throw new UsageError(`--ids must be comma-separated token ids, got '${bad}'`);
+  return ids.map(Number);
+}
+
+function positiveInt(text: string, flag: string): number {
+  if (!/^\d+$/.test(text) || Number(text) < 1) throw new UsageError(`${flag} must be a positive integer, got '${text}'`);
+  return Number(text);
+}
+
+function checkBackend(name: string): void {
+  if (name !== 'cpu' && name !== 'reference') throw new UsageError(`unknown backend '${name}' (available: cpu, reference)`);
+}
+
+/** Errors that describe bad input: printed as they are, without a stack. */
+const userErrors = [UsageError, TraceError, ConfigError, WeightsError, IrParseError, VerifyError, GraphError, InterpretError, RangeError];
+
+function main(argv: string[]): number {
+  const [command, ...rest] = argv;
+  if (!command || command === '--help' || command === '-h' || command === 'help') {
+    console.log(usage);
+    return command ? 0 : 1;
+  }
+  const handler = commands[command];
+  try {
+    if (!handler) throw new UsageError(`unknown command '${command}'\n\n${usage}`);
+    if (rest.includes('--help') || rest.includes('-h')) {
+      console.log(usage);
+      return 0;
+    }
+    handler(rest);
+    return 0;
+  } catch (e) {
+    if (userErrors.some((cls) => e instanceof cls)) {
+      console.error(`tsfuse ${command}: ${(e as Error).message}`);
+    } else {
+      console.error(`tsfuse ${command}: internal error: ${(e as Error).message}`);
+      if (process.env.TSFUSE_DEBUG) console.error((e as Error).stack);
+      else console.error('(set TSFUSE_DEBUG=1 for the stack trace)');
+    }
+    return 1;
+  }
+}
+
+process.exitCode = main(process.argv.slice(2));
