@@ -1,0 +1,49 @@
+// Rebuilding a graph node by node: the mechanism the local passes share. A visitor sees each node with its
+// operands already mapped into the new graph and returns the value that replaces the node's result.
+
+import { Graph, Node, Value } from '../../ir/graph.ts';
+import { Attrs } from '../../ir/ops.ts';
+
+export interface Emitter {
+  /** Appends a node to the new graph (type inferred), keeping the given source line. */
+  emit(op: string, inputs: Value[], attrs?: Attrs, loc?: string): Value;
+  /** The new graph being built (for declaring params). */
+  readonly graph: Graph;
+}
+
+/** Returns the value replacing the node's result, or undefined to drop a node nothing uses. */
+export type NodeVisitor = (node: Node, inputs: Value[], out: Emitter) => Value | undefined;
+
+/** Copies a node unchanged (operands mapped). */
+export const keepNode = (n: Node, inputs: Value[], out: Emitter): Value => out.emit(n.op, inputs, n.attrs, n.loc);
+
+/** A new graph with the same signature, params and state, built by `visit` from each node of `g` in order. */
+export function rewriteGraph(g: Graph, visit: NodeVisitor): Graph {
+  const out = new Graph(g.name);
+  const map = new Map<Value, Value>();
+  for (const v of g.inputs) map.set(v, out.addInput(v.name!, v.type));
+  for (const v of g.params) map.set(v, out.addParam(v.name!, v.type));
+  for (const v of g.states) map.set(v, out.addState(v.name!, v.type));
+  const emitter: Emitter = {
+    graph: out,
+    emit: (op, inputs, attrs = {}, loc) => out.addNode(op, inputs, attrs, loc),
+  };
+  const mapped = (v: Value) => {
+    const m = map.get(v);
+    if (!m) throw new Error(`rewrite of @${g.name} dropped a node that is still used`);
+    return m;
+  };
+  for (const n of g.nodes) {
+    const v = visit(n, n.inputs.map(mapped), emitter);
+    if (v) map.set(n.output, v);
+  }
+  out.outputs = g.outputs.map(mapped);
+  for (const u of g.stateUpdates) out.setState(mapped(u.state), mapped(u.value));
+  return out;
+}
+
+/** The constant a value holds when it is a scalar `const` node, else undefined. */
+export function constValue(v: Value): number | undefined {
+  const p = v.producer;
+  return p?.op === 'const' ? (p.attrs.value as number) : undefined;
+}

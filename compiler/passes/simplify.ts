@@ -1,0 +1,63 @@
+// simplify: local algebraic rewrites, each a rule with its identity. Rules only fire where the result has exactly
+// the node's type, so broadcasting and dtypes never change, and only where values are bit-for-bit the same.
+
+import { Graph, Node, Value } from '../../ir/graph.ts';
+import { Op } from '../../ir/ops.ts';
+import { sameShape, sameType } from '../../ir/shape.ts';
+import { constValue, Emitter, keepNode, rewriteGraph } from './rewrite.ts';
+
+type Rule = (n: Node, ins: Value[], out: Emitter) => Value | undefined;
+
+/** The operand itself, if it can stand for the node's result unchanged. */
+const same = (n: Node, v: Value) => (sameType(v.type, n.output.type) ? v : undefined);
+const producer = (v: Value, op: Op) => (v.producer?.op === op ? v.producer : undefined);
+
+const rules: Record<string, Rule> = {
+  // x * 1 = x, 1 * x = x
+  'mul-one': (n, [a, b]) => (n.op === Op.Mul ? (constValue(b) === 1 ? same(n, a) : constValue(a) === 1 ? same(n, b) : undefined) : undefined),
+  // x + 0 = x, 0 + x = x, x - 0 = x
+  'add-zero': (n, [a, b]) => {
+    if (n.op === Op.Add) return constValue(b) === 0 ? same(n, a) : constValue(a) === 0 ? same(n, b) : undefined;
+    return n.op === Op.Sub && constValue(b) === 0 ? same(n, a) : undefined;
+  },
+  // x / 1 = x
+  'div-one': (n, [a, b]) => (n.op === Op.Div && constValue(b) === 1 ? same(n, a) : undefined),
+  // pow(x, 2) = x * x (exact, and no pow in the kernel)
+  'square': (n, [a, b], out) => (n.op === Op.Pow && constValue(b) === 2 ? out.emit(Op.Mul, [a, a], {}, n.loc) : undefined),
+  // neg(neg(x)) = x, not(not(x)) = x
+  'double-negation': (n, [a]) => {
+    const inner = (n.op === Op.Neg || n.op === Op.Not) ? producer(a, n.op as Op) : undefined;
+    return inner ? same(n, inner.inputs[0]) : undefined;
+  },
+  // reshape(x) = x when the shape is already x's; reshape(reshape(x)) = reshape(x)
+  'reshape-reshape': (n, [a], out) => {
+    if (n.op !== Op.Reshape) return undefined;
+    if (sameShape(a.type.shape, n.output.type.shape)) return a;
+    const inner = producer(a, Op.Reshape);
+    return inner ? out.emit(Op.Reshape, [inner.inputs[0]], n.attrs, n.loc) : undefined;
+  },
+  // permute(x, identity) = x; permute(permute(x, p), q) = permute(x, p∘q)
+  'permute-permute': (n, [a], out) => {
+    if (n.op !== Op.Permute) return undefined;
+    const q = n.attrs.perm as number[];
+    if (q.every((p, i) => p === i)) return a;
+    const inner = producer(a, Op.Permute);
+    if (!inner) return undefined;
+    const p = inner.attrs.perm as number[];
+    return out.emit(Op.Permute, [inner.inputs[0]], { perm: q.map((i) => p[i]) }, n.loc);
+  },
+  // expand(x) = x when x already has the shape
+  'expand-same': (n, [a]) => (n.op === Op.Expand && sameShape(a.type.shape, n.output.type.shape) ? a : undefined),
+  // cast(x, dtype(x)) = x
+  'cast-same': (n, [a]) => (n.op === Op.Cast && a.type.dtype === n.attrs.dtype ? a : undefined),
+};
+
+export function simplify(g: Graph): Graph {
+  return rewriteGraph(g, (n, ins, out) => {
+    for (const rule of Object.values(rules)) {
+      const v = rule(n, ins, out);
+      if (v) return v;
+    }
+    return keepNode(n, ins, out);
+  });
+}
