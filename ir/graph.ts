@@ -32,6 +32,24 @@ export interface StateUpdate {
   readonly value: Value;
 }
 
+/**
+ * A fused kernel: a contiguous run of the graph's nodes that runs as one launch. Values it defines and that are
+ * used after it are written to memory; all others live in registers.
+ */
+export interface Kernel {
+  readonly name: string;
+  readonly nodes: Node[];
+  /** kind (elementwise, reduce, contraction, attention, state-write) and what else the fusion pass recorded. */
+  readonly attrs: Attrs;
+}
+
+/** A parameter computed once at load time from other parameters (concatenated projection weights). */
+export interface ParamDerivation {
+  readonly op: string;
+  readonly inputs: Value[];
+  readonly attrs: Attrs;
+}
+
 export class Graph {
   readonly inputs: Value[] = [];
   readonly params: Value[] = [];
@@ -39,6 +57,9 @@ export class Graph {
   nodes: Node[] = [];
   outputs: Value[] = [];
   stateUpdates: StateUpdate[] = [];
+  /** Set by fusion: every node belongs to exactly one kernel. Empty for an unfused graph. */
+  kernels: Kernel[] = [];
+  readonly derivations = new Map<Value, ParamDerivation>();
 
   constructor(readonly name: string) {}
 
@@ -48,6 +69,16 @@ export class Graph {
 
   addParam(name: string, type: TensorType): Value {
     return this.declare(this.params, new Value('param', type, name));
+  }
+
+  /** Declares a parameter computed at load time by `op` from earlier parameters. */
+  addDerivedParam(name: string, op: string, inputs: Value[], attrs: Attrs): Value {
+    for (const v of inputs) {
+      if (v.kind !== 'param') throw new GraphError(`derived parameter %${name} must be computed from parameters only`);
+    }
+    const v = this.addParam(name, inferType(op, inputs.map((i) => i.type), attrs));
+    this.derivations.set(v, { op, inputs, attrs });
+    return v;
   }
 
   addState(name: string, type: TensorType): Value {
@@ -123,4 +154,20 @@ export function usersOf(g: Graph): Map<Value, Node[]> {
     }
   }
   return users;
+}
+
+/**
+ * What a kernel reads from memory (values defined outside it) and writes (values it defines that are used after
+ * it: by another kernel, as a graph output, or as a state's new value), each in first-use order.
+ */
+export function kernelIO(g: Graph, k: Kernel): { reads: Value[]; writes: Value[] } {
+  const inside = new Set(k.nodes.map((n) => n.output));
+  const reads: Value[] = [];
+  for (const n of k.nodes) for (const v of n.inputs) if (!inside.has(v) && !reads.includes(v)) reads.push(v);
+  const usedOutside = new Set<Value>([...g.outputs, ...g.stateUpdates.map((u) => u.value)]);
+  for (const other of g.kernels) {
+    if (other !== k) for (const n of other.nodes) for (const v of n.inputs) usedOutside.add(v);
+  }
+  const writes = k.nodes.map((n) => n.output).filter((v) => usedOutside.has(v));
+  return { reads, writes };
 }

@@ -2,7 +2,7 @@
 // source line as a trailing comment. Node results are renumbered in print order so dumps are deterministic.
 // ir/parser.ts reads the same text back; print → parse → print is byte-identical.
 
-import { Graph, Module, Node, Value } from './graph.ts';
+import { Graph, Kernel, kernelIO, Module, Node, Value } from './graph.ts';
 import { AttrValue, Attrs } from './ops.ts';
 import { formatType } from './shape.ts';
 
@@ -28,9 +28,24 @@ export function printGraph(g: Graph, opts: PrintOptions = {}): string {
   const ins = g.inputs.map((v) => `${ref(v)}: ${formatType(v.type)}`).join(', ');
   const outs = g.outputs.map((v) => formatType(v.type)).join(', ');
   lines.push(`graph @${g.name}(${ins}) -> (${outs}) {`);
-  for (const p of g.params) lines.push(`  param ${ref(p)}: ${formatType(p.type)}`);
+  for (const p of g.params) {
+    const d = g.derivations.get(p);
+    const rhs = d ? ` = ${printRhs(d.op, d.inputs, d.attrs, ref)}` : '';
+    lines.push(`  param ${ref(p)}: ${formatType(p.type)}${rhs}`);
+  }
   for (const s of g.states) lines.push(`  state ${ref(s)}: ${formatType(s.type)}`);
-  for (const n of g.nodes) lines.push(withLoc(`  ${printNode(n, ref)}`, opts.locations === false ? undefined : n.loc));
+  const nodeLine = (n: Node, indent: string) =>
+    withLoc(`${indent}${printNode(n, ref)}`, opts.locations === false ? undefined : n.loc);
+  if (g.kernels.length === 0) {
+    for (const n of g.nodes) lines.push(nodeLine(n, '  '));
+  } else {
+    for (const k of g.kernels) {
+      const attrs = printAttrs(k.attrs);
+      lines.push(`  kernel @${k.name}${attrs ? ' ' + attrs : ''} {${kernelSummary(g, k, ref)}`);
+      for (const n of k.nodes) lines.push(nodeLine(n, '    '));
+      lines.push('  }');
+    }
+  }
   for (const u of g.stateUpdates) lines.push(`  state ${ref(u.state)} <- ${ref(u.value)}`);
   lines.push(`  return ${g.outputs.map(ref).join(', ')}`);
   lines.push('}');
@@ -38,9 +53,19 @@ export function printGraph(g: Graph, opts: PrintOptions = {}): string {
 }
 
 function printNode(n: Node, ref: (v: Value) => string): string {
-  const operands = n.inputs.map(ref).join(', ');
-  const attrs = printAttrs(n.attrs);
-  return `${ref(n.output)}: ${formatType(n.output.type)} = ${n.op}${operands ? ' ' + operands : ''}${attrs ? ' ' + attrs : ''}`;
+  return `${ref(n.output)}: ${formatType(n.output.type)} = ${printRhs(n.op, n.inputs, n.attrs, ref)}`;
+}
+
+function printRhs(op: string, inputs: Value[], attrs: Attrs, ref: (v: Value) => string): string {
+  const operands = inputs.map(ref).join(', ');
+  const a = printAttrs(attrs);
+  return `${op}${operands ? ' ' + operands : ''}${a ? ' ' + a : ''}`;
+}
+
+/** A comment after a kernel's brace naming what it reads from and writes to memory (derived, so it round-trips). */
+function kernelSummary(g: Graph, k: Kernel, ref: (v: Value) => string): string {
+  const io = kernelIO(g, k);
+  return `  # reads ${io.reads.map(ref).join(', ') || 'nothing'}; writes ${io.writes.map(ref).join(', ')}`;
 }
 
 function withLoc(line: string, loc: string | undefined): string {

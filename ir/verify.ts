@@ -53,4 +53,42 @@ export function verifyGraph(g: Graph): void {
     if (!defined.has(v)) throw new VerifyError(`graph @${g.name}: output ${k} is not defined in the graph`);
   });
   if (g.outputs.length === 0) throw new VerifyError(`graph @${g.name} returns nothing`);
+  verifyDerivations(g);
+  verifyKernels(g);
+}
+
+function verifyDerivations(g: Graph): void {
+  for (const [p, d] of g.derivations) {
+    const where = `graph @${g.name}: derived param %${p.name}`;
+    for (const v of d.inputs) {
+      if (!g.params.includes(v) || g.params.indexOf(v) >= g.params.indexOf(p)) {
+        throw new VerifyError(`${where}: operand %${v.name ?? '?'} is not a parameter declared before it`);
+      }
+    }
+    let t;
+    try {
+      t = inferType(d.op, d.inputs.map((v) => v.type), d.attrs);
+    } catch (e) {
+      if (e instanceof GraphError) throw new VerifyError(`${where}: ${e.message}`);
+      throw e;
+    }
+    if (!sameType(t, p.type)) throw new VerifyError(`${where}: declared ${formatType(p.type)} but ${d.op} gives ${formatType(t)}`);
+  }
+}
+
+/** Fused graphs: the kernels cover the node list exactly, each a contiguous run, in order. */
+function verifyKernels(g: Graph): void {
+  if (g.kernels.length === 0) return;
+  const names = new Set<string>();
+  let i = 0;
+  for (const k of g.kernels) {
+    if (names.has(k.name)) throw new VerifyError(`graph @${g.name}: two kernels named @${k.name}`);
+    names.add(k.name);
+    if (k.nodes.length === 0) throw new VerifyError(`graph @${g.name}: kernel @${k.name} is empty`);
+    for (const n of k.nodes) {
+      if (g.nodes[i] !== n) throw new VerifyError(`graph @${g.name}: kernel @${k.name} does not match the node order at node %${i}`);
+      i++;
+    }
+  }
+  if (i !== g.nodes.length) throw new VerifyError(`graph @${g.name}: node %${i} is outside every kernel`);
 }
