@@ -19,9 +19,14 @@ export interface TypeSyntax { dtype: Name; shape: Dim[]; at: Pos }
 export interface DeclSyntax { name: Name; type: TypeSyntax }
 /** `at` is where the value starts, for errors about the value rather than the key. */
 export interface AttrSyntax { key: Name; value: AttrValue; at: Pos }
+/** What a node or a derived parameter computes: `op %a, %b [k=v]`. */
+export interface RhsSyntax { op: Name; operands: Name[]; attrs: AttrSyntax[] }
+export type NodeSyntax = { kind: 'node'; result: Name; type: TypeSyntax; loc?: string } & RhsSyntax;
 export type StmtSyntax =
-  | ({ kind: 'param' | 'state' } & DeclSyntax)
-  | { kind: 'node'; result: Name; type: TypeSyntax; op: Name; operands: Name[]; attrs: AttrSyntax[]; loc?: string }
+  | ({ kind: 'param'; derived?: RhsSyntax } & DeclSyntax)
+  | ({ kind: 'state' } & DeclSyntax)
+  | NodeSyntax
+  | { kind: 'kernel'; name: Name; attrs: AttrSyntax[]; body: NodeSyntax[] }
   | { kind: 'update'; state: Name; value: Name };
 export interface GraphSyntax {
   name: Name;
@@ -41,7 +46,8 @@ const lexer = moo.compile({
   comment: { match: /#[^\r\n]*/, value: (s) => s.replace(/^# ?/, '') },
   value: { match: /%[A-Za-z0-9_.]+/, value: (s) => s.slice(1) },
   global: { match: /@[A-Za-z0-9_.]+/, value: (s) => s.slice(1) },
-  number: { match: /-?(?:inf|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)/, type: (s) => (/^-?\d+$/.test(s) ? 'int' : 'float') },
+  // `inf` only as a whole word: an identifier such as `information` is a name, not inf followed by `ormation`.
+  number: { match: /-?(?:inf(?![A-Za-z0-9_.])|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)/, type: (s) => (/^-?\d+$/.test(s) ? 'int' : 'float') },
   ident: { match: /[A-Za-z_][A-Za-z0-9_.]*/, type: (s) => specialWords[s] },
   str: { match: /"(?:[^"\\\n]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"/, value: (s) => JSON.parse(s) },
   punct: ['->', '<-', '(', ')', '[', ']', '{', '}', ',', ':', '='],
@@ -70,11 +76,11 @@ function literal(t: moo.Token): number | boolean | string {
   }
 }
 
-/** Statements collected back to front; see the `stmts` rule. */
-interface Stmts { last: StmtSyntax; before: Stmts | null }
+/** Statements or a kernel's nodes, collected back to front; see the `stmts` rule. */
+interface Chain<T> { last: T; before: Chain<T> | null }
 
-function unroll(list: Stmts | null): StmtSyntax[] {
-  const out: StmtSyntax[] = [];
+function unroll<T>(list: Chain<T> | null): T[] {
+  const out: T[] = [];
   for (let s = list; s; s = s.before) out.push(s.last);
   return out.reverse();
 }
@@ -103,16 +109,24 @@ graph -> "graph" %global "(" list[decl] ")" "->" "(" list[type] ")" "{" eol stmt
 
 # A linked list, not `stmt:*`: nearley's `:*` copies the array at every statement, quadratic on a Llama-sized graph.
 stmts -> null  {% () => null %}
-  | stmts stmt  {% ([before, last]): Stmts => ({ last, before }) %}
+  | stmts stmt  {% ([before, last]): Chain<StmtSyntax> => ({ last, before }) %}
 
+# A derived param's comment and a kernel's comment after its "{" are ignored: the printer derives them from the graph.
 stmt ->
-    "param" decl eol              {% ([, decl]): StmtSyntax => ({ kind: 'param', ...decl }) %}
+    "param" decl ("=" rhs):? eol  {% ([, decl, rhs]): StmtSyntax => ({ kind: 'param', ...decl, ...(rhs && { derived: rhs[1] }) }) %}
   | "state" decl eol              {% ([, decl]): StmtSyntax => ({ kind: 'state', ...decl }) %}
   | "state" value "<-" value eol  {% ([, state, , value]): StmtSyntax => ({ kind: 'update', state, value }) %}
-  | value ":" type "=" rhs eol    {% ([result, , type, , rhs, loc]): StmtSyntax => ({ kind: 'node', result, type, ...rhs, loc }) %}
+  | node                          {% id %}
+  | "kernel" %global attrs:? "{" eol nodes "}" eol
+    {% ([, k, attrs, , , body]): StmtSyntax => ({ kind: 'kernel', name: name(k), attrs: attrs ?? [], body: unroll(body) }) %}
 
-# What a node computes. A fused kernel will be a second alternative: an op, operands, then a `{ ... }` body of stmts.
-rhs -> %ident list[value] attrs:?  {% ([op, operands, attrs]) => ({ op: name(op), operands, attrs: attrs ?? [] }) %}
+# A kernel's body: nodes only (no declarations, no nested kernels); empty is left to ir/parser.ts to report.
+nodes -> null  {% () => null %}
+  | nodes node  {% ([before, last]): Chain<NodeSyntax> => ({ last, before }) %}
+
+node -> value ":" type "=" rhs eol  {% ([result, , type, , rhs, loc]): NodeSyntax => ({ kind: 'node', result, type, ...rhs, loc }) %}
+
+rhs -> %ident list[value] attrs:?  {% ([op, operands, attrs]): RhsSyntax => ({ op: name(op), operands, attrs: attrs ?? [] }) %}
 
 attrs -> "[" list[attr] "]"  {% (d) => d[1] %}
 attr -> %ident "=" attrValue  {% ([key, , value]): AttrSyntax => ({ key: name(key), ...value }) %}

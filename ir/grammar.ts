@@ -28,9 +28,14 @@ export interface TypeSyntax { dtype: Name; shape: Dim[]; at: Pos }
 export interface DeclSyntax { name: Name; type: TypeSyntax }
 /** `at` is where the value starts, for errors about the value rather than the key. */
 export interface AttrSyntax { key: Name; value: AttrValue; at: Pos }
+/** What a node or a derived parameter computes: `op %a, %b [k=v]`. */
+export interface RhsSyntax { op: Name; operands: Name[]; attrs: AttrSyntax[] }
+export type NodeSyntax = { kind: 'node'; result: Name; type: TypeSyntax; loc?: string } & RhsSyntax;
 export type StmtSyntax =
-  | ({ kind: 'param' | 'state' } & DeclSyntax)
-  | { kind: 'node'; result: Name; type: TypeSyntax; op: Name; operands: Name[]; attrs: AttrSyntax[]; loc?: string }
+  | ({ kind: 'param'; derived?: RhsSyntax } & DeclSyntax)
+  | ({ kind: 'state' } & DeclSyntax)
+  | NodeSyntax
+  | { kind: 'kernel'; name: Name; attrs: AttrSyntax[]; body: NodeSyntax[] }
   | { kind: 'update'; state: Name; value: Name };
 export interface GraphSyntax {
   name: Name;
@@ -50,7 +55,8 @@ const lexer = moo.compile({
   comment: { match: /#[^\r\n]*/, value: (s) => s.replace(/^# ?/, '') },
   value: { match: /%[A-Za-z0-9_.]+/, value: (s) => s.slice(1) },
   global: { match: /@[A-Za-z0-9_.]+/, value: (s) => s.slice(1) },
-  number: { match: /-?(?:inf|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)/, type: (s) => (/^-?\d+$/.test(s) ? 'int' : 'float') },
+  // `inf` only as a whole word: an identifier such as `information` is a name, not inf followed by `ormation`.
+  number: { match: /-?(?:inf(?![A-Za-z0-9_.])|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)/, type: (s) => (/^-?\d+$/.test(s) ? 'int' : 'float') },
   ident: { match: /[A-Za-z_][A-Za-z0-9_.]*/, type: (s) => specialWords[s] },
   str: { match: /"(?:[^"\\\n]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"/, value: (s) => JSON.parse(s) },
   punct: ['->', '<-', '(', ')', '[', ']', '{', '}', ',', ':', '='],
@@ -79,11 +85,11 @@ function literal(t: moo.Token): number | boolean | string {
   }
 }
 
-/** Statements collected back to front; see the `stmts` rule. */
-interface Stmts { last: StmtSyntax; before: Stmts | null }
+/** Statements or a kernel's nodes, collected back to front; see the `stmts` rule. */
+interface Chain<T> { last: T; before: Chain<T> | null }
 
-function unroll(list: Stmts | null): StmtSyntax[] {
-  const out: StmtSyntax[] = [];
+function unroll<T>(list: Chain<T> | null): T[] {
+  const out: T[] = [];
   for (let s = list; s; s = s.before) out.push(s.last);
   return out.reverse();
 }
@@ -156,11 +162,20 @@ const grammar: Grammar = {
     {"name": "graph$macrocall$5", "symbols": ["graph$macrocall$6", "graph$macrocall$5$ebnf$1"], "postprocess": list},
     {"name": "graph", "symbols": [{"literal":"graph"}, (lexer.has("global") ? {type: "global"} : global), {"literal":"("}, "graph$macrocall$1", {"literal":")"}, {"literal":"->"}, {"literal":"("}, "graph$macrocall$3", {"literal":")"}, {"literal":"{"}, "eol", "stmts", {"literal":"return"}, "graph$macrocall$5", "eol", {"literal":"}"}], "postprocess": (d): GraphSyntax => ({ name: name(d[1]), inputs: d[3], outputs: d[7], body: unroll(d[11]), returns: d[13], returnAt: pos(d[12]) })},
     {"name": "stmts", "symbols": [], "postprocess": () => null},
-    {"name": "stmts", "symbols": ["stmts", "stmt"], "postprocess": ([before, last]): Stmts => ({ last, before })},
-    {"name": "stmt", "symbols": [{"literal":"param"}, "decl", "eol"], "postprocess": ([, decl]): StmtSyntax => ({ kind: 'param', ...decl })},
+    {"name": "stmts", "symbols": ["stmts", "stmt"], "postprocess": ([before, last]): Chain<StmtSyntax> => ({ last, before })},
+    {"name": "stmt$ebnf$1$subexpression$1", "symbols": [{"literal":"="}, "rhs"]},
+    {"name": "stmt$ebnf$1", "symbols": ["stmt$ebnf$1$subexpression$1"], "postprocess": id},
+    {"name": "stmt$ebnf$1", "symbols": [], "postprocess": () => null},
+    {"name": "stmt", "symbols": [{"literal":"param"}, "decl", "stmt$ebnf$1", "eol"], "postprocess": ([, decl, rhs]): StmtSyntax => ({ kind: 'param', ...decl, ...(rhs && { derived: rhs[1] }) })},
     {"name": "stmt", "symbols": [{"literal":"state"}, "decl", "eol"], "postprocess": ([, decl]): StmtSyntax => ({ kind: 'state', ...decl })},
     {"name": "stmt", "symbols": [{"literal":"state"}, "value", {"literal":"<-"}, "value", "eol"], "postprocess": ([, state, , value]): StmtSyntax => ({ kind: 'update', state, value })},
-    {"name": "stmt", "symbols": ["value", {"literal":":"}, "type", {"literal":"="}, "rhs", "eol"], "postprocess": ([result, , type, , rhs, loc]): StmtSyntax => ({ kind: 'node', result, type, ...rhs, loc })},
+    {"name": "stmt", "symbols": ["node"], "postprocess": id},
+    {"name": "stmt$ebnf$2", "symbols": ["attrs"], "postprocess": id},
+    {"name": "stmt$ebnf$2", "symbols": [], "postprocess": () => null},
+    {"name": "stmt", "symbols": [{"literal":"kernel"}, (lexer.has("global") ? {type: "global"} : global), "stmt$ebnf$2", {"literal":"{"}, "eol", "nodes", {"literal":"}"}, "eol"], "postprocess": ([, k, attrs, , , body]): StmtSyntax => ({ kind: 'kernel', name: name(k), attrs: attrs ?? [], body: unroll(body) })},
+    {"name": "nodes", "symbols": [], "postprocess": () => null},
+    {"name": "nodes", "symbols": ["nodes", "node"], "postprocess": ([before, last]): Chain<NodeSyntax> => ({ last, before })},
+    {"name": "node", "symbols": ["value", {"literal":":"}, "type", {"literal":"="}, "rhs", "eol"], "postprocess": ([result, , type, , rhs, loc]): NodeSyntax => ({ kind: 'node', result, type, ...rhs, loc })},
     {"name": "rhs$macrocall$2", "symbols": ["value"]},
     {"name": "rhs$macrocall$1", "symbols": [], "postprocess": list},
     {"name": "rhs$macrocall$1$ebnf$1", "symbols": []},
@@ -169,7 +184,7 @@ const grammar: Grammar = {
     {"name": "rhs$macrocall$1", "symbols": ["rhs$macrocall$2", "rhs$macrocall$1$ebnf$1"], "postprocess": list},
     {"name": "rhs$ebnf$1", "symbols": ["attrs"], "postprocess": id},
     {"name": "rhs$ebnf$1", "symbols": [], "postprocess": () => null},
-    {"name": "rhs", "symbols": [(lexer.has("ident") ? {type: "ident"} : ident), "rhs$macrocall$1", "rhs$ebnf$1"], "postprocess": ([op, operands, attrs]) => ({ op: name(op), operands, attrs: attrs ?? [] })},
+    {"name": "rhs", "symbols": [(lexer.has("ident") ? {type: "ident"} : ident), "rhs$macrocall$1", "rhs$ebnf$1"], "postprocess": ([op, operands, attrs]): RhsSyntax => ({ op: name(op), operands, attrs: attrs ?? [] })},
     {"name": "attrs$macrocall$2", "symbols": ["attr"]},
     {"name": "attrs$macrocall$1", "symbols": [], "postprocess": list},
     {"name": "attrs$macrocall$1$ebnf$1", "symbols": []},

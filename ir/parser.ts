@@ -4,8 +4,8 @@
 
 import nearley from 'nearley';
 import { DType, isDType } from './dtype.ts';
-import grammar, { AttrSyntax, GraphSyntax, Name, Pos, TypeSyntax } from './grammar.ts';
-import { Graph, Module, Node, Value } from './graph.ts';
+import grammar, { AttrSyntax, GraphSyntax, Name, NodeSyntax, Pos, RhsSyntax, TypeSyntax } from './grammar.ts';
+import { Graph, Kernel, Module, Node, ParamDerivation, Value } from './graph.ts';
 import { AttrKind, AttrValue, OpDef, opDef } from './ops.ts';
 import { printAttrValue } from './printer.ts';
 import { formatType, sameType, TensorType } from './shape.ts';
@@ -176,29 +176,58 @@ function buildGraph(src: Source, gs: GraphSyntax, nodeAt: Map<Node, Pos>): Graph
   }
   const declared = gs.outputs.map(typeOf);
   const updated = new Set<Value>();
+  // Checked left to right, so the first error reported is the first one on the line.
+  const node = (s: NodeSyntax): Node => {
+    fresh(s.result);
+    const type = typeOf(s.type);
+    const def = opDef(s.op.text) ?? src.fail(s.op.at, `unknown op '${s.op.text}'`);
+    const inputs = s.operands.map(use);
+    const out = g.appendNode(def.name, inputs, attrsOf(src, def, s.attrs), type, s.loc);
+    nodeAt.set(out.producer!, s.result.at);
+    bind(s.result, out);
+    return out.producer!;
+  };
+  // The printer never mixes them: a fused graph has all its nodes in kernels, an unfused one none.
+  let looseNode: Name | undefined;
+  const kernelAt = new Map<string, Name>();
   for (const s of gs.body) {
     switch (s.kind) {
-      case 'param':
-      case 'state': {
+      case 'param': {
         fresh(s.name);
-        const type = typeOf(s.type);
-        bind(s.name, s.kind === 'param' ? g.addParam(s.name.text, type) : g.addState(s.name.text, type));
+        const p = g.addParam(s.name.text, typeOf(s.type));
+        // Its declared type stays as written; the verifier checks it against what the op gives.
+        if (s.derived) g.derivations.set(p, derivation(src, s.derived, use));
+        bind(s.name, p);
         break;
       }
+      case 'state':
+        fresh(s.name);
+        bind(s.name, g.addState(s.name.text, typeOf(s.type)));
+        break;
       case 'node': {
-        // Checked left to right, so the first error reported is the first one on the line.
-        fresh(s.result);
-        const type = typeOf(s.type);
-        const def = opDef(s.op.text) ?? src.fail(s.op.at, `unknown op '${s.op.text}'`);
-        const inputs = s.operands.map(use);
-        const out = g.appendNode(def.name, inputs, attrsOf(src, def, s.attrs), type, s.loc);
-        nodeAt.set(out.producer!, s.result.at);
-        bind(s.result, out);
+        const first = kernelAt.values().next().value;
+        if (first) {
+          src.fail(s.result.at, `%${s.result.text} is outside every kernel, but this graph has kernels (@${first.text} at line ${first.at.line}); a fused graph has all its nodes in kernels`);
+        }
+        looseNode ??= s.result;
+        node(s);
+        break;
+      }
+      case 'kernel': {
+        const first = kernelAt.get(s.name.text);
+        if (first) src.fail(s.name.at, `kernel @${s.name.text} is defined twice (first at line ${first.at.line})`);
+        if (looseNode) {
+          src.fail(s.name.at, `kernel @${s.name.text} in a graph with nodes outside kernels (%${looseNode.text} at line ${looseNode.at.line}); a fused graph has all its nodes in kernels`);
+        }
+        if (s.body.length === 0) src.fail(s.name.at, `kernel @${s.name.text} is empty`);
+        kernelAt.set(s.name.text, s.name);
+        const kernel: Kernel = { name: s.name.text, attrs: kernelAttrsOf(src, s.attrs), nodes: s.body.map(node) };
+        g.kernels.push(kernel);
         break;
       }
       case 'update': {
         const state = use(s.state);
-        if (state.kind !== 'state') src.fail(s.state.at, `%${s.state.text} is not a state (it is ${state.kind === 'node' ? 'a node result' : `an ${state.kind}`})`);
+        if (state.kind !== 'state') src.fail(s.state.at, `%${s.state.text} is not a state (it is ${describeKind(state)})`);
         if (updated.has(state)) src.fail(s.state.at, `state %${s.state.text} is updated twice`);
         updated.add(state);
         g.setState(state, use(s.value));
@@ -220,6 +249,20 @@ function buildGraph(src: Source, gs: GraphSyntax, nodeAt: Map<Node, Pos>): Graph
   });
   return g;
 }
+
+/** A derived param's computation: a known op with valid attributes, over parameters declared before it. */
+function derivation(src: Source, rhs: RhsSyntax, use: (n: Name) => Value): ParamDerivation {
+  const def = opDef(rhs.op.text) ?? src.fail(rhs.op.at, `unknown op '${rhs.op.text}'`);
+  const inputs = rhs.operands.map((n) => {
+    const v = use(n);
+    if (v.kind !== 'param') src.fail(n.at, `a derived param is computed from params only, and %${n.text} is ${describeKind(v)}`);
+    return v;
+  });
+  return { op: def.name, inputs, attrs: attrsOf(src, def, rhs.attrs) };
+}
+
+const kindNames: Record<Value['kind'], string> = { input: 'an input', param: 'a param', state: 'a state', node: 'a node result' };
+const describeKind = (v: Value) => kindNames[v.kind];
 
 function tensorTypeOf(src: Source, t: TypeSyntax): TensorType {
   const dtype = t.dtype.text;
@@ -261,9 +304,20 @@ function attrsOf(src: Source, def: OpDef, attrs: AttrSyntax[]): Record<string, A
   return out;
 }
 
+/** A kernel's attributes: free-form (the fusion pass records what it likes), so only repeated keys are errors. */
+function kernelAttrsOf(src: Source, attrs: AttrSyntax[]): Record<string, AttrValue> {
+  const out: Record<string, AttrValue> = {};
+  for (const { key, value } of attrs) {
+    if (key.text in out) src.fail(key.at, `attribute ${key.text} is given twice`);
+    out[key.text] = value;
+  }
+  return out;
+}
+
 /**
  * Where a verifier message points. VerifyError carries only text, so this reads the graph and node it names:
- * "graph @g, node %3 (...)" is that node's line, "graph @g: state %k ..." that state's update, else the return.
+ * "graph @g, node %3 (...)" is that node's line, "graph @g: state %k ..." that state's update, "graph @g: derived
+ * param %w ..." that param's declaration, else the return.
  */
 function locate(message: string, m: Module, graphAt: Map<string, GraphSyntax>, nodeAt: Map<Node, Pos>): Pos {
   const gs = graphAt.get(/^graph @([A-Za-z0-9_.]+)/.exec(message)?.[1] ?? '');
@@ -275,6 +329,11 @@ function locate(message: string, m: Module, graphAt: Map<string, GraphSyntax>, n
   if (state) {
     const update = gs.body.find((s) => s.kind === 'update' && s.state.text === state[1]);
     if (update?.kind === 'update') return update.state.at;
+  }
+  const derived = /^graph @[^,:]+: derived param %([A-Za-z0-9_.]+)/.exec(message);
+  if (derived) {
+    const decl = gs.body.find((s) => s.kind === 'param' && s.name.text === derived[1]);
+    if (decl?.kind === 'param') return decl.name.at;
   }
   return gs.returnAt;
 }

@@ -20,6 +20,8 @@ export function verifyGraph(g: Graph): void {
   const where = (n: Node, i: number) =>
     `graph @${g.name}, node %${i} (${n.op}${n.inputs.length ? ' ' : ''}${n.inputs.map((v) => formatType(v.type)).join(', ')}` +
     `${Object.keys(n.attrs).length ? ' ' + printAttrs(n.attrs) : ''})${n.loc ? ' at ' + n.loc : ''}`;
+  // Params before nodes, as in the text, so a bad derived param is reported before the nodes it upsets.
+  verifyDerivations(g);
   g.nodes.forEach((n, i) => {
     n.inputs.forEach((v, k) => {
       if (!defined.has(v)) throw new VerifyError(`${where(n, i)}: operand ${k} is used before it is defined`);
@@ -53,7 +55,6 @@ export function verifyGraph(g: Graph): void {
     if (!defined.has(v)) throw new VerifyError(`graph @${g.name}: output ${k} is not defined in the graph`);
   });
   if (g.outputs.length === 0) throw new VerifyError(`graph @${g.name} returns nothing`);
-  verifyDerivations(g);
   verifyKernels(g);
 }
 

@@ -78,7 +78,52 @@ function decode(): Graph {
   return g;
 }
 
-const module = (): Module => ({ graphs: [ffn(), attrs(), embed(), decode()] });
+/** Concatenated projection weights, computed at load time; derived params may build on derived params. */
+function derived(): Graph {
+  const g = new Graph('derived');
+  const x = g.addInput('x', t(DType.BF16, 2, 8));
+  const [q, k, v] = ['q', 'k', 'v'].map((p) => g.addParam(`model.layers.0.self_attn.${p}_proj.weight`, t(DType.BF16, 8, 8)));
+  const qkv = g.addDerivedParam('model.layers.0.self_attn.qkv_proj.weight', 'concat', [q, k, v], { axis: 1 });
+  const wide = g.addDerivedParam('wide', 'concat', [qkv, q], { axis: 1 });
+  g.outputs.push(g.addNode('matmul', [x, qkv], {}, 'examples/llama.ts:61'), g.addNode('matmul', [x, wide]));
+  return g;
+}
+
+/** Kernel attribute values of every kind, strings that must stay strings included. */
+const kernelAttrs = {
+  kind: 'contraction',
+  rule: 'matmul → silu * matmul',
+  tiles: [16, 64, 'S'],
+  names: ['a b', 'true', '3', 'information'],
+  empty: [],
+  vectorize: true,
+  score: -0.25,
+  label: 'inf',
+};
+
+/** A fused decode step: a derived param, two kernels (one writing the KV cache), locations on some nodes. */
+function fused(): Graph {
+  const g = new Graph('fused');
+  const x = g.addInput('x', t(DType.F32, 1, 8));
+  const pos = g.addInput('pos', t(DType.I32));
+  const w1 = g.addParam('w1', t(DType.F32, 8, 16));
+  const w3 = g.addParam('w3', t(DType.F32, 8, 16));
+  const w13 = g.addDerivedParam('w13', 'concat', [w1, w3], { axis: 1 });
+  const cache = g.addState('k_cache', t(DType.F32, 16, 16));
+  const h = g.addNode('matmul', [x, w13], {}, 'examples/ffn.ts:12');
+  const a = g.addNode('silu', [g.addNode('slice', [h], { axis: 1, start: 0, end: 16 })], {}, 'examples/ffn.ts:13');
+  const y = g.addNode('mul', [a, g.addNode('slice', [h], { axis: 1, start: 16, end: 32 })], {}, 'examples/ffn.ts:13');
+  const u = g.addNode('update_slice', [cache, y, pos], { axis: 0 }, 'examples/llama.ts:77');
+  g.setState(cache, u);
+  g.outputs.push(y);
+  g.kernels = [
+    { name: 'k0', nodes: g.nodes.slice(0, 1), attrs: kernelAttrs },
+    { name: 'ffn.gate_up', nodes: g.nodes.slice(1), attrs: { kind: 'state-write', rule: 'silu(a) * b; "quoted"\n' } },
+  ];
+  return g;
+}
+
+const module = (): Module => ({ graphs: [ffn(), attrs(), embed(), decode(), derived(), fused()] });
 
 test('the test graphs are valid', () => {
   verifyModule(module());
@@ -121,6 +166,83 @@ test('state updates link the parsed state to the parsed node', () => {
   assert.is(g.nodes[0].inputs[0], g.states[0]);
 });
 
+test('derived params come back with their op, attributes and the parsed params as operands', () => {
+  const g = parseModule(printModule(module())).graphs[4];
+  assert.is(g.params.length, 5);
+  const [q, k, v, qkv, wide] = g.params;
+  assert.is(g.derivations.size, 2);
+  assert.equal(g.derivations.get(qkv), { op: 'concat', inputs: [q, k, v], attrs: { axis: 1 } });
+  assert.equal(g.derivations.get(wide), { op: 'concat', inputs: [qkv, q], attrs: { axis: 1 } });
+  assert.ok(g.derivations.get(qkv)!.inputs[0] === q && g.derivations.get(wide)!.inputs[0] === qkv);
+  assert.equal(qkv.type, t(DType.BF16, 8, 24));
+  assert.is(g.nodes[0].inputs[1], qkv);
+});
+
+test('kernels come back in order, over the parsed nodes, with attribute values of the same JS types', () => {
+  const g = parseModule(printModule(module())).graphs[5];
+  assert.equal(g.kernels.map((k) => k.name), ['k0', 'ffn.gate_up']);
+  assert.ok(g.kernels.flatMap((k) => k.nodes).every((n, i) => n === g.nodes[i]));
+  assert.equal(g.kernels.map((k) => k.nodes.length), [1, 5]);
+  assert.equal(g.kernels[0].attrs, kernelAttrs);
+  assert.equal(g.kernels[1].attrs, { kind: 'state-write', rule: 'silu(a) * b; "quoted"\n' });
+  assert.is(g.nodes[5].loc, 'examples/llama.ts:77');
+  assert.is(g.nodes[1].loc, undefined);
+  assert.is(g.stateUpdates[0].value, g.kernels[1].nodes[4].output);
+});
+
+/** The fused graph without locations: what a fusion golden test pins. */
+const FUSED = `graph @fused(%x: f32[1,8], %pos: i32[]) -> (f32[1,16]) {
+  param %w1: f32[8,16]
+  param %w3: f32[8,16]
+  param %w13: f32[8,32] = concat %w1, %w3 [axis=1]
+  state %k_cache: f32[16,16]
+  kernel @k0 [empty=[], kind=contraction, label="inf", names=["a b","true","3",information], rule="matmul → silu * matmul", score=-0.25, tiles=[16,64,S], vectorize=true] {  # reads %x, %w13; writes %0
+    %0: f32[1,32] = matmul %x, %w13
+  }
+  kernel @ffn.gate_up [kind="state-write", rule="silu(a) * b; \\"quoted\\"\\n"] {  # reads %0, %k_cache, %pos; writes %4, %5
+    %1: f32[1,16] = slice %0 [axis=1, end=16, start=0]
+    %2: f32[1,16] = silu %1
+    %3: f32[1,16] = slice %0 [axis=1, end=32, start=16]
+    %4: f32[1,16] = mul %2, %3
+    %5: f32[16,16] = update_slice %k_cache, %4, %pos [axis=0]
+  }
+  state %k_cache <- %5
+  return %4
+}
+`;
+
+test('a fused graph prints as kernel blocks (golden) and reads back', () => {
+  assert.is(printModule({ graphs: [fused()] }, { locations: false }), FUSED);
+  assert.is(printModule({ graphs: [parseGraph(FUSED)] }, { locations: false }), FUSED);
+});
+
+test('hand-written kernels: the comment after "{" is ignored and regenerated, comment lines are skipped', () => {
+  const text = [
+    'graph @g(%x: f32[4]) -> (f32[4]) {',
+    '  kernel @a {   # stale: reads nothing',
+    '    # a comment line',
+    '    %y: f32[4] = neg %x   # here.ts:1',
+    '  }',
+    '  kernel @b [kind=elementwise]{',
+    '    %z: f32[4] = exp %y',
+    '  }   # end of @b',
+    '  return %z',
+    '}',
+  ].join('\n');
+  assert.is(printModule({ graphs: [parseGraph(text)] }, { locations: false }), [
+    'graph @g(%x: f32[4]) -> (f32[4]) {',
+    '  kernel @a {  # reads %x; writes %0',
+    '    %0: f32[4] = neg %x',
+    '  }',
+    '  kernel @b [kind=elementwise] {  # reads %0; writes %1',
+    '    %1: f32[4] = exp %0',
+    '  }',
+    '  return %1',
+    '}',
+    '',
+  ].join('\n'));
+});
+
 test('hand-written text: any spacing, comment lines and node names; printing normalises it', () => {
   const text = [
     '# a dump of the ffn',
@@ -155,10 +277,17 @@ const BASE = `graph @ffn(%x: f32[4,8], %w1: f32[8,16]) -> (f32[4,16]) {
 }
 `;
 
-/** BASE with the first occurrence of `from` replaced. */
-function edit(from: string, to: string): string {
-  assert.ok(BASE.includes(from), `BASE has no ${from}`);
-  return BASE.replace(from, to);
+/** BASE (or FUSED) with the first occurrence of `from` replaced. */
+function edit(from: string, to: string, base = BASE): string {
+  assert.ok(base.includes(from), `${base === BASE ? 'BASE' : 'FUSED'} has no ${from}`);
+  return base.replace(from, to);
+}
+
+/** FUSED with lines `first..last` (1-based, inclusive) replaced by `lines`. */
+function editLines(first: number, last: number, ...lines: string[]): string {
+  const all = FUSED.split('\n');
+  all.splice(first - 1, last - first + 1, ...lines);
+  return all.join('\n');
 }
 
 const broken: [what: string, text: string, at: string, message: string][] = [
@@ -197,6 +326,35 @@ const broken: [what: string, text: string, at: string, message: string][] = [
   ['empty return (verifier)', edit('-> (f32[4,16])', '-> ()').replace('return %3', 'return'), '9:3', 'graph @ffn returns nothing'],
   ['two graphs of one name', `${BASE}\n${BASE}`, '12:7', 'graph @ffn is defined twice (first at line 1)'],
   ['text after the last graph', `${BASE}}\n`, '11:1', 'unexpected "}" — expected "graph"'],
+
+  // Derived params.
+  ['derived param of the wrong type (verifier)', edit('%w13: f32[8,32]', '%w13: f32[8,16]', FUSED), '4:9',
+    'graph @fused: derived param %w13: declared f32[8,16] but concat gives f32[8,32]'],
+  ['derived param the op rejects (verifier)', edit('[axis=1]', '[axis=2]', FUSED), '4:9',
+    'graph @fused: derived param %w13: concat(f32[8,16], f32[8,16]): axis 2 is out of range for rank 2'],
+  ['derived param from an input', edit('concat %w1, %w3', 'concat %w1, %x', FUSED), '4:39',
+    'a derived param is computed from params only, and %x is an input'],
+  ['derived param from a later param', edit('concat %w1, %w3', 'concat %w1, %w4', FUSED), '4:39', 'undefined value %w4'],
+  ['derived param from itself', edit('concat %w1, %w3', 'concat %w13, %w3', FUSED), '4:34', 'undefined value %w13'],
+  ['derived param with an unknown op', edit('= concat', '= concatenate', FUSED), '4:27', "unknown op 'concatenate'"],
+  ['derived param with a bad attribute', edit('[axis=1]', '[axes=1]', FUSED), '4:44', 'concat has no attribute axes (it has axis)'],
+  ['derived param without an op', edit('= concat %w1, %w3 [axis=1]', '=', FUSED), '4:26', 'unexpected end of line — expected an op name such as matmul'],
+
+  // Kernels.
+  ['kernel defined twice', edit('@ffn.gate_up', '@k0', FUSED), '9:10', 'kernel @k0 is defined twice (first at line 6)'],
+  ['empty kernel', editLines(7, 7), '6:10', 'kernel @k0 is empty'],
+  ['node after a kernel, outside every kernel', editLines(14, 15, '  }', '  %5: f32[16,16] = update_slice %k_cache, %4, %pos [axis=0]'), '15:3',
+    '%5 is outside every kernel, but this graph has kernels (@k0 at line 6); a fused graph has all its nodes in kernels'],
+  ['kernel after a node outside every kernel', editLines(6, 8, '  %0: f32[1,32] = matmul %x, %w13'), '7:10',
+    'kernel @ffn.gate_up in a graph with nodes outside kernels (%0 at line 6); a fused graph has all its nodes in kernels'],
+  ['kernel attribute given twice', edit('[kind="state-write",', '[kind="state-write", kind=x,', FUSED), '9:44', 'attribute kind is given twice'],
+  ['bad kernel attribute syntax', edit('[kind="state-write",', '[kind="state-write", tiles=[true],', FUSED), '9:51',
+    'unexpected "true" — expected "]", an integer, a number, a name or a string'],
+  ['declaration inside a kernel', editLines(7, 7, '    param %w2: f32[8,16]'), '7:5', 'unexpected "param" — expected "}" or a value name such as %x'],
+  ['nested kernel', editLines(7, 7, '    kernel @k9 {'), '7:5', 'unexpected "kernel" — expected "}" or a value name such as %x'],
+  ['unclosed kernel', editLines(8, 8), '8:3', 'unexpected "kernel" — expected "}" or a value name such as %x'],
+  ['kernel without a name', edit('kernel @k0', 'kernel', FUSED), '6:10', 'unexpected "[" — expected a graph name such as @main'],
+  ['kernel without a body', editLines(6, 8, '  kernel @k0'), '6:13', 'unexpected end of line — expected "[" or "{"'],
 ];
 
 for (const [what, text, at, message] of broken) {
