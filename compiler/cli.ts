@@ -43,7 +43,7 @@ const commands: Record<string, Handler> = {
     const ids = parseIds(values.ids);
     const maxNew = positiveInt(values['max-new-tokens'], '--max-new-tokens');
     checkBackend(values.backend);
-    const model = loadLlama(required(values.model, '--model'));
+    const model = loadModel(values.model);
     const started = performance.now();
     const tokens = generateGreedy(model, ids, maxNew, values.json ? undefined : (t) => process.stdout.write(`${t} `));
     const ms = performance.now() - started;
@@ -55,7 +55,7 @@ const commands: Record<string, Handler> = {
     const { values } = parse(args, modelOptions);
     const ids = parseIds(values.ids);
     checkBackend(values.backend);
-    const logits = forwardLogits(loadLlama(required(values.model, '--model')), ids);
+    const logits = forwardLogits(loadModel(values.model), ids);
     const [rows, vocab] = logits.shape;
     const table = Array.from({ length: rows }, (_, r) => Array.from(logits.data.subarray(r * vocab, (r + 1) * vocab)));
     if (values.json) {
@@ -72,7 +72,7 @@ const commands: Record<string, Handler> = {
     const { values } = parse(args, {
       model: modelOptions.model, 'dump-ir': { type: 'boolean', default: false }, 'cache-length': { type: 'string' },
     });
-    const model = loadLlama(required(values.model, '--model'));
+    const model = loadModel(values.model);
     const cacheLength = values['cache-length'] ? positiveInt(values['cache-length'], '--cache-length')
       : Math.min(model.cfg.maxPositionEmbeddings, 2048);
     const module = traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength });
@@ -114,8 +114,21 @@ function parse<O extends ParseArgsConfig['options']>(args: string[], options: O,
 }
 
 function required(v: string | undefined, flag: string): string {
-  if (!v) throw new UsageError(`${flag} is required`);
+  if (v === undefined) throw new UsageError(`${flag} is required`);
   return v;
+}
+
+/** Checks that the folder exists first, so a typo reads as one, not as a failed read of config.json. */
+function loadModel(dir: string | undefined) {
+  const model = required(dir, '--model');
+  let isDir: boolean;
+  try {
+    isDir = fs.statSync(model).isDirectory();
+  } catch {
+    throw new UsageError(`--model ${model}: no such directory`);
+  }
+  if (!isDir) throw new UsageError(`--model ${model}: not a directory (give the checkpoint folder)`);
+  return loadLlama(model);
 }
 
 function parseIds(text: string | undefined): number[] {

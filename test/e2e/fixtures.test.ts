@@ -1,0 +1,118 @@
+// End to end against ../shared/fixtures: on every backend, the logits at every prompt position, their argmax and
+// 32 greedy tokens match what Hugging Face transformers computed for the same checkpoint.
+// Run a subset of backends with TSFUSE_BACKENDS=cpu,reference npm test -- e2e.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { forwardLogits, generateGreedy, LoadedLlama, loadLlama } from '../../runtime/llama.ts';
+import { readSafetensors } from '../../runtime/safetensors.ts';
+
+const fixtures = fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
+const fixtureNames = ['tiny-llama', 'tiny-llama3', 'tiny-llama3-bf16'];
+const greedyTokens = 32;
+
+/** What the suite asks of a backend; async so that GPU backends, which wait on the device, fit the same shape. */
+interface LlamaRunner {
+  /** Row-major logits f32[ids.length, vocab] of one forward pass with an empty cache. */
+  logits(ids: readonly number[]): Promise<Float32Array>;
+  /** `n` new tokens of greedy decoding after `prompt`. */
+  generate(prompt: readonly number[], n: number): Promise<number[]>;
+}
+
+interface Backend {
+  /** Largest allowed ‖ours − ref‖ / ‖ref‖ per position (fixtures/README.md: 1e-4 on the CPU, 1e-3 on a GPU). */
+  readonly tolerance: number;
+  open(model: LoadedLlama): LlamaRunner;
+}
+
+const referenceRunner = (model: LoadedLlama): LlamaRunner => ({
+  logits: async (ids) => forwardLogits(model, ids).data as Float32Array,
+  generate: async (prompt, n) => generateGreedy(model, prompt, n),
+});
+
+// The CLI's --backend cpu runs the reference interpreter until the CPU backend lands; both stay listed.
+const backends: Record<string, Backend> = {
+  cpu: { tolerance: 1e-4, open: referenceRunner },
+  reference: { tolerance: 1e-4, open: referenceRunner },
+};
+
+interface Golden {
+  readonly inputIds: number[];
+  readonly vocab: number;
+  /** f32[inputIds.length, vocab], row-major. */
+  readonly logits: Float32Array;
+  readonly argmax: number[];
+  readonly greedy: number[];
+}
+
+function readGolden(dir: string): Golden {
+  const json = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
+  const file = readSafetensors(path.join(dir, 'golden.safetensors'));
+  const ids = file.tensor('input_ids');
+  const logits = file.tensor('logits');
+  assert.equal(Array.from(ids.data), json.input_ids, 'golden.json and golden.safetensors hold the same input_ids');
+  assert.equal(logits.shape[0], ids.shape[0], 'one logits row per input id');
+  return {
+    inputIds: json.input_ids, vocab: logits.shape[1], logits: logits.data as Float32Array,
+    argmax: json.logits_argmax, greedy: json.greedy_new_tokens,
+  };
+}
+
+const row = (data: Float32Array, vocab: number, i: number) => data.subarray(i * vocab, (i + 1) * vocab);
+
+function relativeError(ours: ArrayLike<number>, ref: ArrayLike<number>): number {
+  let diff = 0;
+  let norm = 0;
+  for (let i = 0; i < ref.length; i++) {
+    diff += (ours[i] - ref[i]) ** 2;
+    norm += ref[i] ** 2;
+  }
+  return Math.sqrt(diff / norm);
+}
+
+function argmax(xs: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < xs.length; i++) if (xs[i] > xs[best]) best = i;
+  return best;
+}
+
+const selected = process.env.TSFUSE_BACKENDS?.split(',') ?? Object.keys(backends);
+
+for (const name of selected) {
+  const backend = backends[name];
+  if (!backend) throw new Error(`TSFUSE_BACKENDS: unknown backend '${name}' (known: ${Object.keys(backends).join(', ')})`);
+  const s = suite(`e2e on ${name}`);
+
+  for (const fixture of fixtureNames) {
+    const dir = path.join(fixtures, fixture);
+    const golden = readGolden(dir);
+    const runner = backend.open(loadLlama(dir));
+    let logits: Promise<Float32Array> | undefined;
+    const ourLogits = () => (logits ??= runner.logits(golden.inputIds));
+
+    s(`${fixture}: logits at every position within ${backend.tolerance} relative error`, async () => {
+      const ours = await ourLogits();
+      assert.is(ours.length, golden.logits.length, 'logits size');
+      golden.inputIds.forEach((_, i) => {
+        const err = relativeError(row(ours, golden.vocab, i), row(golden.logits, golden.vocab, i));
+        assert.ok(err < backend.tolerance, `position ${i}: relative error ${err.toExponential(2)}`);
+      });
+    });
+
+    s(`${fixture}: same argmax at every position`, async () => {
+      const ours = await ourLogits();
+      const positions = golden.inputIds.map((_, i) => i);
+      assert.equal(positions.map((i) => argmax(row(ours, golden.vocab, i))), golden.argmax);
+      assert.equal(positions.map((i) => argmax(row(golden.logits, golden.vocab, i))), golden.argmax, 'golden files agree');
+    });
+
+    s(`${fixture}: ${greedyTokens} greedy tokens`, async () => {
+      assert.equal(await runner.generate(golden.inputIds, greedyTokens), golden.greedy);
+    });
+  }
+
+  s.run();
+}
