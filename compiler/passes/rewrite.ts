@@ -22,7 +22,10 @@ export function rewriteGraph(g: Graph, visit: NodeVisitor): Graph {
   const out = new Graph(g.name);
   const map = new Map<Value, Value>();
   for (const v of g.inputs) map.set(v, out.addInput(v.name!, v.type));
-  for (const v of g.params) map.set(v, out.addParam(v.name!, v.type));
+  for (const v of g.params) {
+    const d = g.derivations.get(v);
+    map.set(v, d ? out.addDerivedParam(v.name!, d.op, d.inputs.map((i) => map.get(i)!), d.attrs) : out.addParam(v.name!, v.type));
+  }
   for (const v of g.states) map.set(v, out.addState(v.name!, v.type));
   const emitter: Emitter = {
     graph: out,
