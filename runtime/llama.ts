@@ -7,6 +7,9 @@ import { traceLlama } from '../examples/llama.ts';
 import { checkLlamaWeights, LlamaConfig, readLlamaConfig } from './config.ts';
 import { allocHost, HostTensor, hostTensor } from './host-tensor.ts';
 import { readCheckpoint, TensorSource, WeightsError } from './safetensors.ts';
+import { compileModule } from '../compiler/compile-module.ts';
+import { CpuExecutor } from './cpu.ts';
+import { GraphExecutor } from './executor.ts';
 
 export interface LoadedLlama {
   readonly cfg: LlamaConfig;
@@ -35,14 +38,21 @@ export interface StepResult {
   readonly next: HostTensor;
 }
 
-/** Runs the traced Llama graphs on the reference interpreter, with the KV cache in host memory. */
-export class ReferenceLlama {
-  readonly module: Module;
-  private readonly states = new Map<string, HostTensor>();
-  private readonly params = new Map<string, HostTensor>();
+export type BackendName = 'cpu' | 'reference';
+export const backendNames: readonly BackendName[] = ['cpu', 'reference'];
 
-  constructor(readonly model: LoadedLlama, readonly cacheLength: number) {
+/** Runs the model's graphs with the KV cache in host memory: fused JS kernels (cpu) or op by op (reference). */
+export class LlamaSession {
+  readonly module: Module;
+  private readonly executor: GraphExecutor;
+  private readonly states = new Map<string, HostTensor>();
+
+  constructor(readonly model: LoadedLlama, readonly cacheLength: number, backend: BackendName = 'cpu') {
     this.module = traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength });
+    const loadParam = (name: string) => model.weights.tensor(name);
+    this.executor = backend === 'reference'
+      ? referenceExecutor(this.module, loadParam)
+      : new CpuExecutor(compileModule(this.module), loadParam);
     for (const g of this.module.graphs) {
       for (const s of g.states) {
         if (!this.states.has(s.name!)) this.states.set(s.name!, allocHost(s.type.dtype, s.type.shape as number[]));
@@ -56,20 +66,23 @@ export class ReferenceLlama {
     if (pos + tokens.length > this.cacheLength) {
       throw new RangeError(`positions up to ${pos + tokens.length} do not fit a KV cache of ${this.cacheLength}`);
     }
-    const graph = this.module.graphs.find((g) => g.name === (tokens.length === 1 ? 'decode' : 'prefill'))!;
+    const graph = tokens.length === 1 ? 'decode' : 'prefill';
     const inputs = { tokens: hostTensor(DType.I32, [tokens.length], tokens), pos: hostTensor(DType.I32, [], [pos]) };
-    const [logits, next] = interpret(graph, { inputs, param: (n) => this.param(n), states: this.states });
+    const [logits, next] = this.executor.run(graph, inputs, this.states);
     return { logits, next };
   }
+}
 
-  private param(name: string): HostTensor {
-    let t = this.params.get(name);
-    if (!t) {
-      t = this.model.weights.tensor(name);
-      this.params.set(name, t);
-    }
-    return t;
-  }
+/** The reference interpreter as an executor; weights decoded once and kept. */
+function referenceExecutor(m: Module, loadParam: (name: string) => HostTensor): GraphExecutor {
+  const params = new Map<string, HostTensor>();
+  const param = (name: string) => {
+    if (!params.has(name)) params.set(name, loadParam(name));
+    return params.get(name)!;
+  };
+  return {
+    run: (name, inputs, states) => interpret(m.graphs.find((g) => g.name === name)!, { inputs, param, states }),
+  };
 }
 
 export function checkTokens(cfg: LlamaConfig, tokens: readonly number[]): void {
@@ -83,8 +96,8 @@ export function checkTokens(cfg: LlamaConfig, tokens: readonly number[]): void {
 
 /** Greedy decoding: the prompt in one prefill step, then one decode step per new token. */
 export function generateGreedy(model: LoadedLlama, prompt: readonly number[], maxNewTokens: number,
-  onToken: (t: number) => void = () => {}): number[] {
-  const runner = new ReferenceLlama(model, prompt.length + maxNewTokens);
+  onToken: (t: number) => void = () => {}, backend: BackendName = 'cpu'): number[] {
+  const runner = new LlamaSession(model, prompt.length + maxNewTokens, backend);
   const out: number[] = [];
   let { next } = runner.step(prompt, 0);
   let token = next.data[prompt.length - 1];
@@ -99,6 +112,6 @@ export function generateGreedy(model: LoadedLlama, prompt: readonly number[], ma
 }
 
 /** Logits at every position of one forward pass over `ids` with an empty cache. */
-export function forwardLogits(model: LoadedLlama, ids: readonly number[]): HostTensor {
-  return new ReferenceLlama(model, ids.length).step(ids, 0).logits;
+export function forwardLogits(model: LoadedLlama, ids: readonly number[], backend: BackendName = 'cpu'): HostTensor {
+  return new LlamaSession(model, ids.length, backend).step(ids, 0).logits;
 }

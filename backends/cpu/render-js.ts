@@ -1,0 +1,91 @@
+// The JavaScript renderer: kernel IR → the source of a JS function that runs the kernel serially, row after row.
+// Buffers arrive as typed arrays (floats of every width held as f32, as the host keeps them).
+
+import { KernelIR, KStmt, ROW, Scalar } from '../kernel-ir.ts';
+import { cLike, Dialect, ExprPrinter } from '../render-base.ts';
+
+const math = (f: string) => (a: string) => `Math.${f}(${a})`;
+
+export const jsDialect: Dialect = {
+  type: { f32: 'number', i32: 'number', bool: 'boolean' },
+  constDecl: (name, _t, value) => `const ${name} = ${value};`,
+  varDecl: (name, _t, value) => `let ${name} = ${value};`,
+  forLoop: (v, n) => `for (let ${v} = 0; ${v} < ${n}; ${v}++) {`,
+  unary: {
+    ...cLike.unary,
+    abs: math('abs'), exp: math('exp'), log: math('log'), sqrt: math('sqrt'), sin: math('sin'), cos: math('cos'),
+    tanh: math('tanh'), floor: math('floor'),
+    rsqrt: (a) => `(1 / Math.sqrt(${a}))`,
+    sigmoid: (a) => `(1 / (1 + Math.exp(-${a})))`,
+    silu: (a) => `(${a} / (1 + Math.exp(-${a})))`,
+    not: (a) => `(!${a})`,
+  },
+  binary: {
+    ...cLike.binary,
+    pow: (a, b) => `Math.pow(${a}, ${b})`,
+    max: (a, b) => `Math.max(${a}, ${b})`,
+    min: (a, b) => `Math.min(${a}, ${b})`,
+    eq: (a, b) => `(${a} === ${b})`,
+    ne: (a, b) => `(${a} !== ${b})`,
+    div: (a, b, t) => (t === 'i32' ? `Math.trunc(${a} / ${b})` : `(${a} / ${b})`),
+    idiv: (a, b) => `Math.trunc(${a} / ${b})`,
+  },
+  literal: (value, t) => {
+    if (t === 'bool') return value ? 'true' : 'false';
+    if (Number.isNaN(value)) return 'NaN';
+    if (!Number.isFinite(value)) return value > 0 ? 'Infinity' : '-Infinity';
+    const s = String(value);
+    return value < 0 ? `(${s})` : s;
+  },
+  cast: (a, from, to) => {
+    if (to === 'bool') return `(${a} != 0)`;
+    if (from === 'bool') return `(+${a})`;
+    return to === 'i32' && from === 'f32' ? `Math.trunc(${a})` : a;
+  },
+  load: (buf, b, index) => (b.dtype === 'bool' ? `(b${buf}[${index}] !== 0)` : `b${buf}[${index}]`),
+  elem: (array, index) => `${array}[${index}]`,
+  negInfinity: '-Infinity',
+};
+
+/** The body of `function (b, sizes)`: `b` holds the kernel's buffers in order, `sizes` the symbolic sizes. */
+export function renderJs(k: KernelIR): string {
+  const p = new ExprPrinter(jsDialect, k.buffers);
+  const out: string[] = [];
+  out.push(`// kernel ${k.name}: fuses`);
+  for (const line of k.fused) out.push(`//   ${line}`);
+  for (const s of k.sizes) out.push(`const ${s} = sizes.${s};`);
+  k.buffers.forEach((_, i) => out.push(`const b${i} = b[${i}];`));
+  for (const s of k.body) if (s.k === 'array') out.push(`const ${s.name} = new Float64Array(${s.n});`);
+  const rows = p.expr(k.rows, out, '');
+  out.push(`for (let ${ROW} = 0; ${ROW} < ${rows}; ${ROW}++) {`);
+  for (const s of k.body) renderStmt(s, p, out, '  ');
+  out.push('}');
+  return out.join('\n');
+}
+
+function renderStmt(s: KStmt, p: ExprPrinter, out: string[], indent: string): void {
+  const inner = indent + '  ';
+  switch (s.k) {
+    case 'let':
+      out.push(`${indent}const ${s.name} = ${p.expr(s.value, out, indent)};`);
+      break;
+    case 'coop': {
+      const t: Scalar = s.op === 'argmax' ? 'i32' : s.body.t;
+      p.reduceInto(s.name, s.op, s.v, p.expr(s.n, out, indent), s.body, t, out, indent);
+      break;
+    }
+    case 'array':
+      out.push(`${indent}for (let ${s.v} = 0; ${s.v} < ${s.n}; ${s.v}++) {`);
+      out.push(`${inner}${s.name}[${s.v}] = ${p.expr(s.value, out, inner)};`);
+      out.push(`${indent}}`);
+      break;
+    case 'store': {
+      out.push(`${indent}for (let ${s.v} = 0; ${s.v} < ${p.expr(s.n, out, indent)}; ${s.v}++) {`);
+      const value = p.expr(s.value, out, inner);
+      out.push(`${inner}b${s.buf}[${p.expr(s.index, out, inner)}] = ${value};`);
+      out.push(`${indent}}`);
+      break;
+    }
+    default: s satisfies never;
+  }
+}

@@ -1,0 +1,131 @@
+// The kernel IR: what a fused kernel computes, at the level of loops, loads, math and stores. backends/lower.ts
+// produces it once per kernel; the JavaScript, WGSL and CUDA renderers print it and decide nothing about fusion.
+//
+// A kernel runs once per row (a GPU workgroup). Within a row, statements run in order:
+//   let    a row-uniform scalar;
+//   coop   a reduction over a range whose result the whole row shares (threads split the range, then combine);
+//   array  a row-local array (GPU shared memory) whose elements are computed in parallel;
+//   store  a parallel loop over a range writing one element per iteration.
+// Expressions may hold serial reductions (one thread loops).
+
+import { DType } from '../ir/dtype.ts';
+
+/** Types expressions compute in: floats of every width compute in f32. */
+export type Scalar = 'f32' | 'i32' | 'bool';
+
+export type UnaryOp = 'neg' | 'abs' | 'exp' | 'log' | 'sqrt' | 'rsqrt' | 'recip' | 'sin' | 'cos' | 'tanh' | 'sigmoid'
+  | 'silu' | 'floor' | 'not';
+export type BinaryOp = 'add' | 'sub' | 'mul' | 'div' | 'pow' | 'max' | 'min' | 'eq' | 'ne' | 'lt' | 'le' | 'gt' | 'ge'
+  | 'and' | 'or' | 'idiv' | 'imod';
+export type ReduceOp = 'sum' | 'max' | 'argmax';
+
+export type KExpr =
+  | { readonly k: 'const'; readonly value: number; readonly t: Scalar }
+  /** A loop or row variable, a let, or a size symbol (a kernel argument). */
+  | { readonly k: 'var'; readonly name: string; readonly t: Scalar }
+  | { readonly k: 'load'; readonly buf: number; readonly index: KExpr; readonly t: Scalar }
+  | { readonly k: 'unary'; readonly op: UnaryOp; readonly a: KExpr; readonly t: Scalar }
+  | { readonly k: 'binary'; readonly op: BinaryOp; readonly a: KExpr; readonly b: KExpr; readonly t: Scalar }
+  /** Only the chosen side is evaluated (a concat picks one of its operands' loads). */
+  | { readonly k: 'select'; readonly cond: KExpr; readonly a: KExpr; readonly b: KExpr; readonly t: Scalar }
+  | { readonly k: 'cast'; readonly a: KExpr; readonly t: Scalar }
+  /** One thread loops `v` over [0, n). */
+  | { readonly k: 'reduce'; readonly op: ReduceOp; readonly v: string; readonly n: KExpr; readonly body: KExpr; readonly t: Scalar }
+  | { readonly k: 'elem'; readonly array: string; readonly index: KExpr; readonly t: Scalar };
+
+export type KStmt =
+  | { readonly k: 'let'; readonly name: string; readonly value: KExpr }
+  | { readonly k: 'coop'; readonly name: string; readonly op: ReduceOp; readonly v: string; readonly n: KExpr; readonly body: KExpr }
+  | { readonly k: 'array'; readonly name: string; readonly v: string; readonly n: number; readonly value: KExpr }
+  | { readonly k: 'store'; readonly buf: number; readonly v: string; readonly n: KExpr; readonly index: KExpr; readonly value: KExpr };
+
+/** Where a kernel's buffer lives in the runtime's memory. */
+export type Binding =
+  | { readonly kind: 'input' | 'param' | 'state'; readonly name: string }
+  | { readonly kind: 'output'; readonly index: number }
+  | { readonly kind: 'temp'; readonly slot: number };
+
+export interface KBuffer {
+  readonly binding: Binding;
+  /** The dtype stored in memory (16-bit floats stay 16-bit). */
+  readonly dtype: DType;
+  readonly elems: KExpr;
+  readonly written: boolean;
+}
+
+export interface KernelIR {
+  readonly name: string;
+  /** The IR lines of the nodes it fused, for the comment at the top of the generated code. */
+  readonly fused: readonly string[];
+  readonly buffers: readonly KBuffer[];
+  /** Symbolic sizes the kernel reads as arguments (e.g. S). */
+  readonly sizes: readonly string[];
+  /** Number of rows (workgroups). */
+  readonly rows: KExpr;
+  readonly body: readonly KStmt[];
+}
+
+export const ROW = 'row';
+
+// ---- constructors that fold the arithmetic index expressions are full of ----
+
+export const int = (value: number): KExpr => ({ k: 'const', value, t: 'i32' });
+export const f32 = (value: number): KExpr => ({ k: 'const', value, t: 'f32' });
+export const ivar = (name: string): KExpr => ({ k: 'var', name, t: 'i32' });
+
+const isConst = (e: KExpr, v: number) => e.k === 'const' && e.value === v;
+
+export function add(a: KExpr, b: KExpr): KExpr {
+  if (isConst(a, 0)) return b;
+  if (isConst(b, 0)) return a;
+  if (a.k === 'const' && b.k === 'const') return int(a.value + b.value);
+  return { k: 'binary', op: 'add', a, b, t: a.t };
+}
+
+export function sub(a: KExpr, b: KExpr): KExpr {
+  if (isConst(b, 0)) return a;
+  if (a.k === 'const' && b.k === 'const') return int(a.value - b.value);
+  return { k: 'binary', op: 'sub', a, b, t: a.t };
+}
+
+export function mul(a: KExpr, b: KExpr): KExpr {
+  if (isConst(a, 1)) return b;
+  if (isConst(b, 1)) return a;
+  if (isConst(a, 0) || isConst(b, 0)) return int(0);
+  if (a.k === 'const' && b.k === 'const') return int(a.value * b.value);
+  return { k: 'binary', op: 'mul', a, b, t: a.t };
+}
+
+export function idiv(a: KExpr, b: KExpr): KExpr {
+  if (isConst(b, 1)) return a;
+  if (a.k === 'const' && b.k === 'const') return int(Math.floor(a.value / b.value));
+  return { k: 'binary', op: 'idiv', a, b, t: 'i32' };
+}
+
+export function imod(a: KExpr, b: KExpr): KExpr {
+  if (isConst(b, 1)) return int(0);
+  if (a.k === 'const' && b.k === 'const') return int(a.value % b.value);
+  return { k: 'binary', op: 'imod', a, b, t: 'i32' };
+}
+
+/** Variables an expression reads (to tell row-uniform expressions from those that vary within a row). */
+export function varsOf(e: KExpr, out = new Set<string>()): Set<string> {
+  switch (e.k) {
+    case 'const': break;
+    case 'var': out.add(e.name); break;
+    case 'load': varsOf(e.index, out); break;
+    case 'elem': varsOf(e.index, out); break;
+    case 'unary': case 'cast': varsOf(e.a, out); break;
+    case 'binary': varsOf(e.a, out); varsOf(e.b, out); break;
+    case 'select': varsOf(e.cond, out); varsOf(e.a, out); varsOf(e.b, out); break;
+    case 'reduce': {
+      varsOf(e.n, out);
+      const inner = varsOf(e.body);
+      inner.delete(e.v);
+      for (const v of inner) out.add(v);
+      break;
+    }
+    default: e satisfies never;
+  }
+  return out;
+}

@@ -1,0 +1,381 @@
+// Lowering: each fused kernel of a graph becomes one KernelIR. This is the one place that decides how a kernel
+// iterates (which dimensions are rows, what is reduced cooperatively, what is kept in a row-local array); the
+// renderers only print the result.
+//
+// Every value of a kernel is an expression of its index: views become index arithmetic, elementwise ops become
+// math, values from outside become loads. A reduction or matmul evaluated at an index that is the same for the
+// whole row becomes a cooperative reduction computed once per row; one that varies along a single row-local
+// dimension becomes a row-local array; anything else is a serial loop.
+
+import { DType, isFloat } from '../ir/dtype.ts';
+import { Graph, Kernel, kernelIO, Node, Value } from '../ir/graph.ts';
+import { Op } from '../ir/ops.ts';
+import { kernelNodeLines } from '../ir/printer.ts';
+import { Dim, Shape } from '../ir/shape.ts';
+import {
+  add, BinaryOp, Binding, idiv, imod, int, ivar, KBuffer, KernelIR, KExpr, KStmt, mul, ReduceOp, ROW, Scalar,
+  sub, UnaryOp, varsOf,
+} from './kernel-ir.ts';
+
+export class LoweringError extends Error {}
+
+export function scalarOf(d: DType): Scalar {
+  return isFloat(d) ? 'f32' : d === DType.Bool ? 'bool' : 'i32';
+}
+
+const unaryOps: Partial<Record<string, UnaryOp>> = {
+  [Op.Neg]: 'neg', [Op.Abs]: 'abs', [Op.Exp]: 'exp', [Op.Log]: 'log', [Op.Sqrt]: 'sqrt', [Op.Rsqrt]: 'rsqrt',
+  [Op.Recip]: 'recip', [Op.Sin]: 'sin', [Op.Cos]: 'cos', [Op.Tanh]: 'tanh', [Op.Sigmoid]: 'sigmoid', [Op.Silu]: 'silu',
+  [Op.Floor]: 'floor', [Op.Not]: 'not',
+};
+const binaryOps: Partial<Record<string, BinaryOp>> = {
+  [Op.Add]: 'add', [Op.Sub]: 'sub', [Op.Mul]: 'mul', [Op.Div]: 'div', [Op.Pow]: 'pow', [Op.Maximum]: 'max',
+  [Op.Minimum]: 'min', [Op.Eq]: 'eq', [Op.Ne]: 'ne', [Op.Lt]: 'lt', [Op.Le]: 'le', [Op.Gt]: 'gt', [Op.Ge]: 'ge',
+  [Op.And]: 'and', [Op.Or]: 'or',
+};
+
+/** Custom ops (registerOp) give their lowering here: operands' expressions in, the result's expression out. */
+export type LoweringRule = (operands: (idx: KExpr[]) => KExpr[], idx: KExpr[], node: Node) => KExpr;
+const customLowerings = new Map<string, LoweringRule>();
+export function registerLowering(op: string, rule: LoweringRule): void {
+  customLowerings.set(op, rule);
+}
+
+/** Lowers every kernel of a fused graph; `slotOf` is the memory plan's slot of each intermediate. */
+export function lowerGraph(g: Graph, slotOf: ReadonlyMap<Value, number>): KernelIR[] {
+  return g.kernels.map((k) => new KernelLowering(g, k, slotOf).lower());
+}
+
+class KernelLowering {
+  private readonly inside: Set<Value>;
+  private readonly buffers: KBuffer[] = [];
+  private readonly bufferIndex = new Map<string, number>();
+  private readonly sizes = new Set<string>();
+  private readonly body: KStmt[] = [];
+  /** Names that hold the same value in every thread of a row. */
+  private readonly uniform = new Set<string>([ROW]);
+  private readonly memo = new Map<string, KExpr>();
+  /** Nodes being computed into a row-local array: evaluated serially there. */
+  private readonly serial = new Set<Node>();
+  private counter = 0;
+
+  constructor(readonly g: Graph, readonly k: Kernel, readonly slotOf: ReadonlyMap<Value, number>) {
+    this.inside = new Set(k.nodes.map((n) => n.output));
+  }
+
+  lower(): KernelIR {
+    const writes = kernelIO(this.g, this.k).writes;
+    const { domain, rowRank } = this.rowSplit(writes);
+    const rowShape = domain.slice(0, rowRank);
+    const rowIdx = this.delinear(ivar(ROW), rowShape).map((e, i) => this.bindUniform(`r${i}`, e));
+    for (const v of writes) {
+      const p = v.producer!;
+      if (p.op === Op.UpdateSlice) this.storeUpdate(p);
+      else this.storeValue(v, rowIdx);
+    }
+    return {
+      name: this.k.name,
+      fused: kernelNodeLines(this.g, this.k),
+      buffers: this.buffers,
+      sizes: [...this.sizes].sort(),
+      rows: this.numel(rowShape),
+      body: this.body,
+    };
+  }
+
+  /** Which leading dimensions of the kernel's index space are rows, by the kind of kernel fusion made. */
+  private rowSplit(writes: Value[]): { domain: Shape; rowRank: number } {
+    const nodes = this.k.nodes;
+    const matmuls = nodes.filter((n) => n.op === Op.Matmul);
+    const reductions = nodes.filter((n) => [Op.Sum, Op.Mean, Op.Max, Op.Argmax].includes(n.op as Op));
+    let domain: Shape = [];
+    let rowRank = 0;
+    switch (this.k.attrs.kind) {
+      case 'contraction':
+        domain = matmuls[0].output.type.shape;
+        rowRank = domain.length;
+        break;
+      case 'attention':
+        domain = matmuls[matmuls.length - 1].output.type.shape;
+        rowRank = domain.length - 1;
+        break;
+      case 'reduce': {
+        const r = reductions[0];
+        domain = r.inputs[0].type.shape;
+        const axes = r.op === Op.Argmax ? [r.attrs.axis as number] : (r.attrs.axes as number[]);
+        const trailing = axes.every((a, i) => a === domain.length - axes.length + i);
+        rowRank = trailing ? domain.length - axes.length : 0;
+        break;
+      }
+      case 'elementwise':
+        domain = writes[0].type.shape;
+        rowRank = Math.max(0, domain.length - 1);
+        break;
+      default:
+        return { domain: [], rowRank: 0 };
+    }
+    // Every value the kernel writes must be indexable by (row, local) of this split; else run it as one row.
+    const rows = domain.slice(0, rowRank);
+    const fits = writes.every((v) => v.producer!.op === Op.UpdateSlice ||
+      (v.type.shape.length === domain.length && rows.every((d, i) => v.type.shape[i] === d) &&
+        v.type.shape.slice(rowRank).every((d, i) => d === domain[rowRank + i] || d === 1)));
+    return fits ? { domain, rowRank } : { domain: [], rowRank: 0 };
+  }
+
+  private storeValue(v: Value, rowIdx: KExpr[]): void {
+    const local = v.type.shape.slice(rowIdx.length);
+    const i = this.fresh('i');
+    const idx = [...rowIdx, ...this.delinear(ivar(i), local)];
+    const value = this.expr(v, idx);
+    const buf = this.buffer(v, true);
+    this.body.push({ k: 'store', buf, v: i, n: this.numel(local), index: this.linear(idx, v.type.shape), value });
+  }
+
+  /** A KV-cache write: the update's elements stored in place into the state at the given position. */
+  private storeUpdate(n: Node): void {
+    const [target, update, index] = n.inputs;
+    const axis = n.attrs.axis as number;
+    const i = this.fresh('i');
+    const uIdx = this.delinear(ivar(i), update.type.shape);
+    const at = this.expr(index, index.type.shape.map(() => int(0)));
+    const tIdx = uIdx.map((e, d) => (d === axis ? add(e, at) : e));
+    const value = this.expr(update, uIdx);
+    const buf = this.buffer(n.output, true);
+    this.body.push({ k: 'store', buf, v: i, n: this.numel(update.type.shape), index: this.linear(tIdx, target.type.shape), value });
+  }
+
+  // ---- buffers ----
+
+  private binding(v: Value): Binding {
+    if (v.kind === 'input' || v.kind === 'param' || v.kind === 'state') return { kind: v.kind, name: v.name! };
+    const p = v.producer!;
+    if (p.op === Op.UpdateSlice) return this.binding(p.inputs[0]);
+    const out = this.g.outputs.indexOf(v);
+    if (out >= 0) return { kind: 'output', index: out };
+    const slot = this.slotOf.get(v);
+    if (slot === undefined) throw new LoweringError(`kernel @${this.k.name}: no memory slot for an intermediate ${p.op}`);
+    return { kind: 'temp', slot };
+  }
+
+  private buffer(v: Value, written: boolean): number {
+    const binding = this.binding(v);
+    const key = JSON.stringify(binding);
+    let i = this.bufferIndex.get(key);
+    if (i === undefined) {
+      const shape = binding.kind === 'state' && v.producer ? v.producer.inputs[0].type.shape : v.type.shape;
+      i = this.buffers.push({ binding, dtype: v.type.dtype, elems: this.numel(shape), written }) - 1;
+      this.bufferIndex.set(key, i);
+    } else if (written && !this.buffers[i].written) {
+      this.buffers[i] = { ...this.buffers[i], written: true };
+    }
+    return i;
+  }
+
+  // ---- index arithmetic ----
+
+  private dim(d: Dim): KExpr {
+    if (typeof d === 'number') return int(d);
+    this.sizes.add(d);
+    this.uniform.add(d);
+    return ivar(d);
+  }
+
+  private numel(shape: Shape): KExpr {
+    return shape.reduce<KExpr>((n, d) => mul(n, this.dim(d)), int(1));
+  }
+
+  private linear(idx: KExpr[], shape: Shape): KExpr {
+    let lin: KExpr = int(0);
+    let stride: KExpr = int(1);
+    for (let i = shape.length - 1; i >= 0; i--) {
+      lin = add(lin, mul(idx[i], stride));
+      stride = mul(stride, this.dim(shape[i]));
+    }
+    return lin;
+  }
+
+  private delinear(lin: KExpr, shape: Shape): KExpr[] {
+    const out: KExpr[] = new Array(shape.length);
+    let stride: KExpr = int(1);
+    for (let i = shape.length - 1; i >= 0; i--) {
+      const q = idiv(lin, stride);
+      out[i] = i === 0 ? q : imod(q, this.dim(shape[i]));
+      if (shape[i] === 1) out[i] = int(0);
+      stride = mul(stride, this.dim(shape[i]));
+    }
+    return out;
+  }
+
+  /** Index of an operand broadcast to `outShape` (numpy rules: leading dims dropped, size-1 dims pinned to 0). */
+  private broadcastIndex(idx: KExpr[], shape: Shape): KExpr[] {
+    const lead = idx.length - shape.length;
+    return shape.map((d, i) => (d === 1 ? int(0) : idx[lead + i]));
+  }
+
+  private fresh(prefix: string): string {
+    return `${prefix}${this.counter++}`;
+  }
+
+  private bindUniform(prefix: string, value: KExpr): KExpr {
+    if (value.k === 'const' || value.k === 'var') return value;
+    const name = this.fresh(prefix);
+    this.body.push({ k: 'let', name, value });
+    this.uniform.add(name);
+    return ivar(name);
+  }
+
+  private isUniform(idx: KExpr[]): boolean {
+    return idx.every((e) => [...varsOf(e)].every((v) => this.uniform.has(v)));
+  }
+
+  // ---- values as expressions of their index ----
+
+  expr(v: Value, idx: KExpr[]): KExpr {
+    const t = scalarOf(v.type.dtype);
+    if (!this.inside.has(v)) return { k: 'load', buf: this.buffer(v, false), index: this.linear(idx, v.type.shape), t };
+    const n = v.producer!;
+    const operand = (i: number, at = idx) => this.expr(n.inputs[i], this.broadcastIndex(at, n.inputs[i].type.shape));
+    const u = unaryOps[n.op];
+    if (u) return { k: 'unary', op: u, a: operand(0), t };
+    const b = binaryOps[n.op];
+    if (b) return { k: 'binary', op: b, a: operand(0), b: operand(1), t };
+    switch (n.op) {
+      case Op.Where: return { k: 'select', cond: operand(0), a: operand(1), b: operand(2), t };
+      case Op.Cast: return t === scalarOf(n.inputs[0].type.dtype) ? operand(0) : { k: 'cast', a: operand(0), t };
+      case Op.Const: return { k: 'const', value: n.attrs.value as number, t };
+      case Op.Arange: return t === 'i32' ? idx[0] : { k: 'cast', a: idx[0], t };
+      case Op.Reshape: return this.expr(n.inputs[0], this.delinear(this.linear(idx, v.type.shape), n.inputs[0].type.shape));
+      case Op.Permute: {
+        const perm = n.attrs.perm as number[];
+        const inIdx: KExpr[] = new Array(perm.length);
+        perm.forEach((p, i) => { inIdx[p] = idx[i]; });
+        return this.expr(n.inputs[0], inIdx);
+      }
+      case Op.Expand: return operand(0);
+      case Op.Slice: {
+        const axis = n.attrs.axis as number;
+        return this.expr(n.inputs[0], idx.map((e, i) => (i === axis ? add(e, int(n.attrs.start as number)) : e)));
+      }
+      case Op.Concat: return this.concat(n, idx, t);
+      case Op.Gather: {
+        const ids = n.inputs[1];
+        const row = this.expr(ids, idx.slice(0, ids.type.shape.length));
+        return this.expr(n.inputs[0], [row, ...idx.slice(ids.type.shape.length)]);
+      }
+      case Op.Sum: case Op.Mean: case Op.Max: case Op.Argmax: return this.reduction(n, idx, t);
+      case Op.Matmul: return this.matmul(n, idx, t);
+      default: {
+        const rule = customLowerings.get(n.op);
+        if (rule) return rule((at) => n.inputs.map((x) => this.expr(x, this.broadcastIndex(at, x.type.shape))), idx, n);
+        throw new LoweringError(`kernel @${this.k.name}: ${n.op} cannot be lowered inside a kernel`);
+      }
+    }
+  }
+
+  private concat(n: Node, idx: KExpr[], t: Scalar): KExpr {
+    const axis = n.attrs.axis as number;
+    const parts = n.inputs.map((x) => x.type.shape[axis] as number);
+    let start = parts.reduce((a, b) => a + b, 0);
+    let out: KExpr | undefined;
+    for (let i = n.inputs.length - 1; i >= 0; i--) {
+      start -= parts[i];
+      const here = this.expr(n.inputs[i], idx.map((e, d) => (d === axis ? sub(e, int(start)) : e)));
+      out = out === undefined ? here : { k: 'select', cond: { k: 'binary', op: 'lt', a: idx[axis], b: int(start + parts[i]), t: 'bool' }, a: here, b: out, t };
+    }
+    return out!;
+  }
+
+  /** sum / mean / max / argmax at an index of its result. */
+  private reduction(n: Node, idx: KExpr[], t: Scalar): KExpr {
+    const x = n.inputs[0];
+    const axes = n.op === Op.Argmax ? [n.attrs.axis as number] : (n.attrs.axes as number[]);
+    const keep = n.attrs.keepdims as boolean;
+    const reducedShape = axes.map((a) => x.type.shape[a]);
+    const op: ReduceOp = n.op === Op.Max ? 'max' : n.op === Op.Argmax ? 'argmax' : 'sum';
+    const at = (v: string) => {
+      const local = this.delinear(ivar(v), reducedShape);
+      const inIdx: KExpr[] = [];
+      let kept = 0;
+      for (let d = 0; d < x.type.shape.length; d++) {
+        const ai = axes.indexOf(d);
+        if (ai >= 0) {
+          inIdx.push(local[ai]);
+          if (keep) kept++;
+        } else {
+          inIdx.push(idx[kept++]);
+        }
+      }
+      return this.expr(x, inIdx);
+    };
+    const r = this.reduce(n, idx, op, this.numel(reducedShape), at, t);
+    if (n.op !== Op.Mean) return r;
+    return { k: 'binary', op: 'div', a: r, b: { k: 'cast', a: this.numel(reducedShape), t: 'f32' }, t };
+  }
+
+  /** out[..., m, n] = Σ_k a[..., m, k] · b[..., k, n], operands broadcast over the batch dimensions. */
+  private matmul(n: Node, idx: KExpr[], t: Scalar): KExpr {
+    const [a, b] = n.inputs;
+    const r = idx.length;
+    const kSize = a.type.shape[a.type.shape.length - 1];
+    const batch = idx.slice(0, r - 2);
+    const aIdx = (kk: KExpr) => [...this.broadcastIndex(batch, a.type.shape.slice(0, -2)), idx[r - 2], kk];
+    const bIdx = (kk: KExpr) => [...this.broadcastIndex(batch, b.type.shape.slice(0, -2)), kk, idx[r - 1]];
+    // Inside a loop, a computed row of `a` is read once per output: keep it in a row-local array.
+    const aRow = !this.isUniform(idx) && this.inside.has(a) && typeof kSize === 'number' && this.isUniform(aIdx(int(0)))
+      ? this.rowArray(a, aIdx(int(0)), aIdx(int(0)).length - 1, kSize)
+      : undefined;
+    const term = (v: string): KExpr => ({
+      k: 'binary', op: 'mul', a: aRow ? aRow(ivar(v)) : this.expr(a, aIdx(ivar(v))), b: this.expr(b, bIdx(ivar(v))), t,
+    });
+    return this.reduce(n, idx, 'sum', this.dim(kSize), term, t);
+  }
+
+  /**
+   * A reduction at an index: computed cooperatively once per row when the index is row-uniform; kept in a
+   * row-local array when it varies along one dimension (attention scores, read by the softmax and by p·v);
+   * otherwise a serial loop.
+   */
+  private reduce(n: Node, idx: KExpr[], op: ReduceOp, size: KExpr, body: (v: string) => KExpr, t: Scalar): KExpr {
+    const key = `${this.k.nodes.indexOf(n)}@${JSON.stringify(idx)}`;
+    const hit = this.memo.get(key);
+    if (hit) return hit;
+    let out: KExpr;
+    if (this.isUniform(idx) && !this.serial.has(n)) {
+      const v = this.fresh('k');
+      const name = this.fresh('acc');
+      this.body.push({ k: 'coop', name, op, v, n: size, body: body(v) });
+      this.uniform.add(name);
+      out = { k: 'var', name, t: op === 'argmax' ? 'i32' : t };
+    } else {
+      const varying = idx.map((e, i) => (this.isUniform([e]) ? -1 : i)).filter((i) => i >= 0);
+      const dimSize = varying.length === 1 ? n.output.type.shape[varying[0]] : undefined;
+      if (typeof dimSize === 'number' && idx[varying[0]].k === 'var' && !this.serial.has(n)) {
+        const elem = this.rowArray(n.output, idx, varying[0], dimSize);
+        return elem(idx[varying[0]]);
+      }
+      const v = this.fresh('k');
+      out = { k: 'reduce', op, v, n: size, body: body(v), t: op === 'argmax' ? 'i32' : t };
+    }
+    this.memo.set(key, out);
+    return out;
+  }
+
+  /** Materialises v along one dimension (the rest of `idx` row-uniform) in a row-local array. */
+  private rowArray(v: Value, idx: KExpr[], dim: number, size: number): (at: KExpr) => KExpr {
+    const key = `array:${this.k.nodes.findIndex((n) => n.output === v)}@${JSON.stringify(idx.map((e, i) => (i === dim ? null : e)))}`;
+    let name = (this.memo.get(key) as { name: string } | undefined)?.name;
+    if (!name) {
+      name = this.fresh('arr');
+      const i = this.fresh('j');
+      const n = v.producer!;
+      this.serial.add(n);
+      const value = this.expr(v, idx.map((e, d) => (d === dim ? ivar(i) : e)));
+      this.serial.delete(n);
+      this.body.push({ k: 'array', name, v: i, n: size, value });
+      this.memo.set(key, { k: 'var', name, t: 'f32' });
+    }
+    const array = name;
+    return (at) => ({ k: 'elem', array, index: at, t: scalarOf(v.type.dtype) });
+  }
+}
+

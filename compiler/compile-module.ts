@@ -1,0 +1,37 @@
+// Compiling a traced module: the pass pipeline, then the shared lowering of every kernel. Backends take the result.
+
+import { lowerGraph } from '../backends/lower.ts';
+import { KernelIR } from '../backends/kernel-ir.ts';
+import { Graph, Module } from '../ir/graph.ts';
+import { defaultContext, PassContext } from './passes/context.ts';
+import { Pass, runPipeline } from './passes/pipeline.ts';
+import { computePlan, MemoryPlan } from './passes/plan-memory.ts';
+
+export interface CompiledGraph {
+  /** The fused graph (every node in a kernel). */
+  readonly graph: Graph;
+  readonly kernels: readonly KernelIR[];
+  readonly plan: MemoryPlan;
+}
+
+export interface CompiledModule {
+  readonly graphs: readonly CompiledGraph[];
+}
+
+export interface CompileOptions {
+  readonly passes?: readonly Pass[];
+  readonly ctx?: PassContext;
+  readonly verify?: boolean;
+  readonly after?: (pass: string, m: Module) => void;
+}
+
+export function compileModule(m: Module, opts: CompileOptions = {}): CompiledModule {
+  const ctx = opts.ctx ?? defaultContext;
+  const fused = runPipeline(m, { ...opts, ctx });
+  return {
+    graphs: fused.graphs.map((graph) => {
+      const plan = computePlan(graph, ctx);
+      return { graph, plan, kernels: lowerGraph(graph, plan.slotOf) };
+    }),
+  };
+}
