@@ -9,9 +9,12 @@ import { printModule } from '../ir/printer.ts';
 import { verifyModule, VerifyError } from '../ir/verify.ts';
 import { traceLlama } from '../examples/llama.ts';
 import { ConfigError } from '../runtime/config.ts';
-import { forwardLogits, generateGreedy, loadLlama } from '../runtime/llama.ts';
+import { BackendName, backendNames, forwardLogits, generateGreedy, loadLlama } from '../runtime/llama.ts';
 import { WeightsError } from '../runtime/safetensors.ts';
 import { TraceError } from './trace.ts';
+import { builtinLlama, CompileUsageError, runCompile } from './cli-compile.ts';
+import { LoweringError } from '../backends/lower.ts';
+import { DType } from '../ir/dtype.ts';
 
 class UsageError extends Error {}
 
@@ -22,6 +25,9 @@ commands:
       greedy decoding after the prompt ids; prints the new token ids
   logits   --model DIR --ids 5,9,13 [--backend cpu|reference] [--json]
       logits at every prompt position, from one forward pass with an empty cache
+  compile  (--model DIR | --config llama-3.2-1b) [--report] [--json] [--explain-fusion]
+           [--dump-ir[=all|after:PASS]] [--dump-kernels DIR] [--backend cpu] [--cache-length N] [--prompt-length N]
+      runs the pass pipeline; --report: kernels and bytes per step, fused vs one kernel per op
   trace    --model DIR [--dump-ir] [--cache-length N]
       traces the Llama prefill and decode graphs; --dump-ir prints them as IR text
   inspect  FILE.ir [--stats]
@@ -45,7 +51,7 @@ const commands: Record<string, Handler> = {
     checkBackend(values.backend);
     const model = loadModel(values.model);
     const started = performance.now();
-    const tokens = generateGreedy(model, ids, maxNew, values.json ? undefined : (t) => process.stdout.write(`${t} `));
+    const tokens = generateGreedy(model, ids, maxNew, values.json ? undefined : (t) => process.stdout.write(`${t} `), values.backend as BackendName);
     const ms = performance.now() - started;
     if (values.json) console.log(JSON.stringify({ tokens }));
     else console.log(`\n${tokens.length} tokens in ${ms.toFixed(0)} ms`);
@@ -55,7 +61,7 @@ const commands: Record<string, Handler> = {
     const { values } = parse(args, modelOptions);
     const ids = parseIds(values.ids);
     checkBackend(values.backend);
-    const logits = forwardLogits(loadModel(values.model), ids);
+    const logits = forwardLogits(loadModel(values.model), ids, values.backend as BackendName);
     const [rows, vocab] = logits.shape;
     const table = Array.from({ length: rows }, (_, r) => Array.from(logits.data.subarray(r * vocab, (r + 1) * vocab)));
     if (values.json) {
@@ -79,6 +85,37 @@ const commands: Record<string, Handler> = {
     verifyModule(module);
     if (values['dump-ir']) process.stdout.write(printModule(module));
     else for (const g of module.graphs) console.log(`@${g.name}: ${g.nodes.length} nodes, ${g.params.length} params, ${g.states.length} state tensors`);
+  },
+
+  compile(args) {
+    const { values } = parse(args, {
+      model: modelOptions.model,
+      config: { type: 'string' },
+      backend: modelOptions.backend,
+      json: modelOptions.json,
+      report: { type: 'boolean', default: false },
+      'explain-fusion': { type: 'boolean', default: false },
+      'dump-ir': { type: 'string' },
+      'dump-kernels': { type: 'string' },
+      'cache-length': { type: 'string' },
+      'prompt-length': { type: 'string', default: '32' },
+    });
+    if ((values.model === undefined) === (values.config === undefined)) throw new UsageError('give one of --model DIR or --config NAME (built-in: llama-3.2-1b)');
+    checkBackend(values.backend);
+    const model = values.model !== undefined ? loadModel(values.model) : undefined;
+    const cfg = model?.cfg ?? builtinLlama(values.config!);
+    runCompile({
+      cfg,
+      weightDType: model?.weightDType ?? DType.BF16,
+      cacheLength: values['cache-length'] ? positiveInt(values['cache-length'], '--cache-length') : Math.min(cfg.maxPositionEmbeddings, 2048),
+      backend: values.backend,
+      dumpIr: values['dump-ir'],
+      dumpKernels: values['dump-kernels'],
+      report: values.report,
+      json: values.json,
+      explainFusion: values['explain-fusion'],
+      promptLength: positiveInt(values['prompt-length'], '--prompt-length'),
+    });
   },
 
   inspect(args) {
@@ -144,14 +181,15 @@ function positiveInt(text: string, flag: string): number {
 }
 
 function checkBackend(name: string): void {
-  if (name !== 'cpu' && name !== 'reference') throw new UsageError(`unknown backend '${name}' (available: cpu, reference)`);
+  if (!(backendNames as readonly string[]).includes(name)) throw new UsageError(`unknown backend '${name}' (available: ${backendNames.join(', ')})`);
 }
 
 /** Errors that describe bad input: printed as they are, without a stack. */
-const userErrors = [UsageError, TraceError, ConfigError, WeightsError, IrParseError, VerifyError, GraphError, InterpretError, RangeError];
+const userErrors = [UsageError, CompileUsageError, LoweringError, TraceError, ConfigError, WeightsError, IrParseError, VerifyError, GraphError, InterpretError, RangeError];
 
 function main(argv: string[]): number {
-  const [command, ...rest] = argv;
+  // A bare --dump-ir means the final IR; parseArgs wants a value for a string option.
+  const [command, ...rest] = argv.map((a) => (a === '--dump-ir' && argv[0] === 'compile' ? '--dump-ir=final' : a));
   if (!command || command === '--help' || command === '-h' || command === 'help') {
     console.log(usage);
     return command ? 0 : 1;

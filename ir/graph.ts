@@ -160,12 +160,12 @@ export function usersOf(g: Graph): Map<Value, Node[]> {
  * What a kernel reads from memory (values defined outside it) and writes (values it defines that are used after
  * it: by another kernel, as a graph output, or as a state's new value), each in first-use order.
  */
-export function kernelIO(g: Graph, k: Kernel): { reads: Value[]; writes: Value[] } {
+export function kernelIO(g: Graph, k: Kernel, kernels: readonly Kernel[] = g.kernels): { reads: Value[]; writes: Value[] } {
   const inside = new Set(k.nodes.map((n) => n.output));
   const reads: Value[] = [];
   for (const n of k.nodes) for (const v of n.inputs) if (!inside.has(v) && !reads.includes(v)) reads.push(v);
   const usedOutside = new Set<Value>([...g.outputs, ...g.stateUpdates.map((u) => u.value)]);
-  for (const other of g.kernels) {
+  for (const other of kernels) {
     if (other !== k) for (const n of other.nodes) for (const v of n.inputs) usedOutside.add(v);
   }
   const writes = k.nodes.map((n) => n.output).filter((v) => usedOutside.has(v));

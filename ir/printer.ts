@@ -18,11 +18,22 @@ export function printModule(m: Module, opts: PrintOptions = {}): string {
   return m.graphs.map((g) => printGraph(g, opts)).join('\n');
 }
 
-export function printGraph(g: Graph, opts: PrintOptions = {}): string {
+/** How each value of the graph is printed: declared names, and node results numbered in order. */
+function valueNames(g: Graph): (v: Value) => string {
   const names = new Map<Value, string>();
   for (const v of [...g.inputs, ...g.params, ...g.states]) names.set(v, `%${v.name}`);
   g.nodes.forEach((n, i) => names.set(n.output, `%${i}`));
-  const ref = (v: Value): string => names.get(v) ?? `%<undefined ${formatType(v.type)}>`;
+  return (v) => names.get(v) ?? `%<undefined ${formatType(v.type)}>`;
+}
+
+/** The nodes of one kernel as they print in the whole graph's dump (for generated kernels' header comments). */
+export function kernelNodeLines(g: Graph, k: Kernel): string[] {
+  const ref = valueNames(g);
+  return k.nodes.map((n) => printNode(n, ref));
+}
+
+export function printGraph(g: Graph, opts: PrintOptions = {}): string {
+  const ref = valueNames(g);
 
   const lines: string[] = [];
   const ins = g.inputs.map((v) => `${ref(v)}: ${formatType(v.type)}`).join(', ');

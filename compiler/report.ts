@@ -1,0 +1,186 @@
+// The compile report: kernels per step and per layer, and the bytes each kernel reads and writes, for the fused
+// graph next to the same graph run one kernel per op.
+
+import { dtypeBytes } from '../ir/dtype.ts';
+import { Graph, Kernel, kernelIO, Node, Value } from '../ir/graph.ts';
+import { Op } from '../ir/ops.ts';
+import { formatType } from '../ir/shape.ts';
+import { valueBytes } from './passes/fuse.ts';
+
+export interface KernelTraffic {
+  readonly name: string;
+  readonly kind: string;
+  /** Which transformer layer it belongs to, or null outside the layers. */
+  readonly layer: number | null;
+  readonly bytesRead: number;
+  readonly bytesWritten: number;
+  readonly weightBytesRead: number;
+  readonly writes: string[];
+}
+
+export interface StepFigures {
+  readonly kernels: number;
+  readonly kernelsPerLayer: number;
+  readonly kernelsOutsideLayers: number;
+  /** Bytes of the parameters the step uses. */
+  readonly weightBytes: number;
+  /** Parameter bytes read per step (rows of a gathered table count as rows). */
+  readonly weightBytesRead: number;
+  /** Bytes written to memory by one kernel and read back by others (write once + every read). */
+  readonly intermediateBytes: number;
+  /** Largest bytes of intermediates alive at once (the memory plan's peak). */
+  readonly peakIntermediateBytes: number;
+  /** Values computed by elementwise ops alone and written to memory (should be 0: they ride in other kernels). */
+  readonly elementwiseKernels: number;
+}
+
+export interface StepReport extends StepFigures {
+  readonly unfused: StepFigures;
+  readonly kernelList: KernelTraffic[];
+}
+
+const layerPattern = /(?:layers\.|cache\.[kv]\.)(\d+)\./;
+
+/** The state a value is (or was written into), so a kernel reading an updated cache counts as reading the cache. */
+function stateRoot(v: Value): Value {
+  return v.producer?.op === Op.UpdateSlice ? stateRoot(v.producer.inputs[0]) : v;
+}
+
+/**
+ * Transformer layer of each kernel: from the names of the parameters and state it touches ("layers.3.",
+ * "cache.k.3"); a kernel touching no named value takes the layer its inputs' kernels agree on.
+ */
+function layersOf(g: Graph, kernels: readonly Kernel[]): (number | null)[] {
+  const kernelOf = new Map<Value, number>();
+  kernels.forEach((k, i) => k.nodes.forEach((n) => kernelOf.set(n.output, i)));
+  const layers: (number | null)[] = [];
+  kernels.forEach((k) => {
+    const io = kernelIO(g, k, kernels);
+    const named = [...io.reads, ...io.writes].map(stateRoot).filter((v) => v.kind === 'param' || v.kind === 'state');
+    const found = new Set<number | null>();
+    for (const v of named) {
+      const m = layerPattern.exec(v.name + '.');
+      if (m) found.add(Number(m[1]));
+    }
+    // Weights of no layer (embedding, final norm, LM head) put a kernel outside the layers.
+    if (named.length === 0) {
+      // Data flows forward through the layers: the latest layer among the inputs' kernels.
+      const inherited = io.reads.map((v) => layers[kernelOf.get(v) ?? -1]).filter((l): l is number => typeof l === 'number');
+      if (inherited.length) found.add(Math.max(...inherited));
+    }
+    layers.push(found.size === 1 ? [...found][0] : null);
+  });
+  return layers;
+}
+
+/** Bytes of a parameter a kernel reads: whole, or only the gathered rows when every use is a gather's table. */
+function paramBytesRead(p: Value, nodes: Node[], dims: ReadonlyMap<string, number>): number {
+  const uses = nodes.filter((n) => n.inputs.includes(p));
+  if (uses.length > 0 && uses.every((n) => n.op === Op.Gather && n.inputs[0] === p)) {
+    const rowBytes = valueBytes(p, dims) / (p.type.shape[0] as number);
+    return uses.reduce((s, n) => s + rowBytes * valueBytes(n.inputs[1], dims) / dtypeBytes[n.inputs[1].type.dtype], 0);
+  }
+  return valueBytes(p, dims);
+}
+
+/** Figures for a list of kernels (the fused graph's, or one per node for the unfused one). */
+function figures(g: Graph, kernels: Kernel[], dims: ReadonlyMap<string, number>, peak: number): { fig: StepFigures; list: KernelTraffic[] } {
+  const external = new Set<Value>([...g.outputs, ...g.stateUpdates.map((u) => u.value)]);
+  const readers = new Map<Value, number>();
+  const layers = layersOf(g, kernels);
+  const list: KernelTraffic[] = kernels.map((k, ki) => {
+    const io = kernelIO(g, k, kernels);
+    for (const v of io.reads) readers.set(v, (readers.get(v) ?? 0) + 1);
+    const params = io.reads.filter((v) => v.kind === 'param');
+    const weightBytesRead = params.reduce((s, p) => s + paramBytesRead(p, k.nodes, dims), 0);
+    // A state read only as the target of an in-place write costs nothing: the kernel writes a slice of it.
+    const readsValue = (v: Value) => k.nodes.some((n) => n.inputs.some((x, i) => x === v && !(n.op === Op.UpdateSlice && i === 0)));
+    const otherReads = io.reads.filter((v) => v.kind !== 'param' && readsValue(v)).reduce((s, v) => s + valueBytes(v, dims), 0);
+    const written = io.writes.reduce((s, v) => s + (v.producer?.op === Op.UpdateSlice ? valueBytes(v.producer.inputs[1], dims) : valueBytes(v, dims)), 0);
+    return {
+      name: k.name,
+      kind: String(k.attrs.kind ?? k.nodes[0].op),
+      layer: layers[ki],
+      bytesRead: weightBytesRead + otherReads,
+      bytesWritten: written,
+      weightBytesRead,
+      writes: io.writes.map((v) => `${v.producer!.op} ${formatType(v.type)}`),
+    };
+  });
+  let intermediateBytes = 0;
+  let elementwiseKernels = 0;
+  for (const k of kernels) {
+    for (const v of kernelIO(g, k, kernels).writes) {
+      if (external.has(v) || v.producer?.op === Op.UpdateSlice) continue;
+      intermediateBytes += valueBytes(v, dims) * (1 + (readers.get(v) ?? 0));
+    }
+    if (k.attrs.kind === 'elementwise' || (k.nodes.length === 1 && !['matmul', 'sum', 'mean', 'max', 'argmax', 'update_slice', 'gather'].includes(k.nodes[0].op))) elementwiseKernels++;
+  }
+  // Per layer as in a typical layer (the median), so a node or two at a layer's edge does not skew it.
+  const perLayer = new Map<number, number>();
+  for (const k of list) if (k.layer !== null) perLayer.set(k.layer, (perLayer.get(k.layer) ?? 0) + 1);
+  const counts = [...perLayer.values()].sort((a, b) => a - b);
+  const kernelsPerLayer = counts.length ? counts[Math.floor(counts.length / 2)] : 0;
+  const usedParams = new Set(kernels.flatMap((k) => kernelIO(g, k, kernels).reads.filter((v) => v.kind === 'param')));
+  return {
+    list,
+    fig: {
+      kernels: kernels.length,
+      kernelsPerLayer,
+      kernelsOutsideLayers: kernels.length - kernelsPerLayer * perLayer.size,
+      weightBytes: [...usedParams].reduce((s, p) => s + valueBytes(p, dims), 0),
+      weightBytesRead: list.reduce((s, k) => s + k.weightBytesRead, 0),
+      intermediateBytes,
+      peakIntermediateBytes: peak,
+      elementwiseKernels,
+    },
+  };
+}
+
+/** One kernel per node (scalar constants excepted: every backend inlines them as literals). */
+function unfusedKernels(g: Graph): Kernel[] {
+  return g.nodes.filter((n) => n.op !== Op.Const).map((n, i) => ({ name: `op${i}`, nodes: [n], attrs: { kind: n.op } }));
+}
+
+/** Peak bytes of intermediates alive at once, when every node's result is its own buffer. */
+function unfusedPeak(g: Graph, dims: ReadonlyMap<string, number>): number {
+  const last = new Map<Value, number>();
+  g.nodes.forEach((n, i) => n.inputs.forEach((v) => last.set(v, i)));
+  let live = 0;
+  let peak = 0;
+  g.nodes.forEach((n, i) => {
+    if (n.op !== Op.Const && n.op !== Op.UpdateSlice) live += valueBytes(n.output, dims);
+    peak = Math.max(peak, live);
+    for (const v of n.inputs) if (last.get(v) === i && v.producer && v.producer.op !== Op.Const && v.producer.op !== Op.UpdateSlice) live -= valueBytes(v, dims);
+  });
+  return peak;
+}
+
+export function stepReport(fused: Graph, unfused: Graph, peak: number, dims: ReadonlyMap<string, number>): StepReport {
+  const f = figures(fused, fused.kernels, dims, peak);
+  const u = figures(unfused, unfusedKernels(unfused), dims, unfusedPeak(unfused, dims));
+  return { ...f.fig, unfused: u.fig, kernelList: f.list };
+}
+
+export function formatReportTable(name: string, r: StepReport): string {
+  const mb = (n: number) => `${(n / 1e6).toFixed(2)} MB`;
+  const row = (label: string, a: string | number, b: string | number) => `  ${label.padEnd(34)}${String(a).padStart(14)}${String(b).padStart(14)}`;
+  const lines = [
+    `${name}`,
+    row('', 'fused', 'one per op'),
+    row('kernels per step', r.kernels, r.unfused.kernels),
+    row('kernels per transformer layer', r.kernelsPerLayer, r.unfused.kernelsPerLayer),
+    row('kernels outside the layers', r.kernelsOutsideLayers, r.unfused.kernelsOutsideLayers),
+    row('weight bytes', mb(r.weightBytes), mb(r.unfused.weightBytes)),
+    row('weight bytes read per step', mb(r.weightBytesRead), mb(r.unfused.weightBytesRead)),
+    row('intermediate bytes (write + reads)', mb(r.intermediateBytes), mb(r.unfused.intermediateBytes)),
+    row('peak intermediate bytes', mb(r.peakIntermediateBytes), mb(r.unfused.peakIntermediateBytes)),
+    row('elementwise-only kernels', r.elementwiseKernels, r.unfused.elementwiseKernels),
+    '',
+    `  ${'kernel'.padEnd(8)}${'kind'.padEnd(13)}${'layer'.padStart(6)}${'reads'.padStart(14)}${'writes'.padStart(14)}  writes`,
+  ];
+  for (const k of r.kernelList) {
+    lines.push(`  ${k.name.padEnd(8)}${k.kind.padEnd(13)}${String(k.layer ?? '-').padStart(6)}${mb(k.bytesRead).padStart(14)}${mb(k.bytesWritten).padStart(14)}  ${k.writes.join(', ')}`);
+  }
+  return lines.join('\n');
+}
