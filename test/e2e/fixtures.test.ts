@@ -7,7 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { forwardLogits, generateGreedy, LoadedLlama, loadLlama } from '../../runtime/llama.ts';
+import { BackendName, forwardLogits, generateGreedy, LoadedLlama, loadLlama } from '../../runtime/llama.ts';
 import { readSafetensors } from '../../runtime/safetensors.ts';
 
 const fixtures = fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
@@ -28,15 +28,15 @@ interface Backend {
   open(model: LoadedLlama): LlamaRunner;
 }
 
-const referenceRunner = (model: LoadedLlama): LlamaRunner => ({
-  logits: async (ids) => forwardLogits(model, ids).data as Float32Array,
-  generate: async (prompt, n) => generateGreedy(model, prompt, n),
+/** A host backend of runtime/llama.ts: 'cpu' runs the fused kernels, 'reference' the interpreter op by op. */
+const hostRunner = (backend: BackendName) => (model: LoadedLlama): LlamaRunner => ({
+  logits: async (ids) => forwardLogits(model, ids, backend).data as Float32Array,
+  generate: async (prompt, n) => generateGreedy(model, prompt, n, undefined, backend),
 });
 
-// The CLI's --backend cpu runs the reference interpreter until the CPU backend lands; both stay listed.
 const backends: Record<string, Backend> = {
-  cpu: { tolerance: 1e-4, open: referenceRunner },
-  reference: { tolerance: 1e-4, open: referenceRunner },
+  cpu: { tolerance: 1e-4, open: hostRunner('cpu') },
+  reference: { tolerance: 1e-4, open: hostRunner('reference') },
 };
 
 interface Golden {
