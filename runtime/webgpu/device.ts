@@ -1,0 +1,37 @@
+// Opening a WebGPU device through Dawn (the `webgpu` package) with the limits large models need.
+
+import { create, globals } from 'webgpu';
+
+export class WebGpuUnavailableError extends Error {}
+
+let gpu: GPU | undefined;
+
+/** The adapter's own limits for the few that matter here, instead of WebGPU's conservative defaults. */
+const wantedLimits = [
+  'maxStorageBufferBindingSize', 'maxBufferSize', 'maxStorageBuffersPerShaderStage', 'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupSizeX',
+] as const;
+
+export async function openDevice(): Promise<GPUDevice> {
+  if (!gpu) {
+    Object.assign(globalThis, globals);
+    gpu = create([]);
+  }
+  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  if (!adapter) {
+    throw new WebGpuUnavailableError('no WebGPU adapter: Dawn found no Vulkan device (on a CPU-only Debian machine, install Mesa 25 from bookworm-backports for lavapipe)');
+  }
+  const requiredLimits: Record<string, number> = {};
+  for (const k of wantedLimits) requiredLimits[k] = adapter.limits[k];
+  const requiredFeatures: GPUFeatureName[] = adapter.features.has('timestamp-query') ? ['timestamp-query'] : [];
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
+  device.addEventListener('uncapturederror', (e) => {
+    console.error(`tsfuse webgpu: ${(e as GPUUncapturedErrorEvent).error.message}`);
+  });
+  return device;
+}
+
+export function adapterName(device: GPUDevice): string {
+  const info = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo;
+  return info ? [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' ') : 'webgpu';
+}
