@@ -9,7 +9,9 @@ import { printModule } from '../ir/printer.ts';
 import { verifyModule, VerifyError } from '../ir/verify.ts';
 import { traceLlama } from '../examples/llama.ts';
 import { ConfigError } from '../runtime/config.ts';
-import { BackendName, backendNames, forwardLogits, generateGreedy, loadLlama } from '../runtime/llama.ts';
+import { loadLlama } from '../runtime/llama.ts';
+import { Backend, backends, isBackend, openRunner } from '../runtime/runner.ts';
+import { WebGpuUnavailableError } from '../runtime/webgpu/device.ts';
 import { WeightsError } from '../runtime/safetensors.ts';
 import { TraceError } from './trace.ts';
 import { builtinLlama, CompileUsageError, runCompile } from './cli-compile.ts';
@@ -21,9 +23,10 @@ class UsageError extends Error {}
 const usage = `usage: tsfuse <command> [options]
 
 commands:
-  generate --model DIR --ids 5,9,13 [--max-new-tokens N] [--backend cpu|reference] [--json]
+  generate --model DIR --ids 5,9,13 [--max-new-tokens N] [--backend cpu|reference|webgpu] [--json]
+           [--temperature T] [--top-p P] [--seed N]
       greedy decoding after the prompt ids; prints the new token ids
-  logits   --model DIR --ids 5,9,13 [--backend cpu|reference] [--json]
+  logits   --model DIR --ids 5,9,13 [--backend cpu|reference|webgpu] [--json]
       logits at every prompt position, from one forward pass with an empty cache
   compile  (--model DIR | --config llama-3.2-1b) [--report] [--json] [--explain-fusion]
            [--dump-ir[=all|after:PASS]] [--dump-kernels DIR] [--backend cpu] [--cache-length N] [--prompt-length N]
@@ -41,27 +44,42 @@ const modelOptions = {
   help: { type: 'boolean', short: 'h', default: false },
 } as const satisfies ParseArgsConfig['options'];
 
-type Handler = (args: string[]) => void;
+type Handler = (args: string[]) => void | Promise<void>;
 
 const commands: Record<string, Handler> = {
-  generate(args) {
-    const { values } = parse(args, { ...modelOptions, 'max-new-tokens': { type: 'string', default: '32' } });
+  async generate(args) {
+    const { values } = parse(args, {
+      ...modelOptions,
+      'max-new-tokens': { type: 'string', default: '32' },
+      temperature: { type: 'string', default: '0' },
+      'top-p': { type: 'string', default: '1' },
+      seed: { type: 'string', default: '0' },
+    });
     const ids = parseIds(values.ids);
     const maxNew = positiveInt(values['max-new-tokens'], '--max-new-tokens');
-    checkBackend(values.backend);
+    const sampling = {
+      temperature: nonNegative(values.temperature, '--temperature'),
+      topP: nonNegative(values['top-p'], '--top-p'),
+      seed: Number(values.seed) >>> 0,
+    };
+    const backend = checkBackend(values.backend);
     const model = loadModel(values.model);
+    const runner = await openRunner(model, ids.length + maxNew, backend);
     const started = performance.now();
-    const tokens = generateGreedy(model, ids, maxNew, values.json ? undefined : (t) => process.stdout.write(`${t} `), values.backend as BackendName);
+    const tokens = await runner.generate(ids, maxNew, sampling, values.json ? undefined : (t) => process.stdout.write(`${t} `));
     const ms = performance.now() - started;
+    runner.close();
     if (values.json) console.log(JSON.stringify({ tokens }));
     else console.log(`\n${tokens.length} tokens in ${ms.toFixed(0)} ms`);
   },
 
-  logits(args) {
+  async logits(args) {
     const { values } = parse(args, modelOptions);
     const ids = parseIds(values.ids);
-    checkBackend(values.backend);
-    const logits = forwardLogits(loadModel(values.model), ids, values.backend as BackendName);
+    const backend = checkBackend(values.backend);
+    const runner = await openRunner(loadModel(values.model), ids.length, backend);
+    const logits = await runner.logits(ids);
+    runner.close();
     const [rows, vocab] = logits.shape;
     const table = Array.from({ length: rows }, (_, r) => Array.from(logits.data.subarray(r * vocab, (r + 1) * vocab)));
     if (values.json) {
@@ -180,14 +198,21 @@ function positiveInt(text: string, flag: string): number {
   return Number(text);
 }
 
-function checkBackend(name: string): void {
-  if (!(backendNames as readonly string[]).includes(name)) throw new UsageError(`unknown backend '${name}' (available: ${backendNames.join(', ')})`);
+function checkBackend(name: string): Backend {
+  if (!isBackend(name)) throw new UsageError(`unknown backend '${name}' (available: ${backends.join(', ')})`);
+  return name;
+}
+
+function nonNegative(text: string, flag: string): number {
+  const v = Number(text);
+  if (!Number.isFinite(v) || v < 0) throw new UsageError(`${flag} must be a non-negative number, got '${text}'`);
+  return v;
 }
 
 /** Errors that describe bad input: printed as they are, without a stack. */
-const userErrors = [UsageError, CompileUsageError, LoweringError, TraceError, ConfigError, WeightsError, IrParseError, VerifyError, GraphError, InterpretError, RangeError];
+const userErrors = [UsageError, WebGpuUnavailableError, CompileUsageError, LoweringError, TraceError, ConfigError, WeightsError, IrParseError, VerifyError, GraphError, InterpretError, RangeError];
 
-function main(argv: string[]): number {
+async function main(argv: string[]): Promise<number> {
   // A bare --dump-ir means the final IR; parseArgs wants a value for a string option.
   const [command, ...rest] = argv.map((a) => (a === '--dump-ir' && argv[0] === 'compile' ? '--dump-ir=final' : a));
   if (!command || command === '--help' || command === '-h' || command === 'help') {
@@ -201,7 +226,7 @@ function main(argv: string[]): number {
       console.log(usage);
       return 0;
     }
-    handler(rest);
+    await handler(rest);
     return 0;
   } catch (e) {
     if (userErrors.some((cls) => e instanceof cls)) {
@@ -215,4 +240,4 @@ function main(argv: string[]): number {
   }
 }
 
-process.exitCode = main(process.argv.slice(2));
+process.exitCode = await main(process.argv.slice(2));
