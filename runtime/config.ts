@@ -229,7 +229,16 @@ const llama32_1bJson = {
 
 export const LLAMA_3_2_1B: LlamaConfig = llamaConfigFromJson(llama32_1bJson, 'builtin:llama-3.2-1b');
 
-const builtins: Record<string, LlamaConfig> = { 'llama-3.2-1b': LLAMA_3_2_1B };
+/** A small Llama-3-shaped config (GQA, llama3 rope, tied) for quick benchmark runs and tests on slow devices. */
+const llamaTinyJson = {
+  ...llama32_1bJson, vocab_size: 4096, hidden_size: 256, intermediate_size: 704, num_hidden_layers: 2,
+  num_attention_heads: 8, num_key_value_heads: 2, head_dim: 32, max_position_embeddings: 2048,
+};
+
+const builtins: Record<string, LlamaConfig> = {
+  'llama-3.2-1b': LLAMA_3_2_1B,
+  'llama-tiny': llamaConfigFromJson(llamaTinyJson, 'builtin:llama-tiny'),
+};
 
 export function builtinConfig(name: string): LlamaConfig {
   const cfg = builtins[name.toLowerCase()];

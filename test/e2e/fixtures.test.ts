@@ -7,37 +7,17 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { BackendName, forwardLogits, generateGreedy, LoadedLlama, loadLlama } from '../../runtime/llama.ts';
+import { loadLlama } from '../../runtime/llama.ts';
+import { Backend, isBackend, LlamaRunner, openRunner } from '../../runtime/runner.ts';
 import { readSafetensors } from '../../runtime/safetensors.ts';
 
-const fixtures = fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
+// TSFUSE_FIXTURES points elsewhere on machines where ../shared is not beside the clone (the GPU machine).
+const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
 const fixtureNames = ['tiny-llama', 'tiny-llama3', 'tiny-llama3-bf16'];
 const greedyTokens = 32;
 
-/** What the suite asks of a backend; async so that GPU backends, which wait on the device, fit the same shape. */
-interface LlamaRunner {
-  /** Row-major logits f32[ids.length, vocab] of one forward pass with an empty cache. */
-  logits(ids: readonly number[]): Promise<Float32Array>;
-  /** `n` new tokens of greedy decoding after `prompt`. */
-  generate(prompt: readonly number[], n: number): Promise<number[]>;
-}
-
-interface Backend {
-  /** Largest allowed ‖ours − ref‖ / ‖ref‖ per position (fixtures/README.md: 1e-4 on the CPU, 1e-3 on a GPU). */
-  readonly tolerance: number;
-  open(model: LoadedLlama): LlamaRunner;
-}
-
-/** A host backend of runtime/llama.ts: 'cpu' runs the fused kernels, 'reference' the interpreter op by op. */
-const hostRunner = (backend: BackendName) => (model: LoadedLlama): LlamaRunner => ({
-  logits: async (ids) => forwardLogits(model, ids, backend).data as Float32Array,
-  generate: async (prompt, n) => generateGreedy(model, prompt, n, undefined, backend),
-});
-
-const backends: Record<string, Backend> = {
-  cpu: { tolerance: 1e-4, open: hostRunner('cpu') },
-  reference: { tolerance: 1e-4, open: hostRunner('reference') },
-};
+/** Largest allowed ‖ours − ref‖ / ‖ref‖ per position (fixtures/README.md: 1e-4 on the CPU, 1e-3 on a GPU). */
+const tolerance: Record<Backend, number> = { cpu: 1e-4, reference: 1e-4, webgpu: 1e-3 };
 
 interface Golden {
   readonly inputIds: number[];
@@ -79,19 +59,21 @@ function argmax(xs: ArrayLike<number>): number {
   return best;
 }
 
-const selected = process.env.TSFUSE_BACKENDS?.split(',') ?? Object.keys(backends);
+const selected = process.env.TSFUSE_BACKENDS?.split(',') ?? Object.keys(tolerance);
 
 for (const name of selected) {
-  const backend = backends[name];
-  if (!backend) throw new Error(`TSFUSE_BACKENDS: unknown backend '${name}' (known: ${Object.keys(backends).join(', ')})`);
+  if (!isBackend(name)) throw new Error(`TSFUSE_BACKENDS: unknown backend '${name}' (known: ${Object.keys(tolerance).join(', ')})`);
+  const backend = { tolerance: tolerance[name] };
   const s = suite(`e2e on ${name}`);
 
   for (const fixture of fixtureNames) {
     const dir = path.join(fixtures, fixture);
     const golden = readGolden(dir);
-    const runner = backend.open(loadLlama(dir));
+    // One runner per fixture, its cache long enough for the prompt and the greedy tokens.
+    let runner: Promise<LlamaRunner> | undefined;
+    const open = () => (runner ??= openRunner(loadLlama(dir), golden.inputIds.length + greedyTokens, name));
     let logits: Promise<Float32Array> | undefined;
-    const ourLogits = () => (logits ??= runner.logits(golden.inputIds));
+    const ourLogits = () => (logits ??= open().then(async (r) => (await r.logits(golden.inputIds)).data as Float32Array));
 
     s(`${fixture}: logits at every position within ${backend.tolerance} relative error`, async () => {
       const ours = await ourLogits();
@@ -110,7 +92,9 @@ for (const name of selected) {
     });
 
     s(`${fixture}: ${greedyTokens} greedy tokens`, async () => {
-      assert.equal(await runner.generate(golden.inputIds, greedyTokens), golden.greedy);
+      const r = await open();
+      assert.equal(await r.generate(golden.inputIds, greedyTokens), golden.greedy);
+      r.close();
     });
   }
 

@@ -1,0 +1,113 @@
+// The decode benchmark: `npm run bench -- --backend webgpu --config llama-3.2-1b`. Random bf16 weights of the
+// config's shape, a 32-token prompt, 128 generated tokens; prints ms per token, tokens/s, kernels per token and
+// the achieved weight bandwidth as a fraction of a copy kernel measured in the same run.
+
+import { parseArgs } from 'node:util';
+import { builtinConfig, expectedLlamaTensors, LlamaConfig } from '../runtime/config.ts';
+import { LoadedLlama } from '../runtime/llama.ts';
+import { DType } from '../ir/dtype.ts';
+import { decodeBf16, Tensor, TensorInfo, TensorSource } from '../runtime/safetensors.ts';
+
+const { values } = parseArgs({
+  options: {
+    backend: { type: 'string', default: 'webgpu' },
+    config: { type: 'string', default: 'llama-3.2-1b' },
+    prompt: { type: 'string', default: '32' },
+    'new-tokens': { type: 'string', default: '128' },
+    runs: { type: 'string', default: '3' },
+  },
+});
+
+/** Random bf16 weights of a config's shape, generated as bit patterns (norm weights 1.0), held in memory. */
+export function randomBf16Weights(cfg: LlamaConfig, seed = 1): TensorSource {
+  let s = seed >>> 0 || 1;
+  const tensors = new Map<string, Tensor>();
+  const infos: TensorInfo[] = [];
+  for (const { name, shape } of expectedLlamaTensors(cfg)) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const bits = new Uint16Array(n);
+    if (name.endsWith('norm.weight')) {
+      bits.fill(0x3f80);
+    } else {
+      // Sign, an exponent for magnitudes 2^-9..2^-6 (std about 0.01), 7 random mantissa bits: xorshift32.
+      for (let i = 0; i < n; i++) {
+        s ^= s << 13; s ^= s >>> 17; s ^= s << 5;
+        bits[i] = ((s >>> 16) & 0x807f) | ((118 + ((s >>> 8) & 3)) << 7);
+      }
+    }
+    const raw = new Uint8Array(bits.buffer);
+    let decoded: Float32Array | undefined;
+    tensors.set(name, {
+      dtype: DType.BF16, shape: [...shape], raw,
+      get data() { return (decoded ??= decodeBf16(bits)); },
+    });
+    infos.push({ name, file: '<random>', dtype: DType.BF16, storedAs: 'BF16', shape, byteOffset: 0, byteLength: raw.byteLength });
+  }
+  return {
+    location: '<random bf16 weights>',
+    tensors: infos,
+    has: (n) => tensors.has(n),
+    info: (n) => infos.find((t) => t.name === n)!,
+    tensor: (n) => tensors.get(n)!,
+  };
+}
+
+interface Row { label: string; value: string }
+
+async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
+  const { WebGpuLlama } = await import('../runtime/webgpu/llama.ts');
+  const { adapterName } = await import('../runtime/webgpu/device.ts');
+  const { measureCopyBandwidth } = await import('../runtime/webgpu/copy-bench.ts');
+  const promptLen = Number(values.prompt);
+  const newTokens = Number(values['new-tokens']);
+  const weights = randomBf16Weights(cfg);
+  const model: LoadedLlama = { cfg, weights, weightDType: DType.BF16 };
+  const t0 = performance.now();
+  const session = await WebGpuLlama.create(model, promptLen + newTokens);
+  const setupMs = performance.now() - t0;
+  const prompt = Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
+
+  await session.generate(prompt, 8); // warm-up: pipelines, first submits
+  const runs = Number(values.runs);
+  let best = { total: Infinity, prefill: Infinity };
+  for (let r = 0; r < runs; r++) {
+    let t = performance.now();
+    await session.generate(prompt, 1);
+    const prefill = performance.now() - t;
+    t = performance.now();
+    await session.generate(prompt, newTokens);
+    const total = performance.now() - t;
+    if (total < best.total) best = { total, prefill };
+  }
+  const msPerToken = (best.total - best.prefill) / (newTokens - 1);
+  const weightBytes = weights.tensors.reduce((s, t) => s + t.byteLength, 0);
+  const copy = await measureCopyBandwidth(session.device);
+  const achieved = weightBytes / (msPerToken / 1e3);
+  session.destroy();
+  return [
+    { label: 'device', value: adapterName(session.device) },
+    { label: 'setup (compile + upload)', value: `${(setupMs / 1e3).toFixed(1)} s` },
+    { label: 'prefill (32 tokens) + first token', value: `${best.prefill.toFixed(2)} ms` },
+    { label: 'decode ms per token', value: msPerToken.toFixed(3) },
+    { label: 'decode tokens/s', value: (1e3 / msPerToken).toFixed(1) },
+    { label: 'kernels per token', value: String(session.decodeKernels()) },
+    { label: 'weight bytes per token', value: `${(weightBytes / 1e9).toFixed(3)} GB` },
+    { label: 'achieved weight bandwidth', value: `${(achieved / 1e12).toFixed(2)} TB/s` },
+    { label: 'copy kernel bandwidth (read+write)', value: `${(copy / 1e12).toFixed(2)} TB/s` },
+    { label: 'fraction of copy bandwidth', value: `${((100 * achieved) / copy).toFixed(1)} %` },
+  ];
+}
+
+async function main(): Promise<void> {
+  const cfg = builtinConfig(values.config!);
+  let rows: Row[];
+  switch (values.backend) {
+    case 'webgpu': rows = await benchWebGpu(cfg); break;
+    default: throw new Error(`bench: unknown backend '${values.backend}' (webgpu)`);
+  }
+  console.log(`tsfuse bench — ${values.backend}, ${values.config}, prompt ${values.prompt}, ${values['new-tokens']} new tokens, ${new Date().toISOString().slice(0, 10)}`);
+  const w = Math.max(...rows.map((r) => r.label.length));
+  for (const r of rows) console.log(`  ${r.label.padEnd(w)}  ${r.value}`);
+}
+
+await main();
