@@ -37,6 +37,9 @@ export function rewriteGraph(g: Graph, visit: NodeVisitor): Graph {
     return m;
   };
   for (const n of g.nodes) {
+    // A node reading a dropped node's result is dead too (dce drops whole dead chains, not only their ends); had
+    // it been used, the use that needs it fails below or in a later node's mapping.
+    if (n.inputs.some((v) => !map.has(v))) continue;
     const v = visit(n, n.inputs.map(mapped), emitter);
     if (v) map.set(n.output, v);
   }
