@@ -46,15 +46,17 @@ export function concatName(names: string[]): string {
 }
 
 export function concatProjections(g: Graph): Graph {
-  // Projections by input, in node order; only groups of two or more whose results stay separate.
-  const byInput = new Map<Value, Node[]>();
+  // Projections by input and weight dtype, in node order (weights of different dtypes cannot be concatenated
+  // into one tensor); only groups of two or more whose results stay separate.
+  const byInput = new Map<Value, Map<string, Node[]>>();
   for (const n of g.nodes) {
-    if (!projectionWeight(n)) continue;
-    const list = byInput.get(n.inputs[0]) ?? [];
-    list.push(n);
-    byInput.set(n.inputs[0], list);
+    const w = projectionWeight(n);
+    if (!w) continue;
+    const byDtype = byInput.get(n.inputs[0]) ?? new Map<string, Node[]>();
+    byDtype.set(w.type.dtype, [...(byDtype.get(w.type.dtype) ?? []), n]);
+    byInput.set(n.inputs[0], byDtype);
   }
-  const groups = [...byInput.values()].filter((ns) => ns.length >= 2 && !combined(g, ns.map((n) => n.output)));
+  const groups = [...byInput.values()].flatMap((byDtype) => [...byDtype.values()]).filter((ns) => ns.length >= 2 && !combined(g, ns.map((n) => n.output)));
   if (groups.length === 0) return g;
   const first = new Map<Node, Node[]>(groups.map((ns) => [ns[0], ns]));
   const member = new Set(groups.flat());
