@@ -90,8 +90,14 @@ class Partition {
     return sinks.has(v) || (this.users.get(v) ?? []).some((u) => u !== except && this.groupOf.get(u) !== gr);
   }
 
+  /** Moves a node from one kernel to another. */
+  move(n: Node, from: Group, to: Group): void {
+    from.members.splice(from.members.indexOf(n), 1);
+    this.add(to, n);
+  }
+
   /** Edges between kernels: a → b when b reads something a computes. */
-  private edges(): Map<Group, Set<Group>> {
+  edges(): Map<Group, Set<Group>> {
     const out = new Map<Group, Set<Group>>();
     for (const gr of this.live()) {
       for (const n of gr.members) {
@@ -247,8 +253,14 @@ function placeEpilogues(p: Partition): void {
       continue;
     }
     if (sinks.has(n.output)) {
-      // An output nobody else computes gets a kernel of its own.
-      p.add(p.newGroup('elementwise'), n);
+      // An output nobody else computes gets a kernel of its own, unless a kernel it reads also reads it (through
+      // ops recomputed there: where(max(x) >= y, max(x), x) returned and then summed next to the max). A kernel
+      // of its own would then have to run both before and after that kernel, so it joins that kernel instead.
+      const own = p.newGroup('elementwise');
+      p.add(own, n);
+      const edges = p.edges();
+      const feedsBack = deps.find((d) => p.reaches(own, d, edges));
+      if (feedsBack) p.move(n, own, feedsBack);
     }
   }
 }
@@ -298,7 +310,16 @@ function emit(p: Partition): Graph {
     const kernel: Kernel = { name: `k${index}`, nodes: out.nodes.slice(start), attrs: { kind: gr.kind } };
     out.kernels.push(kernel);
   });
-  out.outputs = g.outputs.map((v) => global.get(v)!);
+  // An output that no node computes (an input returned as is, or x·1 simplified to x) would be written by no
+  // kernel, yet it has a buffer of its own to fill: one kernel copies it (a reshape to its own shape).
+  const copies = new Map<Value, Value>();
+  for (const v of g.outputs) {
+    if (v.producer || copies.has(v)) continue;
+    const start = out.nodes.length;
+    copies.set(v, out.addNode(Op.Reshape, [global.get(v)!], { shape: [...v.type.shape] }));
+    out.kernels.push({ name: `k${out.kernels.length}`, nodes: out.nodes.slice(start), attrs: { kind: 'elementwise' } });
+  }
+  out.outputs = g.outputs.map((v) => copies.get(v) ?? global.get(v)!);
   for (const u of g.stateUpdates) out.setState(global.get(u.state)!, global.get(u.value)!);
   return out;
 }
