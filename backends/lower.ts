@@ -11,6 +11,7 @@ import { DType, isFloat } from '../ir/dtype.ts';
 import { Graph, Kernel, kernelIO, Node, Value } from '../ir/graph.ts';
 import { Op } from '../ir/ops.ts';
 import { kernelNodeLines } from '../ir/printer.ts';
+import { rounderFor } from '../runtime/host-tensor.ts';
 import { Dim, Shape } from '../ir/shape.ts';
 import {
   add, BinaryOp, Binding, idiv, imod, int, ivar, KBuffer, KernelIR, KExpr, KStmt, mul, ReduceOp, ROW, Scalar,
@@ -127,8 +128,13 @@ class KernelLowering {
     const i = this.fresh('i');
     const idx = [...rowIdx, ...this.delinear(ivar(i), local)];
     const value = this.expr(v, idx);
-    const buf = this.buffer(v, true);
-    this.body.push({ k: 'store', buf, v: i, n: this.numel(local), index: this.linear(idx, v.type.shape), value });
+    const index = this.linear(idx, v.type.shape);
+    // A value the graph returns more than once (return %3, %3) fills every output buffer it is returned in.
+    const outputs = this.g.outputs.flatMap((o, j) => (o === v ? [j] : []));
+    const bindings: Binding[] = outputs.length ? outputs.map((index) => ({ kind: 'output', index })) : [this.binding(v)];
+    for (const binding of bindings) {
+      this.body.push({ k: 'store', buf: this.buffer(v, true, binding), v: i, n: this.numel(local), index, value });
+    }
   }
 
   /** A KV-cache write: the update's elements stored in place into the state at the given position. */
@@ -157,8 +163,7 @@ class KernelLowering {
     return { kind: 'temp', slot };
   }
 
-  private buffer(v: Value, written: boolean): number {
-    const binding = this.binding(v);
+  private buffer(v: Value, written: boolean, binding = this.binding(v)): number {
     const key = JSON.stringify(binding);
     let i = this.bufferIndex.get(key);
     if (i === undefined) {
@@ -242,7 +247,8 @@ class KernelLowering {
     switch (n.op) {
       case Op.Where: return { k: 'select', cond: operand(0), a: operand(1), b: operand(2), t };
       case Op.Cast: return t === scalarOf(n.inputs[0].type.dtype) ? operand(0) : { k: 'cast', a: operand(0), t };
-      case Op.Const: return { k: 'const', value: n.attrs.value as number, t };
+      // The literal as its dtype holds it (0.1 as the f32 nearest 0.1, 2.7 as the i32 2), as the reference has it.
+      case Op.Const: return { k: 'const', value: rounderFor(v.type.dtype)(n.attrs.value as number), t };
       case Op.Arange: return t === 'i32' ? idx[0] : { k: 'cast', a: idx[0], t };
       case Op.Reshape: return this.expr(n.inputs[0], this.delinear(this.linear(idx, v.type.shape), n.inputs[0].type.shape));
       case Op.Permute: {
@@ -307,9 +313,9 @@ class KernelLowering {
       }
       return this.expr(x, inIdx);
     };
-    const r = this.reduce(n, idx, op, this.numel(reducedShape), at, t);
-    if (n.op !== Op.Mean) return r;
-    return { k: 'binary', op: 'div', a: r, b: { k: 'cast', a: this.numel(reducedShape), t: 'f32' }, t };
+    const count: KExpr = { k: 'cast', a: this.numel(reducedShape), t: 'f32' };
+    const finish = n.op === Op.Mean ? (r: KExpr): KExpr => ({ k: 'binary', op: 'div', a: r, b: count, t }) : undefined;
+    return this.reduce(n, idx, op, this.numel(reducedShape), at, t, finish);
   }
 
   /** out[..., m, n] = Σ_k a[..., m, k] · b[..., k, n], operands broadcast over the batch dimensions. */
@@ -335,7 +341,12 @@ class KernelLowering {
    * row-local array when it varies along one dimension (attention scores, read by the softmax and by p·v);
    * otherwise a serial loop.
    */
-  private reduce(n: Node, idx: KExpr[], op: ReduceOp, size: KExpr, body: (v: string) => KExpr, t: Scalar): KExpr {
+  /**
+   * `finish` turns the accumulated value into the node's result (a mean's division). A row-local array holds
+   * the node's result, finished already, so its elements are returned as they are.
+   */
+  private reduce(n: Node, idx: KExpr[], op: ReduceOp, size: KExpr, body: (v: string) => KExpr, t: Scalar,
+    finish: (acc: KExpr) => KExpr = (acc) => acc): KExpr {
     const key = `${this.k.nodes.indexOf(n)}@${JSON.stringify(idx)}`;
     const hit = this.memo.get(key);
     if (hit) return hit;
@@ -356,6 +367,7 @@ class KernelLowering {
       const v = this.fresh('k');
       out = { k: 'reduce', op, v, n: size, body: body(v), t: op === 'argmax' ? 'i32' : t };
     }
+    out = finish(out);
     this.memo.set(key, out);
     return out;
   }
