@@ -2,15 +2,16 @@
 // typed arrays, one call per kernel, intermediates in the memory plan's reused slots.
 
 import { CompiledGraph, CompiledModule } from '../compiler/compile-module.ts';
-import { renderJs } from '../backends/cpu/render-js.ts';
+import { JsKernelRuntime, renderJs } from '../backends/cpu/render-js.ts';
 import { Binding, KernelIR } from '../backends/kernel-ir.ts';
 import { evalRule } from '../backends/reference/rules.ts';
 import { Graph } from '../ir/graph.ts';
 import { resolveShape } from '../ir/shape.ts';
-import { allocData, allocHost, HostData, HostTensor } from './host-tensor.ts';
+import { allocData, allocHost, HostData, HostTensor, roundBf16, roundF16 } from './host-tensor.ts';
 import { GraphExecutor } from './executor.ts';
 
-type KernelFn = (buffers: HostData[], sizes: Record<string, number>) => void;
+type KernelFn = (buffers: HostData[], sizes: Record<string, number>, round: JsKernelRuntime) => void;
+const kernelRuntime: JsKernelRuntime = { bf16: roundBf16, f16: roundF16 };
 
 interface CpuGraph {
   readonly compiled: CompiledGraph;
@@ -24,7 +25,7 @@ export class CpuExecutor implements GraphExecutor {
   constructor(module: CompiledModule, private readonly loadParam: (name: string) => HostTensor) {
     for (const compiled of module.graphs) {
       // eslint-disable-next-line @typescript-eslint/no-implied-eval -- the kernel source is our own rendering
-      const fns = compiled.kernels.map((k) => new Function('b', 'sizes', renderJs(k)) as KernelFn);
+      const fns = compiled.kernels.map((k) => new Function('b', 'sizes', 'round', renderJs(k)) as KernelFn);
       this.graphs.set(compiled.graph.name, { compiled, fns });
     }
   }
@@ -58,7 +59,7 @@ export class CpuExecutor implements GraphExecutor {
         default: return binding satisfies never;
       }
     };
-    cg.compiled.kernels.forEach((k, ki) => cg.fns[ki](k.buffers.map((b, i) => data(b.binding, k, i)), sizes));
+    cg.compiled.kernels.forEach((k, ki) => cg.fns[ki](k.buffers.map((b, i) => data(b.binding, k, i)), sizes, kernelRuntime));
     return outputs;
   }
 

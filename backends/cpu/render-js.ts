@@ -6,9 +6,22 @@ import { cLike, Dialect, ExprPrinter } from '../render-base.ts';
 
 const math = (f: string) => (a: string) => `Math.${f}(${a})`;
 
+/**
+ * JavaScript computes in float64, the kernel IR in f32 and i32: every temporary is rounded to its type, so that a
+ * value recomputed in one kernel has the bits it has when another kernel loads it from memory (where a compare
+ * or cast would otherwise tell 0.99999999 from 1), and i32 arithmetic wraps as it does on a GPU. Accumulators
+ * stay float64, as the reference accumulates.
+ */
+const roundTo: Record<Scalar, (value: string) => string> = {
+  f32: (v) => `Math.fround(${v})`,
+  i32: (v) => `(${v} | 0)`,
+  bool: (v) => v,
+};
+
 export const jsDialect: Dialect = {
   type: { f32: 'number', i32: 'number', bool: 'boolean' },
-  constDecl: (name, _t, value) => `const ${name} = ${value};`,
+  // Names, literals and loads (a typed array holds its type already) need no rounding.
+  constDecl: (name, t, value) => `const ${name} = ${/^[\w.]+$|^\(-?[\d.e+-]+\)$|^b\d+\[\w+\]$/.test(value) ? value : roundTo[t](value)};`,
   varDecl: (name, _t, value) => `let ${name} = ${value};`,
   forLoop: (v, n) => `for (let ${v} = 0; ${v} < ${n}; ${v}++) {`,
   unary: {
@@ -47,7 +60,16 @@ export const jsDialect: Dialect = {
   negInfinity: '-Infinity',
 };
 
-/** The body of `function (b, sizes)`: `b` holds the kernel's buffers in order, `sizes` the symbolic sizes. */
+/** What a rendered kernel calls to round a value stored into a 16-bit float buffer (held as f32 on the host). */
+export interface JsKernelRuntime {
+  readonly bf16: (x: number) => number;
+  readonly f16: (x: number) => number;
+}
+
+/**
+ * The body of `function (b, sizes, round)`: `b` holds the kernel's buffers in order, `sizes` the symbolic sizes,
+ * `round` a JsKernelRuntime.
+ */
 export function renderJs(k: KernelIR): string {
   const p = new ExprPrinter(jsDialect, k.buffers);
   const out: string[] = [];
@@ -82,7 +104,11 @@ function renderStmt(s: KStmt, p: ExprPrinter, out: string[], indent: string): vo
     case 'store': {
       out.push(`${indent}for (let ${s.v} = 0; ${s.v} < ${p.expr(s.n, out, indent)}; ${s.v}++) {`);
       const value = p.expr(s.value, out, inner);
-      out.push(`${inner}b${s.buf}[${p.expr(s.index, out, inner)}] = ${value};`);
+      // A Float32Array rounds to f32 on store; a 16-bit float must be rounded to its own width, as the host keeps
+      // it (kernels compute in f32 and round where a value reaches memory).
+      const dtype = p.buffers[s.buf].dtype;
+      const stored = dtype === 'bf16' || dtype === 'f16' ? `round.${dtype}(${value})` : value;
+      out.push(`${inner}b${s.buf}[${p.expr(s.index, out, inner)}] = ${stored};`);
       out.push(`${indent}}`);
       break;
     }
