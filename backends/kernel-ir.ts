@@ -28,7 +28,8 @@ export type KExpr =
   | { readonly k: 'binary'; readonly op: BinaryOp; readonly a: KExpr; readonly b: KExpr; readonly t: Scalar }
   /** Only the chosen side is evaluated (a concat picks one of its operands' loads). */
   | { readonly k: 'select'; readonly cond: KExpr; readonly a: KExpr; readonly b: KExpr; readonly t: Scalar }
-  | { readonly k: 'cast'; readonly a: KExpr; readonly t: Scalar }
+  /** `round`: a cast to a 16-bit float rounds to it (the result still computes in f32). */
+  | { readonly k: 'cast'; readonly a: KExpr; readonly t: Scalar; readonly round?: 'f16' | 'bf16' }
   /** One thread loops `v` over [0, n). */
   | { readonly k: 'reduce'; readonly op: ReduceOp; readonly v: string; readonly n: KExpr; readonly body: KExpr; readonly t: Scalar }
   | { readonly k: 'elem'; readonly array: string; readonly index: KExpr; readonly t: Scalar };

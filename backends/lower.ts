@@ -246,7 +246,12 @@ class KernelLowering {
     if (b) return { k: 'binary', op: b, a: operand(0), b: operand(1), t };
     switch (n.op) {
       case Op.Where: return { k: 'select', cond: operand(0), a: operand(1), b: operand(2), t };
-      case Op.Cast: return t === scalarOf(n.inputs[0].type.dtype) ? operand(0) : { k: 'cast', a: operand(0), t };
+      case Op.Cast: {
+        // Floats of every width compute in f32, but an explicit cast to a 16-bit float still loses its precision.
+        const to = v.type.dtype;
+        if (to === DType.F16 || to === DType.BF16) return { k: 'cast', a: operand(0), t, round: to };
+        return t === scalarOf(n.inputs[0].type.dtype) ? operand(0) : { k: 'cast', a: operand(0), t };
+      }
       // The literal as its dtype holds it (0.1 as the f32 nearest 0.1, 2.7 as the i32 2), as the reference has it.
       case Op.Const: return { k: 'const', value: rounderFor(v.type.dtype)(n.attrs.value as number), t };
       case Op.Arange: return t === 'i32' ? idx[0] : { k: 'cast', a: idx[0], t };

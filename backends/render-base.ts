@@ -15,7 +15,8 @@ export interface Dialect {
   readonly unary: Record<UnaryOp, (a: string) => string>;
   readonly binary: Record<BinaryOp, (a: string, b: string, t: Scalar) => string>;
   readonly literal: (value: number, t: Scalar) => string;
-  readonly cast: (a: string, from: Scalar, to: Scalar) => string;
+  /** `round`: also round to a 16-bit float (an explicit cast to f16 or bf16). */
+  readonly cast: (a: string, from: Scalar, to: Scalar, round?: 'f16' | 'bf16') => string;
   /** An element of buffer `buf` (its binding index in the kernel), widened to the compute type. */
   readonly load: (buf: number, b: KBuffer, index: string) => string;
   readonly elem: (array: string, index: string) => string;
@@ -90,7 +91,7 @@ export class ExprPrinter {
         const b = this.expr(e.b, out, indent);
         return bind(d.binary[e.op](a, b, e.a.t), e.t);
       }
-      case 'cast': return bind(d.cast(this.expr(e.a, out, indent), e.a.t, e.t), e.t);
+      case 'cast': return bind(d.cast(this.expr(e.a, out, indent), e.a.t, e.t, e.round), e.t);
       case 'select': {
         const cond = this.expr(e.cond, out, indent);
         const name = this.fresh();

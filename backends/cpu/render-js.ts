@@ -50,10 +50,10 @@ export const jsDialect: Dialect = {
     const s = String(value);
     return value < 0 ? `(${s})` : s;
   },
-  cast: (a, from, to) => {
+  cast: (a, from, to, round16) => {
     if (to === 'bool') return `(${a} != 0)`;
-    if (from === 'bool') return `(+${a})`;
-    return to === 'i32' && from === 'f32' ? `Math.trunc(${a})` : a;
+    const x = from === 'bool' ? `(+${a})` : to === 'i32' && from === 'f32' ? `Math.trunc(${a})` : a;
+    return round16 ? `round.${round16}(${x})` : x;
   },
   load: (buf, b, index) => (b.dtype === 'bool' ? `(b${buf}[${index}] !== 0)` : `b${buf}[${index}]`),
   elem: (array, index) => `${array}[${index}]`,

@@ -243,6 +243,11 @@ const cast: Step = (b, x) => {
   const dtype = dtypeOf(x);
   if (dtype === DType.Bool) return b.node(Op.Cast, [x], { dtype: r.pick([DType.F32, DType.I32]) }, 1);
   if (dtype === DType.I32) return b.node(Op.Cast, [x], { dtype: r.chance(0.8) ? DType.F32 : DType.I32 }, x.mag);
+  if (r.chance(0.2)) {
+    // Through a 16-bit float and back: inside a kernel too, the narrowing cast rounds.
+    const narrow = b.node(Op.Cast, [x], { dtype: r.pick([DType.BF16, DType.F16]) }, x.mag, false);
+    return b.node(Op.Cast, [narrow], { dtype: DType.F32 }, x.mag);
+  }
   // Scaled first so that truncation yields more than zeros.
   if (x.mag > 1e6) return undefined;
   const y = r.chance(0.5) ? b.node(Op.Mul, [x, b.konst(3, DType.F32)], {}, 3 * x.mag) : x;
