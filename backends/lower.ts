@@ -47,6 +47,16 @@ export function lowerGraph(g: Graph, slotOf: ReadonlyMap<Value, number>): Kernel
   return g.kernels.map((k) => new KernelLowering(g, k, slotOf).lower());
 }
 
+/** Outputs per row of a contraction: up to 8 (a GPU runs one per warp), dividing the last dimension. */
+export const OUTPUT_TILE = 8;
+
+function outputTile(domain: Shape): number {
+  const n = domain[domain.length - 1];
+  if (typeof n !== 'number') return 1;
+  for (let t = OUTPUT_TILE; t > 1; t /= 2) if (n % t === 0) return t;
+  return 1;
+}
+
 class KernelLowering {
   private readonly inside: Set<Value>;
   private readonly buffers: KBuffer[] = [];
@@ -67,12 +77,15 @@ class KernelLowering {
   lower(): KernelIR {
     const writes = kernelIO(this.g, this.k).writes;
     const { domain, rowRank } = this.rowSplit(writes);
-    const rowShape = domain.slice(0, rowRank);
+    const tile = this.k.attrs.kind === 'contraction' ? outputTile(domain) : 1;
+    // A contraction row computes `tile` neighbouring outputs: their shared prologue (the normalised input row)
+    // is computed once per row, and the outputs' reductions run side by side.
+    const rowShape = domain.slice(0, rowRank).map((d, i) => (i === rowRank - 1 && tile > 1 ? (d as number) / tile : d));
     const rowIdx = this.delinear(ivar(ROW), rowShape).map((e, i) => this.bindUniform(`r${i}`, e));
     for (const v of writes) {
       const p = v.producer!;
       if (p.op === Op.UpdateSlice) this.storeUpdate(p);
-      else this.storeValue(v, rowIdx);
+      else this.storeValue(v, rowIdx, tile);
     }
     return {
       name: this.k.name,
@@ -123,10 +136,12 @@ class KernelLowering {
     return fits ? { domain, rowRank } : { domain: [], rowRank: 0 };
   }
 
-  private storeValue(v: Value, rowIdx: KExpr[]): void {
-    const local = v.type.shape.slice(rowIdx.length);
+  private storeValue(v: Value, rowIdx: KExpr[], tile: number): void {
     const i = this.fresh('i');
-    const idx = [...rowIdx, ...this.delinear(ivar(i), local)];
+    const local = tile > 1 ? [tile] : v.type.shape.slice(rowIdx.length);
+    const idx = tile > 1
+      ? [...rowIdx.slice(0, -1), add(mul(rowIdx[rowIdx.length - 1], int(tile)), ivar(i))]
+      : [...rowIdx, ...this.delinear(ivar(i), local)];
     const value = this.expr(v, idx);
     const index = this.linear(idx, v.type.shape);
     // A value the graph returns more than once (return %3, %3) fills every output buffer it is returned in.
