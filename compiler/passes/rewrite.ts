@@ -48,8 +48,12 @@ export function rewriteGraph(g: Graph, visit: NodeVisitor): Graph {
   return out;
 }
 
-/** The constant a value holds when it is a scalar `const` node, else undefined. */
+/**
+ * The constant every element of a value holds: a scalar `const` node, or one broadcast by expand or reshape
+ * (scalar(1).reshape(1, 1)); else undefined. Its shape is not the scalar's, so rules must check the result type.
+ */
 export function constValue(v: Value): number | undefined {
   const p = v.producer;
-  return p?.op === 'const' ? (p.attrs.value as number) : undefined;
+  if (p?.op === 'const') return p.attrs.value as number;
+  return p?.op === 'expand' || p?.op === 'reshape' ? constValue(p.inputs[0]) : undefined;
 }

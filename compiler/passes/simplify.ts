@@ -2,6 +2,7 @@
 // the node's type, so broadcasting and dtypes never change, and only where values are bit-for-bit the same.
 
 import { Graph, Node, Value } from '../../ir/graph.ts';
+import { isFloat } from '../../ir/dtype.ts';
 import { Op } from '../../ir/ops.ts';
 import { sameShape, sameType } from '../../ir/shape.ts';
 import { constValue, Emitter, keepNode, rewriteGraph } from './rewrite.ts';
@@ -15,15 +16,17 @@ const producer = (v: Value, op: Op) => (v.producer?.op === op ? v.producer : und
 const rules: Record<string, Rule> = {
   // x * 1 = x, 1 * x = x
   'mul-one': (n, [a, b]) => (n.op === Op.Mul ? (constValue(b) === 1 ? same(n, a) : constValue(a) === 1 ? same(n, b) : undefined) : undefined),
-  // x + 0 = x, 0 + x = x, x - 0 = x
+  // x + 0 = x, 0 + x = x, x - 0 = x. For floats only x + (-0) = x exactly: -0 + 0 is +0 (x - 0 is exact).
   'add-zero': (n, [a, b]) => {
-    if (n.op === Op.Add) return constValue(b) === 0 ? same(n, a) : constValue(a) === 0 ? same(n, b) : undefined;
-    return n.op === Op.Sub && constValue(b) === 0 ? same(n, a) : undefined;
+    const zero = (v: Value) => constValue(v) === 0 && (!isFloat(v.type.dtype) || Object.is(constValue(v), -0));
+    if (n.op === Op.Add) return zero(b) ? same(n, a) : zero(a) ? same(n, b) : undefined;
+    return n.op === Op.Sub && constValue(b) === 0 && !Object.is(constValue(b), -0) ? same(n, a) : undefined;
   },
   // x / 1 = x
   'div-one': (n, [a, b]) => (n.op === Op.Div && constValue(b) === 1 ? same(n, a) : undefined),
-  // pow(x, 2) = x * x (exact, and no pow in the kernel)
-  'square': (n, [a, b], out) => (n.op === Op.Pow && constValue(b) === 2 ? out.emit(Op.Mul, [a, a], {}, n.loc) : undefined),
+  // pow(x, 2) = x * x (exact, and no pow in the kernel); not where the 2 broadcasts x to a larger shape
+  'square': (n, [a, b], out) =>
+    (n.op === Op.Pow && constValue(b) === 2 && same(n, a) ? out.emit(Op.Mul, [a, a], {}, n.loc) : undefined),
   // neg(neg(x)) = x, not(not(x)) = x
   'double-negation': (n, [a]) => {
     const inner = (n.op === Op.Neg || n.op === Op.Not) ? producer(a, n.op as Op) : undefined;

@@ -3,7 +3,7 @@
 // interpreter gives running the unoptimised graph op by op: floats within float32 tolerance, ints and bools exactly.
 //
 //   SEED=123 npm test -- fused     reruns one seed; a failure prints its graph, the fused graph and the mismatch
-//   SEEDS=5000 npm test -- fused   runs more seeds than CI's 300
+//   SEEDS=5000 npm test -- fused   runs more seeds than CI's 1500
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -22,7 +22,7 @@ const ATOL = 1e-5;
 
 const seeds = process.env.SEED !== undefined
   ? process.env.SEED.split(',').map(Number)
-  : [...Array(Number(process.env.SEEDS ?? 300)).keys()];
+  : [...Array(Number(process.env.SEEDS ?? 1500)).keys()];
 
 /** The first element where `got` differs from `want`, described; undefined when they agree. */
 function mismatch(got: HostTensor, want: HostTensor): string | undefined {

@@ -146,7 +146,13 @@ class Builder {
       shapeOf(y).length <= 4);
     const choice = r.weighted<string>([[fits.length ? 4 : 0, 'pool'], [4, 'input'], [dtype === DType.Bool ? 0 : 1.5, 'const']]);
     if (choice === 'pool') return r.pick(fits);
-    if (choice === 'const') return this.konst(dtype === DType.I32 ? r.int(-3, 3) : r.pick([-2, -1, -0.5, 0, 0.5, 1, 2, 0.25, 3]), dtype);
+    if (choice === 'const') {
+      const c = this.konst(dtype === DType.I32 ? r.int(-3, 3) : r.pick([-2, -1, -0.5, 0, -0, 0.5, 1, 2, 0.25, 3]), dtype);
+      // Sometimes broadcast already (simplify sees through it; its rules must still keep the node's type).
+      if (r.chance(0.2)) return { v: this.g.addNode(Op.Expand, [c.v], { shape: s.map((d) => (r.chance(0.5) ? d : 1)) }), mag: c.mag };
+      if (r.chance(0.2)) return { v: this.g.addNode(Op.Reshape, [c.v], { shape: [1, 1].slice(0, r.int(1, 2)) }), mag: c.mag };
+      return c;
+    }
     // A new input of a broadcast-compatible shape: the same, a suffix, some dims pinned to 1, a scalar, or one more
     // leading dim.
     const form = r.pick(['same', 'suffix', 'ones', 'scalar', 'lead']);
