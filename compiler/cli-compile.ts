@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { renderJs } from '../backends/cpu/render-js.ts';
+import { renderCuda } from '../backends/cuda/render-cuda.ts';
 import { KernelIR } from '../backends/kernel-ir.ts';
 import { DType } from '../ir/dtype.ts';
 import { Module } from '../ir/graph.ts';
@@ -35,6 +36,7 @@ export interface CompileRequest {
 /** Kernel source per backend, for --dump-kernels; GPU backends add theirs. */
 export const kernelRenderers: Record<string, { ext: string; render: (k: KernelIR) => string }> = {
   cpu: { ext: 'js', render: renderJs },
+  cuda: { ext: 'cu', render: renderCuda },
 };
 
 export function builtinLlama(name: string): LlamaConfig {

@@ -1,0 +1,234 @@
+// The CUDA renderer without a GPU: a small kernel as golden text, every kernel of the fixtures' compiled Llama
+// graphs, a few hand-traced graphs and a spread of random graphs rendered as the runtime renders them (one
+// module per graph) and, where nvcc is installed, compiled for sm_90. TSFUSE_NVCC=0 skips the compiler.
+
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { cudaPrelude, renderCuda, renderCudaFunction, renderCudaModule } from '../../backends/cuda/render-cuda.ts';
+import { nextTokenCuda } from '../../backends/cuda/next-token.ts';
+import { add, f32, int, ivar, KernelIR, mul, ROW } from '../../backends/kernel-ir.ts';
+import { compileModule } from '../../compiler/compile-module.ts';
+import { arange, concat, param, trace, where } from '../../compiler/index.ts';
+import { traceLlama } from '../../examples/llama.ts';
+import { DType } from '../../ir/dtype.ts';
+import { Graph } from '../../ir/graph.ts';
+import { loadLlama } from '../../runtime/llama.ts';
+import { randomGraph } from './random-graph.ts';
+
+const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
+
+/** A row-sum over a bf16 matrix times an f32 vector: the shape of a decode matrix-vector product. */
+const matvec: KernelIR = {
+  name: 'k0',
+  fused: ['%2: f32[4] = matmul %w, %x'],
+  buffers: [
+    { binding: { kind: 'param', name: 'w' }, dtype: DType.BF16, elems: int(64), written: false },
+    { binding: { kind: 'input', name: 'x' }, dtype: DType.F32, elems: int(16), written: false },
+    { binding: { kind: 'output', index: 0 }, dtype: DType.F32, elems: int(4), written: true },
+  ],
+  sizes: [],
+  rows: int(4),
+  body: [
+    { k: 'coop', name: 'acc0', op: 'sum', v: 'k1', n: int(16), body: {
+      k: 'binary', op: 'mul', t: 'f32',
+      a: { k: 'load', buf: 0, index: add(ivar('k1'), mul(ivar(ROW), int(16))), t: 'f32' },
+      b: { k: 'load', buf: 1, index: ivar('k1'), t: 'f32' },
+    } },
+    { k: 'store', buf: 2, v: 'i2', n: int(1), index: ivar(ROW), value: { k: 'binary', op: 'add', a: ivar('acc0'), b: f32(0.5), t: 'f32' } },
+  ],
+};
+
+const matvecGolden = `// kernel k0: fuses
+//   %2: f32[4] = matmul %w, %x
+extern "C" __global__ void __launch_bounds__(TF_BLOCK) k0(const unsigned short* __restrict__ b0, const float* __restrict__ b1, float* __restrict__ b2) {
+  __shared__ float tf_rf[TF_WARPS + 1];
+  const int tf_tid = threadIdx.x;
+  const int tf_rows = 4;
+  for (int row = blockIdx.x; row < tf_rows; row += gridDim.x) {
+    float acc0_part = 0.0f;
+    int acc0_from = 0;
+    {
+      const int t0 = (row * 16);
+      const int acc0_vb0 = t0;
+      const int acc0_vb1 = 0;
+      if (((acc0_vb0 | acc0_vb1) & 7) == 0) {
+        const int acc0_nv = 16 / 8;
+        #pragma unroll 4
+        for (int acc0_kv = tf_tid; acc0_kv < acc0_nv; acc0_kv += TF_BLOCK) {
+          float acc0_w0[8];
+          tf_ld8_bf16(b0 + acc0_vb0 + acc0_kv * 8, acc0_w0);
+          float acc0_w1[8];
+          tf_ld8_f32(b1 + acc0_vb1 + acc0_kv * 8, acc0_w1);
+          #pragma unroll
+          for (int acc0_j = 0; acc0_j < 8; acc0_j++) {
+            const int k1 = acc0_kv * 8 + acc0_j;
+            (void)k1;
+            const float t1 = acc0_w0[acc0_j];
+            const float t2 = acc0_w1[acc0_j];
+            const float t3 = (t1 * t2);
+            acc0_part += t3;
+          }
+        }
+        acc0_from = acc0_nv * 8;
+      }
+    }
+    for (int k1 = acc0_from + tf_tid; k1 < 16; k1 += TF_BLOCK) {
+      const int t4 = (row * 16);
+      const int t5 = (k1 + t4);
+      const float t6 = tf_bf16(b0[t5]);
+      const float t7 = b1[k1];
+      const float t8 = (t6 * t7);
+      acc0_part += t8;
+    }
+    const float acc0 = tf_block_sum(acc0_part, tf_rf);
+    for (int i2 = tf_tid; i2 < 1; i2 += TF_BLOCK) {
+      const float t9 = (acc0 + 0.5f);
+      b2[row] = t9;
+    }
+  }
+}
+`;
+
+test('a matrix-vector kernel renders as golden text: one block per row, 16-byte loads of the bf16 weights, block sum', () => {
+  assert.fixture(renderCudaFunction(matvec).code, matvecGolden);
+});
+
+test('a standalone .cu file is the prelude and the kernel', () => {
+  const cu = renderCuda(matvec);
+  assert.ok(cu.startsWith(cudaPrelude));
+  assert.ok(cu.endsWith(matvecGolden));
+});
+
+test('a misaligned or strided load is not vectorized; max and argmax reduce without it', () => {
+  const strided: KernelIR = { ...matvec, body: [
+    { k: 'coop', name: 'acc0', op: 'max', v: 'k1', n: int(16), body: { k: 'load', buf: 0, index: mul(ivar('k1'), int(4)), t: 'f32' } },
+    { k: 'coop', name: 'acc1', op: 'argmax', v: 'k2', n: int(16), body: { k: 'load', buf: 1, index: ivar('k2'), t: 'f32' } },
+    { k: 'store', buf: 2, v: 'i3', n: int(1), index: ivar(ROW), value: { k: 'cast', a: ivar('acc1'), t: 'f32' } },
+  ] };
+  const code = renderCudaFunction(strided).code;
+  assert.not.match(code, 'tf_ld8');
+  assert.match(code, 'const float acc0 = tf_block_max(acc0_part, tf_rf);');
+  assert.match(code, 'const int acc1 = tf_block_argmax(acc1_best, acc1_part, tf_rf, tf_ri);');
+  assert.match(code, '__shared__ int tf_ri[TF_WARPS + 1];');
+});
+
+test('row-local arrays beyond 48 KiB move to dynamic shared memory', () => {
+  const big: KernelIR = { ...matvec, body: [
+    { k: 'array', name: 'arr0', v: 'j0', n: 16384, value: f32(1) },
+    { k: 'store', buf: 2, v: 'i1', n: int(1), index: ivar(ROW), value: { k: 'elem', array: 'arr0', index: int(3), t: 'f32' } },
+  ] };
+  const f = renderCudaFunction(big);
+  assert.is(f.dynamicSharedBytes, 16384 * 4);
+  assert.match(f.code, 'extern __shared__ __align__(16) unsigned char tf_smem[];');
+  assert.match(f.code, 'float* const arr0 = reinterpret_cast<float*>(tf_smem + 0);');
+});
+
+// ---- whole graphs ----
+
+interface Unit { readonly name: string; readonly source: string }
+const units: Unit[] = [];
+
+function renderGraphs(label: string, graphs: readonly Graph[], check?: (g: string, source: string, kernels: readonly KernelIR[]) => void, prefix = ''): void {
+  const compiled = compileModule({ graphs: [...graphs] });
+  for (const { graph, kernels } of compiled.graphs) {
+    const fn = `${prefix}${graph.name}_`;
+    const { source, functions } = renderCudaModule(kernels, fn);
+    assert.is(functions.length, kernels.length);
+    kernels.forEach((k, i) => {
+      const code = functions[i].code;
+      if (functions[i].name !== `${fn}${k.name}`) return; // shares the function of an equal kernel
+      assert.ok(code.startsWith(`// kernel ${k.name}: fuses\n`), `${label} @${graph.name} ${k.name}: the comment comes first`);
+      for (const line of k.fused) assert.ok(code.includes(`//   ${line}\n`), `${label} @${graph.name} ${k.name}: lists ${line}`);
+      assert.match(code, `extern "C" __global__ void __launch_bounds__(TF_BLOCK) ${fn}${k.name}(`);
+    });
+    check?.(graph.name, source, kernels);
+    units.push({ name: `${label}.${graph.name}`, source });
+  }
+}
+
+for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
+  test(`${fixture}: every kernel of the prefill and decode graphs renders; equal layers share a function`, () => {
+    const model = loadLlama(path.join(fixtures, fixture));
+    const module = traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength: 64 });
+    renderGraphs(fixture, module.graphs, (g, source, kernels) => {
+      const functions = source.match(/extern "C" __global__/g)!.length;
+      assert.ok(functions < kernels.length, `@${g}: ${functions} functions for ${kernels.length} kernels`);
+      // The weight streams of the matrix-vector products are read 16 bytes at a time.
+      assert.match(source, model.weightDType === DType.BF16 ? 'tf_ld8_bf16(' : 'tf_ld8_f32(');
+      if (g === 'prefill') assert.match(source, 'const int S)');
+    });
+  });
+}
+
+test('small traced graphs: argmax, softmax, gather, select, integer arithmetic, f16 weights, 16-bit rounding', () => {
+  const graphs = [
+    trace('argmax_rows', [{ name: 'x', dtype: DType.F32, shape: [3, 1000] }], (x) => [x.argmax(-1), x.max(-1)]),
+    trace('softmax', [{ name: 'x', dtype: DType.F32, shape: ['S', 40] }], (x) => x.softmax(-1)),
+    trace('embed_f16', [{ name: 'ids', dtype: DType.I32, shape: [5] }],
+      (ids) => param('emb', DType.F16, [32, 24]).gather(ids).cast(DType.F32).matmul(param('w', DType.F16, [16, 24]).transpose())),
+    trace('select_concat', [{ name: 'x', dtype: DType.F32, shape: [4, 6] }], (x) =>
+      where(x.gt(0), concat([x.slice(1, 3), x.slice(1, 0, 3)], 1), x.neg().exp()).cast(DType.BF16)),
+    trace('integers', [{ name: 'n', dtype: DType.I32, shape: [] }], (n) => {
+      const i = arange(24).add(n);
+      return [i.div(5), i.maximum(7).minimum(20), i.ge(10).and(i.lt(20)), i.cast(DType.F32).sqrt().floor()];
+    }),
+  ];
+  renderGraphs('small', graphs);
+  assert.ok(units.some((u) => u.source.includes('tf_round_bf16(') || u.source.includes('tf_to_bf16(')), 'a bf16 cast rounds');
+});
+
+test('200 random graphs render', () => {
+  for (let seed = 0; seed < 200; seed++) {
+    renderGraphs(`random${seed}`, [randomGraph(seed).graph], undefined, `r${seed}_`);
+  }
+});
+
+// ---- compiled with nvcc, where there is one ----
+
+function findNvcc(): string | undefined {
+  if (process.env.TSFUSE_NVCC === '0') return undefined;
+  const dirs = [...(process.env.PATH ?? '').split(':'), '/usr/local/cuda/bin'];
+  return dirs.map((d) => path.join(d, 'nvcc')).find((f) => fs.existsSync(f));
+}
+
+const nvcc = findNvcc();
+
+test(`nvcc -arch=sm_90 compiles every rendered module and the next-token kernel${nvcc ? '' : ' (skipped: no nvcc)'}`, async () => {
+  if (!nvcc) return;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-cuda-'));
+  // Random graphs go in a few files rather than one per graph: nvcc's start-up dominates small files.
+  const random = units.filter((u) => u.name.startsWith('random'));
+  const files = [
+    ...units.filter((u) => !u.name.startsWith('random')),
+    { name: 'next-token', source: `${cudaPrelude}\n${nextTokenCuda}` },
+    ...[0, 1, 2, 3].map((part) => ({
+      name: `random-part${part}`,
+      // The prelude is include-guarded, so whole modules concatenate.
+      source: random.filter((_, i) => i % 4 === part).map((u) => u.source).join('\n'),
+    })),
+  ];
+  const compile = (u: Unit) => new Promise<string | undefined>((resolve) => {
+    const file = path.join(dir, `${u.name}.cu`);
+    fs.writeFileSync(file, u.source);
+    execFile(nvcc, ['-arch=sm_90', '-c', '-o', path.join(dir, `${u.name}.o`), file], (err, _out, stderr) => {
+      resolve(err ? `${u.name}.cu: ${stderr || err.message}` : stderr.includes('warning') ? `${u.name}.cu warns: ${stderr}` : undefined);
+    });
+  });
+  const failures: string[] = [];
+  const queue = [...files];
+  await Promise.all([...Array(Math.min(4, os.cpus().length))].map(async () => {
+    for (let u = queue.shift(); u; u = queue.shift()) {
+      const bad = await compile(u);
+      if (bad) failures.push(bad);
+    }
+  }));
+  if (failures.length === 0) fs.rmSync(dir, { recursive: true });
+  assert.equal(failures, [], `sources kept in ${dir}`);
+});
+
+test.run();
