@@ -37,7 +37,9 @@ const rules: Record<string, Rule> = {
     if (n.op !== Op.Reshape) return undefined;
     if (sameShape(a.type.shape, n.output.type.shape)) return a;
     const inner = producer(a, Op.Reshape);
-    return inner ? out.emit(Op.Reshape, [inner.inputs[0]], n.attrs, n.loc) : undefined;
+    if (!inner) return undefined;
+    // Back to the inner operand's own shape: no reshape at all.
+    return same(n, inner.inputs[0]) ?? out.emit(Op.Reshape, [inner.inputs[0]], n.attrs, n.loc);
   },
   // permute(x, identity) = x; permute(permute(x, p), q) = permute(x, p∘q)
   'permute-permute': (n, [a], out) => {
@@ -47,13 +49,18 @@ const rules: Record<string, Rule> = {
     const inner = producer(a, Op.Permute);
     if (!inner) return undefined;
     const p = inner.attrs.perm as number[];
-    return out.emit(Op.Permute, [inner.inputs[0]], { perm: q.map((i) => p[i]) }, n.loc);
+    const perm = q.map((i) => p[i]);
+    // The two undo each other: no permute at all.
+    return perm.every((d, i) => d === i) ? inner.inputs[0] : out.emit(Op.Permute, [inner.inputs[0]], { perm }, n.loc);
   },
   // expand(x) = x when x already has the shape
   'expand-same': (n, [a]) => (n.op === Op.Expand && sameShape(a.type.shape, n.output.type.shape) ? a : undefined),
   // cast(x, dtype(x)) = x
   'cast-same': (n, [a]) => (n.op === Op.Cast && a.type.dtype === n.attrs.dtype ? a : undefined),
 };
+
+/** The rules' names (the tests have a golden case for each). */
+export const simplifyRuleNames: readonly string[] = Object.keys(rules);
 
 export function simplify(g: Graph): Graph {
   return rewriteGraph(g, (n, ins, out) => {
