@@ -1,0 +1,6 @@
+// cse, as golden IR (test/golden/cse): repeated matmuls, constants and the arithmetic on them collapse to their
+// first occurrence; different attributes or operand order keep nodes apart; state writes are never merged.
+
+import { goldenSuite } from './golden.ts';
+
+goldenSuite('cse');
