@@ -47,11 +47,14 @@ export function concatName(names: string[]): string {
 
 export function concatProjections(g: Graph): Graph {
   // Projections by input and weight dtype, in node order (weights of different dtypes cannot be concatenated
-  // into one tensor); only groups of two or more whose results stay separate.
+  // into one tensor); only groups of two or more whose results stay separate and are not returned.
   const byInput = new Map<Value, Map<string, Node[]>>();
+  // A projection returned as it is would come out as a slice that a kernel of its own copies out; left alone, it
+  // is written by its matmul (and fusion pairs projections of equal shape in one kernel).
+  const sinks = new Set<Value>([...g.outputs, ...g.stateUpdates.map((u) => u.value)]);
   for (const n of g.nodes) {
     const w = projectionWeight(n);
-    if (!w) continue;
+    if (!w || sinks.has(n.output)) continue;
     const byDtype = byInput.get(n.inputs[0]) ?? new Map<string, Node[]>();
     byDtype.set(w.type.dtype, [...(byDtype.get(w.type.dtype) ?? []), n]);
     byInput.set(n.inputs[0], byDtype);

@@ -248,7 +248,9 @@ function placeEpilogues(p: Partition): void {
     const latest = candidates.find((c) => deps.every((d) => d === c || !p.reaches(c, d)));
     // Worth it only when an operand then stays in registers; if all of them are written anyway, the consumers
     // recompute this op more cheaply than a kernel writes it (x·x of the next RMSNorm reads x from memory).
-    if (latest && n.inputs.some((v) => p.producedIn(v, latest) && !p.escapes(v, latest, n, sinks))) {
+    // An output is written in any case: better by a kernel it depends on than by a kernel of its own.
+    const operandStays = (v: Value) => p.producedIn(v, latest!) && !p.escapes(v, latest!, n, sinks);
+    if (latest && (sinks.has(n.output) || n.inputs.some(operandStays))) {
       p.add(latest, n);
       continue;
     }
