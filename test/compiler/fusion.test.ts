@@ -21,10 +21,10 @@ function fused(g: Graph): Graph {
   return compileModule({ graphs: [g] }, { verify: true }).graphs[0].graph;
 }
 
-/** Compiles a traced function of one f32 input and returns its kernels; the message shows the fused IR. */
-function kernelsOf(shape: Shape, fn: (x: Tensor) => Tensor | Tensor[], more: Shape[] = []): { kernels: Kernel[]; ir: string; g: Graph } {
+/** Compiles a traced function of f32 inputs of the given shapes and returns its kernels and fused IR. */
+function kernelsOf(shape: Shape, fn: (x: Tensor, ...more: Tensor[]) => Tensor | Tensor[], more: Shape[] = []): { kernels: Kernel[]; ir: string; g: Graph } {
   const inputs = [shape, ...more].map((s, i) => ({ name: i === 0 ? 'x' : `y${i}`, dtype: F, shape: s }));
-  const g = fused(trace('t', inputs, (x, ...rest) => (rest.length ? (fn as (...t: Tensor[]) => Tensor)(x, ...rest) : fn(x))));
+  const g = fused(trace('t', inputs, fn));
   return { kernels: g.kernels, ir: printGraph(g, { locations: false }), g };
 }
 
