@@ -15,6 +15,7 @@ const { values } = parseArgs({
     prompt: { type: 'string', default: '32' },
     'new-tokens': { type: 'string', default: '128' },
     runs: { type: 'string', default: '3' },
+    profile: { type: 'boolean', default: false },
   },
 });
 
@@ -63,7 +64,7 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
   const weights = randomBf16Weights(cfg);
   const model: LoadedLlama = { cfg, weights, weightDType: DType.BF16 };
   const t0 = performance.now();
-  const session = await WebGpuLlama.create(model, promptLen + newTokens);
+  const session = await WebGpuLlama.create(model, promptLen + Math.max(newTokens, 8));
   const setupMs = performance.now() - t0;
   const prompt = Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
 
@@ -82,6 +83,7 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
   const msPerToken = (best.total - best.prefill) / (newTokens - 1);
   const weightBytes = weights.tensors.reduce((s, t) => s + t.byteLength, 0);
   const copy = await measureCopyBandwidth(session.device);
+  if (values.profile) await printProfile(session.program);
   const achieved = weightBytes / (msPerToken / 1e3);
   session.destroy();
   return [
@@ -96,6 +98,20 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
     { label: 'copy kernel bandwidth (read+write)', value: `${(copy / 1e12).toFixed(2)} TB/s` },
     { label: 'fraction of copy bandwidth', value: `${((100 * achieved) / copy).toFixed(1)} %` },
   ];
+}
+
+/** GPU time per kernel kind of one decode step (timestamp queries, one pass per kernel). */
+async function printProfile(program: import('../runtime/webgpu/program.ts').WebGpuProgram): Promise<void> {
+  const rows = await program.profile('decode', { S: 1 });
+  const byKind = new Map<string, { n: number; us: number }>();
+  for (const r of rows) {
+    const k = byKind.get(r.kind) ?? { n: 0, us: 0 };
+    byKind.set(r.kind, { n: k.n + 1, us: k.us + r.us });
+  }
+  console.log('decode step, GPU time by kernel kind (one pass per kernel):');
+  for (const [kind, k] of byKind) console.log(`  ${kind.padEnd(12)} ${String(k.n).padStart(4)} kernels ${k.us.toFixed(1).padStart(9)} us`);
+  console.log(`  layer 1: ${rows.slice(6, 12).map((r) => `${r.name} ${r.kind} ${r.us.toFixed(1)}us`).join(', ')}`);
+  console.log(`  last: ${rows.slice(-2).map((r) => `${r.name} ${r.kind} ${r.us.toFixed(1)}us`).join(', ')}`);
 }
 
 async function main(): Promise<void> {

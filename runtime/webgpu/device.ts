@@ -15,7 +15,8 @@ const wantedLimits = [
 export async function openDevice(): Promise<GPUDevice> {
   if (!gpu) {
     Object.assign(globalThis, globals);
-    gpu = create([]);
+    // Unquantized timestamps, so the benchmark's per-kernel profile is exact to the GPU's tick.
+    gpu = create(['disable-dawn-features=timestamp_quantization']);
   }
   const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
   if (!adapter) {
@@ -23,7 +24,7 @@ export async function openDevice(): Promise<GPUDevice> {
   }
   const requiredLimits: Record<string, number> = {};
   for (const k of wantedLimits) requiredLimits[k] = adapter.limits[k];
-  const requiredFeatures: GPUFeatureName[] = adapter.features.has('timestamp-query') ? ['timestamp-query'] : [];
+  const requiredFeatures = (['timestamp-query', 'subgroups'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
   const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
   device.addEventListener('uncapturederror', (e) => {
     console.error(`tsfuse webgpu: ${(e as GPUUncapturedErrorEvent).error.message}`);

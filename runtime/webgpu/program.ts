@@ -77,11 +77,40 @@ export class WebGpuProgram {
   /** Records every kernel of a graph into a compute pass. */
   encode(pass: GPUComputePassEncoder, graph: string, sizes: Readonly<Record<string, number>>): void {
     for (const k of this.kernels.get(graph)!) {
-      const rows = evalSize(k.ir.rows, sizes);
+      const groups = evalSize(k.ir.rows, sizes);
       pass.setPipeline(k.pipeline);
       pass.setBindGroup(0, k.bindGroup);
-      pass.dispatchWorkgroups(Math.min(rows, 65535), Math.ceil(rows / 65535));
+      pass.dispatchWorkgroups(Math.min(groups, 65535), Math.ceil(groups / 65535));
     }
+  }
+
+  /** GPU time of each kernel of one run of a graph, in microseconds (needs the timestamp-query feature). */
+  async profile(graph: string, sizes: Readonly<Record<string, number>>): Promise<{ name: string; kind: string; us: number }[]> {
+    const kernels = this.kernels.get(graph)!;
+    const querySet = this.device.createQuerySet({ type: 'timestamp', count: 2 * kernels.length });
+    const resolve = this.device.createBuffer({ size: 16 * kernels.length, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+    const read = this.device.createBuffer({ size: 16 * kernels.length, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const enc = this.device.createCommandEncoder();
+    kernels.forEach((k, i) => {
+      const pass = enc.beginComputePass({ timestampWrites: { querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
+      pass.setPipeline(k.pipeline);
+      pass.setBindGroup(0, k.bindGroup);
+      const groups = evalSize(k.ir.rows, sizes);
+      pass.dispatchWorkgroups(Math.min(groups, 65535), Math.ceil(groups / 65535));
+      pass.end();
+    });
+    enc.resolveQuerySet(querySet, 0, 2 * kernels.length, resolve, 0);
+    enc.copyBufferToBuffer(resolve, 0, read, 0, read.size);
+    this.device.queue.submit([enc.finish()]);
+    await read.mapAsync(GPUMapMode.READ);
+    const t = new BigUint64Array(read.getMappedRange().slice(0));
+    read.unmap();
+    const cg = this.graphs.get(graph)!;
+    return kernels.map((k, i) => ({
+      name: k.ir.name,
+      kind: String(cg.graph.kernels[i].attrs.kind),
+      us: Number(t[2 * i + 1] - t[2 * i]) / 1e3,
+    }));
   }
 
   kernelCount(graph: string): number {
@@ -144,26 +173,36 @@ export class WebGpuProgram {
   private prepareKernel(cg: CompiledGraph, ir: KernelIR): DeviceKernel {
     const graph = cg.graph.name;
     const maxSizes = this.opts.maxSizes;
-    const layouts: BufferLayout[] = [];
-    const entries: GPUBindGroupEntry[] = [];
-    ir.buffers.forEach((b) => {
-      const buf = this.buffer(graph, b.binding);
-      const size = buf.size;
-      // Bindings over the device's limit are split into chunks the shader indexes through load_bN().
-      const chunkBytes = Math.floor(this.maxBinding / 256) * 256;
-      const chunks = Math.max(1, Math.ceil(size / chunkBytes));
-      layouts.push({ chunks, chunkWords: chunks > 1 ? chunkBytes / 4 : 0 });
-      for (let c = 0; c < chunks; c++) {
-        const offset = c * chunkBytes;
-        entries.push({ binding: entries.length, resource: { buffer: buf, offset, size: Math.min(chunkBytes, size - offset) } });
-      }
+    // Bindings over the device's limit are split into chunks the shader indexes through load_bN().
+    const chunkBytes = Math.floor(this.maxBinding / 256) * 256;
+    const layouts: BufferLayout[] = ir.buffers.map((b) => {
+      const chunks = Math.max(1, Math.ceil(this.buffer(graph, b.binding).size / chunkBytes));
+      return { chunks, chunkWords: chunks > 1 ? chunkBytes / 4 : 0 };
     });
     const sizes = this.device.createBuffer({ size: 16 * Math.ceil((1 + ir.sizes.length) / 4), usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
-    entries.push({ binding: entries.length, resource: { buffer: sizes } });
-    const code = renderWgsl(ir, layouts);
+    const { code, bindings } = renderWgsl(ir, { layouts, subgroups: this.device.features.has('subgroups') });
+    const entries: GPUBindGroupEntry[] = bindings.map((b, binding) => {
+      if (b.kind === 'sizes') return { binding, resource: { buffer: sizes } };
+      const buf = this.buffer(graph, ir.buffers[b.buffer].binding);
+      if (b.kind === 'vec4') return { binding, resource: { buffer: buf } };
+      const offset = b.chunk * chunkBytes;
+      return { binding, resource: { buffer: buf, offset, size: Math.min(chunkBytes, buf.size - offset) } };
+    });
+    // An explicit layout: 'auto' would drop bindings the shader happens not to read (a buffer read only as vec4s).
+    const layout = this.device.createBindGroupLayout({
+      entries: bindings.map((b, binding) => ({
+        binding,
+        visibility: GPUShaderStage.COMPUTE,
+        buffer: { type: b.kind === 'sizes' ? 'uniform' : b.kind === 'chunk' && ir.buffers[b.buffer].written ? 'storage' : 'read-only-storage' },
+      })),
+    });
     const module = this.device.createShaderModule({ code, label: `${graph}.${ir.name}` });
-    const pipeline = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: `${graph}.${ir.name}` });
-    const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    const pipeline = this.device.createComputePipeline({
+      layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+      compute: { module, entryPoint: 'main' },
+      label: `${graph}.${ir.name}`,
+    });
+    const bindGroup = this.device.createBindGroup({ layout, entries });
     this.device.queue.writeBuffer(sizes, 0, sizeWords(ir, maxSizes));
     return { ir, pipeline, bindGroup, sizes };
   }
