@@ -41,6 +41,7 @@ class Partition {
   private readonly groupOf = new Map<Node, Group>();
   private readonly groups: Group[] = [];
   private depsMemo = new Map<Value, Set<Group>>();
+  private loadsMemo = new Map<Value, Set<Value>>();
   readonly users: Map<Value, Node[]>;
 
   constructor(readonly g: Graph, readonly ctx: PassContext) {
@@ -64,6 +65,7 @@ class Partition {
     gr.members.push(n);
     this.groupOf.set(n, gr);
     this.depsMemo.clear();
+    this.loadsMemo.clear();
   }
 
   group(n: Node): Group | undefined { return this.groupOf.get(n); }
@@ -78,6 +80,17 @@ class Partition {
     d = home ? new Set([home]) : new Set(p ? p.inputs.flatMap((u) => [...this.deps(u)]) : []);
     this.depsMemo.set(v, d);
     return d;
+  }
+
+  /** The values computing v reads from memory: v itself if a kernel computes it or it has no node, else what the
+   * recomputed nodes under it read. */
+  loads(v: Value): Set<Value> {
+    let l = this.loadsMemo.get(v);
+    if (l) return l;
+    const p = v.producer;
+    l = !p || this.groupOf.has(p) ? new Set([v]) : new Set(p.inputs.flatMap((u) => [...this.loads(u)]));
+    this.loadsMemo.set(v, l);
+    return l;
   }
 
   /** Whether a node of this kernel computes v. */
@@ -96,18 +109,32 @@ class Partition {
     this.add(to, n);
   }
 
-  /** Edges between kernels: a → b when b reads something a computes. */
+  /**
+   * Edges between kernels: a → b when b reads something a computes, and when a reads a state's value that b
+   * then overwrites in place (update_slice writes into its target's buffer, so every other reader of the old
+   * value must run first).
+   */
   edges(): Map<Group, Set<Group>> {
     const out = new Map<Group, Set<Group>>();
-    for (const gr of this.live()) {
+    const edge = (a: Group, b: Group) => {
+      if (a === b) return;
+      if (!out.has(a)) out.set(a, new Set());
+      out.get(a)!.add(b);
+    };
+    const live = this.live();
+    const overwrites = new Map<Value, Group[]>();
+    for (const gr of live) {
       for (const n of gr.members) {
-        for (const v of n.inputs) {
-          for (const src of this.deps(v)) {
-            if (src === gr) continue;
-            if (!out.has(src)) out.set(src, new Set());
-            out.get(src)!.add(gr);
-          }
-        }
+        if (n.op === Op.UpdateSlice) overwrites.set(n.inputs[0], [...(overwrites.get(n.inputs[0]) ?? []), gr]);
+      }
+    }
+    for (const gr of live) {
+      for (const n of gr.members) {
+        n.inputs.forEach((v, i) => {
+          for (const src of this.deps(v)) edge(src, gr);
+          if (overwrites.size === 0 || (n.op === Op.UpdateSlice && i === 0)) return;
+          for (const read of this.loads(v)) for (const writer of overwrites.get(read) ?? []) edge(gr, writer);
+        });
       }
     }
     return out;
@@ -276,6 +303,10 @@ function mergeStateWrites(p: Partition): void {
       if (a.members.length === 0 || b.members.length === 0) continue;
       const ua = a.members[0].inputs[1].type.shape;
       if (!sameShape(ua, b.members[0].inputs[1].type.shape)) continue;
+      // Not when one write's update reads the other's result: inside one kernel that would be a read of the
+      // state being written, which a store loop cannot express (and merge() allows a direct edge).
+      const edges = p.edges();
+      if (p.reaches(a, b, edges) || p.reaches(b, a, edges)) continue;
       // Writes of different layers depend on each other through the layers between; those are not worth a line.
       p.merge(a, b, 'state-write', `state writes of equal shape ${formatShape(ua)} (${a.members.map((m) => '%' + m.inputs[0].name).join(', ')} and ${b.members.map((m) => '%' + m.inputs[0].name).join(', ')}) share one launch`, true);
     }
@@ -313,10 +344,11 @@ function emit(p: Partition): Graph {
     out.kernels.push(kernel);
   });
   // An output that no node computes (an input returned as is, or x·1 simplified to x) would be written by no
-  // kernel, yet it has a buffer of its own to fill: one kernel copies it (a reshape to its own shape).
+  // kernel, yet it has a buffer of its own to fill: one kernel copies it (a reshape to its own shape). So does a
+  // state's new value returned as an output: its update_slice writes the state's buffer in place.
   const copies = new Map<Value, Value>();
   for (const v of g.outputs) {
-    if (v.producer || copies.has(v)) continue;
+    if ((v.producer && v.producer.op !== Op.UpdateSlice) || copies.has(v)) continue;
     const start = out.nodes.length;
     copies.set(v, out.addNode(Op.Reshape, [global.get(v)!], { shape: [...v.type.shape] }));
     out.kernels.push({ name: `k${out.kernels.length}`, nodes: out.nodes.slice(start), attrs: { kind: 'elementwise' } });
@@ -331,14 +363,13 @@ function orderGroups(p: Partition): Group[] {
   const live = p.live();
   const first = new Map(live.map((gr) => [gr, Math.min(...gr.members.map((n) => p.g.nodes.indexOf(n)))]));
   const preds = new Map<Group, Set<Group>>(live.map((gr) => [gr, new Set()]));
-  for (const gr of live) {
-    for (const n of gr.members) for (const v of n.inputs) for (const d of p.deps(v)) if (d !== gr) preds.get(gr)!.add(d);
-  }
+  for (const [a, bs] of p.edges()) for (const b of bs) preds.get(b)!.add(a);
   const order: Group[] = [];
   const done = new Set<Group>();
   while (order.length < live.length) {
     const ready = live.filter((gr) => !done.has(gr) && [...preds.get(gr)!].every((d) => done.has(d)));
-    if (ready.length === 0) throw new Error('fuse: kernels depend on each other in a cycle');
+    // Only a graph that reads a state's old value after something computed from its new value gets here.
+    if (ready.length === 0) throw new Error('fuse: kernels depend on each other in a cycle (a state read both before and after its in-place write?)');
     ready.sort((a, b) => first.get(a)! - first.get(b)!);
     order.push(ready[0]);
     done.add(ready[0]);

@@ -1,6 +1,7 @@
 // Differential test of the whole compiler: random graphs (test/backends/random-graph.ts, one per seed) compiled with
 // the default pipeline and run as fused JavaScript kernels on the CPU backend must give what the reference
-// interpreter gives running the unoptimised graph op by op: floats within float32 tolerance, ints and bools exactly.
+// interpreter gives running the unoptimised graph op by op: outputs and the states' new values, floats within
+// float32 tolerance, ints and bools exactly.
 //
 //   SEED=123 npm test -- fused     reruns one seed; a failure prints its graph, the fused graph and the mismatch
 //   SEEDS=5000 npm test -- fused   runs more seeds than CI's 1500
@@ -9,7 +10,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { interpret } from '../../backends/reference/interpreter.ts';
 import { compileModule } from '../../compiler/compile-module.ts';
-import { isFloat } from '../../ir/dtype.ts';
+import { DType } from '../../ir/dtype.ts';
 import { parseGraph } from '../../ir/parser.ts';
 import { printGraph } from '../../ir/printer.ts';
 import { formatShape } from '../../ir/shape.ts';
@@ -17,7 +18,11 @@ import { CpuExecutor } from '../../runtime/cpu.ts';
 import { HostTensor } from '../../runtime/host-tensor.ts';
 import { randomGraph, RandomCase } from './random-graph.ts';
 
-const RTOL = 1e-4;
+/**
+ * Relative tolerance by dtype: float32's, or one unit in the last place of a 16-bit float (a value within float32
+ * noise of a rounding boundary may round either way), with an absolute floor.
+ */
+const RTOL: Partial<Record<DType, number>> = { [DType.F32]: 1e-4, [DType.BF16]: 2 ** -7, [DType.F16]: 2 ** -10 };
 const ATOL = 1e-5;
 
 const seeds = process.env.SEED !== undefined
@@ -29,11 +34,11 @@ function mismatch(got: HostTensor, want: HostTensor): string | undefined {
   if (got.dtype !== want.dtype || formatShape(got.shape) !== formatShape(want.shape)) {
     return `got ${got.dtype}${formatShape(got.shape)}, want ${want.dtype}${formatShape(want.shape)}`;
   }
-  const float = isFloat(want.dtype);
+  const rtol = RTOL[want.dtype];
   for (let i = 0; i < want.data.length; i++) {
     const [a, b] = [got.data[i], want.data[i]];
     const ok = a === b || (Number.isNaN(a) && Number.isNaN(b)) ||
-      (float && Math.abs(a - b) <= ATOL + RTOL * Math.max(Math.abs(a), Math.abs(b)));
+      (rtol !== undefined && Math.abs(a - b) <= ATOL + rtol * Math.max(Math.abs(a), Math.abs(b)));
     if (!ok) return `element ${i}: got ${a}, want ${b}`;
   }
   return undefined;
@@ -44,7 +49,9 @@ function check(c: RandomCase): string | undefined {
   const g = c.graph;
   const source = printGraph(g, { locations: false });
   const param = (name: string) => c.params.get(name)!;
-  const want = interpret(g, { inputs: c.inputs, param, states: new Map() });
+  const freshStates = () => new Map([...c.states].map(([name, t]) => [name, { ...t, data: t.data.slice() }]));
+  const wantStates = freshStates();
+  const want = [...interpret(g, { inputs: c.inputs, param, states: wantStates }), ...wantStates.values()];
   let fused = '';
   try {
     const compiled = compileModule({ graphs: [g] }, { verify: true });
@@ -53,10 +60,12 @@ function check(c: RandomCase): string | undefined {
     if (printGraph(g, { locations: false }) !== source) return 'compiling changed the source graph';
     const reparsed = printGraph(parseGraph(fused), { locations: false });
     if (reparsed !== fused) return `the fused graph does not print back the same after parsing:\n${reparsed}`;
-    const got = new CpuExecutor(compiled, param).run(g.name, c.inputs, new Map());
+    const gotStates = freshStates();
+    const got = [...new CpuExecutor(compiled, param).run(g.name, c.inputs, gotStates), ...gotStates.values()];
     for (let i = 0; i < want.length; i++) {
+      const what = i < g.outputs.length ? `output ${i}` : `state %${[...gotStates.keys()][i - g.outputs.length]}`;
       const bad = mismatch(got[i], want[i]);
-      if (bad) return `output ${i}: ${bad}\n--- fused ---\n${fused}`;
+      if (bad) return `${what}: ${bad}\n--- fused ---\n${fused}`;
     }
     return undefined;
   } catch (e) {

@@ -47,6 +47,8 @@ export interface RandomCase {
   readonly graph: Graph;
   readonly inputs: Record<string, HostTensor>;
   readonly params: ReadonlyMap<string, HostTensor>;
+  /** Initial values of the state tensors (a run may update them in place: copy before each run). */
+  readonly states: ReadonlyMap<string, HostTensor>;
 }
 
 /** A value of the graph and a rough bound on the magnitude of its elements. */
@@ -63,6 +65,7 @@ class Builder {
   readonly pool: Val[] = [];
   readonly inputs: Record<string, HostTensor> = {};
   readonly params = new Map<string, HostTensor>();
+  readonly states = new Map<string, HostTensor>();
   private counter = 0;
 
   constructor(readonly rng: Rng, name: string) {
@@ -92,6 +95,13 @@ class Builder {
     const v = this.g.addParam(name, { dtype, shape });
     this.params.set(name, hostTensor(dtype, shape, this.data(dtype, numelOf(shape), scale)));
     return { v, mag: 4 * scale };
+  }
+
+  state(shape: readonly number[]): Val {
+    const name = `s${this.counter++}`;
+    const v = this.g.addState(name, { dtype: DType.F32, shape });
+    this.states.set(name, hostTensor(DType.F32, shape, this.data(DType.F32, numelOf(shape), 1)));
+    return { v, mag: 4 };
   }
 
   private keep(x: Val): Val {
@@ -385,9 +395,82 @@ const source: Step = (b, x) => {
   return dtypeOf(table) === DType.F32 ? e : b.node(Op.Cast, [e], { dtype: DType.F32 }, e.mag);
 };
 
+/** scores = q·kᵀ (scaled, sometimes causally masked), softmax over them, then ·v: the attention pattern. */
+const attention: Step = (b, x) => {
+  const r = b.rng;
+  const q = asMatrix(b, x);
+  if (!q) return undefined;
+  const s = shapeOf(q);
+  const [m, d] = [s[s.length - 2], s[s.length - 1]];
+  const t = r.int(1, 7);
+  const batch = s.slice(0, -2).map((n) => (r.chance(0.3) ? 1 : n));
+  const keys = b.input(DType.F32, [...batch, t, d]);
+  const perm = [...batch.keys(), batch.length + 1, batch.length];
+  const kT = b.node(Op.Permute, [keys], { perm }, keys.mag, false);
+  let scores = b.node(Op.Mul, [b.node(Op.Matmul, [q, kT], {}, d * q.mag * 4), b.konst(Math.fround(1 / d), DType.F32)], {}, q.mag * 4);
+  if (r.chance(0.5)) {
+    // Position p sees keys 0..p+offset, as a decode step sees the cache.
+    const offset = r.int(0, Math.max(0, t - 1));
+    const rows = b.node(Op.Reshape, [b.node(Op.Add, [b.node(Op.Arange, [], { n: m, dtype: DType.I32 }, m, false), b.konst(offset, DType.I32)], {}, m, false)], { shape: [m, 1] }, m, false);
+    const cols = b.node(Op.Reshape, [b.node(Op.Arange, [], { n: t, dtype: DType.I32 }, t, false)], { shape: [1, t] }, t, false);
+    const visible = b.node(Op.Le, [cols, rows], {}, 1, false);
+    scores = b.node(Op.Where, [visible, scores, b.konst(-Infinity, DType.F32)], {}, scores.mag);
+  }
+  const probs = b.node(Op.Softmax, [scores], { axis: shapeOf(scores).length - 1 }, 1);
+  const values = b.input(DType.F32, [...batch.map((n) => (r.chance(0.3) ? 1 : n)), t, r.int(1, 7)]);
+  return b.node(Op.Matmul, [probs, values], {}, t * values.mag);
+};
+
+/** RMSNorm over the last axis, then a projection: the norm becomes the projection's prologue. */
+const normProjection: Step = (b, x) => {
+  const m = asMatrix(b, x);
+  if (!m) return undefined;
+  const s = shapeOf(m);
+  const k = s[s.length - 1];
+  const sq = b.node(Op.Mul, [m, m], {}, m.mag * m.mag, false);
+  const ms = b.node(Op.Mean, [sq], { axes: [s.length - 1], keepdims: true }, m.mag * m.mag, false);
+  const inv = b.node(Op.Rsqrt, [b.node(Op.Add, [ms, b.konst(1e-5, DType.F32)], {}, ms.mag, false)], {}, 100, false);
+  const w = b.param(DType.BF16, [k], 1);
+  const h = b.node(Op.Mul, [b.node(Op.Mul, [m, inv], {}, 2, false), b.node(Op.Cast, [w], { dtype: DType.F32 }, w.mag, false)], {}, 8);
+  const p = b.param(b.rng.pick([DType.F32, DType.BF16]), [b.rng.int(1, 7), k]);
+  return b.node(Op.Matmul, [h, b.node(Op.Permute, [p], { perm: [1, 0] }, p.mag, false)], {}, k * 8 * p.mag);
+};
+
+/** silu(x·gateᵀ) · (x·upᵀ): paired projections with their combination as the epilogue. */
+const swiglu: Step = (b, x) => {
+  const m = asMatrix(b, x);
+  if (!m) return undefined;
+  const k = shapeOf(m)[shapeOf(m).length - 1];
+  const n = b.rng.int(1, 7);
+  const proj = () => {
+    const w = b.param(DType.F32, [n, k]);
+    return b.node(Op.Matmul, [m, b.node(Op.Permute, [w], { perm: [1, 0] }, w.mag, false)], {}, k * m.mag * w.mag, false);
+  };
+  const gate = b.node(Op.Silu, [proj()], {}, k * m.mag, false);
+  const up = proj();
+  return b.node(Op.Mul, [gate, up], {}, gate.mag * up.mag);
+};
+
+/** Writes x (as rows) into a new state at a position given as an input: the KV-cache write. */
+const stateWrite: Step = (b, x) => {
+  const r = b.rng;
+  const s = shapeOf(x);
+  if (dtypeOf(x) !== DType.F32 || s.length === 0 || b.g.stateUpdates.length >= 2) return undefined;
+  const length = s[0] + r.int(0, 3);
+  const state = b.state([length, ...s.slice(1)]);
+  const at = r.int(0, length - s[0]);
+  const pos = b.input(DType.I32, r.chance(0.5) ? [] : [1], [at]);
+  const written = b.node(Op.UpdateSlice, [state, x, pos], { axis: 0 }, Math.max(state.mag, x.mag));
+  b.g.setState(state.v, written.v);
+  // Sometimes the old value is read too (before the write, as the reference reads it).
+  if (r.chance(0.3)) b.node(Op.Sum, [state], { axes: [0], keepdims: false }, length * 4);
+  return written;
+};
+
 const steps: readonly (readonly [number, Step])[] = [
   [6, unary], [7, binary], [2, compare], [2, select], [2, cast], [5, reduce], [6, view], [2, concatStep],
-  [1.5, matmul], [0.7, projections], [1.2, softmax], [0.8, source],
+  [1.5, matmul], [0.7, projections], [1.2, softmax], [0.8, source], [0.8, attention], [0.5, normProjection],
+  [0.5, swiglu], [0.6, stateWrite],
 ];
 
 /** The graph of one seed. */
@@ -415,5 +498,5 @@ export function randomGraph(seed: number): RandomCase {
   // where the reference rounds it too. (bf16 values inside a kernel stay f32 by design, so the generator does no
   // arithmetic on them: bf16 params are matmul weights or gathered and widened at once.)
   b.g.outputs = outs.map((x) => (dtypeOf(x) === DType.F32 && r.chance(0.1) ? b.node(Op.Cast, [x], { dtype: DType.BF16 }, x.mag) : x).v);
-  return { graph: b.g, inputs: b.inputs, params: b.params };
+  return { graph: b.g, inputs: b.inputs, params: b.params, states: b.states };
 }
