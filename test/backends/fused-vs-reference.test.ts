@@ -15,8 +15,9 @@ import { parseGraph } from '../../ir/parser.ts';
 import { printGraph } from '../../ir/printer.ts';
 import { formatShape } from '../../ir/shape.ts';
 import { CpuExecutor } from '../../runtime/cpu.ts';
-import { HostTensor } from '../../runtime/host-tensor.ts';
-import { randomGraph, RandomCase } from './random-graph.ts';
+import { HostTensor, hostTensor } from '../../runtime/host-tensor.ts';
+import { randomGraph, RandomCase, Rng } from './random-graph.ts';
+import { arange, concat, param, Tensor, trace, where } from '../../compiler/index.ts';
 
 /**
  * Relative tolerance by dtype: float32's, or one unit in the last place of a 16-bit float (a value within float32
@@ -86,6 +87,45 @@ test(`fused CPU kernels match the reference on ${seeds.length} random graphs`, (
     }
   }
   assert.ok(failed.length === 0, `${failed.length} of ${seeds.length} seeds fail: ${failed.join(', ')}\n${first}`);
+});
+
+/** Model-shaped functions of x: f32[S, 8] with a symbolic row count S, as the prefill graph has it. */
+const symbolic: Record<string, (x: Tensor) => Tensor | Tensor[]> = {
+  'rmsnorm': (x) => x.mul(x.pow(2).mean(-1, { keepdims: true }).add(1e-5).rsqrt()).mul(param('w', DType.BF16, [8]).cast(DType.F32)),
+  'softmax over columns': (x) => x.softmax(-1),
+  'softmax over the rows': (x) => x.softmax(0),
+  'sums over the rows': (x) => [x.sum(0), x.mean(0, { keepdims: true }), x.max([0, 1])],
+  'residual projection': (x) => x.add(x.matmul(param('o', DType.F32, [8, 8]).transpose())),
+  'swiglu': (x) => x.matmul(param('g', DType.F32, [6, 8]).transpose()).silu().mul(x.matmul(param('u', DType.F32, [6, 8]).transpose())),
+  'heads': (x) => x.reshape(x.dim(0), 2, 4).permute(1, 0, 2).matmul(param('b', DType.F32, [2, 4, 3])),
+  'causal attention': (x) => {
+    const [q, k, v] = ['q', 'k', 'v'].map((w) => x.matmul(param(w, DType.F32, [4, 8]).transpose()));
+    const seq = x.dim(0);
+    const visible = arange(seq).reshape(1, -1).le(arange(seq).reshape(-1, 1));
+    return where(visible, q.matmul(k.transpose()).mul(0.5), -Infinity).softmax(-1).matmul(v);
+  },
+  'rotary': (x) => {
+    const angles = arange(x.dim(0), DType.F32).reshape(-1, 1).mul(arange(4, DType.F32).reshape(1, 4).mul(0.1));
+    const both = concat([angles, angles], 1);
+    const rotated = concat([x.slice(1, 4).neg(), x.slice(1, 0, 4)], 1);
+    return x.mul(both.cos()).add(rotated.mul(both.sin()));
+  },
+};
+
+test('model-shaped graphs with a symbolic row count match the reference for several sizes', () => {
+  const rng = new Rng(99);
+  for (const [name, fn] of Object.entries(symbolic)) {
+    const g = trace(name.replace(/ /g, '_'), [{ name: 'x', dtype: DType.F32, shape: ['S', 8] }], fn);
+    const params = new Map(g.params.map((p) => {
+      const shape = p.type.shape as number[];
+      return [p.name!, hostTensor(p.type.dtype, shape, Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rng.normal() * 0.5))];
+    }));
+    for (const rows of [1, 2, 5]) {
+      const inputs = { x: hostTensor(DType.F32, [rows, 8], Array.from({ length: rows * 8 }, () => rng.normal())) };
+      const bad = check({ graph: g, inputs, params, states: new Map() });
+      assert.ok(!bad, `${name} at S=${rows}: ${bad}\n--- source ---\n${printGraph(g, { locations: false })}`);
+    }
+  }
 });
 
 test('the generator is deterministic and varied', () => {
