@@ -12,6 +12,7 @@ import { ConfigError } from '../runtime/config.ts';
 import { loadLlama } from '../runtime/llama.ts';
 import { Backend, backends, isBackend, openRunner } from '../runtime/runner.ts';
 import { WebGpuUnavailableError } from '../runtime/webgpu/device.ts';
+import { CudaUnavailableError } from '../runtime/cuda/errors.ts';
 import { WeightsError } from '../runtime/safetensors.ts';
 import { TraceError } from './trace.ts';
 import { builtinLlama, CompileUsageError, runCompile } from './cli-compile.ts';
@@ -23,13 +24,13 @@ class UsageError extends Error {}
 const usage = `usage: tsfuse <command> [options]
 
 commands:
-  generate --model DIR --ids 5,9,13 [--max-new-tokens N] [--backend cpu|reference|webgpu] [--json]
+  generate --model DIR --ids 5,9,13 [--max-new-tokens N] [--backend cpu|reference|webgpu|cuda] [--json]
            [--temperature T] [--top-p P] [--seed N]
       greedy decoding after the prompt ids; prints the new token ids
-  logits   --model DIR --ids 5,9,13 [--backend cpu|reference|webgpu] [--json]
+  logits   --model DIR --ids 5,9,13 [--backend cpu|reference|webgpu|cuda] [--json]
       logits at every prompt position, from one forward pass with an empty cache
   compile  (--model DIR | --config llama-3.2-1b) [--report] [--json] [--explain-fusion]
-           [--dump-ir[=all|after:PASS]] [--dump-kernels DIR] [--backend cpu] [--cache-length N] [--prompt-length N]
+           [--dump-ir[=all|after:PASS]] [--dump-kernels DIR] [--backend cpu|cuda] [--cache-length N] [--prompt-length N]
       runs the pass pipeline; --report: kernels and bytes per step, fused vs one kernel per op
   trace    --model DIR [--dump-ir] [--cache-length N]
       traces the Llama prefill and decode graphs; --dump-ir prints them as IR text
@@ -210,7 +211,7 @@ function nonNegative(text: string, flag: string): number {
 }
 
 /** Errors that describe bad input: printed as they are, without a stack. */
-const userErrors = [UsageError, WebGpuUnavailableError, CompileUsageError, LoweringError, TraceError, ConfigError, WeightsError, IrParseError, VerifyError, GraphError, InterpretError, RangeError];
+const userErrors = [UsageError, WebGpuUnavailableError, CudaUnavailableError, CompileUsageError, LoweringError, TraceError, ConfigError, WeightsError, IrParseError, VerifyError, GraphError, InterpretError, RangeError];
 
 async function main(argv: string[]): Promise<number> {
   // A bare --dump-ir means the final IR; parseArgs wants a value for a string option.

@@ -6,7 +6,7 @@ import { checkTokens, LlamaSession, LoadedLlama } from './llama.ts';
 import type { Sampling } from './webgpu/llama.ts';
 
 export type { Sampling };
-export const backends = ['cpu', 'reference', 'webgpu'] as const;
+export const backends = ['cpu', 'reference', 'webgpu', 'cuda'] as const;
 export type Backend = (typeof backends)[number];
 
 export interface LlamaRunner {
@@ -21,6 +21,11 @@ export function isBackend(name: string): name is Backend {
 
 /** A runner whose KV cache holds `cacheLength` positions. */
 export async function openRunner(model: LoadedLlama, cacheLength: number, backend: Backend): Promise<LlamaRunner> {
+  if (backend === 'cuda') {
+    const { CudaLlama } = await import('./cuda/llama.ts');
+    const s = await CudaLlama.create(model, cacheLength);
+    return { logits: (ids) => s.logits(ids), generate: (p, n, smp, on) => s.generate(p, n, smp, on), close: () => s.destroy() };
+  }
   if (backend === 'webgpu') {
     const { WebGpuLlama } = await import('./webgpu/llama.ts');
     const s = await WebGpuLlama.create(model, cacheLength);

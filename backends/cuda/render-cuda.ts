@@ -5,114 +5,15 @@
 // needs no headers), compute is f32, and the weight streams of cooperative sums are read 16 bytes at a time.
 
 import { DType } from '../../ir/dtype.ts';
-import { ivar, KBuffer, KernelIR, KExpr, KStmt, ROW, Scalar } from '../kernel-ir.ts';
+import { KernelIR, KExpr, KStmt, ReduceOp, ROW, Scalar } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter } from '../render-base.ts';
-import { contiguousLoads, replaceLoads, VECTOR_WIDTH } from './vector-loads.ts';
+import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
+import { blockScope, renderReduction, warpScope } from './reductions.ts';
 
-/** Threads per block; the runtime launches every generated kernel with this many. */
-export const CUDA_BLOCK = 256;
+export { CUDA_BLOCK, cudaPrelude };
+
 /** Static shared memory CUDA allows without opting in; larger row-local arrays use dynamic shared memory. */
 const STATIC_SHARED_LIMIT = 48 * 1024;
-
-/** Helpers every generated kernel uses; once per compiled source. */
-export const cudaPrelude = `// tsfuse CUDA helpers: 16-bit widening, 16-byte loads, block-wide reductions
-#ifndef TSFUSE_PRELUDE
-#define TSFUSE_PRELUDE
-#ifndef TF_BLOCK
-#define TF_BLOCK ${CUDA_BLOCK}
-#endif
-#define TF_WARPS (TF_BLOCK / 32)
-#define TF_INF __int_as_float(0x7f800000)
-#define TF_NAN __int_as_float(0x7fffffff)
-
-__device__ __forceinline__ float tf_bf16(unsigned short x) { return __uint_as_float(((unsigned)x) << 16); }
-__device__ __forceinline__ float tf_f16(unsigned short x) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x)); return f; }
-__device__ __forceinline__ unsigned short tf_to_bf16(float f) {
-  const unsigned u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-  return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-__device__ __forceinline__ unsigned short tf_to_f16(float f) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
-__device__ __forceinline__ float tf_round_bf16(float f) { return tf_bf16(tf_to_bf16(f)); }
-__device__ __forceinline__ float tf_round_f16(float f) { return tf_f16(tf_to_f16(f)); }
-__device__ __forceinline__ int tf_imax(int a, int b) { return a > b ? a : b; }
-__device__ __forceinline__ int tf_imin(int a, int b) { return a < b ? a : b; }
-
-// Eight consecutive elements from a 16-byte-aligned address, widened to f32.
-__device__ __forceinline__ void tf_ld8_bf16(const unsigned short* p, float* o) {
-  const uint4 w = __ldg(reinterpret_cast<const uint4*>(p));
-  o[0] = __uint_as_float(w.x << 16); o[1] = __uint_as_float(w.x & 0xffff0000u);
-  o[2] = __uint_as_float(w.y << 16); o[3] = __uint_as_float(w.y & 0xffff0000u);
-  o[4] = __uint_as_float(w.z << 16); o[5] = __uint_as_float(w.z & 0xffff0000u);
-  o[6] = __uint_as_float(w.w << 16); o[7] = __uint_as_float(w.w & 0xffff0000u);
-}
-__device__ __forceinline__ void tf_ld8_f16(const unsigned short* p, float* o) {
-  const uint4 w = __ldg(reinterpret_cast<const uint4*>(p));
-  o[0] = tf_f16((unsigned short)(w.x & 0xffffu)); o[1] = tf_f16((unsigned short)(w.x >> 16));
-  o[2] = tf_f16((unsigned short)(w.y & 0xffffu)); o[3] = tf_f16((unsigned short)(w.y >> 16));
-  o[4] = tf_f16((unsigned short)(w.z & 0xffffu)); o[5] = tf_f16((unsigned short)(w.z >> 16));
-  o[6] = tf_f16((unsigned short)(w.w & 0xffffu)); o[7] = tf_f16((unsigned short)(w.w >> 16));
-}
-__device__ __forceinline__ void tf_ld8_f32(const float* p, float* o) {
-  const float4 a = __ldg(reinterpret_cast<const float4*>(p));
-  const float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
-  o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
-}
-
-__device__ __forceinline__ float tf_lowest(float) { return -TF_INF; }
-__device__ __forceinline__ int tf_lowest(int) { return (int)0x80000000; }
-__device__ __forceinline__ float tf_max(float a, float b) { return fmaxf(a, b); }
-__device__ __forceinline__ int tf_max(int a, int b) { return tf_imax(a, b); }
-
-// Block-wide sum / max: every thread gets the result. s: TF_WARPS + 1 elements of shared memory. The result
-// slot is apart from the partials, so the next reduction may start while slow threads still read this one.
-template <typename T> __device__ __forceinline__ T tf_block_sum(T v, T* s) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) s[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < TF_WARPS ? s[lane] : (T)0;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) s[TF_WARPS] = v;
-  }
-  __syncthreads();
-  return s[TF_WARPS];
-}
-template <typename T> __device__ __forceinline__ T tf_block_max(T v, T* s) {
-  for (int o = 16; o > 0; o >>= 1) v = tf_max(v, __shfl_xor_sync(0xffffffffu, v, o));
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) s[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < TF_WARPS ? s[lane] : tf_lowest(v);
-    for (int o = 16; o > 0; o >>= 1) v = tf_max(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (lane == 0) s[TF_WARPS] = v;
-  }
-  __syncthreads();
-  return s[TF_WARPS];
-}
-// The index of the first maximum (0 when nothing beats -inf, as a serial loop would leave it): a larger value
-// wins, equal values keep the lower index. i is 0x7fffffff in threads that saw nothing.
-__device__ __forceinline__ void tf_argmax_step(float& v, int& i, float ov, int oi) {
-  if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
-}
-__device__ __forceinline__ int tf_block_argmax(float v, int i, float* sv, int* si) {
-  for (int o = 16; o > 0; o >>= 1) tf_argmax_step(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) { sv[warp] = v; si[warp] = i; }
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < TF_WARPS ? sv[lane] : -TF_INF;
-    i = lane < TF_WARPS ? si[lane] : 0x7fffffff;
-    for (int o = 16; o > 0; o >>= 1) tf_argmax_step(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
-    if (lane == 0) si[TF_WARPS] = i == 0x7fffffff ? 0 : i;
-  }
-  __syncthreads();
-  return si[TF_WARPS];
-}
-#endif
-`;
 
 /** Element type of a kernel buffer in device memory. */
 export const cudaElemType: Record<DType, string> = {
@@ -227,6 +128,26 @@ export function renderCudaModule(kernels: readonly KernelIR[], prefix = ''): Cud
 type ArrayStmt = Extract<KStmt, { k: 'array' }>;
 type CoopStmt = Extract<KStmt, { k: 'coop' }>;
 
+/**
+ * Prints expressions; in a value computed one element per warp, its outermost reductions are shared by the
+ * warp's lanes (nested ones stay serial in each lane).
+ */
+class CudaPrinter extends ExprPrinter {
+  warp = false;
+  private nested = 0;
+
+  override reduceInto(acc: string, op: ReduceOp, v: string, n: string, body: KExpr, t: Scalar, out: string[], indent: string): void {
+    const shared = this.warp && this.nested === 0;
+    this.nested++;
+    try {
+      if (shared) renderReduction(acc, op, v, n, body, t, this, warpScope, out, indent);
+      else super.reduceInto(acc, op, v, n, body, t, out, indent);
+    } finally {
+      this.nested--;
+    }
+  }
+}
+
 /** The kernel as one CUDA function named `name`; `comment` false drops the fused-nodes comment (for dedup keys). */
 export function renderCudaFunction(k: KernelIR, name = k.name, comment = true): CudaFunction {
   const out: string[] = [];
@@ -246,15 +167,20 @@ export function renderCudaFunction(k: KernelIR, name = k.name, comment = true): 
   const arrays = k.body.filter((s): s is ArrayStmt => s.k === 'array');
   const dynamicSharedBytes = declareArrays(arrays, out);
 
-  const p = new ExprPrinter(cudaDialect, k.buffers);
-  out.push('  const int tf_tid = threadIdx.x;');
-  out.push(`  const int tf_rows = ${p.expr(k.rows, out, '  ')};`);
-  out.push(`  for (int ${ROW} = blockIdx.x; ${ROW} < tf_rows; ${ROW} += gridDim.x) {`);
-  for (const s of k.body) renderStmt(s, p, k.buffers, out, '    ');
+  const p = new CudaPrinter(cudaDialect, k.buffers);
+  const body: string[] = [];
+  const rows = p.expr(k.rows, body, '  ');
+  body.push(`  const int tf_rows = ${rows};`);
+  body.push(`  for (int ${ROW} = blockIdx.x; ${ROW} < tf_rows; ${ROW} += gridDim.x) {`);
+  for (const s of k.body) renderStmt(s, p, body, '    ');
   // The next row rewrites the shared arrays: wait until every thread has read this row's.
-  if (arrays.length) out.push('    __syncthreads();');
-  out.push('  }');
-  out.push('}');
+  if (arrays.length) body.push('    __syncthreads();');
+  body.push('  }');
+  const text = body.join('\n');
+  if (/\btf_tid\b/.test(text)) out.push('  const int tf_tid = threadIdx.x;');
+  if (/\btf_lane\b/.test(text)) out.push('  const int tf_lane = threadIdx.x & 31;');
+  if (/\btf_warp\b/.test(text)) out.push('  const int tf_warp = threadIdx.x >> 5;');
+  out.push(...body, '}');
   return { code: out.join('\n') + '\n', name, dynamicSharedBytes };
 }
 
@@ -263,7 +189,8 @@ function declareArrays(arrays: ArrayStmt[], out: string[]): number {
   const bytes = (s: ArrayStmt) => s.n * (s.value.t === 'bool' ? 1 : 4);
   const total = arrays.reduce((n, s) => n + bytes(s), 0);
   if (total + 512 <= STATIC_SHARED_LIMIT) {
-    for (const s of arrays) out.push(`  __shared__ ${cudaDialect.type[s.value.t]} ${s.name}[${s.n}];`);
+    // Aligned so the compiler may read neighbouring elements with one wide load.
+    for (const s of arrays) out.push(`  __shared__ __align__(16) ${cudaDialect.type[s.value.t]} ${s.name}[${s.n}];`);
     return 0;
   }
   out.push('  extern __shared__ __align__(16) unsigned char tf_smem[];');
@@ -276,101 +203,74 @@ function declareArrays(arrays: ArrayStmt[], out: string[]): number {
   return offset;
 }
 
-function renderStmt(s: KStmt, p: ExprPrinter, buffers: readonly KBuffer[], out: string[], indent: string): void {
+/** Lengths of a value's outermost reductions (nested ones run inside them); 4096 stands for a symbolic one. */
+function outerReductions(e: KExpr, out: number[] = []): number[] {
+  switch (e.k) {
+    case 'reduce': out.push(e.n.k === 'const' ? e.n.value : 4096); break;
+    case 'load': case 'elem': outerReductions(e.index, out); break;
+    case 'unary': case 'cast': outerReductions(e.a, out); break;
+    case 'binary': outerReductions(e.a, out); outerReductions(e.b, out); break;
+    case 'select': outerReductions(e.cond, out); outerReductions(e.a, out); outerReductions(e.b, out); break;
+    case 'const': case 'var': break;
+    default: e satisfies never;
+  }
+  return out;
+}
+
+/**
+ * Whether the elements of a parallel loop (a store or a row-local array) run one per warp, the warp sharing
+ * their reductions, rather than one per thread, each reducing serially: by the steps the busiest thread takes
+ * either way (a warp reduction costs five shuffle steps besides its share of the range). A contraction row's
+ * few outputs over long rows go to warps; many short dot products (attention scores) stay with threads.
+ */
+function perWarp(n: KExpr | number, value: KExpr): boolean {
+  const reductions = outerReductions(value);
+  if (reductions.length === 0) return false;
+  const r = reductions.reduce((a, b) => a + b, 0);
+  const count = typeof n === 'number' ? n : n.k === 'const' ? n.value : 4096;
+  const warps = CUDA_BLOCK / 32;
+  const byThread = Math.ceil(count / CUDA_BLOCK) * r;
+  const byWarp = Math.ceil(count / warps) * (reductions.reduce((a, b) => a + Math.ceil(b / 32) + 5, 0));
+  return byWarp < byThread;
+}
+
+/** `for (v over [0, n)) { body }` spread over threads, or over warps with lane 0 writing. */
+function parallelLoop(v: string, n: string, warp: boolean, out: string[], indent: string, body: (inner: string) => string): void {
   const inner = indent + '  ';
+  out.push(warp
+    ? `${indent}for (int ${v} = tf_warp; ${v} < ${n}; ${v} += TF_WARPS) {`
+    : `${indent}for (int ${v} = tf_tid; ${v} < ${n}; ${v} += TF_BLOCK) {`);
+  const write = body(inner);
+  out.push(warp ? `${inner}if (tf_lane == 0) ${write}` : `${inner}${write}`);
+  out.push(`${indent}}`);
+}
+
+function renderStmt(s: KStmt, p: CudaPrinter, out: string[], indent: string): void {
   switch (s.k) {
     case 'let':
       out.push(`${indent}const ${cudaDialect.type[s.value.t]} ${s.name} = ${p.expr(s.value, out, indent)};`);
       break;
     case 'coop':
-      renderCoop(s, p, buffers, out, indent);
+      renderReduction(s.name, s.op, s.v, p.expr(s.n, out, indent), s.body, s.op === 'argmax' ? 'i32' : s.body.t, p, blockScope, out, indent);
       break;
-    case 'array':
-      out.push(`${indent}for (int ${s.v} = tf_tid; ${s.v} < ${s.n}; ${s.v} += TF_BLOCK) {`);
-      out.push(`${inner}${s.name}[${s.v}] = ${p.expr(s.value, out, inner)};`);
-      out.push(`${indent}}`);
+    case 'array': {
+      p.warp = perWarp(s.n, s.value);
+      parallelLoop(s.v, String(s.n), p.warp, out, indent, (inner) => `${s.name}[${s.v}] = ${p.expr(s.value, out, inner)};`);
+      p.warp = false;
       out.push(`${indent}__syncthreads();`);
       break;
+    }
     case 'store': {
       const n = p.expr(s.n, out, indent);
-      out.push(`${indent}for (int ${s.v} = tf_tid; ${s.v} < ${n}; ${s.v} += TF_BLOCK) {`);
-      const value = p.expr(s.value, out, inner);
-      const index = p.expr(s.index, out, inner);
-      out.push(`${inner}b${s.buf}[${index}] = ${storeValue(buffers[s.buf].dtype, value, s.value.t)};`);
-      out.push(`${indent}}`);
+      p.warp = perWarp(s.n, s.value);
+      parallelLoop(s.v, n, p.warp, out, indent, (inner) => {
+        const value = p.expr(s.value, out, inner);
+        const index = p.expr(s.index, out, inner);
+        return `b${s.buf}[${index}] = ${storeValue(p.buffers[s.buf].dtype, value, s.value.t)};`;
+      });
+      p.warp = false;
       break;
     }
     default: s satisfies never;
   }
-}
-
-/**
- * Each thread folds a strided share of the range into a partial, then the block combines the partials; every
- * thread ends with the result. A sum that streams contiguous float data first runs a vector loop, eight
- * elements per thread and step, with a scalar loop for the tail (or for the whole range when misaligned).
- */
-function renderCoop(s: CoopStmt, p: ExprPrinter, buffers: readonly KBuffer[], out: string[], indent: string): void {
-  const d = cudaDialect;
-  const inner = indent + '  ';
-  const t: Scalar = s.op === 'argmax' ? 'i32' : s.body.t;
-  const part = `${s.name}_part`;
-  const best = `${s.name}_best`;
-  const n = p.expr(s.n, out, indent);
-  if (s.op === 'argmax') {
-    out.push(`${indent}float ${best} = ${d.negInfinity};`);
-    out.push(`${indent}int ${part} = 0x7fffffff;`);
-  } else {
-    out.push(`${indent}${d.varDecl(part, t, s.op === 'sum' ? d.literal(0, t) : `tf_lowest((${d.type[t]})0)`)}`);
-  }
-  const fold = (x: string, v: string, at: string) => {
-    if (s.op === 'sum') out.push(`${at}${part} += ${x};`);
-    else if (s.op === 'max') out.push(`${at}${part} = tf_max(${part}, ${x});`);
-    else out.push(`${at}if (${x} > ${best}) { ${best} = ${x}; ${part} = ${v}; }`);
-  };
-
-  const streams = s.op === 'sum' && t === 'f32' ? contiguousLoads(s.body, s.v, buffers) : [];
-  let from = '0';
-  if (streams.length) {
-    from = `${s.name}_from`;
-    const w = VECTOR_WIDTH;
-    const [kv, j] = [`${s.name}_kv`, `${s.name}_j`];
-    out.push(`${indent}int ${from} = 0;`);
-    out.push(`${indent}{`);
-    const bases = streams.map((c, i) => {
-      const name = `${s.name}_vb${i}`;
-      out.push(`${inner}const int ${name} = ${p.expr(c.base, out, inner)};`);
-      return name;
-    });
-    out.push(`${inner}if (((${bases.join(' | ')}) & ${w - 1}) == 0) {`);
-    const body = inner + '  ';
-    out.push(`${body}const int ${s.name}_nv = ${n} / ${w};`);
-    out.push(`${body}#pragma unroll 4`);
-    out.push(`${body}for (int ${kv} = tf_tid; ${kv} < ${s.name}_nv; ${kv} += TF_BLOCK) {`);
-    const loop = body + '  ';
-    const replaced = new Map<string, KExpr>();
-    streams.forEach((c, i) => {
-      const arr = `${s.name}_w${i}`;
-      const ld = c.dtype === DType.F32 ? 'tf_ld8_f32' : c.dtype === DType.BF16 ? 'tf_ld8_bf16' : 'tf_ld8_f16';
-      out.push(`${loop}float ${arr}[${w}];`);
-      out.push(`${loop}${ld}(b${c.load.buf} + ${bases[i]} + ${kv} * ${w}, ${arr});`);
-      replaced.set(c.key, { k: 'elem', array: arr, index: ivar(j), t: 'f32' });
-    });
-    out.push(`${loop}#pragma unroll`);
-    out.push(`${loop}for (int ${j} = 0; ${j} < ${w}; ${j}++) {`);
-    const el = loop + '  ';
-    out.push(`${el}const int ${s.v} = ${kv} * ${w} + ${j};`);
-    out.push(`${el}(void)${s.v};`);
-    fold(p.expr(replaceLoads(s.body, replaced), out, el), s.v, el);
-    out.push(`${loop}}`);
-    out.push(`${body}}`);
-    out.push(`${body}${from} = ${s.name}_nv * ${w};`);
-    out.push(`${inner}}`);
-    out.push(`${indent}}`);
-  }
-  out.push(`${indent}for (int ${s.v} = ${from === '0' ? '' : `${from} + `}tf_tid; ${s.v} < ${n}; ${s.v} += TF_BLOCK) {`);
-  fold(p.expr(s.body, out, inner), s.v, inner);
-  out.push(`${indent}}`);
-  const combine = s.op === 'argmax' ? `tf_block_argmax(${best}, ${part}, tf_rf, tf_ri)`
-    : `tf_block_${s.op}(${part}, ${t === 'f32' ? 'tf_rf' : 'tf_ri'})`;
-  out.push(`${indent}const ${d.type[t]} ${s.name} = ${combine};`);
 }

@@ -160,6 +160,8 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
       assert.ok(functions < kernels.length, `@${g}: ${functions} functions for ${kernels.length} kernels`);
       // The weight streams of the matrix-vector products are read 16 bytes at a time.
       assert.match(source, model.weightDType === DType.BF16 ? 'tf_ld8_bf16(' : 'tf_ld8_f32(');
+      // A contraction row's few outputs run one per warp, the warp sharing each dot product.
+      assert.match(source, 'tf_warp_sum(');
       if (g === 'prefill') assert.match(source, 'const int S)');
     });
   });

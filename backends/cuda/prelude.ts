@@ -1,0 +1,148 @@
+// The helpers every generated CUDA kernel uses, compiled once per module: 16-bit widening and rounding by bit
+// operations (so NVRTC needs no headers), 16-byte loads of eight elements, and warp- and block-wide reductions
+// whose result every participating thread receives.
+
+/** Threads per block; the runtime launches every generated kernel with this many. */
+export const CUDA_BLOCK = 256;
+
+/** Helpers every generated kernel uses; once per compiled source. */
+export const cudaPrelude = `// tsfuse CUDA helpers: 16-bit widening, 16-byte loads, warp- and block-wide reductions
+#ifndef TSFUSE_PRELUDE
+#define TSFUSE_PRELUDE
+#ifndef TF_BLOCK
+#define TF_BLOCK ${CUDA_BLOCK}
+#endif
+#define TF_WARPS (TF_BLOCK / 32)
+#define TF_INF __int_as_float(0x7f800000)
+#define TF_NAN __int_as_float(0x7fffffff)
+
+__device__ __forceinline__ float tf_bf16(unsigned short x) { return __uint_as_float(((unsigned)x) << 16); }
+__device__ __forceinline__ unsigned short tf_to_bf16(float f) {
+  const unsigned u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+  return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ float tf_f16(unsigned short x) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x)); return f; }
+__device__ __forceinline__ unsigned short tf_to_f16(float f) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+#else
+// Host compilers (the CPU emulation the tests use) have no PTX: the same conversions by bit operations.
+__device__ __forceinline__ float tf_f16(unsigned short x) {
+  const unsigned sign = (x & 0x8000u) << 16, exp = (x >> 10) & 0x1fu, mant = x & 0x3ffu;
+  if (exp == 0) return __uint_as_float(sign) + (sign ? -1.0f : 1.0f) * (float)mant * 5.9604644775390625e-8f;
+  if (exp == 31) return __uint_as_float(sign | 0x7f800000u | (mant << 13));
+  return __uint_as_float(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+__device__ __forceinline__ unsigned short tf_to_f16(float f) {
+  const unsigned b = __float_as_uint(f);
+  const unsigned sign = (b >> 16) & 0x8000u, exp = (b >> 23) & 0xffu, mant = b & 0x7fffffu;
+  if (exp == 0xffu) return (unsigned short)(sign | 0x7c00u | (mant ? 0x200u : 0u));
+  const int e = (int)exp - 112;
+  if (e >= 0x1f) return (unsigned short)(sign | 0x7c00u);
+  if (e <= 0) {
+    if (e < -10) return (unsigned short)sign;
+    const unsigned full = mant | 0x800000u;
+    const int shift = 14 - e;
+    const unsigned rest = full & ((1u << shift) - 1u), half = 1u << (shift - 1), m = full >> shift;
+    return (unsigned short)(sign | ((rest > half || (rest == half && (m & 1u))) ? m + 1u : m));
+  }
+  const unsigned h = sign | ((unsigned)e << 10) | (mant >> 13), rest = mant & 0x1fffu;
+  return (unsigned short)((rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ? h + 1u : h);
+}
+#endif
+__device__ __forceinline__ float tf_round_bf16(float f) { return tf_bf16(tf_to_bf16(f)); }
+__device__ __forceinline__ float tf_round_f16(float f) { return tf_f16(tf_to_f16(f)); }
+__device__ __forceinline__ int tf_imax(int a, int b) { return a > b ? a : b; }
+__device__ __forceinline__ int tf_imin(int a, int b) { return a < b ? a : b; }
+
+// Eight consecutive elements from a 16-byte-aligned address, widened to f32.
+__device__ __forceinline__ void tf_ld8_bf16(const unsigned short* p, float* o) {
+  const uint4 w = __ldg(reinterpret_cast<const uint4*>(p));
+  o[0] = __uint_as_float(w.x << 16); o[1] = __uint_as_float(w.x & 0xffff0000u);
+  o[2] = __uint_as_float(w.y << 16); o[3] = __uint_as_float(w.y & 0xffff0000u);
+  o[4] = __uint_as_float(w.z << 16); o[5] = __uint_as_float(w.z & 0xffff0000u);
+  o[6] = __uint_as_float(w.w << 16); o[7] = __uint_as_float(w.w & 0xffff0000u);
+}
+__device__ __forceinline__ void tf_ld8_f16(const unsigned short* p, float* o) {
+  const uint4 w = __ldg(reinterpret_cast<const uint4*>(p));
+  o[0] = tf_f16((unsigned short)(w.x & 0xffffu)); o[1] = tf_f16((unsigned short)(w.x >> 16));
+  o[2] = tf_f16((unsigned short)(w.y & 0xffffu)); o[3] = tf_f16((unsigned short)(w.y >> 16));
+  o[4] = tf_f16((unsigned short)(w.z & 0xffffu)); o[5] = tf_f16((unsigned short)(w.z >> 16));
+  o[6] = tf_f16((unsigned short)(w.w & 0xffffu)); o[7] = tf_f16((unsigned short)(w.w >> 16));
+}
+__device__ __forceinline__ void tf_ld8_f32(const float* p, float* o) {
+  const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+  const float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+  o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+}
+
+__device__ __forceinline__ float tf_lowest(float) { return -TF_INF; }
+__device__ __forceinline__ int tf_lowest(int) { return (int)0x80000000; }
+__device__ __forceinline__ float tf_max(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ int tf_max(int a, int b) { return tf_imax(a, b); }
+
+// Warp-wide sum / max / argmax: every lane of the warp gets the result (all 32 lanes must take part).
+template <typename T> __device__ __forceinline__ T tf_warp_sum(T v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+template <typename T> __device__ __forceinline__ T tf_warp_max(T v) {
+  for (int o = 16; o > 0; o >>= 1) v = tf_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// The first maximum: a larger value wins, equal values keep the lower index. i is 0x7fffffff where a thread saw
+// nothing larger than -inf; the result is then 0, as a serial loop would leave it.
+__device__ __forceinline__ void tf_argmax_step(float& v, int& i, float ov, int oi) {
+  if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
+}
+__device__ __forceinline__ void tf_warp_argmax_pair(float& v, int& i) {
+  for (int o = 16; o > 0; o >>= 1) tf_argmax_step(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
+}
+__device__ __forceinline__ int tf_warp_argmax(float v, int i) {
+  tf_warp_argmax_pair(v, i);
+  return i == 0x7fffffff ? 0 : i;
+}
+
+// Block-wide: every thread gets the result. s: TF_WARPS + 1 elements of shared memory. The result slot is apart
+// from the partials, so the next reduction may start while slow threads still read this one.
+template <typename T> __device__ __forceinline__ T tf_block_sum(T v, T* s) {
+  v = tf_warp_sum(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) s[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = tf_warp_sum(lane < TF_WARPS ? s[lane] : (T)0);
+    if (lane == 0) s[TF_WARPS] = v;
+  }
+  __syncthreads();
+  return s[TF_WARPS];
+}
+template <typename T> __device__ __forceinline__ T tf_block_max(T v, T* s) {
+  v = tf_warp_max(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) s[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = tf_warp_max(lane < TF_WARPS ? s[lane] : tf_lowest(v));
+    if (lane == 0) s[TF_WARPS] = v;
+  }
+  __syncthreads();
+  return s[TF_WARPS];
+}
+__device__ __forceinline__ int tf_block_argmax(float v, int i, float* sv, int* si) {
+  tf_warp_argmax_pair(v, i);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) { sv[warp] = v; si[warp] = i; }
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < TF_WARPS ? sv[lane] : -TF_INF;
+    i = lane < TF_WARPS ? si[lane] : 0x7fffffff;
+    tf_warp_argmax_pair(v, i);
+    if (lane == 0) si[TF_WARPS] = i == 0x7fffffff ? 0 : i;
+  }
+  __syncthreads();
+  return si[TF_WARPS];
+}
+#endif
+`;
+

@@ -1,0 +1,106 @@
+// Reductions in CUDA C, shared by the whole block (a cooperative reduction of the kernel IR) or by one warp (a
+// reduction inside a value computed one element per warp): each thread folds a strided share of the range into
+// a partial, then shuffles (and, for a block, shared memory) combine the partials; every taking part thread ends
+// with the result. A sum that streams contiguous float data first runs a vector loop, eight elements per thread
+// and step read with 16-byte loads, then a scalar loop for the tail (or for everything when misaligned).
+
+import { DType } from '../../ir/dtype.ts';
+import { ivar, KBuffer, KExpr, ReduceOp, Scalar } from '../kernel-ir.ts';
+import { Dialect, ExprPrinter } from '../render-base.ts';
+import { contiguousLoads, replaceLoads, VECTOR_WIDTH } from './vector-loads.ts';
+
+/** Who takes part in a reduction: their index, how many, and how partials combine. */
+export interface Scope {
+  readonly lane: string;
+  readonly size: string;
+  combine(op: ReduceOp, t: Scalar, part: string, best: string): string;
+}
+
+export const blockScope: Scope = {
+  lane: 'tf_tid',
+  size: 'TF_BLOCK',
+  combine: (op, t, part, best) => (op === 'argmax' ? `tf_block_argmax(${best}, ${part}, tf_rf, tf_ri)`
+    : `tf_block_${op}(${part}, ${t === 'f32' ? 'tf_rf' : 'tf_ri'})`),
+};
+
+export const warpScope: Scope = {
+  lane: 'tf_lane',
+  size: '32',
+  combine: (op, _t, part, best) => (op === 'argmax' ? `tf_warp_argmax(${best}, ${part})` : `tf_warp_${op}(${part})`),
+};
+
+/** Declares `acc` (const) holding the reduction of `body` over `v` in [0, n) by every thread of `scope`. */
+export function renderReduction(
+  acc: string, op: ReduceOp, v: string, n: string, body: KExpr, t: Scalar,
+  p: ExprPrinter, scope: Scope, out: string[], indent: string,
+): void {
+  const d: Dialect = p.d;
+  const inner = indent + '  ';
+  const part = `${acc}_part`;
+  const best = `${acc}_best`;
+  if (op === 'argmax') {
+    out.push(`${indent}float ${best} = ${d.negInfinity};`);
+    out.push(`${indent}int ${part} = 0x7fffffff;`);
+  } else {
+    out.push(`${indent}${d.varDecl(part, t, op === 'sum' ? d.literal(0, t) : `tf_lowest((${d.type[t]})0)`)}`);
+  }
+  const fold = (x: string, at: string) => {
+    if (op === 'sum') out.push(`${at}${part} += ${x};`);
+    else if (op === 'max') out.push(`${at}${part} = tf_max(${part}, ${x});`);
+    else out.push(`${at}if (${x} > ${best}) { ${best} = ${x}; ${part} = ${v}; }`);
+  };
+  const from = op === 'sum' && t === 'f32' ? vectorLoop(acc, v, n, body, p, scope, fold, out, indent) : undefined;
+  out.push(`${indent}for (int ${v} = ${from ? `${from} + ` : ''}${scope.lane}; ${v} < ${n}; ${v} += ${scope.size}) {`);
+  fold(p.expr(body, out, inner), inner);
+  out.push(`${indent}}`);
+  out.push(`${indent}const ${d.type[t]} ${acc} = ${scope.combine(op, t, part, best)};`);
+}
+
+/**
+ * The vector part of a sum whose body reads contiguous float streams; returns the variable holding where the
+ * scalar loop starts, or undefined when there is no stream to vectorize.
+ */
+function vectorLoop(
+  acc: string, v: string, n: string, body: KExpr, p: ExprPrinter, scope: Scope,
+  fold: (x: string, at: string) => void, out: string[], indent: string,
+): string | undefined {
+  const streams = contiguousLoads(body, v, p.buffers as readonly KBuffer[]);
+  if (streams.length === 0) return undefined;
+  const w = VECTOR_WIDTH;
+  const [from, kv, j, nv] = [`${acc}_from`, `${acc}_kv`, `${acc}_j`, `${acc}_nv`];
+  const l1 = indent + '  ';
+  const l2 = l1 + '  ';
+  const l3 = l2 + '  ';
+  const l4 = l3 + '  ';
+  out.push(`${indent}int ${from} = 0;`);
+  out.push(`${indent}{`);
+  const bases = streams.map((c, i) => {
+    const name = `${acc}_vb${i}`;
+    out.push(`${l1}const int ${name} = ${p.expr(c.base, out, l1)};`);
+    return name;
+  });
+  // Every stream's start must be 16-byte aligned (the allocations are); the base is the same in every thread.
+  out.push(`${l1}if (((${bases.join(' | ')}) & ${w - 1}) == 0) {`);
+  out.push(`${l2}const int ${nv} = ${n} / ${w};`);
+  out.push(`${l2}#pragma unroll 4`);
+  out.push(`${l2}for (int ${kv} = ${scope.lane}; ${kv} < ${nv}; ${kv} += ${scope.size}) {`);
+  const replaced = new Map<string, KExpr>();
+  streams.forEach((c, i) => {
+    const arr = `${acc}_w${i}`;
+    const ld = c.dtype === DType.F32 ? 'tf_ld8_f32' : c.dtype === DType.BF16 ? 'tf_ld8_bf16' : 'tf_ld8_f16';
+    out.push(`${l3}float ${arr}[${w}];`);
+    out.push(`${l3}${ld}(b${c.load.buf} + ${bases[i]} + ${kv} * ${w}, ${arr});`);
+    replaced.set(c.key, { k: 'elem', array: arr, index: ivar(j), t: 'f32' });
+  });
+  out.push(`${l3}#pragma unroll`);
+  out.push(`${l3}for (int ${j} = 0; ${j} < ${w}; ${j}++) {`);
+  out.push(`${l4}const int ${v} = ${kv} * ${w} + ${j};`);
+  out.push(`${l4}(void)${v};`);
+  fold(p.expr(replaceLoads(body, replaced), out, l4), l4);
+  out.push(`${l3}}`);
+  out.push(`${l2}}`);
+  out.push(`${l2}${from} = ${nv} * ${w};`);
+  out.push(`${l1}}`);
+  out.push(`${indent}}`);
+  return from;
+}

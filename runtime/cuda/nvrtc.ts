@@ -1,0 +1,136 @@
+// Compiling CUDA C at run time with NVRTC (through koffi), for the device's own architecture, with the results
+// cached on disk by a hash of source, options and architecture: a second run compiles nothing and does not even
+// load NVRTC.
+
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import koffi from 'koffi';
+import { loadFirst } from './driver.ts';
+import { CudaCompileError, CudaUnavailableError } from './errors.ts';
+
+export interface CompiledImage {
+  /** A cubin, or NUL-terminated PTX when NVRTC does not know the device's architecture. */
+  readonly image: Uint8Array;
+  readonly kind: 'cubin' | 'ptx';
+  /** Read from the disk cache, not compiled now. */
+  readonly cached: boolean;
+  readonly file: string;
+}
+
+const NVRTC_ERROR_INVALID_OPTION = 5;
+
+export const defaultCacheDir = (): string => process.env.TSFUSE_CACHE_DIR
+  ?? path.join(fileURLToPath(new URL('../../', import.meta.url)), '.cache', 'tsfuse', 'cuda');
+
+/** Where libnvrtc may be: TSFUSE_LIBNVRTC alone when set, else versioned names and the usual CUDA folders. */
+export function nvrtcCandidates(): string[] {
+  if (process.env.TSFUSE_LIBNVRTC) return [process.env.TSFUSE_LIBNVRTC];
+  const names = ['libnvrtc.so', 'libnvrtc.so.13', 'libnvrtc.so.12', 'libnvrtc.so.11.2'];
+  const dirs = [process.env.CUDA_HOME, process.env.CUDA_PATH, '/usr/local/cuda']
+    .filter((d): d is string => !!d)
+    .flatMap((d) => [path.join(d, 'lib64'), path.join(d, 'targets/x86_64-linux/lib'), path.join(d, 'targets/sbsa-linux/lib')]);
+  return [
+    ...names,
+    ...dirs.flatMap((d) => names.map((n) => path.join(d, n))).filter((f) => fs.existsSync(f)),
+  ];
+}
+
+type Fn = (...args: unknown[]) => number;
+/** Bindings by the candidate list they were loaded from (tests point TSFUSE_LIBNVRTC elsewhere). */
+const apis = new Map<string, ReturnType<typeof bind>>();
+
+function bind(lib: koffi.IKoffiLib) {
+  const f = (proto: string) => lib.func(proto) as unknown as Fn;
+  return {
+    nvrtcVersion: f('int nvrtcVersion(_Out_ int *major, _Out_ int *minor)'),
+    nvrtcGetErrorString: lib.func('const char *nvrtcGetErrorString(int result)') as unknown as (r: number) => string,
+    nvrtcCreateProgram: f('int nvrtcCreateProgram(_Out_ void **prog, const char *src, const char *name, int numHeaders, void *headers, void *includeNames)'),
+    nvrtcCompileProgram: f('int nvrtcCompileProgram(void *prog, int numOptions, const char **options)'),
+    nvrtcGetProgramLogSize: f('int nvrtcGetProgramLogSize(void *prog, _Out_ size_t *size)'),
+    nvrtcGetProgramLog: f('int nvrtcGetProgramLog(void *prog, void *log)'),
+    nvrtcGetCUBINSize: f('int nvrtcGetCUBINSize(void *prog, _Out_ size_t *size)'),
+    nvrtcGetCUBIN: f('int nvrtcGetCUBIN(void *prog, void *cubin)'),
+    nvrtcGetPTXSize: f('int nvrtcGetPTXSize(void *prog, _Out_ size_t *size)'),
+    nvrtcGetPTX: f('int nvrtcGetPTX(void *prog, void *ptx)'),
+    nvrtcDestroyProgram: f('int nvrtcDestroyProgram(_Inout_ void **prog)'),
+  };
+}
+
+function nvrtc(): ReturnType<typeof bind> {
+  const candidates = nvrtcCandidates();
+  const key = candidates.join('\n');
+  let api = apis.get(key);
+  if (!api) {
+    const lib = loadFirst(candidates, 'NVRTC, the CUDA runtime compiler (set TSFUSE_LIBNVRTC to its path)');
+    try {
+      api = bind(lib);
+    } catch (e) {
+      throw new CudaUnavailableError(`NVRTC is not usable: ${(e as Error).message}`);
+    }
+    apis.set(key, api);
+  }
+  return api;
+}
+
+/** Options every compilation gets, besides the architecture. */
+const baseOptions = ['--std=c++17'];
+
+/** The name a compiled image has in the cache: a hash of what decides its contents. */
+export function cacheKey(source: string, cc: number): string {
+  return crypto.createHash('sha256').update(`${source}\0${baseOptions.join(' ')}\0sm_${cc}`).digest('hex');
+}
+
+/** The cubin (or PTX) of `source` for compute capability `cc` (e.g. 90), from the cache when it is there. */
+export function compileCuda(source: string, cc: number, name = 'tsfuse.cu', cacheDir = defaultCacheDir()): CompiledImage {
+  const key = cacheKey(source, cc);
+  for (const kind of ['cubin', 'ptx'] as const) {
+    const file = path.join(cacheDir, `${key}.${kind}`);
+    if (fs.existsSync(file)) return { image: new Uint8Array(fs.readFileSync(file)), kind, cached: true, file };
+  }
+  let result = compileWith(source, name, `--gpu-architecture=sm_${cc}`, 'cubin');
+  // An NVRTC older than the device knows no sm_XY for it: PTX for the virtual architecture, which the driver JITs.
+  if (result.code === NVRTC_ERROR_INVALID_OPTION) result = compileWith(source, name, `--gpu-architecture=compute_${cc}`, 'ptx');
+  if (!result.image) {
+    throw new CudaCompileError(`NVRTC could not compile ${name} for sm_${cc}: ${nvrtc().nvrtcGetErrorString(result.code)}\n${result.log}`);
+  }
+  const file = path.join(cacheDir, `${key}.${result.kind}`);
+  fs.mkdirSync(cacheDir, { recursive: true });
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, result.image);
+  fs.renameSync(tmp, file);
+  return { image: result.image, kind: result.kind, cached: false, file };
+}
+
+function compileWith(source: string, name: string, arch: string, kind: 'cubin' | 'ptx') {
+  const n = nvrtc();
+  const prog = [null];
+  const check = (call: string, r: number) => {
+    if (r !== 0) throw new CudaCompileError(`${call} failed: ${n.nvrtcGetErrorString(r)}`);
+  };
+  check('nvrtcCreateProgram', n.nvrtcCreateProgram(prog, source, name, 0, null, null));
+  try {
+    const options = [arch, ...baseOptions];
+    const code = n.nvrtcCompileProgram(prog[0], options.length, options);
+    const logSize = [0];
+    check('nvrtcGetProgramLogSize', n.nvrtcGetProgramLogSize(prog[0], logSize));
+    const logBytes = new Uint8Array(Math.max(logSize[0], 1));
+    check('nvrtcGetProgramLog', n.nvrtcGetProgramLog(prog[0], logBytes));
+    const log = new TextDecoder().decode(logBytes.subarray(0, Math.max(0, logBytes.indexOf(0)))).trim();
+    if (code !== 0) return { code, log, kind, image: undefined };
+    const size = [0];
+    const image = (getSize: Fn, get: Fn, call: string) => {
+      check(`${call}Size`, getSize(prog[0], size));
+      const bytes = new Uint8Array(size[0]);
+      check(call, get(prog[0], bytes));
+      return bytes;
+    };
+    return {
+      code, log, kind,
+      image: kind === 'cubin' ? image(n.nvrtcGetCUBINSize, n.nvrtcGetCUBIN, 'nvrtcGetCUBIN') : image(n.nvrtcGetPTXSize, n.nvrtcGetPTX, 'nvrtcGetPTX'),
+    };
+  } finally {
+    n.nvrtcDestroyProgram(prog);
+  }
+}

@@ -1,0 +1,209 @@
+// Runs CUDA C kernels on the CPU for tests (force-included by the fake NVRTC in fake-cuda.cpp): a block's threads
+// are fibers on one OS thread, switched at __syncthreads and at warp shuffles, so the generated code runs as
+// written, barriers and all. A barrier some threads never reach (a shuffle in divergent code, a __syncthreads
+// skipped by part of the block) is reported as a deadlock instead of hanging. x86-64 only.
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <sys/mman.h>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+struct uint4 { unsigned x, y, z, w; };
+struct float4 { float x, y, z, w; };
+
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+template <typename T> inline T __ldg(const T* p) { return *p; }
+
+namespace tf_fake {
+
+struct Dim3 { unsigned x = 0, y = 0, z = 0; };
+enum State { Runnable, WaitWarp, WaitBlock, Done };
+struct Fiber {
+  void* sp = nullptr;
+  State state = Done;
+  Dim3 idx;
+};
+
+constexpr size_t kStack = 256 * 1024;
+constexpr unsigned kMaxThreads = 1024;
+
+inline Dim3 block_idx, grid_dim, block_dim;
+inline Fiber fibers[kMaxThreads];
+inline Fiber* current = nullptr;
+inline void* scheduler_sp = nullptr;
+inline char* stacks = nullptr;
+inline uint64_t slots[kMaxThreads];
+inline std::function<void()> body;
+inline std::vector<unsigned char> dynamic_shared;
+
+inline unsigned char* dynamic_smem() { return dynamic_shared.data(); }
+
+}  // namespace tf_fake
+
+extern "C" void tf_fake_swap(void** save, void* load);
+extern "C" void tf_fake_trampoline();
+
+// Saves the callee-saved registers and the stack pointer into *save, and resumes the context at load.
+asm(R"(
+  .text
+  .hidden tf_fake_swap
+  .globl tf_fake_swap
+  .type tf_fake_swap, @function
+tf_fake_swap:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+)");
+
+extern "C" void tf_fake_trampoline() {
+  tf_fake::body();
+  tf_fake::current->state = tf_fake::Done;
+  tf_fake_swap(&tf_fake::current->sp, tf_fake::scheduler_sp);
+  std::abort();  // a finished fiber is never resumed
+}
+
+#define threadIdx (tf_fake::current->idx)
+#define blockIdx (tf_fake::block_idx)
+#define gridDim (tf_fake::grid_dim)
+#define blockDim (tf_fake::block_dim)
+
+namespace tf_fake {
+
+inline void yield_as(State s) {
+  current->state = s;
+  tf_fake_swap(&current->sp, scheduler_sp);
+}
+
+inline void start(Fiber& f, unsigned t) {
+  if (!stacks) {
+    stacks = static_cast<char*>(mmap(nullptr, kStack * kMaxThreads, PROT_READ | PROT_WRITE,
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+    if (stacks == MAP_FAILED) { std::fprintf(stderr, "tf_fake: cannot map fiber stacks\n"); std::abort(); }
+  }
+  auto top = reinterpret_cast<uintptr_t>(stacks + kStack * (t + 1)) & ~uintptr_t(15);
+  void** sp = reinterpret_cast<void**>(top);
+  *--sp = nullptr;                                       // keeps the ABI's entry alignment
+  *--sp = reinterpret_cast<void*>(&tf_fake_trampoline);  // where the first switch "returns"
+  for (int r = 0; r < 6; r++) *--sp = nullptr;           // rbp rbx r12 r13 r14 r15
+  f.sp = sp;
+  f.state = Runnable;
+  f.idx = {t, 0, 0};
+}
+
+inline const char* name(State s) {
+  return s == Runnable ? "runnable" : s == WaitWarp ? "at a warp shuffle" : s == WaitBlock ? "at __syncthreads" : "done";
+}
+
+inline void deadlock(unsigned n) {
+  std::fprintf(stderr, "tf_fake: deadlock in block %u:", block_idx.x);
+  for (unsigned t = 0; t < n; t++) {
+    if (t == 0 || fibers[t].state != fibers[t - 1].state) std::fprintf(stderr, " thread %u.. %s;", t, name(fibers[t].state));
+  }
+  std::fprintf(stderr, "\n");
+  std::abort();
+}
+
+inline void run_block(unsigned n) {
+  for (unsigned t = 0; t < n; t++) start(fibers[t], t);
+  for (;;) {
+    for (unsigned t = 0; t < n; t++) {
+      if (fibers[t].state != Runnable) continue;
+      current = &fibers[t];
+      tf_fake_swap(&scheduler_sp, fibers[t].sp);
+    }
+    bool done = true, block_ready = true, any_block = false, released = false;
+    for (unsigned t = 0; t < n; t++) {
+      done = done && fibers[t].state == Done;
+      any_block = any_block || fibers[t].state == WaitBlock;
+      block_ready = block_ready && (fibers[t].state == WaitBlock || fibers[t].state == Done);
+    }
+    if (done) return;
+    // A warp's shuffle goes on when all 32 of its lanes are at one.
+    for (unsigned w = 0; w * 32 < n; w++) {
+      bool all = true;
+      for (unsigned t = w * 32; t < w * 32 + 32 && t < n; t++) all = all && fibers[t].state == WaitWarp;
+      if (!all) continue;
+      for (unsigned t = w * 32; t < w * 32 + 32 && t < n; t++) fibers[t].state = Runnable;
+      released = true;
+    }
+    // __syncthreads goes on when every thread is at it or has exited.
+    if (!released && any_block && block_ready) {
+      for (unsigned t = 0; t < n; t++) if (fibers[t].state == WaitBlock) fibers[t].state = Runnable;
+      released = true;
+    }
+    if (!released) deadlock(n);
+  }
+}
+
+inline void run_grid(std::function<void()> kernel, unsigned grid, unsigned block, unsigned shared) {
+  if (block == 0 || block > kMaxThreads || block % 32 != 0) {
+    std::fprintf(stderr, "tf_fake: block of %u threads\n", block);
+    std::abort();
+  }
+  body = std::move(kernel);
+  grid_dim = {grid, 1, 1};
+  block_dim = {block, 1, 1};
+  dynamic_shared.assign(shared + 16, 0xcd);
+  for (unsigned b = 0; b < grid; b++) {
+    block_idx = {b, 0, 0};
+    run_block(block);
+  }
+}
+
+template <typename... A, size_t... I>
+void call_with(void (*f)(A...), void** p, std::index_sequence<I...>) {
+  f(*reinterpret_cast<std::remove_cv_t<A>*>(p[I])...);
+}
+
+template <typename... A>
+void call(void (*f)(A...), void** p) {
+  call_with(f, p, std::index_sequence_for<A...>{});
+}
+
+}  // namespace tf_fake
+
+inline void __syncthreads() { tf_fake::yield_as(tf_fake::WaitBlock); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+  static_assert(sizeof(T) <= 8, "shuffle of a wide type");
+  const unsigned t = threadIdx.x;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  tf_fake::slots[t] = bits;
+  tf_fake::yield_as(tf_fake::WaitWarp);
+  const uint64_t other = tf_fake::slots[(t & ~31u) | ((t & 31u) ^ static_cast<unsigned>(lane_mask))];
+  T r;
+  std::memcpy(&r, &other, sizeof(T));
+  // Nobody overwrites a slot until every lane has read its partner's.
+  tf_fake::yield_as(tf_fake::WaitWarp);
+  return r;
+}
