@@ -16,7 +16,8 @@ import { printGraph } from '../../ir/printer.ts';
 import { formatShape } from '../../ir/shape.ts';
 import { CpuExecutor } from '../../runtime/cpu.ts';
 import { HostTensor, hostTensor } from '../../runtime/host-tensor.ts';
-import { randomGraph, RandomCase, Rng } from './random-graph.ts';
+import { randomGraph, RandomCase } from './random-graph.ts';
+import { Rng } from './rng.ts';
 import { arange, concat, param, Tensor, trace, where } from '../../compiler/index.ts';
 
 /**

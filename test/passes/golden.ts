@@ -21,7 +21,7 @@ import { printGraph } from '../../ir/printer.ts';
 import { resolveShape } from '../../ir/shape.ts';
 import { verifyGraph } from '../../ir/verify.ts';
 import { HostTensor, hostTensor } from '../../runtime/host-tensor.ts';
-import { Rng } from '../backends/random-graph.ts';
+import { Rng } from '../backends/rng.ts';
 
 export const goldenRoot = fileURLToPath(new URL('../golden/', import.meta.url));
 const update = process.env.UPDATE_GOLDEN === '1';
