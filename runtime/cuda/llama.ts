@@ -13,7 +13,7 @@ import { DType } from '../../ir/dtype.ts';
 import { HostTensor } from '../host-tensor.ts';
 import { checkTokens, LoadedLlama } from '../llama.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from './driver.ts';
-import { CudaProgram } from './program.ts';
+import { CudaProgram, KernelProfile } from './program.ts';
 
 export interface Sampling {
   /** 0 (the default) is greedy. */
@@ -178,6 +178,13 @@ export class CudaLlama {
       this.cuda.destroyEvent(start);
       this.cuda.destroyEvent(end);
     }
+  }
+
+  /** Each decode kernel's device time (launched one by one, at position `startPos`), for finding the slow ones. */
+  profileDecode(startPos = 0): KernelProfile[] {
+    this.checkFits(startPos + 1);
+    this.writeInputs([0], startPos);
+    return this.program.profile('decode');
   }
 
   /** Kernels per decode step: the graph's and the next-token kernel. */

@@ -27,6 +27,16 @@ export interface CudaProgramOptions {
   readonly cacheDir?: string;
 }
 
+export interface KernelProfile {
+  readonly kernel: string;
+  readonly rows: number;
+  readonly ms: number;
+  /** Bytes of the buffers it reads and writes (each counted once: an upper bound on what it must move). */
+  readonly bytes: number;
+  /** The last node it fuses, to tell kernels apart. */
+  readonly last: string;
+}
+
 interface DeviceKernel {
   readonly ir: KernelIR;
   readonly fn: Handle;
@@ -129,6 +139,38 @@ export class CudaProgram {
       const rows = evalSize(k.ir.rows, sizes);
       if (rows > 0) this.cuda.launch(k.fn, Math.min(rows, MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes);
     });
+  }
+
+  /**
+   * Device time of each kernel of one run of `graph`, from events around every launch (which adds gaps, so the
+   * sum exceeds a captured step), with the bytes its buffers hold: what a kernel-by-kernel profile reports.
+   */
+  profile(graph: string, sizes: Readonly<Record<string, number>> = {}): KernelProfile[] {
+    const kernels = this.kernels.get(graph);
+    if (!kernels) throw new Error(`no compiled graph @${graph}`);
+    const args = this.argsFor(graph, kernels, sizes);
+    const events = kernels.map(() => [this.cuda.event(), this.cuda.event()]);
+    try {
+      kernels.forEach((k, i) => {
+        const rows = evalSize(k.ir.rows, sizes);
+        this.cuda.record(events[i][0]);
+        if (rows > 0) this.cuda.launch(k.fn, Math.min(rows, MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes);
+        this.cuda.record(events[i][1]);
+      });
+      this.cuda.synchronize();
+      return kernels.map((k, i) => ({
+        kernel: k.ir.name,
+        rows: evalSize(k.ir.rows, sizes),
+        ms: this.cuda.elapsed(events[i][0], events[i][1]),
+        bytes: k.ir.buffers.reduce((n, b) => n + byteSize(b.dtype, evalSize(b.elems, sizes)), 0),
+        last: k.ir.fused[k.ir.fused.length - 1] ?? '',
+      }));
+    } finally {
+      for (const [a, b] of events) {
+        this.cuda.destroyEvent(a);
+        this.cuda.destroyEvent(b);
+      }
+    }
   }
 
   /** Kernel arguments for one size binding, laid out once: buffer pointers, then the sizes the kernel reads. */

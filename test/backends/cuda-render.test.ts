@@ -18,6 +18,8 @@ import { traceLlama } from '../../examples/llama.ts';
 import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
 import { loadLlama } from '../../runtime/llama.ts';
+import { CudaUnavailableError } from '../../runtime/cuda/errors.ts';
+import { compileCuda } from '../../runtime/cuda/nvrtc.ts';
 import { randomGraph } from './random-graph.ts';
 
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
@@ -231,6 +233,26 @@ test(`nvcc -arch=sm_90 compiles every rendered module and the next-token kernel$
   }));
   if (failures.length === 0) fs.rmSync(dir, { recursive: true });
   assert.equal(failures, [], `sources kept in ${dir}`);
+});
+
+// NVRTC runs without a GPU: where a libnvrtc loads, every module goes through it as the runtime sends it.
+test('NVRTC compiles every rendered module for sm_90, as the runtime does (skipped where no libnvrtc loads)', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-nvrtc-'));
+  try {
+    const sources = [
+      ...units.filter((u) => !u.name.startsWith('random')),
+      { name: 'random', source: units.filter((u) => u.name.startsWith('random')).slice(0, 40).map((u) => u.source).join('\n') },
+      { name: 'next-token', source: `${cudaPrelude}\n${nextTokenCuda}` },
+    ];
+    for (const u of sources) {
+      const image = compileCuda(u.source, 90, `${u.name}.cu`, dir);
+      assert.ok(image.image.length > 0 && !image.cached, u.name);
+    }
+  } catch (e) {
+    if (!(e instanceof CudaUnavailableError)) throw e;
+  } finally {
+    fs.rmSync(dir, { recursive: true });
+  }
 });
 
 test.run();

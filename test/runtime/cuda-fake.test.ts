@@ -178,6 +178,9 @@ s('a second session compiles nothing; sampling is seeded and repeatable; steps c
     assert.is(timed.kernelsPerStep, llama.decodeKernels());
     assert.ok(Number.isFinite(timed.msPerToken) && timed.msPerToken > 0);
     assert.throws(() => llama.decodeStepsTimed(gold.ids.length + 32), /do not fit a KV cache/);
+    const profile = llama.profileDecode();
+    assert.is(profile.length, llama.decodeKernels() - 1);
+    assert.ok(profile.every((k) => k.ms >= 0 && k.bytes > 0 && k.rows > 0 && k.last.startsWith('%')));
   } finally {
     llama.destroy();
   }
