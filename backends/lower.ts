@@ -47,14 +47,24 @@ export function lowerGraph(g: Graph, slotOf: ReadonlyMap<Value, number>): Kernel
   return g.kernels.map((k) => new KernelLowering(g, k, slotOf).lower());
 }
 
-/** Outputs per row of a contraction: up to 8 (a GPU runs one per warp), dividing the last dimension. */
+/**
+ * Outputs per row of a contraction: 8 (a GPU runs one per warp) dividing the last dimension; fewer for narrow
+ * outputs, so that there are enough rows to occupy the device; more, up to 64, for very wide outputs (the LM head),
+ * where 8 per row would recompute the shared prologue row too many times.
+ */
 export const OUTPUT_TILE = 8;
+const MIN_OUTPUT_TILE = 2;
+const MAX_OUTPUT_TILE = 64;
+const ENOUGH_ROWS = 1024;
 
 function outputTile(domain: Shape): number {
   const n = domain[domain.length - 1];
   if (typeof n !== 'number') return 1;
-  for (let t = OUTPUT_TILE; t > 1; t /= 2) if (n % t === 0) return t;
-  return 1;
+  let t = OUTPUT_TILE;
+  while (n % t !== 0) t /= 2;
+  while (t > MIN_OUTPUT_TILE && n % (t / 2) === 0 && n / t < ENOUGH_ROWS) t /= 2;
+  while (t < MAX_OUTPUT_TILE && n % (2 * t) === 0 && n / (2 * t) >= ENOUGH_ROWS) t *= 2;
+  return t;
 }
 
 class KernelLowering {
@@ -130,7 +140,9 @@ class KernelLowering {
     }
     // Every value the kernel writes must be indexable by (row, local) of this split; else run it as one row.
     const rows = domain.slice(0, rowRank);
+    // (A reduction's result without keepdims is just the row part: one element per row.)
     const fits = writes.every((v) => v.producer!.op === Op.UpdateSlice ||
+      (v.type.shape.length === rowRank && rows.every((d, i) => v.type.shape[i] === d)) ||
       (v.type.shape.length === domain.length && rows.every((d, i) => v.type.shape[i] === d) &&
         v.type.shape.slice(rowRank).every((d, i) => d === domain[rowRank + i] || d === 1)));
     return fits ? { domain, rowRank } : { domain: [], rowRank: 0 };
@@ -226,6 +238,21 @@ class KernelLowering {
     return out;
   }
 
+  /**
+   * The input index of a reshape. Inserting or dropping size-1 dimensions maps indices one to one; anything else
+   * goes through the linear index (division and remainder, which also hides contiguity from the renderers).
+   */
+  private reshapeIndex(idx: KExpr[], outShape: Shape, inShape: Shape): KExpr[] {
+    const outDims = outShape.map((d, i) => [d, i] as const).filter(([d]) => d !== 1);
+    const inDims = inShape.map((d, i) => [d, i] as const).filter(([d]) => d !== 1);
+    if (outDims.length === inDims.length && outDims.every(([d], i) => d === inDims[i][0])) {
+      const inIdx = inShape.map(() => int(0));
+      inDims.forEach(([, at], i) => { inIdx[at] = idx[outDims[i][1]]; });
+      return inIdx;
+    }
+    return this.delinear(this.linear(idx, outShape), inShape);
+  }
+
   /** Index of an operand broadcast to `outShape` (numpy rules: leading dims dropped, size-1 dims pinned to 0). */
   private broadcastIndex(idx: KExpr[], shape: Shape): KExpr[] {
     const lead = idx.length - shape.length;
@@ -270,7 +297,7 @@ class KernelLowering {
       // The literal as its dtype holds it (0.1 as the f32 nearest 0.1, 2.7 as the i32 2), as the reference has it.
       case Op.Const: return { k: 'const', value: rounderFor(v.type.dtype)(n.attrs.value as number), t };
       case Op.Arange: return t === 'i32' ? idx[0] : { k: 'cast', a: idx[0], t };
-      case Op.Reshape: return this.expr(n.inputs[0], this.delinear(this.linear(idx, v.type.shape), n.inputs[0].type.shape));
+      case Op.Reshape: return this.expr(n.inputs[0], this.reshapeIndex(idx, v.type.shape, n.inputs[0].type.shape));
       case Op.Permute: {
         const perm = n.attrs.perm as number[];
         const inIdx: KExpr[] = new Array(perm.length);

@@ -111,7 +111,7 @@ async function printProfile(program: import('../runtime/webgpu/program.ts').WebG
   console.log('decode step, GPU time by kernel kind (one pass per kernel):');
   for (const [kind, k] of byKind) console.log(`  ${kind.padEnd(12)} ${String(k.n).padStart(4)} kernels ${k.us.toFixed(1).padStart(9)} us`);
   console.log(`  layer 1: ${rows.slice(6, 12).map((r) => `${r.name} ${r.kind} ${r.us.toFixed(1)}us`).join(', ')}`);
-  console.log(`  last: ${rows.slice(-2).map((r) => `${r.name} ${r.kind} ${r.us.toFixed(1)}us`).join(', ')}`);
+  console.log(`  last: ${rows.slice(-4).map((r) => `${r.name} ${r.kind} ${r.us.toFixed(1)}us`).join(', ')}`);
 }
 
 async function main(): Promise<void> {

@@ -9,6 +9,8 @@ import { KBuffer, KernelIR, KExpr, KStmt, ROW, Scalar, varsOf } from '../kernel-
 import { cLike, Dialect, ExprPrinter } from '../render-base.ts';
 
 export const WORKGROUP_SIZE = 256;
+/** 16-byte weight loads each lane issues before using any. */
+const UNROLL = 8;
 /** WGSL rejects infinities in constant expressions; the largest finite f32 masks as well in softmax and max. */
 const NEG_INF = '-3.402823e+38';
 
@@ -122,17 +124,22 @@ function subgroupStore(s: KStmt): s is Store {
  */
 export function renderWgsl(k: KernelIR, opts: WgslOptions = {}): RenderedWgsl {
   const layouts = opts.layouts ?? k.buffers.map(() => ({ chunks: 1, chunkWords: 0 }));
-  const useSubgroups = (opts.subgroups ?? false) && k.body.some(subgroupStore);
-  const vectorized = new Map<Reduce, VectorLoad>();
-  if (useSubgroups) {
-    for (const s of k.body) {
-      if (!subgroupStore(s)) continue;
-      for (const r of topReductions(s.value)) {
-        const v = vectorLoad(r, k.buffers);
-        if (v && layouts[v.buf].chunks === 1) vectorized.set(r, v);
-      }
-    }
-  }
+  const useSubgroups = (opts.subgroups ?? false) && k.body.some((s) => subgroupStore(s) || (s.k === 'coop' && s.op === 'sum') || (s.k === 'array' && s.value.k === 'reduce'));
+  const vectorized = planVectorized(k, layouts, useSubgroups);
+  // Shared arrays read four elements at a time are declared as vec4s.
+  const vec4Arrays = new Set([...vectorized.values()].flatMap((v) => (v.a?.kind === 'elem' ? [v.a.array] : [])));
+  const dialect: Dialect = {
+    ...wgslDialect,
+    elem: (array, index) => (vec4Arrays.has(array) ? `${array}[(${index}) >> 2u][(${index}) & 3]` : `${array}[${index}]`),
+  };
+  // The body first: it decides which buffers are also read as vec4s, which the declarations then bind.
+  const p = new ExprPrinter(dialect, k.buffers);
+  const vec4 = new Set([...vectorized.values()].flatMap((v) => [v.buf, ...(v.a?.kind === 'load' ? [v.a.buf] : [])]));
+  const ctx: RowContext = { p, vectorized, buffers: k.buffers, layouts, subgroups: useSubgroups, vec4, vec4Arrays };
+  const body: string[] = [];
+  for (const s of k.sizes) body.push(`  let ${s} = sizes.${s};`);
+  for (const s of k.body) renderStmt(s, ctx, body, '  ');
+
   const out: string[] = [];
   const bindings: WgslBinding[] = [];
   if (useSubgroups) out.push('enable subgroups;', 'diagnostic(off, subgroup_uniformity);');
@@ -145,7 +152,7 @@ export function renderWgsl(k: KernelIR, opts: WgslOptions = {}): RenderedWgsl {
       bindings.push({ kind: 'chunk', buffer: i, chunk: c });
     }
   });
-  for (const buf of new Set([...vectorized.values()].map((v) => v.buf))) {
+  for (const buf of ctx.vec4) {
     const t = k.buffers[buf].dtype === DType.F32 ? 'vec4<f32>' : 'vec4<u32>';
     out.push(`@group(0) @binding(${bindings.length}) var<storage, read> b${buf}_v4: array<${t}>;`);
     bindings.push({ kind: 'vec4', buffer: buf });
@@ -156,12 +163,11 @@ export function renderWgsl(k: KernelIR, opts: WgslOptions = {}): RenderedWgsl {
   k.buffers.forEach((b, i) => out.push(...accessors(i, b, layouts[i])));
 
   const arrays = k.body.filter((s): s is Extract<KStmt, { k: 'array' }> => s.k === 'array');
-  for (const a of arrays) out.push(`var<workgroup> ${a.name}: array<f32, ${a.n}>;`);
+  for (const a of arrays) {
+    out.push(vec4Arrays.has(a.name) ? `var<workgroup> ${a.name}: array<vec4<f32>, ${a.n / 4}>;` : `var<workgroup> ${a.name}: array<f32, ${a.n}>;`);
+  }
   out.push(`var<workgroup> red_f: array<f32, ${WORKGROUP_SIZE}>;`);
   out.push(`var<workgroup> red_i: array<i32, ${WORKGROUP_SIZE}>;`);
-
-  const p = new ExprPrinter(wgslDialect, k.buffers);
-  const ctx: RowContext = { p, vectorized, buffers: k.buffers, subgroups: useSubgroups };
   out.push('');
   out.push(`@compute @workgroup_size(${WORKGROUP_SIZE})`);
   const sg = useSubgroups ? ', @builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_size) sg_size: u32' : '';
@@ -172,8 +178,7 @@ export function renderWgsl(k: KernelIR, opts: WgslOptions = {}): RenderedWgsl {
   if (useSubgroups) {
     out.push('  let lane = i32(sg_lane);', '  let lanes = i32(sg_size);', '  let subgroup = lid / lanes;', `  let subgroups = ${WORKGROUP_SIZE} / lanes;`);
   }
-  for (const s of k.sizes) out.push(`  let ${s} = sizes.${s};`);
-  for (const s of k.body) renderStmt(s, ctx, out, '  ');
+  out.push(...body);
   out.push('}');
   return { code: out.join('\n') + '\n', bindings };
 }
@@ -182,7 +187,12 @@ interface RowContext {
   readonly p: ExprPrinter;
   readonly vectorized: Map<Reduce, VectorLoad>;
   readonly buffers: readonly KBuffer[];
+  readonly layouts: readonly BufferLayout[];
   readonly subgroups: boolean;
+  /** Buffers the body reads as vec4s. */
+  readonly vec4: Set<number>;
+  /** Row-local arrays declared as vec4s. */
+  readonly vec4Arrays: Set<string>;
 }
 
 /** A sum whose body is a product with buffer[base + v], base a multiple of the vector width. */
@@ -193,9 +203,11 @@ interface VectorLoad {
   readonly body: KExpr;
   /** Elements per 16-byte load. */
   readonly width: number;
+  /** The other factor when it is contiguous in the loop variable too: read as vec4<f32>s instead of per element. */
+  readonly a?: { readonly kind: 'load'; readonly buf: number; readonly base: KExpr } | { readonly kind: 'elem'; readonly array: string; readonly base: KExpr };
 }
 
-function vectorLoad(r: Reduce, buffers: readonly KBuffer[]): VectorLoad | undefined {
+function vectorLoad(r: Reduce, buffers: readonly KBuffer[], arrays: ReadonlyMap<string, number>): VectorLoad | undefined {
   const body = r.body;
   if (body.k !== 'binary' || body.op !== 'mul' || r.n.k !== 'const') return undefined;
   for (const [load, other, loadFirst] of [[body.b, body.a, false], [body.a, body.b, true]] as const) {
@@ -206,19 +218,49 @@ function vectorLoad(r: Reduce, buffers: readonly KBuffer[]): VectorLoad | undefi
     const base = offsetFrom(load.index, r.v);
     if (!base || !multipleOf(base, width)) continue;
     const wv: KExpr = { k: 'var', name: 'wv', t: 'f32' };
-    return { buf: load.buf, base, width, body: { ...body, a: loadFirst ? wv : other, b: loadFirst ? other : wv } };
+    const aBase = other.k === 'load' || other.k === 'elem' ? offsetFrom(other.index, r.v) : undefined;
+    let a: VectorLoad['a'];
+    if (aBase && multipleOf(aBase, 4)) {
+      if (other.k === 'load' && buffers[other.buf].dtype === DType.F32) a = { kind: 'load', buf: other.buf, base: aBase };
+      if (other.k === 'elem' && (arrays.get(other.array) ?? 1) % 4 === 0) a = { kind: 'elem', array: other.array, base: aBase };
+    }
+    return { buf: load.buf, base, width, a, body: { ...body, a: loadFirst ? wv : other, b: loadFirst ? other : wv } };
   }
   return undefined;
 }
 
-/** base when index = v + base (or base + v) and base does not read v. */
+/** The sums the renderer reads 16 bytes at a time: in stores of projections, and in array fills. */
+function planVectorized(k: KernelIR, layouts: readonly BufferLayout[], subgroups: boolean): Map<Reduce, VectorLoad> {
+  const arrays = new Map<string, number>();
+  for (const s of k.body) if (s.k === 'array') arrays.set(s.name, s.n);
+  const out = new Map<Reduce, VectorLoad>();
+  const consider = (r: Reduce) => {
+    const v = r.op === 'sum' ? vectorLoad(r, k.buffers, arrays) : undefined;
+    if (v && layouts[v.buf].chunks === 1 && (v.a?.kind !== 'load' || layouts[v.a.buf].chunks === 1)) out.set(r, v);
+  };
+  for (const s of k.body) {
+    if (subgroups && subgroupStore(s)) topReductions(s.value).forEach(consider);
+    if (s.k === 'array' && s.value.k === 'reduce') consider(s.value);
+  }
+  return out;
+}
+
+/** base when index = v + base, the sum's terms in any order and nesting, and base does not read v. */
 function offsetFrom(index: KExpr, v: string): KExpr | undefined {
-  if (index.k === 'var' && index.name === v) return { k: 'const', value: 0, t: 'i32' };
-  if (index.k !== 'binary' || index.op !== 'add') return undefined;
+  const terms: KExpr[] = [];
+  const collect = (e: KExpr) => {
+    if (e.k === 'binary' && e.op === 'add') {
+      collect(e.a);
+      collect(e.b);
+    } else {
+      terms.push(e);
+    }
+  };
+  collect(index);
   const isV = (e: KExpr) => e.k === 'var' && e.name === v;
-  if (isV(index.a) && !varsOf(index.b).has(v)) return index.b;
-  if (isV(index.b) && !varsOf(index.a).has(v)) return index.a;
-  return undefined;
+  const rest = terms.filter((e) => !isV(e));
+  if (terms.length - rest.length !== 1 || rest.some((e) => varsOf(e).has(v))) return undefined;
+  return rest.reduce<KExpr>((a, b) => ({ k: 'binary', op: 'add', a, b, t: 'i32' }), { k: 'const', value: 0, t: 'i32' });
 }
 
 function multipleOf(e: KExpr, m: number): boolean {
@@ -276,9 +318,24 @@ function renderStmt(s: KStmt, ctx: RowContext, out: string[], indent: string): v
       renderCoop(s, ctx, out, indent);
       break;
     case 'array': {
-      out.push(`${indent}for (var ${s.v}: i32 = lid; ${s.v} < ${s.n}; ${s.v} += ${WORKGROUP_SIZE}) {`);
-      out.push(`${inner}${s.name}[${s.v}] = ${p.expr(s.value, out, inner)};`);
-      out.push(`${indent}}`);
+      const r = s.value.k === 'reduce' && s.value.op === 'sum' ? s.value : undefined;
+      const vec = r ? ctx.vectorized.get(r) : undefined;
+      const at = (i: string) => (ctx.vec4Arrays.has(s.name) ? `${s.name}[${i} >> 2u][${i} & 3]` : `${s.name}[${i}]`);
+      if (r && vec) {
+        // Each element a dot product over a contiguous row (attention scores): 16 bytes per load.
+        out.push(`${indent}for (var ${s.v}: i32 = lid; ${s.v} < ${s.n}; ${s.v} += ${WORKGROUP_SIZE}) {`);
+        out.push(`${inner}var ${s.name}_part: f32 = 0.0;`);
+        renderVectorSum(r, vec, ctx, `${s.name}_part`, '0', '1', out, inner);
+        out.push(`${inner}${at(s.v)} = ${s.name}_part;`);
+        out.push(`${indent}}`);
+      } else if (r && ctx.subgroups && !(r.n.k === 'const' && r.n.value < 32)) {
+        // A strided dot product per element (probs·v over the cache): a subgroup per element, lanes split it.
+        renderSubgroupArray(s, r, ctx, out, indent, at);
+      } else {
+        out.push(`${indent}for (var ${s.v}: i32 = lid; ${s.v} < ${s.n}; ${s.v} += ${WORKGROUP_SIZE}) {`);
+        out.push(`${inner}${at(s.v)} = ${p.expr(s.value, out, inner)};`);
+        out.push(`${indent}}`);
+      }
       out.push(`${indent}workgroupBarrier();`);
       break;
     }
@@ -298,10 +355,18 @@ function renderStmt(s: KStmt, ctx: RowContext, out: string[], indent: string): v
   }
 }
 
-/** One output per subgroup: the lanes split every sum of its value, subgroupAdd combines, lane 0 stores. */
+/**
+ * One output per subgroup: the lanes split every sum of its value, subgroupAdd combines, lane 0 stores. With fewer
+ * outputs than subgroups (2 or 4 per row), the subgroups of one output split its sums between them as well, and
+ * combine through workgroup memory. (Assumes subgroups of at most 32 lanes, so a workgroup has 8 or more.)
+ */
 function renderSubgroupStore(s: Store, ctx: RowContext, out: string[], indent: string): void {
   const { p } = ctx;
   const inner = indent + '  ';
+  if (s.n.k === 'const' && s.n.value < 8 && 8 % s.n.value === 0) {
+    renderSplitSubgroupStore(s, s.n.value, ctx, out, indent);
+    return;
+  }
   const n = p.expr(s.n, out, indent);
   out.push(`${indent}for (var ${s.v}: i32 = subgroup; ${s.v} < ${n}; ${s.v} += subgroups) {`);
   const names = new Map<Reduce, string>();
@@ -327,6 +392,63 @@ function renderSubgroupStore(s: Store, ctx: RowContext, out: string[], indent: s
   out.push(`${indent}}`);
 }
 
+function renderSubgroupArray(s: Extract<KStmt, { k: 'array' }>, r: Reduce, ctx: RowContext, out: string[], indent: string, at: (i: string) => string): void {
+  const { p } = ctx;
+  const inner = indent + '  ';
+  out.push(`${indent}for (var ${s.v}: i32 = subgroup; ${s.v} < ${s.n}; ${s.v} += subgroups) {`);
+  out.push(`${inner}var ${s.name}_part: f32 = 0.0;`);
+  const rn = p.expr(r.n, out, inner);
+  out.push(`${inner}for (var ${r.v}: i32 = lane; ${r.v} < ${rn}; ${r.v} += lanes) {`);
+  out.push(`${inner}  ${s.name}_part = ${s.name}_part + ${p.expr(r.body, out, inner + '  ')};`);
+  out.push(`${inner}}`);
+  out.push(`${inner}let ${s.name}_sum = subgroupAdd(${s.name}_part);`);
+  out.push(`${inner}if (lane == 0) { ${at(s.v)} = ${s.name}_sum; }`);
+  out.push(`${indent}}`);
+}
+
+function renderSplitSubgroupStore(s: Store, n: number, ctx: RowContext, out: string[], indent: string): void {
+  const { p } = ctx;
+  const inner = indent + '  ';
+  const slices = `${s.v}_slices`;
+  const slice = `${s.v}_slice`;
+  out.push(`${indent}let ${slices} = subgroups / ${n};`);
+  out.push(`${indent}let ${s.v} = subgroup % ${n};`);
+  out.push(`${indent}let ${slice} = subgroup / ${n};`);
+  const reductions = topReductions(s.value);
+  const names = new Map<Reduce, string>();
+  reductions.forEach((r, ri) => {
+    const name = p.fresh();
+    const part = `${name}_part`;
+    const lane = `(${slice} * lanes + lane)`;
+    const lanes = `(${slices} * lanes)`;
+    out.push(`${indent}var ${part}: f32 = 0.0;`);
+    const vec = ctx.vectorized.get(r);
+    if (vec) {
+      renderVectorSum(r, vec, ctx, part, lane, lanes, out, indent);
+    } else {
+      const rn = p.expr(r.n, out, indent);
+      out.push(`${indent}for (var ${r.v}: i32 = ${lane}; ${r.v} < ${rn}; ${r.v} += ${lanes}) {`);
+      out.push(`${inner}${part} = ${part} + ${p.expr(r.body, out, inner)};`);
+      out.push(`${indent}}`);
+    }
+    out.push(`${indent}let ${name}_sg = subgroupAdd(${part});`);
+    out.push(`${indent}if (lane == 0) { red_f[${ri * 64} + subgroup] = ${name}_sg; }`);
+    names.set(r, name);
+  });
+  out.push(`${indent}workgroupBarrier();`);
+  out.push(`${indent}if (${slice} == 0 && lane == 0) {`);
+  reductions.forEach((r, ri) => {
+    const name = names.get(r)!;
+    out.push(`${inner}var ${name}: f32 = 0.0;`);
+    out.push(`${inner}for (var q: i32 = 0; q < ${slices}; q++) { ${name} = ${name} + red_f[${ri * 64} + q * ${n} + ${s.v}]; }`);
+  });
+  const value = p.expr(replaceReductions(s.value, names), out, inner);
+  const index = p.expr(s.index, out, inner);
+  out.push(`${inner}store_b${s.buf}(${index}, ${value});`);
+  out.push(`${indent}}`);
+  out.push(`${indent}workgroupBarrier();`);
+}
+
 /** Each thread folds a strided share of the range, then a tree over workgroup memory; every thread gets the result. */
 function renderCoop(s: Extract<KStmt, { k: 'coop' }>, ctx: RowContext, out: string[], indent: string): void {
   const { p } = ctx;
@@ -338,13 +460,36 @@ function renderCoop(s: Extract<KStmt, { k: 'coop' }>, ctx: RowContext, out: stri
   const init = s.op === 'sum' ? wgslDialect.literal(0, s.body.t) : NEG_INF;
   out.push(`${indent}var ${s.op === 'argmax' ? best : part}: ${s.op === 'argmax' ? 'f32' : wgslDialect.type[t]} = ${init};`);
   if (s.op === 'argmax') out.push(`${indent}var ${part}: i32 = 0i;`);
-  out.push(`${indent}for (var ${s.v}: i32 = lid; ${s.v} < ${n}; ${s.v} += ${WORKGROUP_SIZE}) {`);
-  const x = p.expr(s.body, out, inner);
-  if (s.op === 'sum') out.push(`${inner}${part} = ${part} + ${x};`);
-  else if (s.op === 'max') out.push(`${inner}${part} = max(${part}, ${x});`);
-  else out.push(`${inner}if (${x} > ${best}) { ${best} = ${x}; ${part} = ${s.v}; }`);
+  // Four elements per iteration, each in its own block, so their loads are in flight together.
+  const at = `${s.v}_at`;
+  const fold = (offset: number, ind: string) => {
+    out.push(`${ind}{`);
+    out.push(`${ind}  let ${s.v} = ${at} + ${offset * WORKGROUP_SIZE};`);
+    const x = p.expr(s.body, out, ind + '  ');
+    if (s.op === 'sum') out.push(`${ind}  ${part} = ${part} + ${x};`);
+    else if (s.op === 'max') out.push(`${ind}  ${part} = max(${part}, ${x});`);
+    else out.push(`${ind}  if (${x} > ${best}) { ${best} = ${x}; ${part} = ${s.v}; }`);
+    out.push(`${ind}}`);
+  };
+  out.push(`${indent}var ${at}: i32 = lid;`);
+  out.push(`${indent}for (; ${at} + ${3 * WORKGROUP_SIZE} < ${n}; ${at} += ${4 * WORKGROUP_SIZE}) {`);
+  for (let q = 0; q < 4; q++) fold(q, inner);
+  out.push(`${indent}}`);
+  out.push(`${indent}for (; ${at} < ${n}; ${at} += ${WORKGROUP_SIZE}) {`);
+  fold(0, inner);
   out.push(`${indent}}`);
   const red = t === 'i32' && s.op !== 'argmax' ? 'red_i' : 'red_f';
+  if (ctx.subgroups && s.op === 'sum' && t === 'f32') {
+    // Subgroups sum their lanes in registers; only one value per subgroup goes through workgroup memory.
+    out.push(`${indent}let ${part}_sg = subgroupAdd(${part});`);
+    out.push(`${indent}if (lane == 0) { red_f[subgroup] = ${part}_sg; }`);
+    out.push(`${indent}workgroupBarrier();`);
+    out.push(`${indent}var ${s.name}_sum: f32 = 0.0;`);
+    out.push(`${indent}for (var w: i32 = 0; w < subgroups; w++) { ${s.name}_sum = ${s.name}_sum + red_f[w]; }`);
+    out.push(`${indent}let ${s.name} = ${s.name}_sum;`);
+    out.push(`${indent}workgroupBarrier();`);
+    return;
+  }
   if (s.op === 'argmax') {
     out.push(`${indent}red_f[lid] = ${best}; red_i[lid] = ${part};`);
   } else {
@@ -368,24 +513,49 @@ function renderCoop(s: Extract<KStmt, { k: 'coop' }>, ctx: RowContext, out: stri
   out.push(`${indent}workgroupBarrier();`);
 }
 
-/** A lane's share of a vectorised sum: 16 bytes of the weight per load, the rest of the body per element. */
+/**
+ * A lane's share of a vectorised sum: 16 bytes of the weight per load, the rest of the body per element. UNROLL
+ * loads are issued before their use, so each thread keeps several in flight (decode is latency-bound otherwise).
+ */
 function renderVectorSum(r: Reduce, vec: VectorLoad, ctx: RowContext, part: string, lane: string, lanes: string, out: string[], indent: string): void {
   const { p, buffers } = ctx;
   const inner = indent + '  ';
   const dtype = buffers[vec.buf].dtype;
   const base = p.expr(vec.base, out, indent);
+  const n = (r.n as { value: number }).value;
   const at = `${r.v}_at`;
-  out.push(`${indent}for (var ${at}: i32 = ${lane} * ${vec.width}; ${at} < ${(r.n as { value: number }).value}; ${at} += ${lanes} * ${vec.width}) {`);
-  out.push(`${inner}let w4 = b${vec.buf}_v4[(${base} + ${at}) / ${vec.width}];`);
-  for (let u = 0; u < vec.width; u++) {
-    const element = dtype === DType.F32 ? `w4[${u}]`
-      : dtype === DType.BF16 ? `bitcast<f32>(${u % 2 === 0 ? `w4[${u >> 1}] << 16u` : `w4[${u >> 1}] & 0xffff0000u`})`
-        : `unpack2x16float(w4[${u >> 1}])[${u % 2}]`;
-    out.push(`${inner}{`);
-    out.push(`${inner}  let ${r.v} = ${at} + ${u};`);
-    out.push(`${inner}  let wv = ${element};`);
-    out.push(`${inner}  ${part} = ${part} + ${p.expr(vec.body, out, inner + '  ')};`);
-    out.push(`${inner}}`);
-  }
+  const stride = `${r.v}_stride`;
+  const element = (w: string, u: number) => (dtype === DType.F32 ? `${w}[${u}]`
+    : dtype === DType.BF16 ? `bitcast<f32>(${u % 2 === 0 ? `${w}[${u >> 1}] << 16u` : `${w}[${u >> 1}] & 0xffff0000u`})`
+      : `unpack2x16float(${w}[${u >> 1}])[${u % 2}]`);
+  const aBase = vec.a ? p.expr(vec.a.base, out, indent) : '';
+  const aVec = (offset: string, j: number) => {
+    const i = `(${aBase} + ${at} + ${offset}${4 * j})`;
+    return vec.a!.kind === 'load' ? `b${vec.a!.buf}_v4[${i} / 4]` : `${vec.a!.array}[${i} >> 2u]`;
+  };
+  const fold = (w: string, offset: string, ind: string) => {
+    if (vec.a) {
+      // Both factors contiguous: 16-byte reads of each, no per-element indexing.
+      for (let j = 0; j < vec.width / 4; j++) out.push(`${ind}let a4_${w}_${j} = ${aVec(offset, j)};`);
+      for (let u = 0; u < vec.width; u++) out.push(`${ind}${part} = ${part} + a4_${w}_${u >> 2}[${u & 3}] * ${element(w, u)};`);
+      return;
+    }
+    for (let u = 0; u < vec.width; u++) {
+      out.push(`${ind}{`);
+      out.push(`${ind}  let ${r.v} = ${at} + ${offset}${u};`);
+      out.push(`${ind}  let wv = ${element(w, u)};`);
+      out.push(`${ind}  ${part} = ${part} + ${p.expr(vec.body, out, ind + '  ')};`);
+      out.push(`${ind}}`);
+    }
+  };
+  out.push(`${indent}let ${stride} = ${lanes} * ${vec.width};`);
+  out.push(`${indent}var ${at}: i32 = ${lane} * ${vec.width};`);
+  out.push(`${indent}for (; ${at} + ${UNROLL - 1} * ${stride} < ${n}; ${at} += ${UNROLL} * ${stride}) {`);
+  for (let q = 0; q < UNROLL; q++) out.push(`${inner}let w4_${q} = b${vec.buf}_v4[(${base} + ${at} + ${q} * ${stride}) / ${vec.width}];`);
+  for (let q = 0; q < UNROLL; q++) fold(`w4_${q}`, `${q} * ${stride} + `, inner);
+  out.push(`${indent}}`);
+  out.push(`${indent}for (; ${at} < ${n}; ${at} += ${stride}) {`);
+  out.push(`${inner}let w4_0 = b${vec.buf}_v4[(${base} + ${at}) / ${vec.width}];`);
+  fold('w4_0', '', inner);
   out.push(`${indent}}`);
 }

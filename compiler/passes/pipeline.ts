@@ -12,6 +12,7 @@ import { foldConstants } from './fold-constants.ts';
 import { fuse } from './fuse.ts';
 import { planMemory } from './plan-memory.ts';
 import { simplify } from './simplify.ts';
+import { splitReductions } from './split-reductions.ts';
 
 export interface Pass {
   /** kebab-case, as --dump-ir=after:<name> spells it. */
@@ -26,6 +27,7 @@ export const defaultPasses: readonly Pass[] = [
   { name: 'cse', run: cse },
   { name: 'dce', run: dce },
   { name: 'concat-projections', run: (g) => dce(concatProjections(g)) },
+  { name: 'split-reductions', run: splitReductions },
   { name: 'fuse', run: fuse },
   { name: 'plan-memory', run: planMemory },
 ];
