@@ -57,12 +57,13 @@ const MIN_OUTPUT_TILE = 2;
 const MAX_OUTPUT_TILE = 64;
 const ENOUGH_ROWS = 1024;
 
-function outputTile(domain: Shape): number {
+function outputTile(domain: Shape, reducingPrologue: boolean): number {
   const n = domain[domain.length - 1];
   if (typeof n !== 'number') return 1;
   let t = OUTPUT_TILE;
   while (n % t !== 0) t /= 2;
-  while (t > MIN_OUTPUT_TILE && n % (t / 2) === 0 && n / t < ENOUGH_ROWS) t /= 2;
+  // Narrow outputs get more rows, unless every row would redo a normalisation of the input.
+  while (!reducingPrologue && t > MIN_OUTPUT_TILE && n % (t / 2) === 0 && n / t < ENOUGH_ROWS) t /= 2;
   while (t < MAX_OUTPUT_TILE && n % (2 * t) === 0 && n / (2 * t) >= ENOUGH_ROWS) t *= 2;
   return t;
 }
@@ -87,7 +88,7 @@ class KernelLowering {
   lower(): KernelIR {
     const writes = kernelIO(this.g, this.k).writes;
     const { domain, rowRank } = this.rowSplit(writes);
-    const tile = this.k.attrs.kind === 'contraction' ? outputTile(domain) : 1;
+    const tile = this.k.attrs.kind === 'contraction' ? outputTile(domain, this.reducingPrologue()) : 1;
     // A contraction row computes `tile` neighbouring outputs: their shared prologue (the normalised input row)
     // is computed once per row, and the outputs' reductions run side by side.
     const rowShape = domain.slice(0, rowRank).map((d, i) => (i === rowRank - 1 && tile > 1 ? (d as number) / tile : d));
@@ -105,6 +106,18 @@ class KernelLowering {
       rows: this.numel(rowShape),
       body: this.body,
     };
+  }
+
+  /** Whether a matmul's input row is computed here through a reduction (an RMSNorm): costly to redo per row. */
+  private reducingPrologue(): boolean {
+    const seen = new Set<Value>();
+    const reduces = (v: Value): boolean => {
+      if (!this.inside.has(v) || seen.has(v)) return false;
+      seen.add(v);
+      const n = v.producer!;
+      return [Op.Sum, Op.Mean, Op.Max, Op.Argmax, Op.Matmul].includes(n.op as Op) || n.inputs.some(reduces);
+    };
+    return this.k.nodes.some((n) => n.op === Op.Matmul && reduces(n.inputs[0]));
   }
 
   /** Which leading dimensions of the kernel's index space are rows, by the kind of kernel fusion made. */

@@ -72,49 +72,64 @@ export class ExprPrinter {
     return `${this.tempPrefix}${this.n++}`;
   }
 
-  /** Appends the code computing `e` to `out` (at `indent`) and returns the name or literal holding it. */
-  expr(e: KExpr, out: string[], indent: string): string {
+  /**
+   * Appends the code computing `e` to `out` (at `indent`) and returns the name or literal holding it. Equal
+   * subexpressions are computed once (`memo`: what the enclosing code already holds); code inside a branch or a
+   * loop may reuse what is outside it, never the other way round.
+   */
+  expr(e: KExpr, out: string[], indent: string, memo = new Map<string, string>()): string {
     const d = this.d;
+    const key = exprKey(e);
+    const hit = memo.get(key);
+    if (hit) return hit;
+    const sub = (x: KExpr) => this.expr(x, out, indent, memo);
     const bind = (code: string, t: Scalar) => {
       const name = this.fresh();
       out.push(`${indent}${d.constDecl(name, t, code)}`);
       return name;
     };
+    let result: string;
     switch (e.k) {
       case 'const': return d.literal(e.value, e.t);
       case 'var': return e.name;
-      case 'load': return bind(d.load(e.buf, this.buffers[e.buf], this.expr(e.index, out, indent)), e.t);
-      case 'elem': return bind(d.elem(e.array, this.expr(e.index, out, indent)), e.t);
-      case 'unary': return bind(d.unary[e.op](this.expr(e.a, out, indent)), e.t);
+      case 'load': result = bind(d.load(e.buf, this.buffers[e.buf], sub(e.index)), e.t); break;
+      case 'elem': result = bind(d.elem(e.array, sub(e.index)), e.t); break;
+      case 'unary': result = bind(d.unary[e.op](sub(e.a)), e.t); break;
       case 'binary': {
-        const a = this.expr(e.a, out, indent);
-        const b = this.expr(e.b, out, indent);
-        return bind(d.binary[e.op](a, b, e.a.t), e.t);
+        const a = sub(e.a);
+        const b = sub(e.b);
+        result = bind(d.binary[e.op](a, b, e.a.t), e.t);
+        break;
       }
-      case 'cast': return bind(d.cast(this.expr(e.a, out, indent), e.a.t, e.t, e.round), e.t);
+      case 'cast': result = bind(d.cast(sub(e.a), e.a.t, e.t, e.round), e.t); break;
       case 'select': {
-        const cond = this.expr(e.cond, out, indent);
+        const cond = sub(e.cond);
         const name = this.fresh();
         out.push(`${indent}${d.varDecl(name, e.t, d.literal(0, e.t))}`);
         out.push(`${indent}if (${cond}) {`);
-        out.push(`${indent}  ${name} = ${this.expr(e.a, out, indent + '  ')};`);
+        out.push(`${indent}  ${name} = ${this.expr(e.a, out, indent + '  ', new Map(memo))};`);
         out.push(`${indent}} else {`);
-        out.push(`${indent}  ${name} = ${this.expr(e.b, out, indent + '  ')};`);
+        out.push(`${indent}  ${name} = ${this.expr(e.b, out, indent + '  ', new Map(memo))};`);
         out.push(`${indent}}`);
-        return name;
+        result = name;
+        break;
       }
       case 'reduce': {
         const acc = this.fresh();
-        const n = this.expr(e.n, out, indent);
-        this.reduceInto(acc, e.op, e.v, n, e.body, e.t, out, indent);
-        return acc;
+        const n = sub(e.n);
+        this.reduceInto(acc, e.op, e.v, n, e.body, e.t, out, indent, memo);
+        result = acc;
+        break;
       }
       default: return e satisfies never;
     }
+    memo.set(key, result);
+    return result;
   }
 
   /** Declares `acc` and loops `v` over [0, n), folding `body` into it with `op` (argmax keeps the first max). */
-  reduceInto(acc: string, op: ReduceOp, v: string, n: string, body: KExpr, t: Scalar, out: string[], indent: string): void {
+  reduceInto(acc: string, op: ReduceOp, v: string, n: string, body: KExpr, t: Scalar, out: string[], indent: string,
+    outer = new Map<string, string>()): void {
     const d = this.d;
     const inner = indent + '  ';
     if (op === 'argmax') {
@@ -122,15 +137,37 @@ export class ExprPrinter {
       out.push(`${indent}${d.varDecl(best, 'f32', d.negInfinity)}`);
       out.push(`${indent}${d.varDecl(acc, 'i32', d.literal(0, 'i32'))}`);
       out.push(`${indent}${d.forLoop(v, n)}`);
-      const x = this.expr(body, out, inner);
+      const x = this.expr(body, out, inner, new Map(outer));
       out.push(`${inner}if (${x} > ${best}) { ${best} = ${x}; ${acc} = ${v}; }`);
       out.push(`${indent}}`);
       return;
     }
     out.push(`${indent}${d.varDecl(acc, t, op === 'max' ? d.negInfinity : d.literal(0, t))}`);
     out.push(`${indent}${d.forLoop(v, n)}`);
-    const x = this.expr(body, out, inner);
+    const x = this.expr(body, out, inner, new Map(outer));
     out.push(`${inner}${acc} = ${op === 'max' ? d.binary.max(acc, x, t) : d.binary.add(acc, x, t)};`);
     out.push(`${indent}}`);
   }
+}
+
+const keys = new WeakMap<KExpr, string>();
+
+/** A structural key of an expression, built once per node object. */
+function exprKey(e: KExpr): string {
+  let k = keys.get(e);
+  if (k !== undefined) return k;
+  switch (e.k) {
+    case 'const': k = `c${e.t}:${e.value}`; break;
+    case 'var': k = `v:${e.name}`; break;
+    case 'load': k = `ld${e.buf}(${exprKey(e.index)})`; break;
+    case 'elem': k = `el:${e.array}(${exprKey(e.index)})`; break;
+    case 'unary': k = `${e.op}(${exprKey(e.a)})`; break;
+    case 'binary': k = `${e.op}:${e.t}(${exprKey(e.a)},${exprKey(e.b)})`; break;
+    case 'cast': k = `cast:${e.t}:${e.round ?? ''}(${exprKey(e.a)})`; break;
+    case 'select': k = `sel(${exprKey(e.cond)},${exprKey(e.a)},${exprKey(e.b)})`; break;
+    case 'reduce': k = `red:${e.op}:${e.v}:${exprKey(e.n)}(${exprKey(e.body)})`; break;
+    default: return e satisfies never;
+  }
+  keys.set(e, k);
+  return k;
 }

@@ -328,8 +328,12 @@ function renderStmt(s: KStmt, ctx: RowContext, out: string[], indent: string): v
         renderVectorSum(r, vec, ctx, `${s.name}_part`, '0', '1', out, inner);
         out.push(`${inner}${at(s.v)} = ${s.name}_part;`);
         out.push(`${indent}}`);
+      } else if (r && 2 * s.n <= WORKGROUP_SIZE && !(r.n.k === 'const' && r.n.value < 32)) {
+        // Few elements, each a long sum (probs·v over the cache): several threads per element split the sum,
+        // neighbouring threads taking neighbouring elements so their loads coalesce.
+        renderSlicedArray(s, r, ctx, out, indent, at);
       } else if (r && ctx.subgroups && !(r.n.k === 'const' && r.n.value < 32)) {
-        // A strided dot product per element (probs·v over the cache): a subgroup per element, lanes split it.
+        // A strided dot product per element: a subgroup per element, lanes split it.
         renderSubgroupArray(s, r, ctx, out, indent, at);
       } else {
         out.push(`${indent}for (var ${s.v}: i32 = lid; ${s.v} < ${s.n}; ${s.v} += ${WORKGROUP_SIZE}) {`);
@@ -389,6 +393,29 @@ function renderSubgroupStore(s: Store, ctx: RowContext, out: string[], indent: s
   const value = p.expr(replaceReductions(s.value, names), out, inner);
   const index = p.expr(s.index, out, inner);
   out.push(`${inner}if (lane == 0) { store_b${s.buf}(${index}, ${value}); }`);
+  out.push(`${indent}}`);
+}
+
+function renderSlicedArray(s: Extract<KStmt, { k: 'array' }>, r: Reduce, ctx: RowContext, out: string[], indent: string, at: (i: string) => string): void {
+  const { p } = ctx;
+  const inner = indent + '  ';
+  let slices = 1;
+  while (2 * slices * s.n <= WORKGROUP_SIZE) slices *= 2;
+  const part = `${s.name}_part`;
+  out.push(`${indent}var ${part}: f32 = 0.0;`);
+  out.push(`${indent}if (lid < ${slices * s.n}) {`);
+  out.push(`${inner}let ${s.v} = lid % ${s.n};`);
+  const rn = p.expr(r.n, out, inner);
+  out.push(`${inner}for (var ${r.v}: i32 = lid / ${s.n}; ${r.v} < ${rn}; ${r.v} += ${slices}) {`);
+  out.push(`${inner}  ${part} = ${part} + ${p.expr(r.body, out, inner + '  ')};`);
+  out.push(`${inner}}`);
+  out.push(`${indent}}`);
+  out.push(`${indent}red_f[lid] = ${part};`);
+  out.push(`${indent}workgroupBarrier();`);
+  out.push(`${indent}if (lid < ${s.n}) {`);
+  out.push(`${inner}var ${s.name}_sum: f32 = 0.0;`);
+  out.push(`${inner}for (var q: i32 = 0; q < ${slices}; q++) { ${s.name}_sum = ${s.name}_sum + red_f[q * ${s.n} + lid]; }`);
+  out.push(`${inner}${at('lid')} = ${s.name}_sum;`);
   out.push(`${indent}}`);
 }
 
