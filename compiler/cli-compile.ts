@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { renderJs } from '../backends/cpu/render-js.ts';
+import { renderWgsl } from '../backends/wgsl/render-wgsl.ts';
 import { renderCuda } from '../backends/cuda/render-cuda.ts';
 import { KernelIR } from '../backends/kernel-ir.ts';
 import { DType } from '../ir/dtype.ts';
@@ -37,6 +38,8 @@ export interface CompileRequest {
 export const kernelRenderers: Record<string, { ext: string; render: (k: KernelIR) => string }> = {
   cpu: { ext: 'js', render: renderJs },
   cuda: { ext: 'cu', render: renderCuda },
+  // As on a device with subgroups; the WebGPU runtime renders again for its own device's features and limits.
+  webgpu: { ext: 'wgsl', render: (k) => renderWgsl(k, { subgroups: true }).code },
 };
 
 export function builtinLlama(name: string): LlamaConfig {
