@@ -54,10 +54,14 @@ export const wgslDialect: Dialect = {
     imod: (a, b) => `(${a} % ${b})`,
   },
   literal: (value, t) => (t === 'f32' ? floatLiteral(value) : t === 'bool' ? (value ? 'true' : 'false') : `${Math.trunc(value)}i`),
-  cast: (a, from, to) => {
+  cast: (a, from, to, round) => {
     if (to === 'bool') return `(${a} != ${from === 'f32' ? '0.0' : '0i'})`;
     if (from === 'bool') return `select(${to === 'f32' ? '0.0, 1.0' : '0i, 1i'}, ${a})`;
-    return `${to}(${a})`;
+    const x = `${to}(${a})`;
+    // Rounding to a 16-bit float, ties to even: bf16 by integer arithmetic on the bits, f16 through a pack.
+    if (round === 'bf16') return `bitcast<f32>((bitcast<u32>(${x}) + 0x7fffu + ((bitcast<u32>(${x}) >> 16u) & 1u)) & 0xffff0000u)`;
+    if (round === 'f16') return `unpack2x16float(pack2x16float(vec2<f32>(${x}, 0.0))).x`;
+    return x;
   },
   load: (buf, _b, index) => `load_b${buf}(${index})`,
   elem: (array, index) => `${array}[${index}]`,

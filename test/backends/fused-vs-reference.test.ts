@@ -13,38 +13,16 @@ import { compileModule } from '../../compiler/compile-module.ts';
 import { DType } from '../../ir/dtype.ts';
 import { parseGraph } from '../../ir/parser.ts';
 import { printGraph } from '../../ir/printer.ts';
-import { formatShape } from '../../ir/shape.ts';
 import { CpuExecutor } from '../../runtime/cpu.ts';
-import { HostTensor, hostTensor } from '../../runtime/host-tensor.ts';
+import { hostTensor } from '../../runtime/host-tensor.ts';
 import { randomGraph, RandomCase } from './random-graph.ts';
+import { mismatch } from './compare.ts';
 import { Rng } from './rng.ts';
 import { arange, concat, param, Tensor, trace, where } from '../../compiler/index.ts';
-
-/**
- * Relative tolerance by dtype: float32's, or one unit in the last place of a 16-bit float (a value within float32
- * noise of a rounding boundary may round either way), with an absolute floor.
- */
-const RTOL: Partial<Record<DType, number>> = { [DType.F32]: 1e-4, [DType.BF16]: 2 ** -7, [DType.F16]: 2 ** -10 };
-const ATOL = 1e-5;
 
 const seeds = process.env.SEED !== undefined
   ? process.env.SEED.split(',').map(Number)
   : [...Array(Number(process.env.SEEDS ?? 1500)).keys()];
-
-/** The first element where `got` differs from `want`, described; undefined when they agree. */
-function mismatch(got: HostTensor, want: HostTensor): string | undefined {
-  if (got.dtype !== want.dtype || formatShape(got.shape) !== formatShape(want.shape)) {
-    return `got ${got.dtype}${formatShape(got.shape)}, want ${want.dtype}${formatShape(want.shape)}`;
-  }
-  const rtol = RTOL[want.dtype];
-  for (let i = 0; i < want.data.length; i++) {
-    const [a, b] = [got.data[i], want.data[i]];
-    const ok = a === b || (Number.isNaN(a) && Number.isNaN(b)) ||
-      (rtol !== undefined && Math.abs(a - b) <= ATOL + rtol * Math.max(Math.abs(a), Math.abs(b)));
-    if (!ok) return `element ${i}: got ${a}, want ${b}`;
-  }
-  return undefined;
-}
 
 /** Runs one case both ways; returns what went wrong, or undefined. */
 function check(c: RandomCase): string | undefined {

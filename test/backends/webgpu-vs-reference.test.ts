@@ -1,0 +1,97 @@
+// Every kind of fused kernel rendered as WGSL and run through Dawn (lavapipe without a GPU) against the reference
+// interpreter: random graphs from the differential test's generator, and kernels of the Llama kinds at sizes that
+// are not multiples of the workgroup size.
+//
+//   SEED=12 npm test -- webgpu-vs     reruns one random graph
+
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { interpret } from '../../backends/reference/interpreter.ts';
+import { arange, param, Tensor, trace, where } from '../../compiler/index.ts';
+import { compileModule } from '../../compiler/compile-module.ts';
+import { DType } from '../../ir/dtype.ts';
+import { Graph } from '../../ir/graph.ts';
+import { printGraph } from '../../ir/printer.ts';
+import { HostTensor, hostTensor } from '../../runtime/host-tensor.ts';
+import { openDevice } from '../../runtime/webgpu/device.ts';
+import { runOnWebGpu } from '../../runtime/webgpu/run-module.ts';
+import { mismatch } from './compare.ts';
+import { randomGraph, RandomCase } from './random-graph.ts';
+import { Rng } from './rng.ts';
+
+const seeds = process.env.SEED !== undefined ? process.env.SEED.split(',').map(Number) : [...Array(40).keys()];
+/** GPU math (exp, sin, inverseSqrt...) is not correctly rounded: a looser f32 tolerance than the CPU's. */
+const RTOL_GPU = 2e-4;
+
+let device: GPUDevice | undefined;
+const gpu = async () => (device ??= await openDevice());
+
+/** Runs a case on WebGPU and on the reference; what went wrong, 'skip' for what WGSL cannot store, or undefined. */
+async function check(c: RandomCase): Promise<string | undefined> {
+  const g = c.graph;
+  const param = (name: string) => c.params.get(name)!;
+  const copy = () => new Map([...c.states].map(([name, t]) => [name, { ...t, data: t.data.slice() }]));
+  const wantStates = copy();
+  const want = [...interpret(g, { inputs: c.inputs, param, states: wantStates }), ...wantStates.values()];
+  const compiled = compileModule({ graphs: [g] });
+  let run;
+  try {
+    run = await runOnWebGpu(await gpu(), compiled, g.name, c.inputs, param, copy());
+  } catch (e) {
+    // Kernels writing packed 16-bit values are not supported by the WGSL renderer (the models never need them).
+    if (/not packed|store f32, i32 or bool/.test((e as Error).message)) return 'skip';
+    return (e as Error).stack;
+  }
+  const got = [...run.outputs, ...run.states.values()];
+  for (let i = 0; i < want.length; i++) {
+    const bad = mismatch(got[i], want[i], RTOL_GPU);
+    if (bad) return `${i < g.outputs.length ? `output ${i}` : 'state'}: ${bad}\n--- fused ---\n${printGraph(compiled.graphs[0].graph, { locations: false })}`;
+  }
+  return undefined;
+}
+
+test(`WGSL kernels match the reference on ${seeds.length} random graphs`, async () => {
+  const failed: string[] = [];
+  let skipped = 0;
+  for (const seed of seeds) {
+    const c = randomGraph(seed);
+    const bad = await check(c);
+    if (bad === 'skip') skipped++;
+    else if (bad) failed.push(`seed ${seed} (SEED=${seed} npm test -- webgpu-vs): ${bad}\n--- source ---\n${printGraph(c.graph, { locations: false })}`);
+  }
+  assert.ok(failed.length === 0, `${failed.length} of ${seeds.length} seeds fail:\n${failed[0]}`);
+  assert.ok(skipped <= seeds.length / 4, `${skipped} of ${seeds.length} seeds skipped`);
+});
+
+/** Llama's kernel kinds at awkward sizes: rows and reductions that do not divide the workgroup of 256. */
+const kinds: Record<string, { shape: number[]; fn: (x: Tensor) => Tensor | Tensor[] }> = {
+  'rmsnorm over 777': { shape: [3, 777], fn: (x) => x.mul(x.pow(2).mean(-1, { keepdims: true }).add(1e-5).rsqrt()).mul(param('w', DType.BF16, [777]).cast(DType.F32)) },
+  'norm + bf16 projection 300 → 37': { shape: [1, 300], fn: (x) => x.mul(x.pow(2).mean(-1, { keepdims: true }).add(1e-5).rsqrt()).matmul(param('p', DType.BF16, [37, 300]).transpose()) },
+  'f32 projection + residual 520 → 520': { shape: [2, 520], fn: (x) => x.add(x.matmul(param('o', DType.F32, [520, 520]).transpose())) },
+  'swiglu 264 → 300': { shape: [1, 264], fn: (x) => x.matmul(param('g', DType.BF16, [300, 264]).transpose()).silu().mul(x.matmul(param('u', DType.BF16, [300, 264]).transpose())) },
+  'softmax over 513': { shape: [4, 513], fn: (x) => x.softmax(-1) },
+  'argmax over 20000 (two-level)': { shape: [1, 20000], fn: (x) => x.argmax(-1) },
+  'causal attention over 300 keys': {
+    shape: [300, 16],
+    fn: (x) => {
+      const [q, k, v] = ['q', 'k', 'v'].map((w) => x.matmul(param(w, DType.F32, [8, 16]).transpose()));
+      const visible = arange(300).reshape(1, -1).le(arange(300).reshape(-1, 1));
+      return where(visible, q.matmul(k.transpose()).mul(0.3), -Infinity).softmax(-1).matmul(v);
+    },
+  },
+};
+
+test('each Llama kernel kind matches the reference at sizes that are not multiples of the workgroup', async () => {
+  const rng = new Rng(5);
+  const random = (dtype: DType, shape: number[]): HostTensor =>
+    hostTensor(dtype, shape, Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rng.normal() * 0.5));
+  for (const [name, k] of Object.entries(kinds)) {
+    const g: Graph = trace(name.replace(/[^a-z0-9]+/gi, '_'), [{ name: 'x', dtype: DType.F32, shape: k.shape }], k.fn);
+    const params = new Map(g.params.map((p) => [p.name!, random(p.type.dtype, p.type.shape as number[])]));
+    const bad = await check({ graph: g, inputs: { x: random(DType.F32, k.shape) }, params, states: new Map() });
+    assert.ok(bad === undefined, `${name}: ${bad}`);
+  }
+});
+
+test.after(() => device?.destroy());
+test.run();
