@@ -76,6 +76,12 @@ __device__ __forceinline__ void tf_ld8_f32(const float* p, float* o) {
   o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
 }
 
+__device__ __forceinline__ void tf_ld8_smem(const float* p, float* o) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0];
+  const float4 b = reinterpret_cast<const float4*>(p)[1];
+  o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+}
+
 __device__ __forceinline__ float tf_lowest(float) { return -TF_INF; }
 __device__ __forceinline__ int tf_lowest(int) { return (int)0x80000000; }
 __device__ __forceinline__ float tf_max(float a, float b) { return fmaxf(a, b); }

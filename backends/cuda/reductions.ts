@@ -87,9 +87,13 @@ function vectorLoop(
   const replaced = new Map<string, KExpr>();
   streams.forEach((c, i) => {
     const arr = `${acc}_w${i}`;
-    const ld = c.dtype === DType.F32 ? 'tf_ld8_f32' : c.dtype === DType.BF16 ? 'tf_ld8_bf16' : 'tf_ld8_f16';
     out.push(`${l3}float ${arr}[${w}];`);
-    out.push(`${l3}${ld}(b${c.load.buf} + ${bases[i]} + ${kv} * ${w}, ${arr});`);
+    if (c.load.k === 'elem') {
+      out.push(`${l3}tf_ld8_smem(${c.load.array} + ${bases[i]} + ${kv} * ${w}, ${arr});`);
+    } else {
+      const ld = c.dtype === DType.F32 ? 'tf_ld8_f32' : c.dtype === DType.BF16 ? 'tf_ld8_bf16' : 'tf_ld8_f16';
+      out.push(`${l3}${ld}(b${c.load.buf} + ${bases[i]} + ${kv} * ${w}, ${arr});`);
+    }
     replaced.set(c.key, { k: 'elem', array: arr, index: ivar(j), t: 'f32' });
   });
   out.push(`${l3}#pragma unroll`);

@@ -10,7 +10,7 @@ import { varsOf } from '../kernel-ir.ts';
 /** Elements one vector step reads from each contiguous load. */
 export const VECTOR_WIDTH = 8;
 
-export type LoadExpr = Extract<KExpr, { k: 'load' }>;
+export type LoadExpr = Extract<KExpr, { k: 'load' }> | Extract<KExpr, { k: 'elem' }>;
 
 export interface ContiguousLoad {
   readonly load: LoadExpr;
@@ -43,7 +43,15 @@ export function contiguousLoads(body: KExpr, v: string, buffers: readonly KBuffe
         }
         break;
       }
-      case 'const': case 'var': case 'elem': case 'reduce': break;
+      // A row-local array read along the loop (the normalised input row): 16-byte reads from shared memory,
+      // where eight lanes reading eight floats each one at a time would conflict on the banks.
+      case 'elem': {
+        const base = baseOf(e.index, v);
+        const key = JSON.stringify(e);
+        if (base && !found.has(key)) found.set(key, { load: e, key, base, dtype: DType.F32 });
+        break;
+      }
+      case 'const': case 'var': case 'reduce': break;
       default: e satisfies never;
     }
   };
@@ -76,7 +84,7 @@ export function replaceLoads(e: KExpr, by: ReadonlyMap<string, KExpr>): KExpr {
   switch (e.k) {
     case 'const': case 'var': return e;
     case 'load': return by.get(JSON.stringify(e)) ?? { ...e, index: r(e.index) };
-    case 'elem': return { ...e, index: r(e.index) };
+    case 'elem': return by.get(JSON.stringify(e)) ?? { ...e, index: r(e.index) };
     case 'unary': case 'cast': return { ...e, a: r(e.a) };
     case 'binary': return { ...e, a: r(e.a), b: r(e.b) };
     case 'select': return { ...e, cond: r(e.cond), a: r(e.a), b: r(e.b) };
