@@ -1,12 +1,16 @@
 // The decode benchmark: `npm run bench -- --backend webgpu --config llama-3.2-1b`. Random bf16 weights of the
 // config's shape, a 32-token prompt, 128 generated tokens; prints ms per token, tokens/s, kernels per token and
 // the achieved weight bandwidth as a fraction of a copy kernel measured in the same run.
+// `--backend cuda [--compare hf]` is examples/bench-cuda.ts: the same, from a Hugging Face checkpoint folder of the
+// random weights, and with `--compare hf`, transformers + torch.compile on the same weights in the same run.
 
 import { parseArgs } from 'node:util';
-import { builtinConfig, expectedLlamaTensors, LlamaConfig } from '../runtime/config.ts';
+import { builtinConfig, LlamaConfig } from '../runtime/config.ts';
 import { LoadedLlama } from '../runtime/llama.ts';
 import { DType } from '../ir/dtype.ts';
-import { decodeBf16, Tensor, TensorInfo, TensorSource } from '../runtime/safetensors.ts';
+import { randomBf16Weights } from './random-checkpoint.ts';
+
+export { randomBf16Weights };
 
 const { values } = parseArgs({
   options: {
@@ -16,42 +20,14 @@ const { values } = parseArgs({
     'new-tokens': { type: 'string', default: '128' },
     runs: { type: 'string', default: '3' },
     profile: { type: 'boolean', default: false },
+    // --backend cuda only:
+    compare: { type: 'string' },
+    'checkpoint-dir': { type: 'string' },
+    seed: { type: 'string', default: '1' },
+    python: { type: 'string', default: 'python3' },
+    'hf-timeout': { type: 'string', default: '420' },
   },
 });
-
-/** Random bf16 weights of a config's shape, generated as bit patterns (norm weights 1.0), held in memory. */
-export function randomBf16Weights(cfg: LlamaConfig, seed = 1): TensorSource {
-  let s = seed >>> 0 || 1;
-  const tensors = new Map<string, Tensor>();
-  const infos: TensorInfo[] = [];
-  for (const { name, shape } of expectedLlamaTensors(cfg)) {
-    const n = shape.reduce((a, b) => a * b, 1);
-    const bits = new Uint16Array(n);
-    if (name.endsWith('norm.weight')) {
-      bits.fill(0x3f80);
-    } else {
-      // Sign, an exponent for magnitudes 2^-9..2^-6 (std about 0.01), 7 random mantissa bits: xorshift32.
-      for (let i = 0; i < n; i++) {
-        s ^= s << 13; s ^= s >>> 17; s ^= s << 5;
-        bits[i] = ((s >>> 16) & 0x807f) | ((118 + ((s >>> 8) & 3)) << 7);
-      }
-    }
-    const raw = new Uint8Array(bits.buffer);
-    let decoded: Float32Array | undefined;
-    tensors.set(name, {
-      dtype: DType.BF16, shape: [...shape], raw,
-      get data() { return (decoded ??= decodeBf16(bits)); },
-    });
-    infos.push({ name, file: '<random>', dtype: DType.BF16, storedAs: 'BF16', shape, byteOffset: 0, byteLength: raw.byteLength });
-  }
-  return {
-    location: '<random bf16 weights>',
-    tensors: infos,
-    has: (n) => tensors.has(n),
-    info: (n) => infos.find((t) => t.name === n)!,
-    tensor: (n) => tensors.get(n)!,
-  };
-}
 
 interface Row { label: string; value: string }
 
@@ -116,14 +92,36 @@ async function printProfile(program: import('../runtime/webgpu/program.ts').WebG
 
 async function main(): Promise<void> {
   const cfg = builtinConfig(values.config!);
+  if (values.compare !== undefined && values.backend !== 'cuda') throw Object.assign(new Error('--compare needs --backend cuda'), { name: 'BenchError' });
   let rows: Row[];
   switch (values.backend) {
     case 'webgpu': rows = await benchWebGpu(cfg); break;
-    default: throw new Error(`bench: unknown backend '${values.backend}' (webgpu)`);
+    case 'cuda': process.exitCode = await benchCuda(cfg); return;
+    default: throw new Error(`bench: unknown backend '${values.backend}' (webgpu, cuda)`);
   }
   console.log(`tsfuse bench — ${values.backend}, ${values.config}, prompt ${values.prompt}, ${values['new-tokens']} new tokens, ${new Date().toISOString().slice(0, 10)}`);
   const w = Math.max(...rows.map((r) => r.label.length));
   for (const r of rows) console.log(`  ${r.label.padEnd(w)}  ${r.value}`);
 }
 
-await main();
+async function benchCuda(cfg: LlamaConfig): Promise<number> {
+  const { benchCuda: run } = await import('./bench-cuda.ts');
+  const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`);
+  return run(cfg, {
+    config: values.config!, promptLength: Number(values.prompt), newTokens: Number(values['new-tokens']),
+    runs: Number(values.runs), compare: values.compare, checkpointDir: values['checkpoint-dir'], seed: Number(values.seed),
+    python: values.python!, hfTimeoutS: Number(values['hf-timeout']), profile: values.profile!,
+    command: ['npm run bench --', ...process.argv.slice(2).map(quote)].join(' '),
+  });
+}
+
+/** Errors that say all there is to say in one line (no driver, a bad option, python missing): no stack. */
+const oneLineErrors = new Set(['CudaUnavailableError', 'BenchError', 'ConfigError', 'WeightsError']);
+
+try {
+  await main();
+} catch (e) {
+  if (!(e instanceof Error && oneLineErrors.has(e.name))) throw e;
+  console.error(`bench: ${e.message}`);
+  process.exitCode = 2;
+}

@@ -246,6 +246,13 @@ export function builtinConfig(name: string): LlamaConfig {
   return cfg;
 }
 
+/** A built-in config as Hugging Face's config.json spells it (a fresh copy), for writing checkpoints of its shape. */
+export function builtinConfigJson(name: string): Record<string, unknown> {
+  builtinConfig(name); // the same error for an unknown name
+  const json: Record<string, object> = { 'llama-3.2-1b': llama32_1bJson, 'llama-tiny': llamaTinyJson };
+  return structuredClone(json[name.toLowerCase()]) as Record<string, unknown>;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // The checkpoint a config implies.
 

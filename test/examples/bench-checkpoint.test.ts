@@ -1,0 +1,82 @@
+// The CUDA benchmark's parts that need no GPU: the random checkpoint it writes for tsfuse and Hugging Face to share
+// (read back, and run on the CPU, it gives what the in-memory weights give), its reuse rules, and the report's math.
+
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { BenchError, argmaxAgreement, leadingEqual, prepareCheckpoint, relativeDifference, report, type CudaBenchOptions, type TsfuseResult } from '../../examples/bench-cuda.ts';
+import { randomBf16Weights } from '../../examples/random-checkpoint.ts';
+import { DType } from '../../ir/dtype.ts';
+import { builtinConfig } from '../../runtime/config.ts';
+import { forwardLogits, loadLlama } from '../../runtime/llama.ts';
+import { writeSafetensors } from '../../runtime/safetensors.ts';
+
+const cfg = builtinConfig('llama-tiny');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-bench-test-'));
+const options = (dir: string): CudaBenchOptions => ({
+  config: 'llama-tiny', promptLength: 4, newTokens: 3, runs: 1, seed: 7, checkpointDir: dir, python: 'python3',
+  hfTimeoutS: 1, profile: false, command: 'npm run bench -- --backend cuda --config llama-tiny',
+});
+
+test('the written checkpoint reads back as the same config and bytes, and computes the same logits', () => {
+  const dir = prepareCheckpoint(cfg, options(path.join(tmp, 'a')));
+  const loaded = loadLlama(dir);
+  const memory = randomBf16Weights(cfg, 7);
+  assert.is(loaded.weightDType, DType.BF16);
+  assert.equal({ ...loaded.cfg, source: '' }, { ...cfg, source: '' });
+  assert.equal(loaded.weights.tensors.map((t) => t.name), memory.tensors.map((t) => t.name));
+  for (const t of memory.tensors) assert.ok(Buffer.from(loaded.weights.tensor(t.name).raw).equals(memory.tensor(t.name).raw), t.name);
+  const ids = [1, 2, 3, 4];
+  const a = forwardLogits(loaded, ids).data;
+  const b = forwardLogits({ cfg, weights: memory, weightDType: DType.BF16 }, ids).data;
+  assert.is(relativeDifference(a, b), 0);
+});
+
+test('a checkpoint this benchmark wrote is reused; a foreign one is never overwritten', () => {
+  const dir = path.join(tmp, 'a');
+  const before = fs.statSync(path.join(dir, 'model.safetensors')).mtimeMs;
+  prepareCheckpoint(cfg, options(dir));
+  assert.is(fs.statSync(path.join(dir, 'model.safetensors')).mtimeMs, before);
+
+  const foreign = path.join(tmp, 'foreign');
+  fs.mkdirSync(foreign);
+  fs.writeFileSync(path.join(foreign, 'config.json'), '{}');
+  writeSafetensors(path.join(foreign, 'model.safetensors'), { x: { dtype: DType.F32, shape: [1], data: [1] } });
+  assert.throws(() => prepareCheckpoint(cfg, options(foreign)), (e: unknown) => e instanceof BenchError && /did not write/.test(e.message));
+});
+
+test('agreement measures', () => {
+  assert.is(relativeDifference([3, 4], [3, 4]), 0);
+  assert.ok(Math.abs(relativeDifference([3, 5], [3, 4]) - 0.2) < 1e-12);
+  assert.is(argmaxAgreement(Float32Array.from([0, 1, 5, 2]), Float32Array.from([0, 2, 1, 3]), 2), 1);
+  assert.is(leadingEqual([1, 2, 3], [1, 2, 4]), 2);
+  assert.is(leadingEqual([1, 2], [1, 2]), 2);
+});
+
+test('the report: one table without --compare, two with it', () => {
+  const vocab = cfg.vocabSize;
+  const ts: TsfuseResult = {
+    device: 'GPU (sm_90)', setupMs: 1000, modulesCompiled: 2, decodeEventMs: 1, decodeWallMs: 1.1, replayMs: 0.9,
+    prefillEventMs: 2, prefillWallMs: 3, kernelsPerToken: 50, copyBandwidth: 4e12, weightBytes: 2e9,
+    tokens: [5, 6, 7], logits: new Float32Array(4 * vocab).fill(1), deterministic: true,
+  };
+  const alone = report(ts, undefined, options(tmp), tmp);
+  assert.match(alone, '| decode ms per token, CUDA events');
+  assert.match(alone, '50.0 %'); // 2 GB per ms is 2 TB/s, half the copy bandwidth
+  assert.not.match(alone, 'agreement');
+  const hf = {
+    versions: { torch: '2.11', transformers: '5.17', gpu: 'GPU', cuda: '13.0' }, load_s: 1, warmup_s: [40, 1],
+    decode_ms_per_token_wall: 2, decode_ms_per_token_event: 2, prefill_wall_ms: 6, prefill_event_ms: 6,
+    tokens: [5, 6, 8], logitsBf16: new Float32Array(4 * vocab).fill(1),
+  };
+  const both = report(ts, hf, options(tmp), tmp);
+  assert.match(both, '2.00×');
+  assert.match(both, '| leading generated tokens equal');
+  assert.match(both, '2 / 3');
+});
+
+test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+test.run();
