@@ -2,6 +2,6 @@
 
 export { Tensor, scalar, arange, where, concat } from './tensor.ts';
 export type { TensorLike, ReduceOptions } from './tensor.ts';
-export { trace, param, state, TraceError } from './trace.ts';
+export { trace, param, state, validLength, TraceError } from './trace.ts';
 export type { InputSpec } from './trace.ts';
 export { DType } from '../ir/dtype.ts';

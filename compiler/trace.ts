@@ -77,3 +77,19 @@ function declare(kind: 'param' | 'state', name: string, type: TensorType): Value
     throw e;
   }
 }
+
+/** The graph input that carries the real size of dynamic dimension `symbol` (compile() pads it to a bucket). */
+export function validLengthInput(symbol: string): string {
+  return `${symbol}.valid`;
+}
+
+/**
+ * The real size of dynamic dimension `symbol` before compile() padded it to its bucket: an i32 scalar input of the
+ * graph, to mask padded positions with (`where(arange('S').lt(validLength('S')), x, 0)`).
+ */
+export function validLength(symbol: string): Tensor {
+  const g = activeGraph('validLength');
+  const name = validLengthInput(symbol);
+  const have = g.inputs.find((v) => v.name === name);
+  return new Tensor(have ?? g.addInput(name, tensorType(DType.I32, [])));
+}

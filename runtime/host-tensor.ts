@@ -74,3 +74,28 @@ export function rounderFor(dtype: DType): (x: number) => number {
     default: return dtype satisfies never;
   }
 }
+
+/** Nested arrays of numbers, as a user writes a small tensor literal. */
+export type NestedNumbers = number | readonly NestedNumbers[];
+
+/**
+ * A host tensor from values: flat values with a shape, or nested arrays whose nesting gives the shape
+ * (`tensor([[1, 2], [3, 4]])` is f32[2,2]). Values are rounded to the dtype as it stores them.
+ */
+export function tensor(data: ArrayLike<number> | NestedNumbers, shape?: readonly number[], dtype: DType | `${DType}` = DType.F32): HostTensor {
+  const flat: number[] = [];
+  const nestedShape: number[] = [];
+  const walk = (x: NestedNumbers | ArrayLike<number>, depth: number): void => {
+    if (typeof x === 'number') {
+      if (depth !== nestedShape.length && nestedShape.length > 0) throw new Error('tensor(): ragged nested arrays');
+      flat.push(x);
+      return;
+    }
+    const n = x.length;
+    if (depth === nestedShape.length) nestedShape.push(n);
+    else if (nestedShape[depth] !== n) throw new Error(`tensor(): ragged nested arrays (${n} vs ${nestedShape[depth]} at depth ${depth})`);
+    for (let i = 0; i < n; i++) walk((x as ArrayLike<NestedNumbers>)[i], depth + 1);
+  };
+  walk(data as NestedNumbers, 0);
+  return hostTensor(dtype as DType, shape ?? nestedShape, flat);
+}

@@ -109,8 +109,8 @@ function broadcastStrides(shape: readonly number[], outShape: readonly number[])
   return outShape.map((d, i) => (i < lead || shape[i - lead] === 1 ? 0 : own[i - lead]));
 }
 
-/** Applies f to broadcast operands element by element. */
-function elementwise(out: ResolvedType, ins: HostTensor[], f: (v: number[]) => number): HostTensor {
+/** Applies f to broadcast operands element by element (custom elementwise ops use it too). */
+export function elementwise(out: ResolvedType, ins: HostTensor[], f: (v: number[]) => number): HostTensor {
   const t = allocHost(out.dtype, out.shape);
   const round = rounderFor(out.dtype);
   const strides = ins.map((x) => broadcastStrides(x.shape, out.shape));

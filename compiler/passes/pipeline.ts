@@ -59,3 +59,12 @@ export function runPipeline(m: Module, opts: PipelineOptions = {}): Module {
 export function passNames(passes: readonly Pass[] = defaultPasses): string[] {
   return passes.map((p) => p.name);
 }
+
+/** `passes` with `pass` inserted before or after the named one: how a user adds a pass of their own to compile(). */
+export function insertPass(passes: readonly Pass[], where: { readonly before: string } | { readonly after: string }, pass: Pass): Pass[] {
+  const anchor = 'before' in where ? where.before : where.after;
+  const i = passes.findIndex((p) => p.name === anchor);
+  if (i < 0) throw new Error(`insertPass: no pass named '${anchor}' (passes: ${passNames(passes).join(', ')})`);
+  const at = 'before' in where ? i : i + 1;
+  return [...passes.slice(0, at), pass, ...passes.slice(at)];
+}

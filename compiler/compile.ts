@@ -1,0 +1,265 @@
+// compile(): model code as a function that is traced on its first call with the inputs it is given, compiled for a
+// backend, and reused on later calls while its guards hold (compiler/guards.ts); a failed guard compiles again.
+//
+// Dynamic dimensions are padded to buckets. An input axis declared dynamic is a symbol while tracing (`S`), and a
+// call pads it with `padValue` up to the next bucket (powers of two by default), so that every size in a bucket
+// runs one compiled graph, compiled for that bucket's size. The padding is masked like this:
+//   - every output axis whose size is the symbol is sliced back to the real size, so padded rows never reach the
+//     caller;
+//   - model code that mixes positions along the axis (a sum or a mean over it, attention that is not causal) asks
+//     for the real size with validLength('S'), an i32 scalar input, and masks with it:
+//     `where(arange('S').lt(validLength('S')), x, 0)`;
+//   - causal attention needs nothing: a padded position comes after every real one, so no real query sees it.
+//     The KV cache entries it writes (past the real prompt) are overwritten by the decode step of that position
+//     before any query reads them (a step writes its own key before attending).
+
+import { interpret } from '../backends/reference/interpreter.ts';
+import { Graph, Module } from '../ir/graph.ts';
+import { formatType } from '../ir/shape.ts';
+import { DType } from '../ir/dtype.ts';
+import { allocHost, HostTensor, hostTensor } from '../runtime/host-tensor.ts';
+import { CpuExecutor } from '../runtime/cpu.ts';
+import { compileModule, CompiledModule } from './compile-module.ts';
+import {
+  Buckets, CallSignature, DynamicAxes, firstFailure, GuardFailure, signatureKey, signatureOf,
+} from './guards.ts';
+import { PassContext } from './passes/context.ts';
+import { Pass } from './passes/pipeline.ts';
+import { padAxis, sliceAxis } from './padding.ts';
+import { Tensor } from './tensor.ts';
+import { trace, TraceError, validLengthInput } from './trace.ts';
+
+export type { Buckets, DynamicAxes, GuardFailure } from './guards.ts';
+
+/** cpu: fused kernels as JavaScript; reference: the interpreter, op by op on the traced graph; webgpu: WGSL. */
+export type CompileBackend = 'cpu' | 'reference' | 'webgpu';
+/** The backends whose calls return at once (webgpu's return promises). */
+export type HostBackend = 'cpu' | 'reference';
+
+/** Parameters (weights) by name, or a function that loads one. */
+export type ParamSource = Readonly<Record<string, HostTensor>> | ((name: string) => HostTensor);
+
+export interface CompileFnOptions<B extends CompileBackend = HostBackend> {
+  /** Default 'cpu'; may be changed later through `compiled.backend` (a guard). */
+  readonly backend?: B;
+  /** The traced graph's name (default: the function's name, else `main`). */
+  readonly name?: string;
+  /** Input names, in argument order (default: the function's parameter names, else x0, x1, …). */
+  readonly inputs?: readonly string[];
+  /** Dynamic axes per input: `{ tokens: { 0: 'S' } }`. */
+  readonly dynamic?: Readonly<Record<string, DynamicAxes>>;
+  /** Default 'pow2'. */
+  readonly buckets?: Buckets;
+  /** Value that pads a dynamic axis up to its bucket (default 0). */
+  readonly padValue?: number;
+  readonly params?: ParamSource;
+  /** State tensors to use (and fill): pass one compiled function's `states` to another to share a KV cache. */
+  readonly states?: Map<string, HostTensor>;
+  /** The pass pipeline (default defaultPasses; insertPass() adds one of your own). */
+  readonly passes?: readonly Pass[];
+  /** Run the IR verifier after every pass. */
+  readonly verify?: boolean;
+  /** Called after each pass of each compilation with the module as it stands (to print the IR). */
+  readonly after?: (pass: string, m: Module) => void;
+  /** Fusion decisions and their reasons. */
+  readonly explain?: (pass: string, line: string) => void;
+}
+
+/** One compilation: for which signature, and why (the first call, or the guard that failed). */
+export interface CompileEvent {
+  readonly key: string;
+  /** undefined for the first compilation. */
+  readonly failed?: GuardFailure;
+  readonly ms: number;
+}
+
+export interface CompileStats {
+  readonly calls: number;
+  readonly compilations: number;
+  readonly cacheHits: number;
+  /** Every compilation in order; all but the first name the guard that failed. */
+  readonly compiles: readonly CompileEvent[];
+}
+
+export interface CompiledEntry {
+  readonly key: string;
+  readonly signature: CallSignature;
+  /** The traced graph (symbolic dims as symbols), before any pass. */
+  readonly traced: Graph;
+  /** The module after the pass pipeline, with kernels (absent for the reference backend). */
+  readonly compiled?: CompiledModule;
+}
+
+type HostArgs<A extends readonly Tensor[]> = { [K in keyof A]: HostTensor };
+export type HostResult<R> = R extends Tensor ? HostTensor : HostTensor[];
+type Returned<B extends CompileBackend, T> = B extends 'webgpu' ? Promise<T> : T;
+
+export interface CompiledFunction<A extends Tensor[], R extends Tensor | Tensor[], B extends CompileBackend> {
+  (...inputs: HostArgs<A>): Returned<B, HostResult<R>>;
+  /** The backend of the next call; changing it is a guard like any other (among host backends, or webgpu). */
+  backend: B extends 'webgpu' ? 'webgpu' : HostBackend;
+  readonly stats: CompileStats;
+  /** State tensors (declared with state()) by name: kept across calls and shared by every compiled graph. */
+  readonly states: Map<string, HostTensor>;
+  /** Compiled graphs by cache key. */
+  readonly cache: ReadonlyMap<string, CompiledEntry>;
+  readonly inputNames: readonly string[];
+}
+
+/** What runs one compiled entry; host backends answer at once, webgpu with a promise. */
+interface EntryRunner {
+  run(inputs: Readonly<Record<string, HostTensor>>, states: Map<string, HostTensor>): HostTensor[] | Promise<HostTensor[]>;
+}
+
+interface Entry extends CompiledEntry {
+  readonly runner: EntryRunner | Promise<EntryRunner>;
+  /** fn returned one tensor, not an array: the call returns one too. */
+  readonly single: boolean;
+}
+
+export function compile<A extends Tensor[], R extends Tensor | Tensor[], B extends CompileBackend = HostBackend>(
+  fn: (...args: A) => R, options: CompileFnOptions<B> = {},
+): CompiledFunction<A, R, B> {
+  const names = options.inputs ?? parameterNames(fn);
+  const graphName = sanitize(options.name ?? (fn.name || 'main'));
+  const dynamic = options.dynamic ?? {};
+  const buckets = options.buckets ?? 'pow2';
+  for (const input of Object.keys(dynamic)) {
+    if (!names.includes(input)) throw new TraceError(`compile(): dynamic input '${input}' is not an input (inputs: ${names.join(', ')})`);
+  }
+  let backend: CompileBackend = options.backend ?? 'cpu';
+  const cache = new Map<string, Entry>();
+  const states = options.states ?? new Map<string, HostTensor>();
+  const compiles: CompileEvent[] = [];
+  let calls = 0;
+  let hits = 0;
+  let last: Entry | undefined;
+
+  const paramOf = (name: string): HostTensor => {
+    const src = options.params;
+    const t = typeof src === 'function' ? src(name) : src?.[name];
+    if (!t) throw new TraceError(`compile(): no value for parameter '${name}' (give it in options.params)`);
+    return t;
+  };
+
+  const build = (sig: CallSignature, key: string): Entry => {
+    const started = performance.now();
+    const specs = sig.inputs.map((s) => ({
+      name: s.name, dtype: s.dtype, shape: s.dims.map((d) => (typeof d === 'number' ? d : d.symbol)),
+    }));
+    let single = false;
+    const traced = trace(graphName, specs, (...args: Tensor[]) => {
+      const r = (fn as unknown as (...a: Tensor[]) => Tensor | Tensor[])(...args);
+      single = !Array.isArray(r);
+      return r;
+    });
+    // Passes weigh bytes at the bucket's size: the graph is compiled for it.
+    const dims = new Map<string, number>();
+    for (const s of sig.inputs) for (const d of s.dims) if (typeof d !== 'number') dims.set(d.symbol, d.bucket);
+    const ctx: PassContext = { dims, explain: options.explain };
+    let compiled: CompiledModule | undefined;
+    let runner: Entry['runner'];
+    if (sig.backend === 'reference') {
+      runner = { run: (inputs, st) => interpret(traced, { inputs, param: paramOf, states: st }) };
+    } else {
+      compiled = compileModule({ graphs: [traced] }, { passes: options.passes, ctx, verify: options.verify, after: options.after });
+      if (sig.backend === 'cpu') {
+        const exec = new CpuExecutor(compiled, paramOf);
+        runner = { run: (inputs, st) => exec.run(graphName, inputs, st) };
+      } else {
+        runner = import('../runtime/webgpu-executor.ts').then(({ WebGpuExecutor }) =>
+          WebGpuExecutor.create(compiled!, paramOf, Object.fromEntries(dims)));
+      }
+    }
+    const failed = last ? firstFailure(last.signature, sig) : undefined;
+    compiles.push({ key, failed, ms: performance.now() - started });
+    return { key, signature: sig, traced, compiled, runner, single };
+  };
+
+  const call = (...inputs: HostTensor[]): HostTensor | HostTensor[] | Promise<HostTensor | HostTensor[]> => {
+    calls++;
+    if (inputs.length !== names.length) {
+      throw new TraceError(`@${graphName} takes ${names.length} inputs (${names.join(', ')}), got ${inputs.length}`);
+    }
+    const sig = signatureOf(backend, names, inputs, dynamic, buckets);
+    const key = signatureKey(sig);
+    let entry = cache.get(key);
+    if (entry) hits++;
+    else cache.set(key, (entry = build(sig, key)));
+    last = entry;
+    const g = entry.traced;
+    for (const s of g.states) {
+      const have = states.get(s.name!);
+      if (!have || formatType(have) !== formatType(s.type)) states.set(s.name!, allocHost(s.type.dtype, s.type.shape as number[]));
+    }
+    const { args, valid } = padInputs(sig, names, inputs, options.padValue ?? 0);
+    for (const [symbol, n] of valid) args[validLengthInput(symbol)] = hostTensor(DType.I32, [], [n]);
+    const finish = (outs: HostTensor[]) => {
+      const sliced = outs.map((t, i) => sliceOutputs(t, g.outputs[i].type.shape, valid));
+      return entry!.single ? sliced[0] : sliced;
+    };
+    const runner = entry.runner;
+    if (runner instanceof Promise) return runner.then((r) => r.run(args, states)).then(finish);
+    const outs = runner.run(args, states);
+    return outs instanceof Promise ? outs.then(finish) : finish(outs);
+  };
+
+  const compiled = call as unknown as CompiledFunction<A, R, B>;
+  Object.defineProperties(compiled, {
+    backend: { get: () => backend, set: (b: CompileBackend) => { backend = b; }, enumerable: true },
+    stats: {
+      get: (): CompileStats => ({ calls, compilations: compiles.length, cacheHits: hits, compiles: [...compiles] }),
+      enumerable: true,
+    },
+    states: { value: states, enumerable: true },
+    cache: { value: cache, enumerable: true },
+    inputNames: { value: names, enumerable: true },
+  });
+  return compiled;
+}
+
+/** Pads every dynamic axis up to its bucket; returns the inputs by name and the real size of each symbol. */
+function padInputs(sig: CallSignature, names: readonly string[], inputs: readonly HostTensor[], padValue: number):
+  { args: Record<string, HostTensor>; valid: Map<string, number> } {
+  const args: Record<string, HostTensor> = {};
+  const valid = new Map<string, number>();
+  inputs.forEach((t, i) => {
+    let padded = t;
+    sig.inputs[i].dims.forEach((d, axis) => {
+      if (typeof d === 'number') return;
+      const n = t.shape[axis];
+      const seen = valid.get(d.symbol);
+      if (seen !== undefined && seen !== n) {
+        throw new RangeError(`dynamic size ${d.symbol} is ${seen} in one input and ${n} in ${names[i]} (axis ${axis})`);
+      }
+      valid.set(d.symbol, n);
+      padded = padAxis(padded, axis, d.bucket, padValue);
+    });
+    args[names[i]] = padded;
+  });
+  return { args, valid };
+}
+
+/** Slices each output axis whose size is a dynamic symbol back to the symbol's real size. */
+function sliceOutputs(t: HostTensor, shape: readonly (number | string)[], valid: ReadonlyMap<string, number>): HostTensor {
+  let out = t;
+  shape.forEach((d, axis) => {
+    const n = typeof d === 'string' ? valid.get(d) : undefined;
+    if (n !== undefined) out = sliceAxis(out, axis, n);
+  });
+  return out;
+}
+
+/** `(x, w) => …` → ['x', 'w']: the parameter names of a plain parameter list, else x0, x1, …. */
+function parameterNames(fn: (...args: never[]) => unknown): string[] {
+  const src = Function.prototype.toString.call(fn);
+  const m = /^(?:async\s*)?(?:function\b[^(]*)?\(([^)]*)\)/.exec(src) ?? /^(?:async\s+)?([A-Za-z_$][\w$]*)\s*=>/.exec(src);
+  const list = m ? m[1].split(',').map((s) => s.trim()).filter(Boolean) : [];
+  const ok = list.length === fn.length && list.every((s) => /^[A-Za-z_$][\w$]*$/.test(s));
+  return ok ? list : Array.from({ length: fn.length }, (_, i) => `x${i}`);
+}
+
+function sanitize(name: string): string {
+  const s = name.replace(/[^A-Za-z0-9_.]/g, '_');
+  return /^[A-Za-z_]/.test(s) ? s : `f_${s}`;
+}
