@@ -62,9 +62,11 @@ function outputTile(domain: Shape, reducingPrologue: boolean): number {
   if (typeof n !== 'number') return 1;
   let t = OUTPUT_TILE;
   while (n % t !== 0) t /= 2;
-  // Narrow outputs get more rows, unless every row would redo a normalisation of the input.
-  while (!reducingPrologue && t > MIN_OUTPUT_TILE && n % (t / 2) === 0 && n / t < ENOUGH_ROWS) t /= 2;
-  while (t < MAX_OUTPUT_TILE && n % (2 * t) === 0 && n / (2 * t) >= ENOUGH_ROWS) t *= 2;
+  // Narrow outputs get more rows, unless every row would redo a normalisation of the input; a row that does
+  // redo it gets more outputs, to spread that work over more weights.
+  const enough = reducingPrologue ? ENOUGH_ROWS / 2 : ENOUGH_ROWS;
+  while (!reducingPrologue && t > MIN_OUTPUT_TILE && n % (t / 2) === 0 && n / t < enough) t /= 2;
+  while (t < MAX_OUTPUT_TILE && n % (2 * t) === 0 && n / (2 * t) >= enough) t *= 2;
   return t;
 }
 
