@@ -128,7 +128,7 @@ function subgroupStore(s: KStmt): s is Store {
  */
 export function renderWgsl(k: KernelIR, opts: WgslOptions = {}): RenderedWgsl {
   const layouts = opts.layouts ?? k.buffers.map(() => ({ chunks: 1, chunkWords: 0 }));
-  const useSubgroups = (opts.subgroups ?? false) && k.body.some((s) => subgroupStore(s) || (s.k === 'coop' && s.op === 'sum') || (s.k === 'array' && s.value.k === 'reduce'));
+  const useSubgroups = (opts.subgroups ?? false) && k.body.some((s) => subgroupStore(s) || (s.k === 'coop' && s.op !== 'argmax') || (s.k === 'array' && s.value.k === 'reduce'));
   const vectorized = planVectorized(k, layouts, useSubgroups);
   // Shared arrays read four elements at a time are declared as vec4s.
   const vec4Arrays = new Set([...vectorized.values()].flatMap((v) => (v.a?.kind === 'elem' ? [v.a.array] : [])));
@@ -410,8 +410,20 @@ function renderSlicedArray(s: Extract<KStmt, { k: 'array' }>, r: Reduce, ctx: Ro
   out.push(`${indent}if (lid < ${slices * s.n}) {`);
   out.push(`${inner}let ${s.v} = lid % ${s.n};`);
   const rn = p.expr(r.n, out, inner);
-  out.push(`${inner}for (var ${r.v}: i32 = lid / ${s.n}; ${r.v} < ${rn}; ${r.v} += ${slices}) {`);
-  out.push(`${inner}  ${part} = ${part} + ${p.expr(r.body, out, inner + '  ')};`);
+  // Four terms per iteration, each in its own block, so their loads are in flight together.
+  const from = `${r.v}_at`;
+  const fold = (q: number, ind: string) => {
+    out.push(`${ind}{`);
+    out.push(`${ind}  let ${r.v} = ${from} + ${q * slices};`);
+    out.push(`${ind}  ${part} = ${part} + ${p.expr(r.body, out, ind + '  ')};`);
+    out.push(`${ind}}`);
+  };
+  out.push(`${inner}var ${from}: i32 = lid / ${s.n};`);
+  out.push(`${inner}for (; ${from} + ${3 * slices} < ${rn}; ${from} += ${4 * slices}) {`);
+  for (let q = 0; q < 4; q++) fold(q, inner + '  ');
+  out.push(`${inner}}`);
+  out.push(`${inner}for (; ${from} < ${rn}; ${from} += ${slices}) {`);
+  fold(0, inner + '  ');
   out.push(`${inner}}`);
   out.push(`${indent}}`);
   out.push(`${indent}red_f[lid] = ${part};`);
@@ -510,13 +522,14 @@ function renderCoop(s: Extract<KStmt, { k: 'coop' }>, ctx: RowContext, out: stri
   fold(0, inner);
   out.push(`${indent}}`);
   const red = t === 'i32' && s.op !== 'argmax' ? 'red_i' : 'red_f';
-  if (ctx.subgroups && s.op === 'sum' && t === 'f32') {
-    // Subgroups sum their lanes in registers; only one value per subgroup goes through workgroup memory.
-    out.push(`${indent}let ${part}_sg = subgroupAdd(${part});`);
+  if (ctx.subgroups && (s.op === 'sum' || s.op === 'max') && t === 'f32') {
+    // Subgroups combine their lanes in registers; only one value per subgroup goes through workgroup memory.
+    const sum = s.op === 'sum';
+    out.push(`${indent}let ${part}_sg = ${sum ? 'subgroupAdd' : 'subgroupMax'}(${part});`);
     out.push(`${indent}if (lane == 0) { red_f[subgroup] = ${part}_sg; }`);
     out.push(`${indent}workgroupBarrier();`);
-    out.push(`${indent}var ${s.name}_sum: f32 = 0.0;`);
-    out.push(`${indent}for (var w: i32 = 0; w < subgroups; w++) { ${s.name}_sum = ${s.name}_sum + red_f[w]; }`);
+    out.push(`${indent}var ${s.name}_sum: f32 = ${sum ? '0.0' : NEG_INF};`);
+    out.push(`${indent}for (var w: i32 = 0; w < subgroups; w++) { ${s.name}_sum = ${sum ? `${s.name}_sum + red_f[w]` : `max(${s.name}_sum, red_f[w])`}; }`);
     out.push(`${indent}let ${s.name} = ${s.name}_sum;`);
     out.push(`${indent}workgroupBarrier();`);
     return;
