@@ -23,6 +23,13 @@ export const blockScope: Scope = {
     : `tf_block_${op}(${part}, ${t === 'f32' ? 'tf_rf' : 'tf_ri'})`),
 };
 
+/** One thread alone: its partial is the result. */
+export const threadScope: Scope = {
+  lane: '0',
+  size: '1',
+  combine: (_op, _t, part) => part,
+};
+
 export const warpScope: Scope = {
   lane: 'tf_lane',
   size: '32',

@@ -8,7 +8,7 @@ import { DType } from '../../ir/dtype.ts';
 import { KernelIR, KExpr, KStmt, ReduceOp, ROW, Scalar } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter } from '../render-base.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
-import { blockScope, renderReduction, warpScope } from './reductions.ts';
+import { blockScope, threadScope, renderReduction, warpScope } from './reductions.ts';
 
 export { CUDA_BLOCK, cudaPrelude };
 
@@ -141,6 +141,8 @@ class CudaPrinter extends ExprPrinter {
     this.nested++;
     try {
       if (shared) renderReduction(acc, op, v, n, body, t, this, warpScope, out, indent);
+      // One thread's own sum still reads contiguous data 16 bytes at a time (a score: q · one cached key).
+      else if (op === 'sum' && t === 'f32' && this.nested === 1) renderReduction(acc, op, v, n, body, t, this, threadScope, out, indent);
       else super.reduceInto(acc, op, v, n, body, t, out, indent);
     } finally {
       this.nested--;
@@ -245,6 +247,41 @@ function parallelLoop(v: string, n: string, warp: boolean, out: string[], indent
   out.push(`${indent}}`);
 }
 
+type ReduceExpr = Extract<KExpr, { k: 'reduce' }>;
+
+/** Few elements, each a long sum (probs·v over the cache): threads split each sum, neighbours on neighbours. */
+function sliced(s: ArrayStmt): boolean {
+  const r = s.value;
+  return r.k === 'reduce' && r.op === 'sum' && r.t === 'f32' && 2 * s.n <= CUDA_BLOCK && !(r.n.k === 'const' && r.n.value < 32);
+}
+
+function renderSlicedArray(s: ArrayStmt, r: ReduceExpr, p: CudaPrinter, out: string[], indent: string): void {
+  const inner = indent + '  ';
+  let slices = 1;
+  while (2 * slices * s.n <= CUDA_BLOCK) slices *= 2;
+  const part = `${s.name}_part`;
+  out.push(`${indent}{`);
+  out.push(`${inner}__shared__ float ${s.name}_slices[${slices * s.n}];`);
+  out.push(`${inner}float ${part} = 0.0f;`);
+  out.push(`${inner}if (tf_tid < ${slices * s.n}) {`);
+  out.push(`${inner}  const int ${s.v} = tf_tid % ${s.n};`);
+  const n = p.expr(r.n, out, inner + '  ');
+  out.push(`${inner}  #pragma unroll 4`);
+  out.push(`${inner}  for (int ${r.v} = tf_tid / ${s.n}; ${r.v} < ${n}; ${r.v} += ${slices}) {`);
+  out.push(`${inner}    ${part} += ${p.expr(r.body, out, inner + '    ')};`);
+  out.push(`${inner}  }`);
+  out.push(`${inner}  ${s.name}_slices[tf_tid] = ${part};`);
+  out.push(`${inner}}`);
+  out.push(`${inner}__syncthreads();`);
+  out.push(`${inner}if (tf_tid < ${s.n}) {`);
+  out.push(`${inner}  float ${s.name}_sum = 0.0f;`);
+  out.push(`${inner}  for (int q = 0; q < ${slices}; q++) ${s.name}_sum += ${s.name}_slices[q * ${s.n} + tf_tid];`);
+  out.push(`${inner}  ${s.name}[tf_tid] = ${s.name}_sum;`);
+  out.push(`${inner}}`);
+  out.push(`${indent}}`);
+  out.push(`${indent}__syncthreads();`);
+}
+
 function renderStmt(s: KStmt, p: CudaPrinter, out: string[], indent: string): void {
   switch (s.k) {
     case 'let':
@@ -254,6 +291,10 @@ function renderStmt(s: KStmt, p: CudaPrinter, out: string[], indent: string): vo
       renderReduction(s.name, s.op, s.v, p.expr(s.n, out, indent), s.body, s.op === 'argmax' ? 'i32' : s.body.t, p, blockScope, out, indent);
       break;
     case 'array': {
+      if (sliced(s)) {
+        renderSlicedArray(s, s.value as ReduceExpr, p, out, indent);
+        break;
+      }
       p.warp = perWarp(s.n, s.value);
       parallelLoop(s.v, String(s.n), p.warp, out, indent, (inner) => `${s.name}[${s.v}] = ${p.expr(s.value, out, inner)};`);
       p.warp = false;
