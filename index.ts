@@ -3,7 +3,7 @@
 
 // Tracing and the tensor API.
 export { Tensor, scalar, arange, where, concat, trace, param, state, validLength, TraceError, DType } from './compiler/index.ts';
-export type { TensorLike, ReduceOptions, InputSpec } from './compiler/index.ts';
+export type { TensorLike, ReduceOptions, InputSpec, DTypeName, ShapeSpec } from './compiler/index.ts';
 
 // compile(): traced on first call, guarded, cached, dynamic sizes padded to buckets.
 export { compile } from './compiler/compile.ts';

@@ -82,7 +82,7 @@ export function runCompile(req: CompileRequest): void {
   for (const [name, r] of Object.entries(reports)) console.log(`\n${formatReportTable(name, r)}`);
 }
 
-function parseDump(spec: string | undefined, passes: string[]): { final: boolean; all: boolean; after?: string } {
+export function parseDump(spec: string | undefined, passes: string[]): { final: boolean; all: boolean; after?: string } {
   if (spec === undefined) return { final: false, all: false };
   if (spec === 'final' || spec === '') return { final: true, all: false };
   if (spec === 'all') return { final: false, all: true };
@@ -93,7 +93,7 @@ function parseDump(spec: string | undefined, passes: string[]): { final: boolean
   return { final: false, all: false, after: m[1] };
 }
 
-function writeKernels(dir: string, backend: string, graphs: { name: string; kernels: readonly KernelIR[] }[]): void {
+export function writeKernels(dir: string, backend: string, graphs: { name: string; kernels: readonly KernelIR[] }[]): void {
   const renderer = kernelRenderers[backend];
   if (!renderer) throw new CompileUsageError(`--dump-kernels: no kernel renderer for backend '${backend}' (have ${Object.keys(kernelRenderers).join(', ')})`);
   fs.mkdirSync(dir, { recursive: true });

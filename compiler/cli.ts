@@ -16,6 +16,7 @@ import { CudaUnavailableError } from '../runtime/cuda/errors.ts';
 import { WeightsError } from '../runtime/safetensors.ts';
 import { TraceError } from './trace.ts';
 import { builtinLlama, CompileUsageError, runCompile } from './cli-compile.ts';
+import { ScriptError } from './script-error.ts';
 import { LoweringError } from '../backends/lower.ts';
 import { DType } from '../ir/dtype.ts';
 
@@ -32,6 +33,9 @@ commands:
   compile  (--model DIR | --config llama-3.2-1b) [--report] [--json] [--explain-fusion]
            [--dump-ir[=all|after:PASS]] [--dump-kernels DIR] [--backend cpu|cuda] [--cache-length N] [--prompt-length N]
       runs the pass pipeline; --report: kernels and bytes per step, fused vs one kernel per op
+  compile  MODEL.ts [--entry NAME] [--backend cpu|cuda] [--dump-ir[=all|after:PASS]] [--dump-kernels DIR] [--out FILE] [--json]
+      traces an exported entry of a model script (inputs typed Tensor<dtype, shape>) and compiles it;
+      --out writes the compiled artifact: a TypeScript module with the kernels and a typed run(inputs, params)
   trace    --model DIR [--dump-ir] [--cache-length N]
       traces the Llama prefill and decode graphs; --dump-ir prints them as IR text
   inspect  FILE.ir [--stats]
@@ -106,8 +110,10 @@ const commands: Record<string, Handler> = {
     else for (const g of module.graphs) console.log(`@${g.name}: ${g.nodes.length} nodes, ${g.params.length} params, ${g.states.length} state tensors`);
   },
 
-  compile(args) {
-    const { values } = parse(args, {
+  async compile(args) {
+    const { values, positionals } = parse(args, {
+      entry: { type: 'string' },
+      out: { type: 'string' },
       model: modelOptions.model,
       config: { type: 'string' },
       backend: modelOptions.backend,
@@ -118,7 +124,18 @@ const commands: Record<string, Handler> = {
       'dump-kernels': { type: 'string' },
       'cache-length': { type: 'string' },
       'prompt-length': { type: 'string', default: '32' },
-    });
+    }, true);
+    if (positionals.length > 1) throw new UsageError(`compile takes one model script, got ${positionals.join(' ')}`);
+    if (positionals.length === 1) {
+      if (values.model !== undefined || values.config !== undefined) throw new UsageError('give a model script or --model/--config, not both');
+      const { runScriptCompile } = await import('./cli-script.ts'); // ts-morph loads only for scripts
+      await runScriptCompile({
+        script: positionals[0], entry: values.entry, backend: checkBackend(values.backend), dumpIr: values['dump-ir'],
+        dumpKernels: values['dump-kernels'], out: values.out, json: values.json,
+      });
+      return;
+    }
+    if (values.entry !== undefined || values.out !== undefined) throw new UsageError('--entry and --out need a model script: tsfuse compile MODEL.ts');
     if ((values.model === undefined) === (values.config === undefined)) throw new UsageError('give one of --model DIR or --config NAME (built-in: llama-3.2-1b)');
     checkBackend(values.backend);
     const model = values.model !== undefined ? loadModel(values.model) : undefined;
@@ -211,7 +228,7 @@ function nonNegative(text: string, flag: string): number {
 }
 
 /** Errors that describe bad input: printed as they are, without a stack. */
-const userErrors = [UsageError, WebGpuUnavailableError, CudaUnavailableError, CompileUsageError, LoweringError, TraceError, ConfigError, WeightsError, IrParseError, VerifyError, GraphError, InterpretError, RangeError];
+const userErrors = [UsageError, ScriptError, WebGpuUnavailableError, CudaUnavailableError, CompileUsageError, LoweringError, TraceError, ConfigError, WeightsError, IrParseError, VerifyError, GraphError, InterpretError, RangeError];
 
 async function main(argv: string[]): Promise<number> {
   // A bare --dump-ir means the final IR; parseArgs wants a value for a string option.

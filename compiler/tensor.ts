@@ -9,7 +9,17 @@ import { activeGraph, record, TraceError } from './trace.ts';
 
 export type TensorLike = Tensor | number;
 
-export class Tensor {
+/** A dtype by its printed name: 'f32', 'bf16', …. */
+export type DTypeName = `${DType}`;
+/** A shape as a type: static sizes and symbolic ones, `[4, 8]` or `['S', 64]`. */
+export type ShapeSpec = readonly (number | string)[];
+
+/**
+ * A traced tensor. The type parameters are for signatures only (`x: Tensor<'f32', ['S', 64]>` declares an entry
+ * point's input for `tsfuse compile`, which reads them with ts-morph); they are phantom, so every Tensor<…> is
+ * interchangeable with a plain Tensor and the methods ignore them.
+ */
+export class Tensor<D extends DTypeName = DTypeName, S extends ShapeSpec = ShapeSpec> {
   constructor(readonly value: Value) {}
 
   get dtype(): DType { return this.value.type.dtype; }

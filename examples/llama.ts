@@ -5,7 +5,7 @@
 import { arange, concat, param, scalar, state, Tensor, trace, where } from '../compiler/index.ts';
 import { DType } from '../ir/dtype.ts';
 import { Module } from '../ir/graph.ts';
-import type { LlamaConfig } from '../runtime/config.ts';
+import { builtinConfig, type LlamaConfig } from '../runtime/config.ts';
 
 export interface LlamaTraceOptions {
   /** Dtype of the checkpoint's weights; they stay in it and are widened to f32 where they are used. */
@@ -27,6 +27,20 @@ export function traceLlama(cfg: LlamaConfig, opts: LlamaTraceOptions): Module {
     ],
   };
 }
+
+/**
+ * Entry points for `tsfuse compile examples/llama.ts --entry tinyPrefill` (or tinyDecode): the built-in llama-tiny
+ * config with f32 weights and a KV cache of 256 positions, the inputs' dtypes and shapes declared in the signature.
+ */
+export function tinyPrefill(tokens: Tensor<'i32', ['S']>, pos: Tensor<'i32', []>): Tensor[] {
+  return llamaForward(builtinConfig('llama-tiny'), tinyOptions, tokens, pos);
+}
+
+export function tinyDecode(tokens: Tensor<'i32', [1]>, pos: Tensor<'i32', []>): Tensor[] {
+  return llamaForward(builtinConfig('llama-tiny'), tinyOptions, tokens, pos);
+}
+
+const tinyOptions: LlamaTraceOptions = { weightDType: DType.F32, cacheLength: 256 };
 
 /**
  * Runs tokens i32[S] at positions pos..pos+S-1 through the model, writing their keys and values into the cache.

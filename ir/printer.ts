@@ -9,6 +9,8 @@ import { formatType } from './shape.ts';
 export interface PrintOptions {
   /** Print the source-line comments (golden tests leave them out). Default true. */
   locations?: boolean;
+  /** The source text of a location, shown after it (`# examples/mlp.ts:18  h.matmul(w)`; read back as part of it). */
+  source?: (loc: string) => string | undefined;
 }
 
 /** Column at which source-line comments start, so they line up in a dump. */
@@ -45,8 +47,13 @@ export function printGraph(g: Graph, opts: PrintOptions = {}): string {
     lines.push(`  param ${ref(p)}: ${formatType(p.type)}${rhs}`);
   }
   for (const s of g.states) lines.push(`  state ${ref(s)}: ${formatType(s.type)}`);
-  const nodeLine = (n: Node, indent: string) =>
-    withLoc(`${indent}${printNode(n, ref)}`, opts.locations === false ? undefined : n.loc);
+  // Source text is shown once for a run of nodes from the same line.
+  let lastLoc: string | undefined;
+  const nodeLine = (n: Node, indent: string) => {
+    const source = n.loc !== lastLoc ? opts.source : undefined;
+    lastLoc = n.loc;
+    return withLoc(`${indent}${printNode(n, ref)}`, opts.locations === false ? undefined : n.loc, source);
+  };
   if (g.kernels.length === 0) {
     for (const n of g.nodes) lines.push(nodeLine(n, '  '));
   } else {
@@ -79,9 +86,10 @@ function kernelSummary(g: Graph, k: Kernel, ref: (v: Value) => string): string {
   return `  # reads ${io.reads.map(ref).join(', ') || 'nothing'}; writes ${io.writes.map(ref).join(', ')}`;
 }
 
-function withLoc(line: string, loc: string | undefined): string {
+function withLoc(line: string, loc: string | undefined, source?: (loc: string) => string | undefined): string {
   if (!loc) return line;
-  return `${line.padEnd(Math.max(LOC_COLUMN, line.length + 2))}# ${loc}`;
+  const text = source?.(loc);
+  return `${line.padEnd(Math.max(LOC_COLUMN, line.length + 2))}# ${loc}${text ? `  ${text}` : ''}`;
 }
 
 export function printAttrs(attrs: Attrs): string {

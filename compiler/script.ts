@@ -1,0 +1,245 @@
+// Model scripts for `tsfuse compile model.ts`: ts-morph reads the script to find its entry points (exported
+// functions whose parameters are typed Tensor<dtype, shape>) and to reject control flow that depends on a tensor's
+// value — which tracing cannot see, since `if (t)` on an object is always true — then the entry is imported and
+// traced. Errors name the script's file, line and column.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import {
+  Node, Project, SourceFile, SyntaxKind, ts, Type, type Expression, type ParameterDeclaration,
+} from 'ts-morph';
+import { DType, isDType } from '../ir/dtype.ts';
+import { Graph } from '../ir/graph.ts';
+import { Dim } from '../ir/shape.ts';
+import { ScriptError } from './script-error.ts';
+import { displayPath } from './source-location.ts';
+import { Tensor } from './tensor.ts';
+import { InputSpec, trace } from './trace.ts';
+
+export { ScriptError };
+
+export interface ScriptEntry {
+  readonly name: string;
+  readonly inputs: readonly InputSpec[];
+  /** "examples/mlp.ts:12" */
+  readonly loc: string;
+}
+
+/** An exported function that is not an entry point, and why. */
+export interface NotAnEntry {
+  readonly name: string;
+  readonly reason: string;
+}
+
+export interface ScriptInfo {
+  readonly file: string;
+  readonly entries: readonly ScriptEntry[];
+  readonly others: readonly NotAnEntry[];
+  /** Data-dependent control flow found by the type checker, as "file:line:col: message". */
+  readonly problems: readonly string[];
+  /** The trimmed source text of a line of the script, for IR comments. */
+  readonly lineText: (line: number) => string | undefined;
+}
+
+const tensorFile = path.resolve(path.dirname(new URL(import.meta.url).pathname), 'tensor.ts');
+
+/** Reads a script with the type checker: its entry points and its data-dependent control flow. */
+export function readScript(file: string): ScriptInfo {
+  const abs = path.resolve(file);
+  if (!fs.existsSync(abs)) throw new ScriptError(`${file}: no such file`);
+  const project = new Project({
+    compilerOptions: {
+      target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext,
+      strict: true, noEmit: true, allowImportingTsExtensions: true, skipLibCheck: true, types: ['node'],
+    },
+    skipAddingFilesFromTsConfig: true,
+  });
+  const sf = project.addSourceFileAtPath(abs);
+  project.resolveSourceFileDependencies();
+  const shown = displayPath(abs);
+  const at = (n: Node) => {
+    const { line, column } = sf.getLineAndColumnAtPos(n.getStart());
+    return `${shown}:${line}:${column}`;
+  };
+  const entries: ScriptEntry[] = [];
+  const others: NotAnEntry[] = [];
+  for (const [name, decls] of sf.getExportedDeclarations()) {
+    const fn = decls.map(functionOf).find((f) => f !== undefined);
+    if (!fn) continue;
+    const params = fn.getParameters();
+    const specs = params.map((p) => inputSpec(p));
+    const bad = specs.find((s): s is string => typeof s === 'string');
+    if (params.length === 0) others.push({ name, reason: 'it takes no tensor inputs' });
+    else if (bad !== undefined) others.push({ name, reason: bad });
+    else entries.push({ name, inputs: specs as InputSpec[], loc: `${shown}:${fn.getStartLineNumber()}` });
+  }
+  const lines = sf.getFullText().split('\n');
+  return {
+    file: abs, entries, others, problems: controlFlowProblems(sf, at),
+    lineText: (line) => lines[line - 1]?.trim() || undefined,
+  };
+}
+
+type FunctionLike = Node & { getParameters(): ParameterDeclaration[] };
+
+function functionOf(d: Node): FunctionLike | undefined {
+  if (Node.isFunctionDeclaration(d)) return d;
+  if (Node.isVariableDeclaration(d)) {
+    const init = d.getInitializer();
+    if (init && (Node.isArrowFunction(init) || Node.isFunctionExpression(init))) return init;
+  }
+  return undefined;
+}
+
+function isTensorType(t: Type): boolean {
+  const decl = (t.getSymbol() ?? t.getAliasSymbol())?.getDeclarations()[0];
+  return decl !== undefined && Node.isClassDeclaration(decl) && decl.getName() === 'Tensor' &&
+    path.resolve(decl.getSourceFile().getFilePath()) === tensorFile;
+}
+
+/** The input a parameter declares with its type, Tensor<'f32', [4, 8]>; else why it is not one. */
+function inputSpec(p: ParameterDeclaration): InputSpec | string {
+  const name = p.getName();
+  const t = p.getType();
+  const want = `type it Tensor<dtype, shape>, e.g. ${name}: Tensor<'f32', ['S', 64]>`;
+  if (!isTensorType(t)) return `parameter ${name} is not a tensor (${want})`;
+  const [d, s] = t.getTypeArguments();
+  const dtype = d?.isStringLiteral() ? String(d.getLiteralValue()) : undefined;
+  if (dtype === undefined || !isDType(dtype)) return `parameter ${name} has no dtype in its type (${want})`;
+  const dims = s?.isTuple() ? s.getTupleElements() : undefined;
+  const shape: Dim[] = [];
+  for (const e of dims ?? []) {
+    const v = e.isNumberLiteral() || e.isStringLiteral() ? e.getLiteralValue() : undefined;
+    if (typeof v !== 'number' && typeof v !== 'string') return `parameter ${name} has a size that is not a literal (${want})`;
+    shape.push(v);
+  }
+  if (!dims) return `parameter ${name} has no shape in its type (${want})`;
+  return { name, dtype: dtype as DType, shape };
+}
+
+const relational = new Set([
+  SyntaxKind.LessThanToken, SyntaxKind.LessThanEqualsToken, SyntaxKind.GreaterThanToken, SyntaxKind.GreaterThanEqualsToken,
+]);
+
+/**
+ * Every place the script branches on a tensor, found by type: `if (t)`, `while (t)`, `for (…; t; …)`, `t ? a : b`,
+ * `!t`, `t && x`, `t || x`, and `t < u`. A tensor has no value while tracing; an object in a condition is always
+ * true, so the runtime cannot catch these.
+ */
+function controlFlowProblems(sf: SourceFile, at: (n: Node) => string): string[] {
+  const problems: string[] = [];
+  const flagged = new Set<Node>();
+  const flag = (n: Node, what: string) => {
+    if (flagged.has(n)) return;
+    flagged.add(n);
+    problems.push(`${at(n)}: ${what} tests \`${snippet(n)}\`, a Tensor, whose value is not known while tracing (an ` +
+      'object in a condition is always true). Select data-dependently with where(cond, a, b), or make the choice a ' +
+      'static option of the model.');
+  };
+  /** A condition: tensors in it, through !, &&, || and parentheses. */
+  const condition = (e: Expression | undefined, what: string) => {
+    if (!e) return;
+    if (Node.isParenthesizedExpression(e)) return condition(e.getExpression(), what);
+    if (Node.isPrefixUnaryExpression(e) && e.getOperatorToken() === SyntaxKind.ExclamationToken) return condition(e.getOperand(), what);
+    if (Node.isBinaryExpression(e)) {
+      const op = e.getOperatorToken().getKind();
+      if (op === SyntaxKind.AmpersandAmpersandToken || op === SyntaxKind.BarBarToken) {
+        condition(e.getLeft(), what);
+        condition(e.getRight(), what);
+        return;
+      }
+    }
+    if (isTensorType(e.getType())) flag(e, what);
+  };
+  sf.forEachDescendant((n) => {
+    if (Node.isIfStatement(n)) condition(n.getExpression(), 'if');
+    else if (Node.isWhileStatement(n)) condition(n.getExpression(), 'while');
+    else if (Node.isDoStatement(n)) condition(n.getExpression(), 'do … while');
+    else if (Node.isForStatement(n)) condition(n.getCondition(), 'for');
+    else if (Node.isConditionalExpression(n)) condition(n.getCondition(), '?:');
+    else if (Node.isPrefixUnaryExpression(n) && n.getOperatorToken() === SyntaxKind.ExclamationToken) condition(n.getOperand(), '!');
+    else if (Node.isBinaryExpression(n)) {
+      const op = n.getOperatorToken().getKind();
+      if (op === SyntaxKind.AmpersandAmpersandToken || op === SyntaxKind.BarBarToken) {
+        condition(n.getLeft(), op === SyntaxKind.AmpersandAmpersandToken ? '&&' : '||');
+      } else if (relational.has(op)) {
+        for (const side of [n.getLeft(), n.getRight()]) {
+          if (isTensorType(side.getType()) && !flagged.has(side)) {
+            flagged.add(side);
+            problems.push(`${at(side)}: \`${snippet(n)}\` compares a Tensor with ${n.getOperatorToken().getText()}, ` +
+              'which has no value while tracing. Compare with t.lt(u), t.le(u), t.gt(u), t.ge(u) and select with where(cond, a, b).');
+          }
+        }
+      }
+    }
+  });
+  return problems.sort((a, b) => lineCol(a) - lineCol(b));
+}
+
+function lineCol(problem: string): number {
+  const m = /:(\d+):(\d+): /.exec(problem);
+  return m ? Number(m[1]) * 1e4 + Number(m[2]) : 0;
+}
+
+function snippet(n: Node): string {
+  const text = n.getText().replace(/\s+/g, ' ');
+  return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+export interface TracedScript {
+  readonly info: ScriptInfo;
+  readonly entry: ScriptEntry;
+  readonly graph: Graph;
+  /** The entry returned one tensor, not an array. */
+  readonly single: boolean;
+  /** The function itself, as the script exports it. */
+  readonly fn: (...args: Tensor[]) => Tensor | Tensor[];
+}
+
+/** Picks the entry: the one named, else the script's only one. */
+export function pickEntry(info: ScriptInfo, name?: string): ScriptEntry {
+  const shown = displayPath(info.file);
+  const list = () => (info.entries.length ? `entry points: ${info.entries.map((e) => e.name).join(', ')}` : 'it has none');
+  if (name !== undefined) {
+    const e = info.entries.find((x) => x.name === name);
+    if (e) return e;
+    const other = info.others.find((x) => x.name === name);
+    if (other) throw new ScriptError(`${shown}: ${name} is not an entry point: ${other.reason}`);
+    throw new ScriptError(`${shown}: no exported function ${name} (${list()})`);
+  }
+  if (info.entries.length === 1) return info.entries[0];
+  if (info.entries.length === 0) {
+    const why = info.others.map((o) => `\n  ${o.name}: ${o.reason}`).join('');
+    throw new ScriptError(`${shown}: no exported entry point: export a function whose parameters are typed ` +
+      `Tensor<dtype, shape>, e.g. export function forward(x: Tensor<'f32', ['S', 64]>) { … }${why}`);
+  }
+  throw new ScriptError(`${shown}: several entry points, choose one with --entry (${list()})`);
+}
+
+/** Reads, checks, imports and traces one entry of a script. */
+export async function traceScript(file: string, entryName?: string): Promise<TracedScript> {
+  const info = readScript(file);
+  if (info.problems.length) {
+    throw new ScriptError(`${displayPath(info.file)} is not traceable:\n  ${info.problems.join('\n  ')}`);
+  }
+  const entry = pickEntry(info, entryName);
+  const mod = await import(pathToFileURL(info.file).href) as Record<string, unknown>;
+  const fn = mod[entry.name] as (...args: Tensor[]) => Tensor | Tensor[];
+  let single = false;
+  const graph = trace(entry.name, entry.inputs, (...args) => {
+    const r = fn(...args);
+    single = !Array.isArray(r);
+    return r;
+  });
+  return { info, entry, graph, single, fn };
+}
+
+/** "file:line" of the script → the line's source text. */
+export function sourceTextOf(info: ScriptInfo): (loc: string) => string | undefined {
+  const shown = displayPath(info.file);
+  return (loc) => {
+    const m = /^(.*):(\d+)$/.exec(loc);
+    return m && m[1] === shown ? info.lineText(Number(m[2])) : undefined;
+  };
+}
