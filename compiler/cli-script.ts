@@ -11,6 +11,7 @@ import { compileModule } from './compile-module.ts';
 import { passNames } from './passes/pipeline.ts';
 import { sourceTextOf, traceScript } from './script.ts';
 import { displayPath } from './source-location.ts';
+import { progress, showProgress } from '../runtime/progress.ts';
 
 export interface ScriptCompileRequest {
   readonly script: string;
@@ -32,10 +33,17 @@ export async function runScriptCompile(req: ScriptCompileRequest): Promise<void>
   const traced = await traceScript(req.script, req.entry);
   const source = sourceTextOf(traced.info);
   const print = (m: Module) => printModule(m, { source });
+  const bar = progress(`compiling ${traced.entry.name}`, passNames().length, showProgress(req.json));
   const after = (pass: string, m: Module) => {
+    bar.tick(pass);
     if (dump.all || dump.after === pass) process.stdout.write(`# after ${pass}\n${print(m)}\n`);
   };
-  const compiled = compileModule({ graphs: [traced.graph] }, { after });
+  let compiled;
+  try {
+    compiled = compileModule({ graphs: [traced.graph] }, { after });
+  } finally {
+    bar.stop();
+  }
   const cg = compiled.graphs[0];
   if (dump.final) process.stdout.write(print({ graphs: [cg.graph] }));
   if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, [{ name: cg.graph.name, kernels: cg.kernels }]);

@@ -17,6 +17,9 @@ import { WeightsError } from '../runtime/safetensors.ts';
 import { TraceError } from './trace.ts';
 import { builtinLlama, CompileUsageError, runCompile } from './cli-compile.ts';
 import { ScriptError } from './script-error.ts';
+import { runGenerate } from './cli-generate.ts';
+import { showProgress, withWeightProgress } from '../runtime/progress.ts';
+import { loadTokenizer, TokenizerError } from '../runtime/tokenizer.ts';
 import { LoweringError } from '../backends/lower.ts';
 import { DType } from '../ir/dtype.ts';
 
@@ -25,9 +28,10 @@ class UsageError extends Error {}
 const usage = `usage: tsfuse <command> [options]
 
 commands:
-  generate --model DIR --ids 5,9,13 [--max-new-tokens N] [--backend cpu|reference|webgpu|cuda] [--json]
+  generate --model DIR (--ids 5,9,13 | --prompt TEXT) [--max-new-tokens N] [--backend cpu|reference|webgpu|cuda] [--json]
            [--temperature T] [--top-p P] [--seed N]
-      greedy decoding after the prompt ids; prints the new token ids
+      decoding after the prompt; streams the new token ids, or text when the prompt is text (needs the checkpoint's
+      tokenizer.json); ends with prefill time, ms per token and tokens/s
   logits   --model DIR --ids 5,9,13 [--backend cpu|reference|webgpu|cuda] [--json]
       logits at every prompt position, from one forward pass with an empty cache
   compile  (--model DIR | --config llama-3.2-1b) [--report] [--json] [--explain-fusion]
@@ -59,8 +63,9 @@ const commands: Record<string, Handler> = {
       temperature: { type: 'string', default: '0' },
       'top-p': { type: 'string', default: '1' },
       seed: { type: 'string', default: '0' },
+      prompt: { type: 'string' },
     });
-    const ids = parseIds(values.ids);
+    if ((values.ids === undefined) === (values.prompt === undefined)) throw new UsageError('give one of --ids 5,9,13 or --prompt TEXT');
     const maxNew = positiveInt(values['max-new-tokens'], '--max-new-tokens');
     const sampling = {
       temperature: nonNegative(values.temperature, '--temperature'),
@@ -69,21 +74,24 @@ const commands: Record<string, Handler> = {
     };
     const backend = checkBackend(values.backend);
     const model = loadModel(values.model);
-    const runner = await openRunner(model, ids.length + maxNew, backend);
-    const started = performance.now();
-    const tokens = await runner.generate(ids, maxNew, sampling, values.json ? undefined : (t) => process.stdout.write(`${t} `));
-    const ms = performance.now() - started;
-    runner.close();
-    if (values.json) console.log(JSON.stringify({ tokens }));
-    else console.log(`\n${tokens.length} tokens in ${ms.toFixed(0)} ms`);
+    let tokenizer;
+    if (values.prompt !== undefined) {
+      tokenizer = loadTokenizer(values.model!);
+      if (!tokenizer) throw new UsageError(`--prompt needs a tokenizer.json in ${values.model} (or give the prompt as --ids)`);
+    }
+    const ids = tokenizer ? tokenizer.encode(values.prompt!) : parseIds(values.ids);
+    if (ids.length === 0) throw new UsageError('--prompt encodes to no tokens');
+    await runGenerate({ model, backend, ids, tokenizer, maxNewTokens: maxNew, sampling, json: values.json });
   },
 
   async logits(args) {
     const { values } = parse(args, modelOptions);
     const ids = parseIds(values.ids);
     const backend = checkBackend(values.backend);
-    const runner = await openRunner(loadModel(values.model), ids.length, backend);
+    const { model, bar } = withWeightProgress(loadModel(values.model), showProgress(values.json));
+    const runner = await openRunner(model, ids.length, backend);
     const logits = await runner.logits(ids);
+    bar.stop();
     runner.close();
     const [rows, vocab] = logits.shape;
     const table = Array.from({ length: rows }, (_, r) => Array.from(logits.data.subarray(r * vocab, (r + 1) * vocab)));
@@ -228,7 +236,7 @@ function nonNegative(text: string, flag: string): number {
 }
 
 /** Errors that describe bad input: printed as they are, without a stack. */
-const userErrors = [UsageError, ScriptError, WebGpuUnavailableError, CudaUnavailableError, CompileUsageError, LoweringError, TraceError, ConfigError, WeightsError, IrParseError, VerifyError, GraphError, InterpretError, RangeError];
+const userErrors = [UsageError, ScriptError, TokenizerError, WebGpuUnavailableError, CudaUnavailableError, CompileUsageError, LoweringError, TraceError, ConfigError, WeightsError, IrParseError, VerifyError, GraphError, InterpretError, RangeError];
 
 async function main(argv: string[]): Promise<number> {
   // A bare --dump-ir means the final IR; parseArgs wants a value for a string option.
