@@ -1,6 +1,7 @@
 // compile(): compilations counted across dtype, static-shape, bucket and backend changes; the reason each
 // recompilation names; padding masked and sliced; a custom op that fuses with its neighbours; a pass of your own.
 
+import { spawnSync } from 'node:child_process';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
@@ -182,6 +183,37 @@ test('a custom pass inserted into the pipeline runs in compile(), in order', () 
   assert.equal(seen, ['scaled:2']);
   assert.ok(after.indexOf('spy') === after.indexOf('fuse') - 1);
   assert.throws(() => insertPass(defaultPasses, { after: 'nope' }, spy), /no pass named 'nope'/);
+});
+
+
+// --- the webgpu backend and the runnable example ------------------------------------------------------------------
+
+test('the webgpu backend runs a compiled function through WebGpuProgram (skipped without an adapter)', async () => {
+  const f = compile((x: Tensor, w: Tensor) => x.matmul(w).silu().add(1), { backend: 'webgpu', dynamic: { x: { 0: 'S' } } });
+  const w = tensor([[1, 0, -1], [0.5, 2, 0]]);
+  let out: HostTensor;
+  try {
+    out = await f(tensor([[1, 2], [3, -1], [0, 1]]), w);
+  } catch (e) {
+    if ((e as Error).name === 'WebGpuUnavailableError' || /no WebGPU adapter/.test((e as Error).message)) return;
+    throw e;
+  }
+  const cpu = compile((x: Tensor, w: Tensor) => x.matmul(w).silu().add(1));
+  assert.equal(out.shape, [3, 3]);
+  assert.ok(close(values(out), values(cpu(tensor([[1, 2], [3, -1], [0, 1]]), w)), 1e-5));
+  await f(tensor([[1, 2], [3, -1], [0, 1], [2, 2]]), w); // same bucket (4)
+  assert.is(f.stats.compilations, 1);
+});
+
+test('examples/compile-api.ts runs and reports what happened', () => {
+  const root = new URL('../../', import.meta.url).pathname;
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'examples/compile-api.ts'], { cwd: root, encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, 'scaleShift: 4 calls, 3 compilations, 1 cache hit(s)');
+  assert.match(r.stdout, 'guard failed: input x: dtype f32 → f16');
+  assert.match(r.stdout, 'normalizeRows: 2 compilations for 4 calls');
+  assert.match(r.stdout, 'ffn compiles to 1 kernel');
+  assert.match(r.stdout, 'parsed back identically: true');
 });
 
 test.run();
