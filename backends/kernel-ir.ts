@@ -130,3 +130,63 @@ export function varsOf(e: KExpr, out = new Set<string>()): Set<string> {
   }
   return out;
 }
+
+/**
+ * Undoes the division and remainder a reshape puts into an index when the reshape is the identity on the linear
+ * index (heads folded back into a row), so renderers can see that consecutive elements are read:
+ *   (x / c) * c + x % c = x        ((x / a) % b) * a + x % a = x % (a·b)
+ * Terms are matched within one sum, in any order; x is any expression (compared structurally).
+ */
+export function simplifyIndex(e: KExpr, bounds: ReadonlyMap<string, number> = new Map()): KExpr {
+  const terms: KExpr[] = [];
+  const flatten = (x: KExpr) => {
+    if (x.k === 'binary' && x.op === 'add') {
+      flatten(x.a);
+      flatten(x.b);
+    } else {
+      terms.push(x);
+    }
+  };
+  flatten(e);
+  if (terms.length < 2) return e;
+  const key = (x: KExpr) => JSON.stringify(x);
+  const constOf = (x: KExpr) => (x.k === 'const' ? x.value : undefined);
+  /** [x, c] when t = (x / c) * c, or [((x / a) % b), a] shapes: returns the pieces of a scaled quotient term. */
+  const scaled = (t: KExpr): { inner: KExpr; scale: number } | undefined => {
+    if (t.k !== 'binary' || t.op !== 'mul') return undefined;
+    const [a, b] = constOf(t.b) !== undefined ? [t.a, t.b] : [t.b, t.a];
+    const c = constOf(b);
+    return c === undefined ? undefined : { inner: a, scale: c };
+  };
+  let changed = true;
+  while (changed) {
+    changed = false;
+    for (let i = 0; i < terms.length && !changed; i++) {
+      const m = terms[i];
+      if (m.k !== 'binary' || m.op !== 'imod' || constOf(m.b) === undefined) continue;
+      const [x, a] = [m.a, constOf(m.b)!];
+      for (let j = 0; j < terms.length && !changed; j++) {
+        const s = j === i ? undefined : scaled(terms[j]);
+        if (!s || s.scale !== a) continue;
+        const q = s.inner;
+        // (x / a) * a + x % a = x
+        if (q.k === 'binary' && q.op === 'idiv' && constOf(q.b) === a && key(q.a) === key(x)) {
+          terms.splice(Math.max(i, j), 1);
+          terms.splice(Math.min(i, j), 1, x);
+          changed = true;
+        }
+        // ((x / a) % b) * a + x % a = x % (a·b)
+        const d = q.k === 'binary' && q.op === 'imod' ? q.a : undefined;
+        if (!changed && d && q.k === 'binary' && d.k === 'binary' && d.op === 'idiv' && constOf(d.b) === a && key(d.a) === key(x) && constOf(q.b) !== undefined) {
+          terms.splice(Math.max(i, j), 1);
+          terms.splice(Math.min(i, j), 1, imod(x, int(a * constOf(q.b)!)));
+          changed = true;
+        }
+      }
+    }
+  }
+  // v % m = v when the loop variable v stays below m.
+  const inRange = (t: KExpr) => (t.k === 'binary' && t.op === 'imod' && t.a.k === 'var' && t.b.k === 'const' &&
+    (bounds.get(t.a.name) ?? Infinity) <= t.b.value ? t.a : t);
+  return terms.map(inRange).reduce((acc, t) => add(acc, t), int(0));
+}

@@ -15,7 +15,7 @@ import { rounderFor } from '../runtime/host-tensor.ts';
 import { Dim, Shape } from '../ir/shape.ts';
 import {
   add, BinaryOp, Binding, idiv, imod, int, ivar, KBuffer, KernelIR, KExpr, KStmt, mul, ReduceOp, ROW, Scalar,
-  sub, UnaryOp, varsOf,
+  simplifyIndex, sub, UnaryOp, varsOf,
 } from './kernel-ir.ts';
 
 export class LoweringError extends Error {}
@@ -79,6 +79,8 @@ class KernelLowering {
   /** Names that hold the same value in every thread of a row. */
   private readonly uniform = new Set<string>([ROW]);
   private readonly memo = new Map<string, KExpr>();
+  /** Static extents of loop variables: v % m is v when v < m. */
+  private readonly bounds = new Map<string, number>();
   /** Nodes being computed into a row-local array: evaluated serially there. */
   private readonly serial = new Set<Node>();
   private counter = 0;
@@ -108,6 +110,13 @@ class KernelLowering {
       rows: this.numel(rowShape),
       body: this.body,
     };
+  }
+
+  /** Whether v is computed by this kernel with more than index arithmetic (views of memory are not). */
+  private computedHere(v: Value): boolean {
+    if (!this.inside.has(v)) return false;
+    const n = v.producer!;
+    return ![Op.Reshape, Op.Permute, Op.Slice, Op.Expand].includes(n.op as Op) || this.computedHere(n.inputs[0]);
   }
 
   /** Whether a matmul's input row is computed here through a reduction (an RMSNorm): costly to redo per row. */
@@ -238,7 +247,7 @@ class KernelLowering {
       lin = add(lin, mul(idx[i], stride));
       stride = mul(stride, this.dim(shape[i]));
     }
-    return lin;
+    return simplifyIndex(lin, this.bounds);
   }
 
   private delinear(lin: KExpr, shape: Shape): KExpr[] {
@@ -276,6 +285,13 @@ class KernelLowering {
 
   private fresh(prefix: string): string {
     return `${prefix}${this.counter++}`;
+  }
+
+  /** A fresh loop variable whose values lie in [0, extent) (recorded for index simplification). */
+  private bounded(prefix: string, extent: KExpr): string {
+    const v = this.fresh(prefix);
+    if (extent.k === 'const') this.bounds.set(v, extent.value);
+    return v;
   }
 
   private bindUniform(prefix: string, value: KExpr): KExpr {
@@ -389,7 +405,8 @@ class KernelLowering {
     const aIdx = (kk: KExpr) => [...this.broadcastIndex(batch, a.type.shape.slice(0, -2)), idx[r - 2], kk];
     const bIdx = (kk: KExpr) => [...this.broadcastIndex(batch, b.type.shape.slice(0, -2)), kk, idx[r - 1]];
     // Inside a loop, a computed row of `a` is read once per output: keep it in a row-local array.
-    const aRow = !this.isUniform(idx) && this.inside.has(a) && typeof kSize === 'number' && this.isUniform(aIdx(int(0)))
+    // (A row that is only a view of memory needs no copy: its loads are as cheap from the cache.)
+    const aRow = !this.isUniform(idx) && this.computedHere(a) && typeof kSize === 'number' && this.isUniform(aIdx(int(0)))
       ? this.rowArray(a, aIdx(int(0)), aIdx(int(0)).length - 1, kSize)
       : undefined;
     const term = (v: string): KExpr => ({
@@ -414,7 +431,7 @@ class KernelLowering {
     if (hit) return hit;
     let out: KExpr;
     if (this.isUniform(idx) && !this.serial.has(n)) {
-      const v = this.fresh('k');
+      const v = this.bounded('k', size);
       const name = this.fresh('acc');
       this.body.push({ k: 'coop', name, op, v, n: size, body: body(v) });
       this.uniform.add(name);
@@ -426,7 +443,7 @@ class KernelLowering {
         const elem = this.rowArray(n.output, idx, varying[0], dimSize);
         return elem(idx[varying[0]]);
       }
-      const v = this.fresh('k');
+      const v = this.bounded('k', size);
       out = { k: 'reduce', op, v, n: size, body: body(v), t: op === 'argmax' ? 'i32' : t };
     }
     out = finish(out);
@@ -440,7 +457,7 @@ class KernelLowering {
     let name = (this.memo.get(key) as { name: string } | undefined)?.name;
     if (!name) {
       name = this.fresh('arr');
-      const i = this.fresh('j');
+      const i = this.bounded('j', int(size));
       const n = v.producer!;
       this.serial.add(n);
       const value = this.expr(v, idx.map((e, d) => (d === dim ? ivar(i) : e)));
