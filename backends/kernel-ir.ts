@@ -138,16 +138,7 @@ export function varsOf(e: KExpr, out = new Set<string>()): Set<string> {
  * Terms are matched within one sum, in any order; x is any expression (compared structurally).
  */
 export function simplifyIndex(e: KExpr, bounds: ReadonlyMap<string, number> = new Map()): KExpr {
-  const terms: KExpr[] = [];
-  const flatten = (x: KExpr) => {
-    if (x.k === 'binary' && x.op === 'add') {
-      flatten(x.a);
-      flatten(x.b);
-    } else {
-      terms.push(x);
-    }
-  };
-  flatten(e);
+  const terms = sumTerms(e);
   if (terms.length < 2) return e;
   const key = (x: KExpr) => JSON.stringify(x);
   const constOf = (x: KExpr) => (x.k === 'const' ? x.value : undefined);
@@ -189,4 +180,66 @@ export function simplifyIndex(e: KExpr, bounds: ReadonlyMap<string, number> = ne
   const inRange = (t: KExpr) => (t.k === 'binary' && t.op === 'imod' && t.a.k === 'var' && t.b.k === 'const' &&
     (bounds.get(t.a.name) ?? Infinity) <= t.b.value ? t.a : t);
   return terms.map(inRange).reduce((acc, t) => add(acc, t), int(0));
+}
+
+/** The value of a size expression (a row count, a buffer length) for given symbolic sizes. */
+export function evalSize(e: KExpr, sizes: Readonly<Record<string, number>>): number {
+  switch (e.k) {
+    case 'const': return e.value;
+    case 'var': {
+      const v = sizes[e.name];
+      if (v === undefined) throw new Error(`size ${e.name} is not bound`);
+      return v;
+    }
+    case 'binary': {
+      const [a, b] = [evalSize(e.a, sizes), evalSize(e.b, sizes)];
+      switch (e.op) {
+        case 'mul': return a * b;
+        case 'add': return a + b;
+        case 'sub': return a - b;
+        case 'idiv': return Math.trunc(a / b);
+        case 'imod': return a % b;
+        default: break;
+      }
+    }
+  }
+  throw new Error('a kernel size is not integer arithmetic over the symbolic sizes');
+}
+
+/** The terms of a sum, however it is nested. */
+export function sumTerms(e: KExpr, out: KExpr[] = []): KExpr[] {
+  if (e.k === 'binary' && e.op === 'add') {
+    sumTerms(e.a, out);
+    sumTerms(e.b, out);
+  } else {
+    out.push(e);
+  }
+  return out;
+}
+
+/**
+ * `base` when `index` = v + base with base not reading v: consecutive v read consecutive elements (what the GPU
+ * renderers look for to read 16 bytes at a time).
+ */
+export function offsetAlong(index: KExpr, v: string): KExpr | undefined {
+  const terms = sumTerms(index);
+  const at = terms.findIndex((t) => t.k === 'var' && t.name === v);
+  if (at < 0) return undefined;
+  const rest = terms.filter((_, i) => i !== at);
+  if (rest.some((t) => varsOf(t).has(v))) return undefined;
+  return rest.reduce<KExpr>((a, t) => add(a, t), int(0));
+}
+
+/** The reductions of an expression not inside another reduction, in evaluation order. */
+export function topReductions(e: KExpr, out: Extract<KExpr, { k: 'reduce' }>[] = []): Extract<KExpr, { k: 'reduce' }>[] {
+  switch (e.k) {
+    case 'reduce': out.push(e); break;
+    case 'load': case 'elem': topReductions(e.index, out); break;
+    case 'unary': case 'cast': topReductions(e.a, out); break;
+    case 'binary': topReductions(e.a, out); topReductions(e.b, out); break;
+    case 'select': topReductions(e.cond, out); topReductions(e.a, out); topReductions(e.b, out); break;
+    case 'const': case 'var': break;
+    default: e satisfies never;
+  }
+  return out;
 }

@@ -3,7 +3,7 @@
 
 import { CompiledGraph, CompiledModule } from '../compiler/compile-module.ts';
 import { JsKernelRuntime, renderJs } from '../backends/cpu/render-js.ts';
-import { Binding, KernelIR } from '../backends/kernel-ir.ts';
+import { Binding, evalSize, KernelIR } from '../backends/kernel-ir.ts';
 import { evalRule } from '../backends/reference/rules.ts';
 import { Graph } from '../ir/graph.ts';
 import { resolveShape } from '../ir/shape.ts';
@@ -86,16 +86,4 @@ function bindSizes(g: Graph, inputs: Readonly<Record<string, HostTensor>>): Reco
     });
   }
   return sizes;
-}
-
-function evalSize(e: KernelIR['rows'], sizes: Record<string, number>): number {
-  switch (e.k) {
-    case 'const': return e.value;
-    case 'var': return sizes[e.name];
-    case 'binary': {
-      const [a, b] = [evalSize(e.a, sizes), evalSize(e.b, sizes)];
-      return e.op === 'mul' ? a * b : e.op === 'add' ? a + b : NaN;
-    }
-    default: return NaN;
-  }
 }

@@ -5,7 +5,7 @@
 // needs no headers), compute is f32, and the weight streams of cooperative sums are read 16 bytes at a time.
 
 import { DType } from '../../ir/dtype.ts';
-import { KernelIR, KExpr, KStmt, ReduceOp, ROW, Scalar } from '../kernel-ir.ts';
+import { KernelIR, KExpr, KStmt, ReduceOp, ROW, Scalar, topReductions } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter } from '../render-base.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
 import { blockScope, threadScope, renderReduction, warpScope } from './reductions.ts';
@@ -206,19 +206,6 @@ function declareArrays(arrays: ArrayStmt[], out: string[]): number {
 }
 
 /** Lengths of a value's outermost reductions (nested ones run inside them); 4096 stands for a symbolic one. */
-function outerReductions(e: KExpr, out: number[] = []): number[] {
-  switch (e.k) {
-    case 'reduce': out.push(e.n.k === 'const' ? e.n.value : 4096); break;
-    case 'load': case 'elem': outerReductions(e.index, out); break;
-    case 'unary': case 'cast': outerReductions(e.a, out); break;
-    case 'binary': outerReductions(e.a, out); outerReductions(e.b, out); break;
-    case 'select': outerReductions(e.cond, out); outerReductions(e.a, out); outerReductions(e.b, out); break;
-    case 'const': case 'var': break;
-    default: e satisfies never;
-  }
-  return out;
-}
-
 /**
  * Whether the elements of a parallel loop (a store or a row-local array) run one per warp, the warp sharing
  * their reductions, rather than one per thread, each reducing serially: by the steps the busiest thread takes
@@ -226,7 +213,7 @@ function outerReductions(e: KExpr, out: number[] = []): number[] {
  * few outputs over long rows go to warps; many short dot products (attention scores) stay with threads.
  */
 function perWarp(n: KExpr | number, value: KExpr): boolean {
-  const reductions = outerReductions(value);
+  const reductions = topReductions(value).map((r) => (r.n.k === 'const' ? r.n.value : 4096));
   if (reductions.length === 0) return false;
   const r = reductions.reduce((a, b) => a + b, 0);
   const count = typeof n === 'number' ? n : n.k === 'const' ? n.value : 4096;

@@ -4,8 +4,7 @@
 // This only recognises a shape the lowering already produced; it decides nothing about the kernel.
 
 import { DType } from '../../ir/dtype.ts';
-import { add, int, KBuffer, KExpr } from '../kernel-ir.ts';
-import { varsOf } from '../kernel-ir.ts';
+import { KBuffer, KExpr, offsetAlong } from '../kernel-ir.ts';
 
 /** Elements one vector step reads from each contiguous load. */
 export const VECTOR_WIDTH = 8;
@@ -36,7 +35,7 @@ export function contiguousLoads(body: KExpr, v: string, buffers: readonly KBuffe
       case 'select': visit(e.cond); break;
       case 'load': {
         const b = buffers[e.buf];
-        const base = b.written || !vectorDTypes.has(b.dtype) ? undefined : baseOf(e.index, v);
+        const base = b.written || !vectorDTypes.has(b.dtype) ? undefined : offsetAlong(e.index, v);
         if (base) {
           const key = JSON.stringify(e);
           if (!found.has(key)) found.set(key, { load: e, key, base, dtype: b.dtype });
@@ -46,7 +45,7 @@ export function contiguousLoads(body: KExpr, v: string, buffers: readonly KBuffe
       // A row-local array read along the loop (the normalised input row): 16-byte reads from shared memory,
       // where eight lanes reading eight floats each one at a time would conflict on the banks.
       case 'elem': {
-        const base = baseOf(e.index, v);
+        const base = offsetAlong(e.index, v);
         const key = JSON.stringify(e);
         if (base && !found.has(key)) found.set(key, { load: e, key, base, dtype: DType.F32 });
         break;
@@ -57,25 +56,6 @@ export function contiguousLoads(body: KExpr, v: string, buffers: readonly KBuffe
   };
   visit(body);
   return [...found.values()];
-}
-
-/** `base` when `index` is a sum with exactly one term `v` and no other term depending on `v`. */
-function baseOf(index: KExpr, v: string): KExpr | undefined {
-  const terms: KExpr[] = [];
-  const flatten = (e: KExpr) => {
-    if (e.k === 'binary' && e.op === 'add') {
-      flatten(e.a);
-      flatten(e.b);
-    } else {
-      terms.push(e);
-    }
-  };
-  flatten(index);
-  const at = terms.findIndex((t) => t.k === 'var' && t.name === v);
-  if (at < 0) return undefined;
-  const rest = terms.filter((_, i) => i !== at);
-  if (rest.some((t) => varsOf(t).has(v))) return undefined;
-  return rest.reduce<KExpr>((a, t) => add(a, t), int(0));
 }
 
 /** `e` with every load whose identity is in `by` replaced by its expression. */

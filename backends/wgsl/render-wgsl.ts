@@ -5,7 +5,7 @@
 // in chunks and indexed through a small function.
 
 import { DType } from '../../ir/dtype.ts';
-import { KBuffer, KernelIR, KExpr, KStmt, ROW, Scalar, varsOf } from '../kernel-ir.ts';
+import { KBuffer, KernelIR, KExpr, KStmt, offsetAlong, ROW, Scalar, topReductions } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter } from '../render-base.ts';
 
 export const WORKGROUP_SIZE = 256;
@@ -88,20 +88,6 @@ export interface WgslOptions {
 
 type Reduce = Extract<KExpr, { k: 'reduce' }>;
 type Store = Extract<KStmt, { k: 'store' }>;
-
-/** The reductions of an expression that are not inside another reduction, in evaluation order. */
-function topReductions(e: KExpr, out: Reduce[] = []): Reduce[] {
-  switch (e.k) {
-    case 'reduce': out.push(e); break;
-    case 'load': case 'elem': topReductions(e.index, out); break;
-    case 'unary': case 'cast': topReductions(e.a, out); break;
-    case 'binary': topReductions(e.a, out); topReductions(e.b, out); break;
-    case 'select': topReductions(e.cond, out); topReductions(e.a, out); topReductions(e.b, out); break;
-    case 'const': case 'var': break;
-    default: e satisfies never;
-  }
-  return out;
-}
 
 function replaceReductions(e: KExpr, names: Map<Reduce, string>): KExpr {
   const r = (x: KExpr) => replaceReductions(x, names);
@@ -219,10 +205,10 @@ function vectorLoad(r: Reduce, buffers: readonly KBuffer[], arrays: ReadonlyMap<
     const dtype = buffers[load.buf].dtype;
     const width = dtype === DType.F32 ? 4 : dtype === DType.BF16 || dtype === DType.F16 ? 8 : 0;
     if (!width || r.n.value % width !== 0) continue;
-    const base = offsetFrom(load.index, r.v);
+    const base = offsetAlong(load.index, r.v);
     if (!base || !multipleOf(base, width)) continue;
     const wv: KExpr = { k: 'var', name: 'wv', t: 'f32' };
-    const aBase = other.k === 'load' || other.k === 'elem' ? offsetFrom(other.index, r.v) : undefined;
+    const aBase = other.k === 'load' || other.k === 'elem' ? offsetAlong(other.index, r.v) : undefined;
     let a: VectorLoad['a'];
     if (aBase && multipleOf(aBase, 4)) {
       if (other.k === 'load' && buffers[other.buf].dtype === DType.F32) a = { kind: 'load', buf: other.buf, base: aBase };
@@ -247,24 +233,6 @@ function planVectorized(k: KernelIR, layouts: readonly BufferLayout[], subgroups
     if (s.k === 'array' && s.value.k === 'reduce') consider(s.value);
   }
   return out;
-}
-
-/** base when index = v + base, the sum's terms in any order and nesting, and base does not read v. */
-function offsetFrom(index: KExpr, v: string): KExpr | undefined {
-  const terms: KExpr[] = [];
-  const collect = (e: KExpr) => {
-    if (e.k === 'binary' && e.op === 'add') {
-      collect(e.a);
-      collect(e.b);
-    } else {
-      terms.push(e);
-    }
-  };
-  collect(index);
-  const isV = (e: KExpr) => e.k === 'var' && e.name === v;
-  const rest = terms.filter((e) => !isV(e));
-  if (terms.length - rest.length !== 1 || rest.some((e) => varsOf(e).has(v))) return undefined;
-  return rest.reduce<KExpr>((a, b) => ({ k: 'binary', op: 'add', a, b, t: 'i32' }), { k: 'const', value: 0, t: 'i32' });
 }
 
 function multipleOf(e: KExpr, m: number): boolean {

@@ -4,7 +4,7 @@
 // out once per size binding. Enqueuing a graph puts its launches on the stream; nothing here waits for the GPU.
 
 import { CompiledGraph, CompiledModule } from '../../compiler/compile-module.ts';
-import { Binding, KernelIR, KExpr } from '../../backends/kernel-ir.ts';
+import { Binding, evalSize, KernelIR } from '../../backends/kernel-ir.ts';
 import { CUDA_BLOCK, renderCudaModule } from '../../backends/cuda/render-cuda.ts';
 import { evalRule } from '../../backends/reference/rules.ts';
 import { DType, dtypeBytes } from '../../ir/dtype.ts';
@@ -45,29 +45,6 @@ interface DeviceKernel {
 
 /** Largest grid.x CUDA accepts; kernels grid-stride over any rows beyond it. */
 const MAX_GRID = 2 ** 31 - 1;
-
-export function evalSize(e: KExpr, sizes: Readonly<Record<string, number>>): number {
-  switch (e.k) {
-    case 'const': return e.value;
-    case 'var': {
-      const v = sizes[e.name];
-      if (v === undefined) throw new Error(`size ${e.name} is not bound`);
-      return v;
-    }
-    case 'binary': {
-      const [a, b] = [evalSize(e.a, sizes), evalSize(e.b, sizes)];
-      switch (e.op) {
-        case 'mul': return a * b;
-        case 'add': return a + b;
-        case 'sub': return a - b;
-        case 'idiv': return Math.trunc(a / b);
-        case 'imod': return a % b;
-        default: break;
-      }
-    }
-  }
-  throw new Error('a kernel size is not integer arithmetic over the symbolic sizes');
-}
 
 /** Bytes a buffer of `elems` elements of `d` takes on the device. */
 const byteSize = (d: DType, elems: number) => elems * dtypeBytes[d];

@@ -3,7 +3,7 @@
 // a compute pass; nothing here waits for the GPU.
 
 import { CompiledModule, CompiledGraph } from '../../compiler/compile-module.ts';
-import { Binding, KernelIR, KExpr } from '../../backends/kernel-ir.ts';
+import { Binding, evalSize, KernelIR } from '../../backends/kernel-ir.ts';
 import { evalRule } from '../../backends/reference/rules.ts';
 import { BufferLayout, perWord, renderWgsl } from '../../backends/wgsl/render-wgsl.ts';
 import { DType } from '../../ir/dtype.ts';
@@ -27,22 +27,6 @@ export interface ProgramOptions {
   readonly maxSizes: Readonly<Record<string, number>>;
   /** Split bindings above this many bytes (default: the device's maxStorageBufferBindingSize). */
   readonly maxBindingBytes?: number;
-}
-
-export function evalSize(e: KExpr, sizes: Readonly<Record<string, number>>): number {
-  switch (e.k) {
-    case 'const': return e.value;
-    case 'var': {
-      const v = sizes[e.name];
-      if (v === undefined) throw new Error(`size ${e.name} is not bound`);
-      return v;
-    }
-    case 'binary':
-      if (e.op === 'mul') return evalSize(e.a, sizes) * evalSize(e.b, sizes);
-      if (e.op === 'add') return evalSize(e.a, sizes) + evalSize(e.b, sizes);
-      break;
-  }
-  throw new Error('a buffer size is not a product of sizes');
 }
 
 const byteSize = (d: DType, elems: number) => Math.ceil(elems / perWord(d)) * 4;
