@@ -243,3 +243,17 @@ export function topReductions(e: KExpr, out: Extract<KExpr, { k: 'reduce' }>[] =
   }
   return out;
 }
+
+/** `e` with the given reductions replaced by the variables holding their results. */
+export function replaceReductions(e: KExpr, names: ReadonlyMap<Extract<KExpr, { k: 'reduce' }>, string>): KExpr {
+  const r = (x: KExpr) => replaceReductions(x, names);
+  switch (e.k) {
+    case 'reduce': return names.has(e) ? { k: 'var', name: names.get(e)!, t: e.t } : e;
+    case 'load': return { ...e, index: r(e.index) };
+    case 'elem': return { ...e, index: r(e.index) };
+    case 'unary': case 'cast': return { ...e, a: r(e.a) };
+    case 'binary': return { ...e, a: r(e.a), b: r(e.b) };
+    case 'select': return { ...e, cond: r(e.cond), a: r(e.a), b: r(e.b) };
+    default: return e;
+  }
+}

@@ -151,9 +151,13 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
     const logits = (await session.logits(prompt)).data as Float32Array;
     const copyBandwidth = session.copyBandwidth();
     if (o.profile) {
-      const rows = session.profileDecode(prompt.length).sort((a, b) => b.ms - a.ms);
-      console.error('slowest decode kernels (launched one by one):');
-      for (const k of rows.slice(0, 12)) console.error(`  ${k.kernel.padEnd(5)} ${k.ms.toFixed(4)} ms  ${(k.bytes / k.ms / 1e6).toFixed(0).padStart(5)} GB/s  ${k.last.slice(0, 70)}`);
+      const inOrder = session.profileDecode(prompt.length);
+      const line = (k: (typeof inOrder)[number]) => `  ${k.kernel.padEnd(5)} ${k.ms.toFixed(4)} ms  ${(k.bytes / k.ms / 1e6).toFixed(0).padStart(5)} GB/s  ${k.last.slice(0, 70)}`;
+      console.error('one layer of the decode step, in order (launched one by one):');
+      for (const k of inOrder.slice(6, 12)) console.error(line(k));
+      console.error('slowest decode kernels:');
+      for (const k of [...inOrder].sort((a, b) => b.ms - a.ms).slice(0, 6)) console.error(line(k));
+      console.error(`sum of the kernels launched one by one: ${inOrder.reduce((t, k) => t + k.ms, 0).toFixed(3)} ms`);
     }
     return {
       device: session.deviceName(), setupMs, modulesCompiled,

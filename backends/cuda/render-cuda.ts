@@ -5,10 +5,10 @@
 // needs no headers), compute is f32, and the weight streams of cooperative sums are read 16 bytes at a time.
 
 import { DType } from '../../ir/dtype.ts';
-import { KernelIR, KExpr, KStmt, ReduceOp, ROW, Scalar, topReductions } from '../kernel-ir.ts';
+import { KernelIR, KExpr, KStmt, ReduceOp, replaceReductions, ROW, Scalar, topReductions } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter } from '../render-base.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
-import { blockScope, threadScope, renderReduction, warpScope } from './reductions.ts';
+import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
 
 export { CUDA_BLOCK, cudaPrelude };
 
@@ -269,6 +269,47 @@ function renderSlicedArray(s: ArrayStmt, r: ReduceExpr, p: CudaPrinter, out: str
   out.push(`${indent}__syncthreads();`);
 }
 
+const WARPS = CUDA_BLOCK / 32;
+
+/**
+ * Fewer outputs than warps (a narrow projection's 2 or 4 per row): the warps of one output split its sums too,
+ * each reading its share of the weights 16 bytes at a time, and combine through shared memory.
+ */
+function renderSplitWarpStore(s: Extract<KStmt, { k: 'store' }>, n: number, p: CudaPrinter, out: string[], indent: string): void {
+  const inner = indent + '  ';
+  const slices = WARPS / n;
+  const reductions = topReductions(s.value);
+  const shared = `${s.v}_split`;
+  const scope: Scope = {
+    lane: `((tf_warp / ${n}) * 32 + tf_lane)`,
+    size: `${slices * 32}`,
+    combine: (_op, _t, part) => `tf_warp_sum(${part})`,
+  };
+  out.push(`${indent}{`);
+  out.push(`${inner}__shared__ float ${shared}[${reductions.length * WARPS}];`);
+  out.push(`${inner}const int ${s.v} = tf_warp % ${n};`);
+  const names = new Map<ReduceExpr, string>();
+  reductions.forEach((r, i) => {
+    const acc = p.fresh();
+    renderReduction(acc, 'sum', r.v, p.expr(r.n, out, inner), r.body, 'f32', p, scope, out, inner);
+    out.push(`${inner}if (tf_lane == 0) ${shared}[${i * WARPS} + tf_warp] = ${acc};`);
+    names.set(r, `${acc}_total`);
+  });
+  out.push(`${inner}__syncthreads();`);
+  out.push(`${inner}if (tf_warp < ${n} && tf_lane == 0) {`);
+  reductions.forEach((r, i) => {
+    const total = names.get(r)!;
+    out.push(`${inner}  float ${total} = 0.0f;`);
+    out.push(`${inner}  for (int q = 0; q < ${slices}; q++) ${total} += ${shared}[${i * WARPS} + q * ${n} + ${s.v}];`);
+  });
+  const value = p.expr(replaceReductions(s.value, names), out, inner + '  ');
+  const index = p.expr(s.index, out, inner + '  ');
+  out.push(`${inner}  b${s.buf}[${index}] = ${storeValue(p.buffers[s.buf].dtype, value, s.value.t)};`);
+  out.push(`${inner}}`);
+  out.push(`${inner}__syncthreads();`);
+  out.push(`${indent}}`);
+}
+
 function renderStmt(s: KStmt, p: CudaPrinter, out: string[], indent: string): void {
   switch (s.k) {
     case 'let':
@@ -289,6 +330,11 @@ function renderStmt(s: KStmt, p: CudaPrinter, out: string[], indent: string): vo
       break;
     }
     case 'store': {
+      const sums = topReductions(s.value).every((r) => r.op === 'sum' && r.t === 'f32');
+      if (s.n.k === 'const' && s.n.value < WARPS && WARPS % s.n.value === 0 && sums && perWarp(s.n, s.value)) {
+        renderSplitWarpStore(s, s.n.value, p, out, indent);
+        break;
+      }
       const n = p.expr(s.n, out, indent);
       p.warp = perWarp(s.n, s.value);
       parallelLoop(s.v, n, p.warp, out, indent, (inner) => {

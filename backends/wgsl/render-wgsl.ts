@@ -5,7 +5,7 @@
 // in chunks and indexed through a small function.
 
 import { DType } from '../../ir/dtype.ts';
-import { KBuffer, KernelIR, KExpr, KStmt, offsetAlong, ROW, Scalar, topReductions } from '../kernel-ir.ts';
+import { KBuffer, KernelIR, KExpr, KStmt, offsetAlong, replaceReductions, ROW, Scalar, topReductions } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter } from '../render-base.ts';
 
 export const WORKGROUP_SIZE = 256;
@@ -88,19 +88,6 @@ export interface WgslOptions {
 
 type Reduce = Extract<KExpr, { k: 'reduce' }>;
 type Store = Extract<KStmt, { k: 'store' }>;
-
-function replaceReductions(e: KExpr, names: Map<Reduce, string>): KExpr {
-  const r = (x: KExpr) => replaceReductions(x, names);
-  switch (e.k) {
-    case 'reduce': return names.has(e) ? { k: 'var', name: names.get(e)!, t: e.t } : e;
-    case 'load': return { ...e, index: r(e.index) };
-    case 'elem': return { ...e, index: r(e.index) };
-    case 'unary': case 'cast': return { ...e, a: r(e.a) };
-    case 'binary': return { ...e, a: r(e.a), b: r(e.b) };
-    case 'select': return { ...e, cond: r(e.cond), a: r(e.a), b: r(e.b) };
-    default: return e;
-  }
-}
 
 /** Stores whose value is built from sums over long ranges (projections): each output gets a subgroup. */
 function subgroupStore(s: KStmt): s is Store {
