@@ -38,8 +38,8 @@ export interface StepResult {
   readonly next: HostTensor;
 }
 
-export type BackendName = 'cpu' | 'reference';
-export const backendNames: readonly BackendName[] = ['cpu', 'reference'];
+/** The backends that run on the host, step by step (runner.ts adds the device backends). */
+export type HostBackend = 'cpu' | 'reference';
 
 /** Runs the model's graphs with the KV cache in host memory: fused JS kernels (cpu) or op by op (reference). */
 export class LlamaSession {
@@ -47,7 +47,7 @@ export class LlamaSession {
   private readonly executor: GraphExecutor;
   private readonly states = new Map<string, HostTensor>();
 
-  constructor(readonly model: LoadedLlama, readonly cacheLength: number, backend: BackendName = 'cpu') {
+  constructor(readonly model: LoadedLlama, readonly cacheLength: number, backend: HostBackend = 'cpu') {
     this.module = traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength });
     const loadParam = (name: string) => model.weights.tensor(name);
     this.executor = backend === 'reference'
@@ -96,7 +96,7 @@ export function checkTokens(cfg: LlamaConfig, tokens: readonly number[]): void {
 
 /** Greedy decoding: the prompt in one prefill step, then one decode step per new token. */
 export function generateGreedy(model: LoadedLlama, prompt: readonly number[], maxNewTokens: number,
-  onToken: (t: number) => void = () => {}, backend: BackendName = 'cpu'): number[] {
+  onToken: (t: number) => void = () => {}, backend: HostBackend = 'cpu'): number[] {
   const runner = new LlamaSession(model, prompt.length + maxNewTokens, backend);
   const out: number[] = [];
   let { next } = runner.step(prompt, 0);
@@ -112,6 +112,6 @@ export function generateGreedy(model: LoadedLlama, prompt: readonly number[], ma
 }
 
 /** Logits at every position of one forward pass over `ids` with an empty cache. */
-export function forwardLogits(model: LoadedLlama, ids: readonly number[], backend: BackendName = 'cpu'): HostTensor {
+export function forwardLogits(model: LoadedLlama, ids: readonly number[], backend: HostBackend = 'cpu'): HostTensor {
   return new LlamaSession(model, ids.length, backend).step(ids, 0).logits;
 }
