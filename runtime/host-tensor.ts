@@ -3,6 +3,9 @@
 
 import { DType } from '../ir/dtype.ts';
 import { formatShape, numel } from '../ir/shape.ts';
+import { roundBf16, roundF16 } from './half.ts';
+
+export { roundBf16, roundF16 };
 
 export type HostData = Float32Array | Int32Array | Uint32Array | Uint8Array;
 
@@ -35,31 +38,6 @@ export function hostTensor(dtype: DType, shape: readonly number[], values: Array
   const round = rounderFor(dtype);
   for (let i = 0; i < values.length; i++) t.data[i] = round(values[i]);
   return t;
-}
-
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-
-/** Rounds to the nearest bfloat16 (ties to even), returned as a number. */
-export function roundBf16(x: number): number {
-  f32[0] = x;
-  const bits = u32[0];
-  if ((bits & 0x7f800000) === 0x7f800000) return f32[0]; // inf and nan pass through
-  u32[0] = ((bits + 0x7fff + ((bits >>> 16) & 1)) & 0xffff0000) >>> 0;
-  return f32[0];
-}
-
-/** Rounds to the nearest IEEE half (ties to even), with overflow to infinity and gradual underflow. */
-export function roundF16(x: number): number {
-  if (!Number.isFinite(x) || x === 0) return x;
-  const a = Math.abs(x);
-  if (a >= 65520) return Math.sign(x) * Infinity;
-  const e = Math.max(Math.floor(Math.log2(a)), -14);
-  const quantum = 2 ** (e - 10);
-  let q = a / quantum;
-  const r = Math.round(q);
-  q = Math.abs(q - Math.trunc(q) - 0.5) < 1e-12 ? (Math.trunc(q) % 2 === 0 ? Math.trunc(q) : Math.trunc(q) + 1) : r;
-  return Math.sign(x) * q * quantum;
 }
 
 /** The rounding a value gets when stored as `dtype`. */
