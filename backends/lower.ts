@@ -15,7 +15,7 @@ import { rounderFor } from '../runtime/host-tensor.ts';
 import { Dim, Shape } from '../ir/shape.ts';
 import {
   add, BinaryOp, Binding, idiv, imod, int, ivar, KBuffer, KernelIR, KExpr, KStmt, mul, ReduceOp, ROW, Scalar,
-  simplifyIndex, sub, UnaryOp, varsOf,
+  offsetAlong, simplifyIndex, sub, UnaryOp, varsOf,
 } from './kernel-ir.ts';
 
 export class LoweringError extends Error {}
@@ -443,12 +443,46 @@ class KernelLowering {
         const elem = this.rowArray(n.output, idx, varying[0], dimSize);
         return elem(idx[varying[0]]);
       }
+      // Along a row-uniform offset plus a bounded loop variable (a chunk of the scores): an array of that chunk.
+      const along = varying.length === 1 ? this.offsetLoop(idx[varying[0]]) : undefined;
+      if (along && along.extent <= 2048 && !this.serial.has(n)) {
+        const chunk = idx.map((e, i) => (i === varying[0] ? add(along.base, ivar('__at')) : e));
+        const elem = this.chunkArray(n.output, chunk, varying[0], along.base, along.extent);
+        return elem(ivar(along.v));
+      }
       const v = this.bounded('k', size);
       out = { k: 'reduce', op, v, n: size, body: body(v), t: op === 'argmax' ? 'i32' : t };
     }
     out = finish(out);
     this.memo.set(key, out);
     return out;
+  }
+
+  /** v + base with v a bounded loop variable and base row-uniform. */
+  private offsetLoop(e: KExpr): { v: string; base: KExpr; extent: number } | undefined {
+    for (const [v, extent] of this.bounds) {
+      const base = offsetAlong(e, v);
+      if (base && this.isUniform([base])) return { v, base, extent };
+    }
+    return undefined;
+  }
+
+  /** Materialises v at base + j, j < extent, along one dimension, in a row-local array indexed by j. */
+  private chunkArray(v: Value, idx: KExpr[], dim: number, base: KExpr, extent: number): (at: KExpr) => KExpr {
+    const key = `chunk:${this.k.nodes.findIndex((n) => n.output === v)}@${JSON.stringify(idx)}`;
+    let name = (this.memo.get(key) as { name: string } | undefined)?.name;
+    if (!name) {
+      name = this.fresh('arr');
+      const j = this.bounded('j', int(extent));
+      const n = v.producer!;
+      this.serial.add(n);
+      const value = this.expr(v, idx.map((e, d) => (d === dim ? add(base, ivar(j)) : e)));
+      this.serial.delete(n);
+      this.body.push({ k: 'array', name, v: j, n: extent, value });
+      this.memo.set(key, { k: 'var', name, t: 'f32' });
+    }
+    const array = name;
+    return (at) => ({ k: 'elem', array, index: at, t: scalarOf(v.type.dtype) });
   }
 
   /** Materialises v along one dimension (the rest of `idx` row-uniform) in a row-local array. */

@@ -8,7 +8,7 @@
 import { dtypeBytes } from '../../ir/dtype.ts';
 import { Graph, Kernel, Node, usersOf, Value } from '../../ir/graph.ts';
 import { isElementwise, Op, OpGroup, opDef } from '../../ir/ops.ts';
-import { formatShape, formatType, sameShape, Shape } from '../../ir/shape.ts';
+import { formatShape, formatType, sameNumel, sameShape, Shape } from '../../ir/shape.ts';
 import { PassContext } from './context.ts';
 
 export type KernelKind = 'elementwise' | 'reduce' | 'contraction' | 'attention' | 'state-write';
@@ -216,7 +216,8 @@ function mergeAttention(p: Partition): void {
     const srcs = [...p.deps(a)];
     const softmax = srcs.find((s) => s.kind === 'reduce' && isSoftmax(s.reductions) &&
       s.reductions.every((r) => lastAxisReduction(r) && sameShape(r.inputs[0].type.shape, a.type.shape)));
-    const scores = srcs.find((s) => s.kind === 'contraction' && s.matmuls.some((m) => sameShape(m.output.type.shape, a.type.shape)));
+    // The scores may reach the softmax through views (a chunked cache splits their last axis): equal sizes.
+    const scores = srcs.find((s) => s.kind === 'contraction' && s.matmuls.some((m) => sameNumel(m.output.type.shape, a.type.shape)));
     if (!softmax || !scores || srcs.length !== 2) continue;
     const saved = valueBytes(a, p.ctx.dims) * 4;
     if (p.merge(scores, softmax, 'attention', `attention: softmax over the scores of ${formatType(a.type)} stays in the score kernel`) &&

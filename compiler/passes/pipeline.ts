@@ -12,6 +12,7 @@ import { foldConstants } from './fold-constants.ts';
 import { fuse } from './fuse.ts';
 import { planMemory } from './plan-memory.ts';
 import { simplify } from './simplify.ts';
+import { splitAttention } from './split-attention.ts';
 import { splitReductions } from './split-reductions.ts';
 
 export interface Pass {
@@ -28,6 +29,7 @@ export const defaultPasses: readonly Pass[] = [
   { name: 'dce', run: dce },
   { name: 'concat-projections', run: (g) => dce(concatProjections(g)) },
   { name: 'split-reductions', run: splitReductions },
+  { name: 'split-attention', run: (g) => dce(splitAttention(g)) },
   { name: 'fuse', run: fuse },
   { name: 'plan-memory', run: planMemory },
 ];

@@ -71,6 +71,16 @@ const kinds: Record<string, { shape: number[]; fn: (x: Tensor) => Tensor | Tenso
   'swiglu 264 → 300': { shape: [1, 264], fn: (x) => x.matmul(param('g', DType.BF16, [300, 264]).transpose()).silu().mul(x.matmul(param('u', DType.BF16, [300, 264]).transpose())) },
   'softmax over 513': { shape: [4, 513], fn: (x) => x.softmax(-1) },
   'argmax over 20000 (two-level)': { shape: [1, 20000], fn: (x) => x.argmax(-1) },
+  'decode attention over a 2048-position cache (split in chunks)': {
+    shape: [1, 32],
+    fn: (x) => {
+      const q = x.reshape(4, 1, 8);
+      const keys = param('keys', DType.F32, [4, 8, 2048]);
+      const values = param('values', DType.F32, [4, 2048, 8]);
+      // Positions past 1500 are masked, so whole chunks are empty: their statistics must not turn into NaN.
+      return where(arange(2048).reshape(1, -1).le(1500), q.matmul(keys).mul(0.3), -Infinity).softmax(-1).matmul(values);
+    },
+  },
   'causal attention over 300 keys': {
     shape: [300, 16],
     fn: (x) => {

@@ -176,7 +176,7 @@ test('a custom pass inserted into the pipeline runs in compile(), in order', () 
   const seen: string[] = [];
   const spy: Pass = { name: 'spy', run: (g) => { seen.push(`${g.name}:${g.nodes.length}`); return g; } };
   const passes = insertPass(defaultPasses, { before: 'fuse' }, spy);
-  assert.equal(passes.map((p) => p.name).slice(-4), ['split-reductions', 'spy', 'fuse', 'plan-memory']);
+  assert.equal(passes.map((p) => p.name).slice(-4), ['split-attention', 'spy', 'fuse', 'plan-memory']);
   const after: string[] = [];
   const f = compile(function scaled(x: Tensor) { return x.exp().neg(); }, { passes, after: (p) => after.push(p) });
   f(tensor([1, 2]));

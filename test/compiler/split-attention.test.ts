@@ -1,0 +1,57 @@
+// split-attention: attention over a long cache becomes per-chunk statistics and an exact combination; the result
+// equals the unsplit softmax·V on the reference interpreter and on the fused CPU kernels, masked chunks included.
+
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { interpret } from '../../backends/reference/interpreter.ts';
+import { arange, trace, where } from '../../compiler/index.ts';
+import { compileModule } from '../../compiler/compile-module.ts';
+import { decompose } from '../../compiler/passes/decompose.ts';
+import { splitAttention, SPLIT_ATTENTION_AT } from '../../compiler/passes/split-attention.ts';
+import { DType } from '../../ir/dtype.ts';
+import { Graph } from '../../ir/graph.ts';
+import { verifyGraph } from '../../ir/verify.ts';
+import { CpuExecutor } from '../../runtime/cpu.ts';
+import { HostTensor, hostTensor } from '../../runtime/host-tensor.ts';
+import { mismatch } from '../backends/compare.ts';
+import { Rng } from '../backends/rng.ts';
+
+function attention(cache: number, visible: number): Graph {
+  return trace('attention', [
+    { name: 'q', dtype: DType.F32, shape: [2, 3, 8] },
+    { name: 'k', dtype: DType.F32, shape: [2, 8, cache] },
+    { name: 'v', dtype: DType.F32, shape: [2, cache, 8] },
+  ], (q, k, v) => where(arange(cache).reshape(1, -1).le(visible), q.matmul(k).mul(0.35), -Infinity).softmax(-1).matmul(v));
+}
+
+function inputs(cache: number): Record<string, HostTensor> {
+  const rng = new Rng(3);
+  const r = (shape: number[]) => hostTensor(DType.F32, shape, Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rng.normal()));
+  return { q: r([2, 3, 8]), k: r([2, 8, cache]), v: r([2, cache, 8]) };
+}
+
+const run = (g: Graph, x: Record<string, HostTensor>) => interpret(g, { inputs: x, param: () => { throw new Error('no params'); }, states: new Map() })[0];
+
+test('a long cache is split into chunks with per-chunk statistics, a short one is left alone', () => {
+  const long = splitAttention(decompose(attention(SPLIT_ATTENTION_AT, 700)));
+  verifyGraph(long);
+  assert.ok(long.nodes.some((n) => n.op === 'max' && (n.attrs.axes as number[])[0] === 1), 'chunk maxima combined over the chunk axis');
+  const short = decompose(attention(512, 300));
+  assert.is(splitAttention(short), short, 'no rewrite below the threshold');
+});
+
+for (const [cache, visible] of [[1024, 1023], [2048, 700], [1280, 0]] as const) {
+  test(`split attention over ${cache} positions (${visible + 1} visible) equals softmax·V, reference and fused CPU`, () => {
+    const g = attention(cache, visible);
+    const x = inputs(cache);
+    const want = run(g, x);
+    const split = splitAttention(decompose(g));
+    assert.is(mismatch(run(split, x), want), undefined, 'reference interpreter on the split graph');
+    const compiled = compileModule({ graphs: [g] });
+    assert.ok(compiled.graphs[0].graph.kernels.length <= 3, 'chunks, statistics, combination');
+    const got = new CpuExecutor(compiled, () => { throw new Error('no params'); }).run('attention', x, new Map())[0];
+    assert.is(mismatch(got, want), undefined, 'fused CPU kernels');
+  });
+}
+
+test.run();
