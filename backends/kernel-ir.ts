@@ -138,6 +138,7 @@ export function varsOf(e: KExpr, out = new Set<string>()): Set<string> {
  * Terms are matched within one sum, in any order; x is any expression (compared structurally).
  */
 export function simplifyIndex(e: KExpr, bounds: ReadonlyMap<string, number> = new Map()): KExpr {
+  e = simplifyRanges(e, bounds);
   const terms = sumTerms(e);
   if (terms.length < 2) return e;
   const key = (x: KExpr) => JSON.stringify(x);
@@ -256,4 +257,57 @@ export function replaceReductions(e: KExpr, names: ReadonlyMap<Extract<KExpr, { 
     case 'select': return { ...e, cond: r(e.cond), a: r(e.a), b: r(e.b) };
     default: return e;
   }
+}
+
+/** The largest value an index expression takes, with loop and row variables in [0, bound); Infinity if unknown. */
+function maxValue(e: KExpr, bounds: ReadonlyMap<string, number>): number {
+  switch (e.k) {
+    case 'const': return e.value;
+    case 'var': return (bounds.get(e.name) ?? Infinity) - 1;
+    case 'binary': {
+      const [a, b] = [maxValue(e.a, bounds), maxValue(e.b, bounds)];
+      switch (e.op) {
+        case 'add': return a + b;
+        case 'mul': return a * b;
+        case 'idiv': return e.b.k === 'const' ? Math.floor(a / e.b.value) : Infinity;
+        case 'imod': return e.b.k === 'const' ? Math.min(a, e.b.value - 1) : Infinity;
+        default: return Infinity;
+      }
+    }
+    default: return Infinity;
+  }
+}
+
+/** t = c·m·x (or a multiple of m as a constant): returns c·x, the term divided by m; else undefined. */
+function dividedBy(t: KExpr, m: number): KExpr | undefined {
+  if (t.k === 'const') return t.value % m === 0 ? int(t.value / m) : undefined;
+  if (t.k !== 'binary' || t.op !== 'mul') return undefined;
+  const [x, c] = t.b.k === 'const' ? [t.a, t.b.value] : t.a.k === 'const' ? [t.b, t.a.value] : [undefined, 0];
+  return x && c % m === 0 ? mul(x, int(c / m)) : undefined;
+}
+
+/**
+ * Division and remainder by a constant over a sum of non-negative terms (what reshapes produce), bottom up:
+ *   (m·a + x) % m = x % m,   (m·a + x) / m = a + x / m,   x % m = x and x / m = 0 when x < m.
+ */
+function simplifyRanges(e: KExpr, bounds: ReadonlyMap<string, number>): KExpr {
+  if (e.k !== 'binary') return e;
+  const a = simplifyRanges(e.a, bounds);
+  const b = simplifyRanges(e.b, bounds);
+  if ((e.op !== 'imod' && e.op !== 'idiv') || b.k !== 'const' || b.value <= 0) {
+    return a === e.a && b === e.b ? e : { ...e, a, b };
+  }
+  const m = b.value;
+  const multiples: KExpr[] = [];
+  const rest: KExpr[] = [];
+  for (const t of sumTerms(a)) {
+    const q = dividedBy(t, m);
+    if (q) multiples.push(q);
+    else rest.push(t);
+  }
+  const x = rest.reduce<KExpr>((acc, t) => add(acc, t), int(0));
+  const small = maxValue(x, bounds) < m;
+  if (e.op === 'imod') return small ? x : imod(x, int(m));
+  const quotient = multiples.reduce<KExpr>((acc, t) => add(acc, t), int(0));
+  return add(quotient, small ? int(0) : idiv(x, int(m)));
 }

@@ -96,7 +96,9 @@ class KernelLowering {
     // A contraction row computes `tile` neighbouring outputs: their shared prologue (the normalised input row)
     // is computed once per row, and the outputs' reductions run side by side.
     const rowShape = domain.slice(0, rowRank).map((d, i) => (i === rowRank - 1 && tile > 1 ? (d as number) / tile : d));
-    const rowIdx = this.delinear(ivar(ROW), rowShape).map((e, i) => this.bindUniform(`r${i}`, e));
+    const rows = this.numel(rowShape);
+    if (rows.k === 'const') this.bounds.set(ROW, rows.value);
+    const rowIdx = this.delinear(ivar(ROW), rowShape).map((e, i) => this.bindUniform(`r${i}`, e, rowShape[i]));
     for (const v of writes) {
       const p = v.producer!;
       if (p.op === Op.UpdateSlice) this.storeUpdate(p);
@@ -107,7 +109,7 @@ class KernelLowering {
       fused: kernelNodeLines(this.g, this.k),
       buffers: this.buffers,
       sizes: [...this.sizes].sort(),
-      rows: this.numel(rowShape),
+      rows,
       body: this.body,
     };
   }
@@ -173,8 +175,8 @@ class KernelLowering {
   }
 
   private storeValue(v: Value, rowIdx: KExpr[], tile: number): void {
-    const i = this.fresh('i');
     const local = tile > 1 ? [tile] : v.type.shape.slice(rowIdx.length);
+    const i = this.bounded('i', this.numel(local));
     const idx = tile > 1
       ? [...rowIdx.slice(0, -1), add(mul(rowIdx[rowIdx.length - 1], int(tile)), ivar(i))]
       : [...rowIdx, ...this.delinear(ivar(i), local)];
@@ -192,7 +194,7 @@ class KernelLowering {
   private storeUpdate(n: Node): void {
     const [target, update, index] = n.inputs;
     const axis = n.attrs.axis as number;
-    const i = this.fresh('i');
+    const i = this.bounded('i', this.numel(update.type.shape));
     const uIdx = this.delinear(ivar(i), update.type.shape);
     const at = this.expr(index, index.type.shape.map(() => int(0)));
     const tIdx = uIdx.map((e, d) => (d === axis ? add(e, at) : e));
@@ -257,6 +259,7 @@ class KernelLowering {
       const q = idiv(lin, stride);
       out[i] = i === 0 ? q : imod(q, this.dim(shape[i]));
       if (shape[i] === 1) out[i] = int(0);
+      out[i] = simplifyIndex(out[i], this.bounds);
       stride = mul(stride, this.dim(shape[i]));
     }
     return out;
@@ -294,9 +297,10 @@ class KernelLowering {
     return v;
   }
 
-  private bindUniform(prefix: string, value: KExpr): KExpr {
+  private bindUniform(prefix: string, value: KExpr, extent?: Dim): KExpr {
     if (value.k === 'const' || value.k === 'var') return value;
     const name = this.fresh(prefix);
+    if (typeof extent === 'number') this.bounds.set(name, extent);
     this.body.push({ k: 'let', name, value });
     this.uniform.add(name);
     return ivar(name);
