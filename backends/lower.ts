@@ -79,6 +79,8 @@ class KernelLowering {
   /** Names that hold the same value in every thread of a row. */
   private readonly uniform = new Set<string>([ROW]);
   private readonly memo = new Map<string, KExpr>();
+  /** Loop variables of reductions (cooperative or serial). */
+  private readonly reductionVars = new Set<string>();
   /** Static extents of loop variables: v % m is v when v < m. */
   private readonly bounds = new Map<string, number>();
   /** Nodes being computed into a row-local array: evaluated serially there. */
@@ -436,6 +438,7 @@ class KernelLowering {
     let out: KExpr;
     if (this.isUniform(idx) && !this.serial.has(n)) {
       const v = this.bounded('k', size);
+      this.reductionVars.add(v);
       const name = this.fresh('acc');
       this.body.push({ k: 'coop', name, op, v, n: size, body: body(v) });
       this.uniform.add(name);
@@ -455,6 +458,7 @@ class KernelLowering {
         return elem(ivar(along.v));
       }
       const v = this.bounded('k', size);
+      this.reductionVars.add(v);
       out = { k: 'reduce', op, v, n: size, body: body(v), t: op === 'argmax' ? 'i32' : t };
     }
     out = finish(out);
@@ -464,7 +468,10 @@ class KernelLowering {
 
   /** v + base with v a bounded loop variable and base row-uniform. */
   private offsetLoop(e: KExpr): { v: string; base: KExpr; extent: number } | undefined {
-    for (const [v, extent] of this.bounds) {
+    // Only a reduction's own loop: a store's loop over outputs keeps its per-output mapping (one subgroup each).
+    for (const v of this.reductionVars) {
+      const extent = this.bounds.get(v);
+      if (extent === undefined) continue;
       const base = offsetAlong(e, v);
       if (base && this.isUniform([base])) return { v, base, extent };
     }
