@@ -10,6 +10,7 @@ import { Graph, Kernel, Node, usersOf, Value } from '../../ir/graph.ts';
 import { isElementwise, Op, OpGroup, opDef } from '../../ir/ops.ts';
 import { formatShape, formatType, sameNumel, sameShape, Shape } from '../../ir/shape.ts';
 import { PassContext } from './context.ts';
+import { copySignature } from './rewrite.ts';
 
 export type KernelKind = 'elementwise' | 'reduce' | 'contraction' | 'attention' | 'state-write';
 
@@ -318,14 +319,7 @@ function mergeStateWrites(p: Partition): void {
 function emit(p: Partition): Graph {
   const g = p.g;
   const groups = orderGroups(p);
-  const out = new Graph(g.name);
-  const global = new Map<Value, Value>();
-  for (const v of g.inputs) global.set(v, out.addInput(v.name!, v.type));
-  for (const v of g.params) {
-    const d = g.derivations.get(v);
-    global.set(v, d ? out.addDerivedParam(v.name!, d.op, d.inputs.map((i) => global.get(i)!), d.attrs) : out.addParam(v.name!, v.type));
-  }
-  for (const v of g.states) global.set(v, out.addState(v.name!, v.type));
+  const { out, map: global } = copySignature(g);
 
   groups.forEach((gr, index) => {
     const local = new Map<Value, Value>();

@@ -17,8 +17,8 @@ export type NodeVisitor = (node: Node, inputs: Value[], out: Emitter) => Value |
 /** Copies a node unchanged (operands mapped). */
 export const keepNode = (n: Node, inputs: Value[], out: Emitter): Value => out.emit(n.op, inputs, n.attrs, n.loc);
 
-/** A new graph with the same signature, params and state, built by `visit` from each node of `g` in order. */
-export function rewriteGraph(g: Graph, visit: NodeVisitor): Graph {
+/** An empty graph declaring g's inputs, params (derived ones too) and state, and the map from g's to its values. */
+export function copySignature(g: Graph): { out: Graph; map: Map<Value, Value> } {
   const out = new Graph(g.name);
   const map = new Map<Value, Value>();
   for (const v of g.inputs) map.set(v, out.addInput(v.name!, v.type));
@@ -27,6 +27,12 @@ export function rewriteGraph(g: Graph, visit: NodeVisitor): Graph {
     map.set(v, d ? out.addDerivedParam(v.name!, d.op, d.inputs.map((i) => map.get(i)!), d.attrs) : out.addParam(v.name!, v.type));
   }
   for (const v of g.states) map.set(v, out.addState(v.name!, v.type));
+  return { out, map };
+}
+
+/** A new graph with the same signature, params and state, built by `visit` from each node of `g` in order. */
+export function rewriteGraph(g: Graph, visit: NodeVisitor): Graph {
+  const { out, map } = copySignature(g);
   const emitter: Emitter = {
     graph: out,
     emit: (op, inputs, attrs = {}, loc) => out.addNode(op, inputs, attrs, loc),
