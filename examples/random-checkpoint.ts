@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { expectedLlamaTensors, LlamaConfig } from '../runtime/config.ts';
 import { DType } from '../ir/dtype.ts';
-import { decodeBf16, readSafetensors, Tensor, TensorInfo, TensorSource } from '../runtime/safetensors.ts';
+import { decodeBf16, readSafetensors, Tensor, TensorInfo, TensorSource, TensorToWrite, writeSafetensors } from '../runtime/safetensors.ts';
 
 /** Random bf16 weights of a config's shape, generated as bit patterns (norm weights 1.0), held in memory. */
 export function randomBf16Weights(cfg: LlamaConfig, seed = 1): TensorSource {
@@ -42,59 +42,18 @@ export function randomBf16Weights(cfg: LlamaConfig, seed = 1): TensorSource {
 }
 
 /**
- * Writes `config.json` and `model.safetensors` (every tensor as BF16, in `weights`' order) into `dir`.
- * `writeSafetensors` takes values and encodes them, which for 2.5 GB of weights would first decode them all to f32;
- * this writes the header and then each tensor's stored bytes as they are, one tensor in memory at a time.
- * `metadata` goes into the header's `__metadata__` (with `format: pt`, which transformers requires).
+ * Writes `config.json` and `model.safetensors` (every tensor as BF16, in `weights`' order, its stored bytes as they
+ * are, one tensor in memory at a time) into `dir`. `metadata` goes into the header's `__metadata__` (with
+ * `format: pt`, which transformers requires).
  */
 export function writeBf16Checkpoint(dir: string, configJson: object, weights: TensorSource, metadata: Record<string, string>): void {
   fs.mkdirSync(dir, { recursive: true });
-  const header: Record<string, unknown> = { __metadata__: { format: 'pt', ...metadata } };
-  const sizes = new Map<string, number>();
-  let offset = 0;
+  const tensors: Record<string, TensorToWrite> = {};
   for (const t of weights.tensors) {
     if (t.storedAs !== 'BF16') throw new Error(`${weights.location}: tensor '${t.name}' is ${t.storedAs}, not BF16`);
-    const bytes = 2 * t.shape.reduce((a, b) => a * b, 1);
-    header[t.name] = { dtype: 'BF16', shape: [...t.shape], data_offsets: [offset, offset + bytes] };
-    sizes.set(t.name, bytes);
-    offset += bytes;
+    tensors[t.name] = { dtype: DType.BF16, shape: t.shape, bytes: () => weights.tensor(t.name).raw };
   }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8); // 8-byte aligned tensors, as Hugging Face writes
-  const length = Buffer.alloc(8);
-  length.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
-
-  const file = path.join(dir, 'model.safetensors');
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    try {
-      let position = 0;
-      const write = (bytes: Uint8Array) => {
-        // write(2) stops short near 2 GiB per call, so loop; positions past 2^31 are plain numbers.
-        for (let done = 0; done < bytes.length;) {
-          const n = fs.writeSync(fd, bytes, done, Math.min(bytes.length - done, 1 << 30), position);
-          done += n;
-          position += n;
-        }
-      };
-      write(length);
-      write(Buffer.from(json));
-      for (const t of weights.tensors) {
-        const raw = weights.tensor(t.name).raw;
-        if (raw.byteLength !== sizes.get(t.name)) {
-          throw new Error(`${weights.location}: tensor '${t.name}' has ${raw.byteLength} bytes, its shape needs ${sizes.get(t.name)}`);
-        }
-        write(raw);
-      }
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
+  writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt', ...metadata });
   fs.writeFileSync(path.join(dir, 'config.json'), `${JSON.stringify(configJson, null, 2)}\n`);
 }
 

@@ -274,19 +274,21 @@ function readAt(fd: number, file: string, position: number, length: number, what
 }
 
 /** write(2) may stop short (Linux caps one call near 2 GiB), so loop. */
+/** write(2) stops short near 2 GiB a call: loop, at most 1 GiB at a time. */
 function writeAll(fd: number, bytes: Uint8Array): void {
-  for (let done = 0; done < bytes.length;) done += fs.writeSync(fd, bytes, done, bytes.length - done);
+  for (let done = 0; done < bytes.length;) done += fs.writeSync(fd, bytes, done, Math.min(bytes.length - done, 1 << 30));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Writing.
 
-export interface TensorToWrite {
-  readonly dtype: DType;
-  readonly shape: readonly number[];
-  /** Values, not bits: floats are rounded to the dtype, integers must fit it. */
-  readonly data: ArrayLike<number>;
-}
+/**
+ * A tensor to write: values (floats are rounded to the dtype, integers must fit it), or its bytes as stored, asked
+ * for when it is written, so a multi-gigabyte checkpoint is in memory one tensor at a time.
+ */
+export type TensorToWrite =
+  | { readonly dtype: DType; readonly shape: readonly number[]; readonly data: ArrayLike<number> }
+  | { readonly dtype: DType; readonly shape: readonly number[]; readonly bytes: () => Uint8Array };
 
 const encoders: Record<DType, { name: StoredDType; encode(values: ArrayLike<number>, where: string): ArrayBufferView }> = {
   [DType.F32]: { name: 'F32', encode: (v) => (v instanceof Float32Array ? v : Float32Array.from(v)) },
@@ -317,7 +319,7 @@ export function writeSafetensors(
   for (const [name, t] of Object.entries(tensors)) {
     if (!t.shape.every(isCount)) throw new WeightsError(`${file}: tensor '${name}': bad shape ${formatShape(t.shape)}`);
     const n = numel(t.shape);
-    if (t.data.length !== n) {
+    if ('data' in t && t.data.length !== n) {
       throw new WeightsError(`${file}: tensor '${name}': ${t.data.length} values for shape ${formatShape(t.shape)}`);
     }
     const storedAs = encoders[t.dtype].name;
@@ -337,7 +339,10 @@ export function writeSafetensors(
       writeAll(fd, length);
       writeAll(fd, Buffer.from(json));
       for (const [name, t] of Object.entries(tensors)) {
-        const bytes = encoders[t.dtype].encode(t.data, `${file}: tensor '${name}'`);
+        const where = `${file}: tensor '${name}'`;
+        const bytes = 'data' in t ? encoders[t.dtype].encode(t.data, where) : t.bytes();
+        const want = numel(t.shape) * stored[encoders[t.dtype].name].bytes;
+        if (bytes.byteLength !== want) throw new WeightsError(`${where}: ${bytes.byteLength} bytes, its shape needs ${want}`);
         writeAll(fd, new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
       }
     } finally {
