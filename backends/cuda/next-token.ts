@@ -3,30 +3,7 @@
 // of the logits row), append it to the history, feed it back as the next step's input and advance the position.
 // The host never has to look at a token for the loop to go on.
 
-/** Words of the kernel's parameter block in device memory, in order. */
-export interface NextTokenParams {
-  /** Which logits row / argmax entry holds the last position (S-1 after a prefill, 0 after a decode step). */
-  readonly row: number;
-  readonly vocab: number;
-  /** How far the position moves: the prefill's length, or 1. */
-  readonly advance: number;
-  /** 0 for greedy. */
-  readonly temperature: number;
-  readonly topP: number;
-  readonly seed: number;
-  /** Tokens the history buffer holds after its count word. */
-  readonly capacity: number;
-}
-
-export const NEXT_TOKEN_PARAMS_BYTES = 32;
-
-export function nextTokenParamsBytes(p: NextTokenParams): Uint8Array {
-  const buf = new ArrayBuffer(NEXT_TOKEN_PARAMS_BYTES);
-  const i = new Int32Array(buf);
-  const f = new Float32Array(buf);
-  i[0] = p.row; i[1] = p.vocab; i[2] = p.advance; f[3] = p.temperature; f[4] = p.topP; i[5] = p.seed | 0; i[6] = p.capacity;
-  return new Uint8Array(buf);
-}
+export { NEXT_TOKEN_PARAMS_BYTES, nextTokenParamsBytes } from '../next-token-params.ts';
 
 export const NEXT_TOKEN_KERNEL = 'tf_next_token';
 

@@ -4,27 +4,6 @@
 
 import { WORKGROUP_SIZE } from './render-wgsl.ts';
 
-/** Uniform words of the next-token kernel, in order. */
-export interface NextTokenParams {
-  /** Which logits row / argmax entry holds the last position (S-1 after a prefill, 0 after a decode step). */
-  readonly row: number;
-  readonly vocab: number;
-  /** How far the position moves: the prefill's length, or 1. */
-  readonly advance: number;
-  /** 0 for greedy. */
-  readonly temperature: number;
-  readonly topP: number;
-  readonly seed: number;
-}
-
-export function nextTokenParamsWords(p: NextTokenParams): ArrayBuffer {
-  const buf = new ArrayBuffer(32);
-  const i = new Int32Array(buf);
-  const f = new Float32Array(buf);
-  i[0] = p.row; i[1] = p.vocab; i[2] = p.advance; f[3] = p.temperature; f[4] = p.topP; i[5] = p.seed >>> 0;
-  return buf;
-}
-
 export const nextTokenWgsl = /* wgsl */ `
 // Chooses the next token on the device and feeds it back (tsfuse runtime kernel, not generated).
 struct Params { row: i32, vocab: i32, advance: i32, temperature: f32, top_p: f32, seed: u32, pad0: i32, pad1: i32 }

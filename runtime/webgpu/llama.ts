@@ -3,7 +3,8 @@
 // encoded in batches, and the host reads the token history back asynchronously, only to report it.
 
 import { compileModule, CompiledModule } from '../../compiler/compile-module.ts';
-import { nextTokenParamsWords, nextTokenWgsl } from '../../backends/wgsl/next-token.ts';
+import { nextTokenParamsBytes } from '../../backends/next-token-params.ts';
+import { nextTokenWgsl } from '../../backends/wgsl/next-token.ts';
 import { traceLlama } from '../../examples/llama.ts';
 import { DType } from '../../ir/dtype.ts';
 import { checkTokens, LoadedLlama } from '../llama.ts';
@@ -100,8 +101,8 @@ export class WebGpuLlama {
     this.resetCache();
     const vocab = this.model.cfg.vocabSize;
     const common = { vocab, temperature: sampling.temperature ?? 0, topP: sampling.topP ?? 1, seed: sampling.seed ?? 0 };
-    this.device.queue.writeBuffer(this.pick.prefillParams, 0, nextTokenParamsWords({ ...common, row: prompt.length - 1, advance: prompt.length }));
-    this.device.queue.writeBuffer(this.pick.decodeParams, 0, nextTokenParamsWords({ ...common, row: 0, advance: 1 }));
+    this.device.queue.writeBuffer(this.pick.prefillParams, 0, nextTokenParamsBytes({ ...common, row: prompt.length - 1, advance: prompt.length }));
+    this.device.queue.writeBuffer(this.pick.decodeParams, 0, nextTokenParamsBytes({ ...common, row: 0, advance: 1 }));
     this.device.queue.writeBuffer(this.history, 0, new Int32Array([0]));
     this.writeInputs(prompt, 0);
     const prefill = prompt.length === 1 ? 'decode' : 'prefill';

@@ -9,7 +9,7 @@ const RTOL: Partial<Record<DType, number>> = { [DType.F32]: 1e-4, [DType.BF16]: 
 const ATOL = 1e-5;
 
 /** The first element where `got` differs from `want`, described; undefined when they agree. */
-export function mismatch(got: HostTensor, want: HostTensor, rtolF32 = RTOL[DType.F32]!): string | undefined {
+export function mismatch(got: HostTensor, want: HostTensor, rtolF32 = RTOL[DType.F32]!, atol = ATOL): string | undefined {
   if (got.dtype !== want.dtype || formatShape(got.shape) !== formatShape(want.shape)) {
     return `got ${got.dtype}${formatShape(got.shape)}, want ${want.dtype}${formatShape(want.shape)}`;
   }
@@ -17,8 +17,19 @@ export function mismatch(got: HostTensor, want: HostTensor, rtolF32 = RTOL[DType
   for (let i = 0; i < want.data.length; i++) {
     const [a, b] = [got.data[i], want.data[i]];
     const ok = a === b || (Number.isNaN(a) && Number.isNaN(b)) ||
-      (rtol !== undefined && Math.abs(a - b) <= ATOL + rtol * Math.max(Math.abs(a), Math.abs(b)));
+      (rtol !== undefined && Math.abs(a - b) <= atol + rtol * Math.max(Math.abs(a), Math.abs(b)));
     if (!ok) return `element ${i}: got ${a}, want ${b}`;
   }
   return undefined;
+}
+
+/** ‖ours − ref‖ / ‖ref‖ (the fixtures' measure of agreement). */
+export function relativeError(ours: ArrayLike<number>, ref: ArrayLike<number>): number {
+  let diff = 0;
+  let norm = 0;
+  for (let i = 0; i < ref.length; i++) {
+    diff += (ours[i] - ref[i]) ** 2;
+    norm += ref[i] ** 2;
+  }
+  return Math.sqrt(diff / norm);
 }

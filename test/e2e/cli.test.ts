@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readCheckpoint, readSafetensors, writeSafetensors, type TensorToWrite } from '../../runtime/safetensors.ts';
+import { relativeError } from '../backends/compare.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const model = fileURLToPath(new URL('../../../shared/fixtures/tiny-llama', import.meta.url));
@@ -48,15 +49,6 @@ function fails(args: string[], ...parts: string[]): string {
 
 const ids = (xs: readonly number[]) => xs.join(',');
 
-function relativeError(ours: readonly number[], ref: ArrayLike<number>): number {
-  let diff = 0;
-  let norm = 0;
-  for (let i = 0; i < ref.length; i++) {
-    diff += (ours[i] - ref[i]) ** 2;
-    norm += ref[i] ** 2;
-  }
-  return Math.sqrt(diff / norm);
-}
 
 /** A checkpoint folder in tmp: tiny-llama's config.json and the given model.safetensors bytes or tensors. */
 function checkpoint(name: string, weights: Buffer | Record<string, TensorToWrite>): string {

@@ -10,6 +10,7 @@ import * as assert from 'uvu/assert';
 import { loadLlama } from '../../runtime/llama.ts';
 import { Backend, isBackend, LlamaRunner, openRunner } from '../../runtime/runner.ts';
 import { readSafetensors } from '../../runtime/safetensors.ts';
+import { relativeError } from '../backends/compare.ts';
 
 // TSFUSE_FIXTURES points elsewhere on machines where ../shared is not beside the clone (the GPU machine).
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
@@ -43,15 +44,6 @@ function readGolden(dir: string): Golden {
 
 const row = (data: Float32Array, vocab: number, i: number) => data.subarray(i * vocab, (i + 1) * vocab);
 
-function relativeError(ours: ArrayLike<number>, ref: ArrayLike<number>): number {
-  let diff = 0;
-  let norm = 0;
-  for (let i = 0; i < ref.length; i++) {
-    diff += (ours[i] - ref[i]) ** 2;
-    norm += ref[i] ** 2;
-  }
-  return Math.sqrt(diff / norm);
-}
 
 function argmax(xs: ArrayLike<number>): number {
   let best = 0;

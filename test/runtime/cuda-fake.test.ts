@@ -16,7 +16,6 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { interpret } from '../../backends/reference/interpreter.ts';
 import { compileModule } from '../../compiler/compile-module.ts';
-import { isFloat } from '../../ir/dtype.ts';
 import { printGraph } from '../../ir/printer.ts';
 import { CudaExecutor } from '../../runtime/cuda/executor.ts';
 import { CudaLlama } from '../../runtime/cuda/llama.ts';
@@ -24,6 +23,7 @@ import { HostTensor } from '../../runtime/host-tensor.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { readSafetensors } from '../../runtime/safetensors.ts';
 import { randomGraph } from '../backends/random-graph.ts';
+import { mismatch } from '../backends/compare.ts';
 
 const here = fileURLToPath(new URL('./fake-cuda/', import.meta.url));
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
@@ -72,19 +72,7 @@ s.after(() => {
   restore('FAKE_CUDA_SHIM', saved.shim);
 });
 
-const RTOL = 1e-4;
-const ATOL = 1e-5;
 
-function mismatch(got: HostTensor, want: HostTensor): string | undefined {
-  if (got.dtype !== want.dtype || got.shape.join() !== want.shape.join()) return `got ${got.dtype}[${got.shape}], want ${want.dtype}[${want.shape}]`;
-  const float = isFloat(want.dtype);
-  for (let i = 0; i < want.data.length; i++) {
-    const [a, b] = [got.data[i], want.data[i]];
-    const ok = a === b || (Number.isNaN(a) && Number.isNaN(b)) || (float && Math.abs(a - b) <= ATOL + RTOL * Math.max(Math.abs(a), Math.abs(b)));
-    if (!ok) return `element ${i}: got ${a}, want ${b}`;
-  }
-  return undefined;
-}
 
 const seeds = [...Array(Number(process.env.CUDA_FAKE_SEEDS ?? 16)).keys()];
 

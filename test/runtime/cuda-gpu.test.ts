@@ -10,7 +10,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { interpret } from '../../backends/reference/interpreter.ts';
 import { compileModule } from '../../compiler/compile-module.ts';
-import { DType, isFloat } from '../../ir/dtype.ts';
+import { DType } from '../../ir/dtype.ts';
 import { printGraph } from '../../ir/printer.ts';
 import { builtinConfig, expectedLlamaTensors } from '../../runtime/config.ts';
 import { CudaDriver, CudaUnavailableError } from '../../runtime/cuda/driver.ts';
@@ -20,6 +20,7 @@ import { HostTensor } from '../../runtime/host-tensor.ts';
 import { LoadedLlama } from '../../runtime/llama.ts';
 import { encodeBf16, Tensor, TensorSource } from '../../runtime/safetensors.ts';
 import { randomGraph } from '../backends/random-graph.ts';
+import { mismatch } from '../backends/compare.ts';
 
 function gpuPresent(): boolean {
   try {
@@ -34,16 +35,6 @@ function gpuPresent(): boolean {
 const gpu = gpuPresent();
 const skip = gpu ? '' : ' (skipped: no CUDA driver)';
 
-function mismatch(got: HostTensor, want: HostTensor, rtol: number, atol: number): string | undefined {
-  if (got.dtype !== want.dtype || got.shape.join() !== want.shape.join()) return `got ${got.dtype}[${got.shape}], want ${want.dtype}[${want.shape}]`;
-  const float = isFloat(want.dtype);
-  for (let i = 0; i < want.data.length; i++) {
-    const [a, b] = [got.data[i], want.data[i]];
-    const ok = a === b || (Number.isNaN(a) && Number.isNaN(b)) || (float && Math.abs(a - b) <= atol + rtol * Math.max(Math.abs(a), Math.abs(b)));
-    if (!ok) return `element ${i}: got ${a}, want ${b}`;
-  }
-  return undefined;
-}
 
 const seeds = [...Array(Number(process.env.CUDA_GPU_SEEDS ?? 100)).keys()];
 
