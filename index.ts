@@ -15,8 +15,8 @@ export { compileModule } from './compiler/compile-module.ts';
 export type { CompiledGraph, CompiledModule } from './compiler/compile-module.ts';
 
 // Host tensors: what compiled functions take and return.
-export { tensor, hostTensor } from './runtime/host-tensor.ts';
-export type { HostTensor, HostData, NestedNumbers } from './runtime/host-tensor.ts';
+export { tensor, hostTensor } from './ir/host-tensor.ts';
+export type { HostTensor, HostData, NestedNumbers } from './ir/host-tensor.ts';
 
 // The IR: graphs, ops, types, and the text format (print → parse → print is byte-identical).
 export { Graph, Value, GraphError } from './ir/graph.ts';

@@ -11,7 +11,7 @@ import { DType, isFloat } from '../ir/dtype.ts';
 import { Graph, Kernel, kernelIO, Node, Value } from '../ir/graph.ts';
 import { Op } from '../ir/ops.ts';
 import { kernelNodeLines } from '../ir/printer.ts';
-import { rounderFor } from '../runtime/host-tensor.ts';
+import { rounderFor } from '../ir/host-tensor.ts';
 import { Dim, Shape } from '../ir/shape.ts';
 import {
   add, BinaryOp, Binding, idiv, imod, int, ivar, KBuffer, KernelIR, KExpr, KStmt, mul, ReduceOp, ROW, Scalar,

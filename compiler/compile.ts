@@ -17,7 +17,7 @@ import { interpret } from '../backends/reference/interpreter.ts';
 import { Graph, Module } from '../ir/graph.ts';
 import { formatType } from '../ir/shape.ts';
 import { DType } from '../ir/dtype.ts';
-import { allocHost, HostTensor, hostTensor } from '../runtime/host-tensor.ts';
+import { allocHost, HostTensor, hostTensor } from '../ir/host-tensor.ts';
 import { CpuExecutor } from '../runtime/cpu.ts';
 import { compileModule, CompiledModule } from './compile-module.ts';
 import {

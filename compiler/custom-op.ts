@@ -1,11 +1,11 @@
 // registerOp: a custom elementwise op defined in one place, as a built-in one is: its shape rule (in ir/ops.ts's
-// registry), its reference semantics (backends/reference/rules.ts), and its kernel-IR lowering (backends/lower.ts).
+// registry), its reference semantics (ir/semantics.ts), and its kernel-IR lowering (backends/lower.ts).
 // Fusion asks the registry for the op's group, so the op joins its neighbours' kernels like a built-in one, and
 // every renderer (JavaScript, WGSL, CUDA) prints its lowering because it is plain kernel IR.
 
 import { scalarOf, registerLowering } from '../backends/lower.ts';
 import { BinaryOp, KExpr, Scalar, UnaryOp } from '../backends/kernel-ir.ts';
-import { elementwise, registerEvalRule } from '../backends/reference/rules.ts';
+import { elementwise, registerEvalRule } from '../ir/semantics.ts';
 import { DType } from '../ir/dtype.ts';
 import { AttrKind, Attrs, AttrValue, OpError, OpGroup, registerOpDef } from '../ir/ops.ts';
 import { broadcastShapes, TensorType } from '../ir/shape.ts';

@@ -2,7 +2,7 @@
 // static sizes, the bucket of each dynamic size, the backend), and the first one that failed when one did not.
 
 import { DType } from '../ir/dtype.ts';
-import { HostTensor } from '../runtime/host-tensor.ts';
+import { HostTensor } from '../ir/host-tensor.ts';
 
 /** Axis → symbol name of the dimensions of one input that vary from call to call: `{ 0: 'S' }`. */
 export type DynamicAxes = Readonly<Record<number, string>>;

@@ -1,7 +1,7 @@
 // Padding a dynamic axis of a host tensor up to its bucket, and slicing an output back to the real size.
 
 import { numel } from '../ir/shape.ts';
-import { allocHost, HostTensor } from '../runtime/host-tensor.ts';
+import { allocHost, HostTensor } from '../ir/host-tensor.ts';
 
 /** `t` with axis `axis` grown to `size`, the new positions holding `value`. */
 export function padAxis(t: HostTensor, axis: number, size: number, value: number): HostTensor {

@@ -1,6 +1,6 @@
 // The op registry: every op is defined here once, with its group, arity, attribute schema and shape/dtype rule.
 // The tracer, verifier, printer, parser and interpreter all ask this table; reference semantics are the complete
-// table in backends/reference/rules.ts, keyed by the same enum.
+// table in ir/semantics.ts, keyed by the same enum.
 
 import { DType, isFloat, isInteger } from './dtype.ts';
 import {

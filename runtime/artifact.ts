@@ -1,14 +1,14 @@
 // Running a compiled artifact (`tsfuse compile model.ts --out FILE`): the generated module holds the launch plan
 // and the JavaScript kernels as data, and calls runArtifact; nothing is traced or compiled again.
 
-import { evalRule } from '../backends/reference/rules.ts';
+import { evalRule } from '../ir/semantics.ts';
 import type { Binding, KExpr } from '../backends/kernel-ir.ts';
 import { DType } from '../ir/dtype.ts';
 import type { Attrs } from '../ir/ops.ts';
 import { formatShape, resolveShape } from '../ir/shape.ts';
-import { allocData, allocHost, HostData, HostTensor, roundBf16, roundF16 } from './host-tensor.ts';
+import { allocData, allocHost, HostData, HostTensor, roundBf16, roundF16 } from '../ir/host-tensor.ts';
 
-export type { HostTensor } from './host-tensor.ts';
+export type { HostTensor } from '../ir/host-tensor.ts';
 
 export interface ArtifactTensor {
   readonly name: string;

@@ -4,10 +4,10 @@
 import { CompiledGraph, CompiledModule } from '../compiler/compile-module.ts';
 import { JsKernelRuntime, renderJs } from '../backends/cpu/render-js.ts';
 import { Binding, evalSize, KernelIR } from '../backends/kernel-ir.ts';
-import { evalRule } from '../backends/reference/rules.ts';
+import { evalRule } from '../ir/semantics.ts';
 import { Graph } from '../ir/graph.ts';
 import { resolveShape } from '../ir/shape.ts';
-import { allocData, allocHost, HostData, HostTensor, roundBf16, roundF16 } from './host-tensor.ts';
+import { allocData, allocHost, HostData, HostTensor, roundBf16, roundF16 } from '../ir/host-tensor.ts';
 import { GraphExecutor } from './executor.ts';
 
 type KernelFn = (buffers: HostData[], sizes: Record<string, number>, round: JsKernelRuntime) => void;

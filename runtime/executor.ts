@@ -1,6 +1,6 @@
 // What the generation loop needs from a backend: run one graph of the compiled module over host tensors.
 
-import { HostTensor } from './host-tensor.ts';
+import { HostTensor } from '../ir/host-tensor.ts';
 
 export interface GraphExecutor {
   /** Runs graph `name`; state tensors in `states` are updated in place (or replaced) with their new values. */

@@ -10,7 +10,7 @@ import { bucketOf, Buckets } from '../compiler/guards.ts';
 import { Tensor } from '../compiler/tensor.ts';
 import { llamaForward } from '../examples/llama.ts';
 import { DType } from '../ir/dtype.ts';
-import { HostTensor, hostTensor } from './host-tensor.ts';
+import { HostTensor, hostTensor } from '../ir/host-tensor.ts';
 import { checkTokens, LoadedLlama, StepResult } from './llama.ts';
 
 type Step = CompiledFunction<[Tensor, Tensor], Tensor[], HostBackend>;

@@ -5,7 +5,7 @@ import { Module } from '../ir/graph.ts';
 import { interpret } from '../backends/reference/interpreter.ts';
 import { traceLlama } from '../examples/llama.ts';
 import { checkLlamaWeights, LlamaConfig, readLlamaConfig } from './config.ts';
-import { allocHost, HostTensor, hostTensor } from './host-tensor.ts';
+import { allocHost, HostTensor, hostTensor } from '../ir/host-tensor.ts';
 import { readCheckpoint, TensorSource, WeightsError } from './safetensors.ts';
 import { compileModule } from '../compiler/compile-module.ts';
 import { CpuExecutor } from './cpu.ts';

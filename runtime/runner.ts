@@ -1,7 +1,7 @@
 // One interface over every backend for the CLI, tests and benchmarks: logits of a prompt, and generation.
 // Host backends (cpu, reference) run step by step; device backends keep the whole decode loop on the device.
 
-import { HostTensor } from './host-tensor.ts';
+import { HostTensor } from '../ir/host-tensor.ts';
 import { checkTokens, LlamaSession, LoadedLlama } from './llama.ts';
 import type { Sampling } from './webgpu/llama.ts';
 

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DType } from '../ir/dtype.ts';
 import { formatShape, numel } from '../ir/shape.ts';
-import { decodeBf16, decodeF16, encodeBf16, encodeF16 } from './half.ts';
+import { decodeBf16, decodeF16, encodeBf16, encodeF16 } from '../ir/half.ts';
 
 export { decodeBf16, decodeF16, encodeBf16, encodeF16 };
 

@@ -5,7 +5,7 @@
 import { CompiledModule } from '../compiler/compile-module.ts';
 import { DType } from '../ir/dtype.ts';
 import { resolveShape } from '../ir/shape.ts';
-import { allocHost, HostTensor } from './host-tensor.ts';
+import { allocHost, HostTensor } from '../ir/host-tensor.ts';
 import { decodeBf16, decodeF16 } from './safetensors.ts';
 import { openDevice } from './webgpu/device.ts';
 import { deviceBytes, WebGpuProgram } from './webgpu/program.ts';

@@ -1,10 +1,10 @@
-// The reference interpreter: executes a graph op by op on the CPU, dispatching on the op to its rule in rules.ts.
+// The reference interpreter: executes a graph op by op on the CPU, dispatching on the op to its rule in ir/semantics.ts.
 
 import { Graph, Node, Value } from '../../ir/graph.ts';
 import { printAttrs } from '../../ir/printer.ts';
 import { DimBindings, formatShape, formatType, resolveShape, TensorType } from '../../ir/shape.ts';
-import { HostTensor } from '../../runtime/host-tensor.ts';
-import { evalRule } from './rules.ts';
+import { HostTensor } from '../../ir/host-tensor.ts';
+import { evalRule } from '../../ir/semantics.ts';
 
 export interface GraphEnv {
   /** Graph inputs by name. */

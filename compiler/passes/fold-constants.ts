@@ -1,10 +1,10 @@
 // fold-constants: a scalar node whose operands are all scalar constants becomes a constant, computed by the
 // reference rule of its op so folding can never disagree with execution.
 
-import { evalRule } from '../../backends/reference/rules.ts';
+import { evalRule } from '../../ir/semantics.ts';
 import { Graph } from '../../ir/graph.ts';
 import { isElementwise, Op } from '../../ir/ops.ts';
-import { hostTensor } from '../../runtime/host-tensor.ts';
+import { hostTensor } from '../../ir/host-tensor.ts';
 import { constValue, keepNode, rewriteGraph } from './rewrite.ts';
 
 export function foldConstants(g: Graph): Graph {

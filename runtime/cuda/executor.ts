@@ -6,7 +6,7 @@ import { CompiledModule } from '../../compiler/compile-module.ts';
 import { DType } from '../../ir/dtype.ts';
 import { resolveShape } from '../../ir/shape.ts';
 import { GraphExecutor } from '../executor.ts';
-import { allocHost, HostTensor } from '../host-tensor.ts';
+import { allocHost, HostTensor } from '../../ir/host-tensor.ts';
 import { decodeBf16, decodeF16 } from '../safetensors.ts';
 import { CudaDriver, DevicePtr } from './driver.ts';
 import { CudaProgram, deviceBytes, StoredTensor } from './program.ts';

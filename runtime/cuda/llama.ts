@@ -10,7 +10,7 @@ import { NEXT_TOKEN_KERNEL, NEXT_TOKEN_PARAMS_BYTES, nextTokenCuda, nextTokenPar
 import { CUDA_BLOCK } from '../../backends/cuda/render-cuda.ts';
 import { traceLlama } from '../../examples/llama.ts';
 import { DType } from '../../ir/dtype.ts';
-import { HostTensor } from '../host-tensor.ts';
+import { HostTensor } from '../../ir/host-tensor.ts';
 import { checkTokens, LoadedLlama } from '../llama.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from './driver.ts';
 import { CudaProgram, KernelProfile } from './program.ts';

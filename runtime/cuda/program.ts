@@ -6,12 +6,12 @@
 import { CompiledGraph, CompiledModule } from '../../compiler/compile-module.ts';
 import { Binding, evalSize, KernelIR } from '../../backends/kernel-ir.ts';
 import { CUDA_BLOCK, renderCudaModule } from '../../backends/cuda/render-cuda.ts';
-import { evalRule } from '../../backends/reference/rules.ts';
+import { evalRule } from '../../ir/semantics.ts';
 import { DType, dtypeBytes } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
 import { Op } from '../../ir/ops.ts';
 import { numel, resolveShape } from '../../ir/shape.ts';
-import { HostTensor } from '../host-tensor.ts';
+import { HostTensor } from '../../ir/host-tensor.ts';
 import { encodeBf16, encodeF16 } from '../safetensors.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from './driver.ts';
 import { compileCuda, CompiledImage } from './nvrtc.ts';

@@ -8,7 +8,7 @@ import { nextTokenWgsl } from '../../backends/wgsl/next-token.ts';
 import { traceLlama } from '../../examples/llama.ts';
 import { DType } from '../../ir/dtype.ts';
 import { checkTokens, LoadedLlama } from '../llama.ts';
-import { HostTensor } from '../host-tensor.ts';
+import { HostTensor } from '../../ir/host-tensor.ts';
 import { openDevice } from './device.ts';
 import { WebGpuProgram } from './program.ts';
 

@@ -4,10 +4,10 @@
 
 import { CompiledModule, CompiledGraph } from '../../compiler/compile-module.ts';
 import { Binding, evalSize, KernelIR } from '../../backends/kernel-ir.ts';
-import { evalRule } from '../../backends/reference/rules.ts';
+import { evalRule } from '../../ir/semantics.ts';
 import { BufferLayout, perWord, renderWgsl } from '../../backends/wgsl/render-wgsl.ts';
 import { DType } from '../../ir/dtype.ts';
-import { HostTensor } from '../host-tensor.ts';
+import { HostTensor } from '../../ir/host-tensor.ts';
 import { encodeBf16, encodeF16 } from '../safetensors.ts';
 
 /** A parameter as read from the checkpoint: decoded values, and the bytes as stored. */

@@ -3,7 +3,7 @@
 
 import { DType } from '../../ir/dtype.ts';
 import { formatShape } from '../../ir/shape.ts';
-import { HostTensor } from '../../runtime/host-tensor.ts';
+import { HostTensor } from '../../ir/host-tensor.ts';
 
 const RTOL: Partial<Record<DType, number>> = { [DType.F32]: 1e-4, [DType.BF16]: 2 ** -7, [DType.F16]: 2 ** -10 };
 const ATOL = 1e-5;

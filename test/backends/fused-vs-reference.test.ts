@@ -14,7 +14,7 @@ import { DType } from '../../ir/dtype.ts';
 import { parseGraph } from '../../ir/parser.ts';
 import { printGraph } from '../../ir/printer.ts';
 import { CpuExecutor } from '../../runtime/cpu.ts';
-import { hostTensor } from '../../runtime/host-tensor.ts';
+import { hostTensor } from '../../ir/host-tensor.ts';
 import { randomGraph, RandomCase } from './random-graph.ts';
 import { mismatch } from './compare.ts';
 import { Rng } from './rng.ts';

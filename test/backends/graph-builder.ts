@@ -6,7 +6,7 @@ import { DType, isFloat } from '../../ir/dtype.ts';
 import { Graph, Value } from '../../ir/graph.ts';
 import { Attrs, Op } from '../../ir/ops.ts';
 import { broadcastShapes } from '../../ir/shape.ts';
-import { HostTensor, hostTensor } from '../../runtime/host-tensor.ts';
+import { HostTensor, hostTensor } from '../../ir/host-tensor.ts';
 import { Rng } from './rng.ts';
 
 /** A value of the graph and a rough bound on the magnitude of its elements. */

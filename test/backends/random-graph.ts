@@ -8,7 +8,7 @@ import { DType, isFloat } from '../../ir/dtype.ts';
 import { Graph, GraphError } from '../../ir/graph.ts';
 import { Op } from '../../ir/ops.ts';
 import { broadcastShapes } from '../../ir/shape.ts';
-import { HostTensor } from '../../runtime/host-tensor.ts';
+import { HostTensor } from '../../ir/host-tensor.ts';
 import { asMatrix, Builder, dtypeOf, numelOf, shapeOf, Step, Val } from './graph-builder.ts';
 import { Rng } from './rng.ts';
 

@@ -7,7 +7,7 @@ import { arange, concat, scalar, Tensor, trace, where } from '../../compiler/ind
 import { DType } from '../../ir/dtype.ts';
 import { Op } from '../../ir/ops.ts';
 import { interpret } from '../../backends/reference/interpreter.ts';
-import { HostTensor, hostTensor, roundBf16 } from '../../runtime/host-tensor.ts';
+import { HostTensor, hostTensor, roundBf16 } from '../../ir/host-tensor.ts';
 
 interface Case {
   name: string;

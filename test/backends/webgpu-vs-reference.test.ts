@@ -12,7 +12,7 @@ import { compileModule } from '../../compiler/compile-module.ts';
 import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
 import { printGraph } from '../../ir/printer.ts';
-import { HostTensor, hostTensor } from '../../runtime/host-tensor.ts';
+import { HostTensor, hostTensor } from '../../ir/host-tensor.ts';
 import { openDevice } from '../../runtime/webgpu/device.ts';
 import { runOnWebGpu } from '../../runtime/webgpu/run-module.ts';
 import { mismatch } from './compare.ts';

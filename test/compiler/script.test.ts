@@ -11,7 +11,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { compile } from '../../compiler/compile.ts';
 import { readScript, traceScript } from '../../compiler/script.ts';
-import { HostTensor, hostTensor } from '../../runtime/host-tensor.ts';
+import { HostTensor, hostTensor } from '../../ir/host-tensor.ts';
 import { Rng } from '../backends/rng.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));

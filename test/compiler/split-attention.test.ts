@@ -12,7 +12,7 @@ import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
 import { verifyGraph } from '../../ir/verify.ts';
 import { CpuExecutor } from '../../runtime/cpu.ts';
-import { HostTensor, hostTensor } from '../../runtime/host-tensor.ts';
+import { HostTensor, hostTensor } from '../../ir/host-tensor.ts';
 import { mismatch } from '../backends/compare.ts';
 import { Rng } from '../backends/rng.ts';
 

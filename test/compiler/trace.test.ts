@@ -7,7 +7,7 @@ import { interpret } from '../../backends/reference/interpreter.ts';
 import { DType } from '../../ir/dtype.ts';
 import { printGraph } from '../../ir/printer.ts';
 import { verifyGraph } from '../../ir/verify.ts';
-import { hostTensor } from '../../runtime/host-tensor.ts';
+import { hostTensor } from '../../ir/host-tensor.ts';
 
 const here = 'test/compiler/trace.test.ts';
 

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { HostTensor } from '../../runtime/host-tensor.ts';
+import { HostTensor } from '../../ir/host-tensor.ts';
 import { BucketedLlama } from '../../runtime/llama-bucketed.ts';
 import { forwardLogits, LlamaSession, loadLlama } from '../../runtime/llama.ts';
 

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { interpret } from '../../backends/reference/interpreter.ts';
-import { evalRule } from '../../backends/reference/rules.ts';
+import { evalRule } from '../../ir/semantics.ts';
 import { defaultContext } from '../../compiler/passes/context.ts';
 import { defaultPasses } from '../../compiler/passes/pipeline.ts';
 import { DType, isFloat } from '../../ir/dtype.ts';
@@ -20,7 +20,7 @@ import { parseGraph } from '../../ir/parser.ts';
 import { printGraph } from '../../ir/printer.ts';
 import { resolveShape } from '../../ir/shape.ts';
 import { verifyGraph } from '../../ir/verify.ts';
-import { HostTensor, hostTensor } from '../../runtime/host-tensor.ts';
+import { HostTensor, hostTensor } from '../../ir/host-tensor.ts';
 import { Rng } from '../backends/rng.ts';
 
 export const goldenRoot = fileURLToPath(new URL('../golden/', import.meta.url));

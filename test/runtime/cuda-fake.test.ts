@@ -19,7 +19,7 @@ import { compileModule } from '../../compiler/compile-module.ts';
 import { printGraph } from '../../ir/printer.ts';
 import { CudaExecutor } from '../../runtime/cuda/executor.ts';
 import { CudaLlama } from '../../runtime/cuda/llama.ts';
-import { HostTensor } from '../../runtime/host-tensor.ts';
+import { HostTensor } from '../../ir/host-tensor.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { readSafetensors } from '../../runtime/safetensors.ts';
 import { randomGraph } from '../backends/random-graph.ts';

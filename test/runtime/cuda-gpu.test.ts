@@ -16,7 +16,7 @@ import { builtinConfig, expectedLlamaTensors } from '../../runtime/config.ts';
 import { CudaDriver, CudaUnavailableError } from '../../runtime/cuda/driver.ts';
 import { CudaExecutor } from '../../runtime/cuda/executor.ts';
 import { CudaLlama } from '../../runtime/cuda/llama.ts';
-import { HostTensor } from '../../runtime/host-tensor.ts';
+import { HostTensor } from '../../ir/host-tensor.ts';
 import { LoadedLlama } from '../../runtime/llama.ts';
 import { encodeBf16, Tensor, TensorSource } from '../../runtime/safetensors.ts';
 import { randomGraph } from '../backends/random-graph.ts';

@@ -2,10 +2,10 @@
 // Math runs in float64 per element and is rounded to the result dtype on store; reductions and matmuls accumulate
 // in float64. This is the oracle every other backend and pass is tested against.
 
-import { DType } from '../../ir/dtype.ts';
-import { Attrs, Op } from '../../ir/ops.ts';
-import { numel, stridesOf } from '../../ir/shape.ts';
-import { allocHost, HostTensor, rounderFor } from '../../runtime/host-tensor.ts';
+import { DType } from './dtype.ts';
+import { Attrs, Op } from './ops.ts';
+import { numel, stridesOf } from './shape.ts';
+import { allocHost, HostTensor, rounderFor } from './host-tensor.ts';
 
 /** The result type with symbolic dims already bound. */
 export interface ResolvedType {

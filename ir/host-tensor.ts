@@ -1,8 +1,8 @@
 // Tensors in host memory, as the reference interpreter and the CPU backends hold them: floats of every width are
 // kept in a Float32Array with values rounded to their dtype, integers in Int32Array/Uint32Array, bools in bytes.
 
-import { DType } from '../ir/dtype.ts';
-import { formatShape, numel } from '../ir/shape.ts';
+import { DType } from './dtype.ts';
+import { formatShape, numel } from './shape.ts';
 import { roundBf16, roundF16 } from './half.ts';
 
 export { roundBf16, roundF16 };
