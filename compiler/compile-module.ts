@@ -1,16 +1,14 @@
 // Compiling a traced module: the pass pipeline, then the shared lowering of every kernel. Backends take the result.
 
 import { lowerGraph } from '../backends/lower.ts';
-import { KernelIR } from '../backends/kernel-ir.ts';
+import { LoweredGraph } from '../backends/lowered.ts';
 import { Graph, Module } from '../ir/graph.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
 import { Pass, runPipeline } from './passes/pipeline.ts';
 import { computePlan, MemoryPlan } from './passes/plan-memory.ts';
 
-export interface CompiledGraph {
-  /** The fused graph (every node in a kernel). */
-  readonly graph: Graph;
-  readonly kernels: readonly KernelIR[];
+/** A fused graph (every node in a kernel), its kernels and its memory plan. */
+export interface CompiledGraph extends LoweredGraph {
   readonly plan: MemoryPlan;
 }
 

@@ -39,18 +39,23 @@ export interface InputSpec {
   readonly shape: Shape;
 }
 
-/** Traces `fn` on symbolic inputs into a graph named `name`; `fn` returns one tensor or several. */
-export function trace(name: string, inputs: readonly InputSpec[], fn: (...args: Tensor[]) => Tensor | Tensor[]): Graph {
+/** What a traced function returns: one tensor, several, or named outputs (`{ logits, next }`, the model contract). */
+export type TraceResult = Tensor | Tensor[] | Readonly<Record<string, Tensor>>;
+
+/** Traces `fn` on symbolic inputs into a graph named `name`. */
+export function trace(name: string, inputs: readonly InputSpec[], fn: (...args: Tensor[]) => TraceResult): Graph {
   if (active) throw new TraceError('trace() cannot be nested', callerLocation());
   const g = new Graph(name);
   active = g;
   try {
     const args = inputs.map((s) => new Tensor(g.addInput(s.name, tensorType(s.dtype, s.shape))));
     const result = fn(...args);
-    const outs = Array.isArray(result) ? result : [result];
-    for (const t of outs) {
-      if (!(t instanceof Tensor)) throw new TraceError(`@${name} must return tensors, got ${typeof t}`);
+    const named = result instanceof Tensor || Array.isArray(result) ? undefined : Object.entries(result);
+    const outs: [string, unknown][] = named ?? (Array.isArray(result) ? result : [result]).map((t) => ['', t]);
+    for (const [outName, t] of outs) {
+      if (!(t instanceof Tensor)) throw new TraceError(`@${name} must return tensors${outName ? ` (output '${outName}')` : ''}, got ${typeof t}`);
       g.outputs.push(t.value);
+      g.outputNames.push(outName);
     }
     return g;
   } finally {

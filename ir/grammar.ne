@@ -28,10 +28,16 @@ export type StmtSyntax =
   | NodeSyntax
   | { kind: 'kernel'; name: Name; attrs: AttrSyntax[]; body: NodeSyntax[] }
   | { kind: 'update'; state: Name; value: Name };
+/** A declared output: its type, and its name in the model contract when it has one. */
+export interface OutputSyntax {
+  name?: Name;
+  type: TypeSyntax;
+}
+
 export interface GraphSyntax {
   name: Name;
   inputs: DeclSyntax[];
-  outputs: TypeSyntax[];
+  outputs: OutputSyntax[];
   body: StmtSyntax[];
   returns: Name[];
   returnAt: Pos;
@@ -104,8 +110,11 @@ module -> lead graph (eol graph):* eol:? %comment:?  {% ([, first, rest]) => [fi
 # Blank and comment-only lines before the first graph (later ones are inside the nl token).
 lead -> null | %nl | %comment %nl
 
-graph -> "graph" %global "(" list[decl] ")" "->" "(" list[type] ")" "{" eol stmts "return" list[value] eol "}"
+graph -> "graph" %global "(" list[decl] ")" "->" "(" list[output] ")" "{" eol stmts "return" list[value] eol "}"
   {% (d): GraphSyntax => ({ name: name(d[1]), inputs: d[3], outputs: d[7], body: unroll(d[11]), returns: d[13], returnAt: pos(d[12]) }) %}
+
+output -> type  {% ([type]): OutputSyntax => ({ type }) %}
+  | %ident ":" type  {% ([n, , type]): OutputSyntax => ({ name: name(n), type }) %}
 
 # A linked list, not `stmt:*`: nearley's `:*` copies the array at every statement, quadratic on a Llama-sized graph.
 stmts -> null  {% () => null %}

@@ -37,10 +37,16 @@ export type StmtSyntax =
   | NodeSyntax
   | { kind: 'kernel'; name: Name; attrs: AttrSyntax[]; body: NodeSyntax[] }
   | { kind: 'update'; state: Name; value: Name };
+/** A declared output: its type, and its name in the model contract when it has one. */
+export interface OutputSyntax {
+  name?: Name;
+  type: TypeSyntax;
+}
+
 export interface GraphSyntax {
   name: Name;
   inputs: DeclSyntax[];
-  outputs: TypeSyntax[];
+  outputs: OutputSyntax[];
   body: StmtSyntax[];
   returns: Name[];
   returnAt: Pos;
@@ -148,7 +154,7 @@ const grammar: Grammar = {
     {"name": "graph$macrocall$1$ebnf$1$subexpression$1", "symbols": [{"literal":","}, "graph$macrocall$2"]},
     {"name": "graph$macrocall$1$ebnf$1", "symbols": ["graph$macrocall$1$ebnf$1", "graph$macrocall$1$ebnf$1$subexpression$1"], "postprocess": (d) => d[0].concat([d[1]])},
     {"name": "graph$macrocall$1", "symbols": ["graph$macrocall$2", "graph$macrocall$1$ebnf$1"], "postprocess": list},
-    {"name": "graph$macrocall$4", "symbols": ["type"]},
+    {"name": "graph$macrocall$4", "symbols": ["output"]},
     {"name": "graph$macrocall$3", "symbols": [], "postprocess": list},
     {"name": "graph$macrocall$3$ebnf$1", "symbols": []},
     {"name": "graph$macrocall$3$ebnf$1$subexpression$1", "symbols": [{"literal":","}, "graph$macrocall$4"]},
@@ -161,6 +167,8 @@ const grammar: Grammar = {
     {"name": "graph$macrocall$5$ebnf$1", "symbols": ["graph$macrocall$5$ebnf$1", "graph$macrocall$5$ebnf$1$subexpression$1"], "postprocess": (d) => d[0].concat([d[1]])},
     {"name": "graph$macrocall$5", "symbols": ["graph$macrocall$6", "graph$macrocall$5$ebnf$1"], "postprocess": list},
     {"name": "graph", "symbols": [{"literal":"graph"}, (lexer.has("global") ? {type: "global"} : global), {"literal":"("}, "graph$macrocall$1", {"literal":")"}, {"literal":"->"}, {"literal":"("}, "graph$macrocall$3", {"literal":")"}, {"literal":"{"}, "eol", "stmts", {"literal":"return"}, "graph$macrocall$5", "eol", {"literal":"}"}], "postprocess": (d): GraphSyntax => ({ name: name(d[1]), inputs: d[3], outputs: d[7], body: unroll(d[11]), returns: d[13], returnAt: pos(d[12]) })},
+    {"name": "output", "symbols": ["type"], "postprocess": ([type]): OutputSyntax => ({ type })},
+    {"name": "output", "symbols": [(lexer.has("ident") ? {type: "ident"} : ident), {"literal":":"}, "type"], "postprocess": ([n, , type]): OutputSyntax => ({ name: name(n), type })},
     {"name": "stmts", "symbols": [], "postprocess": () => null},
     {"name": "stmts", "symbols": ["stmts", "stmt"], "postprocess": ([before, last]): Chain<StmtSyntax> => ({ last, before })},
     {"name": "stmt$ebnf$1$subexpression$1", "symbols": [{"literal":"="}, "rhs"]},

@@ -56,6 +56,8 @@ export class Graph {
   readonly states: Value[] = [];
   nodes: Node[] = [];
   outputs: Value[] = [];
+  /** The outputs' names (the model contract: `logits`, `next`), '' where an output has none. */
+  outputNames: string[] = [];
   stateUpdates: StateUpdate[] = [];
   /** Set by fusion: every node belongs to exactly one kernel. Empty for an unfused graph. */
   kernels: Kernel[] = [];
@@ -98,6 +100,12 @@ export class Graph {
     output.producer = node;
     this.nodes.push(node);
     return output;
+  }
+
+  /** The output called `name`, or undefined. */
+  output(name: string): Value | undefined {
+    const i = this.outputNames.indexOf(name);
+    return i >= 0 ? this.outputs[i] : undefined;
   }
 
   setState(state: Value, value: Value): void {

@@ -174,7 +174,7 @@ function buildGraph(src: Source, gs: GraphSyntax, nodeAt: Map<Node, Pos>): Graph
     fresh(name);
     bind(name, g.addInput(name.text, typeOf(type)));
   }
-  const declared = gs.outputs.map(typeOf);
+  const declared = gs.outputs.map((o) => typeOf(o.type));
   const updated = new Set<Value>();
   // Checked left to right, so the first error reported is the first one on the line.
   const node = (s: NodeSyntax): Node => {
@@ -238,6 +238,14 @@ function buildGraph(src: Source, gs: GraphSyntax, nodeAt: Map<Node, Pos>): Graph
     }
   }
   g.outputs = gs.returns.map(use);
+  g.outputNames = gs.outputs.map((o) => o.name?.text ?? '');
+  const named = new Map<string, Name>();
+  for (const o of gs.outputs) {
+    if (!o.name) continue;
+    const first = named.get(o.name.text);
+    if (first) src.fail(o.name.at, `output '${o.name.text}' is named twice (first at line ${first.at.line}:${first.at.col})`);
+    named.set(o.name.text, o.name);
+  }
   // The header repeats the output types; a mismatch would not survive printing, so it is an error here.
   if (declared.length !== g.outputs.length) {
     src.fail(gs.returnAt, `return gives ${g.outputs.length} values but the header declares ${declared.length}`);

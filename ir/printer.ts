@@ -39,7 +39,7 @@ export function printGraph(g: Graph, opts: PrintOptions = {}): string {
 
   const lines: string[] = [];
   const ins = g.inputs.map((v) => `${ref(v)}: ${formatType(v.type)}`).join(', ');
-  const outs = g.outputs.map((v) => formatType(v.type)).join(', ');
+  const outs = g.outputs.map((v, i) => (g.outputNames[i] ? `${g.outputNames[i]}: ` : '') + formatType(v.type)).join(', ');
   lines.push(`graph @${g.name}(${ins}) -> (${outs}) {`);
   for (const p of g.params) {
     const d = g.derivations.get(p);

@@ -349,6 +349,7 @@ function emit(p: Partition): Graph {
     out.kernels.push({ name: `k${out.kernels.length}`, nodes: out.nodes.slice(start), attrs: { kind: 'elementwise' } });
   }
   out.outputs = g.outputs.map((v) => copies.get(v) ?? global.get(v)!);
+  out.outputNames = [...g.outputNames];
   for (const u of g.stateUpdates) out.setState(global.get(u.state)!, global.get(u.value)!);
   return out;
 }

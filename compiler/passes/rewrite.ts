@@ -50,6 +50,7 @@ export function rewriteGraph(g: Graph, visit: NodeVisitor): Graph {
     if (v) map.set(n.output, v);
   }
   out.outputs = g.outputs.map(mapped);
+  out.outputNames = [...g.outputNames];
   for (const u of g.stateUpdates) out.setState(mapped(u.state), mapped(u.value));
   return out;
 }

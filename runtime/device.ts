@@ -1,0 +1,123 @@
+// The one device interface: cpu, reference, webgpu and cuda each implement it, and everything above (the session,
+// compile()'s host-tensor calls, the benchmarks) is written once against it.
+//
+// A device loads a lowered module as a Program: its kernels compiled for the device, every buffer allocated once
+// for the largest sizes (weights uploaded, state zeroed). Buffers are named (BufferKey): inputs, weights and state
+// by their names, shared by every graph of the module; outputs by graph and output name; temporaries by graph and
+// memory-plan slot. Work is queued in order (writes, graph runs, copies) and nothing waits for the device until a
+// read's promise resolves.
+
+import { LoweredModule } from '../backends/lowered.ts';
+import { Binding } from '../backends/kernel-ir.ts';
+import { DType } from '../ir/dtype.ts';
+import { Graph } from '../ir/graph.ts';
+import { HostTensor } from '../ir/host-tensor.ts';
+import { ParamStore } from './params.ts';
+
+export const deviceKinds = ['cpu', 'reference', 'webgpu', 'cuda'] as const;
+export type DeviceKind = (typeof deviceKinds)[number];
+
+export function isDeviceKind(name: string): name is DeviceKind {
+  return (deviceKinds as readonly string[]).includes(name);
+}
+
+/** A buffer's name: `input:tokens`, `param:w`, `state:cache.k.0`, `output:decode:logits`, `temp:decode:3`. */
+export type BufferKey = string;
+
+/** Symbolic sizes (S) bound to numbers. */
+export type Sizes = Readonly<Record<string, number>>;
+
+export interface LoadOptions {
+  /** The largest value of every symbolic size: buffers are allocated for it. */
+  readonly maxSizes: Sizes;
+}
+
+export interface Device {
+  readonly kind: DeviceKind;
+  /** What it is, for reports: `cpu`, `NVIDIA H200 (sm_90)`, the WebGPU adapter's name. */
+  readonly description: string;
+  /** Compiles every kernel of `module` for this device and allocates its buffers. */
+  load(module: LoweredModule, params: ParamStore, opts: LoadOptions): Program | Promise<Program>;
+  destroy(): void;
+}
+
+/** The launches and copies of one step, recorded once for replay (each device keeps its own form). */
+export interface Recording {
+  /** Commands recorded. */
+  readonly commands: number;
+}
+
+/** A point on the device's queue, for timing: `elapsedMs(a, b)` once both are reached. */
+export interface Mark {
+  readonly id: number;
+}
+
+export interface KernelTime {
+  readonly kernel: string;
+  readonly kind: string;
+  readonly us: number;
+  /** Bytes of the buffers it reads and writes (each once): what it must move at least. */
+  readonly bytes: number;
+  /** The last IR line it fuses, to tell kernels apart. */
+  readonly last: string;
+}
+
+export interface Program {
+  readonly device: Device;
+  readonly module: LoweredModule;
+  graph(name: string): Graph;
+  has(key: BufferKey): boolean;
+  /** Queues host values into a buffer (an input or a state); 16-bit floats are stored as 16 bits. */
+  write(key: BufferKey, t: HostTensor): void;
+  /** Queues zeroing a buffer. */
+  zero(key: BufferKey): void;
+  /** Queues every kernel of a graph with its symbolic sizes bound. */
+  run(graph: string, sizes: Sizes): void;
+  /** Queues a copy of the first `count` elements of dtype `dtype` from one buffer to another, on the device. */
+  copy(from: BufferKey, to: BufferKey, dtype: DType, count: number): void;
+  /** Records what `body` queues (runs and copies, at fixed sizes) once, for replay: a CUDA graph on CUDA. */
+  record(body: () => void): Recording;
+  replay(r: Recording): void;
+  /** Reads a buffer back after everything queued before it. Host devices answer at once. */
+  read(key: BufferKey, dtype: DType, shape: readonly number[]): HostTensor | Promise<HostTensor>;
+  /** A point on the queue for timing (device time on GPUs, host time on host devices). */
+  mark(): Mark;
+  /** Milliseconds between two marks; waits for the later one. */
+  elapsedMs(a: Mark, b: Mark): Promise<number>;
+  /** Waits until everything queued is done. */
+  finish(): Promise<void>;
+  kernelCount(graph: string): number;
+  /** Each kernel of one run of `graph`, launched and timed one by one (GPU devices). */
+  profile(graph: string, sizes: Sizes): Promise<KernelTime[]>;
+  destroy(): void;
+}
+
+/** The buffer a kernel binding names, in a graph. */
+export function bufferKey(graph: Graph, b: Binding): BufferKey {
+  switch (b.kind) {
+    case 'param': case 'state': case 'input': return `${b.kind}:${b.name}`;
+    case 'output': return outputKey(graph, b.index);
+    case 'temp': return `temp:${graph.name}:${b.slot}`;
+    default: return b satisfies never;
+  }
+}
+
+/** The buffer of a graph's output `i`: named by the output's name where it has one. */
+export function outputKey(graph: Graph, i: number): BufferKey {
+  return `output:${graph.name}:${graph.outputNames[i] || i}`;
+}
+
+/** The buffer of the output called `name`; throws naming the graph's outputs when there is none. */
+export function namedOutputKey(graph: Graph, name: string): BufferKey {
+  const i = graph.outputNames.indexOf(name);
+  if (i < 0) {
+    const names = graph.outputNames.filter(Boolean);
+    throw new Error(`graph @${graph.name} has no output '${name}' (it has ${names.length ? names.map((n) => `'${n}'`).join(', ') : 'no named outputs'})`);
+  }
+  return outputKey(graph, i);
+}
+
+/** Bytes an element of `d` takes in device memory (bools as bytes on CUDA, words on WebGPU: the larger). */
+export function bytesPer(d: DType): number {
+  return d === DType.F16 || d === DType.BF16 ? 2 : 4;
+}

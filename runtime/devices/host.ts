@@ -1,0 +1,229 @@
+// The host devices: `cpu` runs the compiled kernels as JavaScript functions (backends/cpu/render-js.ts), one call
+// per kernel; `reference` runs each graph op by op on the reference interpreter (the oracle). Buffers are host
+// memory allocated once per name at the largest sizes, as on a GPU; floats of every width are held as f32 rounded
+// to their dtype, as the host keeps them. Work runs when it is queued, so reads answer at once.
+
+import { JsKernelRuntime, renderJs } from '../../backends/cpu/render-js.ts';
+import { evalSize, KernelIR } from '../../backends/kernel-ir.ts';
+import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
+import { interpret } from '../../backends/reference/interpreter.ts';
+import { DType } from '../../ir/dtype.ts';
+import { Graph } from '../../ir/graph.ts';
+import { allocData, HostData, HostTensor, roundBf16, roundF16 } from '../../ir/host-tensor.ts';
+import { numel, resolveShape } from '../../ir/shape.ts';
+import { bufferKey, BufferKey, Device, KernelTime, LoadOptions, Mark, outputKey, Program, Recording, Sizes } from '../device.ts';
+import { ParamStore } from '../params.ts';
+
+type KernelFn = (buffers: HostData[], sizes: Sizes, round: JsKernelRuntime) => void;
+const kernelRuntime: JsKernelRuntime = { bf16: roundBf16, f16: roundF16 };
+
+export class HostDevice implements Device {
+  readonly description: string;
+  constructor(readonly kind: 'cpu' | 'reference') {
+    this.description = kind === 'cpu' ? 'cpu (kernels as JavaScript)' : 'reference interpreter';
+  }
+
+  load(module: LoweredModule, params: ParamStore, opts: LoadOptions): Program {
+    return new HostProgram(this, module, params, opts);
+  }
+
+  destroy(): void {}
+}
+
+/** A typed-array view of `n` elements of dtype `d` over `buf`. */
+function view(d: DType, buf: ArrayBuffer, n: number): HostData {
+  const Ctor = allocData(d, 0).constructor as new (b: ArrayBuffer, o: number, n: number) => HostData;
+  return new Ctor(buf, 0, n);
+}
+
+/** Bytes per element in host memory: floats of every width as f32, bools as bytes. */
+const hostBytes = (d: DType) => (d === DType.Bool ? 1 : 4);
+
+class HostProgram implements Program {
+  private readonly buffers = new Map<BufferKey, ArrayBuffer>();
+  private readonly graphs = new Map<string, LoweredGraph>();
+  private readonly kernels = new Map<string, KernelFn[]>();
+  private recording: (() => void)[] | undefined;
+  private marks: number[] = [];
+
+  constructor(readonly device: HostDevice, readonly module: LoweredModule, private readonly params: ParamStore,
+    private readonly opts: LoadOptions) {
+    for (const lg of module.graphs) {
+      this.graphs.set(lg.graph.name, lg);
+      if (device.kind === 'cpu') {
+        if (lg.kernels.length === 0 && lg.graph.nodes.length > 0) throw new Error(`the cpu device runs compiled graphs; @${lg.graph.name} has no kernels`);
+        // eslint-disable-next-line @typescript-eslint/no-implied-eval -- the kernel source is our own rendering
+        this.kernels.set(lg.graph.name, lg.kernels.map((k) => new Function('b', 'sizes', 'round', renderJs(k)) as KernelFn));
+      }
+      this.allocate(lg);
+    }
+  }
+
+  graph(name: string): Graph {
+    const lg = this.graphs.get(name);
+    if (!lg) throw new Error(`no graph @${name} in the program (it has ${[...this.graphs.keys()].map((n) => '@' + n).join(', ')})`);
+    return lg.graph;
+  }
+
+  has(key: BufferKey): boolean {
+    return this.buffers.has(key);
+  }
+
+  write(key: BufferKey, t: HostTensor): void {
+    this.queue(() => {
+      const buf = this.buffer(key);
+      const n = t.data.length;
+      if (n * hostBytes(t.dtype) > buf.byteLength) throw new RangeError(`${n} elements do not fit buffer ${key}`);
+      view(t.dtype, buf, n).set(t.data);
+    });
+  }
+
+  zero(key: BufferKey): void {
+    this.queue(() => new Uint8Array(this.buffer(key)).fill(0));
+  }
+
+  run(graph: string, sizes: Sizes): void {
+    const lg = this.graphs.get(graph);
+    if (!lg) throw new Error(`no graph @${graph} in the program`);
+    for (const [name, max] of Object.entries(this.opts.maxSizes)) {
+      if ((sizes[name] ?? 0) > max) throw new RangeError(`${name}=${sizes[name]} exceeds the ${max} the buffers were allocated for`);
+    }
+    this.queue(() => (this.device.kind === 'cpu' ? this.runKernels(lg, sizes) : this.interpret(lg.graph, sizes)));
+  }
+
+  copy(from: BufferKey, to: BufferKey, dtype: DType, count: number): void {
+    this.queue(() => view(dtype, this.buffer(to), count).set(view(dtype, this.buffer(from), count)));
+  }
+
+  record(body: () => void): Recording {
+    const work: (() => void)[] = [];
+    this.recording = work;
+    try {
+      body();
+    } finally {
+      this.recording = undefined;
+    }
+    return new HostRecording(work);
+  }
+
+  replay(r: Recording): void {
+    if (!(r instanceof HostRecording)) throw new Error('replay: a recording of another device');
+    for (const w of r.work) w();
+  }
+
+  read(key: BufferKey, dtype: DType, shape: readonly number[]): HostTensor {
+    const n = numel(shape);
+    const data = allocData(dtype, n);
+    data.set(view(dtype, this.buffer(key), n));
+    return { dtype, shape: [...shape], data };
+  }
+
+  mark(): Mark {
+    return { id: this.marks.push(performance.now()) - 1 };
+  }
+
+  async elapsedMs(a: Mark, b: Mark): Promise<number> {
+    return this.marks[b.id] - this.marks[a.id];
+  }
+
+  async finish(): Promise<void> {}
+
+  kernelCount(graph: string): number {
+    return this.graphs.get(graph)?.kernels.length ?? 0;
+  }
+
+  async profile(graph: string, sizes: Sizes): Promise<KernelTime[]> {
+    const lg = this.graphs.get(graph)!;
+    const fns = this.kernels.get(graph);
+    if (!fns) throw new Error('the reference device runs graphs op by op: it has no kernels to profile');
+    return lg.kernels.map((k, i) => {
+      const start = performance.now();
+      fns[i](this.kernelBuffers(lg.graph, k, sizes), sizes, kernelRuntime);
+      return {
+        kernel: k.name, kind: String(lg.graph.kernels[i]?.attrs.kind ?? ''), us: (performance.now() - start) * 1e3,
+        bytes: k.buffers.reduce((s, b) => s + evalSize(b.elems, sizes) * hostBytes(b.dtype), 0), last: k.fused[k.fused.length - 1] ?? '',
+      };
+    });
+  }
+
+  destroy(): void {
+    this.buffers.clear();
+  }
+
+  // ---- internals ----
+
+  private queue(work: () => void): void {
+    if (this.recording) this.recording.push(work);
+    else work();
+  }
+
+  private buffer(key: BufferKey): ArrayBuffer {
+    const b = this.buffers.get(key);
+    if (!b) throw new Error(`no buffer ${key} in the program`);
+    return b;
+  }
+
+  private want(key: BufferKey, bytes: number): void {
+    const have = this.buffers.get(key);
+    if (!have || have.byteLength < bytes) this.buffers.set(key, new ArrayBuffer(Math.max(bytes, have?.byteLength ?? 0, 4)));
+  }
+
+  /** Inputs, state and outputs at the largest sizes; the memory plan's slots; weights from the store. */
+  private allocate(lg: LoweredGraph): void {
+    const g = lg.graph;
+    const max = new Map(Object.entries(this.opts.maxSizes));
+    const bytes = (d: DType, shape: Graph['inputs'][number]['type']['shape']) => numel(resolveShape(shape, max)) * hostBytes(d);
+    for (const v of g.inputs) this.want(`input:${v.name}`, bytes(v.type.dtype, v.type.shape));
+    for (const v of g.states) this.want(`state:${v.name}`, bytes(v.type.dtype, v.type.shape));
+    g.outputs.forEach((v, i) => this.want(outputKey(g, i), bytes(v.type.dtype, v.type.shape)));
+    for (const k of lg.kernels) {
+      for (const b of k.buffers) {
+        if (b.binding.kind !== 'param') this.want(bufferKey(g, b.binding), evalSize(b.elems, this.opts.maxSizes) * hostBytes(b.dtype));
+      }
+    }
+    for (const p of g.params) {
+      const key = `param:${p.name}`;
+      if (this.buffers.has(key)) continue;
+      // Only what runs reads: concatenated projections' parts are not kept apart on the cpu device.
+      const read = this.device.kind === 'reference' ? !g.derivations.has(p) : lg.kernels.some((k) => k.buffers.some((b) => b.binding.kind === 'param' && b.binding.name === p.name));
+      if (!read) continue;
+      const t = this.params.tensor(g, p.name!);
+      this.want(key, t.data.length * hostBytes(p.type.dtype));
+      view(p.type.dtype, this.buffer(key), t.data.length).set(t.data);
+    }
+  }
+
+  private kernelBuffers(g: Graph, k: KernelIR, sizes: Sizes): HostData[] {
+    return k.buffers.map((b) => view(b.dtype, this.buffer(bufferKey(g, b.binding)), evalSize(b.elems, sizes)));
+  }
+
+  private runKernels(lg: LoweredGraph, sizes: Sizes): void {
+    const fns = this.kernels.get(lg.graph.name)!;
+    lg.kernels.forEach((k, i) => fns[i](this.kernelBuffers(lg.graph, k, sizes), sizes, kernelRuntime));
+  }
+
+  /** The graph op by op: inputs and state as views of their buffers at this run's sizes; results copied back. */
+  private interpret(g: Graph, sizes: Sizes): void {
+    const bindings = new Map(Object.entries(sizes));
+    const tensorOf = (key: BufferKey, dtype: DType, shape: Graph['inputs'][number]['type']['shape']): HostTensor => {
+      const s = resolveShape(shape, bindings);
+      return { dtype, shape: s, data: view(dtype, this.buffer(key), numel(s)) };
+    };
+    const inputs = Object.fromEntries(g.inputs.map((v) => [v.name!, tensorOf(`input:${v.name}`, v.type.dtype, v.type.shape)]));
+    const states = new Map(g.states.map((v) => [v.name!, tensorOf(`state:${v.name}`, v.type.dtype, v.type.shape)]));
+    const param = (name: string) => this.params.tensor(g, name);
+    const outs = interpret(g, { inputs, param, states });
+    outs.forEach((t, i) => view(t.dtype, this.buffer(outputKey(g, i)), t.data.length).set(t.data));
+    for (const v of g.states) {
+      const t = states.get(v.name!)!;
+      view(t.dtype, this.buffer(`state:${v.name}`), t.data.length).set(t.data);
+    }
+  }
+}
+
+class HostRecording implements Recording {
+  constructor(readonly work: readonly (() => void)[]) {}
+  get commands(): number {
+    return this.work.length;
+  }
+}
