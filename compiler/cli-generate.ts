@@ -1,14 +1,16 @@
 // `tsfuse generate`: a prompt as token ids or as text (through the checkpoint's tokenizer.json), tokens streamed as
 // they are produced (as ids, or as decoded text), and the timing at the end: prefill, ms per token, tokens/s.
 
+import { DeviceKind } from '../runtime/device.ts';
 import { LoadedLlama } from '../runtime/llama.ts';
-import { Backend, openRunner, Sampling } from '../runtime/runner.ts';
+import { Sampling } from '../runtime/session.ts';
+import { openLlamaSession } from './open-session.ts';
 import { showProgress, withWeightProgress } from '../runtime/progress.ts';
 import { TextStream, TextTokenizer } from '../runtime/tokenizer.ts';
 
 export interface GenerateRequest {
   readonly model: LoadedLlama;
-  readonly backend: Backend;
+  readonly backend: DeviceKind;
   readonly ids: readonly number[];
   /** Present when the prompt was text: generated tokens are decoded with it. */
   readonly tokenizer?: TextTokenizer;
@@ -29,9 +31,11 @@ export interface GenerateTiming {
 export async function runGenerate(req: GenerateRequest): Promise<void> {
   const write = req.write ?? ((s: string) => process.stdout.write(s));
   const { model, bar } = withWeightProgress(req.model, showProgress(req.json));
-  let runner;
+  let session;
   try {
-    runner = await openRunner(model, req.ids.length + req.maxNewTokens, req.backend);
+    session = await openLlamaSession(model, {
+      backend: req.backend, cacheLength: req.ids.length + req.maxNewTokens, sampling: (req.sampling.temperature ?? 0) > 0,
+    });
   } finally {
     bar.stop();
   }
@@ -48,10 +52,10 @@ export async function runGenerate(req: GenerateRequest): Promise<void> {
   };
   let tokens: number[];
   try {
-    tokens = await runner.generate(req.ids, req.maxNewTokens, req.sampling, onToken);
+    tokens = await session.generate(req.ids, req.maxNewTokens, req.sampling, onToken);
   } finally {
     bar.stop();
-    runner.close();
+    session.close();
   }
   const ended = performance.now();
   const timing = timingOf(started, first, ended, tokens.length);

@@ -10,7 +10,8 @@ import { verifyModule, VerifyError } from '../ir/verify.ts';
 import { traceLlama } from '../examples/llama.ts';
 import { ConfigError } from '../runtime/config.ts';
 import { loadLlama } from '../runtime/llama.ts';
-import { Backend, backends, isBackend, openRunner } from '../runtime/runner.ts';
+import { DeviceKind, deviceKinds, isDeviceKind } from '../runtime/device.ts';
+import { openLlamaSession } from './open-session.ts';
 import { WebGpuUnavailableError } from '../runtime/webgpu/device.ts';
 import { CudaUnavailableError } from '../runtime/cuda/errors.ts';
 import { WeightsError } from '../runtime/safetensors.ts';
@@ -89,10 +90,10 @@ const commands: Record<string, Handler> = {
     const ids = parseIds(values.ids);
     const backend = checkBackend(values.backend);
     const { model, bar } = withWeightProgress(loadModel(values.model), showProgress(values.json));
-    const runner = await openRunner(model, ids.length, backend);
-    const logits = await runner.logits(ids);
+    const session = await openLlamaSession(model, { backend, cacheLength: ids.length });
+    const logits = await session.logits(ids);
     bar.stop();
-    runner.close();
+    session.close();
     const [rows, vocab] = logits.shape;
     const table = Array.from({ length: rows }, (_, r) => Array.from(logits.data.subarray(r * vocab, (r + 1) * vocab)));
     if (values.json) {
@@ -224,8 +225,8 @@ function positiveInt(text: string, flag: string): number {
   return Number(text);
 }
 
-function checkBackend(name: string): Backend {
-  if (!isBackend(name)) throw new UsageError(`unknown backend '${name}' (available: ${backends.join(', ')})`);
+function checkBackend(name: string): DeviceKind {
+  if (!isDeviceKind(name)) throw new UsageError(`unknown backend '${name}' (available: ${deviceKinds.join(', ')})`);
   return name;
 }
 

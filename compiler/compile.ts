@@ -13,12 +13,15 @@
 //     The KV cache entries it writes (past the real prompt) are overwritten by the decode step of that position
 //     before any query reads them (a step writes its own key before attending).
 
-import { interpret } from '../backends/reference/interpreter.ts';
 import { Graph, Module } from '../ir/graph.ts';
 import { formatType } from '../ir/shape.ts';
 import { DType } from '../ir/dtype.ts';
 import { allocHost, HostTensor, hostTensor } from '../ir/host-tensor.ts';
-import { CpuExecutor } from '../runtime/cpu.ts';
+import { Device, Program } from '../runtime/device.ts';
+import { HostDevice } from '../runtime/devices/host.ts';
+import { openDevice } from '../runtime/devices/open.ts';
+import { runOnce } from '../runtime/executor.ts';
+import { ParamStore } from '../runtime/params.ts';
 import { compileModule, CompiledModule } from './compile-module.ts';
 import {
   Buckets, CallSignature, DynamicAxes, firstFailure, GuardFailure, signatureKey, signatureOf,
@@ -31,8 +34,8 @@ import { trace, TraceError, validLengthInput } from './trace.ts';
 
 export type { Buckets, DynamicAxes, GuardFailure } from './guards.ts';
 
-/** cpu: fused kernels as JavaScript; reference: the interpreter, op by op on the traced graph; webgpu: WGSL. */
-export type CompileBackend = 'cpu' | 'reference' | 'webgpu';
+/** cpu: fused kernels as JavaScript; reference: the interpreter, op by op on the traced graph; webgpu: WGSL; cuda. */
+export type CompileBackend = 'cpu' | 'reference' | 'webgpu' | 'cuda';
 /** The backends whose calls return at once (webgpu's return promises). */
 export type HostBackend = 'cpu' | 'reference';
 
@@ -92,12 +95,12 @@ export interface CompiledEntry {
 
 type HostArgs<A extends readonly Tensor[]> = { [K in keyof A]: HostTensor };
 export type HostResult<R> = R extends Tensor ? HostTensor : HostTensor[];
-type Returned<B extends CompileBackend, T> = B extends 'webgpu' ? Promise<T> : T;
+type Returned<B extends CompileBackend, T> = B extends HostBackend ? T : Promise<T>;
 
 export interface CompiledFunction<A extends Tensor[], R extends Tensor | Tensor[], B extends CompileBackend> {
   (...inputs: HostArgs<A>): Returned<B, HostResult<R>>;
   /** The backend of the next call; changing it is a guard like any other (among host backends, or webgpu). */
-  backend: B extends 'webgpu' ? 'webgpu' : HostBackend;
+  backend: B extends HostBackend ? HostBackend : B;
   readonly stats: CompileStats;
   /** State tensors (declared with state()) by name: kept across calls and shared by every compiled graph. */
   readonly states: Map<string, HostTensor>;
@@ -106,13 +109,9 @@ export interface CompiledFunction<A extends Tensor[], R extends Tensor | Tensor[
   readonly inputNames: readonly string[];
 }
 
-/** What runs one compiled entry; host backends answer at once, webgpu with a promise. */
-interface EntryRunner {
-  run(inputs: Readonly<Record<string, HostTensor>>, states: Map<string, HostTensor>): HostTensor[] | Promise<HostTensor[]>;
-}
-
 interface Entry extends CompiledEntry {
-  readonly runner: EntryRunner | Promise<EntryRunner>;
+  /** The entry loaded on its device; host devices load at once, GPUs with a promise. */
+  readonly program: Program | Promise<Program>;
   /** fn returned one tensor, not an array: the call returns one too. */
   readonly single: boolean;
 }
@@ -127,7 +126,7 @@ export function compile<A extends Tensor[], R extends Tensor | Tensor[], B exten
   for (const input of Object.keys(dynamic)) {
     if (!names.includes(input)) throw new TraceError(`compile(): dynamic input '${input}' is not an input (inputs: ${names.join(', ')})`);
   }
-  let backend: CompileBackend = options.backend ?? 'cpu';
+  let backend: CompileBackend = checkBackend(options.backend ?? 'cpu');
   const cache = new Map<string, Entry>();
   const states = options.states ?? new Map<string, HostTensor>();
   const compiles: CompileEvent[] = [];
@@ -135,6 +134,7 @@ export function compile<A extends Tensor[], R extends Tensor | Tensor[], B exten
   let hits = 0;
   let last: Entry | undefined;
 
+  const params = new ParamStore((name) => paramOf(name));
   const paramOf = (name: string): HostTensor => {
     const src = options.params;
     const t = typeof src === 'function' ? src(name) : src?.[name];
@@ -157,23 +157,16 @@ export function compile<A extends Tensor[], R extends Tensor | Tensor[], B exten
     const dims = new Map<string, number>();
     for (const s of sig.inputs) for (const d of s.dims) if (typeof d !== 'number') dims.set(d.symbol, d.bucket);
     const ctx: PassContext = { dims, explain: options.explain };
-    let compiled: CompiledModule | undefined;
-    let runner: Entry['runner'];
-    if (sig.backend === 'reference') {
-      runner = { run: (inputs, st) => interpret(traced, { inputs, param: paramOf, states: st }) };
-    } else {
-      compiled = compileModule({ graphs: [traced] }, { passes: options.passes, ctx, verify: options.verify, after: options.after });
-      if (sig.backend === 'cpu') {
-        const exec = new CpuExecutor(compiled, paramOf);
-        runner = { run: (inputs, st) => exec.run(graphName, inputs, st) };
-      } else {
-        runner = import('../runtime/webgpu-executor.ts').then(({ WebGpuExecutor }) =>
-          WebGpuExecutor.create(compiled!, paramOf, Object.fromEntries(dims)));
-      }
-    }
+    const compiled = sig.backend === 'reference' ? undefined
+      : compileModule({ graphs: [traced] }, { passes: options.passes, ctx, verify: options.verify, after: options.after });
+    const lowered = compiled ?? { graphs: [{ graph: traced, kernels: [] }] };
+    const load = (device: Device) => device.load(lowered, params, { maxSizes: Object.fromEntries(dims) });
+    const program = sig.backend === 'cpu' || sig.backend === 'reference'
+      ? load(new HostDevice(sig.backend)) as Program
+      : sharedDevice(sig.backend as 'webgpu' | 'cuda').then(load);
     const failed = last ? firstFailure(last.signature, sig) : undefined;
     compiles.push({ key, failed, ms: performance.now() - started });
-    return { key, signature: sig, traced, compiled, runner, single };
+    return { key, signature: sig, traced, compiled, program, single };
   };
 
   const call = (...inputs: HostTensor[]): HostTensor | HostTensor[] | Promise<HostTensor | HostTensor[]> => {
@@ -198,15 +191,15 @@ export function compile<A extends Tensor[], R extends Tensor | Tensor[], B exten
       const sliced = outs.map((t, i) => sliceOutputs(t, g.outputs[i].type.shape, valid));
       return entry!.single ? sliced[0] : sliced;
     };
-    const runner = entry.runner;
-    if (runner instanceof Promise) return runner.then((r) => r.run(args, states)).then(finish);
-    const outs = runner.run(args, states);
+    const program = entry.program;
+    if (program instanceof Promise) return program.then((p) => runOnce(p, graphName, args, states)).then(finish);
+    const outs = runOnce(program, graphName, args, states);
     return outs instanceof Promise ? outs.then(finish) : finish(outs);
   };
 
   const compiled = call as unknown as CompiledFunction<A, R, B>;
   Object.defineProperties(compiled, {
-    backend: { get: () => backend, set: (b: CompileBackend) => { backend = b; }, enumerable: true },
+    backend: { get: () => backend, set: (b: CompileBackend) => { backend = checkBackend(b); }, enumerable: true },
     stats: {
       get: (): CompileStats => ({ calls, compilations: compiles.length, cacheHits: hits, compiles: [...compiles] }),
       enumerable: true,
@@ -216,6 +209,20 @@ export function compile<A extends Tensor[], R extends Tensor | Tensor[], B exten
     inputNames: { value: names, enumerable: true },
   });
   return compiled;
+}
+
+const compileBackends: readonly CompileBackend[] = ['cpu', 'reference', 'webgpu', 'cuda'];
+function checkBackend(b: string): CompileBackend {
+  if (!(compileBackends as readonly string[]).includes(b)) throw new TraceError(`compile(): unknown backend '${b}' (backends: ${compileBackends.join(', ')})`);
+  return b as CompileBackend;
+}
+
+/** GPU devices are opened once per process and shared by every compiled function. */
+const gpus = new Map<string, Promise<Device>>();
+function sharedDevice(kind: 'webgpu' | 'cuda'): Promise<Device> {
+  const d = gpus.get(kind) ?? openDevice(kind);
+  gpus.set(kind, d);
+  return d;
 }
 
 /** Pads every dynamic axis up to its bucket; returns the inputs by name and the real size of each symbol. */

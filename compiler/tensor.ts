@@ -138,6 +138,11 @@ export function where(cond: Tensor, a: TensorLike, b: TensorLike): Tensor {
   return record(Op.Where, [cond, lift(a, dtype), lift(b, dtype)]);
 }
 
+/** A uniform f32 in [0, 1) per element, from an i32 key (a seed) and counter (a position): the same bits on every backend. */
+export function random(key: Tensor, counter: Tensor): Tensor {
+  return record(Op.Random, [key, counter]);
+}
+
 export function concat(parts: Tensor[], axis: number): Tensor {
   if (parts.length === 0) throw new TraceError('concat needs at least one tensor', callerLocation());
   return record(Op.Concat, parts, { axis: axisOf(parts[0], axis) });

@@ -8,10 +8,16 @@
 import { compile, CompiledFunction, HostBackend } from '../compiler/compile.ts';
 import { bucketOf, Buckets } from '../compiler/guards.ts';
 import { Tensor } from '../compiler/tensor.ts';
-import { llamaForward } from '../examples/llama.ts';
+import { llamaForward } from './llama.ts';
 import { DType } from '../ir/dtype.ts';
 import { HostTensor, hostTensor } from '../ir/host-tensor.ts';
-import { checkTokens, LoadedLlama, StepResult } from './llama.ts';
+import { checkTokens, LoadedLlama } from '../runtime/llama.ts';
+
+/** One step's logits f32[S, vocab] and the greedy next token after each position, i32[S]. */
+export interface StepResult {
+  readonly logits: HostTensor;
+  readonly next: HostTensor;
+}
 
 type Step = CompiledFunction<[Tensor, Tensor], Tensor[], HostBackend>;
 
@@ -29,7 +35,10 @@ export class BucketedLlama {
   constructor(readonly model: LoadedLlama, readonly cacheLength: number, opts: BucketedOptions = {}) {
     this.buckets = opts.buckets ?? 'pow2';
     const trace = { weightDType: model.weightDType, cacheLength };
-    const forward = (tokens: Tensor, pos: Tensor) => llamaForward(model.cfg, trace, tokens, pos);
+    const forward = (tokens: Tensor, pos: Tensor) => {
+      const logits = llamaForward(model.cfg, trace, tokens, pos);
+      return [logits, logits.argmax(-1)];
+    };
     const common = { inputs: ['tokens', 'pos'], params: (n: string) => model.weights.tensor(n), states: this.states, backend: opts.backend ?? 'cpu' } as const;
     this.prefill = compile(forward, { ...common, name: 'prefill', dynamic: { tokens: { 0: 'S' } }, buckets: this.buckets });
     this.decode = compile(forward, { ...common, name: 'decode' });

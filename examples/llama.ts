@@ -2,7 +2,8 @@
 // grouped-query attention over a KV cache, SwiGLU MLP, final norm and LM head. Prefill (S tokens) and decode
 // (one token) are the same function traced with a symbolic or a static sequence length.
 
-import { arange, concat, param, scalar, state, Tensor, trace, where } from '../compiler/index.ts';
+import { arange, concat, param, scalar, state, Tensor, where } from '../compiler/index.ts';
+import { traceGeneration } from '../compiler/generation.ts';
 import { DType } from '../ir/dtype.ts';
 import { Module } from '../ir/graph.ts';
 import { builtinConfig, type LlamaConfig } from '../runtime/config.ts';
@@ -12,31 +13,27 @@ export interface LlamaTraceOptions {
   readonly weightDType: DType;
   /** Positions the KV cache holds: prompt plus generated tokens must fit. */
   readonly cacheLength: number;
+  /** Choose tokens by temperature and top-p sampling (else greedily). */
+  readonly sampling?: boolean;
 }
 
-/** The prefill graph (symbolic sequence length S) and the decode graph (one token), over shared weights and cache. */
+/**
+ * The prefill graph (symbolic sequence length S) and the decode graph (one token), over shared weights and cache,
+ * each ending with the choice of the next token (compiler/generation.ts).
+ */
 export function traceLlama(cfg: LlamaConfig, opts: LlamaTraceOptions): Module {
-  const inputs = (seq: number | string) => [
-    { name: 'tokens', dtype: DType.I32, shape: [seq] },
-    { name: 'pos', dtype: DType.I32, shape: [] },
-  ];
-  return {
-    graphs: [
-      trace('prefill', inputs('S'), (tokens, pos) => llamaForward(cfg, opts, tokens, pos)),
-      trace('decode', inputs(1), (tokens, pos) => llamaForward(cfg, opts, tokens, pos)),
-    ],
-  };
+  return traceGeneration((tokens, pos) => llamaForward(cfg, opts, tokens, pos), opts);
 }
 
 /**
  * Entry points for `tsfuse compile examples/llama.ts --entry tinyPrefill` (or tinyDecode): the built-in llama-tiny
  * config with f32 weights and a KV cache of 256 positions, the inputs' dtypes and shapes declared in the signature.
  */
-export function tinyPrefill(tokens: Tensor<'i32', ['S']>, pos: Tensor<'i32', []>): Tensor[] {
+export function tinyPrefill(tokens: Tensor<'i32', ['S']>, pos: Tensor<'i32', []>): Tensor {
   return llamaForward(builtinConfig('llama-tiny'), tinyOptions, tokens, pos);
 }
 
-export function tinyDecode(tokens: Tensor<'i32', [1]>, pos: Tensor<'i32', []>): Tensor[] {
+export function tinyDecode(tokens: Tensor<'i32', [1]>, pos: Tensor<'i32', []>): Tensor {
   return llamaForward(builtinConfig('llama-tiny'), tinyOptions, tokens, pos);
 }
 
@@ -44,9 +41,9 @@ const tinyOptions: LlamaTraceOptions = { weightDType: DType.F32, cacheLength: 25
 
 /**
  * Runs tokens i32[S] at positions pos..pos+S-1 through the model, writing their keys and values into the cache.
- * Returns the logits f32[S, vocab] and the greedy next token after each position, i32[S].
+ * Returns the logits f32[S, vocab].
  */
-export function llamaForward(cfg: LlamaConfig, opts: LlamaTraceOptions, tokens: Tensor, pos: Tensor): Tensor[] {
+export function llamaForward(cfg: LlamaConfig, opts: LlamaTraceOptions, tokens: Tensor, pos: Tensor): Tensor {
   const { hiddenSize: hidden, headDim, numHeads, numKvHeads, rmsNormEps: eps } = cfg;
   const seq = tokens.dim(0);
   const weights = new Map<string, Tensor>();
@@ -80,7 +77,7 @@ export function llamaForward(cfg: LlamaConfig, opts: LlamaTraceOptions, tokens: 
   }
   const head = cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
   const logits = linear(norm(x, 'model.norm.weight'), head, cfg.vocabSize, hidden);
-  return [logits, logits.argmax(-1)];
+  return logits;
 }
 
 /** x / rms(x) * weight, in f32. */

@@ -18,6 +18,8 @@ export enum Op {
   Eq = 'eq', Ne = 'ne', Lt = 'lt', Le = 'le', Gt = 'gt', Ge = 'ge', And = 'and', Or = 'or',
   // elementwise, three inputs
   Where = 'where',
+  // a uniform f32 in [0, 1) from an i32 key (seed) and counter (position): ir/random.ts
+  Random = 'random',
   // sources
   Const = 'const', Arange = 'arange',
   // reductions
@@ -163,6 +165,11 @@ const builtins: OpDef[] = [
     if (c.dtype !== DType.Bool) fail(`where needs a bool condition, got ${c.dtype}`);
     const dtype = sameDtypes('where', [a, b]);
     return { dtype, shape: broadcast(c.shape, broadcast(a.shape, b.shape)) };
+  }),
+
+  def(Op.Random, B, 2, {}, ([key, counter]) => {
+    if (key.dtype !== DType.I32 || counter.dtype !== DType.I32) fail(`random needs i32 key and counter, got ${key.dtype} and ${counter.dtype}`);
+    return { dtype: DType.F32, shape: broadcast(key.shape, counter.shape) };
   }),
 
   def(Op.Const, OpGroup.Source, 0, { value: 'float', dtype: 'dtype' }, (_, a) => ({ dtype: a.dtype as DType, shape: [] })),

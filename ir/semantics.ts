@@ -5,6 +5,7 @@
 import { DType } from './dtype.ts';
 import { Attrs, Op } from './ops.ts';
 import { numel, stridesOf } from './shape.ts';
+import { randomUniform } from './random.ts';
 import { allocHost, HostTensor, rounderFor } from './host-tensor.ts';
 
 /** The result type with symbolic dims already bound. */
@@ -51,6 +52,7 @@ export const evalRules: Record<Op, EvalRule> = {
   [Op.Ge]: binary((x, y) => +(x >= y)),
   [Op.And]: binary((x, y) => +(x !== 0 && y !== 0)),
   [Op.Or]: binary((x, y) => +(x !== 0 || y !== 0)),
+  [Op.Random]: binary(randomUniform),
   [Op.Where]: (ins, _a, out) => elementwise(out, ins, (v) => (v[0] ? v[1] : v[2])),
 
   [Op.Const]: (_ins, a, out) => fill(out, () => a.value as number),

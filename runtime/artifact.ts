@@ -7,6 +7,8 @@ import { DType } from '../ir/dtype.ts';
 import type { Attrs } from '../ir/ops.ts';
 import { formatShape, resolveShape } from '../ir/shape.ts';
 import { allocData, allocHost, HostData, HostTensor, roundBf16, roundF16 } from '../ir/host-tensor.ts';
+import { randomUniform } from '../ir/random.ts';
+import type { JsKernelRuntime } from '../backends/cpu/render-js.ts';
 
 export type { HostTensor } from '../ir/host-tensor.ts';
 
@@ -38,7 +40,7 @@ export interface ArtifactPlan {
   readonly kernels: readonly ArtifactKernel[];
 }
 
-type KernelFn = (b: HostData[], sizes: Record<string, number>, round: { bf16: (x: number) => number; f16: (x: number) => number }) => void;
+type KernelFn = (b: HostData[], sizes: Record<string, number>, round: JsKernelRuntime) => void;
 
 const prepared = new WeakMap<ArtifactPlan, { fns: KernelFn[]; derived: Map<string, HostTensor> }>();
 
@@ -91,7 +93,7 @@ export function runArtifact(plan: ArtifactPlan, inputs: Readonly<Record<string, 
         default: return binding satisfies never;
       }
     });
-    p!.fns[ki](buffers, sizes, { bf16: roundBf16, f16: roundF16 });
+    p!.fns[ki](buffers, sizes, { bf16: roundBf16, f16: roundF16, random: randomUniform });
   });
   return outputs;
 }

@@ -10,12 +10,13 @@ import { interpret } from '../../backends/reference/interpreter.ts';
 import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
 import { allocData, HostData, HostTensor, roundBf16, roundF16 } from '../../ir/host-tensor.ts';
+import { randomUniform } from '../../ir/random.ts';
 import { numel, resolveShape } from '../../ir/shape.ts';
 import { bufferKey, BufferKey, Device, KernelTime, LoadOptions, Mark, outputKey, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
 
 type KernelFn = (buffers: HostData[], sizes: Sizes, round: JsKernelRuntime) => void;
-const kernelRuntime: JsKernelRuntime = { bf16: roundBf16, f16: roundF16 };
+const kernelRuntime: JsKernelRuntime = { bf16: roundBf16, f16: roundF16, random: randomUniform };
 
 export class HostDevice implements Device {
   readonly description: string;

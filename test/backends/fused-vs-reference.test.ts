@@ -13,7 +13,7 @@ import { compileModule } from '../../compiler/compile-module.ts';
 import { DType } from '../../ir/dtype.ts';
 import { parseGraph } from '../../ir/parser.ts';
 import { printGraph } from '../../ir/printer.ts';
-import { CpuExecutor } from '../../runtime/cpu.ts';
+import { runOnCpu } from './run-cpu.ts';
 import { hostTensor } from '../../ir/host-tensor.ts';
 import { randomGraph, RandomCase } from './random-graph.ts';
 import { mismatch } from './compare.ts';
@@ -41,7 +41,7 @@ function check(c: RandomCase): string | undefined {
     const reparsed = printGraph(parseGraph(fused), { locations: false });
     if (reparsed !== fused) return `the fused graph does not print back the same after parsing:\n${reparsed}`;
     const gotStates = freshStates();
-    const got = [...new CpuExecutor(compiled, param).run(g.name, c.inputs, gotStates), ...gotStates.values()];
+    const got = [...runOnCpu(compiled, g.name, c.inputs, param, gotStates), ...gotStates.values()];
     for (let i = 0; i < want.length; i++) {
       const what = i < g.outputs.length ? `output ${i}` : `state %${[...gotStates.keys()][i - g.outputs.length]}`;
       const bad = mismatch(got[i], want[i]);

@@ -11,7 +11,7 @@ import { splitAttention, SPLIT_ATTENTION_AT } from '../../compiler/passes/split-
 import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
 import { verifyGraph } from '../../ir/verify.ts';
-import { CpuExecutor } from '../../runtime/cpu.ts';
+import { runOnCpu } from '../backends/run-cpu.ts';
 import { HostTensor, hostTensor } from '../../ir/host-tensor.ts';
 import { mismatch } from '../backends/compare.ts';
 import { Rng } from '../backends/rng.ts';
@@ -49,7 +49,7 @@ for (const [cache, visible] of [[1024, 1023], [2048, 700], [1280, 0]] as const) 
     assert.is(mismatch(run(split, x), want), undefined, 'reference interpreter on the split graph');
     const compiled = compileModule({ graphs: [g] });
     assert.ok(compiled.graphs[0].graph.kernels.length <= 3, 'chunks, statistics, combination');
-    const got = new CpuExecutor(compiled, () => { throw new Error('no params'); }).run('attention', x, new Map())[0];
+    const got = runOnCpu(compiled, 'attention', x, () => { throw new Error('no params'); })[0];
     assert.is(mismatch(got, want), undefined, 'fused CPU kernels');
   });
 }

@@ -7,8 +7,9 @@ import path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { HostTensor } from '../../ir/host-tensor.ts';
-import { BucketedLlama } from '../../runtime/llama-bucketed.ts';
-import { forwardLogits, LlamaSession, loadLlama } from '../../runtime/llama.ts';
+import { BucketedLlama } from '../../examples/llama-bucketed.ts';
+import { loadLlama } from '../../runtime/llama.ts';
+import { forwardLogits } from '../../compiler/open-session.ts';
 
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
 const model = loadLlama(path.join(fixtures, 'tiny-llama'));
@@ -26,12 +27,12 @@ function relativeError(ours: HostTensor, ref: HostTensor): number {
 
 const prompt = (n: number, seed = 1) => Array.from({ length: n }, (_, i) => (i * 37 + seed * 11 + 5) % vocab);
 
-test('prompts of 1, 7, 8, 9, 31 and 33 tokens: logits equal an unpadded run, one compilation per bucket', () => {
+test('prompts of 1, 7, 8, 9, 31 and 33 tokens: logits equal an unpadded run, one compilation per bucket', async () => {
   const llama = new BucketedLlama(model, 64);
   for (const n of [1, 7, 8, 9, 31, 33]) {
     const ids = prompt(n);
     const { logits } = llama.step(ids, 0);
-    const ref = forwardLogits(model, ids);
+    const ref = await forwardLogits(model, ids);
     assert.equal(logits.shape, [n, vocab]);
     const err = relativeError(logits, ref);
     assert.ok(err < 1e-5, `n=${n}: relative error ${err}`);
@@ -42,13 +43,13 @@ test('prompts of 1, 7, 8, 9, 31 and 33 tokens: logits equal an unpadded run, one
   assert.equal([...llama.prefill.cache.keys()].map((k) => /S≤(\d+)/.exec(k)![1]), ['1', '8', '16', '32', '64']);
 });
 
-test('a second prompt in a bucket compiles nothing; its logits are still exact', () => {
+test('a second prompt in a bucket compiles nothing; its logits are still exact', async () => {
   const llama = new BucketedLlama(model, 32);
   llama.step(prompt(9, 2), 0);
   const ids = prompt(13, 3);
   const { logits } = llama.step(ids, 0);
   assert.is(llama.prefill.stats.compilations, 1);
-  assert.ok(relativeError(logits, forwardLogits(model, ids)) < 1e-5);
+  assert.ok(relativeError(logits, await forwardLogits(model, ids)) < 1e-5);
 });
 
 test('decoding after a padded prefill equals decoding after an unpadded one', () => {
@@ -56,7 +57,7 @@ test('decoding after a padded prefill equals decoding after an unpadded one', ()
   // steps at those positions overwrite them.
   const ids = prompt(9, 4);
   const padded = new BucketedLlama(model, 24);
-  const plain = new LlamaSession(model, 24);
+  const plain = new BucketedLlama(model, 24, { buckets: (n) => n });
   let a = padded.step(ids, 0);
   let b = plain.step(ids, 0);
   for (let pos = ids.length; pos < ids.length + 8; pos++) {

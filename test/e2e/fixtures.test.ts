@@ -8,7 +8,9 @@ import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { loadLlama } from '../../runtime/llama.ts';
-import { Backend, isBackend, LlamaRunner, openRunner } from '../../runtime/runner.ts';
+import { DeviceKind, isDeviceKind } from '../../runtime/device.ts';
+import { Session } from '../../runtime/session.ts';
+import { openLlamaSession } from '../../compiler/open-session.ts';
 import { readSafetensors } from '../../runtime/safetensors.ts';
 import { relativeError } from '../backends/compare.ts';
 
@@ -18,7 +20,7 @@ const fixtureNames = ['tiny-llama', 'tiny-llama3', 'tiny-llama3-bf16'];
 const greedyTokens = 32;
 
 /** Largest allowed ‖ours − ref‖ / ‖ref‖ per position (fixtures/README.md: 1e-4 on the CPU, 1e-3 on a GPU). */
-const tolerance: Record<Backend, number> = { cpu: 1e-4, reference: 1e-4, webgpu: 1e-3, cuda: 1e-3 };
+const tolerance: Record<DeviceKind, number> = { cpu: 1e-4, reference: 1e-4, webgpu: 1e-3, cuda: 1e-3 };
 
 interface Golden {
   readonly inputIds: number[];
@@ -55,16 +57,16 @@ function argmax(xs: ArrayLike<number>): number {
 const selected = process.env.TSFUSE_BACKENDS?.split(',') ?? Object.keys(tolerance).filter((b) => b !== 'cuda');
 
 for (const name of selected) {
-  if (!isBackend(name)) throw new Error(`TSFUSE_BACKENDS: unknown backend '${name}' (known: ${Object.keys(tolerance).join(', ')})`);
+  if (!isDeviceKind(name)) throw new Error(`TSFUSE_BACKENDS: unknown backend '${name}' (known: ${Object.keys(tolerance).join(', ')})`);
   const backend = { tolerance: tolerance[name] };
   const s = suite(`e2e on ${name}`);
 
   for (const fixture of fixtureNames) {
     const dir = path.join(fixtures, fixture);
     const golden = readGolden(dir);
-    // One runner per fixture, its cache long enough for the prompt and the greedy tokens.
-    let runner: Promise<LlamaRunner> | undefined;
-    const open = () => (runner ??= openRunner(loadLlama(dir), golden.inputIds.length + greedyTokens, name));
+    // One session per fixture, its cache long enough for the prompt and the greedy tokens.
+    let session: Promise<Session> | undefined;
+    const open = () => (session ??= openLlamaSession(loadLlama(dir), { backend: name, cacheLength: golden.inputIds.length + greedyTokens }));
     let logits: Promise<Float32Array> | undefined;
     const ourLogits = () => (logits ??= open().then(async (r) => (await r.logits(golden.inputIds)).data as Float32Array));
 

@@ -10,7 +10,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { generateGreedy, loadLlama } from '../../runtime/llama.ts';
+import { loadLlama } from '../../runtime/llama.ts';
+import { generateGreedy } from '../../compiler/open-session.ts';
 import { loadTokenizer, TextStream } from '../../runtime/tokenizer.ts';
 import { byteBpeTokenizer } from '../fixtures/byte-bpe-tokenizer.ts';
 
@@ -33,7 +34,7 @@ function tsfuse(...args: string[]) {
 
 const prompt = 'hello the world, café!';
 
-test('the prompt is encoded with the checkpoint tokenizer and decoding runs greedily from it', () => {
+test('the prompt is encoded with the checkpoint tokenizer and decoding runs greedily from it', async () => {
   const tok = loadTokenizer(dir)!;
   const ids = tok.encode(prompt);
   assert.is(tok.decode(ids), prompt);
@@ -41,18 +42,18 @@ test('the prompt is encoded with the checkpoint tokenizer and decoding runs gree
   assert.is(r.code, 0, r.stderr);
   assert.is(r.stderr, '', 'no progress when piped');
   const out = JSON.parse(r.stdout);
-  const want = generateGreedy(loadLlama(dir), ids, 6);
+  const want = await generateGreedy(loadLlama(dir), ids, 6);
   assert.equal(out.tokens, want);
   assert.is(out.text, tok.decode(want));
   assert.is(out.promptTokens, ids.length);
   for (const k of ['prefillMs', 'msPerToken', 'tokensPerSecond']) assert.ok(out[k] > 0, `${k}: ${out[k]}`);
 });
 
-test('text streams to stdout and the timing ends it', () => {
+test('text streams to stdout and the timing ends it', async () => {
   const tok = loadTokenizer(dir)!;
   const r = tsfuse('generate', '--model', dir, '--prompt', prompt, '--max-new-tokens', '5');
   assert.is(r.code, 0, r.stderr);
-  const want = tok.decode(generateGreedy(loadLlama(dir), tok.encode(prompt), 5));
+  const want = tok.decode(await generateGreedy(loadLlama(dir), tok.encode(prompt), 5));
   assert.ok(r.stdout.startsWith(want), JSON.stringify(r.stdout));
   assert.match(r.stdout, /\n\n5 tokens in \d+ ms: prefill [\d.]+ ms \(16 prompt tokens\), [\d.]+ ms\/token, [\d.]+ tokens\/s\n$/);
   assert.is(r.stderr, '');

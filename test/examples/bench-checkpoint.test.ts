@@ -10,7 +10,8 @@ import { BenchError, argmaxAgreement, leadingEqual, prepareCheckpoint, relativeD
 import { randomBf16Weights } from '../../examples/random-checkpoint.ts';
 import { DType } from '../../ir/dtype.ts';
 import { builtinConfig } from '../../runtime/config.ts';
-import { forwardLogits, loadLlama } from '../../runtime/llama.ts';
+import { loadLlama } from '../../runtime/llama.ts';
+import { forwardLogits } from '../../compiler/open-session.ts';
 import { writeSafetensors } from '../../runtime/safetensors.ts';
 
 const cfg = builtinConfig('llama-tiny');
@@ -20,7 +21,7 @@ const options = (dir: string): CudaBenchOptions => ({
   hfTimeoutS: 1, profile: false, command: 'npm run bench -- --backend cuda --config llama-tiny',
 });
 
-test('the written checkpoint reads back as the same config and bytes, and computes the same logits', () => {
+test('the written checkpoint reads back as the same config and bytes, and computes the same logits', async () => {
   const dir = prepareCheckpoint(cfg, options(path.join(tmp, 'a')));
   const loaded = loadLlama(dir);
   const memory = randomBf16Weights(cfg, 7);
@@ -29,8 +30,8 @@ test('the written checkpoint reads back as the same config and bytes, and comput
   assert.equal(loaded.weights.tensors.map((t) => t.name), memory.tensors.map((t) => t.name));
   for (const t of memory.tensors) assert.ok(Buffer.from(loaded.weights.tensor(t.name).raw).equals(memory.tensor(t.name).raw), t.name);
   const ids = [1, 2, 3, 4];
-  const a = forwardLogits(loaded, ids).data;
-  const b = forwardLogits({ cfg, weights: memory, weightDType: DType.BF16 }, ids).data;
+  const a = (await forwardLogits(loaded, ids)).data;
+  const b = (await forwardLogits({ cfg, weights: memory, weightDType: DType.BF16 }, ids)).data;
   assert.is(relativeDifference(a, b), 0);
 });
 

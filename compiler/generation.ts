@@ -1,0 +1,62 @@
+// The graphs a generation session runs, traced around a model's forward function: `prefill` (a prompt of S
+// tokens) and `decode` (one token) each run the model, choose the next token in the graph (compiler/next-token.ts)
+// and record it in the `history` state, so a device can run step after step without the host looking at a token.
+//
+// The contract a session relies on, by name:
+//   inputs   tokens i32[S] (i32[1] for decode), pos i32[] — and, when sampling, temperature f32[], top_p f32[],
+//            seed i32[];
+//   outputs  logits f32[S, vocab] (every position), next i32[1] (the chosen token), next_pos i32[] (pos + S: where
+//            the next step runs);
+//   state    history i32[cacheLength + 1]: the chosen token written at its position, pos + S (clamped to the last
+//            entry, so no backend ever writes outside it), besides whatever state the model keeps (its KV cache).
+// After a step, the session copies next → tokens and next_pos → pos on the device, and runs decode again.
+
+import { DType } from '../ir/dtype.ts';
+import { Module } from '../ir/graph.ts';
+import { greedyToken, sampledToken } from './next-token.ts';
+import { arange, Tensor, where } from './tensor.ts';
+import { InputSpec, state, trace } from './trace.ts';
+
+/** A model's forward pass: tokens i32[S] at positions pos.. → logits f32[S, vocab]. */
+export type ForwardFn = (tokens: Tensor, pos: Tensor) => Tensor;
+
+export interface GenerationOptions {
+  /** Positions the model's cache holds; the history holds one more (the last chosen token). */
+  readonly cacheLength: number;
+  /** Compile the sampler (temperature, top-p, seed inputs) instead of the argmax. */
+  readonly sampling?: boolean;
+}
+
+export const HISTORY = 'history';
+
+export function traceGeneration(forward: ForwardFn, opts: GenerationOptions): Module {
+  const inputs = (seq: number | string): InputSpec[] => [
+    { name: 'tokens', dtype: DType.I32, shape: [seq] },
+    { name: 'pos', dtype: DType.I32, shape: [] },
+    ...(opts.sampling ? [
+      { name: 'temperature', dtype: DType.F32, shape: [] },
+      { name: 'top_p', dtype: DType.F32, shape: [] },
+      { name: 'seed', dtype: DType.I32, shape: [] },
+    ] : []),
+  ];
+  const step = (tokens: Tensor, pos: Tensor, temperature?: Tensor, topP?: Tensor, seed?: Tensor) => {
+    const logits = forward(tokens, pos);
+    const seq = tokens.dim(0);
+    const nextPos = pos.add(arange(seq).max(0).add(1));
+    // The last position's logits: the row the next token comes from.
+    const last = logits.gather(arange(seq).max(0, { keepdims: true })).reshape(-1);
+    // A sampling program still chooses greedily at temperature 0.
+    const next = opts.sampling
+      ? where(temperature!.le(0), greedyToken(last), sampledToken(last, temperature!.maximum(1e-6), topP!, seed!, nextPos))
+      : greedyToken(last);
+    const at = nextPos.minimum(opts.cacheLength);
+    state(HISTORY, DType.I32, [opts.cacheLength + 1]).write(next.reshape(1), at, 0);
+    return { logits, next: next.reshape(1), next_pos: nextPos };
+  };
+  return {
+    graphs: [
+      trace('prefill', inputs('S'), step),
+      trace('decode', inputs(1), step),
+    ],
+  };
+}

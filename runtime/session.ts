@@ -1,0 +1,223 @@
+// One model session for every device: logits of a prompt, generation, and the timings the benchmarks want,
+// written once over a loaded program and the generation contract (compiler/generation.ts), by name:
+//   graphs  prefill (tokens i32[S]) and decode (tokens i32[1]);
+//   inputs  tokens, pos — and temperature, top_p, seed when the program samples;
+//   outputs logits f32[S, vocab], next i32[1], next_pos i32[];
+//   state   history i32[capacity]: each chosen token at its position.
+// A step's chosen token and position are copied into the next step's inputs on the device, and the decode step is
+// recorded once and replayed, so nothing in the loop waits for the host; the history is read back now and then,
+// asynchronously, only to report tokens.
+
+import { DType } from '../ir/dtype.ts';
+import { Graph } from '../ir/graph.ts';
+import { HostTensor, hostTensor } from '../ir/host-tensor.ts';
+import { Device, KernelTime, namedOutputKey, Program, Recording } from './device.ts';
+
+export interface Sampling {
+  /** 0 (the default) is greedy. */
+  readonly temperature?: number;
+  /** Keep the most likely tokens holding this much of the probability mass (default 1: all). */
+  readonly topP?: number;
+  readonly seed?: number;
+}
+
+export interface SessionOptions {
+  /** Decode steps between asynchronous reads of the history (default: 1 on host devices, 16 on GPUs). */
+  readonly readEvery?: number;
+}
+
+/** What the last generate() measured on the device's queue. */
+export interface Timings {
+  readonly prefillMs: number;
+  /** Decode steps after the prefill (the first new token comes from the prefill). */
+  readonly decodeSteps: number;
+  readonly decodeMsPerToken: number;
+}
+
+/** A program that breaks the contract: names what is missing. */
+export class ContractError extends Error {}
+
+export class Session {
+  lastTimings?: Timings;
+  /** Whether the program samples (temperature, top_p and seed are inputs) or chooses greedily. */
+  readonly samples: boolean;
+  readonly vocab: number;
+  /** Positions the state holds: a prompt plus new tokens, less one, must fit. */
+  readonly capacity: number;
+  private readonly decodeStep: Recording;
+  private readonly readEvery: number;
+
+  constructor(readonly program: Program, opts: SessionOptions = {}) {
+    const [prefill, decode] = [this.graph('prefill'), this.graph('decode')];
+    for (const g of [prefill, decode]) {
+      for (const name of ['tokens', 'pos']) if (!g.inputs.some((v) => v.name === name)) throw new ContractError(`graph @${g.name} has no input %${name}`);
+      for (const name of ['logits', 'next', 'next_pos']) namedOutputKey(g, name);
+      if (!g.states.some((v) => v.name === 'history')) throw new ContractError(`graph @${g.name} has no state %history`);
+    }
+    this.samples = prefill.inputs.some((v) => v.name === 'temperature');
+    const logits = prefill.output('logits')!.type.shape;
+    this.vocab = logits[logits.length - 1] as number;
+    const history = prefill.states.find((v) => v.name === 'history')!.type.shape[0] as number;
+    this.capacity = history - 1;
+    const host = program.device.kind === 'cpu' || program.device.kind === 'reference';
+    this.readEvery = opts.readEvery ?? (host ? 1 : 16);
+    // The decode step, recorded once: every buffer it touches stays where it is for the session's life.
+    this.decodeStep = program.record(() => this.step('decode', {}));
+  }
+
+  get device(): Device {
+    return this.program.device;
+  }
+
+  /** Logits at every position of one forward pass over `ids` with an empty cache. */
+  async logits(ids: readonly number[]): Promise<HostTensor> {
+    this.checkTokens(ids);
+    this.checkFits(ids.length);
+    this.reset();
+    const graph = this.writePrompt(ids, {});
+    this.program.run(graph, this.sizes(graph, ids.length));
+    return this.program.read(namedOutputKey(this.graph(graph), 'logits'), DType.F32, [ids.length, this.vocab]);
+  }
+
+  /**
+   * `maxNewTokens` tokens after the prompt. Everything is queued at once (the prefill, then one replay of the
+   * decode step per token) with a read of the history every few steps; `onToken` hears tokens as those land.
+   */
+  async generate(prompt: readonly number[], maxNewTokens: number, sampling: Sampling = {}, onToken?: (t: number) => void): Promise<number[]> {
+    this.checkTokens(prompt);
+    if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) throw new RangeError(`max new tokens must be a whole number ≥ 0, got ${maxNewTokens}`);
+    if (maxNewTokens === 0) return [];
+    this.checkFits(prompt.length + maxNewTokens - 1);
+    this.reset();
+    const graph = this.writePrompt(prompt, sampling);
+    const start = this.program.mark();
+    this.step(graph, this.sizes(graph, prompt.length));
+    const afterPrefill = this.program.mark();
+    const tokens: number[] = [];
+    const deliver = (h: HostTensor, upTo: number) => {
+      for (let i = tokens.length; i < upTo; i++) {
+        tokens.push(h.data[prompt.length + i]);
+        onToken?.(h.data[prompt.length + i]);
+      }
+    };
+    // Host devices answer at once: their tokens are heard as they come. GPU reads land later, in order.
+    const reads: { upTo: number; history: Promise<HostTensor> }[] = [];
+    const readHistory = (upTo: number) => {
+      const h = this.program.read('state:history', DType.I32, [this.capacity + 1]);
+      if (h instanceof Promise) reads.push({ upTo, history: h });
+      else deliver(h, upTo);
+    };
+    readHistory(1);
+    for (let i = 1; i < maxNewTokens; i++) {
+      this.program.replay(this.decodeStep);
+      if ((i + 1) % this.readEvery === 0 || i + 1 === maxNewTokens) readHistory(i + 1);
+    }
+    const end = this.program.mark();
+    for (const r of reads) deliver(await r.history, r.upTo);
+    const decodeSteps = maxNewTokens - 1;
+    this.lastTimings = {
+      prefillMs: await this.program.elapsedMs(start, afterPrefill),
+      decodeSteps,
+      decodeMsPerToken: decodeSteps > 0 ? (await this.program.elapsedMs(afterPrefill, end)) / decodeSteps : 0,
+    };
+    return tokens;
+  }
+
+  /**
+   * Milliseconds per decode step over `steps` back-to-back replays (after `warmup` more), from position
+   * `startPos` with an otherwise empty cache: what the device takes per token, with no host work in it.
+   */
+  async timeDecode(steps: number, opts: { warmup?: number; startPos?: number } = {}): Promise<{ msPerToken: number; steps: number; kernelsPerStep: number }> {
+    const warmup = opts.warmup ?? 3;
+    const startPos = opts.startPos ?? 0;
+    this.checkFits(startPos + warmup + steps);
+    this.reset();
+    this.writePrompt([0], {}, startPos);
+    for (let i = 0; i < warmup; i++) this.program.replay(this.decodeStep);
+    const start = this.program.mark();
+    for (let i = 0; i < steps; i++) this.program.replay(this.decodeStep);
+    const end = this.program.mark();
+    return { msPerToken: (await this.program.elapsedMs(start, end)) / steps, steps, kernelsPerStep: this.decodeKernels() };
+  }
+
+  /** Each decode kernel's time, launched one by one at position `startPos`, for finding the slow ones. */
+  async profileDecode(startPos = 0): Promise<KernelTime[]> {
+    this.checkFits(startPos + 1);
+    this.writePrompt([0], {}, startPos);
+    return this.program.profile('decode', {});
+  }
+
+  decodeKernels(): number {
+    return this.program.kernelCount('decode');
+  }
+
+  close(): void {
+    this.program.destroy();
+    this.program.device.destroy();
+  }
+
+  // ---- internals ----
+
+  private graph(name: string): Graph {
+    try {
+      return this.program.graph(name);
+    } catch {
+      throw new ContractError(`the program has no graph @${name}: a session runs @prefill and @decode`);
+    }
+  }
+
+  /** The graph's symbolic sizes for a prompt of `length` tokens (S, from tokens: i32[S]). */
+  private sizes(graph: string, length: number): Record<string, number> {
+    const d = this.graph(graph).inputs.find((v) => v.name === 'tokens')!.type.shape[0];
+    return typeof d === 'string' ? { [d]: length } : {};
+  }
+
+  /** Runs a step and feeds its chosen token and next position back as the next step's inputs. */
+  private step(graph: string, sizes: Readonly<Record<string, number>>): void {
+    const g = this.graph(graph);
+    this.program.run(graph, sizes);
+    this.program.copy(namedOutputKey(g, 'next'), 'input:tokens', DType.I32, 1);
+    this.program.copy(namedOutputKey(g, 'next_pos'), 'input:pos', DType.I32, 1);
+  }
+
+  /** Writes the prompt, its position and the sampling inputs; returns the graph that runs it. */
+  private writePrompt(ids: readonly number[], sampling: Sampling, pos = 0): string {
+    const p = this.program;
+    p.write('input:tokens', hostTensor(DType.I32, [ids.length], ids));
+    p.write('input:pos', hostTensor(DType.I32, [], [pos]));
+    const temperature = sampling.temperature ?? 0;
+    if (this.samples) {
+      p.write('input:temperature', hostTensor(DType.F32, [], [temperature]));
+      p.write('input:top_p', hostTensor(DType.F32, [], [sampling.topP ?? 1]));
+      p.write('input:seed', hostTensor(DType.I32, [], [sampling.seed ?? 0]));
+    } else if (temperature > 0) {
+      throw new ContractError('this program chooses tokens greedily: open the session with sampling to use a temperature');
+    }
+    return ids.length === 1 ? 'decode' : 'prefill';
+  }
+
+  private reset(): void {
+    const states = new Set<string>();
+    for (const name of ['prefill', 'decode']) for (const v of this.graph(name).states) states.add(`state:${v.name}`);
+    for (const key of states) this.program.zero(key);
+  }
+
+  private checkTokens(tokens: readonly number[]): void {
+    if (tokens.length === 0) throw new RangeError('no input tokens');
+    tokens.forEach((t, i) => {
+      if (!Number.isInteger(t) || t < 0 || t >= this.vocab) {
+        throw new RangeError(`token id ${t} at position ${i} is outside the vocabulary (0..${this.vocab - 1})`);
+      }
+    });
+  }
+
+  private checkFits(lastPos: number): void {
+    if (lastPos > this.capacity) throw new RangeError(`positions up to ${lastPos} do not fit a KV cache of ${this.capacity}`);
+  }
+}
+
+/** Opens a session over a lowered module on a device. */
+export async function openSession(device: Device, ...args: Parameters<Device['load']>): Promise<Session> {
+  const program = await device.load(...args);
+  return new Session(program);
+}
