@@ -5,16 +5,16 @@
 // The contract a session relies on, by name:
 //   inputs   tokens i32[S] (i32[1] for decode), pos i32[] — and, when sampling, temperature f32[], top_p f32[],
 //            seed i32[];
-//   outputs  logits f32[S, vocab] (every position), next i32[1] (the chosen token), next_pos i32[] (pos + S: where
-//            the next step runs);
+//   outputs  logits f32[S, vocab] (every position), next i32[1] (the chosen token);
 //   state    history i32[cacheLength + 1]: the chosen token written at its position, pos + S (clamped to the last
-//            entry, so no backend ever writes outside it), besides whatever state the model keeps (its KV cache).
+//            entry, so no backend ever writes outside it); next_pos i32[1]: pos + S, where the next step runs;
+//            besides whatever state the model keeps (its KV cache).
 // After a step, the session copies next → tokens and next_pos → pos on the device, and runs decode again.
 
 import { DType } from '../ir/dtype.ts';
 import { Module } from '../ir/graph.ts';
 import { greedyToken, sampledToken } from './next-token.ts';
-import { arange, Tensor, where } from './tensor.ts';
+import { arange, scalar, Tensor, where } from './tensor.ts';
 import { InputSpec, state, trace } from './trace.ts';
 
 /** A model's forward pass: tokens i32[S] at positions pos.. → logits f32[S, vocab]. */
@@ -28,6 +28,7 @@ export interface GenerationOptions {
 }
 
 export const HISTORY = 'history';
+export const NEXT_POS = 'next_pos';
 
 export function traceGeneration(forward: ForwardFn, opts: GenerationOptions): Module {
   const inputs = (seq: number | string): InputSpec[] => [
@@ -42,16 +43,20 @@ export function traceGeneration(forward: ForwardFn, opts: GenerationOptions): Mo
   const step = (tokens: Tensor, pos: Tensor, temperature?: Tensor, topP?: Tensor, seed?: Tensor) => {
     const logits = forward(tokens, pos);
     const seq = tokens.dim(0);
-    const nextPos = pos.add(arange(seq).max(0).add(1));
-    // The last position's logits: the row the next token comes from.
-    const last = logits.gather(arange(seq).max(0, { keepdims: true })).reshape(-1);
+    // The last position's logits, [1, vocab]: the row the next token comes from. A static length needs no index
+    // computed (decode's step stays free of extra kernels); a symbolic one finds S - 1 as the largest position.
+    const last = typeof seq === 'number'
+      ? (seq === 1 ? logits : logits.slice(0, seq - 1, seq))
+      : logits.gather(arange(seq).max(0, { keepdims: true }));
+    const nextPos = typeof seq === 'number' ? pos.add(seq) : pos.add(arange(seq).max(0).add(1));
     // A sampling program still chooses greedily at temperature 0.
     const next = opts.sampling
-      ? where(temperature!.le(0), greedyToken(last), sampledToken(last, temperature!.maximum(1e-6), topP!, seed!, nextPos))
+      ? where(temperature!.le(0), greedyToken(last), sampledToken(last.reshape(-1), temperature!.maximum(1e-6), topP!, seed!, nextPos).reshape(1))
       : greedyToken(last);
-    const at = nextPos.minimum(opts.cacheLength);
-    state(HISTORY, DType.I32, [opts.cacheLength + 1]).write(next.reshape(1), at, 0);
-    return { logits, next: next.reshape(1), next_pos: nextPos };
+    state(HISTORY, DType.I32, [opts.cacheLength + 1]).write(next, nextPos.minimum(opts.cacheLength), 0);
+    // A state, not an output: its write joins the history's in one kernel (writes of one shape share a launch).
+    state(NEXT_POS, DType.I32, [1]).write(nextPos.reshape(1), scalar(0, DType.I32), 0);
+    return { logits, next };
   };
   return {
     graphs: [

@@ -9,7 +9,7 @@ import { arange, random, scalar, Tensor, where } from './tensor.ts';
 /** Bisection steps for the top-p threshold (probabilities relative to the largest, in (0, 1]): 2⁻²⁴ apart. */
 const THRESHOLD_STEPS = 24;
 
-/** The argmax of logits f32[V]: i32[]. */
+/** The argmax of logits over the last axis (f32[1, V] → i32[1]). */
 export function greedyToken(logits: Tensor): Tensor {
   return logits.argmax(-1);
 }

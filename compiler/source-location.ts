@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url';
 const tsfuseRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** Frames in these files are tsfuse's own tracing machinery, not model code. */
 const internalDirs = ['compiler', 'ir'].map((d) => path.join(tsfuseRoot, d) + path.sep);
+/** tsfuse's own tensor-API code (the next-token choice, the generation step): model code, shown in dumps. */
+const modelFiles = ['generation.ts', 'next-token.ts'].map((f) => path.join(tsfuseRoot, 'compiler', f));
 
 const framePattern = /\(?(?:file:\/\/)?(\/[^():]+):(\d+):\d+\)?$/;
 
@@ -19,7 +21,8 @@ export function callerLocation(): string | undefined {
     const m = framePattern.exec(line.trim());
     if (!m) continue;
     const file = m[1];
-    if (internalDirs.some((d) => file.startsWith(d)) || file.includes('/node_modules/')) continue;
+    const internal = internalDirs.some((d) => file.startsWith(d)) && !modelFiles.includes(file);
+    if (internal || file.includes('/node_modules/')) continue;
     return `${displayPath(file)}:${m[2]}`;
   }
   return undefined;

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { builtinConfigJson, LlamaConfig } from '../runtime/config.ts';
 import { loadLlama } from '../runtime/llama.ts';
+import { openLlamaSession } from '../compiler/open-session.ts';
 import { checkpointMetadata, randomBf16Weights, writeBf16Checkpoint } from './random-checkpoint.ts';
 
 /** A problem with the benchmark's setup (options, python, checkpoint folder): reported in one line. */
@@ -121,15 +122,16 @@ export function prepareCheckpoint(cfg: LlamaConfig, o: CudaBenchOptions): string
 }
 
 async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Promise<TsfuseResult> {
-  const { CudaLlama } = await import('../runtime/cuda/llama.ts');
+  const { CudaProgram } = await import('../runtime/devices/cuda.ts');
   const model = loadLlama(dir);
   const N = o.newTokens;
   let t = performance.now();
-  const session = await CudaLlama.create(model, prompt.length + N);
+  const session = await openLlamaSession(model, { backend: 'cuda', cacheLength: prompt.length + N });
+  const program = session.program as InstanceType<typeof CudaProgram>;
   try {
     const setupMs = performance.now() - t;
-    const modulesCompiled = [...session.program.images.values()].filter((i) => !i.cached).length;
-    log(`tsfuse ready in ${(setupMs / 1e3).toFixed(1)} s on ${session.deviceName()} (${modulesCompiled} modules compiled, the rest cached)`);
+    const modulesCompiled = [...program.images.values()].filter((i) => !i.cached).length;
+    log(`tsfuse ready in ${(setupMs / 1e3).toFixed(1)} s on ${session.device.description} (${modulesCompiled} modules compiled, the rest cached)`);
     const first = await session.generate(prompt, N); // warm-up
     await session.generate(prompt, 1);
     let deterministic = true;
@@ -147,27 +149,27 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
       if (tokens.join() !== first.join()) deterministic = false;
     }
     // The cache holds P + N positions, as HF's static cache does: one warm-up step (the graph is warm by now), N − 1 timed.
-    const replay = session.decodeStepsTimed(N - 1, { warmup: 1, startPos: prompt.length });
+    const replay = await session.timeDecode(N - 1, { warmup: 1, startPos: prompt.length });
     const logits = (await session.logits(prompt)).data as Float32Array;
-    const copyBandwidth = session.copyBandwidth();
+    const copyBandwidth = program.device.copyBandwidth();
     if (o.profile) {
-      const inOrder = session.profileDecode(prompt.length);
-      const line = (k: (typeof inOrder)[number]) => `  ${k.kernel.padEnd(5)} ${k.ms.toFixed(4)} ms  ${(k.bytes / k.ms / 1e6).toFixed(0).padStart(5)} GB/s  ${k.last.slice(0, 70)}`;
+      const inOrder = await session.profileDecode(prompt.length);
+      const line = (k: (typeof inOrder)[number]) => `  ${k.kernel.padEnd(5)} ${(k.us / 1e3).toFixed(4)} ms  ${(k.bytes / k.us / 1e3).toFixed(0).padStart(5)} GB/s  ${k.last.slice(0, 70)}`;
       console.error('one layer of the decode step, in order (launched one by one):');
       for (const k of inOrder.slice(6, 12)) console.error(line(k));
       console.error('slowest decode kernels:');
-      for (const k of [...inOrder].sort((a, b) => b.ms - a.ms).slice(0, 6)) console.error(line(k));
-      console.error(`sum of the kernels launched one by one: ${inOrder.reduce((t, k) => t + k.ms, 0).toFixed(3)} ms`);
+      for (const k of [...inOrder].sort((a, b) => b.us - a.us).slice(0, 6)) console.error(line(k));
+      console.error(`sum of the kernels launched one by one: ${(inOrder.reduce((t, k) => t + k.us, 0) / 1e3).toFixed(3)} ms`);
     }
     return {
-      device: session.deviceName(), setupMs, modulesCompiled,
+      device: session.device.description, setupMs, modulesCompiled,
       decodeEventMs: best.decodeEvent, decodeWallMs: (best.wallN - best.wall1) / (N - 1), replayMs: replay.msPerToken,
       prefillEventMs: best.prefillEvent, prefillWallMs: best.wall1, kernelsPerToken: session.decodeKernels(),
       copyBandwidth, weightBytes: model.weights.tensors.reduce((s, w) => s + w.byteLength, 0),
       tokens, logits, deterministic,
     };
   } finally {
-    session.destroy();
+    session.close();
   }
 }
 

@@ -7,6 +7,8 @@
 import { parseArgs } from 'node:util';
 import { builtinConfig, LlamaConfig } from '../runtime/config.ts';
 import { LoadedLlama } from '../runtime/llama.ts';
+import type { KernelTime } from '../runtime/device.ts';
+import { openLlamaSession } from '../compiler/open-session.ts';
 import { DType } from '../ir/dtype.ts';
 import { randomBf16Weights } from './random-checkpoint.ts';
 
@@ -32,16 +34,16 @@ const { values } = parseArgs({
 interface Row { label: string; value: string }
 
 async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
-  const { WebGpuLlama } = await import('../runtime/webgpu/llama.ts');
-  const { adapterName } = await import('../runtime/webgpu/device.ts');
+  const { WebGpuDevice } = await import('../runtime/devices/webgpu.ts');
   const { measureCopyBandwidth } = await import('../runtime/webgpu/copy-bench.ts');
   const promptLen = Number(values.prompt);
   const newTokens = Number(values['new-tokens']);
   const weights = randomBf16Weights(cfg);
   const model: LoadedLlama = { cfg, weights, weightDType: DType.BF16 };
   const t0 = performance.now();
-  const session = await WebGpuLlama.create(model, promptLen + Math.max(newTokens, 8));
+  const session = await openLlamaSession(model, { backend: 'webgpu', cacheLength: promptLen + Math.max(newTokens, 8) });
   const setupMs = performance.now() - t0;
+  const device = session.device as InstanceType<typeof WebGpuDevice>;
   const prompt = Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
 
   await session.generate(prompt, 8); // warm-up: pipelines, first submits
@@ -58,12 +60,12 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
   }
   const msPerToken = (best.total - best.prefill) / (newTokens - 1);
   const weightBytes = weights.tensors.reduce((s, t) => s + t.byteLength, 0);
-  const copy = await measureCopyBandwidth(session.device);
-  if (values.profile) await printProfile(session.program);
+  const copy = await measureCopyBandwidth(device.gpu);
+  if (values.profile) printProfile(await session.profileDecode(promptLen));
   const achieved = weightBytes / (msPerToken / 1e3);
-  session.destroy();
+  session.close();
   return [
-    { label: 'device', value: adapterName(session.device) },
+    { label: 'device', value: device.description },
     { label: 'setup (compile + upload)', value: `${(setupMs / 1e3).toFixed(1)} s` },
     { label: 'prefill (32 tokens) + first token', value: `${best.prefill.toFixed(2)} ms` },
     { label: 'decode ms per token', value: msPerToken.toFixed(3) },
@@ -77,8 +79,7 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
 }
 
 /** GPU time per kernel kind of one decode step (timestamp queries, one pass per kernel). */
-async function printProfile(program: import('../runtime/webgpu/program.ts').WebGpuProgram): Promise<void> {
-  const rows = await program.profile('decode', { S: 1 });
+function printProfile(rows: readonly KernelTime[]): void {
   const byKind = new Map<string, { n: number; us: number }>();
   for (const r of rows) {
     const k = byKind.get(r.kind) ?? { n: 0, us: 0 };
@@ -86,8 +87,8 @@ async function printProfile(program: import('../runtime/webgpu/program.ts').WebG
   }
   console.log('decode step, GPU time by kernel kind (one pass per kernel):');
   for (const [kind, k] of byKind) console.log(`  ${kind.padEnd(12)} ${String(k.n).padStart(4)} kernels ${k.us.toFixed(1).padStart(9)} us`);
-  console.log(`  layer 1: ${rows.slice(6, 12).map((r) => `${r.name} ${r.kind} ${r.us.toFixed(1)}us`).join(', ')}`);
-  console.log(`  last: ${rows.slice(-4).map((r) => `${r.name} ${r.kind} ${r.us.toFixed(1)}us`).join(', ')}`);
+  console.log(`  layer 1: ${rows.slice(6, 12).map((r) => `${r.kernel} ${r.kind} ${r.us.toFixed(1)}us`).join(', ')}`);
+  console.log(`  last: ${rows.slice(-4).map((r) => `${r.kernel} ${r.kind} ${r.us.toFixed(1)}us`).join(', ')}`);
 }
 
 async function main(): Promise<void> {

@@ -2,8 +2,8 @@
 // written once over a loaded program and the generation contract (compiler/generation.ts), by name:
 //   graphs  prefill (tokens i32[S]) and decode (tokens i32[1]);
 //   inputs  tokens, pos — and temperature, top_p, seed when the program samples;
-//   outputs logits f32[S, vocab], next i32[1], next_pos i32[];
-//   state   history i32[capacity]: each chosen token at its position.
+//   outputs logits f32[S, vocab], next i32[1];
+//   state   history i32[capacity]: each chosen token at its position; next_pos i32[1]: where the next step runs.
 // A step's chosen token and position are copied into the next step's inputs on the device, and the decode step is
 // recorded once and replayed, so nothing in the loop waits for the host; the history is read back now and then,
 // asynchronously, only to report tokens.
@@ -51,8 +51,8 @@ export class Session {
     const [prefill, decode] = [this.graph('prefill'), this.graph('decode')];
     for (const g of [prefill, decode]) {
       for (const name of ['tokens', 'pos']) if (!g.inputs.some((v) => v.name === name)) throw new ContractError(`graph @${g.name} has no input %${name}`);
-      for (const name of ['logits', 'next', 'next_pos']) namedOutputKey(g, name);
-      if (!g.states.some((v) => v.name === 'history')) throw new ContractError(`graph @${g.name} has no state %history`);
+      for (const name of ['logits', 'next']) namedOutputKey(g, name);
+      for (const name of ['history', 'next_pos']) if (!g.states.some((v) => v.name === name)) throw new ContractError(`graph @${g.name} has no state %${name}`);
     }
     this.samples = prefill.inputs.some((v) => v.name === 'temperature');
     const logits = prefill.output('logits')!.type.shape;
@@ -177,7 +177,7 @@ export class Session {
     const g = this.graph(graph);
     this.program.run(graph, sizes);
     this.program.copy(namedOutputKey(g, 'next'), 'input:tokens', DType.I32, 1);
-    this.program.copy(namedOutputKey(g, 'next_pos'), 'input:pos', DType.I32, 1);
+    this.program.copy('state:next_pos', 'input:pos', DType.I32, 1);
   }
 
   /** Writes the prompt, its position and the sampling inputs; returns the graph that runs it. */
