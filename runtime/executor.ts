@@ -53,7 +53,3 @@ export function runOnce(program: Program, name: string, inputs: Readonly<Record<
   return reads.some((r) => r instanceof Promise) ? Promise.all(reads).then(finish) : finish(reads as HostTensor[]);
 }
 
-/** (Old interface, removed when the per-backend executors go.) */
-export interface GraphExecutor {
-  run(name: string, inputs: Readonly<Record<string, HostTensor>>, states: Map<string, HostTensor>): HostTensor[];
-}

@@ -280,6 +280,10 @@ export class CudaDriver {
     return m[0];
   }
 
+  unloadModule(module: Handle): void {
+    this.check('cuModuleUnload', this.api.cuModuleUnload(module));
+  }
+
   getFunction(module: Handle, name: string, dynamicSharedBytes = 0): Handle {
     const fn = [null];
     this.check(`cuModuleGetFunction(${name})`, this.api.cuModuleGetFunction(fn, module, name));

@@ -2,7 +2,9 @@
 
 import { create, globals } from 'webgpu';
 
-export class WebGpuUnavailableError extends Error {}
+import { WebGpuUnavailableError } from './errors.ts';
+
+export { WebGpuUnavailableError };
 
 let gpu: GPU | undefined;
 

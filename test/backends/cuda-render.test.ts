@@ -10,7 +10,6 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { cudaPrelude, renderCuda, renderCudaFunction, renderCudaModule } from '../../backends/cuda/render-cuda.ts';
-import { nextTokenCuda } from '../../backends/cuda/next-token.ts';
 import { add, f32, int, ivar, KernelIR, mul, ROW } from '../../backends/kernel-ir.ts';
 import { compileModule } from '../../compiler/compile-module.ts';
 import { arange, concat, param, trace, where } from '../../compiler/index.ts';
@@ -27,6 +26,7 @@ const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../
 /** A row-sum over a bf16 matrix times an f32 vector: the shape of a decode matrix-vector product. */
 const matvec: KernelIR = {
   name: 'k0',
+  kind: 'contraction',
   fused: ['%2: f32[4] = matmul %w, %x'],
   buffers: [
     { binding: { kind: 'param', name: 'w' }, dtype: DType.BF16, elems: int(64), written: false },
@@ -169,6 +169,12 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
   });
 }
 
+test('tiny-llama with the sampler: the random op calls the prelude\'s tf_random', () => {
+  const model = loadLlama(path.join(fixtures, 'tiny-llama'));
+  const module = traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength: 64, sampling: true });
+  renderGraphs('tiny-llama-sampling', module.graphs, (_g, source) => assert.match(source, 'tf_random('));
+});
+
 test('small traced graphs: argmax, softmax, gather, select, integer arithmetic, f16 weights, 16-bit rounding', () => {
   const graphs = [
     trace('argmax_rows', [{ name: 'x', dtype: DType.F32, shape: [3, 1000] }], (x) => [x.argmax(-1), x.max(-1)]),
@@ -202,14 +208,13 @@ function findNvcc(): string | undefined {
 
 const nvcc = findNvcc();
 
-test(`nvcc -arch=sm_90 compiles every rendered module and the next-token kernel${nvcc ? '' : ' (skipped: no nvcc)'}`, async () => {
+test(`nvcc -arch=sm_90 compiles every rendered module${nvcc ? '' : ' (skipped: no nvcc)'}`, async () => {
   if (!nvcc) return;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-cuda-'));
   // Random graphs go in a few files rather than one per graph: nvcc's start-up dominates small files.
   const random = units.filter((u) => u.name.startsWith('random'));
   const files = [
     ...units.filter((u) => !u.name.startsWith('random')),
-    { name: 'next-token', source: `${cudaPrelude}\n${nextTokenCuda}` },
     ...[0, 1, 2, 3].map((part) => ({
       name: `random-part${part}`,
       // The prelude is include-guarded, so whole modules concatenate.
@@ -242,7 +247,6 @@ test('NVRTC compiles every rendered module for sm_90, as the runtime does (skipp
     const sources = [
       ...units.filter((u) => !u.name.startsWith('random')),
       { name: 'random', source: units.filter((u) => u.name.startsWith('random')).slice(0, 40).map((u) => u.source).join('\n') },
-      { name: 'next-token', source: `${cudaPrelude}\n${nextTokenCuda}` },
     ];
     for (const u of sources) {
       const image = compileCuda(u.source, 90, `${u.name}.cu`, dir);

@@ -13,8 +13,10 @@ import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
 import { printGraph } from '../../ir/printer.ts';
 import { HostTensor, hostTensor } from '../../ir/host-tensor.ts';
-import { openDevice } from '../../runtime/webgpu/device.ts';
-import { runOnWebGpu } from '../../runtime/webgpu/run-module.ts';
+import { Device } from '../../runtime/device.ts';
+import { openWebGpu } from '../../runtime/devices/webgpu.ts';
+import { bindSizes, runOnce } from '../../runtime/executor.ts';
+import { ParamStore } from '../../runtime/params.ts';
 import { mismatch } from './compare.ts';
 import { randomGraph, RandomCase } from './random-graph.ts';
 import { Rng } from './rng.ts';
@@ -23,8 +25,8 @@ const seeds = process.env.SEED !== undefined ? process.env.SEED.split(',').map(N
 /** GPU math (exp, sin, inverseSqrt...) is not correctly rounded: a looser f32 tolerance than the CPU's. */
 const RTOL_GPU = 2e-4;
 
-let device: GPUDevice | undefined;
-const gpu = async () => (device ??= await openDevice());
+let device: Device | undefined;
+const gpu = async () => (device ??= await openWebGpu());
 
 /** Runs a case on WebGPU and on the reference; what went wrong, 'skip' for what WGSL cannot store, or undefined. */
 async function check(c: RandomCase): Promise<string | undefined> {
@@ -34,15 +36,21 @@ async function check(c: RandomCase): Promise<string | undefined> {
   const wantStates = copy();
   const want = [...interpret(g, { inputs: c.inputs, param, states: wantStates }), ...wantStates.values()];
   const compiled = compileModule({ graphs: [g] });
-  let run;
+  const gotStates = copy();
+  let outputs;
   try {
-    run = await runOnWebGpu(await gpu(), compiled, g.name, c.inputs, param, copy());
+    const program = await (await gpu()).load(compiled, new ParamStore(param), { maxSizes: bindSizes(g, c.inputs) });
+    try {
+      outputs = await runOnce(program, g.name, c.inputs, gotStates);
+    } finally {
+      program.destroy();
+    }
   } catch (e) {
     // Kernels writing packed 16-bit values are not supported by the WGSL renderer (the models never need them).
     if (/not packed|store f32, i32 or bool/.test((e as Error).message)) return 'skip';
     return (e as Error).stack;
   }
-  const got = [...run.outputs, ...run.states.values()];
+  const got = [...outputs, ...gotStates.values()];
   for (let i = 0; i < want.length; i++) {
     const bad = mismatch(got[i], want[i], RTOL_GPU);
     if (bad) return `${i < g.outputs.length ? `output ${i}` : 'state'}: ${bad}\n--- fused ---\n${printGraph(compiled.graphs[0].graph, { locations: false })}`;

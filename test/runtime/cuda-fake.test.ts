@@ -1,104 +1,36 @@
 // The CUDA backend end to end without a GPU: test/runtime/fake-cuda builds a stand-in libcuda + NVRTC whose
 // kernels are the generated CUDA C compiled for the CPU (threads as fibers, barriers and shuffles honoured).
 // Everything but the silicon runs as on the GPU machine: rendering, the FFI, buffers, launches, the captured
-// decode step, the device-side token feedback and the asynchronous read-back.
+// decode step, the device-side token feedback and the asynchronous read-back. (Random graphs on the CUDA device run
+// in devices.test.ts, with every other device.)
 //
-//   CUDA_FAKE_SEEDS=100 npm test -- cuda-fake    more random graphs (default 16)
 //   TSFUSE_FAKE_CUDA=0 npm test                   skips (it needs g++ and takes a while)
 
-import { execFileSync } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { interpret } from '../../backends/reference/interpreter.ts';
-import { compileModule } from '../../compiler/compile-module.ts';
-import { printGraph } from '../../ir/printer.ts';
-import { CudaExecutor } from '../../runtime/cuda/executor.ts';
-import { CudaLlama } from '../../runtime/cuda/llama.ts';
-import { HostTensor } from '../../ir/host-tensor.ts';
+import { openLlamaSession } from '../../compiler/open-session.ts';
+import { CudaProgram } from '../../runtime/devices/cuda.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { readSafetensors } from '../../runtime/safetensors.ts';
-import { randomGraph } from '../backends/random-graph.ts';
-import { mismatch } from '../backends/compare.ts';
+import { buildFakeCuda, fakeCudaEnabled as enabled, useFakeCuda } from './fake-cuda/build.ts';
 
-const here = fileURLToPath(new URL('./fake-cuda/', import.meta.url));
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
 const s = suite('CUDA backend on the CPU fake');
 
-function hasGxx(): boolean {
-  try {
-    execFileSync('g++', ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const enabled = process.env.TSFUSE_FAKE_CUDA !== '0' && process.platform === 'linux' && process.arch === 'x64' && hasGxx();
-
-/** Builds the fake once per version of its sources; compiled kernels are cached beside it. */
-function buildFake(): { lib: string; cacheDir: string } {
-  const sources = ['fake-cuda.cpp', 'kernel-shim.h'].map((f) => fs.readFileSync(path.join(here, f), 'utf8')).join('\0');
-  const dir = path.join(os.tmpdir(), `tsfuse-fake-cuda-${crypto.createHash('sha256').update(sources).digest('hex').slice(0, 16)}`);
-  const lib = path.join(dir, 'libfakecuda.so');
-  if (!fs.existsSync(lib)) {
-    fs.mkdirSync(dir, { recursive: true });
-    execFileSync('g++', ['-std=c++17', '-O2', '-shared', '-fPIC', '-o', `${lib}.tmp`, path.join(here, 'fake-cuda.cpp'), '-ldl']);
-    fs.renameSync(`${lib}.tmp`, lib);
-  }
-  return { lib, cacheDir: path.join(dir, 'kernels') };
-}
-
-const saved = { cuda: process.env.TSFUSE_LIBCUDA, nvrtc: process.env.TSFUSE_LIBNVRTC, shim: process.env.FAKE_CUDA_SHIM };
 let cacheDir = '';
+let restore: (() => void) | undefined;
 
 s.before(() => {
   if (!enabled) return;
-  const fake = buildFake();
+  const fake = buildFakeCuda();
   cacheDir = fake.cacheDir;
-  process.env.TSFUSE_LIBCUDA = fake.lib;
-  process.env.TSFUSE_LIBNVRTC = fake.lib;
-  process.env.FAKE_CUDA_SHIM = path.join(here, 'kernel-shim.h');
+  restore = useFakeCuda(fake);
 });
 
-s.after(() => {
-  const restore = (k: string, v: string | undefined) => (v === undefined ? delete process.env[k] : (process.env[k] = v));
-  restore('TSFUSE_LIBCUDA', saved.cuda);
-  restore('TSFUSE_LIBNVRTC', saved.nvrtc);
-  restore('FAKE_CUDA_SHIM', saved.shim);
-});
-
-
-
-const seeds = [...Array(Number(process.env.CUDA_FAKE_SEEDS ?? 16)).keys()];
-
-s(`random graphs: the CUDA kernels match the reference interpreter (${seeds.length} seeds)`, () => {
-  if (!enabled) return;
-  const failures: string[] = [];
-  for (const seed of seeds) {
-    const c = randomGraph(seed);
-    const g = c.graph;
-    const copy = () => new Map([...c.states].map(([k, t]) => [k, { ...t, data: t.data.slice() }]));
-    const wantStates = copy();
-    const want = [...interpret(g, { inputs: c.inputs, param: (n) => c.params.get(n)!, states: wantStates }), ...wantStates.values()];
-    const exec = new CudaExecutor(compileModule({ graphs: [g] }), (n) => c.params.get(n)!, { cacheDir });
-    try {
-      const gotStates = copy();
-      const got = [...exec.run(g.name, c.inputs, gotStates), ...gotStates.values()];
-      want.forEach((w, i) => {
-        const bad = mismatch(got[i], w);
-        if (bad) failures.push(`seed ${seed}, ${i < g.outputs.length ? `output ${i}` : 'state'}: ${bad}\n${printGraph(g, { locations: false })}`);
-      });
-    } finally {
-      exec.destroy();
-    }
-  }
-  assert.equal(failures, []);
-});
+s.after(() => restore?.());
 
 interface Golden { ids: number[]; logits: Float32Array; vocab: number; greedy: number[] }
 
@@ -127,7 +59,7 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
     if (!enabled) return;
     const dir = path.join(fixtures, fixture);
     const gold = golden(dir);
-    const llama = await CudaLlama.create(loadLlama(dir), gold.ids.length + 32, { cacheDir, readbackEvery: 5 });
+    const llama = await openLlamaSession(loadLlama(dir), { backend: 'cuda', cacheLength: gold.ids.length + 32, cacheDir, readEvery: 5 });
     try {
       const logits = await llama.logits(gold.ids);
       assert.equal(logits.shape, [gold.ids.length, gold.vocab]);
@@ -141,37 +73,45 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
       assert.is(t.decodeSteps, 31);
       assert.ok(t.decodeMsPerToken > 0 && t.prefillMs > 0);
     } finally {
-      llama.destroy();
+      llama.close();
     }
   });
 }
 
-s('a second session compiles nothing; sampling is seeded and repeatable; steps can be timed', async () => {
+s('a second session compiles nothing; sampling draws the tokens the cpu draws; steps can be timed', async () => {
   if (!enabled) return;
   const dir = path.join(fixtures, 'tiny-llama');
   const gold = golden(dir);
   // The cache length of the fixture test above: the same kernels, so nothing to compile.
-  const llama = await CudaLlama.create(loadLlama(dir), gold.ids.length + 32, { cacheDir });
+  const llama = await openLlamaSession(loadLlama(dir), { backend: 'cuda', cacheLength: gold.ids.length + 32, cacheDir });
   try {
-    assert.ok([...llama.program.images.values()].every((i) => i.cached), 'every module from the disk cache');
+    assert.ok([...(llama.program as CudaProgram).images.values()].every((i) => i.cached), 'every module from the disk cache');
     const prompt = gold.ids.slice(0, 6);
-    const sampling = { temperature: 0.8, topP: 0.9, seed: 7 };
-    const a = await llama.generate(prompt, 8, sampling);
-    const b = await llama.generate(prompt, 8, sampling);
-    assert.equal(a, b, 'same seed, same tokens');
-    assert.ok(a.every((t) => Number.isInteger(t) && t >= 0 && t < gold.vocab), `tokens in the vocabulary: ${a}`);
     assert.equal(await llama.generate(prompt, 8), await llama.generate(prompt, 8), 'greedy repeats');
     assert.equal((await llama.generate([gold.ids[0]], 3)).length, 3, 'a one-token prompt runs the decode graph first');
-    const timed = llama.decodeStepsTimed(4, { warmup: 1 });
+    const timed = await llama.timeDecode(4, { warmup: 1 });
     assert.is(timed.kernelsPerStep, llama.decodeKernels());
     assert.ok(Number.isFinite(timed.msPerToken) && timed.msPerToken > 0);
-    assert.throws(() => llama.decodeStepsTimed(gold.ids.length + 32), /do not fit a KV cache/);
-    const profile = llama.profileDecode();
-    assert.is(profile.length, llama.decodeKernels() - 1);
-    assert.ok(profile.every((k) => k.ms >= 0 && k.bytes > 0 && k.rows > 0 && k.last.startsWith('%')));
+    const tooLong = await llama.timeDecode(gold.ids.length + 32).then(() => undefined, (e: Error) => e);
+    assert.match(tooLong?.message ?? 'no error', /do not fit a KV cache/);
+    const profile = await llama.profileDecode();
+    assert.is(profile.length, llama.decodeKernels());
+    assert.ok(profile.every((k) => k.us >= 0 && k.bytes > 0 && k.last.startsWith('%')));
   } finally {
-    llama.destroy();
+    llama.close();
   }
+  const sampling = { temperature: 0.8, topP: 0.9, seed: 7 };
+  const draw = async (backend: 'cuda' | 'cpu') => {
+    const session = await openLlamaSession(loadLlama(dir), { backend, cacheLength: 16, cacheDir, sampling: true });
+    try {
+      return await session.generate(gold.ids.slice(0, 6), 8, sampling);
+    } finally {
+      session.close();
+    }
+  };
+  const a = await draw('cuda');
+  assert.equal(await draw('cuda'), a, 'same seed, same tokens');
+  assert.equal(a, await draw('cpu'), 'the tokens the cpu kernels draw');
 });
 
 s.run();

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { CudaDriver, CudaUnavailableError, loadFirst } from '../../runtime/cuda/driver.ts';
-import { CudaLlama } from '../../runtime/cuda/llama.ts';
+import { openLlamaSession } from '../../compiler/open-session.ts';
 import { cacheKey, compileCuda } from '../../runtime/cuda/nvrtc.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 
@@ -32,7 +32,7 @@ test('a driver library that does not load is CudaUnavailableError, naming what w
 test('opening a Llama session without a driver rejects with CudaUnavailableError', async () => {
   const model = loadLlama(path.join(fixtures, 'tiny-llama'));
   try {
-    await CudaLlama.create(model, 8, { libraries: [bogus] });
+    await openLlamaSession(model, { backend: 'cuda', cacheLength: 8, libraries: [bogus] });
     assert.unreachable('opened a session');
   } catch (e) {
     assert.instance(e, CudaUnavailableError);

@@ -125,7 +125,9 @@ int cuModuleLoadData(void** module, const void* image) {
   *module = h;
   return 0;
 }
-int cuModuleUnload(void* module) { dlclose(module); return 0; }
+// Kept loaded: the modules share the shim's inline variables (GNU unique symbols, bound to the first module that
+// defined them), so closing one would pull them from under the others.
+int cuModuleUnload(void*) { return 0; }
 int cuModuleGetFunction(void** fn, void* module, const char* name) {
   *fn = dlsym(module, (std::string("tf_thunk_") + name).c_str());
   return *fn ? 0 : 500;  // CUDA_ERROR_NOT_FOUND

@@ -1,0 +1,396 @@
+// The CUDA device (libcuda and NVRTC through koffi): every buffer of a module allocated once per name at the
+// largest sizes and zeroed, weights uploaded from the parameter store (16-bit ones still 16-bit, bools as bytes),
+// one NVRTC module per graph (kernels that differ only in their buffers, as every transformer layer does, share
+// one function; compiled images cached on disk), kernel arguments laid out once per size binding.
+//
+// The queue is the driver's one stream: writes, zeroing, launches and copies go on it in order; a recording is a
+// stream capture instantiated as a CUDA graph, replayed with one launch; a read is an asynchronous copy into pinned
+// memory and an event, polled without blocking (so reads in flight never stall what is queued after them).
+
+import { evalSize, KernelIR } from '../../backends/kernel-ir.ts';
+import { CUDA_BLOCK, renderCudaModule } from '../../backends/cuda/render-cuda.ts';
+import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
+import { DType } from '../../ir/dtype.ts';
+import { Graph } from '../../ir/graph.ts';
+import { allocHost, HostTensor } from '../../ir/host-tensor.ts';
+import { numel, resolveShape } from '../../ir/shape.ts';
+import { CudaDriver, DevicePtr, Handle, KernelArgs } from '../cuda/driver.ts';
+import { CudaUnavailableError } from '../cuda/errors.ts';
+import { compileCuda, CompiledImage } from '../cuda/nvrtc.ts';
+import { bufferKey, BufferKey, Device, KernelTime, LoadOptions, Mark, outputKey, Program, Recording, Sizes } from '../device.ts';
+import { ParamStore } from '../params.ts';
+import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
+
+export { CudaUnavailableError };
+
+export interface CudaOptions {
+  /** libcuda names or paths to try (default: TSFUSE_LIBCUDA, else the loader's search path). */
+  readonly libraries?: readonly string[];
+  /** Where compiled modules are cached (default .cache/tsfuse/cuda in the project, or TSFUSE_CACHE_DIR). */
+  readonly cacheDir?: string;
+}
+
+/** Opens device 0; CudaUnavailableError where no driver loads or it finds no GPU. */
+export function openCuda(opts: CudaOptions = {}): CudaDevice {
+  return new CudaDevice(CudaDriver.open(opts.libraries), opts);
+}
+
+export class CudaDevice implements Device {
+  readonly kind = 'cuda' as const;
+  readonly description: string;
+  private readonly programs = new Set<CudaProgram>();
+  private destroyed = false;
+
+  constructor(readonly driver: CudaDriver, readonly opts: CudaOptions = {}) {
+    const { name, computeCapability: cc } = driver.info;
+    this.description = `${name} (sm_${cc})`;
+  }
+
+  load(module: LoweredModule, params: ParamStore, opts: LoadOptions): CudaProgram {
+    const p = new CudaProgram(this, module, params, opts);
+    this.programs.add(p);
+    return p;
+  }
+
+  /**
+   * Device-to-device copy bandwidth in bytes per second, counting bytes read and written, on the device's stream
+   * (what "fraction of copy bandwidth" is relative to).
+   */
+  copyBandwidth(bytes = 1 << 30, repeats = 10): number {
+    return this.driver.copyBandwidth(bytes, repeats);
+  }
+
+  forget(p: CudaProgram): void {
+    this.programs.delete(p);
+  }
+
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    for (const p of this.programs) p.destroy();
+    this.driver.destroy();
+  }
+}
+
+interface CudaKernel {
+  readonly ir: KernelIR;
+  readonly fn: Handle;
+  readonly sharedBytes: number;
+}
+
+interface CudaGraph {
+  readonly lowered: LoweredGraph;
+  readonly kernels: readonly CudaKernel[];
+  /** Arguments by size binding, laid out once each. */
+  readonly args: Map<string, KernelArgs[]>;
+}
+
+class CudaRecording implements Recording {
+  constructor(readonly program: CudaProgram, readonly exec: Handle, readonly commands: number) {}
+}
+
+interface Pinned {
+  readonly ptr: Handle;
+  readonly view: ArrayBuffer;
+}
+
+/** Largest grid.x CUDA accepts; kernels grid-stride over any rows beyond it. */
+const MAX_GRID = 2 ** 31 - 1;
+const cudaBytes = (d: DType, n: number) => deviceByteLength(d, n, 'bytes');
+const nextTick = () => new Promise<void>((r) => setImmediate(r));
+
+export class CudaProgram implements Program {
+  /** How each graph's module was obtained (compiled now or read from the disk cache), for reports and tests. */
+  readonly images = new Map<string, CompiledImage>();
+  private readonly cuda: CudaDriver;
+  private readonly buffers = new Map<BufferKey, { ptr: DevicePtr; bytes: number }>();
+  private readonly graphs = new Map<string, CudaGraph>();
+  private readonly modules: Handle[] = [];
+  private readonly recordings: Handle[] = [];
+  private readonly marks: Handle[] = [];
+  /** Pinned host buffers by capacity, and events, free for the next read. */
+  private readonly pinnedPool = new Map<number, Pinned[]>();
+  private readonly eventPool: Handle[] = [];
+  private capturing: { commands: number } | undefined;
+  private destroyed = false;
+
+  constructor(readonly device: CudaDevice, readonly module: LoweredModule, params: ParamStore, private readonly opts: LoadOptions) {
+    this.cuda = device.driver;
+    for (const lg of module.graphs) {
+      if (lg.kernels.length === 0 && lg.graph.nodes.length > 0) throw new Error(`the cuda device runs compiled graphs; @${lg.graph.name} has no kernels`);
+    }
+    try {
+      this.allocate(params);
+      for (const lg of module.graphs) this.graphs.set(lg.graph.name, { lowered: lg, kernels: this.compile(lg), args: new Map() });
+    } catch (e) {
+      this.destroy();
+      throw e;
+    }
+  }
+
+  graph(name: string): Graph {
+    return this.graphOf(name).lowered.graph;
+  }
+
+  has(key: BufferKey): boolean {
+    return this.buffers.has(key);
+  }
+
+  write(key: BufferKey, t: HostTensor): void {
+    this.usable('write');
+    const buf = this.buffer(key);
+    const bytes = toDevice(t, 'bytes');
+    if (bytes.byteLength > buf.bytes) throw new RangeError(`${t.data.length} elements do not fit buffer ${key}`);
+    // From pageable memory: returns once `bytes` is staged, ordered on the stream like everything else.
+    if (bytes.byteLength > 0) this.cuda.upload(buf.ptr, bytes);
+  }
+
+  zero(key: BufferKey): void {
+    const buf = this.buffer(key);
+    this.queued('zero');
+    this.cuda.fill(buf.ptr, 0, buf.bytes);
+  }
+
+  run(graph: string, sizes: Sizes): void {
+    const g = this.graphOf(graph);
+    for (const [name, max] of Object.entries(this.opts.maxSizes)) {
+      if ((sizes[name] ?? 0) > max) throw new RangeError(`${name}=${sizes[name]} exceeds the ${max} the buffers were allocated for`);
+    }
+    const args = this.argsFor(g, sizes);
+    const rows = g.kernels.map((k) => evalSize(k.ir.rows, sizes));
+    this.queued('run');
+    g.kernels.forEach((k, i) => {
+      if (rows[i] > 0) this.cuda.launch(k.fn, Math.min(rows[i], MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes);
+    });
+  }
+
+  copy(from: BufferKey, to: BufferKey, dtype: DType, count: number): void {
+    const [src, dst] = [this.buffer(from), this.buffer(to)];
+    const bytes = cudaBytes(dtype, count);
+    if (bytes > src.bytes || bytes > dst.bytes) throw new RangeError(`copy of ${count} ${dtype} elements from ${from} to ${to}: a buffer is smaller`);
+    this.queued('copy');
+    if (bytes > 0) this.cuda.copy(dst.ptr, src.ptr, bytes);
+  }
+
+  record(body: () => void): Recording {
+    this.usable('record');
+    const counted = { commands: 0 };
+    this.capturing = counted;
+    let exec: Handle;
+    try {
+      exec = this.cuda.capture(body);
+    } finally {
+      this.capturing = undefined;
+    }
+    this.recordings.push(exec);
+    return new CudaRecording(this, exec, counted.commands);
+  }
+
+  replay(r: Recording): void {
+    if (!(r instanceof CudaRecording) || r.program !== this) throw new Error('replay: a recording of another program');
+    this.queued('replay');
+    this.cuda.replay(r.exec);
+  }
+
+  read(key: BufferKey, dtype: DType, shape: readonly number[]): Promise<HostTensor> {
+    this.usable('read');
+    const buf = this.buffer(key);
+    const n = numel(shape);
+    const bytes = cudaBytes(dtype, n);
+    if (bytes > buf.bytes) throw new RangeError(`${n} elements of ${dtype} are more than buffer ${key} holds`);
+    if (n === 0) return Promise.resolve(allocHost(dtype, shape));
+    const pinned = this.pinned(bytes);
+    this.cuda.downloadAsync(pinned.ptr, buf.ptr, bytes);
+    const event = this.eventPool.pop() ?? this.cuda.event();
+    this.cuda.record(event);
+    return this.reached(event).then(() => {
+      const t = fromDevice(dtype, shape, new Uint8Array(pinned.view, 0, bytes), 'bytes');
+      this.pinnedPool.get(pinned.view.byteLength)!.push(pinned);
+      this.eventPool.push(event);
+      return t;
+    });
+  }
+
+  mark(): Mark {
+    this.usable('mark');
+    const event = this.cuda.event();
+    this.cuda.record(event);
+    return { id: this.marks.push(event) - 1 };
+  }
+
+  async elapsedMs(a: Mark, b: Mark): Promise<number> {
+    const [ea, eb] = [this.marks[a.id], this.marks[b.id]];
+    if (!ea || !eb) throw new Error('elapsedMs: a mark of another program');
+    await this.reached(ea);
+    await this.reached(eb);
+    return this.cuda.elapsed(ea, eb);
+  }
+
+  async finish(): Promise<void> {
+    this.usable('finish');
+    const event = this.eventPool.pop() ?? this.cuda.event();
+    this.cuda.record(event);
+    await this.reached(event);
+    this.eventPool.push(event);
+  }
+
+  kernelCount(graph: string): number {
+    return this.graphs.get(graph)?.kernels.length ?? 0;
+  }
+
+  /**
+   * Device time of each kernel of one run of `graph`, from events around every launch (which adds gaps, so the
+   * sum exceeds a captured step), with the bytes its buffers hold.
+   */
+  async profile(graph: string, sizes: Sizes): Promise<KernelTime[]> {
+    this.usable('profile');
+    const g = this.graphOf(graph);
+    const args = this.argsFor(g, sizes);
+    const events = g.kernels.map(() => [this.cuda.event(), this.cuda.event()]);
+    try {
+      g.kernels.forEach((k, i) => {
+        const rows = evalSize(k.ir.rows, sizes);
+        this.cuda.record(events[i][0]);
+        if (rows > 0) this.cuda.launch(k.fn, Math.min(rows, MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes);
+        this.cuda.record(events[i][1]);
+      });
+      if (events.length) await this.reached(events[events.length - 1][1]);
+      const graphKernels = g.lowered.graph.kernels;
+      return g.kernels.map((k, i) => ({
+        kernel: k.ir.name, kind: String(graphKernels[i]?.attrs.kind ?? ''), us: this.cuda.elapsed(events[i][0], events[i][1]) * 1e3,
+        bytes: k.ir.buffers.reduce((s, b) => s + cudaBytes(b.dtype, evalSize(b.elems, sizes)), 0),
+        last: k.ir.fused[k.ir.fused.length - 1] ?? '',
+      }));
+    } finally {
+      for (const [a, b] of events) {
+        this.cuda.destroyEvent(a);
+        this.cuda.destroyEvent(b);
+      }
+    }
+  }
+
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    this.device.forget(this);
+    const c = this.cuda;
+    c.synchronize();
+    for (const exec of this.recordings) c.destroyGraph(exec);
+    for (const e of [...this.marks, ...this.eventPool]) c.destroyEvent(e);
+    for (const pool of this.pinnedPool.values()) for (const p of pool) c.freeHost(p.ptr);
+    for (const b of this.buffers.values()) c.free(b.ptr);
+    for (const m of this.modules) c.unloadModule(m);
+    this.buffers.clear();
+  }
+
+  // ---- the queue ----
+
+  private usable(what: string): void {
+    if (this.destroyed) throw new Error(`${what}: the program is destroyed`);
+    if (this.capturing) throw new Error(`${what} inside record(): a recording holds runs, copies and zeroing only`);
+  }
+
+  /** Counts a command of a recording being captured. */
+  private queued(what: string): void {
+    if (this.destroyed) throw new Error(`${what}: the program is destroyed`);
+    if (this.capturing) this.capturing.commands++;
+  }
+
+  /** Resolves once the stream has passed `event`, polling so that the host keeps queueing meanwhile. */
+  private async reached(event: Handle): Promise<void> {
+    while (!this.cuda.done(event)) await nextTick();
+  }
+
+  private pinned(bytes: number): Pinned {
+    const size = Math.max(256, 2 ** Math.ceil(Math.log2(bytes)));
+    let pool = this.pinnedPool.get(size);
+    if (!pool) this.pinnedPool.set(size, (pool = []));
+    return pool.pop() ?? this.cuda.allocHost(size);
+  }
+
+  /** Kernel arguments for one size binding: buffer pointers, then the sizes the kernel reads. */
+  private argsFor(g: CudaGraph, sizes: Sizes): KernelArgs[] {
+    const key = JSON.stringify(Object.entries(sizes).sort());
+    let args = g.args.get(key);
+    if (!args) {
+      const graph = g.lowered.graph;
+      args = g.kernels.map((k) => this.cuda.kernelArgs([
+        ...k.ir.buffers.map((b) => this.buffer(bufferKey(graph, b.binding)).ptr),
+        ...k.ir.sizes.map((s) => {
+          if (sizes[s] === undefined) throw new Error(`kernel ${k.ir.name} of @${graph.name} reads size ${s}, which is not bound`);
+          return { int: sizes[s] };
+        }),
+      ]));
+      g.args.set(key, args);
+    }
+    return args;
+  }
+
+  // ---- loading ----
+
+  private graphOf(name: string): CudaGraph {
+    const g = this.graphs.get(name);
+    if (!g) throw new Error(`no graph @${name} in the program (it has ${[...this.graphs.keys()].map((n) => '@' + n).join(', ')})`);
+    return g;
+  }
+
+  private buffer(key: BufferKey): { ptr: DevicePtr; bytes: number } {
+    const b = this.buffers.get(key);
+    if (!b) throw new Error(`no buffer ${key} in the program`);
+    return b;
+  }
+
+  /**
+   * Every input, state and output of every graph and every buffer a kernel binds, at the largest size any graph
+   * uses it with, zeroed; weights a kernel reads, from the store (concatenated projections' parts not apart).
+   */
+  private allocate(params: ParamStore): void {
+    const need = new Map<BufferKey, number>();
+    const want = (key: BufferKey, bytes: number) => need.set(key, Math.max(need.get(key) ?? 0, bytes));
+    const max = new Map(Object.entries(this.opts.maxSizes));
+    const uploads: { key: BufferKey; graph: Graph; name: string }[] = [];
+    for (const { graph: g, kernels } of this.module.graphs) {
+      const valueBytes = (v: Graph['inputs'][number]) => cudaBytes(v.type.dtype, numel(resolveShape(v.type.shape, max)));
+      for (const v of g.inputs) want(`input:${v.name}`, valueBytes(v));
+      for (const v of g.states) want(`state:${v.name}`, valueBytes(v));
+      g.outputs.forEach((v, i) => want(outputKey(g, i), valueBytes(v)));
+      for (const k of kernels) {
+        for (const b of k.buffers) {
+          const key = bufferKey(g, b.binding);
+          const bytes = cudaBytes(b.dtype, evalSize(b.elems, this.opts.maxSizes));
+          if (b.binding.kind === 'param' && !need.has(key)) uploads.push({ key, graph: g, name: b.binding.name });
+          want(key, bytes);
+        }
+      }
+    }
+    for (const [key, bytes] of need) {
+      // Rounded up so 16-byte vector loads of the last elements never leave the allocation.
+      const rounded = Math.ceil(Math.max(bytes, 4) / 256) * 256;
+      const ptr = this.cuda.alloc(rounded);
+      this.buffers.set(key, { ptr, bytes: rounded });
+      if (!key.startsWith('param:')) this.cuda.fill(ptr, 0, rounded);
+    }
+    for (const { key, graph, name } of uploads) {
+      const buf = this.buffers.get(key)!;
+      const bytes = params.bytes(graph, name);
+      if (bytes.byteLength > buf.bytes) throw new Error(`parameter ${name}: ${bytes.byteLength} bytes do not fit its ${buf.bytes}-byte buffer`);
+      this.cuda.upload(buf.ptr, bytes);
+    }
+    // Staged copies of pageable memory finish before the host's copies may go.
+    this.cuda.synchronize();
+  }
+
+  /** One module per graph (kernels with equal bodies share a function), from the disk cache where it is there. */
+  private compile(lg: LoweredGraph): CudaKernel[] {
+    if (lg.kernels.length === 0) return [];
+    const g = lg.graph.name;
+    const { source, functions } = renderCudaModule(lg.kernels, `${g}_`);
+    const image = compileCuda(source, this.cuda.info.computeCapability, `${g}.cu`, this.device.opts.cacheDir);
+    this.images.set(g, image);
+    const mod = this.cuda.loadModule(image.image);
+    this.modules.push(mod);
+    const fns = new Map<string, Handle>();
+    for (const f of functions) if (!fns.has(f.name)) fns.set(f.name, this.cuda.getFunction(mod, f.name, f.dynamicSharedBytes));
+    return lg.kernels.map((ir, i) => ({ ir, fn: fns.get(functions[i].name)!, sharedBytes: functions[i].dynamicSharedBytes }));
+  }
+}

@@ -1,0 +1,136 @@
+// Loading a module on a WebGPU device: its buffers allocated once per name at the largest sizes, weights uploaded
+// from the parameter store, and per graph one pipeline and bind group per kernel with the sizes in one uniform.
+
+import { evalSize, KernelIR, varsOf } from '../../backends/kernel-ir.ts';
+import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
+import { BufferLayout, renderWgsl } from '../../backends/wgsl/render-wgsl.ts';
+import { DType } from '../../ir/dtype.ts';
+import { Graph } from '../../ir/graph.ts';
+import { numel, resolveShape } from '../../ir/shape.ts';
+import { bufferKey, BufferKey, outputKey, Sizes } from '../device.ts';
+import { ParamStore } from '../params.ts';
+import { boolWords, deviceByteLength } from './device-bytes.ts';
+
+export interface GpuKernel {
+  readonly ir: KernelIR;
+  readonly pipeline: GPUComputePipeline;
+  readonly bindGroup: GPUBindGroup;
+}
+
+export interface GpuGraph {
+  readonly lowered: LoweredGraph;
+  readonly kernels: readonly GpuKernel[];
+  /** Every kernel's size words, at `stride`-byte offsets. */
+  readonly uniform: GPUBuffer;
+  readonly stride: number;
+  /** The sizes any kernel reads (arguments and row counts). */
+  readonly uses: readonly string[];
+  /** The sizes the uniform holds (or will at the next submit). */
+  bound?: string;
+  /** Runs of it are encoded and not yet submitted. */
+  pending: boolean;
+}
+
+export const align = (n: number, a: number) => Math.ceil(n / a) * a;
+/** Device bytes of `n` elements, as WebGPU sizes and copies want them (whole words). */
+export const wordBytes = (d: DType, n: number) => align(deviceByteLength(d, n, 'words'), 4);
+
+/**
+ * Weights a kernel reads, from the store (concatenated projections' parts are not uploaded apart); every input,
+ * state and output of every graph, and every buffer a kernel binds, at the largest size any graph uses it with
+ * (zeroed, as WebGPU buffers start).
+ */
+export function allocateBuffers(gpu: GPUDevice, module: LoweredModule, params: ParamStore, maxSizes: Sizes): Map<BufferKey, GPUBuffer> {
+  const buffers = new Map<BufferKey, GPUBuffer>();
+  const need = new Map<BufferKey, number>();
+  const want = (key: BufferKey, bytes: number) => need.set(key, Math.max(need.get(key) ?? 0, bytes));
+  const max = new Map(Object.entries(maxSizes));
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+  for (const { graph: g, kernels } of module.graphs) {
+    const valueBytes = (v: Graph['inputs'][number]) => wordBytes(v.type.dtype, numel(resolveShape(v.type.shape, max)));
+    for (const v of g.inputs) want(`input:${v.name}`, valueBytes(v));
+    for (const v of g.states) want(`state:${v.name}`, valueBytes(v));
+    g.outputs.forEach((v, i) => want(outputKey(g, i), valueBytes(v)));
+    for (const k of kernels) {
+      for (const b of k.buffers) {
+        const key = bufferKey(g, b.binding);
+        if (b.binding.kind !== 'param') {
+          want(key, wordBytes(b.dtype, evalSize(b.elems, maxSizes)));
+        } else if (!buffers.has(key)) {
+          const stored = params.bytes(g, b.binding.name);
+          const bytes = b.dtype === DType.Bool ? boolWords(stored) : stored;
+          const buf = gpu.createBuffer({ size: Math.max(16, align(bytes.byteLength, 16)), usage, mappedAtCreation: true, label: key });
+          new Uint8Array(buf.getMappedRange()).set(bytes);
+          buf.unmap();
+          buffers.set(key, buf);
+        }
+      }
+    }
+  }
+  for (const [key, bytes] of need) buffers.set(key, gpu.createBuffer({ size: Math.max(16, align(bytes, 16)), usage, label: key }));
+  return buffers;
+}
+
+/**
+ * A graph's kernels as pipelines and bind groups (kernels with the same shader, as every layer's are, share a
+ * pipeline through `pipelines`). Bindings over `maxBinding` bytes are split into chunks the shader indexes.
+ */
+export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: ReadonlyMap<BufferKey, GPUBuffer>, maxBinding: number,
+  pipelines: Map<string, GPUComputePipeline>): GpuGraph {
+  const g = lg.graph;
+  const wordsBytes = (k: KernelIR) => 16 * Math.ceil((1 + k.sizes.length) / 4);
+  const stride = align(Math.max(16, ...lg.kernels.map(wordsBytes)), gpu.limits.minUniformBufferOffsetAlignment);
+  const uniform = gpu.createBuffer({ size: stride * Math.max(1, lg.kernels.length), usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, label: `${g.name}:sizes` });
+  const chunkBytes = Math.floor(maxBinding / 256) * 256;
+  if (chunkBytes === 0) throw new RangeError(`bindings of ${maxBinding} bytes: chunks start at multiples of 256`);
+  const kernels = lg.kernels.map((ir, i): GpuKernel => {
+    const bufs = ir.buffers.map((b) => {
+      const buf = buffers.get(bufferKey(g, b.binding));
+      if (!buf) throw new Error(`no buffer ${bufferKey(g, b.binding)} for kernel ${ir.name} of @${g.name}`);
+      return buf;
+    });
+    const layouts: BufferLayout[] = bufs.map((buf) => {
+      const chunks = Math.max(1, Math.ceil(buf.size / chunkBytes));
+      return { chunks, chunkWords: chunks > 1 ? chunkBytes / 4 : 0 };
+    });
+    const { code, bindings } = renderWgsl(ir, { layouts, subgroups: gpu.features.has('subgroups') });
+    let pipeline = pipelines.get(code);
+    if (!pipeline) {
+      // An explicit layout: 'auto' would drop bindings the shader happens not to read (a buffer read only as vec4s).
+      const layout = gpu.createBindGroupLayout({
+        entries: bindings.map((b, binding) => ({
+          binding,
+          visibility: GPUShaderStage.COMPUTE,
+          buffer: { type: b.kind === 'sizes' ? 'uniform' : b.kind === 'chunk' && ir.buffers[b.buffer].written ? 'storage' : 'read-only-storage' },
+        })),
+      });
+      pipeline = gpu.createComputePipeline({
+        layout: gpu.createPipelineLayout({ bindGroupLayouts: [layout] }),
+        compute: { module: gpu.createShaderModule({ code, label: `${g.name}.${ir.name}` }), entryPoint: 'main' },
+        label: `${g.name}.${ir.name}`,
+      });
+      pipelines.set(code, pipeline);
+    }
+    const entries: GPUBindGroupEntry[] = bindings.map((b, binding) => {
+      if (b.kind === 'sizes') return { binding, resource: { buffer: uniform, offset: i * stride, size: wordsBytes(ir) } };
+      const buf = bufs[b.buffer];
+      if (b.kind === 'vec4') return { binding, resource: { buffer: buf } };
+      const offset = b.chunk * chunkBytes;
+      return { binding, resource: { buffer: buf, offset, size: Math.min(chunkBytes, buf.size - offset) } };
+    });
+    return { ir, pipeline, bindGroup: gpu.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: `${g.name}.${ir.name}` }) };
+  });
+  const uses = [...new Set(lg.kernels.flatMap((k) => [...k.sizes, ...varsOf(k.rows)]))].sort();
+  return { lowered: lg, kernels, uniform, stride, uses, pending: false };
+}
+
+/** A graph's size words for one binding of its sizes, every kernel's at its offset in the uniform. */
+export function sizeWords(g: GpuGraph, sizes: Sizes): Int32Array {
+  const words = new Int32Array((g.stride / 4) * Math.max(1, g.kernels.length));
+  g.kernels.forEach((k, i) => {
+    const at = (i * g.stride) / 4;
+    words[at] = evalSize(k.ir.rows, sizes);
+    k.ir.sizes.forEach((s, j) => { words[at + 1 + j] = sizes[s]; });
+  });
+  return words;
+}

@@ -1,0 +1,57 @@
+// Building the CPU stand-in for libcuda + NVRTC (fake-cuda.cpp) and pointing the CUDA runtime at it, for the tests
+// that run the CUDA backend without a GPU. It needs g++ on x64 Linux; TSFUSE_FAKE_CUDA=0 turns it off.
+
+import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = fileURLToPath(new URL('./', import.meta.url));
+
+function hasGxx(): boolean {
+  try {
+    execFileSync('g++', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export const fakeCudaEnabled = process.env.TSFUSE_FAKE_CUDA !== '0' && process.platform === 'linux' && process.arch === 'x64' && hasGxx();
+
+export interface FakeCuda {
+  /** The library to load as libcuda (and as libnvrtc). */
+  readonly lib: string;
+  /** Where compiled kernels are cached, beside it. */
+  readonly cacheDir: string;
+}
+
+/** Builds the fake once per version of its sources. */
+export function buildFakeCuda(): FakeCuda {
+  const sources = ['fake-cuda.cpp', 'kernel-shim.h'].map((f) => fs.readFileSync(path.join(here, f), 'utf8')).join('\0');
+  const dir = path.join(os.tmpdir(), `tsfuse-fake-cuda-${crypto.createHash('sha256').update(sources).digest('hex').slice(0, 16)}`);
+  const lib = path.join(dir, 'libfakecuda.so');
+  if (!fs.existsSync(lib)) {
+    fs.mkdirSync(dir, { recursive: true });
+    const tmp = `${lib}.${process.pid}.tmp`;
+    execFileSync('g++', ['-std=c++17', '-O2', '-shared', '-fPIC', '-o', tmp, path.join(here, 'fake-cuda.cpp'), '-ldl']);
+    fs.renameSync(tmp, lib);
+  }
+  return { lib, cacheDir: path.join(dir, 'kernels') };
+}
+
+/** Points TSFUSE_LIBCUDA, TSFUSE_LIBNVRTC and the kernel shim at the fake; returns what puts them back. */
+export function useFakeCuda(fake: FakeCuda): () => void {
+  const saved = { TSFUSE_LIBCUDA: process.env.TSFUSE_LIBCUDA, TSFUSE_LIBNVRTC: process.env.TSFUSE_LIBNVRTC, FAKE_CUDA_SHIM: process.env.FAKE_CUDA_SHIM };
+  process.env.TSFUSE_LIBCUDA = fake.lib;
+  process.env.TSFUSE_LIBNVRTC = fake.lib;
+  process.env.FAKE_CUDA_SHIM = path.join(here, 'kernel-shim.h');
+  return () => {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  };
+}
