@@ -1,5 +1,6 @@
 // The kernel IR: what a fused kernel computes, at the level of loops, loads, math and stores. backends/lower.ts
-// produces it once per kernel; the JavaScript, WGSL and CUDA renderers print it and decide nothing about fusion.
+// produces it once per kernel; backends/schedule.ts decides how a device's threads share it; the JavaScript, WGSL
+// and CUDA renderers print the scheduled kernel and decide nothing.
 //
 // A kernel runs once per row (a GPU workgroup). Within a row, statements run in order:
 //   let    a row-uniform scalar;
@@ -9,6 +10,7 @@
 // Expressions may hold serial reductions (one thread loops).
 
 import { DType } from '../ir/dtype.ts';
+import { KernelKind } from '../ir/graph.ts';
 
 /** Types expressions compute in: floats of every width compute in f32. */
 export type Scalar = 'f32' | 'i32' | 'bool';
@@ -16,7 +18,9 @@ export type Scalar = 'f32' | 'i32' | 'bool';
 export type UnaryOp = 'neg' | 'abs' | 'exp' | 'log' | 'sqrt' | 'rsqrt' | 'recip' | 'sin' | 'cos' | 'tanh' | 'sigmoid'
   | 'silu' | 'floor' | 'not';
 export type BinaryOp = 'add' | 'sub' | 'mul' | 'div' | 'pow' | 'max' | 'min' | 'eq' | 'ne' | 'lt' | 'le' | 'gt' | 'ge'
-  | 'and' | 'or' | 'idiv' | 'imod';
+  | 'and' | 'or' | 'idiv' | 'imod'
+  /** a uniform f32 in [0, 1) from an i32 key and counter (ir/random.ts) */
+  | 'random';
 export type ReduceOp = 'sum' | 'max' | 'argmax';
 
 export type KExpr =
@@ -56,6 +60,8 @@ export interface KBuffer {
 
 export interface KernelIR {
   readonly name: string;
+  /** What fusion built the kernel around (it decided the rows). */
+  readonly kind: KernelKind;
   /** The IR lines of the nodes it fused, for the comment at the top of the generated code. */
   readonly fused: readonly string[];
   readonly buffers: readonly KBuffer[];
@@ -219,8 +225,8 @@ export function sumTerms(e: KExpr, out: KExpr[] = []): KExpr[] {
 }
 
 /**
- * `base` when `index` = v + base with base not reading v: consecutive v read consecutive elements (what the GPU
- * renderers look for to read 16 bytes at a time).
+ * `base` when `index` = v + base with base not reading v: consecutive v read consecutive elements (what the
+ * scheduler looks for to read 16 bytes at a time).
  */
 export function offsetAlong(index: KExpr, v: string): KExpr | undefined {
   const terms = sumTerms(index);
@@ -256,6 +262,21 @@ export function replaceReductions(e: KExpr, names: ReadonlyMap<Extract<KExpr, { 
     case 'binary': return { ...e, a: r(e.a), b: r(e.b) };
     case 'select': return { ...e, cond: r(e.cond), a: r(e.a), b: r(e.b) };
     default: return e;
+  }
+}
+
+/** `e` with every load or element read whose structural key (JSON) is in `by` replaced by its expression. */
+export function replaceLoads(e: KExpr, by: ReadonlyMap<string, KExpr>): KExpr {
+  const r = (x: KExpr) => replaceLoads(x, by);
+  switch (e.k) {
+    case 'const': case 'var': return e;
+    case 'load': return by.get(JSON.stringify(e)) ?? { ...e, index: r(e.index) };
+    case 'elem': return by.get(JSON.stringify(e)) ?? { ...e, index: r(e.index) };
+    case 'unary': case 'cast': return { ...e, a: r(e.a) };
+    case 'binary': return { ...e, a: r(e.a), b: r(e.b) };
+    case 'select': return { ...e, cond: r(e.cond), a: r(e.a), b: r(e.b) };
+    case 'reduce': return { ...e, n: r(e.n), body: r(e.body) };
+    default: return e satisfies never;
   }
 }
 

@@ -1,6 +1,6 @@
-// Lowering: each fused kernel of a graph becomes one KernelIR. This is the one place that decides how a kernel
-// iterates (which dimensions are rows, what is reduced cooperatively, what is kept in a row-local array); the
-// renderers only print the result.
+// Lowering: each fused kernel of a graph becomes one KernelIR: what each row computes (which dimensions are rows:
+// backends/row-split.ts; what is reduced cooperatively, what is kept in a row-local array). How the threads of a
+// workgroup share a row is the scheduler's (backends/schedule.ts); the renderers only print the result.
 //
 // Every value of a kernel is an expression of its index: views become index arithmetic, elementwise ops become
 // math, values from outside become loads. A reduction or matmul evaluated at an index that is the same for the
@@ -9,13 +9,15 @@
 
 import { DType, isFloat } from '../ir/dtype.ts';
 import { Graph, Kernel, kernelIO, Node, Value } from '../ir/graph.ts';
-import { Op } from '../ir/ops.ts';
+import { isElementwise, Op } from '../ir/ops.ts';
+import { lowerRandom } from './lower-random.ts';
+import { RowSplit, rowSplit } from './row-split.ts';
 import { kernelNodeLines } from '../ir/printer.ts';
 import { rounderFor } from '../ir/host-tensor.ts';
 import { Dim, Shape } from '../ir/shape.ts';
 import {
   add, BinaryOp, Binding, idiv, imod, int, ivar, KBuffer, KernelIR, KExpr, KStmt, mul, ReduceOp, ROW, Scalar,
-  offsetAlong, simplifyIndex, sub, UnaryOp, varsOf,
+  offsetAlong, simplifyIndex, sub, sumTerms, UnaryOp, varsOf,
 } from './kernel-ir.ts';
 
 export class LoweringError extends Error {}
@@ -47,29 +49,6 @@ export function lowerGraph(g: Graph, slotOf: ReadonlyMap<Value, number>): Kernel
   return g.kernels.map((k) => new KernelLowering(g, k, slotOf).lower());
 }
 
-/**
- * Outputs per row of a contraction: 8 (a GPU runs one per warp) dividing the last dimension; fewer for narrow
- * outputs, so that there are enough rows to occupy the device; more, up to 64, for very wide outputs (the LM head),
- * where 8 per row would recompute the shared prologue row too many times.
- */
-export const OUTPUT_TILE = 8;
-const MIN_OUTPUT_TILE = 2;
-const MAX_OUTPUT_TILE = 64;
-const ENOUGH_ROWS = 1024;
-
-function outputTile(domain: Shape, reducingPrologue: boolean): number {
-  const n = domain[domain.length - 1];
-  if (typeof n !== 'number') return 1;
-  let t = OUTPUT_TILE;
-  while (n % t !== 0) t /= 2;
-  // Narrow outputs get more rows, unless every row would redo a normalisation of the input; a row that does
-  // redo it gets more outputs, to spread that work over more weights.
-  const enough = reducingPrologue ? ENOUGH_ROWS / 2 : ENOUGH_ROWS;
-  while (!reducingPrologue && t > MIN_OUTPUT_TILE && n % (t / 2) === 0 && n / t < enough) t /= 2;
-  while (t < MAX_OUTPUT_TILE && n % (2 * t) === 0 && n / (2 * t) >= enough) t *= 2;
-  return t;
-}
-
 class KernelLowering {
   private readonly inside: Set<Value>;
   private readonly buffers: KBuffer[] = [];
@@ -83,31 +62,45 @@ class KernelLowering {
   private readonly reductionVars = new Set<string>();
   /** Static extents of loop variables: v % m is v when v < m. */
   private readonly bounds = new Map<string, number>();
+  /** A 'columns' row: the let holding its first column, and how many neighbouring columns it covers. */
+  private columnRow: { readonly base: string; readonly tile: number } | undefined;
   /** Nodes being computed into a row-local array: evaluated serially there. */
   private readonly serial = new Set<Node>();
+  /** How many nodes of the kernel read each value. */
+  private readonly uses = new Map<Value, number>();
   private counter = 0;
 
   constructor(readonly g: Graph, readonly k: Kernel, readonly slotOf: ReadonlyMap<Value, number>) {
     this.inside = new Set(k.nodes.map((n) => n.output));
+    for (const n of k.nodes) for (const x of new Set(n.inputs)) this.uses.set(x, (this.uses.get(x) ?? 0) + 1);
   }
 
   lower(): KernelIR {
     const writes = kernelIO(this.g, this.k).writes;
-    const { domain, rowRank } = this.rowSplit(writes);
-    const tile = this.k.attrs.kind === 'contraction' ? outputTile(domain, this.reducingPrologue()) : 1;
-    // A contraction row computes `tile` neighbouring outputs: their shared prologue (the normalised input row)
-    // is computed once per row, and the outputs' reductions run side by side.
-    const rowShape = domain.slice(0, rowRank).map((d, i) => (i === rowRank - 1 && tile > 1 ? (d as number) / tile : d));
+    const split = rowSplit(this.k, writes);
+    const rowShape = split.rowAxes.map((a, i) => {
+      const d = split.domain[a];
+      return i === split.rowAxes.length - 1 && split.tile > 1 ? (d as number) / split.tile : d;
+    });
     const rows = this.numel(rowShape);
     if (rows.k === 'const') this.bounds.set(ROW, rows.value);
     const rowIdx = this.delinear(ivar(ROW), rowShape).map((e, i) => this.bindUniform(`r${i}`, e, rowShape[i]));
+    if (split.by === 'columns' && split.tile > 1) {
+      // The row's first column, named so that reductions can tell "this row's columns" in their index.
+      const base = this.fresh('c');
+      this.body.push({ k: 'let', name: base, value: mul(rowIdx[rowIdx.length - 1], int(split.tile)) });
+      this.uniform.add(base);
+      this.columnRow = { base, tile: split.tile };
+    }
     for (const v of writes) {
       const p = v.producer!;
       if (p.op === Op.UpdateSlice) this.storeUpdate(p);
-      else this.storeValue(v, rowIdx, tile);
+      else if (split.by === 'columns') this.storeColumns(v, split, rowIdx);
+      else this.storeValue(v, rowIdx, split.tile);
     }
     return {
       name: this.k.name,
+      kind: this.k.attrs.kind,
       fused: kernelNodeLines(this.g, this.k),
       buffers: this.buffers,
       sizes: [...this.sizes].sort(),
@@ -123,72 +116,45 @@ class KernelLowering {
     return ![Op.Reshape, Op.Permute, Op.Slice, Op.Expand].includes(n.op as Op) || this.computedHere(n.inputs[0]);
   }
 
-  /** Whether a matmul's input row is computed here through a reduction (an RMSNorm): costly to redo per row. */
-  private reducingPrologue(): boolean {
-    const seen = new Set<Value>();
-    const reduces = (v: Value): boolean => {
-      if (!this.inside.has(v) || seen.has(v)) return false;
-      seen.add(v);
-      const n = v.producer!;
-      return [Op.Sum, Op.Mean, Op.Max, Op.Argmax, Op.Matmul].includes(n.op as Op) || n.inputs.some(reduces);
-    };
-    return this.k.nodes.some((n) => n.op === Op.Matmul && reduces(n.inputs[0]));
-  }
-
-  /** Which leading dimensions of the kernel's index space are rows, by the kind of kernel fusion made. */
-  private rowSplit(writes: Value[]): { domain: Shape; rowRank: number } {
-    const nodes = this.k.nodes;
-    const matmuls = nodes.filter((n) => n.op === Op.Matmul);
-    const reductions = nodes.filter((n) => [Op.Sum, Op.Mean, Op.Max, Op.Argmax].includes(n.op as Op));
-    let domain: Shape = [];
-    let rowRank = 0;
-    switch (this.k.attrs.kind) {
-      case 'contraction':
-        domain = matmuls[0].output.type.shape;
-        rowRank = domain.length;
-        break;
-      case 'attention':
-        domain = matmuls[matmuls.length - 1].output.type.shape;
-        rowRank = domain.length - 1;
-        break;
-      case 'reduce': {
-        const r = reductions[0];
-        domain = r.inputs[0].type.shape;
-        const axes = r.op === Op.Argmax ? [r.attrs.axis as number] : (r.attrs.axes as number[]);
-        const trailing = axes.every((a, i) => a === domain.length - axes.length + i);
-        rowRank = trailing ? domain.length - axes.length : 0;
-        break;
-      }
-      case 'elementwise':
-        domain = writes[0].type.shape;
-        rowRank = Math.max(0, domain.length - 1);
-        break;
-      default:
-        return { domain: [], rowRank: 0 };
-    }
-    // Every value the kernel writes must be indexable by (row, local) of this split; else run it as one row.
-    const rows = domain.slice(0, rowRank);
-    // (A reduction's result without keepdims is just the row part: one element per row.)
-    const fits = writes.every((v) => v.producer!.op === Op.UpdateSlice ||
-      (v.type.shape.length === rowRank && rows.every((d, i) => v.type.shape[i] === d)) ||
-      (v.type.shape.length === domain.length && rows.every((d, i) => v.type.shape[i] === d) &&
-        v.type.shape.slice(rowRank).every((d, i) => d === domain[rowRank + i] || d === 1)));
-    return fits ? { domain, rowRank } : { domain: [], rowRank: 0 };
-  }
-
   private storeValue(v: Value, rowIdx: KExpr[], tile: number): void {
     const local = tile > 1 ? [tile] : v.type.shape.slice(rowIdx.length);
     const i = this.bounded('i', this.numel(local));
     const idx = tile > 1
       ? [...rowIdx.slice(0, -1), add(mul(rowIdx[rowIdx.length - 1], int(tile)), ivar(i))]
       : [...rowIdx, ...this.delinear(ivar(i), local)];
+    this.store(v, idx, i, this.numel(local));
+  }
+
+  /**
+   * A write of a 'columns' row: the reduction's result, one element per column of the tile; or a value of the
+   * input's shape, over the reduced dimensions and the tile's columns (innermost, so that neighbouring threads
+   * write neighbouring columns).
+   */
+  private storeColumns(v: Value, split: RowSplit, rowIdx: KExpr[]): void {
+    const shape = v.type.shape;
+    const full = shape.length === split.domain.length;
+    const reduced = full ? split.domain.map((_, a) => a).filter((a) => !split.rowAxes.includes(a) && shape[a] !== 1) : [];
+    const local = [...reduced.map((a) => split.domain[a]), split.tile];
+    const i = this.bounded('i', this.numel(local));
+    const at = this.delinear(ivar(i), local);
+    const column = this.columnRow ? add(ivar(this.columnRow.base), at[at.length - 1]) : rowIdx[rowIdx.length - 1];
+    const keptIdx = [...rowIdx.slice(0, -1), column];
+    const idx = full
+      ? split.domain.map((_, a) => (split.rowAxes.includes(a) ? keptIdx[split.rowAxes.indexOf(a)]
+        : reduced.includes(a) ? at[reduced.indexOf(a)] : int(0)))
+      : keptIdx;
+    this.store(v, idx, i, this.numel(local));
+  }
+
+  /** Stores v at idx for i over [0, n), into every buffer it fills. */
+  private store(v: Value, idx: KExpr[], i: string, n: KExpr): void {
     const value = this.expr(v, idx);
     const index = this.linear(idx, v.type.shape);
     // A value the graph returns more than once (return %3, %3) fills every output buffer it is returned in.
     const outputs = this.g.outputs.flatMap((o, j) => (o === v ? [j] : []));
     const bindings: Binding[] = outputs.length ? outputs.map((index) => ({ kind: 'output', index })) : [this.binding(v)];
     for (const binding of bindings) {
-      this.body.push({ k: 'store', buf: this.buffer(v, true, binding), v: i, n: this.numel(local), index, value });
+      this.body.push({ k: 'store', buf: this.buffer(v, true, binding), v: i, n, index, value });
     }
   }
 
@@ -314,7 +280,29 @@ class KernelLowering {
 
   // ---- values as expressions of their index ----
 
+  /**
+   * A row-uniform value that several nodes of the kernel read is computed once, into a `let` (inlined at every
+   * use, a chain of such values — the sampler's bisection reads each step's bounds twice — grows exponentially).
+   */
   expr(v: Value, idx: KExpr[]): KExpr {
+    if (!this.inside.has(v) || this.serial.size > 0 || (this.uses.get(v) ?? 0) < 2 || !isElementwise(v.producer!.op) || !this.isUniform(idx)) {
+      return this.valueExpr(v, idx);
+    }
+    const key = `let:${this.k.nodes.findIndex((n) => n.output === v)}@${JSON.stringify(idx)}`;
+    const hit = this.memo.get(key);
+    if (hit) return hit;
+    const value = this.valueExpr(v, idx);
+    // Small expressions stay inline: the printers compute each once per statement anyway.
+    const out: KExpr = exprSizeAtLeast(value, 12) ? { k: 'var', name: this.fresh('u'), t: value.t } : value;
+    if (out.k === 'var' && out !== value) {
+      this.body.push({ k: 'let', name: out.name, value });
+      this.uniform.add(out.name);
+    }
+    this.memo.set(key, out);
+    return out;
+  }
+
+  private valueExpr(v: Value, idx: KExpr[]): KExpr {
     const t = scalarOf(v.type.dtype);
     if (!this.inside.has(v)) return { k: 'load', buf: this.buffer(v, false), index: this.linear(idx, v.type.shape), t };
     const n = v.producer!;
@@ -325,6 +313,7 @@ class KernelLowering {
     if (b) return { k: 'binary', op: b, a: operand(0), b: operand(1), t };
     switch (n.op) {
       case Op.Where: return { k: 'select', cond: operand(0), a: operand(1), b: operand(2), t };
+      case Op.Random: return lowerRandom(operand(0), operand(1));
       case Op.Cast: {
         // Floats of every width compute in f32, but an explicit cast to a 16-bit float still loses its precision.
         const to = v.type.dtype;
@@ -445,6 +434,13 @@ class KernelLowering {
       out = { k: 'var', name, t: op === 'argmax' ? 'i32' : t };
     } else {
       const varying = idx.map((e, i) => (this.isUniform([e]) ? -1 : i)).filter((i) => i >= 0);
+      // At one of this row's columns (a reduction over other than the last axes): an array of the row's columns.
+      const column = varying.length === 1 && !this.serial.has(n) ? this.columnOffset(idx[varying[0]]) : undefined;
+      if (column && this.columnRow) {
+        const base = ivar(this.columnRow.base);
+        const chunk = idx.map((e, i) => (i === varying[0] ? add(base, ivar('__at')) : e));
+        return this.chunkArray(n.output, chunk, varying[0], base, this.columnRow.tile)(column);
+      }
       const dimSize = varying.length === 1 ? n.output.type.shape[varying[0]] : undefined;
       if (typeof dimSize === 'number' && idx[varying[0]].k === 'var' && !this.serial.has(n)) {
         const elem = this.rowArray(n.output, idx, varying[0], dimSize);
@@ -464,6 +460,14 @@ class KernelLowering {
     out = finish(out);
     this.memo.set(key, out);
     return out;
+  }
+
+  /** e when x = the row's first column + e. */
+  private columnOffset(x: KExpr): KExpr | undefined {
+    if (!this.columnRow) return undefined;
+    const terms = sumTerms(x);
+    const at = terms.findIndex((t) => t.k === 'var' && t.name === this.columnRow!.base);
+    return at < 0 ? undefined : terms.filter((_, i) => i !== at).reduce<KExpr>((a, t) => add(a, t), int(0));
   }
 
   /** v + base with v a bounded loop variable and base row-uniform. */
@@ -515,3 +519,21 @@ class KernelLowering {
   }
 }
 
+/** Whether an expression has at least `n` nodes (counted until there are that many). */
+function exprSizeAtLeast(e: KExpr, n: number): boolean {
+  let left = n;
+  const visit = (x: KExpr): void => {
+    if (--left <= 0) return;
+    switch (x.k) {
+      case 'const': case 'var': break;
+      case 'load': case 'elem': visit(x.index); break;
+      case 'unary': case 'cast': visit(x.a); break;
+      case 'binary': visit(x.a); visit(x.b); break;
+      case 'select': visit(x.cond); visit(x.a); visit(x.b); break;
+      case 'reduce': visit(x.n); visit(x.body); break;
+      default: x satisfies never;
+    }
+  };
+  visit(e);
+  return left <= 0;
+}

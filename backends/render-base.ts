@@ -59,6 +59,7 @@ export const cLike = {
     or: (a: string, b: string) => `(${a} || ${b})`,
     idiv: (a: string, b: string) => `(${a} / ${b})`,
     imod: (a: string, b: string) => `(${a} % ${b})`,
+    random: (a: string, b: string) => `tf_random(${a}, ${b})`,
   } satisfies Record<BinaryOp, (a: string, b: string, t: Scalar) => string>,
 };
 

@@ -3,9 +3,12 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { renderJs } from '../backends/cpu/render-js.ts';
-import { renderWgsl } from '../backends/wgsl/render-wgsl.ts';
-import { renderCuda } from '../backends/cuda/render-cuda.ts';
+import { printJs } from '../backends/cpu/render-js.ts';
+import { printWgsl } from '../backends/wgsl/render-wgsl.ts';
+import { cudaPrelude, printCudaFunction } from '../backends/cuda/render-cuda.ts';
+import { cpuCaps, cudaCaps, DeviceCaps, webgpuCaps } from '../backends/device-caps.ts';
+import { scheduleKernel, ScheduledKernel } from '../backends/schedule.ts';
+import { formatSchedule } from '../backends/schedule-format.ts';
 import { KernelIR } from '../backends/kernel-ir.ts';
 import { DType } from '../ir/dtype.ts';
 import { Module } from '../ir/graph.ts';
@@ -27,6 +30,8 @@ export interface CompileRequest {
   /** 'final', 'all', or 'after:<pass>'; undefined prints no IR. */
   readonly dumpIr?: string;
   readonly dumpKernels?: string;
+  /** Print every kernel's schedule for the backend. */
+  readonly dumpSchedule?: boolean;
   readonly report: boolean;
   readonly json: boolean;
   readonly explainFusion: boolean;
@@ -34,12 +39,12 @@ export interface CompileRequest {
   readonly promptLength: number;
 }
 
-/** Kernel source per backend, for --dump-kernels; GPU backends add theirs. */
-export const kernelRenderers: Record<string, { ext: string; render: (k: KernelIR) => string }> = {
-  cpu: { ext: 'js', render: renderJs },
-  cuda: { ext: 'cu', render: renderCuda },
-  // As on a device with subgroups; the WebGPU runtime renders again for its own device's features and limits.
-  webgpu: { ext: 'wgsl', render: (k) => renderWgsl(k, { subgroups: true }).code },
+/** Per backend, for --dump-kernels: the device kernels are scheduled for, and how a scheduled kernel prints. */
+export const kernelRenderers: Record<string, { ext: string; device: DeviceCaps; print: (s: ScheduledKernel) => string }> = {
+  cpu: { ext: 'js', device: cpuCaps, print: printJs },
+  cuda: { ext: 'cu', device: cudaCaps(), print: (s) => `${cudaPrelude}\n${printCudaFunction(s).code}` },
+  // As on a device with subgroups; the WebGPU runtime schedules again for its own device's features and limits.
+  webgpu: { ext: 'wgsl', device: webgpuCaps({ subgroups: true }), print: (s) => printWgsl(s).code },
 };
 
 export function builtinLlama(name: string): LlamaConfig {
@@ -65,7 +70,9 @@ export function runCompile(req: CompileRequest): void {
   const compiled = compileModule(traced, { ctx, after });
   if (dump.final) process.stdout.write(printModule({ graphs: compiled.graphs.map((c) => c.graph) }));
 
-  if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, compiled.graphs.map((c) => ({ name: c.graph.name, kernels: c.kernels })));
+  const kernels = compiled.graphs.map((c) => ({ name: c.graph.name, kernels: c.kernels }));
+  if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, kernels);
+  if (req.dumpSchedule) process.stdout.write(formatSchedules(req.backend, kernels));
   if (req.explainFusion) console.log(explained.join('\n'));
   if (!req.report) return;
 
@@ -93,11 +100,27 @@ export function parseDump(spec: string | undefined, passes: string[]): { final: 
   return { final: false, all: false, after: m[1] };
 }
 
+/** Writes each kernel's source, and its schedule as text (NAME.schedule), into `dir`. */
 export function writeKernels(dir: string, backend: string, graphs: { name: string; kernels: readonly KernelIR[] }[]): void {
-  const renderer = kernelRenderers[backend];
-  if (!renderer) throw new CompileUsageError(`--dump-kernels: no kernel renderer for backend '${backend}' (have ${Object.keys(kernelRenderers).join(', ')})`);
+  const renderer = rendererFor(backend, '--dump-kernels');
   fs.mkdirSync(dir, { recursive: true });
   for (const g of graphs) {
-    for (const k of g.kernels) fs.writeFileSync(path.join(dir, `${g.name}.${k.name}.${renderer.ext}`), renderer.render(k) + '\n');
+    for (const k of g.kernels) {
+      const scheduled = scheduleKernel(k, renderer.device);
+      fs.writeFileSync(path.join(dir, `${g.name}.${k.name}.${renderer.ext}`), renderer.print(scheduled) + '\n');
+      fs.writeFileSync(path.join(dir, `${g.name}.${k.name}.schedule`), formatSchedule(scheduled));
+    }
   }
+}
+
+/** Every kernel's schedule as text, graph by graph (--dump-schedule). */
+export function formatSchedules(backend: string, graphs: { name: string; kernels: readonly KernelIR[] }[]): string {
+  const renderer = rendererFor(backend, '--dump-schedule');
+  return graphs.map((g) => `# graph @${g.name}\n${g.kernels.map((k) => formatSchedule(scheduleKernel(k, renderer.device))).join('')}`).join('\n');
+}
+
+function rendererFor(backend: string, flag: string) {
+  const renderer = kernelRenderers[backend];
+  if (!renderer) throw new CompileUsageError(`${flag}: no kernel renderer for backend '${backend}' (have ${Object.keys(kernelRenderers).join(', ')})`);
+  return renderer;
 }

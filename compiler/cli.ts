@@ -35,9 +35,10 @@ commands:
       tokenizer.json); ends with prefill time, ms per token and tokens/s
   logits   --model DIR --ids 5,9,13 [--backend cpu|reference|webgpu|cuda] [--json]
       logits at every prompt position, from one forward pass with an empty cache
-  compile  (--model DIR | --config llama-3.2-1b) [--report] [--json] [--explain-fusion]
+  compile  (--model DIR | --config llama-3.2-1b) [--report] [--json] [--explain-fusion] [--dump-schedule]
            [--dump-ir[=all|after:PASS]] [--dump-kernels DIR] [--backend cpu|cuda] [--cache-length N] [--prompt-length N]
-      runs the pass pipeline; --report: kernels and bytes per step, fused vs one kernel per op
+      runs the pass pipeline; --report: kernels and bytes per step, fused vs one kernel per op; --dump-kernels
+      writes each kernel and its schedule (NAME.schedule), --dump-schedule prints the schedules
   compile  MODEL.ts [--entry NAME] [--backend cpu|cuda] [--dump-ir[=all|after:PASS]] [--dump-kernels DIR] [--out FILE] [--json]
       traces an exported entry of a model script (inputs typed Tensor<dtype, shape>) and compiles it;
       --out writes the compiled artifact: a TypeScript module with the kernels and a typed run(inputs, params)
@@ -131,6 +132,7 @@ const commands: Record<string, Handler> = {
       'explain-fusion': { type: 'boolean', default: false },
       'dump-ir': { type: 'string' },
       'dump-kernels': { type: 'string' },
+      'dump-schedule': { type: 'boolean', default: false },
       'cache-length': { type: 'string' },
       'prompt-length': { type: 'string', default: '32' },
     }, true);
@@ -156,6 +158,7 @@ const commands: Record<string, Handler> = {
       backend: values.backend,
       dumpIr: values['dump-ir'],
       dumpKernels: values['dump-kernels'],
+      dumpSchedule: values['dump-schedule'],
       report: values.report,
       json: values.json,
       explainFusion: values['explain-fusion'],

@@ -2,10 +2,13 @@
 // graph next to the same graph run one kernel per op.
 
 import { dtypeBytes } from '../ir/dtype.ts';
-import { Graph, Kernel, kernelIO, Node, Value } from '../ir/graph.ts';
-import { Op } from '../ir/ops.ts';
+import { Graph, kernelIO, Node, NodeGroup, Value } from '../ir/graph.ts';
+import { Attrs, Op } from '../ir/ops.ts';
 import { formatType } from '../ir/shape.ts';
 import { valueBytes } from './passes/fuse.ts';
+
+/** A fused kernel, or one node alone whose `kind` is its op (the unfused baseline). */
+type StepKernel = NodeGroup & { readonly name: string; readonly attrs: Attrs };
 
 export interface KernelTraffic {
   readonly name: string;
@@ -50,7 +53,7 @@ function stateRoot(v: Value): Value {
  * Transformer layer of each kernel: from the names of the parameters and state it touches ("layers.3.",
  * "cache.k.3"); a kernel touching no named value takes the layer its inputs' kernels agree on.
  */
-function layersOf(g: Graph, kernels: readonly Kernel[]): (number | null)[] {
+function layersOf(g: Graph, kernels: readonly StepKernel[]): (number | null)[] {
   const kernelOf = new Map<Value, number>();
   kernels.forEach((k, i) => k.nodes.forEach((n) => kernelOf.set(n.output, i)));
   const layers: (number | null)[] = [];
@@ -84,7 +87,7 @@ function paramBytesRead(p: Value, nodes: Node[], dims: ReadonlyMap<string, numbe
 }
 
 /** Figures for a list of kernels (the fused graph's, or one per node for the unfused one). */
-function figures(g: Graph, kernels: Kernel[], dims: ReadonlyMap<string, number>, peak: number): { fig: StepFigures; list: KernelTraffic[] } {
+function figures(g: Graph, kernels: StepKernel[], dims: ReadonlyMap<string, number>, peak: number): { fig: StepFigures; list: KernelTraffic[] } {
   const external = new Set<Value>([...g.outputs, ...g.stateUpdates.map((u) => u.value)]);
   const readers = new Map<Value, number>();
   const layers = layersOf(g, kernels);
@@ -138,7 +141,7 @@ function figures(g: Graph, kernels: Kernel[], dims: ReadonlyMap<string, number>,
 }
 
 /** One kernel per node (scalar constants excepted: every backend inlines them as literals). */
-function unfusedKernels(g: Graph): Kernel[] {
+function unfusedKernels(g: Graph): StepKernel[] {
   return g.nodes.filter((n) => n.op !== Op.Const).map((n, i) => ({ name: `op${i}`, nodes: [n], attrs: { kind: n.op } }));
 }
 

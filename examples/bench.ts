@@ -67,7 +67,7 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
   return [
     { label: 'device', value: device.description },
     { label: 'setup (compile + upload)', value: `${(setupMs / 1e3).toFixed(1)} s` },
-    { label: 'prefill (32 tokens) + first token', value: `${best.prefill.toFixed(2)} ms` },
+    { label: `prefill (${promptLen} tokens) + first token`, value: `${best.prefill.toFixed(2)} ms` },
     { label: 'decode ms per token', value: msPerToken.toFixed(3) },
     { label: 'decode tokens/s', value: (1e3 / msPerToken).toFixed(1) },
     { label: 'kernels per token', value: String(session.decodeKernels()) },

@@ -33,15 +33,33 @@ export interface StateUpdate {
 }
 
 /**
+ * What fusion built a kernel around, which decides how lowering splits it into rows: an elementwise chain, a
+ * reduction (with what reads the same rows), a contraction (matmuls with their prologue and epilogue), attention
+ * (scores, softmax and probs·v), or KV-cache writes. A closed set: each `switch` over it ends in `satisfies never`,
+ * so a new kind breaks the build wherever it is not handled.
+ */
+export const kernelKinds = ['elementwise', 'reduce', 'contraction', 'attention', 'state-write'] as const;
+export type KernelKind = typeof kernelKinds[number];
+
+export const isKernelKind = (s: unknown): s is KernelKind => kernelKinds.includes(s as KernelKind);
+
+/** A kernel's attributes: its kind, and whatever else passes recorded (memory slots). */
+export interface KernelAttrs extends Attrs {
+  readonly kind: KernelKind;
+}
+
+/**
  * A fused kernel: a contiguous run of the graph's nodes that runs as one launch. Values it defines and that are
  * used after it are written to memory; all others live in registers.
  */
 export interface Kernel {
   readonly name: string;
   readonly nodes: Node[];
-  /** kind (elementwise, reduce, contraction, attention, state-write) and what else the fusion pass recorded. */
-  readonly attrs: Attrs;
+  readonly attrs: KernelAttrs;
 }
+
+/** Any run of nodes treated as one launch: a fused kernel, or one node alone (the compile report's unfused baseline). */
+export type NodeGroup = Pick<Kernel, 'nodes'>;
 
 /** A parameter computed once at load time from other parameters (concatenated projection weights). */
 export interface ParamDerivation {
@@ -168,7 +186,7 @@ export function usersOf(g: Graph): Map<Value, Node[]> {
  * What a kernel reads from memory (values defined outside it) and writes (values it defines that are used after
  * it: by another kernel, as a graph output, or as a state's new value), each in first-use order.
  */
-export function kernelIO(g: Graph, k: Kernel, kernels: readonly Kernel[] = g.kernels): { reads: Value[]; writes: Value[] } {
+export function kernelIO(g: Graph, k: NodeGroup, kernels: readonly NodeGroup[] = g.kernels): { reads: Value[]; writes: Value[] } {
   const inside = new Set(k.nodes.map((n) => n.output));
   const reads: Value[] = [];
   for (const n of k.nodes) for (const v of n.inputs) if (!inside.has(v) && !reads.includes(v)) reads.push(v);

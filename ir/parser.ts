@@ -5,7 +5,7 @@
 import nearley from 'nearley';
 import { DType, isDType } from './dtype.ts';
 import grammar, { AttrSyntax, GraphSyntax, Name, NodeSyntax, Pos, RhsSyntax, TypeSyntax } from './grammar.ts';
-import { Graph, Kernel, Module, Node, ParamDerivation, Value } from './graph.ts';
+import { Graph, isKernelKind, Kernel, KernelAttrs, kernelKinds, Module, Node, ParamDerivation, Value } from './graph.ts';
 import { AttrKind, AttrValue, OpDef, opDef } from './ops.ts';
 import { printAttrValue } from './printer.ts';
 import { formatType, sameType, TensorType } from './shape.ts';
@@ -221,7 +221,7 @@ function buildGraph(src: Source, gs: GraphSyntax, nodeAt: Map<Node, Pos>): Graph
         }
         if (s.body.length === 0) src.fail(s.name.at, `kernel @${s.name.text} is empty`);
         kernelAt.set(s.name.text, s.name);
-        const kernel: Kernel = { name: s.name.text, attrs: kernelAttrsOf(src, s.attrs), nodes: s.body.map(node) };
+        const kernel: Kernel = { name: s.name.text, attrs: kernelAttrsOf(src, s.name, s.attrs), nodes: s.body.map(node) };
         g.kernels.push(kernel);
         break;
       }
@@ -312,14 +312,22 @@ function attrsOf(src: Source, def: OpDef, attrs: AttrSyntax[]): Record<string, A
   return out;
 }
 
-/** A kernel's attributes: free-form (the fusion pass records what it likes), so only repeated keys are errors. */
-function kernelAttrsOf(src: Source, attrs: AttrSyntax[]): Record<string, AttrValue> {
+/**
+ * A kernel's attributes: a kind from the closed set lowering handles, and whatever else passes recorded
+ * (free-form, so only repeated keys are errors there).
+ */
+function kernelAttrsOf(src: Source, kernel: Name, attrs: AttrSyntax[]): KernelAttrs {
   const out: Record<string, AttrValue> = {};
-  for (const { key, value } of attrs) {
+  for (const { key, value, at } of attrs) {
     if (key.text in out) src.fail(key.at, `attribute ${key.text} is given twice`);
+    if (key.text === 'kind' && !isKernelKind(value)) {
+      src.fail(at, `kernel @${kernel.text}: unknown kind ${printAttrValue(value)} (expected ${kernelKinds.join(', ')})`);
+    }
     out[key.text] = value;
   }
-  return out;
+  const kind = out.kind;
+  if (!isKernelKind(kind)) src.fail(kernel.at, `kernel @${kernel.text} has no kind (expected [kind=...], one of ${kernelKinds.join(', ')})`);
+  return { ...out, kind };
 }
 
 /**

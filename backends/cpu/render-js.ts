@@ -1,8 +1,11 @@
-// The JavaScript renderer: kernel IR → the source of a JS function that runs the kernel serially, row after row.
+// The JavaScript renderer: a scheduled kernel → the source of a JS function that runs it serially, row after row
+// (every statement's mapping is 'serial' on the CPU).
 // Buffers arrive as typed arrays (floats of every width held as f32, as the host keeps them).
 
+import { cpuCaps } from '../device-caps.ts';
 import { KernelIR, KStmt, ROW, Scalar } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter } from '../render-base.ts';
+import { scheduleKernel, ScheduledKernel } from '../schedule.ts';
 
 const math = (f: string) => (a: string) => `Math.${f}(${a})`;
 
@@ -42,6 +45,7 @@ export const jsDialect: Dialect = {
     ne: (a, b) => `(${a} !== ${b})`,
     div: (a, b, t) => (t === 'i32' ? `Math.trunc(${a} / ${b})` : `(${a} / ${b})`),
     idiv: (a, b) => `Math.trunc(${a} / ${b})`,
+    random: (a, b) => `round.random(${a}, ${b})`,
   },
   literal: (value, t) => {
     if (t === 'bool') return value ? 'true' : 'false';
@@ -64,21 +68,30 @@ export const jsDialect: Dialect = {
 export interface JsKernelRuntime {
   readonly bf16: (x: number) => number;
   readonly f16: (x: number) => number;
+  /** ir/random.ts's randomUniform. */
+  readonly random: (key: number, counter: number) => number;
 }
 
 /**
  * The body of `function (b, sizes, round)`: `b` holds the kernel's buffers in order, `sizes` the symbolic sizes,
- * `round` a JsKernelRuntime.
+ * `round` a JsKernelRuntime. Schedules the kernel for the CPU (cpuCaps) and prints it: the one-step form.
  */
 export function renderJs(k: KernelIR): string {
+  return printJs(scheduleKernel(k, cpuCaps));
+}
+
+/** A kernel scheduled for the CPU as a JS function body: one thread runs its grid's rows one after another. */
+export function printJs(sk: ScheduledKernel): string {
+  const k = sk.kernel;
+  if (sk.grid.overflow !== 'serial') throw new Error(`printJs: kernel ${k.name} is scheduled for ${sk.device.name}`);
   const p = new ExprPrinter(jsDialect, k.buffers);
   const out: string[] = [];
   out.push(`// kernel ${k.name}: fuses`);
   for (const line of k.fused) out.push(`//   ${line}`);
   for (const s of k.sizes) out.push(`const ${s} = sizes.${s};`);
   k.buffers.forEach((_, i) => out.push(`const b${i} = b[${i}];`));
-  for (const s of k.body) if (s.k === 'array') out.push(`const ${s.name} = new Float64Array(${s.n});`);
-  const rows = p.expr(k.rows, out, '');
+  for (const a of sk.arrays) out.push(`const ${a.name} = new Float64Array(${a.elements});`);
+  const rows = p.expr(sk.grid.rows, out, '');
   out.push(`for (let ${ROW} = 0; ${ROW} < ${rows}; ${ROW}++) {`);
   for (const s of k.body) renderStmt(s, p, out, '  ');
   out.push('}');

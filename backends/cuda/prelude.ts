@@ -2,6 +2,8 @@
 // operations (so NVRTC needs no headers), 16-byte loads of eight elements, and warp- and block-wide reductions
 // whose result every participating thread receives.
 
+import { randomFunction } from '../random-source.ts';
+
 /** Threads per block; the runtime launches every generated kernel with this many. */
 export const CUDA_BLOCK = 256;
 
@@ -150,5 +152,7 @@ __device__ __forceinline__ int tf_block_argmax(float v, int i, float* sv, int* s
   return si[TF_WARPS];
 }
 #endif
-`;
+#ifndef TSFUSE_RANDOM
+#define TSFUSE_RANDOM
+` + randomFunction('cuda') + '#endif\n';
 

@@ -1,13 +1,13 @@
-// Reductions in CUDA C, shared by the whole block (a cooperative reduction of the kernel IR) or by one warp (a
-// reduction inside a value computed one element per warp): each thread folds a strided share of the range into
-// a partial, then shuffles (and, for a block, shared memory) combine the partials; every taking part thread ends
-// with the result. A sum that streams contiguous float data first runs a vector loop, eight elements per thread
-// and step read with 16-byte loads, then a scalar loop for the tail (or for everything when misaligned).
+// Printing reductions in CUDA C as their plans say: shared by the whole block (a cooperative reduction of the
+// kernel IR), by one warp (a reduction inside a value computed one element per warp) or run by one thread. Each
+// thread folds a strided share of the range into a partial, then shuffles (and, for a block, shared memory)
+// combine the partials; every taking part thread ends with the result. A planned vector loop reads each stream's
+// elements 16 bytes at a time where the streams are aligned (checked at run time), a scalar loop does the rest.
 
 import { DType } from '../../ir/dtype.ts';
-import { ivar, KBuffer, KExpr, ReduceOp, Scalar } from '../kernel-ir.ts';
+import { ivar, KExpr, ReduceOp, replaceLoads, Scalar } from '../kernel-ir.ts';
 import { Dialect, ExprPrinter } from '../render-base.ts';
-import { contiguousLoads, replaceLoads, VECTOR_WIDTH } from './vector-loads.ts';
+import { ReductionPlan, VectorPlan } from '../schedule.ts';
 
 /** Who takes part in a reduction: their index, how many, and how partials combine. */
 export interface Scope {
@@ -39,7 +39,7 @@ export const warpScope: Scope = {
 /** Declares `acc` (const) holding the reduction of `body` over `v` in [0, n) by every thread of `scope`. */
 export function renderReduction(
   acc: string, op: ReduceOp, v: string, n: string, body: KExpr, t: Scalar,
-  p: ExprPrinter, scope: Scope, out: string[], indent: string,
+  p: ExprPrinter, scope: Scope, plan: ReductionPlan, out: string[], indent: string,
 ): void {
   const d: Dialect = p.d;
   const inner = indent + '  ';
@@ -56,24 +56,21 @@ export function renderReduction(
     else if (op === 'max') out.push(`${at}${part} = tf_max(${part}, ${x});`);
     else out.push(`${at}if (${x} > ${best}) { ${best} = ${x}; ${part} = ${v}; }`);
   };
-  const from = op === 'sum' && t === 'f32' ? vectorLoop(acc, v, n, body, p, scope, fold, out, indent) : undefined;
+  const from = plan.vector ? vectorLoop(acc, v, n, body, p, scope, plan.vector, fold, out, indent) : undefined;
+  if (plan.unroll > 1) out.push(`${indent}#pragma unroll ${plan.unroll}`);
   out.push(`${indent}for (int ${v} = ${from ? `${from} + ` : ''}${scope.lane}; ${v} < ${n}; ${v} += ${scope.size}) {`);
   fold(p.expr(body, out, inner), inner);
   out.push(`${indent}}`);
   out.push(`${indent}const ${d.type[t]} ${acc} = ${scope.combine(op, t, part, best)};`);
 }
 
-/**
- * The vector part of a sum whose body reads contiguous float streams; returns the variable holding where the
- * scalar loop starts, or undefined when there is no stream to vectorize.
- */
+/** The vector part of a sum over its planned streams; returns the variable holding where the scalar loop starts. */
 function vectorLoop(
-  acc: string, v: string, n: string, body: KExpr, p: ExprPrinter, scope: Scope,
+  acc: string, v: string, n: string, body: KExpr, p: ExprPrinter, scope: Scope, vec: VectorPlan,
   fold: (x: string, at: string) => void, out: string[], indent: string,
-): string | undefined {
-  const streams = contiguousLoads(body, v, p.buffers as readonly KBuffer[]);
-  if (streams.length === 0) return undefined;
-  const w = VECTOR_WIDTH;
+): string {
+  const w = vec.elements;
+  if (w !== 8) throw new Error(`CUDA: the prelude's wide loads read 8 elements, not ${w}`);
   const [from, kv, j, nv] = [`${acc}_from`, `${acc}_kv`, `${acc}_j`, `${acc}_nv`];
   const l1 = indent + '  ';
   const l2 = l1 + '  ';
@@ -81,18 +78,18 @@ function vectorLoop(
   const l4 = l3 + '  ';
   out.push(`${indent}int ${from} = 0;`);
   out.push(`${indent}{`);
-  const bases = streams.map((c, i) => {
+  const bases = vec.streams.map((c, i) => {
     const name = `${acc}_vb${i}`;
     out.push(`${l1}const int ${name} = ${p.expr(c.base, out, l1)};`);
     return name;
   });
-  // Every stream's start must be 16-byte aligned (the allocations are); the base is the same in every thread.
+  // Every stream's start must be aligned (the allocations are); the base is the same in every thread.
   out.push(`${l1}if (((${bases.join(' | ')}) & ${w - 1}) == 0) {`);
   out.push(`${l2}const int ${nv} = ${n} / ${w};`);
-  out.push(`${l2}#pragma unroll 4`);
+  out.push(`${l2}#pragma unroll ${vec.unroll}`);
   out.push(`${l2}for (int ${kv} = ${scope.lane}; ${kv} < ${nv}; ${kv} += ${scope.size}) {`);
   const replaced = new Map<string, KExpr>();
-  streams.forEach((c, i) => {
+  vec.streams.forEach((c, i) => {
     const arr = `${acc}_w${i}`;
     out.push(`${l3}float ${arr}[${w}];`);
     if (c.load.k === 'elem') {

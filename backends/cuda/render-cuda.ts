@@ -1,19 +1,18 @@
-// The CUDA renderer: kernel IR → CUDA C, one `extern "C" __global__` function per kernel. A row is a thread block
-// (grid-striding when there are more rows than blocks); cooperative reductions stride their range over the
-// threads and combine through warp shuffles and shared memory; row-local arrays live in shared memory; stores
-// stride over the threads. 16-bit weights stay 16-bit (`unsigned short`, widened with bit operations, so NVRTC
-// needs no headers), compute is f32, and the weight streams of cooperative sums are read 16 bytes at a time.
+// The CUDA printer: a scheduled kernel → CUDA C, one `extern "C" __global__` function per kernel. A row is a
+// thread block (grid-striding when there are more rows than blocks), each statement mapped onto its threads as
+// the schedule says: cooperative reductions combine through warp shuffles and shared memory (reductions.ts),
+// row-local arrays live in shared memory, stores go one per thread, per warp or split across warps. 16-bit weights
+// stay 16-bit (`unsigned short`, widened with bit operations, so NVRTC needs no headers) and compute is f32.
 
 import { DType } from '../../ir/dtype.ts';
+import { cudaCaps } from '../device-caps.ts';
 import { KernelIR, KExpr, KStmt, ReduceOp, replaceReductions, ROW, Scalar, topReductions } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter } from '../render-base.ts';
+import { ArrayPlacement, ReductionPlan, scheduleKernel, ScheduledKernel, StmtSchedule } from '../schedule.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
 
 export { CUDA_BLOCK, cudaPrelude };
-
-/** Static shared memory CUDA allows without opting in; larger row-local arrays use dynamic shared memory. */
-const STATIC_SHARED_LIMIT = 48 * 1024;
 
 /** Element type of a kernel buffer in device memory. */
 export const cudaElemType: Record<DType, string> = {
@@ -98,9 +97,11 @@ export interface CudaFunction {
   readonly dynamicSharedBytes: number;
 }
 
+const schedule = (k: KernelIR) => scheduleKernel(k, cudaCaps());
+
 /** A standalone .cu file for one kernel: the prelude and the kernel (what --dump-kernels writes). */
 export function renderCuda(k: KernelIR): string {
-  return `${cudaPrelude}\n${renderCudaFunction(k).code}`;
+  return `${cudaPrelude}\n${printCudaFunction(schedule(k)).code}`;
 }
 
 export interface CudaModule {
@@ -110,39 +111,49 @@ export interface CudaModule {
   readonly functions: readonly CudaFunction[];
 }
 
-/**
- * Kernels as one compilation unit. Kernels that differ only in the buffers they are given (every transformer
- * layer's) share one function, named after the first of them with `prefix`.
- */
+/** Schedules kernels for CUDA (cudaCaps) and prints them as one module: the one-step form. */
 export function renderCudaModule(kernels: readonly KernelIR[], prefix = ''): CudaModule {
+  return printCudaModule(kernels.map(schedule), prefix);
+}
+
+/** Schedules a kernel for CUDA and prints it as one function. */
+export function renderCudaFunction(k: KernelIR, name = k.name, comment = true): CudaFunction {
+  return printCudaFunction(schedule(k), name, comment);
+}
+
+/**
+ * Scheduled kernels as one compilation unit. Kernels that differ only in the buffers they are given (every
+ * transformer layer's) share one function, named after the first of them with `prefix`.
+ */
+export function printCudaModule(kernels: readonly ScheduledKernel[], prefix = ''): CudaModule {
   const byBody = new Map<string, CudaFunction>();
-  const functions = kernels.map((k) => {
-    const body = renderCudaFunction(k, 'KERNEL', false).code;
+  const functions = kernels.map((sk) => {
+    const body = printCudaFunction(sk, 'KERNEL', false).code;
     let f = byBody.get(body);
-    if (!f) byBody.set(body, (f = renderCudaFunction(k, `${prefix}${k.name}`)));
+    if (!f) byBody.set(body, (f = printCudaFunction(sk, `${prefix}${sk.kernel.name}`)));
     return f;
   });
   return { source: [cudaPrelude, ...[...byBody.values()].map((f) => f.code)].join('\n'), functions };
 }
 
 type ArrayStmt = Extract<KStmt, { k: 'array' }>;
-type CoopStmt = Extract<KStmt, { k: 'coop' }>;
+type StoreStmt = Extract<KStmt, { k: 'store' }>;
+type ReduceExpr = Extract<KExpr, { k: 'reduce' }>;
 
 /**
- * Prints expressions; in a value computed one element per warp, its outermost reductions are shared by the
- * warp's lanes (nested ones stay serial in each lane).
+ * Prints expressions; a statement's first-level reductions run as its schedule plans them (shared by a warp's
+ * lanes, or one thread's with wide loads), reductions nested inside them as plain loops.
  */
 class CudaPrinter extends ExprPrinter {
-  warp = false;
+  plans: ReadonlyMap<string, ReductionPlan> = new Map();
   private nested = 0;
 
   override reduceInto(acc: string, op: ReduceOp, v: string, n: string, body: KExpr, t: Scalar, out: string[], indent: string): void {
-    const shared = this.warp && this.nested === 0;
+    const plan = this.nested === 0 ? this.plans.get(v) : undefined;
     this.nested++;
     try {
-      if (shared) renderReduction(acc, op, v, n, body, t, this, warpScope, out, indent);
-      // One thread's own sum still reads contiguous data 16 bytes at a time (a score: q · one cached key).
-      else if (op === 'sum' && t === 'f32' && this.nested === 1) renderReduction(acc, op, v, n, body, t, this, threadScope, out, indent);
+      if (plan?.lanes === 'subgroup') renderReduction(acc, op, v, n, body, t, this, warpScope, plan, out, indent);
+      else if (plan?.lanes === 'thread') renderReduction(acc, op, v, n, body, t, this, threadScope, plan, out, indent);
       else super.reduceInto(acc, op, v, n, body, t, out, indent);
     } finally {
       this.nested--;
@@ -150,8 +161,11 @@ class CudaPrinter extends ExprPrinter {
   }
 }
 
-/** The kernel as one CUDA function named `name`; `comment` false drops the fused-nodes comment (for dedup keys). */
-export function renderCudaFunction(k: KernelIR, name = k.name, comment = true): CudaFunction {
+/** A scheduled kernel as one CUDA function named `name`; `comment` false drops the fused-nodes comment (for dedup keys). */
+export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, comment = true): CudaFunction {
+  const k = sk.kernel;
+  if (sk.device.target !== 'cuda') throw new Error(`printCudaFunction: kernel ${k.name} is scheduled for ${sk.device.name}`);
+  if (sk.grid.threads !== CUDA_BLOCK || sk.device.subgroup?.width !== 32) throw new Error('printCudaFunction: the prelude assumes blocks of TF_BLOCK threads and warps of 32');
   const out: string[] = [];
   if (comment) {
     out.push(`// kernel ${k.name}: fuses`);
@@ -162,65 +176,39 @@ export function renderCudaFunction(k: KernelIR, name = k.name, comment = true): 
   for (const s of k.sizes) params.push(`const int ${s}`);
   out.push(`extern "C" __global__ void __launch_bounds__(TF_BLOCK) ${name}(${params.join(', ')}) {`);
 
-  const coops = k.body.filter((s): s is CoopStmt => s.k === 'coop');
-  const coopType = (s: CoopStmt): Scalar => (s.op === 'argmax' ? 'i32' : s.body.t);
-  if (coops.some((s) => s.op === 'argmax' || coopType(s) === 'f32')) out.push('  __shared__ float tf_rf[TF_WARPS + 1];');
-  if (coops.some((s) => s.op === 'argmax' || coopType(s) !== 'f32')) out.push('  __shared__ int tf_ri[TF_WARPS + 1];');
-  const arrays = k.body.filter((s): s is ArrayStmt => s.k === 'array');
-  const dynamicSharedBytes = declareArrays(arrays, out);
+  // Scratch for block-wide reductions: floats for sums and maxima of floats and for argmax values, ints otherwise.
+  const coops = k.body.flatMap((s) => (s.k === 'coop' ? [s.op === 'argmax' ? 'argmax' : s.body.t] : []));
+  if (coops.some((t) => t === 'argmax' || t === 'f32')) out.push('  __shared__ float tf_rf[TF_WARPS + 1];');
+  if (coops.some((t) => t !== 'f32')) out.push('  __shared__ int tf_ri[TF_WARPS + 1];');
+  declareArrays(sk.arrays, out);
 
   const p = new CudaPrinter(cudaDialect, k.buffers);
   const body: string[] = [];
-  const rows = p.expr(k.rows, body, '  ');
+  const rows = p.expr(sk.grid.rows, body, '  ');
   body.push(`  const int tf_rows = ${rows};`);
+  // Blocks stride over the rows (the grid may have fewer blocks than rows).
   body.push(`  for (int ${ROW} = blockIdx.x; ${ROW} < tf_rows; ${ROW} += gridDim.x) {`);
-  for (const s of k.body) renderStmt(s, p, body, '    ');
+  k.body.forEach((s, i) => renderStmt(s, sk.stmts[i], p, body, '    '));
   // The next row rewrites the shared arrays: wait until every thread has read this row's.
-  if (arrays.length) body.push('    __syncthreads();');
+  if (sk.arrays.length) body.push('    __syncthreads();');
   body.push('  }');
   const text = body.join('\n');
   if (/\btf_tid\b/.test(text)) out.push('  const int tf_tid = threadIdx.x;');
   if (/\btf_lane\b/.test(text)) out.push('  const int tf_lane = threadIdx.x & 31;');
   if (/\btf_warp\b/.test(text)) out.push('  const int tf_warp = threadIdx.x >> 5;');
   out.push(...body, '}');
-  return { code: out.join('\n') + '\n', name, dynamicSharedBytes };
+  return { code: out.join('\n') + '\n', name, dynamicSharedBytes: sk.dynamicWorkgroupBytes };
 }
 
-/** Declares the row-local arrays, statically when they fit; returns the dynamic shared bytes needed otherwise. */
-function declareArrays(arrays: ArrayStmt[], out: string[]): number {
-  const bytes = (s: ArrayStmt) => s.n * (s.value.t === 'bool' ? 1 : 4);
-  const total = arrays.reduce((n, s) => n + bytes(s), 0);
-  if (total + 512 <= STATIC_SHARED_LIMIT) {
+/** Declares the row-local arrays where the schedule placed them: statically, or in the launch's dynamic shared memory. */
+function declareArrays(arrays: readonly ArrayPlacement[], out: string[]): void {
+  if (arrays.some((a) => a.dynamicOffset !== undefined)) out.push('  extern __shared__ __align__(16) unsigned char tf_smem[];');
+  for (const a of arrays) {
+    const t = cudaDialect.type[a.type];
     // Aligned so the compiler may read neighbouring elements with one wide load.
-    for (const s of arrays) out.push(`  __shared__ __align__(16) ${cudaDialect.type[s.value.t]} ${s.name}[${s.n}];`);
-    return 0;
+    if (a.dynamicOffset === undefined) out.push(`  __shared__ __align__(16) ${t} ${a.name}[${a.elements}];`);
+    else out.push(`  ${t}* const ${a.name} = reinterpret_cast<${t}*>(tf_smem + ${a.dynamicOffset});`);
   }
-  out.push('  extern __shared__ __align__(16) unsigned char tf_smem[];');
-  let offset = 0;
-  for (const s of arrays) {
-    const t = cudaDialect.type[s.value.t];
-    out.push(`  ${t}* const ${s.name} = reinterpret_cast<${t}*>(tf_smem + ${offset});`);
-    offset += Math.ceil(bytes(s) / 16) * 16;
-  }
-  return offset;
-}
-
-/** Lengths of a value's outermost reductions (nested ones run inside them); 4096 stands for a symbolic one. */
-/**
- * Whether the elements of a parallel loop (a store or a row-local array) run one per warp, the warp sharing
- * their reductions, rather than one per thread, each reducing serially: by the steps the busiest thread takes
- * either way (a warp reduction costs five shuffle steps besides its share of the range). A contraction row's
- * few outputs over long rows go to warps; many short dot products (attention scores) stay with threads.
- */
-function perWarp(n: KExpr | number, value: KExpr): boolean {
-  const reductions = topReductions(value).map((r) => (r.n.k === 'const' ? r.n.value : 4096));
-  if (reductions.length === 0) return false;
-  const r = reductions.reduce((a, b) => a + b, 0);
-  const count = typeof n === 'number' ? n : n.k === 'const' ? n.value : 4096;
-  const warps = CUDA_BLOCK / 32;
-  const byThread = Math.ceil(count / CUDA_BLOCK) * r;
-  const byWarp = Math.ceil(count / warps) * (reductions.reduce((a, b) => a + Math.ceil(b / 32) + 5, 0));
-  return byWarp < byThread;
 }
 
 /** `for (v over [0, n)) { body }` spread over threads, or over warps with lane 0 writing. */
@@ -234,50 +222,63 @@ function parallelLoop(v: string, n: string, warp: boolean, out: string[], indent
   out.push(`${indent}}`);
 }
 
-type ReduceExpr = Extract<KExpr, { k: 'reduce' }>;
-
-/** Few elements, each a long sum (probs·v over the cache): threads split each sum, neighbours on neighbours. */
-function sliced(s: ArrayStmt): boolean {
-  const r = s.value;
-  return r.k === 'reduce' && r.op === 'sum' && r.t === 'f32' && 2 * s.n <= CUDA_BLOCK && !(r.n.k === 'const' && r.n.value < 32);
-}
-
-function renderSlicedArray(s: ArrayStmt, r: ReduceExpr, p: CudaPrinter, out: string[], indent: string): void {
+/**
+ * `slices` threads per element, neighbours on neighbours: each folds every slices-th term of the element's
+ * reduction, then one thread per element combines the slices through shared memory (an argmax keeps the first
+ * index of the largest value).
+ */
+function renderSlicedArray(s: ArrayStmt, r: ReduceExpr, plan: ReductionPlan, slices: number, p: CudaPrinter, out: string[], indent: string): void {
   const inner = indent + '  ';
-  let slices = 1;
-  while (2 * slices * s.n <= CUDA_BLOCK) slices *= 2;
   const part = `${s.name}_part`;
+  const best = `${s.name}_best`;
+  const argmax = r.op === 'argmax';
   out.push(`${indent}{`);
   out.push(`${inner}__shared__ float ${s.name}_slices[${slices * s.n}];`);
-  out.push(`${inner}float ${part} = 0.0f;`);
+  if (argmax) out.push(`${inner}__shared__ int ${s.name}_slice_at[${slices * s.n}];`);
+  out.push(`${inner}${argmax ? 'int' : 'float'} ${part} = ${r.op === 'sum' ? '0.0f' : argmax ? '0x7fffffff' : '(-TF_INF)'};`);
+  if (argmax) out.push(`${inner}float ${best} = (-TF_INF);`);
   out.push(`${inner}if (tf_tid < ${slices * s.n}) {`);
   out.push(`${inner}  const int ${s.v} = tf_tid % ${s.n};`);
   const n = p.expr(r.n, out, inner + '  ');
-  out.push(`${inner}  #pragma unroll 4`);
+  if (plan.unroll > 1) out.push(`${inner}  #pragma unroll ${plan.unroll}`);
   out.push(`${inner}  for (int ${r.v} = tf_tid / ${s.n}; ${r.v} < ${n}; ${r.v} += ${slices}) {`);
-  out.push(`${inner}    ${part} += ${p.expr(r.body, out, inner + '    ')};`);
+  const x = p.expr(r.body, out, inner + '    ');
+  if (r.op === 'sum') out.push(`${inner}    ${part} += ${x};`);
+  else if (r.op === 'max') out.push(`${inner}    ${part} = fmaxf(${part}, ${x});`);
+  else out.push(`${inner}    if (${x} > ${best}) { ${best} = ${x}; ${part} = ${r.v}; }`);
   out.push(`${inner}  }`);
-  out.push(`${inner}  ${s.name}_slices[tf_tid] = ${part};`);
+  out.push(`${inner}  ${s.name}_slices[tf_tid] = ${argmax ? best : part};`);
+  if (argmax) out.push(`${inner}  ${s.name}_slice_at[tf_tid] = ${part};`);
   out.push(`${inner}}`);
   out.push(`${inner}__syncthreads();`);
   out.push(`${inner}if (tf_tid < ${s.n}) {`);
-  out.push(`${inner}  float ${s.name}_sum = 0.0f;`);
-  out.push(`${inner}  for (int q = 0; q < ${slices}; q++) ${s.name}_sum += ${s.name}_slices[q * ${s.n} + tf_tid];`);
-  out.push(`${inner}  ${s.name}[tf_tid] = ${s.name}_sum;`);
+  const total = `${s.name}_sum`;
+  const slot = `q * ${s.n} + tf_tid`;
+  if (argmax) {
+    out.push(`${inner}  float ${total}_best = (-TF_INF);`);
+    out.push(`${inner}  int ${total} = 0x7fffffff;`);
+    out.push(`${inner}  for (int q = 0; q < ${slices}; q++) tf_argmax_step(${total}_best, ${total}, ${s.name}_slices[${slot}], ${s.name}_slice_at[${slot}]);`);
+    out.push(`${inner}  if (${total} == 0x7fffffff) ${total} = 0;`);
+  } else {
+    out.push(`${inner}  float ${total} = ${r.op === 'sum' ? '0.0f' : '(-TF_INF)'};`);
+    const combine = r.op === 'sum' ? `${total} += ${s.name}_slices[${slot}]` : `${total} = fmaxf(${total}, ${s.name}_slices[${slot}])`;
+    out.push(`${inner}  for (int q = 0; q < ${slices}; q++) ${combine};`);
+  }
+  const value = p.expr(replaceReductions(s.value, new Map([[r, total]])), out, inner + '  ');
+  out.push(`${inner}  ${s.name}[tf_tid] = ${value};`);
   out.push(`${inner}}`);
   out.push(`${indent}}`);
   out.push(`${indent}__syncthreads();`);
 }
 
-const WARPS = CUDA_BLOCK / 32;
-
 /**
  * Fewer outputs than warps (a narrow projection's 2 or 4 per row): the warps of one output split its sums too,
  * each reading its share of the weights 16 bytes at a time, and combine through shared memory.
  */
-function renderSplitWarpStore(s: Extract<KStmt, { k: 'store' }>, n: number, p: CudaPrinter, out: string[], indent: string): void {
+function renderSplitWarpStore(s: StoreStmt, n: number, p: CudaPrinter, out: string[], indent: string): void {
   const inner = indent + '  ';
-  const slices = WARPS / n;
+  const warps = CUDA_BLOCK / 32;
+  const slices = warps / n;
   const reductions = topReductions(s.value);
   const shared = `${s.v}_split`;
   const scope: Scope = {
@@ -286,13 +287,13 @@ function renderSplitWarpStore(s: Extract<KStmt, { k: 'store' }>, n: number, p: C
     combine: (_op, _t, part) => `tf_warp_sum(${part})`,
   };
   out.push(`${indent}{`);
-  out.push(`${inner}__shared__ float ${shared}[${reductions.length * WARPS}];`);
+  out.push(`${inner}__shared__ float ${shared}[${reductions.length * warps}];`);
   out.push(`${inner}const int ${s.v} = tf_warp % ${n};`);
   const names = new Map<ReduceExpr, string>();
   reductions.forEach((r, i) => {
     const acc = p.fresh();
-    renderReduction(acc, 'sum', r.v, p.expr(r.n, out, inner), r.body, 'f32', p, scope, out, inner);
-    out.push(`${inner}if (tf_lane == 0) ${shared}[${i * WARPS} + tf_warp] = ${acc};`);
+    renderReduction(acc, 'sum', r.v, p.expr(r.n, out, inner), r.body, 'f32', p, scope, p.plans.get(r.v)!, out, inner);
+    out.push(`${inner}if (tf_lane == 0) ${shared}[${i * warps} + tf_warp] = ${acc};`);
     names.set(r, `${acc}_total`);
   });
   out.push(`${inner}__syncthreads();`);
@@ -300,7 +301,7 @@ function renderSplitWarpStore(s: Extract<KStmt, { k: 'store' }>, n: number, p: C
   reductions.forEach((r, i) => {
     const total = names.get(r)!;
     out.push(`${inner}  float ${total} = 0.0f;`);
-    out.push(`${inner}  for (int q = 0; q < ${slices}; q++) ${total} += ${shared}[${i * WARPS} + q * ${n} + ${s.v}];`);
+    out.push(`${inner}  for (int q = 0; q < ${slices}; q++) ${total} += ${shared}[${i * warps} + q * ${n} + ${s.v}];`);
   });
   const value = p.expr(replaceReductions(s.value, names), out, inner + '  ');
   const index = p.expr(s.index, out, inner + '  ');
@@ -310,39 +311,39 @@ function renderSplitWarpStore(s: Extract<KStmt, { k: 'store' }>, n: number, p: C
   out.push(`${indent}}`);
 }
 
-function renderStmt(s: KStmt, p: CudaPrinter, out: string[], indent: string): void {
+function renderStmt(s: KStmt, sched: StmtSchedule, p: CudaPrinter, out: string[], indent: string): void {
+  p.plans = sched.reductions;
+  const m = sched.mapping;
   switch (s.k) {
     case 'let':
       out.push(`${indent}const ${cudaDialect.type[s.value.t]} ${s.name} = ${p.expr(s.value, out, indent)};`);
       break;
     case 'coop':
-      renderReduction(s.name, s.op, s.v, p.expr(s.n, out, indent), s.body, s.op === 'argmax' ? 'i32' : s.body.t, p, blockScope, out, indent);
+      renderReduction(s.name, s.op, s.v, p.expr(s.n, out, indent), s.body, s.op === 'argmax' ? 'i32' : s.body.t, p, blockScope, sched.reductions.get(s.v)!, out, indent);
       break;
     case 'array': {
-      if (sliced(s)) {
-        renderSlicedArray(s, s.value as ReduceExpr, p, out, indent);
+      if (m.kind === 'sliced') {
+        const [r] = topReductions(s.value);
+        renderSlicedArray(s, r, sched.reductions.get(r.v)!, m.slices, p, out, indent);
         break;
       }
-      p.warp = perWarp(s.n, s.value);
-      parallelLoop(s.v, String(s.n), p.warp, out, indent, (inner) => `${s.name}[${s.v}] = ${p.expr(s.value, out, inner)};`);
-      p.warp = false;
+      if (m.kind !== 'thread-per-element' && m.kind !== 'subgroup-per-element') throw new Error(`CUDA: an array cannot be mapped ${m.kind}`);
+      parallelLoop(s.v, String(s.n), m.kind === 'subgroup-per-element', out, indent, (inner) => `${s.name}[${s.v}] = ${p.expr(s.value, out, inner)};`);
       out.push(`${indent}__syncthreads();`);
       break;
     }
     case 'store': {
-      const sums = topReductions(s.value).every((r) => r.op === 'sum' && r.t === 'f32');
-      if (s.n.k === 'const' && s.n.value < WARPS && WARPS % s.n.value === 0 && sums && perWarp(s.n, s.value)) {
-        renderSplitWarpStore(s, s.n.value, p, out, indent);
+      if (m.kind === 'split-subgroups') {
+        renderSplitWarpStore(s, m.elements, p, out, indent);
         break;
       }
+      if (m.kind !== 'thread-per-element' && m.kind !== 'subgroup-per-element') throw new Error(`CUDA: a store cannot be mapped ${m.kind}`);
       const n = p.expr(s.n, out, indent);
-      p.warp = perWarp(s.n, s.value);
-      parallelLoop(s.v, n, p.warp, out, indent, (inner) => {
+      parallelLoop(s.v, n, m.kind === 'subgroup-per-element', out, indent, (inner) => {
         const value = p.expr(s.value, out, inner);
         const index = p.expr(s.index, out, inner);
         return `b${s.buf}[${index}] = ${storeValue(p.buffers[s.buf].dtype, value, s.value.t)};`;
       });
-      p.warp = false;
       break;
     }
     default: s satisfies never;

@@ -2,11 +2,11 @@
 // shares between its parts.
 
 import { DType } from '../../ir/dtype.ts';
+import { GPU_THREADS } from '../device-caps.ts';
 import { cLike, Dialect } from '../render-base.ts';
 
-export const WORKGROUP_SIZE = 256;
-/** 16-byte weight loads each lane issues before using any. */
-export const UNROLL = 8;
+/** Threads per workgroup (what webgpuCaps describes; the next-token kernel uses it too). */
+export const WORKGROUP_SIZE = GPU_THREADS;
 /** WGSL rejects infinities in constant expressions; the largest finite f32 masks as well in softmax and max. */
 export const NEG_INF = '-3.402823e+38';
 

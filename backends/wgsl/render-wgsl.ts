@@ -1,14 +1,17 @@
-// The WGSL renderer: kernel IR → one compute shader per kernel. A row runs as one workgroup: cooperative
-// reductions split their range over the threads and combine in workgroup memory, row-local arrays live in
-// workgroup memory, stores are strided over the threads. 16-bit weights stay packed two to a u32 (the NVIDIA
-// adapter has no shader-f16) and are widened on load. Buffers larger than one storage binding may hold are bound
-// in chunks and indexed through a small function.
+// The WGSL printer: a scheduled kernel → one compute shader. A row runs as one workgroup, each statement mapped
+// onto its threads as the schedule says (backends/wgsl/statements.ts prints each mapping); this file prints the
+// bindings, accessors and entry point. 16-bit weights stay packed two to a u32 (the NVIDIA adapter has no
+// shader-f16) and are widened on load. Buffers larger than one storage binding may hold are bound in chunks and
+// indexed through a small function.
 
 import { DType } from '../../ir/dtype.ts';
-import { KBuffer, KernelIR, KStmt, ROW } from '../kernel-ir.ts';
+import { randomFunction } from '../random-source.ts';
+import { webgpuCaps } from '../device-caps.ts';
+import { KBuffer, KernelIR, ROW } from '../kernel-ir.ts';
 import { Dialect, ExprPrinter } from '../render-base.ts';
-import { BufferLayout, wgslDialect, wordType, WORKGROUP_SIZE } from './dialect.ts';
-import { planVectorized, renderStmt, RowContext, subgroupStore } from './statements.ts';
+import { scheduleKernel, ScheduledKernel } from '../schedule.ts';
+import { BufferLayout, wgslDialect, wordType } from './dialect.ts';
+import { renderStmt, RowContext } from './statements.ts';
 
 export { perWord, wgslDialect, wordType, WORKGROUP_SIZE } from './dialect.ts';
 export type { BufferLayout } from './dialect.ts';
@@ -27,36 +30,55 @@ export interface RenderedWgsl {
 export interface WgslOptions {
   /** How each buffer is chunked (default: one binding each). */
   readonly layouts?: readonly BufferLayout[];
-  /** The device has the `subgroups` feature: reductions inside stores run one subgroup per output. */
+  /** The device has the `subgroups` feature. */
   readonly subgroups?: boolean;
 }
 
-/**
- * The WGSL source of a kernel. One workgroup per row. With subgroups, a store of projections runs one output per
- * subgroup: its lanes split each sum, reading 16 bytes of weights per load where the weights are contiguous.
- */
+/** Schedules a kernel for a WebGPU device (webgpuCaps) and prints it: the one-step form. */
 export function renderWgsl(k: KernelIR, opts: WgslOptions = {}): RenderedWgsl {
-  const layouts = opts.layouts ?? k.buffers.map(() => ({ chunks: 1, chunkWords: 0 }));
-  const useSubgroups = (opts.subgroups ?? false) && k.body.some((s) => subgroupStore(s) || (s.k === 'coop' && s.op !== 'argmax') || (s.k === 'array' && s.value.k === 'reduce'));
-  const vectorized = planVectorized(k, layouts, useSubgroups);
-  // Shared arrays read four elements at a time are declared as vec4s.
-  const vec4Arrays = new Set([...vectorized.values()].flatMap((v) => (v.a?.kind === 'elem' ? [v.a.array] : [])));
+  const layouts = opts.layouts ?? defaultLayouts(k);
+  const splitBuffers = new Set(layouts.flatMap((l, i) => (l.chunks > 1 ? [i] : [])));
+  return printWgsl(scheduleKernel(k, webgpuCaps({ subgroups: opts.subgroups ?? false }), { splitBuffers }), { layouts });
+}
+
+const defaultLayouts = (k: KernelIR): BufferLayout[] => k.buffers.map(() => ({ chunks: 1, chunkWords: 0 }));
+
+/**
+ * The WGSL source of a scheduled kernel: one workgroup per row, each statement as its schedule maps it. Buffers
+ * larger than one storage binding may hold are bound in chunks (the schedule must have been made knowing which).
+ */
+export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readonly BufferLayout[] } = {}): RenderedWgsl {
+  const k = sk.kernel;
+  if (sk.device.target !== 'wgsl') throw new Error(`printWgsl: kernel ${k.name} is scheduled for ${sk.device.name}`);
+  const layouts = opts.layouts ?? defaultLayouts(k);
+  const threads = sk.grid.threads;
+  const vec4Arrays = new Set(sk.arrays.filter((a) => a.vec4).map((a) => a.name));
+  // Buffers a sum reads 16 bytes at a time are bound a second time, as vec4s.
+  const vec4 = new Set<number>();
+  for (const st of sk.stmts) {
+    for (const plan of st.reductions.values()) {
+      for (const s of plan.vector?.streams ?? []) {
+        if (s.load.k !== 'load') continue;
+        if (layouts[s.load.buf].chunks > 1) throw new Error(`printWgsl: kernel ${k.name} reads buffer ${s.load.buf} wide, but it is bound in chunks`);
+        vec4.add(s.load.buf);
+      }
+    }
+  }
   const dialect: Dialect = {
     ...wgslDialect,
     elem: (array, index) => (vec4Arrays.has(array) ? `${array}[(${index}) >> 2u][(${index}) & 3]` : `${array}[${index}]`),
   };
-  // The body first: it decides which buffers are also read as vec4s, which the declarations then bind.
   const p = new ExprPrinter(dialect, k.buffers);
-  const vec4 = new Set([...vectorized.values()].flatMap((v) => [v.buf, ...(v.a?.kind === 'load' ? [v.a.buf] : [])]));
-  const ctx: RowContext = { p, vectorized, buffers: k.buffers, layouts, subgroups: useSubgroups, vec4, vec4Arrays };
+  const ctx: RowContext = { p, buffers: k.buffers, threads, vec4Arrays };
   const body: string[] = [];
   for (const s of k.sizes) body.push(`  let ${s} = sizes.${s};`);
-  for (const s of k.body) renderStmt(s, ctx, body, '  ');
+  k.body.forEach((s, i) => renderStmt(s, sk.stmts[i], ctx, body, '  '));
 
   const out: string[] = [];
   const bindings: WgslBinding[] = [];
-  if (useSubgroups) out.push('enable subgroups;', 'diagnostic(off, subgroup_uniformity);');
+  if (sk.subgroups) out.push('enable subgroups;', 'diagnostic(off, subgroup_uniformity);');
   out.push(`// kernel ${k.name}: fuses`);
+  if (body.some((l) => l.includes('tf_random('))) out.push(randomFunction('wgsl'));
   for (const line of k.fused) out.push(`//   ${line}`);
   k.buffers.forEach((b, i) => {
     const access = b.written ? 'read_write' : 'read';
@@ -65,7 +87,7 @@ export function renderWgsl(k: KernelIR, opts: WgslOptions = {}): RenderedWgsl {
       bindings.push({ kind: 'chunk', buffer: i, chunk: c });
     }
   });
-  for (const buf of ctx.vec4) {
+  for (const buf of vec4) {
     const t = k.buffers[buf].dtype === DType.F32 ? 'vec4<f32>' : 'vec4<u32>';
     out.push(`@group(0) @binding(${bindings.length}) var<storage, read> b${buf}_v4: array<${t}>;`);
     bindings.push({ kind: 'vec4', buffer: buf });
@@ -75,21 +97,23 @@ export function renderWgsl(k: KernelIR, opts: WgslOptions = {}): RenderedWgsl {
   bindings.push({ kind: 'sizes' });
   k.buffers.forEach((b, i) => out.push(...accessors(i, b, layouts[i])));
 
-  const arrays = k.body.filter((s): s is Extract<KStmt, { k: 'array' }> => s.k === 'array');
-  for (const a of arrays) {
-    out.push(vec4Arrays.has(a.name) ? `var<workgroup> ${a.name}: array<vec4<f32>, ${a.n / 4}>;` : `var<workgroup> ${a.name}: array<f32, ${a.n}>;`);
+  for (const a of sk.arrays) {
+    // Workgroup memory holds f32 and i32 (bools as f32, as before the schedule).
+    const t = a.type === 'i32' ? 'i32' : 'f32';
+    out.push(a.vec4 ? `var<workgroup> ${a.name}: array<vec4<f32>, ${a.elements / 4}>;` : `var<workgroup> ${a.name}: array<${t}, ${a.elements}>;`);
   }
-  out.push(`var<workgroup> red_f: array<f32, ${WORKGROUP_SIZE}>;`);
-  out.push(`var<workgroup> red_i: array<i32, ${WORKGROUP_SIZE}>;`);
+  out.push(`var<workgroup> red_f: array<f32, ${threads}>;`);
+  out.push(`var<workgroup> red_i: array<i32, ${threads}>;`);
   out.push('');
-  out.push(`@compute @workgroup_size(${WORKGROUP_SIZE})`);
-  const sg = useSubgroups ? ', @builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_size) sg_size: u32' : '';
+  out.push(`@compute @workgroup_size(${threads})`);
+  const sg = sk.subgroups ? ', @builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_size) sg_size: u32' : '';
   out.push(`fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32${sg}) {`);
-  out.push(`  let ${ROW} = i32(wid.x + wid.y * 65535u);`);
+  // Rows beyond the largest x dimension continue along y (the schedule's grid overflow).
+  out.push(`  let ${ROW} = i32(wid.x + wid.y * ${sk.grid.maxWorkgroupsX}u);`);
   out.push(`  if (${ROW} >= sizes.rows) { return; }`);
   out.push('  let lid = i32(lidx);');
-  if (useSubgroups) {
-    out.push('  let lane = i32(sg_lane);', '  let lanes = i32(sg_size);', '  let subgroup = lid / lanes;', `  let subgroups = ${WORKGROUP_SIZE} / lanes;`);
+  if (sk.subgroups) {
+    out.push('  let lane = i32(sg_lane);', '  let lanes = i32(sg_size);', '  let subgroup = lid / lanes;', `  let subgroups = ${threads} / lanes;`);
   }
   out.push(...body);
   out.push('}');

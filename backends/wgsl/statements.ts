@@ -1,154 +1,89 @@
-// How the threads of a workgroup share each statement of a row: cooperative reductions (a tree, or subgroups),
-// row-local arrays (per thread, sliced, or per subgroup), stores (strided, one subgroup per output, or split across
-// subgroups), and sums that read 16 bytes of weights (and of their other factor) per load.
+// Printing each statement of a row as its schedule maps it onto the workgroup: cooperative reductions (a tree, or
+// subgroups), row-local arrays (per thread, sliced, or per subgroup), stores (strided, one subgroup per output, or
+// split across subgroups), and sums that read 16 bytes of weights (and of their other factor) per load.
 
 import { DType } from '../../ir/dtype.ts';
-import { KBuffer, KernelIR, KExpr, KStmt, offsetAlong, replaceReductions, Scalar, topReductions } from '../kernel-ir.ts';
+import { KBuffer, KExpr, KStmt, replaceLoads, replaceReductions, ReduceOp, Scalar, topReductions } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
-import { BufferLayout, NEG_INF, UNROLL, wgslDialect, WORKGROUP_SIZE } from './dialect.ts';
+import { ReductionPlan, StmtSchedule, VectorPlan } from '../schedule.ts';
+import { NEG_INF, wgslDialect } from './dialect.ts';
 
-export type Reduce = Extract<KExpr, { k: 'reduce' }>;
+type Reduce = Extract<KExpr, { k: 'reduce' }>;
 type Store = Extract<KStmt, { k: 'store' }>;
-
-/** Stores whose value is built from sums over long ranges (projections): each output gets a subgroup. */
-export function subgroupStore(s: KStmt): s is Store {
-  const rs = s.k === 'store' ? topReductions(s.value) : [];
-  return rs.length > 0 && rs.every((r) => r.op === 'sum' && !(r.n.k === 'const' && r.n.value < 32));
-}
+type ArrayStmt = Extract<KStmt, { k: 'array' }>;
 
 export interface RowContext {
   readonly p: ExprPrinter;
-  readonly vectorized: Map<Reduce, VectorLoad>;
   readonly buffers: readonly KBuffer[];
-  readonly layouts: readonly BufferLayout[];
-  readonly subgroups: boolean;
-  /** Buffers the body reads as vec4s. */
-  readonly vec4: Set<number>;
-  /** Row-local arrays declared as vec4s. */
-  readonly vec4Arrays: Set<string>;
+  readonly threads: number;
+  /** Row-local arrays stored as vec4s. */
+  readonly vec4Arrays: ReadonlySet<string>;
 }
 
-/** A sum whose body is a product with buffer[base + v], base a multiple of the vector width. */
-export interface VectorLoad {
-  readonly buf: number;
-  readonly base: KExpr;
-  /** The body with that load replaced by the variable `wv`. */
-  readonly body: KExpr;
-  /** Elements per 16-byte load. */
-  readonly width: number;
-  /** The other factor when it is contiguous in the loop variable too: read as vec4<f32>s instead of per element. */
-  readonly a?: { readonly kind: 'load'; readonly buf: number; readonly base: KExpr } | { readonly kind: 'elem'; readonly array: string; readonly base: KExpr };
-}
+/** Largest i32: the index of an argmax partial that saw nothing above the lowest float. */
+const NO_INDEX = 2147483647;
 
-function vectorLoad(r: Reduce, buffers: readonly KBuffer[], arrays: ReadonlyMap<string, number>): VectorLoad | undefined {
-  const body = r.body;
-  if (body.k !== 'binary' || body.op !== 'mul' || r.n.k !== 'const') return undefined;
-  for (const [load, other, loadFirst] of [[body.b, body.a, false], [body.a, body.b, true]] as const) {
-    if (load.k !== 'load') continue;
-    const dtype = buffers[load.buf].dtype;
-    const width = dtype === DType.F32 ? 4 : dtype === DType.BF16 || dtype === DType.F16 ? 8 : 0;
-    if (!width || r.n.value % width !== 0) continue;
-    const base = offsetAlong(load.index, r.v);
-    if (!base || !multipleOf(base, width)) continue;
-    const wv: KExpr = { k: 'var', name: 'wv', t: 'f32' };
-    const aBase = other.k === 'load' || other.k === 'elem' ? offsetAlong(other.index, r.v) : undefined;
-    let a: VectorLoad['a'];
-    if (aBase && multipleOf(aBase, 4)) {
-      if (other.k === 'load' && buffers[other.buf].dtype === DType.F32) a = { kind: 'load', buf: other.buf, base: aBase };
-      if (other.k === 'elem' && (arrays.get(other.array) ?? 1) % 4 === 0) a = { kind: 'elem', array: other.array, base: aBase };
-    }
-    return { buf: load.buf, base, width, a, body: { ...body, a: loadFirst ? wv : other, b: loadFirst ? other : wv } };
-  }
-  return undefined;
-}
-
-/** The sums the renderer reads 16 bytes at a time: in stores of projections, and in array fills. */
-export function planVectorized(k: KernelIR, layouts: readonly BufferLayout[], subgroups: boolean): Map<Reduce, VectorLoad> {
-  const arrays = new Map<string, number>();
-  for (const s of k.body) if (s.k === 'array') arrays.set(s.name, s.n);
-  const out = new Map<Reduce, VectorLoad>();
-  const consider = (r: Reduce) => {
-    const v = r.op === 'sum' ? vectorLoad(r, k.buffers, arrays) : undefined;
-    if (v && layouts[v.buf].chunks === 1 && (v.a?.kind !== 'load' || layouts[v.a.buf].chunks === 1)) out.set(r, v);
-  };
-  for (const s of k.body) {
-    if (subgroups && subgroupStore(s)) topReductions(s.value).forEach(consider);
-    if (s.k === 'array' && s.value.k === 'reduce') consider(s.value);
-  }
-  return out;
-}
-
-function multipleOf(e: KExpr, m: number): boolean {
-  if (e.k === 'const') return e.value % m === 0;
-  if (e.k === 'binary' && e.op === 'mul') return multipleOf(e.a, m) || multipleOf(e.b, m);
-  if (e.k === 'binary' && e.op === 'add') return multipleOf(e.a, m) && multipleOf(e.b, m);
-  return false;
-}
-
-export function renderStmt(s: KStmt, ctx: RowContext, out: string[], indent: string): void {
+export function renderStmt(s: KStmt, sched: StmtSchedule, ctx: RowContext, out: string[], indent: string): void {
   const { p } = ctx;
   const inner = indent + '  ';
+  const plan = (r: Reduce) => sched.reductions.get(r.v);
+  const m = sched.mapping;
   switch (s.k) {
     case 'let':
       out.push(`${indent}let ${s.name} = ${p.expr(s.value, out, indent)};`);
       break;
     case 'coop':
-      renderCoop(s, ctx, out, indent);
+      renderCoop(s, sched.reductions.get(s.v)!, ctx, out, indent);
       break;
     case 'array': {
-      const r = s.value.k === 'reduce' && s.value.op === 'sum' ? s.value : undefined;
-      const vec = r ? ctx.vectorized.get(r) : undefined;
       const at = (i: string) => (ctx.vec4Arrays.has(s.name) ? `${s.name}[${i} >> 2u][${i} & 3]` : `${s.name}[${i}]`);
-      if (r && vec) {
+      const [r] = topReductions(s.value);
+      const vec = r && plan(r)?.vector;
+      if (m.kind === 'thread-per-element' && vec) {
         // Each element a dot product over a contiguous row (attention scores): 16 bytes per load.
-        out.push(`${indent}for (var ${s.v}: i32 = lid; ${s.v} < ${s.n}; ${s.v} += ${WORKGROUP_SIZE}) {`);
+        out.push(`${indent}for (var ${s.v}: i32 = lid; ${s.v} < ${s.n}; ${s.v} += ${ctx.threads}) {`);
         out.push(`${inner}var ${s.name}_part: f32 = 0.0;`);
         renderVectorSum(r, vec, ctx, `${s.name}_part`, '0', '1', out, inner);
-        out.push(`${inner}${at(s.v)} = ${s.name}_part;`);
+        out.push(`${inner}${at(s.v)} = ${p.expr(replaceReductions(s.value, new Map([[r, `${s.name}_part`]])), out, inner)};`);
         out.push(`${indent}}`);
-      } else if (r && 2 * s.n <= WORKGROUP_SIZE && !(r.n.k === 'const' && r.n.value < 32)) {
-        // Few elements, each a long sum (probs·v over the cache): several threads per element split the sum,
-        // neighbouring threads taking neighbouring elements so their loads coalesce.
-        renderSlicedArray(s, r, ctx, out, indent, at);
-      } else if (r && ctx.subgroups && !(r.n.k === 'const' && r.n.value < 32)) {
-        // A strided dot product per element: a subgroup per element, lanes split it.
-        renderSubgroupArray(s, r, ctx, out, indent, at);
-      } else {
-        out.push(`${indent}for (var ${s.v}: i32 = lid; ${s.v} < ${s.n}; ${s.v} += ${WORKGROUP_SIZE}) {`);
+      } else if (m.kind === 'thread-per-element') {
+        out.push(`${indent}for (var ${s.v}: i32 = lid; ${s.v} < ${s.n}; ${s.v} += ${ctx.threads}) {`);
         out.push(`${inner}${at(s.v)} = ${p.expr(s.value, out, inner)};`);
         out.push(`${indent}}`);
+      } else if (m.kind === 'sliced') {
+        renderSlicedArray(s, r, plan(r)!, m.slices, ctx, out, indent, at);
+      } else if (m.kind === 'subgroup-per-element') {
+        renderSubgroupArray(s, ctx, out, indent, at);
+      } else {
+        throw new Error(`WGSL: an array cannot be mapped ${m.kind}`);
       }
       out.push(`${indent}workgroupBarrier();`);
       break;
     }
     case 'store': {
-      if (ctx.subgroups && subgroupStore(s)) {
-        renderSubgroupStore(s, ctx, out, indent);
-        break;
+      if (m.kind === 'split-subgroups') {
+        renderSplitSubgroupStore(s, m.elements, sched, ctx, out, indent);
+      } else if (m.kind === 'subgroup-per-element') {
+        renderSubgroupStore(s, sched, ctx, out, indent);
+      } else if (m.kind === 'thread-per-element') {
+        const n = p.expr(s.n, out, indent);
+        out.push(`${indent}for (var ${s.v}: i32 = lid; ${s.v} < ${n}; ${s.v} += ${ctx.threads}) {`);
+        const value = p.expr(s.value, out, inner);
+        out.push(`${inner}store_b${s.buf}(${p.expr(s.index, out, inner)}, ${value});`);
+        out.push(`${indent}}`);
+      } else {
+        throw new Error(`WGSL: a store cannot be mapped ${m.kind}`);
       }
-      const n = p.expr(s.n, out, indent);
-      out.push(`${indent}for (var ${s.v}: i32 = lid; ${s.v} < ${n}; ${s.v} += ${WORKGROUP_SIZE}) {`);
-      const value = p.expr(s.value, out, inner);
-      out.push(`${inner}store_b${s.buf}(${p.expr(s.index, out, inner)}, ${value});`);
-      out.push(`${indent}}`);
       break;
     }
     default: s satisfies never;
   }
 }
 
-/**
- * One output per subgroup: the lanes split every sum of its value, subgroupAdd combines, lane 0 stores. With fewer
- * outputs than subgroups (2 or 4 per row), the subgroups of one output split its sums between them as well, and
- * combine through workgroup memory. (Assumes subgroups of at most 32 lanes, so a workgroup has 8 or more.)
- */
-function renderSubgroupStore(s: Store, ctx: RowContext, out: string[], indent: string): void {
+/** One output per subgroup: the lanes split every sum of its value, subgroupAdd combines, lane 0 stores. */
+function renderSubgroupStore(s: Store, sched: StmtSchedule, ctx: RowContext, out: string[], indent: string): void {
   const { p } = ctx;
   const inner = indent + '  ';
-  if (s.n.k === 'const' && s.n.value < 8 && 8 % s.n.value === 0) {
-    renderSplitSubgroupStore(s, s.n.value, ctx, out, indent);
-    return;
-  }
   const n = p.expr(s.n, out, indent);
   out.push(`${indent}for (var ${s.v}: i32 = subgroup; ${s.v} < ${n}; ${s.v} += subgroups) {`);
   const names = new Map<Reduce, string>();
@@ -156,7 +91,7 @@ function renderSubgroupStore(s: Store, ctx: RowContext, out: string[], indent: s
     const name = p.fresh();
     const part = `${name}_part`;
     out.push(`${inner}var ${part}: f32 = 0.0;`);
-    const vec = ctx.vectorized.get(r);
+    const vec = sched.reductions.get(r.v)?.vector;
     if (vec) {
       renderVectorSum(r, vec, ctx, part, 'lane', 'lanes', out, inner);
     } else {
@@ -174,56 +109,80 @@ function renderSubgroupStore(s: Store, ctx: RowContext, out: string[], indent: s
   out.push(`${indent}}`);
 }
 
-function renderSlicedArray(s: Extract<KStmt, { k: 'array' }>, r: Reduce, ctx: RowContext, out: string[], indent: string, at: (i: string) => string): void {
+/**
+ * `slices` threads per element, neighbouring threads on neighbouring elements so that their loads coalesce; each
+ * folds every slices-th term, then one thread per element combines the slices through workgroup memory (an argmax
+ * keeps the first index of the largest value).
+ */
+function renderSlicedArray(s: ArrayStmt, r: Reduce, plan: ReductionPlan, slices: number, ctx: RowContext, out: string[], indent: string, at: (i: string) => string): void {
   const { p } = ctx;
   const inner = indent + '  ';
-  let slices = 1;
-  while (2 * slices * s.n <= WORKGROUP_SIZE) slices *= 2;
   const part = `${s.name}_part`;
-  out.push(`${indent}var ${part}: f32 = 0.0;`);
+  const best = `${s.name}_best`;
+  out.push(`${indent}var ${part}: ${r.op === 'argmax' ? 'i32' : 'f32'} = ${r.op === 'argmax' ? NO_INDEX : initial(r.op)};`);
+  if (r.op === 'argmax') out.push(`${indent}var ${best}: f32 = ${NEG_INF};`);
   out.push(`${indent}if (lid < ${slices * s.n}) {`);
   out.push(`${inner}let ${s.v} = lid % ${s.n};`);
   const rn = p.expr(r.n, out, inner);
-  // Four terms per iteration, each in its own block, so their loads are in flight together.
   const from = `${r.v}_at`;
   const fold = (q: number, ind: string) => {
     out.push(`${ind}{`);
     out.push(`${ind}  let ${r.v} = ${from} + ${q * slices};`);
-    out.push(`${ind}  ${part} = ${part} + ${p.expr(r.body, out, ind + '  ')};`);
+    foldInto(r.op, part, best, r.v, p.expr(r.body, out, ind + '  '), out, ind + '  ');
     out.push(`${ind}}`);
   };
-  out.push(`${inner}var ${from}: i32 = lid / ${s.n};`);
-  out.push(`${inner}for (; ${from} + ${3 * slices} < ${rn}; ${from} += ${4 * slices}) {`);
-  for (let q = 0; q < 4; q++) fold(q, inner + '  ');
-  out.push(`${inner}}`);
-  out.push(`${inner}for (; ${from} < ${rn}; ${from} += ${slices}) {`);
-  fold(0, inner + '  ');
-  out.push(`${inner}}`);
+  unrolledLoop(from, `lid / ${s.n}`, slices, rn, plan.unroll, fold, out, inner);
   out.push(`${indent}}`);
-  out.push(`${indent}red_f[lid] = ${part};`);
+  out.push(`${indent}red_f[lid] = ${r.op === 'argmax' ? best : part};`);
+  if (r.op === 'argmax') out.push(`${indent}red_i[lid] = ${part};`);
   out.push(`${indent}workgroupBarrier();`);
   out.push(`${indent}if (lid < ${s.n}) {`);
-  out.push(`${inner}var ${s.name}_sum: f32 = 0.0;`);
-  out.push(`${inner}for (var q: i32 = 0; q < ${slices}; q++) { ${s.name}_sum = ${s.name}_sum + red_f[q * ${s.n} + lid]; }`);
-  out.push(`${inner}${at('lid')} = ${s.name}_sum;`);
+  const total = `${s.name}_sum`;
+  const slot = `q * ${s.n} + lid`;
+  if (r.op === 'argmax') {
+    out.push(`${inner}var ${total}: i32 = ${NO_INDEX};`);
+    out.push(`${inner}var ${total}_best: f32 = ${NEG_INF};`);
+    out.push(`${inner}for (var q: i32 = 0; q < ${slices}; q++) {`);
+    out.push(`${inner}  let b = red_f[${slot}]; let i = red_i[${slot}];`);
+    out.push(`${inner}  if (b > ${total}_best || (b == ${total}_best && i < ${total})) { ${total}_best = b; ${total} = i; }`);
+    out.push(`${inner}}`);
+    out.push(`${inner}${total} = select(${total}, 0i, ${total} == ${NO_INDEX});`);
+  } else {
+    const combine = r.op === 'sum' ? `${total} + red_f[${slot}]` : `max(${total}, red_f[${slot}])`;
+    out.push(`${inner}var ${total}: f32 = ${initial(r.op)};`);
+    out.push(`${inner}for (var q: i32 = 0; q < ${slices}; q++) { ${total} = ${combine}; }`);
+  }
+  out.push(`${inner}${at('lid')} = ${p.expr(replaceReductions(s.value, new Map([[r, total]])), out, inner)};`);
   out.push(`${indent}}`);
 }
 
-function renderSubgroupArray(s: Extract<KStmt, { k: 'array' }>, r: Reduce, ctx: RowContext, out: string[], indent: string, at: (i: string) => string): void {
+/** A subgroup per element: the lanes split each of its sums, subgroupAdd combines, lane 0 writes. */
+function renderSubgroupArray(s: ArrayStmt, ctx: RowContext, out: string[], indent: string, at: (i: string) => string): void {
   const { p } = ctx;
   const inner = indent + '  ';
   out.push(`${indent}for (var ${s.v}: i32 = subgroup; ${s.v} < ${s.n}; ${s.v} += subgroups) {`);
-  out.push(`${inner}var ${s.name}_part: f32 = 0.0;`);
-  const rn = p.expr(r.n, out, inner);
-  out.push(`${inner}for (var ${r.v}: i32 = lane; ${r.v} < ${rn}; ${r.v} += lanes) {`);
-  out.push(`${inner}  ${s.name}_part = ${s.name}_part + ${p.expr(r.body, out, inner + '  ')};`);
-  out.push(`${inner}}`);
-  out.push(`${inner}let ${s.name}_sum = subgroupAdd(${s.name}_part);`);
-  out.push(`${inner}if (lane == 0) { ${at(s.v)} = ${s.name}_sum; }`);
+  const reductions = topReductions(s.value);
+  const names = new Map<Reduce, string>();
+  reductions.forEach((r, i) => {
+    const name = reductions.length === 1 ? s.name : `${s.name}_${i}`;
+    out.push(`${inner}var ${name}_part: f32 = 0.0;`);
+    const rn = p.expr(r.n, out, inner);
+    out.push(`${inner}for (var ${r.v}: i32 = lane; ${r.v} < ${rn}; ${r.v} += lanes) {`);
+    out.push(`${inner}  ${name}_part = ${name}_part + ${p.expr(r.body, out, inner + '  ')};`);
+    out.push(`${inner}}`);
+    out.push(`${inner}let ${name}_sum = subgroupAdd(${name}_part);`);
+    names.set(r, `${name}_sum`);
+  });
+  const value = p.expr(replaceReductions(s.value, names), out, inner);
+  out.push(`${inner}if (lane == 0) { ${at(s.v)} = ${value}; }`);
   out.push(`${indent}}`);
 }
 
-function renderSplitSubgroupStore(s: Store, n: number, ctx: RowContext, out: string[], indent: string): void {
+/**
+ * Fewer outputs than subgroups (2 or 4 per row): the subgroups of one output split its sums between them as well,
+ * and combine through workgroup memory.
+ */
+function renderSplitSubgroupStore(s: Store, n: number, sched: StmtSchedule, ctx: RowContext, out: string[], indent: string): void {
   const { p } = ctx;
   const inner = indent + '  ';
   const slices = `${s.v}_slices`;
@@ -239,7 +198,7 @@ function renderSplitSubgroupStore(s: Store, n: number, ctx: RowContext, out: str
     const lane = `(${slice} * lanes + lane)`;
     const lanes = `(${slices} * lanes)`;
     out.push(`${indent}var ${part}: f32 = 0.0;`);
-    const vec = ctx.vectorized.get(r);
+    const vec = sched.reductions.get(r.v)?.vector;
     if (vec) {
       renderVectorSum(r, vec, ctx, part, lane, lanes, out, indent);
     } else {
@@ -248,6 +207,7 @@ function renderSplitSubgroupStore(s: Store, n: number, ctx: RowContext, out: str
       out.push(`${inner}${part} = ${part} + ${p.expr(r.body, out, inner)};`);
       out.push(`${indent}}`);
     }
+    // Up to 64 subgroups per workgroup (of 4 lanes or more), four reductions in the 256 slots.
     out.push(`${indent}let ${name}_sg = subgroupAdd(${part});`);
     out.push(`${indent}if (lane == 0) { red_f[${ri * 64} + subgroup] = ${name}_sg; }`);
     names.set(r, name);
@@ -266,37 +226,29 @@ function renderSplitSubgroupStore(s: Store, n: number, ctx: RowContext, out: str
   out.push(`${indent}workgroupBarrier();`);
 }
 
-/** Each thread folds a strided share of the range, then a tree over workgroup memory; every thread gets the result. */
-function renderCoop(s: Extract<KStmt, { k: 'coop' }>, ctx: RowContext, out: string[], indent: string): void {
-  const { p } = ctx;
+/** Each thread folds a strided share of the range, then the partials combine; every thread gets the result. */
+function renderCoop(s: Extract<KStmt, { k: 'coop' }>, plan: ReductionPlan, ctx: RowContext, out: string[], indent: string): void {
+  const { p, threads } = ctx;
   const inner = indent + '  ';
   const n = p.expr(s.n, out, indent);
   const t: Scalar = s.op === 'argmax' ? 'i32' : s.body.t;
   const part = `${s.name}_part`;
   const best = `${s.name}_best`;
-  const init = s.op === 'sum' ? wgslDialect.literal(0, s.body.t) : NEG_INF;
+  // The identity of max over i32 is the smallest i32 (an f32 literal does not convert).
+  const init = s.op === 'sum' ? wgslDialect.literal(0, s.body.t) : s.op === 'max' && t === 'i32' ? '(-2147483647i - 1i)' : NEG_INF;
   out.push(`${indent}var ${s.op === 'argmax' ? best : part}: ${s.op === 'argmax' ? 'f32' : wgslDialect.type[t]} = ${init};`);
   if (s.op === 'argmax') out.push(`${indent}var ${part}: i32 = 0i;`);
-  // Four elements per iteration, each in its own block, so their loads are in flight together.
   const at = `${s.v}_at`;
   const fold = (offset: number, ind: string) => {
     out.push(`${ind}{`);
-    out.push(`${ind}  let ${s.v} = ${at} + ${offset * WORKGROUP_SIZE};`);
-    const x = p.expr(s.body, out, ind + '  ');
-    if (s.op === 'sum') out.push(`${ind}  ${part} = ${part} + ${x};`);
-    else if (s.op === 'max') out.push(`${ind}  ${part} = max(${part}, ${x});`);
-    else out.push(`${ind}  if (${x} > ${best}) { ${best} = ${x}; ${part} = ${s.v}; }`);
+    out.push(`${ind}  let ${s.v} = ${at} + ${offset * threads};`);
+    foldInto(s.op, part, best, s.v, p.expr(s.body, out, ind + '  '), out, ind + '  ');
     out.push(`${ind}}`);
   };
   out.push(`${indent}var ${at}: i32 = lid;`);
-  out.push(`${indent}for (; ${at} + ${3 * WORKGROUP_SIZE} < ${n}; ${at} += ${4 * WORKGROUP_SIZE}) {`);
-  for (let q = 0; q < 4; q++) fold(q, inner);
-  out.push(`${indent}}`);
-  out.push(`${indent}for (; ${at} < ${n}; ${at} += ${WORKGROUP_SIZE}) {`);
-  fold(0, inner);
-  out.push(`${indent}}`);
+  unrolledLoop(at, undefined, threads, n, plan.unroll, fold, out, indent);
   const red = t === 'i32' && s.op !== 'argmax' ? 'red_i' : 'red_f';
-  if (ctx.subgroups && (s.op === 'sum' || s.op === 'max') && t === 'f32') {
+  if (plan.combine === 'subgroup') {
     // Subgroups combine their lanes in registers; only one value per subgroup goes through workgroup memory.
     const sum = s.op === 'sum';
     out.push(`${indent}let ${part}_sg = ${sum ? 'subgroupAdd' : 'subgroupMax'}(${part});`);
@@ -314,7 +266,7 @@ function renderCoop(s: Extract<KStmt, { k: 'coop' }>, ctx: RowContext, out: stri
     out.push(`${indent}${red}[lid] = ${part};`);
   }
   out.push(`${indent}workgroupBarrier();`);
-  out.push(`${indent}for (var w: i32 = ${WORKGROUP_SIZE / 2}; w > 0; w = w / 2) {`);
+  out.push(`${indent}for (var w: i32 = ${threads / 2}; w > 0; w = w / 2) {`);
   out.push(`${inner}if (lid < w) {`);
   if (s.op === 'sum') out.push(`${inner}  ${red}[lid] = ${red}[lid] + ${red}[lid + w];`);
   else if (s.op === 'max') out.push(`${inner}  ${red}[lid] = max(${red}[lid], ${red}[lid + w]);`);
@@ -331,49 +283,82 @@ function renderCoop(s: Extract<KStmt, { k: 'coop' }>, ctx: RowContext, out: stri
   out.push(`${indent}workgroupBarrier();`);
 }
 
+/** Where a sum or max starts (an argmax's value starts at NEG_INF, its index as the caller says). */
+const initial = (op: 'sum' | 'max') => (op === 'sum' ? '0.0' : NEG_INF);
+
+/** Folds x (at loop index v) into a partial: a sum, a max, or an argmax keeping the first largest value. */
+function foldInto(op: ReduceOp, part: string, best: string, v: string, x: string, out: string[], indent: string): void {
+  if (op === 'sum') out.push(`${indent}${part} = ${part} + ${x};`);
+  else if (op === 'max') out.push(`${indent}${part} = max(${part}, ${x});`);
+  else out.push(`${indent}if (${x} > ${best}) { ${best} = ${x}; ${part} = ${v}; }`);
+}
+
 /**
- * A lane's share of a vectorised sum: 16 bytes of the weight per load, the rest of the body per element. UNROLL
+ * `for (at = from; at < n; at += step)`, `unroll` steps per iteration, each printed by `fold(q)` in a block of its
+ * own so that their loads are in flight together; then the rest one step at a time. `from` undefined: `at` is
+ * declared already.
+ */
+function unrolledLoop(at: string, from: string | undefined, step: number, n: string, unroll: number, fold: (q: number, indent: string) => void, out: string[], indent: string): void {
+  const inner = indent + '  ';
+  if (from !== undefined) out.push(`${indent}var ${at}: i32 = ${from};`);
+  if (unroll > 1) {
+    out.push(`${indent}for (; ${at} + ${(unroll - 1) * step} < ${n}; ${at} += ${unroll * step}) {`);
+    for (let q = 0; q < unroll; q++) fold(q, inner);
+    out.push(`${indent}}`);
+  }
+  out.push(`${indent}for (; ${at} < ${n}; ${at} += ${step}) {`);
+  fold(0, inner);
+  out.push(`${indent}}`);
+}
+
+/**
+ * A lane's share of a vectorised sum: 16 bytes of the weight per load, the rest of the body per element. `unroll`
  * loads are issued before their use, so each thread keeps several in flight (decode is latency-bound otherwise).
  */
-function renderVectorSum(r: Reduce, vec: VectorLoad, ctx: RowContext, part: string, lane: string, lanes: string, out: string[], indent: string): void {
+function renderVectorSum(r: Reduce, vec: VectorPlan, ctx: RowContext, part: string, lane: string, lanes: string, out: string[], indent: string): void {
   const { p, buffers } = ctx;
   const inner = indent + '  ';
-  const dtype = buffers[vec.buf].dtype;
-  const base = p.expr(vec.base, out, indent);
+  const [weight, other] = vec.streams;
+  if (weight.load.k !== 'load') throw new Error('WGSL: a vectorised sum streams its weight from a buffer');
+  const buf = weight.load.buf;
+  const dtype = buffers[buf].dtype;
+  const base = p.expr(weight.base, out, indent);
   const n = (r.n as { value: number }).value;
+  const width = vec.elements;
   const at = `${r.v}_at`;
   const stride = `${r.v}_stride`;
   const element = (w: string, u: number) => (dtype === DType.F32 ? `${w}[${u}]`
     : dtype === DType.BF16 ? `bitcast<f32>(${u % 2 === 0 ? `${w}[${u >> 1}] << 16u` : `${w}[${u >> 1}] & 0xffff0000u`})`
       : `unpack2x16float(${w}[${u >> 1}])[${u % 2}]`);
-  const aBase = vec.a ? p.expr(vec.a.base, out, indent) : '';
-  const aVec = (offset: string, j: number) => {
-    const i = `(${aBase} + ${at} + ${offset}${4 * j})`;
-    return vec.a!.kind === 'load' ? `b${vec.a!.buf}_v4[${i} / 4]` : `${vec.a!.array}[${i} >> 2u]`;
+  const otherBase = other ? p.expr(other.base, out, indent) : '';
+  const otherVec = (offset: string, j: number) => {
+    const i = `(${otherBase} + ${at} + ${offset}${4 * j})`;
+    return other!.load.k === 'load' ? `b${other!.load.buf}_v4[${i} / 4]` : `${other!.load.array}[${i} >> 2u]`;
   };
+  const body = replaceLoads(r.body, new Map([[weight.key, { k: 'var', name: 'wv', t: 'f32' }]]));
   const fold = (w: string, offset: string, ind: string) => {
-    if (vec.a) {
+    if (other) {
       // Both factors contiguous: 16-byte reads of each, no per-element indexing.
-      for (let j = 0; j < vec.width / 4; j++) out.push(`${ind}let a4_${w}_${j} = ${aVec(offset, j)};`);
-      for (let u = 0; u < vec.width; u++) out.push(`${ind}${part} = ${part} + a4_${w}_${u >> 2}[${u & 3}] * ${element(w, u)};`);
+      for (let j = 0; j < width / 4; j++) out.push(`${ind}let a4_${w}_${j} = ${otherVec(offset, j)};`);
+      for (let u = 0; u < width; u++) out.push(`${ind}${part} = ${part} + a4_${w}_${u >> 2}[${u & 3}] * ${element(w, u)};`);
       return;
     }
-    for (let u = 0; u < vec.width; u++) {
+    for (let u = 0; u < width; u++) {
       out.push(`${ind}{`);
       out.push(`${ind}  let ${r.v} = ${at} + ${offset}${u};`);
       out.push(`${ind}  let wv = ${element(w, u)};`);
-      out.push(`${ind}  ${part} = ${part} + ${p.expr(vec.body, out, ind + '  ')};`);
+      out.push(`${ind}  ${part} = ${part} + ${p.expr(body, out, ind + '  ')};`);
       out.push(`${ind}}`);
     }
   };
-  out.push(`${indent}let ${stride} = ${lanes} * ${vec.width};`);
-  out.push(`${indent}var ${at}: i32 = ${lane} * ${vec.width};`);
-  out.push(`${indent}for (; ${at} + ${UNROLL - 1} * ${stride} < ${n}; ${at} += ${UNROLL} * ${stride}) {`);
-  for (let q = 0; q < UNROLL; q++) out.push(`${inner}let w4_${q} = b${vec.buf}_v4[(${base} + ${at} + ${q} * ${stride}) / ${vec.width}];`);
-  for (let q = 0; q < UNROLL; q++) fold(`w4_${q}`, `${q} * ${stride} + `, inner);
+  out.push(`${indent}let ${stride} = ${lanes} * ${width};`);
+  out.push(`${indent}var ${at}: i32 = ${lane} * ${width};`);
+  out.push(`${indent}for (; ${at} + ${vec.unroll - 1} * ${stride} < ${n}; ${at} += ${vec.unroll} * ${stride}) {`);
+  for (let q = 0; q < vec.unroll; q++) out.push(`${inner}let w4_${q} = b${buf}_v4[(${base} + ${at} + ${q} * ${stride}) / ${width}];`);
+  for (let q = 0; q < vec.unroll; q++) fold(`w4_${q}`, `${q} * ${stride} + `, inner);
   out.push(`${indent}}`);
   out.push(`${indent}for (; ${at} < ${n}; ${at} += ${stride}) {`);
-  out.push(`${inner}let w4_0 = b${vec.buf}_v4[(${base} + ${at}) / ${vec.width}];`);
+  out.push(`${inner}let w4_0 = b${buf}_v4[(${base} + ${at}) / ${width}];`);
   fold('w4_0', '', inner);
   out.push(`${indent}}`);
 }

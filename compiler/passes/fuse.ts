@@ -6,13 +6,11 @@
 // Every decision is explained with the bytes of memory traffic it saves.
 
 import { dtypeBytes } from '../../ir/dtype.ts';
-import { Graph, Kernel, Node, usersOf, Value } from '../../ir/graph.ts';
+import { Graph, Kernel, KernelKind, Node, usersOf, Value } from '../../ir/graph.ts';
 import { isElementwise, Op, OpGroup, opDef } from '../../ir/ops.ts';
 import { formatShape, formatType, sameNumel, sameShape, Shape } from '../../ir/shape.ts';
 import { PassContext } from './context.ts';
 import { copySignature } from './rewrite.ts';
-
-export type KernelKind = 'elementwise' | 'reduce' | 'contraction' | 'attention' | 'state-write';
 
 class Group {
   readonly members: Node[] = [];
@@ -387,7 +385,7 @@ function explainBoundaries(fused: Graph, p: Partition): void {
       }
     }
   }
-  const use: Record<string, string> = {
+  const use: Record<KernelKind, string> = {
     contraction: 'contracts over it, so every output it computes needs all of it',
     attention: 'attends over it, so every head it computes needs all of it',
     reduce: 'reduces over it',
@@ -398,7 +396,7 @@ function explainBoundaries(fused: Graph, p: Partition): void {
     for (const n of k.nodes) {
       const rs = readers.get(n.output);
       if (!rs) continue;
-      const why = rs.map((r) => `${r.name} ${use[r.attrs.kind as string] ?? 'reads it'}`).join('; ');
+      const why = rs.map((r) => `${r.name} ${use[r.attrs.kind]}`).join('; ');
       p.explain(`boundary: ${k.name} (${k.attrs.kind}) writes ${n.op} ${formatType(n.output.type)}, ${p.bytes(n.output)}: ${why} — written once rather than recomputed per output`);
     }
   }

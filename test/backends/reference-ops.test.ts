@@ -3,7 +3,7 @@
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { arange, concat, scalar, Tensor, trace, where } from '../../compiler/index.ts';
+import { arange, concat, random, scalar, Tensor, trace, where } from '../../compiler/index.ts';
 import { DType } from '../../ir/dtype.ts';
 import { Op } from '../../ir/ops.ts';
 import { interpret } from '../../backends/reference/interpreter.ts';
@@ -60,6 +60,8 @@ const cases: Case[] = [
   { name: 'or', op: Op.Or, inputs: [i32([4], [1, 2, 3, 4])], fn: (x) => x.lt(2).or(x.gt(3)), want: out(DType.Bool, [4], [1, 0, 0, 1]) },
   { name: 'where with a literal', op: Op.Where, inputs: [x23], fn: (x) => where(x.gt(0), x, -Infinity), want: map((v) => (v > 0 ? v : -Infinity)) },
   { name: 'const', op: Op.Const, inputs: [], fn: () => scalar(0.1), want: out(DType.F32, [], [Math.fround(0.1)]) },
+  // The generator's bits are pinned (24 of them, times 2⁻²⁴): a change to ir/random.ts changes every seeded sample.
+  { name: 'random (key 11, counters 0..2)', op: Op.Random, inputs: [i32([], [11]), i32([3], [0, 1, 2])], fn: (k, c) => random(k, c), want: out(DType.F32, [3], [15446749 / 16777216, 16439721 / 16777216, 7547791 / 16777216]) },
   { name: 'arange', op: Op.Arange, inputs: [], fn: () => arange(5), want: out(DType.I32, [5], [0, 1, 2, 3, 4]) },
   { name: 'sum over rows', op: Op.Sum, inputs: [x23], fn: (x) => x.sum(1), want: out(DType.F32, [2], [2, 1.5]) },
   { name: 'sum over all, keepdims', op: Op.Sum, inputs: [x23], fn: (x) => x.sum([0, 1], { keepdims: true }), want: out(DType.F32, [1, 1], [3.5]) },

@@ -100,7 +100,7 @@ test('a view between two matmuls is folded into the second one\'s indexing', () 
   assert.is(kernelIO(r.g, first).writes[0].type.shape.join(), '4,8', 'the first writes its result unpermuted');
 });
 
-test('Llama 3.2 1B decode: at most 8 kernels per layer, 4 outside, no elementwise kernels, weights read once', () => {
+test('Llama 3.2 1B decode: at most 8 kernels per layer, 5 outside, no elementwise kernels, weights read once', () => {
   const cfg = builtinConfig('llama-3.2-1b');
   const traced = traceLlama(cfg, { weightDType: DType.BF16, cacheLength: 256 });
   const decode = { graphs: [traced.graphs.find((g) => g.name === 'decode')!] };
@@ -112,7 +112,8 @@ test('Llama 3.2 1B decode: at most 8 kernels per layer, 4 outside, no elementwis
   assert.is(perLayer.size, cfg.numLayers, 'every layer has kernels');
   for (const [layer, n] of perLayer) assert.ok(n <= 8, `layer ${layer}: ${n} kernels`);
   assert.ok(r.kernelsPerLayer <= 8, `${r.kernelsPerLayer} kernels per layer`);
-  assert.ok(r.kernelsOutsideLayers <= 4, `${r.kernelsOutsideLayers} kernels outside the layers`);
+  // Final norm + LM head, the argmax's three kernels, and one writing the history and the next position.
+  assert.ok(r.kernelsOutsideLayers <= 5, `${r.kernelsOutsideLayers} kernels outside the layers`);
   assert.is(r.elementwiseKernels, 0, 'elementwise-only kernels');
   const extra = Math.abs(r.weightBytesRead - r.weightBytes) / r.weightBytes;
   assert.ok(extra <= 1e-4, `weight bytes read ${r.weightBytesRead} vs ${r.weightBytes} (${(extra * 100).toFixed(4)}% apart)`);

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DType } from '../../ir/dtype.ts';
-import { Graph, Module } from '../../ir/graph.ts';
+import { Graph, KernelAttrs, Module } from '../../ir/graph.ts';
 import { OpGroup, registerOpDef } from '../../ir/ops.ts';
 import { IrParseError, parseGraph, parseModule } from '../../ir/parser.ts';
 import { printModule } from '../../ir/printer.ts';
@@ -90,7 +90,7 @@ function derived(): Graph {
 }
 
 /** Kernel attribute values of every kind, strings that must stay strings included. */
-const kernelAttrs = {
+const kernelAttrs: KernelAttrs = {
   kind: 'contraction',
   rule: 'matmul → silu * matmul',
   tiles: [16, 64, 'S'],
@@ -219,7 +219,7 @@ test('a fused graph prints as kernel blocks (golden) and reads back', () => {
 test('hand-written kernels: the comment after "{" is ignored and regenerated, comment lines are skipped', () => {
   const text = [
     'graph @g(%x: f32[4]) -> (f32[4]) {',
-    '  kernel @a {   # stale: reads nothing',
+    '  kernel @a [kind=elementwise] {   # stale: reads nothing',
     '    # a comment line',
     '    %y: f32[4] = neg %x   # here.ts:1',
     '  }',
@@ -231,7 +231,7 @@ test('hand-written kernels: the comment after "{" is ignored and regenerated, co
   ].join('\n');
   assert.is(printModule({ graphs: [parseGraph(text)] }, { locations: false }), [
     'graph @g(%x: f32[4]) -> (f32[4]) {',
-    '  kernel @a {  # reads %x; writes %0',
+    '  kernel @a [kind=elementwise] {  # reads %x; writes %0',
     '    %0: f32[4] = neg %x',
     '  }',
     '  kernel @b [kind=elementwise] {  # reads %0; writes %1',
@@ -347,6 +347,12 @@ const broken: [what: string, text: string, at: string, message: string][] = [
     '%5 is outside every kernel, but this graph has kernels (@k0 at line 6); a fused graph has all its nodes in kernels'],
   ['kernel after a node outside every kernel', editLines(6, 8, '  %0: f32[1,32] = matmul %x, %w13'), '7:10',
     'kernel @ffn.gate_up in a graph with nodes outside kernels (%0 at line 6); a fused graph has all its nodes in kernels'],
+  ['unknown kernel kind', edit('kind=contraction', 'kind=contractoin', FUSED), '6:30',
+    'kernel @k0: unknown kind contractoin (expected elementwise, reduce, contraction, attention, state-write)'],
+  ['kernel kind that is not a name', edit('kind=contraction', 'kind=3', FUSED), '6:30',
+    'kernel @k0: unknown kind 3 (expected elementwise, reduce, contraction, attention, state-write)'],
+  ['kernel without a kind', edit('kind=contraction, ', '', FUSED), '6:10',
+    'kernel @k0 has no kind (expected [kind=...], one of elementwise, reduce, contraction, attention, state-write)'],
   ['kernel attribute given twice', edit('[kind="state-write",', '[kind="state-write", kind=x,', FUSED), '9:44', 'attribute kind is given twice'],
   ['bad kernel attribute syntax', edit('[kind="state-write",', '[kind="state-write", tiles=[true],', FUSED), '9:51',
     'unexpected "true" — expected "]", an integer, a number, a name or a string'],

@@ -1,0 +1,143 @@
+// What the scheduler knows about a device: a plain description of the target (threads per workgroup, subgroup
+// width, workgroup memory, wide loads) and the heuristics each target was tuned with. backends/schedule.ts reads
+// it; nothing else decides how threads share a kernel.
+
+import { DType } from '../ir/dtype.ts';
+import { ReduceOp, Scalar } from './kernel-ir.ts';
+
+/** What the kernel is printed as: JavaScript (serial, on the host), WGSL or CUDA C. */
+export type Target = 'js' | 'wgsl' | 'cuda';
+
+/** A reduction lanes can combine in registers: its op, and for sum and max the type of what is combined. */
+export type Combine = `${'sum' | 'max'}:${Scalar}` | 'argmax';
+
+export interface SubgroupCaps {
+  /** Lanes per subgroup: exact when `fixed` (a CUDA warp); else the most a device may have (WGSL reads it at run time). */
+  readonly width: number;
+  readonly fixed: boolean;
+  /** Reductions subgroup operations combine (WGSL: subgroupAdd and subgroupMax of f32; CUDA's shuffles: any). */
+  readonly combines: 'any' | readonly Combine[];
+}
+
+/** A matrix unit (tensor core, subgroup matrix): m×n×k products of `input` accumulated in `accumulator`. */
+export interface MatrixUnit {
+  readonly m: number;
+  readonly n: number;
+  readonly k: number;
+  readonly input: DType;
+  readonly accumulator: DType;
+}
+
+/**
+ * The heuristics each target was tuned with (on the H200). Where WGSL and CUDA differ, they were tuned apart; a
+ * change here changes generated kernels, so it needs measurements on the GPU.
+ */
+export interface ScheduleTuning {
+  /**
+   * How an element of a store or array with reductions in it picks one subgroup over one thread:
+   *   'long-sums'     when every reduction in it is a sum of 32 or more terms;
+   *   'fewest-steps'  when the busiest thread then takes fewer steps, a subgroup's reduction costing its share of
+   *                   the range plus log2(width) shuffles (needs a fixed width).
+   */
+  readonly elementMapping: 'long-sums' | 'fewest-steps';
+  /**
+   * Which sums read 16 bytes at a time:
+   *   'aligned-dots'  dot products of subgroup stores and of array fills whose alignment the index proves (WGSL
+   *                   binds such buffers a second time as vec4s);
+   *   'all-streams'   every contiguous float stream of cooperative sums and of each thread's own first-level sums,
+   *                   alignment checked at run time with a scalar loop for the rest (CUDA).
+   */
+  readonly vectorize: 'aligned-dots' | 'all-streams' | 'none';
+  /** Elements per stream and step of an 'all-streams' vector loop (8: one 16-byte load of 16-bit data, two of f32). */
+  readonly streamElements: number;
+  /** Iterations per step of a workgroup's strided reduction, of a vector loop, and of a sliced sum. */
+  readonly unroll: { readonly workgroup: number; readonly vector: number; readonly sliced: number };
+}
+
+export interface DeviceCaps {
+  readonly target: Target;
+  /** For the schedule's text, e.g. "cuda sm_90". */
+  readonly name: string;
+  readonly threadsPerWorkgroup: number;
+  /** Undefined where there are none (WebGPU without the `subgroups` feature, the CPU). */
+  readonly subgroup?: SubgroupCaps;
+  readonly workgroupMemoryBytes: number;
+  /** Workgroup memory a kernel may declare statically; row-local arrays beyond it are allocated at launch. */
+  readonly staticWorkgroupMemoryBytes: number;
+  /** Bytes one wide load reads (0: none). */
+  readonly vectorLoadBytes: number;
+  /** Workgroups a grid may have along x. */
+  readonly maxWorkgroupsX: number;
+  /** How rows past that run: along a second grid dimension (WebGPU), by workgroups looping over rows (CUDA's
+   *  grid-stride loop), or all in one loop (the CPU). */
+  readonly rowsPastGrid: 'second-dimension' | 'grid-stride' | 'serial';
+  /** None are used yet: room for tiled matrix schedules. */
+  readonly matrixUnits: readonly MatrixUnit[];
+  readonly tuning: ScheduleTuning;
+}
+
+/** Threads per workgroup (block) of every generated GPU kernel. */
+export const GPU_THREADS = 256;
+
+/** The CPU backend: one thread runs the rows one after another. */
+export const cpuCaps: DeviceCaps = {
+  target: 'js',
+  name: 'cpu',
+  threadsPerWorkgroup: 1,
+  workgroupMemoryBytes: 2 ** 31,
+  staticWorkgroupMemoryBytes: 2 ** 31,
+  vectorLoadBytes: 0,
+  maxWorkgroupsX: 2 ** 31 - 1,
+  rowsPastGrid: 'serial',
+  matrixUnits: [],
+  tuning: { elementMapping: 'long-sums', vectorize: 'none', streamElements: 1, unroll: { workgroup: 1, vector: 1, sliced: 1 } },
+};
+
+/**
+ * WebGPU: 256 threads, 16 KiB of workgroup memory (the default limit), 16-byte loads through vec4 bindings. With
+ * the `subgroups` feature, subgroups of up to 32 lanes (their size is read at run time: 4 to 64 exist; kernels
+ * assume at least 8 subgroups per workgroup).
+ */
+export function webgpuCaps(opts: { readonly subgroups: boolean }): DeviceCaps {
+  return {
+    target: 'wgsl',
+    name: opts.subgroups ? 'webgpu with subgroups' : 'webgpu',
+    threadsPerWorkgroup: GPU_THREADS,
+    subgroup: opts.subgroups ? { width: 32, fixed: false, combines: ['sum:f32', 'max:f32'] } : undefined,
+    workgroupMemoryBytes: 16384,
+    staticWorkgroupMemoryBytes: 16384,
+    vectorLoadBytes: 16,
+    maxWorkgroupsX: 65535,
+    rowsPastGrid: 'second-dimension',
+    matrixUnits: [],
+    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 } },
+  };
+}
+
+/** Shared memory per block a kernel may use with the opt-in, by compute capability (CUDA programming guide). */
+const sharedBytesByArch: readonly [number, number][] = [[90, 232448], [89, 101376], [87, 166912], [86, 101376], [80, 166912], [75, 65536], [70, 98304]];
+
+/** CUDA at a compute capability (e.g. 90 for an H200): warps of 32, 256 threads per block, 48 KiB of static shared memory. */
+export function cudaCaps(computeCapability = 90): DeviceCaps {
+  const shared = sharedBytesByArch.find(([arch]) => computeCapability >= arch)?.[1] ?? 49152;
+  return {
+    target: 'cuda',
+    name: `cuda sm_${computeCapability}`,
+    threadsPerWorkgroup: GPU_THREADS,
+    subgroup: { width: 32, fixed: true, combines: 'any' },
+    workgroupMemoryBytes: shared,
+    staticWorkgroupMemoryBytes: 48 * 1024,
+    vectorLoadBytes: 16,
+    maxWorkgroupsX: 2 ** 31 - 1,
+    rowsPastGrid: 'grid-stride',
+    matrixUnits: [],
+    tuning: { elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 4 } },
+  };
+}
+
+/** Whether the device's subgroups combine `op` over values of type `t` in registers. */
+export function subgroupCombines(device: DeviceCaps, op: ReduceOp, t: Scalar): boolean {
+  const c = device.subgroup?.combines;
+  if (!c) return false;
+  return c === 'any' || c.includes(op === 'argmax' ? 'argmax' : `${op}:${t}`);
+}

@@ -1,0 +1,112 @@
+// A scheduled kernel as text: the grid on top, then one line per statement with how threads share it and how its
+// reductions run. Deterministic (tests pin it as golden text; --dump-kernels writes it next to each kernel):
+//
+//   kernel k0 (reduce) on webgpu with subgroups: 64 rows, a workgroup of 256 threads each
+//     let c0: uniform
+//     array arr2[8] over j3: sliced x32 | k4 sum<4096 by slices, unroll 4
+//     store b1 over i1<8: thread-per-element
+
+import { BinaryOp, KExpr, KStmt } from './kernel-ir.ts';
+import { Mapping, ReductionPlan, ScheduledKernel, StmtSchedule, VectorPlan } from './schedule.ts';
+
+type Reduce = Extract<KExpr, { k: 'reduce' }>;
+
+export function formatSchedule(s: ScheduledKernel): string {
+  const k = s.kernel;
+  const g = s.grid;
+  const rows = `${formatSize(g.rows)} ${g.rows.k === 'const' && g.rows.value === 1 ? 'row' : 'rows'}`;
+  const grid = g.overflow === 'serial'
+    ? `${rows}, one after another`
+    : `${rows}, a workgroup of ${g.threads} threads each${g.overflow === 'grid-stride' ? ' (striding over rows past the grid)' : ''}`;
+  const lines = [`kernel ${k.name} (${k.kind}) on ${s.device.name}: ${grid}${s.subgroups ? ', subgroups' : ''}`];
+  const placed = s.arrays.filter((a) => a.vec4 || a.dynamicOffset !== undefined);
+  if (placed.length) {
+    const where = placed.map((a) => `${a.name}${a.vec4 ? ' as vec4' : ''}${a.dynamicOffset !== undefined ? ` at ${a.dynamicOffset} of ${s.dynamicWorkgroupBytes} bytes given at launch` : ''}`);
+    lines.push(`  arrays: ${where.join(', ')}`);
+  }
+  k.body.forEach((st, i) => lines.push(`  ${formatStmt(st, s.stmts[i])}`));
+  return lines.join('\n') + '\n';
+}
+
+function formatStmt(st: KStmt, sched: StmtSchedule): string {
+  const reductions = reductionsOf(st);
+  const plans = [...sched.reductions].map(([v, plan]) => {
+    const r = reductions.get(v);
+    return `${v} ${r ? `${r.op}<${formatSize(r.n)} ` : ''}${formatPlan(plan)}`;
+  });
+  return [`${head(st)}: ${formatMapping(sched.mapping)}`, ...plans].join(' | ');
+}
+
+function head(st: KStmt): string {
+  switch (st.k) {
+    case 'let': return `let ${st.name}`;
+    case 'coop': return `coop ${st.name}`;
+    case 'array': return `array ${st.name}[${st.n}] over ${st.v}`;
+    case 'store': return `store b${st.buf} over ${st.v}<${formatSize(st.n)}`;
+    default: return st satisfies never;
+  }
+}
+
+function formatMapping(m: Mapping): string {
+  switch (m.kind) {
+    case 'split-subgroups': return `split-subgroups between ${m.elements}`;
+    case 'sliced': return `sliced x${m.slices}`;
+    case 'serial': case 'uniform': case 'workgroup': case 'thread-per-element': case 'subgroup-per-element': return m.kind;
+    default: return m satisfies never;
+  }
+}
+
+function formatPlan(p: ReductionPlan): string {
+  const parts = [`by ${p.lanes}`];
+  if (p.combine !== 'none' && p.combine !== 'slices') parts.push(`combine ${p.combine}`);
+  if (p.vector) parts.push(formatVector(p.vector));
+  if (p.unroll > 1) parts.push(`unroll ${p.unroll}`);
+  return parts.join(', ');
+}
+
+/** e.g. `vec16B(b0, arr2) x8 proved, unroll 8`: the streams, elements per step, how alignment is known. */
+function formatVector(v: VectorPlan): string {
+  const streams = v.streams.map((s) => (s.load.k === 'load' ? `b${s.load.buf}` : s.load.array));
+  return `vec16B(${streams.join(', ')}) x${v.elements} ${v.alignment}${v.unroll > 1 ? ` unroll ${v.unroll}` : ''}`;
+}
+
+/** The statement's reductions by loop variable, at any depth (a plan may name a nested one). */
+function reductionsOf(st: KStmt): Map<string, Reduce> {
+  const out = new Map<string, Reduce>();
+  const visit = (e: KExpr): void => {
+    switch (e.k) {
+      case 'reduce': out.set(e.v, e); visit(e.n); visit(e.body); break;
+      case 'load': case 'elem': visit(e.index); break;
+      case 'unary': case 'cast': visit(e.a); break;
+      case 'binary': visit(e.a); visit(e.b); break;
+      case 'select': visit(e.cond); visit(e.a); visit(e.b); break;
+      case 'const': case 'var': break;
+      default: e satisfies never;
+    }
+  };
+  switch (st.k) {
+    case 'let': visit(st.value); break;
+    case 'coop': out.set(st.v, { k: 'reduce', op: st.op, v: st.v, n: st.n, body: st.body, t: st.body.t }); visit(st.body); break;
+    case 'array': visit(st.value); break;
+    case 'store': visit(st.value); visit(st.index); break;
+    default: st satisfies never;
+  }
+  return out;
+}
+
+const infix: Partial<Record<BinaryOp, string>> = { add: '+', sub: '-', mul: '*', idiv: '/', imod: '%' };
+
+/** A size (rows, a loop's extent) as arithmetic over the symbolic sizes: `S*8`. */
+export function formatSize(e: KExpr): string {
+  switch (e.k) {
+    case 'const': return String(e.value);
+    case 'var': return e.name;
+    case 'binary': {
+      const op = infix[e.op];
+      const side = (x: KExpr) => (x.k === 'binary' ? `(${formatSize(x)})` : formatSize(x));
+      if (op) return `${side(e.a)}${op}${side(e.b)}`;
+      return `${e.op}(${formatSize(e.a)}, ${formatSize(e.b)})`;
+    }
+    default: return `<${e.k}>`;
+  }
+}

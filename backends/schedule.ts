@@ -1,0 +1,306 @@
+// The scheduler: how a kernel runs on a device. Lowering (backends/lower.ts) says what each row computes; this
+// decides, from the device's description (backends/device-caps.ts), how threads share it: the grid, and for every
+// statement whether the whole workgroup strides over it, one subgroup takes each element, the subgroups split a
+// few elements between them, several threads slice each element, or each thread takes elements of its own; which
+// reductions read 16 bytes at a time and how partial results combine; where row-local arrays live. The renderers
+// print these decisions and take none. formatSchedule (backends/schedule-format.ts) prints them as text.
+
+import { cudaCaps, cpuCaps, DeviceCaps, subgroupCombines, webgpuCaps } from './device-caps.ts';
+import { KernelIR, KExpr, KStmt, Scalar, topReductions } from './kernel-ir.ts';
+import { alignedDot, contiguousStreams, Stream } from './schedule-vector.ts';
+
+export { cudaCaps, cpuCaps, webgpuCaps };
+export type { DeviceCaps };
+
+type Reduce = Extract<KExpr, { k: 'reduce' }>;
+type ArrayStmt = Extract<KStmt, { k: 'array' }>;
+type StoreStmt = Extract<KStmt, { k: 'store' }>;
+
+/** How the threads of a workgroup share one statement of a row. */
+export type Mapping =
+  /** One thread does everything in order (the CPU). */
+  | { readonly kind: 'serial' }
+  /** Every thread computes the same value (a let). */
+  | { readonly kind: 'uniform' }
+  /** The threads stride over a reduction's range, then combine (a coop). */
+  | { readonly kind: 'workgroup' }
+  /** Elements strided over the threads, each computed by one thread alone. */
+  | { readonly kind: 'thread-per-element' }
+  /** Elements strided over the subgroups; the lanes of one split its reductions, lane 0 writes. */
+  | { readonly kind: 'subgroup-per-element' }
+  /** Fewer elements than subgroups: the subgroups are divided between the elements and split their reductions. */
+  | { readonly kind: 'split-subgroups'; readonly elements: number }
+  /** Few elements, each a long reduction: `slices` threads per element, neighbouring threads on neighbouring elements. */
+  | { readonly kind: 'sliced'; readonly slices: number };
+
+/** 16-byte loads of a reduction's contiguous streams. */
+export interface VectorPlan {
+  /** With 'proved' alignment (WGSL): the weight first, then the other factor of the product if it is contiguous too. */
+  readonly streams: readonly Stream[];
+  /** Elements of each stream one step reads. */
+  readonly elements: number;
+  /** 'proved' by the index (no scalar rest); 'checked' at run time, a scalar loop doing what the vector loop did not. */
+  readonly alignment: 'proved' | 'checked';
+  /** Vector steps per iteration (loads in flight per lane). */
+  readonly unroll: number;
+}
+
+/** How a reduction that is not a plain serial loop runs. */
+export interface ReductionPlan {
+  /** Who splits its range: the workgroup, a subgroup's lanes, the subgroups of an element, the threads of a slice, or one thread. */
+  readonly lanes: 'workgroup' | 'subgroup' | 'split-subgroups' | 'slices' | 'thread';
+  /** How partial results combine: in registers through subgroup operations (then workgroup memory across subgroups),
+   *  a tree in workgroup memory, across slices in workgroup memory, or not at all (one thread). */
+  readonly combine: 'subgroup' | 'tree' | 'slices' | 'none';
+  /** Iterations per step of its scalar loop. */
+  readonly unroll: number;
+  readonly vector?: VectorPlan;
+}
+
+export interface StmtSchedule {
+  readonly mapping: Mapping;
+  /** The reductions in the statement that do not run as a plain serial loop, by loop variable. */
+  readonly reductions: ReadonlyMap<string, ReductionPlan>;
+}
+
+export interface Grid {
+  readonly rows: KExpr;
+  /** Rows one workgroup computes (one today: the rows of a kernel are its workgroups). */
+  readonly rowsPerWorkgroup: number;
+  readonly threads: number;
+  /** How rows beyond the device's largest grid dimension run: a second grid dimension (WebGPU), workgroups
+   *  looping over rows (CUDA), or one loop over every row (the CPU). */
+  readonly overflow: 'second-dimension' | 'grid-stride' | 'serial';
+  readonly maxWorkgroupsX: number;
+}
+
+/** A row-local array: in workgroup memory, declared statically or placed at an offset of memory given at launch. */
+export interface ArrayPlacement {
+  readonly name: string;
+  readonly elements: number;
+  readonly type: Scalar;
+  /** Stored as vec4s, so that a sum reads it 16 bytes at a time (WGSL). */
+  readonly vec4: boolean;
+  /** Byte offset in the workgroup memory allocated at launch; undefined when declared statically. */
+  readonly dynamicOffset?: number;
+}
+
+export interface ScheduledKernel {
+  readonly kernel: KernelIR;
+  readonly device: DeviceCaps;
+  readonly grid: Grid;
+  /** Whether any statement uses subgroup operations (WGSL enables the extension for them). */
+  readonly subgroups: boolean;
+  /** One per statement of kernel.body. */
+  readonly stmts: readonly StmtSchedule[];
+  readonly arrays: readonly ArrayPlacement[];
+  /** Workgroup memory the launch must provide (arrays too large to declare statically). */
+  readonly dynamicWorkgroupBytes: number;
+}
+
+export interface ScheduleOptions {
+  /** Buffers bound in several chunks (over a WebGPU binding's size limit): read element by element only. */
+  readonly splitBuffers?: ReadonlySet<number>;
+}
+
+/** A reduction shorter than this leaves lanes idle: it is not worth a subgroup or a slice of threads. */
+const LONG_REDUCTION = 32;
+/** Workgroup memory kept for reduction scratch when deciding whether arrays fit statically. */
+const SCRATCH_BYTES = 512;
+
+export function scheduleKernel(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions = {}): ScheduledKernel {
+  const s = new Scheduler(k, device, opts);
+  const stmts = k.body.map((st) => s.statement(st));
+  const uses = (m: Mapping) => m.kind === 'subgroup-per-element' || m.kind === 'split-subgroups';
+  const subgroups = stmts.some((st) => uses(st.mapping) || [...st.reductions.values()].some((r) => r.combine === 'subgroup'));
+  const { arrays, dynamicWorkgroupBytes } = s.placeArrays(stmts);
+  return {
+    kernel: k,
+    device,
+    grid: { rows: k.rows, rowsPerWorkgroup: 1, threads: device.threadsPerWorkgroup, overflow: device.rowsPastGrid, maxWorkgroupsX: device.maxWorkgroupsX },
+    subgroups,
+    stmts,
+    arrays,
+    dynamicWorkgroupBytes,
+  };
+}
+
+/** Workgroups a launch of `rows` rows dispatches, as [x, y] (WebGPU spreads them over two dimensions). */
+export function workgroupCount(grid: Grid, rows: number): [number, number] {
+  switch (grid.overflow) {
+    case 'second-dimension': return [Math.min(rows, grid.maxWorkgroupsX), Math.ceil(rows / grid.maxWorkgroupsX)];
+    case 'grid-stride': return [Math.min(rows, grid.maxWorkgroupsX), 1];
+    case 'serial': return [1, 1];
+    default: return grid.overflow satisfies never;
+  }
+}
+
+class Scheduler {
+  private readonly arrayLengths = new Map<string, number>();
+
+  constructor(readonly k: KernelIR, readonly device: DeviceCaps, readonly opts: ScheduleOptions) {
+    for (const st of k.body) if (st.k === 'array') this.arrayLengths.set(st.name, st.n);
+  }
+
+  private get tuning() { return this.device.tuning; }
+
+  statement(st: KStmt): StmtSchedule {
+    // One thread per workgroup (the CPU) runs everything in order.
+    if (this.device.threadsPerWorkgroup === 1) return { mapping: { kind: 'serial' }, reductions: new Map() };
+    const plans = new Map<string, ReductionPlan>();
+    switch (st.k) {
+      case 'let':
+        this.threadSums(st.value, plans);
+        return { mapping: { kind: 'uniform' }, reductions: plans };
+      case 'coop': {
+        const t = st.body.t;
+        const vector = st.op === 'sum' && t === 'f32' ? this.streams(st.body, st.v) : undefined;
+        plans.set(st.v, { lanes: 'workgroup', combine: subgroupCombines(this.device, st.op, t) ? 'subgroup' : 'tree', unroll: this.tuning.unroll.workgroup, vector });
+        this.threadSums(st.body, plans);
+        return { mapping: { kind: 'workgroup' }, reductions: plans };
+      }
+      case 'array': return this.array(st, plans);
+      case 'store': return this.store(st, plans);
+      default: return st satisfies never;
+    }
+  }
+
+  private array(st: ArrayStmt, plans: Map<string, ReductionPlan>): StmtSchedule {
+    // An element that is one reduction (or one reduction finished by arithmetic: a mean).
+    const reductions = topReductions(st.value);
+    const r = reductions.length === 1 ? reductions[0] : undefined;
+    // A dot product per element read wide (attention scores): one thread each, 16 bytes per load. Only where
+    // the element is the dot product itself: one with an epilogue (exp of a score) keeps its serial loop.
+    const dot = st.value.k === 'reduce' && this.tuning.vectorize === 'aligned-dots' ? this.alignedDot(st.value) : undefined;
+    if (r && dot) {
+      plans.set(r.v, { lanes: 'thread', combine: 'none', unroll: 1, vector: dot });
+      return { mapping: { kind: 'thread-per-element' }, reductions: plans };
+    }
+    if (r && this.sliceable(st, r)) {
+      let slices = 1;
+      while (2 * slices * st.n <= this.device.threadsPerWorkgroup) slices *= 2;
+      plans.set(r.v, { lanes: 'slices', combine: 'slices', unroll: this.tuning.unroll.sliced });
+      this.threadSums(r.body, plans);
+      return { mapping: { kind: 'sliced', slices }, reductions: plans };
+    }
+    if (this.subgroupPerElement(st.n, st.value, true)) {
+      this.subgroupReductions(st.value, 'subgroup', plans);
+      return { mapping: { kind: 'subgroup-per-element' }, reductions: plans };
+    }
+    this.threadSums(st.value, plans);
+    return { mapping: { kind: 'thread-per-element' }, reductions: plans };
+  }
+
+  private store(st: StoreStmt, plans: Map<string, ReductionPlan>): StmtSchedule {
+    const n = st.n.k === 'const' ? st.n.value : undefined;
+    const minSubgroups = this.device.subgroup ? this.device.threadsPerWorkgroup / this.device.subgroup.width : 0;
+    const sums = topReductions(st.value).every((r) => r.op === 'sum' && r.t === 'f32');
+    if (this.subgroupPerElement(st.n, st.value)) {
+      if (n !== undefined && n < minSubgroups && minSubgroups % n === 0 && sums) {
+        this.subgroupReductions(st.value, 'split-subgroups', plans);
+        return { mapping: { kind: 'split-subgroups', elements: n }, reductions: plans };
+      }
+      this.subgroupReductions(st.value, 'subgroup', plans);
+      return { mapping: { kind: 'subgroup-per-element' }, reductions: plans };
+    }
+    this.threadSums(st.value, plans);
+    this.threadSums(st.index, plans);
+    return { mapping: { kind: 'thread-per-element' }, reductions: plans };
+  }
+
+  /**
+   * Whether the elements of a store or array run one per subgroup, the subgroup's lanes sharing its reductions.
+   * (`array`: by the 'long-sums' rule, an array element goes to a subgroup only when it is the sum itself.)
+   */
+  private subgroupPerElement(n: KExpr | number, value: KExpr, array = false): boolean {
+    const sg = this.device.subgroup;
+    const rs = topReductions(value);
+    if (!sg || rs.length === 0 || !rs.every((r) => subgroupCombines(this.device, r.op, r.op === 'argmax' ? r.body.t : r.t))) return false;
+    switch (this.tuning.elementMapping) {
+      case 'long-sums': return rs.every((r) => r.op === 'sum' && !isShort(r)) && (!array || value.k === 'reduce');
+      case 'fewest-steps': {
+        // By the steps the busiest thread takes either way; symbolic sizes count as 4096.
+        const lengths = rs.map((r) => (r.n.k === 'const' ? r.n.value : 4096));
+        const count = typeof n === 'number' ? n : n.k === 'const' ? n.value : 4096;
+        const threads = this.device.threadsPerWorkgroup;
+        const byThread = Math.ceil(count / threads) * lengths.reduce((a, b) => a + b, 0);
+        const shuffles = Math.log2(sg.width);
+        const byWarp = Math.ceil(count / (threads / sg.width)) * lengths.reduce((a, b) => a + Math.ceil(b / sg.width) + shuffles, 0);
+        return byWarp < byThread;
+      }
+      default: return this.tuning.elementMapping satisfies never;
+    }
+  }
+
+  /** A long f32 reduction per element of a short array: threads split each, so that many take part. */
+  private sliceable(st: ArrayStmt, r: Reduce): boolean {
+    const valueType = r.op === 'argmax' ? r.body.t : r.t;
+    return valueType === 'f32' && 2 * st.n <= this.device.threadsPerWorkgroup && !isShort(r);
+  }
+
+  /** Plans the top reductions of an element's value as shared by a subgroup's lanes (or split subgroups'). */
+  private subgroupReductions(value: KExpr, lanes: 'subgroup' | 'split-subgroups', plans: Map<string, ReductionPlan>): void {
+    for (const r of topReductions(value)) {
+      const vector = this.tuning.vectorize === 'aligned-dots' ? this.alignedDot(r)
+        : r.op === 'sum' && r.t === 'f32' ? this.streams(r.body, r.v) : undefined;
+      plans.set(r.v, { lanes, combine: 'subgroup', unroll: 1, vector });
+      // Split subgroups run each reduction as a statement of its own: a thread's sums inside it are its first.
+      if (lanes === 'split-subgroups') this.threadSums(r.body, plans);
+    }
+  }
+
+  /** A thread's own first-level f32 sums read their contiguous streams 16 bytes at a time (where the tuning says so). */
+  private threadSums(e: KExpr, plans: Map<string, ReductionPlan>): void {
+    if (this.tuning.vectorize !== 'all-streams') return;
+    for (const r of topReductions(e)) {
+      const vector = r.op === 'sum' && r.t === 'f32' ? this.streams(r.body, r.v) : undefined;
+      if (vector) plans.set(r.v, { lanes: 'thread', combine: 'none', unroll: 1, vector });
+    }
+  }
+
+  /** Contiguous streams read with alignment checked at run time, or undefined if there are none (or no wide loads). */
+  private streams(body: KExpr, v: string): VectorPlan | undefined {
+    if (this.tuning.vectorize !== 'all-streams' || this.device.vectorLoadBytes === 0) return undefined;
+    const streams = contiguousStreams(body, v, this.k.buffers);
+    if (streams.length === 0) return undefined;
+    return { streams, elements: this.tuning.streamElements, alignment: 'checked', unroll: this.tuning.unroll.vector };
+  }
+
+  /** A dot product the index proves aligned (the weight, and the other factor if contiguous). */
+  private alignedDot(r: Reduce): VectorPlan | undefined {
+    if (this.device.vectorLoadBytes === 0) return undefined;
+    const split = this.opts.splitBuffers;
+    const dot = alignedDot(r, this.k.buffers, (a) => this.arrayLengths.get(a), (b) => !split?.has(b));
+    return dot && { ...dot, alignment: 'proved', unroll: this.tuning.unroll.vector };
+  }
+
+  /**
+   * Row-local arrays: stored as vec4s where a proved-aligned sum reads them wide; declared statically while they
+   * fit (with room for reduction scratch), else placed in workgroup memory given at launch.
+   */
+  placeArrays(stmts: readonly StmtSchedule[]): { arrays: ArrayPlacement[]; dynamicWorkgroupBytes: number } {
+    const wide = new Set<string>();
+    for (const st of stmts) {
+      for (const plan of st.reductions.values()) {
+        for (const s of plan.vector?.alignment === 'proved' ? plan.vector.streams : []) if (s.load.k === 'elem') wide.add(s.load.array);
+      }
+    }
+    const decls = this.k.body.filter((s): s is ArrayStmt => s.k === 'array');
+    const bytes = (s: ArrayStmt) => s.n * (s.value.t === 'bool' ? 1 : 4);
+    const total = decls.reduce((n, s) => n + bytes(s), 0);
+    const dynamic = this.device.staticWorkgroupMemoryBytes < this.device.workgroupMemoryBytes;
+    const fits = !dynamic || total + SCRATCH_BYTES <= this.device.staticWorkgroupMemoryBytes;
+    let offset = 0;
+    const arrays = decls.map((s): ArrayPlacement => {
+      const placed: ArrayPlacement = { name: s.name, elements: s.n, type: s.value.t, vec4: wide.has(s.name) };
+      if (fits) return placed;
+      const at = offset;
+      offset += Math.ceil(bytes(s) / 16) * 16;
+      return { ...placed, dynamicOffset: at };
+    });
+    return { arrays, dynamicWorkgroupBytes: offset };
+  }
+}
+
+const isShort = (r: Reduce) => r.n.k === 'const' && r.n.value < LONG_REDUCTION;
+
