@@ -11,7 +11,7 @@
 import { DType } from '../ir/dtype.ts';
 import { Graph } from '../ir/graph.ts';
 import { HostTensor, hostTensor } from '../ir/host-tensor.ts';
-import { Device, KernelTime, namedOutputKey, Program, Recording } from './device.ts';
+import { Device, KernelTime, Mark, namedOutputKey, Program, Recording } from './device.ts';
 
 export interface Sampling {
   /** 0 (the default) is greedy. */
@@ -38,7 +38,6 @@ export interface Timings {
 export class ContractError extends Error {}
 
 export class Session {
-  lastTimings?: Timings;
   /** Whether the program samples (temperature, top_p and seed are inputs) or chooses greedily. */
   readonly samples: boolean;
   readonly vocab: number;
@@ -46,6 +45,7 @@ export class Session {
   readonly capacity: number;
   private readonly decodeStep: Recording;
   private readonly readEvery: number;
+  private lastMarks?: { start: Mark; afterPrefill: Mark; end: Mark; decodeSteps: number };
 
   constructor(readonly program: Program, opts: SessionOptions = {}) {
     const [prefill, decode] = [this.graph('prefill'), this.graph('decode')];
@@ -114,13 +114,19 @@ export class Session {
     }
     const end = this.program.mark();
     for (const r of reads) deliver(await r.history, r.upTo);
-    const decodeSteps = maxNewTokens - 1;
-    this.lastTimings = {
-      prefillMs: await this.program.elapsedMs(start, afterPrefill),
-      decodeSteps,
-      decodeMsPerToken: decodeSteps > 0 ? (await this.program.elapsedMs(afterPrefill, end)) / decodeSteps : 0,
-    };
+    this.lastMarks = { start, afterPrefill, end, decodeSteps: maxNewTokens - 1 };
     return tokens;
+  }
+
+  /** What the last generate() took on the device's queue (read only when asked: reading marks takes round trips). */
+  async lastTimings(): Promise<Timings | undefined> {
+    const m = this.lastMarks;
+    if (!m) return undefined;
+    return {
+      prefillMs: await this.program.elapsedMs(m.start, m.afterPrefill),
+      decodeSteps: m.decodeSteps,
+      decodeMsPerToken: m.decodeSteps > 0 ? (await this.program.elapsedMs(m.afterPrefill, m.end)) / m.decodeSteps : 0,
+    };
   }
 
   /**

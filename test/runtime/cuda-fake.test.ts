@@ -69,7 +69,7 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
       const tokens = await llama.generate(gold.ids, 32, {}, (t) => heard.push(t));
       assert.equal(tokens, gold.greedy);
       assert.equal(heard, tokens);
-      const t = llama.lastTimings!;
+      const t = (await llama.lastTimings())!;
       assert.is(t.decodeSteps, 31);
       assert.ok(t.decodeMsPerToken > 0 && t.prefillMs > 0);
     } finally {

@@ -64,7 +64,7 @@ test(`${process.env.CUDA_GPU_CONFIG ?? 'llama-3.2-1b'} shape, synthetic bf16 wei
     const tokens = await llama.generate(prompt, 128);
     assert.is(tokens.length, 128);
     assert.ok(tokens.every((t) => Number.isInteger(t) && t >= 0 && t < cfg.vocabSize));
-    const t = llama.lastTimings!;
+    const t = (await llama.lastTimings())!;
     const steps = await llama.timeDecode(100, { warmup: 5, startPos: 32 });
     const copy = (llama.device as CudaDevice).copyBandwidth();
     const weightBytes = 2 * expectedLlamaTensors(cfg).reduce((n, w) => n + w.shape.reduce((a, b) => a * b, 1), 0);
