@@ -19,6 +19,11 @@ export type UnaryOp = 'neg' | 'abs' | 'exp' | 'log' | 'sqrt' | 'rsqrt' | 'recip'
   | 'silu' | 'floor' | 'not';
 export type BinaryOp = 'add' | 'sub' | 'mul' | 'div' | 'pow' | 'max' | 'min' | 'eq' | 'ne' | 'lt' | 'le' | 'gt' | 'ge'
   | 'and' | 'or' | 'idiv' | 'imod'
+  /**
+   * a as an index into [0, b) (a gather's row, a state write's start): a host kernel throws a RangeError naming it
+   * when it is outside, a GPU kernel clamps it into the range (README, Numerics).
+   */
+  | 'index'
   /** a uniform f32 in [0, 1) from an i32 key and counter (ir/random.ts) */
   | 'random';
 export type ReduceOp = 'sum' | 'max' | 'argmax';
@@ -32,8 +37,11 @@ export type KExpr =
   | { readonly k: 'binary'; readonly op: BinaryOp; readonly a: KExpr; readonly b: KExpr; readonly t: Scalar }
   /** Only the chosen side is evaluated (a concat picks one of its operands' loads). */
   | { readonly k: 'select'; readonly cond: KExpr; readonly a: KExpr; readonly b: KExpr; readonly t: Scalar }
-  /** `round`: a cast to a 16-bit float rounds to it (the result still computes in f32). */
-  | { readonly k: 'cast'; readonly a: KExpr; readonly t: Scalar; readonly round?: 'f16' | 'bf16' }
+  /**
+   * `round`: a cast to a 16-bit float rounds to it (the result still computes in f32). `u32`: the i32 side (the
+   * operand, or the result) holds the bits of a u32, as u32 values compute.
+   */
+  | { readonly k: 'cast'; readonly a: KExpr; readonly t: Scalar; readonly round?: 'f16' | 'bf16'; readonly u32?: boolean }
   /** One thread loops `v` over [0, n). */
   | { readonly k: 'reduce'; readonly op: ReduceOp; readonly v: string; readonly n: KExpr; readonly body: KExpr; readonly t: Scalar }
   | { readonly k: 'elem'; readonly array: string; readonly index: KExpr; readonly t: Scalar };
@@ -251,33 +259,67 @@ export function topReductions(e: KExpr, out: Extract<KExpr, { k: 'reduce' }>[] =
   return out;
 }
 
-/** `e` with the given reductions replaced by the variables holding their results. */
+/** `e` with the given reductions replaced by the variables holding their results (unchanged parts shared). */
 export function replaceReductions(e: KExpr, names: ReadonlyMap<Extract<KExpr, { k: 'reduce' }>, string>): KExpr {
-  const r = (x: KExpr) => replaceReductions(x, names);
   switch (e.k) {
     case 'reduce': return names.has(e) ? { k: 'var', name: names.get(e)!, t: e.t } : e;
-    case 'load': return { ...e, index: r(e.index) };
-    case 'elem': return { ...e, index: r(e.index) };
-    case 'unary': case 'cast': return { ...e, a: r(e.a) };
-    case 'binary': return { ...e, a: r(e.a), b: r(e.b) };
-    case 'select': return { ...e, cond: r(e.cond), a: r(e.a), b: r(e.b) };
+    case 'load': case 'elem': {
+      const index = replaceReductions(e.index, names);
+      return index === e.index ? e : { ...e, index };
+    }
+    case 'unary': case 'cast': {
+      const a = replaceReductions(e.a, names);
+      return a === e.a ? e : { ...e, a };
+    }
+    case 'binary': {
+      const [a, b] = [replaceReductions(e.a, names), replaceReductions(e.b, names)];
+      return a === e.a && b === e.b ? e : { ...e, a, b };
+    }
+    case 'select': {
+      const [cond, a, b] = [replaceReductions(e.cond, names), replaceReductions(e.a, names), replaceReductions(e.b, names)];
+      return cond === e.cond && a === e.a && b === e.b ? e : { ...e, cond, a, b };
+    }
     default: return e;
   }
 }
 
-/** `e` with every load or element read whose structural key (JSON) is in `by` replaced by its expression. */
+/** `e` with every load or element read whose structural key (JSON) is in `by` replaced by its expression (unchanged
+ * parts shared). */
 export function replaceLoads(e: KExpr, by: ReadonlyMap<string, KExpr>): KExpr {
-  const r = (x: KExpr) => replaceLoads(x, by);
   switch (e.k) {
     case 'const': case 'var': return e;
-    case 'load': return by.get(JSON.stringify(e)) ?? { ...e, index: r(e.index) };
-    case 'elem': return by.get(JSON.stringify(e)) ?? { ...e, index: r(e.index) };
-    case 'unary': case 'cast': return { ...e, a: r(e.a) };
-    case 'binary': return { ...e, a: r(e.a), b: r(e.b) };
-    case 'select': return { ...e, cond: r(e.cond), a: r(e.a), b: r(e.b) };
-    case 'reduce': return { ...e, n: r(e.n), body: r(e.body) };
+    case 'load': case 'elem': {
+      const hit = by.get(jsonKey(e));
+      if (hit) return hit;
+      const index = replaceLoads(e.index, by);
+      return index === e.index ? e : { ...e, index };
+    }
+    case 'unary': case 'cast': {
+      const a = replaceLoads(e.a, by);
+      return a === e.a ? e : { ...e, a };
+    }
+    case 'binary': {
+      const [a, b] = [replaceLoads(e.a, by), replaceLoads(e.b, by)];
+      return a === e.a && b === e.b ? e : { ...e, a, b };
+    }
+    case 'select': {
+      const [cond, a, b] = [replaceLoads(e.cond, by), replaceLoads(e.a, by), replaceLoads(e.b, by)];
+      return cond === e.cond && a === e.a && b === e.b ? e : { ...e, cond, a, b };
+    }
+    case 'reduce': {
+      const [n, body] = [replaceLoads(e.n, by), replaceLoads(e.body, by)];
+      return n === e.n && body === e.body ? e : { ...e, n, body };
+    }
     default: return e satisfies never;
   }
+}
+
+const jsonKeys = new WeakMap<KExpr, string>();
+/** JSON.stringify(e), once per expression object (expressions are never changed in place). */
+function jsonKey(e: KExpr): string {
+  let k = jsonKeys.get(e);
+  if (k === undefined) jsonKeys.set(e, (k = JSON.stringify(e)));
+  return k;
 }
 
 /** The largest value an index expression takes, with loop and row variables in [0, bound); Infinity if unknown. */
@@ -292,6 +334,7 @@ function maxValue(e: KExpr, bounds: ReadonlyMap<string, number>): number {
         case 'mul': return a * b;
         case 'idiv': return e.b.k === 'const' ? Math.floor(a / e.b.value) : Infinity;
         case 'imod': return e.b.k === 'const' ? Math.min(a, e.b.value - 1) : Infinity;
+        case 'index': return e.b.k === 'const' ? e.b.value - 1 : Infinity;
         default: return Infinity;
       }
     }

@@ -8,13 +8,13 @@
 // dimension becomes a row-local array; anything else is a serial loop.
 
 import { DType, isFloat } from '../ir/dtype.ts';
-import { Graph, Kernel, kernelIO, Node, Value } from '../ir/graph.ts';
+import { Graph, Kernel, kernelIOs, Node, Value } from '../ir/graph.ts';
 import { isElementwise, Op } from '../ir/ops.ts';
 import { lowerRandom } from './lower-random.ts';
 import { RowSplit, rowSplit } from './row-split.ts';
-import { kernelNodeLines } from '../ir/printer.ts';
+import { kernelsNodeLines, printAttrs } from '../ir/printer.ts';
 import { rounderFor } from '../ir/host-tensor.ts';
-import { Dim, Shape } from '../ir/shape.ts';
+import { Dim, formatType, Shape } from '../ir/shape.ts';
 import {
   add, BinaryOp, Binding, idiv, imod, int, ivar, KBuffer, KernelIR, KExpr, KStmt, mul, ReduceOp, ROW, Scalar,
   offsetAlong, simplifyIndex, sub, sumTerms, UnaryOp, varsOf,
@@ -44,9 +44,81 @@ export function registerLowering(op: string, rule: LoweringRule): void {
   customLowerings.set(op, rule);
 }
 
-/** Lowers every kernel of a fused graph; `slotOf` is the memory plan's slot of each intermediate. */
+/**
+ * Lowers every kernel of a fused graph; `slotOf` is the memory plan's slot of each intermediate. Kernels alike but
+ * for the buffers they are bound to (every transformer layer's) are lowered once: the others take the first one's
+ * kernel IR, with their own name, comment and bindings.
+ */
 export function lowerGraph(g: Graph, slotOf: ReadonlyMap<Value, number>): KernelIR[] {
-  return g.kernels.map((k) => new KernelLowering(g, k, slotOf).lower());
+  const ios = kernelIOs(g);
+  const lines = kernelsNodeLines(g);
+  const lowered = new Map<string, { readonly ir: KernelIR; readonly classes: readonly number[] }>();
+  return g.kernels.map((k, i) => {
+    const shape = kernelShape(g, k, ios[i], slotOf);
+    const hit = shape && lowered.get(shape.key);
+    if (shape && hit) {
+      const buffers = hit.ir.buffers.map((b, j) => ({ ...b, binding: shape.bindings[hit.classes[j]] }));
+      return { ...hit.ir, name: k.name, fused: lines[i], buffers };
+    }
+    const ir = new KernelLowering(g, k, slotOf).lower(ios[i].writes, lines[i]);
+    const classes = shape && ir.buffers.map((b) => shape.classOf.get(JSON.stringify(b.binding)));
+    if (shape && classes?.every((c) => c !== undefined)) lowered.set(shape.key, { ir, classes: classes as number[] });
+    return ir;
+  });
+}
+
+/**
+ * What lowering a kernel depends on, as text: its nodes (ops, attributes, types, and operands by position inside
+ * the kernel or by order of first read outside it), what it writes, and which of the values it reads or writes
+ * share a buffer; not which buffers they are. Also those bindings, in order, and the class (position of the first
+ * equal binding) of each binding by its JSON. Undefined for kernels with custom ops (their lowering rules may read
+ * anything), or when a binding cannot be made (lowering then reports it).
+ */
+function kernelShape(g: Graph, k: Kernel, io: { readonly reads: readonly Value[]; readonly writes: readonly Value[] },
+  slotOf: ReadonlyMap<Value, number>): { key: string; bindings: Binding[]; classOf: Map<string, number> } | undefined {
+  if (k.nodes.some((n) => customLowerings.has(n.op))) return undefined;
+  const position = new Map<Value, number>();
+  k.nodes.forEach((n, i) => { if (!position.has(n.output)) position.set(n.output, i); });
+  const outside = new Map(io.reads.map((v, i) => [v, i]));
+  const ref = (v: Value) => (position.has(v) ? `#${position.get(v)}` : `$${outside.get(v)}`);
+  const parts: string[] = [k.attrs.kind];
+  for (const n of k.nodes) parts.push(`${n.op} ${printAttrs(n.attrs)} ${formatType(n.output.type)} ${n.inputs.map(ref).join(',')}`);
+  const bindings: Binding[] = [];
+  const classOf = new Map<string, number>();
+  const bind = (b: Binding) => {
+    const json = JSON.stringify(b);
+    if (!classOf.has(json)) classOf.set(json, bindings.length);
+    bindings.push(b);
+    return `${b.kind}:${classOf.get(json)}`;
+  };
+  try {
+    for (const v of io.reads) {
+      const p = v.producer;
+      parts.push(`read ${v.kind} ${formatType(v.type)} ${p ? `${p.op} ${p.inputs.map((x) => formatType(x.type)).join(',')}` : ''} ${bind(bindingOf(g, k, v, slotOf))}`);
+    }
+    for (const v of io.writes) {
+      const p = v.producer!;
+      const outputs = g.outputs.flatMap((o, j) => (o === v ? [j] : []));
+      const bs: Binding[] = p.op !== Op.UpdateSlice && outputs.length ? outputs.map((index) => ({ kind: 'output', index })) : [bindingOf(g, k, v, slotOf)];
+      parts.push(`write ${ref(v)} ${bs.map(bind).join(',')}`);
+    }
+  } catch (e) {
+    if (e instanceof LoweringError) return undefined;
+    throw e;
+  }
+  return { key: parts.join('\n'), bindings, classOf };
+}
+
+/** Where value v of kernel k lives in memory. */
+function bindingOf(g: Graph, k: Kernel, v: Value, slotOf: ReadonlyMap<Value, number>): Binding {
+  if (v.kind === 'input' || v.kind === 'param' || v.kind === 'state') return { kind: v.kind, name: v.name! };
+  const p = v.producer!;
+  if (p.op === Op.UpdateSlice) return bindingOf(g, k, p.inputs[0], slotOf);
+  const out = g.outputs.indexOf(v);
+  if (out >= 0) return { kind: 'output', index: out };
+  const slot = slotOf.get(v);
+  if (slot === undefined) throw new LoweringError(`kernel @${k.name}: no memory slot for an intermediate ${p.op}`);
+  return { kind: 'temp', slot };
 }
 
 class KernelLowering {
@@ -68,15 +140,18 @@ class KernelLowering {
   private readonly serial = new Set<Node>();
   /** How many nodes of the kernel read each value. */
   private readonly uses = new Map<Value, number>();
+  /** Position in the kernel of the node computing each value it computes (memo keys). */
+  private readonly position = new Map<Value, number>();
   private counter = 0;
 
   constructor(readonly g: Graph, readonly k: Kernel, readonly slotOf: ReadonlyMap<Value, number>) {
     this.inside = new Set(k.nodes.map((n) => n.output));
+    k.nodes.forEach((n, i) => { if (!this.position.has(n.output)) this.position.set(n.output, i); });
     for (const n of k.nodes) for (const x of new Set(n.inputs)) this.uses.set(x, (this.uses.get(x) ?? 0) + 1);
   }
 
-  lower(): KernelIR {
-    const writes = kernelIO(this.g, this.k).writes;
+  /** `writes`: what the kernel writes (kernelIO); `fused`: its nodes as the graph prints them. */
+  lower(writes: readonly Value[], fused: readonly string[]): KernelIR {
     const split = rowSplit(this.k, writes);
     const rowShape = split.rowAxes.map((a, i) => {
       const d = split.domain[a];
@@ -101,12 +176,17 @@ class KernelLowering {
     return {
       name: this.k.name,
       kind: this.k.attrs.kind,
-      fused: kernelNodeLines(this.g, this.k),
+      fused,
       buffers: this.buffers,
       sizes: [...this.sizes].sort(),
       rows,
       body: this.body,
     };
+  }
+
+  /** The position of v's node in the kernel, -1 if the kernel does not compute v (as findIndex has it). */
+  private indexOf(v: Value): number {
+    return this.position.get(v) ?? -1;
   }
 
   /** Whether v is computed by this kernel with more than index arithmetic (views of memory are not). */
@@ -164,7 +244,9 @@ class KernelLowering {
     const axis = n.attrs.axis as number;
     const i = this.bounded('i', this.numel(update.type.shape));
     const uIdx = this.delinear(ivar(i), update.type.shape);
-    const at = this.expr(index, index.type.shape.map(() => int(0)));
+    // The write's start, checked (or, on GPUs, clamped) to keep all of the update inside the state.
+    const room = sub(add(this.dim(target.type.shape[axis]), int(1)), this.dim(update.type.shape[axis]));
+    const at: KExpr = { k: 'binary', op: 'index', a: this.expr(index, index.type.shape.map(() => int(0))), b: room, t: 'i32' };
     const tIdx = uIdx.map((e, d) => (d === axis ? add(e, at) : e));
     const value = this.expr(update, uIdx);
     const buf = this.buffer(n.output, true);
@@ -174,14 +256,7 @@ class KernelLowering {
   // ---- buffers ----
 
   private binding(v: Value): Binding {
-    if (v.kind === 'input' || v.kind === 'param' || v.kind === 'state') return { kind: v.kind, name: v.name! };
-    const p = v.producer!;
-    if (p.op === Op.UpdateSlice) return this.binding(p.inputs[0]);
-    const out = this.g.outputs.indexOf(v);
-    if (out >= 0) return { kind: 'output', index: out };
-    const slot = this.slotOf.get(v);
-    if (slot === undefined) throw new LoweringError(`kernel @${this.k.name}: no memory slot for an intermediate ${p.op}`);
-    return { kind: 'temp', slot };
+    return bindingOf(this.g, this.k, v, this.slotOf);
   }
 
   private buffer(v: Value, written: boolean, binding = this.binding(v)): number {
@@ -288,7 +363,7 @@ class KernelLowering {
     if (!this.inside.has(v) || this.serial.size > 0 || (this.uses.get(v) ?? 0) < 2 || !isElementwise(v.producer!.op) || !this.isUniform(idx)) {
       return this.valueExpr(v, idx);
     }
-    const key = `let:${this.k.nodes.findIndex((n) => n.output === v)}@${JSON.stringify(idx)}`;
+    const key = `let:${this.indexOf(v)}@${JSON.stringify(idx)}`;
     const hit = this.memo.get(key);
     if (hit) return hit;
     const value = this.valueExpr(v, idx);
@@ -308,17 +383,19 @@ class KernelLowering {
     const n = v.producer!;
     const operand = (i: number, at = idx) => this.expr(n.inputs[i], this.broadcastIndex(at, n.inputs[i].type.shape));
     const u = unaryOps[n.op];
-    if (u) return { k: 'unary', op: u, a: operand(0), t };
+    if (u) return round16(v, { k: 'unary', op: u, a: operand(0), t });
     const b = binaryOps[n.op];
-    if (b) return { k: 'binary', op: b, a: operand(0), b: operand(1), t };
+    if (b) return round16(v, { k: 'binary', op: b, a: operand(0), b: operand(1), t });
     switch (n.op) {
       case Op.Where: return { k: 'select', cond: operand(0), a: operand(1), b: operand(2), t };
       case Op.Random: return lowerRandom(operand(0), operand(1));
       case Op.Cast: {
         // Floats of every width compute in f32, but an explicit cast to a 16-bit float still loses its precision.
-        const to = v.type.dtype;
-        if (to === DType.F16 || to === DType.BF16) return { k: 'cast', a: operand(0), t, round: to };
-        return t === scalarOf(n.inputs[0].type.dtype) ? operand(0) : { k: 'cast', a: operand(0), t };
+        const [from, to] = [n.inputs[0].type.dtype, v.type.dtype];
+        // u32 values compute as i32 bits: a conversion between u32 and a float says so.
+        const u32 = (from === DType.U32 && isFloat(to)) || (isFloat(from) && to === DType.U32) ? { u32: true } : {};
+        if (to === DType.F16 || to === DType.BF16) return { k: 'cast', a: operand(0), t, round: to, ...u32 };
+        return t === scalarOf(from) ? operand(0) : { k: 'cast', a: operand(0), t, ...u32 };
       }
       // The literal as its dtype holds it (0.1 as the f32 nearest 0.1, 2.7 as the i32 2), as the reference has it.
       case Op.Const: return { k: 'const', value: rounderFor(v.type.dtype)(n.attrs.value as number), t };
@@ -338,11 +415,12 @@ class KernelLowering {
       case Op.Concat: return this.concat(n, idx, t);
       case Op.Gather: {
         const ids = n.inputs[1];
-        const row = this.expr(ids, idx.slice(0, ids.type.shape.length));
+        // The row, checked (or, on GPUs, clamped) to lie in the table.
+        const row: KExpr = { k: 'binary', op: 'index', a: this.expr(ids, idx.slice(0, ids.type.shape.length)), b: this.dim(n.inputs[0].type.shape[0]), t: 'i32' };
         return this.expr(n.inputs[0], [row, ...idx.slice(ids.type.shape.length)]);
       }
-      case Op.Sum: case Op.Mean: case Op.Max: case Op.Argmax: return this.reduction(n, idx, t);
-      case Op.Matmul: return this.matmul(n, idx, t);
+      case Op.Sum: case Op.Mean: case Op.Max: case Op.Argmax: return round16(v, this.reduction(n, idx, t));
+      case Op.Matmul: return round16(v, this.matmul(n, idx, t));
       default: {
         const rule = customLowerings.get(n.op);
         if (rule) return rule((at) => n.inputs.map((x) => this.expr(x, this.broadcastIndex(at, x.type.shape))), idx, n);
@@ -386,8 +464,13 @@ class KernelLowering {
       }
       return this.expr(x, inIdx);
     };
-    const count: KExpr = { k: 'cast', a: this.numel(reducedShape), t: 'f32' };
-    const finish = n.op === Op.Mean ? (r: KExpr): KExpr => ({ k: 'binary', op: 'div', a: r, b: count, t }) : undefined;
+    const size = this.numel(reducedShape);
+    const count: KExpr = { k: 'cast', a: size, t: 'f32' };
+    // The mean of no elements is 0 / 0 = NaN; said outright, as a shader compiler may fold x / 0.0 to anything.
+    const empty = size.k === 'const' && size.value === 0;
+    const finish = n.op === Op.Mean
+      ? (r: KExpr): KExpr => (empty ? { k: 'const', value: NaN, t } : { k: 'binary', op: 'div', a: r, b: count, t })
+      : undefined;
     return this.reduce(n, idx, op, this.numel(reducedShape), at, t, finish);
   }
 
@@ -421,7 +504,7 @@ class KernelLowering {
    */
   private reduce(n: Node, idx: KExpr[], op: ReduceOp, size: KExpr, body: (v: string) => KExpr, t: Scalar,
     finish: (acc: KExpr) => KExpr = (acc) => acc): KExpr {
-    const key = `${this.k.nodes.indexOf(n)}@${JSON.stringify(idx)}`;
+    const key = `${this.indexOf(n.output)}@${JSON.stringify(idx)}`;
     const hit = this.memo.get(key);
     if (hit) return hit;
     let out: KExpr;
@@ -484,7 +567,7 @@ class KernelLowering {
 
   /** Materialises v at base + j, j < extent, along one dimension, in a row-local array indexed by j. */
   private chunkArray(v: Value, idx: KExpr[], dim: number, base: KExpr, extent: number): (at: KExpr) => KExpr {
-    const key = `chunk:${this.k.nodes.findIndex((n) => n.output === v)}@${JSON.stringify(idx)}`;
+    const key = `chunk:${this.indexOf(v)}@${JSON.stringify(idx)}`;
     let name = (this.memo.get(key) as { name: string } | undefined)?.name;
     if (!name) {
       name = this.fresh('arr');
@@ -502,7 +585,7 @@ class KernelLowering {
 
   /** Materialises v along one dimension (the rest of `idx` row-uniform) in a row-local array. */
   private rowArray(v: Value, idx: KExpr[], dim: number, size: number): (at: KExpr) => KExpr {
-    const key = `array:${this.k.nodes.findIndex((n) => n.output === v)}@${JSON.stringify(idx.map((e, i) => (i === dim ? null : e)))}`;
+    const key = `array:${this.indexOf(v)}@${JSON.stringify(idx.map((e, i) => (i === dim ? null : e)))}`;
     let name = (this.memo.get(key) as { name: string } | undefined)?.name;
     if (!name) {
       name = this.fresh('arr');
@@ -517,6 +600,15 @@ class KernelLowering {
     const array = name;
     return (at) => ({ k: 'elem', array, index: at, t: scalarOf(v.type.dtype) });
   }
+}
+
+/**
+ * A 16-bit float result of arithmetic, rounded to its dtype as the reference rounds every op's result (kernels
+ * compute in f32: without it, 60000 + 60000 in f16 would not overflow inside a kernel). f32 graphs get nothing.
+ */
+function round16(v: Value, e: KExpr): KExpr {
+  const d = v.type.dtype;
+  return (d === DType.F16 || d === DType.BF16) && e.t === 'f32' ? { k: 'cast', a: e, t: 'f32', round: d } : e;
 }
 
 /** Whether an expression has at least `n` nodes (counted until there are that many). */

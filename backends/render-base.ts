@@ -12,15 +12,25 @@ export interface Dialect {
   /** `let x = e;` (assigned later) */
   readonly varDecl: (name: string, t: Scalar, value: string) => string;
   readonly forLoop: (v: string, n: string) => string;
-  readonly unary: Record<UnaryOp, (a: string) => string>;
+  /** `t`: the operand's (and result's) type, where a target spells i32 and f32 differently. */
+  readonly unary: Record<UnaryOp, (a: string, t: Scalar) => string>;
   readonly binary: Record<BinaryOp, (a: string, b: string, t: Scalar) => string>;
   readonly literal: (value: number, t: Scalar) => string;
-  /** `round`: also round to a 16-bit float (an explicit cast to f16 or bf16). */
-  readonly cast: (a: string, from: Scalar, to: Scalar, round?: 'f16' | 'bf16') => string;
+  /**
+   * `round`: also round to a 16-bit float (an explicit cast to f16 or bf16). `u32`: the i32 side holds a u32's
+   * bits (a float from a u32, or a float to u32, which saturates at [0, 2³² − 1]).
+   */
+  readonly cast: (a: string, from: Scalar, to: Scalar, round?: 'f16' | 'bf16', u32?: boolean) => string;
   /** An element of buffer `buf` (its binding index in the kernel), widened to the compute type. */
   readonly load: (buf: number, b: KBuffer, index: string) => string;
   readonly elem: (array: string, index: string) => string;
-  readonly negInfinity: string;
+  /** The identity of max over `t`: −∞, or the smallest i32. */
+  readonly lowest: (t: Scalar) => string;
+  /**
+   * Whether `x` replaces `best` in an argmax that keeps the first maximum: a larger value, or the first NaN (NaN
+   * counts as the largest, as in PyTorch). Both are names or literals of type `t`.
+   */
+  readonly argmaxTakes: (x: string, best: string, t: Scalar) => string;
 }
 
 /** The shared C-like base: what C, CUDA and (mostly) WGSL and JavaScript spell alike. */
@@ -60,12 +70,23 @@ export const cLike = {
     idiv: (a: string, b: string) => `(${a} / ${b})`,
     imod: (a: string, b: string) => `(${a} % ${b})`,
     random: (a: string, b: string) => `tf_random(${a}, ${b})`,
+    // GPUs clamp an index into [0, b) (no kernel can stop with an error there)
+    index: (a: string, b: string) => `clamp(${a}, 0, ${b} - 1)`,
   } satisfies Record<BinaryOp, (a: string, b: string, t: Scalar) => string>,
 };
+
+/**
+ * The name a kernel gives a symbolic size (`S` → `sz_S`): sizes are named by users, so they live apart from every
+ * name the printers generate (t0, row, b1, Math, sizes...), and any identifier is safe.
+ */
+export const sizeName = (symbol: string) => `sz_${symbol}`;
 
 /** Prints expressions into lines of code, one temporary per operation. */
 export class ExprPrinter {
   private n = 0;
+  private readonly keys = exprKeys();
+  /** The kernel's symbolic sizes: printed by sizeName wherever an expression reads one. */
+  sizes: ReadonlySet<string> = new Set();
 
   constructor(readonly d: Dialect, readonly buffers: readonly KBuffer[], readonly tempPrefix = 't') {}
 
@@ -79,32 +100,27 @@ export class ExprPrinter {
    * loop may reuse what is outside it, never the other way round.
    */
   expr(e: KExpr, out: string[], indent: string, memo = new Map<string, string>()): string {
-    const d = this.d;
-    const key = exprKey(e);
+    // No closures here: this runs for every node of every expression, and tsx names each closure it creates.
+    if (e.k === 'const') return this.d.literal(e.value, e.t);
+    if (e.k === 'var') return this.sizes.has(e.name) ? sizeName(e.name) : e.name;
+    const key = this.keys.key(e);
     const hit = memo.get(key);
     if (hit) return hit;
-    const sub = (x: KExpr) => this.expr(x, out, indent, memo);
-    const bind = (code: string, t: Scalar) => {
-      const name = this.fresh();
-      out.push(`${indent}${d.constDecl(name, t, code)}`);
-      return name;
-    };
+    const d = this.d;
     let result: string;
     switch (e.k) {
-      case 'const': return d.literal(e.value, e.t);
-      case 'var': return e.name;
-      case 'load': result = bind(d.load(e.buf, this.buffers[e.buf], sub(e.index)), e.t); break;
-      case 'elem': result = bind(d.elem(e.array, sub(e.index)), e.t); break;
-      case 'unary': result = bind(d.unary[e.op](sub(e.a)), e.t); break;
+      case 'load': result = this.bindTemp(d.load(e.buf, this.buffers[e.buf], this.expr(e.index, out, indent, memo)), e.t, out, indent); break;
+      case 'elem': result = this.bindTemp(d.elem(e.array, this.expr(e.index, out, indent, memo)), e.t, out, indent); break;
+      case 'unary': result = this.bindTemp(d.unary[e.op](this.expr(e.a, out, indent, memo), e.t), e.t, out, indent); break;
       case 'binary': {
-        const a = sub(e.a);
-        const b = sub(e.b);
-        result = bind(d.binary[e.op](a, b, e.a.t), e.t);
+        const a = this.expr(e.a, out, indent, memo);
+        const b = this.expr(e.b, out, indent, memo);
+        result = this.bindTemp(d.binary[e.op](a, b, e.a.t), e.t, out, indent);
         break;
       }
-      case 'cast': result = bind(d.cast(sub(e.a), e.a.t, e.t, e.round), e.t); break;
+      case 'cast': result = this.bindTemp(d.cast(this.expr(e.a, out, indent, memo), e.a.t, e.t, e.round, e.u32), e.t, out, indent); break;
       case 'select': {
-        const cond = sub(e.cond);
+        const cond = this.expr(e.cond, out, indent, memo);
         const name = this.fresh();
         out.push(`${indent}${d.varDecl(name, e.t, d.literal(0, e.t))}`);
         out.push(`${indent}if (${cond}) {`);
@@ -117,7 +133,7 @@ export class ExprPrinter {
       }
       case 'reduce': {
         const acc = this.fresh();
-        const n = sub(e.n);
+        const n = this.expr(e.n, out, indent, memo);
         this.reduceInto(acc, e.op, e.v, n, e.body, e.t, out, indent, memo);
         result = acc;
         break;
@@ -128,6 +144,13 @@ export class ExprPrinter {
     return result;
   }
 
+  /** Declares a fresh temporary holding `code` and returns its name. */
+  private bindTemp(code: string, t: Scalar, out: string[], indent: string): string {
+    const name = this.fresh();
+    out.push(`${indent}${this.d.constDecl(name, t, code)}`);
+    return name;
+  }
+
   /** Declares `acc` and loops `v` over [0, n), folding `body` into it with `op` (argmax keeps the first max). */
   reduceInto(acc: string, op: ReduceOp, v: string, n: string, body: KExpr, t: Scalar, out: string[], indent: string,
     outer = new Map<string, string>()): void {
@@ -135,15 +158,15 @@ export class ExprPrinter {
     const inner = indent + '  ';
     if (op === 'argmax') {
       const best = `${acc}_best`;
-      out.push(`${indent}${d.varDecl(best, 'f32', d.negInfinity)}`);
+      out.push(`${indent}${d.varDecl(best, body.t, d.lowest(body.t))}`);
       out.push(`${indent}${d.varDecl(acc, 'i32', d.literal(0, 'i32'))}`);
       out.push(`${indent}${d.forLoop(v, n)}`);
       const x = this.expr(body, out, inner, new Map(outer));
-      out.push(`${inner}if (${x} > ${best}) { ${best} = ${x}; ${acc} = ${v}; }`);
+      out.push(`${inner}if (${d.argmaxTakes(x, best, body.t)}) { ${best} = ${x}; ${acc} = ${v}; }`);
       out.push(`${indent}}`);
       return;
     }
-    out.push(`${indent}${d.varDecl(acc, t, op === 'max' ? d.negInfinity : d.literal(0, t))}`);
+    out.push(`${indent}${d.varDecl(acc, t, op === 'max' ? d.lowest(t) : d.literal(0, t))}`);
     out.push(`${indent}${d.forLoop(v, n)}`);
     const x = this.expr(body, out, inner, new Map(outer));
     out.push(`${inner}${acc} = ${op === 'max' ? d.binary.max(acc, x, t) : d.binary.add(acc, x, t)};`);
@@ -151,24 +174,50 @@ export class ExprPrinter {
   }
 }
 
-const keys = new WeakMap<KExpr, string>();
+/**
+ * Structural keys of expressions (equal keys: equal expressions), each built once per node object. A subexpression
+ * appears in its parent's key by a number standing for its own key: keys that nest their subexpressions' text grow
+ * with the square of an expression's depth.
+ */
+class ExprKeys {
+  private readonly keys = new WeakMap<KExpr, string>();
+  private readonly ids = new Map<string, number>();
 
-/** A structural key of an expression, built once per node object. */
-function exprKey(e: KExpr): string {
-  let k = keys.get(e);
-  if (k !== undefined) return k;
-  switch (e.k) {
-    case 'const': k = `c${e.t}:${e.value}`; break;
-    case 'var': k = `v:${e.name}`; break;
-    case 'load': k = `ld${e.buf}(${exprKey(e.index)})`; break;
-    case 'elem': k = `el:${e.array}(${exprKey(e.index)})`; break;
-    case 'unary': k = `${e.op}(${exprKey(e.a)})`; break;
-    case 'binary': k = `${e.op}:${e.t}(${exprKey(e.a)},${exprKey(e.b)})`; break;
-    case 'cast': k = `cast:${e.t}:${e.round ?? ''}(${exprKey(e.a)})`; break;
-    case 'select': k = `sel(${exprKey(e.cond)},${exprKey(e.a)},${exprKey(e.b)})`; break;
-    case 'reduce': k = `red:${e.op}:${e.v}:${exprKey(e.n)}(${exprKey(e.body)})`; break;
-    default: return e satisfies never;
+  get size(): number { return this.ids.size; }
+
+  key(e: KExpr): string {
+    let k = this.keys.get(e);
+    if (k !== undefined) return k;
+    switch (e.k) {
+      case 'const': k = `c${e.t}:${e.value}`; break;
+      case 'var': k = `v:${e.name}`; break;
+      case 'load': k = `ld${e.buf}(#${this.id(e.index)})`; break;
+      case 'elem': k = `el:${e.array}(#${this.id(e.index)})`; break;
+      case 'unary': k = `${e.op}(#${this.id(e.a)})`; break;
+      case 'binary': k = `${e.op}:${e.t}(#${this.id(e.a)},#${this.id(e.b)})`; break;
+      case 'cast': k = `cast:${e.t}:${e.round ?? ''}${e.u32 ? ':u32' : ''}(#${this.id(e.a)})`; break;
+      case 'select': k = `sel(#${this.id(e.cond)},#${this.id(e.a)},#${this.id(e.b)})`; break;
+      case 'reduce': k = `red:${e.op}:${e.v}:#${this.id(e.n)}(#${this.id(e.body)})`; break;
+      default: return e satisfies never;
+    }
+    this.keys.set(e, k);
+    return k;
   }
-  keys.set(e, k);
-  return k;
+
+  private id(e: KExpr): number {
+    const k = this.key(e);
+    let i = this.ids.get(k);
+    if (i === undefined) this.ids.set(k, (i = this.ids.size));
+    return i;
+  }
+}
+
+/**
+ * The key table printers share (kernels alike but for their buffers share expression objects), replaced by a
+ * fresh one when it grows large; a printer keeps the table it started with, so its keys stay comparable.
+ */
+let sharedKeys = new ExprKeys();
+function exprKeys(): ExprKeys {
+  if (sharedKeys.size > 1 << 20) sharedKeys = new ExprKeys();
+  return sharedKeys;
 }

@@ -8,6 +8,8 @@
 import { cudaCaps, cpuCaps, DeviceCaps, subgroupCombines, webgpuCaps } from './device-caps.ts';
 import { KernelIR, KExpr, KStmt, Scalar, topReductions } from './kernel-ir.ts';
 import { alignedDot, contiguousStreams, Stream } from './schedule-vector.ts';
+import { formatSchedule } from './schedule-format.ts';
+import { log, logsOn } from '../ir/logs.ts';
 
 export { cudaCaps, cpuCaps, webgpuCaps };
 export type { DeviceCaps };
@@ -109,6 +111,13 @@ const LONG_REDUCTION = 32;
 const SCRATCH_BYTES = 512;
 
 export function scheduleKernel(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions = {}): ScheduledKernel {
+  const scheduled = scheduleOnce(k, device, opts);
+  // TSFUSE_LOGS=schedule: each kernel's schedule as --dump-schedule prints it.
+  if (logsOn('schedule')) log('schedule', formatSchedule(scheduled));
+  return scheduled;
+}
+
+function scheduleOnce(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): ScheduledKernel {
   const s = new Scheduler(k, device, opts);
   const stmts = k.body.map((st) => s.statement(st));
   const uses = (m: Mapping) => m.kind === 'subgroup-per-element' || m.kind === 'split-subgroups';

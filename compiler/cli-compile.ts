@@ -15,12 +15,88 @@ import { Module } from '../ir/graph.ts';
 import { printModule } from '../ir/printer.ts';
 import { builtinConfig, LlamaConfig } from '../runtime/config.ts';
 import { traceLlama } from '../examples/llama.ts';
+import { compileCached } from './compile-cache.ts';
 import { compileModule } from './compile-module.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
 import { passNames, prefusionPasses, runPipeline } from './passes/pipeline.ts';
 import { formatReportTable, stepReport } from './report.ts';
+import { loadLlama } from '../runtime/llama.ts';
+import { backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, modelOption, positiveInt, UsageError } from './cli-args.ts';
 
-export class CompileUsageError extends Error {}
+/** Bad options of `tsfuse compile` (a usage error). */
+export class CompileUsageError extends UsageError {}
+
+const dumpIrHelp = 'print the fused IR; all: after every pass; after:PASS (e.g. after:fuse): after one pass';
+
+export const compileCommand = defineCommand({
+  synopsis: '(--model DIR | --config NAME | MODEL.ts) [options]',
+  about: 'Runs the pass pipeline on the Llama prefill and decode graphs (a checkpoint, or a built-in config needing no\n' +
+    'weights: llama-3.2-1b, llama-tiny) and prints a summary of the kernels, or what the options ask for. Given a\n' +
+    'model script, traces its exported entry (inputs typed Tensor<dtype, shape>); --out writes the compiled artifact.',
+  options: {
+    model: modelOption,
+    config: { type: 'string', value: 'NAME', help: 'a built-in config: llama-3.2-1b, llama-tiny' },
+    backend: backendOption,
+    json: { ...jsonOption, help: 'print the summary (and with --report the report) as one line of JSON' },
+    report: { type: 'boolean', default: false, help: 'kernels and bytes per step, fused against one kernel per op' },
+    'explain-fusion': { type: 'boolean', default: false, help: 'every fusion decision and every kernel boundary kept' },
+    'dump-ir': { type: 'string', value: '[all|after:PASS]', help: dumpIrHelp },
+    'dump-kernels': { type: 'string', value: 'DIR', help: 'write each kernel\'s source for the backend and its schedule (NAME.schedule)' },
+    'dump-schedule': { type: 'boolean', default: false, help: 'print every kernel\'s schedule for the backend' },
+    'cache-length': { type: 'string', value: 'N', help: 'KV-cache positions (default: the model\'s context, at most 2048)' },
+    'prompt-length': { type: 'string', default: '32', value: 'N', help: 'prompt length S assumed in byte counts' },
+    'no-cache': { type: 'boolean', default: false, help: 'compile again rather than read the compile cache (TSFUSE_CACHE_DIR)' },
+    entry: { type: 'string', value: 'NAME', help: 'model scripts: the exported function to compile (default: the only one)' },
+    out: { type: 'string', value: 'FILE', help: 'model scripts: write the compiled artifact (a TypeScript module) here' },
+  },
+  positionals: true,
+  async run(values, positionals) {
+    if (values['no-cache']) process.env.TSFUSE_NO_CACHE = '1';
+    const backend = checkBackend(values.backend);
+    if (positionals.length > 1) throw new UsageError(`compile takes one model script, got ${positionals.join(' ')}`);
+    if (positionals.length === 1) {
+      if (values.model !== undefined || values.config !== undefined) throw new UsageError('give a model script or --model/--config, not both');
+      for (const flag of ['report', 'explain-fusion', 'dump-schedule'] as const) {
+        if (values[flag]) throw new UsageError(`--${flag} applies to --model/--config; for a model script use --dump-ir or --dump-kernels`);
+      }
+      const { runScriptCompile } = await importScriptCompiler();
+      await runScriptCompile({
+        script: positionals[0], entry: values.entry, backend, dumpIr: values['dump-ir'],
+        dumpKernels: values['dump-kernels'], out: values.out, json: values.json,
+      });
+      return;
+    }
+    if (values.entry !== undefined || values.out !== undefined) throw new UsageError('--entry and --out need a model script: tsfuse compile MODEL.ts');
+    if ((values.model === undefined) === (values.config === undefined)) throw new UsageError('give one of --model DIR or --config NAME (built-in: llama-3.2-1b)');
+    const model = values.model !== undefined ? loadLlama(checkModelDir(values.model)) : undefined;
+    const cfg = model?.cfg ?? builtinLlama(values.config!);
+    runCompile({
+      cfg,
+      weightDType: model?.weightDType ?? DType.BF16,
+      cacheLength: values['cache-length'] ? positiveInt(values['cache-length'], '--cache-length') : Math.min(cfg.maxPositionEmbeddings, 2048),
+      backend,
+      dumpIr: values['dump-ir'],
+      dumpKernels: values['dump-kernels'],
+      dumpSchedule: values['dump-schedule'],
+      report: values.report,
+      json: values.json,
+      explainFusion: values['explain-fusion'],
+      promptLength: positiveInt(values['prompt-length'], '--prompt-length'),
+    });
+  },
+});
+
+/** The model-script compiler loads ts-morph, an optional dependency: say how to install it when it is missing. */
+async function importScriptCompiler() {
+  try {
+    return await import('./cli-script.ts');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND' && /'ts-morph'/.test((e as Error).message)) {
+      throw new UsageError('compiling a model script needs the optional package ts-morph: npm install ts-morph');
+    }
+    throw e;
+  }
+}
 
 export interface CompileRequest {
   readonly cfg: LlamaConfig;
@@ -63,26 +139,42 @@ export function runCompile(req: CompileRequest): void {
     dims: new Map([['S', req.promptLength]]),
     explain: req.explainFusion ? (pass, line) => explained.push(`[${pass}] ${line}`) : undefined,
   };
-  const traced = traceLlama(req.cfg, { weightDType: req.weightDType, cacheLength: req.cacheLength });
+  const traceOpts = { weightDType: req.weightDType, cacheLength: req.cacheLength, sampling: false };
+  const trace = () => traceLlama(req.cfg, traceOpts);
   const after = (pass: string, m: Module) => {
     if (dump.all || dump.after === pass) process.stdout.write(`# after ${pass}\n${printModule(m)}\n`);
   };
-  const compiled = compileModule(traced, { ctx, after });
+  // Through the compile cache unless the passes themselves are to be shown (IR after a pass, fusion decisions).
+  const watched = dump.all || dump.after !== undefined || req.explainFusion;
+  const traced = watched || req.report ? trace() : undefined;
+  const cached = watched ? undefined : compileCached({ model: 'llama', cfg: req.cfg, ...traceOpts }, () => traced ?? trace(), { ctx });
+  const compiled = cached?.module ?? compileModule(traced!, { ctx, after });
+  const tracedNodes = (name: string) => cached?.tracedNodes[name] ?? traced?.graphs.find((g) => g.name === name)?.nodes.length;
   if (dump.final) process.stdout.write(printModule({ graphs: compiled.graphs.map((c) => c.graph) }));
 
   const kernels = compiled.graphs.map((c) => ({ name: c.graph.name, kernels: c.kernels }));
   if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, kernels);
   if (req.dumpSchedule) process.stdout.write(formatSchedules(req.backend, kernels));
   if (req.explainFusion) console.log(explained.join('\n'));
-  if (!req.report) return;
+  const summary = {
+    model: req.cfg.source, backend: req.backend, cacheLength: req.cacheLength, promptLength: req.promptLength,
+    graphs: Object.fromEntries(compiled.graphs.map((c) => [c.graph.name, { nodes: tracedNodes(c.graph.name), kernels: c.kernels.length }])),
+  };
+  const shown = dump.final || dump.all || dump.after !== undefined || req.dumpSchedule || req.explainFusion;
+  if (!req.report) {
+    if (req.json) console.log(JSON.stringify(summary));
+    else if (!shown) {
+      console.log(`${req.cfg.source}: ` + compiled.graphs.map((c) => `@${c.graph.name} ${summary.graphs[c.graph.name].nodes} nodes → ${c.kernels.length} kernels`).join(', ') +
+        ` (KV cache ${req.cacheLength} positions${req.dumpKernels ? `; kernels written to ${req.dumpKernels}` : ''})`);
+    }
+    return;
+  }
 
-  const unfused = runPipeline(traced, { passes: prefusionPasses, ctx: defaultContext });
+  const unfused = runPipeline(traced!, { passes: prefusionPasses, ctx: defaultContext });
   const reports = Object.fromEntries(compiled.graphs.map((c, i) =>
     [c.graph.name, stepReport(c.graph, unfused.graphs[i], c.plan.peakBytes, ctx.dims)]));
   if (req.json) {
-    console.log(JSON.stringify({
-      model: req.cfg.source, cacheLength: req.cacheLength, promptLength: req.promptLength, ...reports,
-    }));
+    console.log(JSON.stringify({ ...summary, ...reports }));
     return;
   }
   console.log(`compile report: ${req.cfg.source}, KV cache ${req.cacheLength} positions, prefill of S=${req.promptLength} tokens`);

@@ -1,12 +1,61 @@
 // `tsfuse generate`: a prompt as token ids or as text (through the checkpoint's tokenizer.json), tokens streamed as
-// they are produced (as ids, or as decoded text), and the timing at the end: prefill, ms per token, tokens/s.
+// they are produced (as ids, or as decoded text) on stdout, and the timing at the end on stderr: prefill, ms per
+// token, tokens/s (with --json, one object on stdout holding both).
 
 import { DeviceKind } from '../runtime/device.ts';
-import { LoadedLlama } from '../runtime/llama.ts';
+import { checkLength, LoadedLlama } from '../runtime/llama.ts';
 import { Sampling } from '../runtime/session.ts';
-import { openLlamaSession } from './open-session.ts';
+import { openLlamaSession, StartTimings } from './open-session.ts';
 import { showProgress, withWeightProgress } from '../runtime/progress.ts';
-import { TextStream, TextTokenizer } from '../runtime/tokenizer.ts';
+import { loadTokenizer, TextStream, TextTokenizer } from '../runtime/tokenizer.ts';
+import { loadLlama } from '../runtime/llama.ts';
+import {
+  backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, modelOption, nonNegative, parseIds, positiveInt,
+  UsageError,
+} from './cli-args.ts';
+
+export const generateCommand = defineCommand({
+  synopsis: '--model DIR (--ids 5,9,13 | --prompt TEXT) [options]',
+  about: 'Runs the prompt as one prefill step, then one decode step per new token, and prints the new token ids (or\n' +
+    'the decoded text, for --prompt) on stdout as they come; the timing (prefill, ms/token, tokens/s) goes to stderr.\n' +
+    'Greedy unless --temperature is above 0; the same --seed gives the same tokens on every backend.',
+  options: {
+    model: modelOption,
+    ids: { type: 'string', value: '5,9,13', help: 'the prompt as comma-separated token ids' },
+    prompt: { type: 'string', value: 'TEXT', help: "the prompt as text (needs the checkpoint's tokenizer.json)" },
+    'max-new-tokens': { type: 'string', default: '32', value: 'N', help: 'how many tokens to generate' },
+    backend: backendOption,
+    temperature: { type: 'string', default: '0', value: 'T', help: 'sampling temperature; 0 is greedy' },
+    'top-p': { type: 'string', default: '1', value: 'P', help: 'nucleus sampling: keep the smallest set of tokens with this much probability' },
+    seed: { type: 'string', default: '0', value: 'N', help: 'seed of the sampler (a u32)' },
+    json: { ...jsonOption, help: 'print one line of JSON at the end: tokens, text, prefillMs, msPerToken, tokensPerSecond' },
+    'ignore-eos': { type: 'boolean', default: false, help: "go on past the model's end-of-sequence tokens (eos_token_id)" },
+    'no-cache': { type: 'boolean', default: false, help: 'compile again rather than read the compile cache (TSFUSE_CACHE_DIR)' },
+  },
+  async run(values) {
+    if (values['no-cache']) process.env.TSFUSE_NO_CACHE = '1';
+    if ((values.ids === undefined) === (values.prompt === undefined)) throw new UsageError('give one of --ids 5,9,13 or --prompt TEXT');
+    const maxNew = positiveInt(values['max-new-tokens'], '--max-new-tokens');
+    if (!/^\d+$/.test(values.seed)) throw new UsageError(`--seed must be a non-negative integer, got '${values.seed}'`);
+    const sampling = {
+      temperature: nonNegative(values.temperature, '--temperature'),
+      topP: nonNegative(values['top-p'], '--top-p'),
+      seed: Number(values.seed) >>> 0,
+    };
+    if (sampling.topP > 1) throw new UsageError(`--top-p must be between 0 and 1, got '${values['top-p']}'`);
+    const backend = checkBackend(values.backend);
+    const dir = checkModelDir(values.model);
+    const model = loadLlama(dir);
+    let tokenizer;
+    if (values.prompt !== undefined) {
+      tokenizer = loadTokenizer(dir);
+      if (!tokenizer) throw new UsageError(`--prompt needs a tokenizer.json in ${dir} (or give the prompt as --ids)`);
+    }
+    const ids = tokenizer ? tokenizer.encode(values.prompt!) : parseIds(values.ids);
+    if (ids.length === 0) throw new UsageError('--prompt encodes to no tokens');
+    await runGenerate({ model, backend, ids, tokenizer, maxNewTokens: maxNew, sampling, json: values.json, ignoreEos: values['ignore-eos'] });
+  },
+});
 
 export interface GenerateRequest {
   readonly model: LoadedLlama;
@@ -18,6 +67,10 @@ export interface GenerateRequest {
   readonly sampling: Sampling;
   readonly json: boolean;
   readonly write?: (text: string) => void;
+  /** Where statistics go (default stderr). */
+  readonly writeStats?: (text: string) => void;
+  /** Generate past the model's EOS tokens (else generation ends at the first, as Hugging Face's does). */
+  readonly ignoreEos?: boolean;
 }
 
 export interface GenerateTiming {
@@ -30,11 +83,15 @@ export interface GenerateTiming {
 
 export async function runGenerate(req: GenerateRequest): Promise<void> {
   const write = req.write ?? ((s: string) => process.stdout.write(s));
+  const writeStats = req.writeStats ?? ((s: string) => process.stderr.write(s));
+  checkLength(req.model.cfg, req.ids.length, req.maxNewTokens);
   const { model, bar } = withWeightProgress(req.model, showProgress(req.json));
+  let start: StartTimings | undefined;
   let session;
   try {
     session = await openLlamaSession(model, {
       backend: req.backend, cacheLength: req.ids.length + req.maxNewTokens, sampling: (req.sampling.temperature ?? 0) > 0,
+      onStart: (t) => { start = t; },
     });
   } finally {
     bar.stop();
@@ -52,7 +109,8 @@ export async function runGenerate(req: GenerateRequest): Promise<void> {
   };
   let tokens: number[];
   try {
-    tokens = await session.generate(req.ids, req.maxNewTokens, req.sampling, onToken);
+    tokens = await session.generate(req.ids, req.maxNewTokens, req.sampling, onToken,
+      { stopTokens: req.ignoreEos ? [] : req.model.eosTokenIds });
   } finally {
     bar.stop();
     session.close();
@@ -63,12 +121,19 @@ export async function runGenerate(req: GenerateRequest): Promise<void> {
     write(JSON.stringify({
       tokens, ...(stream ? { text: stream.text } : {}), promptTokens: req.ids.length,
       prefillMs: round(timing.prefillMs), msPerToken: round(timing.msPerToken), tokensPerSecond: round(timing.tokensPerSecond),
+      ...(start ? { start: { ...start, compileMs: round(start.compileMs), readMs: round(start.readMs), uploadMs: round(start.uploadMs) } } : {}),
     }) + '\n');
     return;
   }
   const perToken = Number.isNaN(timing.msPerToken) ? 'one token'
     : `${timing.msPerToken.toFixed(2)} ms/token, ${timing.tokensPerSecond.toFixed(1)} tokens/s`;
-  write(`\n\n${tokens.length} tokens in ${(ended - started).toFixed(0)} ms: prefill ${timing.prefillMs.toFixed(1)} ms ` +
+  write('\n');
+  // Time to the first token, part by part: compile (or the compile cache), weights read, device load, the prompt's pass.
+  if (start) {
+    writeStats(`start: compile ${start.compileMs.toFixed(0)} ms (${{ hit: 'cached', miss: 'compiled, now cached', off: 'compiled' }[start.compileCache]}), ` +
+      `weights read ${start.readMs.toFixed(0)} ms, device load ${start.uploadMs.toFixed(0)} ms (kernels, uploads); first token ${timing.prefillMs.toFixed(1)} ms later\n`);
+  }
+  writeStats(`${tokens.length} tokens in ${(ended - started).toFixed(0)} ms: prefill ${timing.prefillMs.toFixed(1)} ms ` +
     `(${req.ids.length} prompt tokens), ${perToken}\n`);
 }
 

@@ -30,6 +30,8 @@ export async function runScriptCompile(req: ScriptCompileRequest): Promise<void>
     throw new CompileUsageError(`--out writes a JavaScript (cpu) artifact; --backend ${req.backend} cannot be written`);
   }
   const dump = parseDump(req.dumpIr, passNames());
+  // Compiled tsfuse (dist/) runs without tsx: register it so that the TypeScript model script can be imported.
+  if (import.meta.url.endsWith('.js')) (await import('tsx/esm/api')).register();
   const traced = await traceScript(req.script, req.entry);
   const source = sourceTextOf(traced.info);
   const print = (m: Module) => printModule(m, { source });

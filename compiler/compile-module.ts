@@ -3,6 +3,7 @@
 import { lowerGraph } from '../backends/lower.ts';
 import { LoweredGraph } from '../backends/lowered.ts';
 import { Graph, Module } from '../ir/graph.ts';
+import { log, logsOn } from '../ir/logs.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
 import { Pass, runPipeline } from './passes/pipeline.ts';
 import { computePlan, MemoryPlan } from './passes/plan-memory.ts';
@@ -24,12 +25,21 @@ export interface CompileOptions {
 }
 
 export function compileModule(m: Module, opts: CompileOptions = {}): CompiledModule {
-  const ctx = opts.ctx ?? defaultContext;
+  let ctx = opts.ctx ?? defaultContext;
+  // TSFUSE_LOGS=fusion: every fusion decision, as --explain-fusion prints them.
+  if (logsOn('fusion') && !ctx.explain) ctx = { ...ctx, explain: (pass, line) => log('fusion', `[${pass}] ${line}`) };
   const fused = runPipeline(m, { ...opts, ctx });
-  return {
+  const compiled = {
     graphs: fused.graphs.map((graph) => {
       const plan = computePlan(graph, ctx);
       return { graph, plan, kernels: lowerGraph(graph, plan.slotOf) };
     }),
   };
+  if (logsOn('kernels')) {
+    for (const c of compiled.graphs) {
+      log('kernels', `@${c.graph.name}: ${c.graph.nodes.length} nodes in ${c.kernels.length} kernels`);
+      for (const k of c.kernels) log('kernels', `  ${k.name} (${k.kind}): ${k.fused.length} nodes: ${k.fused.map((l) => l.split(' = ')[1]?.split(' ')[0] ?? l).join(', ')}`);
+    }
+  }
+  return compiled;
 }

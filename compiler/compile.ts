@@ -13,10 +13,12 @@
 //     The KV cache entries it writes (past the real prompt) are overwritten by the decode step of that position
 //     before any query reads them (a step writes its own key before attending).
 
-import { Graph, Module } from '../ir/graph.ts';
+import { Graph, Module, Value } from '../ir/graph.ts';
+import { Op } from '../ir/ops.ts';
 import { formatType } from '../ir/shape.ts';
 import { DType } from '../ir/dtype.ts';
-import { allocHost, HostTensor, hostTensor } from '../ir/host-tensor.ts';
+import { allocData, allocHost, HostTensor, hostTensor } from '../ir/host-tensor.ts';
+import { isDType } from '../ir/dtype.ts';
 import { Device, Program } from '../runtime/device.ts';
 import { HostDevice } from '../runtime/devices/host.ts';
 import { openDevice } from '../runtime/devices/open.ts';
@@ -31,6 +33,9 @@ import { Pass } from './passes/pipeline.ts';
 import { padAxis, sliceAxis } from './padding.ts';
 import { Tensor } from './tensor.ts';
 import { trace, TraceError, validLengthInput } from './trace.ts';
+import type { BisectReport } from './bisect.ts';
+import type { BisectCallOptions } from './bisect-call.ts';
+import { log } from '../ir/logs.ts';
 
 export type { Buckets, DynamicAxes, GuardFailure } from './guards.ts';
 
@@ -107,6 +112,12 @@ export interface CompiledFunction<A extends Tensor[], R extends Tensor | Tensor[
   /** Compiled graphs by cache key. */
   readonly cache: ReadonlyMap<string, CompiledEntry>;
   readonly inputNames: readonly string[];
+  /**
+   * Runs a call's kernels one at a time beside the reference interpreter (or `options.against`) and returns the
+   * first kernel whose values differ, as data (compiler/bisect.ts). Compiles for the inputs as a call would;
+   * leaves `states` as they were. Options may follow the inputs.
+   */
+  bisect(...inputs: [...HostArgs<A>, BisectCallOptions?]): Promise<BisectReport>;
 }
 
 interface Entry extends CompiledEntry {
@@ -114,17 +125,71 @@ interface Entry extends CompiledEntry {
   readonly program: Program | Promise<Program>;
   /** fn returned one tensor, not an array: the call returns one too. */
   readonly single: boolean;
+  /** Inputs that are indices (of a gather, of a state write), with the range their values must lie in. */
+  readonly indexInputs: readonly IndexInput[];
+}
+
+interface IndexInput {
+  readonly input: string;
+  /** Values must lie in [0, limit). */
+  readonly limit: number;
+  readonly what: string;
+}
+
+/**
+ * The inputs a gather reads its rows from, or a state write its position (directly or through views), with the
+ * range their values must lie in where it is static: a call checks them on the host, so that an index out of range
+ * is a named error on every backend (kernels on a GPU could only clamp it).
+ */
+function indexInputsOf(g: Graph): IndexInput[] {
+  const found: IndexInput[] = [];
+  const inputOf = (v: Value): Value | undefined => {
+    while (v.producer && [Op.Reshape, Op.Permute, Op.Expand, Op.Slice].includes(v.producer.op as Op)) v = v.producer.inputs[0];
+    return v.kind === 'input' ? v : undefined;
+  };
+  for (const n of g.nodes) {
+    if (n.op === Op.Gather) {
+      const [table, ids] = n.inputs;
+      const input = inputOf(ids);
+      const rows = table.type.shape[0];
+      if (input && typeof rows === 'number') found.push({ input: input.name!, limit: rows, what: `a row of a table of ${rows} (gather)` });
+    } else if (n.op === Op.UpdateSlice) {
+      const [target, update, index] = n.inputs;
+      const axis = n.attrs.axis as number;
+      const [size, count] = [target.type.shape[axis], update.type.shape[axis]];
+      const input = inputOf(index);
+      if (input && typeof size === 'number' && typeof count === 'number') {
+        found.push({ input: input.name!, limit: size - count + 1, what: `the position of a write of ${count} into ${size} along axis ${axis} of state '${target.name}'` });
+      }
+    }
+  }
+  return found;
+}
+
+function checkIndexInputs(graph: string, entry: Entry, args: Readonly<Record<string, HostTensor>>): void {
+  for (const c of entry.indexInputs) {
+    const t = args[c.input];
+    if (!t) continue;
+    for (let i = 0; i < t.data.length; i++) {
+      const v = t.data[i];
+      if (!(v >= 0 && v < c.limit)) {
+        throw new RangeError(`@${graph}: input ${c.input}[${i}] = ${v} is out of range [0, ${c.limit}) for ${c.what}`);
+      }
+    }
+  }
 }
 
 export function compile<A extends Tensor[], R extends Tensor | Tensor[], B extends CompileBackend = HostBackend>(
   fn: (...args: A) => R, options: CompileFnOptions<B> = {},
 ): CompiledFunction<A, R, B> {
   const names = options.inputs ?? parameterNames(fn);
+  checkInputNames(names, options.inputs !== undefined);
   const graphName = sanitize(options.name ?? (fn.name || 'main'));
   const dynamic = options.dynamic ?? {};
   const buckets = options.buckets ?? 'pow2';
-  for (const input of Object.keys(dynamic)) {
+  for (const [input, axes] of Object.entries(dynamic)) {
     if (!names.includes(input)) throw new TraceError(`compile(): dynamic input '${input}' is not an input (inputs: ${names.join(', ')})`);
+    for (const symbol of Object.values(axes)) checkSymbol(symbol, input);
   }
   let backend: CompileBackend = checkBackend(options.backend ?? 'cpu');
   const cache = new Map<string, Entry>();
@@ -153,6 +218,8 @@ export function compile<A extends Tensor[], R extends Tensor | Tensor[], B exten
       single = !Array.isArray(r);
       return r;
     });
+    // Weights are checked against what the graph declares before anything runs on them.
+    for (const v of traced.params) checkHostTensor(paramOf(v.name!), `compile(): parameter '${v.name}'`, formatType(v.type));
     // Passes weigh bytes at the bucket's size: the graph is compiled for it.
     const dims = new Map<string, number>();
     for (const s of sig.inputs) for (const d of s.dims) if (typeof d !== 'number') dims.set(d.symbol, d.bucket);
@@ -166,7 +233,8 @@ export function compile<A extends Tensor[], R extends Tensor | Tensor[], B exten
       : sharedDevice(sig.backend as 'webgpu' | 'cuda').then(load);
     const failed = last ? firstFailure(last.signature, sig) : undefined;
     compiles.push({ key, failed, ms: performance.now() - started });
-    return { key, signature: sig, traced, compiled, program, single };
+    log('recompiles', failed ? `@${graphName}: compiled again (${failed.message}), compilation ${compiles.length}` : `@${graphName}: compiled for ${key}`);
+    return { key, signature: sig, traced, compiled, program, single, indexInputs: indexInputsOf(traced) };
   };
 
   const call = (...inputs: HostTensor[]): HostTensor | HostTensor[] | Promise<HostTensor | HostTensor[]> => {
@@ -174,6 +242,7 @@ export function compile<A extends Tensor[], R extends Tensor | Tensor[], B exten
     if (inputs.length !== names.length) {
       throw new TraceError(`@${graphName} takes ${names.length} inputs (${names.join(', ')}), got ${inputs.length}`);
     }
+    inputs.forEach((t, i) => checkHostTensor(t, `@${graphName}: input ${names[i]}`));
     const sig = signatureOf(backend, names, inputs, dynamic, buckets);
     const key = signatureKey(sig);
     let entry = cache.get(key);
@@ -183,10 +252,12 @@ export function compile<A extends Tensor[], R extends Tensor | Tensor[], B exten
     const g = entry.traced;
     for (const s of g.states) {
       const have = states.get(s.name!);
-      if (!have || formatType(have) !== formatType(s.type)) states.set(s.name!, allocHost(s.type.dtype, s.type.shape as number[]));
+      if (!have) states.set(s.name!, allocHost(s.type.dtype, s.type.shape as number[]));
+      else checkHostTensor(have, `@${graphName}: state '${s.name}'`, formatType(s.type));
     }
     const { args, valid } = padInputs(sig, names, inputs, options.padValue ?? 0);
     for (const [symbol, n] of valid) args[validLengthInput(symbol)] = hostTensor(DType.I32, [], [n]);
+    checkIndexInputs(graphName, entry, args);
     const finish = (outs: HostTensor[]) => {
       const sliced = outs.map((t, i) => sliceOutputs(t, g.outputs[i].type.shape, valid));
       return entry!.single ? sliced[0] : sliced;
@@ -195,6 +266,19 @@ export function compile<A extends Tensor[], R extends Tensor | Tensor[], B exten
     if (program instanceof Promise) return program.then((p) => runOnce(p, graphName, args, states)).then(finish);
     const outs = runOnce(program, graphName, args, states);
     return outs instanceof Promise ? outs.then(finish) : finish(outs);
+  };
+
+  const bisect = async (...all: unknown[]): Promise<BisectReport> => {
+    const { bisectCall, splitBisectArgs } = await import('./bisect-call.ts'); // loaded only when asked for
+    const { inputs, options: opts } = splitBisectArgs(all, names.length);
+    if (inputs.length !== names.length) throw new TraceError(`@${graphName} takes ${names.length} inputs (${names.join(', ')}), got ${inputs.length}`);
+    const sig = signatureOf(backend, names, inputs, dynamic, buckets);
+    const key = signatureKey(sig);
+    const entry = cache.get(key) ?? build(sig, key);
+    cache.set(key, entry);
+    const { args, valid } = padInputs(sig, names, inputs, options.padValue ?? 0);
+    for (const [symbol, n] of valid) args[validLengthInput(symbol)] = hostTensor(DType.I32, [], [n]);
+    return bisectCall(entry, args, states, params, { ...opts, passes: options.passes });
   };
 
   const compiled = call as unknown as CompiledFunction<A, R, B>;
@@ -207,6 +291,7 @@ export function compile<A extends Tensor[], R extends Tensor | Tensor[], B exten
     states: { value: states, enumerable: true },
     cache: { value: cache, enumerable: true },
     inputNames: { value: names, enumerable: true },
+    bisect: { value: bisect, enumerable: true },
   });
   return compiled;
 }
@@ -255,6 +340,49 @@ function sliceOutputs(t: HostTensor, shape: readonly (number | string)[], valid:
     if (n !== undefined) out = sliceAxis(out, axis, n);
   });
   return out;
+}
+
+/**
+ * A host tensor as the backends read it: a dtype, whole non-negative sizes, and a typed array of the dtype's kind
+ * with one element per entry (a short array would read past its end); `want` also fixes the type. Errors name it.
+ */
+function checkHostTensor(t: HostTensor, what: string, want?: string): void {
+  if (typeof t !== 'object' || t === null || !Array.isArray(t.shape) || !ArrayBuffer.isView(t.data)) {
+    throw new TypeError(`${what} is not a host tensor (make one with tensor(data, shape, dtype)), got ${describe(t)}`);
+  }
+  if (!isDType(String(t.dtype))) throw new TypeError(`${what} has an unknown dtype '${String(t.dtype)}'`);
+  if (!t.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw new RangeError(`${what} has a bad shape [${t.shape.join(', ')}]`);
+  const kind = allocData(t.dtype, 0).constructor;
+  if (t.data.constructor !== kind) throw new TypeError(`${what} is ${formatType(t)} but holds a ${t.data.constructor.name} (want a ${kind.name})`);
+  const n = t.shape.reduce((a, b) => a * b, 1);
+  if (t.data.length !== n) throw new RangeError(`${what} is ${formatType(t)} (${n} elements) but holds ${t.data.length} values`);
+  if (want !== undefined && formatType(t) !== want) throw new RangeError(`${what} must be ${want}, got ${formatType(t)}`);
+}
+
+function describe(x: unknown): string {
+  if (x === null || typeof x !== 'object') return typeof x === 'string' ? JSON.stringify(x) : String(x);
+  return Array.isArray(x) ? 'an array' : `an object with keys ${Object.keys(x).join(', ') || '(none)'}`;
+}
+
+/**
+ * Input names become the graph's input names: identifiers, distinct, one per parameter. (A bundler or minifier may
+ * rename the function's parameters, and these names are what `dynamic` and the error messages use: give
+ * `options.inputs` to fix them.)
+ */
+function checkInputNames(names: readonly string[], explicit: boolean): void {
+  const where = explicit ? 'options.inputs' : 'the parameter names';
+  if (!Array.isArray(names) || !names.every((n) => typeof n === 'string' && /^[A-Za-z_][A-Za-z0-9_]*$/.test(n))) {
+    throw new TraceError(`compile(): ${where} must be identifiers, got ${JSON.stringify(names)}`);
+  }
+  const dup = names.find((n, i) => names.indexOf(n) !== i);
+  if (dup !== undefined) throw new TraceError(`compile(): ${where} name '${dup}' twice`);
+}
+
+/** A symbolic size is an identifier (kernels name it in their own namespace, so any identifier is safe). */
+function checkSymbol(symbol: unknown, input: string): void {
+  if (typeof symbol !== 'string' || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(symbol)) {
+    throw new TraceError(`compile(): the dynamic size of input '${input}' must be named by an identifier, got ${JSON.stringify(symbol)}`);
+  }
 }
 
 /** `(x, w) => …` → ['x', 'w']: the parameter names of a plain parameter list, else x0, x1, …. */

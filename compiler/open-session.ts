@@ -8,9 +8,10 @@ import { Module } from '../ir/graph.ts';
 import { HostTensor } from '../ir/host-tensor.ts';
 import { DeviceKind } from '../runtime/device.ts';
 import { DeviceOptions, openDevice } from '../runtime/devices/open.ts';
-import { LoadedLlama } from '../runtime/llama.ts';
+import { checkLength, LoadedLlama } from '../runtime/llama.ts';
 import { ParamStore } from '../runtime/params.ts';
 import { Session, SessionOptions } from '../runtime/session.ts';
+import { CacheOptions, compileCached } from './compile-cache.ts';
 import { compileModule } from './compile-module.ts';
 
 export interface OpenSessionOptions extends DeviceOptions, SessionOptions {
@@ -19,6 +20,21 @@ export interface OpenSessionOptions extends DeviceOptions, SessionOptions {
   readonly cacheLength: number;
   /** Compile the sampler (temperature, top-p, seed) rather than the argmax. */
   readonly sampling?: boolean;
+  /** Where compiled modules are cached, and whether (default: compiler/compile-cache.ts's). */
+  readonly compileCache?: CacheOptions;
+  /** Hears how long the start took, once the program is on the device. */
+  readonly onStart?: (t: StartTimings) => void;
+}
+
+/** Where a session's start went, in milliseconds. */
+export interface StartTimings {
+  /** Tracing and compiling, or reading the compiled module from the compile cache. */
+  readonly compileMs: number;
+  readonly compileCache: 'hit' | 'miss' | 'off';
+  /** Reading weights from the checkpoint while loading the program (host devices read them later, as they run). */
+  readonly readMs: number;
+  /** The rest of loading the program: kernels prepared for the device, weights uploaded. */
+  readonly uploadMs: number;
 }
 
 /** The module as a device runs it: compiled into kernels, or traced graphs for the reference interpreter. */
@@ -27,11 +43,26 @@ export function lowerFor(backend: DeviceKind, m: Module): LoweredModule {
 }
 
 export async function openLlamaSession(model: LoadedLlama, opts: OpenSessionOptions): Promise<Session> {
-  const module = traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength: opts.cacheLength, sampling: opts.sampling });
-  const lowered = lowerFor(opts.backend, module);
+  // Positions past the model's own are refused before anything is traced or allocated.
+  checkLength(model.cfg, opts.cacheLength);
+  const traceOpts = { weightDType: model.weightDType, cacheLength: opts.cacheLength, sampling: opts.sampling ?? false };
+  const trace = () => traceLlama(model.cfg, traceOpts);
+  const started = performance.now();
+  // Compiled through the compile cache: an unchanged model and options skip tracing and compiling.
+  const compiled = opts.backend === 'reference' ? undefined
+    : compileCached({ model: 'llama', cfg: model.cfg, ...traceOpts }, trace, opts.compileCache);
+  const lowered = compiled?.module ?? lowerFor(opts.backend, trace());
+  const compileMs = performance.now() - started;
   const device = await openDevice(opts.backend, opts);
   try {
-    const program = await device.load(lowered, new ParamStore((n) => model.weights.tensor(n)), { maxSizes: { S: opts.cacheLength } });
+    const params = new ParamStore((n) => model.weights.tensor(n));
+    const loading = performance.now();
+    const program = await device.load(lowered, params, { maxSizes: { S: opts.cacheLength } });
+    const loadMs = performance.now() - loading;
+    opts.onStart?.({
+      compileMs, compileCache: !compiled?.key ? 'off' : compiled.hit ? 'hit' : 'miss',
+      readMs: params.readMs, uploadMs: Math.max(0, loadMs - params.readMs),
+    });
     return new Session(program, opts);
   } catch (e) {
     device.destroy();

@@ -10,12 +10,12 @@ import {
   Node, Project, SourceFile, SyntaxKind, ts, Type, type Expression, type ParameterDeclaration,
 } from 'ts-morph';
 import { DType, isDType } from '../ir/dtype.ts';
-import { Graph } from '../ir/graph.ts';
 import { Dim } from '../ir/shape.ts';
 import { ScriptError } from './script-error.ts';
 import { displayPath } from './source-location.ts';
 import { Tensor } from './tensor.ts';
-import { InputSpec, trace } from './trace.ts';
+import { InputSpec, trace, TraceError } from './trace.ts';
+import { Graph, GraphError } from '../ir/graph.ts';
 
 export { ScriptError };
 
@@ -43,6 +43,9 @@ export interface ScriptInfo {
 }
 
 const tensorFile = path.resolve(path.dirname(new URL(import.meta.url).pathname), 'tensor.ts');
+/** Run from the sources (a checkout), `import … from 'tsfuse'` in a script means these sources, not a built dist/. */
+const sourcePaths: Record<string, string[]> = import.meta.url.endsWith('.ts')
+  ? { tsfuse: [path.resolve(path.dirname(tensorFile), '../index.ts')] } : {};
 
 /** Reads a script with the type checker: its entry points and its data-dependent control flow. */
 export function readScript(file: string): ScriptInfo {
@@ -51,7 +54,7 @@ export function readScript(file: string): ScriptInfo {
   const project = new Project({
     compilerOptions: {
       target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext,
-      strict: true, noEmit: true, allowImportingTsExtensions: true, skipLibCheck: true, types: ['node'],
+      strict: true, noEmit: true, allowImportingTsExtensions: true, skipLibCheck: true, types: ['node'], paths: sourcePaths,
     },
     skipAddingFilesFromTsConfig: true,
   });
@@ -75,10 +78,23 @@ export function readScript(file: string): ScriptInfo {
     else entries.push({ name, inputs: specs as InputSpec[], loc: `${shown}:${fn.getStartLineNumber()}` });
   }
   const lines = sf.getFullText().split('\n');
+  // The script's own syntax and type errors come first: a script that does not type-check is not traced.
+  const errors = typeErrors(sf, shown);
   return {
-    file: abs, entries, others, problems: controlFlowProblems(sf, at),
+    file: abs, entries, others, problems: errors.length ? errors : controlFlowProblems(sf, at),
     lineText: (line) => lines[line - 1]?.trim() || undefined,
   };
+}
+
+/** Syntax and type errors of the script itself (not of what it imports), as "file:line:col: error TSn: message". */
+function typeErrors(sf: SourceFile, shown: string): string[] {
+  return sf.getPreEmitDiagnostics()
+    .filter((d) => d.getCategory() === ts.DiagnosticCategory.Error && d.getSourceFile()?.getFilePath() === sf.getFilePath())
+    .map((d) => {
+      const { line, column } = sf.getLineAndColumnAtPos(d.getStart() ?? 0);
+      const text = ts.flattenDiagnosticMessageText(d.compilerObject.messageText, '\n    ');
+      return `${shown}:${line}:${column}: error TS${d.getCode()}: ${text}`;
+    });
 }
 
 type FunctionLike = Node & { getParameters(): ParameterDeclaration[] };
@@ -95,7 +111,8 @@ function functionOf(d: Node): FunctionLike | undefined {
 function isTensorType(t: Type): boolean {
   const decl = (t.getSymbol() ?? t.getAliasSymbol())?.getDeclarations()[0];
   return decl !== undefined && Node.isClassDeclaration(decl) && decl.getName() === 'Tensor' &&
-    path.resolve(decl.getSourceFile().getFilePath()) === tensorFile;
+    // tensor.ts in a checkout; tensor.d.ts beside the compiled tensor.js in an installed package.
+    path.resolve(decl.getSourceFile().getFilePath()).replace(/\.d\.ts$/, '.ts') === tensorFile;
 }
 
 /** The input a parameter declares with its type, Tensor<'f32', [4, 8]>; else why it is not one. */
@@ -137,6 +154,12 @@ function controlFlowProblems(sf: SourceFile, at: (n: Node) => string): string[] 
       'object in a condition is always true). Select data-dependently with where(cond, a, b), or make the choice a ' +
       'static option of the model.');
   };
+  const flagAny = (n: Node, what: string) => {
+    if (flagged.has(n)) return;
+    flagged.add(n);
+    problems.push(`${at(n)}: ${what} tests \`${snippet(n)}\`, typed any: if it holds a Tensor its value is not known while ` +
+      'tracing. Give it a type (a Tensor is selected with where(cond, a, b)).');
+  };
   /** A condition: tensors in it, through !, &&, || and parentheses. */
   const condition = (e: Expression | undefined, what: string) => {
     if (!e) return;
@@ -151,6 +174,7 @@ function controlFlowProblems(sf: SourceFile, at: (n: Node) => string): string[] 
       }
     }
     if (isTensorType(e.getType())) flag(e, what);
+    else if (e.getType().isAny()) flagAny(e, what);
   };
   sf.forEachDescendant((n) => {
     if (Node.isIfStatement(n)) condition(n.getExpression(), 'if');
@@ -159,6 +183,8 @@ function controlFlowProblems(sf: SourceFile, at: (n: Node) => string): string[] 
     else if (Node.isForStatement(n)) condition(n.getCondition(), 'for');
     else if (Node.isConditionalExpression(n)) condition(n.getCondition(), '?:');
     else if (Node.isPrefixUnaryExpression(n) && n.getOperatorToken() === SyntaxKind.ExclamationToken) condition(n.getOperand(), '!');
+    else if (Node.isSwitchStatement(n)) condition(n.getExpression(), 'switch');
+    else if (Node.isCallExpression(n) && n.getExpression().getText() === 'Boolean') condition(n.getArguments()[0] as Expression | undefined, 'Boolean()');
     else if (Node.isBinaryExpression(n)) {
       const op = n.getOperatorToken().getKind();
       if (op === SyntaxKind.AmpersandAmpersandToken || op === SyntaxKind.BarBarToken) {
@@ -224,15 +250,49 @@ export async function traceScript(file: string, entryName?: string): Promise<Tra
     throw new ScriptError(`${displayPath(info.file)} is not traceable:\n  ${info.problems.join('\n  ')}`);
   }
   const entry = pickEntry(info, entryName);
-  const mod = await import(pathToFileURL(info.file).href) as Record<string, unknown>;
+  let mod: Record<string, unknown>;
+  try {
+    mod = await import(pathToFileURL(info.file).href) as Record<string, unknown>;
+  } catch (e) {
+    throw fromScript(e, info.file, 'loading it failed');
+  }
   const fn = mod[entry.name] as (...args: Tensor[]) => Tensor | Tensor[];
   let single = false;
-  const graph = trace(entry.name, entry.inputs, (...args) => {
-    const r = fn(...args);
-    single = !Array.isArray(r);
-    return r;
-  });
+  let graph: Graph;
+  try {
+    graph = trace(entry.name, entry.inputs, (...args) => {
+      const r = fn(...args);
+      single = !Array.isArray(r);
+      return r;
+    });
+  } catch (e) {
+    throw fromScript(e, info.file, `tracing ${entry.name} failed`, entry.loc);
+  }
   return { info, entry, graph, single, fn };
+}
+
+/**
+ * An error the script's own code raised (a misspelled method, a `throw`), as a ScriptError at the script's line
+ * and column where its stack shows one (else at `fallback`); tsfuse's own errors about the model (shapes, dtypes)
+ * name the line already.
+ */
+function fromScript(e: unknown, file: string, doing: string, fallback = displayPath(file)): Error {
+  if (e instanceof TraceError || e instanceof GraphError || e instanceof ScriptError) return e;
+  const shown = displayPath(file);
+  const stack = e instanceof Error ? e.stack ?? '' : '';
+  const url = pathToFileURL(file).href;
+  // Without a stack (`throw null`), the entry point's line.
+  let where = fallback;
+  for (const line of stack.split('\n').slice(1)) {
+    const at = line.indexOf(url) >= 0 ? line.slice(line.indexOf(url) + url.length) : line.indexOf(file) >= 0 ? line.slice(line.indexOf(file) + file.length) : undefined;
+    const m = at === undefined ? null : /^:(\d+):(\d+)/.exec(at);
+    if (m) {
+      where = `${shown}:${m[1]}:${m[2]}`;
+      break;
+    }
+  }
+  const what = e instanceof Error ? `${e.name}: ${e.message}` : `it threw ${typeof e === 'string' ? JSON.stringify(e) : String(e)}`;
+  return new ScriptError(`${where}: ${doing}: ${what}`, { cause: e });
 }
 
 /** "file:line" of the script → the line's source text. */

@@ -51,8 +51,13 @@ export function llamaForward(cfg: LlamaConfig, opts: LlamaTraceOptions, tokens: 
     if (!weights.has(name)) weights.set(name, param(name, opts.weightDType, shape));
     return weights.get(name)!;
   };
-  const linear = (x: Tensor, name: string, out: number, inp: number) => x.matmul(weight(name, out, inp).transpose());
+  /** x·Wᵀ (+ b where the config has biases: attention_bias, mlp_bias); fusion puts the bias in the epilogue. */
+  const linear = (x: Tensor, name: string, out: number, inp: number, bias = false) => {
+    const y = x.matmul(weight(`${name}.weight`, out, inp).transpose());
+    return bias ? y.add(weight(`${name}.bias`, out).cast(DType.F32)) : y;
+  };
   const norm = (x: Tensor, name: string) => rmsNorm(x, weight(name, hidden), eps);
+  const [attnBias, mlpBias] = [cfg.attentionBias, cfg.mlpBias];
 
   const positions = arange(seq).add(pos);
   const rotary = rotaryTables(cfg, positions);
@@ -61,21 +66,21 @@ export function llamaForward(cfg: LlamaConfig, opts: LlamaTraceOptions, tokens: 
   for (let i = 0; i < cfg.numLayers; i++) {
     const p = `model.layers.${i}`;
     const h = norm(x, `${p}.input_layernorm.weight`);
-    const q = linear(h, `${p}.self_attn.q_proj.weight`, numHeads * headDim, hidden).reshape(seq, numHeads, headDim);
-    const k = linear(h, `${p}.self_attn.k_proj.weight`, numKvHeads * headDim, hidden).reshape(seq, numKvHeads, headDim);
-    const v = linear(h, `${p}.self_attn.v_proj.weight`, numKvHeads * headDim, hidden).reshape(seq, numKvHeads, headDim);
+    const q = linear(h, `${p}.self_attn.q_proj`, numHeads * headDim, hidden, attnBias).reshape(seq, numHeads, headDim);
+    const k = linear(h, `${p}.self_attn.k_proj`, numKvHeads * headDim, hidden, attnBias).reshape(seq, numKvHeads, headDim);
+    const v = linear(h, `${p}.self_attn.v_proj`, numKvHeads * headDim, hidden, attnBias).reshape(seq, numKvHeads, headDim);
     const cacheShape = [opts.cacheLength, numKvHeads, headDim];
     const keys = state(`cache.k.${i}`, DType.F32, cacheShape).write(applyRotary(k, rotary), pos, 0);
     const values = state(`cache.v.${i}`, DType.F32, cacheShape).write(v, pos, 0);
     const attn = attention(applyRotary(q, rotary), keys, values, positions, numKvHeads);
-    x = x.add(linear(attn.reshape(seq, numHeads * headDim), `${p}.self_attn.o_proj.weight`, hidden, numHeads * headDim));
+    x = x.add(linear(attn.reshape(seq, numHeads * headDim), `${p}.self_attn.o_proj`, hidden, numHeads * headDim, attnBias));
 
     const h2 = norm(x, `${p}.post_attention_layernorm.weight`);
-    const gate = linear(h2, `${p}.mlp.gate_proj.weight`, cfg.intermediateSize, hidden);
-    const up = linear(h2, `${p}.mlp.up_proj.weight`, cfg.intermediateSize, hidden);
-    x = x.add(linear(gate.silu().mul(up), `${p}.mlp.down_proj.weight`, hidden, cfg.intermediateSize));
+    const gate = linear(h2, `${p}.mlp.gate_proj`, cfg.intermediateSize, hidden, mlpBias);
+    const up = linear(h2, `${p}.mlp.up_proj`, cfg.intermediateSize, hidden, mlpBias);
+    x = x.add(linear(gate.silu().mul(up), `${p}.mlp.down_proj`, hidden, cfg.intermediateSize, mlpBias));
   }
-  const head = cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+  const head = cfg.tieWordEmbeddings ? 'model.embed_tokens' : 'lm_head';
   const logits = linear(norm(x, 'model.norm.weight'), head, cfg.vocabSize, hidden);
   return logits;
 }
@@ -92,12 +97,26 @@ interface Rotary { cos: Tensor; sin: Tensor }
 function rotaryTables(cfg: LlamaConfig, positions: Tensor): Rotary {
   const half = cfg.headDim / 2;
   const exponent = arange(half, DType.F32).mul(2).div(cfg.headDim);
-  let invFreq = scalar(cfg.rope.theta).pow(exponent).recip();
+  // Dynamic scaling stretches the base by the sequence's length: the last position + 1.
+  const base = cfg.rope.type === 'dynamic' ? dynamicBase(cfg, positions.max(0).add(1)) : scalar(cfg.rope.theta);
+  let invFreq = base.pow(exponent).recip();
   if (cfg.rope.type === 'llama3') invFreq = llama3Frequencies(cfg.rope, invFreq);
   else if (cfg.rope.type === 'linear') invFreq = invFreq.div(cfg.rope.factor);
   const angles = positions.cast(DType.F32).reshape(-1, 1).mul(invFreq.reshape(1, half));
   const both = concat([angles, angles], 1).reshape(positions.dim(0), 1, cfg.headDim);
   return { cos: both.cos(), sin: both.sin() };
+}
+
+/**
+ * Dynamic NTK scaling (Hugging Face's 'dynamic' rope): over a sequence of length L past the original context C, the
+ * base becomes θ · (factor · L / C − (factor − 1))^(d / (d − 2)); within it, θ. Keys in the cache keep the angles
+ * they were written with, as Hugging Face's cache keeps them.
+ */
+function dynamicBase(cfg: LlamaConfig, length: Tensor): Tensor {
+  const { theta, factor, originalMaxPositionEmbeddings: context } = cfg.rope;
+  const d = cfg.headDim;
+  const stretch = length.cast(DType.F32).mul(factor / context).sub(factor - 1).pow(d / (d - 2));
+  return where(length.gt(context), stretch.mul(theta), theta);
 }
 
 /** Llama 3's frequency scaling: long wavelengths divided by the factor, a smooth blend in between. */

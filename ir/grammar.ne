@@ -91,27 +91,29 @@ function unroll<T>(list: Chain<T> | null): T[] {
   return out.reverse();
 }
 
-/** `x, y, z` or nothing, from `null | $X ("," $X):*`. */
-function list(d: any[]): unknown[] {
-  if (d.length === 0) return [];
-  const [[first], rest] = d;
-  return [first, ...rest.map(([, [x]]: any[]) => x)];
+/** A node's or derived param's right-hand side with its operands unrolled. */
+function finishRhs(r: { op: Name; operands: Chain<Name> | null; attrs: AttrSyntax[] }): RhsSyntax {
+  return { ...r, operands: unroll(r.operands) };
 }
+
+/** The first item of a comma-separated list, and each one after it: a chain, as for statements. */
+const first = (d: any[]): Chain<unknown> => ({ last: d[0], before: null });
+const next = (d: any[]): Chain<unknown> => ({ last: d[2], before: d[0] });
+/** An optional chain as it is: nearley runs a rule's postprocessor at every completion, so a list is unrolled only
+ *  by a rule that completes once (at its closing bracket or line end), never at each item. */
+const chain = (d: any[]): Chain<any> | null => d[0];
 %}
 
 @lexer lexer
 
-# `x, y, z` or nothing (macros must come before their uses).
-list[X] -> null  {% list %}
-  | $X ("," $X):*  {% list %}
 
 module -> lead graph (eol graph):* eol:? %comment:?  {% ([, first, rest]) => [first, ...rest.map((p: any[]) => p[1])] %}
 
 # Blank and comment-only lines before the first graph (later ones are inside the nl token).
 lead -> null | %nl | %comment %nl
 
-graph -> "graph" %global "(" list[decl] ")" "->" "(" list[output] ")" "{" eol stmts "return" list[value] eol "}"
-  {% (d): GraphSyntax => ({ name: name(d[1]), inputs: d[3], outputs: d[7], body: unroll(d[11]), returns: d[13], returnAt: pos(d[12]) }) %}
+graph -> "graph" %global "(" decls ")" "->" "(" outputs ")" "{" eol stmts "return" values eol "}"
+  {% (d): GraphSyntax => ({ name: name(d[1]), inputs: unroll(d[3]), outputs: unroll(d[7]), body: unroll(d[11]), returns: unroll(d[13]), returnAt: pos(d[12]) }) %}
 
 output -> type  {% ([type]): OutputSyntax => ({ type }) %}
   | %ident ":" type  {% ([n, , type]): OutputSyntax => ({ name: name(n), type }) %}
@@ -122,7 +124,7 @@ stmts -> null  {% () => null %}
 
 # A derived param's comment and a kernel's comment after its "{" are ignored: the printer derives them from the graph.
 stmt ->
-    "param" decl ("=" rhs):? eol  {% ([, decl, rhs]): StmtSyntax => ({ kind: 'param', ...decl, ...(rhs && { derived: rhs[1] }) }) %}
+    "param" decl ("=" rhs):? eol  {% ([, decl, rhs]): StmtSyntax => ({ kind: 'param', ...decl, ...(rhs && { derived: finishRhs(rhs[1]) }) }) %}
   | "state" decl eol              {% ([, decl]): StmtSyntax => ({ kind: 'state', ...decl }) %}
   | "state" value "<-" value eol  {% ([, state, , value]): StmtSyntax => ({ kind: 'update', state, value }) %}
   | node                          {% id %}
@@ -133,21 +135,37 @@ stmt ->
 nodes -> null  {% () => null %}
   | nodes node  {% ([before, last]): Chain<NodeSyntax> => ({ last, before }) %}
 
-node -> value ":" type "=" rhs eol  {% ([result, , type, , rhs, loc]): NodeSyntax => ({ kind: 'node', result, type, ...rhs, loc }) %}
+node -> value ":" type "=" rhs eol  {% ([result, , type, , rhs, loc]): NodeSyntax => ({ kind: 'node', result, type, ...finishRhs(rhs), loc }) %}
 
-rhs -> %ident list[value] attrs:?  {% ([op, operands, attrs]): RhsSyntax => ({ op: name(op), operands, attrs: attrs ?? [] }) %}
+# The operands stay a chain until the line ends (see `chain`).
+rhs -> %ident values attrs:?  {% ([op, operands, attrs]) => ({ op: name(op), operands, attrs: attrs ?? [] }) %}
 
-attrs -> "[" list[attr] "]"  {% (d) => d[1] %}
+attrs -> "[" attrList "]"  {% (d) => unroll(d[1]) %}
 attr -> %ident "=" attrValue  {% ([key, , value]): AttrSyntax => ({ key: name(key), ...value }) %}
 attrValue ->
     (item | %bool)            {% ([[t]]) => ({ value: literal(t), at: pos(t) }) %}
-  | "[" list[item] "]"        {% ([open, items]) => ({ value: items.map(literal), at: pos(open) }) %}
+  | "[" itemList "]"          {% ([open, xs]) => ({ value: unroll<moo.Token>(xs).map(literal), at: pos(open) }) %}
 item -> (%int | %float | %ident | %str)  {% ([[t]]) => t %}
 
 decl -> value ":" type  {% ([name, , type]): DeclSyntax => ({ name, type }) %}
-type -> %ident "[" list[dim] "]"  {% ([dtype, , dims]): TypeSyntax => ({ dtype: name(dtype), shape: dims.map(literal), at: pos(dtype) }) %}
+type -> %ident "[" dims "]"  {% ([dtype, , dims]): TypeSyntax => ({ dtype: name(dtype), shape: unroll<moo.Token>(dims).map(literal) as Dim[], at: pos(dtype) }) %}
 dim -> (%int | %ident)  {% ([[t]]) => t %}
 value -> %value  {% ([t]) => name(t) %}
 
 # The end of a line; the text of its comment (a node's source location) if it has one.
 eol -> %comment:? %nl  {% ([c]) => c?.value || undefined %}
+
+# Comma-separated lists (`x, y, z` or nothing), one pair of rules per item kind, each a linked list built left to
+# right: nearley's `("," x):*` copies the array at every item, quadratic in a 20,000-operand concat.
+decls -> declChain:?  {% chain %}
+declChain -> decl  {% first %} | declChain "," decl  {% next %}
+outputs -> outputChain:?  {% chain %}
+outputChain -> output  {% first %} | outputChain "," output  {% next %}
+values -> valueChain:?  {% chain %}
+valueChain -> value  {% first %} | valueChain "," value  {% next %}
+attrList -> attrChain:?  {% chain %}
+attrChain -> attr  {% first %} | attrChain "," attr  {% next %}
+itemList -> itemChain:?  {% chain %}
+itemChain -> item  {% first %} | itemChain "," item  {% next %}
+dims -> dimChain:?  {% chain %}
+dimChain -> dim  {% first %} | dimChain "," dim  {% next %}

@@ -80,6 +80,8 @@ export class Graph {
   /** Set by fusion: every node belongs to exactly one kernel. Empty for an unfused graph. */
   kernels: Kernel[] = [];
   readonly derivations = new Map<Value, ParamDerivation>();
+  private declared = new Set<string | undefined>();
+  private declaredCount = 0;
 
   constructor(readonly name: string) {}
 
@@ -133,10 +135,31 @@ export class Graph {
   }
 
   private declare(list: Value[], v: Value): Value {
-    const clash = [...this.inputs, ...this.params, ...this.states].find((u) => u.name === v.name);
-    if (clash) throw new GraphError(`graph @${this.name} already declares %${v.name}`);
+    checkDeclaration(this.name, v);
+    // The names declared so far, rebuilt if values were pushed onto the lists directly.
+    const count = this.inputs.length + this.params.length + this.states.length;
+    if (count !== this.declaredCount) this.declared = new Set([...this.inputs, ...this.params, ...this.states].map((u) => u.name));
+    if (this.declared.has(v.name)) throw new GraphError(`graph @${this.name} already declares %${v.name}`);
     list.push(v);
+    this.declared.add(v.name);
+    this.declaredCount = count + 1;
     return v;
+  }
+}
+
+/**
+ * A declared name prints as `%name` and must read back as the same value: letters, digits, `_` and `.` (as the IR
+ * text's lexer reads them), and not digits alone, which are the printer's numbers for node results. Sizes must be
+ * whole numbers that print exactly (below 2^53) or names.
+ */
+function checkDeclaration(graph: string, v: Value): void {
+  const name = v.name ?? '';
+  if (!/^[A-Za-z0-9_.]+$/.test(name) || /^\d+$/.test(name)) {
+    throw new GraphError(`graph @${graph}: %${name} cannot be declared: a name is letters, digits, '_' and '.', and not a number (node results are numbered)`);
+  }
+  for (const d of v.type.shape) {
+    const ok = typeof d === 'number' ? Number.isSafeInteger(d) && d >= 0 : /^[A-Za-z_][A-Za-z0-9_.]*$/.test(d);
+    if (!ok) throw new GraphError(`graph @${graph}: %${name} has a bad dimension ${JSON.stringify(d)} (a whole number below 2^53, or a name)`);
   }
 }
 
@@ -196,4 +219,37 @@ export function kernelIO(g: Graph, k: NodeGroup, kernels: readonly NodeGroup[] =
   }
   const writes = k.nodes.map((n) => n.output).filter((v) => usedOutside.has(v));
   return { reads, writes };
+}
+
+/** kernelIO of every kernel at once, in one walk over the graph (kernelIO per kernel walks all kernels each time). */
+export function kernelIOs(g: Graph, kernels: readonly NodeGroup[] = g.kernels): { reads: Value[]; writes: Value[] }[] {
+  const sinks = new Set<Value>([...g.outputs, ...g.stateUpdates.map((u) => u.value)]);
+  /** The one kernel reading each value, or null when several do. */
+  const reader = new Map<Value, NodeGroup | null>();
+  for (const k of kernels) {
+    for (const n of k.nodes) {
+      for (const v of n.inputs) {
+        const r = reader.get(v);
+        if (r === undefined) reader.set(v, k);
+        else if (r !== k) reader.set(v, null);
+      }
+    }
+  }
+  return kernels.map((k) => {
+    const inside = new Set(k.nodes.map((n) => n.output));
+    const seen = new Set<Value>();
+    const reads: Value[] = [];
+    for (const n of k.nodes) {
+      for (const v of n.inputs) {
+        if (inside.has(v) || seen.has(v)) continue;
+        seen.add(v);
+        reads.push(v);
+      }
+    }
+    const writes = k.nodes.map((n) => n.output).filter((v) => {
+      const r = reader.get(v);
+      return sinks.has(v) || r === null || (r !== undefined && r !== k);
+    });
+    return { reads, writes };
+  });
 }

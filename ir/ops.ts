@@ -91,22 +91,49 @@ const floatUnary = (name: string) => (inputs: readonly TensorType[]): TensorType
   return x;
 };
 
+/**
+ * u32 is a storage type (token ids, packed data): it is read, written, viewed, gathered, selected, compared for
+ * equality and cast, but arithmetic, ordering and reductions need a cast to i32 or f32 first, so that no backend
+ * has to compute in unsigned integers.
+ */
+function noU32(name: string, d: DType): void {
+  if (d === DType.U32) fail(`${name} does not compute on u32 (a storage type): cast to i32 or f32 first`);
+}
+
 const numericUnary = (name: string) => (inputs: readonly TensorType[]): TensorType => {
   const [x] = inputs;
   if (x.dtype === DType.Bool) fail(`${name} needs a numeric operand, got bool`);
+  noU32(name, x.dtype);
   return x;
 };
 
 const arith = (name: string) => (inputs: readonly TensorType[]): TensorType => {
   const dtype = sameDtypes(name, inputs);
   if (dtype === DType.Bool) fail(`${name} needs numeric operands, got bool`);
+  noU32(name, dtype);
   return { dtype, shape: broadcast(inputs[0].shape, inputs[1].shape) };
 };
 
 const compare = (name: string) => (inputs: readonly TensorType[]): TensorType => {
-  sameDtypes(name, inputs);
+  const dtype = sameDtypes(name, inputs);
+  if (name !== 'eq' && name !== 'ne') noU32(name, dtype);
   return { dtype: DType.Bool, shape: broadcast(inputs[0].shape, inputs[1].shape) };
 };
+
+/** The range of values a const of an integer dtype may hold. */
+const intRange: Partial<Record<DType, readonly [number, number]>> = {
+  [DType.I32]: [-2147483648, 2147483647], [DType.U32]: [0, 4294967295], [DType.Bool]: [0, 1],
+};
+
+function constType(_: readonly TensorType[], a: Attrs): TensorType {
+  const dtype = a.dtype as DType;
+  const value = a.value as number;
+  const range = intRange[dtype];
+  if (range && !(Number.isInteger(value) && value >= range[0] && value <= range[1])) {
+    fail(`a const of dtype ${dtype} needs an integer in [${range[0]}, ${range[1]}], got ${value}`);
+  }
+  return { dtype, shape: [] };
+}
 
 const logical = (name: string) => (inputs: readonly TensorType[]): TensorType => {
   for (const t of inputs) if (t.dtype !== DType.Bool) fail(`${name} needs bool operands, got ${t.dtype}`);
@@ -172,7 +199,7 @@ const builtins: OpDef[] = [
     return { dtype: DType.F32, shape: broadcast(key.shape, counter.shape) };
   }),
 
-  def(Op.Const, OpGroup.Source, 0, { value: 'float', dtype: 'dtype' }, (_, a) => ({ dtype: a.dtype as DType, shape: [] })),
+  def(Op.Const, OpGroup.Source, 0, { value: 'float', dtype: 'dtype' }, constType),
   def(Op.Arange, OpGroup.Source, 0, { n: 'dim', dtype: 'dtype' }, (_, a) => {
     const dtype = a.dtype as DType;
     if (dtype === DType.Bool) fail('arange cannot produce bool');
@@ -181,6 +208,7 @@ const builtins: OpDef[] = [
 
   def(Op.Sum, OpGroup.Reduce, 1, { axes: 'ints', keepdims: 'bool' }, ([x], a) => {
     if (x.dtype === DType.Bool) fail('sum needs a numeric operand, got bool');
+    noU32('sum', x.dtype);
     return { dtype: x.dtype, shape: reduceShape(x, a.axes as number[], a.keepdims as boolean) };
   }),
   def(Op.Mean, OpGroup.Reduce, 1, { axes: 'ints', keepdims: 'bool' }, ([x], a) => {
@@ -189,10 +217,12 @@ const builtins: OpDef[] = [
   }),
   def(Op.Max, OpGroup.Reduce, 1, { axes: 'ints', keepdims: 'bool' }, ([x], a) => {
     if (x.dtype === DType.Bool) fail('max needs a numeric operand, got bool');
+    noU32('max', x.dtype);
     return { dtype: x.dtype, shape: reduceShape(x, a.axes as number[], a.keepdims as boolean) };
   }),
   def(Op.Argmax, OpGroup.Reduce, 1, { axis: 'int', keepdims: 'bool' }, ([x], a) => {
     if (x.dtype === DType.Bool) fail('argmax needs a numeric operand, got bool');
+    noU32('argmax', x.dtype);
     return { dtype: DType.I32, shape: reduceShape(x, [a.axis as number], a.keepdims as boolean) };
   }),
 

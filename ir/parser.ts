@@ -5,7 +5,7 @@
 import nearley from 'nearley';
 import { DType, isDType } from './dtype.ts';
 import grammar, { AttrSyntax, GraphSyntax, Name, NodeSyntax, Pos, RhsSyntax, TypeSyntax } from './grammar.ts';
-import { Graph, isKernelKind, Kernel, KernelAttrs, kernelKinds, Module, Node, ParamDerivation, Value } from './graph.ts';
+import { Graph, GraphError, isKernelKind, Kernel, KernelAttrs, kernelKinds, Module, Node, ParamDerivation, Value } from './graph.ts';
 import { AttrKind, AttrValue, OpDef, opDef } from './ops.ts';
 import { printAttrValue } from './printer.ts';
 import { formatType, sameType, TensorType } from './shape.ts';
@@ -169,10 +169,19 @@ function buildGraph(src: Source, gs: GraphSyntax, nodeAt: Map<Node, Pos>): Graph
   const bind = (n: Name, value: Value) => scope.set(n.text, { value, at: n.at });
   const use = (n: Name): Value => scope.get(n.text)?.value ?? src.fail(n.at, `undefined value %${n.text}`);
   const typeOf = (t: TypeSyntax) => tensorTypeOf(src, t);
+  // A name the graph refuses (one that would not print back) is reported where it is written.
+  const declare = (n: Name, add: () => Value): Value => {
+    try {
+      return add();
+    } catch (e) {
+      if (e instanceof GraphError) src.fail(n.at, e.message);
+      throw e;
+    }
+  };
 
   for (const { name, type } of gs.inputs) {
     fresh(name);
-    bind(name, g.addInput(name.text, typeOf(type)));
+    bind(name, declare(name, () => g.addInput(name.text, typeOf(type))));
   }
   const declared = gs.outputs.map((o) => typeOf(o.type));
   const updated = new Set<Value>();
@@ -194,7 +203,7 @@ function buildGraph(src: Source, gs: GraphSyntax, nodeAt: Map<Node, Pos>): Graph
     switch (s.kind) {
       case 'param': {
         fresh(s.name);
-        const p = g.addParam(s.name.text, typeOf(s.type));
+        const p = declare(s.name, () => g.addParam(s.name.text, typeOf(s.type)));
         // Its declared type stays as written; the verifier checks it against what the op gives.
         if (s.derived) g.derivations.set(p, derivation(src, s.derived, use));
         bind(s.name, p);
@@ -202,7 +211,7 @@ function buildGraph(src: Source, gs: GraphSyntax, nodeAt: Map<Node, Pos>): Graph
       }
       case 'state':
         fresh(s.name);
-        bind(s.name, g.addState(s.name.text, typeOf(s.type)));
+        bind(s.name, declare(s.name, () => g.addState(s.name.text, typeOf(s.type))));
         break;
       case 'node': {
         const first = kernelAt.values().next().value;
@@ -277,15 +286,18 @@ function tensorTypeOf(src: Source, t: TypeSyntax): TensorType {
   if (!isDType(dtype)) src.fail(t.dtype.at, `unknown dtype '${dtype}' — expected one of ${Object.values(DType).join(', ')}`);
   const negative = t.shape.find((d) => typeof d === 'number' && d < 0);
   if (negative !== undefined) src.fail(t.at, `dimension ${negative} of ${dtype}[${t.shape.join(',')}] is negative`);
+  const huge = t.shape.find((d) => typeof d === 'number' && !Number.isSafeInteger(d));
+  if (huge !== undefined) src.fail(t.at, `dimension ${printAttrValue(huge)} of ${dtype} is not exact (at most 2^53 − 1)`);
   return { dtype, shape: t.shape };
 }
 
-const isInt = (v: AttrValue) => typeof v === 'number' && Number.isInteger(v);
+/** Integers read exactly: one past 2^53 would silently become another (and print back differently). */
+const isInt = (v: AttrValue) => typeof v === 'number' && Number.isSafeInteger(v);
 const isDim = (v: AttrValue) => isInt(v) || typeof v === 'string';
 
 /** The values each attribute kind accepts, and how to say so in an error. */
 const attrKinds: Record<AttrKind, { ok: (v: AttrValue) => boolean; what: string }> = {
-  int: { ok: isInt, what: 'an integer' },
+  int: { ok: isInt, what: 'an integer below 2^53' },
   float: { ok: (v) => typeof v === 'number', what: 'a number' },
   bool: { ok: (v) => typeof v === 'boolean', what: 'true or false' },
   dtype: { ok: (v) => typeof v === 'string' && isDType(v), what: `a dtype (${Object.values(DType).join(', ')})` },

@@ -2,7 +2,7 @@
 // source line as a trailing comment. Node results are renumbered in print order so dumps are deterministic.
 // ir/parser.ts reads the same text back; print → parse → print is byte-identical.
 
-import { Graph, Kernel, kernelIO, Module, Node, Value } from './graph.ts';
+import { Graph, Kernel, kernelIOs, Module, Node, Value } from './graph.ts';
 import { AttrValue, Attrs } from './ops.ts';
 import { formatType } from './shape.ts';
 
@@ -30,8 +30,13 @@ function valueNames(g: Graph): (v: Value) => string {
 
 /** The nodes of one kernel as they print in the whole graph's dump (for generated kernels' header comments). */
 export function kernelNodeLines(g: Graph, k: Kernel): string[] {
+  return kernelsNodeLines(g, [k])[0];
+}
+
+/** kernelNodeLines of several kernels of one graph (numbering the graph's values once). */
+export function kernelsNodeLines(g: Graph, kernels: readonly Kernel[] = g.kernels): string[][] {
   const ref = valueNames(g);
-  return k.nodes.map((n) => printNode(n, ref));
+  return kernels.map((k) => k.nodes.map((n) => printNode(n, ref)));
 }
 
 export function printGraph(g: Graph, opts: PrintOptions = {}): string {
@@ -57,12 +62,13 @@ export function printGraph(g: Graph, opts: PrintOptions = {}): string {
   if (g.kernels.length === 0) {
     for (const n of g.nodes) lines.push(nodeLine(n, '  '));
   } else {
-    for (const k of g.kernels) {
+    const ios = kernelIOs(g);
+    g.kernels.forEach((k, i) => {
       const attrs = printAttrs(k.attrs);
-      lines.push(`  kernel @${k.name}${attrs ? ' ' + attrs : ''} {${kernelSummary(g, k, ref)}`);
+      lines.push(`  kernel @${k.name}${attrs ? ' ' + attrs : ''} {${kernelSummary(ios[i], ref)}`);
       for (const n of k.nodes) lines.push(nodeLine(n, '    '));
       lines.push('  }');
-    }
+    });
   }
   for (const u of g.stateUpdates) lines.push(`  state ${ref(u.state)} <- ${ref(u.value)}`);
   lines.push(`  return ${g.outputs.map(ref).join(', ')}`);
@@ -81,8 +87,7 @@ function printRhs(op: string, inputs: Value[], attrs: Attrs, ref: (v: Value) => 
 }
 
 /** A comment after a kernel's brace naming what it reads from and writes to memory (derived, so it round-trips). */
-function kernelSummary(g: Graph, k: Kernel, ref: (v: Value) => string): string {
-  const io = kernelIO(g, k);
+function kernelSummary(io: { reads: Value[]; writes: Value[] }, ref: (v: Value) => string): string {
   return `  # reads ${io.reads.map(ref).join(', ') || 'nothing'}; writes ${io.writes.map(ref).join(', ')}`;
 }
 

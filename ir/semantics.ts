@@ -1,8 +1,10 @@
 // Reference semantics of every built-in op: a complete table keyed by Op, so a new op without a rule does not build.
 // Math runs in float64 per element and is rounded to the result dtype on store; reductions and matmuls accumulate
-// in float64. This is the oracle every other backend and pass is tested against.
+// in float64. This is the oracle every other backend and pass is tested against. Special values follow the table
+// in the README ("Numerics"): IEEE floats, NaN propagating through maximum/max/argmax as in PyTorch, i32 wrapping
+// with floor division, saturating casts; the scalar helpers below are that table in code.
 
-import { DType } from './dtype.ts';
+import { DType, isFloat, isInteger } from './dtype.ts';
 import { Attrs, Op } from './ops.ts';
 import { numel, stridesOf } from './shape.ts';
 import { randomUniform } from './random.ts';
@@ -16,11 +18,72 @@ export interface ResolvedType {
 
 export type EvalRule = (inputs: HostTensor[], attrs: Attrs, out: ResolvedType) => HostTensor;
 
-const unary = (f: (x: number) => number): EvalRule => (ins, _a, out) => elementwise(out, ins, (v) => f(v[0]));
-const binary = (f: (x: number, y: number) => number): EvalRule => (ins, _a, out) => elementwise(out, ins, (v) => f(v[0], v[1]));
+type Num1 = (x: number) => number;
+type Num2 = (x: number, y: number) => number;
+const unary = (f: Num1): EvalRule => (ins, _a, out) => elementwise(out, ins, (v) => f(v[0]));
+const binary = (f: Num2): EvalRule => (ins, _a, out) => elementwise(out, ins, (v) => f(v[0], v[1]));
+/** A rule with an integer form: `int` where the operands are integers (wrapping i32 arithmetic), else `float`. */
+const numeric2 = (float: Num2, int: Num2): EvalRule => (ins, a, out) => binary(isInteger(ins[0].dtype) ? int : float)(ins, a, out);
 const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
 
+export const I32_MIN = -2147483648;
+export const I32_MAX = 2147483647;
+
+/** i32 division rounds toward −∞ (PyTorch's `//`, `div(rounding_mode='floor')`); x / 0 is 0; −2³¹ / −1 wraps to −2³¹. */
+export function floorDivI32(x: number, y: number): number {
+  return y === 0 ? 0 : Math.floor(x / y) | 0;
+}
+
+/**
+ * i32 power by repeated squaring, wrapping like i32 multiplication. A negative exponent gives the integer part of
+ * 1 / xⁿ: 1 for x = 1, ±1 for x = −1, and 0 otherwise (0 for x = 0 too, as x / 0 is).
+ */
+export function powI32(x: number, y: number): number {
+  if (y < 0) return x === 1 ? 1 : x === -1 ? (y & 1 ? -1 : 1) : 0;
+  let r = 1;
+  let b = x | 0;
+  for (let e = y; e > 0; e >>>= 1) {
+    if (e & 1) r = Math.imul(r, b);
+    b = Math.imul(b, b);
+  }
+  return r;
+}
+
+/**
+ * C's (and PyTorch's) pow: a negative base with an integer exponent keeps the sign of an odd power, with a
+ * fractional one is NaN; pow(x, 0) = 1 and pow(1, y) = 1 even for NaN; pow(−1, ±∞) = 1. (JavaScript's Math.pow
+ * differs only in the last three.)
+ */
+export function powF(x: number, y: number): number {
+  if (y === 0 || x === 1) return 1;
+  if (x === -1 && !Number.isFinite(y) && !Number.isNaN(y)) return 1;
+  return Math.pow(x, y);
+}
+
+/** float → i32: toward zero, saturating at the i32 range; NaN → 0. */
+export function floatToI32(x: number): number {
+  return Number.isNaN(x) ? 0 : x >= I32_MAX ? I32_MAX : x <= I32_MIN ? I32_MIN : Math.trunc(x);
+}
+
+/** float → u32: toward zero, saturating at [0, 2³² − 1]; NaN → 0. */
+export function floatToU32(x: number): number {
+  return Number.isNaN(x) || x <= 0 ? 0 : x >= 4294967295 ? 4294967295 : Math.trunc(x);
+}
+
+/** A value of dtype `from` as dtype `to` holds it (before the store's rounding): the cast op's semantics. */
+export function castValue(x: number, from: DType, to: DType): number {
+  if (to === DType.Bool) return x !== 0 ? 1 : 0; // NaN is true, as in PyTorch
+  if (isFloat(from) && to === DType.I32) return floatToI32(x);
+  if (isFloat(from) && to === DType.U32) return floatToU32(x);
+  return x; // integers wrap into their new width on store (i32 ↔ u32 keep their bits); ints round to floats
+}
+
+/** IEEE maximum/minimum that propagate NaN (torch.maximum); as rules for the max reduction too. */
+const maximum: Num2 = (x, y) => (Number.isNaN(x) || Number.isNaN(y) ? NaN : Math.max(x, y));
+const minimum: Num2 = (x, y) => (Number.isNaN(x) || Number.isNaN(y) ? NaN : Math.min(x, y));
+
 export const evalRules: Record<Op, EvalRule> = {
+  // i32 negation and abs wrap: −(−2³¹) = |−2³¹| = −2³¹ (the store's | 0).
   [Op.Neg]: unary((x) => -x),
   [Op.Abs]: unary(Math.abs),
   [Op.Exp]: unary(Math.exp),
@@ -35,15 +98,16 @@ export const evalRules: Record<Op, EvalRule> = {
   [Op.Silu]: unary((x) => x * sigmoid(x)),
   [Op.Floor]: unary(Math.floor),
   [Op.Not]: unary((x) => (x ? 0 : 1)),
-  [Op.Cast]: unary((x) => x),
+  [Op.Cast]: (ins, a, out) => unary((x) => castValue(x, ins[0].dtype, a.dtype as DType))(ins, a, out),
 
+  // i32 sums and differences are exact in float64 and wrap on store; products need imul to wrap exactly.
   [Op.Add]: binary((x, y) => x + y),
   [Op.Sub]: binary((x, y) => x - y),
-  [Op.Mul]: binary((x, y) => x * y),
-  [Op.Div]: binary((x, y) => x / y),
-  [Op.Pow]: binary(Math.pow),
-  [Op.Maximum]: binary((x, y) => (Number.isNaN(x) || Number.isNaN(y) ? NaN : Math.max(x, y))),
-  [Op.Minimum]: binary((x, y) => (Number.isNaN(x) || Number.isNaN(y) ? NaN : Math.min(x, y))),
+  [Op.Mul]: numeric2((x, y) => x * y, Math.imul),
+  [Op.Div]: numeric2((x, y) => x / y, floorDivI32),
+  [Op.Pow]: numeric2(powF, powI32),
+  [Op.Maximum]: binary(maximum),
+  [Op.Minimum]: binary(minimum),
   [Op.Eq]: binary((x, y) => +(x === y)),
   [Op.Ne]: binary((x, y) => +(x !== y)),
   [Op.Lt]: binary((x, y) => +(x < y)),
@@ -59,7 +123,8 @@ export const evalRules: Record<Op, EvalRule> = {
   [Op.Arange]: (_ins, _a, out) => fill(out, (i) => i),
 
   [Op.Sum]: (ins, a, out) => reduce(ins[0], a.axes as number[], out, 0, (acc, x) => acc + x),
-  [Op.Max]: (ins, a, out) => reduce(ins[0], a.axes as number[], out, -Infinity, (acc, x) => (x > acc || Number.isNaN(x) ? x : acc)),
+  // Over no elements: the identity, −∞ (the smallest i32 for i32).
+  [Op.Max]: (ins, a, out) => reduce(ins[0], a.axes as number[], out, isInteger(ins[0].dtype) ? I32_MIN : -Infinity, maximum),
   [Op.Mean]: (ins, a, out) => {
     const axes = a.axes as number[];
     const count = axes.reduce((n, ax) => n * ins[0].shape[ax], 1);
@@ -233,8 +298,8 @@ function matmul(x: HostTensor, w: HostTensor, out: ResolvedType): HostTensor {
     for (let i = 0; i < m; i++) {
       row.fill(0);
       for (let p = 0; p < k; p++) {
+        // No shortcut for a zero activation: 0 × ∞ is NaN.
         const a = x.data[xo + i * k + p];
-        if (a === 0) continue;
         const wr = wo + p * n;
         for (let j = 0; j < n; j++) row[j] += a * w.data[wr + j];
       }

@@ -8,10 +8,20 @@ export class VerifyError extends Error {}
 
 export function verifyModule(m: Module): void {
   const names = new Set<string>();
+  // State is shared by the graphs of a module: one name, one type (and params the same).
+  const shared = new Map<string, { type: string; graph: string }>();
   for (const g of m.graphs) {
     if (names.has(g.name)) throw new VerifyError(`module has two graphs named @${g.name}`);
     names.add(g.name);
     verifyGraph(g);
+    for (const v of [...g.params, ...g.states]) {
+      const key = `${v.kind} %${v.name}`;
+      const seen = shared.get(key);
+      if (seen && seen.type !== formatType(v.type)) {
+        throw new VerifyError(`${key} is ${seen.type} in graph @${seen.graph} but ${formatType(v.type)} in graph @${g.name}`);
+      }
+      if (!seen) shared.set(key, { type: formatType(v.type), graph: g.name });
+    }
   }
 }
 

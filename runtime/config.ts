@@ -4,23 +4,24 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { formatShape } from '../ir/shape.ts';
+import { checkRegularFile } from './files.ts';
 import { WeightsError, type TensorSource } from './safetensors.ts';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
-export type RopeType = 'default' | 'llama3' | 'linear';
+export type RopeType = 'default' | 'llama3' | 'linear' | 'dynamic';
 
 export interface RopeConfig {
   readonly theta: number;
   readonly type: RopeType;
-  /** Context stretch for `linear` and `llama3`; 1 for `default`. */
+  /** Context stretch for `linear`, `llama3` and `dynamic`; 1 for `default`. */
   readonly factor: number;
   /** `llama3` only (1 and 1 otherwise): wavelength band edges, in units of the original context. */
   readonly lowFreqFactor: number;
   readonly highFreqFactor: number;
-  /** `llama3` only; the model's max positions otherwise. */
+  /** `llama3` and `dynamic` (where longer sequences start to stretch the base); the model's max positions otherwise. */
   readonly originalMaxPositionEmbeddings: number;
 }
 
@@ -37,6 +38,10 @@ export interface LlamaConfig {
   readonly rmsNormEps: number;
   readonly maxPositionEmbeddings: number;
   readonly tieWordEmbeddings: boolean;
+  /** Biases in the q, k, v and o projections (`attention_bias`). */
+  readonly attentionBias: boolean;
+  /** Biases in the gate, up and down projections (`mlp_bias`). */
+  readonly mlpBias: boolean;
   /** The dtype the checkpoint was saved in, as HF spells it ("bfloat16"). */
   readonly torchDtype: string;
   readonly bosTokenId: number | null;
@@ -48,6 +53,7 @@ export interface LlamaConfig {
 /** Reads `config.json` from a checkpoint directory, or the given file. */
 export function readLlamaConfig(dirOrFile: string): LlamaConfig {
   const file = isDirectory(dirOrFile) ? path.join(dirOrFile, 'config.json') : dirOrFile;
+  checkRegularFile(file, 'a config.json', (m) => new ConfigError(m));
   let obj: unknown;
   try {
     obj = JSON.parse(fs.readFileSync(file, 'utf8'));
@@ -62,6 +68,7 @@ export function llamaConfigFromJson(obj: unknown, source: string): LlamaConfig {
   const f = new Fields(obj, source);
   const modelType = f.str('model_type');
   if (modelType !== 'llama') throw f.error('model_type', `'${modelType}' is not a Llama model (expected 'llama')`);
+  refuseWhatChangesTheMath(f, obj);
 
   const hiddenSize = f.int('hidden_size');
   const numHeads = f.int('num_attention_heads');
@@ -85,12 +92,39 @@ export function llamaConfigFromJson(obj: unknown, source: string): LlamaConfig {
     rmsNormEps: f.num('rms_norm_eps'),
     maxPositionEmbeddings,
     tieWordEmbeddings: f.bool('tie_word_embeddings', false),
+    attentionBias: f.bool('attention_bias', false),
+    mlpBias: f.bool('mlp_bias', false),
     // Transformers 5 writes `dtype`; earlier versions `torch_dtype`. Unset means weights load as float32.
     torchDtype: f.has('dtype') ? f.str('dtype') : f.str('torch_dtype', 'float32'),
     bosTokenId: f.has('bos_token_id') ? f.tokenIds('bos_token_id')[0] : null,
     eosTokenIds: f.has('eos_token_id') ? f.tokenIds('eos_token_id') : [],
     rope: readRope(f, maxPositionEmbeddings),
   };
+}
+
+/** Architectures whose forward pass is the one examples/llama.ts computes. */
+const ARCHITECTURES = ['LlamaForCausalLM', 'LlamaModel'];
+
+/**
+ * Config keys that would change the computation and that tsfuse does not implement are refused, each by name, so
+ * that no checkpoint runs with part of its math silently dropped. (Keys that change nothing at inference, such as
+ * attention_dropout, initializer_range, use_cache or pretraining_tp, are accepted as they are.)
+ */
+function refuseWhatChangesTheMath(f: Fields, obj: Record<string, unknown>): void {
+  if (f.has('architectures')) {
+    const arch = obj.architectures;
+    if (!Array.isArray(arch) || !arch.every((a) => typeof a === 'string')) {
+      throw f.error('architectures', `expected a list of names, got ${JSON.stringify(arch)}`);
+    }
+    const unknown = arch.filter((a) => !ARCHITECTURES.includes(a));
+    if (unknown.length) throw f.error('architectures', `unsupported architecture ${unknown.map((a) => `'${a}'`).join(', ')} (supported: ${ARCHITECTURES.join(', ')})`);
+  }
+  const act = f.str('hidden_act', 'silu');
+  if (act !== 'silu') throw f.error('hidden_act', `unsupported activation '${act}' (only 'silu' is implemented)`);
+  if (f.has('partial_rotary_factor') && obj.partial_rotary_factor !== 1) {
+    throw f.error('partial_rotary_factor', `${JSON.stringify(obj.partial_rotary_factor)} is not supported (rotary embeddings over the whole head only)`);
+  }
+  if (f.has('quantization_config')) throw f.error('quantization_config', 'quantized checkpoints are not supported');
 }
 
 /**
@@ -113,6 +147,12 @@ function ropeFrom(p: Fields, theta: number, maxPositionEmbeddings: number): Rope
       return unscaled(theta, maxPositionEmbeddings);
     case 'linear':
       return { ...unscaled(theta, maxPositionEmbeddings), type, factor: p.num('factor') };
+    case 'dynamic':
+      // Dynamic NTK scaling: past the original context the base grows with the sequence (examples/llama.ts).
+      return {
+        ...unscaled(theta, maxPositionEmbeddings), type, factor: p.num('factor'),
+        originalMaxPositionEmbeddings: p.int('original_max_position_embeddings', maxPositionEmbeddings),
+      };
     case 'llama3': {
       const rope: RopeConfig = {
         theta, type, factor: p.num('factor'), lowFreqFactor: p.num('low_freq_factor'),
@@ -125,7 +165,7 @@ function ropeFrom(p: Fields, theta: number, maxPositionEmbeddings: number): Rope
       return rope;
     }
     default:
-      throw p.error(key, `unsupported rope type '${type}' (supported: default, linear, llama3)`);
+      throw p.error(key, `unsupported rope type '${type}' (supported: default, linear, dynamic, llama3)`);
   }
 }
 
@@ -193,6 +233,34 @@ class Fields {
   }
 }
 
+/**
+ * The token ids that end generation, as Hugging Face's generate takes them: `eos_token_id` (one id or a list) of
+ * generation_config.json when the folder has one and it says, else config.json's. Ids outside the vocabulary could
+ * never be chosen (generation would silently never stop): they are refused.
+ */
+export function readEosTokenIds(dir: string, cfg: LlamaConfig): number[] {
+  const file = path.join(dir, 'generation_config.json');
+  let ids = [...cfg.eosTokenIds];
+  let source = `${cfg.source}: eos_token_id`;
+  if (checkRegularFile(file, 'a generation_config.json', (m) => new ConfigError(m), true)) {
+    let obj: unknown;
+    try {
+      obj = JSON.parse(fs.readFileSync(file, 'utf8'));
+    } catch (e) {
+      throw new ConfigError(`${file}: cannot read generation config: ${(e as Error).message}`);
+    }
+    if (!isObject(obj)) throw new ConfigError(`${file}: generation config is not a JSON object`);
+    const f = new Fields(obj, file);
+    if (f.has('eos_token_id')) {
+      ids = f.tokenIds('eos_token_id');
+      source = `${file}: eos_token_id`;
+    }
+  }
+  const outside = ids.filter((id) => id >= cfg.vocabSize);
+  if (outside.length) throw new ConfigError(`${source}: ${outside.join(', ')} outside the vocabulary (0..${cfg.vocabSize - 1})`);
+  return ids;
+}
+
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -233,6 +301,8 @@ export const LLAMA_3_2_1B: LlamaConfig = llamaConfigFromJson(llama32_1bJson, 'bu
 const llamaTinyJson = {
   ...llama32_1bJson, vocab_size: 4096, hidden_size: 256, intermediate_size: 704, num_hidden_layers: 2,
   num_attention_heads: 8, num_key_value_heads: 2, head_dim: 32, max_position_embeddings: 2048,
+  // Llama 3's special tokens are past this vocabulary: no EOS (random weights have no end of text anyway).
+  bos_token_id: null, eos_token_id: null,
 };
 
 const builtins: Record<string, LlamaConfig> = {
@@ -241,7 +311,7 @@ const builtins: Record<string, LlamaConfig> = {
 };
 
 export function builtinConfig(name: string): LlamaConfig {
-  const cfg = builtins[name.toLowerCase()];
+  const cfg = Object.hasOwn(builtins, name.toLowerCase()) ? builtins[name.toLowerCase()] : undefined;
   if (!cfg) throw new ConfigError(`unknown built-in config '${name}' (known: ${Object.keys(builtins).join(', ')})`);
   return cfg;
 }
@@ -264,32 +334,59 @@ export interface ExpectedTensor {
 /** Hugging Face tensor names and shapes, in model order; weights are [out, in] as nn.Linear stores them. */
 export function expectedLlamaTensors(cfg: LlamaConfig): ExpectedTensor[] {
   const { vocabSize: V, hiddenSize: H, intermediateSize: I, headDim: D } = cfg;
+  const [Q, KV] = [cfg.numHeads * D, cfg.numKvHeads * D];
   const out: ExpectedTensor[] = [{ name: 'model.embed_tokens.weight', shape: [V, H] }];
+  const linear = (name: string, outputs: number, inputs: number, bias: boolean) => {
+    out.push({ name: `${name}.weight`, shape: [outputs, inputs] });
+    if (bias) out.push({ name: `${name}.bias`, shape: [outputs] });
+  };
   for (let i = 0; i < cfg.numLayers; i++) {
     const p = `model.layers.${i}`;
-    out.push(
-      { name: `${p}.input_layernorm.weight`, shape: [H] },
-      { name: `${p}.self_attn.q_proj.weight`, shape: [cfg.numHeads * D, H] },
-      { name: `${p}.self_attn.k_proj.weight`, shape: [cfg.numKvHeads * D, H] },
-      { name: `${p}.self_attn.v_proj.weight`, shape: [cfg.numKvHeads * D, H] },
-      { name: `${p}.self_attn.o_proj.weight`, shape: [H, cfg.numHeads * D] },
-      { name: `${p}.post_attention_layernorm.weight`, shape: [H] },
-      { name: `${p}.mlp.gate_proj.weight`, shape: [I, H] },
-      { name: `${p}.mlp.up_proj.weight`, shape: [I, H] },
-      { name: `${p}.mlp.down_proj.weight`, shape: [H, I] },
-    );
+    out.push({ name: `${p}.input_layernorm.weight`, shape: [H] });
+    linear(`${p}.self_attn.q_proj`, Q, H, cfg.attentionBias);
+    linear(`${p}.self_attn.k_proj`, KV, H, cfg.attentionBias);
+    linear(`${p}.self_attn.v_proj`, KV, H, cfg.attentionBias);
+    linear(`${p}.self_attn.o_proj`, H, Q, cfg.attentionBias);
+    out.push({ name: `${p}.post_attention_layernorm.weight`, shape: [H] });
+    linear(`${p}.mlp.gate_proj`, I, H, cfg.mlpBias);
+    linear(`${p}.mlp.up_proj`, I, H, cfg.mlpBias);
+    linear(`${p}.mlp.down_proj`, H, I, cfg.mlpBias);
   }
   out.push({ name: 'model.norm.weight', shape: [H] });
   if (!cfg.tieWordEmbeddings) out.push({ name: 'lm_head.weight', shape: [V, H] });
   return out;
 }
 
-/** Throws one WeightsError listing every missing tensor and every shape that disagrees with the config. */
+/** Tensors a checkpoint may hold that the model does not read: rotary tables older exports saved. */
+const IGNORED_TENSORS = /(^|\.)rotary_emb\.inv_freq$/;
+
+/**
+ * Throws one WeightsError listing every missing tensor, every tensor the config does not read (with the config
+ * key that would read it where there is one: a layer past num_hidden_layers, a bias without attention_bias or
+ * mlp_bias) and every shape that disagrees with the config.
+ */
 export function checkLlamaWeights(cfg: LlamaConfig, checkpoint: TensorSource): void {
   const problems: string[] = [];
-  for (const want of expectedLlamaTensors(cfg)) {
+  const expected = expectedLlamaTensors(cfg);
+  const wanted = new Set(expected.map((t) => t.name));
+  // Layers the checkpoint holds, against num_hidden_layers.
+  const layers = new Set<number>();
+  for (const t of checkpoint.tensors) {
+    const m = /^model\.layers\.(\d+)\./.exec(t.name);
+    if (m) layers.add(Number(m[1]));
+  }
+  const held = layers.size ? Math.max(...layers) + 1 : 0;
+  if (held !== cfg.numLayers) {
+    const which = held === 0 ? 'no layers' : `${held} layer${held === 1 ? '' : 's'} (model.layers.0-${held - 1})`;
+    problems.push(`the checkpoint holds ${which}, the config's num_hidden_layers is ${cfg.numLayers}`);
+  }
+  for (const want of expected) {
     if (!checkpoint.has(want.name)) {
-      problems.push(`missing tensor '${want.name}' ${formatShape(want.shape)}`);
+      // Whole layers past the checkpoint's are said once above.
+      const layer = /^model\.layers\.(\d+)\./.exec(want.name);
+      if (layer && Number(layer[1]) >= held) continue;
+      const key = /\.bias$/.test(want.name) ? (/\.mlp\./.test(want.name) ? ' (mlp_bias is true)' : ' (attention_bias is true)') : '';
+      problems.push(`missing tensor '${want.name}' ${formatShape(want.shape)}${key}`);
       continue;
     }
     const got = checkpoint.info(want.name);
@@ -297,6 +394,15 @@ export function checkLlamaWeights(cfg: LlamaConfig, checkpoint: TensorSource): v
       problems.push(`tensor '${want.name}': expected shape ${formatShape(want.shape)}, found ${formatShape(got.shape)} `
         + `in ${got.file}`);
     }
+  }
+  const extra = checkpoint.tensors.filter((t) => !wanted.has(t.name) && !IGNORED_TENSORS.test(t.name));
+  for (const t of extra) {
+    const layer = /^model\.layers\.(\d+)\./.exec(t.name);
+    if (layer && Number(layer[1]) >= cfg.numLayers) continue; // said once above
+    const why = /\.(q|k|v|o)_proj\.bias$/.test(t.name) ? ' (attention_bias is false)'
+      : /\.mlp\.\w+_proj\.bias$/.test(t.name) ? ' (mlp_bias is false)'
+        : t.name === 'lm_head.weight' && cfg.tieWordEmbeddings ? ' (tie_word_embeddings is true)' : '';
+    problems.push(`tensor '${t.name}' in ${t.file} is not part of the model${why}`);
   }
   if (problems.length > 0) {
     throw new WeightsError(`${checkpoint.location} does not match the config ${cfg.source}:\n  ${problems.join('\n  ')}`);

@@ -41,6 +41,22 @@ export interface Device {
   destroy(): void;
 }
 
+/** Kernels `from` (included) to `to` (excluded) of a graph, in launch order: part of a run. */
+export interface KernelRange {
+  readonly from: number;
+  readonly to: number;
+}
+
+/** The kernels of `range` among `count`: all of them without one; a range outside them is an error. */
+export function kernelSpan(count: number, range?: KernelRange): KernelRange {
+  if (!range) return { from: 0, to: count };
+  const { from, to } = range;
+  if (!Number.isInteger(from) || !Number.isInteger(to) || from < 0 || to < from || to > count) {
+    throw new RangeError(`kernels ${from}..${to} are not a range of the graph's ${count} kernels`);
+  }
+  return range;
+}
+
 /** The launches and copies of one step, recorded once for replay (each device keeps its own form). */
 export interface Recording {
   /** Commands recorded. */
@@ -71,8 +87,8 @@ export interface Program {
   write(key: BufferKey, t: HostTensor): void;
   /** Queues zeroing a buffer. */
   zero(key: BufferKey): void;
-  /** Queues every kernel of a graph with its symbolic sizes bound. */
-  run(graph: string, sizes: Sizes): void;
+  /** Queues every kernel of a graph with its symbolic sizes bound; with `kernels`, only those (bisect runs one at a time). */
+  run(graph: string, sizes: Sizes, kernels?: KernelRange): void;
   /** Queues a copy of the first `count` elements of dtype `dtype` from one buffer to another, on the device. */
   copy(from: BufferKey, to: BufferKey, dtype: DType, count: number): void;
   /** Records what `body` queues (runs and copies, at fixed sizes) once, for replay: a CUDA graph on CUDA. */

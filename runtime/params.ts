@@ -19,6 +19,8 @@ export type ParamLoader = (name: string) => StoredTensor;
 export class ParamStore {
   private readonly values = new Map<string, StoredTensor>();
   private readonly encoded = new Map<string, Uint8Array>();
+  /** Milliseconds spent reading parameters from their source so far (start-up timings). */
+  readMs = 0;
 
   constructor(private readonly load: ParamLoader) {}
 
@@ -30,9 +32,18 @@ export class ParamStore {
     const d = g.derivations.get(v);
     t = d
       ? evalRule(d.op)!(d.inputs.map((i) => this.tensor(g, i.name!)), d.attrs, { dtype: v.type.dtype, shape: v.type.shape as number[] })
-      : this.load(name);
+      : this.read(name);
     this.values.set(name, t);
     return t;
+  }
+
+  private read(name: string): StoredTensor {
+    const started = performance.now();
+    try {
+      return this.load(name);
+    } finally {
+      this.readMs += performance.now() - started;
+    }
   }
 
   /**

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { DType } from '../ir/dtype.ts';
 import { formatShape, numel } from '../ir/shape.ts';
 import { decodeBf16, decodeF16, encodeBf16, encodeF16 } from '../ir/half.ts';
+import { checkRegularFile } from './files.ts';
 
 export { decodeBf16, decodeF16, encodeBf16, encodeF16 };
 
@@ -126,12 +127,20 @@ export function readSafetensors(file: string): SafetensorsFile {
   }
 }
 
-/** Reads `model.safetensors`, or the shards that `model.safetensors.index.json` names, as one lookup. */
+/**
+ * Reads `model.safetensors`, or the shards that `model.safetensors.index.json` names, as one lookup. Every file is
+ * checked to be a regular file first (a FIFO would block, a directory fail without its name), and a shard name must
+ * stay inside the checkpoint folder (`../x.safetensors` or `/etc/passwd` in an index are refused, never opened).
+ */
 export function readCheckpoint(dir: string): Checkpoint {
+  const weightsError = (m: string) => new WeightsError(m);
   const single = path.join(dir, 'model.safetensors');
-  if (fs.existsSync(single)) return { ...lookup(dir, readSafetensors(single).tensors), files: [single] };
+  if (fs.existsSync(single) || isLink(single)) {
+    checkRegularFile(single, 'a safetensors file', weightsError);
+    return { ...lookup(dir, readSafetensors(single).tensors), files: [single] };
+  }
   const indexFile = path.join(dir, 'model.safetensors.index.json');
-  if (!fs.existsSync(indexFile)) {
+  if (!checkRegularFile(indexFile, 'the index of a sharded checkpoint', weightsError, true)) {
     throw new WeightsError(`${dir}: no model.safetensors or model.safetensors.index.json in this directory`);
   }
   const weightMap = parseIndex(indexFile);
@@ -139,13 +148,28 @@ export function readCheckpoint(dir: string): Checkpoint {
   const tensors: TensorInfo[] = [];
   for (const [name, shardName] of weightMap) {
     let shard = shards.get(shardName);
-    if (!shard) shards.set(shardName, (shard = readSafetensors(path.join(dir, shardName))));
+    if (!shard) shards.set(shardName, (shard = readSafetensors(shardPath(dir, indexFile, name, shardName))));
     if (!shard.has(name)) {
       throw new WeightsError(`${indexFile}: weight_map puts tensor '${name}' in ${shardName}, which has no such tensor`);
     }
     tensors.push(shard.info(name));
   }
   return { ...lookup(dir, tensors), files: [...shards.values()].map((s) => s.location) };
+}
+
+/** A shard's path: a file name inside the checkpoint folder (subfolders allowed, nothing above it), a regular file. */
+function shardPath(dir: string, indexFile: string, tensor: string, shard: string): string {
+  const rel = path.normalize(shard);
+  if (shard === '' || path.isAbsolute(shard) || rel === '..' || rel.startsWith(`..${path.sep}`) || rel === '.' || shard.includes('\0')) {
+    throw new WeightsError(`${indexFile}: weight_map puts tensor '${tensor}' in ${JSON.stringify(shard)}, outside the checkpoint folder ${dir}`);
+  }
+  const file = path.join(dir, rel);
+  checkRegularFile(file, `a safetensors shard (named in ${indexFile})`, (m) => new WeightsError(m));
+  return file;
+}
+
+function isLink(p: string): boolean {
+  return fs.lstatSync(p, { throwIfNoEntry: false })?.isSymbolicLink() ?? false;
 }
 
 function parseIndex(indexFile: string): Map<string, string> {
@@ -183,8 +207,18 @@ function loadTensor(info: TensorInfo): Tensor {
   } finally {
     fs.closeSync(fd);
   }
-  const data = stored[info.storedAs].decode(raw, info);
-  return { dtype: info.dtype, shape: [...info.shape], data, raw };
+  // 16-bit floats are widened when `data` is first read: GPU devices upload `raw` as it is and never need it (other
+  // dtypes decode at once: a view, or a check that may fail).
+  if (info.storedAs !== 'F16' && info.storedAs !== 'BF16') {
+    return { dtype: info.dtype, shape: [...info.shape], data: stored[info.storedAs].decode(raw, info), raw };
+  }
+  let data: TensorData | undefined;
+  return {
+    dtype: info.dtype,
+    shape: [...info.shape],
+    get data() { return (data ??= stored[info.storedAs].decode(raw, info)); },
+    raw,
+  };
 }
 
 function parseHeader(file: string, bytes: Uint8Array): Record<string, unknown> {

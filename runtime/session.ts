@@ -26,6 +26,14 @@ export interface SessionOptions {
   readonly readEvery?: number;
 }
 
+export interface GenerateOptions {
+  /**
+   * Tokens that end generation (a model's EOS ids): the first one chosen is the last token returned (and heard by
+   * onToken), as Hugging Face's generate stops. The device may have run a few steps past it; they are dropped.
+   */
+  readonly stopTokens?: Iterable<number>;
+}
+
 /** What the last generate() measured on the device's queue. */
 export interface Timings {
   readonly prefillMs: number;
@@ -33,6 +41,9 @@ export interface Timings {
   readonly decodeSteps: number;
   readonly decodeMsPerToken: number;
 }
+
+/** Reads of the history a generation with stop tokens keeps in flight (each `readEvery` decode steps apart). */
+const STOP_LOOKAHEAD = 4;
 
 /** A program that breaks the contract: names what is missing. */
 export class ContractError extends Error {}
@@ -80,10 +91,13 @@ export class Session {
   }
 
   /**
-   * `maxNewTokens` tokens after the prompt. Everything is queued at once (the prefill, then one replay of the
-   * decode step per token) with a read of the history every few steps; `onToken` hears tokens as those land.
+   * Up to `maxNewTokens` tokens after the prompt, fewer when one of `opts.stopTokens` comes first. The prefill and
+   * one replay of the decode step per token are queued ahead of the reads of the history (every few steps), which
+   * `onToken` hears as they land; with stop tokens, at most STOP_LOOKAHEAD reads' worth of steps are queued past
+   * the last read the host has seen, so the device stays busy and stops soon after a stop token.
    */
-  async generate(prompt: readonly number[], maxNewTokens: number, sampling: Sampling = {}, onToken?: (t: number) => void): Promise<number[]> {
+  async generate(prompt: readonly number[], maxNewTokens: number, sampling: Sampling = {}, onToken?: (t: number) => void,
+    opts: GenerateOptions = {}): Promise<number[]> {
     this.checkTokens(prompt);
     if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) throw new RangeError(`max new tokens must be a whole number ≥ 0, got ${maxNewTokens}`);
     if (maxNewTokens === 0) return [];
@@ -93,11 +107,15 @@ export class Session {
     const start = this.program.mark();
     this.step(graph, this.sizes(graph, prompt.length));
     const afterPrefill = this.program.mark();
+    const stop = new Set(opts.stopTokens ?? []);
     const tokens: number[] = [];
+    let stopped = false;
     const deliver = (h: HostTensor, upTo: number) => {
-      for (let i = tokens.length; i < upTo; i++) {
-        tokens.push(h.data[prompt.length + i]);
-        onToken?.(h.data[prompt.length + i]);
+      for (let i = tokens.length; i < upTo && !stopped; i++) {
+        const t = h.data[prompt.length + i];
+        tokens.push(t);
+        onToken?.(t);
+        stopped = stop.has(t);
       }
     };
     // Host devices answer at once: their tokens are heard as they come. GPU reads land later, in order.
@@ -108,13 +126,19 @@ export class Session {
       else deliver(h, upTo);
     };
     readHistory(1);
-    for (let i = 1; i < maxNewTokens; i++) {
+    let steps = 1;
+    for (; steps < maxNewTokens && !stopped; steps++) {
       this.program.replay(this.decodeStep);
-      if ((i + 1) % this.readEvery === 0 || i + 1 === maxNewTokens) readHistory(i + 1);
+      if ((steps + 1) % this.readEvery === 0 || steps + 1 === maxNewTokens) readHistory(steps + 1);
+      // With stop tokens, hear the oldest read before queueing further ahead of it.
+      while (stop.size > 0 && reads.length > STOP_LOOKAHEAD && !stopped) {
+        const r = reads.shift()!;
+        deliver(await r.history, r.upTo);
+      }
     }
     const end = this.program.mark();
     for (const r of reads) deliver(await r.history, r.upTo);
-    this.lastMarks = { start, afterPrefill, end, decodeSteps: maxNewTokens - 1 };
+    this.lastMarks = { start, afterPrefill, end, decodeSteps: steps - 1 };
     return tokens;
   }
 

@@ -13,8 +13,10 @@ const root = fileURLToPath(new URL('../', import.meta.url));
 /** The files of compiler/ that wire the layers together (they may import anything). */
 const wiring = new Set([
   'compiler/cli.ts', 'compiler/cli-compile.ts', 'compiler/cli-generate.ts', 'compiler/cli-script.ts',
-  'compiler/compile.ts', 'compiler/compile-module.ts', 'compiler/custom-op.ts', 'compiler/artifact.ts',
+  'compiler/compile.ts', 'compiler/compile-module.ts', 'compiler/compile-cache.ts', 'compiler/custom-op.ts', 'compiler/artifact.ts',
   'compiler/open-session.ts',
+  // bisect runs the compiled program on a device beside the reference interpreter
+  'compiler/bisect.ts', 'compiler/bisect-call.ts', 'compiler/bisect-reference.ts', 'compiler/bisect-format.ts',
 ]);
 
 type Layer = 'ir' | 'compiler' | 'backends' | 'runtime' | 'top';
@@ -22,7 +24,8 @@ type Layer = 'ir' | 'compiler' | 'backends' | 'runtime' | 'top';
 function layerOf(file: string): Layer {
   const top = file.split('/')[0];
   if (top === 'ir' || top === 'backends' || top === 'runtime') return top;
-  if (top === 'compiler' && !wiring.has(file)) return 'compiler';
+  // Every command of the command line (compiler/cli*.ts) is wiring too.
+  if (top === 'compiler' && !wiring.has(file) && !/^compiler\/cli(-[a-z-]+)?\.ts$/.test(file)) return 'compiler';
   return 'top';
 }
 

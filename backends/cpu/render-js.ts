@@ -4,7 +4,7 @@
 
 import { cpuCaps } from '../device-caps.ts';
 import { KernelIR, KStmt, ROW, Scalar } from '../kernel-ir.ts';
-import { cLike, Dialect, ExprPrinter } from '../render-base.ts';
+import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { scheduleKernel, ScheduledKernel } from '../schedule.ts';
 
 const math = (f: string) => (a: string) => `Math.${f}(${a})`;
@@ -20,6 +20,32 @@ const roundTo: Record<Scalar, (value: string) => string> = {
   i32: (v) => `(${v} | 0)`,
   bool: (v) => v,
 };
+
+/**
+ * Helpers a kernel declares (at its end: functions are hoisted) when it uses them, for special values as the
+ * README's Numerics section has them:
+ * float → i32 (and u32) saturates and sends NaN to 0; i32 power wraps like i32 products.
+ */
+const jsHelpers: Record<string, string> = {
+  tf_f2i: 'function tf_f2i(x) { return x !== x ? 0 : x >= 2147483647 ? 2147483647 : x <= -2147483648 ? -2147483648 : Math.trunc(x); }',
+  tf_f2u: 'function tf_f2u(x) { return x !== x || x <= 0 ? 0 : x >= 4294967295 ? 4294967295 : Math.trunc(x); }',
+  // a gather's row or a state write's start outside its range stops the kernel with a named error
+  tf_index: 'function tf_index(i, n) { if (i >= 0 && i < n) return i; throw new RangeError(`index ${i} is out of range [0, ${n}) (a gather row or a state write position)`); }',
+  tf_pow: 'function tf_pow(x, y) { return y === 0 || x === 1 || (x === -1 && (y === Infinity || y === -Infinity)) ? 1 : Math.pow(x, y); }',
+  tf_ipow: [
+    'function tf_ipow(x, y) {',
+    '  if (y < 0) return x === 1 ? 1 : x === -1 ? (y & 1 ? -1 : 1) : 0;',
+    '  let r = 1;',
+    '  for (let e = y; e > 0; e >>>= 1) { if (e & 1) r = Math.imul(r, x); x = Math.imul(x, x); }',
+    '  return r;',
+    '}',
+  ].join('\n'),
+};
+
+/** A positive literal other than 1: Math.pow has C's special cases for it (they differ only for bases ±1). */
+const positiveBase = (a: string) => /^[\d.e+-]+$/.test(a) && Number(a) > 0 && Number(a) !== 1;
+/** An integer literal below 2^21: its product with any i32 is exact in float64 (then wraps with | 0). */
+const smallInt = (a: string) => /^\(?-?\d+\)?$/.test(a) && Math.abs(Number(a.replace(/[()]/g, ''))) < 2 ** 21;
 
 export const jsDialect: Dialect = {
   type: { f32: 'number', i32: 'number', bool: 'boolean' },
@@ -38,30 +64,38 @@ export const jsDialect: Dialect = {
   },
   binary: {
     ...cLike.binary,
-    pow: (a, b) => `Math.pow(${a}, ${b})`,
+    // Math.max and Math.min propagate NaN, as maximum/minimum do.
+    pow: (a, b, t) => (t === 'i32' ? `tf_ipow(${a}, ${b})` : positiveBase(a) ? `Math.pow(${a}, ${b})` : `tf_pow(${a}, ${b})`),
     max: (a, b) => `Math.max(${a}, ${b})`,
     min: (a, b) => `Math.min(${a}, ${b})`,
     eq: (a, b) => `(${a} === ${b})`,
     ne: (a, b) => `(${a} !== ${b})`,
-    div: (a, b, t) => (t === 'i32' ? `Math.trunc(${a} / ${b})` : `(${a} / ${b})`),
+    // i32: products wrap exactly (a float64 product may round past 2^53); division floors, x / 0 = 0.
+    mul: (a, b, t) => (t === 'i32' && !smallInt(a) && !smallInt(b) ? `Math.imul(${a}, ${b})` : `(${a} * ${b})`),
+    div: (a, b, t) => (t === 'i32' ? `(${b} === 0 ? 0 : Math.floor(${a} / ${b}))` : `(${a} / ${b})`),
     idiv: (a, b) => `Math.trunc(${a} / ${b})`,
     random: (a, b) => `round.random(${a}, ${b})`,
+    index: (a, b) => `tf_index(${a}, ${b})`,
   },
   literal: (value, t) => {
     if (t === 'bool') return value ? 'true' : 'false';
     if (Number.isNaN(value)) return 'NaN';
     if (!Number.isFinite(value)) return value > 0 ? 'Infinity' : '-Infinity';
-    const s = String(value);
-    return value < 0 ? `(${s})` : s;
+    if (Object.is(value, -0) && t === 'f32') return '(-0)';
+    // An i32 holds u32 values by their bits, as loads of u32 buffers give them.
+    const s = String(t === 'i32' ? value | 0 : value);
+    return s.startsWith('-') ? `(${s})` : s;
   },
-  cast: (a, from, to, round16) => {
+  cast: (a, from, to, round16, u32) => {
     if (to === 'bool') return `(${a} != 0)`;
-    const x = from === 'bool' ? `(+${a})` : to === 'i32' && from === 'f32' ? `Math.trunc(${a})` : a;
+    const x = from === 'bool' ? `(+${a})` : to === 'i32' && from === 'f32' ? `${u32 ? 'tf_f2u' : 'tf_f2i'}(${a})`
+      : u32 && from === 'i32' ? `(${a} >>> 0)` : a;
     return round16 ? `round.${round16}(${x})` : x;
   },
-  load: (buf, b, index) => (b.dtype === 'bool' ? `(b${buf}[${index}] !== 0)` : `b${buf}[${index}]`),
+  load: (buf, b, index) => (b.dtype === 'bool' ? `(b${buf}[${index}] !== 0)` : b.dtype === 'u32' ? `(b${buf}[${index}] | 0)` : `b${buf}[${index}]`),
   elem: (array, index) => `${array}[${index}]`,
-  negInfinity: '-Infinity',
+  lowest: (t) => (t === 'i32' ? '(-2147483648)' : '-Infinity'),
+  argmaxTakes: (x, best, t) => (t === 'f32' ? `(${x} > ${best} || (${x} !== ${x} && ${best} === ${best}))` : `${x} > ${best}`),
 };
 
 /** What a rendered kernel calls to round a value stored into a 16-bit float buffer (held as f32 on the host). */
@@ -85,17 +119,20 @@ export function printJs(sk: ScheduledKernel): string {
   const k = sk.kernel;
   if (sk.grid.overflow !== 'serial') throw new Error(`printJs: kernel ${k.name} is scheduled for ${sk.device.name}`);
   const p = new ExprPrinter(jsDialect, k.buffers);
+  p.sizes = new Set(k.sizes);
   const out: string[] = [];
   out.push(`// kernel ${k.name}: fuses`);
   for (const line of k.fused) out.push(`//   ${line}`);
-  for (const s of k.sizes) out.push(`const ${s} = sizes.${s};`);
+  for (const s of k.sizes) out.push(`const ${sizeName(s)} = sizes[${JSON.stringify(s)}];`);
   k.buffers.forEach((_, i) => out.push(`const b${i} = b[${i}];`));
   for (const a of sk.arrays) out.push(`const ${a.name} = new Float64Array(${a.elements});`);
   const rows = p.expr(sk.grid.rows, out, '');
   out.push(`for (let ${ROW} = 0; ${ROW} < ${rows}; ${ROW}++) {`);
   for (const s of k.body) renderStmt(s, p, out, '  ');
   out.push('}');
-  return out.join('\n');
+  const code = out.join('\n');
+  const helpers = Object.entries(jsHelpers).filter(([name]) => code.includes(`${name}(`)).map(([, h]) => h);
+  return helpers.length ? `${code}\n${helpers.join('\n')}` : code;
 }
 
 function renderStmt(s: KStmt, p: ExprPrinter, out: string[], indent: string): void {

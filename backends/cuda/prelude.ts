@@ -57,6 +57,41 @@ __device__ __forceinline__ float tf_round_f16(float f) { return tf_f16(tf_to_f16
 __device__ __forceinline__ int tf_imax(int a, int b) { return a > b ? a : b; }
 __device__ __forceinline__ int tf_imin(int a, int b) { return a < b ? a : b; }
 
+// Special values as the README's Numerics section has them. NaN tests look at the bits (so that fast-math
+// flags cannot fold them); maximum and minimum propagate NaN (fmaxf and fminf drop it).
+__device__ __forceinline__ bool tf_isnan(float x) { return (__float_as_uint(x) & 0x7fffffffu) > 0x7f800000u; }
+__device__ __forceinline__ float tf_fmax(float a, float b) { return (a > b || tf_isnan(a)) ? a : b; }
+__device__ __forceinline__ float tf_fmin(float a, float b) { return (a < b || tf_isnan(a)) ? a : b; }
+// i32 division floors (PyTorch's //); x / 0 = 0; -2^31 / -1 wraps (C leaves both undefined).
+__device__ __forceinline__ int tf_idiv(int a, int b) {
+  if (b == 0) return 0;
+  if (b == -1) return (int)(0u - (unsigned)a);
+  const int q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+// i32 power wraps like i32 products; a negative exponent gives trunc(1 / x^n).
+__device__ __forceinline__ int tf_ipow(int x, int y) {
+  if (y < 0) return x == 1 ? 1 : x == -1 ? ((y & 1) ? -1 : 1) : 0;
+  unsigned r = 1u, b = (unsigned)x;
+  for (unsigned e = (unsigned)y; e > 0u; e >>= 1) {
+    if (e & 1u) r *= b;
+    b *= b;
+  }
+  return (int)r;
+}
+// float -> i32 toward zero, saturating; NaN -> 0 (a C cast leaves these undefined; x86 gives -2^31).
+__device__ __forceinline__ int tf_f2i(float x) {
+  if (tf_isnan(x)) return 0;
+  if (x >= 2147483648.0f) return 2147483647;
+  if (x <= -2147483648.0f) return (int)0x80000000u;
+  return (int)x;
+}
+__device__ __forceinline__ unsigned tf_f2u(float x) {
+  if (tf_isnan(x) || x <= 0.0f) return 0u;
+  if (x >= 4294967296.0f) return 0xffffffffu;
+  return (unsigned)x;
+}
+
 // Eight consecutive elements from a 16-byte-aligned address, widened to f32.
 __device__ __forceinline__ void tf_ld8_bf16(const unsigned short* p, float* o) {
   const uint4 w = __ldg(reinterpret_cast<const uint4*>(p));
@@ -86,7 +121,7 @@ __device__ __forceinline__ void tf_ld8_smem(const float* p, float* o) {
 
 __device__ __forceinline__ float tf_lowest(float) { return -TF_INF; }
 __device__ __forceinline__ int tf_lowest(int) { return (int)0x80000000; }
-__device__ __forceinline__ float tf_max(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ float tf_max(float a, float b) { return tf_fmax(a, b); }
 __device__ __forceinline__ int tf_max(int a, int b) { return tf_imax(a, b); }
 
 // Warp-wide sum / max / argmax: every lane of the warp gets the result (all 32 lanes must take part).
@@ -98,15 +133,23 @@ template <typename T> __device__ __forceinline__ T tf_warp_max(T v) {
   for (int o = 16; o > 0; o >>= 1) v = tf_max(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
-// The first maximum: a larger value wins, equal values keep the lower index. i is 0x7fffffff where a thread saw
-// nothing larger than -inf; the result is then 0, as a serial loop would leave it.
-__device__ __forceinline__ void tf_argmax_step(float& v, int& i, float ov, int oi) {
-  if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
+// Whether (b at ib) replaces (a at ia) in an argmax keeping the first maximum: larger, or equal at a lower index;
+// NaN counts as the largest (the first NaN wins), as in PyTorch.
+__device__ __forceinline__ bool tf_argmax_takes(int b, int ib, int a, int ia) { return b > a || (b == a && ib < ia); }
+__device__ __forceinline__ bool tf_argmax_takes(float b, int ib, float a, int ia) {
+  const bool nb = tf_isnan(b), na = tf_isnan(a);
+  if (nb || na) return nb && (!na || ib < ia);
+  return b > a || (b == a && ib < ia);
 }
-__device__ __forceinline__ void tf_warp_argmax_pair(float& v, int& i) {
+// i is 0x7fffffff where a thread saw nothing larger than the lowest value; the result is then 0, as a serial loop
+// would leave it.
+template <typename T> __device__ __forceinline__ void tf_argmax_step(T& v, int& i, T ov, int oi) {
+  if (tf_argmax_takes(ov, oi, v, i)) { v = ov; i = oi; }
+}
+template <typename T> __device__ __forceinline__ void tf_warp_argmax_pair(T& v, int& i) {
   for (int o = 16; o > 0; o >>= 1) tf_argmax_step(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
 }
-__device__ __forceinline__ int tf_warp_argmax(float v, int i) {
+template <typename T> __device__ __forceinline__ int tf_warp_argmax(T v, int i) {
   tf_warp_argmax_pair(v, i);
   return i == 0x7fffffff ? 0 : i;
 }
@@ -137,13 +180,13 @@ template <typename T> __device__ __forceinline__ T tf_block_max(T v, T* s) {
   __syncthreads();
   return s[TF_WARPS];
 }
-__device__ __forceinline__ int tf_block_argmax(float v, int i, float* sv, int* si) {
+template <typename T> __device__ __forceinline__ int tf_block_argmax(T v, int i, T* sv, int* si) {
   tf_warp_argmax_pair(v, i);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) { sv[warp] = v; si[warp] = i; }
   __syncthreads();
   if (warp == 0) {
-    v = lane < TF_WARPS ? sv[lane] : -TF_INF;
+    v = lane < TF_WARPS ? sv[lane] : tf_lowest(v);
     i = lane < TF_WARPS ? si[lane] : 0x7fffffff;
     tf_warp_argmax_pair(v, i);
     if (lane == 0) si[TF_WARPS] = i == 0x7fffffff ? 0 : i;

@@ -19,7 +19,8 @@ export interface Scope {
 export const blockScope: Scope = {
   lane: 'tf_tid',
   size: 'TF_BLOCK',
-  combine: (op, t, part, best) => (op === 'argmax' ? `tf_block_argmax(${best}, ${part}, tf_rf, tf_ri)`
+  // t: for an argmax, the type of its values
+  combine: (op, t, part, best) => (op === 'argmax' ? `tf_block_argmax(${best}, ${part}, ${t === 'f32' ? 'tf_rf' : 'tf_rv'}, tf_ri)`
     : `tf_block_${op}(${part}, ${t === 'f32' ? 'tf_rf' : 'tf_ri'})`),
 };
 
@@ -46,7 +47,7 @@ export function renderReduction(
   const part = `${acc}_part`;
   const best = `${acc}_best`;
   if (op === 'argmax') {
-    out.push(`${indent}float ${best} = ${d.negInfinity};`);
+    out.push(`${indent}${d.type[body.t]} ${best} = ${d.lowest(body.t)};`);
     out.push(`${indent}int ${part} = 0x7fffffff;`);
   } else {
     out.push(`${indent}${d.varDecl(part, t, op === 'sum' ? d.literal(0, t) : `tf_lowest((${d.type[t]})0)`)}`);
@@ -54,14 +55,14 @@ export function renderReduction(
   const fold = (x: string, at: string) => {
     if (op === 'sum') out.push(`${at}${part} += ${x};`);
     else if (op === 'max') out.push(`${at}${part} = tf_max(${part}, ${x});`);
-    else out.push(`${at}if (${x} > ${best}) { ${best} = ${x}; ${part} = ${v}; }`);
+    else out.push(`${at}if (${d.argmaxTakes(x, best, body.t)}) { ${best} = ${x}; ${part} = ${v}; }`);
   };
   const from = plan.vector ? vectorLoop(acc, v, n, body, p, scope, plan.vector, fold, out, indent) : undefined;
   if (plan.unroll > 1) out.push(`${indent}#pragma unroll ${plan.unroll}`);
   out.push(`${indent}for (int ${v} = ${from ? `${from} + ` : ''}${scope.lane}; ${v} < ${n}; ${v} += ${scope.size}) {`);
   fold(p.expr(body, out, inner), inner);
   out.push(`${indent}}`);
-  out.push(`${indent}const ${d.type[t]} ${acc} = ${scope.combine(op, t, part, best)};`);
+  out.push(`${indent}const ${d.type[t]} ${acc} = ${scope.combine(op, op === 'argmax' ? body.t : t, part, best)};`);
 }
 
 /** The vector part of a sum over its planned streams; returns the variable holding where the scalar loop starts. */

@@ -7,7 +7,7 @@
 import { DType } from '../../ir/dtype.ts';
 import { cudaCaps } from '../device-caps.ts';
 import { KernelIR, KExpr, KStmt, ReduceOp, replaceReductions, ROW, Scalar, topReductions } from '../kernel-ir.ts';
-import { cLike, Dialect, ExprPrinter } from '../render-base.ts';
+import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { ArrayPlacement, ReductionPlan, scheduleKernel, ScheduledKernel, StmtSchedule } from '../schedule.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
@@ -41,7 +41,7 @@ export const cudaDialect: Dialect = {
   forLoop: (v, n) => `for (int ${v} = 0; ${v} < ${n}; ${v}++) {`,
   unary: {
     ...cLike.unary,
-    abs: call('fabsf'), exp: call('expf'), log: call('logf'), sqrt: call('sqrtf'), rsqrt: call('rsqrtf'),
+    abs: (a, t) => (t === 'i32' ? `abs(${a})` : `fabsf(${a})`), exp: call('expf'), log: call('logf'), sqrt: call('sqrtf'), rsqrt: call('rsqrtf'),
     sin: call('sinf'), cos: call('cosf'), tanh: call('tanhf'), floor: call('floorf'),
     recip: (a) => `(1.0f / ${a})`,
     sigmoid: (a) => `(1.0f / (1.0f + expf(-${a})))`,
@@ -49,17 +49,24 @@ export const cudaDialect: Dialect = {
   },
   binary: {
     ...cLike.binary,
-    pow: (a, b) => `powf(${a}, ${b})`,
-    max: (a, b, t) => (t === 'f32' ? `fmaxf(${a}, ${b})` : `tf_imax(${a}, ${b})`),
-    min: (a, b, t) => (t === 'f32' ? `fminf(${a}, ${b})` : `tf_imin(${a}, ${b})`),
+    // powf has C's special cases; i32 powers, division and maximum/minimum are the prelude's (README, Numerics).
+    pow: (a, b, t) => (t === 'f32' ? `powf(${a}, ${b})` : `tf_ipow(${a}, ${b})`),
+    div: (a, b, t) => (t === 'i32' ? `tf_idiv(${a}, ${b})` : `(${a} / ${b})`),
+    max: (a, b, t) => (t === 'f32' ? `tf_fmax(${a}, ${b})` : `tf_imax(${a}, ${b})`),
+    min: (a, b, t) => (t === 'f32' ? `tf_fmin(${a}, ${b})` : `tf_imin(${a}, ${b})`),
+    index: (a, b) => `tf_imin(tf_imax(${a}, 0), ${b} - 1)`,
   },
   literal: (value, t) => {
     if (t === 'bool') return value ? 'true' : 'false';
     if (t === 'f32') return floatLiteral(value);
-    return value < 0 ? `(${Math.trunc(value)})` : String(Math.trunc(value));
+    // u32 values are held by their bits.
+    const i = value | 0;
+    return i === -2147483648 ? '(-2147483647 - 1)' : i < 0 ? `(${i})` : String(i);
   },
-  cast: (a, from, to, round) => {
-    const x = from === to ? a : to === 'bool' ? `(${a} != 0)` : `((${cudaDialect.type[to]})${a})`;
+  cast: (a, from, to, round, u32) => {
+    const x = from === to ? a : to === 'bool' ? `(${a} != 0)`
+      : from === 'f32' && to === 'i32' ? (u32 ? `((int)tf_f2u(${a}))` : `tf_f2i(${a})`)
+      : u32 && from === 'i32' ? `((float)(unsigned)${a})` : `((${cudaDialect.type[to]})${a})`;
     return round ? `tf_round_${round}(${x})` : x;
   },
   load: (buf, b, index) => {
@@ -73,7 +80,8 @@ export const cudaDialect: Dialect = {
     }
   },
   elem: (array, index) => `${array}[${index}]`,
-  negInfinity: '(-TF_INF)',
+  lowest: (t) => (t === 'i32' ? '((int)0x80000000)' : '(-TF_INF)'),
+  argmaxTakes: (x, best, t) => (t === 'f32' ? `(${x} > ${best} || (tf_isnan(${x}) && !tf_isnan(${best})))` : `${x} > ${best}`),
 };
 
 /** A value of compute type `t` converted for storing into a buffer of dtype `d`. */
@@ -173,16 +181,19 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
     for (const line of k.fused) out.push(`//   ${line.replace(/\\$/, '\\ ')}`);
   }
   const params = k.buffers.map((b, i) => `${b.written ? '' : 'const '}${cudaElemType[b.dtype]}* __restrict__ b${i}`);
-  for (const s of k.sizes) params.push(`const int ${s}`);
+  for (const s of k.sizes) params.push(`const int ${sizeName(s)}`);
   out.push(`extern "C" __global__ void __launch_bounds__(TF_BLOCK) ${name}(${params.join(', ')}) {`);
 
-  // Scratch for block-wide reductions: floats for sums and maxima of floats and for argmax values, ints otherwise.
-  const coops = k.body.flatMap((s) => (s.k === 'coop' ? [s.op === 'argmax' ? 'argmax' : s.body.t] : []));
-  if (coops.some((t) => t === 'argmax' || t === 'f32')) out.push('  __shared__ float tf_rf[TF_WARPS + 1];');
+  // Scratch for block-wide reductions: floats for sums and maxima of floats and for argmax values of floats, ints
+  // for the rest and for argmax indices; tf_rv for argmax values of ints.
+  const coops = k.body.flatMap((s) => (s.k === 'coop' ? [s.op === 'argmax' ? `argmax:${s.body.t}` : s.body.t] : []));
+  if (coops.some((t) => t === 'argmax:f32' || t === 'f32')) out.push('  __shared__ float tf_rf[TF_WARPS + 1];');
   if (coops.some((t) => t !== 'f32')) out.push('  __shared__ int tf_ri[TF_WARPS + 1];');
+  if (coops.includes('argmax:i32')) out.push('  __shared__ int tf_rv[TF_WARPS + 1];');
   declareArrays(sk.arrays, out);
 
   const p = new CudaPrinter(cudaDialect, k.buffers);
+  p.sizes = new Set(k.sizes);
   const body: string[] = [];
   const rows = p.expr(sk.grid.rows, body, '  ');
   body.push(`  const int tf_rows = ${rows};`);
@@ -232,11 +243,14 @@ function renderSlicedArray(s: ArrayStmt, r: ReduceExpr, plan: ReductionPlan, sli
   const part = `${s.name}_part`;
   const best = `${s.name}_best`;
   const argmax = r.op === 'argmax';
+  // The type of the partial values (an argmax's best value): sums are f32, max and argmax as their body.
+  const vt: Scalar = r.op === 'sum' ? 'f32' : r.body.t;
+  const T = cudaDialect.type[vt];
   out.push(`${indent}{`);
-  out.push(`${inner}__shared__ float ${s.name}_slices[${slices * s.n}];`);
+  out.push(`${inner}__shared__ ${T} ${s.name}_slices[${slices * s.n}];`);
   if (argmax) out.push(`${inner}__shared__ int ${s.name}_slice_at[${slices * s.n}];`);
-  out.push(`${inner}${argmax ? 'int' : 'float'} ${part} = ${r.op === 'sum' ? '0.0f' : argmax ? '0x7fffffff' : '(-TF_INF)'};`);
-  if (argmax) out.push(`${inner}float ${best} = (-TF_INF);`);
+  out.push(`${inner}${argmax ? 'int' : T} ${part} = ${r.op === 'sum' ? '0.0f' : argmax ? '0x7fffffff' : cudaDialect.lowest(vt)};`);
+  if (argmax) out.push(`${inner}${T} ${best} = ${cudaDialect.lowest(vt)};`);
   out.push(`${inner}if (tf_tid < ${slices * s.n}) {`);
   out.push(`${inner}  const int ${s.v} = tf_tid % ${s.n};`);
   const n = p.expr(r.n, out, inner + '  ');
@@ -244,8 +258,8 @@ function renderSlicedArray(s: ArrayStmt, r: ReduceExpr, plan: ReductionPlan, sli
   out.push(`${inner}  for (int ${r.v} = tf_tid / ${s.n}; ${r.v} < ${n}; ${r.v} += ${slices}) {`);
   const x = p.expr(r.body, out, inner + '    ');
   if (r.op === 'sum') out.push(`${inner}    ${part} += ${x};`);
-  else if (r.op === 'max') out.push(`${inner}    ${part} = fmaxf(${part}, ${x});`);
-  else out.push(`${inner}    if (${x} > ${best}) { ${best} = ${x}; ${part} = ${r.v}; }`);
+  else if (r.op === 'max') out.push(`${inner}    ${part} = ${cudaDialect.binary.max(part, x, vt)};`);
+  else out.push(`${inner}    if (${cudaDialect.argmaxTakes(x, best, vt)}) { ${best} = ${x}; ${part} = ${r.v}; }`);
   out.push(`${inner}  }`);
   out.push(`${inner}  ${s.name}_slices[tf_tid] = ${argmax ? best : part};`);
   if (argmax) out.push(`${inner}  ${s.name}_slice_at[tf_tid] = ${part};`);
@@ -255,13 +269,13 @@ function renderSlicedArray(s: ArrayStmt, r: ReduceExpr, plan: ReductionPlan, sli
   const total = `${s.name}_sum`;
   const slot = `q * ${s.n} + tf_tid`;
   if (argmax) {
-    out.push(`${inner}  float ${total}_best = (-TF_INF);`);
+    out.push(`${inner}  ${T} ${total}_best = ${cudaDialect.lowest(vt)};`);
     out.push(`${inner}  int ${total} = 0x7fffffff;`);
     out.push(`${inner}  for (int q = 0; q < ${slices}; q++) tf_argmax_step(${total}_best, ${total}, ${s.name}_slices[${slot}], ${s.name}_slice_at[${slot}]);`);
     out.push(`${inner}  if (${total} == 0x7fffffff) ${total} = 0;`);
   } else {
-    out.push(`${inner}  float ${total} = ${r.op === 'sum' ? '0.0f' : '(-TF_INF)'};`);
-    const combine = r.op === 'sum' ? `${total} += ${s.name}_slices[${slot}]` : `${total} = fmaxf(${total}, ${s.name}_slices[${slot}])`;
+    out.push(`${inner}  ${T} ${total} = ${r.op === 'sum' ? '0.0f' : cudaDialect.lowest(vt)};`);
+    const combine = r.op === 'sum' ? `${total} += ${s.name}_slices[${slot}]` : `${total} = ${cudaDialect.binary.max(total, `${s.name}_slices[${slot}]`, vt)}`;
     out.push(`${inner}  for (int q = 0; q < ${slices}; q++) ${combine};`);
   }
   const value = p.expr(replaceReductions(s.value, new Map([[r, total]])), out, inner + '  ');

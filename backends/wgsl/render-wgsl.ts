@@ -8,9 +8,9 @@ import { DType } from '../../ir/dtype.ts';
 import { randomFunction } from '../random-source.ts';
 import { webgpuCaps } from '../device-caps.ts';
 import { KBuffer, KernelIR, ROW } from '../kernel-ir.ts';
-import { Dialect, ExprPrinter } from '../render-base.ts';
+import { Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { scheduleKernel, ScheduledKernel } from '../schedule.ts';
-import { BufferLayout, wgslDialect, wordType } from './dialect.ts';
+import { BufferLayout, wgslDialect, wgslHelpers, wordType } from './dialect.ts';
 import { renderStmt, RowContext } from './statements.ts';
 
 export { perWord, wgslDialect, wordType, WORKGROUP_SIZE } from './dialect.ts';
@@ -69,9 +69,10 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
     elem: (array, index) => (vec4Arrays.has(array) ? `${array}[(${index}) >> 2u][(${index}) & 3]` : `${array}[${index}]`),
   };
   const p = new ExprPrinter(dialect, k.buffers);
+  p.sizes = new Set(k.sizes);
   const ctx: RowContext = { p, buffers: k.buffers, threads, vec4Arrays };
   const body: string[] = [];
-  for (const s of k.sizes) body.push(`  let ${s} = sizes.${s};`);
+  for (const s of k.sizes) body.push(`  let ${sizeName(s)} = sizes.${sizeName(s)};`);
   k.body.forEach((s, i) => renderStmt(s, sk.stmts[i], ctx, body, '  '));
 
   const out: string[] = [];
@@ -80,6 +81,7 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
   out.push(`// kernel ${k.name}: fuses`);
   if (body.some((l) => l.includes('tf_random('))) out.push(randomFunction('wgsl'));
   for (const line of k.fused) out.push(`//   ${line}`);
+  out.push(...wgslHelpers(body.join('\n')));
   k.buffers.forEach((b, i) => {
     const access = b.written ? 'read_write' : 'read';
     for (let c = 0; c < layouts[i].chunks; c++) {
@@ -92,7 +94,7 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
     out.push(`@group(0) @binding(${bindings.length}) var<storage, read> b${buf}_v4: array<${t}>;`);
     bindings.push({ kind: 'vec4', buffer: buf });
   }
-  out.push(`struct Sizes { rows: i32, ${k.sizes.map((s) => `${s}: i32, `).join('')}}`);
+  out.push(`struct Sizes { rows: i32, ${k.sizes.map((s) => `${sizeName(s)}: i32, `).join('')}}`);
   out.push(`@group(0) @binding(${bindings.length}) var<uniform> sizes: Sizes;`);
   bindings.push({ kind: 'sizes' });
   k.buffers.forEach((b, i) => out.push(...accessors(i, b, layouts[i])));
@@ -104,6 +106,8 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
   }
   out.push(`var<workgroup> red_f: array<f32, ${threads}>;`);
   out.push(`var<workgroup> red_i: array<i32, ${threads}>;`);
+  // i32 values of an argmax (red_f holds f32 ones)
+  if (body.some((l) => l.includes('red_v['))) out.push(`var<workgroup> red_v: array<i32, ${threads}>;`);
   out.push('');
   out.push(`@compute @workgroup_size(${threads})`);
   const sg = sk.subgroups ? ', @builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_size) sg_size: u32' : '';
@@ -123,14 +127,15 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
 /** load_bN(i) (and store_bN(i, v) for written buffers) over the buffer's chunks and packing. */
 function accessors(i: number, b: KBuffer, layout: BufferLayout): string[] {
   const word = wordType(b.dtype);
+  // Kernels compute u32 values as i32 bits (ir/ops.ts allows u32 no arithmetic).
+  const t = b.dtype === DType.I32 || b.dtype === DType.U32 ? 'i32' : b.dtype === DType.Bool ? 'bool' : 'f32';
   const chunked = (w: string, body: (arr: string) => string): string[] => {
     if (layout.chunks === 1) return [`  ${body(`b${i}_0[${w}]`)}`];
     const lines = [`  let c = ${w} / ${layout.chunkWords}; let o = ${w} % ${layout.chunkWords};`];
     for (let c = 0; c < layout.chunks; c++) lines.push(`  if (c == ${c}) { ${body(`b${i}_${c}[o]`)} }`);
     if (!body('x').startsWith('return')) return lines;
-    return [...lines, `  return ${b.dtype === DType.I32 ? '0i' : b.dtype === DType.Bool ? 'false' : '0.0'};`];
+    return [...lines, `  return ${t === 'i32' ? '0i' : t === 'bool' ? 'false' : '0.0'};`];
   };
-  const t = b.dtype === DType.I32 ? 'i32' : b.dtype === DType.Bool ? 'bool' : 'f32';
   const lines: string[] = [`fn load_b${i}(i: i32) -> ${t} {`];
   switch (b.dtype) {
     case DType.BF16:
@@ -140,7 +145,7 @@ function accessors(i: number, b: KBuffer, layout: BufferLayout): string[] {
       lines.push('  let w = u32(i) >> 1u;', ...chunked('w', (a) => `return unpack2x16float(${a})[u32(i) & 1u];`));
       break;
     case DType.Bool: case DType.U32:
-      lines.push('  let w = u32(i);', ...chunked('w', (a) => (b.dtype === DType.Bool ? `return ${a} != 0u;` : `return f32(${a});`)));
+      lines.push('  let w = u32(i);', ...chunked('w', (a) => (b.dtype === DType.Bool ? `return ${a} != 0u;` : `return bitcast<i32>(${a});`)));
       break;
     default:
       lines.push('  let w = u32(i);', ...chunked('w', (a) => `return ${a};`));
@@ -150,7 +155,7 @@ function accessors(i: number, b: KBuffer, layout: BufferLayout): string[] {
     if (b.dtype === DType.F16 || b.dtype === DType.BF16) {
       throw new Error(`kernel buffer ${i}: WGSL kernels store f32, i32 or bool, not packed ${b.dtype}`);
     }
-    const value = b.dtype === DType.Bool ? 'select(0u, 1u, v)' : b.dtype === DType.U32 ? 'u32(v)' : 'v';
+    const value = b.dtype === DType.Bool ? 'select(0u, 1u, v)' : b.dtype === DType.U32 ? 'bitcast<u32>(v)' : 'v';
     lines.push(`fn store_b${i}(i: i32, v: ${t}) {`, '  let w = u32(i);', ...chunked('w', (a) => `${a} = ${value};`), '}');
     void word;
   }

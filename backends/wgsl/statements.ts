@@ -119,8 +119,11 @@ function renderSlicedArray(s: ArrayStmt, r: Reduce, plan: ReductionPlan, slices:
   const inner = indent + '  ';
   const part = `${s.name}_part`;
   const best = `${s.name}_best`;
-  out.push(`${indent}var ${part}: ${r.op === 'argmax' ? 'i32' : 'f32'} = ${r.op === 'argmax' ? NO_INDEX : initial(r.op)};`);
-  if (r.op === 'argmax') out.push(`${indent}var ${best}: f32 = ${NEG_INF};`);
+  // What the partials hold: the sum or max itself, or an argmax's best value (with its index in red_i).
+  const vt: Scalar = r.op === 'sum' ? 'f32' : r.body.t;
+  const values = vt === 'i32' ? 'red_v' : 'red_f';
+  out.push(`${indent}var ${part}: ${r.op === 'argmax' ? 'i32' : wgslDialect.type[vt]} = ${r.op === 'argmax' ? NO_INDEX : initial(r.op, vt)};`);
+  if (r.op === 'argmax') out.push(`${indent}var ${best}: ${wgslDialect.type[vt]} = ${wgslDialect.lowest(vt)};`);
   out.push(`${indent}if (lid < ${slices * s.n}) {`);
   out.push(`${inner}let ${s.v} = lid % ${s.n};`);
   const rn = p.expr(r.n, out, inner);
@@ -128,12 +131,12 @@ function renderSlicedArray(s: ArrayStmt, r: Reduce, plan: ReductionPlan, slices:
   const fold = (q: number, ind: string) => {
     out.push(`${ind}{`);
     out.push(`${ind}  let ${r.v} = ${from} + ${q * slices};`);
-    foldInto(r.op, part, best, r.v, p.expr(r.body, out, ind + '  '), out, ind + '  ');
+    foldInto(r.op, vt, part, best, r.v, p.expr(r.body, out, ind + '  '), out, ind + '  ');
     out.push(`${ind}}`);
   };
   unrolledLoop(from, `lid / ${s.n}`, slices, rn, plan.unroll, fold, out, inner);
   out.push(`${indent}}`);
-  out.push(`${indent}red_f[lid] = ${r.op === 'argmax' ? best : part};`);
+  out.push(`${indent}${values}[lid] = ${r.op === 'argmax' ? best : part};`);
   if (r.op === 'argmax') out.push(`${indent}red_i[lid] = ${part};`);
   out.push(`${indent}workgroupBarrier();`);
   out.push(`${indent}if (lid < ${s.n}) {`);
@@ -141,15 +144,15 @@ function renderSlicedArray(s: ArrayStmt, r: Reduce, plan: ReductionPlan, slices:
   const slot = `q * ${s.n} + lid`;
   if (r.op === 'argmax') {
     out.push(`${inner}var ${total}: i32 = ${NO_INDEX};`);
-    out.push(`${inner}var ${total}_best: f32 = ${NEG_INF};`);
+    out.push(`${inner}var ${total}_best: ${wgslDialect.type[vt]} = ${wgslDialect.lowest(vt)};`);
     out.push(`${inner}for (var q: i32 = 0; q < ${slices}; q++) {`);
-    out.push(`${inner}  let b = red_f[${slot}]; let i = red_i[${slot}];`);
-    out.push(`${inner}  if (b > ${total}_best || (b == ${total}_best && i < ${total})) { ${total}_best = b; ${total} = i; }`);
+    out.push(`${inner}  let b = ${values}[${slot}]; let i = red_i[${slot}];`);
+    out.push(`${inner}  if (${argmaxCombines('b', 'i', `${total}_best`, total, vt)}) { ${total}_best = b; ${total} = i; }`);
     out.push(`${inner}}`);
     out.push(`${inner}${total} = select(${total}, 0i, ${total} == ${NO_INDEX});`);
   } else {
-    const combine = r.op === 'sum' ? `${total} + red_f[${slot}]` : `max(${total}, red_f[${slot}])`;
-    out.push(`${inner}var ${total}: f32 = ${initial(r.op)};`);
+    const combine = r.op === 'sum' ? `${total} + red_f[${slot}]` : wgslDialect.binary.max(total, `${values}[${slot}]`, vt);
+    out.push(`${inner}var ${total}: ${wgslDialect.type[vt]} = ${initial(r.op, vt)};`);
     out.push(`${inner}for (var q: i32 = 0; q < ${slices}; q++) { ${total} = ${combine}; }`);
   }
   out.push(`${inner}${at('lid')} = ${p.expr(replaceReductions(s.value, new Map([[r, total]])), out, inner)};`);
@@ -232,17 +235,17 @@ function renderCoop(s: Extract<KStmt, { k: 'coop' }>, plan: ReductionPlan, ctx: 
   const inner = indent + '  ';
   const n = p.expr(s.n, out, indent);
   const t: Scalar = s.op === 'argmax' ? 'i32' : s.body.t;
+  // The type of the values compared or added (an argmax's best value, with its index in red_i).
+  const vt = s.body.t;
   const part = `${s.name}_part`;
   const best = `${s.name}_best`;
-  // The identity of max over i32 is the smallest i32 (an f32 literal does not convert).
-  const init = s.op === 'sum' ? wgslDialect.literal(0, s.body.t) : s.op === 'max' && t === 'i32' ? '(-2147483647i - 1i)' : NEG_INF;
-  out.push(`${indent}var ${s.op === 'argmax' ? best : part}: ${s.op === 'argmax' ? 'f32' : wgslDialect.type[t]} = ${init};`);
+  out.push(`${indent}var ${s.op === 'argmax' ? best : part}: ${wgslDialect.type[vt]} = ${initial(s.op === 'argmax' ? 'max' : s.op, vt)};`);
   if (s.op === 'argmax') out.push(`${indent}var ${part}: i32 = 0i;`);
   const at = `${s.v}_at`;
   const fold = (offset: number, ind: string) => {
     out.push(`${ind}{`);
     out.push(`${ind}  let ${s.v} = ${at} + ${offset * threads};`);
-    foldInto(s.op, part, best, s.v, p.expr(s.body, out, ind + '  '), out, ind + '  ');
+    foldInto(s.op, vt, part, best, s.v, p.expr(s.body, out, ind + '  '), out, ind + '  ');
     out.push(`${ind}}`);
   };
   out.push(`${indent}var ${at}: i32 = lid;`);
@@ -250,18 +253,21 @@ function renderCoop(s: Extract<KStmt, { k: 'coop' }>, plan: ReductionPlan, ctx: 
   const red = t === 'i32' && s.op !== 'argmax' ? 'red_i' : 'red_f';
   if (plan.combine === 'subgroup') {
     // Subgroups combine their lanes in registers; only one value per subgroup goes through workgroup memory.
+    // (subgroupMax may drop NaN: a NaN in any lane makes the result NaN.)
     const sum = s.op === 'sum';
-    out.push(`${indent}let ${part}_sg = ${sum ? 'subgroupAdd' : 'subgroupMax'}(${part});`);
+    const sg = sum ? `subgroupAdd(${part})` : `select(subgroupMax(${part}), tf_nan(), subgroupAny(tf_isnan(${part})))`;
+    out.push(`${indent}let ${part}_sg = ${sg};`);
     out.push(`${indent}if (lane == 0) { red_f[subgroup] = ${part}_sg; }`);
     out.push(`${indent}workgroupBarrier();`);
     out.push(`${indent}var ${s.name}_sum: f32 = ${sum ? '0.0' : NEG_INF};`);
-    out.push(`${indent}for (var w: i32 = 0; w < subgroups; w++) { ${s.name}_sum = ${sum ? `${s.name}_sum + red_f[w]` : `max(${s.name}_sum, red_f[w])`}; }`);
+    out.push(`${indent}for (var w: i32 = 0; w < subgroups; w++) { ${s.name}_sum = ${sum ? `${s.name}_sum + red_f[w]` : `tf_max(${s.name}_sum, red_f[w])`}; }`);
     out.push(`${indent}let ${s.name} = ${s.name}_sum;`);
     out.push(`${indent}workgroupBarrier();`);
     return;
   }
+  const values = vt === 'i32' ? 'red_v' : 'red_f';
   if (s.op === 'argmax') {
-    out.push(`${indent}red_f[lid] = ${best}; red_i[lid] = ${part};`);
+    out.push(`${indent}${values}[lid] = ${best}; red_i[lid] = ${part};`);
   } else {
     out.push(`${indent}${red}[lid] = ${part};`);
   }
@@ -269,11 +275,11 @@ function renderCoop(s: Extract<KStmt, { k: 'coop' }>, plan: ReductionPlan, ctx: 
   out.push(`${indent}for (var w: i32 = ${threads / 2}; w > 0; w = w / 2) {`);
   out.push(`${inner}if (lid < w) {`);
   if (s.op === 'sum') out.push(`${inner}  ${red}[lid] = ${red}[lid] + ${red}[lid + w];`);
-  else if (s.op === 'max') out.push(`${inner}  ${red}[lid] = max(${red}[lid], ${red}[lid + w]);`);
+  else if (s.op === 'max') out.push(`${inner}  ${red}[lid] = ${wgslDialect.binary.max(`${red}[lid]`, `${red}[lid + w]`, t)};`);
   else {
-    // Keep the first maximum: the lower index wins ties.
-    out.push(`${inner}  let a = red_f[lid]; let b = red_f[lid + w];`);
-    out.push(`${inner}  if (b > a || (b == a && red_i[lid + w] < red_i[lid])) { red_f[lid] = b; red_i[lid] = red_i[lid + w]; }`);
+    // Keep the first maximum: the lower index wins ties (and NaN wins, as the largest).
+    out.push(`${inner}  let a = ${values}[lid]; let b = ${values}[lid + w];`);
+    out.push(`${inner}  if (${argmaxCombines('b', `red_i[lid + w]`, 'a', 'red_i[lid]', vt)}) { ${values}[lid] = b; red_i[lid] = red_i[lid + w]; }`);
   }
   out.push(`${inner}}`);
   out.push(`${inner}workgroupBarrier();`);
@@ -283,14 +289,19 @@ function renderCoop(s: Extract<KStmt, { k: 'coop' }>, plan: ReductionPlan, ctx: 
   out.push(`${indent}workgroupBarrier();`);
 }
 
-/** Where a sum or max starts (an argmax's value starts at NEG_INF, its index as the caller says). */
-const initial = (op: 'sum' | 'max') => (op === 'sum' ? '0.0' : NEG_INF);
+/** Where a sum or max starts: 0, or the lowest value of its type. */
+const initial = (op: 'sum' | 'max', t: Scalar) => (op === 'sum' ? wgslDialect.literal(0, t) : wgslDialect.lowest(t));
 
-/** Folds x (at loop index v) into a partial: a sum, a max, or an argmax keeping the first largest value. */
-function foldInto(op: ReduceOp, part: string, best: string, v: string, x: string, out: string[], indent: string): void {
+/** Folds x (at loop index v) into a partial: a sum, a max, or an argmax keeping the first largest value (or NaN). */
+function foldInto(op: ReduceOp, t: Scalar, part: string, best: string, v: string, x: string, out: string[], indent: string): void {
   if (op === 'sum') out.push(`${indent}${part} = ${part} + ${x};`);
-  else if (op === 'max') out.push(`${indent}${part} = max(${part}, ${x});`);
-  else out.push(`${indent}if (${x} > ${best}) { ${best} = ${x}; ${part} = ${v}; }`);
+  else if (op === 'max') out.push(`${indent}${part} = ${wgslDialect.binary.max(part, x, t)};`);
+  else out.push(`${indent}if (${wgslDialect.argmaxTakes(x, best, t)}) { ${best} = ${x}; ${part} = ${v}; }`);
+}
+
+/** Whether the argmax partial (b at index ib) replaces (a at ia): NaN first, then larger, then the lower index. */
+function argmaxCombines(b: string, ib: string, a: string, ia: string, t: Scalar): string {
+  return t === 'f32' ? `tf_argmax_takes(${b}, ${ib}, ${a}, ${ia})` : `(${b} > ${a} || (${b} == ${a} && ${ib} < ${ia}))`;
 }
 
 /**

@@ -16,8 +16,7 @@ function projectionWeight(n: Node): Value | undefined {
 }
 
 /** Whether some elementwise node within a few steps downstream reads two of these values. */
-function combined(g: Graph, outs: Value[]): boolean {
-  const users = usersOf(g);
+function combined(users: ReadonlyMap<Value, Node[]>, outs: Value[]): boolean {
   const reach = outs.map((v) => {
     const seen = new Set<Node>();
     let frontier = [v];
@@ -59,7 +58,8 @@ export function concatProjections(g: Graph): Graph {
     byDtype.set(w.type.dtype, [...(byDtype.get(w.type.dtype) ?? []), n]);
     byInput.set(n.inputs[0], byDtype);
   }
-  const groups = [...byInput.values()].flatMap((byDtype) => [...byDtype.values()]).filter((ns) => ns.length >= 2 && !combined(g, ns.map((n) => n.output)));
+  const users = usersOf(g);
+  const groups = [...byInput.values()].flatMap((byDtype) => [...byDtype.values()]).filter((ns) => ns.length >= 2 && !combined(users, ns.map((n) => n.output)));
   if (groups.length === 0) return g;
   const first = new Map<Node, Node[]>(groups.map((ns) => [ns[0], ns]));
   const member = new Set(groups.flat());

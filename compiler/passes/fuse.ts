@@ -14,6 +14,9 @@ import { copySignature } from './rewrite.ts';
 
 class Group {
   readonly members: Node[] = [];
+  /** The last reachability search (Partition.connects) that reached this group from its start, and from its end. */
+  ahead = 0;
+  behind = 0;
   constructor(readonly id: number, public kind: KernelKind) {}
   get matmuls(): Node[] { return this.members.filter((n) => n.op === Op.Matmul); }
   get reductions(): Node[] { return this.members.filter((n) => opDef(n.op)?.group === OpGroup.Reduce); }
@@ -36,15 +39,65 @@ export function formatBytes(n: number): string {
   return `${n} B`;
 }
 
+/**
+ * A relation from each kernel to a set of kernels, kept with its converse (which kernels name a given one) so that
+ * it can be walked both ways and renamed without a scan.
+ */
+class Links {
+  private readonly forward = new Map<Group, Set<Group>>();
+  private readonly backward = new Map<Group, Set<Group>>();
+
+  of(gr: Group): Set<Group> | undefined { return this.forward.get(gr); }
+  namedBy(gr: Group): Set<Group> | undefined { return this.backward.get(gr); }
+
+  set(gr: Group, to: Set<Group> | undefined): void {
+    const old = this.forward.get(gr);
+    if (old) for (const x of old) if (!to?.has(x)) this.backward.get(x)?.delete(gr);
+    if (!to) {
+      this.forward.delete(gr);
+      return;
+    }
+    this.forward.set(gr, to);
+    for (const x of to) {
+      if (old?.has(x)) continue;
+      let back = this.backward.get(x);
+      if (!back) this.backward.set(x, (back = new Set()));
+      back.add(gr);
+    }
+  }
+
+  /** Forgets a's and b's own sets, and has every other kernel that named b name a instead. */
+  rename(b: Group, a: Group, rename: (s: Set<Group>) => Set<Group>): void {
+    this.set(a, undefined);
+    this.set(b, undefined);
+    for (const gr of [...(this.backward.get(b) ?? [])]) this.set(gr, rename(this.forward.get(gr)!));
+    this.backward.delete(b);
+  }
+}
+
 class Partition {
   private readonly groupOf = new Map<Node, Group>();
   private readonly groups: Group[] = [];
-  private depsMemo = new Map<Value, Set<Group>>();
-  private loadsMemo = new Map<Value, Set<Value>>();
+  private readonly depsMemo = new Map<Value, Set<Group>>();
+  private readonly loadsMemo = new Map<Value, Set<Value>>();
+  /**
+   * The edges of the kernel graph that each kernel's own nodes make (see edges()): the kernels it reads from, and
+   * those that overwrite a state it reads. Recomputed only for kernels a change touched (`stale`): fusion asks for
+   * the kernel graph after every change, and walking the whole graph each time made it quadratic.
+   */
+  private readonly readsFrom = new Links();
+  private readonly overwrittenBy = new Links();
+  private readonly stale = new Set<Group>();
+  private walks = 0;
+  /** The kernels holding an update_slice of each state value. */
+  private readonly overwrites = new Map<Value, Set<Group>>();
   readonly users: Map<Value, Node[]>;
+  /** Each node's position in the graph. */
+  readonly order = new Map<Node, number>();
 
   constructor(readonly g: Graph, readonly ctx: PassContext) {
     this.users = usersOf(g);
+    g.nodes.forEach((n, i) => this.order.set(n, i));
     for (const n of g.nodes) {
       const kind = anchorKind(n);
       if (kind) this.add(this.newGroup(kind), n);
@@ -60,11 +113,38 @@ class Partition {
     return gr;
   }
 
+  /** Puts a node that no kernel computes into `gr`. */
   add(gr: Group, n: Node): void {
     gr.members.push(n);
     this.groupOf.set(n, gr);
-    this.depsMemo.clear();
-    this.loadsMemo.clear();
+    if (n.op === Op.UpdateSlice) {
+      const target = n.inputs[0];
+      if (!this.overwrites.has(target)) this.overwrites.set(target, new Set());
+      this.overwrites.get(target)!.add(gr);
+      // Every kernel reading the state now has an edge to gr.
+      for (const other of this.groups) this.stale.add(other);
+    }
+    this.touched(gr, n.output);
+  }
+
+  /**
+   * Forgets what was derived from v being recomputed where it is used: deps and loads of v and of everything
+   * recomputed from it (the nodes no kernel computes, downstream of v), and the edges of `gr` and of the kernels
+   * that read any of those values. (Where v's deps and loads were never asked for, nothing derived from them is.)
+   */
+  private touched(gr: Group, v: Value): void {
+    this.stale.add(gr);
+    const stack = [v];
+    while (stack.length) {
+      const x = stack.pop()!;
+      const had = this.depsMemo.delete(x);
+      if (!(this.loadsMemo.delete(x) || had)) continue;
+      for (const u of this.users.get(x) ?? []) {
+        const home = this.groupOf.get(u);
+        if (home) this.stale.add(home);
+        else stack.push(u.output);
+      }
+    }
   }
 
   group(n: Node): Group | undefined { return this.groupOf.get(n); }
@@ -76,7 +156,11 @@ class Partition {
     if (d) return d;
     const p = v.producer;
     const home = p && this.groupOf.get(p);
-    d = home ? new Set([home]) : new Set(p ? p.inputs.flatMap((u) => [...this.deps(u)]) : []);
+    if (home) d = new Set([home]);
+    else {
+      d = new Set();
+      if (p) for (const u of p.inputs) for (const gr of this.deps(u)) d.add(gr);
+    }
     this.depsMemo.set(v, d);
     return d;
   }
@@ -87,7 +171,11 @@ class Partition {
     let l = this.loadsMemo.get(v);
     if (l) return l;
     const p = v.producer;
-    l = !p || this.groupOf.has(p) ? new Set([v]) : new Set(p.inputs.flatMap((u) => [...this.loads(u)]));
+    if (!p || this.groupOf.has(p)) l = new Set([v]);
+    else {
+      l = new Set();
+      for (const u of p.inputs) for (const x of this.loads(u)) l.add(x);
+    }
     this.loadsMemo.set(v, l);
     return l;
   }
@@ -105,6 +193,8 @@ class Partition {
   /** Moves a node from one kernel to another. */
   move(n: Node, from: Group, to: Group): void {
     from.members.splice(from.members.indexOf(n), 1);
+    this.stale.add(from);
+    if (n.op === Op.UpdateSlice) this.overwrites.get(n.inputs[0])?.delete(from);
     this.add(to, n);
   }
 
@@ -114,62 +204,168 @@ class Partition {
    * value must run first).
    */
   edges(): Map<Group, Set<Group>> {
+    this.sync();
     const out = new Map<Group, Set<Group>>();
-    const edge = (a: Group, b: Group) => {
-      if (a === b) return;
-      if (!out.has(a)) out.set(a, new Set());
-      out.get(a)!.add(b);
-    };
-    const live = this.live();
-    const overwrites = new Map<Value, Group[]>();
-    for (const gr of live) {
-      for (const n of gr.members) {
-        if (n.op === Op.UpdateSlice) overwrites.set(n.inputs[0], [...(overwrites.get(n.inputs[0]) ?? []), gr]);
-      }
-    }
-    for (const gr of live) {
-      for (const n of gr.members) {
-        n.inputs.forEach((v, i) => {
-          for (const src of this.deps(v)) edge(src, gr);
-          if (overwrites.size === 0 || (n.op === Op.UpdateSlice && i === 0)) return;
-          for (const read of this.loads(v)) for (const writer of overwrites.get(read) ?? []) edge(gr, writer);
-        });
-      }
+    for (const gr of this.groups) {
+      if (gr.members.length === 0) continue;
+      const to = new Set([...(this.readsFrom.namedBy(gr) ?? []), ...(this.overwrittenBy.of(gr) ?? [])]);
+      if (to.size) out.set(gr, to);
     }
     return out;
   }
 
+  /** Brings the edges of the kernels a change touched up to date. */
+  private sync(): void {
+    for (const gr of this.stale) this.refresh(gr);
+    this.stale.clear();
+  }
+
+  /** The edges gr's own nodes make: from the kernels they read, to the kernels overwriting a state they read. */
+  private refresh(gr: Group): void {
+    const from = new Set<Group>();
+    const to = new Set<Group>();
+    const anyOverwrites = [...this.overwrites.values()].some((s) => s.size > 0);
+    for (const n of gr.members) {
+      for (let i = 0; i < n.inputs.length; i++) {
+        const v = n.inputs[i];
+        for (const src of this.deps(v)) if (src !== gr) from.add(src);
+        if (!anyOverwrites || (n.op === Op.UpdateSlice && i === 0)) continue;
+        for (const read of this.loads(v)) for (const writer of this.overwrites.get(read) ?? []) if (writer !== gr) to.add(writer);
+      }
+    }
+    this.readsFrom.set(gr, from);
+    this.overwrittenBy.set(gr, to);
+  }
+
   /** Whether `to` is reachable from `from` through at least one other kernel (then merging them makes a cycle). */
-  reachesThroughOthers(from: Group, to: Group, edges = this.edges()): boolean {
-    const stack = [...(edges.get(from) ?? [])].filter((x) => x !== to);
-    const seen = new Set<Group>(stack);
-    while (stack.length) {
-      const x = stack.pop()!;
-      for (const y of edges.get(x) ?? []) {
-        if (y === to) return true;
-        if (!seen.has(y)) { seen.add(y); stack.push(y); }
+  reachesThroughOthers(from: Group, to: Group): boolean {
+    this.sync();
+    return this.connects(this.successors(from).filter((y) => y !== to), to);
+  }
+
+  /** Whether `to` is reachable from `from` (directly or through other kernels). */
+  reaches(from: Group, to: Group): boolean {
+    this.sync();
+    return this.connects(this.successors(from), to);
+  }
+
+  private successors(gr: Group): Group[] {
+    return [...(this.readsFrom.namedBy(gr) ?? []), ...(this.overwrittenBy.of(gr) ?? [])];
+  }
+
+  /**
+   * Whether a path leads from one of `starts` to `to` (or `to` is among them): a search from both ends at once,
+   * each step widening the smaller frontier, so that asking whether an early kernel reaches a late one (or a late
+   * one an early one) costs about the few kernels on one side, not everything downstream of the other. Groups are
+   * marked with the search's number rather than kept in sets.
+   */
+  private connects(starts: readonly Group[], to: Group): boolean {
+    const walk = ++this.walks;
+    let ahead: Group[] = [];
+    for (const y of starts) {
+      if (y === to) return true;
+      if (y.ahead !== walk) { y.ahead = walk; ahead.push(y); }
+    }
+    to.behind = walk;
+    let behind = [to];
+    while (ahead.length && behind.length) {
+      const next: Group[] = [];
+      if (ahead.length <= behind.length) {
+        for (const x of ahead) {
+          for (const edges of [this.readsFrom.namedBy(x), this.overwrittenBy.of(x)]) {
+            if (!edges) continue;
+            for (const y of edges) {
+              if (y.behind === walk) return true;
+              if (y.ahead !== walk) { y.ahead = walk; next.push(y); }
+            }
+          }
+        }
+        ahead = next;
+      } else {
+        for (const x of behind) {
+          for (const edges of [this.readsFrom.of(x), this.overwrittenBy.namedBy(x)]) {
+            if (!edges) continue;
+            for (const y of edges) {
+              if (y.ahead === walk) return true;
+              if (y.behind !== walk) { y.behind = walk; next.push(y); }
+            }
+          }
+        }
+        behind = next;
       }
     }
     return false;
   }
 
-  reaches(from: Group, to: Group, edges = this.edges()): boolean {
-    return (edges.get(from)?.has(to) ?? false) || this.reachesThroughOthers(from, to, edges);
-  }
-
   /** Merges b into a unless that would make the kernel graph cyclic; says why. */
   merge(a: Group, b: Group, kind: KernelKind, why: string, quiet = false): boolean {
     if (a === b) return true;
-    const edges = this.edges();
-    if (this.reachesThroughOthers(a, b, edges) || this.reachesThroughOthers(b, a, edges)) {
+    if (this.reachesThroughOthers(a, b) || this.reachesThroughOthers(b, a)) {
       if (!quiet) this.explain(`kept apart: ${why} — merging would make a kernel depend on itself`);
       return false;
     }
-    for (const n of b.members) this.add(a, n);
-    b.members.length = 0;
+    const moved = b.members.splice(0);
+    for (const n of moved) {
+      a.members.push(n);
+      this.groupOf.set(n, a);
+    }
     a.kind = kind;
+    this.renamed(b, a, moved);
     this.explain(`merged: ${why}`);
     return true;
+  }
+
+  /**
+   * After b's nodes moved into a, what was derived from the partition holds with b read as a: the deps that named
+   * b (rebuilt in order, as computing them again would give them, and never changed under a caller iterating one),
+   * the kernels overwriting each state, and other kernels' edges; a's own edges are computed again. Which values
+   * are loaded does not change.
+   */
+  private renamed(b: Group, a: Group, moved: readonly Node[]): void {
+    const as = (gr: Group) => (gr === b ? a : gr);
+    const rename = (s: Set<Group>) => (s.has(b) ? new Set([...s].map(as)) : s);
+    // Only values computed from b's nodes through nodes no kernel computes can depend on b (and only where their
+    // deps were asked for: see touched()).
+    const stack = moved.map((n) => n.output);
+    const seen = new Set(stack);
+    while (stack.length) {
+      const x = stack.pop()!;
+      const d = this.depsMemo.get(x);
+      if (!d) continue;
+      this.depsMemo.set(x, rename(d));
+      for (const u of this.users.get(x) ?? []) {
+        if (this.groupOf.has(u) || seen.has(u.output)) continue;
+        seen.add(u.output);
+        stack.push(u.output);
+      }
+    }
+    for (const [v, s] of this.overwrites) if (s.has(b)) this.overwrites.set(v, rename(s));
+    this.readsFrom.rename(b, a, rename);
+    this.overwrittenBy.rename(b, a, rename);
+    this.stale.delete(b);
+    this.stale.add(a);
+  }
+
+  /**
+   * The nodes of other kernels that read what kernel r computes, directly or through recomputed nodes, in graph
+   * order: the only nodes whose operands can depend on r.
+   */
+  readersOf(r: Group): Node[] {
+    const readers = new Set<Node>();
+    const stack = r.members.map((n) => n.output);
+    const seen = new Set(stack);
+    while (stack.length) {
+      for (const u of this.users.get(stack.pop()!) ?? []) {
+        const home = this.groupOf.get(u);
+        if (home) {
+          if (home !== r) readers.add(u);
+        } else if (!seen.has(u.output)) {
+          seen.add(u.output);
+          stack.push(u.output);
+        }
+      }
+    }
+    return [...readers].sort((a, b) => this.order.get(a)! - this.order.get(b)!);
   }
 
   /** Shapes over which a kernel iterates; an elementwise op of one of them can be its epilogue. */
@@ -248,7 +444,7 @@ function mergeNormPrologues(p: Partition): void {
     const consumers = new Set<Group>();
     let feedsWeights = false;
     let escapes = p.g.outputs.some((v) => p.deps(v).has(r)) || p.g.stateUpdates.some((u) => p.deps(u.value).has(r));
-    for (const m of p.g.nodes) {
+    for (const m of p.readersOf(r)) {
       const gm = p.group(m);
       if (!gm || gm === r || !m.inputs.some((v) => p.deps(v).has(r))) continue;
       consumers.add(gm);
@@ -287,8 +483,7 @@ function placeEpilogues(p: Partition): void {
       // of its own would then have to run both before and after that kernel, so it joins that kernel instead.
       const own = p.newGroup('elementwise');
       p.add(own, n);
-      const edges = p.edges();
-      const feedsBack = deps.find((d) => p.reaches(own, d, edges));
+      const feedsBack = deps.find((d) => p.reaches(own, d));
       if (feedsBack) p.move(n, own, feedsBack);
     }
   }
@@ -305,8 +500,7 @@ function mergeStateWrites(p: Partition): void {
       if (!sameShape(ua, b.members[0].inputs[1].type.shape)) continue;
       // Not when one write's update reads the other's result: inside one kernel that would be a read of the
       // state being written, which a store loop cannot express (and merge() allows a direct edge).
-      const edges = p.edges();
-      if (p.reaches(a, b, edges) || p.reaches(b, a, edges)) continue;
+      if (p.reaches(a, b) || p.reaches(b, a)) continue;
       // Writes of different layers depend on each other through the layers between; those are not worth a line.
       p.merge(a, b, 'state-write', `state writes of equal shape ${formatShape(ua)} (${a.members.map((m) => '%' + m.inputs[0].name).join(', ')} and ${b.members.map((m) => '%' + m.inputs[0].name).join(', ')}) share one launch`, true);
     }
@@ -332,7 +526,7 @@ function emit(p: Partition): Graph {
       (members.has(n) ? global : local).set(v, copy);
       return copy;
     };
-    for (const n of g.nodes) if (members.has(n)) value(n.output);
+    for (const n of [...gr.members].sort((x, y) => p.order.get(x)! - p.order.get(y)!)) value(n.output);
     const kernel: Kernel = { name: `k${index}`, nodes: out.nodes.slice(start), attrs: { kind: gr.kind } };
     out.kernels.push(kernel);
   });
@@ -355,7 +549,7 @@ function emit(p: Partition): Graph {
 /** Kernels in dependency order, ties broken by where their first node was in the graph. */
 function orderGroups(p: Partition): Group[] {
   const live = p.live();
-  const first = new Map(live.map((gr) => [gr, Math.min(...gr.members.map((n) => p.g.nodes.indexOf(n)))]));
+  const first = new Map(live.map((gr) => [gr, Math.min(...gr.members.map((n) => p.order.get(n)!))]));
   const preds = new Map<Group, Set<Group>>(live.map((gr) => [gr, new Set()]));
   for (const [a, bs] of p.edges()) for (const b of bs) preds.get(b)!.add(a);
   const order: Group[] = [];

@@ -2,7 +2,7 @@
 // slot once the last kernel reading its value has run. Graph outputs and state keep buffers of their own.
 // The plan is recorded on each kernel as `slots` (one slot per intermediate it writes, in write order).
 
-import { Graph, kernelIO, Value } from '../../ir/graph.ts';
+import { Graph, kernelIOs, Value } from '../../ir/graph.ts';
 import { PassContext } from './context.ts';
 import { valueBytes } from './fuse.ts';
 
@@ -18,8 +18,9 @@ export interface MemoryPlan {
 export function planMemory(g: Graph, ctx: PassContext): Graph {
   if (g.kernels.length === 0) return g;
   const plan = computePlan(g, ctx);
-  g.kernels = g.kernels.map((k) => {
-    const slots = kernelIO(g, k).writes.filter((v) => plan.slotOf.has(v)).map((v) => plan.slotOf.get(v)!);
+  const ios = kernelIOs(g);
+  g.kernels = g.kernels.map((k, i) => {
+    const slots = ios[i].writes.filter((v) => plan.slotOf.has(v)).map((v) => plan.slotOf.get(v)!);
     return slots.length ? { ...k, attrs: { ...k.attrs, slots } } : k;
   });
   return g;
@@ -32,8 +33,7 @@ export function computePlan(g: Graph, ctx: PassContext): MemoryPlan {
   const external = new Set<Value>([...g.outputs, ...g.stateUpdates.map((u) => u.value)]);
   const lastUse = new Map<Value, number>();
   const writes: Value[][] = [];
-  g.kernels.forEach((k, i) => {
-    const io = kernelIO(g, k);
+  kernelIOs(g).forEach((io, i) => {
     for (const v of io.reads) if (kernelOf.has(v)) lastUse.set(v, i);
     writes.push(io.writes.filter((v) => !external.has(v) && v.producer?.op !== 'update_slice'));
   });

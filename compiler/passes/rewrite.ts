@@ -15,7 +15,11 @@ export interface Emitter {
 export type NodeVisitor = (node: Node, inputs: Value[], out: Emitter) => Value | undefined;
 
 /** Copies a node unchanged (operands mapped). */
-export const keepNode = (n: Node, inputs: Value[], out: Emitter): Value => out.emit(n.op, inputs, n.attrs, n.loc);
+export function keepNode(n: Node, inputs: Value[], out: Emitter): Value {
+  // Operands of the very types n had give n's type again: no need to infer it (every pass copies most nodes).
+  if (inputs.every((v, i) => v.type === n.inputs[i].type)) return out.graph.appendNode(n.op, inputs, n.attrs, n.output.type, n.loc);
+  return out.emit(n.op, inputs, n.attrs, n.loc);
+}
 
 /** An empty graph declaring g's inputs, params (derived ones too) and state, and the map from g's to its values. */
 export function copySignature(g: Graph): { out: Graph; map: Map<Value, Value> } {

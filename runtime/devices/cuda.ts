@@ -17,7 +17,9 @@ import { numel, resolveShape } from '../../ir/shape.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from '../cuda/driver.ts';
 import { CudaUnavailableError } from '../cuda/errors.ts';
 import { compileCuda, CompiledImage } from '../cuda/nvrtc.ts';
-import { bufferKey, BufferKey, Device, KernelTime, LoadOptions, Mark, outputKey, Program, Recording, Sizes } from '../device.ts';
+import {
+  bufferKey, BufferKey, Device, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, outputKey, Program, Recording, Sizes,
+} from '../device.ts';
 import { ParamStore } from '../params.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
 
@@ -151,8 +153,9 @@ export class CudaProgram implements Program {
     this.cuda.fill(buf.ptr, 0, buf.bytes);
   }
 
-  run(graph: string, sizes: Sizes): void {
+  run(graph: string, sizes: Sizes, kernels?: KernelRange): void {
     const g = this.graphOf(graph);
+    const { from, to } = kernelSpan(g.kernels.length, kernels);
     for (const [name, max] of Object.entries(this.opts.maxSizes)) {
       if ((sizes[name] ?? 0) > max) throw new RangeError(`${name}=${sizes[name]} exceeds the ${max} the buffers were allocated for`);
     }
@@ -160,7 +163,7 @@ export class CudaProgram implements Program {
     const rows = g.kernels.map((k) => evalSize(k.ir.rows, sizes));
     this.queued('run');
     g.kernels.forEach((k, i) => {
-      if (rows[i] > 0) this.cuda.launch(k.fn, Math.min(rows[i], MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes);
+      if (rows[i] > 0 && i >= from && i < to) this.cuda.launch(k.fn, Math.min(rows[i], MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes);
     });
   }
 

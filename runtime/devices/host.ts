@@ -12,7 +12,9 @@ import { Graph } from '../../ir/graph.ts';
 import { allocData, HostData, HostTensor, roundBf16, roundF16 } from '../../ir/host-tensor.ts';
 import { randomUniform } from '../../ir/random.ts';
 import { numel, resolveShape } from '../../ir/shape.ts';
-import { bufferKey, BufferKey, Device, KernelTime, LoadOptions, Mark, outputKey, Program, Recording, Sizes } from '../device.ts';
+import {
+  bufferKey, BufferKey, Device, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, outputKey, Program, Recording, Sizes,
+} from '../device.ts';
 import { ParamStore } from '../params.ts';
 
 type KernelFn = (buffers: HostData[], sizes: Sizes, round: JsKernelRuntime) => void;
@@ -83,13 +85,15 @@ class HostProgram implements Program {
     this.queue(() => new Uint8Array(this.buffer(key)).fill(0));
   }
 
-  run(graph: string, sizes: Sizes): void {
+  run(graph: string, sizes: Sizes, kernels?: KernelRange): void {
     const lg = this.graphs.get(graph);
     if (!lg) throw new Error(`no graph @${graph} in the program`);
     for (const [name, max] of Object.entries(this.opts.maxSizes)) {
       if ((sizes[name] ?? 0) > max) throw new RangeError(`${name}=${sizes[name]} exceeds the ${max} the buffers were allocated for`);
     }
-    this.queue(() => (this.device.kind === 'cpu' ? this.runKernels(lg, sizes) : this.interpret(lg.graph, sizes)));
+    if (kernels && this.device.kind === 'reference') throw new Error('the reference device runs graphs op by op: it has no kernels to run apart');
+    const span = kernelSpan(lg.kernels.length, kernels);
+    this.queue(() => (this.device.kind === 'cpu' ? this.runKernels(lg, sizes, span) : this.interpret(lg.graph, sizes)));
   }
 
   copy(from: BufferKey, to: BufferKey, dtype: DType, count: number): void {
@@ -198,9 +202,9 @@ class HostProgram implements Program {
     return k.buffers.map((b) => view(b.dtype, this.buffer(bufferKey(g, b.binding)), evalSize(b.elems, sizes)));
   }
 
-  private runKernels(lg: LoweredGraph, sizes: Sizes): void {
+  private runKernels(lg: LoweredGraph, sizes: Sizes, span: KernelRange): void {
     const fns = this.kernels.get(lg.graph.name)!;
-    lg.kernels.forEach((k, i) => fns[i](this.kernelBuffers(lg.graph, k, sizes), sizes, kernelRuntime));
+    for (let i = span.from; i < span.to; i++) fns[i](this.kernelBuffers(lg.graph, lg.kernels[i], sizes), sizes, kernelRuntime);
   }
 
   /** The graph op by op: inputs and state as views of their buffers at this run's sizes; results copied back. */

@@ -4,6 +4,7 @@ import type { Device, DeviceKind } from '../device.ts';
 import type { CudaOptions } from './cuda.ts';
 import { HostDevice } from './host.ts';
 import type { WebGpuOptions } from './webgpu.ts';
+import { CudaUnavailableError } from '../cuda/errors.ts';
 
 /** Options of every device kind; each device reads its own. */
 export interface DeviceOptions extends WebGpuOptions, CudaOptions {}
@@ -12,7 +13,19 @@ export async function openDevice(kind: DeviceKind, opts: DeviceOptions = {}): Pr
   switch (kind) {
     case 'cpu': case 'reference': return new HostDevice(kind);
     case 'webgpu': return (await import('./webgpu.ts')).openWebGpu(opts);
-    case 'cuda': return (await import('./cuda.ts')).openCuda(opts);
+    case 'cuda': return (await importCuda()).openCuda(opts);
     default: return kind satisfies never;
+  }
+}
+
+/** koffi is an optional dependency: without it, say what to install. */
+async function importCuda(): Promise<typeof import('./cuda.ts')> {
+  try {
+    return await import('./cuda.ts');
+  } catch (e) {
+    if ((e as { code?: string }).code === 'ERR_MODULE_NOT_FOUND' && /'koffi'/.test((e as Error).message)) {
+      throw new CudaUnavailableError('the cuda backend needs the optional package koffi (FFI to libcuda and NVRTC): npm install koffi');
+    }
+    throw e;
   }
 }

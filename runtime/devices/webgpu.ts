@@ -14,9 +14,9 @@ import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
 import { allocHost, HostTensor } from '../../ir/host-tensor.ts';
 import { numel } from '../../ir/shape.ts';
-import { BufferKey, Device, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
+import { BufferKey, Device, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
-import { adapterName, openDevice, WebGpuUnavailableError } from '../webgpu/device.ts';
+import { WebGpuUnavailableError } from '../webgpu/errors.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
 import { align, allocateBuffers, GpuGraph, GpuKernel, prepareGraph, sizeWords, wordBytes } from './webgpu-load.ts';
 
@@ -31,9 +31,16 @@ export interface WebGpuOptions {
   readonly runsPerSubmit?: number;
 }
 
-/** Opens the adapter Dawn finds; WebGpuUnavailableError where there is none. */
+/** Opens the adapter Dawn finds; WebGpuUnavailableError where there is none. Dawn (Node only) loads here, lazily. */
 export async function openWebGpu(opts: WebGpuOptions = {}): Promise<WebGpuDevice> {
+  const { openDevice } = await import('../webgpu/device.ts');
   return new WebGpuDevice(await openDevice(), opts);
+}
+
+/** The adapter's vendor, architecture and device, as far as the implementation tells. */
+function adapterName(device: GPUDevice): string {
+  const info = (device as GPUDevice & { adapterInfo?: GPUAdapterInfo }).adapterInfo;
+  return info ? [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' ') : 'webgpu';
 }
 
 export class WebGpuDevice implements Device {
@@ -151,12 +158,15 @@ class WebGpuProgram implements Program {
     this.queue({ k: 'zero', buf: this.buffer(key) });
   }
 
-  run(graph: string, sizes: Sizes): void {
+  run(graph: string, sizes: Sizes, kernels?: KernelRange): void {
     const g = this.graphOf(graph);
     for (const [name, max] of Object.entries(this.opts.maxSizes)) {
       if ((sizes[name] ?? 0) > max) throw new RangeError(`${name}=${sizes[name]} exceeds the ${max} the buffers were allocated for`);
     }
-    this.queue({ k: 'run', graph: g, sizes: { ...sizes }, groups: g.kernels.map((k) => evalSize(k.ir.rows, sizes)) });
+    // Kernels outside the range are dispatched with no workgroups, that is, not at all.
+    const { from, to } = kernelSpan(g.kernels.length, kernels);
+    const groups = g.kernels.map((k, i) => (i >= from && i < to ? evalSize(k.ir.rows, sizes) : 0));
+    this.queue({ k: 'run', graph: g, sizes: { ...sizes }, groups });
   }
 
   /** An odd count of 16-bit elements copies the half word after them too (copies move whole words). */

@@ -1,8 +1,7 @@
 // Opening a WebGPU device through Dawn (the `webgpu` package) with the limits large models need.
 
-import { create, globals } from 'webgpu';
-
 import { WebGpuUnavailableError } from './errors.ts';
+import { withNativeStderrSilenced } from './quiet-stderr.ts';
 
 export { WebGpuUnavailableError };
 
@@ -16,11 +15,19 @@ const wantedLimits = [
 
 export async function openDevice(): Promise<GPUDevice> {
   if (!gpu) {
+    // Dawn is an optional dependency, loaded only when a WebGPU device is opened.
+    let dawn: typeof import('webgpu');
+    try {
+      dawn = await import('webgpu');
+    } catch (e) {
+      throw new WebGpuUnavailableError(`the webgpu backend needs the optional package webgpu (Dawn for Node): npm install webgpu (${(e as Error).message.split('\n')[0]})`);
+    }
+    const { create, globals } = dawn;
     Object.assign(globalThis, globals);
     // Unquantized timestamps, so the benchmark's per-kernel profile is exact to the GPU's tick.
     gpu = create(['disable-dawn-features=timestamp_quantization']);
   }
-  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  const adapter = await withNativeStderrSilenced(() => gpu!.requestAdapter({ powerPreference: 'high-performance' }));
   if (!adapter) {
     throw new WebGpuUnavailableError('no WebGPU adapter: Dawn found no Vulkan device (on a CPU-only Debian machine, install Mesa 25 from bookworm-backports for lavapipe)');
   }

@@ -1,8 +1,11 @@
 // The CUDA renderer without a GPU: a small kernel as golden text, every kernel of the fixtures' compiled Llama
 // graphs, a few hand-traced graphs and a spread of random graphs rendered as the runtime renders them (one
-// module per graph) and, where nvcc is installed, compiled for sm_90. TSFUSE_NVCC=0 skips the compiler.
+// module per graph) and, where nvcc is installed, compiled for sm_90. TSFUSE_NVCC=0 skips the compiler. A source
+// nvcc has compiled cleanly before (the same text, nvcc and flags) is not compiled again: a success is remembered in
+// .cache/tsfuse/nvcc (TSFUSE_NO_CACHE=1: compile everything).
 
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -164,7 +167,7 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
       assert.match(source, model.weightDType === DType.BF16 ? 'tf_ld8_bf16(' : 'tf_ld8_f32(');
       // A contraction row's few outputs run one per warp, the warp sharing each dot product.
       assert.match(source, 'tf_warp_sum(');
-      if (g === 'prefill') assert.match(source, 'const int S)');
+      if (g === 'prefill') assert.match(source, 'const int sz_S)');
     });
   });
 }
@@ -221,15 +224,27 @@ test(`nvcc -arch=sm_90 compiles every rendered module${nvcc ? '' : ' (skipped: n
       source: random.filter((_, i) => i % 4 === part).map((u) => u.source).join('\n'),
     })),
   ];
+  const args = ['-arch=sm_90', '-c'];
+  const version = execFileSync(nvcc, ['--version'], { encoding: 'utf8' });
+  const passedDir = path.join(fileURLToPath(new URL('../../', import.meta.url)), '.cache', 'tsfuse', 'nvcc');
+  const remember = process.env.TSFUSE_NO_CACHE !== '1';
   const compile = (u: Unit) => new Promise<string | undefined>((resolve) => {
+    const passed = path.join(passedDir, crypto.createHash('sha256').update(`${nvcc}\0${version}\0${args.join(' ')}\0${u.source}`).digest('hex'));
+    if (remember && fs.existsSync(passed)) return resolve(undefined);
     const file = path.join(dir, `${u.name}.cu`);
     fs.writeFileSync(file, u.source);
-    execFile(nvcc, ['-arch=sm_90', '-c', '-o', path.join(dir, `${u.name}.o`), file], (err, _out, stderr) => {
-      resolve(err ? `${u.name}.cu: ${stderr || err.message}` : stderr.includes('warning') ? `${u.name}.cu warns: ${stderr}` : undefined);
+    execFile(nvcc, [...args, '-o', path.join(dir, `${u.name}.o`), file], (err, _out, stderr) => {
+      const bad = err ? `${u.name}.cu: ${stderr || err.message}` : stderr.includes('warning') ? `${u.name}.cu warns: ${stderr}` : undefined;
+      if (!bad && remember) {
+        fs.mkdirSync(passedDir, { recursive: true });
+        fs.writeFileSync(passed, `${u.name}.cu\n`);
+      }
+      resolve(bad);
     });
   });
   const failures: string[] = [];
-  const queue = [...files];
+  // The longest first (nvcc's time grows with the source), so that the last to finish is a short one.
+  const queue = [...files].sort((a, b) => b.source.length - a.source.length);
   await Promise.all([...Array(Math.min(4, os.cpus().length))].map(async () => {
     for (let u = queue.shift(); u; u = queue.shift()) {
       const bad = await compile(u);

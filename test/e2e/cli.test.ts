@@ -1,5 +1,6 @@
-// The tsfuse command as users run it (node bin/tsfuse.mjs, a child process): generate, logits, trace and inspect
-// against the tiny-llama fixture, and every user error ending in exit code 1 with one readable message, no stack.
+// The tsfuse command as users run it (node bin/tsfuse.mjs, a child process): generate, logits, trace, inspect and
+// run against the tiny-llama fixture; its conventions (--version, per-command help with defaults, results on stdout
+// and statistics on stderr, TSFUSE_LOGS); and every user error ending in exit code 1 with one readable message.
 
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -10,6 +11,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readCheckpoint, readSafetensors, writeSafetensors, type TensorToWrite } from '../../runtime/safetensors.ts';
 import { relativeError } from '../backends/compare.ts';
+import { DType } from '../../ir/dtype.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const model = fileURLToPath(new URL('../../../shared/fixtures/tiny-llama', import.meta.url));
@@ -22,8 +24,13 @@ test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 interface Run { code: number | null; stdout: string; stderr: string }
 
 function tsfuse(...args: string[]): Run {
-  const env = { ...process.env };
+  return tsfuseWith({}, ...args);
+}
+
+function tsfuseWith(extraEnv: Record<string, string>, ...args: string[]): Run {
+  const env: Record<string, string | undefined> = { ...process.env, ...extraEnv };
   delete env.TSFUSE_DEBUG; // it would print stacks on purpose
+  if (!extraEnv.TSFUSE_LOGS) delete env.TSFUSE_LOGS;
   const r = spawnSync(process.execPath, ['bin/tsfuse.mjs', ...args], { cwd: root, env, encoding: 'utf8' });
   if (r.error) throw r.error;
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
@@ -166,6 +173,113 @@ test('an unknown command', () => {
 
 test('an unknown backend', () => {
   fails(['generate', '--model', model, '--ids', '1,2', '--backend', 'tpu'], "unknown backend 'tpu'", 'cpu');
+});
+
+// --- conventions ------------------------------------------------------------------------------------------------
+
+test('--version prints the package version; --help lists every command', () => {
+  const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string };
+  assert.is(succeeds('--version').trim(), pkg.version);
+  const help = succeeds('--help');
+  for (const c of ['generate', 'logits', 'compile', 'trace', 'inspect', 'run']) assert.ok(help.includes(`\n  ${c} `), `${c} in help:\n${help}`);
+  assert.ok(help.includes('TSFUSE_LOGS'), 'the logging switch is documented');
+});
+
+test('tsfuse <command> --help shows its options with their defaults', () => {
+  const help = succeeds('generate', '--help');
+  assert.ok(help.startsWith('usage: tsfuse generate --model DIR'), help);
+  assert.match(help, /--max-new-tokens N\s+.*\(default: 32\)/);
+  assert.match(help, /--backend NAME\s+.*cpu, reference, webgpu, cuda \(default: cpu\)/);
+  assert.match(succeeds('compile', '--help'), /--dump-ir \[all\|after:PASS\]/);
+  assert.match(succeeds('run', '--help'), /--inputs SPEC/);
+});
+
+test('generate: token ids alone on stdout, the timing on stderr', () => {
+  const n = 4;
+  const r = tsfuse('generate', '--model', model, '--ids', ids(golden.input_ids), '--max-new-tokens', String(n));
+  assert.is(r.code, 0, r.stderr);
+  assert.equal(r.stdout.trim().split(/\s+/).map(Number), golden.greedy_new_tokens.slice(0, n));
+  assert.match(r.stderr, /^4 tokens in \d+ ms: prefill [\d.]+ ms \(\d+ prompt tokens\), [\d.]+ ms\/token/m);
+});
+
+test('compile --config prints a summary; --json alone prints it as JSON', () => {
+  assert.match(succeeds('compile', '--config', 'llama-tiny'), /^builtin:llama-tiny: @prefill \d+ nodes → \d+ kernels, @decode \d+ nodes → \d+ kernels/);
+  const json = JSON.parse(succeeds('compile', '--config', 'llama-tiny', '--json'));
+  assert.is(json.model, 'builtin:llama-tiny');
+  assert.ok(json.graphs.decode.kernels > 0 && json.graphs.decode.kernels < json.graphs.decode.nodes, JSON.stringify(json));
+});
+
+test('--dump-ir after:fuse (a space) is read as the pass', () => {
+  const out = succeeds('compile', '--config', 'llama-tiny', '--dump-ir', 'after:fuse');
+  assert.ok(out.startsWith('# after fuse\ngraph @prefill('), out.slice(0, 80));
+  fails(['compile', '--config', 'llama-tiny', '--dump-ir', 'after:nope'], '--dump-ir=after:nope', 'fuse');
+});
+
+test('TSFUSE_LOGS=kernels,fusion prints the decisions on stderr, stdout unchanged', () => {
+  const r = tsfuseWith({ TSFUSE_LOGS: 'kernels,fusion' }, 'compile', '--config', 'llama-tiny', '--json');
+  assert.is(r.code, 0, r.stderr);
+  JSON.parse(r.stdout);
+  assert.match(r.stderr, /^\[tsfuse:kernels\] @decode: \d+ nodes in \d+ kernels$/m);
+  assert.match(r.stderr, /^\[tsfuse:fusion\] \[fuse\] /m);
+  const bad = tsfuseWith({ TSFUSE_LOGS: 'kernals' }, 'compile', '--config', 'llama-tiny');
+  assert.is(bad.code, 1);
+  assert.ok(bad.stderr.includes("TSFUSE_LOGS: unknown topic 'kernals'"), bad.stderr);
+});
+
+test('options are validated with messages naming the option', () => {
+  fails(['generate', '--model', model, '--ids', '1,2', '--bogus'], 'unknown option --bogus', 'tsfuse generate --help');
+  fails(['generate', '--model', model, '--ids', '1,2', '--temperature', 'hot'], '--temperature', "'hot'");
+  fails(['generate', '--model', model, '--ids', '1,2', '--top-p', '2'], '--top-p', 'between 0 and 1');
+  fails(['compile', path.join(root, 'examples/mlp.ts'), '--report'], '--report', 'model script');
+});
+
+// --- run: dump, edit, run --------------------------------------------------------------------------------------
+
+const smallIr = `graph @f(%x: f32[2,2], %w: f32[2]) -> (y: f32[2,2]) {
+  param %b: f32[2]
+  %0: f32[2,2] = mul %x, %w
+  %1: f32[2,2] = add %0, %b
+  return %1
+}
+`;
+
+test('run executes an IR file on cpu and reference, params zero or from --weights', () => {
+  const file = path.join(tmp, 'small.ir');
+  fs.writeFileSync(file, smallIr);
+  for (const backend of ['cpu', 'reference']) {
+    const r = tsfuse('run', file, '--inputs', 'x=[[1,2],[3,4]]; w=[0.5,2]', '--backend', backend);
+    assert.is(r.code, 0, r.stderr);
+    assert.is(r.stdout, 'y: f32[2,2] = [[0.5, 4], [1.5, 8]]\n');
+    assert.ok(r.stderr.includes('taken as zero: b'), r.stderr);
+  }
+  const weights = path.join(tmp, 'small.safetensors');
+  writeSafetensors(weights, { b: { dtype: DType.F32, shape: [2], data: [10, 20] } });
+  const json = JSON.parse(succeeds('run', file, '--inputs', '{"x": [1, 2, 3, 4], "w": [1, 1]}', '--weights', weights, '--json'));
+  assert.equal(json.outputs.y, { dtype: 'f32', shape: [2, 2], data: [11, 22, 13, 24] });
+  // Edited: the add becomes a sub.
+  fs.writeFileSync(file, smallIr.replace('= add %0, %b', '= sub %0, %b'));
+  assert.is(succeeds('run', file, '--inputs', 'x=[[1,2],[3,4]]; w=[1,1]', '--weights', weights), 'y: f32[2,2] = [[-9, -18], [-7, -16]]\n');
+});
+
+test('run: the traced Llama prefill with the checkpoint as --weights gives the golden logits', () => {
+  const prefix = golden.input_ids.slice(0, 4);
+  const out = JSON.parse(succeeds('run', irFile, '--graph', 'prefill', '--inputs', `tokens=[${prefix}]; pos=0`,
+    '--weights', path.join(model, 'model.safetensors'), '--json'));
+  const ref = readSafetensors(path.join(model, 'golden.safetensors')).tensor('logits');
+  const vocab = ref.shape[1];
+  assert.equal(out.outputs.logits.shape, [prefix.length, vocab]);
+  const err = relativeError(out.outputs.logits.data, ref.data.subarray(0, prefix.length * vocab));
+  assert.ok(err < 1e-4, `relative error ${err.toExponential(2)}`);
+});
+
+test('run: inputs that are missing, unknown or misshapen are named', () => {
+  const file = path.join(tmp, 'small2.ir');
+  fs.writeFileSync(file, smallIr);
+  fails(['run', file, '--inputs', 'x=[[1,2],[3,4]]'], 'no value for w', 'f32[2]');
+  fails(['run', file, '--inputs', 'x=[1,2,3,4]; w=[1,1]; z=3'], "no input 'z'", 'x, w');
+  fails(['run', file, '--inputs', 'x=[1,2,3]; w=[1,1]'], '--inputs x', 'f32[2,2]');
+  fails(['run', file, '--inputs', 'x=[1,2,; w=[1,1]'], '--inputs x', 'not JSON');
+  fails(['run', file, '--inputs', 'x=[1,2,3,4]; w=[1,1]', '--graph', 'g'], '--graph g', 'have f');
 });
 
 test.run();

@@ -297,7 +297,7 @@ const broken: [what: string, text: string, at: string, message: string][] = [
   ['bad dtype', edit('%0: f32', '%0: f33'), '4:7', "unknown dtype 'f33' — expected one of f32, f16, bf16, i32, u32, bool"],
   ['negative dimension', edit('f32[8,16]', 'f32[8,-16]'), '1:31', 'dimension -16 of f32[8,-16] is negative'],
   ['unclosed type bracket', edit('f32[4,8]', 'f32[4,8)'), '1:23', 'unexpected ")" — expected "," or "]"'],
-  ['unclosed attribute list', edit('mul %1, %2', 'mul %1, %2 [a=1'), '7:34', 'unexpected end of line — expected "]" or ","'],
+  ['unclosed attribute list', edit('mul %1, %2', 'mul %1, %2 [a=1'), '7:34', 'unexpected end of line — expected "," or "]"'],
   ['undefined value', edit('%x, %w3', '%x, %w9'), '6:30', 'undefined value %w9'],
   ['use before definition', edit('mul %1', 'mul %4'), '7:23', 'undefined value %4'],
   ['duplicate definition', edit('%1: f32[4,16] = silu', '%0: f32[4,16] = silu'), '5:3', '%0 is already defined at line 4:3'],

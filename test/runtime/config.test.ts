@@ -39,8 +39,8 @@ test('tiny-llama: rope_parameters form, GQA, explicit head_dim, separate lm_head
   assert.equal(cfg, {
     source: configFile('tiny-llama'),
     vocabSize: 512, hiddenSize: 128, intermediateSize: 352, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 32,
-    rmsNormEps: 1e-5, maxPositionEmbeddings: 512, tieWordEmbeddings: false, torchDtype: 'float32',
-    bosTokenId: 1, eosTokenIds: [2],
+    rmsNormEps: 1e-5, maxPositionEmbeddings: 512, tieWordEmbeddings: false, attentionBias: false, mlpBias: false,
+    torchDtype: 'float32', bosTokenId: 1, eosTokenIds: [2],
     rope: { theta: 10000, type: 'default', factor: 1, lowFreqFactor: 1, highFreqFactor: 1, originalMaxPositionEmbeddings: 512 },
   });
   assert.ok(expectedLlamaTensors(cfg).some((t) => t.name === 'lm_head.weight'));
@@ -93,10 +93,23 @@ test('classic rope_scaling: null means unscaled, and older files say `type`', ()
   assert.equal([linear.rope.theta, linear.rope.type, linear.rope.factor], [20000, 'linear', 2]);
 });
 
+test('biases, dynamic rope and keys that change nothing at inference', () => {
+  const cfg = llamaConfigFromJson(tinyWith({ attention_bias: true, mlp_bias: true, pretraining_tp: 2, attention_dropout: 0.1 }), 'test');
+  assert.equal([cfg.attentionBias, cfg.mlpBias], [true, true]);
+  const names = expectedLlamaTensors(cfg).map((t) => t.name);
+  for (const n of ['q_proj', 'k_proj', 'v_proj', 'o_proj']) assert.ok(names.includes(`model.layers.1.self_attn.${n}.bias`), n);
+  for (const n of ['gate_proj', 'up_proj', 'down_proj']) assert.ok(names.includes(`model.layers.1.mlp.${n}.bias`), n);
+  const shapes = new Map(expectedLlamaTensors(cfg).map((t) => [t.name, t.shape]));
+  assert.equal([shapes.get('model.layers.0.self_attn.k_proj.bias'), shapes.get('model.layers.0.mlp.down_proj.bias')], [[64], [128]]);
+  const dynamic = llamaConfigFromJson(tinyWith({ rope_parameters: { rope_type: 'dynamic', rope_theta: 1e4, factor: 2 } }), 'test');
+  assert.equal(dynamic.rope, { theta: 1e4, type: 'dynamic', factor: 2, lowFreqFactor: 1, highFreqFactor: 1, originalMaxPositionEmbeddings: 512 });
+});
+
 test('LLAMA_3_2_1B is the real model, and builtinConfig finds it', () => {
   assert.equal({ ...LLAMA_3_2_1B, source: '' }, {
     source: '', vocabSize: 128256, hiddenSize: 2048, intermediateSize: 8192, numLayers: 16, numHeads: 32, numKvHeads: 8,
-    headDim: 64, rmsNormEps: 1e-5, maxPositionEmbeddings: 131072, tieWordEmbeddings: true, torchDtype: 'bfloat16',
+    headDim: 64, rmsNormEps: 1e-5, maxPositionEmbeddings: 131072, tieWordEmbeddings: true, attentionBias: false,
+    mlpBias: false, torchDtype: 'bfloat16',
     bosTokenId: 128000, eosTokenIds: [128001],
     rope: { theta: 500000, type: 'llama3', factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 },
   });
@@ -106,6 +119,8 @@ test('LLAMA_3_2_1B is the real model, and builtinConfig finds it', () => {
   const params = tensors.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
   assert.is(params, 1_235_814_400); // Llama-3.2-1B's published parameter count
   throwsNaming(() => builtinConfig('llama-9b'), "'llama-9b'", 'llama-3.2-1b');
+  throwsNaming(() => builtinConfig('constructor'), "'constructor'");
+  throwsNaming(() => builtinConfig('__proto__'), "'__proto__'");
 });
 
 test('errors name the key and the file', () => {
@@ -117,7 +132,12 @@ test('errors name the key and the file', () => {
     ['heads by kv heads', { num_key_value_heads: 3 }, ['num_key_value_heads', 'num_attention_heads 4', '3']],
     ['unsupported rope', { rope_parameters: { rope_type: 'yarn', rope_theta: 1e4, factor: 4 } }, ['rope_parameters.rope_type', "'yarn'"]],
     ['rope without theta', { rope_parameters: { rope_type: 'default' } }, ['rope_parameters.rope_theta: missing']],
-    ['old-style unsupported rope', { rope_parameters: undefined, rope_scaling: { type: 'dynamic', factor: 2 } }, ['rope_scaling.type', "'dynamic'"]],
+    ['old-style unsupported rope', { rope_parameters: undefined, rope_scaling: { type: 'longrope', factor: 2 } }, ['rope_scaling.type', "'longrope'"]],
+    ['activation', { hidden_act: 'gelu' }, ['hidden_act', "'gelu'", "'silu'"]],
+    ['architecture', { architectures: ['MistralForCausalLM'] }, ['architectures', "'MistralForCausalLM'"]],
+    ['partial rotary', { partial_rotary_factor: 0.5 }, ['partial_rotary_factor', '0.5']],
+    ['quantized', { quantization_config: { quant_method: 'gptq' } }, ['quantization_config', 'quantized']],
+    ['bias flag', { attention_bias: 'yes' }, ['attention_bias: expected true or false']],
     ['llama3 without factors', { rope_parameters: { rope_type: 'llama3', rope_theta: 5e5, factor: 8 } }, ['rope_parameters.low_freq_factor: missing']],
     ['llama3 band reversed', {
       rope_parameters: { rope_type: 'llama3', rope_theta: 5e5, factor: 8, low_freq_factor: 4, high_freq_factor: 1, original_max_position_embeddings: 64 },
@@ -132,7 +152,7 @@ test('errors name the key and the file', () => {
   const broken = path.join(tmp, 'broken.json');
   fs.writeFileSync(broken, '{"vocab_size": ');
   throwsNaming(() => readLlamaConfig(broken), broken, 'cannot read config');
-  throwsNaming(() => readLlamaConfig(tmp), path.join(tmp, 'config.json'), 'cannot read config');
+  throwsNaming(() => readLlamaConfig(tmp), path.join(tmp, 'config.json'), 'cannot open: no such file');
   throwsNaming(() => llamaConfigFromJson([1], 'builtin:x'), 'builtin:x', 'not a JSON object');
 });
 

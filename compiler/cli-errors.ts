@@ -1,0 +1,25 @@
+// Which errors describe bad input (printed as one line, no stack) and which are tsfuse's own bugs. Loaded only
+// when a command fails, so that a successful run never loads the modules that define them.
+
+import { UsageError } from './cli-args.ts';
+
+/** Errors that describe bad input: printed as they are, without a stack. */
+export async function isUserError(e: unknown): Promise<boolean> {
+  if (!(e instanceof Error)) return false;
+  const [
+    { ScriptError }, { TokenizerError }, { WebGpuUnavailableError }, { CudaUnavailableError }, { CompileUsageError },
+    { LoweringError }, { TraceError }, { ConfigError }, { WeightsError }, { IrParseError }, { VerifyError },
+    { GraphError }, { InterpretError },
+  ] = await Promise.all([
+    import('./script-error.ts'), import('../runtime/tokenizer.ts'), import('../runtime/webgpu/errors.ts'),
+    import('../runtime/cuda/errors.ts'), import('./cli-compile.ts'), import('../backends/lower.ts'),
+    import('./trace.ts'), import('../runtime/config.ts'), import('../runtime/safetensors.ts'), import('../ir/parser.ts'),
+    import('../ir/verify.ts'), import('../ir/graph.ts'), import('../backends/reference/interpreter.ts'),
+  ]);
+  const userErrors = [
+    UsageError, ScriptError, TokenizerError, WebGpuUnavailableError, CudaUnavailableError, CompileUsageError,
+    LoweringError, TraceError, ConfigError, WeightsError, IrParseError, VerifyError, GraphError, InterpretError,
+    RangeError,
+  ];
+  return userErrors.some((cls) => e instanceof cls);
+}

@@ -1,0 +1,132 @@
+// The compile cache (compiler/compile-cache.ts): a second start with the same model and options reads the compiled
+// module back (nothing traced) and it is the module compiling gives — the same fused IR, memory plan, kernel IR and
+// generated code, NaN and infinite literals included; a change of options, of the pass context or of the entry's
+// contents misses; a corrupt entry is ignored and written again; the cache can be turned off.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { printJs } from '../../backends/cpu/render-js.ts';
+import { printCudaModule } from '../../backends/cuda/render-cuda.ts';
+import { cpuCaps, cudaCaps, webgpuCaps } from '../../backends/device-caps.ts';
+import { scheduleKernel } from '../../backends/schedule.ts';
+import { printWgsl } from '../../backends/wgsl/render-wgsl.ts';
+import { CacheOptions, compileCached, compileCacheDir, compileCacheEnabled } from '../../compiler/compile-cache.ts';
+import { CompiledModule, compileModule } from '../../compiler/compile-module.ts';
+import { traceLlama } from '../../examples/llama.ts';
+import { DType } from '../../ir/dtype.ts';
+import { Module } from '../../ir/graph.ts';
+import { printModule } from '../../ir/printer.ts';
+import { builtinConfig } from '../../runtime/config.ts';
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-compile-cache-'));
+test.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+const cfg = builtinConfig('llama-tiny');
+const options = { weightDType: DType.BF16, cacheLength: 48, sampling: true };
+
+/** compileCached on llama-tiny, counting how often it traced. */
+function compileTiny(opts: typeof options, cache: CacheOptions = { dir }, ctx?: { dims: Map<string, number> }) {
+  let traces = 0;
+  const trace = (): Module => {
+    traces++;
+    return traceLlama(cfg, opts);
+  };
+  const r = compileCached({ model: 'llama', cfg, ...opts }, trace, { ...cache, ctx });
+  return { ...r, traces };
+}
+
+/** Everything a compiled module determines, as text: fused IR, plans, kernel IR, and the code of every target. */
+function fingerprint(m: CompiledModule): string {
+  const numbers = (_k: string, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : Object.is(v, -0) ? '-0' : v);
+  return m.graphs.map((c) => {
+    const slots = c.graph.nodes.map((n) => c.plan.slotOf.get(n.output) ?? -1).join(',');
+    const code = [
+      printCudaModule(c.kernels.map((k) => scheduleKernel(k, cudaCaps()))).source,
+      ...c.kernels.map((k) => printWgsl(scheduleKernel(k, webgpuCaps({ subgroups: true }))).code),
+      ...c.kernels.map((k) => printJs(scheduleKernel(k, cpuCaps))),
+    ].join('\n');
+    return [printModule({ graphs: [c.graph] }), slots, c.plan.slotBytes.join(','), c.plan.peakBytes,
+      JSON.stringify(c.kernels, numbers), code].join('\n');
+  }).join('\n');
+}
+
+const entries = () => fs.readdirSync(dir).filter((f) => f.endsWith('.json'));
+
+test('a warm start reads the module back without tracing, equal to compiling', () => {
+  const cold = compileTiny(options);
+  assert.is(cold.hit, false);
+  assert.is(cold.traces, 1);
+  assert.equal(entries(), [`${cold.key}.json`]);
+  const warm = compileTiny(options);
+  assert.is(warm.hit, true, 'the second start hits');
+  assert.is(warm.traces, 0, 'nothing traced on a hit');
+  assert.is(warm.key, cold.key);
+  const traced = traceLlama(cfg, options);
+  assert.equal(warm.tracedNodes, Object.fromEntries(traced.graphs.map((g) => [g.name, g.nodes.length])));
+  assert.equal(cold.tracedNodes, warm.tracedNodes);
+  const fresh = compileModule(traced);
+  assert.ok(fingerprint(fresh).includes('inf'), 'the sampler\'s graphs hold infinite literals');
+  assert.is(fingerprint(warm.module), fingerprint(fresh));
+});
+
+test('a change of trace options or of the pass context misses', () => {
+  const base = compileTiny(options);
+  assert.is(base.hit, true);
+  const longer = compileTiny({ ...options, cacheLength: 64 });
+  assert.is(longer.hit, false);
+  assert.is.not(longer.key, base.key);
+  const greedy = compileTiny({ ...options, sampling: false });
+  assert.is(greedy.hit, false);
+  const prompt = compileTiny(options, { dir }, { dims: new Map([['S', 128]]) });
+  assert.is(prompt.hit, false, 'another assumed prompt length');
+  assert.is(compileTiny({ ...options, cacheLength: 64 }).hit, true);
+});
+
+test('a corrupt or truncated entry is ignored and written again', () => {
+  const first = compileTiny(options);
+  const file = path.join(dir, `${first.key}.json`);
+  const good = fs.readFileSync(file, 'utf8');
+  const corruptions = [
+    good.slice(0, good.length >> 1),
+    good.replace('"nodes"', '"nodez"'),
+    '',
+    'not a cache entry',
+  ];
+  for (const bad of corruptions) {
+    fs.writeFileSync(file, bad);
+    const again = compileTiny(options);
+    assert.is(again.hit, false, `corrupt entry ${JSON.stringify(bad.slice(0, 20))} ignored`);
+    assert.is(again.traces, 1);
+    assert.is(fs.readFileSync(file, 'utf8'), good, 'rewritten whole');
+    assert.is(compileTiny(options).hit, true);
+  }
+});
+
+test('with the cache off nothing is read or written', () => {
+  const off = fs.mkdtempSync(path.join(dir, 'off-'));
+  const r = compileTiny(options, { dir: off, enabled: false });
+  const again = compileTiny(options, { dir: off, enabled: false });
+  assert.is(r.hit || again.hit, false);
+  assert.equal(fs.readdirSync(off), []);
+});
+
+test('TSFUSE_CACHE_DIR moves the cache and TSFUSE_NO_CACHE=1 turns it off', () => {
+  const saved = { dir: process.env.TSFUSE_CACHE_DIR, off: process.env.TSFUSE_NO_CACHE };
+  try {
+    process.env.TSFUSE_CACHE_DIR = path.join(dir, 'env');
+    assert.is(compileCacheDir(), path.join(dir, 'env', 'compile'));
+    assert.is(compileCacheEnabled(), true);
+    process.env.TSFUSE_NO_CACHE = '1';
+    assert.is(compileCacheEnabled(), false);
+  } finally {
+    if (saved.dir === undefined) delete process.env.TSFUSE_CACHE_DIR;
+    else process.env.TSFUSE_CACHE_DIR = saved.dir;
+    if (saved.off === undefined) delete process.env.TSFUSE_NO_CACHE;
+    else process.env.TSFUSE_NO_CACHE = saved.off;
+  }
+});
+
+test.run();
