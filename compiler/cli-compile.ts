@@ -32,7 +32,8 @@ export const compileCommand = defineCommand({
   synopsis: '(--model DIR | --config NAME | MODEL.ts) [options]',
   about: 'Runs the pass pipeline on the Llama prefill and decode graphs (a checkpoint, or a built-in config needing no\n' +
     'weights: llama-3.2-1b, llama-tiny) and prints a summary of the kernels, or what the options ask for. Given a\n' +
-    'model script, traces its exported entry (inputs typed Tensor<dtype, shape>); --out writes the compiled artifact.',
+    'model script, traces its exported entry (inputs typed Tensor<dtype, shape>); --out writes the compiled artifact.\n' +
+    'A model script is a program: compiling it runs it with your privileges, as node would.',
   options: {
     model: modelOption,
     config: { type: 'string', value: 'NAME', help: 'a built-in config: llama-3.2-1b, llama-tiny' },

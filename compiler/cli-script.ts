@@ -29,6 +29,7 @@ export async function runScriptCompile(req: ScriptCompileRequest): Promise<void>
   if (req.out && req.backend !== 'cpu') {
     throw new CompileUsageError(`--out writes a JavaScript (cpu) artifact; --backend ${req.backend} cannot be written`);
   }
+  if (req.out) checkOut(req.out, req.script);
   const dump = parseDump(req.dumpIr, passNames());
   // Compiled tsfuse (dist/) runs without tsx: register it so that the TypeScript model script can be imported.
   if (import.meta.url.endsWith('.js')) (await import('tsx/esm/api')).register();
@@ -67,5 +68,14 @@ export async function runScriptCompile(req: ScriptCompileRequest): Promise<void>
   else if (!dump.final && !dump.all && !dump.after) {
     console.log(`${from}(${summary.inputs.join(', ')}): ${summary.nodes} nodes → ${summary.kernels} kernels` +
       (req.out ? `; artifact written to ${req.out}` : ''));
+  }
+}
+
+/** --out names a file to write, and never the script being compiled (nor a folder). */
+function checkOut(out: string, script: string): void {
+  const target = path.resolve(out);
+  if (target === path.resolve(script)) throw new CompileUsageError(`--out ${out} is the model script itself; choose another file`);
+  if (fs.existsSync(target) && fs.statSync(target).isDirectory()) {
+    throw new CompileUsageError(`--out ${out} is a folder; name a file in it, such as ${path.join(out, 'model.ts')}`);
   }
 }

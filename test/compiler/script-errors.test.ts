@@ -79,4 +79,20 @@ test('the CLI: one message at the script line, exit 1, no internal error', () =>
   assert.not.match(r2.stderr, /internal error|is not a tensor|    at /);
 });
 
+test('--out never overwrites the script itself, nor writes onto a folder', () => {
+  const { file } = script('keep-me', entry('  return x.neg();'));
+  const before = fs.readFileSync(file, 'utf8');
+  const env = { ...process.env };
+  delete env.TSFUSE_DEBUG;
+  const run = (out: string) => spawnSync(process.execPath, ['bin/tsfuse.mjs', 'compile', file, '--out', out], { cwd: root, env, encoding: 'utf8' });
+  const self = run(file);
+  assert.is(self.status, 1, self.stderr);
+  assert.match(self.stderr, 'is the model script itself');
+  assert.is(fs.readFileSync(file, 'utf8'), before, 'the script is untouched');
+  const folder = run(tmp);
+  assert.is(folder.status, 1, folder.stderr);
+  assert.match(folder.stderr, 'is a folder');
+  assert.not.match(self.stderr + folder.stderr, /internal error|    at /);
+});
+
 test.run();
