@@ -8,10 +8,11 @@
 // read's promise resolves.
 
 import { LoweredModule } from '../backends/lowered.ts';
-import { Binding } from '../backends/kernel-ir.ts';
+import { Binding, evalSize } from '../backends/kernel-ir.ts';
 import { DType } from '../ir/dtype.ts';
-import { Graph } from '../ir/graph.ts';
+import { Graph, Value } from '../ir/graph.ts';
 import { HostTensor } from '../ir/host-tensor.ts';
+import { numel, resolveShape } from '../ir/shape.ts';
 import { ParamStore } from './params.ts';
 
 export const deviceKinds = ['cpu', 'reference', 'webgpu', 'cuda'] as const;
@@ -55,6 +56,47 @@ export function kernelSpan(count: number, range?: KernelRange): KernelRange {
     throw new RangeError(`kernels ${from}..${to} are not a range of the graph's ${count} kernels`);
   }
   return range;
+}
+
+/** A weight a kernel reads: uploaded once, from the parameter store. */
+export interface ParamUse {
+  readonly key: BufferKey;
+  readonly graph: Graph;
+  readonly name: string;
+}
+
+/**
+ * The buffers a module needs: every input, state and output of every graph and every buffer a kernel binds, at the
+ * largest size any graph uses it with (`bytes` of `elems` elements of a dtype, as the device stores them), and the
+ * weights its kernels read, each once (concatenated projections' parts are not kept apart).
+ */
+export function planBuffers(module: LoweredModule, maxSizes: Sizes, bytes: (d: DType, elems: number) => number):
+  { sizes: Map<BufferKey, number>; params: ParamUse[] } {
+  const sizes = new Map<BufferKey, number>();
+  const params = new Map<BufferKey, ParamUse>();
+  const want = (key: BufferKey, n: number) => sizes.set(key, Math.max(sizes.get(key) ?? 0, n));
+  const max = new Map(Object.entries(maxSizes));
+  for (const { graph: g, kernels } of module.graphs) {
+    const valueBytes = (v: Value) => bytes(v.type.dtype, numel(resolveShape(v.type.shape, max)));
+    for (const v of g.inputs) want(`input:${v.name}`, valueBytes(v));
+    for (const v of g.states) want(`state:${v.name}`, valueBytes(v));
+    g.outputs.forEach((v, i) => want(outputKey(g, i), valueBytes(v)));
+    for (const k of kernels) {
+      for (const b of k.buffers) {
+        const key = bufferKey(g, b.binding);
+        if (b.binding.kind !== 'param') want(key, bytes(b.dtype, evalSize(b.elems, maxSizes)));
+        else if (!params.has(key)) params.set(key, { key, graph: g, name: b.binding.name });
+      }
+    }
+  }
+  return { sizes, params: [...params.values()] };
+}
+
+/** Refuses a run at sizes larger than the program's buffers were allocated for. */
+export function checkSizes(sizes: Sizes, maxSizes: Sizes): void {
+  for (const [name, max] of Object.entries(maxSizes)) {
+    if ((sizes[name] ?? 0) > max) throw new RangeError(`${name}=${sizes[name]} exceeds the ${max} the buffers were allocated for`);
+  }
 }
 
 /** The launches and copies of one step, recorded once for replay (each device keeps its own form). */

@@ -13,13 +13,11 @@ import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
 import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
 import { allocHost, HostTensor } from '../../ir/host-tensor.ts';
-import { numel, resolveShape } from '../../ir/shape.ts';
+import { numel } from '../../ir/shape.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from '../cuda/driver.ts';
 import { CudaUnavailableError } from '../cuda/errors.ts';
 import { compileCuda, CompiledImage } from '../cuda/nvrtc.ts';
-import {
-  bufferKey, BufferKey, Device, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, outputKey, Program, Recording, Sizes,
-} from '../device.ts';
+import { BufferKey, bufferKey, checkSizes, planBuffers, Device, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
 
@@ -156,9 +154,7 @@ export class CudaProgram implements Program {
   run(graph: string, sizes: Sizes, kernels?: KernelRange): void {
     const g = this.graphOf(graph);
     const { from, to } = kernelSpan(g.kernels.length, kernels);
-    for (const [name, max] of Object.entries(this.opts.maxSizes)) {
-      if ((sizes[name] ?? 0) > max) throw new RangeError(`${name}=${sizes[name]} exceeds the ${max} the buffers were allocated for`);
-    }
+    checkSizes(sizes, this.opts.maxSizes);
     const args = this.argsFor(g, sizes);
     const rows = g.kernels.map((k) => evalSize(k.ir.rows, sizes));
     this.queued('run');
@@ -348,36 +344,21 @@ export class CudaProgram implements Program {
    * uses it with, zeroed; weights a kernel reads, from the store (concatenated projections' parts not apart).
    */
   private allocate(params: ParamStore): void {
-    const need = new Map<BufferKey, number>();
-    const want = (key: BufferKey, bytes: number) => need.set(key, Math.max(need.get(key) ?? 0, bytes));
-    const max = new Map(Object.entries(this.opts.maxSizes));
-    const uploads: { key: BufferKey; graph: Graph; name: string }[] = [];
-    for (const { graph: g, kernels } of this.module.graphs) {
-      const valueBytes = (v: Graph['inputs'][number]) => cudaBytes(v.type.dtype, numel(resolveShape(v.type.shape, max)));
-      for (const v of g.inputs) want(`input:${v.name}`, valueBytes(v));
-      for (const v of g.states) want(`state:${v.name}`, valueBytes(v));
-      g.outputs.forEach((v, i) => want(outputKey(g, i), valueBytes(v)));
-      for (const k of kernels) {
-        for (const b of k.buffers) {
-          const key = bufferKey(g, b.binding);
-          const bytes = cudaBytes(b.dtype, evalSize(b.elems, this.opts.maxSizes));
-          if (b.binding.kind === 'param' && !need.has(key)) uploads.push({ key, graph: g, name: b.binding.name });
-          want(key, bytes);
-        }
-      }
-    }
-    for (const [key, bytes] of need) {
-      // Rounded up so 16-byte vector loads of the last elements never leave the allocation.
+    const { sizes: need, params: uploads } = planBuffers(this.module, this.opts.maxSizes, cudaBytes);
+    // Rounded up so 16-byte vector loads of the last elements never leave the allocation.
+    const alloc = (key: BufferKey, bytes: number) => {
       const rounded = Math.ceil(Math.max(bytes, 4) / 256) * 256;
-      const ptr = this.cuda.alloc(rounded);
-      this.buffers.set(key, { ptr, bytes: rounded });
-      if (!key.startsWith('param:')) this.cuda.fill(ptr, 0, rounded);
+      const buf = { ptr: this.cuda.alloc(rounded), bytes: rounded };
+      this.buffers.set(key, buf);
+      return buf;
+    };
+    for (const [key, bytes] of need) {
+      const buf = alloc(key, bytes);
+      this.cuda.fill(buf.ptr, 0, buf.bytes);
     }
     for (const { key, graph, name } of uploads) {
-      const buf = this.buffers.get(key)!;
       const bytes = params.bytes(graph, name);
-      if (bytes.byteLength > buf.bytes) throw new Error(`parameter ${name}: ${bytes.byteLength} bytes do not fit its ${buf.bytes}-byte buffer`);
-      this.cuda.upload(buf.ptr, bytes);
+      this.cuda.upload(alloc(key, bytes.byteLength).ptr, bytes);
     }
     // Staged copies of pageable memory finish before the host's copies may go.
     this.cuda.synchronize();

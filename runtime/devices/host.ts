@@ -12,9 +12,7 @@ import { Graph } from '../../ir/graph.ts';
 import { allocData, HostData, HostTensor, roundBf16, roundF16 } from '../../ir/host-tensor.ts';
 import { randomUniform } from '../../ir/random.ts';
 import { numel, resolveShape } from '../../ir/shape.ts';
-import {
-  bufferKey, BufferKey, Device, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, outputKey, Program, Recording, Sizes,
-} from '../device.ts';
+import { BufferKey, bufferKey, checkSizes, planBuffers, Device, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, outputKey, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
 
 type KernelFn = (buffers: HostData[], sizes: Sizes, round: JsKernelRuntime) => void;
@@ -58,8 +56,8 @@ class HostProgram implements Program {
         // eslint-disable-next-line @typescript-eslint/no-implied-eval -- the kernel source is our own rendering
         this.kernels.set(lg.graph.name, lg.kernels.map((k) => new Function('b', 'sizes', 'round', renderJs(k)) as KernelFn));
       }
-      this.allocate(lg);
     }
+    this.allocate();
   }
 
   graph(name: string): Graph {
@@ -88,9 +86,7 @@ class HostProgram implements Program {
   run(graph: string, sizes: Sizes, kernels?: KernelRange): void {
     const lg = this.graphs.get(graph);
     if (!lg) throw new Error(`no graph @${graph} in the program`);
-    for (const [name, max] of Object.entries(this.opts.maxSizes)) {
-      if ((sizes[name] ?? 0) > max) throw new RangeError(`${name}=${sizes[name]} exceeds the ${max} the buffers were allocated for`);
-    }
+    checkSizes(sizes, this.opts.maxSizes);
     if (kernels && this.device.kind === 'reference') throw new Error('the reference device runs graphs op by op: it has no kernels to run apart');
     const span = kernelSpan(lg.kernels.length, kernels);
     this.queue(() => (this.device.kind === 'cpu' ? this.runKernels(lg, sizes, span) : this.interpret(lg.graph, sizes)));
@@ -168,33 +164,20 @@ class HostProgram implements Program {
     return b;
   }
 
-  private want(key: BufferKey, bytes: number): void {
-    const have = this.buffers.get(key);
-    if (!have || have.byteLength < bytes) this.buffers.set(key, new ArrayBuffer(Math.max(bytes, have?.byteLength ?? 0, 4)));
-  }
-
-  /** Inputs, state and outputs at the largest sizes; the memory plan's slots; weights from the store. */
-  private allocate(lg: LoweredGraph): void {
-    const g = lg.graph;
-    const max = new Map(Object.entries(this.opts.maxSizes));
-    const bytes = (d: DType, shape: Graph['inputs'][number]['type']['shape']) => numel(resolveShape(shape, max)) * hostBytes(d);
-    for (const v of g.inputs) this.want(`input:${v.name}`, bytes(v.type.dtype, v.type.shape));
-    for (const v of g.states) this.want(`state:${v.name}`, bytes(v.type.dtype, v.type.shape));
-    g.outputs.forEach((v, i) => this.want(outputKey(g, i), bytes(v.type.dtype, v.type.shape)));
-    for (const k of lg.kernels) {
-      for (const b of k.buffers) {
-        if (b.binding.kind !== 'param') this.want(bufferKey(g, b.binding), evalSize(b.elems, this.opts.maxSizes) * hostBytes(b.dtype));
-      }
-    }
-    for (const p of g.params) {
-      const key = `param:${p.name}`;
+  /**
+   * Inputs, state, outputs and the memory plan's slots at the largest sizes; the weights the kernels read (the
+   * reference reads every stored weight), from the store.
+   */
+  private allocate(): void {
+    const { sizes, params } = planBuffers(this.module, this.opts.maxSizes, (d, n) => n * hostBytes(d));
+    const reads = this.device.kind === 'cpu' ? params : this.module.graphs.flatMap(({ graph }) =>
+      graph.params.filter((p) => !graph.derivations.has(p)).map((p) => ({ key: `param:${p.name}`, graph, name: p.name! })));
+    for (const [key, bytes] of sizes) this.buffers.set(key, new ArrayBuffer(Math.max(bytes, 4)));
+    for (const { key, graph, name } of reads) {
       if (this.buffers.has(key)) continue;
-      // Only what runs reads: concatenated projections' parts are not kept apart on the cpu device.
-      const read = this.device.kind === 'reference' ? !g.derivations.has(p) : lg.kernels.some((k) => k.buffers.some((b) => b.binding.kind === 'param' && b.binding.name === p.name));
-      if (!read) continue;
-      const t = this.params.tensor(g, p.name!);
-      this.want(key, t.data.length * hostBytes(p.type.dtype));
-      view(p.type.dtype, this.buffer(key), t.data.length).set(t.data);
+      const t = this.params.tensor(graph, name);
+      this.buffers.set(key, new ArrayBuffer(Math.max(t.data.length * hostBytes(t.dtype), 4)));
+      view(t.dtype, this.buffer(key), t.data.length).set(t.data);
     }
   }
 

@@ -5,9 +5,7 @@ import { evalSize, KernelIR, varsOf } from '../../backends/kernel-ir.ts';
 import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
 import { BufferLayout, renderWgsl } from '../../backends/wgsl/render-wgsl.ts';
 import { DType } from '../../ir/dtype.ts';
-import { Graph } from '../../ir/graph.ts';
-import { numel, resolveShape } from '../../ir/shape.ts';
-import { bufferKey, BufferKey, outputKey, Sizes } from '../device.ts';
+import { bufferKey, BufferKey, planBuffers, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
 import { boolWords, deviceByteLength } from './device-bytes.ts';
 
@@ -42,30 +40,16 @@ export const wordBytes = (d: DType, n: number) => align(deviceByteLength(d, n, '
  */
 export function allocateBuffers(gpu: GPUDevice, module: LoweredModule, params: ParamStore, maxSizes: Sizes): Map<BufferKey, GPUBuffer> {
   const buffers = new Map<BufferKey, GPUBuffer>();
-  const need = new Map<BufferKey, number>();
-  const want = (key: BufferKey, bytes: number) => need.set(key, Math.max(need.get(key) ?? 0, bytes));
-  const max = new Map(Object.entries(maxSizes));
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-  for (const { graph: g, kernels } of module.graphs) {
-    const valueBytes = (v: Graph['inputs'][number]) => wordBytes(v.type.dtype, numel(resolveShape(v.type.shape, max)));
-    for (const v of g.inputs) want(`input:${v.name}`, valueBytes(v));
-    for (const v of g.states) want(`state:${v.name}`, valueBytes(v));
-    g.outputs.forEach((v, i) => want(outputKey(g, i), valueBytes(v)));
-    for (const k of kernels) {
-      for (const b of k.buffers) {
-        const key = bufferKey(g, b.binding);
-        if (b.binding.kind !== 'param') {
-          want(key, wordBytes(b.dtype, evalSize(b.elems, maxSizes)));
-        } else if (!buffers.has(key)) {
-          const stored = params.bytes(g, b.binding.name);
-          const bytes = b.dtype === DType.Bool ? boolWords(stored) : stored;
-          const buf = gpu.createBuffer({ size: Math.max(16, align(bytes.byteLength, 16)), usage, mappedAtCreation: true, label: key });
-          new Uint8Array(buf.getMappedRange()).set(bytes);
-          buf.unmap();
-          buffers.set(key, buf);
-        }
-      }
-    }
+  const { sizes: need, params: uses } = planBuffers(module, maxSizes, wordBytes);
+  for (const { key, graph, name } of uses) {
+    const stored = params.bytes(graph, name);
+    const dtype = graph.params.find((p) => p.name === name)!.type.dtype;
+    const bytes = dtype === DType.Bool ? boolWords(stored) : stored;
+    const buf = gpu.createBuffer({ size: Math.max(16, align(bytes.byteLength, 16)), usage, mappedAtCreation: true, label: key });
+    new Uint8Array(buf.getMappedRange()).set(bytes);
+    buf.unmap();
+    buffers.set(key, buf);
   }
   for (const [key, bytes] of need) buffers.set(key, gpu.createBuffer({ size: Math.max(16, align(bytes, 16)), usage, label: key }));
   return buffers;

@@ -14,7 +14,7 @@ import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
 import { allocHost, HostTensor } from '../../ir/host-tensor.ts';
 import { numel } from '../../ir/shape.ts';
-import { BufferKey, Device, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
+import { BufferKey, checkSizes, Device, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
 import { WebGpuUnavailableError } from '../webgpu/errors.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
@@ -160,9 +160,7 @@ class WebGpuProgram implements Program {
 
   run(graph: string, sizes: Sizes, kernels?: KernelRange): void {
     const g = this.graphOf(graph);
-    for (const [name, max] of Object.entries(this.opts.maxSizes)) {
-      if ((sizes[name] ?? 0) > max) throw new RangeError(`${name}=${sizes[name]} exceeds the ${max} the buffers were allocated for`);
-    }
+    checkSizes(sizes, this.opts.maxSizes);
     // Kernels outside the range are dispatched with no workgroups, that is, not at all.
     const { from, to } = kernelSpan(g.kernels.length, kernels);
     const groups = g.kernels.map((k, i) => (i >= from && i < to ? evalSize(k.ir.rows, sizes) : 0));

@@ -12,29 +12,14 @@ import { HostTensor, hostTensor } from '../../ir/host-tensor.ts';
 import { Device, DeviceKind, Program } from '../../runtime/device.ts';
 import { openDevice } from '../../runtime/devices/open.ts';
 import { ParamStore } from '../../runtime/params.ts';
-import { buildFakeCuda, fakeCudaEnabled, useFakeCuda } from '../runtime/fake-cuda/build.ts';
+import { openCudaOrFake, restoreCudaOrFake, unavailable } from '../runtime/fake-cuda/build.ts';
 import { plantInStores, sourceDir } from './plant.ts';
 
-const unavailable = (e: unknown) => (/Unavailable/.test((e as Error).name) ? (e as Error).message : undefined);
-let restoreCuda: (() => void) | undefined;
 
 const targets: { kind: DeviceKind; open(): Promise<Device | string> }[] = [
   { kind: 'cpu', open: () => openDevice('cpu') },
   { kind: 'webgpu', open: () => openDevice('webgpu').catch((e) => unavailable(e) ?? Promise.reject(e)) },
-  {
-    kind: 'cuda',
-    async open() {
-      try {
-        return await openDevice('cuda');
-      } catch (e) {
-        if (!unavailable(e)) throw e;
-        if (!fakeCudaEnabled) return `${unavailable(e)}; no g++ for the CPU fake`;
-      }
-      const fake = buildFakeCuda();
-      restoreCuda = useFakeCuda(fake);
-      return openDevice('cuda', { libraries: [fake.lib], cacheDir: fake.cacheDir });
-    },
-  },
+  { kind: 'cuda', open: openCudaOrFake },
 ];
 
 /** x [S,8] → RMSNorm → ·w [8,16] → silu → column sums over S → ·v [16,4]: a few kernels, one symbolic size. */
@@ -68,7 +53,7 @@ for (const target of targets) {
   });
   s.after(() => {
     device?.destroy();
-    if (target.kind === 'cuda') restoreCuda?.();
+    if (target.kind === 'cuda') restoreCudaOrFake();
   });
 
   const load = async (): Promise<Program> => device!.load(compiled, params, { maxSizes: sizes });

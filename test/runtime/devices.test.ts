@@ -12,10 +12,8 @@ import * as assert from 'uvu/assert';
 import { interpret } from '../../backends/reference/interpreter.ts';
 import { evalSize, KExpr } from '../../backends/kernel-ir.ts';
 import { LoweredModule } from '../../backends/lowered.ts';
-import { compileModule } from '../../compiler/compile-module.ts';
 import { scalar, state, trace } from '../../compiler/index.ts';
 import { DType } from '../../ir/dtype.ts';
-import { Graph } from '../../ir/graph.ts';
 import { HostTensor, hostTensor } from '../../ir/host-tensor.ts';
 import { printGraph } from '../../ir/printer.ts';
 import { Device, DeviceKind, Program } from '../../runtime/device.ts';
@@ -23,9 +21,10 @@ import type { CudaDevice } from '../../runtime/devices/cuda.ts';
 import { openDevice } from '../../runtime/devices/open.ts';
 import { runOnce } from '../../runtime/executor.ts';
 import { ParamStore } from '../../runtime/params.ts';
+import { lowerFor } from '../../compiler/open-session.ts';
 import { mismatch } from '../backends/compare.ts';
 import { randomGraph } from '../backends/random-graph.ts';
-import { buildFakeCuda, fakeCudaEnabled, useFakeCuda } from './fake-cuda/build.ts';
+import { openCudaOrFake, restoreCudaOrFake, unavailable } from './fake-cuda/build.ts';
 
 /**
  * f32 tolerance: the host devices compute as the reference does (1e-4 leaves room for a different summation
@@ -48,9 +47,7 @@ interface Target {
 /** 256-byte chunks a buffer of 4-byte elements spans. */
 const chunks = (elems: KExpr) => Math.ceil((4 * evalSize(elems, {})) / 256);
 const seedCount = (n: number) => Number(process.env.DEVICE_SEEDS ?? n);
-const unavailable = (e: unknown) => /Unavailable/.test((e as Error).name) ? (e as Error).message : undefined;
 
-let restoreCuda: (() => void) | undefined;
 const targets: Target[] = [
   { name: 'cpu', kind: 'cpu', seeds: seedCount(40), open: () => openDevice('cpu') },
   { name: 'reference', kind: 'reference', seeds: seedCount(40), open: () => openDevice('reference') },
@@ -69,24 +66,11 @@ const targets: Target[] = [
   },
   {
     name: 'cuda', kind: 'cuda', seeds: seedCount(24),
-    async open() {
-      // A real driver where there is one; else the CPU fake.
-      try {
-        return await openDevice('cuda');
-      } catch (e) {
-        if (!unavailable(e)) throw e;
-        if (!fakeCudaEnabled) return `${unavailable(e)}; no g++ for the CPU fake`;
-      }
-      const fake = buildFakeCuda();
-      restoreCuda = useFakeCuda(fake);
-      return openDevice('cuda', { libraries: [fake.lib], cacheDir: fake.cacheDir });
-    },
-    after: () => restoreCuda?.(),
+    open: openCudaOrFake,
+    after: restoreCudaOrFake,
   },
 ];
 
-const lowerFor = (kind: DeviceKind, graphs: Graph[]): LoweredModule =>
-  kind === 'reference' ? { graphs: graphs.map((graph) => ({ graph, kernels: [] })) } : compileModule({ graphs });
 
 const f32 = (values: number[]) => hostTensor(DType.F32, [values.length], values);
 const values = (t: HostTensor) => [...t.data];
@@ -102,7 +86,7 @@ function queueModule(kind: DeviceKind): LoweredModule {
     const s = state('s', DType.F32, [4]);
     return { y: s.write(s.add(x), scalar(0, DType.I32), 0).mul(2) };
   });
-  return lowerFor(kind, [double, scale, acc]);
+  return lowerFor(kind, { graphs: [double, scale, acc] });
 }
 
 const noParams = new ParamStore((n) => {
@@ -162,7 +146,7 @@ for (const target of targets) {
       const copy = () => new Map([...c.states].map(([k, t]) => [k, { ...t, data: t.data.slice() }]));
       const wantStates = copy();
       const want = [...interpret(g, { inputs: c.inputs, param: (n) => c.params.get(n)!, states: wantStates }), ...wantStates.values()];
-      const lowered = lowerFor(target.kind, [g]);
+      const lowered = lowerFor(target.kind, { graphs: [g] });
       if (target.only && !target.only(lowered)) continue;
       tried++;
       let p: Program;

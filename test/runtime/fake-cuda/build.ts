@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Device } from '../../../runtime/device.ts';
+import { openDevice } from '../../../runtime/devices/open.ts';
 
 const here = fileURLToPath(new URL('./', import.meta.url));
 
@@ -54,4 +56,31 @@ export function useFakeCuda(fake: FakeCuda): () => void {
       else process.env[k] = v;
     }
   };
+}
+
+/** The message of a device that is not there (no driver, no adapter), else undefined. */
+export const unavailable = (e: unknown): string | undefined => (/Unavailable/.test((e as Error).name) ? (e as Error).message : undefined);
+
+let restoreFake: (() => void) | undefined;
+
+/**
+ * The CUDA device: a real driver where one opens, else the CPU fake (pointed at until restoreCudaOrFake()); the
+ * reason as a string when neither can run here.
+ */
+export async function openCudaOrFake(): Promise<Device | string> {
+  try {
+    return await openDevice('cuda');
+  } catch (e) {
+    if (!unavailable(e)) throw e;
+    if (!fakeCudaEnabled) return `${unavailable(e)}; no g++ for the CPU fake`;
+  }
+  const fake = buildFakeCuda();
+  restoreFake ??= useFakeCuda(fake);
+  return openDevice('cuda', { libraries: [fake.lib], cacheDir: fake.cacheDir });
+}
+
+/** Points the CUDA runtime back where it was before openCudaOrFake. */
+export function restoreCudaOrFake(): void {
+  restoreFake?.();
+  restoreFake = undefined;
 }
