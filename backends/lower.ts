@@ -10,7 +10,6 @@
 import { DType, isFloat } from '../ir/dtype.ts';
 import { Graph, Kernel, kernelIOs, Node, Value } from '../ir/graph.ts';
 import { isElementwise, Op } from '../ir/ops.ts';
-import { lowerRandom } from './lower-random.ts';
 import { RowSplit, rowSplit } from './row-split.ts';
 import { kernelsNodeLines, printAttrs } from '../ir/printer.ts';
 import { rounderFor } from '../ir/host-tensor.ts';
@@ -34,7 +33,7 @@ const unaryOps: Partial<Record<string, UnaryOp>> = {
 const binaryOps: Partial<Record<string, BinaryOp>> = {
   [Op.Add]: 'add', [Op.Sub]: 'sub', [Op.Mul]: 'mul', [Op.Div]: 'div', [Op.Pow]: 'pow', [Op.Maximum]: 'max',
   [Op.Minimum]: 'min', [Op.Eq]: 'eq', [Op.Ne]: 'ne', [Op.Lt]: 'lt', [Op.Le]: 'le', [Op.Gt]: 'gt', [Op.Ge]: 'ge',
-  [Op.And]: 'and', [Op.Or]: 'or',
+  [Op.And]: 'and', [Op.Or]: 'or', [Op.Random]: 'random',
 };
 
 /** Custom ops (registerOp) give their lowering here: operands' expressions in, the result's expression out. */
@@ -388,7 +387,6 @@ class KernelLowering {
     if (b) return round16(v, { k: 'binary', op: b, a: operand(0), b: operand(1), t });
     switch (n.op) {
       case Op.Where: return { k: 'select', cond: operand(0), a: operand(1), b: operand(2), t };
-      case Op.Random: return lowerRandom(operand(0), operand(1));
       case Op.Cast: {
         // Floats of every width compute in f32, but an explicit cast to a 16-bit float still loses its precision.
         const [from, to] = [n.inputs[0].type.dtype, v.type.dtype];

@@ -2,7 +2,7 @@
 
 import { lowerGraph } from '../backends/lower.ts';
 import { LoweredGraph } from '../backends/lowered.ts';
-import { Graph, Module } from '../ir/graph.ts';
+import { Module } from '../ir/graph.ts';
 import { log, logsOn } from '../ir/logs.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
 import { Pass, runPipeline } from './passes/pipeline.ts';

@@ -3,7 +3,7 @@
 
 import { DType } from '../ir/dtype.ts';
 import { checkLlamaWeights, LlamaConfig, readEosTokenIds, readLlamaConfig } from './config.ts';
-import { readCheckpoint, TensorSource, WeightsError } from './safetensors.ts';
+import { onFirstRead, readCheckpoint, TensorSource, WeightsError } from './safetensors.ts';
 
 export interface LoadedLlama {
   readonly cfg: LlamaConfig;
@@ -51,25 +51,13 @@ export function checkLength(cfg: LlamaConfig, promptTokens: number, newTokens = 
 
 /** The source with each tensor scanned for NaN and ±∞ the first time it is read. */
 function scanned(src: TensorSource, warn: (message: string) => void): TensorSource {
-  const seen = new Set<string>();
-  return {
-    location: src.location,
-    tensors: src.tensors,
-    has: (name) => src.has(name),
-    info: (name) => src.info(name),
-    tensor: (name) => {
-      const t = src.tensor(name);
-      if (!seen.has(name)) {
-        seen.add(name);
-        const bad = nonFinite(t.raw, t.dtype);
-        if (bad) {
-          warn(`tensor '${name}' in ${src.info(name).file} holds ${bad.nan} NaN and ${bad.inf} infinite values `
-            + `(the first at element ${bad.first}): the model's outputs will be NaN or infinite`);
-        }
-      }
-      return t;
-    },
-  };
+  return onFirstRead(src, (name, t) => {
+    const bad = nonFinite(t.raw, t.dtype);
+    if (bad) {
+      warn(`tensor '${name}' in ${src.info(name).file} holds ${bad.nan} NaN and ${bad.inf} infinite values `
+        + `(the first at element ${bad.first}): the model's outputs will be NaN or infinite`);
+    }
+  });
 }
 
 /** NaN and ±∞ among stored floats, counted from their exponent bits (all ones); undefined when there are none. */

@@ -3,7 +3,7 @@
 
 import cliProgress from 'cli-progress';
 import type { LoadedLlama } from './llama.ts';
-import type { TensorSource } from './safetensors.ts';
+import { onFirstRead } from './safetensors.ts';
 
 export interface Progress {
   /** One more unit done; `item` names it. */
@@ -49,20 +49,5 @@ export function withWeightProgress(model: LoadedLlama, enabled: boolean): { mode
   if (!enabled) return { model, bar: silent };
   const src = model.weights;
   const bar = progress('reading weights', src.tensors.length, true);
-  const seen = new Set<string>();
-  const weights: TensorSource = {
-    location: src.location,
-    tensors: src.tensors,
-    has: (name) => src.has(name),
-    info: (name) => src.info(name),
-    tensor: (name) => {
-      const t = src.tensor(name);
-      if (!seen.has(name)) {
-        seen.add(name);
-        bar.tick(name);
-      }
-      return t;
-    },
-  };
-  return { model: { ...model, weights }, bar };
+  return { model: { ...model, weights: onFirstRead(src, (name) => bar.tick(name)) }, bar };
 }

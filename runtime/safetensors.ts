@@ -49,6 +49,25 @@ export interface TensorSource {
   tensor(name: string): Tensor;
 }
 
+/** The source, calling `first` the first time each tensor is read (to count or check what loads). */
+export function onFirstRead(src: TensorSource, first: (name: string, t: Tensor) => void): TensorSource {
+  const seen = new Set<string>();
+  return {
+    location: src.location,
+    tensors: src.tensors,
+    has: (name) => src.has(name),
+    info: (name) => src.info(name),
+    tensor: (name) => {
+      const t = src.tensor(name);
+      if (!seen.has(name)) {
+        seen.add(name);
+        first(name, t);
+      }
+      return t;
+    },
+  };
+}
+
 export interface SafetensorsFile extends TensorSource {
   readonly metadata: Readonly<Record<string, string>>;
 }

@@ -245,9 +245,3 @@ export class Session {
     if (lastPos > this.capacity) throw new RangeError(`positions up to ${lastPos} do not fit a KV cache of ${this.capacity}`);
   }
 }
-
-/** Opens a session over a lowered module on a device. */
-export async function openSession(device: Device, ...args: Parameters<Device['load']>): Promise<Session> {
-  const program = await device.load(...args);
-  return new Session(program);
-}

@@ -1,17 +1,12 @@
 // Opening a WebGPU device through Dawn (the `webgpu` package) with the limits large models need.
 
+import { requestDevice } from './adapter.ts';
 import { WebGpuUnavailableError } from './errors.ts';
 import { withNativeStderrSilenced } from './quiet-stderr.ts';
 
 export { WebGpuUnavailableError };
 
 let gpu: GPU | undefined;
-
-/** The adapter's own limits for the few that matter here, instead of WebGPU's conservative defaults. */
-const wantedLimits = [
-  'maxStorageBufferBindingSize', 'maxBufferSize', 'maxStorageBuffersPerShaderStage', 'maxComputeWorkgroupStorageSize',
-  'maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupSizeX',
-] as const;
 
 export async function openDevice(): Promise<GPUDevice> {
   if (!gpu) {
@@ -31,10 +26,7 @@ export async function openDevice(): Promise<GPUDevice> {
   if (!adapter) {
     throw new WebGpuUnavailableError('no WebGPU adapter: Dawn found no Vulkan device (on a CPU-only Debian machine, install Mesa 25 from bookworm-backports for lavapipe)');
   }
-  const requiredLimits: Record<string, number> = {};
-  for (const k of wantedLimits) requiredLimits[k] = adapter.limits[k];
-  const requiredFeatures = (['timestamp-query', 'subgroups'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
-  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
+  const device = await requestDevice(adapter, ['timestamp-query', 'subgroups']);
   device.addEventListener('uncapturederror', (e) => {
     console.error(`tsfuse webgpu: ${(e as GPUUncapturedErrorEvent).error.message}`);
   });
