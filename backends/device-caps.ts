@@ -71,7 +71,7 @@ export interface DeviceCaps {
   /** How rows past that run: along a second grid dimension (WebGPU), by workgroups looping over rows (CUDA's
    *  grid-stride loop), or all in one loop (the CPU). */
   readonly rowsPastGrid: 'second-dimension' | 'grid-stride' | 'serial';
-  /** None are used yet: room for tiled matrix schedules. */
+  /** Matrix instructions GEMM tiles may use (CUDA's mma.sync on sm_80 and later). */
   readonly matrixUnits: readonly MatrixUnit[];
   readonly tuning: ScheduleTuning;
 }
@@ -130,7 +130,8 @@ export function cudaCaps(computeCapability = 90): DeviceCaps {
     vectorLoadBytes: 16,
     maxWorkgroupsX: 2 ** 31 - 1,
     rowsPastGrid: 'grid-stride',
-    matrixUnits: [],
+    // mma.sync m16n8k16 with bf16 inputs and f32 accumulators (sm_80 and later).
+    matrixUnits: computeCapability >= 80 ? [{ m: 16, n: 8, k: 16, input: DType.BF16, accumulator: DType.F32 }] : [],
     tuning: { elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 4 } },
   };
 }

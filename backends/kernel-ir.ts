@@ -66,6 +66,27 @@ export interface KBuffer {
   readonly written: boolean;
 }
 
+/**
+ * A contraction over tiles (a projection of many rows: the prefill's): for m < rows, n < n,
+ *   acc_i = Σ_{k < k} a(m, k) · b_i(k, n)
+ * then the stores, at (m, n), read the accs (an epilogue: residual add, SiLU·mul). `a` is elementwise over loads
+ * (a prologue: RMSNorm's row scale applied as the tiles load); every `b_i` is a weight element. Tiles of rows ×
+ * columns are the scheduler's: each weight tile is read once per tile of rows, not once per row.
+ */
+export interface GemmIR {
+  /** Loop variables the expressions read: the row, the column, the position along the contraction. */
+  readonly m: string;
+  readonly n: string;
+  readonly k: string;
+  readonly columns: number;
+  readonly depth: number;
+  readonly a: KExpr;
+  readonly b: readonly KExpr[];
+  /** The names the stores read each product's sum by (one per b). */
+  readonly accs: readonly string[];
+  readonly stores: readonly { readonly buf: number; readonly index: KExpr; readonly value: KExpr }[];
+}
+
 export interface KernelIR {
   readonly name: string;
   /** What fusion built the kernel around (it decided the rows). */
@@ -75,9 +96,11 @@ export interface KernelIR {
   readonly buffers: readonly KBuffer[];
   /** Symbolic sizes the kernel reads as arguments (e.g. S). */
   readonly sizes: readonly string[];
-  /** Number of rows (workgroups). */
+  /** Number of rows (workgroups); a GEMM's rows are its m (the scheduler groups them into tiles). */
   readonly rows: KExpr;
   readonly body: readonly KStmt[];
+  /** Set for a contraction run as tiles; the body is then empty. */
+  readonly gemm?: GemmIR;
 }
 
 export const ROW = 'row';

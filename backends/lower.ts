@@ -141,6 +141,8 @@ class KernelLowering {
   private readonly uses = new Map<Value, number>();
   /** Position in the kernel of the node computing each value it computes (memo keys). */
   private readonly position = new Map<Value, number>();
+  /** In a GEMM's epilogue: each product's accumulator, and the index (m, n) it holds. */
+  private readonly gemmAccs = new Map<Node, { readonly key: string; readonly value: KExpr }>();
   private counter = 0;
 
   constructor(readonly g: Graph, readonly k: Kernel, readonly slotOf: ReadonlyMap<Value, number>) {
@@ -151,6 +153,55 @@ class KernelLowering {
 
   /** `writes`: what the kernel writes (kernelIO); `fused`: its nodes as the graph prints them. */
   lower(writes: readonly Value[], fused: readonly string[]): KernelIR {
+    const gemm = gemmOperands(this.k, writes);
+    if (gemm) {
+      try {
+        return this.lowerGemm(gemm, writes, fused);
+      } catch (e) {
+        if (!(e instanceof NotGemm)) throw e;
+        // An epilogue that reads a product at another index: lowered row by row, by a fresh lowering.
+        return new KernelLowering(this.g, this.k, this.slotOf).lowerRows(writes, fused);
+      }
+    }
+    return this.lowerRows(writes, fused);
+  }
+
+  /**
+   * A contraction of many rows as tiles: the products' shared left operand at (m, k), each right operand at
+   * (k, n), and the written values at (m, n) with the products read as the accumulators.
+   */
+  private lowerGemm(mm: GemmOperands, writes: readonly Value[], fused: readonly string[]): KernelIR {
+    const [m, n, k] = [this.fresh('m'), this.bounded('n', int(mm.columns)), this.bounded('k', int(mm.depth))];
+    const [mv, nv, kv] = [ivar(m), ivar(n), ivar(k)];
+    const a = this.expr(mm.matmuls[0].inputs[0], [mv, kv]);
+    const b = mm.matmuls.map((x) => this.expr(x.inputs[1], [kv, nv]));
+    if (varsOf(a).has(n) || b.some((e) => varsOf(e).has(m))) throw new NotGemm();
+    const accs = mm.matmuls.map((x) => {
+      const name = this.fresh('acc');
+      this.gemmAccs.set(x, { key: JSON.stringify([mv, nv]), value: { k: 'var', name, t: 'f32' } });
+      return name;
+    });
+    const stores: { buf: number; index: KExpr; value: KExpr }[] = [];
+    for (const v of writes) {
+      const value = this.expr(v, [mv, nv]);
+      const index = this.linear([mv, nv], v.type.shape);
+      const outputs = this.g.outputs.flatMap((o, j) => (o === v ? [j] : []));
+      const bindings: Binding[] = outputs.length ? outputs.map((index) => ({ kind: 'output', index })) : [this.binding(v)];
+      for (const binding of bindings) stores.push({ buf: this.buffer(v, true, binding), index, value });
+    }
+    return {
+      name: this.k.name,
+      kind: this.k.attrs.kind,
+      fused,
+      buffers: this.buffers,
+      sizes: [...this.sizes].sort(),
+      rows: this.dim(mm.rows),
+      body: [],
+      gemm: { m, n, k, columns: mm.columns, depth: mm.depth, a, b, accs, stores },
+    };
+  }
+
+  private lowerRows(writes: readonly Value[], fused: readonly string[]): KernelIR {
     const split = rowSplit(this.k, writes);
     const rowShape = split.rowAxes.map((a, i) => {
       const d = split.domain[a];
@@ -172,14 +223,15 @@ class KernelLowering {
       else if (split.by === 'columns') this.storeColumns(v, split, rowIdx);
       else this.storeValue(v, rowIdx, split.tile);
     }
+    const spread = rows.k === 'const' && rows.value === 1 ? spreadStores(this.body) : undefined;
     return {
       name: this.k.name,
       kind: this.k.attrs.kind,
       fused,
       buffers: this.buffers,
       sizes: [...this.sizes].sort(),
-      rows,
-      body: this.body,
+      rows: spread?.rows ?? rows,
+      body: spread?.body ?? this.body,
     };
   }
 
@@ -418,7 +470,14 @@ class KernelLowering {
         return this.expr(n.inputs[0], [row, ...idx.slice(ids.type.shape.length)]);
       }
       case Op.Sum: case Op.Mean: case Op.Max: case Op.Argmax: return round16(v, this.reduction(n, idx, t));
-      case Op.Matmul: return round16(v, this.matmul(n, idx, t));
+      case Op.Matmul: {
+        const acc = this.gemmAccs.get(n);
+        if (acc) {
+          if (acc.key !== JSON.stringify(idx)) throw new NotGemm();
+          return round16(v, acc.value);
+        }
+        return round16(v, this.matmul(n, idx, t));
+      }
       default: {
         const rule = customLowerings.get(n.op);
         if (rule) return rule((at) => n.inputs.map((x) => this.expr(x, this.broadcastIndex(at, x.type.shape))), idx, n);
@@ -598,6 +657,92 @@ class KernelLowering {
     const array = name;
     return (at) => ({ k: 'elem', array, index: at, t: scalarOf(v.type.dtype) });
   }
+}
+
+/** Elements one row of a spread store loop covers (16 per thread of a 256-thread workgroup). */
+const SPREAD_CHUNK = 4096;
+
+/**
+ * A one-row kernel of store loops over equal ranges (a prefill's KV-cache write: S × heads × dims elements with
+ * rotary recomputed for each) runs on one workgroup; spread over rows of SPREAD_CHUNK elements, each row's loops
+ * cover their chunk: element row · chunk + j for j < min(chunk, n − row · chunk).
+ */
+function spreadStores(body: readonly KStmt[]): { rows: KExpr; body: KStmt[] } | undefined {
+  const stores = body.filter((s): s is Extract<KStmt, { k: 'store' }> => s.k === 'store');
+  if (stores.length !== body.length || stores.length === 0) return undefined;
+  const n = stores[0].n;
+  if (!stores.every((s) => JSON.stringify(s.n) === JSON.stringify(n))) return undefined;
+  if (n.k === 'const' && n.value <= SPREAD_CHUNK) return undefined;
+  const start = mul(ivar(ROW), int(SPREAD_CHUNK));
+  const left: KExpr = { k: 'binary', op: 'min', a: int(SPREAD_CHUNK), b: sub(n, start), t: 'i32' };
+  return {
+    rows: idiv(add(n, int(SPREAD_CHUNK - 1)), int(SPREAD_CHUNK)),
+    body: stores.map((s) => {
+      const at = add(start, ivar(s.v));
+      return { ...s, n: left, index: substituteVar(s.index, s.v, at), value: substituteVar(s.value, s.v, at) };
+    }),
+  };
+}
+
+/** e with every read of the variable `name` replaced by `by` (unchanged parts shared). */
+function substituteVar(e: KExpr, name: string, by: KExpr): KExpr {
+  switch (e.k) {
+    case 'const': return e;
+    case 'var': return e.name === name ? by : e;
+    case 'load': case 'elem': {
+      const index = substituteVar(e.index, name, by);
+      return index === e.index ? e : { ...e, index };
+    }
+    case 'unary': case 'cast': {
+      const a = substituteVar(e.a, name, by);
+      return a === e.a ? e : { ...e, a };
+    }
+    case 'binary': {
+      const [a, b] = [substituteVar(e.a, name, by), substituteVar(e.b, name, by)];
+      return a === e.a && b === e.b ? e : { ...e, a, b };
+    }
+    case 'select': {
+      const [cond, a, b] = [substituteVar(e.cond, name, by), substituteVar(e.a, name, by), substituteVar(e.b, name, by)];
+      return cond === e.cond && a === e.a && b === e.b ? e : { ...e, cond, a, b };
+    }
+    case 'reduce': {
+      if (e.v === name) return e;
+      const [n, body] = [substituteVar(e.n, name, by), substituteVar(e.body, name, by)];
+      return n === e.n && body === e.body ? e : { ...e, n, body };
+    }
+    default: return e satisfies never;
+  }
+}
+
+/** An epilogue read a product at an index other than its own: the kernel is lowered row by row instead. */
+class NotGemm extends Error {}
+
+interface GemmOperands {
+  readonly matmuls: readonly Node[];
+  readonly rows: Dim;
+  readonly columns: number;
+  readonly depth: number;
+}
+
+/**
+ * The products of a contraction kernel that runs as tiles: matmuls of one left operand [rows, depth] (rows not 1:
+ * a projection of many positions) by right operands [depth, columns], writing only values of their [rows, columns]
+ * shape, with no other reduction in the kernel (an RMSNorm's is its own kernel then: compiler/passes/fuse.ts).
+ */
+export function gemmOperands(k: Kernel, writes: readonly Value[]): GemmOperands | undefined {
+  if (k.attrs.kind !== 'contraction') return undefined;
+  const matmuls = k.nodes.filter((n) => n.op === Op.Matmul);
+  if (matmuls.length === 0) return undefined;
+  const a = matmuls[0].inputs[0];
+  const [rows, depth] = a.type.shape;
+  const out = matmuls[0].output.type.shape;
+  const columns = out[1];
+  if (a.type.shape.length !== 2 || rows === 1 || typeof depth !== 'number' || typeof columns !== 'number') return undefined;
+  const same = (s: Shape) => s.length === 2 && s[0] === rows && s[1] === columns;
+  if (!matmuls.every((x) => x.inputs[0] === a && x.inputs[1].type.shape.length === 2 && same(x.output.type.shape))) return undefined;
+  if (k.nodes.some((n) => n.op !== Op.Matmul && [Op.Sum, Op.Mean, Op.Max, Op.Argmax, Op.UpdateSlice].includes(n.op as Op))) return undefined;
+  if (!writes.every((v) => same(v.type.shape))) return undefined;
+  return { matmuls, rows, columns, depth };
 }
 
 /**

@@ -25,6 +25,12 @@ export function formatSchedule(s: ScheduledKernel): string {
     lines.push(`  arrays: ${where.join(', ')}`);
   }
   k.body.forEach((st, i) => lines.push(`  ${formatStmt(st, s.stmts[i])}`));
+  if (k.gemm && s.gemm) {
+    const p = s.gemm;
+    const units = { 'mma-bf16': 'bf16 matrix instructions (mma m16n8k16, f32 accumulators), the left operand rounded to bf16',
+      fma: 'f32 multiply-adds, 4 × 4 outputs per thread', serial: 'one row at a time' }[p.units];
+    lines.push(`  gemm ${formatSize(k.rows)} × ${k.gemm.columns} over ${k.gemm.depth}, ${k.gemm.b.length} product${k.gemm.b.length > 1 ? 's' : ''}: tiles of ${p.tileRows} × ${p.tileColumns} (${formatSize(p.rowTiles)} × ${p.columnTiles}), ${p.tileDepth} deep per step, ${units}`);
+  }
   return lines.join('\n') + '\n';
 }
 

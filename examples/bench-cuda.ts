@@ -10,6 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { builtinConfigJson, LlamaConfig } from '../runtime/config.ts';
 import { loadLlama } from '../runtime/llama.ts';
+import type { KernelTime } from '../runtime/device.ts';
 import { openLlamaSession } from '../compiler/open-session.ts';
 import { checkpointMetadata, randomBf16Weights, writeBf16Checkpoint } from './random-checkpoint.ts';
 
@@ -160,6 +161,7 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
       console.error('slowest decode kernels:');
       for (const k of [...inOrder].sort((a, b) => b.us - a.us).slice(0, 6)) console.error(line(k));
       console.error(`sum of the kernels launched one by one: ${(inOrder.reduce((t, k) => t + k.us, 0) / 1e3).toFixed(3)} ms`);
+      printPrefillProfile(await session.profilePrefill(prompt));
     }
     return {
       device: session.device.description, setupMs, modulesCompiled,
@@ -171,6 +173,28 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
   } finally {
     session.close();
   }
+}
+
+/** The prefill's kernels by kind (time summed), and the slowest ones. */
+function printPrefillProfile(kernels: readonly KernelTime[]): void {
+  const byKind = new Map<string, { us: number; count: number }>();
+  for (const k of kernels) {
+    const e = byKind.get(k.kind) ?? { us: 0, count: 0 };
+    byKind.set(k.kind, { us: e.us + k.us, count: e.count + 1 });
+  }
+  const total = kernels.reduce((t, k) => t + k.us, 0);
+  console.error(`prefill kernels launched one by one: ${(total / 1e3).toFixed(3)} ms in ${kernels.length} kernels; by kind:`);
+  for (const [kind, e] of [...byKind].sort((a, b) => b[1].us - a[1].us)) {
+    console.error(`  ${kind.padEnd(12)} ${(e.us / 1e3).toFixed(3).padStart(8)} ms  ${e.count} kernels`);
+  }
+  const tflops = (k: KernelTime) => (k.flops ? `${(k.flops / k.us / 1e6).toFixed(0).padStart(4)} TFLOP/s` : ''.padStart(12));
+  console.error('slowest prefill kernels (GEMMs with their achieved TFLOP/s):');
+  for (const k of [...kernels].sort((a, b) => b.us - a.us).slice(0, 10)) {
+    console.error(`  ${k.kernel.padEnd(5)} ${k.kind.padEnd(12)} ${(k.us / 1e3).toFixed(4)} ms ${tflops(k)}  ${k.last.slice(0, 60)}`);
+  }
+  const gemms = kernels.filter((k) => k.flops);
+  const [flops, us] = [gemms.reduce((t, k) => t + k.flops!, 0), gemms.reduce((t, k) => t + k.us, 0)];
+  if (gemms.length) console.error(`GEMM kernels: ${gemms.length}, ${(us / 1e3).toFixed(3)} ms, ${(flops / 1e12).toFixed(3)} TFLOP at ${(flops / us / 1e6).toFixed(0)} TFLOP/s`);
 }
 
 export async function runHf(dir: string, prompt: number[], o: CudaBenchOptions): Promise<HfResult> {

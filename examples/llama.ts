@@ -3,7 +3,7 @@
 // (one token) are the same function traced with a symbolic or a static sequence length.
 
 import { arange, concat, param, scalar, state, Tensor, where } from '../compiler/index.ts';
-import { traceGeneration } from '../compiler/generation.ts';
+import { lastPosition, traceGeneration } from '../compiler/generation.ts';
 import { DType } from '../ir/dtype.ts';
 import { Module } from '../ir/graph.ts';
 import { builtinConfig, type LlamaConfig } from '../runtime/config.ts';
@@ -22,7 +22,7 @@ export interface LlamaTraceOptions {
  * each ending with the choice of the next token (compiler/generation.ts).
  */
 export function traceLlama(cfg: LlamaConfig, opts: LlamaTraceOptions): Module {
-  return traceGeneration((tokens, pos) => llamaForward(cfg, opts, tokens, pos), opts);
+  return traceGeneration((tokens, pos, rows) => llamaForward(cfg, opts, tokens, pos, rows), opts);
 }
 
 /**
@@ -41,9 +41,10 @@ const tinyOptions: LlamaTraceOptions = { weightDType: DType.F32, cacheLength: 25
 
 /**
  * Runs tokens i32[S] at positions pos..pos+S-1 through the model, writing their keys and values into the cache.
- * Returns the logits f32[S, vocab].
+ * Returns the logits f32[S, vocab]; with `rows` 'last', the last position's, f32[1, vocab] (final norm and LM
+ * head run for that row alone).
  */
-export function llamaForward(cfg: LlamaConfig, opts: LlamaTraceOptions, tokens: Tensor, pos: Tensor): Tensor {
+export function llamaForward(cfg: LlamaConfig, opts: LlamaTraceOptions, tokens: Tensor, pos: Tensor, rows: 'all' | 'last' = 'all'): Tensor {
   const { hiddenSize: hidden, headDim, numHeads, numKvHeads, rmsNormEps: eps } = cfg;
   const seq = tokens.dim(0);
   const weights = new Map<string, Tensor>();
@@ -80,6 +81,7 @@ export function llamaForward(cfg: LlamaConfig, opts: LlamaTraceOptions, tokens: 
     const up = linear(h2, `${p}.mlp.up_proj`, cfg.intermediateSize, hidden, mlpBias);
     x = x.add(linear(gate.silu().mul(up), `${p}.mlp.down_proj`, hidden, cfg.intermediateSize, mlpBias));
   }
+  if (rows === 'last' && seq !== 1) x = x.gather(lastPosition(seq));
   const head = cfg.tieWordEmbeddings ? 'model.embed_tokens' : 'lm_head';
   const logits = linear(norm(x, 'model.norm.weight'), head, cfg.vocabSize, hidden);
   return logits;

@@ -8,7 +8,7 @@
 // read's promise resolves.
 
 import { LoweredModule } from '../backends/lowered.ts';
-import { Binding, evalSize } from '../backends/kernel-ir.ts';
+import { Binding, evalSize, KernelIR } from '../backends/kernel-ir.ts';
 import { DType } from '../ir/dtype.ts';
 import { Graph, Value } from '../ir/graph.ts';
 import { HostTensor } from '../ir/host-tensor.ts';
@@ -116,8 +116,16 @@ export interface KernelTime {
   readonly us: number;
   /** Bytes of the buffers it reads and writes (each once): what it must move at least. */
   readonly bytes: number;
+  /** Multiply-adds × 2 of a GEMM kernel (undefined for others): its achieved FLOP/s is flops / us. */
+  readonly flops?: number;
   /** The last IR line it fuses, to tell kernels apart. */
   readonly last: string;
+}
+
+/** 2 · m · n · k per product of a GEMM kernel at these sizes; undefined for other kernels. */
+export function gemmFlops(k: KernelIR, sizes: Sizes): number | undefined {
+  const g = k.gemm;
+  return g && 2 * evalSize(k.rows, sizes) * g.columns * g.depth * g.b.length;
 }
 
 export interface Program {

@@ -1,6 +1,7 @@
 // One model session for every device: logits of a prompt, generation, and the timings the benchmarks want,
 // written once over a loaded program and the generation contract (compiler/generation.ts), by name:
-//   graphs  prefill (tokens i32[S]) and decode (tokens i32[1]);
+//   graphs  prefill (tokens i32[S]) and decode (tokens i32[1]); optionally prompt (as prefill, with the last
+//           position's logits alone), which generate runs instead of prefill;
 //   inputs  tokens, pos — and temperature, top_p, seed when the program samples;
 //   outputs logits f32[S, vocab], next i32[1];
 //   state   history i32[capacity]: each chosen token at its position; next_pos i32[1]: where the next step runs.
@@ -56,11 +57,15 @@ export class Session {
   readonly capacity: number;
   private readonly decodeStep: Recording;
   private readonly readEvery: number;
+  /** The graph generate runs a prompt of several tokens with: prompt where the program has it, else prefill. */
+  private readonly promptGraph: 'prompt' | 'prefill';
   private lastMarks?: { start: Mark; afterPrefill: Mark; end: Mark; decodeSteps: number };
 
   constructor(readonly program: Program, opts: SessionOptions = {}) {
     const [prefill, decode] = [this.graph('prefill'), this.graph('decode')];
-    for (const g of [prefill, decode]) {
+    const prompt = this.optionalGraph('prompt');
+    this.promptGraph = prompt ? 'prompt' : 'prefill';
+    for (const g of [prefill, decode, ...(prompt ? [prompt] : [])]) {
       for (const name of ['tokens', 'pos']) if (!g.inputs.some((v) => v.name === name)) throw new ContractError(`graph @${g.name} has no input %${name}`);
       for (const name of ['logits', 'next']) namedOutputKey(g, name);
       for (const name of ['history', 'next_pos']) if (!g.states.some((v) => v.name === name)) throw new ContractError(`graph @${g.name} has no state %${name}`);
@@ -103,7 +108,7 @@ export class Session {
     if (maxNewTokens === 0) return [];
     this.checkFits(prompt.length + maxNewTokens - 1);
     this.reset();
-    const graph = this.writePrompt(prompt, sampling);
+    const graph = this.writePrompt(prompt, sampling, 0, this.promptGraph);
     const start = this.program.mark();
     this.step(graph, this.sizes(graph, prompt.length));
     const afterPrefill = this.program.mark();
@@ -177,6 +182,15 @@ export class Session {
     return this.program.profile('decode', {});
   }
 
+  /** Each kernel's time of the step generate runs `prompt` with (from an empty cache), launched one by one. */
+  async profilePrefill(prompt: readonly number[]): Promise<KernelTime[]> {
+    this.checkTokens(prompt);
+    this.checkFits(prompt.length);
+    this.reset();
+    const graph = this.writePrompt(prompt, {}, 0, this.promptGraph);
+    return this.program.profile(graph, this.sizes(graph, prompt.length));
+  }
+
   decodeKernels(): number {
     return this.program.kernelCount('decode');
   }
@@ -187,6 +201,14 @@ export class Session {
   }
 
   // ---- internals ----
+
+  private optionalGraph(name: string): Graph | undefined {
+    try {
+      return this.program.graph(name);
+    } catch {
+      return undefined;
+    }
+  }
 
   private graph(name: string): Graph {
     try {
@@ -211,7 +233,7 @@ export class Session {
   }
 
   /** Writes the prompt, its position and the sampling inputs; returns the graph that runs it. */
-  private writePrompt(ids: readonly number[], sampling: Sampling, pos = 0): string {
+  private writePrompt(ids: readonly number[], sampling: Sampling, pos = 0, many: 'prompt' | 'prefill' = 'prefill'): string {
     const p = this.program;
     p.write('input:tokens', hostTensor(DType.I32, [ids.length], ids));
     p.write('input:pos', hostTensor(DType.I32, [], [pos]));
@@ -223,7 +245,7 @@ export class Session {
     } else if (temperature > 0) {
       throw new ContractError('this program chooses tokens greedily: open the session with sampling to use a temperature');
     }
-    return ids.length === 1 ? 'decode' : 'prefill';
+    return ids.length === 1 ? 'decode' : many;
   }
 
   private reset(): void {

@@ -3,7 +3,7 @@
 // Buffers arrive as typed arrays (floats of every width held as f32, as the host keeps them).
 
 import { cpuCaps } from '../device-caps.ts';
-import { KernelIR, KStmt, ROW, Scalar } from '../kernel-ir.ts';
+import { GemmIR, KernelIR, KExpr, KStmt, ROW, Scalar } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { scheduleKernel, ScheduledKernel } from '../schedule.ts';
 
@@ -127,12 +127,48 @@ export function printJs(sk: ScheduledKernel): string {
   k.buffers.forEach((_, i) => out.push(`const b${i} = b[${i}];`));
   for (const a of sk.arrays) out.push(`const ${a.name} = new Float64Array(${a.elements});`);
   const rows = p.expr(sk.grid.rows, out, '');
-  out.push(`for (let ${ROW} = 0; ${ROW} < ${rows}; ${ROW}++) {`);
-  for (const s of k.body) renderStmt(s, p, out, '  ');
-  out.push('}');
+  if (k.gemm) {
+    renderGemm(k.gemm, rows, p, out);
+  } else {
+    out.push(`for (let ${ROW} = 0; ${ROW} < ${rows}; ${ROW}++) {`);
+    for (const s of k.body) renderStmt(s, p, out, '  ');
+    out.push('}');
+  }
   const code = out.join('\n');
   const helpers = Object.entries(jsHelpers).filter(([name]) => code.includes(`${name}(`)).map(([, h]) => h);
   return helpers.length ? `${code}\n${helpers.join('\n')}` : code;
+}
+
+/** A GEMM row by row: the row's left operand computed once into an array, then every column's products. */
+function renderGemm(g: GemmIR, rows: string, p: ExprPrinter, out: string[]): void {
+  out.push(`const tf_a = new Float64Array(${g.depth});`);
+  out.push(`for (let ${g.m} = 0; ${g.m} < ${rows}; ${g.m}++) {`);
+  out.push(`  for (let ${g.k} = 0; ${g.k} < ${g.depth}; ${g.k}++) {`);
+  out.push(`    tf_a[${g.k}] = ${p.expr(g.a, out, '    ')};`);
+  out.push('  }');
+  out.push(`  for (let ${g.n} = 0; ${g.n} < ${g.columns}; ${g.n}++) {`);
+  for (const acc of g.accs) out.push(`    let ${acc} = 0;`);
+  out.push(`    for (let ${g.k} = 0; ${g.k} < ${g.depth}; ${g.k}++) {`);
+  const a: KExpr = { k: 'elem', array: 'tf_a', index: { k: 'var', name: g.k, t: 'i32' }, t: 'f32' };
+  const memo = new Map<string, string>();
+  g.b.forEach((b, i) => {
+    const term = p.expr({ k: 'binary', op: 'mul', a, b, t: 'f32' }, out, '      ', memo);
+    out.push(`      ${g.accs[i]} += ${term};`);
+  });
+  out.push('    }');
+  for (const st of g.stores) storeLine(st.buf, st.index, st.value, p, out, '    ');
+  out.push('  }');
+  out.push('}');
+}
+
+/** b[index] = value, rounded to the buffer's 16-bit float as the host keeps it. */
+function storeLine(buf: number, indexExpr: KExpr, valueExpr: KExpr, p: ExprPrinter, out: string[], indent: string): void {
+  const value = p.expr(valueExpr, out, indent);
+  // A Float32Array rounds to f32 on store; a 16-bit float must be rounded to its own width, as the host keeps
+  // it (kernels compute in f32 and round where a value reaches memory).
+  const dtype = p.buffers[buf].dtype;
+  const stored = dtype === 'bf16' || dtype === 'f16' ? `round.${dtype}(${value})` : value;
+  out.push(`${indent}b${buf}[${p.expr(indexExpr, out, indent)}] = ${stored};`);
 }
 
 function renderStmt(s: KStmt, p: ExprPrinter, out: string[], indent: string): void {
@@ -153,12 +189,7 @@ function renderStmt(s: KStmt, p: ExprPrinter, out: string[], indent: string): vo
       break;
     case 'store': {
       out.push(`${indent}for (let ${s.v} = 0; ${s.v} < ${p.expr(s.n, out, indent)}; ${s.v}++) {`);
-      const value = p.expr(s.value, out, inner);
-      // A Float32Array rounds to f32 on store; a 16-bit float must be rounded to its own width, as the host keeps
-      // it (kernels compute in f32 and round where a value reaches memory).
-      const dtype = p.buffers[s.buf].dtype;
-      const stored = dtype === 'bf16' || dtype === 'f16' ? `round.${dtype}(${value})` : value;
-      out.push(`${inner}b${s.buf}[${p.expr(s.index, out, inner)}] = ${stored};`);
+      storeLine(s.buf, s.index, s.value, p, out, inner);
       out.push(`${indent}}`);
       break;
     }

@@ -194,6 +194,33 @@ template <typename T> __device__ __forceinline__ int tf_block_argmax(T v, int i,
   __syncthreads();
   return si[TF_WARPS];
 }
+// Two f32 values as one u32 of two bf16 (the lower address's element in the low half), for matrix instructions.
+__device__ __forceinline__ unsigned tf_pack_bf16(float lo, float hi) { return (unsigned)tf_to_bf16(lo) | ((unsigned)tf_to_bf16(hi) << 16); }
+// c += a · b for one warp: a 16 × 16 tile of bf16 (row-major fragments), b 16 × 8 (column-major), c 16 × 8 f32, in
+// the fragment layout of mma.sync.m16n8k16 (lane = 4 · group + index in group).
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ void tf_mma_bf16(float* c, const unsigned* a, const unsigned* b) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#else
+// Host compilers (the tests' CPU emulation): the same product, each lane gathering its rows and columns by shuffles.
+__device__ __forceinline__ void tf_mma_bf16(float* c, const unsigned* a, const unsigned* b) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  for (int kp = 0; kp < 8; kp++) {
+    const unsigned ag = __shfl_sync(0xffffffffu, a[(kp >> 2) * 2], g * 4 + (kp & 3));
+    const unsigned ag8 = __shfl_sync(0xffffffffu, a[(kp >> 2) * 2 + 1], g * 4 + (kp & 3));
+    const unsigned b0 = __shfl_sync(0xffffffffu, b[kp >> 2], q * 8 + (kp & 3));
+    const unsigned b1 = __shfl_sync(0xffffffffu, b[kp >> 2], q * 8 + 4 + (kp & 3));
+    const float x0 = __uint_as_float(ag << 16), x1 = __uint_as_float(ag & 0xffff0000u);
+    const float y0 = __uint_as_float(ag8 << 16), y1 = __uint_as_float(ag8 & 0xffff0000u);
+    const float p0 = __uint_as_float(b0 << 16), p1 = __uint_as_float(b0 & 0xffff0000u);
+    const float r0 = __uint_as_float(b1 << 16), r1 = __uint_as_float(b1 & 0xffff0000u);
+    c[0] += x0 * p0 + x1 * p1; c[1] += x0 * r0 + x1 * r1;
+    c[2] += y0 * p0 + y1 * p1; c[3] += y0 * r0 + y1 * r1;
+  }
+}
+#endif
 #endif
 #ifndef TSFUSE_RANDOM
 #define TSFUSE_RANDOM

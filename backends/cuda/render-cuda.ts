@@ -11,6 +11,7 @@ import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { ArrayPlacement, ReductionPlan, scheduleKernel, ScheduledKernel, StmtSchedule } from '../schedule.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
+import { renderGemmCuda } from './gemm.ts';
 
 export { CUDA_BLOCK, cudaPrelude };
 
@@ -85,7 +86,7 @@ export const cudaDialect: Dialect = {
 };
 
 /** A value of compute type `t` converted for storing into a buffer of dtype `d`. */
-function storeValue(d: DType, value: string, t: Scalar): string {
+export function storeValue(d: DType, value: string, t: Scalar): string {
   switch (d) {
     case DType.F32: return t === 'f32' ? value : `((float)${value})`;
     case DType.BF16: return `tf_to_bf16(${value})`;
@@ -101,6 +102,8 @@ export interface CudaFunction {
   /** The function's source, without the prelude. */
   readonly code: string;
   readonly name: string;
+  /** Blocks to launch (the schedule's grid: a GEMM's tiles, else the kernel's rows). */
+  readonly rows: KExpr;
   /** Dynamic shared memory the launch must ask for (0 when the row-local arrays fit statically). */
   readonly dynamicSharedBytes: number;
 }
@@ -194,6 +197,11 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
 
   const p = new CudaPrinter(cudaDialect, k.buffers);
   p.sizes = new Set(k.sizes);
+  if (k.gemm && sk.gemm) {
+    renderGemmCuda(k.gemm, sk.gemm, k.rows, p, out);
+    out.push('}');
+    return { code: out.join('\n') + '\n', name, rows: sk.grid.rows, dynamicSharedBytes: 0 };
+  }
   const body: string[] = [];
   const rows = p.expr(sk.grid.rows, body, '  ');
   body.push(`  const int tf_rows = ${rows};`);
@@ -208,7 +216,7 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   if (/\btf_lane\b/.test(text)) out.push('  const int tf_lane = threadIdx.x & 31;');
   if (/\btf_warp\b/.test(text)) out.push('  const int tf_warp = threadIdx.x >> 5;');
   out.push(...body, '}');
-  return { code: out.join('\n') + '\n', name, dynamicSharedBytes: sk.dynamicWorkgroupBytes };
+  return { code: out.join('\n') + '\n', name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes };
 }
 
 /** Declares the row-local arrays where the schedule placed them: statically, or in the launch's dynamic shared memory. */

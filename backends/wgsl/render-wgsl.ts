@@ -7,7 +7,8 @@
 import { DType } from '../../ir/dtype.ts';
 import { randomFunction } from '../random-source.ts';
 import { webgpuCaps } from '../device-caps.ts';
-import { KBuffer, KernelIR, ROW } from '../kernel-ir.ts';
+import { KBuffer, KernelIR, KExpr, ROW } from '../kernel-ir.ts';
+import { renderGemmWgsl } from './gemm.ts';
 import { Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { scheduleKernel, ScheduledKernel } from '../schedule.ts';
 import { BufferLayout, wgslDialect, wgslHelpers, wordType } from './dialect.ts';
@@ -25,6 +26,8 @@ export type WgslBinding =
 export interface RenderedWgsl {
   readonly code: string;
   readonly bindings: readonly WgslBinding[];
+  /** Workgroups to dispatch (the schedule's grid: a GEMM's tiles, else the kernel's rows). */
+  readonly rows: KExpr;
 }
 
 export interface WgslOptions {
@@ -74,6 +77,8 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
   const body: string[] = [];
   for (const s of k.sizes) body.push(`  let ${sizeName(s)} = sizes.${sizeName(s)};`);
   k.body.forEach((s, i) => renderStmt(s, sk.stmts[i], ctx, body, '  '));
+  const gemm = k.gemm && sk.gemm ? renderGemmWgsl(k.gemm, sk.gemm, p, p.expr(k.rows, body, '  '), threads) : undefined;
+  if (gemm) body.push(...gemm.body);
 
   const out: string[] = [];
   const bindings: WgslBinding[] = [];
@@ -104,8 +109,12 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
     const t = a.type === 'i32' ? 'i32' : 'f32';
     out.push(a.vec4 ? `var<workgroup> ${a.name}: array<vec4<f32>, ${a.elements / 4}>;` : `var<workgroup> ${a.name}: array<${t}, ${a.elements}>;`);
   }
-  out.push(`var<workgroup> red_f: array<f32, ${threads}>;`);
-  out.push(`var<workgroup> red_i: array<i32, ${threads}>;`);
+  if (gemm) {
+    out.push(...gemm.decls);
+  } else {
+    out.push(`var<workgroup> red_f: array<f32, ${threads}>;`);
+    out.push(`var<workgroup> red_i: array<i32, ${threads}>;`);
+  }
   // i32 values of an argmax (red_f holds f32 ones)
   if (body.some((l) => l.includes('red_v['))) out.push(`var<workgroup> red_v: array<i32, ${threads}>;`);
   out.push('');
@@ -121,7 +130,7 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
   }
   out.push(...body);
   out.push('}');
-  return { code: out.join('\n') + '\n', bindings };
+  return { code: out.join('\n') + '\n', bindings, rows: sk.grid.rows };
 }
 
 /** load_bN(i) (and store_bN(i, v) for written buffers) over the buffer's chunks and packing. */

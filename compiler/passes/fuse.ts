@@ -452,7 +452,13 @@ function mergeNormPrologues(p: Partition): void {
       feedsWeights ||= m.op === Op.Matmul && p.deps(m.inputs[1]).has(r);
     }
     const [c] = consumers;
-    if (consumers.size === 1 && !escapes && !feedsWeights && c.kind === 'contraction') {
+    // A projection of many rows runs as tiles (a GEMM, backends/lower.ts): each tile would recompute the norm of
+    // its rows once per tile of columns. The norm stays a kernel of its own, writing the normalised rows once
+    // (S × hidden f32: 4 MiB at 512 tokens of Llama-3.2-1B, a few µs), which the tiles load.
+    const manyRows = c?.matmuls.some((m) => m.inputs[0].type.shape.length === 2 && m.inputs[0].type.shape[0] !== 1);
+    if (consumers.size === 1 && !escapes && !feedsWeights && c.kind === 'contraction' && manyRows) {
+      p.explain(`kept apart: the ${n.op} over rows of ${formatType(n.inputs[0].type)} stays a kernel of its own (the normalised rows written once): the projection runs as tiles of rows (GEMM), and every tile of columns would recompute it`);
+    } else if (consumers.size === 1 && !escapes && !feedsWeights && c.kind === 'contraction') {
       p.merge(c, r, 'contraction', `the ${n.op} over rows of ${formatType(n.inputs[0].type)} is recomputed in the prologue of the projection it scales, saving ${p.bytes(n.inputs[0])} of normalised activations`);
     }
   }
@@ -596,8 +602,36 @@ function explainBoundaries(fused: Graph, p: Partition): void {
   }
 }
 
+/** Ops in a chain (since an anchor or a value with no node) after which cutDeepChains starts a kernel. */
+export const maxChainDepth = 512;
+
+/**
+ * Cuts elementwise chains deeper than maxChainDepth (`for (…3000…) x = x.add(1)`) into kernels: a kernel computes
+ * an expression per output, and the partition's searches, the lowering and the code generators walk expressions
+ * recursively, so an unbounded chain overflows the stack. Runs first, when only anchors have kernels: each op
+ * counts the ops of its longest chain since an anchor, a value with no node or a cut, and an op that would pass
+ * the bound gets a kernel of its own and restarts the count. Its kernel recomputes at most the bound before it,
+ * and the ops after it join it as epilogues up to the next cut, so no kernel holds a chain of more than twice the
+ * bound. Real models stay far below it: a Llama layer adds two ops to the residual stream's chain.
+ */
+function cutDeepChains(p: Partition): void {
+  const depth = new Map<Value, number>();
+  for (const n of p.g.nodes) {
+    if (anchorKind(n)) continue;
+    const d = 1 + n.inputs.reduce((m, v) => Math.max(m, depth.get(v) ?? 0), 0);
+    if (d <= maxChainDepth) {
+      depth.set(n.output, d);
+      continue;
+    }
+    p.add(p.newGroup('elementwise'), n);
+    p.explain(`cut: ${n.op} ${formatType(n.output.type)}${n.loc ? ` (${n.loc})` : ''} is ${d} ops deep: it starts a kernel ` +
+      'of its own, as a deeper expression would overflow the code generators');
+  }
+}
+
 export function fuse(g: Graph, ctx: PassContext): Graph {
   const p = new Partition(g, ctx);
+  cutDeepChains(p);
   mergeReductionChains(p);
   mergeAttention(p);
   mergePairedProjections(p);

@@ -7,7 +7,7 @@
 // stream capture instantiated as a CUDA graph, replayed with one launch; a read is an asynchronous copy into pinned
 // memory and an event, polled without blocking (so reads in flight never stall what is queued after them).
 
-import { evalSize, KernelIR } from '../../backends/kernel-ir.ts';
+import { evalSize, KernelIR, KExpr } from '../../backends/kernel-ir.ts';
 import { CUDA_BLOCK, renderCudaModule } from '../../backends/cuda/render-cuda.ts';
 import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
 import { DType } from '../../ir/dtype.ts';
@@ -17,7 +17,7 @@ import { numel } from '../../ir/shape.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from '../cuda/driver.ts';
 import { CudaUnavailableError } from '../cuda/errors.ts';
 import { compileCuda, CompiledImage } from '../cuda/nvrtc.ts';
-import { BufferKey, bufferKey, checkSizes, planBuffers, Device, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
+import { BufferKey, bufferKey, checkSizes, planBuffers, Device, gemmFlops, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
 
@@ -73,6 +73,8 @@ export class CudaDevice implements Device {
 }
 
 interface CudaKernel {
+  /** Blocks to launch (the schedule's grid: a GEMM's tiles, else the kernel's rows). */
+  readonly rows: KExpr;
   readonly ir: KernelIR;
   readonly fn: Handle;
   readonly sharedBytes: number;
@@ -156,7 +158,7 @@ export class CudaProgram implements Program {
     const { from, to } = kernelSpan(g.kernels.length, kernels);
     checkSizes(sizes, this.opts.maxSizes);
     const args = this.argsFor(g, sizes);
-    const rows = g.kernels.map((k) => evalSize(k.ir.rows, sizes));
+    const rows = g.kernels.map((k) => evalSize(k.rows, sizes));
     this.queued('run');
     g.kernels.forEach((k, i) => {
       if (rows[i] > 0 && i >= from && i < to) this.cuda.launch(k.fn, Math.min(rows[i], MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes);
@@ -248,7 +250,7 @@ export class CudaProgram implements Program {
     const events = g.kernels.map(() => [this.cuda.event(), this.cuda.event()]);
     try {
       g.kernels.forEach((k, i) => {
-        const rows = evalSize(k.ir.rows, sizes);
+        const rows = evalSize(k.rows, sizes);
         this.cuda.record(events[i][0]);
         if (rows > 0) this.cuda.launch(k.fn, Math.min(rows, MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes);
         this.cuda.record(events[i][1]);
@@ -257,7 +259,7 @@ export class CudaProgram implements Program {
       const graphKernels = g.lowered.graph.kernels;
       return g.kernels.map((k, i) => ({
         kernel: k.ir.name, kind: String(graphKernels[i]?.attrs.kind ?? ''), us: this.cuda.elapsed(events[i][0], events[i][1]) * 1e3,
-        bytes: k.ir.buffers.reduce((s, b) => s + cudaBytes(b.dtype, evalSize(b.elems, sizes)), 0),
+        bytes: k.ir.buffers.reduce((s, b) => s + cudaBytes(b.dtype, evalSize(b.elems, sizes)), 0), flops: gemmFlops(k.ir, sizes),
         last: k.ir.fused[k.ir.fused.length - 1] ?? '',
       }));
     } finally {
@@ -375,6 +377,6 @@ export class CudaProgram implements Program {
     this.modules.push(mod);
     const fns = new Map<string, Handle>();
     for (const f of functions) if (!fns.has(f.name)) fns.set(f.name, this.cuda.getFunction(mod, f.name, f.dynamicSharedBytes));
-    return lg.kernels.map((ir, i) => ({ ir, fn: fns.get(functions[i].name)!, sharedBytes: functions[i].dynamicSharedBytes }));
+    return lg.kernels.map((ir, i) => ({ ir, rows: functions[i].rows, fn: fns.get(functions[i].name)!, sharedBytes: functions[i].dynamicSharedBytes }));
   }
 }

@@ -1,7 +1,7 @@
 // Loading a module on a WebGPU device: its buffers allocated once per name at the largest sizes, weights uploaded
 // from the parameter store, and per graph one pipeline and bind group per kernel with the sizes in one uniform.
 
-import { evalSize, KernelIR, varsOf } from '../../backends/kernel-ir.ts';
+import { evalSize, KernelIR, KExpr, varsOf } from '../../backends/kernel-ir.ts';
 import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
 import { BufferLayout, renderWgsl } from '../../backends/wgsl/render-wgsl.ts';
 import { DType } from '../../ir/dtype.ts';
@@ -11,6 +11,8 @@ import { boolWords, deviceByteLength } from './device-bytes.ts';
 
 export interface GpuKernel {
   readonly ir: KernelIR;
+  /** Workgroups it dispatches (the schedule's grid). */
+  readonly rows: KExpr;
   readonly pipeline: GPUComputePipeline;
   readonly bindGroup: GPUBindGroup;
 }
@@ -77,7 +79,7 @@ export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: Readonly
       const chunks = Math.max(1, Math.ceil(buf.size / chunkBytes));
       return { chunks, chunkWords: chunks > 1 ? chunkBytes / 4 : 0 };
     });
-    const { code, bindings } = renderWgsl(ir, { layouts, subgroups: gpu.features.has('subgroups') });
+    const { code, bindings, rows } = renderWgsl(ir, { layouts, subgroups: gpu.features.has('subgroups') });
     let pipeline = pipelines.get(code);
     if (!pipeline) {
       // An explicit layout: 'auto' would drop bindings the shader happens not to read (a buffer read only as vec4s).
@@ -102,9 +104,9 @@ export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: Readonly
       const offset = b.chunk * chunkBytes;
       return { binding, resource: { buffer: buf, offset, size: Math.min(chunkBytes, buf.size - offset) } };
     });
-    return { ir, pipeline, bindGroup: gpu.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: `${g.name}.${ir.name}` }) };
+    return { ir, rows, pipeline, bindGroup: gpu.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: `${g.name}.${ir.name}` }) };
   });
-  const uses = [...new Set(lg.kernels.flatMap((k) => [...k.sizes, ...varsOf(k.rows)]))].sort();
+  const uses = [...new Set(kernels.flatMap((k) => [...k.ir.sizes, ...varsOf(k.rows)]))].sort();
   return { lowered: lg, kernels, uniform, stride, uses, pending: false };
 }
 
@@ -113,7 +115,7 @@ export function sizeWords(g: GpuGraph, sizes: Sizes): Int32Array {
   const words = new Int32Array((g.stride / 4) * Math.max(1, g.kernels.length));
   g.kernels.forEach((k, i) => {
     const at = (i * g.stride) / 4;
-    words[at] = evalSize(k.ir.rows, sizes);
+    words[at] = evalSize(k.rows, sizes);
     k.ir.sizes.forEach((s, j) => { words[at + 1 + j] = sizes[s]; });
   });
   return words;

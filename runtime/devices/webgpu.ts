@@ -14,7 +14,7 @@ import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
 import { allocHost, HostTensor } from '../../ir/host-tensor.ts';
 import { numel } from '../../ir/shape.ts';
-import { BufferKey, checkSizes, Device, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
+import { BufferKey, checkSizes, Device, gemmFlops, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
 import { WebGpuUnavailableError } from '../webgpu/errors.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
@@ -163,7 +163,7 @@ class WebGpuProgram implements Program {
     checkSizes(sizes, this.opts.maxSizes);
     // Kernels outside the range are dispatched with no workgroups, that is, not at all.
     const { from, to } = kernelSpan(g.kernels.length, kernels);
-    const groups = g.kernels.map((k, i) => (i >= from && i < to ? evalSize(k.ir.rows, sizes) : 0));
+    const groups = g.kernels.map((k, i) => (i >= from && i < to ? evalSize(k.rows, sizes) : 0));
     this.queue({ k: 'run', graph: g, sizes: { ...sizes }, groups });
   }
 
@@ -265,7 +265,7 @@ class WebGpuProgram implements Program {
     const n = g.kernels.length;
     const us: number[] = [];
     const dispatch = (pass: GPUComputePassEncoder, k: GpuKernel) => {
-      const groups = evalSize(k.ir.rows, sizes);
+      const groups = evalSize(k.rows, sizes);
       pass.setPipeline(k.pipeline);
       pass.setBindGroup(0, k.bindGroup);
       if (groups > 0) pass.dispatchWorkgroups(Math.min(groups, MAX_GROUPS), Math.ceil(groups / MAX_GROUPS));
@@ -303,7 +303,7 @@ class WebGpuProgram implements Program {
     const graphKernels = g.lowered.graph.kernels;
     return g.kernels.map((k, i) => ({
       kernel: k.ir.name, kind: String(graphKernels[i]?.attrs.kind ?? ''), us: us[i],
-      bytes: k.ir.buffers.reduce((s, b) => s + deviceByteLength(b.dtype, evalSize(b.elems, sizes), 'words'), 0),
+      bytes: k.ir.buffers.reduce((s, b) => s + deviceByteLength(b.dtype, evalSize(b.elems, sizes), 'words'), 0), flops: gemmFlops(k.ir, sizes),
       last: k.ir.fused[k.ir.fused.length - 1] ?? '',
     }));
   }

@@ -63,9 +63,17 @@ test('a matmul with a residual add is one kernel (the add is its epilogue)', () 
   assert.is(r.kernels[0].attrs.kind, 'contraction');
 });
 
-test('RMSNorm feeding a projection is one kernel (the norm is its prologue)', () => {
-  const r = kernelsOf(['S', 8], (x) => rmsNorm(x, param('w', F, [8])).matmul(param('p', F, [16, 8]).transpose()));
+test('RMSNorm feeding a projection of one row is one kernel (the norm is its prologue)', () => {
+  const r = kernelsOf([1, 8], (x) => rmsNorm(x, param('w', F, [8])).matmul(param('p', F, [16, 8]).transpose()));
   assertKernels('norm + projection', r, 1);
+});
+
+test('RMSNorm feeding a projection of many rows is a norm kernel, then tiles (GEMM) reading the normalised rows', () => {
+  for (const rows of ['S', 4] as const) {
+    const r = kernelsOf([rows, 8], (x) => rmsNorm(x, param('w', F, [8])).matmul(param('p', F, [16, 8]).transpose()));
+    assertKernels(`norm + projection of ${rows} rows`, r, 2);
+    assert.equal(r.kernels.map((k) => k.attrs.kind), ['reduce', 'contraction']);
+  }
 });
 
 test('gate and up projections combined by silu·mul are one kernel', () => {

@@ -203,7 +203,7 @@ test('generate: token ids alone on stdout, the timing on stderr', () => {
 });
 
 test('compile --config prints a summary; --json alone prints it as JSON', () => {
-  assert.match(succeeds('compile', '--config', 'llama-tiny'), /^builtin:llama-tiny: @prefill \d+ nodes → \d+ kernels, @decode \d+ nodes → \d+ kernels/);
+  assert.match(succeeds('compile', '--config', 'llama-tiny'), /^builtin:llama-tiny: @prefill \d+ nodes → \d+ kernels, @prompt \d+ nodes → \d+ kernels, @decode \d+ nodes → \d+ kernels/);
   const json = JSON.parse(succeeds('compile', '--config', 'llama-tiny', '--json'));
   assert.is(json.model, 'builtin:llama-tiny');
   assert.ok(json.graphs.decode.kernels > 0 && json.graphs.decode.kernels < json.graphs.decode.nodes, JSON.stringify(json));

@@ -54,8 +54,22 @@ function worstRelativeError(ours: Float32Array, ref: Float32Array, vocab: number
   return worst;
 }
 
-for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
-  s(`${fixture}: logits within 1e-3, 32 greedy tokens as Hugging Face's, heard in order as the read-backs land`, async () => {
+/** The row-wise argmax of [rows, vocab] logits. */
+function argmaxRows(x: Float32Array, vocab: number): number[] {
+  const out: number[] = [];
+  for (let r = 0; r * vocab < x.length; r++) {
+    let best = r * vocab;
+    for (let j = best; j < (r + 1) * vocab; j++) if (x[j] > x[best]) best = j;
+    out.push(best - r * vocab);
+  }
+  return out;
+}
+
+// A bf16 checkpoint's prefill projections run on bf16 matrix units: their left operand (the f32 activations) is
+// rounded to bf16 (8 bits of mantissa) as tiles load, so its logits are held to 1e-2 of Hugging Face's float32
+// ones, with the same argmax at every position; f32 checkpoints run f32 tiles, to 1e-3.
+for (const [fixture, tolerance] of [['tiny-llama', 1e-3], ['tiny-llama3-bf16', 1e-2]] as const) {
+  s(`${fixture}: logits within ${tolerance} and the same argmax, 32 greedy tokens as Hugging Face's, heard in order as the read-backs land`, async () => {
     if (!enabled) return;
     const dir = path.join(fixtures, fixture);
     const gold = golden(dir);
@@ -64,7 +78,8 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
       const logits = await llama.logits(gold.ids);
       assert.equal(logits.shape, [gold.ids.length, gold.vocab]);
       const err = worstRelativeError(logits.data as Float32Array, gold.logits, gold.vocab);
-      assert.ok(err < 1e-3, `relative error ${err}`);
+      assert.ok(err < tolerance, `relative error ${err}`);
+      assert.equal(argmaxRows(logits.data as Float32Array, gold.vocab), argmaxRows(gold.logits, gold.vocab));
       const heard: number[] = [];
       const tokens = await llama.generate(gold.ids, 32, {}, (t) => heard.push(t));
       assert.equal(tokens, gold.greedy);

@@ -22,6 +22,7 @@
 #define __align__(n) __attribute__((aligned(n)))
 
 struct uint4 { unsigned x, y, z, w; };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 struct float4 { float x, y, z, w; };
 
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
@@ -204,6 +205,21 @@ T __shfl_xor_sync(unsigned, T v, int lane_mask) {
   T r;
   std::memcpy(&r, &other, sizeof(T));
   // Nobody overwrites a slot until every lane has read its partner's.
+  tf_fake::yield_as(tf_fake::WaitWarp);
+  return r;
+}
+
+template <typename T>
+T __shfl_sync(unsigned, T v, int src_lane) {
+  static_assert(sizeof(T) <= 8, "shuffle of a wide type");
+  const unsigned t = threadIdx.x;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  tf_fake::slots[t] = bits;
+  tf_fake::yield_as(tf_fake::WaitWarp);
+  const uint64_t other = tf_fake::slots[(t & ~31u) | (static_cast<unsigned>(src_lane) & 31u)];
+  T r;
+  std::memcpy(&r, &other, sizeof(T));
   tf_fake::yield_as(tf_fake::WaitWarp);
   return r;
 }

@@ -1,0 +1,206 @@
+// A GEMM kernel (KernelIR.gemm) in CUDA C: each block computes a tile of rows × columns of every product, looping
+// over the depth in steps staged through shared memory, then runs the epilogue at each output it holds.
+//   mma-bf16: 8 warps as 4 × 2, each a 16 × 32 block of the 64 × 64 tile, by m16n8k16 matrix instructions. The
+//             left operand (the prologue, computed as the tile loads) is rounded to bf16 as it is staged; the
+//             weights are read 16 bytes at a time. The next step's global loads are issued before this step's
+//             matrix instructions, so their latency hides behind them.
+//   fma:      each thread a 4 × 4 block of outputs by f32 multiply-adds (any operand types).
+
+import { GemmIR, KExpr } from '../kernel-ir.ts';
+import { ExprPrinter } from '../render-base.ts';
+import { GemmPlan } from '../schedule.ts';
+import { storeValue } from './render-cuda.ts';
+
+/** The function body after the signature: the tile loop over the grid's rows. */
+export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPrinter, out: string[]): void {
+  out.push(`  const int tf_m_total = ${p.expr(rows, out, '  ')};`);
+  const rowTiles = p.expr(plan.rowTiles, out, '  ');
+  out.push(`  const int tf_row_tiles = ${rowTiles};`);
+  out.push(`  const int tf_tiles = tf_row_tiles * ${plan.columnTiles};`);
+  out.push('  for (int tf_tile = blockIdx.x; tf_tile < tf_tiles; tf_tile += gridDim.x) {');
+  // Tiles along the rows are neighbours: the blocks sharing a weight tile run together and read it from L2.
+  out.push(`    const int tf_m0 = (tf_tile % tf_row_tiles) * ${plan.tileRows};`);
+  out.push(`    const int tf_n0 = (tf_tile / tf_row_tiles) * ${plan.tileColumns};`);
+  if (plan.units === 'mma-bf16') mmaTile(g, plan, p, out);
+  else if (plan.units === 'fma') fmaTile(g, plan, p, out);
+  else throw new Error(`CUDA: no GEMM of ${plan.units} units`);
+  out.push('  }');
+}
+
+/** Stores of the epilogue at (m, n), the accumulators already bound to the names the stores read. */
+function epilogue(g: GemmIR, p: ExprPrinter, out: string[], indent: string): void {
+  for (const st of g.stores) {
+    const value = p.expr(st.value, out, indent);
+    const index = p.expr(st.index, out, indent);
+    out.push(`${indent}b${st.buf}[${index}] = ${storeValue(p.buffers[st.buf].dtype, value, st.value.t)};`);
+  }
+}
+
+function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void {
+  const { tileRows: TM, tileColumns: TN, tileDepth: TD } = plan;
+  if (TM !== 64 || TN !== 64 || TD % 32 !== 0) throw new Error(`CUDA: mma tiles of ${TM} × ${TN} × ${TD} are not printed`);
+  // bf16 elements per staged row: 8 more than the depth, so the rows of a warp's fragment reads start 4 banks
+  // apart and its 32 lanes read 32 distinct banks.
+  const pitch = TD + 8;
+  // Elements along the depth each thread stages per row, and its 16-byte weight loads per product.
+  const per = TD / 4;
+  const vecs = per / 8;
+  const ops = g.b.length;
+  const i = '    ';
+  out.push(`${i}__shared__ __align__(16) unsigned short tf_as[${TM * pitch}];`);
+  out.push(`${i}__shared__ __align__(16) unsigned short tf_bs[${ops * TN * pitch}];`);
+  out.push(`${i}const int tf_lane = threadIdx.x & 31, tf_warp = threadIdx.x >> 5;`);
+  out.push(`${i}const int tf_g = tf_lane >> 2, tf_q = tf_lane & 3;`);
+  out.push(`${i}const int tf_wm = (tf_warp >> 1) * 16, tf_wn = (tf_warp & 1) * 32;`);
+  // Each thread stages 8 neighbouring elements along the depth: of the left operand at row t / 4, and of each
+  // right operand at column t / 4.
+  out.push(`${i}const int tf_sr = threadIdx.x >> 2, tf_sc = (threadIdx.x & 3) * ${per};`);
+  out.push(`${i}float tf_c[${ops * 16}];`);
+  out.push(`${i}#pragma unroll`);
+  out.push(`${i}for (int tf_i = 0; tf_i < ${ops * 16}; tf_i++) tf_c[tf_i] = 0.0f;`);
+  out.push(`${i}float tf_ra[${per}];`);
+  out.push(`${i}uint4 tf_rb[${ops * vecs}];`);
+  // Global loads of the step at depth k0 into registers.
+  const load = (indent: string, k0: string) => {
+    const inner = indent + '  ';
+    out.push(`${indent}{`);
+    out.push(`${inner}const int ${g.m} = tf_m0 + tf_sr;`);
+    out.push(`${inner}#pragma unroll`);
+    out.push(`${inner}for (int tf_j = 0; tf_j < ${per}; tf_j++) {`);
+    out.push(`${inner}  const int ${g.k} = ${k0} + tf_sc + tf_j;`);
+    out.push(`${inner}  float tf_v = 0.0f;`);
+    out.push(`${inner}  if (${g.m} < tf_m_total) {`);
+    out.push(`${inner}    tf_v = ${p.expr(g.a, out, inner + '    ')};`);
+    out.push(`${inner}  }`);
+    out.push(`${inner}  tf_ra[tf_j] = tf_v;`);
+    out.push(`${inner}}`);
+    out.push(`${inner}const int ${g.n} = tf_n0 + tf_sr;`);
+    for (let v = 0; v < vecs; v++) {
+      out.push(`${inner}{`);
+      out.push(`${inner}  const int ${g.k} = ${k0} + tf_sc + ${v * 8};`);
+      g.b.forEach((b, o) => {
+        if (b.k !== 'load') throw new Error('CUDA: an mma GEMM reads its weights directly');
+        const index = p.expr(b.index, out, inner + '  ');
+        out.push(`${inner}  tf_rb[${o * vecs + v}] = ${g.n} < ${g.columns} ? __ldg(reinterpret_cast<const uint4*>(b${b.buf} + ${index})) : make_uint4(0u, 0u, 0u, 0u);`);
+      });
+      out.push(`${inner}}`);
+    }
+    out.push(`${indent}}`);
+  };
+  const stage = (indent: string) => {
+    for (let v = 0; v < vecs; v++) {
+      const q = (x: number) => `tf_pack_bf16(tf_ra[${v * 8 + 2 * x}], tf_ra[${v * 8 + 2 * x + 1}])`;
+      out.push(`${indent}*reinterpret_cast<uint4*>(tf_as + tf_sr * ${pitch} + tf_sc + ${v * 8}) = make_uint4(${q(0)}, ${q(1)}, ${q(2)}, ${q(3)});`);
+      for (let o = 0; o < ops; o++) out.push(`${indent}*reinterpret_cast<uint4*>(tf_bs + ${o * TN * pitch} + tf_sr * ${pitch} + tf_sc + ${v * 8}) = tf_rb[${o * vecs + v}];`);
+    }
+  };
+  load(i, '0');
+  stage(i);
+  out.push(`${i}__syncthreads();`);
+  out.push(`${i}for (int tf_k0 = 0; tf_k0 < ${g.depth}; tf_k0 += ${TD}) {`);
+  const j = i + '  ';
+  out.push(`${j}const bool tf_more = tf_k0 + ${TD} < ${g.depth};`);
+  out.push(`${j}if (tf_more) {`);
+  out.push(`${j}  const int tf_k1 = tf_k0 + ${TD};`);
+  load(`${j}  `, 'tf_k1');
+  out.push(`${j}}`);
+  out.push(`${j}#pragma unroll`);
+  out.push(`${j}for (int tf_kk = 0; tf_kk < ${TD}; tf_kk += 16) {`);
+  out.push(`${j}  unsigned tf_fa[4];`);
+  out.push(`${j}  const unsigned short* tf_pa = tf_as + (tf_wm + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
+  out.push(`${j}  tf_fa[0] = *reinterpret_cast<const unsigned*>(tf_pa);`);
+  out.push(`${j}  tf_fa[1] = *reinterpret_cast<const unsigned*>(tf_pa + ${8 * pitch});`);
+  out.push(`${j}  tf_fa[2] = *reinterpret_cast<const unsigned*>(tf_pa + 8);`);
+  out.push(`${j}  tf_fa[3] = *reinterpret_cast<const unsigned*>(tf_pa + ${8 * pitch + 8});`);
+  out.push(`${j}  #pragma unroll`);
+  out.push(`${j}  for (int tf_o = 0; tf_o < ${ops}; tf_o++) {`);
+  out.push(`${j}    #pragma unroll`);
+  out.push(`${j}    for (int tf_ni = 0; tf_ni < 4; tf_ni++) {`);
+  out.push(`${j}      unsigned tf_fb[2];`);
+  out.push(`${j}      const unsigned short* tf_pb = tf_bs + tf_o * ${TN * pitch} + (tf_wn + tf_ni * 8 + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
+  out.push(`${j}      tf_fb[0] = *reinterpret_cast<const unsigned*>(tf_pb);`);
+  out.push(`${j}      tf_fb[1] = *reinterpret_cast<const unsigned*>(tf_pb + 8);`);
+  out.push(`${j}      tf_mma_bf16(tf_c + tf_o * 16 + tf_ni * 4, tf_fa, tf_fb);`);
+  out.push(`${j}    }`);
+  out.push(`${j}  }`);
+  out.push(`${j}}`);
+  out.push(`${j}__syncthreads();`);
+  out.push(`${j}if (tf_more) {`);
+  stage(`${j}  `);
+  out.push(`${j}}`);
+  out.push(`${j}__syncthreads();`);
+  out.push(`${i}}`);
+  // c[ni * 4 + r]: row g (+ 8 for r ≥ 2), column 2q + (r & 1) of the warp's n8 block ni.
+  out.push(`${i}#pragma unroll`);
+  out.push(`${i}for (int tf_ni = 0; tf_ni < 4; tf_ni++) {`);
+  out.push(`${i}  #pragma unroll`);
+  out.push(`${i}  for (int tf_r = 0; tf_r < 4; tf_r++) {`);
+  out.push(`${i}    const int ${g.m} = tf_m0 + tf_wm + tf_g + (tf_r >> 1) * 8;`);
+  out.push(`${i}    const int ${g.n} = tf_n0 + tf_wn + tf_ni * 8 + tf_q * 2 + (tf_r & 1);`);
+  out.push(`${i}    if (${g.m} < tf_m_total && ${g.n} < ${g.columns}) {`);
+  g.accs.forEach((acc, o) => out.push(`${i}      const float ${acc} = tf_c[${o * 16} + tf_ni * 4 + tf_r];`));
+  epilogue(g, p, out, `${i}      `);
+  out.push(`${i}    }`);
+  out.push(`${i}  }`);
+  out.push(`${i}}`);
+}
+
+function fmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void {
+  const { tileRows: TM, tileColumns: TN, tileDepth: TD } = plan;
+  const per = 4;
+  if ((TM / per) * (TN / per) !== 256) throw new Error(`CUDA: no fma tiles of ${TM} × ${TN} for 256 threads`);
+  const ops = g.b.length;
+  const i = '    ';
+  out.push(`${i}__shared__ float tf_as[${TD * TM}];`);
+  out.push(`${i}__shared__ float tf_bs[${ops * TD * TN}];`);
+  out.push(`${i}const int tf_tr = (threadIdx.x / ${TN / per}) * ${per}, tf_tc = (threadIdx.x % ${TN / per}) * ${per};`);
+  out.push(`${i}float tf_c[${ops * per * per}];`);
+  out.push(`${i}for (int tf_i = 0; tf_i < ${ops * per * per}; tf_i++) tf_c[tf_i] = 0.0f;`);
+  out.push(`${i}for (int tf_k0 = 0; tf_k0 < ${g.depth}; tf_k0 += ${TD}) {`);
+  const j = i + '  ';
+  // Element e of a tile: row (or column) e / TD, depth e % TD, so neighbouring threads read along the depth.
+  out.push(`${j}for (int tf_e = threadIdx.x; tf_e < ${TM * TD}; tf_e += TF_BLOCK) {`);
+  out.push(`${j}  const int ${g.m} = tf_m0 + tf_e / ${TD};`);
+  out.push(`${j}  const int ${g.k} = tf_k0 + tf_e % ${TD};`);
+  out.push(`${j}  float tf_v = 0.0f;`);
+  out.push(`${j}  if (${g.m} < tf_m_total && ${g.k} < ${g.depth}) {`);
+  out.push(`${j}    tf_v = ${p.expr(g.a, out, j + '    ')};`);
+  out.push(`${j}  }`);
+  out.push(`${j}  tf_as[(tf_e % ${TD}) * ${TM} + tf_e / ${TD}] = tf_v;`);
+  out.push(`${j}}`);
+  out.push(`${j}for (int tf_e = threadIdx.x; tf_e < ${TN * TD}; tf_e += TF_BLOCK) {`);
+  out.push(`${j}  const int ${g.n} = tf_n0 + tf_e / ${TD};`);
+  out.push(`${j}  const int ${g.k} = tf_k0 + tf_e % ${TD};`);
+  g.b.forEach((b, o) => {
+    out.push(`${j}  {`);
+    out.push(`${j}    float tf_v = 0.0f;`);
+    out.push(`${j}    if (${g.n} < ${g.columns} && ${g.k} < ${g.depth}) {`);
+    out.push(`${j}      tf_v = ${p.expr(b, out, j + '      ')};`);
+    out.push(`${j}    }`);
+    out.push(`${j}    tf_bs[${o * TD * TN} + (tf_e % ${TD}) * ${TN} + tf_e / ${TD}] = tf_v;`);
+    out.push(`${j}  }`);
+  });
+  out.push(`${j}}`);
+  out.push(`${j}__syncthreads();`);
+  out.push(`${j}#pragma unroll 4`);
+  out.push(`${j}for (int tf_d = 0; tf_d < ${TD}; tf_d++) {`);
+  out.push(`${j}  float tf_a[${per}];`);
+  out.push(`${j}  for (int tf_x = 0; tf_x < ${per}; tf_x++) tf_a[tf_x] = tf_as[tf_d * ${TM} + tf_tr + tf_x];`);
+  out.push(`${j}  for (int tf_o = 0; tf_o < ${ops}; tf_o++) {`);
+  out.push(`${j}    for (int tf_y = 0; tf_y < ${per}; tf_y++) {`);
+  out.push(`${j}      const float tf_b = tf_bs[tf_o * ${TD * TN} + tf_d * ${TN} + tf_tc + tf_y];`);
+  out.push(`${j}      for (int tf_x = 0; tf_x < ${per}; tf_x++) tf_c[tf_o * ${per * per} + tf_x * ${per} + tf_y] += tf_a[tf_x] * tf_b;`);
+  out.push(`${j}    }`);
+  out.push(`${j}  }`);
+  out.push(`${j}}`);
+  out.push(`${j}__syncthreads();`);
+  out.push(`${i}}`);
+  out.push(`${i}for (int tf_i = 0; tf_i < ${per * per}; tf_i++) {`);
+  out.push(`${i}  const int ${g.m} = tf_m0 + tf_tr + tf_i / ${per};`);
+  out.push(`${i}  const int ${g.n} = tf_n0 + tf_tc + tf_i % ${per};`);
+  out.push(`${i}  if (${g.m} < tf_m_total && ${g.n} < ${g.columns}) {`);
+  g.accs.forEach((acc, o) => out.push(`${i}    const float ${acc} = tf_c[${o * per * per} + tf_i];`));
+  epilogue(g, p, out, `${i}    `);
+  out.push(`${i}  }`);
+  out.push(`${i}}`);
+}
