@@ -87,6 +87,35 @@ export interface GemmIR {
   readonly stores: readonly { readonly buf: number; readonly index: KExpr; readonly value: KExpr }[];
 }
 
+/**
+ * Attention over many query rows as tiles (the prefill's): for each batch index b (heads) and query i < queries,
+ *   out(b, i, e) = Σ_t softmax_t(score(b, i, t)) · v(b, t, e),   score read from qk = Σ_d q(b, i, d) · k(b, d, t)
+ * computed with an online softmax over tiles of keys, so no row of scores is ever whole. Keys at or past `limit`
+ * (an expression of b and i, when the score masks them to −∞: the causal bound) are skipped.
+ */
+export interface FlashIR {
+  readonly b: string;
+  readonly i: string;
+  readonly t: string;
+  readonly d: string;
+  readonly e: string;
+  readonly batch: number;
+  readonly queries: KExpr;
+  readonly keys: number;
+  readonly depth: number;
+  readonly width: number;
+  readonly q: KExpr;
+  readonly k: KExpr;
+  /** Reads `qk` (the product at (b, i, t)). */
+  readonly score: KExpr;
+  readonly qk: string;
+  readonly v: KExpr;
+  readonly limit?: KExpr;
+  /** Stores at (b, i, e) reading `out`. */
+  readonly out: string;
+  readonly stores: readonly { readonly buf: number; readonly index: KExpr; readonly value: KExpr }[];
+}
+
 export interface KernelIR {
   readonly name: string;
   /** What fusion built the kernel around (it decided the rows). */
@@ -101,6 +130,8 @@ export interface KernelIR {
   readonly body: readonly KStmt[];
   /** Set for a contraction run as tiles; the body is then empty. */
   readonly gemm?: GemmIR;
+  /** Set for attention run as tiles of queries and keys; the body is then empty. */
+  readonly flash?: FlashIR;
 }
 
 export const ROW = 'row';

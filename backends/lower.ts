@@ -154,9 +154,13 @@ class KernelLowering {
   /** `writes`: what the kernel writes (kernelIO); `fused`: its nodes as the graph prints them. */
   lower(writes: readonly Value[], fused: readonly string[]): KernelIR {
     const gemm = gemmOperands(this.k, writes);
-    if (gemm) {
+    const flash = gemm ? undefined : flashOperands(this.k, writes);
+    if (gemm || flash) {
       try {
-        return this.lowerGemm(gemm, writes, fused);
+        const ir = gemm ? this.lowerGemm(gemm, writes, fused) : this.lowerFlash(flash!, writes, fused);
+        // An operand that needed statements of its own (a row-local array) does not fit the tiles.
+        if (this.body.length > 0) throw new NotGemm();
+        return ir;
       } catch (e) {
         if (!(e instanceof NotGemm)) throw e;
         // An epilogue that reads a product at another index: lowered row by row, by a fresh lowering.
@@ -164,6 +168,54 @@ class KernelLowering {
       }
     }
     return this.lowerRows(writes, fused);
+  }
+
+  /**
+   * Attention over many query rows as tiles: the scores' product's operands at (b, i, d) and (b, d, t), the
+   * scores at (b, i, t) reading the product, v at (b, t, e), and the written values at (b, i, e) reading the
+   * output; b runs over the batch dimensions (the heads) as one index.
+   */
+  private lowerFlash(f: FlashOperands, writes: readonly Value[], fused: readonly string[]): KernelIR {
+    const batch = f.batchShape.reduce((a, x) => a * x, 1);
+    // (Not `b…` or `t…`: the printers name buffers b0, b1… and temporaries t0, t1….)
+    const [b, i] = [this.bounded('head', int(batch)), this.fresh('i')];
+    const [t, d, e] = [this.bounded('key', int(f.keys)), this.bounded('d', int(f.depth)), this.bounded('e', int(f.width))];
+    const [bv, iv, tv, dv, ev] = [b, i, t, d, e].map(ivar);
+    const bIdx = this.delinear(bv, f.batchShape);
+    const lead = (v: Value) => this.broadcastIndex(bIdx, v.type.shape.slice(0, -2));
+    const [qk, pv] = [f.qk, f.pv];
+    const q = this.expr(qk.inputs[0], [...lead(qk.inputs[0]), iv, dv]);
+    const k = this.expr(qk.inputs[1], [...lead(qk.inputs[1]), dv, tv]);
+    const v = this.expr(pv.inputs[1], [...lead(pv.inputs[1]), tv, ev]);
+    const [qkName, outName] = [this.fresh('qk'), this.fresh('out')];
+    this.gemmAccs.set(qk, { key: JSON.stringify([...bIdx, iv, tv]), value: { k: 'var', name: qkName, t: 'f32' } });
+    this.gemmAccs.set(pv, { key: JSON.stringify([...bIdx, iv, ev]), value: { k: 'var', name: outName, t: 'f32' } });
+    const score = this.expr(f.scores, [...bIdx, iv, tv]);
+    const reads = (x: KExpr, ...names: string[]) => names.some((n) => varsOf(x).has(n));
+    if (reads(q, t, e) || reads(k, i, e) || reads(v, i, d) || reads(score, d, e)) throw new NotGemm();
+    const stores: { buf: number; index: KExpr; value: KExpr }[] = [];
+    for (const w of writes) {
+      const idx = [...bIdx, iv, ev];
+      const value = this.expr(w, idx);
+      const index = this.linear(idx, w.type.shape);
+      const outputs = this.g.outputs.flatMap((o, j) => (o === w ? [j] : []));
+      const bindings: Binding[] = outputs.length ? outputs.map((index) => ({ kind: 'output', index })) : [this.binding(w)];
+      for (const binding of bindings) stores.push({ buf: this.buffer(w, true, binding), index, value });
+    }
+    const queries = this.dim(f.queries);
+    return {
+      name: this.k.name,
+      kind: this.k.attrs.kind,
+      fused,
+      buffers: this.buffers,
+      sizes: [...this.sizes].sort(),
+      rows: mul(int(batch), queries),
+      body: [],
+      flash: {
+        b, i, t, d, e, batch, queries, keys: f.keys, depth: f.depth, width: f.width, q, k, score, qk: qkName, v,
+        limit: causalLimit(score, t), out: outName, stores,
+      },
+    };
   }
 
   /**
@@ -712,6 +764,62 @@ function substituteVar(e: KExpr, name: string, by: KExpr): KExpr {
     }
     default: return e satisfies never;
   }
+}
+
+interface FlashOperands {
+  readonly qk: Node;
+  readonly pv: Node;
+  readonly scores: Value;
+  readonly batchShape: readonly number[];
+  readonly queries: Dim;
+  readonly keys: number;
+  readonly depth: number;
+  readonly width: number;
+}
+
+/**
+ * An attention kernel of many query rows: probs·v where probs = exp(s − max s) / Σ exp(s − max s) over the keys
+ * (as `decompose` writes softmax), the scores s computed in the kernel from one product q·k, and the kernel writing
+ * only values of the output's shape. Decode (one query row) keeps its row kernels.
+ */
+export function flashOperands(k: Kernel, writes: readonly Value[]): FlashOperands | undefined {
+  if (k.attrs.kind !== 'attention') return undefined;
+  const matmuls = k.nodes.filter((n) => n.op === Op.Matmul);
+  const reductions = k.nodes.filter((n) => [Op.Sum, Op.Mean, Op.Max, Op.Argmax, Op.UpdateSlice].includes(n.op as Op));
+  if (matmuls.length !== 2 || reductions.length !== 2) return undefined;
+  const pv = matmuls.find((n) => n.inputs[0].producer?.op === Op.Div);
+  const div = pv?.inputs[0].producer;
+  const [ex, z] = div ? div.inputs.map((v) => v.producer) : [];
+  if (!pv || ex?.op !== Op.Exp || z?.op !== Op.Sum || z.inputs[0] !== div!.inputs[0]) return undefined;
+  const sub = ex.inputs[0].producer;
+  const max = sub?.op === Op.Sub ? sub.inputs[1].producer : undefined;
+  if (!sub || max?.op !== Op.Max || max.inputs[0] !== sub.inputs[0]) return undefined;
+  const scores = sub.inputs[0];
+  const shape = scores.type.shape;
+  const r = shape.length;
+  const lastAxis = (n: Node) => (n.attrs.axes as number[]).join() === String(r - 1) && n.attrs.keepdims === true;
+  if (!lastAxis(max) || !lastAxis(z)) return undefined;
+  const qk = matmuls.find((n) => n !== pv);
+  const [queries, keys] = [shape[r - 2], shape[r - 1]];
+  const depth = qk?.inputs[0].type.shape.at(-1);
+  const width = pv.output.type.shape.at(-1);
+  const batchShape = shape.slice(0, -2);
+  if (!qk || queries === 1 || typeof keys !== 'number' || typeof depth !== 'number' || typeof width !== 'number') return undefined;
+  if (!batchShape.every((x): x is number => typeof x === 'number') || JSON.stringify(qk.output.type.shape) !== JSON.stringify(shape)) return undefined;
+  const outShape = JSON.stringify(pv.output.type.shape);
+  if (!writes.every((w) => JSON.stringify(w.type.shape) === outShape)) return undefined;
+  return { qk, pv, scores, batchShape, queries, keys, depth, width };
+}
+
+/**
+ * The keys a score leaves finite: t < limit when the score is where(t ≤ x, s, −∞) (or t < x) with x not reading t
+ * (the causal mask: x = pos + i). Undefined when the score is not of that form (every key is then visited).
+ */
+function causalLimit(score: KExpr, t: string): KExpr | undefined {
+  if (score.k !== 'select' || score.b.k !== 'const' || score.b.value !== -Infinity) return undefined;
+  const c = score.cond;
+  if (c.k !== 'binary' || (c.op !== 'le' && c.op !== 'lt') || c.a.k !== 'var' || c.a.name !== t || varsOf(c.b).has(t)) return undefined;
+  return c.op === 'le' ? add(c.b, int(1)) : c.b;
 }
 
 /** An epilogue read a product at an index other than its own: the kernel is lowered row by row instead. */

@@ -31,6 +31,14 @@ export function formatSchedule(s: ScheduledKernel): string {
       fma: 'f32 multiply-adds, 4 × 4 outputs per thread', serial: 'one row at a time' }[p.units];
     lines.push(`  gemm ${formatSize(k.rows)} × ${k.gemm.columns} over ${k.gemm.depth}, ${k.gemm.b.length} product${k.gemm.b.length > 1 ? 's' : ''}: tiles of ${p.tileRows} × ${p.tileColumns} (${formatSize(p.rowTiles)} × ${p.columnTiles}), ${p.tileDepth} deep per step, ${units}`);
   }
+  if (k.flash && s.flash) {
+    const f = k.flash;
+    const p = s.flash;
+    const skip = f.limit ? ', key tiles past the causal bound skipped' : '';
+    lines.push(p.units === 'serial'
+      ? `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): row by row, online softmax${skip}`
+      : `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): tiles of ${p.tileQueries} queries × ${p.tileKeys} keys, ${p.threadsPerQuery} threads per query, online softmax, f32${skip}`);
+  }
   return lines.join('\n') + '\n';
 }
 

@@ -7,7 +7,7 @@
 
 import { cudaCaps, cpuCaps, DeviceCaps, subgroupCombines, webgpuCaps } from './device-caps.ts';
 import { DType } from '../ir/dtype.ts';
-import { add, GemmIR, idiv, int, KernelIR, KExpr, KStmt, mul, offsetAlong, Scalar, topReductions } from './kernel-ir.ts';
+import { add, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, mul, offsetAlong, Scalar, topReductions } from './kernel-ir.ts';
 import { alignedDot, contiguousStreams, Stream } from './schedule-vector.ts';
 import { formatSchedule } from './schedule-format.ts';
 import { log, logsOn } from '../ir/logs.ts';
@@ -108,6 +108,20 @@ export interface GemmPlan {
   readonly columnTiles: number;
 }
 
+/**
+ * How a flash-attention kernel (KernelIR.flash) runs: each workgroup takes `tileQueries` query rows of one batch
+ * index (head) and walks the keys in tiles of `tileKeys` up to the tile's causal bound, the query tile, each key
+ * and value tile and the tile of scores in workgroup memory; `threadsPerQuery` threads share a query row, each
+ * computing keys/threadsPerQuery of its scores and width/threadsPerQuery of its output.
+ */
+export interface FlashPlan {
+  readonly units: 'fma' | 'serial';
+  readonly tileQueries: number;
+  readonly tileKeys: number;
+  readonly threadsPerQuery: number;
+  readonly queryTiles: KExpr;
+}
+
 export interface ScheduledKernel {
   readonly kernel: KernelIR;
   readonly device: DeviceCaps;
@@ -120,6 +134,7 @@ export interface ScheduledKernel {
   /** Workgroup memory the launch must provide (arrays too large to declare statically). */
   readonly dynamicWorkgroupBytes: number;
   readonly gemm?: GemmPlan;
+  readonly flash?: FlashPlan;
 }
 
 export interface ScheduleOptions {
@@ -141,6 +156,7 @@ export function scheduleKernel(k: KernelIR, device: DeviceCaps, opts: ScheduleOp
 
 function scheduleOnce(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): ScheduledKernel {
   if (k.gemm) return scheduleGemm(k, k.gemm, device);
+  if (k.flash) return scheduleFlash(k, k.flash, device);
   const s = new Scheduler(k, device, opts);
   const stmts = k.body.map((st) => s.statement(st));
   const uses = (m: Mapping) => m.kind === 'subgroup-per-element' || m.kind === 'split-subgroups';
@@ -172,12 +188,38 @@ function scheduleGemm(k: KernelIR, gemm: GemmIR, device: DeviceCaps): ScheduledK
     return { ...base, grid: { ...grid, rows: k.rows }, gemm: plan };
   }
   const bf16 = device.matrixUnits.some((u) => u.input === DType.BF16 && u.m === 16 && u.n === 8 && u.k === 16);
-  const mma = bf16 && gemm.depth % 64 === 0 && gemm.b.every((b) => bf16WeightAlong(b, gemm.k, k));
+  const mma = bf16 && gemm.depth % 32 === 0 && gemm.b.every((b) => bf16WeightAlong(b, gemm.k, k));
   const [tileRows, tileColumns] = [64, 64];
   const rowTiles = idiv(add(k.rows, int(tileRows - 1)), int(tileRows));
   const columnTiles = Math.ceil(gemm.columns / tileColumns);
-  const plan: GemmPlan = { units: mma ? 'mma-bf16' : 'fma', tileRows, tileColumns, tileDepth: mma ? 64 : 16, rowTiles, columnTiles };
+  const plan: GemmPlan = { units: mma ? 'mma-bf16' : 'fma', tileRows, tileColumns, tileDepth: mma ? 32 : 16, rowTiles, columnTiles };
   return { ...base, grid: { ...grid, rows: mul(rowTiles, int(columnTiles)) }, gemm: plan };
+}
+
+/**
+ * Flash-attention tiles: the largest query × key tile whose query, key, value and score tiles fit the statically
+ * declared workgroup memory (48 KiB on CUDA: 64 × 32 for head size 64; 16 KiB on WebGPU: 16 × 16), with the
+ * threads of a query row dividing its keys and its output evenly. The CPU walks every row, key by key.
+ */
+function scheduleFlash(k: KernelIR, f: FlashIR, device: DeviceCaps): ScheduledKernel {
+  const base = { kernel: k, device, subgroups: false, stmts: [], arrays: [], dynamicWorkgroupBytes: 0 };
+  const grid = { rowsPerWorkgroup: 1, threads: device.threadsPerWorkgroup, overflow: device.rowsPastGrid, maxWorkgroupsX: device.maxWorkgroupsX };
+  if (device.threadsPerWorkgroup === 1) {
+    const plan: FlashPlan = { units: 'serial', tileQueries: 1, tileKeys: f.keys, threadsPerQuery: 1, queryTiles: f.queries };
+    return { ...base, grid: { ...grid, rows: k.rows }, flash: plan };
+  }
+  const threads = device.threadsPerWorkgroup;
+  const bytes = (bq: number, bk: number) => 4 * (bq * (f.depth + 1) + bk * (f.depth + 1) + bk * f.width + bq * bk + bq) + SCRATCH_BYTES;
+  const tiles: [number, number][] = [[64, 32], [32, 32], [32, 16], [16, 16], [8, 32], [8, 16]];
+  const fits = tiles.find(([bq, bk]) => {
+    const per = threads / bq;
+    return Number.isInteger(per) && bk % per === 0 && f.width % per === 0 && bytes(bq, bk) <= device.staticWorkgroupMemoryBytes;
+  });
+  if (!fits) throw new Error(`kernel ${k.name}: no flash-attention tile fits ${device.staticWorkgroupMemoryBytes} bytes for head size ${f.depth}`);
+  const [tileQueries, tileKeys] = fits;
+  const queryTiles = idiv(add(f.queries, int(tileQueries - 1)), int(tileQueries));
+  const plan: FlashPlan = { units: 'fma', tileQueries, tileKeys, threadsPerQuery: threads / tileQueries, queryTiles };
+  return { ...base, grid: { ...grid, rows: mul(int(f.batch), queryTiles) }, flash: plan };
 }
 
 /** A load of a bf16 buffer at an index running along `v` with a start that is a multiple of 8 (16-byte aligned). */

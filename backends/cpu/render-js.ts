@@ -3,7 +3,7 @@
 // Buffers arrive as typed arrays (floats of every width held as f32, as the host keeps them).
 
 import { cpuCaps } from '../device-caps.ts';
-import { GemmIR, KernelIR, KExpr, KStmt, ROW, Scalar } from '../kernel-ir.ts';
+import { FlashIR, GemmIR, KernelIR, KExpr, KStmt, ROW, Scalar } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { scheduleKernel, ScheduledKernel } from '../schedule.ts';
 
@@ -129,6 +129,8 @@ export function printJs(sk: ScheduledKernel): string {
   const rows = p.expr(sk.grid.rows, out, '');
   if (k.gemm) {
     renderGemm(k.gemm, rows, p, out);
+  } else if (k.flash) {
+    renderFlash(k.flash, p, out);
   } else {
     out.push(`for (let ${ROW} = 0; ${ROW} < ${rows}; ${ROW}++) {`);
     for (const s of k.body) renderStmt(s, p, out, '  ');
@@ -157,6 +159,51 @@ function renderGemm(g: GemmIR, rows: string, p: ExprPrinter, out: string[]): voi
   });
   out.push('    }');
   for (const st of g.stores) storeLine(st.buf, st.index, st.value, p, out, '    ');
+  out.push('  }');
+  out.push('}');
+}
+
+/**
+ * Attention row by row with an online softmax: the query row computed once, then each key up to the causal
+ * bound: its score, the running maximum and sum rescaled when the maximum grows, the output row accumulated.
+ */
+function renderFlash(f: FlashIR, p: ExprPrinter, out: string[]): void {
+  const v = (name: string): KExpr => ({ k: 'var', name, t: 'i32' });
+  out.push(`const tf_q = new Float64Array(${f.depth});`);
+  out.push(`const tf_o = new Float64Array(${f.width});`);
+  out.push(`const tf_queries = ${p.expr(f.queries, out, '')};`);
+  out.push(`for (let ${f.b} = 0; ${f.b} < ${f.batch}; ${f.b}++) {`);
+  out.push(`  for (let ${f.i} = 0; ${f.i} < tf_queries; ${f.i}++) {`);
+  out.push(`    for (let ${f.d} = 0; ${f.d} < ${f.depth}; ${f.d}++) {`);
+  out.push(`      tf_q[${f.d}] = ${p.expr(f.q, out, '      ')};`);
+  out.push('    }');
+  out.push('    tf_o.fill(0);');
+  out.push('    let tf_m = -Infinity;');
+  out.push('    let tf_l = 0;');
+  const limit = f.limit ? `Math.min(${f.keys}, ${p.expr(f.limit, out, '    ')})` : String(f.keys);
+  out.push(`    for (let ${f.t} = 0; ${f.t} < ${limit}; ${f.t}++) {`);
+  out.push(`      let ${f.qk} = 0;`);
+  out.push(`      for (let ${f.d} = 0; ${f.d} < ${f.depth}; ${f.d}++) {`);
+  const term = p.expr({ k: 'binary', op: 'mul', a: { k: 'elem', array: 'tf_q', index: v(f.d), t: 'f32' }, b: f.k, t: 'f32' }, out, '        ');
+  out.push(`        ${f.qk} += ${term};`);
+  out.push('      }');
+  out.push(`      ${f.qk} = Math.fround(${f.qk});`);
+  out.push(`      const tf_s = ${p.expr(f.score, out, '      ')};`);
+  // NaN propagates through the maximum, as the reference's max does.
+  out.push('      const tf_mnew = tf_s !== tf_s || tf_m !== tf_m ? NaN : Math.max(tf_m, tf_s);');
+  out.push('      const tf_ref = tf_mnew === -Infinity ? 0 : tf_mnew;');
+  out.push('      const tf_scale = Math.exp(tf_m - tf_ref);');
+  out.push('      const tf_p = Math.exp(tf_s - tf_ref);');
+  out.push('      tf_l = tf_l * tf_scale + tf_p;');
+  out.push(`      for (let ${f.e} = 0; ${f.e} < ${f.width}; ${f.e}++) {`);
+  out.push(`        tf_o[${f.e}] = tf_o[${f.e}] * tf_scale + tf_p * ${p.expr(f.v, out, '        ')};`);
+  out.push('      }');
+  out.push('      tf_m = tf_mnew;');
+  out.push('    }');
+  out.push(`    for (let ${f.e} = 0; ${f.e} < ${f.width}; ${f.e}++) {`);
+  out.push(`      const ${f.out} = Math.fround(tf_o[${f.e}] / tf_l);`);
+  for (const st of f.stores) storeLine(st.buf, st.index, st.value, p, out, '      ');
+  out.push('    }');
   out.push('  }');
   out.push('}');
 }

@@ -12,6 +12,7 @@ import { ArrayPlacement, ReductionPlan, scheduleKernel, ScheduledKernel, StmtSch
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
 import { renderGemmCuda } from './gemm.ts';
+import { renderFlashCuda } from './flash.ts';
 
 export { CUDA_BLOCK, cudaPrelude };
 
@@ -197,8 +198,9 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
 
   const p = new CudaPrinter(cudaDialect, k.buffers);
   p.sizes = new Set(k.sizes);
-  if (k.gemm && sk.gemm) {
-    renderGemmCuda(k.gemm, sk.gemm, k.rows, p, out);
+  if ((k.gemm && sk.gemm) || (k.flash && sk.flash)) {
+    if (k.gemm && sk.gemm) renderGemmCuda(k.gemm, sk.gemm, k.rows, p, out);
+    else renderFlashCuda(k.flash!, sk.flash!, p, out);
     out.push('}');
     return { code: out.join('\n') + '\n', name, rows: sk.grid.rows, dynamicSharedBytes: 0 };
   }

@@ -9,6 +9,7 @@ import { randomFunction } from '../random-source.ts';
 import { webgpuCaps } from '../device-caps.ts';
 import { KBuffer, KernelIR, KExpr, ROW } from '../kernel-ir.ts';
 import { renderGemmWgsl } from './gemm.ts';
+import { renderFlashWgsl } from './flash.ts';
 import { Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { scheduleKernel, ScheduledKernel } from '../schedule.ts';
 import { BufferLayout, wgslDialect, wgslHelpers, wordType } from './dialect.ts';
@@ -77,7 +78,8 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
   const body: string[] = [];
   for (const s of k.sizes) body.push(`  let ${sizeName(s)} = sizes.${sizeName(s)};`);
   k.body.forEach((s, i) => renderStmt(s, sk.stmts[i], ctx, body, '  '));
-  const gemm = k.gemm && sk.gemm ? renderGemmWgsl(k.gemm, sk.gemm, p, p.expr(k.rows, body, '  '), threads) : undefined;
+  const gemm = k.gemm && sk.gemm ? renderGemmWgsl(k.gemm, sk.gemm, p, p.expr(k.rows, body, '  '), threads)
+    : k.flash && sk.flash ? renderFlashWgsl(k.flash, sk.flash, p, threads) : undefined;
   if (gemm) body.push(...gemm.body);
 
   const out: string[] = [];

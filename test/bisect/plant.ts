@@ -37,9 +37,19 @@ export async function withRule<T, K extends string>(table: Record<K, unknown>, k
 
 type Store = Extract<KStmt, { k: 'store' }>;
 
-/** `m` with kernel `index` of graph `graph` rewritten: each store through `f`. */
+/** `m` with kernel `index` of graph `graph` rewritten: each store through `f` (a GEMM's or flash kernel's too). */
 export function plantInStores(m: CompiledModule, graph: string, index: number, f: (s: Store, b: KBuffer) => Store): CompiledModule {
-  const rewrite = (k: KernelIR): KernelIR => ({ ...k, body: k.body.map((s) => (s.k === 'store' ? f(s, k.buffers[s.buf]) : s)) });
+  type TileStore = { readonly buf: number; readonly index: KExpr; readonly value: KExpr };
+  const tile = (k: KernelIR) => (st: TileStore): TileStore => {
+    const { buf, index, value } = f({ k: 'store', v: 'tile', n: { k: 'const', value: 1, t: 'i32' }, ...st }, k.buffers[st.buf]);
+    return { buf, index, value };
+  };
+  const rewrite = (k: KernelIR): KernelIR => ({
+    ...k,
+    body: k.body.map((s) => (s.k === 'store' ? f(s, k.buffers[s.buf]) : s)),
+    ...(k.gemm ? { gemm: { ...k.gemm, stores: k.gemm.stores.map(tile(k)) } } : {}),
+    ...(k.flash ? { flash: { ...k.flash, stores: k.flash.stores.map(tile(k)) } } : {}),
+  });
   return { graphs: m.graphs.map((cg) => (cg.graph.name !== graph ? cg : { ...cg, kernels: cg.kernels.map((k, i) => (i === index ? rewrite(k) : k)) })) };
 }
 

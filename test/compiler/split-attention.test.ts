@@ -16,9 +16,10 @@ import { HostTensor, hostTensor } from '../../ir/host-tensor.ts';
 import { mismatch } from '../backends/compare.ts';
 import { Rng } from '../backends/rng.ts';
 
-function attention(cache: number, visible: number): Graph {
+/** One query row (decode) by default: only those are split. */
+function attention(cache: number, visible: number, rows = 1): Graph {
   return trace('attention', [
-    { name: 'q', dtype: DType.F32, shape: [2, 3, 8] },
+    { name: 'q', dtype: DType.F32, shape: [2, rows, 8] },
     { name: 'k', dtype: DType.F32, shape: [2, 8, cache] },
     { name: 'v', dtype: DType.F32, shape: [2, cache, 8] },
   ], (q, k, v) => where(arange(cache).reshape(1, -1).le(visible), q.matmul(k).mul(0.35), -Infinity).softmax(-1).matmul(v));
@@ -27,17 +28,19 @@ function attention(cache: number, visible: number): Graph {
 function inputs(cache: number): Record<string, HostTensor> {
   const rng = new Rng(3);
   const r = (shape: number[]) => hostTensor(DType.F32, shape, Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rng.normal()));
-  return { q: r([2, 3, 8]), k: r([2, 8, cache]), v: r([2, cache, 8]) };
+  return { q: r([2, 1, 8]), k: r([2, 8, cache]), v: r([2, cache, 8]) };
 }
 
 const run = (g: Graph, x: Record<string, HostTensor>) => interpret(g, { inputs: x, param: () => { throw new Error('no params'); }, states: new Map() })[0];
 
-test('a long cache is split into chunks with per-chunk statistics, a short one is left alone', () => {
+test('a long cache is split into chunks with per-chunk statistics; a short one, or many query rows, left alone', () => {
   const long = splitAttention(decompose(attention(SPLIT_ATTENTION_AT, 700)));
   verifyGraph(long);
   assert.ok(long.nodes.some((n) => n.op === 'max' && (n.attrs.axes as number[])[0] === 1), 'chunk maxima combined over the chunk axis');
   const short = decompose(attention(512, 300));
   assert.is(splitAttention(short), short, 'no rewrite below the threshold');
+  const prompt = decompose(attention(SPLIT_ATTENTION_AT, 700, 3));
+  assert.is(splitAttention(prompt), prompt, 'no rewrite for several query rows');
 });
 
 for (const [cache, visible] of [[1024, 1023], [2048, 700], [1280, 0]] as const) {

@@ -1,0 +1,114 @@
+// Attention over many query rows runs as flash-attention tiles (KernelIR.flash): lowering picks it out, and every
+// device computes what the reference interpreter does (softmax written out whole) for query rows below, at and
+// past a tile (1, 7, 64, 130), keys past a tile's width, a causal bound that starts at a position inside the cache
+// (pos), heads broadcast over a group (as grouped-query attention reads one K and V per group), and a row whose
+// keys are all masked (NaN, as the reference's softmax of −∞ everywhere gives). Fresh random inputs; f32 tolerance
+// 1e-4 relative (the online softmax sums in another order).
+
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { compileModule } from '../../compiler/compile-module.ts';
+import { arange, trace, where } from '../../compiler/index.ts';
+import { DType } from '../../ir/dtype.ts';
+import { hostTensor } from '../../ir/host-tensor.ts';
+import { Device, DeviceKind, namedOutputKey } from '../../runtime/device.ts';
+import { openDevice } from '../../runtime/devices/open.ts';
+import { ParamStore } from '../../runtime/params.ts';
+import { openCudaOrFake, restoreCudaOrFake, unavailable } from '../runtime/fake-cuda/build.ts';
+import { Rng } from './rng.ts';
+
+const [GROUPS, PER_GROUP, D, T] = [2, 3, 16, 300];
+const graph = trace('attn', [
+  { name: 'q', dtype: DType.F32, shape: [GROUPS, PER_GROUP, 'S', D] },
+  { name: 'k', dtype: DType.F32, shape: [GROUPS, 1, D, T] },
+  { name: 'v', dtype: DType.F32, shape: [GROUPS, 1, T, D] },
+  { name: 'pos', dtype: DType.I32, shape: [] },
+], (q, k, v, pos) => {
+  const seq = q.dim(2);
+  const visible = arange(seq).add(pos).reshape(-1, 1);
+  const scores = where(arange(T).reshape(1, -1).le(visible), q.mul(0.5).matmul(k).mul(0.25), -Infinity);
+  return { y: scores.softmax(-1).matmul(v) };
+});
+const compiled = compileModule({ graphs: [graph] });
+const reference = { graphs: [{ graph, kernels: [] }] };
+
+const seed = Number(process.env.FLASH_SEED ?? Date.now() % 1e9);
+const rng = new Rng(seed);
+const randoms = (n: number) => Array.from({ length: n }, () => rng.normal());
+/** Query rows, and the position of the first (−1: the first row sees no key at all). */
+const CASES: [number, number][] = [[1, 0], [7, 40], [64, 0], [130, 150], [5, -1]];
+const kv = { k: randoms(GROUPS * D * T), v: randoms(GROUPS * T * D) };
+const qs = CASES.map(([s]) => randoms(GROUPS * PER_GROUP * s * D));
+
+async function outputs(device: Device, lowered: typeof compiled | typeof reference): Promise<number[][]> {
+  const program = await device.load(lowered, new ParamStore(() => { throw new Error('no params'); }), { maxSizes: { S: 130 } });
+  try {
+    program.write('input:k', hostTensor(DType.F32, [GROUPS, 1, D, T], kv.k));
+    program.write('input:v', hostTensor(DType.F32, [GROUPS, 1, T, D], kv.v));
+    const out: number[][] = [];
+    for (const [c, [s, pos]] of CASES.entries()) {
+      program.write('input:q', hostTensor(DType.F32, [GROUPS, PER_GROUP, s, D], qs[c]));
+      program.write('input:pos', hostTensor(DType.I32, [], [pos]));
+      program.run('attn', { S: s });
+      out.push([...(await program.read(namedOutputKey(program.graph('attn'), 'y'), DType.F32, [GROUPS, PER_GROUP, s, D])).data]);
+    }
+    return out;
+  } finally {
+    program.destroy();
+  }
+}
+
+const basics = suite('flash-attention lowering');
+basics('attention of many query rows lowers to one flash kernel with the causal bound found', () => {
+  const [k] = compiled.graphs[0].kernels;
+  assert.is(compiled.graphs[0].kernels.length, 1);
+  assert.ok(k.flash, 'a flash kernel');
+  assert.is(k.flash!.batch, GROUPS * PER_GROUP);
+  assert.ok(k.flash!.limit, 'the causal bound');
+});
+basics.run();
+
+const targets: { kind: DeviceKind; open(): Promise<Device | string> }[] = [
+  { kind: 'cpu', open: () => openDevice('cpu') },
+  { kind: 'webgpu', open: () => openDevice('webgpu').catch((e) => unavailable(e) ?? Promise.reject(e)) },
+  { kind: 'cuda', open: openCudaOrFake },
+];
+
+let expected: number[][] | undefined;
+for (const target of targets) {
+  const s = suite(`flash attention on ${target.kind}`);
+  s(`query rows ${CASES.map(([q]) => q).join(', ')} over ${T} keys match the reference interpreter`, async () => {
+    if (!expected) {
+      const ref = await openDevice('reference');
+      try {
+        expected = await outputs(ref, reference);
+      } finally {
+        ref.destroy();
+      }
+    }
+    const device = await target.open();
+    if (typeof device === 'string') {
+      console.log(`  ${target.kind}: skipped (${device})`);
+      return;
+    }
+    try {
+      const got = await outputs(device, compiled);
+      CASES.forEach(([rows, pos], c) => {
+        const [ours, ref] = [got[c], expected![c]];
+        // A row that sees no key is NaN in both; the others are compared as a whole.
+        const finite = ref.map((x, i) => (Number.isNaN(x) ? -1 : i)).filter((i) => i >= 0);
+        assert.equal(ours.map(Number.isNaN), ref.map(Number.isNaN), `rows ${rows} at ${pos}: NaN where the reference has NaN`);
+        let [diff, norm] = [0, 0];
+        for (const i of finite) {
+          diff += (ours[i] - ref[i]) ** 2;
+          norm += ref[i] ** 2;
+        }
+        assert.ok(norm > 0 && Math.sqrt(diff / norm) < 1e-4, `rows ${rows} at ${pos}: relative error ${Math.sqrt(diff / norm)} (FLASH_SEED=${seed})`);
+      });
+    } finally {
+      device.destroy();
+      if (target.kind === 'cuda') restoreCudaOrFake();
+    }
+  });
+  s.run();
+}
