@@ -10,6 +10,7 @@ import { DeviceKind } from '../runtime/device.ts';
 import { DeviceOptions, openDevice } from '../runtime/devices/open.ts';
 import { checkLength, LoadedLlama } from '../runtime/llama.ts';
 import { ParamStore } from '../runtime/params.ts';
+import { step } from '../runtime/progress.ts';
 import { Session, SessionOptions } from '../runtime/session.ts';
 import { CacheOptions, compileCached } from './compile-cache.ts';
 import { compileModule } from './compile-module.ts';
@@ -25,6 +26,9 @@ export interface OpenSessionOptions extends DeviceOptions, SessionOptions {
   /** Hears how long the start took, once the program is on the device. */
   readonly onStart?: (t: StartTimings) => void;
 }
+
+/** Tokens one prompt step takes at most, unless the options say otherwise. */
+export const DEFAULT_PROMPT_CHUNK = 1024;
 
 /** Where a session's start went, in milliseconds. */
 export interface StartTimings {
@@ -42,6 +46,12 @@ export function lowerFor(backend: DeviceKind, m: Module): LoweredModule {
   return backend === 'reference' ? { graphs: m.graphs.map((graph) => ({ graph, kernels: [] })) } : compileModule(m);
 }
 
+/** What loading a program does on each device, for the spinner of a long load. */
+const loadingStep: Record<DeviceKind, string> = {
+  cpu: 'loading the program', reference: 'loading the program',
+  webgpu: 'uploading weights and compiling shaders', cuda: 'uploading weights and compiling kernels (NVRTC)',
+};
+
 export async function openLlamaSession(model: LoadedLlama, opts: OpenSessionOptions): Promise<Session> {
   // Positions past the model's own are refused before anything is traced or allocated.
   checkLength(model.cfg, opts.cacheLength);
@@ -50,20 +60,23 @@ export async function openLlamaSession(model: LoadedLlama, opts: OpenSessionOpti
   const started = performance.now();
   // Compiled through the compile cache: an unchanged model and options skip tracing and compiling.
   const compiled = opts.backend === 'reference' ? undefined
-    : compileCached({ model: 'llama', cfg: model.cfg, ...traceOpts }, trace, opts.compileCache);
+    : step('compiling the model', () => compileCached({ model: 'llama', cfg: model.cfg, ...traceOpts }, trace, opts.compileCache));
   const lowered = compiled?.module ?? lowerFor(opts.backend, trace());
   const compileMs = performance.now() - started;
   const device = await openDevice(opts.backend, opts);
+  // A prompt runs in steps of at most this many tokens: every S-sized buffer (the prefill's logits are S × vocab)
+  // is allocated for a chunk, not for the whole context.
+  const promptChunk = Math.min(opts.promptChunk ?? DEFAULT_PROMPT_CHUNK, opts.cacheLength);
   try {
     const params = new ParamStore((n) => model.weights.tensor(n));
     const loading = performance.now();
-    const program = await device.load(lowered, params, { maxSizes: { S: opts.cacheLength } });
+    const program = await step(loadingStep[opts.backend], () => device.load(lowered, params, { maxSizes: { S: promptChunk } }));
     const loadMs = performance.now() - loading;
     opts.onStart?.({
       compileMs, compileCache: !compiled?.key ? 'off' : compiled.hit ? 'hit' : 'miss',
       readMs: params.readMs, uploadMs: Math.max(0, loadMs - params.readMs),
     });
-    return new Session(program, opts);
+    return new Session(program, { ...opts, promptChunk });
   } catch (e) {
     device.destroy();
     throw e;

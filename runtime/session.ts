@@ -25,6 +25,11 @@ export interface Sampling {
 export interface SessionOptions {
   /** Decode steps between asynchronous reads of the history (default: 1 on host devices, 16 on GPUs). */
   readonly readEvery?: number;
+  /**
+   * Prompt tokens one step takes at most (default: the whole capacity): a longer prompt runs as several steps,
+   * each appending its keys and values to the cache. The program's buffers must hold S = this many.
+   */
+  readonly promptChunk?: number;
 }
 
 export interface GenerateOptions {
@@ -59,6 +64,7 @@ export class Session {
   private readonly readEvery: number;
   /** The graph generate runs a prompt of several tokens with: prompt where the program has it, else prefill. */
   private readonly promptGraph: 'prompt' | 'prefill';
+  private readonly promptChunk: number;
   private lastMarks?: { start: Mark; afterPrefill: Mark; end: Mark; decodeSteps: number };
 
   constructor(readonly program: Program, opts: SessionOptions = {}) {
@@ -77,6 +83,8 @@ export class Session {
     this.capacity = history - 1;
     const host = program.device.kind === 'cpu' || program.device.kind === 'reference';
     this.readEvery = opts.readEvery ?? (host ? 1 : 16);
+    this.promptChunk = opts.promptChunk ?? this.capacity;
+    if (!Number.isInteger(this.promptChunk) || this.promptChunk < 1) throw new RangeError(`prompt chunk must be a whole number ≥ 1, got ${opts.promptChunk}`);
     // The decode step, recorded once: every buffer it touches stays where it is for the session's life.
     this.decodeStep = program.record(() => this.step('decode', {}));
   }
@@ -90,9 +98,15 @@ export class Session {
     this.checkTokens(ids);
     this.checkFits(ids.length);
     this.reset();
-    const graph = this.writePrompt(ids, {});
-    this.program.run(graph, this.sizes(graph, ids.length));
-    return this.program.read(namedOutputKey(this.graph(graph), 'logits'), DType.F32, [ids.length, this.vocab]);
+    const rows = new Float32Array(ids.length * this.vocab);
+    for (let start = 0; start < ids.length; start += this.promptChunk) {
+      const chunk = ids.slice(start, start + this.promptChunk);
+      const graph = this.writePrompt(chunk, {}, start);
+      this.program.run(graph, this.sizes(graph, chunk.length));
+      const logits = await this.program.read(namedOutputKey(this.graph(graph), 'logits'), DType.F32, [chunk.length, this.vocab]);
+      rows.set(logits.data as Float32Array, start * this.vocab);
+    }
+    return hostTensor(DType.F32, [ids.length, this.vocab], rows);
   }
 
   /**
@@ -108,9 +122,8 @@ export class Session {
     if (maxNewTokens === 0) return [];
     this.checkFits(prompt.length + maxNewTokens - 1);
     this.reset();
-    const graph = this.writePrompt(prompt, sampling, 0, this.promptGraph);
     const start = this.program.mark();
-    this.step(graph, this.sizes(graph, prompt.length));
+    this.runPrompt(prompt, sampling);
     const afterPrefill = this.program.mark();
     const stop = new Set(opts.stopTokens ?? []);
     const tokens: number[] = [];
@@ -186,6 +199,7 @@ export class Session {
   async profilePrefill(prompt: readonly number[]): Promise<KernelTime[]> {
     this.checkTokens(prompt);
     this.checkFits(prompt.length);
+    if (prompt.length > this.promptChunk) throw new RangeError(`a profiled prompt is one step: at most ${this.promptChunk} tokens`);
     this.reset();
     const graph = this.writePrompt(prompt, {}, 0, this.promptGraph);
     return this.program.profile(graph, this.sizes(graph, prompt.length));
@@ -222,6 +236,19 @@ export class Session {
   private sizes(graph: string, length: number): Record<string, number> {
     const d = this.graph(graph).inputs.find((v) => v.name === 'tokens')!.type.shape[0];
     return typeof d === 'string' ? { [d]: length } : {};
+  }
+
+  /**
+   * Queues the prompt in steps of at most promptChunk tokens, each at its position (appending to the cache); the
+   * last one's chosen token and next position become the first decode step's inputs.
+   */
+  private runPrompt(prompt: readonly number[], sampling: Sampling): void {
+    for (let start = 0; start < prompt.length; start += this.promptChunk) {
+      const chunk = prompt.slice(start, start + this.promptChunk);
+      const graph = this.writePrompt(chunk, sampling, start, this.promptGraph);
+      if (start + chunk.length < prompt.length) this.program.run(graph, this.sizes(graph, chunk.length));
+      else this.step(graph, this.sizes(graph, chunk.length));
+    }
   }
 
   /** Runs a step and feeds its chosen token and next position back as the next step's inputs. */
