@@ -1,0 +1,41 @@
+// Prefill time by prompt length on a host or GPU backend, from random bf16 weights of a built-in config:
+//   node --import tsx examples/bench-prefill.ts [--backend cpu] [--config llama-tiny] [--lengths 550,1100] [--runs 2]
+// Prints one row per length: the best wall-clock time of generate(prompt, 1) (the prompt and the first token) and its
+// ratio to the first length's, so that growth with the prompt (linear for the projections, quadratic for attention)
+// shows at a glance.
+
+import { parseArgs } from 'node:util';
+import { openLlamaSession } from '../compiler/open-session.ts';
+import { DType } from '../ir/dtype.ts';
+import { builtinConfig } from '../runtime/config.ts';
+import { DeviceKind } from '../runtime/device.ts';
+import { randomBf16Weights } from './random-checkpoint.ts';
+
+const { values } = parseArgs({
+  options: {
+    backend: { type: 'string', default: 'cpu' },
+    config: { type: 'string', default: 'llama-tiny' },
+    lengths: { type: 'string', default: '550,1100' },
+    runs: { type: 'string', default: '2' },
+  },
+});
+const cfg = builtinConfig(values.config!);
+const lengths = values.lengths!.split(',').map(Number);
+const session = await openLlamaSession({ cfg, weights: randomBf16Weights(cfg), weightDType: DType.BF16 },
+  { backend: values.backend as DeviceKind, cacheLength: Math.max(...lengths) + 1 });
+const rows: [number, number][] = [];
+for (const n of lengths) {
+  const prompt = Array.from({ length: n }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
+  let best = Infinity;
+  for (let r = 0; r < Number(values.runs); r++) {
+    const t = performance.now();
+    await session.generate(prompt, 1);
+    best = Math.min(best, performance.now() - t);
+  }
+  rows.push([n, best]);
+}
+session.close();
+console.log(`prefill + first token — ${values.backend}, ${values.config}, random bf16 weights, best of ${values.runs}, ${new Date().toISOString().slice(0, 10)}`);
+console.log('| prompt tokens | ms | × the first |');
+console.log('| ---: | ---: | ---: |');
+for (const [n, ms] of rows) console.log(`| ${n} | ${ms.toFixed(1)} | ${(ms / rows[0][1]).toFixed(2)} |`);

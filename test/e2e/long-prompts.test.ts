@@ -1,0 +1,70 @@
+// Prompts of 1, 7, 64, 600 and 1,100 tokens (past the fixtures' 512 positions, past a flash tile, past the length
+// at which decode splits attention) on a small random Llama with 2,048 positions: the logits of every position on
+// the CPU backend (GEMM rows, flash attention) against the reference interpreter's, to 1e-4 relative; on WebGPU
+// (lavapipe) the shorter prompts, to keep the suite quick there. Fresh random bf16 weights each run
+// (LONG_PROMPT_SEED repeats one).
+
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { openLlamaSession } from '../../compiler/open-session.ts';
+import { DType } from '../../ir/dtype.ts';
+import { builtinConfig, LlamaConfig } from '../../runtime/config.ts';
+import { DeviceKind } from '../../runtime/device.ts';
+import { LoadedLlama } from '../../runtime/llama.ts';
+import { randomBf16Weights } from '../../examples/random-checkpoint.ts';
+import { Rng } from '../backends/rng.ts';
+import { unavailable } from '../runtime/fake-cuda/build.ts';
+
+const cfg: LlamaConfig = {
+  ...builtinConfig('llama-tiny'),
+  source: 'test: small random Llama',
+  vocabSize: 256, hiddenSize: 64, intermediateSize: 128, numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 16,
+};
+const seed = Number(process.env.LONG_PROMPT_SEED ?? Date.now() % 1e9);
+const rng = new Rng(seed);
+
+const model: LoadedLlama = { cfg, weights: randomBf16Weights(cfg, seed), weightDType: DType.BF16 };
+const LENGTHS = [1, 7, 64, 600, 1100];
+const prompts = LENGTHS.map((n) => Array.from({ length: n }, () => rng.int(0, cfg.vocabSize - 1)));
+
+async function logitsOn(backend: DeviceKind, upTo: number): Promise<Float32Array[] | string> {
+  let session;
+  try {
+    session = await openLlamaSession(model, { backend, cacheLength: upTo });
+  } catch (e) {
+    const why = unavailable(e);
+    if (why) return why;
+    throw e;
+  }
+  try {
+    const out: Float32Array[] = [];
+    for (const p of prompts) if (p.length <= upTo) out.push((await session.logits(p)).data as Float32Array);
+    return out;
+  } finally {
+    session.close();
+  }
+}
+
+let reference: Float32Array[] | undefined;
+for (const [backend, upTo] of [['cpu', 1100], ['webgpu', 64]] as [DeviceKind, number][]) {
+  const s = suite(`long prompts on ${backend}`);
+  s(`prompts of ${LENGTHS.filter((n) => n <= upTo).join(', ')} tokens: logits as the reference interpreter's`, async () => {
+    reference ??= (await logitsOn('reference', 1100)) as Float32Array[];
+    const got = await logitsOn(backend, upTo);
+    if (typeof got === 'string') {
+      console.log(`  ${backend}: skipped (${got})`);
+      return;
+    }
+    got.forEach((ours, i) => {
+      const ref = reference![i];
+      let [diff, norm] = [0, 0];
+      for (let j = 0; j < ref.length; j++) {
+        diff += (ours[j] - ref[j]) ** 2;
+        norm += ref[j] ** 2;
+      }
+      const err = Math.sqrt(diff / norm);
+      assert.ok(norm > 0 && err < 1e-4, `${LENGTHS[i]} tokens: relative error ${err} (LONG_PROMPT_SEED=${seed})`);
+    });
+  });
+  s.run();
+}
