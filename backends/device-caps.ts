@@ -52,6 +52,11 @@ export interface ScheduleTuning {
   readonly streamElements: number;
   /** Iterations per step of a workgroup's strided reduction, of a vector loop, and of a sliced sum. */
   readonly unroll: { readonly workgroup: number; readonly vector: number; readonly sliced: number };
+  /**
+   * Rows (a GEMM's m, attention's query rows) from which a kernel runs as tiles rather than row by row: fewer rows
+   * give too few tiles to keep the device busy, where the row kernels stream the weights from every workgroup.
+   */
+  readonly tilesFrom: { readonly gemm: number; readonly flash: number };
 }
 
 export interface DeviceCaps {
@@ -90,7 +95,7 @@ export const cpuCaps: DeviceCaps = {
   maxWorkgroupsX: 2 ** 31 - 1,
   rowsPastGrid: 'serial',
   matrixUnits: [],
-  tuning: { elementMapping: 'long-sums', vectorize: 'none', streamElements: 1, unroll: { workgroup: 1, vector: 1, sliced: 1 } },
+  tuning: { elementMapping: 'long-sums', vectorize: 'none', streamElements: 1, unroll: { workgroup: 1, vector: 1, sliced: 1 }, tilesFrom: { gemm: 0, flash: 0 } },
 };
 
 /**
@@ -110,7 +115,7 @@ export function webgpuCaps(opts: { readonly subgroups: boolean }): DeviceCaps {
     maxWorkgroupsX: 65535,
     rowsPastGrid: 'second-dimension',
     matrixUnits: [],
-    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 } },
+    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 96, flash: 32 } },
   };
 }
 
@@ -132,7 +137,7 @@ export function cudaCaps(computeCapability = 90): DeviceCaps {
     rowsPastGrid: 'grid-stride',
     // mma.sync m16n8k16 with bf16 inputs and f32 accumulators (sm_80 and later).
     matrixUnits: computeCapability >= 80 ? [{ m: 16, n: 8, k: 16, input: DType.BF16, accumulator: DType.F32 }] : [],
-    tuning: { elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 4 } },
+    tuning: { elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 4 }, tilesFrom: { gemm: 16, flash: 64 } },
   };
 }
 

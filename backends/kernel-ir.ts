@@ -74,6 +74,8 @@ export interface KBuffer {
  * columns are the scheduler's: each weight tile is read once per tile of rows, not once per row.
  */
 export interface GemmIR {
+  /** Rows (m's extent). */
+  readonly rows: KExpr;
   /** Loop variables the expressions read: the row, the column, the position along the contraction. */
   readonly m: string;
   readonly n: string;
@@ -125,12 +127,15 @@ export interface KernelIR {
   readonly buffers: readonly KBuffer[];
   /** Symbolic sizes the kernel reads as arguments (e.g. S). */
   readonly sizes: readonly string[];
-  /** Number of rows (workgroups); a GEMM's rows are its m (the scheduler groups them into tiles). */
+  /** Number of rows (workgroups). */
   readonly rows: KExpr;
   readonly body: readonly KStmt[];
-  /** Set for a contraction run as tiles; the body is then empty. */
+  /**
+   * Set for a contraction of many rows: the kernel as tiles. `rows` and `body` are then the same kernel row by row,
+   * which the scheduler picks for few rows (or where the tiles do not fit the device); both share the buffers.
+   */
   readonly gemm?: GemmIR;
-  /** Set for attention run as tiles of queries and keys; the body is then empty. */
+  /** Set for attention over many query rows: the kernel as tiles of queries and keys, beside its row form. */
   readonly flash?: FlashIR;
 }
 
@@ -268,9 +273,14 @@ export function evalSize(e: KExpr, sizes: Readonly<Record<string, number>>): num
         case 'sub': return a - b;
         case 'idiv': return Math.trunc(a / b);
         case 'imod': return a % b;
+        case 'lt': return a < b ? 1 : 0;
         default: break;
       }
+      break;
     }
+    // The scheduler's choice between a kernel's forms by its size (ScheduledKernel.tilesFrom).
+    case 'select': return evalSize(e.cond, sizes) ? evalSize(e.a, sizes) : evalSize(e.b, sizes);
+    default: break;
   }
   throw new Error('a kernel size is not integer arithmetic over the symbolic sizes');
 }

@@ -157,10 +157,13 @@ class KernelLowering {
     const flash = gemm ? undefined : flashOperands(this.k, writes);
     if (gemm || flash) {
       try {
-        const ir = gemm ? this.lowerGemm(gemm, writes, fused) : this.lowerFlash(flash!, writes, fused);
+        const tiles = gemm ? this.lowerGemm(gemm, writes, fused) : this.lowerFlash(flash!, writes, fused);
         // An operand that needed statements of its own (a row-local array) does not fit the tiles.
         if (this.body.length > 0) throw new NotGemm();
-        return ir;
+        // The row form beside it, over the same buffers: the products are reductions again.
+        this.gemmAccs.clear();
+        const rows = this.lowerRows(writes, fused);
+        return { ...rows, buffers: this.buffers, sizes: [...this.sizes].sort(), gemm: tiles.gemm, flash: tiles.flash };
       } catch (e) {
         if (!(e instanceof NotGemm)) throw e;
         // An epilogue that reads a product at another index: lowered row by row, by a fresh lowering.
@@ -249,7 +252,7 @@ class KernelLowering {
       sizes: [...this.sizes].sort(),
       rows: this.dim(mm.rows),
       body: [],
-      gemm: { m, n, k, columns: mm.columns, depth: mm.depth, a, b, accs, stores },
+      gemm: { rows: this.dim(mm.rows), m, n, k, columns: mm.columns, depth: mm.depth, a, b, accs, stores },
     };
   }
 

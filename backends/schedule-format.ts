@@ -24,7 +24,8 @@ export function formatSchedule(s: ScheduledKernel): string {
     const where = placed.map((a) => `${a.name}${a.vec4 ? ' as vec4' : ''}${a.dynamicOffset !== undefined ? ` at ${a.dynamicOffset} of ${s.dynamicWorkgroupBytes} bytes given at launch` : ''}`);
     lines.push(`  arrays: ${where.join(', ')}`);
   }
-  k.body.forEach((st, i) => lines.push(`  ${formatStmt(st, s.stmts[i])}`));
+  if (s.tilesFrom !== 0) k.body.forEach((st, i) => lines.push(`  ${formatStmt(st, s.stmts[i])}`));
+  if (s.tilesFrom !== undefined && s.tilesFrom > 0) lines.push(`  from ${s.tilesFrom} rows, the tiles below; fewer, the rows above`);
   if (k.gemm && s.gemm) {
     const p = s.gemm;
     const units = { 'mma-bf16': 'bf16 matrix instructions (mma m16n8k16, f32 accumulators), the left operand rounded to bf16',
@@ -108,7 +109,7 @@ function reductionsOf(st: KStmt): Map<string, Reduce> {
   return out;
 }
 
-const infix: Partial<Record<BinaryOp, string>> = { add: '+', sub: '-', mul: '*', idiv: '/', imod: '%' };
+const infix: Partial<Record<BinaryOp, string>> = { add: '+', sub: '-', mul: '*', idiv: '/', imod: '%', lt: ' < ' };
 
 /** A size (rows, a loop's extent) as arithmetic over the symbolic sizes: `S*8`. */
 export function formatSize(e: KExpr): string {
@@ -121,6 +122,7 @@ export function formatSize(e: KExpr): string {
       if (op) return `${side(e.a)}${op}${side(e.b)}`;
       return `${e.op}(${formatSize(e.a)}, ${formatSize(e.b)})`;
     }
+    case 'select': return `(${formatSize(e.cond)} ? ${formatSize(e.a)} : ${formatSize(e.b)})`;
     default: return `<${e.k}>`;
   }
 }

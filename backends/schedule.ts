@@ -133,6 +133,11 @@ export interface ScheduledKernel {
   readonly arrays: readonly ArrayPlacement[];
   /** Workgroup memory the launch must provide (arrays too large to declare statically). */
   readonly dynamicWorkgroupBytes: number;
+  /**
+   * With a GEMM or flash plan: the rows (the GEMM's m, the flash's queries) from which the tiles run; fewer run
+   * the kernel's row form (`stmts`). 0: the tiles always (the CPU; WebGPU where both forms' memory would not fit).
+   */
+  readonly tilesFrom?: number;
   readonly gemm?: GemmPlan;
   readonly flash?: FlashPlan;
 }
@@ -155,23 +160,43 @@ export function scheduleKernel(k: KernelIR, device: DeviceCaps, opts: ScheduleOp
 }
 
 function scheduleOnce(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): ScheduledKernel {
-  if (k.gemm) return scheduleGemm(k, k.gemm, device);
-  if (k.flash) return scheduleFlash(k, k.flash, device);
+  const gemm = k.gemm && gemmPlan(k, k.gemm, device);
+  const flash = k.flash && flashPlan(k.flash, device);
+  const tileBytes = gemm ? gemmBytes(k.gemm!, gemm) : flash ? flashBytes(k.flash!, flash.tileQueries, flash.tileKeys) : 0;
+  const extent = k.gemm?.rows ?? k.flash?.queries;
+  const tileGrid = gemm ? mul(gemm.rowTiles, int(gemm.columnTiles)) : flash ? mul(int(k.flash!.batch), flash.queryTiles) : undefined;
+  // Fewer rows than this run row by row (the CPU, with no choice to make, always runs the tiles).
+  let tilesFrom = !tileGrid ? Infinity : device.threadsPerWorkgroup === 1 ? 0 : gemm ? device.tuning.tilesFrom.gemm : device.tuning.tilesFrom.flash;
   const s = new Scheduler(k, device, opts);
-  const stmts = k.body.map((st) => s.statement(st));
+  const stmts = tilesFrom === 0 ? [] : k.body.map((st) => s.statement(st));
   const uses = (m: Mapping) => m.kind === 'subgroup-per-element' || m.kind === 'split-subgroups';
   const subgroups = stmts.some((st) => uses(st.mapping) || [...st.reductions.values()].some((r) => r.combine === 'subgroup'));
-  const { arrays, dynamicWorkgroupBytes } = s.placeArrays(stmts);
+  let { arrays, dynamicWorkgroupBytes } = tilesFrom === 0 ? { arrays: [], dynamicWorkgroupBytes: 0 } : s.placeArrays(stmts, tilesFrom === Infinity ? 0 : tileBytes);
+  // Both forms in one kernel declare both forms' workgroup memory: where that is more than a kernel may declare
+  // (WebGPU's 16 KiB), the tiles alone.
+  if (tilesFrom > 0 && tilesFrom < Infinity && device.target === 'wgsl') {
+    const rowBytes = arrays.reduce((n, a) => n + a.elements * 4, 0) + 2 * 4 * device.threadsPerWorkgroup;
+    if (rowBytes + tileBytes > device.staticWorkgroupMemoryBytes) {
+      tilesFrom = 0;
+      arrays = [];
+      dynamicWorkgroupBytes = 0;
+    }
+  }
+  const rows = tilesFrom === Infinity ? k.rows : tilesFrom === 0 ? tileGrid! : select(lt(extent!, int(tilesFrom)), k.rows, tileGrid!);
   return {
     kernel: k,
     device,
-    grid: { rows: k.rows, rowsPerWorkgroup: 1, threads: device.threadsPerWorkgroup, overflow: device.rowsPastGrid, maxWorkgroupsX: device.maxWorkgroupsX },
-    subgroups,
-    stmts,
+    grid: { rows, rowsPerWorkgroup: 1, threads: device.threadsPerWorkgroup, overflow: device.rowsPastGrid, maxWorkgroupsX: device.maxWorkgroupsX },
+    subgroups: tilesFrom === 0 ? false : subgroups,
+    stmts: tilesFrom === 0 ? [] : stmts,
     arrays,
     dynamicWorkgroupBytes,
+    ...(tilesFrom < Infinity ? { tilesFrom, gemm, flash } : {}),
   };
 }
+
+const lt = (a: KExpr, b: KExpr): KExpr => ({ k: 'binary', op: 'lt', a, b, t: 'bool' });
+const select = (cond: KExpr, a: KExpr, b: KExpr): KExpr => ({ k: 'select', cond, a, b, t: 'i32' });
 
 /**
  * Tiles for a GEMM: bf16 matrix instructions where the device has them and every right operand is a bf16 weight
@@ -180,46 +205,52 @@ function scheduleOnce(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): S
  * two per SM of an H200. Tiles along the rows are neighbours in the grid, so the tiles sharing a weight tile run
  * together and read it from L2.
  */
-function scheduleGemm(k: KernelIR, gemm: GemmIR, device: DeviceCaps): ScheduledKernel {
-  const base = { kernel: k, device, subgroups: false, stmts: [], arrays: [], dynamicWorkgroupBytes: 0 };
-  const grid = { rowsPerWorkgroup: 1, threads: device.threadsPerWorkgroup, overflow: device.rowsPastGrid, maxWorkgroupsX: device.maxWorkgroupsX };
+function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | undefined {
   if (device.threadsPerWorkgroup === 1) {
-    const plan: GemmPlan = { units: 'serial', tileRows: 1, tileColumns: gemm.columns, tileDepth: gemm.depth, rowTiles: k.rows, columnTiles: 1 };
-    return { ...base, grid: { ...grid, rows: k.rows }, gemm: plan };
+    return { units: 'serial', tileRows: 1, tileColumns: gemm.columns, tileDepth: gemm.depth, rowTiles: gemm.rows, columnTiles: 1 };
   }
   const bf16 = device.matrixUnits.some((u) => u.input === DType.BF16 && u.m === 16 && u.n === 8 && u.k === 16);
   const mma = bf16 && gemm.depth % 32 === 0 && gemm.b.every((b) => bf16WeightAlong(b, gemm.k, k));
   const [tileRows, tileColumns] = [64, 64];
-  const rowTiles = idiv(add(k.rows, int(tileRows - 1)), int(tileRows));
+  const rowTiles = idiv(add(gemm.rows, int(tileRows - 1)), int(tileRows));
   const columnTiles = Math.ceil(gemm.columns / tileColumns);
   const plan: GemmPlan = { units: mma ? 'mma-bf16' : 'fma', tileRows, tileColumns, tileDepth: mma ? 32 : 16, rowTiles, columnTiles };
-  return { ...base, grid: { ...grid, rows: mul(rowTiles, int(columnTiles)) }, gemm: plan };
+  return gemmBytes(gemm, plan) <= device.staticWorkgroupMemoryBytes ? plan : undefined;
+}
+
+/** Workgroup memory a GEMM tile declares: the staged operands (bf16 rows padded by 8 for mma, f32 otherwise). */
+function gemmBytes(g: GemmIR, p: GemmPlan): number {
+  if (p.units === 'serial') return 0;
+  return p.units === 'mma-bf16'
+    ? 2 * (p.tileDepth + 8) * (p.tileRows + g.b.length * p.tileColumns)
+    : 4 * p.tileDepth * (p.tileRows + g.b.length * p.tileColumns);
+}
+
+/** Workgroup memory a flash tile declares: query and key tiles (rows padded by one), values, scores, bounds. */
+function flashBytes(f: FlashIR, bq: number, bk: number): number {
+  return 4 * (bq * (f.depth + 1) + bk * (f.depth + 1) + bk * f.width + bq * bk + bq + 1);
 }
 
 /**
  * Flash-attention tiles: the largest query × key tile whose query, key, value and score tiles fit the statically
  * declared workgroup memory (48 KiB on CUDA: 64 × 32 for head size 64; 16 KiB on WebGPU: 16 × 16), with the
- * threads of a query row dividing its keys and its output evenly. The CPU walks every row, key by key.
+ * threads of a query row dividing its keys and its output evenly; none where nothing fits (the row form runs).
+ * The CPU walks every row, key by key.
  */
-function scheduleFlash(k: KernelIR, f: FlashIR, device: DeviceCaps): ScheduledKernel {
-  const base = { kernel: k, device, subgroups: false, stmts: [], arrays: [], dynamicWorkgroupBytes: 0 };
-  const grid = { rowsPerWorkgroup: 1, threads: device.threadsPerWorkgroup, overflow: device.rowsPastGrid, maxWorkgroupsX: device.maxWorkgroupsX };
+function flashPlan(f: FlashIR, device: DeviceCaps): FlashPlan | undefined {
   if (device.threadsPerWorkgroup === 1) {
-    const plan: FlashPlan = { units: 'serial', tileQueries: 1, tileKeys: f.keys, threadsPerQuery: 1, queryTiles: f.queries };
-    return { ...base, grid: { ...grid, rows: k.rows }, flash: plan };
+    return { units: 'serial', tileQueries: 1, tileKeys: f.keys, threadsPerQuery: 1, queryTiles: f.queries };
   }
   const threads = device.threadsPerWorkgroup;
-  const bytes = (bq: number, bk: number) => 4 * (bq * (f.depth + 1) + bk * (f.depth + 1) + bk * f.width + bq * bk + bq) + SCRATCH_BYTES;
   const tiles: [number, number][] = [[64, 32], [32, 32], [32, 16], [16, 16], [8, 32], [8, 16]];
   const fits = tiles.find(([bq, bk]) => {
     const per = threads / bq;
-    return Number.isInteger(per) && bk % per === 0 && f.width % per === 0 && bytes(bq, bk) <= device.staticWorkgroupMemoryBytes;
+    return Number.isInteger(per) && bk % per === 0 && f.width % per === 0 && flashBytes(f, bq, bk) + SCRATCH_BYTES <= device.staticWorkgroupMemoryBytes;
   });
-  if (!fits) throw new Error(`kernel ${k.name}: no flash-attention tile fits ${device.staticWorkgroupMemoryBytes} bytes for head size ${f.depth}`);
+  if (!fits) return undefined;
   const [tileQueries, tileKeys] = fits;
   const queryTiles = idiv(add(f.queries, int(tileQueries - 1)), int(tileQueries));
-  const plan: FlashPlan = { units: 'fma', tileQueries, tileKeys, threadsPerQuery: threads / tileQueries, queryTiles };
-  return { ...base, grid: { ...grid, rows: mul(int(f.batch), queryTiles) }, flash: plan };
+  return { units: 'fma', tileQueries, tileKeys, threadsPerQuery: threads / tileQueries, queryTiles };
 }
 
 /** A load of a bf16 buffer at an index running along `v` with a start that is a multiple of 8 (16-byte aligned). */
@@ -391,7 +422,7 @@ class Scheduler {
    * Row-local arrays: stored as vec4s where a proved-aligned sum reads them wide; declared statically while they
    * fit (with room for reduction scratch), else placed in workgroup memory given at launch.
    */
-  placeArrays(stmts: readonly StmtSchedule[]): { arrays: ArrayPlacement[]; dynamicWorkgroupBytes: number } {
+  placeArrays(stmts: readonly StmtSchedule[], reservedBytes = 0): { arrays: ArrayPlacement[]; dynamicWorkgroupBytes: number } {
     const wide = new Set<string>();
     for (const st of stmts) {
       for (const plan of st.reductions.values()) {
@@ -402,7 +433,8 @@ class Scheduler {
     const bytes = (s: ArrayStmt) => s.n * (s.value.t === 'bool' ? 1 : 4);
     const total = decls.reduce((n, s) => n + bytes(s), 0);
     const dynamic = this.device.staticWorkgroupMemoryBytes < this.device.workgroupMemoryBytes;
-    const fits = !dynamic || total + SCRATCH_BYTES <= this.device.staticWorkgroupMemoryBytes;
+    // `reservedBytes`: declared statically beside the arrays (a kernel's tile form).
+    const fits = !dynamic || total + SCRATCH_BYTES + reservedBytes <= this.device.staticWorkgroupMemoryBytes;
     let offset = 0;
     const arrays = decls.map((s): ArrayPlacement => {
       const placed: ArrayPlacement = { name: s.name, elements: s.n, type: s.value.t, vec4: wide.has(s.name) };

@@ -127,9 +127,9 @@ export function printJs(sk: ScheduledKernel): string {
   k.buffers.forEach((_, i) => out.push(`const b${i} = b[${i}];`));
   for (const a of sk.arrays) out.push(`const ${a.name} = new Float64Array(${a.elements});`);
   const rows = p.expr(sk.grid.rows, out, '');
-  if (k.gemm) {
-    renderGemm(k.gemm, rows, p, out);
-  } else if (k.flash) {
+  if (k.gemm && sk.gemm) {
+    renderGemm(k.gemm, p.expr(k.gemm.rows, out, ''), p, out);
+  } else if (k.flash && sk.flash) {
     renderFlash(k.flash, p, out);
   } else {
     out.push(`for (let ${ROW} = 0; ${ROW} < ${rows}; ${ROW}++) {`);

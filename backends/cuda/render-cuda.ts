@@ -190,7 +190,9 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
 
   // Scratch for block-wide reductions: floats for sums and maxima of floats and for argmax values of floats, ints
   // for the rest and for argmax indices; tf_rv for argmax values of ints.
-  const coops = k.body.flatMap((s) => (s.k === 'coop' ? [s.op === 'argmax' ? `argmax:${s.body.t}` : s.body.t] : []));
+  // (None when the kernel always runs as tiles: its row form is not printed.)
+  const rowForm = sk.tilesFrom !== 0;
+  const coops = rowForm ? k.body.flatMap((s) => (s.k === 'coop' ? [s.op === 'argmax' ? `argmax:${s.body.t}` : s.body.t] : [])) : [];
   if (coops.some((t) => t === 'argmax:f32' || t === 'f32')) out.push('  __shared__ float tf_rf[TF_WARPS + 1];');
   if (coops.some((t) => t !== 'f32')) out.push('  __shared__ int tf_ri[TF_WARPS + 1];');
   if (coops.includes('argmax:i32')) out.push('  __shared__ int tf_rv[TF_WARPS + 1];');
@@ -198,14 +200,17 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
 
   const p = new CudaPrinter(cudaDialect, k.buffers);
   p.sizes = new Set(k.sizes);
-  if ((k.gemm && sk.gemm) || (k.flash && sk.flash)) {
-    if (k.gemm && sk.gemm) renderGemmCuda(k.gemm, sk.gemm, k.rows, p, out);
-    else renderFlashCuda(k.flash!, sk.flash!, p, out);
-    out.push('}');
+  // The tile form, and the rows from which it runs rather than the row form.
+  const tiles: string[] = [];
+  if (k.gemm && sk.gemm) renderGemmCuda(k.gemm, sk.gemm, k.gemm.rows, p, tiles);
+  else if (k.flash && sk.flash) renderFlashCuda(k.flash, sk.flash, p, tiles);
+  if (!rowForm) {
+    out.push(...tiles, '}');
     return { code: out.join('\n') + '\n', name, rows: sk.grid.rows, dynamicSharedBytes: 0 };
   }
   const body: string[] = [];
-  const rows = p.expr(sk.grid.rows, body, '  ');
+  // The row form's row count: the kernel's rows (the grid is larger when it may run the tiles instead).
+  const rows = p.expr(tiles.length ? k.rows : sk.grid.rows, body, '  ');
   body.push(`  const int tf_rows = ${rows};`);
   // Blocks stride over the rows (the grid may have fewer blocks than rows).
   body.push(`  for (int ${ROW} = blockIdx.x; ${ROW} < tf_rows; ${ROW} += gridDim.x) {`);
@@ -217,7 +222,12 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   if (/\btf_tid\b/.test(text)) out.push('  const int tf_tid = threadIdx.x;');
   if (/\btf_lane\b/.test(text)) out.push('  const int tf_lane = threadIdx.x & 31;');
   if (/\btf_warp\b/.test(text)) out.push('  const int tf_warp = threadIdx.x >> 5;');
-  out.push(...body, '}');
+  if (tiles.length) {
+    const extent = p.expr(k.gemm?.rows ?? k.flash!.queries, out, '  ');
+    out.push(`  if (${extent} >= ${sk.tilesFrom}) {`, ...tiles.map((l) => `  ${l}`), '  } else {', ...body.map((l) => `  ${l}`), '  }', '}');
+  } else {
+    out.push(...body, '}');
+  }
   return { code: out.join('\n') + '\n', name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes };
 }
 

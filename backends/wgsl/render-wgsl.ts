@@ -77,10 +77,17 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
   const ctx: RowContext = { p, buffers: k.buffers, threads, vec4Arrays };
   const body: string[] = [];
   for (const s of k.sizes) body.push(`  let ${sizeName(s)} = sizes.${sizeName(s)};`);
-  k.body.forEach((s, i) => renderStmt(s, sk.stmts[i], ctx, body, '  '));
-  const gemm = k.gemm && sk.gemm ? renderGemmWgsl(k.gemm, sk.gemm, p, p.expr(k.rows, body, '  '), threads)
+  // The tile form, and the rows from which it runs rather than the row form (sk.tilesFrom).
+  const tiles = k.gemm && sk.gemm ? renderGemmWgsl(k.gemm, sk.gemm, p, p.expr(k.gemm.rows, body, '  '), threads)
     : k.flash && sk.flash ? renderFlashWgsl(k.flash, sk.flash, p, threads) : undefined;
-  if (gemm) body.push(...gemm.body);
+  const rowForm: string[] = [];
+  if (sk.tilesFrom !== 0) k.body.forEach((s, i) => renderStmt(s, sk.stmts[i], ctx, rowForm, '  '));
+  if (tiles && sk.tilesFrom) {
+    const extent = p.expr(k.gemm?.rows ?? k.flash!.queries, body, '  ');
+    body.push(`  if (${extent} >= ${sk.tilesFrom}) {`, ...tiles.body.map((l) => `  ${l}`), '  } else {', ...rowForm.map((l) => `  ${l}`), '  }');
+  } else {
+    body.push(...(tiles?.body ?? rowForm));
+  }
 
   const out: string[] = [];
   const bindings: WgslBinding[] = [];
@@ -111,9 +118,8 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
     const t = a.type === 'i32' ? 'i32' : 'f32';
     out.push(a.vec4 ? `var<workgroup> ${a.name}: array<vec4<f32>, ${a.elements / 4}>;` : `var<workgroup> ${a.name}: array<${t}, ${a.elements}>;`);
   }
-  if (gemm) {
-    out.push(...gemm.decls);
-  } else {
+  if (tiles) out.push(...tiles.decls);
+  if (sk.tilesFrom !== 0) {
     out.push(`var<workgroup> red_f: array<f32, ${threads}>;`);
     out.push(`var<workgroup> red_i: array<i32, ${threads}>;`);
   }
