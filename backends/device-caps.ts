@@ -115,7 +115,7 @@ export function webgpuCaps(opts: { readonly subgroups: boolean }): DeviceCaps {
     maxWorkgroupsX: 65535,
     rowsPastGrid: 'second-dimension',
     matrixUnits: [],
-    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 96, flash: 32 } },
+    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 80, flash: 32 } },
   };
 }
 

@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { DeviceKind, deviceKinds, isDeviceKind } from '../runtime/device.ts';
+import { defaultScriptLimits, type ScriptLimits } from './script-limits.ts';
 
 /** Bad command-line input: printed as one line, exit code 1. */
 export class UsageError extends Error {}
@@ -50,9 +51,13 @@ export function parseOptions<O extends Options>(name: string, args: string[], op
     const r = parseArgs({ args, options: config, allowPositionals: positionals, strict: true });
     return { values: r.values as Values<O>, positionals: r.positionals };
   } catch (e) {
-    const m = /^Unknown option '([^']+)'/.exec((e as Error).message);
+    const message = (e as Error).message;
+    const m = /^Unknown option '([^']+)'/.exec(message);
     if (m) throw new UsageError(`unknown option ${m[1]} (see tsfuse ${name} --help)`);
-    throw new UsageError((e as Error).message.replace(/\. To specify a positional argument.*$/s, ''));
+    // `--seed -1`: parseArgs takes -1 for an option and explains over three lines.
+    const ambiguous = /^Option '(-[^' ]+)[^']*' argument is ambiguous/.exec(message);
+    if (ambiguous) throw new UsageError(`${ambiguous[1]} needs a value (one that starts with a dash is written ${ambiguous[1]}=-1)`);
+    throw new UsageError(message.replace(/\. To specify a positional argument.*$/s, '').split('\n')[0]);
   }
 }
 
@@ -77,6 +82,27 @@ export const jsonOption = { type: 'boolean', default: false, help: 'print the re
 export const modelOption = {
   type: 'string', value: 'DIR', help: 'a Hugging Face Llama checkpoint folder (config.json, model.safetensors)',
 } as const;
+
+/** A model script is loaded and traced first in a worker thread under these limits (compiler/script-limits.ts). */
+export const scriptLimitOptions = {
+  timeout: {
+    type: 'string', default: String(defaultScriptLimits.timeoutSeconds), value: 'SECONDS',
+    help: 'model scripts: how long loading the script and tracing its entry may take (in a worker thread, first)',
+  },
+  'max-memory': {
+    type: 'string', default: String(defaultScriptLimits.maxMemoryMb), value: 'MB',
+    help: 'model scripts: how much JavaScript heap loading and tracing it may use',
+  },
+} as const;
+
+export function scriptLimits(values: { timeout: string; 'max-memory': string }): ScriptLimits {
+  const seconds = Number(values.timeout);
+  // setTimeout takes at most 2^31 - 1 ms.
+  if (values.timeout.trim() === '' || !(seconds > 0) || seconds * 1000 > 2 ** 31 - 1) {
+    throw new UsageError(`--timeout must be a number of seconds, more than 0 and at most ${Math.floor((2 ** 31 - 1) / 1000)}, got '${values.timeout}'`);
+  }
+  return { timeoutSeconds: seconds, maxMemoryMb: positiveInt(values['max-memory'], '--max-memory') };
+}
 
 export function required(v: string | undefined, flag: string): string {
   if (v === undefined) throw new UsageError(`${flag} is required`);

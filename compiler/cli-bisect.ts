@@ -3,7 +3,6 @@
 // prefill step or a decode step N tokens in. Prints the report (compiler/bisect-format.ts) or its JSON; exits 1
 // when something differs.
 
-import fs from 'node:fs';
 import { interpret } from '../backends/reference/interpreter.ts';
 import { lowerGraph } from '../backends/lower.ts';
 import { randomBf16Weights } from '../examples/random-checkpoint.ts';
@@ -20,10 +19,13 @@ import { checkTokens, loadLlama } from '../runtime/llama.ts';
 import { ParamStore } from '../runtime/params.ts';
 import { bisect, BisectReport, formatBisectReport } from './bisect.ts';
 import {
-  backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, modelOption, parseIds, positiveInt, UsageError,
+  backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, modelOption, parseIds, positiveInt, scriptLimitOptions,
+  scriptLimits, UsageError,
 } from './cli-args.ts';
 import { CompiledModule, compileModule } from './compile-module.ts';
 import { HISTORY, NEXT_POS } from './generation.ts';
+import type { ScriptLimits } from './script-limits.ts';
+import { readTextFile } from './cli-files.ts';
 import { defaultContext } from './passes/context.ts';
 import { computePlan } from './passes/plan-memory.ts';
 
@@ -68,6 +70,7 @@ Exit code 0 when everything agrees, 1 when something differs. Model scripts and 
     out: { type: 'string', value: 'DIR', help: "where the culprit's generated source is written (default: a new temp folder)" },
     seed: { type: 'string', default: '1', value: 'N', help: 'seed of random weights and inputs' },
     json: jsonOption,
+    ...scriptLimitOptions,
   },
   async run(values, positionals) {
     const given = [values.model !== undefined, values.config !== undefined, positionals.length > 0].filter(Boolean).length;
@@ -94,7 +97,7 @@ Exit code 0 when everything agrees, 1 when something differs. Model scripts and 
     } else {
       if (values['decode-at'] !== undefined || values.step !== 'prefill') throw new UsageError('--step and --decode-at are for Llama models (--model, --config)');
       const file = positionals[0];
-      const module = file.endsWith('.ir') ? { graphs: parseModule(readText(file), file).graphs } : await scriptModule(file, values.entry);
+      const module = file.endsWith('.ir') ? { graphs: parseModule(readTextFile(file, 'an IR file'), file).graphs } : await scriptModule(file, values.entry, scriptLimits(values));
       const name = values.graph ?? module.graphs[0]?.name;
       const g = module.graphs.find((x) => x.name === name);
       if (!g) throw new UsageError(`${file} has no graph @${name} (it has ${module.graphs.map((x) => '@' + x.name).join(', ')})`);
@@ -229,15 +232,7 @@ function parseDims(text: string | undefined): Map<string, number> {
   return dims;
 }
 
-function readText(file: string): string {
-  try {
-    return fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new UsageError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-}
-
-async function scriptModule(file: string, entry: string | undefined): Promise<Module> {
+async function scriptModule(file: string, entry: string | undefined, limits: ScriptLimits): Promise<Module> {
   const { traceScript } = await import('./script.ts'); // ts-morph loads only for scripts
-  return { graphs: [(await traceScript(file, entry)).graph] };
+  return { graphs: [(await traceScript(file, entry, limits)).graph] };
 }

@@ -21,7 +21,12 @@ import { defaultContext, PassContext } from './passes/context.ts';
 import { passNames, prefusionPasses, runPipeline } from './passes/pipeline.ts';
 import { formatReportTable, stepReport } from './report.ts';
 import { loadLlama } from '../runtime/llama.ts';
-import { backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, modelOption, positiveInt, UsageError } from './cli-args.ts';
+import { step } from '../runtime/progress.ts';
+import {
+  backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, modelOption, positiveInt, scriptLimitOptions, scriptLimits,
+  UsageError,
+} from './cli-args.ts';
+import { writingFor } from './cli-files.ts';
 
 /** Bad options of `tsfuse compile` (a usage error). */
 export class CompileUsageError extends UsageError {}
@@ -33,7 +38,8 @@ export const compileCommand = defineCommand({
   about: 'Runs the pass pipeline on the Llama prefill and decode graphs (a checkpoint, or a built-in config needing no\n' +
     'weights: llama-3.2-1b, llama-tiny) and prints a summary of the kernels, or what the options ask for. Given a\n' +
     'model script, traces its exported entry (inputs typed Tensor<dtype, shape>); --out writes the compiled artifact.\n' +
-    'A model script is a program: compiling it runs it with your privileges, as node would.',
+    'A model script is a program: compiling it runs it with your privileges, as node would; it runs first in a\n' +
+    'worker thread, which is stopped past --timeout seconds or --max-memory MB of heap.',
   options: {
     model: modelOption,
     config: { type: 'string', value: 'NAME', help: 'a built-in config: llama-3.2-1b, llama-tiny' },
@@ -48,7 +54,8 @@ export const compileCommand = defineCommand({
     'prompt-length': { type: 'string', default: '32', value: 'N', help: 'prompt length S assumed in byte counts' },
     'no-cache': { type: 'boolean', default: false, help: 'compile again rather than read the compile cache (TSFUSE_CACHE_DIR)' },
     entry: { type: 'string', value: 'NAME', help: 'model scripts: the exported function to compile (default: the only one)' },
-    out: { type: 'string', value: 'FILE', help: 'model scripts: write the compiled artifact (a TypeScript module) here' },
+    out: { type: 'string', value: 'FILE', help: 'model scripts: write the compiled artifact for --backend here (FILE.ts, or FILE.js with FILE.d.ts)' },
+    ...scriptLimitOptions,
   },
   positionals: true,
   async run(values, positionals) {
@@ -60,11 +67,14 @@ export const compileCommand = defineCommand({
       for (const flag of ['report', 'explain-fusion', 'dump-schedule'] as const) {
         if (values[flag]) throw new UsageError(`--${flag} applies to --model/--config; for a model script use --dump-ir or --dump-kernels`);
       }
+      if (values.out !== undefined) checkArtifactOut(values.out, positionals[0], backend);
       const { runScriptCompile } = await importScriptCompiler();
-      await runScriptCompile({
+      const compileScript = () => runScriptCompile({
         script: positionals[0], entry: values.entry, backend, dumpIr: values['dump-ir'],
-        dumpKernels: values['dump-kernels'], out: values.out, json: values.json,
+        dumpKernels: values['dump-kernels'], out: values.out, json: values.json, limits: scriptLimits(values),
       });
+      // A spinner while the script is read, traced and written out (the passes show a bar), unless IR is printed.
+      await (values['dump-ir'] === undefined ? step(`compiling ${positionals[0]}`, compileScript) : compileScript());
       return;
     }
     if (values.entry !== undefined || values.out !== undefined) throw new UsageError('--entry and --out need a model script: tsfuse compile MODEL.ts');
@@ -86,6 +96,22 @@ export const compileCommand = defineCommand({
     });
   },
 });
+
+/**
+ * --out names a module to write for a backend that runs kernels: TypeScript, or JavaScript with declarations
+ * beside it; never the script being compiled, nor a folder.
+ */
+function checkArtifactOut(out: string, script: string, backend: string): void {
+  const target = path.resolve(out);
+  if (target === path.resolve(script)) throw new UsageError(`--out ${out} is the model script itself; choose another file`);
+  if (fs.existsSync(target) && fs.statSync(target).isDirectory()) {
+    throw new UsageError(`--out ${out} is a folder; name a file in it, such as ${path.join(out, 'model.ts')}`);
+  }
+  if (!/\.m?[jt]s$/.test(out) || /\.d\.m?ts$/.test(out)) {
+    throw new UsageError(`--out ${out}: name the artifact FILE.ts or FILE.mts (TypeScript), or FILE.js or FILE.mjs (JavaScript, with its declarations written beside it)`);
+  }
+  if (backend === 'reference') throw new UsageError('--out writes compiled kernels, and the reference backend has none: use --backend cpu, webgpu or cuda');
+}
 
 /** The model-script compiler loads ts-morph, an optional dependency: say how to install it when it is missing. */
 async function importScriptCompiler() {
@@ -147,9 +173,14 @@ export function runCompile(req: CompileRequest): void {
   };
   // Through the compile cache unless the passes themselves are to be shown (IR after a pass, fusion decisions).
   const watched = dump.all || dump.after !== undefined || req.explainFusion;
-  const traced = watched || req.report ? trace() : undefined;
-  const cached = watched ? undefined : compileCached({ model: 'llama', cfg: req.cfg, ...traceOpts }, () => traced ?? trace(), { ctx });
-  const compiled = cached?.module ?? compileModule(traced!, { ctx, after });
+  const compileAll = () => {
+    const traced = watched || req.report ? trace() : undefined;
+    const cached = watched ? undefined : compileCached({ model: 'llama', cfg: req.cfg, ...traceOpts }, () => traced ?? trace(), { ctx });
+    return { traced, cached, compiled: cached?.module ?? compileModule(traced!, { ctx, after }) };
+  };
+  // A spinner on a terminal, unless the IR printed after each pass would interleave with it.
+  const printsPasses = dump.all || dump.after !== undefined;
+  const { traced, cached, compiled } = printsPasses ? compileAll() : step(`compiling ${req.cfg.source}`, compileAll);
   const tracedNodes = (name: string) => cached?.tracedNodes[name] ?? traced?.graphs.find((g) => g.name === name)?.nodes.length;
   if (dump.final) process.stdout.write(printModule({ graphs: compiled.graphs.map((c) => c.graph) }));
 
@@ -171,9 +202,10 @@ export function runCompile(req: CompileRequest): void {
     return;
   }
 
-  const unfused = runPipeline(traced!, { passes: prefusionPasses, ctx: defaultContext });
-  const reports = Object.fromEntries(compiled.graphs.map((c, i) =>
-    [c.graph.name, stepReport(c.graph, unfused.graphs[i], c.plan.peakBytes, ctx.dims)]));
+  const reports = step('counting kernels and bytes against one kernel per op', () => {
+    const unfused = runPipeline(traced!, { passes: prefusionPasses, ctx: defaultContext });
+    return Object.fromEntries(compiled.graphs.map((c, i) => [c.graph.name, stepReport(c.graph, unfused.graphs[i], c.plan.peakBytes, ctx.dims)]));
+  });
   if (req.json) {
     console.log(JSON.stringify({ ...summary, ...reports }));
     return;
@@ -196,14 +228,16 @@ export function parseDump(spec: string | undefined, passes: string[]): { final: 
 /** Writes each kernel's source, and its schedule as text (NAME.schedule), into `dir`. */
 export function writeKernels(dir: string, backend: string, graphs: { name: string; kernels: readonly KernelIR[] }[]): void {
   const renderer = rendererFor(backend, '--dump-kernels');
-  fs.mkdirSync(dir, { recursive: true });
-  for (const g of graphs) {
-    for (const k of g.kernels) {
-      const scheduled = scheduleKernel(k, renderer.device);
-      fs.writeFileSync(path.join(dir, `${g.name}.${k.name}.${renderer.ext}`), renderer.print(scheduled) + '\n');
-      fs.writeFileSync(path.join(dir, `${g.name}.${k.name}.schedule`), formatSchedule(scheduled));
+  writingFor('--dump-kernels', dir, 'the kernels', () => {
+    fs.mkdirSync(dir, { recursive: true });
+    for (const g of graphs) {
+      for (const k of g.kernels) {
+        const scheduled = scheduleKernel(k, renderer.device);
+        fs.writeFileSync(path.join(dir, `${g.name}.${k.name}.${renderer.ext}`), renderer.print(scheduled) + '\n');
+        fs.writeFileSync(path.join(dir, `${g.name}.${k.name}.schedule`), formatSchedule(scheduled));
+      }
     }
-  }
+  });
 }
 
 /** Every kernel's schedule as text, graph by graph (--dump-schedule). */

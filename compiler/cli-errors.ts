@@ -2,10 +2,12 @@
 // when a command fails, so that a successful run never loads the modules that define them.
 
 import { UsageError } from './cli-args.ts';
+import { describeFileError, isFileSystemError } from './cli-files.ts';
 
-/** Errors that describe bad input: printed as they are, without a stack. */
+/** Errors that describe bad input, or a file system's answer to a path given: printed as one line, without a stack. */
 export async function isUserError(e: unknown): Promise<boolean> {
   if (!(e instanceof Error)) return false;
+  if (isFileSystemError(e)) return true;
   const [
     { ScriptError }, { TokenizerError }, { WebGpuUnavailableError }, { CudaUnavailableError }, { CompileUsageError },
     { LoweringError }, { TraceError }, { ConfigError }, { WeightsError }, { IrParseError }, { VerifyError },
@@ -22,4 +24,9 @@ export async function isUserError(e: unknown): Promise<boolean> {
     RangeError,
   ];
   return userErrors.some((cls) => e instanceof cls);
+}
+
+/** The line a user error prints: its message, or for a file-system error the path and what was expected there. */
+export function userMessage(e: Error): string {
+  return isFileSystemError(e) ? describeFileError(e) : e.message;
 }

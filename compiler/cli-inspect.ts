@@ -1,17 +1,13 @@
 // `tsfuse inspect FILE.ir`: parses and verifies an IR text file and prints it back, or its op counts.
 
-import fs from 'node:fs';
 import { parseModule } from '../ir/parser.ts';
 import { printModule } from '../ir/printer.ts';
 import { defineCommand, UsageError } from './cli-args.ts';
+import { readTextFile } from './cli-files.ts';
 
 /** Reads an IR file, naming it in the error when it cannot be read. */
 export function readIrFile(file: string): string {
-  try {
-    return fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new UsageError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
+  return readTextFile(file, 'an IR file');
 }
 
 export const inspectCommand = defineCommand({

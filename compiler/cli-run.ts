@@ -13,7 +13,9 @@ import { bindSizes, runOnce } from '../runtime/executor.ts';
 import { ParamStore, StoredTensor } from '../runtime/params.ts';
 import { readSafetensors } from '../runtime/safetensors.ts';
 import { backendOption, checkBackend, defineCommand, jsonOption, UsageError } from './cli-args.ts';
+import { readTextFile } from './cli-files.ts';
 import { readIrFile } from './cli-inspect.ts';
+import { checkRegularFile } from '../runtime/files.ts';
 import { lowerFor } from './open-session.ts';
 
 export const runCommand = defineCommand({
@@ -44,6 +46,7 @@ export const runCommand = defineCommand({
     const inputs = parseInputs(g, values.inputs ?? '');
     const sizes = bindSizes(g, inputs);
 
+    if (values.weights !== undefined) checkRegularFile(values.weights, 'a safetensors file', (m) => new UsageError(m));
     const weights = values.weights !== undefined ? readSafetensors(values.weights) : undefined;
     const stored = new Set(weights?.tensors.map((t) => t.name) ?? []);
     const load = (name: string): StoredTensor => {
@@ -86,7 +89,7 @@ function zeros(dtype: DType, shape: readonly (number | string)[], name: string):
 export function parseInputs(g: Graph, spec: string): Record<string, HostTensor> {
   let text = spec.trim();
   if (text.startsWith('@')) {
-    text = readIrFile(text.slice(1)).trim();
+    text = readTextFile(text.slice(1), 'a JSON file of inputs').trim();
   }
   let raw: Record<string, unknown>;
   if (text.startsWith('{')) {

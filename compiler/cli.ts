@@ -104,12 +104,15 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     const { values, positionals } = parseOptions(command, normalizeDumpIr(rest), cmd.options, cmd.positionals);
+    // Spinners for long steps on a terminal, not under --json.
+    const { setSpinners, showProgress } = await import('../runtime/progress.ts');
+    setSpinners(showProgress((values as { json?: unknown }).json === true));
     await cmd.run(values, positionals);
     return 0;
   } catch (e) {
-    const { isUserError } = await import('./cli-errors.ts');
+    const { isUserError, userMessage } = await import('./cli-errors.ts');
     if (await isUserError(e)) {
-      console.error(`tsfuse ${command}: ${(e as Error).message}`);
+      console.error(`tsfuse ${command}: ${userMessage(e as Error)}`);
     } else {
       console.error(`tsfuse ${command}: internal error: ${(e as Error).message}`);
       if (process.env.TSFUSE_DEBUG) console.error((e as Error).stack);

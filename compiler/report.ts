@@ -2,10 +2,12 @@
 // graph next to the same graph run one kernel per op.
 
 import { dtypeBytes } from '../ir/dtype.ts';
-import { Graph, kernelIO, Node, NodeGroup, Value } from '../ir/graph.ts';
+import { Graph, kernelIOs, Node, NodeGroup, Value } from '../ir/graph.ts';
 import { Attrs, Op } from '../ir/ops.ts';
 import { formatType } from '../ir/shape.ts';
 import { valueBytes } from './passes/fuse.ts';
+
+type KernelIO = ReturnType<typeof kernelIOs>[number];
 
 /** A fused kernel, or one node alone whose `kind` is its op (the unfused baseline). */
 type StepKernel = NodeGroup & { readonly name: string; readonly attrs: Attrs };
@@ -13,6 +15,8 @@ type StepKernel = NodeGroup & { readonly name: string; readonly attrs: Attrs };
 export interface KernelTraffic {
   readonly name: string;
   readonly kind: string;
+  /** What it is in the model, as the README names Llama's kernels ("QKV projection"); else its kind. */
+  readonly role: string;
   /** Which transformer layer it belongs to, or null outside the layers. */
   readonly layer: number | null;
   readonly bytesRead: number;
@@ -53,12 +57,11 @@ function stateRoot(v: Value): Value {
  * Transformer layer of each kernel: from the names of the parameters and state it touches ("layers.3.",
  * "cache.k.3"); a kernel touching no named value takes the layer its inputs' kernels agree on.
  */
-function layersOf(g: Graph, kernels: readonly StepKernel[]): (number | null)[] {
+function layersOf(kernels: readonly StepKernel[], ios: readonly KernelIO[]): (number | null)[] {
   const kernelOf = new Map<Value, number>();
   kernels.forEach((k, i) => k.nodes.forEach((n) => kernelOf.set(n.output, i)));
   const layers: (number | null)[] = [];
-  kernels.forEach((k) => {
-    const io = kernelIO(g, k, kernels);
+  ios.forEach((io) => {
     const named = [...io.reads, ...io.writes].map(stateRoot).filter((v) => v.kind === 'param' || v.kind === 'state');
     const found = new Set<number | null>();
     for (const v of named) {
@@ -76,6 +79,40 @@ function layersOf(g: Graph, kernels: readonly StepKernel[]): (number | null)[] {
   return layers;
 }
 
+/** Roles of kernels whose weights name them: the projections by their weight's name (or the concatenation's). */
+const projections: readonly [RegExp, string][] = [
+  [/\.(q|k|v|q_k_v)_proj\./, 'QKV projection'],
+  [/\.o_proj\./, 'output projection'],
+  [/\.(gate|up|gate_up)_proj\./, 'gate/up projection'],
+  [/\.down_proj\./, 'down projection'],
+];
+
+/**
+ * What a kernel is in a Llama step, in the README's words: from the weights and state it touches, else (no weights)
+ * from the kernels whose results it reads (the steps of split attention after attention, the argmax's steps after
+ * the LM head) or what it computes. Anything else is named by its kind.
+ */
+function kernelRole(k: StepKernel, io: KernelIO, producerRoles: readonly string[]): string {
+  const kind = String(k.attrs.kind ?? k.nodes[0].op);
+  const touched = [...io.reads, ...io.writes].map(stateRoot);
+  if (kind === 'state-write') return touched.some((v) => v.kind === 'state' && v.name!.startsWith('cache.')) ? 'KV-cache write' : 'token write';
+  if (kind === 'attention') return 'attention';
+  const weights = io.reads.filter((v) => v.kind === 'param').map((v) => v.name!);
+  for (const [pattern, role] of projections) if (weights.some((w) => pattern.test(w))) return role;
+  const finalNorm = weights.some((w) => w.startsWith('model.norm.'));
+  // With tied embeddings the LM head is a contraction over embed_tokens (which other kernels only gather from).
+  if (weights.some((w) => w.startsWith('lm_head.')) || (kind === 'contraction' && weights.some((w) => w.startsWith('model.embed_tokens.')))) {
+    return finalNorm ? 'final RMSNorm + LM head' : 'LM head';
+  }
+  if (finalNorm) return 'final RMSNorm';
+  if (weights.some((w) => w.endsWith('layernorm.weight'))) return 'RMSNorm';
+  if (producerRoles.some((r) => r.startsWith('attention'))) return 'attention (combine)';
+  const ops = new Set(k.nodes.map((n) => n.op));
+  if (ops.has(Op.Argmax) || producerRoles.some((r) => r.endsWith('LM head') || r === 'next-token argmax')) return 'next-token argmax';
+  if (ops.has(Op.Arange)) return 'positions';
+  return kind;
+}
+
 /** Bytes of a parameter a kernel reads: whole, or only the gathered rows when every use is a gather's table. */
 function paramBytesRead(p: Value, nodes: Node[], dims: ReadonlyMap<string, number>): number {
   const uses = nodes.filter((n) => n.inputs.includes(p));
@@ -90,9 +127,14 @@ function paramBytesRead(p: Value, nodes: Node[], dims: ReadonlyMap<string, numbe
 function figures(g: Graph, kernels: StepKernel[], dims: ReadonlyMap<string, number>, peak: number): { fig: StepFigures; list: KernelTraffic[] } {
   const external = new Set<Value>([...g.outputs, ...g.stateUpdates.map((u) => u.value)]);
   const readers = new Map<Value, number>();
-  const layers = layersOf(g, kernels);
+  const ios = kernelIOs(g, kernels);
+  const layers = layersOf(kernels, ios);
+  /** The role of the kernel that wrote each value so far. */
+  const writtenBy = new Map<Value, string>();
   const list: KernelTraffic[] = kernels.map((k, ki) => {
-    const io = kernelIO(g, k, kernels);
+    const io = ios[ki];
+    const role = kernelRole(k, io, io.reads.flatMap((v) => writtenBy.get(v) ?? []));
+    for (const v of io.writes) writtenBy.set(v, role);
     for (const v of io.reads) readers.set(v, (readers.get(v) ?? 0) + 1);
     const params = io.reads.filter((v) => v.kind === 'param');
     const weightBytesRead = params.reduce((s, p) => s + paramBytesRead(p, k.nodes, dims), 0);
@@ -103,6 +145,7 @@ function figures(g: Graph, kernels: StepKernel[], dims: ReadonlyMap<string, numb
     return {
       name: k.name,
       kind: String(k.attrs.kind ?? k.nodes[0].op),
+      role,
       layer: layers[ki],
       bytesRead: weightBytesRead + otherReads,
       bytesWritten: written,
@@ -112,19 +155,19 @@ function figures(g: Graph, kernels: StepKernel[], dims: ReadonlyMap<string, numb
   });
   let intermediateBytes = 0;
   let elementwiseKernels = 0;
-  for (const k of kernels) {
-    for (const v of kernelIO(g, k, kernels).writes) {
+  kernels.forEach((k, ki) => {
+    for (const v of ios[ki].writes) {
       if (external.has(v) || v.producer?.op === Op.UpdateSlice) continue;
       intermediateBytes += valueBytes(v, dims) * (1 + (readers.get(v) ?? 0));
     }
     if (k.attrs.kind === 'elementwise' || (k.nodes.length === 1 && !['matmul', 'sum', 'mean', 'max', 'argmax', 'update_slice', 'gather'].includes(k.nodes[0].op))) elementwiseKernels++;
-  }
+  });
   // Per layer as in a typical layer (the median), so a node or two at a layer's edge does not skew it.
   const perLayer = new Map<number, number>();
   for (const k of list) if (k.layer !== null) perLayer.set(k.layer, (perLayer.get(k.layer) ?? 0) + 1);
   const counts = [...perLayer.values()].sort((a, b) => a - b);
   const kernelsPerLayer = counts.length ? counts[Math.floor(counts.length / 2)] : 0;
-  const usedParams = new Set(kernels.flatMap((k) => kernelIO(g, k, kernels).reads.filter((v) => v.kind === 'param')));
+  const usedParams = new Set(ios.flatMap((io) => io.reads.filter((v) => v.kind === 'param')));
   return {
     list,
     fig: {
@@ -165,25 +208,34 @@ export function stepReport(fused: Graph, unfused: Graph, peak: number, dims: Rea
   return { ...f.fig, unfused: u.fig, kernelList: f.list };
 }
 
+/** Bytes in decimal units (B, kB, MB, GB), the same everywhere in the report. */
+export function formatBytes(n: number): string {
+  if (n < 1e3) return `${n} B`;
+  const [value, unit] = n < 1e6 ? [n / 1e3, 'kB'] : n < 1e9 ? [n / 1e6, 'MB'] : [n / 1e9, 'GB'];
+  return `${value.toFixed(2)} ${unit}`;
+}
+
 export function formatReportTable(name: string, r: StepReport): string {
-  const mb = (n: number) => `${(n / 1e6).toFixed(2)} MB`;
   const row = (label: string, a: string | number, b: string | number) => `  ${label.padEnd(34)}${String(a).padStart(14)}${String(b).padStart(14)}`;
+  const roleWidth = Math.max(4, ...r.kernelList.map((k) => k.role.length)) + 2;
+  const kernelRow = (kernel: string, role: string, layer: string, read: string, written: string, results: string) =>
+    `  ${kernel.padEnd(8)}${role.padEnd(roleWidth)}${layer.padStart(5)}${read.padStart(12)}${written.padStart(12)}  ${results}`;
   const lines = [
     `${name}`,
     row('', 'fused', 'one per op'),
     row('kernels per step', r.kernels, r.unfused.kernels),
     row('kernels per transformer layer', r.kernelsPerLayer, r.unfused.kernelsPerLayer),
     row('kernels outside the layers', r.kernelsOutsideLayers, r.unfused.kernelsOutsideLayers),
-    row('weight bytes', mb(r.weightBytes), mb(r.unfused.weightBytes)),
-    row('weight bytes read per step', mb(r.weightBytesRead), mb(r.unfused.weightBytesRead)),
-    row('intermediate bytes (write + reads)', mb(r.intermediateBytes), mb(r.unfused.intermediateBytes)),
-    row('peak intermediate bytes', mb(r.peakIntermediateBytes), mb(r.unfused.peakIntermediateBytes)),
+    row('weight bytes', formatBytes(r.weightBytes), formatBytes(r.unfused.weightBytes)),
+    row('weight bytes read per step', formatBytes(r.weightBytesRead), formatBytes(r.unfused.weightBytesRead)),
+    row('intermediate bytes (write + reads)', formatBytes(r.intermediateBytes), formatBytes(r.unfused.intermediateBytes)),
+    row('peak intermediate bytes', formatBytes(r.peakIntermediateBytes), formatBytes(r.unfused.peakIntermediateBytes)),
     row('elementwise-only kernels', r.elementwiseKernels, r.unfused.elementwiseKernels),
     '',
-    `  ${'kernel'.padEnd(8)}${'kind'.padEnd(13)}${'layer'.padStart(6)}${'reads'.padStart(14)}${'writes'.padStart(14)}  writes`,
+    kernelRow('kernel', 'role', 'layer', 'reads', 'writes', 'results (the values it stores)'),
   ];
   for (const k of r.kernelList) {
-    lines.push(`  ${k.name.padEnd(8)}${k.kind.padEnd(13)}${String(k.layer ?? '-').padStart(6)}${mb(k.bytesRead).padStart(14)}${mb(k.bytesWritten).padStart(14)}  ${k.writes.join(', ')}`);
+    lines.push(kernelRow(k.name, k.role, String(k.layer ?? '-'), formatBytes(k.bytesRead), formatBytes(k.bytesWritten), k.writes.join(', ')));
   }
   return lines.join('\n');
 }

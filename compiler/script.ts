@@ -12,6 +12,7 @@ import {
 import { DType, isDType } from '../ir/dtype.ts';
 import { Dim } from '../ir/shape.ts';
 import { ScriptError } from './script-error.ts';
+import { defaultScriptLimits, probeScript, ScriptLimits } from './script-limits.ts';
 import { displayPath } from './source-location.ts';
 import { Tensor } from './tensor.ts';
 import { InputSpec, trace, TraceError } from './trace.ts';
@@ -243,13 +244,17 @@ export function pickEntry(info: ScriptInfo, name?: string): ScriptEntry {
   throw new ScriptError(`${shown}: several entry points, choose one with --entry (${list()})`);
 }
 
-/** Reads, checks, imports and traces one entry of a script. */
-export async function traceScript(file: string, entryName?: string): Promise<TracedScript> {
+/**
+ * Reads, checks, imports and traces one entry of a script: first in a worker thread under `limits` (a script that
+ * loops forever or exhausts memory is stopped there, see script-limits.ts), then here.
+ */
+export async function traceScript(file: string, entryName?: string, limits: ScriptLimits = defaultScriptLimits): Promise<TracedScript> {
   const info = readScript(file);
   if (info.problems.length) {
     throw new ScriptError(`${displayPath(info.file)} is not traceable:\n  ${info.problems.join('\n  ')}`);
   }
   const entry = pickEntry(info, entryName);
+  await probeScript(info.file, entry.name, entry.inputs, limits);
   let mod: Record<string, unknown>;
   try {
     mod = await import(pathToFileURL(info.file).href) as Record<string, unknown>;

@@ -14,22 +14,61 @@ import { randomBf16Weights } from './random-checkpoint.ts';
 
 export { randomBf16Weights };
 
-const { values } = parseArgs({
-  options: {
-    backend: { type: 'string', default: 'webgpu' },
-    config: { type: 'string', default: 'llama-3.2-1b' },
-    prompt: { type: 'string', default: '32' },
-    'new-tokens': { type: 'string', default: '128' },
-    runs: { type: 'string', default: '3' },
-    profile: { type: 'boolean', default: false },
-    // --backend cuda only:
-    compare: { type: 'string' },
-    'checkpoint-dir': { type: 'string' },
-    seed: { type: 'string', default: '1' },
-    python: { type: 'string', default: 'python3' },
-    'hf-timeout': { type: 'string', default: '420' },
-  },
-});
+/** The options, each with its default and what it does (`npm run bench -- --help` prints them). */
+const options = {
+  backend: { type: 'string', default: 'webgpu', help: 'webgpu, or cuda (examples/bench-cuda.ts)' },
+  config: { type: 'string', default: 'llama-3.2-1b', help: 'the built-in config whose shape the random weights take' },
+  prompt: { type: 'string', default: '32', help: 'prompt length in tokens' },
+  'new-tokens': { type: 'string', default: '128', help: 'tokens generated per run' },
+  runs: { type: 'string', default: '3', help: 'runs; the best one is reported' },
+  profile: { type: 'boolean', default: false, help: 'also print the GPU time of each kernel of one decode step' },
+  compare: { type: 'string', help: 'cuda only: hf runs Hugging Face transformers + torch.compile on the same weights' },
+  'checkpoint-dir': { type: 'string', help: 'cuda only: where the random checkpoint is written (default: tsfuse-bench-CONFIG-seedN in the temp folder)' },
+  seed: { type: 'string', default: '1', help: 'cuda only: seed of the random weights' },
+  python: { type: 'string', default: 'python3', help: 'cuda only: the Python that runs examples/bench-hf.py' },
+  'hf-timeout': { type: 'string', default: '420', help: 'cuda only: seconds the Hugging Face side may take' },
+  help: { type: 'boolean', default: false, help: 'print this help' },
+} as const;
+
+function helpText(): string {
+  const rows = Object.entries(options).map(([name, o]) => {
+    const flag = `--${name}${o.type === 'string' ? ' VALUE' : ''}`;
+    const def = 'default' in o && o.default !== false ? ` (default: ${o.default})` : '';
+    return [flag, `${o.help}${def}`] as const;
+  });
+  const width = Math.max(...rows.map(([f]) => f.length)) + 2;
+  return 'usage: npm run bench -- [options]\n\n' +
+    'Decode speed of a Llama with random bf16 weights: ms per token, tokens/s, kernels per token, bandwidth.\n\n' +
+    `options:\n${rows.map(([f, h]) => `  ${f.padEnd(width)}${h}`).join('\n')}\n`;
+}
+
+/** The options as parseArgs takes them (without their help). */
+const config = Object.fromEntries(Object.entries(options).map(([k, { help: _, ...o }]) => [k, o])) as
+  { [K in keyof typeof options]: Omit<(typeof options)[K], 'help'> };
+
+/** The options given; a bad one is one line on stderr (exit code 2), --help the list of options. */
+function parseOptions() {
+  const fail = (message: string): never => {
+    console.error(`bench: ${message} (see npm run bench -- --help)`);
+    process.exit(2);
+  };
+  let values;
+  try {
+    values = parseArgs({ options: config, strict: true }).values;
+  } catch (e) {
+    return fail((e as Error).message.replace(/\. To specify a positional argument.*$/s, ''));
+  }
+  if (values.help) {
+    process.stdout.write(helpText());
+    process.exit(0);
+  }
+  for (const name of ['prompt', 'new-tokens', 'runs', 'seed', 'hf-timeout'] as const) {
+    if (!/^\d+$/.test(values[name])) fail(`--${name} ${values[name]}: expected a whole number`);
+  }
+  return values;
+}
+
+const values = parseOptions();
 
 interface Row { label: string; value: string }
 
@@ -102,7 +141,7 @@ async function main(): Promise<void> {
   switch (values.backend) {
     case 'webgpu': rows = await benchWebGpu(cfg); break;
     case 'cuda': process.exitCode = await benchCuda(cfg); return;
-    default: throw new Error(`bench: unknown backend '${values.backend}' (webgpu, cuda)`);
+    default: throw Object.assign(new Error(`--backend ${values.backend}: the benchmark runs on webgpu or cuda`), { name: 'BenchError' });
   }
   console.log(`tsfuse bench — ${values.backend}, ${values.config}, prompt ${values.prompt}, ${values['new-tokens']} new tokens, ${new Date().toISOString().slice(0, 10)}`);
   const w = Math.max(...rows.map((r) => r.label.length));

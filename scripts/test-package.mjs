@@ -1,13 +1,15 @@
 // `npm run test:package`: tsfuse as a user installs it. Packs the tarball (which builds dist/), installs it into an
 // empty project without the optional packages (webgpu, koffi, ts-morph), and checks that plain Node imports it,
 // that a strict tsc project type-checks against its declarations, that the bin runs compiled JavaScript quickly, and
-// that the GPU backends name what to install. Skips (exit 0) when the npm registry cannot be reached. Ends with the
+// that the GPU backends name what to install; then, with ts-morph added, that artifacts written by the installed bin
+// run in plain Node (test/package/artifacts.mjs). Skips (exit 0) when the npm registry cannot be reached. Ends with the
 // line "N passed, N failed".
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { checkArtifacts } from '../test/package/artifacts.mjs';
 
 const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 const fixture = path.join(root, '../shared/fixtures/tiny-llama');
@@ -121,7 +123,8 @@ export { n };
 
   check('with ts-morph added, the installed bin compiles a model script importing tsfuse', () => {
     const version = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).optionalDependencies['ts-morph'];
-    run(npm, ['install', '--no-audit', '--no-fund', `ts-morph@${version}`], { cwd: app });
+    // --omit=optional: tsfuse's GPU packages stay out (the artifact checks below add the checkout's).
+    run(npm, ['install', '--omit=optional', '--no-audit', '--no-fund', `ts-morph@${version}`], { cwd: app });
     fs.writeFileSync(path.join(app, 'mlp.ts'), `
 import { DType, param, type Tensor } from 'tsfuse';
 export function mlp(x: Tensor<'f32', ['S', 8]>): Tensor {
@@ -131,6 +134,8 @@ export function mlp(x: Tensor<'f32', ['S', 8]>): Tensor {
     const out = JSON.parse(run(process.execPath, [bin, 'compile', 'mlp.ts', '--json'], { cwd: app }).stdout);
     if (out.entry !== 'mlp' || out.inputs[0] !== 'x: f32[S,8]' || !(out.kernels >= 1)) throw new Error(JSON.stringify(out));
   });
+
+  checkArtifacts({ check, run, app, bin, root, npm });
 } finally {
   fs.rmSync(tmp, { recursive: true, force: true });
 }

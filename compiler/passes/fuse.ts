@@ -602,24 +602,27 @@ function explainBoundaries(fused: Graph, p: Partition): void {
   }
 }
 
-/** Ops in a chain (since an anchor or a value with no node) after which cutDeepChains starts a kernel. */
+/** Ops in a chain (since a matmul or a value with no node) after which cutDeepChains starts a kernel. */
 export const maxChainDepth = 512;
 
 /**
- * Cuts elementwise chains deeper than maxChainDepth (`for (…3000…) x = x.add(1)`) into kernels: a kernel computes
- * an expression per output, and the partition's searches, the lowering and the code generators walk expressions
- * recursively, so an unbounded chain overflows the stack. Runs first, when only anchors have kernels: each op
- * counts the ops of its longest chain since an anchor, a value with no node or a cut, and an op that would pass
- * the bound gets a kernel of its own and restarts the count. Its kernel recomputes at most the bound before it,
- * and the ops after it join it as epilogues up to the next cut, so no kernel holds a chain of more than twice the
- * bound. Real models stay far below it: a Llama layer adds two ops to the residual stream's chain.
+ * Cuts chains of ops deeper than maxChainDepth (`for (…3000…) x = x.add(1)`) into kernels: a kernel computes an
+ * expression per output, and the partition's searches, the lowering, the code generators and the generated code
+ * itself walk expressions recursively, so an unbounded chain overflows the stack. Runs first, when only anchors
+ * have kernels: each op counts the ops of its longest chain since a matmul (whose result is an accumulator of its
+ * own), a value with no node or a cut; reductions count, as chains of them merge into one kernel (softmax). An op
+ * that would pass the bound gets a kernel of its own and restarts the count. Its kernel recomputes at most the
+ * bound before it, and the ops after it join it as epilogues up to the next cut, so no kernel holds a chain of more
+ * than about twice the bound. Real models stay well below it: a Llama layer adds two ops to the residual stream's
+ * chain, and the top-p sampler's bisection is about 300 deep.
  */
 function cutDeepChains(p: Partition): void {
   const depth = new Map<Value, number>();
   for (const n of p.g.nodes) {
-    if (anchorKind(n)) continue;
+    if (n.op === Op.Matmul || n.op === Op.UpdateSlice) continue;
     const d = 1 + n.inputs.reduce((m, v) => Math.max(m, depth.get(v) ?? 0), 0);
-    if (d <= maxChainDepth) {
+    // A reduction has its kernel already: the op after it is cut instead.
+    if (d <= maxChainDepth || p.group(n)) {
       depth.set(n.output, d);
       continue;
     }

@@ -287,7 +287,9 @@ export class CudaDriver {
   getFunction(module: Handle, name: string, dynamicSharedBytes = 0): Handle {
     const fn = [null];
     this.check(`cuModuleGetFunction(${name})`, this.api.cuModuleGetFunction(fn, module, name));
-    if (dynamicSharedBytes > 48 * 1024) {
+    // Opted in whatever the size: static and dynamic shared memory together past 48 KiB need it (a kernel with both
+    // a tile form's static arrays and its row form's arrays given at launch).
+    if (dynamicSharedBytes > 0) {
       if (dynamicSharedBytes > this.info.maxSharedPerBlock) {
         throw new CudaError('cuFuncSetAttribute', 0, `kernel ${name} needs ${dynamicSharedBytes} bytes of shared memory; the device allows ${this.info.maxSharedPerBlock}`);
       }

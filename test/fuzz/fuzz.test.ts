@@ -5,7 +5,8 @@
 //   - safetensors corruptions (header bytes, truncations): a WeightsError naming the file, or readable tensors;
 //   - compile() misuse: wrong inputs, options and parameters end in an error that names what is wrong;
 //   - special values through random elementwise graphs: the CPU kernels equal the reference bit for bit (NaN = NaN).
-// The special-value table itself runs on every backend in test/backends/special-values.test.ts.
+// The special-value table itself runs on every backend in test/backends/special-values.test.ts; command-line
+// arguments are fuzzed in test/fuzz/cli-args.test.ts.
 //
 //   FUZZ_SEED=7 FUZZ_SCALE=10 npm test -- fuzz      another seed, ten times the cases
 

@@ -1,0 +1,74 @@
+// The compile report as `tsfuse compile --config NAME --report` prints it: sizes in one unit system (B, kB, MB,
+// GB), each column named once, and Llama's kernels named as the README's table names them. (The figures
+// themselves are tested in fusion.test.ts.)
+
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { formatBytes } from '../../compiler/report.ts';
+
+const root = fileURLToPath(new URL('../../', import.meta.url));
+
+function report(...args: string[]): string {
+  const r = spawnSync(process.execPath, ['bin/tsfuse.mjs', 'compile', '--report', ...args], { cwd: root, encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  return r.stdout;
+}
+
+/** The kernel rows of one step's table: name, role and layer. */
+function kernels(text: string, step: string): { name: string; role: string; layer: string }[] {
+  const section = text.split('\n\n').findIndex((s) => s.startsWith(`${step}\n`));
+  assert.ok(section >= 0, `no @${step} in the report`);
+  return text.split('\n\n')[section + 1].trimEnd().split('\n').slice(1).map((line) => {
+    const m = /^ {2}(k\d+) +(.+?) +(\d+|-) +\d/.exec(line);
+    assert.ok(m, `not a kernel row: ${line}`);
+    return { name: m![1], role: m![2], layer: m![3] };
+  });
+}
+
+test('bytes are written in decimal units, the same in every column', () => {
+  assert.equal([999, 1000, 12_290, 2_471_630_000, 5.5e6].map(formatBytes), ['999 B', '1.00 kB', '12.29 kB', '2.47 GB', '5.50 MB']);
+  const text = report('--config', 'llama-tiny', '--cache-length', '64');
+  assert.not.match(text, /[KMG]iB/);
+  const sizes = [...text.matchAll(/ (\d+(?:\.\d+)?) ([kMG]?B)\b/g)];
+  assert.ok(sizes.length > 50, 'the report shows sizes');
+  for (const [size, value, unit] of sizes) assert.ok(unit === 'B' ? /^\d+$/.test(value) : /^\d+\.\d\d$/.test(value), size);
+});
+
+test('each column of the kernel table is named once', () => {
+  const text = report('--config', 'llama-tiny', '--cache-length', '64');
+  const headers = text.split('\n').filter((l) => l.trimStart().startsWith('kernel '));
+  assert.is(headers.length, 3, 'one kernel table per step');
+  for (const h of headers) {
+    const words = h.trim().split(/\s+/);
+    assert.is(words.filter((w) => w === 'writes').length, 1, h);
+    assert.is(words.filter((w) => w === 'reads').length, 1, h);
+  }
+});
+
+test('decode kernels are named as the README names them: 6 per layer and 5 outside on llama-3.2-1b', () => {
+  const perLayer = ['QKV projection', 'KV-cache write', 'attention', 'output projection', 'gate/up projection', 'down projection'];
+  const decode = kernels(report('--config', 'llama-3.2-1b', '--cache-length', '160'), 'decode');
+  assert.is(decode.length, 16 * 6 + 5);
+  for (let layer = 0; layer < 16; layer++) {
+    assert.equal(decode.slice(6 * layer, 6 * layer + 6).map((k) => `${k.layer} ${k.role}`), perLayer.map((r) => `${layer} ${r}`));
+  }
+  assert.equal(decode.slice(96).map((k) => k.role),
+    ['final RMSNorm + LM head', 'next-token argmax', 'next-token argmax', 'next-token argmax', 'token write']);
+});
+
+test('with a long cache attention runs in chunks, and the prefill names its norms, LM head and positions', () => {
+  const text = report('--config', 'llama-3.2-1b');
+  const decode = kernels(text, 'decode');
+  assert.equal(decode.slice(0, 8).map((k) => k.role), ['QKV projection', 'KV-cache write', 'attention', 'attention (combine)',
+    'attention (combine)', 'output projection', 'gate/up projection', 'down projection']);
+  const prefill = kernels(text, 'prefill');
+  assert.equal(prefill.slice(0, 2).map((k) => k.role), ['RMSNorm', 'QKV projection']);
+  const outside = prefill.filter((k) => k.layer === '-').map((k) => k.role);
+  assert.equal(outside.slice(0, 2), ['final RMSNorm', 'LM head']);
+  assert.ok(outside.includes('positions') && outside.includes('next-token argmax') && outside.at(-1) === 'token write', outside.join(', '));
+  assert.not.ok(prefill.some((k) => ['reduce', 'contraction', 'elementwise'].includes(k.role)), 'every kernel has a role');
+});
+
+test.run();

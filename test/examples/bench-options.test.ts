@@ -1,0 +1,44 @@
+// `npm run bench -- --help` lists every option with its default; a bad option is one line on stderr (exit code 2),
+// never a stack trace. Nothing is measured: each case exits before a device opens.
+
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+
+const root = fileURLToPath(new URL('../../', import.meta.url));
+
+function bench(...args: string[]) {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'examples/bench.ts', ...args], { cwd: root, encoding: 'utf8' });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+test('--help lists the options with their defaults', () => {
+  const r = bench('--help');
+  assert.is(r.code, 0, r.stderr);
+  assert.ok(r.stdout.startsWith('usage: npm run bench -- [options]\n'), r.stdout);
+  for (const line of ['--backend VALUE', '(default: webgpu)', '--config VALUE', '(default: llama-3.2-1b)', '--prompt VALUE',
+    '(default: 32)', '--new-tokens VALUE', '(default: 128)', '--runs VALUE', '(default: 3)', '--profile', '--compare VALUE',
+    '--checkpoint-dir VALUE', '--seed VALUE', '--python VALUE', '(default: python3)', '--hf-timeout VALUE', '(default: 420)']) {
+    assert.ok(r.stdout.includes(line), `--help should show ${line}:\n${r.stdout}`);
+  }
+  assert.is(r.stderr, '');
+});
+
+test('a bad option or value is one line naming it', () => {
+  for (const [args, message] of [
+    [['--bogus'], "bench: Unknown option '--bogus' (see npm run bench -- --help)"],
+    [['--runs'], "bench: Option '--runs <value>' argument missing (see npm run bench -- --help)"],
+    [['--prompt', 'abc'], 'bench: --prompt abc: expected a whole number (see npm run bench -- --help)'],
+    [['--backend', 'cpu'], 'bench: --backend cpu: the benchmark runs on webgpu or cuda'],
+    [['--config', 'nope'], "bench: unknown built-in config 'nope'"],
+  ] as const) {
+    const r = bench(...args);
+    assert.is(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.ok(r.stderr.startsWith(message), `${args.join(' ')}: ${r.stderr}`);
+    assert.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.is(r.stdout, '');
+  }
+});
+
+test.run();
