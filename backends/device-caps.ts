@@ -55,6 +55,8 @@ export interface ScheduleTuning {
   /**
    * Rows (a GEMM's m, attention's query rows) from which a kernel runs as tiles rather than row by row: fewer rows
    * give too few tiles to keep the device busy, where the row kernels stream the weights from every workgroup.
+   * Measured on the H200 (BENCHMARKS.md): GEMM tiles won from 16 rows on CUDA, from about 80 on WebGPU; flash
+   * attention from 2 query rows on both (the row form reads the whole cache, flash only up to the causal bound).
    */
   readonly tilesFrom: { readonly gemm: number; readonly flash: number };
 }
@@ -115,7 +117,7 @@ export function webgpuCaps(opts: { readonly subgroups: boolean }): DeviceCaps {
     maxWorkgroupsX: 65535,
     rowsPastGrid: 'second-dimension',
     matrixUnits: [],
-    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 80, flash: 32 } },
+    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 80, flash: 2 } },
   };
 }
 
@@ -137,7 +139,7 @@ export function cudaCaps(computeCapability = 90): DeviceCaps {
     rowsPastGrid: 'grid-stride',
     // mma.sync m16n8k16 with bf16 inputs and f32 accumulators (sm_80 and later).
     matrixUnits: computeCapability >= 80 ? [{ m: 16, n: 8, k: 16, input: DType.BF16, accumulator: DType.F32 }] : [],
-    tuning: { elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 4 }, tilesFrom: { gemm: 16, flash: 64 } },
+    tuning: { elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 4 }, tilesFrom: { gemm: 16, flash: 2 } },
   };
 }
 

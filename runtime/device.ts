@@ -125,7 +125,7 @@ export interface KernelTime {
 /** 2 · m · n · k per product of a GEMM kernel at these sizes; undefined for other kernels. */
 export function gemmFlops(k: KernelIR, sizes: Sizes): number | undefined {
   const g = k.gemm;
-  return g && 2 * evalSize(k.rows, sizes) * g.columns * g.depth * g.b.length;
+  return g && 2 * evalSize(g.rows, sizes) * g.columns * g.depth * g.b.length;
 }
 
 export interface Program {
