@@ -30,7 +30,7 @@ export function formatSchedule(s: ScheduledKernel): string {
     const p = s.gemm;
     const units = { 'mma-bf16': 'bf16 matrix instructions (mma m16n8k16, f32 accumulators), the left operand rounded to bf16',
       fma: 'f32 multiply-adds, 4 × 4 outputs per thread', serial: 'one row at a time' }[p.units];
-    lines.push(`  gemm ${formatSize(k.rows)} × ${k.gemm.columns} over ${k.gemm.depth}, ${k.gemm.b.length} product${k.gemm.b.length > 1 ? 's' : ''}: tiles of ${p.tileRows} × ${p.tileColumns} (${formatSize(p.rowTiles)} × ${p.columnTiles}), ${p.tileDepth} deep per step, ${units}`);
+    lines.push(`  gemm ${formatSize(k.gemm.rows)} × ${k.gemm.columns} over ${k.gemm.depth}, ${k.gemm.b.length} product${k.gemm.b.length > 1 ? 's' : ''}: tiles of ${p.tileRows} × ${p.tileColumns} (${formatSize(p.rowTiles)} × ${p.columnTiles}), ${p.tileDepth} deep per step, ${units}`);
   }
   if (k.flash && s.flash) {
     const f = k.flash;

@@ -38,7 +38,10 @@ function epilogue(g: GemmIR, p: ExprPrinter, out: string[], indent: string): voi
 
 function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void {
   const { tileRows: TM, tileColumns: TN, tileDepth: TD } = plan;
-  if (TM !== 64 || TN !== 64 || TD % 32 !== 0) throw new Error(`CUDA: mma tiles of ${TM} × ${TN} × ${TD} are not printed`);
+  if (TM % 64 !== 0 || TN !== 64 || TD % 32 !== 0) throw new Error(`CUDA: mma tiles of ${TM} × ${TN} × ${TD} are not printed`);
+  // m16 blocks per warp (8 warps as 4 × 2, each MI·16 rows × 32 columns), and rows each thread stages (64 at a time).
+  const MI = TM / 64;
+  const RA = TM / 64;
   // bf16 elements per staged row: 8 more than the depth, so the rows of a warp's fragment reads start 4 banks
   // apart and its 32 lanes read 32 distinct banks.
   const pitch = TD + 8;
@@ -51,28 +54,32 @@ function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
   out.push(`${i}__shared__ __align__(16) unsigned short tf_bs[${ops * TN * pitch}];`);
   out.push(`${i}const int tf_lane = threadIdx.x & 31, tf_warp = threadIdx.x >> 5;`);
   out.push(`${i}const int tf_g = tf_lane >> 2, tf_q = tf_lane & 3;`);
-  out.push(`${i}const int tf_wm = (tf_warp >> 1) * 16, tf_wn = (tf_warp & 1) * 32;`);
+  out.push(`${i}const int tf_wm = (tf_warp >> 1) * ${16 * MI}, tf_wn = (tf_warp & 1) * 32;`);
   // Each thread stages 8 neighbouring elements along the depth: of the left operand at row t / 4, and of each
   // right operand at column t / 4.
   out.push(`${i}const int tf_sr = threadIdx.x >> 2, tf_sc = (threadIdx.x & 3) * ${per};`);
-  out.push(`${i}float tf_c[${ops * 16}];`);
+  // tf_c[((o · MI) + mi) · 16 + ni · 4 + r]: product o, the warp's m16 block mi, n8 block ni.
+  out.push(`${i}float tf_c[${ops * MI * 16}];`);
   out.push(`${i}#pragma unroll`);
-  out.push(`${i}for (int tf_i = 0; tf_i < ${ops * 16}; tf_i++) tf_c[tf_i] = 0.0f;`);
-  out.push(`${i}float tf_ra[${per}];`);
+  out.push(`${i}for (int tf_i = 0; tf_i < ${ops * MI * 16}; tf_i++) tf_c[tf_i] = 0.0f;`);
+  out.push(`${i}float tf_ra[${RA * per}];`);
   out.push(`${i}uint4 tf_rb[${ops * vecs}];`);
   // Global loads of the step at depth k0 into registers.
   const load = (indent: string, k0: string) => {
     const inner = indent + '  ';
     out.push(`${indent}{`);
-    out.push(`${inner}const int ${g.m} = tf_m0 + tf_sr;`);
     out.push(`${inner}#pragma unroll`);
-    out.push(`${inner}for (int tf_j = 0; tf_j < ${per}; tf_j++) {`);
-    out.push(`${inner}  const int ${g.k} = ${k0} + tf_sc + tf_j;`);
-    out.push(`${inner}  float tf_v = 0.0f;`);
-    out.push(`${inner}  if (${g.m} < tf_m_total) {`);
-    out.push(`${inner}    tf_v = ${p.expr(g.a, out, inner + '    ')};`);
+    out.push(`${inner}for (int tf_h = 0; tf_h < ${RA}; tf_h++) {`);
+    out.push(`${inner}  const int ${g.m} = tf_m0 + tf_h * 64 + tf_sr;`);
+    out.push(`${inner}  #pragma unroll`);
+    out.push(`${inner}  for (int tf_j = 0; tf_j < ${per}; tf_j++) {`);
+    out.push(`${inner}    const int ${g.k} = ${k0} + tf_sc + tf_j;`);
+    out.push(`${inner}    float tf_v = 0.0f;`);
+    out.push(`${inner}    if (${g.m} < tf_m_total) {`);
+    out.push(`${inner}      tf_v = ${p.expr(g.a, out, inner + '      ')};`);
+    out.push(`${inner}    }`);
+    out.push(`${inner}    tf_ra[tf_h * ${per} + tf_j] = tf_v;`);
     out.push(`${inner}  }`);
-    out.push(`${inner}  tf_ra[tf_j] = tf_v;`);
     out.push(`${inner}}`);
     out.push(`${inner}const int ${g.n} = tf_n0 + tf_sr;`);
     for (let v = 0; v < vecs; v++) {
@@ -89,8 +96,10 @@ function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
   };
   const stage = (indent: string) => {
     for (let v = 0; v < vecs; v++) {
-      const q = (x: number) => `tf_pack_bf16(tf_ra[${v * 8 + 2 * x}], tf_ra[${v * 8 + 2 * x + 1}])`;
-      out.push(`${indent}*reinterpret_cast<uint4*>(tf_as + tf_sr * ${pitch} + tf_sc + ${v * 8}) = make_uint4(${q(0)}, ${q(1)}, ${q(2)}, ${q(3)});`);
+      for (let h = 0; h < RA; h++) {
+        const q = (x: number) => `tf_pack_bf16(tf_ra[${h * per + v * 8 + 2 * x}], tf_ra[${h * per + v * 8 + 2 * x + 1}])`;
+        out.push(`${indent}*reinterpret_cast<uint4*>(tf_as + (${h * 64} + tf_sr) * ${pitch} + tf_sc + ${v * 8}) = make_uint4(${q(0)}, ${q(1)}, ${q(2)}, ${q(3)});`);
+      }
       for (let o = 0; o < ops; o++) out.push(`${indent}*reinterpret_cast<uint4*>(tf_bs + ${o * TN * pitch} + tf_sr * ${pitch} + tf_sc + ${v * 8}) = tf_rb[${o * vecs + v}];`);
     }
   };
@@ -106,12 +115,15 @@ function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
   out.push(`${j}}`);
   out.push(`${j}#pragma unroll`);
   out.push(`${j}for (int tf_kk = 0; tf_kk < ${TD}; tf_kk += 16) {`);
-  out.push(`${j}  unsigned tf_fa[4];`);
-  out.push(`${j}  const unsigned short* tf_pa = tf_as + (tf_wm + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
-  out.push(`${j}  tf_fa[0] = *reinterpret_cast<const unsigned*>(tf_pa);`);
-  out.push(`${j}  tf_fa[1] = *reinterpret_cast<const unsigned*>(tf_pa + ${8 * pitch});`);
-  out.push(`${j}  tf_fa[2] = *reinterpret_cast<const unsigned*>(tf_pa + 8);`);
-  out.push(`${j}  tf_fa[3] = *reinterpret_cast<const unsigned*>(tf_pa + ${8 * pitch + 8});`);
+  out.push(`${j}  unsigned tf_fa[${4 * MI}];`);
+  out.push(`${j}  #pragma unroll`);
+  out.push(`${j}  for (int tf_mi = 0; tf_mi < ${MI}; tf_mi++) {`);
+  out.push(`${j}    const unsigned short* tf_pa = tf_as + (tf_wm + tf_mi * 16 + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
+  out.push(`${j}    tf_fa[tf_mi * 4] = *reinterpret_cast<const unsigned*>(tf_pa);`);
+  out.push(`${j}    tf_fa[tf_mi * 4 + 1] = *reinterpret_cast<const unsigned*>(tf_pa + ${8 * pitch});`);
+  out.push(`${j}    tf_fa[tf_mi * 4 + 2] = *reinterpret_cast<const unsigned*>(tf_pa + 8);`);
+  out.push(`${j}    tf_fa[tf_mi * 4 + 3] = *reinterpret_cast<const unsigned*>(tf_pa + ${8 * pitch + 8});`);
+  out.push(`${j}  }`);
   out.push(`${j}  #pragma unroll`);
   out.push(`${j}  for (int tf_o = 0; tf_o < ${ops}; tf_o++) {`);
   out.push(`${j}    #pragma unroll`);
@@ -120,7 +132,8 @@ function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
   out.push(`${j}      const unsigned short* tf_pb = tf_bs + tf_o * ${TN * pitch} + (tf_wn + tf_ni * 8 + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
   out.push(`${j}      tf_fb[0] = *reinterpret_cast<const unsigned*>(tf_pb);`);
   out.push(`${j}      tf_fb[1] = *reinterpret_cast<const unsigned*>(tf_pb + 8);`);
-  out.push(`${j}      tf_mma_bf16(tf_c + tf_o * 16 + tf_ni * 4, tf_fa, tf_fb);`);
+  out.push(`${j}      #pragma unroll`);
+  out.push(`${j}      for (int tf_mi = 0; tf_mi < ${MI}; tf_mi++) tf_mma_bf16(tf_c + (tf_o * ${MI} + tf_mi) * 16 + tf_ni * 4, tf_fa + tf_mi * 4, tf_fb);`);
   out.push(`${j}    }`);
   out.push(`${j}  }`);
   out.push(`${j}}`);
@@ -130,15 +143,17 @@ function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
   out.push(`${j}}`);
   out.push(`${j}__syncthreads();`);
   out.push(`${i}}`);
-  // c[ni * 4 + r]: row g (+ 8 for r ≥ 2), column 2q + (r & 1) of the warp's n8 block ni.
+  // c[… ni * 4 + r]: row g (+ 8 for r ≥ 2) of m16 block mi, column 2q + (r & 1) of the warp's n8 block ni.
+  out.push(`${i}#pragma unroll`);
+  out.push(`${i}for (int tf_mi = 0; tf_mi < ${MI}; tf_mi++)`);
   out.push(`${i}#pragma unroll`);
   out.push(`${i}for (int tf_ni = 0; tf_ni < 4; tf_ni++) {`);
   out.push(`${i}  #pragma unroll`);
   out.push(`${i}  for (int tf_r = 0; tf_r < 4; tf_r++) {`);
-  out.push(`${i}    const int ${g.m} = tf_m0 + tf_wm + tf_g + (tf_r >> 1) * 8;`);
+  out.push(`${i}    const int ${g.m} = tf_m0 + tf_wm + tf_mi * 16 + tf_g + (tf_r >> 1) * 8;`);
   out.push(`${i}    const int ${g.n} = tf_n0 + tf_wn + tf_ni * 8 + tf_q * 2 + (tf_r & 1);`);
   out.push(`${i}    if (${g.m} < tf_m_total && ${g.n} < ${g.columns}) {`);
-  g.accs.forEach((acc, o) => out.push(`${i}      const float ${acc} = tf_c[${o * 16} + tf_ni * 4 + tf_r];`));
+  g.accs.forEach((acc, o) => out.push(`${i}      const float ${acc} = tf_c[(${o * MI} + tf_mi) * 16 + tf_ni * 4 + tf_r];`));
   epilogue(g, p, out, `${i}      `);
   out.push(`${i}    }`);
   out.push(`${i}  }`);
