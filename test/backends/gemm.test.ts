@@ -14,6 +14,7 @@ import { Device, DeviceKind, namedOutputKey } from '../../runtime/device.ts';
 import { openDevice } from '../../runtime/devices/open.ts';
 import { ParamStore } from '../../runtime/params.ts';
 import { openCudaOrFake, restoreCudaOrFake, unavailable } from '../runtime/fake-cuda/build.ts';
+import { relativeError } from './compare.ts';
 import { Rng } from './rng.ts';
 
 const [N, K_MMA, K_FMA] = [70, 128, 96];
@@ -43,15 +44,6 @@ const weights: Record<string, HostTensor> = {
 };
 const ROWS = [1, 7, 64, 130];
 const inputs = new Map(ROWS.flatMap((s) => [[`bf16:${s}`, randoms(s * K_MMA)], [`f32mix:${s}`, randoms(s * K_FMA)]]));
-
-function relativeError(ours: ArrayLike<number>, ref: ArrayLike<number>): number {
-  let [diff, norm] = [0, 0];
-  for (let i = 0; i < ref.length; i++) {
-    diff += (ours[i] - ref[i]) ** 2;
-    norm += ref[i] ** 2;
-  }
-  return Math.sqrt(diff / norm);
-}
 
 async function outputs(device: Device, lowered: typeof compiled | typeof reference): Promise<Map<string, number[]>> {
   const program = await device.load(lowered, new ParamStore((n) => weights[n]), { maxSizes: { S: Math.max(...ROWS) } });

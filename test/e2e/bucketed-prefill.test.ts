@@ -10,20 +10,14 @@ import { HostTensor } from '../../ir/host-tensor.ts';
 import { BucketedLlama } from '../../examples/llama-bucketed.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { forwardLogits } from '../../compiler/open-session.ts';
+import { relativeError as relativeErrorOf } from '../backends/compare.ts';
 
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
 const model = loadLlama(path.join(fixtures, 'tiny-llama'));
 const vocab = model.cfg.vocabSize;
 
-function relativeError(ours: HostTensor, ref: HostTensor): number {
-  let diff = 0;
-  let norm = 0;
-  for (let i = 0; i < ref.data.length; i++) {
-    diff += (ours.data[i] - ref.data[i]) ** 2;
-    norm += ref.data[i] ** 2;
-  }
-  return Math.sqrt(diff / norm);
-}
+/** ‖ours − ref‖ / ‖ref‖ of two tensors' data. */
+const relativeError = (ours: HostTensor, ref: HostTensor): number => relativeErrorOf(ours.data, ref.data);
 
 const prompt = (n: number, seed = 1) => Array.from({ length: n }, (_, i) => (i * 37 + seed * 11 + 5) % vocab);
 

@@ -16,6 +16,7 @@ import { CudaProgram } from '../../runtime/devices/cuda.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { readSafetensors } from '../../runtime/safetensors.ts';
 import { buildFakeCuda, fakeCudaEnabled as enabled, useFakeCuda } from './fake-cuda/build.ts';
+import { relativeError } from '../backends/compare.ts';
 
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
 const s = suite('CUDA backend on the CPU fake');
@@ -43,13 +44,7 @@ function golden(dir: string): Golden {
 function worstRelativeError(ours: Float32Array, ref: Float32Array, vocab: number): number {
   let worst = 0;
   for (let r = 0; r * vocab < ref.length; r++) {
-    let diff = 0;
-    let norm = 0;
-    for (let j = r * vocab; j < (r + 1) * vocab; j++) {
-      diff += (ours[j] - ref[j]) ** 2;
-      norm += ref[j] ** 2;
-    }
-    worst = Math.max(worst, Math.sqrt(diff / norm));
+    worst = Math.max(worst, relativeError(ours.subarray(r * vocab, (r + 1) * vocab), ref.subarray(r * vocab, (r + 1) * vocab)));
   }
   return worst;
 }
