@@ -196,15 +196,7 @@ class KernelLowering {
     const score = this.expr(f.scores, [...bIdx, iv, tv]);
     const reads = (x: KExpr, ...names: string[]) => names.some((n) => varsOf(x).has(n));
     if (reads(q, t, e) || reads(k, i, e) || reads(v, i, d) || reads(score, d, e)) throw new NotGemm();
-    const stores: { buf: number; index: KExpr; value: KExpr }[] = [];
-    for (const w of writes) {
-      const idx = [...bIdx, iv, ev];
-      const value = this.expr(w, idx);
-      const index = this.linear(idx, w.type.shape);
-      const outputs = this.g.outputs.flatMap((o, j) => (o === w ? [j] : []));
-      const bindings: Binding[] = outputs.length ? outputs.map((index) => ({ kind: 'output', index })) : [this.binding(w)];
-      for (const binding of bindings) stores.push({ buf: this.buffer(w, true, binding), index, value });
-    }
+    const stores = this.tileStores(writes, [...bIdx, iv, ev]);
     const queries = this.dim(f.queries);
     return {
       name: this.k.name,
@@ -236,14 +228,7 @@ class KernelLowering {
       this.gemmAccs.set(x, { key: JSON.stringify([mv, nv]), value: { k: 'var', name, t: 'f32' } });
       return name;
     });
-    const stores: { buf: number; index: KExpr; value: KExpr }[] = [];
-    for (const v of writes) {
-      const value = this.expr(v, [mv, nv]);
-      const index = this.linear([mv, nv], v.type.shape);
-      const outputs = this.g.outputs.flatMap((o, j) => (o === v ? [j] : []));
-      const bindings: Binding[] = outputs.length ? outputs.map((index) => ({ kind: 'output', index })) : [this.binding(v)];
-      for (const binding of bindings) stores.push({ buf: this.buffer(v, true, binding), index, value });
-    }
+    const stores = this.tileStores(writes, [mv, nv]);
     return {
       name: this.k.name,
       kind: this.k.attrs.kind,
@@ -254,6 +239,17 @@ class KernelLowering {
       body: [],
       gemm: { rows: this.dim(mm.rows), m, n, k, columns: mm.columns, depth: mm.depth, a, b, accs, stores },
     };
+  }
+
+  /** A tile kernel's stores: each written value at `idx`, into every buffer it fills (as `store` has it). */
+  private tileStores(writes: readonly Value[], idx: KExpr[]): { buf: number; index: KExpr; value: KExpr }[] {
+    return writes.flatMap((v) => {
+      const value = this.expr(v, idx);
+      const index = this.linear(idx, v.type.shape);
+      const outputs = this.g.outputs.flatMap((o, j) => (o === v ? [j] : []));
+      const bindings: Binding[] = outputs.length ? outputs.map((index) => ({ kind: 'output', index })) : [this.binding(v)];
+      return bindings.map((binding) => ({ buf: this.buffer(v, true, binding), index, value }));
+    });
   }
 
   private lowerRows(writes: readonly Value[], fused: readonly string[]): KernelIR {
