@@ -618,18 +618,32 @@ export const maxChainDepth = 512;
  */
 function cutDeepChains(p: Partition): void {
   const depth = new Map<Value, number>();
+  const inlined = new Map<Value, number>();
   for (const n of p.g.nodes) {
     if (n.op === Op.Matmul || n.op === Op.UpdateSlice) continue;
     const d = 1 + n.inputs.reduce((m, v) => Math.max(m, depth.get(v) ?? 0), 0);
+    // Ops of the expression as lowering inlines it per element, a value read twice counted twice (x = x + x·0.5,
+    // thirty times over, is 2^30). Values of one element become a `let` each, read by name: they count once.
+    const ops = numel(n.output) <= 1 ? 1 : 1 + n.inputs.reduce((t, v) => t + (inlined.get(v) ?? 0), 0);
     // A reduction has its kernel already: the op after it is cut instead.
-    if (d <= maxChainDepth || p.group(n)) {
+    if ((d <= maxChainDepth && ops <= maxInlinedOps) || p.group(n)) {
       depth.set(n.output, d);
+      inlined.set(n.output, Math.min(ops, maxInlinedOps + 1));
       continue;
     }
     p.add(p.newGroup('elementwise'), n);
-    p.explain(`cut: ${n.op} ${formatType(n.output.type)}${n.loc ? ` (${n.loc})` : ''} is ${d} ops deep: it starts a kernel ` +
+    const why = d > maxChainDepth ? `is ${d} ops deep` : `inlines more than ${maxInlinedOps} ops (values read more than once)`;
+    p.explain(`cut: ${n.op} ${formatType(n.output.type)}${n.loc ? ` (${n.loc})` : ''} ${why}: it starts a kernel ` +
       'of its own, as a deeper expression would overflow the code generators');
   }
+}
+
+/** Ops an element's expression may inline before cutDeepChains starts a kernel. */
+export const maxInlinedOps = 1 << 16;
+
+/** Elements of a value whose dimensions are all known (symbolic ones count as many). */
+function numel(v: Value): number {
+  return v.type.shape.reduce<number>((n, d) => n * (typeof d === 'number' ? d : 2), 1);
 }
 
 export function fuse(g: Graph, ctx: PassContext): Graph {

@@ -94,6 +94,19 @@ test('600 steps of a reduction over columns (1,800 ops; the reductions would mer
   got.data.forEach((v, i) => assert.ok(Math.abs(v - want[0].data[i]) <= 1e-5 * (1 + Math.abs(want[0].data[i])), `[${i}]: cpu ${v}, reference ${want[0].data[i]}`));
 });
 
+test('a value read twice at every step (x = x + x·0.5, 30 steps: 2^30 ops inlined) is cut, compiles at once and matches', () => {
+  const fn = (x: Tensor) => {
+    for (let i = 0; i < 30; i++) x = x.add(x.mul(0.5));
+    return x;
+  };
+  const { lines } = fuseWithExplanations(trace('reuse', [{ name: 'x', dtype: F, shape: [4] }], fn));
+  assert.ok(lines.some((l) => /^\[fuse\] cut: .* inlines more than \d+ ops/.test(l)), lines.join('\n'));
+  const x = hostTensor(F, [4], [1, -2, 0.5, 3]);
+  const want = interpret(trace('reuse', [{ name: 'x', dtype: F, shape: [4] }], fn), { inputs: { x }, param: () => x, states: new Map() });
+  const got = compile(fn)(tensor(x.data, x.shape)) as HostTensor;
+  got.data.forEach((v, i) => assert.ok(Math.abs(v - want[0].data[i]) <= 1e-5 * Math.abs(want[0].data[i]), `[${i}]: cpu ${v}, reference ${want[0].data[i]}`));
+});
+
 test('a matmul restarts the count: 250 layers with two residual adds each (500 ops deep) are not cut', () => {
   const g = trace('stack', [{ name: 'x', dtype: F, shape: [2, 4] }], (x: Tensor) => {
     for (let i = 0; i < 250; i++) {
