@@ -44,14 +44,19 @@ export function registerLowering(op: string, rule: LoweringRule): void {
 }
 
 /**
+ * Kernels lowered so far, by what their lowering depends on (kernelShape): shared by the graphs of one module, the
+ * prompt graph's layers are the prefill's.
+ */
+export type LoweredKernels = Map<string, { readonly ir: KernelIR; readonly classes: readonly number[] }>;
+
+/**
  * Lowers every kernel of a fused graph; `slotOf` is the memory plan's slot of each intermediate. Kernels alike but
  * for the buffers they are bound to (every transformer layer's) are lowered once: the others take the first one's
  * kernel IR, with their own name, comment and bindings.
  */
-export function lowerGraph(g: Graph, slotOf: ReadonlyMap<Value, number>): KernelIR[] {
+export function lowerGraph(g: Graph, slotOf: ReadonlyMap<Value, number>, lowered: LoweredKernels = new Map()): KernelIR[] {
   const ios = kernelIOs(g);
   const lines = kernelsNodeLines(g);
-  const lowered = new Map<string, { readonly ir: KernelIR; readonly classes: readonly number[] }>();
   return g.kernels.map((k, i) => {
     const shape = kernelShape(g, k, ios[i], slotOf);
     const hit = shape && lowered.get(shape.key);

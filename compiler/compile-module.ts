@@ -1,6 +1,6 @@
 // Compiling a traced module: the pass pipeline, then the shared lowering of every kernel. Backends take the result.
 
-import { lowerGraph } from '../backends/lower.ts';
+import { LoweredKernels, lowerGraph } from '../backends/lower.ts';
 import { LoweredGraph } from '../backends/lowered.ts';
 import { Module } from '../ir/graph.ts';
 import { log, logsOn } from '../ir/logs.ts';
@@ -29,10 +29,12 @@ export function compileModule(m: Module, opts: CompileOptions = {}): CompiledMod
   // TSFUSE_LOGS=fusion: every fusion decision, as --explain-fusion prints them.
   if (logsOn('fusion') && !ctx.explain) ctx = { ...ctx, explain: (pass, line) => log('fusion', `[${pass}] ${line}`) };
   const fused = runPipeline(m, { ...opts, ctx });
+  // Kernels alike in every graph (the prompt and prefill graphs' layers) are lowered once for the module.
+  const lowered: LoweredKernels = new Map();
   const compiled = {
     graphs: fused.graphs.map((graph) => {
       const plan = computePlan(graph, ctx);
-      return { graph, plan, kernels: lowerGraph(graph, plan.slotOf) };
+      return { graph, plan, kernels: lowerGraph(graph, plan.slotOf, lowered) };
     }),
   };
   if (logsOn('kernels')) {
