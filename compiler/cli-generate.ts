@@ -6,7 +6,7 @@ import { DeviceKind } from '../runtime/device.ts';
 import { checkLength, LoadedLlama } from '../runtime/llama.ts';
 import { Sampling } from '../runtime/session.ts';
 import { openLlamaSession, StartTimings } from './open-session.ts';
-import { showProgress, withWeightProgress } from '../runtime/progress.ts';
+import { showProgress, step, withWeightProgress } from '../runtime/progress.ts';
 import { loadTokenizer, TextStream, TextTokenizer } from '../runtime/tokenizer.ts';
 import { loadLlama } from '../runtime/llama.ts';
 import {
@@ -109,8 +109,9 @@ export async function runGenerate(req: GenerateRequest): Promise<void> {
   };
   let tokens: number[];
   try {
-    tokens = await session.generate(req.ids, req.maxNewTokens, req.sampling, onToken,
-      { stopTokens: req.ignoreEos ? [] : req.model.eosTokenIds });
+    // A spinner until the first token (the prompt's step; on WebGPU also its first shader compiles, seconds).
+    tokens = await step('running the prompt', () => session.generate(req.ids, req.maxNewTokens, req.sampling, onToken,
+      { stopTokens: req.ignoreEos ? [] : req.model.eosTokenIds }));
   } finally {
     bar.stop();
     session.close();
