@@ -10,7 +10,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { KernelIR } from '../backends/kernel-ir.ts';
+import { FlashIR, GemmIR, KernelIR } from '../backends/kernel-ir.ts';
 import { DType } from '../ir/dtype.ts';
 import { Graph, Kernel, KernelAttrs, Module, Node, Value } from '../ir/graph.ts';
 import { logsOn } from '../ir/logs.ts';
@@ -19,7 +19,7 @@ import { tensorType, TensorType } from '../ir/shape.ts';
 import { CompiledGraph, CompiledModule, compileModule } from './compile-module.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
 
-const FORMAT = 'tsfuse-compile-cache 1';
+const FORMAT = 'tsfuse-compile-cache 2';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 export interface CacheOptions {
@@ -162,11 +162,15 @@ interface GraphJson {
   stateUpdates: [number, number][];
   kernels: [string, number[], KernelAttrs][];
   plan: { slotOf: [number, number][]; slotBytes: number[]; peakBytes: number };
-  kernelIR: (Omit<KernelIR, 'body'> & { body: number })[];
+  kernelIR: KernelJson[];
 }
+/** A kernel with its body and tile forms by index into the module's lists (kernels alike share them). */
+type KernelJson = Omit<KernelIR, 'body' | 'gemm' | 'flash'> & { body: number; gemm?: number; flash?: number };
 interface ModuleJson {
   graphs: GraphJson[];
   bodies: KernelIR['body'][];
+  gemms?: GemmIR[];
+  flashes?: FlashIR[];
   tracedNodes: Record<string, number>;
 }
 
@@ -175,6 +179,13 @@ const typeJson = (t: TensorType): TypeJson => [t.dtype, [...t.shape]];
 function encodeModule(m: CompiledModule): Omit<ModuleJson, 'tracedNodes'> {
   const bodies: KernelIR['body'][] = [];
   const bodyIndex = new Map<KernelIR['body'], number>();
+  const gemms: GemmIR[] = [];
+  const flashes: FlashIR[] = [];
+  /** The index of `x` in `list`, added at its first appearance (objects shared by alike kernels are stored once). */
+  const indexIn = <T>(list: T[], x: T): number => {
+    const i = list.indexOf(x);
+    return i >= 0 ? i : list.push(x) - 1;
+  };
   const graphs = m.graphs.map((c) => {
     const g = c.graph;
     const index = new Map<Value, number>();
@@ -207,22 +218,23 @@ function encodeModule(m: CompiledModule): Omit<ModuleJson, 'tracedNodes'> {
       stateUpdates: g.stateUpdates.map((u) => [ref(u.state), ref(u.value)]),
       kernels: g.kernels.map((k) => [k.name, k.nodes.map((n) => nodeIndex.get(n)!), k.attrs]),
       plan: { slotOf: [...c.plan.slotOf].map(([v, s]) => [ref(v), s]), slotBytes: [...c.plan.slotBytes], peakBytes: c.plan.peakBytes },
-      kernelIR: c.kernels.map((k) => {
+      kernelIR: c.kernels.map((k): KernelJson => {
         let b = bodyIndex.get(k.body);
         if (b === undefined) bodyIndex.set(k.body, (b = bodies.push(k.body) - 1));
-        return { ...k, body: b };
+        const { gemm, flash, ...rest } = k;
+        return { ...rest, body: b, ...(gemm ? { gemm: indexIn(gemms, gemm) } : {}), ...(flash ? { flash: indexIn(flashes, flash) } : {}) };
       }),
     };
     return json;
   });
-  return { graphs, bodies };
+  return { graphs, bodies, gemms, flashes };
 }
 
 function decodeModule(m: ModuleJson): CompiledModule {
-  return { graphs: m.graphs.map((g) => decodeGraph(g, m.bodies)) };
+  return { graphs: m.graphs.map((g) => decodeGraph(g, m)) };
 }
 
-function decodeGraph(j: GraphJson, bodies: KernelIR['body'][]): CompiledGraph {
+function decodeGraph(j: GraphJson, m: ModuleJson): CompiledGraph {
   const g = new Graph(j.name);
   const values: Value[] = [];
   const type = ([dtype, shape]: TypeJson) => tensorType(dtype, shape);
@@ -241,6 +253,11 @@ function decodeGraph(j: GraphJson, bodies: KernelIR['body'][]): CompiledGraph {
     slotBytes: j.plan.slotBytes,
     peakBytes: j.plan.peakBytes,
   };
-  const kernels = j.kernelIR.map((k): KernelIR => ({ ...k, body: bodies[k.body] }));
+  const kernels = j.kernelIR.map(({ gemm, flash, ...k }): KernelIR => ({
+    ...k,
+    body: m.bodies[k.body],
+    ...(gemm !== undefined ? { gemm: m.gemms![gemm] } : {}),
+    ...(flash !== undefined ? { flash: m.flashes![flash] } : {}),
+  }));
   return { graph: g, plan, kernels };
 }

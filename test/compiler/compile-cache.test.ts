@@ -69,6 +69,7 @@ test('a warm start reads the module back without tracing, equal to compiling', (
   assert.equal(cold.tracedNodes, warm.tracedNodes);
   const fresh = compileModule(traced);
   assert.ok(fingerprint(fresh).includes('inf'), 'the sampler\'s graphs hold infinite literals');
+  assert.ok(fresh.graphs.some((c) => c.kernels.some((k) => k.gemm)) && fresh.graphs.some((c) => c.kernels.some((k) => k.flash)), 'GEMM and flash kernels to read back');
   assert.is(fingerprint(warm.module), fingerprint(fresh));
 });
 
