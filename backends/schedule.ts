@@ -106,6 +106,12 @@ export interface GemmPlan {
   /** Tiles along the rows (the grid's rows are these times the tiles along the columns). */
   readonly rowTiles: KExpr;
   readonly columnTiles: number;
+  /**
+   * How an mma tile's operands reach shared memory: 'registers' (loaded a step ahead, the left operand computed and
+   * rounded on the way), or 'async' (cp.async copies `stages − 1` steps ahead into a ring of stages in memory given
+   * at launch, the left operand a plain f32 row kept as f32 and rounded as fragments are read).
+   */
+  readonly staging?: { readonly kind: 'registers' } | { readonly kind: 'async'; readonly stages: number; readonly bytes: number };
 }
 
 /**
@@ -183,6 +189,9 @@ function scheduleOnce(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): S
     }
   }
   const rows = tilesFrom === Infinity ? k.rows : tilesFrom === 0 ? tileGrid! : select(lt(extent!, int(tilesFrom)), k.rows, tileGrid!);
+  // Memory given at launch serves whichever form runs.
+  const staging = gemm?.staging;
+  if (tilesFrom < Infinity && staging?.kind === 'async') dynamicWorkgroupBytes = Math.max(dynamicWorkgroupBytes, staging.bytes);
   return {
     kernel: k,
     device,
@@ -217,12 +226,17 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   const rowTiles = idiv(add(gemm.rows, int(tileRows - 1)), int(tileRows));
   const columnTiles = Math.ceil(gemm.columns / tileColumns);
   const plan: GemmPlan = { units: mma ? 'mma-bf16' : 'fma', tileRows, tileColumns, tileDepth: mma ? 32 : 16, rowTiles, columnTiles };
-  return gemmBytes(gemm, plan) <= device.staticWorkgroupMemoryBytes ? plan : undefined;
+  // A left operand that is a plain f32 row, 16-byte aligned along the depth, is copied as it is, several steps ahead.
+  const stages = 3;
+  const asyncBytes = stages * (tileRows * (32 + 8) * 4 + gemm.b.length * tileColumns * (32 + 8) * 2);
+  const plainA = gemm.a.k === 'load' && k.buffers[gemm.a.buf].dtype === DType.F32 && multipleOf(offsetAlong(gemm.a.index, gemm.k) ?? int(1), 4);
+  if (mma && plainA && asyncBytes <= device.workgroupMemoryBytes) return { ...plan, staging: { kind: 'async', stages, bytes: asyncBytes } };
+  return gemmBytes(gemm, plan) <= device.staticWorkgroupMemoryBytes ? { ...plan, staging: mma ? { kind: 'registers' } : undefined } : undefined;
 }
 
 /** Workgroup memory a GEMM tile declares: the staged operands (bf16 rows padded by 8 for mma, f32 otherwise). */
 function gemmBytes(g: GemmIR, p: GemmPlan): number {
-  if (p.units === 'serial') return 0;
+  if (p.units === 'serial' || p.staging?.kind === 'async') return 0;
   return p.units === 'mma-bf16'
     ? 2 * (p.tileDepth + 8) * (p.tileRows + g.b.length * p.tileColumns)
     : 4 * p.tileDepth * (p.tileRows + g.b.length * p.tileColumns);

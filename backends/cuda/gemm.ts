@@ -4,6 +4,8 @@
 //             left operand (the prologue, computed as the tile loads) is rounded to bf16 as it is staged; the
 //             weights are read 16 bytes at a time. The next step's global loads are issued before this step's
 //             matrix instructions, so their latency hides behind them.
+//             With a plain f32 left operand, cp.async copies both operands a few steps ahead into a ring of stages
+//             instead (mmaAsyncTile), the left operand rounded to bf16 as fragments are read.
 //   fma:      each thread a 4 × 4 block of outputs by f32 multiply-adds (any operand types).
 
 import { GemmIR, KExpr } from '../kernel-ir.ts';
@@ -21,7 +23,8 @@ export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPr
   // Tiles along the rows are neighbours: the blocks sharing a weight tile run together and read it from L2.
   out.push(`    const int tf_m0 = (tf_tile % tf_row_tiles) * ${plan.tileRows};`);
   out.push(`    const int tf_n0 = (tf_tile / tf_row_tiles) * ${plan.tileColumns};`);
-  if (plan.units === 'mma-bf16') mmaTile(g, plan, p, out);
+  if (plan.units === 'mma-bf16' && plan.staging?.kind === 'async') mmaAsyncTile(g, plan, plan.staging.stages, p, out);
+  else if (plan.units === 'mma-bf16') mmaTile(g, plan, p, out);
   else if (plan.units === 'fma') fmaTile(g, plan, p, out);
   else throw new Error(`CUDA: no GEMM of ${plan.units} units`);
   out.push('  }');
@@ -216,6 +219,117 @@ function fmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
   out.push(`${i}  if (${g.m} < tf_m_total && ${g.n} < ${g.columns}) {`);
   g.accs.forEach((acc, o) => out.push(`${i}    const float ${acc} = tf_c[${o * per * per} + tf_i];`));
   epilogue(g, p, out, `${i}    `);
+  out.push(`${i}  }`);
+  out.push(`${i}}`);
+}
+
+/**
+ * The mma tile with its operands copied by cp.async into `stages` buffers of memory given at launch, `stages − 1`
+ * steps ahead of the one computed: per step and block, 64 rows × 32 of the left operand as f32 (two 16-byte copies a
+ * thread) and 64 columns × 32 of each weight as bf16 (one a thread). Rows of 40 elements keep a half-warp's 64-bit
+ * fragment reads on distinct banks.
+ */
+function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter, out: string[]): void {
+  const { tileRows: TM, tileColumns: TN, tileDepth: TD } = plan;
+  if (TM !== 64 || TN !== 64 || TD !== 32) throw new Error(`CUDA: async mma tiles of ${TM} × ${TN} × ${TD} are not printed`);
+  const a = g.a;
+  if (a.k !== 'load' || g.b.some((b) => b.k !== 'load')) throw new Error('CUDA: an async mma GEMM copies its operands as they are');
+  const [AP, BP] = [TD + 8, TD + 8];
+  const ops = g.b.length;
+  const aStage = TM * AP;
+  const bStage = ops * TN * BP;
+  const i = '    ';
+  out.push(`${i}extern __shared__ __align__(16) unsigned char tf_ring[];`);
+  out.push(`${i}float* const tf_as = reinterpret_cast<float*>(tf_ring);`);
+  out.push(`${i}unsigned short* const tf_bs = reinterpret_cast<unsigned short*>(tf_ring + ${stages * aStage * 4});`);
+  out.push(`${i}const int tf_lane = threadIdx.x & 31, tf_warp = threadIdx.x >> 5;`);
+  out.push(`${i}const int tf_g = tf_lane >> 2, tf_q = tf_lane & 3;`);
+  out.push(`${i}const int tf_wm = (tf_warp >> 1) * 16, tf_wn = (tf_warp & 1) * 32;`);
+  out.push(`${i}float tf_c[${ops * 16}];`);
+  out.push(`${i}#pragma unroll`);
+  out.push(`${i}for (int tf_i = 0; tf_i < ${ops * 16}; tf_i++) tf_c[tf_i] = 0.0f;`);
+  out.push(`${i}const int tf_steps = ${g.depth / TD};`);
+  // The copies of step `step` into stage `stage`: rows past the left operand's and columns past the weights' are
+  // zeros (their source address is row 0's, never read).
+  const issue = (indent: string, stage: string, step: string) => {
+    const inner = indent + '  ';
+    out.push(`${indent}{`);
+    out.push(`${inner}#pragma unroll`);
+    out.push(`${inner}for (int tf_h = 0; tf_h < 2; tf_h++) {`);
+    out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x >> 3, tf_kk = (tf_x & 7) * 4;`);
+    out.push(`${inner}  const bool tf_in = tf_m0 + tf_r < tf_m_total;`);
+    out.push(`${inner}  const int ${g.m} = tf_in ? tf_m0 + tf_r : 0;`);
+    out.push(`${inner}  const int ${g.k} = (${step}) * ${TD} + tf_kk;`);
+    const ai = p.expr(a.index, out, inner + '  ');
+    out.push(`${inner}  tf_cp16(tf_as + (${stage}) * ${aStage} + tf_r * ${AP} + tf_kk, b${a.buf} + ${ai}, tf_in);`);
+    out.push(`${inner}}`);
+    out.push(`${inner}{`);
+    out.push(`${inner}  const int tf_r = threadIdx.x >> 2, tf_kk = (threadIdx.x & 3) * 8;`);
+    out.push(`${inner}  const bool tf_in = tf_n0 + tf_r < ${g.columns};`);
+    out.push(`${inner}  const int ${g.n} = tf_in ? tf_n0 + tf_r : 0;`);
+    out.push(`${inner}  const int ${g.k} = (${step}) * ${TD} + tf_kk;`);
+    g.b.forEach((b, o) => {
+      if (b.k !== 'load') return;
+      const bi = p.expr(b.index, out, inner + '  ');
+      out.push(`${inner}  tf_cp16(tf_bs + (${stage}) * ${bStage} + ${o * TN * BP} + tf_r * ${BP} + tf_kk, b${b.buf} + ${bi}, tf_in);`);
+    });
+    out.push(`${inner}}`);
+    out.push(`${indent}}`);
+  };
+  out.push(`${i}#pragma unroll`);
+  out.push(`${i}for (int tf_s = 0; tf_s < ${stages - 1}; tf_s++) {`);
+  out.push(`${i}  if (tf_s < tf_steps) {`);
+  issue(`${i}    `, 'tf_s', 'tf_s');
+  out.push(`${i}  }`);
+  out.push(`${i}  tf_cp_commit();`);
+  out.push(`${i}}`);
+  out.push(`${i}for (int tf_kt = 0; tf_kt < tf_steps; tf_kt++) {`);
+  const j = i + '  ';
+  // Step kt's copies have landed (at most stages − 2 later groups in flight) and every thread is past step kt − 1,
+  // whose stage the copies issued next overwrite.
+  out.push(`${j}tf_cp_wait<${stages - 2}>();`);
+  out.push(`${j}__syncthreads();`);
+  out.push(`${j}{`);
+  out.push(`${j}  const int tf_next = tf_kt + ${stages - 1};`);
+  out.push(`${j}  if (tf_next < tf_steps) {`);
+  issue(`${j}    `, `tf_next % ${stages}`, 'tf_next');
+  out.push(`${j}  }`);
+  out.push(`${j}  tf_cp_commit();`);
+  out.push(`${j}}`);
+  out.push(`${j}const float* const tf_a = tf_as + (tf_kt % ${stages}) * ${aStage};`);
+  out.push(`${j}const unsigned short* const tf_b = tf_bs + (tf_kt % ${stages}) * ${bStage};`);
+  out.push(`${j}#pragma unroll`);
+  out.push(`${j}for (int tf_kk = 0; tf_kk < ${TD}; tf_kk += 16) {`);
+  out.push(`${j}  const float* const tf_pa = tf_a + (tf_wm + tf_g) * ${AP} + tf_kk + tf_q * 2;`);
+  out.push(`${j}  unsigned tf_fa[4];`);
+  for (const [r, off] of [[0, '0'], [1, `${8 * AP}`], [2, '8'], [3, `${8 * AP + 8}`]] as const) {
+    out.push(`${j}  { const float2 tf_v = *reinterpret_cast<const float2*>(tf_pa + ${off}); tf_fa[${r}] = tf_pack_bf16x2(tf_v.x, tf_v.y); }`);
+  }
+  out.push(`${j}  #pragma unroll`);
+  out.push(`${j}  for (int tf_o = 0; tf_o < ${ops}; tf_o++) {`);
+  out.push(`${j}    #pragma unroll`);
+  out.push(`${j}    for (int tf_ni = 0; tf_ni < 4; tf_ni++) {`);
+  out.push(`${j}      unsigned tf_fb[2];`);
+  out.push(`${j}      const unsigned short* tf_pb = tf_b + tf_o * ${TN * BP} + (tf_wn + tf_ni * 8 + tf_g) * ${BP} + tf_kk + tf_q * 2;`);
+  out.push(`${j}      tf_fb[0] = *reinterpret_cast<const unsigned*>(tf_pb);`);
+  out.push(`${j}      tf_fb[1] = *reinterpret_cast<const unsigned*>(tf_pb + 8);`);
+  out.push(`${j}      tf_mma_bf16(tf_c + tf_o * 16 + tf_ni * 4, tf_fa, tf_fb);`);
+  out.push(`${j}    }`);
+  out.push(`${j}  }`);
+  out.push(`${j}}`);
+  out.push(`${i}}`);
+  // The next tile's first copies overwrite stages still being read by slow warps: all finish first.
+  out.push(`${i}__syncthreads();`);
+  out.push(`${i}#pragma unroll`);
+  out.push(`${i}for (int tf_ni = 0; tf_ni < 4; tf_ni++) {`);
+  out.push(`${i}  #pragma unroll`);
+  out.push(`${i}  for (int tf_r = 0; tf_r < 4; tf_r++) {`);
+  out.push(`${i}    const int ${g.m} = tf_m0 + tf_wm + tf_g + (tf_r >> 1) * 8;`);
+  out.push(`${i}    const int ${g.n} = tf_n0 + tf_wn + tf_ni * 8 + tf_q * 2 + (tf_r & 1);`);
+  out.push(`${i}    if (${g.m} < tf_m_total && ${g.n} < ${g.columns}) {`);
+  g.accs.forEach((acc, o) => out.push(`${i}      const float ${acc} = tf_c[${o * 16} + tf_ni * 4 + tf_r];`));
+  epilogue(g, p, out, `${i}      `);
+  out.push(`${i}    }`);
   out.push(`${i}  }`);
   out.push(`${i}}`);
 }

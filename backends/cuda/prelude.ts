@@ -203,7 +203,24 @@ __device__ __forceinline__ void tf_mma_bf16(float* c, const unsigned* a, const u
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+// 16 bytes copied from global to shared memory without passing through registers (zeros where full is false),
+// in groups: commit closes a group, wait<N> returns once at most N groups are still in flight (sm_80 and later).
+__device__ __forceinline__ void tf_cp16(void* dst, const void* src, bool full) {
+  unsigned d;
+  asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(d) : "l"(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(d), "l"(src), "r"(full ? 16 : 0));
+}
+__device__ __forceinline__ void tf_cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void tf_cp_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N)); }
+// Two f32 as bf16x2 (lo in the low half), rounded to nearest even.
+__device__ __forceinline__ unsigned tf_pack_bf16x2(float lo, float hi) { unsigned r; asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r; }
 #else
+__device__ __forceinline__ void tf_cp16(void* dst, const void* src, bool full) {
+  if (full) memcpy(dst, src, 16); else memset(dst, 0, 16);
+}
+__device__ __forceinline__ void tf_cp_commit() {}
+template <int N> __device__ __forceinline__ void tf_cp_wait() {}
+__device__ __forceinline__ unsigned tf_pack_bf16x2(float lo, float hi) { return tf_pack_bf16(lo, hi); }
 // Host compilers (the tests' CPU emulation): the same product, each lane gathering its rows and columns by shuffles.
 __device__ __forceinline__ void tf_mma_bf16(float* c, const unsigned* a, const unsigned* b) {
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;

@@ -206,7 +206,7 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   else if (k.flash && sk.flash) renderFlashCuda(k.flash, sk.flash, p, tiles);
   if (!rowForm) {
     out.push(...tiles, '}');
-    return { code: out.join('\n') + '\n', name, rows: sk.grid.rows, dynamicSharedBytes: 0 };
+    return { code: out.join('\n') + '\n', name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes };
   }
   const body: string[] = [];
   // The row form's row count: the kernel's rows (the grid is larger when it may run the tiles instead).

@@ -205,8 +205,8 @@ int nvrtcCompileProgram(void* handle, int n, const char** options) {
   if (!shim) { p->log = "fake NVRTC: FAKE_CUDA_SHIM is not set"; return 6; }
   // Dynamic shared memory has no C++ spelling: the shim's buffer stands in for it.
   std::string src = std::regex_replace(p->source,
-      std::regex(R"(extern __shared__ __align__\(16\) unsigned char tf_smem\[\];)"),
-      "unsigned char* const tf_smem = tf_fake::dynamic_smem();");
+      std::regex(R"(extern __shared__ __align__\(16\) unsigned char (\w+)\[\];)"),
+      "unsigned char* const $1 = tf_fake::dynamic_smem();");
   std::ostringstream thunks;
   std::regex kernel(R"(extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\()");
   for (auto it = std::sregex_iterator(p->source.begin(), p->source.end(), kernel); it != std::sregex_iterator(); ++it) {
