@@ -1,0 +1,60 @@
+// What the scheduler decides for tile kernels (KernelIR.gemm / .flash) on each device: the units and tile shapes,
+// the size from which the tiles run (below it the row form), and the row form alone where tiles do not fit.
+
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { cpuCaps, cudaCaps, webgpuCaps } from '../../backends/device-caps.ts';
+import { evalSize } from '../../backends/kernel-ir.ts';
+import { scheduleKernel } from '../../backends/schedule.ts';
+import { compileModule } from '../../compiler/compile-module.ts';
+import { arange, param, trace, where } from '../../compiler/index.ts';
+import { DType } from '../../ir/dtype.ts';
+
+const F = DType.F32;
+const projection = (weight: DType) => compileModule({
+  graphs: [trace('p', [{ name: 'x', dtype: F, shape: ['S', 128] }], (x) => ({ y: x.matmul(param('w', weight, [96, 128]).transpose()) }))],
+}).graphs[0].kernels[0];
+const attention = (head: number) => compileModule({
+  graphs: [trace('a', [
+    { name: 'q', dtype: F, shape: [4, 'S', head] }, { name: 'k', dtype: F, shape: [4, head, 256] }, { name: 'v', dtype: F, shape: [4, 256, head] },
+  ], (q, k, v) => ({ y: where(arange(256).reshape(1, -1).le(arange(q.dim(1)).reshape(-1, 1)), q.matmul(k), -Infinity).softmax(-1).matmul(v) }))],
+}).graphs[0].kernels[0];
+
+test('a bf16 projection: cp.async mma tiles on CUDA from 16 rows, f32 tiles on WebGPU from 80, rows on the CPU', () => {
+  const k = projection(DType.BF16);
+  assert.ok(k.gemm, 'lowered with a tile form');
+  const cuda = scheduleKernel(k, cudaCaps());
+  assert.is(cuda.gemm?.units, 'mma-bf16');
+  assert.is(cuda.gemm?.staging?.kind, 'async');
+  assert.is(cuda.tilesFrom, 16);
+  assert.ok(cuda.dynamicWorkgroupBytes > 0, 'the ring of stages is memory given at launch');
+  // Below the threshold the grid is the row form's rows; from it, the tiles: ceil(S / 64) × ceil(96 / 64).
+  assert.is(evalSize(cuda.grid.rows, { S: 15 }), evalSize(k.rows, { S: 15 }));
+  assert.is(evalSize(cuda.grid.rows, { S: 130 }), 3 * 2);
+  const wgpu = scheduleKernel(k, webgpuCaps({ subgroups: true }));
+  assert.is(wgpu.gemm?.units, 'fma');
+  assert.is(wgpu.tilesFrom, 80);
+  const cpu = scheduleKernel(k, cpuCaps);
+  assert.is(cpu.gemm?.units, 'serial');
+  assert.is(cpu.tilesFrom, 0);
+});
+
+test('an f32 projection takes f32 tiles on CUDA too (matrix units take bf16 weights only)', () => {
+  assert.is(scheduleKernel(projection(F), cudaCaps()).gemm?.units, 'fma');
+  assert.is(scheduleKernel(projection(DType.BF16), cudaCaps(75)).gemm?.units, 'fma', 'no mma before sm_80');
+});
+
+test('flash tiles: 64 × 32 on CUDA, 16 × 16 in WebGPU\'s 16 KiB; a head too large for WebGPU runs the row form', () => {
+  const k = attention(64);
+  assert.ok(k.flash?.limit, 'the causal bound found');
+  const cuda = scheduleKernel(k, cudaCaps());
+  assert.equal([cuda.flash?.tileQueries, cuda.flash?.tileKeys], [64, 32]);
+  const wgpu = scheduleKernel(k, webgpuCaps({ subgroups: false }));
+  assert.equal([wgpu.flash?.tileQueries, wgpu.flash?.tileKeys], [16, 16]);
+  const big = scheduleKernel(attention(256), webgpuCaps({ subgroups: false }));
+  assert.is(big.flash, undefined);
+  assert.is(big.tilesFrom, undefined);
+  assert.ok(big.stmts.length > 0, 'the row form');
+});
+
+test.run();
