@@ -39,72 +39,108 @@ function epilogue(g: GemmIR, p: ExprPrinter, out: string[], indent: string): voi
   }
 }
 
-function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void {
-  const { tileRows: TM, tileColumns: TN, tileDepth: TD } = plan;
-  if (TM % 64 !== 0 || TN !== 64 || TD % 32 !== 0) throw new Error(`CUDA: mma tiles of ${TM} × ${TN} × ${TD} are not printed`);
-  // m16 blocks per warp (8 warps as 4 × 2, each MI·16 rows × 32 columns), and rows each thread stages (64 at a time).
-  const MI = TM / 64;
-  const RA = TM / 64;
-  // bf16 elements per staged row: 8 more than the depth, so the rows of a warp's fragment reads start 4 banks
-  // apart and its 32 lanes read 32 distinct banks.
-  const pitch = TD + 8;
-  // Elements along the depth each thread stages per row, and its 16-byte weight loads per product.
-  const per = TD / 4;
-  const vecs = per / 8;
-  const ops = g.b.length;
-  const i = '    ';
-  out.push(`${i}__shared__ __align__(16) unsigned short tf_as[${TM * pitch}];`);
-  out.push(`${i}__shared__ __align__(16) unsigned short tf_bs[${ops * TN * pitch}];`);
+// ---- mma tiles: 8 warps as 4 × 2, each a 16 × 32 block of the 64 × 64 tile (one m16 block, four n8 blocks) ----
+
+const MMA_PAD = 8; // elements a staged row is longer than the depth: a warp's fragment reads then hit distinct banks
+
+/** The warp's coordinates in the tile and its accumulators: tf_c[o · 16 + ni · 4 + r] for product o, n8 block ni. */
+function mmaSetup(ops: number, out: string[], i: string): void {
   out.push(`${i}const int tf_lane = threadIdx.x & 31, tf_warp = threadIdx.x >> 5;`);
   out.push(`${i}const int tf_g = tf_lane >> 2, tf_q = tf_lane & 3;`);
-  out.push(`${i}const int tf_wm = (tf_warp >> 1) * ${16 * MI}, tf_wn = (tf_warp & 1) * 32;`);
-  // Each thread stages 8 neighbouring elements along the depth: of the left operand at row t / 4, and of each
-  // right operand at column t / 4.
-  out.push(`${i}const int tf_sr = threadIdx.x >> 2, tf_sc = (threadIdx.x & 3) * ${per};`);
-  // tf_c[((o · MI) + mi) · 16 + ni · 4 + r]: product o, the warp's m16 block mi, n8 block ni.
-  out.push(`${i}float tf_c[${ops * MI * 16}];`);
+  out.push(`${i}const int tf_wm = (tf_warp >> 1) * 16, tf_wn = (tf_warp & 1) * 32;`);
+  out.push(`${i}float tf_c[${ops * 16}];`);
   out.push(`${i}#pragma unroll`);
-  out.push(`${i}for (int tf_i = 0; tf_i < ${ops * MI * 16}; tf_i++) tf_c[tf_i] = 0.0f;`);
-  out.push(`${i}float tf_ra[${RA * per}];`);
-  out.push(`${i}uint4 tf_rb[${ops * vecs}];`);
-  // Global loads of the step at depth k0 into registers.
+  out.push(`${i}for (int tf_i = 0; tf_i < ${ops * 16}; tf_i++) tf_c[tf_i] = 0.0f;`);
+}
+
+/**
+ * One staged step's matrix instructions: per 16 of depth, the warp's left fragment (read by `fragmentA`, which
+ * fills tf_fa[4] for depth offset tf_kk), then each product's four right fragments from the bf16 tile at `b`.
+ */
+function mmaStep(ops: number, depth: number, b: string, fragmentA: (indent: string) => void, out: string[], j: string): void {
+  const pitch = depth + MMA_PAD;
+  out.push(`${j}#pragma unroll`);
+  out.push(`${j}for (int tf_kk = 0; tf_kk < ${depth}; tf_kk += 16) {`);
+  out.push(`${j}  unsigned tf_fa[4];`);
+  fragmentA(`${j}  `);
+  out.push(`${j}  #pragma unroll`);
+  out.push(`${j}  for (int tf_o = 0; tf_o < ${ops}; tf_o++) {`);
+  out.push(`${j}    #pragma unroll`);
+  out.push(`${j}    for (int tf_ni = 0; tf_ni < 4; tf_ni++) {`);
+  out.push(`${j}      unsigned tf_fb[2];`);
+  out.push(`${j}      const unsigned short* tf_pb = ${b} + tf_o * ${64 * pitch} + (tf_wn + tf_ni * 8 + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
+  out.push(`${j}      tf_fb[0] = *reinterpret_cast<const unsigned*>(tf_pb);`);
+  out.push(`${j}      tf_fb[1] = *reinterpret_cast<const unsigned*>(tf_pb + 8);`);
+  out.push(`${j}      tf_mma_bf16(tf_c + tf_o * 16 + tf_ni * 4, tf_fa, tf_fb);`);
+  out.push(`${j}    }`);
+  out.push(`${j}  }`);
+  out.push(`${j}}`);
+}
+
+/** The epilogue at each accumulator: c[… ni · 4 + r] is row g (+ 8 for r ≥ 2), column 2q + (r & 1) of block ni. */
+function mmaEpilogue(g: GemmIR, p: ExprPrinter, out: string[], i: string): void {
+  out.push(`${i}#pragma unroll`);
+  out.push(`${i}for (int tf_ni = 0; tf_ni < 4; tf_ni++) {`);
+  out.push(`${i}  #pragma unroll`);
+  out.push(`${i}  for (int tf_r = 0; tf_r < 4; tf_r++) {`);
+  out.push(`${i}    const int ${g.m} = tf_m0 + tf_wm + tf_g + (tf_r >> 1) * 8;`);
+  out.push(`${i}    const int ${g.n} = tf_n0 + tf_wn + tf_ni * 8 + tf_q * 2 + (tf_r & 1);`);
+  out.push(`${i}    if (${g.m} < tf_m_total && ${g.n} < ${g.columns}) {`);
+  g.accs.forEach((acc, o) => out.push(`${i}      const float ${acc} = tf_c[${o * 16} + tf_ni * 4 + tf_r];`));
+  epilogue(g, p, out, `${i}      `);
+  out.push(`${i}    }`);
+  out.push(`${i}  }`);
+  out.push(`${i}}`);
+}
+
+const checkMmaTile = ({ tileRows, tileColumns, tileDepth }: GemmPlan) => {
+  if (tileRows !== 64 || tileColumns !== 64 || tileDepth !== 32) throw new Error(`CUDA: mma tiles of ${tileRows} × ${tileColumns} × ${tileDepth} are not printed`);
+};
+
+/**
+ * Operands staged through registers: the next step's global loads (the left operand computed by its prologue, 8
+ * neighbouring elements a thread; one 16-byte weight load a thread and product) are issued before this step's
+ * matrix instructions, then rounded to bf16 and stored to shared memory.
+ */
+function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void {
+  checkMmaTile(plan);
+  const TD = plan.tileDepth;
+  const pitch = TD + MMA_PAD;
+  const ops = g.b.length;
+  const i = '    ';
+  out.push(`${i}__shared__ __align__(16) unsigned short tf_as[${64 * pitch}];`);
+  out.push(`${i}__shared__ __align__(16) unsigned short tf_bs[${ops * 64 * pitch}];`);
+  mmaSetup(ops, out, i);
+  // Row (or column) t / 4, depth (t % 4) · 8 onwards, of the step.
+  out.push(`${i}const int tf_sr = threadIdx.x >> 2, tf_sc = (threadIdx.x & 3) * 8;`);
+  out.push(`${i}float tf_ra[8];`);
+  out.push(`${i}uint4 tf_rb[${ops}];`);
   const load = (indent: string, k0: string) => {
     const inner = indent + '  ';
     out.push(`${indent}{`);
+    out.push(`${inner}const int ${g.m} = tf_m0 + tf_sr;`);
     out.push(`${inner}#pragma unroll`);
-    out.push(`${inner}for (int tf_h = 0; tf_h < ${RA}; tf_h++) {`);
-    out.push(`${inner}  const int ${g.m} = tf_m0 + tf_h * 64 + tf_sr;`);
-    out.push(`${inner}  #pragma unroll`);
-    out.push(`${inner}  for (int tf_j = 0; tf_j < ${per}; tf_j++) {`);
-    out.push(`${inner}    const int ${g.k} = ${k0} + tf_sc + tf_j;`);
-    out.push(`${inner}    float tf_v = 0.0f;`);
-    out.push(`${inner}    if (${g.m} < tf_m_total) {`);
-    out.push(`${inner}      tf_v = ${p.expr(g.a, out, inner + '      ')};`);
-    out.push(`${inner}    }`);
-    out.push(`${inner}    tf_ra[tf_h * ${per} + tf_j] = tf_v;`);
+    out.push(`${inner}for (int tf_j = 0; tf_j < 8; tf_j++) {`);
+    out.push(`${inner}  const int ${g.k} = ${k0} + tf_sc + tf_j;`);
+    out.push(`${inner}  float tf_v = 0.0f;`);
+    out.push(`${inner}  if (${g.m} < tf_m_total) {`);
+    out.push(`${inner}    tf_v = ${p.expr(g.a, out, inner + '    ')};`);
     out.push(`${inner}  }`);
+    out.push(`${inner}  tf_ra[tf_j] = tf_v;`);
     out.push(`${inner}}`);
     out.push(`${inner}const int ${g.n} = tf_n0 + tf_sr;`);
-    for (let v = 0; v < vecs; v++) {
-      out.push(`${inner}{`);
-      out.push(`${inner}  const int ${g.k} = ${k0} + tf_sc + ${v * 8};`);
-      g.b.forEach((b, o) => {
-        if (b.k !== 'load') throw new Error('CUDA: an mma GEMM reads its weights directly');
-        const index = p.expr(b.index, out, inner + '  ');
-        out.push(`${inner}  tf_rb[${o * vecs + v}] = ${g.n} < ${g.columns} ? __ldg(reinterpret_cast<const uint4*>(b${b.buf} + ${index})) : make_uint4(0u, 0u, 0u, 0u);`);
-      });
-      out.push(`${inner}}`);
-    }
+    out.push(`${inner}const int ${g.k} = ${k0} + tf_sc;`);
+    g.b.forEach((b, o) => {
+      if (b.k !== 'load') throw new Error('CUDA: an mma GEMM reads its weights directly');
+      const index = p.expr(b.index, out, inner);
+      out.push(`${inner}tf_rb[${o}] = ${g.n} < ${g.columns} ? __ldg(reinterpret_cast<const uint4*>(b${b.buf} + ${index})) : make_uint4(0u, 0u, 0u, 0u);`);
+    });
     out.push(`${indent}}`);
   };
   const stage = (indent: string) => {
-    for (let v = 0; v < vecs; v++) {
-      for (let h = 0; h < RA; h++) {
-        const q = (x: number) => `tf_pack_bf16(tf_ra[${h * per + v * 8 + 2 * x}], tf_ra[${h * per + v * 8 + 2 * x + 1}])`;
-        out.push(`${indent}*reinterpret_cast<uint4*>(tf_as + (${h * 64} + tf_sr) * ${pitch} + tf_sc + ${v * 8}) = make_uint4(${q(0)}, ${q(1)}, ${q(2)}, ${q(3)});`);
-      }
-      for (let o = 0; o < ops; o++) out.push(`${indent}*reinterpret_cast<uint4*>(tf_bs + ${o * TN * pitch} + tf_sr * ${pitch} + tf_sc + ${v * 8}) = tf_rb[${o * vecs + v}];`);
-    }
+    const pack = (x: number) => `tf_pack_bf16(tf_ra[${2 * x}], tf_ra[${2 * x + 1}])`;
+    out.push(`${indent}*reinterpret_cast<uint4*>(tf_as + tf_sr * ${pitch} + tf_sc) = make_uint4(${pack(0)}, ${pack(1)}, ${pack(2)}, ${pack(3)});`);
+    for (let o = 0; o < ops; o++) out.push(`${indent}*reinterpret_cast<uint4*>(tf_bs + ${o * 64 * pitch} + tf_sr * ${pitch} + tf_sc) = tf_rb[${o}];`);
   };
   load(i, '0');
   stage(i);
@@ -116,51 +152,19 @@ function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
   out.push(`${j}  const int tf_k1 = tf_k0 + ${TD};`);
   load(`${j}  `, 'tf_k1');
   out.push(`${j}}`);
-  out.push(`${j}#pragma unroll`);
-  out.push(`${j}for (int tf_kk = 0; tf_kk < ${TD}; tf_kk += 16) {`);
-  out.push(`${j}  unsigned tf_fa[${4 * MI}];`);
-  out.push(`${j}  #pragma unroll`);
-  out.push(`${j}  for (int tf_mi = 0; tf_mi < ${MI}; tf_mi++) {`);
-  out.push(`${j}    const unsigned short* tf_pa = tf_as + (tf_wm + tf_mi * 16 + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
-  out.push(`${j}    tf_fa[tf_mi * 4] = *reinterpret_cast<const unsigned*>(tf_pa);`);
-  out.push(`${j}    tf_fa[tf_mi * 4 + 1] = *reinterpret_cast<const unsigned*>(tf_pa + ${8 * pitch});`);
-  out.push(`${j}    tf_fa[tf_mi * 4 + 2] = *reinterpret_cast<const unsigned*>(tf_pa + 8);`);
-  out.push(`${j}    tf_fa[tf_mi * 4 + 3] = *reinterpret_cast<const unsigned*>(tf_pa + ${8 * pitch + 8});`);
-  out.push(`${j}  }`);
-  out.push(`${j}  #pragma unroll`);
-  out.push(`${j}  for (int tf_o = 0; tf_o < ${ops}; tf_o++) {`);
-  out.push(`${j}    #pragma unroll`);
-  out.push(`${j}    for (int tf_ni = 0; tf_ni < 4; tf_ni++) {`);
-  out.push(`${j}      unsigned tf_fb[2];`);
-  out.push(`${j}      const unsigned short* tf_pb = tf_bs + tf_o * ${TN * pitch} + (tf_wn + tf_ni * 8 + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
-  out.push(`${j}      tf_fb[0] = *reinterpret_cast<const unsigned*>(tf_pb);`);
-  out.push(`${j}      tf_fb[1] = *reinterpret_cast<const unsigned*>(tf_pb + 8);`);
-  out.push(`${j}      #pragma unroll`);
-  out.push(`${j}      for (int tf_mi = 0; tf_mi < ${MI}; tf_mi++) tf_mma_bf16(tf_c + (tf_o * ${MI} + tf_mi) * 16 + tf_ni * 4, tf_fa + tf_mi * 4, tf_fb);`);
-  out.push(`${j}    }`);
-  out.push(`${j}  }`);
-  out.push(`${j}}`);
+  mmaStep(ops, TD, 'tf_bs', (f) => {
+    out.push(`${f}const unsigned short* tf_pa = tf_as + (tf_wm + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
+    for (const [r, off] of [[0, 0], [1, 8 * pitch], [2, 8], [3, 8 * pitch + 8]]) {
+      out.push(`${f}tf_fa[${r}] = *reinterpret_cast<const unsigned*>(tf_pa + ${off});`);
+    }
+  }, out, j);
   out.push(`${j}__syncthreads();`);
   out.push(`${j}if (tf_more) {`);
   stage(`${j}  `);
   out.push(`${j}}`);
   out.push(`${j}__syncthreads();`);
   out.push(`${i}}`);
-  // c[… ni * 4 + r]: row g (+ 8 for r ≥ 2) of m16 block mi, column 2q + (r & 1) of the warp's n8 block ni.
-  out.push(`${i}#pragma unroll`);
-  out.push(`${i}for (int tf_mi = 0; tf_mi < ${MI}; tf_mi++)`);
-  out.push(`${i}#pragma unroll`);
-  out.push(`${i}for (int tf_ni = 0; tf_ni < 4; tf_ni++) {`);
-  out.push(`${i}  #pragma unroll`);
-  out.push(`${i}  for (int tf_r = 0; tf_r < 4; tf_r++) {`);
-  out.push(`${i}    const int ${g.m} = tf_m0 + tf_wm + tf_mi * 16 + tf_g + (tf_r >> 1) * 8;`);
-  out.push(`${i}    const int ${g.n} = tf_n0 + tf_wn + tf_ni * 8 + tf_q * 2 + (tf_r & 1);`);
-  out.push(`${i}    if (${g.m} < tf_m_total && ${g.n} < ${g.columns}) {`);
-  g.accs.forEach((acc, o) => out.push(`${i}      const float ${acc} = tf_c[(${o * MI} + tf_mi) * 16 + tf_ni * 4 + tf_r];`));
-  epilogue(g, p, out, `${i}      `);
-  out.push(`${i}    }`);
-  out.push(`${i}  }`);
-  out.push(`${i}}`);
+  mmaEpilogue(g, p, out, i);
 }
 
 function fmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void {
@@ -230,11 +234,11 @@ function fmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
  * fragment reads on distinct banks.
  */
 function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter, out: string[]): void {
-  const { tileRows: TM, tileColumns: TN, tileDepth: TD } = plan;
-  if (TM !== 64 || TN !== 64 || TD !== 32) throw new Error(`CUDA: async mma tiles of ${TM} × ${TN} × ${TD} are not printed`);
+  checkMmaTile(plan);
+  const [TM, TN, TD] = [64, 64, plan.tileDepth];
   const a = g.a;
   if (a.k !== 'load' || g.b.some((b) => b.k !== 'load')) throw new Error('CUDA: an async mma GEMM copies its operands as they are');
-  const [AP, BP] = [TD + 8, TD + 8];
+  const [AP, BP] = [TD + MMA_PAD, TD + MMA_PAD];
   const ops = g.b.length;
   const aStage = TM * AP;
   const bStage = ops * TN * BP;
@@ -242,12 +246,7 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter,
   out.push(`${i}extern __shared__ __align__(16) unsigned char tf_ring[];`);
   out.push(`${i}float* const tf_as = reinterpret_cast<float*>(tf_ring);`);
   out.push(`${i}unsigned short* const tf_bs = reinterpret_cast<unsigned short*>(tf_ring + ${stages * aStage * 4});`);
-  out.push(`${i}const int tf_lane = threadIdx.x & 31, tf_warp = threadIdx.x >> 5;`);
-  out.push(`${i}const int tf_g = tf_lane >> 2, tf_q = tf_lane & 3;`);
-  out.push(`${i}const int tf_wm = (tf_warp >> 1) * 16, tf_wn = (tf_warp & 1) * 32;`);
-  out.push(`${i}float tf_c[${ops * 16}];`);
-  out.push(`${i}#pragma unroll`);
-  out.push(`${i}for (int tf_i = 0; tf_i < ${ops * 16}; tf_i++) tf_c[tf_i] = 0.0f;`);
+  mmaSetup(ops, out, i);
   out.push(`${i}const int tf_steps = ${g.depth / TD};`);
   // The copies of step `step` into stage `stage`: rows past the left operand's and columns past the weights' are
   // zeros (their source address is row 0's, never read).
@@ -298,38 +297,14 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter,
   out.push(`${j}}`);
   out.push(`${j}const float* const tf_a = tf_as + (tf_kt % ${stages}) * ${aStage};`);
   out.push(`${j}const unsigned short* const tf_b = tf_bs + (tf_kt % ${stages}) * ${bStage};`);
-  out.push(`${j}#pragma unroll`);
-  out.push(`${j}for (int tf_kk = 0; tf_kk < ${TD}; tf_kk += 16) {`);
-  out.push(`${j}  const float* const tf_pa = tf_a + (tf_wm + tf_g) * ${AP} + tf_kk + tf_q * 2;`);
-  out.push(`${j}  unsigned tf_fa[4];`);
-  for (const [r, off] of [[0, '0'], [1, `${8 * AP}`], [2, '8'], [3, `${8 * AP + 8}`]] as const) {
-    out.push(`${j}  { const float2 tf_v = *reinterpret_cast<const float2*>(tf_pa + ${off}); tf_fa[${r}] = tf_pack_bf16x2(tf_v.x, tf_v.y); }`);
-  }
-  out.push(`${j}  #pragma unroll`);
-  out.push(`${j}  for (int tf_o = 0; tf_o < ${ops}; tf_o++) {`);
-  out.push(`${j}    #pragma unroll`);
-  out.push(`${j}    for (int tf_ni = 0; tf_ni < 4; tf_ni++) {`);
-  out.push(`${j}      unsigned tf_fb[2];`);
-  out.push(`${j}      const unsigned short* tf_pb = tf_b + tf_o * ${TN * BP} + (tf_wn + tf_ni * 8 + tf_g) * ${BP} + tf_kk + tf_q * 2;`);
-  out.push(`${j}      tf_fb[0] = *reinterpret_cast<const unsigned*>(tf_pb);`);
-  out.push(`${j}      tf_fb[1] = *reinterpret_cast<const unsigned*>(tf_pb + 8);`);
-  out.push(`${j}      tf_mma_bf16(tf_c + tf_o * 16 + tf_ni * 4, tf_fa, tf_fb);`);
-  out.push(`${j}    }`);
-  out.push(`${j}  }`);
-  out.push(`${j}}`);
+  mmaStep(ops, TD, 'tf_b', (f) => {
+    out.push(`${f}const float* const tf_pa = tf_a + (tf_wm + tf_g) * ${AP} + tf_kk + tf_q * 2;`);
+    for (const [r, off] of [[0, 0], [1, 8 * AP], [2, 8], [3, 8 * AP + 8]]) {
+      out.push(`${f}{ const float2 tf_v = *reinterpret_cast<const float2*>(tf_pa + ${off}); tf_fa[${r}] = tf_pack_bf16x2(tf_v.x, tf_v.y); }`);
+    }
+  }, out, j);
   out.push(`${i}}`);
   // The next tile's first copies overwrite stages still being read by slow warps: all finish first.
   out.push(`${i}__syncthreads();`);
-  out.push(`${i}#pragma unroll`);
-  out.push(`${i}for (int tf_ni = 0; tf_ni < 4; tf_ni++) {`);
-  out.push(`${i}  #pragma unroll`);
-  out.push(`${i}  for (int tf_r = 0; tf_r < 4; tf_r++) {`);
-  out.push(`${i}    const int ${g.m} = tf_m0 + tf_wm + tf_g + (tf_r >> 1) * 8;`);
-  out.push(`${i}    const int ${g.n} = tf_n0 + tf_wn + tf_ni * 8 + tf_q * 2 + (tf_r & 1);`);
-  out.push(`${i}    if (${g.m} < tf_m_total && ${g.n} < ${g.columns}) {`);
-  g.accs.forEach((acc, o) => out.push(`${i}      const float ${acc} = tf_c[${o * 16} + tf_ni * 4 + tf_r];`));
-  epilogue(g, p, out, `${i}      `);
-  out.push(`${i}    }`);
-  out.push(`${i}  }`);
-  out.push(`${i}}`);
+  mmaEpilogue(g, p, out, i);
 }

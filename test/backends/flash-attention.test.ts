@@ -11,10 +11,9 @@ import { compileModule } from '../../compiler/compile-module.ts';
 import { arange, trace, where } from '../../compiler/index.ts';
 import { DType } from '../../ir/dtype.ts';
 import { hostTensor } from '../../ir/host-tensor.ts';
-import { Device, DeviceKind, namedOutputKey } from '../../runtime/device.ts';
-import { openDevice } from '../../runtime/devices/open.ts';
+import { Device, namedOutputKey } from '../../runtime/device.ts';
 import { ParamStore } from '../../runtime/params.ts';
-import { openCudaOrFake, restoreCudaOrFake, unavailable } from '../runtime/fake-cuda/build.ts';
+import { kernelDevices, onDevice } from '../runtime/fake-cuda/build.ts';
 import { relativeError } from './compare.ts';
 import { Rng } from './rng.ts';
 
@@ -69,30 +68,12 @@ basics('attention of many query rows lowers to one flash kernel with the causal 
 });
 basics.run();
 
-const targets: { kind: DeviceKind; open(): Promise<Device | string> }[] = [
-  { kind: 'cpu', open: () => openDevice('cpu') },
-  { kind: 'webgpu', open: () => openDevice('webgpu').catch((e) => unavailable(e) ?? Promise.reject(e)) },
-  { kind: 'cuda', open: openCudaOrFake },
-];
-
 let expected: number[][] | undefined;
-for (const target of targets) {
-  const s = suite(`flash attention on ${target.kind}`);
+for (const kind of kernelDevices) {
+  const s = suite(`flash attention on ${kind}`);
   s(`query rows ${CASES.map(([q]) => q).join(', ')} over ${T} keys match the reference interpreter`, async () => {
-    if (!expected) {
-      const ref = await openDevice('reference');
-      try {
-        expected = await outputs(ref, reference);
-      } finally {
-        ref.destroy();
-      }
-    }
-    const device = await target.open();
-    if (typeof device === 'string') {
-      console.log(`  ${target.kind}: skipped (${device})`);
-      return;
-    }
-    try {
+    expected ??= await onDevice('reference', (ref) => outputs(ref, reference));
+    await onDevice(kind, async (device) => {
       const got = await outputs(device, compiled);
       CASES.forEach(([rows, pos], c) => {
         const [ours, ref] = [got[c], expected![c]];
@@ -102,10 +83,7 @@ for (const target of targets) {
         const err = relativeError(finite.map((i) => ours[i]), finite.map((i) => ref[i]));
         assert.ok(err < 1e-4, `rows ${rows} at ${pos}: relative error ${err} (FLASH_SEED=${seed})`);
       });
-    } finally {
-      device.destroy();
-      if (target.kind === 'cuda') restoreCudaOrFake();
-    }
+    });
   });
   s.run();
 }

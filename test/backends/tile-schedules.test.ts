@@ -39,6 +39,15 @@ test('a bf16 projection: cp.async mma tiles on CUDA from 16 rows, f32 tiles on W
   assert.is(cpu.tilesFrom, 0);
 });
 
+test('a left operand with a prologue is staged through registers, not copied as it is', () => {
+  const k = compileModule({
+    graphs: [trace('p', [{ name: 'x', dtype: F, shape: ['S', 128] }], (x) => ({ y: x.tanh().matmul(param('w', DType.BF16, [96, 128]).transpose()) }))],
+  }).graphs[0].kernels[0];
+  const cuda = scheduleKernel(k, cudaCaps());
+  assert.is(cuda.gemm?.units, 'mma-bf16');
+  assert.is(cuda.gemm?.staging?.kind, 'registers');
+});
+
 test('an f32 projection takes f32 tiles on CUDA too (matrix units take bf16 weights only)', () => {
   assert.is(scheduleKernel(projection(F), cudaCaps()).gemm?.units, 'fma');
   assert.is(scheduleKernel(projection(DType.BF16), cudaCaps(75)).gemm?.units, 'fma', 'no mma before sm_80');

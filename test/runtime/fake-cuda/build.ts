@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Device } from '../../../runtime/device.ts';
+import type { Device, DeviceKind } from '../../../runtime/device.ts';
 import { openDevice } from '../../../runtime/devices/open.ts';
 
 const here = fileURLToPath(new URL('./', import.meta.url));
@@ -83,4 +83,26 @@ export async function openCudaOrFake(): Promise<Device | string> {
 export function restoreCudaOrFake(): void {
   restoreFake?.();
   restoreFake = undefined;
+}
+
+/** The devices differential tests compare against the reference interpreter. */
+export const kernelDevices: readonly DeviceKind[] = ['cpu', 'webgpu', 'cuda'];
+
+/**
+ * Opens device `kind` (for CUDA the driver, else the CPU fake), runs `body` on it and closes it. Where the device
+ * cannot run here it says so and returns undefined.
+ */
+export async function onDevice<T>(kind: DeviceKind, body: (d: Device) => Promise<T>): Promise<T | undefined> {
+  const device = kind === 'cuda' ? await openCudaOrFake()
+    : await openDevice(kind).catch((e) => unavailable(e) ?? Promise.reject(e));
+  if (typeof device === 'string') {
+    console.log(`  ${kind}: skipped (${device})`);
+    return undefined;
+  }
+  try {
+    return await body(device);
+  } finally {
+    device.destroy();
+    if (kind === 'cuda') restoreCudaOrFake();
+  }
 }

@@ -194,33 +194,31 @@ void call(void (*f)(A...), void** p) {
 
 inline void __syncthreads() { tf_fake::yield_as(tf_fake::WaitBlock); }
 
+namespace tf_fake {
+// Every lane of the warp posts v and takes the value lane `src` (of the same warp) posted.
 template <typename T>
-T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+T exchange(T v, unsigned src) {
   static_assert(sizeof(T) <= 8, "shuffle of a wide type");
   const unsigned t = threadIdx.x;
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
-  tf_fake::slots[t] = bits;
-  tf_fake::yield_as(tf_fake::WaitWarp);
-  const uint64_t other = tf_fake::slots[(t & ~31u) | ((t & 31u) ^ static_cast<unsigned>(lane_mask))];
+  slots[t] = bits;
+  yield_as(WaitWarp);
+  const uint64_t other = slots[(t & ~31u) | (src & 31u)];
   T r;
   std::memcpy(&r, &other, sizeof(T));
   // Nobody overwrites a slot until every lane has read its partner's.
-  tf_fake::yield_as(tf_fake::WaitWarp);
+  yield_as(WaitWarp);
   return r;
+}
+}  // namespace tf_fake
+
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+  return tf_fake::exchange(v, (threadIdx.x & 31u) ^ static_cast<unsigned>(lane_mask));
 }
 
 template <typename T>
 T __shfl_sync(unsigned, T v, int src_lane) {
-  static_assert(sizeof(T) <= 8, "shuffle of a wide type");
-  const unsigned t = threadIdx.x;
-  uint64_t bits = 0;
-  std::memcpy(&bits, &v, sizeof(T));
-  tf_fake::slots[t] = bits;
-  tf_fake::yield_as(tf_fake::WaitWarp);
-  const uint64_t other = tf_fake::slots[(t & ~31u) | (static_cast<unsigned>(src_lane) & 31u)];
-  T r;
-  std::memcpy(&r, &other, sizeof(T));
-  tf_fake::yield_as(tf_fake::WaitWarp);
-  return r;
+  return tf_fake::exchange(v, static_cast<unsigned>(src_lane));
 }
