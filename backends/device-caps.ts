@@ -59,6 +59,12 @@ export interface ScheduleTuning {
    * attention from 2 query rows on both (the row form reads the whole cache, flash only up to the causal bound).
    */
   readonly tilesFrom: { readonly gemm: number; readonly flash: number };
+  /**
+   * Bytes of weights a kernel that overlaps its predecessor (DeviceCaps.dependentLaunch) asks L2 for before it
+   * waits, over all its workgroups (0: none). Kept well under the L2 (50 MiB on the H200), which the predecessor's
+   * stream shares.
+   */
+  readonly prefetchBytes: number;
 }
 
 export interface DeviceCaps {
@@ -80,6 +86,11 @@ export interface DeviceCaps {
   readonly rowsPastGrid: 'second-dimension' | 'grid-stride' | 'serial';
   /** Matrix instructions GEMM tiles may use (CUDA's mma.sync on sm_80 and later). */
   readonly matrixUnits: readonly MatrixUnit[];
+  /**
+   * Whether a kernel may start while its predecessor finishes (CUDA's programmatic dependent launch, sm_90): it
+   * waits for the predecessor's writes inside, after starting what does not depend on them.
+   */
+  readonly dependentLaunch: boolean;
   readonly tuning: ScheduleTuning;
 }
 
@@ -97,7 +108,8 @@ export const cpuCaps: DeviceCaps = {
   maxWorkgroupsX: 2 ** 31 - 1,
   rowsPastGrid: 'serial',
   matrixUnits: [],
-  tuning: { elementMapping: 'long-sums', vectorize: 'none', streamElements: 1, unroll: { workgroup: 1, vector: 1, sliced: 1 }, tilesFrom: { gemm: 0, flash: 0 } },
+  dependentLaunch: false,
+  tuning: { elementMapping: 'long-sums', vectorize: 'none', streamElements: 1, unroll: { workgroup: 1, vector: 1, sliced: 1 }, tilesFrom: { gemm: 0, flash: 0 }, prefetchBytes: 0 },
 };
 
 /**
@@ -117,16 +129,24 @@ export function webgpuCaps(opts: { readonly subgroups: boolean }): DeviceCaps {
     maxWorkgroupsX: 65535,
     rowsPastGrid: 'second-dimension',
     matrixUnits: [],
-    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 80, flash: 2 } },
+    dependentLaunch: false,
+    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 80, flash: 2 }, prefetchBytes: 0 },
   };
 }
 
 /** Shared memory per block a kernel may use with the opt-in, by compute capability (CUDA programming guide). */
 const sharedBytesByArch: readonly [number, number][] = [[90, 232448], [89, 101376], [87, 166912], [86, 101376], [80, 166912], [75, 65536], [70, 98304]];
 
-/** CUDA at a compute capability (e.g. 90 for an H200): warps of 32, 256 threads per block, 48 KiB of static shared memory. */
+/**
+ * CUDA at a compute capability (e.g. 90 for an H200): warps of 32, 256 threads per block, 48 KiB of static shared
+ * memory. TSFUSE_CUDA_OVERLAP (for measuring what overlapping kernels gains): `off` launches every kernel after its
+ * predecessor; `prefetch` also asks L2 for weights before waiting (measured slower on the H200: BENCHMARKS.md);
+ * unset, kernels overlap without prefetching.
+ */
 export function cudaCaps(computeCapability = 90): DeviceCaps {
   const shared = sharedBytesByArch.find(([arch]) => computeCapability >= arch)?.[1] ?? 49152;
+  const overlap = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.TSFUSE_CUDA_OVERLAP;
+  if (overlap !== undefined && overlap !== 'off' && overlap !== 'prefetch') throw new Error(`TSFUSE_CUDA_OVERLAP=${overlap}: expected off or prefetch (or unset)`);
   return {
     target: 'cuda',
     name: `cuda sm_${computeCapability}`,
@@ -139,7 +159,11 @@ export function cudaCaps(computeCapability = 90): DeviceCaps {
     rowsPastGrid: 'grid-stride',
     // mma.sync m16n8k16 with bf16 inputs and f32 accumulators (sm_80 and later).
     matrixUnits: computeCapability >= 80 ? [{ m: 16, n: 8, k: 16, input: DType.BF16, accumulator: DType.F32 }] : [],
-    tuning: { elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 4 }, tilesFrom: { gemm: 16, flash: 2 } },
+    dependentLaunch: computeCapability >= 90 && overlap !== 'off',
+    tuning: {
+      elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 4 }, tilesFrom: { gemm: 16, flash: 2 },
+      prefetchBytes: overlap === 'prefetch' ? 16 * 2 ** 20 : 0,
+    },
   };
 }
 

@@ -5,10 +5,10 @@
 // stay 16-bit (`unsigned short`, widened with bit operations, so NVRTC needs no headers) and compute is f32.
 
 import { DType } from '../../ir/dtype.ts';
-import { cudaCaps } from '../device-caps.ts';
+import { cudaCaps, DeviceCaps } from '../device-caps.ts';
 import { KernelIR, KExpr, KStmt, ReduceOp, replaceReductions, ROW, Scalar, topReductions } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
-import { ArrayPlacement, ReductionPlan, scheduleKernel, ScheduledKernel, StmtSchedule } from '../schedule.ts';
+import { ArrayPlacement, OverlapPlan, ReductionPlan, scheduleKernel, ScheduledKernel, StmtSchedule } from '../schedule.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
 import { renderGemmCuda } from './gemm.ts';
@@ -107,6 +107,8 @@ export interface CudaFunction {
   readonly rows: KExpr;
   /** Dynamic shared memory the launch must ask for (0 when the row-local arrays fit statically). */
   readonly dynamicSharedBytes: number;
+  /** Launched to overlap its predecessor (programmatic dependent launch): the function waits for it inside. */
+  readonly overlapsPredecessor: boolean;
 }
 
 const schedule = (k: KernelIR) => scheduleKernel(k, cudaCaps());
@@ -123,9 +125,9 @@ export interface CudaModule {
   readonly functions: readonly CudaFunction[];
 }
 
-/** Schedules kernels for CUDA (cudaCaps) and prints them as one module: the one-step form. */
-export function renderCudaModule(kernels: readonly KernelIR[], prefix = ''): CudaModule {
-  return printCudaModule(kernels.map(schedule), prefix);
+/** Schedules kernels for a CUDA device (an sm_90 one unless told) and prints them as one module: the one-step form. */
+export function renderCudaModule(kernels: readonly KernelIR[], prefix = '', device: DeviceCaps = cudaCaps()): CudaModule {
+  return printCudaModule(kernels.map((k) => scheduleKernel(k, device)), prefix);
 }
 
 /** Schedules a kernel for CUDA and prints it as one function. */
@@ -197,6 +199,7 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   if (coops.some((t) => t !== 'f32')) out.push('  __shared__ int tf_ri[TF_WARPS + 1];');
   if (coops.includes('argmax:i32')) out.push('  __shared__ int tf_rv[TF_WARPS + 1];');
   declareArrays(sk.arrays, out);
+  if (sk.overlap) printOverlap(sk.overlap, out);
 
   const p = new CudaPrinter(cudaDialect, k.buffers);
   p.sizes = new Set(k.sizes);
@@ -206,7 +209,7 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   else if (k.flash && sk.flash) renderFlashCuda(k.flash, sk.flash, p, tiles);
   if (!rowForm) {
     out.push(...tiles, '}');
-    return { code: out.join('\n') + '\n', name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes };
+    return { code: out.join('\n') + '\n', name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes, overlapsPredecessor: !!sk.overlap };
   }
   const body: string[] = [];
   // The row form's row count: the kernel's rows (the grid is larger when it may run the tiles instead).
@@ -228,7 +231,17 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   } else {
     out.push(...body, '}');
   }
-  return { code: out.join('\n') + '\n', name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes };
+  return { code: out.join('\n') + '\n', name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes, overlapsPredecessor: !!sk.overlap };
+}
+
+/** The start of a kernel that overlaps its predecessor: weights asked of L2, then the wait, then the successor let go. */
+function printOverlap(o: OverlapPlan, out: string[]): void {
+  if (o.prefetch.length) {
+    out.push('  if (threadIdx.x == 0) {');
+    for (const f of o.prefetch) out.push(`    tf_prefetch_l2(reinterpret_cast<const char*>(b${f.buf}) + (size_t)blockIdx.x * ${f.stride}u, ${f.bytes}u);`);
+    out.push('  }');
+  }
+  out.push('  tf_grid_wait();', '  tf_grid_release();');
 }
 
 /** Declares the row-local arrays where the schedule placed them: statically, or in the launch's dynamic shared memory. */

@@ -20,6 +20,11 @@ const ATTR_CC_MINOR = 76;
 const ATTR_MAX_SHARED_OPTIN = 97;
 const FUNC_ATTR_MAX_DYNAMIC_SHARED = 8;
 const STREAM_CAPTURE_MODE_THREAD_LOCAL = 1;
+const LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
+// CUlaunchConfig: grid x, y, z, block x, y, z and shared bytes as u32s, the stream at byte 32, the attributes'
+// address at 40, their count at 48. CUlaunchAttribute: the id, 4 bytes of padding, a 64-byte value.
+const LAUNCH_CONFIG_BYTES = 56;
+const LAUNCH_ATTRIBUTE_BYTES = 72;
 
 /** Where libcuda may be: TSFUSE_LIBCUDA alone when set, else the loader's search path. */
 export function libcudaCandidates(): string[] {
@@ -53,6 +58,14 @@ function bind(lib: koffi.IKoffiLib) {
     }
     throw new CudaUnavailableError(`the CUDA driver lacks ${protos.map((p) => /(\w+)\(/.exec(p)![1]).join(' / ')}`);
   };
+  /** A call older drivers may lack: undefined there. */
+  const optional = (proto: string): Fn | undefined => {
+    try {
+      return f(proto);
+    } catch {
+      return undefined;
+    }
+  };
   return {
     cuInit: f('int cuInit(unsigned int flags)'),
     cuDriverGetVersion: f('int cuDriverGetVersion(_Out_ int *version)'),
@@ -85,6 +98,7 @@ function bind(lib: koffi.IKoffiLib) {
     cuStreamSynchronize: f('int cuStreamSynchronize(void *stream)'),
     cuLaunchKernel: f('int cuLaunchKernel(void *fn, unsigned int gx, unsigned int gy, unsigned int gz, '
       + 'unsigned int bx, unsigned int by, unsigned int bz, unsigned int shared, void *stream, void *params, void *extra)'),
+    cuLaunchKernelEx: optional('int cuLaunchKernelEx(const void *config, void *fn, void *params, void *extra)'),
     cuStreamBeginCapture: f('int cuStreamBeginCapture_v2(void *stream, int mode)'),
     cuStreamEndCapture: f('int cuStreamEndCapture(void *stream, _Out_ void **graph)'),
     cuGraphInstantiate: f('int cuGraphInstantiateWithFlags(_Out_ void **exec, void *graph, unsigned long long flags)'),
@@ -123,6 +137,13 @@ export interface KernelArgs {
 export class CudaDriver {
   readonly info: DeviceInfo;
   readonly stream: Handle;
+  /**
+   * Whether a launch may overlap its predecessor (programmatic dependent launch): sm_90, and a driver that keeps
+   * it in captured graphs (12.3).
+   */
+  readonly overlapLaunches: boolean;
+  /** The CUlaunchConfig of an overlapping launch, its attribute filled in once (native memory, kept). */
+  private readonly overlapConfig: Handle;
   private readonly device: number;
   private readonly nativeAllocs: Handle[] = [];
   private destroyed = false;
@@ -161,6 +182,15 @@ export class CudaDriver {
     // Flags 0: the stream also orders against the legacy default stream, so plain copies never race it.
     this.check('cuStreamCreate', api.cuStreamCreate(stream, 0));
     this.stream = stream[0];
+    this.overlapLaunches = api.cuLaunchKernelEx !== undefined && this.info.computeCapability >= 90 && version[0] >= 12030;
+    const attribute = koffi.alloc('uint8', LAUNCH_ATTRIBUTE_BYTES);
+    koffi.encode(attribute, 0, 'uint32', LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION);
+    koffi.encode(attribute, 8, 'int32', 1);
+    this.overlapConfig = koffi.alloc('uint8', LAUNCH_CONFIG_BYTES);
+    for (const [offset, v] of [[4, 1], [8, 1], [16, 1], [20, 1], [48, 1]]) koffi.encode(this.overlapConfig, offset, 'uint32', v);
+    koffi.encode(this.overlapConfig, 32, 'uint64', koffi.address(this.stream));
+    koffi.encode(this.overlapConfig, 40, 'uint64', koffi.address(attribute));
+    this.nativeAllocs.push(attribute, this.overlapConfig);
   }
 
   /** Opens the driver; `libraries` overrides where libcuda is looked for (tests point it at a missing file). */
@@ -316,7 +346,19 @@ export class CudaDriver {
     return { params, values };
   }
 
-  launch(fn: Handle, grid: number, block: number, args: KernelArgs, sharedBytes = 0): void {
+  /**
+   * Queues a kernel. `overlap`: the kernel may start while its predecessor on the stream finishes (it waits for it
+   * inside, tf_grid_wait); where the driver cannot, it launches as any other.
+   */
+  launch(fn: Handle, grid: number, block: number, args: KernelArgs, sharedBytes = 0, overlap = false): void {
+    if (overlap && this.overlapLaunches) {
+      const c = this.overlapConfig;
+      koffi.encode(c, 0, 'uint32', grid);
+      koffi.encode(c, 12, 'uint32', block);
+      koffi.encode(c, 24, 'uint32', sharedBytes);
+      this.check('cuLaunchKernelEx', this.api.cuLaunchKernelEx!(c, fn, args.params, null));
+      return;
+    }
     this.check('cuLaunchKernel', this.api.cuLaunchKernel(fn, grid, 1, 1, block, 1, 1, sharedBytes, this.stream, args.params, null));
   }
 

@@ -52,6 +52,8 @@ const matvecGolden = `// kernel k0: fuses
 //   %2: f32[4] = matmul %w, %x
 extern "C" __global__ void __launch_bounds__(TF_BLOCK) k0(const unsigned short* __restrict__ b0, const float* __restrict__ b1, float* __restrict__ b2) {
   __shared__ float tf_rf[TF_WARPS + 1];
+  tf_grid_wait();
+  tf_grid_release();
   const int tf_tid = threadIdx.x;
   const int tf_rows = 4;
   for (int row = blockIdx.x; row < tf_rows; row += gridDim.x) {
@@ -99,7 +101,7 @@ extern "C" __global__ void __launch_bounds__(TF_BLOCK) k0(const unsigned short* 
 }
 `;
 
-test('a matrix-vector kernel renders as golden text: one block per row, 16-byte loads of the bf16 weights, block sum', () => {
+test('a matrix-vector kernel renders as golden text: waiting for the previous kernel first, one block per row, 16-byte loads of the bf16 weights, block sum', () => {
   assert.fixture(renderCudaFunction(matvec).code, matvecGolden);
 });
 
@@ -150,6 +152,11 @@ function renderGraphs(label: string, graphs: readonly Graph[], check?: (g: strin
       assert.ok(code.startsWith(`// kernel ${k.name}: fuses\n`), `${label} @${graph.name} ${k.name}: the comment comes first`);
       for (const line of k.fused) assert.ok(code.includes(`//   ${line}\n`), `${label} @${graph.name} ${k.name}: lists ${line}`);
       assert.match(code, `extern "C" __global__ void __launch_bounds__(TF_BLOCK) ${fn}${k.name}(`);
+      // Overlapping its predecessor (sm_90), a kernel touches no buffer but its prefetched weights before it waits.
+      const body = code.slice(code.indexOf(') {\n') + 3);
+      assert.is(body.split('tf_grid_wait();').length, 2, `${label} @${graph.name} ${k.name}: waits once`);
+      const before = body.slice(0, body.indexOf('tf_grid_wait();')).split('\n').filter((l) => !l.includes('tf_prefetch_l2(')).join('\n');
+      assert.not.match(before, /\bb\d+\b/, `${label} @${graph.name} ${k.name}: a buffer is used before the wait`);
     });
     check?.(graph.name, source, kernels);
     units.push({ name: `${label}.${graph.name}`, source });

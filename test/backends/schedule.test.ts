@@ -104,6 +104,7 @@ kernel k0 (elementwise) on webgpu: 4 rows, a workgroup of 256 threads each
   store b2 over i0<8: thread-per-element
 kernel k0 (elementwise) on cuda sm_90: 4 rows, a workgroup of 256 threads each (striding over rows past the grid)
   store b2 over i0<8: thread-per-element
+  starts while the previous kernel finishes, then waits for its writes
 `,
   'reduce over the last axis': `kernel k0 (reduce) on webgpu with subgroups: 4 rows, a workgroup of 256 threads each, subgroups
   coop acc2: workgroup | k1 max<4096 by workgroup, combine subgroup, unroll 4
@@ -117,6 +118,7 @@ kernel k0 (reduce) on cuda sm_90: 4 rows, a workgroup of 256 threads each (strid
   coop acc2: workgroup | k1 max<4096 by workgroup, combine subgroup
   coop acc4: workgroup | k3 sum<4096 by workgroup, combine subgroup, vec16B(b0) x8 checked unroll 4
   store b1 over i0<4096: thread-per-element
+  starts while the previous kernel finishes, then waits for its writes
 `,
   'reduce over the first axis': `kernel k0 (reduce) on webgpu with subgroups: 64 rows, a workgroup of 256 threads each
   let c0: uniform
@@ -133,6 +135,7 @@ kernel k0 (reduce) on cuda sm_90: 64 rows, a workgroup of 256 threads each (stri
   array arr2[8] over j3: sliced x32 | k4 max<4096 by slices, unroll 4
   array arr5[8] over j6: sliced x32 | k7 sum<4096 by slices, unroll 4
   store b1 over i1<32768: thread-per-element
+  starts while the previous kernel finishes, then waits for its writes
 `,
   'contraction with a norm prologue': `kernel k0 (contraction) on webgpu with subgroups: 64 rows, a workgroup of 256 threads each, subgroups
   arrays: arr1 as vec4
@@ -147,6 +150,7 @@ kernel k0 (contraction) on cuda sm_90: 64 rows, a workgroup of 256 threads each 
   coop acc4: workgroup | k3 sum<2048 by workgroup, combine subgroup, vec16B(b0) x8 checked unroll 4
   array arr1[2048] over j2: thread-per-element
   store b2 over i0<8: subgroup-per-element | k5 sum<2048 by subgroup, combine subgroup, vec16B(arr1, b1) x8 checked unroll 4
+  starts while the previous kernel finishes, then waits for its writes
 `,
   'narrow contraction': `kernel k0 (contraction) on webgpu with subgroups: 32 rows, a workgroup of 256 threads each, subgroups
   store b2 over i0<2: split-subgroups between 2 | k1 sum<2048 by split-subgroups, combine subgroup, vec16B(b1, b0) x8 proved unroll 8
@@ -154,6 +158,7 @@ kernel k0 (contraction) on webgpu: 32 rows, a workgroup of 256 threads each
   store b2 over i0<2: thread-per-element
 kernel k0 (contraction) on cuda sm_90: 32 rows, a workgroup of 256 threads each (striding over rows past the grid), subgroups
   store b2 over i0<2: split-subgroups between 2 | k1 sum<2048 by split-subgroups, combine subgroup, vec16B(b0, b1) x8 checked unroll 4
+  starts while the previous kernel finishes, then waits for its writes
 `,
   attention: `kernel k0 (attention) on webgpu with subgroups: 4 rows, a workgroup of 256 threads each, subgroups
   array arr3[128] over j4: thread-per-element | k5 sum<64 by thread, vec16B(b0) x4 proved unroll 8
@@ -176,6 +181,7 @@ kernel k0 (attention) on cuda sm_90: 4 rows, a workgroup of 256 threads each (st
   array arr1[128] over j2: thread-per-element
   array arr10[64] over j11: sliced x4 | k12 sum<128 by slices, unroll 4
   store b3 over i0<64: thread-per-element
+  starts while the previous kernel finishes, then waits for its writes
 `,
   'state-write': `kernel k0 (state-write) on webgpu with subgroups: 1 row, a workgroup of 256 threads each
   store b2 over i0<64: thread-per-element
@@ -187,8 +193,10 @@ kernel k1 (elementwise) on webgpu: 1 row, a workgroup of 256 threads each
   store b1 over i0<64: thread-per-element
 kernel k0 (state-write) on cuda sm_90: 1 row, a workgroup of 256 threads each (striding over rows past the grid)
   store b2 over i0<64: thread-per-element
+  starts while the previous kernel finishes, then waits for its writes
 kernel k1 (elementwise) on cuda sm_90: 1 row, a workgroup of 256 threads each (striding over rows past the grid)
   store b1 over i0<64: thread-per-element
+  starts while the previous kernel finishes, then waits for its writes
 `,
 };
 
