@@ -91,6 +91,11 @@ export interface DeviceCaps {
    * waits for the predecessor's writes inside, after starting what does not depend on them.
    */
   readonly dependentLaunch: boolean;
+  /**
+   * Multiprocessors (SMs) and the workgroups of GPU_THREADS one can hold at most, where the scheduler sizes
+   * register budgets so that a grid runs in one wave (CUDA); undefined elsewhere.
+   */
+  readonly processors?: { readonly count: number; readonly maxWorkgroups: number };
   readonly tuning: ScheduleTuning;
 }
 
@@ -138,12 +143,12 @@ export function webgpuCaps(opts: { readonly subgroups: boolean }): DeviceCaps {
 const sharedBytesByArch: readonly [number, number][] = [[90, 232448], [89, 101376], [87, 166912], [86, 101376], [80, 166912], [75, 65536], [70, 98304]];
 
 /**
- * CUDA at a compute capability (e.g. 90 for an H200): warps of 32, 256 threads per block, 48 KiB of static shared
- * memory. TSFUSE_CUDA_OVERLAP (for measuring what overlapping kernels gains): `off` launches every kernel after its
+ * CUDA at a compute capability (e.g. 90 for an H200, with its 132 multiprocessors): warps of 32, 256 threads per
+ * block, 48 KiB of static shared memory. TSFUSE_CUDA_OVERLAP (for measuring what overlapping kernels gains): `off` launches every kernel after its
  * predecessor; `prefetch` also asks L2 for weights before waiting (measured slower on the H200: BENCHMARKS.md);
  * unset, kernels overlap without prefetching.
  */
-export function cudaCaps(computeCapability = 90): DeviceCaps {
+export function cudaCaps(computeCapability = 90, multiprocessors = 132): DeviceCaps {
   const shared = sharedBytesByArch.find(([arch]) => computeCapability >= arch)?.[1] ?? 49152;
   const overlap = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.TSFUSE_CUDA_OVERLAP;
   if (overlap !== undefined && overlap !== 'off' && overlap !== 'prefetch') throw new Error(`TSFUSE_CUDA_OVERLAP=${overlap}: expected off or prefetch (or unset)`);
@@ -160,6 +165,8 @@ export function cudaCaps(computeCapability = 90): DeviceCaps {
     // mma.sync m16n8k16 with bf16 inputs and f32 accumulators (sm_80 and later).
     matrixUnits: computeCapability >= 80 ? [{ m: 16, n: 8, k: 16, input: DType.BF16, accumulator: DType.F32 }] : [],
     dependentLaunch: computeCapability >= 90 && overlap !== 'off',
+    // 2,048 threads a multiprocessor since sm_70, but 1,024 on sm_75 and 1,536 on sm_86 and sm_89.
+    processors: { count: multiprocessors, maxWorkgroups: computeCapability === 75 ? 4 : computeCapability === 86 || computeCapability === 89 ? 6 : 8 },
     tuning: {
       elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 4 }, tilesFrom: { gemm: 16, flash: 2 },
       prefetchBytes: overlap === 'prefetch' ? 16 * 2 ** 20 : 0,

@@ -28,7 +28,9 @@ export interface RowSplit {
 const OUTPUT_TILE = 8;
 const MIN_OUTPUT_TILE = 2;
 const MAX_OUTPUT_TILE = 64;
-const ENOUGH_ROWS = 1024;
+// Measured on the H200 (issue 11): Llama-3.2-1B's gate/up projection of 8,192 outputs as 1,024 rows of 8, one
+// wave with the registers capped (backends/schedule.ts oneWave), beat 512 rows of 16.
+const ENOUGH_ROWS = 2048;
 
 /**
  * Columns per row of a 'columns' split: at least 8 (8 f32 fill a 32-byte memory sector, and a [4096, 512] input

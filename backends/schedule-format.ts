@@ -40,6 +40,7 @@ export function formatSchedule(s: ScheduledKernel): string {
       ? `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): row by row, online softmax${skip}`
       : `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): tiles of ${p.tileQueries} queries × ${p.tileKeys} keys, ${p.threadsPerQuery} threads per query, online softmax, f32${skip}`);
   }
+  if (s.workgroupsPerProcessor) lines.push(`  ${s.workgroupsPerProcessor} workgroups a multiprocessor at once (registers capped to fit): one wave`);
   if (s.overlap) {
     const fetch = s.overlap.prefetch.map((f) => `${f.bytes} bytes of b${f.buf} at ${f.stride} × the workgroup`);
     lines.push(`  starts while the previous kernel finishes${fetch.length ? `: prefetches ${fetch.join(', ')} into L2,` : ','} then waits for its writes`);

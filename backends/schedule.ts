@@ -148,6 +148,11 @@ export interface ScheduledKernel {
   readonly flash?: FlashPlan;
   /** Set where the kernel starts while its predecessor finishes (DeviceCaps.dependentLaunch). */
   readonly overlap?: OverlapPlan;
+  /**
+   * Workgroups each multiprocessor must hold at once, so that the grid runs in one wave (the compiler caps the
+   * registers a thread may use to fit them); undefined where the grid is not fixed, already fits, or cannot.
+   */
+  readonly workgroupsPerProcessor?: number;
 }
 
 /**
@@ -175,10 +180,46 @@ const LONG_REDUCTION = 32;
 const SCRATCH_BYTES = 512;
 
 export function scheduleKernel(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions = {}): ScheduledKernel {
-  const scheduled = scheduleOnce(k, device, opts);
+  const earlier = made.get(k.body)?.find((m) => m.scheduled.device === device && sameSplit(m.opts, opts) && alike(m.scheduled.kernel, k));
+  let scheduled: ScheduledKernel;
+  if (earlier) {
+    scheduled = { ...earlier.scheduled, kernel: k };
+    copiedFrom.set(scheduled, earlier.scheduled);
+  } else {
+    scheduled = scheduleOnce(k, device, opts);
+    made.set(k.body, [...(made.get(k.body) ?? []), { opts, scheduled }]);
+  }
   // TSFUSE_LOGS=schedule: each kernel's schedule as --dump-schedule prints it.
   if (logsOn('schedule')) log('schedule', formatSchedule(scheduled));
   return scheduled;
+}
+
+/**
+ * Schedules made so far, by the body of the kernel they were made for. Kernels lowered once and shared (lowerGraph
+ * gives every transformer layer's the same body) differ only in name, comment and the buffers bound, which no
+ * decision reads: they take the first one's schedule (Llama-3.2-1B's 404 kernels are 31 different ones).
+ */
+const made = new WeakMap<readonly KStmt[], { readonly opts: ScheduleOptions; readonly scheduled: ScheduledKernel }[]>();
+/** Each schedule taken from one made for an alike kernel, and that one. */
+const copiedFrom = new WeakMap<ScheduledKernel, ScheduledKernel>();
+
+/** The schedule `s` was taken from (made for a kernel alike but for its name, comment and bindings), else `s`: printers print its code once. */
+export function scheduleOrigin(s: ScheduledKernel): ScheduledKernel {
+  return copiedFrom.get(s) ?? s;
+}
+
+/** The same kernel but for its name, comment and which buffers are bound (their kinds alike). */
+function alike(a: KernelIR, b: KernelIR): boolean {
+  if (a.kind !== b.kind || a.rows !== b.rows || a.sizes !== b.sizes || a.gemm !== b.gemm || a.flash !== b.flash || a.buffers.length !== b.buffers.length) return false;
+  return a.buffers.every((x, i) => {
+    const y = b.buffers[i];
+    return x.dtype === y.dtype && x.written === y.written && x.elems === y.elems && x.binding.kind === y.binding.kind;
+  });
+}
+
+function sameSplit(a: ScheduleOptions, b: ScheduleOptions): boolean {
+  const [x, y] = [a.splitBuffers ?? new Set<number>(), b.splitBuffers ?? new Set<number>()];
+  return x.size === y.size && [...x].every((i) => y.has(i));
 }
 
 function scheduleOnce(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): ScheduledKernel {
@@ -209,6 +250,7 @@ function scheduleOnce(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): S
   const staging = gemm?.staging;
   if (tilesFrom < Infinity && staging?.kind === 'async') dynamicWorkgroupBytes = Math.max(dynamicWorkgroupBytes, staging.bytes);
   const overlap = device.dependentLaunch ? overlapPlan(k, tilesFrom === 0 ? [] : stmts, rows, device) : undefined;
+  const workgroupsPerProcessor = oneWave(rows, device);
   return {
     kernel: k,
     device,
@@ -219,7 +261,22 @@ function scheduleOnce(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): S
     dynamicWorkgroupBytes,
     ...(tilesFrom < Infinity ? { tilesFrom, gemm, flash } : {}),
     ...(overlap ? { overlap } : {}),
+    ...(workgroupsPerProcessor ? { workgroupsPerProcessor } : {}),
   };
+}
+
+/**
+ * A fixed grid of more rows than the multiprocessors, that their workgroup slots can hold all at once: the
+ * workgroups each must hold. A decode projection of 1,024 rows holds 6 a multiprocessor at 40 registers a thread
+ * (1.3 waves on an H200's 132); capped to hold 8, it runs in one. Measured on the H200 with 1,024-row projections
+ * (BENCHMARKS.md, issue 11): 1.066 → 1.048 ms a token with every kernel capped so, 1.136 with the gate/up kernel
+ * of 512 rows capped too (its 16 outputs a row then spill).
+ */
+function oneWave(rows: KExpr, device: DeviceCaps): number | undefined {
+  const p = device.processors;
+  if (!p || rows.k !== 'const' || rows.value <= p.count) return undefined;
+  const need = Math.ceil(rows.value / p.count);
+  return need <= p.maxWorkgroups ? need : undefined;
 }
 
 /**

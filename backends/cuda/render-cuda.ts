@@ -8,7 +8,7 @@ import { DType } from '../../ir/dtype.ts';
 import { cudaCaps, DeviceCaps } from '../device-caps.ts';
 import { KernelIR, KExpr, KStmt, ReduceOp, replaceReductions, ROW, Scalar, topReductions } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
-import { ArrayPlacement, OverlapPlan, ReductionPlan, scheduleKernel, ScheduledKernel, StmtSchedule } from '../schedule.ts';
+import { ArrayPlacement, OverlapPlan, ReductionPlan, scheduleKernel, ScheduledKernel, scheduleOrigin, StmtSchedule } from '../schedule.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
 import { renderGemmCuda } from './gemm.ts';
@@ -188,8 +188,24 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   }
   const params = k.buffers.map((b, i) => `${b.written ? '' : 'const '}${cudaElemType[b.dtype]}* __restrict__ b${i}`);
   for (const s of k.sizes) params.push(`const int ${sizeName(s)}`);
-  out.push(`extern "C" __global__ void __launch_bounds__(TF_BLOCK) ${name}(${params.join(', ')}) {`);
+  const bounds = sk.workgroupsPerProcessor ? `TF_BLOCK, ${sk.workgroupsPerProcessor}` : 'TF_BLOCK';
+  out.push(`extern "C" __global__ void __launch_bounds__(${bounds}) ${name}(${params.join(', ')}) {`);
+  const origin = scheduleOrigin(sk);
+  let body = printedBodies.get(origin);
+  if (!body) printedBodies.set(origin, (body = functionBody(sk)));
+  return { code: `${out.join('\n')}\n${body}`, name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes, overlapsPredecessor: !!sk.overlap };
+}
 
+/**
+ * The code of each function after its signature, by the schedule it was printed from: kernels alike but for their
+ * name, comment and buffers bound share a schedule (scheduleOrigin) and this code.
+ */
+const printedBodies = new WeakMap<ScheduledKernel, string>();
+
+/** A scheduled kernel's function after its signature: shared memory, the tile form and the row form. */
+function functionBody(sk: ScheduledKernel): string {
+  const k = sk.kernel;
+  const out: string[] = [];
   // Scratch for block-wide reductions: floats for sums and maxima of floats and for argmax values of floats, ints
   // for the rest and for argmax indices; tf_rv for argmax values of ints.
   // (None when the kernel always runs as tiles: its row form is not printed.)
@@ -209,7 +225,7 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   else if (k.flash && sk.flash) renderFlashCuda(k.flash, sk.flash, p, tiles);
   if (!rowForm) {
     out.push(...tiles, '}');
-    return { code: out.join('\n') + '\n', name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes, overlapsPredecessor: !!sk.overlap };
+    return out.join('\n') + '\n';
   }
   const body: string[] = [];
   // The row form's row count: the kernel's rows (the grid is larger when it may run the tiles instead).
@@ -231,7 +247,7 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   } else {
     out.push(...body, '}');
   }
-  return { code: out.join('\n') + '\n', name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes, overlapsPredecessor: !!sk.overlap };
+  return out.join('\n') + '\n';
 }
 
 /** The start of a kernel that overlaps its predecessor: weights asked of L2, then the wait, then the successor let go. */
@@ -299,6 +315,8 @@ function renderSlicedArray(s: ArrayStmt, r: ReduceExpr, plan: ReductionPlan, sli
   out.push(`${inner}}`);
   out.push(`${inner}__syncthreads();`);
   out.push(`${inner}if (tf_tid < ${s.n}) {`);
+  // The element's value after its reduction may read the element's index (a mask by position).
+  out.push(`${inner}  const int ${s.v} = tf_tid;`);
   const total = `${s.name}_sum`;
   const slot = `q * ${s.n} + tf_tid`;
   if (argmax) {

@@ -140,6 +140,8 @@ function renderSlicedArray(s: ArrayStmt, r: Reduce, plan: ReductionPlan, slices:
   if (r.op === 'argmax') out.push(`${indent}red_i[lid] = ${part};`);
   out.push(`${indent}workgroupBarrier();`);
   out.push(`${indent}if (lid < ${s.n}) {`);
+  // The element's value after its reduction may read the element's index (a mask by position).
+  out.push(`${inner}let ${s.v} = lid;`);
   const total = `${s.name}_sum`;
   const slot = `q * ${s.n} + lid`;
   if (r.op === 'argmax') {

@@ -151,7 +151,7 @@ function renderGraphs(label: string, graphs: readonly Graph[], check?: (g: strin
       if (functions[i].name !== `${fn}${k.name}`) return; // shares the function of an equal kernel
       assert.ok(code.startsWith(`// kernel ${k.name}: fuses\n`), `${label} @${graph.name} ${k.name}: the comment comes first`);
       for (const line of k.fused) assert.ok(code.includes(`//   ${line}\n`), `${label} @${graph.name} ${k.name}: lists ${line}`);
-      assert.match(code, `extern "C" __global__ void __launch_bounds__(TF_BLOCK) ${fn}${k.name}(`);
+      assert.match(code, new RegExp(`extern "C" __global__ void __launch_bounds__\\(TF_BLOCK(, [2-8])?\\) ${fn}${k.name}\\(`));
       // Overlapping its predecessor (sm_90), a kernel touches no buffer but its prefetched weights before it waits.
       const body = code.slice(code.indexOf(') {\n') + 3);
       assert.is(body.split('tf_grid_wait();').length, 2, `${label} @${graph.name} ${k.name}: waits once`);

@@ -1,6 +1,7 @@
-// Overlapping kernels (CUDA's programmatic dependent launch): which devices get it, and what a kernel prefetches
-// before waiting for its predecessor — its even share of the weights it streams, within the device's budget, and
-// nothing it does not stream (a gathered table) or that a kernel writes.
+// How CUDA kernels launch. Overlapping kernels (programmatic dependent launch): which devices get it, and what a
+// kernel prefetches before waiting for its predecessor — its even share of the weights it streams, within the
+// device's budget, and nothing it does not stream (a gathered table) or that a kernel writes. One wave: the
+// workgroups a multiprocessor must hold so that a fixed grid runs at once.
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -86,6 +87,19 @@ test('TSFUSE_CUDA_OVERLAP: unset overlaps without prefetching, off launches one 
     if (saved === undefined) delete process.env.TSFUSE_CUDA_OVERLAP;
     else process.env.TSFUSE_CUDA_OVERLAP = saved;
   }
+});
+
+test('a fixed grid of more rows than multiprocessors that their slots can hold runs in one wave', () => {
+  const perSM = (rows: number, caps = cudaCaps(90, 132)) => scheduleKernel(matvec(int(rows), 2, 2048), caps).workgroupsPerProcessor;
+  assert.is(perSM(1024), 8, '1,024 rows on 132 SMs: 8 each');
+  assert.is(perSM(700), 6);
+  assert.is(perSM(132), undefined, 'one a multiprocessor: nothing to cap');
+  assert.is(perSM(2004), undefined, 'more than 8 a multiprocessor: more than one wave anyway');
+  assert.is(perSM(1024, cudaCaps(86, 84)), undefined, 'sm_86 holds 6 of 256 threads: 13 would not fit');
+  assert.is(perSM(400, cudaCaps(86, 84)), 5);
+  assert.is(scheduleKernel(matvec(ivar('S'), 2, 2048), cudaCaps(90)).workgroupsPerProcessor, undefined, 'a grid that depends on the prompt');
+  assert.is(scheduleKernel(matvec(int(1024), 2, 2048), webgpuCaps({ subgroups: true })).workgroupsPerProcessor, undefined);
+  assert.match(printCudaFunction(scheduleKernel(matvec(int(1024), 2, 2048), cudaCaps(90))).code, '__launch_bounds__(TF_BLOCK, 8) k0(');
 });
 
 test.run();
