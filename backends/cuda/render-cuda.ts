@@ -6,7 +6,7 @@
 
 import { DType } from '../../ir/dtype.ts';
 import { cudaCaps, DeviceCaps } from '../device-caps.ts';
-import { KernelIR, KExpr, KStmt, ReduceOp, replaceReductions, ROW, Scalar, topReductions } from '../kernel-ir.ts';
+import { KernelIR, KExpr, KStmt, ReduceOp, replaceReductions, ROW, Scalar, topReductions, varsOf } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { ArrayPlacement, OverlapPlan, ReductionPlan, scheduleKernel, ScheduledKernel, scheduleOrigin, StmtSchedule } from '../schedule.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
@@ -316,8 +316,9 @@ function renderSlicedArray(s: ArrayStmt, r: ReduceExpr, plan: ReductionPlan, sli
   out.push(`${inner}__syncthreads();`);
   out.push(`${inner}if (tf_tid < ${s.n}) {`);
   // The element's value after its reduction may read the element's index (a mask by position).
-  out.push(`${inner}  const int ${s.v} = tf_tid;`);
   const total = `${s.name}_sum`;
+  const after = replaceReductions(s.value, new Map([[r, total]]));
+  if (varsOf(after).has(s.v)) out.push(`${inner}  const int ${s.v} = tf_tid;`);
   const slot = `q * ${s.n} + tf_tid`;
   if (argmax) {
     out.push(`${inner}  ${T} ${total}_best = ${cudaDialect.lowest(vt)};`);
@@ -329,7 +330,7 @@ function renderSlicedArray(s: ArrayStmt, r: ReduceExpr, plan: ReductionPlan, sli
     const combine = r.op === 'sum' ? `${total} += ${s.name}_slices[${slot}]` : `${total} = ${cudaDialect.binary.max(total, `${s.name}_slices[${slot}]`, vt)}`;
     out.push(`${inner}  for (int q = 0; q < ${slices}; q++) ${combine};`);
   }
-  const value = p.expr(replaceReductions(s.value, new Map([[r, total]])), out, inner + '  ');
+  const value = p.expr(after, out, inner + '  ');
   out.push(`${inner}  ${s.name}[tf_tid] = ${value};`);
   out.push(`${inner}}`);
   out.push(`${indent}}`);

@@ -3,7 +3,7 @@
 // split across subgroups), and sums that read 16 bytes of weights (and of their other factor) per load.
 
 import { DType } from '../../ir/dtype.ts';
-import { KBuffer, KExpr, KStmt, replaceLoads, replaceReductions, ReduceOp, Scalar, topReductions } from '../kernel-ir.ts';
+import { KBuffer, KExpr, KStmt, replaceLoads, replaceReductions, ReduceOp, Scalar, topReductions, varsOf } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { ReductionPlan, StmtSchedule, VectorPlan } from '../schedule.ts';
 import { NEG_INF, wgslDialect } from './dialect.ts';
@@ -141,8 +141,9 @@ function renderSlicedArray(s: ArrayStmt, r: Reduce, plan: ReductionPlan, slices:
   out.push(`${indent}workgroupBarrier();`);
   out.push(`${indent}if (lid < ${s.n}) {`);
   // The element's value after its reduction may read the element's index (a mask by position).
-  out.push(`${inner}let ${s.v} = lid;`);
   const total = `${s.name}_sum`;
+  const after = replaceReductions(s.value, new Map([[r, total]]));
+  if (varsOf(after).has(s.v)) out.push(`${inner}let ${s.v} = lid;`);
   const slot = `q * ${s.n} + lid`;
   if (r.op === 'argmax') {
     out.push(`${inner}var ${total}: i32 = ${NO_INDEX};`);
@@ -157,7 +158,7 @@ function renderSlicedArray(s: ArrayStmt, r: Reduce, plan: ReductionPlan, slices:
     out.push(`${inner}var ${total}: ${wgslDialect.type[vt]} = ${initial(r.op, vt)};`);
     out.push(`${inner}for (var q: i32 = 0; q < ${slices}; q++) { ${total} = ${combine}; }`);
   }
-  out.push(`${inner}${at('lid')} = ${p.expr(replaceReductions(s.value, new Map([[r, total]])), out, inner)};`);
+  out.push(`${inner}${at('lid')} = ${p.expr(after, out, inner)};`);
   out.push(`${indent}}`);
 }
 
