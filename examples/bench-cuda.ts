@@ -1,7 +1,9 @@
-// The CUDA decode benchmark, `npm run bench -- --backend cuda --config llama-3.2-1b [--compare hf]`: random bf16
-// weights of the config's shape written as a Hugging Face checkpoint, loaded by tsfuse (and, with --compare hf, by
-// transformers in a child process, examples/bench-hf.py, on the same weights and prompt, one after the other on the
-// same GPU); prints one Markdown report for BENCHMARKS.md: speed, bandwidth, and how far the two agree.
+// The CUDA decode benchmark, `npm run bench -- --backend cuda --config llama-3.2-1b [--compare hf,torch]`: random
+// bf16 weights of the config's shape written as a Hugging Face checkpoint, loaded by tsfuse and, with --compare, by
+// each peer in a child process on the same weights and prompt, one after the other on the same GPU: `hf` is
+// transformers + torch.compile (examples/bench-hf.py), `torch` a lean PyTorch Llama under torch.compile with CUDA
+// graphs (examples/bench-torch.py). Prints one Markdown report for BENCHMARKS.md: speed, bandwidth, and how far
+// each peer agrees with tsfuse; --profile adds each kernel's time and bandwidth, --trace FILE a Chrome trace.
 
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -11,12 +13,33 @@ import { fileURLToPath } from 'node:url';
 import { builtinConfigJson, LlamaConfig } from '../runtime/config.ts';
 import { loadLlama } from '../runtime/llama.ts';
 import type { KernelTime } from '../runtime/device.ts';
+import { chromeTrace, profileTable, traceText, TraceTrack } from '../runtime/trace.ts';
 import { openLlamaSession } from '../compiler/open-session.ts';
+import { describeFileError, isFileSystemError } from '../compiler/cli-files.ts';
 import { checkpointMetadata, randomBf16Weights, writeBf16Checkpoint } from './random-checkpoint.ts';
 
 /** A problem with the benchmark's setup (options, python, checkpoint folder): reported in one line. */
 export class BenchError extends Error {
   override name = 'BenchError';
+}
+
+/** The implementations `--compare` runs beside tsfuse, each a Python script of the same shape and output. */
+export const peers = {
+  hf: { script: 'bench-hf.py', column: 'HF + torch.compile', short: 'HF' },
+  torch: { script: 'bench-torch.py', column: 'lean torch.compile', short: 'torch' },
+} as const;
+export type Peer = keyof typeof peers;
+
+/** `--compare hf,torch` as a list of peers; anything else is a BenchError naming what is known. */
+export function parseCompare(value: string | undefined): Peer[] {
+  if (value === undefined) return [];
+  const names = value.split(',').map((n) => n.trim());
+  const unknown = names.filter((n) => !Object.hasOwn(peers, n));
+  if (unknown.length) {
+    throw new BenchError(`--compare ${value}: unknown peer ${unknown.map((n) => `'${n}'`).join(', ')} (known: ${Object.keys(peers).join(', ')}; several as hf,torch)`);
+  }
+  if (new Set(names).size !== names.length) throw new BenchError(`--compare ${value}: a peer named twice`);
+  return names as Peer[];
 }
 
 export interface CudaBenchOptions {
@@ -26,12 +49,16 @@ export interface CudaBenchOptions {
   readonly newTokens: number;
   /** Timed runs per measurement; the best counts, on both sides. */
   readonly runs: number;
-  readonly compare?: string;
+  /** Peers to run after tsfuse, in this order. */
+  readonly compare?: readonly Peer[];
   readonly checkpointDir?: string;
   readonly seed: number;
   readonly python: string;
+  /** Seconds each peer's script may take. */
   readonly hfTimeoutS: number;
   readonly profile: boolean;
+  /** Where a Chrome trace of one decode step goes (checkTraceFile first). */
+  readonly trace?: string;
   /** The command line as typed, for the report. */
   readonly command: string;
 }
@@ -54,9 +81,9 @@ export interface TsfuseResult {
   readonly deterministic: boolean;
 }
 
-/** What examples/bench-hf.py wrote (its JSON, with the logits files read in). */
-export interface HfResult {
-  readonly versions: { torch: string; transformers: string; gpu: string; cuda: string | null };
+/** What a peer's script (examples/bench-hf.py, bench-torch.py) wrote: its JSON, with the logits files read in. */
+export interface PeerResult {
+  readonly versions: { torch: string; transformers?: string; gpu: string; cuda: string | null };
   readonly load_s: number;
   readonly warmup_s: number[];
   readonly decode_ms_per_token_wall: number;
@@ -69,38 +96,72 @@ export interface HfResult {
   logitsF32?: Float32Array;
 }
 
+export interface PeerRun {
+  readonly peer: Peer;
+  readonly result: PeerResult;
+}
+
 const log = (msg: string) => console.error(`bench: ${msg}`);
 
 export async function benchCuda(cfg: LlamaConfig, o: CudaBenchOptions): Promise<number> {
   if (o.newTokens < 2) throw new BenchError('--new-tokens must be at least 2');
-  if (o.compare !== undefined && o.compare !== 'hf') throw new BenchError(`--compare '${o.compare}': only 'hf' is known`);
-  // Fail before writing gigabytes: the driver opens, and the Python side imports and finds a GPU.
+  const compare = o.compare ?? [];
+  if (o.trace !== undefined) checkTraceFile(o.trace);
+  // Fail before writing gigabytes: the driver opens, and each peer's Python imports and finds a GPU.
   const { CudaDriver } = await import('../runtime/cuda/driver.ts');
   CudaDriver.open().destroy();
-  if (o.compare) {
-    const v = await runPython(o, ['--check'], true);
-    log(`Hugging Face side: ${v.trim()}`);
+  for (const peer of compare) {
+    const v = await runPython(o, peer, ['--check'], true);
+    log(`${peers[peer].column} side: ${v.trim()}`);
   }
 
   const dir = prepareCheckpoint(cfg, o);
   const prompt = Array.from({ length: o.promptLength }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
   const ts = await runTsfuse(dir, prompt, o);
-  let hf: HfResult | undefined;
-  let hfFailure: string | undefined;
-  if (o.compare) {
+  const runs: PeerRun[] = [];
+  const failures: string[] = [];
+  for (const peer of compare) {
     try {
-      hf = await runHf(dir, prompt, o);
+      runs.push({ peer, result: await runPeer(peer, dir, prompt, o) });
     } catch (e) {
       if (!(e instanceof BenchError)) throw e;
-      hfFailure = e.message;
+      failures.push(`the ${peers[peer].column} side failed: ${e.message}`);
     }
   }
-  console.log(report(ts, hf, o, dir));
-  if (hfFailure) {
-    log(`the Hugging Face side failed: ${hfFailure}`);
-    return 1;
+  console.log(report(ts, runs, o, dir));
+  for (const f of failures) log(f);
+  return failures.length ? 1 : 0;
+}
+
+/** Refuses a --trace path that cannot be written (a folder, a missing folder, no permission) before anything runs. */
+export function checkTraceFile(file: string): void {
+  const fail = (why: string) => new BenchError(`--trace ${file}: cannot write the trace: ${why}`);
+  try {
+    const st = fs.statSync(file, { throwIfNoEntry: false });
+    if (st?.isDirectory()) throw fail(`${file} is a folder, expected a file`);
+    const dir = path.dirname(path.resolve(file));
+    if (!fs.statSync(dir).isDirectory()) throw fail(`${dir} is a file, expected a folder`);
+    fs.accessSync(st ? file : dir, fs.constants.W_OK);
+  } catch (e) {
+    if (isFileSystemError(e)) throw fail(describeFileError(e, file));
+    throw e;
   }
-  return 0;
+}
+
+/** Writes a Chrome / Perfetto trace of one profiled step. */
+export function writeTrace(file: string, track: TraceTrack, about: Record<string, string>): void {
+  try {
+    fs.writeFileSync(file, traceText(chromeTrace([track], about)));
+  } catch (e) {
+    if (isFileSystemError(e)) throw new BenchError(`--trace ${file}: cannot write the trace: ${describeFileError(e, file)}`);
+    throw e;
+  }
+  log(`wrote a trace of ${track.kernels.length} kernels to ${file} (open it in https://ui.perfetto.dev or chrome://tracing)`);
+}
+
+/** What a trace says about itself: the command and how its kernels were timed. */
+export function traceAbout(command: string, how: string): Record<string, string> {
+  return { command, timing: how, date: new Date().toISOString() };
 }
 
 /** The checkpoint folder: reused when this benchmark wrote it with the same config and seed, else written. */
@@ -153,15 +214,17 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
     const replay = await session.timeDecode(N - 1, { warmup: 1, startPos: prompt.length });
     const logits = (await session.logits(prompt)).data as Float32Array;
     const copyBandwidth = program.device.copyBandwidth();
-    if (o.profile) {
-      const inOrder = await session.profileDecode(prompt.length);
-      const line = (k: (typeof inOrder)[number]) => `  ${k.kernel.padEnd(5)} ${(k.us / 1e3).toFixed(4)} ms  ${(k.bytes / k.us / 1e3).toFixed(0).padStart(5)} GB/s  ${k.last.slice(0, 70)}`;
-      console.error('one layer of the decode step, in order (launched one by one):');
-      for (const k of inOrder.slice(6, 12)) console.error(line(k));
-      console.error('slowest decode kernels:');
-      for (const k of [...inOrder].sort((a, b) => b.us - a.us).slice(0, 6)) console.error(line(k));
-      console.error(`sum of the kernels launched one by one: ${(inOrder.reduce((t, k) => t + k.us, 0) / 1e3).toFixed(3)} ms`);
-      printPrefillProfile(await session.profilePrefill(prompt));
+    if (o.profile || o.trace !== undefined) {
+      const kernels = await session.profileDecode(prompt.length);
+      const how = 'the decode step\'s kernels launched one by one, each between two CUDA events (a replayed step overlaps their edges)';
+      if (o.profile) {
+        console.error(`${how}; copy bandwidth ${(copyBandwidth / 1e12).toFixed(2)} TB/s:`);
+        for (const line of profileTable(kernels, copyBandwidth)) console.error(`  ${line}`);
+        printPrefillProfile(await session.profilePrefill(prompt));
+      }
+      if (o.trace !== undefined) {
+        writeTrace(o.trace, { device: session.device.description, queue: 'cuda stream', kernels, copyBandwidth }, traceAbout(o.command, how));
+      }
     }
     return {
       device: session.device.description, setupMs, modulesCompiled,
@@ -197,13 +260,13 @@ function printPrefillProfile(kernels: readonly KernelTime[]): void {
   if (gemms.length) console.error(`GEMM kernels: ${gemms.length}, ${(us / 1e3).toFixed(3)} ms, ${(flops / 1e12).toFixed(3)} TFLOP at ${(flops / us / 1e6).toFixed(0)} TFLOP/s`);
 }
 
-export async function runHf(dir: string, prompt: number[], o: CudaBenchOptions): Promise<HfResult> {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-bench-hf-'));
+export async function runPeer(peer: Peer, dir: string, prompt: number[], o: CudaBenchOptions): Promise<PeerResult> {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), `tsfuse-bench-${peer}-`));
   try {
     const resultFile = path.join(out, 'result.json');
-    await runPython(o, ['--model', dir, '--prompt-ids', prompt.join(','), '--new-tokens', String(o.newTokens),
+    await runPython(o, peer, ['--model', dir, '--prompt-ids', prompt.join(','), '--new-tokens', String(o.newTokens),
       '--runs', String(o.runs), '--out', resultFile], false);
-    const r = JSON.parse(fs.readFileSync(resultFile, 'utf8')) as HfResult & Record<string, { file: string } | undefined>;
+    const r = JSON.parse(fs.readFileSync(resultFile, 'utf8')) as PeerResult & Record<string, { file: string } | undefined>;
     r.logitsBf16 = readF32(path.join(out, r.logits_bf16!.file));
     if (r.logits_f32) r.logitsF32 = readF32(path.join(out, r.logits_f32.file));
     return r;
@@ -216,9 +279,10 @@ function readF32(file: string): Float32Array {
   return new Float32Array(new Uint8Array(fs.readFileSync(file)).buffer);
 }
 
-/** Runs examples/bench-hf.py; its stderr (progress, errors) shows as it comes. Resolves to its stdout. */
-function runPython(o: CudaBenchOptions, args: string[], quiet: boolean): Promise<string> {
-  const script = fileURLToPath(new URL('./bench-hf.py', import.meta.url));
+/** Runs a peer's script; its stderr (progress, errors) shows as it comes. Resolves to its stdout. */
+function runPython(o: CudaBenchOptions, peer: Peer, args: string[], quiet: boolean): Promise<string> {
+  const script = fileURLToPath(new URL(`./${peers[peer].script}`, import.meta.url));
+  const name = path.basename(script, '.py');
   const env = { HF_HUB_OFFLINE: '1', TRANSFORMERS_OFFLINE: '1', TOKENIZERS_PARALLELISM: 'false', ...process.env };
   return new Promise((resolve, reject) => {
     const child = spawn(o.python, [script, ...args], {
@@ -235,7 +299,7 @@ function runPython(o: CudaBenchOptions, args: string[], quiet: boolean): Promise
     });
     child.on('close', (code, signal) => {
       if (code === 0) return resolve(stdout);
-      const last = stderr.trim().split('\n').filter((l) => l.startsWith('bench-hf:')).pop() ?? stderr.trim().split('\n').pop();
+      const last = stderr.trim().split('\n').filter((l) => l.startsWith(`${name}:`)).pop() ?? stderr.trim().split('\n').pop();
       reject(new BenchError(signal
         ? `${path.basename(script)} stopped by ${signal}${signal === 'SIGTERM' ? ` (after --hf-timeout ${o.hfTimeoutS} s?)` : ''}`
         : `${path.basename(script)} exited with status ${code}${last ? `: ${last}` : ''}${quiet ? '' : ' (its output is above)'}`));
@@ -276,7 +340,23 @@ export function leadingEqual(a: readonly number[], b: readonly number[]): number
   return i;
 }
 
-export function report(ts: TsfuseResult, hf: HfResult | undefined, o: CudaBenchOptions, dir: string): string {
+/** The largest |a − b| over two equally long arrays. */
+export function maxAbsDifference(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new BenchError(`logits of ${a.length} and ${b.length} values cannot be compared`);
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
+  return d;
+}
+
+/** One row of the speed table: tsfuse's value, then each peer's and (where it means something) peer / tsfuse. */
+interface SpeedRow {
+  readonly label: string;
+  readonly ts: string;
+  readonly peer?: (r: PeerResult) => string;
+  readonly ratio?: (r: PeerResult) => string;
+}
+
+export function report(ts: TsfuseResult, runs: readonly PeerRun[], o: CudaBenchOptions, dir: string): string {
   const N = o.newTokens;
   const P = o.promptLength;
   const vocab = ts.logits.length / P;
@@ -285,44 +365,53 @@ export function report(ts: TsfuseResult, hf: HfResult | undefined, o: CudaBenchO
   const pct = (x: number) => `${(100 * x).toFixed(1)} %`;
   const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}×`;
   const bw = (msPerToken: number) => ts.weightBytes / (msPerToken / 1e3);
-  const rows: string[][] = [
-    ['decode ms per token, CUDA events', ms(ts.decodeEventMs), hf ? ms(hf.decode_ms_per_token_event) : '', hf ? ratio(hf.decode_ms_per_token_event, ts.decodeEventMs) : ''],
-    [`decode ms per token, wall clock (T${N} − T1) / ${N - 1}`, ms(ts.decodeWallMs), hf ? ms(hf.decode_ms_per_token_wall) : '', hf ? ratio(hf.decode_ms_per_token_wall, ts.decodeWallMs) : ''],
-    ['decode tokens/s (events)', (1e3 / ts.decodeEventMs).toFixed(0), hf ? (1e3 / hf.decode_ms_per_token_event).toFixed(0) : '', ''],
-    [`decode ms per token, ${N - 1} graph replays back to back`, ms(ts.replayMs), '—', ''],
-    ['kernels per token', String(ts.kernelsPerToken), '—', ''],
-    [`weight bandwidth (${(ts.weightBytes / 1e9).toFixed(3)} GB per token, events)`, tbs(bw(ts.decodeEventMs)), hf ? tbs(bw(hf.decode_ms_per_token_event)) : '', ''],
-    [`fraction of copy bandwidth (${tbs(ts.copyBandwidth)}, this run)`, pct(bw(ts.decodeEventMs) / ts.copyBandwidth), hf ? pct(bw(hf.decode_ms_per_token_event) / ts.copyBandwidth) : '', ''],
-    [`prefill ${P} tokens + first token, ms (events)`, ms(ts.prefillEventMs), hf ? ms(hf.prefill_event_ms) : '', hf ? ratio(hf.prefill_event_ms, ts.prefillEventMs) : ''],
-    ['prefill + first token, ms (wall clock, generate 1 token)', ms(ts.prefillWallMs), hf ? ms(hf.prefill_wall_ms) : '', hf ? ratio(hf.prefill_wall_ms, ts.prefillWallMs) : ''],
-    ['setup', `${(ts.setupMs / 1e3).toFixed(1)} s (${ts.modulesCompiled} modules compiled)`,
-      hf ? `load ${hf.load_s.toFixed(1)} s, warm-up ${hf.warmup_s.map((s) => s.toFixed(1)).join(' + ')} s (torch.compile)` : '', ''],
+  const speed: SpeedRow[] = [
+    { label: 'decode ms per token, CUDA events', ts: ms(ts.decodeEventMs), peer: (r) => ms(r.decode_ms_per_token_event), ratio: (r) => ratio(r.decode_ms_per_token_event, ts.decodeEventMs) },
+    { label: `decode ms per token, wall clock (T${N} − T1) / ${N - 1}`, ts: ms(ts.decodeWallMs), peer: (r) => ms(r.decode_ms_per_token_wall), ratio: (r) => ratio(r.decode_ms_per_token_wall, ts.decodeWallMs) },
+    { label: 'decode tokens/s (events)', ts: (1e3 / ts.decodeEventMs).toFixed(0), peer: (r) => (1e3 / r.decode_ms_per_token_event).toFixed(0) },
+    { label: `decode ms per token, ${N - 1} graph replays back to back`, ts: ms(ts.replayMs) },
+    { label: 'kernels per token', ts: String(ts.kernelsPerToken) },
+    { label: `weight bandwidth (${(ts.weightBytes / 1e9).toFixed(3)} GB per token, events)`, ts: tbs(bw(ts.decodeEventMs)), peer: (r) => tbs(bw(r.decode_ms_per_token_event)) },
+    { label: `fraction of copy bandwidth (${tbs(ts.copyBandwidth)}, this run)`, ts: pct(bw(ts.decodeEventMs) / ts.copyBandwidth), peer: (r) => pct(bw(r.decode_ms_per_token_event) / ts.copyBandwidth) },
+    { label: `prefill ${P} tokens + first token, ms (events)`, ts: ms(ts.prefillEventMs), peer: (r) => ms(r.prefill_event_ms), ratio: (r) => ratio(r.prefill_event_ms, ts.prefillEventMs) },
+    { label: 'prefill + first token, ms (wall clock, generate 1 token)', ts: ms(ts.prefillWallMs), peer: (r) => ms(r.prefill_wall_ms), ratio: (r) => ratio(r.prefill_wall_ms, ts.prefillWallMs) },
+    {
+      label: 'setup', ts: `${(ts.setupMs / 1e3).toFixed(1)} s (${ts.modulesCompiled} modules compiled)`,
+      peer: (r) => `load ${r.load_s.toFixed(1)} s, warm-up ${r.warmup_s.map((x) => x.toFixed(1)).join(' + ')} s (torch.compile)`,
+    },
   ];
+  const head = ['', 'tsfuse (CUDA)', ...runs.flatMap(({ peer }) => [peers[peer].column, `${peers[peer].short} / tsfuse`])];
+  const rows = speed.map((row) => [row.label, row.ts, ...runs.flatMap(({ result: r }) => [row.peer?.(r) ?? '—', row.ratio?.(r) ?? ''])]);
+
   const lines = [
     `### ${o.config}, random bf16 weights, batch 1 — ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC`,
     '',
-    `- GPU: ${ts.device}${hf ? ` (torch: ${hf.versions.gpu})` : ''}`,
+    `- GPU: ${ts.device}${runs.length ? ` (torch: ${runs[0].result.versions.gpu})` : ''}`,
     `- command: \`${o.command}\``,
     `- ${P}-token prompt, ${N} new tokens, greedy; best of ${o.runs} runs after warm-up; weights ${dir}`,
   ];
-  if (hf) {
-    lines.push(`- Hugging Face: transformers ${hf.versions.transformers}, torch ${hf.versions.torch} (CUDA ${hf.versions.cuda}), `
-      + '`LlamaForCausalLM` bf16, `generate(cache_implementation="static")` (decode compiled by torch.compile), in the same run');
+  for (const { peer, result: { versions: v } } of runs) {
+    lines.push(peer === 'hf'
+      ? `- Hugging Face: transformers ${v.transformers}, torch ${v.torch} (CUDA ${v.cuda}), `
+        + '`LlamaForCausalLM` bf16, `generate(cache_implementation="static")` (decode compiled by torch.compile), in the same run'
+      : `- lean torch: a Llama in a few dozen lines of PyTorch (examples/bench-torch.py), torch ${v.torch} (CUDA ${v.cuda}), bf16, `
+        + 'static KV cache, decode step under `torch.compile(mode="reduce-overhead")` (CUDA graphs), prefill eager, in the same run');
   }
-  lines.push('', table(hf ? ['', 'tsfuse (CUDA)', 'HF + torch.compile', 'HF / tsfuse'] : ['', 'tsfuse (CUDA)'],
-    hf ? rows : rows.map((r) => r.slice(0, 2))));
-  if (hf) {
-    const agree: string[][] = [
-      [`prefill logits ‖tsfuse − HF‖ / ‖HF‖ (${P} × ${vocab})`, relativeDifference(ts.logits, hf.logitsBf16).toExponential(2),
-        hf.logitsF32 ? relativeDifference(ts.logits, hf.logitsF32).toExponential(2) : '—'],
-      ['prefill positions with the same argmax', `${argmaxAgreement(ts.logits, hf.logitsBf16, vocab)} / ${P}`,
-        hf.logitsF32 ? `${argmaxAgreement(ts.logits, hf.logitsF32, vocab)} / ${P}` : '—'],
-      ['leading generated tokens equal', `${leadingEqual(ts.tokens, hf.tokens)} / ${N}`,
-        hf.tokens_f32 ? `${leadingEqual(ts.tokens, hf.tokens_f32)} / ${N}` : '—'],
-    ];
-    lines.push('', table(['agreement, tsfuse against', 'HF bf16 (timed model)', 'HF float32 (same weights upcast)'], agree));
-    lines.push('', `tsfuse tokens: ${ts.tokens.slice(0, 8).join(' ')} …; HF bf16: ${hf.tokens.slice(0, 8).join(' ')} …`
-      + (hf.tokens_f32 ? `; HF f32: ${hf.tokens_f32.slice(0, 8).join(' ')} …` : ''));
+  lines.push('', table(head, rows));
+  if (runs.length) {
+    const against = (label: string, logits: Float32Array, tokens: readonly number[] | undefined) => [label,
+      relativeDifference(ts.logits, logits).toExponential(2), maxAbsDifference(ts.logits, logits).toExponential(2),
+      `${argmaxAgreement(ts.logits, logits, vocab)} / ${P}`, tokens ? `${leadingEqual(ts.tokens, tokens)} / ${N}` : '—'];
+    const agree = runs.flatMap(({ peer, result: r }) => [
+      against(`${peers[peer].short} bf16 (the timed model)`, r.logitsBf16, r.tokens),
+      ...(r.logitsF32 ? [against(`${peers[peer].short} float32 (the same weights upcast)`, r.logitsF32, r.tokens_f32)] : []),
+    ]);
+    lines.push('', table(['tsfuse against', `prefill logits ‖tsfuse − it‖ / ‖it‖ (${P} × ${vocab})`, 'largest difference',
+      'positions with the same argmax', 'leading generated tokens equal'], agree));
+    lines.push('', [`tsfuse tokens: ${ts.tokens.slice(0, 8).join(' ')} …`, ...runs.flatMap(({ peer, result: r }) => [
+      `${peers[peer].short} bf16: ${r.tokens.slice(0, 8).join(' ')} …`,
+      ...(r.tokens_f32 ? [`${peers[peer].short} f32: ${r.tokens_f32.slice(0, 8).join(' ')} …`] : []),
+    ])].join('; '));
   }
   if (!ts.deterministic) lines.push('', 'note: tsfuse generated different tokens in different runs');
   return lines.join('\n');

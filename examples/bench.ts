@@ -1,16 +1,19 @@
 // The decode benchmark: `npm run bench -- --backend webgpu --config llama-3.2-1b`. Random bf16 weights of the
 // config's shape, a 32-token prompt, 128 generated tokens; prints ms per token, tokens/s, kernels per token and
-// the achieved weight bandwidth as a fraction of a copy kernel measured in the same run.
-// `--backend cuda [--compare hf]` is examples/bench-cuda.ts: the same, from a Hugging Face checkpoint folder of the
-// random weights, and with `--compare hf`, transformers + torch.compile on the same weights in the same run.
+// the achieved weight bandwidth as a fraction of a copy kernel measured in the same run; `--profile` each kernel's
+// time and bandwidth, `--trace FILE` a Chrome / Perfetto trace of one decode step (runtime/trace.ts).
+// `--backend cuda [--compare hf,torch]` is examples/bench-cuda.ts: the same, from a Hugging Face checkpoint folder of
+// the random weights, and with `--compare`, transformers + torch.compile (hf) and a lean PyTorch Llama under
+// torch.compile (torch) on the same weights in the same run.
 
 import { parseArgs } from 'node:util';
 import { builtinConfig, LlamaConfig } from '../runtime/config.ts';
 import { LoadedLlama } from '../runtime/llama.ts';
-import type { KernelTime } from '../runtime/device.ts';
+import { profileTable } from '../runtime/trace.ts';
 import { openLlamaSession } from '../compiler/open-session.ts';
 import { DType } from '../ir/dtype.ts';
 import { randomBf16Weights } from './random-checkpoint.ts';
+import { BenchError, checkTraceFile, parseCompare, traceAbout, writeTrace } from './bench-cuda.ts';
 
 export { randomBf16Weights };
 
@@ -21,12 +24,16 @@ const options = {
   prompt: { type: 'string', default: '32', help: 'prompt length in tokens' },
   'new-tokens': { type: 'string', default: '128', help: 'tokens generated per run' },
   runs: { type: 'string', default: '3', help: 'runs; the best one is reported' },
-  profile: { type: 'boolean', default: false, help: 'also print the GPU time of each kernel of one decode step' },
-  compare: { type: 'string', help: 'cuda only: hf runs Hugging Face transformers + torch.compile on the same weights' },
+  profile: { type: 'boolean', default: false, help: 'also print the GPU time and bandwidth of each kernel of one decode step' },
+  trace: { type: 'string', help: 'write a Chrome / Perfetto trace (JSON) of one decode step, a slice per kernel, to this file' },
+  compare: {
+    type: 'string',
+    help: 'cuda only: peers on the same weights in the same run: hf (transformers + torch.compile), torch (a lean PyTorch Llama under torch.compile), or hf,torch',
+  },
   'checkpoint-dir': { type: 'string', help: 'cuda only: where the random checkpoint is written (default: tsfuse-bench-CONFIG-seedN in the temp folder)' },
   seed: { type: 'string', default: '1', help: 'cuda only: seed of the random weights' },
-  python: { type: 'string', default: 'python3', help: 'cuda only: the Python that runs examples/bench-hf.py' },
-  'hf-timeout': { type: 'string', default: '420', help: 'cuda only: seconds the Hugging Face side may take' },
+  python: { type: 'string', default: 'python3', help: 'cuda only: the Python that runs the peers (examples/bench-hf.py, bench-torch.py)' },
+  'hf-timeout': { type: 'string', default: '420', help: 'cuda only: seconds each peer may take' },
   help: { type: 'boolean', default: false, help: 'print this help' },
 } as const;
 
@@ -65,7 +72,11 @@ function parseOptions() {
   for (const name of ['prompt', 'new-tokens', 'runs', 'seed', 'hf-timeout'] as const) {
     if (!/^\d+$/.test(values[name])) fail(`--${name} ${values[name]}: expected a whole number`);
   }
-  return values;
+  try {
+    return { ...values, peers: parseCompare(values.compare) };
+  } catch (e) {
+    return fail((e as Error).message);
+  }
 }
 
 const values = parseOptions();
@@ -103,7 +114,19 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
   for (let r = 0; r < runs; r++) replayMs = Math.min(replayMs, (await session.timeDecode(newTokens - 1, { warmup: 1, startPos: promptLen })).msPerToken);
   const weightBytes = weights.tensors.reduce((s, t) => s + t.byteLength, 0);
   const copy = await measureCopyBandwidth(device.gpu);
-  if (values.profile) printProfile(await session.profileDecode(promptLen));
+  if (values.profile || values.trace !== undefined) {
+    const kernels = await session.profileDecode(promptLen);
+    const how = device.gpu.features.has('timestamp-query')
+      ? "the decode step's kernels in a compute pass each, timed by the pass's timestamps"
+      : "the decode step's kernels submitted one by one, timed on the host (the adapter has no timestamp queries)";
+    if (values.profile) {
+      console.log(`${how}; copy bandwidth ${(copy / 1e12).toFixed(2)} TB/s:`);
+      for (const line of profileTable(kernels, copy)) console.log(`  ${line}`);
+    }
+    if (values.trace !== undefined) {
+      writeTrace(values.trace, { device: device.description, queue: 'webgpu queue', kernels, copyBandwidth: copy }, traceAbout(command(), how));
+    }
+  }
   const achieved = weightBytes / (msPerToken / 1e3);
   session.close();
   return [
@@ -121,27 +144,15 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
   ];
 }
 
-/** GPU time per kernel kind of one decode step (timestamp queries, one pass per kernel). */
-function printProfile(rows: readonly KernelTime[]): void {
-  const byKind = new Map<string, { n: number; us: number }>();
-  for (const r of rows) {
-    const k = byKind.get(r.kind) ?? { n: 0, us: 0 };
-    byKind.set(r.kind, { n: k.n + 1, us: k.us + r.us });
-  }
-  console.log('decode step, GPU time by kernel kind (one pass per kernel):');
-  for (const [kind, k] of byKind) console.log(`  ${kind.padEnd(12)} ${String(k.n).padStart(4)} kernels ${k.us.toFixed(1).padStart(9)} us`);
-  console.log(`  layer 1: ${rows.slice(6, 12).map((r) => `${r.kernel} ${r.kind} ${r.us.toFixed(1)}us`).join(', ')}`);
-  console.log(`  last: ${rows.slice(-4).map((r) => `${r.kernel} ${r.kind} ${r.us.toFixed(1)}us`).join(', ')}`);
-}
-
 async function main(): Promise<void> {
   const cfg = builtinConfig(values.config!);
-  if (values.compare !== undefined && values.backend !== 'cuda') throw Object.assign(new Error('--compare needs --backend cuda'), { name: 'BenchError' });
+  if (values.compare !== undefined && values.backend !== 'cuda') throw new BenchError('--compare needs --backend cuda');
+  if (values.trace !== undefined) checkTraceFile(values.trace);
   let rows: Row[];
   switch (values.backend) {
     case 'webgpu': rows = await benchWebGpu(cfg); break;
     case 'cuda': process.exitCode = await benchCuda(cfg); return;
-    default: throw Object.assign(new Error(`--backend ${values.backend}: the benchmark runs on webgpu or cuda`), { name: 'BenchError' });
+    default: throw new BenchError(`--backend ${values.backend}: the benchmark runs on webgpu or cuda`);
   }
   console.log(`tsfuse bench — ${values.backend}, ${values.config}, prompt ${values.prompt}, ${values['new-tokens']} new tokens, ${new Date().toISOString().slice(0, 10)}`);
   const w = Math.max(...rows.map((r) => r.label.length));
@@ -150,13 +161,18 @@ async function main(): Promise<void> {
 
 async function benchCuda(cfg: LlamaConfig): Promise<number> {
   const { benchCuda: run } = await import('./bench-cuda.ts');
-  const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`);
   return run(cfg, {
     config: values.config!, promptLength: Number(values.prompt), newTokens: Number(values['new-tokens']),
-    runs: Number(values.runs), compare: values.compare, checkpointDir: values['checkpoint-dir'], seed: Number(values.seed),
-    python: values.python!, hfTimeoutS: Number(values['hf-timeout']), profile: values.profile!,
-    command: ['npm run bench --', ...process.argv.slice(2).map(quote)].join(' '),
+    runs: Number(values.runs), compare: values.peers, checkpointDir: values['checkpoint-dir'], seed: Number(values.seed),
+    python: values.python!, hfTimeoutS: Number(values['hf-timeout']), profile: values.profile!, trace: values.trace,
+    command: command(),
   });
+}
+
+/** The command line as typed, for reports. */
+function command(): string {
+  const quote = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`);
+  return ['npm run bench --', ...process.argv.slice(2).map(quote)].join(' ');
 }
 
 /** Errors that say all there is to say in one line (no driver, a bad option, python missing): no stack. */

@@ -8,7 +8,7 @@
 // read's promise resolves.
 
 import { LoweredModule } from '../backends/lowered.ts';
-import { Binding, evalSize, KernelIR } from '../backends/kernel-ir.ts';
+import { Binding, evalSize, KernelIR, KExpr } from '../backends/kernel-ir.ts';
 import { DType } from '../ir/dtype.ts';
 import { Graph, Value } from '../ir/graph.ts';
 import { HostTensor } from '../ir/host-tensor.ts';
@@ -110,16 +110,75 @@ export interface Mark {
   readonly id: number;
 }
 
+/** One kernel of a profile (Program.profile): each kernel launched and timed alone, in launch order. */
 export interface KernelTime {
   readonly kernel: string;
   readonly kind: string;
+  /**
+   * When it started, in µs after the first kernel of the profile started: on the device's clock where it has one
+   * (CUDA events, WebGPU timestamps), else the host's. A kernel starts no earlier than the one before it ended.
+   */
+  readonly startUs: number;
   readonly us: number;
   /** Bytes of the buffers it reads and writes (each once): what it must move at least. */
   readonly bytes: number;
   /** Multiply-adds × 2 of a GEMM kernel (undefined for others): its achieved FLOP/s is flops / us. */
   readonly flops?: number;
-  /** The last IR line it fuses, to tell kernels apart. */
+  /** The IR lines of the nodes it fuses, in order. */
+  readonly fused: readonly string[];
+  /** The last of them, to tell kernels apart. */
   readonly last: string;
+}
+
+/**
+ * Bytes a kernel's buffers hold at these sizes (`byteLength` as the device stores each dtype), as what one run
+ * moves: every buffer counted whole, but a table the kernel reads only at rows it computes from other loads (a
+ * gather: the embedding rows of the tokens) not at all, since those rows are a sliver of it.
+ */
+export function kernelBytes(k: KernelIR, sizes: Sizes, byteLength: (d: DType, n: number) => number): number {
+  const gathered = gatheredBuffers(k);
+  return k.buffers.reduce((s, b, i) => (gathered.has(i) ? s : s + byteLength(b.dtype, evalSize(b.elems, sizes))), 0);
+}
+
+/** Buffers every load of which reads at an index computed from another load. */
+function gatheredBuffers(k: KernelIR): Set<number> {
+  const direct = new Set<number>();
+  const indirect = new Set<number>();
+  const readsLoad = (e: KExpr): boolean => {
+    switch (e.k) {
+      case 'load': return true;
+      case 'const': case 'var': return false;
+      case 'elem': return readsLoad(e.index);
+      case 'unary': case 'cast': return readsLoad(e.a);
+      case 'binary': return readsLoad(e.a) || readsLoad(e.b);
+      case 'select': return readsLoad(e.cond) || readsLoad(e.a) || readsLoad(e.b);
+      case 'reduce': return readsLoad(e.n) || readsLoad(e.body);
+      default: return e satisfies never;
+    }
+  };
+  const visit = (e: KExpr): void => {
+    switch (e.k) {
+      case 'load': (readsLoad(e.index) ? indirect : direct).add(e.buf); visit(e.index); break;
+      case 'const': case 'var': break;
+      case 'elem': visit(e.index); break;
+      case 'unary': case 'cast': visit(e.a); break;
+      case 'binary': visit(e.a); visit(e.b); break;
+      case 'select': visit(e.cond); visit(e.a); visit(e.b); break;
+      case 'reduce': visit(e.n); visit(e.body); break;
+      default: e satisfies never;
+    }
+  };
+  for (const st of k.body) {
+    if (st.k === 'let') visit(st.value);
+    else if (st.k === 'coop') { visit(st.n); visit(st.body); }
+    else if (st.k === 'array') visit(st.value);
+    else { visit(st.n); visit(st.index); visit(st.value); }
+  }
+  const g = k.gemm;
+  if (g) [g.a, ...g.b, ...g.stores.flatMap((x) => [x.index, x.value])].forEach(visit);
+  const f = k.flash;
+  if (f) [f.q, f.k, f.v, f.score, ...f.stores.flatMap((x) => [x.index, x.value])].forEach(visit);
+  return new Set([...indirect].filter((b) => !direct.has(b)));
 }
 
 /** 2 · m · n · k per product of a GEMM kernel at these sizes; undefined for other kernels. */

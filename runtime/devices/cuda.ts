@@ -9,6 +9,7 @@
 
 import { evalSize, KernelIR, KExpr } from '../../backends/kernel-ir.ts';
 import { CUDA_BLOCK, renderCudaModule } from '../../backends/cuda/render-cuda.ts';
+import { cudaCaps, DeviceCaps } from '../../backends/device-caps.ts';
 import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
 import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
@@ -17,7 +18,7 @@ import { numel } from '../../ir/shape.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from '../cuda/driver.ts';
 import { CudaUnavailableError } from '../cuda/errors.ts';
 import { compileCuda, CompiledImage } from '../cuda/nvrtc.ts';
-import { BufferKey, bufferKey, checkSizes, planBuffers, Device, gemmFlops, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
+import { BufferKey, bufferKey, checkSizes, planBuffers, Device, gemmFlops, kernelBytes, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
 
@@ -41,9 +42,14 @@ export class CudaDevice implements Device {
   private readonly programs = new Set<CudaProgram>();
   private destroyed = false;
 
+  /** What the scheduler knows of this GPU (kernels overlap their predecessors only where the driver launches them so). */
+  readonly caps: DeviceCaps;
+
   constructor(readonly driver: CudaDriver, readonly opts: CudaOptions = {}) {
     const { name, computeCapability: cc } = driver.info;
     this.description = `${name} (sm_${cc})`;
+    const caps = cudaCaps(cc, driver.info.multiprocessors);
+    this.caps = driver.overlapLaunches ? caps : { ...caps, dependentLaunch: false };
   }
 
   load(module: LoweredModule, params: ParamStore, opts: LoadOptions): CudaProgram {
@@ -78,6 +84,8 @@ interface CudaKernel {
   readonly ir: KernelIR;
   readonly fn: Handle;
   readonly sharedBytes: number;
+  /** Launched to overlap its predecessor (it waits for it inside). */
+  readonly overlap: boolean;
 }
 
 interface CudaGraph {
@@ -161,7 +169,7 @@ export class CudaProgram implements Program {
     const rows = g.kernels.map((k) => evalSize(k.rows, sizes));
     this.queued('run');
     g.kernels.forEach((k, i) => {
-      if (rows[i] > 0 && i >= from && i < to) this.cuda.launch(k.fn, Math.min(rows[i], MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes);
+      if (rows[i] > 0 && i >= from && i < to) this.cuda.launch(k.fn, Math.min(rows[i], MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes, k.overlap);
     });
   }
 
@@ -241,7 +249,7 @@ export class CudaProgram implements Program {
 
   /**
    * Device time of each kernel of one run of `graph`, from events around every launch (which adds gaps, so the
-   * sum exceeds a captured step), with the bytes its buffers hold.
+   * sum exceeds a captured step), with the bytes its buffers hold; each start from the first kernel's start event.
    */
   async profile(graph: string, sizes: Sizes): Promise<KernelTime[]> {
     this.usable('profile');
@@ -258,9 +266,10 @@ export class CudaProgram implements Program {
       if (events.length) await this.reached(events[events.length - 1][1]);
       const graphKernels = g.lowered.graph.kernels;
       return g.kernels.map((k, i) => ({
-        kernel: k.ir.name, kind: String(graphKernels[i]?.attrs.kind ?? ''), us: this.cuda.elapsed(events[i][0], events[i][1]) * 1e3,
-        bytes: k.ir.buffers.reduce((s, b) => s + cudaBytes(b.dtype, evalSize(b.elems, sizes)), 0), flops: gemmFlops(k.ir, sizes),
-        last: k.ir.fused[k.ir.fused.length - 1] ?? '',
+        kernel: k.ir.name, kind: String(graphKernels[i]?.attrs.kind ?? ''), startUs: this.cuda.elapsed(events[0][0], events[i][0]) * 1e3,
+        us: this.cuda.elapsed(events[i][0], events[i][1]) * 1e3,
+        bytes: kernelBytes(k.ir, sizes, cudaBytes), flops: gemmFlops(k.ir, sizes),
+        fused: k.ir.fused, last: k.ir.fused[k.ir.fused.length - 1] ?? '',
       }));
     } finally {
       for (const [a, b] of events) {
@@ -370,13 +379,16 @@ export class CudaProgram implements Program {
   private compile(lg: LoweredGraph): CudaKernel[] {
     if (lg.kernels.length === 0) return [];
     const g = lg.graph.name;
-    const { source, functions } = renderCudaModule(lg.kernels, `${g}_`);
+    const { source, functions } = renderCudaModule(lg.kernels, `${g}_`, this.device.caps);
     const image = compileCuda(source, this.cuda.info.computeCapability, `${g}.cu`, this.device.opts.cacheDir);
     this.images.set(g, image);
     const mod = this.cuda.loadModule(image.image);
     this.modules.push(mod);
     const fns = new Map<string, Handle>();
     for (const f of functions) if (!fns.has(f.name)) fns.set(f.name, this.cuda.getFunction(mod, f.name, f.dynamicSharedBytes));
-    return lg.kernels.map((ir, i) => ({ ir, rows: functions[i].rows, fn: fns.get(functions[i].name)!, sharedBytes: functions[i].dynamicSharedBytes }));
+    return lg.kernels.map((ir, i) => {
+      const f = functions[i];
+      return { ir, rows: f.rows, fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor };
+    });
   }
 }

@@ -12,7 +12,7 @@ import { Graph } from '../../ir/graph.ts';
 import { allocData, HostData, HostTensor, roundBf16, roundF16 } from '../../ir/host-tensor.ts';
 import { randomUniform } from '../../ir/random.ts';
 import { numel, resolveShape } from '../../ir/shape.ts';
-import { BufferKey, bufferKey, checkSizes, planBuffers, Device, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, outputKey, Program, Recording, Sizes } from '../device.ts';
+import { BufferKey, bufferKey, checkSizes, planBuffers, Device, gemmFlops, kernelBytes, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, outputKey, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
 
 type KernelFn = (buffers: HostData[], sizes: Sizes, round: JsKernelRuntime) => void;
@@ -133,16 +133,22 @@ class HostProgram implements Program {
     return this.graphs.get(graph)?.kernels.length ?? 0;
   }
 
+  /** Host time of each kernel, run one after the other; starts on the same clock, after the first kernel's. */
   async profile(graph: string, sizes: Sizes): Promise<KernelTime[]> {
-    const lg = this.graphs.get(graph)!;
+    const lg = this.graphs.get(graph);
+    if (!lg) throw new Error(`no graph @${graph} in the program`);
     const fns = this.kernels.get(graph);
     if (!fns) throw new Error('the reference device runs graphs op by op: it has no kernels to profile');
+    let origin: number | undefined;
     return lg.kernels.map((k, i) => {
       const start = performance.now();
+      origin ??= start;
       fns[i](this.kernelBuffers(lg.graph, k, sizes), sizes, kernelRuntime);
+      const end = performance.now();
       return {
-        kernel: k.name, kind: String(lg.graph.kernels[i]?.attrs.kind ?? ''), us: (performance.now() - start) * 1e3,
-        bytes: k.buffers.reduce((s, b) => s + evalSize(b.elems, sizes) * hostBytes(b.dtype), 0), last: k.fused[k.fused.length - 1] ?? '',
+        kernel: k.name, kind: String(lg.graph.kernels[i]?.attrs.kind ?? ''), startUs: (start - origin) * 1e3, us: (end - start) * 1e3,
+        bytes: kernelBytes(k, sizes, (d, n) => n * hostBytes(d)), flops: gemmFlops(k, sizes),
+        fused: k.fused, last: k.fused[k.fused.length - 1] ?? '',
       };
     });
   }

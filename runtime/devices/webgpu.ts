@@ -14,7 +14,7 @@ import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
 import { allocHost, HostTensor } from '../../ir/host-tensor.ts';
 import { numel } from '../../ir/shape.ts';
-import { BufferKey, checkSizes, Device, gemmFlops, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
+import { BufferKey, checkSizes, Device, gemmFlops, kernelBytes, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
 import { WebGpuUnavailableError } from '../webgpu/errors.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
@@ -256,7 +256,10 @@ class WebGpuProgram implements Program {
     return this.graphs.get(graph)?.kernels.length ?? 0;
   }
 
-  /** GPU time per kernel from timestamps around one-dispatch passes; host time per submit without the feature. */
+  /**
+   * GPU time per kernel from timestamps around one-dispatch passes, each start from its pass's first timestamp;
+   * host time per submit (each awaited before the next) without the feature.
+   */
   async profile(graph: string, sizes: Sizes): Promise<KernelTime[]> {
     this.usable('profile');
     const g = this.graphOf(graph);
@@ -264,6 +267,7 @@ class WebGpuProgram implements Program {
     this.bindSizes(g, sizes);
     const n = g.kernels.length;
     const us: number[] = [];
+    const startUs: number[] = [];
     const dispatch = (pass: GPUComputePassEncoder, k: GpuKernel) => {
       const groups = evalSize(k.rows, sizes);
       pass.setPipeline(k.pipeline);
@@ -286,25 +290,31 @@ class WebGpuProgram implements Program {
       await read.mapAsync(GPUMapMode.READ);
       const t = new BigUint64Array(read.getMappedRange().slice(0));
       read.unmap();
-      for (let i = 0; i < n; i++) us.push(Number(t[2 * i + 1] - t[2 * i]) / 1e3);
+      for (let i = 0; i < n; i++) {
+        startUs.push(Number(t[2 * i] - t[0]) / 1e3);
+        us.push(Number(t[2 * i + 1] - t[2 * i]) / 1e3);
+      }
       [querySet, resolve, read].forEach((x) => x.destroy());
     } else {
+      let origin: number | undefined;
       for (const k of g.kernels) {
         const enc = this.gpu.createCommandEncoder();
         const pass = enc.beginComputePass();
         dispatch(pass, k);
         pass.end();
         const start = performance.now();
+        origin ??= start;
         this.gpu.queue.submit([enc.finish()]);
         await this.gpu.queue.onSubmittedWorkDone();
+        startUs.push((start - origin) * 1e3);
         us.push((performance.now() - start) * 1e3);
       }
     }
     const graphKernels = g.lowered.graph.kernels;
     return g.kernels.map((k, i) => ({
-      kernel: k.ir.name, kind: String(graphKernels[i]?.attrs.kind ?? ''), us: us[i],
-      bytes: k.ir.buffers.reduce((s, b) => s + deviceByteLength(b.dtype, evalSize(b.elems, sizes), 'words'), 0), flops: gemmFlops(k.ir, sizes),
-      last: k.ir.fused[k.ir.fused.length - 1] ?? '',
+      kernel: k.ir.name, kind: String(graphKernels[i]?.attrs.kind ?? ''), startUs: startUs[i], us: us[i],
+      bytes: kernelBytes(k.ir, sizes, (d, n) => deviceByteLength(d, n, 'words')), flops: gemmFlops(k.ir, sizes),
+      fused: k.ir.fused, last: k.ir.fused[k.ir.fused.length - 1] ?? '',
     }));
   }
 

@@ -6,7 +6,10 @@ import * as assert from 'uvu/assert';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { BenchError, argmaxAgreement, leadingEqual, prepareCheckpoint, relativeDifference, report, type CudaBenchOptions, type TsfuseResult } from '../../examples/bench-cuda.ts';
+import {
+  BenchError, argmaxAgreement, leadingEqual, maxAbsDifference, parseCompare, prepareCheckpoint, relativeDifference, report,
+  type CudaBenchOptions, type PeerResult, type TsfuseResult,
+} from '../../examples/bench-cuda.ts';
 import { randomBf16Weights } from '../../examples/random-checkpoint.ts';
 import { DType } from '../../ir/dtype.ts';
 import { builtinConfig } from '../../runtime/config.ts';
@@ -54,28 +57,53 @@ test('agreement measures', () => {
   assert.is(argmaxAgreement(Float32Array.from([0, 1, 5, 2]), Float32Array.from([0, 2, 1, 3]), 2), 1);
   assert.is(leadingEqual([1, 2, 3], [1, 2, 4]), 2);
   assert.is(leadingEqual([1, 2], [1, 2]), 2);
+  assert.is(maxAbsDifference([1, -2, 3], [1, 2, 2.5]), 4);
 });
 
-test('the report: one table without --compare, two with it', () => {
+test('--compare takes hf, torch or both, in the order given', () => {
+  assert.equal(parseCompare(undefined), []);
+  assert.equal(parseCompare('hf'), ['hf']);
+  assert.equal(parseCompare('torch,hf'), ['torch', 'hf']);
+  for (const [bad, message] of [['foo', "unknown peer 'foo' (known: hf, torch"], ['hf,', "unknown peer ''"], ['hf,hf', 'a peer named twice']]) {
+    assert.throws(() => parseCompare(bad), (e: unknown) => e instanceof BenchError && e.message.includes(message), bad);
+  }
+});
+
+test('the report: one table without --compare; with peers, a column pair each and a row of agreement per reference', () => {
   const vocab = cfg.vocabSize;
   const ts: TsfuseResult = {
     device: 'GPU (sm_90)', setupMs: 1000, modulesCompiled: 2, decodeEventMs: 1, decodeWallMs: 1.1, replayMs: 0.9,
     prefillEventMs: 2, prefillWallMs: 3, kernelsPerToken: 50, copyBandwidth: 4e12, weightBytes: 2e9,
     tokens: [5, 6, 7], logits: new Float32Array(4 * vocab).fill(1), deterministic: true,
   };
-  const alone = report(ts, undefined, options(tmp), tmp);
+  const alone = report(ts, [], options(tmp), tmp);
   assert.match(alone, '| decode ms per token, CUDA events');
   assert.match(alone, '50.0 %'); // 2 GB per ms is 2 TB/s, half the copy bandwidth
-  assert.not.match(alone, 'agreement');
-  const hf = {
+  assert.not.match(alone, 'tsfuse against');
+  assert.is(alone.split('\n').find((l) => l.startsWith('| decode ms per token, CUDA events'))!.split('|').length, 4, 'two columns');
+
+  const peer = (decodeMs: number, tokens: number[], logit: number, f32?: boolean): PeerResult => ({
     versions: { torch: '2.11', transformers: '5.17', gpu: 'GPU', cuda: '13.0' }, load_s: 1, warmup_s: [40, 1],
-    decode_ms_per_token_wall: 2, decode_ms_per_token_event: 2, prefill_wall_ms: 6, prefill_event_ms: 6,
-    tokens: [5, 6, 8], logitsBf16: new Float32Array(4 * vocab).fill(1),
-  };
-  const both = report(ts, hf, options(tmp), tmp);
-  assert.match(both, '2.00×');
-  assert.match(both, '| leading generated tokens equal');
-  assert.match(both, '2 / 3');
+    decode_ms_per_token_wall: decodeMs, decode_ms_per_token_event: decodeMs, prefill_wall_ms: 6, prefill_event_ms: 6,
+    tokens, logitsBf16: new Float32Array(4 * vocab).fill(logit),
+    ...(f32 ? { tokens_f32: [5, 6, 7], logitsF32: new Float32Array(4 * vocab).fill(1) } : {}),
+  });
+  const both = report(ts, [{ peer: 'hf', result: peer(2, [5, 6, 8], 1) }, { peer: 'torch', result: peer(1.25, [9, 6, 7], 1.5, true) }], options(tmp), tmp);
+  const decodeRow = both.split('\n').find((l) => l.startsWith('| decode ms per token, CUDA events'))!;
+  assert.equal(decodeRow.split('|').map((c) => c.trim()).slice(2, 7), ['1.000', '2.000', '2.00×', '1.250', '1.25×']);
+  const head = both.split('\n').find((l) => l.startsWith('|  '))!.split('|').map((c) => c.trim());
+  assert.equal(head.slice(2, 7), ['tsfuse (CUDA)', 'HF + torch.compile', 'HF / tsfuse', 'lean torch.compile', 'torch / tsfuse']);
+  assert.match(both, 'torch.compile(mode="reduce-overhead")');
+  const agreement = (label: string) => both.split('\n').find((l) => l.startsWith(`| ${label}`))!.split('|').map((c) => c.trim()).slice(2, 6);
+  assert.equal(agreement('HF bf16'), ['0.00e+0', '0.00e+0', '4 / 4', '2 / 3']);
+  assert.equal(agreement('torch bf16'), ['3.33e-1', '5.00e-1', '4 / 4', '0 / 3']);
+  assert.equal(agreement('torch float32'), ['0.00e+0', '0.00e+0', '4 / 4', '3 / 3']);
+  assert.not.match(both, '| HF float32');
+  // Markdown tables: every row has as many cells as its header (no stray | inside a cell).
+  for (const block of both.split('\n\n').filter((b) => b.startsWith('|'))) {
+    const cells = block.split('\n').map((l) => l.split('|').length);
+    assert.ok(cells.every((n) => n === cells[0]), block);
+  }
 });
 
 test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));

@@ -18,7 +18,7 @@ test('--help lists the options with their defaults', () => {
   assert.is(r.code, 0, r.stderr);
   assert.ok(r.stdout.startsWith('usage: npm run bench -- [options]\n'), r.stdout);
   for (const line of ['--backend VALUE', '(default: webgpu)', '--config VALUE', '(default: llama-3.2-1b)', '--prompt VALUE',
-    '(default: 32)', '--new-tokens VALUE', '(default: 128)', '--runs VALUE', '(default: 3)', '--profile', '--compare VALUE',
+    '(default: 32)', '--new-tokens VALUE', '(default: 128)', '--runs VALUE', '(default: 3)', '--profile', '--trace VALUE', '--compare VALUE', 'hf,torch',
     '--checkpoint-dir VALUE', '--seed VALUE', '--python VALUE', '(default: python3)', '--hf-timeout VALUE', '(default: 420)']) {
     assert.ok(r.stdout.includes(line), `--help should show ${line}:\n${r.stdout}`);
   }
@@ -32,6 +32,12 @@ test('a bad option or value is one line naming it', () => {
     [['--prompt', 'abc'], 'bench: --prompt abc: expected a whole number (see npm run bench -- --help)'],
     [['--backend', 'cpu'], 'bench: --backend cpu: the benchmark runs on webgpu or cuda'],
     [['--config', 'nope'], "bench: unknown built-in config 'nope'"],
+    [['--compare', 'foo'], "bench: --compare foo: unknown peer 'foo' (known: hf, torch; several as hf,torch)"],
+    [['--backend', 'cuda', '--compare', 'hf,torch,hf'], 'bench: --compare hf,torch,hf: a peer named twice'],
+    [['--compare', 'torch'], 'bench: --compare needs --backend cuda'],
+    [['--trace', '/nonexistent-tsfuse/t.json'], 'bench: --trace /nonexistent-tsfuse/t.json: cannot write the trace: /nonexistent-tsfuse: no such file or folder'],
+    [['--trace', root], `bench: --trace ${root}: cannot write the trace: ${root} is a folder, expected a file`],
+    [['--backend', 'cuda', '--trace', `${root}package.json/t.json`], `bench: --trace ${root}package.json/t.json: cannot write the trace: ${root}package.json is a file, expected a folder`],
   ] as const) {
     const r = bench(...args);
     assert.is(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
