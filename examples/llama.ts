@@ -15,6 +15,11 @@ export interface LlamaTraceOptions {
   readonly cacheLength: number;
   /** Choose tokens by temperature and top-p sampling (else greedily). */
   readonly sampling?: boolean;
+  /**
+   * Dtype the KV cache stores (default f32): bf16 or f16 halve what attention reads; keys and values are rounded
+   * to it as they are written and widened to f32 where they are read.
+   */
+  readonly kvDType?: DType;
 }
 
 /**
@@ -60,6 +65,11 @@ export function llamaForward(cfg: LlamaConfig, opts: LlamaTraceOptions, tokens: 
   const norm = (x: Tensor, name: string) => rmsNorm(x, weight(name, hidden), eps);
   const [attnBias, mlpBias] = [cfg.attentionBias, cfg.mlpBias];
 
+  const kv = opts.kvDType ?? DType.F32;
+  if (![DType.F32, DType.BF16, DType.F16].includes(kv)) throw new Error(`KV cache dtype ${kv}: expected f32, bf16 or f16`);
+  const toCache = (x: Tensor) => (kv === DType.F32 ? x : x.cast(kv));
+  const fromCache = (x: Tensor) => (kv === DType.F32 ? x : x.cast(DType.F32));
+
   const positions = arange(seq).add(pos);
   const rotary = rotaryTables(cfg, positions);
 
@@ -71,9 +81,9 @@ export function llamaForward(cfg: LlamaConfig, opts: LlamaTraceOptions, tokens: 
     const k = linear(h, `${p}.self_attn.k_proj`, numKvHeads * headDim, hidden, attnBias).reshape(seq, numKvHeads, headDim);
     const v = linear(h, `${p}.self_attn.v_proj`, numKvHeads * headDim, hidden, attnBias).reshape(seq, numKvHeads, headDim);
     const cacheShape = [opts.cacheLength, numKvHeads, headDim];
-    const keys = state(`cache.k.${i}`, DType.F32, cacheShape).write(applyRotary(k, rotary), pos, 0);
-    const values = state(`cache.v.${i}`, DType.F32, cacheShape).write(v, pos, 0);
-    const attn = attention(applyRotary(q, rotary), keys, values, positions, numKvHeads);
+    const keys = state(`cache.k.${i}`, kv, cacheShape).write(toCache(applyRotary(k, rotary)), pos, 0);
+    const values = state(`cache.v.${i}`, kv, cacheShape).write(toCache(v), pos, 0);
+    const attn = attention(applyRotary(q, rotary), fromCache(keys), fromCache(values), positions, numKvHeads);
     x = x.add(linear(attn.reshape(seq, numHeads * headDim), `${p}.self_attn.o_proj`, hidden, numHeads * headDim, attnBias));
 
     const h2 = norm(x, `${p}.post_attention_layernorm.weight`);
