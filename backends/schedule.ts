@@ -10,6 +10,7 @@ import { DType, dtypeBytes } from '../ir/dtype.ts';
 import { add, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, mul, offsetAlong, Scalar, topReductions } from './kernel-ir.ts';
 import { alignedDot, contiguousStreams, Stream } from './schedule-vector.ts';
 import { formatSchedule } from './schedule-format.ts';
+import { boundKeyLoops, maxExtent } from './causal-bound.ts';
 import { log, logsOn } from '../ir/logs.ts';
 
 export { cudaCaps, cpuCaps, webgpuCaps };
@@ -180,14 +181,16 @@ const LONG_REDUCTION = 32;
 const SCRATCH_BYTES = 512;
 
 export function scheduleKernel(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions = {}): ScheduledKernel {
-  const earlier = made.get(k.body)?.find((m) => m.scheduled.device === device && sameSplit(m.opts, opts) && alike(m.scheduled.kernel, k));
+  const earlier = made.get(k.body)?.find((m) => m.scheduled.device === device && sameSplit(m.opts, opts) && alike(m.kernel, k));
   let scheduled: ScheduledKernel;
   if (earlier) {
-    scheduled = { ...earlier.scheduled, kernel: k };
+    // The kernel as scheduled (its loops perhaps bounded: scheduleOnce), with this one's name, comment and buffers.
+    const { kernel } = earlier.scheduled;
+    scheduled = { ...earlier.scheduled, kernel: kernel === earlier.kernel ? k : { ...kernel, name: k.name, fused: k.fused, buffers: k.buffers } };
     copiedFrom.set(scheduled, earlier.scheduled);
   } else {
     scheduled = scheduleOnce(k, device, opts);
-    made.set(k.body, [...(made.get(k.body) ?? []), { opts, scheduled }]);
+    made.set(k.body, [...(made.get(k.body) ?? []), { kernel: k, opts, scheduled }]);
   }
   // TSFUSE_LOGS=schedule: each kernel's schedule as --dump-schedule prints it.
   if (logsOn('schedule')) log('schedule', formatSchedule(scheduled));
@@ -199,7 +202,7 @@ export function scheduleKernel(k: KernelIR, device: DeviceCaps, opts: ScheduleOp
  * gives every transformer layer's the same body) differ only in name, comment and the buffers bound, which no
  * decision reads: they take the first one's schedule (Llama-3.2-1B's 404 kernels are 31 different ones).
  */
-const made = new WeakMap<readonly KStmt[], { readonly opts: ScheduleOptions; readonly scheduled: ScheduledKernel }[]>();
+const made = new WeakMap<readonly KStmt[], { readonly kernel: KernelIR; readonly opts: ScheduleOptions; readonly scheduled: ScheduledKernel }[]>();
 /** Each schedule taken from one made for an alike kernel, and that one. */
 const copiedFrom = new WeakMap<ScheduledKernel, ScheduledKernel>();
 
@@ -222,7 +225,9 @@ function sameSplit(a: ScheduleOptions, b: ScheduleOptions): boolean {
   return x.size === y.size && [...x].every((i) => y.has(i));
 }
 
-function scheduleOnce(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): ScheduledKernel {
+function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptions): ScheduledKernel {
+  // Attention's loops over the keys run to the causal bound where a loop's bound may come from memory.
+  const k = device.boundsFromMemory ? boundKeyLoops(lowered) : lowered;
   const gemm = k.gemm && gemmPlan(k, k.gemm, device);
   const flash = k.flash && flashPlan(k.flash, device);
   const tileBytes = gemm ? gemmBytes(k.gemm!, gemm) : flash ? flashBytes(k.flash!, flash.tileQueries, flash.tileKeys) : 0;
@@ -479,7 +484,7 @@ class Scheduler {
       case 'long-sums': return rs.every((r) => r.op === 'sum' && !isShort(r)) && (!array || value.k === 'reduce');
       case 'fewest-steps': {
         // By the steps the busiest thread takes either way; symbolic sizes count as 4096.
-        const lengths = rs.map((r) => (r.n.k === 'const' ? r.n.value : 4096));
+        const lengths = rs.map((r) => maxExtent(r.n) ?? 4096);
         const count = typeof n === 'number' ? n : n.k === 'const' ? n.value : 4096;
         const threads = this.device.threadsPerWorkgroup;
         const byThread = Math.ceil(count / threads) * lengths.reduce((a, b) => a + b, 0);
@@ -562,5 +567,5 @@ class Scheduler {
   }
 }
 
-const isShort = (r: Reduce) => r.n.k === 'const' && r.n.value < LONG_REDUCTION;
+const isShort = (r: Reduce) => (maxExtent(r.n) ?? LONG_REDUCTION) < LONG_REDUCTION;
 
