@@ -1,11 +1,12 @@
 // `tsfuse generate`: a prompt as token ids or as text (through the checkpoint's tokenizer.json), tokens streamed as
-// they are produced (as ids, or as decoded text) on stdout, and the timing at the end on stderr: prefill, ms per
-// token, tokens/s (with --json, one object on stdout holding both).
+// they are produced (as ids, or as decoded text) on stdout, and the timing at the end on stderr: where the start
+// went (compile or the compile cache, weights read, device open, upload, first token), prefill, ms per token,
+// tokens/s (with --json, one object on stdout holding both).
 
 import { DeviceKind } from '../runtime/device.ts';
 import { checkLength, LoadedLlama } from '../runtime/llama.ts';
-import { Sampling } from '../runtime/session.ts';
-import { openLlamaSession, StartTimings } from './open-session.ts';
+import { Sampling, StartupTimings } from '../runtime/session.ts';
+import { openLlamaSession } from './open-session.ts';
 import { showProgress, step, withWeightProgress } from '../runtime/progress.ts';
 import { loadTokenizer, TextStream, TextTokenizer } from '../runtime/tokenizer.ts';
 import { loadLlama } from '../runtime/llama.ts';
@@ -28,7 +29,7 @@ export const generateCommand = defineCommand({
     temperature: { type: 'string', default: '0', value: 'T', help: 'sampling temperature; 0 is greedy' },
     'top-p': { type: 'string', default: '1', value: 'P', help: 'nucleus sampling: keep the smallest set of tokens with this much probability' },
     seed: { type: 'string', default: '0', value: 'N', help: 'seed of the sampler (a u32)' },
-    json: { ...jsonOption, help: 'print one line of JSON at the end: tokens, text, prefillMs, msPerToken, tokensPerSecond' },
+    json: { ...jsonOption, help: 'print one line of JSON at the end: tokens, text, prefillMs, msPerToken, tokensPerSecond, start (where the start went)' },
     'ignore-eos': { type: 'boolean', default: false, help: "go on past the model's end-of-sequence tokens (eos_token_id)" },
     'no-cache': { type: 'boolean', default: false, help: 'compile again rather than read the compile cache (TSFUSE_CACHE_DIR)' },
   },
@@ -86,12 +87,10 @@ export async function runGenerate(req: GenerateRequest): Promise<void> {
   const writeStats = req.writeStats ?? ((s: string) => process.stderr.write(s));
   checkLength(req.model.cfg, req.ids.length, req.maxNewTokens);
   const { model, bar } = withWeightProgress(req.model, showProgress(req.json));
-  let start: StartTimings | undefined;
   let session;
   try {
     session = await openLlamaSession(model, {
       backend: req.backend, cacheLength: req.ids.length + req.maxNewTokens, sampling: (req.sampling.temperature ?? 0) > 0,
-      onStart: (t) => { start = t; },
     });
   } finally {
     bar.stop();
@@ -118,24 +117,39 @@ export async function runGenerate(req: GenerateRequest): Promise<void> {
   }
   const ended = performance.now();
   const timing = timingOf(started, first, ended, tokens.length);
+  const start = session.startup;
   if (req.json) {
     write(JSON.stringify({
       tokens, ...(stream ? { text: stream.text } : {}), promptTokens: req.ids.length,
       prefillMs: round(timing.prefillMs), msPerToken: round(timing.msPerToken), tokensPerSecond: round(timing.tokensPerSecond),
-      ...(start ? { start: { ...start, compileMs: round(start.compileMs), readMs: round(start.readMs), uploadMs: round(start.uploadMs) } } : {}),
+      ...(start ? { start: startJson(start) } : {}),
     }) + '\n');
     return;
   }
   const perToken = Number.isNaN(timing.msPerToken) ? 'one token'
     : `${timing.msPerToken.toFixed(2)} ms/token, ${timing.tokensPerSecond.toFixed(1)} tokens/s`;
   write('\n');
-  // Time to the first token, part by part: compile (or the compile cache), weights read, device load, the prompt's pass.
-  if (start) {
-    writeStats(`start: compile ${start.compileMs.toFixed(0)} ms (${{ hit: 'cached', miss: 'compiled, now cached', off: 'compiled' }[start.compileCache]}), ` +
-      `weights read ${start.readMs.toFixed(0)} ms, device load ${start.uploadMs.toFixed(0)} ms (kernels, uploads); first token ${timing.prefillMs.toFixed(1)} ms later\n`);
-  }
+  // Time to the first token, part by part: compile (or the compile cache), weights read, device open, upload, the
+  // prompt's pass.
+  if (start) writeStats(`${formatStartup(start)}\n`);
   writeStats(`${tokens.length} tokens in ${(ended - started).toFixed(0)} ms: prefill ${timing.prefillMs.toFixed(1)} ms ` +
     `(${req.ids.length} prompt tokens), ${perToken}\n`);
+}
+
+/** The start as --json prints it: each time in ms (rounded to µs), and the compile cache's answer. */
+export function startJson(s: StartupTimings): Record<string, number | string | null> {
+  const { since: _, compileCache, ...times } = s;
+  return { compileCache, ...Object.fromEntries(Object.entries(times).map(([k, v]) => [k, round(v as number)])) };
+}
+
+/** One line: where the start went, up to the first token (reading the weights overlaps opening the device). */
+export function formatStartup(s: StartupTimings): string {
+  const ms = (x: number) => `${x.toFixed(0)} ms`;
+  const compile = { hit: 'warm: from the compile cache', miss: 'cold: compiled, now cached', off: 'cold: compiled, cache off' }[s.compileCache];
+  const first = s.firstTokenMs !== undefined && s.totalMs !== undefined
+    ? `; first token ${s.firstTokenMs.toFixed(1)} ms later, ${ms(s.totalMs)} from the start` : '';
+  return `start: compile ${ms(s.compileMs)} (${compile}), weights read ${ms(s.readMs)}, device open ${ms(s.openMs)}, ` +
+    `upload ${ms(s.uploadMs)} (weights, kernels); ready in ${ms(s.readyMs)}${first}`;
 }
 
 export function timingOf(started: number, first: number, ended: number, n: number): GenerateTiming {

@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { builtinConfigJson, LlamaConfig } from '../runtime/config.ts';
+import type { DType } from '../ir/dtype.ts';
 import { loadLlama } from '../runtime/llama.ts';
 import type { KernelTime } from '../runtime/device.ts';
 import { chromeTrace, profileTable, traceText, TraceTrack } from '../runtime/trace.ts';
@@ -57,6 +58,10 @@ export interface CudaBenchOptions {
   /** Seconds each peer's script may take. */
   readonly hfTimeoutS: number;
   readonly profile: boolean;
+  /** tsfuse's KV-cache positions (default: prompt + new tokens, as the peers' static caches). */
+  readonly cacheLength?: number;
+  /** What tsfuse's KV cache stores (default: compiler/open-session.ts kvCacheDType's choice). */
+  readonly kvDType?: DType;
   /** Where a Chrome trace of one decode step goes (checkTraceFile first). */
   readonly trace?: string;
   /** The command line as typed, for the report. */
@@ -79,6 +84,8 @@ export interface TsfuseResult {
   readonly tokens: readonly number[];
   readonly logits: Float32Array;
   readonly deterministic: boolean;
+  readonly cacheLength: number;
+  readonly kvDType: string;
 }
 
 /** What a peer's script (examples/bench-hf.py, bench-torch.py) wrote: its JSON, with the logits files read in. */
@@ -188,7 +195,9 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
   const model = loadLlama(dir);
   const N = o.newTokens;
   let t = performance.now();
-  const session = await openLlamaSession(model, { backend: 'cuda', cacheLength: prompt.length + N });
+  const cacheLength = o.cacheLength ?? prompt.length + N;
+  if (cacheLength < prompt.length + N) throw new BenchError(`--cache-length ${cacheLength}: the prompt and the new tokens take ${prompt.length + N} positions`);
+  const session = await openLlamaSession(model, { backend: 'cuda', cacheLength, kvDType: o.kvDType });
   const program = session.program as InstanceType<typeof CudaProgram>;
   try {
     const setupMs = performance.now() - t;
@@ -231,7 +240,8 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
       decodeEventMs: best.decodeEvent, decodeWallMs: (best.wallN - best.wall1) / (N - 1), replayMs: replay.msPerToken,
       prefillEventMs: best.prefillEvent, prefillWallMs: best.wall1, kernelsPerToken: session.decodeKernels(),
       copyBandwidth, weightBytes: model.weights.tensors.reduce((s, w) => s + w.byteLength, 0),
-      tokens, logits, deterministic,
+      tokens, logits, deterministic, cacheLength,
+      kvDType: String(session.program.graph('decode').states.find((v) => v.name?.startsWith('cache.k.'))?.type.dtype ?? '?'),
     };
   } finally {
     session.close();
@@ -389,6 +399,7 @@ export function report(ts: TsfuseResult, runs: readonly PeerRun[], o: CudaBenchO
     `- GPU: ${ts.device}${runs.length ? ` (torch: ${runs[0].result.versions.gpu})` : ''}`,
     `- command: \`${o.command}\``,
     `- ${P}-token prompt, ${N} new tokens, greedy; best of ${o.runs} runs after warm-up; weights ${dir}`,
+    `- tsfuse: KV cache of ${ts.cacheLength} positions in ${ts.kvDType}`,
   ];
   for (const { peer, result: { versions: v } } of runs) {
     lines.push(peer === 'hf'

@@ -24,6 +24,8 @@ const options = {
   prompt: { type: 'string', default: '32', help: 'prompt length in tokens' },
   'new-tokens': { type: 'string', default: '128', help: 'tokens generated per run' },
   runs: { type: 'string', default: '3', help: 'runs; the best one is reported' },
+  'cache-length': { type: 'string', help: 'KV-cache positions of tsfuse (default: prompt + new tokens; peers keep theirs at that)' },
+  'kv-dtype': { type: 'string', help: 'what tsfuse\'s KV cache stores: f32, bf16 or f16 (default: bf16 on cuda for these bf16 weights, f32 on webgpu)' },
   profile: { type: 'boolean', default: false, help: 'also print the GPU time and bandwidth of each kernel of one decode step' },
   trace: { type: 'string', help: 'write a Chrome / Perfetto trace (JSON) of one decode step, a slice per kernel, to this file' },
   compare: {
@@ -72,6 +74,11 @@ function parseOptions() {
   for (const name of ['prompt', 'new-tokens', 'runs', 'seed', 'hf-timeout'] as const) {
     if (!/^\d+$/.test(values[name])) fail(`--${name} ${values[name]}: expected a whole number`);
   }
+  const cache = values['cache-length'];
+  if (cache !== undefined && !/^[1-9]\d*$/.test(cache)) fail(`--cache-length ${cache}: expected a whole number of positions`);
+  const kv = values['kv-dtype'];
+  if (kv !== undefined && !['f32', 'bf16', 'f16'].includes(kv)) fail(`--kv-dtype ${kv}: expected f32, bf16 or f16`);
+  if (kv !== undefined && kv !== 'f32' && values.backend === 'webgpu') fail(`--kv-dtype ${kv}: the webgpu backend keeps the KV cache in f32`);
   try {
     return { ...values, peers: parseCompare(values.compare) };
   } catch (e) {
@@ -91,7 +98,7 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
   const weights = randomBf16Weights(cfg);
   const model: LoadedLlama = { cfg, weights, weightDType: DType.BF16 };
   const t0 = performance.now();
-  const session = await openLlamaSession(model, { backend: 'webgpu', cacheLength: promptLen + Math.max(newTokens, 8) });
+  const session = await openLlamaSession(model, { backend: 'webgpu', cacheLength: cacheLength(promptLen + Math.max(newTokens, 8)), kvDType: kvDType() });
   const setupMs = performance.now() - t0;
   const device = session.device as InstanceType<typeof WebGpuDevice>;
   const prompt = Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
@@ -165,8 +172,19 @@ async function benchCuda(cfg: LlamaConfig): Promise<number> {
     config: values.config!, promptLength: Number(values.prompt), newTokens: Number(values['new-tokens']),
     runs: Number(values.runs), compare: values.peers, checkpointDir: values['checkpoint-dir'], seed: Number(values.seed),
     python: values.python!, hfTimeoutS: Number(values['hf-timeout']), profile: values.profile!, trace: values.trace,
-    command: command(),
+    cacheLength: values['cache-length'] === undefined ? undefined : cacheLength(0), kvDType: kvDType(), command: command(),
   });
+}
+
+/** --cache-length (checked when parsed), else `fallback`. */
+function cacheLength(fallback: number): number {
+  const v = values['cache-length'];
+  return v === undefined ? fallback : Number(v);
+}
+
+/** --kv-dtype (checked when parsed) as a dtype. */
+function kvDType(): DType | undefined {
+  return values['kv-dtype'] as DType | undefined;
 }
 
 /** The command line as typed, for reports. */

@@ -1,9 +1,11 @@
-// Loading a Hugging Face Llama checkpoint: its config and weights, checked against each other. The only
-// Llama-specific part of the runtime; running it is the session's (runtime/session.ts).
+// Loading a Hugging Face Llama checkpoint: its config and weights, checked against each other, and each tensor
+// scanned for NaN and infinities as it lands. The only Llama-specific part of the runtime; running it is the
+// session's (runtime/session.ts).
 
 import { DType } from '../ir/dtype.ts';
 import { checkLlamaWeights, LlamaConfig, readEosTokenIds, readLlamaConfig } from './config.ts';
 import { onFirstRead, readCheckpoint, TensorSource, WeightsError } from './safetensors.ts';
+import { ScanKind, scanNonFinite } from './tensor-reader.ts';
 
 export interface LoadedLlama {
   readonly cfg: LlamaConfig;
@@ -49,10 +51,13 @@ export function checkLength(cfg: LlamaConfig, promptTokens: number, newTokens = 
   }
 }
 
-/** The source with each tensor scanned for NaN and ±∞ the first time it is read. */
+/**
+ * The source with each tensor scanned for NaN and ±∞ the first time it is read (read all at once, each tensor comes
+ * already scanned, by the threads that read it).
+ */
 function scanned(src: TensorSource, warn: (message: string) => void): TensorSource {
   return onFirstRead(src, (name, t) => {
-    const bad = nonFinite(t.raw, t.dtype);
+    const bad = t.nonFinite !== undefined ? t.nonFinite : nonFinite(t.raw, t.dtype);
     if (bad) {
       warn(`tensor '${name}' in ${src.info(name).file} holds ${bad.nan} NaN and ${bad.inf} infinite values `
         + `(the first at element ${bad.first}): the model's outputs will be NaN or infinite`);
@@ -62,42 +67,8 @@ function scanned(src: TensorSource, warn: (message: string) => void): TensorSour
 
 /** NaN and ±∞ among stored floats, counted from their exponent bits (all ones); undefined when there are none. */
 export function nonFinite(raw: Uint8Array, dtype: DType): { nan: number; inf: number; first: number } | undefined {
-  const half = dtype === DType.F16 || dtype === DType.BF16;
-  if (!half && dtype !== DType.F32) return undefined;
-  // The exponent and mantissa masks of one element.
-  const [exp, mant] = dtype === DType.F32 ? [0x7f800000, 0x007fffff] : dtype === DType.BF16 ? [0x7f80, 0x007f] : [0x7c00, 0x03ff];
-  const size = half ? 2 : 4;
-  const n = Math.floor(raw.byteLength / size);
-  // Elements in place where the bytes are aligned (safetensors data is), else copied once; little-endian hosts.
-  const bytes = raw.byteOffset % size === 0 ? raw : raw.slice();
-  const words = half ? new Uint16Array(bytes.buffer, bytes.byteOffset, n) : new Uint32Array(bytes.buffer, bytes.byteOffset, n);
-  let nan = 0;
-  let inf = 0;
-  let first = -1;
-  const count = (i: number) => {
-    const v = words[i];
-    if ((v & exp) !== exp) return;
-    if (v & mant) nan++;
-    else inf++;
-    if (first < 0) first = i;
-  };
-  if (half && bytes.byteOffset % 4 === 0) {
-    // Two halves per 32-bit word: one masked test finds the words worth a closer look (gigabytes of bf16 at load).
-    const pairs = new Uint32Array(bytes.buffer, bytes.byteOffset, n >> 1);
-    const both = (exp | (exp << 16)) >>> 0;
-    const high = (exp << 16) >>> 0;
-    for (let w = 0; w < pairs.length; w++) {
-      const t = (pairs[w] & both) >>> 0;
-      if (t >= high || (t & 0xffff) === exp) {
-        count(2 * w);
-        count(2 * w + 1);
-      }
-    }
-    if (n & 1) count(n - 1);
-  } else {
-    for (let i = 0; i < n; i++) count(i);
-  }
-  return first < 0 ? undefined : { nan, inf, first };
+  const kind = ({ [DType.F32]: 'f32', [DType.F16]: 'f16', [DType.BF16]: 'bf16' } as Partial<Record<DType, ScanKind>>)[dtype];
+  return (kind && scanNonFinite(raw, kind)) ?? undefined;
 }
 
 export function checkTokens(cfg: LlamaConfig, tokens: readonly number[]): void {

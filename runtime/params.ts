@@ -1,5 +1,7 @@
 // Weights for every device: each parameter read once from its source, and each derived parameter (concatenated
-// projections, `param %w = concat ...`) computed once, on the host, whatever device the program runs on.
+// projections, `param %w = concat ...`) computed once, on the host, whatever device the program runs on. A start
+// reads them all at once (preload): from a checkpoint, every parameter's stored bytes straight into the buffer the
+// device uploads, a concatenation's parts straight into their places in it, so nothing is copied after reading.
 
 import { DType, dtypeBytes } from '../ir/dtype.ts';
 import { Graph, Value } from '../ir/graph.ts';
@@ -8,6 +10,7 @@ import { Op } from '../ir/ops.ts';
 import { evalRule } from '../ir/semantics.ts';
 import { numel } from '../ir/shape.ts';
 import { encodeBf16, encodeF16 } from '../ir/half.ts';
+import type { ReadRequest, TensorSource } from './safetensors.ts';
 
 /** A parameter as read from a checkpoint: decoded values, and the bytes as stored when there are any. */
 export interface StoredTensor extends HostTensor {
@@ -23,6 +26,52 @@ export class ParamStore {
   readMs = 0;
 
   constructor(private readonly load: ParamLoader) {}
+
+  /**
+   * Reads every parameter `graphs` declare from `source` at once, where it reads many tensors at once (a
+   * checkpoint on disk): each into a buffer of its own, or a part of an axis-0 concatenation into its place in the
+   * concatenation's buffer (shared memory, so that threads may fill them); later tensor() and bytes() calls
+   * return them. Parameters stored in another form than the graph's dtype, and sources without readInto, are left
+   * to be read one by one as asked for.
+   */
+  async preload(graphs: readonly Graph[], source: Pick<TensorSource, 'has' | 'info' | 'readInto'>): Promise<void> {
+    if (!source.readInto) return;
+    const started = performance.now();
+    const requests: ReadRequest[] = [];
+    const planned = new Set<string>();
+    /** Whether parameter `v` is stored in the graph's dtype, so its stored bytes are its device bytes. */
+    const asStored = (g: Graph, v: Value) => {
+      if (g.derivations.has(v) || !source.has(v.name!)) return false;
+      const info = source.info(v.name!);
+      return info.dtype === v.type.dtype && info.byteLength === numel(v.type.shape as number[]) * dtypeBytes[v.type.dtype];
+    };
+    const request = (name: string, into: Uint8Array) => {
+      planned.add(name);
+      requests.push({ name, into });
+      this.encoded.set(name, into);
+    };
+    for (const g of graphs) {
+      for (const v of g.params) {
+        const d = g.derivations.get(v);
+        if (!d || d.op !== Op.Concat || d.attrs.axis !== 0 || planned.has(v.name!)) continue;
+        if (!d.inputs.every((p) => asStored(g, p) && !planned.has(p.name!))) continue;
+        const whole = shared(d.inputs.reduce((n, p) => n + source.info(p.name!).byteLength, 0));
+        let at = 0;
+        for (const p of d.inputs) {
+          const n = source.info(p.name!).byteLength;
+          request(p.name!, whole.subarray(at, at + n));
+          at += n;
+        }
+        planned.add(v.name!);
+        this.encoded.set(v.name!, whole);
+      }
+    }
+    for (const g of graphs) {
+      for (const v of g.params) if (!planned.has(v.name!) && asStored(g, v)) request(v.name!, shared(source.info(v.name!).byteLength));
+    }
+    await source.readInto(requests, (name, t) => this.values.set(name, t));
+    this.readMs += performance.now() - started;
+  }
 
   /** The value of parameter `name` of graph `g`, loaded or derived (once). */
   tensor(g: Graph, name: string): StoredTensor {
@@ -73,6 +122,9 @@ export class ParamStore {
     return b;
   }
 }
+
+/** A buffer worker threads can read into (runtime/tensor-reader.ts reads large checkpoints side by side). */
+const shared = (bytes: number) => new Uint8Array(new SharedArrayBuffer(bytes));
 
 function paramOf(g: Graph, name: string): Value {
   const v = g.params.find((p) => p.name === name);

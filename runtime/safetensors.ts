@@ -1,6 +1,8 @@
 // Reads and writes Hugging Face safetensors files and checkpoints. A file's whole header is checked when it is
 // opened, so a broken checkpoint fails before any compute with an error naming the file and the tensor; tensor bytes
-// are read and decoded only when asked for, so a multi-GB checkpoint never has to sit in memory at once.
+// are read and decoded only when asked for, so a multi-GB checkpoint never has to sit in memory at once. A model's
+// start reads all its weights at once (readInto): each file front to back in large reads, several in flight, straight
+// into the buffers the device uploads from, 16-bit floats as they are stored.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -8,6 +10,7 @@ import { DType } from '../ir/dtype.ts';
 import { formatShape, numel } from '../ir/shape.ts';
 import { decodeBf16, decodeF16, encodeBf16, encodeF16 } from '../ir/half.ts';
 import { checkRegularFile } from './files.ts';
+import { NonFinite, readTensors, ScanKind, TensorReadError } from './tensor-reader.ts';
 
 export { decodeBf16, decodeF16, encodeBf16, encodeF16 };
 
@@ -37,6 +40,14 @@ export interface Tensor {
   readonly shape: number[];
   readonly data: TensorData;
   readonly raw: Uint8Array;
+  /** NaN and ±∞ among its elements where it was scanned as it was read (readInto), null for none. */
+  readonly nonFinite?: NonFinite;
+}
+
+/** A tensor's stored bytes to be read into `into`, which holds exactly its byteLength. */
+export interface ReadRequest {
+  readonly name: string;
+  readonly into: Uint8Array;
 }
 
 /** A name → tensor lookup; single files and sharded checkpoints both are one. */
@@ -47,11 +58,23 @@ export interface TensorSource {
   has(name: string): boolean;
   info(name: string): TensorInfo;
   tensor(name: string): Tensor;
+  /**
+   * Reads the stored bytes of many tensors into the buffers given (each file front to back, in large reads), and
+   * calls `landed` with each tensor (its `raw` the buffer given) once its bytes are all there. Sources held in
+   * memory have none: their tensors are read one by one.
+   */
+  readInto?(requests: readonly ReadRequest[], landed?: (name: string, t: Tensor) => void): Promise<void>;
 }
 
 /** The source, calling `first` the first time each tensor is read (to count or check what loads). */
 export function onFirstRead(src: TensorSource, first: (name: string, t: Tensor) => void): TensorSource {
   const seen = new Set<string>();
+  const once = (name: string, t: Tensor) => {
+    if (seen.has(name)) return;
+    seen.add(name);
+    first(name, t);
+  };
+  const readInto = src.readInto?.bind(src);
   return {
     location: src.location,
     tensors: src.tensors,
@@ -59,12 +82,15 @@ export function onFirstRead(src: TensorSource, first: (name: string, t: Tensor) 
     info: (name) => src.info(name),
     tensor: (name) => {
       const t = src.tensor(name);
-      if (!seen.has(name)) {
-        seen.add(name);
-        first(name, t);
-      }
+      once(name, t);
       return t;
     },
+    ...(readInto ? {
+      readInto: (requests, landed) => readInto(requests, (name, t) => {
+        once(name, t);
+        landed?.(name, t);
+      }),
+    } : {}),
   };
 }
 
@@ -107,6 +133,11 @@ function isStoredDType(s: unknown): s is StoredDType {
 
 function halves(raw: Uint8Array): Uint16Array {
   return new Uint16Array(raw.buffer, raw.byteOffset, raw.length / 2);
+}
+
+/** `raw` where a typed array of `size`-byte elements can view it, else a copy that can. */
+function aligned(raw: Uint8Array, size: number): Uint8Array {
+  return raw.byteOffset % size === 0 ? raw : raw.slice();
 }
 
 function narrowI64(raw: Uint8Array, info: TensorInfo): Int32Array {
@@ -215,7 +246,30 @@ function lookup(location: string, tensors: readonly TensorInfo[]): TensorSource 
     if (!t) throw new WeightsError(`${location}: no tensor '${name}'`);
     return t;
   };
-  return { location, tensors, has: (name) => byName.has(name), info, tensor: (name) => loadTensor(info(name)) };
+  return {
+    location, tensors, has: (name) => byName.has(name), info, tensor: (name) => loadTensor(info(name)),
+    readInto: (requests, landed) => readInto(requests.map((r) => ({ info: info(r.name), into: r.into })), landed),
+  };
+}
+
+/** The scan each stored float format gets as it is read. */
+const scanKinds: Partial<Record<StoredDType, ScanKind>> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
+
+async function readInto(requests: readonly { info: TensorInfo; into: Uint8Array }[], landed?: (name: string, t: Tensor) => void): Promise<void> {
+  for (const { info, into } of requests) {
+    if (into.byteLength !== info.byteLength) {
+      throw new RangeError(`${info.file}: tensor '${info.name}' is ${info.byteLength} bytes, read into a buffer of ${into.byteLength}`);
+    }
+  }
+  const reads = requests.map(({ info, into }) => ({ file: info.file, byteOffset: info.byteOffset, into, scan: scanKinds[info.storedAs], name: info.name }));
+  try {
+    await readTensors(reads, (i, nonFinite) => {
+      const { info, into } = requests[i];
+      landed?.(info.name, storedTensor(info, into, nonFinite));
+    });
+  } catch (e) {
+    throw e instanceof TensorReadError ? new WeightsError(e.message) : e;
+  }
 }
 
 function loadTensor(info: TensorInfo): Tensor {
@@ -226,17 +280,23 @@ function loadTensor(info: TensorInfo): Tensor {
   } finally {
     fs.closeSync(fd);
   }
+  return storedTensor(info, raw);
+}
+
+/** The tensor whose stored bytes are `raw` (which it keeps, and views where it can). */
+function storedTensor(info: TensorInfo, raw: Uint8Array, nonFinite?: NonFinite): Tensor {
+  const scanned = nonFinite === undefined ? {} : { nonFinite };
+  const decode = () => stored[info.storedAs].decode(aligned(raw, stored[info.storedAs].bytes), info);
   // 16-bit floats are widened when `data` is first read: GPU devices upload `raw` as it is and never need it (other
   // dtypes decode at once: a view, or a check that may fail).
-  if (info.storedAs !== 'F16' && info.storedAs !== 'BF16') {
-    return { dtype: info.dtype, shape: [...info.shape], data: stored[info.storedAs].decode(raw, info), raw };
-  }
+  if (info.storedAs !== 'F16' && info.storedAs !== 'BF16') return { dtype: info.dtype, shape: [...info.shape], data: decode(), raw, ...scanned };
   let data: TensorData | undefined;
   return {
     dtype: info.dtype,
     shape: [...info.shape],
-    get data() { return (data ??= stored[info.storedAs].decode(raw, info)); },
+    get data() { return (data ??= decode()); },
     raw,
+    ...scanned,
   };
 }
 

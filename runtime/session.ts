@@ -48,6 +48,31 @@ export interface Timings {
   readonly decodeMsPerToken: number;
 }
 
+/**
+ * Where a session's start went, in milliseconds, as a plain object (openLlamaSession fills it in, the first
+ * generate() adds its first token). Reading weights overlaps opening the device, so the parts may sum to more
+ * than `readyMs`.
+ */
+export interface StartupTimings {
+  /** Tracing and compiling (a miss, or the cache off), or reading the compiled module from the compile cache (a hit). */
+  compileMs: number;
+  compileCache: 'hit' | 'miss' | 'off';
+  /** Reading the weights from the checkpoint into host memory (host devices: their first reads). */
+  readMs: number;
+  /** Opening the device. */
+  openMs: number;
+  /** Loading the program on the device: weights uploaded, kernels compiled or read from their cache (NVRTC, shaders). */
+  uploadMs: number;
+  /** From the start of opening the session until it was ready. */
+  readyMs: number;
+  /** The first generate(): from its call to its first token on the host (the prompt's step). */
+  firstTokenMs?: number;
+  /** From the start of opening the session to the first generate()'s first token. */
+  totalMs?: number;
+  /** performance.now() when opening the session began. */
+  readonly since: number;
+}
+
 /** Reads of the history a generation with stop tokens keeps in flight (each `readEvery` decode steps apart). */
 const STOP_LOOKAHEAD = 4;
 
@@ -66,6 +91,8 @@ export class Session {
   private readonly promptGraph: 'prompt' | 'prefill';
   private readonly promptChunk: number;
   private lastMarks?: { start: Mark; afterPrefill: Mark; end: Mark; decodeSteps: number };
+  /** Where the start went (set by whoever opened the session); the first generate() adds its first token. */
+  startup?: StartupTimings;
 
   constructor(readonly program: Program, opts: SessionOptions = {}) {
     const [prefill, decode] = [this.graph('prefill'), this.graph('decode')];
@@ -121,6 +148,7 @@ export class Session {
     if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) throw new RangeError(`max new tokens must be a whole number ≥ 0, got ${maxNewTokens}`);
     if (maxNewTokens === 0) return [];
     this.checkFits(prompt.length + maxNewTokens - 1);
+    const called = performance.now();
     this.reset();
     const start = this.program.mark();
     this.runPrompt(prompt, sampling);
@@ -131,6 +159,10 @@ export class Session {
     const deliver = (h: HostTensor, upTo: number) => {
       for (let i = tokens.length; i < upTo && !stopped; i++) {
         const t = h.data[prompt.length + i];
+        if (this.startup && this.startup.firstTokenMs === undefined) {
+          const now = performance.now();
+          Object.assign(this.startup, { firstTokenMs: now - called, totalMs: now - this.startup.since });
+        }
         tokens.push(t);
         onToken?.(t);
         stopped = stop.has(t);

@@ -1,11 +1,14 @@
 // Compiling CUDA C at run time with NVRTC (through koffi), for the device's own architecture, with the results
 // cached on disk by a hash of source, options and architecture: a second run compiles nothing and does not even
-// load NVRTC.
+// load NVRTC. Several modules (one per graph) compile at once in worker threads (compileCudaAll): NVRTC is
+// synchronous, so a cold start otherwise waits for each in turn.
 
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import koffi from 'koffi';
 import { loadFirst } from './driver.ts';
 import { CudaCompileError, CudaUnavailableError } from './errors.ts';
@@ -21,8 +24,9 @@ export interface CompiledImage {
 
 const NVRTC_ERROR_INVALID_OPTION = 5;
 
-export const defaultCacheDir = (): string => process.env.TSFUSE_CACHE_DIR
-  ?? path.join(fileURLToPath(new URL('../../', import.meta.url)), '.cache', 'tsfuse', 'cuda');
+/** Where compiled images go: TSFUSE_CACHE_DIR/cuda (beside the compile cache's compile/), else .cache/tsfuse/cuda. */
+export const defaultCacheDir = (): string =>
+  path.join(process.env.TSFUSE_CACHE_DIR || path.join(fileURLToPath(new URL('../../', import.meta.url)), '.cache', 'tsfuse'), 'cuda');
 
 /** Where libnvrtc may be: TSFUSE_LIBNVRTC alone when set, else versioned names and the usual CUDA folders. */
 export function nvrtcCandidates(): string[] {
@@ -82,13 +86,21 @@ export function cacheKey(source: string, cc: number): string {
   return crypto.createHash('sha256').update(`${source}\0${baseOptions.join(' ')}\0sm_${cc}`).digest('hex');
 }
 
-/** The cubin (or PTX) of `source` for compute capability `cc` (e.g. 90), from the cache when it is there. */
-export function compileCuda(source: string, cc: number, name = 'tsfuse.cu', cacheDir = defaultCacheDir()): CompiledImage {
+/** The image of `source` for `cc` from the disk cache, or undefined when it is not there. */
+export function cachedImage(source: string, cc: number, cacheDir = defaultCacheDir()): CompiledImage | undefined {
   const key = cacheKey(source, cc);
   for (const kind of ['cubin', 'ptx'] as const) {
     const file = path.join(cacheDir, `${key}.${kind}`);
     if (fs.existsSync(file)) return { image: new Uint8Array(fs.readFileSync(file)), kind, cached: true, file };
   }
+  return undefined;
+}
+
+/** The cubin (or PTX) of `source` for compute capability `cc` (e.g. 90), from the cache when it is there. */
+export function compileCuda(source: string, cc: number, name = 'tsfuse.cu', cacheDir = defaultCacheDir()): CompiledImage {
+  const cached = cachedImage(source, cc, cacheDir);
+  if (cached) return cached;
+  const key = cacheKey(source, cc);
   let result = compileWith(source, name, `--gpu-architecture=sm_${cc}`, 'cubin');
   // An NVRTC older than the device knows no sm_XY for it: PTX for the virtual architecture, which the driver JITs.
   if (result.code === NVRTC_ERROR_INVALID_OPTION) result = compileWith(source, name, `--gpu-architecture=compute_${cc}`, 'ptx');
@@ -134,3 +146,117 @@ function compileWith(source: string, name: string, arch: string, kind: 'cubin' |
     n.nvrtcDestroyProgram(prog);
   }
 }
+
+// ---- several modules at once ----
+
+/** One module to compile: its CUDA C and a file name for messages. */
+export interface CudaSource {
+  readonly source: string;
+  readonly name: string;
+}
+
+export interface CompileAllOptions {
+  /** Worker threads at most (default: one per module not in the cache, at most the CPUs). */
+  readonly workers?: number;
+  /**
+   * The module whose `compileCuda(source, cc, name, cacheDir)` the workers run: this one by default; tests give a
+   * stand-in to check the plumbing without NVRTC.
+   */
+  readonly compiler?: string | URL;
+}
+
+/**
+ * The images of several modules for compute capability `cc`, in order: those in the disk cache read from it, the
+ * rest compiled at once, each in a worker thread (written to the cache as each is done), so a cold start waits for
+ * the largest module rather than for all of them in turn. The first failure rejects with its error (a
+ * CudaCompileError names the module and holds NVRTC's log).
+ */
+export async function compileCudaAll(sources: readonly CudaSource[], cc: number, cacheDir = defaultCacheDir(),
+  opts: CompileAllOptions = {}): Promise<CompiledImage[]> {
+  const images = sources.map((s) => cachedImage(s.source, cc, cacheDir));
+  const todo = images.flatMap((image, i) => (image ? [] : [i]));
+  if (todo.length === 0) return images as CompiledImage[];
+  const compiler = String(opts.compiler ?? import.meta.url);
+  const workers = Math.max(1, Math.min(todo.length, opts.workers ?? os.availableParallelism()));
+  const pool = Array.from({ length: workers }, () => new Worker(nvrtcWorker, { eval: true, workerData: { compiler, tsx: tsxLoader(compiler) } }));
+  try {
+    await Promise.all(pool.map(async (worker) => {
+      for (let i = todo.shift(); i !== undefined; i = todo.shift()) {
+        images[i] = await ask(worker, { source: sources[i].source, name: sources[i].name, cc, cacheDir });
+      }
+    }));
+  } finally {
+    await Promise.all(pool.map((w) => w.terminate()));
+  }
+  return images as CompiledImage[];
+}
+
+/** Sends one module to a worker; resolves with its image, rejects with its error (of the class it had). */
+function ask(worker: Worker, job: { source: string; name: string; cc: number; cacheDir: string }): Promise<CompiledImage> {
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      worker.off('message', onMessage);
+      worker.off('error', onError);
+      worker.off('exit', onExit);
+    };
+    const onMessage = (m: { image?: CompiledImage; error?: { name: string; message: string } }) => {
+      done();
+      if (m.image) resolve(m.image);
+      else reject(rebuild(m.error!));
+    };
+    const onError = (e: Error) => {
+      done();
+      reject(e);
+    };
+    const onExit = (code: number) => {
+      done();
+      reject(new Error(`the NVRTC worker compiling ${job.name} stopped (exit code ${code})`));
+    };
+    worker.on('message', onMessage);
+    worker.on('error', onError);
+    worker.on('exit', onExit);
+    worker.postMessage(job);
+  });
+}
+
+function rebuild(e: { name: string; message: string }): Error {
+  const made = e.name === 'CudaCompileError' ? new CudaCompileError(e.message)
+    : e.name === 'CudaUnavailableError' ? new CudaUnavailableError(e.message) : new Error(e.message);
+  if (made.name !== e.name) made.name = e.name;
+  return made;
+}
+
+/**
+ * tsx's loader, for a worker that imports a TypeScript module (this one in a checkout; a worker thread does not
+ * inherit the main thread's loaders); undefined for JavaScript (dist/).
+ */
+function tsxLoader(module: string): string | undefined {
+  if (!/\.m?ts$/.test(module)) return undefined;
+  try {
+    return import.meta.resolve('tsx/esm/api');
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A worker: imports the compiler module (tsx registered first where it is TypeScript), then compiles each module it
+ * is sent and posts back the image (its bytes moved, not copied) or the error.
+ */
+const nvrtcWorker = `
+const { parentPort, workerData } = require('node:worker_threads');
+const loaded = (async () => {
+  if (workerData.tsx) (await import(workerData.tsx)).register();
+  return import(workerData.compiler);
+})();
+parentPort.on('message', async (job) => {
+  try {
+    const { compileCuda } = await loaded;
+    const image = compileCuda(job.source, job.cc, job.name, job.cacheDir);
+    const bytes = image.image.byteOffset === 0 && image.image.byteLength === image.image.buffer.byteLength ? image.image : image.image.slice();
+    parentPort.postMessage({ image: { ...image, image: bytes } }, [bytes.buffer]);
+  } catch (e) {
+    parentPort.postMessage({ error: { name: (e && e.name) || 'Error', message: String((e && e.message) || e) } });
+  }
+});
+`;

@@ -1,11 +1,13 @@
 // The compile cache (compiler/compile-cache.ts): a second start with the same model and options reads the compiled
 // module back (nothing traced) and it is the module compiling gives — the same fused IR, memory plan, kernel IR and
-// generated code, NaN and infinite literals included; a change of options, of the pass context or of the entry's
-// contents misses; a corrupt entry is ignored and written again; the cache can be turned off.
+// generated code, NaN, −0 and infinite literals included; a change of options, of the pass context or of the entry's
+// contents misses; a corrupt entry is ignored and written again; the cache can be turned off. A session opened
+// twice says so in its start timings (cold, then warm), and the first generate() adds its first token.
 
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { printJs } from '../../backends/cpu/render-js.ts';
@@ -13,13 +15,16 @@ import { printCudaModule } from '../../backends/cuda/render-cuda.ts';
 import { cpuCaps, cudaCaps, webgpuCaps } from '../../backends/device-caps.ts';
 import { scheduleKernel } from '../../backends/schedule.ts';
 import { printWgsl } from '../../backends/wgsl/render-wgsl.ts';
-import { CacheOptions, compileCached, compileCacheDir, compileCacheEnabled } from '../../compiler/compile-cache.ts';
+import { CacheOptions, compileCached, compileCacheDir, compileCacheEnabled, tsfuseVersion } from '../../compiler/compile-cache.ts';
 import { CompiledModule, compileModule } from '../../compiler/compile-module.ts';
+import { scalar, trace, where } from '../../compiler/index.ts';
+import { openLlamaSession } from '../../compiler/open-session.ts';
 import { traceLlama } from '../../examples/llama.ts';
 import { DType } from '../../ir/dtype.ts';
 import { Module } from '../../ir/graph.ts';
 import { printModule } from '../../ir/printer.ts';
 import { builtinConfig } from '../../runtime/config.ts';
+import { loadLlama } from '../../runtime/llama.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-compile-cache-'));
 test.after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -112,6 +117,52 @@ test('with the cache off nothing is read or written', () => {
   const again = compileTiny(options, { dir: off, enabled: false });
   assert.is(r.hit || again.hit, false);
   assert.equal(fs.readdirSync(off), []);
+});
+
+test('NaN, −0 and ±∞ read back as they were, wherever they are (IR literals, kernel constants)', () => {
+  const specials = (): Module => ({
+    graphs: [trace('specials', [{ name: 'x', dtype: DType.F32, shape: [4, 8] }], (x) =>
+      where(x.gt(0), x.mul(-0), scalar(-Infinity)).add(x.mul(Number.NaN)).maximum(scalar(Infinity)).sum(1))],
+  });
+  const what = { test: 'specials', nonce: Math.random() };
+  const cold = compileCached(what, specials, { dir });
+  const warm = compileCached(what, specials, { dir });
+  assert.is(cold.hit, false);
+  assert.is(warm.hit, true);
+  const text = fingerprint(warm.module);
+  for (const literal of ['-0', 'NaN', '-Infinity', 'Infinity']) assert.ok(text.includes(literal), `${literal} in the module`);
+  assert.is(text, fingerprint(compileModule(specials())));
+});
+
+test('the key holds tsfuse\'s version', () => {
+  const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  assert.is(tsfuseVersion(), pkg.version);
+});
+
+test('a session opened twice starts cold, then warm; another option misses; the first token is timed', async () => {
+  const model = loadLlama(fileURLToPath(new URL('../../../shared/fixtures/tiny-llama', import.meta.url)));
+  const sessionDir = fs.mkdtempSync(path.join(dir, 'session-'));
+  const open = (sampling: boolean, enabled = true) => openLlamaSession(model, { backend: 'cpu', cacheLength: 12, sampling, compileCache: { dir: sessionDir, enabled } });
+  const starts = [];
+  for (const [sampling, enabled] of [[false, true], [false, true], [true, true], [false, false]]) {
+    const session = await open(sampling, enabled);
+    try {
+      const s = session.startup!;
+      assert.ok(s.compileMs > 0 && s.readMs >= 0 && s.uploadMs >= 0 && s.readyMs >= s.compileMs, JSON.stringify(s));
+      assert.is(s.firstTokenMs, undefined, 'no token yet');
+      const tokens = await session.generate([5, 9, 13], 3);
+      assert.is(tokens.length, 3);
+      assert.ok(s.firstTokenMs! > 0 && s.totalMs! >= s.readyMs + s.firstTokenMs!, JSON.stringify(s));
+      const again = { ...s };
+      await session.generate([5, 9, 13], 3);
+      assert.equal({ ...s }, again, 'only the first generate() is the first token');
+      starts.push(s.compileCache);
+    } finally {
+      session.close();
+    }
+  }
+  assert.equal(starts, ['miss', 'hit', 'miss', 'off']);
+  assert.is(fs.readdirSync(sessionDir).filter((f) => f.endsWith('.json')).length, 2, 'one entry per option set; none with the cache off');
 });
 
 test('TSFUSE_CACHE_DIR moves the cache and TSFUSE_NO_CACHE=1 turns it off', () => {

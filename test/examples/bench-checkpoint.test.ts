@@ -74,10 +74,11 @@ test('the report: one table without --compare; with peers, a column pair each an
   const ts: TsfuseResult = {
     device: 'GPU (sm_90)', setupMs: 1000, modulesCompiled: 2, decodeEventMs: 1, decodeWallMs: 1.1, replayMs: 0.9,
     prefillEventMs: 2, prefillWallMs: 3, kernelsPerToken: 50, copyBandwidth: 4e12, weightBytes: 2e9,
-    tokens: [5, 6, 7], logits: new Float32Array(4 * vocab).fill(1), deterministic: true,
+    tokens: [5, 6, 7], logits: new Float32Array(4 * vocab).fill(1), deterministic: true, cacheLength: 2048, kvDType: 'bf16',
   };
   const alone = report(ts, [], options(tmp), tmp);
   assert.match(alone, '| decode ms per token, CUDA events');
+  assert.match(alone, '- tsfuse: KV cache of 2048 positions in bf16');
   assert.match(alone, '50.0 %'); // 2 GB per ms is 2 TB/s, half the copy bandwidth
   assert.not.match(alone, 'tsfuse against');
   assert.is(alone.split('\n').find((l) => l.startsWith('| decode ms per token, CUDA events'))!.split('|').length, 4, 'two columns');

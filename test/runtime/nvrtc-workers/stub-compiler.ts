@@ -1,0 +1,25 @@
+// A stand-in for runtime/cuda/nvrtc.ts's compileCuda, run by compileCudaAll's worker threads in tests: each call
+// marks that it started (a file in the cache folder), waits until `expected` calls have started or two seconds have
+// passed, and "compiles" to the module's name and how many calls it saw running, written to the cache as NVRTC's
+// results are. A source containing BROKEN fails as NVRTC would.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { cacheKey, CompiledImage } from '../../../runtime/cuda/nvrtc.ts';
+import { CudaCompileError } from '../../../runtime/cuda/errors.ts';
+
+const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+
+export function compileCuda(source: string, cc: number, name: string, cacheDir: string): CompiledImage {
+  if (source.includes('BROKEN')) throw new CudaCompileError(`NVRTC could not compile ${name} for sm_${cc}: NVRTC_ERROR_COMPILATION\n${name}(1): error: BROKEN`);
+  const expected = Number(/expected (\d+)/.exec(source)?.[1] ?? 1);
+  fs.mkdirSync(cacheDir, { recursive: true });
+  fs.writeFileSync(path.join(cacheDir, `started-${name}`), '');
+  const started = Date.now();
+  let running = 0;
+  while ((running = fs.readdirSync(cacheDir).filter((f) => f.startsWith('started-')).length) < expected && Date.now() - started < 2000) sleep(10);
+  const image = new TextEncoder().encode(`${name} compiled for sm_${cc}, ${running} running`);
+  const file = path.join(cacheDir, `${cacheKey(source, cc)}.cubin`);
+  fs.writeFileSync(file, image);
+  return { image, kind: 'cubin', cached: false, file };
+}
