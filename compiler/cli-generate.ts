@@ -6,7 +6,8 @@
 import { DeviceKind } from '../runtime/device.ts';
 import { checkLength, LoadedLlama } from '../runtime/llama.ts';
 import { Sampling, StartupTimings } from '../runtime/session.ts';
-import { openLlamaSession } from './open-session.ts';
+import { kvCacheDType, openLlamaSession } from './open-session.ts';
+import { DType } from '../ir/dtype.ts';
 import { showProgress, step, withWeightProgress } from '../runtime/progress.ts';
 import { loadTokenizer, TextStream, TextTokenizer } from '../runtime/tokenizer.ts';
 import { loadLlama } from '../runtime/llama.ts';
@@ -32,6 +33,7 @@ export const generateCommand = defineCommand({
     json: { ...jsonOption, help: 'print one line of JSON at the end: tokens, text, prefillMs, msPerToken, tokensPerSecond, start (where the start went)' },
     'ignore-eos': { type: 'boolean', default: false, help: "go on past the model's end-of-sequence tokens (eos_token_id)" },
     'no-cache': { type: 'boolean', default: false, help: 'compile again rather than read the compile cache (TSFUSE_CACHE_DIR)' },
+    'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: bf16/f16 on cuda for 16-bit weights, else f32)' },
   },
   async run(values) {
     if (values['no-cache']) process.env.TSFUSE_NO_CACHE = '1';
@@ -45,6 +47,14 @@ export const generateCommand = defineCommand({
     };
     if (sampling.topP > 1) throw new UsageError(`--top-p must be between 0 and 1, got '${values['top-p']}'`);
     const backend = checkBackend(values.backend);
+    const kv = values['kv-dtype'];
+    if (kv !== undefined && !['f32', 'bf16', 'f16'].includes(kv)) throw new UsageError(`--kv-dtype must be f32, bf16 or f16, got '${kv}'`);
+    let kvDType: DType | undefined;
+    try {
+      kvDType = kv === undefined ? undefined : kvCacheDType(backend, DType.F32, kv as DType);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
     const dir = checkModelDir(values.model);
     const model = loadLlama(dir);
     let tokenizer;
@@ -54,7 +64,7 @@ export const generateCommand = defineCommand({
     }
     const ids = tokenizer ? tokenizer.encode(values.prompt!) : parseIds(values.ids);
     if (ids.length === 0) throw new UsageError('--prompt encodes to no tokens');
-    await runGenerate({ model, backend, ids, tokenizer, maxNewTokens: maxNew, sampling, json: values.json, ignoreEos: values['ignore-eos'] });
+    await runGenerate({ model, backend, ids, tokenizer, maxNewTokens: maxNew, sampling, json: values.json, ignoreEos: values['ignore-eos'], kvDType });
   },
 });
 
@@ -72,6 +82,8 @@ export interface GenerateRequest {
   readonly writeStats?: (text: string) => void;
   /** Generate past the model's EOS tokens (else generation ends at the first, as Hugging Face's does). */
   readonly ignoreEos?: boolean;
+  /** What the KV cache stores (default: open-session's kvCacheDType). */
+  readonly kvDType?: DType;
 }
 
 export interface GenerateTiming {
@@ -90,7 +102,7 @@ export async function runGenerate(req: GenerateRequest): Promise<void> {
   let session;
   try {
     session = await openLlamaSession(model, {
-      backend: req.backend, cacheLength: req.ids.length + req.maxNewTokens, sampling: (req.sampling.temperature ?? 0) > 0,
+      backend: req.backend, cacheLength: req.ids.length + req.maxNewTokens, sampling: (req.sampling.temperature ?? 0) > 0, kvDType: req.kvDType,
     });
   } finally {
     bar.stop();

@@ -5,6 +5,7 @@
 // when asked; CUDA (the fake one here, the GPU where there is one) does it by default for 16-bit weights; WebGPU
 // refuses it by name.
 
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -60,6 +61,16 @@ choice('16-bit by default on CUDA for 16-bit weights, f32 elsewhere; asked for, 
   assert.is(kvCacheDType('cpu', DType.F32, DType.F16), DType.F16);
   assert.throws(() => kvCacheDType('webgpu', DType.BF16, DType.BF16), (e: Error) => e instanceof KvDTypeError && /webgpu backend keeps the KV cache in f32/.test(e.message));
   assert.throws(() => kvCacheDType('cpu', DType.BF16, DType.I32), /--kv-dtype i32: expected f32, bf16 or f16/);
+});
+choice('generate --kv-dtype: refused by name where the backend cannot, or for an unknown dtype', () => {
+  const root = fileURLToPath(new URL('../../', import.meta.url));
+  const run = (...args: string[]) => spawnSync(process.execPath, [path.join(root, 'bin/tsfuse.mjs'), 'generate', '--model', dir, '--ids', '5,9', '--max-new-tokens', '2', ...args], { encoding: 'utf8' });
+  const webgpu = run('--backend', 'webgpu', '--kv-dtype', 'bf16');
+  assert.is(webgpu.status, 1);
+  assert.is(webgpu.stderr.trim(), 'tsfuse generate: --kv-dtype bf16: the webgpu backend keeps the KV cache in f32 (its kernels do not store packed 16-bit values)');
+  const unknown = run('--backend', 'cpu', '--kv-dtype', 'q8');
+  assert.is(unknown.status, 1);
+  assert.is(unknown.stderr.trim(), "tsfuse generate: --kv-dtype must be f32, bf16 or f16, got 'q8'");
 });
 choice.run();
 
