@@ -16,6 +16,8 @@ import { printModule } from '../ir/printer.ts';
 import { builtinConfig, LlamaConfig } from '../runtime/config.ts';
 import { traceLlama } from '../examples/llama.ts';
 import { compileCached } from './compile-cache.ts';
+import { kvCacheDType } from './kv-dtype.ts';
+import type { DeviceKind } from '../runtime/device.ts';
 import { compileModule } from './compile-module.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
 import { passNames, prefusionPasses, runPipeline } from './passes/pipeline.ts';
@@ -51,6 +53,7 @@ export const compileCommand = defineCommand({
     'dump-kernels': { type: 'string', value: 'DIR', help: 'write each kernel\'s source for the backend and its schedule (NAME.schedule)' },
     'dump-schedule': { type: 'boolean', default: false, help: 'print every kernel\'s schedule for the backend' },
     'cache-length': { type: 'string', value: 'N', help: 'KV-cache positions (default: the model\'s context, at most 2048)' },
+    'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: as generate: bf16/f16 on cuda for 16-bit weights, else f32)' },
     'prompt-length': { type: 'string', default: '32', value: 'N', help: 'prompt length S assumed in byte counts' },
     'no-cache': { type: 'boolean', default: false, help: 'compile again rather than read the compile cache (TSFUSE_CACHE_DIR)' },
     entry: { type: 'string', value: 'NAME', help: 'model scripts: the exported function to compile (default: the only one)' },
@@ -81,9 +84,19 @@ export const compileCommand = defineCommand({
     if ((values.model === undefined) === (values.config === undefined)) throw new UsageError('give one of --model DIR or --config NAME (built-in: llama-3.2-1b)');
     const model = values.model !== undefined ? loadLlama(checkModelDir(values.model)) : undefined;
     const cfg = model?.cfg ?? builtinLlama(values.config!);
+    const weightDType = model?.weightDType ?? DType.BF16;
+    const kv = values['kv-dtype'];
+    if (kv !== undefined && !['f32', 'bf16', 'f16'].includes(kv)) throw new UsageError(`--kv-dtype must be f32, bf16 or f16, got '${kv}'`);
+    let kvDType: DType;
+    try {
+      kvDType = kvCacheDType(backend as DeviceKind, weightDType, kv as DType | undefined);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
     runCompile({
       cfg,
-      weightDType: model?.weightDType ?? DType.BF16,
+      weightDType,
+      kvDType,
       cacheLength: values['cache-length'] ? positiveInt(values['cache-length'], '--cache-length') : Math.min(cfg.maxPositionEmbeddings, 2048),
       backend,
       dumpIr: values['dump-ir'],
@@ -128,6 +141,8 @@ async function importScriptCompiler() {
 export interface CompileRequest {
   readonly cfg: LlamaConfig;
   readonly weightDType: DType;
+  /** What the KV cache stores (as a session on the backend would). */
+  readonly kvDType?: DType;
   readonly cacheLength: number;
   readonly backend: string;
   /** 'final', 'all', or 'after:<pass>'; undefined prints no IR. */
@@ -166,7 +181,8 @@ export function runCompile(req: CompileRequest): void {
     dims: new Map([['S', req.promptLength]]),
     explain: req.explainFusion ? (pass, line) => explained.push(`[${pass}] ${line}`) : undefined,
   };
-  const traceOpts = { weightDType: req.weightDType, cacheLength: req.cacheLength, sampling: false };
+  // The options a session's trace has (compiler/open-session.ts), so that this compile warms the cache for it.
+  const traceOpts = { weightDType: req.weightDType, cacheLength: req.cacheLength, sampling: false, kvDType: req.kvDType ?? DType.F32 };
   const trace = () => traceLlama(req.cfg, traceOpts);
   const after = (pass: string, m: Module) => {
     if (dump.all || dump.after === pass) process.stdout.write(`# after ${pass}\n${printModule(m)}\n`);

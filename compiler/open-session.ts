@@ -15,6 +15,9 @@ import { ParamStore } from '../runtime/params.ts';
 import { step } from '../runtime/progress.ts';
 import { Session, SessionOptions, type StartupTimings } from '../runtime/session.ts';
 import { CacheOptions, compileCached } from './compile-cache.ts';
+import { kvCacheDType } from './kv-dtype.ts';
+
+export { kvCacheDType, KvDTypeError } from './kv-dtype.ts';
 import { compileModule } from './compile-module.ts';
 
 export interface OpenSessionOptions extends DeviceOptions, SessionOptions {
@@ -36,26 +39,6 @@ export const DEFAULT_PROMPT_CHUNK = 1024;
 
 /** Where a session's start went, in milliseconds (session.startup, before the first token). */
 export type StartTimings = Readonly<Omit<StartupTimings, 'firstTokenMs' | 'totalMs'>>;
-
-/**
- * The dtype a session's KV cache stores. Asked for: that, but 16-bit on WebGPU (its kernels store no packed 16-bit
- * values) is refused. Not asked for: on CUDA the weights' precision where it is 16-bit (attention then reads half
- * the bytes; logits within 1e-2 of float32, test/e2e/kv-dtype.test.ts), elsewhere f32 (the CPU is the oracle the
- * fixtures check to 1e-4).
- */
-export function kvCacheDType(backend: DeviceKind, weights: DType, asked?: DType): DType {
-  if (asked !== undefined) {
-    if (![DType.F32, DType.BF16, DType.F16].includes(asked)) throw new KvDTypeError(`--kv-dtype ${asked}: expected f32, bf16 or f16`);
-    if (asked !== DType.F32 && backend === 'webgpu') throw new KvDTypeError(`--kv-dtype ${asked}: the webgpu backend keeps the KV cache in f32 (its kernels do not store packed 16-bit values)`);
-    return asked;
-  }
-  return backend === 'cuda' && (weights === DType.BF16 || weights === DType.F16) ? weights : DType.F32;
-}
-
-/** A KV-cache dtype the backend cannot store. */
-export class KvDTypeError extends Error {
-  override name = 'KvDTypeError';
-}
 
 /** The module as a device runs it: compiled into kernels, or traced graphs for the reference interpreter. */
 export function lowerFor(backend: DeviceKind, m: Module): LoweredModule {
