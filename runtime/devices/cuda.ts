@@ -8,7 +8,7 @@
 // memory and an event, polled without blocking (so reads in flight never stall what is queued after them).
 
 import { evalSize, KernelIR, KExpr } from '../../backends/kernel-ir.ts';
-import { CUDA_BLOCK, renderCudaModule } from '../../backends/cuda/render-cuda.ts';
+import { CUDA_BLOCK, CudaFunction, CudaModule, renderCudaModule } from '../../backends/cuda/render-cuda.ts';
 import { cudaCaps, DeviceCaps } from '../../backends/device-caps.ts';
 import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
 import { DType } from '../../ir/dtype.ts';
@@ -17,7 +17,7 @@ import { allocHost, HostTensor } from '../../ir/host-tensor.ts';
 import { numel } from '../../ir/shape.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from '../cuda/driver.ts';
 import { CudaUnavailableError } from '../cuda/errors.ts';
-import { compileCuda, CompiledImage } from '../cuda/nvrtc.ts';
+import { compileCudaAll, CompiledImage } from '../cuda/nvrtc.ts';
 import { BufferKey, bufferKey, checkSizes, planBuffers, Device, gemmFlops, kernelBytes, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
@@ -52,9 +52,27 @@ export class CudaDevice implements Device {
     this.caps = driver.overlapLaunches ? caps : { ...caps, dependentLaunch: false };
   }
 
-  load(module: LoweredModule, params: ParamStore, opts: LoadOptions): CudaProgram {
-    const p = new CudaProgram(this, module, params, opts);
+  /**
+   * Renders every graph's module and compiles those not in the disk cache at once, in worker threads, while the
+   * weights upload; then loads the images.
+   */
+  async load(module: LoweredModule, params: ParamStore, opts: LoadOptions): Promise<CudaProgram> {
+    const rendered = module.graphs.filter((lg) => lg.kernels.length > 0).map((lg) => ({ lg, ...renderCudaModule(lg.kernels, `${lg.graph.name}_`, this.caps) }));
+    const compiling = compileCudaAll(rendered.map((r) => ({ source: r.source, name: `${r.lg.graph.name}.cu` })), this.driver.info.computeCapability, this.opts.cacheDir);
+    let p: CudaProgram;
+    try {
+      p = new CudaProgram(this, module, params, opts);
+    } catch (e) {
+      await compiling.catch(() => {});
+      throw e;
+    }
     this.programs.add(p);
+    try {
+      p.link(rendered, await compiling);
+    } catch (e) {
+      p.destroy();
+      throw e;
+    }
     return p;
   }
 
@@ -131,10 +149,17 @@ export class CudaProgram implements Program {
     }
     try {
       this.allocate(params);
-      for (const lg of module.graphs) this.graphs.set(lg.graph.name, { lowered: lg, kernels: this.compile(lg), args: new Map() });
     } catch (e) {
       this.destroy();
       throw e;
+    }
+  }
+
+  /** The graphs' modules, rendered and compiled (CudaDevice.load), loaded and bound to their kernels. */
+  link(rendered: readonly ({ readonly lg: LoweredGraph } & CudaModule)[], images: readonly CompiledImage[]): void {
+    for (const lg of this.module.graphs) {
+      const at = rendered.findIndex((r) => r.lg === lg);
+      this.graphs.set(lg.graph.name, { lowered: lg, kernels: at < 0 ? [] : this.loadModule(lg, rendered[at].functions, images[at]), args: new Map() });
     }
   }
 
@@ -375,13 +400,9 @@ export class CudaProgram implements Program {
     this.cuda.synchronize();
   }
 
-  /** One module per graph (kernels with equal bodies share a function), from the disk cache where it is there. */
-  private compile(lg: LoweredGraph): CudaKernel[] {
-    if (lg.kernels.length === 0) return [];
-    const g = lg.graph.name;
-    const { source, functions } = renderCudaModule(lg.kernels, `${g}_`, this.device.caps);
-    const image = compileCuda(source, this.cuda.info.computeCapability, `${g}.cu`, this.device.opts.cacheDir);
-    this.images.set(g, image);
+  /** A graph's compiled module loaded; kernels with equal bodies share a function. */
+  private loadModule(lg: LoweredGraph, functions: readonly CudaFunction[], image: CompiledImage): CudaKernel[] {
+    this.images.set(lg.graph.name, image);
     const mod = this.cuda.loadModule(image.image);
     this.modules.push(mod);
     const fns = new Map<string, Handle>();
