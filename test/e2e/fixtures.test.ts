@@ -7,6 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
+import { DType } from '../../ir/dtype.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { DeviceKind, isDeviceKind } from '../../runtime/device.ts';
 import { Session } from '../../runtime/session.ts';
@@ -21,6 +22,11 @@ const greedyTokens = 32;
 
 /** Largest allowed ‖ours − ref‖ / ‖ref‖ per position (fixtures/README.md: 1e-4 on the CPU, 1e-3 on a GPU). */
 const tolerance: Record<DeviceKind, number> = { cpu: 1e-4, reference: 1e-4, webgpu: 1e-3, cuda: 1e-3 };
+/**
+ * CUDA's prompt GEMMs of 16 rows and more run on bf16 matrix units, the activations rounded to bf16 (README:
+ * 1e-2 of float32, as the bf16 weights' own rounding): 3.1e-3 on the H200 for the bf16 fixture's 24 tokens.
+ */
+const matrixUnitTolerance = 1e-2;
 
 interface Golden {
   readonly inputIds: number[];
@@ -66,16 +72,18 @@ for (const name of selected) {
     const golden = readGolden(dir);
     // One session per fixture, its cache long enough for the prompt and the greedy tokens.
     let session: Promise<Session> | undefined;
-    const open = () => (session ??= openLlamaSession(loadLlama(dir), { backend: name, cacheLength: golden.inputIds.length + greedyTokens }));
+    // A float32 KV cache (CUDA's default for 16-bit weights is theirs: test/e2e/kv-dtype.test.ts holds that to 1e-2).
+    const open = () => (session ??= openLlamaSession(loadLlama(dir), { backend: name, cacheLength: golden.inputIds.length + greedyTokens, kvDType: DType.F32 }));
     let logits: Promise<Float32Array> | undefined;
     const ourLogits = () => (logits ??= open().then(async (r) => (await r.logits(golden.inputIds)).data as Float32Array));
 
-    s(`${fixture}: logits at every position within ${backend.tolerance} relative error`, async () => {
+    const bound = name === 'cuda' && loadLlama(dir).weightDType === DType.BF16 ? matrixUnitTolerance : backend.tolerance;
+    s(`${fixture}: logits at every position within ${bound} relative error`, async () => {
       const ours = await ourLogits();
       assert.is(ours.length, golden.logits.length, 'logits size');
       golden.inputIds.forEach((_, i) => {
         const err = relativeError(row(ours, golden.vocab, i), row(golden.logits, golden.vocab, i));
-        assert.ok(err < backend.tolerance, `position ${i}: relative error ${err.toExponential(2)}`);
+        assert.ok(err < bound, `position ${i}: relative error ${err.toExponential(2)}`);
       });
     });
 
