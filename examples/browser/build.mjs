@@ -1,6 +1,7 @@
 // Bundles the browser page (examples/browser/main.ts → examples/browser/dist/main.js) with esbuild. Node-only
 // modules stay out: Dawn's device opener and the stack-frame source locator are replaced by browser stand-ins, and
-// the node: built-ins that config.ts and safetensors.ts import for their file readers by an empty module. Exits
+// the node: built-ins that config.ts, safetensors.ts and tensor-reader.ts import for their file readers by an empty
+// module. Exits
 // non-zero if the bundle would still hold webgpu, koffi or any Node module.
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,7 +13,7 @@ const stub = (name) => path.join(here, 'stubs', name);
 const browserStandIns = {
   name: 'browser-stand-ins',
   setup(build) {
-    build.onResolve({ filter: /^node:(fs|path|url|module)$/ }, () => ({ path: stub('node-builtin.ts') }));
+    build.onResolve({ filter: /^node:(fs|path|url|module|os|worker_threads)$/ }, () => ({ path: stub('node-builtin.ts') }));
     build.onResolve({ filter: /\/source-location\.ts$/ }, () => ({ path: stub('source-location.ts') }));
     build.onResolve({ filter: /\/webgpu\/device\.ts$/ }, () => ({ path: stub('dawn.ts') }));
     build.onResolve({ filter: /^(webgpu|koffi|ts-morph)$|^node:/ }, (a) => ({ errors: [{ text: `${a.path} must not reach the browser bundle (imported by ${a.importer})` }] }));
