@@ -65,7 +65,7 @@ export function lowerGraph(g: Graph, slotOf: ReadonlyMap<Value, number>, lowered
       return { ...hit.ir, name: k.name, fused: lines[i], buffers };
     }
     const ir = new KernelLowering(g, k, slotOf).lower(ios[i].writes, lines[i]);
-    const classes = shape && ir.buffers.map((b) => shape.classOf.get(JSON.stringify(b.binding)));
+    const classes = shape && ir.buffers.map((b) => shape.classOf.get(bindingKey(b.binding)));
     if (shape && classes?.every((c) => c !== undefined)) lowered.set(shape.key, { ir, classes: classes as number[] });
     return ir;
   });
@@ -75,25 +75,29 @@ export function lowerGraph(g: Graph, slotOf: ReadonlyMap<Value, number>, lowered
  * What lowering a kernel depends on, as text: its nodes (ops, attributes, types, and operands by position inside
  * the kernel or by order of first read outside it), what it writes, and which of the values it reads or writes
  * share a buffer; not which buffers they are. Also those bindings, in order, and the class (position of the first
- * equal binding) of each binding by its JSON. Undefined for kernels with custom ops (their lowering rules may read
- * anything), or when a binding cannot be made (lowering then reports it).
+ * equal binding) of each binding by its bindingKey. Undefined for kernels with custom ops (their lowering rules may
+ * read anything), or when a binding cannot be made (lowering then reports it).
  */
 function kernelShape(g: Graph, k: Kernel, io: { readonly reads: readonly Value[]; readonly writes: readonly Value[] },
   slotOf: ReadonlyMap<Value, number>): { key: string; bindings: Binding[]; classOf: Map<string, number> } | undefined {
   if (k.nodes.some((n) => customLowerings.has(n.op))) return undefined;
-  const position = new Map<Value, number>();
-  k.nodes.forEach((n, i) => { if (!position.has(n.output)) position.set(n.output, i); });
-  const outside = new Map(io.reads.map((v, i) => [v, i]));
-  const ref = (v: Value) => (position.has(v) ? `#${position.get(v)}` : `$${outside.get(v)}`);
+  // Each operand by position: `#i` computed by the kernel's i-th node, `$j` the j-th value it reads.
+  const refs = new Map<Value, string>();
+  io.reads.forEach((v, j) => refs.set(v, `$${j}`));
+  k.nodes.forEach((n, i) => refs.set(n.output, `#${i}`));
   const parts: string[] = [k.attrs.kind];
-  for (const n of k.nodes) parts.push(`${n.op} ${printAttrs(n.attrs)} ${formatType(n.output.type)} ${n.inputs.map(ref).join(',')}`);
+  for (const n of k.nodes) {
+    let operands = '';
+    for (let i = 0; i < n.inputs.length; i++) operands += `${i ? ',' : ''}${refs.get(n.inputs[i])}`;
+    parts.push(`${n.op} ${printAttrs(n.attrs)} ${formatType(n.output.type)} ${operands}`);
+  }
   const bindings: Binding[] = [];
   const classOf = new Map<string, number>();
   const bind = (b: Binding) => {
-    const json = JSON.stringify(b);
-    if (!classOf.has(json)) classOf.set(json, bindings.length);
+    const key = bindingKey(b);
+    if (!classOf.has(key)) classOf.set(key, bindings.length);
     bindings.push(b);
-    return `${b.kind}:${classOf.get(json)}`;
+    return `${b.kind}:${classOf.get(key)}`;
   };
   try {
     for (const v of io.reads) {
@@ -104,7 +108,7 @@ function kernelShape(g: Graph, k: Kernel, io: { readonly reads: readonly Value[]
       const p = v.producer!;
       const outputs = g.outputs.flatMap((o, j) => (o === v ? [j] : []));
       const bs: Binding[] = p.op !== Op.UpdateSlice && outputs.length ? outputs.map((index) => ({ kind: 'output', index })) : [bindingOf(g, k, v, slotOf)];
-      parts.push(`write ${ref(v)} ${bs.map(bind).join(',')}`);
+      parts.push(`write ${refs.get(v)} ${bs.map(bind).join(',')}`);
     }
   } catch (e) {
     if (e instanceof LoweringError) return undefined;
@@ -883,4 +887,9 @@ function exprSizeAtLeast(e: KExpr, n: number): boolean {
   };
   visit(e);
   return left <= 0;
+}
+
+/** A binding as text: equal for equal bindings. */
+function bindingKey(b: Binding): string {
+  return `${b.kind}:${b.kind === 'output' ? b.index : b.kind === 'temp' ? b.slot : b.name}`;
 }

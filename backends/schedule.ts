@@ -220,6 +220,7 @@ function alike(a: KernelIR, b: KernelIR): boolean {
   });
 }
 
+/** Options that schedule alike (an option added to ScheduleOptions must be compared here too). */
 function sameSplit(a: ScheduleOptions, b: ScheduleOptions): boolean {
   const [x, y] = [a.splitBuffers ?? new Set<number>(), b.splitBuffers ?? new Set<number>()];
   return x.size === y.size && [...x].every((i) => y.has(i));

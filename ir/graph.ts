@@ -130,7 +130,7 @@ export class Graph {
 
   setState(state: Value, value: Value): void {
     if (state.kind !== 'state') throw new GraphError(`${state.name ?? 'value'} is not a state tensor`);
-    this.stateUpdates = this.stateUpdates.filter((u) => u.state !== state);
+    if (this.stateUpdates.some((u) => u.state === state)) this.stateUpdates = this.stateUpdates.filter((u) => u.state !== state);
     this.stateUpdates.push({ state, value });
   }
 
@@ -176,10 +176,10 @@ export function inferType(op: string, inputs: readonly TensorType[], attrs: Attr
   if (d.arity === 'variadic' ? inputs.length < 1 : inputs.length !== d.arity) {
     throw new GraphError(`${op} takes ${d.arity === 'variadic' ? 'one or more' : d.arity} operands, got ${inputs.length}`);
   }
-  for (const [k, kind] of Object.entries(d.attrs)) {
-    if (!(k in attrs)) throw new GraphError(`${op} needs attribute ${k} (${kind})`);
+  for (const k in d.attrs) {
+    if (!(k in attrs)) throw new GraphError(`${op} needs attribute ${k} (${d.attrs[k]})`);
   }
-  for (const k of Object.keys(attrs)) {
+  for (const k in attrs) {
     if (!(k in d.attrs)) throw new GraphError(`${op} has no attribute ${k}`);
   }
   try {
@@ -221,8 +221,33 @@ export function kernelIO(g: Graph, k: NodeGroup, kernels: readonly NodeGroup[] =
   return { reads, writes };
 }
 
-/** kernelIO of every kernel at once, in one walk over the graph (kernelIO per kernel walks all kernels each time). */
-export function kernelIOs(g: Graph, kernels: readonly NodeGroup[] = g.kernels): { reads: Value[]; writes: Value[] }[] {
+/** What a kernel reads from memory and writes to it (kernelIO). */
+export interface KernelIO {
+  readonly reads: Value[];
+  readonly writes: Value[];
+}
+
+/**
+ * The kernelIOs of each graph's own kernels, with the kernels' node lists, outputs and state updates they were
+ * found from: memory planning, lowering and printing each ask for them of the same graph.
+ */
+const ioMemo = new WeakMap<Graph, { readonly nodes: readonly Node[][]; readonly outputs: Value[]; readonly stateUpdates: StateUpdate[]; readonly ios: readonly KernelIO[] }>();
+
+/**
+ * kernelIO of every kernel at once, in one walk over the graph (kernelIO per kernel walks all kernels each time).
+ * The lists are shared by every caller asking about the same kernels: read them, never change them.
+ */
+export function kernelIOs(g: Graph, kernels: readonly NodeGroup[] = g.kernels): KernelIO[] {
+  if (kernels !== g.kernels) return findKernelIOs(g, kernels);
+  const hit = ioMemo.get(g);
+  if (hit && hit.outputs === g.outputs && hit.stateUpdates === g.stateUpdates && hit.nodes.length === kernels.length &&
+    kernels.every((k, i) => k.nodes === hit.nodes[i])) return [...hit.ios];
+  const ios = findKernelIOs(g, kernels);
+  ioMemo.set(g, { nodes: kernels.map((k) => k.nodes), outputs: g.outputs, stateUpdates: g.stateUpdates, ios });
+  return [...ios];
+}
+
+function findKernelIOs(g: Graph, kernels: readonly NodeGroup[]): KernelIO[] {
   const sinks = new Set<Value>([...g.outputs, ...g.stateUpdates.map((u) => u.value)]);
   /** The one kernel reading each value, or null when several do. */
   const reader = new Map<Value, NodeGroup | null>();

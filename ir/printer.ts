@@ -21,11 +21,18 @@ export function printModule(m: Module, opts: PrintOptions = {}): string {
 }
 
 /** How each value of the graph is printed: declared names, and node results numbered in order. */
-function valueNames(g: Graph): (v: Value) => string {
+function valueNames(g: Graph): ValueNames {
   const names = new Map<Value, string>();
   for (const v of [...g.inputs, ...g.params, ...g.states]) names.set(v, `%${v.name}`);
   g.nodes.forEach((n, i) => names.set(n.output, `%${i}`));
-  return (v) => names.get(v) ?? `%<undefined ${formatType(v.type)}>`;
+  return names;
+}
+
+type ValueNames = ReadonlyMap<Value, string>;
+
+/** A value as printed (a map rather than a closure per graph: printNode runs for every node of every kernel). */
+function ref(names: ValueNames, v: Value): string {
+  return names.get(v) ?? `%<undefined ${formatType(v.type)}>`;
 }
 
 /** The nodes of one kernel as they print in the whole graph's dump (for generated kernels' header comments). */
@@ -35,29 +42,30 @@ export function kernelNodeLines(g: Graph, k: Kernel): string[] {
 
 /** kernelNodeLines of several kernels of one graph (numbering the graph's values once). */
 export function kernelsNodeLines(g: Graph, kernels: readonly Kernel[] = g.kernels): string[][] {
-  const ref = valueNames(g);
-  return kernels.map((k) => k.nodes.map((n) => printNode(n, ref)));
+  const names = valueNames(g);
+  return kernels.map((k) => k.nodes.map((n) => printNode(n, names)));
 }
 
 export function printGraph(g: Graph, opts: PrintOptions = {}): string {
-  const ref = valueNames(g);
+  const names = valueNames(g);
+  const r = (v: Value) => ref(names, v);
 
   const lines: string[] = [];
-  const ins = g.inputs.map((v) => `${ref(v)}: ${formatType(v.type)}`).join(', ');
+  const ins = g.inputs.map((v) => `${r(v)}: ${formatType(v.type)}`).join(', ');
   const outs = g.outputs.map((v, i) => (g.outputNames[i] ? `${g.outputNames[i]}: ` : '') + formatType(v.type)).join(', ');
   lines.push(`graph @${g.name}(${ins}) -> (${outs}) {`);
   for (const p of g.params) {
     const d = g.derivations.get(p);
-    const rhs = d ? ` = ${printRhs(d.op, d.inputs, d.attrs, ref)}` : '';
-    lines.push(`  param ${ref(p)}: ${formatType(p.type)}${rhs}`);
+    const rhs = d ? ` = ${printRhs(d.op, d.inputs, d.attrs, names)}` : '';
+    lines.push(`  param ${r(p)}: ${formatType(p.type)}${rhs}`);
   }
-  for (const s of g.states) lines.push(`  state ${ref(s)}: ${formatType(s.type)}`);
+  for (const s of g.states) lines.push(`  state ${r(s)}: ${formatType(s.type)}`);
   // Source text is shown once for a run of nodes from the same line.
   let lastLoc: string | undefined;
   const nodeLine = (n: Node, indent: string) => {
     const source = n.loc !== lastLoc ? opts.source : undefined;
     lastLoc = n.loc;
-    return withLoc(`${indent}${printNode(n, ref)}`, opts.locations === false ? undefined : n.loc, source);
+    return withLoc(`${indent}${printNode(n, names)}`, opts.locations === false ? undefined : n.loc, source);
   };
   if (g.kernels.length === 0) {
     for (const n of g.nodes) lines.push(nodeLine(n, '  '));
@@ -65,30 +73,31 @@ export function printGraph(g: Graph, opts: PrintOptions = {}): string {
     const ios = kernelIOs(g);
     g.kernels.forEach((k, i) => {
       const attrs = printAttrs(k.attrs);
-      lines.push(`  kernel @${k.name}${attrs ? ' ' + attrs : ''} {${kernelSummary(ios[i], ref)}`);
+      lines.push(`  kernel @${k.name}${attrs ? ' ' + attrs : ''} {${kernelSummary(ios[i], r)}`);
       for (const n of k.nodes) lines.push(nodeLine(n, '    '));
       lines.push('  }');
     });
   }
-  for (const u of g.stateUpdates) lines.push(`  state ${ref(u.state)} <- ${ref(u.value)}`);
-  lines.push(`  return ${g.outputs.map(ref).join(', ')}`);
+  for (const u of g.stateUpdates) lines.push(`  state ${r(u.state)} <- ${r(u.value)}`);
+  lines.push(`  return ${g.outputs.map(r).join(', ')}`);
   lines.push('}');
   return lines.join('\n') + '\n';
 }
 
-function printNode(n: Node, ref: (v: Value) => string): string {
-  return `${ref(n.output)}: ${formatType(n.output.type)} = ${printRhs(n.op, n.inputs, n.attrs, ref)}`;
+function printNode(n: Node, names: ValueNames): string {
+  return `${ref(names, n.output)}: ${formatType(n.output.type)} = ${printRhs(n.op, n.inputs, n.attrs, names)}`;
 }
 
-function printRhs(op: string, inputs: Value[], attrs: Attrs, ref: (v: Value) => string): string {
-  const operands = inputs.map(ref).join(', ');
+function printRhs(op: string, inputs: readonly Value[], attrs: Attrs, names: ValueNames): string {
+  let text = op;
+  for (let i = 0; i < inputs.length; i++) text += `${i ? ', ' : ' '}${ref(names, inputs[i])}`;
   const a = printAttrs(attrs);
-  return `${op}${operands ? ' ' + operands : ''}${a ? ' ' + a : ''}`;
+  return a ? `${text} ${a}` : text;
 }
 
 /** A comment after a kernel's brace naming what it reads from and writes to memory (derived, so it round-trips). */
-function kernelSummary(io: { reads: Value[]; writes: Value[] }, ref: (v: Value) => string): string {
-  return `  # reads ${io.reads.map(ref).join(', ') || 'nothing'}; writes ${io.writes.map(ref).join(', ')}`;
+function kernelSummary(io: { readonly reads: readonly Value[]; readonly writes: readonly Value[] }, r: (v: Value) => string): string {
+  return `  # reads ${io.reads.map(r).join(', ') || 'nothing'}; writes ${io.writes.map(r).join(', ')}`;
 }
 
 function withLoc(line: string, loc: string | undefined, source?: (loc: string) => string | undefined): string {
@@ -98,8 +107,21 @@ function withLoc(line: string, loc: string | undefined, source?: (loc: string) =
 }
 
 export function printAttrs(attrs: Attrs): string {
-  const keys = Object.keys(attrs).sort();
+  let text = printedAttrs.get(attrs);
+  if (text === undefined) printedAttrs.set(attrs, (text = attrsText(attrs)));
+  return text;
+}
+
+/**
+ * Each attributes object as printed. Attributes are never changed, and passes keep a node's object: CSE keys,
+ * each kernel's fused lines and lowering's kernel keys print the same few thousand again and again.
+ */
+const printedAttrs = new WeakMap<Attrs, string>();
+
+function attrsText(attrs: Attrs): string {
+  const keys = Object.keys(attrs);
   if (keys.length === 0) return '';
+  keys.sort();
   return `[${keys.map((k) => `${k}=${printAttrValue(attrs[k])}`).join(', ')}]`;
 }
 

@@ -20,8 +20,16 @@ export function formatShape(shape: Shape): string {
 }
 
 export function formatType(t: TensorType): string {
-  return `${t.dtype}${formatShape(t.shape)}`;
+  let text = printedTypes.get(t);
+  if (text === undefined) printedTypes.set(t, (text = `${t.dtype}${formatShape(t.shape)}`));
+  return text;
 }
+
+/**
+ * Each type object as printed. Types are never changed, and a few thousand of them are printed again and again
+ * (every pass keeps a node's type; each kernel's fused lines and lowering's kernel keys print them).
+ */
+const printedTypes = new WeakMap<TensorType, string>();
 
 export function sameShape(a: Shape, b: Shape): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
@@ -85,9 +93,12 @@ export function sameNumel(a: Shape, b: Shape): boolean {
 export function broadcastShapes(a: Shape, b: Shape): Shape | string {
   const n = Math.max(a.length, b.length);
   const out: Dim[] = [];
+  // Aligned at the last axis; a shorter shape has 1s in front (read without negative indices, which are slow).
+  const da = n - a.length;
+  const db = n - b.length;
   for (let i = 0; i < n; i++) {
-    const x = a[a.length - n + i] ?? 1;
-    const y = b[b.length - n + i] ?? 1;
+    const x = i < da ? 1 : a[i - da];
+    const y = i < db ? 1 : b[i - db];
     if (x === y || y === 1) out.push(x);
     else if (x === 1) out.push(y);
     else return `shapes ${formatShape(a)} and ${formatShape(b)} do not broadcast (dimension ${i}: ${x} vs ${y})`;

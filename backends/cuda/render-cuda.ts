@@ -184,7 +184,7 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   if (comment) {
     out.push(`// kernel ${k.name}: fuses`);
     // A trailing backslash would continue the comment onto the next line.
-    for (const line of k.fused) out.push(`//   ${line.replace(/\\$/, '\\ ')}`);
+    for (const line of k.fused) out.push(`//   ${line.endsWith('\\') ? `${line} ` : line}`);
   }
   const params = k.buffers.map((b, i) => `${b.written ? '' : 'const '}${cudaElemType[b.dtype]}* __restrict__ b${i}`);
   for (const s of k.sizes) params.push(`const int ${sizeName(s)}`);

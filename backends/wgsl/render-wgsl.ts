@@ -11,7 +11,7 @@ import { KBuffer, KernelIR, KExpr, ROW } from '../kernel-ir.ts';
 import { renderGemmWgsl } from './gemm.ts';
 import { renderFlashWgsl } from './flash.ts';
 import { Dialect, ExprPrinter, sizeName } from '../render-base.ts';
-import { scheduleKernel, ScheduledKernel } from '../schedule.ts';
+import { scheduleKernel, ScheduledKernel, scheduleOrigin } from '../schedule.ts';
 import { BufferLayout, wgslDialect, wgslHelpers, wordType } from './dialect.ts';
 import { renderStmt, RowContext } from './statements.ts';
 
@@ -55,6 +55,33 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
   const k = sk.kernel;
   if (sk.device.target !== 'wgsl') throw new Error(`printWgsl: kernel ${k.name} is scheduled for ${sk.device.name}`);
   const layouts = opts.layouts ?? defaultLayouts(k);
+  const origin = scheduleOrigin(sk);
+  let byLayout = printedShaders.get(origin);
+  if (!byLayout) printedShaders.set(origin, (byLayout = new Map()));
+  const layoutKey = layouts.map((l) => `${l.chunks}:${l.chunkWords}`).join(',');
+  let parts = byLayout.get(layoutKey);
+  if (!parts) byLayout.set(layoutKey, (parts = shaderParts(sk, layouts)));
+  const out = [...parts.before, `// kernel ${k.name}: fuses`, ...parts.random];
+  for (const line of k.fused) out.push(`//   ${line}`);
+  return { code: `${out.join('\n')}\n${parts.after}`, bindings: parts.bindings, rows: sk.grid.rows };
+}
+
+/** A shader but for its comment: the lines before it and after it, and the random function if it calls one. */
+interface ShaderParts {
+  readonly before: readonly string[];
+  readonly random: readonly string[];
+  readonly after: string;
+  readonly bindings: readonly WgslBinding[];
+}
+
+/**
+ * The parts of each shader printed, by the schedule it was printed from and the buffers' layouts: kernels alike
+ * but for their name, comment and buffers bound share a schedule (scheduleOrigin) and these parts.
+ */
+const printedShaders = new WeakMap<ScheduledKernel, Map<string, ShaderParts>>();
+
+function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): ShaderParts {
+  const k = sk.kernel;
   const threads = sk.grid.threads;
   const vec4Arrays = new Set(sk.arrays.filter((a) => a.vec4).map((a) => a.name));
   // Buffers a sum reads 16 bytes at a time are bound a second time, as vec4s.
@@ -89,12 +116,10 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
     body.push(...(tiles?.body ?? rowForm));
   }
 
+  const before = sk.subgroups ? ['enable subgroups;', 'diagnostic(off, subgroup_uniformity);'] : [];
+  const random = body.some((l) => l.includes('tf_random(')) ? [randomFunction('wgsl')] : [];
   const out: string[] = [];
   const bindings: WgslBinding[] = [];
-  if (sk.subgroups) out.push('enable subgroups;', 'diagnostic(off, subgroup_uniformity);');
-  out.push(`// kernel ${k.name}: fuses`);
-  if (body.some((l) => l.includes('tf_random('))) out.push(randomFunction('wgsl'));
-  for (const line of k.fused) out.push(`//   ${line}`);
   out.push(...wgslHelpers(body.join('\n')));
   k.buffers.forEach((b, i) => {
     const access = b.written ? 'read_write' : 'read';
@@ -138,7 +163,7 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
   }
   out.push(...body);
   out.push('}');
-  return { code: out.join('\n') + '\n', bindings, rows: sk.grid.rows };
+  return { before, random, after: out.join('\n') + '\n', bindings };
 }
 
 /** load_bN(i) (and store_bN(i, v) for written buffers) over the buffer's chunks and packing. */

@@ -9,8 +9,9 @@ export function cse(g: Graph): Graph {
   const ids = new Map<Value, number>();
   const seen = new Map<string, Value>();
   const id = (v: Value) => {
-    if (!ids.has(v)) ids.set(v, ids.size);
-    return ids.get(v)!;
+    let i = ids.get(v);
+    if (i === undefined) ids.set(v, (i = ids.size));
+    return i;
   };
   return rewriteGraph(g, (n, ins, out) => {
     // A state write has an effect: two identical writes are still two writes.

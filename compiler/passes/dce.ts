@@ -9,5 +9,7 @@ export function dce(g: Graph): Graph {
     const n = g.nodes[i];
     if (live.has(n.output)) for (const v of n.inputs) live.add(v);
   }
+  // Nothing dead: the graph as it is (a copy would be the same graph).
+  if (g.nodes.every((n) => live.has(n.output))) return g;
   return rewriteGraph(g, (n, ins, out) => (live.has(n.output) ? keepNode(n, ins, out) : undefined));
 }

@@ -10,7 +10,7 @@ import { Graph, Kernel, KernelKind, Node, usersOf, Value } from '../../ir/graph.
 import { isElementwise, Op, OpGroup, opDef } from '../../ir/ops.ts';
 import { formatShape, formatType, sameNumel, sameShape, Shape } from '../../ir/shape.ts';
 import { PassContext } from './context.ts';
-import { copySignature } from './rewrite.ts';
+import { copySignature, emitterFor, keepNode } from './rewrite.ts';
 
 class Group {
   readonly members: Node[] = [];
@@ -75,11 +75,39 @@ class Links {
   }
 }
 
+/** The empty set that most values' loads share. */
+const none: ReadonlySet<never> = new Set();
+
+/**
+ * A step of Partition.connects from its start: marks what `edges` lead to, adding the new ones to `next`; true
+ * where one was reached from the end.
+ */
+function widenAhead(edges: ReadonlySet<Group> | undefined, walk: number, next: Group[]): boolean {
+  if (edges) {
+    for (const y of edges) {
+      if (y.behind === walk) return true;
+      if (y.ahead !== walk) { y.ahead = walk; next.push(y); }
+    }
+  }
+  return false;
+}
+
+/** A step of Partition.connects from its end, against the edges: as widenAhead. */
+function widenBehind(edges: ReadonlySet<Group> | undefined, walk: number, next: Group[]): boolean {
+  if (edges) {
+    for (const y of edges) {
+      if (y.ahead === walk) return true;
+      if (y.behind !== walk) { y.behind = walk; next.push(y); }
+    }
+  }
+  return false;
+}
+
 class Partition {
   private readonly groupOf = new Map<Node, Group>();
   private readonly groups: Group[] = [];
   private readonly depsMemo = new Map<Value, Set<Group>>();
-  private readonly loadsMemo = new Map<Value, Set<Value>>();
+  private readonly loadsMemo = new Map<Value, ReadonlySet<Value>>();
   /**
    * The edges of the kernel graph that each kernel's own nodes make (see edges()): the kernels it reads from, and
    * those that overwrite a state it reads. Recomputed only for kernels a change touched (`stale`): fusion asks for
@@ -91,12 +119,15 @@ class Partition {
   private walks = 0;
   /** The kernels holding an update_slice of each state value. */
   private readonly overwrites = new Map<Value, Set<Group>>();
+  /** The values an update_slice overwrites in place. */
+  private readonly targets: ReadonlySet<Value>;
   readonly users: Map<Value, Node[]>;
   /** Each node's position in the graph. */
   readonly order = new Map<Node, number>();
 
   constructor(readonly g: Graph, readonly ctx: PassContext) {
     this.users = usersOf(g);
+    this.targets = new Set(g.nodes.flatMap((n) => (n.op === Op.UpdateSlice ? [n.inputs[0]] : [])));
     g.nodes.forEach((n, i) => this.order.set(n, i));
     for (const n of g.nodes) {
       const kind = anchorKind(n);
@@ -115,6 +146,14 @@ class Partition {
 
   /** Puts a node that no kernel computes into `gr`. */
   add(gr: Group, n: Node): void {
+    // Where n's value depended on gr alone and read nothing an update_slice overwrites (an epilogue joining the
+    // kernel that computes its operands), nothing derived from it changes: its deps stay {gr} and its loads empty,
+    // and so do the deps and loads of what is recomputed from it and every kernel's edges (gr's included: n's
+    // operands add none).
+    const v = n.output;
+    const deps = this.depsMemo.get(v);
+    const unchanged = n.op !== Op.UpdateSlice && !this.targets.has(v) && deps?.size === 1 && deps.has(gr) &&
+      this.loadsMemo.get(v)?.size === 0;
     gr.members.push(n);
     this.groupOf.set(n, gr);
     if (n.op === Op.UpdateSlice) {
@@ -124,7 +163,7 @@ class Partition {
       // Every kernel reading the state now has an edge to gr.
       for (const other of this.groups) this.stale.add(other);
     }
-    this.touched(gr, n.output);
+    if (!unchanged) this.touched(gr, v);
   }
 
   /**
@@ -165,16 +204,21 @@ class Partition {
     return d;
   }
 
-  /** The values computing v reads from memory: v itself if a kernel computes it or it has no node, else what the
-   * recomputed nodes under it read. */
-  loads(v: Value): Set<Value> {
+  /**
+   * What computing v reads from memory of the values an update_slice overwrites (the reads that order kernels
+   * besides their operands): v itself if it is one and a kernel computes it or it has no node, else what the
+   * recomputed nodes under it read of them.
+   */
+  loads(v: Value): ReadonlySet<Value> {
     let l = this.loadsMemo.get(v);
     if (l) return l;
     const p = v.producer;
-    if (!p || this.groupOf.has(p)) l = new Set([v]);
+    if (!p || this.groupOf.has(p)) l = this.targets.has(v) ? new Set([v]) : none;
     else {
-      l = new Set();
-      for (const u of p.inputs) for (const x of this.loads(u)) l.add(x);
+      // Most values read none of them: they share one empty set.
+      let union: Set<Value> | undefined;
+      for (const u of p.inputs) for (const x of this.loads(u)) (union ??= new Set()).add(x);
+      l = union ?? none;
     }
     this.loadsMemo.set(v, l);
     return l;
@@ -216,21 +260,25 @@ class Partition {
 
   /** Brings the edges of the kernels a change touched up to date. */
   private sync(): void {
-    for (const gr of this.stale) this.refresh(gr);
+    if (this.stale.size === 0) return;
+    const anyOverwrites = [...this.overwrites.values()].some((s) => s.size > 0);
+    for (const gr of this.stale) this.refresh(gr, anyOverwrites);
     this.stale.clear();
   }
 
   /** The edges gr's own nodes make: from the kernels they read, to the kernels overwriting a state they read. */
-  private refresh(gr: Group): void {
+  private refresh(gr: Group, anyOverwrites: boolean): void {
     const from = new Set<Group>();
     const to = new Set<Group>();
-    const anyOverwrites = [...this.overwrites.values()].some((s) => s.size > 0);
     for (const n of gr.members) {
       for (let i = 0; i < n.inputs.length; i++) {
         const v = n.inputs[i];
         for (const src of this.deps(v)) if (src !== gr) from.add(src);
         if (!anyOverwrites || (n.op === Op.UpdateSlice && i === 0)) continue;
-        for (const read of this.loads(v)) for (const writer of this.overwrites.get(read) ?? []) if (writer !== gr) to.add(writer);
+        for (const read of this.loads(v)) {
+          const writers = this.overwrites.get(read);
+          if (writers) for (const writer of writers) if (writer !== gr) to.add(writer);
+        }
       }
     }
     this.readsFrom.set(gr, from);
@@ -272,24 +320,12 @@ class Partition {
       const next: Group[] = [];
       if (ahead.length <= behind.length) {
         for (const x of ahead) {
-          for (const edges of [this.readsFrom.namedBy(x), this.overwrittenBy.of(x)]) {
-            if (!edges) continue;
-            for (const y of edges) {
-              if (y.behind === walk) return true;
-              if (y.ahead !== walk) { y.ahead = walk; next.push(y); }
-            }
-          }
+          if (widenAhead(this.readsFrom.namedBy(x), walk, next) || widenAhead(this.overwrittenBy.of(x), walk, next)) return true;
         }
         ahead = next;
       } else {
         for (const x of behind) {
-          for (const edges of [this.readsFrom.of(x), this.overwrittenBy.namedBy(x)]) {
-            if (!edges) continue;
-            for (const y of edges) {
-              if (y.ahead === walk) return true;
-              if (y.behind !== walk) { y.behind = walk; next.push(y); }
-            }
-          }
+          if (widenBehind(this.readsFrom.of(x), walk, next) || widenBehind(this.overwrittenBy.namedBy(x), walk, next)) return true;
         }
         behind = next;
       }
@@ -297,11 +333,14 @@ class Partition {
     return false;
   }
 
-  /** Merges b into a unless that would make the kernel graph cyclic; says why. */
-  merge(a: Group, b: Group, kind: KernelKind, why: string, quiet = false): boolean {
+  /**
+   * Merges b into a unless that would make the kernel graph cyclic; says why. `independent`: the caller found that
+   * neither reaches the other, so there is no cycle to look for.
+   */
+  merge(a: Group, b: Group, kind: KernelKind, why: string, independent = false): boolean {
     if (a === b) return true;
-    if (this.reachesThroughOthers(a, b) || this.reachesThroughOthers(b, a)) {
-      if (!quiet) this.explain(`kept apart: ${why} — merging would make a kernel depend on itself`);
+    if (!independent && (this.reachesThroughOthers(a, b) || this.reachesThroughOthers(b, a))) {
+      this.explain(`kept apart: ${why} — merging would make a kernel depend on itself`);
       return false;
     }
     const moved = b.members.splice(0);
@@ -368,15 +407,14 @@ class Partition {
     return [...readers].sort((a, b) => this.order.get(a)! - this.order.get(b)!);
   }
 
-  /** Shapes over which a kernel iterates; an elementwise op of one of them can be its epilogue. */
-  domains(gr: Group): Shape[] {
-    const shapes: Shape[] = [];
+  /** Whether a kernel iterates over `shape` (then an elementwise op of that shape can be its epilogue). */
+  iterates(gr: Group, shape: Shape): boolean {
     for (const n of gr.members) {
       if (n.op === Op.UpdateSlice) continue;
-      shapes.push(n.output.type.shape);
-      if (opDef(n.op)?.group === OpGroup.Reduce) shapes.push(n.inputs[0].type.shape);
+      if (sameShape(n.output.type.shape, shape)) return true;
+      if (opDef(n.op)?.group === OpGroup.Reduce && sameShape(n.inputs[0].type.shape, shape)) return true;
     }
-    return shapes;
+    return false;
   }
 }
 
@@ -472,7 +510,7 @@ function placeEpilogues(p: Partition): void {
     const deps = [...p.deps(n.output)];
     const elementwise = isElementwise(n.op) || n.op === Op.Cast;
     const candidates = elementwise
-      ? deps.filter((gr) => gr.kind !== 'state-write' && p.domains(gr).some((s) => sameShape(s, n.output.type.shape)))
+      ? deps.filter((gr) => gr.kind !== 'state-write' && p.iterates(gr, n.output.type.shape))
       : [];
     const latest = candidates.find((c) => deps.every((d) => d === c || !p.reaches(c, d)));
     // Worth it only when an operand then stays in registers; if all of them are written anyway, the consumers
@@ -498,6 +536,7 @@ function placeEpilogues(p: Partition): void {
 /** KV-cache writes with the same update shape (keys and values) go in one kernel. */
 function mergeStateWrites(p: Partition): void {
   const writes = p.live().filter((gr) => gr.kind === 'state-write');
+  const reached = laterReached(p, writes);
   for (let i = 0; i < writes.length; i++) {
     for (let j = i + 1; j < writes.length; j++) {
       const [a, b] = [writes[i], writes[j]];
@@ -505,12 +544,30 @@ function mergeStateWrites(p: Partition): void {
       const ua = a.members[0].inputs[1].type.shape;
       if (!sameShape(ua, b.members[0].inputs[1].type.shape)) continue;
       // Not when one write's update reads the other's result: inside one kernel that would be a read of the
-      // state being written, which a store loop cannot express (and merge() allows a direct edge).
-      if (p.reaches(a, b) || p.reaches(b, a)) continue;
-      // Writes of different layers depend on each other through the layers between; those are not worth a line.
+      // state being written, which a store loop cannot express (and merge() allows a direct edge). Writes of
+      // different layers depend on each other through the layers between: not worth a line. (Merging adds
+      // paths and removes none, so what `reached` found still holds.)
+      if (reached[i][j] || p.reaches(a, b) || p.reaches(b, a)) continue;
       p.merge(a, b, 'state-write', `state writes of equal shape ${formatShape(ua)} (${a.members.map((m) => '%' + m.inputs[0].name).join(', ')} and ${b.members.map((m) => '%' + m.inputs[0].name).join(', ')}) share one launch`, true);
     }
   }
+}
+
+/**
+ * Whether each of `groups` reaches each later one. Rows are filled from the last, so that where a reaches some b
+ * between it and c that reaches c, it is known to reach c without a search: a layer's KV-cache write reaches the
+ * next layer's, and through it every later layer's.
+ */
+function laterReached(p: Partition, groups: readonly Group[]): boolean[][] {
+  const r = groups.map(() => groups.map(() => false));
+  for (let i = groups.length - 1; i >= 0; i--) {
+    for (let j = i + 1; j < groups.length; j++) {
+      let known = false;
+      for (let k = i + 1; k < j && !known; k++) known = r[i][k] && r[k][j];
+      r[i][j] = known || p.reaches(groups[i], groups[j]);
+    }
+  }
+  return r;
 }
 
 /** Rebuilds the graph kernel by kernel; nodes recomputed in several kernels are copied into each. */
@@ -518,6 +575,7 @@ function emit(p: Partition): Graph {
   const g = p.g;
   const groups = orderGroups(p);
   const { out, map: global } = copySignature(g);
+  const emitter = emitterFor(out);
 
   groups.forEach((gr, index) => {
     const local = new Map<Value, Value>();
@@ -528,7 +586,7 @@ function emit(p: Partition): Graph {
       if (hit) return hit;
       const n = v.producer!;
       if (!members.has(n) && p.group(n)) throw new Error(`fuse: kernel order broken at ${n.op}`);
-      const copy = out.addNode(n.op, n.inputs.map(value), n.attrs, n.loc);
+      const copy = keepNode(n, n.inputs.map(value), emitter);
       (members.has(n) ? global : local).set(v, copy);
       return copy;
     };
@@ -556,17 +614,24 @@ function emit(p: Partition): Graph {
 function orderGroups(p: Partition): Group[] {
   const live = p.live();
   const first = new Map(live.map((gr) => [gr, Math.min(...gr.members.map((n) => p.order.get(n)!))]));
-  const preds = new Map<Group, Set<Group>>(live.map((gr) => [gr, new Set()]));
-  for (const [a, bs] of p.edges()) for (const b of bs) preds.get(b)!.add(a);
+  const edges = p.edges();
+  // Each kernel's predecessors not yet placed; the kernels with none left, of which the one first in the graph goes next.
+  const waiting = new Map(live.map((gr) => [gr, 0]));
+  for (const bs of edges.values()) for (const b of bs) waiting.set(b, waiting.get(b)! + 1);
+  const ready = live.filter((gr) => waiting.get(gr) === 0);
   const order: Group[] = [];
-  const done = new Set<Group>();
   while (order.length < live.length) {
-    const ready = live.filter((gr) => !done.has(gr) && [...preds.get(gr)!].every((d) => done.has(d)));
     // Only a graph that reads a state's old value after something computed from its new value gets here.
     if (ready.length === 0) throw new Error('fuse: kernels depend on each other in a cycle (a state read both before and after its in-place write?)');
-    ready.sort((a, b) => first.get(a)! - first.get(b)!);
-    order.push(ready[0]);
-    done.add(ready[0]);
+    let next = 0;
+    for (let i = 1; i < ready.length; i++) if (first.get(ready[i])! < first.get(ready[next])!) next = i;
+    const gr = ready.splice(next, 1)[0];
+    order.push(gr);
+    for (const b of edges.get(gr) ?? []) {
+      const left = waiting.get(b)! - 1;
+      waiting.set(b, left);
+      if (left === 0) ready.push(b);
+    }
   }
   return order;
 }

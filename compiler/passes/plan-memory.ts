@@ -2,7 +2,7 @@
 // slot once the last kernel reading its value has run. Graph outputs and state keep buffers of their own.
 // The plan is recorded on each kernel as `slots` (one slot per intermediate it writes, in write order).
 
-import { Graph, kernelIOs, Value } from '../../ir/graph.ts';
+import { Graph, Kernel, kernelIOs, StateUpdate, Value } from '../../ir/graph.ts';
 import { PassContext } from './context.ts';
 import { valueBytes } from './fuse.ts';
 
@@ -15,6 +15,18 @@ export interface MemoryPlan {
   readonly peakBytes: number;
 }
 
+/**
+ * The plan the pass made for each graph, with what it was made from: compileModule asks again for the plan of the
+ * graph the pass has just planned.
+ */
+const planned = new WeakMap<Graph, {
+  readonly kernels: readonly Kernel[];
+  readonly outputs: readonly Value[];
+  readonly stateUpdates: readonly StateUpdate[];
+  readonly dims: PassContext['dims'];
+  readonly plan: MemoryPlan;
+}>();
+
 export function planMemory(g: Graph, ctx: PassContext): Graph {
   if (g.kernels.length === 0) return g;
   const plan = computePlan(g, ctx);
@@ -23,11 +35,16 @@ export function planMemory(g: Graph, ctx: PassContext): Graph {
     const slots = ios[i].writes.filter((v) => plan.slotOf.has(v)).map((v) => plan.slotOf.get(v)!);
     return slots.length ? { ...k, attrs: { ...k.attrs, slots } } : k;
   });
+  planned.set(g, { kernels: g.kernels, outputs: g.outputs, stateUpdates: g.stateUpdates, dims: ctx.dims, plan });
   return g;
 }
 
 /** Liveness over the kernel order; a freed slot is reused by the next value that fits in it, else grown. */
 export function computePlan(g: Graph, ctx: PassContext): MemoryPlan {
+  // The slots depend on the kernels' nodes and order and on what the graph returns, not on the kernels' attributes.
+  const hit = planned.get(g);
+  const same = hit && hit.dims === ctx.dims && hit.kernels === g.kernels && hit.outputs === g.outputs && hit.stateUpdates === g.stateUpdates;
+  if (same) return hit.plan;
   const kernelOf = new Map<Value, number>();
   g.kernels.forEach((k, i) => k.nodes.forEach((n) => kernelOf.set(n.output, i)));
   const external = new Set<Value>([...g.outputs, ...g.stateUpdates.map((u) => u.value)]);
@@ -37,6 +54,9 @@ export function computePlan(g: Graph, ctx: PassContext): MemoryPlan {
     for (const v of io.reads) if (kernelOf.has(v)) lastUse.set(v, i);
     writes.push(io.writes.filter((v) => !external.has(v) && v.producer?.op !== 'update_slice'));
   });
+  // The values each kernel reads for the last time, in lastUse's order.
+  const lastReads: Value[][] = g.kernels.map(() => []);
+  for (const [v, last] of lastUse) lastReads[last].push(v);
   const slotOf = new Map<Value, number>();
   const slotBytes: number[] = [];
   const free: number[] = [];
@@ -52,8 +72,8 @@ export function computePlan(g: Graph, ctx: PassContext): MemoryPlan {
       live += bytes;
     }
     peakBytes = Math.max(peakBytes, live);
-    for (const [v, last] of lastUse) {
-      if (last === i && slotOf.has(v)) {
+    for (const v of lastReads[i]) {
+      if (slotOf.has(v)) {
         free.push(slotOf.get(v)!);
         live -= valueBytes(v, ctx.dims);
       }

@@ -3,6 +3,7 @@
 
 import { Graph, Node, Value } from '../../ir/graph.ts';
 import { Attrs } from '../../ir/ops.ts';
+import { sameType } from '../../ir/shape.ts';
 
 export interface Emitter {
   /** Appends a node to the new graph (type inferred), keeping the given source line. */
@@ -16,31 +17,45 @@ export type NodeVisitor = (node: Node, inputs: Value[], out: Emitter) => Value |
 
 /** Copies a node unchanged (operands mapped). */
 export function keepNode(n: Node, inputs: Value[], out: Emitter): Value {
-  // Operands of the very types n had give n's type again: no need to infer it (every pass copies most nodes).
-  if (inputs.every((v, i) => v.type === n.inputs[i].type)) return out.graph.appendNode(n.op, inputs, n.attrs, n.output.type, n.loc);
-  return out.emit(n.op, inputs, n.attrs, n.loc);
+  // Operands of the types n had give n's type again: no need to infer it (every pass copies most nodes). Equal
+  // types are often distinct objects (a derived parameter's, inferred again in each copy of the graph).
+  for (let i = 0; i < inputs.length; i++) {
+    const t = inputs[i].type;
+    if (t !== n.inputs[i].type && !sameType(t, n.inputs[i].type)) return out.emit(n.op, inputs, n.attrs, n.loc);
+  }
+  return out.graph.appendNode(n.op, inputs, n.attrs, n.output.type, n.loc);
 }
 
 /** An empty graph declaring g's inputs, params (derived ones too) and state, and the map from g's to its values. */
 export function copySignature(g: Graph): { out: Graph; map: Map<Value, Value> } {
   const out = new Graph(g.name);
   const map = new Map<Value, Value>();
-  for (const v of g.inputs) map.set(v, out.addInput(v.name!, v.type));
+  // g's declarations were checked as g was built: the copies go onto the lists as they are (every pass copies them).
+  const copy = (list: Value[], v: Value) => {
+    const c = new Value(v.kind, v.type, v.name);
+    list.push(c);
+    map.set(v, c);
+    return c;
+  };
+  for (const v of g.inputs) copy(out.inputs, v);
   for (const v of g.params) {
+    const c = copy(out.params, v);
     const d = g.derivations.get(v);
-    map.set(v, d ? out.addDerivedParam(v.name!, d.op, d.inputs.map((i) => map.get(i)!), d.attrs) : out.addParam(v.name!, v.type));
+    if (d) out.derivations.set(c, { ...d, inputs: d.inputs.map((i) => map.get(i)!) });
   }
-  for (const v of g.states) map.set(v, out.addState(v.name!, v.type));
+  for (const v of g.states) copy(out.states, v);
   return { out, map };
+}
+
+/** An emitter appending to `out`. */
+export function emitterFor(out: Graph): Emitter {
+  return { graph: out, emit: (op, inputs, attrs = {}, loc) => out.addNode(op, inputs, attrs, loc) };
 }
 
 /** A new graph with the same signature, params and state, built by `visit` from each node of `g` in order. */
 export function rewriteGraph(g: Graph, visit: NodeVisitor): Graph {
   const { out, map } = copySignature(g);
-  const emitter: Emitter = {
-    graph: out,
-    emit: (op, inputs, attrs = {}, loc) => out.addNode(op, inputs, attrs, loc),
-  };
+  const emitter = emitterFor(out);
   const mapped = (v: Value) => {
     const m = map.get(v);
     if (!m) throw new Error(`rewrite of @${g.name} dropped a node that is still used`);
@@ -49,8 +64,14 @@ export function rewriteGraph(g: Graph, visit: NodeVisitor): Graph {
   for (const n of g.nodes) {
     // A node reading a dropped node's result is dead too (dce drops whole dead chains, not only their ends); had
     // it been used, the use that needs it fails below or in a later node's mapping.
-    if (n.inputs.some((v) => !map.has(v))) continue;
-    const v = visit(n, n.inputs.map(mapped), emitter);
+    const ins: Value[] = [];
+    for (const v of n.inputs) {
+      const m = map.get(v);
+      if (!m) break;
+      ins.push(m);
+    }
+    if (ins.length < n.inputs.length) continue;
+    const v = visit(n, ins, emitter);
     if (v) map.set(n.output, v);
   }
   out.outputs = g.outputs.map(mapped);
