@@ -19,6 +19,8 @@ import sys
 import time
 import traceback
 
+from bench_peer import measure, timer, write_f32
+
 
 class BenchError(Exception):
     """A problem to report in one line, without a traceback."""
@@ -83,25 +85,6 @@ def load_model(torch, transformers, model_dir, device):
     return model
 
 
-def sync(torch, device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def write_f32(path, tensor):
-    """Raw little-endian float32, row-major."""
-    t = tensor.detach().float().contiguous().cpu()
-    try:
-        import numpy as np
-
-        t.numpy().astype("<f4").tofile(path)
-    except ImportError:
-        import struct
-
-        with open(path, "wb") as f:
-            f.write(struct.pack(f"<{t.numel()}f", *t.flatten().tolist()))
-
-
 def run(args):
     torch, transformers = import_stack()
     check_device(torch, args.device)
@@ -143,54 +126,14 @@ def run(args):
             input_ids, attention_mask=attention_mask, max_new_tokens=n, do_sample=False, cache_implementation="static"
         )
 
-    def timed(n):
-        """(new token ids, wall ms, CUDA-event ms) of one generate call."""
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if device == "cuda" else None
-        sync(torch, device)
-        t0 = time.perf_counter()
-        if events:
-            events[0].record()
-        out = generate(n)
-        if events:
-            events[1].record()
-        sync(torch, device)
-        wall = (time.perf_counter() - t0) * 1e3
-        event_ms = events[0].elapsed_time(events[1]) if events else wall
-        return out[0, len(ids):].tolist(), wall, event_ms
+    def new_tokens(n):
+        toks = generate(n)[0, len(ids):].tolist()
+        if len(toks) != n:
+            raise BenchError(f"generate returned {len(toks)} new tokens, not {n}")
+        return toks
 
     # Warm-up: the first calls compile the decode step (torch.compile); a later one may recompile once more.
-    warmup = []
-    for i in range(args.warmup):
-        _, wall, _ = timed(n_new)
-        warmup.append(wall / 1e3)
-        log(f"warm-up {i + 1}/{args.warmup}: generate({n_new} new) {wall / 1e3:.2f} s")
-    result["warmup_s"] = warmup
-
-    runs_n, tokens = [], None
-    for _ in range(args.runs):
-        toks, wall, ev = timed(n_new)
-        if len(toks) != n_new:
-            raise BenchError(f"generate returned {len(toks)} new tokens, not {n_new}")
-        if tokens is not None and toks != tokens:
-            log("note: greedy tokens differ between runs")
-        tokens = toks
-        runs_n.append({"wall_ms": wall, "event_ms": ev})
-    timed(1)  # generate(1 new) once untimed: its first call sets things up differently
-    runs_1 = []
-    for _ in range(args.runs):
-        _, wall, ev = timed(1)
-        runs_1.append({"wall_ms": wall, "event_ms": ev})
-    best = lambda rs, k: min(r[k] for r in rs)  # noqa: E731
-    result["generate_n"] = runs_n
-    result["generate_1"] = runs_1
-    result["tokens"] = tokens
-    for k in ("wall_ms", "event_ms"):
-        result[f"decode_ms_per_token_{k[:-3]}"] = (best(runs_n, k) - best(runs_1, k)) / (n_new - 1)
-        result[f"prefill_{k}"] = best(runs_1, k)
-    log(
-        f"decode {result['decode_ms_per_token_wall']:.3f} ms/token (wall), {result['decode_ms_per_token_event']:.3f} (events); "
-        f"generate(1 new) {result['prefill_wall_ms']:.2f} ms"
-    )
+    measure(timer(torch, device, new_tokens), args.warmup, args.runs, n_new, result, log)
 
     # The same weights in float32: logits and greedy tokens computed without bf16 rounding of activations.
     if not args.no_f32:

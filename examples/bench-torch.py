@@ -24,6 +24,8 @@ import tempfile
 import time
 import traceback
 
+from bench_peer import measure, timer, write_f32
+
 try:
     import torch
     import torch.nn.functional as F
@@ -259,18 +261,6 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def write_f32(path, tensor):
-    """Raw little-endian float32, row-major."""
-    t = tensor.detach().float().contiguous().cpu()
-    try:
-        t.numpy().astype("<f4").tofile(path)
-    except (ImportError, RuntimeError):  # torch without numpy
-        import struct
-
-        with open(path, "wb") as f:
-            f.write(struct.pack(f"<{t.numel()}f", *t.flatten().tolist()))
-
-
 def run(args):
     need_torch()
     device = args.device
@@ -312,51 +302,9 @@ def run(args):
 
         step = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
 
-        def timed(n):
-            """(new token ids, wall ms, CUDA-event ms) of one greedy generation."""
-            events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if device == "cuda" else None
-            sync(device)
-            t0 = time.perf_counter()
-            if events:
-                events[0].record()
-            toks = generate(model, step, prompt, n)
-            if events:
-                events[1].record()
-            sync(device)
-            wall = (time.perf_counter() - t0) * 1e3
-            return toks, wall, events[0].elapsed_time(events[1]) if events else wall
-
+        timed = timer(torch, device, lambda n: generate(model, step, prompt, n))
         # Warm-up: the first call compiles the step; the next ones record and start replaying its CUDA graph.
-        warmup = []
-        for i in range(args.warmup):
-            _, wall, _ = timed(n_new)
-            warmup.append(wall / 1e3)
-            log(f"warm-up {i + 1}/{args.warmup}: generate({n_new} new) {wall / 1e3:.2f} s")
-        result["warmup_s"] = warmup
-
-        runs_n, tokens = [], None
-        for _ in range(args.runs):
-            toks, wall, ev = timed(n_new)
-            if tokens is not None and toks != tokens:
-                log("note: greedy tokens differ between runs")
-            tokens = toks
-            runs_n.append({"wall_ms": wall, "event_ms": ev})
-        timed(1)  # once untimed, as bench-hf.py does
-        runs_1 = []
-        for _ in range(args.runs):
-            _, wall, ev = timed(1)
-            runs_1.append({"wall_ms": wall, "event_ms": ev})
-    best = lambda rs, k: min(r[k] for r in rs)  # noqa: E731
-    result["generate_n"] = runs_n
-    result["generate_1"] = runs_1
-    result["tokens"] = tokens
-    for k in ("wall_ms", "event_ms"):
-        result[f"decode_ms_per_token_{k[:-3]}"] = (best(runs_n, k) - best(runs_1, k)) / (n_new - 1)
-        result[f"prefill_{k}"] = best(runs_1, k)
-    log(
-        f"decode {result['decode_ms_per_token_wall']:.3f} ms/token (wall), {result['decode_ms_per_token_event']:.3f} (events); "
-        f"generate(1 new) {result['prefill_wall_ms']:.2f} ms"
-    )
+        measure(timed, args.warmup, args.runs, n_new, result, log)
 
     # The same weights in float32, eagerly: logits and greedy tokens without bf16 rounding of activations.
     if not args.no_f32:
