@@ -29,6 +29,13 @@ interface ProbeRequest {
 }
 
 /**
+ * A worker whose last probe ended in time, kept (not holding the process open) for the next probe with the same
+ * memory limit: starting one and loading tsx and the tracer in it is most of a probe's cost, and a process may probe
+ * many scripts (the tests do). A worker that timed out, ran out of memory or ended is never reused.
+ */
+let spare: { readonly worker: Worker; readonly maxMemoryMb: number; readonly forget: () => void } | undefined;
+
+/**
  * Loads the script and traces its entry in a worker thread under `limits`; a ScriptError if it runs out of time or
  * memory or ends the thread (process.exit). Whatever else the script does there (printing, throwing) is dropped:
  * the run in the main thread that follows does it again and reports it at the script's line.
@@ -37,41 +44,69 @@ export async function probeScript(file: string, entry: string, inputs: readonly 
   const shown = displayPath(file);
   const doing = `loading ${shown} and tracing ${entry}`;
   const request: ProbeRequest = { file, entry, inputs };
-  const worker = new Worker(bootstrap(), {
-    eval: true, workerData: { scriptProbe: request }, stdout: true, stderr: true,
-    resourceLimits: { maxOldGenerationSizeMb: limits.maxMemoryMb },
+  const previous = spare;
+  spare = undefined;
+  previous?.forget();
+  const reused = previous?.maxMemoryMb === limits.maxMemoryMb ? previous.worker : undefined;
+  if (previous && !reused) void previous.worker.terminate();
+  const worker = reused ?? new Worker(bootstrap(), {
+    eval: true, workerData: { scriptProbes: true }, resourceLimits: { maxOldGenerationSizeMb: limits.maxMemoryMb },
   });
-  worker.stdout.resume();
-  worker.stderr.resume();
+  let settle!: { resolve: () => void; reject: (e: Error) => void };
+  const probed = new Promise<void>((resolve, reject) => { settle = { resolve, reject }; });
+  let started = false;
+  let finished = false;
   let timer: NodeJS.Timeout | undefined;
+  const onMessage = (m: string) => {
+    if (m === 'loaded') {
+      worker.postMessage(request);
+    } else if (m === 'started') {
+      // tsfuse's tracer has loaded in the worker: from here on the time is the script's (with the rest of tsfuse that
+      // it imports, a fraction of a second).
+      started = true;
+      timer = setTimeout(() => settle.reject(new ScriptError(`${doing} took longer than the limit of ${limits.timeoutSeconds} s ` +
+        '(--timeout): does it loop forever?')), limits.timeoutSeconds * 1000);
+    } else if (m === 'done') {
+      finished = true;
+      settle.resolve();
+    }
+  };
+  const onError = (e: Error) => {
+    if ((e as NodeJS.ErrnoException).code === 'ERR_WORKER_OUT_OF_MEMORY') {
+      settle.reject(new ScriptError(`${doing} used more than the limit of ${limits.maxMemoryMb} MB of memory (--max-memory)`));
+    } else if (started) {
+      settle.resolve(); // the script's own error, reported by the traced run at its line
+    } else {
+      settle.reject(e);
+    }
+  };
+  const onExit = (code: number) => settle.reject(started
+    ? new ScriptError(`${doing}: the script ended its thread (process.exit(${code})); a model script returns its tensors`)
+    : new Error(`the worker that runs model scripts stopped before it started (exit code ${code})`));
+  worker.on('message', onMessage).on('error', onError).on('exit', onExit).ref();
+  if (reused) worker.postMessage(request);
   try {
-    await new Promise<void>((resolve, reject) => {
-      let started = false;
-      worker.on('message', (m) => {
-        if (m !== 'ready') return resolve();
-        // tsfuse's tracer has loaded in the worker: from here on the time is the script's (with the rest of tsfuse
-        // that it imports, a fraction of a second).
-        started = true;
-        timer = setTimeout(() => reject(new ScriptError(`${doing} took longer than the limit of ${limits.timeoutSeconds} s ` +
-          '(--timeout): does it loop forever?')), limits.timeoutSeconds * 1000);
-      });
-      worker.on('error', (e) => {
-        if ((e as NodeJS.ErrnoException).code === 'ERR_WORKER_OUT_OF_MEMORY') {
-          reject(new ScriptError(`${doing} used more than the limit of ${limits.maxMemoryMb} MB of memory (--max-memory)`));
-        } else if (started) {
-          resolve(); // the script's own error, reported by the traced run at its line
-        } else {
-          reject(e);
-        }
-      });
-      worker.on('exit', (code) => reject(started
-        ? new ScriptError(`${doing}: the script ended its thread (process.exit(${code})); a model script returns its tensors`)
-        : new Error(`the worker that runs model scripts stopped before it started (exit code ${code})`)));
-    });
+    await probed;
   } finally {
     clearTimeout(timer);
-    await worker.terminate();
+    worker.off('message', onMessage).off('error', onError).off('exit', onExit);
+    // Traced in time, the thread alive (an error of the script's own may have ended it): kept for the next probe.
+    if (finished) keepSpare(worker, limits.maxMemoryMb);
+    else await worker.terminate();
   }
+}
+
+/** Keeps `worker` as the spare (in place of any other), not holding the process open, until it is taken or ends. */
+function keepSpare(worker: Worker, maxMemoryMb: number): void {
+  if (spare) {
+    spare.forget();
+    void spare.worker.terminate();
+  }
+  const drop = () => {
+    if (spare?.worker === worker) spare = undefined;
+  };
+  worker.on('error', drop).on('exit', drop).unref();
+  spare = { worker, maxMemoryMb, forget: () => worker.off('error', drop).off('exit', drop) };
 }
 
 /**
@@ -89,9 +124,9 @@ function bootstrap(): string {
     `.then(() => import(${JSON.stringify(import.meta.url)}))`;
 }
 
-/** In the worker, once tsfuse's tracer has loaded: says so, then loads the script and traces the entry. */
+/** In the worker, once tsfuse's tracer has loaded: says it is starting, then loads the script and traces the entry. */
 async function probe({ file, entry, inputs }: ProbeRequest): Promise<void> {
-  parentPort!.postMessage('ready');
+  parentPort!.postMessage('started');
   try {
     type Entry = (...args: Tensor[]) => Tensor | Tensor[];
     const mod = await import(pathToFileURL(file).href) as Record<string, Entry> & { default?: Record<string, Entry> };
@@ -103,5 +138,10 @@ async function probe({ file, entry, inputs }: ProbeRequest): Promise<void> {
   parentPort!.postMessage('done');
 }
 
-const request = isMainThread ? undefined : (workerData as { scriptProbe?: ProbeRequest } | undefined)?.scriptProbe;
-if (request) await probe(request);
+// The worker: loaded, it waits for scripts to probe, one at a time. What they print is dropped (the traced run in the
+// main thread prints it); a worker with its output piped to the main thread would hold the process open while kept.
+if (!isMainThread && (workerData as { scriptProbes?: boolean } | undefined)?.scriptProbes) {
+  process.stdout.write = process.stderr.write = () => true;
+  parentPort!.on('message', (request: ProbeRequest) => void probe(request));
+  parentPort!.postMessage('loaded');
+}

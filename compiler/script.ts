@@ -48,10 +48,15 @@ const tensorFile = path.resolve(path.dirname(new URL(import.meta.url).pathname),
 const sourcePaths: Record<string, string[]> = import.meta.url.endsWith('.ts')
   ? { tsfuse: [path.resolve(path.dirname(tensorFile), '../index.ts')] } : {};
 
-/** Reads a script with the type checker: its entry points and its data-dependent control flow. */
-export function readScript(file: string): ScriptInfo {
-  const abs = path.resolve(file);
-  if (!fs.existsSync(abs)) throw new ScriptError(`${file}: no such file`);
+/**
+ * The project scripts are read in, one per process: the standard library, Node's types and tsfuse's own sources (what
+ * `import … from 'tsfuse'` means) are parsed and bound once, and each script is type-checked against them (the
+ * command line reads one script, the tests dozens; parsing those takes a couple of seconds).
+ */
+let shared: { readonly project: Project; readonly base: ReadonlySet<SourceFile> } | undefined;
+
+function scriptProject(): { readonly project: Project; readonly base: ReadonlySet<SourceFile> } {
+  if (shared) return shared;
   const project = new Project({
     compilerOptions: {
       target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext,
@@ -59,8 +64,31 @@ export function readScript(file: string): ScriptInfo {
     },
     skipAddingFilesFromTsConfig: true,
   });
-  const sf = project.addSourceFileAtPath(abs);
+  const index = path.resolve(path.dirname(tensorFile), '..', import.meta.url.endsWith('.ts') ? 'index.ts' : 'index.d.ts');
+  if (fs.existsSync(index)) project.addSourceFileAtPath(index);
   project.resolveSourceFileDependencies();
+  shared = { project, base: new Set(project.getSourceFiles()) };
+  return shared;
+}
+
+/** Reads a script with the type checker: its entry points and its data-dependent control flow. */
+export function readScript(file: string): ScriptInfo {
+  const abs = path.resolve(file);
+  if (!fs.existsSync(abs)) throw new ScriptError(`${file}: no such file`);
+  const { project, base } = scriptProject();
+  const existing = project.getSourceFile(abs);
+  existing?.refreshFromFileSystemSync();
+  const sf = existing ?? project.addSourceFileAtPath(abs);
+  project.resolveSourceFileDependencies();
+  try {
+    return readSourceFile(sf, abs);
+  } finally {
+    // The script and what it brought with it leave: the next script sees only the shared files.
+    for (const f of project.getSourceFiles()) if (!base.has(f)) project.removeSourceFile(f);
+  }
+}
+
+function readSourceFile(sf: SourceFile, abs: string): ScriptInfo {
   const shown = displayPath(abs);
   const at = (n: Node) => {
     const { line, column } = sf.getLineAndColumnAtPos(n.getStart());

@@ -3,10 +3,11 @@
 //
 // Files run in parallel processes, as many at once as there are CPUs (TSFUSE_TEST_JOBS overrides): each long file in
 // a process of its own, neighbouring short ones together (a process costs ~0.4 s of start-up; the old runner ran
-// every file in one process, so files already share one), the longest first — as long as they took last time, kept
-// in node_modules/.cache/tsfuse/test-times.json. Output is printed whole, in path order, once the files before it
-// are done. A process that fails without counting a failed test (a crash, a syntax error, a timeout) counts as one
-// failure. The output has no colours. TSFUSE_TEST_TIMES=1 prints how long each process took, slowest first.
+// every file in one process, so files already share one), and so are neighbours that share an expensive set-up
+// (`groups`); the longest first — as long as they took last time, kept in node_modules/.cache/tsfuse/test-times.json.
+// Output is printed whole, in path order, once the files before it are done. A process that fails without counting a
+// failed test (a crash, a syntax error, a timeout) counts as one failure. The output has no colours.
+// TSFUSE_TEST_TIMES=1 prints how long each process took, slowest first.
 
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -33,17 +34,23 @@ delete env.FORCE_COLOR;
 const lastTimes = readTimes();
 /** What a file is expected to take; a file never timed counts as a short one. */
 const expected = (rel) => lastTimes[rel] ?? 1000;
-// Runs of neighbouring short files share a process, up to about BATCH_MS of expected time; longer files run alone.
+// Runs of neighbouring short files share a process, up to about BATCH_MS of expected time; longer files run alone,
+// except neighbours of one group below.
 const BATCH_MS = 3000;
+// Files that share an expensive set-up, run in one process: the model-script tests each parse the standard library,
+// Node's types and tsfuse's sources with ts-morph (about 2.5 s) before their first script.
+const groups = [/^compiler\/script(-[a-z]+)?\.test\.ts$/];
+const groupOf = (rel) => groups.findIndex((g) => g.test(rel));
 const batches = [];
 for (const rel of files) {
   const last = batches[batches.length - 1];
   const ms = expected(rel);
-  if (last && ms < BATCH_MS && last.ms + ms <= BATCH_MS) {
+  const group = groupOf(rel);
+  if (last && (group >= 0 ? last.group === group : last.group < 0 && ms < BATCH_MS && last.ms + ms <= BATCH_MS)) {
     last.files.push(rel);
     last.ms += ms;
   } else {
-    batches.push({ files: [rel], ms });
+    batches.push({ files: [rel], ms, group });
   }
 }
 const results = new Array(batches.length);

@@ -1,8 +1,8 @@
-// `tsfuse bisect` as users run it (node bin/tsfuse.mjs, a child process): exit code 0 and the report when
-// everything agrees (a checkpoint's prefill, a decode step some tokens in, an IR file), 1 with the report and a
-// one-line verdict when a kernel differs (a model script whose custom op is lowered wrongly), and usage errors.
+// `tsfuse bisect` as users run it: exit code 0 and the report when everything agrees (a checkpoint's prefill, a
+// decode step some tokens in, an IR file), 1 with the report and a one-line verdict when a kernel differs (a model
+// script whose custom op is lowered wrongly), and usage errors. The command runs in this process
+// (test/tsfuse-cli.ts), and as a child process (node bin/tsfuse.mjs) for a usage error's exit status.
 
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -11,6 +11,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { BisectReport } from '../../compiler/bisect.ts';
 import { fixtures } from './plant.ts';
+import { type CliRun, spawnTsfuse, tsfuse as runTsfuse } from '../tsfuse-cli.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const model = path.join(fixtures, 'tiny-llama');
@@ -19,18 +20,13 @@ const opLine = fs.readFileSync(path.join(root, script), 'utf8').split('\n').find
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-bisect-cli-'));
 test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-function tsfuse(...args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const env = { ...process.env };
-  delete env.TSFUSE_DEBUG;
-  delete env.TSFUSE_LOGS;
-  delete env.FORCE_COLOR; // with NO_COLOR also set, node warns on stderr
-  const r = spawnSync(process.execPath, ['bin/tsfuse.mjs', 'bisect', ...args], { cwd: root, env, encoding: 'utf8' });
-  if (r.error) throw r.error;
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+/** `tsfuse bisect ...args` in this process. */
+function tsfuse(...args: string[]): Promise<CliRun> {
+  return runTsfuse(['bisect', ...args]);
 }
 
-test('a clean checkpoint: exit 0, every kernel agrees, and so do the passes', () => {
-  const r = tsfuse('--model', model, '--ids', '5,9,13,200,7');
+test('a clean checkpoint: exit 0, every kernel agrees, and so do the passes', async () => {
+  const r = await tsfuse('--model', model, '--ids', '5,9,13,200,7');
   assert.is(r.code, 0, r.stderr);
   assert.is(r.stderr, '');
   const lines = r.stdout.split('\n');
@@ -39,8 +35,8 @@ test('a clean checkpoint: exit 0, every kernel agrees, and so do the passes', ()
   assert.match(lines[2], /^the compiled graph agrees with the traced graph \(logits [\d.e+-]+, next 0, /);
 });
 
-test('--decode-at 2 --json: the decode step 2 tokens in, as data', () => {
-  const r = tsfuse('--model', model, '--ids', '5,9,13', '--decode-at', '2', '--json');
+test('--decode-at 2 --json: the decode step 2 tokens in, as data', async () => {
+  const r = await tsfuse('--model', model, '--ids', '5,9,13', '--decode-at', '2', '--json');
   assert.is(r.code, 0, r.stderr);
   const report = JSON.parse(r.stdout) as BisectReport;
   assert.is(report.graph, 'decode');
@@ -51,7 +47,7 @@ test('--decode-at 2 --json: the decode step 2 tokens in, as data', () => {
   assert.ok(report.passes?.agrees);
 });
 
-test('an IR file: compiled and bisected on random inputs', () => {
+test('an IR file: compiled and bisected on random inputs', async () => {
   const file = path.join(tmp, 'f.ir');
   fs.writeFileSync(file, [
     'graph @f(%x: f32[S,8]) -> (f32[S,8]) {',
@@ -62,15 +58,15 @@ test('an IR file: compiled and bisected on random inputs', () => {
     '}',
     '',
   ].join('\n'));
-  const r = tsfuse(file, '--dims', 'S=6');
+  const r = await tsfuse(file, '--dims', 'S=6');
   assert.is(r.code, 0, r.stderr);
   assert.match(r.stdout, /^bisect @f \(S=6\) on cpu/);
   assert.match(r.stdout, /every kernel agrees/);
 });
 
-test('a custom op lowered wrongly: exit 1, the kernel, its node and line, the source, and one line on stderr', () => {
+test('a custom op lowered wrongly: exit 1, the kernel, its node and line, the source, and one line on stderr', async () => {
   const out = path.join(tmp, 'src');
-  const r = tsfuse(script, '--out', out);
+  const r = await tsfuse(script, '--out', out);
   assert.is(r.code, 1);
   assert.match(r.stdout, /^bisect @block \(S=8\) on cpu/);
   const kernel = /^kernel (k\d+) \(contraction\), the \d+\w\w of \d+ to run, differs:$/m.exec(r.stdout);
@@ -86,8 +82,8 @@ test('a custom op lowered wrongly: exit 1, the kernel, its node and line, the so
   assert.match(err[0], new RegExp(`^tsfuse bisect: kernel ${kernel![1]} \\(contraction\\) of @block differs from the reference interpreter: relative error 2\\.00e\\+0 in %\\d+; suspect %\\d+ = bisect_softsign at ${script}:${opLine}$`));
 });
 
-test('--inside --json: the report as data names the node inside the kernel', () => {
-  const r = tsfuse(script, '--inside', '--json', '--out', path.join(tmp, 'json'));
+test('--inside --json: the report as data names the node inside the kernel', async () => {
+  const r = await tsfuse(script, '--inside', '--json', '--out', path.join(tmp, 'json'));
   assert.is(r.code, 1);
   const report = JSON.parse(r.stdout) as BisectReport;
   assert.not.ok(report.agrees);
@@ -100,15 +96,15 @@ test('--inside --json: the report as data names the node inside the kernel', () 
   assert.is(c.nodes.length, c.inside!.checks.length);
 });
 
-test('--backend webgpu --against cpu: both print the same wrong lowering, so they agree (exit 0)', () => {
-  const r = tsfuse(script, '--backend', 'webgpu', '--against', 'cpu');
+test('--backend webgpu --against cpu: both print the same wrong lowering, so they agree (exit 0)', async () => {
+  const r = await tsfuse(script, '--backend', 'webgpu', '--against', 'cpu');
   if (r.code === 1 && /no WebGPU adapter|needs the optional package webgpu/.test(r.stderr)) return;
   assert.is(r.code, 0, r.stderr);
   assert.match(r.stdout, /^bisect @block \(S=8\) on webgpu \(.*\) against cpu, tolerance 1e-3$/m);
   assert.match(r.stdout, /every kernel agrees/);
 });
 
-test('usage errors: exit 1 and one line', () => {
+test('usage errors: exit 1 and one line', async () => {
   const cases: [string[], RegExp][] = [
     [[], /give one of --model DIR, --config NAME, a model script or an IR file/],
     [['--model', model, '--ids', '1,2', '--backend', 'reference'], /--backend reference has no kernels to bisect/],
@@ -118,8 +114,9 @@ test('usage errors: exit 1 and one line', () => {
     [[script, '--decode-at', '2'], /--step and --decode-at are for Llama models/],
     [['--config', 'llama-9000'], /unknown built-in config 'llama-9000'/],
   ];
-  for (const [args, message] of cases) {
-    const r = tsfuse(...args);
+  for (const [i, [args, message]] of cases.entries()) {
+    // The first as a process: its exit status and its stderr.
+    const r = i === 0 ? spawnTsfuse(['bisect', ...args]) : await tsfuse(...args);
     assert.is(r.code, 1, `bisect ${args.join(' ')}`);
     assert.is(r.stdout, '');
     assert.match(r.stderr, /^tsfuse bisect: /);

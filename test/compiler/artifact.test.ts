@@ -2,13 +2,13 @@
 // runs with nothing traced or compiled, and agrees with the reference interpreter (relative error ‖got − want‖ /
 // ‖want‖ at most 1e-5 on cpu, 1e-3 on GPUs), its state included. The cuda artifact runs on the CPU stand-in for
 // libcuda (test/runtime/fake-cuda) and refuses with CudaUnavailableError where there is no driver. The installed
-// package's side of this (plain Node, no tsx) is in `npm run test:package`.
+// package's side of this (plain Node, no tsx) is in `npm run test:package`. The command runs in this process
+// (test/tsfuse-cli.ts), once as a child process.
 
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { compile } from '../../compiler/compile.ts';
@@ -18,23 +18,19 @@ import { CudaUnavailableError } from '../../runtime/artifact.ts';
 import { Rng } from '../backends/rng.ts';
 import { buildFakeCuda, fakeCudaEnabled, useFakeCuda } from '../runtime/fake-cuda/build.ts';
 import { cachedMlp } from '../scripts/cached-mlp.ts';
+import { spawnTsfuse, tsfuse as runTsfuse } from '../tsfuse-cli.ts';
+import { typeCheck } from '../type-check.ts';
 
-const root = fileURLToPath(new URL('../../', import.meta.url));
 const script = 'test/scripts/cached-mlp.ts';
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-artifact-'));
 const s = suite('compiled artifacts');
 s.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-function tsfuse(...args: string[]) {
-  const env = { ...process.env };
-  delete env.TSFUSE_DEBUG;
-  const r = spawnSync(process.execPath, ['bin/tsfuse.mjs', ...args], { cwd: root, env, encoding: 'utf8' });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const tsfuse = (...args: string[]) => runTsfuse(args);
 
-function writeArtifact(backend: string, file: string): string {
+async function writeArtifact(backend: string, file: string): Promise<string> {
   const out = path.join(tmp, file);
-  const r = tsfuse('compile', script, '--backend', backend, '--out', out, '--json');
+  const r = await tsfuse('compile', script, '--backend', backend, '--out', out, '--json');
   assert.is(r.code, 0, r.stderr);
   assert.is(JSON.parse(r.stdout).out, out);
   return out;
@@ -87,25 +83,10 @@ async function compareWithReference(file: string, tolerance: number): Promise<vo
   }
 }
 
-/** tsc (strict) over `files`, with tsfuse resolved to this checkout's sources as a project's paths would map it. */
-function typeCheck(files: string[]): void {
-  const tsconfig = path.join(tmp, 'tsconfig.json');
-  fs.writeFileSync(tsconfig, JSON.stringify({
-    compilerOptions: {
-      target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true,
-      allowImportingTsExtensions: true, skipLibCheck: true, types: ['node'], typeRoots: [path.join(root, 'node_modules/@types')],
-      paths: { 'tsfuse/runtime/artifact': [path.join(root, 'runtime/artifact.ts')] },
-    },
-    files,
-  }));
-  const r = spawnSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', tsconfig], { encoding: 'utf8' });
-  assert.is(r.status, 0, `tsc on the artifacts:\n${r.stdout}${r.stderr}`);
-}
-
 const files: Record<string, string> = {};
 
 s('cpu: a TypeScript artifact importing only tsfuse/runtime/artifact, and it agrees with the reference', async () => {
-  files.cpu = writeArtifact('cpu', 'cpu.ts');
+  files.cpu = await writeArtifact('cpu', 'cpu.ts');
   const text = fs.readFileSync(files.cpu, 'utf8');
   assert.equal([...text.matchAll(/from '([^']+)'/g)].map((m) => m[1]), ['tsfuse/runtime/artifact']);
   assert.match(text, 'export function run(inputs: Inputs, params: Params, states: Map<string, HostTensor> = new Map()): Outputs');
@@ -113,7 +94,7 @@ s('cpu: a TypeScript artifact importing only tsfuse/runtime/artifact, and it agr
 });
 
 s('cpu: FILE.js is JavaScript with FILE.d.ts beside it, and runs after being moved to another folder', async () => {
-  const out = writeArtifact('cpu', 'js/cpu.js');
+  const out = await writeArtifact('cpu', 'js/cpu.js');
   assert.ok(fs.existsSync(path.join(tmp, 'js/cpu.d.ts')), 'the declarations are written beside the module');
   assert.not.match(fs.readFileSync(out, 'utf8'), /: Inputs|interface /, 'the module is JavaScript');
   const moved = path.join(tmp, 'elsewhere/deeper');
@@ -124,7 +105,7 @@ s('cpu: FILE.js is JavaScript with FILE.d.ts beside it, and runs after being mov
 });
 
 s('webgpu: the WGSL shaders embedded, a promise from run(), and it agrees with the reference', async () => {
-  files.webgpu = writeArtifact('webgpu', 'webgpu.ts');
+  files.webgpu = await writeArtifact('webgpu', 'webgpu.ts');
   const text = fs.readFileSync(files.webgpu, 'utf8');
   assert.match(text, 'export async function run(inputs: Inputs, params: Params, states: Map<string, HostTensor> = new Map()): Promise<Outputs>');
   assert.match(text, '@compute @workgroup_size(');
@@ -137,7 +118,7 @@ s('webgpu: the WGSL shaders embedded, a promise from run(), and it agrees with t
 });
 
 s('cuda: the CUDA C embedded; without a driver run() rejects with CudaUnavailableError', async () => {
-  files.cuda = writeArtifact('cuda', 'cuda.ts');
+  files.cuda = await writeArtifact('cuda', 'cuda.ts');
   const text = fs.readFileSync(files.cuda, 'utf8');
   assert.match(text, 'extern "C" __global__ void __launch_bounds__(TF_BLOCK) cachedMlp_k0(');
   const saved = process.env.TSFUSE_LIBCUDA;
@@ -187,16 +168,18 @@ s('the artifacts type-check in a strict project, the JavaScript one through its 
     `const later: Promise<number> = runOnGpu(inputs, params).then((t) => t.shape[0]).finally(release);`,
     `export { rows, later };`,
   ].join('\n'));
-  typeCheck([files.cpu, files.webgpu, files.cuda, consumer]);
+  typeCheck(tmp, 'artifacts', [files.cpu, files.webgpu, files.cuda, consumer]);
 });
 
-s('--out refuses a file that is not a module, and the reference backend, before compiling', () => {
-  for (const [args, message] of [
+s('--out refuses a file that is not a module, and the reference backend, before compiling', async () => {
+  const cases = [
     [['--out', path.join(tmp, 'model.txt')], 'name the artifact FILE.ts or FILE.mts (TypeScript), or FILE.js or FILE.mjs'],
     [['--out', path.join(tmp, 'model.d.ts')], 'name the artifact FILE.ts'],
     [['--backend', 'reference', '--out', path.join(tmp, 'model.ts')], 'the reference backend has none: use --backend cpu, webgpu or cuda'],
-  ] as const) {
-    const r = tsfuse('compile', script, ...args);
+  ] as const;
+  for (const [i, [args, message]] of cases.entries()) {
+    // The first as a process: its exit status and its stderr.
+    const r = i === 0 ? spawnTsfuse(['compile', script, ...args]) : await tsfuse('compile', script, ...args);
     assert.is(r.code, 1, r.stderr);
     assert.ok(r.stderr.startsWith('tsfuse compile: ') && r.stderr.includes(message), r.stderr);
     assert.not.ok(r.stderr.includes('    at '), r.stderr);

@@ -2,19 +2,21 @@
 // GB), each column named once, and Llama's kernels named as the README's table names them. (The figures
 // themselves are tested in fusion.test.ts.)
 
-import { spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { formatBytes } from '../../compiler/report.ts';
+import { tsfuse } from '../tsfuse-cli.ts';
 
-const root = fileURLToPath(new URL('../../', import.meta.url));
-
-function report(...args: string[]): string {
-  const r = spawnSync(process.execPath, ['bin/tsfuse.mjs', 'compile', '--report', ...args], { cwd: root, encoding: 'utf8' });
-  assert.is(r.status, 0, r.stderr);
+/** `tsfuse compile --report ...args`, in this process (test/tsfuse-cli.ts). */
+async function report(...args: string[]): Promise<string> {
+  const r = await tsfuse(['compile', '--report', ...args]);
+  assert.is(r.code, 0, r.stderr);
   return r.stdout;
 }
+
+/** The llama-tiny report, run once for the tests that read it. */
+let tinyReport: Promise<string> | undefined;
+const tiny = () => (tinyReport ??= report('--config', 'llama-tiny', '--cache-length', '64'));
 
 /** The kernel rows of one step's table: name, role and layer. */
 function kernels(text: string, step: string): { name: string; role: string; layer: string }[] {
@@ -27,17 +29,17 @@ function kernels(text: string, step: string): { name: string; role: string; laye
   });
 }
 
-test('bytes are written in decimal units, the same in every column', () => {
+test('bytes are written in decimal units, the same in every column', async () => {
   assert.equal([999, 1000, 12_290, 2_471_630_000, 5.5e6].map(formatBytes), ['999 B', '1.00 kB', '12.29 kB', '2.47 GB', '5.50 MB']);
-  const text = report('--config', 'llama-tiny', '--cache-length', '64');
+  const text = await tiny();
   assert.not.match(text, /[KMG]iB/);
   const sizes = [...text.matchAll(/ (\d+(?:\.\d+)?) ([kMG]?B)\b/g)];
   assert.ok(sizes.length > 50, 'the report shows sizes');
   for (const [size, value, unit] of sizes) assert.ok(unit === 'B' ? /^\d+$/.test(value) : /^\d+\.\d\d$/.test(value), size);
 });
 
-test('each column of the kernel table is named once', () => {
-  const text = report('--config', 'llama-tiny', '--cache-length', '64');
+test('each column of the kernel table is named once', async () => {
+  const text = await tiny();
   const headers = text.split('\n').filter((l) => l.trimStart().startsWith('kernel '));
   assert.is(headers.length, 3, 'one kernel table per step');
   for (const h of headers) {
@@ -47,9 +49,9 @@ test('each column of the kernel table is named once', () => {
   }
 });
 
-test('decode kernels are named as the README names them: 6 per layer and 5 outside on llama-3.2-1b', () => {
+test('decode kernels are named as the README names them: 6 per layer and 5 outside on llama-3.2-1b', async () => {
   const perLayer = ['QKV projection', 'KV-cache write', 'attention', 'output projection', 'gate/up projection', 'down projection'];
-  const decode = kernels(report('--config', 'llama-3.2-1b', '--cache-length', '160'), 'decode');
+  const decode = kernels(await report('--config', 'llama-3.2-1b', '--cache-length', '160'), 'decode');
   assert.is(decode.length, 16 * 6 + 5);
   for (let layer = 0; layer < 16; layer++) {
     assert.equal(decode.slice(6 * layer, 6 * layer + 6).map((k) => `${k.layer} ${k.role}`), perLayer.map((r) => `${layer} ${r}`));
@@ -58,8 +60,8 @@ test('decode kernels are named as the README names them: 6 per layer and 5 outsi
     ['final RMSNorm + LM head', 'next-token argmax', 'next-token argmax', 'next-token argmax', 'token write']);
 });
 
-test('with a long cache attention runs in chunks, and the prefill names its norms, LM head and positions', () => {
-  const text = report('--config', 'llama-3.2-1b');
+test('with a long cache attention runs in chunks, and the prefill names its norms, LM head and positions', async () => {
+  const text = await report('--config', 'llama-3.2-1b');
   const decode = kernels(text, 'decode');
   assert.equal(decode.slice(0, 8).map((k) => k.role), ['QKV projection', 'KV-cache write', 'attention', 'attention (combine)',
     'attention (combine)', 'output projection', 'gate/up projection', 'down projection']);

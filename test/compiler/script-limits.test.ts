@@ -1,9 +1,9 @@
 // A model script is loaded and traced first in a worker thread under a time and a memory limit
 // (compiler/script-limits.ts): a script that loops forever, at its top or in its entry, or that exhausts memory, or
 // that calls process.exit, ends in a ScriptError naming the script, the entry and the limit, never in a hang.
-// A script that behaves is traced as before, and what it prints is printed once.
+// A script that behaves is traced as before, and what it prints is printed once. The command runs in this process
+// (test/tsfuse-cli.ts), the script's probe in its worker thread as always.
 
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ScriptError, traceScript } from '../../compiler/script.ts';
+import { tsfuse as runTsfuse } from '../tsfuse-cli.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-script-limits-'));
@@ -62,21 +63,19 @@ test('a script within the limits is traced as before', async () => {
   assert.equal(t.graph.nodes.map((n) => n.op), ['const', 'add', 'exp']);
 });
 
-test('the CLI: --timeout and --max-memory in --help with their defaults; one line, exit 1; output printed once', () => {
-  const env = { ...process.env };
-  delete env.TSFUSE_DEBUG;
-  const tsfuse = (...args: string[]) => spawnSync(process.execPath, ['bin/tsfuse.mjs', ...args], { cwd: root, env, encoding: 'utf8', timeout: 60_000 });
-  const help = tsfuse('compile', '--help').stdout;
+test('the CLI: --timeout and --max-memory in --help with their defaults; one line, exit 1; output printed once', async () => {
+  const tsfuse = (...args: string[]) => runTsfuse(args);
+  const help = (await tsfuse('compile', '--help')).stdout;
   assert.match(help, /--timeout SECONDS .*\(default: 10\)/);
   assert.match(help, /--max-memory MB .*\(default: 2048\)/);
   const hang = script('cli-hang', "export function f(x: Tensor<'f32', [4]>): Tensor {\n  for (;;) {}\n  return x;\n}\n");
-  const r = tsfuse('compile', hang, '--timeout', '0.5');
-  assert.is(r.status, 1, r.stderr);
+  const r = await tsfuse('compile', hang, '--timeout', '0.5');
+  assert.is(r.code, 1, r.stderr);
   assert.is(r.stderr, `tsfuse compile: loading ${hang} and tracing f took longer than the limit of 0.5 s (--timeout): does it loop forever?\n`);
-  assert.match(tsfuse('compile', hang, '--timeout', 'soon').stderr, /^tsfuse compile: --timeout must be a number of seconds, more than 0 .*, got 'soon'\n$/);
+  assert.match((await tsfuse('compile', hang, '--timeout', 'soon')).stderr, /^tsfuse compile: --timeout must be a number of seconds, more than 0 .*, got 'soon'\n$/);
   const chatty = script('cli-chatty', "console.log('loaded');\nexport function f(x: Tensor<'f32', [4]>): Tensor { return x.neg(); }\n");
-  const ok = tsfuse('compile', chatty, '--json');
-  assert.is(ok.status, 0, ok.stderr);
+  const ok = await tsfuse('compile', chatty, '--json');
+  assert.is(ok.code, 0, ok.stderr);
   assert.is(ok.stdout.split('\n').filter((l) => l === 'loaded').length, 1, ok.stdout);
 });
 

@@ -1,8 +1,8 @@
 // Model scripts: entry points and their inputs read with ts-morph, data-dependent control flow rejected statically,
 // and `tsfuse compile MODEL.ts --out FILE` on both example scripts: the artifact type-checks, runs without
-// tracing, and gives what the traced path gives. Errors name the model file and line, exit code 1, no stack.
+// tracing, and gives what the traced path gives. Errors name the model file and line, exit code 1, no stack. The
+// command runs in this process (test/tsfuse-cli.ts), once as a child process.
 
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,6 +13,8 @@ import { compile } from '../../compiler/compile.ts';
 import { readScript, traceScript } from '../../compiler/script.ts';
 import { HostTensor, hostTensor } from '../../ir/host-tensor.ts';
 import { Rng } from '../backends/rng.ts';
+import { type CliRun, spawnTsfuse, tsfuse as runTsfuse } from '../tsfuse-cli.ts';
+import { typeCheck } from '../type-check.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-script-'));
@@ -22,15 +24,9 @@ function lineOf(file: string, marker: string): number {
   return fs.readFileSync(path.join(root, file), 'utf8').split('\n').findIndex((l) => l.includes(marker)) + 1;
 }
 
-function tsfuse(...args: string[]) {
-  const env = { ...process.env };
-  delete env.TSFUSE_DEBUG;
-  const r = spawnSync(process.execPath, ['bin/tsfuse.mjs', ...args], { cwd: root, env, encoding: 'utf8' });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const tsfuse = (...args: string[]) => runTsfuse(args);
 
-function fails(args: string[], ...parts: string[]): string {
-  const r = tsfuse(...args);
+function failed(r: CliRun, args: string[], ...parts: string[]): string {
   assert.is(r.code, 1, `exit code of tsfuse ${args.join(' ')}\n${r.stderr}`);
   assert.ok(r.stderr.startsWith('tsfuse compile: '), r.stderr);
   for (const p of parts) assert.ok(r.stderr.includes(p), `stderr should mention ${JSON.stringify(p)}:\n${r.stderr}`);
@@ -38,6 +34,8 @@ function fails(args: string[], ...parts: string[]): string {
   assert.not.ok(r.stderr.includes('internal error'), r.stderr);
   return r.stderr;
 }
+
+const fails = async (args: string[], ...parts: string[]) => failed(await tsfuse(...args), args, ...parts);
 
 // --- reading scripts ---------------------------------------------------------------------------------------------
 
@@ -73,20 +71,22 @@ test('traceScript traces the entry with source lines of the script', async () =>
 
 // --- the command -------------------------------------------------------------------------------------------------
 
-test('errors: no entry point, a data-dependent branch, a shape error in the model — file and line, exit 1', () => {
-  fails(['compile', 'test/scripts/no-entry.ts'], 'test/scripts/no-entry.ts: no exported entry point', 'double: parameter x has no dtype');
+test('errors: no entry point, a data-dependent branch, a shape error in the model — file and line, exit 1', async () => {
+  await fails(['compile', 'test/scripts/no-entry.ts'], 'test/scripts/no-entry.ts: no exported entry point', 'double: parameter x has no dtype');
   const line = lineOf('test/scripts/branchy.ts', 'LINE-IF');
-  fails(['compile', 'test/scripts/branchy.ts'], 'test/scripts/branchy.ts is not traceable', `test/scripts/branchy.ts:${line}:7: if tests`);
+  await fails(['compile', 'test/scripts/branchy.ts'], 'test/scripts/branchy.ts is not traceable', `test/scripts/branchy.ts:${line}:7: if tests`);
   const mm = lineOf('test/scripts/bad-shape.ts', 'LINE-MATMUL');
-  fails(['compile', 'test/scripts/bad-shape.ts'], `test/scripts/bad-shape.ts:${mm}: `, 'matmul contraction sizes differ');
-  fails(['compile', 'examples/llama.ts'], 'several entry points, choose one with --entry (entry points: tinyPrefill, tinyDecode)');
-  fails(['compile', 'examples/llama.ts', '--entry', 'rmsNorm'], 'rmsNorm is not an entry point');
-  fails(['compile', 'examples/nope.ts'], 'examples/nope.ts: no such file');
-  fails(['compile', 'examples/mlp.ts', '--dump-ir=after:nope'], '--dump-ir=after:nope');
+  await fails(['compile', 'test/scripts/bad-shape.ts'], `test/scripts/bad-shape.ts:${mm}: `, 'matmul contraction sizes differ');
+  await fails(['compile', 'examples/llama.ts'], 'several entry points, choose one with --entry (entry points: tinyPrefill, tinyDecode)');
+  await fails(['compile', 'examples/llama.ts', '--entry', 'rmsNorm'], 'rmsNorm is not an entry point');
+  // As a process: its exit status and its stderr.
+  const nope = ['compile', 'examples/nope.ts'];
+  failed(spawnTsfuse(nope), nope, 'examples/nope.ts: no such file');
+  await fails(['compile', 'examples/mlp.ts', '--dump-ir=after:nope'], '--dump-ir=after:nope');
 });
 
-test('--dump-ir=after:fuse shows kernels with the script\'s source text', () => {
-  const r = tsfuse('compile', 'examples/mlp.ts', '--dump-ir=after:fuse');
+test('--dump-ir=after:fuse shows kernels with the script\'s source text', async () => {
+  const r = await tsfuse('compile', 'examples/mlp.ts', '--dump-ir=after:fuse');
   assert.is(r.code, 0, r.stderr);
   assert.match(r.stdout, '# after fuse');
   // The RMSNorm of S rows is a kernel of its own; the projections run as GEMM tiles after it.
@@ -95,9 +95,9 @@ test('--dump-ir=after:fuse shows kernels with the script\'s source text', () => 
   assert.match(r.stdout, /# examples\/mlp\.ts:\d+ {2}const up = h\.matmul/);
 });
 
-test('--dump-kernels writes the rendered kernels', () => {
+test('--dump-kernels writes the rendered kernels', async () => {
   const dir = path.join(tmp, 'kernels');
-  const r = tsfuse('compile', 'examples/mlp.ts', '--dump-kernels', dir, '--json');
+  const r = await tsfuse('compile', 'examples/mlp.ts', '--dump-kernels', dir, '--json');
   assert.is(r.code, 0, r.stderr);
   assert.equal(JSON.parse(r.stdout), { script: 'examples/mlp.ts', entry: 'mlp', inputs: ['x: f32[S,64]'], nodes: 12, kernels: 3 });
   assert.equal(fs.readdirSync(dir).sort(), ['mlp.k0.js', 'mlp.k0.schedule', 'mlp.k1.js', 'mlp.k1.schedule', 'mlp.k2.js', 'mlp.k2.schedule']);
@@ -113,27 +113,12 @@ function random(shape: number[], dtype: 'f32' | 'i32', seed: number, max = 1): H
   return hostTensor(dtype as never, shape, values);
 }
 
-function writeArtifact(script: string, entry: string, name: string): string {
+async function writeArtifact(script: string, entry: string, name: string): Promise<string> {
   const out = path.join(tmp, `${name}.ts`);
-  const r = tsfuse('compile', script, '--entry', entry, '--out', out, '--json');
+  const r = await tsfuse('compile', script, '--entry', entry, '--out', out, '--json');
   assert.is(r.code, 0, r.stderr);
   assert.is(JSON.parse(r.stdout).out, out);
   return out;
-}
-
-function typeCheck(files: string[]): void {
-  const tsconfig = path.join(tmp, 'tsconfig.json');
-  fs.writeFileSync(tsconfig, JSON.stringify({
-    compilerOptions: {
-      target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true,
-      allowImportingTsExtensions: true, skipLibCheck: true, types: ['node'], typeRoots: [path.join(root, 'node_modules/@types')],
-      // Artifacts import tsfuse/runtime/artifact: here, this checkout's.
-      paths: { 'tsfuse/runtime/artifact': [path.join(root, 'runtime/artifact.ts')] },
-    },
-    files,
-  }));
-  const r = spawnSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', tsconfig], { encoding: 'utf8' });
-  assert.is(r.status, 0, `tsc on the artifacts:\n${r.stdout}${r.stderr}`);
 }
 
 interface Artifact {
@@ -147,8 +132,8 @@ const artifacts = {
 };
 
 test('the artifacts of both example scripts type-check and equal the traced path', async () => {
-  const files = { mlp: artifacts.mlp(), prefill: artifacts.prefill() };
-  typeCheck(Object.values(files));
+  const files = { mlp: await artifacts.mlp(), prefill: await artifacts.prefill() };
+  typeCheck(tmp, 'script-artifacts', Object.values(files));
 
   // The MLP, at two row counts (S is symbolic in the artifact).
   const mlp = await import(pathToFileURL(files.mlp).href) as Artifact;

@@ -14,6 +14,7 @@ import { loadLlama } from '../../runtime/llama.ts';
 import { generateGreedy } from '../../compiler/open-session.ts';
 import { loadTokenizer, TextStream } from '../../runtime/tokenizer.ts';
 import { byteBpeTokenizer } from '../fixtures/byte-bpe-tokenizer.ts';
+import { tsfuse as runTsfuse } from '../tsfuse-cli.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
@@ -27,10 +28,8 @@ fs.mkdirSync(dir);
 for (const f of ['config.json', 'model.safetensors']) fs.copyFileSync(path.join(source, f), path.join(dir, f));
 fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(byteBpeTokenizer(512)));
 
-function tsfuse(...args: string[]) {
-  const r = spawnSync(process.execPath, ['bin/tsfuse.mjs', ...args], { cwd: root, encoding: 'utf8' });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+/** `tsfuse ...args` in this process (test/tsfuse-cli.ts), its stdout and stderr pipes. */
+const tsfuse = (...args: string[]) => runTsfuse(args);
 
 const prompt = 'hello the world, café!';
 
@@ -38,7 +37,7 @@ test('the prompt is encoded with the checkpoint tokenizer and decoding runs gree
   const tok = loadTokenizer(dir)!;
   const ids = tok.encode(prompt);
   assert.is(tok.decode(ids), prompt);
-  const r = tsfuse('generate', '--model', dir, '--prompt', prompt, '--max-new-tokens', '6', '--json');
+  const r = await tsfuse('generate', '--model', dir, '--prompt', prompt, '--max-new-tokens', '6', '--json');
   assert.is(r.code, 0, r.stderr);
   assert.is(r.stderr, '', 'no progress when piped');
   const out = JSON.parse(r.stdout);
@@ -51,7 +50,7 @@ test('the prompt is encoded with the checkpoint tokenizer and decoding runs gree
 
 test('text streams to stdout and the timing goes to stderr', async () => {
   const tok = loadTokenizer(dir)!;
-  const r = tsfuse('generate', '--model', dir, '--prompt', prompt, '--max-new-tokens', '5');
+  const r = await tsfuse('generate', '--model', dir, '--prompt', prompt, '--max-new-tokens', '5');
   assert.is(r.code, 0, r.stderr);
   const want = tok.decode(await generateGreedy(loadLlama(dir), tok.encode(prompt), 5));
   assert.ok(r.stdout.startsWith(want), JSON.stringify(r.stdout));
@@ -69,11 +68,11 @@ test('streamed pieces add up to the text; a character split over tokens waits fo
   assert.ok(e > 0 && pieces[e - 1] === '', JSON.stringify(pieces)); // 'é' is two byte tokens
 });
 
-test('--prompt without a tokenizer.json, and both or neither of --ids/--prompt, are usage errors', () => {
-  let r = tsfuse('generate', '--model', source, '--prompt', 'hi');
+test('--prompt without a tokenizer.json, and both or neither of --ids/--prompt, are usage errors', async () => {
+  let r = await tsfuse('generate', '--model', source, '--prompt', 'hi');
   assert.is(r.code, 1);
   assert.match(r.stderr, `--prompt needs a tokenizer.json in ${source}`);
-  r = tsfuse('generate', '--model', dir, '--prompt', 'hi', '--ids', '1');
+  r = await tsfuse('generate', '--model', dir, '--prompt', 'hi', '--ids', '1');
   assert.match(r.stderr, 'give one of --ids 5,9,13 or --prompt TEXT');
 });
 

@@ -3,7 +3,6 @@
 // request past max_position_embeddings is refused before anything is allocated, naming the limit. The Session does
 // it for any stop tokens on every device (the GPU path reads the history asynchronously, a few steps behind).
 
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,8 +12,8 @@ import * as assert from 'uvu/assert';
 import { openLlamaSession } from '../../compiler/open-session.ts';
 import { DeviceKind } from '../../runtime/device.ts';
 import { checkLength, loadLlama } from '../../runtime/llama.ts';
+import { tsfuse as runTsfuse } from '../tsfuse-cli.ts';
 
-const root = fileURLToPath(new URL('../../', import.meta.url));
 const fixture = fileURLToPath(new URL('../../../shared/fixtures/tiny-llama', import.meta.url));
 const golden = JSON.parse(fs.readFileSync(path.join(fixture, 'golden.json'), 'utf8')) as { input_ids: number[]; greedy_new_tokens: number[] };
 const prompt = golden.input_ids.slice(0, 8);
@@ -35,13 +34,8 @@ function checkpointWith(name: string, config: Record<string, unknown>, generatio
   return dir;
 }
 
-function tsfuse(...args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const env: Record<string, string | undefined> = { ...process.env };
-  delete env.TSFUSE_DEBUG;
-  const r = spawnSync(process.execPath, ['bin/tsfuse.mjs', ...args], { cwd: root, env, encoding: 'utf8' });
-  if (r.error) throw r.error;
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+/** `tsfuse ...args` in this process (test/tsfuse-cli.ts). */
+const tsfuse = (...args: string[]) => runTsfuse(args);
 
 test.before(async () => {
   const session = await openLlamaSession(loadLlama(fixture), { backend: 'cpu', cacheLength: prompt.length + 40 });
@@ -86,7 +80,7 @@ for (const backend of ['cpu', 'webgpu'] as DeviceKind[]) {
   });
 }
 
-test('the CLI stops at eos_token_id from generation_config.json (a list), or from config.json; --ignore-eos goes on', () => {
+test('the CLI stops at eos_token_id from generation_config.json (a list), or from config.json; --ignore-eos goes on', async () => {
   const [a, b] = [firstNew(6), firstNew(12)];
   const ids = ['--ids', prompt.join(','), '--max-new-tokens', '30', '--json'];
   const tokens = (r: { code: number | null; stdout: string; stderr: string }) => {
@@ -95,14 +89,14 @@ test('the CLI stops at eos_token_id from generation_config.json (a list), or fro
   };
   const absent = [...Array(512).keys()].find((t) => !continuation.includes(t))!;
   const listed = checkpointWith('generation-list', { eos_token_id: continuation[a] }, { eos_token_id: [absent, continuation[b]] });
-  assert.equal(tokens(tsfuse('generate', '--model', listed, ...ids)), continuation.slice(0, b + 1), 'generation_config.json wins');
+  assert.equal(tokens(await tsfuse('generate', '--model', listed, ...ids)), continuation.slice(0, b + 1), 'generation_config.json wins');
   const fromConfig = checkpointWith('config-eos', { eos_token_id: [continuation[a]] });
-  assert.equal(tokens(tsfuse('generate', '--model', fromConfig, ...ids)), continuation.slice(0, a + 1));
-  assert.equal(tokens(tsfuse('generate', '--model', fromConfig, ...ids, '--ignore-eos')), continuation.slice(0, 30));
+  assert.equal(tokens(await tsfuse('generate', '--model', fromConfig, ...ids)), continuation.slice(0, a + 1));
+  assert.equal(tokens(await tsfuse('generate', '--model', fromConfig, ...ids, '--ignore-eos')), continuation.slice(0, 30));
 });
 
-test('past max_position_embeddings: refused before loading, the limit named', () => {
-  const r = tsfuse('generate', '--model', fixture, '--ids', prompt.join(','), '--max-new-tokens', '505');
+test('past max_position_embeddings: refused before loading, the limit named', async () => {
+  const r = await tsfuse('generate', '--model', fixture, '--ids', prompt.join(','), '--max-new-tokens', '505');
   assert.is(r.code, 1);
   assert.match(r.stderr, /8 prompt tokens \+ 505 new tokens = 513 positions exceed the model's max_position_embeddings 512/);
   assert.not.match(r.stderr, /internal error/);

@@ -1,8 +1,8 @@
 // Sampling is a graph op like any other (compiler/next-token.ts), so one seed gives one token sequence on every
 // backend: `generate --temperature 0.9 --top-p 0.95 --seed 11` on the fixtures gives identical tokens on cpu,
-// reference and webgpu (lavapipe; skipped without an adapter), and on cuda when TSFUSE_BACKENDS names it.
+// reference and webgpu (lavapipe; skipped without an adapter), and on cuda when TSFUSE_BACKENDS names it. (The
+// command runs in this process, test/tsfuse-cli.ts.)
 
-import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
@@ -10,8 +10,8 @@ import * as assert from 'uvu/assert';
 import { openLlamaSession } from '../../compiler/open-session.ts';
 import { DeviceKind } from '../../runtime/device.ts';
 import { loadLlama } from '../../runtime/llama.ts';
+import { tsfuse } from '../tsfuse-cli.ts';
 
-const root = fileURLToPath(new URL('../../', import.meta.url));
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
 const prompt = [5, 9, 13, 200, 17];
 const newTokens = 24;
@@ -21,7 +21,8 @@ const gpus: DeviceKind[] = process.env.TSFUSE_BACKENDS?.split(',').includes('cud
 const unavailable = (e: unknown) => /WebGpuUnavailableError|CudaUnavailableError/.test((e as Error).name) ||
   /no WebGPU adapter|libcuda/.test((e as Error).message);
 
-async function sample(dir: string, backend: DeviceKind, s = sampling): Promise<number[] | undefined> {
+/** The tokens drawn with each of `settings` in turn, from one session on `backend`; undefined without the device. */
+async function sample(dir: string, backend: DeviceKind, settings = [sampling]): Promise<number[][] | undefined> {
   let session;
   try {
     session = await openLlamaSession(loadLlama(dir), { backend, cacheLength: prompt.length + newTokens, sampling: true });
@@ -30,7 +31,9 @@ async function sample(dir: string, backend: DeviceKind, s = sampling): Promise<n
     throw e;
   }
   try {
-    return await session.generate(prompt, newTokens, s);
+    const drawn: number[][] = [];
+    for (const s of settings) drawn.push(await session.generate(prompt, newTokens, s));
+    return drawn;
   } finally {
     session.close();
   }
@@ -39,24 +42,26 @@ async function sample(dir: string, backend: DeviceKind, s = sampling): Promise<n
 for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
   const dir = path.join(fixtures, fixture);
   const s = suite(`sampling on ${fixture}`);
-  let cpu: Promise<number[] | undefined> | undefined;
-  const onCpu = () => (cpu ??= sample(dir, 'cpu'));
+  // On the cpu: seed 11, seed 12 and temperature 0, from one session.
+  let cpu: Promise<number[][] | undefined> | undefined;
+  const cpuDraws = () => (cpu ??= sample(dir, 'cpu', [sampling, { ...sampling, seed: 12 }, { ...sampling, temperature: 0 }]));
+  const onCpu = async () => (await cpuDraws())![0];
 
   s('cpu and reference draw the same tokens; they are not the greedy ones; another seed draws others', async () => {
-    const tokens = (await onCpu())!;
+    const [tokens, seed12, cold] = (await cpuDraws())!;
     assert.is(tokens.length, newTokens);
-    assert.equal(await sample(dir, 'reference'), tokens);
+    assert.equal((await sample(dir, 'reference'))![0], tokens);
     const session = await openLlamaSession(loadLlama(dir), { backend: 'cpu', cacheLength: prompt.length + newTokens });
     const greedy = await session.generate(prompt, newTokens);
     session.close();
     assert.not.equal(tokens, greedy, 'at temperature 0.9 the tokens differ from greedy decoding');
-    assert.not.equal(await sample(dir, 'cpu', { ...sampling, seed: 12 }), tokens, 'seed 12');
-    assert.equal(await sample(dir, 'cpu', { ...sampling, temperature: 0 }), greedy, 'temperature 0 is greedy');
+    assert.not.equal(seed12, tokens, 'seed 12');
+    assert.equal(cold, greedy, 'temperature 0 is greedy');
   });
 
   for (const gpu of gpus) {
     s(`${gpu} draws the tokens cpu draws`, async () => {
-      const tokens = await sample(dir, gpu);
+      const tokens = (await sample(dir, gpu))?.[0];
       if (tokens) assert.equal(tokens, await onCpu());
     });
   }
@@ -64,16 +69,16 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
 }
 
 const cli = suite('generate --temperature 0.9 --top-p 0.95 --seed 11');
-cli('the same tokens from the command line on cpu and reference', () => {
-  const run = (backend: string) => {
-    const r = spawnSync(process.execPath, ['bin/tsfuse.mjs', 'generate', '--model', path.join(fixtures, 'tiny-llama'),
+cli('the same tokens from the command line on cpu and reference', async () => {
+  const run = async (backend: string) => {
+    const r = await tsfuse(['generate', '--model', path.join(fixtures, 'tiny-llama'),
       '--ids', prompt.join(','), '--max-new-tokens', '12', '--temperature', '0.9', '--top-p', '0.95', '--seed', '11',
-      '--backend', backend, '--json'], { cwd: root, encoding: 'utf8' });
-    assert.is(r.status, 0, r.stderr);
+      '--backend', backend, '--json']);
+    assert.is(r.code, 0, r.stderr);
     return JSON.parse(r.stdout).tokens as number[];
   };
-  const cpu = run('cpu');
+  const cpu = await run('cpu');
   assert.is(cpu.length, 12);
-  assert.equal(run('reference'), cpu);
+  assert.equal(await run('reference'), cpu);
 });
 cli.run();

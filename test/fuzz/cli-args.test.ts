@@ -3,11 +3,11 @@
 // of every command, unknown ones, odd values and paths: folders, devices, files under files), run against the tiny
 // fixture checkpoint. Each must succeed, or exit 1 with its error as one last line `tsfuse COMMAND: …` (an IR
 // file's mistake followed by its source line and a caret); never an `internal error`, a stack trace, a signal or a
-// hang (a case has CASE_TIMEOUT_MS).
+// hang (a case has CASE_TIMEOUT_MS). The command runs in this process (test/tsfuse-cli.ts): a crash ends the test
+// process, which the runner counts as a failure.
 //
 //   FUZZ_SEED=7 FUZZ_SCALE=10 npm test -- fuzz      another seed, ten times the cases
 
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Rng } from '../backends/rng.ts';
+import { tsfuse } from '../tsfuse-cli.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const fixtures = process.env.TSFUSE_FIXTURES ?? path.join(root, '../shared/fixtures');
@@ -99,18 +100,12 @@ function vector(r: Rng): string[] {
 
 interface Outcome { readonly code: number | null; readonly signal: string | null; readonly stderr: string; readonly ms: number }
 
-function runCli(argv: string[]): Promise<Outcome> {
-  const env: NodeJS.ProcessEnv = { ...process.env, TSFUSE_CACHE_DIR: path.join(tmp, 'cache') };
-  delete env.TSFUSE_DEBUG;
-  delete env.TSFUSE_LOGS;
+async function runCli(argv: string[]): Promise<Outcome> {
+  const env = { TSFUSE_CACHE_DIR: path.join(tmp, 'cache') };
   const t0 = Date.now();
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [path.join(root, 'bin/tsfuse.mjs'), ...argv], { cwd: work, env, timeout: CASE_TIMEOUT_MS, killSignal: 'SIGKILL' });
-    let stderr = '';
-    child.stdout.resume();
-    child.stderr.on('data', (d) => { stderr += d; });
-    child.on('close', (code, signal) => resolve({ code, signal, stderr, ms: Date.now() - t0 }));
-  });
+  const r = await tsfuse(argv, { cwd: work, env, timeoutMs: CASE_TIMEOUT_MS });
+  const ms = Date.now() - t0;
+  return { code: r.code, signal: r.code === null || ms >= CASE_TIMEOUT_MS ? 'timeout' : null, stderr: r.stderr, ms };
 }
 
 /** What is wrong with an outcome, or undefined. */
@@ -134,18 +129,12 @@ test('CLI argument vectors: success, or exit 1 with one line naming the problem;
   const cases = [...valid, ...Array.from({ length: 6 * SCALE }, () => vector(r))];
   const failures: string[] = [];
   let failed = 0;
-  let next = 0;
-  const worker = async () => {
-    while (next < cases.length) {
-      const i = next++;
-      const argv = cases[i];
-      const o = await runCli(argv);
-      const why = i < valid.length && o.code !== 0 ? 'a valid vector failed' : problem(argv, o);
-      if (why) failures.push(`${why}: tsfuse ${argv.map((a) => JSON.stringify(a)).join(' ')}\n${o.stderr.trimEnd()}`);
-      else if (o.code === 1) failed++;
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(2, os.availableParallelism()) }, worker));
+  for (const [i, argv] of cases.entries()) {
+    const o = await runCli(argv);
+    const why = i < valid.length && o.code !== 0 ? 'a valid vector failed' : problem(argv, o);
+    if (why) failures.push(`${why}: tsfuse ${argv.map((a) => JSON.stringify(a)).join(' ')}\n${o.stderr.trimEnd()}`);
+    else if (o.code === 1) failed++;
+  }
   assert.equal(failures, [], `${failures.length} of ${cases.length} cases:\n\n${failures.join('\n\n')}`);
   assert.ok(failed > 0, 'some mutated vectors are refused');
 });

@@ -40,6 +40,7 @@ struct Fiber {
   void* sp = nullptr;
   State state = Done;
   Dim3 idx;
+  unsigned shuffles = 0;  // how many this thread has done: which of two slot arrays the next one posts in
 };
 
 constexpr size_t kStack = 256 * 1024;
@@ -50,7 +51,7 @@ inline Fiber fibers[kMaxThreads];
 inline Fiber* current = nullptr;
 inline void* scheduler_sp = nullptr;
 inline char* stacks = nullptr;
-inline uint64_t slots[kMaxThreads];
+inline uint64_t slots[2][kMaxThreads];
 inline std::function<void()> body;
 inline std::vector<unsigned char> dynamic_shared;
 
@@ -85,10 +86,28 @@ tf_fake_swap:
   ret
 )");
 
+namespace tf_fake {
+
+inline unsigned warp_end = 0;  // one past the last lane of the warp being run
+
+// Leaves `self` for the next lane of its warp that can run, else for the scheduler: one switch per lane instead of
+// two through the scheduler (switches are most of the fake's time).
+inline void leave(Fiber* self) {
+  for (unsigned t = static_cast<unsigned>(self - fibers) + 1; t < warp_end; t++) {
+    if (fibers[t].state != Runnable) continue;
+    current = &fibers[t];
+    tf_fake_swap(&self->sp, fibers[t].sp);
+    return;
+  }
+  tf_fake_swap(&self->sp, scheduler_sp);
+}
+
+}  // namespace tf_fake
+
 extern "C" void tf_fake_trampoline() {
   tf_fake::body();
   tf_fake::current->state = tf_fake::Done;
-  tf_fake_swap(&tf_fake::current->sp, tf_fake::scheduler_sp);
+  tf_fake::leave(tf_fake::current);
   std::abort();  // a finished fiber is never resumed
 }
 
@@ -101,7 +120,7 @@ namespace tf_fake {
 
 inline void yield_as(State s) {
   current->state = s;
-  tf_fake_swap(&current->sp, scheduler_sp);
+  leave(current);
 }
 
 inline void start(Fiber& f, unsigned t) {
@@ -110,7 +129,9 @@ inline void start(Fiber& f, unsigned t) {
         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
     if (stacks == MAP_FAILED) { std::fprintf(stderr, "tf_fake: cannot map fiber stacks\n"); std::abort(); }
   }
-  auto top = reinterpret_cast<uintptr_t>(stacks + kStack * (t + 1)) & ~uintptr_t(15);
+  // Each stack's top sits 320 bytes lower than the last's: tops a power of two apart would share one cache set, and
+  // every switch would miss the cache.
+  auto top = reinterpret_cast<uintptr_t>(stacks + kStack * (t + 1) - (t * 320) % 65536) & ~uintptr_t(15);
   void** sp = reinterpret_cast<void**>(top);
   *--sp = nullptr;                                       // keeps the ABI's entry alignment
   *--sp = reinterpret_cast<void*>(&tf_fake_trampoline);  // where the first switch "returns"
@@ -118,6 +139,7 @@ inline void start(Fiber& f, unsigned t) {
   f.sp = sp;
   f.state = Runnable;
   f.idx = {t, 0, 0};
+  f.shuffles = 0;
 }
 
 inline const char* name(State s) {
@@ -133,35 +155,39 @@ inline void deadlock(unsigned n) {
   std::abort();
 }
 
-inline void run_block(unsigned n) {
-  for (unsigned t = 0; t < n; t++) start(fibers[t], t);
+/** Runs warp w's lanes until none can go on; a shuffle goes on at once when all of its lanes are at it. */
+inline void run_warp(unsigned w, unsigned n) {
+  const unsigned end = w * 32 + 32 < n ? w * 32 + 32 : n;
+  warp_end = end;
   for (;;) {
-    for (unsigned t = 0; t < n; t++) {
+    // The first lane that can run; each runs on into the next (leave()), the last back here.
+    for (unsigned t = w * 32; t < end; t++) {
       if (fibers[t].state != Runnable) continue;
       current = &fibers[t];
       tf_fake_swap(&scheduler_sp, fibers[t].sp);
     }
-    bool done = true, block_ready = true, any_block = false, released = false;
+    bool all = true;
+    for (unsigned t = w * 32; t < end; t++) all = all && fibers[t].state == WaitWarp;
+    if (!all) return;
+    for (unsigned t = w * 32; t < end; t++) fibers[t].state = Runnable;
+  }
+}
+
+// A warp at a time, so that its lanes' stacks stay in the cache between shuffles.
+inline void run_block(unsigned n) {
+  for (unsigned t = 0; t < n; t++) start(fibers[t], t);
+  for (;;) {
+    for (unsigned w = 0; w * 32 < n; w++) run_warp(w, n);
+    bool done = true, block_ready = true, any_block = false;
     for (unsigned t = 0; t < n; t++) {
       done = done && fibers[t].state == Done;
       any_block = any_block || fibers[t].state == WaitBlock;
       block_ready = block_ready && (fibers[t].state == WaitBlock || fibers[t].state == Done);
     }
     if (done) return;
-    // A warp's shuffle goes on when all 32 of its lanes are at one.
-    for (unsigned w = 0; w * 32 < n; w++) {
-      bool all = true;
-      for (unsigned t = w * 32; t < w * 32 + 32 && t < n; t++) all = all && fibers[t].state == WaitWarp;
-      if (!all) continue;
-      for (unsigned t = w * 32; t < w * 32 + 32 && t < n; t++) fibers[t].state = Runnable;
-      released = true;
-    }
     // __syncthreads goes on when every thread is at it or has exited.
-    if (!released && any_block && block_ready) {
-      for (unsigned t = 0; t < n; t++) if (fibers[t].state == WaitBlock) fibers[t].state = Runnable;
-      released = true;
-    }
-    if (!released) deadlock(n);
+    if (!any_block || !block_ready) deadlock(n);
+    for (unsigned t = 0; t < n; t++) if (fibers[t].state == WaitBlock) fibers[t].state = Runnable;
   }
 }
 
@@ -195,20 +221,21 @@ void call(void (*f)(A...), void** p) {
 inline void __syncthreads() { tf_fake::yield_as(tf_fake::WaitBlock); }
 
 namespace tf_fake {
-// Every lane of the warp posts v and takes the value lane `src` (of the same warp) posted.
+// Every lane of the warp posts v and takes the value lane `src` (of the same warp) posted. Shuffles alternate between
+// two slot arrays: a lane posts in one again only two shuffles later, when every lane is past the next one and so
+// has read this one's.
 template <typename T>
 T exchange(T v, unsigned src) {
   static_assert(sizeof(T) <= 8, "shuffle of a wide type");
   const unsigned t = threadIdx.x;
+  uint64_t* posted = slots[current->shuffles++ & 1];
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
-  slots[t] = bits;
+  posted[t] = bits;
   yield_as(WaitWarp);
-  const uint64_t other = slots[(t & ~31u) | (src & 31u)];
+  const uint64_t other = posted[(t & ~31u) | (src & 31u)];
   T r;
   std::memcpy(&r, &other, sizeof(T));
-  // Nobody overwrites a slot until every lane has read its partner's.
-  yield_as(WaitWarp);
   return r;
 }
 }  // namespace tf_fake
