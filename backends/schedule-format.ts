@@ -38,7 +38,9 @@ export function formatSchedule(s: ScheduledKernel): string {
     const skip = f.limit ? ', key tiles past the causal bound skipped' : '';
     lines.push(p.units === 'serial'
       ? `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): row by row, online softmax${skip}`
-      : `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): tiles of ${p.tileQueries} queries × ${p.tileKeys} keys, ${p.threadsPerQuery} threads per query, online softmax, f32${skip}`);
+      : p.units === 'mma-bf16'
+        ? `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): tiles of ${p.tileQueries} queries × ${p.tileKeys} keys, a warp per 16 queries, bf16 matrix instructions (mma m16n8k16, f32 accumulators), online softmax in registers${skip}`
+        : `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): tiles of ${p.tileQueries} queries × ${p.tileKeys} keys, ${p.threadsPerQuery} threads per query, online softmax, f32${skip}`);
   }
   if (s.workgroupsPerProcessor) lines.push(`  ${s.workgroupsPerProcessor} workgroups a multiprocessor at once (registers capped to fit): one wave`);
   if (s.overlap) {

@@ -117,16 +117,24 @@ export interface GemmPlan {
 
 /**
  * How a flash-attention kernel (KernelIR.flash) runs: each workgroup takes `tileQueries` query rows of one batch
- * index (head) and walks the keys in tiles of `tileKeys` up to the tile's causal bound, the query tile, each key
- * and value tile and the tile of scores in workgroup memory; `threadsPerQuery` threads share a query row, each
- * computing keys/threadsPerQuery of its scores and width/threadsPerQuery of its output.
+ * index (head) and walks the keys in tiles of `tileKeys` up to the tile's causal bound.
+ *   'fma':      the query tile, each key and value tile and the tile of scores in workgroup memory, f32;
+ *               `threadsPerQuery` threads share a query row, each computing keys/threadsPerQuery of its scores and
+ *               width/threadsPerQuery of its output.
+ *   'mma-bf16': each warp 16 query rows by CUDA's m16n8k16 bf16 matrix instructions (f32 accumulators): the scores
+ *               and the output stay in registers, the probabilities rounded to bf16 feed the second product
+ *               directly; queries, keys and values are staged as bf16 (keys and values read from bf16 memory).
+ *   'serial':   the CPU's loops, row by row.
  */
 export interface FlashPlan {
-  readonly units: 'fma' | 'serial';
+  readonly units: 'fma' | 'mma-bf16' | 'serial';
   readonly tileQueries: number;
   readonly tileKeys: number;
+  /** 'fma': the threads sharing a query row (0 otherwise). */
   readonly threadsPerQuery: number;
   readonly queryTiles: KExpr;
+  /** Workgroup memory the tiles declare. */
+  readonly bytes: number;
 }
 
 export interface ScheduledKernel {
@@ -230,8 +238,8 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   // Attention's loops over the keys run to the causal bound where a loop's bound may come from memory.
   const k = device.boundsFromMemory ? boundKeyLoops(lowered) : lowered;
   const gemm = k.gemm && gemmPlan(k, k.gemm, device);
-  const flash = k.flash && flashPlan(k.flash, device);
-  const tileBytes = gemm ? gemmBytes(k.gemm!, gemm) : flash ? flashBytes(k.flash!, flash.tileQueries, flash.tileKeys) : 0;
+  const flash = k.flash && flashPlan(k.flash, k, device);
+  const tileBytes = gemm ? gemmBytes(k.gemm!, gemm) : flash ? flash.bytes : 0;
   const extent = k.gemm?.rows ?? k.flash?.queries;
   const tileGrid = gemm ? mul(gemm.rowTiles, int(gemm.columnTiles)) : flash ? mul(int(k.flash!.batch), flash.queryTiles) : undefined;
   // Fewer rows than this run row by row (the CPU, with no choice to make, always runs the tiles).
@@ -315,8 +323,8 @@ const select = (cond: KExpr, a: KExpr, b: KExpr): KExpr => ({ k: 'select', cond,
 /**
  * Tiles for a GEMM: bf16 matrix instructions where the device has them and every right operand is a bf16 weight
  * read along the depth (the products' inputs they take exactly), else f32 multiply-adds; one row at a time on the
- * CPU. Tiles of 64 × 64: at a 512-token prompt the narrowest projection (2,048 columns) still gives 256 tiles, about
- * two per SM of an H200. Tiles along the rows are neighbours in the grid, so the tiles sharing a weight tile run
+ * CPU. Tiles of 64 × 64, or 128 × 64 where cp.async copies the operands: at a 512-token prompt the narrowest
+ * projection (2,048 columns) still gives 128 tiles, about one per SM of an H200. Tiles along the rows are neighbours in the grid, so the tiles sharing a weight tile run
  * together and read it from L2.
  */
 function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | undefined {
@@ -325,17 +333,22 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   }
   const bf16 = device.matrixUnits.some((u) => u.input === DType.BF16 && u.m === 16 && u.n === 8 && u.k === 16);
   const mma = bf16 && gemm.depth % 32 === 0 && gemm.b.every((b) => bf16WeightAlong(b, gemm.k, k));
-  // 64 rows a tile. (128-row mma tiles, each warp 32 × 32, measured no faster at 512 rows on the H200 — 68 against
-  // 66 TFLOP/s — and slower for 32 to 128 rows, where they leave most of a tile empty.)
+  const rowTilesOf = (rows: number) => idiv(add(gemm.rows, int(rows - 1)), int(rows));
+  // 64 × 64 tiles staged through registers, and f32 tiles. (128-row register-staged tiles, each warp 32 × 32,
+  // measured no faster at 512 rows on the H200 — 68 against 66 TFLOP/s — and slower for 32 to 128 rows.)
   const [tileRows, tileColumns] = [64, 64];
-  const rowTiles = idiv(add(gemm.rows, int(tileRows - 1)), int(tileRows));
-  const columnTiles = Math.ceil(gemm.columns / tileColumns);
-  const plan: GemmPlan = { units: mma ? 'mma-bf16' : 'fma', tileRows, tileColumns, tileDepth: mma ? 32 : 16, rowTiles, columnTiles };
+  const plan: GemmPlan = { units: mma ? 'mma-bf16' : 'fma', tileRows, tileColumns, tileDepth: mma ? 32 : 16, rowTiles: rowTilesOf(tileRows), columnTiles: Math.ceil(gemm.columns / tileColumns) };
   // A left operand that is a plain f32 row, 16-byte aligned along the depth, is copied as it is, several steps ahead.
-  const stages = 3;
-  const asyncBytes = stages * (tileRows * (32 + 8) * 4 + gemm.b.length * tileColumns * (32 + 8) * 2);
   const plainA = gemm.a.k === 'load' && k.buffers[gemm.a.buf].dtype === DType.F32 && multipleOf(offsetAlong(gemm.a.index, gemm.k) ?? int(1), 4);
-  if (mma && plainA && asyncBytes <= device.workgroupMemoryBytes) return { ...plan, staging: { kind: 'async', stages, bytes: asyncBytes } };
+  // Copied tiles are 128 × 64, each warp 32 × 32 (every right fragment read once for two instructions). Measured on
+  // the H200 against 64 × 64 (BENCHMARKS.md, issue 10): 512 tokens 10.2 → 9.7 ms, 2,048 tokens 42.6 → 38.0, but
+  // 32 tokens 5.3 → 6.1 (one tile of rows either way, three quarters of it empty); 64 × 128 and 128 × 128 no better.
+  if (mma && plainA) {
+    const [asyncRows, asyncColumns, stages] = [128, 64, 3];
+    const bytes = stages * (asyncRows * (32 + 8) * 4 + gemm.b.length * asyncColumns * (32 + 8) * 2);
+    const tile = { ...plan, tileRows: asyncRows, tileColumns: asyncColumns, rowTiles: rowTilesOf(asyncRows), columnTiles: Math.ceil(gemm.columns / asyncColumns) };
+    if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes } };
+  }
   return gemmBytes(gemm, plan) <= device.staticWorkgroupMemoryBytes ? { ...plan, staging: mma ? { kind: 'registers' } : undefined } : undefined;
 }
 
@@ -347,22 +360,38 @@ function gemmBytes(g: GemmIR, p: GemmPlan): number {
     : 4 * p.tileDepth * (p.tileRows + g.b.length * p.tileColumns);
 }
 
-/** Workgroup memory a flash tile declares: query and key tiles (rows padded by one), values, scores, bounds. */
+/** Workgroup memory an f32 flash tile declares: query and key tiles (rows padded by one), values, scores, bounds. */
 function flashBytes(f: FlashIR, bq: number, bk: number): number {
   return 4 * (bq * (f.depth + 1) + bk * (f.depth + 1) + bk * f.width + bq * bk + bq + 1);
 }
 
+/** Workgroup memory a bf16 matrix-unit flash tile declares: query and key rows, value columns (each padded by 8), bounds. */
+function flashMmaBytes(f: FlashIR, bq: number, bk: number): number {
+  return 2 * (bq * (f.depth + 8) + bk * (f.depth + 8) + f.width * (bk + 8)) + 4 * bq;
+}
+
 /**
- * Flash-attention tiles: the largest query × key tile whose query, key, value and score tiles fit the statically
- * declared workgroup memory (48 KiB on CUDA: 64 × 32 for head size 64; 16 KiB on WebGPU: 16 × 16), with the
- * threads of a query row dividing its keys and its output evenly; none where nothing fits (the row form runs).
- * The CPU walks every row, key by key.
+ * Flash-attention tiles. With bf16 matrix units, keys and values read from bf16 memory and a head a multiple of 16:
+ * a warp per 16 query rows (128 rows for 256 threads), 64 keys a tile. Otherwise the largest query × key tile whose
+ * query, key, value and score tiles fit the statically declared workgroup memory (48 KiB on CUDA: 64 × 32 for head
+ * size 64; 16 KiB on WebGPU: 16 × 16), with the threads of a query row dividing its keys and its output evenly;
+ * none where nothing fits (the row form runs). The CPU walks every row, key by key.
  */
-function flashPlan(f: FlashIR, device: DeviceCaps): FlashPlan | undefined {
+function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | undefined {
+  const queryTiles = (bq: number) => idiv(add(f.queries, int(bq - 1)), int(bq));
   if (device.threadsPerWorkgroup === 1) {
-    return { units: 'serial', tileQueries: 1, tileKeys: f.keys, threadsPerQuery: 1, queryTiles: f.queries };
+    return { units: 'serial', tileQueries: 1, tileKeys: f.keys, threadsPerQuery: 1, queryTiles: f.queries, bytes: 0 };
   }
   const threads = device.threadsPerWorkgroup;
+  const bf16 = device.matrixUnits.some((u) => u.input === DType.BF16 && u.m === 16 && u.n === 8 && u.k === 16);
+  const warps = threads / 32;
+  if (bf16 && Number.isInteger(warps) && f.depth % 16 === 0 && f.width % 8 === 0 && readsOnly([f.k, f.v], DType.BF16, k)) {
+    const [bq, bk] = [16 * warps, 64];
+    const bytes = flashMmaBytes(f, bq, bk);
+    if (bytes + SCRATCH_BYTES <= device.staticWorkgroupMemoryBytes) {
+      return { units: 'mma-bf16', tileQueries: bq, tileKeys: bk, threadsPerQuery: 0, queryTiles: queryTiles(bq), bytes };
+    }
+  }
   const tiles: [number, number][] = [[64, 32], [32, 32], [32, 16], [16, 16], [8, 32], [8, 16]];
   const fits = tiles.find(([bq, bk]) => {
     const per = threads / bq;
@@ -370,8 +399,24 @@ function flashPlan(f: FlashIR, device: DeviceCaps): FlashPlan | undefined {
   });
   if (!fits) return undefined;
   const [tileQueries, tileKeys] = fits;
-  const queryTiles = idiv(add(f.queries, int(tileQueries - 1)), int(tileQueries));
-  return { units: 'fma', tileQueries, tileKeys, threadsPerQuery: threads / tileQueries, queryTiles };
+  return { units: 'fma', tileQueries, tileKeys, threadsPerQuery: threads / tileQueries, queryTiles: queryTiles(tileQueries), bytes: flashBytes(f, tileQueries, tileKeys) };
+}
+
+/** Whether every value the expressions load (not the indices they load at) comes from a buffer of `dtype`. */
+function readsOnly(es: readonly KExpr[], dtype: DType, k: KernelIR): boolean {
+  const values = (e: KExpr): boolean => {
+    switch (e.k) {
+      case 'const': case 'var': return true;
+      case 'load': return k.buffers[e.buf].dtype === dtype;
+      case 'elem': return false;
+      case 'unary': case 'cast': return values(e.a);
+      case 'binary': return values(e.a) && values(e.b);
+      case 'select': return values(e.a) && values(e.b);
+      case 'reduce': return values(e.body);
+      default: return e satisfies never;
+    }
+  };
+  return es.every(values);
 }
 
 /** A load of a bf16 buffer at an index running along `v` with a start that is a multiple of 8 (16-byte aligned). */

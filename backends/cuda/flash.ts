@@ -1,8 +1,14 @@
 // A flash-attention kernel (KernelIR.flash) in CUDA C: each block takes a tile of query rows of one head and walks
 // the keys in tiles up to the tile's causal bound, keeping per row the running maximum, the running sum and the
-// output row in registers (an online softmax): no row of scores is ever whole. The query tile (its prologue, the
-// rotary embedding, computed once), each key and value tile and the tile of scores live in shared memory; the
-// threads of a query row split its keys for the scores and its output's columns for probs·V. f32 throughout.
+// output row in registers (an online softmax): no row of scores is ever whole.
+//   fma:      the query tile (its prologue, the rotary embedding, computed once), each key and value tile and the
+//             tile of scores live in shared memory; the threads of a query row split its keys for the scores and its
+//             output's columns for probs·V. f32 throughout.
+//   mma-bf16: each warp takes 16 query rows; scores (q·kᵀ) and the output (probs·V) are m16n8k16 bf16 matrix
+//             instructions with f32 accumulators. A score accumulator's layout is the next product's left-operand
+//             layout, so the probabilities go from registers to the second product without shared memory (as two
+//             bf16 terms each, hi + lo); the query rows, key rows and value columns are staged in shared memory as
+//             bf16.
 
 import { FlashIR } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
@@ -10,6 +16,203 @@ import { FlashPlan } from '../schedule.ts';
 import { storeValue } from './render-cuda.ts';
 
 export function renderFlashCuda(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): void {
+  if (plan.units === 'mma-bf16') mmaFlash(f, plan, p, out);
+  else if (plan.units === 'fma') fmaFlash(f, plan, p, out);
+  else throw new Error(`CUDA: no flash attention of ${plan.units} units`);
+}
+
+/** Each row's bound on the keys into tf_lims, for the tile's query rows from tf_i0. */
+function rowLimits(f: FlashIR, rows: number, p: ExprPrinter, out: string[], i1: string): void {
+  out.push(`${i1}for (int tf_x = threadIdx.x; tf_x < ${rows}; tf_x += TF_BLOCK) {`);
+  out.push(`${i1}  const int ${f.i} = tf_i0 + tf_x;`);
+  const limit = f.limit ? p.expr(f.limit, out, i1 + '  ') : String(f.keys);
+  out.push(`${i1}  tf_lims[tf_x] = ${f.i} < tf_queries ? tf_imin(tf_imax(${limit}, 0), ${f.keys}) : 0;`);
+  out.push(`${i1}}`);
+}
+
+/** The stores of the output at (b, i, e), `f.out` bound to its value. */
+function stores(f: FlashIR, p: ExprPrinter, out: string[], indent: string): void {
+  for (const st of f.stores) {
+    const value = p.expr(st.value, out, indent);
+    const index = p.expr(st.index, out, indent);
+    out.push(`${indent}b${st.buf}[${index}] = ${storeValue(p.buffers[st.buf].dtype, value, st.value.t)};`);
+  }
+}
+
+/**
+ * Stages `rows` × `cols` elements of `value` in shared memory as bf16, element x at row x / cols, column x % cols:
+ * `row` (= `base` + the row) and `col` are the variables `value` reads; rows at or past `bound` are zeros.
+ */
+function stageBf16(value: FlashIR['q'], rows: number, cols: number, v: { row: string; base: string; col: string; bound: string },
+  at: (row: string, col: string) => string, p: ExprPrinter, out: string[], ind: string): void {
+  out.push(`${ind}for (int tf_x = threadIdx.x; tf_x < ${rows * cols}; tf_x += TF_BLOCK) {`);
+  out.push(`${ind}  const int ${v.row} = ${v.base} + tf_x / ${cols};`);
+  out.push(`${ind}  const int ${v.col} = tf_x % ${cols};`);
+  out.push(`${ind}  float tf_v = 0.0f;`);
+  out.push(`${ind}  if (${v.row} < ${v.bound}) {`);
+  out.push(`${ind}    tf_v = ${p.expr(value, out, ind + '    ')};`);
+  out.push(`${ind}  }`);
+  out.push(`${ind}  ${at(`tf_x / ${cols}`, `tf_x % ${cols}`)} = tf_to_bf16(tf_v);`);
+  out.push(`${ind}}`);
+}
+
+const MMA_PAD = 8; // bf16 elements a staged row is longer than its data: a warp's fragment reads hit distinct banks
+
+/**
+ * The matrix-unit form. Warp w holds query rows 16w … 16w + 15 of the tile; a lane (group g = lane / 4, index
+ * q = lane % 4) holds rows g and g + 8, keys (and output columns) 2q, 2q + 1 of each block of 8. Per key tile:
+ * scores = q·kᵀ (depth/16 × keys/8 instructions, the query fragments kept in registers for the whole walk), the
+ * score expression and mask at each accumulator, the rows' maxima across the lane quad, the rescale, then
+ * out += probs·V with the probabilities rounded to bf16 in place as left operands. A warp whose rows all end before
+ * the key tile skips it.
+ */
+function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): void {
+  const { tileQueries: BQ, tileKeys: BK } = plan;
+  const [D, E] = [f.depth, f.width];
+  const [QP, VP] = [D + MMA_PAD, BK + MMA_PAD];
+  const [steps, keyBlocks, outBlocks] = [D / 16, BK / 8, E / 8];
+  const full = '0xffffffffu';
+  out.push(`  __shared__ __align__(16) unsigned short tf_qs[${BQ * QP}];`);
+  out.push(`  __shared__ __align__(16) unsigned short tf_ks[${BK * QP}];`);
+  out.push(`  __shared__ __align__(16) unsigned short tf_vt[${E * VP}];`);
+  out.push(`  __shared__ int tf_lims[${BQ}];`);
+  out.push(`  const int tf_queries = ${p.expr(f.queries, out, '  ')};`);
+  out.push(`  const int tf_qtiles = ${p.expr(plan.queryTiles, out, '  ')};`);
+  out.push('  const int tf_lane = threadIdx.x & 31, tf_warp = threadIdx.x >> 5;');
+  out.push('  const int tf_g = tf_lane >> 2, tf_q = tf_lane & 3, tf_wm = tf_warp * 16;');
+  out.push(`  for (int tf_tile = blockIdx.x; tf_tile < ${f.batch} * tf_qtiles; tf_tile += gridDim.x) {`);
+  const i1 = '    ';
+  out.push(`${i1}const int ${f.b} = tf_tile / tf_qtiles;`);
+  out.push(`${i1}const int tf_i0 = (tf_tile % tf_qtiles) * ${BQ};`);
+  stageBf16(f.q, BQ, D, { row: f.i, base: 'tf_i0', col: f.d, bound: 'tf_queries' }, (r, c) => `tf_qs[(${r}) * ${QP} + ${c}]`, p, out, i1);
+  rowLimits(f, BQ, p, out, i1);
+  out.push(`${i1}__syncthreads();`);
+  // The tile walks to its rows' largest bound, the warp computes up to its own rows' largest.
+  out.push(`${i1}int tf_kend = 0, tf_wend = 0;`);
+  out.push(`${i1}for (int tf_x = 0; tf_x < ${BQ}; tf_x++) tf_kend = tf_imax(tf_kend, tf_lims[tf_x]);`);
+  out.push(`${i1}for (int tf_x = 0; tf_x < 16; tf_x++) tf_wend = tf_imax(tf_wend, tf_lims[tf_wm + tf_x]);`);
+  out.push(`${i1}unsigned tf_qf[${steps}][4];`);
+  out.push(`${i1}#pragma unroll`);
+  out.push(`${i1}for (int tf_kk = 0; tf_kk < ${steps}; tf_kk++) {`);
+  out.push(`${i1}  const unsigned short* tf_pa = tf_qs + (tf_wm + tf_g) * ${QP} + tf_kk * 16 + tf_q * 2;`);
+  for (const [r, off] of [[0, 0], [1, 8 * QP], [2, 8], [3, 8 * QP + 8]]) {
+    out.push(`${i1}  tf_qf[tf_kk][${r}] = *reinterpret_cast<const unsigned*>(tf_pa + ${off});`);
+  }
+  out.push(`${i1}}`);
+  out.push(`${i1}float tf_m[2] = {-TF_INF, -TF_INF}, tf_l[2] = {0.0f, 0.0f};`);
+  out.push(`${i1}float tf_o[${outBlocks * 4}];`);
+  out.push(`${i1}#pragma unroll`);
+  out.push(`${i1}for (int tf_x = 0; tf_x < ${outBlocks * 4}; tf_x++) tf_o[tf_x] = 0.0f;`);
+  out.push(`${i1}for (int tf_t0 = 0; tf_t0 < tf_kend; tf_t0 += ${BK}) {`);
+  const i2 = i1 + '  ';
+  // Every warp is done with the previous tile's keys and values (and, the first time, with the query tile's bounds).
+  out.push(`${i2}__syncthreads();`);
+  stageBf16(f.k, BK, D, { row: f.t, base: 'tf_t0', col: f.d, bound: String(f.keys) }, (r, c) => `tf_ks[(${r}) * ${QP} + ${c}]`, p, out, i2);
+  // Values transposed: a lane's right operand is two neighbouring keys of one output column.
+  stageBf16(f.v, BK, E, { row: f.t, base: 'tf_t0', col: f.e, bound: String(f.keys) }, (r, c) => `tf_vt[(${c}) * ${VP} + ${r}]`, p, out, i2);
+  out.push(`${i2}__syncthreads();`);
+  out.push(`${i2}if (tf_t0 < tf_wend) {`);
+  const i3 = i2 + '  ';
+  out.push(`${i3}float tf_s[${keyBlocks * 4}];`);
+  out.push(`${i3}#pragma unroll`);
+  out.push(`${i3}for (int tf_x = 0; tf_x < ${keyBlocks * 4}; tf_x++) tf_s[tf_x] = 0.0f;`);
+  out.push(`${i3}#pragma unroll`);
+  out.push(`${i3}for (int tf_kk = 0; tf_kk < ${steps}; tf_kk++) {`);
+  out.push(`${i3}  #pragma unroll`);
+  out.push(`${i3}  for (int tf_ni = 0; tf_ni < ${keyBlocks}; tf_ni++) {`);
+  out.push(`${i3}    const unsigned short* tf_pb = tf_ks + (tf_ni * 8 + tf_g) * ${QP} + tf_kk * 16 + tf_q * 2;`);
+  out.push(`${i3}    const unsigned tf_fb[2] = {*reinterpret_cast<const unsigned*>(tf_pb), *reinterpret_cast<const unsigned*>(tf_pb + 8)};`);
+  out.push(`${i3}    tf_mma_bf16(tf_s + tf_ni * 4, tf_qf[tf_kk], tf_fb);`);
+  out.push(`${i3}  }`);
+  out.push(`${i3}}`);
+  // The score (scale, mask) at each accumulator; keys past the cache and rows past the queries are −∞.
+  out.push(`${i3}#pragma unroll`);
+  out.push(`${i3}for (int tf_ni = 0; tf_ni < ${keyBlocks}; tf_ni++) {`);
+  out.push(`${i3}  #pragma unroll`);
+  out.push(`${i3}  for (int tf_r = 0; tf_r < 4; tf_r++) {`);
+  const i4 = i3 + '    ';
+  out.push(`${i4}const int ${f.i} = tf_i0 + tf_wm + tf_g + (tf_r >> 1) * 8;`);
+  out.push(`${i4}const int ${f.t} = tf_t0 + tf_ni * 8 + tf_q * 2 + (tf_r & 1);`);
+  out.push(`${i4}const float ${f.qk} = tf_s[tf_ni * 4 + tf_r];`);
+  out.push(`${i4}float tf_x = -TF_INF;`);
+  out.push(`${i4}if (${f.t} < ${f.keys} && ${f.i} < tf_queries) {`);
+  out.push(`${i4}  tf_x = ${p.expr(f.score, out, i4 + '  ')};`);
+  out.push(`${i4}}`);
+  out.push(`${i4}tf_s[tf_ni * 4 + tf_r] = tf_x;`);
+  out.push(`${i3}  }`);
+  out.push(`${i3}}`);
+  // The online softmax per row (h = 0: row g, 1: row g + 8): the maximum so far across the quad (NaN propagates),
+  // the rescale of what was summed before it.
+  out.push(`${i3}float tf_ref[2];`);
+  out.push(`${i3}#pragma unroll`);
+  out.push(`${i3}for (int tf_h = 0; tf_h < 2; tf_h++) {`);
+  out.push(`${i3}  float tf_mt = -TF_INF;`);
+  out.push(`${i3}  #pragma unroll`);
+  out.push(`${i3}  for (int tf_ni = 0; tf_ni < ${keyBlocks}; tf_ni++) tf_mt = tf_fmax(tf_mt, tf_fmax(tf_s[tf_ni * 4 + tf_h * 2], tf_s[tf_ni * 4 + tf_h * 2 + 1]));`);
+  out.push(`${i3}  tf_mt = tf_fmax(tf_mt, __shfl_xor_sync(${full}, tf_mt, 1));`);
+  out.push(`${i3}  tf_mt = tf_fmax(tf_mt, __shfl_xor_sync(${full}, tf_mt, 2));`);
+  out.push(`${i3}  const float tf_mnew = tf_fmax(tf_m[tf_h], tf_mt);`);
+  out.push(`${i3}  tf_ref[tf_h] = tf_mnew == -TF_INF ? 0.0f : tf_mnew;`);
+  out.push(`${i3}  const float tf_scale = expf(tf_m[tf_h] - tf_ref[tf_h]);`);
+  out.push(`${i3}  tf_l[tf_h] *= tf_scale;`);
+  out.push(`${i3}  #pragma unroll`);
+  out.push(`${i3}  for (int tf_nb = 0; tf_nb < ${outBlocks}; tf_nb++) {`);
+  out.push(`${i3}    tf_o[tf_nb * 4 + tf_h * 2] *= tf_scale;`);
+  out.push(`${i3}    tf_o[tf_nb * 4 + tf_h * 2 + 1] *= tf_scale;`);
+  out.push(`${i3}  }`);
+  out.push(`${i3}  tf_m[tf_h] = tf_mnew;`);
+  out.push(`${i3}}`);
+  out.push(`${i3}#pragma unroll`);
+  out.push(`${i3}for (int tf_x = 0; tf_x < ${keyBlocks * 4}; tf_x++) {`);
+  out.push(`${i3}  const float tf_pr = expf(tf_s[tf_x] - tf_ref[(tf_x >> 1) & 1]);`);
+  out.push(`${i3}  tf_l[(tf_x >> 1) & 1] += tf_pr;`);
+  out.push(`${i3}  tf_s[tf_x] = tf_pr;`);
+  out.push(`${i3}}`);
+  // out += probs·V, 16 keys a step: key blocks 2kk and 2kk + 1 are the left operand's two halves of depth. Each
+  // probability goes in as two bf16 terms, p = hi + lo: rounded to one, probabilities flipped near-tied argmaxes
+  // of the bf16 fixture against float32 (the queries rounded once did not).
+  out.push(`${i3}#pragma unroll`);
+  out.push(`${i3}for (int tf_kk = 0; tf_kk < ${BK / 16}; tf_kk++) {`);
+  out.push(`${i3}  float tf_lo[8];`);
+  out.push(`${i3}  #pragma unroll`);
+  out.push(`${i3}  for (int tf_x = 0; tf_x < 8; tf_x++) tf_lo[tf_x] = tf_s[tf_kk * 8 + tf_x] - tf_round_bf16(tf_s[tf_kk * 8 + tf_x]);`);
+  const pairs = (at: (x: number) => string) => [0, 2, 4, 6].map((x) => `tf_pack_bf16x2(${at(x)}, ${at(x + 1)})`).join(', ');
+  out.push(`${i3}  const unsigned tf_hi[4] = {${pairs((x) => `tf_s[tf_kk * 8 + ${x}]`)}};`);
+  out.push(`${i3}  const unsigned tf_fl[4] = {${pairs((x) => `tf_lo[${x}]`)}};`);
+  out.push(`${i3}  #pragma unroll`);
+  out.push(`${i3}  for (int tf_nb = 0; tf_nb < ${outBlocks}; tf_nb++) {`);
+  out.push(`${i3}    const unsigned short* tf_pb = tf_vt + (tf_nb * 8 + tf_g) * ${VP} + tf_kk * 16 + tf_q * 2;`);
+  out.push(`${i3}    const unsigned tf_fb[2] = {*reinterpret_cast<const unsigned*>(tf_pb), *reinterpret_cast<const unsigned*>(tf_pb + 8)};`);
+  out.push(`${i3}    tf_mma_bf16(tf_o + tf_nb * 4, tf_hi, tf_fb);`);
+  out.push(`${i3}    tf_mma_bf16(tf_o + tf_nb * 4, tf_fl, tf_fb);`);
+  out.push(`${i3}  }`);
+  out.push(`${i3}}`);
+  out.push(`${i2}}`);
+  out.push(`${i1}}`);
+  // A row's sum is spread over its quad.
+  out.push(`${i1}#pragma unroll`);
+  out.push(`${i1}for (int tf_h = 0; tf_h < 2; tf_h++) {`);
+  out.push(`${i1}  tf_l[tf_h] += __shfl_xor_sync(${full}, tf_l[tf_h], 1);`);
+  out.push(`${i1}  tf_l[tf_h] += __shfl_xor_sync(${full}, tf_l[tf_h], 2);`);
+  out.push(`${i1}}`);
+  out.push(`${i1}#pragma unroll`);
+  out.push(`${i1}for (int tf_nb = 0; tf_nb < ${outBlocks}; tf_nb++) {`);
+  out.push(`${i1}  #pragma unroll`);
+  out.push(`${i1}  for (int tf_r = 0; tf_r < 4; tf_r++) {`);
+  out.push(`${i1}    const int ${f.i} = tf_i0 + tf_wm + tf_g + (tf_r >> 1) * 8;`);
+  out.push(`${i1}    const int ${f.e} = tf_nb * 8 + tf_q * 2 + (tf_r & 1);`);
+  out.push(`${i1}    if (${f.i} < tf_queries) {`);
+  out.push(`${i1}      const float ${f.out} = tf_o[tf_nb * 4 + tf_r] / tf_l[tf_r >> 1];`);
+  stores(f, p, out, `${i1}      `);
+  out.push(`${i1}    }`);
+  out.push(`${i1}  }`);
+  out.push(`${i1}}`);
+  // The next tile rewrites the query tile and the bounds.
+  out.push(`${i1}__syncthreads();`);
+  out.push('  }');
+}
+
+function fmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): void {
   const { tileQueries: BQ, tileKeys: BK, threadsPerQuery: TPR } = plan;
   const [D, E] = [f.depth, f.width];
   const pitch = D + 1; // rows of the query and key tiles one bank apart
@@ -38,11 +241,7 @@ export function renderFlashCuda(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out
   out.push(`${i1}  tf_qs[(tf_x / ${D}) * ${pitch} + tf_x % ${D}] = tf_v;`);
   out.push(`${i1}}`);
   // Each row's bound on the keys; the tile walks to the largest.
-  out.push(`${i1}if (threadIdx.x < ${BQ}) {`);
-  out.push(`${i1}  const int ${f.i} = tf_i0 + threadIdx.x;`);
-  const limit = f.limit ? p.expr(f.limit, out, i1 + '  ') : String(f.keys);
-  out.push(`${i1}  tf_lims[threadIdx.x] = ${f.i} < tf_queries ? tf_imin(tf_imax(${limit}, 0), ${f.keys}) : 0;`);
-  out.push(`${i1}}`);
+  rowLimits(f, BQ, p, out, i1);
   out.push(`${i1}__syncthreads();`);
   out.push(`${i1}int tf_kend = 0;`);
   out.push(`${i1}for (int tf_x = 0; tf_x < ${BQ}; tf_x++) tf_kend = tf_imax(tf_kend, tf_lims[tf_x]);`);
@@ -111,11 +310,7 @@ export function renderFlashCuda(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out
   out.push(`${i1}  for (int tf_x = 0; tf_x < ${ept}; tf_x++) {`);
   out.push(`${i1}    const int ${f.e} = tf_x * ${TPR} + tf_p;`);
   out.push(`${i1}    const float ${f.out} = tf_o[tf_x] / tf_l;`);
-  for (const st of f.stores) {
-    const value = p.expr(st.value, out, i1 + '    ');
-    const index = p.expr(st.index, out, i1 + '    ');
-    out.push(`${i1}    b${st.buf}[${index}] = ${storeValue(p.buffers[st.buf].dtype, value, st.value.t)};`);
-  }
+  stores(f, p, out, `${i1}    `);
   out.push(`${i1}  }`);
   out.push(`${i1}}`);
   // The next tile rewrites the query tile and the bounds.

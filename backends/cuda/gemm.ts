@@ -1,6 +1,8 @@
 // A GEMM kernel (KernelIR.gemm) in CUDA C: each block computes a tile of rows × columns of every product, looping
 // over the depth in steps staged through shared memory, then runs the epilogue at each output it holds.
-//   mma-bf16: 8 warps as 4 × 2, each a 16 × 32 block of the 64 × 64 tile, by m16n8k16 matrix instructions. The
+//   mma-bf16: 8 warps as 4 × 2, each a block of (tile rows / 4) × (tile columns / 2) by m16n8k16 matrix
+//             instructions (64 × 64 tiles: 16 × 32 a warp; 128 × 64: 32 × 32, each right fragment read once for two
+//             instructions). The
 //             left operand (the prologue, computed as the tile loads) is rounded to bf16 as it is staged; the
 //             weights are read 16 bytes at a time. The next step's global loads are issued before this step's
 //             matrix instructions, so their latency hides behind them.
@@ -39,57 +41,73 @@ function epilogue(g: GemmIR, p: ExprPrinter, out: string[], indent: string): voi
   }
 }
 
-// ---- mma tiles: 8 warps as 4 × 2, each a 16 × 32 block of the 64 × 64 tile (one m16 block, four n8 blocks) ----
+// ---- mma tiles: 8 warps as 4 × 2, warp w a block of MB m16 blocks × NB n8 blocks at (tf_wm, tf_wn) ----
 
 const MMA_PAD = 8; // elements a staged row is longer than the depth: a warp's fragment reads then hit distinct banks
 
-/** The warp's coordinates in the tile and its accumulators: tf_c[o · 16 + ni · 4 + r] for product o, n8 block ni. */
-function mmaSetup(ops: number, out: string[], i: string): void {
+/** A warp's share of an mma tile: m16 blocks along the rows, n8 blocks along the columns. */
+interface WarpTile { readonly mb: number; readonly nb: number }
+const warpTile = (plan: GemmPlan): WarpTile => ({ mb: plan.tileRows / 64, nb: plan.tileColumns / 16 });
+
+/**
+ * The warp's coordinates in the tile and its accumulators: tf_c[o · MB · NB · 4 + (mi · NB + ni) · 4 + r] for
+ * product o, m16 block mi, n8 block ni.
+ */
+function mmaSetup(ops: number, w: WarpTile, out: string[], i: string): void {
+  const acc = ops * w.mb * w.nb * 4;
   out.push(`${i}const int tf_lane = threadIdx.x & 31, tf_warp = threadIdx.x >> 5;`);
   out.push(`${i}const int tf_g = tf_lane >> 2, tf_q = tf_lane & 3;`);
-  out.push(`${i}const int tf_wm = (tf_warp >> 1) * 16, tf_wn = (tf_warp & 1) * 32;`);
-  out.push(`${i}float tf_c[${ops * 16}];`);
+  out.push(`${i}const int tf_wm = (tf_warp >> 1) * ${16 * w.mb}, tf_wn = (tf_warp & 1) * ${8 * w.nb};`);
+  out.push(`${i}float tf_c[${acc}];`);
   out.push(`${i}#pragma unroll`);
-  out.push(`${i}for (int tf_i = 0; tf_i < ${ops * 16}; tf_i++) tf_c[tf_i] = 0.0f;`);
+  out.push(`${i}for (int tf_i = 0; tf_i < ${acc}; tf_i++) tf_c[tf_i] = 0.0f;`);
 }
 
 /**
- * One staged step's matrix instructions: per 16 of depth, the warp's left fragment (read by `fragmentA`, which
- * fills tf_fa[4] for depth offset tf_kk), then each product's four right fragments from the bf16 tile at `b`.
+ * One staged step's matrix instructions: per 16 of depth, the warp's left fragments (read by `fragmentA`, which
+ * fills tf_fa[mi][4] for depth offset tf_kk), then each product's right fragments from the bf16 tile at `b` (rows
+ * of `columns` columns), each used for every m16 block.
  */
-function mmaStep(ops: number, depth: number, b: string, fragmentA: (indent: string) => void, out: string[], j: string): void {
+function mmaStep(ops: number, w: WarpTile, columns: number, depth: number, b: string, fragmentA: (indent: string) => void, out: string[], j: string): void {
   const pitch = depth + MMA_PAD;
   out.push(`${j}#pragma unroll`);
   out.push(`${j}for (int tf_kk = 0; tf_kk < ${depth}; tf_kk += 16) {`);
-  out.push(`${j}  unsigned tf_fa[4];`);
+  out.push(`${j}  unsigned tf_fa[${w.mb}][4];`);
   fragmentA(`${j}  `);
   out.push(`${j}  #pragma unroll`);
   out.push(`${j}  for (int tf_o = 0; tf_o < ${ops}; tf_o++) {`);
   out.push(`${j}    #pragma unroll`);
-  out.push(`${j}    for (int tf_ni = 0; tf_ni < 4; tf_ni++) {`);
+  out.push(`${j}    for (int tf_ni = 0; tf_ni < ${w.nb}; tf_ni++) {`);
   out.push(`${j}      unsigned tf_fb[2];`);
-  out.push(`${j}      const unsigned short* tf_pb = ${b} + tf_o * ${64 * pitch} + (tf_wn + tf_ni * 8 + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
+  out.push(`${j}      const unsigned short* tf_pb = ${b} + tf_o * ${columns * pitch} + (tf_wn + tf_ni * 8 + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
   out.push(`${j}      tf_fb[0] = *reinterpret_cast<const unsigned*>(tf_pb);`);
   out.push(`${j}      tf_fb[1] = *reinterpret_cast<const unsigned*>(tf_pb + 8);`);
-  out.push(`${j}      tf_mma_bf16(tf_c + tf_o * 16 + tf_ni * 4, tf_fa, tf_fb);`);
+  out.push(`${j}      #pragma unroll`);
+  out.push(`${j}      for (int tf_mi = 0; tf_mi < ${w.mb}; tf_mi++) tf_mma_bf16(tf_c + tf_o * ${w.mb * w.nb * 4} + (tf_mi * ${w.nb} + tf_ni) * 4, tf_fa[tf_mi], tf_fb);`);
   out.push(`${j}    }`);
   out.push(`${j}  }`);
   out.push(`${j}}`);
 }
 
-/** The epilogue at each accumulator: c[… ni · 4 + r] is row g (+ 8 for r ≥ 2), column 2q + (r & 1) of block ni. */
-function mmaEpilogue(g: GemmIR, p: ExprPrinter, out: string[], i: string): void {
+/**
+ * The epilogue at each accumulator: c[… (mi · NB + ni) · 4 + r] is row 16 mi + g (+ 8 for r ≥ 2), column 8 ni + 2q
+ * + (r & 1) of the warp's block.
+ */
+function mmaEpilogue(g: GemmIR, w: WarpTile, p: ExprPrinter, out: string[], i: string): void {
   out.push(`${i}#pragma unroll`);
-  out.push(`${i}for (int tf_ni = 0; tf_ni < 4; tf_ni++) {`);
+  out.push(`${i}for (int tf_mi = 0; tf_mi < ${w.mb}; tf_mi++) {`);
+  out.push(`${i}#pragma unroll`);
+  out.push(`${i}for (int tf_ni = 0; tf_ni < ${w.nb}; tf_ni++) {`);
   out.push(`${i}  #pragma unroll`);
   out.push(`${i}  for (int tf_r = 0; tf_r < 4; tf_r++) {`);
-  out.push(`${i}    const int ${g.m} = tf_m0 + tf_wm + tf_g + (tf_r >> 1) * 8;`);
+  out.push(`${i}    const int ${g.m} = tf_m0 + tf_wm + tf_mi * 16 + tf_g + (tf_r >> 1) * 8;`);
   out.push(`${i}    const int ${g.n} = tf_n0 + tf_wn + tf_ni * 8 + tf_q * 2 + (tf_r & 1);`);
   out.push(`${i}    if (${g.m} < tf_m_total && ${g.n} < ${g.columns}) {`);
-  g.accs.forEach((acc, o) => out.push(`${i}      const float ${acc} = tf_c[${o * 16} + tf_ni * 4 + tf_r];`));
+  g.accs.forEach((acc, o) => out.push(`${i}      const float ${acc} = tf_c[${o * w.mb * w.nb * 4} + (tf_mi * ${w.nb} + tf_ni) * 4 + tf_r];`));
   epilogue(g, p, out, `${i}      `);
   out.push(`${i}    }`);
   out.push(`${i}  }`);
+  out.push(`${i}}`);
   out.push(`${i}}`);
 }
 
@@ -110,7 +128,8 @@ function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
   const i = '    ';
   out.push(`${i}__shared__ __align__(16) unsigned short tf_as[${64 * pitch}];`);
   out.push(`${i}__shared__ __align__(16) unsigned short tf_bs[${ops * 64 * pitch}];`);
-  mmaSetup(ops, out, i);
+  const w = warpTile(plan);
+  mmaSetup(ops, w, out, i);
   // Row (or column) t / 4, depth (t % 4) · 8 onwards, of the step.
   out.push(`${i}const int tf_sr = threadIdx.x >> 2, tf_sc = (threadIdx.x & 3) * 8;`);
   out.push(`${i}float tf_ra[8];`);
@@ -152,10 +171,10 @@ function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
   out.push(`${j}  const int tf_k1 = tf_k0 + ${TD};`);
   load(`${j}  `, 'tf_k1');
   out.push(`${j}}`);
-  mmaStep(ops, TD, 'tf_bs', (f) => {
+  mmaStep(ops, w, 64, TD, 'tf_bs', (f) => {
     out.push(`${f}const unsigned short* tf_pa = tf_as + (tf_wm + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
     for (const [r, off] of [[0, 0], [1, 8 * pitch], [2, 8], [3, 8 * pitch + 8]]) {
-      out.push(`${f}tf_fa[${r}] = *reinterpret_cast<const unsigned*>(tf_pa + ${off});`);
+      out.push(`${f}tf_fa[0][${r}] = *reinterpret_cast<const unsigned*>(tf_pa + ${off});`);
     }
   }, out, j);
   out.push(`${j}__syncthreads();`);
@@ -164,7 +183,7 @@ function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
   out.push(`${j}}`);
   out.push(`${j}__syncthreads();`);
   out.push(`${i}}`);
-  mmaEpilogue(g, p, out, i);
+  mmaEpilogue(g, w, p, out, i);
 }
 
 function fmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void {
@@ -229,32 +248,34 @@ function fmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
 
 /**
  * The mma tile with its operands copied by cp.async into `stages` buffers of memory given at launch, `stages − 1`
- * steps ahead of the one computed: per step and block, 64 rows × 32 of the left operand as f32 (two 16-byte copies a
- * thread) and 64 columns × 32 of each weight as bf16 (one a thread). Rows of 40 elements keep a half-warp's 64-bit
- * fragment reads on distinct banks.
+ * steps ahead of the one computed: per step and block, the tile's rows × 32 of the left operand as f32 (16-byte
+ * copies, tile rows / 32 a thread) and its columns × 32 of each weight as bf16 (tile columns / 64 a thread). Rows
+ * of 40 elements keep a half-warp's 64-bit fragment reads on distinct banks.
  */
 function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter, out: string[]): void {
-  checkMmaTile(plan);
-  const [TM, TN, TD] = [64, 64, plan.tileDepth];
+  const [TM, TN, TD] = [plan.tileRows, plan.tileColumns, plan.tileDepth];
+  if (TM % 64 || TN % 64 || TD !== 32) throw new Error(`CUDA: async mma tiles of ${TM} × ${TN} × ${TD} are not printed`);
   const a = g.a;
   if (a.k !== 'load' || g.b.some((b) => b.k !== 'load')) throw new Error('CUDA: an async mma GEMM copies its operands as they are');
   const [AP, BP] = [TD + MMA_PAD, TD + MMA_PAD];
   const ops = g.b.length;
+  const w = warpTile(plan);
   const aStage = TM * AP;
   const bStage = ops * TN * BP;
   const i = '    ';
   out.push(`${i}extern __shared__ __align__(16) unsigned char tf_ring[];`);
   out.push(`${i}float* const tf_as = reinterpret_cast<float*>(tf_ring);`);
   out.push(`${i}unsigned short* const tf_bs = reinterpret_cast<unsigned short*>(tf_ring + ${stages * aStage * 4});`);
-  mmaSetup(ops, out, i);
+  mmaSetup(ops, w, out, i);
   out.push(`${i}const int tf_steps = ${g.depth / TD};`);
   // The copies of step `step` into stage `stage`: rows past the left operand's and columns past the weights' are
-  // zeros (their source address is row 0's, never read).
+  // zeros (their source address is row 0's, never read). Copy x of the left operand: row x / 8, depth (x % 8) · 4;
+  // of a weight: column x / 4, depth (x % 4) · 8.
   const issue = (indent: string, stage: string, step: string) => {
     const inner = indent + '  ';
     out.push(`${indent}{`);
     out.push(`${inner}#pragma unroll`);
-    out.push(`${inner}for (int tf_h = 0; tf_h < 2; tf_h++) {`);
+    out.push(`${inner}for (int tf_h = 0; tf_h < ${TM / 32}; tf_h++) {`);
     out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x >> 3, tf_kk = (tf_x & 7) * 4;`);
     out.push(`${inner}  const bool tf_in = tf_m0 + tf_r < tf_m_total;`);
     out.push(`${inner}  const int ${g.m} = tf_in ? tf_m0 + tf_r : 0;`);
@@ -262,8 +283,9 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter,
     const ai = p.expr(a.index, out, inner + '  ');
     out.push(`${inner}  tf_cp16(tf_as + (${stage}) * ${aStage} + tf_r * ${AP} + tf_kk, b${a.buf} + ${ai}, tf_in);`);
     out.push(`${inner}}`);
-    out.push(`${inner}{`);
-    out.push(`${inner}  const int tf_r = threadIdx.x >> 2, tf_kk = (threadIdx.x & 3) * 8;`);
+    out.push(`${inner}#pragma unroll`);
+    out.push(`${inner}for (int tf_h = 0; tf_h < ${TN / 64}; tf_h++) {`);
+    out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x >> 2, tf_kk = (tf_x & 3) * 8;`);
     out.push(`${inner}  const bool tf_in = tf_n0 + tf_r < ${g.columns};`);
     out.push(`${inner}  const int ${g.n} = tf_in ? tf_n0 + tf_r : 0;`);
     out.push(`${inner}  const int ${g.k} = (${step}) * ${TD} + tf_kk;`);
@@ -297,14 +319,17 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter,
   out.push(`${j}}`);
   out.push(`${j}const float* const tf_a = tf_as + (tf_kt % ${stages}) * ${aStage};`);
   out.push(`${j}const unsigned short* const tf_b = tf_bs + (tf_kt % ${stages}) * ${bStage};`);
-  mmaStep(ops, TD, 'tf_b', (f) => {
-    out.push(`${f}const float* const tf_pa = tf_a + (tf_wm + tf_g) * ${AP} + tf_kk + tf_q * 2;`);
+  mmaStep(ops, w, TN, TD, 'tf_b', (f) => {
+    out.push(`${f}#pragma unroll`);
+    out.push(`${f}for (int tf_mi = 0; tf_mi < ${w.mb}; tf_mi++) {`);
+    out.push(`${f}  const float* const tf_pa = tf_a + (tf_wm + tf_mi * 16 + tf_g) * ${AP} + tf_kk + tf_q * 2;`);
     for (const [r, off] of [[0, 0], [1, 8 * AP], [2, 8], [3, 8 * AP + 8]]) {
-      out.push(`${f}{ const float2 tf_v = *reinterpret_cast<const float2*>(tf_pa + ${off}); tf_fa[${r}] = tf_pack_bf16x2(tf_v.x, tf_v.y); }`);
+      out.push(`${f}  { const float2 tf_v = *reinterpret_cast<const float2*>(tf_pa + ${off}); tf_fa[tf_mi][${r}] = tf_pack_bf16x2(tf_v.x, tf_v.y); }`);
     }
+    out.push(`${f}}`);
   }, out, j);
   out.push(`${i}}`);
   // The next tile's first copies overwrite stages still being read by slow warps: all finish first.
   out.push(`${i}__syncthreads();`);
-  mmaEpilogue(g, p, out, i);
+  mmaEpilogue(g, w, p, out, i);
 }

@@ -14,10 +14,11 @@ const F = DType.F32;
 const projection = (weight: DType) => compileModule({
   graphs: [trace('p', [{ name: 'x', dtype: F, shape: ['S', 128] }], (x) => ({ y: x.matmul(param('w', weight, [96, 128]).transpose()) }))],
 }).graphs[0].kernels[0];
-const attention = (head: number) => compileModule({
+/** Causal attention of 4 heads over 256 keys; keys and values of `kv` (read as f32). */
+const attention = (head: number, kv: DType = F) => compileModule({
   graphs: [trace('a', [
-    { name: 'q', dtype: F, shape: [4, 'S', head] }, { name: 'k', dtype: F, shape: [4, head, 256] }, { name: 'v', dtype: F, shape: [4, 256, head] },
-  ], (q, k, v) => ({ y: where(arange(256).reshape(1, -1).le(arange(q.dim(1)).reshape(-1, 1)), q.matmul(k), -Infinity).softmax(-1).matmul(v) }))],
+    { name: 'q', dtype: F, shape: [4, 'S', head] }, { name: 'k', dtype: kv, shape: [4, head, 256] }, { name: 'v', dtype: kv, shape: [4, 256, head] },
+  ], (q, k, v) => ({ y: where(arange(256).reshape(1, -1).le(arange(q.dim(1)).reshape(-1, 1)), q.matmul(k.cast(F)), -Infinity).softmax(-1).matmul(v.cast(F)) }))],
 }).graphs[0].kernels[0];
 
 test('a bf16 projection: cp.async mma tiles on CUDA from 16 rows, f32 tiles on WebGPU from 80, rows on the CPU', () => {
@@ -28,9 +29,10 @@ test('a bf16 projection: cp.async mma tiles on CUDA from 16 rows, f32 tiles on W
   assert.is(cuda.gemm?.staging?.kind, 'async');
   assert.is(cuda.tilesFrom, 16);
   assert.ok(cuda.dynamicWorkgroupBytes > 0, 'the ring of stages is memory given at launch');
-  // Below the threshold the grid is the row form's rows; from it, the tiles: ceil(S / 64) × ceil(96 / 64).
+  assert.equal([cuda.gemm?.tileRows, cuda.gemm?.tileColumns], [128, 64]);
+  // Below the threshold the grid is the row form's rows; from it, the tiles: ceil(S / 128) × ceil(96 / 64).
   assert.is(evalSize(cuda.grid.rows, { S: 15 }), evalSize(k.rows, { S: 15 }));
-  assert.is(evalSize(cuda.grid.rows, { S: 130 }), 3 * 2);
+  assert.is(evalSize(cuda.grid.rows, { S: 130 }), 2 * 2);
   const wgpu = scheduleKernel(k, webgpuCaps({ subgroups: true }));
   assert.is(wgpu.gemm?.units, 'fma');
   assert.is(wgpu.tilesFrom, 80);
@@ -64,6 +66,18 @@ test('flash tiles: 64 × 32 on CUDA, 16 × 16 in WebGPU\'s 16 KiB; a head too la
   assert.is(big.flash, undefined);
   assert.is(big.tilesFrom, undefined);
   assert.ok(big.stmts.length > 0, 'the row form');
+});
+
+test('flash over bf16 keys and values: a warp per 16 queries on CUDA\'s matrix units, 128 × 64 tiles; f32 elsewhere', () => {
+  const k = attention(64, DType.BF16);
+  const cuda = scheduleKernel(k, cudaCaps());
+  assert.is(cuda.flash?.units, 'mma-bf16');
+  assert.equal([cuda.flash?.tileQueries, cuda.flash?.tileKeys], [128, 64]);
+  assert.is(cuda.tilesFrom, 2);
+  assert.is(scheduleKernel(k, cudaCaps(75)).flash?.units, 'fma', 'no mma before sm_80');
+  assert.is(scheduleKernel(attention(64), cudaCaps()).flash?.units, 'fma', 'f32 keys keep f32 arithmetic');
+  assert.is(scheduleKernel(attention(24, DType.BF16), cudaCaps()).flash?.units, 'fma', 'a head not a multiple of 16');
+  assert.is(scheduleKernel(k, webgpuCaps({ subgroups: true })).flash?.units, 'fma');
 });
 
 test.run();
