@@ -309,6 +309,59 @@ export function offsetAlong(index: KExpr, v: string): KExpr | undefined {
   return rest.reduce<KExpr>((a, t) => add(a, t), int(0));
 }
 
+/** Whether an index expression is a multiple of m for every value of its variables. */
+export function multipleOf(e: KExpr, m: number): boolean {
+  if (e.k === 'const') return e.value % m === 0;
+  if (e.k !== 'binary') return false;
+  if (e.op === 'add' || e.op === 'sub') return multipleOf(e.a, m) && multipleOf(e.b, m);
+  if (e.op === 'mul') return multipleOf(e.a, m) || multipleOf(e.b, m);
+  return false;
+}
+
+/**
+ * Whether `index` reads runs of n consecutive elements along v that start at multiples of n: for every v0 that is a
+ * multiple of n and j < n, index(v0 + j) = index(v0) + j, and index(v0) is a multiple of n. Wider than offsetAlong:
+ * divisions and remainders of v by multiples of n (a reshape putting heads side by side) keep the runs whole.
+ */
+export function runsAlong(index: KExpr, v: string, n: number): boolean {
+  const r = runStep(index, v, n);
+  return r !== undefined && r.step === 1 && r.aligned;
+}
+
+/** e(v0 + j) = e(v0) + step · j for j < n and v0 a multiple of n; aligned: e(v0) is a multiple of n. */
+function runStep(e: KExpr, v: string, n: number): { step: number; aligned: boolean } | undefined {
+  if (!varsOf(e).has(v)) return { step: 0, aligned: multipleOf(e, n) };
+  if (e.k === 'var') return { step: 1, aligned: true };
+  if (e.k !== 'binary') return undefined;
+  const constant = (x: KExpr) => (x.k === 'const' ? x.value : undefined);
+  switch (e.op) {
+    case 'add': case 'sub': {
+      const [a, b] = [runStep(e.a, v, n), runStep(e.b, v, n)];
+      if (!a || !b) return undefined;
+      return { step: e.op === 'add' ? a.step + b.step : a.step - b.step, aligned: a.aligned && b.aligned };
+    }
+    case 'mul': {
+      const [a, b] = [runStep(e.a, v, n), runStep(e.b, v, n)];
+      if (!a || !b) return undefined;
+      // Constant over the run times constant over the run; else a stepping side times a number.
+      if (a.step === 0 && b.step === 0) return { step: 0, aligned: a.aligned || b.aligned };
+      const [c, r] = constant(e.a) !== undefined ? [constant(e.a)!, b] : constant(e.b) !== undefined ? [constant(e.b)!, a] : [undefined, undefined];
+      return c === undefined ? undefined : { step: r!.step * c, aligned: r!.aligned || c % n === 0 };
+    }
+    case 'idiv': case 'imod': {
+      const [r, by] = [runStep(e.a, v, n), runStep(e.b, v, n)];
+      if (!r || !by || by.step !== 0) return undefined;
+      const d = constant(e.b);
+      // Of what is constant over the run, constant; a run starting at a multiple of n never crosses a multiple of d
+      // when n divides d: the quotient stays, the remainder runs on.
+      if (r.step === 0) return { step: 0, aligned: e.op === 'imod' && r.aligned && d !== undefined && d % n === 0 };
+      if (r.step !== 1 || !r.aligned || d === undefined || d % n !== 0) return undefined;
+      return e.op === 'idiv' ? { step: 0, aligned: false } : { step: 1, aligned: true };
+    }
+    default: return undefined;
+  }
+}
+
 /** The reductions of an expression not inside another reduction, in evaluation order. */
 export function topReductions(e: KExpr, out: Extract<KExpr, { k: 'reduce' }>[] = []): Extract<KExpr, { k: 'reduce' }>[] {
   switch (e.k) {

@@ -7,7 +7,7 @@
 
 import { cudaCaps, cpuCaps, DeviceCaps, subgroupCombines, webgpuCaps } from './device-caps.ts';
 import { DType, dtypeBytes } from '../ir/dtype.ts';
-import { add, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, mul, offsetAlong, Scalar, topReductions } from './kernel-ir.ts';
+import { add, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, mul, multipleOf, offsetAlong, runsAlong, Scalar, topReductions } from './kernel-ir.ts';
 import { alignedDot, contiguousStreams, Stream } from './schedule-vector.ts';
 import { formatSchedule } from './schedule-format.ts';
 import { boundKeyLoops, maxExtent } from './causal-bound.ts';
@@ -338,15 +338,18 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   // measured no faster at 512 rows on the H200 — 68 against 66 TFLOP/s — and slower for 32 to 128 rows.)
   const [tileRows, tileColumns] = [64, 64];
   const plan: GemmPlan = { units: mma ? 'mma-bf16' : 'fma', tileRows, tileColumns, tileDepth: mma ? 32 : 16, rowTiles: rowTilesOf(tileRows), columnTiles: Math.ceil(gemm.columns / tileColumns) };
-  // A left operand that is a plain f32 row, 16-byte aligned along the depth, is copied as it is, several steps ahead.
-  const plainA = gemm.a.k === 'load' && k.buffers[gemm.a.buf].dtype === DType.F32 && multipleOf(offsetAlong(gemm.a.index, gemm.k) ?? int(1), 4);
-  // Copied tiles are 128 × 64, each warp 32 × 32 (every right fragment read once for two instructions). Measured on
-  // the H200 against 64 × 64 (BENCHMARKS.md, issue 10): 512 tokens 10.2 → 9.7 ms, 2,048 tokens 42.6 → 38.0, but
-  // 32 tokens 5.3 → 6.1 (one tile of rows either way, three quarters of it empty); 64 × 128 and 128 × 128 no better.
+  // A left operand read from f32 memory in runs of 4 along the depth (16 aligned bytes) is copied as it is, several
+  // steps ahead: a row, or heads side by side (the attention's output read by the output projection).
+  const plainA = gemm.a.k === 'load' && k.buffers[gemm.a.buf].dtype === DType.F32 && runsAlong(gemm.a.index, gemm.k, 4);
+  // Copied tiles are 128 × 64, each warp 32 × 32 (every right fragment read once for two instructions), 64 deep a
+  // step where the depth allows (half the waits and barriers). Measured on the H200 (BENCHMARKS.md, issue 10), 512
+  // tokens: 64 × 64 × 32 tiles 10.2 ms, 128 × 64 × 32 9.7 (but 32 tokens 5.3 → 6.1: one tile of rows either way,
+  // three quarters of it empty), 128 × 64 × 64 8.2 after the output projection's copies (8.7 at 32 deep; 32 tokens
+  // 5.6 → 4.7); 64 × 128, 128 × 128, 4 stages, or 2 stages of 64 no better.
   if (mma && plainA) {
-    const [asyncRows, asyncColumns, stages] = [128, 64, 3];
-    const bytes = stages * (asyncRows * (32 + 8) * 4 + gemm.b.length * asyncColumns * (32 + 8) * 2);
-    const tile = { ...plan, tileRows: asyncRows, tileColumns: asyncColumns, rowTiles: rowTilesOf(asyncRows), columnTiles: Math.ceil(gemm.columns / asyncColumns) };
+    const [asyncRows, asyncColumns, stages, depth] = [128, 64, 3, gemm.depth % 64 === 0 ? 64 : 32];
+    const bytes = stages * (asyncRows * (depth + 8) * 4 + gemm.b.length * asyncColumns * (depth + 8) * 2);
+    const tile = { ...plan, tileDepth: depth, tileRows: asyncRows, tileColumns: asyncColumns, rowTiles: rowTilesOf(asyncRows), columnTiles: Math.ceil(gemm.columns / asyncColumns) };
     if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes } };
   }
   return gemmBytes(gemm, plan) <= device.staticWorkgroupMemoryBytes ? { ...plan, staging: mma ? { kind: 'registers' } : undefined } : undefined;
@@ -424,15 +427,6 @@ function bf16WeightAlong(e: KExpr, v: string, k: KernelIR): boolean {
   if (e.k !== 'load' || k.buffers[e.buf].dtype !== DType.BF16) return false;
   const base = offsetAlong(e.index, v);
   return base !== undefined && multipleOf(base, 8);
-}
-
-/** Whether an index expression is a multiple of m for every value of its variables. */
-function multipleOf(e: KExpr, m: number): boolean {
-  if (e.k === 'const') return e.value % m === 0;
-  if (e.k !== 'binary') return false;
-  if (e.op === 'add') return multipleOf(e.a, m) && multipleOf(e.b, m);
-  if (e.op === 'mul') return multipleOf(e.a, m) || multipleOf(e.b, m);
-  return false;
 }
 
 /** Workgroups a launch of `rows` rows dispatches, as [x, y] (WebGPU spreads them over two dimensions). */

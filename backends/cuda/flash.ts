@@ -10,7 +10,8 @@
 //             bf16 terms each, hi + lo); the query rows, key rows and value columns are staged in shared memory as
 //             bf16.
 
-import { FlashIR } from '../kernel-ir.ts';
+import { DType } from '../../ir/dtype.ts';
+import { FlashIR, KExpr, runsAlong } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { FlashPlan } from '../schedule.ts';
 import { storeValue } from './render-cuda.ts';
@@ -39,12 +40,41 @@ function stores(f: FlashIR, p: ExprPrinter, out: string[], indent: string): void
   }
 }
 
+/** Where staged elements go: row r, column c of a shared bf16 array at r · pitch + c, or transposed at c · pitch + r. */
+interface Staging { readonly array: string; readonly pitch: number; readonly transposed: boolean }
+
 /**
  * Stages `rows` × `cols` elements of `value` in shared memory as bf16, element x at row x / cols, column x % cols:
- * `row` (= `base` + the row) and `col` are the variables `value` reads; rows at or past `bound` are zeros.
+ * `row` (= `base` + the row) and `col` are the variables `value` reads; rows at or past `bound` are zeros. A value
+ * read from bf16 memory in runs of 8 along the columns (a KV cache's head) moves 16 bytes at a time: copied as it
+ * is by cp.async, or, transposed, loaded whole and stored element by element.
  */
-function stageBf16(value: FlashIR['q'], rows: number, cols: number, v: { row: string; base: string; col: string; bound: string },
-  at: (row: string, col: string) => string, p: ExprPrinter, out: string[], ind: string): void {
+function stageBf16(value: KExpr, rows: number, cols: number, v: { row: string; base: string; col: string; bound: string },
+  to: Staging, p: ExprPrinter, out: string[], ind: string): void {
+  const at = (r: string, c: string) => (to.transposed ? `${to.array}[(${c}) * ${to.pitch} + ${r}]` : `${to.array}[(${r}) * ${to.pitch} + ${c}]`);
+  if (value.k === 'load' && p.buffers[value.buf].dtype === DType.BF16 && cols % 8 === 0 && runsAlong(value.index, v.col, 8)) {
+    const runs = cols / 8;
+    out.push(`${ind}for (int tf_x = threadIdx.x; tf_x < ${rows * runs}; tf_x += TF_BLOCK) {`);
+    out.push(`${ind}  const int tf_r = tf_x / ${runs}, tf_c = (tf_x % ${runs}) * 8;`);
+    out.push(`${ind}  const bool tf_in = ${v.base} + tf_r < ${v.bound};`);
+    // Rows past the bound read row 0's address (never used: zeros are copied or stored instead).
+    out.push(`${ind}  const int ${v.row} = tf_in ? ${v.base} + tf_r : 0;`);
+    out.push(`${ind}  const int ${v.col} = tf_c;`);
+    const index = p.expr(value.index, out, ind + '  ');
+    if (!to.transposed) {
+      out.push(`${ind}  tf_cp16(&${at('tf_r', 'tf_c')}, b${value.buf} + ${index}, tf_in);`);
+      out.push(`${ind}}`);
+      out.push(`${ind}tf_cp_commit();`);
+      out.push(`${ind}tf_cp_wait<0>();`);
+      return;
+    }
+    out.push(`${ind}  const uint4 tf_w = tf_in ? *reinterpret_cast<const uint4*>(b${value.buf} + ${index}) : make_uint4(0u, 0u, 0u, 0u);`);
+    out.push(`${ind}  const unsigned tf_ws[4] = {tf_w.x, tf_w.y, tf_w.z, tf_w.w};`);
+    out.push(`${ind}  #pragma unroll`);
+    out.push(`${ind}  for (int tf_y = 0; tf_y < 8; tf_y++) ${at('tf_r', 'tf_c + tf_y')} = (unsigned short)(tf_ws[tf_y >> 1] >> ((tf_y & 1) * 16));`);
+    out.push(`${ind}}`);
+    return;
+  }
   out.push(`${ind}for (int tf_x = threadIdx.x; tf_x < ${rows * cols}; tf_x += TF_BLOCK) {`);
   out.push(`${ind}  const int ${v.row} = ${v.base} + tf_x / ${cols};`);
   out.push(`${ind}  const int ${v.col} = tf_x % ${cols};`);
@@ -84,7 +114,7 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   const i1 = '    ';
   out.push(`${i1}const int ${f.b} = tf_tile / tf_qtiles;`);
   out.push(`${i1}const int tf_i0 = (tf_tile % tf_qtiles) * ${BQ};`);
-  stageBf16(f.q, BQ, D, { row: f.i, base: 'tf_i0', col: f.d, bound: 'tf_queries' }, (r, c) => `tf_qs[(${r}) * ${QP} + ${c}]`, p, out, i1);
+  stageBf16(f.q, BQ, D, { row: f.i, base: 'tf_i0', col: f.d, bound: 'tf_queries' }, { array: 'tf_qs', pitch: QP, transposed: false }, p, out, i1);
   rowLimits(f, BQ, p, out, i1);
   out.push(`${i1}__syncthreads();`);
   // The tile walks to its rows' largest bound, the warp computes up to its own rows' largest.
@@ -107,9 +137,9 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   const i2 = i1 + '  ';
   // Every warp is done with the previous tile's keys and values (and, the first time, with the query tile's bounds).
   out.push(`${i2}__syncthreads();`);
-  stageBf16(f.k, BK, D, { row: f.t, base: 'tf_t0', col: f.d, bound: String(f.keys) }, (r, c) => `tf_ks[(${r}) * ${QP} + ${c}]`, p, out, i2);
+  stageBf16(f.k, BK, D, { row: f.t, base: 'tf_t0', col: f.d, bound: String(f.keys) }, { array: 'tf_ks', pitch: QP, transposed: false }, p, out, i2);
   // Values transposed: a lane's right operand is two neighbouring keys of one output column.
-  stageBf16(f.v, BK, E, { row: f.t, base: 'tf_t0', col: f.e, bound: String(f.keys) }, (r, c) => `tf_vt[(${c}) * ${VP} + ${r}]`, p, out, i2);
+  stageBf16(f.v, BK, E, { row: f.t, base: 'tf_t0', col: f.e, bound: String(f.keys) }, { array: 'tf_vt', pitch: VP, transposed: true }, p, out, i2);
   out.push(`${i2}__syncthreads();`);
   out.push(`${i2}if (tf_t0 < tf_wend) {`);
   const i3 = i2 + '  ';

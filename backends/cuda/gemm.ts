@@ -248,13 +248,13 @@ function fmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
 
 /**
  * The mma tile with its operands copied by cp.async into `stages` buffers of memory given at launch, `stages − 1`
- * steps ahead of the one computed: per step and block, the tile's rows × 32 of the left operand as f32 (16-byte
- * copies, tile rows / 32 a thread) and its columns × 32 of each weight as bf16 (tile columns / 64 a thread). Rows
- * of 40 elements keep a half-warp's 64-bit fragment reads on distinct banks.
+ * steps ahead of the one computed: per step and block, the tile's rows × depth of the left operand as f32 and its
+ * columns × depth of each weight as bf16, in 16-byte copies. Rows 8 elements longer than the depth keep a
+ * half-warp's 64-bit fragment reads on distinct banks.
  */
 function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter, out: string[]): void {
   const [TM, TN, TD] = [plan.tileRows, plan.tileColumns, plan.tileDepth];
-  if (TM % 64 || TN % 64 || TD !== 32) throw new Error(`CUDA: async mma tiles of ${TM} × ${TN} × ${TD} are not printed`);
+  if (TM % 64 || TN % 64 || TD % 32) throw new Error(`CUDA: async mma tiles of ${TM} × ${TN} × ${TD} are not printed`);
   const a = g.a;
   if (a.k !== 'load' || g.b.some((b) => b.k !== 'load')) throw new Error('CUDA: an async mma GEMM copies its operands as they are');
   const [AP, BP] = [TD + MMA_PAD, TD + MMA_PAD];
@@ -269,14 +269,14 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter,
   mmaSetup(ops, w, out, i);
   out.push(`${i}const int tf_steps = ${g.depth / TD};`);
   // The copies of step `step` into stage `stage`: rows past the left operand's and columns past the weights' are
-  // zeros (their source address is row 0's, never read). Copy x of the left operand: row x / 8, depth (x % 8) · 4;
-  // of a weight: column x / 4, depth (x % 4) · 8.
+  // zeros (their source address is row 0's, never read). Copy x of the left operand: row x / (depth / 4), depth
+  // (x % (depth / 4)) · 4; of a weight: column x / (depth / 8), depth (x % (depth / 8)) · 8.
   const issue = (indent: string, stage: string, step: string) => {
     const inner = indent + '  ';
     out.push(`${indent}{`);
     out.push(`${inner}#pragma unroll`);
-    out.push(`${inner}for (int tf_h = 0; tf_h < ${TM / 32}; tf_h++) {`);
-    out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x >> 3, tf_kk = (tf_x & 7) * 4;`);
+    out.push(`${inner}for (int tf_h = 0; tf_h < ${(TM * TD) / 4 / 256}; tf_h++) {`);
+    out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x / ${TD / 4}, tf_kk = (tf_x % ${TD / 4}) * 4;`);
     out.push(`${inner}  const bool tf_in = tf_m0 + tf_r < tf_m_total;`);
     out.push(`${inner}  const int ${g.m} = tf_in ? tf_m0 + tf_r : 0;`);
     out.push(`${inner}  const int ${g.k} = (${step}) * ${TD} + tf_kk;`);
@@ -284,8 +284,8 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter,
     out.push(`${inner}  tf_cp16(tf_as + (${stage}) * ${aStage} + tf_r * ${AP} + tf_kk, b${a.buf} + ${ai}, tf_in);`);
     out.push(`${inner}}`);
     out.push(`${inner}#pragma unroll`);
-    out.push(`${inner}for (int tf_h = 0; tf_h < ${TN / 64}; tf_h++) {`);
-    out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x >> 2, tf_kk = (tf_x & 3) * 8;`);
+    out.push(`${inner}for (int tf_h = 0; tf_h < ${(TN * TD) / 8 / 256}; tf_h++) {`);
+    out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x / ${TD / 8}, tf_kk = (tf_x % ${TD / 8}) * 8;`);
     out.push(`${inner}  const bool tf_in = tf_n0 + tf_r < ${g.columns};`);
     out.push(`${inner}  const int ${g.n} = tf_in ? tf_n0 + tf_r : 0;`);
     out.push(`${inner}  const int ${g.k} = (${step}) * ${TD} + tf_kk;`);

@@ -20,21 +20,26 @@ import { relativeError } from './compare.ts';
 import { Rng } from './rng.ts';
 
 const [GROUPS, PER_GROUP, D, T] = [2, 3, 16, 300];
-/** Causal attention over T keys, keys and values stored as `kv`. */
-const attention = (kv: DType) => trace('attn', [
+/**
+ * Causal attention over T keys, keys and values stored as `kv`; keys as [D, T] (transposed), or as [T, D] like a KV
+ * cache's rows (`cacheRows`: read 16 bytes at a time where they are bf16).
+ */
+const attention = (kv: DType, cacheRows: boolean) => trace('attn', [
   { name: 'q', dtype: DType.F32, shape: [GROUPS, PER_GROUP, 'S', D] },
-  { name: 'k', dtype: kv, shape: [GROUPS, 1, D, T] },
+  { name: 'k', dtype: kv, shape: cacheRows ? [GROUPS, 1, T, D] : [GROUPS, 1, D, T] },
   { name: 'v', dtype: kv, shape: [GROUPS, 1, T, D] },
   { name: 'pos', dtype: DType.I32, shape: [] },
 ], (q, k, v, pos) => {
   const seq = q.dim(2);
   const visible = arange(seq).add(pos).reshape(-1, 1);
-  const scores = where(arange(T).reshape(1, -1).le(visible), q.mul(0.5).matmul(k.cast(DType.F32)).mul(0.25), -Infinity);
+  const keys = cacheRows ? k.cast(DType.F32).transpose() : k.cast(DType.F32);
+  const scores = where(arange(T).reshape(1, -1).le(visible), q.mul(0.5).matmul(keys).mul(0.25), -Infinity);
   return { y: scores.softmax(-1).matmul(v.cast(DType.F32)) };
 });
-const VARIANTS = [DType.F32, DType.BF16].map((kv) => {
-  const graph = attention(kv);
-  return { kv, compiled: compileModule({ graphs: [graph] }), reference: { graphs: [{ graph, kernels: [] }] }, tolerance: kv === DType.BF16 ? 1e-2 : 1e-4 };
+const VARIANTS = ([[DType.F32, false], [DType.BF16, false], [DType.BF16, true]] as const).map(([kv, cacheRows]) => {
+  const graph = attention(kv, cacheRows);
+  const name = `${kv}${cacheRows ? ', keys as cache rows' : ''}`;
+  return { kv, cacheRows, name, compiled: compileModule({ graphs: [graph] }), reference: { graphs: [{ graph, kernels: [] }] }, tolerance: kv === DType.BF16 ? 1e-2 : 1e-4 };
 });
 type Variant = (typeof VARIANTS)[number];
 
@@ -50,7 +55,7 @@ const qs = CASES.map(([s]) => randoms(GROUPS * PER_GROUP * s * D));
 async function outputs(device: Device, variant: Variant, lowered: Variant['compiled'] | Variant['reference']): Promise<number[][]> {
   const program = await device.load(lowered, new ParamStore(() => { throw new Error('no params'); }), { maxSizes: { S: 130 } });
   try {
-    program.write('input:k', hostTensor(variant.kv, [GROUPS, 1, D, T], kv.k));
+    program.write('input:k', hostTensor(variant.kv, variant.cacheRows ? [GROUPS, 1, T, D] : [GROUPS, 1, D, T], kv.k));
     program.write('input:v', hostTensor(variant.kv, [GROUPS, 1, T, D], kv.v));
     const out: number[][] = [];
     for (const [c, [s, pos]] of CASES.entries()) {
@@ -80,7 +85,7 @@ basics.run();
 for (const variant of VARIANTS) {
   let expected: number[][] | undefined;
   for (const kind of kernelDevices) {
-    const s = suite(`flash attention on ${kind}, keys and values ${variant.kv}`);
+    const s = suite(`flash attention on ${kind}, keys and values ${variant.name}`);
     s(`query rows ${CASES.map(([q]) => q).join(', ')} over ${T} keys match the reference interpreter`, async () => {
       expected ??= await onDevice('reference', (ref) => outputs(ref, variant, variant.reference));
       await onDevice(kind, async (device) => {

@@ -50,6 +50,22 @@ test('a left operand with a prologue is staged through registers, not copied as 
   assert.is(cuda.gemm?.staging?.kind, 'registers');
 });
 
+test('heads side by side (attention\'s output into the output projection) are copied as they are: runs of 4 along the depth', () => {
+  const k = compileModule({
+    graphs: [trace('p', [{ name: 'x', dtype: F, shape: [4, 'S', 32] }], (x) => ({
+      y: x.permute(1, 0, 2).reshape(x.dim(1), 128).matmul(param('w', DType.BF16, [96, 128]).transpose()),
+    }))],
+  }).graphs[0].kernels[0];
+  assert.is(scheduleKernel(k, cudaCaps()).gemm?.staging?.kind, 'async');
+  // Heads of 2 break the runs of 4: staged through registers.
+  const narrow = compileModule({
+    graphs: [trace('p', [{ name: 'x', dtype: F, shape: [64, 'S', 2] }], (x) => ({
+      y: x.permute(1, 0, 2).reshape(x.dim(1), 128).matmul(param('w', DType.BF16, [96, 128]).transpose()),
+    }))],
+  }).graphs[0].kernels[0];
+  assert.is(scheduleKernel(narrow, cudaCaps()).gemm?.staging?.kind, 'registers');
+});
+
 test('an f32 projection takes f32 tiles on CUDA too (matrix units take bf16 weights only)', () => {
   assert.is(scheduleKernel(projection(F), cudaCaps()).gemm?.units, 'fma');
   assert.is(scheduleKernel(projection(DType.BF16), cudaCaps(75)).gemm?.units, 'fma', 'no mma before sm_80');
