@@ -7,8 +7,10 @@
 // The one difference from running every term: a value past the bound that is not finite (a cache slot never
 // written holds zeros, so none is) would have made the sum NaN; flash attention's tiles skip the same keys.
 //
-// The scheduler applies it where a loop's bound may come from memory (not on WebGPU, whose uniformity rules want
-// a barrier after such a loop to be reached by a workgroup-uniform path).
+// The scheduler applies it on every device (in WGSL too: a bounded loop holds no barrier, so uniformity analysis
+// has nothing to reject). Where a score's dot product is read 16 bytes at a time only over a constant extent
+// (WebGPU), its own sum keeps that extent: the masked scores cost one parallel round of loads, where a bounded sum
+// would lose its wide loads for every score.
 
 import { add, int, KernelIR, KExpr, KStmt, offsetAlong, ROW, sub, varsOf } from './kernel-ir.ts';
 
@@ -154,11 +156,16 @@ function sumVar(e: KExpr): string | undefined {
   return undefined;
 }
 
+export interface BoundOptions {
+  /** Whether the sums of array elements read only under the mask stop at its bound too (default true). */
+  readonly maskedElements?: boolean;
+}
+
 /**
  * The kernel with its loops over attention's keys bounded by the causal mask; the kernel itself where nothing is
  * masked. Only the row form changes (tile forms have their own bound).
  */
-export function boundKeyLoops(k: KernelIR): KernelIR {
+export function boundKeyLoops(k: KernelIR, opts: BoundOptions = {}): KernelIR {
   if (k.kind !== 'attention') return k;
   const arrays = new Map<string, Beyond>();
   let changed = false;
@@ -184,7 +191,7 @@ export function boundKeyLoops(k: KernelIR): KernelIR {
   // Arrays of scores read only below the mask's bound: their elements' own sums stop there too (0 terms past it).
   // The bound must be the same for the whole row (read off the row's lets, the row and the sizes).
   const uniform = new Set([ROW, ...k.sizes, ...k.body.flatMap((st) => (st.k === 'let' || st.k === 'coop' ? [st.name] : []))]);
-  const unread = maskedReads(bounded);
+  const unread = opts.maskedElements === false ? new Map<string, KExpr>() : maskedReads(bounded);
   const body = bounded.map((st): KStmt => {
     const limit = st.k === 'array' ? unread.get(st.name) : undefined;
     if (st.k !== 'array' || !limit || ![...varsOf(limit)].every((v) => uniform.has(v))) return st;

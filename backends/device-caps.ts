@@ -92,11 +92,6 @@ export interface DeviceCaps {
    */
   readonly dependentLaunch: boolean;
   /**
-   * Whether a loop may run to a bound read from memory (attention's keys to the position: backends/causal-bound.ts).
-   * Not in WGSL, where a barrier after such a loop is not reached by a uniform path.
-   */
-  readonly boundsFromMemory: boolean;
-  /**
    * Multiprocessors (SMs) and the workgroups of GPU_THREADS one can hold at most, where the scheduler sizes
    * register budgets so that a grid runs in one wave (CUDA); undefined elsewhere.
    */
@@ -119,7 +114,6 @@ export const cpuCaps: DeviceCaps = {
   rowsPastGrid: 'serial',
   matrixUnits: [],
   dependentLaunch: false,
-  boundsFromMemory: true,
   tuning: { elementMapping: 'long-sums', vectorize: 'none', streamElements: 1, unroll: { workgroup: 1, vector: 1, sliced: 1 }, tilesFrom: { gemm: 0, flash: 0 }, prefetchBytes: 0 },
 };
 
@@ -141,8 +135,7 @@ export function webgpuCaps(opts: { readonly subgroups: boolean }): DeviceCaps {
     rowsPastGrid: 'second-dimension',
     matrixUnits: [],
     dependentLaunch: false,
-    boundsFromMemory: false,
-    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 80, flash: 2 }, prefetchBytes: 0 },
+      tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 80, flash: 2 }, prefetchBytes: 0 },
   };
 }
 
@@ -172,8 +165,7 @@ export function cudaCaps(computeCapability = 90, multiprocessors = 132): DeviceC
     // mma.sync m16n8k16 with bf16 inputs and f32 accumulators (sm_80 and later).
     matrixUnits: computeCapability >= 80 ? [{ m: 16, n: 8, k: 16, input: DType.BF16, accumulator: DType.F32 }] : [],
     dependentLaunch: computeCapability >= 90 && overlap !== 'off',
-    boundsFromMemory: true,
-    // 2,048 threads a multiprocessor since sm_70, but 1,024 on sm_75 and 1,536 on sm_86 and sm_89.
+      // 2,048 threads a multiprocessor since sm_70, but 1,024 on sm_75 and 1,536 on sm_86 and sm_89.
     processors: { count: multiprocessors, maxWorkgroups: computeCapability === 75 ? 4 : computeCapability === 86 || computeCapability === 89 ? 6 : 8 },
     tuning: {
       elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 4 }, tilesFrom: { gemm: 16, flash: 2 },

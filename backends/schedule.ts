@@ -235,8 +235,10 @@ function sameSplit(a: ScheduleOptions, b: ScheduleOptions): boolean {
 }
 
 function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptions): ScheduledKernel {
-  // Attention's loops over the keys run to the causal bound where a loop's bound may come from memory.
-  const k = device.boundsFromMemory ? boundKeyLoops(lowered) : lowered;
+  // Attention's loops over the keys run to the causal bound (read from memory: in WGSL too, uniformity analysis
+  // rejects only barriers inside such loops, and a row has none there); a score's own sum keeps its constant extent
+  // where only that is read wide (aligned dots).
+  const k = boundKeyLoops(lowered, { maskedElements: device.tuning.vectorize !== 'aligned-dots' });
   const gemm = k.gemm && gemmPlan(k, k.gemm, device);
   const flash = k.flash && flashPlan(k.flash, k, device);
   const tileBytes = gemm ? gemmBytes(k.gemm!, gemm) : flash ? flash.bytes : 0;

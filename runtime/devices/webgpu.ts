@@ -2,11 +2,13 @@
 // largest sizes, weights uploaded from the parameter store (16-bit ones still 16-bit, bools as u32 words), one
 // pipeline and bind group per kernel, bindings over the device's limit split into chunks (webgpu-load.ts).
 //
-// The queue: runs are encoded into one open compute pass and submitted in batches; a copy or zero ends the pass.
-// `queue.writeBuffer` takes effect at the next submit, ahead of anything still being encoded, so a write (and a
-// graph's size uniforms, when its sizes change while runs that read the old ones are still unsubmitted) first
-// submits what is pending. WebGPU cannot replay a command buffer, so a recording keeps the list of runs and copies
-// and a replay encodes it again.
+// The queue: runs, and copies as dispatches (webgpu/copy-kernel.ts), are encoded into one open compute pass and
+// submitted in batches; zeroing ends the pass. After the queue was waited on (a write, read or mark submits what
+// is pending), the GPU may be idle: the next batch is one run, each after it twice the last, up to runsPerSubmit, so
+// the GPU starts while the host encodes the rest. `queue.writeBuffer` takes effect at the next submit, ahead of
+// anything still being encoded, so a write (and a graph's size uniforms, when its sizes change while runs that read
+// the old ones are still unsubmitted) first submits what is pending. WebGPU cannot replay a command buffer, so a
+// recording keeps the list of runs and copies and a replay encodes it again.
 
 import { evalSize } from '../../backends/kernel-ir.ts';
 import { LoweredModule } from '../../backends/lowered.ts';
@@ -16,6 +18,7 @@ import { allocHost, HostTensor } from '../../ir/host-tensor.ts';
 import { numel } from '../../ir/shape.ts';
 import { BufferKey, checkSizes, Device, gemmFlops, kernelBytes, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
+import { CopyDispatch, CopyKernels } from '../webgpu/copy-kernel.ts';
 import { WebGpuUnavailableError } from '../webgpu/errors.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
 import { align, allocateBuffers, GpuGraph, GpuKernel, prepareGraph, sizeWords, wordBytes } from './webgpu-load.ts';
@@ -27,14 +30,16 @@ export interface WebGpuOptions {
   readonly maxBindingBytes?: number;
   /** Time marks with timestamp queries where the adapter has them (default); false: host time when work is done. */
   readonly timestamps?: boolean;
-  /** Runs encoded per submit (default 32). */
+  /** Runs encoded per submit at most (default 32). */
   readonly runsPerSubmit?: number;
+  /** Use subgroups where the adapter has them (default); false: kernels combine through workgroup memory only. */
+  readonly subgroups?: boolean;
 }
 
 /** Opens the adapter Dawn finds; WebGpuUnavailableError where there is none. Dawn (Node only) loads here, lazily. */
 export async function openWebGpu(opts: WebGpuOptions = {}): Promise<WebGpuDevice> {
   const { openDevice } = await import('../webgpu/device.ts');
-  return new WebGpuDevice(await openDevice(), opts);
+  return new WebGpuDevice(await openDevice({ subgroups: opts.subgroups ?? true }), opts);
 }
 
 /** The adapter's vendor, architecture and device, as far as the implementation tells. */
@@ -87,7 +92,7 @@ export class WebGpuDevice implements Device {
 
 type Command =
   | { readonly k: 'run'; readonly graph: GpuGraph; readonly sizes: Sizes; readonly groups: readonly number[] }
-  | { readonly k: 'copy'; readonly from: GPUBuffer; readonly to: GPUBuffer; readonly bytes: number }
+  | { readonly k: 'copy'; readonly dispatches: readonly CopyDispatch[] }
   | { readonly k: 'zero'; readonly buf: GPUBuffer };
 
 class WebGpuRecording implements Recording {
@@ -113,9 +118,12 @@ class WebGpuProgram implements Program {
   private readonly maxBinding: number;
   private readonly timestamps: boolean;
   private readonly runsPerSubmit: number;
+  private readonly copies: CopyKernels;
   private encoder: GPUCommandEncoder | undefined;
   private pass: GPUComputePassEncoder | undefined;
   private encoded = 0;
+  /** Runs the batch being encoded is submitted at. */
+  private batchRuns = 1;
   private recording: Command[] | undefined;
   private readonly marks: Promise<number>[] = [];
   private readonly markPool: MarkQuery[] = [];
@@ -127,6 +135,7 @@ class WebGpuProgram implements Program {
     this.maxBinding = device.opts.maxBindingBytes ?? this.gpu.limits.maxStorageBufferBindingSize;
     this.timestamps = (device.opts.timestamps ?? true) && this.gpu.features.has('timestamp-query');
     this.runsPerSubmit = device.opts.runsPerSubmit ?? 32;
+    this.copies = new CopyKernels(this.gpu, this.maxBinding);
     for (const lg of module.graphs) {
       if (lg.kernels.length === 0 && lg.graph.nodes.length > 0) throw new Error(`the webgpu device runs compiled graphs; @${lg.graph.name} has no kernels`);
     }
@@ -173,7 +182,7 @@ class WebGpuProgram implements Program {
     const bytes = wordBytes(dtype, count);
     if (bytes > src.size || bytes > dst.size) throw new RangeError(`copy of ${count} ${dtype} elements from ${from} to ${to}: a buffer is smaller`);
     if (src === dst) throw new Error(`copy from ${from} to itself`);
-    if (bytes > 0) this.queue({ k: 'copy', from: src, to: dst, bytes });
+    if (bytes > 0) this.queue({ k: 'copy', dispatches: this.copies.prepare(src, dst, bytes) });
   }
 
   record(body: () => void): Recording {
@@ -358,17 +367,26 @@ class WebGpuProgram implements Program {
         c.graph.pending = true;
         break;
       }
-      case 'copy':
-        this.endPass();
-        this.commands().copyBufferToBuffer(c.from, 0, c.to, 0, c.bytes);
+      case 'copy': {
+        const pass = this.computePass();
+        for (const d of c.dispatches) {
+          pass.setPipeline(d.pipeline);
+          pass.setBindGroup(0, d.bindGroup);
+          pass.dispatchWorkgroups(d.groups);
+        }
         return;
+      }
       case 'zero':
         this.endPass();
         this.commands().clearBuffer(c.buf);
         return;
       default: c satisfies never;
     }
-    if (++this.encoded >= this.runsPerSubmit) this.flush();
+    if (++this.encoded >= this.batchRuns) {
+      const next = Math.min(2 * this.batchRuns, this.runsPerSubmit);
+      this.flush();
+      this.batchRuns = next;
+    }
   }
 
   /** Puts a graph's sizes in its uniform; runs still unsubmitted that read other sizes are submitted first. */
@@ -393,8 +411,9 @@ class WebGpuProgram implements Program {
     this.pass = undefined;
   }
 
-  /** Submits everything encoded. */
+  /** Submits everything encoded; the next batch starts at one run. */
   private flush(): void {
+    this.batchRuns = 1;
     if (!this.encoder) return;
     this.endPass();
     this.gpu.queue.submit([this.encoder.finish()]);

@@ -8,7 +8,7 @@ export { WebGpuUnavailableError };
 
 let gpu: GPU | undefined;
 
-export async function openDevice(): Promise<GPUDevice> {
+export async function openDevice(opts: { readonly subgroups: boolean } = { subgroups: true }): Promise<GPUDevice> {
   if (!gpu) {
     // Dawn is an optional dependency, loaded only when a WebGPU device is opened.
     let dawn: typeof import('webgpu');
@@ -26,7 +26,7 @@ export async function openDevice(): Promise<GPUDevice> {
   if (!adapter) {
     throw new WebGpuUnavailableError('no WebGPU adapter: Dawn found no Vulkan device (on a CPU-only Debian machine, install Mesa 25 from bookworm-backports for lavapipe)');
   }
-  const device = await requestDevice(adapter, ['timestamp-query', 'subgroups']);
+  const device = await requestDevice(adapter, opts.subgroups ? ['timestamp-query', 'subgroups'] : ['timestamp-query']);
   device.addEventListener('uncapturederror', (e) => {
     console.error(`tsfuse webgpu: ${(e as GPUUncapturedErrorEvent).error.message}`);
   });

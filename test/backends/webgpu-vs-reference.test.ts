@@ -1,6 +1,6 @@
 // Every kind of fused kernel rendered as WGSL and run through Dawn (lavapipe without a GPU) against the reference
 // interpreter: random graphs from the differential test's generator, and kernels of the Llama kinds at sizes that
-// are not multiples of the workgroup size.
+// are not multiples of the workgroup size. Copies, dispatched in the compute pass, over several bindings.
 //
 //   SEED=12 npm test -- webgpu-vs     reruns one random graph
 
@@ -108,6 +108,26 @@ test('each Llama kernel kind matches the reference at sizes that are not multipl
     const params = new Map(g.params.map((p) => [p.name!, random(p.type.dtype, p.type.shape as number[])]));
     const bad = await check({ graph: g, inputs: { x: random(DType.F32, k.shape) }, params, states: new Map() });
     assert.ok(bad === undefined, `${name}: ${bad}`);
+  }
+});
+
+test('a copy larger than a binding goes as a dispatch per chunk, in order with the runs around it', async () => {
+  const split = await openWebGpu({ maxBindingBytes: 256 });
+  try {
+    const g = trace('double', [{ name: 'x', dtype: DType.F32, shape: [300] }], (x) => ({ y: x.mul(2) }));
+    const p = await split.load(compileModule({ graphs: [g] }), new ParamStore(() => { throw new Error('no params'); }), { maxSizes: {} });
+    const x = Array.from({ length: 300 }, (_, i) => i - 150);
+    const step = () => {
+      p.run('double', {});
+      p.copy('output:double:y', 'input:x', DType.F32, 300);
+    };
+    p.write('input:x', hostTensor(DType.F32, [300], x));
+    step();
+    p.replay(p.record(step));
+    p.run('double', {});
+    assert.equal([...(await p.read('output:double:y', DType.F32, [300])).data], x.map((v) => 8 * v));
+  } finally {
+    split.destroy();
   }
 });
 
