@@ -42,7 +42,7 @@ export function formatSchedule(s: ScheduledKernel): string {
         ? `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): tiles of ${p.tileQueries} queries × ${p.tileKeys} keys, a warp per 16 queries, bf16 matrix instructions (mma m16n8k16, f32 accumulators), online softmax in registers${skip}`
         : `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): tiles of ${p.tileQueries} queries × ${p.tileKeys} keys, ${p.threadsPerQuery} threads per query, online softmax, f32${skip}`);
   }
-  if (s.workgroupsPerProcessor) lines.push(`  ${s.workgroupsPerProcessor} workgroups a multiprocessor at once (registers capped to fit): one wave`);
+  if (s.workgroupsPerProcessor) lines.push(`  ${s.workgroupsPerProcessor} workgroups a multiprocessor at once (registers capped to fit)${s.flash ? '' : ': one wave'}`);
   if (s.overlap) {
     const fetch = s.overlap.prefetch.map((f) => `${f.bytes} bytes of b${f.buf} at ${f.stride} × the workgroup`);
     lines.push(`  starts while the previous kernel finishes${fetch.length ? `: prefetches ${fetch.join(', ')} into L2,` : ','} then waits for its writes`);

@@ -158,8 +158,9 @@ export interface ScheduledKernel {
   /** Set where the kernel starts while its predecessor finishes (DeviceCaps.dependentLaunch). */
   readonly overlap?: OverlapPlan;
   /**
-   * Workgroups each multiprocessor must hold at once, so that the grid runs in one wave (the compiler caps the
-   * registers a thread may use to fit them); undefined where the grid is not fixed, already fits, or cannot.
+   * Workgroups each multiprocessor must hold at once (the compiler caps the registers a thread may use to fit
+   * them): so that a fixed grid runs in one wave, or two of the matrix-unit flash tiles; undefined where the grid
+   * is not fixed, already fits, or cannot.
    */
   readonly workgroupsPerProcessor?: number;
 }
@@ -266,7 +267,8 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   const staging = gemm?.staging;
   if (tilesFrom < Infinity && staging?.kind === 'async') dynamicWorkgroupBytes = Math.max(dynamicWorkgroupBytes, staging.bytes);
   const overlap = device.dependentLaunch ? overlapPlan(k, tilesFrom === 0 ? [] : stmts, rows, device) : undefined;
-  const workgroupsPerProcessor = oneWave(rows, device);
+  // Matrix-unit flash tiles: two workgroups a multiprocessor (registers capped at 128; 2,048 tokens 33.6 → 31.9 ms).
+  const workgroupsPerProcessor = flash?.units === 'mma-bf16' ? 2 : oneWave(rows, device);
   return {
     kernel: k,
     device,
@@ -344,12 +346,14 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   // steps ahead: a row, or heads side by side (the attention's output read by the output projection).
   const plainA = gemm.a.k === 'load' && k.buffers[gemm.a.buf].dtype === DType.F32 && runsAlong(gemm.a.index, gemm.k, 4);
   // Copied tiles are 128 × 64, each warp 32 × 32 (every right fragment read once for two instructions), 64 deep a
-  // step where the depth allows (half the waits and barriers). Measured on the H200 (BENCHMARKS.md, issue 10), 512
-  // tokens: 64 × 64 × 32 tiles 10.2 ms, 128 × 64 × 32 9.7 (but 32 tokens 5.3 → 6.1: one tile of rows either way,
-  // three quarters of it empty), 128 × 64 × 64 8.2 after the output projection's copies (8.7 at 32 deep; 32 tokens
-  // 5.6 → 4.7); 64 × 128, 128 × 128, 4 stages, or 2 stages of 64 no better.
+  // step where the depth allows (half the waits and barriers); 64 × 64 where the columns give fewer than two tiles a
+  // multiprocessor (the output and down projections of a 1B model: 32 column tiles). Measured on the H200
+  // (BENCHMARKS.md, issue 10), 32 / 512 / 2,048 tokens: 64 × 64 × 32 tiles 5.3 / 10.2 / 42.6 ms, 128 × 64 × 32
+  // 6.1 / 9.7 / 38.0, 64 deep (and the output projection copied) 4.7 / 8.2 / 33.5, 64 × 64 for narrow GEMMs
+  // 4.3 / 8.4 / 34.4; 64 × 128, 128 × 128, 4 stages, or 2 stages of 64 no better.
   if (mma && plainA) {
-    const [asyncRows, asyncColumns, stages, depth] = [128, 64, 3, gemm.depth % 64 === 0 ? 64 : 32];
+    const narrow = device.processors !== undefined && 2 * Math.ceil(gemm.columns / 64) <= device.processors.count;
+    const [asyncRows, asyncColumns, stages, depth] = [narrow ? 64 : 128, 64, 3, gemm.depth % 64 === 0 ? 64 : 32];
     const bytes = stages * (asyncRows * (depth + 8) * 4 + gemm.b.length * asyncColumns * (depth + 8) * 2);
     const tile = { ...plan, tileDepth: depth, tileRows: asyncRows, tileColumns: asyncColumns, rowTiles: rowTilesOf(asyncRows), columnTiles: Math.ceil(gemm.columns / asyncColumns) };
     if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes } };

@@ -11,8 +11,8 @@ import { arange, param, trace, where } from '../../compiler/index.ts';
 import { DType } from '../../ir/dtype.ts';
 
 const F = DType.F32;
-const projection = (weight: DType) => compileModule({
-  graphs: [trace('p', [{ name: 'x', dtype: F, shape: ['S', 128] }], (x) => ({ y: x.matmul(param('w', weight, [96, 128]).transpose()) }))],
+const projection = (weight: DType, columns = 96) => compileModule({
+  graphs: [trace('p', [{ name: 'x', dtype: F, shape: ['S', 128] }], (x) => ({ y: x.matmul(param('w', weight, [columns, 128]).transpose()) }))],
 }).graphs[0].kernels[0];
 /** Causal attention of 4 heads over 256 keys; keys and values of `kv` (read as f32). */
 const attention = (head: number, kv: DType = F) => compileModule({
@@ -29,10 +29,14 @@ test('a bf16 projection: cp.async mma tiles on CUDA from 16 rows, f32 tiles on W
   assert.is(cuda.gemm?.staging?.kind, 'async');
   assert.is(cuda.tilesFrom, 16);
   assert.ok(cuda.dynamicWorkgroupBytes > 0, 'the ring of stages is memory given at launch');
-  assert.equal([cuda.gemm?.tileRows, cuda.gemm?.tileColumns], [128, 64]);
-  // Below the threshold the grid is the row form's rows; from it, the tiles: ceil(S / 128) × ceil(96 / 64).
+  // 96 columns give fewer column tiles than half the multiprocessors: 64 × 64 tiles, 64 deep (the depth is 128).
+  assert.equal([cuda.gemm?.tileRows, cuda.gemm?.tileColumns, cuda.gemm?.tileDepth], [64, 64, 64]);
+  // Below the threshold the grid is the row form's rows; from it, the tiles: ceil(S / 64) × ceil(96 / 64).
   assert.is(evalSize(cuda.grid.rows, { S: 15 }), evalSize(k.rows, { S: 15 }));
-  assert.is(evalSize(cuda.grid.rows, { S: 130 }), 2 * 2);
+  assert.is(evalSize(cuda.grid.rows, { S: 130 }), 3 * 2);
+  // 4,352 columns (68 tiles, more than half of an H200's 132 multiprocessors): 128 rows a tile.
+  const wide = scheduleKernel(projection(DType.BF16, 4352), cudaCaps());
+  assert.equal([wide.gemm?.tileRows, wide.gemm?.tileColumns], [128, 64]);
   const wgpu = scheduleKernel(k, webgpuCaps({ subgroups: true }));
   assert.is(wgpu.gemm?.units, 'fma');
   assert.is(wgpu.tilesFrom, 80);
@@ -90,6 +94,7 @@ test('flash over bf16 keys and values: a warp per 16 queries on CUDA\'s matrix u
   assert.is(cuda.flash?.units, 'mma-bf16');
   assert.equal([cuda.flash?.tileQueries, cuda.flash?.tileKeys], [128, 64]);
   assert.is(cuda.tilesFrom, 2);
+  assert.is(cuda.workgroupsPerProcessor, 2, 'registers capped for two tiles a multiprocessor');
   assert.is(scheduleKernel(k, cudaCaps(75)).flash?.units, 'fma', 'no mma before sm_80');
   assert.is(scheduleKernel(attention(64), cudaCaps()).flash?.units, 'fma', 'f32 keys keep f32 arithmetic');
   assert.is(scheduleKernel(attention(24, DType.BF16), cudaCaps()).flash?.units, 'fma', 'a head not a multiple of 16');

@@ -68,7 +68,7 @@ int cuDeviceGet(int* d, int) { *d = 0; return 0; }
 int cuDeviceGetName(char* name, int len, int) { std::snprintf(name, len, "tsfuse fake CUDA (CPU fibers)"); return 0; }
 int cuDeviceGetAttribute(int* v, int attr, int) {
   switch (attr) {
-    case 16: *v = 1; return 0;          // multiprocessors
+    case 16: *v = 8; return 0;          // multiprocessors: GEMMs of few columns take 64-row tiles, of more 128
     case 75: *v = 9; return 0;          // compute capability major
     case 76: *v = 0; return 0;          // minor
     case 97: *v = 227 * 1024; return 0; // opt-in shared memory per block
