@@ -50,7 +50,11 @@ export interface ScheduleTuning {
   readonly vectorize: 'aligned-dots' | 'all-streams' | 'none';
   /** Elements per stream and step of an 'all-streams' vector loop (8: one 16-byte load of 16-bit data, two of f32). */
   readonly streamElements: number;
-  /** Iterations per step of a workgroup's strided reduction, of a vector loop, and of a sliced sum. */
+  /**
+   * Iterations per step of a workgroup's strided reduction, of a vector loop, and of a sliced sum (loads in
+   * flight per thread: decode attention's probs·V is a sliced sum of scalar loads, and on the H200 8 a step
+   * against 4 took 576-position decode from 1.239 to 1.141 ms a token, 16 no better).
+   */
   readonly unroll: { readonly workgroup: number; readonly vector: number; readonly sliced: number };
   /**
    * Rows (a GEMM's m, attention's query rows) from which a kernel runs as tiles rather than row by row: fewer rows
@@ -168,7 +172,7 @@ export function cudaCaps(computeCapability = 90, multiprocessors = 132): DeviceC
       // 2,048 threads a multiprocessor since sm_70, but 1,024 on sm_75 and 1,536 on sm_86 and sm_89.
     processors: { count: multiprocessors, maxWorkgroups: computeCapability === 75 ? 4 : computeCapability === 86 || computeCapability === 89 ? 6 : 8 },
     tuning: {
-      elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 4 }, tilesFrom: { gemm: 16, flash: 2 },
+      elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 8 }, tilesFrom: { gemm: 16, flash: 2 },
       prefetchBytes: overlap === 'prefetch' ? 16 * 2 ** 20 : 0,
     },
   };

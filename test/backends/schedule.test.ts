@@ -132,8 +132,8 @@ kernel k0 (reduce) on webgpu: 64 rows, a workgroup of 256 threads each
   store b1 over i1<32768: thread-per-element
 kernel k0 (reduce) on cuda sm_90: 64 rows, a workgroup of 256 threads each (striding over rows past the grid)
   let c0: uniform
-  array arr2[8] over j3: sliced x32 | k4 max<4096 by slices, unroll 4
-  array arr5[8] over j6: sliced x32 | k7 sum<4096 by slices, unroll 4
+  array arr2[8] over j3: sliced x32 | k4 max<4096 by slices, unroll 8
+  array arr5[8] over j6: sliced x32 | k7 sum<4096 by slices, unroll 8
   store b1 over i1<32768: thread-per-element
   starts while the previous kernel finishes, then waits for its writes
 `,
@@ -175,11 +175,11 @@ kernel k0 (attention) on webgpu: 4 rows, a workgroup of 256 threads each
   array arr10[64] over j11: sliced x4 | k12 sum<128 by slices, unroll 4
   store b3 over i0<64: thread-per-element
 kernel k0 (attention) on cuda sm_90: 4 rows, a workgroup of 256 threads each (striding over rows past the grid), subgroups
-  array arr3[128] over j4: sliced x2 | k5 sum<64 by slices, unroll 4
+  array arr3[128] over j4: sliced x2 | k5 sum<64 by slices, unroll 8
   coop acc7: workgroup | k6 max<128 by workgroup, combine subgroup
   coop acc9: workgroup | k8 sum<128 by workgroup, combine subgroup, vec16B(arr3) x8 checked unroll 4
   array arr1[128] over j2: thread-per-element
-  array arr10[64] over j11: sliced x4 | k12 sum<128 by slices, unroll 4
+  array arr10[64] over j11: sliced x4 | k12 sum<128 by slices, unroll 8
   store b3 over i0<64: thread-per-element
   starts while the previous kernel finishes, then waits for its writes
 `,
