@@ -14,7 +14,7 @@ export async function isUserError(e: unknown): Promise<boolean> {
     { GraphError }, { InterpretError },
   ] = await Promise.all([
     import('./script-error.ts'), import('../runtime/tokenizer.ts'), import('../runtime/webgpu/errors.ts'),
-    import('../runtime/cuda/errors.ts'), import('./cli-compile.ts'), import('../backends/lower.ts'),
+    import('../runtime/cuda/errors.ts'), import('./cli-compile-command.ts'), import('../backends/lower.ts'),
     import('./trace.ts'), import('../runtime/config.ts'), import('../runtime/safetensors.ts'), import('../ir/parser.ts'),
     import('../ir/verify.ts'), import('../ir/graph.ts'), import('../backends/reference/interpreter.ts'),
   ]);

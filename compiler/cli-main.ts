@@ -24,7 +24,7 @@ const commands: Record<string, CommandEntry> = {
   },
   compile: {
     summary: 'run the pass pipeline on the Llama graphs or a model script (report, IR, kernels, schedules, --out)',
-    load: async () => (await import('./cli-compile.ts')).compileCommand,
+    load: async () => (await import('./cli-compile-command.ts')).compileCommand,
   },
   trace: {
     summary: 'trace the Llama prefill and decode graphs (--dump-ir prints them as IR text)',

@@ -52,7 +52,7 @@ export const traceCommand = defineCommand({
     'cache-length': { type: 'string', value: 'N', help: 'KV-cache positions (default: the model\'s context, at most 2048)' },
   },
   async run(values) {
-    const { builtinLlama } = await import('./cli-compile.ts');
+    const { builtinLlama } = await import('./cli-compile-command.ts');
     const { UsageError } = await import('./cli-args.ts');
     if ((values.model === undefined) === (values.config === undefined)) throw new UsageError('give one of --model DIR or --config NAME');
     const model = values.model !== undefined ? loadLlama(checkModelDir(values.model)) : undefined;

@@ -15,7 +15,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { FlashIR, GemmIR, KernelIR } from '../backends/kernel-ir.ts';
+import type { FlashIR, GemmIR, KBuffer, KernelIR, KExpr } from '../backends/kernel-ir.ts';
 import type { DType } from '../ir/dtype.ts';
 import { Graph, Kernel, KernelAttrs, Node, Value } from '../ir/graph.ts';
 import { logsOn } from '../ir/logs.ts';
@@ -24,7 +24,7 @@ import { tensorType, TensorType } from '../ir/shape.ts';
 import type { CompiledGraph, CompiledModule } from './compile-module.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
 
-const FORMAT = 'tsfuse-compile-cache 3';
+const FORMAT = 'tsfuse-compile-cache 4';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 export interface CacheOptions {
@@ -201,8 +201,9 @@ function restoreSpecials(root: unknown, specials: readonly Special[]): void {
   }
 }
 
-// ---- the module as JSON: values by index (inputs, params, states, then node results), kernel bodies shared,
-// value types and source lines by index into the module's tables ----
+// ---- the module as JSON: values by index (inputs, params, states, then node results), kernel bodies, row counts,
+// buffer sizes, size names and tile forms shared as in the module, value types and source lines by index into the
+// module's tables ----
 
 type TypeJson = [DType, (number | string)[]];
 interface GraphJson {
@@ -219,11 +220,20 @@ interface GraphJson {
   plan: { slotOf: [number, number][]; slotBytes: number[]; peakBytes: number };
   kernelIR: KernelJson[];
 }
-/** A kernel with its body and tile forms by index into the module's lists (kernels alike share them). */
-type KernelJson = Omit<KernelIR, 'body' | 'gemm' | 'flash'> & { body: number; gemm?: number; flash?: number };
+/**
+ * A kernel with its body, rows, buffer sizes, size names and tile forms by index into the module's lists: kernels
+ * lowered once share these objects, and read back they share them again (the scheduler knows alike kernels by them
+ * and schedules and prints each once: without it a warm --dump-kernels cost more than a cold one).
+ */
+type KernelJson = Omit<KernelIR, 'body' | 'rows' | 'sizes' | 'buffers' | 'gemm' | 'flash'> & {
+  body: number; rows: number; sizes: number; buffers: (Omit<KBuffer, 'elems'> & { elems: number })[]; gemm?: number; flash?: number;
+};
 interface ModuleJson {
   graphs: GraphJson[];
   bodies: KernelIR['body'][];
+  /** Kernels' row counts and buffers' element counts. */
+  exprs: KExpr[];
+  sizes: KernelIR['sizes'][];
   gemms?: GemmIR[];
   flashes?: FlashIR[];
   types: TypeJson[];
@@ -247,19 +257,29 @@ function table<T>(keyOf: (x: T) => string) {
   };
 }
 
+/** Objects stored once each, by identity; the entry refers to them by index. */
+function sharedObjects<T>() {
+  const list: T[] = [];
+  const index = new Map<T, number>();
+  return {
+    list,
+    add(x: T): number {
+      let i = index.get(x);
+      if (i === undefined) index.set(x, (i = list.push(x) - 1));
+      return i;
+    },
+  };
+}
+
 function encodeModule(m: CompiledModule): Omit<ModuleJson, 'tracedNodes' | 'specials'> {
   const types = table((t: TypeJson) => `${t[0]}[${t[1].join(',')}]`);
   const locs = table((l: string) => l);
   const typeJson = (t: TensorType) => types.add([t.dtype, [...t.shape]]);
-  const bodies: KernelIR['body'][] = [];
-  const bodyIndex = new Map<KernelIR['body'], number>();
-  const gemms: GemmIR[] = [];
-  const flashes: FlashIR[] = [];
-  /** The index of `x` in `list`, added at its first appearance (objects shared by alike kernels are stored once). */
-  const indexIn = <T>(list: T[], x: T): number => {
-    const i = list.indexOf(x);
-    return i >= 0 ? i : list.push(x) - 1;
-  };
+  const bodies = sharedObjects<KernelIR['body']>();
+  const exprs = sharedObjects<KExpr>();
+  const sizes = sharedObjects<KernelIR['sizes']>();
+  const gemms = sharedObjects<GemmIR>();
+  const flashes = sharedObjects<FlashIR>();
   const graphs = m.graphs.map((c) => {
     const g = c.graph;
     const index = new Map<Value, number>();
@@ -293,15 +313,20 @@ function encodeModule(m: CompiledModule): Omit<ModuleJson, 'tracedNodes' | 'spec
       kernels: g.kernels.map((k) => [k.name, k.nodes.map((n) => nodeIndex.get(n)!), k.attrs]),
       plan: { slotOf: [...c.plan.slotOf].map(([v, s]) => [ref(v), s]), slotBytes: [...c.plan.slotBytes], peakBytes: c.plan.peakBytes },
       kernelIR: c.kernels.map((k): KernelJson => {
-        let b = bodyIndex.get(k.body);
-        if (b === undefined) bodyIndex.set(k.body, (b = bodies.push(k.body) - 1));
         const { gemm, flash, ...rest } = k;
-        return { ...rest, body: b, ...(gemm ? { gemm: indexIn(gemms, gemm) } : {}), ...(flash ? { flash: indexIn(flashes, flash) } : {}) };
+        return {
+          ...rest, body: bodies.add(k.body), rows: exprs.add(k.rows), sizes: sizes.add(k.sizes),
+          buffers: k.buffers.map((b) => ({ ...b, elems: exprs.add(b.elems) })),
+          ...(gemm ? { gemm: gemms.add(gemm) } : {}), ...(flash ? { flash: flashes.add(flash) } : {}),
+        };
       }),
     };
     return json;
   });
-  return { graphs, bodies, gemms, flashes, types: types.list, locs: locs.list };
+  return {
+    graphs, bodies: bodies.list, exprs: exprs.list, sizes: sizes.list, gemms: gemms.list, flashes: flashes.list,
+    types: types.list, locs: locs.list,
+  };
 }
 
 function decodeModule(m: ModuleJson): CompiledModule {
@@ -334,6 +359,9 @@ function decodeGraph(j: GraphJson, m: ModuleJson, types: readonly TensorType[]):
   const kernels = j.kernelIR.map(({ gemm, flash, ...k }): KernelIR => ({
     ...k,
     body: m.bodies[k.body],
+    rows: m.exprs[k.rows],
+    sizes: m.sizes[k.sizes],
+    buffers: k.buffers.map((b) => ({ ...b, elems: m.exprs[b.elems] })),
     ...(gemm !== undefined ? { gemm: m.gemms![gemm] } : {}),
     ...(flash !== undefined ? { flash: m.flashes![flash] } : {}),
   }));

@@ -5,6 +5,7 @@
 import { Module } from '../ir/graph.ts';
 import { compileModule } from './compile-module.ts';
 import { CacheOptions, CachedCompile, entryFor, readCompiled, writeEntry } from './compile-cache-entry.ts';
+import { withoutOptimizingTier } from './optimizing-tier.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
 
 export type { CacheOptions, CachedCompile } from './compile-cache-entry.ts';
@@ -20,9 +21,10 @@ export function compileCached(what: unknown, trace: () => Module, opts: CacheOpt
   const entry = entryFor(what, { ...opts, ctx });
   const found = readCompiled(entry);
   if (found) return found;
-  const traced = trace();
-  const tracedNodes = Object.fromEntries(traced.graphs.map((g) => [g.name, g.nodes.length]));
-  const compiled = { module: compileModule(traced, { ctx }), tracedNodes };
+  const compiled = withoutOptimizingTier(() => {
+    const traced = trace();
+    return { module: compileModule(traced, { ctx }), tracedNodes: Object.fromEntries(traced.graphs.map((g) => [g.name, g.nodes.length])) };
+  });
   if (!entry) return { ...compiled, hit: false, key: '' };
   writeEntry(entry.file, entry.key, compiled);
   return { ...compiled, hit: false, key: entry.key };

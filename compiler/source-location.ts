@@ -20,12 +20,13 @@ interface CallSite {
 }
 
 /**
- * Each frame position seen (the generated file, line and column), mapped as Node prints it in a stack trace (through
- * the source map tsx registers) to the source file and line, or to null for tsfuse's own frames and those outside
- * any file. Tracing asks for the caller of every node it records: formatting whole stack traces through source
- * maps cost ~0.2 s per Llama-3.2-1B trace, these look-ups a few milliseconds.
+ * Each frame position seen (the generated file, then line and column as one number), mapped as Node prints it in a
+ * stack trace (through the source map tsx registers) to the source file and line, or to null for tsfuse's own frames
+ * and those outside any file. Tracing asks for the caller of every node it records: formatting whole stack traces
+ * through source maps cost ~0.2 s per Llama-3.2-1B trace, these look-ups a few milliseconds (keyed by numbers: a
+ * string key built for every frame cost another 8 ms).
  */
-const positions = new Map<string, { file: string; line: number } | null>();
+const positions = new Map<string, Map<number, { file: string; line: number } | null>>();
 
 /** "examples/llama.ts:42": the innermost stack frame outside tsfuse's tracer, relative to the working directory. */
 export function callerLocation(): string | undefined {
@@ -65,11 +66,14 @@ function sourcePosition(site: CallSite): { file: string; line: number } | null {
   const line = site.getLineNumber();
   const column = site.getColumnNumber();
   if (!file || line === null || column === null) return null;
-  const key = `${file}:${line}:${column}`;
-  let at = positions.get(key);
+  let inFile = positions.get(file);
+  if (inFile === undefined) positions.set(file, (inFile = new Map()));
+  // Exact below 2^27 lines and 2^26 columns (a minified bundle's line included).
+  const key = line * 2 ** 26 + column;
+  let at = inFile.get(key);
   if (at === undefined) {
     at = mapPosition(file, line, column);
-    positions.set(key, at);
+    inFile.set(key, at);
   }
   return at;
 }

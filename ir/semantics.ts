@@ -20,8 +20,8 @@ export type EvalRule = (inputs: HostTensor[], attrs: Attrs, out: ResolvedType) =
 
 type Num1 = (x: number) => number;
 type Num2 = (x: number, y: number) => number;
-const unary = (f: Num1): EvalRule => (ins, _a, out) => elementwise(out, ins, (v) => f(v[0]));
-const binary = (f: Num2): EvalRule => (ins, _a, out) => elementwise(out, ins, (v) => f(v[0], v[1]));
+const unary = (f: Num1): EvalRule => (ins, _a, out) => map1(out, ins[0], f);
+const binary = (f: Num2): EvalRule => (ins, _a, out) => map2(out, ins[0], ins[1], f);
 /** A rule with an integer form: `int` where the operands are integers (wrapping i32 arithmetic), else `float`. */
 const numeric2 = (float: Num2, int: Num2): EvalRule => (ins, a, out) => binary(isInteger(ins[0].dtype) ? int : float)(ins, a, out);
 const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
@@ -138,13 +138,12 @@ export const evalRules: Record<Op, EvalRule> = {
   [Op.Reshape]: (ins, _a, out) => ({ dtype: out.dtype, shape: out.shape, data: ins[0].data }),
   [Op.Permute]: (ins, a, out) => {
     const src = stridesOf(ins[0].shape);
-    return gatherIndex(out, ins[0], (idx) => (a.perm as number[]).reduce((off, p, i) => off + idx[i] * src[p], 0));
+    return gatherStrided(out, ins[0], 0, (a.perm as number[]).map((p) => src[p]));
   },
   [Op.Expand]: (ins, _a, out) => elementwise(out, ins, (v) => v[0]),
   [Op.Slice]: (ins, a, out) => {
     const src = stridesOf(ins[0].shape);
-    const [axis, start] = [a.axis as number, a.start as number];
-    return gatherIndex(out, ins[0], (idx) => idx.reduce((off, x, i) => off + (i === axis ? x + start : x) * src[i], 0));
+    return gatherStrided(out, ins[0], (a.start as number) * src[a.axis as number], src);
   },
   [Op.Concat]: (ins, a, out) => concat(ins, a.axis as number, out),
   [Op.Gather]: (ins, _a, out) => gather(ins[0], ins[1], out),
@@ -181,12 +180,14 @@ export function elementwise(out: ResolvedType, ins: HostTensor[], f: (v: number[
   const t = allocHost(out.dtype, out.shape);
   const round = rounderFor(out.dtype);
   const strides = ins.map((x) => broadcastStrides(x.shape, out.shape));
+  const datas = ins.map((x) => x.data);
+  const to = t.data;
   const offsets = new Array<number>(ins.length).fill(0);
   const idx = new Array<number>(out.shape.length).fill(0);
   const v = new Array<number>(ins.length);
-  for (let i = 0; i < t.data.length; i++) {
-    for (let k = 0; k < ins.length; k++) v[k] = ins[k].data[offsets[k]];
-    t.data[i] = round(f(v));
+  for (let i = 0; i < to.length; i++) {
+    for (let k = 0; k < ins.length; k++) v[k] = datas[k][offsets[k]];
+    to[i] = round(f(v));
     // advance the multi-index and every operand offset
     for (let d = out.shape.length - 1; d >= 0; d--) {
       idx[d]++;
@@ -199,14 +200,64 @@ export function elementwise(out: ResolvedType, ins: HostTensor[], f: (v: number[
   return t;
 }
 
-/** out[idx] = x[sourceOffset(idx)] for every output index. */
-function gatherIndex(out: ResolvedType, x: HostTensor, sourceOffset: (idx: number[]) => number): HostTensor {
+/** elementwise for one operand: f applied to each element (an operand of the result's shape read in order). */
+function map1(out: ResolvedType, x: HostTensor, f: Num1): HostTensor {
+  if (!sameDims(x.shape, out.shape)) return elementwise(out, [x], (v) => f(v[0]));
   const t = allocHost(out.dtype, out.shape);
+  const round = rounderFor(out.dtype);
+  const [to, xd] = [t.data, x.data];
+  for (let i = 0; i < to.length; i++) to[i] = round(f(xd[i]));
+  return t;
+}
+
+/** elementwise for two operands, without its per-element operand list; where neither broadcasts, read in order. */
+function map2(out: ResolvedType, a: HostTensor, b: HostTensor, f: Num2): HostTensor {
+  const t = allocHost(out.dtype, out.shape);
+  const round = rounderFor(out.dtype);
+  const [to, ad, bd] = [t.data, a.data, b.data];
+  if (sameDims(a.shape, out.shape) && sameDims(b.shape, out.shape)) {
+    for (let i = 0; i < to.length; i++) to[i] = round(f(ad[i], bd[i]));
+    return t;
+  }
+  const [sa, sb] = [broadcastStrides(a.shape, out.shape), broadcastStrides(b.shape, out.shape)];
   const idx = new Array<number>(out.shape.length).fill(0);
-  for (let i = 0; i < t.data.length; i++) {
-    t.data[i] = x.data[sourceOffset(idx)];
+  let [oa, ob] = [0, 0];
+  for (let i = 0; i < to.length; i++) {
+    to[i] = round(f(ad[oa], bd[ob]));
     for (let d = out.shape.length - 1; d >= 0; d--) {
+      idx[d]++;
+      oa += sa[d];
+      ob += sb[d];
+      if (idx[d] < out.shape[d]) break;
+      oa -= sa[d] * idx[d];
+      ob -= sb[d] * idx[d];
+      idx[d] = 0;
+    }
+  }
+  return t;
+}
+
+function sameDims(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/** out[idx] = x[base + Σ idx[d]·strides[d]] for every output index (a permute or a slice of x). */
+function gatherStrided(out: ResolvedType, x: HostTensor, base: number, strides: readonly number[]): HostTensor {
+  const t = allocHost(out.dtype, out.shape);
+  const [to, xd] = [t.data, x.data];
+  const rank = out.shape.length;
+  // Where the last dimension is contiguous in x too, each of its rows is one copy.
+  const run = rank > 0 && strides[rank - 1] === 1 ? out.shape[rank - 1] : 1;
+  const loops = run > 1 ? rank - 1 : rank;
+  const idx = new Array<number>(loops).fill(0);
+  let from = base;
+  for (let i = 0; i < to.length; i += run) {
+    if (run > 1) to.set(xd.subarray(from, from + run), i);
+    else to[i] = xd[from];
+    for (let d = loops - 1; d >= 0; d--) {
+      from += strides[d];
       if (++idx[d] < out.shape[d]) break;
+      from -= strides[d] * idx[d];
       idx[d] = 0;
     }
   }
@@ -225,9 +276,10 @@ function reduce(x: HostTensor, axes: number[], out: ResolvedType, init: number,
   let k = 0;
   x.shape.forEach((_, i) => strides.push(axes.includes(i) ? 0 : keptStrides[k++]));
   const idx = new Array<number>(x.shape.length).fill(0);
+  const xd = x.data;
   let o = 0;
-  for (let i = 0; i < x.data.length; i++) {
-    acc[o] = step(acc[o], x.data[i]);
+  for (let i = 0; i < xd.length; i++) {
+    acc[o] = step(acc[o], xd[i]);
     for (let d = x.shape.length - 1; d >= 0; d--) {
       idx[d]++;
       o += strides[d];
@@ -248,12 +300,13 @@ function axisLoops(shape: readonly number[], axis: number): [number, number, num
 function argmax(x: HostTensor, axis: number, out: ResolvedType): HostTensor {
   const t = allocHost(out.dtype, out.shape);
   const [outer, n, inner] = axisLoops(x.shape, axis);
+  const xd = x.data;
   for (let o = 0; o < outer; o++) {
     for (let i = 0; i < inner; i++) {
       let best = 0;
       let bestV = -Infinity;
       for (let j = 0; j < n; j++) {
-        const v = x.data[(o * n + j) * inner + i];
+        const v = xd[(o * n + j) * inner + i];
         if (v > bestV || (Number.isNaN(v) && !Number.isNaN(bestV))) { best = j; bestV = v; }
       }
       t.data[o * inner + i] = best;
@@ -267,14 +320,15 @@ function softmax(x: HostTensor, axis: number, out: ResolvedType): HostTensor {
   const round = rounderFor(out.dtype);
   const [outer, n, inner] = axisLoops(x.shape, axis);
   const e = new Float64Array(n);
+  const [xd, td] = [x.data, t.data];
   for (let o = 0; o < outer; o++) {
     for (let i = 0; i < inner; i++) {
       const at = (j: number) => (o * n + j) * inner + i;
       let m = -Infinity;
-      for (let j = 0; j < n; j++) m = Math.max(m, x.data[at(j)]);
+      for (let j = 0; j < n; j++) m = Math.max(m, xd[at(j)]);
       let s = 0;
-      for (let j = 0; j < n; j++) s += e[j] = Math.exp(x.data[at(j)] - m);
-      for (let j = 0; j < n; j++) t.data[at(j)] = round(e[j] / s);
+      for (let j = 0; j < n; j++) s += e[j] = Math.exp(xd[at(j)] - m);
+      for (let j = 0; j < n; j++) td[at(j)] = round(e[j] / s);
     }
   }
   return t;
@@ -290,6 +344,8 @@ function matmul(x: HostTensor, w: HostTensor, out: ResolvedType): HostTensor {
   const xb = broadcastStrides(x.shape.slice(0, -2), batchShape);
   const wb = broadcastStrides(w.shape.slice(0, -2), batchShape);
   const row = new Float64Array(n);
+  // Read once: a bf16 weight's data is a getter.
+  const [xd, wd, td] = [x.data, w.data, t.data];
   const batches = numel(batchShape);
   const bIdx = new Array<number>(batchShape.length).fill(0);
   for (let b = 0; b < batches; b++) {
@@ -299,12 +355,12 @@ function matmul(x: HostTensor, w: HostTensor, out: ResolvedType): HostTensor {
       row.fill(0);
       for (let p = 0; p < k; p++) {
         // No shortcut for a zero activation: 0 × ∞ is NaN.
-        const a = x.data[xo + i * k + p];
+        const a = xd[xo + i * k + p];
         const wr = wo + p * n;
-        for (let j = 0; j < n; j++) row[j] += a * w.data[wr + j];
+        for (let j = 0; j < n; j++) row[j] += a * wd[wr + j];
       }
       const to = (b * m + i) * n;
-      for (let j = 0; j < n; j++) t.data[to + j] = round(row[j]);
+      for (let j = 0; j < n; j++) td[to + j] = round(row[j]);
     }
     for (let d = batchShape.length - 1; d >= 0; d--) {
       if (++bIdx[d] < batchShape[d]) break;

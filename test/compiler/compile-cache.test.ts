@@ -1,8 +1,9 @@
 // The compile cache (compiler/compile-cache.ts): a second start with the same model and options reads the compiled
 // module back (nothing traced) and it is the module compiling gives — the same fused IR, memory plan, kernel IR and
-// generated code, NaN, −0 and infinite literals included; a change of options, of the pass context or of the entry's
-// contents misses; a corrupt entry is ignored and written again; the cache can be turned off. A session opened
-// twice says so in its start timings (cold, then warm), and the first generate() adds its first token.
+// generated code, NaN, −0 and infinite literals included, and kernels alike stay alike (scheduled once); a change of
+// options, of the pass context or of the entry's contents misses; a corrupt entry is ignored and written again; the
+// cache can be turned off. A session opened twice says so in its start timings (cold, then warm), and the first
+// generate() adds its first token.
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -13,7 +14,7 @@ import * as assert from 'uvu/assert';
 import { printJs } from '../../backends/cpu/render-js.ts';
 import { printCudaModule } from '../../backends/cuda/render-cuda.ts';
 import { cpuCaps, cudaCaps, webgpuCaps } from '../../backends/device-caps.ts';
-import { scheduleKernel } from '../../backends/schedule.ts';
+import { scheduleKernel, scheduleOrigin } from '../../backends/schedule.ts';
 import { printWgsl } from '../../backends/wgsl/render-wgsl.ts';
 import { CacheOptions, compileCached, compileCacheDir, compileCacheEnabled, tsfuseVersion } from '../../compiler/compile-cache.ts';
 import { CompiledModule, compileModule } from '../../compiler/compile-module.ts';
@@ -76,6 +77,21 @@ test('a warm start reads the module back without tracing, equal to compiling', (
   assert.ok(fingerprint(fresh).includes('inf'), 'the sampler\'s graphs hold infinite literals');
   assert.ok(fresh.graphs.some((c) => c.kernels.some((k) => k.gemm)) && fresh.graphs.some((c) => c.kernels.some((k) => k.flash)), 'GEMM and flash kernels to read back');
   assert.is(fingerprint(warm.module), fingerprint(fresh));
+});
+
+test('kernels alike read back alike: each distinct kernel is scheduled once, as after compiling', () => {
+  const warm = compileTiny(options);
+  assert.is(warm.hit, true);
+  const fresh = compileModule(traceLlama(cfg, options));
+  /** Kernels, and the schedules made for them (the others are copies of these). */
+  const device = cudaCaps();
+  const schedules = (m: CompiledModule) => {
+    const kernels = m.graphs.flatMap((c) => c.kernels);
+    return { kernels: kernels.length, made: new Set(kernels.map((k) => scheduleOrigin(scheduleKernel(k, device)))).size };
+  };
+  const made = schedules(fresh);
+  assert.ok(made.made < made.kernels / 2, `${made.made} schedules for ${made.kernels} kernels after compiling`);
+  assert.equal(schedules(warm.module), made);
 });
 
 test('a change of trace options or of the pass context misses', () => {
