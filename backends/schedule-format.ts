@@ -28,7 +28,10 @@ export function formatSchedule(s: ScheduledKernel): string {
   if (s.tilesFrom !== undefined && s.tilesFrom > 0) lines.push(`  from ${s.tilesFrom} rows, the tiles below; fewer, the rows above`);
   if (k.gemm && s.gemm) {
     const p = s.gemm;
-    const units = { 'mma-bf16': 'bf16 matrix instructions (mma m16n8k16, f32 accumulators), the left operand rounded to bf16',
+    const staging = p.staging?.kind === 'async'
+      ? `copied by cp.async ${p.staging.stages} stages deep, the left operand ${p.staging.left === 'bf16' ? 'stored as bf16 by its writer' : 'rounded to bf16 as fragments are read'}`
+      : 'staged through registers, the left operand rounded to bf16';
+    const units = { 'mma-bf16': `bf16 matrix instructions (mma m16n8k16, f32 accumulators), ${staging}`,
       fma: 'f32 multiply-adds, 4 × 4 outputs per thread', serial: 'one row at a time' }[p.units];
     lines.push(`  gemm ${formatSize(k.gemm.rows)} × ${k.gemm.columns} over ${k.gemm.depth}, ${k.gemm.b.length} product${k.gemm.b.length > 1 ? 's' : ''}: tiles of ${p.tileRows} × ${p.tileColumns} (${formatSize(p.rowTiles)} × ${p.columnTiles}), ${p.tileDepth} deep per step, ${units}`);
   }

@@ -11,6 +11,7 @@ import { add, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, mul, multipleO
 import { alignedDot, contiguousStreams, Stream } from './schedule-vector.ts';
 import { formatSchedule } from './schedule-format.ts';
 import { boundKeyLoops, maxExtent } from './causal-bound.ts';
+import { narrowGemmActivations } from './narrow-activations.ts';
 import { log, logsOn } from '../ir/logs.ts';
 
 export { cudaCaps, cpuCaps, webgpuCaps };
@@ -110,9 +111,9 @@ export interface GemmPlan {
   /**
    * How an mma tile's operands reach shared memory: 'registers' (loaded a step ahead, the left operand computed and
    * rounded on the way), or 'async' (cp.async copies `stages − 1` steps ahead into a ring of stages in memory given
-   * at launch, the left operand a plain f32 row kept as f32 and rounded as fragments are read).
+   * at launch, the left operand as it is in memory: f32, rounded as fragments are read, or bf16).
    */
-  readonly staging?: { readonly kind: 'registers' } | { readonly kind: 'async'; readonly stages: number; readonly bytes: number };
+  readonly staging?: { readonly kind: 'registers' } | { readonly kind: 'async'; readonly stages: number; readonly bytes: number; readonly left: 'f32' | 'bf16' };
 }
 
 /**
@@ -188,6 +189,14 @@ export interface ScheduleOptions {
 const LONG_REDUCTION = 32;
 /** Workgroup memory kept for reduction scratch when deciding whether arrays fit statically. */
 const SCRATCH_BYTES = 512;
+
+/**
+ * A graph's kernels scheduled for a device, in order: first what spans kernels (temporaries that only matrix-unit
+ * GEMMs read stored as bf16: backends/narrow-activations.ts), then each kernel.
+ */
+export function scheduleKernels(kernels: readonly KernelIR[], device: DeviceCaps, opts: ScheduleOptions = {}): ScheduledKernel[] {
+  return narrowGemmActivations(kernels, (k) => gemmOnMatrixUnits(k, device)).map((k) => scheduleKernel(k, device, opts));
+}
 
 export function scheduleKernel(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions = {}): ScheduledKernel {
   const earlier = made.get(k.body)?.find((m) => m.scheduled.device === device && sameSplit(m.opts, opts) && alike(m.kernel, k));
@@ -335,16 +344,16 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   if (device.threadsPerWorkgroup === 1) {
     return { units: 'serial', tileRows: 1, tileColumns: gemm.columns, tileDepth: gemm.depth, rowTiles: gemm.rows, columnTiles: 1 };
   }
-  const bf16 = device.matrixUnits.some((u) => u.input === DType.BF16 && u.m === 16 && u.n === 8 && u.k === 16);
-  const mma = bf16 && gemm.depth % 32 === 0 && gemm.b.every((b) => bf16WeightAlong(b, gemm.k, k));
+  const mma = gemmOnMatrixUnits(k, device);
   const rowTilesOf = (rows: number) => idiv(add(gemm.rows, int(rows - 1)), int(rows));
   // 64 × 64 tiles staged through registers, and f32 tiles. (128-row register-staged tiles, each warp 32 × 32,
   // measured no faster at 512 rows on the H200 — 68 against 66 TFLOP/s — and slower for 32 to 128 rows.)
   const [tileRows, tileColumns] = [64, 64];
   const plan: GemmPlan = { units: mma ? 'mma-bf16' : 'fma', tileRows, tileColumns, tileDepth: mma ? 32 : 16, rowTiles: rowTilesOf(tileRows), columnTiles: Math.ceil(gemm.columns / tileColumns) };
-  // A left operand read from f32 memory in runs of 4 along the depth (16 aligned bytes) is copied as it is, several
-  // steps ahead: a row, or heads side by side (the attention's output read by the output projection).
-  const plainA = gemm.a.k === 'load' && k.buffers[gemm.a.buf].dtype === DType.F32 && runsAlong(gemm.a.index, gemm.k, 4);
+  // A left operand read from f32 (or bf16) memory in runs of 4 (8) along the depth, 16 aligned bytes, is copied as
+  // it is, several steps ahead: a row, or heads side by side (the attention's output read by the output projection).
+  const left = gemm.a.k === 'load' ? k.buffers[gemm.a.buf].dtype : undefined;
+  const plainA = gemm.a.k === 'load' && ((left === DType.F32 && runsAlong(gemm.a.index, gemm.k, 4)) || (left === DType.BF16 && runsAlong(gemm.a.index, gemm.k, 8)));
   // Copied tiles are 128 × 64, each warp 32 × 32 (every right fragment read once for two instructions), 64 deep a
   // step where the depth allows (half the waits and barriers); 64 × 64 where the columns give fewer than two tiles a
   // multiprocessor (the output and down projections of a 1B model: 32 column tiles). Measured on the H200
@@ -354,11 +363,22 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   if (mma && plainA) {
     const narrow = device.processors !== undefined && 2 * Math.ceil(gemm.columns / 64) <= device.processors.count;
     const [asyncRows, asyncColumns, stages, depth] = [narrow ? 64 : 128, 64, 3, gemm.depth % 64 === 0 ? 64 : 32];
-    const bytes = stages * (asyncRows * (depth + 8) * 4 + gemm.b.length * asyncColumns * (depth + 8) * 2);
+    const bytes = stages * (asyncRows * (depth + 8) * dtypeBytes[left!] + gemm.b.length * asyncColumns * (depth + 8) * 2);
     const tile = { ...plan, tileDepth: depth, tileRows: asyncRows, tileColumns: asyncColumns, rowTiles: rowTilesOf(asyncRows), columnTiles: Math.ceil(gemm.columns / asyncColumns) };
-    if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes } };
+    if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes, left: left === DType.BF16 ? 'bf16' : 'f32' } };
   }
   return gemmBytes(gemm, plan) <= device.staticWorkgroupMemoryBytes ? { ...plan, staging: mma ? { kind: 'registers' } : undefined } : undefined;
+}
+
+/**
+ * Whether a GEMM kernel runs bf16 matrix instructions: the device has them, and every right operand is a bf16 weight
+ * read along a depth of a multiple of 32 (the products' inputs they take exactly).
+ */
+export function gemmOnMatrixUnits(k: KernelIR, device: DeviceCaps): boolean {
+  const gemm = k.gemm;
+  if (!gemm || device.threadsPerWorkgroup === 1) return false;
+  const bf16 = device.matrixUnits.some((u) => u.input === DType.BF16 && u.m === 16 && u.n === 8 && u.k === 16);
+  return bf16 && gemm.depth % 32 === 0 && gemm.b.every((b) => bf16WeightAlong(b, gemm.k, k));
 }
 
 /** Workgroup memory a GEMM tile declares: the staged operands (bf16 rows padded by 8 for mma, f32 otherwise). */

@@ -8,7 +8,7 @@ import { printJs } from '../backends/cpu/render-js.ts';
 import { printWgsl } from '../backends/wgsl/render-wgsl.ts';
 import { cudaPrelude, printCudaFunction } from '../backends/cuda/render-cuda.ts';
 import { cpuCaps, cudaCaps, DeviceCaps, webgpuCaps } from '../backends/device-caps.ts';
-import { scheduleKernel, ScheduledKernel } from '../backends/schedule.ts';
+import { scheduleKernels, ScheduledKernel } from '../backends/schedule.ts';
 import { formatSchedule } from '../backends/schedule-format.ts';
 import { KernelIR } from '../backends/kernel-ir.ts';
 import { Module } from '../ir/graph.ts';
@@ -97,10 +97,10 @@ export function writeKernels(dir: string, backend: string, graphs: { name: strin
   writingFor('--dump-kernels', dir, 'the kernels', () => {
     fs.mkdirSync(dir, { recursive: true });
     for (const g of graphs) {
-      for (const k of g.kernels) {
-        const scheduled = scheduleKernel(k, renderer.device);
-        fs.writeFileSync(path.join(dir, `${g.name}.${k.name}.${renderer.ext}`), renderer.print(scheduled) + '\n');
-        fs.writeFileSync(path.join(dir, `${g.name}.${k.name}.schedule`), formatSchedule(scheduled));
+      for (const scheduled of scheduleKernels(g.kernels, renderer.device)) {
+        const name = scheduled.kernel.name;
+        fs.writeFileSync(path.join(dir, `${g.name}.${name}.${renderer.ext}`), renderer.print(scheduled) + '\n');
+        fs.writeFileSync(path.join(dir, `${g.name}.${name}.schedule`), formatSchedule(scheduled));
       }
     }
   });
@@ -109,7 +109,7 @@ export function writeKernels(dir: string, backend: string, graphs: { name: strin
 /** Every kernel's schedule as text, graph by graph (--dump-schedule). */
 export function formatSchedules(backend: string, graphs: { name: string; kernels: readonly KernelIR[] }[]): string {
   const renderer = rendererFor(backend, '--dump-schedule');
-  return graphs.map((g) => `# graph @${g.name}\n${g.kernels.map((k) => formatSchedule(scheduleKernel(k, renderer.device))).join('')}`).join('\n');
+  return graphs.map((g) => `# graph @${g.name}\n${scheduleKernels(g.kernels, renderer.device).map(formatSchedule).join('')}`).join('\n');
 }
 
 function rendererFor(backend: string, flag: string) {

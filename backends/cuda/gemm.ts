@@ -25,7 +25,7 @@ export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPr
   // Tiles along the rows are neighbours: the blocks sharing a weight tile run together and read it from L2.
   out.push(`    const int tf_m0 = (tf_tile % tf_row_tiles) * ${plan.tileRows};`);
   out.push(`    const int tf_n0 = (tf_tile / tf_row_tiles) * ${plan.tileColumns};`);
-  if (plan.units === 'mma-bf16' && plan.staging?.kind === 'async') mmaAsyncTile(g, plan, plan.staging.stages, p, out);
+  if (plan.units === 'mma-bf16' && plan.staging?.kind === 'async') mmaAsyncTile(g, plan, plan.staging.stages, plan.staging.left, p, out);
   else if (plan.units === 'mma-bf16') mmaTile(g, plan, p, out);
   else if (plan.units === 'fma') fmaTile(g, plan, p, out);
   else throw new Error(`CUDA: no GEMM of ${plan.units} units`);
@@ -248,11 +248,11 @@ function fmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
 
 /**
  * The mma tile with its operands copied by cp.async into `stages` buffers of memory given at launch, `stages − 1`
- * steps ahead of the one computed: per step and block, the tile's rows × depth of the left operand as f32 and its
- * columns × depth of each weight as bf16, in 16-byte copies. Rows 8 elements longer than the depth keep a
- * half-warp's 64-bit fragment reads on distinct banks.
+ * steps ahead of the one computed: per step and block, the tile's rows × depth of the left operand as it is in
+ * memory (f32, rounded to bf16 as fragments are read, or bf16) and its columns × depth of each weight as bf16, in
+ * 16-byte copies. Rows 8 elements longer than the depth keep a warp's fragment reads on distinct banks.
  */
-function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter, out: string[]): void {
+function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | 'bf16', p: ExprPrinter, out: string[]): void {
   const [TM, TN, TD] = [plan.tileRows, plan.tileColumns, plan.tileDepth];
   if (TM % 64 || TN % 64 || TD % 32) throw new Error(`CUDA: async mma tiles of ${TM} × ${TN} × ${TD} are not printed`);
   const a = g.a;
@@ -262,21 +262,23 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter,
   const w = warpTile(plan);
   const aStage = TM * AP;
   const bStage = ops * TN * BP;
+  // Elements of the left operand a 16-byte copy moves, and the element type staged.
+  const [perCopy, aType, aBytes] = left === 'bf16' ? [8, 'unsigned short', 2] : [4, 'float', 4];
   const i = '    ';
   out.push(`${i}extern __shared__ __align__(16) unsigned char tf_ring[];`);
-  out.push(`${i}float* const tf_as = reinterpret_cast<float*>(tf_ring);`);
-  out.push(`${i}unsigned short* const tf_bs = reinterpret_cast<unsigned short*>(tf_ring + ${stages * aStage * 4});`);
+  out.push(`${i}${aType}* const tf_as = reinterpret_cast<${aType}*>(tf_ring);`);
+  out.push(`${i}unsigned short* const tf_bs = reinterpret_cast<unsigned short*>(tf_ring + ${stages * aStage * aBytes});`);
   mmaSetup(ops, w, out, i);
   out.push(`${i}const int tf_steps = ${g.depth / TD};`);
   // The copies of step `step` into stage `stage`: rows past the left operand's and columns past the weights' are
-  // zeros (their source address is row 0's, never read). Copy x of the left operand: row x / (depth / 4), depth
-  // (x % (depth / 4)) · 4; of a weight: column x / (depth / 8), depth (x % (depth / 8)) · 8.
+  // zeros (their source address is row 0's, never read). Copy x of the left operand: row x / (depth / perCopy),
+  // depth (x % (depth / perCopy)) · perCopy; of a weight: column x / (depth / 8), depth (x % (depth / 8)) · 8.
   const issue = (indent: string, stage: string, step: string) => {
     const inner = indent + '  ';
     out.push(`${indent}{`);
     out.push(`${inner}#pragma unroll`);
-    out.push(`${inner}for (int tf_h = 0; tf_h < ${(TM * TD) / 4 / 256}; tf_h++) {`);
-    out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x / ${TD / 4}, tf_kk = (tf_x % ${TD / 4}) * 4;`);
+    out.push(`${inner}for (int tf_h = 0; tf_h < ${(TM * TD) / perCopy / 256}; tf_h++) {`);
+    out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x / ${TD / perCopy}, tf_kk = (tf_x % ${TD / perCopy}) * ${perCopy};`);
     out.push(`${inner}  const bool tf_in = tf_m0 + tf_r < tf_m_total;`);
     out.push(`${inner}  const int ${g.m} = tf_in ? tf_m0 + tf_r : 0;`);
     out.push(`${inner}  const int ${g.k} = (${step}) * ${TD} + tf_kk;`);
@@ -317,14 +319,16 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter,
   out.push(`${j}  }`);
   out.push(`${j}  tf_cp_commit();`);
   out.push(`${j}}`);
-  out.push(`${j}const float* const tf_a = tf_as + (tf_kt % ${stages}) * ${aStage};`);
+  out.push(`${j}const ${aType}* const tf_a = tf_as + (tf_kt % ${stages}) * ${aStage};`);
   out.push(`${j}const unsigned short* const tf_b = tf_bs + (tf_kt % ${stages}) * ${bStage};`);
   mmaStep(ops, w, TN, TD, 'tf_b', (f) => {
     out.push(`${f}#pragma unroll`);
     out.push(`${f}for (int tf_mi = 0; tf_mi < ${w.mb}; tf_mi++) {`);
-    out.push(`${f}  const float* const tf_pa = tf_a + (tf_wm + tf_mi * 16 + tf_g) * ${AP} + tf_kk + tf_q * 2;`);
+    out.push(`${f}  const ${aType}* const tf_pa = tf_a + (tf_wm + tf_mi * 16 + tf_g) * ${AP} + tf_kk + tf_q * 2;`);
     for (const [r, off] of [[0, 0], [1, 8 * AP], [2, 8], [3, 8 * AP + 8]]) {
-      out.push(`${f}  { const float2 tf_v = *reinterpret_cast<const float2*>(tf_pa + ${off}); tf_fa[tf_mi][${r}] = tf_pack_bf16x2(tf_v.x, tf_v.y); }`);
+      out.push(left === 'bf16'
+        ? `${f}  tf_fa[tf_mi][${r}] = *reinterpret_cast<const unsigned*>(tf_pa + ${off});`
+        : `${f}  { const float2 tf_v = *reinterpret_cast<const float2*>(tf_pa + ${off}); tf_fa[tf_mi][${r}] = tf_pack_bf16x2(tf_v.x, tf_v.y); }`);
     }
     out.push(`${f}}`);
   }, out, j);

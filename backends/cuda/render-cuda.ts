@@ -8,7 +8,7 @@ import { DType } from '../../ir/dtype.ts';
 import { cudaCaps, DeviceCaps } from '../device-caps.ts';
 import { KernelIR, KExpr, KStmt, ReduceOp, replaceReductions, ROW, Scalar, topReductions, varsOf } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
-import { ArrayPlacement, OverlapPlan, ReductionPlan, scheduleKernel, ScheduledKernel, scheduleOrigin, StmtSchedule } from '../schedule.ts';
+import { ArrayPlacement, OverlapPlan, ReductionPlan, scheduleKernel, scheduleKernels, ScheduledKernel, scheduleOrigin, StmtSchedule } from '../schedule.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
 import { renderGemmCuda } from './gemm.ts';
@@ -109,6 +109,8 @@ export interface CudaFunction {
   readonly dynamicSharedBytes: number;
   /** Launched to overlap its predecessor (programmatic dependent launch): the function waits for it inside. */
   readonly overlapsPredecessor: boolean;
+  /** How it stores each of its buffers (a temporary may be narrower than its value: backends/narrow-activations.ts). */
+  readonly bufferDTypes: readonly DType[];
 }
 
 const schedule = (k: KernelIR) => scheduleKernel(k, cudaCaps());
@@ -123,11 +125,16 @@ export interface CudaModule {
   readonly source: string;
   /** Per kernel, in order: the function that runs it. */
   readonly functions: readonly CudaFunction[];
+  /**
+   * The same functions as several compilation units, each with the prelude, of about equal size: NVRTC compiles one
+   * unit on one thread, so units compile in parallel (a cold start's largest cost).
+   */
+  readonly units: readonly { readonly source: string; readonly names: readonly string[] }[];
 }
 
 /** Schedules kernels for a CUDA device (an sm_90 one unless told) and prints them as one module: the one-step form. */
-export function renderCudaModule(kernels: readonly KernelIR[], prefix = '', device: DeviceCaps = cudaCaps()): CudaModule {
-  return printCudaModule(kernels.map((k) => scheduleKernel(k, device)), prefix);
+export function renderCudaModule(kernels: readonly KernelIR[], prefix = '', device: DeviceCaps = cudaCaps(), units = 1): CudaModule {
+  return printCudaModule(scheduleKernels(kernels, device), prefix, units);
 }
 
 /** Schedules a kernel for CUDA and prints it as one function. */
@@ -139,7 +146,7 @@ export function renderCudaFunction(k: KernelIR, name = k.name, comment = true): 
  * Scheduled kernels as one compilation unit. Kernels that differ only in the buffers they are given (every
  * transformer layer's) share one function, named after the first of them with `prefix`.
  */
-export function printCudaModule(kernels: readonly ScheduledKernel[], prefix = ''): CudaModule {
+export function printCudaModule(kernels: readonly ScheduledKernel[], prefix = '', units = 1): CudaModule {
   const byBody = new Map<string, CudaFunction>();
   const functions = kernels.map((sk) => {
     const body = printCudaFunction(sk, 'KERNEL', false).code;
@@ -147,7 +154,23 @@ export function printCudaModule(kernels: readonly ScheduledKernel[], prefix = ''
     if (!f) byBody.set(body, (f = printCudaFunction(sk, `${prefix}${sk.kernel.name}`)));
     return f;
   });
-  return { source: [cudaPrelude, ...[...byBody.values()].map((f) => f.code)].join('\n'), functions };
+  const distinct = [...byBody.values()];
+  return { source: [cudaPrelude, ...distinct.map((f) => f.code)].join('\n'), functions, units: splitUnits(distinct, units) };
+}
+
+/** Functions dealt into at most `n` units of about equal code size (largest first, each to the smallest so far). */
+function splitUnits(functions: readonly CudaFunction[], n: number): CudaModule['units'] {
+  const groups = Array.from({ length: Math.max(1, Math.min(n, functions.length)) }, () => ({ size: 0, members: [] as number[] }));
+  const bySize = functions.map((f, i) => i).sort((a, b) => functions[b].code.length - functions[a].code.length);
+  for (const i of bySize) {
+    const g = groups.reduce((a, b) => (b.size < a.size ? b : a));
+    g.size += functions[i].code.length;
+    g.members.push(i);
+  }
+  return groups.map((g) => {
+    const members = g.members.sort((a, b) => a - b).map((i) => functions[i]);
+    return { source: [cudaPrelude, ...members.map((f) => f.code)].join('\n'), names: members.map((f) => f.name) };
+  });
 }
 
 type ArrayStmt = Extract<KStmt, { k: 'array' }>;
@@ -193,7 +216,10 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   const origin = scheduleOrigin(sk);
   let body = printedBodies.get(origin);
   if (!body) printedBodies.set(origin, (body = functionBody(sk)));
-  return { code: `${out.join('\n')}\n${body}`, name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes, overlapsPredecessor: !!sk.overlap };
+  return {
+    code: `${out.join('\n')}\n${body}`, name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes,
+    overlapsPredecessor: !!sk.overlap, bufferDTypes: k.buffers.map((b) => b.dtype),
+  };
 }
 
 /**

@@ -7,6 +7,7 @@
 // stream capture instantiated as a CUDA graph, replayed with one launch; a read is an asynchronous copy into pinned
 // memory and an event, polled without blocking (so reads in flight never stall what is queued after them).
 
+import os from 'node:os';
 import { evalSize, KernelIR, KExpr } from '../../backends/kernel-ir.ts';
 import { CUDA_BLOCK, CudaFunction, CudaModule, renderCudaModule } from '../../backends/cuda/render-cuda.ts';
 import { cudaCaps, DeviceCaps } from '../../backends/device-caps.ts';
@@ -29,6 +30,11 @@ export interface CudaOptions {
   readonly libraries?: readonly string[];
   /** Where compiled modules are cached (default .cache/tsfuse/cuda in the project, or TSFUSE_CACHE_DIR). */
   readonly cacheDir?: string;
+  /**
+   * NVRTC compilation units per graph's module (default: the machine's threads shared among the graphs, at most 8):
+   * each compiles on a thread of its own.
+   */
+  readonly unitsPerModule?: number;
 }
 
 /** Opens device 0; CudaUnavailableError where no driver loads or it finds no GPU. */
@@ -57,8 +63,13 @@ export class CudaDevice implements Device {
    * weights upload; then loads the images.
    */
   async load(module: LoweredModule, params: ParamStore, opts: LoadOptions): Promise<CudaProgram> {
-    const rendered = module.graphs.filter((lg) => lg.kernels.length > 0).map((lg) => ({ lg, ...renderCudaModule(lg.kernels, `${lg.graph.name}_`, this.caps) }));
-    const compiling = compileCudaAll(rendered.map((r) => ({ source: r.source, name: `${r.lg.graph.name}.cu` })), this.driver.info.computeCapability, this.opts.cacheDir);
+    const graphs = module.graphs.filter((lg) => lg.kernels.length > 0);
+    // Measured on the H200 (BENCHMARKS.md, issue 16): a cold start of Llama-3.2-1B uploaded and compiled in 4.9 s
+    // with its three modules one unit each, in 2.3 s with five units each over 16 threads.
+    const units = this.opts.unitsPerModule ?? Math.max(1, Math.min(8, Math.floor(os.availableParallelism() / Math.max(1, graphs.length))));
+    const rendered = graphs.map((lg) => ({ lg, ...renderCudaModule(lg.kernels, `${lg.graph.name}_`, this.caps, units) }));
+    const sources = rendered.flatMap((r) => r.units.map((u, i) => ({ source: u.source, name: `${r.lg.graph.name}.${i}.cu` })));
+    const compiling = compileCudaAll(sources, this.driver.info.computeCapability, this.opts.cacheDir);
     let p: CudaProgram;
     try {
       p = new CudaProgram(this, module, params, opts);
@@ -104,6 +115,8 @@ interface CudaKernel {
   readonly sharedBytes: number;
   /** Launched to overlap its predecessor (it waits for it inside). */
   readonly overlap: boolean;
+  /** The temporaries it writes, each with the dtype it stores it as. */
+  readonly tempWrites: readonly { readonly key: BufferKey; readonly dtype: DType }[];
 }
 
 interface CudaGraph {
@@ -128,7 +141,7 @@ const cudaBytes = (d: DType, n: number) => deviceByteLength(d, n, 'bytes');
 const nextTick = () => new Promise<void>((r) => setImmediate(r));
 
 export class CudaProgram implements Program {
-  /** How each graph's module was obtained (compiled now or read from the disk cache), for reports and tests. */
+  /** How each compilation unit (graph.unit) was obtained (compiled now or read from the disk cache), for reports and tests. */
   readonly images = new Map<string, CompiledImage>();
   private readonly cuda: CudaDriver;
   private readonly buffers = new Map<BufferKey, { ptr: DevicePtr; bytes: number }>();
@@ -141,6 +154,11 @@ export class CudaProgram implements Program {
   private readonly eventPool: Handle[] = [];
   private capturing: { commands: number } | undefined;
   private destroyed = false;
+  /**
+   * How each temporary was last stored, where a kernel stores it narrower than its value (bf16 left operands of
+   * matrix-unit GEMMs): reads of the value (bisect) widen it.
+   */
+  private readonly storedAs = new Map<BufferKey, DType>();
 
   constructor(readonly device: CudaDevice, readonly module: LoweredModule, params: ParamStore, private readonly opts: LoadOptions) {
     this.cuda = device.driver;
@@ -155,11 +173,16 @@ export class CudaProgram implements Program {
     }
   }
 
-  /** The graphs' modules, rendered and compiled (CudaDevice.load), loaded and bound to their kernels. */
+  /**
+   * The graphs' modules, rendered and compiled (CudaDevice.load), loaded and bound to their kernels: `images` holds
+   * every graph's units in order.
+   */
   link(rendered: readonly ({ readonly lg: LoweredGraph } & CudaModule)[], images: readonly CompiledImage[]): void {
+    let next = 0;
+    const imagesOf = new Map(rendered.map((r) => [r.lg, images.slice(next, (next += r.units.length))]));
     for (const lg of this.module.graphs) {
-      const at = rendered.findIndex((r) => r.lg === lg);
-      this.graphs.set(lg.graph.name, { lowered: lg, kernels: at < 0 ? [] : this.loadModule(lg, rendered[at].functions, images[at]), args: new Map() });
+      const r = rendered.find((x) => x.lg === lg);
+      this.graphs.set(lg.graph.name, { lowered: lg, kernels: r ? this.loadModule(lg, r, imagesOf.get(lg)!) : [], args: new Map() });
     }
   }
 
@@ -196,6 +219,7 @@ export class CudaProgram implements Program {
     // the prompt's 135 kernels took 18.0 ms overlapping and 14.2 ms not (512 tokens on the H200, BENCHMARKS.md).
     const overlap = this.capturing !== undefined;
     this.queued('run');
+    for (const k of g.kernels.slice(from, to)) for (const w of k.tempWrites) this.storedAs.set(w.key, w.dtype);
     g.kernels.forEach((k, i) => {
       if (rows[i] > 0 && i >= from && i < to) this.cuda.launch(k.fn, Math.min(rows[i], MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes, overlap && k.overlap);
     });
@@ -230,6 +254,11 @@ export class CudaProgram implements Program {
   }
 
   read(key: BufferKey, dtype: DType, shape: readonly number[]): Promise<HostTensor> {
+    const stored = this.storedAs.get(key);
+    if (stored !== undefined && stored !== dtype) {
+      // Floats of every width are held in host memory as f32 values rounded to their dtype: widening relabels them.
+      return this.read(key, stored, shape).then((t) => ({ ...t, dtype }));
+    }
     this.usable('read');
     const buf = this.buffer(key);
     const n = numel(shape);
@@ -403,16 +432,21 @@ export class CudaProgram implements Program {
     this.cuda.synchronize();
   }
 
-  /** A graph's compiled module loaded; kernels with equal bodies share a function. */
-  private loadModule(lg: LoweredGraph, functions: readonly CudaFunction[], image: CompiledImage): CudaKernel[] {
-    this.images.set(lg.graph.name, image);
-    const mod = this.cuda.loadModule(image.image);
-    this.modules.push(mod);
+  /** A graph's compiled units loaded; kernels with equal bodies share a function. */
+  private loadModule(lg: LoweredGraph, module: CudaModule, images: readonly CompiledImage[]): CudaKernel[] {
+    const { functions, units } = module;
+    const shared = new Map(functions.map((f) => [f.name, f.dynamicSharedBytes]));
     const fns = new Map<string, Handle>();
-    for (const f of functions) if (!fns.has(f.name)) fns.set(f.name, this.cuda.getFunction(mod, f.name, f.dynamicSharedBytes));
+    units.forEach((unit, u) => {
+      this.images.set(`${lg.graph.name}.${u}`, images[u]);
+      const mod = this.cuda.loadModule(images[u].image);
+      this.modules.push(mod);
+      for (const name of unit.names) fns.set(name, this.cuda.getFunction(mod, name, shared.get(name)!));
+    });
     return lg.kernels.map((ir, i) => {
       const f = functions[i];
-      return { ir, rows: f.rows, fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor };
+      const tempWrites = ir.buffers.flatMap((b, j) => (b.binding.kind === 'temp' && b.written ? [{ key: bufferKey(lg.graph, b.binding), dtype: f.bufferDTypes[j] }] : []));
+      return { ir, rows: f.rows, fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor, tempWrites };
     });
   }
 }

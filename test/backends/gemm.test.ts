@@ -1,9 +1,9 @@
 // Projections of many rows run as GEMM tiles (KernelIR.gemm): lowering picks them out, and every device computes
 // what the reference interpreter does, at row counts below, at and past a tile (1, 7, 64, 130) and column counts
 // that are not a multiple of one (70), on fresh random inputs. The bf16 weights of @bf16 (depth 128, copied 64
-// deep a step) and @bf16shallow (depth 96, 32 deep) take CUDA's matrix units, which round the left operand to bf16
-// (8 bits of mantissa): held to 1e-2 of the reference's relative error; every f32 path (and @f32mix, depth 96, f32
-// multiply-adds on every GPU) to 1e-4.
+// deep a step), @bf16shallow (depth 96, 32 deep) and @bf16norm (its left operand the rows a norm kernel stores, as
+// bf16 on CUDA) take CUDA's matrix units, which round the left operand to bf16 (8 bits of mantissa): held to 1e-2
+// of the reference's relative error; every f32 path (and @f32mix, depth 96, f32 multiply-adds on every GPU) to 1e-4.
 
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -13,7 +13,7 @@ import { DType } from '../../ir/dtype.ts';
 import { HostTensor, hostTensor } from '../../ir/host-tensor.ts';
 import { Device, namedOutputKey } from '../../runtime/device.ts';
 import { ParamStore } from '../../runtime/params.ts';
-import { kernelDevices, onDevice } from '../runtime/fake-cuda/build.ts';
+import { kernelDevices, onDevice, openCudaOrFake, restoreCudaOrFake } from '../runtime/fake-cuda/build.ts';
 import { relativeError } from './compare.ts';
 import { Rng } from './rng.ts';
 
@@ -26,6 +26,10 @@ const bf16 = trace('bf16', [{ name: 'x', dtype: DType.F32, shape: ['S', K_MMA] }
 const bf16shallow = trace('bf16shallow', [{ name: 'x', dtype: DType.F32, shape: ['S', K_FMA] }], (x) => ({
   y: x.matmul(param('v', DType.BF16, [N, K_FMA]).transpose()),
 }));
+/** RMSNorm(x)·wᵀ: the norm a kernel of its own, whose rows CUDA stores as bf16 for the matrix units to copy. */
+const bf16norm = trace('bf16norm', [{ name: 'x', dtype: DType.F32, shape: ['S', K_MMA] }], (x) => ({
+  y: x.mul(x.mul(x).mean(-1, { keepdims: true }).add(1e-5).rsqrt()).matmul(param('w', DType.BF16, [N, K_MMA]).transpose()),
+}));
 /** tanh(x)·wᵀ: a left operand with a prologue (staged through registers on CUDA, not copied as it is). */
 const bf16prologue = trace('bf16prologue', [{ name: 'x', dtype: DType.F32, shape: ['S', K_MMA] }], (x) => ({
   y: x.tanh().matmul(param('w', DType.BF16, [N, K_MMA]).transpose()),
@@ -36,7 +40,7 @@ const f32mix = trace('f32mix', [{ name: 'x', dtype: DType.F32, shape: ['S', K_FM
   const up = h.matmul(param('u', DType.F32, [N, K_FMA]).transpose());
   return { y: gate.mul(up) };
 });
-const module = { graphs: [bf16, bf16shallow, bf16prologue, f32mix] };
+const module = { graphs: [bf16, bf16shallow, bf16norm, bf16prologue, f32mix] };
 const compiled = compileModule(module);
 const reference = { graphs: module.graphs.map((graph) => ({ graph, kernels: [] })) };
 
@@ -76,7 +80,7 @@ async function outputs(device: Device, lowered: typeof compiled | typeof referen
 const basics = suite('GEMM lowering');
 basics('the projections of many rows lower to GEMM kernels with their epilogue, the norm to a kernel of its own', () => {
   const kinds = compiled.graphs.map((g) => g.kernels.map((k) => (k.gemm ? `gemm×${k.gemm.b.length}` : k.kind)));
-  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['gemm×1'], ['reduce', 'gemm×2']]);
+  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2']]);
 });
 basics.run();
 
@@ -98,3 +102,23 @@ for (const kind of kernelDevices) {
   });
   s.run();
 }
+
+// NVRTC compiles a module as several units in parallel on a cold start (CudaOptions.unitsPerModule): the same
+// kernels, found in whichever unit holds them.
+const units = suite('GEMM tiles on cuda, each graph\'s module in 2 compilation units');
+units('the same outputs as the reference interpreter', async () => {
+  expected ??= await onDevice('reference', (ref) => outputs(ref, reference));
+  const device = await openCudaOrFake({ unitsPerModule: 2 });
+  if (typeof device === 'string') return void console.log(`  cuda: skipped (${device})`);
+  try {
+    const got = await outputs(device, compiled);
+    for (const [key, ref] of expected!) {
+      const err = relativeError(got.get(key)!, ref);
+      assert.ok(err < (key.startsWith('bf16') ? 1e-2 : 1e-4), `${key}: relative error ${err} (GEMM_SEED=${seed})`);
+    }
+  } finally {
+    device.destroy();
+    restoreCudaOrFake();
+  }
+});
+units.run();

@@ -5,9 +5,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { cpuCaps, cudaCaps, webgpuCaps } from '../../backends/device-caps.ts';
 import { evalSize } from '../../backends/kernel-ir.ts';
-import { scheduleKernel } from '../../backends/schedule.ts';
+import { scheduleKernel, scheduleKernels } from '../../backends/schedule.ts';
 import { compileModule } from '../../compiler/compile-module.ts';
-import { arange, param, trace, where } from '../../compiler/index.ts';
+import { arange, param, Tensor, trace, where } from '../../compiler/index.ts';
 import { DType } from '../../ir/dtype.ts';
 
 const F = DType.F32;
@@ -68,6 +68,30 @@ test('heads side by side (attention\'s output into the output projection) are co
     }))],
   }).graphs[0].kernels[0];
   assert.is(scheduleKernel(narrow, cudaCaps()).gemm?.staging?.kind, 'registers');
+});
+
+test('rows a norm kernel writes for a matrix-unit GEMM alone are stored as bf16 on CUDA; read by anything else, f32', () => {
+  const norm = (x: Tensor) => x.mul(x.mul(x).mean(-1, { keepdims: true }).add(1e-5).rsqrt());
+  const alone = compileModule({
+    graphs: [trace('p', [{ name: 'x', dtype: F, shape: ['S', 128] }], (x) => ({ y: norm(x).matmul(param('w', DType.BF16, [96, 128]).transpose()) }))],
+  }).graphs[0].kernels;
+  assert.is(alone.length, 2);
+  const [writer, gemm] = scheduleKernels(alone, cudaCaps());
+  const slot = (b: { binding: { kind: string } }) => b.binding.kind === 'temp';
+  assert.is(writer.kernel.buffers.find((b) => slot(b) && b.written)?.dtype, DType.BF16);
+  assert.is(gemm.kernel.buffers.find((b) => slot(b) && !b.written)?.dtype, DType.BF16);
+  assert.equal(gemm.gemm?.staging, { kind: 'async', stages: 3, bytes: 3 * (64 * 72 * 2 + 64 * 72 * 2), left: 'bf16' });
+  // No matrix units (WebGPU), or f32 weights: stored as computed.
+  assert.is(scheduleKernels(alone, webgpuCaps({ subgroups: true }))[0].kernel.buffers.find((b) => slot(b) && b.written)?.dtype, DType.F32);
+  // The normalised rows also feed a projection of f32 weights (one GEMM of both products, on f32 multiply-adds):
+  // stored as computed.
+  const shared = compileModule({
+    graphs: [trace('p', [{ name: 'x', dtype: F, shape: ['S', 128] }], (x) => {
+      const h = norm(x);
+      return { y: h.matmul(param('w', DType.BF16, [96, 128]).transpose()), z: h.matmul(param('v', F, [96, 128]).transpose()) };
+    })],
+  }).graphs[0].kernels;
+  for (const s of scheduleKernels(shared, cudaCaps())) assert.ok(s.kernel.buffers.every((b) => !slot(b) || b.dtype === DType.F32), s.kernel.name);
 });
 
 test('an f32 projection takes f32 tiles on CUDA too (matrix units take bf16 weights only)', () => {

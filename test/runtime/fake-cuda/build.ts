@@ -9,6 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Device, DeviceKind } from '../../../runtime/device.ts';
 import { openDevice } from '../../../runtime/devices/open.ts';
+import type { CudaOptions } from '../../../runtime/devices/cuda.ts';
 
 const here = fileURLToPath(new URL('./', import.meta.url));
 
@@ -67,16 +68,16 @@ let restoreFake: (() => void) | undefined;
  * The CUDA device: a real driver where one opens, else the CPU fake (pointed at until restoreCudaOrFake()); the
  * reason as a string when neither can run here.
  */
-export async function openCudaOrFake(): Promise<Device | string> {
+export async function openCudaOrFake(opts: CudaOptions = {}): Promise<Device | string> {
   try {
-    return await openDevice('cuda');
+    return await openDevice('cuda', opts);
   } catch (e) {
     if (!unavailable(e)) throw e;
     if (!fakeCudaEnabled) return `${unavailable(e)}; no g++ for the CPU fake`;
   }
   const fake = buildFakeCuda();
   restoreFake ??= useFakeCuda(fake);
-  return openDevice('cuda', { libraries: [fake.lib], cacheDir: fake.cacheDir });
+  return openDevice('cuda', { ...opts, libraries: [fake.lib], cacheDir: fake.cacheDir });
 }
 
 /** Points the CUDA runtime back where it was before openCudaOrFake. */

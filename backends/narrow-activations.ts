@@ -1,0 +1,79 @@
+// bf16 activations for matrix units. Where a GEMM runs bf16 matrix instructions, its left operand is rounded to
+// bf16 as the fragments are read; a temporary that only such left operands read may as well be stored rounded by
+// the kernel that writes it: half the bytes to write, to copy into shared memory and to hold there, and fragments
+// read without conversion. The one numerical difference: the reading kernels' row form (fewer rows than the tiles
+// start from: short prompts) reads the rounded values too, as the tiles always did.
+//
+// A decision about memory that spans kernels, so the scheduler makes it for a graph's kernels at once
+// (scheduleKernels), before it schedules each.
+
+import { DType } from '../ir/dtype.ts';
+import { KernelIR, KExpr, KStmt } from './kernel-ir.ts';
+
+/**
+ * The kernels with every temporary that only matrix-unit GEMMs read as their left operand stored as bf16 by its
+ * writer and read as bf16 by them. `onMatrixUnits` says whether a GEMM kernel runs bf16 matrix instructions.
+ */
+export function narrowGemmActivations(kernels: readonly KernelIR[], onMatrixUnits: (k: KernelIR) => boolean): readonly KernelIR[] {
+  const narrowed = new Map<number, Set<number>>(); // kernel index → buffer indices stored as bf16
+  const mark = (k: number, b: number) => narrowed.set(k, (narrowed.get(k) ?? new Set()).add(b));
+  kernels.forEach((w, i) => {
+    w.buffers.forEach((buf, bi) => {
+      if (buf.binding.kind !== 'temp' || !buf.written || buf.dtype !== DType.F32 || reads(w, bi)) return;
+      const slot = buf.binding.slot;
+      // The value lives in the slot until the next kernel that writes it; every kernel between reads it.
+      const readers: [number, number][] = [];
+      for (let j = i + 1; j < kernels.length; j++) {
+        const rb = kernels[j].buffers.findIndex((b) => b.binding.kind === 'temp' && b.binding.slot === slot);
+        if (rb < 0) continue;
+        if (kernels[j].buffers[rb].written && !reads(kernels[j], rb)) break;
+        readers.push([j, rb]);
+        if (kernels[j].buffers[rb].written) break;
+      }
+      const leftOperand = ([j, rb]: [number, number]) => {
+        const r = kernels[j];
+        const a = r.gemm?.a;
+        return a?.k === 'load' && a.buf === rb && !r.buffers[rb].written && onMatrixUnits(r);
+      };
+      if (readers.length === 0 || !readers.every(leftOperand)) return;
+      mark(i, bi);
+      for (const [j, rb] of readers) mark(j, rb);
+    });
+  });
+  if (narrowed.size === 0) return kernels;
+  return kernels.map((k, i) => {
+    const bufs = narrowed.get(i);
+    return bufs ? { ...k, buffers: k.buffers.map((b, bi) => (bufs.has(bi) ? { ...b, dtype: DType.BF16 } : b)) } : k;
+  });
+}
+
+/** Whether any expression of the kernel (row form, GEMM or flash tiles) loads buffer `buf`. */
+function reads(k: KernelIR, buf: number): boolean {
+  const inExpr = (e: KExpr): boolean => {
+    switch (e.k) {
+      case 'const': case 'var': return false;
+      case 'load': return e.buf === buf || inExpr(e.index);
+      case 'elem': return inExpr(e.index);
+      case 'unary': case 'cast': return inExpr(e.a);
+      case 'binary': return inExpr(e.a) || inExpr(e.b);
+      case 'select': return inExpr(e.cond) || inExpr(e.a) || inExpr(e.b);
+      case 'reduce': return inExpr(e.n) || inExpr(e.body);
+      default: return e satisfies never;
+    }
+  };
+  const inStmt = (s: KStmt): boolean => {
+    switch (s.k) {
+      case 'let': return inExpr(s.value);
+      case 'coop': return inExpr(s.n) || inExpr(s.body);
+      case 'array': return inExpr(s.value);
+      case 'store': return inExpr(s.n) || inExpr(s.index) || inExpr(s.value);
+      default: return s satisfies never;
+    }
+  };
+  const stores = (ss: readonly { readonly index: KExpr; readonly value: KExpr }[]) => ss.some((s) => inExpr(s.index) || inExpr(s.value));
+  const g = k.gemm;
+  const f = k.flash;
+  return k.body.some(inStmt) ||
+    (g !== undefined && (inExpr(g.rows) || inExpr(g.a) || g.b.some(inExpr) || stores(g.stores))) ||
+    (f !== undefined && (inExpr(f.queries) || [f.q, f.k, f.v, f.score].some(inExpr) || (f.limit !== undefined && inExpr(f.limit)) || stores(f.stores)));
+}
