@@ -362,6 +362,37 @@ function runStep(e: KExpr, v: string, n: number): { step: number; aligned: boole
   }
 }
 
+/** Whether `test` holds for the expression or any expression inside it (indices, operands, bounds, bodies). */
+export function anyExpr(e: KExpr, test: (x: KExpr) => boolean): boolean {
+  if (test(e)) return true;
+  switch (e.k) {
+    case 'const': case 'var': return false;
+    case 'load': case 'elem': return anyExpr(e.index, test);
+    case 'unary': case 'cast': return anyExpr(e.a, test);
+    case 'binary': return anyExpr(e.a, test) || anyExpr(e.b, test);
+    case 'select': return anyExpr(e.cond, test) || anyExpr(e.a, test) || anyExpr(e.b, test);
+    case 'reduce': return anyExpr(e.n, test) || anyExpr(e.body, test);
+    default: return e satisfies never;
+  }
+}
+
+/** Every expression a kernel evaluates at the top: its row form's statements, and its GEMM or flash tile form's. */
+export function kernelExprs(k: KernelIR): KExpr[] {
+  const out: KExpr[] = [];
+  for (const s of k.body) {
+    switch (s.k) {
+      case 'let': case 'array': out.push(s.value); break;
+      case 'coop': out.push(s.n, s.body); break;
+      case 'store': out.push(s.n, s.index, s.value); break;
+      default: s satisfies never;
+    }
+  }
+  const stores = (ss: readonly { readonly index: KExpr; readonly value: KExpr }[]) => ss.flatMap((x) => [x.index, x.value]);
+  if (k.gemm) out.push(k.gemm.rows, k.gemm.a, ...k.gemm.b, ...stores(k.gemm.stores));
+  if (k.flash) out.push(k.flash.queries, k.flash.q, k.flash.k, k.flash.v, k.flash.score, ...(k.flash.limit ? [k.flash.limit] : []), ...stores(k.flash.stores));
+  return out;
+}
+
 /** The reductions of an expression not inside another reduction, in evaluation order. */
 export function topReductions(e: KExpr, out: Extract<KExpr, { k: 'reduce' }>[] = []): Extract<KExpr, { k: 'reduce' }>[] {
   switch (e.k) {

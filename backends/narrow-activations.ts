@@ -8,7 +8,7 @@
 // (scheduleKernels), before it schedules each.
 
 import { DType } from '../ir/dtype.ts';
-import { KernelIR, KExpr, KStmt } from './kernel-ir.ts';
+import { anyExpr, KernelIR, kernelExprs } from './kernel-ir.ts';
 
 /**
  * The kernels with every temporary that only matrix-unit GEMMs read as their left operand stored as bf16 by its
@@ -49,31 +49,5 @@ export function narrowGemmActivations(kernels: readonly KernelIR[], onMatrixUnit
 
 /** Whether any expression of the kernel (row form, GEMM or flash tiles) loads buffer `buf`. */
 function reads(k: KernelIR, buf: number): boolean {
-  const inExpr = (e: KExpr): boolean => {
-    switch (e.k) {
-      case 'const': case 'var': return false;
-      case 'load': return e.buf === buf || inExpr(e.index);
-      case 'elem': return inExpr(e.index);
-      case 'unary': case 'cast': return inExpr(e.a);
-      case 'binary': return inExpr(e.a) || inExpr(e.b);
-      case 'select': return inExpr(e.cond) || inExpr(e.a) || inExpr(e.b);
-      case 'reduce': return inExpr(e.n) || inExpr(e.body);
-      default: return e satisfies never;
-    }
-  };
-  const inStmt = (s: KStmt): boolean => {
-    switch (s.k) {
-      case 'let': return inExpr(s.value);
-      case 'coop': return inExpr(s.n) || inExpr(s.body);
-      case 'array': return inExpr(s.value);
-      case 'store': return inExpr(s.n) || inExpr(s.index) || inExpr(s.value);
-      default: return s satisfies never;
-    }
-  };
-  const stores = (ss: readonly { readonly index: KExpr; readonly value: KExpr }[]) => ss.some((s) => inExpr(s.index) || inExpr(s.value));
-  const g = k.gemm;
-  const f = k.flash;
-  return k.body.some(inStmt) ||
-    (g !== undefined && (inExpr(g.rows) || inExpr(g.a) || g.b.some(inExpr) || stores(g.stores))) ||
-    (f !== undefined && (inExpr(f.queries) || [f.q, f.k, f.v, f.score].some(inExpr) || (f.limit !== undefined && inExpr(f.limit)) || stores(f.stores)));
+  return kernelExprs(k).some((e) => anyExpr(e, (x) => x.k === 'load' && x.buf === buf));
 }

@@ -8,7 +8,7 @@
 // read's promise resolves.
 
 import { LoweredModule } from '../backends/lowered.ts';
-import { Binding, evalSize, KernelIR, KExpr } from '../backends/kernel-ir.ts';
+import { anyExpr, Binding, evalSize, KernelIR, kernelExprs, KExpr } from '../backends/kernel-ir.ts';
 import { DType } from '../ir/dtype.ts';
 import { Graph, Value } from '../ir/graph.ts';
 import { HostTensor } from '../ir/host-tensor.ts';
@@ -144,40 +144,13 @@ export function kernelBytes(k: KernelIR, sizes: Sizes, byteLength: (d: DType, n:
 function gatheredBuffers(k: KernelIR): Set<number> {
   const direct = new Set<number>();
   const indirect = new Set<number>();
-  const readsLoad = (e: KExpr): boolean => {
-    switch (e.k) {
-      case 'load': return true;
-      case 'const': case 'var': return false;
-      case 'elem': return readsLoad(e.index);
-      case 'unary': case 'cast': return readsLoad(e.a);
-      case 'binary': return readsLoad(e.a) || readsLoad(e.b);
-      case 'select': return readsLoad(e.cond) || readsLoad(e.a) || readsLoad(e.b);
-      case 'reduce': return readsLoad(e.n) || readsLoad(e.body);
-      default: return e satisfies never;
-    }
-  };
-  const visit = (e: KExpr): void => {
-    switch (e.k) {
-      case 'load': (readsLoad(e.index) ? indirect : direct).add(e.buf); visit(e.index); break;
-      case 'const': case 'var': break;
-      case 'elem': visit(e.index); break;
-      case 'unary': case 'cast': visit(e.a); break;
-      case 'binary': visit(e.a); visit(e.b); break;
-      case 'select': visit(e.cond); visit(e.a); visit(e.b); break;
-      case 'reduce': visit(e.n); visit(e.body); break;
-      default: e satisfies never;
-    }
-  };
-  for (const st of k.body) {
-    if (st.k === 'let') visit(st.value);
-    else if (st.k === 'coop') { visit(st.n); visit(st.body); }
-    else if (st.k === 'array') visit(st.value);
-    else { visit(st.n); visit(st.index); visit(st.value); }
+  const readsLoad = (e: KExpr): boolean => anyExpr(e, (x) => x.k === 'load');
+  for (const e of kernelExprs(k)) {
+    anyExpr(e, (x) => {
+      if (x.k === 'load') (readsLoad(x.index) ? indirect : direct).add(x.buf);
+      return false;
+    });
   }
-  const g = k.gemm;
-  if (g) [g.a, ...g.b, ...g.stores.flatMap((x) => [x.index, x.value])].forEach(visit);
-  const f = k.flash;
-  if (f) [f.q, f.k, f.v, f.score, ...f.stores.flatMap((x) => [x.index, x.value])].forEach(visit);
   return new Set([...indirect].filter((b) => !direct.has(b)));
 }
 
