@@ -75,6 +75,8 @@ export async function openLlamaSession(model: LoadedLlama, opts: OpenSessionOpti
     throw e;
   }
   const openMs = performance.now() - opening;
+  // The kernels compile while the weights are still being read.
+  device.prepare?.(lowered);
   // A prompt runs in steps of at most this many tokens: every S-sized buffer (the prefill's logits are S × vocab)
   // is allocated for a chunk, not for the whole context.
   const promptChunk = Math.min(opts.promptChunk ?? DEFAULT_PROMPT_CHUNK, opts.cacheLength);

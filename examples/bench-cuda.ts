@@ -202,7 +202,7 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
   try {
     const setupMs = performance.now() - t;
     const modulesCompiled = [...program.images.values()].filter((i) => !i.cached).length;
-    log(`tsfuse ready in ${(setupMs / 1e3).toFixed(1)} s on ${session.device.description} (${modulesCompiled} modules compiled, the rest cached)`);
+    log(`tsfuse ready in ${(setupMs / 1e3).toFixed(1)} s on ${session.device.description} (${modulesCompiled} NVRTC units compiled, the rest cached)`);
     const first = await session.generate(prompt, N); // warm-up
     await session.generate(prompt, 1);
     let deterministic = true;
@@ -386,7 +386,7 @@ export function report(ts: TsfuseResult, runs: readonly PeerRun[], o: CudaBenchO
     { label: `prefill ${P} tokens + first token, ms (events)`, ts: ms(ts.prefillEventMs), peer: (r) => ms(r.prefill_event_ms), ratio: (r) => ratio(r.prefill_event_ms, ts.prefillEventMs) },
     { label: 'prefill + first token, ms (wall clock, generate 1 token)', ts: ms(ts.prefillWallMs), peer: (r) => ms(r.prefill_wall_ms), ratio: (r) => ratio(r.prefill_wall_ms, ts.prefillWallMs) },
     {
-      label: 'setup', ts: `${(ts.setupMs / 1e3).toFixed(1)} s (${ts.modulesCompiled} modules compiled)`,
+      label: 'setup', ts: `${(ts.setupMs / 1e3).toFixed(1)} s (${ts.modulesCompiled} NVRTC units compiled)`,
       peer: (r) => `load ${r.load_s.toFixed(1)} s, warm-up ${r.warmup_s.map((x) => x.toFixed(1)).join(' + ')} s (torch.compile)`,
     },
   ];

@@ -37,6 +37,11 @@ export interface Device {
   readonly kind: DeviceKind;
   /** What it is, for reports: `cpu`, `NVIDIA H200 (sm_90)`, the WebGPU adapter's name. */
   readonly description: string;
+  /**
+   * Starts compiling `module`'s kernels (where that takes long: CUDA's NVRTC), before the weights are ready; load
+   * finishes what it started. Optional: devices without it compile in load.
+   */
+  prepare?(module: LoweredModule): void;
   /** Compiles every kernel of `module` for this device and allocates its buffers. */
   load(module: LoweredModule, params: ParamStore, opts: LoadOptions): Program | Promise<Program>;
   destroy(): void;

@@ -129,10 +129,14 @@ export interface CudaModule {
    * The same functions as several compilation units, each with the prelude, of about equal size: NVRTC compiles one
    * unit on one thread, so units compile in parallel (a cold start's largest cost).
    */
-  readonly units: readonly { readonly source: string; readonly names: readonly string[] }[];
+  readonly units: readonly CudaUnit[];
 }
 
-/** Schedules kernels for a CUDA device (an sm_90 one unless told) and prints them as one module: the one-step form. */
+export interface CudaUnit {
+  readonly source: string;
+  readonly names: readonly string[];
+}
+
 export function renderCudaModule(kernels: readonly KernelIR[], prefix = '', device: DeviceCaps = cudaCaps(), units = 1): CudaModule {
   return printCudaModule(scheduleKernels(kernels, device), prefix, units);
 }
@@ -147,19 +151,32 @@ export function renderCudaFunction(k: KernelIR, name = k.name, comment = true): 
  * transformer layer's) share one function, named after the first of them with `prefix`.
  */
 export function printCudaModule(kernels: readonly ScheduledKernel[], prefix = '', units = 1): CudaModule {
+  const program = printCudaProgram([{ kernels, prefix }], units);
+  return { source: [cudaPrelude, ...program.distinct.map((f) => f.code)].join('\n'), functions: program.functions[0], units: program.units };
+}
+
+/**
+ * Several graphs' kernels as one program of `units` compilation units: kernels alike in any graph (a prompt's and a
+ * prefill's, every layer's) share one function, named after the first of them with its graph's prefix.
+ */
+export function renderCudaProgram(graphs: readonly { readonly kernels: readonly KernelIR[]; readonly prefix: string }[], device: DeviceCaps, units: number) {
+  return printCudaProgram(graphs.map((g) => ({ kernels: scheduleKernels(g.kernels, device), prefix: g.prefix })), units);
+}
+
+function printCudaProgram(graphs: readonly { readonly kernels: readonly ScheduledKernel[]; readonly prefix: string }[], units: number) {
   const byBody = new Map<string, CudaFunction>();
-  const functions = kernels.map((sk) => {
+  const functions = graphs.map(({ kernels, prefix }) => kernels.map((sk) => {
     const body = printCudaFunction(sk, 'KERNEL', false).code;
     let f = byBody.get(body);
     if (!f) byBody.set(body, (f = printCudaFunction(sk, `${prefix}${sk.kernel.name}`)));
     return f;
-  });
+  }));
   const distinct = [...byBody.values()];
-  return { source: [cudaPrelude, ...distinct.map((f) => f.code)].join('\n'), functions, units: splitUnits(distinct, units) };
+  return { distinct, functions, units: splitUnits(distinct, units) };
 }
 
 /** Functions dealt into at most `n` units of about equal code size (largest first, each to the smallest so far). */
-function splitUnits(functions: readonly CudaFunction[], n: number): CudaModule['units'] {
+function splitUnits(functions: readonly CudaFunction[], n: number): CudaUnit[] {
   const groups = Array.from({ length: Math.max(1, Math.min(n, functions.length)) }, () => ({ size: 0, members: [] as number[] }));
   const bySize = functions.map((f, i) => i).sort((a, b) => functions[b].code.length - functions[a].code.length);
   for (const i of bySize) {

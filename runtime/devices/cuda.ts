@@ -9,7 +9,7 @@
 
 import os from 'node:os';
 import { evalSize, KernelIR, KExpr } from '../../backends/kernel-ir.ts';
-import { CUDA_BLOCK, CudaFunction, CudaModule, renderCudaModule } from '../../backends/cuda/render-cuda.ts';
+import { CUDA_BLOCK, CudaFunction, CudaUnit, renderCudaProgram } from '../../backends/cuda/render-cuda.ts';
 import { cudaCaps, DeviceCaps } from '../../backends/device-caps.ts';
 import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
 import { DType } from '../../ir/dtype.ts';
@@ -31,10 +31,17 @@ export interface CudaOptions {
   /** Where compiled modules are cached (default .cache/tsfuse/cuda in the project, or TSFUSE_CACHE_DIR). */
   readonly cacheDir?: string;
   /**
-   * NVRTC compilation units per graph's module (default: the machine's threads shared among the graphs, at most 8):
-   * each compiles on a thread of its own.
+   * NVRTC compilation units a module's kernels are dealt into (default: the machine's threads, at most 16): each
+   * compiles on a thread of its own.
    */
-  readonly unitsPerModule?: number;
+  readonly units?: number;
+}
+
+/** A module's kernels rendered, per graph the function of each kernel, and its units compiling. */
+interface Prepared {
+  readonly functions: ReadonlyMap<LoweredGraph, readonly CudaFunction[]>;
+  readonly units: readonly CudaUnit[];
+  readonly compiling: Promise<CompiledImage[]>;
 }
 
 /** Opens device 0; CudaUnavailableError where no driver loads or it finds no GPU. */
@@ -46,6 +53,8 @@ export class CudaDevice implements Device {
   readonly kind = 'cuda' as const;
   readonly description: string;
   private readonly programs = new Set<CudaProgram>();
+  /** Modules prepare() started on, until load() takes them. */
+  private readonly prepared = new WeakMap<LoweredModule, Prepared>();
   private destroyed = false;
 
   /** What the scheduler knows of this GPU (kernels overlap their predecessors only where the driver launches them so). */
@@ -59,27 +68,40 @@ export class CudaDevice implements Device {
   }
 
   /**
-   * Renders every graph's module and compiles those not in the disk cache at once, in worker threads, while the
-   * weights upload; then loads the images.
+   * Starts what loading `module` needs of it alone: every graph's kernels rendered as one program (functions alike
+   * in any graph shared) in compilation units, those not in the disk cache compiling in worker threads. A session
+   * calls it as soon as the device is open, so the compiling overlaps reading the weights; load waits for it.
    */
-  async load(module: LoweredModule, params: ParamStore, opts: LoadOptions): Promise<CudaProgram> {
+  prepare(module: LoweredModule): void {
+    if (this.prepared.has(module)) return;
     const graphs = module.graphs.filter((lg) => lg.kernels.length > 0);
     // Measured on the H200 (BENCHMARKS.md, issue 16): a cold start of Llama-3.2-1B uploaded and compiled in 4.9 s
-    // with its three modules one unit each, in 2.3 s with five units each over 16 threads.
-    const units = this.opts.unitsPerModule ?? Math.max(1, Math.min(8, Math.floor(os.availableParallelism() / Math.max(1, graphs.length))));
-    const rendered = graphs.map((lg) => ({ lg, ...renderCudaModule(lg.kernels, `${lg.graph.name}_`, this.caps, units) }));
-    const sources = rendered.flatMap((r) => r.units.map((u, i) => ({ source: u.source, name: `${r.lg.graph.name}.${i}.cu` })));
+    // with its three graphs' modules one unit each, in 2.3 s with five units each over 16 threads. One program for
+    // all graphs (a prompt's and a prefill's kernels are alike), dealt over the threads and started before the
+    // weights are read, is the next step from there, not yet measured.
+    const units = this.opts.units ?? Math.max(1, Math.min(16, os.availableParallelism()));
+    const program = renderCudaProgram(graphs.map((lg) => ({ kernels: lg.kernels, prefix: `${lg.graph.name}_` })), this.caps, units);
+    const sources = program.units.map((u, i) => ({ source: u.source, name: `unit${i}.cu` }));
     const compiling = compileCudaAll(sources, this.driver.info.computeCapability, this.opts.cacheDir);
+    compiling.catch(() => {}); // load reports it
+    this.prepared.set(module, { functions: new Map(graphs.map((lg, i) => [lg, program.functions[i]])), units: program.units, compiling });
+  }
+
+  /** Loads a module's program (compiled by prepare, called now if it was not) and uploads the weights meanwhile. */
+  async load(module: LoweredModule, params: ParamStore, opts: LoadOptions): Promise<CudaProgram> {
+    this.prepare(module);
+    const prepared = this.prepared.get(module)!;
+    this.prepared.delete(module);
     let p: CudaProgram;
     try {
       p = new CudaProgram(this, module, params, opts);
     } catch (e) {
-      await compiling.catch(() => {});
+      await prepared.compiling.catch(() => {});
       throw e;
     }
     this.programs.add(p);
     try {
-      p.link(rendered, await compiling);
+      p.link(prepared.functions, prepared.units, await prepared.compiling);
     } catch (e) {
       p.destroy();
       throw e;
@@ -141,7 +163,7 @@ const cudaBytes = (d: DType, n: number) => deviceByteLength(d, n, 'bytes');
 const nextTick = () => new Promise<void>((r) => setImmediate(r));
 
 export class CudaProgram implements Program {
-  /** How each compilation unit (graph.unit) was obtained (compiled now or read from the disk cache), for reports and tests. */
+  /** How each compilation unit was obtained (compiled now or read from the disk cache), for reports and tests. */
   readonly images = new Map<string, CompiledImage>();
   private readonly cuda: CudaDriver;
   private readonly buffers = new Map<BufferKey, { ptr: DevicePtr; bytes: number }>();
@@ -173,16 +195,24 @@ export class CudaProgram implements Program {
     }
   }
 
-  /**
-   * The graphs' modules, rendered and compiled (CudaDevice.load), loaded and bound to their kernels: `images` holds
-   * every graph's units in order.
-   */
-  link(rendered: readonly ({ readonly lg: LoweredGraph } & CudaModule)[], images: readonly CompiledImage[]): void {
-    let next = 0;
-    const imagesOf = new Map(rendered.map((r) => [r.lg, images.slice(next, (next += r.units.length))]));
+  /** The program's units, compiled (CudaDevice.prepare), loaded, and each graph's kernels bound to their functions. */
+  link(functions: ReadonlyMap<LoweredGraph, readonly CudaFunction[]>, units: readonly CudaUnit[], images: readonly CompiledImage[]): void {
+    const shared = new Map([...functions.values()].flat().map((f) => [f.name, f.dynamicSharedBytes]));
+    const fns = new Map<string, Handle>();
+    units.forEach((unit, u) => {
+      this.images.set(`unit${u}`, images[u]);
+      const mod = this.cuda.loadModule(images[u].image);
+      this.modules.push(mod);
+      for (const name of unit.names) fns.set(name, this.cuda.getFunction(mod, name, shared.get(name)!));
+    });
     for (const lg of this.module.graphs) {
-      const r = rendered.find((x) => x.lg === lg);
-      this.graphs.set(lg.graph.name, { lowered: lg, kernels: r ? this.loadModule(lg, r, imagesOf.get(lg)!) : [], args: new Map() });
+      const fs = functions.get(lg) ?? [];
+      const kernels = lg.kernels.map((ir, i): CudaKernel => {
+        const f = fs[i];
+        const tempWrites = ir.buffers.flatMap((b, j) => (b.binding.kind === 'temp' && b.written ? [{ key: bufferKey(lg.graph, b.binding), dtype: f.bufferDTypes[j] }] : []));
+        return { ir, rows: f.rows, fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor, tempWrites };
+      });
+      this.graphs.set(lg.graph.name, { lowered: lg, kernels, args: new Map() });
     }
   }
 
@@ -430,23 +460,5 @@ export class CudaProgram implements Program {
     }
     // Staged copies of pageable memory finish before the host's copies may go.
     this.cuda.synchronize();
-  }
-
-  /** A graph's compiled units loaded; kernels with equal bodies share a function. */
-  private loadModule(lg: LoweredGraph, module: CudaModule, images: readonly CompiledImage[]): CudaKernel[] {
-    const { functions, units } = module;
-    const shared = new Map(functions.map((f) => [f.name, f.dynamicSharedBytes]));
-    const fns = new Map<string, Handle>();
-    units.forEach((unit, u) => {
-      this.images.set(`${lg.graph.name}.${u}`, images[u]);
-      const mod = this.cuda.loadModule(images[u].image);
-      this.modules.push(mod);
-      for (const name of unit.names) fns.set(name, this.cuda.getFunction(mod, name, shared.get(name)!));
-    });
-    return lg.kernels.map((ir, i) => {
-      const f = functions[i];
-      const tempWrites = ir.buffers.flatMap((b, j) => (b.binding.kind === 'temp' && b.written ? [{ key: bufferKey(lg.graph, b.binding), dtype: f.bufferDTypes[j] }] : []));
-      return { ir, rows: f.rows, fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor, tempWrites };
-    });
   }
 }

@@ -103,12 +103,12 @@ for (const kind of kernelDevices) {
   s.run();
 }
 
-// NVRTC compiles a module as several units in parallel on a cold start (CudaOptions.unitsPerModule): the same
-// kernels, found in whichever unit holds them.
-const units = suite('GEMM tiles on cuda, each graph\'s module in 2 compilation units');
+// NVRTC compiles a module as several units in parallel on a cold start (CudaOptions.units): the same kernels,
+// found in whichever unit holds them.
+const units = suite('GEMM tiles on cuda, the module in 3 compilation units');
 units('the same outputs as the reference interpreter', async () => {
   expected ??= await onDevice('reference', (ref) => outputs(ref, reference));
-  const device = await openCudaOrFake({ unitsPerModule: 2 });
+  const device = await openCudaOrFake({ units: 3 });
   if (typeof device === 'string') return void console.log(`  cuda: skipped (${device})`);
   try {
     const got = await outputs(device, compiled);

@@ -71,7 +71,7 @@ test(`${process.env.CUDA_GPU_CONFIG ?? 'llama-3.2-1b'} shape, synthetic bf16 wei
     const profile = (await llama.profileDecode(32)).sort((a, b) => b.us - a.us);
     const total = profile.reduce((n, k) => n + k.us, 0) / 1e3;
     console.log([
-      `\n${llama.device.description}: ready in ${(ready / 1000).toFixed(1)} s (compiled: ${[...program.images.values()].filter((i) => !i.cached).length} modules)`,
+      `\n${llama.device.description}: ready in ${(ready / 1000).toFixed(1)} s (compiled: ${[...program.images.values()].filter((i) => !i.cached).length} NVRTC units)`,
       `generate: prefill ${t.prefillMs.toFixed(2)} ms, decode ${t.decodeMsPerToken.toFixed(3)} ms/token over ${t.decodeSteps} steps`,
       `decode steps back to back: ${steps.msPerToken.toFixed(3)} ms/token, ${steps.kernelsPerStep} kernels/step`,
       `copy bandwidth ${(copy / 1e12).toFixed(2)} TB/s; weights ${(weightBytes / 1e9).toFixed(2)} GB → floor ${(weightBytes / copy * 1000).toFixed(3)} ms/token, `

@@ -328,7 +328,7 @@ for (const target of targets) {
       const again = await device!.load(queueModule('cuda'), noParams, { maxSizes: { S: 8 } });
       try {
         const images = [...(again as unknown as { images: Map<string, { cached: boolean }> }).images.values()];
-        assert.ok(images.length === 3 && images.every((i) => i.cached), 'every module from the disk cache');
+        assert.ok(images.length > 0 && images.every((i) => i.cached), 'every compilation unit from the disk cache');
       } finally {
         again.destroy();
       }
