@@ -63,12 +63,6 @@ export interface ScheduleTuning {
    * attention from 2 query rows on both (the row form reads the whole cache, flash only up to the causal bound).
    */
   readonly tilesFrom: { readonly gemm: number; readonly flash: number };
-  /**
-   * Bytes of weights a kernel that overlaps its predecessor (DeviceCaps.dependentLaunch) asks L2 for before it
-   * waits, over all its workgroups (0: none). Kept well under the L2 (50 MiB on the H200), which the predecessor's
-   * stream shares.
-   */
-  readonly prefetchBytes: number;
 }
 
 export interface DeviceCaps {
@@ -118,7 +112,7 @@ export const cpuCaps: DeviceCaps = {
   rowsPastGrid: 'serial',
   matrixUnits: [],
   dependentLaunch: false,
-  tuning: { elementMapping: 'long-sums', vectorize: 'none', streamElements: 1, unroll: { workgroup: 1, vector: 1, sliced: 1 }, tilesFrom: { gemm: 0, flash: 0 }, prefetchBytes: 0 },
+  tuning: { elementMapping: 'long-sums', vectorize: 'none', streamElements: 1, unroll: { workgroup: 1, vector: 1, sliced: 1 }, tilesFrom: { gemm: 0, flash: 0 } },
 };
 
 /**
@@ -139,7 +133,7 @@ export function webgpuCaps(opts: { readonly subgroups: boolean }): DeviceCaps {
     rowsPastGrid: 'second-dimension',
     matrixUnits: [],
     dependentLaunch: false,
-      tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 80, flash: 2 }, prefetchBytes: 0 },
+      tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 80, flash: 2 } },
   };
 }
 
@@ -148,14 +142,14 @@ const sharedBytesByArch: readonly [number, number][] = [[90, 232448], [89, 10137
 
 /**
  * CUDA at a compute capability (e.g. 90 for an H200, with its 132 multiprocessors): warps of 32, 256 threads per
- * block, 48 KiB of static shared memory. TSFUSE_CUDA_OVERLAP (for measuring what overlapping kernels gains): `off` launches every kernel after its
- * predecessor; `prefetch` also asks L2 for weights before waiting (measured slower on the H200: BENCHMARKS.md);
- * unset, kernels overlap without prefetching.
+ * block, 48 KiB of static shared memory. TSFUSE_CUDA_OVERLAP=off (for measuring what overlapping kernels gains)
+ * launches every kernel after its predecessor. (Asking L2 for each workgroup's weights before waiting was measured
+ * slower on the H200, 1.113 against 1.066 ms a token, and is gone: BENCHMARKS.md.)
  */
 export function cudaCaps(computeCapability = 90, multiprocessors = 132): DeviceCaps {
   const shared = sharedBytesByArch.find(([arch]) => computeCapability >= arch)?.[1] ?? 49152;
   const overlap = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.TSFUSE_CUDA_OVERLAP;
-  if (overlap !== undefined && overlap !== 'off' && overlap !== 'prefetch') throw new Error(`TSFUSE_CUDA_OVERLAP=${overlap}: expected off or prefetch (or unset)`);
+  if (overlap !== undefined && overlap !== 'off') throw new Error(`TSFUSE_CUDA_OVERLAP=${overlap}: expected off (or unset)`);
   return {
     target: 'cuda',
     name: `cuda sm_${computeCapability}`,
@@ -169,12 +163,9 @@ export function cudaCaps(computeCapability = 90, multiprocessors = 132): DeviceC
     // mma.sync m16n8k16 with bf16 inputs and f32 accumulators (sm_80 and later).
     matrixUnits: computeCapability >= 80 ? [{ m: 16, n: 8, k: 16, input: DType.BF16, accumulator: DType.F32 }] : [],
     dependentLaunch: computeCapability >= 90 && overlap !== 'off',
-      // 2,048 threads a multiprocessor since sm_70, but 1,024 on sm_75 and 1,536 on sm_86 and sm_89.
+    // 2,048 threads a multiprocessor since sm_70, but 1,024 on sm_75 and 1,536 on sm_86 and sm_89.
     processors: { count: multiprocessors, maxWorkgroups: computeCapability === 75 ? 4 : computeCapability === 86 || computeCapability === 89 ? 6 : 8 },
-    tuning: {
-      elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 8 }, tilesFrom: { gemm: 16, flash: 2 },
-      prefetchBytes: overlap === 'prefetch' ? 16 * 2 ** 20 : 0,
-    },
+    tuning: { elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 8 }, tilesFrom: { gemm: 16, flash: 2 } },
   };
 }
 

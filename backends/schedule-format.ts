@@ -47,8 +47,7 @@ export function formatSchedule(s: ScheduledKernel): string {
   }
   if (s.workgroupsPerProcessor) lines.push(`  ${s.workgroupsPerProcessor} workgroups a multiprocessor at once (registers capped to fit)${s.flash ? '' : ': one wave'}`);
   if (s.overlap) {
-    const fetch = s.overlap.prefetch.map((f) => `${f.bytes} bytes of b${f.buf} at ${f.stride} × the workgroup`);
-    lines.push(`  starts while the previous kernel finishes${fetch.length ? `: prefetches ${fetch.join(', ')} into L2,` : ','} then waits for its writes`);
+    lines.push('  starts while the previous kernel finishes, then waits for its writes');
   }
   return lines.join('\n') + '\n';
 }

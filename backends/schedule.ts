@@ -156,8 +156,12 @@ export interface ScheduledKernel {
   readonly tilesFrom?: number;
   readonly gemm?: GemmPlan;
   readonly flash?: FlashPlan;
-  /** Set where the kernel starts while its predecessor finishes (DeviceCaps.dependentLaunch). */
-  readonly overlap?: OverlapPlan;
+  /**
+   * Whether the kernel starts while its predecessor finishes (DeviceCaps.dependentLaunch): it waits for the
+   * predecessor's writes before touching anything, then lets its own successor start, so the order of writes and
+   * reads is the launch sequence's.
+   */
+  readonly overlap?: boolean;
   /**
    * Workgroups each multiprocessor must hold at once (the compiler caps the registers a thread may use to fit
    * them): so that a fixed grid runs in one wave, or two of the matrix-unit flash tiles; undefined where the grid
@@ -165,20 +169,6 @@ export interface ScheduledKernel {
    */
   readonly workgroupsPerProcessor?: number;
 }
-
-/**
- * How a kernel overlaps its predecessor: each workgroup first asks L2 for the start of its share of the weights it
- * streams (no kernel writes them, so they need not wait), then waits until the predecessor's writes are visible,
- * then lets its own successor start. Every kernel of a launch sequence waits before touching anything else, so the
- * order of writes and reads is the sequence's.
- */
-export interface OverlapPlan {
-  /** Workgroup w prefetches `bytes` of buffer `buf` from byte `stride` · w (its share when rows split the weights evenly). */
-  readonly prefetch: readonly { readonly buf: number; readonly stride: number; readonly bytes: number }[];
-}
-
-/** A weight share larger than this per workgroup is not what a workgroup streams (a table a gather reads a row of). */
-const PREFETCH_SHARE_MAX = 512 * 1024;
 
 export interface ScheduleOptions {
   /** Buffers bound in several chunks (over a WebGPU binding's size limit): read element by element only. */
@@ -275,7 +265,6 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   // Memory given at launch serves whichever form runs.
   const staging = gemm?.staging;
   if (tilesFrom < Infinity && staging?.kind === 'async') dynamicWorkgroupBytes = Math.max(dynamicWorkgroupBytes, staging.bytes);
-  const overlap = device.dependentLaunch ? overlapPlan(k, tilesFrom === 0 ? [] : stmts, rows, device) : undefined;
   // Matrix-unit flash tiles: two workgroups a multiprocessor (registers capped at 128; 2,048 tokens 33.6 → 31.9 ms).
   const workgroupsPerProcessor = flash?.units === 'mma-bf16' ? 2 : oneWave(rows, device);
   return {
@@ -287,7 +276,7 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
     arrays,
     dynamicWorkgroupBytes,
     ...(tilesFrom < Infinity ? { tilesFrom, gemm, flash } : {}),
-    ...(overlap ? { overlap } : {}),
+    ...(device.dependentLaunch ? { overlap: true } : {}),
     ...(workgroupsPerProcessor ? { workgroupsPerProcessor } : {}),
   };
 }
@@ -304,30 +293,6 @@ function oneWave(rows: KExpr, device: DeviceCaps): number | undefined {
   if (!p || rows.k !== 'const' || rows.value <= p.count) return undefined;
   const need = Math.ceil(rows.value / p.count);
   return need <= p.maxWorkgroups ? need : undefined;
-}
-
-/**
- * What a kernel prefetches before waiting for its predecessor: the weights (parameters no kernel writes) its sums
- * stream 16 bytes at a time, each workgroup its even share, all of them together at most the device's
- * prefetchBytes. Only with a fixed number of rows (decode's kernels; a prompt's grid depends on its length).
- */
-function overlapPlan(k: KernelIR, stmts: readonly StmtSchedule[], rows: KExpr, device: DeviceCaps): OverlapPlan {
-  const streamed = new Set<number>();
-  for (const st of stmts) for (const r of st.reductions.values()) for (const s of r.vector?.streams ?? []) if (s.load.k === 'load') streamed.add(s.load.buf);
-  const weights = [...streamed].filter((i) => {
-    const b = k.buffers[i];
-    return b.binding.kind === 'param' && !b.written && b.elems.k === 'const';
-  });
-  if (rows.k !== 'const' || weights.length === 0 || device.tuning.prefetchBytes === 0) return { prefetch: [] };
-  const round16 = (n: number) => Math.floor(n / 16) * 16;
-  const budget = round16(device.tuning.prefetchBytes / rows.value / weights.length);
-  const prefetch = weights.flatMap((buf) => {
-    const b = k.buffers[buf];
-    const stride = round16((b.elems as { value: number }).value * dtypeBytes[b.dtype] / rows.value);
-    const bytes = Math.min(stride, budget);
-    return stride <= PREFETCH_SHARE_MAX && bytes > 0 ? [{ buf, stride, bytes }] : [];
-  });
-  return { prefetch };
 }
 
 const lt = (a: KExpr, b: KExpr): KExpr => ({ k: 'binary', op: 'lt', a, b, t: 'bool' });

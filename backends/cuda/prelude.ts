@@ -241,16 +241,13 @@ __device__ __forceinline__ void tf_mma_bf16(float* c, const unsigned* a, const u
 // Overlapping kernels (programmatic dependent launch, sm_90): a kernel launched to overlap its predecessor runs
 // tf_grid_wait() before it reads or writes anything the predecessor may touch (it returns once the predecessor's
 // writes are visible; at once when nothing overlaps), then tf_grid_release() to let its successor be launched.
-// tf_prefetch_l2 asks L2 for bytes (a multiple of 16, from a 16-byte-aligned address) without waiting for them.
 // Elsewhere (older GPUs, the host emulation) they do nothing: kernels then run one after another.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void tf_grid_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void tf_grid_release() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
-__device__ __forceinline__ void tf_prefetch_l2(const void* p, unsigned bytes) { asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(bytes) : "memory"); }
 #else
 __device__ __forceinline__ void tf_grid_wait() {}
 __device__ __forceinline__ void tf_grid_release() {}
-__device__ __forceinline__ void tf_prefetch_l2(const void*, unsigned) {}
 #endif
 #endif
 #ifndef TSFUSE_RANDOM

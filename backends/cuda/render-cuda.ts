@@ -8,7 +8,7 @@ import { DType } from '../../ir/dtype.ts';
 import { cudaCaps, DeviceCaps } from '../device-caps.ts';
 import { KernelIR, KExpr, KStmt, ReduceOp, replaceReductions, ROW, Scalar, topReductions, varsOf } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
-import { ArrayPlacement, OverlapPlan, ReductionPlan, scheduleKernel, scheduleKernels, ScheduledKernel, scheduleOrigin, StmtSchedule } from '../schedule.ts';
+import { ArrayPlacement, ReductionPlan, scheduleKernel, scheduleKernels, ScheduledKernel, scheduleOrigin, StmtSchedule } from '../schedule.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
 import { renderGemmCuda } from './gemm.ts';
@@ -258,7 +258,8 @@ function functionBody(sk: ScheduledKernel): string {
   if (coops.some((t) => t !== 'f32')) out.push('  __shared__ int tf_ri[TF_WARPS + 1];');
   if (coops.includes('argmax:i32')) out.push('  __shared__ int tf_rv[TF_WARPS + 1];');
   declareArrays(sk.arrays, out);
-  if (sk.overlap) printOverlap(sk.overlap, out);
+  // A kernel that overlaps its predecessor waits for its writes, then lets its own successor start.
+  if (sk.overlap) out.push('  tf_grid_wait();', '  tf_grid_release();');
 
   const p = new CudaPrinter(cudaDialect, k.buffers);
   p.sizes = new Set(k.sizes);
@@ -291,16 +292,6 @@ function functionBody(sk: ScheduledKernel): string {
     out.push(...body, '}');
   }
   return out.join('\n') + '\n';
-}
-
-/** The start of a kernel that overlaps its predecessor: weights asked of L2, then the wait, then the successor let go. */
-function printOverlap(o: OverlapPlan, out: string[]): void {
-  if (o.prefetch.length) {
-    out.push('  if (threadIdx.x == 0) {');
-    for (const f of o.prefetch) out.push(`    tf_prefetch_l2(reinterpret_cast<const char*>(b${f.buf}) + (size_t)blockIdx.x * ${f.stride}u, ${f.bytes}u);`);
-    out.push('  }');
-  }
-  out.push('  tf_grid_wait();', '  tf_grid_release();');
 }
 
 /** Declares the row-local arrays where the schedule placed them: statically, or in the launch's dynamic shared memory. */

@@ -1,7 +1,6 @@
-// How CUDA kernels launch. Overlapping kernels (programmatic dependent launch): which devices get it, and what a
-// kernel prefetches before waiting for its predecessor — its even share of the weights it streams, within the
-// device's budget, and nothing it does not stream (a gathered table) or that a kernel writes. One wave: the
-// workgroups a multiprocessor must hold so that a fixed grid runs at once.
+// How CUDA kernels launch. Overlapping kernels (programmatic dependent launch): which devices get it, and that a
+// kernel waits for its predecessor before it touches anything. One wave: the workgroups a multiprocessor must hold
+// so that a fixed grid runs at once.
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -40,49 +39,23 @@ test('sm_90 kernels overlap their predecessor; older GPUs, WebGPU and the CPU do
   for (const d of [cudaCaps(80), webgpuCaps({ subgroups: true }), cpuCaps]) assert.is(scheduleKernel(k, d).overlap, undefined, d.name);
 });
 
-/** The H200 measured prefetching slower (BENCHMARKS.md): it is on with TSFUSE_CUDA_OVERLAP=prefetch. */
-function prefetching<T>(f: () => T): T {
-  const saved = process.env.TSFUSE_CUDA_OVERLAP;
-  process.env.TSFUSE_CUDA_OVERLAP = 'prefetch';
-  try {
-    return f();
-  } finally {
-    if (saved === undefined) delete process.env.TSFUSE_CUDA_OVERLAP;
-    else process.env.TSFUSE_CUDA_OVERLAP = saved;
-  }
-}
-
-test('each workgroup prefetches its share of the streamed weights, all of them together within the budget', () => prefetching(() => {
-  // 64 rows × 8 outputs × 2,048 bf16: 32 KiB a row, 2 MiB in all (under the 16 MiB budget): every byte.
-  assert.equal(scheduleKernel(matvec(int(64), 8, 2048), cudaCaps(90)).overlap?.prefetch, [{ buf: 0, stride: 32768, bytes: 32768 }]);
-  // 1,024 rows × 16 outputs × 2,048: 64 KiB a row, 64 MiB in all: 16 KiB a row, 16 MiB in all.
-  const big = scheduleKernel(matvec(int(1024), 16, 2048), cudaCaps(90)).overlap!.prefetch;
-  assert.equal(big, [{ buf: 0, stride: 65536, bytes: 16384 }]);
-  assert.ok(big[0].bytes * 1024 <= cudaCaps(90).tuning.prefetchBytes);
-  // Printed: thread 0 asks for the share, then every thread waits.
+test('an overlapping kernel waits for its predecessor before anything else, then lets its successor start', () => {
   const code = printCudaFunction(scheduleKernel(matvec(int(64), 8, 2048), cudaCaps(90))).code;
-  const fetch = code.indexOf('tf_prefetch_l2(reinterpret_cast<const char*>(b0) + (size_t)blockIdx.x * 32768u, 32768u);');
-  assert.ok(fetch > 0 && fetch < code.indexOf('tf_grid_wait();'), code);
-}));
+  const wait = code.indexOf('tf_grid_wait();');
+  assert.ok(wait > 0 && wait < code.indexOf('tf_grid_release();') && code.indexOf('tf_grid_release();') < code.indexOf('b0['), code);
+});
 
-test('nothing is prefetched that is not a weight streamed by the rows, nor where the rows are a size', () => prefetching(() => {
-  // Shares over 512 KiB a workgroup are not what one streams.
-  assert.equal(scheduleKernel(matvec(int(4), 64, 8192), cudaCaps(90)).overlap?.prefetch, [], 'a 1 MiB share');
-  assert.equal(scheduleKernel(matvec(int(64), 8, 2048, 'input'), cudaCaps(90)).overlap?.prefetch, [], 'an input, which a kernel may write');
-  assert.equal(scheduleKernel(matvec(int(64), 8, 2048, 'param', true), cudaCaps(90)).overlap?.prefetch, [], 'a written parameter');
-  const prompt = scheduleKernel(matvec(ivar('S'), 8, 2048), cudaCaps(90));
-  assert.equal(prompt.overlap?.prefetch, [], 'rows that depend on the prompt');
-}));
-
-test('TSFUSE_CUDA_OVERLAP: unset overlaps without prefetching, off launches one after another, anything else is refused', () => {
+test('TSFUSE_CUDA_OVERLAP: unset overlaps, off launches one after another, anything else is refused', () => {
   const saved = process.env.TSFUSE_CUDA_OVERLAP;
   try {
     delete process.env.TSFUSE_CUDA_OVERLAP;
-    assert.equal(scheduleKernel(matvec(int(64), 8, 2048), cudaCaps(90)).overlap?.prefetch, []);
+    assert.is(cudaCaps(90).dependentLaunch, true);
     process.env.TSFUSE_CUDA_OVERLAP = 'off';
     assert.is(cudaCaps(90).dependentLaunch, false);
     process.env.TSFUSE_CUDA_OVERLAP = 'sometimes';
-    assert.throws(() => cudaCaps(90), /TSFUSE_CUDA_OVERLAP=sometimes: expected off or prefetch/);
+    assert.throws(() => cudaCaps(90), /TSFUSE_CUDA_OVERLAP=sometimes: expected off \(or unset\)/);
+    process.env.TSFUSE_CUDA_OVERLAP = 'prefetch';
+    assert.throws(() => cudaCaps(90), /TSFUSE_CUDA_OVERLAP=prefetch: expected off/, 'the L2 prefetch is gone');
   } finally {
     if (saved === undefined) delete process.env.TSFUSE_CUDA_OVERLAP;
     else process.env.TSFUSE_CUDA_OVERLAP = saved;
