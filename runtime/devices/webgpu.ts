@@ -20,6 +20,7 @@ import { BufferKey, checkSizes, Device, gemmFlops, kernelBytes, KernelRange, ker
 import { ParamStore } from '../params.ts';
 import { CopyDispatch, CopyKernels } from '../webgpu/copy-kernel.ts';
 import { WebGpuUnavailableError } from '../webgpu/errors.ts';
+import { pacedWait, pacesPolls } from '../webgpu/polling.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
 import { align, allocateBuffers, GpuGraph, GpuKernel, prepareGraph, sizeWords, wordBytes } from './webgpu-load.ts';
 
@@ -52,9 +53,12 @@ export class WebGpuDevice implements Device {
   readonly kind = 'webgpu' as const;
   readonly description: string;
   private readonly programs = new Set<WebGpuProgram>();
+  /** Starts a wait for the device (a Dawn promise): on a CPU adapter without a core kept busy (webgpu/polling.ts). */
+  readonly wait: <T>(start: () => T) => T;
 
   constructor(readonly gpu: GPUDevice, readonly opts: WebGpuOptions = {}) {
     this.description = adapterName(gpu);
+    this.wait = pacesPolls(gpu) ? pacedWait : (start) => start();
   }
 
   /** Shader, binding and allocation mistakes surface here as one error, not as garbage output later. */
@@ -68,8 +72,8 @@ export class WebGpuDevice implements Device {
     } catch (e) {
       thrown = e;
     }
-    const invalid = await this.gpu.popErrorScope();
-    const oom = await this.gpu.popErrorScope();
+    const invalid = await this.wait(() => this.gpu.popErrorScope());
+    const oom = await this.wait(() => this.gpu.popErrorScope());
     const error = invalid ?? oom;
     if (thrown !== undefined || error) {
       program?.destroy();
@@ -213,7 +217,7 @@ class WebGpuProgram implements Program {
     this.endPass();
     this.commands().copyBufferToBuffer(buf, 0, staging, 0, bytes);
     this.flush();
-    return staging.mapAsync(GPUMapMode.READ).then(() => {
+    return this.device.wait(() => staging.mapAsync(GPUMapMode.READ)).then(() => {
       const t = fromDevice(dtype, shape, new Uint8Array(staging.getMappedRange(0, bytes)), 'words');
       staging.unmap();
       this.stagingPool.get(staging.size)!.push(staging);
@@ -234,7 +238,7 @@ class WebGpuProgram implements Program {
       enc.resolveQuerySet(q.set, 0, 1, q.resolve, 0);
       enc.copyBufferToBuffer(q.resolve, 0, q.readback, 0, 8);
       this.flush();
-      at = q.readback.mapAsync(GPUMapMode.READ).then(() => {
+      at = this.device.wait(() => q.readback.mapAsync(GPUMapMode.READ)).then(() => {
         const ns = new BigUint64Array(q.readback.getMappedRange(0, 8))[0];
         q.readback.unmap();
         this.markPool.push(q);
@@ -242,6 +246,7 @@ class WebGpuProgram implements Program {
       });
     } else {
       this.flush();
+      // Host time: polled at once, so the mark is not late by a paced poll.
       at = this.gpu.queue.onSubmittedWorkDone().then(() => performance.now());
     }
     at.catch(() => {}); // awaited by elapsedMs, if ever
@@ -258,7 +263,7 @@ class WebGpuProgram implements Program {
   async finish(): Promise<void> {
     this.usable('finish');
     this.flush();
-    await this.gpu.queue.onSubmittedWorkDone();
+    await this.device.wait(() => this.gpu.queue.onSubmittedWorkDone());
   }
 
   kernelCount(graph: string): number {
@@ -296,7 +301,7 @@ class WebGpuProgram implements Program {
       enc.resolveQuerySet(querySet, 0, 2 * n, resolve, 0);
       enc.copyBufferToBuffer(resolve, 0, read, 0, read.size);
       this.gpu.queue.submit([enc.finish()]);
-      await read.mapAsync(GPUMapMode.READ);
+      await this.device.wait(() => read.mapAsync(GPUMapMode.READ));
       const t = new BigUint64Array(read.getMappedRange().slice(0));
       read.unmap();
       for (let i = 0; i < n; i++) {
@@ -314,7 +319,7 @@ class WebGpuProgram implements Program {
         const start = performance.now();
         origin ??= start;
         this.gpu.queue.submit([enc.finish()]);
-        await this.gpu.queue.onSubmittedWorkDone();
+        await this.gpu.queue.onSubmittedWorkDone(); // host time: polled at once
         startUs.push((start - origin) * 1e3);
         us.push((performance.now() - start) * 1e3);
       }
