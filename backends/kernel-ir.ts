@@ -310,7 +310,7 @@ export function offsetAlong(index: KExpr, v: string): KExpr | undefined {
 }
 
 /** Whether an index expression is a multiple of m for every value of its variables. */
-export function multipleOf(e: KExpr, m: number): boolean {
+function multipleOf(e: KExpr, m: number): boolean {
   if (e.k === 'const') return e.value % m === 0;
   if (e.k !== 'binary') return false;
   if (e.op === 'add' || e.op === 'sub') return multipleOf(e.a, m) && multipleOf(e.b, m);

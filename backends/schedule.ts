@@ -7,7 +7,7 @@
 
 import { cudaCaps, cpuCaps, DeviceCaps, subgroupCombines, webgpuCaps } from './device-caps.ts';
 import { DType, dtypeBytes } from '../ir/dtype.ts';
-import { add, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, mul, multipleOf, offsetAlong, runsAlong, Scalar, topReductions } from './kernel-ir.ts';
+import { add, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, mul, runsAlong, Scalar, topReductions } from './kernel-ir.ts';
 import { alignedDot, contiguousStreams, Stream } from './schedule-vector.ts';
 import { formatSchedule } from './schedule-format.ts';
 import { boundKeyLoops, maxExtent } from './causal-bound.ts';
@@ -123,8 +123,9 @@ export interface GemmPlan {
  *               `threadsPerQuery` threads share a query row, each computing keys/threadsPerQuery of its scores and
  *               width/threadsPerQuery of its output.
  *   'mma-bf16': each warp 16 query rows by CUDA's m16n8k16 bf16 matrix instructions (f32 accumulators): the scores
- *               and the output stay in registers, the probabilities rounded to bf16 feed the second product
- *               directly; queries, keys and values are staged as bf16 (keys and values read from bf16 memory).
+ *               and the output stay in registers, the probabilities feed the second product directly as two bf16
+ *               terms each (hi + lo); queries, keys and values are staged as bf16 (keys and values read from bf16
+ *               memory), keys and values 16 bytes at a time where `wideRows` says so.
  *   'serial':   the CPU's loops, row by row.
  */
 export interface FlashPlan {
@@ -136,6 +137,8 @@ export interface FlashPlan {
   readonly queryTiles: KExpr;
   /** Workgroup memory the tiles declare. */
   readonly bytes: number;
+  /** 'mma-bf16': whether key rows and value rows are read from bf16 memory in aligned runs of 8 along the head. */
+  readonly wideRows?: { readonly keys: boolean; readonly values: boolean };
 }
 
 export interface ScheduledKernel {
@@ -301,9 +304,8 @@ const select = (cond: KExpr, a: KExpr, b: KExpr): KExpr => ({ k: 'select', cond,
 /**
  * Tiles for a GEMM: bf16 matrix instructions where the device has them and every right operand is a bf16 weight
  * read along the depth (the products' inputs they take exactly), else f32 multiply-adds; one row at a time on the
- * CPU. Tiles of 64 × 64, or 128 × 64 where cp.async copies the operands: at a 512-token prompt the narrowest
- * projection (2,048 columns) still gives 128 tiles, about one per SM of an H200. Tiles along the rows are neighbours in the grid, so the tiles sharing a weight tile run
- * together and read it from L2.
+ * CPU. Tiles of 64 × 64, or 128 × 64 where cp.async copies the operands and the columns are many. Tiles along the
+ * rows are neighbours in the grid, so the tiles sharing a weight tile run together and read it from L2.
  */
 function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | undefined {
   if (device.threadsPerWorkgroup === 1) {
@@ -326,8 +328,9 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   // 6.1 / 9.7 / 38.0, 64 deep (and the output projection copied) 4.7 / 8.2 / 33.5, 64 × 64 for narrow GEMMs
   // 4.3 / 8.4 / 34.4; 64 × 128, 128 × 128, 4 stages, or 2 stages of 64 no better.
   if (mma && plainA) {
-    const narrow = device.processors !== undefined && 2 * Math.ceil(gemm.columns / 64) <= device.processors.count;
-    const [asyncRows, asyncColumns, stages, depth] = [narrow ? 64 : 128, 64, 3, gemm.depth % 64 === 0 ? 64 : 32];
+    const [asyncColumns, stages, depth] = [64, 3, gemm.depth % 64 === 0 ? 64 : 32];
+    const narrow = device.processors !== undefined && 2 * Math.ceil(gemm.columns / asyncColumns) <= device.processors.count;
+    const asyncRows = narrow ? 64 : 128;
     const bytes = stages * (asyncRows * (depth + 8) * dtypeBytes[left!] + gemm.b.length * asyncColumns * (depth + 8) * 2);
     const tile = { ...plan, tileDepth: depth, tileRows: asyncRows, tileColumns: asyncColumns, rowTiles: rowTilesOf(asyncRows), columnTiles: Math.ceil(gemm.columns / asyncColumns) };
     if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes, left: left === DType.BF16 ? 'bf16' : 'f32' } };
@@ -342,9 +345,11 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
 export function gemmOnMatrixUnits(k: KernelIR, device: DeviceCaps): boolean {
   const gemm = k.gemm;
   if (!gemm || device.threadsPerWorkgroup === 1) return false;
-  const bf16 = device.matrixUnits.some((u) => u.input === DType.BF16 && u.m === 16 && u.n === 8 && u.k === 16);
-  return bf16 && gemm.depth % 32 === 0 && gemm.b.every((b) => bf16WeightAlong(b, gemm.k, k));
+  return hasBf16Mma(device) && gemm.depth % 32 === 0 && gemm.b.every((b) => bf16WeightAlong(b, gemm.k, k));
 }
+
+/** Whether the device has m16n8k16 matrix instructions on bf16 inputs. */
+const hasBf16Mma = (device: DeviceCaps) => device.matrixUnits.some((u) => u.input === DType.BF16 && u.m === 16 && u.n === 8 && u.k === 16);
 
 /** Workgroup memory a GEMM tile declares: the staged operands (bf16 rows padded by 8 for mma, f32 otherwise). */
 function gemmBytes(g: GemmIR, p: GemmPlan): number {
@@ -377,13 +382,15 @@ function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | und
     return { units: 'serial', tileQueries: 1, tileKeys: f.keys, threadsPerQuery: 1, queryTiles: f.queries, bytes: 0 };
   }
   const threads = device.threadsPerWorkgroup;
-  const bf16 = device.matrixUnits.some((u) => u.input === DType.BF16 && u.m === 16 && u.n === 8 && u.k === 16);
   const warps = threads / 32;
-  if (bf16 && Number.isInteger(warps) && f.depth % 16 === 0 && f.width % 8 === 0 && readsOnly([f.k, f.v], DType.BF16, k)) {
+  if (hasBf16Mma(device) && Number.isInteger(warps) && f.depth % 16 === 0 && f.width % 8 === 0 && readsOnly([f.k, f.v], DType.BF16, k)) {
     const [bq, bk] = [16 * warps, 64];
     const bytes = flashMmaBytes(f, bq, bk);
+    // A KV cache's rows: a load of bf16 memory running along the head in aligned runs of 8 (16 bytes).
+    const wide = (e: KExpr, along: string, n: number) => e.k === 'load' && n % 8 === 0 && runsAlong(e.index, along, 8);
+    const wideRows = { keys: wide(f.k, f.d, f.depth), values: wide(f.v, f.e, f.width) };
     if (bytes + SCRATCH_BYTES <= device.staticWorkgroupMemoryBytes) {
-      return { units: 'mma-bf16', tileQueries: bq, tileKeys: bk, threadsPerQuery: 0, queryTiles: queryTiles(bq), bytes };
+      return { units: 'mma-bf16', tileQueries: bq, tileKeys: bk, threadsPerQuery: 0, queryTiles: queryTiles(bq), bytes, wideRows };
     }
   }
   const tiles: [number, number][] = [[64, 32], [32, 32], [32, 16], [16, 16], [8, 32], [8, 16]];
@@ -416,8 +423,7 @@ function readsOnly(es: readonly KExpr[], dtype: DType, k: KernelIR): boolean {
 /** A load of a bf16 buffer at an index running along `v` with a start that is a multiple of 8 (16-byte aligned). */
 function bf16WeightAlong(e: KExpr, v: string, k: KernelIR): boolean {
   if (e.k !== 'load' || k.buffers[e.buf].dtype !== DType.BF16) return false;
-  const base = offsetAlong(e.index, v);
-  return base !== undefined && multipleOf(base, 8);
+  return runsAlong(e.index, v, 8);
 }
 
 /** Workgroups a launch of `rows` rows dispatches, as [x, y] (WebGPU spreads them over two dimensions). */

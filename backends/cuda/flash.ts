@@ -10,8 +10,7 @@
 //             bf16 terms each, hi + lo); the query rows, key rows and value columns are staged in shared memory as
 //             bf16.
 
-import { DType } from '../../ir/dtype.ts';
-import { FlashIR, KExpr, runsAlong } from '../kernel-ir.ts';
+import { FlashIR, KExpr } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { FlashPlan } from '../schedule.ts';
 import { storeValue } from './render-cuda.ts';
@@ -45,14 +44,14 @@ interface Staging { readonly array: string; readonly pitch: number; readonly tra
 
 /**
  * Stages `rows` × `cols` elements of `value` in shared memory as bf16, element x at row x / cols, column x % cols:
- * `row` (= `base` + the row) and `col` are the variables `value` reads; rows at or past `bound` are zeros. A value
- * read from bf16 memory in runs of 8 along the columns (a KV cache's head) moves 16 bytes at a time: copied as it
- * is by cp.async, or, transposed, loaded whole and stored element by element.
+ * `row` (= `base` + the row) and `col` are the variables `value` reads; rows at or past `bound` are zeros. With
+ * `wide` (the plan's: a load of bf16 memory in aligned runs of 8 along the columns, a KV cache's head) 16 bytes move
+ * at a time: copied as they are by cp.async, or, transposed, loaded whole and stored element by element.
  */
-function stageBf16(value: KExpr, rows: number, cols: number, v: { row: string; base: string; col: string; bound: string },
+function stageBf16(value: KExpr, wide: boolean, rows: number, cols: number, v: { row: string; base: string; col: string; bound: string },
   to: Staging, p: ExprPrinter, out: string[], ind: string): void {
   const at = (r: string, c: string) => (to.transposed ? `${to.array}[(${c}) * ${to.pitch} + ${r}]` : `${to.array}[(${r}) * ${to.pitch} + ${c}]`);
-  if (value.k === 'load' && p.buffers[value.buf].dtype === DType.BF16 && cols % 8 === 0 && runsAlong(value.index, v.col, 8)) {
+  if (wide && value.k === 'load') {
     const runs = cols / 8;
     out.push(`${ind}for (int tf_x = threadIdx.x; tf_x < ${rows * runs}; tf_x += TF_BLOCK) {`);
     out.push(`${ind}  const int tf_r = tf_x / ${runs}, tf_c = (tf_x % ${runs}) * 8;`);
@@ -114,7 +113,7 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   const i1 = '    ';
   out.push(`${i1}const int ${f.b} = tf_tile / tf_qtiles;`);
   out.push(`${i1}const int tf_i0 = (tf_tile % tf_qtiles) * ${BQ};`);
-  stageBf16(f.q, BQ, D, { row: f.i, base: 'tf_i0', col: f.d, bound: 'tf_queries' }, { array: 'tf_qs', pitch: QP, transposed: false }, p, out, i1);
+  stageBf16(f.q, false, BQ, D, { row: f.i, base: 'tf_i0', col: f.d, bound: 'tf_queries' }, { array: 'tf_qs', pitch: QP, transposed: false }, p, out, i1);
   rowLimits(f, BQ, p, out, i1);
   out.push(`${i1}__syncthreads();`);
   // The tile walks to its rows' largest bound, the warp computes up to its own rows' largest.
@@ -137,9 +136,9 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   const i2 = i1 + '  ';
   // Every warp is done with the previous tile's keys and values (and, the first time, with the query tile's bounds).
   out.push(`${i2}__syncthreads();`);
-  stageBf16(f.k, BK, D, { row: f.t, base: 'tf_t0', col: f.d, bound: String(f.keys) }, { array: 'tf_ks', pitch: QP, transposed: false }, p, out, i2);
+  stageBf16(f.k, plan.wideRows?.keys ?? false, BK, D, { row: f.t, base: 'tf_t0', col: f.d, bound: String(f.keys) }, { array: 'tf_ks', pitch: QP, transposed: false }, p, out, i2);
   // Values transposed: a lane's right operand is two neighbouring keys of one output column.
-  stageBf16(f.v, BK, E, { row: f.t, base: 'tf_t0', col: f.e, bound: String(f.keys) }, { array: 'tf_vt', pitch: VP, transposed: true }, p, out, i2);
+  stageBf16(f.v, plan.wideRows?.values ?? false, BK, E, { row: f.t, base: 'tf_t0', col: f.e, bound: String(f.keys) }, { array: 'tf_vt', pitch: VP, transposed: true }, p, out, i2);
   out.push(`${i2}__syncthreads();`);
   out.push(`${i2}if (tf_t0 < tf_wend) {`);
   const i3 = i2 + '  ';
