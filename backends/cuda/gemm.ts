@@ -2,12 +2,11 @@
 // over the depth in steps staged through shared memory, then runs the epilogue at each output it holds.
 //   mma-bf16: 8 warps as 4 × 2, each a block of (tile rows / 4) × (tile columns / 2) by m16n8k16 matrix
 //             instructions (64 × 64 tiles: 16 × 32 a warp; 128 × 64: 32 × 32, each right fragment read once for two
-//             instructions). The
-//             left operand (the prologue, computed as the tile loads) is rounded to bf16 as it is staged; the
-//             weights are read 16 bytes at a time. The next step's global loads are issued before this step's
-//             matrix instructions, so their latency hides behind them.
-//             With a plain f32 left operand, cp.async copies both operands a few steps ahead into a ring of stages
-//             instead (mmaAsyncTile), the left operand rounded to bf16 as fragments are read.
+//             instructions). The left operand (the prologue, computed as the tile loads) is rounded to bf16 as it
+//             is staged; the weights are read 16 bytes at a time. The next step's global loads are issued before
+//             this step's matrix instructions, so their latency hides behind them.
+//             With a left operand read as it is from memory (f32, or bf16 where its writer stored it so), cp.async
+//             copies both operands a few steps ahead into a ring of stages instead (mmaAsyncTile).
 //   fma:      each thread a 4 × 4 block of outputs by f32 multiply-adds (any operand types).
 
 import { GemmIR, KExpr } from '../kernel-ir.ts';

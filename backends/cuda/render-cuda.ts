@@ -125,20 +125,16 @@ export interface CudaModule {
   readonly source: string;
   /** Per kernel, in order: the function that runs it. */
   readonly functions: readonly CudaFunction[];
-  /**
-   * The same functions as several compilation units, each with the prelude, of about equal size: NVRTC compiles one
-   * unit on one thread, so units compile in parallel (a cold start's largest cost).
-   */
-  readonly units: readonly CudaUnit[];
 }
 
+/** Some of a program's functions with the prelude: what NVRTC compiles on one thread. */
 export interface CudaUnit {
   readonly source: string;
   readonly names: readonly string[];
 }
 
-export function renderCudaModule(kernels: readonly KernelIR[], prefix = '', device: DeviceCaps = cudaCaps(), units = 1): CudaModule {
-  return printCudaModule(scheduleKernels(kernels, device), prefix, units);
+export function renderCudaModule(kernels: readonly KernelIR[], prefix = '', device: DeviceCaps = cudaCaps()): CudaModule {
+  return printCudaModule(scheduleKernels(kernels, device), prefix);
 }
 
 /** Schedules a kernel for CUDA and prints it as one function. */
@@ -150,20 +146,25 @@ export function renderCudaFunction(k: KernelIR, name = k.name, comment = true): 
  * Scheduled kernels as one compilation unit. Kernels that differ only in the buffers they are given (every
  * transformer layer's) share one function, named after the first of them with `prefix`.
  */
-export function printCudaModule(kernels: readonly ScheduledKernel[], prefix = '', units = 1): CudaModule {
-  const program = printCudaProgram([{ kernels, prefix }], units);
-  return { source: [cudaPrelude, ...program.distinct.map((f) => f.code)].join('\n'), functions: program.functions[0], units: program.units };
+export function printCudaModule(kernels: readonly ScheduledKernel[], prefix = ''): CudaModule {
+  const { distinct, functions } = printFunctions([{ kernels, prefix }]);
+  return { source: [cudaPrelude, ...distinct.map((f) => f.code)].join('\n'), functions: functions[0] };
 }
 
 /**
- * Several graphs' kernels as one program of `units` compilation units: kernels alike in any graph (a prompt's and a
- * prefill's, every layer's) share one function, named after the first of them with its graph's prefix.
+ * Several graphs' kernels as one program in `units` compilation units of about equal size (NVRTC compiles a unit on
+ * one thread: units compile in parallel, a cold start's largest cost). Kernels alike in any graph (a prompt's and a
+ * prefill's, every layer's) share one function, named after the first of them with its graph's prefix. Per graph,
+ * the function of each kernel.
  */
-export function renderCudaProgram(graphs: readonly { readonly kernels: readonly KernelIR[]; readonly prefix: string }[], device: DeviceCaps, units: number) {
-  return printCudaProgram(graphs.map((g) => ({ kernels: scheduleKernels(g.kernels, device), prefix: g.prefix })), units);
+export function renderCudaProgram(graphs: readonly { readonly kernels: readonly KernelIR[]; readonly prefix: string }[], device: DeviceCaps, units: number):
+  { readonly functions: readonly (readonly CudaFunction[])[]; readonly units: readonly CudaUnit[] } {
+  const { distinct, functions } = printFunctions(graphs.map((g) => ({ kernels: scheduleKernels(g.kernels, device), prefix: g.prefix })));
+  return { functions, units: splitUnits(distinct, units) };
 }
 
-function printCudaProgram(graphs: readonly { readonly kernels: readonly ScheduledKernel[]; readonly prefix: string }[], units: number) {
+/** Each graph's kernels as functions, kernels alike sharing one; and the distinct functions, in order. */
+function printFunctions(graphs: readonly { readonly kernels: readonly ScheduledKernel[]; readonly prefix: string }[]) {
   const byBody = new Map<string, CudaFunction>();
   const functions = graphs.map(({ kernels, prefix }) => kernels.map((sk) => {
     const body = printCudaFunction(sk, 'KERNEL', false).code;
@@ -171,8 +172,7 @@ function printCudaProgram(graphs: readonly { readonly kernels: readonly Schedule
     if (!f) byBody.set(body, (f = printCudaFunction(sk, `${prefix}${sk.kernel.name}`)));
     return f;
   }));
-  const distinct = [...byBody.values()];
-  return { distinct, functions, units: splitUnits(distinct, units) };
+  return { distinct: [...byBody.values()], functions };
 }
 
 /** Functions dealt into at most `n` units of about equal code size (largest first, each to the smallest so far). */
