@@ -91,6 +91,7 @@ test('rows a norm kernel writes for a matrix-unit GEMM alone are stored as bf16 
       return { y: h.matmul(param('w', DType.BF16, [96, 128]).transpose()), z: h.matmul(param('v', F, [96, 128]).transpose()) };
     })],
   }).graphs[0].kernels;
+  assert.ok(shared.some((k) => k.buffers.some((b) => slot(b) && b.written)), 'the rows pass through a temporary');
   for (const s of scheduleKernels(shared, cudaCaps())) assert.ok(s.kernel.buffers.every((b) => !slot(b) || b.dtype === DType.F32), s.kernel.name);
 });
 
