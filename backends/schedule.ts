@@ -114,6 +114,21 @@ export interface GemmPlan {
    * at launch, the left operand as it is in memory: f32, rounded as fragments are read, or bf16).
    */
   readonly staging?: { readonly kind: 'registers' } | { readonly kind: 'async'; readonly stages: number; readonly bytes: number; readonly left: 'f32' | 'bf16' };
+  /** Where few tiles would leave multiprocessors idle: each tile's depth divided among workgroups (DepthSplit). */
+  readonly split?: DepthSplit;
+}
+
+/**
+ * A GEMM tile's depth divided among `parts` workgroups (an expression of the rows: 1 once the tiles alone fill the
+ * device), each a run of consecutive steps. Each writes its sums to a workspace given at launch (`workspaceFloats`)
+ * and counts itself done in a counter of the tile (`counters`, zero between launches); the last one adds the parts
+ * in the order of the depth (the same sum whichever finishes last), runs the epilogue and zeroes the counter.
+ */
+export interface DepthSplit {
+  readonly parts: KExpr;
+  readonly maxParts: number;
+  readonly workspaceFloats: number;
+  readonly counters: number;
 }
 
 /**
@@ -246,7 +261,7 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   const flash = k.flash && flashPlan(k.flash, k, device);
   const tileBytes = gemm ? gemmBytes(k.gemm!, gemm) : flash ? flash.bytes : 0;
   const extent = k.gemm?.rows ?? k.flash?.queries;
-  const tileGrid = gemm ? mul(gemm.rowTiles, int(gemm.columnTiles)) : flash ? mul(int(k.flash!.batch), flash.queryTiles) : undefined;
+  const tileGrid = gemm ? mul(mul(gemm.rowTiles, int(gemm.columnTiles)), gemm.split?.parts ?? int(1)) : flash ? mul(int(k.flash!.batch), flash.queryTiles) : undefined;
   // Fewer rows than this run row by row (the CPU, with no choice to make, always runs the tiles).
   let tilesFrom = !tileGrid ? Infinity : device.threadsPerWorkgroup === 1 ? 0 : gemm ? device.tuning.tilesFrom.gemm : device.tuning.tilesFrom.flash;
   const s = new Scheduler(k, device, opts);
@@ -333,9 +348,29 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
     const asyncRows = narrow ? 64 : 128;
     const bytes = stages * (asyncRows * (depth + 8) * dtypeBytes[left!] + gemm.b.length * asyncColumns * (depth + 8) * 2);
     const tile = { ...plan, tileDepth: depth, tileRows: asyncRows, tileColumns: asyncColumns, rowTiles: rowTilesOf(asyncRows), columnTiles: Math.ceil(gemm.columns / asyncColumns) };
-    if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes, left: left === DType.BF16 ? 'bf16' : 'f32' } };
+    const split = depthSplit(tile, gemm, device);
+    if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes, left: left === DType.BF16 ? 'bf16' : 'f32' }, ...(split ? { split } : {}) };
   }
   return gemmBytes(gemm, plan) <= device.staticWorkgroupMemoryBytes ? { ...plan, staging: mma ? { kind: 'registers' } : undefined } : undefined;
+}
+
+/**
+ * The depth split of copied mma tiles: enough parts that the grid nears two workgroups a multiprocessor, powers of
+ * two up to 16, each part at least 4 steps (fewer leave cp.async nothing to overlap). A 32-token prompt gives a 1B
+ * model's output and down projections 32 tiles for the H200's 132 multiprocessors: 8 parts each.
+ */
+function depthSplit(tile: GemmPlan, gemm: GemmIR, device: DeviceCaps): DepthSplit | undefined {
+  if (device.target !== 'cuda' || !device.processors) return undefined;
+  const target = 2 * device.processors.count;
+  const steps = gemm.depth / tile.tileDepth;
+  let maxParts = 1;
+  while (maxParts < 16 && steps / (2 * maxParts) >= 4 && 2 * maxParts <= target) maxParts *= 2;
+  if (maxParts === 1) return undefined;
+  const tiles = mul(tile.rowTiles, int(tile.columnTiles));
+  let parts: KExpr = int(1);
+  for (let q = 2; q <= maxParts; q *= 2) parts = select(lt(int(target), mul(tiles, int(q))), parts, int(q));
+  // Split tiles are at most target / 2, and their parts at most target workgroups.
+  return { parts, maxParts, workspaceFloats: target * tile.tileRows * tile.tileColumns * gemm.b.length, counters: Math.floor(target / 2) };
 }
 
 /**

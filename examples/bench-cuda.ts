@@ -266,6 +266,15 @@ function printPrefillProfile(kernels: readonly KernelTime[]): void {
     console.error(`  ${k.kernel.padEnd(5)} ${k.kind.padEnd(12)} ${(k.us / 1e3).toFixed(4)} ms ${tflops(k)}  ${k.last.slice(0, 60)}`);
   }
   const gemms = kernels.filter((k) => k.flops);
+  // Every layer's GEMMs alike (the same FLOPs and bytes): one row each, averaged over the layers.
+  const byShape = new Map<string, KernelTime[]>();
+  for (const k of gemms) byShape.set(`${k.flops}:${k.bytes}`, [...(byShape.get(`${k.flops}:${k.bytes}`) ?? []), k]);
+  console.error('GEMMs by shape (mean over the kernels alike):');
+  for (const ks of byShape.values()) {
+    const mean = ks.reduce((t, k) => t + k.us, 0) / ks.length;
+    const k = ks[0];
+    console.error(`  ${String(ks.length).padStart(3)} × ${(mean / 1e3).toFixed(4)} ms ${(k.flops! / mean / 1e6).toFixed(0).padStart(4)} TFLOP/s ${(k.bytes / mean / 1e6).toFixed(2).padStart(5)} TB/s  ${k.last.slice(0, 60)}`);
+  }
   const [flops, us] = [gemms.reduce((t, k) => t + k.flops!, 0), gemms.reduce((t, k) => t + k.us, 0)];
   if (gemms.length) console.error(`GEMM kernels: ${gemms.length}, ${(us / 1e3).toFixed(3)} ms, ${(flops / 1e12).toFixed(3)} TFLOP at ${(flops / us / 1e6).toFixed(0)} TFLOP/s`);
 }

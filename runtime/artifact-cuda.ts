@@ -10,6 +10,7 @@ import { numel, resolveShape } from '../ir/shape.ts';
 import { BoundCall, bufferBytes, bufferKey, CudaArtifactPlan } from './artifact.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from './cuda/driver.ts';
 import { compileCuda } from './cuda/nvrtc.ts';
+import { allocSplitScratch, freeSplitScratch, SplitScratch } from './cuda/split-scratch.ts';
 import { deviceByteLength, fromDevice, toDevice } from './devices/device-bytes.ts';
 
 /** Largest grid.x CUDA accepts; kernels grid-stride over any rows beyond it. */
@@ -32,6 +33,8 @@ interface Loaded {
   readonly params: Map<string, DeviceBuffer & { readonly tensor: HostTensor }>;
   /** Kernel arguments by size binding; cleared when a buffer moves. */
   readonly args: Map<string, KernelArgs[]>;
+  /** The depth-split GEMMs' workspace and counters (none where no kernel splits). */
+  readonly scratch?: SplitScratch;
 }
 
 const loaded = new Map<CudaArtifactPlan, Loaded>();
@@ -77,6 +80,7 @@ export async function runCuda(plan: CudaArtifactPlan, call: BoundCall, inputs: R
     args = plan.kernels.map((k) => cuda.kernelArgs([
       ...k.buffers.map((b) => buffer(bufferKey(b.binding)).ptr),
       ...k.sizes.map((s) => ({ int: call.sizes[s] })),
+      ...(k.depthSplit ? [g.scratch!.workspace, g.scratch!.counters] : []),
     ]));
     g.args.set(sizesKey, args);
   }
@@ -103,6 +107,7 @@ export function releaseCuda(plan: CudaArtifactPlan): void {
   loaded.delete(plan);
   g.cuda.synchronize();
   for (const b of [...g.buffers.values(), ...g.params.values()]) g.cuda.free(b.ptr);
+  freeSplitScratch(g.cuda, g.scratch);
   g.cuda.unloadModule(g.module);
   g.cuda.destroy();
 }
@@ -119,7 +124,7 @@ function load(plan: CudaArtifactPlan): Loaded {
       if (!fn) byName.set(k.function, (fn = cuda.getFunction(module, k.function, k.sharedBytes)));
       return fn;
     });
-    return { cuda, module, functions, buffers: new Map(), params: new Map(), args: new Map() };
+    return { cuda, module, functions, buffers: new Map(), params: new Map(), args: new Map(), scratch: allocSplitScratch(cuda, plan.kernels.flatMap((k) => (k.depthSplit ? [k.depthSplit] : []))) };
   } catch (e) {
     cuda.destroy();
     throw e;

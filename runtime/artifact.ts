@@ -79,7 +79,17 @@ export interface CudaArtifactPlan extends PlanSignature {
   readonly threads: number;
   /** One CUDA C module, compiled by NVRTC for the device at the first run. */
   readonly source: string;
-  readonly kernels: readonly (GpuKernel & { readonly function: string; readonly sharedBytes: number })[];
+  readonly kernels: readonly (GpuKernel & { readonly function: string; readonly sharedBytes: number; readonly depthSplit?: DepthSplitScratch })[];
+}
+
+/**
+ * A GEMM kernel whose tiles may split their depth takes, after its sizes, a workspace of this many floats and this
+ * many counters, zero at its first launch (it leaves them zero): one pair serves every kernel of a program, as
+ * large as the largest asks.
+ */
+export interface DepthSplitScratch {
+  readonly workspaceFloats: number;
+  readonly counters: number;
 }
 
 export type GpuArtifactPlan = WebGpuArtifactPlan | CudaArtifactPlan;

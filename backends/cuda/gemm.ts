@@ -7,6 +7,8 @@
 //             this step's matrix instructions, so their latency hides behind them.
 //             With a left operand read as it is from memory (f32, or bf16 where its writer stored it so), cp.async
 //             copies both operands a few steps ahead into a ring of stages instead (mmaAsyncTile).
+//             Where few tiles would leave multiprocessors idle, each tile's depth is split among workgroups whose
+//             sums the last to finish adds (addParts).
 //   fma:      each thread a 4 × 4 block of outputs by f32 multiply-adds (any operand types).
 
 import { GemmIR, KExpr } from '../kernel-ir.ts';
@@ -20,10 +22,18 @@ export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPr
   const rowTiles = p.expr(plan.rowTiles, out, '  ');
   out.push(`  const int tf_row_tiles = ${rowTiles};`);
   out.push(`  const int tf_tiles = tf_row_tiles * ${plan.columnTiles};`);
-  out.push('  for (int tf_tile = blockIdx.x; tf_tile < tf_tiles; tf_tile += gridDim.x) {');
+  if (plan.split) {
+    // Work item w: part w / tiles of tile w % tiles.
+    out.push(`  const int tf_parts = ${p.expr(plan.split.parts, out, '  ')};`);
+    out.push('  for (int tf_work = blockIdx.x; tf_work < tf_tiles * tf_parts; tf_work += gridDim.x) {');
+    out.push('    const int tf_tile = tf_work % tf_tiles, tf_part = tf_work / tf_tiles;');
+  } else {
+    out.push('  for (int tf_tile = blockIdx.x; tf_tile < tf_tiles; tf_tile += gridDim.x) {');
+  }
   // Tiles along the rows are neighbours: the blocks sharing a weight tile run together and read it from L2.
   out.push(`    const int tf_m0 = (tf_tile % tf_row_tiles) * ${plan.tileRows};`);
   out.push(`    const int tf_n0 = (tf_tile / tf_row_tiles) * ${plan.tileColumns};`);
+  if (plan.split && plan.staging?.kind !== 'async') throw new Error('CUDA: only copied mma tiles split their depth');
   if (plan.units === 'mma-bf16' && plan.staging?.kind === 'async') mmaAsyncTile(g, plan, plan.staging.stages, plan.staging.left, p, out);
   else if (plan.units === 'mma-bf16') mmaTile(g, plan, p, out);
   else if (plan.units === 'fma') fmaTile(g, plan, p, out);
@@ -268,7 +278,14 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | '
   out.push(`${i}${aType}* const tf_as = reinterpret_cast<${aType}*>(tf_ring);`);
   out.push(`${i}unsigned short* const tf_bs = reinterpret_cast<unsigned short*>(tf_ring + ${stages * aStage * aBytes});`);
   mmaSetup(ops, w, out, i);
-  out.push(`${i}const int tf_steps = ${g.depth / TD};`);
+  if (plan.split) {
+    // This part's run of steps: part p of P takes steps [p · S / P, (p + 1) · S / P).
+    out.push(`${i}const int tf_step0 = tf_part * ${g.depth / TD} / tf_parts;`);
+    out.push(`${i}const int tf_steps = (tf_part + 1) * ${g.depth / TD} / tf_parts - tf_step0;`);
+  } else {
+    out.push(`${i}const int tf_steps = ${g.depth / TD};`);
+  }
+  const first = plan.split ? 'tf_step0 + ' : '';
   // The copies of step `step` into stage `stage`: rows past the left operand's and columns past the weights' are
   // zeros (their source address is row 0's, never read). Copy x of the left operand: row x / (depth / perCopy),
   // depth (x % (depth / perCopy)) · perCopy; of a weight: column x / (depth / 8), depth (x % (depth / 8)) · 8.
@@ -280,7 +297,7 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | '
     out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x / ${TD / perCopy}, tf_kk = (tf_x % ${TD / perCopy}) * ${perCopy};`);
     out.push(`${inner}  const bool tf_in = tf_m0 + tf_r < tf_m_total;`);
     out.push(`${inner}  const int ${g.m} = tf_in ? tf_m0 + tf_r : 0;`);
-    out.push(`${inner}  const int ${g.k} = (${step}) * ${TD} + tf_kk;`);
+    out.push(`${inner}  const int ${g.k} = (${first}${step}) * ${TD} + tf_kk;`);
     const ai = p.expr(a.index, out, inner + '  ');
     out.push(`${inner}  tf_cp16(tf_as + (${stage}) * ${aStage} + tf_r * ${AP} + tf_kk, b${a.buf} + ${ai}, tf_in);`);
     out.push(`${inner}}`);
@@ -289,7 +306,7 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | '
     out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x / ${TD / 8}, tf_kk = (tf_x % ${TD / 8}) * 8;`);
     out.push(`${inner}  const bool tf_in = tf_n0 + tf_r < ${g.columns};`);
     out.push(`${inner}  const int ${g.n} = tf_in ? tf_n0 + tf_r : 0;`);
-    out.push(`${inner}  const int ${g.k} = (${step}) * ${TD} + tf_kk;`);
+    out.push(`${inner}  const int ${g.k} = (${first}${step}) * ${TD} + tf_kk;`);
     g.b.forEach((b, o) => {
       if (b.k !== 'load') return;
       const bi = p.expr(b.index, out, inner + '  ');
@@ -334,5 +351,39 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | '
   out.push(`${i}}`);
   // The next tile's first copies overwrite stages still being read by slow warps: all finish first.
   out.push(`${i}__syncthreads();`);
+  if (plan.split) addParts(ops * w.mb * w.nb * 4, out, i);
   mmaEpilogue(g, w, p, out, i);
+}
+
+/**
+ * A split tile's parts added (GemmPlan.split): each part stores its accumulators to its slot of the workspace
+ * (accumulator a of thread t at a · 256 + t) and counts itself done in the tile's counter; the last adds every
+ * slot in the order of the parts (its own read back too, so the sum does not depend on which part is last), zeroes
+ * the counter for the next launch and goes on to the epilogue; the others go on to their next work item.
+ */
+function addParts(accs: number, out: string[], i: string): void {
+  const slot = (work: string) => `tf_ws + (size_t)(${work}) * ${accs * 256} + threadIdx.x`;
+  out.push(`${i}if (tf_parts > 1) {`);
+  out.push(`${i}  __shared__ int tf_last;`);
+  out.push(`${i}  #pragma unroll`);
+  out.push(`${i}  for (int tf_i = 0; tf_i < ${accs}; tf_i++) (${slot('tf_work')})[tf_i * 256] = tf_c[tf_i];`);
+  // Stores before the count (a fence each thread, then the barrier), the count before the last one's loads.
+  out.push(`${i}  __threadfence();`);
+  out.push(`${i}  __syncthreads();`);
+  out.push(`${i}  if (threadIdx.x == 0) {`);
+  out.push(`${i}    tf_last = atomicAdd(tf_count + tf_tile, 1u) == (unsigned)(tf_parts - 1);`);
+  out.push(`${i}    if (tf_last) tf_count[tf_tile] = 0u;`);
+  out.push(`${i}  }`);
+  out.push(`${i}  __syncthreads();`);
+  out.push(`${i}  if (!tf_last) continue;`);
+  out.push(`${i}  __threadfence();`);
+  // A part at a time, its accumulators' loads all in flight together (one load waited for at a time, a tile of 8
+  // parts took 30 µs on the H200).
+  out.push(`${i}  #pragma unroll`);
+  out.push(`${i}  for (int tf_i = 0; tf_i < ${accs}; tf_i++) tf_c[tf_i] = __ldcg(${slot('tf_tile')} + tf_i * 256);`);
+  out.push(`${i}  for (int tf_p = 1; tf_p < tf_parts; tf_p++) {`);
+  out.push(`${i}    #pragma unroll`);
+  out.push(`${i}    for (int tf_i = 0; tf_i < ${accs}; tf_i++) tf_c[tf_i] += __ldcg(${slot('tf_p * tf_tiles + tf_tile')} + tf_i * 256);`);
+  out.push(`${i}  }`);
+  out.push(`${i}}`);
 }

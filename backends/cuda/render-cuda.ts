@@ -111,6 +111,11 @@ export interface CudaFunction {
   readonly overlapsPredecessor: boolean;
   /** How it stores each of its buffers (a temporary may be narrower than its value: backends/narrow-activations.ts). */
   readonly bufferDTypes: readonly DType[];
+  /**
+   * A GEMM whose tiles may split their depth (GemmPlan.split): its last two parameters are a workspace of this
+   * many floats and this many counters, zero at the first launch (the kernel leaves them zero).
+   */
+  readonly depthSplit?: { readonly workspaceFloats: number; readonly counters: number };
 }
 
 const schedule = (k: KernelIR) => scheduleKernel(k, cudaCaps());
@@ -228,6 +233,8 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   }
   const params = k.buffers.map((b, i) => `${b.written ? '' : 'const '}${cudaElemType[b.dtype]}* __restrict__ b${i}`);
   for (const s of k.sizes) params.push(`const int ${sizeName(s)}`);
+  const split = sk.tilesFrom !== undefined ? sk.gemm?.split : undefined;
+  if (split) params.push('float* __restrict__ tf_ws', 'unsigned* __restrict__ tf_count');
   const bounds = sk.workgroupsPerProcessor ? `TF_BLOCK, ${sk.workgroupsPerProcessor}` : 'TF_BLOCK';
   out.push(`extern "C" __global__ void __launch_bounds__(${bounds}) ${name}(${params.join(', ')}) {`);
   const origin = scheduleOrigin(sk);
@@ -236,6 +243,7 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   return {
     code: `${out.join('\n')}\n${body}`, name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes,
     overlapsPredecessor: !!sk.overlap, bufferDTypes: k.buffers.map((b) => b.dtype),
+    ...(split ? { depthSplit: { workspaceFloats: split.workspaceFloats, counters: split.counters } } : {}),
   };
 }
 

@@ -21,6 +21,7 @@ import { CudaUnavailableError } from '../cuda/errors.ts';
 import { compileCudaAll, CompiledImage } from '../cuda/nvrtc.ts';
 import { BufferKey, bufferKey, checkSizes, planBuffers, Device, gemmFlops, kernelBytes, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
+import { allocSplitScratch, freeSplitScratch, SplitScratch } from '../cuda/split-scratch.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
 
 export { CudaUnavailableError };
@@ -139,6 +140,8 @@ interface CudaKernel {
   readonly overlap: boolean;
   /** The temporaries it writes, each with the dtype it stores it as. */
   readonly tempWrites: readonly { readonly key: BufferKey; readonly dtype: DType }[];
+  /** Takes the depth-split scratch after its sizes (CudaFunction.depthSplit). */
+  readonly splitsDepth: boolean;
 }
 
 interface CudaGraph {
@@ -181,6 +184,7 @@ export class CudaProgram implements Program {
    * matrix-unit GEMMs): reads of the value (bisect) widen it.
    */
   private readonly storedAs = new Map<BufferKey, DType>();
+  private splitScratch: SplitScratch | undefined;
 
   constructor(readonly device: CudaDevice, readonly module: LoweredModule, params: ParamStore, private readonly opts: LoadOptions) {
     this.cuda = device.driver;
@@ -197,6 +201,7 @@ export class CudaProgram implements Program {
 
   /** The program's units, compiled (CudaDevice.prepare), loaded, and each graph's kernels bound to their functions. */
   link(functions: ReadonlyMap<LoweredGraph, readonly CudaFunction[]>, units: readonly CudaUnit[], images: readonly CompiledImage[]): void {
+    this.splitScratch = allocSplitScratch(this.cuda, [...functions.values()].flat().flatMap((f) => (f.depthSplit ? [f.depthSplit] : [])));
     const shared = new Map([...functions.values()].flat().map((f) => [f.name, f.dynamicSharedBytes]));
     const fns = new Map<string, Handle>();
     units.forEach((unit, u) => {
@@ -210,7 +215,7 @@ export class CudaProgram implements Program {
       const kernels = lg.kernels.map((ir, i): CudaKernel => {
         const f = fs[i];
         const tempWrites = ir.buffers.flatMap((b, j) => (b.binding.kind === 'temp' && b.written ? [{ key: bufferKey(lg.graph, b.binding), dtype: f.bufferDTypes[j] }] : []));
-        return { ir, rows: f.rows, fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor, tempWrites };
+        return { ir, rows: f.rows, fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor, tempWrites, splitsDepth: !!f.depthSplit };
       });
       this.graphs.set(lg.graph.name, { lowered: lg, kernels, args: new Map() });
     }
@@ -376,6 +381,7 @@ export class CudaProgram implements Program {
     for (const e of [...this.marks, ...this.eventPool]) c.destroyEvent(e);
     for (const pool of this.pinnedPool.values()) for (const p of pool) c.freeHost(p.ptr);
     for (const b of this.buffers.values()) c.free(b.ptr);
+    freeSplitScratch(c, this.splitScratch);
     for (const m of this.modules) c.unloadModule(m);
     this.buffers.clear();
   }
@@ -405,7 +411,7 @@ export class CudaProgram implements Program {
     return pool.pop() ?? this.cuda.allocHost(size);
   }
 
-  /** Kernel arguments for one size binding: buffer pointers, then the sizes the kernel reads. */
+  /** Kernel arguments for one size binding: buffer pointers, the sizes the kernel reads, a depth split's scratch. */
   private argsFor(g: CudaGraph, sizes: Sizes): KernelArgs[] {
     const key = JSON.stringify(Object.entries(sizes).sort());
     let args = g.args.get(key);
@@ -417,6 +423,7 @@ export class CudaProgram implements Program {
           if (sizes[s] === undefined) throw new Error(`kernel ${k.ir.name} of @${graph.name} reads size ${s}, which is not bound`);
           return { int: sizes[s] };
         }),
+        ...(k.splitsDepth ? [this.splitScratch!.workspace, this.splitScratch!.counters] : []),
       ]));
       g.args.set(key, args);
     }

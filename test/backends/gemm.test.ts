@@ -15,6 +15,9 @@ import { Device, namedOutputKey } from '../../runtime/device.ts';
 import { ParamStore } from '../../runtime/params.ts';
 import { kernelDevices, onDevice, openCudaOrFake, restoreCudaOrFake } from '../runtime/fake-cuda/build.ts';
 import { relativeError } from './compare.ts';
+import { cudaCaps } from '../../backends/device-caps.ts';
+import { evalSize } from '../../backends/kernel-ir.ts';
+import { scheduleKernels } from '../../backends/schedule.ts';
 import { Rng } from './rng.ts';
 
 const [N, K_MMA, K_FMA] = [70, 128, 96];
@@ -40,7 +43,19 @@ const f32mix = trace('f32mix', [{ name: 'x', dtype: DType.F32, shape: ['S', K_FM
   const up = h.matmul(param('u', DType.F32, [N, K_FMA]).transpose());
   return { y: gate.mul(up) };
 });
-const module = { graphs: [bf16, bf16shallow, bf16norm, bf16prologue, f32mix] };
+/**
+ * silu(x·dᵀ) over depths of 1,024 (16 steps of 64) and 704 (11): few tiles, so on CUDA each tile's depth is split
+ * among workgroups (4 and 2 parts at one row tile, 2 each at three; 704 in runs of 5 and 6 steps), the epilogue run
+ * once on the parts' sum.
+ */
+const [K_DEEP, K_ODD] = [1024, 704];
+const bf16deep = trace('bf16deep', [{ name: 'x', dtype: DType.F32, shape: ['S', K_DEEP] }], (x) => ({
+  y: x.matmul(param('d', DType.BF16, [N, K_DEEP]).transpose()).silu(),
+}));
+const bf16odd = trace('bf16odd', [{ name: 'x', dtype: DType.F32, shape: ['S', K_ODD] }], (x) => ({
+  y: x.matmul(param('o', DType.BF16, [N, K_ODD]).transpose()).silu(),
+}));
+const module = { graphs: [bf16, bf16shallow, bf16norm, bf16prologue, f32mix, bf16deep, bf16odd] };
 const compiled = compileModule(module);
 const reference = { graphs: module.graphs.map((graph) => ({ graph, kernels: [] })) };
 
@@ -54,9 +69,11 @@ const weights: Record<string, HostTensor> = {
   n: hostTensor(DType.F32, [K_FMA], randoms(K_FMA)),
   g: hostTensor(DType.F32, [N, K_FMA], randoms(N * K_FMA, 0.2)),
   u: hostTensor(DType.F32, [N, K_FMA], randoms(N * K_FMA, 0.2)),
+  d: hostTensor(DType.BF16, [N, K_DEEP], randoms(N * K_DEEP, 0.05)),
+  o: hostTensor(DType.BF16, [N, K_ODD], randoms(N * K_ODD, 0.05)),
 };
 const ROWS = [1, 7, 64, 130];
-const depthOf = (graph: string) => (graph.startsWith('bf16') && graph !== 'bf16shallow' ? K_MMA : K_FMA);
+const depthOf = (graph: string) => ({ bf16deep: K_DEEP, bf16odd: K_ODD, bf16shallow: K_FMA, f32mix: K_FMA }[graph] ?? K_MMA);
 const inputs = new Map(ROWS.flatMap((s) => module.graphs.map((g) => [`${g.name}:${s}`, randoms(s * depthOf(g.name))])));
 
 async function outputs(device: Device, lowered: typeof compiled | typeof reference): Promise<Map<string, number[]>> {
@@ -80,7 +97,17 @@ async function outputs(device: Device, lowered: typeof compiled | typeof referen
 const basics = suite('GEMM lowering');
 basics('the projections of many rows lower to GEMM kernels with their epilogue, the norm to a kernel of its own', () => {
   const kinds = compiled.graphs.map((g) => g.kernels.map((k) => (k.gemm ? `gemm×${k.gemm.b.length}` : k.kind)));
-  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2']]);
+  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1']]);
+});
+basics('on CUDA (8 multiprocessors) the deep GEMMs split their depth while their tiles are few, the others never', () => {
+  const caps = cudaCaps(90, 8);
+  const parts = (graph: string, rows: number) => {
+    const gemm = scheduleKernels(compiled.graphs.find((g) => g.graph.name === graph)!.kernels, caps).find((k) => k.gemm)!.gemm!;
+    return gemm.split ? evalSize(gemm.split.parts, { S: rows }) : 1;
+  };
+  assert.equal(ROWS.map((r) => parts('bf16deep', r)), [4, 4, 4, 2]);
+  assert.equal(ROWS.map((r) => parts('bf16odd', r)), [2, 2, 2, 2]);
+  assert.equal(ROWS.map((r) => parts('bf16', r)), [1, 1, 1, 1]);
 });
 basics.run();
 
