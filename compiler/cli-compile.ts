@@ -7,6 +7,7 @@ import path from 'node:path';
 import { printJs } from '../backends/cpu/render-js.ts';
 import { printWgsl } from '../backends/wgsl/render-wgsl.ts';
 import { cudaPrelude, printCudaFunction } from '../backends/cuda/render-cuda.ts';
+import { renderCudaMegakernel } from '../backends/cuda/megakernel.ts';
 import { cpuCaps, cudaCaps, DeviceCaps, webgpuCaps } from '../backends/device-caps.ts';
 import { scheduleKernels, ScheduledKernel } from '../backends/schedule.ts';
 import { formatSchedule } from '../backends/schedule-format.ts';
@@ -60,6 +61,7 @@ export function runCompile(req: CompileRequest): void {
 
   const kernels = compiled.graphs.map((c) => ({ name: c.graph.name, kernels: c.kernels }));
   if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, kernels);
+  if (req.megakernel) writeMegakernel(req.dumpKernels, { graphs: compiled.graphs.map((c) => ({ graph: c.graph, kernels: c.kernels })) });
   if (req.dumpSchedule) process.stdout.write(formatSchedules(req.backend, kernels));
   if (req.explainFusion) console.log(explained.join('\n'));
   const summary = compileSummary(req, compiled, tracedNodes);
@@ -103,6 +105,20 @@ export function writeKernels(dir: string, backend: string, graphs: { name: strin
         fs.writeFileSync(path.join(dir, `${g.name}.${name}.schedule`), formatSchedule(scheduled));
       }
     }
+  });
+}
+
+/**
+ * The decode step as one persistent kernel, as the CUDA device of kernelRenderers renders it: its task summary
+ * printed; with a folder, its source (decode.megakernel.cu) and its task list (decode.megakernel.tasks) written there.
+ */
+function writeMegakernel(dir: string | undefined, module: Parameters<typeof renderCudaMegakernel>[0]): void {
+  const mk = renderCudaMegakernel(module, kernelRenderers.cuda.device, {});
+  process.stdout.write(mk.tasks.slice(0, mk.tasks.indexOf('\n') + 1));
+  if (dir === undefined) return;
+  writingFor('--dump-kernels', dir, 'the megakernel', () => {
+    fs.writeFileSync(path.join(dir, `${mk.graph}.megakernel.cu`), mk.kernel.source);
+    fs.writeFileSync(path.join(dir, `${mk.graph}.megakernel.tasks`), mk.tasks);
   });
 }
 

@@ -34,6 +34,7 @@ export const generateCommand = defineCommand({
     'ignore-eos': { type: 'boolean', default: false, help: "go on past the model's end-of-sequence tokens (eos_token_id)" },
     'no-cache': { type: 'boolean', default: false, help: 'compile again rather than read the compile cache (TSFUSE_CACHE_DIR)' },
     'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: bf16/f16 on cuda for 16-bit weights, else f32)' },
+    megakernel: { type: 'boolean', default: false, help: 'cuda: run each decode step as one persistent kernel' },
   },
   async run(values) {
     if (values['no-cache']) process.env.TSFUSE_NO_CACHE = '1';
@@ -55,6 +56,7 @@ export const generateCommand = defineCommand({
     } catch (e) {
       throw new UsageError((e as Error).message);
     }
+    if (values.megakernel && backend !== 'cuda') throw new UsageError(`--megakernel runs on --backend cuda, not ${backend}`);
     const dir = checkModelDir(values.model);
     const model = loadLlama(dir);
     let tokenizer;
@@ -64,7 +66,7 @@ export const generateCommand = defineCommand({
     }
     const ids = tokenizer ? tokenizer.encode(values.prompt!) : parseIds(values.ids);
     if (ids.length === 0) throw new UsageError('--prompt encodes to no tokens');
-    await runGenerate({ model, backend, ids, tokenizer, maxNewTokens: maxNew, sampling, json: values.json, ignoreEos: values['ignore-eos'], kvDType });
+    await runGenerate({ model, backend, ids, tokenizer, maxNewTokens: maxNew, sampling, json: values.json, ignoreEos: values['ignore-eos'], kvDType, megakernel: values.megakernel });
   },
 });
 
@@ -84,6 +86,8 @@ export interface GenerateRequest {
   readonly ignoreEos?: boolean;
   /** What the KV cache stores (default: open-session's kvCacheDType). */
   readonly kvDType?: DType;
+  /** Run each decode step as one persistent kernel (cuda). */
+  readonly megakernel?: boolean;
 }
 
 export interface GenerateTiming {
@@ -103,6 +107,7 @@ export async function runGenerate(req: GenerateRequest): Promise<void> {
   try {
     session = await openLlamaSession(model, {
       backend: req.backend, cacheLength: req.ids.length + req.maxNewTokens, sampling: (req.sampling.temperature ?? 0) > 0, kvDType: req.kvDType,
+      megakernel: req.megakernel,
     });
   } finally {
     bar.stop();

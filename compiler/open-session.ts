@@ -55,6 +55,7 @@ export async function openLlamaSession(model: LoadedLlama, opts: OpenSessionOpti
   const since = performance.now();
   // Positions past the model's own are refused before anything is traced or allocated.
   checkLength(model.cfg, opts.cacheLength);
+  if (opts.megakernel && opts.backend !== 'cuda') throw new Error(`--megakernel runs on the cuda backend only, not ${opts.backend}`);
   const kvDType = kvCacheDType(opts.backend, model.weightDType, opts.kvDType);
   const traceOpts = { weightDType: model.weightDType, cacheLength: opts.cacheLength, sampling: opts.sampling ?? false, kvDType };
   const trace = () => traceLlama(model.cfg, traceOpts);

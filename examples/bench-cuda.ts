@@ -66,6 +66,8 @@ export interface CudaBenchOptions {
   readonly trace?: string;
   /** The command line as typed, for the report. */
   readonly command: string;
+  /** Run the decode step as one persistent kernel. */
+  readonly megakernel?: boolean;
 }
 
 /** What the tsfuse side measured. Times in ms; "events" are CUDA events on the session's stream. */
@@ -197,7 +199,8 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
   let t = performance.now();
   const cacheLength = o.cacheLength ?? prompt.length + N;
   if (cacheLength < prompt.length + N) throw new BenchError(`--cache-length ${cacheLength}: the prompt and the new tokens take ${prompt.length + N} positions`);
-  const session = await openLlamaSession(model, { backend: 'cuda', cacheLength, kvDType: o.kvDType });
+  if (o.megakernel && (o.profile || o.trace !== undefined)) throw new BenchError('--profile and --trace time the decode kernels one by one: not with --megakernel, which runs them as one');
+  const session = await openLlamaSession(model, { backend: 'cuda', cacheLength, kvDType: o.kvDType, megakernel: o.megakernel });
   const program = session.program as InstanceType<typeof CudaProgram>;
   try {
     const setupMs = performance.now() - t;

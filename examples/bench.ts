@@ -26,6 +26,7 @@ const options = {
   runs: { type: 'string', default: '3', help: 'runs; the best one is reported' },
   'cache-length': { type: 'string', help: 'KV-cache positions of tsfuse (default: prompt + new tokens; peers keep theirs at that)' },
   'kv-dtype': { type: 'string', help: 'what tsfuse\'s KV cache stores: f32, bf16 or f16 (default: bf16 on cuda for these bf16 weights, f32 on webgpu)' },
+  megakernel: { type: 'boolean', default: false, help: 'cuda only: run the decode step as one persistent kernel (runtime/devices/cuda-megakernel.ts)' },
   profile: { type: 'boolean', default: false, help: 'also print the GPU time and bandwidth of each kernel of one decode step' },
   trace: { type: 'string', help: 'write a Chrome / Perfetto trace (JSON) of one decode step, a slice per kernel, to this file' },
   compare: {
@@ -154,6 +155,7 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
 async function main(): Promise<void> {
   const cfg = builtinConfig(values.config!);
   if (values.compare !== undefined && values.backend !== 'cuda') throw new BenchError('--compare needs --backend cuda');
+  if (values.megakernel && values.backend !== 'cuda') throw new BenchError('--megakernel needs --backend cuda');
   if (values.trace !== undefined) checkTraceFile(values.trace);
   let rows: Row[];
   switch (values.backend) {
@@ -173,6 +175,7 @@ async function benchCuda(cfg: LlamaConfig): Promise<number> {
     runs: Number(values.runs), compare: values.peers, checkpointDir: values['checkpoint-dir'], seed: Number(values.seed),
     python: values.python!, hfTimeoutS: Number(values['hf-timeout']), profile: values.profile!, trace: values.trace,
     cacheLength: values['cache-length'] === undefined ? undefined : cacheLength(0), kvDType: kvDType(), command: command(),
+    megakernel: values.megakernel!,
   });
 }
 

@@ -247,6 +247,14 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   };
 }
 
+/** A scheduled kernel's code after its signature, as its function has it (a megakernel's tasks run it: ./megakernel.ts). */
+export function cudaFunctionBody(sk: ScheduledKernel): string {
+  const origin = scheduleOrigin(sk);
+  let body = printedBodies.get(origin);
+  if (!body) printedBodies.set(origin, (body = functionBody(sk)));
+  return body;
+}
+
 /**
  * The code of each function after its signature, by the schedule it was printed from: kernels alike but for their
  * name, comment and buffers bound share a schedule (scheduleOrigin) and this code.

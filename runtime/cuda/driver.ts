@@ -83,6 +83,7 @@ function bind(lib: koffi.IKoffiLib) {
     cuModuleUnload: f('int cuModuleUnload(void *module)'),
     cuModuleGetFunction: f('int cuModuleGetFunction(_Out_ void **fn, void *module, const char *name)'),
     cuFuncSetAttribute: f('int cuFuncSetAttribute(void *fn, int attrib, int value)'),
+    cuOccupancyMaxActiveBlocksPerMultiprocessor: f('int cuOccupancyMaxActiveBlocksPerMultiprocessor(_Out_ int *blocks, void *fn, int blockSize, size_t sharedBytes)'),
     cuMemAlloc: f('int cuMemAlloc_v2(_Out_ uint64_t *ptr, size_t bytes)'),
     cuMemFree: f('int cuMemFree_v2(uint64_t ptr)'),
     cuMemAllocHost: f('int cuMemAllocHost_v2(_Out_ void **ptr, size_t bytes)'),
@@ -326,6 +327,13 @@ export class CudaDriver {
       this.check('cuFuncSetAttribute', this.api.cuFuncSetAttribute(fn[0], FUNC_ATTR_MAX_DYNAMIC_SHARED, dynamicSharedBytes));
     }
     return fn[0];
+  }
+
+  /** Blocks of `block` threads and `sharedBytes` of dynamic shared memory each that one multiprocessor holds at once. */
+  residentBlocks(fn: Handle, block: number, sharedBytes: number): number {
+    const n = [0];
+    this.check('cuOccupancyMaxActiveBlocksPerMultiprocessor', this.api.cuOccupancyMaxActiveBlocksPerMultiprocessor(n, fn, block, sharedBytes));
+    return n[0];
   }
 
   /**

@@ -23,6 +23,8 @@ import { BufferKey, bufferKey, checkSizes, planBuffers, Device, gemmFlops, kerne
 import { ParamStore } from '../params.ts';
 import { allocSplitScratch, freeSplitScratch, SplitScratch } from '../cuda/split-scratch.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
+import { MegakernelOptions, megakernelOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
+import { LoadedMegakernel } from './cuda-megakernel.ts';
 
 export { CudaUnavailableError };
 
@@ -36,6 +38,8 @@ export interface CudaOptions {
    * compiles on a thread of its own.
    */
   readonly units?: number;
+  /** Run one graph (by default a session's decode step) as one persistent kernel rather than kernel by kernel. */
+  readonly megakernel?: boolean | MegakernelOptions;
 }
 
 /** A module's kernels rendered, per graph the function of each kernel, and its units compiling. */
@@ -43,6 +47,8 @@ interface Prepared {
   readonly functions: ReadonlyMap<LoweredGraph, readonly CudaFunction[]>;
   readonly units: readonly CudaUnit[];
   readonly compiling: Promise<CompiledImage[]>;
+  /** The megakernel, compiled as the last unit. */
+  readonly megakernel?: PreparedMegakernel;
 }
 
 /** Opens device 0; CudaUnavailableError where no driver loads or it finds no GPU. */
@@ -83,9 +89,11 @@ export class CudaDevice implements Device {
     const units = this.opts.units ?? Math.max(1, Math.min(16, os.availableParallelism()));
     const program = renderCudaProgram(graphs.map((lg) => ({ kernels: lg.kernels, prefix: `${lg.graph.name}_` })), this.caps, units);
     const sources = program.units.map((u, i) => ({ source: u.source, name: `unit${i}.cu` }));
+    const megakernel = this.opts.megakernel ? renderCudaMegakernel(module, this.caps, megakernelOptions(this.opts.megakernel)) : undefined;
+    if (megakernel) sources.push({ source: megakernel.kernel.source, name: 'megakernel.cu' });
     const compiling = compileCudaAll(sources, this.driver.info.computeCapability, this.opts.cacheDir);
     compiling.catch(() => {}); // load reports it
-    this.prepared.set(module, { functions: new Map(graphs.map((lg, i) => [lg, program.functions[i]])), units: program.units, compiling });
+    this.prepared.set(module, { functions: new Map(graphs.map((lg, i) => [lg, program.functions[i]])), units: program.units, compiling, megakernel });
   }
 
   /** Loads a module's program (compiled by prepare, called now if it was not) and uploads the weights meanwhile. */
@@ -102,7 +110,7 @@ export class CudaDevice implements Device {
     }
     this.programs.add(p);
     try {
-      p.link(prepared.functions, prepared.units, await prepared.compiling);
+      p.link(prepared.functions, prepared.units, await prepared.compiling, prepared.megakernel);
     } catch (e) {
       p.destroy();
       throw e;
@@ -179,6 +187,8 @@ export class CudaProgram implements Program {
   private readonly eventPool: Handle[] = [];
   private capturing: { commands: number } | undefined;
   private destroyed = false;
+  /** The graph that runs as one persistent kernel, where the device was opened with the megakernel option. */
+  private megakernel?: LoadedMegakernel;
   /**
    * How each temporary was last stored, where a kernel stores it narrower than its value (bf16 left operands of
    * matrix-unit GEMMs): reads of the value (bisect) widen it.
@@ -200,7 +210,7 @@ export class CudaProgram implements Program {
   }
 
   /** The program's units, compiled (CudaDevice.prepare), loaded, and each graph's kernels bound to their functions. */
-  link(functions: ReadonlyMap<LoweredGraph, readonly CudaFunction[]>, units: readonly CudaUnit[], images: readonly CompiledImage[]): void {
+  link(functions: ReadonlyMap<LoweredGraph, readonly CudaFunction[]>, units: readonly CudaUnit[], images: readonly CompiledImage[], megakernel?: PreparedMegakernel): void {
     this.splitScratch = allocSplitScratch(this.cuda, [...functions.values()].flat().flatMap((f) => (f.depthSplit ? [f.depthSplit] : [])));
     const shared = new Map([...functions.values()].flat().map((f) => [f.name, f.dynamicSharedBytes]));
     const fns = new Map<string, Handle>();
@@ -219,6 +229,21 @@ export class CudaProgram implements Program {
       });
       this.graphs.set(lg.graph.name, { lowered: lg, kernels, args: new Map() });
     }
+    if (megakernel) this.linkMegakernel(megakernel, images[units.length]);
+  }
+
+  /** Loads the megakernel (the unit after the others) with its tables, over this program's buffers. */
+  private linkMegakernel(prepared: PreparedMegakernel, image: CompiledImage): void {
+    this.images.set('megakernel', image);
+    const mod = this.cuda.loadModule(image.image);
+    this.modules.push(mod);
+    const graph = this.graphOf(prepared.graph).lowered.graph;
+    this.megakernel = new LoadedMegakernel(this.cuda, mod, prepared, (b) => this.buffer(bufferKey(graph, b)).ptr, megakernelOptions(this.device.opts.megakernel as true | MegakernelOptions));
+  }
+
+  /** The megakernel, where `graph` runs as one. */
+  private megakernelOf(graph: string): LoadedMegakernel | undefined {
+    return this.megakernel?.graph === graph ? this.megakernel : undefined;
   }
 
   graph(name: string): Graph {
@@ -246,6 +271,14 @@ export class CudaProgram implements Program {
 
   run(graph: string, sizes: Sizes, kernels?: KernelRange): void {
     const g = this.graphOf(graph);
+    const mk = this.megakernelOf(graph);
+    if (mk) {
+      if (kernels) throw new Error(`@${graph} runs as one megakernel: its kernels cannot run apart (bisect without --megakernel)`);
+      this.queued('run');
+      for (const k of g.kernels) for (const w of k.tempWrites) this.storedAs.set(w.key, w.dtype);
+      mk.launch();
+      return;
+    }
     const { from, to } = kernelSpan(g.kernels.length, kernels);
     checkSizes(sizes, this.opts.maxSizes);
     const args = this.argsFor(g, sizes);
@@ -302,9 +335,11 @@ export class CudaProgram implements Program {
     if (n === 0) return Promise.resolve(allocHost(dtype, shape));
     const pinned = this.pinned(bytes);
     this.cuda.downloadAsync(pinned.ptr, buf.ptr, bytes);
+    const watchdog = this.megakernel?.watch();
     const event = this.eventPool.pop() ?? this.cuda.event();
     this.cuda.record(event);
     return this.reached(event).then(() => {
+      watchdog?.();
       const t = fromDevice(dtype, shape, new Uint8Array(pinned.view, 0, bytes), 'bytes');
       this.pinnedPool.get(pinned.view.byteLength)!.push(pinned);
       this.eventPool.push(event);
@@ -329,13 +364,16 @@ export class CudaProgram implements Program {
 
   async finish(): Promise<void> {
     this.usable('finish');
+    const watchdog = this.megakernel?.watch();
     const event = this.eventPool.pop() ?? this.cuda.event();
     this.cuda.record(event);
     await this.reached(event);
     this.eventPool.push(event);
+    watchdog?.();
   }
 
   kernelCount(graph: string): number {
+    if (this.megakernelOf(graph)) return 1;
     return this.graphs.get(graph)?.kernels.length ?? 0;
   }
 
@@ -346,6 +384,7 @@ export class CudaProgram implements Program {
   async profile(graph: string, sizes: Sizes): Promise<KernelTime[]> {
     this.usable('profile');
     const g = this.graphOf(graph);
+    if (this.megakernelOf(graph)) throw new Error(`@${graph} runs as one megakernel: its kernels cannot be timed apart (profile without --megakernel)`);
     const args = this.argsFor(g, sizes);
     const events = g.kernels.map(() => [this.cuda.event(), this.cuda.event()]);
     try {
@@ -380,6 +419,7 @@ export class CudaProgram implements Program {
     for (const exec of this.recordings) c.destroyGraph(exec);
     for (const e of [...this.marks, ...this.eventPool]) c.destroyEvent(e);
     for (const pool of this.pinnedPool.values()) for (const p of pool) c.freeHost(p.ptr);
+    this.megakernel?.destroy();
     for (const b of this.buffers.values()) c.free(b.ptr);
     freeSplitScratch(c, this.splitScratch);
     for (const m of this.modules) c.unloadModule(m);

@@ -133,6 +133,8 @@ int cuModuleGetFunction(void** fn, void* module, const char* name) {
   return *fn ? 0 : 500;  // CUDA_ERROR_NOT_FOUND
 }
 int cuFuncSetAttribute(void*, int, int) { return 0; }
+// Two blocks a multiprocessor: the shim's kResident over the 8 multiprocessors cuDeviceGetAttribute reports.
+int cuOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, void*, int, size_t) { *blocks = 2; return 0; }
 
 int cuStreamCreate(void** s, unsigned) { *s = &dummy_stream; return 0; }
 int cuStreamDestroy_v2(void*) { return 0; }

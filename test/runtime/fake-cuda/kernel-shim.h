@@ -1,13 +1,16 @@
 // Runs CUDA C kernels on the CPU for tests (force-included by the fake NVRTC in fake-cuda.cpp): a block's threads
 // are fibers on one OS thread, switched at __syncthreads and at warp shuffles, so the generated code runs as
 // written, barriers and all. A barrier some threads never reach (a shuffle in divergent code, a __syncthreads
-// skipped by part of the block) is reported as a deadlock instead of hanging. x86-64 only.
+// skipped by part of the block) is reported as a deadlock instead of hanging. Up to kResident blocks are resident
+// at once: a block runs until it finishes or a thread pauses in a spin (__nanosleep), then the next resident block
+// runs, so blocks that wait on each other's counters (the megakernel) make progress. x86-64 only.
 
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <chrono>
 #include <functional>
 #include <sys/mman.h>
 #include <type_traits>
@@ -17,6 +20,7 @@
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
@@ -32,14 +36,12 @@ inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); r
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 template <typename T> inline T __ldg(const T* p) { return *p; }
 template <typename T> inline T __ldcg(const T* p) { return *p; }
-// Threads are fibers switched only at barriers and shuffles: an atomic needs no lock, a fence orders nothing.
-inline unsigned atomicAdd(unsigned* p, unsigned v) { const unsigned old = *p; *p = old + v; return old; }
-inline void __threadfence() {}
 
 namespace tf_fake {
 
 struct Dim3 { unsigned x = 0, y = 0, z = 0; };
-enum State { Runnable, WaitWarp, WaitBlock, Done };
+// Spin: paused in a spin-wait (__nanosleep), runnable again once the other resident blocks have had a turn.
+enum State { Runnable, WaitWarp, WaitBlock, Spin, Done };
 struct Fiber {
   void* sp = nullptr;
   State state = Done;
@@ -49,17 +51,28 @@ struct Fiber {
 
 constexpr size_t kStack = 256 * 1024;
 constexpr unsigned kMaxThreads = 1024;
+// Blocks resident at once: the fake's 8 multiprocessors of 2 blocks each (cuOccupancyMaxActiveBlocksPerMultiprocessor).
+constexpr unsigned kResident = 16;
 
-inline Dim3 block_idx, grid_dim, block_dim;
-inline Fiber fibers[kMaxThreads];
+// What each resident block has of its own: its index, threads, shuffle slots and dynamic shared memory.
+struct Block {
+  Dim3 idx;
+  Fiber fibers[kMaxThreads];
+  uint64_t slots[2][kMaxThreads];
+  std::vector<unsigned char> shared;
+  bool started = false;
+};
+
+inline Dim3 grid_dim, block_dim;
+inline Block* resident = nullptr;  // kResident blocks
+inline Block* block = nullptr;     // the block being run
+inline Fiber* fibers = nullptr;    // its threads
 inline Fiber* current = nullptr;
 inline void* scheduler_sp = nullptr;
 inline char* stacks = nullptr;
-inline uint64_t slots[2][kMaxThreads];
 inline std::function<void()> body;
-inline std::vector<unsigned char> dynamic_shared;
 
-inline unsigned char* dynamic_smem() { return dynamic_shared.data(); }
+inline unsigned char* dynamic_smem() { return block->shared.data(); }
 
 }  // namespace tf_fake
 
@@ -116,7 +129,7 @@ extern "C" void tf_fake_trampoline() {
 }
 
 #define threadIdx (tf_fake::current->idx)
-#define blockIdx (tf_fake::block_idx)
+#define blockIdx (tf_fake::block->idx)
 #define gridDim (tf_fake::grid_dim)
 #define blockDim (tf_fake::block_dim)
 
@@ -127,15 +140,17 @@ inline void yield_as(State s) {
   leave(current);
 }
 
-inline void start(Fiber& f, unsigned t) {
+// Thread t of resident block slot r, on stack r · kMaxThreads + t.
+inline void start(Fiber& f, unsigned t, unsigned r) {
   if (!stacks) {
-    stacks = static_cast<char*>(mmap(nullptr, kStack * kMaxThreads, PROT_READ | PROT_WRITE,
+    stacks = static_cast<char*>(mmap(nullptr, kStack * kMaxThreads * kResident, PROT_READ | PROT_WRITE,
         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
     if (stacks == MAP_FAILED) { std::fprintf(stderr, "tf_fake: cannot map fiber stacks\n"); std::abort(); }
   }
   // Each stack's top sits 320 bytes lower than the last's: tops a power of two apart would share one cache set, and
   // every switch would miss the cache.
-  auto top = reinterpret_cast<uintptr_t>(stacks + kStack * (t + 1) - (t * 320) % 65536) & ~uintptr_t(15);
+  const size_t s = r * kMaxThreads + t;
+  auto top = reinterpret_cast<uintptr_t>(stacks + kStack * (s + 1) - (s * 320) % 65536) & ~uintptr_t(15);
   void** sp = reinterpret_cast<void**>(top);
   *--sp = nullptr;                                       // keeps the ABI's entry alignment
   *--sp = reinterpret_cast<void*>(&tf_fake_trampoline);  // where the first switch "returns"
@@ -147,11 +162,11 @@ inline void start(Fiber& f, unsigned t) {
 }
 
 inline const char* name(State s) {
-  return s == Runnable ? "runnable" : s == WaitWarp ? "at a warp shuffle" : s == WaitBlock ? "at __syncthreads" : "done";
+  return s == Runnable ? "runnable" : s == WaitWarp ? "at a warp shuffle" : s == WaitBlock ? "at __syncthreads" : s == Spin ? "spinning" : "done";
 }
 
 inline void deadlock(unsigned n) {
-  std::fprintf(stderr, "tf_fake: deadlock in block %u:", block_idx.x);
+  std::fprintf(stderr, "tf_fake: deadlock in block %u:", block->idx.x);
   for (unsigned t = 0; t < n; t++) {
     if (t == 0 || fibers[t].state != fibers[t - 1].state) std::fprintf(stderr, " thread %u.. %s;", t, name(fibers[t].state));
   }
@@ -177,36 +192,57 @@ inline void run_warp(unsigned w, unsigned n) {
   }
 }
 
-// A warp at a time, so that its lanes' stacks stay in the cache between shuffles.
-inline void run_block(unsigned n) {
-  for (unsigned t = 0; t < n; t++) start(fibers[t], t);
+// Runs resident block slot r, a warp at a time (so that its lanes' stacks stay in the cache between shuffles),
+// until it finishes (true) or a thread pauses in a spin (false: the other blocks' turn).
+inline bool run_block(unsigned r, unsigned n) {
+  block = &resident[r];
+  fibers = block->fibers;
+  if (!block->started) {
+    for (unsigned t = 0; t < n; t++) start(fibers[t], t, r);
+    block->started = true;
+  }
   for (;;) {
     for (unsigned w = 0; w * 32 < n; w++) run_warp(w, n);
-    bool done = true, block_ready = true, any_block = false;
+    bool done = true, block_ready = true, any_block = false, any_spin = false;
     for (unsigned t = 0; t < n; t++) {
       done = done && fibers[t].state == Done;
       any_block = any_block || fibers[t].state == WaitBlock;
+      any_spin = any_spin || fibers[t].state == Spin;
       block_ready = block_ready && (fibers[t].state == WaitBlock || fibers[t].state == Done);
     }
-    if (done) return;
+    if (done) return true;
+    if (any_spin) {
+      for (unsigned t = 0; t < n; t++) if (fibers[t].state == Spin) fibers[t].state = Runnable;
+      return false;
+    }
     // __syncthreads goes on when every thread is at it or has exited.
     if (!any_block || !block_ready) deadlock(n);
     for (unsigned t = 0; t < n; t++) if (fibers[t].state == WaitBlock) fibers[t].state = Runnable;
   }
 }
 
-inline void run_grid(std::function<void()> kernel, unsigned grid, unsigned block, unsigned shared) {
-  if (block == 0 || block > kMaxThreads || block % 32 != 0) {
-    std::fprintf(stderr, "tf_fake: block of %u threads\n", block);
+// Blocks kResident at a time, each run in turn until all of them finish (a block that never spins runs to its end
+// in its first turn, as blocks one after another would).
+inline void run_grid(std::function<void()> kernel, unsigned grid, unsigned threads, unsigned shared) {
+  if (threads == 0 || threads > kMaxThreads || threads % 32 != 0) {
+    std::fprintf(stderr, "tf_fake: block of %u threads\n", threads);
     std::abort();
   }
+  if (!resident) resident = new Block[kResident];
   body = std::move(kernel);
   grid_dim = {grid, 1, 1};
-  block_dim = {block, 1, 1};
-  dynamic_shared.assign(shared + 16, 0xcd);
-  for (unsigned b = 0; b < grid; b++) {
-    block_idx = {b, 0, 0};
-    run_block(block);
+  block_dim = {threads, 1, 1};
+  for (unsigned first = 0; first < grid; first += kResident) {
+    const unsigned n = grid - first < kResident ? grid - first : kResident;
+    bool done[kResident] = {};
+    for (unsigned r = 0; r < n; r++) {
+      resident[r].idx = {first + r, 0, 0};
+      resident[r].shared.assign(shared + 16, 0xcd);
+      resident[r].started = false;
+    }
+    for (unsigned left = n; left > 0;) {
+      for (unsigned r = 0; r < n; r++) if (!done[r] && run_block(r, threads)) { done[r] = true; left--; }
+    }
   }
 }
 
@@ -232,7 +268,7 @@ template <typename T>
 T exchange(T v, unsigned src) {
   static_assert(sizeof(T) <= 8, "shuffle of a wide type");
   const unsigned t = threadIdx.x;
-  uint64_t* posted = slots[current->shuffles++ & 1];
+  uint64_t* posted = block->slots[current->shuffles++ & 1];
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
   posted[t] = bits;
@@ -252,4 +288,18 @@ T __shfl_xor_sync(unsigned, T v, int lane_mask) {
 template <typename T>
 T __shfl_sync(unsigned, T v, int src_lane) {
   return tf_fake::exchange(v, static_cast<unsigned>(src_lane));
+}
+
+// A spin-wait's pause: the other resident blocks run meanwhile.
+inline void __nanosleep(unsigned) { tf_fake::yield_as(tf_fake::Spin); }
+// Nanoseconds (a GPU's clock64 counts cycles; the megakernel's watchdog reads it as time here).
+inline long long clock64() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+// One OS thread runs every fiber: the atomics need only be atomic against the compiler.
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline unsigned atomicCAS(unsigned* p, unsigned expected, unsigned desired) {
+  __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+  return expected;
 }

@@ -1,0 +1,308 @@
+// The megakernel printer: a megakernel schedule (backends/megakernel-schedule.ts) as one persistent CUDA kernel.
+// Each kernel's code becomes a device function of its block index and block count (the body every launch runs,
+// with blockIdx.x and gridDim.x as parameters), its shared arrays moved into one pool of dynamic shared memory
+// that every task reuses (static __shared__ arrays of device functions would each take their own). The kernel walks
+// its block's runs from a task table in device memory: it waits on the counters of the kernels a run depends on,
+// calls the run's tasks, then adds them to its kernel's counter. The buffers come from a table of pointers.
+// renderCudaMegakernel takes a module's graph there: scheduled for the device, dealt over its multiprocessors, printed.
+
+import { DeviceCaps } from '../device-caps.ts';
+import { Binding } from '../kernel-ir.ts';
+import { LoweredModule } from '../lowered.ts';
+import { bindingKey, formatMegakernel, MegakernelSchedule, megakernelOrigin, scheduleMegakernel } from '../megakernel-schedule.ts';
+import { sizeName } from '../render-base.ts';
+import { ScheduledKernel, scheduleKernels } from '../schedule.ts';
+import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
+import { cudaElemType, cudaFunctionBody } from './render-cuda.ts';
+
+export interface CudaMegakernel {
+  /** One compilation unit: the prelude, the task functions and the kernel. */
+  readonly source: string;
+  readonly name: string;
+  /** Dynamic shared memory a block needs: the pool the largest task uses, and the kernel's own words. */
+  readonly sharedBytes: number;
+  /** Blocks to launch (all resident at once). */
+  readonly blocks: number;
+  /** The buffers of the pointer table (kernel argument tf_buf), in order. */
+  readonly buffers: readonly Binding[];
+  /** The task table (kernel argument tf_plan): see TABLE below. */
+  readonly plan: Int32Array;
+  /** Counters (kernel argument tf_done): one per kernel. */
+  readonly counters: number;
+}
+
+export interface MegakernelOptions {
+  /** The graph to run as one persistent kernel. Default decode: the step a session replays. */
+  readonly graph?: string;
+  /** Blocks each multiprocessor runs (registers are capped to fit them; refused where they do not fit). Default 2. */
+  readonly blocksPerProcessor?: number;
+  /** How long one wait may spin before the watchdog stops the step and reports it, in ms. Default 5000. */
+  readonly watchdogMs?: number;
+}
+
+/** A megakernel rendered, before compiling. */
+export interface PreparedMegakernel {
+  readonly graph: string;
+  readonly schedule: MegakernelSchedule;
+  readonly kernel: CudaMegakernel;
+  /** The task list as text (tsfuse compile --dump-kernels writes it beside the source). */
+  readonly tasks: string;
+}
+
+/** The options `megakernel: true` stands for. */
+export function megakernelOptions(o: true | MegakernelOptions): MegakernelOptions {
+  return o === true ? {} : o;
+}
+
+const DEFAULT_BLOCKS_PER_PROCESSOR = 2;
+
+/**
+ * The megakernel of `opts.graph` (decode by default) for a device: its kernels scheduled without overlapping launches (there are none
+ * to overlap), dealt over multiprocessors × blocksPerProcessor blocks, printed. Refused, naming why, for a device
+ * or graph it cannot run on.
+ */
+export function renderCudaMegakernel(module: LoweredModule, caps: DeviceCaps, opts: MegakernelOptions): PreparedMegakernel {
+  const graph = opts.graph ?? 'decode';
+  if (caps.target !== 'cuda') throw new Error(`--megakernel runs on cuda only, not ${caps.name}`);
+  const cc = Number(/sm_(\d+)/.exec(caps.name)?.[1] ?? 0);
+  // __nanosleep and acquire loads need sm_70.
+  if (cc < 70) throw new Error(`--megakernel needs compute capability 7.0 or later; this device is ${caps.name}`);
+  const lg = module.graphs.find((g) => g.graph.name === graph);
+  if (!lg) throw new Error(`--megakernel: the program has no graph @${graph} (it has ${module.graphs.map((g) => '@' + g.graph.name).join(', ')})`);
+  if (lg.kernels.length === 0) throw new Error(`--megakernel: graph @${graph} has no kernels`);
+  const perProcessor = opts.blocksPerProcessor ?? DEFAULT_BLOCKS_PER_PROCESSOR;
+  const processors = caps.processors?.count;
+  if (!processors) throw new Error(`--megakernel: ${caps.name} does not say how many multiprocessors it has`);
+  if (!Number.isInteger(perProcessor) || perProcessor < 1 || perProcessor > caps.processors!.maxWorkgroups) {
+    throw new Error(`--megakernel: ${perProcessor} blocks a multiprocessor; ${caps.name} holds 1 to ${caps.processors!.maxWorkgroups}`);
+  }
+  const kernels = scheduleKernels(lg.kernels, { ...caps, dependentLaunch: false });
+  const schedule = scheduleMegakernel(kernels, {}, { blocks: processors * perProcessor, processors });
+  const kernel = printCudaMegakernel(schedule, `${graph}_megakernel`, perProcessor);
+  return { graph, schedule, kernel, tasks: formatMegakernel(schedule) };
+}
+
+/** Words of the watchdog's record (kernel argument tf_watchdog): see WATCHDOG_FIELDS. */
+export const WATCHDOG_WORDS = 8;
+/** What the record holds after a wait timed out, word by word (word 0 is set once one has). */
+export const WATCHDOG_FIELDS = ['tripped', 'block', 'run', 'kernel', 'task', 'counter', 'seen', 'awaited'] as const;
+
+// TABLE: word 0 where the waits start; words 1..blocks+1 each block's first run (the next block's is its end); then
+// the runs, RUN_WORDS each (kernel, first task, task step, calls, block count passed, tasks done, first wait, waits);
+// then the waits, two words each (the kernel awaited, its tasks a step).
+const RUN_WORDS = 8;
+/** Bytes of the pool the kernel keeps for itself (the flag thread 0 hands the others after waiting). */
+const OWN_BYTES = 16;
+
+/** Prints the megakernel of a schedule; `blocksPerProcessor` bounds the registers so that that many fit. */
+export function printCudaMegakernel(s: MegakernelSchedule, name: string, blocksPerProcessor: number): CudaMegakernel {
+  const buffers: Binding[] = [];
+  const slotOf = new Map<string, number>();
+  const slot = (b: Binding) => {
+    const key = bindingKey(b);
+    let i = slotOf.get(key);
+    if (i === undefined) {
+      slotOf.set(key, (i = buffers.length));
+      buffers.push(b);
+    }
+    return i;
+  };
+  // One device function per kernel body (every layer's kernels share theirs).
+  const functions = new Map<ScheduledKernel, { name: string; code: string; poolBytes: number }>();
+  const calls = s.kernels.map((sk, k) => {
+    const origin = megakernelOrigin(sk);
+    let f = functions.get(origin);
+    if (!f) functions.set(origin, (f = taskFunction(origin, `tf_task${functions.size}`)));
+    const args = sk.kernel.buffers.map((b) => `(${b.written ? '' : 'const '}${cudaElemType[b.dtype]}*)tf_buf[${slot(b.binding)}]`);
+    for (const size of sk.kernel.sizes) args.push(String(s.sizes[size]));
+    return `      case ${k}: ${f.name}(${[...args, 'tf_pool', 'tf_block', 'tf_blocks'].join(', ')}); break;`;
+  });
+  const pool = Math.max(0, ...[...functions.values()].map((f) => f.poolBytes));
+  const source = [
+    // Every load is coherent: a task reads what other blocks wrote earlier in the same launch, which the
+    // non-coherent path (__ldg) may serve stale.
+    '#define __ldg(p) (*(p))',
+    cudaPrelude,
+    megakernelHelpers,
+    ...[...functions.values()].map((f) => f.code),
+    kernelCode(name, blocksPerProcessor, calls),
+  ].join('\n');
+  return {
+    source, name, sharedBytes: OWN_BYTES + pool, blocks: s.blocks.length, buffers, plan: taskTable(s), counters: s.kernels.length,
+  };
+}
+
+/** The task table the kernel walks (TABLE). */
+function taskTable(s: MegakernelSchedule): Int32Array {
+  const runs = s.blocks.flat();
+  const waits = runs.reduce((n, r) => n + r.waits.length, 0);
+  const blocks = s.blocks.length;
+  const table = new Int32Array(blocks + 2 + RUN_WORDS * runs.length + 2 * waits);
+  const runsAt = blocks + 2;
+  const waitsAt = runsAt + RUN_WORDS * runs.length;
+  table[0] = waitsAt;
+  let [r, w] = [0, 0];
+  s.blocks.forEach((list, b) => {
+    table[1 + b] = r;
+    for (const run of list) {
+      const k = run.kernel;
+      // A run that reaches the kernel's last row, of a kernel whose tasks are its rows, is one call striding over
+      // them (the body's own grid-stride loop); otherwise one call per task.
+      const strided = s.tasks[k] === s.rows[k] && run.first + run.count * run.stride >= s.rows[k];
+      table.set(strided ? [k, run.first, 0, 1, run.stride] : [k, run.first, run.stride, run.count, s.tasks[k]], runsAt + RUN_WORDS * r);
+      table.set([run.count, w, run.waits.length], runsAt + RUN_WORDS * r + 5);
+      for (const d of run.waits) {
+        table.set([d, s.tasks[d]], waitsAt + 2 * w);
+        w++;
+      }
+      r++;
+    }
+  });
+  table[1 + blocks] = r;
+  return table;
+}
+
+/**
+ * A kernel's code as a device function of the task's block index and the block count, its shared arrays placed in
+ * the pool: memory the launch would have given first (the schedule's dynamic offsets), the arrays it declares
+ * statically after that. The code is the launch's own, so anything the printer cannot move is refused.
+ */
+function taskFunction(sk: ScheduledKernel, name: string): { name: string; code: string; poolBytes: number } {
+  const k = sk.kernel;
+  let offset = Math.ceil(sk.dynamicWorkgroupBytes / 16) * 16;
+  let body = cudaFunctionBody(sk)
+    .replace(/^(\s*)extern __shared__ __align__\(16\) unsigned char (\w+)\[\];$/gm, '$1unsigned char* const $2 = tf_pool;')
+    .replace(/^(\s*)__shared__ (?:__align__\(\d+\) )?(\w+(?: \w+)?) (\w+)\[([^\]]+)\];$/gm, (_, indent: string, type: string, array: string, count: string) => {
+      const at = offset;
+      offset += Math.ceil((elementBytes(type, k.name) * constantCount(count, k.name)) / 16) * 16;
+      return `${indent}${type}* const ${array} = reinterpret_cast<${type}*>(tf_pool + ${at});`;
+    })
+    .replace(/^(\s*)__shared__ (\w+(?: \w+)?) (\w+);$/gm, (_, indent: string, type: string, scalar: string) => {
+      const at = offset;
+      offset += 16;
+      return `${indent}${type}& ${scalar} = *reinterpret_cast<${type}*>(tf_pool + ${at});`;
+    })
+    .replace(/\bblockIdx\.x\b/g, 'tf_block')
+    .replace(/\bgridDim\.x\b/g, 'tf_blocks');
+  for (const left of ['__shared__', 'blockIdx', 'gridDim', 'tf_grid_wait', 'tf_grid_release']) {
+    if (new RegExp(`\\b${left}\\b`).test(body)) throw new Error(`megakernel: kernel ${k.name}'s code has ${left} the megakernel printer cannot place`);
+  }
+  // Weights are never written during a step: the compiler may read them through the read-only path.
+  const params = k.buffers.map((b, i) => `${b.written ? '' : 'const '}${cudaElemType[b.dtype]}*${b.binding.kind === 'param' ? ' __restrict__' : ''} b${i}`);
+  for (const s of k.sizes) params.push(`const int ${sizeName(s)}`);
+  params.push('unsigned char* const tf_pool', 'const int tf_block', 'const int tf_blocks');
+  body = `// ${k.name}'s code (and every kernel's alike)\nstatic __device__ __noinline__ void ${name}(${params.join(', ')}) {\n${body}`;
+  return { name, code: body, poolBytes: offset };
+}
+
+const elementBytesByType: Record<string, number> = { float: 4, int: 4, unsigned: 4, 'unsigned short': 2, 'unsigned char': 1, bool: 1 };
+
+function elementBytes(type: string, kernel: string): number {
+  const n = elementBytesByType[type];
+  if (n === undefined) throw new Error(`megakernel: kernel ${kernel} declares shared ${type}, of no known size`);
+  return n;
+}
+
+/** A shared array's length as printed: sums of products of integers and the block's thread and warp counts. */
+function constantCount(text: string, kernel: string): number {
+  const named: Record<string, number> = { TF_BLOCK: CUDA_BLOCK, TF_WARPS: CUDA_BLOCK / 32 };
+  return text.split('+').reduce((sum, term) => sum + term.split('*').reduce((product, factor) => {
+    const f = factor.trim();
+    const n = named[f] ?? (/^\d+$/.test(f) ? Number(f) : NaN);
+    if (Number.isNaN(n)) throw new Error(`megakernel: kernel ${kernel} declares a shared array of length ${text}, not a constant the printer can size`);
+    return product * n;
+  }, 1), 0);
+}
+
+/**
+ * The waits and the release (counters released after a barrier and a fence, acquired by one thread then handed to
+ * the block by a barrier), and the watchdog: a wait that passes its bound records where it is and gives up.
+ */
+const megakernelHelpers = `// tsfuse megakernel: counters, waits, the watchdog
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ unsigned tf_mk_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ unsigned long long tf_mk_now() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+#else
+// Host compilers (the tests' CPU emulation): its clock64 counts nanoseconds and __nanosleep lets other blocks run.
+__device__ __forceinline__ unsigned tf_mk_acquire(const unsigned* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+__device__ __forceinline__ unsigned long long tf_mk_now() { return clock64(); }
+#endif
+// Counters count up over every step (wrapping): reached once the count is at or past the target.
+__device__ __forceinline__ bool tf_mk_reached(unsigned seen, unsigned target) { return (int)(seen - target) >= 0; }
+// Spins until *counter reaches target; past limit_ns, records the wait in the watchdog (the first to time out does)
+// and returns false.
+__device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target, unsigned long long limit_ns, unsigned* watchdog,
+                                        unsigned block, unsigned run, unsigned kernel, unsigned task, unsigned awaited_kernel) {
+  unsigned seen = tf_mk_acquire(counter);
+  if (tf_mk_reached(seen, target)) return true;
+  const unsigned long long start = tf_mk_now();
+  for (;;) {
+    __nanosleep(100);
+    seen = tf_mk_acquire(counter);
+    if (tf_mk_reached(seen, target)) return true;
+    if (tf_mk_now() - start > limit_ns) {
+      if (atomicCAS(watchdog, 0u, 1u) == 0u) {
+        watchdog[1] = block; watchdog[2] = run; watchdog[3] = kernel; watchdog[4] = task;
+        watchdog[5] = awaited_kernel; watchdog[6] = seen; watchdog[7] = target;
+        __threadfence();
+      }
+      return false;
+    }
+  }
+}
+`;
+
+/** The persistent kernel: each block its runs, waiting, calling, releasing. */
+function kernelCode(name: string, blocksPerProcessor: number, calls: readonly string[]): string {
+  return `extern "C" __global__ void __launch_bounds__(TF_BLOCK, ${blocksPerProcessor}) ${name}(void* const* __restrict__ tf_buf, const int* __restrict__ tf_plan,
+    unsigned* tf_done, unsigned* tf_steps, unsigned* tf_watchdog, const unsigned long long tf_limit_ns) {
+  extern __shared__ __align__(16) unsigned char tf_smem[];
+  unsigned char* const tf_pool = tf_smem + ${OWN_BYTES};
+  volatile int* const tf_go = reinterpret_cast<volatile int*>(tf_smem);
+  const unsigned tf_me = blockIdx.x;
+  // The block's own count of steps (no other block touches it): the counters' targets this step.
+  if (threadIdx.x == 0) tf_steps[tf_me] += 1u;
+  __syncthreads();
+  const unsigned tf_step = tf_steps[tf_me];
+  const int* const tf_runs = tf_plan + gridDim.x + 2;
+  const int* const tf_waits = tf_plan + tf_plan[0];
+  for (int tf_r = tf_plan[1 + tf_me]; tf_r < tf_plan[2 + tf_me]; tf_r++) {
+    const int* const tf_run = tf_runs + ${RUN_WORDS} * tf_r;
+    const int tf_kernel = tf_run[0], tf_first = tf_run[1], tf_step_by = tf_run[2], tf_calls = tf_run[3], tf_blocks = tf_run[4];
+    if (tf_run[7] > 0) {
+      if (threadIdx.x == 0) {
+        bool ok = true;
+        for (int w = tf_run[6]; ok && w < tf_run[6] + tf_run[7]; w++) {
+          const int d = tf_waits[2 * w];
+          ok = tf_mk_wait(tf_done + d, tf_step * (unsigned)tf_waits[2 * w + 1], tf_limit_ns, tf_watchdog, tf_me, tf_r, tf_kernel, tf_first, d);
+        }
+        __threadfence();
+        *tf_go = ok;
+      }
+      __syncthreads();
+      if (!*tf_go) return;
+    }
+    for (int tf_c = 0; tf_c < tf_calls; tf_c++) {
+      const int tf_block = tf_first + tf_c * tf_step_by;
+      switch (tf_kernel) {
+${calls.join('\n')}
+      }
+      // The next task reuses the pool.
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+      __threadfence();
+      atomicAdd(tf_done + tf_kernel, (unsigned)tf_run[5]);
+    }
+  }
+}
+`;
+}

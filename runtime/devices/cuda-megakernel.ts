@@ -1,0 +1,93 @@
+// A graph run as one persistent CUDA kernel (backends/megakernel-schedule.ts, backends/cuda/megakernel.ts) on the
+// CUDA device: rendered beside the program's other kernels (renderCudaMegakernel), loaded with its tables (the buffers' pointers, the task
+// table, the counters, each block's step count, the watchdog's record, all zeroed once), launched in place of the
+// graph's kernels, and its watchdog read back with every read of the program.
+
+import { MegakernelOptions, PreparedMegakernel, WATCHDOG_FIELDS, WATCHDOG_WORDS } from '../../backends/cuda/megakernel.ts';
+import { CUDA_BLOCK } from '../../backends/cuda/prelude.ts';
+import { Binding } from '../../backends/kernel-ir.ts';
+import { CudaDriver, DevicePtr, Handle, KernelArgs } from '../cuda/driver.ts';
+
+/** How long one wait may spin before the watchdog stops the step, unless the options say. */
+const DEFAULT_WATCHDOG_MS = 5000;
+
+/** A megakernel loaded: its function, its tables in device memory, and its launch's arguments. */
+export class LoadedMegakernel {
+  private readonly fn: Handle;
+  private readonly args: KernelArgs;
+  private readonly memory: DevicePtr[] = [];
+  private readonly watchdog: DevicePtr;
+  private readonly pinned: { ptr: Handle; view: ArrayBuffer }[] = [];
+  /** The error of a step the watchdog stopped: the counters are off from then on, so every later use fails too. */
+  private stuck?: Error;
+
+  constructor(private readonly cuda: CudaDriver, module: Handle, readonly prepared: PreparedMegakernel, pointer: (b: Binding) => DevicePtr, opts: MegakernelOptions) {
+    const k = prepared.kernel;
+    this.fn = cuda.getFunction(module, k.name, k.sharedBytes);
+    const resident = cuda.residentBlocks(this.fn, CUDA_BLOCK, k.sharedBytes) * cuda.info.multiprocessors;
+    if (resident < k.blocks) {
+      throw new Error(`--megakernel: its ${k.blocks} blocks (${k.sharedBytes} bytes of shared memory each) must all be resident, and ${cuda.info.name} holds ${resident}; try fewer blocks a multiprocessor`);
+    }
+    const table = (words: Int32Array | BigUint64Array) => {
+      const p = this.alloc(words.byteLength);
+      cuda.upload(p, words);
+      return p;
+    };
+    const zeroed = (bytes: number) => {
+      const p = this.alloc(bytes);
+      cuda.fill(p, 0, bytes);
+      return p;
+    };
+    const buffers = table(BigUint64Array.from(k.buffers, (b) => BigInt(pointer(b))));
+    const plan = table(k.plan);
+    const done = zeroed(4 * k.counters);
+    const steps = zeroed(4 * k.blocks);
+    this.watchdog = zeroed(4 * WATCHDOG_WORDS);
+    const limitNs = (opts.watchdogMs ?? DEFAULT_WATCHDOG_MS) * 1e6;
+    if (!(limitNs > 0)) throw new Error(`--megakernel: a watchdog of ${opts.watchdogMs} ms`);
+    // The limit is an unsigned 64-bit argument: passed in a pointer's slot.
+    this.args = cuda.kernelArgs([buffers, plan, done, steps, this.watchdog, Math.round(limitNs)]);
+  }
+
+  get graph(): string {
+    return this.prepared.graph;
+  }
+
+  launch(): void {
+    if (this.stuck) throw this.stuck;
+    this.cuda.launch(this.fn, this.prepared.kernel.blocks, CUDA_BLOCK, this.args, this.prepared.kernel.sharedBytes);
+  }
+
+  /** Queues a copy of the watchdog's record; what it returns, called once the stream is past it, throws if it tripped. */
+  watch(): () => void {
+    const pinned = this.pinned.pop() ?? this.cuda.allocHost(4 * WATCHDOG_WORDS);
+    this.cuda.downloadAsync(pinned.ptr, this.watchdog, 4 * WATCHDOG_WORDS);
+    return () => {
+      const record = Uint32Array.from(new Uint32Array(pinned.view, 0, WATCHDOG_WORDS));
+      this.pinned.push(pinned);
+      if (record[0] !== 0 && !this.stuck) this.stuck = this.stuckError(record);
+      if (this.stuck) throw this.stuck;
+    };
+  }
+
+  destroy(): void {
+    for (const p of this.pinned) this.cuda.freeHost(p.ptr);
+    for (const p of this.memory) this.cuda.free(p);
+    this.pinned.length = 0;
+    this.memory.length = 0;
+  }
+
+  private alloc(bytes: number): DevicePtr {
+    const p = this.cuda.alloc(bytes);
+    this.memory.push(p);
+    return p;
+  }
+
+  private stuckError(record: Uint32Array): Error {
+    const r = Object.fromEntries(WATCHDOG_FIELDS.map((f, i) => [f, record[i]])) as Record<(typeof WATCHDOG_FIELDS)[number], number>;
+    const name = (k: number) => this.prepared.schedule.kernels[k]?.kernel.name ?? `#${k}`;
+    return new Error(`the megakernel of @${this.graph} is stuck: block ${r.block}, run ${r.run} (kernel ${r.kernel} ${name(r.kernel)}, from task ${r.task}) `
+      + `waited on counter ${r.counter} (kernel ${name(r.counter)}) past the watchdog: it saw ${r.seen}, awaiting ${r.awaited}. `
+      + 'Its counters are off from here on: load the program again');
+  }
+}

@@ -1,0 +1,127 @@
+// The decode step as one persistent kernel on the CPU fake of CUDA (test/runtime/fake-cuda: resident blocks as
+// fibers that yield while they spin): the fixtures' greedy tokens and decode logits as the multi-kernel path's, a
+// model of another structure against the reference interpreter, and the watchdog reporting a planted wait that
+// can never be met instead of hanging.
+//
+//   TSFUSE_FAKE_CUDA=0 npm test                   skips (it needs g++)
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { interpret } from '../../backends/reference/interpreter.ts';
+import { compileModule } from '../../compiler/compile-module.ts';
+import { openLlamaSession } from '../../compiler/open-session.ts';
+import { DType } from '../../ir/dtype.ts';
+import { CudaDevice, CudaProgram } from '../../runtime/devices/cuda.ts';
+import { openDevice } from '../../runtime/devices/open.ts';
+import { runOnce } from '../../runtime/executor.ts';
+import { loadLlama } from '../../runtime/llama.ts';
+import { ParamStore } from '../../runtime/params.ts';
+import { mismatch } from '../backends/compare.ts';
+import { mlpStack, mlpValues } from '../backends/mlp-stack.ts';
+import { buildFakeCuda, fakeCudaEnabled as enabled, useFakeCuda } from './fake-cuda/build.ts';
+
+const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
+const s = suite('megakernel on the CPU fake of CUDA');
+
+let cacheDir = '';
+let restore: (() => void) | undefined;
+
+s.before(() => {
+  if (!enabled) return;
+  const fake = buildFakeCuda();
+  cacheDir = fake.cacheDir;
+  restore = useFakeCuda(fake);
+});
+
+s.after(() => restore?.());
+
+// tiny-llama: f32, untied head, 4 / 2 heads; tiny-llama3-bf16: bf16, tied embeddings, 6 / 2 heads, llama3 rope.
+for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
+  s(`${fixture}: one kernel a decode step, the greedy tokens of Hugging Face and of the multi-kernel path, the same decode logits`, async () => {
+    if (!enabled) return;
+    const dir = path.join(fixtures, fixture);
+    const gold = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
+    const run = async (megakernel: boolean) => {
+      const session = await openLlamaSession(loadLlama(dir), { backend: 'cuda', cacheLength: gold.input_ids.length + 32, cacheDir, megakernel });
+      try {
+        const tokens = await session.generate(gold.input_ids, 32);
+        const vocab = session.program.graph('decode').outputs[0].type.shape[1] as number;
+        const logits = await session.program.read('output:decode:logits', DType.F32, [1, vocab]);
+        return { tokens, logits, kernels: session.decodeKernels(), images: [...(session.program as CudaProgram).images.keys()] };
+      } finally {
+        session.close();
+      }
+    };
+    const mk = await run(true);
+    const multi = await run(false);
+    assert.is(mk.kernels, 1);
+    assert.ok(multi.kernels > 1);
+    assert.ok(mk.images.includes('megakernel'));
+    assert.equal(mk.tokens, gold.greedy_new_tokens);
+    assert.equal(mk.tokens, multi.tokens);
+    // The same code on the same inputs, row by row: the same bits.
+    assert.equal([...mk.logits.data], [...multi.logits.data]);
+  });
+}
+
+s('an MLP stack with an untied bf16 head runs as one kernel and matches the reference interpreter on fresh inputs', async () => {
+  if (!enabled) return;
+  const graph = mlpStack();
+  const module = compileModule({ graphs: [graph] });
+  const device = await openDevice('cuda', { cacheDir, megakernel: { graph: 'mlp' } }) as CudaDevice;
+  try {
+    const compiled = module.graphs[0].graph;
+    for (const seed of [1, 2]) {
+      const { params, x } = mlpValues(compiled, seed);
+      const program = await device.load(module, new ParamStore((n) => params.get(n)!), { maxSizes: {} });
+      try {
+        assert.is(program.kernelCount('mlp'), 1);
+        const [want] = interpret(compiled, { inputs: { x }, param: (n) => params.get(n)!, states: new Map() });
+        // Twice: the counters carry on counting from the first step, with no reset between.
+        for (let step = 0; step < 2; step++) {
+          const [got] = await runOnce(program, 'mlp', { x }, new Map());
+          const bad = mismatch(got, want, 2e-4);
+          assert.not.ok(bad, `seed ${seed}, step ${step}: ${bad}`);
+        }
+      } finally {
+        program.destroy();
+      }
+    }
+  } finally {
+    device.destroy();
+  }
+});
+
+s('the watchdog stops a step whose wait cannot be met and names the block, run, kernel and counter', async () => {
+  if (!enabled) return;
+  const module = compileModule({ graphs: [mlpStack()] });
+  const compiled = module.graphs[0].graph;
+  const { params, x } = mlpValues(compiled, 3);
+  const device = await openDevice('cuda', { cacheDir, megakernel: { graph: 'mlp', watchdogMs: 200 } }) as CudaDevice;
+  try {
+    device.prepare(module);
+    // Planted: the first wait of the table awaits one task more than its kernel has.
+    const plan = (device as unknown as { prepared: WeakMap<object, { megakernel: { kernel: { plan: Int32Array } } }> }).prepared.get(module)!.megakernel.kernel.plan;
+    const waitsAt = plan[0];
+    assert.ok(waitsAt + 1 < plan.length, 'the schedule has a wait');
+    const [awaited, tasks] = [plan[waitsAt], plan[waitsAt + 1]];
+    plan[waitsAt + 1] = tasks + 1;
+    const program = await device.load(module, new ParamStore((n) => params.get(n)!), { maxSizes: {} });
+    try {
+      const error = await Promise.resolve(runOnce(program, 'mlp', { x }, new Map())).then(() => undefined, (e: Error) => e);
+      assert.ok(error, 'the step reports the stuck wait');
+      assert.match(error!.message, new RegExp(`megakernel of @mlp is stuck: block \\d+, run \\d+ \\(kernel \\d+ k\\d+, from task \\d+\\) waited on counter ${awaited} \\(kernel k${awaited}\\) past the watchdog: it saw ${tasks}, awaiting ${tasks + 1}`));
+      // From then on the program refuses to run rather than hang again.
+      assert.throws(() => program.run('mlp', {}), /is stuck/);
+    } finally {
+      program.destroy();
+    }
+  } finally {
+    device.destroy();
+  }
+});
+
+s.run();
