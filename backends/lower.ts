@@ -719,8 +719,12 @@ class KernelLowering {
   }
 }
 
-/** Elements one row of a spread store loop covers (16 per thread of a 256-thread workgroup). */
-const SPREAD_CHUNK = 4096;
+/**
+ * Elements one row of a spread store loop covers: one per thread of a 256-thread workgroup (each element recomputes
+ * its rotary angle: with 16 a thread a 32-token prompt's KV write had 4 workgroups). Measured on the H200 against
+ * 4,096 (BENCHMARKS.md, issue 10): decode 0.999 → 0.988 ms a token, 32-token prefill 2.58–2.69 → 2.40–2.64 ms.
+ */
+const SPREAD_CHUNK = 256;
 
 /**
  * A one-row kernel of store loops over equal ranges (a prefill's KV-cache write: S × heads × dims elements with
