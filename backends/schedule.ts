@@ -154,6 +154,11 @@ export interface FlashPlan {
   readonly bytes: number;
   /** 'mma-bf16': whether key rows and value rows are read from bf16 memory in aligned runs of 8 along the head. */
   readonly wideRows?: { readonly keys: boolean; readonly values: boolean };
+  /**
+   * 'mma-bf16' with wide key and value rows: both copied by cp.async a key tile ahead, into two stages of this many
+   * bytes of memory given at launch, so a tile's loads overlap the previous tile's products.
+   */
+  readonly ring?: { readonly bytes: number };
 }
 
 export interface ScheduledKernel {
@@ -283,6 +288,7 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   // Memory given at launch serves whichever form runs.
   const staging = gemm?.staging;
   if (tilesFrom < Infinity && staging?.kind === 'async') dynamicWorkgroupBytes = Math.max(dynamicWorkgroupBytes, staging.bytes);
+  if (tilesFrom < Infinity && flash?.ring) dynamicWorkgroupBytes = Math.max(dynamicWorkgroupBytes, flash.ring.bytes);
   // Matrix-unit flash tiles: two workgroups a multiprocessor (registers capped at 128; 2,048 tokens 33.6 → 31.9 ms).
   const workgroupsPerProcessor = flash?.units === 'mma-bf16' ? 2 : oneWave(rows, device);
   return {
@@ -399,9 +405,14 @@ function flashBytes(f: FlashIR, bq: number, bk: number): number {
   return 4 * (bq * (f.depth + 1) + bk * (f.depth + 1) + bk * f.width + bq * bk + bq + 1);
 }
 
-/** Workgroup memory a bf16 matrix-unit flash tile declares: query and key rows, value columns (each padded by 8), bounds. */
-function flashMmaBytes(f: FlashIR, bq: number, bk: number): number {
-  return 2 * (bq * (f.depth + 8) + bk * (f.depth + 8) + f.width * (bk + 8)) + 4 * bq;
+/** Workgroup memory of a bf16 matrix-unit flash tile's query rows (padded by 8) and their bounds. */
+function flashMmaQueryBytes(f: FlashIR, bq: number): number {
+  return 2 * bq * (f.depth + 8) + 4 * bq;
+}
+
+/** Workgroup memory of one stage of a bf16 matrix-unit flash tile's key rows and value rows (each padded by 8). */
+function flashMmaKeyBytes(f: FlashIR, bk: number): number {
+  return 2 * bk * (f.depth + 8 + f.width + 8);
 }
 
 /**
@@ -418,15 +429,18 @@ function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | und
   }
   const threads = device.threadsPerWorkgroup;
   const warps = threads / 32;
-  if (hasBf16Mma(device) && Number.isInteger(warps) && f.depth % 16 === 0 && f.width % 8 === 0 && readsOnly([f.k, f.v], DType.BF16, k)) {
+  if (hasBf16Mma(device) && Number.isInteger(warps) && f.depth % 16 === 0 && f.width % 16 === 0 && readsOnly([f.k, f.v], DType.BF16, k)) {
     const [bq, bk] = [16 * warps, 64];
-    const bytes = flashMmaBytes(f, bq, bk);
     // A KV cache's rows: a load of bf16 memory running along the head in aligned runs of 8 (16 bytes).
     const wide = (e: KExpr, along: string, n: number) => e.k === 'load' && n % 8 === 0 && runsAlong(e.index, along, 8);
     const wideRows = { keys: wide(f.k, f.d, f.depth), values: wide(f.v, f.e, f.width) };
-    if (bytes + SCRATCH_BYTES <= device.staticWorkgroupMemoryBytes) {
-      return { units: 'mma-bf16', tileQueries: bq, tileKeys: bk, threadsPerQuery: 0, queryTiles: queryTiles(bq), bytes, wideRows };
+    const tiles = { units: 'mma-bf16', tileQueries: bq, tileKeys: bk, threadsPerQuery: 0, queryTiles: queryTiles(bq), wideRows } as const;
+    const ring = wideRows.keys && wideRows.values ? { bytes: 2 * flashMmaKeyBytes(f, bk) } : undefined;
+    if (ring && ring.bytes <= device.workgroupMemoryBytes && flashMmaQueryBytes(f, bq) + SCRATCH_BYTES <= device.staticWorkgroupMemoryBytes) {
+      return { ...tiles, bytes: flashMmaQueryBytes(f, bq), ring };
     }
+    const bytes = flashMmaQueryBytes(f, bq) + flashMmaKeyBytes(f, bk);
+    if (bytes + SCRATCH_BYTES <= device.staticWorkgroupMemoryBytes) return { ...tiles, bytes };
   }
   const tiles: [number, number][] = [[64, 32], [32, 32], [32, 16], [16, 16], [8, 32], [8, 16]];
   const fits = tiles.find(([bq, bk]) => {

@@ -39,41 +39,32 @@ function stores(f: FlashIR, p: ExprPrinter, out: string[], indent: string): void
   }
 }
 
-/** Where staged elements go: row r, column c of a shared bf16 array at r · pitch + c, or transposed at c · pitch + r. */
-interface Staging { readonly array: string; readonly pitch: number; readonly transposed: boolean }
+/** Where staged elements go: row r, column c of a shared bf16 array at r · pitch + c. */
+interface Staging { readonly array: string; readonly pitch: number }
 
 /**
  * Stages `rows` × `cols` elements of `value` in shared memory as bf16, element x at row x / cols, column x % cols:
  * `row` (= `base` + the row) and `col` are the variables `value` reads; rows at or past `bound` are zeros. With
- * `wide` (the plan's: a load of bf16 memory in aligned runs of 8 along the columns, a KV cache's head) 16 bytes move
- * at a time: copied as they are by cp.async, or, transposed, loaded whole and stored element by element.
+ * `wide` (the plan's: a load of bf16 memory in aligned runs of 8 along the columns, a KV cache's head) they are
+ * copied 16 bytes at a time by cp.async, the copies left in flight where `async` (the caller commits and waits).
  */
 function stageBf16(value: KExpr, wide: boolean, rows: number, cols: number, v: { row: string; base: string; col: string; bound: string },
-  to: Staging, p: ExprPrinter, out: string[], ind: string): void {
-  const at = (r: string, c: string) => (to.transposed ? `${to.array}[(${c}) * ${to.pitch} + ${r}]` : `${to.array}[(${r}) * ${to.pitch} + ${c}]`);
+  to: Staging, p: ExprPrinter, out: string[], ind: string, async = false): void {
   if (wide && value.k === 'load') {
     const runs = cols / 8;
     out.push(`${ind}for (int tf_x = threadIdx.x; tf_x < ${rows * runs}; tf_x += TF_BLOCK) {`);
     out.push(`${ind}  const int tf_r = tf_x / ${runs}, tf_c = (tf_x % ${runs}) * 8;`);
     out.push(`${ind}  const bool tf_in = ${v.base} + tf_r < ${v.bound};`);
-    // Rows past the bound read row 0's address (never used: zeros are copied or stored instead).
+    // Rows past the bound read row 0's address (never used: zeros are copied instead).
     out.push(`${ind}  const int ${v.row} = tf_in ? ${v.base} + tf_r : 0;`);
     out.push(`${ind}  const int ${v.col} = tf_c;`);
     const index = p.expr(value.index, out, ind + '  ');
-    if (!to.transposed) {
-      out.push(`${ind}  tf_cp16(&${at('tf_r', 'tf_c')}, b${value.buf} + ${index}, tf_in);`);
-      out.push(`${ind}}`);
-      out.push(`${ind}tf_cp_commit();`);
-      out.push(`${ind}tf_cp_wait<0>();`);
-      return;
-    }
-    out.push(`${ind}  const uint4 tf_w = tf_in ? *reinterpret_cast<const uint4*>(b${value.buf} + ${index}) : make_uint4(0u, 0u, 0u, 0u);`);
-    out.push(`${ind}  const unsigned tf_ws[4] = {tf_w.x, tf_w.y, tf_w.z, tf_w.w};`);
-    out.push(`${ind}  #pragma unroll`);
-    out.push(`${ind}  for (int tf_y = 0; tf_y < 8; tf_y++) ${at('tf_r', 'tf_c + tf_y')} = (unsigned short)(tf_ws[tf_y >> 1] >> ((tf_y & 1) * 16));`);
+    out.push(`${ind}  tf_cp16(&${to.array}[tf_r * ${to.pitch} + tf_c], b${value.buf} + ${index}, tf_in);`);
     out.push(`${ind}}`);
+    if (!async) out.push(`${ind}tf_cp_commit();`, `${ind}tf_cp_wait<0>();`);
     return;
   }
+  if (async) throw new Error('CUDA: flash staging of computed elements is not asynchronous');
   out.push(`${ind}for (int tf_x = threadIdx.x; tf_x < ${rows * cols}; tf_x += TF_BLOCK) {`);
   out.push(`${ind}  const int ${v.row} = ${v.base} + tf_x / ${cols};`);
   out.push(`${ind}  const int ${v.col} = tf_x % ${cols};`);
@@ -81,7 +72,7 @@ function stageBf16(value: KExpr, wide: boolean, rows: number, cols: number, v: {
   out.push(`${ind}  if (${v.row} < ${v.bound}) {`);
   out.push(`${ind}    tf_v = ${p.expr(value, out, ind + '    ')};`);
   out.push(`${ind}  }`);
-  out.push(`${ind}  ${at(`tf_x / ${cols}`, `tf_x % ${cols}`)} = tf_to_bf16(tf_v);`);
+  out.push(`${ind}  ${to.array}[(tf_x / ${cols}) * ${to.pitch} + tf_x % ${cols}] = tf_to_bf16(tf_v);`);
   out.push(`${ind}}`);
 }
 
@@ -98,12 +89,18 @@ const MMA_PAD = 8; // bf16 elements a staged row is longer than its data: a warp
 function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): void {
   const { tileQueries: BQ, tileKeys: BK } = plan;
   const [D, E] = [f.depth, f.width];
-  const [QP, VP] = [D + MMA_PAD, BK + MMA_PAD];
+  const [QP, VP] = [D + MMA_PAD, E + MMA_PAD];
   const [steps, keyBlocks, outBlocks] = [D / 16, BK / 8, E / 8];
   const full = '0xffffffffu';
   out.push(`  __shared__ __align__(16) unsigned short tf_qs[${BQ * QP}];`);
-  out.push(`  __shared__ __align__(16) unsigned short tf_ks[${BK * QP}];`);
-  out.push(`  __shared__ __align__(16) unsigned short tf_vt[${E * VP}];`);
+  if (plan.ring) {
+    out.push('  extern __shared__ __align__(16) unsigned char tf_ring[];');
+    out.push(`  unsigned short* const tf_kr = reinterpret_cast<unsigned short*>(tf_ring);`);
+    out.push(`  unsigned short* const tf_vr = tf_kr + ${2 * BK * QP};`);
+  } else {
+    out.push(`  __shared__ __align__(16) unsigned short tf_ks[${BK * QP}];`);
+    out.push(`  __shared__ __align__(16) unsigned short tf_vs[${BK * VP}];`);
+  }
   out.push(`  __shared__ int tf_lims[${BQ}];`);
   out.push(`  const int tf_queries = ${p.expr(f.queries, out, '  ')};`);
   out.push(`  const int tf_qtiles = ${p.expr(plan.queryTiles, out, '  ')};`);
@@ -113,7 +110,7 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   const i1 = '    ';
   out.push(`${i1}const int ${f.b} = tf_tile / tf_qtiles;`);
   out.push(`${i1}const int tf_i0 = (tf_tile % tf_qtiles) * ${BQ};`);
-  stageBf16(f.q, false, BQ, D, { row: f.i, base: 'tf_i0', col: f.d, bound: 'tf_queries' }, { array: 'tf_qs', pitch: QP, transposed: false }, p, out, i1);
+  stageBf16(f.q, false, BQ, D, { row: f.i, base: 'tf_i0', col: f.d, bound: 'tf_queries' }, { array: 'tf_qs', pitch: QP }, p, out, i1);
   rowLimits(f, BQ, p, out, i1);
   out.push(`${i1}__syncthreads();`);
   // The tile walks to its rows' largest bound, the warp computes up to its own rows' largest.
@@ -132,14 +129,37 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   out.push(`${i1}float tf_o[${outBlocks * 4}];`);
   out.push(`${i1}#pragma unroll`);
   out.push(`${i1}for (int tf_x = 0; tf_x < ${outBlocks * 4}; tf_x++) tf_o[tf_x] = 0.0f;`);
-  out.push(`${i1}for (int tf_t0 = 0; tf_t0 < tf_kend; tf_t0 += ${BK}) {`);
+  const stageKeys = (base: string, keys: string, values: string, ind: string, async: boolean) => {
+    stageBf16(f.k, plan.wideRows?.keys ?? false, BK, D, { row: f.t, base, col: f.d, bound: String(f.keys) }, { array: keys, pitch: QP }, p, out, ind, async);
+    stageBf16(f.v, plan.wideRows?.values ?? false, BK, E, { row: f.t, base, col: f.e, bound: String(f.keys) }, { array: values, pitch: VP }, p, out, ind, async);
+  };
   const i2 = i1 + '  ';
-  // Every warp is done with the previous tile's keys and values (and, the first time, with the query tile's bounds).
-  out.push(`${i2}__syncthreads();`);
-  stageBf16(f.k, plan.wideRows?.keys ?? false, BK, D, { row: f.t, base: 'tf_t0', col: f.d, bound: String(f.keys) }, { array: 'tf_ks', pitch: QP, transposed: false }, p, out, i2);
-  // Values transposed: a lane's right operand is two neighbouring keys of one output column.
-  stageBf16(f.v, plan.wideRows?.values ?? false, BK, E, { row: f.t, base: 'tf_t0', col: f.e, bound: String(f.keys) }, { array: 'tf_vt', pitch: VP, transposed: true }, p, out, i2);
-  out.push(`${i2}__syncthreads();`);
+  if (plan.ring) {
+    // Key tile n in stage n % 2: tile n + 1's copies are issued before tile n's products.
+    out.push(`${i1}if (tf_kend > 0) {`);
+    stageKeys('0', 'tf_kr', 'tf_vr', `${i1}  `, true);
+    out.push(`${i1}}`);
+    out.push(`${i1}tf_cp_commit();`);
+    out.push(`${i1}for (int tf_t0 = 0, tf_st = 0; tf_t0 < tf_kend; tf_t0 += ${BK}, tf_st ^= 1) {`);
+    // Every warp is done with the stage the next copies overwrite (the previous tile's; the first time, the bounds).
+    out.push(`${i2}__syncthreads();`);
+    out.push(`${i2}if (tf_t0 + ${BK} < tf_kend) {`);
+    out.push(`${i2}  unsigned short* const tf_kn = tf_kr + (tf_st ^ 1) * ${BK * QP};`);
+    out.push(`${i2}  unsigned short* const tf_vn = tf_vr + (tf_st ^ 1) * ${BK * VP};`);
+    stageKeys(`tf_t0 + ${BK}`, 'tf_kn', 'tf_vn', `${i2}  `, true);
+    out.push(`${i2}}`);
+    out.push(`${i2}tf_cp_commit();`);
+    out.push(`${i2}tf_cp_wait<1>();`);
+    out.push(`${i2}__syncthreads();`);
+    out.push(`${i2}const unsigned short* const tf_ks = tf_kr + tf_st * ${BK * QP};`);
+    out.push(`${i2}const unsigned short* const tf_vs = tf_vr + tf_st * ${BK * VP};`);
+  } else {
+    out.push(`${i1}for (int tf_t0 = 0; tf_t0 < tf_kend; tf_t0 += ${BK}) {`);
+    // Every warp is done with the previous tile's keys and values (and, the first time, with the query tile's bounds).
+    out.push(`${i2}__syncthreads();`);
+    stageKeys('tf_t0', 'tf_ks', 'tf_vs', i2, false);
+    out.push(`${i2}__syncthreads();`);
+  }
   out.push(`${i2}if (tf_t0 < tf_wend) {`);
   const i3 = i2 + '  ';
   out.push(`${i3}float tf_s[${keyBlocks * 4}];`);
@@ -148,10 +168,12 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   out.push(`${i3}#pragma unroll`);
   out.push(`${i3}for (int tf_kk = 0; tf_kk < ${steps}; tf_kk++) {`);
   out.push(`${i3}  #pragma unroll`);
-  out.push(`${i3}  for (int tf_ni = 0; tf_ni < ${keyBlocks}; tf_ni++) {`);
-  out.push(`${i3}    const unsigned short* tf_pb = tf_ks + (tf_ni * 8 + tf_g) * ${QP} + tf_kk * 16 + tf_q * 2;`);
-  out.push(`${i3}    const unsigned tf_fb[2] = {*reinterpret_cast<const unsigned*>(tf_pb), *reinterpret_cast<const unsigned*>(tf_pb + 8)};`);
+  // Two key blocks' fragments a load: matrices (keys 8ni…, depth 0–7), (8ni…, 8–15), (8ni + 8…, 0–7), (8ni + 8…, 8–15).
+  out.push(`${i3}  for (int tf_ni = 0; tf_ni < ${keyBlocks}; tf_ni += 2) {`);
+  out.push(`${i3}    unsigned tf_fb[4];`);
+  out.push(`${i3}    tf_ldsm4(tf_fb, tf_ks + ((tf_ni + (tf_lane >> 4)) * 8 + (tf_lane & 7)) * ${QP} + tf_kk * 16 + ((tf_lane >> 3) & 1) * 8);`);
   out.push(`${i3}    tf_mma_bf16(tf_s + tf_ni * 4, tf_qf[tf_kk], tf_fb);`);
+  out.push(`${i3}    tf_mma_bf16(tf_s + tf_ni * 4 + 4, tf_qf[tf_kk], tf_fb + 2);`);
   out.push(`${i3}  }`);
   out.push(`${i3}}`);
   // The score (scale, mask) at each accumulator; keys past the cache and rows past the queries are −∞.
@@ -209,11 +231,15 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   out.push(`${i3}  const unsigned tf_hi[4] = {${pairs((x) => `tf_s[tf_kk * 8 + ${x}]`)}};`);
   out.push(`${i3}  const unsigned tf_fl[4] = {${pairs((x) => `tf_lo[${x}]`)}};`);
   out.push(`${i3}  #pragma unroll`);
-  out.push(`${i3}  for (int tf_nb = 0; tf_nb < ${outBlocks}; tf_nb++) {`);
-  out.push(`${i3}    const unsigned short* tf_pb = tf_vt + (tf_nb * 8 + tf_g) * ${VP} + tf_kk * 16 + tf_q * 2;`);
-  out.push(`${i3}    const unsigned tf_fb[2] = {*reinterpret_cast<const unsigned*>(tf_pb), *reinterpret_cast<const unsigned*>(tf_pb + 8)};`);
+  // Two output blocks' fragments a load, transposed from the value rows: matrices (keys 16kk + 0–7, columns 8nb…),
+  // (16kk + 8–15, 8nb…), (16kk + 0–7, 8nb + 8…), (16kk + 8–15, 8nb + 8…).
+  out.push(`${i3}  for (int tf_nb = 0; tf_nb < ${outBlocks}; tf_nb += 2) {`);
+  out.push(`${i3}    unsigned tf_fb[4];`);
+  out.push(`${i3}    tf_ldsm4t(tf_fb, tf_vs + (tf_kk * 16 + (tf_lane & 7) + ((tf_lane >> 3) & 1) * 8) * ${VP} + (tf_nb + (tf_lane >> 4)) * 8);`);
   out.push(`${i3}    tf_mma_bf16(tf_o + tf_nb * 4, tf_hi, tf_fb);`);
   out.push(`${i3}    tf_mma_bf16(tf_o + tf_nb * 4, tf_fl, tf_fb);`);
+  out.push(`${i3}    tf_mma_bf16(tf_o + tf_nb * 4 + 4, tf_hi, tf_fb + 2);`);
+  out.push(`${i3}    tf_mma_bf16(tf_o + tf_nb * 4 + 4, tf_fl, tf_fb + 2);`);
   out.push(`${i3}  }`);
   out.push(`${i3}}`);
   out.push(`${i2}}`);

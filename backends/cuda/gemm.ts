@@ -83,16 +83,19 @@ function mmaStep(ops: number, w: WarpTile, columns: number, depth: number, b: st
   out.push(`${j}for (int tf_kk = 0; tf_kk < ${depth}; tf_kk += 16) {`);
   out.push(`${j}  unsigned tf_fa[${w.mb}][4];`);
   fragmentA(`${j}  `);
+  // Two n8 blocks' right fragments a load: matrices (block ni, depth 0–7), (ni, 8–15), (ni + 1, 0–7), (ni + 1, 8–15).
+  if (w.nb % 2) throw new Error(`CUDA: an mma warp tile of ${w.nb} column blocks (an even count is read in pairs)`);
   out.push(`${j}  #pragma unroll`);
   out.push(`${j}  for (int tf_o = 0; tf_o < ${ops}; tf_o++) {`);
   out.push(`${j}    #pragma unroll`);
-  out.push(`${j}    for (int tf_ni = 0; tf_ni < ${w.nb}; tf_ni++) {`);
-  out.push(`${j}      unsigned tf_fb[2];`);
-  out.push(`${j}      const unsigned short* tf_pb = ${b} + tf_o * ${columns * pitch} + (tf_wn + tf_ni * 8 + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
-  out.push(`${j}      tf_fb[0] = *reinterpret_cast<const unsigned*>(tf_pb);`);
-  out.push(`${j}      tf_fb[1] = *reinterpret_cast<const unsigned*>(tf_pb + 8);`);
+  out.push(`${j}    for (int tf_ni = 0; tf_ni < ${w.nb}; tf_ni += 2) {`);
+  out.push(`${j}      unsigned tf_fb[4];`);
+  out.push(`${j}      tf_ldsm4(tf_fb, ${b} + tf_o * ${columns * pitch} + (tf_wn + (tf_ni + (tf_lane >> 4)) * 8 + (tf_lane & 7)) * ${pitch} + tf_kk + ((tf_lane >> 3) & 1) * 8);`);
   out.push(`${j}      #pragma unroll`);
-  out.push(`${j}      for (int tf_mi = 0; tf_mi < ${w.mb}; tf_mi++) tf_mma_bf16(tf_c + tf_o * ${w.mb * w.nb * 4} + (tf_mi * ${w.nb} + tf_ni) * 4, tf_fa[tf_mi], tf_fb);`);
+  out.push(`${j}      for (int tf_mi = 0; tf_mi < ${w.mb}; tf_mi++) {`);
+  out.push(`${j}        tf_mma_bf16(tf_c + tf_o * ${w.mb * w.nb * 4} + (tf_mi * ${w.nb} + tf_ni) * 4, tf_fa[tf_mi], tf_fb);`);
+  out.push(`${j}        tf_mma_bf16(tf_c + tf_o * ${w.mb * w.nb * 4} + (tf_mi * ${w.nb} + tf_ni + 1) * 4, tf_fa[tf_mi], tf_fb + 2);`);
+  out.push(`${j}      }`);
   out.push(`${j}    }`);
   out.push(`${j}  }`);
   out.push(`${j}}`);
@@ -119,6 +122,12 @@ function mmaEpilogue(g: GemmIR, w: WarpTile, p: ExprPrinter, out: string[], i: s
   out.push(`${i}}`);
   out.push(`${i}}`);
 }
+
+/**
+ * The address a lane gives ldmatrix for a warp's 16 × 16 left fragment at rows `row0`, depth tf_kk of bf16 rows of
+ * `pitch`: matrices (rows 0–7, depth 0–7), (8–15, 0–7), (0–7, 8–15), (8–15, 8–15), the fragment's four registers.
+ */
+const leftRow = (row0: string, pitch: number) => `(${row0} + (tf_lane & 7) + ((tf_lane >> 3) & 1) * 8) * ${pitch} + tf_kk + (tf_lane >> 4) * 8`;
 
 const checkMmaTile = ({ tileRows, tileColumns, tileDepth }: GemmPlan) => {
   if (tileRows !== 64 || tileColumns !== 64 || tileDepth !== 32) throw new Error(`CUDA: mma tiles of ${tileRows} × ${tileColumns} × ${tileDepth} are not printed`);
@@ -180,12 +189,7 @@ function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
   out.push(`${j}  const int tf_k1 = tf_k0 + ${TD};`);
   load(`${j}  `, 'tf_k1');
   out.push(`${j}}`);
-  mmaStep(ops, w, 64, TD, 'tf_bs', (f) => {
-    out.push(`${f}const unsigned short* tf_pa = tf_as + (tf_wm + tf_g) * ${pitch} + tf_kk + tf_q * 2;`);
-    for (const [r, off] of [[0, 0], [1, 8 * pitch], [2, 8], [3, 8 * pitch + 8]]) {
-      out.push(`${f}tf_fa[0][${r}] = *reinterpret_cast<const unsigned*>(tf_pa + ${off});`);
-    }
-  }, out, j);
+  mmaStep(ops, w, 64, TD, 'tf_bs', (f) => out.push(`${f}tf_ldsm4(tf_fa[0], tf_as + ${leftRow('tf_wm', pitch)});`), out, j);
   out.push(`${j}__syncthreads();`);
   out.push(`${j}if (tf_more) {`);
   stage(`${j}  `);
@@ -340,11 +344,13 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | '
   mmaStep(ops, w, TN, TD, 'tf_b', (f) => {
     out.push(`${f}#pragma unroll`);
     out.push(`${f}for (int tf_mi = 0; tf_mi < ${w.mb}; tf_mi++) {`);
-    out.push(`${f}  const ${aType}* const tf_pa = tf_a + (tf_wm + tf_mi * 16 + tf_g) * ${AP} + tf_kk + tf_q * 2;`);
-    for (const [r, off] of [[0, 0], [1, 8 * AP], [2, 8], [3, 8 * AP + 8]]) {
-      out.push(left === 'bf16'
-        ? `${f}  tf_fa[tf_mi][${r}] = *reinterpret_cast<const unsigned*>(tf_pa + ${off});`
-        : `${f}  { const float2 tf_v = *reinterpret_cast<const float2*>(tf_pa + ${off}); tf_fa[tf_mi][${r}] = tf_pack_bf16x2(tf_v.x, tf_v.y); }`);
+    if (left === 'bf16') {
+      out.push(`${f}  tf_ldsm4(tf_fa[tf_mi], tf_a + ${leftRow('tf_wm + tf_mi * 16', AP)});`);
+    } else {
+      out.push(`${f}  const float* const tf_pa = tf_a + (tf_wm + tf_mi * 16 + tf_g) * ${AP} + tf_kk + tf_q * 2;`);
+      for (const [r, off] of [[0, 0], [1, 8 * AP], [2, 8], [3, 8 * AP + 8]]) {
+        out.push(`${f}  { const float2 tf_v = *reinterpret_cast<const float2*>(tf_pa + ${off}); tf_fa[tf_mi][${r}] = tf_pack_bf16x2(tf_v.x, tf_v.y); }`);
+      }
     }
     out.push(`${f}}`);
   }, out, j);

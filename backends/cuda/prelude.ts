@@ -214,6 +214,20 @@ __device__ __forceinline__ void tf_cp_commit() { asm volatile("cp.async.commit_g
 template <int N> __device__ __forceinline__ void tf_cp_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N)); }
 // Two f32 as bf16x2 (lo in the low half), rounded to nearest even.
 __device__ __forceinline__ unsigned tf_pack_bf16x2(float lo, float hi) { unsigned r; asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r; }
+// Four 8 × 8 matrices of 16-bit elements from shared memory (ldmatrix): lanes 8j … 8j + 7 give the addresses of
+// matrix j's rows (8 contiguous elements each); r[j] is the lane's part of matrix j in the mma fragment layout
+// (row lane / 4, columns 2 · (lane % 4) and the next), or with tf_ldsm4t of its transpose (rows 2 · (lane % 4) and
+// the next, column lane / 4).
+__device__ __forceinline__ void tf_ldsm4(unsigned* r, const unsigned short* row) {
+  unsigned a;
+  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(a) : "l"(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void tf_ldsm4t(unsigned* r, const unsigned short* row) {
+  unsigned a;
+  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(a) : "l"(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
 #else
 __device__ __forceinline__ void tf_cp16(void* dst, const void* src, bool full) {
   if (full) memcpy(dst, src, 16); else memset(dst, 0, 16);
@@ -221,6 +235,25 @@ __device__ __forceinline__ void tf_cp16(void* dst, const void* src, bool full) {
 __device__ __forceinline__ void tf_cp_commit() {}
 template <int N> __device__ __forceinline__ void tf_cp_wait() {}
 __device__ __forceinline__ unsigned tf_pack_bf16x2(float lo, float hi) { return tf_pack_bf16(lo, hi); }
+// The matrices' rows gathered from the lanes that address them (addresses shuffled as integers).
+__device__ __forceinline__ const unsigned short* tf_shfl_ptr(const unsigned short* p, int lane) {
+  return reinterpret_cast<const unsigned short*>(__shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(p), lane));
+}
+__device__ __forceinline__ void tf_ldsm4(unsigned* r, const unsigned short* row) {
+  const int lane = threadIdx.x & 31;
+  for (int j = 0; j < 4; j++) {
+    const unsigned short* p = tf_shfl_ptr(row, j * 8 + (lane >> 2));
+    r[j] = (unsigned)p[(lane & 3) * 2] | ((unsigned)p[(lane & 3) * 2 + 1] << 16);
+  }
+}
+__device__ __forceinline__ void tf_ldsm4t(unsigned* r, const unsigned short* row) {
+  const int lane = threadIdx.x & 31;
+  for (int j = 0; j < 4; j++) {
+    const unsigned short* p0 = tf_shfl_ptr(row, j * 8 + (lane & 3) * 2);
+    const unsigned short* p1 = tf_shfl_ptr(row, j * 8 + (lane & 3) * 2 + 1);
+    r[j] = (unsigned)p0[lane >> 2] | ((unsigned)p1[lane >> 2] << 16);
+  }
+}
 // Host compilers (the tests' CPU emulation): the same product, each lane gathering its rows and columns by shuffles.
 __device__ __forceinline__ void tf_mma_bf16(float* c, const unsigned* a, const unsigned* b) {
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
