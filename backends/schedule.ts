@@ -343,15 +343,14 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   const left = gemm.a.k === 'load' ? k.buffers[gemm.a.buf].dtype : undefined;
   const plainA = gemm.a.k === 'load' && ((left === DType.F32 && runsAlong(gemm.a.index, gemm.k, 4)) || (left === DType.BF16 && runsAlong(gemm.a.index, gemm.k, 8)));
   // Copied tiles are 128 × 64, each warp 32 × 32 (every right fragment read once for two instructions), 64 deep a
-  // step where the depth allows (half the waits and barriers); 64 × 64 where the columns give fewer than two tiles a
-  // multiprocessor (the output and down projections of a 1B model: 32 column tiles). Measured on the H200
-  // (BENCHMARKS.md, issue 10), 32 / 512 / 2,048 tokens: 64 × 64 × 32 tiles 5.3 / 10.2 / 42.6 ms, 128 × 64 × 32
-  // 6.1 / 9.7 / 38.0, 64 deep (and the output projection copied) 4.7 / 8.2 / 33.5, 64 × 64 for narrow GEMMs
-  // 4.3 / 8.4 / 34.4; 64 × 128, 128 × 128, 4 stages, or 2 stages of 64 no better.
+  // step where the depth allows (half the waits and barriers); where the tiles are few, their depth is split
+  // (depthSplit). Measured on the H200 (BENCHMARKS.md, issue 10), 32 / 512 / 2,048 tokens: 64 × 64 × 32 tiles
+  // 5.3 / 10.2 / 42.6 ms, 128 × 64 × 32 6.1 / 9.7 / 38.0, 64 deep (and the output projection copied) 4.7 / 8.2 /
+  // 33.5; 64 × 128, 128 × 128, 4 stages, or 2 stages of 64 no better. With the depth split, 64 × 64 tiles for GEMMs
+  // of fewer than two column tiles a multiprocessor (the output and down projections of a 1B model) measured
+  // 2.3–2.5 / 7.7–7.9 / 29.8 ms against 2.7–2.8 / 6.7 / 24.9–25.1 for 128 × 64 everywhere.
   if (mma && plainA) {
-    const [asyncColumns, stages, depth] = [64, 3, gemm.depth % 64 === 0 ? 64 : 32];
-    const narrow = device.processors !== undefined && 2 * Math.ceil(gemm.columns / asyncColumns) <= device.processors.count;
-    const asyncRows = narrow ? 64 : 128;
+    const [asyncRows, asyncColumns, stages, depth] = [128, 64, 3, gemm.depth % 64 === 0 ? 64 : 32];
     const bytes = stages * (asyncRows * (depth + 8) * dtypeBytes[left!] + gemm.b.length * asyncColumns * (depth + 8) * 2);
     const tile = { ...plan, tileDepth: depth, tileRows: asyncRows, tileColumns: asyncColumns, rowTiles: rowTilesOf(asyncRows), columnTiles: Math.ceil(gemm.columns / asyncColumns) };
     const split = depthSplit(tile, gemm, device);

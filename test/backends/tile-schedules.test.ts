@@ -11,8 +11,8 @@ import { arange, param, Tensor, trace, where } from '../../compiler/index.ts';
 import { DType } from '../../ir/dtype.ts';
 
 const F = DType.F32;
-const projection = (weight: DType, columns = 96) => compileModule({
-  graphs: [trace('p', [{ name: 'x', dtype: F, shape: ['S', 128] }], (x) => ({ y: x.matmul(param('w', weight, [columns, 128]).transpose()) }))],
+const projection = (weight: DType) => compileModule({
+  graphs: [trace('p', [{ name: 'x', dtype: F, shape: ['S', 128] }], (x) => ({ y: x.matmul(param('w', weight, [96, 128]).transpose()) }))],
 }).graphs[0].kernels[0];
 /** Causal attention of 4 heads over 256 keys; keys and values of `kv` (read as f32). */
 const attention = (head: number, kv: DType = F) => compileModule({
@@ -29,14 +29,12 @@ test('a bf16 projection: cp.async mma tiles on CUDA from 16 rows, f32 tiles on W
   assert.is(cuda.gemm?.staging?.kind, 'async');
   assert.is(cuda.tilesFrom, 16);
   assert.ok(cuda.dynamicWorkgroupBytes > 0, 'the ring of stages is memory given at launch');
-  // 96 columns give fewer column tiles than half the multiprocessors: 64 × 64 tiles, 64 deep (the depth is 128).
-  assert.equal([cuda.gemm?.tileRows, cuda.gemm?.tileColumns, cuda.gemm?.tileDepth], [64, 64, 64]);
-  // Below the threshold the grid is the row form's rows; from it, the tiles: ceil(S / 64) × ceil(96 / 64).
+  // 128 × 64 tiles, 64 deep (the depth is 128: two steps, too few to split).
+  assert.equal([cuda.gemm?.tileRows, cuda.gemm?.tileColumns, cuda.gemm?.tileDepth], [128, 64, 64]);
+  assert.is(cuda.gemm?.split, undefined);
+  // Below the threshold the grid is the row form's rows; from it, the tiles: ceil(S / 128) × ceil(96 / 64).
   assert.is(evalSize(cuda.grid.rows, { S: 15 }), evalSize(k.rows, { S: 15 }));
-  assert.is(evalSize(cuda.grid.rows, { S: 130 }), 3 * 2);
-  // 4,352 columns (68 tiles, more than half of an H200's 132 multiprocessors): 128 rows a tile.
-  const wide = scheduleKernel(projection(DType.BF16, 4352), cudaCaps());
-  assert.equal([wide.gemm?.tileRows, wide.gemm?.tileColumns], [128, 64]);
+  assert.is(evalSize(cuda.grid.rows, { S: 130 }), 2 * 2);
   const wgpu = scheduleKernel(k, webgpuCaps({ subgroups: true }));
   assert.is(wgpu.gemm?.units, 'fma');
   assert.is(wgpu.tilesFrom, 80);
@@ -80,7 +78,7 @@ test('rows a norm kernel writes for a matrix-unit GEMM alone are stored as bf16 
   const slot = (b: { binding: { kind: string } }) => b.binding.kind === 'temp';
   assert.is(writer.kernel.buffers.find((b) => slot(b) && b.written)?.dtype, DType.BF16);
   assert.is(gemm.kernel.buffers.find((b) => slot(b) && !b.written)?.dtype, DType.BF16);
-  assert.equal(gemm.gemm?.staging, { kind: 'async', stages: 3, bytes: 3 * (64 * 72 * 2 + 64 * 72 * 2), left: 'bf16' });
+  assert.equal(gemm.gemm?.staging, { kind: 'async', stages: 3, bytes: 3 * (128 * 72 * 2 + 64 * 72 * 2), left: 'bf16' });
   // No matrix units (WebGPU), or f32 weights: stored as computed.
   assert.is(scheduleKernels(alone, webgpuCaps({ subgroups: true }))[0].kernel.buffers.find((b) => slot(b) && b.written)?.dtype, DType.F32);
   // The normalised rows also feed a projection of f32 weights (one GEMM of both products, on f32 multiply-adds):
