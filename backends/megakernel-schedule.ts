@@ -1,40 +1,59 @@
 // The megakernel's schedule: a graph's scheduled kernels (backends/schedule.ts) run as one persistent kernel of a
-// fixed number of blocks, all resident at once. Each kernel's blocks become tasks; a cost model (bytes moved and
-// FLOPs, backends/kernel-cost.ts) deals them to the blocks at compile time, each block walking its list in the
-// kernels' order; before its first task of a kernel a block waits until every task of each kernel it depends on
-// (a writer of what it reads, a reader or writer of what it overwrites) has finished. Counters in global memory
-// count finished tasks per kernel over every step, so nothing resets them. The CUDA printer
-// (backends/cuda/megakernel.ts) prints these decisions and takes none; checkMegakernel proves them safe.
+// fixed number of blocks, all resident at once. Each kernel's rows are split into tasks of contiguous rows, about
+// one a block; a cost model (bytes moved and FLOPs, backends/kernel-cost.ts) deals them to the blocks at compile
+// time, each block walking its list in the kernels' order. Before a task, a block starts pulling the weights the
+// task's rows read into the cache (backends/megakernel-prefetch.ts), then, before its first task of a kernel,
+// waits until every task of each kernel it depends on (a writer of what it reads, a reader or writer of what it
+// overwrites) has finished. Counters in global memory count finished tasks per kernel over every step, so nothing
+// resets them. The CUDA printer (backends/cuda/megakernel.ts) prints these decisions and takes none;
+// checkMegakernel proves them safe.
 
 import { DType, dtypeBytes } from '../ir/dtype.ts';
 import { anyExpr, Binding, evalSize, KernelIR, kernelExprs } from './kernel-ir.ts';
 import { gemmFlops, kernelBytes } from './kernel-cost.ts';
-import { ScheduledKernel, scheduleOrigin, workgroupCount } from './schedule.ts';
+import { weightReads } from './megakernel-prefetch.ts';
+import { ScheduledKernel, scheduleOrigin } from './schedule.ts';
 
-/** Consecutive tasks of one kernel in a block's list: kernel blocks first, first + stride, … (count of them). */
-export interface TaskRun {
+/** One task in a block's list. */
+export interface MegakernelTask {
   readonly kernel: number;
-  readonly first: number;
-  readonly stride: number;
-  readonly count: number;
+  /** Which of the kernel's tasks (MegakernelSchedule.spans says its rows). */
+  readonly task: number;
   /**
-   * Kernels whose every task of this step must have finished before the run starts (those the kernel depends on
+   * Kernels whose every task of this step must have finished before the task starts (those the kernel depends on
    * that the block has not awaited earlier in the step).
    */
   readonly waits: readonly number[];
 }
 
+/** Rows [from, to) of a kernel: what one task runs. */
+export interface RowSpan {
+  readonly from: number;
+  readonly to: number;
+}
+
+/** Bytes [offset, offset + bytes) of a kernel's buffer (by its index in the kernel) a task prefetches. */
+export interface PrefetchRange {
+  readonly buffer: number;
+  readonly offset: number;
+  readonly bytes: number;
+}
+
 export interface MegakernelSchedule {
-  /** The graph's kernels as they run inside the megakernel: at the step's sizes, one form each, no overlap. */
+  /** The graph's kernels as they run inside the megakernel: at the step's sizes, row form only, no overlap. */
   readonly kernels: readonly ScheduledKernel[];
-  /** Tasks of each kernel: the blocks its own launch would have. */
+  /** Tasks of each kernel. */
   readonly tasks: readonly number[];
-  /** Rows of each kernel at the step's sizes (a run reaching the last row may grid-stride in one call). */
+  /** Rows of each kernel at the step's sizes. */
   readonly rows: readonly number[];
+  /** Per kernel, per task, the rows it runs: together every row once, in order. */
+  readonly spans: readonly (readonly RowSpan[])[];
+  /** Per kernel, per task, the weight bytes it prefetches before it waits. */
+  readonly prefetch: readonly (readonly (readonly PrefetchRange[])[])[];
   /** Per kernel, the earlier kernels it must wait for, by buffer (read after write, write after read or write). */
   readonly dependsOn: readonly (readonly number[])[];
-  /** Per block of the megakernel, its runs in the order it walks them. */
-  readonly blocks: readonly (readonly TaskRun[])[];
+  /** Per block of the megakernel, its tasks in the order it runs them. */
+  readonly blocks: readonly (readonly MegakernelTask[])[];
   /** The sizes the step runs at (every size a kernel reads). */
   readonly sizes: Readonly<Record<string, number>>;
   /** Estimated time of the step by the cost model, in ns (for reports). */
@@ -47,6 +66,8 @@ export interface MegakernelOptions {
   readonly blocks: number;
   /** Multiprocessors, for the cost model's per-block bandwidth. */
   readonly processors: number;
+  /** Weight bytes a task prefetches at most (0: none). Default PREFETCH_BYTES. */
+  readonly prefetchBytes?: number;
 }
 
 // The cost model, per multiprocessor (an H200: 4.3 TB/s and ~790 dense bf16 TFLOP/s over 132 of them; decode is
@@ -55,6 +76,12 @@ export interface MegakernelOptions {
 const BYTES_PER_NS_PER_PROCESSOR = 32;
 const FLOPS_PER_NS_PER_PROCESSOR = 6000;
 const TASK_NS = 150;
+/**
+ * Weight bytes one task prefetches at most: every block prefetching at once should stay well inside the L2 (50 MB
+ * on an H200; 264 blocks × 64 KiB is 17 MB), and a wait lasts about as long as a task, in which a block's share of
+ * the bandwidth moves some tens of KiB.
+ */
+export const PREFETCH_BYTES = 64 * 1024;
 
 /**
  * The megakernel's schedule for `kernels` (one graph's, in launch order, scheduled for a device without
@@ -62,61 +89,90 @@ const TASK_NS = 150;
  */
 export function scheduleMegakernel(kernels: readonly ScheduledKernel[], sizes: Readonly<Record<string, number>>, opts: MegakernelOptions): MegakernelSchedule {
   if (!Number.isInteger(opts.blocks) || opts.blocks < 1) throw new Error(`megakernel: ${opts.blocks} blocks is not a grid`);
+  const prefetchBytes = opts.prefetchBytes ?? PREFETCH_BYTES;
+  if (!Number.isInteger(prefetchBytes) || prefetchBytes < 0) throw new Error(`megakernel: prefetching ${prefetchBytes} bytes a task`);
   const fixed = kernels.map((sk) => atFixedSizes(sk, sizes));
   const rows = fixed.map((sk) => evalSize(sk.grid.rows, sizes));
-  const tasks = fixed.map((sk, i) => (rows[i] > 0 ? workgroupCount(sk.grid, rows[i])[0] : 0));
+  const spans = rows.map((n) => rowSpans(n, opts.blocks));
+  const tasks = spans.map((s) => s.length);
+  const prefetch = fixed.map((sk, k) => spans[k].map((span) => prefetchRanges(sk.kernel, sizes, span, prefetchBytes)));
   const dependsOn = dependencies(fixed.map((sk) => sk.kernel));
-  const costs = fixed.map((sk, i) => taskCost(sk, sizes, tasks[i], opts));
+  const rowNs = fixed.map((sk, i) => rowCost(sk, sizes, rows[i], opts));
   // List scheduling: each kernel's tasks start once the kernels it depends on have finished; each goes to the block
   // that can start it soonest (ties to the lowest block), by the estimated times so far.
   const free = new Array<number>(opts.blocks).fill(0);
   const finish = new Array<number>(fixed.length).fill(0);
-  const assigned: number[][][] = Array.from({ length: opts.blocks }, () => []);
+  const dealt: number[][][] = Array.from({ length: opts.blocks }, () => []);
   const heap = new MinHeap();
   fixed.forEach((_, k) => {
     if (tasks[k] === 0) return;
     const ready = Math.max(0, ...dependsOn[k].map((d) => finish[d]));
     heap.reset(free.map((t, b) => [Math.max(t, ready), b]));
-    const mine = new Map<number, number[]>();
-    for (let t = 0; t < tasks[k]; t++) {
+    spans[k].forEach((span, t) => {
       const [start, b] = heap.pop();
-      const end = start + costs[k];
+      const end = start + TASK_NS + (span.to - span.from) * rowNs[k];
       free[b] = end;
       finish[k] = Math.max(finish[k], end);
       heap.push([end, b]);
-      let list = mine.get(b);
-      if (!list) mine.set(b, (list = []));
-      list.push(t);
-    }
-    for (const [b, list] of mine) assigned[b][k] = list;
+      (dealt[b][k] ??= []).push(t);
+    });
   });
-  const blocks = assigned.map((perKernel) => {
+  const blocks = dealt.map((perKernel) => {
     const awaited = new Set<number>();
-    const runs: TaskRun[] = [];
-    perKernel.forEach((list, k) => {
-      if (!list) return;
+    const list: MegakernelTask[] = [];
+    perKernel.forEach((ts, k) => {
+      if (!ts) return;
       const waits = dependsOn[k].filter((d) => tasks[d] > 0 && !awaited.has(d));
       for (const d of waits) awaited.add(d);
-      arithmeticRuns(list).forEach((r, i) => runs.push({ kernel: k, ...r, waits: i === 0 ? waits : [] }));
+      ts.forEach((task, i) => list.push({ kernel: k, task, waits: i === 0 ? waits : [] }));
     });
-    return runs;
+    return list;
   });
-  const schedule = { kernels: fixed, tasks, rows, dependsOn, blocks, sizes, estimateNs: Math.max(0, ...finish) };
+  const schedule = { kernels: fixed, tasks, rows, spans, prefetch, dependsOn, blocks, sizes, estimateNs: Math.max(0, ...finish) };
   checkMegakernel(schedule);
   return schedule;
 }
 
 /**
- * The kernel as it runs at fixed sizes: where those decide which form runs (a GEMM or flash kernel's rows against
- * the rows its tiles start from), only that form, so that the shared memory of the other is not reserved.
+ * A kernel's rows as tasks of contiguous rows: the fewest that give no task more than ⌈rows / blocks⌉ rows (with a
+ * fixed cost per task, more tasks only add cost, and fewer leave some block more rows), sizes differing by one.
+ */
+export function rowSpans(rows: number, blocks: number): RowSpan[] {
+  if (rows <= 0) return [];
+  const tasks = Math.ceil(rows / Math.ceil(rows / blocks));
+  return Array.from({ length: tasks }, (_, t) => ({ from: Math.floor((t * rows) / tasks), to: Math.floor(((t + 1) * rows) / tasks) }));
+}
+
+/**
+ * The weight bytes a task prefetches: the ranges its rows read of each weight (whole 16-byte units, as a bulk
+ * prefetch takes them), in buffer order; past `budget` bytes in all, each cut to its share of the budget (by size)
+ * from its start, where the task's loop starts reading.
+ */
+function prefetchRanges(k: KernelIR, sizes: Readonly<Record<string, number>>, span: RowSpan, budget: number): PrefetchRange[] {
+  const ranges = weightReads(k, sizes, span.from, span.to).map((r) => {
+    const size = dtypeBytes[k.buffers[r.buffer].dtype];
+    const offset = Math.floor((r.from * size) / 16) * 16;
+    return { buffer: r.buffer, offset, bytes: Math.ceil((r.to * size) / 16) * 16 - offset };
+  });
+  const total = ranges.reduce((n, r) => n + r.bytes, 0);
+  const scale = total > budget ? budget / total : 1;
+  return ranges.map((r) => ({ ...r, bytes: Math.floor((r.bytes * scale) / 16) * 16 })).filter((r) => r.bytes > 0);
+}
+
+/**
+ * The kernel as it runs at fixed sizes: its row form only (refused where its tiles would run), so that the shared
+ * memory of the tile form is not reserved.
  */
 function atFixedSizes(sk: ScheduledKernel, sizes: Readonly<Record<string, number>>): ScheduledKernel {
   const k = sk.kernel;
   const unbound = k.sizes.filter((s) => sizes[s] === undefined);
   if (unbound.length) throw new Error(`megakernel: kernel ${k.name} reads size ${unbound.join(', ')}, which the step does not fix`);
   if (sk.overlap) throw new Error(`megakernel: kernel ${k.name} was scheduled to overlap its predecessor's launch; schedule the graph without dependent launches`);
+  if (sk.tilesFrom === undefined) return sk;
   const extent = k.gemm?.rows ?? k.flash?.queries;
-  if (sk.tilesFrom === undefined || sk.tilesFrom === 0 || !extent || evalSize(extent, sizes) >= sk.tilesFrom) return sk;
+  const at = extent ? evalSize(extent, sizes) : 0;
+  // A task is a range of rows; tiles are dealt otherwise.
+  if (sk.tilesFrom === 0 || at >= sk.tilesFrom) throw new Error(`megakernel: kernel ${k.name} runs as tiles at the step's sizes (${at} rows, tiles from ${sk.tilesFrom}); the megakernel deals rows only`);
   const origin = scheduleOrigin(sk);
   let rowForm = rowForms.get(origin);
   if (!rowForm) {
@@ -144,13 +200,13 @@ export function megakernelOrigin(sk: ScheduledKernel): ScheduledKernel {
   return printedFrom.get(sk) ?? scheduleOrigin(sk);
 }
 
-/** The estimated time of one task of a kernel, in ns: its share of the bytes and FLOPs at one block's rate. */
-function taskCost(sk: ScheduledKernel, sizes: Readonly<Record<string, number>>, tasks: number, opts: MegakernelOptions): number {
-  if (tasks === 0) return 0;
+/** The estimated time of one row of a kernel on one block, in ns: its share of the bytes and FLOPs at a block's rate. */
+function rowCost(sk: ScheduledKernel, sizes: Readonly<Record<string, number>>, rows: number, opts: MegakernelOptions): number {
+  if (rows === 0) return 0;
   const share = opts.processors / opts.blocks;
   const bytes = kernelBytes(sk.kernel, sizes, (d: DType, n: number) => n * dtypeBytes[d]);
   const flops = gemmFlops(sk.kernel, sizes) ?? 0;
-  return TASK_NS + (bytes / (BYTES_PER_NS_PER_PROCESSOR * share) + flops / (FLOPS_PER_NS_PER_PROCESSOR * share)) / tasks;
+  return (bytes / (BYTES_PER_NS_PER_PROCESSOR * share) + flops / (FLOPS_PER_NS_PER_PROCESSOR * share)) / rows;
 }
 
 /** One buffer of a graph, by where it is bound. */
@@ -205,48 +261,42 @@ function readBuffers(k: KernelIR): Set<number> {
   return read;
 }
 
-/** Ascending task indices as runs of constant stride (each as long as it goes). */
-function arithmeticRuns(list: readonly number[]): { first: number; stride: number; count: number }[] {
-  const runs: { first: number; stride: number; count: number }[] = [];
-  let i = 0;
-  while (i < list.length) {
-    const stride = i + 1 < list.length ? list[i + 1] - list[i] : 1;
-    let n = 1;
-    while (i + n < list.length && list[i + n] - list[i + n - 1] === stride) n++;
-    runs.push({ first: list[i], stride, count: n });
-    i += n;
-  }
-  return runs;
-}
-
 /**
- * Refuses a schedule that could read before a write, overwrite before a read, or hang: every kernel's tasks are
- * dealt exactly once; each block walks its runs in the kernels' order; each run waits for (or its block awaited
- * earlier in the step) every kernel its kernel depends on; every wait is for an earlier kernel (so with every block
- * resident, no wait can be part of a cycle). The error names the block, run and kernel.
+ * Refuses a schedule that could read before a write, overwrite before a read, miss a row or hang: each kernel's
+ * tasks run its rows once each, in order; every task is dealt exactly once; each block walks its tasks in the
+ * kernels' order; each task waits for (or its block awaited earlier in the step) every kernel its kernel depends
+ * on; every wait is for an earlier kernel (so with every block resident, no wait can be part of a cycle). The
+ * error names the block, task and kernel.
  */
-export function checkMegakernel(s: Pick<MegakernelSchedule, 'tasks' | 'dependsOn' | 'blocks'>): void {
+export function checkMegakernel(s: Pick<MegakernelSchedule, 'tasks' | 'rows' | 'spans' | 'dependsOn' | 'blocks'>): void {
+  s.spans.forEach((spans, k) => {
+    if (spans.length !== s.tasks[k]) throw new Error(`megakernel: kernel ${k} has ${s.tasks[k]} tasks and ${spans.length} row spans`);
+    let next = 0;
+    spans.forEach((span, t) => {
+      if (span.from !== next || span.to <= span.from) throw new Error(`megakernel: task ${t} of kernel ${k} runs rows [${span.from}, ${span.to}), not from row ${next} on`);
+      next = span.to;
+    });
+    if (next !== s.rows[k]) throw new Error(`megakernel: the tasks of kernel ${k} run ${next} of its ${s.rows[k]} rows`);
+  });
   const dealt = s.tasks.map((n) => new Uint8Array(n));
-  s.blocks.forEach((runs, b) => {
+  s.blocks.forEach((list, b) => {
     const awaited = new Set<number>();
     let last = -1;
-    runs.forEach((r, i) => {
-      const where = `megakernel block ${b}, run ${i} (kernel ${r.kernel})`;
-      if (r.kernel < last) throw new Error(`${where}: comes after a run of kernel ${last}: a block walks the kernels in order`);
-      last = r.kernel;
-      for (const w of r.waits) {
-        if (w >= r.kernel) throw new Error(`${where}: waits for kernel ${w}, which is not earlier: a cycle`);
+    list.forEach((task, i) => {
+      const where = `megakernel block ${b}, task ${i} (kernel ${task.kernel})`;
+      if (task.kernel < last) throw new Error(`${where}: comes after a task of kernel ${last}: a block walks the kernels in order`);
+      last = task.kernel;
+      for (const w of task.waits) {
+        if (w >= task.kernel) throw new Error(`${where}: waits for kernel ${w}, which is not earlier: a cycle`);
         awaited.add(w);
       }
-      for (const d of s.dependsOn[r.kernel] ?? []) {
+      for (const d of s.dependsOn[task.kernel] ?? []) {
         if (s.tasks[d] > 0 && !awaited.has(d)) throw new Error(`${where}: does not wait for kernel ${d}, which it depends on`);
       }
-      for (let c = 0; c < r.count; c++) {
-        const t = r.first + c * r.stride;
-        if (!(t >= 0 && t < (s.tasks[r.kernel] ?? 0))) throw new Error(`${where}: task ${t} is not one of the kernel's ${s.tasks[r.kernel] ?? 0}`);
-        if (dealt[r.kernel][t]) throw new Error(`${where}: task ${t} is dealt twice`);
-        dealt[r.kernel][t] = 1;
-      }
+      const t = task.task;
+      if (!(t >= 0 && t < (s.tasks[task.kernel] ?? 0))) throw new Error(`${where}: task ${t} is not one of the kernel's ${s.tasks[task.kernel] ?? 0}`);
+      if (dealt[task.kernel][t]) throw new Error(`${where}: task ${t} is dealt twice`);
+      dealt[task.kernel][t] = 1;
     });
   });
   dealt.forEach((d, k) => {
@@ -255,19 +305,29 @@ export function checkMegakernel(s: Pick<MegakernelSchedule, 'tasks' | 'dependsOn
   });
 }
 
-/** The task list as text: per block its runs (kernel, tasks) and what each waits for; blocks alike shown once. */
+/**
+ * The schedule as text: per kernel its tasks and what it depends on; per block its tasks (kernel.task) and what
+ * each waits for; per kernel each task's rows and the weight bytes it prefetches (b3@8192+16384: bytes 8192 on of
+ * the kernel's buffer 3).
+ */
 export function formatMegakernel(s: MegakernelSchedule): string {
   const lines = [`megakernel: ${s.kernels.length} kernels, ${s.tasks.reduce((a, b) => a + b, 0)} tasks on ${s.blocks.length} blocks; estimated ${(s.estimateNs / 1000).toFixed(1)} µs a step`];
-  s.kernels.forEach((sk, k) => lines.push(`  kernel ${k} ${sk.kernel.name}: ${s.tasks[k]} tasks${s.dependsOn[k].length ? `, after ${s.dependsOn[k].join(' ')}` : ''}`));
-  const text = (runs: readonly TaskRun[]) => runs.map((r) => {
-    const tasks = r.count === 1 ? `${r.first}` : `${r.first}..+${r.stride}×${r.count}`;
-    return `${r.waits.length ? `wait(${r.waits.join(' ')}) ` : ''}k${r.kernel}[${tasks}]`;
-  }).join('; ');
-  let previous = '';
-  s.blocks.forEach((runs, b) => {
-    const t = text(runs);
-    lines.push(t === previous ? `  block ${b}: as block ${b - 1}` : `  block ${b}: ${t || '(no tasks)'}`);
-    previous = t;
+  s.kernels.forEach((sk, k) => {
+    const most = Math.max(0, ...s.spans[k].map((r) => r.to - r.from));
+    lines.push(`  kernel ${k} ${sk.kernel.name}: ${s.rows[k]} rows as ${s.tasks[k]} tasks of at most ${most}${s.dependsOn[k].length ? `, after ${s.dependsOn[k].join(' ')}` : ''}`);
+  });
+  s.blocks.forEach((list, b) => {
+    const text = list.map((t) => `${t.waits.length ? `wait(${t.waits.join(' ')}) ` : ''}k${t.kernel}.${t.task}`).join('; ');
+    lines.push(`  block ${b}: ${text || '(no tasks)'}`);
+  });
+  lines.push('rows and prefetches of each task:');
+  s.spans.forEach((spans, k) => {
+    if (!spans.length) return;
+    const text = spans.map((r, t) => {
+      const pf = s.prefetch[k][t].map((p) => ` b${p.buffer}@${p.offset}+${p.bytes}`).join('');
+      return `${t}:[${r.from},${r.to})${pf}`;
+    });
+    lines.push(`  k${k}: ${text.join('; ')}`);
   });
   return lines.join('\n') + '\n';
 }

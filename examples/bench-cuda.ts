@@ -3,7 +3,8 @@
 // each peer in a child process on the same weights and prompt, one after the other on the same GPU: `hf` is
 // transformers + torch.compile (examples/bench-hf.py), `torch` a lean PyTorch Llama under torch.compile with CUDA
 // graphs (examples/bench-torch.py). Prints one Markdown report for BENCHMARKS.md: speed, bandwidth, and how far
-// each peer agrees with tsfuse; --profile adds each kernel's time and bandwidth, --trace FILE a Chrome trace.
+// each peer agrees with tsfuse; --profile adds each kernel's time and bandwidth, --trace FILE a Chrome trace (with
+// --megakernel both come from the step's timeline: each task's wait and run, a track per block).
 
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -14,7 +15,8 @@ import { builtinConfigJson, LlamaConfig } from '../runtime/config.ts';
 import type { DType } from '../ir/dtype.ts';
 import { loadLlama } from '../runtime/llama.ts';
 import type { KernelTime } from '../runtime/device.ts';
-import { chromeTrace, profileTable, traceText, TraceTrack } from '../runtime/trace.ts';
+import { ChromeTrace, chromeTrace, profileTable, traceText, TraceTrack } from '../runtime/trace.ts';
+import { timelineTable, timelineTrace } from '../runtime/megakernel-timeline.ts';
 import { openLlamaSession } from '../compiler/open-session.ts';
 import { describeFileError, isFileSystemError } from '../compiler/cli-files.ts';
 import { checkpointMetadata, randomBf16Weights, writeBf16Checkpoint } from './random-checkpoint.ts';
@@ -68,6 +70,8 @@ export interface CudaBenchOptions {
   readonly command: string;
   /** Run the decode step as one persistent kernel. */
   readonly megakernel?: boolean;
+  /** Weight bytes each megakernel task prefetches at most (default the scheduler's). */
+  readonly megakernelPrefetch?: number;
 }
 
 /** What the tsfuse side measured. Times in ms; "events" are CUDA events on the session's stream. */
@@ -168,6 +172,17 @@ export function writeTrace(file: string, track: TraceTrack, about: Record<string
   log(`wrote a trace of ${track.kernels.length} kernels to ${file} (open it in https://ui.perfetto.dev or chrome://tracing)`);
 }
 
+/** Writes the Chrome / Perfetto trace of a megakernel step's timeline. */
+function writeTimelineTrace(file: string, trace: ChromeTrace, tasks: number): void {
+  try {
+    fs.writeFileSync(file, traceText(trace));
+  } catch (e) {
+    if (isFileSystemError(e)) throw new BenchError(`--trace ${file}: cannot write the trace: ${describeFileError(e, file)}`);
+    throw e;
+  }
+  log(`wrote a timeline of ${tasks} megakernel tasks to ${file}, a track per block, by multiprocessor (open it in https://ui.perfetto.dev or chrome://tracing)`);
+}
+
 /** What a trace says about itself: the command and how its kernels were timed. */
 export function traceAbout(command: string, how: string): Record<string, string> {
   return { command, timing: how, date: new Date().toISOString() };
@@ -199,8 +214,11 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
   let t = performance.now();
   const cacheLength = o.cacheLength ?? prompt.length + N;
   if (cacheLength < prompt.length + N) throw new BenchError(`--cache-length ${cacheLength}: the prompt and the new tokens take ${prompt.length + N} positions`);
-  if (o.megakernel && (o.profile || o.trace !== undefined)) throw new BenchError('--profile and --trace time the decode kernels one by one: not with --megakernel, which runs them as one');
-  const session = await openLlamaSession(model, { backend: 'cuda', cacheLength, kvDType: o.kvDType, megakernel: o.megakernel });
+  // With --megakernel, --profile and --trace read the step's timeline (each task's times), which the kernel then
+  // records every step: its timings include that.
+  const timeline = !!o.megakernel && (o.profile || o.trace !== undefined);
+  const megakernel = o.megakernel ? { timeline, prefetchBytes: o.megakernelPrefetch } : undefined;
+  const session = await openLlamaSession(model, { backend: 'cuda', cacheLength, kvDType: o.kvDType, megakernel });
   const program = session.program as InstanceType<typeof CudaProgram>;
   try {
     const setupMs = performance.now() - t;
@@ -224,9 +242,15 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
     }
     // The cache holds P + N positions, as HF's static cache does: one warm-up step (the graph is warm by now), N − 1 timed.
     const replay = await session.timeDecode(N - 1, { warmup: 1, startPos: prompt.length });
+    const steps = timeline ? await program.megakernelTimeline('decode') : undefined;
     const logits = (await session.logits(prompt)).data as Float32Array;
     const copyBandwidth = program.device.copyBandwidth();
-    if (o.profile || o.trace !== undefined) {
+    if (steps) {
+      const how = 'the last replayed decode step of the megakernel, each task\'s times on its block (%globaltimer), recorded every step';
+      console.error(`${how}:`);
+      for (const line of timelineTable(steps)) console.error(`  ${line}`);
+      if (o.trace !== undefined) writeTimelineTrace(o.trace, timelineTrace(steps, session.device.description, traceAbout(o.command, how)), steps.tasks.length);
+    } else if (o.profile || o.trace !== undefined) {
       const kernels = await session.profileDecode(prompt.length);
       const how = 'the decode step\'s kernels launched one by one, each between two CUDA events (a replayed step overlaps their edges)';
       if (o.profile) {

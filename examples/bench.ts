@@ -27,8 +27,9 @@ const options = {
   'cache-length': { type: 'string', help: 'KV-cache positions of tsfuse (default: prompt + new tokens; peers keep theirs at that)' },
   'kv-dtype': { type: 'string', help: 'what tsfuse\'s KV cache stores: f32, bf16 or f16 (default: bf16 on cuda for these bf16 weights, f32 on webgpu)' },
   megakernel: { type: 'boolean', default: false, help: 'cuda only: run the decode step as one persistent kernel (runtime/devices/cuda-megakernel.ts)' },
-  profile: { type: 'boolean', default: false, help: 'also print the GPU time and bandwidth of each kernel of one decode step' },
-  trace: { type: 'string', help: 'write a Chrome / Perfetto trace (JSON) of one decode step, a slice per kernel, to this file' },
+  'megakernel-prefetch': { type: 'string', help: 'with --megakernel: weight KiB each task prefetches into L2 before it waits, at most (0: none; default 64)' },
+  profile: { type: 'boolean', default: false, help: 'also print the GPU time and bandwidth of each kernel of one decode step (--megakernel: each kernel\'s tasks, from the step\'s timeline)' },
+  trace: { type: 'string', help: 'write a Chrome / Perfetto trace (JSON) of one decode step, a slice per kernel (--megakernel: per task, a track per block), to this file' },
   compare: {
     type: 'string',
     help: 'cuda only: peers on the same weights in the same run: hf (transformers + torch.compile), torch (a lean PyTorch Llama under torch.compile), or hf,torch',
@@ -75,6 +76,9 @@ function parseOptions() {
   for (const name of ['prompt', 'new-tokens', 'runs', 'seed', 'hf-timeout'] as const) {
     if (!/^\d+$/.test(values[name])) fail(`--${name} ${values[name]}: expected a whole number`);
   }
+  const prefetch = values['megakernel-prefetch'];
+  if (prefetch !== undefined && !/^\d+$/.test(prefetch)) fail(`--megakernel-prefetch ${prefetch}: expected a whole number of KiB`);
+  if (prefetch !== undefined && !values.megakernel) fail('--megakernel-prefetch needs --megakernel');
   const cache = values['cache-length'];
   if (cache !== undefined && !/^[1-9]\d*$/.test(cache)) fail(`--cache-length ${cache}: expected a whole number of positions`);
   const kv = values['kv-dtype'];
@@ -176,6 +180,7 @@ async function benchCuda(cfg: LlamaConfig): Promise<number> {
     python: values.python!, hfTimeoutS: Number(values['hf-timeout']), profile: values.profile!, trace: values.trace,
     cacheLength: values['cache-length'] === undefined ? undefined : cacheLength(0), kvDType: kvDType(), command: command(),
     megakernel: values.megakernel!,
+    megakernelPrefetch: values['megakernel-prefetch'] === undefined ? undefined : 1024 * Number(values['megakernel-prefetch']),
   });
 }
 

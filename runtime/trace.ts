@@ -63,7 +63,7 @@ export function profileTable(kernels: readonly KernelTime[], copyBandwidth?: num
 }
 
 /** Rows as aligned columns (right-aligned where `right` says), with a header line if given. */
-function columns(head: readonly string[] | undefined, rows: readonly (readonly string[])[], right: readonly boolean[]): string[] {
+export function columns(head: readonly string[] | undefined, rows: readonly (readonly string[])[], right: readonly boolean[]): string[] {
   const all = head ? [head, ...rows] : rows;
   const width = right.map((_, c) => Math.max(0, ...all.map((r) => r[c].length)));
   return all.map((r) => r.map((x, c) => (right[c] ? x.padStart(width[c]) : x.padEnd(width[c]))).join('  ').trimEnd());

@@ -1,13 +1,14 @@
 // The megakernel printer: a megakernel schedule (backends/megakernel-schedule.ts) as one persistent CUDA kernel.
-// Each kernel's code becomes a device function of its block index and block count (the body every launch runs,
-// with blockIdx.x and gridDim.x as parameters), its shared arrays moved into one pool of dynamic shared memory
-// that every task reuses (static __shared__ arrays of device functions would each take their own). The kernel walks
-// its block's runs from a task table in device memory: it waits on the counters of the kernels a run depends on,
-// calls the run's tasks, then adds them to its kernel's counter. The buffers come from a table of pointers.
+// Each kernel's code becomes a device function of the rows a task runs (the body every launch runs, its grid-stride
+// row loop turned into a loop over [tf_first, tf_end)), its shared arrays moved into one pool of dynamic shared
+// memory that every task reuses (static __shared__ arrays of device functions would each take their own). The
+// kernel walks its block's tasks from a task table in device memory: it prefetches the task's weight ranges into
+// L2, waits on the counters of the kernels the task depends on, calls the task, then adds one to its kernel's
+// counter. The buffers come from a table of pointers. With the timeline on, each task's times are recorded too.
 // renderCudaMegakernel takes a module's graph there: scheduled for the device, dealt over its multiprocessors, printed.
 
 import { DeviceCaps } from '../device-caps.ts';
-import { Binding } from '../kernel-ir.ts';
+import { Binding, ROW } from '../kernel-ir.ts';
 import { LoweredModule } from '../lowered.ts';
 import { bindingKey, formatMegakernel, MegakernelSchedule, megakernelOrigin, scheduleMegakernel } from '../megakernel-schedule.ts';
 import { sizeName } from '../render-base.ts';
@@ -29,6 +30,10 @@ export interface CudaMegakernel {
   readonly plan: Int32Array;
   /** Counters (kernel argument tf_done): one per kernel. */
   readonly counters: number;
+  /** Tasks a step runs: entries of the timeline (kernel argument tf_timeline), in the task table's order. */
+  readonly tasks: number;
+  /** Whether the kernel records each task's times (TIMELINE_WORDS a task) into tf_timeline. */
+  readonly timeline: boolean;
 }
 
 export interface MegakernelOptions {
@@ -38,6 +43,10 @@ export interface MegakernelOptions {
   readonly blocksPerProcessor?: number;
   /** How long one wait may spin before the watchdog stops the step and reports it, in ms. Default 5000. */
   readonly watchdogMs?: number;
+  /** Record each task's times (wait, inputs ready, end) and multiprocessor every step, for a timeline. Default off. */
+  readonly timeline?: boolean;
+  /** Weight bytes a task prefetches into L2 before it waits, at most (0: none). Default PREFETCH_BYTES (64 KiB). */
+  readonly prefetchBytes?: number;
 }
 
 /** A megakernel rendered, before compiling. */
@@ -77,25 +86,28 @@ export function renderCudaMegakernel(module: LoweredModule, caps: DeviceCaps, op
     throw new Error(`--megakernel: ${perProcessor} blocks a multiprocessor; ${caps.name} holds 1 to ${caps.processors!.maxWorkgroups}`);
   }
   const kernels = scheduleKernels(lg.kernels, { ...caps, dependentLaunch: false });
-  const schedule = scheduleMegakernel(kernels, {}, { blocks: processors * perProcessor, processors });
-  const kernel = printCudaMegakernel(schedule, `${graph}_megakernel`, perProcessor);
+  const schedule = scheduleMegakernel(kernels, {}, { blocks: processors * perProcessor, processors, prefetchBytes: opts.prefetchBytes });
+  const kernel = printCudaMegakernel(schedule, `${graph}_megakernel`, perProcessor, { timeline: !!opts.timeline });
   return { graph, schedule, kernel, tasks: formatMegakernel(schedule) };
 }
 
 /** Words of the watchdog's record (kernel argument tf_watchdog): see WATCHDOG_FIELDS. */
 export const WATCHDOG_WORDS = 8;
 /** What the record holds after a wait timed out, word by word (word 0 is set once one has). */
-export const WATCHDOG_FIELDS = ['tripped', 'block', 'run', 'kernel', 'task', 'counter', 'seen', 'awaited'] as const;
+export const WATCHDOG_FIELDS = ['tripped', 'block', 'entry', 'kernel', 'task', 'counter', 'seen', 'awaited'] as const;
 
-// TABLE: word 0 where the waits start; words 1..blocks+1 each block's first run (the next block's is its end); then
-// the runs, RUN_WORDS each (kernel, first task, task step, calls, block count passed, tasks done, first wait, waits);
-// then the waits, two words each (the kernel awaited, its tasks a step).
-const RUN_WORDS = 8;
+// TABLE: word 0 where the waits start, word 1 where the prefetches start; words 2..blocks+2 each block's first task
+// (the next block's is its end); then the tasks, TASK_WORDS each (kernel, its task index, first row, end row, first
+// wait, waits, first prefetch, prefetches); then the waits, two words each (the kernel awaited, its tasks a step);
+// then the prefetches, three words each (the buffer's slot in tf_buf, byte offset, bytes).
+const TASK_WORDS = 8;
 /** Bytes of the pool the kernel keeps for itself (the flag thread 0 hands the others after waiting). */
 const OWN_BYTES = 16;
+/** Words (u64) of the timeline a task: when its block started waiting, when its inputs were ready, when it ended (ns, %globaltimer), and its multiprocessor. */
+export const TIMELINE_WORDS = 4;
 
 /** Prints the megakernel of a schedule; `blocksPerProcessor` bounds the registers so that that many fit. */
-export function printCudaMegakernel(s: MegakernelSchedule, name: string, blocksPerProcessor: number): CudaMegakernel {
+export function printCudaMegakernel(s: MegakernelSchedule, name: string, blocksPerProcessor: number, opts: { timeline?: boolean } = {}): CudaMegakernel {
   const buffers: Binding[] = [];
   const slotOf = new Map<string, number>();
   const slot = (b: Binding) => {
@@ -115,9 +127,10 @@ export function printCudaMegakernel(s: MegakernelSchedule, name: string, blocksP
     if (!f) functions.set(origin, (f = taskFunction(origin, `tf_task${functions.size}`)));
     const args = sk.kernel.buffers.map((b) => `(${b.written ? '' : 'const '}${cudaElemType[b.dtype]}*)tf_buf[${slot(b.binding)}]`);
     for (const size of sk.kernel.sizes) args.push(String(s.sizes[size]));
-    return `      case ${k}: ${f.name}(${[...args, 'tf_pool', 'tf_block', 'tf_blocks'].join(', ')}); break;`;
+    return `      case ${k}: ${f.name}(${[...args, 'tf_pool', 'tf_first', 'tf_end'].join(', ')}); break;`;
   });
   const pool = Math.max(0, ...[...functions.values()].map((f) => f.poolBytes));
+  const timeline = !!opts.timeline;
   const source = [
     // Every load is coherent: a task reads what other blocks wrote earlier in the same launch, which the
     // non-coherent path (__ldg) may serve stale.
@@ -125,46 +138,49 @@ export function printCudaMegakernel(s: MegakernelSchedule, name: string, blocksP
     cudaPrelude,
     megakernelHelpers,
     ...[...functions.values()].map((f) => f.code),
-    kernelCode(name, blocksPerProcessor, calls),
+    kernelCode(name, blocksPerProcessor, calls, timeline),
   ].join('\n');
+  const plan = taskTable(s, (k, buffer) => slot(s.kernels[k].kernel.buffers[buffer].binding));
   return {
-    source, name, sharedBytes: OWN_BYTES + pool, blocks: s.blocks.length, buffers, plan: taskTable(s), counters: s.kernels.length,
+    source, name, sharedBytes: OWN_BYTES + pool, blocks: s.blocks.length, buffers, plan, counters: s.kernels.length,
+    tasks: s.blocks.reduce((n, list) => n + list.length, 0), timeline,
   };
 }
 
-/** The task table the kernel walks (TABLE). */
-function taskTable(s: MegakernelSchedule): Int32Array {
-  const runs = s.blocks.flat();
-  const waits = runs.reduce((n, r) => n + r.waits.length, 0);
+/** The task table the kernel walks (TABLE); `slotOf` gives a kernel's buffer's slot in the pointer table. */
+function taskTable(s: MegakernelSchedule, slotOf: (kernel: number, buffer: number) => number): Int32Array {
+  const tasks = s.blocks.flat();
+  const waits = tasks.reduce((n, t) => n + t.waits.length, 0);
+  const prefetches = tasks.reduce((n, t) => n + s.prefetch[t.kernel][t.task].length, 0);
   const blocks = s.blocks.length;
-  const table = new Int32Array(blocks + 2 + RUN_WORDS * runs.length + 2 * waits);
-  const runsAt = blocks + 2;
-  const waitsAt = runsAt + RUN_WORDS * runs.length;
-  table[0] = waitsAt;
-  let [r, w] = [0, 0];
+  const tasksAt = blocks + 3;
+  const waitsAt = tasksAt + TASK_WORDS * tasks.length;
+  const prefetchesAt = waitsAt + 2 * waits;
+  const table = new Int32Array(prefetchesAt + 3 * prefetches);
+  table.set([waitsAt, prefetchesAt]);
+  let [t, w, p] = [0, 0, 0];
   s.blocks.forEach((list, b) => {
-    table[1 + b] = r;
-    for (const run of list) {
-      const k = run.kernel;
-      // A run that reaches the kernel's last row, of a kernel whose tasks are its rows, is one call striding over
-      // them (the body's own grid-stride loop); otherwise one call per task.
-      const strided = s.tasks[k] === s.rows[k] && run.first + run.count * run.stride >= s.rows[k];
-      table.set(strided ? [k, run.first, 0, 1, run.stride] : [k, run.first, run.stride, run.count, s.tasks[k]], runsAt + RUN_WORDS * r);
-      table.set([run.count, w, run.waits.length], runsAt + RUN_WORDS * r + 5);
-      for (const d of run.waits) {
-        table.set([d, s.tasks[d]], waitsAt + 2 * w);
-        w++;
+    table[2 + b] = t;
+    for (const task of list) {
+      const k = task.kernel;
+      const span = s.spans[k][task.task];
+      const ranges = s.prefetch[k][task.task];
+      table.set([k, task.task, span.from, span.to, w, task.waits.length, p, ranges.length], tasksAt + TASK_WORDS * t);
+      for (const d of task.waits) table.set([d, s.tasks[d]], waitsAt + 2 * w++);
+      for (const r of ranges) {
+        if (r.offset + r.bytes > 0x7fffffff) throw new Error(`megakernel: kernel ${s.kernels[k].kernel.name} prefetches bytes ${r.offset}..${r.offset + r.bytes} of buffer ${r.buffer}, past what the task table's 32-bit words hold`);
+        table.set([slotOf(k, r.buffer), r.offset, r.bytes], prefetchesAt + 3 * p++);
       }
-      r++;
+      t++;
     }
   });
-  table[1 + blocks] = r;
+  table[2 + blocks] = t;
   return table;
 }
 
 /**
- * A kernel's code as a device function of the task's block index and the block count, its shared arrays placed in
- * the pool: memory the launch would have given first (the schedule's dynamic offsets), the arrays it declares
+ * A kernel's code as a device function of the task's rows [tf_first, tf_end), its shared arrays placed in the
+ * pool: memory the launch would have given first (the schedule's dynamic offsets), the arrays it declares
  * statically after that. The code is the launch's own, so anything the printer cannot move is refused.
  */
 function taskFunction(sk: ScheduledKernel, name: string): { name: string; code: string; poolBytes: number } {
@@ -182,15 +198,15 @@ function taskFunction(sk: ScheduledKernel, name: string): { name: string; code: 
       offset += 16;
       return `${indent}${type}& ${scalar} = *reinterpret_cast<${type}*>(tf_pool + ${at});`;
     })
-    .replace(/\bblockIdx\.x\b/g, 'tf_block')
-    .replace(/\bgridDim\.x\b/g, 'tf_blocks');
-  for (const left of ['__shared__', 'blockIdx', 'gridDim', 'tf_grid_wait', 'tf_grid_release']) {
+    .replace(/^(\s*)const int tf_rows = .*;\n/m, '')
+    .replace(`for (int ${ROW} = blockIdx.x; ${ROW} < tf_rows; ${ROW} += gridDim.x) {`, `for (int ${ROW} = tf_first; ${ROW} < tf_end; ${ROW}++) {`);
+  for (const left of ['__shared__', 'blockIdx', 'gridDim', 'tf_rows', 'tf_grid_wait', 'tf_grid_release']) {
     if (new RegExp(`\\b${left}\\b`).test(body)) throw new Error(`megakernel: kernel ${k.name}'s code has ${left} the megakernel printer cannot place`);
   }
   // Weights are never written during a step: the compiler may read them through the read-only path.
   const params = k.buffers.map((b, i) => `${b.written ? '' : 'const '}${cudaElemType[b.dtype]}*${b.binding.kind === 'param' ? ' __restrict__' : ''} b${i}`);
   for (const s of k.sizes) params.push(`const int ${sizeName(s)}`);
-  params.push('unsigned char* const tf_pool', 'const int tf_block', 'const int tf_blocks');
+  params.push('unsigned char* const tf_pool', 'const int tf_first', 'const int tf_end');
   body = `// ${k.name}'s code (and every kernel's alike)\nstatic __device__ __noinline__ void ${name}(${params.join(', ')}) {\n${body}`;
   return { name, code: body, poolBytes: offset };
 }
@@ -216,7 +232,8 @@ function constantCount(text: string, kernel: string): number {
 
 /**
  * The waits and the release (counters released after a barrier and a fence, acquired by one thread then handed to
- * the block by a barrier), and the watchdog: a wait that passes its bound records where it is and gives up.
+ * the block by a barrier), the watchdog (a wait that passes its bound records where it is and gives up), the
+ * clock and multiprocessor of the timeline, and the prefetch.
  */
 const megakernelHelpers = `// tsfuse megakernel: counters, waits, the watchdog
 #ifdef __CUDA_ARCH__
@@ -230,17 +247,38 @@ __device__ __forceinline__ unsigned long long tf_mk_now() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
+__device__ __forceinline__ unsigned tf_mk_processor() {
+  unsigned id;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+  return id;
+}
+// Starts pulling bytes [p, p + bytes) into L2, the block's threads sharing the work, and goes on without waiting.
+// p and bytes are multiples of 16 (the schedule's prefetch ranges are).
+__device__ __forceinline__ void tf_mk_prefetch(const char* p, int bytes) {
+#if __CUDA_ARCH__ >= 900
+  // A bulk prefetch a chunk of 4 KiB a thread.
+  for (int at = threadIdx.x * 4096; at < bytes; at += TF_BLOCK * 4096) {
+    const int n = bytes - at < 4096 ? bytes - at : 4096;
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p + at), "r"(n) : "memory");
+  }
 #else
-// Host compilers (the tests' CPU emulation): its clock64 counts nanoseconds and __nanosleep lets other blocks run.
+  for (int at = threadIdx.x * 128; at < bytes; at += TF_BLOCK * 128) asm volatile("prefetch.global.L2 [%0];" :: "l"(p + at));
+#endif
+}
+#else
+// Host compilers (the tests' CPU emulation): its clock64 counts nanoseconds and __nanosleep lets other blocks run;
+// its 16 resident blocks stand for 8 multiprocessors of 2; a prefetch changes nothing there.
 __device__ __forceinline__ unsigned tf_mk_acquire(const unsigned* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 __device__ __forceinline__ unsigned long long tf_mk_now() { return clock64(); }
+__device__ __forceinline__ unsigned tf_mk_processor() { return blockIdx.x / 2 % 8; }
+__device__ __forceinline__ void tf_mk_prefetch(const char*, int) {}
 #endif
 // Counters count up over every step (wrapping): reached once the count is at or past the target.
 __device__ __forceinline__ bool tf_mk_reached(unsigned seen, unsigned target) { return (int)(seen - target) >= 0; }
 // Spins until *counter reaches target; past limit_ns, records the wait in the watchdog (the first to time out does)
 // and returns false.
 __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target, unsigned long long limit_ns, unsigned* watchdog,
-                                        unsigned block, unsigned run, unsigned kernel, unsigned task, unsigned awaited_kernel) {
+                                        unsigned block, unsigned entry, unsigned kernel, unsigned task, unsigned awaited_kernel) {
   unsigned seen = tf_mk_acquire(counter);
   if (tf_mk_reached(seen, target)) return true;
   const unsigned long long start = tf_mk_now();
@@ -250,7 +288,7 @@ __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target
     if (tf_mk_reached(seen, target)) return true;
     if (tf_mk_now() - start > limit_ns) {
       if (atomicCAS(watchdog, 0u, 1u) == 0u) {
-        watchdog[1] = block; watchdog[2] = run; watchdog[3] = kernel; watchdog[4] = task;
+        watchdog[1] = block; watchdog[2] = entry; watchdog[3] = kernel; watchdog[4] = task;
         watchdog[5] = awaited_kernel; watchdog[6] = seen; watchdog[7] = target;
         __threadfence();
       }
@@ -260,10 +298,12 @@ __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target
 }
 `;
 
-/** The persistent kernel: each block its runs, waiting, calling, releasing. */
-function kernelCode(name: string, blocksPerProcessor: number, calls: readonly string[]): string {
+/** The persistent kernel: each block its tasks, prefetching, waiting, calling, releasing (and timing them). */
+function kernelCode(name: string, blocksPerProcessor: number, calls: readonly string[], timeline: boolean): string {
+  // Thread 0 records the times; the barrier after the wait orders its "ready" after every thread is past the wait.
+  const time = (word: number, what: string) => (timeline ? `    if (threadIdx.x == 0) tf_timeline[${TIMELINE_WORDS} * tf_t + ${word}] = ${what};\n` : '');
   return `extern "C" __global__ void __launch_bounds__(TF_BLOCK, ${blocksPerProcessor}) ${name}(void* const* __restrict__ tf_buf, const int* __restrict__ tf_plan,
-    unsigned* tf_done, unsigned* tf_steps, unsigned* tf_watchdog, const unsigned long long tf_limit_ns) {
+    unsigned* tf_done, unsigned* tf_steps, unsigned* tf_watchdog, const unsigned long long tf_limit_ns, unsigned long long* tf_timeline) {
   extern __shared__ __align__(16) unsigned char tf_smem[];
   unsigned char* const tf_pool = tf_smem + ${OWN_BYTES};
   volatile int* const tf_go = reinterpret_cast<volatile int*>(tf_smem);
@@ -272,17 +312,23 @@ function kernelCode(name: string, blocksPerProcessor: number, calls: readonly st
   if (threadIdx.x == 0) tf_steps[tf_me] += 1u;
   __syncthreads();
   const unsigned tf_step = tf_steps[tf_me];
-  const int* const tf_runs = tf_plan + gridDim.x + 2;
+  const int* const tf_tasks = tf_plan + gridDim.x + 3;
   const int* const tf_waits = tf_plan + tf_plan[0];
-  for (int tf_r = tf_plan[1 + tf_me]; tf_r < tf_plan[2 + tf_me]; tf_r++) {
-    const int* const tf_run = tf_runs + ${RUN_WORDS} * tf_r;
-    const int tf_kernel = tf_run[0], tf_first = tf_run[1], tf_step_by = tf_run[2], tf_calls = tf_run[3], tf_blocks = tf_run[4];
-    if (tf_run[7] > 0) {
+  const int* const tf_prefetches = tf_plan + tf_plan[1];
+  for (int tf_t = tf_plan[2 + tf_me]; tf_t < tf_plan[3 + tf_me]; tf_t++) {
+    const int* const tf_task = tf_tasks + ${TASK_WORDS} * tf_t;
+    const int tf_kernel = tf_task[0], tf_first = tf_task[2], tf_end = tf_task[3];
+    // The weights depend on no task: start pulling them before waiting for the inputs.
+    for (int p = tf_task[6]; p < tf_task[6] + tf_task[7]; p++) {
+      const int* const tf_range = tf_prefetches + 3 * p;
+      tf_mk_prefetch(static_cast<const char*>(tf_buf[tf_range[0]]) + tf_range[1], tf_range[2]);
+    }
+${time(0, 'tf_mk_now()')}    if (tf_task[5] > 0) {
       if (threadIdx.x == 0) {
         bool ok = true;
-        for (int w = tf_run[6]; ok && w < tf_run[6] + tf_run[7]; w++) {
+        for (int w = tf_task[4]; ok && w < tf_task[4] + tf_task[5]; w++) {
           const int d = tf_waits[2 * w];
-          ok = tf_mk_wait(tf_done + d, tf_step * (unsigned)tf_waits[2 * w + 1], tf_limit_ns, tf_watchdog, tf_me, tf_r, tf_kernel, tf_first, d);
+          ok = tf_mk_wait(tf_done + d, tf_step * (unsigned)tf_waits[2 * w + 1], tf_limit_ns, tf_watchdog, tf_me, tf_t, tf_kernel, tf_task[1], d);
         }
         __threadfence();
         *tf_go = ok;
@@ -290,17 +336,14 @@ function kernelCode(name: string, blocksPerProcessor: number, calls: readonly st
       __syncthreads();
       if (!*tf_go) return;
     }
-    for (int tf_c = 0; tf_c < tf_calls; tf_c++) {
-      const int tf_block = tf_first + tf_c * tf_step_by;
-      switch (tf_kernel) {
-${calls.join('\n')}
-      }
-      // The next task reuses the pool.
-      __syncthreads();
+${time(1, 'tf_mk_now()')}    switch (tf_kernel) {
+${calls.map((c) => c.slice(2)).join('\n')}
     }
-    if (threadIdx.x == 0) {
+    // The next task reuses the pool; the release covers every thread's writes.
+    __syncthreads();
+${time(2, 'tf_mk_now()')}${time(3, 'tf_mk_processor()')}    if (threadIdx.x == 0) {
       __threadfence();
-      atomicAdd(tf_done + tf_kernel, (unsigned)tf_run[5]);
+      atomicAdd(tf_done + tf_kernel, 1u);
     }
   }
 }

@@ -1,12 +1,14 @@
 // A graph run as one persistent CUDA kernel (backends/megakernel-schedule.ts, backends/cuda/megakernel.ts) on the
 // CUDA device: rendered beside the program's other kernels (renderCudaMegakernel), loaded with its tables (the buffers' pointers, the task
-// table, the counters, each block's step count, the watchdog's record, all zeroed once), launched in place of the
-// graph's kernels, and its watchdog read back with every read of the program.
+// table, the counters, each block's step count, the watchdog's record, all zeroed once, and with the timeline on,
+// each task's times), launched in place of the graph's kernels, and its watchdog read back with every read of the
+// program; the timeline is read on request (runtime/megakernel-timeline.ts reads it as tasks).
 
-import { MegakernelOptions, PreparedMegakernel, WATCHDOG_FIELDS, WATCHDOG_WORDS } from '../../backends/cuda/megakernel.ts';
+import { MegakernelOptions, PreparedMegakernel, TIMELINE_WORDS, WATCHDOG_FIELDS, WATCHDOG_WORDS } from '../../backends/cuda/megakernel.ts';
 import { CUDA_BLOCK } from '../../backends/cuda/prelude.ts';
 import { Binding } from '../../backends/kernel-ir.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from '../cuda/driver.ts';
+import { MegakernelTimeline, taskTimes } from '../megakernel-timeline.ts';
 
 /** How long one wait may spin before the watchdog stops the step, unless the options say. */
 const DEFAULT_WATCHDOG_MS = 5000;
@@ -17,6 +19,8 @@ export class LoadedMegakernel {
   private readonly args: KernelArgs;
   private readonly memory: DevicePtr[] = [];
   private readonly watchdog: DevicePtr;
+  /** Each task's times of the latest step, where the kernel records them. */
+  private readonly timeline?: DevicePtr;
   private readonly pinned: { ptr: Handle; view: ArrayBuffer }[] = [];
   /** The error of a step the watchdog stopped: the counters are off from then on, so every later use fails too. */
   private stuck?: Error;
@@ -45,8 +49,9 @@ export class LoadedMegakernel {
     this.watchdog = zeroed(4 * WATCHDOG_WORDS);
     const limitNs = (opts.watchdogMs ?? DEFAULT_WATCHDOG_MS) * 1e6;
     if (!(limitNs > 0)) throw new Error(`--megakernel: a watchdog of ${opts.watchdogMs} ms`);
+    if (k.timeline) this.timeline = zeroed(8 * TIMELINE_WORDS * k.tasks);
     // The limit is an unsigned 64-bit argument: passed in a pointer's slot.
-    this.args = cuda.kernelArgs([buffers, plan, done, steps, this.watchdog, Math.round(limitNs)]);
+    this.args = cuda.kernelArgs([buffers, plan, done, steps, this.watchdog, Math.round(limitNs), this.timeline ?? 0]);
   }
 
   get graph(): string {
@@ -70,6 +75,15 @@ export class LoadedMegakernel {
     };
   }
 
+  /** The tasks of the latest step queued, with their times: waits for the stream to get there. */
+  readTimeline(): MegakernelTimeline {
+    if (this.stuck) throw this.stuck;
+    if (this.timeline === undefined) throw new Error(`the megakernel of @${this.graph} records no timeline: open the device with megakernel: { timeline: true }`);
+    const words = new BigUint64Array(TIMELINE_WORDS * this.prepared.kernel.tasks);
+    this.cuda.download(words, this.timeline);
+    return taskTimes(this.prepared.schedule, words);
+  }
+
   destroy(): void {
     for (const p of this.pinned) this.cuda.freeHost(p.ptr);
     for (const p of this.memory) this.cuda.free(p);
@@ -86,7 +100,7 @@ export class LoadedMegakernel {
   private stuckError(record: Uint32Array): Error {
     const r = Object.fromEntries(WATCHDOG_FIELDS.map((f, i) => [f, record[i]])) as Record<(typeof WATCHDOG_FIELDS)[number], number>;
     const name = (k: number) => this.prepared.schedule.kernels[k]?.kernel.name ?? `#${k}`;
-    return new Error(`the megakernel of @${this.graph} is stuck: block ${r.block}, run ${r.run} (kernel ${r.kernel} ${name(r.kernel)}, from task ${r.task}) `
+    return new Error(`the megakernel of @${this.graph} is stuck: block ${r.block}, task entry ${r.entry} (kernel ${r.kernel} ${name(r.kernel)}, task ${r.task}) `
       + `waited on counter ${r.counter} (kernel ${name(r.counter)}) past the watchdog: it saw ${r.seen}, awaiting ${r.awaited}. `
       + 'Its counters are off from here on: load the program again');
   }

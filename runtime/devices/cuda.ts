@@ -25,6 +25,7 @@ import { allocSplitScratch, freeSplitScratch, SplitScratch } from '../cuda/split
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
 import { MegakernelOptions, megakernelOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
 import { LoadedMegakernel } from './cuda-megakernel.ts';
+import type { MegakernelTimeline } from '../megakernel-timeline.ts';
 
 export { CudaUnavailableError };
 
@@ -370,6 +371,17 @@ export class CudaProgram implements Program {
     await this.reached(event);
     this.eventPool.push(event);
     watchdog?.();
+  }
+
+  /**
+   * The tasks of the latest step of `graph`'s megakernel, with their times; refused unless `graph` runs as one
+   * recording a timeline (megakernel: { timeline: true }).
+   */
+  async megakernelTimeline(graph: string): Promise<MegakernelTimeline> {
+    const mk = this.megakernelOf(graph);
+    if (!mk) throw new Error(`@${graph} does not run as a megakernel: it has no timeline (open the device with megakernel: { timeline: true })`);
+    await this.finish();
+    return mk.readTimeline();
   }
 
   kernelCount(graph: string): number {

@@ -2,12 +2,19 @@
 // device needed: every task dealt once, waits covering every producer, the static check refusing planted faults,
 // and task functions that read their block index from parameters and their shared memory from the pool.
 
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { printCudaMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
 import { cudaCaps } from '../../backends/device-caps.ts';
-import { checkMegakernel, dependencies, formatMegakernel, MegakernelSchedule, scheduleMegakernel, TaskRun } from '../../backends/megakernel-schedule.ts';
+import { checkMegakernel, dependencies, formatMegakernel, MegakernelSchedule, MegakernelTask, rowSpans, scheduleMegakernel } from '../../backends/megakernel-schedule.ts';
+import { renderJs } from '../../backends/cpu/render-js.ts';
+import { evalSize } from '../../backends/kernel-ir.ts';
 import { scheduleKernels } from '../../backends/schedule.ts';
+import { traceLlama } from '../../examples/llama.ts';
+import { dtypeBytes } from '../../ir/dtype.ts';
+import { loadLlama } from '../../runtime/llama.ts';
 import { compileModule } from '../../compiler/compile-module.ts';
 import { mlpStack } from './mlp-stack.ts';
 
@@ -19,15 +26,15 @@ const kernels = scheduleKernels(module.graphs[0].kernels, caps);
 const schedule = scheduleMegakernel(kernels, {}, { blocks: 8, processors: 4 });
 
 /** The schedule with block `b`'s runs replaced. */
-const withBlock = (b: number, runs: TaskRun[]): MegakernelSchedule => ({ ...schedule, blocks: schedule.blocks.map((r, i) => (i === b ? runs : r)) });
+const withBlock = (b: number, runs: MegakernelTask[]): MegakernelSchedule => ({ ...schedule, blocks: schedule.blocks.map((r, i) => (i === b ? runs : r)) });
 
 s('every task of every kernel is dealt to exactly one block, in the kernels\' order', () => {
   assert.ok(kernels.length >= 8, `${kernels.length} kernels`);
   const dealt = schedule.tasks.map((n) => new Array<number>(n).fill(0));
-  for (const runs of schedule.blocks) {
-    runs.forEach((r, i) => {
-      if (i > 0) assert.ok(runs[i - 1].kernel <= r.kernel);
-      for (let c = 0; c < r.count; c++) dealt[r.kernel][r.first + c * r.stride]++;
+  for (const list of schedule.blocks) {
+    list.forEach((t, i) => {
+      if (i > 0) assert.ok(list[i - 1].kernel <= t.kernel);
+      dealt[t.kernel][t.task]++;
     });
   }
   assert.ok(dealt.every((d) => d.every((n) => n === 1)));
@@ -49,36 +56,130 @@ s('a kernel depends on the writer of what it reads, and on readers of what it ov
   assert.ok(deps[irs.length - 1].length > 0);
 });
 
-s('the static check refuses a missing wait, a wait on a later kernel, a task dealt twice or to no block, runs out of order', () => {
-  const b = schedule.blocks.findIndex((runs) => runs.some((r) => r.waits.length > 0));
-  const runs = schedule.blocks[b];
-  const i = runs.findIndex((r) => r.waits.length > 0);
-  const planted = (edit: (r: TaskRun) => TaskRun) => withBlock(b, runs.map((r, j) => (j === i ? edit(r) : r)));
-  assert.throws(() => checkMegakernel(planted((r) => ({ ...r, waits: r.waits.slice(1) }))), new RegExp(`block ${b}, run ${i} \\(kernel ${runs[i].kernel}\\): does not wait for kernel ${runs[i].waits[0]}`));
-  assert.throws(() => checkMegakernel(planted((r) => ({ ...r, waits: [...r.waits, r.kernel + 1] }))), /which is not earlier: a cycle/);
-  const other = schedule.blocks.findIndex((rs, j) => j !== b && rs.length > 0);
-  assert.throws(() => checkMegakernel(withBlock(other, [...schedule.blocks[other], ...runs])), /dealt twice|comes after a run of kernel/);
-  assert.throws(() => checkMegakernel(withBlock(b, runs.filter((_, j) => j !== i))), /dealt to no block|does not wait for kernel/);
-  assert.throws(() => checkMegakernel(withBlock(b, [...runs].reverse())), /a block walks the kernels in order/);
+s('the static check refuses a missing wait, a wait on a later kernel, a task dealt twice or to no block, tasks out of order, rows missed or run twice', () => {
+  const b = schedule.blocks.findIndex((list) => list.some((t) => t.waits.length > 0));
+  const list = schedule.blocks[b];
+  const i = list.findIndex((t) => t.waits.length > 0);
+  const planted = (edit: (t: MegakernelTask) => MegakernelTask) => withBlock(b, list.map((t, j) => (j === i ? edit(t) : t)));
+  assert.throws(() => checkMegakernel(planted((t) => ({ ...t, waits: t.waits.slice(1) }))), new RegExp(`block ${b}, task ${i} \\(kernel ${list[i].kernel}\\): does not wait for kernel ${list[i].waits[0]}`));
+  assert.throws(() => checkMegakernel(planted((t) => ({ ...t, waits: [...t.waits, t.kernel + 1] }))), /which is not earlier: a cycle/);
+  const other = schedule.blocks.findIndex((l, j) => j !== b && l.length > 0);
+  assert.throws(() => checkMegakernel(withBlock(other, [...schedule.blocks[other], ...list])), /dealt twice|comes after a task of kernel/);
+  assert.throws(() => checkMegakernel(withBlock(b, list.filter((_, j) => j !== i))), /dealt to no block|does not wait for kernel/);
+  assert.throws(() => checkMegakernel(withBlock(b, [...list].reverse())), /a block walks the kernels in order/);
+  const k = schedule.spans.findIndex((spans) => spans.length > 1);
+  const spans = (edit: (r: { from: number; to: number }[]) => void) => {
+    const copy = schedule.spans.map((x) => x.map((r) => ({ ...r })));
+    edit(copy[k]);
+    return { ...schedule, spans: copy };
+  };
+  assert.throws(() => checkMegakernel(spans((r) => { r[1].from -= 1; })), new RegExp(`task 1 of kernel ${k} runs rows \\[${schedule.spans[k][1].from - 1}, \\d+\\), not from row ${schedule.spans[k][1].from} on`));
+  const moreRows = schedule.rows.map((n, j) => (j === k ? n + 1 : n));
+  assert.throws(() => checkMegakernel({ ...schedule, rows: moreRows }), new RegExp(`the tasks of kernel ${k} run ${schedule.rows[k]} of its ${schedule.rows[k] + 1} rows`));
 });
 
-s('the task list names every block\'s runs and waits', () => {
+s('coarse tasks: each kernel\'s rows split into contiguous spans covering every row once, at most one span a block', () => {
+  for (const [rows, blocks] of [[1, 8], [7, 8], [8, 8], [9, 8], [1024, 264], [384, 264], [2004, 264], [334, 264], [1000, 7], [13, 5]]) {
+    const spans = rowSpans(rows, blocks);
+    assert.ok(spans.length <= blocks, `${rows} rows on ${blocks} blocks: ${spans.length} tasks`);
+    const most = Math.ceil(rows / blocks);
+    let next = 0;
+    for (const r of spans) {
+      assert.is(r.from, next);
+      assert.ok(r.to > r.from && r.to - r.from <= most, `${rows} rows on ${blocks} blocks: [${r.from}, ${r.to})`);
+      next = r.to;
+    }
+    assert.is(next, rows);
+    // Fewer tasks would give some task more rows.
+    assert.ok(Math.ceil(rows / (spans.length - 1 || 1)) > most || spans.length === 1, `${rows} rows on ${blocks} blocks: ${spans.length} tasks, fewer would do`);
+  }
+  // And in a schedule: every kernel's tasks cover its rows (the mlp stack's 3 rows of 8 blocks: a row a task).
+  schedule.spans.forEach((spans, k) => assert.is(spans.reduce((n, r) => n + r.to - r.from, 0), schedule.rows[k]));
+});
+
+s('prefetch ranges hold every weight element each task\'s rows load (the kernels run for those rows on the CPU, loads recorded)', () => {
+  const checked = checkPrefetch(schedule);
+  assert.ok(checked.ranges > 0, 'some task prefetches');
+});
+
+s('the task list names every block\'s tasks and waits, and each task\'s rows and prefetches', () => {
   const text = formatMegakernel(schedule);
   assert.match(text, /^megakernel: \d+ kernels, \d+ tasks on 8 blocks/);
-  assert.match(text, /\n {2}block 0: k0\[/);
-  assert.match(text, /wait\(\d+( \d+)*\) k\d+\[/);
+  assert.match(text, /\n {2}kernel 0 k0: \d+ rows as \d+ tasks of at most \d+\n/);
+  assert.match(text, /\n {2}block 0: k0\.0/);
+  assert.match(text, /wait\(\d+( \d+)*\) k\d+\.\d+/);
+  assert.match(text, /\n {2}k0: 0:\[0,1\) b\d+@\d+\+\d+/);
 });
 
-s('task functions take the block index, drop launch-level waits, and take shared memory from one pool', () => {
+s('task functions take their rows, drop launch-level waits, and take shared memory from one pool', () => {
   const mk = printCudaMegakernel(schedule, 'mlp_megakernel', 2);
   const functions = mk.source.slice(mk.source.indexOf('// tsfuse megakernel'));
   assert.not.match(functions, /__shared__ (?!__align__\(16\) unsigned char tf_smem\[\];)/, 'only the kernel\'s own dynamic pool');
-  assert.not.match(functions.slice(0, functions.indexOf('extern "C"')), /blockIdx|gridDim|tf_grid_wait/);
-  assert.match(functions, /static __device__ __noinline__ void tf_task0\(/);
-  assert.is((mk.source.match(/ {6}case \d+: tf_task\d+\(/g) ?? []).length, kernels.length);
+  assert.not.match(functions.slice(functions.indexOf('static __device__ __noinline__ void tf_task0'), functions.indexOf('extern "C"')), /blockIdx|gridDim|tf_grid_wait|tf_rows/);
+  assert.match(functions, /static __device__ __noinline__ void tf_task0\(.*const int tf_first, const int tf_end\) \{/);
+  assert.match(functions, /for \(int row = tf_first; row < tf_end; row\+\+\) \{/);
+  assert.is((mk.source.match(/ {4}case \d+: tf_task\d+\(/g) ?? []).length, kernels.length);
   assert.ok(mk.sharedBytes >= 16 && mk.sharedBytes < 48 * 1024, `${mk.sharedBytes} bytes of shared memory`);
   assert.is(mk.blocks, 8);
+  // The timeline costs nothing unless asked for.
+  assert.not.match(mk.source, /tf_timeline\[/);
+  assert.match(printCudaMegakernel(schedule, 'mlp_megakernel', 2, { timeline: true }).source, /tf_timeline\[4 \* tf_t \+ 3\] = tf_mk_processor\(\)/);
 });
+
+s('the decode step of a Llama: prefetch ranges hold every weight element its tasks load, tasks about one a block', () => {
+  const dir = fileURLToPath(new URL('../../../shared/fixtures/tiny-llama3-bf16/', import.meta.url));
+  const model = loadLlama(process.env.TSFUSE_FIXTURES ? path.join(process.env.TSFUSE_FIXTURES, 'tiny-llama3-bf16') : dir);
+  const llama = compileModule(traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength: 16, sampling: false, kvDType: model.weightDType }));
+  const decode = llama.graphs.find((g) => g.graph.name === 'decode')!;
+  const mk = scheduleMegakernel(scheduleKernels(decode.kernels, caps), {}, { blocks: 8, processors: 4, prefetchBytes: 1 << 30 });
+  mk.tasks.forEach((n) => assert.ok(n <= 8));
+  const checked = checkPrefetch(mk);
+  assert.ok(checked.ranges > mk.kernels.length, `${checked.ranges} ranges`);
+  // With a budget, no task prefetches more.
+  const small = scheduleMegakernel(scheduleKernels(decode.kernels, caps), {}, { blocks: 8, processors: 4, prefetchBytes: 1000 });
+  for (const perKernel of small.prefetch) for (const ranges of perKernel) assert.ok(ranges.reduce((n, r) => n + r.bytes, 0) <= 1000);
+});
+
+/**
+ * Runs each task's rows of each kernel on the CPU (the JS renderer's code, its row loop cut to the task's rows)
+ * with every buffer zero and the weights' reads recorded, and checks that each weight element read lies in the
+ * task's prefetch range of that buffer (where it has one: a buffer whose reads cannot be bounded has none).
+ */
+function checkPrefetch(s: MegakernelSchedule): { ranges: number } {
+  let ranges = 0;
+  s.kernels.forEach((sk, k) => {
+    const ir = sk.kernel;
+    // The row form (the one the megakernel runs; a GEMM's tiles are the same kernel).
+    const code = renderJs({ ...ir, gemm: undefined, flash: undefined });
+    const loop = /for \(let row = 0; row < [^;]+; row\+\+\) \{/;
+    assert.match(code, loop, `kernel ${ir.name}'s JS has a row loop`);
+    s.spans[k].forEach((span, t) => {
+      const run = new Function('b', 'sizes', 'round', code.replace(loop, `for (let row = ${span.from}; row < ${span.to}; row++) {`));
+      const reads = ir.buffers.map(() => new Set<number>());
+      const buffers = ir.buffers.map((b, i) => {
+        const data = new (b.dtype === 'i32' || b.dtype === 'bool' ? Int32Array : Float32Array)(evalSize(b.elems, s.sizes));
+        if (b.binding.kind !== 'param') return data;
+        return new Proxy(data, {
+          get(target, key) {
+            if (typeof key === 'string' && /^\d+$/.test(key)) reads[i].add(Number(key));
+            const v = Reflect.get(target, key);
+            return typeof v === 'function' ? v.bind(target) : v;
+          },
+        });
+      });
+      run(buffers, s.sizes, { bf16: (x: number) => x, f16: (x: number) => x, random: () => 0 });
+      for (const r of s.prefetch[k][t]) {
+        ranges++;
+        const size = dtypeBytes[ir.buffers[r.buffer].dtype];
+        for (const e of reads[r.buffer]) {
+          assert.ok(e * size >= r.offset && (e + 1) * size <= r.offset + r.bytes, `kernel ${k} ${ir.name} task ${t} rows [${span.from}, ${span.to}) reads element ${e} of buffer ${r.buffer}, outside its prefetch bytes ${r.offset}+${r.bytes}`);
+        }
+        assert.ok(r.bytes <= (Math.max(...reads[r.buffer]) + 1) * size + 16 - r.offset, `kernel ${k} task ${t} prefetches past what it reads of buffer ${r.buffer}`);
+      }
+    });
+  });
+  return { ranges };
+}
 
 s('refused by name: a graph of symbolic sizes, a device too old, a grid of no blocks', () => {
   assert.throws(() => renderCudaMegakernel(module, cudaCaps(61, 4), { graph: 'mlp' }), /compute capability 7\.0 or later/);

@@ -1,7 +1,7 @@
 // The decode step as one persistent kernel on the CPU fake of CUDA (test/runtime/fake-cuda: resident blocks as
 // fibers that yield while they spin): the fixtures' greedy tokens and decode logits as the multi-kernel path's, a
-// model of another structure against the reference interpreter, and the watchdog reporting a planted wait that
-// can never be met instead of hanging.
+// model of another structure against the reference interpreter, the timeline of a step (each task's times) as a
+// table and a trace, and the watchdog reporting a planted wait that can never be met instead of hanging.
 //
 //   TSFUSE_FAKE_CUDA=0 npm test                   skips (it needs g++)
 
@@ -19,6 +19,9 @@ import { openDevice } from '../../runtime/devices/open.ts';
 import { runOnce } from '../../runtime/executor.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { ParamStore } from '../../runtime/params.ts';
+import { MegakernelSchedule } from '../../backends/megakernel-schedule.ts';
+import { timelineTable, timelineTrace } from '../../runtime/megakernel-timeline.ts';
+import { traceText } from '../../runtime/trace.ts';
 import { mismatch } from '../backends/compare.ts';
 import { mlpStack, mlpValues } from '../backends/mlp-stack.ts';
 import { buildFakeCuda, fakeCudaEnabled as enabled, useFakeCuda } from './fake-cuda/build.ts';
@@ -95,6 +98,52 @@ s('an MLP stack with an untied bf16 head runs as one kernel and matches the refe
   }
 });
 
+s('the timeline: every task of a step once, its times in order, after the tasks it waited for; as a table and a trace', async () => {
+  if (!enabled) return;
+  const module = compileModule({ graphs: [mlpStack()] });
+  const compiled = module.graphs[0].graph;
+  const { params, x } = mlpValues(compiled, 4);
+  const device = await openDevice('cuda', { cacheDir, megakernel: { graph: 'mlp', timeline: true } }) as CudaDevice;
+  try {
+    const program = await device.load(module, new ParamStore((n) => params.get(n)!), { maxSizes: {} });
+    try {
+      const [want] = interpret(compiled, { inputs: { x }, param: (n) => params.get(n)!, states: new Map() });
+      for (let step = 0; step < 2; step++) {
+        const [got] = await runOnce(program, 'mlp', { x }, new Map());
+        assert.not.ok(mismatch(got, want, 2e-4), `step ${step} with the timeline on`);
+      }
+      const t = await program.megakernelTimeline('mlp');
+      const schedule = (program as unknown as { megakernel: { prepared: { schedule: MegakernelSchedule } } }).megakernel.prepared.schedule;
+      const seen = new Set(t.tasks.map((x) => `${x.kernel}.${x.task}`));
+      assert.is(t.tasks.length, schedule.tasks.reduce((a, b) => a + b, 0));
+      assert.is(seen.size, t.tasks.length, 'every task once');
+      const ends = new Map<number, number>();
+      for (const x of t.tasks) ends.set(x.kernel, Math.max(ends.get(x.kernel) ?? 0, x.endNs));
+      t.tasks.forEach((x, i) => {
+        assert.ok(x.waitNs >= 0 && x.waitNs <= x.readyNs && x.readyNs <= x.endNs && x.endNs <= t.spanNs, `task ${x.kernel}.${x.task}: ${x.waitNs} ${x.readyNs} ${x.endNs}`);
+        const before = t.tasks[i - 1];
+        if (before?.block === x.block) assert.ok(before.endNs <= x.waitNs, `block ${x.block} runs its tasks one after another`);
+        assert.ok(x.processor < 8 && x.block < schedule.blocks.length);
+      });
+      // A task's inputs were ready once every task of the kernels it depends on had ended.
+      for (const x of t.tasks) for (const d of schedule.dependsOn[x.kernel]) assert.ok(ends.get(d)! <= x.readyNs, `task ${x.kernel}.${x.task} ran before kernel ${d} ended`);
+      const table = timelineTable(t);
+      assert.match(table[0], /^\s*#\s+kernel\s+kind\s+tasks\s+wait µs\s+max\s+run µs\s+max\s+busy µs\s+from µs\s+to µs$/);
+      assert.is(table.filter((l) => /^\s*\d+\s+k\d+\s/.test(l)).length, schedule.kernels.length);
+      assert.match(table[table.length - 1], /^step: [\d.]+ µs on 16 blocks; tasks ran [\d.]+ % of it/);
+      const trace = JSON.parse(traceText(timelineTrace(t, device.description, { command: 'test' })));
+      const slices = trace.traceEvents.filter((e: { ph: string; cat: string }) => e.ph === 'X' && e.cat !== 'wait');
+      assert.is(slices.length, t.tasks.length, 'a slice per task');
+      assert.ok(slices.every((e: { name: string; dur: number }) => /^k\d+ task \d+$/.test(e.name) && e.dur >= 0));
+      assert.ok(trace.traceEvents.some((e: { name: string; args?: { name: string } }) => e.name === 'thread_name' && e.args?.name === 'block 0'));
+    } finally {
+      program.destroy();
+    }
+  } finally {
+    device.destroy();
+  }
+});
+
 s('the watchdog stops a step whose wait cannot be met and names the block, run, kernel and counter', async () => {
   if (!enabled) return;
   const module = compileModule({ graphs: [mlpStack()] });
@@ -113,7 +162,7 @@ s('the watchdog stops a step whose wait cannot be met and names the block, run, 
     try {
       const error = await Promise.resolve(runOnce(program, 'mlp', { x }, new Map())).then(() => undefined, (e: Error) => e);
       assert.ok(error, 'the step reports the stuck wait');
-      assert.match(error!.message, new RegExp(`megakernel of @mlp is stuck: block \\d+, run \\d+ \\(kernel \\d+ k\\d+, from task \\d+\\) waited on counter ${awaited} \\(kernel k${awaited}\\) past the watchdog: it saw ${tasks}, awaiting ${tasks + 1}`));
+      assert.match(error!.message, new RegExp(`megakernel of @mlp is stuck: block \\d+, task entry \\d+ \\(kernel \\d+ k\\d+, task \\d+\\) waited on counter ${awaited} \\(kernel k${awaited}\\) past the watchdog: it saw ${tasks}, awaiting ${tasks + 1}`));
       // From then on the program refuses to run rather than hang again.
       assert.throws(() => program.run('mlp', {}), /is stuck/);
     } finally {

@@ -1,0 +1,128 @@
+// A megakernel step as a timeline: each task's times as its block recorded them (backends/cuda/megakernel.ts:
+// when it started waiting for its inputs, when they were ready, when it ended, and on which multiprocessor), read
+// three ways: tasks by block, a text table per kernel (how long its tasks waited and ran, and when it ran in the
+// step), and a Chrome / Perfetto trace with a process per multiprocessor, a thread per block, a slice per task
+// and one per wait.
+
+import { TIMELINE_WORDS } from '../backends/cuda/megakernel.ts';
+import type { MegakernelSchedule } from '../backends/megakernel-schedule.ts';
+import { ChromeTrace, columns, TraceEvent } from './trace.ts';
+
+/** One task of a step. Times in ns from the step's first recorded time. */
+export interface TaskTime {
+  readonly block: number;
+  readonly processor: number;
+  /** The kernel's index in the graph, its name and kind. */
+  readonly kernel: number;
+  readonly name: string;
+  readonly kind: string;
+  /** Which of the kernel's tasks, and its rows [from, to). */
+  readonly task: number;
+  readonly rows: readonly [number, number];
+  /** Weight bytes it prefetched before waiting. */
+  readonly prefetchBytes: number;
+  readonly waitNs: number;
+  readonly readyNs: number;
+  readonly endNs: number;
+}
+
+export interface MegakernelTimeline {
+  /** Every task of the step, by block, each block's in the order it ran them. */
+  readonly tasks: readonly TaskTime[];
+  readonly blocks: number;
+  /** From the first wait to the last end. */
+  readonly spanNs: number;
+}
+
+/** The timeline's words (TIMELINE_WORDS a task, in the task table's order: block by block) as tasks. */
+export function taskTimes(s: MegakernelSchedule, words: BigUint64Array): MegakernelTimeline {
+  const entries = s.blocks.flatMap((list, block) => list.map((t) => ({ block, ...t })));
+  const W = TIMELINE_WORDS;
+  if (words.length !== W * entries.length) throw new Error(`a megakernel timeline of ${words.length} words for ${entries.length} tasks of ${W} words`);
+  let origin = BigInt('0xffffffffffffffff');
+  for (let i = 0; i < entries.length; i++) if (words[W * i] < origin) origin = words[W * i];
+  const at = (i: number, w: number) => Number(words[W * i + w] - origin);
+  const tasks = entries.map((e, i): TaskTime => {
+    const sk = s.kernels[e.kernel];
+    const span = s.spans[e.kernel][e.task];
+    return {
+      block: e.block, processor: Number(words[W * i + 3]), kernel: e.kernel, name: sk.kernel.name, kind: sk.kernel.kind,
+      task: e.task, rows: [span.from, span.to], prefetchBytes: s.prefetch[e.kernel][e.task].reduce((n, p) => n + p.bytes, 0),
+      waitNs: at(i, 0), readyNs: at(i, 1), endNs: at(i, 2),
+    };
+  });
+  return { tasks, blocks: s.blocks.length, spanNs: Math.max(0, ...tasks.map((t) => t.endNs)) };
+}
+
+const us = (ns: number) => (ns / 1e3).toFixed(1);
+
+/**
+ * One line per kernel in the graph's order: its tasks, their mean and largest wait and run (µs), the time its tasks
+ * kept blocks busy, and when in the step its first task started and its last ended; then by kind, and the step.
+ */
+export function timelineTable(t: MegakernelTimeline): string[] {
+  const byKernel = new Map<number, TaskTime[]>();
+  for (const task of t.tasks) {
+    let list = byKernel.get(task.kernel);
+    if (!list) byKernel.set(task.kernel, (list = []));
+    list.push(task);
+  }
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const rows = [...byKernel].sort((a, b) => a[0] - b[0]).map(([k, tasks]) => {
+    const waits = tasks.map((x) => x.readyNs - x.waitNs);
+    const runs = tasks.map((x) => x.endNs - x.readyNs);
+    return [String(k), tasks[0].name, tasks[0].kind, String(tasks.length), us(mean(waits)), us(Math.max(...waits)), us(mean(runs)),
+      us(Math.max(...runs)), us(runs.reduce((a, b) => a + b, 0)), us(Math.min(...tasks.map((x) => x.readyNs))), us(Math.max(...tasks.map((x) => x.endNs)))];
+  });
+  const head = ['#', 'kernel', 'kind', 'tasks', 'wait µs', 'max', 'run µs', 'max', 'busy µs', 'from µs', 'to µs'];
+  const lines = columns(head, rows, [true, false, false, true, true, true, true, true, true, true, true]);
+  const byKind = new Map<string, { kernels: Set<number>; busy: number; wait: number }>();
+  for (const x of t.tasks) {
+    const e = byKind.get(x.kind) ?? { kernels: new Set<number>(), busy: 0, wait: 0 };
+    e.kernels.add(x.kernel);
+    e.busy += x.endNs - x.readyNs;
+    e.wait += x.readyNs - x.waitNs;
+    byKind.set(x.kind, e);
+  }
+  const busy = t.tasks.reduce((n, x) => n + x.endNs - x.readyNs, 0);
+  const wait = t.tasks.reduce((n, x) => n + x.readyNs - x.waitNs, 0);
+  const kinds = [...byKind].sort((a, b) => b[1].busy - a[1].busy)
+    .map(([kind, e]) => [kind, `${e.kernels.size} kernels`, `busy ${us(e.busy)} µs`, `waiting ${us(e.wait)} µs`, `${((100 * e.busy) / Math.max(1, busy)).toFixed(1)} % of busy`]);
+  const capacity = t.blocks * t.spanNs;
+  return [
+    ...lines,
+    'by kind:',
+    ...columns(undefined, kinds, [false, true, true, true, true]).map((l) => `  ${l}`),
+    `step: ${us(t.spanNs)} µs on ${t.blocks} blocks; tasks ran ${((100 * busy) / Math.max(1, capacity)).toFixed(1)} % of it, `
+      + `waited ${((100 * wait) / Math.max(1, capacity)).toFixed(1)} %, the rest between tasks (table, prefetch, call, release)`,
+  ];
+}
+
+/**
+ * The step as trace events: a process per multiprocessor, a thread per block (named by metadata events), a slice
+ * per task named by kernel and task (its rows, wait and prefetch as arguments) and, where it waited, a slice for
+ * the wait before it. Times in µs from the step's start.
+ */
+export function timelineTrace(t: MegakernelTimeline, device: string, about: Readonly<Record<string, string>> = {}): ChromeTrace {
+  const events: TraceEvent[] = [];
+  const named = new Set<string>();
+  for (const x of t.tasks) {
+    const [pid, tid] = [x.processor + 1, x.block + 1];
+    if (!named.has(`p${pid}`)) {
+      named.add(`p${pid}`);
+      events.push({ name: 'process_name', ph: 'M', pid, tid: 0, args: { name: `${device} SM ${x.processor}` } });
+    }
+    if (!named.has(`t${tid}`)) {
+      named.add(`t${tid}`);
+      events.push({ name: 'thread_name', ph: 'M', pid, tid, args: { name: `block ${x.block}` } });
+    }
+    if (x.readyNs > x.waitNs) {
+      events.push({ name: `wait ${x.name}`, ph: 'X', pid, tid, ts: x.waitNs / 1e3, dur: (x.readyNs - x.waitNs) / 1e3, cat: 'wait', args: { kernel: x.kernel, task: x.task } });
+    }
+    events.push({
+      name: `${x.name} task ${x.task}`, ph: 'X', pid, tid, ts: x.readyNs / 1e3, dur: (x.endNs - x.readyNs) / 1e3, cat: x.kind || 'task',
+      args: { kernel: x.kernel, task: x.task, rows: `[${x.rows[0]}, ${x.rows[1]})`, 'wait µs': (x.readyNs - x.waitNs) / 1e3, 'prefetch bytes': x.prefetchBytes },
+    });
+  }
+  return { traceEvents: events, displayTimeUnit: 'ns', otherData: { ...about } };
+}
