@@ -63,6 +63,11 @@ export function megakernelOptions(o: true | MegakernelOptions): MegakernelOption
   return o === true ? {} : o;
 }
 
+/**
+ * Blocks a multiprocessor holds. Llama-3.2-1B decode on the H200 (BENCHMARKS.md, issue 12): 2 a multiprocessor
+ * 1.222 ms a token, 3 1.185, 4 1.212 (registers capped at 64, a few bytes spilled): one run each, within what the
+ * kernel-level waits leave to gain; 2 stays until the tasks stream faster.
+ */
 const DEFAULT_BLOCKS_PER_PROCESSOR = 2;
 
 /**
