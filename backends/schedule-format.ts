@@ -34,7 +34,7 @@ export function formatSchedule(s: ScheduledKernel): string {
     // The parts are an expression of the rows (long when printed): what it decides, in words.
     const split = p.split ? `; while tiles × 2 ≤ ${2 * p.split.counters}, each tile's depth split among the most workgroups (2 to ${p.split.maxParts}) that keep parts × tiles ≤ ${2 * p.split.counters}, the last to finish adding the parts in order` : '';
     const units = { 'mma-bf16': `bf16 matrix instructions (mma m16n8k16, f32 accumulators), ${staging}`,
-      fma: `f32 multiply-adds, ${p.threadBlock?.rows} × ${p.threadBlock?.columns} outputs per thread`, serial: 'one row at a time' }[p.units];
+      fma: 'f32 multiply-adds, 4 × 4 outputs per thread', serial: 'one row at a time' }[p.units];
     lines.push(`  gemm ${formatSize(k.gemm.rows)} × ${k.gemm.columns} over ${k.gemm.depth}, ${k.gemm.b.length} product${k.gemm.b.length > 1 ? 's' : ''}: tiles of ${p.tileRows} × ${p.tileColumns} (${formatSize(p.rowTiles)} × ${p.columnTiles}), ${p.tileDepth} deep per step, ${units}${split}`);
   }
   if (k.flash && s.flash) {

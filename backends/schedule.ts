@@ -99,11 +99,9 @@ export interface GemmPlan {
   /**
    * 'mma-bf16': CUDA's m16n8k16 matrix instructions, bf16 inputs (the left operand rounded to bf16 as it is
    * staged; the weights are bf16 already) and f32 accumulators, each warp a block of the tile;
-   * 'fma': f32 multiply-adds, each thread a block of outputs (threadBlock); 'serial': the CPU's loops, row by row.
+   * 'fma': f32 multiply-adds, each thread a block of 4 × 4 outputs; 'serial': the CPU's loops, row by row.
    */
   readonly units: 'mma-bf16' | 'fma' | 'serial';
-  /** 'fma': the outputs each thread accumulates, rows × columns. */
-  readonly threadBlock?: { readonly rows: number; readonly columns: number };
   readonly tileRows: number;
   readonly tileColumns: number;
   readonly tileDepth: number;
@@ -336,17 +334,10 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   }
   const mma = gemmOnMatrixUnits(k, device);
   const rowTilesOf = (rows: number) => idiv(add(gemm.rows, int(rows - 1)), int(rows));
-  // 64 × 64 tiles staged through registers, and f32 tiles: on CUDA 64 × 64, 16 deep, 4 × 4 outputs a thread; on
-  // WebGPU 128 × 64, 8 deep (its 16 KiB of workgroup memory holds a gate/up pair's), 8 × 4 a thread (two 16-byte
-  // reads of the left operand and one of each right one feed 32 multiply-adds). (128-row register-staged mma
-  // tiles, each warp 32 × 32, measured no faster at 512 rows on the H200 — 68 against 66 TFLOP/s — and slower for
-  // 32 to 128 rows.)
-  const wgsl = !mma && device.target === 'wgsl';
-  const [tileRows, tileColumns, tileDepth] = mma ? [64, 64, 32] : wgsl ? [128, 64, 8] : [64, 64, 16];
-  const plan: GemmPlan = {
-    units: mma ? 'mma-bf16' : 'fma', tileRows, tileColumns, tileDepth, rowTiles: rowTilesOf(tileRows), columnTiles: Math.ceil(gemm.columns / tileColumns),
-    ...(mma ? {} : { threadBlock: { rows: wgsl ? 8 : 4, columns: 4 } }),
-  };
+  // 64 × 64 tiles staged through registers, and f32 tiles. (128-row register-staged tiles, each warp 32 × 32,
+  // measured no faster at 512 rows on the H200 — 68 against 66 TFLOP/s — and slower for 32 to 128 rows.)
+  const [tileRows, tileColumns] = [64, 64];
+  const plan: GemmPlan = { units: mma ? 'mma-bf16' : 'fma', tileRows, tileColumns, tileDepth: mma ? 32 : 16, rowTiles: rowTilesOf(tileRows), columnTiles: Math.ceil(gemm.columns / tileColumns) };
   // A left operand read from f32 (or bf16) memory in runs of 4 (8) along the depth, 16 aligned bytes, is copied as
   // it is, several steps ahead: a row, or heads side by side (the attention's output read by the output projection).
   const left = gemm.a.k === 'load' ? k.buffers[gemm.a.buf].dtype : undefined;
@@ -400,12 +391,12 @@ export function gemmOnMatrixUnits(k: KernelIR, device: DeviceCaps): boolean {
 /** Whether the device has m16n8k16 matrix instructions on bf16 inputs. */
 const hasBf16Mma = (device: DeviceCaps) => device.matrixUnits.some((u) => u.input === DType.BF16 && u.m === 16 && u.n === 8 && u.k === 16);
 
-/** Workgroup memory a GEMM tile declares: the staged operands (bf16 rows padded by 8 for mma, f32 runs padded by 4). */
+/** Workgroup memory a GEMM tile declares: the staged operands (bf16 rows padded by 8 for mma, f32 otherwise). */
 function gemmBytes(g: GemmIR, p: GemmPlan): number {
   if (p.units === 'serial' || p.staging?.kind === 'async') return 0;
   return p.units === 'mma-bf16'
     ? 2 * (p.tileDepth + 8) * (p.tileRows + g.b.length * p.tileColumns)
-    : 4 * p.tileDepth * (p.tileRows + 4 + g.b.length * (p.tileColumns + 4));
+    : 4 * p.tileDepth * (p.tileRows + g.b.length * p.tileColumns);
 }
 
 /** Workgroup memory an f32 flash tile declares: query and key tiles (rows padded by one), values, scores, bounds. */
