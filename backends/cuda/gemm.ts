@@ -9,12 +9,14 @@
 //             copies both operands a few steps ahead into a ring of stages instead (mmaAsyncTile).
 //             Where few tiles would leave multiprocessors idle, each tile's depth is split among workgroups whose
 //             sums the last to finish adds (addParts).
+//   wgmma-bf16: sm_90a's warpgroup instructions on operands in shared memory (backends/cuda/wgmma.ts).
 //   fma:      each thread a 4 × 4 block of outputs by f32 multiply-adds (any operand types).
 
 import { GemmIR, KExpr } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { GemmPlan } from '../schedule.ts';
 import { storeValue } from './render-cuda.ts';
+import { wgmmaTile } from './wgmma.ts';
 
 /** The function body after the signature: the tile loop over the grid's rows. */
 export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPrinter, out: string[]): void {
@@ -34,7 +36,8 @@ export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPr
   out.push(`    const int tf_m0 = (tf_tile % tf_row_tiles) * ${plan.tileRows};`);
   out.push(`    const int tf_n0 = (tf_tile / tf_row_tiles) * ${plan.tileColumns};`);
   if (plan.split && plan.staging?.kind !== 'async') throw new Error('CUDA: only copied mma tiles split their depth');
-  if (plan.units === 'mma-bf16' && plan.staging?.kind === 'async') mmaAsyncTile(g, plan, plan.staging.stages, plan.staging.left, p, out);
+  if (plan.units === 'wgmma-bf16' && plan.staging?.kind === 'async') wgmmaTile(g, plan, plan.staging.stages, p, out);
+  else if (plan.units === 'mma-bf16' && plan.staging?.kind === 'async') mmaAsyncTile(g, plan, plan.staging.stages, plan.staging.left, p, out);
   else if (plan.units === 'mma-bf16') mmaTile(g, plan, p, out);
   else if (plan.units === 'fma') fmaTile(g, plan, p, out);
   else throw new Error(`CUDA: no GEMM of ${plan.units} units`);
@@ -55,7 +58,7 @@ function epilogue(g: GemmIR, p: ExprPrinter, out: string[], indent: string): voi
 const MMA_PAD = 8; // elements a staged row is longer than the depth: a warp's fragment reads then hit distinct banks
 
 /** A warp's share of an mma tile: m16 blocks along the rows, n8 blocks along the columns. */
-interface WarpTile { readonly mb: number; readonly nb: number }
+export interface WarpTile { readonly mb: number; readonly nb: number }
 const warpTile = (plan: GemmPlan): WarpTile => ({ mb: plan.tileRows / 64, nb: plan.tileColumns / 16 });
 
 /**
@@ -105,7 +108,7 @@ function mmaStep(ops: number, w: WarpTile, columns: number, depth: number, b: st
  * The epilogue at each accumulator: c[… (mi · NB + ni) · 4 + r] is row 16 mi + g (+ 8 for r ≥ 2), column 8 ni + 2q
  * + (r & 1) of the warp's block.
  */
-function mmaEpilogue(g: GemmIR, w: WarpTile, p: ExprPrinter, out: string[], i: string): void {
+export function mmaEpilogue(g: GemmIR, w: WarpTile, p: ExprPrinter, out: string[], i: string): void {
   out.push(`${i}#pragma unroll`);
   out.push(`${i}for (int tf_mi = 0; tf_mi < ${w.mb}; tf_mi++) {`);
   out.push(`${i}#pragma unroll`);
@@ -367,7 +370,7 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | '
  * slot in the order of the parts (its own read back too, so the sum does not depend on which part is last), zeroes
  * the counter for the next launch and goes on to the epilogue; the others go on to their next work item.
  */
-function addParts(accs: number, out: string[], i: string): void {
+export function addParts(accs: number, out: string[], i: string): void {
   const slot = (work: string) => `tf_ws + (size_t)(${work}) * ${accs * 256} + threadIdx.x`;
   out.push(`${i}if (tf_parts > 1) {`);
   out.push(`${i}  __shared__ int tf_last;`);

@@ -3,6 +3,7 @@
 // whose result every participating thread receives.
 
 import { randomFunction } from '../random-source.ts';
+import { wgmmaHelpers } from './wgmma-prelude.ts';
 
 /** Threads per block; the runtime launches every generated kernel with this many. */
 export const CUDA_BLOCK = 256;
@@ -271,6 +272,7 @@ __device__ __forceinline__ void tf_mma_bf16(float* c, const unsigned* a, const u
   }
 }
 #endif
+${wgmmaHelpers()}
 // Overlapping kernels (programmatic dependent launch, sm_90): a kernel launched to overlap its predecessor runs
 // tf_grid_wait() before it reads or writes anything the predecessor may touch (it returns once the predecessor's
 // writes are visible; at once when nothing overlaps), then tf_grid_release() to let its successor be launched.
@@ -286,4 +288,5 @@ __device__ __forceinline__ void tf_grid_release() {}
 #ifndef TSFUSE_RANDOM
 #define TSFUSE_RANDOM
 ` + randomFunction('cuda') + '#endif\n';
+
 
