@@ -140,7 +140,8 @@ export interface DepthSplit {
  *   'mma-bf16': each warp 16 query rows by CUDA's m16n8k16 bf16 matrix instructions (f32 accumulators): the scores
  *               and the output stay in registers, the probabilities feed the second product directly as two bf16
  *               terms each (hi + lo); queries, keys and values are staged as bf16 (keys and values read from bf16
- *               memory), keys and values 16 bytes at a time where `wideRows` says so.
+ *               memory), copied 16 bytes at a time by cp.async where `wideRows` says so (a key tile ahead, in two
+ *               stages, where both are: `ring`), fragments read by ldmatrix.
  *   'serial':   the CPU's loops, row by row.
  */
 export interface FlashPlan {
