@@ -76,6 +76,8 @@ export interface DeviceCaps {
   readonly target: Target;
   /** For the schedule's text, e.g. "cuda sm_90". */
   readonly name: string;
+  /** CUDA's compute capability, e.g. 90 (undefined on other targets). */
+  readonly computeCapability?: number;
   readonly threadsPerWorkgroup: number;
   /** Undefined where there are none (WebGPU without the `subgroups` feature, the CPU). */
   readonly subgroup?: SubgroupCaps;
@@ -168,6 +170,7 @@ export function cudaCaps(computeCapability = 90, multiprocessors = 132): DeviceC
   return {
     target: 'cuda',
     name: `cuda sm_${computeCapability}`,
+    computeCapability,
     threadsPerWorkgroup: GPU_THREADS,
     subgroup: { width: 32, fixed: true, combines: 'any' },
     workgroupMemoryBytes: shared,

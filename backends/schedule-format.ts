@@ -45,7 +45,7 @@ export function formatSchedule(s: ScheduledKernel): string {
     lines.push(p.units === 'serial'
       ? `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): row by row, online softmax${skip}`
       : p.units === 'mma-bf16'
-        ? `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): tiles of ${p.tileQueries} queries × ${p.tileKeys} keys, a warp per 16 queries, bf16 matrix instructions (mma m16n8k16, f32 accumulators), online softmax in registers${p.wideRows?.keys ? ', key rows copied by cp.async' : ''}${p.wideRows?.values ? ', value rows read 16 bytes at a time' : ''}${skip}`
+        ? `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): tiles of ${p.tileQueries} queries × ${p.tileKeys} keys, a warp per 16 queries, bf16 matrix instructions (mma m16n8k16, f32 accumulators), online softmax in registers${p.longestFirst ? ', the last query tiles of every head first' : ''}${p.ring ? ', key and value rows copied by cp.async a key tile ahead (two stages)' : `${p.wideRows?.keys ? ', key rows copied by cp.async' : ''}${p.wideRows?.values ? ', value rows copied by cp.async' : ''}`}${skip}`
         : `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): tiles of ${p.tileQueries} queries × ${p.tileKeys} keys, ${p.threadsPerQuery} threads per query, online softmax, f32${skip}`);
   }
   if (s.workgroupsPerProcessor) lines.push(`  ${s.workgroupsPerProcessor} workgroups a multiprocessor at once (registers capped to fit)${s.flash ? '' : ': one wave'}`);

@@ -144,7 +144,8 @@ export interface DepthSplit {
  *   'mma-bf16': each warp 16 query rows by CUDA's m16n8k16 bf16 matrix instructions (f32 accumulators): the scores
  *               and the output stay in registers, the probabilities feed the second product directly as two bf16
  *               terms each (hi + lo); queries, keys and values are staged as bf16 (keys and values read from bf16
- *               memory), keys and values 16 bytes at a time where `wideRows` says so.
+ *               memory), copied 16 bytes at a time by cp.async where `wideRows` says so (a key tile ahead, in two
+ *               stages, where both are: `ring`), fragments read by ldmatrix.
  *   'serial':   the CPU's loops, row by row.
  */
 export interface FlashPlan {
@@ -163,6 +164,11 @@ export interface FlashPlan {
    * bytes of memory given at launch, so a tile's loads overlap the previous tile's products.
    */
   readonly ring?: { readonly bytes: number };
+  /**
+   * 'mma-bf16' under a causal bound: workgroups take the last query tiles of every head first (they walk the most
+   * keys; the short ones fill in behind them). 2,048 tokens on the H200: 25.1 → 24.2–24.4 ms (BENCHMARKS.md).
+   */
+  readonly longestFirst?: boolean;
 }
 
 export interface ScheduledKernel {
@@ -459,7 +465,7 @@ function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | und
     // A KV cache's rows: a load of bf16 memory running along the head in aligned runs of 8 (16 bytes).
     const wide = (e: KExpr, along: string, n: number) => e.k === 'load' && n % 8 === 0 && runsAlong(e.index, along, 8);
     const wideRows = { keys: wide(f.k, f.d, f.depth), values: wide(f.v, f.e, f.width) };
-    const tiles = { units: 'mma-bf16', tileQueries: bq, tileKeys: bk, threadsPerQuery: 0, queryTiles: queryTiles(bq), wideRows } as const;
+    const tiles = { units: 'mma-bf16', tileQueries: bq, tileKeys: bk, threadsPerQuery: 0, queryTiles: queryTiles(bq), wideRows, ...(f.limit ? { longestFirst: true } : {}) } as const;
     const ring = wideRows.keys && wideRows.values ? { bytes: 2 * flashMmaKeyBytes(f, bk) } : undefined;
     if (ring && ring.bytes <= device.workgroupMemoryBytes && flashMmaQueryBytes(f, bq) + SCRATCH_BYTES <= device.staticWorkgroupMemoryBytes) {
       return { ...tiles, bytes: flashMmaQueryBytes(f, bq), ring };

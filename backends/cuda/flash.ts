@@ -108,10 +108,13 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   out.push('  const int tf_g = tf_lane >> 2, tf_q = tf_lane & 3, tf_wm = tf_warp * 16;');
   out.push(`  for (int tf_tile = blockIdx.x; tf_tile < ${f.batch} * tf_qtiles; tf_tile += gridDim.x) {`);
   const i1 = '    ';
-  // The last query tiles of every head first: under a causal bound they walk the most keys, and the short ones fill
-  // in behind them.
-  out.push(`${i1}const int ${f.b} = tf_tile % ${f.batch};`);
-  out.push(`${i1}const int tf_i0 = (tf_qtiles - 1 - tf_tile / ${f.batch}) * ${BQ};`);
+  if (plan.longestFirst) {
+    out.push(`${i1}const int ${f.b} = tf_tile % ${f.batch};`);
+    out.push(`${i1}const int tf_i0 = (tf_qtiles - 1 - tf_tile / ${f.batch}) * ${BQ};`);
+  } else {
+    out.push(`${i1}const int ${f.b} = tf_tile / tf_qtiles;`);
+    out.push(`${i1}const int tf_i0 = (tf_tile % tf_qtiles) * ${BQ};`);
+  }
   stageBf16(f.q, false, BQ, D, { row: f.i, base: 'tf_i0', col: f.d, bound: 'tf_queries' }, { array: 'tf_qs', pitch: QP }, p, out, i1);
   rowLimits(f, BQ, p, out, i1);
   out.push(`${i1}__syncthreads();`);

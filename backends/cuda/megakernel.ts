@@ -78,9 +78,8 @@ const DEFAULT_BLOCKS_PER_PROCESSOR = 2;
 export function renderCudaMegakernel(module: LoweredModule, caps: DeviceCaps, opts: MegakernelOptions): PreparedMegakernel {
   const graph = opts.graph ?? 'decode';
   if (caps.target !== 'cuda') throw new Error(`--megakernel runs on cuda only, not ${caps.name}`);
-  const cc = Number(/sm_(\d+)/.exec(caps.name)?.[1] ?? 0);
   // __nanosleep and acquire loads need sm_70.
-  if (cc < 70) throw new Error(`--megakernel needs compute capability 7.0 or later; this device is ${caps.name}`);
+  if ((caps.computeCapability ?? 0) < 70) throw new Error(`--megakernel needs compute capability 7.0 or later; this device is ${caps.name}`);
   const lg = module.graphs.find((g) => g.graph.name === graph);
   if (!lg) throw new Error(`--megakernel: the program has no graph @${graph} (it has ${module.graphs.map((g) => '@' + g.graph.name).join(', ')})`);
   if (lg.kernels.length === 0) throw new Error(`--megakernel: graph @${graph} has no kernels`);

@@ -15,23 +15,13 @@ import { openLlamaSession } from '../../compiler/open-session.ts';
 import { CudaProgram } from '../../runtime/devices/cuda.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { readSafetensors } from '../../runtime/safetensors.ts';
-import { buildFakeCuda, fakeCudaEnabled as enabled, useFakeCuda } from './fake-cuda/build.ts';
+import { fakeCudaEnabled as enabled, onFakeCuda } from './fake-cuda/build.ts';
 import { relativeError } from '../backends/compare.ts';
 
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
 const s = suite('CUDA backend on the CPU fake');
 
-let cacheDir = '';
-let restore: (() => void) | undefined;
-
-s.before(() => {
-  if (!enabled) return;
-  const fake = buildFakeCuda();
-  cacheDir = fake.cacheDir;
-  restore = useFakeCuda(fake);
-});
-
-s.after(() => restore?.());
+const fake = onFakeCuda(s);
 
 interface Golden { ids: number[]; logits: Float32Array; vocab: number; greedy: number[] }
 
@@ -68,7 +58,7 @@ for (const [fixture, tolerance] of [['tiny-llama', 1e-3], ['tiny-llama3-bf16', 1
     if (!enabled) return;
     const dir = path.join(fixtures, fixture);
     const gold = golden(dir);
-    const llama = await openLlamaSession(loadLlama(dir), { backend: 'cuda', cacheLength: gold.ids.length + 32, cacheDir, readEvery: 5 });
+    const llama = await openLlamaSession(loadLlama(dir), { backend: 'cuda', cacheLength: gold.ids.length + 32, cacheDir: fake.cacheDir, readEvery: 5 });
     try {
       const logits = await llama.logits(gold.ids);
       assert.equal(logits.shape, [gold.ids.length, gold.vocab]);
@@ -93,7 +83,7 @@ s('a second session compiles nothing; sampling draws the tokens the cpu draws; s
   const dir = path.join(fixtures, 'tiny-llama');
   const gold = golden(dir);
   // The cache length of the fixture test above: the same kernels, so nothing to compile.
-  const llama = await openLlamaSession(loadLlama(dir), { backend: 'cuda', cacheLength: gold.ids.length + 32, cacheDir });
+  const llama = await openLlamaSession(loadLlama(dir), { backend: 'cuda', cacheLength: gold.ids.length + 32, cacheDir: fake.cacheDir });
   try {
     assert.ok([...(llama.program as CudaProgram).images.values()].every((i) => i.cached), 'every module from the disk cache');
     const prompt = gold.ids.slice(0, 6);
@@ -112,7 +102,7 @@ s('a second session compiles nothing; sampling draws the tokens the cpu draws; s
   }
   const sampling = { temperature: 0.8, topP: 0.9, seed: 7 };
   const draw = async (backend: 'cuda' | 'cpu') => {
-    const session = await openLlamaSession(loadLlama(dir), { backend, cacheLength: 16, cacheDir, sampling: true });
+    const session = await openLlamaSession(loadLlama(dir), { backend, cacheLength: 16, cacheDir: fake.cacheDir, sampling: true });
     try {
       return await session.generate(gold.ids.slice(0, 6), 8, sampling);
     } finally {

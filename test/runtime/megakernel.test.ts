@@ -24,22 +24,12 @@ import { timelineTable, timelineTrace } from '../../runtime/megakernel-timeline.
 import { traceText } from '../../runtime/trace.ts';
 import { mismatch } from '../backends/compare.ts';
 import { mlpStack, mlpValues } from '../backends/mlp-stack.ts';
-import { buildFakeCuda, fakeCudaEnabled as enabled, useFakeCuda } from './fake-cuda/build.ts';
+import { fakeCudaEnabled as enabled, onFakeCuda } from './fake-cuda/build.ts';
 
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
 const s = suite('megakernel on the CPU fake of CUDA');
 
-let cacheDir = '';
-let restore: (() => void) | undefined;
-
-s.before(() => {
-  if (!enabled) return;
-  const fake = buildFakeCuda();
-  cacheDir = fake.cacheDir;
-  restore = useFakeCuda(fake);
-});
-
-s.after(() => restore?.());
+const fake = onFakeCuda(s);
 
 // tiny-llama: f32, untied head, 4 / 2 heads; tiny-llama3-bf16: bf16, tied embeddings, 6 / 2 heads, llama3 rope.
 for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
@@ -48,7 +38,7 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
     const dir = path.join(fixtures, fixture);
     const gold = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
     const run = async (megakernel: boolean) => {
-      const session = await openLlamaSession(loadLlama(dir), { backend: 'cuda', cacheLength: gold.input_ids.length + 32, cacheDir, megakernel });
+      const session = await openLlamaSession(loadLlama(dir), { backend: 'cuda', cacheLength: gold.input_ids.length + 32, cacheDir: fake.cacheDir, megakernel });
       try {
         const tokens = await session.generate(gold.input_ids, 32);
         const vocab = session.program.graph('decode').outputs[0].type.shape[1] as number;
@@ -74,7 +64,7 @@ s('an MLP stack with an untied bf16 head runs as one kernel and matches the refe
   if (!enabled) return;
   const graph = mlpStack();
   const module = compileModule({ graphs: [graph] });
-  const device = await openDevice('cuda', { cacheDir, megakernel: { graph: 'mlp' } }) as CudaDevice;
+  const device = await openDevice('cuda', { cacheDir: fake.cacheDir, megakernel: { graph: 'mlp' } }) as CudaDevice;
   try {
     const compiled = module.graphs[0].graph;
     for (const seed of [1, 2]) {
@@ -103,7 +93,7 @@ s('the timeline: every task of a step once, its times in order, after the tasks 
   const module = compileModule({ graphs: [mlpStack()] });
   const compiled = module.graphs[0].graph;
   const { params, x } = mlpValues(compiled, 4);
-  const device = await openDevice('cuda', { cacheDir, megakernel: { graph: 'mlp', timeline: true } }) as CudaDevice;
+  const device = await openDevice('cuda', { cacheDir: fake.cacheDir, megakernel: { graph: 'mlp', timeline: true } }) as CudaDevice;
   try {
     const program = await device.load(module, new ParamStore((n) => params.get(n)!), { maxSizes: {} });
     try {
@@ -149,7 +139,7 @@ s('the watchdog stops a step whose wait cannot be met and names the block, run, 
   const module = compileModule({ graphs: [mlpStack()] });
   const compiled = module.graphs[0].graph;
   const { params, x } = mlpValues(compiled, 3);
-  const device = await openDevice('cuda', { cacheDir, megakernel: { graph: 'mlp', watchdogMs: 200 } }) as CudaDevice;
+  const device = await openDevice('cuda', { cacheDir: fake.cacheDir, megakernel: { graph: 'mlp', watchdogMs: 200 } }) as CudaDevice;
   try {
     device.prepare(module);
     // Planted: the first wait of the table awaits one task more than its kernel has.

@@ -59,6 +59,23 @@ export function useFakeCuda(fake: FakeCuda): () => void {
   };
 }
 
+/**
+ * Points the CUDA runtime at the fake while suite `s` runs (nothing where the fake cannot be built); the returned
+ * object's cacheDir is the fake's kernel cache once the suite has started.
+ */
+export function onFakeCuda(s: { before(hook: () => void): void; after(hook: () => void): void }): { cacheDir: string } {
+  const state = { cacheDir: '' };
+  let restore: (() => void) | undefined;
+  s.before(() => {
+    if (!fakeCudaEnabled) return;
+    const fake = buildFakeCuda();
+    state.cacheDir = fake.cacheDir;
+    restore = useFakeCuda(fake);
+  });
+  s.after(() => restore?.());
+  return state;
+}
+
 /** The message of a device that is not there (no driver, no adapter), else undefined. */
 export const unavailable = (e: unknown): string | undefined => (/Unavailable/.test((e as Error).name) ? (e as Error).message : undefined);
 
