@@ -122,6 +122,7 @@ export function wgmmaTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrin
   out.push(`${i}tf_wgmma_hold<${accs}>(tf_c);`);
   // The next tile's first copies overwrite stages still being read by slow warpgroups: all finish first.
   out.push(`${i}__syncthreads();`);
-  if (plan.split) addParts(accs, out, i);
+  // The ring's start is rounded up to 1,024 bytes inside the bytes given.
+  if (plan.split) addParts(accs, plan.split.maxParts, { warpRows: 16, warpsAcross: 1 }, stages * stageBytes, out, i);
   mmaEpilogue(g, w, p, out, i);
 }
