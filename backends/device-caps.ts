@@ -63,6 +63,13 @@ export interface ScheduleTuning {
    * attention from 2 query rows on both (the row form reads the whole cache, flash only up to the causal bound).
    */
   readonly tilesFrom: { readonly gemm: number; readonly flash: number };
+  /**
+   * wgmma GEMM tiles (sm_90a): the columns a tile has at most (the widest of 256, 128 and 64 not past it whose
+   * accumulators, products × columns / 2 a thread, stay within 128 and whose tiles are no wider than the GEMM) and
+   * the stages of the copy ring (fewer where they do not fit). Not yet measured: 128 columns and 4 stages by
+   * reasoning (backends/schedule.ts), TSFUSE_GEMM=wgmma:256x3 (columns x stages) to try others.
+   */
+  readonly wgmma?: { readonly columns: number; readonly stages: number };
 }
 
 export interface DeviceCaps {
@@ -84,7 +91,7 @@ export interface DeviceCaps {
   /** How rows past that run: along a second grid dimension (WebGPU), by workgroups looping over rows (CUDA's
    *  grid-stride loop), or all in one loop (the CPU). */
   readonly rowsPastGrid: 'second-dimension' | 'grid-stride' | 'serial';
-  /** Matrix instructions GEMM tiles may use (CUDA's mma.sync on sm_80 and later). */
+  /** Matrix instructions GEMM tiles may use (CUDA's mma.sync on sm_80 and later; wgmma, m64nNk16, on sm_90a). */
   readonly matrixUnits: readonly MatrixUnit[];
   /**
    * Whether a kernel may start while its predecessor finishes (CUDA's programmatic dependent launch, sm_90): it
@@ -145,13 +152,21 @@ const sharedBytesByArch: readonly [number, number][] = [[90, 232448], [89, 10137
 /**
  * CUDA at a compute capability (e.g. 90 for an H200, with its 132 multiprocessors): warps of 32, 256 threads per
  * block, 48 KiB of static shared memory. TSFUSE_CUDA_OVERLAP=off (for measuring what overlapping kernels gains)
- * launches every kernel after its predecessor. (Asking L2 for each workgroup's weights before waiting was measured
+ * launches every kernel after its predecessor. TSFUSE_GEMM=mma (for measuring what wgmma gains) leaves compute
+ * capability 9.0 without its warpgroup matrix instructions, so that its GEMMs take the mma.sync tiles of sm_80;
+ * TSFUSE_GEMM=wgmma:256x3 gives the wgmma tiles up to 256 columns and 3 stages (ScheduleTuning.wgmma). (Asking L2 for each workgroup's weights before waiting was measured
  * slower on the H200, 1.113 against 1.066 ms a token, and is gone: BENCHMARKS.md.)
  */
 export function cudaCaps(computeCapability = 90, multiprocessors = 132): DeviceCaps {
   const shared = sharedBytesByArch.find(([arch]) => computeCapability >= arch)?.[1] ?? 49152;
   const overlap = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.TSFUSE_CUDA_OVERLAP;
   if (overlap !== undefined && overlap !== 'off') throw new Error(`TSFUSE_CUDA_OVERLAP=${overlap}: expected off (or unset)`);
+  const gemmUnits = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.TSFUSE_GEMM;
+  const wgmmaTile = /^wgmma(?::(64|128|256)x([3-8]))?$/.exec(gemmUnits ?? 'wgmma');
+  if (gemmUnits !== 'mma' && !wgmmaTile) throw new Error(`TSFUSE_GEMM=${gemmUnits}: expected mma, wgmma or wgmma:COLUMNSxSTAGES (64, 128 or 256 × 3 to 8; or unset)`);
+  const mma: MatrixUnit = { m: 16, n: 8, k: 16, input: DType.BF16, accumulator: DType.F32 };
+  // wgmma exists on sm_90a only (not on sm_100 and later, which have tcgen05 instead): NVRTC compiles 9.0 as sm_90a.
+  const wgmma: MatrixUnit = { m: 64, n: 256, k: 16, input: DType.BF16, accumulator: DType.F32 };
   return {
     target: 'cuda',
     name: `cuda sm_${computeCapability}`,
@@ -163,12 +178,15 @@ export function cudaCaps(computeCapability = 90, multiprocessors = 132): DeviceC
     vectorLoadBytes: 16,
     maxWorkgroupsX: 2 ** 31 - 1,
     rowsPastGrid: 'grid-stride',
-    // mma.sync m16n8k16 with bf16 inputs and f32 accumulators (sm_80 and later).
-    matrixUnits: computeCapability >= 80 ? [{ m: 16, n: 8, k: 16, input: DType.BF16, accumulator: DType.F32 }] : [],
+    // mma.sync m16n8k16 with bf16 inputs and f32 accumulators (sm_80 and later); wgmma m64nNk16, N up to 256 (sm_90a).
+    matrixUnits: computeCapability === 90 && wgmmaTile ? [mma, wgmma] : computeCapability >= 80 ? [mma] : [],
     dependentLaunch: computeCapability >= 90 && overlap !== 'off',
     // 2,048 threads a multiprocessor since sm_70, but 1,024 on sm_75 and 1,536 on sm_86 and sm_89.
     processors: { count: multiprocessors, maxWorkgroups: computeCapability === 75 ? 4 : computeCapability === 86 || computeCapability === 89 ? 6 : 8 },
-    tuning: { elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 8 }, tilesFrom: { gemm: 16, flash: 2 } },
+    tuning: {
+      elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 8 }, tilesFrom: { gemm: 16, flash: 2 },
+      ...(computeCapability === 90 && wgmmaTile ? { wgmma: { columns: Number(wgmmaTile[1] ?? 128), stages: Number(wgmmaTile[2] ?? 4) } } : {}),
+    },
   };
 }
 

@@ -99,9 +99,11 @@ export interface GemmPlan {
   /**
    * 'mma-bf16': CUDA's m16n8k16 matrix instructions, bf16 inputs (the left operand rounded to bf16 as it is
    * staged; the weights are bf16 already) and f32 accumulators, each warp a block of the tile;
+   * 'wgmma-bf16': sm_90a's warpgroup instructions (wgmma m64nNk16), both operands bf16 in shared memory read
+   * through matrix descriptors, each of the two warpgroups 64 rows of the tile (always copied: 'async' staging);
    * 'fma': f32 multiply-adds, each thread a block of 4 × 4 outputs; 'serial': the CPU's loops, row by row.
    */
-  readonly units: 'mma-bf16' | 'fma' | 'serial';
+  readonly units: 'mma-bf16' | 'wgmma-bf16' | 'fma' | 'serial';
   readonly tileRows: number;
   readonly tileColumns: number;
   readonly tileDepth: number;
@@ -111,7 +113,9 @@ export interface GemmPlan {
   /**
    * How an mma tile's operands reach shared memory: 'registers' (loaded a step ahead, the left operand computed and
    * rounded on the way), or 'async' (cp.async copies `stages − 1` steps ahead into a ring of stages in memory given
-   * at launch, the left operand as it is in memory: f32, rounded as fragments are read, or bf16).
+   * at launch, the left operand as it is in memory: f32, rounded as fragments are read, or bf16). wgmma tiles copy
+   * `stages − 2` steps ahead (one step's instructions stay in flight while the next are issued), rows of 64 bf16
+   * (128 bytes) in the 128-byte swizzle, the ring aligned to 1,024 bytes inside `bytes`.
    */
   readonly staging?: { readonly kind: 'registers' } | { readonly kind: 'async'; readonly stages: number; readonly bytes: number; readonly left: 'f32' | 'bf16' };
   /** Where few tiles would leave multiprocessors idle: each tile's depth divided among workgroups (DepthSplit). */
@@ -355,24 +359,45 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   // 33.5; 64 × 128, 128 × 128, 4 stages, or 2 stages of 64 no better. With the depth split, 64 × 64 tiles for GEMMs
   // of fewer than two column tiles a multiprocessor (the output and down projections of a 1B model) measured
   // 2.3–2.5 / 7.7–7.9 / 29.8 ms against 2.7–2.8 / 6.7 / 24.9–25.1 for 128 × 64 everywhere.
+  // sm_90a (unless TSFUSE_GEMM=mma): warpgroup MMA where the left operand is bf16 in memory (wgmma reads both
+  // operands from shared memory as they are) and the depth a multiple of 64 (a step is one 128-byte swizzled row).
+  // 128 rows (a warpgroup each 64) × 128 columns where there are that many (each left row read from shared memory
+  // once per 128 columns rather than 64, 64 accumulators a thread a product; 256 would be 128 accumulators, and half
+  // the tiles to spread over the multiprocessors at 512 tokens), else 64; 4 stages (2 steps of copies in flight,
+  // one of wgmma). Not yet measured; ScheduleTuning.wgmma (TSFUSE_GEMM=wgmma:256x3) tries others.
+  const wg = device.tuning.wgmma;
+  if (mma && plainA && left === DType.BF16 && wg && hasWgmma(device) && gemm.depth % 64 === 0) {
+    const ops = gemm.b.length;
+    const columns = [256, 128, 64].find((c) => c <= wg.columns && (c === 64 || (ops * c <= 256 && c <= gemm.columns)))!;
+    const [rows, depth] = [128, 64];
+    const stageBytes = rows * depth * 2 + ops * columns * depth * 2;
+    const stages = [wg.stages, 4, 3].filter((s) => s <= wg.stages).find((s) => s * stageBytes + 1024 <= device.workgroupMemoryBytes);
+    if (stages) {
+      const tile: GemmPlan = { units: 'wgmma-bf16', tileRows: rows, tileColumns: columns, tileDepth: depth, rowTiles: rowTilesOf(rows), columnTiles: Math.ceil(gemm.columns / columns) };
+      const split = depthSplit(tile, gemm, device, stages * stageBytes + 1024);
+      return { ...tile, staging: { kind: 'async', stages, bytes: stages * stageBytes + 1024, left: 'bf16' }, ...(split ? { split } : {}) };
+    }
+  }
   if (mma && plainA) {
     const [asyncRows, asyncColumns, stages, depth] = [128, 64, 3, gemm.depth % 64 === 0 ? 64 : 32];
     const bytes = stages * (asyncRows * (depth + 8) * dtypeBytes[left!] + gemm.b.length * asyncColumns * (depth + 8) * 2);
     const tile = { ...plan, tileDepth: depth, tileRows: asyncRows, tileColumns: asyncColumns, rowTiles: rowTilesOf(asyncRows), columnTiles: Math.ceil(gemm.columns / asyncColumns) };
-    const split = depthSplit(tile, gemm, device);
+    const split = depthSplit(tile, gemm, device, bytes);
     if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes, left: left === DType.BF16 ? 'bf16' : 'f32' }, ...(split ? { split } : {}) };
   }
   return gemmBytes(gemm, plan) <= device.staticWorkgroupMemoryBytes ? { ...plan, staging: mma ? { kind: 'registers' } : undefined } : undefined;
 }
 
 /**
- * The depth split of copied mma tiles: enough parts that the grid nears two workgroups a multiprocessor, powers of
- * two up to 16, each part at least 4 steps (fewer leave cp.async nothing to overlap). A 32-token prompt gives a 1B
- * model's output and down projections 32 tiles for the H200's 132 multiprocessors: 8 parts each.
+ * The depth split of copied tiles: enough parts that the grid nears one wave (two workgroups a multiprocessor, or
+ * one where `ringBytes` leaves room for one), powers of two up to 16, each part at least 4 steps (fewer leave
+ * cp.async nothing to overlap). A 32-token prompt gives a 1B model's output and down projections 32 mma tiles for
+ * the H200's 132 multiprocessors: 8 parts each. (Targeting two a multiprocessor for wgmma's one-a-processor rings
+ * left a second wave: 512 tokens 6.3–6.4 ms against 5.6–5.8, 2,048 tokens 18.7 against 16.6.)
  */
-function depthSplit(tile: GemmPlan, gemm: GemmIR, device: DeviceCaps): DepthSplit | undefined {
+function depthSplit(tile: GemmPlan, gemm: GemmIR, device: DeviceCaps, ringBytes: number): DepthSplit | undefined {
   if (device.target !== 'cuda' || !device.processors) return undefined;
-  const target = 2 * device.processors.count;
+  const target = Math.max(1, Math.min(2, Math.floor(device.workgroupMemoryBytes / ringBytes))) * device.processors.count;
   const steps = gemm.depth / tile.tileDepth;
   let maxParts = 1;
   while (maxParts < 16 && steps / (2 * maxParts) >= 4 && 2 * maxParts <= target) maxParts *= 2;
@@ -393,6 +418,9 @@ export function gemmOnMatrixUnits(k: KernelIR, device: DeviceCaps): boolean {
   if (!gemm || device.threadsPerWorkgroup === 1) return false;
   return hasBf16Mma(device) && gemm.depth % 32 === 0 && gemm.b.every((b) => bf16WeightAlong(b, gemm.k, k));
 }
+
+/** Whether the device has warpgroup matrix instructions (wgmma m64nNk16) on bf16 inputs. */
+const hasWgmma = (device: DeviceCaps) => device.matrixUnits.some((u) => u.input === DType.BF16 && u.m === 64 && u.k === 16);
 
 /** Whether the device has m16n8k16 matrix instructions on bf16 inputs. */
 const hasBf16Mma = (device: DeviceCaps) => device.matrixUnits.some((u) => u.input === DType.BF16 && u.m === 16 && u.n === 8 && u.k === 16);

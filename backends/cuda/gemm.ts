@@ -9,12 +9,14 @@
 //             copies both operands a few steps ahead into a ring of stages instead (mmaAsyncTile).
 //             Where few tiles would leave multiprocessors idle, each tile's depth is split among workgroups whose
 //             sums the last to finish adds (addParts).
+//   wgmma-bf16: sm_90a's warpgroup instructions on operands in shared memory (backends/cuda/wgmma.ts).
 //   fma:      each thread a 4 × 4 block of outputs by f32 multiply-adds (any operand types).
 
 import { GemmIR, KExpr } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { GemmPlan } from '../schedule.ts';
 import { storeValue } from './render-cuda.ts';
+import { wgmmaTile } from './wgmma.ts';
 
 /** The function body after the signature: the tile loop over the grid's rows. */
 export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPrinter, out: string[]): void {
@@ -34,7 +36,8 @@ export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPr
   out.push(`    const int tf_m0 = (tf_tile % tf_row_tiles) * ${plan.tileRows};`);
   out.push(`    const int tf_n0 = (tf_tile / tf_row_tiles) * ${plan.tileColumns};`);
   if (plan.split && plan.staging?.kind !== 'async') throw new Error('CUDA: only copied mma tiles split their depth');
-  if (plan.units === 'mma-bf16' && plan.staging?.kind === 'async') mmaAsyncTile(g, plan, plan.staging.stages, plan.staging.left, p, out);
+  if (plan.units === 'wgmma-bf16' && plan.staging?.kind === 'async') wgmmaTile(g, plan, plan.staging.stages, p, out);
+  else if (plan.units === 'mma-bf16' && plan.staging?.kind === 'async') mmaAsyncTile(g, plan, plan.staging.stages, plan.staging.left, p, out);
   else if (plan.units === 'mma-bf16') mmaTile(g, plan, p, out);
   else if (plan.units === 'fma') fmaTile(g, plan, p, out);
   else throw new Error(`CUDA: no GEMM of ${plan.units} units`);
@@ -55,7 +58,7 @@ function epilogue(g: GemmIR, p: ExprPrinter, out: string[], indent: string): voi
 const MMA_PAD = 8; // elements a staged row is longer than the depth: a warp's fragment reads then hit distinct banks
 
 /** A warp's share of an mma tile: m16 blocks along the rows, n8 blocks along the columns. */
-interface WarpTile { readonly mb: number; readonly nb: number }
+export interface WarpTile { readonly mb: number; readonly nb: number }
 const warpTile = (plan: GemmPlan): WarpTile => ({ mb: plan.tileRows / 64, nb: plan.tileColumns / 16 });
 
 /**
@@ -105,7 +108,7 @@ function mmaStep(ops: number, w: WarpTile, columns: number, depth: number, b: st
  * The epilogue at each accumulator: c[… (mi · NB + ni) · 4 + r] is row 16 mi + g (+ 8 for r ≥ 2), column 8 ni + 2q
  * + (r & 1) of the warp's block.
  */
-function mmaEpilogue(g: GemmIR, w: WarpTile, p: ExprPrinter, out: string[], i: string): void {
+export function mmaEpilogue(g: GemmIR, w: WarpTile, p: ExprPrinter, out: string[], i: string): void {
   out.push(`${i}#pragma unroll`);
   out.push(`${i}for (int tf_mi = 0; tf_mi < ${w.mb}; tf_mi++) {`);
   out.push(`${i}#pragma unroll`);
@@ -357,22 +360,37 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | '
   out.push(`${i}}`);
   // The next tile's first copies overwrite stages still being read by slow warps: all finish first.
   out.push(`${i}__syncthreads();`);
-  if (plan.split) addParts(ops * w.mb * w.nb * 4, out, i);
+  if (plan.split) addParts(ops * w.mb * w.nb * 4, plan.split.maxParts, { warpRows: 16 * w.mb, warpsAcross: 2 }, stages * (aStage * aBytes + bStage * 2), out, i);
   mmaEpilogue(g, w, p, out, i);
 }
+
+/** Where a split tile's warps hold their rows (for addParts): rows a warp holds, warps side by side on the same rows. */
+export interface PartsLayout { readonly warpRows: number; readonly warpsAcross: number }
 
 /**
  * A split tile's parts added (GemmPlan.split): each part stores its accumulators to its slot of the workspace
  * (accumulator a of thread t at a · 256 + t) and counts itself done in the tile's counter; the last adds every
  * slot in the order of the parts (its own read back too, so the sum does not depend on which part is last), zeroes
  * the counter for the next launch and goes on to the epilogue; the others go on to their next work item.
+ *   Only the threads of warps holding rows below the total store and are summed (the warps' first rows grow with
+ * their index, so they are the first `tf_live` threads: at 32 rows of a 128-row tile, a quarter). The last part's
+ * sum is spread over all 256 threads, every part of an accumulator loaded at once and several accumulators a
+ * thread in flight (tf_add_parts), into the staging ring (free by now), from where each thread takes its own back. (Summed by
+ * the threads that held them, one part at a time, the output projection of a 32-token prompt, 8 parts, took 20 µs
+ * on the H200: 8 round trips to L2 in its last block.)
  */
-function addParts(accs: number, out: string[], i: string): void {
-  const slot = (work: string) => `tf_ws + (size_t)(${work}) * ${accs * 256} + threadIdx.x`;
+export function addParts(accs: number, maxParts: number, layout: PartsLayout, ringBytes: number, out: string[], i: string): void {
+  if (accs * 256 * 4 > ringBytes) throw new Error(`CUDA: a split tile's ${accs} accumulators a thread do not fit its ${ringBytes}-byte staging ring`);
+  const slot = (work: string) => `tf_ws + (size_t)(${work}) * ${accs * 256}`;
   out.push(`${i}if (tf_parts > 1) {`);
   out.push(`${i}  __shared__ int tf_last;`);
-  out.push(`${i}  #pragma unroll`);
-  out.push(`${i}  for (int tf_i = 0; tf_i < ${accs}; tf_i++) (${slot('tf_work')})[tf_i * 256] = tf_c[tf_i];`);
+  const { warpRows: R, warpsAcross: W } = layout;
+  out.push(`${i}  const int tf_live_warps = ${W} * ((tf_m_total - tf_m0 + ${R - 1}) / ${R});`);
+  out.push(`${i}  const int tf_live = 32 * (tf_live_warps < 8 ? tf_live_warps : 8);`);
+  out.push(`${i}  if (threadIdx.x < tf_live) {`);
+  out.push(`${i}    #pragma unroll`);
+  out.push(`${i}    for (int tf_i = 0; tf_i < ${accs}; tf_i++) (${slot('tf_work')} + threadIdx.x)[tf_i * 256] = tf_c[tf_i];`);
+  out.push(`${i}  }`);
   // Stores before the count (a fence each thread, then the barrier), the count before the last one's loads.
   out.push(`${i}  __threadfence();`);
   out.push(`${i}  __syncthreads();`);
@@ -383,13 +401,21 @@ function addParts(accs: number, out: string[], i: string): void {
   out.push(`${i}  __syncthreads();`);
   out.push(`${i}  if (!tf_last) continue;`);
   out.push(`${i}  __threadfence();`);
-  // A part at a time, its accumulators' loads all in flight together (one load waited for at a time, a tile of 8
-  // parts took 30 µs on the H200).
-  out.push(`${i}  #pragma unroll`);
-  out.push(`${i}  for (int tf_i = 0; tf_i < ${accs}; tf_i++) tf_c[tf_i] = __ldcg(${slot('tf_tile')} + tf_i * 256);`);
-  out.push(`${i}  for (int tf_p = 1; tf_p < tf_parts; tf_p++) {`);
-  out.push(`${i}    #pragma unroll`);
-  out.push(`${i}    for (int tf_i = 0; tf_i < ${accs}; tf_i++) tf_c[tf_i] += __ldcg(${slot('tf_p * tf_tiles + tf_tile')} + tf_i * 256);`);
+  // 32 loads a thread in flight whatever the parts (a power of two, at most maxParts).
+  out.push(`${i}  float* const tf_sum = reinterpret_cast<float*>(tf_ring);`);
+  out.push(`${i}  const float* const tf_part0 = ${slot('tf_tile')};`);
+  out.push(`${i}  const size_t tf_stride = (size_t)tf_tiles * ${accs * 256};`);
+  out.push(`${i}  switch (tf_parts) {`);
+  for (let parts = 2; parts <= maxParts; parts *= 2) {
+    out.push(`${i}    case ${parts}: tf_add_parts<${parts}, ${Math.max(1, 32 / parts)}>(tf_part0, tf_stride, ${accs} * tf_live, tf_live, tf_sum); break;`);
+  }
   out.push(`${i}  }`);
+  out.push(`${i}  __syncthreads();`);
+  out.push(`${i}  if (threadIdx.x < tf_live) {`);
+  out.push(`${i}    #pragma unroll`);
+  out.push(`${i}    for (int tf_i = 0; tf_i < ${accs}; tf_i++) tf_c[tf_i] = tf_sum[tf_i * 256 + threadIdx.x];`);
+  out.push(`${i}  }`);
+  // The next work item's copies overwrite the ring.
+  out.push(`${i}  __syncthreads();`);
   out.push(`${i}}`);
 }

@@ -3,6 +3,7 @@
 // whose result every participating thread receives.
 
 import { randomFunction } from '../random-source.ts';
+import { wgmmaHelpers } from './wgmma-prelude.ts';
 
 /** Threads per block; the runtime launches every generated kernel with this many. */
 export const CUDA_BLOCK = 256;
@@ -194,6 +195,33 @@ template <typename T> __device__ __forceinline__ int tf_block_argmax(T v, int i,
   __syncthreads();
   return si[TF_WARPS];
 }
+// A split GEMM tile's parts summed (addParts), P parts, stride floats apart from part0, U items a thread in flight:
+// item j is accumulator j / live of thread j % live, at (j / live) · 256 + j % live of a part and of sum; each
+// item's parts added in their order, so the sum does not depend on which part finished last.
+template <int P, int U> __device__ __forceinline__ void tf_add_parts(const float* part0, size_t stride, int items, int live, float* sum) {
+  for (int j0 = threadIdx.x; j0 < items; j0 += 256 * U) {
+    float v[U][P];
+    #pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int j = j0 + u * 256;
+      if (j < items) {
+        const float* const src = part0 + (j / live) * 256 + j % live;
+        #pragma unroll
+        for (int p = 0; p < P; p++) v[u][p] = __ldcg(src + p * stride);
+      }
+    }
+    #pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int j = j0 + u * 256;
+      if (j < items) {
+        float s = v[u][0];
+        #pragma unroll
+        for (int p = 1; p < P; p++) s += v[u][p];
+        sum[(j / live) * 256 + j % live] = s;
+      }
+    }
+  }
+}
 // Two f32 values as one u32 of two bf16 (the lower address's element in the low half), for matrix instructions.
 __device__ __forceinline__ unsigned tf_pack_bf16(float lo, float hi) { return (unsigned)tf_to_bf16(lo) | ((unsigned)tf_to_bf16(hi) << 16); }
 // c += a · b for one warp: a 16 × 16 tile of bf16 (row-major fragments), b 16 × 8 (column-major), c 16 × 8 f32, in
@@ -271,6 +299,7 @@ __device__ __forceinline__ void tf_mma_bf16(float* c, const unsigned* a, const u
   }
 }
 #endif
+${wgmmaHelpers()}
 // Overlapping kernels (programmatic dependent launch, sm_90): a kernel launched to overlap its predecessor runs
 // tf_grid_wait() before it reads or writes anything the predecessor may touch (it returns once the predecessor's
 // writes are visible; at once when nothing overlaps), then tf_grid_release() to let its successor be launched.
@@ -286,4 +315,5 @@ __device__ __forceinline__ void tf_grid_release() {}
 #ifndef TSFUSE_RANDOM
 #define TSFUSE_RANDOM
 ` + randomFunction('cuda') + '#endif\n';
+
 

@@ -81,9 +81,15 @@ function nvrtc(): ReturnType<typeof bind> {
 /** Options every compilation gets, besides the architecture. */
 const baseOptions = ['--std=c++17'];
 
+/**
+ * The architecture compiled for: compute capability 9.0 as sm_90a, whose warpgroup matrix instructions (wgmma) the
+ * GEMM tiles use (its cubin runs on 9.0 devices only, which is all it is loaded on); the others as they are.
+ */
+export const archOf = (cc: number): string => (cc === 90 ? '90a' : `${cc}`);
+
 /** The name a compiled image has in the cache: a hash of what decides its contents. */
 export function cacheKey(source: string, cc: number): string {
-  return crypto.createHash('sha256').update(`${source}\0${baseOptions.join(' ')}\0sm_${cc}`).digest('hex');
+  return crypto.createHash('sha256').update(`${source}\0${baseOptions.join(' ')}\0sm_${archOf(cc)}`).digest('hex');
 }
 
 /** The image of `source` for `cc` from the disk cache, or undefined when it is not there. */
@@ -101,11 +107,12 @@ export function compileCuda(source: string, cc: number, name = 'tsfuse.cu', cach
   const cached = cachedImage(source, cc, cacheDir);
   if (cached) return cached;
   const key = cacheKey(source, cc);
-  let result = compileWith(source, name, `--gpu-architecture=sm_${cc}`, 'cubin');
+  const arch = archOf(cc);
+  let result = compileWith(source, name, `--gpu-architecture=sm_${arch}`, 'cubin');
   // An NVRTC older than the device knows no sm_XY for it: PTX for the virtual architecture, which the driver JITs.
-  if (result.code === NVRTC_ERROR_INVALID_OPTION) result = compileWith(source, name, `--gpu-architecture=compute_${cc}`, 'ptx');
+  if (result.code === NVRTC_ERROR_INVALID_OPTION) result = compileWith(source, name, `--gpu-architecture=compute_${arch}`, 'ptx');
   if (!result.image) {
-    throw new CudaCompileError(`NVRTC could not compile ${name} for sm_${cc}: ${nvrtc().nvrtcGetErrorString(result.code)}\n${result.log}`);
+    throw new CudaCompileError(`NVRTC could not compile ${name} for sm_${arch}: ${nvrtc().nvrtcGetErrorString(result.code)}\n${result.log}`);
   }
   const file = path.join(cacheDir, `${key}.${result.kind}`);
   fs.mkdirSync(cacheDir, { recursive: true });

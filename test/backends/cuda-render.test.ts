@@ -1,6 +1,7 @@
 // The CUDA renderer without a GPU: a small kernel as golden text, every kernel of the fixtures' compiled Llama
 // graphs, a few hand-traced graphs and a spread of random graphs rendered as the runtime renders them (one
-// module per graph) and, where nvcc is installed, compiled for sm_90. TSFUSE_NVCC=0 skips the compiler. A source
+// module per graph) and, where nvcc is installed, compiled for sm_90a (the runtime's architecture for compute
+// capability 9.0: its GEMM tiles use wgmma). TSFUSE_NVCC=0 skips the compiler. A source
 // nvcc has compiled cleanly before (the same text, nvcc and flags) is not compiled again: a success is remembered in
 // .cache/tsfuse/nvcc (TSFUSE_NO_CACHE=1: compile everything).
 
@@ -175,6 +176,8 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
       // A contraction row's few outputs run one per warp, the warp sharing each dot product.
       assert.match(source, 'tf_warp_sum(');
       if (g === 'prefill') assert.match(source, 'const int sz_S)');
+      // bf16 checkpoints' prompt projections: wgmma tiles on sm_90 (compiled below for sm_90a).
+      if (g === 'prefill' && model.weightDType === DType.BF16) assert.match(source, 'tf_wgmma_n128(');
     });
   });
 }
@@ -218,7 +221,7 @@ function findNvcc(): string | undefined {
 
 const nvcc = findNvcc();
 
-test(`nvcc -arch=sm_90 compiles every rendered module${nvcc ? '' : ' (skipped: no nvcc)'}`, async () => {
+test(`nvcc -arch=sm_90a compiles every rendered module${nvcc ? '' : ' (skipped: no nvcc)'}`, async () => {
   if (!nvcc) return;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-cuda-'));
   // Random graphs go in a few files rather than one per graph: nvcc's start-up dominates small files.
@@ -231,7 +234,8 @@ test(`nvcc -arch=sm_90 compiles every rendered module${nvcc ? '' : ' (skipped: n
       source: random.filter((_, i) => i % 4 === part).map((u) => u.source).join('\n'),
     })),
   ];
-  const args = ['-arch=sm_90', '-c'];
+  // sm_90a alone, as NVRTC compiles it (nvcc's -arch=sm_90a adds PTX for compute_90, which has no wgmma).
+  const args = ['-gencode', 'arch=compute_90a,code=sm_90a', '-c'];
   const version = execFileSync(nvcc, ['--version'], { encoding: 'utf8' });
   const passedDir = path.join(fileURLToPath(new URL('../../', import.meta.url)), '.cache', 'tsfuse', 'nvcc');
   const remember = process.env.TSFUSE_NO_CACHE !== '1';
@@ -263,7 +267,7 @@ test(`nvcc -arch=sm_90 compiles every rendered module${nvcc ? '' : ' (skipped: n
 });
 
 // NVRTC runs without a GPU: where a libnvrtc loads, every module goes through it as the runtime sends it.
-test('NVRTC compiles every rendered module for sm_90, as the runtime does (skipped where no libnvrtc loads)', () => {
+test('NVRTC compiles every rendered module for sm_90a, as the runtime does (skipped where no libnvrtc loads)', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-nvrtc-'));
   try {
     const sources = [

@@ -55,7 +55,24 @@ const bf16deep = trace('bf16deep', [{ name: 'x', dtype: DType.F32, shape: ['S', 
 const bf16odd = trace('bf16odd', [{ name: 'x', dtype: DType.F32, shape: ['S', K_ODD] }], (x) => ({
   y: x.matmul(param('o', DType.BF16, [N, K_ODD]).transpose()).silu(),
 }));
-const module = { graphs: [bf16, bf16shallow, bf16norm, bf16prologue, f32mix, bf16deep, bf16odd] };
+/**
+ * RMSNorm(x)·dᵀ over the depths of @bf16deep and @bf16odd, and RMSNorm(x)·wwᵀ over 320 columns: left operands
+ * stored as bf16 by the norm's kernel, which CUDA's sm_90a tiles (the fake reports 9.0) multiply by wgmma from
+ * shared memory: split depths (4 and 2 parts), tiles of 128 columns (256 with TSFUSE_GEMM=wgmma:256x3) reaching
+ * past the last column.
+ */
+const normed = (x: ReturnType<typeof param>) => x.mul(x.mul(x).mean(-1, { keepdims: true }).add(1e-5).rsqrt());
+const bf16normdeep = trace('bf16normdeep', [{ name: 'x', dtype: DType.F32, shape: ['S', K_DEEP] }], (x) => ({
+  y: normed(x).matmul(param('d', DType.BF16, [N, K_DEEP]).transpose()).silu(),
+}));
+const bf16normodd = trace('bf16normodd', [{ name: 'x', dtype: DType.F32, shape: ['S', K_ODD] }], (x) => ({
+  y: normed(x).matmul(param('o', DType.BF16, [N, K_ODD]).transpose()),
+}));
+const WIDE = 320;
+const bf16normwide = trace('bf16normwide', [{ name: 'x', dtype: DType.F32, shape: ['S', K_MMA] }], (x) => ({
+  y: normed(x).matmul(param('ww', DType.BF16, [WIDE, K_MMA]).transpose()),
+}));
+const module = { graphs: [bf16, bf16shallow, bf16norm, bf16prologue, f32mix, bf16deep, bf16odd, bf16normdeep, bf16normodd, bf16normwide] };
 const compiled = compileModule(module);
 const reference = { graphs: module.graphs.map((graph) => ({ graph, kernels: [] })) };
 
@@ -71,9 +88,11 @@ const weights: Record<string, HostTensor> = {
   u: hostTensor(DType.F32, [N, K_FMA], randoms(N * K_FMA, 0.2)),
   d: hostTensor(DType.BF16, [N, K_DEEP], randoms(N * K_DEEP, 0.05)),
   o: hostTensor(DType.BF16, [N, K_ODD], randoms(N * K_ODD, 0.05)),
+  ww: hostTensor(DType.BF16, [WIDE, K_MMA], randoms(WIDE * K_MMA, 0.2)),
 };
 const ROWS = [1, 7, 64, 130];
-const depthOf = (graph: string) => ({ bf16deep: K_DEEP, bf16odd: K_ODD, bf16shallow: K_FMA, f32mix: K_FMA }[graph] ?? K_MMA);
+const depthOf = (graph: string) => ({ bf16deep: K_DEEP, bf16odd: K_ODD, bf16normdeep: K_DEEP, bf16normodd: K_ODD, bf16shallow: K_FMA, f32mix: K_FMA }[graph] ?? K_MMA);
+const columnsOf = (graph: string) => (graph === 'bf16normwide' ? WIDE : N);
 const inputs = new Map(ROWS.flatMap((s) => module.graphs.map((g) => [`${g.name}:${s}`, randoms(s * depthOf(g.name))])));
 
 async function outputs(device: Device, lowered: typeof compiled | typeof reference): Promise<Map<string, number[]>> {
@@ -85,7 +104,7 @@ async function outputs(device: Device, lowered: typeof compiled | typeof referen
       for (const s of ROWS) {
         program.write('input:x', hostTensor(DType.F32, [s, depth], inputs.get(`${g.name}:${s}`)!));
         program.run(g.name, { S: s });
-        out.set(`${g.name}:${s}`, [...(await program.read(namedOutputKey(program.graph(g.name), 'y'), DType.F32, [s, N])).data]);
+        out.set(`${g.name}:${s}`, [...(await program.read(namedOutputKey(program.graph(g.name), 'y'), DType.F32, [s, columnsOf(g.name)])).data]);
       }
     }
   } finally {
@@ -94,10 +113,37 @@ async function outputs(device: Device, lowered: typeof compiled | typeof referen
   return out;
 }
 
+/** `f` with TSFUSE_GEMM set to `value`, restored after. */
+function withGemmEnv<T>(value: string, f: () => T): T {
+  const saved = process.env.TSFUSE_GEMM;
+  process.env.TSFUSE_GEMM = value;
+  try {
+    return f();
+  } finally {
+    if (saved === undefined) delete process.env.TSFUSE_GEMM;
+    else process.env.TSFUSE_GEMM = saved;
+  }
+}
+
 const basics = suite('GEMM lowering');
 basics('the projections of many rows lower to GEMM kernels with their epilogue, the norm to a kernel of its own', () => {
   const kinds = compiled.graphs.map((g) => g.kernels.map((k) => (k.gemm ? `gemm×${k.gemm.b.length}` : k.kind)));
-  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1']]);
+  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1']]);
+});
+basics('on sm_90 the GEMMs of bf16 left operands take wgmma tiles (64 or 128 columns), TSFUSE_GEMM=mma the mma tiles; sm_80 never', () => {
+  const plan = (graph: string, caps = cudaCaps(90, 8)) => {
+    const gemm = scheduleKernels(compiled.graphs.find((g) => g.graph.name === graph)!.kernels, caps).find((k) => k.gemm)!.gemm!;
+    return `${gemm.units} ${gemm.tileRows}×${gemm.tileColumns}×${gemm.tileDepth}${gemm.staging?.kind === 'async' ? ` ${gemm.staging.stages} stages` : ''}`;
+  };
+  assert.equal(withGemmEnv('wgmma', () => ['bf16norm', 'bf16normdeep', 'bf16normodd', 'bf16normwide', 'bf16', 'bf16shallow'].map((g) => plan(g, cudaCaps(90, 8)))),
+    ['wgmma-bf16 128×64×64 4 stages', 'wgmma-bf16 128×64×64 4 stages', 'wgmma-bf16 128×64×64 4 stages', 'wgmma-bf16 128×128×64 4 stages', 'mma-bf16 128×64×64 3 stages', 'mma-bf16 128×64×32 3 stages']);
+  assert.is(plan('bf16norm', cudaCaps(80, 8)), 'mma-bf16 128×64×64 3 stages');
+  withGemmEnv('mma', () => assert.is(plan('bf16normwide', cudaCaps(90, 8)), 'mma-bf16 128×64×64 3 stages'));
+  withGemmEnv('wgmma:256x3', () => {
+    assert.is(plan('bf16normwide', cudaCaps(90, 8)), 'wgmma-bf16 128×256×64 3 stages');
+    assert.is(plan('bf16norm', cudaCaps(90, 8)), 'wgmma-bf16 128×64×64 3 stages', 'no wider than the GEMM');
+  });
+  assert.throws(() => withGemmEnv('wgmma:96x4', () => cudaCaps(90, 8)), /TSFUSE_GEMM=wgmma:96x4: expected/);
 });
 basics('on CUDA (8 multiprocessors) the deep GEMMs split their depth while their tiles are few, the others never', () => {
   const caps = cudaCaps(90, 8);
@@ -105,9 +151,13 @@ basics('on CUDA (8 multiprocessors) the deep GEMMs split their depth while their
     const gemm = scheduleKernels(compiled.graphs.find((g) => g.graph.name === graph)!.kernels, caps).find((k) => k.gemm)!.gemm!;
     return gemm.split ? evalSize(gemm.split.parts, { S: rows }) : 1;
   };
-  assert.equal(ROWS.map((r) => parts('bf16deep', r)), [4, 4, 4, 4]);
+  // An f32 left operand's ring (138 KB) leaves room for one workgroup a multiprocessor: at 130 rows the tiles
+  // double and 2 parts each fill the 8; the bf16 rings hold two a multiprocessor.
+  assert.equal(ROWS.map((r) => parts('bf16deep', r)), [4, 4, 4, 2]);
   assert.equal(ROWS.map((r) => parts('bf16odd', r)), [2, 2, 2, 2]);
   assert.equal(ROWS.map((r) => parts('bf16', r)), [1, 1, 1, 1]);
+  assert.equal(ROWS.map((r) => parts('bf16normdeep', r)), [4, 4, 4, 4]);
+  assert.equal(ROWS.map((r) => parts('bf16normodd', r)), [2, 2, 2, 2]);
 });
 basics.run();
 
@@ -129,6 +179,28 @@ for (const kind of kernelDevices) {
   });
   s.run();
 }
+
+// wgmma tiles of 256 columns from a ring of 3 stages (TSFUSE_GEMM=wgmma:256x3, read as the device opens).
+const wide = suite('GEMM tiles on cuda, TSFUSE_GEMM=wgmma:256x3');
+wide('the same outputs (unless TSFUSE_GEMM is set outside) as the reference interpreter', async () => {
+  if (process.env.TSFUSE_GEMM !== undefined) return;
+  expected ??= await onDevice('reference', (ref) => outputs(ref, reference));
+  // The device reads TSFUSE_GEMM as it opens (its caps): set until it is open.
+  process.env.TSFUSE_GEMM = 'wgmma:256x3';
+  const device = await openCudaOrFake({}).finally(() => delete process.env.TSFUSE_GEMM);
+  if (typeof device === 'string') return void console.log(`  cuda: skipped (${device})`);
+  try {
+    const got = await outputs(device, compiled);
+    for (const [key, ref] of expected!) {
+      const err = relativeError(got.get(key)!, ref);
+      assert.ok(err < (key.startsWith('bf16') ? 1e-2 : 1e-4), `${key}: relative error ${err} (GEMM_SEED=${seed})`);
+    }
+  } finally {
+    device.destroy();
+    restoreCudaOrFake();
+  }
+});
+wide.run();
 
 // NVRTC compiles a module as several units in parallel on a cold start (CudaOptions.units): the same kernels,
 // found in whichever unit holds them.

@@ -78,7 +78,13 @@ test('rows a norm kernel writes for a matrix-unit GEMM alone are stored as bf16 
   const slot = (b: { binding: { kind: string } }) => b.binding.kind === 'temp';
   assert.is(writer.kernel.buffers.find((b) => slot(b) && b.written)?.dtype, DType.BF16);
   assert.is(gemm.kernel.buffers.find((b) => slot(b) && !b.written)?.dtype, DType.BF16);
-  assert.equal(gemm.gemm?.staging, { kind: 'async', stages: 3, bytes: 3 * (128 * 72 * 2 + 64 * 72 * 2), left: 'bf16' });
+  // sm_90: wgmma tiles, rows of 64 (128 bytes, swizzled) unpadded, 1,024 bytes to align the ring; sm_80 (and
+  // TSFUSE_GEMM=mma): mma tiles, rows padded by 8.
+  assert.is(gemm.gemm?.units, 'wgmma-bf16');
+  assert.equal(gemm.gemm?.staging, { kind: 'async', stages: 4, bytes: 4 * (128 * 64 * 2 + 64 * 64 * 2) + 1024, left: 'bf16' });
+  const sm80 = scheduleKernels(alone, cudaCaps(80))[1];
+  assert.is(sm80.gemm?.units, 'mma-bf16');
+  assert.equal(sm80.gemm?.staging, { kind: 'async', stages: 3, bytes: 3 * (128 * 72 * 2 + 64 * 72 * 2), left: 'bf16' });
   // No matrix units (WebGPU), or f32 weights: stored as computed.
   assert.is(scheduleKernels(alone, webgpuCaps({ subgroups: true }))[0].kernel.buffers.find((b) => slot(b) && b.written)?.dtype, DType.F32);
   // The normalised rows also feed a projection of f32 weights (one GEMM of both products, on f32 multiply-adds):

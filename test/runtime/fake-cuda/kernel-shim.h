@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+// Host emulations in the prelude that need the fibers' state (the wgmma queues) test for it.
+#define TF_FAKE_CUDA 1
 #define __global__
 #define __device__
 #define __forceinline__ inline
