@@ -66,8 +66,8 @@ export interface ScheduleTuning {
   /**
    * wgmma GEMM tiles (sm_90a): the columns a tile has at most (the widest of 256, 128 and 64 not past it whose
    * accumulators, products × columns / 2 a thread, stay within 128 and whose tiles are no wider than the GEMM) and
-   * the stages of the copy ring (fewer where they do not fit). Not yet measured: 128 columns and 4 stages by
-   * reasoning (backends/schedule.ts), TSFUSE_GEMM=wgmma:256x3 (columns x stages) to try others.
+   * the stages of the copy ring (fewer where they do not fit). 128 columns and 4 stages measured best on the H200
+   * (backends/schedule.ts); TSFUSE_GEMM=wgmma:256x3 (columns x stages) tries others.
    */
   readonly wgmma?: { readonly columns: number; readonly stages: number };
 }

@@ -364,7 +364,9 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   // 128 rows (a warpgroup each 64) × 128 columns where there are that many (each left row read from shared memory
   // once per 128 columns rather than 64, 64 accumulators a thread a product; 256 would be 128 accumulators, and half
   // the tiles to spread over the multiprocessors at 512 tokens), else 64; 4 stages (2 steps of copies in flight,
-  // one of wgmma). Not yet measured; ScheduleTuning.wgmma (TSFUSE_GEMM=wgmma:256x3) tries others.
+  // one of wgmma). Measured on the H200 (BENCHMARKS.md, sixth session), 32 / 128 / 512 / 2,048 tokens, wall: 2.7–2.9 /
+  // 4.2–4.4 / 5.2–5.4 / 16.1–16.3 ms against mma tiles' 3.0–3.1 / 4.1–4.2 / 7.9–8.3 / 27.4–27.5; 3 stages 3.0 / 4.9 /
+  // 6.9 / 21.0, 256 columns 4.2 / – / 6.6 / 19.1, 64 columns for the 2,048-column GEMMs 2.9 / 4.2–4.3 / 5.6 / 18.3–18.5.
   const wg = device.tuning.wgmma;
   if (mma && plainA && left === DType.BF16 && wg && hasWgmma(device) && gemm.depth % 64 === 0) {
     const ops = gemm.b.length;
