@@ -169,6 +169,13 @@ export interface FlashPlan {
    * keys; the short ones fill in behind them). 2,048 tokens on the H200: 25.1 → 24.2–24.4 ms (BENCHMARKS.md).
    */
   readonly longestFirst?: boolean;
+  /**
+   * 'mma-bf16': groups of warps on the same query rows, each taking its share of every key tile (1 or absent: a
+   * warp walks all of them); the groups' softmax states are merged at the end. Two groups halve the query tile
+   * (64 rows), doubling the workgroups of a prompt and halving each warp's walk: at 512 tokens a 1B model's 128
+   * tiles had left each multiprocessor 8 warps, most of them waiting (ncu: 0.41 instructions issued a cycle).
+   */
+  readonly keyGroups?: number;
 }
 
 export interface ScheduledKernel {
@@ -445,6 +452,14 @@ function flashMmaQueryBytes(f: FlashIR, bq: number): number {
   return 2 * bq * (f.depth + 8) + 4 * bq;
 }
 
+/**
+ * Memory the merge of a flash tile's key groups passes through (FlashPlan.keyGroups, two groups): per thread of a
+ * warp of the second group, each of its 2 rows' maximum and sum and its output accumulators (width / 2).
+ */
+function flashMergeBytes(f: FlashIR, rowWarps: number): number {
+  return 4 * 32 * rowWarps * (4 + f.width / 2);
+}
+
 /** Workgroup memory of one stage of a bf16 matrix-unit flash tile's key rows and value rows (each padded by 8). */
 function flashMmaKeyBytes(f: FlashIR, bk: number): number {
   return 2 * bk * (f.depth + 8 + f.width + 8);
@@ -465,17 +480,19 @@ function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | und
   const threads = device.threadsPerWorkgroup;
   const warps = threads / 32;
   if (hasBf16Mma(device) && Number.isInteger(warps) && f.depth % 16 === 0 && f.width % 16 === 0 && readsOnly([f.k, f.v], DType.BF16, k)) {
-    const [bq, bk] = [16 * warps, 64];
+    const bk = 64;
     // A KV cache's rows: a load of bf16 memory running along the head in aligned runs of 8 (16 bytes).
     const wide = (e: KExpr, along: string, n: number) => e.k === 'load' && n % 8 === 0 && runsAlong(e.index, along, 8);
     const wideRows = { keys: wide(f.k, f.d, f.depth), values: wide(f.v, f.e, f.width) };
-    const tiles = { units: 'mma-bf16', tileQueries: bq, tileKeys: bk, threadsPerQuery: 0, queryTiles: queryTiles(bq), wideRows, ...(f.limit ? { longestFirst: true } : {}) } as const;
+    const tiles = (bq: number) => ({ units: 'mma-bf16', tileQueries: bq, tileKeys: bk, threadsPerQuery: 0, queryTiles: queryTiles(bq), wideRows, ...(f.limit ? { longestFirst: true } : {}) } as const);
     const ring = wideRows.keys && wideRows.values ? { bytes: 2 * flashMmaKeyBytes(f, bk) } : undefined;
-    if (ring && ring.bytes <= device.workgroupMemoryBytes && flashMmaQueryBytes(f, bq) + SCRATCH_BYTES <= device.staticWorkgroupMemoryBytes) {
-      return { ...tiles, bytes: flashMmaQueryBytes(f, bq), ring };
+    // With the ring, two groups of warps split each key tile (keyGroups); their merge goes through the ring.
+    const [groups, bq] = [2, 16 * warps / 2];
+    if (ring && ring.bytes <= device.workgroupMemoryBytes && flashMmaQueryBytes(f, bq) + SCRATCH_BYTES <= device.staticWorkgroupMemoryBytes && flashMergeBytes(f, warps / groups) <= ring.bytes) {
+      return { ...tiles(bq), bytes: flashMmaQueryBytes(f, bq), ring, keyGroups: groups };
     }
-    const bytes = flashMmaQueryBytes(f, bq) + flashMmaKeyBytes(f, bk);
-    if (bytes + SCRATCH_BYTES <= device.staticWorkgroupMemoryBytes) return { ...tiles, bytes };
+    const bytes = flashMmaQueryBytes(f, 16 * warps) + flashMmaKeyBytes(f, bk);
+    if (bytes + SCRATCH_BYTES <= device.staticWorkgroupMemoryBytes) return { ...tiles(16 * warps), bytes };
   }
   const tiles: [number, number][] = [[64, 32], [32, 32], [32, 16], [16, 16], [8, 32], [8, 16]];
   const fits = tiles.find(([bq, bk]) => {

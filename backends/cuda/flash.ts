@@ -4,7 +4,7 @@
 //   fma:      the query tile (its prologue, the rotary embedding, computed once), each key and value tile and the
 //             tile of scores live in shared memory; the threads of a query row split its keys for the scores and its
 //             output's columns for probs·V. f32 throughout.
-//   mma-bf16: each warp takes 16 query rows; scores (q·kᵀ) and the output (probs·V) are m16n8k16 bf16 matrix
+//   mma-bf16: each warp takes 16 query rows (and, with key groups, its group's share of every key tile); scores (q·kᵀ) and the output (probs·V) are m16n8k16 bf16 matrix
 //             instructions with f32 accumulators. A score accumulator's layout is the next product's left-operand
 //             layout, so the probabilities go from registers to the second product without shared memory (as two
 //             bf16 terms each, hi + lo); the query rows, key rows and value columns are staged in shared memory as
@@ -13,6 +13,7 @@
 import { FlashIR, KExpr } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { FlashPlan } from '../schedule.ts';
+import { CUDA_BLOCK } from './prelude.ts';
 import { storeValue } from './render-cuda.ts';
 
 export function renderFlashCuda(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): void {
@@ -90,7 +91,12 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   const { tileQueries: BQ, tileKeys: BK } = plan;
   const [D, E] = [f.depth, f.width];
   const [QP, VP] = [D + MMA_PAD, E + MMA_PAD];
-  const [steps, keyBlocks, outBlocks] = [D / 16, BK / 8, E / 8];
+  // G groups of W warps: warp w holds rows 16 (w % W) onwards of the tile, and keys SK (w / W) onwards of each key tile.
+  const G = plan.keyGroups ?? 1;
+  const W = BQ / 16;
+  const SK = BK / G;
+  if (W * G * 32 !== CUDA_BLOCK || SK % 16 !== 0 || (G > 1 && !plan.ring)) throw new Error(`CUDA: flash tiles of ${BQ} queries in ${G} key groups are not printed`);
+  const [steps, keyBlocks, outBlocks] = [D / 16, SK / 8, E / 8];
   const full = '0xffffffffu';
   out.push(`  __shared__ __align__(16) unsigned short tf_qs[${BQ * QP}];`);
   if (plan.ring) {
@@ -105,7 +111,7 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   out.push(`  const int tf_queries = ${p.expr(f.queries, out, '  ')};`);
   out.push(`  const int tf_qtiles = ${p.expr(plan.queryTiles, out, '  ')};`);
   out.push('  const int tf_lane = threadIdx.x & 31, tf_warp = threadIdx.x >> 5;');
-  out.push('  const int tf_g = tf_lane >> 2, tf_q = tf_lane & 3, tf_wm = tf_warp * 16;');
+  out.push(`  const int tf_g = tf_lane >> 2, tf_q = tf_lane & 3, tf_wm = (tf_warp % ${W}) * 16, tf_kg = tf_warp / ${W};`);
   out.push(`  for (int tf_tile = blockIdx.x; tf_tile < ${f.batch} * tf_qtiles; tf_tile += gridDim.x) {`);
   const i1 = '    ';
   if (plan.longestFirst) {
@@ -165,7 +171,7 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
     stageKeys('tf_t0', 'tf_ks', 'tf_vs', i2, false);
     out.push(`${i2}__syncthreads();`);
   }
-  out.push(`${i2}if (tf_t0 < tf_wend) {`);
+  out.push(`${i2}if (tf_t0 + tf_kg * ${SK} < tf_wend) {`);
   const i3 = i2 + '  ';
   out.push(`${i3}float tf_s[${keyBlocks * 4}];`);
   out.push(`${i3}#pragma unroll`);
@@ -176,7 +182,7 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   // Two key blocks' fragments a load: matrices (keys 8ni…, depth 0–7), (8ni…, 8–15), (8ni + 8…, 0–7), (8ni + 8…, 8–15).
   out.push(`${i3}  for (int tf_ni = 0; tf_ni < ${keyBlocks}; tf_ni += 2) {`);
   out.push(`${i3}    unsigned tf_fb[4];`);
-  out.push(`${i3}    tf_ldsm4(tf_fb, tf_ks + ((tf_ni + (tf_lane >> 4)) * 8 + (tf_lane & 7)) * ${QP} + tf_kk * 16 + ((tf_lane >> 3) & 1) * 8);`);
+  out.push(`${i3}    tf_ldsm4(tf_fb, tf_ks + (tf_kg * ${SK} + (tf_ni + (tf_lane >> 4)) * 8 + (tf_lane & 7)) * ${QP} + tf_kk * 16 + ((tf_lane >> 3) & 1) * 8);`);
   out.push(`${i3}    tf_mma_bf16(tf_s + tf_ni * 4, tf_qf[tf_kk], tf_fb);`);
   out.push(`${i3}    tf_mma_bf16(tf_s + tf_ni * 4 + 4, tf_qf[tf_kk], tf_fb + 2);`);
   out.push(`${i3}  }`);
@@ -188,7 +194,7 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   out.push(`${i3}  for (int tf_r = 0; tf_r < 4; tf_r++) {`);
   const i4 = i3 + '    ';
   out.push(`${i4}const int ${f.i} = tf_i0 + tf_wm + tf_g + (tf_r >> 1) * 8;`);
-  out.push(`${i4}const int ${f.t} = tf_t0 + tf_ni * 8 + tf_q * 2 + (tf_r & 1);`);
+  out.push(`${i4}const int ${f.t} = tf_t0 + tf_kg * ${SK} + tf_ni * 8 + tf_q * 2 + (tf_r & 1);`);
   out.push(`${i4}const float ${f.qk} = tf_s[tf_ni * 4 + tf_r];`);
   out.push(`${i4}float tf_x = -TF_INF;`);
   out.push(`${i4}if (${f.t} < ${f.keys} && ${f.i} < tf_queries) {`);
@@ -228,7 +234,7 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   // probability goes in as two bf16 terms, p = hi + lo: rounded to one, probabilities flipped near-tied argmaxes
   // of the bf16 fixture against float32 (the queries rounded once did not).
   out.push(`${i3}#pragma unroll`);
-  out.push(`${i3}for (int tf_kk = 0; tf_kk < ${BK / 16}; tf_kk++) {`);
+  out.push(`${i3}for (int tf_kk = 0; tf_kk < ${SK / 16}; tf_kk++) {`);
   out.push(`${i3}  float tf_lo[8];`);
   out.push(`${i3}  #pragma unroll`);
   out.push(`${i3}  for (int tf_x = 0; tf_x < 8; tf_x++) tf_lo[tf_x] = tf_s[tf_kk * 8 + tf_x] - tf_round_bf16(tf_s[tf_kk * 8 + tf_x]);`);
@@ -240,7 +246,7 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   // (16kk + 8–15, 8nb…), (16kk + 0–7, 8nb + 8…), (16kk + 8–15, 8nb + 8…).
   out.push(`${i3}  for (int tf_nb = 0; tf_nb < ${outBlocks}; tf_nb += 2) {`);
   out.push(`${i3}    unsigned tf_fb[4];`);
-  out.push(`${i3}    tf_ldsm4t(tf_fb, tf_vs + (tf_kk * 16 + (tf_lane & 7) + ((tf_lane >> 3) & 1) * 8) * ${VP} + (tf_nb + (tf_lane >> 4)) * 8);`);
+  out.push(`${i3}    tf_ldsm4t(tf_fb, tf_vs + (tf_kg * ${SK} + tf_kk * 16 + (tf_lane & 7) + ((tf_lane >> 3) & 1) * 8) * ${VP} + (tf_nb + (tf_lane >> 4)) * 8);`);
   out.push(`${i3}    tf_mma_bf16(tf_o + tf_nb * 4, tf_hi, tf_fb);`);
   out.push(`${i3}    tf_mma_bf16(tf_o + tf_nb * 4, tf_fl, tf_fb);`);
   out.push(`${i3}    tf_mma_bf16(tf_o + tf_nb * 4 + 4, tf_hi, tf_fb + 2);`);
@@ -255,21 +261,70 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   out.push(`${i1}  tf_l[tf_h] += __shfl_xor_sync(${full}, tf_l[tf_h], 1);`);
   out.push(`${i1}  tf_l[tf_h] += __shfl_xor_sync(${full}, tf_l[tf_h], 2);`);
   out.push(`${i1}}`);
-  out.push(`${i1}#pragma unroll`);
-  out.push(`${i1}for (int tf_nb = 0; tf_nb < ${outBlocks}; tf_nb++) {`);
-  out.push(`${i1}  #pragma unroll`);
-  out.push(`${i1}  for (int tf_r = 0; tf_r < 4; tf_r++) {`);
-  out.push(`${i1}    const int ${f.i} = tf_i0 + tf_wm + tf_g + (tf_r >> 1) * 8;`);
-  out.push(`${i1}    const int ${f.e} = tf_nb * 8 + tf_q * 2 + (tf_r & 1);`);
-  out.push(`${i1}    if (${f.i} < tf_queries) {`);
-  out.push(`${i1}      const float ${f.out} = tf_o[tf_nb * 4 + tf_r] / tf_l[tf_r >> 1];`);
-  stores(f, p, out, `${i1}      `);
-  out.push(`${i1}    }`);
-  out.push(`${i1}  }`);
+  if (G > 1) mergeKeyGroups(G, W, outBlocks, out, i1);
+  out.push(`${i1}if (tf_kg == 0) {`);
+  const i5 = i1 + '  ';
+  out.push(`${i5}#pragma unroll`);
+  out.push(`${i5}for (int tf_nb = 0; tf_nb < ${outBlocks}; tf_nb++) {`);
+  out.push(`${i5}  #pragma unroll`);
+  out.push(`${i5}  for (int tf_r = 0; tf_r < 4; tf_r++) {`);
+  out.push(`${i5}    const int ${f.i} = tf_i0 + tf_wm + tf_g + (tf_r >> 1) * 8;`);
+  out.push(`${i5}    const int ${f.e} = tf_nb * 8 + tf_q * 2 + (tf_r & 1);`);
+  out.push(`${i5}    if (${f.i} < tf_queries) {`);
+  out.push(`${i5}      const float ${f.out} = tf_o[tf_nb * 4 + tf_r] / tf_l[tf_r >> 1];`);
+  stores(f, p, out, `${i5}      `);
+  out.push(`${i5}    }`);
+  out.push(`${i5}  }`);
+  out.push(`${i5}}`);
   out.push(`${i1}}`);
   // The next tile rewrites the query tile and the bounds.
   out.push(`${i1}__syncthreads();`);
   out.push('  }');
+}
+
+/**
+ * The key groups' softmax states merged into group 0's (FlashPlan.keyGroups): every group past the first leaves
+ * its rows' maxima, sums and output accumulators in the ring (free once every warp is past the last key tile and
+ * no copy is in flight), thread t of a group's warps at slot · 32W + t; group 0 adds them in the groups' order,
+ * each rescaled to the larger maximum (a maximum of −∞ is taken as 0, as in the walk: rows that saw no key stay 0).
+ */
+function mergeKeyGroups(G: number, W: number, outBlocks: number, out: string[], i: string): void {
+  const T = 32 * W;
+  const slots = 4 + outBlocks * 4;
+  out.push(`${i}tf_cp_wait<0>();`);
+  out.push(`${i}__syncthreads();`);
+  out.push(`${i}{`);
+  out.push(`${i}  float* const tf_mg = reinterpret_cast<float*>(tf_ring) + (tf_warp % ${W}) * 32 + tf_lane;`);
+  out.push(`${i}  if (tf_kg > 0) {`);
+  out.push(`${i}    float* const tf_to = tf_mg + (tf_kg - 1) * ${slots * T};`);
+  out.push(`${i}    tf_to[0] = tf_m[0]; tf_to[${T}] = tf_m[1]; tf_to[${2 * T}] = tf_l[0]; tf_to[${3 * T}] = tf_l[1];`);
+  out.push(`${i}    #pragma unroll`);
+  out.push(`${i}    for (int tf_x = 0; tf_x < ${outBlocks * 4}; tf_x++) tf_to[(4 + tf_x) * ${T}] = tf_o[tf_x];`);
+  out.push(`${i}  }`);
+  out.push(`${i}  __syncthreads();`);
+  out.push(`${i}  if (tf_kg == 0) {`);
+  out.push(`${i}    for (int tf_og = 1; tf_og < ${G}; tf_og++) {`);
+  out.push(`${i}      const float* const tf_from = tf_mg + (tf_og - 1) * ${slots * T};`);
+  out.push(`${i}      #pragma unroll`);
+  out.push(`${i}      for (int tf_h = 0; tf_h < 2; tf_h++) {`);
+  out.push(`${i}        const float tf_mo = tf_from[tf_h * ${T}], tf_lo = tf_from[(2 + tf_h) * ${T}];`);
+  out.push(`${i}        const float tf_mnew = tf_fmax(tf_m[tf_h], tf_mo);`);
+  out.push(`${i}        const float tf_ref = tf_mnew == -TF_INF ? 0.0f : tf_mnew;`);
+  out.push(`${i}        const float tf_a = expf(tf_m[tf_h] - tf_ref), tf_b = expf(tf_mo - tf_ref);`);
+  out.push(`${i}        tf_l[tf_h] = tf_l[tf_h] * tf_a + tf_lo * tf_b;`);
+  out.push(`${i}        #pragma unroll`);
+  out.push(`${i}        for (int tf_nb = 0; tf_nb < ${outBlocks}; tf_nb++) {`);
+  out.push(`${i}          #pragma unroll`);
+  out.push(`${i}          for (int tf_c = 0; tf_c < 2; tf_c++) {`);
+  out.push(`${i}            const int tf_x = tf_nb * 4 + tf_h * 2 + tf_c;`);
+  out.push(`${i}            tf_o[tf_x] = tf_o[tf_x] * tf_a + tf_from[(4 + tf_x) * ${T}] * tf_b;`);
+  out.push(`${i}          }`);
+  out.push(`${i}        }`);
+  out.push(`${i}        tf_m[tf_h] = tf_mnew;`);
+  out.push(`${i}      }`);
+  out.push(`${i}    }`);
+  out.push(`${i}  }`);
+  out.push(`${i}}`);
 }
 
 function fmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): void {
