@@ -66,7 +66,7 @@ export interface ScheduleTuning {
   /**
    * wgmma GEMM tiles (sm_90a): the columns a tile has at most (the widest of 256, 128 and 64 not past it whose
    * accumulators, products × columns / 2 a thread, stay within 128 and whose tiles are no wider than the GEMM) and
-   * the stages of the copy ring (fewer where they do not fit). 128 columns and 4 stages measured best on the H200
+   * the stages of the copy ring (fewer where they do not fit). 128 columns and 6 stages (4 for two products, whose stages are larger) measured best on the H200
    * (backends/schedule.ts); TSFUSE_GEMM=wgmma:256x3 (columns x stages) tries others.
    */
   readonly wgmma?: { readonly columns: number; readonly stages: number };
@@ -185,7 +185,7 @@ export function cudaCaps(computeCapability = 90, multiprocessors = 132): DeviceC
     processors: { count: multiprocessors, maxWorkgroups: computeCapability === 75 ? 4 : computeCapability === 86 || computeCapability === 89 ? 6 : 8 },
     tuning: {
       elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 8 }, tilesFrom: { gemm: 16, flash: 2 },
-      ...(computeCapability === 90 && wgmmaTile ? { wgmma: { columns: Number(wgmmaTile[1] ?? 128), stages: Number(wgmmaTile[2] ?? 4) } } : {}),
+      ...(computeCapability === 90 && wgmmaTile ? { wgmma: { columns: Number(wgmmaTile[1] ?? 128), stages: Number(wgmmaTile[2] ?? 6) } } : {}),
     },
   };
 }

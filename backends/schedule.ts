@@ -370,10 +370,11 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   // operands from shared memory as they are) and the depth a multiple of 64 (a step is one 128-byte swizzled row).
   // 128 rows (a warpgroup each 64) × 128 columns where there are that many (each left row read from shared memory
   // once per 128 columns rather than 64, 64 accumulators a thread a product; 256 would be 128 accumulators, and half
-  // the tiles to spread over the multiprocessors at 512 tokens), else 64; 4 stages (2 steps of copies in flight,
-  // one of wgmma). Measured on the H200 (BENCHMARKS.md, sixth session), 32 / 128 / 512 / 2,048 tokens, wall: 2.7–2.9 /
+  // the tiles to spread over the multiprocessors at 512 tokens), else 64; 6 stages where they fit, else 4 (stages − 2
+  // steps of copies in flight, one of wgmma). Measured on the H200 (BENCHMARKS.md, sixth session), 32 / 128 / 512 / 2,048 tokens, wall: 2.7–2.9 /
   // 4.2–4.4 / 5.2–5.4 / 16.1–16.3 ms against mma tiles' 3.0–3.1 / 4.1–4.2 / 7.9–8.3 / 27.4–27.5; 3 stages 3.0 / 4.9 /
   // 6.9 / 21.0, 256 columns 4.2 / – / 6.6 / 19.1, 64 columns for the 2,048-column GEMMs 2.9 / 4.2–4.3 / 5.6 / 18.3–18.5.
+  // Then (32 / 512 / 2,048) 4 stages 2.7–3.1 / 5.0–5.1 / 16.1–16.2, 5 stages 2.6 / 4.9 / 15.9, 6 stages 2.5–2.6 / 4.9–5.0 / 15.9.
   const wg = device.tuning.wgmma;
   if (mma && plainA && left === DType.BF16 && wg && hasWgmma(device) && gemm.depth % 64 === 0) {
     const ops = gemm.b.length;
@@ -453,11 +454,11 @@ function flashMmaQueryBytes(f: FlashIR, bq: number): number {
 }
 
 /**
- * Memory the merge of a flash tile's key groups passes through (FlashPlan.keyGroups, two groups): per thread of a
- * warp of the second group, each of its 2 rows' maximum and sum and its output accumulators (width / 2).
+ * Memory the merge of a flash tile's key groups passes through (FlashPlan.keyGroups): per thread of a warp of every
+ * group past the first, each of its 2 rows' maximum and sum and its output accumulators (width / 2).
  */
-function flashMergeBytes(f: FlashIR, rowWarps: number): number {
-  return 4 * 32 * rowWarps * (4 + f.width / 2);
+function flashMergeBytes(f: FlashIR, groups: number, rowWarps: number): number {
+  return 4 * 32 * rowWarps * (4 + f.width / 2) * (groups - 1);
 }
 
 /** Workgroup memory of one stage of a bf16 matrix-unit flash tile's key rows and value rows (each padded by 8). */
@@ -487,8 +488,9 @@ function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | und
     const tiles = (bq: number) => ({ units: 'mma-bf16', tileQueries: bq, tileKeys: bk, threadsPerQuery: 0, queryTiles: queryTiles(bq), wideRows, ...(f.limit ? { longestFirst: true } : {}) } as const);
     const ring = wideRows.keys && wideRows.values ? { bytes: 2 * flashMmaKeyBytes(f, bk) } : undefined;
     // With the ring, two groups of warps split each key tile (keyGroups); their merge goes through the ring.
+    // (Four groups of 32-query tiles measured slower at 2,048 tokens on the H200: 16.7 ms against 15.7–15.8.)
     const [groups, bq] = [2, 16 * warps / 2];
-    if (ring && ring.bytes <= device.workgroupMemoryBytes && flashMmaQueryBytes(f, bq) + SCRATCH_BYTES <= device.staticWorkgroupMemoryBytes && flashMergeBytes(f, warps / groups) <= ring.bytes) {
+    if (ring && ring.bytes <= device.workgroupMemoryBytes && flashMmaQueryBytes(f, bq) + SCRATCH_BYTES <= device.staticWorkgroupMemoryBytes && flashMergeBytes(f, groups, warps / groups) <= ring.bytes) {
       return { ...tiles(bq), bytes: flashMmaQueryBytes(f, bq), ring, keyGroups: groups };
     }
     const bytes = flashMmaQueryBytes(f, 16 * warps) + flashMmaKeyBytes(f, bk);

@@ -81,7 +81,7 @@ test('rows a norm kernel writes for a matrix-unit GEMM alone are stored as bf16 
   // sm_90: wgmma tiles, rows of 64 (128 bytes, swizzled) unpadded, 1,024 bytes to align the ring; sm_80 (and
   // TSFUSE_GEMM=mma): mma tiles, rows padded by 8.
   assert.is(gemm.gemm?.units, 'wgmma-bf16');
-  assert.equal(gemm.gemm?.staging, { kind: 'async', stages: 4, bytes: 4 * (128 * 64 * 2 + 64 * 64 * 2) + 1024, left: 'bf16' });
+  assert.equal(gemm.gemm?.staging, { kind: 'async', stages: 6, bytes: 6 * (128 * 64 * 2 + 64 * 64 * 2) + 1024, left: 'bf16' });
   const sm80 = scheduleKernels(alone, cudaCaps(80))[1];
   assert.is(sm80.gemm?.units, 'mma-bf16');
   assert.equal(sm80.gemm?.staging, { kind: 'async', stages: 3, bytes: 3 * (128 * 72 * 2 + 64 * 72 * 2), left: 'bf16' });
