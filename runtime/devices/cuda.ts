@@ -284,13 +284,13 @@ export class CudaProgram implements Program {
     checkSizes(sizes, this.opts.maxSizes);
     const args = this.argsFor(g, sizes);
     const rows = g.kernels.map((k) => evalSize(k.rows, sizes));
-    // Kernels overlap their predecessors inside a recording (the decode step's CUDA graph) only: launched one by one,
-    // the prompt's 135 kernels took 18.0 ms overlapping and 14.2 ms not (512 tokens on the H200, BENCHMARKS.md).
-    const overlap = this.capturing !== undefined;
+    // Kernels overlap their predecessors whether recorded (the decode step's CUDA graph) or launched one by one (the
+    // prompt's). Launched one by one it had cost 512 tokens 14.2 → 18.0 ms (fourth session); with this session's
+    // kernels it gains: 32 tokens 2.336 → 2.199 ms, 2,048 tokens 15.8–16.0 → 15.5–15.6 (H200, BENCHMARKS.md).
     this.queued('run');
     for (const k of g.kernels.slice(from, to)) for (const w of k.tempWrites) this.storedAs.set(w.key, w.dtype);
     g.kernels.forEach((k, i) => {
-      if (rows[i] > 0 && i >= from && i < to) this.cuda.launch(k.fn, Math.min(rows[i], MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes, overlap && k.overlap);
+      if (rows[i] > 0 && i >= from && i < to) this.cuda.launch(k.fn, Math.min(rows[i], MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes, k.overlap);
     });
   }
 
