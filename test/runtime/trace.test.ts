@@ -135,7 +135,7 @@ for (const t of targets) {
       const options = { ...t.options, ...(t.backend === 'cuda' ? { cacheDir: fakeCacheDir } : {}) };
       let session;
       try {
-        session = await openLlamaSession(model, { backend: t.backend, cacheLength: 16, ...options });
+        session = await openLlamaSession(model, { backend: t.backend, cacheLength: 16, promptChunk: 4, ...options });
       } catch (e) {
         if (unavailable(e)) return console.log(`  ${t.name}: skipped (${unavailable(e)})`);
         throw e;
@@ -160,6 +160,12 @@ for (const t of targets) {
         assert.is(slices[0].ts, 0);
         const end = slices[slices.length - 1];
         assert.ok(ns(end.ts! + end.dur!) >= ns(kernels.reduce((s, k) => s + k.us, 0)) - kernels.length, 'the step spans at least its kernels');
+        // A prompt longer than a chunk (4 tokens here) is profiled a step per chunk: 10 tokens, three steps.
+        const names = session.program.module.graphs.map((g) => g.graph.name);
+        const promptGraph = session.program.module.graphs.find((g) => g.graph.name === (names.includes('prompt') ? 'prompt' : 'prefill'))!;
+        const prefill = await session.profilePrefill([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        const step = promptGraph.kernels.map((k) => k.name);
+        assert.equal(prefill.map((k) => k.kernel), [...step, ...step, ...step], 'the prompt graph\'s kernels, once per chunk');
       } finally {
         session.close();
       }
