@@ -84,6 +84,13 @@ const TASK_NS = 150;
 export const PREFETCH_BYTES = 64 * 1024;
 
 /**
+ * Blocks a multiprocessor holds. Llama-3.2-1B decode on the H200 (BENCHMARKS.md, issue 12): 2 a multiprocessor
+ * 1.222 ms a token, 3 1.185, 4 1.212 (registers capped at 64, a few bytes spilled): one run each, within what the
+ * kernel-level waits leave to gain; 2 stays until the tasks stream faster.
+ */
+export const DEFAULT_BLOCKS_PER_PROCESSOR = 2;
+
+/**
  * The megakernel's schedule for `kernels` (one graph's, in launch order, scheduled for a device without
  * overlapping launches), at fixed sizes: every size the kernels read must be bound in `sizes`.
  */

@@ -15,10 +15,11 @@ import { ExprPrinter } from '../render-base.ts';
 import { FlashPlan } from '../schedule.ts';
 import { CUDA_BLOCK } from './prelude.ts';
 import { storeValue } from './render-cuda.ts';
+import { SharedMemory } from './shared-memory.ts';
 
-export function renderFlashCuda(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): void {
-  if (plan.units === 'mma-bf16') mmaFlash(f, plan, p, out);
-  else if (plan.units === 'fma') fmaFlash(f, plan, p, out);
+export function renderFlashCuda(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
+  if (plan.units === 'mma-bf16') mmaFlash(f, plan, p, shared, out);
+  else if (plan.units === 'fma') fmaFlash(f, plan, p, shared, out);
   else throw new Error(`CUDA: no flash attention of ${plan.units} units`);
 }
 
@@ -87,7 +88,7 @@ const MMA_PAD = 8; // bf16 elements a staged row is longer than its data: a warp
  * out += probs·V with the probabilities rounded to bf16 in place as left operands. A warp whose rows all end before
  * the key tile skips it.
  */
-function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): void {
+function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   const { tileQueries: BQ, tileKeys: BK } = plan;
   const [D, E] = [f.depth, f.width];
   const [QP, VP] = [D + MMA_PAD, E + MMA_PAD];
@@ -98,16 +99,16 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): v
   if (W * G * 32 !== CUDA_BLOCK || SK % 16 !== 0 || (G > 1 && !plan.ring)) throw new Error(`CUDA: flash tiles of ${BQ} queries in ${G} key groups are not printed`);
   const [steps, keyBlocks, outBlocks] = [D / 16, SK / 8, E / 8];
   const full = '0xffffffffu';
-  out.push(`  __shared__ __align__(16) unsigned short tf_qs[${BQ * QP}];`);
+  out.push(`  ${shared.array('unsigned short', 'tf_qs', BQ * QP, { aligned: true })}`);
   if (plan.ring) {
-    out.push('  extern __shared__ __align__(16) unsigned char tf_ring[];');
+    out.push(`  ${shared.dynamic('tf_ring')}`);
     out.push(`  unsigned short* const tf_kr = reinterpret_cast<unsigned short*>(tf_ring);`);
     out.push(`  unsigned short* const tf_vr = tf_kr + ${2 * BK * QP};`);
   } else {
-    out.push(`  __shared__ __align__(16) unsigned short tf_ks[${BK * QP}];`);
-    out.push(`  __shared__ __align__(16) unsigned short tf_vs[${BK * VP}];`);
+    out.push(`  ${shared.array('unsigned short', 'tf_ks', BK * QP, { aligned: true })}`);
+    out.push(`  ${shared.array('unsigned short', 'tf_vs', BK * VP, { aligned: true })}`);
   }
-  out.push(`  __shared__ int tf_lims[${BQ}];`);
+  out.push(`  ${shared.array('int', 'tf_lims', BQ)}`);
   out.push(`  const int tf_queries = ${p.expr(f.queries, out, '  ')};`);
   out.push(`  const int tf_qtiles = ${p.expr(plan.queryTiles, out, '  ')};`);
   out.push('  const int tf_lane = threadIdx.x & 31, tf_warp = threadIdx.x >> 5;');
@@ -327,17 +328,17 @@ function mergeKeyGroups(G: number, W: number, outBlocks: number, out: string[], 
   out.push(`${i}}`);
 }
 
-function fmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, out: string[]): void {
+function fmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   const { tileQueries: BQ, tileKeys: BK, threadsPerQuery: TPR } = plan;
   const [D, E] = [f.depth, f.width];
   const pitch = D + 1; // rows of the query and key tiles one bank apart
   const kpt = BK / TPR;
   const ept = E / TPR;
-  out.push(`  __shared__ float tf_qs[${BQ * pitch}];`);
-  out.push(`  __shared__ float tf_ks[${BK * pitch}];`);
-  out.push(`  __shared__ float tf_vs[${BK * E}];`);
-  out.push(`  __shared__ float tf_ss[${BQ * BK}];`);
-  out.push(`  __shared__ int tf_lims[${BQ}];`);
+  out.push(`  ${shared.array('float', 'tf_qs', BQ * pitch)}`);
+  out.push(`  ${shared.array('float', 'tf_ks', BK * pitch)}`);
+  out.push(`  ${shared.array('float', 'tf_vs', BK * E)}`);
+  out.push(`  ${shared.array('float', 'tf_ss', BQ * BK)}`);
+  out.push(`  ${shared.array('int', 'tf_lims', BQ)}`);
   out.push(`  const int tf_queries = ${p.expr(f.queries, out, '  ')};`);
   out.push(`  const int tf_qtiles = ${p.expr(plan.queryTiles, out, '  ')};`);
   out.push(`  const int tf_r = threadIdx.x / ${TPR}, tf_p = threadIdx.x % ${TPR};`);

@@ -16,10 +16,11 @@ import { GemmIR, KExpr } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { GemmPlan } from '../schedule.ts';
 import { storeValue } from './render-cuda.ts';
+import { SharedMemory } from './shared-memory.ts';
 import { wgmmaTile } from './wgmma.ts';
 
 /** The function body after the signature: the tile loop over the grid's rows. */
-export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPrinter, out: string[]): void {
+export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   out.push(`  const int tf_m_total = ${p.expr(rows, out, '  ')};`);
   const rowTiles = p.expr(plan.rowTiles, out, '  ');
   out.push(`  const int tf_row_tiles = ${rowTiles};`);
@@ -36,10 +37,10 @@ export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPr
   out.push(`    const int tf_m0 = (tf_tile % tf_row_tiles) * ${plan.tileRows};`);
   out.push(`    const int tf_n0 = (tf_tile / tf_row_tiles) * ${plan.tileColumns};`);
   if (plan.split && plan.staging?.kind !== 'async') throw new Error('CUDA: only copied mma tiles split their depth');
-  if (plan.units === 'wgmma-bf16' && plan.staging?.kind === 'async') wgmmaTile(g, plan, plan.staging.stages, p, out);
-  else if (plan.units === 'mma-bf16' && plan.staging?.kind === 'async') mmaAsyncTile(g, plan, plan.staging.stages, plan.staging.left, p, out);
-  else if (plan.units === 'mma-bf16') mmaTile(g, plan, p, out);
-  else if (plan.units === 'fma') fmaTile(g, plan, p, out);
+  if (plan.units === 'wgmma-bf16' && plan.staging?.kind === 'async') wgmmaTile(g, plan, plan.staging.stages, p, shared, out);
+  else if (plan.units === 'mma-bf16' && plan.staging?.kind === 'async') mmaAsyncTile(g, plan, plan.staging.stages, plan.staging.left, p, shared, out);
+  else if (plan.units === 'mma-bf16') mmaTile(g, plan, p, shared, out);
+  else if (plan.units === 'fma') fmaTile(g, plan, p, shared, out);
   else throw new Error(`CUDA: no GEMM of ${plan.units} units`);
   out.push('  }');
 }
@@ -141,14 +142,14 @@ const checkMmaTile = ({ tileRows, tileColumns, tileDepth }: GemmPlan) => {
  * neighbouring elements a thread; one 16-byte weight load a thread and product) are issued before this step's
  * matrix instructions, then rounded to bf16 and stored to shared memory.
  */
-function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void {
+function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   checkMmaTile(plan);
   const TD = plan.tileDepth;
   const pitch = TD + MMA_PAD;
   const ops = g.b.length;
   const i = '    ';
-  out.push(`${i}__shared__ __align__(16) unsigned short tf_as[${64 * pitch}];`);
-  out.push(`${i}__shared__ __align__(16) unsigned short tf_bs[${ops * 64 * pitch}];`);
+  out.push(`${i}${shared.array('unsigned short', 'tf_as', 64 * pitch, { aligned: true })}`);
+  out.push(`${i}${shared.array('unsigned short', 'tf_bs', ops * 64 * pitch, { aligned: true })}`);
   const w = warpTile(plan);
   mmaSetup(ops, w, out, i);
   // Row (or column) t / 4, depth (t % 4) · 8 onwards, of the step.
@@ -202,14 +203,14 @@ function mmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
   mmaEpilogue(g, w, p, out, i);
 }
 
-function fmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void {
+function fmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   const { tileRows: TM, tileColumns: TN, tileDepth: TD } = plan;
   const per = 4;
   if ((TM / per) * (TN / per) !== 256) throw new Error(`CUDA: no fma tiles of ${TM} × ${TN} for 256 threads`);
   const ops = g.b.length;
   const i = '    ';
-  out.push(`${i}__shared__ float tf_as[${TD * TM}];`);
-  out.push(`${i}__shared__ float tf_bs[${ops * TD * TN}];`);
+  out.push(`${i}${shared.array('float', 'tf_as', TD * TM)}`);
+  out.push(`${i}${shared.array('float', 'tf_bs', ops * TD * TN)}`);
   out.push(`${i}const int tf_tr = (threadIdx.x / ${TN / per}) * ${per}, tf_tc = (threadIdx.x % ${TN / per}) * ${per};`);
   out.push(`${i}float tf_c[${ops * per * per}];`);
   out.push(`${i}for (int tf_i = 0; tf_i < ${ops * per * per}; tf_i++) tf_c[tf_i] = 0.0f;`);
@@ -268,7 +269,7 @@ function fmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, out: string[]): void
  * memory (f32, rounded to bf16 as fragments are read, or bf16) and its columns × depth of each weight as bf16, in
  * 16-byte copies. Rows 8 elements longer than the depth keep a warp's fragment reads on distinct banks.
  */
-function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | 'bf16', p: ExprPrinter, out: string[]): void {
+function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | 'bf16', p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   const [TM, TN, TD] = [plan.tileRows, plan.tileColumns, plan.tileDepth];
   if (TM % 64 || TN % 64 || TD % 32) throw new Error(`CUDA: async mma tiles of ${TM} × ${TN} × ${TD} are not printed`);
   const a = g.a;
@@ -281,7 +282,7 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | '
   // Elements of the left operand a 16-byte copy moves, and the element type staged.
   const [perCopy, aType, aBytes] = left === 'bf16' ? [8, 'unsigned short', 2] : [4, 'float', 4];
   const i = '    ';
-  out.push(`${i}extern __shared__ __align__(16) unsigned char tf_ring[];`);
+  out.push(`${i}${shared.dynamic('tf_ring')}`);
   out.push(`${i}${aType}* const tf_as = reinterpret_cast<${aType}*>(tf_ring);`);
   out.push(`${i}unsigned short* const tf_bs = reinterpret_cast<unsigned short*>(tf_ring + ${stages * aStage * aBytes});`);
   mmaSetup(ops, w, out, i);
@@ -360,7 +361,7 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | '
   out.push(`${i}}`);
   // The next tile's first copies overwrite stages still being read by slow warps: all finish first.
   out.push(`${i}__syncthreads();`);
-  if (plan.split) addParts(ops * w.mb * w.nb * 4, plan.split.maxParts, { warpRows: 16 * w.mb, warpsAcross: 2 }, stages * (aStage * aBytes + bStage * 2), out, i);
+  if (plan.split) addParts(ops * w.mb * w.nb * 4, plan.split.maxParts, { warpRows: 16 * w.mb, warpsAcross: 2 }, stages * (aStage * aBytes + bStage * 2), shared, out, i);
   mmaEpilogue(g, w, p, out, i);
 }
 
@@ -379,11 +380,11 @@ export interface PartsLayout { readonly warpRows: number; readonly warpsAcross: 
  * the threads that held them, one part at a time, the output projection of a 32-token prompt, 8 parts, took 20 µs
  * on the H200: 8 round trips to L2 in its last block.)
  */
-export function addParts(accs: number, maxParts: number, layout: PartsLayout, ringBytes: number, out: string[], i: string): void {
+export function addParts(accs: number, maxParts: number, layout: PartsLayout, ringBytes: number, shared: SharedMemory, out: string[], i: string): void {
   if (accs * 256 * 4 > ringBytes) throw new Error(`CUDA: a split tile's ${accs} accumulators a thread do not fit its ${ringBytes}-byte staging ring`);
   const slot = (work: string) => `tf_ws + (size_t)(${work}) * ${accs * 256}`;
   out.push(`${i}if (tf_parts > 1) {`);
-  out.push(`${i}  __shared__ int tf_last;`);
+  out.push(`${i}  ${shared.scalar('int', 'tf_last')}`);
   const { warpRows: R, warpsAcross: W } = layout;
   out.push(`${i}  const int tf_live_warps = ${W} * ((tf_m_total - tf_m0 + ${R - 1}) / ${R});`);
   out.push(`${i}  const int tf_live = 32 * (tf_live_warps < 8 ? tf_live_warps : 8);`);

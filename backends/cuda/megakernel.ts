@@ -1,6 +1,6 @@
 // The megakernel printer: a megakernel schedule (backends/megakernel-schedule.ts) as one persistent CUDA kernel.
-// Each kernel's code becomes a device function of the rows a task runs (the body every launch runs, its grid-stride
-// row loop turned into a loop over [tf_first, tf_end)), its shared arrays moved into one pool of dynamic shared
+// Each kernel's code becomes a device function of the rows a task runs (the CUDA printer's task form: a loop over
+// [tf_first, tf_end) for the launch's grid-stride loop), its shared arrays slices of one pool of dynamic shared
 // memory that every task reuses (static __shared__ arrays of device functions would each take their own). The
 // kernel walks its block's tasks from a task table in device memory: it prefetches the task's weight ranges into
 // L2, waits on the counters of the kernels the task depends on, calls the task, then adds one to its kernel's
@@ -8,13 +8,13 @@
 // renderCudaMegakernel takes a module's graph there: scheduled for the device, dealt over its multiprocessors, printed.
 
 import { DeviceCaps } from '../device-caps.ts';
-import { Binding, ROW } from '../kernel-ir.ts';
+import { Binding } from '../kernel-ir.ts';
 import { LoweredModule } from '../lowered.ts';
-import { bindingKey, formatMegakernel, MegakernelSchedule, megakernelOrigin, scheduleMegakernel } from '../megakernel-schedule.ts';
+import { bindingKey, DEFAULT_BLOCKS_PER_PROCESSOR, formatMegakernel, MegakernelSchedule, megakernelOrigin, scheduleMegakernel } from '../megakernel-schedule.ts';
 import { sizeName } from '../render-base.ts';
 import { ScheduledKernel, scheduleKernels } from '../schedule.ts';
-import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
-import { cudaElemType, cudaFunctionBody } from './render-cuda.ts';
+import { cudaPrelude } from './prelude.ts';
+import { cudaElemType, cudaTaskBody } from './render-cuda.ts';
 
 export interface CudaMegakernel {
   /** One compilation unit: the prelude, the task functions and the kernel. */
@@ -62,13 +62,6 @@ export interface PreparedMegakernel {
 export function megakernelOptions(o: true | MegakernelOptions): MegakernelOptions {
   return o === true ? {} : o;
 }
-
-/**
- * Blocks a multiprocessor holds. Llama-3.2-1B decode on the H200 (BENCHMARKS.md, issue 12): 2 a multiprocessor
- * 1.222 ms a token, 3 1.185, 4 1.212 (registers capped at 64, a few bytes spilled): one run each, within what the
- * kernel-level waits leave to gain; 2 stays until the tasks stream faster.
- */
-const DEFAULT_BLOCKS_PER_PROCESSOR = 2;
 
 /**
  * The megakernel of `opts.graph` (decode by default) for a device: its kernels scheduled without overlapping launches (there are none
@@ -185,53 +178,20 @@ function taskTable(s: MegakernelSchedule, slotOf: (kernel: number, buffer: numbe
 /**
  * A kernel's code as a device function of the task's rows [tf_first, tf_end), its shared arrays placed in the
  * pool: memory the launch would have given first (the schedule's dynamic offsets), the arrays it declares
- * statically after that. The code is the launch's own, so anything the printer cannot move is refused.
+ * statically after that (the printer's task form: cudaTaskBody).
  */
 function taskFunction(sk: ScheduledKernel, name: string): { name: string; code: string; poolBytes: number } {
   const k = sk.kernel;
-  let offset = Math.ceil(sk.dynamicWorkgroupBytes / 16) * 16;
-  let body = cudaFunctionBody(sk)
-    .replace(/^(\s*)extern __shared__ __align__\(16\) unsigned char (\w+)\[\];$/gm, '$1unsigned char* const $2 = tf_pool;')
-    .replace(/^(\s*)__shared__ (?:__align__\(\d+\) )?(\w+(?: \w+)?) (\w+)\[([^\]]+)\];$/gm, (_, indent: string, type: string, array: string, count: string) => {
-      const at = offset;
-      offset += Math.ceil((elementBytes(type, k.name) * constantCount(count, k.name)) / 16) * 16;
-      return `${indent}${type}* const ${array} = reinterpret_cast<${type}*>(tf_pool + ${at});`;
-    })
-    .replace(/^(\s*)__shared__ (\w+(?: \w+)?) (\w+);$/gm, (_, indent: string, type: string, scalar: string) => {
-      const at = offset;
-      offset += 16;
-      return `${indent}${type}& ${scalar} = *reinterpret_cast<${type}*>(tf_pool + ${at});`;
-    })
-    .replace(/^(\s*)const int tf_rows = .*;\n/m, '')
-    .replace(`for (int ${ROW} = blockIdx.x; ${ROW} < tf_rows; ${ROW} += gridDim.x) {`, `for (int ${ROW} = tf_first; ${ROW} < tf_end; ${ROW}++) {`);
-  for (const left of ['__shared__', 'blockIdx', 'gridDim', 'tf_rows', 'tf_grid_wait', 'tf_grid_release']) {
-    if (new RegExp(`\\b${left}\\b`).test(body)) throw new Error(`megakernel: kernel ${k.name}'s code has ${left} the megakernel printer cannot place`);
-  }
+  const { body, poolBytes } = cudaTaskBody(sk);
+  // The printer refuses what a task cannot run; this catches a path of it that prints a launch's code regardless.
+  const launchOnly = /\b(__shared__|blockIdx|gridDim)\b/.exec(body);
+  if (launchOnly) throw new Error(`megakernel: kernel ${k.name}'s code has ${launchOnly[1]}, which a task cannot run`);
   // Weights are never written during a step: the compiler may read them through the read-only path.
   const params = k.buffers.map((b, i) => `${b.written ? '' : 'const '}${cudaElemType[b.dtype]}*${b.binding.kind === 'param' ? ' __restrict__' : ''} b${i}`);
   for (const s of k.sizes) params.push(`const int ${sizeName(s)}`);
   params.push('unsigned char* const tf_pool', 'const int tf_first', 'const int tf_end');
-  body = `// ${k.name}'s code (and every kernel's alike)\nstatic __device__ __noinline__ void ${name}(${params.join(', ')}) {\n${body}`;
-  return { name, code: body, poolBytes: offset };
-}
-
-const elementBytesByType: Record<string, number> = { float: 4, int: 4, unsigned: 4, 'unsigned short': 2, 'unsigned char': 1, bool: 1 };
-
-function elementBytes(type: string, kernel: string): number {
-  const n = elementBytesByType[type];
-  if (n === undefined) throw new Error(`megakernel: kernel ${kernel} declares shared ${type}, of no known size`);
-  return n;
-}
-
-/** A shared array's length as printed: sums of products of integers and the block's thread and warp counts. */
-function constantCount(text: string, kernel: string): number {
-  const named: Record<string, number> = { TF_BLOCK: CUDA_BLOCK, TF_WARPS: CUDA_BLOCK / 32 };
-  return text.split('+').reduce((sum, term) => sum + term.split('*').reduce((product, factor) => {
-    const f = factor.trim();
-    const n = named[f] ?? (/^\d+$/.test(f) ? Number(f) : NaN);
-    if (Number.isNaN(n)) throw new Error(`megakernel: kernel ${kernel} declares a shared array of length ${text}, not a constant the printer can size`);
-    return product * n;
-  }, 1), 0);
+  const code = `// ${k.name}'s code (and every kernel's alike)\nstatic __device__ __noinline__ void ${name}(${params.join(', ')}) {\n${body}`;
+  return { name, code, poolBytes };
 }
 
 /**

@@ -13,6 +13,7 @@ import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
 import { renderGemmCuda } from './gemm.ts';
 import { renderFlashCuda } from './flash.ts';
+import { SharedMemory, SharedType } from './shared-memory.ts';
 
 export { CUDA_BLOCK, cudaPrelude };
 
@@ -36,8 +37,11 @@ function floatLiteral(v: number): string {
 
 const call = (f: string) => (a: string) => `${f}(${a})`;
 
+/** Compute types as CUDA spells them (each may be a shared array's element). */
+const cudaScalarType = { f32: 'float', i32: 'int', bool: 'bool' } as const satisfies Record<Scalar, SharedType>;
+
 export const cudaDialect: Dialect = {
-  type: { f32: 'float', i32: 'int', bool: 'bool' },
+  type: cudaScalarType,
   constDecl: (name, t, value) => `const ${cudaDialect.type[t]} ${name} = ${value};`,
   varDecl: (name, t, value) => `${cudaDialect.type[t]} ${name} = ${value};`,
   forLoop: (v, n) => `for (int ${v} = 0; ${v} < ${n}; ${v}++) {`,
@@ -239,7 +243,7 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   out.push(`extern "C" __global__ void __launch_bounds__(${bounds}) ${name}(${params.join(', ')}) {`);
   const origin = scheduleOrigin(sk);
   let body = printedBodies.get(origin);
-  if (!body) printedBodies.set(origin, (body = functionBody(sk)));
+  if (!body) printedBodies.set(origin, (body = functionBody(sk, 'kernel').body));
   return {
     code: `${out.join('\n')}\n${body}`, name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes,
     overlapsPredecessor: !!sk.overlap, bufferDTypes: k.buffers.map((b) => b.dtype),
@@ -247,12 +251,13 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   };
 }
 
-/** A scheduled kernel's code after its signature, as its function has it (a megakernel's tasks run it: ./megakernel.ts). */
-export function cudaFunctionBody(sk: ScheduledKernel): string {
-  const origin = scheduleOrigin(sk);
-  let body = printedBodies.get(origin);
-  if (!body) printedBodies.set(origin, (body = functionBody(sk)));
-  return body;
+/**
+ * A scheduled kernel's code after its signature as a megakernel's task runs it (./megakernel.ts): its rows
+ * [tf_first, tf_end), its shared memory slices of the pool at tf_pool, of which it takes `poolBytes`. Refused for
+ * a kernel that runs as tiles (they loop over the grid's blocks).
+ */
+export function cudaTaskBody(sk: ScheduledKernel): PrintedBody {
+  return functionBody(sk, 'task');
 }
 
 /**
@@ -261,39 +266,59 @@ export function cudaFunctionBody(sk: ScheduledKernel): string {
  */
 const printedBodies = new WeakMap<ScheduledKernel, string>();
 
-/** A scheduled kernel's function after its signature: shared memory, the tile form and the row form. */
-function functionBody(sk: ScheduledKernel): string {
+/** A function's code after its signature, and the bytes of the pool its shared memory takes (a task's). */
+interface PrintedBody {
+  readonly body: string;
+  readonly poolBytes: number;
+}
+
+/**
+ * A scheduled kernel's function after its signature: shared memory, the tile form and the row form. A kernel's
+ * blocks stride over its rows; a task runs rows [tf_first, tf_end) and has no launch to wait for.
+ */
+function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody {
   const k = sk.kernel;
+  const task = form === 'task';
+  const shared = task ? SharedMemory.task(sk.dynamicWorkgroupBytes) : SharedMemory.kernel();
   const out: string[] = [];
+  const printed = () => ({ body: out.join('\n') + '\n', poolBytes: shared.poolBytes });
   // Scratch for block-wide reductions: floats for sums and maxima of floats and for argmax values of floats, ints
   // for the rest and for argmax indices; tf_rv for argmax values of ints.
   // (None when the kernel always runs as tiles: its row form is not printed.)
   const rowForm = sk.tilesFrom !== 0;
   const coops = rowForm ? k.body.flatMap((s) => (s.k === 'coop' ? [s.op === 'argmax' ? `argmax:${s.body.t}` : s.body.t] : [])) : [];
-  if (coops.some((t) => t === 'argmax:f32' || t === 'f32')) out.push('  __shared__ float tf_rf[TF_WARPS + 1];');
-  if (coops.some((t) => t !== 'f32')) out.push('  __shared__ int tf_ri[TF_WARPS + 1];');
-  if (coops.includes('argmax:i32')) out.push('  __shared__ int tf_rv[TF_WARPS + 1];');
-  declareArrays(sk.arrays, out);
+  const scratch = (type: SharedType, name: string) => out.push(`  ${shared.array(type, name, CUDA_BLOCK / 32 + 1, { printedCount: 'TF_WARPS + 1' })}`);
+  if (coops.some((t) => t === 'argmax:f32' || t === 'f32')) scratch('float', 'tf_rf');
+  if (coops.some((t) => t !== 'f32')) scratch('int', 'tf_ri');
+  if (coops.includes('argmax:i32')) scratch('int', 'tf_rv');
+  declareArrays(sk.arrays, shared, out);
   // A kernel that overlaps its predecessor waits for its writes, then lets its own successor start.
-  if (sk.overlap) out.push('  tf_grid_wait();', '  tf_grid_release();');
+  if (sk.overlap && !task) out.push('  tf_grid_wait();', '  tf_grid_release();');
 
   const p = new CudaPrinter(cudaDialect, k.buffers);
   p.sizes = new Set(k.sizes);
   // The tile form, and the rows from which it runs rather than the row form.
   const tiles: string[] = [];
-  if (k.gemm && sk.gemm) renderGemmCuda(k.gemm, sk.gemm, k.gemm.rows, p, tiles);
-  else if (k.flash && sk.flash) renderFlashCuda(k.flash, sk.flash, p, tiles);
+  if (task && ((k.gemm && sk.gemm) || (k.flash && sk.flash))) {
+    throw new Error(`CUDA: kernel ${k.name} may run as tiles, which loop over the grid's blocks; a megakernel's task runs rows only`);
+  }
+  if (k.gemm && sk.gemm) renderGemmCuda(k.gemm, sk.gemm, k.gemm.rows, p, shared, tiles);
+  else if (k.flash && sk.flash) renderFlashCuda(k.flash, sk.flash, p, shared, tiles);
   if (!rowForm) {
     out.push(...tiles, '}');
-    return out.join('\n') + '\n';
+    return printed();
   }
   const body: string[] = [];
-  // The row form's row count: the kernel's rows (the grid is larger when it may run the tiles instead).
-  const rows = p.expr(tiles.length ? k.rows : sk.grid.rows, body, '  ');
-  body.push(`  const int tf_rows = ${rows};`);
-  // Blocks stride over the rows (the grid may have fewer blocks than rows).
-  body.push(`  for (int ${ROW} = blockIdx.x; ${ROW} < tf_rows; ${ROW} += gridDim.x) {`);
-  k.body.forEach((s, i) => renderStmt(s, sk.stmts[i], p, body, '    '));
+  if (task) {
+    body.push(`  for (int ${ROW} = tf_first; ${ROW} < tf_end; ${ROW}++) {`);
+  } else {
+    // The row form's row count: the kernel's rows (the grid is larger when it may run the tiles instead).
+    const rows = p.expr(tiles.length ? k.rows : sk.grid.rows, body, '  ');
+    body.push(`  const int tf_rows = ${rows};`);
+    // Blocks stride over the rows (the grid may have fewer blocks than rows).
+    body.push(`  for (int ${ROW} = blockIdx.x; ${ROW} < tf_rows; ${ROW} += gridDim.x) {`);
+  }
+  k.body.forEach((s, i) => renderStmt(s, sk.stmts[i], p, shared, body, '    '));
   // The next row rewrites the shared arrays: wait until every thread has read this row's.
   if (sk.arrays.length) body.push('    __syncthreads();');
   body.push('  }');
@@ -307,16 +332,15 @@ function functionBody(sk: ScheduledKernel): string {
   } else {
     out.push(...body, '}');
   }
-  return out.join('\n') + '\n';
+  return printed();
 }
 
 /** Declares the row-local arrays where the schedule placed them: statically, or in the launch's dynamic shared memory. */
-function declareArrays(arrays: readonly ArrayPlacement[], out: string[]): void {
-  if (arrays.some((a) => a.dynamicOffset !== undefined)) out.push('  extern __shared__ __align__(16) unsigned char tf_smem[];');
+function declareArrays(arrays: readonly ArrayPlacement[], shared: SharedMemory, out: string[]): void {
+  if (arrays.some((a) => a.dynamicOffset !== undefined)) out.push(`  ${shared.dynamic('tf_smem')}`);
   for (const a of arrays) {
-    const t = cudaDialect.type[a.type];
-    // Aligned so the compiler may read neighbouring elements with one wide load.
-    if (a.dynamicOffset === undefined) out.push(`  __shared__ __align__(16) ${t} ${a.name}[${a.elements}];`);
+    const t = cudaScalarType[a.type];
+    if (a.dynamicOffset === undefined) out.push(`  ${shared.array(t, a.name, a.elements, { aligned: true })}`);
     else out.push(`  ${t}* const ${a.name} = reinterpret_cast<${t}*>(tf_smem + ${a.dynamicOffset});`);
   }
 }
@@ -337,17 +361,17 @@ function parallelLoop(v: string, n: string, warp: boolean, out: string[], indent
  * reduction, then one thread per element combines the slices through shared memory (an argmax keeps the first
  * index of the largest value).
  */
-function renderSlicedArray(s: ArrayStmt, r: ReduceExpr, plan: ReductionPlan, slices: number, p: CudaPrinter, out: string[], indent: string): void {
+function renderSlicedArray(s: ArrayStmt, r: ReduceExpr, plan: ReductionPlan, slices: number, p: CudaPrinter, shared: SharedMemory, out: string[], indent: string): void {
   const inner = indent + '  ';
   const part = `${s.name}_part`;
   const best = `${s.name}_best`;
   const argmax = r.op === 'argmax';
   // The type of the partial values (an argmax's best value): sums are f32, max and argmax as their body.
   const vt: Scalar = r.op === 'sum' ? 'f32' : r.body.t;
-  const T = cudaDialect.type[vt];
+  const T = cudaScalarType[vt];
   out.push(`${indent}{`);
-  out.push(`${inner}__shared__ ${T} ${s.name}_slices[${slices * s.n}];`);
-  if (argmax) out.push(`${inner}__shared__ int ${s.name}_slice_at[${slices * s.n}];`);
+  out.push(`${inner}${shared.array(T, `${s.name}_slices`, slices * s.n)}`);
+  if (argmax) out.push(`${inner}${shared.array('int', `${s.name}_slice_at`, slices * s.n)}`);
   out.push(`${inner}${argmax ? 'int' : T} ${part} = ${r.op === 'sum' ? '0.0f' : argmax ? '0x7fffffff' : cudaDialect.lowest(vt)};`);
   if (argmax) out.push(`${inner}${T} ${best} = ${cudaDialect.lowest(vt)};`);
   out.push(`${inner}if (tf_tid < ${slices * s.n}) {`);
@@ -391,25 +415,25 @@ function renderSlicedArray(s: ArrayStmt, r: ReduceExpr, plan: ReductionPlan, sli
  * Fewer outputs than warps (a narrow projection's 2 or 4 per row): the warps of one output split its sums too,
  * each reading its share of the weights 16 bytes at a time, and combine through shared memory.
  */
-function renderSplitWarpStore(s: StoreStmt, n: number, p: CudaPrinter, out: string[], indent: string): void {
+function renderSplitWarpStore(s: StoreStmt, n: number, p: CudaPrinter, shared: SharedMemory, out: string[], indent: string): void {
   const inner = indent + '  ';
   const warps = CUDA_BLOCK / 32;
   const slices = warps / n;
   const reductions = topReductions(s.value);
-  const shared = `${s.v}_split`;
+  const split = `${s.v}_split`;
   const scope: Scope = {
     lane: `((tf_warp / ${n}) * 32 + tf_lane)`,
     size: `${slices * 32}`,
     combine: (_op, _t, part) => `tf_warp_sum(${part})`,
   };
   out.push(`${indent}{`);
-  out.push(`${inner}__shared__ float ${shared}[${reductions.length * warps}];`);
+  out.push(`${inner}${shared.array('float', split, reductions.length * warps)}`);
   out.push(`${inner}const int ${s.v} = tf_warp % ${n};`);
   const names = new Map<ReduceExpr, string>();
   reductions.forEach((r, i) => {
     const acc = p.fresh();
     renderReduction(acc, 'sum', r.v, p.expr(r.n, out, inner), r.body, 'f32', p, scope, p.plans.get(r.v)!, out, inner);
-    out.push(`${inner}if (tf_lane == 0) ${shared}[${i * warps} + tf_warp] = ${acc};`);
+    out.push(`${inner}if (tf_lane == 0) ${split}[${i * warps} + tf_warp] = ${acc};`);
     names.set(r, `${acc}_total`);
   });
   out.push(`${inner}__syncthreads();`);
@@ -417,7 +441,7 @@ function renderSplitWarpStore(s: StoreStmt, n: number, p: CudaPrinter, out: stri
   reductions.forEach((r, i) => {
     const total = names.get(r)!;
     out.push(`${inner}  float ${total} = 0.0f;`);
-    out.push(`${inner}  for (int q = 0; q < ${slices}; q++) ${total} += ${shared}[${i * warps} + q * ${n} + ${s.v}];`);
+    out.push(`${inner}  for (int q = 0; q < ${slices}; q++) ${total} += ${split}[${i * warps} + q * ${n} + ${s.v}];`);
   });
   const value = p.expr(replaceReductions(s.value, names), out, inner + '  ');
   const index = p.expr(s.index, out, inner + '  ');
@@ -427,7 +451,7 @@ function renderSplitWarpStore(s: StoreStmt, n: number, p: CudaPrinter, out: stri
   out.push(`${indent}}`);
 }
 
-function renderStmt(s: KStmt, sched: StmtSchedule, p: CudaPrinter, out: string[], indent: string): void {
+function renderStmt(s: KStmt, sched: StmtSchedule, p: CudaPrinter, shared: SharedMemory, out: string[], indent: string): void {
   p.plans = sched.reductions;
   const m = sched.mapping;
   switch (s.k) {
@@ -440,7 +464,7 @@ function renderStmt(s: KStmt, sched: StmtSchedule, p: CudaPrinter, out: string[]
     case 'array': {
       if (m.kind === 'sliced') {
         const [r] = topReductions(s.value);
-        renderSlicedArray(s, r, sched.reductions.get(r.v)!, m.slices, p, out, indent);
+        renderSlicedArray(s, r, sched.reductions.get(r.v)!, m.slices, p, shared, out, indent);
         break;
       }
       if (m.kind !== 'thread-per-element' && m.kind !== 'subgroup-per-element') throw new Error(`CUDA: an array cannot be mapped ${m.kind}`);
@@ -450,7 +474,7 @@ function renderStmt(s: KStmt, sched: StmtSchedule, p: CudaPrinter, out: string[]
     }
     case 'store': {
       if (m.kind === 'split-subgroups') {
-        renderSplitWarpStore(s, m.elements, p, out, indent);
+        renderSplitWarpStore(s, m.elements, p, shared, out, indent);
         break;
       }
       if (m.kind !== 'thread-per-element' && m.kind !== 'subgroup-per-element') throw new Error(`CUDA: a store cannot be mapped ${m.kind}`);

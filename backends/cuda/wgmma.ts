@@ -17,12 +17,13 @@ import { GemmIR } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { GemmPlan } from '../schedule.ts';
 import { addParts, mmaEpilogue, WarpTile } from './gemm.ts';
+import { SharedMemory } from './shared-memory.ts';
 import { WGMMA_COLUMNS } from './wgmma-prelude.ts';
 
 /** Bytes of a staged row: 64 bf16, one 128-byte swizzle row. */
 const ROW_BYTES = 128;
 
-export function wgmmaTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter, out: string[]): void {
+export function wgmmaTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   const [TM, TN, TD] = [plan.tileRows, plan.tileColumns, plan.tileDepth];
   if (TM !== 128 || TD !== 64 || !(WGMMA_COLUMNS as readonly number[]).includes(TN) || stages < 3) {
     throw new Error(`CUDA: wgmma tiles of ${TM} × ${TN} × ${TD}, ${stages} stages, are not printed`);
@@ -37,7 +38,7 @@ export function wgmmaTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrin
   const accs = ops * (TN / 2);
   const w: WarpTile = { mb: 1, nb: TN / 8 };
   const i = '    ';
-  out.push(`${i}extern __shared__ __align__(16) unsigned char tf_ring[];`);
+  out.push(`${i}${shared.dynamic('tf_ring')}`);
   // The swizzle repeats every 8 rows of 128 bytes from multiples of 1,024 (the descriptors' base offset is 0).
   out.push(`${i}unsigned char* const tf_sm = tf_ring + ((1024u - (tf_smem_addr(tf_ring) & 1023u)) & 1023u);`);
   out.push(`${i}const unsigned tf_sm_addr = tf_smem_addr(tf_sm);`);
@@ -123,6 +124,6 @@ export function wgmmaTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrin
   // The next tile's first copies overwrite stages still being read by slow warpgroups: all finish first.
   out.push(`${i}__syncthreads();`);
   // The ring's start is rounded up to 1,024 bytes inside the bytes given.
-  if (plan.split) addParts(accs, plan.split.maxParts, { warpRows: 16, warpsAcross: 1 }, stages * stageBytes, out, i);
+  if (plan.split) addParts(accs, plan.split.maxParts, { warpRows: 16, warpsAcross: 1 }, stages * stageBytes, shared, out, i);
   mmaEpilogue(g, w, p, out, i);
 }

@@ -181,12 +181,15 @@ function checkPrefetch(s: MegakernelSchedule): { ranges: number } {
   return { ranges };
 }
 
-s('refused by name: a graph of symbolic sizes, a device too old, a grid of no blocks', () => {
+s('refused by name: a graph of symbolic sizes, a device too old, a grid of no blocks, a task that would run tiles', () => {
   assert.throws(() => renderCudaMegakernel(module, cudaCaps(61, 4), { graph: 'mlp' }), /compute capability 7\.0 or later/);
   assert.throws(() => renderCudaMegakernel(module, cudaCaps(90, 4), { graph: 'decode' }), /no graph @decode \(it has @mlp\)/);
   assert.throws(() => scheduleMegakernel(kernels, {}, { blocks: 0, processors: 4 }), /0 blocks is not a grid/);
   const symbolic = compileModule({ graphs: [mlpStack('S')] });
   assert.throws(() => renderCudaMegakernel(symbolic, cudaCaps(90, 4), { graph: 'mlp' }), /reads size S, which the step does not fix/);
+  // The kernels as scheduled for launches keep their GEMM tiles, which loop over the grid's blocks.
+  const tiled = { ...schedule, kernels };
+  assert.throws(() => printCudaMegakernel(tiled, 'mlp_megakernel', 2), /kernel k1 may run as tiles, which loop over the grid's blocks; a megakernel's task runs rows only/);
 });
 
 s.run();
