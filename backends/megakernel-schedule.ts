@@ -257,7 +257,7 @@ export function dependencies(kernels: readonly KernelIR[]): number[][] {
 }
 
 /** Buffers a kernel loads from. */
-function readBuffers(k: KernelIR): Set<number> {
+export function readBuffers(k: KernelIR): Set<number> {
   const read = new Set<number>();
   for (const e of kernelExprs(k)) {
     anyExpr(e, (x) => {

@@ -6,6 +6,7 @@
 import { DeviceKind } from '../runtime/device.ts';
 import { checkLength, LoadedLlama } from '../runtime/llama.ts';
 import { Sampling, StartupTimings } from '../runtime/session.ts';
+import { formatMegakernelDifference } from '../runtime/megakernel-bisect.ts';
 import { kvCacheDType, openLlamaSession } from './open-session.ts';
 import { DType } from '../ir/dtype.ts';
 import { showProgress, step, withWeightProgress } from '../runtime/progress.ts';
@@ -35,6 +36,7 @@ export const generateCommand = defineCommand({
     'no-cache': { type: 'boolean', default: false, help: 'compile again rather than read the compile cache (TSFUSE_CACHE_DIR)' },
     'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: bf16/f16 on cuda for 16-bit weights, else f32)' },
     megakernel: { type: 'boolean', default: false, help: 'cuda: run each decode step as one persistent kernel' },
+    'bisect-megakernel': { type: 'boolean', default: false, help: 'with --megakernel: instead of generating, run the prompt but its last token, then the step that takes it both as the megakernel and as its kernels one by one, and say where they first differ' },
   },
   async run(values) {
     if (values['no-cache']) process.env.TSFUSE_NO_CACHE = '1';
@@ -57,6 +59,7 @@ export const generateCommand = defineCommand({
       throw new UsageError((e as Error).message);
     }
     if (values.megakernel && backend !== 'cuda') throw new UsageError(`--megakernel runs on --backend cuda, not ${backend}`);
+    if (values['bisect-megakernel'] && !values.megakernel) throw new UsageError('--bisect-megakernel bisects the megakernel: give --megakernel too');
     const dir = checkModelDir(values.model);
     const model = loadLlama(dir);
     let tokenizer;
@@ -66,7 +69,7 @@ export const generateCommand = defineCommand({
     }
     const ids = tokenizer ? tokenizer.encode(values.prompt!) : parseIds(values.ids);
     if (ids.length === 0) throw new UsageError('--prompt encodes to no tokens');
-    await runGenerate({ model, backend, ids, tokenizer, maxNewTokens: maxNew, sampling, json: values.json, ignoreEos: values['ignore-eos'], kvDType, megakernel: values.megakernel });
+    await runGenerate({ model, backend, ids, tokenizer, maxNewTokens: maxNew, sampling, json: values.json, ignoreEos: values['ignore-eos'], kvDType, megakernel: values.megakernel, bisectMegakernel: values['bisect-megakernel'] });
   },
 });
 
@@ -88,6 +91,8 @@ export interface GenerateRequest {
   readonly kvDType?: DType;
   /** Run each decode step as one persistent kernel (cuda). */
   readonly megakernel?: boolean;
+  /** Instead of generating: where the megakernel's step after the prompt first differs from its kernels (with megakernel). */
+  readonly bisectMegakernel?: boolean;
 }
 
 export interface GenerateTiming {
@@ -111,6 +116,16 @@ export async function runGenerate(req: GenerateRequest): Promise<void> {
     });
   } finally {
     bar.stop();
+  }
+  if (req.bisectMegakernel) {
+    try {
+      const diff = await step('bisecting the megakernel', () => session.bisectMegakernel(req.ids));
+      const kernels = session.program.module.graphs.find((g) => g.graph.name === 'decode')!.kernels.length;
+      write(req.json ? JSON.stringify({ agrees: !diff, ...(diff ? { difference: diff } : {}) }) + '\n' : formatMegakernelDifference(diff, kernels) + '\n');
+    } finally {
+      session.close();
+    }
+    return;
   }
   const stream = req.tokenizer ? new TextStream(req.tokenizer) : undefined;
   const started = performance.now();

@@ -12,7 +12,8 @@
 import { DType } from '../ir/dtype.ts';
 import { Graph } from '../ir/graph.ts';
 import { HostTensor, hostTensor } from '../ir/host-tensor.ts';
-import { Device, KernelTime, Mark, namedOutputKey, Program, Recording } from './device.ts';
+import { Device, KernelTime, Mark, namedOutputKey, Program, Recording, Sizes } from './device.ts';
+import type { MegakernelDifference } from './megakernel-bisect.ts';
 
 export interface Sampling {
   /** 0 (the default) is greedy. */
@@ -243,6 +244,24 @@ export class Session {
       times.push(...(await this.program.profile(graph, this.sizes(graph, chunk.length))));
     }
     return times;
+  }
+
+  /**
+   * Where the megakernel's decode step first differs from the decode graph's kernels run one by one
+   * (runtime/megakernel-bisect.ts): the prompt but its last token run as generate runs it, then the step that takes
+   * the last token, both ways from the same state. Undefined where every kernel's writes agree. CUDA programs
+   * loaded with the megakernel only; the cache is left as the prompt left it.
+   */
+  async bisectMegakernel(prompt: readonly number[]): Promise<MegakernelDifference | undefined> {
+    const p = this.program as Program & { bisectMegakernel?: (graph: string, sizes: Sizes) => MegakernelDifference | undefined };
+    if (!p.bisectMegakernel) throw new ContractError(`bisecting a megakernel needs the cuda device opened with the megakernel; this is ${this.device.description}`);
+    if (prompt.length === 0) throw new ContractError('bisecting a megakernel needs a prompt of at least one token');
+    this.checkTokens(prompt);
+    this.checkFits(prompt.length);
+    this.reset();
+    if (prompt.length > 1) this.runPrompt(prompt.slice(0, -1), {});
+    const graph = this.writePrompt(prompt.slice(-1), {}, prompt.length - 1);
+    return p.bisectMegakernel(graph, this.sizes(graph, 1));
   }
 
   decodeKernels(): number {

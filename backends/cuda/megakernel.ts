@@ -267,7 +267,8 @@ function kernelCode(name: string, blocksPerProcessor: number, calls: readonly st
   // Thread 0 records the times; the barrier after the wait orders its "ready" after every thread is past the wait.
   const time = (word: number, what: string) => (timeline ? `    if (threadIdx.x == 0) tf_timeline[${TIMELINE_WORDS} * tf_t + ${word}] = ${what};\n` : '');
   return `extern "C" __global__ void __launch_bounds__(TF_BLOCK, ${blocksPerProcessor}) ${name}(void* const* __restrict__ tf_buf, const int* __restrict__ tf_plan,
-    unsigned* tf_done, unsigned* tf_steps, unsigned* tf_watchdog, const unsigned long long tf_limit_ns, unsigned long long* tf_timeline) {
+    unsigned* tf_done, unsigned* tf_steps, unsigned* tf_watchdog, const unsigned long long tf_limit_ns, unsigned long long* tf_timeline,
+    const int tf_only_kernel, const int tf_only_task) {
   extern __shared__ __align__(16) unsigned char tf_smem[];
   unsigned char* const tf_pool = tf_smem + ${OWN_BYTES};
   volatile int* const tf_go = reinterpret_cast<volatile int*>(tf_smem);
@@ -282,12 +283,15 @@ function kernelCode(name: string, blocksPerProcessor: number, calls: readonly st
   for (int tf_t = tf_plan[2 + tf_me]; tf_t < tf_plan[3 + tf_me]; tf_t++) {
     const int* const tf_task = tf_tasks + ${TASK_WORDS} * tf_t;
     const int tf_kernel = tf_task[0], tf_first = tf_task[2], tf_end = tf_task[3];
+    // Bisecting (tf_only_kernel ≥ 0): only that kernel's tasks (or one of them) run, without waiting, the host
+    // having run their producers before.
+    if (tf_only_kernel >= 0 && (tf_kernel != tf_only_kernel || (tf_only_task >= 0 && tf_task[1] != tf_only_task))) continue;
     // The weights depend on no task: start pulling them before waiting for the inputs.
     for (int p = tf_task[6]; p < tf_task[6] + tf_task[7]; p++) {
       const int* const tf_range = tf_prefetches + 3 * p;
       tf_mk_prefetch(static_cast<const char*>(tf_buf[tf_range[0]]) + tf_range[1], tf_range[2]);
     }
-${time(0, 'tf_mk_now()')}    if (tf_task[5] > 0) {
+${time(0, 'tf_mk_now()')}    if (tf_task[5] > 0 && tf_only_kernel < 0) {
       if (threadIdx.x == 0) {
         bool ok = true;
         for (int w = tf_task[4]; ok && w < tf_task[4] + tf_task[5]; w++) {

@@ -17,6 +17,10 @@ const DEFAULT_WATCHDOG_MS = 5000;
 export class LoadedMegakernel {
   private readonly fn: Handle;
   private readonly args: KernelArgs;
+  /** The launch's arguments but the last two (the kernel and task a bisecting launch runs alone). */
+  private readonly fixedArgs: readonly (DevicePtr | { int: number })[];
+  /** Each kernel's count of finished tasks, and each block's count of steps (zeroed again after bisecting). */
+  private readonly counts: readonly { ptr: DevicePtr; bytes: number }[];
   private readonly memory: DevicePtr[] = [];
   private readonly watchdog: DevicePtr;
   /** Each task's times of the latest step, where the kernel records them. */
@@ -46,12 +50,14 @@ export class LoadedMegakernel {
     const plan = table(k.plan);
     const done = zeroed(4 * k.counters);
     const steps = zeroed(4 * k.blocks);
+    this.counts = [{ ptr: done, bytes: 4 * k.counters }, { ptr: steps, bytes: 4 * k.blocks }];
     this.watchdog = zeroed(4 * WATCHDOG_WORDS);
     const limitNs = (opts.watchdogMs ?? DEFAULT_WATCHDOG_MS) * 1e6;
     if (!(limitNs > 0)) throw new Error(`--megakernel: a watchdog of ${opts.watchdogMs} ms`);
     if (k.timeline) this.timeline = zeroed(8 * TIMELINE_WORDS * k.tasks);
     // The limit is an unsigned 64-bit argument: passed in a pointer's slot.
-    this.args = cuda.kernelArgs([buffers, plan, done, steps, this.watchdog, Math.round(limitNs), this.timeline ?? 0]);
+    this.fixedArgs = [buffers, plan, done, steps, this.watchdog, Math.round(limitNs), this.timeline ?? 0];
+    this.args = cuda.kernelArgs([...this.fixedArgs, { int: -1 }, { int: -1 }]);
   }
 
   get graph(): string {
@@ -61,6 +67,21 @@ export class LoadedMegakernel {
   launch(): void {
     if (this.stuck) throw this.stuck;
     this.cuda.launch(this.fn, this.prepared.kernel.blocks, CUDA_BLOCK, this.args, this.prepared.kernel.sharedBytes);
+  }
+
+  /**
+   * Queues a launch that runs only kernel `kernel`'s tasks (or only its task `task`), none of them waiting: the caller
+   * has run their producers. The counters are off afterwards until resetCounters.
+   */
+  launchOnly(kernel: number, task = -1): void {
+    if (this.stuck) throw this.stuck;
+    const args = this.cuda.kernelArgs([...this.fixedArgs, { int: kernel }, { int: task }]);
+    this.cuda.launch(this.fn, this.prepared.kernel.blocks, CUDA_BLOCK, args, this.prepared.kernel.sharedBytes);
+  }
+
+  /** Queues the zeroing of the counters and step counts, as loaded: the next step starts the count again. */
+  resetCounters(): void {
+    for (const c of this.counts) this.cuda.fill(c.ptr, 0, c.bytes);
   }
 
   /** Queues a copy of the watchdog's record; what it returns, called once the stream is past it, throws if it tripped. */

@@ -25,6 +25,8 @@ import { allocSplitScratch, freeSplitScratch, SplitScratch } from '../cuda/split
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
 import { MegakernelOptions, megakernelOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
 import { LoadedMegakernel } from './cuda-megakernel.ts';
+import { BisectTarget, BisectWrite, bisectMegakernel, MegakernelDifference } from '../megakernel-bisect.ts';
+import { readBuffers } from '../../backends/megakernel-schedule.ts';
 import type { MegakernelTimeline } from '../megakernel-timeline.ts';
 
 export { CudaUnavailableError };
@@ -151,6 +153,8 @@ interface CudaKernel {
   readonly tempWrites: readonly { readonly key: BufferKey; readonly dtype: DType }[];
   /** Takes the depth-split scratch after its sizes (CudaFunction.depthSplit). */
   readonly splitsDepth: boolean;
+  /** Every buffer it writes, as stored, and whether it reads it too (for bisecting a megakernel). */
+  readonly writes: readonly BisectWrite[];
 }
 
 interface CudaGraph {
@@ -226,7 +230,9 @@ export class CudaProgram implements Program {
       const kernels = lg.kernels.map((ir, i): CudaKernel => {
         const f = fs[i];
         const tempWrites = ir.buffers.flatMap((b, j) => (b.binding.kind === 'temp' && b.written ? [{ key: bufferKey(lg.graph, b.binding), dtype: f.bufferDTypes[j] }] : []));
-        return { ir, rows: f.rows, fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor, tempWrites, splitsDepth: !!f.depthSplit };
+        const read = readBuffers(ir);
+        const writes = ir.buffers.flatMap((b, j) => (b.written ? [{ key: bufferKey(lg.graph, b.binding), dtype: f.bufferDTypes[j], alsoRead: read.has(j), fresh: b.binding.kind === 'temp' || b.binding.kind === 'output' }] : []));
+        return { ir, rows: f.rows, fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor, tempWrites, splitsDepth: !!f.depthSplit, writes };
       });
       this.graphs.set(lg.graph.name, { lowered: lg, kernels, args: new Map() });
     }
@@ -393,6 +399,65 @@ export class CudaProgram implements Program {
    * Device time of each kernel of one run of `graph`, from events around every launch (which adds gaps, so the
    * sum exceeds a captured step), with the bytes its buffers hold; each start from the first kernel's start event.
    */
+  /**
+   * Where the megakernel of `graph` first differs from the graph's kernels run one by one, from the buffers as they
+   * are (runtime/megakernel-bisect.ts); undefined where they agree. The buffers are put back and the megakernel's
+   * counters zeroed, so the next step runs as if this had not.
+   */
+  bisectMegakernel(graph: string, sizes: Sizes): MegakernelDifference | undefined {
+    this.usable('bisect');
+    const mk = this.megakernelOf(graph);
+    if (!mk) throw new Error(`@${graph} does not run as a megakernel: open the device with the megakernel option to bisect it`);
+    const g = this.graphOf(graph);
+    checkSizes(sizes, this.opts.maxSizes);
+    const args = this.argsFor(g, sizes);
+    const rows = g.kernels.map((k) => evalSize(k.rows, sizes));
+    const s = mk.prepared.schedule;
+    const blockOf = new Map<string, number>();
+    s.blocks.forEach((list, b) => list.forEach((task) => blockOf.set(`${task.kernel}:${task.task}`, b)));
+    const target: BisectTarget = {
+      kernels: g.kernels.map((k, i) => ({
+        name: k.ir.name, last: k.ir.fused[k.ir.fused.length - 1] ?? '', writes: k.writes,
+        tasks: s.spans[i].map((span, t) => ({ from: span.from, to: span.to, block: blockOf.get(`${i}:${t}`)! })),
+      })),
+      runKernel: (i) => {
+        const k = g.kernels[i];
+        if (rows[i] > 0) this.cuda.launch(k.fn, Math.min(rows[i], MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes);
+      },
+      runTasks: (i, task) => mk.launchOnly(i, task),
+      save: (keys) => {
+        const copies = keys.map((key) => {
+          const b = this.buffer(key);
+          const copy = this.cuda.alloc(b.bytes);
+          this.cuda.copy(copy, b.ptr, b.bytes);
+          return { b, copy };
+        });
+        return {
+          restore: () => copies.forEach(({ b, copy }) => this.cuda.copy(b.ptr, copy, b.bytes)),
+          release: () => {
+            this.cuda.synchronize();
+            copies.forEach(({ copy }) => this.cuda.free(copy));
+          },
+        };
+      },
+      read: (key) => {
+        const b = this.buffer(key);
+        const bytes = new Uint8Array(b.bytes);
+        this.cuda.download(bytes, b.ptr);
+        return bytes;
+      },
+      fill: (key, byte) => {
+        const b = this.buffer(key);
+        this.cuda.fill(b.ptr, byte, b.bytes);
+      },
+    };
+    try {
+      return bisectMegakernel(target);
+    } finally {
+      mk.resetCounters();
+    }
+  }
+
   async profile(graph: string, sizes: Sizes): Promise<KernelTime[]> {
     this.usable('profile');
     const g = this.graphOf(graph);

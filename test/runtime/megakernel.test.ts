@@ -1,7 +1,8 @@
 // The decode step as one persistent kernel on the CPU fake of CUDA (test/runtime/fake-cuda: resident blocks as
 // fibers that yield while they spin): the fixtures' greedy tokens and decode logits as the multi-kernel path's, a
 // model of another structure against the reference interpreter, the timeline of a step (each task's times) as a
-// table and a trace, and the watchdog reporting a planted wait that can never be met instead of hanging.
+// table and a trace, the watchdog reporting a planted wait that can never be met instead of hanging, and bisecting
+// (runtime/megakernel-bisect.ts) naming planted faults by kernel and task.
 //
 //   TSFUSE_FAKE_CUDA=0 npm test                   skips (it needs g++)
 
@@ -13,6 +14,7 @@ import * as assert from 'uvu/assert';
 import { interpret } from '../../backends/reference/interpreter.ts';
 import { compileModule } from '../../compiler/compile-module.ts';
 import { openLlamaSession } from '../../compiler/open-session.ts';
+import { runGenerate } from '../../compiler/cli-generate.ts';
 import { DType } from '../../ir/dtype.ts';
 import { CudaDevice, CudaProgram } from '../../runtime/devices/cuda.ts';
 import { openDevice } from '../../runtime/devices/open.ts';
@@ -20,6 +22,7 @@ import { runOnce } from '../../runtime/executor.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { ParamStore } from '../../runtime/params.ts';
 import { MegakernelSchedule } from '../../backends/megakernel-schedule.ts';
+import { evalSize } from '../../backends/kernel-ir.ts';
 import { timelineTable, timelineTrace } from '../../runtime/megakernel-timeline.ts';
 import { traceText } from '../../runtime/trace.ts';
 import { mismatch } from '../backends/compare.ts';
@@ -131,6 +134,107 @@ s('the timeline: every task of a step once, its times in order, after the tasks 
     }
   } finally {
     device.destroy();
+  }
+});
+
+s('bisect: a healthy megakernel agrees with its kernels one by one; a planted fault is named by kernel and task, and the next step runs as before', async () => {
+  if (!enabled) return;
+  const module = compileModule({ graphs: [mlpStack()] });
+  const compiled = module.graphs[0].graph;
+  const { params, x } = mlpValues(compiled, 5);
+  const [want] = interpret(compiled, { inputs: { x }, param: (n) => params.get(n)!, states: new Map() });
+  const mlpKernels = module.graphs[0].kernels;
+  const reads = (k: number, name: string) => mlpKernels[k].buffers.some((b) => b.binding.kind === 'param' && b.binding.name === name && !b.written);
+  const open = async (plant?: (prepared: { kernel: { plan: Int32Array; blocks: number; buffers: { kind: string; name?: string }[] } }) => void) => {
+    const device = await openDevice('cuda', { cacheDir: fake.cacheDir, megakernel: { graph: 'mlp' } }) as CudaDevice;
+    device.prepare(module);
+    const prepared = (device as unknown as { prepared: WeakMap<object, { megakernel: { kernel: { plan: Int32Array; blocks: number; buffers: { kind: string; name?: string }[] } } }> }).prepared.get(module)!.megakernel;
+    plant?.(prepared);
+    const program = await device.load(module, new ParamStore((n) => params.get(n)!), { maxSizes: {} }) as CudaProgram;
+    return { device, program };
+  };
+  const healthy = await open();
+  try {
+    await runOnce(healthy.program, 'mlp', { x }, new Map());
+    assert.is(healthy.program.bisectMegakernel('mlp', {}), undefined);
+    // Buffers put back and counters zeroed: the next steps run as before.
+    for (let step = 0; step < 2; step++) {
+      const [got] = await runOnce(healthy.program, 'mlp', { x }, new Map());
+      assert.not.ok(mismatch(got, want, 2e-4), `step ${step} after bisecting`);
+    }
+  } finally {
+    healthy.program.destroy();
+    healthy.device.destroy();
+  }
+  // Planted: the megakernel's pointers to layers 1's and 2's up projections swapped.
+  const swapped = await open((prepared) => {
+    const slots = prepared.kernel.buffers;
+    const [a, b] = ['l1.up', 'l2.up'].map((n) => slots.findIndex((x) => x.kind === 'param' && x.name === n));
+    assert.ok(a >= 0 && b >= 0);
+    [slots[a], slots[b]] = [slots[b], slots[a]];
+  });
+  try {
+    // A step first: the input written, the megakernel's own result wrong.
+    const [wrong] = await runOnce(swapped.program, 'mlp', { x }, new Map());
+    assert.ok(mismatch(wrong, want, 2e-4));
+    const diff = swapped.program.bisectMegakernel('mlp', {});
+    assert.ok(diff, 'a difference');
+    const first = mlpKernels.findIndex((_, k) => reads(k, 'l1.up') || reads(k, 'l2.up'));
+    assert.is(diff!.kernel, first, 'the first kernel reading a swapped weight');
+    assert.is(diff!.name, mlpKernels[first].name);
+    assert.ok(diff!.differing > 0 && diff!.megakernel !== diff!.expected);
+    assert.ok(diff!.task, 'the task that wrote it');
+    // The kernel's rows each write a run of its output: the task's rows hold the first differing element's.
+    const schedule = (swapped.program as unknown as { megakernel: { prepared: { schedule: MegakernelSchedule } } }).megakernel.prepared.schedule;
+    const out = mlpKernels[first].buffers.find((b) => b.written)!;
+    const perRow = evalSize(out.elems, {}) / schedule.rows[first];
+    assert.ok(Number.isInteger(perRow));
+    const row = Math.floor(diff!.element / perRow);
+    assert.ok(diff!.task!.from <= row && row < diff!.task!.to, `task ${JSON.stringify(diff!.task)} holds row ${row}`);
+    assert.equal(schedule.spans[first][diff!.task!.index], { from: diff!.task!.from, to: diff!.task!.to });
+  } finally {
+    swapped.program.destroy();
+    swapped.device.destroy();
+  }
+  // Planted: the last task of the last kernel runs one row fewer. The row's elements are written by no task.
+  let lastKernel = -1;
+  const short = await open((prepared) => {
+    // The table: waits' start, prefetches' start, each block's first task and the end, then the tasks, 8 words each
+    // (kernel, task, first row, end row, …): the task of the last kernel with the largest index loses its last row.
+    const plan = prepared.kernel.plan;
+    let last = -1;
+    for (let at = prepared.kernel.blocks + 3; at < plan[0]; at += 8) {
+      if (last < 0 || plan[at] > plan[last] || (plan[at] === plan[last] && plan[at + 1] > plan[last + 1])) last = at;
+    }
+    lastKernel = plan[last];
+    assert.ok(plan[last + 3] - plan[last + 2] >= 1);
+    plan[last + 3] -= 1;
+  });
+  try {
+    await runOnce(short.program, 'mlp', { x }, new Map());
+    const diff = short.program.bisectMegakernel('mlp', {});
+    assert.ok(diff, 'a difference');
+    assert.is(diff!.kernel, lastKernel);
+    assert.is(diff!.task, undefined, 'no task writes the missing row');
+  } finally {
+    short.program.destroy();
+    short.device.destroy();
+  }
+});
+
+s('bisect through generate (tsfuse generate --megakernel --bisect-megakernel): the fixture\'s megakernel agrees with its kernels; generating afterwards gives the greedy tokens', async () => {
+  if (!enabled) return;
+  const dir = path.join(fixtures, 'tiny-llama');
+  const gold = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
+  let printed = '';
+  await runGenerate({ model: loadLlama(dir), backend: 'cuda', ids: gold.input_ids, maxNewTokens: 4, sampling: {}, json: false, megakernel: true, bisectMegakernel: true, write: (t) => (printed += t), writeStats: () => {} });
+  assert.match(printed, /^the megakernel agrees with the \d+ kernels run one by one: every write of the step, byte for byte\n$/);
+  const session = await openLlamaSession(loadLlama(dir), { backend: 'cuda', cacheLength: gold.input_ids.length + 8, cacheDir: fake.cacheDir, megakernel: true });
+  try {
+    assert.is(await session.bisectMegakernel(gold.input_ids), undefined);
+    assert.equal(await session.generate(gold.input_ids, 8), gold.greedy_new_tokens.slice(0, 8));
+  } finally {
+    session.close();
   }
 });
 
