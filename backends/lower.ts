@@ -192,7 +192,9 @@ class KernelLowering {
     // (Not `b…` or `t…`: the printers name buffers b0, b1… and temporaries t0, t1….)
     const [b, i] = [this.bounded('head', int(batch)), this.fresh('i')];
     const [t, d, e] = [this.bounded('key', int(f.keys)), this.bounded('d', int(f.depth)), this.bounded('e', int(f.width))];
-    const [bv, iv, tv, dv, ev] = [b, i, t, d, e].map(ivar);
+    const [bv, tv, dv, ev] = [b, t, d, e].map(ivar);
+    // One query row (decode): its index is 0 wherever the graph reads it (a dimension of 1 is indexed so).
+    const iv = f.queries === 1 ? int(0) : ivar(i);
     const bIdx = this.delinear(bv, f.batchShape);
     const lead = (v: Value) => this.broadcastIndex(bIdx, v.type.shape.slice(0, -2));
     const [qk, pv] = [f.qk, f.pv];
@@ -792,7 +794,7 @@ interface FlashOperands {
 /**
  * An attention kernel of many query rows: probs·v where probs = exp(s − max s) / Σ exp(s − max s) over the keys
  * (as `decompose` writes softmax), the scores s computed in the kernel from one product q·k, and the kernel writing
- * only values of the output's shape. Decode (one query row) keeps its row kernels.
+ * only values of the output's shape. One query row (decode) too: the scheduler gives it CUDA's decode form, or the row form.
  */
 export function flashOperands(k: Kernel, writes: readonly Value[]): FlashOperands | undefined {
   if (k.attrs.kind !== 'attention') return undefined;
@@ -816,7 +818,7 @@ export function flashOperands(k: Kernel, writes: readonly Value[]): FlashOperand
   const depth = qk?.inputs[0].type.shape.at(-1);
   const width = pv.output.type.shape.at(-1);
   const batchShape = shape.slice(0, -2);
-  if (!qk || queries === 1 || typeof keys !== 'number' || typeof depth !== 'number' || typeof width !== 'number') return undefined;
+  if (!qk || typeof keys !== 'number' || typeof depth !== 'number' || typeof width !== 'number') return undefined;
   if (!batchShape.every((x): x is number => typeof x === 'number') || JSON.stringify(qk.output.type.shape) !== JSON.stringify(shape)) return undefined;
   const outShape = JSON.stringify(pv.output.type.shape);
   if (!writes.every((w) => JSON.stringify(w.type.shape) === outShape)) return undefined;

@@ -175,7 +175,8 @@ function atFixedSizes(sk: ScheduledKernel, sizes: Readonly<Record<string, number
   const unbound = k.sizes.filter((s) => sizes[s] === undefined);
   if (unbound.length) throw new Error(`megakernel: kernel ${k.name} reads size ${unbound.join(', ')}, which the step does not fix`);
   if (sk.overlap) throw new Error(`megakernel: kernel ${k.name} was scheduled to overlap its predecessor's launch; schedule the graph without dependent launches`);
-  if (sk.tilesFrom === undefined) return sk;
+  // Attention's decode form is a loop over rows, as a task is (a task prints it over its own rows).
+  if (sk.tilesFrom === undefined || sk.flash?.units === 'decode') return sk;
   const extent = k.gemm?.rows ?? k.flash?.queries;
   const at = extent ? evalSize(extent, sizes) : 0;
   // A task is a range of rows; tiles are dealt otherwise.

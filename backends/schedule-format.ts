@@ -25,7 +25,8 @@ export function formatSchedule(s: ScheduledKernel): string {
     lines.push(`  arrays: ${where.join(', ')}`);
   }
   if (s.tilesFrom !== 0) k.body.forEach((st, i) => lines.push(`  ${formatStmt(st, s.stmts[i])}`));
-  if (s.tilesFrom !== undefined && s.tilesFrom > 0) lines.push(`  from ${s.tilesFrom} rows, the tiles below; fewer, the rows above`);
+  if (s.flash?.units === 'decode') lines.push('  launched, the decode form below; in a megakernel, the rows above');
+  else if (s.tilesFrom !== undefined && s.tilesFrom > 0) lines.push(`  from ${s.tilesFrom} rows, the tiles below; fewer, the rows above`);
   if (k.gemm && s.gemm) {
     const p = s.gemm;
     const staging = p.staging?.kind === 'async'
@@ -44,6 +45,8 @@ export function formatSchedule(s: ScheduledKernel): string {
     const skip = f.limit ? ', key tiles past the causal bound skipped' : '';
     lines.push(p.units === 'serial'
       ? `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): row by row, online softmax${skip}`
+      : p.units === 'decode'
+        ? `  decode attention ${f.batch} heads × 1 query over ${f.keys} keys (head ${f.depth}): a workgroup a head, ${p.tileKeys} groups of ${f.depth / 8} lanes each taking a key at a time, ${p.keyUnroll} keys' and values' 16-byte loads issued together, an online softmax per group, the groups merged at the end${f.limit ? ', keys past the causal bound not read' : ''}`
       : p.units === 'mma-bf16'
         ? `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): tiles of ${p.tileQueries} queries × ${p.tileKeys} keys, a warp per 16 queries${p.keyGroups && p.keyGroups > 1 ? ` and ${p.keyGroups === 2 ? 'half' : `1/${p.keyGroups}`} of each key tile (${p.keyGroups} groups of warps, merged at the end)` : ''}, bf16 matrix instructions (mma m16n8k16, f32 accumulators), online softmax in registers${p.longestFirst ? ', the last query tiles of every head first' : ''}${p.ring ? ', key and value rows copied by cp.async a key tile ahead (two stages)' : `${p.wideRows?.keys ? ', key rows copied by cp.async' : ''}${p.wideRows?.values ? ', value rows copied by cp.async' : ''}`}${skip}`
         : `  flash attention ${f.batch} × ${formatSize(f.queries)} queries over ${f.keys} keys (head ${f.depth}): tiles of ${p.tileQueries} queries × ${p.tileKeys} keys, ${p.threadsPerQuery} threads per query, online softmax, f32${skip}`);

@@ -149,7 +149,13 @@ export interface DepthSplit {
  *   'serial':   the CPU's loops, row by row.
  */
 export interface FlashPlan {
-  readonly units: 'fma' | 'mma-bf16' | 'serial';
+  /**
+   * 'decode': one query row (a decode step) on CUDA, keys and values read 16 bytes at a time from bf16 memory: each
+   * group of depth / 8 lanes takes one key at a time, its loads of keys and values for `keyUnroll` keys issued
+   * together; every group keeps its own online softmax, and the groups are merged at the end. One round of loads
+   * rather than the row form's phases (scores, maximum, sum, then probs·V, each waiting for the last).
+   */
+  readonly units: 'fma' | 'mma-bf16' | 'serial' | 'decode';
   readonly tileQueries: number;
   readonly tileKeys: number;
   /** 'fma': the threads sharing a query row (0 otherwise). */
@@ -176,6 +182,8 @@ export interface FlashPlan {
    * tiles had left each multiprocessor 8 warps, most of them waiting (ncu: 0.41 instructions issued a cycle).
    */
   readonly keyGroups?: number;
+  /** 'decode': keys a lane group loads at once (and the groups of the workgroup, tileKeys, take one key each). */
+  readonly keyUnroll?: number;
 }
 
 export interface ScheduledKernel {
@@ -285,7 +293,8 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   const extent = k.gemm?.rows ?? k.flash?.queries;
   const tileGrid = gemm ? mul(mul(gemm.rowTiles, int(gemm.columnTiles)), gemm.split?.parts ?? int(1)) : flash ? mul(int(k.flash!.batch), flash.queryTiles) : undefined;
   // Fewer rows than this run row by row (the CPU, with no choice to make, always runs the tiles).
-  let tilesFrom = !tileGrid ? Infinity : device.threadsPerWorkgroup === 1 ? 0 : gemm ? device.tuning.tilesFrom.gemm : device.tuning.tilesFrom.flash;
+  // The decode form runs whenever it exists; its kernel keeps the row form for the megakernel's tasks.
+  let tilesFrom = !tileGrid ? Infinity : device.threadsPerWorkgroup === 1 ? 0 : gemm ? device.tuning.tilesFrom.gemm : flash?.units === 'decode' ? 1 : device.tuning.tilesFrom.flash;
   const s = new Scheduler(k, device, opts);
   const stmts = tilesFrom === 0 ? [] : k.body.map((st) => s.statement(st));
   const uses = (m: Mapping) => m.kind === 'subgroup-per-element' || m.kind === 'split-subgroups';
@@ -474,6 +483,7 @@ function flashMmaKeyBytes(f: FlashIR, bk: number): number {
  * none where nothing fits (the row form runs). The CPU walks every row, key by key.
  */
 function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | undefined {
+  if (f.queries.k === 'const' && f.queries.value === 1) return decodePlan(f, k, device);
   const queryTiles = (bq: number) => idiv(add(f.queries, int(bq - 1)), int(bq));
   if (device.threadsPerWorkgroup === 1) {
     return { units: 'serial', tileQueries: 1, tileKeys: f.keys, threadsPerQuery: 1, queryTiles: f.queries, bytes: 0 };
@@ -504,6 +514,27 @@ function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | und
   if (!fits) return undefined;
   const [tileQueries, tileKeys] = fits;
   return { units: 'fma', tileQueries, tileKeys, threadsPerQuery: threads / tileQueries, queryTiles: queryTiles(tileQueries), bytes: flashBytes(f, tileQueries, tileKeys) };
+}
+
+/** Keys each lane group of the decode form loads at once (FlashPlan.keyUnroll). */
+// 8 against 4 on the H200 (BENCHMARKS.md): 0.897 → 0.895 ms a token at a 160-position cache, 0.958 → 0.946 at 528.
+const DECODE_KEY_UNROLL = 8;
+
+/**
+ * One query row (a decode step's attention) on CUDA: the decode form where the keys and values are rows of bf16
+ * memory read 16 bytes at a time and a head splits into 8-element runs over at most a warp; else none (the row form
+ * runs, as on the other targets).
+ */
+function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | undefined {
+  const lanesPerKey = f.depth / 8;
+  const wide = (e: KExpr, along: string) => e.k === 'load' && runsAlong(e.index, along, 8);
+  if (device.target !== 'cuda' || f.depth !== f.width || !Number.isInteger(lanesPerKey) || lanesPerKey > 32 || 32 % lanesPerKey !== 0) return undefined;
+  if (!readsOnly([f.k, f.v], DType.BF16, k) || !wide(f.k, f.d) || !wide(f.v, f.e)) return undefined;
+  const groups = (device.threadsPerWorkgroup / 32) * (32 / lanesPerKey);
+  // Each group's maximum, sum and output run, merged through workgroup memory.
+  const bytes = 4 * groups * (2 + f.width);
+  if (bytes + SCRATCH_BYTES > device.staticWorkgroupMemoryBytes) return undefined;
+  return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll: DECODE_KEY_UNROLL };
 }
 
 /** Whether every value the expressions load (not the indices they load at) comes from a buffer of `dtype`. */

@@ -9,6 +9,8 @@
 //             layout, so the probabilities go from registers to the second product without shared memory (as two
 //             bf16 terms each, hi + lo); the query rows, key rows and value columns are staged in shared memory as
 //             bf16.
+//   decode:   one query row (a decode step): lane groups each take a key at a time, keys' and values' loads for
+//             several keys issued together, an online softmax per group, the groups merged at the end.
 
 import { FlashIR, KExpr } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
@@ -17,8 +19,11 @@ import { CUDA_BLOCK } from './prelude.ts';
 import { storeValue } from './render-cuda.ts';
 import { SharedMemory } from './shared-memory.ts';
 
-export function renderFlashCuda(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
-  if (plan.units === 'mma-bf16') mmaFlash(f, plan, p, shared, out);
+/** `task`: the megakernel's task form, which loops over its rows [tf_first, tf_end) (the decode form only). */
+export function renderFlashCuda(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMemory, out: string[], task = false): void {
+  if (plan.units === 'decode') decodeFlash(f, plan, p, shared, out, task);
+  else if (task) throw new Error(`CUDA: a megakernel task cannot run flash tiles of ${plan.units} units`);
+  else if (plan.units === 'mma-bf16') mmaFlash(f, plan, p, shared, out);
   else if (plan.units === 'fma') fmaFlash(f, plan, p, shared, out);
   else throw new Error(`CUDA: no flash attention of ${plan.units} units`);
 }
@@ -430,6 +435,151 @@ function fmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMem
   out.push(`${i1}  }`);
   out.push(`${i1}}`);
   // The next tile rewrites the query tile and the bounds.
+  out.push(`${i1}__syncthreads();`);
+  out.push('  }');
+}
+
+/**
+ * The decode form (FlashPlan 'decode'): a workgroup per head's one query row. Lane group g (depth / 8 lanes) takes
+ * keys t0 + u · G + g of each step of G · U keys (G groups, U = keyUnroll), every lane 8 elements of the head: of
+ * the query, of each key it scores and of each value row it adds. The first step's loads of keys and values (16
+ * bytes each, kept as bf16; keys past the bound read row 0, unused) are issued before the query's prologue (the
+ * rotary embedding, an element a thread, through workgroup memory), so the two overlap; each later step's are
+ * issued after the previous step's arithmetic. A step sums each lane's 8 products across its group by shuffles and
+ * updates the group's online softmax; the loop is the same for every lane (bounds are checked per key), so the
+ * shuffles see whole warps. The groups' maxima, sums and output runs are merged through workgroup memory, each
+ * output element by depth / 8 neighbouring threads a share of the groups, rescaled to the largest maximum (−∞ taken
+ * as 0, as the tile forms do).
+ */
+function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMemory, out: string[], task: boolean): void {
+  const D = f.depth;
+  const LG = D / 8;
+  const G = plan.tileKeys;
+  const U = plan.keyUnroll ?? 1;
+  // Threads merging one output element, and the groups each adds.
+  const TE = CUDA_BLOCK / D;
+  if (f.k.k !== 'load' || f.v.k !== 'load' || f.width !== D || G * LG !== CUDA_BLOCK || !Number.isInteger(TE) || 32 % TE !== 0 || G % TE !== 0) {
+    throw new Error(`CUDA: a decode attention of head ${D} in ${G} key groups is not printed`);
+  }
+  const [kLoad, vLoad] = [f.k, f.v];
+  const full = '0xffffffffu';
+  out.push(`  ${shared.array('float', 'tf_qs', D, { aligned: true })}`);
+  out.push(`  ${shared.array('float', 'tf_gm', G)}`);
+  out.push(`  ${shared.array('float', 'tf_gl', G)}`);
+  out.push(`  ${shared.array('float', 'tf_go', G * D, { aligned: true })}`);
+  out.push(`  const int tf_grp = threadIdx.x / ${LG}, tf_part = (threadIdx.x % ${LG}) * 8;`);
+  out.push(task ? '  for (int tf_row = tf_first; tf_row < tf_end; tf_row++) {' : `  for (int tf_row = blockIdx.x; tf_row < ${f.batch}; tf_row += gridDim.x) {`);
+  const i1 = '    ';
+  const i2 = i1 + '  ';
+  const i3 = i2 + '  ';
+  out.push(`${i1}const int ${f.b} = tf_row;`);
+  out.push(`${i1}const int ${f.i} = 0;`);
+  out.push(`${i1}(void)${f.b}; (void)${f.i};`);
+  const limit = f.limit ? p.expr(f.limit, out, i1) : String(f.keys);
+  out.push(`${i1}const int tf_lim = tf_imin(tf_imax(${limit}, 0), ${f.keys});`);
+  out.push(`${i1}uint4 tf_kr[${U}], tf_vr[${U}];`);
+  const loadStep = (t0: string, ind: string) => {
+    out.push(`${ind}#pragma unroll`);
+    out.push(`${ind}for (int tf_u = 0; tf_u < ${U}; tf_u++) {`);
+    out.push(`${ind}  const int tf_t = ${t0} + tf_u * ${G} + tf_grp;`);
+    out.push(`${ind}  const int ${f.t} = tf_t < tf_lim ? tf_t : 0;`);
+    out.push(`${ind}  {`);
+    out.push(`${ind}    const int ${f.d} = tf_part;`);
+    out.push(`${ind}    tf_kr[tf_u] = __ldg(reinterpret_cast<const uint4*>(b${kLoad.buf} + ${p.expr(kLoad.index, out, ind + '    ')}));`);
+    out.push(`${ind}  }`);
+    out.push(`${ind}  {`);
+    out.push(`${ind}    const int ${f.e} = tf_part;`);
+    out.push(`${ind}    tf_vr[tf_u] = __ldg(reinterpret_cast<const uint4*>(b${vLoad.buf} + ${p.expr(vLoad.index, out, ind + '    ')}));`);
+    out.push(`${ind}  }`);
+    out.push(`${ind}}`);
+  };
+  loadStep('0', i1);
+  // The query, an element a thread, while the loads are in flight.
+  out.push(`${i1}for (int ${f.d} = threadIdx.x; ${f.d} < ${D}; ${f.d} += TF_BLOCK) {`);
+  out.push(`${i2}tf_qs[${f.d}] = ${p.expr(f.q, out, i2)};`);
+  out.push(`${i1}}`);
+  out.push(`${i1}__syncthreads();`);
+  out.push(`${i1}float tf_qv[8];`);
+  out.push(`${i1}tf_ld8_smem(tf_qs + tf_part, tf_qv);`);
+  out.push(`${i1}float tf_m = -TF_INF, tf_l = 0.0f, tf_o[8];`);
+  out.push(`${i1}#pragma unroll`);
+  out.push(`${i1}for (int tf_j = 0; tf_j < 8; tf_j++) tf_o[tf_j] = 0.0f;`);
+  out.push(`${i1}for (int tf_t0 = 0; tf_t0 < tf_lim; tf_t0 += ${G * U}) {`);
+  // The scores (scale, mask) and their maximum; keys past the bound are −∞.
+  out.push(`${i2}float tf_s[${U}], tf_mt = -TF_INF;`);
+  out.push(`${i2}#pragma unroll`);
+  out.push(`${i2}for (int tf_u = 0; tf_u < ${U}; tf_u++) {`);
+  out.push(`${i3}float tf_kv[8];`);
+  out.push(`${i3}tf_unpack_bf16x8(tf_kr[tf_u], tf_kv);`);
+  out.push(`${i3}float tf_dot = 0.0f;`);
+  out.push(`${i3}#pragma unroll`);
+  out.push(`${i3}for (int tf_j = 0; tf_j < 8; tf_j++) tf_dot += tf_qv[tf_j] * tf_kv[tf_j];`);
+  for (let off = LG / 2; off >= 1; off /= 2) out.push(`${i3}tf_dot += __shfl_xor_sync(${full}, tf_dot, ${off});`);
+  out.push(`${i3}const int ${f.t} = tf_t0 + tf_u * ${G} + tf_grp;`);
+  out.push(`${i3}const float ${f.qk} = tf_dot;`);
+  out.push(`${i3}float tf_x = -TF_INF;`);
+  out.push(`${i3}if (${f.t} < tf_lim) {`);
+  out.push(`${i3}  tf_x = ${p.expr(f.score, out, i3 + '  ')};`);
+  out.push(`${i3}}`);
+  out.push(`${i3}tf_s[tf_u] = tf_x;`);
+  out.push(`${i3}tf_mt = tf_fmax(tf_mt, tf_x);`);
+  out.push(`${i2}}`);
+  out.push(`${i2}const float tf_mnew = tf_fmax(tf_m, tf_mt);`);
+  out.push(`${i2}const float tf_ref = tf_mnew == -TF_INF ? 0.0f : tf_mnew;`);
+  out.push(`${i2}const float tf_scale = expf(tf_m - tf_ref);`);
+  out.push(`${i2}tf_m = tf_mnew;`);
+  out.push(`${i2}tf_l *= tf_scale;`);
+  out.push(`${i2}#pragma unroll`);
+  out.push(`${i2}for (int tf_j = 0; tf_j < 8; tf_j++) tf_o[tf_j] *= tf_scale;`);
+  out.push(`${i2}#pragma unroll`);
+  out.push(`${i2}for (int tf_u = 0; tf_u < ${U}; tf_u++) {`);
+  out.push(`${i3}if (tf_t0 + tf_u * ${G} + tf_grp < tf_lim) {`);
+  out.push(`${i3}  const float tf_pr = expf(tf_s[tf_u] - tf_ref);`);
+  out.push(`${i3}  float tf_vv[8];`);
+  out.push(`${i3}  tf_unpack_bf16x8(tf_vr[tf_u], tf_vv);`);
+  out.push(`${i3}  tf_l += tf_pr;`);
+  out.push(`${i3}  #pragma unroll`);
+  out.push(`${i3}  for (int tf_j = 0; tf_j < 8; tf_j++) tf_o[tf_j] += tf_pr * tf_vv[tf_j];`);
+  out.push(`${i3}}`);
+  out.push(`${i2}}`);
+  out.push(`${i2}if (tf_t0 + ${G * U} < tf_lim) {`);
+  loadStep(`tf_t0 + ${G * U}`, i3);
+  out.push(`${i2}}`);
+  out.push(`${i1}}`);
+  // The groups merged: each leaves its maximum, sum and output run; output element x is added by the TE threads
+  // TE·x …, each over G / TE groups, their shares joined by shuffles.
+  out.push(`${i1}if (tf_part == 0) {`);
+  out.push(`${i1}  tf_gm[tf_grp] = tf_m;`);
+  out.push(`${i1}  tf_gl[tf_grp] = tf_l;`);
+  out.push(`${i1}}`);
+  out.push(`${i1}#pragma unroll`);
+  out.push(`${i1}for (int tf_j = 0; tf_j < 8; tf_j++) tf_go[tf_grp * ${D} + tf_part + tf_j] = tf_o[tf_j];`);
+  out.push(`${i1}__syncthreads();`);
+  out.push(`${i1}{`);
+  out.push(`${i2}const int tf_x = threadIdx.x / ${TE}, tf_g0 = (threadIdx.x % ${TE}) * ${G / TE};`);
+  out.push(`${i2}float tf_mx = -TF_INF;`);
+  out.push(`${i2}#pragma unroll`);
+  out.push(`${i2}for (int tf_g = 0; tf_g < ${G / TE}; tf_g++) tf_mx = tf_fmax(tf_mx, tf_gm[tf_g0 + tf_g]);`);
+  for (let off = TE / 2; off >= 1; off /= 2) out.push(`${i2}tf_mx = tf_fmax(tf_mx, __shfl_xor_sync(${full}, tf_mx, ${off}));`);
+  out.push(`${i2}const float tf_ref = tf_mx == -TF_INF ? 0.0f : tf_mx;`);
+  out.push(`${i2}float tf_sum = 0.0f, tf_acc = 0.0f;`);
+  out.push(`${i2}#pragma unroll`);
+  out.push(`${i2}for (int tf_g = tf_g0; tf_g < tf_g0 + ${G / TE}; tf_g++) {`);
+  out.push(`${i3}const float tf_w = expf(tf_gm[tf_g] - tf_ref);`);
+  out.push(`${i3}tf_sum += tf_gl[tf_g] * tf_w;`);
+  out.push(`${i3}tf_acc += tf_go[tf_g * ${D} + tf_x] * tf_w;`);
+  out.push(`${i2}}`);
+  for (let off = TE / 2; off >= 1; off /= 2) {
+    out.push(`${i2}tf_sum += __shfl_xor_sync(${full}, tf_sum, ${off});`);
+    out.push(`${i2}tf_acc += __shfl_xor_sync(${full}, tf_acc, ${off});`);
+  }
+  out.push(`${i2}if (threadIdx.x % ${TE} == 0) {`);
+  out.push(`${i3}const int ${f.e} = tf_x;`);
+  out.push(`${i3}const float ${f.out} = tf_acc / tf_sum;`);
+  stores(f, p, out, i3);
+  out.push(`${i2}}`);
+  out.push(`${i1}}`);
+  // The next row rewrites the query and the groups' states.
   out.push(`${i1}__syncthreads();`);
   out.push('  }');
 }

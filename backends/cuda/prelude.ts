@@ -94,12 +94,14 @@ __device__ __forceinline__ unsigned tf_f2u(float x) {
 }
 
 // Eight consecutive elements from a 16-byte-aligned address, widened to f32.
-__device__ __forceinline__ void tf_ld8_bf16(const unsigned short* p, float* o) {
-  const uint4 w = __ldg(reinterpret_cast<const uint4*>(p));
+__device__ __forceinline__ void tf_unpack_bf16x8(const uint4 w, float* o) {
   o[0] = __uint_as_float(w.x << 16); o[1] = __uint_as_float(w.x & 0xffff0000u);
   o[2] = __uint_as_float(w.y << 16); o[3] = __uint_as_float(w.y & 0xffff0000u);
   o[4] = __uint_as_float(w.z << 16); o[5] = __uint_as_float(w.z & 0xffff0000u);
   o[6] = __uint_as_float(w.w << 16); o[7] = __uint_as_float(w.w & 0xffff0000u);
+}
+__device__ __forceinline__ void tf_ld8_bf16(const unsigned short* p, float* o) {
+  tf_unpack_bf16x8(__ldg(reinterpret_cast<const uint4*>(p)), o);
 }
 __device__ __forceinline__ void tf_ld8_f16(const unsigned short* p, float* o) {
   const uint4 w = __ldg(reinterpret_cast<const uint4*>(p));

@@ -285,7 +285,9 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody
   // Scratch for block-wide reductions: floats for sums and maxima of floats and for argmax values of floats, ints
   // for the rest and for argmax indices; tf_rv for argmax values of ints.
   // (None when the kernel always runs as tiles: its row form is not printed.)
-  const rowForm = sk.tilesFrom !== 0;
+  // A task prints attention's decode form alone (a loop over the task's rows), never a tile form.
+  const decodeTask = task && sk.flash?.units === 'decode';
+  const rowForm = sk.tilesFrom !== 0 && !decodeTask;
   const coops = rowForm ? k.body.flatMap((s) => (s.k === 'coop' ? [s.op === 'argmax' ? `argmax:${s.body.t}` : s.body.t] : [])) : [];
   const scratch = (type: SharedType, name: string) => out.push(`  ${shared.array(type, name, CUDA_BLOCK / 32 + 1, { printedCount: 'TF_WARPS + 1' })}`);
   if (coops.some((t) => t === 'argmax:f32' || t === 'f32')) scratch('float', 'tf_rf');
@@ -299,11 +301,11 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody
   p.sizes = new Set(k.sizes);
   // The tile form, and the rows from which it runs rather than the row form.
   const tiles: string[] = [];
-  if (task && ((k.gemm && sk.gemm) || (k.flash && sk.flash))) {
+  if (task && !decodeTask && ((k.gemm && sk.gemm) || (k.flash && sk.flash))) {
     throw new Error(`CUDA: kernel ${k.name} may run as tiles, which loop over the grid's blocks; a megakernel's task runs rows only`);
   }
   if (k.gemm && sk.gemm) renderGemmCuda(k.gemm, sk.gemm, k.gemm.rows, p, shared, tiles);
-  else if (k.flash && sk.flash) renderFlashCuda(k.flash, sk.flash, p, shared, tiles);
+  else if (k.flash && sk.flash) renderFlashCuda(k.flash, sk.flash, p, shared, tiles, task);
   if (!rowForm) {
     out.push(...tiles, '}');
     return printed();

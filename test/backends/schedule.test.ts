@@ -161,26 +161,26 @@ kernel k0 (contraction) on cuda sm_90: 32 rows, a workgroup of 256 threads each 
   starts while the previous kernel finishes, then waits for its writes
 `,
   attention: `kernel k0 (attention) on webgpu with subgroups: 4 rows, a workgroup of 256 threads each, subgroups
-  array arr3[128] over j4: thread-per-element | k5 sum<64 by thread, vec16B(b0) x4 proved unroll 8
-  coop acc7: workgroup | k6 max<128 by workgroup, combine subgroup, unroll 4
-  coop acc9: workgroup | k8 sum<128 by workgroup, combine subgroup, unroll 4
-  array arr1[128] over j2: thread-per-element
-  array arr10[64] over j11: sliced x4 | k12 sum<128 by slices, unroll 4
-  store b3 over i0<64: thread-per-element
+  array arr10[128] over j11: thread-per-element | k12 sum<64 by thread, vec16B(b0) x4 proved unroll 8
+  coop acc14: workgroup | k13 max<128 by workgroup, combine subgroup, unroll 4
+  coop acc16: workgroup | k15 sum<128 by workgroup, combine subgroup, unroll 4
+  array arr8[128] over j9: thread-per-element
+  array arr17[64] over j18: sliced x4 | k19 sum<128 by slices, unroll 4
+  store b3 over i7<64: thread-per-element
 kernel k0 (attention) on webgpu: 4 rows, a workgroup of 256 threads each
-  array arr3[128] over j4: thread-per-element | k5 sum<64 by thread, vec16B(b0) x4 proved unroll 8
-  coop acc7: workgroup | k6 max<128 by workgroup, combine tree, unroll 4
-  coop acc9: workgroup | k8 sum<128 by workgroup, combine tree, unroll 4
-  array arr1[128] over j2: thread-per-element
-  array arr10[64] over j11: sliced x4 | k12 sum<128 by slices, unroll 4
-  store b3 over i0<64: thread-per-element
+  array arr10[128] over j11: thread-per-element | k12 sum<64 by thread, vec16B(b0) x4 proved unroll 8
+  coop acc14: workgroup | k13 max<128 by workgroup, combine tree, unroll 4
+  coop acc16: workgroup | k15 sum<128 by workgroup, combine tree, unroll 4
+  array arr8[128] over j9: thread-per-element
+  array arr17[64] over j18: sliced x4 | k19 sum<128 by slices, unroll 4
+  store b3 over i7<64: thread-per-element
 kernel k0 (attention) on cuda sm_90: 4 rows, a workgroup of 256 threads each (striding over rows past the grid), subgroups
-  array arr3[128] over j4: sliced x2 | k5 sum<64 by slices, unroll 8
-  coop acc7: workgroup | k6 max<128 by workgroup, combine subgroup
-  coop acc9: workgroup | k8 sum<128 by workgroup, combine subgroup, vec16B(arr3) x8 checked unroll 4
-  array arr1[128] over j2: thread-per-element
-  array arr10[64] over j11: sliced x4 | k12 sum<128 by slices, unroll 8
-  store b3 over i0<64: thread-per-element
+  array arr10[128] over j11: sliced x2 | k12 sum<64 by slices, unroll 8
+  coop acc14: workgroup | k13 max<128 by workgroup, combine subgroup
+  coop acc16: workgroup | k15 sum<128 by workgroup, combine subgroup, vec16B(arr10) x8 checked unroll 4
+  array arr8[128] over j9: thread-per-element
+  array arr17[64] over j18: sliced x4 | k19 sum<128 by slices, unroll 8
+  store b3 over i7<64: thread-per-element
   starts while the previous kernel finishes, then waits for its writes
 `,
   'state-write': `kernel k0 (state-write) on webgpu with subgroups: 1 row, a workgroup of 256 threads each

@@ -1,0 +1,104 @@
+// CUDA's decode form of attention (FlashPlan 'decode', backends/cuda/flash.ts): one query row a head over a bf16
+// cache's rows, lane groups of depth / 8 lanes each taking a key at a time, 8 keys' loads at once, the groups'
+// online softmaxes merged at the end. Heads 32, 64 and 128 deep (groups of 4, 8 and 16 lanes: a step of 512, 256
+// and 128 keys) over 300 positions, grouped-query heads (3 query heads a cache head), at positions on both sides of
+// a step's end, at the cache's end, and at −1 (no key visible: NaN, as the reference's softmax of −∞ everywhere
+// gives, and as the flash tiles give; the row form that the CPU and WebGPU run gives 0 there, its loops bounded to
+// no key: a known difference, checked on CUDA only); NaN in the cache past the position, which no key loop may let
+// in. The kernel also keeps its row form for the megakernel's tasks. Every device against the reference
+// interpreter, fresh random inputs exactly representable in bf16, f32 arithmetic on both sides: 1e-5 relative.
+
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { compileModule } from '../../compiler/compile-module.ts';
+import { arange, trace, where } from '../../compiler/index.ts';
+import { cudaCaps, webgpuCaps } from '../../backends/device-caps.ts';
+import { scheduleKernel } from '../../backends/schedule.ts';
+import { formatSchedule } from '../../backends/schedule-format.ts';
+import { DType } from '../../ir/dtype.ts';
+import { roundBf16 } from '../../ir/half.ts';
+import { hostTensor } from '../../ir/host-tensor.ts';
+import { Device, namedOutputKey } from '../../runtime/device.ts';
+import { ParamStore } from '../../runtime/params.ts';
+import { kernelDevices, onDevice } from '../runtime/fake-cuda/build.ts';
+import { relativeError } from './compare.ts';
+import { Rng } from './rng.ts';
+
+const [KV_HEADS, PER_HEAD, T] = [2, 3, 300];
+const POSITIONS = [-1, 0, 1, 127, 128, 255, 256, 299];
+const seed = Number(process.env.DECODE_SEED ?? Date.now() % 1e9);
+const rng = new Rng(seed);
+const randoms = (n: number) => Array.from({ length: n }, () => roundBf16(rng.normal()));
+
+function attention(D: number) {
+  const graph = trace('decode', [
+    { name: 'q', dtype: DType.F32, shape: [KV_HEADS, PER_HEAD, 1, D] },
+    { name: 'k', dtype: DType.BF16, shape: [KV_HEADS, 1, T, D] },
+    { name: 'v', dtype: DType.BF16, shape: [KV_HEADS, 1, T, D] },
+    { name: 'pos', dtype: DType.I32, shape: [] },
+  ], (q, k, v, pos) => {
+    const keys = k.cast(DType.F32).transpose();
+    const scores = where(arange(T).reshape(1, -1).le(pos.reshape(1, 1)), q.matmul(keys).mul(1 / Math.sqrt(D)), -Infinity);
+    return { y: scores.softmax(-1).matmul(v.cast(DType.F32)) };
+  });
+  const inputs = { q: randoms(KV_HEADS * PER_HEAD * D), k: randoms(KV_HEADS * T * D), v: randoms(KV_HEADS * T * D) };
+  return { D, graph, compiled: compileModule({ graphs: [graph] }), reference: { graphs: [{ graph, kernels: [] }] }, inputs };
+}
+const CASES = [attention(32), attention(64), attention(128)];
+type Case = (typeof CASES)[number];
+
+async function outputs(device: Device, c: Case, lowered: Case['compiled'] | Case['reference'], nanPast: boolean): Promise<number[][]> {
+  const program = await device.load(lowered, new ParamStore(() => { throw new Error('no params'); }), { maxSizes: {} });
+  const shape = [KV_HEADS, 1, T, c.D];
+  try {
+    program.write('input:q', hostTensor(DType.F32, [KV_HEADS, PER_HEAD, 1, c.D], c.inputs.q));
+    const out: number[][] = [];
+    for (const pos of POSITIONS) {
+      // Row t of the cache is elements t·D … of each head's T·D.
+      const past = (x: number, i: number) => (nanPast && Math.floor(i / c.D) % T > pos ? NaN : x);
+      program.write('input:k', hostTensor(DType.BF16, shape, c.inputs.k.map(past)));
+      program.write('input:v', hostTensor(DType.BF16, shape, c.inputs.v.map(past)));
+      program.write('input:pos', hostTensor(DType.I32, [], [pos]));
+      program.run('decode', {});
+      out.push([...(await program.read(namedOutputKey(program.graph('decode'), 'y'), DType.F32, [KV_HEADS, PER_HEAD, 1, c.D])).data]);
+    }
+    return out;
+  } finally {
+    program.destroy();
+  }
+}
+
+const schedules = suite('decode form: where it runs');
+schedules('CUDA runs one query row over bf16 cache rows in the decode form, keeping the row form; WebGPU the rows', () => {
+  for (const c of CASES) {
+    const [k] = c.compiled.graphs[0].kernels;
+    const cuda = formatSchedule(scheduleKernel(k, cudaCaps(90)));
+    assert.match(cuda, `decode attention ${KV_HEADS * PER_HEAD} heads × 1 query over ${T} keys (head ${c.D}): a workgroup a head, ${2048 / c.D} groups of ${c.D / 8} lanes`);
+    assert.match(cuda, 'launched, the decode form below; in a megakernel, the rows above');
+    assert.match(cuda, / sum<max\(min\(/, 'the row form is there too');
+    assert.not.match(formatSchedule(scheduleKernel(k, webgpuCaps({ subgroups: true }))), 'decode attention');
+  }
+});
+schedules.run();
+
+for (const c of CASES) {
+  let expected: number[][] | undefined;
+  for (const kind of kernelDevices) {
+    const s = suite(`decode form, head ${c.D}, on ${kind}`);
+    s(`positions ${POSITIONS.join(', ')} of ${T}, NaN past the position: as the reference interpreter`, async () => {
+      expected ??= await onDevice('reference', (ref) => outputs(ref, c, c.reference, false));
+      await onDevice(kind, async (device) => {
+        const got = await outputs(device, c, c.compiled, true);
+        POSITIONS.forEach((pos, i) => {
+          const [ours, ref] = [got[i], expected![i]];
+          if (pos < 0 && kind !== 'cuda') return;
+          assert.equal(ours.map(Number.isNaN), ref.map(Number.isNaN), `at ${pos}: NaN where the reference has NaN (DECODE_SEED=${seed})`);
+          if (pos < 0) return;
+          const err = relativeError(ours, ref);
+          assert.ok(err < 1e-5, `head ${c.D} at ${pos}: relative error ${err} (DECODE_SEED=${seed})`);
+        });
+      });
+    });
+    s.run();
+  }
+}
