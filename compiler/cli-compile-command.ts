@@ -14,7 +14,7 @@ import {
 } from './cli-args.ts';
 import { findCompiled } from './compile-cache-entry.ts';
 import type { CompiledModule } from './compile-module.ts';
-import { kvCacheDType } from './kv-dtype.ts';
+import { kvCacheDType, splitAttentionFrom } from './kv-dtype.ts';
 import { withoutOptimizingTier } from './optimizing-tier.ts';
 
 /** Bad options of `tsfuse compile` (a usage error). */
@@ -98,7 +98,7 @@ export const compileCommand = defineCommand({
       megakernel: values.megakernel,
     };
     const summaryOnly = req.dumpIr === undefined && !req.dumpKernels && !req.dumpSchedule && !req.report && !req.explainFusion && !req.megakernel;
-    const cached = summaryOnly ? findCompiled(llamaCacheWhat(req), { ctx: { dims: promptDims(req) } }) : undefined;
+    const cached = summaryOnly ? findCompiled(llamaCacheWhat(req), { ctx: { dims: promptDims(req), splitAttentionFrom: splitAttentionFrom(req.backend as DeviceKind, req.kvDType ?? DType.F32) } }) : undefined;
     if (cached) {
       printSummary(req, compileSummary(req, cached.module, (name) => cached.tracedNodes[name]), false);
       return;

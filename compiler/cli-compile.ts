@@ -17,6 +17,9 @@ import { printModule } from '../ir/printer.ts';
 import { traceLlama } from '../examples/llama.ts';
 import { compileCached } from './compile-cache.ts';
 import { compileModule } from './compile-module.ts';
+import { splitAttentionFrom } from './kv-dtype.ts';
+import { DType } from '../ir/dtype.ts';
+import type { DeviceKind } from '../runtime/device.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
 import { passNames, prefusionPasses, runPipeline } from './passes/pipeline.ts';
 import { formatReportTable, stepReport } from './report.ts';
@@ -40,6 +43,7 @@ export function runCompile(req: CompileRequest): void {
   const explained: string[] = [];
   const ctx: PassContext = {
     dims: promptDims(req),
+    splitAttentionFrom: splitAttentionFrom(req.backend as DeviceKind, req.kvDType ?? DType.F32),
     explain: req.explainFusion ? (pass, line) => explained.push(`[${pass}] ${line}`) : undefined,
   };
   const trace = () => traceLlama(req.cfg, llamaTraceOptions(req));

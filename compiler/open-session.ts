@@ -15,7 +15,8 @@ import { ParamStore } from '../runtime/params.ts';
 import { step } from '../runtime/progress.ts';
 import { Session, SessionOptions, type StartupTimings } from '../runtime/session.ts';
 import { CacheOptions, compileCached } from './compile-cache.ts';
-import { kvCacheDType } from './kv-dtype.ts';
+import { kvCacheDType, splitAttentionFrom } from './kv-dtype.ts';
+import { defaultContext, PassContext } from './passes/context.ts';
 
 export { kvCacheDType, KvDTypeError } from './kv-dtype.ts';
 import { compileModule } from './compile-module.ts';
@@ -41,8 +42,8 @@ export const DEFAULT_PROMPT_CHUNK = 1024;
 export type StartTimings = Readonly<Omit<StartupTimings, 'firstTokenMs' | 'totalMs'>>;
 
 /** The module as a device runs it: compiled into kernels, or traced graphs for the reference interpreter. */
-export function lowerFor(backend: DeviceKind, m: Module): LoweredModule {
-  return backend === 'reference' ? { graphs: m.graphs.map((graph) => ({ graph, kernels: [] })) } : compileModule(m);
+export function lowerFor(backend: DeviceKind, m: Module, ctx: PassContext = defaultContext): LoweredModule {
+  return backend === 'reference' ? { graphs: m.graphs.map((graph) => ({ graph, kernels: [] })) } : compileModule(m, { ctx });
 }
 
 /** What loading a program does on each device, for the spinner of a long load. */
@@ -60,9 +61,10 @@ export async function openLlamaSession(model: LoadedLlama, opts: OpenSessionOpti
   const traceOpts = { weightDType: model.weightDType, cacheLength: opts.cacheLength, sampling: opts.sampling ?? false, kvDType };
   const trace = () => traceLlama(model.cfg, traceOpts);
   // Compiled through the compile cache: an unchanged model and options skip tracing and compiling.
+  const ctx: PassContext = { ...defaultContext, splitAttentionFrom: splitAttentionFrom(opts.backend, kvDType) };
   const compiled = opts.backend === 'reference' ? undefined
-    : step('compiling the model', () => compileCached({ model: 'llama', cfg: model.cfg, ...traceOpts }, trace, opts.compileCache));
-  const lowered = compiled?.module ?? lowerFor(opts.backend, trace());
+    : step('compiling the model', () => compileCached({ model: 'llama', cfg: model.cfg, ...traceOpts }, trace, { ...opts.compileCache, ctx }));
+  const lowered = compiled?.module ?? lowerFor(opts.backend, trace(), ctx);
   const compileMs = performance.now() - since;
   // The weights are read (large reads on libuv's threads, each tensor scanned as it lands) while the device opens.
   const params = new ParamStore((n) => model.weights.tensor(n));

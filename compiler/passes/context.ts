@@ -5,6 +5,11 @@ export interface PassContext {
   readonly dims: ReadonlyMap<string, number>;
   /** Receives a pass's explanations (fusion decisions and their reasons); absent means nobody listens. */
   readonly explain?: (pass: string, line: string) => void;
+  /**
+   * The KV-cache length from which attention is split into chunks (split-attention; default SPLIT_ATTENTION_AT);
+   * Infinity: never (a device whose decode attention walks a long cache in one workgroup a head: kv-dtype.ts).
+   */
+  readonly splitAttentionFrom?: number;
 }
 
 export const defaultContext: PassContext = { dims: new Map([['S', 32]]) };

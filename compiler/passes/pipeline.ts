@@ -29,7 +29,7 @@ export const defaultPasses: readonly Pass[] = [
   { name: 'dce', run: dce },
   { name: 'concat-projections', run: (g) => dce(concatProjections(g)) },
   { name: 'split-reductions', run: splitReductions },
-  { name: 'split-attention', run: (g) => dce(splitAttention(g)) },
+  { name: 'split-attention', run: (g, ctx) => dce(splitAttention(g, ctx.splitAttentionFrom)) },
   { name: 'fuse', run: fuse },
   { name: 'plan-memory', run: planMemory },
 ];

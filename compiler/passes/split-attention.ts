@@ -41,7 +41,7 @@ function chunking(length: number): number | undefined {
   return undefined;
 }
 
-export function splitAttention(g: Graph): Graph {
+export function splitAttention(g: Graph, from = SPLIT_ATTENTION_AT): Graph {
   const users = usersOf(g);
   const targets = new Map<Node, SoftmaxV>();
   for (const n of g.nodes) {
@@ -52,7 +52,7 @@ export function splitAttention(g: Graph): Graph {
     // partial results are S times as many (measured on the H200: a 2,048-token prompt took 2.5 s split, 0.25 s not).
     const oneQuery = shape?.[shape.length - 2] === 1;
     // Only where the softmax's pieces feed nothing else (they disappear from the graph).
-    if (m && oneQuery && typeof t === 'number' && t >= SPLIT_ATTENTION_AT && chunking(t) && users.get(n.inputs[0])?.length === 1) targets.set(n, m);
+    if (m && oneQuery && typeof t === 'number' && t >= from && chunking(t) && users.get(n.inputs[0])?.length === 1) targets.set(n, m);
   }
   if (targets.size === 0) return g;
   return rewriteGraph(g, (n, ins, out) => {

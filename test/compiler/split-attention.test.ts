@@ -7,6 +7,9 @@ import { interpret } from '../../backends/reference/interpreter.ts';
 import { arange, trace, where } from '../../compiler/index.ts';
 import { compileModule } from '../../compiler/compile-module.ts';
 import { decompose } from '../../compiler/passes/decompose.ts';
+import { execFileSync } from 'node:child_process';
+import { cacheKey } from '../../compiler/compile-cache-entry.ts';
+import { splitAttentionFrom } from '../../compiler/kv-dtype.ts';
 import { splitAttention, SPLIT_ATTENTION_AT } from '../../compiler/passes/split-attention.ts';
 import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
@@ -41,6 +44,22 @@ test('a long cache is split into chunks with per-chunk statistics; a short one, 
   assert.is(splitAttention(short), short, 'no rewrite below the threshold');
   const prompt = decompose(attention(SPLIT_ATTENTION_AT, 700, 3));
   assert.is(splitAttention(prompt), prompt, 'no rewrite for several query rows');
+  const unsplit = decompose(attention(SPLIT_ATTENTION_AT * 2, 700));
+  assert.is(splitAttention(unsplit, Infinity), unsplit, 'no rewrite from Infinity');
+  assert.is.not(splitAttention(unsplit, 512), unsplit, 'a rewrite from a lower threshold');
+});
+
+test('sessions split long caches except on CUDA with a bf16 cache (its decode form walks the whole cache), and cache the choice', () => {
+  assert.is(splitAttentionFrom('cuda', DType.BF16), Infinity);
+  for (const [backend, kv] of [['cuda', DType.F32], ['cuda', DType.F16], ['webgpu', DType.F32], ['cpu', DType.F32]] as const) {
+    assert.is(splitAttentionFrom(backend, kv), undefined, `${backend}, ${kv}`);
+  }
+  const dims = new Map([['S', 32]]);
+  assert.is.not(cacheKey('m', { dims, splitAttentionFrom: Infinity }), cacheKey('m', { dims }), 'the compile cache keys the choice');
+  const modules = (backend: string) => execFileSync(process.execPath, ['bin/tsfuse.mjs', 'compile', '--config', 'llama-3.2-1b', '--backend', backend, '--no-cache', '--json'], { encoding: 'utf8' });
+  const decodeKernels = (backend: string) => (JSON.parse(modules(backend)) as { graphs: Record<string, { kernels: number }> }).graphs.decode.kernels;
+  assert.is(decodeKernels('cuda'), 16 * 6 + 5, 'CUDA: 6 kernels a layer over the 2,048-position cache');
+  assert.is(decodeKernels('webgpu'), 16 * 8 + 5, 'WebGPU: the attention chunks and two combine kernels a layer');
 });
 
 for (const [cache, visible] of [[1024, 1023], [2048, 700], [1280, 0]] as const) {
