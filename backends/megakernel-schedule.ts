@@ -176,7 +176,9 @@ function atFixedSizes(sk: ScheduledKernel, sizes: Readonly<Record<string, number
   if (unbound.length) throw new Error(`megakernel: kernel ${k.name} reads size ${unbound.join(', ')}, which the step does not fix`);
   if (sk.overlap) throw new Error(`megakernel: kernel ${k.name} was scheduled to overlap its predecessor's launch; schedule the graph without dependent launches`);
   // Attention's decode form is a loop over rows, as a task is (a task prints it over its own rows).
-  if (sk.tilesFrom === undefined || sk.flash?.units === 'decode') return sk;
+  if (sk.tilesFrom === undefined) return sk;
+  // (Without its chunks of keys: a task takes whole rows, and the megakernel gives no scratch.)
+  if (sk.flash?.units === 'decode') return sk.flash.keyChunks ? decodeWithoutChunks(sk) : sk;
   const extent = k.gemm?.rows ?? k.flash?.queries;
   const at = extent ? evalSize(extent, sizes) : 0;
   // A task is a range of rows; tiles are dealt otherwise.
@@ -194,6 +196,21 @@ function atFixedSizes(sk: ScheduledKernel, sizes: Readonly<Record<string, number
   printedFrom.set(fixed, rowForm);
   return fixed;
 }
+
+/** Attention's decode form over whole rows, a workgroup a head (made once for kernels alike, printed once). */
+function decodeWithoutChunks(sk: ScheduledKernel): ScheduledKernel {
+  const origin = scheduleOrigin(sk);
+  let whole = wholeRows.get(origin);
+  if (!whole) {
+    const { keyChunks: _c, ...flash } = origin.flash!;
+    whole = { ...origin, flash, grid: { ...origin.grid, rows: origin.kernel.rows } };
+    wholeRows.set(origin, whole);
+  }
+  const fixed = { ...whole, kernel: sk.kernel };
+  printedFrom.set(fixed, whole);
+  return fixed;
+}
+const wholeRows = new WeakMap<ScheduledKernel, ScheduledKernel>();
 
 /** Row forms made, by the schedule they were made from. */
 const rowForms = new WeakMap<ScheduledKernel, ScheduledKernel>();

@@ -128,11 +128,26 @@ export interface GemmPlan {
  * and counts itself done in a counter of the tile (`counters`, zero between launches); the last one adds the parts
  * in the order of the depth (the same sum whichever finishes last), runs the epilogue and zeroes the counter.
  */
-export interface DepthSplit {
+export interface DepthSplit extends SplitScratchNeeds {
   readonly parts: KExpr;
   readonly maxParts: number;
+}
+
+/** What a kernel whose workgroups add their parts through memory needs given at launch (zeroed counters). */
+export interface SplitScratchNeeds {
   readonly workspaceFloats: number;
   readonly counters: number;
+}
+
+/**
+ * The decode form's keys divided among workgroups of a head (a long cache): chunk c takes keys [c·keys, (c + 1)·keys)
+ * up to the position, and the chunks the position reaches each leave their maximum, sum and output run in the
+ * workspace; the last to count itself done in the head's counter merges them in the chunks' order (the same sum
+ * whichever is last) and zeroes the counter. Chunks past the position exit at once.
+ */
+export interface KeyChunks extends SplitScratchNeeds {
+  readonly keys: number;
+  readonly count: number;
 }
 
 /**
@@ -184,6 +199,8 @@ export interface FlashPlan {
   readonly keyGroups?: number;
   /** 'decode': keys a lane group loads at once (and the groups of the workgroup, tileKeys, take one key each). */
   readonly keyUnroll?: number;
+  /** 'decode' over a cache longer than a step (tileKeys · keyUnroll keys): a workgroup a step of each head. */
+  readonly keyChunks?: KeyChunks;
 }
 
 export interface ScheduledKernel {
@@ -291,7 +308,7 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   const flash = k.flash && flashPlan(k.flash, k, device);
   const tileBytes = gemm ? gemmBytes(k.gemm!, gemm) : flash ? flash.bytes : 0;
   const extent = k.gemm?.rows ?? k.flash?.queries;
-  const tileGrid = gemm ? mul(mul(gemm.rowTiles, int(gemm.columnTiles)), gemm.split?.parts ?? int(1)) : flash ? mul(int(k.flash!.batch), flash.queryTiles) : undefined;
+  const tileGrid = gemm ? mul(mul(gemm.rowTiles, int(gemm.columnTiles)), gemm.split?.parts ?? int(1)) : flash ? mul(int(k.flash!.batch * (flash.keyChunks?.count ?? 1)), flash.queryTiles) : undefined;
   // Fewer rows than this run row by row (the CPU, with no choice to make, always runs the tiles).
   // The decode form runs whenever it exists; its kernel keeps the row form for the megakernel's tasks.
   let tilesFrom = !tileGrid ? Infinity : device.threadsPerWorkgroup === 1 ? 0 : gemm ? device.tuning.tilesFrom.gemm : flash?.units === 'decode' ? 1 : device.tuning.tilesFrom.flash;
@@ -532,9 +549,12 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | un
   if (!readsOnly([f.k, f.v], DType.BF16, k) || !wide(f.k, f.d) || !wide(f.v, f.e)) return undefined;
   const groups = (device.threadsPerWorkgroup / 32) * (32 / lanesPerKey);
   // Each group's maximum, sum and output run, merged through workgroup memory.
-  const bytes = 4 * groups * (2 + f.width);
+  const bytes = 4 * (groups * (2 + f.width) + f.depth);
   if (bytes + SCRATCH_BYTES > device.staticWorkgroupMemoryBytes) return undefined;
-  return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll: DECODE_KEY_UNROLL };
+  const step = groups * DECODE_KEY_UNROLL;
+  const count = Math.ceil(f.keys / step);
+  const keyChunks = count > 1 ? { keys: step, count, workspaceFloats: f.batch * count * (f.width + 2), counters: f.batch } : undefined;
+  return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll: DECODE_KEY_UNROLL, ...(keyChunks ? { keyChunks } : {}) };
 }
 
 /** Whether every value the expressions load (not the indices they load at) comes from a buffer of `dtype`. */

@@ -449,7 +449,9 @@ function fmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMem
  * updates the group's online softmax; the loop is the same for every lane (bounds are checked per key), so the
  * shuffles see whole warps. The groups' maxima, sums and output runs are merged through workgroup memory, each
  * output element by depth / 8 neighbouring threads a share of the groups, rescaled to the largest maximum (−∞ taken
- * as 0, as the tile forms do).
+ * as 0, as the tile forms do). Over a long cache (FlashPlan.keyChunks) each head's keys are divided among
+ * workgroups a step each: a chunk the position reaches leaves its maximum, sum and output run in the workspace
+ * (tf_ws) and counts itself done (tf_count); the last merges the chunks in their order and zeroes the counter.
  */
 function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMemory, out: string[], task: boolean): void {
   const D = f.depth;
@@ -462,27 +464,36 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
     throw new Error(`CUDA: a decode attention of head ${D} in ${G} key groups is not printed`);
   }
   const [kLoad, vLoad] = [f.k, f.v];
+  const chunks = task ? undefined : plan.keyChunks;
+  if (chunks && chunks.keys !== G * U) throw new Error(`CUDA: decode attention chunks of ${chunks.keys} keys for steps of ${G * U}`);
+  const NC = chunks?.count ?? 1;
   const full = '0xffffffffu';
   out.push(`  ${shared.array('float', 'tf_qs', D, { aligned: true })}`);
   out.push(`  ${shared.array('float', 'tf_gm', G)}`);
   out.push(`  ${shared.array('float', 'tf_gl', G)}`);
   out.push(`  ${shared.array('float', 'tf_go', G * D, { aligned: true })}`);
+  if (chunks) out.push(`  ${shared.array('int', 'tf_last', 1)}`);
   out.push(`  const int tf_grp = threadIdx.x / ${LG}, tf_part = (threadIdx.x % ${LG}) * 8;`);
-  out.push(task ? '  for (int tf_row = tf_first; tf_row < tf_end; tf_row++) {' : `  for (int tf_row = blockIdx.x; tf_row < ${f.batch}; tf_row += gridDim.x) {`);
+  out.push(task ? '  for (int tf_work = tf_first; tf_work < tf_end; tf_work++) {' : `  for (int tf_work = blockIdx.x; tf_work < ${f.batch * NC}; tf_work += gridDim.x) {`);
   const i1 = '    ';
   const i2 = i1 + '  ';
   const i3 = i2 + '  ';
+  out.push(`${i1}const int tf_row = tf_work / ${NC}, tf_c = tf_work % ${NC};`);
   out.push(`${i1}const int ${f.b} = tf_row;`);
   out.push(`${i1}const int ${f.i} = 0;`);
   out.push(`${i1}(void)${f.b}; (void)${f.i};`);
   const limit = f.limit ? p.expr(f.limit, out, i1) : String(f.keys);
   out.push(`${i1}const int tf_lim = tf_imin(tf_imax(${limit}, 0), ${f.keys});`);
+  // The chunks the position reaches (at least one: a row that sees no key is NaN, as the reference has it).
+  out.push(`${i1}const int tf_parts = ${chunks ? `tf_imax((tf_lim + ${chunks.keys - 1}) / ${chunks.keys}, 1)` : '1'};`);
+  out.push(`${i1}if (tf_c >= tf_parts) continue;`);
+  out.push(`${i1}const int tf_from = tf_c * ${chunks?.keys ?? 0}, tf_to = ${chunks ? `tf_imin(tf_lim, tf_from + ${chunks.keys})` : 'tf_lim'};`);
   out.push(`${i1}uint4 tf_kr[${U}], tf_vr[${U}];`);
   const loadStep = (t0: string, ind: string) => {
     out.push(`${ind}#pragma unroll`);
     out.push(`${ind}for (int tf_u = 0; tf_u < ${U}; tf_u++) {`);
     out.push(`${ind}  const int tf_t = ${t0} + tf_u * ${G} + tf_grp;`);
-    out.push(`${ind}  const int ${f.t} = tf_t < tf_lim ? tf_t : 0;`);
+    out.push(`${ind}  const int ${f.t} = tf_t < tf_to ? tf_t : 0;`);
     out.push(`${ind}  {`);
     out.push(`${ind}    const int ${f.d} = tf_part;`);
     out.push(`${ind}    tf_kr[tf_u] = __ldg(reinterpret_cast<const uint4*>(b${kLoad.buf} + ${p.expr(kLoad.index, out, ind + '    ')}));`);
@@ -493,7 +504,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
     out.push(`${ind}  }`);
     out.push(`${ind}}`);
   };
-  loadStep('0', i1);
+  loadStep('tf_from', i1);
   // The query, an element a thread, while the loads are in flight.
   out.push(`${i1}for (int ${f.d} = threadIdx.x; ${f.d} < ${D}; ${f.d} += TF_BLOCK) {`);
   out.push(`${i2}tf_qs[${f.d}] = ${p.expr(f.q, out, i2)};`);
@@ -504,7 +515,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   out.push(`${i1}float tf_m = -TF_INF, tf_l = 0.0f, tf_o[8];`);
   out.push(`${i1}#pragma unroll`);
   out.push(`${i1}for (int tf_j = 0; tf_j < 8; tf_j++) tf_o[tf_j] = 0.0f;`);
-  out.push(`${i1}for (int tf_t0 = 0; tf_t0 < tf_lim; tf_t0 += ${G * U}) {`);
+  out.push(`${i1}for (int tf_t0 = tf_from; tf_t0 < tf_to; tf_t0 += ${G * U}) {`);
   // The scores (scale, mask) and their maximum; keys past the bound are −∞.
   out.push(`${i2}float tf_s[${U}], tf_mt = -TF_INF;`);
   out.push(`${i2}#pragma unroll`);
@@ -518,7 +529,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   out.push(`${i3}const int ${f.t} = tf_t0 + tf_u * ${G} + tf_grp;`);
   out.push(`${i3}const float ${f.qk} = tf_dot;`);
   out.push(`${i3}float tf_x = -TF_INF;`);
-  out.push(`${i3}if (${f.t} < tf_lim) {`);
+  out.push(`${i3}if (${f.t} < tf_to) {`);
   out.push(`${i3}  tf_x = ${p.expr(f.score, out, i3 + '  ')};`);
   out.push(`${i3}}`);
   out.push(`${i3}tf_s[tf_u] = tf_x;`);
@@ -533,7 +544,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   out.push(`${i2}for (int tf_j = 0; tf_j < 8; tf_j++) tf_o[tf_j] *= tf_scale;`);
   out.push(`${i2}#pragma unroll`);
   out.push(`${i2}for (int tf_u = 0; tf_u < ${U}; tf_u++) {`);
-  out.push(`${i3}if (tf_t0 + tf_u * ${G} + tf_grp < tf_lim) {`);
+  out.push(`${i3}if (tf_t0 + tf_u * ${G} + tf_grp < tf_to) {`);
   out.push(`${i3}  const float tf_pr = expf(tf_s[tf_u] - tf_ref);`);
   out.push(`${i3}  float tf_vv[8];`);
   out.push(`${i3}  tf_unpack_bf16x8(tf_vr[tf_u], tf_vv);`);
@@ -542,7 +553,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   out.push(`${i3}  for (int tf_j = 0; tf_j < 8; tf_j++) tf_o[tf_j] += tf_pr * tf_vv[tf_j];`);
   out.push(`${i3}}`);
   out.push(`${i2}}`);
-  out.push(`${i2}if (tf_t0 + ${G * U} < tf_lim) {`);
+  out.push(`${i2}if (tf_t0 + ${G * U} < tf_to) {`);
   loadStep(`tf_t0 + ${G * U}`, i3);
   out.push(`${i2}}`);
   out.push(`${i1}}`);
@@ -574,11 +585,52 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
     out.push(`${i2}tf_acc += __shfl_xor_sync(${full}, tf_acc, ${off});`);
   }
   out.push(`${i2}if (threadIdx.x % ${TE} == 0) {`);
-  out.push(`${i3}const int ${f.e} = tf_x;`);
-  out.push(`${i3}const float ${f.out} = tf_acc / tf_sum;`);
-  stores(f, p, out, i3);
+  if (chunks) {
+    // A chunk of several leaves its maximum, its sum and its output run, each relative to the maximum.
+    out.push(`${i3}float* const tf_at = tf_ws + ((size_t)tf_row * ${NC} + tf_c) * ${D + 2};`);
+    out.push(`${i3}tf_at[tf_x] = tf_acc;`);
+    out.push(`${i3}if (tf_x == 0) {`);
+    out.push(`${i3}  tf_at[${D}] = tf_sum;`);
+    out.push(`${i3}  tf_at[${D + 1}] = tf_mx;`);
+    out.push(`${i3}}`);
+    out.push(`${i3}if (tf_parts == 1) {`);
+  }
+  const i4 = chunks ? i3 + '  ' : i3;
+  out.push(`${i4}const int ${f.e} = tf_x;`);
+  out.push(`${i4}const float ${f.out} = tf_acc / tf_sum;`);
+  stores(f, p, out, i4);
+  if (chunks) out.push(`${i3}}`);
   out.push(`${i2}}`);
   out.push(`${i1}}`);
+  if (chunks) {
+    // The last chunk of the head to finish merges them all, in the chunks' order, reading past the L1.
+    out.push(`${i1}if (tf_parts > 1) {`);
+    out.push(`${i2}__threadfence();`);
+    out.push(`${i2}__syncthreads();`);
+    out.push(`${i2}if (threadIdx.x == 0) tf_last[0] = atomicAdd(tf_count + tf_row, 1u) == (unsigned)(tf_parts - 1);`);
+    out.push(`${i2}__syncthreads();`);
+    out.push(`${i2}if (tf_last[0]) {`);
+    out.push(`${i3}__threadfence();`);
+    out.push(`${i3}const float* const tf_head = tf_ws + (size_t)tf_row * ${NC * (D + 2)};`);
+    out.push(`${i3}for (int tf_x = threadIdx.x; tf_x < ${D}; tf_x += TF_BLOCK) {`);
+    const i5 = i3 + '  ';
+    out.push(`${i5}float tf_mx = -TF_INF;`);
+    out.push(`${i5}for (int tf_q = 0; tf_q < tf_parts; tf_q++) tf_mx = tf_fmax(tf_mx, __ldcg(tf_head + tf_q * ${D + 2} + ${D + 1}));`);
+    out.push(`${i5}const float tf_ref = tf_mx == -TF_INF ? 0.0f : tf_mx;`);
+    out.push(`${i5}float tf_sum = 0.0f, tf_acc = 0.0f;`);
+    out.push(`${i5}for (int tf_q = 0; tf_q < tf_parts; tf_q++) {`);
+    out.push(`${i5}  const float tf_w = expf(__ldcg(tf_head + tf_q * ${D + 2} + ${D + 1}) - tf_ref);`);
+    out.push(`${i5}  tf_sum += __ldcg(tf_head + tf_q * ${D + 2} + ${D}) * tf_w;`);
+    out.push(`${i5}  tf_acc += __ldcg(tf_head + tf_q * ${D + 2} + tf_x) * tf_w;`);
+    out.push(`${i5}}`);
+    out.push(`${i5}const int ${f.e} = tf_x;`);
+    out.push(`${i5}const float ${f.out} = tf_acc / tf_sum;`);
+    stores(f, p, out, i5);
+    out.push(`${i3}}`);
+    out.push(`${i3}if (threadIdx.x == 0) tf_count[tf_row] = 0u;`);
+    out.push(`${i2}}`);
+    out.push(`${i1}}`);
+  }
   // The next row rewrites the query and the groups' states.
   out.push(`${i1}__syncthreads();`);
   out.push('  }');

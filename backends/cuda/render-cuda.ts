@@ -237,7 +237,7 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   }
   const params = k.buffers.map((b, i) => `${b.written ? '' : 'const '}${cudaElemType[b.dtype]}* __restrict__ b${i}`);
   for (const s of k.sizes) params.push(`const int ${sizeName(s)}`);
-  const split = sk.tilesFrom !== undefined ? sk.gemm?.split : undefined;
+  const split = sk.tilesFrom !== undefined ? sk.gemm?.split ?? sk.flash?.keyChunks : undefined;
   if (split) params.push('float* __restrict__ tf_ws', 'unsigned* __restrict__ tf_count');
   const bounds = sk.workgroupsPerProcessor ? `TF_BLOCK, ${sk.workgroupsPerProcessor}` : 'TF_BLOCK';
   out.push(`extern "C" __global__ void __launch_bounds__(${bounds}) ${name}(${params.join(', ')}) {`);

@@ -1,7 +1,8 @@
 // CUDA's decode form of attention (FlashPlan 'decode', backends/cuda/flash.ts): one query row a head over a bf16
 // cache's rows, lane groups of depth / 8 lanes each taking a key at a time, 8 keys' loads at once, the groups'
-// online softmaxes merged at the end. Heads 32, 64 and 128 deep (groups of 4, 8 and 16 lanes: a step of 512, 256
-// and 128 keys) over 300 positions, grouped-query heads (3 query heads a cache head), at positions on both sides of
+// online softmaxes merged at the end, and a cache longer than a step divided among workgroups whose last merges
+// the chunks. Heads 32, 64 and 128 deep (groups of 4, 8 and 16 lanes: a step of 512, 256 and 128 keys, so 1, 2
+// and 3 chunks) over 300 positions, grouped-query heads (3 query heads a cache head), at positions on both sides of
 // a step's end, at the cache's end, and at −1 (no key visible: NaN, as the reference's softmax of −∞ everywhere
 // gives, and as the flash tiles give; the row form that the CPU and WebGPU run gives 0 there, its loops bounded to
 // no key: a known difference, checked on CUDA only); NaN in the cache past the position, which no key loop may let
@@ -73,7 +74,10 @@ schedules('CUDA runs one query row over bf16 cache rows in the decode form, keep
   for (const c of CASES) {
     const [k] = c.compiled.graphs[0].kernels;
     const cuda = formatSchedule(scheduleKernel(k, cudaCaps(90)));
-    assert.match(cuda, `decode attention ${KV_HEADS * PER_HEAD} heads × 1 query over ${T} keys (head ${c.D}): a workgroup a head, ${2048 / c.D} groups of ${c.D / 8} lanes`);
+    // A step is 8 keys a group (256 threads in groups of D / 8 lanes); a cache longer than a step is divided.
+    const step = 8 * 2048 / c.D;
+    const chunks = step < T ? ` and ${step} keys (${Math.ceil(T / step)} chunks, the last of a head to finish merging them in order)` : '';
+    assert.match(cuda, `decode attention ${KV_HEADS * PER_HEAD} heads × 1 query over ${T} keys (head ${c.D}): a workgroup a head${chunks}, ${2048 / c.D} groups of ${c.D / 8} lanes`);
     assert.match(cuda, 'launched, the decode form below; in a megakernel, the rows above');
     assert.match(cuda, / sum<max\(min\(/, 'the row form is there too');
     assert.not.match(formatSchedule(scheduleKernel(k, webgpuCaps({ subgroups: true }))), 'decode attention');
