@@ -538,15 +538,16 @@ function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | und
 const DECODE_KEY_UNROLL = 8;
 
 /**
- * One query row (a decode step's attention) on CUDA: the decode form where the keys and values are rows of bf16
- * memory read 16 bytes at a time and a head splits into 8-element runs over at most a warp; else none (the row form
+ * One query row (a decode step's attention) on CUDA: the decode form where the keys and values are rows of bf16 (or
+ * f16) memory read 16 bytes at a time and a head splits into 8-element runs over at most a warp; else none (the row form
  * runs, as on the other targets).
  */
 function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | undefined {
   const lanesPerKey = f.depth / 8;
   const wide = (e: KExpr, along: string) => e.k === 'load' && runsAlong(e.index, along, 8);
   if (device.target !== 'cuda' || f.depth !== f.width || !Number.isInteger(lanesPerKey) || lanesPerKey > 32 || 32 % lanesPerKey !== 0) return undefined;
-  if (!readsOnly([f.k, f.v], DType.BF16, k) || !wide(f.k, f.d) || !wide(f.v, f.e)) return undefined;
+  const halves = readsOnly([f.k, f.v], DType.BF16, k) || readsOnly([f.k, f.v], DType.F16, k);
+  if (!halves || !wide(f.k, f.d) || !wide(f.v, f.e)) return undefined;
   const groups = (device.threadsPerWorkgroup / 32) * (32 / lanesPerKey);
   // Each group's maximum, sum and output run, merged through workgroup memory.
   const bytes = 4 * (groups * (2 + f.width) + f.depth);

@@ -21,13 +21,13 @@ export function kvCacheDType(backend: DeviceKind, weights: DType, asked?: DType)
 
 /**
  * The KV-cache length from which a session's attention is split into chunks (PassContext.splitAttentionFrom). CUDA
- * with a bf16 cache runs decode attention in its decode form (backends/cuda/flash.ts), which walks a cache of any
+ * with a bf16 or f16 cache runs decode attention in its decode form (backends/cuda/flash.ts), which walks a cache of any
  * length in one workgroup a head: never split there. On the H200 with a 2,048-position cache, against chunks and
  * their two combine kernels: 1.009 → 0.902 ms a token after 32 tokens, 1.094 → 1.076 after 2,016 (BENCHMARKS.md).
  * Elsewhere the row form keeps a row of scores in workgroup memory and one workgroup a head: split from 1,024.
  */
 export function splitAttentionFrom(backend: DeviceKind, kv: DType): number | undefined {
-  return backend === 'cuda' && kv === DType.BF16 ? Infinity : undefined;
+  return backend === 'cuda' && (kv === DType.BF16 || kv === DType.F16) ? Infinity : undefined;
 }
 
 /** A KV-cache dtype the backend cannot store. */

@@ -12,6 +12,7 @@
 //   decode:   one query row (a decode step): lane groups each take a key at a time, keys' and values' loads for
 //             several keys issued together, an online softmax per group, the groups merged at the end.
 
+import { DType } from '../../ir/dtype.ts';
 import { FlashIR, KExpr } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { FlashPlan } from '../schedule.ts';
@@ -464,6 +465,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
     throw new Error(`CUDA: a decode attention of head ${D} in ${G} key groups is not printed`);
   }
   const [kLoad, vLoad] = [f.k, f.v];
+  const unpack = p.buffers[kLoad.buf].dtype === DType.F16 ? 'tf_unpack_f16x8' : 'tf_unpack_bf16x8';
   const chunks = task ? undefined : plan.keyChunks;
   if (chunks && chunks.keys !== G * U) throw new Error(`CUDA: decode attention chunks of ${chunks.keys} keys for steps of ${G * U}`);
   const NC = chunks?.count ?? 1;
@@ -521,7 +523,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   out.push(`${i2}#pragma unroll`);
   out.push(`${i2}for (int tf_u = 0; tf_u < ${U}; tf_u++) {`);
   out.push(`${i3}float tf_kv[8];`);
-  out.push(`${i3}tf_unpack_bf16x8(tf_kr[tf_u], tf_kv);`);
+  out.push(`${i3}${unpack}(tf_kr[tf_u], tf_kv);`);
   out.push(`${i3}float tf_dot = 0.0f;`);
   out.push(`${i3}#pragma unroll`);
   out.push(`${i3}for (int tf_j = 0; tf_j < 8; tf_j++) tf_dot += tf_qv[tf_j] * tf_kv[tf_j];`);
@@ -547,7 +549,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   out.push(`${i3}if (tf_t0 + tf_u * ${G} + tf_grp < tf_to) {`);
   out.push(`${i3}  const float tf_pr = expf(tf_s[tf_u] - tf_ref);`);
   out.push(`${i3}  float tf_vv[8];`);
-  out.push(`${i3}  tf_unpack_bf16x8(tf_vr[tf_u], tf_vv);`);
+  out.push(`${i3}  ${unpack}(tf_vr[tf_u], tf_vv);`);
   out.push(`${i3}  tf_l += tf_pr;`);
   out.push(`${i3}  #pragma unroll`);
   out.push(`${i3}  for (int tf_j = 0; tf_j < 8; tf_j++) tf_o[tf_j] += tf_pr * tf_vv[tf_j];`);

@@ -103,12 +103,14 @@ __device__ __forceinline__ void tf_unpack_bf16x8(const uint4 w, float* o) {
 __device__ __forceinline__ void tf_ld8_bf16(const unsigned short* p, float* o) {
   tf_unpack_bf16x8(__ldg(reinterpret_cast<const uint4*>(p)), o);
 }
-__device__ __forceinline__ void tf_ld8_f16(const unsigned short* p, float* o) {
-  const uint4 w = __ldg(reinterpret_cast<const uint4*>(p));
+__device__ __forceinline__ void tf_unpack_f16x8(const uint4 w, float* o) {
   o[0] = tf_f16((unsigned short)(w.x & 0xffffu)); o[1] = tf_f16((unsigned short)(w.x >> 16));
   o[2] = tf_f16((unsigned short)(w.y & 0xffffu)); o[3] = tf_f16((unsigned short)(w.y >> 16));
   o[4] = tf_f16((unsigned short)(w.z & 0xffffu)); o[5] = tf_f16((unsigned short)(w.z >> 16));
   o[6] = tf_f16((unsigned short)(w.w & 0xffffu)); o[7] = tf_f16((unsigned short)(w.w >> 16));
+}
+__device__ __forceinline__ void tf_ld8_f16(const unsigned short* p, float* o) {
+  tf_unpack_f16x8(__ldg(reinterpret_cast<const uint4*>(p)), o);
 }
 __device__ __forceinline__ void tf_ld8_f32(const float* p, float* o) {
   const float4 a = __ldg(reinterpret_cast<const float4*>(p));

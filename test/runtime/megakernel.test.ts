@@ -243,7 +243,9 @@ s('the watchdog stops a step whose wait cannot be met and names the block, run, 
   const module = compileModule({ graphs: [mlpStack()] });
   const compiled = module.graphs[0].graph;
   const { params, x } = mlpValues(compiled, 3);
-  const device = await openDevice('cuda', { cacheDir: fake.cacheDir, megakernel: { graph: 'mlp', watchdogMs: 200 } }) as CudaDevice;
+  // Long enough that no wait which will be met outlasts it on the CPU fake under a loaded test run (200 ms did, in
+  // a clean-clone CI run: the watchdog then named another block's wait).
+  const device = await openDevice('cuda', { cacheDir: fake.cacheDir, megakernel: { graph: 'mlp', watchdogMs: 3000 } }) as CudaDevice;
   try {
     device.prepare(module);
     // Planted: the first wait of the table awaits one task more than its kernel has.
