@@ -272,8 +272,7 @@ function fmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, shared: SharedMemory
 function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | 'bf16', p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   const [TM, TN, TD] = [plan.tileRows, plan.tileColumns, plan.tileDepth];
   if (TM % 64 || TN % 64 || TD % 32) throw new Error(`CUDA: async mma tiles of ${TM} × ${TN} × ${TD} are not printed`);
-  const a = g.a;
-  if (a.k !== 'load' || g.b.some((b) => b.k !== 'load')) throw new Error('CUDA: an async mma GEMM copies its operands as they are');
+  if (g.a.k !== 'load' || g.b.some((b) => b.k !== 'load')) throw new Error('CUDA: an async mma GEMM copies its operands as they are');
   const [AP, BP] = [TD + MMA_PAD, TD + MMA_PAD];
   const ops = g.b.length;
   const w = warpTile(plan);
@@ -297,32 +296,13 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | '
   // The copies of step `step` into stage `stage`: rows past the left operand's and columns past the weights' are
   // zeros (their source address is row 0's, never read). Copy x of the left operand: row x / (depth / perCopy),
   // depth (x % (depth / perCopy)) · perCopy; of a weight: column x / (depth / 8), depth (x % (depth / 8)) · 8.
-  const issue = (indent: string, stage: string, step: string) => {
-    const inner = indent + '  ';
-    out.push(`${indent}{`);
-    out.push(`${inner}#pragma unroll`);
-    out.push(`${inner}for (int tf_h = 0; tf_h < ${(TM * TD) / perCopy / 256}; tf_h++) {`);
-    out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x / ${TD / perCopy}, tf_kk = (tf_x % ${TD / perCopy}) * ${perCopy};`);
-    out.push(`${inner}  const bool tf_in = tf_m0 + tf_r < tf_m_total;`);
-    out.push(`${inner}  const int ${g.m} = tf_in ? tf_m0 + tf_r : 0;`);
-    out.push(`${inner}  const int ${g.k} = (${first}${step}) * ${TD} + tf_kk;`);
-    const ai = p.expr(a.index, out, inner + '  ');
-    out.push(`${inner}  tf_cp16(tf_as + (${stage}) * ${aStage} + tf_r * ${AP} + tf_kk, b${a.buf} + ${ai}, tf_in);`);
-    out.push(`${inner}}`);
-    out.push(`${inner}#pragma unroll`);
-    out.push(`${inner}for (int tf_h = 0; tf_h < ${(TN * TD) / 8 / 256}; tf_h++) {`);
-    out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x / ${TD / 8}, tf_kk = (tf_x % ${TD / 8}) * 8;`);
-    out.push(`${inner}  const bool tf_in = tf_n0 + tf_r < ${g.columns};`);
-    out.push(`${inner}  const int ${g.n} = tf_in ? tf_n0 + tf_r : 0;`);
-    out.push(`${inner}  const int ${g.k} = (${first}${step}) * ${TD} + tf_kk;`);
-    g.b.forEach((b, o) => {
-      if (b.k !== 'load') return;
-      const bi = p.expr(b.index, out, inner + '  ');
-      out.push(`${inner}  tf_cp16(tf_bs + (${stage}) * ${bStage} + ${o * TN * BP} + tf_r * ${BP} + tf_kk, b${b.buf} + ${bi}, tf_in);`);
-    });
-    out.push(`${inner}}`);
-    out.push(`${indent}}`);
-  };
+  const issue = (indent: string, stage: string, step: string) => issueStepCopies(g, p, out, indent, `(${first}${step}) * ${TD}`, {
+    copies: (TM * TD) / perCopy, split: `tf_r = tf_x / ${TD / perCopy}, tf_kk = (tf_x % ${TD / perCopy}) * ${perCopy}`, depth: 'tf_kk',
+    at: () => `tf_as + (${stage}) * ${aStage} + tf_r * ${AP} + tf_kk`,
+  }, {
+    copies: (TN * TD) / 8, split: `tf_r = tf_x / ${TD / 8}, tf_kk = (tf_x % ${TD / 8}) * 8`, depth: 'tf_kk',
+    at: (o) => `tf_bs + (${stage}) * ${bStage} + ${o * TN * BP} + tf_r * ${BP} + tf_kk`,
+  });
   out.push(`${i}#pragma unroll`);
   out.push(`${i}for (int tf_s = 0; tf_s < ${stages - 1}; tf_s++) {`);
   out.push(`${i}  if (tf_s < tf_steps) {`);
@@ -367,6 +347,52 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | '
 
 /** Where a split tile's warps hold their rows (for addParts): rows a warp holds, warps side by side on the same rows. */
 export interface PartsLayout { readonly warpRows: number; readonly warpsAcross: number }
+
+/** Where a step's 16-byte copies of one operand go: copy x (tf_x) as row tf_r and a depth within the step. */
+export interface StepCopies {
+  /** Copies a step makes (a multiple of the block's threads). */
+  readonly copies: number;
+  /** Declares tf_r and the depth's variable from tf_x. */
+  readonly split: string;
+  /** The depth within the step, in elements. */
+  readonly depth: string;
+  /** The staged address of the copy (of weight o for the right operands). */
+  readonly at: (o: number) => string;
+}
+
+/**
+ * The cp.async copies of one step of a GEMM tile (depth `from` onwards): the left operand's rows from tf_m0 and
+ * each weight's columns from tf_n0. Rows past the left operand's and columns past the weights' are zeros (their
+ * source address is row 0's, never read).
+ */
+export function issueStepCopies(g: GemmIR, p: ExprPrinter, out: string[], indent: string, from: string, left: StepCopies, right: StepCopies): void {
+  const inner = indent + '  ';
+  const a = g.a;
+  if (a.k !== 'load') throw new Error('CUDA: copies of a computed left operand');
+  out.push(`${indent}{`);
+  out.push(`${inner}#pragma unroll`);
+  out.push(`${inner}for (int tf_h = 0; tf_h < ${left.copies / 256}; tf_h++) {`);
+  out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, ${left.split};`);
+  out.push(`${inner}  const bool tf_in = tf_m0 + tf_r < tf_m_total;`);
+  out.push(`${inner}  const int ${g.m} = tf_in ? tf_m0 + tf_r : 0;`);
+  out.push(`${inner}  const int ${g.k} = ${from} + ${left.depth};`);
+  const ai = p.expr(a.index, out, inner + '  ');
+  out.push(`${inner}  tf_cp16(${left.at(0)}, b${a.buf} + ${ai}, tf_in);`);
+  out.push(`${inner}}`);
+  out.push(`${inner}#pragma unroll`);
+  out.push(`${inner}for (int tf_h = 0; tf_h < ${right.copies / 256}; tf_h++) {`);
+  out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, ${right.split};`);
+  out.push(`${inner}  const bool tf_in = tf_n0 + tf_r < ${g.columns};`);
+  out.push(`${inner}  const int ${g.n} = tf_in ? tf_n0 + tf_r : 0;`);
+  out.push(`${inner}  const int ${g.k} = ${from} + ${right.depth};`);
+  g.b.forEach((b, o) => {
+    if (b.k !== 'load') return;
+    const bi = p.expr(b.index, out, inner + '  ');
+    out.push(`${inner}  tf_cp16(${right.at(o)}, b${b.buf} + ${bi}, tf_in);`);
+  });
+  out.push(`${inner}}`);
+  out.push(`${indent}}`);
+}
 
 /**
  * A split tile's parts added (GemmPlan.split): each part stores its accumulators to its slot of the workspace

@@ -16,7 +16,7 @@
 import { GemmIR } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { GemmPlan } from '../schedule.ts';
-import { addParts, mmaEpilogue, WarpTile } from './gemm.ts';
+import { addParts, issueStepCopies, mmaEpilogue, WarpTile } from './gemm.ts';
 import { SharedMemory } from './shared-memory.ts';
 import { WGMMA_COLUMNS } from './wgmma-prelude.ts';
 
@@ -28,8 +28,7 @@ export function wgmmaTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrin
   if (TM !== 128 || TD !== 64 || !(WGMMA_COLUMNS as readonly number[]).includes(TN) || stages < 3) {
     throw new Error(`CUDA: wgmma tiles of ${TM} × ${TN} × ${TD}, ${stages} stages, are not printed`);
   }
-  const a = g.a;
-  if (a.k !== 'load' || g.b.some((b) => b.k !== 'load')) throw new Error('CUDA: a wgmma GEMM copies its operands as they are');
+  if (g.a.k !== 'load' || g.b.some((b) => b.k !== 'load')) throw new Error('CUDA: a wgmma GEMM copies its operands as they are');
   const ops = g.b.length;
   const ahead = stages - 2;
   const aBytes = TM * ROW_BYTES;
@@ -59,31 +58,10 @@ export function wgmmaTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrin
   // Copy x of an operand: row x / 8, chunk x % 8 (depth 8 · (x % 8)), to the chunk the swizzle moves it to. Rows
   // past the left operand's and columns past the weights' are zeros (their source address is row 0's, never read).
   const issue = (indent: string, stage: string, step: string) => {
-    const inner = indent + '  ';
     const dst = (offset: string) => `tf_sm + (${stage}) * ${stageBytes} + ${offset}tf_r * ${ROW_BYTES} + ((tf_ch ^ (tf_r & 7)) << 4)`;
-    out.push(`${indent}{`);
-    out.push(`${inner}#pragma unroll`);
-    out.push(`${inner}for (int tf_h = 0; tf_h < ${(TM * 8) / 256}; tf_h++) {`);
-    out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x >> 3, tf_ch = tf_x & 7;`);
-    out.push(`${inner}  const bool tf_in = tf_m0 + tf_r < tf_m_total;`);
-    out.push(`${inner}  const int ${g.m} = tf_in ? tf_m0 + tf_r : 0;`);
-    out.push(`${inner}  const int ${g.k} = (${first}${step}) * ${TD} + tf_ch * 8;`);
-    const ai = p.expr(a.index, out, inner + '  ');
-    out.push(`${inner}  tf_cp16(${dst('')}, b${a.buf} + ${ai}, tf_in);`);
-    out.push(`${inner}}`);
-    out.push(`${inner}#pragma unroll`);
-    out.push(`${inner}for (int tf_h = 0; tf_h < ${(TN * 8) / 256}; tf_h++) {`);
-    out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, tf_r = tf_x >> 3, tf_ch = tf_x & 7;`);
-    out.push(`${inner}  const bool tf_in = tf_n0 + tf_r < ${g.columns};`);
-    out.push(`${inner}  const int ${g.n} = tf_in ? tf_n0 + tf_r : 0;`);
-    out.push(`${inner}  const int ${g.k} = (${first}${step}) * ${TD} + tf_ch * 8;`);
-    g.b.forEach((b, o) => {
-      if (b.k !== 'load') return;
-      const bi = p.expr(b.index, out, inner + '  ');
-      out.push(`${inner}  tf_cp16(${dst(`${aBytes + o * bBytes} + `)}, b${b.buf} + ${bi}, tf_in);`);
-    });
-    out.push(`${inner}}`);
-    out.push(`${indent}}`);
+    const swizzled = { split: 'tf_r = tf_x >> 3, tf_ch = tf_x & 7', depth: 'tf_ch * 8' };
+    issueStepCopies(g, p, out, indent, `(${first}${step}) * ${TD}`,
+      { ...swizzled, copies: TM * 8, at: () => dst('') }, { ...swizzled, copies: TN * 8, at: (o) => dst(`${aBytes + o * bBytes} + `) });
   };
   out.push(`${i}#pragma unroll`);
   out.push(`${i}for (int tf_s = 0; tf_s < ${ahead}; tf_s++) {`);

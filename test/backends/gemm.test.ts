@@ -180,21 +180,26 @@ for (const kind of kernelDevices) {
   s.run();
 }
 
+/** A device's outputs against the reference interpreter's: bf16 products to 1e-2, f32 to 1e-4 (relative). */
+async function checkOutputs(device: Device): Promise<void> {
+  expected ??= await onDevice('reference', (ref) => outputs(ref, reference));
+  const got = await outputs(device, compiled);
+  for (const [key, ref] of expected!) {
+    const err = relativeError(got.get(key)!, ref);
+    assert.ok(err < (key.startsWith('bf16') ? 1e-2 : 1e-4), `${key}: relative error ${err} (GEMM_SEED=${seed})`);
+  }
+}
+
 // wgmma tiles of 256 columns from a ring of 3 stages (TSFUSE_GEMM=wgmma:256x3, read as the device opens).
 const wide = suite('GEMM tiles on cuda, TSFUSE_GEMM=wgmma:256x3');
 wide('the same outputs (unless TSFUSE_GEMM is set outside) as the reference interpreter', async () => {
   if (process.env.TSFUSE_GEMM !== undefined) return;
-  expected ??= await onDevice('reference', (ref) => outputs(ref, reference));
   // The device reads TSFUSE_GEMM as it opens (its caps): set until it is open.
   process.env.TSFUSE_GEMM = 'wgmma:256x3';
   const device = await openCudaOrFake({}).finally(() => delete process.env.TSFUSE_GEMM);
   if (typeof device === 'string') return void console.log(`  cuda: skipped (${device})`);
   try {
-    const got = await outputs(device, compiled);
-    for (const [key, ref] of expected!) {
-      const err = relativeError(got.get(key)!, ref);
-      assert.ok(err < (key.startsWith('bf16') ? 1e-2 : 1e-4), `${key}: relative error ${err} (GEMM_SEED=${seed})`);
-    }
+    await checkOutputs(device);
   } finally {
     device.destroy();
     restoreCudaOrFake();
@@ -206,15 +211,10 @@ wide.run();
 // found in whichever unit holds them.
 const units = suite('GEMM tiles on cuda, the module in 3 compilation units');
 units('the same outputs as the reference interpreter', async () => {
-  expected ??= await onDevice('reference', (ref) => outputs(ref, reference));
   const device = await openCudaOrFake({ units: 3 });
   if (typeof device === 'string') return void console.log(`  cuda: skipped (${device})`);
   try {
-    const got = await outputs(device, compiled);
-    for (const [key, ref] of expected!) {
-      const err = relativeError(got.get(key)!, ref);
-      assert.ok(err < (key.startsWith('bf16') ? 1e-2 : 1e-4), `${key}: relative error ${err} (GEMM_SEED=${seed})`);
-    }
+    await checkOutputs(device);
   } finally {
     device.destroy();
     restoreCudaOrFake();
