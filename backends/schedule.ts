@@ -165,7 +165,7 @@ export interface KeyChunks extends SplitScratchNeeds {
  */
 export interface FlashPlan {
   /**
-   * 'decode': one query row (a decode step) on CUDA, keys and values read 16 bytes at a time from bf16 memory: each
+   * 'decode': one query row (a decode step) on CUDA, keys and values read 16 bytes at a time from bf16 or f16 memory: each
    * group of depth / 8 lanes takes one key at a time, its loads of keys and values for `keyUnroll` keys issued
    * together; every group keeps its own online softmax, and the groups are merged at the end. One round of loads
    * rather than the row form's phases (scores, maximum, sum, then probs·V, each waiting for the last).
@@ -533,8 +533,10 @@ function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | und
   return { units: 'fma', tileQueries, tileKeys, threadsPerQuery: threads / tileQueries, queryTiles: queryTiles(tileQueries), bytes: flashBytes(f, tileQueries, tileKeys) };
 }
 
-/** Keys each lane group of the decode form loads at once (FlashPlan.keyUnroll). */
-// 8 against 4 on the H200 (BENCHMARKS.md): 0.897 → 0.895 ms a token at a 160-position cache, 0.958 → 0.946 at 528.
+/**
+ * Keys each lane group of the decode form loads at once (FlashPlan.keyUnroll): 8 against 4 on the H200
+ * (BENCHMARKS.md), 0.897 → 0.895 ms a token at a 160-position cache, 0.958 → 0.946 at 528.
+ */
 const DECODE_KEY_UNROLL = 8;
 
 /**

@@ -83,8 +83,8 @@ export interface CudaArtifactPlan extends PlanSignature {
 }
 
 /**
- * A GEMM kernel whose tiles may split their depth takes, after its sizes, a workspace of this many floats and this
- * many counters, zero at its first launch (it leaves them zero): one pair serves every kernel of a program, as
+ * A GEMM kernel whose tiles may split their depth (or attention's decode form over key chunks) takes, after its
+ * sizes, a workspace of this many floats and this many counters, zero at its first launch (it leaves them zero): one pair serves every kernel of a program, as
  * large as the largest asks.
  */
 export interface DepthSplitScratch {

@@ -116,8 +116,9 @@ export interface CudaFunction {
   /** How it stores each of its buffers (a temporary may be narrower than its value: backends/narrow-activations.ts). */
   readonly bufferDTypes: readonly DType[];
   /**
-   * A GEMM whose tiles may split their depth (GemmPlan.split): its last two parameters are a workspace of this
-   * many floats and this many counters, zero at the first launch (the kernel leaves them zero).
+   * A GEMM whose tiles may split their depth (GemmPlan.split), or attention's decode form over key chunks
+   * (FlashPlan.keyChunks): its last two parameters are a workspace of this many floats and this many counters, zero
+   * at the first launch (the kernel leaves them zero).
    */
   readonly depthSplit?: { readonly workspaceFloats: number; readonly counters: number };
 }

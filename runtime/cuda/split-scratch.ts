@@ -1,6 +1,6 @@
-// The scratch of depth-split GEMMs (GemmPlan.split): one workspace and one set of counters serve every such kernel
-// of a program, since its kernels run one after another on the stream; the counters start at zero and each
-// kernel leaves them so.
+// The scratch of depth-split GEMMs (GemmPlan.split) and of attention's key chunks (FlashPlan.keyChunks): one
+// workspace and one set of counters serve every such kernel of a program, since its kernels run one after another
+// on the stream; the counters start at zero and each kernel leaves them so.
 
 import { CudaDriver, DevicePtr } from './driver.ts';
 

@@ -151,7 +151,7 @@ interface CudaKernel {
   readonly overlap: boolean;
   /** The temporaries it writes, each with the dtype it stores it as. */
   readonly tempWrites: readonly { readonly key: BufferKey; readonly dtype: DType }[];
-  /** Takes the depth-split scratch after its sizes (CudaFunction.depthSplit). */
+  /** Takes the split scratch after its sizes (CudaFunction.depthSplit: a depth-split GEMM, attention's key chunks). */
   readonly splitsDepth: boolean;
   /** Every buffer it writes, as stored, and whether it reads it too (for bisecting a megakernel). */
   readonly writes: readonly BisectWrite[];
