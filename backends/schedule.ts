@@ -305,7 +305,7 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   // where only that is read wide (aligned dots).
   const k = boundKeyLoops(lowered, { maskedElements: device.tuning.vectorize !== 'aligned-dots' });
   const gemm = k.gemm && gemmPlan(k, k.gemm, device);
-  const flash = k.flash && flashPlan(k.flash, k, device);
+  const flash = k.flash && flashPlan(k.flash, k, device, opts);
   const tileBytes = gemm ? gemmBytes(k.gemm!, gemm) : flash ? flash.bytes : 0;
   const extent = k.gemm?.rows ?? k.flash?.queries;
   const tileGrid = gemm ? mul(mul(gemm.rowTiles, int(gemm.columnTiles)), gemm.split?.parts ?? int(1)) : flash ? mul(int(k.flash!.batch * (flash.keyChunks?.count ?? 1)), flash.queryTiles) : undefined;
@@ -499,8 +499,8 @@ function flashMmaKeyBytes(f: FlashIR, bk: number): number {
  * size 64; 16 KiB on WebGPU: 16 × 16), with the threads of a query row dividing its keys and its output evenly;
  * none where nothing fits (the row form runs). The CPU walks every row, key by key.
  */
-function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | undefined {
-  if (f.queries.k === 'const' && f.queries.value === 1) return decodePlan(f, k, device);
+function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): FlashPlan | undefined {
+  if (f.queries.k === 'const' && f.queries.value === 1) return decodePlan(f, k, device, opts);
   const queryTiles = (bq: number) => idiv(add(f.queries, int(bq - 1)), int(bq));
   if (device.threadsPerWorkgroup === 1) {
     return { units: 'serial', tileQueries: 1, tileKeys: f.keys, threadsPerQuery: 1, queryTiles: f.queries, bytes: 0 };
@@ -540,17 +540,27 @@ function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | und
 const DECODE_KEY_UNROLL = 8;
 
 /**
- * One query row (a decode step's attention) on CUDA: the decode form where the keys and values are rows of bf16 (or
- * f16) memory read 16 bytes at a time and a head splits into 8-element runs over at most a warp; else none (the row form
- * runs, as on the other targets).
+ * One query row (a decode step's attention): the decode form where the keys and values are rows read 16 bytes at a
+ * time and a head splits into 8-element runs over at most 32 threads. On CUDA from bf16 or f16 memory (a lane group
+ * adds its products by shuffles; a long cache is divided among workgroups); on WebGPU from f32 memory bound whole
+ * (read as vec4s; the products added through workgroup memory); else none (the row form runs).
  */
-function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps): FlashPlan | undefined {
+function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): FlashPlan | undefined {
   const lanesPerKey = f.depth / 8;
   const wide = (e: KExpr, along: string) => e.k === 'load' && runsAlong(e.index, along, 8);
-  if (device.target !== 'cuda' || f.depth !== f.width || !Number.isInteger(lanesPerKey) || lanesPerKey > 32 || 32 % lanesPerKey !== 0) return undefined;
+  if (f.depth !== f.width || !Number.isInteger(lanesPerKey) || lanesPerKey > 32 || 32 % lanesPerKey !== 0 || !wide(f.k, f.d) || !wide(f.v, f.e)) return undefined;
+  const groups = device.threadsPerWorkgroup / lanesPerKey;
+  if (device.target === 'wgsl') {
+    const whole = [f.k, f.v].every((e) => e.k === 'load' && !opts.splitBuffers?.has(e.buf));
+    if (!whole || !readsOnly([f.k, f.v], DType.F32, k)) return undefined;
+    // The query, a step's partial products (then the groups' output runs), the groups' maxima and sums.
+    const bytes = 4 * (f.depth + DECODE_KEY_UNROLL * device.threadsPerWorkgroup + 2 * groups + 1);
+    if (groups * f.width > DECODE_KEY_UNROLL * device.threadsPerWorkgroup || bytes + SCRATCH_BYTES > device.staticWorkgroupMemoryBytes) return undefined;
+    return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll: DECODE_KEY_UNROLL };
+  }
+  if (device.target !== 'cuda') return undefined;
   const halves = readsOnly([f.k, f.v], DType.BF16, k) || readsOnly([f.k, f.v], DType.F16, k);
-  if (!halves || !wide(f.k, f.d) || !wide(f.v, f.e)) return undefined;
-  const groups = (device.threadsPerWorkgroup / 32) * (32 / lanesPerKey);
+  if (!halves) return undefined;
   // Each group's maximum, sum and output run, merged through workgroup memory.
   const bytes = 4 * (groups * (2 + f.width) + f.depth);
   if (bytes + SCRATCH_BYTES > device.staticWorkgroupMemoryBytes) return undefined;

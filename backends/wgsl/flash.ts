@@ -113,3 +113,126 @@ export function renderFlashWgsl(f: FlashIR, plan: FlashPlan, p: ExprPrinter, thr
   out.push('  }');
   return { decls, body: out };
 }
+
+/**
+ * The decode form (FlashPlan 'decode', as backends/cuda/flash.ts has it) over an f32 cache: a workgroup a head's
+ * one query row; lane group g (depth / 8 threads) takes keys t0 + u · G + g of each step of G · U keys, every thread
+ * 8 elements of the head, read as two vec4s (the key and value buffers are bound a second time as vec4s). A step's
+ * loads of keys and values are issued together; each thread's 8 products go through workgroup memory, where its
+ * group's threads add them (no subgroups needed), and each group keeps its own online softmax. The groups are
+ * merged at the end, a thread an output element. The bound is read back through workgroupUniformLoad, so the loop
+ * holding barriers stays uniform.
+ */
+export function renderDecodeWgsl(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: number): { decls: string[]; body: string[] } {
+  const D = f.depth;
+  const LG = D / 8;
+  const G = plan.tileKeys;
+  const U = plan.keyUnroll ?? 1;
+  if (f.k.k !== 'load' || f.v.k !== 'load' || f.width !== D || G * LG !== threads || G * D > U * threads) {
+    throw new Error(`WGSL: a decode attention of head ${D} in ${G} key groups is not printed`);
+  }
+  const [kLoad, vLoad] = [f.k, f.v];
+  const ninf = wgslDialect.literal(-Infinity, 'f32');
+  const decls = [
+    `var<workgroup> tf_qs: array<f32, ${D}>;`,
+    // A step's partial dot products, then (after the walk) the groups' output runs.
+    `var<workgroup> tf_dp: array<f32, ${U * threads}>;`,
+    `var<workgroup> tf_gm: array<f32, ${G}>;`,
+    `var<workgroup> tf_gl: array<f32, ${G}>;`,
+    'var<workgroup> tf_lim_w: i32;',
+  ];
+  const out: string[] = [];
+  out.push(`  let tf_grp = lid / ${LG};`);
+  out.push(`  let tf_part = (lid % ${LG}) * 8;`);
+  out.push(`  let ${f.b} = row;`);
+  out.push(`  let ${f.i} = 0;`);
+  out.push('  if (lid == 0) {');
+  const limit = f.limit ? p.expr(f.limit, out, '    ') : String(f.keys);
+  out.push(`    tf_lim_w = clamp(${limit}, 0, ${f.keys});`);
+  out.push('  }');
+  out.push(`  for (var ${f.d}: i32 = lid; ${f.d} < ${D}; ${f.d} += ${threads}) {`);
+  out.push(`    tf_qs[${f.d}] = ${p.expr(f.q, out, '    ')};`);
+  out.push('  }');
+  out.push('  let tf_lim = workgroupUniformLoad(&tf_lim_w);');
+  out.push('  let tf_q0 = vec4<f32>(tf_qs[tf_part], tf_qs[tf_part + 1], tf_qs[tf_part + 2], tf_qs[tf_part + 3]);');
+  out.push('  let tf_q1 = vec4<f32>(tf_qs[tf_part + 4], tf_qs[tf_part + 5], tf_qs[tf_part + 6], tf_qs[tf_part + 7]);');
+  out.push(`  var tf_m: f32 = ${ninf};`);
+  out.push('  var tf_l: f32 = 0.0;');
+  out.push('  var tf_o0 = vec4<f32>(0.0);');
+  out.push('  var tf_o1 = vec4<f32>(0.0);');
+  out.push(`  for (var tf_t0: i32 = 0; tf_t0 < tf_lim; tf_t0 += ${G * U}) {`);
+  out.push(`    var tf_vv: array<vec4<f32>, ${2 * U}>;`);
+  out.push(`    for (var tf_u: i32 = 0; tf_u < ${U}; tf_u++) {`);
+  out.push(`      let tf_t = tf_t0 + tf_u * ${G} + tf_grp;`);
+  // Keys past the bound read row 0 (unused).
+  out.push(`      let ${f.t} = select(0, tf_t, tf_t < tf_lim);`);
+  out.push(`      let ${f.d} = tf_part;`);
+  out.push(`      let tf_ki = (${p.expr(kLoad.index, out, '      ')}) >> 2;`);
+  out.push(`      tf_dp[tf_u * ${threads} + lid] = dot(tf_q0, b${kLoad.buf}_v4[tf_ki]) + dot(tf_q1, b${kLoad.buf}_v4[tf_ki + 1]);`);
+  out.push(`      let ${f.e} = tf_part;`);
+  out.push(`      let tf_vi = (${p.expr(vLoad.index, out, '      ')}) >> 2;`);
+  out.push(`      tf_vv[2 * tf_u] = b${vLoad.buf}_v4[tf_vi];`);
+  out.push(`      tf_vv[2 * tf_u + 1] = b${vLoad.buf}_v4[tf_vi + 1];`);
+  out.push('    }');
+  out.push('    workgroupBarrier();');
+  // Each group's scores (its threads' products added in the same order) and their maximum; keys past the bound −∞.
+  out.push(`    var tf_s: array<f32, ${U}>;`);
+  out.push(`    var tf_mt: f32 = ${ninf};`);
+  out.push(`    for (var tf_u: i32 = 0; tf_u < ${U}; tf_u++) {`);
+  out.push(`      var ${f.qk}: f32 = 0.0;`);
+  out.push(`      for (var tf_j: i32 = 0; tf_j < ${LG}; tf_j++) { ${f.qk} += tf_dp[tf_u * ${threads} + tf_grp * ${LG} + tf_j]; }`);
+  out.push(`      let ${f.t} = tf_t0 + tf_u * ${G} + tf_grp;`);
+  out.push(`      var tf_x: f32 = ${ninf};`);
+  out.push(`      if (${f.t} < tf_lim) {`);
+  out.push(`        tf_x = ${p.expr(f.score, out, '        ')};`);
+  out.push('      }');
+  out.push('      tf_s[tf_u] = tf_x;');
+  out.push('      tf_mt = tf_max(tf_mt, tf_x);');
+  out.push('    }');
+  out.push('    workgroupBarrier();');
+  out.push('    let tf_mnew = tf_max(tf_m, tf_mt);');
+  out.push(`    let tf_ref = select(tf_mnew, 0.0, tf_mnew == ${ninf});`);
+  out.push('    let tf_scale = exp(tf_m - tf_ref);');
+  out.push('    tf_m = tf_mnew;');
+  out.push('    tf_l *= tf_scale;');
+  out.push('    tf_o0 *= tf_scale;');
+  out.push('    tf_o1 *= tf_scale;');
+  out.push(`    for (var tf_u: i32 = 0; tf_u < ${U}; tf_u++) {`);
+  out.push(`      if (tf_t0 + tf_u * ${G} + tf_grp < tf_lim) {`);
+  out.push('        let tf_pr = exp(tf_s[tf_u] - tf_ref);');
+  out.push('        tf_l += tf_pr;');
+  out.push('        tf_o0 += tf_pr * tf_vv[2 * tf_u];');
+  out.push('        tf_o1 += tf_pr * tf_vv[2 * tf_u + 1];');
+  out.push('      }');
+  out.push('    }');
+  out.push('  }');
+  // The groups merged: each leaves its maximum, sum and output run; a thread an output element adds them.
+  out.push(`  if (lid % ${LG} == 0) {`);
+  out.push('    tf_gm[tf_grp] = tf_m;');
+  out.push('    tf_gl[tf_grp] = tf_l;');
+  out.push('  }');
+  out.push('  for (var tf_j: i32 = 0; tf_j < 4; tf_j++) {');
+  out.push(`    tf_dp[tf_grp * ${D} + tf_part + tf_j] = tf_o0[tf_j];`);
+  out.push(`    tf_dp[tf_grp * ${D} + tf_part + 4 + tf_j] = tf_o1[tf_j];`);
+  out.push('  }');
+  out.push('  workgroupBarrier();');
+  out.push(`  for (var tf_x: i32 = lid; tf_x < ${D}; tf_x += ${threads}) {`);
+  out.push(`    var tf_mx: f32 = ${ninf};`);
+  out.push(`    for (var tf_g: i32 = 0; tf_g < ${G}; tf_g++) { tf_mx = tf_max(tf_mx, tf_gm[tf_g]); }`);
+  out.push(`    let tf_ref = select(tf_mx, 0.0, tf_mx == ${ninf});`);
+  out.push('    var tf_sum: f32 = 0.0;');
+  out.push('    var tf_acc: f32 = 0.0;');
+  out.push(`    for (var tf_g: i32 = 0; tf_g < ${G}; tf_g++) {`);
+  out.push('      let tf_w = exp(tf_gm[tf_g] - tf_ref);');
+  out.push('      tf_sum += tf_gl[tf_g] * tf_w;');
+  out.push(`      tf_acc += tf_dp[tf_g * ${D} + tf_x] * tf_w;`);
+  out.push('    }');
+  out.push(`    let ${f.e} = tf_x;`);
+  out.push(`    let ${f.out} = tf_acc / tf_sum;`);
+  for (const st of f.stores) {
+    const value = p.expr(st.value, out, '    ');
+    out.push(`    store_b${st.buf}(${p.expr(st.index, out, '    ')}, ${value});`);
+  }
+  out.push('  }');
+  return { decls, body: out };
+}

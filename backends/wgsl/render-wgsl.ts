@@ -9,7 +9,7 @@ import { randomFunction } from '../random-source.ts';
 import { webgpuCaps } from '../device-caps.ts';
 import { KBuffer, KernelIR, KExpr, ROW } from '../kernel-ir.ts';
 import { renderGemmWgsl } from './gemm.ts';
-import { renderFlashWgsl } from './flash.ts';
+import { renderDecodeWgsl, renderFlashWgsl } from './flash.ts';
 import { Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { scheduleKernel, ScheduledKernel, scheduleOrigin } from '../schedule.ts';
 import { BufferLayout, wgslDialect, wgslHelpers, wordType } from './dialect.ts';
@@ -95,6 +95,13 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
       }
     }
   }
+  // Attention's decode form reads its keys and values as vec4s.
+  if (k.flash && sk.flash?.units === 'decode') {
+    for (const e of [k.flash.k, k.flash.v]) {
+      if (e.k !== 'load' || layouts[e.buf].chunks > 1) throw new Error(`printWgsl: kernel ${k.name}'s decode attention reads a buffer bound in chunks`);
+      vec4.add(e.buf);
+    }
+  }
   const dialect: Dialect = {
     ...wgslDialect,
     elem: (array, index) => (vec4Arrays.has(array) ? `${array}[(${index}) >> 2u][(${index}) & 3]` : `${array}[${index}]`),
@@ -106,7 +113,7 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   for (const s of k.sizes) body.push(`  let ${sizeName(s)} = sizes.${sizeName(s)};`);
   // The tile form, and the rows from which it runs rather than the row form (sk.tilesFrom).
   const tiles = k.gemm && sk.gemm ? renderGemmWgsl(k.gemm, sk.gemm, p, p.expr(k.gemm.rows, body, '  '), threads)
-    : k.flash && sk.flash ? renderFlashWgsl(k.flash, sk.flash, p, threads) : undefined;
+    : k.flash && sk.flash ? (sk.flash.units === 'decode' ? renderDecodeWgsl(k.flash, sk.flash, p, threads) : renderFlashWgsl(k.flash, sk.flash, p, threads)) : undefined;
   const rowForm: string[] = [];
   if (sk.tilesFrom !== 0) k.body.forEach((s, i) => renderStmt(s, sk.stmts[i], ctx, rowForm, '  '));
   if (tiles && sk.tilesFrom) {

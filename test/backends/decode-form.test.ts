@@ -1,14 +1,15 @@
-// CUDA's decode form of attention (FlashPlan 'decode', backends/cuda/flash.ts): one query row a head over a bf16
-// (or f16: head 64 again) cache's rows, lane groups of depth / 8 lanes each taking a key at a time, 8 keys' loads at once, the groups'
-// online softmaxes merged at the end, and a cache longer than a step divided among workgroups whose last merges
-// the chunks. Heads 32, 64 and 128 deep (groups of 4, 8 and 16 lanes: a step of 512, 256 and 128 keys, so 1, 2
-// and 3 chunks) over 300 positions, grouped-query heads (3 query heads a cache head), at positions on both sides of
-// a step's end, at the cache's end, and at −1 (no key visible: NaN, as the reference's softmax of −∞ everywhere
-// gives, and as the flash tiles give; the row form that the CPU and WebGPU run gives 0 there, its loops bounded to
-// no key: a known difference, checked on CUDA only); NaN in the cache past the position, which no key loop may let
-// in. The kernel also keeps its row form for the megakernel's tasks. Every device against the reference
-// interpreter (both read the same stored 16-bit values), fresh random inputs, f32 arithmetic on both sides: 1e-5
-// relative.
+// The decode form of attention (FlashPlan 'decode'): one query row a head over a cache's rows, lane groups of
+// depth / 8 threads each taking a key at a time, 8 keys' loads at once, an online softmax per group, the groups
+// merged at the end. CUDA runs it over bf16 and f16 caches (backends/cuda/flash.ts; a cache longer than a step is
+// divided among workgroups whose last merges the chunks), WebGPU over f32 ones (backends/wgsl/flash.ts). Heads 32,
+// 64 and 128 deep (groups of 4, 8 and 16 lanes: a step of 512, 256 and 128 keys, so 1, 2 and 3 chunks on CUDA) over
+// 300 positions, an f16 cache of head 64, f32 caches of heads 64 and 128; grouped-query heads (3 query heads a cache
+// head), positions on both sides of a step's end, at the cache's end, and at −1 (no key visible: NaN, as the
+// reference's softmax of −∞ everywhere gives, and the flash tiles; the row form gives 0 there, its loops bounded to
+// no key: a known difference, checked where the decode form runs); NaN in the cache past the position, which no key
+// loop may let in. The kernel keeps its row form too (the megakernel's tasks, the other devices). Every device
+// against the reference interpreter (both read the same stored values), fresh random inputs, f32 arithmetic on both
+// sides: 1e-5 relative.
 
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -46,7 +47,7 @@ function attention(D: number, kv: DType = DType.BF16) {
   const inputs = { q: randoms(KV_HEADS * PER_HEAD * D), k: randoms(KV_HEADS * T * D), v: randoms(KV_HEADS * T * D) };
   return { D, kv, graph, compiled: compileModule({ graphs: [graph] }), reference: { graphs: [{ graph, kernels: [] }] }, inputs };
 }
-const CASES = [attention(32), attention(64), attention(128), attention(64, DType.F16)];
+const CASES = [attention(32), attention(64), attention(128), attention(64, DType.F16), attention(64, DType.F32), attention(128, DType.F32)];
 type Case = (typeof CASES)[number];
 
 async function outputs(device: Device, c: Case, lowered: Case['compiled'] | Case['reference'], nanPast: boolean): Promise<number[][]> {
@@ -70,9 +71,17 @@ async function outputs(device: Device, c: Case, lowered: Case['compiled'] | Case
   }
 }
 
+/** Whether `kind` runs the case in the decode form (where a row that sees no key is NaN, as the reference has it). */
+const decodeForm = (kind: string, c: Case) => (kind === 'cuda' && c.kv !== DType.F32) || (kind === 'webgpu' && c.kv === DType.F32);
+
 const schedules = suite('decode form: where it runs');
-schedules('CUDA runs one query row over bf16 cache rows in the decode form, keeping the row form; WebGPU the rows', () => {
-  for (const c of CASES) {
+schedules('CUDA runs one query row over 16-bit cache rows in the decode form, WebGPU over f32 ones; both keep the row form', () => {
+  for (const c of CASES.filter((x) => x.kv === DType.F32)) {
+    const [k] = c.compiled.graphs[0].kernels;
+    assert.match(formatSchedule(scheduleKernel(k, webgpuCaps({ subgroups: false }))), `decode attention ${KV_HEADS * PER_HEAD} heads × 1 query over ${T} keys (head ${c.D}): a workgroup a head, ${256 / (c.D / 8)} groups`);
+    assert.not.match(formatSchedule(scheduleKernel(k, cudaCaps(90))), 'decode attention');
+  }
+  for (const c of CASES.filter((x) => x.kv !== DType.F32)) {
     const [k] = c.compiled.graphs[0].kernels;
     const cuda = formatSchedule(scheduleKernel(k, cudaCaps(90)));
     // A step is 8 keys a group (256 threads in groups of D / 8 lanes); a cache longer than a step is divided.
@@ -96,7 +105,7 @@ for (const c of CASES) {
         const got = await outputs(device, c, c.compiled, true);
         POSITIONS.forEach((pos, i) => {
           const [ours, ref] = [got[i], expected![i]];
-          if (pos < 0 && kind !== 'cuda') return;
+          if (pos < 0 && !decodeForm(kind, c)) return;
           assert.equal(ours.map(Number.isNaN), ref.map(Number.isNaN), `at ${pos}: NaN where the reference has NaN (DECODE_SEED=${seed})`);
           if (pos < 0) return;
           const err = relativeError(ours, ref);
