@@ -1,8 +1,8 @@
 // The decode step as one persistent kernel on the CPU fake of CUDA (test/runtime/fake-cuda: resident blocks as
-// fibers that yield while they spin): the fixtures' greedy tokens and decode logits as the multi-kernel path's, a
-// model of another structure against the reference interpreter, the timeline of a step (each task's times) as a
-// table and a trace, the watchdog reporting a planted wait that can never be met instead of hanging, and bisecting
-// (runtime/megakernel-bisect.ts) naming planted faults by kernel and task.
+// fibers that yield while they spin): the fixtures' greedy tokens and decode logits as the multi-kernel path's,
+// sampling inside the kernel, a model of another structure against the reference interpreter, the timeline of a
+// step (each task's times) as a table and a trace, the watchdog reporting a planted wait that can never be met
+// instead of hanging, and bisecting (runtime/megakernel-bisect.ts) naming planted faults by kernel and task.
 //
 //   TSFUSE_FAKE_CUDA=0 npm test                   skips (it needs g++)
 
@@ -62,6 +62,25 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
     assert.equal([...mk.logits.data], [...multi.logits.data]);
   });
 }
+
+s('sampling (temperature, top-p, seed) runs inside the one kernel a step: the multi-kernel path\'s tokens, and other seeds other tokens', async () => {
+  if (!enabled) return;
+  const dir = path.join(fixtures, 'tiny-llama3-bf16');
+  const gold = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
+  const run = async (megakernel: boolean, seed: number) => {
+    const session = await openLlamaSession(loadLlama(dir), { backend: 'cuda', cacheLength: gold.input_ids.length + 16, cacheDir: fake.cacheDir, megakernel, sampling: true });
+    try {
+      return { tokens: await session.generate(gold.input_ids, 12, { temperature: 0.9, topP: 0.9, seed }), kernels: session.decodeKernels() };
+    } finally {
+      session.close();
+    }
+  };
+  const [mk, multi, other] = [await run(true, 7), await run(false, 7), await run(true, 8)];
+  assert.is(mk.kernels, 1);
+  assert.equal(mk.tokens, multi.tokens);
+  assert.not.equal(other.tokens, mk.tokens, 'the seed is read on the device');
+  assert.not.equal(mk.tokens, gold.greedy_new_tokens.slice(0, 12), 'sampled, not greedy');
+});
 
 s('an MLP stack with an untied bf16 head runs as one kernel and matches the reference interpreter on fresh inputs', async () => {
   if (!enabled) return;
