@@ -25,7 +25,7 @@ export function formatSchedule(s: ScheduledKernel): string {
     lines.push(`  arrays: ${where.join(', ')}`);
   }
   if (s.tilesFrom !== 0) k.body.forEach((st, i) => lines.push(`  ${formatStmt(st, s.stmts[i])}`));
-  if (s.flash?.units === 'decode') lines.push('  launched, the decode form below; in a megakernel, the rows above');
+  if (s.flash?.units === 'decode' && s.tilesFrom) lines.push('  launched, the decode form below; in a megakernel, the rows above');
   else if (s.tilesFrom !== undefined && s.tilesFrom > 0) lines.push(`  from ${s.tilesFrom} rows, the tiles below; fewer, the rows above`);
   if (k.gemm && s.gemm) {
     const p = s.gemm;

@@ -310,8 +310,9 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   const extent = k.gemm?.rows ?? k.flash?.queries;
   const tileGrid = gemm ? mul(mul(gemm.rowTiles, int(gemm.columnTiles)), gemm.split?.parts ?? int(1)) : flash ? mul(int(k.flash!.batch * (flash.keyChunks?.count ?? 1)), flash.queryTiles) : undefined;
   // Fewer rows than this run row by row (the CPU, with no choice to make, always runs the tiles).
-  // The decode form runs whenever it exists; its kernel keeps the row form for the megakernel's tasks.
-  let tilesFrom = !tileGrid ? Infinity : device.threadsPerWorkgroup === 1 ? 0 : gemm ? device.tuning.tilesFrom.gemm : flash?.units === 'decode' ? 1 : device.tuning.tilesFrom.flash;
+  // The decode form runs whenever it exists; on CUDA its kernel keeps the row form for the megakernel's tasks.
+  const decodeFrom = device.target === 'cuda' ? 1 : 0;
+  let tilesFrom = !tileGrid ? Infinity : device.threadsPerWorkgroup === 1 ? 0 : gemm ? device.tuning.tilesFrom.gemm : flash?.units === 'decode' ? decodeFrom : device.tuning.tilesFrom.flash;
   const s = new Scheduler(k, device, opts);
   const stmts = tilesFrom === 0 ? [] : k.body.map((st) => s.statement(st));
   const uses = (m: Mapping) => m.kind === 'subgroup-per-element' || m.kind === 'split-subgroups';
