@@ -175,10 +175,8 @@ function atFixedSizes(sk: ScheduledKernel, sizes: Readonly<Record<string, number
   const unbound = k.sizes.filter((s) => sizes[s] === undefined);
   if (unbound.length) throw new Error(`megakernel: kernel ${k.name} reads size ${unbound.join(', ')}, which the step does not fix`);
   if (sk.overlap) throw new Error(`megakernel: kernel ${k.name} was scheduled to overlap its predecessor's launch; schedule the graph without dependent launches`);
-  // Attention's decode form is a loop over rows, as a task is (a task prints it over its own rows).
   if (sk.tilesFrom === undefined) return sk;
-  // (Without its chunks of keys: a task takes whole rows, and the megakernel gives no scratch.)
-  if (sk.flash?.units === 'decode') return sk.flash.keyChunks ? decodeWithoutChunks(sk) : sk;
+  if (sk.flash?.units === 'decode') return decodeTaskForm(sk);
   const extent = k.gemm?.rows ?? k.flash?.queries;
   const at = extent ? evalSize(extent, sizes) : 0;
   // A task is a range of rows; tiles are dealt otherwise.
@@ -197,20 +195,24 @@ function atFixedSizes(sk: ScheduledKernel, sizes: Readonly<Record<string, number
   return fixed;
 }
 
-/** Attention's decode form over whole rows, a workgroup a head (made once for kernels alike, printed once). */
-function decodeWithoutChunks(sk: ScheduledKernel): ScheduledKernel {
+/**
+ * Attention's decode form as a task runs it: the form alone (it loops over rows, as a task does; the row form beside
+ * it is not needed). Over whole heads: the graph is scheduled without chunks of keys (cuda/megakernel.ts's
+ * MEGAKERNEL_SCHEDULE). Made once for kernels alike, printed once.
+ */
+function decodeTaskForm(sk: ScheduledKernel): ScheduledKernel {
+  if (sk.flash!.keyChunks) throw new Error(`megakernel: kernel ${sk.kernel.name} divides its keys among workgroups; schedule the graph with keyChunks: false`);
   const origin = scheduleOrigin(sk);
-  let whole = wholeRows.get(origin);
-  if (!whole) {
-    const { keyChunks: _c, ...flash } = origin.flash!;
-    whole = { ...origin, flash, grid: { ...origin.grid, rows: origin.kernel.rows } };
-    wholeRows.set(origin, whole);
+  let form = decodeForms.get(origin);
+  if (!form) {
+    form = { ...origin, tilesFrom: 0, stmts: [], arrays: [], dynamicWorkgroupBytes: 0, subgroups: false };
+    decodeForms.set(origin, form);
   }
-  const fixed = { ...whole, kernel: sk.kernel };
-  printedFrom.set(fixed, whole);
+  const fixed = { ...form, kernel: sk.kernel };
+  printedFrom.set(fixed, form);
   return fixed;
 }
-const wholeRows = new WeakMap<ScheduledKernel, ScheduledKernel>();
+const decodeForms = new WeakMap<ScheduledKernel, ScheduledKernel>();
 
 /** Row forms made, by the schedule they were made from. */
 const rowForms = new WeakMap<ScheduledKernel, ScheduledKernel>();

@@ -238,6 +238,12 @@ export interface ScheduledKernel {
 export interface ScheduleOptions {
   /** Buffers bound in several chunks (over a WebGPU binding's size limit): read element by element only. */
   readonly splitBuffers?: ReadonlySet<number>;
+  /**
+   * false: attention's decode form takes whole heads, never chunks of keys (FlashPlan.keyChunks). For a graph that
+   * runs as a megakernel, whose tasks take whole rows: its kernels launched one by one (as bisecting runs them)
+   * then compute what its tasks do, bit for bit.
+   */
+  readonly keyChunks?: boolean;
 }
 
 /** A reduction shorter than this leaves lanes idle: it is not worth a subgroup or a slice of threads. */
@@ -296,7 +302,7 @@ function alike(a: KernelIR, b: KernelIR): boolean {
 /** Options that schedule alike (an option added to ScheduleOptions must be compared here too). */
 function sameSplit(a: ScheduleOptions, b: ScheduleOptions): boolean {
   const [x, y] = [a.splitBuffers ?? new Set<number>(), b.splitBuffers ?? new Set<number>()];
-  return x.size === y.size && [...x].every((i) => y.has(i));
+  return x.size === y.size && [...x].every((i) => y.has(i)) && (a.keyChunks ?? true) === (b.keyChunks ?? true);
 }
 
 function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptions): ScheduledKernel {
@@ -566,7 +572,7 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
   const bytes = 4 * (groups * (2 + f.width) + f.depth);
   if (bytes + SCRATCH_BYTES > device.staticWorkgroupMemoryBytes) return undefined;
   const step = groups * DECODE_KEY_UNROLL;
-  const count = Math.ceil(f.keys / step);
+  const count = opts.keyChunks === false ? 1 : Math.ceil(f.keys / step);
   const keyChunks = count > 1 ? { keys: step, count, workspaceFloats: f.batch * count * (f.width + 2), counters: f.batch } : undefined;
   return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll: DECODE_KEY_UNROLL, ...(keyChunks ? { keyChunks } : {}) };
 }

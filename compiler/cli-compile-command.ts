@@ -15,6 +15,7 @@ import {
 import { findCompiled } from './compile-cache-entry.ts';
 import type { CompiledModule } from './compile-module.ts';
 import { kvCacheDType, splitAttentionFrom } from './kv-dtype.ts';
+import type { PassContext } from './passes/context.ts';
 import { withoutOptimizingTier } from './optimizing-tier.ts';
 
 /** Bad options of `tsfuse compile` (a usage error). */
@@ -98,7 +99,7 @@ export const compileCommand = defineCommand({
       megakernel: values.megakernel,
     };
     const summaryOnly = req.dumpIr === undefined && !req.dumpKernels && !req.dumpSchedule && !req.report && !req.explainFusion && !req.megakernel;
-    const cached = summaryOnly ? findCompiled(llamaCacheWhat(req), { ctx: { dims: promptDims(req), splitAttentionFrom: splitAttentionFrom(req.backend as DeviceKind, req.kvDType ?? DType.F32) } }) : undefined;
+    const cached = summaryOnly ? findCompiled(llamaCacheWhat(req), { ctx: llamaPassContext(req) }) : undefined;
     if (cached) {
       printSummary(req, compileSummary(req, cached.module, (name) => cached.tracedNodes[name]), false);
       return;
@@ -167,9 +168,12 @@ export function llamaCacheWhat(req: CompileRequest) {
   return { model: 'llama', cfg: req.cfg, ...llamaTraceOptions(req) };
 }
 
-/** The passes' assumed sizes: S, the prompt length of the byte counts. */
-export function promptDims(req: CompileRequest): ReadonlyMap<string, number> {
-  return new Map([['S', req.promptLength]]);
+/**
+ * The passes' context as a session on the backend has it (compiler/open-session.ts), so that a compile warms the
+ * cache for it: S, the prompt length of the byte counts, and where attention is split.
+ */
+export function llamaPassContext(req: CompileRequest): PassContext {
+  return { dims: new Map([['S', req.promptLength]]), splitAttentionFrom: splitAttentionFrom(req.backend as DeviceKind, req.kvDType ?? DType.F32) };
 }
 
 export function builtinLlama(name: string): LlamaConfig {

@@ -17,15 +17,12 @@ import { printModule } from '../ir/printer.ts';
 import { traceLlama } from '../examples/llama.ts';
 import { compileCached } from './compile-cache.ts';
 import { compileModule } from './compile-module.ts';
-import { splitAttentionFrom } from './kv-dtype.ts';
-import { DType } from '../ir/dtype.ts';
-import type { DeviceKind } from '../runtime/device.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
 import { passNames, prefusionPasses, runPipeline } from './passes/pipeline.ts';
 import { formatReportTable, stepReport } from './report.ts';
 import { step } from '../runtime/progress.ts';
 import {
-  CompileRequest, CompileUsageError, compileSummary, llamaCacheWhat, llamaTraceOptions, printSummary, promptDims,
+  CompileRequest, CompileUsageError, compileSummary, llamaCacheWhat, llamaPassContext, llamaTraceOptions, printSummary,
 } from './cli-compile-command.ts';
 import { writingFor } from './cli-files.ts';
 
@@ -42,8 +39,7 @@ export function runCompile(req: CompileRequest): void {
   const dump = parseDump(req.dumpIr, passes);
   const explained: string[] = [];
   const ctx: PassContext = {
-    dims: promptDims(req),
-    splitAttentionFrom: splitAttentionFrom(req.backend as DeviceKind, req.kvDType ?? DType.F32),
+    ...llamaPassContext(req),
     explain: req.explainFusion ? (pass, line) => explained.push(`[${pass}] ${line}`) : undefined,
   };
   const trace = () => traceLlama(req.cfg, llamaTraceOptions(req));

@@ -12,7 +12,7 @@ import { Binding } from '../kernel-ir.ts';
 import { LoweredModule } from '../lowered.ts';
 import { bindingKey, DEFAULT_BLOCKS_PER_PROCESSOR, formatMegakernel, MegakernelSchedule, megakernelOrigin, scheduleMegakernel } from '../megakernel-schedule.ts';
 import { sizeName } from '../render-base.ts';
-import { ScheduledKernel, scheduleKernels } from '../schedule.ts';
+import { ScheduledKernel, scheduleKernels, ScheduleOptions } from '../schedule.ts';
 import { cudaPrelude } from './prelude.ts';
 import { cudaElemType, cudaTaskBody } from './render-cuda.ts';
 
@@ -82,11 +82,17 @@ export function renderCudaMegakernel(module: LoweredModule, caps: DeviceCaps, op
   if (!Number.isInteger(perProcessor) || perProcessor < 1 || perProcessor > caps.processors!.maxWorkgroups) {
     throw new Error(`--megakernel: ${perProcessor} blocks a multiprocessor; ${caps.name} holds 1 to ${caps.processors!.maxWorkgroups}`);
   }
-  const kernels = scheduleKernels(lg.kernels, { ...caps, dependentLaunch: false });
+  const kernels = scheduleKernels(lg.kernels, { ...caps, dependentLaunch: false }, MEGAKERNEL_SCHEDULE);
   const schedule = scheduleMegakernel(kernels, {}, { blocks: processors * perProcessor, processors, prefetchBytes: opts.prefetchBytes });
   const kernel = printCudaMegakernel(schedule, `${graph}_megakernel`, perProcessor, { timeline: !!opts.timeline });
   return { graph, schedule, kernel, tasks: formatMegakernel(schedule) };
 }
+
+/**
+ * How a megakernel's graph is scheduled, for its tasks and for its kernels launched one by one alike: attention's
+ * decode form over whole heads (a task takes whole rows, and the megakernel gives no scratch for chunks of keys).
+ */
+export const MEGAKERNEL_SCHEDULE: ScheduleOptions = { keyChunks: false };
 
 /** Words of the watchdog's record (kernel argument tf_watchdog): see WATCHDOG_FIELDS. */
 export const WATCHDOG_WORDS = 8;

@@ -8,7 +8,7 @@ import { DType } from '../../ir/dtype.ts';
 import { cudaCaps, DeviceCaps } from '../device-caps.ts';
 import { KernelIR, KExpr, KStmt, ReduceOp, replaceReductions, ROW, Scalar, topReductions, varsOf } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
-import { ArrayPlacement, ReductionPlan, scheduleKernel, scheduleKernels, ScheduledKernel, scheduleOrigin, StmtSchedule } from '../schedule.ts';
+import { ArrayPlacement, ReductionPlan, scheduleKernel, scheduleKernels, ScheduledKernel, ScheduleOptions, scheduleOrigin, StmtSchedule } from '../schedule.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
 import { renderGemmCuda } from './gemm.ts';
@@ -165,11 +165,11 @@ export function printCudaModule(kernels: readonly ScheduledKernel[], prefix = ''
  * Several graphs' kernels as one program in `units` compilation units of about equal size (NVRTC compiles a unit on
  * one thread: units compile in parallel, a cold start's largest cost). Kernels alike in any graph (a prompt's and a
  * prefill's, every layer's) share one function, named after the first of them with its graph's prefix. Per graph,
- * the function of each kernel.
+ * the function of each kernel. A graph's `opts` schedule it (a megakernel's graph: cuda/megakernel.ts).
  */
-export function renderCudaProgram(graphs: readonly { readonly kernels: readonly KernelIR[]; readonly prefix: string }[], device: DeviceCaps, units: number):
+export function renderCudaProgram(graphs: readonly { readonly kernels: readonly KernelIR[]; readonly prefix: string; readonly opts?: ScheduleOptions }[], device: DeviceCaps, units: number):
   { readonly functions: readonly (readonly CudaFunction[])[]; readonly units: readonly CudaUnit[] } {
-  const { distinct, functions } = printFunctions(graphs.map((g) => ({ kernels: scheduleKernels(g.kernels, device), prefix: g.prefix })));
+  const { distinct, functions } = printFunctions(graphs.map((g) => ({ kernels: scheduleKernels(g.kernels, device, g.opts), prefix: g.prefix })));
   return { functions, units: splitUnits(distinct, units) };
 }
 
@@ -286,9 +286,7 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody
   // Scratch for block-wide reductions: floats for sums and maxima of floats and for argmax values of floats, ints
   // for the rest and for argmax indices; tf_rv for argmax values of ints.
   // (None when the kernel always runs as tiles: its row form is not printed.)
-  // A task prints attention's decode form alone (a loop over the task's rows), never a tile form.
-  const decodeTask = task && sk.flash?.units === 'decode';
-  const rowForm = sk.tilesFrom !== 0 && !decodeTask;
+  const rowForm = sk.tilesFrom !== 0;
   const coops = rowForm ? k.body.flatMap((s) => (s.k === 'coop' ? [s.op === 'argmax' ? `argmax:${s.body.t}` : s.body.t] : [])) : [];
   const scratch = (type: SharedType, name: string) => out.push(`  ${shared.array(type, name, CUDA_BLOCK / 32 + 1, { printedCount: 'TF_WARPS + 1' })}`);
   if (coops.some((t) => t === 'argmax:f32' || t === 'f32')) scratch('float', 'tf_rf');
@@ -302,7 +300,8 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody
   p.sizes = new Set(k.sizes);
   // The tile form, and the rows from which it runs rather than the row form.
   const tiles: string[] = [];
-  if (task && !decodeTask && ((k.gemm && sk.gemm) || (k.flash && sk.flash))) {
+  // Of the tile forms only attention's decode form loops over rows, as a task does (backends/megakernel-schedule.ts).
+  if (task && ((k.gemm && sk.gemm) || (k.flash && sk.flash && sk.flash.units !== 'decode'))) {
     throw new Error(`CUDA: kernel ${k.name} may run as tiles, which loop over the grid's blocks; a megakernel's task runs rows only`);
   }
   if (k.gemm && sk.gemm) renderGemmCuda(k.gemm, sk.gemm, k.gemm.rows, p, shared, tiles);

@@ -9,6 +9,7 @@ import { FlashPlan } from '../schedule.ts';
 import { wgslDialect } from './dialect.ts';
 
 export function renderFlashWgsl(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: number): { decls: string[]; body: string[] } {
+  if (plan.units === 'decode') return decodeFlash(f, plan, p, threads);
   const { tileQueries: BQ, tileKeys: BK, threadsPerQuery: TPR } = plan;
   const [D, E] = [f.depth, f.width];
   const pitch = D + 1;
@@ -123,7 +124,7 @@ export function renderFlashWgsl(f: FlashIR, plan: FlashPlan, p: ExprPrinter, thr
  * merged at the end, a thread an output element. The bound is read back through workgroupUniformLoad, so the loop
  * holding barriers stays uniform.
  */
-export function renderDecodeWgsl(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: number): { decls: string[]; body: string[] } {
+function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: number): { decls: string[]; body: string[] } {
   const D = f.depth;
   const LG = D / 8;
   const G = plan.tileKeys;

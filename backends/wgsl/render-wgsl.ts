@@ -9,7 +9,7 @@ import { randomFunction } from '../random-source.ts';
 import { webgpuCaps } from '../device-caps.ts';
 import { KBuffer, KernelIR, KExpr, ROW } from '../kernel-ir.ts';
 import { renderGemmWgsl } from './gemm.ts';
-import { renderDecodeWgsl, renderFlashWgsl } from './flash.ts';
+import { renderFlashWgsl } from './flash.ts';
 import { Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { scheduleKernel, ScheduledKernel, scheduleOrigin } from '../schedule.ts';
 import { BufferLayout, wgslDialect, wgslHelpers, wordType } from './dialect.ts';
@@ -113,7 +113,7 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   for (const s of k.sizes) body.push(`  let ${sizeName(s)} = sizes.${sizeName(s)};`);
   // The tile form, and the rows from which it runs rather than the row form (sk.tilesFrom).
   const tiles = k.gemm && sk.gemm ? renderGemmWgsl(k.gemm, sk.gemm, p, p.expr(k.gemm.rows, body, '  '), threads)
-    : k.flash && sk.flash ? (sk.flash.units === 'decode' ? renderDecodeWgsl(k.flash, sk.flash, p, threads) : renderFlashWgsl(k.flash, sk.flash, p, threads)) : undefined;
+    : k.flash && sk.flash ? renderFlashWgsl(k.flash, sk.flash, p, threads) : undefined;
   const rowForm: string[] = [];
   if (sk.tilesFrom !== 0) k.body.forEach((s, i) => renderStmt(s, sk.stmts[i], ctx, rowForm, '  '));
   if (tiles && sk.tilesFrom) {

@@ -17,6 +17,8 @@ import { compileModule } from '../../compiler/compile-module.ts';
 import { arange, trace, where } from '../../compiler/index.ts';
 import { cudaCaps, webgpuCaps } from '../../backends/device-caps.ts';
 import { scheduleKernel } from '../../backends/schedule.ts';
+import { MEGAKERNEL_SCHEDULE } from '../../backends/cuda/megakernel.ts';
+import { renderCudaProgram } from '../../backends/cuda/render-cuda.ts';
 import { formatSchedule } from '../../backends/schedule-format.ts';
 import { DType } from '../../ir/dtype.ts';
 import { roundBf16 } from '../../ir/half.ts';
@@ -92,6 +94,15 @@ schedules('CUDA runs one query row over 16-bit cache rows in the decode form, We
     assert.match(cuda, / sum<max\(min\(/, 'the row form is there too');
     assert.not.match(formatSchedule(scheduleKernel(k, webgpuCaps({ subgroups: true }))), 'decode attention');
   }
+});
+schedules('a megakernel\'s graph takes whole heads, launched or as tasks, so that bisecting compares the same code', () => {
+  const [k] = CASES[1].compiled.graphs[0].kernels;
+  assert.is(scheduleKernel(k, cudaCaps(90)).flash?.keyChunks?.count, 2, 'launched alone: 2 chunks of 256 keys');
+  const whole = scheduleKernel(k, cudaCaps(90), MEGAKERNEL_SCHEDULE);
+  assert.is(whole.flash?.units, 'decode');
+  assert.is(whole.flash?.keyChunks, undefined);
+  const [launched] = renderCudaProgram([{ kernels: [k], prefix: 'mk_', opts: MEGAKERNEL_SCHEDULE }], cudaCaps(90), 1).functions[0];
+  assert.is(launched.depthSplit, undefined, 'no chunk scratch');
 });
 schedules.run();
 
