@@ -45,13 +45,20 @@ export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPr
   out.push('  }');
 }
 
-/** Stores of the epilogue at (m, n), the accumulators already bound to the names the stores read. */
-function epilogue(g: GemmIR, p: ExprPrinter, out: string[], indent: string): void {
-  for (const st of g.stores) {
+/**
+ * Stores of the epilogue at (m, n), the accumulators already bound to the names the stores read; `inside` is
+ * whether (m, n) is inside the output. Values are computed at every position (m and n are in range: the caller
+ * moves the outside ones to (0, 0)), only the stores are guarded: the loads an epilogue reads (a residual) then
+ * issue together across the unrolled positions, where guarded ones waited one by one (a 512-token output
+ * projection's last parts spent a sixth of the kernel's ncu samples on them).
+ */
+function epilogue(g: GemmIR, p: ExprPrinter, out: string[], indent: string, inside: string): void {
+  const stores = g.stores.map((st) => {
     const value = p.expr(st.value, out, indent);
     const index = p.expr(st.index, out, indent);
-    out.push(`${indent}b${st.buf}[${index}] = ${storeValue(p.buffers[st.buf].dtype, value, st.value.t)};`);
-  }
+    return `b${st.buf}[${index}] = ${storeValue(p.buffers[st.buf].dtype, value, st.value.t)};`;
+  });
+  out.push(`${indent}if (${inside}) {`, ...stores.map((s) => `${indent}  ${s}`), `${indent}}`);
 }
 
 // ---- mma tiles: 8 warps as 4 × 2, warp w a block of MB m16 blocks × NB n8 blocks at (tf_wm, tf_wn) ----
@@ -116,12 +123,12 @@ export function mmaEpilogue(g: GemmIR, w: WarpTile, p: ExprPrinter, out: string[
   out.push(`${i}for (int tf_ni = 0; tf_ni < ${w.nb}; tf_ni++) {`);
   out.push(`${i}  #pragma unroll`);
   out.push(`${i}  for (int tf_r = 0; tf_r < 4; tf_r++) {`);
-  out.push(`${i}    const int ${g.m} = tf_m0 + tf_wm + tf_mi * 16 + tf_g + (tf_r >> 1) * 8;`);
-  out.push(`${i}    const int ${g.n} = tf_n0 + tf_wn + tf_ni * 8 + tf_q * 2 + (tf_r & 1);`);
-  out.push(`${i}    if (${g.m} < tf_m_total && ${g.n} < ${g.columns}) {`);
-  g.accs.forEach((acc, o) => out.push(`${i}      const float ${acc} = tf_c[${o * w.mb * w.nb * 4} + (tf_mi * ${w.nb} + tf_ni) * 4 + tf_r];`));
-  epilogue(g, p, out, `${i}      `);
-  out.push(`${i}    }`);
+  out.push(`${i}    const int tf_em = tf_m0 + tf_wm + tf_mi * 16 + tf_g + (tf_r >> 1) * 8;`);
+  out.push(`${i}    const int tf_en = tf_n0 + tf_wn + tf_ni * 8 + tf_q * 2 + (tf_r & 1);`);
+  out.push(`${i}    const bool tf_inside = tf_em < tf_m_total && tf_en < ${g.columns};`);
+  out.push(`${i}    const int ${g.m} = tf_inside ? tf_em : 0, ${g.n} = tf_inside ? tf_en : 0;`);
+  g.accs.forEach((acc, o) => out.push(`${i}    const float ${acc} = tf_c[${o * w.mb * w.nb * 4} + (tf_mi * ${w.nb} + tf_ni) * 4 + tf_r];`));
+  epilogue(g, p, out, `${i}    `, 'tf_inside');
   out.push(`${i}  }`);
   out.push(`${i}}`);
   out.push(`${i}}`);
@@ -254,12 +261,11 @@ function fmaTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, shared: SharedMemory
   out.push(`${j}__syncthreads();`);
   out.push(`${i}}`);
   out.push(`${i}for (int tf_i = 0; tf_i < ${per * per}; tf_i++) {`);
-  out.push(`${i}  const int ${g.m} = tf_m0 + tf_tr + tf_i / ${per};`);
-  out.push(`${i}  const int ${g.n} = tf_n0 + tf_tc + tf_i % ${per};`);
-  out.push(`${i}  if (${g.m} < tf_m_total && ${g.n} < ${g.columns}) {`);
-  g.accs.forEach((acc, o) => out.push(`${i}    const float ${acc} = tf_c[${o * per * per} + tf_i];`));
-  epilogue(g, p, out, `${i}    `);
-  out.push(`${i}  }`);
+  out.push(`${i}  const int tf_em = tf_m0 + tf_tr + tf_i / ${per}, tf_en = tf_n0 + tf_tc + tf_i % ${per};`);
+  out.push(`${i}  const bool tf_inside = tf_em < tf_m_total && tf_en < ${g.columns};`);
+  out.push(`${i}  const int ${g.m} = tf_inside ? tf_em : 0, ${g.n} = tf_inside ? tf_en : 0;`);
+  g.accs.forEach((acc, o) => out.push(`${i}  const float ${acc} = tf_c[${o * per * per} + tf_i];`));
+  epilogue(g, p, out, `${i}  `, 'tf_inside');
   out.push(`${i}}`);
 }
 
@@ -418,23 +424,25 @@ export function addParts(accs: number, maxParts: number, layout: PartsLayout, ri
   out.push(`${i}    #pragma unroll`);
   out.push(`${i}    for (int tf_i = 0; tf_i < ${accs}; tf_i++) (${slot('tf_work')} + threadIdx.x)[tf_i * 256] = tf_c[tf_i];`);
   out.push(`${i}  }`);
-  // Stores before the count (a fence each thread, then the barrier), the count before the last one's loads.
-  out.push(`${i}  __threadfence();`);
+  // The block's stores before the count: the barrier orders them before thread 0's fence, which (cumulative)
+  // publishes them with its own; the last part's fence orders the count before its threads' loads. (A fence in
+  // every thread had cost a 512-token output projection an eighth of its samples in ncu.)
   out.push(`${i}  __syncthreads();`);
   out.push(`${i}  if (threadIdx.x == 0) {`);
+  out.push(`${i}    __threadfence();`);
   out.push(`${i}    tf_last = atomicAdd(tf_count + tf_tile, 1u) == (unsigned)(tf_parts - 1);`);
   out.push(`${i}    if (tf_last) tf_count[tf_tile] = 0u;`);
+  out.push(`${i}    __threadfence();`);
   out.push(`${i}  }`);
   out.push(`${i}  __syncthreads();`);
   out.push(`${i}  if (!tf_last) continue;`);
-  out.push(`${i}  __threadfence();`);
   // 32 loads a thread in flight whatever the parts (a power of two, at most maxParts).
   out.push(`${i}  float* const tf_sum = reinterpret_cast<float*>(tf_ring);`);
   out.push(`${i}  const float* const tf_part0 = ${slot('tf_tile')};`);
   out.push(`${i}  const size_t tf_stride = (size_t)tf_tiles * ${accs * 256};`);
   out.push(`${i}  switch (tf_parts) {`);
   for (let parts = 2; parts <= maxParts; parts *= 2) {
-    out.push(`${i}    case ${parts}: tf_add_parts<${parts}, ${Math.max(1, 32 / parts)}>(tf_part0, tf_stride, ${accs} * tf_live, tf_live, tf_sum); break;`);
+    out.push(`${i}    case ${parts}: tf_add_parts<${parts}, ${Math.max(1, 32 / parts)}>(tf_part0, tf_stride, ${accs}, tf_live, tf_sum); break;`);
   }
   out.push(`${i}  }`);
   out.push(`${i}  __syncthreads();`);

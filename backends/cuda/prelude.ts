@@ -199,29 +199,32 @@ template <typename T> __device__ __forceinline__ int tf_block_argmax(T v, int i,
   __syncthreads();
   return si[TF_WARPS];
 }
-// A split GEMM tile's parts summed (addParts), P parts, stride floats apart from part0, U items a thread in flight:
-// item j is accumulator j / live of thread j % live, at (j / live) · 256 + j % live of a part and of sum; each
-// item's parts added in their order, so the sum does not depend on which part finished last.
-template <int P, int U> __device__ __forceinline__ void tf_add_parts(const float* part0, size_t stride, int items, int live, float* sum) {
-  for (int j0 = threadIdx.x; j0 < items; j0 += 256 * U) {
+// A split GEMM tile's parts summed (addParts), P parts, stride floats apart from part0, U accumulators a thread in
+// flight: accumulator a of thread t (t < live) is at a · 256 + t of a part and of sum. Thread x takes thread x % live's
+// accumulators x / live, x / live + 256 / live, ... (divided once, not per item: the divisions by a runtime count had
+// cost the tail more than its loads); each one's parts added in their order, so the sum does not depend on which
+// part finished last.
+template <int P, int U> __device__ __forceinline__ void tf_add_parts(const float* part0, size_t stride, int accs, int live, float* sum) {
+  const int groups = 256 / live, t = threadIdx.x % live, first = threadIdx.x / live;
+  if (first >= groups) return;
+  for (int a0 = first; a0 < accs; a0 += groups * U) {
     float v[U][P];
     #pragma unroll
     for (int u = 0; u < U; u++) {
-      const int j = j0 + u * 256;
-      if (j < items) {
-        const float* const src = part0 + (j / live) * 256 + j % live;
+      const int a = a0 + u * groups;
+      if (a < accs) {
         #pragma unroll
-        for (int p = 0; p < P; p++) v[u][p] = __ldcg(src + p * stride);
+        for (int p = 0; p < P; p++) v[u][p] = __ldcg(part0 + p * stride + a * 256 + t);
       }
     }
     #pragma unroll
     for (int u = 0; u < U; u++) {
-      const int j = j0 + u * 256;
-      if (j < items) {
+      const int a = a0 + u * groups;
+      if (a < accs) {
         float s = v[u][0];
         #pragma unroll
         for (int p = 1; p < P; p++) s += v[u][p];
-        sum[(j / live) * 256 + j % live] = s;
+        sum[a * 256 + t] = s;
       }
     }
   }
