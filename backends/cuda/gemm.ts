@@ -12,7 +12,7 @@
 //   wgmma-bf16: sm_90a's warpgroup instructions on operands in shared memory (backends/cuda/wgmma.ts).
 //   fma:      each thread a 4 × 4 block of outputs by f32 multiply-adds (any operand types).
 
-import { GemmIR, KExpr } from '../kernel-ir.ts';
+import { GemmIR, KExpr, offsetAlong } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { GemmPlan } from '../schedule.ts';
 import { storeValue } from './render-cuda.ts';
@@ -298,16 +298,15 @@ function mmaAsyncTile(g: GemmIR, plan: GemmPlan, stages: number, left: 'f32' | '
   } else {
     out.push(`${i}const int tf_steps = ${g.depth / TD};`);
   }
-  const first = plan.split ? 'tf_step0 + ' : '';
   // The copies of step `step` into stage `stage`: rows past the left operand's and columns past the weights' are
   // zeros (their source address is row 0's, never read). Copy x of the left operand: row x / (depth / perCopy),
   // depth (x % (depth / perCopy)) · perCopy; of a weight: column x / (depth / 8), depth (x % (depth / 8)) · 8.
-  const issue = (indent: string, stage: string, step: string) => issueStepCopies(g, p, out, indent, `(${first}${step}) * ${TD}`, {
+  const issue = stepCopies(g, p, out, i, plan.split ? 'tf_step0' : '', TD, {
     copies: (TM * TD) / perCopy, split: `tf_r = tf_x / ${TD / perCopy}, tf_kk = (tf_x % ${TD / perCopy}) * ${perCopy}`, depth: 'tf_kk',
-    at: () => `tf_as + (${stage}) * ${aStage} + tf_r * ${AP} + tf_kk`,
+    at: (_, stage) => `tf_as + (${stage}) * ${aStage} + tf_r * ${AP} + tf_kk`,
   }, {
     copies: (TN * TD) / 8, split: `tf_r = tf_x / ${TD / 8}, tf_kk = (tf_x % ${TD / 8}) * 8`, depth: 'tf_kk',
-    at: (o) => `tf_bs + (${stage}) * ${bStage} + ${o * TN * BP} + tf_r * ${BP} + tf_kk`,
+    at: (o, stage) => `tf_bs + (${stage}) * ${bStage} + ${o * TN * BP} + tf_r * ${BP} + tf_kk`,
   });
   out.push(`${i}#pragma unroll`);
   out.push(`${i}for (int tf_s = 0; tf_s < ${stages - 1}; tf_s++) {`);
@@ -362,42 +361,65 @@ export interface StepCopies {
   readonly split: string;
   /** The depth within the step, in elements. */
   readonly depth: string;
-  /** The staged address of the copy (of weight o for the right operands). */
-  readonly at: (o: number) => string;
+  /** The staged address of the copy into stage `stage` (of weight o for the right operands). */
+  readonly at: (o: number, stage: string) => string;
 }
 
 /**
- * The cp.async copies of one step of a GEMM tile (depth `from` onwards): the left operand's rows from tf_m0 and
- * each weight's columns from tf_n0. Rows past the left operand's and columns past the weights' are zeros (their
- * source address is row 0's, never read).
+ * The cp.async copies of a GEMM tile's steps, `depth` deep each from step `first` (an expression; '' for 0): the
+ * left operand's rows from tf_m0 and each weight's columns from tf_n0. Rows past the left operand's and columns
+ * past the weights' are zeros (their source address is row 0's, never read).
+ *   Prints, where it is called (once a tile, before its steps), each copy's source at the first step for every
+ * operand whose index is the depth plus what does not read it (offsetAlong): a step then adds its depth to a
+ * pointer, where printing the index again each step had kept a 512-token output projection's issue slots busy (a
+ * seventh of its ncu samples). Returns what prints a step's copies into a stage.
  */
-export function issueStepCopies(g: GemmIR, p: ExprPrinter, out: string[], indent: string, from: string, left: StepCopies, right: StepCopies): void {
-  const inner = indent + '  ';
+export function stepCopies(g: GemmIR, p: ExprPrinter, out: string[], indent: string, first: string, depth: number, left: StepCopies, right: StepCopies): (indent: string, stage: string, step: string) => void {
   const a = g.a;
-  if (a.k !== 'load') throw new Error('CUDA: copies of a computed left operand');
-  out.push(`${indent}{`);
-  out.push(`${inner}#pragma unroll`);
-  out.push(`${inner}for (int tf_h = 0; tf_h < ${left.copies / 256}; tf_h++) {`);
-  out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, ${left.split};`);
-  out.push(`${inner}  const bool tf_in = tf_m0 + tf_r < tf_m_total;`);
-  out.push(`${inner}  const int ${g.m} = tf_in ? tf_m0 + tf_r : 0;`);
-  out.push(`${inner}  const int ${g.k} = ${from} + ${left.depth};`);
-  const ai = p.expr(a.index, out, inner + '  ');
-  out.push(`${inner}  tf_cp16(${left.at(0)}, b${a.buf} + ${ai}, tf_in);`);
-  out.push(`${inner}}`);
-  out.push(`${inner}#pragma unroll`);
-  out.push(`${inner}for (int tf_h = 0; tf_h < ${right.copies / 256}; tf_h++) {`);
-  out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, ${right.split};`);
-  out.push(`${inner}  const bool tf_in = tf_n0 + tf_r < ${g.columns};`);
-  out.push(`${inner}  const int ${g.n} = tf_in ? tf_n0 + tf_r : 0;`);
-  out.push(`${inner}  const int ${g.k} = ${from} + ${right.depth};`);
-  g.b.forEach((b, o) => {
-    if (b.k !== 'load') return;
-    const bi = p.expr(b.index, out, inner + '  ');
-    out.push(`${inner}  tf_cp16(${right.at(o)}, b${b.buf} + ${bi}, tf_in);`);
-  });
-  out.push(`${inner}}`);
-  out.push(`${indent}}`);
+  if (a.k !== 'load' || g.b.some((b) => b.k !== 'load')) throw new Error('CUDA: copies of a computed operand');
+  const operands = [
+    { side: left, loads: [a], name: 'tf_sl', inside: 'tf_m0 + tf_r < tf_m_total', v: g.m, origin: 'tf_m0' },
+    { side: right, loads: g.b as typeof a[], name: 'tf_sr', inside: `tf_n0 + tf_r < ${g.columns}`, v: g.n, origin: 'tf_n0' },
+  ].map((o) => ({ ...o, hoisted: o.loads.every((l) => offsetAlong(l.index, g.k) !== undefined) }));
+  const start = first ? `(${first}) * ${depth}` : '0';
+  for (const o of operands.filter((x) => x.hoisted)) {
+    const inner = indent + '  ';
+    const per = o.side.copies / 256;
+    o.loads.forEach((l, li) => out.push(`${indent}decltype(b${l.buf} + 0) ${o.name}${li}[${per}];`));
+    out.push(`${indent}bool ${o.name}_in[${per}];`);
+    out.push(`${indent}#pragma unroll`);
+    out.push(`${indent}for (int tf_h = 0; tf_h < ${per}; tf_h++) {`);
+    out.push(`${inner}const int tf_x = threadIdx.x + tf_h * 256, ${o.side.split};`);
+    out.push(`${inner}${o.name}_in[tf_h] = ${o.inside};`);
+    out.push(`${inner}const int ${o.v} = ${o.name}_in[tf_h] ? ${o.origin} + tf_r : 0;`);
+    o.loads.forEach((l, li) => {
+      const base = p.expr(offsetAlong(l.index, g.k)!, out, inner);
+      out.push(`${inner}${o.name}${li}[tf_h] = b${l.buf} + ${base} + ${start} + ${o.side.depth};`);
+    });
+    out.push(`${indent}}`);
+  }
+  return (ind, stage, step) => {
+    const inner = ind + '  ';
+    out.push(`${ind}{`);
+    for (const o of operands) {
+      out.push(`${inner}#pragma unroll`);
+      out.push(`${inner}for (int tf_h = 0; tf_h < ${o.side.copies / 256}; tf_h++) {`);
+      out.push(`${inner}  const int tf_x = threadIdx.x + tf_h * 256, ${o.side.split};`);
+      if (o.hoisted) {
+        o.loads.forEach((l, li) => out.push(`${inner}  tf_cp16(${o.side.at(li, stage)}, ${o.name}${li}[tf_h] + (${step}) * ${depth}, ${o.name}_in[tf_h]);`));
+      } else {
+        out.push(`${inner}  const bool tf_in = ${o.inside};`);
+        out.push(`${inner}  const int ${o.v} = tf_in ? ${o.origin} + tf_r : 0;`);
+        out.push(`${inner}  const int ${g.k} = (${first ? `${first} + ` : ''}${step}) * ${depth} + ${o.side.depth};`);
+        o.loads.forEach((l, li) => {
+          const index = p.expr(l.index, out, inner + '  ');
+          out.push(`${inner}  tf_cp16(${o.side.at(li, stage)}, b${l.buf} + ${index}, tf_in);`);
+        });
+      }
+      out.push(`${inner}}`);
+    }
+    out.push(`${ind}}`);
+  };
 }
 
 /**

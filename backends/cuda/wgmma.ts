@@ -16,7 +16,7 @@
 import { GemmIR } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { GemmPlan } from '../schedule.ts';
-import { addParts, issueStepCopies, mmaEpilogue, WarpTile } from './gemm.ts';
+import { addParts, mmaEpilogue, stepCopies, WarpTile } from './gemm.ts';
 import { SharedMemory } from './shared-memory.ts';
 import { WGMMA_COLUMNS } from './wgmma-prelude.ts';
 
@@ -54,15 +54,11 @@ export function wgmmaTile(g: GemmIR, plan: GemmPlan, stages: number, p: ExprPrin
   } else {
     out.push(`${i}const int tf_steps = ${g.depth / TD};`);
   }
-  const first = plan.split ? 'tf_step0 + ' : '';
-  // Copy x of an operand: row x / 8, chunk x % 8 (depth 8 · (x % 8)), to the chunk the swizzle moves it to. Rows
-  // past the left operand's and columns past the weights' are zeros (their source address is row 0's, never read).
-  const issue = (indent: string, stage: string, step: string) => {
-    const dst = (offset: string) => `tf_sm + (${stage}) * ${stageBytes} + ${offset}tf_r * ${ROW_BYTES} + ((tf_ch ^ (tf_r & 7)) << 4)`;
-    const swizzled = { split: 'tf_r = tf_x >> 3, tf_ch = tf_x & 7', depth: 'tf_ch * 8' };
-    issueStepCopies(g, p, out, indent, `(${first}${step}) * ${TD}`,
-      { ...swizzled, copies: TM * 8, at: () => dst('') }, { ...swizzled, copies: TN * 8, at: (o) => dst(`${aBytes + o * bBytes} + `) });
-  };
+  // Copy x of an operand: row x / 8, chunk x % 8 (depth 8 · (x % 8)), to the chunk the swizzle moves it to.
+  const dst = (stage: string, offset: string) => `tf_sm + (${stage}) * ${stageBytes} + ${offset}tf_r * ${ROW_BYTES} + ((tf_ch ^ (tf_r & 7)) << 4)`;
+  const swizzled = { split: 'tf_r = tf_x >> 3, tf_ch = tf_x & 7', depth: 'tf_ch * 8' };
+  const issue = stepCopies(g, p, out, i, plan.split ? 'tf_step0' : '', TD,
+    { ...swizzled, copies: TM * 8, at: (_, stage) => dst(stage, '') }, { ...swizzled, copies: TN * 8, at: (o, stage) => dst(stage, `${aBytes + o * bBytes} + `) });
   out.push(`${i}#pragma unroll`);
   out.push(`${i}for (int tf_s = 0; tf_s < ${ahead}; tf_s++) {`);
   out.push(`${i}  if (tf_s < tf_steps) {`);
