@@ -411,7 +411,7 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   const wg = device.tuning.wgmma;
   if (mma && plainA && left === DType.BF16 && wg && hasWgmma(device) && gemm.depth % 64 === 0) {
     const ops = gemm.b.length;
-    const columns = [256, 128, 64].find((c) => c <= wg.columns && (c === 64 || (ops * c <= 256 && c <= gemm.columns)))!;
+    const columns = wgmmaColumns(gemm, wg.columns, device);
     const [rows, depth] = [128, 64];
     const stageBytes = rows * depth * 2 + ops * columns * depth * 2;
     const stages = [wg.stages, 4, 3].filter((s) => s <= wg.stages).find((s) => s * stageBytes + 1024 <= device.workgroupMemoryBytes);
@@ -429,6 +429,27 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
     if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes, left: left === DType.BF16 ? 'bf16' : 'f32' }, ...(split ? { split } : {}) };
   }
   return gemmBytes(gemm, plan) <= device.staticWorkgroupMemoryBytes ? { ...plan, staging: mma ? { kind: 'registers' } : undefined } : undefined;
+}
+
+/**
+ * A wgmma tile's columns: the widest of 256, 128 and 64 that the tuning allows and the GEMM fills (a product's
+ * columns a thread's accumulators: 256 for one product at most), unless 96 fills the multiprocessors better with one
+ * row of tiles split into parts (powers of two): the QKV projection of a 1B model (3,072 columns) makes 24 tiles of
+ * 128, 96 or 4 parts of them on 132 multiprocessors, against 32 of 96 and 128 work items.
+ */
+function wgmmaColumns(gemm: GemmIR, widest: number, device: DeviceCaps): number {
+  const ops = gemm.b.length;
+  const widestFitting = [256, 128, 64].find((c) => c <= widest && (c === 64 || (ops * c <= 256 && c <= gemm.columns)))!;
+  const processors = device.processors?.count;
+  if (!processors || widestFitting !== 128) return widestFitting;
+  // The largest share of the multiprocessors a row of tiles of c columns fills, split into 1, 2, 4, ... parts.
+  const fill = (c: number) => {
+    const tiles = Math.ceil(gemm.columns / c);
+    let best = 0;
+    for (let parts = 1; parts <= 16 && tiles * parts <= processors; parts *= 2) best = tiles * parts;
+    return best / processors;
+  };
+  return fill(96) > fill(128) + 0.1 ? 96 : 128;
 }
 
 /**

@@ -2,7 +2,7 @@
 // emulation for the tests' fake CUDA: the helpers backends/cuda/wgmma.ts prints calls to.
 
 /** The column counts N of the wgmma m64nNk16 instructions the prelude defines (N / 2 accumulators a thread). */
-export const WGMMA_COLUMNS = [64, 128, 256] as const;
+export const WGMMA_COLUMNS = [64, 96, 128, 256] as const;
 
 /**
  * sm_90a's warpgroup matrix instructions (wgmma) on operands in shared memory, for the GEMM tiles of

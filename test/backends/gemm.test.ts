@@ -130,13 +130,17 @@ basics('the projections of many rows lower to GEMM kernels with their epilogue, 
   const kinds = compiled.graphs.map((g) => g.kernels.map((k) => (k.gemm ? `gemm×${k.gemm.b.length}` : k.kind)));
   assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1']]);
 });
-basics('on sm_90 the GEMMs of bf16 left operands take wgmma tiles (64 or 128 columns), TSFUSE_GEMM=mma the mma tiles; sm_80 never', () => {
+basics('on sm_90 the GEMMs of bf16 left operands take wgmma tiles (64, 96 or 128 columns), TSFUSE_GEMM=mma the mma tiles; sm_80 never', () => {
   const plan = (graph: string, caps = cudaCaps(90, 8)) => {
     const gemm = scheduleKernels(compiled.graphs.find((g) => g.graph.name === graph)!.kernels, caps).find((k) => k.gemm)!.gemm!;
     return `${gemm.units} ${gemm.tileRows}×${gemm.tileColumns}×${gemm.tileDepth}${gemm.staging?.kind === 'async' ? ` ${gemm.staging.stages} stages` : ''}`;
   };
   assert.equal(withGemmEnv('wgmma', () => ['bf16norm', 'bf16normdeep', 'bf16normodd', 'bf16normwide', 'bf16', 'bf16shallow'].map((g) => plan(g, cudaCaps(90, 8)))),
-    ['wgmma-bf16 128×64×64 6 stages', 'wgmma-bf16 128×64×64 6 stages', 'wgmma-bf16 128×64×64 6 stages', 'wgmma-bf16 128×128×64 6 stages', 'mma-bf16 128×64×64 3 stages', 'mma-bf16 128×64×32 3 stages']);
+    ['wgmma-bf16 128×64×64 6 stages', 'wgmma-bf16 128×64×64 6 stages', 'wgmma-bf16 128×64×64 6 stages', 'wgmma-bf16 128×96×64 6 stages', 'mma-bf16 128×64×64 3 stages', 'mma-bf16 128×64×32 3 stages']);
+  // 320 columns: 3 tiles of 128 fill 6 of 8 multiprocessors in 2 parts, 4 tiles of 96 all 8; on 16, 3 × 4 fill 12
+  // of 16 and 4 × 4 all of them; on 6, 3 × 2 fill them all already.
+  assert.is(plan('bf16normwide', cudaCaps(90, 16)), 'wgmma-bf16 128×96×64 6 stages');
+  assert.is(plan('bf16normwide', cudaCaps(90, 6)), 'wgmma-bf16 128×128×64 6 stages', '3 tiles of 128 × 2 parts fill 6');
   assert.is(plan('bf16norm', cudaCaps(80, 8)), 'mma-bf16 128×64×64 3 stages');
   withGemmEnv('mma', () => assert.is(plan('bf16normwide', cudaCaps(90, 8)), 'mma-bf16 128×64×64 3 stages'));
   withGemmEnv('wgmma:256x3', () => {
