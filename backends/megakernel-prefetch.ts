@@ -91,7 +91,10 @@ export function weightReads(k: KernelIR, sizes: Readonly<Record<string, number>>
     }
   };
   k.body.forEach(stmt);
-  return [...reads].flatMap(([buffer, r]) => (r === 'unbounded' ? [] : [{ buffer, from: Math.max(0, r.lo), to: r.hi + 1 }]))
+  // No read lies outside its buffer: a bound past its end (an index the arithmetic over-estimates, such as a
+  // rotary table's index a select takes below 32 either way) stops at it.
+  const end = (buffer: number) => { const e = k.buffers[buffer].elems; return e.k === 'const' ? e.value : Infinity; };
+  return [...reads].flatMap(([buffer, r]) => (r === 'unbounded' ? [] : [{ buffer, from: Math.max(0, r.lo), to: Math.min(r.hi + 1, end(buffer)) }]))
     .filter((r) => r.to > r.from)
     .sort((a, b) => a.buffer - b.buffer);
 }

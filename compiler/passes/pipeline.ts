@@ -4,6 +4,7 @@
 import { Graph, Module } from '../../ir/graph.ts';
 import { verifyGraph } from '../../ir/verify.ts';
 import { concatProjections } from './concat-projections.ts';
+import { constantTables } from './constant-tables.ts';
 import { defaultContext, PassContext } from './context.ts';
 import { cse } from './cse.ts';
 import { dce } from './dce.ts';
@@ -27,6 +28,7 @@ export const defaultPasses: readonly Pass[] = [
   { name: 'simplify', run: simplify },
   { name: 'cse', run: cse },
   { name: 'dce', run: dce },
+  { name: 'constant-tables', run: (g) => dce(constantTables(g)) },
   { name: 'concat-projections', run: (g) => dce(concatProjections(g)) },
   { name: 'split-reductions', run: splitReductions },
   { name: 'split-attention', run: (g, ctx) => dce(splitAttention(g, ctx.splitAttentionFrom)) },
