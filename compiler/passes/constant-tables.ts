@@ -41,10 +41,10 @@ export function constantTables(g: Graph): Graph {
     constant.add(n.output);
     if (COSTLY.has(n.op) || n.inputs.some((v) => costly.has(v))) costly.add(n.output);
   }
-  // Tables: costly constant values of a few elements that something other than a constant reads.
-  const readOutside = new Set<Value>(g.outputs);
+  // Tables: costly constant values of a few elements that a node computing something else reads (one returned or
+  // stored as it is stays a node: outputs and state are what kernels write).
+  const readOutside = new Set<Value>();
   for (const n of g.nodes) if (!constant.has(n.output)) for (const v of n.inputs) readOutside.add(v);
-  for (const u of g.stateUpdates) readOutside.add(u.value);
   const tables = new Set([...costly].filter((v) => {
     const n = staticElements(v)!;
     return readOutside.has(v) && n > 1 && n <= MAX_TABLE_ELEMENTS;

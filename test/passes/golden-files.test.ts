@@ -13,7 +13,7 @@ const files = fs.readdirSync(goldenRoot, { recursive: true, encoding: 'utf8' }).
 
 test('there are golden files for every pass', () => {
   const passes = new Set(files.map((f) => path.dirname(f)));
-  for (const p of ['decompose', 'fold-constants', 'simplify', 'cse', 'dce', 'concat-projections', 'fuse', 'plan-memory']) {
+  for (const p of ['decompose', 'fold-constants', 'simplify', 'cse', 'dce', 'constant-tables', 'concat-projections', 'fuse', 'plan-memory']) {
     assert.ok(passes.has(p), `test/golden/${p}`);
   }
 });
