@@ -59,8 +59,17 @@ function derivedFrom(n: Node, out: Graph, made: Map<Node, Value>): Value {
   const known = made.get(n);
   if (known) return known;
   const inputs = n.inputs.map((v) => derivedFrom(v.producer!, out, made));
-  const name = `const.${hash(`${n.op}(${inputs.map((v) => v.name).join(',')})${canonical(n.attrs)}`)}`;
-  const v = out.params.find((p) => p.name === name) ?? out.addDerivedParam(name, n.op, inputs, n.attrs);
+  const key = `${n.op}(${inputs.map((v) => v.name).join(',')})${canonical(n.attrs)}`;
+  const name = `const.${hash(key, 0x811c9dc5)}${hash(key, 0x01000193)}`;
+  const existing = out.params.find((p) => p.name === name);
+  if (existing) {
+    // The same name computes the same: a collision of the 64-bit hash would otherwise read another table.
+    const d = out.derivations.get(existing);
+    if (!d || `${d.op}(${d.inputs.map((v) => v.name).join(',')})${canonical(d.attrs)}` !== key) {
+      throw new Error(`constant-tables: parameter %${name} of @${out.name} already computes something else`);
+    }
+  }
+  const v = existing ?? out.addDerivedParam(name, n.op, inputs, n.attrs);
   made.set(n, v);
   return v;
 }
@@ -70,9 +79,9 @@ function canonical(a: Attrs): string {
   return Object.keys(a).sort().map((k) => `${k}=${Array.isArray(a[k]) ? `[${(a[k] as unknown[]).map(String).join(',')}]` : String(a[k])}`).join(';');
 }
 
-/** FNV-1a, 32 bits, as 8 hex digits. */
-function hash(s: string): string {
-  let h = 0x811c9dc5;
+/** FNV-1a from offset basis `basis`, 32 bits, as 8 hex digits (two bases make the names' 64 bits). */
+function hash(s: string, basis: number): string {
+  let h = basis;
   for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
   return h.toString(16).padStart(8, '0');
 }
