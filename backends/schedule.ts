@@ -260,7 +260,7 @@ export function scheduleKernels(kernels: readonly KernelIR[], device: DeviceCaps
 }
 
 export function scheduleKernel(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions = {}): ScheduledKernel {
-  const earlier = made.get(k.body)?.find((m) => m.scheduled.device === device && sameSplit(m.opts, opts) && alike(m.kernel, k));
+  const earlier = made.get(k.body)?.find((m) => m.scheduled.device === device && sameOptions(m.opts, opts) && alike(m.kernel, k));
   let scheduled: ScheduledKernel;
   if (earlier) {
     // The kernel as scheduled (its loops perhaps bounded: scheduleOnce), with this one's name, comment and buffers.
@@ -300,7 +300,7 @@ function alike(a: KernelIR, b: KernelIR): boolean {
 }
 
 /** Options that schedule alike (an option added to ScheduleOptions must be compared here too). */
-function sameSplit(a: ScheduleOptions, b: ScheduleOptions): boolean {
+function sameOptions(a: ScheduleOptions, b: ScheduleOptions): boolean {
   const [x, y] = [a.splitBuffers ?? new Set<number>(), b.splitBuffers ?? new Set<number>()];
   return x.size === y.size && [...x].every((i) => y.has(i)) && (a.keyChunks ?? true) === (b.keyChunks ?? true);
 }
@@ -436,7 +436,7 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
  * columns a thread's accumulators: 256 for one product at most), unless 96 fills the multiprocessors by a tenth more
  * with one row of tiles split into parts (powers of two): a 1B model's QKV projection (3,072 columns) makes 24 tiles
  * of 128, 96 work items in 4 parts, against 32 tiles of 96, 128 work items, on 132 multiprocessors (its kernel 26.5
- * → 23.6 µs at 512 tokens on the H200, BENCHMARKS.md).
+ * → 23.6 µs at 512 tokens on the H200, in two leases: BENCHMARKS.md).
  */
 function wgmmaColumns(gemm: GemmIR, widest: number, device: DeviceCaps): number {
   const ops = gemm.b.length;

@@ -8,7 +8,7 @@ import { DType } from '../../ir/dtype.ts';
 import { cudaCaps, DeviceCaps } from '../device-caps.ts';
 import { KernelIR, KExpr, KStmt, ReduceOp, replaceReductions, ROW, Scalar, topReductions, varsOf } from '../kernel-ir.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
-import { ArrayPlacement, ReductionPlan, scheduleKernel, scheduleKernels, ScheduledKernel, ScheduleOptions, scheduleOrigin, StmtSchedule } from '../schedule.ts';
+import { ArrayPlacement, ReductionPlan, scheduleKernel, scheduleKernels, ScheduledKernel, ScheduleOptions, scheduleOrigin, SplitScratchNeeds, StmtSchedule } from '../schedule.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
 import { renderGemmCuda } from './gemm.ts';
@@ -120,7 +120,7 @@ export interface CudaFunction {
    * (FlashPlan.keyChunks): its last two parameters are a workspace of this many floats and this many counters, zero
    * at the first launch (the kernel leaves them zero).
    */
-  readonly depthSplit?: { readonly workspaceFloats: number; readonly counters: number };
+  readonly splitScratch?: SplitScratchNeeds;
 }
 
 const schedule = (k: KernelIR) => scheduleKernel(k, cudaCaps());
@@ -248,7 +248,7 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   return {
     code: `${out.join('\n')}\n${body}`, name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes,
     overlapsPredecessor: !!sk.overlap, bufferDTypes: k.buffers.map((b) => b.dtype),
-    ...(split ? { depthSplit: { workspaceFloats: split.workspaceFloats, counters: split.counters } } : {}),
+    ...(split ? { splitScratch: { workspaceFloats: split.workspaceFloats, counters: split.counters } } : {}),
   };
 }
 

@@ -155,8 +155,8 @@ interface CudaKernel {
   readonly overlap: boolean;
   /** The temporaries it writes, each with the dtype it stores it as. */
   readonly tempWrites: readonly { readonly key: BufferKey; readonly dtype: DType }[];
-  /** Takes the split scratch after its sizes (CudaFunction.depthSplit: a depth-split GEMM, attention's key chunks). */
-  readonly splitsDepth: boolean;
+  /** Takes the split scratch after its sizes (CudaFunction.splitScratch: a depth-split GEMM, attention's key chunks). */
+  readonly takesSplitScratch: boolean;
   /** Every buffer it writes, as stored, and whether it reads it too (for bisecting a megakernel). */
   readonly writes: readonly BisectWrite[];
 }
@@ -220,7 +220,7 @@ export class CudaProgram implements Program {
 
   /** The program's units, compiled (CudaDevice.prepare), loaded, and each graph's kernels bound to their functions. */
   link(functions: ReadonlyMap<LoweredGraph, readonly CudaFunction[]>, units: readonly CudaUnit[], images: readonly CompiledImage[], megakernel?: PreparedMegakernel): void {
-    this.splitScratch = allocSplitScratch(this.cuda, [...functions.values()].flat().flatMap((f) => (f.depthSplit ? [f.depthSplit] : [])));
+    this.splitScratch = allocSplitScratch(this.cuda, [...functions.values()].flat().flatMap((f) => (f.splitScratch ? [f.splitScratch] : [])));
     const shared = new Map([...functions.values()].flat().map((f) => [f.name, f.dynamicSharedBytes]));
     const fns = new Map<string, Handle>();
     units.forEach((unit, u) => {
@@ -236,7 +236,7 @@ export class CudaProgram implements Program {
         const tempWrites = ir.buffers.flatMap((b, j) => (b.binding.kind === 'temp' && b.written ? [{ key: bufferKey(lg.graph, b.binding), dtype: f.bufferDTypes[j] }] : []));
         const read = readBuffers(ir);
         const writes = ir.buffers.flatMap((b, j) => (b.written ? [{ key: bufferKey(lg.graph, b.binding), dtype: f.bufferDTypes[j], alsoRead: read.has(j), fresh: b.binding.kind === 'temp' || b.binding.kind === 'output' }] : []));
-        return { ir, rows: f.rows, fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor, tempWrites, splitsDepth: !!f.depthSplit, writes };
+        return { ir, rows: f.rows, fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor, tempWrites, takesSplitScratch: !!f.splitScratch, writes };
       });
       this.graphs.set(lg.graph.name, { lowered: lg, kernels, args: new Map() });
     }
@@ -544,7 +544,7 @@ export class CudaProgram implements Program {
           if (sizes[s] === undefined) throw new Error(`kernel ${k.ir.name} of @${graph.name} reads size ${s}, which is not bound`);
           return { int: sizes[s] };
         }),
-        ...(k.splitsDepth ? [this.splitScratch!.workspace, this.splitScratch!.counters] : []),
+        ...(k.takesSplitScratch ? [this.splitScratch!.workspace, this.splitScratch!.counters] : []),
       ]));
       g.args.set(key, args);
     }

@@ -102,7 +102,7 @@ schedules('a megakernel\'s graph takes whole heads, launched or as tasks, so tha
   assert.is(whole.flash?.units, 'decode');
   assert.is(whole.flash?.keyChunks, undefined);
   const [launched] = renderCudaProgram([{ kernels: [k], prefix: 'mk_', opts: MEGAKERNEL_SCHEDULE }], cudaCaps(90), 1).functions[0];
-  assert.is(launched.depthSplit, undefined, 'no chunk scratch');
+  assert.is(launched.splitScratch, undefined, 'no chunk scratch');
 });
 schedules.run();
 
