@@ -103,6 +103,11 @@ export interface DeviceCaps {
    * register budgets so that a grid runs in one wave (CUDA); undefined elsewhere.
    */
   readonly processors?: { readonly count: number; readonly maxWorkgroups: number };
+  /**
+   * Workgroup memory a GEMM tile on subgroup matrices may declare (WebGPU: the adapter's limit, which the device is
+   * opened with). Every other WGSL kernel keeps to the 16 KiB default, so that its schedule does not depend on it.
+   */
+  readonly matrixTileBytes?: number;
   readonly tuning: ScheduleTuning;
 }
 
@@ -129,10 +134,11 @@ export const cpuCaps: DeviceCaps = {
  * the `subgroups` feature, subgroups of up to 32 lanes (their size is read at run time: 4 to 64 exist; kernels
  * assume at least 8 subgroups per workgroup).
  */
-export function webgpuCaps(opts: { readonly subgroups: boolean }): DeviceCaps {
+export function webgpuCaps(opts: { readonly subgroups: boolean; readonly subgroupMatrix?: SubgroupMatrixCaps }): DeviceCaps {
+  const matrix = opts.subgroupMatrix;
   return {
     target: 'wgsl',
-    name: opts.subgroups ? 'webgpu with subgroups' : 'webgpu',
+    name: `webgpu${opts.subgroups ? ' with subgroups' : ''}${matrix ? ' and subgroup matrices' : ''}`,
     threadsPerWorkgroup: GPU_THREADS,
     subgroup: opts.subgroups ? { width: 32, fixed: false, combines: ['sum:f32', 'max:f32'] } : undefined,
     workgroupMemoryBytes: 16384,
@@ -140,11 +146,24 @@ export function webgpuCaps(opts: { readonly subgroups: boolean }): DeviceCaps {
     vectorLoadBytes: 16,
     maxWorkgroupsX: 65535,
     rowsPastGrid: 'second-dimension',
-    matrixUnits: [],
+    matrixUnits: matrix ? [SUBGROUP_MATRIX_F16] : [],
     dependentLaunch: false,
-      tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 80, flash: 2 } },
+    ...(matrix ? { matrixTileBytes: matrix.workgroupBytes } : {}),
+    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: matrix ? 16 : 80, flash: 2 } },
   };
 }
+
+/**
+ * WebGPU's subgroup matrices (Dawn's `chromium-experimental-subgroup-matrix`), where the adapter offers f16 × f16 →
+ * f32 products of 16 × 16 × 16 on subgroups of exactly 32 lanes (the tiles place 8 subgroups of a workgroup): the
+ * workgroup memory a tile may declare, the adapter's limit.
+ */
+export interface SubgroupMatrixCaps {
+  readonly workgroupBytes: number;
+}
+
+/** The subgroup-matrix product GEMM tiles use: f16 operands (the weights' bf16 widened exactly), f32 results. */
+export const SUBGROUP_MATRIX_F16: MatrixUnit = { m: 16, n: 16, k: 16, input: DType.F16, accumulator: DType.F32 };
 
 /** Shared memory per block a kernel may use with the opt-in, by compute capability (CUDA programming guide). */
 const sharedBytesByArch: readonly [number, number][] = [[90, 232448], [89, 101376], [87, 166912], [86, 101376], [80, 166912], [75, 65536], [70, 98304]];

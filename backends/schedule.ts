@@ -5,7 +5,7 @@
 // reductions read 16 bytes at a time and how partial results combine; where row-local arrays live. The renderers
 // print these decisions and take none. formatSchedule (backends/schedule-format.ts) prints them as text.
 
-import { cudaCaps, cpuCaps, DeviceCaps, subgroupCombines, webgpuCaps } from './device-caps.ts';
+import { cudaCaps, cpuCaps, DeviceCaps, GPU_THREADS, subgroupCombines, webgpuCaps } from './device-caps.ts';
 import { DType, dtypeBytes } from '../ir/dtype.ts';
 import { add, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, mul, runsAlong, Scalar, topReductions } from './kernel-ir.ts';
 import { alignedDot, contiguousStreams, Stream } from './schedule-vector.ts';
@@ -101,9 +101,12 @@ export interface GemmPlan {
    * staged; the weights are bf16 already) and f32 accumulators, each warp a block of the tile;
    * 'wgmma-bf16': sm_90a's warpgroup instructions (wgmma m64nNk16), both operands bf16 in shared memory read
    * through matrix descriptors, each of the two warpgroups 64 rows of the tile (always copied: 'async' staging);
+   * 'subgroup-matrix-f16': WebGPU's subgroup matrices, 16 × 16 × 16 products of f16 operands (the left operand
+   * rounded to f16, bf16 weights widened exactly) into f32 results, each of the 8 subgroups a block of the tile,
+   * the operands staged through registers a step ahead;
    * 'fma': f32 multiply-adds, each thread a block of 4 × 4 outputs; 'serial': the CPU's loops, row by row.
    */
-  readonly units: 'mma-bf16' | 'wgmma-bf16' | 'fma' | 'serial';
+  readonly units: 'mma-bf16' | 'wgmma-bf16' | 'subgroup-matrix-f16' | 'fma' | 'serial';
   readonly tileRows: number;
   readonly tileColumns: number;
   readonly tileDepth: number;
@@ -328,7 +331,8 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   // (WebGPU's 16 KiB), the tiles alone.
   if (tilesFrom > 0 && tilesFrom < Infinity && device.target === 'wgsl') {
     const rowBytes = arrays.reduce((n, a) => n + a.elements * 4, 0) + 2 * 4 * device.threadsPerWorkgroup;
-    if (rowBytes + tileBytes > device.staticWorkgroupMemoryBytes) {
+    const limit = gemm?.units === 'subgroup-matrix-f16' ? device.matrixTileBytes! : device.staticWorkgroupMemoryBytes;
+    if (rowBytes + tileBytes > limit) {
       tilesFrom = 0;
       arrays = [];
       dynamicWorkgroupBytes = 0;
@@ -428,7 +432,25 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
     const split = depthSplit(tile, gemm, device, bytes);
     if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes, left: left === DType.BF16 ? 'bf16' : 'f32' }, ...(split ? { split } : {}) };
   }
+  // WebGPU's subgroup matrices: 64 × 64 tiles 32 deep, each subgroup 16 rows × 32 columns (two products of one
+  // left fragment), the operands loaded into registers a step ahead and stored to workgroup memory as f16.
+  if (gemmOnSubgroupMatrix(k, device)) {
+    const tile: GemmPlan = { ...plan, units: 'subgroup-matrix-f16', tileDepth: 32, staging: { kind: 'registers' } };
+    if (gemmBytes(gemm, tile) <= device.matrixTileBytes!) return tile;
+  }
   return gemmBytes(gemm, plan) <= device.staticWorkgroupMemoryBytes ? { ...plan, staging: mma ? { kind: 'registers' } : undefined } : undefined;
+}
+
+/**
+ * Whether a GEMM kernel runs on WebGPU's f16 subgroup matrices: the device has them, and every right operand is a
+ * bf16 weight read along a depth of a multiple of 32 (bf16 widens to f16 exactly, but for magnitudes below 2⁻¹⁴,
+ * which keep 2⁻²⁴ of absolute precision, and above 65,504).
+ */
+export function gemmOnSubgroupMatrix(k: KernelIR, device: DeviceCaps): boolean {
+  const gemm = k.gemm;
+  if (!gemm || device.target !== 'wgsl' || device.matrixTileBytes === undefined) return false;
+  return device.matrixUnits.some((u) => u.input === DType.F16 && u.m === 16 && u.n === 16 && u.k === 16)
+    && gemm.depth % 32 === 0 && gemm.b.every((b) => bf16WeightAlong(b, gemm.k, k));
 }
 
 /**
@@ -493,6 +515,8 @@ const hasBf16Mma = (device: DeviceCaps) => device.matrixUnits.some((u) => u.inpu
 /** Workgroup memory a GEMM tile declares: the staged operands (bf16 rows padded by 8 for mma, f32 otherwise). */
 function gemmBytes(g: GemmIR, p: GemmPlan): number {
   if (p.units === 'serial' || p.staging?.kind === 'async') return 0;
+  // f16 operands in rows padded by 8, and a 16 × 16 f32 result of each product for each subgroup's epilogue.
+  if (p.units === 'subgroup-matrix-f16') return 2 * (p.tileDepth + 8) * (p.tileRows + g.b.length * p.tileColumns) + 4 * 256 * g.b.length * (GPU_THREADS / 32);
   return p.units === 'mma-bf16'
     ? 2 * (p.tileDepth + 8) * (p.tileRows + g.b.length * p.tileColumns)
     : 4 * p.tileDepth * (p.tileRows + g.b.length * p.tileColumns);

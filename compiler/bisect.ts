@@ -14,7 +14,7 @@ import { renderJs } from '../backends/cpu/render-js.ts';
 import { renderCuda } from '../backends/cuda/render-cuda.ts';
 import { KernelIR } from '../backends/kernel-ir.ts';
 import { lowerGraph } from '../backends/lower.ts';
-import { renderWgsl } from '../backends/wgsl/render-wgsl.ts';
+import { renderWgsl, wgslFeatures } from '../backends/wgsl/render-wgsl.ts';
 import { allocHost, HostTensor } from '../ir/host-tensor.ts';
 import { Graph, Kernel, kernelIO, KernelKind, Module, Node, Value } from '../ir/graph.ts';
 import { Op } from '../ir/ops.ts';
@@ -366,8 +366,8 @@ export function kernelSource(device: Device, k: KernelIR): { ext: string; code: 
   switch (device.kind) {
     case 'cpu': return { ext: 'js', code: renderJs(k) };
     case 'webgpu': {
-      const gpu = (device as { gpu?: { features: { has(f: string): boolean } } }).gpu;
-      return { ext: 'wgsl', code: renderWgsl(k, { subgroups: gpu?.features.has('subgroups') ?? false }).code };
+      const gpu = (device as { gpu?: Parameters<typeof wgslFeatures>[0] }).gpu;
+      return { ext: 'wgsl', code: renderWgsl(k, gpu ? wgslFeatures(gpu) : {}).code };
     }
     case 'cuda': return { ext: 'cu', code: renderCuda(k) };
     case 'reference': return undefined;

@@ -275,8 +275,8 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
   }
 }
 
-/** The prefill's kernels by kind (time summed), and the slowest ones. */
-function printPrefillProfile(kernels: readonly KernelTime[]): void {
+/** The prefill's kernels by kind (time summed), and the slowest ones (on stderr). */
+export function printPrefillProfile(kernels: readonly KernelTime[]): void {
   const byKind = new Map<string, { us: number; count: number }>();
   for (const k of kernels) {
     const e = byKind.get(k.kind) ?? { us: 0, count: 0 };

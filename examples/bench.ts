@@ -13,7 +13,7 @@ import { profileTable } from '../runtime/trace.ts';
 import { openLlamaSession } from '../compiler/open-session.ts';
 import { DType } from '../ir/dtype.ts';
 import { randomBf16Weights } from './random-checkpoint.ts';
-import { BenchError, checkTraceFile, parseCompare, traceAbout, writeTrace } from './bench-cuda.ts';
+import { BenchError, checkTraceFile, parseCompare, printPrefillProfile, traceAbout, writeTrace } from './bench-cuda.ts';
 
 export { randomBf16Weights };
 
@@ -26,9 +26,10 @@ const options = {
   runs: { type: 'string', default: '3', help: 'runs; the best one is reported' },
   'cache-length': { type: 'string', help: 'KV-cache positions of tsfuse (default: prompt + new tokens; peers keep theirs at that)' },
   'kv-dtype': { type: 'string', help: 'what tsfuse\'s KV cache stores: f32, bf16 or f16 (default: bf16 on cuda for these bf16 weights, f32 on webgpu)' },
+  'subgroup-matrix': { type: 'string', default: 'on', help: 'webgpu only: on (GEMM tiles on f16 subgroup matrices where Dawn offers them) or off (f32 multiply-adds)' },
   megakernel: { type: 'boolean', default: false, help: 'cuda only: run the decode step as one persistent kernel (runtime/devices/cuda-megakernel.ts)' },
   'megakernel-prefetch': { type: 'string', help: 'with --megakernel: weight KiB each task prefetches into L2 before it waits, at most (0: none; default 64)' },
-  profile: { type: 'boolean', default: false, help: 'also print the GPU time and bandwidth of each kernel of one decode step (--megakernel: each kernel\'s tasks, from the step\'s timeline)' },
+  profile: { type: 'boolean', default: false, help: 'also print the GPU time and bandwidth of each kernel of one decode step and the prompt\'s kernels by kind, GEMMs with their TFLOP/s (--megakernel: each kernel\'s tasks, from the step\'s timeline)' },
   trace: { type: 'string', help: 'write a Chrome / Perfetto trace (JSON) of one decode step, a slice per kernel (--megakernel: per task, a track per block), to this file' },
   compare: {
     type: 'string',
@@ -103,7 +104,7 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
   const weights = randomBf16Weights(cfg);
   const model: LoadedLlama = { cfg, weights, weightDType: DType.BF16 };
   const t0 = performance.now();
-  const session = await openLlamaSession(model, { backend: 'webgpu', cacheLength: cacheLength(promptLen + Math.max(newTokens, 8)), kvDType: kvDType() });
+  const session = await openLlamaSession(model, { backend: 'webgpu', cacheLength: cacheLength(promptLen + Math.max(newTokens, 8)), kvDType: kvDType(), subgroupMatrix: values['subgroup-matrix'] === 'on' });
   const setupMs = performance.now() - t0;
   const device = session.device as InstanceType<typeof WebGpuDevice>;
   const prompt = Array.from({ length: promptLen }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
@@ -135,6 +136,7 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
     if (values.profile) {
       console.log(`${how}; copy bandwidth ${(copy / 1e12).toFixed(2)} TB/s:`);
       for (const line of profileTable(kernels, copy)) console.log(`  ${line}`);
+      printPrefillProfile(await session.profilePrefill(prompt));
     }
     if (values.trace !== undefined) {
       writeTrace(values.trace, { device: device.description, queue: 'webgpu queue', kernels, copyBandwidth: copy }, traceAbout(command(), how));
@@ -144,6 +146,7 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
   session.close();
   return [
     { label: 'device', value: device.description },
+    { label: 'prefill GEMM tiles on', value: device.gemmUnits },
     { label: 'setup (compile + upload)', value: `${(setupMs / 1e3).toFixed(1)} s` },
     { label: `prefill (${promptLen} tokens) + first token`, value: `${best.prefill.toFixed(2)} ms` },
     { label: `decode ms per token (wall clock, (T${newTokens} − T1) / ${newTokens - 1})`, value: msPerToken.toFixed(3) },
@@ -161,6 +164,7 @@ async function main(): Promise<void> {
   const cfg = builtinConfig(values.config!);
   if (values.compare !== undefined && values.backend !== 'cuda') throw new BenchError('--compare needs --backend cuda');
   if (values.megakernel && values.backend !== 'cuda') throw new BenchError('--megakernel needs --backend cuda');
+  if (!['on', 'off'].includes(values['subgroup-matrix']!)) throw new BenchError(`--subgroup-matrix ${values['subgroup-matrix']}: expected on or off`);
   if (values.trace !== undefined) checkTraceFile(values.trace);
   let rows: Row[];
   switch (values.backend) {

@@ -6,7 +6,7 @@
 
 import { DType } from '../../ir/dtype.ts';
 import { randomFunction } from '../random-source.ts';
-import { webgpuCaps } from '../device-caps.ts';
+import { SubgroupMatrixCaps, webgpuCaps } from '../device-caps.ts';
 import { KBuffer, KernelIR, KExpr, ROW } from '../kernel-ir.ts';
 import { renderGemmWgsl } from './gemm.ts';
 import { renderFlashWgsl } from './flash.ts';
@@ -36,13 +36,22 @@ export interface WgslOptions {
   readonly layouts?: readonly BufferLayout[];
   /** The device has the `subgroups` feature. */
   readonly subgroups?: boolean;
+  /** The device was opened with f16 subgroup matrices (runtime/webgpu/device.ts says when). */
+  readonly subgroupMatrix?: SubgroupMatrixCaps;
 }
 
 /** Schedules a kernel for a WebGPU device (webgpuCaps) and prints it: the one-step form. */
 export function renderWgsl(k: KernelIR, opts: WgslOptions = {}): RenderedWgsl {
   const layouts = opts.layouts ?? defaultLayouts(k);
   const splitBuffers = new Set(layouts.flatMap((l, i) => (l.chunks > 1 ? [i] : [])));
-  return printWgsl(scheduleKernel(k, webgpuCaps({ subgroups: opts.subgroups ?? false }), { splitBuffers }), { layouts });
+  const device = webgpuCaps({ subgroups: opts.subgroups ?? false, ...(opts.subgroupMatrix ? { subgroupMatrix: opts.subgroupMatrix } : {}) });
+  return printWgsl(scheduleKernel(k, device, { splitBuffers }), { layouts });
+}
+
+/** What a device's features and limits let its kernels use: subgroups, and f16 subgroup matrices. */
+export function wgslFeatures(gpu: { readonly features: { has(f: string): boolean }; readonly limits: { readonly maxComputeWorkgroupStorageSize: number } }): WgslOptions {
+  const matrix = gpu.features.has('chromium-experimental-subgroup-matrix') && gpu.features.has('shader-f16');
+  return { subgroups: gpu.features.has('subgroups'), ...(matrix ? { subgroupMatrix: { workgroupBytes: gpu.limits.maxComputeWorkgroupStorageSize } } : {}) };
 }
 
 const defaultLayouts = (k: KernelIR): BufferLayout[] => k.buffers.map(() => ({ chunks: 1, chunkWords: 0 }));
@@ -124,6 +133,9 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   }
 
   const before = sk.subgroups ? ['enable subgroups;', 'diagnostic(off, subgroup_uniformity);'] : [];
+  // Subgroup-matrix tiles: f16 operands; each subgroup's block is placed by lid / 32, which the uniformity analysis
+  // cannot prove the same across a subgroup (the device is opened with them only where subgroups are 32 lanes).
+  if (sk.gemm?.units === 'subgroup-matrix-f16') before.push('enable f16;', 'enable chromium_experimental_subgroup_matrix;', 'diagnostic(off, chromium.subgroup_matrix_uniformity);');
   const random = body.some((l) => l.includes('tf_random(')) ? [randomFunction('wgsl')] : [];
   const out: string[] = [];
   const bindings: WgslBinding[] = [];

@@ -3,7 +3,7 @@
 
 import { evalSize, KernelIR, KExpr, varsOf } from '../../backends/kernel-ir.ts';
 import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
-import { BufferLayout, renderWgsl } from '../../backends/wgsl/render-wgsl.ts';
+import { BufferLayout, renderWgsl, wgslFeatures } from '../../backends/wgsl/render-wgsl.ts';
 import { DType } from '../../ir/dtype.ts';
 import { bufferKey, BufferKey, planBuffers, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
@@ -79,7 +79,7 @@ export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: Readonly
       const chunks = Math.max(1, Math.ceil(buf.size / chunkBytes));
       return { chunks, chunkWords: chunks > 1 ? chunkBytes / 4 : 0 };
     });
-    const { code, bindings, rows } = renderWgsl(ir, { layouts, subgroups: gpu.features.has('subgroups') });
+    const { code, bindings, rows } = renderWgsl(ir, { layouts, ...wgslFeatures(gpu) });
     let pipeline = pipelines.get(code);
     if (!pipeline) {
       // An explicit layout: 'auto' would drop bindings the shader happens not to read (a buffer read only as vec4s).

@@ -22,6 +22,7 @@ import { CopyDispatch, CopyKernels } from '../webgpu/copy-kernel.ts';
 import { WebGpuUnavailableError } from '../webgpu/errors.ts';
 import { pacedWait, pacesPolls } from '../webgpu/polling.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
+import { wgslFeatures } from '../../backends/wgsl/render-wgsl.ts';
 import { align, allocateBuffers, GpuGraph, GpuKernel, prepareGraph, sizeWords, wordBytes } from './webgpu-load.ts';
 
 export { WebGpuUnavailableError };
@@ -35,12 +36,18 @@ export interface WebGpuOptions {
   readonly runsPerSubmit?: number;
   /** Use subgroups where the adapter has them (default); false: kernels combine through workgroup memory only. */
   readonly subgroups?: boolean;
+  /**
+   * GEMM tiles on f16 subgroup matrices where Dawn offers them (default; runtime/webgpu/device.ts says when);
+   * false: f32 multiply-adds.
+   */
+  readonly subgroupMatrix?: boolean;
 }
 
 /** Opens the adapter Dawn finds; WebGpuUnavailableError where there is none. Dawn (Node only) loads here, lazily. */
 export async function openWebGpu(opts: WebGpuOptions = {}): Promise<WebGpuDevice> {
   const { openDevice } = await import('../webgpu/device.ts');
-  return new WebGpuDevice(await openDevice({ subgroups: opts.subgroups ?? true }), opts);
+  const subgroups = opts.subgroups ?? true;
+  return new WebGpuDevice(await openDevice({ subgroups, subgroupMatrix: subgroups && (opts.subgroupMatrix ?? true) }), opts);
 }
 
 /** The adapter's vendor, architecture and device, as far as the implementation tells. */
@@ -56,8 +63,12 @@ export class WebGpuDevice implements Device {
   /** Starts a wait for the device (a Dawn promise): on a CPU adapter without a core kept busy (webgpu/polling.ts). */
   readonly wait: <T>(start: () => T) => T;
 
+  /** What GEMM tiles of bf16 weights run on: the README's "which path ran". */
+  readonly gemmUnits: string;
+
   constructor(readonly gpu: GPUDevice, readonly opts: WebGpuOptions = {}) {
     this.description = adapterName(gpu);
+    this.gemmUnits = wgslFeatures(gpu).subgroupMatrix ? 'f16 subgroup matrices (16 × 16 × 16, f32 results)' : 'f32 multiply-adds';
     this.wait = pacesPolls(gpu) ? pacedWait : (start) => start();
   }
 

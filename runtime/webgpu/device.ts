@@ -6,9 +6,26 @@ import { withNativeStderrSilenced } from './quiet-stderr.ts';
 
 export { WebGpuUnavailableError };
 
-let gpu: GPU | undefined;
+/** Dawn's instances, by the toggles they were created with. */
+const instances = new Map<string, GPU>();
 
-export async function openDevice(opts: { readonly subgroups: boolean } = { subgroups: true }): Promise<GPUDevice> {
+/**
+ * Dawn's toggles for subgroup matrices: `allow_unsafe_apis` exposes the experimental feature, and
+ * `vulkan_enable_f16_on_nvidia` the `shader-f16` its f16 configurations need, which Dawn withholds on NVIDIA's
+ * Vulkan driver by default (pending conformance failures it lists; the GEMM tiles use f16 only as products'
+ * operands, and the GPU tests check them against the reference interpreter there).
+ */
+const MATRIX_TOGGLES = 'enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia';
+
+export interface OpenOptions {
+  readonly subgroups: boolean;
+  /** Open with f16 subgroup matrices where the adapter offers them (subgroupMatrixFeatures). */
+  readonly subgroupMatrix?: boolean;
+}
+
+export async function openDevice(opts: OpenOptions = { subgroups: true }): Promise<GPUDevice> {
+  const toggles = ['disable-dawn-features=timestamp_quantization', ...(opts.subgroupMatrix ? [MATRIX_TOGGLES] : [])];
+  let gpu = instances.get(toggles.join(' '));
   if (!gpu) {
     // Dawn is an optional dependency, loaded only when a WebGPU device is opened.
     let dawn: typeof import('webgpu');
@@ -20,17 +37,34 @@ export async function openDevice(opts: { readonly subgroups: boolean } = { subgr
     const { create, globals } = dawn;
     Object.assign(globalThis, globals);
     // Unquantized timestamps, so the benchmark's per-kernel profile is exact to the GPU's tick.
-    gpu = create(['disable-dawn-features=timestamp_quantization']);
+    gpu = create(toggles);
+    instances.set(toggles.join(' '), gpu);
   }
   const adapter = await withNativeStderrSilenced(() => gpu!.requestAdapter({ powerPreference: 'high-performance' }));
   if (!adapter) {
     throw new WebGpuUnavailableError('no WebGPU adapter: Dawn found no Vulkan device (on a CPU-only Debian machine, install Mesa 25 from bookworm-backports for lavapipe)');
   }
-  const device = await requestDevice(adapter, opts.subgroups ? ['timestamp-query', 'subgroups'] : ['timestamp-query']);
+  const features: GPUFeatureName[] = ['timestamp-query', ...(opts.subgroups ? ['subgroups' as const] : []), ...(opts.subgroupMatrix ? subgroupMatrixFeatures(adapter) : [])];
+  const device = await requestDevice(adapter, features);
   device.addEventListener('uncapturederror', (e) => {
     console.error(`tsfuse webgpu: ${(e as GPUUncapturedErrorEvent).error.message}`);
   });
   return device;
+}
+
+/**
+ * The features f16 subgroup-matrix GEMM tiles need, where the adapter has them: a configuration of f16 × f16 → f32
+ * products of 16 × 16 × 16, and subgroups of exactly 32 lanes (the tiles place 8 subgroups in a workgroup of 256).
+ */
+export function subgroupMatrixFeatures(adapter: GPUAdapter): GPUFeatureName[] {
+  const info = adapter.info as GPUAdapterInfo & {
+    readonly subgroupMatrixConfigs?: readonly { componentType: string; resultComponentType: string; M: number; N: number; K: number }[];
+    readonly subgroupMinSize?: number; readonly subgroupMaxSize?: number;
+  };
+  const wanted = ['chromium-experimental-subgroup-matrix', 'shader-f16', 'subgroups'] as GPUFeatureName[];
+  if (!wanted.every((f) => adapter.features.has(f)) || info.subgroupMinSize !== 32 || info.subgroupMaxSize !== 32) return [];
+  const f16 = (info.subgroupMatrixConfigs ?? []).some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 16 && c.K === 16);
+  return f16 ? wanted : [];
 }
 
 export function adapterName(device: GPUDevice): string {

@@ -4,6 +4,7 @@
 // deep a step), @bf16shallow (depth 96, 32 deep) and @bf16norm (its left operand the rows a norm kernel stores, as
 // bf16 on CUDA) take CUDA's matrix units, which round the left operand to bf16 (8 bits of mantissa): held to 1e-2
 // of the reference's relative error; every f32 path (and @f32mix, depth 96, f32 multiply-adds on every GPU) to 1e-4.
+// WebGPU's GEMMs of bf16 weights run on f16 subgroup matrices where Dawn offers them (the H200): held to 1e-2 too.
 
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -15,7 +16,9 @@ import { Device, namedOutputKey } from '../../runtime/device.ts';
 import { ParamStore } from '../../runtime/params.ts';
 import { kernelDevices, onDevice, openCudaOrFake, restoreCudaOrFake } from '../runtime/fake-cuda/build.ts';
 import { relativeError } from './compare.ts';
-import { cudaCaps } from '../../backends/device-caps.ts';
+import { cudaCaps, DeviceCaps, webgpuCaps } from '../../backends/device-caps.ts';
+import { formatSchedule } from '../../backends/schedule-format.ts';
+import { printWgsl } from '../../backends/wgsl/render-wgsl.ts';
 import { evalSize } from '../../backends/kernel-ir.ts';
 import { scheduleKernels } from '../../backends/schedule.ts';
 import { Rng } from './rng.ts';
@@ -149,6 +152,23 @@ basics('on sm_90 the GEMMs of bf16 left operands take wgmma tiles (64, 96 or 128
   });
   assert.throws(() => withGemmEnv('wgmma:96x4', () => cudaCaps(90, 8)), /TSFUSE_GEMM=wgmma:96x4: expected/);
 });
+basics('on WebGPU with f16 subgroup matrices the GEMMs of bf16 weights take subgroup-matrix tiles where they fit, f32 weights multiply-adds', () => {
+  const plan = (graph: string, caps: DeviceCaps) => {
+    const sk = scheduleKernels(compiled.graphs.find((g) => g.graph.name === graph)!.kernels, caps).find((k) => k.gemm)!;
+    return `${sk.gemm!.units} ${sk.gemm!.tileRows}×${sk.gemm!.tileColumns}×${sk.gemm!.tileDepth}`;
+  };
+  const matrix = webgpuCaps({ subgroups: true, subgroupMatrix: { workgroupBytes: 49152 } });
+  assert.equal(['bf16', 'bf16norm', 'bf16deep', 'bf16normwide', 'f32mix'].map((g) => plan(g, matrix)),
+    ['subgroup-matrix-f16 64×64×32', 'subgroup-matrix-f16 64×64×32', 'subgroup-matrix-f16 64×64×32', 'subgroup-matrix-f16 64×64×32', 'fma 64×64×16']);
+  assert.is(plan('bf16', webgpuCaps({ subgroups: true })), 'fma 64×64×16', 'no subgroup matrices offered');
+  assert.is(plan('bf16', webgpuCaps({ subgroups: true, subgroupMatrix: { workgroupBytes: 16384 } })), 'fma 64×64×16', 'the tile does not fit in 16 KiB');
+  const sk = scheduleKernels(compiled.graphs.find((g) => g.graph.name === 'bf16')!.kernels, matrix).find((k) => k.gemm)!;
+  const code = printWgsl(sk).code;
+  for (const needed of ['enable f16;', 'enable chromium_experimental_subgroup_matrix;', 'subgroupMatrixMultiplyAccumulate(', 'subgroupMatrixStore<row_major>(&tf_cs']) assert.ok(code.includes(needed), needed);
+  assert.match(formatSchedule(sk), 'f16 subgroup matrices (16 × 16 × 16, f32 results)');
+  // The row form keeps the f32 products for fewer rows than the tiles start from.
+  assert.is(sk.tilesFrom, 16);
+});
 basics('on CUDA (8 multiprocessors) the deep GEMMs split their depth while their tiles are few, the others never', () => {
   const caps = cudaCaps(90, 8);
   const parts = (graph: string, rows: number) => {
@@ -172,8 +192,10 @@ for (const kind of kernelDevices) {
     expected ??= await onDevice('reference', (ref) => outputs(ref, reference));
     await onDevice(kind, async (device) => {
       const got = await outputs(device, compiled);
+      // WebGPU where Dawn offers f16 subgroup matrices (the H200, not lavapipe): the left operand rounded to f16.
+      const matrixUnits = kind === 'cuda' || (device as { gemmUnits?: string }).gemmUnits?.startsWith('f16') === true;
       for (const [key, ref] of expected!) {
-        const mma = kind === 'cuda' && key.startsWith('bf16');
+        const mma = matrixUnits && key.startsWith('bf16');
         const err = relativeError(got.get(key)!, ref);
         assert.ok(err < (mma ? 1e-2 : 1e-4), `${key}: relative error ${err} (GEMM_SEED=${seed})`);
         // Not a coincidence of zeros: the outputs are spread.
