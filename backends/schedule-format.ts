@@ -36,7 +36,7 @@ export function formatSchedule(s: ScheduledKernel): string {
     const split = p.split ? `; while tiles × 2 ≤ ${2 * p.split.counters}, each tile's depth split among the most workgroups (2 to ${p.split.maxParts}) that keep parts × tiles ≤ ${2 * p.split.counters}, the last to finish adding the parts in order` : '';
     const wgmma = p.staging?.kind === 'async' ? `bf16 warpgroup matrix instructions (wgmma m64n${p.tileColumns}k16 from shared memory, f32 accumulators), copied by cp.async ${p.staging.stages} stages deep in the 128-byte swizzle (TSFUSE_GEMM=mma: mma.sync instead)` : '';
     const units = { 'mma-bf16': `bf16 matrix instructions (mma m16n8k16, f32 accumulators), ${staging}`, 'wgmma-bf16': wgmma,
-      'subgroup-matrix-f16': 'f16 subgroup matrices (16 × 16 × 16, f32 results), each subgroup 16 × 32 of the tile, staged through registers a step ahead, the left operand rounded to f16',
+      'subgroup-matrix-f16': `f16 subgroup matrices (16 × 16 × 16, f32 results), each of 8 subgroups ${p.tileRows / 4} × ${p.tileColumns / 2} of the tile, staged through registers a step ahead, the left operand rounded to f16`,
       fma: 'f32 multiply-adds, 4 × 4 outputs per thread', serial: 'one row at a time' }[p.units];
     lines.push(`  gemm ${formatSize(k.gemm.rows)} × ${k.gemm.columns} over ${k.gemm.depth}, ${k.gemm.b.length} product${k.gemm.b.length > 1 ? 's' : ''}: tiles of ${p.tileRows} × ${p.tileColumns} (${formatSize(p.rowTiles)} × ${p.columnTiles}), ${p.tileDepth} deep per step, ${units}${split}`);
   }

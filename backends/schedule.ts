@@ -432,11 +432,14 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
     const split = depthSplit(tile, gemm, device, bytes);
     if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes, left: left === DType.BF16 ? 'bf16' : 'f32' }, ...(split ? { split } : {}) };
   }
-  // WebGPU's subgroup matrices: 64 × 64 tiles 32 deep, each subgroup 16 rows × 32 columns (two products of one
-  // left fragment), the operands loaded into registers a step ahead and stored to workgroup memory as f16.
+  // WebGPU's subgroup matrices: 128 × 64 tiles 32 deep, each subgroup 32 rows × 32 columns (four products of two
+  // left and two right fragments), the operands loaded into registers a step ahead and stored to workgroup memory as f16.
   if (gemmOnSubgroupMatrix(k, device)) {
-    const tile: GemmPlan = { ...plan, units: 'subgroup-matrix-f16', tileDepth: 32, staging: { kind: 'registers' } };
-    if (gemmBytes(gemm, tile) <= device.matrixTileBytes!) return tile;
+    const [rows, depth] = (process.env.TSFUSE_WGSL_TILE ?? '128x64').split('x').map(Number);
+    for (const d of [depth, 32]) {
+      const tile: GemmPlan = { ...plan, units: 'subgroup-matrix-f16', tileRows: rows, rowTiles: rowTilesOf(rows), tileDepth: d, staging: { kind: 'registers' } };
+      if (gemm.depth % d === 0 && gemmBytes(gemm, tile) + 2 * 4 * GPU_THREADS <= device.matrixTileBytes!) return tile;
+    }
   }
   return gemmBytes(gemm, plan) <= device.staticWorkgroupMemoryBytes ? { ...plan, staging: mma ? { kind: 'registers' } : undefined } : undefined;
 }

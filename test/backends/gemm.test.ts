@@ -159,7 +159,7 @@ basics('on WebGPU with f16 subgroup matrices the GEMMs of bf16 weights take subg
   };
   const matrix = webgpuCaps({ subgroups: true, subgroupMatrix: { workgroupBytes: 49152 } });
   assert.equal(['bf16', 'bf16norm', 'bf16deep', 'bf16normwide', 'f32mix'].map((g) => plan(g, matrix)),
-    ['subgroup-matrix-f16 64×64×32', 'subgroup-matrix-f16 64×64×32', 'subgroup-matrix-f16 64×64×32', 'subgroup-matrix-f16 64×64×32', 'fma 64×64×16']);
+    ['subgroup-matrix-f16 128×64×64', 'subgroup-matrix-f16 128×64×64', 'subgroup-matrix-f16 128×64×64', 'subgroup-matrix-f16 128×64×64', 'fma 64×64×16']);
   assert.is(plan('bf16', webgpuCaps({ subgroups: true })), 'fma 64×64×16', 'no subgroup matrices offered');
   assert.is(plan('bf16', webgpuCaps({ subgroups: true, subgroupMatrix: { workgroupBytes: 16384 } })), 'fma 64×64×16', 'the tile does not fit in 16 KiB');
   const sk = scheduleKernels(compiled.graphs.find((g) => g.graph.name === 'bf16')!.kernels, matrix).find((k) => k.gemm)!;
