@@ -123,6 +123,22 @@ export interface GemmPlan {
   readonly staging?: { readonly kind: 'registers' } | { readonly kind: 'async'; readonly stages: number; readonly bytes: number; readonly left: 'f32' | 'bf16' };
   /** Where few tiles would leave multiprocessors idle: each tile's depth divided among workgroups (DepthSplit). */
   readonly split?: DepthSplit;
+  /**
+   * Subgroup-matrix tiles for fewer rows than `below` (a short prompt): tiles of tileRows × tileColumns in which each
+   * of the 8 subgroups takes a 16-deep slice of every 128-deep step, their sums added through workgroup memory at
+   * the end. Narrow tiles make four times the workgroups of 64-column ones, so that few rows' weights stream from
+   * every multiprocessor.
+   */
+  readonly shortTile?: ShortTile;
+}
+
+export interface ShortTile {
+  readonly below: number;
+  readonly tileRows: number;
+  readonly tileColumns: number;
+  readonly tileDepth: number;
+  readonly rowTiles: KExpr;
+  readonly columnTiles: number;
 }
 
 /**
@@ -317,7 +333,9 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   const flash = k.flash && flashPlan(k.flash, k, device, opts);
   const tileBytes = gemm ? gemmBytes(k.gemm!, gemm) : flash ? flash.bytes : 0;
   const extent = k.gemm?.rows ?? k.flash?.queries;
-  const tileGrid = gemm ? mul(mul(gemm.rowTiles, int(gemm.columnTiles)), gemm.split?.parts ?? int(1)) : flash ? mul(int(k.flash!.batch * (flash.keyChunks?.count ?? 1)), flash.queryTiles) : undefined;
+  const gemmGrid = gemm && mul(mul(gemm.rowTiles, int(gemm.columnTiles)), gemm.split?.parts ?? int(1));
+  const short = gemm?.shortTile;
+  const tileGrid = gemmGrid ? (short ? select(lt(extent!, int(short.below)), mul(short.rowTiles, int(short.columnTiles)), gemmGrid) : gemmGrid) : flash ? mul(int(k.flash!.batch * (flash.keyChunks?.count ?? 1)), flash.queryTiles) : undefined;
   // Fewer rows than this run row by row (the CPU, with no choice to make, always runs the tiles).
   // The decode form runs whenever it exists; on CUDA its kernel keeps the row form for the megakernel's tasks.
   const decodeFrom = device.target === 'cuda' ? 1 : 0;
@@ -432,16 +450,34 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
     const split = depthSplit(tile, gemm, device, bytes);
     if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes, left: left === DType.BF16 ? 'bf16' : 'f32' }, ...(split ? { split } : {}) };
   }
-  // WebGPU's subgroup matrices: 128 × 64 tiles 32 deep, each subgroup 32 rows × 32 columns (four products of two
-  // left and two right fragments), the operands loaded into registers a step ahead and stored to workgroup memory as f16.
+  // WebGPU's subgroup matrices: 128 × 64 tiles, each subgroup 32 × 32 (four products of two left and two right
+  // fragments), 64 deep a step where that fits in the adapter's workgroup memory, else 32 (two products); below 128
+  // rows, 32 × 16 tiles with the depth split among the subgroups. Measured on the H200 (BENCHMARKS.md, ninth session),
+  // prefill on the device's clock at 32 / 64 / 128 / 512 tokens: 64 × 64 × 32 tiles throughout 8.1 / – / – / 21.0 ms
+  // (wall), 128 × 32 9.96 / – / – / 19.0, 128 × 64 8.1 / 20.8 / 8.8 / 17.7; short tiles below 128 rows 4.3–5.0 / 14.0.
   if (gemmOnSubgroupMatrix(k, device)) {
-    const [rows, depth] = (process.env.TSFUSE_WGSL_TILE ?? '128x64').split('x').map(Number);
-    for (const d of [depth, 32]) {
-      const tile: GemmPlan = { ...plan, units: 'subgroup-matrix-f16', tileRows: rows, rowTiles: rowTilesOf(rows), tileDepth: d, staging: { kind: 'registers' } };
-      if (gemm.depth % d === 0 && gemmBytes(gemm, tile) + 2 * 4 * GPU_THREADS <= device.matrixTileBytes!) return tile;
+    const below = 128;
+    const shortTile: ShortTile | undefined = gemm.depth % 128 === 0 && below > device.tuning.tilesFrom.gemm
+      ? { below, tileRows: 32, tileColumns: 16, tileDepth: 128, rowTiles: rowTilesOf(32), columnTiles: Math.ceil(gemm.columns / 16) } : undefined;
+    for (const depth of [64, 32]) {
+      const tile: GemmPlan = { ...plan, units: 'subgroup-matrix-f16', tileRows: 128, rowTiles: rowTilesOf(128), tileDepth: depth, staging: { kind: 'registers' }, ...(shortTile ? { shortTile } : {}) };
+      // The row form's reduction arrays (2 × 4 bytes a thread) are declared beside the tiles'.
+      if (gemm.depth % depth === 0 && gemmBytes(gemm, tile) + 2 * 4 * GPU_THREADS <= device.matrixTileBytes!) return tile;
     }
   }
   return gemmBytes(gemm, plan) <= device.staticWorkgroupMemoryBytes ? { ...plan, staging: mma ? { kind: 'registers' } : undefined } : undefined;
+}
+
+/**
+ * Bytes of the workgroup arrays a subgroup-matrix tile declares, both its tile forms' in one: the left operand's f16
+ * rows and each right operand's (padded by 8), and f32 scratch for the results (a 16 × 16 fragment of each product
+ * for each of the 8 subgroups; the short tile's 2 fragments a subgroup, one product at a time).
+ */
+export function subgroupMatrixBytes(g: GemmIR, p: GemmPlan): [left: number, right: number, scratch: number] {
+  const forms = [p, ...(p.shortTile ? [p.shortTile] : [])];
+  const left = Math.max(...forms.map((f) => 2 * f.tileRows * (f.tileDepth + 8)));
+  const right = Math.max(...forms.map((f) => 2 * f.tileColumns * (f.tileDepth + 8)));
+  return [left, right * g.b.length, 4 * 256 * (GPU_THREADS / 32) * Math.max(g.b.length, p.shortTile ? 2 : 0)];
 }
 
 /**
@@ -519,7 +555,7 @@ const hasBf16Mma = (device: DeviceCaps) => device.matrixUnits.some((u) => u.inpu
 function gemmBytes(g: GemmIR, p: GemmPlan): number {
   if (p.units === 'serial' || p.staging?.kind === 'async') return 0;
   // f16 operands in rows padded by 8, and a 16 × 16 f32 result of each product for each subgroup's epilogue.
-  if (p.units === 'subgroup-matrix-f16') return 2 * (p.tileDepth + 8) * (p.tileRows + g.b.length * p.tileColumns) + 4 * 256 * g.b.length * (GPU_THREADS / 32);
+  if (p.units === 'subgroup-matrix-f16') return subgroupMatrixBytes(g, p).reduce((a, b) => a + b, 0);
   return p.units === 'mma-bf16'
     ? 2 * (p.tileDepth + 8) * (p.tileRows + g.b.length * p.tileColumns)
     : 4 * p.tileDepth * (p.tileRows + g.b.length * p.tileColumns);

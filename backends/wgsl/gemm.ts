@@ -6,7 +6,7 @@
 import { DType } from '../../ir/dtype.ts';
 import { GemmIR, KExpr, runsAlong } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
-import { GemmPlan } from '../schedule.ts';
+import { GemmPlan, ShortTile, subgroupMatrixBytes } from '../schedule.ts';
 
 /** A GEMM tile's shader parts: workgroup memory, the body of `main`, and the buffers it reads through vec4 bindings. */
 export interface RenderedGemm {
@@ -20,7 +20,7 @@ export interface RenderedGemm {
  * may be read 16 bytes at a time (those bound whole).
  */
 export function renderGemmWgsl(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: string, threads: number, wide: (buf: number) => boolean): RenderedGemm {
-  if (plan.units === 'subgroup-matrix-f16') return subgroupMatrixTile(g, plan, p, rows, threads, wide);
+  if (plan.units === 'subgroup-matrix-f16') return subgroupMatrixTiles(g, plan, p, rows, threads, wide);
   const { tileRows: TM, tileColumns: TN, tileDepth: TD } = plan;
   const per = 4;
   if (plan.units !== 'fma' || (TM / per) * (TN / per) !== threads) throw new Error(`WGSL: no GEMM tiles of ${TM} × ${TN} (${plan.units}) for ${threads} threads`);
@@ -91,38 +91,47 @@ const LANES = 32;
 const FRAGMENT = 16;
 /** How the 8 subgroups of a workgroup share a tile: 4 along the rows, 2 along the columns. */
 const [SUBGROUP_ROWS, SUBGROUP_COLUMNS] = [4, 2];
+const LEFT = `subgroup_matrix_left<f16, ${FRAGMENT}, ${FRAGMENT}>`;
+const RIGHT = `subgroup_matrix_right<f16, ${FRAGMENT}, ${FRAGMENT}>`;
+const RESULT = `subgroup_matrix_result<f32, ${FRAGMENT}, ${FRAGMENT}>`;
+
+/** A tile's shape: rows, columns and depth per step (GemmPlan or its ShortTile). */
+interface TileShape {
+  readonly tileRows: number;
+  readonly tileColumns: number;
+  readonly tileDepth: number;
+  readonly rowTiles: KExpr;
+}
 
 /**
- * A tile on subgroup matrices. The operands of the next step are loaded into registers while the subgroups
- * multiply the current step's, then stored to workgroup memory as f16 in rows of `tileDepth + 8` (the padding moves
- * each row's start to other banks). An operand read from memory as it is, in aligned runs along the depth (an f32
- * row, a bf16 weight), is loaded 16 bytes at a time through its vec4 binding (`wide` says which buffers may be
- * bound so); else one value a thread and register, neighbouring threads along the depth. Each subgroup keeps its
- * block's results in subgroup matrices; at the end it stores one fragment of each product at a time to its own f32
- * scratch, from which its lanes run the epilogue, 8 outputs each.
+ * GEMM tiles on subgroup matrices: the plan's tiles, and where it has a short tile, those for fewer rows than its
+ * `below`. Both stage their operands the same way (stageOperands) into the same workgroup arrays, sized for the
+ * larger of the two (subgroupMatrixBytes).
  */
-function subgroupMatrixTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: string, threads: number, wide: (buf: number) => boolean): RenderedGemm {
-  const { tileRows: TM, tileColumns: TN, tileDepth: TD } = plan;
-  const [subgroups, ops, S] = [threads / LANES, g.b.length, TD + 8];
-  const [fragRows, fragColumns] = [TM / (FRAGMENT * SUBGROUP_ROWS), TN / (FRAGMENT * SUBGROUP_COLUMNS)];
-  if (subgroups !== SUBGROUP_ROWS * SUBGROUP_COLUMNS || !Number.isInteger(fragRows) || !Number.isInteger(fragColumns) || threads % TD !== 0 || TD % FRAGMENT !== 0) {
-    throw new Error(`WGSL: no subgroup-matrix tiles of ${TM} × ${TN} × ${TD} for ${threads} threads`);
-  }
-  const left = `subgroup_matrix_left<f16, ${FRAGMENT}, ${FRAGMENT}>`;
-  const right = `subgroup_matrix_right<f16, ${FRAGMENT}, ${FRAGMENT}>`;
-  const result = `subgroup_matrix_result<f32, ${FRAGMENT}, ${FRAGMENT}>`;
-  const decls = [`var<workgroup> tf_as: array<f16, ${TM * S}>;`];
-  g.b.forEach((_, o) => decls.push(`var<workgroup> tf_bs${o}: array<f16, ${TN * S}>;`));
-  decls.push(`var<workgroup> tf_cs: array<f32, ${subgroups * ops * FRAGMENT * FRAGMENT}>;`);
-  const out: string[] = [];
-  const rowTiles = p.expr(plan.rowTiles, out, '  ');
-  out.push(`  let tf_m0 = (row % ${rowTiles}) * ${TM};`);
-  out.push(`  let tf_n0 = (row / ${rowTiles}) * ${TN};`);
-  out.push(`  let tf_sg = lid / ${LANES};`);
-  out.push(`  let tf_sm = (tf_sg / ${SUBGROUP_COLUMNS}) * ${fragRows * FRAGMENT};`);
-  out.push(`  let tf_sn = (tf_sg % ${SUBGROUP_COLUMNS}) * ${fragColumns * FRAGMENT};`);
-  for (let o = 0; o < ops; o++) for (let i = 0; i < fragRows; i++) for (let j = 0; j < fragColumns; j++) out.push(`  var tf_c${o}_${i}_${j} = ${result}();`);
-  // Each operand's staging: registers, the loads of a step into them, and their stores to workgroup memory.
+function subgroupMatrixTiles(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: string, threads: number, wide: (buf: number) => boolean): RenderedGemm {
+  if (threads !== LANES * SUBGROUP_ROWS * SUBGROUP_COLUMNS) throw new Error(`WGSL: subgroup-matrix tiles are placed for ${LANES * SUBGROUP_ROWS * SUBGROUP_COLUMNS} threads, not ${threads}`);
+  const [left, right, scratch] = subgroupMatrixBytes(g, plan);
+  const decls = [`var<workgroup> tf_as: array<f16, ${left / 2}>;`];
+  g.b.forEach((_, o) => decls.push(`var<workgroup> tf_bs${o}: array<f16, ${right / 2 / g.b.length}>;`));
+  decls.push(`var<workgroup> tf_cs: array<f32, ${scratch / 4}>;`);
+  const vec4Buffers = new Set<number>();
+  const tiles = subgroupMatrixTile(g, plan, p, rows, threads, wide, vec4Buffers);
+  if (!plan.shortTile) return { decls, body: tiles, vec4Buffers: [...vec4Buffers] };
+  const short = shortSubgroupMatrixTile(g, plan.shortTile, p, rows, threads, wide, vec4Buffers);
+  const indent = (lines: string[]) => lines.map((l) => `  ${l}`);
+  return { decls, body: [`  if (${rows} < ${plan.shortTile.below}) {`, ...indent(short), '  } else {', ...indent(tiles), '  }'], vec4Buffers: [...vec4Buffers] };
+}
+
+/**
+ * The operands' staging: registers for a step, the code that loads a step into them (`k0` its first depth), and
+ * the code that stores them to workgroup memory as f16 in rows of `tileDepth + 8` (the padding moves each row's
+ * start to other banks). An operand read from memory as it is, in aligned runs along the depth (an f32 row, a bf16
+ * weight), is loaded 16 bytes at a time through its vec4 binding (`wide` says which buffers may be bound so; they
+ * are added to `vec4Buffers`); else one value a thread and register, neighbouring threads along the depth.
+ */
+function stageOperands(g: GemmIR, tile: TileShape, p: ExprPrinter, rows: string, threads: number, wide: (buf: number) => boolean, vec4Buffers: Set<number>, out: string[]) {
+  const { tileRows: TM, tileColumns: TN, tileDepth: TD } = tile;
+  const S = TD + 8;
   const operands = [
     { e: g.a, v: g.m, extent: rows, tile: TM, base: 'tf_m0', array: 'tf_as', reg: 'tf_ra' },
     ...g.b.map((e, o) => ({ e, v: g.n, extent: String(g.columns), tile: TN, base: 'tf_n0', array: `tf_bs${o}`, reg: `tf_rb${o}_` })),
@@ -130,50 +139,88 @@ function subgroupMatrixTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: str
     const e = o.e;
     const dtype = e.k === 'load' ? p.buffers[e.buf].dtype : undefined;
     const per = dtype === DType.F32 ? 4 : dtype === DType.BF16 ? 8 : 0;
-    const vector = e.k === 'load' && per > 0 && wide(e.buf) && runsAlong(e.index, g.k, per) && (o.tile * TD) % (per * threads) === 0 && TD % per === 0 ? per : 1;
-    return { ...o, vector, loads: (o.tile * TD) / (vector * threads), buf: e.k === 'load' ? e.buf : -1 };
+    const vector = e.k === 'load' && per > 0 && wide(e.buf) && runsAlong(e.index, g.k, per) && (o.tile * TD) % (per * threads) === 0 ? per : 1;
+    if ((o.tile * TD) % (vector * threads) !== 0) throw new Error(`WGSL: a ${o.tile} × ${TD} operand tile is not a whole number of loads for ${threads} threads`);
+    if (vector > 1 && e.k === 'load') vec4Buffers.add(e.buf);
+    return { ...o, vector, loads: (o.tile * TD) / (vector * threads), runs: TD / vector };
   });
   for (const o of operands) for (let i = 0; i < o.loads; i++) out.push(`  var ${o.reg}${i}: ${o.vector === 4 ? 'vec4<f32>' : o.vector === 8 ? 'vec4<u32>' : 'f32'};`);
-  // Register i of a thread holds run (lid + i · threads) of the tile: tile row (column) run / (TD / vector), depth
-  // (run % (TD / vector)) · vector.
+  // Register i of a thread holds run (lid + i · threads) of the tile: tile row (column) run / runs, depth
+  // (run % runs) · vector.
   const load = (k0: string, indent: string) => {
     for (const o of operands) {
-      const runs = TD / o.vector;
       for (let i = 0; i < o.loads; i++) {
         out.push(`${indent}{`);
-        out.push(`${indent}  let ${o.v} = ${o.base} + lid / ${runs} + ${(i * threads) / runs};`);
-        out.push(`${indent}  let ${g.k} = ${k0} + (lid % ${runs}) * ${o.vector};`);
+        out.push(`${indent}  let ${o.v} = ${o.base} + lid / ${o.runs} + ${(i * threads) / o.runs};`);
+        out.push(`${indent}  let ${g.k} = ${k0} + (lid % ${o.runs}) * ${o.vector};`);
         out.push(`${indent}  ${o.reg}${i} = ${o.vector === 4 ? 'vec4<f32>()' : o.vector === 8 ? 'vec4<u32>()' : '0.0'};`);
         out.push(`${indent}  if (${o.v} < ${o.extent} && ${g.k} < ${g.depth}) {`);
         if (o.vector === 1) out.push(`${indent}    ${o.reg}${i} = ${p.expr(o.e, out, `${indent}    `)};`);
-        else out.push(`${indent}    ${o.reg}${i} = b${o.buf}_v4[${p.expr((o.e as Extract<KExpr, { k: 'load' }>).index, out, `${indent}    `)} / ${o.vector}];`);
+        else out.push(`${indent}    ${o.reg}${i} = b${(o.e as Extract<KExpr, { k: 'load' }>).buf}_v4[${p.expr((o.e as Extract<KExpr, { k: 'load' }>).index, out, `${indent}    `)} / ${o.vector}];`);
         out.push(`${indent}  }`, `${indent}}`);
       }
     }
   };
-  load('0', '  ');
-  out.push(`  for (var tf_k0: i32 = 0; tf_k0 < ${g.depth}; tf_k0 += ${TD}) {`);
-  for (const o of operands) {
-    const runs = TD / o.vector;
-    const at = `(lid / ${runs}) * ${S} + (lid % ${runs}) * ${o.vector}`;
-    for (let i = 0; i < o.loads; i++) {
-      const base = `${at} + ${((i * threads) / runs) * S}`;
-      if (o.vector === 1) out.push(`    ${o.array}[${base}] = f16(${o.reg}${i});`);
-      for (let j = 0; o.vector > 1 && j < o.vector; j++) {
-        // bf16 words: the element at the even position is the low half.
-        const value = o.vector === 4 ? `${o.reg}${i}[${j}]` : `bitcast<f32>(${j % 2 === 0 ? `${o.reg}${i}[${j >> 1}] << 16u` : `${o.reg}${i}[${j >> 1}] & 0xffff0000u`})`;
-        out.push(`    ${o.array}[${base} + ${j}] = f16(${value});`);
+  const store = (indent: string) => {
+    for (const o of operands) {
+      const at = `(lid / ${o.runs}) * ${S} + (lid % ${o.runs}) * ${o.vector}`;
+      for (let i = 0; i < o.loads; i++) {
+        const base = `${at} + ${((i * threads) / o.runs) * S}`;
+        if (o.vector === 1) out.push(`${indent}${o.array}[${base}] = f16(${o.reg}${i});`);
+        for (let j = 0; o.vector > 1 && j < o.vector; j++) {
+          // bf16 words: the element at the even position is the low half.
+          const value = o.vector === 4 ? `${o.reg}${i}[${j}]` : `bitcast<f32>(${j % 2 === 0 ? `${o.reg}${i}[${j >> 1}] << 16u` : `${o.reg}${i}[${j >> 1}] & 0xffff0000u`})`;
+          out.push(`${indent}${o.array}[${base} + ${j}] = f16(${value});`);
+        }
       }
     }
+  };
+  return { load, store };
+}
+
+/** The epilogue at the tile's output (m, n), each product's result read by `acc(o)`. */
+function epilogue(g: GemmIR, p: ExprPrinter, rows: string, m: string, n: string, acc: (o: number) => string, indent: string, out: string[]): void {
+  out.push(`${indent}let ${g.m} = ${m};`, `${indent}let ${g.n} = ${n};`);
+  out.push(`${indent}if (${g.m} < ${rows} && ${g.n} < ${g.columns}) {`);
+  g.accs.forEach((a, o) => out.push(`${indent}  let ${a} = ${acc(o)};`));
+  for (const st of g.stores) {
+    const value = p.expr(st.value, out, `${indent}  `);
+    out.push(`${indent}  store_b${st.buf}(${p.expr(st.index, out, `${indent}  `)}, ${value});`);
   }
+  out.push(`${indent}}`);
+}
+
+/**
+ * The plan's tile: each of the 8 subgroups a block of (tileRows / 4) × (tileColumns / 2), whose results it keeps in
+ * subgroup matrices; the next step's operands load while this step's products run. At the end each subgroup stores
+ * one fragment of each product at a time to its own f32 scratch, from which its lanes run the epilogue, 8 outputs
+ * each.
+ */
+function subgroupMatrixTile(g: GemmIR, tile: TileShape, p: ExprPrinter, rows: string, threads: number, wide: (buf: number) => boolean, vec4Buffers: Set<number>): string[] {
+  const { tileRows: TM, tileColumns: TN, tileDepth: TD } = tile;
+  const [ops, S] = [g.b.length, TD + 8];
+  const [fragRows, fragColumns] = [TM / (FRAGMENT * SUBGROUP_ROWS), TN / (FRAGMENT * SUBGROUP_COLUMNS)];
+  if (!Number.isInteger(fragRows) || !Number.isInteger(fragColumns) || TD % FRAGMENT !== 0) throw new Error(`WGSL: no subgroup-matrix tiles of ${TM} × ${TN} × ${TD}`);
+  const out: string[] = [];
+  const rowTiles = p.expr(tile.rowTiles, out, '  ');
+  out.push(`  let tf_m0 = (row % ${rowTiles}) * ${TM};`);
+  out.push(`  let tf_n0 = (row / ${rowTiles}) * ${TN};`);
+  out.push(`  let tf_sg = lid / ${LANES};`);
+  out.push(`  let tf_sm = (tf_sg / ${SUBGROUP_COLUMNS}) * ${fragRows * FRAGMENT};`);
+  out.push(`  let tf_sn = (tf_sg % ${SUBGROUP_COLUMNS}) * ${fragColumns * FRAGMENT};`);
+  for (let o = 0; o < ops; o++) for (let i = 0; i < fragRows; i++) for (let j = 0; j < fragColumns; j++) out.push(`  var tf_c${o}_${i}_${j} = ${RESULT}();`);
+  const staging = stageOperands(g, tile, p, rows, threads, wide, vec4Buffers, out);
+  staging.load('0', '  ');
+  out.push(`  for (var tf_k0: i32 = 0; tf_k0 < ${g.depth}; tf_k0 += ${TD}) {`);
+  staging.store('    ');
   out.push('    workgroupBarrier();');
   // The next step's loads are in flight while this step's products run.
-  load(`tf_k0 + ${TD}`, '    ');
+  staging.load(`tf_k0 + ${TD}`, '    ');
   for (let kk = 0; kk < TD; kk += FRAGMENT) {
-    for (let i = 0; i < fragRows; i++) out.push(`    let tf_a${kk}_${i} = subgroupMatrixLoad<${left}, row_major>(&tf_as, u32((tf_sm + ${i * FRAGMENT}) * ${S} + ${kk}), ${S}u);`);
+    for (let i = 0; i < fragRows; i++) out.push(`    let tf_a${kk}_${i} = subgroupMatrixLoad<${LEFT}, row_major>(&tf_as, u32((tf_sm + ${i * FRAGMENT}) * ${S} + ${kk}), ${S}u);`);
     for (let o = 0; o < ops; o++) {
       for (let j = 0; j < fragColumns; j++) {
-        out.push(`    let tf_b${kk}_${o}_${j} = subgroupMatrixLoad<${right}, col_major>(&tf_bs${o}, u32((tf_sn + ${j * FRAGMENT}) * ${S} + ${kk}), ${S}u);`);
+        out.push(`    let tf_b${kk}_${o}_${j} = subgroupMatrixLoad<${RIGHT}, col_major>(&tf_bs${o}, u32((tf_sn + ${j * FRAGMENT}) * ${S} + ${kk}), ${S}u);`);
         for (let i = 0; i < fragRows; i++) out.push(`    tf_c${o}_${i}_${j} = subgroupMatrixMultiplyAccumulate(tf_a${kk}_${i}, tf_b${kk}_${o}_${j}, tf_c${o}_${i}_${j});`);
       }
     }
@@ -187,17 +234,62 @@ function subgroupMatrixTile(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: str
       for (let o = 0; o < ops; o++) out.push(`  subgroupMatrixStore<row_major>(&tf_cs, u32(tf_sg * ${scratch} + ${o * FRAGMENT * FRAGMENT}), tf_c${o}_${i}_${j}, ${FRAGMENT}u);`);
       out.push('  workgroupBarrier();');
       out.push(`  for (var tf_e: i32 = lid % ${LANES}; tf_e < ${FRAGMENT * FRAGMENT}; tf_e += ${LANES}) {`);
-      out.push(`    let ${g.m} = tf_m0 + tf_sm + ${i * FRAGMENT} + tf_e / ${FRAGMENT};`);
-      out.push(`    let ${g.n} = tf_n0 + tf_sn + ${j * FRAGMENT} + tf_e % ${FRAGMENT};`);
-      out.push(`    if (${g.m} < ${rows} && ${g.n} < ${g.columns}) {`);
-      g.accs.forEach((acc, o) => out.push(`      let ${acc} = tf_cs[tf_sg * ${scratch} + ${o * FRAGMENT * FRAGMENT} + tf_e];`));
-      for (const st of g.stores) {
-        const value = p.expr(st.value, out, '      ');
-        out.push(`      store_b${st.buf}(${p.expr(st.index, out, '      ')}, ${value});`);
-      }
-      out.push('    }', '  }');
+      epilogue(g, p, rows, `tf_m0 + tf_sm + ${i * FRAGMENT} + tf_e / ${FRAGMENT}`, `tf_n0 + tf_sn + ${j * FRAGMENT} + tf_e % ${FRAGMENT}`,
+        (o) => `tf_cs[tf_sg * ${scratch} + ${o * FRAGMENT * FRAGMENT} + tf_e]`, '    ', out);
+      out.push('  }');
       out.push('  workgroupBarrier();');
     }
   }
-  return { decls, body: out, vec4Buffers: [...new Set(operands.filter((o) => o.vector > 1).map((o) => o.buf))] };
+  return out;
+}
+
+/**
+ * The short tile (GemmPlan.shortTile): tileRows × one fragment of columns, each of the 8 subgroups a 16-deep slice
+ * of every step for all the tile's fragments. At the end the subgroups' sums of one product at a time go through
+ * the scratch, each thread adding the 8 partial sums of its outputs in the order of the depth; then the epilogue.
+ */
+function shortSubgroupMatrixTile(g: GemmIR, tile: ShortTile, p: ExprPrinter, rows: string, threads: number, wide: (buf: number) => boolean, vec4Buffers: Set<number>): string[] {
+  const { tileRows: TM, tileColumns: TN, tileDepth: TD } = tile;
+  const [ops, S, subgroups] = [g.b.length, TD + 8, threads / LANES];
+  const fragRows = TM / FRAGMENT;
+  if (TN !== FRAGMENT || TD !== FRAGMENT * subgroups || !Number.isInteger(fragRows)) throw new Error(`WGSL: no short subgroup-matrix tiles of ${TM} × ${TN} × ${TD}`);
+  const out: string[] = [];
+  const rowTiles = p.expr(tile.rowTiles, out, '  ');
+  out.push(`  let tf_m0 = (row % ${rowTiles}) * ${TM};`);
+  out.push(`  let tf_n0 = (row / ${rowTiles}) * ${TN};`);
+  out.push(`  let tf_sk = (lid / ${LANES}) * ${FRAGMENT};`);
+  for (let o = 0; o < ops; o++) for (let i = 0; i < fragRows; i++) out.push(`  var tf_c${o}_${i} = ${RESULT}();`);
+  const staging = stageOperands(g, tile, p, rows, threads, wide, vec4Buffers, out);
+  staging.load('0', '  ');
+  out.push(`  for (var tf_k0: i32 = 0; tf_k0 < ${g.depth}; tf_k0 += ${TD}) {`);
+  staging.store('    ');
+  out.push('    workgroupBarrier();');
+  staging.load(`tf_k0 + ${TD}`, '    ');
+  for (let i = 0; i < fragRows; i++) out.push(`    let tf_a${i} = subgroupMatrixLoad<${LEFT}, row_major>(&tf_as, u32(${i * FRAGMENT * S} + tf_sk), ${S}u);`);
+  for (let o = 0; o < ops; o++) {
+    out.push(`    let tf_b${o} = subgroupMatrixLoad<${RIGHT}, col_major>(&tf_bs${o}, u32(tf_sk), ${S}u);`);
+    for (let i = 0; i < fragRows; i++) out.push(`    tf_c${o}_${i} = subgroupMatrixMultiplyAccumulate(tf_a${i}, tf_b${o}, tf_c${o}_${i});`);
+  }
+  out.push('    workgroupBarrier();');
+  out.push('  }');
+  // Each thread's outputs: e = lid + q · threads of the tile's TM × 16, fragment e / 256, place e % 256.
+  const perThread = (TM * TN) / threads;
+  const frag = FRAGMENT * FRAGMENT;
+  for (let o = 0; o < ops; o++) {
+    for (let i = 0; i < fragRows; i++) out.push(`  subgroupMatrixStore<row_major>(&tf_cs, u32((lid / ${LANES}) * ${fragRows * frag} + ${i * frag}), tf_c${o}_${i}, ${FRAGMENT}u);`);
+    out.push('  workgroupBarrier();');
+    for (let q = 0; q < perThread; q++) {
+      const terms = Array.from({ length: subgroups }, (_, sg) => `tf_cs[${sg * fragRows * frag} + lid + ${q * threads}]`);
+      out.push(`  let tf_s${o}_${q} = ${terms.join(' + ')};`);
+    }
+    out.push('  workgroupBarrier();');
+  }
+  for (let q = 0; q < perThread; q++) {
+    out.push('  {');
+    // Output e = lid + q · threads is fragment row e / 256 (16 rows each), place e % 256 in it.
+    epilogue(g, p, rows, `tf_m0 + (lid + ${q * threads}) / ${frag} * ${FRAGMENT} + ((lid + ${q * threads}) % ${frag}) / ${FRAGMENT}`, `tf_n0 + (lid + ${q * threads}) % ${FRAGMENT}`,
+      (o) => `tf_s${o}_${q}`, '    ', out);
+    out.push('  }');
+  }
+  return out;
 }

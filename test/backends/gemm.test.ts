@@ -162,9 +162,16 @@ basics('on WebGPU with f16 subgroup matrices the GEMMs of bf16 weights take subg
     ['subgroup-matrix-f16 128×64×64', 'subgroup-matrix-f16 128×64×64', 'subgroup-matrix-f16 128×64×64', 'subgroup-matrix-f16 128×64×64', 'fma 64×64×16']);
   assert.is(plan('bf16', webgpuCaps({ subgroups: true })), 'fma 64×64×16', 'no subgroup matrices offered');
   assert.is(plan('bf16', webgpuCaps({ subgroups: true, subgroupMatrix: { workgroupBytes: 16384 } })), 'fma 64×64×16', 'the tile does not fit in 16 KiB');
+  assert.is(plan('bf16', webgpuCaps({ subgroups: true, subgroupMatrix: { workgroupBytes: 40000 } })), 'subgroup-matrix-f16 128×64×32', '64 deep needs 46,080 bytes');
+  // Short tiles (the depth split among the subgroups, 128 a step) where the depth is a multiple of 128.
+  const short = (graph: string) => scheduleKernels(compiled.graphs.find((g) => g.graph.name === graph)!.kernels, matrix).find((k) => k.gemm)!.gemm!.shortTile;
+  assert.equal(['bf16', 'bf16deep', 'bf16normodd', 'bf16shallow'].map((g) => short(g) && `below ${short(g)!.below}: ${short(g)!.tileRows}×${short(g)!.tileColumns}×${short(g)!.tileDepth}`),
+    ['below 128: 32×16×128', 'below 128: 32×16×128', undefined, undefined]);
   const sk = scheduleKernels(compiled.graphs.find((g) => g.graph.name === 'bf16')!.kernels, matrix).find((k) => k.gemm)!;
   const code = printWgsl(sk).code;
-  for (const needed of ['enable f16;', 'enable chromium_experimental_subgroup_matrix;', 'subgroupMatrixMultiplyAccumulate(', 'subgroupMatrixStore<row_major>(&tf_cs']) assert.ok(code.includes(needed), needed);
+  for (const needed of ['enable f16;', 'enable chromium_experimental_subgroup_matrix;', 'subgroupMatrixMultiplyAccumulate(', 'subgroupMatrixStore<row_major>(&tf_cs', 'if (sz_S < 128) {']) assert.ok(code.includes(needed), needed);
+  // The grid: the row form below 16 rows (35 workgroups a row), short tiles (32 × 16) below 128, else 128 × 64.
+  assert.equal([1, 15, 16, 127, 128, 300].map((rows) => evalSize(sk.grid.rows, { S: rows })), [35, 15 * 35, 5, 4 * 5, 1 * 2, 3 * 2]);
   assert.match(formatSchedule(sk), 'f16 subgroup matrices (16 × 16 × 16, f32 results)');
   // The row form keeps the f32 products for fewer rows than the tiles start from.
   assert.is(sk.tilesFrom, 16);
