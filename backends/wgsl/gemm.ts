@@ -1,7 +1,8 @@
 // A GEMM kernel (KernelIR.gemm) in WGSL: each workgroup computes a tile of rows × columns. Per step it stages
 // `tileDepth` columns of the left operand (the prologue computed as it loads) and as many rows of each right operand
-// in workgroup memory; then either each thread accumulates a 4 × 4 block of outputs with f32 multiply-adds, or each
-// subgroup a block of 16 × 16 fragments on subgroup matrices (f16 operands, f32 results).
+// in workgroup memory, loading the next step's into registers while this step's products run (stageOperands); then
+// either each thread accumulates a 4 × 4 block of outputs with f32 multiply-adds, or each subgroup a block of 16 × 16
+// fragments on subgroup matrices (f16 operands, f32 results).
 
 import { DType } from '../../ir/dtype.ts';
 import { GemmIR, KExpr, runsAlong } from '../kernel-ir.ts';
@@ -33,32 +34,14 @@ export function renderGemmWgsl(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: 
   out.push(`  let tf_tr = (lid / ${TN / per}) * ${per};`);
   out.push(`  let tf_tc = (lid % ${TN / per}) * ${per};`);
   g.accs.forEach((acc) => out.push(`  var ${acc}_t: array<f32, ${per * per}>;`));
+  const vec4Buffers = new Set<number>();
+  const staging = stageOperands(g, plan, p, rows, threads, wide, vec4Buffers, out, 'depth-major-f32');
+  staging.load('0', '  ');
   out.push(`  for (var tf_k0: i32 = 0; tf_k0 < ${g.depth}; tf_k0 += ${TD}) {`);
-  // The left operand's tile: element e is row e / TD, depth e % TD (neighbouring threads read along the depth).
-  out.push(`    for (var tf_e: i32 = lid; tf_e < ${TM * TD}; tf_e += ${threads}) {`);
-  out.push(`      let ${g.m} = tf_m0 + tf_e / ${TD};`);
-  out.push(`      let ${g.k} = tf_k0 + tf_e % ${TD};`);
-  out.push('      var tf_v: f32 = 0.0;');
-  out.push(`      if (${g.m} < ${rows} && ${g.k} < ${g.depth}) {`);
-  out.push(`        tf_v = ${p.expr(g.a, out, '        ')};`);
-  out.push('      }');
-  out.push(`      tf_as[(tf_e % ${TD}) * ${TM} + tf_e / ${TD}] = tf_v;`);
-  out.push('    }');
-  // Each right operand's tile: element e is column e / TD, depth e % TD.
-  out.push(`    for (var tf_e: i32 = lid; tf_e < ${TN * TD}; tf_e += ${threads}) {`);
-  out.push(`      let ${g.n} = tf_n0 + tf_e / ${TD};`);
-  out.push(`      let ${g.k} = tf_k0 + tf_e % ${TD};`);
-  g.b.forEach((b, i) => {
-    out.push('      {');
-    out.push('        var tf_v: f32 = 0.0;');
-    out.push(`        if (${g.n} < ${g.columns} && ${g.k} < ${g.depth}) {`);
-    out.push(`          tf_v = ${p.expr(b, out, '          ')};`);
-    out.push('        }');
-    out.push(`        tf_bs${i}[(tf_e % ${TD}) * ${TN} + tf_e / ${TD}] = tf_v;`);
-    out.push('      }');
-  });
-  out.push('    }');
+  staging.store('    ');
   out.push('    workgroupBarrier();');
+  // The next step's loads are in flight while this step's multiply-adds run.
+  staging.load(`tf_k0 + ${TD}`, '    ');
   out.push(`    for (var tf_d: i32 = 0; tf_d < ${TD}; tf_d++) {`);
   for (let i = 0; i < per; i++) out.push(`      let tf_a${i} = tf_as[tf_d * ${TM} + tf_tr + ${i}];`);
   g.b.forEach((_, o) => {
@@ -82,7 +65,7 @@ export function renderGemmWgsl(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: 
   }
   out.push('    }');
   out.push('  }');
-  return { decls, body: out, vec4Buffers: [] };
+  return { decls, body: out, vec4Buffers: [...vec4Buffers] };
 }
 
 /** Lanes of a subgroup the subgroup-matrix tiles are placed for (the device is opened with them only where exact). */
@@ -129,7 +112,8 @@ function subgroupMatrixTiles(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: st
  * weight), is loaded 16 bytes at a time through its vec4 binding (`wide` says which buffers may be bound so; they
  * are added to `vec4Buffers`); else one value a thread and register, neighbouring threads along the depth.
  */
-function stageOperands(g: GemmIR, tile: TileShape, p: ExprPrinter, rows: string, threads: number, wide: (buf: number) => boolean, vec4Buffers: Set<number>, out: string[]) {
+function stageOperands(g: GemmIR, tile: TileShape, p: ExprPrinter, rows: string, threads: number, wide: (buf: number) => boolean, vec4Buffers: Set<number>, out: string[],
+  layout: 'rows-f16' | 'depth-major-f32' = 'rows-f16') {
   const { tileRows: TM, tileColumns: TN, tileDepth: TD } = tile;
   const S = TD + 8;
   const operands = [
@@ -139,10 +123,13 @@ function stageOperands(g: GemmIR, tile: TileShape, p: ExprPrinter, rows: string,
     const e = o.e;
     const dtype = e.k === 'load' ? p.buffers[e.buf].dtype : undefined;
     const per = dtype === DType.F32 ? 4 : dtype === DType.BF16 ? 8 : 0;
-    const vector = e.k === 'load' && per > 0 && wide(e.buf) && runsAlong(e.index, g.k, per) && (o.tile * TD) % (per * threads) === 0 ? per : 1;
-    if ((o.tile * TD) % (vector * threads) !== 0) throw new Error(`WGSL: a ${o.tile} × ${TD} operand tile is not a whole number of loads for ${threads} threads`);
+    // A thread's registers hold whole runs: threads a multiple of the runs in a tile row (some threads idle where
+    // the tile has fewer runs than threads).
+    const vector = e.k === 'load' && per > 0 && wide(e.buf) && runsAlong(e.index, g.k, per) && TD % per === 0 && threads % (TD / per) === 0 ? per : 1;
+    const total = (o.tile * TD) / vector;
+    if (threads % (TD / vector) !== 0 || (total > threads && total % threads !== 0)) throw new Error(`WGSL: a ${o.tile} × ${TD} operand tile is not a whole number of loads for ${threads} threads`);
     if (vector > 1 && e.k === 'load') vec4Buffers.add(e.buf);
-    return { ...o, vector, loads: (o.tile * TD) / (vector * threads), runs: TD / vector };
+    return { ...o, vector, loads: Math.ceil(total / threads), runs: TD / vector, busy: total < threads ? `lid < ${total}` : undefined };
   });
   for (const o of operands) for (let i = 0; i < o.loads; i++) out.push(`  var ${o.reg}${i}: ${o.vector === 4 ? 'vec4<f32>' : o.vector === 8 ? 'vec4<u32>' : 'f32'};`);
   // Register i of a thread holds run (lid + i · threads) of the tile: tile row (column) run / runs, depth
@@ -154,24 +141,30 @@ function stageOperands(g: GemmIR, tile: TileShape, p: ExprPrinter, rows: string,
         out.push(`${indent}  let ${o.v} = ${o.base} + lid / ${o.runs} + ${(i * threads) / o.runs};`);
         out.push(`${indent}  let ${g.k} = ${k0} + (lid % ${o.runs}) * ${o.vector};`);
         out.push(`${indent}  ${o.reg}${i} = ${o.vector === 4 ? 'vec4<f32>()' : o.vector === 8 ? 'vec4<u32>()' : '0.0'};`);
-        out.push(`${indent}  if (${o.v} < ${o.extent} && ${g.k} < ${g.depth}) {`);
+        out.push(`${indent}  if (${o.busy ? `${o.busy} && ` : ''}${o.v} < ${o.extent} && ${g.k} < ${g.depth}) {`);
         if (o.vector === 1) out.push(`${indent}    ${o.reg}${i} = ${p.expr(o.e, out, `${indent}    `)};`);
         else out.push(`${indent}    ${o.reg}${i} = b${(o.e as Extract<KExpr, { k: 'load' }>).buf}_v4[${p.expr((o.e as Extract<KExpr, { k: 'load' }>).index, out, `${indent}    `)} / ${o.vector}];`);
         out.push(`${indent}  }`, `${indent}}`);
       }
     }
   };
+  // Where element (tile row or column r, depth d) of an operand goes: row r of TD + 8 (f16, for subgroup matrices),
+  // or depth d of the tile's rows (f32, for multiply-adds reading neighbouring rows).
+  const place = (tileRows: number, r: string, d: string) => (layout === 'rows-f16' ? `(${r}) * ${S} + ${d}` : `(${d}) * ${tileRows} + ${r}`);
+  const convert = (v: string) => (layout === 'rows-f16' ? `f16(${v})` : v);
   const store = (indent: string) => {
     for (const o of operands) {
-      const at = `(lid / ${o.runs}) * ${S} + (lid % ${o.runs}) * ${o.vector}`;
       for (let i = 0; i < o.loads; i++) {
-        const base = `${at} + ${((i * threads) / o.runs) * S}`;
-        if (o.vector === 1) out.push(`${indent}${o.array}[${base}] = f16(${o.reg}${i});`);
+        const [r, d] = [`lid / ${o.runs} + ${(i * threads) / o.runs}`, `(lid % ${o.runs}) * ${o.vector}`];
+        if (o.busy) out.push(`${indent}if (${o.busy}) {`);
+        const ind = o.busy ? `${indent}  ` : indent;
+        if (o.vector === 1) out.push(`${ind}${o.array}[${place(o.tile, r, d)}] = ${convert(`${o.reg}${i}`)};`);
         for (let j = 0; o.vector > 1 && j < o.vector; j++) {
           // bf16 words: the element at the even position is the low half.
           const value = o.vector === 4 ? `${o.reg}${i}[${j}]` : `bitcast<f32>(${j % 2 === 0 ? `${o.reg}${i}[${j >> 1}] << 16u` : `${o.reg}${i}[${j >> 1}] & 0xffff0000u`})`;
-          out.push(`${indent}${o.array}[${base} + ${j}] = f16(${value});`);
+          out.push(`${ind}${o.array}[${place(o.tile, r, `${d} + ${j}`)}] = ${convert(value)};`);
         }
+        if (o.busy) out.push(`${indent}}`);
       }
     }
   };
