@@ -59,7 +59,9 @@ export interface ScheduleTuning {
   /**
    * Rows (a GEMM's m, attention's query rows) from which a kernel runs as tiles rather than row by row: fewer rows
    * give too few tiles to keep the device busy, where the row kernels stream the weights from every workgroup.
-   * Measured on the H200 (BENCHMARKS.md): GEMM tiles won from 16 rows on CUDA, from about 80 on WebGPU; flash
+   * Measured on the H200 (BENCHMARKS.md): GEMM tiles won from 16 rows on CUDA, and on WebGPU since their operands
+   * load 16 bytes at a time a step ahead (a 32-token prompt 17.6 ms with f32 multiply-add tiles against 31.6 row by
+   * row; on subgroup matrices 4.3–5.2 against 26); flash
    * attention from 2 query rows on both (the row form reads the whole cache, flash only up to the causal bound).
    */
   readonly tilesFrom: { readonly gemm: number; readonly flash: number };
@@ -149,7 +151,7 @@ export function webgpuCaps(opts: { readonly subgroups: boolean; readonly subgrou
     matrixUnits: matrix ? [SUBGROUP_MATRIX_F16] : [],
     dependentLaunch: false,
     ...(matrix ? { matrixTileBytes: matrix.workgroupBytes } : {}),
-    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: matrix ? 16 : 80, flash: 2 } },
+    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 16, flash: 2 } },
   };
 }
 
