@@ -27,45 +27,63 @@ export function renderGemmWgsl(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: 
   if (plan.units !== 'fma' || (TM / per) * (TN / per) !== threads) throw new Error(`WGSL: no GEMM tiles of ${TM} × ${TN} (${plan.units}) for ${threads} threads`);
   const decls = [`var<workgroup> tf_as: array<f32, ${TM * TD}>;`];
   g.b.forEach((_, i) => decls.push(`var<workgroup> tf_bs${i}: array<f32, ${TN * TD}>;`));
-  const out: string[] = [];
-  const rowTiles = p.expr(plan.rowTiles, out, '  ');
-  out.push(`  let tf_m0 = (row % ${rowTiles}) * ${TM};`);
-  out.push(`  let tf_n0 = (row / ${rowTiles}) * ${TN};`);
-  out.push(`  let tf_tr = (lid / ${TN / per}) * ${per};`);
-  out.push(`  let tf_tc = (lid % ${TN / per}) * ${per};`);
-  g.accs.forEach((acc) => out.push(`  var ${acc}_t: array<f32, ${per * per}>;`));
-  const vec4Buffers = new Set<number>();
-  const staging = stageOperands(g, plan, p, rows, threads, wide, vec4Buffers, out, 'depth-major-f32');
-  staging.load('0', '  ');
-  out.push(`  for (var tf_k0: i32 = 0; tf_k0 < ${g.depth}; tf_k0 += ${TD}) {`);
-  staging.store('    ');
-  out.push('    workgroupBarrier();');
-  // The next step's loads are in flight while this step's multiply-adds run.
-  staging.load(`tf_k0 + ${TD}`, '    ');
-  out.push(`    for (var tf_d: i32 = 0; tf_d < ${TD}; tf_d++) {`);
-  for (let i = 0; i < per; i++) out.push(`      let tf_a${i} = tf_as[tf_d * ${TM} + tf_tr + ${i}];`);
-  g.b.forEach((_, o) => {
-    for (let j = 0; j < per; j++) {
-      out.push(`      let tf_b${o}_${j} = tf_bs${o}[tf_d * ${TN} + tf_tc + ${j}];`);
-      for (let i = 0; i < per; i++) out.push(`      ${g.accs[o]}_t[${i * per + j}] += tf_a${i} * tf_b${o}_${j};`);
-    }
+  const c: TileContext = { g, p, rows, threads, wide, vec4Buffers: new Set() };
+  const out = tileSteps(c, plan, 'depth-major-f32', (o) => {
+    o.push(`  let tf_tr = (lid / ${TN / per}) * ${per};`);
+    o.push(`  let tf_tc = (lid % ${TN / per}) * ${per};`);
+    g.accs.forEach((acc) => o.push(`  var ${acc}_t: array<f32, ${per * per}>;`));
+  }, (o) => {
+    o.push(`    for (var tf_d: i32 = 0; tf_d < ${TD}; tf_d++) {`);
+    for (let i = 0; i < per; i++) o.push(`      let tf_a${i} = tf_as[tf_d * ${TM} + tf_tr + ${i}];`);
+    g.b.forEach((_, b) => {
+      for (let j = 0; j < per; j++) {
+        o.push(`      let tf_b${b}_${j} = tf_bs${b}[tf_d * ${TN} + tf_tc + ${j}];`);
+        for (let i = 0; i < per; i++) o.push(`      ${g.accs[b]}_t[${i * per + j}] += tf_a${i} * tf_b${b}_${j};`);
+      }
+    });
+    o.push('    }');
   });
-  out.push('    }');
-  out.push('    workgroupBarrier();');
-  out.push('  }');
   // The epilogue at each output of the thread's block.
   out.push(`  for (var tf_i: i32 = 0; tf_i < ${per * per}; tf_i++) {`);
-  out.push(`    let ${g.m} = tf_m0 + tf_tr + tf_i / ${per};`);
-  out.push(`    let ${g.n} = tf_n0 + tf_tc + tf_i % ${per};`);
-  out.push(`    if (${g.m} < ${rows} && ${g.n} < ${g.columns}) {`);
-  g.accs.forEach((acc) => out.push(`      let ${acc} = ${acc}_t[tf_i];`));
-  for (const st of g.stores) {
-    const value = p.expr(st.value, out, '      ');
-    out.push(`      store_b${st.buf}(${p.expr(st.index, out, '      ')}, ${value});`);
-  }
-  out.push('    }');
+  epilogue(c, `tf_m0 + tf_tr + tf_i / ${per}`, `tf_n0 + tf_tc + tf_i % ${per}`, (o) => `${g.accs[o]}_t[tf_i]`, '    ', out);
   out.push('  }');
-  return { decls, body: out, vec4Buffers: [...vec4Buffers] };
+  return { decls, body: out, vec4Buffers: [...c.vec4Buffers] };
+}
+
+/** What a tile's printers share: the GEMM, the printer, the rows' extent, the threads, and the buffers read wide. */
+interface TileContext {
+  readonly g: GemmIR;
+  readonly p: ExprPrinter;
+  /** The GEMM's rows, as printed. */
+  readonly rows: string;
+  readonly threads: number;
+  /** Whether a buffer may be read 16 bytes at a time (bound whole). */
+  readonly wide: (buf: number) => boolean;
+  /** The buffers the tile reads through their vec4 bindings (filled as it prints). */
+  readonly vec4Buffers: Set<number>;
+}
+
+/**
+ * A tile up to its epilogue: its origin (tf_m0, tf_n0), what `setup` declares, and the loop over the depth's steps,
+ * in which each step's operands are stored to workgroup memory (stageOperands) and `step` prints its products while
+ * the next step's loads are in flight.
+ */
+function tileSteps(c: TileContext, tile: TileShape, layout: StagingLayout, setup: (out: string[]) => void, step: (out: string[]) => void): string[] {
+  const out: string[] = [];
+  const rowTiles = c.p.expr(tile.rowTiles, out, '  ');
+  out.push(`  let tf_m0 = (row % ${rowTiles}) * ${tile.tileRows};`);
+  out.push(`  let tf_n0 = (row / ${rowTiles}) * ${tile.tileColumns};`);
+  setup(out);
+  const staging = stageOperands(c, tile, layout, out);
+  staging.load('0', '  ');
+  out.push(`  for (var tf_k0: i32 = 0; tf_k0 < ${c.g.depth}; tf_k0 += ${tile.tileDepth}) {`);
+  staging.store('    ');
+  out.push('    workgroupBarrier();');
+  staging.load(`tf_k0 + ${tile.tileDepth}`, '    ');
+  step(out);
+  out.push('    workgroupBarrier();');
+  out.push('  }');
+  return out;
 }
 
 /** Lanes of a subgroup the subgroup-matrix tiles are placed for (the device is opened with them only where exact). */
@@ -97,13 +115,16 @@ function subgroupMatrixTiles(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: st
   const decls = [`var<workgroup> tf_as: array<f16, ${left / 2}>;`];
   g.b.forEach((_, o) => decls.push(`var<workgroup> tf_bs${o}: array<f16, ${right / 2 / g.b.length}>;`));
   decls.push(`var<workgroup> tf_cs: array<f32, ${scratch / 4}>;`);
-  const vec4Buffers = new Set<number>();
-  const tiles = subgroupMatrixTile(g, plan, p, rows, threads, wide, vec4Buffers);
-  if (!plan.shortTile) return { decls, body: tiles, vec4Buffers: [...vec4Buffers] };
-  const short = shortSubgroupMatrixTile(g, plan.shortTile, p, rows, threads, wide, vec4Buffers);
+  const c: TileContext = { g, p, rows, threads, wide, vec4Buffers: new Set() };
+  const tiles = subgroupMatrixTile(c, plan);
+  if (!plan.shortTile) return { decls, body: tiles, vec4Buffers: [...c.vec4Buffers] };
+  const short = shortSubgroupMatrixTile(c, plan.shortTile);
   const indent = (lines: string[]) => lines.map((l) => `  ${l}`);
-  return { decls, body: [`  if (${rows} < ${plan.shortTile.below}) {`, ...indent(short), '  } else {', ...indent(tiles), '  }'], vec4Buffers: [...vec4Buffers] };
+  return { decls, body: [`  if (${rows} < ${plan.shortTile.below}) {`, ...indent(short), '  } else {', ...indent(tiles), '  }'], vec4Buffers: [...c.vec4Buffers] };
 }
+
+/** How staged operands lie in workgroup memory: f16 rows padded by 8 (subgroup matrices), or f32 depth-major. */
+type StagingLayout = 'rows-f16' | 'depth-major-f32';
 
 /**
  * The operands' staging: registers for a step, the code that loads a step into them (`k0` its first depth), and
@@ -112,8 +133,8 @@ function subgroupMatrixTiles(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: st
  * weight), is loaded 16 bytes at a time through its vec4 binding (`wide` says which buffers may be bound so; they
  * are added to `vec4Buffers`); else one value a thread and register, neighbouring threads along the depth.
  */
-function stageOperands(g: GemmIR, tile: TileShape, p: ExprPrinter, rows: string, threads: number, wide: (buf: number) => boolean, vec4Buffers: Set<number>, out: string[],
-  layout: 'rows-f16' | 'depth-major-f32' = 'rows-f16') {
+function stageOperands(c: TileContext, tile: TileShape, layout: StagingLayout, out: string[]) {
+  const { g, p, rows, threads, wide, vec4Buffers } = c;
   const { tileRows: TM, tileColumns: TN, tileDepth: TD } = tile;
   const S = TD + 8;
   const operands = [
@@ -172,7 +193,8 @@ function stageOperands(g: GemmIR, tile: TileShape, p: ExprPrinter, rows: string,
 }
 
 /** The epilogue at the tile's output (m, n), each product's result read by `acc(o)`. */
-function epilogue(g: GemmIR, p: ExprPrinter, rows: string, m: string, n: string, acc: (o: number) => string, indent: string, out: string[]): void {
+function epilogue(c: TileContext, m: string, n: string, acc: (o: number) => string, indent: string, out: string[]): void {
+  const { g, p, rows } = c;
   out.push(`${indent}let ${g.m} = ${m};`, `${indent}let ${g.n} = ${n};`);
   out.push(`${indent}if (${g.m} < ${rows} && ${g.n} < ${g.columns}) {`);
   g.accs.forEach((a, o) => out.push(`${indent}  let ${a} = ${acc(o)};`));
@@ -189,37 +211,28 @@ function epilogue(g: GemmIR, p: ExprPrinter, rows: string, m: string, n: string,
  * one fragment of each product at a time to its own f32 scratch, from which its lanes run the epilogue, 8 outputs
  * each.
  */
-function subgroupMatrixTile(g: GemmIR, tile: TileShape, p: ExprPrinter, rows: string, threads: number, wide: (buf: number) => boolean, vec4Buffers: Set<number>): string[] {
+function subgroupMatrixTile(c: TileContext, tile: TileShape): string[] {
+  const g = c.g;
   const { tileRows: TM, tileColumns: TN, tileDepth: TD } = tile;
   const [ops, S] = [g.b.length, TD + 8];
   const [fragRows, fragColumns] = [TM / (FRAGMENT * SUBGROUP_ROWS), TN / (FRAGMENT * SUBGROUP_COLUMNS)];
   if (!Number.isInteger(fragRows) || !Number.isInteger(fragColumns) || TD % FRAGMENT !== 0) throw new Error(`WGSL: no subgroup-matrix tiles of ${TM} × ${TN} × ${TD}`);
-  const out: string[] = [];
-  const rowTiles = p.expr(tile.rowTiles, out, '  ');
-  out.push(`  let tf_m0 = (row % ${rowTiles}) * ${TM};`);
-  out.push(`  let tf_n0 = (row / ${rowTiles}) * ${TN};`);
-  out.push(`  let tf_sg = lid / ${LANES};`);
-  out.push(`  let tf_sm = (tf_sg / ${SUBGROUP_COLUMNS}) * ${fragRows * FRAGMENT};`);
-  out.push(`  let tf_sn = (tf_sg % ${SUBGROUP_COLUMNS}) * ${fragColumns * FRAGMENT};`);
-  for (let o = 0; o < ops; o++) for (let i = 0; i < fragRows; i++) for (let j = 0; j < fragColumns; j++) out.push(`  var tf_c${o}_${i}_${j} = ${RESULT}();`);
-  const staging = stageOperands(g, tile, p, rows, threads, wide, vec4Buffers, out);
-  staging.load('0', '  ');
-  out.push(`  for (var tf_k0: i32 = 0; tf_k0 < ${g.depth}; tf_k0 += ${TD}) {`);
-  staging.store('    ');
-  out.push('    workgroupBarrier();');
-  // The next step's loads are in flight while this step's products run.
-  staging.load(`tf_k0 + ${TD}`, '    ');
-  for (let kk = 0; kk < TD; kk += FRAGMENT) {
-    for (let i = 0; i < fragRows; i++) out.push(`    let tf_a${kk}_${i} = subgroupMatrixLoad<${LEFT}, row_major>(&tf_as, u32((tf_sm + ${i * FRAGMENT}) * ${S} + ${kk}), ${S}u);`);
-    for (let o = 0; o < ops; o++) {
-      for (let j = 0; j < fragColumns; j++) {
-        out.push(`    let tf_b${kk}_${o}_${j} = subgroupMatrixLoad<${RIGHT}, col_major>(&tf_bs${o}, u32((tf_sn + ${j * FRAGMENT}) * ${S} + ${kk}), ${S}u);`);
-        for (let i = 0; i < fragRows; i++) out.push(`    tf_c${o}_${i}_${j} = subgroupMatrixMultiplyAccumulate(tf_a${kk}_${i}, tf_b${kk}_${o}_${j}, tf_c${o}_${i}_${j});`);
+  const out = tileSteps(c, tile, 'rows-f16', (o) => {
+    o.push(`  let tf_sg = lid / ${LANES};`);
+    o.push(`  let tf_sm = (tf_sg / ${SUBGROUP_COLUMNS}) * ${fragRows * FRAGMENT};`);
+    o.push(`  let tf_sn = (tf_sg % ${SUBGROUP_COLUMNS}) * ${fragColumns * FRAGMENT};`);
+    for (let b = 0; b < ops; b++) for (let i = 0; i < fragRows; i++) for (let j = 0; j < fragColumns; j++) o.push(`  var tf_c${b}_${i}_${j} = ${RESULT}();`);
+  }, (o) => {
+    for (let kk = 0; kk < TD; kk += FRAGMENT) {
+      for (let i = 0; i < fragRows; i++) o.push(`    let tf_a${kk}_${i} = subgroupMatrixLoad<${LEFT}, row_major>(&tf_as, u32((tf_sm + ${i * FRAGMENT}) * ${S} + ${kk}), ${S}u);`);
+      for (let b = 0; b < ops; b++) {
+        for (let j = 0; j < fragColumns; j++) {
+          o.push(`    let tf_b${kk}_${b}_${j} = subgroupMatrixLoad<${RIGHT}, col_major>(&tf_bs${b}, u32((tf_sn + ${j * FRAGMENT}) * ${S} + ${kk}), ${S}u);`);
+          for (let i = 0; i < fragRows; i++) o.push(`    tf_c${b}_${i}_${j} = subgroupMatrixMultiplyAccumulate(tf_a${kk}_${i}, tf_b${kk}_${b}_${j}, tf_c${b}_${i}_${j});`);
+        }
       }
     }
-  }
-  out.push('    workgroupBarrier();');
-  out.push('  }');
+  });
   // The epilogue, a fragment at a time through the subgroup's scratch.
   const scratch = ops * FRAGMENT * FRAGMENT;
   for (let i = 0; i < fragRows; i++) {
@@ -227,7 +240,7 @@ function subgroupMatrixTile(g: GemmIR, tile: TileShape, p: ExprPrinter, rows: st
       for (let o = 0; o < ops; o++) out.push(`  subgroupMatrixStore<row_major>(&tf_cs, u32(tf_sg * ${scratch} + ${o * FRAGMENT * FRAGMENT}), tf_c${o}_${i}_${j}, ${FRAGMENT}u);`);
       out.push('  workgroupBarrier();');
       out.push(`  for (var tf_e: i32 = lid % ${LANES}; tf_e < ${FRAGMENT * FRAGMENT}; tf_e += ${LANES}) {`);
-      epilogue(g, p, rows, `tf_m0 + tf_sm + ${i * FRAGMENT} + tf_e / ${FRAGMENT}`, `tf_n0 + tf_sn + ${j * FRAGMENT} + tf_e % ${FRAGMENT}`,
+      epilogue(c, `tf_m0 + tf_sm + ${i * FRAGMENT} + tf_e / ${FRAGMENT}`, `tf_n0 + tf_sn + ${j * FRAGMENT} + tf_e % ${FRAGMENT}`,
         (o) => `tf_cs[tf_sg * ${scratch} + ${o * FRAGMENT * FRAGMENT} + tf_e]`, '    ', out);
       out.push('  }');
       out.push('  workgroupBarrier();');
@@ -241,30 +254,22 @@ function subgroupMatrixTile(g: GemmIR, tile: TileShape, p: ExprPrinter, rows: st
  * of every step for all the tile's fragments. At the end the subgroups' sums of one product at a time go through
  * the scratch, each thread adding the 8 partial sums of its outputs in the order of the depth; then the epilogue.
  */
-function shortSubgroupMatrixTile(g: GemmIR, tile: ShortTile, p: ExprPrinter, rows: string, threads: number, wide: (buf: number) => boolean, vec4Buffers: Set<number>): string[] {
+function shortSubgroupMatrixTile(c: TileContext, tile: ShortTile): string[] {
+  const { g, threads } = c;
   const { tileRows: TM, tileColumns: TN, tileDepth: TD } = tile;
   const [ops, S, subgroups] = [g.b.length, TD + 8, threads / LANES];
   const fragRows = TM / FRAGMENT;
   if (TN !== FRAGMENT || TD !== FRAGMENT * subgroups || !Number.isInteger(fragRows)) throw new Error(`WGSL: no short subgroup-matrix tiles of ${TM} × ${TN} × ${TD}`);
-  const out: string[] = [];
-  const rowTiles = p.expr(tile.rowTiles, out, '  ');
-  out.push(`  let tf_m0 = (row % ${rowTiles}) * ${TM};`);
-  out.push(`  let tf_n0 = (row / ${rowTiles}) * ${TN};`);
-  out.push(`  let tf_sk = (lid / ${LANES}) * ${FRAGMENT};`);
-  for (let o = 0; o < ops; o++) for (let i = 0; i < fragRows; i++) out.push(`  var tf_c${o}_${i} = ${RESULT}();`);
-  const staging = stageOperands(g, tile, p, rows, threads, wide, vec4Buffers, out);
-  staging.load('0', '  ');
-  out.push(`  for (var tf_k0: i32 = 0; tf_k0 < ${g.depth}; tf_k0 += ${TD}) {`);
-  staging.store('    ');
-  out.push('    workgroupBarrier();');
-  staging.load(`tf_k0 + ${TD}`, '    ');
-  for (let i = 0; i < fragRows; i++) out.push(`    let tf_a${i} = subgroupMatrixLoad<${LEFT}, row_major>(&tf_as, u32(${i * FRAGMENT * S} + tf_sk), ${S}u);`);
-  for (let o = 0; o < ops; o++) {
-    out.push(`    let tf_b${o} = subgroupMatrixLoad<${RIGHT}, col_major>(&tf_bs${o}, u32(tf_sk), ${S}u);`);
-    for (let i = 0; i < fragRows; i++) out.push(`    tf_c${o}_${i} = subgroupMatrixMultiplyAccumulate(tf_a${i}, tf_b${o}, tf_c${o}_${i});`);
-  }
-  out.push('    workgroupBarrier();');
-  out.push('  }');
+  const out = tileSteps(c, tile, 'rows-f16', (o) => {
+    o.push(`  let tf_sk = (lid / ${LANES}) * ${FRAGMENT};`);
+    for (let b = 0; b < ops; b++) for (let i = 0; i < fragRows; i++) o.push(`  var tf_c${b}_${i} = ${RESULT}();`);
+  }, (o) => {
+    for (let i = 0; i < fragRows; i++) o.push(`    let tf_a${i} = subgroupMatrixLoad<${LEFT}, row_major>(&tf_as, u32(${i * FRAGMENT * S} + tf_sk), ${S}u);`);
+    for (let b = 0; b < ops; b++) {
+      o.push(`    let tf_b${b} = subgroupMatrixLoad<${RIGHT}, col_major>(&tf_bs${b}, u32(tf_sk), ${S}u);`);
+      for (let i = 0; i < fragRows; i++) o.push(`    tf_c${b}_${i} = subgroupMatrixMultiplyAccumulate(tf_a${i}, tf_b${b}, tf_c${b}_${i});`);
+    }
+  });
   // Each thread's outputs: e = lid + q · threads of the tile's TM × 16, fragment e / 256, place e % 256.
   const perThread = (TM * TN) / threads;
   const frag = FRAGMENT * FRAGMENT;
@@ -280,7 +285,7 @@ function shortSubgroupMatrixTile(g: GemmIR, tile: ShortTile, p: ExprPrinter, row
   for (let q = 0; q < perThread; q++) {
     out.push('  {');
     // Output e = lid + q · threads is fragment row e / 256 (16 rows each), place e % 256 in it.
-    epilogue(g, p, rows, `tf_m0 + (lid + ${q * threads}) / ${frag} * ${FRAGMENT} + ((lid + ${q * threads}) % ${frag}) / ${FRAGMENT}`, `tf_n0 + (lid + ${q * threads}) % ${FRAGMENT}`,
+    epilogue(c, `tf_m0 + (lid + ${q * threads}) / ${frag} * ${FRAGMENT} + ((lid + ${q * threads}) % ${frag}) / ${FRAGMENT}`, `tf_n0 + (lid + ${q * threads}) % ${FRAGMENT}`,
       (o) => `tf_s${o}_${q}`, '    ', out);
     out.push('  }');
   }
