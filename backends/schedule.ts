@@ -471,13 +471,14 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
 /**
  * Bytes of the workgroup arrays a subgroup-matrix tile declares, both its tile forms' in one: the left operand's f16
  * rows and each right operand's (padded by 8), and f32 scratch for the results (a 16 × 16 fragment of each product
- * for each of the 8 subgroups; the short tile's 2 fragments a subgroup, one product at a time).
+ * for each of the 8 subgroups; the short tile's fragments of a product, one per 16 rows, for each subgroup).
  */
 export function subgroupMatrixBytes(g: GemmIR, p: GemmPlan): [left: number, right: number, scratch: number] {
   const forms = [p, ...(p.shortTile ? [p.shortTile] : [])];
   const left = Math.max(...forms.map((f) => 2 * f.tileRows * (f.tileDepth + 8)));
   const right = Math.max(...forms.map((f) => 2 * f.tileColumns * (f.tileDepth + 8)));
-  return [left, right * g.b.length, 4 * 256 * (GPU_THREADS / 32) * Math.max(g.b.length, p.shortTile ? 2 : 0)];
+  const fragments = Math.max(g.b.length, p.shortTile ? p.shortTile.tileRows / 16 : 0);
+  return [left, right * g.b.length, 4 * 256 * (GPU_THREADS / 32) * fragments];
 }
 
 /**

@@ -147,7 +147,7 @@ async function benchWebGpu(cfg: LlamaConfig): Promise<Row[]> {
   session.close();
   return [
     { label: 'device', value: device.description },
-    { label: 'prefill GEMM tiles on', value: device.gemmUnits },
+    { label: 'prefill GEMM tiles on', value: device.subgroupMatrix ? 'f16 subgroup matrices (16 × 16 × 16, f32 results)' : 'f32 multiply-adds' },
     { label: 'setup (compile + upload)', value: `${(setupMs / 1e3).toFixed(1)} s` },
     { label: `prefill (${promptLen} tokens) + first token`, value: `${best.prefill.toFixed(2)} ms` },
     // The wall clock of one prompt swings by 10 ms and more with the host's waits on Dawn; the device's own clock does not.

@@ -63,12 +63,12 @@ export class WebGpuDevice implements Device {
   /** Starts a wait for the device (a Dawn promise): on a CPU adapter without a core kept busy (webgpu/polling.ts). */
   readonly wait: <T>(start: () => T) => T;
 
-  /** What GEMM tiles of bf16 weights run on: the README's "which path ran". */
-  readonly gemmUnits: string;
+  /** Whether GEMM tiles of bf16 weights run on f16 subgroup matrices (else f32 multiply-adds). */
+  readonly subgroupMatrix: boolean;
 
   constructor(readonly gpu: GPUDevice, readonly opts: WebGpuOptions = {}) {
     this.description = adapterName(gpu);
-    this.gemmUnits = wgslFeatures(gpu).subgroupMatrix ? 'f16 subgroup matrices (16 × 16 × 16, f32 results)' : 'f32 multiply-adds';
+    this.subgroupMatrix = wgslFeatures(gpu).subgroupMatrix !== undefined;
     this.wait = pacesPolls(gpu) ? pacedWait : (start) => start();
   }
 

@@ -200,7 +200,7 @@ for (const kind of kernelDevices) {
     await onDevice(kind, async (device) => {
       const got = await outputs(device, compiled);
       // WebGPU where Dawn offers f16 subgroup matrices (the H200, not lavapipe): the left operand rounded to f16.
-      const matrixUnits = kind === 'cuda' || (device as { gemmUnits?: string }).gemmUnits?.startsWith('f16') === true;
+      const matrixUnits = kind === 'cuda' || (device as { subgroupMatrix?: boolean }).subgroupMatrix === true;
       for (const [key, ref] of expected!) {
         const mma = matrixUnits && key.startsWith('bf16');
         const err = relativeError(got.get(key)!, ref);

@@ -80,7 +80,7 @@ for (const name of selected) {
 
     // Matrix units: CUDA's, and WebGPU's f16 subgroup matrices where Dawn offers them (the H200, not lavapipe).
     const bf16 = loadLlama(dir).weightDType === DType.BF16 && name !== 'cpu' && name !== 'reference';
-    const onMatrixUnits = async () => name === 'cuda' || ((await open()).device as { gemmUnits?: string }).gemmUnits?.startsWith('f16') === true;
+    const onMatrixUnits = async () => name === 'cuda' || ((await open()).device as { subgroupMatrix?: boolean }).subgroupMatrix === true;
     s(`${fixture}: logits at every position within ${bf16 ? `${matrixUnitTolerance} on matrix units, else ` : ''}${backend.tolerance} relative error`, async () => {
       const ours = await ourLogits();
       const bound = bf16 && (await onMatrixUnits()) ? matrixUnitTolerance : backend.tolerance;

@@ -41,7 +41,7 @@ async function logitsOn(backend: DeviceKind, upTo: number): Promise<{ logits: Fl
   try {
     const out: Float32Array[] = [];
     for (const p of prompts) if (p.length <= upTo) out.push((await session.logits(p)).data as Float32Array);
-    return { logits: out, matrixUnits: (session.device as { gemmUnits?: string }).gemmUnits?.startsWith('f16') === true };
+    return { logits: out, matrixUnits: (session.device as { subgroupMatrix?: boolean }).subgroupMatrix === true };
   } finally {
     session.close();
   }
