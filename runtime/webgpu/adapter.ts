@@ -13,3 +13,18 @@ export function requestDevice(adapter: GPUAdapter, features: readonly GPUFeature
   const requiredFeatures = features.filter((f) => adapter.features.has(f));
   return adapter.requestDevice({ requiredLimits, requiredFeatures });
 }
+
+/**
+ * The features f16 subgroup-matrix GEMM tiles need, where the adapter has them: a configuration of f16 × f16 → f32
+ * products of 16 × 16 × 16, and subgroups of exactly 32 lanes (the tiles place 8 subgroups in a workgroup of 256).
+ */
+export function subgroupMatrixFeatures(adapter: GPUAdapter): GPUFeatureName[] {
+  const info = adapter.info as GPUAdapterInfo & {
+    readonly subgroupMatrixConfigs?: readonly { componentType: string; resultComponentType: string; M: number; N: number; K: number }[];
+    readonly subgroupMinSize?: number; readonly subgroupMaxSize?: number;
+  };
+  const wanted = ['chromium-experimental-subgroup-matrix', 'shader-f16', 'subgroups'] as GPUFeatureName[];
+  if (!wanted.every((f) => adapter.features.has(f)) || info.subgroupMinSize !== 32 || info.subgroupMaxSize !== 32) return [];
+  const f16 = (info.subgroupMatrixConfigs ?? []).some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 16 && c.K === 16);
+  return f16 ? wanted : [];
+}

@@ -1,6 +1,6 @@
 // Opening a WebGPU device through Dawn (the `webgpu` package) with the limits large models need.
 
-import { requestDevice } from './adapter.ts';
+import { requestDevice, subgroupMatrixFeatures } from './adapter.ts';
 import { WebGpuUnavailableError } from './errors.ts';
 import { withNativeStderrSilenced } from './quiet-stderr.ts';
 
@@ -50,21 +50,6 @@ export async function openDevice(opts: OpenOptions = { subgroups: true }): Promi
     console.error(`tsfuse webgpu: ${(e as GPUUncapturedErrorEvent).error.message}`);
   });
   return device;
-}
-
-/**
- * The features f16 subgroup-matrix GEMM tiles need, where the adapter has them: a configuration of f16 × f16 → f32
- * products of 16 × 16 × 16, and subgroups of exactly 32 lanes (the tiles place 8 subgroups in a workgroup of 256).
- */
-export function subgroupMatrixFeatures(adapter: GPUAdapter): GPUFeatureName[] {
-  const info = adapter.info as GPUAdapterInfo & {
-    readonly subgroupMatrixConfigs?: readonly { componentType: string; resultComponentType: string; M: number; N: number; K: number }[];
-    readonly subgroupMinSize?: number; readonly subgroupMaxSize?: number;
-  };
-  const wanted = ['chromium-experimental-subgroup-matrix', 'shader-f16', 'subgroups'] as GPUFeatureName[];
-  if (!wanted.every((f) => adapter.features.has(f)) || info.subgroupMinSize !== 32 || info.subgroupMaxSize !== 32) return [];
-  const f16 = (info.subgroupMatrixConfigs ?? []).some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 16 && c.K === 16);
-  return f16 ? wanted : [];
 }
 
 export function adapterName(device: GPUDevice): string {

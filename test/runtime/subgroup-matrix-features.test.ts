@@ -5,7 +5,7 @@
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { subgroupMatrixFeatures } from '../../runtime/webgpu/device.ts';
+import { subgroupMatrixFeatures } from '../../runtime/webgpu/adapter.ts';
 import { wgslFeatures } from '../../backends/wgsl/render-wgsl.ts';
 
 type Config = { componentType: string; resultComponentType: string; M: number; N: number; K: number };
