@@ -41,6 +41,7 @@ export const compileCommand = defineCommand({
     'dump-kernels': { type: 'string', value: 'DIR', help: 'write each kernel\'s source for the backend and its schedule (NAME.schedule)' },
     'dump-schedule': { type: 'boolean', default: false, help: 'print every kernel\'s schedule for the backend' },
     megakernel: { type: 'boolean', default: false, help: 'cuda: the decode step as one persistent kernel; with --dump-kernels, its source and task list too' },
+    'subgroup-matrix': { type: 'boolean', default: false, help: 'webgpu: dump kernels and schedules as for an adapter with f16 subgroup matrices (48 KiB of workgroup memory, as Dawn offers on the H200)' },
     'cache-length': { type: 'string', value: 'N', help: 'KV-cache positions (default: the model\'s context, at most 2048)' },
     'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: as generate: bf16/f16 on cuda for 16-bit weights, else f32)' },
     'prompt-length': { type: 'string', default: '32', value: 'N', help: 'prompt length S assumed in byte counts' },
@@ -56,7 +57,7 @@ export const compileCommand = defineCommand({
     if (positionals.length > 1) throw new UsageError(`compile takes one model script, got ${positionals.join(' ')}`);
     if (positionals.length === 1) {
       if (values.model !== undefined || values.config !== undefined) throw new UsageError('give a model script or --model/--config, not both');
-      for (const flag of ['report', 'explain-fusion', 'dump-schedule', 'megakernel'] as const) {
+      for (const flag of ['report', 'explain-fusion', 'dump-schedule', 'megakernel', 'subgroup-matrix'] as const) {
         if (values[flag]) throw new UsageError(`--${flag} applies to --model/--config; for a model script use --dump-ir or --dump-kernels`);
       }
       if (values.out !== undefined) checkArtifactOut(values.out, positionals[0], backend);
@@ -69,6 +70,8 @@ export const compileCommand = defineCommand({
       await (values['dump-ir'] === undefined ? step(`compiling ${positionals[0]}`, compileScript) : compileScript());
       return;
     }
+    if (values['subgroup-matrix'] && backend !== 'webgpu') throw new UsageError(`--subgroup-matrix needs --backend webgpu, not ${backend}`);
+    if (values['subgroup-matrix'] && !values['dump-kernels'] && !values['dump-schedule']) throw new UsageError('--subgroup-matrix shapes what --dump-kernels and --dump-schedule show; give one of them');
     if (values.entry !== undefined || values.out !== undefined) throw new UsageError('--entry and --out need a model script: tsfuse compile MODEL.ts');
     if (values.megakernel && backend !== 'cuda') throw new UsageError(`--megakernel needs --backend cuda, not ${backend}`);
     if ((values.model === undefined) === (values.config === undefined)) throw new UsageError('give one of --model DIR or --config NAME (built-in: llama-3.2-1b)');
@@ -97,6 +100,7 @@ export const compileCommand = defineCommand({
       explainFusion: values['explain-fusion'],
       promptLength: positiveInt(values['prompt-length'], '--prompt-length'),
       megakernel: values.megakernel,
+      subgroupMatrix: values['subgroup-matrix'],
     };
     const summaryOnly = req.dumpIr === undefined && !req.dumpKernels && !req.dumpSchedule && !req.report && !req.explainFusion && !req.megakernel;
     const cached = summaryOnly ? findCompiled(llamaCacheWhat(req), { ctx: llamaPassContext(req) }) : undefined;
@@ -156,6 +160,8 @@ export interface CompileRequest {
   readonly promptLength: number;
   /** Render the decode step as one persistent CUDA kernel: its task summary, and with dumpKernels its source and task list. */
   readonly megakernel?: boolean;
+  /** WebGPU: dump kernels and schedules as for an adapter with f16 subgroup matrices. */
+  readonly subgroupMatrix?: boolean;
 }
 
 /** The options a session's trace has (compiler/open-session.ts), so that a compile warms the cache for it. */

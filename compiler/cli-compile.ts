@@ -60,9 +60,10 @@ export function runCompile(req: CompileRequest): void {
   if (dump.final) process.stdout.write(printModule({ graphs: compiled.graphs.map((c) => c.graph) }));
 
   const kernels = compiled.graphs.map((c) => ({ name: c.graph.name, kernels: c.kernels }));
-  if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, kernels);
+  const dumpOptions = { subgroupMatrix: req.subgroupMatrix };
+  if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, kernels, dumpOptions);
   if (req.megakernel) writeMegakernel(req.dumpKernels, { graphs: compiled.graphs.map((c) => ({ graph: c.graph, kernels: c.kernels })) });
-  if (req.dumpSchedule) process.stdout.write(formatSchedules(req.backend, kernels));
+  if (req.dumpSchedule) process.stdout.write(formatSchedules(req.backend, kernels, dumpOptions));
   if (req.explainFusion) console.log(explained.join('\n'));
   const summary = compileSummary(req, compiled, tracedNodes);
   if (!req.report) {
@@ -93,9 +94,14 @@ export function parseDump(spec: string | undefined, passes: string[]): { final: 
   return { final: false, all: false, after: m[1] };
 }
 
+/** What a dump is rendered for, beyond the backend: WebGPU with f16 subgroup matrices. */
+export interface DumpOptions {
+  readonly subgroupMatrix?: boolean;
+}
+
 /** Writes each kernel's source, and its schedule as text (NAME.schedule), into `dir`. */
-export function writeKernels(dir: string, backend: string, graphs: { name: string; kernels: readonly KernelIR[] }[]): void {
-  const renderer = rendererFor(backend, '--dump-kernels');
+export function writeKernels(dir: string, backend: string, graphs: { name: string; kernels: readonly KernelIR[] }[], opts: DumpOptions = {}): void {
+  const renderer = rendererFor(backend, '--dump-kernels', opts);
   writingFor('--dump-kernels', dir, 'the kernels', () => {
     fs.mkdirSync(dir, { recursive: true });
     for (const g of graphs) {
@@ -123,13 +129,14 @@ function writeMegakernel(dir: string | undefined, module: Parameters<typeof rend
 }
 
 /** Every kernel's schedule as text, graph by graph (--dump-schedule). */
-export function formatSchedules(backend: string, graphs: { name: string; kernels: readonly KernelIR[] }[]): string {
-  const renderer = rendererFor(backend, '--dump-schedule');
+export function formatSchedules(backend: string, graphs: { name: string; kernels: readonly KernelIR[] }[], opts: DumpOptions = {}): string {
+  const renderer = rendererFor(backend, '--dump-schedule', opts);
   return graphs.map((g) => `# graph @${g.name}\n${scheduleKernels(g.kernels, renderer.device).map(formatSchedule).join('')}`).join('\n');
 }
 
-function rendererFor(backend: string, flag: string) {
+function rendererFor(backend: string, flag: string, opts: DumpOptions = {}) {
   const renderer = kernelRenderers[backend];
   if (!renderer) throw new CompileUsageError(`${flag}: no kernel renderer for backend '${backend}' (have ${Object.keys(kernelRenderers).join(', ')})`);
-  return renderer;
+  // The H200's Dawn offers 48 KiB of workgroup memory; the runtime schedules again for its own adapter's.
+  return opts.subgroupMatrix ? { ...renderer, device: webgpuCaps({ subgroups: true, subgroupMatrix: { workgroupBytes: 49152 } }) } : renderer;
 }

@@ -211,6 +211,17 @@ test('compile --config prints a summary; --json alone prints it as JSON', async 
   assert.ok(json.graphs.decode.kernels > 0 && json.graphs.decode.kernels < json.graphs.decode.nodes, JSON.stringify(json));
 });
 
+test('compile --subgroup-matrix shows the WebGPU kernels as on an adapter with f16 subgroup matrices; other backends are refused', async () => {
+  const gemms = (out: string) => out.split('\n').filter((l) => l.trimStart().startsWith('gemm '));
+  const matrix = gemms(await succeeds('compile', '--config', 'llama-tiny', '--backend', 'webgpu', '--dump-schedule', '--subgroup-matrix'));
+  const plain = gemms(await succeeds('compile', '--config', 'llama-tiny', '--backend', 'webgpu', '--dump-schedule'));
+  assert.ok(matrix.length > 0 && matrix.length === plain.length, `${matrix.length} against ${plain.length} GEMMs`);
+  for (const l of matrix) assert.match(l, 'f16 subgroup matrices (16 × 16 × 16, f32 results)');
+  for (const l of plain) assert.match(l, 'f32 multiply-adds');
+  await fails(['compile', '--config', 'llama-tiny', '--backend', 'cuda', '--dump-schedule', '--subgroup-matrix'], '--subgroup-matrix', '--backend webgpu');
+  await fails(['compile', '--config', 'llama-tiny', '--backend', 'webgpu', '--subgroup-matrix'], '--subgroup-matrix', '--dump-kernels', '--dump-schedule');
+});
+
 test('--dump-ir after:fuse (a space) is read as the pass', async () => {
   const out = await succeeds('compile', '--config', 'llama-tiny', '--dump-ir', 'after:fuse');
   assert.ok(out.startsWith('# after fuse\ngraph @prefill('), out.slice(0, 80));

@@ -60,7 +60,7 @@ const values = [
 
 const flags = [
   '--model', '--ids', '--prompt', '--max-new-tokens', '--backend', '--json', '--temperature', '--top-p', '--seed', '--ignore-eos',
-  '--config', '--report', '--explain-fusion', '--dump-ir', '--dump-kernels', '--dump-schedule', '--cache-length', '--prompt-length',
+  '--config', '--report', '--explain-fusion', '--dump-ir', '--dump-kernels', '--dump-schedule', '--subgroup-matrix', '--cache-length', '--prompt-length',
   '--entry', '--out', '--timeout', '--max-memory', '--stats', '--inputs', '--graph', '--weights', '--states',
   '--nope', '-x', '--', '-',
 ];
