@@ -14,7 +14,7 @@ import {
 } from './cli-args.ts';
 import { findCompiled } from './compile-cache-entry.ts';
 import type { CompiledModule } from './compile-module.ts';
-import { kvCacheDType, splitAttentionFrom } from './kv-dtype.ts';
+import { kvCacheDType, sessionContext } from './session-choices.ts';
 import type { PassContext } from './passes/context.ts';
 import { withoutOptimizingTier } from './optimizing-tier.ts';
 
@@ -179,7 +179,7 @@ export function llamaCacheWhat(req: CompileRequest) {
  * cache for it: S, the prompt length of the byte counts, and where attention is split.
  */
 export function llamaPassContext(req: CompileRequest): PassContext {
-  return { dims: new Map([['S', req.promptLength]]), splitAttentionFrom: splitAttentionFrom(req.backend as DeviceKind, req.kvDType ?? DType.F32) };
+  return sessionContext(req.backend as DeviceKind, req.kvDType ?? DType.F32, new Map([['S', req.promptLength]]));
 }
 
 export function builtinLlama(name: string): LlamaConfig {

@@ -15,10 +15,10 @@ import { ParamStore } from '../runtime/params.ts';
 import { step } from '../runtime/progress.ts';
 import { Session, SessionOptions, type StartupTimings } from '../runtime/session.ts';
 import { CacheOptions, compileCached } from './compile-cache.ts';
-import { kvCacheDType, splitAttentionFrom } from './kv-dtype.ts';
+import { kvCacheDType, sessionContext } from './session-choices.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
 
-export { kvCacheDType, KvDTypeError } from './kv-dtype.ts';
+export { kvCacheDType, KvDTypeError } from './session-choices.ts';
 import { compileModule } from './compile-module.ts';
 
 export interface OpenSessionOptions extends DeviceOptions, SessionOptions {
@@ -61,7 +61,7 @@ export async function openLlamaSession(model: LoadedLlama, opts: OpenSessionOpti
   const traceOpts = { weightDType: model.weightDType, cacheLength: opts.cacheLength, sampling: opts.sampling ?? false, kvDType };
   const trace = () => traceLlama(model.cfg, traceOpts);
   // Compiled through the compile cache: an unchanged model and options skip tracing and compiling.
-  const ctx: PassContext = { ...defaultContext, splitAttentionFrom: splitAttentionFrom(opts.backend, kvDType) };
+  const ctx: PassContext = sessionContext(opts.backend, kvDType);
   const compiled = opts.backend === 'reference' ? undefined
     : step('compiling the model', () => compileCached({ model: 'llama', cfg: model.cfg, ...traceOpts }, trace, { ...opts.compileCache, ctx }));
   const lowered = compiled?.module ?? lowerFor(opts.backend, trace(), ctx);

@@ -15,7 +15,7 @@ const wiring = new Set([
   'compiler/cli.ts', 'compiler/cli-compile.ts', 'compiler/cli-generate.ts', 'compiler/cli-script.ts',
   'compiler/compile.ts', 'compiler/compile-module.ts', 'compiler/compile-cache.ts', 'compiler/compile-cache-entry.ts', 'compiler/custom-op.ts',
   'compiler/artifact.ts',
-  'compiler/open-session.ts', 'compiler/kv-dtype.ts',
+  'compiler/open-session.ts', 'compiler/session-choices.ts',
   // bisect runs the compiled program on a device beside the reference interpreter
   'compiler/bisect.ts', 'compiler/bisect-call.ts', 'compiler/bisect-reference.ts', 'compiler/bisect-format.ts',
 ]);

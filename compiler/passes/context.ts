@@ -7,7 +7,7 @@ export interface PassContext {
   readonly explain?: (pass: string, line: string) => void;
   /**
    * The KV-cache length from which attention is split into chunks (split-attention; default SPLIT_ATTENTION_AT);
-   * Infinity: never (a device whose decode attention walks a long cache in one workgroup a head: kv-dtype.ts).
+   * Infinity: never (a device whose decode attention walks a long cache in one workgroup a head: compiler/session-choices.ts).
    */
   readonly splitAttentionFrom?: number;
 }

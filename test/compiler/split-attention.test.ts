@@ -9,7 +9,7 @@ import { compileModule } from '../../compiler/compile-module.ts';
 import { decompose } from '../../compiler/passes/decompose.ts';
 import { execFileSync } from 'node:child_process';
 import { cacheKey } from '../../compiler/compile-cache-entry.ts';
-import { splitAttentionFrom } from '../../compiler/kv-dtype.ts';
+import { sessionContext } from '../../compiler/session-choices.ts';
 import { splitAttention, SPLIT_ATTENTION_AT } from '../../compiler/passes/split-attention.ts';
 import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
@@ -50,10 +50,10 @@ test('a long cache is split into chunks with per-chunk statistics; a short one, 
 });
 
 test('sessions split long caches except on CUDA with a 16-bit cache (its decode form walks the whole cache), and cache the choice', () => {
-  assert.is(splitAttentionFrom('cuda', DType.BF16), Infinity);
-  assert.is(splitAttentionFrom('cuda', DType.F16), Infinity);
+  assert.is(sessionContext('cuda', DType.BF16).splitAttentionFrom, Infinity);
+  assert.is(sessionContext('cuda', DType.F16).splitAttentionFrom, Infinity);
   for (const [backend, kv] of [['cuda', DType.F32], ['webgpu', DType.F32], ['cpu', DType.F32]] as const) {
-    assert.is(splitAttentionFrom(backend, kv), undefined, `${backend}, ${kv}`);
+    assert.is(sessionContext(backend, kv).splitAttentionFrom, undefined, `${backend}, ${kv}`);
   }
   const dims = new Map([['S', 32]]);
   assert.is.not(cacheKey('m', { dims, splitAttentionFrom: Infinity }), cacheKey('m', { dims }), 'the compile cache keys the choice');

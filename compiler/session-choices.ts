@@ -1,0 +1,40 @@
+// What a session on a backend decides before anything is compiled: what its KV cache stores, and the context its
+// passes run in (a module of its own: the compile command makes the same choices, to warm the compile cache for a
+// session, without opening devices).
+
+import { DType } from '../ir/dtype.ts';
+import type { DeviceKind } from '../runtime/device.ts';
+import { defaultContext, PassContext } from './passes/context.ts';
+
+/**
+ * The dtype a session's KV cache stores. Asked for: that, but 16-bit on WebGPU (its kernels store no packed 16-bit
+ * values) is refused. Not asked for: on CUDA the weights' precision where it is 16-bit (attention then reads half
+ * the bytes; logits within 1e-2 of float32, test/e2e/kv-dtype.test.ts), elsewhere f32 (the CPU is the oracle the
+ * fixtures check to 1e-4).
+ */
+export function kvCacheDType(backend: DeviceKind, weights: DType, asked?: DType): DType {
+  if (asked !== undefined) {
+    if (![DType.F32, DType.BF16, DType.F16].includes(asked)) throw new KvDTypeError(`--kv-dtype ${asked}: expected f32, bf16 or f16`);
+    if (asked !== DType.F32 && backend === 'webgpu') throw new KvDTypeError(`--kv-dtype ${asked}: the webgpu backend keeps the KV cache in f32 (its kernels do not store packed 16-bit values)`);
+    return asked;
+  }
+  return backend === 'cuda' && (weights === DType.BF16 || weights === DType.F16) ? weights : DType.F32;
+}
+
+/**
+ * The passes' context for a session on `backend` with a KV cache of `kv`, assuming `dims`: where attention is split
+ * into chunks. CUDA with a bf16 or f16 cache runs decode attention in its decode form (backends/cuda/flash.ts),
+ * which walks a cache of any length in one workgroup a head: never split there. On the H200 with a 2,048-position
+ * cache, against chunks and their two combine kernels: 1.009 → 0.902 ms a token after 32 tokens, 1.094 → 1.076
+ * after 2,016 (BENCHMARKS.md). Elsewhere the row form keeps a row of scores in workgroup memory and one workgroup a
+ * head: split from SPLIT_ATTENTION_AT.
+ */
+export function sessionContext(backend: DeviceKind, kv: DType, dims: ReadonlyMap<string, number> = defaultContext.dims): PassContext {
+  const unsplit = backend === 'cuda' && (kv === DType.BF16 || kv === DType.F16);
+  return { dims, ...(unsplit ? { splitAttentionFrom: Infinity } : {}) };
+}
+
+/** A KV-cache dtype the backend cannot store. */
+export class KvDTypeError extends Error {
+  override name = 'KvDTypeError';
+}
