@@ -7,6 +7,7 @@
 import { evalSize } from '../backends/kernel-ir.ts';
 import type { Binding, KExpr } from '../backends/kernel-ir.ts';
 import type { JsKernelRuntime } from '../backends/cpu/render-js.ts';
+import type { SplitScratchNeeds } from '../backends/schedule.ts';
 import type { WgslBinding } from '../backends/wgsl/render-wgsl.ts';
 import { DType } from '../ir/dtype.ts';
 import { allocData, allocHost, HostData, HostTensor, roundBf16, roundF16 } from '../ir/host-tensor.ts';
@@ -79,17 +80,13 @@ export interface CudaArtifactPlan extends PlanSignature {
   readonly threads: number;
   /** One CUDA C module, compiled by NVRTC for the device at the first run. */
   readonly source: string;
-  readonly kernels: readonly (GpuKernel & { readonly function: string; readonly sharedBytes: number; readonly depthSplit?: DepthSplitScratch })[];
-}
-
-/**
- * A GEMM kernel whose tiles may split their depth (or attention's decode form over key chunks) takes, after its
- * sizes, a workspace of this many floats and this many counters, zero at its first launch (it leaves them zero): one pair serves every kernel of a program, as
- * large as the largest asks.
- */
-export interface DepthSplitScratch {
-  readonly workspaceFloats: number;
-  readonly counters: number;
+  /**
+   * `depthSplit`: a GEMM kernel whose tiles may split their depth (or attention's decode form over key chunks) takes,
+   * after its sizes, a workspace of this many floats and this many counters, zero at its first launch (it leaves
+   * them zero); one pair serves every kernel of a program, as large as the largest asks. (The field keeps its first
+   * name, so that written artifacts load.)
+   */
+  readonly kernels: readonly (GpuKernel & { readonly function: string; readonly sharedBytes: number; readonly depthSplit?: SplitScratchNeeds })[];
 }
 
 export type GpuArtifactPlan = WebGpuArtifactPlan | CudaArtifactPlan;
