@@ -165,7 +165,7 @@ export interface SubgroupMatrixCaps {
 }
 
 /** The subgroup-matrix product GEMM tiles use: f16 operands (the weights' bf16 widened exactly), f32 results. */
-export const SUBGROUP_MATRIX_F16: MatrixUnit = { m: 16, n: 16, k: 16, input: DType.F16, accumulator: DType.F32 };
+const SUBGROUP_MATRIX_F16: MatrixUnit = { m: 16, n: 16, k: 16, input: DType.F16, accumulator: DType.F32 };
 
 /** Shared memory per block a kernel may use with the opt-in, by compute capability (CUDA programming guide). */
 const sharedBytesByArch: readonly [number, number][] = [[90, 232448], [89, 101376], [87, 166912], [86, 101376], [80, 166912], [75, 65536], [70, 98304]];

@@ -7,7 +7,7 @@
 //     store b1 over i1<8: thread-per-element
 
 import { BinaryOp, KExpr, KStmt } from './kernel-ir.ts';
-import { Mapping, ReductionPlan, ScheduledKernel, StmtSchedule, VectorPlan } from './schedule.ts';
+import { Mapping, ReductionPlan, ScheduledKernel, StagedLoads, StmtSchedule, VectorPlan } from './schedule.ts';
 
 type Reduce = Extract<KExpr, { k: 'reduce' }>;
 
@@ -38,8 +38,13 @@ export function formatSchedule(s: ScheduledKernel): string {
     const units = { 'mma-bf16': `bf16 matrix instructions (mma m16n8k16, f32 accumulators), ${staging}`, 'wgmma-bf16': wgmma,
       'subgroup-matrix-f16': `f16 subgroup matrices (16 × 16 × 16, f32 results), each of 8 subgroups ${p.tileRows / 4} × ${p.tileColumns / 2} of the tile, staged through registers a step ahead, the left operand rounded to f16`,
       fma: 'f32 multiply-adds, 4 × 4 outputs per thread', serial: 'one row at a time' }[p.units];
-    const short = p.shortTile ? `; below ${p.shortTile.below} rows, tiles of ${p.shortTile.tileRows} × ${p.shortTile.tileColumns} (${formatSize(p.shortTile.rowTiles)} × ${p.shortTile.columnTiles}), ${p.shortTile.tileDepth} deep per step, each subgroup a ${p.shortTile.tileDepth / 8}-deep slice of it, the slices' sums added in order at the end` : '';
-    lines.push(`  gemm ${formatSize(k.gemm.rows)} × ${k.gemm.columns} over ${k.gemm.depth}, ${k.gemm.b.length} product${k.gemm.b.length > 1 ? 's' : ''}: tiles of ${p.tileRows} × ${p.tileColumns} (${formatSize(p.rowTiles)} × ${p.columnTiles}), ${p.tileDepth} deep per step, ${units}${split}${short}`);
+    // Which operands a WGSL tile's staging reads 16 bytes a load (StagedLoads).
+    const wide = (l: StagedLoads | undefined) => {
+      const names = l ? [...(l.left > 1 ? ['left'] : []), ...l.right.flatMap((n, i) => (n > 1 ? [`right ${i}`] : []))] : [];
+      return names.length ? `; 16-byte staging loads: ${names.join(', ')}` : '';
+    };
+    const short = p.shortTile ? `; below ${p.shortTile.below} rows, tiles of ${p.shortTile.tileRows} × ${p.shortTile.tileColumns} (${formatSize(p.shortTile.rowTiles)} × ${p.shortTile.columnTiles}), ${p.shortTile.tileDepth} deep per step, each subgroup a ${p.shortTile.tileDepth / 8}-deep slice of it, the slices' sums added in order at the end${wide(p.shortTile.loads)}` : '';
+    lines.push(`  gemm ${formatSize(k.gemm.rows)} × ${k.gemm.columns} over ${k.gemm.depth}, ${k.gemm.b.length} product${k.gemm.b.length > 1 ? 's' : ''}: tiles of ${p.tileRows} × ${p.tileColumns} (${formatSize(p.rowTiles)} × ${p.columnTiles}), ${p.tileDepth} deep per step, ${units}${wide(p.loads)}${split}${short}`);
   }
   if (k.flash && s.flash) {
     const f = k.flash;

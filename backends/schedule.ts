@@ -121,6 +121,8 @@ export interface GemmPlan {
    * (128 bytes) in the 128-byte swizzle, the ring aligned to 1,024 bytes inside `bytes`.
    */
   readonly staging?: { readonly kind: 'registers' } | { readonly kind: 'async'; readonly stages: number; readonly bytes: number; readonly left: 'f32' | 'bf16' };
+  /** WGSL tiles: how each operand's staging loads read (StagedLoads). */
+  readonly loads?: StagedLoads;
   /** Where few tiles would leave multiprocessors idle: each tile's depth divided among workgroups (DepthSplit). */
   readonly split?: DepthSplit;
   /**
@@ -139,6 +141,31 @@ export interface ShortTile {
   readonly tileDepth: number;
   readonly rowTiles: KExpr;
   readonly columnTiles: number;
+  readonly loads: StagedLoads;
+}
+
+/**
+ * Elements each staging load of a WGSL tile reads, for the left operand and each right one: 4 (a run of f32) or 8
+ * (a run of bf16) through the buffer's vec4 binding, where the operand is read from memory as it is in aligned runs
+ * along the depth and its buffer is bound whole; else 1. The runs a step's tile holds must spread evenly over the
+ * threads (those past a tile with fewer runs than threads idle).
+ */
+export interface StagedLoads {
+  readonly left: number;
+  readonly right: readonly number[];
+}
+
+function stagedLoads(k: KernelIR, gemm: GemmIR, tile: { readonly tileRows: number; readonly tileColumns: number; readonly tileDepth: number }, device: DeviceCaps, opts: ScheduleOptions): StagedLoads {
+  const threads = device.threadsPerWorkgroup;
+  const elements = (e: KExpr, tileSide: number) => {
+    if (e.k !== 'load' || opts.splitBuffers?.has(e.buf)) return 1;
+    const dtype = k.buffers[e.buf].dtype;
+    const per = dtype === DType.F32 ? 4 : dtype === DType.BF16 ? 8 : 1;
+    const runs = (tileSide * tile.tileDepth) / per;
+    const even = tile.tileDepth % per === 0 && threads % (tile.tileDepth / per) === 0 && (runs <= threads || runs % threads === 0);
+    return per > 1 && even && runsAlong(e.index, gemm.k, per) ? per : 1;
+  };
+  return { left: elements(gemm.a, tile.tileRows), right: gemm.b.map((b) => elements(b, tile.tileColumns)) };
 }
 
 /**
@@ -329,7 +356,7 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   // rejects only barriers inside such loops, and a row has none there); a score's own sum keeps its constant extent
   // where only that is read wide (aligned dots).
   const k = boundKeyLoops(lowered, { maskedElements: device.tuning.vectorize !== 'aligned-dots' });
-  const gemm = k.gemm && gemmPlan(k, k.gemm, device);
+  const gemm = k.gemm && gemmPlan(k, k.gemm, device, opts);
   const flash = k.flash && flashPlan(k.flash, k, device, opts);
   const tileBytes = gemm ? gemmBytes(k.gemm!, gemm) : flash ? flash.bytes : 0;
   const extent = k.gemm?.rows ?? k.flash?.queries;
@@ -400,7 +427,7 @@ const select = (cond: KExpr, a: KExpr, b: KExpr): KExpr => ({ k: 'select', cond,
  * CPU. Tiles of 64 × 64, or 128 × 64 where cp.async copies the operands and the columns are many. Tiles along the
  * rows are neighbours in the grid, so the tiles sharing a weight tile run together and read it from L2.
  */
-function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | undefined {
+function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps, opts: ScheduleOptions): GemmPlan | undefined {
   if (device.threadsPerWorkgroup === 1) {
     return { units: 'serial', tileRows: 1, tileColumns: gemm.columns, tileDepth: gemm.depth, rowTiles: gemm.rows, columnTiles: 1 };
   }
@@ -453,19 +480,23 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps): GemmPlan | und
   // WebGPU's subgroup matrices: 128 × 64 tiles, each subgroup 32 × 32 (four products of two left and two right
   // fragments), 64 deep a step where that fits in the adapter's workgroup memory, else 32 (two products); below 128
   // rows, 32 × 16 tiles with the depth split among the subgroups. Measured on the H200 (BENCHMARKS.md, ninth session),
-  // prefill on the device's clock at 32 / 64 / 128 / 512 tokens: 64 × 64 × 32 tiles throughout 8.1 / – / – / 21.0 ms
-  // (wall), 128 × 32 9.96 / – / – / 19.0, 128 × 64 8.1 / 20.8 / 8.8 / 17.7; short tiles below 128 rows 4.3–5.0 / 14.0.
+  // prefill at 32 / 64 / 128 / 512 tokens: on the wall clock 64 × 64 × 32 tiles throughout 8.1 / – / – / 21.0 ms and
+  // 128 × 32 10.0 / – / – / 19.0; on the device's clock 128 × 64 8.1 / 20.8 / 8.8 / 17.7, and with short tiles below
+  // 128 rows 4.3–5.2 / 14.0 / – / –.
   if (gemmOnSubgroupMatrix(k, device)) {
     const below = 128;
+    const short = { tileRows: 32, tileColumns: 16, tileDepth: 128 };
     const shortTile: ShortTile | undefined = gemm.depth % 128 === 0 && below > device.tuning.tilesFrom.gemm
-      ? { below, tileRows: 32, tileColumns: 16, tileDepth: 128, rowTiles: rowTilesOf(32), columnTiles: Math.ceil(gemm.columns / 16) } : undefined;
+      ? { ...short, below, rowTiles: rowTilesOf(32), columnTiles: Math.ceil(gemm.columns / 16), loads: stagedLoads(k, gemm, short, device, opts) } : undefined;
     for (const depth of [64, 32]) {
-      const tile: GemmPlan = { ...plan, units: 'subgroup-matrix-f16', tileRows: 128, rowTiles: rowTilesOf(128), tileDepth: depth, staging: { kind: 'registers' }, ...(shortTile ? { shortTile } : {}) };
+      const shape = { tileRows: 128, tileColumns: 64, tileDepth: depth };
+      const tile: GemmPlan = { ...plan, units: 'subgroup-matrix-f16', ...shape, rowTiles: rowTilesOf(128), staging: { kind: 'registers' }, loads: stagedLoads(k, gemm, shape, device, opts), ...(shortTile ? { shortTile } : {}) };
       // The row form's reduction arrays (2 × 4 bytes a thread) are declared beside the tiles'.
       if (gemm.depth % depth === 0 && gemmBytes(gemm, tile) + 2 * 4 * GPU_THREADS <= device.matrixTileBytes!) return tile;
     }
   }
-  return gemmBytes(gemm, plan) <= device.staticWorkgroupMemoryBytes ? { ...plan, staging: mma ? { kind: 'registers' } : undefined } : undefined;
+  if (gemmBytes(gemm, plan) > device.staticWorkgroupMemoryBytes) return undefined;
+  return mma ? { ...plan, staging: { kind: 'registers' } } : device.target === 'wgsl' ? { ...plan, loads: stagedLoads(k, gemm, plan, device, opts) } : plan;
 }
 
 /**
@@ -486,11 +517,15 @@ export function subgroupMatrixBytes(g: GemmIR, p: GemmPlan): [left: number, righ
  * bf16 weight read along a depth of a multiple of 32 (bf16 widens to f16 exactly, but for magnitudes below 2⁻¹⁴,
  * which keep 2⁻²⁴ of absolute precision, and above 65,504).
  */
-export function gemmOnSubgroupMatrix(k: KernelIR, device: DeviceCaps): boolean {
+function gemmOnSubgroupMatrix(k: KernelIR, device: DeviceCaps): boolean {
+  if (device.target !== 'wgsl' || device.matrixTileBytes === undefined) return false;
+  return device.matrixUnits.some((u) => u.input === DType.F16 && u.m === 16 && u.n === 16 && u.k === 16) && bf16Products(k);
+}
+
+/** Whether a GEMM's every right operand is a bf16 weight read along a depth of a multiple of 32. */
+function bf16Products(k: KernelIR): boolean {
   const gemm = k.gemm;
-  if (!gemm || device.target !== 'wgsl' || device.matrixTileBytes === undefined) return false;
-  return device.matrixUnits.some((u) => u.input === DType.F16 && u.m === 16 && u.n === 16 && u.k === 16)
-    && gemm.depth % 32 === 0 && gemm.b.every((b) => bf16WeightAlong(b, gemm.k, k));
+  return gemm !== undefined && gemm.depth % 32 === 0 && gemm.b.every((b) => bf16WeightAlong(b, gemm.k, k));
 }
 
 /**
@@ -541,9 +576,7 @@ function depthSplit(tile: GemmPlan, gemm: GemmIR, device: DeviceCaps, ringBytes:
  * read along a depth of a multiple of 32 (the products' inputs they take exactly).
  */
 export function gemmOnMatrixUnits(k: KernelIR, device: DeviceCaps): boolean {
-  const gemm = k.gemm;
-  if (!gemm || device.threadsPerWorkgroup === 1) return false;
-  return hasBf16Mma(device) && gemm.depth % 32 === 0 && gemm.b.every((b) => bf16WeightAlong(b, gemm.k, k));
+  return device.threadsPerWorkgroup > 1 && hasBf16Mma(device) && bf16Products(k);
 }
 
 /** Whether the device has warpgroup matrix instructions (wgmma m64nNk16) on bf16 inputs. */

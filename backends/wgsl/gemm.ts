@@ -4,10 +4,9 @@
 // either each thread accumulates a 4 × 4 block of outputs with f32 multiply-adds, or each subgroup a block of 16 × 16
 // fragments on subgroup matrices (f16 operands, f32 results).
 
-import { DType } from '../../ir/dtype.ts';
-import { GemmIR, KExpr, runsAlong } from '../kernel-ir.ts';
+import { GemmIR, KExpr } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
-import { GemmPlan, ShortTile, subgroupMatrixBytes } from '../schedule.ts';
+import { GemmPlan, ShortTile, StagedLoads, subgroupMatrixBytes } from '../schedule.ts';
 
 /** A GEMM tile's shader parts: workgroup memory, the body of `main`, and the buffers it reads through vec4 bindings. */
 export interface RenderedGemm {
@@ -16,19 +15,16 @@ export interface RenderedGemm {
   readonly vec4Buffers: readonly number[];
 }
 
-/**
- * Workgroup-memory declarations and the body of `main` (after `row` and `lid` are bound). `wide` says which buffers
- * may be read 16 bytes at a time (those bound whole).
- */
-export function renderGemmWgsl(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: string, threads: number, wide: (buf: number) => boolean): RenderedGemm {
-  if (plan.units === 'subgroup-matrix-f16') return subgroupMatrixTiles(g, plan, p, rows, threads, wide);
+/** Workgroup-memory declarations and the body of `main` (after `row` and `lid` are bound). */
+export function renderGemmWgsl(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: string, threads: number): RenderedGemm {
+  if (plan.units === 'subgroup-matrix-f16') return subgroupMatrixTiles(g, plan, p, rows, threads);
   const { tileRows: TM, tileColumns: TN, tileDepth: TD } = plan;
   const per = 4;
-  if (plan.units !== 'fma' || (TM / per) * (TN / per) !== threads) throw new Error(`WGSL: no GEMM tiles of ${TM} × ${TN} (${plan.units}) for ${threads} threads`);
+  if (plan.units !== 'fma' || !plan.loads || (TM / per) * (TN / per) !== threads) throw new Error(`WGSL: no GEMM tiles of ${TM} × ${TN} (${plan.units}) for ${threads} threads`);
   const decls = [`var<workgroup> tf_as: array<f32, ${TM * TD}>;`];
   g.b.forEach((_, i) => decls.push(`var<workgroup> tf_bs${i}: array<f32, ${TN * TD}>;`));
-  const c: TileContext = { g, p, rows, threads, wide, vec4Buffers: new Set() };
-  const out = tileSteps(c, plan, 'depth-major-f32', (o) => {
+  const c: TileContext = { g, p, rows, threads, vec4Buffers: new Set() };
+  const out = tileSteps(c, { ...plan, loads: plan.loads }, 'depth-major-f32', (o) => {
     o.push(`  let tf_tr = (lid / ${TN / per}) * ${per};`);
     o.push(`  let tf_tc = (lid % ${TN / per}) * ${per};`);
     g.accs.forEach((acc) => o.push(`  var ${acc}_t: array<f32, ${per * per}>;`));
@@ -57,8 +53,6 @@ interface TileContext {
   /** The GEMM's rows, as printed. */
   readonly rows: string;
   readonly threads: number;
-  /** Whether a buffer may be read 16 bytes at a time (bound whole). */
-  readonly wide: (buf: number) => boolean;
   /** The buffers the tile reads through their vec4 bindings (filled as it prints). */
   readonly vec4Buffers: Set<number>;
 }
@@ -96,12 +90,13 @@ const LEFT = `subgroup_matrix_left<f16, ${FRAGMENT}, ${FRAGMENT}>`;
 const RIGHT = `subgroup_matrix_right<f16, ${FRAGMENT}, ${FRAGMENT}>`;
 const RESULT = `subgroup_matrix_result<f32, ${FRAGMENT}, ${FRAGMENT}>`;
 
-/** A tile's shape: rows, columns and depth per step (GemmPlan or its ShortTile). */
+/** A tile's shape, rows, columns and depth per step, and how its staging loads read (GemmPlan or its ShortTile). */
 interface TileShape {
   readonly tileRows: number;
   readonly tileColumns: number;
   readonly tileDepth: number;
   readonly rowTiles: KExpr;
+  readonly loads: StagedLoads;
 }
 
 /**
@@ -109,14 +104,15 @@ interface TileShape {
  * `below`. Both stage their operands the same way (stageOperands) into the same workgroup arrays, sized for the
  * larger of the two (subgroupMatrixBytes).
  */
-function subgroupMatrixTiles(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: string, threads: number, wide: (buf: number) => boolean): RenderedGemm {
+function subgroupMatrixTiles(g: GemmIR, plan: GemmPlan, p: ExprPrinter, rows: string, threads: number): RenderedGemm {
   if (threads !== LANES * SUBGROUP_ROWS * SUBGROUP_COLUMNS) throw new Error(`WGSL: subgroup-matrix tiles are placed for ${LANES * SUBGROUP_ROWS * SUBGROUP_COLUMNS} threads, not ${threads}`);
   const [left, right, scratch] = subgroupMatrixBytes(g, plan);
   const decls = [`var<workgroup> tf_as: array<f16, ${left / 2}>;`];
   g.b.forEach((_, o) => decls.push(`var<workgroup> tf_bs${o}: array<f16, ${right / 2 / g.b.length}>;`));
   decls.push(`var<workgroup> tf_cs: array<f32, ${scratch / 4}>;`);
-  const c: TileContext = { g, p, rows, threads, wide, vec4Buffers: new Set() };
-  const tiles = subgroupMatrixTile(c, plan);
+  if (!plan.loads) throw new Error('WGSL: subgroup-matrix tiles without staged loads');
+  const c: TileContext = { g, p, rows, threads, vec4Buffers: new Set() };
+  const tiles = subgroupMatrixTile(c, { ...plan, loads: plan.loads });
   if (!plan.shortTile) return { decls, body: tiles, vec4Buffers: [...c.vec4Buffers] };
   const short = shortSubgroupMatrixTile(c, plan.shortTile);
   const indent = (lines: string[]) => lines.map((l) => `  ${l}`);
@@ -128,25 +124,22 @@ type StagingLayout = 'rows-f16' | 'depth-major-f32';
 
 /**
  * The operands' staging: registers for a step, the code that loads a step into them (`k0` its first depth), and
- * the code that stores them to workgroup memory as f16 in rows of `tileDepth + 8` (the padding moves each row's
- * start to other banks). An operand read from memory as it is, in aligned runs along the depth (an f32 row, a bf16
- * weight), is loaded 16 bytes at a time through its vec4 binding (`wide` says which buffers may be bound so; they
- * are added to `vec4Buffers`); else one value a thread and register, neighbouring threads along the depth.
+ * the code that stores them to workgroup memory in the layout given. Each load reads as many elements as the
+ * schedule says (StagedLoads): 4 or 8 through the buffer's vec4 binding (added to `vec4Buffers`), else one value a
+ * thread and register, neighbouring threads along the depth.
  */
 function stageOperands(c: TileContext, tile: TileShape, layout: StagingLayout, out: string[]) {
-  const { g, p, rows, threads, wide, vec4Buffers } = c;
+  const { g, p, rows, threads, vec4Buffers } = c;
   const { tileRows: TM, tileColumns: TN, tileDepth: TD } = tile;
   const S = TD + 8;
   const operands = [
     { e: g.a, v: g.m, extent: rows, tile: TM, base: 'tf_m0', array: 'tf_as', reg: 'tf_ra' },
     ...g.b.map((e, o) => ({ e, v: g.n, extent: String(g.columns), tile: TN, base: 'tf_n0', array: `tf_bs${o}`, reg: `tf_rb${o}_` })),
-  ].map((o) => {
+  ].map((o, i) => {
     const e = o.e;
-    const dtype = e.k === 'load' ? p.buffers[e.buf].dtype : undefined;
-    const per = dtype === DType.F32 ? 4 : dtype === DType.BF16 ? 8 : 0;
+    const vector = i === 0 ? tile.loads.left : tile.loads.right[i - 1];
     // A thread's registers hold whole runs: threads a multiple of the runs in a tile row (some threads idle where
     // the tile has fewer runs than threads).
-    const vector = e.k === 'load' && per > 0 && wide(e.buf) && runsAlong(e.index, g.k, per) && TD % per === 0 && threads % (TD / per) === 0 ? per : 1;
     const total = (o.tile * TD) / vector;
     if (threads % (TD / vector) !== 0 || (total > threads && total % threads !== 0)) throw new Error(`WGSL: a ${o.tile} × ${TD} operand tile is not a whole number of loads for ${threads} threads`);
     if (vector > 1 && e.k === 'load') vec4Buffers.add(e.buf);

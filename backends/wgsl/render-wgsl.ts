@@ -121,7 +121,7 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   const body: string[] = [];
   for (const s of k.sizes) body.push(`  let ${sizeName(s)} = sizes.${sizeName(s)};`);
   // The tile form, and the rows from which it runs rather than the row form (sk.tilesFrom).
-  const tiles = k.gemm && sk.gemm ? renderGemmWgsl(k.gemm, sk.gemm, p, p.expr(k.gemm.rows, body, '  '), threads, (buf) => layouts[buf].chunks === 1)
+  const tiles = k.gemm && sk.gemm ? renderGemmWgsl(k.gemm, sk.gemm, p, p.expr(k.gemm.rows, body, '  '), threads)
     : k.flash && sk.flash ? renderFlashWgsl(k.flash, sk.flash, p, threads) : undefined;
   for (const buf of (tiles && 'vec4Buffers' in tiles ? tiles.vec4Buffers : [])) vec4.add(buf);
   const rowForm: string[] = [];

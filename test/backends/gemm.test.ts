@@ -20,7 +20,7 @@ import { cudaCaps, DeviceCaps, webgpuCaps } from '../../backends/device-caps.ts'
 import { formatSchedule } from '../../backends/schedule-format.ts';
 import { printWgsl } from '../../backends/wgsl/render-wgsl.ts';
 import { evalSize } from '../../backends/kernel-ir.ts';
-import { scheduleKernels } from '../../backends/schedule.ts';
+import { scheduleKernel, scheduleKernels } from '../../backends/schedule.ts';
 import { Rng } from './rng.ts';
 
 const [N, K_MMA, K_FMA] = [70, 128, 96];
@@ -173,6 +173,12 @@ basics('on WebGPU with f16 subgroup matrices the GEMMs of bf16 weights take subg
   // The grid: the row form below 16 rows (35 workgroups a row), short tiles (32 × 16) below 128, else 128 × 64.
   assert.equal([1, 15, 16, 127, 128, 300].map((rows) => evalSize(sk.grid.rows, { S: rows })), [35, 15 * 35, 5, 4 * 5, 1 * 2, 3 * 2]);
   assert.match(formatSchedule(sk), 'f16 subgroup matrices (16 × 16 × 16, f32 results)');
+  // Staging loads read 16 bytes (4 f32, 8 bf16) unless the buffer is bound in chunks: then one value each.
+  assert.equal(sk.gemm!.loads, { left: 4, right: [8] });
+  assert.match(formatSchedule(sk), '16-byte staging loads: left, right 0');
+  const gk = compiled.graphs.find((g) => g.graph.name === 'bf16')!.kernels.find((k) => k.gemm)!;
+  const weight = (gk.gemm!.b[0] as { buf: number }).buf;
+  assert.equal(scheduleKernel(gk, matrix, { splitBuffers: new Set([weight]) }).gemm!.loads, { left: 4, right: [1] });
   // The row form keeps the f32 products for fewer rows than the tiles start from.
   assert.is(sk.tilesFrom, 16);
 });
