@@ -43,7 +43,11 @@ export function formatSchedule(s: ScheduledKernel): string {
       const names = l ? [...(l.left > 1 ? ['left'] : []), ...l.right.flatMap((n, i) => (n > 1 ? [`right ${i}`] : []))] : [];
       return names.length ? `; 16-byte staging loads: ${names.join(', ')}` : '';
     };
-    const short = p.shortTile ? `; below ${p.shortTile.below} rows, tiles of ${p.shortTile.tileRows} × ${p.shortTile.tileColumns} (${formatSize(p.shortTile.rowTiles)} × ${p.shortTile.columnTiles}), ${p.shortTile.tileDepth} deep per step, each subgroup a ${p.shortTile.tileDepth / 8}-deep slice of it, the slices' sums added in order at the end${wide(p.shortTile.loads)}` : '';
+    const t = p.shortTile;
+    const shortForm = t && (p.units === 'subgroup-matrix-f16'
+      ? `${t.tileDepth} deep per step, each subgroup a ${t.tileDepth / 8}-deep slice of it, the slices' sums added in order at the end${wide(t.loads)}`
+      : `the left operand's rows of the tile's depth copied once by cp.async, each warp 8 columns of every row, its weights read 16 bytes a lane straight into the mma registers ${t.tileDepth} deep ahead${t.split ? `, the depth split in ${t.split.maxParts} parts, the last to finish adding them in order` : ''}`);
+    const short = t ? `; below ${t.below} rows, tiles of ${t.tileRows} × ${t.tileColumns} (${formatSize(t.rowTiles)} × ${t.columnTiles}), ${shortForm}` : '';
     lines.push(`  gemm ${formatSize(k.gemm.rows)} × ${k.gemm.columns} over ${k.gemm.depth}, ${k.gemm.b.length} product${k.gemm.b.length > 1 ? 's' : ''}: tiles of ${p.tileRows} × ${p.tileColumns} (${formatSize(p.rowTiles)} × ${p.columnTiles}), ${p.tileDepth} deep per step, ${units}${wide(p.loads)}${split}${short}`);
   }
   if (k.flash && s.flash) {

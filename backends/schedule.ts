@@ -126,10 +126,13 @@ export interface GemmPlan {
   /** Where few tiles would leave multiprocessors idle: each tile's depth divided among workgroups (DepthSplit). */
   readonly split?: DepthSplit;
   /**
-   * Subgroup-matrix tiles for fewer rows than `below` (a short prompt): tiles of tileRows × tileColumns in which each
-   * of the 8 subgroups takes a 16-deep slice of every 128-deep step, their sums added through workgroup memory at
-   * the end. Narrow tiles make four times the workgroups of 64-column ones, so that few rows' weights stream from
-   * every multiprocessor.
+   * The tiles for fewer rows than `below` (a short prompt), whose weights every multiprocessor must stream at once.
+   * WebGPU's subgroup matrices: tiles of tileRows × tileColumns in which each of the 8 subgroups takes a 16-deep
+   * slice of every 128-deep step, their sums added through workgroup memory at the end; narrow tiles make four
+   * times the workgroups of 64-column ones. CUDA's mma tiles: the left operand's rows of the tile's depth copied
+   * once into the memory given at launch, each of the 8 warps 8 columns of every row, its weights read 16 bytes a
+   * lane straight into the matrix instructions' registers, `tileDepth` (the loads in flight) ahead; the depth split
+   * among `split.parts` workgroups (ShortTile.split).
    */
   readonly shortTile?: ShortTile;
 }
@@ -141,7 +144,10 @@ export interface ShortTile {
   readonly tileDepth: number;
   readonly rowTiles: KExpr;
   readonly columnTiles: number;
-  readonly loads: StagedLoads;
+  /** WGSL: how the staging loads read. */
+  readonly loads?: StagedLoads;
+  /** CUDA: the depth split (parts a constant), where there is one. */
+  readonly split?: DepthSplit;
 }
 
 /**
@@ -362,7 +368,8 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   const extent = k.gemm?.rows ?? k.flash?.queries;
   const gemmGrid = gemm && mul(mul(gemm.rowTiles, int(gemm.columnTiles)), gemm.split?.parts ?? int(1));
   const short = gemm?.shortTile;
-  const tileGrid = gemmGrid ? (short ? select(lt(extent!, int(short.below)), mul(short.rowTiles, int(short.columnTiles)), gemmGrid) : gemmGrid) : flash ? mul(int(k.flash!.batch * (flash.keyChunks?.count ?? 1)), flash.queryTiles) : undefined;
+  const shortGrid = short && mul(mul(short.rowTiles, int(short.columnTiles)), short.split?.parts ?? int(1));
+  const tileGrid = gemmGrid ? (shortGrid ? select(lt(extent!, int(short!.below)), shortGrid, gemmGrid) : gemmGrid) : flash ? mul(int(k.flash!.batch * (flash.keyChunks?.count ?? 1)), flash.queryTiles) : undefined;
   // Fewer rows than this run row by row (the CPU, with no choice to make, always runs the tiles).
   // The decode form runs whenever it exists; on CUDA its kernel keeps the row form for the megakernel's tasks.
   const decodeFrom = device.target === 'cuda' ? 1 : 0;
@@ -466,8 +473,10 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps, opts: ScheduleO
     const stages = [wg.stages, 4, 3].filter((s) => s <= wg.stages).find((s) => s * stageBytes + 1024 <= device.workgroupMemoryBytes);
     if (stages) {
       const tile: GemmPlan = { units: 'wgmma-bf16', tileRows: rows, tileColumns: columns, tileDepth: depth, rowTiles: rowTilesOf(rows), columnTiles: Math.ceil(gemm.columns / columns) };
-      const split = depthSplit(tile, gemm, device, stages * stageBytes + 1024);
-      return { ...tile, staging: { kind: 'async', stages, bytes: stages * stageBytes + 1024, left: 'bf16' }, ...(split ? { split } : {}) };
+      const bytes = stages * stageBytes + 1024;
+      const split = depthSplit(tile, gemm, device, bytes);
+      const shortTile = streamedShortTile(gemm, device, bytes);
+      return { ...tile, staging: { kind: 'async', stages, bytes, left: 'bf16' }, ...(split ? { split } : {}), ...(shortTile ? { shortTile } : {}) };
     }
   }
   if (mma && plainA) {
@@ -475,7 +484,8 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps, opts: ScheduleO
     const bytes = stages * (asyncRows * (depth + 8) * dtypeBytes[left!] + gemm.b.length * asyncColumns * (depth + 8) * 2);
     const tile = { ...plan, tileDepth: depth, tileRows: asyncRows, tileColumns: asyncColumns, rowTiles: rowTilesOf(asyncRows), columnTiles: Math.ceil(gemm.columns / asyncColumns) };
     const split = depthSplit(tile, gemm, device, bytes);
-    if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes, left: left === DType.BF16 ? 'bf16' : 'f32' }, ...(split ? { split } : {}) };
+    const shortTile = left === DType.BF16 ? streamedShortTile(gemm, device, bytes) : undefined;
+    if (bytes <= device.workgroupMemoryBytes) return { ...tile, staging: { kind: 'async', stages, bytes, left: left === DType.BF16 ? 'bf16' : 'f32' }, ...(split ? { split } : {}), ...(shortTile ? { shortTile } : {}) };
   }
   // WebGPU's subgroup matrices: 128 × 64 tiles, each subgroup 32 × 32 (four products of two left and two right
   // fragments), 64 deep a step where that fits in the adapter's workgroup memory, else 32 (two products); below 128
@@ -498,6 +508,38 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps, opts: ScheduleO
   if (gemmBytes(gemm, plan) > device.staticWorkgroupMemoryBytes) return undefined;
   return mma ? { ...plan, staging: { kind: 'registers' } } : device.target === 'wgsl' ? { ...plan, loads: stagedLoads(k, gemm, plan, device, opts) } : plan;
 }
+
+/**
+ * CUDA's tiles for a short prompt (GemmPlan.shortTile) of a GEMM whose bf16 left operand is copied into `ringBytes`
+ * given at launch: 32 rows × 64 columns (8 warps side by side), for 32 rows or fewer. The depth is split into the
+ * most parts (powers of two) that keep the work items within one wave of one workgroup a multiprocessor (the ring
+ * leaves room for one), or more where a part's left rows would not fit the ring; each part at least 32 deep. Loads
+ * in flight: 8 steps of 32 for one product, 4 for two, fewer where the part is shallower.
+ *   Measured on the H200 (BENCHMARKS.md, tenth session) at 32 tokens: see the notes there.
+ */
+function streamedShortTile(gemm: GemmIR, device: DeviceCaps, ringBytes: number): ShortTile | undefined {
+  const processors = device.processors?.count;
+  if (device.target !== 'cuda' || !processors || gemm.depth % 32) return undefined;
+  // Two row tiles (33 to 63 rows) each streaming the weights measured slower than the wgmma tiles: 48 rows 2.60 ms
+  // against 2.23 for a 1B model's prefill on the H200 (BENCHMARKS.md, tenth session).
+  const [tileRows, tileColumns, below] = [32, 64, 33];
+  const columnTiles = Math.ceil(gemm.columns / tileColumns);
+  const fits = (parts: number) => gemm.depth % (32 * parts) === 0 && shortLeftBytes(tileRows, gemm.depth / parts) <= ringBytes;
+  const candidates = [1, 2, 4, 8, 16].filter(fits);
+  if (!candidates.length) return undefined;
+  const parts = [...candidates].reverse().find((q) => columnTiles * q <= processors) ?? candidates[0];
+  const part = gemm.depth / parts;
+  const steps = [8 / gemm.b.length, 4, 2, 1].find((u) => u >= 1 && part % (32 * u) === 0)!;
+  const rowTiles = idiv(add(gemm.rows, int(tileRows - 1)), int(tileRows));
+  const accs = gemm.b.length * (tileRows / 16) * 4;
+  // Work items: each part of every tile (of the row tiles of fewer rows than `below`).
+  const tiles = Math.ceil((below - 1) / tileRows) * columnTiles;
+  const split: DepthSplit | undefined = parts > 1 ? { parts: int(parts), maxParts: parts, workspaceFloats: tiles * parts * accs * 256, counters: tiles } : undefined;
+  return { below, tileRows, tileColumns, tileDepth: 32 * steps, rowTiles, columnTiles, ...(split ? { split } : {}) };
+}
+
+/** Bytes a CUDA short tile's left rows of one part take: bf16 rows 32 elements longer than the part (bank spread). */
+export const shortLeftBytes = (rows: number, partDepth: number) => rows * (partDepth + 32) * 2;
 
 /**
  * Bytes of the workgroup arrays a subgroup-matrix tile declares, both its tile forms' in one: the left operand's f16

@@ -14,35 +14,169 @@
 
 import { GemmIR, KExpr, offsetAlong } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
-import { GemmPlan } from '../schedule.ts';
+import { GemmPlan, shortLeftBytes, ShortTile } from '../schedule.ts';
+import { DType } from '../../ir/dtype.ts';
 import { storeValue } from './render-cuda.ts';
 import { SharedMemory } from './shared-memory.ts';
 import { wgmmaTile } from './wgmma.ts';
 
-/** The function body after the signature: the tile loop over the grid's rows. */
+/**
+ * The function body after the signature: the tile loop over the grid's rows; with a short tile (GemmPlan.shortTile),
+ * its own loop where the rows are fewer than it is for.
+ */
 export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   out.push(`  const int tf_m_total = ${p.expr(rows, out, '  ')};`);
-  const rowTiles = p.expr(plan.rowTiles, out, '  ');
-  out.push(`  const int tf_row_tiles = ${rowTiles};`);
-  out.push(`  const int tf_tiles = tf_row_tiles * ${plan.columnTiles};`);
-  if (plan.split) {
+  const short = plan.shortTile;
+  if (!short) return tileLoop(g, plan, p, out, () => tileBody(g, plan, p, shared, out));
+  const [streamed, tiles]: string[][] = [[], []];
+  if (plan.staging?.kind !== 'async') throw new Error('CUDA: a short tile copies into the memory given at launch');
+  const ringBytes = plan.staging.bytes;
+  tileLoop(g, short, p, streamed, () => streamedTile(g, short, ringBytes, p, shared, streamed));
+  tileLoop(g, plan, p, tiles, () => tileBody(g, plan, p, shared, tiles));
+  out.push(`  if (tf_m_total < ${short.below}) {`, ...streamed.map((l) => `  ${l}`), '  } else {', ...tiles.map((l) => `  ${l}`), '  }');
+}
+
+/** A tile's shape and its place in the grid (GemmPlan, or its ShortTile). */
+type TileGrid = Pick<GemmPlan, 'tileRows' | 'tileColumns' | 'rowTiles' | 'columnTiles' | 'split'>;
+
+/** The loop over a grid of tiles (each part of each, where the depth is split), `body` printing one tile. */
+function tileLoop(g: GemmIR, t: TileGrid, p: ExprPrinter, out: string[], body: () => void): void {
+  out.push(`  const int tf_row_tiles = ${p.expr(t.rowTiles, out, '  ')};`);
+  out.push(`  const int tf_tiles = tf_row_tiles * ${t.columnTiles};`);
+  if (t.split) {
     // Work item w: part w / tiles of tile w % tiles.
-    out.push(`  const int tf_parts = ${p.expr(plan.split.parts, out, '  ')};`);
+    out.push(`  const int tf_parts = ${p.expr(t.split.parts, out, '  ')};`);
     out.push('  for (int tf_work = blockIdx.x; tf_work < tf_tiles * tf_parts; tf_work += gridDim.x) {');
     out.push('    const int tf_tile = tf_work % tf_tiles, tf_part = tf_work / tf_tiles;');
   } else {
     out.push('  for (int tf_tile = blockIdx.x; tf_tile < tf_tiles; tf_tile += gridDim.x) {');
   }
   // Tiles along the rows are neighbours: the blocks sharing a weight tile run together and read it from L2.
-  out.push(`    const int tf_m0 = (tf_tile % tf_row_tiles) * ${plan.tileRows};`);
-  out.push(`    const int tf_n0 = (tf_tile / tf_row_tiles) * ${plan.tileColumns};`);
+  out.push(`    const int tf_m0 = (tf_tile % tf_row_tiles) * ${t.tileRows};`);
+  out.push(`    const int tf_n0 = (tf_tile / tf_row_tiles) * ${t.tileColumns};`);
+  body();
+  out.push('  }');
+}
+
+function tileBody(g: GemmIR, plan: GemmPlan, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   if (plan.split && plan.staging?.kind !== 'async') throw new Error('CUDA: only copied mma tiles split their depth');
   if (plan.units === 'wgmma-bf16' && plan.staging?.kind === 'async') wgmmaTile(g, plan, plan.staging.stages, p, shared, out);
   else if (plan.units === 'mma-bf16' && plan.staging?.kind === 'async') mmaAsyncTile(g, plan, plan.staging.stages, plan.staging.left, p, shared, out);
   else if (plan.units === 'mma-bf16') mmaTile(g, plan, p, shared, out);
   else if (plan.units === 'fma') fmaTile(g, plan, p, shared, out);
   else throw new Error(`CUDA: no GEMM of ${plan.units} units`);
-  out.push('  }');
+}
+
+/**
+ * The short tile (GemmPlan.shortTile) of 32 rows × 64 columns, each warp 8 columns of every row, over one part of
+ * the depth (all of it unsplit):
+ *   The left operand's rows of the part, bf16 in memory, are copied once into the memory given at launch (rows 32
+ *   elements longer than the part, so a warp's fragment reads spread over the banks), in two groups (each half of
+ *   the depth), the second landing while the first half's products run.
+ *   The weights never pass through shared memory: lane (g, q) of a warp reads 16 bytes of its column g, depth
+ *   8q to 8q + 7 of each 32, into registers, `tileDepth` ahead of the products. Two m16n8k16 instructions take
+ *   them as they lie: the first the lane's elements 8q…8q + 3 as its fragment's depths 2q, 2q + 1, 2q + 8, 2q + 9,
+ *   the second 8q + 4…8q + 7; the left fragments are read from the same depths, so each instruction sums a
+ *   permutation of 16 depths and the two all 32. The accumulators are as in the mma tiles (mmaEpilogue, addParts).
+ */
+function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
+  const [TM, TN, TD] = [t.tileRows, t.tileColumns, t.tileDepth];
+  if (TM !== 32 || TN !== 64 || TD % 32) throw new Error(`CUDA: short tiles of ${TM} × ${TN} × ${TD} are not printed`);
+  if (g.a.k !== 'load' || p.buffers[g.a.buf].dtype !== DType.BF16) throw new Error('CUDA: a short tile copies a bf16 left operand as it is');
+  const parts = t.split?.maxParts ?? 1;
+  const part = g.depth / parts;
+  const steps = part / TD;
+  if (!Number.isInteger(steps)) throw new Error(`CUDA: a short tile's ${TD}-deep steps do not divide its part of ${part}`);
+  const ops = g.b.length;
+  const w: WarpTile = { mb: TM / 16, nb: 1 };
+  const accs = ops * w.mb * 4;
+  const AP = part + 32;
+  const chunks = TD / 32;
+  const i = '    ';
+  out.push(`${i}${shared.dynamic('tf_ring')}`);
+  out.push(`${i}unsigned short* const tf_as = reinterpret_cast<unsigned short*>(tf_ring);`);
+  out.push(`${i}const int tf_lane = threadIdx.x & 31, tf_warp = threadIdx.x >> 5;`);
+  out.push(`${i}const int tf_g = tf_lane >> 2, tf_q = tf_lane & 3;`);
+  out.push(`${i}const int tf_wm = 0, tf_wn = tf_warp * 8;`);
+  out.push(`${i}float tf_c[${accs}];`);
+  out.push(`${i}#pragma unroll`);
+  out.push(`${i}for (int tf_i = 0; tf_i < ${accs}; tf_i++) tf_c[tf_i] = 0.0f;`);
+  out.push(`${i}const int tf_k0 = ${parts > 1 ? `tf_part * ${part}` : '0'};`);
+  // Each weight's column for this lane, from the part's first depth; columns past the weights read column 0 (as zeros).
+  out.push(`${i}const bool tf_col_in = tf_n0 + tf_wn + tf_g < ${g.columns};`);
+  out.push(...g.b.map((_, o) => `${i}const unsigned short* tf_wp${o};`));
+  out.push(`${i}{`);
+  out.push(`${i}  const int ${g.n} = tf_col_in ? tf_n0 + tf_wn + tf_g : 0;`);
+  g.b.forEach((b, o) => {
+    if (b.k !== 'load') throw new Error('CUDA: a short tile reads its weights directly');
+    const base = offsetAlong(b.index, g.k);
+    if (!base) throw new Error('CUDA: a short tile reads its weights along the depth');
+    out.push(`${i}  tf_wp${o} = b${b.buf} + ${p.expr(base, out, `${i}  `)} + tf_k0 + tf_q * 8;`);
+  });
+  out.push(`${i}}`);
+  // The left rows: copy x of a group is depth (x / 128) · 32 + (x % 4) · 8 of row (x / 4) % 32, four lanes a row's
+  // 64 contiguous bytes; rows past the operand's are zeros.
+  const groups = steps % 2 === 0 ? 2 : 1;
+  const groupDepth = part / groups;
+  out.push(`${i}#pragma unroll 1`);
+  out.push(`${i}for (int tf_grp = 0; tf_grp < ${groups}; tf_grp++) {`);
+  out.push(`${i}  for (int tf_x = threadIdx.x; tf_x < ${(TM * groupDepth) / 8}; tf_x += TF_BLOCK) {`);
+  out.push(`${i}    const int tf_r = (tf_x >> 2) & 31, tf_kk = tf_grp * ${groupDepth} + (tf_x >> 7) * 32 + (tf_x & 3) * 8;`);
+  out.push(`${i}    const bool tf_in = tf_m0 + tf_r < tf_m_total;`);
+  out.push(`${i}    const int ${g.m} = tf_in ? tf_m0 + tf_r : 0;`);
+  out.push(`${i}    const int ${g.k} = tf_k0 + tf_kk;`);
+  out.push(`${i}    tf_cp16(tf_as + tf_r * ${AP} + tf_kk, b${g.a.buf} + ${p.expr(g.a.index, out, `${i}    `)}, tf_in);`);
+  out.push(`${i}  }`);
+  out.push(`${i}  tf_cp_commit();`);
+  out.push(`${i}}`);
+  // A step's weights: chunk c of product o at tf_w[o][c].
+  const load = (ind: string, into: string, step: string) => {
+    out.push(`${ind}#pragma unroll`);
+    out.push(`${ind}for (int tf_u = 0; tf_u < ${chunks}; tf_u++) {`);
+    g.b.forEach((_, o) => out.push(`${ind}  ${into}[${o}][tf_u] = tf_col_in ? __ldg(reinterpret_cast<const uint4*>(tf_wp${o} + (${step}) * ${TD} + tf_u * 32)) : make_uint4(0u, 0u, 0u, 0u);`));
+    out.push(`${ind}}`);
+  };
+  out.push(`${i}uint4 tf_w[${ops}][${chunks}];`);
+  load(i, 'tf_w', '0');
+  out.push(`${i}#pragma unroll 1`);
+  out.push(`${i}for (int tf_s = 0; tf_s < ${steps}; tf_s++) {`);
+  const j = `${i}  `;
+  // The first group's rows before the first step, the second's before the first step of its half.
+  if (groups === 2) {
+    out.push(`${j}if (tf_s == 0) { tf_cp_wait<1>(); __syncthreads(); }`);
+    out.push(`${j}if (tf_s == ${steps / 2}) { tf_cp_wait<0>(); __syncthreads(); }`);
+  } else {
+    out.push(`${j}if (tf_s == 0) { tf_cp_wait<0>(); __syncthreads(); }`);
+  }
+  out.push(`${j}uint4 tf_w_next[${ops}][${chunks}];`);
+  out.push(`${j}if (tf_s + 1 < ${steps}) {`);
+  load(`${j}  `, 'tf_w_next', 'tf_s + 1');
+  out.push(`${j}}`);
+  out.push(`${j}#pragma unroll`);
+  out.push(`${j}for (int tf_u = 0; tf_u < ${chunks}; tf_u++) {`);
+  out.push(`${j}  const int tf_kc = (tf_s * ${chunks} + tf_u) * 32 + tf_q * 8;`);
+  out.push(`${j}  #pragma unroll`);
+  out.push(`${j}  for (int tf_mi = 0; tf_mi < ${w.mb}; tf_mi++) {`);
+  out.push(`${j}    const uint4 tf_lo = *reinterpret_cast<const uint4*>(tf_as + (tf_mi * 16 + tf_g) * ${AP} + tf_kc);`);
+  out.push(`${j}    const uint4 tf_hi = *reinterpret_cast<const uint4*>(tf_as + (tf_mi * 16 + tf_g + 8) * ${AP} + tf_kc);`);
+  out.push(`${j}    const unsigned tf_fa0[4] = {tf_lo.x, tf_hi.x, tf_lo.y, tf_hi.y}, tf_fa1[4] = {tf_lo.z, tf_hi.z, tf_lo.w, tf_hi.w};`);
+  g.b.forEach((_, o) => {
+    out.push(`${j}    { const unsigned tf_fb0[2] = {tf_w[${o}][tf_u].x, tf_w[${o}][tf_u].y}, tf_fb1[2] = {tf_w[${o}][tf_u].z, tf_w[${o}][tf_u].w};`);
+    out.push(`${j}      tf_mma_bf16(tf_c + ${o * w.mb * 4} + tf_mi * 4, tf_fa0, tf_fb0);`);
+    out.push(`${j}      tf_mma_bf16(tf_c + ${o * w.mb * 4} + tf_mi * 4, tf_fa1, tf_fb1); }`);
+  });
+  out.push(`${j}  }`);
+  out.push(`${j}}`);
+  out.push(`${j}#pragma unroll`);
+  out.push(`${j}for (int tf_u = 0; tf_u < ${chunks}; tf_u++) {`);
+  g.b.forEach((_, o) => out.push(`${j}  tf_w[${o}][tf_u] = tf_w_next[${o}][tf_u];`));
+  out.push(`${j}}`);
+  out.push(`${i}}`);
+  // The next work item's copies overwrite the rows slow warps may still read.
+  out.push(`${i}__syncthreads();`);
+  if (shortLeftBytes(TM, part) > ringBytes) throw new Error(`CUDA: a short tile's left rows (${shortLeftBytes(TM, part)} bytes) do not fit the ${ringBytes} given at launch`);
+  if (t.split) addParts(accs, parts, { warpRows: TM, warpsAcross: 8 }, ringBytes, shared, out, i);
+  mmaEpilogue(g, w, p, out, i);
 }
 
 /**

@@ -238,7 +238,7 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   }
   const params = k.buffers.map((b, i) => `${b.written ? '' : 'const '}${cudaElemType[b.dtype]}* __restrict__ b${i}`);
   for (const s of k.sizes) params.push(`const int ${sizeName(s)}`);
-  const split = sk.tilesFrom !== undefined ? sk.gemm?.split ?? sk.flash?.keyChunks : undefined;
+  const split = sk.tilesFrom !== undefined ? splitNeeds([sk.gemm?.split, sk.gemm?.shortTile?.split, sk.flash?.keyChunks]) : undefined;
   if (split) params.push('float* __restrict__ tf_ws', 'unsigned* __restrict__ tf_count');
   const bounds = sk.workgroupsPerProcessor ? `TF_BLOCK, ${sk.workgroupsPerProcessor}` : 'TF_BLOCK';
   out.push(`extern "C" __global__ void __launch_bounds__(${bounds}) ${name}(${params.join(', ')}) {`);
@@ -250,6 +250,13 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
     overlapsPredecessor: !!sk.overlap, bufferDTypes: k.buffers.map((b) => b.dtype),
     ...(split ? { splitScratch: { workspaceFloats: split.workspaceFloats, counters: split.counters } } : {}),
   };
+}
+
+/** The scratch that serves each of a kernel's forms that splits its work (the largest of each need), if any. */
+function splitNeeds(forms: readonly (SplitScratchNeeds | undefined)[]): SplitScratchNeeds | undefined {
+  const needs = forms.filter((f): f is SplitScratchNeeds => f !== undefined);
+  if (!needs.length) return undefined;
+  return { workspaceFloats: Math.max(...needs.map((n) => n.workspaceFloats)), counters: Math.max(...needs.map((n) => n.counters)) };
 }
 
 /**

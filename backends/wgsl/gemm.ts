@@ -249,11 +249,12 @@ function subgroupMatrixTile(c: TileContext, tile: TileShape): string[] {
  */
 function shortSubgroupMatrixTile(c: TileContext, tile: ShortTile): string[] {
   const { g, threads } = c;
-  const { tileRows: TM, tileColumns: TN, tileDepth: TD } = tile;
+  const { tileRows: TM, tileColumns: TN, tileDepth: TD, loads } = tile;
+  if (!loads) throw new Error('WGSL: a short tile without its staging loads');
   const [ops, S, subgroups] = [g.b.length, TD + 8, threads / LANES];
   const fragRows = TM / FRAGMENT;
   if (TN !== FRAGMENT || TD !== FRAGMENT * subgroups || !Number.isInteger(fragRows)) throw new Error(`WGSL: no short subgroup-matrix tiles of ${TM} × ${TN} × ${TD}`);
-  const out = tileSteps(c, tile, 'rows-f16', (o) => {
+  const out = tileSteps(c, { ...tile, loads }, 'rows-f16', (o) => {
     o.push(`  let tf_sk = (lid / ${LANES}) * ${FRAGMENT};`);
     for (let b = 0; b < ops; b++) for (let i = 0; i < fragRows; i++) o.push(`  var tf_c${b}_${i} = ${RESULT}();`);
   }, (o) => {

@@ -19,7 +19,8 @@ import { relativeError } from './compare.ts';
 import { cudaCaps, DeviceCaps, webgpuCaps } from '../../backends/device-caps.ts';
 import { formatSchedule } from '../../backends/schedule-format.ts';
 import { printWgsl } from '../../backends/wgsl/render-wgsl.ts';
-import { evalSize } from '../../backends/kernel-ir.ts';
+import { evalSize, int, mul } from '../../backends/kernel-ir.ts';
+import { printCudaFunction } from '../../backends/cuda/render-cuda.ts';
 import { scheduleKernel, scheduleKernels } from '../../backends/schedule.ts';
 import { Rng } from './rng.ts';
 
@@ -75,7 +76,12 @@ const WIDE = 320;
 const bf16normwide = trace('bf16normwide', [{ name: 'x', dtype: DType.F32, shape: ['S', K_MMA] }], (x) => ({
   y: normed(x).matmul(param('ww', DType.BF16, [WIDE, K_MMA]).transpose()),
 }));
-const module = { graphs: [bf16, bf16shallow, bf16norm, bf16prologue, f32mix, bf16deep, bf16odd, bf16normdeep, bf16normodd, bf16normwide] };
+/** silu(h·gbᵀ)·(h·ubᵀ) over h = RMSNorm(x) (bf16 weights): two products of a bf16 left operand (a gate/up projection). */
+const bf16normglu = trace('bf16normglu', [{ name: 'x', dtype: DType.F32, shape: ['S', K_MMA] }], (x) => {
+  const h = normed(x);
+  return { y: h.matmul(param('gb', DType.BF16, [N, K_MMA]).transpose()).silu().mul(h.matmul(param('ub', DType.BF16, [N, K_MMA]).transpose())) };
+});
+const module = { graphs: [bf16, bf16shallow, bf16norm, bf16prologue, f32mix, bf16deep, bf16odd, bf16normdeep, bf16normodd, bf16normwide, bf16normglu] };
 const compiled = compileModule(module);
 const reference = { graphs: module.graphs.map((graph) => ({ graph, kernels: [] })) };
 
@@ -92,8 +98,11 @@ const weights: Record<string, HostTensor> = {
   d: hostTensor(DType.BF16, [N, K_DEEP], randoms(N * K_DEEP, 0.05)),
   o: hostTensor(DType.BF16, [N, K_ODD], randoms(N * K_ODD, 0.05)),
   ww: hostTensor(DType.BF16, [WIDE, K_MMA], randoms(WIDE * K_MMA, 0.2)),
+  gb: hostTensor(DType.BF16, [N, K_MMA], randoms(N * K_MMA, 0.2)),
+  ub: hostTensor(DType.BF16, [N, K_MMA], randoms(N * K_MMA, 0.2)),
 };
-const ROWS = [1, 7, 64, 130];
+// 20 rows take CUDA's short tiles (32 rows), 40 its wgmma tiles.
+const ROWS = [1, 7, 20, 40, 64, 130];
 const depthOf = (graph: string) => ({ bf16deep: K_DEEP, bf16odd: K_ODD, bf16normdeep: K_DEEP, bf16normodd: K_ODD, bf16shallow: K_FMA, f32mix: K_FMA }[graph] ?? K_MMA);
 const columnsOf = (graph: string) => (graph === 'bf16normwide' ? WIDE : N);
 const inputs = new Map(ROWS.flatMap((s) => module.graphs.map((g) => [`${g.name}:${s}`, randoms(s * depthOf(g.name))])));
@@ -131,7 +140,7 @@ function withGemmEnv<T>(value: string, f: () => T): T {
 const basics = suite('GEMM lowering');
 basics('the projections of many rows lower to GEMM kernels with their epilogue, the norm to a kernel of its own', () => {
   const kinds = compiled.graphs.map((g) => g.kernels.map((k) => (k.gemm ? `gemm×${k.gemm.b.length}` : k.kind)));
-  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1']]);
+  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×2']]);
 });
 basics('on sm_90 the GEMMs of bf16 left operands take wgmma tiles (64, 96 or 128 columns), TSFUSE_GEMM=mma the mma tiles; sm_80 never', () => {
   const plan = (graph: string, caps = cudaCaps(90, 8)) => {
@@ -151,6 +160,32 @@ basics('on sm_90 the GEMMs of bf16 left operands take wgmma tiles (64, 96 or 128
     assert.is(plan('bf16norm', cudaCaps(90, 8)), 'wgmma-bf16 128×64×64 3 stages', 'no wider than the GEMM');
   });
   assert.throws(() => withGemmEnv('wgmma:96x4', () => cudaCaps(90, 8)), /TSFUSE_GEMM=wgmma:96x4: expected/);
+});
+basics('on CUDA up to 32 rows, GEMMs of bf16 left operands stream their weights into the matrix instructions (short tiles)', () => {
+  const sk = (graph: string, caps = cudaCaps(90, 8)) => scheduleKernels(compiled.graphs.find((g) => g.graph.name === graph)!.kernels, caps).find((k) => k.gemm)!;
+  const short = (graph: string, caps = cudaCaps(90, 8)) => {
+    const t = sk(graph, caps).gemm!.shortTile;
+    return t && `below ${t.below}: ${t.tileRows}×${t.tileColumns}×${t.tileDepth} ${t.split?.maxParts ?? 1} parts`;
+  };
+  // The most parts that keep the work items within the 8 multiprocessors (70 columns: 2 tiles; 320: 5), each part
+  // a multiple of 32 deep (704 = 22 × 32: 2 parts of 11 steps); loads 256 deep ahead for one product (8 steps of
+  // 32) where the part allows (else as many steps as divide it). An f32 left operand (@bf16) keeps the tiles.
+  assert.equal(['bf16norm', 'bf16normdeep', 'bf16normodd', 'bf16normwide', 'bf16normglu', 'bf16'].map((g) => short(g)),
+    ['below 33: 32×64×32 4 parts', 'below 33: 32×64×256 4 parts', 'below 33: 32×64×32 2 parts', 'below 33: 32×64×128 1 parts', 'below 33: 32×64×32 4 parts', undefined]);
+  assert.is(short('bf16normdeep', cudaCaps(90, 132)), 'below 33: 32×64×64 16 parts');
+  assert.is(short('bf16norm', cudaCaps(80, 8)), 'below 33: 32×64×32 4 parts', 'sm_80: the mma tiles\' ring');
+  assert.is(short('bf16norm', webgpuCaps({ subgroups: true })), undefined);
+  // The grid: the row form below 16 rows (35 workgroups a row), then 2 column tiles × 4 parts up to 32 rows, then
+  // the wgmma tiles (128 × 64, 2 column tiles, split while few).
+  const norm = sk('bf16norm');
+  assert.equal([15, 16, 32].map((rows) => evalSize(norm.grid.rows, { S: rows })), [15 * 35, 8, 8]);
+  const tiles = (rows: number) => evalSize(mul(norm.gemm!.rowTiles, int(norm.gemm!.columnTiles)), { S: rows }) * evalSize(norm.gemm!.split?.parts ?? int(1), { S: rows });
+  assert.equal([33, 64].map((rows) => evalSize(norm.grid.rows, { S: rows })), [tiles(33), tiles(64)]);
+  assert.match(formatSchedule(norm), 'below 33 rows, tiles of 32 × 64');
+  // The split scratch serves both forms: the short tiles' 2 column tiles × 4 parts of 8 accumulators a thread.
+  const f = printCudaFunction(norm);
+  assert.ok(f.splitScratch!.workspaceFloats >= 2 * 4 * 8 * 256 && f.splitScratch!.counters >= 2);
+  for (const needed of ['if (tf_m_total < 33) {', 'tf_mma_bf16(tf_c + 0 + tf_mi * 4, tf_fa1, tf_fb1)', 'tf_cp_wait<0>()']) assert.ok(f.code.includes(needed), needed);
 });
 basics('on WebGPU with f16 subgroup matrices the GEMMs of bf16 weights take subgroup-matrix tiles where they fit, f32 weights multiply-adds', () => {
   const plan = (graph: string, caps: DeviceCaps) => {
@@ -190,11 +225,11 @@ basics('on CUDA (8 multiprocessors) the deep GEMMs split their depth while their
   };
   // An f32 left operand's ring (138 KB) and wgmma's six stages (145 KB) leave room for one workgroup a
   // multiprocessor: at 130 rows the tiles double and 2 parts each fill the 8.
-  assert.equal(ROWS.map((r) => parts('bf16deep', r)), [4, 4, 4, 2]);
-  assert.equal(ROWS.map((r) => parts('bf16odd', r)), [2, 2, 2, 2]);
-  assert.equal(ROWS.map((r) => parts('bf16', r)), [1, 1, 1, 1]);
-  assert.equal(ROWS.map((r) => parts('bf16normdeep', r)), [4, 4, 4, 2]);
-  assert.equal(ROWS.map((r) => parts('bf16normodd', r)), [2, 2, 2, 2]);
+  assert.equal([1, 7, 64, 130].map((r) => parts('bf16deep', r)), [4, 4, 4, 2]);
+  assert.equal([1, 7, 64, 130].map((r) => parts('bf16odd', r)), [2, 2, 2, 2]);
+  assert.equal([1, 7, 64, 130].map((r) => parts('bf16', r)), [1, 1, 1, 1]);
+  assert.equal([1, 7, 64, 130].map((r) => parts('bf16normdeep', r)), [4, 4, 4, 2]);
+  assert.equal([1, 7, 64, 130].map((r) => parts('bf16normodd', r)), [2, 2, 2, 2]);
 });
 basics.run();
 
