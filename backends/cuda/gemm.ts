@@ -16,7 +16,7 @@ import { GemmIR, KExpr, offsetAlong } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { GemmPlan, shortLeftBytes, ShortTile } from '../schedule.ts';
 import { DType } from '../../ir/dtype.ts';
-import { storeValue } from './render-cuda.ts';
+import { gridWait, storeValue } from './render-cuda.ts';
 import { SharedMemory } from './shared-memory.ts';
 import { wgmmaTile } from './wgmma.ts';
 
@@ -24,14 +24,17 @@ import { wgmmaTile } from './wgmma.ts';
  * The function body after the signature: the tile loop over the grid's rows; with a short tile (GemmPlan.shortTile),
  * its own loop where the rows are fewer than it is for.
  */
-export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
+export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, waits: boolean, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   out.push(`  const int tf_m_total = ${p.expr(rows, out, '  ')};`);
   const short = plan.shortTile;
-  if (!short) return tileLoop(g, plan, p, out, () => tileBody(g, plan, p, shared, out));
-  const [streamed, tiles]: string[][] = [[], []];
+  if (!short) {
+    if (waits) throw new Error('CUDA: only a short tile waits for the predecessor inside');
+    return tileLoop(g, plan, p, out, () => tileBody(g, plan, p, shared, out));
+  }
+  const [streamed, tiles]: string[][] = [[], waits ? gridWait('  ') : []];
   if (plan.staging?.kind !== 'async') throw new Error('CUDA: a short tile copies into the memory given at launch');
   const ringBytes = plan.staging.bytes;
-  tileLoop(g, short, p, streamed, () => streamedTile(g, short, ringBytes, p, shared, streamed));
+  tileLoop(g, short, p, streamed, () => streamedTile(g, short, ringBytes, waits, p, shared, streamed));
   tileLoop(g, plan, p, tiles, () => tileBody(g, plan, p, shared, tiles));
   out.push(`  if (tf_m_total < ${short.below}) {`, ...streamed.map((l) => `  ${l}`), '  } else {', ...tiles.map((l) => `  ${l}`), '  }');
 }
@@ -74,12 +77,13 @@ function tileBody(g: GemmIR, plan: GemmPlan, p: ExprPrinter, shared: SharedMemor
  *   elements longer than the part, so a warp's fragment reads spread over the banks), in two groups (each half of
  *   the depth), the second landing while the first half's products run.
  *   The weights never pass through shared memory: lane (g, q) of a warp reads 16 bytes of its column g, depth
- *   8q to 8q + 7 of each 32, into registers, `tileDepth` ahead of the products. Two m16n8k16 instructions take
+ *   8q to 8q + 7 of each 32, into registers, `tileDepth` ahead of the products (the first step before the wait for
+ *   the previous kernel, whose writes the weights are not). Two m16n8k16 instructions take
  *   them as they lie: the first the lane's elements 8q…8q + 3 as its fragment's depths 2q, 2q + 1, 2q + 8, 2q + 9,
  *   the second 8q + 4…8q + 7; the left fragments are read from the same depths, so each instruction sums a
  *   permutation of 16 depths and the two all 32. The accumulators are as in the mma tiles (mmaEpilogue, addParts).
  */
-function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
+function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   const [TM, TN, TD] = [t.tileRows, t.tileColumns, t.tileDepth];
   if (TM !== 32 || TN !== 64 || TD % 32) throw new Error(`CUDA: short tiles of ${TM} × ${TN} × ${TD} are not printed`);
   if (g.a.k !== 'load' || p.buffers[g.a.buf].dtype !== DType.BF16) throw new Error('CUDA: a short tile copies a bf16 left operand as it is');
@@ -114,6 +118,17 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, p: ExprPrinter
     out.push(`${i}  tf_wp${o} = b${b.buf} + ${p.expr(base, out, `${i}  `)} + tf_k0 + tf_q * 8;`);
   });
   out.push(`${i}}`);
+  // A step's weights: chunk c of product o at tf_w[o][c].
+  const load = (ind: string, into: string, step: string) => {
+    out.push(`${ind}#pragma unroll`);
+    out.push(`${ind}for (int tf_u = 0; tf_u < ${chunks}; tf_u++) {`);
+    g.b.forEach((_, o) => out.push(`${ind}  ${into}[${o}][tf_u] = tf_col_in ? __ldg(reinterpret_cast<const uint4*>(tf_wp${o} + (${step}) * ${TD} + tf_u * 32)) : make_uint4(0u, 0u, 0u, 0u);`));
+    out.push(`${ind}}`);
+  };
+  out.push(`${i}uint4 tf_w[${ops}][${chunks}];`);
+  load(i, 'tf_w', '0');
+  // The weights no kernel writes are on their way before the wait for the predecessor, whose writes the left rows are.
+  if (waits) out.push(...gridWait(i));
   // The left rows: copy x of a group is depth (x / 128) · 32 + (x % 4) · 8 of row (x / 4) % 32, four lanes a row's
   // 64 contiguous bytes; rows past the operand's are zeros.
   const groups = steps % 2 === 0 ? 2 : 1;
@@ -129,15 +144,6 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, p: ExprPrinter
   out.push(`${i}  }`);
   out.push(`${i}  tf_cp_commit();`);
   out.push(`${i}}`);
-  // A step's weights: chunk c of product o at tf_w[o][c].
-  const load = (ind: string, into: string, step: string) => {
-    out.push(`${ind}#pragma unroll`);
-    out.push(`${ind}for (int tf_u = 0; tf_u < ${chunks}; tf_u++) {`);
-    g.b.forEach((_, o) => out.push(`${ind}  ${into}[${o}][tf_u] = tf_col_in ? __ldg(reinterpret_cast<const uint4*>(tf_wp${o} + (${step}) * ${TD} + tf_u * 32)) : make_uint4(0u, 0u, 0u, 0u);`));
-    out.push(`${ind}}`);
-  };
-  out.push(`${i}uint4 tf_w[${ops}][${chunks}];`);
-  load(i, 'tf_w', '0');
   out.push(`${i}#pragma unroll 1`);
   out.push(`${i}for (int tf_s = 0; tf_s < ${steps}; tf_s++) {`);
   const j = `${i}  `;

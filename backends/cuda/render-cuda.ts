@@ -252,6 +252,9 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   };
 }
 
+/** Waits for the predecessor's writes (a kernel launched to overlap it), then lets the successor be launched. */
+export const gridWait = (indent: string) => [`${indent}tf_grid_wait();`, `${indent}tf_grid_release();`];
+
 /** The scratch that serves each of a kernel's forms that splits its work (the largest of each need), if any. */
 function splitNeeds(forms: readonly (SplitScratchNeeds | undefined)[]): SplitScratchNeeds | undefined {
   const needs = forms.filter((f): f is SplitScratchNeeds => f !== undefined);
@@ -300,8 +303,11 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody
   if (coops.some((t) => t !== 'f32')) scratch('int', 'tf_ri');
   if (coops.includes('argmax:i32')) scratch('int', 'tf_rv');
   declareArrays(sk.arrays, shared, out);
-  // A kernel that overlaps its predecessor waits for its writes, then lets its own successor start.
-  if (sk.overlap && !task) out.push('  tf_grid_wait();', '  tf_grid_release();');
+  // A kernel that overlaps its predecessor waits for its writes, then lets its own successor start. A GEMM's short
+  // tile first issues its first weight loads, which no kernel writes (so every form waits on its own).
+  const overlap = !!sk.overlap && !task;
+  const waitsInForms = overlap && !!sk.gemm?.shortTile;
+  if (overlap && !waitsInForms) out.push(...gridWait('  '));
 
   const p = new CudaPrinter(cudaDialect, k.buffers);
   p.sizes = new Set(k.sizes);
@@ -311,13 +317,13 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody
   if (task && ((k.gemm && sk.gemm) || (k.flash && sk.flash && sk.flash.units !== 'decode'))) {
     throw new Error(`CUDA: kernel ${k.name} may run as tiles, which loop over the grid's blocks; a megakernel's task runs rows only`);
   }
-  if (k.gemm && sk.gemm) renderGemmCuda(k.gemm, sk.gemm, k.gemm.rows, p, shared, tiles);
+  if (k.gemm && sk.gemm) renderGemmCuda(k.gemm, sk.gemm, k.gemm.rows, waitsInForms, p, shared, tiles);
   else if (k.flash && sk.flash) renderFlashCuda(k.flash, sk.flash, p, shared, tiles, task);
   if (!rowForm) {
     out.push(...tiles, '}');
     return printed();
   }
-  const body: string[] = [];
+  const body: string[] = waitsInForms ? gridWait('  ') : [];
   if (task) {
     body.push(`  for (int ${ROW} = tf_first; ${ROW} < tf_end; ${ROW}++) {`);
   } else {

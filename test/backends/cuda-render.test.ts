@@ -153,11 +153,17 @@ function renderGraphs(label: string, graphs: readonly Graph[], check?: (g: strin
       assert.ok(code.startsWith(`// kernel ${k.name}: fuses\n`), `${label} @${graph.name} ${k.name}: the comment comes first`);
       for (const line of k.fused) assert.ok(code.includes(`//   ${line}\n`), `${label} @${graph.name} ${k.name}: lists ${line}`);
       assert.match(code, new RegExp(`extern "C" __global__ void __launch_bounds__\\(TF_BLOCK(, [2-8])?\\) ${fn}${k.name}\\(`));
-      // Overlapping its predecessor (sm_90), a kernel touches no buffer but its prefetched weights before it waits.
+      // Overlapping its predecessor (sm_90), a kernel touches no buffer but its weights before it waits: once, or in
+      // each of its three forms where a GEMM's short tile loads its first weights first (the row form, the short
+      // tile, the other tiles).
       const body = code.slice(code.indexOf(') {\n') + 3);
-      assert.is(body.split('tf_grid_wait();').length, 2, `${label} @${graph.name} ${k.name}: waits once`);
+      const short = body.includes('if (tf_m_total < ');
+      assert.is(body.split('tf_grid_wait();').length, short ? 4 : 2, `${label} @${graph.name} ${k.name}: waits once in each form`);
       const before = body.slice(0, body.indexOf('tf_grid_wait();')).split('\n').filter((l) => !l.includes('tf_prefetch_l2(')).join('\n');
-      assert.not.match(before, /\bb\d+\b/, `${label} @${graph.name} ${k.name}: a buffer is used before the wait`);
+      const weights = new Set(k.buffers.flatMap((b, j) => (b.binding.kind === 'param' && !b.written ? [`b${j}`] : [])));
+      const used = [...before.matchAll(/\bb\d+\b/g)].map((m) => m[0]).filter((b) => !(short && weights.has(b)));
+      assert.equal(used, [], `${label} @${graph.name} ${k.name}: a buffer is used before the wait`);
+      if (short) assert.ok(before.includes('__ldg('), `${label} @${graph.name} ${k.name}: the short tile's first weights load before it waits`);
     });
     check?.(graph.name, source, kernels);
     units.push({ name: `${label}.${graph.name}`, source });
