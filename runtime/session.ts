@@ -23,6 +23,9 @@ export interface Sampling {
   readonly seed?: number;
 }
 
+/** Prompt lengths a session keeps recordings of (Session.promptStep): each holds a CUDA graph of the prompt's kernels. */
+export const PROMPT_RECORDINGS = 8;
+
 export interface SessionOptions {
   /** Decode steps between asynchronous reads of the history (default: 1 on host devices, 16 on GPUs). */
   readonly readEvery?: number;
@@ -87,6 +90,9 @@ export class Session {
   /** Positions the state holds: a prompt plus new tokens, less one, must fit. */
   readonly capacity: number;
   private readonly decodeStep: Recording;
+  /** The prompt's last step recorded by graph and length (promptStep), and the lengths seen once so far. */
+  private readonly promptSteps = new Map<string, Recording>();
+  private readonly promptLengthsSeen = new Set<string>();
   private readonly readEvery: number;
   /** The graph generate runs a prompt of several tokens with: prompt where the program has it, else prefill. */
   private readonly promptGraph: 'prompt' | 'prefill';
@@ -306,8 +312,31 @@ export class Session {
       const chunk = prompt.slice(start, start + this.promptChunk);
       const graph = this.writePrompt(chunk, sampling, start, this.promptGraph);
       if (start + chunk.length < prompt.length) this.program.run(graph, this.sizes(graph, chunk.length));
-      else this.step(graph, this.sizes(graph, chunk.length));
+      else this.promptStep(graph, chunk.length);
     }
+  }
+
+  /**
+   * The prompt's last step: recorded the second time its length comes (a CUDA graph on CUDA; prepared commands on
+   * WebGPU) and replayed from then on. Launching a 1B model's 135 prompt kernels one by one from the host had cost
+   * the H200 0.1–0.2 ms of a 16- to 512-token prompt (BENCHMARKS.md, tenth session). A length seen once runs as it
+   * is, so that a prompt of a new length never waits for a recording; at most PROMPT_RECORDINGS lengths are kept.
+   */
+  private promptStep(graph: string, length: number): void {
+    const key = `${graph}:${length}`;
+    let recorded = this.promptSteps.get(key);
+    if (!recorded && this.promptLengthsSeen.has(key) && this.promptSteps.size < PROMPT_RECORDINGS) {
+      recorded = this.program.record(() => this.step(graph, this.sizes(graph, length)));
+      this.promptSteps.set(key, recorded);
+    }
+    this.promptLengthsSeen.add(key);
+    if (recorded) this.program.replay(recorded);
+    else this.step(graph, this.sizes(graph, length));
+  }
+
+  /** Prompt lengths whose last step replays a recording (promptStep). */
+  get recordedPromptLengths(): number {
+    return this.promptSteps.size;
   }
 
   /** Runs a step and feeds its chosen token and next position back as the next step's inputs. */
