@@ -517,7 +517,7 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps, opts: ScheduleO
  * in flight: 8 steps of 32 for one product, 4 for two, fewer where the part is shallower.
  *   Measured on the H200 (BENCHMARKS.md, tenth session), a 1B model's 32-token prefill on the device's clock: the
  *   wgmma tiles 1.92–2.05 ms, these 1.83–1.92, and with the first weights loaded before the wait for the previous
- *   kernel 1.79–1.81. No better: 16 steps ahead (1.83), 4 (1.98); 128 columns with the weights copied by cp.async 5
+ *   kernel 1.79–1.86. No better: 16 steps ahead (1.83), 4 (1.98); 128 columns with the weights copied by cp.async 5
  *   or 6 stages deep, lane by lane (1.89–1.98) or 32 lanes a column's run (1.78–1.80); fewer parts.
  */
 function streamedShortTile(gemm: GemmIR, device: DeviceCaps, ringBytes: number): ShortTile | undefined {
