@@ -11,6 +11,8 @@
 //             sums the last to finish adds (addParts).
 //   wgmma-bf16: sm_90a's warpgroup instructions on operands in shared memory (backends/cuda/wgmma.ts).
 //   fma:      each thread a 4 × 4 block of outputs by f32 multiply-adds (any operand types).
+//   For a short prompt (GemmPlan.shortTile) either matrix-unit GEMM has a form whose weights stream from memory
+//   straight into the mma instructions' registers, without shared memory (streamedTile).
 
 import { GemmIR, KExpr, offsetAlong } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
@@ -78,10 +80,10 @@ function tileBody(g: GemmIR, plan: GemmPlan, p: ExprPrinter, shared: SharedMemor
  *   the depth), the second landing while the first half's products run.
  *   The weights never pass through shared memory: lane (g, q) of a warp reads 16 bytes of its column g, depth
  *   8q to 8q + 7 of each 32, into registers, `tileDepth` ahead of the products (the first step before the wait for
- *   the previous kernel, whose writes the weights are not). Two m16n8k16 instructions take
- *   them as they lie: the first the lane's elements 8q…8q + 3 as its fragment's depths 2q, 2q + 1, 2q + 8, 2q + 9,
- *   the second 8q + 4…8q + 7; the left fragments are read from the same depths, so each instruction sums a
- *   permutation of 16 depths and the two all 32. The accumulators are as in the mma tiles (mmaEpilogue, addParts).
+ *   the previous kernel, whose writes the weights are not). Two m16n8k16 instructions take them as they lie: the
+ *   first the lane's elements 8q…8q + 3 as its fragment's depths 2q, 2q + 1, 2q + 8, 2q + 9, the second 8q + 4…
+ *   8q + 7; the left fragments are read from the same depths, so each instruction sums a permutation of 16 depths
+ *   and the two all 32. The accumulators are as in the mma tiles (mmaEpilogue, addParts).
  */
 function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   const [TM, TN, TD] = [t.tileRows, t.tileColumns, t.tileDepth];
@@ -91,6 +93,7 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   const part = g.depth / parts;
   const steps = part / TD;
   if (!Number.isInteger(steps)) throw new Error(`CUDA: a short tile's ${TD}-deep steps do not divide its part of ${part}`);
+  if (shortLeftBytes(TM, part) > ringBytes) throw new Error(`CUDA: a short tile's left rows (${shortLeftBytes(TM, part)} bytes) do not fit the ${ringBytes} given at launch`);
   const ops = g.b.length;
   const w: WarpTile = { mb: TM / 16, nb: 1 };
   const accs = ops * w.mb * 4;
@@ -180,7 +183,6 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   out.push(`${i}}`);
   // The next work item's copies overwrite the rows slow warps may still read.
   out.push(`${i}__syncthreads();`);
-  if (shortLeftBytes(TM, part) > ringBytes) throw new Error(`CUDA: a short tile's left rows (${shortLeftBytes(TM, part)} bytes) do not fit the ${ringBytes} given at launch`);
   if (t.split) addParts(accs, parts, { warpRows: TM, warpsAcross: 8 }, ringBytes, shared, out, i);
   mmaEpilogue(g, w, p, out, i);
 }
