@@ -57,6 +57,8 @@ for (const backend of kernelDevices) {
         for (let i = 0; i < 2; i++) await session.generate(gold.input_ids.slice(0, len), 1);
       }
       assert.is(session.recordedPromptLengths, PROMPT_RECORDINGS);
+      // A replay after prompts of other lengths binds its own sizes again.
+      assert.equal(await session.generate(gold.input_ids, n), gold.greedy_new_tokens, 'replayed after other lengths');
     } finally {
       session.close();
       restore?.();
