@@ -148,6 +148,11 @@ export interface ShortTile {
   readonly loads?: StagedLoads;
   /** CUDA: the depth split (parts a constant), where there is one. */
   readonly split?: DepthSplit;
+  /**
+   * CUDA: copy groups the left rows of a part land in (2 where the part's steps are even: the second half lands
+   * while the first half's products run; else 1).
+   */
+  readonly leftGroups?: number;
 }
 
 /**
@@ -532,13 +537,15 @@ function streamedShortTile(gemm: GemmIR, device: DeviceCaps, ringBytes: number):
   if (!candidates.length) return undefined;
   const parts = [...candidates].reverse().find((q) => columnTiles * q <= processors) ?? candidates[0];
   const part = gemm.depth / parts;
-  const steps = [8 / gemm.b.length, 4, 2, 1].find((u) => u >= 1 && part % (32 * u) === 0)!;
+  // Chunks of 32 a step: up to 8 loads of 16 bytes a lane in flight.
+  const chunks = [8 / gemm.b.length, 4, 2, 1].find((u) => u >= 1 && part % (32 * u) === 0)!;
+  const tileDepth = 32 * chunks;
   const rowTiles = idiv(add(gemm.rows, int(tileRows - 1)), int(tileRows));
   const accs = gemm.b.length * (tileRows / 16) * 4;
   // Work items: each part of every tile (of the row tiles of fewer rows than `below`).
   const tiles = Math.ceil((below - 1) / tileRows) * columnTiles;
   const split: DepthSplit | undefined = parts > 1 ? { parts: int(parts), maxParts: parts, workspaceFloats: tiles * parts * accs * 256, counters: tiles } : undefined;
-  return { below, tileRows, tileColumns, tileDepth: 32 * steps, rowTiles, columnTiles, ...(split ? { split } : {}) };
+  return { below, tileRows, tileColumns, tileDepth, rowTiles, columnTiles, leftGroups: (part / tileDepth) % 2 === 0 ? 2 : 1, ...(split ? { split } : {}) };
 }
 
 /** Bytes a CUDA short tile's left rows of one part take: bf16 rows 32 elements longer than the part (bank spread). */

@@ -76,8 +76,8 @@ function tileBody(g: GemmIR, plan: GemmPlan, p: ExprPrinter, shared: SharedMemor
  * The short tile (GemmPlan.shortTile) of 32 rows × 64 columns, each warp 8 columns of every row, over one part of
  * the depth (all of it unsplit):
  *   The left operand's rows of the part, bf16 in memory, are copied once into the memory given at launch (rows 32
- *   elements longer than the part, so a warp's fragment reads spread over the banks), in two groups (each half of
- *   the depth), the second landing while the first half's products run.
+ *   elements longer than the part, so a warp's fragment reads spread over the banks), in the groups the schedule
+ *   gives (ShortTile.leftGroups: halves of the depth, the second landing while the first half's products run).
  *   The weights never pass through shared memory: lane (g, q) of a warp reads 16 bytes of its column g, depth
  *   8q to 8q + 7 of each 32, into registers, `tileDepth` ahead of the products (the first step before the wait for
  *   the previous kernel, whose writes the weights are not). Two m16n8k16 instructions take them as they lie: the
@@ -134,7 +134,8 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   if (waits) out.push(...gridWait(i));
   // The left rows: copy x of a group is depth (x / 128) · 32 + (x % 4) · 8 of row (x / 4) % 32, four lanes a row's
   // 64 contiguous bytes; rows past the operand's are zeros.
-  const groups = steps % 2 === 0 ? 2 : 1;
+  const groups = t.leftGroups ?? 1;
+  if (steps % groups) throw new Error(`CUDA: a short tile's ${steps} steps do not split into ${groups} groups of left rows`);
   const groupDepth = part / groups;
   out.push(`${i}#pragma unroll 1`);
   out.push(`${i}for (int tf_grp = 0; tf_grp < ${groups}; tf_grp++) {`);
@@ -150,13 +151,8 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   out.push(`${i}#pragma unroll 1`);
   out.push(`${i}for (int tf_s = 0; tf_s < ${steps}; tf_s++) {`);
   const j = `${i}  `;
-  // The first group's rows before the first step, the second's before the first step of its half.
-  if (groups === 2) {
-    out.push(`${j}if (tf_s == 0) { tf_cp_wait<1>(); __syncthreads(); }`);
-    out.push(`${j}if (tf_s == ${steps / 2}) { tf_cp_wait<0>(); __syncthreads(); }`);
-  } else {
-    out.push(`${j}if (tf_s == 0) { tf_cp_wait<0>(); __syncthreads(); }`);
-  }
+  // Group g's rows before the first step of its share of the steps (at most groups − 1 − g later groups in flight).
+  for (let grp = 0; grp < groups; grp++) out.push(`${j}if (tf_s == ${(grp * steps) / groups}) { tf_cp_wait<${groups - 1 - grp}>(); __syncthreads(); }`);
   out.push(`${j}uint4 tf_w_next[${ops}][${chunks}];`);
   out.push(`${j}if (tf_s + 1 < ${steps}) {`);
   load(`${j}  `, 'tf_w_next', 'tf_s + 1');
