@@ -17,7 +17,9 @@ import { loadLlama } from '../runtime/llama.ts';
 import type { KernelTime } from '../runtime/device.ts';
 import { ChromeTrace, chromeTrace, profileTable, traceText, TraceTrack } from '../runtime/trace.ts';
 import { timelineTable, timelineTrace } from '../runtime/megakernel-timeline.ts';
+import { StepTimeline, stepKernelTimes, stepTimelineTable } from '../runtime/step-timeline.ts';
 import { openLlamaSession } from '../compiler/open-session.ts';
+import type { Session } from '../runtime/session.ts';
 import { describeFileError, isFileSystemError } from '../compiler/cli-files.ts';
 import { checkpointMetadata, randomBf16Weights, writeBf16Checkpoint } from './random-checkpoint.ts';
 
@@ -72,6 +74,8 @@ export interface CudaBenchOptions {
   readonly megakernel?: boolean;
   /** Weight bytes each megakernel task prefetches at most (default the scheduler's). */
   readonly megakernelPrefetch?: number;
+  /** Print a decode step and the prompt as they ran, from the kernels' stamps (the device opened with stamps). */
+  readonly timeline?: boolean;
 }
 
 /** What the tsfuse side measured. Times in ms; "events" are CUDA events on the session's stream. */
@@ -218,7 +222,7 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
   // records every step: its timings include that.
   const timeline = !!o.megakernel && (o.profile || o.trace !== undefined);
   const megakernel = o.megakernel ? { timeline, prefetchBytes: o.megakernelPrefetch } : undefined;
-  const session = await openLlamaSession(model, { backend: 'cuda', cacheLength, kvDType: o.kvDType, megakernel });
+  const session = await openLlamaSession(model, { backend: 'cuda', cacheLength, kvDType: o.kvDType, megakernel, stamps: o.timeline });
   const program = session.program as InstanceType<typeof CudaProgram>;
   try {
     const setupMs = performance.now() - t;
@@ -245,7 +249,11 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
     const steps = timeline ? await program.megakernelTimeline('decode') : undefined;
     const logits = (await session.logits(prompt)).data as Float32Array;
     const copyBandwidth = program.device.copyBandwidth();
-    if (steps) {
+    const stamped = o.timeline ? await printStepTimelines(session, prompt, copyBandwidth) : undefined;
+    if (stamped && o.trace !== undefined) {
+      const how = 'the replayed decode step, each kernel from its last block\'s return from the wait (or its predecessor\'s end) to its last block\'s end, from the blocks\' stamps (%globaltimer)';
+      writeTrace(o.trace, { device: session.device.description, queue: 'cuda stream', kernels: stepKernelTimes(stamped), copyBandwidth }, traceAbout(o.command, how));
+    } else if (steps) {
       const how = 'the last replayed decode step of the megakernel, each task\'s times on its block (%globaltimer), recorded every step';
       console.error(`${how}:`);
       for (const line of timelineTable(steps)) console.error(`  ${line}`);
@@ -273,6 +281,17 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
   } finally {
     session.close();
   }
+}
+
+/** The decode step's and the prompt's timelines from the stamps (on stderr); the decode step's, for a trace. */
+async function printStepTimelines(session: Session, prompt: readonly number[], copyBandwidth: number): Promise<StepTimeline> {
+  const decode = await session.decodeTimeline(prompt.length);
+  console.error(`the decode step at position ${prompt.length}, replayed, as its kernels ran (µs from its first block's start; stamps add a barrier and an atomic a block):`);
+  for (const line of stepTimelineTable(decode, copyBandwidth)) console.error(`  ${line}`);
+  const promptSteps = await session.promptTimeline(prompt);
+  console.error(`the ${prompt.length}-token prompt, its last step replayed, as its kernels ran:`);
+  for (const line of stepTimelineTable(promptSteps, copyBandwidth)) console.error(`  ${line}`);
+  return decode;
 }
 
 /** The prefill's kernels by kind (time summed), and the slowest ones (on stderr). */

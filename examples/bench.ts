@@ -30,7 +30,11 @@ const options = {
   megakernel: { type: 'boolean', default: false, help: 'cuda only: run the decode step as one persistent kernel (runtime/devices/cuda-megakernel.ts)' },
   'megakernel-prefetch': { type: 'string', help: 'with --megakernel: weight KiB each task prefetches into L2 before it waits, at most (0: none; default 64)' },
   profile: { type: 'boolean', default: false, help: 'also print the GPU time and bandwidth of each kernel of one decode step and the prompt\'s kernels by kind, GEMMs with their TFLOP/s (--megakernel: each kernel\'s tasks, from the step\'s timeline)' },
-  trace: { type: 'string', help: 'write a Chrome / Perfetto trace (JSON) of one decode step, a slice per kernel (--megakernel: per task, a track per block), to this file' },
+  trace: { type: 'string', help: 'write a Chrome / Perfetto trace (JSON) of one decode step, a slice per kernel (--megakernel: per task, a track per block; --timeline: as the kernels ran inside the replayed step), to this file' },
+  timeline: {
+    type: 'boolean', default: false,
+    help: 'cuda only: also print a decode step and the prompt as their kernels ran inside the replayed recordings, from each block\'s stamps (%globaltimer): when each kernel could go on after its predecessor, its tail, its share of the step. The kernels carry the stamps, so every time of this run includes them',
+  },
   compare: {
     type: 'string',
     help: 'cuda only: peers on the same weights in the same run: hf (transformers + torch.compile), torch (a lean PyTorch Llama under torch.compile), or hf,torch',
@@ -167,6 +171,8 @@ async function main(): Promise<void> {
   const cfg = builtinConfig(values.config!);
   if (values.compare !== undefined && values.backend !== 'cuda') throw new BenchError('--compare needs --backend cuda');
   if (values.megakernel && values.backend !== 'cuda') throw new BenchError('--megakernel needs --backend cuda');
+  if (values.timeline && values.backend !== 'cuda') throw new BenchError('--timeline needs --backend cuda (WebGPU kernels cannot read a clock: --profile times them one by one)');
+  if (values.timeline && values.megakernel) throw new BenchError('--timeline stamps the kernels of a step launched kernel by kernel; --megakernel --profile prints the megakernel\'s own timeline');
   if (!['on', 'off'].includes(values['subgroup-matrix']!)) throw new BenchError(`--subgroup-matrix ${values['subgroup-matrix']}: expected on or off`);
   if (values.trace !== undefined) checkTraceFile(values.trace);
   let rows: Row[];
@@ -187,7 +193,7 @@ async function benchCuda(cfg: LlamaConfig): Promise<number> {
     runs: Number(values.runs), compare: values.peers, checkpointDir: values['checkpoint-dir'], seed: Number(values.seed),
     python: values.python!, hfTimeoutS: Number(values['hf-timeout']), profile: values.profile!, trace: values.trace,
     cacheLength: values['cache-length'] === undefined ? undefined : cacheLength(0), kvDType: kvDType(), command: command(),
-    megakernel: values.megakernel!,
+    megakernel: values.megakernel!, timeline: values.timeline!,
     megakernelPrefetch: values['megakernel-prefetch'] === undefined ? undefined : 1024 * Number(values['megakernel-prefetch']),
   });
 }

@@ -14,6 +14,7 @@ import { Graph } from '../ir/graph.ts';
 import { HostTensor, hostTensor } from '../ir/host-tensor.ts';
 import { Device, KernelTime, Mark, namedOutputKey, Program, Recording, Sizes } from './device.ts';
 import type { MegakernelDifference } from './megakernel-bisect.ts';
+import type { StepTimeline } from './step-timeline.ts';
 
 export interface Sampling {
   /** 0 (the default) is greedy. */
@@ -82,6 +83,12 @@ const STOP_LOOKAHEAD = 4;
 
 /** A program that breaks the contract: names what is missing. */
 export class ContractError extends Error {}
+
+/** A program whose kernels stamp their blocks (the cuda device opened with stamps). */
+interface StampingProgram {
+  clearStamps(): void;
+  stepTimeline(sizes: Sizes): Promise<StepTimeline>;
+}
 
 export class Session {
   /** Whether the program samples (temperature, top_p and seed are inputs) or chooses greedily. */
@@ -250,6 +257,46 @@ export class Session {
       times.push(...(await this.program.profile(graph, this.sizes(graph, chunk.length))));
     }
     return times;
+  }
+
+  /**
+   * The decode step at position `startPos` as it runs inside generate (the recording replayed, after one replay to
+   * warm it), each kernel's blocks from their stamps (runtime/step-timeline.ts). CUDA programs opened with stamps.
+   */
+  async decodeTimeline(startPos = 0): Promise<StepTimeline> {
+    const p = this.stampingProgram();
+    this.checkFits(startPos + 2);
+    this.reset();
+    this.writePrompt([0], {}, startPos);
+    this.program.replay(this.decodeStep);
+    p.clearStamps();
+    this.program.replay(this.decodeStep);
+    return p.stepTimeline({});
+  }
+
+  /**
+   * `prompt` run as generate runs it the second time its length comes (its last step replayed from a recording),
+   * each kernel's blocks from their stamps; kernels of earlier chunks too. CUDA programs opened with stamps.
+   */
+  async promptTimeline(prompt: readonly number[]): Promise<StepTimeline> {
+    const p = this.stampingProgram();
+    this.checkTokens(prompt);
+    this.checkFits(prompt.length);
+    for (let run = 0; run < 2; run++) {
+      this.reset();
+      this.runPrompt(prompt, {});
+    }
+    this.reset();
+    p.clearStamps();
+    this.runPrompt(prompt, {});
+    const last = Math.floor((prompt.length - 1) / this.promptChunk) * this.promptChunk;
+    return p.stepTimeline(this.sizes(this.promptGraph, prompt.length - last));
+  }
+
+  private stampingProgram(): StampingProgram {
+    const p = this.program as Program & Partial<StampingProgram>;
+    if (!p.clearStamps || !p.stepTimeline) throw new ContractError(`a step's timeline needs the cuda device opened with stamps; this is ${this.device.description}`);
+    return p as StampingProgram;
   }
 
   /**

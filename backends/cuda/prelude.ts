@@ -8,6 +8,12 @@ import { wgmmaHelpers } from './wgmma-prelude.ts';
 /** Threads per block; the runtime launches every generated kernel with this many. */
 export const CUDA_BLOCK = 256;
 
+/**
+ * Words (u64) a block's stamp takes (a program printed with stamps, for a step's timeline): the kernel's id (high
+ * half) and the block's index, its multiprocessor, when it started, when its wait returned, when it ended (ns).
+ */
+export const STAMP_WORDS = 5;
+
 /** Helpers every generated kernel uses; once per compiled source. */
 export const cudaPrelude = `// tsfuse CUDA helpers: 16-bit widening, 16-byte loads, warp- and block-wide reductions
 #ifndef TSFUSE_PRELUDE
@@ -312,11 +318,61 @@ ${wgmmaHelpers()}
 // writes are visible; at once when nothing overlaps), then tf_grid_release() to let its successor be launched.
 // Elsewhere (older GPUs, the host emulation) they do nothing: kernels then run one after another.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void tf_grid_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void tf_grid_wait_only() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void tf_grid_release() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 #else
-__device__ __forceinline__ void tf_grid_wait() {}
+__device__ __forceinline__ void tf_grid_wait_only() {}
 __device__ __forceinline__ void tf_grid_release() {}
+#endif
+// Stamps (a program printed for a step's timeline, TF_STAMPS defined): each kernel is wrapped so that its block's
+// thread 0 notes when the block started, when its wait returned and when its last thread was done, and appends
+// them with the block's multiprocessor to tf_stamps: a count and a capacity, then STAMP_WORDS words a block.
+#ifdef TF_STAMPS
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ unsigned long long tf_stamp_now() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ unsigned tf_stamp_processor() {
+  unsigned id;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+  return id;
+}
+#else
+// Host compilers (the tests' CPU emulation): its clock64 counts nanoseconds.
+__device__ __forceinline__ unsigned long long tf_stamp_now() { return clock64(); }
+__device__ __forceinline__ unsigned tf_stamp_processor() { return blockIdx.x % 8; }
+#endif
+__device__ __forceinline__ unsigned long long& tf_stamp_ready() {
+  __shared__ unsigned long long ready;
+  return ready;
+}
+__device__ __forceinline__ unsigned long long tf_stamp_start() {
+  if (threadIdx.x != 0) return 0;
+  const unsigned long long t = tf_stamp_now();
+  tf_stamp_ready() = t;
+  return t;
+}
+__device__ __forceinline__ void tf_stamp_end(unsigned long long* stamps, int id, unsigned long long started) {
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  const unsigned long long ended = tf_stamp_now();
+  const unsigned slot = atomicAdd((unsigned*)stamps, 1u);
+  if (slot >= stamps[1]) return;
+  unsigned long long* r = stamps + 2 + ${STAMP_WORDS} * (unsigned long long)slot;
+  r[0] = ((unsigned long long)(unsigned)id << 32) | blockIdx.x;
+  r[1] = tf_stamp_processor();
+  r[2] = started;
+  r[3] = tf_stamp_ready();
+  r[4] = ended;
+}
+__device__ __forceinline__ void tf_grid_wait() {
+  tf_grid_wait_only();
+  if (threadIdx.x == 0) tf_stamp_ready() = tf_stamp_now();
+}
+#else
+__device__ __forceinline__ void tf_grid_wait() { tf_grid_wait_only(); }
 #endif
 #endif
 #ifndef TSFUSE_RANDOM

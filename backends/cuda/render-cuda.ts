@@ -167,26 +167,27 @@ export function printCudaModule(kernels: readonly ScheduledKernel[], prefix = ''
  * prefill's, every layer's) share one function, named after the first of them with its graph's prefix. Per graph,
  * the function of each kernel. A graph's `opts` schedule it (a megakernel's graph: cuda/megakernel.ts).
  */
-export function renderCudaProgram(graphs: readonly { readonly kernels: readonly KernelIR[]; readonly prefix: string; readonly opts?: ScheduleOptions }[], device: DeviceCaps, units: number):
-  { readonly functions: readonly (readonly CudaFunction[])[]; readonly units: readonly CudaUnit[] } {
-  const { distinct, functions } = printFunctions(graphs.map((g) => ({ kernels: scheduleKernels(g.kernels, device, g.opts), prefix: g.prefix })));
-  return { functions, units: splitUnits(distinct, units) };
+export function renderCudaProgram(graphs: readonly { readonly kernels: readonly KernelIR[]; readonly prefix: string; readonly opts?: ScheduleOptions }[], device: DeviceCaps, units: number,
+  opts: { readonly stamps?: boolean } = {}): { readonly functions: readonly (readonly CudaFunction[])[]; readonly units: readonly CudaUnit[] } {
+  const stamps = !!opts.stamps;
+  const { distinct, functions } = printFunctions(graphs.map((g) => ({ kernels: scheduleKernels(g.kernels, device, g.opts), prefix: g.prefix })), stamps);
+  return { functions, units: splitUnits(distinct, units, stamps) };
 }
 
 /** Each graph's kernels as functions, kernels alike sharing one; and the distinct functions, in order. */
-function printFunctions(graphs: readonly { readonly kernels: readonly ScheduledKernel[]; readonly prefix: string }[]) {
+function printFunctions(graphs: readonly { readonly kernels: readonly ScheduledKernel[]; readonly prefix: string }[], stamps = false) {
   const byBody = new Map<string, CudaFunction>();
   const functions = graphs.map(({ kernels, prefix }) => kernels.map((sk) => {
     const body = printCudaFunction(sk, 'KERNEL', false).code;
     let f = byBody.get(body);
-    if (!f) byBody.set(body, (f = printCudaFunction(sk, `${prefix}${sk.kernel.name}`)));
+    if (!f) byBody.set(body, (f = printCudaFunction(sk, `${prefix}${sk.kernel.name}`, true, stamps)));
     return f;
   }));
   return { distinct: [...byBody.values()], functions };
 }
 
 /** Functions dealt into at most `n` units of about equal code size (largest first, each to the smallest so far). */
-function splitUnits(functions: readonly CudaFunction[], n: number): CudaUnit[] {
+function splitUnits(functions: readonly CudaFunction[], n: number, stamps: boolean): CudaUnit[] {
   const groups = Array.from({ length: Math.max(1, Math.min(n, functions.length)) }, () => ({ size: 0, members: [] as number[] }));
   const bySize = functions.map((f, i) => i).sort((a, b) => functions[b].code.length - functions[a].code.length);
   for (const i of bySize) {
@@ -196,7 +197,7 @@ function splitUnits(functions: readonly CudaFunction[], n: number): CudaUnit[] {
   }
   return groups.map((g) => {
     const members = g.members.sort((a, b) => a - b).map((i) => functions[i]);
-    return { source: [cudaPrelude, ...members.map((f) => f.code)].join('\n'), names: members.map((f) => f.name) };
+    return { source: [...(stamps ? ['#define TF_STAMPS'] : []), cudaPrelude, ...members.map((f) => f.code)].join('\n'), names: members.map((f) => f.name) };
   });
 }
 
@@ -225,8 +226,12 @@ class CudaPrinter extends ExprPrinter {
   }
 }
 
-/** A scheduled kernel as one CUDA function named `name`; `comment` false drops the fused-nodes comment (for dedup keys). */
-export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, comment = true): CudaFunction {
+/**
+ * A scheduled kernel as one CUDA function named `name`; `comment` false drops the fused-nodes comment (for dedup
+ * keys). With `stamps` (a source with TF_STAMPS defined, for a step's timeline) the kernel calls the function as
+ * `name_body` between its block's stamps, taking the stamps and its id as two more parameters (the last).
+ */
+export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, comment = true, stamps = false): CudaFunction {
   const k = sk.kernel;
   if (sk.device.target !== 'cuda') throw new Error(`printCudaFunction: kernel ${k.name} is scheduled for ${sk.device.name}`);
   if (sk.grid.threads !== CUDA_BLOCK || sk.device.subgroup?.width !== 32) throw new Error('printCudaFunction: the prelude assumes blocks of TF_BLOCK threads and warps of 32');
@@ -241,10 +246,17 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   const split = sk.tilesFrom !== undefined ? splitNeeds([sk.gemm?.split, sk.gemm?.shortTile?.split, sk.flash?.keyChunks]) : undefined;
   if (split) params.push('float* __restrict__ tf_ws', 'unsigned* __restrict__ tf_count');
   const bounds = sk.workgroupsPerProcessor ? `TF_BLOCK, ${sk.workgroupsPerProcessor}` : 'TF_BLOCK';
-  out.push(`extern "C" __global__ void __launch_bounds__(${bounds}) ${name}(${params.join(', ')}) {`);
   const origin = scheduleOrigin(sk);
   let body = printedBodies.get(origin);
   if (!body) printedBodies.set(origin, (body = functionBody(sk, 'kernel').body));
+  if (stamps) {
+    const args = params.map((p) => p.slice(p.lastIndexOf(' ') + 1));
+    out.push(`static __device__ __forceinline__ void ${name}_body(${params.join(', ')}) {`, `${body}extern "C" __global__ void __launch_bounds__(${bounds}) ${name}(${[...params, 'unsigned long long* __restrict__ tf_stamps', 'const int tf_stamp_id'].join(', ')}) {`,
+      '  const unsigned long long tf_started = tf_stamp_start();', `  ${name}_body(${args.join(', ')});`, '  tf_stamp_end(tf_stamps, tf_stamp_id, tf_started);', '}');
+    body = '';
+  } else {
+    out.push(`extern "C" __global__ void __launch_bounds__(${bounds}) ${name}(${params.join(', ')}) {`);
+  }
   return {
     code: `${out.join('\n')}\n${body}`, name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes,
     overlapsPredecessor: !!sk.overlap, bufferDTypes: k.buffers.map((b) => b.dtype),

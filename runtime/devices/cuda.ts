@@ -28,6 +28,8 @@ import { LoadedMegakernel } from './cuda-megakernel.ts';
 import { BisectTarget, BisectWrite, bisectMegakernel, MegakernelDifference } from '../megakernel-bisect.ts';
 import { readBuffers } from '../../backends/megakernel-schedule.ts';
 import type { MegakernelTimeline } from '../megakernel-timeline.ts';
+import { KernelFacts, StepTimeline, stepTimeline } from '../step-timeline.ts';
+import { STAMP_WORDS } from '../../backends/cuda/prelude.ts';
 
 export { CudaUnavailableError };
 
@@ -43,7 +45,15 @@ export interface CudaOptions {
   readonly units?: number;
   /** Run one graph (by default a session's decode step) as one persistent kernel rather than kernel by kernel. */
   readonly megakernel?: boolean | MegakernelOptions;
+  /**
+   * Print every kernel with stamps (each block's start, wait and end), for a step's timeline
+   * (CudaProgram.stepTimeline). The kernels then do a little more: a barrier and an atomic a block.
+   */
+  readonly stamps?: boolean;
 }
+
+/** Blocks the stamps hold at most: more than a step launches (a 2,048-token prompt's run about 40,000). */
+const STAMP_CAPACITY = 1 << 18;
 
 /** A module's kernels rendered, per graph the function of each kernel, and its units compiling. */
 interface Prepared {
@@ -94,7 +104,7 @@ export class CudaDevice implements Device {
     const mkGraph = this.opts.megakernel ? megakernelOptions(this.opts.megakernel).graph ?? 'decode' : undefined;
     const program = renderCudaProgram(graphs.map((lg) => ({
       kernels: lg.kernels, prefix: `${lg.graph.name}_`, ...(lg.graph.name === mkGraph ? { opts: MEGAKERNEL_SCHEDULE } : {}),
-    })), this.caps, units);
+    })), this.caps, units, { stamps: this.opts.stamps });
     const sources = program.units.map((u, i) => ({ source: u.source, name: `unit${i}.cu` }));
     const megakernel = this.opts.megakernel ? renderCudaMegakernel(module, this.caps, megakernelOptions(this.opts.megakernel)) : undefined;
     if (megakernel) sources.push({ source: megakernel.kernel.source, name: 'megakernel.cu' });
@@ -204,6 +214,10 @@ export class CudaProgram implements Program {
    */
   private readonly storedAs = new Map<BufferKey, DType>();
   private splitScratch: SplitScratch | undefined;
+  /** Where the kernels append their blocks' stamps (a device opened with stamps): a count, a capacity, the stamps. */
+  private stamps: DevicePtr | undefined;
+  /** A launch's stamp id (graph and kernel index) → the graph's name and kernel index. */
+  private readonly stampIds = new Map<number, { graph: string; kernel: number }>();
 
   constructor(readonly device: CudaDevice, readonly module: LoweredModule, params: ParamStore, private readonly opts: LoadOptions) {
     this.cuda = device.driver;
@@ -239,6 +253,10 @@ export class CudaProgram implements Program {
         return { ir, rows: f.rows, fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor, tempWrites, takesSplitScratch: !!f.splitScratch, writes };
       });
       this.graphs.set(lg.graph.name, { lowered: lg, kernels, args: new Map() });
+    }
+    if (this.device.opts.stamps) {
+      this.stamps = this.cuda.alloc(8 * (2 + STAMP_WORDS * STAMP_CAPACITY));
+      this.cuda.upload(this.stamps, new BigUint64Array([0n, BigInt(STAMP_CAPACITY)]));
     }
     if (megakernel) this.linkMegakernel(megakernel, images[units.length]);
   }
@@ -462,6 +480,46 @@ export class CudaProgram implements Program {
     }
   }
 
+  /** Forgets the stamps so far (queued: what runs after it stamps afresh); refused unless opened with stamps. */
+  clearStamps(): void {
+    this.queued('clearStamps');
+    this.cuda.fill(this.stampsOrThrow(), 0, 4);
+  }
+
+  /**
+   * The kernels of the runs queued since clearStamps, as they ran (a replayed step's kernels overlapping each other),
+   * from their blocks' stamps; `sizes` are the sizes they ran at (for the bytes each moved).
+   */
+  async stepTimeline(sizes: Sizes = {}): Promise<StepTimeline> {
+    const stamps = this.stampsOrThrow();
+    await this.finish();
+    const head = new Uint32Array(2);
+    this.cuda.download(head, stamps);
+    if (head[0] > STAMP_CAPACITY) throw new Error(`the stamps hold ${STAMP_CAPACITY} blocks; ${head[0]} ran since they were cleared`);
+    const words = new BigUint64Array(2 + STAMP_WORDS * head[0]);
+    this.cuda.download(words, stamps);
+    const facts = (id: number): KernelFacts => {
+      const at = this.stampIds.get(id);
+      if (!at) throw new Error(`a stamp of unknown launch ${id}`);
+      const k = this.graphOf(at.graph).kernels[at.kernel];
+      return { kernel: `${at.graph}.${k.ir.name}`, kind: String(this.graphOf(at.graph).lowered.graph.kernels[at.kernel]?.attrs.kind ?? ''),
+        bytes: kernelBytes(k.ir, sizes, cudaBytes), flops: gemmFlops(k.ir, sizes), fused: k.ir.fused, last: k.ir.fused[k.ir.fused.length - 1] ?? '' };
+    };
+    return stepTimeline(words.subarray(2), head[0], facts);
+  }
+
+  private stampsOrThrow(): DevicePtr {
+    if (this.stamps === undefined) throw new Error('this program keeps no stamps: open the cuda device with stamps: true (bench --timeline)');
+    return this.stamps;
+  }
+
+  /** A kernel's stamp id: its graph's place in the module (high bits) and its index. */
+  private stampId(graph: string, kernel: number): number {
+    const id = (this.module.graphs.findIndex((lg) => lg.graph.name === graph) << 16) | kernel;
+    this.stampIds.set(id, { graph, kernel });
+    return id;
+  }
+
   async profile(graph: string, sizes: Sizes): Promise<KernelTime[]> {
     this.usable('profile');
     const g = this.graphOf(graph);
@@ -503,6 +561,7 @@ export class CudaProgram implements Program {
     this.megakernel?.destroy();
     for (const b of this.buffers.values()) c.free(b.ptr);
     freeSplitScratch(c, this.splitScratch);
+    if (this.stamps !== undefined) c.free(this.stamps);
     for (const m of this.modules) c.unloadModule(m);
     this.buffers.clear();
   }
@@ -538,13 +597,14 @@ export class CudaProgram implements Program {
     let args = g.args.get(key);
     if (!args) {
       const graph = g.lowered.graph;
-      args = g.kernels.map((k) => this.cuda.kernelArgs([
+      args = g.kernels.map((k, i) => this.cuda.kernelArgs([
         ...k.ir.buffers.map((b) => this.buffer(bufferKey(graph, b.binding)).ptr),
         ...k.ir.sizes.map((s) => {
           if (sizes[s] === undefined) throw new Error(`kernel ${k.ir.name} of @${graph.name} reads size ${s}, which is not bound`);
           return { int: sizes[s] };
         }),
         ...(k.takesSplitScratch ? [this.splitScratch!.workspace, this.splitScratch!.counters] : []),
+        ...(this.stamps !== undefined ? [this.stamps, { int: this.stampId(graph.name, i) }] : []),
       ]));
       g.args.set(key, args);
     }

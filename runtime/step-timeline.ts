@@ -1,0 +1,124 @@
+// A step's timeline as its kernels ran inside it (a replayed CUDA graph, kernels overlapping their predecessors),
+// from the stamps of a program printed with them (backends/cuda/prelude.ts, TF_STAMPS): each block's start, the
+// moment its wait for the predecessor returned, its end and its multiprocessor. Where a profile launches each
+// kernel alone, this shows what the step itself does: how long after a kernel's predecessor ended it could go on,
+// how unevenly its blocks ended, and each kernel's share of the step.
+
+import { STAMP_WORDS } from '../backends/cuda/prelude.ts';
+import type { KernelTime } from './device.ts';
+import { columns } from './trace.ts';
+
+/** One block of a kernel, times in ns from the step's first stamp. */
+export interface BlockStamp {
+  readonly block: number;
+  readonly processor: number;
+  readonly startNs: number;
+  readonly readyNs: number;
+  readonly endNs: number;
+}
+
+/** What the stamps cannot say of a kernel: its graph's name for it, its kind, the bytes and FLOPs it moves. */
+export type KernelFacts = Pick<KernelTime, 'kernel' | 'kind' | 'bytes' | 'flops' | 'fused' | 'last'>;
+
+/** One kernel of the step, its blocks in the order they started. */
+export interface KernelSpan extends KernelFacts {
+  /** The id its launch stamped with (the program's numbering: graph and kernel index). */
+  readonly id: number;
+  readonly blocks: readonly BlockStamp[];
+  /** Its first block's start, its last block's return from the wait, its first and last block's ends. */
+  readonly startNs: number;
+  readonly readyNs: number;
+  readonly firstEndNs: number;
+  readonly endNs: number;
+}
+
+export interface StepTimeline {
+  /** In the order they started. */
+  readonly kernels: readonly KernelSpan[];
+  /** From the first block's start to the last block's end. */
+  readonly spanNs: number;
+}
+
+/**
+ * The stamps of `count` blocks (STAMP_WORDS words each) as kernels; `facts` names a launch's id. Refused where a
+ * kernel's block appears twice: the stamps then hold more than one step.
+ */
+export function stepTimeline(words: BigUint64Array, count: number, facts: (id: number) => KernelFacts): StepTimeline {
+  if (count === 0) return { kernels: [], spanNs: 0 };
+  let origin = BigInt('0xffffffffffffffff');
+  for (let i = 0; i < count; i++) if (words[STAMP_WORDS * i + 2] < origin) origin = words[STAMP_WORDS * i + 2];
+  const byId = new Map<number, BlockStamp[]>();
+  for (let i = 0; i < count; i++) {
+    const w = (j: number) => words[STAMP_WORDS * i + j];
+    const id = Number(w(0) >> 32n);
+    const at = (j: number) => Number(w(j) - origin);
+    let list = byId.get(id);
+    if (!list) byId.set(id, (list = []));
+    list.push({ block: Number(w(0) & 0xffffffffn), processor: Number(w(1)), startNs: at(2), readyNs: at(3), endNs: at(4) });
+  }
+  const kernels = [...byId].map(([id, blocks]): KernelSpan => {
+    const seen = new Set<number>();
+    for (const b of blocks) {
+      if (seen.has(b.block)) throw new Error(`the stamps hold kernel ${facts(id).kernel}'s block ${b.block} twice: clear them before the step`);
+      seen.add(b.block);
+    }
+    blocks.sort((a, b) => a.startNs - b.startNs);
+    const ends = blocks.map((b) => b.endNs);
+    return {
+      ...facts(id), id, blocks, startNs: blocks[0].startNs, readyNs: Math.max(...blocks.map((b) => b.readyNs)),
+      firstEndNs: Math.min(...ends), endNs: Math.max(...ends),
+    };
+  }).sort((a, b) => a.startNs - b.startNs);
+  return { kernels, spanNs: Math.max(...kernels.map((k) => k.endNs)) };
+}
+
+/**
+ * The step as a profile (KernelTime, for runtime/trace.ts's table and trace): each kernel from when its last block's
+ * wait returned, or its predecessor ended if later, to its last block's end. Those slices tile the step.
+ */
+export function stepKernelTimes(t: StepTimeline): KernelTime[] {
+  let prevEnd = 0;
+  return t.kernels.map((k) => {
+    const from = Math.max(prevEnd, Math.min(k.readyNs, k.endNs));
+    const time: KernelTime = { ...k, startUs: from / 1e3, us: Math.max(0, k.endNs - from) / 1e3 };
+    prevEnd = Math.max(prevEnd, k.endNs);
+    return time;
+  });
+}
+
+const us = (ns: number) => (ns / 1e3).toFixed(1);
+
+/**
+ * One line per kernel in the order they started: its blocks; when in the step its first block started, its last
+ * block's wait returned and its last block ended (µs); `after prev` the time from its predecessor's last end to its
+ * last block's return from the wait (the dependent launch's latency, and blocks that could not yet be resident);
+ * `spread` from its first block's end to its last's (a tail); `share` from its predecessor's end to its own, which
+ * adds up to the step, and the bandwidth over that share. Then the shares by kind, and the step.
+ */
+export function stepTimelineTable(t: StepTimeline, copyBandwidth?: number): string[] {
+  let prevEnd = 0;
+  const byKind = new Map<string, { n: number; shareNs: number; afterNs: number; bytes: number }>();
+  const rows = t.kernels.map((k, i) => {
+    const shareNs = Math.max(0, k.endNs - prevEnd);
+    const afterNs = Math.max(0, k.readyNs - prevEnd);
+    prevEnd = Math.max(prevEnd, k.endNs);
+    const e = byKind.get(k.kind) ?? { n: 0, shareNs: 0, afterNs: 0, bytes: 0 };
+    byKind.set(k.kind, { n: e.n + 1, shareNs: e.shareNs + shareNs, afterNs: e.afterNs + afterNs, bytes: e.bytes + k.bytes });
+    const gbPerS = shareNs > 0 ? k.bytes / shareNs : undefined;
+    return [String(i), k.kernel, k.kind, String(k.blocks.length), us(k.startNs), us(k.readyNs), us(k.endNs), us(afterNs),
+      us(k.endNs - k.firstEndNs), us(shareNs), gbPerS === undefined ? '—' : gbPerS.toFixed(0),
+      gbPerS === undefined || !copyBandwidth ? '—' : ((100 * gbPerS * 1e9) / copyBandwidth).toFixed(1)];
+  });
+  const head = ['#', 'kernel', 'kind', 'blocks', 'start', 'ready', 'end', 'after prev', 'spread', 'share', 'GB/s', '% copy'];
+  const lines = columns(head, rows, [true, false, false, true, true, true, true, true, true, true, true, true]);
+  const kinds = [...byKind].sort((a, b) => b[1].shareNs - a[1].shareNs).map(([kind, e]) => [kind, `${e.n} kernel${e.n === 1 ? '' : 's'}`,
+    `${us(e.shareNs)} µs`, `${((100 * e.shareNs) / Math.max(1, t.spanNs)).toFixed(1)} % of the step`, `after prev ${us(e.afterNs)} µs`,
+    e.shareNs > 0 ? `${(e.bytes / e.shareNs).toFixed(0)} GB/s` : '']);
+  const after = [...byKind.values()].reduce((n, e) => n + e.afterNs, 0);
+  return [
+    ...lines,
+    'by kind (share of the step):',
+    ...columns(undefined, kinds, [false, true, true, true, true, true]).map((l) => `  ${l}`),
+    `step: ${us(t.spanNs)} µs, ${t.kernels.length} kernels; ${us(after)} µs of it between a kernel's predecessor ending and its last block going on`,
+  ];
+}

@@ -1,0 +1,94 @@
+// A step's timeline from the kernels' stamps (CudaOptions.stamps, runtime/step-timeline.ts): on CUDA (the fake
+// where there is no GPU) every kernel of the decode step and of the prompt's last step stamps each of its blocks
+// once, in order, with start ≤ ready ≤ end; stamped kernels give the fixture's tokens; and the stamps' words read
+// back as kernels whose shares add up to the step, refusing stamps of two steps.
+
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { STAMP_WORDS } from '../../backends/cuda/prelude.ts';
+import { openLlamaSession } from '../../compiler/open-session.ts';
+import { evalSize } from '../../backends/kernel-ir.ts';
+import { loadLlama } from '../../runtime/llama.ts';
+import { StepTimeline, stepKernelTimes, stepTimeline, stepTimelineTable } from '../../runtime/step-timeline.ts';
+import { buildFakeCuda, fakeCudaEnabled, unavailable, useFakeCuda } from './fake-cuda/build.ts';
+
+const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
+const dir = path.join(fixtures, 'tiny-llama');
+const gold = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8')) as { input_ids: number[]; greedy_new_tokens: number[] };
+
+const s = suite('step timeline');
+
+/** Every kernel's blocks once each, as many as its launch had, each block's times in order. */
+function checkBlocks(t: StepTimeline, grids: ReadonlyMap<string, number>, what: string): void {
+  assert.is(t.kernels.length, grids.size, `${what}: every kernel stamped`);
+  for (const k of t.kernels) {
+    assert.is(k.blocks.length, grids.get(k.kernel), `${what}: ${k.kernel}'s blocks`);
+    for (const b of k.blocks) assert.ok(b.startNs <= b.readyNs && b.readyNs <= b.endNs, `${what}: ${k.kernel} block ${b.block}: ${b.startNs} ≤ ${b.readyNs} ≤ ${b.endNs}`);
+    assert.ok(k.startNs <= k.readyNs && k.firstEndNs <= k.endNs && k.endNs <= t.spanNs);
+  }
+}
+
+s('the decode step and the prompt stamped on CUDA, with the fixture\'s tokens', async () => {
+  const model = loadLlama(dir);
+  const cacheLength = gold.input_ids.length + gold.greedy_new_tokens.length;
+  const open = (cacheDir?: string) => openLlamaSession(model, { backend: 'cuda', cacheLength, stamps: true, ...(cacheDir ? { cacheDir } : {}) });
+  let session;
+  let restore: (() => void) | undefined;
+  try {
+    session = await open();
+  } catch (e) {
+    const why = unavailable(e);
+    if (!why) throw e;
+    if (!fakeCudaEnabled) return void console.log(`  cuda: skipped (${why})`);
+    const fake = buildFakeCuda();
+    restore = useFakeCuda(fake);
+    session = await open(fake.cacheDir);
+  }
+  try {
+    assert.equal(await session.generate(gold.input_ids, gold.greedy_new_tokens.length), gold.greedy_new_tokens, 'stamped kernels compute the same');
+    const grids = (graph: string, sizes: Record<string, number>) => {
+      const p = session.program as unknown as { graphOf(g: string): { kernels: { ir: { name: string }; rows: import('../../backends/kernel-ir.ts').KExpr }[] } };
+      return new Map(p.graphOf(graph).kernels.map((k) => [`${graph}.${k.ir.name}`, Math.min(evalSize(k.rows, sizes), 2 ** 31 - 1)]));
+    };
+    const decode = await session.decodeTimeline(gold.input_ids.length);
+    checkBlocks(decode, grids('decode', {}), 'decode');
+    // Kernels of one stream start in launch order.
+    assert.equal(decode.kernels.map((k) => k.kernel), [...grids('decode', {}).keys()]);
+    const graph = session.program.module.graphs.some((lg) => lg.graph.name === 'prompt') ? 'prompt' : 'prefill';
+    const prompt = await session.promptTimeline(gold.input_ids);
+    checkBlocks(prompt, grids(graph, { S: gold.input_ids.length }), 'prompt');
+    const table = stepTimelineTable(decode);
+    assert.match(table[table.length - 1], new RegExp(`^step: ${(decode.spanNs / 1e3).toFixed(1)} µs, ${decode.kernels.length} kernels`));
+  } finally {
+    session.close();
+    restore?.();
+  }
+});
+
+s('stamps read back as kernels; shares tile the step; two steps refused', () => {
+  // Kernel 7 (two blocks) then kernel 9 (one block), origin at 1000 ns.
+  const rows = [[7, 0, 3, 1000, 1000, 1500], [7, 1, 4, 1100, 1100, 1700], [9, 0, 3, 1200, 1800, 2500]];
+  const words = new BigUint64Array(rows.length * STAMP_WORDS);
+  rows.forEach(([id, block, sm, start, ready, end], i) => {
+    words.set([(BigInt(id) << 32n) | BigInt(block), BigInt(sm), BigInt(start), BigInt(ready), BigInt(end)], i * STAMP_WORDS);
+  });
+  const facts = (id: number) => ({ kernel: `k${id}`, kind: id === 7 ? 'contraction' : 'attention', bytes: 1000, fused: [], last: '' });
+  const t = stepTimeline(words, rows.length, facts);
+  assert.equal(t.kernels.map((k) => [k.kernel, k.blocks.length, k.startNs, k.readyNs, k.firstEndNs, k.endNs]), [['k7', 2, 0, 100, 500, 700], ['k9', 1, 200, 800, 1500, 1500]]);
+  assert.is(t.spanNs, 1500);
+  assert.equal(t.kernels[0].blocks.map((b) => b.processor), [3, 4]);
+  // As a profile: k7 from 100 (its last block's wait) to 700, k9 from 800 to 1500.
+  assert.equal(stepKernelTimes(t).map((k) => [k.startUs * 1e3, k.us * 1e3]), [[100, 600], [800, 700]]);
+  const table = stepTimelineTable(t);
+  assert.match(table[1], /^0\s+k7\s+contraction\s+2\s+0\.0\s+0\.1\s+0\.7\s+0\.1\s+0\.2\s+0\.7\s+1\b/);
+  assert.match(table[2], /^1\s+k9\s+attention\s+1\s+0\.2\s+0\.8\s+1\.5\s+0\.1\s+0\.0\s+0\.8\s+1\b/);
+  assert.ok(table.some((l) => l.startsWith('step: 1.5 µs, 2 kernels; 0.2 µs')), table.join('\n'));
+  // A block stamped twice: two steps' stamps.
+  const twice = new BigUint64Array([...words, ...words.subarray(0, STAMP_WORDS)]);
+  assert.throws(() => stepTimeline(twice, rows.length + 1, facts), /block 0 twice: clear them before the step/);
+});
+
+s.run();
