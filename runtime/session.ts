@@ -275,20 +275,20 @@ export class Session {
   }
 
   /**
-   * `prompt` run as generate runs it the second time its length comes (its last step replayed from a recording),
-   * each kernel's blocks from their stamps; kernels of earlier chunks too. CUDA programs opened with stamps.
+   * The last step of `prompt` (its last chunk of at most promptChunk tokens) as generate runs it the second time
+   * its length comes (replayed from a recording), each kernel's blocks from their stamps. CUDA programs opened with
+   * stamps.
    */
   async promptTimeline(prompt: readonly number[]): Promise<StepTimeline> {
     const p = this.stampingProgram();
     this.checkTokens(prompt);
     this.checkFits(prompt.length);
-    for (let run = 0; run < 2; run++) {
+    for (let run = 0; run < 3; run++) {
       this.reset();
-      this.runPrompt(prompt, {});
+      this.runPrompt(prompt, {}, () => {
+        if (run === 2) p.clearStamps();
+      });
     }
-    this.reset();
-    p.clearStamps();
-    this.runPrompt(prompt, {});
     const last = Math.floor((prompt.length - 1) / this.promptChunk) * this.promptChunk;
     return p.stepTimeline(this.sizes(this.promptGraph, prompt.length - last));
   }
@@ -352,14 +352,19 @@ export class Session {
 
   /**
    * Queues the prompt in steps of at most promptChunk tokens, each at its position (appending to the cache); the
-   * last one's chosen token and next position become the first decode step's inputs.
+   * last one's chosen token and next position become the first decode step's inputs. `beforeLastStep` is called
+   * as the last step is about to be queued.
    */
-  private runPrompt(prompt: readonly number[], sampling: Sampling): void {
+  private runPrompt(prompt: readonly number[], sampling: Sampling, beforeLastStep?: () => void): void {
     for (let start = 0; start < prompt.length; start += this.promptChunk) {
       const chunk = prompt.slice(start, start + this.promptChunk);
       const graph = this.writePrompt(chunk, sampling, start, this.promptGraph);
-      if (start + chunk.length < prompt.length) this.program.run(graph, this.sizes(graph, chunk.length));
-      else this.promptStep(graph, chunk.length);
+      if (start + chunk.length < prompt.length) {
+        this.program.run(graph, this.sizes(graph, chunk.length));
+      } else {
+        beforeLastStep?.();
+        this.promptStep(graph, chunk.length);
+      }
     }
   }
 
