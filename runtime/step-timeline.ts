@@ -4,7 +4,7 @@
 // kernel alone, this shows what the step itself does: how long after a kernel's predecessor ended it could go on,
 // how unevenly its blocks ended, and each kernel's share of the step.
 
-import { STAMP_WORDS } from '../backends/cuda/prelude.ts';
+import { STAMP_MARKS, STAMP_WORDS } from '../backends/cuda/prelude.ts';
 import type { KernelTime } from './device.ts';
 import { columns } from './trace.ts';
 
@@ -15,6 +15,8 @@ export interface BlockStamp {
   readonly startNs: number;
   readonly readyNs: number;
   readonly endNs: number;
+  /** The marks its kernel's form set between phases (backends/cuda/prelude.ts tf_stamp_mark), undefined where not set. */
+  readonly marksNs: readonly (number | undefined)[];
 }
 
 /** What the stamps cannot say of a kernel: its graph's name for it, its kind, the bytes and FLOPs it moves. */
@@ -54,7 +56,8 @@ export function stepTimeline(words: BigUint64Array, count: number, facts: (id: n
     const at = (j: number) => Number(w(j) - origin);
     let list = byId.get(id);
     if (!list) byId.set(id, (list = []));
-    list.push({ block: Number(w(0) & 0xffffffffn), processor: Number(w(1)), startNs: at(2), readyNs: at(3), endNs: at(4) });
+    const marksNs = Array.from({ length: STAMP_MARKS }, (_, m) => (w(5 + m) === 0n ? undefined : at(5 + m)));
+    list.push({ block: Number(w(0) & 0xffffffffn), processor: Number(w(1)), startNs: at(2), readyNs: at(3), endNs: at(4), marksNs });
   }
   const kernels = [...byId].map(([id, blocks]): KernelSpan => {
     const seen = new Set<number>();
@@ -117,8 +120,37 @@ export function stepTimelineTable(t: StepTimeline, copyBandwidth?: number): stri
   const after = [...byKind.values()].reduce((n, e) => n + e.afterNs, 0);
   return [
     ...lines,
+    ...phaseLines(t),
     'by kind (share of the step):',
     ...columns(undefined, kinds, [false, true, true, true, true, true]).map((l) => `  ${l}`),
     `step: ${us(t.spanNs)} µs, ${t.kernels.length} kernels; ${us(after)} µs of it between a kernel's predecessor ending and its last block going on`,
   ];
+}
+
+/**
+ * For the kernels whose form marks its phases: per phase (from the wait's return to mark 0, from each mark to the
+ * next set one, from the last to the block's end) the mean µs over the blocks that reached it, and how many did.
+ */
+function phaseLines(t: StepTimeline): string[] {
+  const rows: string[][] = [];
+  t.kernels.forEach((k, i) => {
+    if (!k.blocks.some((b) => b.marksNs.some((m) => m !== undefined))) return;
+    const phases: { sum: number; n: number }[] = Array.from({ length: STAMP_MARKS + 1 }, () => ({ sum: 0, n: 0 }));
+    for (const b of k.blocks) {
+      let from = b.readyNs;
+      b.marksNs.forEach((m, j) => {
+        if (m === undefined) return;
+        phases[j].sum += m - from;
+        phases[j].n++;
+        from = m;
+      });
+      phases[STAMP_MARKS].sum += b.endNs - from;
+      phases[STAMP_MARKS].n++;
+    }
+    rows.push([String(i), k.kernel, ...phases.map((p) => (p.n ? `${us(p.sum / p.n)} (${p.n})` : '—'))]);
+  });
+  if (!rows.length) return [];
+  const head = ['#', 'kernel', ...Array.from({ length: STAMP_MARKS }, (_, j) => (j ? `to mark ${j}` : 'ready to mark 0')), 'to end'];
+  return ['phases of the kernels that mark them, mean µs (blocks that reached them):',
+    ...columns(head, rows, [true, false, ...Array(STAMP_MARKS + 1).fill(true)]).map((l) => `  ${l}`)];
 }

@@ -152,7 +152,7 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   out.push(`${i}for (int tf_s = 0; tf_s < ${steps}; tf_s++) {`);
   const j = `${i}  `;
   // Group g's rows before the first step of its share of the steps (at most groups − 1 − g later groups in flight).
-  for (let grp = 0; grp < groups; grp++) out.push(`${j}if (tf_s == ${(grp * steps) / groups}) { tf_cp_wait<${groups - 1 - grp}>(); __syncthreads(); }`);
+  for (let grp = 0; grp < groups; grp++) out.push(`${j}if (tf_s == ${(grp * steps) / groups}) { tf_cp_wait<${groups - 1 - grp}>(); __syncthreads();${grp ? '' : ' tf_stamp_mark(0);'} }`);
   out.push(`${j}uint4 tf_w_next[${ops}][${chunks}];`);
   out.push(`${j}if (tf_s + 1 < ${steps}) {`);
   load(`${j}  `, 'tf_w_next', 'tf_s + 1');
@@ -179,7 +179,11 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   out.push(`${i}}`);
   // The next work item's copies overwrite the rows slow warps may still read.
   out.push(`${i}__syncthreads();`);
+  // Phases for a step's timeline (stamped programs only): the first rows landed (mark 0), the steps done (1), the
+  // parts summed (2; only the part that sums them gets there).
+  out.push(`${i}tf_stamp_mark(1);`);
   if (t.split) addParts(accs, parts, { warpRows: TM, warpsAcross: 8 }, ringBytes, shared, out, i);
+  out.push(`${i}tf_stamp_mark(2);`);
   mmaEpilogue(g, w, p, out, i);
 }
 

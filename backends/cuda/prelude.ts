@@ -8,11 +8,15 @@ import { wgmmaHelpers } from './wgmma-prelude.ts';
 /** Threads per block; the runtime launches every generated kernel with this many. */
 export const CUDA_BLOCK = 256;
 
+/** Marks (tf_stamp_mark) a kernel's form may set between its phases, for a step's timeline. */
+export const STAMP_MARKS = 3;
+
 /**
  * Words (u64) a block's stamp takes (a program printed with stamps, for a step's timeline): the kernel's id (high
- * half) and the block's index, its multiprocessor, when it started, when its wait returned, when it ended (ns).
+ * half) and the block's index, its multiprocessor, when it started, when its wait returned, when it ended, and
+ * the STAMP_MARKS marks (ns; a mark not set is 0).
  */
-export const STAMP_WORDS = 5;
+export const STAMP_WORDS = 5 + STAMP_MARKS;
 
 /** Helpers every generated kernel uses; once per compiled source. */
 export const cudaPrelude = `// tsfuse CUDA helpers: 16-bit widening, 16-byte loads, warp- and block-wide reductions
@@ -325,8 +329,9 @@ __device__ __forceinline__ void tf_grid_wait_only() {}
 __device__ __forceinline__ void tf_grid_release() {}
 #endif
 // Stamps (a program printed for a step's timeline, TF_STAMPS defined): each kernel is wrapped so that its block's
-// thread 0 notes when the block started, when its wait returned and when its last thread was done, and appends
-// them with the block's multiprocessor to tf_stamps: a count and a capacity, then STAMP_WORDS words a block.
+// thread 0 notes when the block started, when its wait returned, the marks its form sets between phases
+// (tf_stamp_mark; nothing without stamps) and when its last thread was done, and appends them with the block's
+// multiprocessor to tf_stamps: a count and a capacity, then STAMP_WORDS words a block.
 #ifdef TF_STAMPS
 #ifdef __CUDA_ARCH__
 __device__ __forceinline__ unsigned long long tf_stamp_now() {
@@ -348,10 +353,19 @@ __device__ __forceinline__ unsigned long long& tf_stamp_ready() {
   __shared__ unsigned long long ready;
   return ready;
 }
+// Marks a kernel's form sets between its phases (0 where it sets none).
+__device__ __forceinline__ unsigned long long* tf_stamp_marks() {
+  __shared__ unsigned long long marks[${STAMP_MARKS}];
+  return marks;
+}
+__device__ __forceinline__ void tf_stamp_mark(int i) {
+  if (threadIdx.x == 0) tf_stamp_marks()[i] = tf_stamp_now();
+}
 __device__ __forceinline__ unsigned long long tf_stamp_start() {
   if (threadIdx.x != 0) return 0;
   const unsigned long long t = tf_stamp_now();
   tf_stamp_ready() = t;
+  for (int i = 0; i < ${STAMP_MARKS}; i++) tf_stamp_marks()[i] = 0;
   return t;
 }
 __device__ __forceinline__ void tf_stamp_end(unsigned long long* stamps, int id, unsigned long long started) {
@@ -366,6 +380,7 @@ __device__ __forceinline__ void tf_stamp_end(unsigned long long* stamps, int id,
   r[2] = started;
   r[3] = tf_stamp_ready();
   r[4] = ended;
+  for (int i = 0; i < ${STAMP_MARKS}; i++) r[5 + i] = tf_stamp_marks()[i];
 }
 __device__ __forceinline__ void tf_grid_wait() {
   tf_grid_wait_only();
@@ -373,6 +388,7 @@ __device__ __forceinline__ void tf_grid_wait() {
 }
 #else
 __device__ __forceinline__ void tf_grid_wait() { tf_grid_wait_only(); }
+__device__ __forceinline__ void tf_stamp_mark(int) {}
 #endif
 #endif
 #ifndef TSFUSE_RANDOM

@@ -90,6 +90,14 @@ s('stamps read back as kernels; shares tile the step; two steps refused', () => 
   assert.match(table[1], /^0\s+k7\s+contraction\s+2\s+0\.0\s+0\.1\s+0\.7\s+0\.1\s+0\.2\s+0\.7\s+1\b/);
   assert.match(table[2], /^1\s+k9\s+attention\s+1\s+0\.2\s+0\.8\s+1\.5\s+0\.1\s+0\.0\s+0\.8\s+1\b/);
   assert.ok(table.some((l) => l.startsWith('step: 1.5 µs, 2 kernels; 0.2 µs')), table.join('\n'));
+  // No marks, no phases; kernel 9's block marking phases 0 and 2 (1 not set): 800 → 1000 → 1300 → 1500.
+  assert.not.ok(table.some((l) => l.startsWith('phases')));
+  const marked = words.slice();
+  marked.set([2000n, 0n, 2300n], 2 * STAMP_WORDS + 5);
+  const phases = stepTimelineTable(stepTimeline(marked, rows.length, facts));
+  const at = phases.findIndex((l) => l.startsWith('phases of the kernels that mark them'));
+  assert.ok(at > 0, phases.join('\n'));
+  assert.match(phases[at + 2], /^\s+1\s+k9\s+0\.2 \(1\)\s+—\s+0\.3 \(1\)\s+0\.2 \(1\)$/);
   // A block stamped twice: two steps' stamps.
   const twice = new BigUint64Array([...words, ...words.subarray(0, STAMP_WORDS)]);
   assert.throws(() => stepTimeline(twice, rows.length + 1, facts), /block 0 twice: clear them before the step/);
