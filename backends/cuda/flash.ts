@@ -131,6 +131,9 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMem
   stageBf16(f.q, false, BQ, D, { row: f.i, base: 'tf_i0', col: f.d, bound: 'tf_queries' }, { array: 'tf_qs', pitch: QP }, p, out, i1);
   rowLimits(f, BQ, p, out, i1);
   out.push(`${i1}__syncthreads();`);
+  // Phases for a step's timeline (stamped programs only): the query tile staged (mark 0), the key tiles done (1),
+  // the key groups merged (2).
+  out.push(`${i1}tf_stamp_mark(0);`);
   // The tile walks to its rows' largest bound, the warp computes up to its own rows' largest.
   out.push(`${i1}int tf_kend = 0, tf_wend = 0;`);
   out.push(`${i1}for (int tf_x = 0; tf_x < ${BQ}; tf_x++) tf_kend = tf_imax(tf_kend, tf_lims[tf_x]);`);
@@ -268,7 +271,9 @@ function mmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMem
   out.push(`${i1}  tf_l[tf_h] += __shfl_xor_sync(${full}, tf_l[tf_h], 1);`);
   out.push(`${i1}  tf_l[tf_h] += __shfl_xor_sync(${full}, tf_l[tf_h], 2);`);
   out.push(`${i1}}`);
+  out.push(`${i1}tf_stamp_mark(1);`);
   if (G > 1) mergeKeyGroups(G, W, outBlocks, out, i1);
+  out.push(`${i1}tf_stamp_mark(2);`);
   out.push(`${i1}if (tf_kg == 0) {`);
   const i5 = i1 + '  ';
   out.push(`${i5}#pragma unroll`);
