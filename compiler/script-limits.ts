@@ -48,7 +48,7 @@ export async function probeScript(file: string, entry: string, inputs: readonly 
   spare = undefined;
   previous?.forget();
   const reused = previous?.maxMemoryMb === limits.maxMemoryMb ? previous.worker : undefined;
-  if (previous && !reused) void previous.worker.terminate();
+  if (previous && !reused) stop(previous.worker);
   const worker = reused ?? new Worker(bootstrap(), {
     eval: true, workerData: { scriptProbes: true }, resourceLimits: { maxOldGenerationSizeMb: limits.maxMemoryMb },
   });
@@ -92,15 +92,24 @@ export async function probeScript(file: string, entry: string, inputs: readonly 
     worker.off('message', onMessage).off('error', onError).off('exit', onExit);
     // Traced in time, the thread alive (an error of the script's own may have ended it): kept for the next probe.
     if (finished) keepSpare(worker, limits.maxMemoryMb);
-    else await worker.terminate();
+    else await stop(worker);
   }
+}
+
+/**
+ * Ends a worker no one waits on. It may still report an error as it stops (a script over its time limit running out
+ * of memory meanwhile: seen in CI): with no listener, that error would end the process.
+ */
+function stop(worker: Worker): Promise<number> {
+  worker.on('error', () => {});
+  return worker.terminate();
 }
 
 /** Keeps `worker` as the spare (in place of any other), not holding the process open, until it is taken or ends. */
 function keepSpare(worker: Worker, maxMemoryMb: number): void {
   if (spare) {
     spare.forget();
-    void spare.worker.terminate();
+    void stop(spare.worker);
   }
   const drop = () => {
     if (spare?.worker === worker) spare = undefined;

@@ -17,7 +17,7 @@ import { loadLlama } from '../runtime/llama.ts';
 import type { KernelTime } from '../runtime/device.ts';
 import { ChromeTrace, chromeTrace, profileTable, traceText, TraceTrack } from '../runtime/trace.ts';
 import { timelineTable, timelineTrace } from '../runtime/megakernel-timeline.ts';
-import { StepTimeline, stepKernelTimes, stepTimelineTable } from '../runtime/step-timeline.ts';
+import { StepTimeline, stepTimelineTable, stepTimelineTrace } from '../runtime/step-timeline.ts';
 import { openLlamaSession } from '../compiler/open-session.ts';
 import type { Session } from '../runtime/session.ts';
 import { describeFileError, isFileSystemError } from '../compiler/cli-files.ts';
@@ -167,24 +167,29 @@ export function checkTraceFile(file: string): void {
 
 /** Writes a Chrome / Perfetto trace of one profiled step. */
 export function writeTrace(file: string, track: TraceTrack, about: Record<string, string>): void {
-  try {
-    fs.writeFileSync(file, traceText(chromeTrace([track], about)));
-  } catch (e) {
-    if (isFileSystemError(e)) throw new BenchError(`--trace ${file}: cannot write the trace: ${describeFileError(e, file)}`);
-    throw e;
-  }
-  log(`wrote a trace of ${track.kernels.length} kernels to ${file} (open it in https://ui.perfetto.dev or chrome://tracing)`);
+  writeTraceFile(file, chromeTrace([track], about), `a trace of ${track.kernels.length} kernels`);
+}
+
+/** Writes the Chrome / Perfetto trace of a stamped step (--timeline). */
+function writeStampedTrace(file: string, trace: ChromeTrace, t: StepTimeline): void {
+  const blocks = t.kernels.reduce((n, k) => n + k.blocks.length, 0);
+  writeTraceFile(file, trace, `the stamped decode step: ${t.kernels.length} kernels on the stream, ${blocks} blocks by multiprocessor`);
 }
 
 /** Writes the Chrome / Perfetto trace of a megakernel step's timeline. */
 function writeTimelineTrace(file: string, trace: ChromeTrace, tasks: number): void {
+  writeTraceFile(file, trace, `a timeline of ${tasks} megakernel tasks, a track per block, by multiprocessor`);
+}
+
+/** Writes a trace, saying what it holds; a file that cannot be written is the option's error. */
+function writeTraceFile(file: string, trace: ChromeTrace, what: string): void {
   try {
     fs.writeFileSync(file, traceText(trace));
   } catch (e) {
     if (isFileSystemError(e)) throw new BenchError(`--trace ${file}: cannot write the trace: ${describeFileError(e, file)}`);
     throw e;
   }
-  log(`wrote a timeline of ${tasks} megakernel tasks to ${file}, a track per block, by multiprocessor (open it in https://ui.perfetto.dev or chrome://tracing)`);
+  log(`wrote ${what} to ${file} (open it in https://ui.perfetto.dev or chrome://tracing)`);
 }
 
 /** What a trace says about itself: the command and how its kernels were timed. */
@@ -252,7 +257,7 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
     const stamped = o.timeline ? await printStepTimelines(session, prompt, copyBandwidth) : undefined;
     if (stamped && o.trace !== undefined) {
       const how = 'the replayed decode step, each kernel from its last block\'s return from the wait (or its predecessor\'s end) to its last block\'s end, from the blocks\' stamps (%globaltimer)';
-      writeTrace(o.trace, { device: session.device.description, queue: 'cuda stream', kernels: stepKernelTimes(stamped), copyBandwidth }, traceAbout(o.command, how));
+      writeStampedTrace(o.trace, stepTimelineTrace(stamped, session.device.description, copyBandwidth, traceAbout(o.command, how)), stamped);
     } else if (steps) {
       const how = 'the last replayed decode step of the megakernel, each task\'s times on its block (%globaltimer), recorded every step';
       console.error(`${how}:`);

@@ -6,7 +6,7 @@
 
 import { STAMP_MARKS, STAMP_WORDS } from '../backends/cuda/prelude.ts';
 import type { KernelTime } from './device.ts';
-import { columns } from './trace.ts';
+import { ChromeTrace, chromeTrace, columns, sliceName, TraceEvent } from './trace.ts';
 
 /** One block of a kernel, times in ns from the step's first stamp. */
 export interface BlockStamp {
@@ -153,4 +153,37 @@ function phaseLines(t: StepTimeline): string[] {
   const head = ['#', 'kernel', ...Array.from({ length: STAMP_MARKS }, (_, j) => (j ? `to mark ${j}` : 'ready to mark 0')), 'to end'];
   return ['phases of the kernels that mark them, mean µs (blocks that reached them):',
     ...columns(head, rows, [true, false, ...Array(STAMP_MARKS + 1).fill(true)]).map((l) => `  ${l}`)];
+}
+
+/**
+ * The step as a Chrome / Perfetto trace: the kernels on the device's stream (stepKernelTimes: a slice from a kernel's
+ * last block's return from the wait, or its predecessor's end, to its last block's end), then a process per
+ * multiprocessor with a slice per block from its start to its end (its wait and marks as arguments), each on the
+ * first of the multiprocessor's tracks free by then (blocks resident together on separate tracks).
+ */
+export function stepTimelineTrace(t: StepTimeline, device: string, copyBandwidth: number | undefined, about: Readonly<Record<string, string>> = {}): ChromeTrace {
+  const trace = chromeTrace([{ device, queue: 'cuda stream', kernels: stepKernelTimes(t), copyBandwidth }], about);
+  const blocks = t.kernels.flatMap((k) => k.blocks.map((b) => ({ k, b }))).sort((x, y) => x.b.startNs - y.b.startNs);
+  const tracks = new Map<number, number[]>();
+  const events: TraceEvent[] = [];
+  for (const { k, b } of blocks) {
+    const pid = b.processor + 2;
+    let ends = tracks.get(b.processor);
+    if (!ends) {
+      tracks.set(b.processor, (ends = []));
+      events.push({ name: 'process_name', ph: 'M', pid, tid: 0, args: { name: `${device} SM ${b.processor}` } });
+    }
+    let slot = ends.findIndex((end) => end <= b.startNs);
+    if (slot < 0) {
+      slot = ends.length;
+      events.push({ name: 'thread_name', ph: 'M', pid, tid: slot + 1, args: { name: `resident block ${slot}` } });
+    }
+    ends[slot] = b.endNs;
+    const marks = Object.fromEntries(b.marksNs.flatMap((m, j) => (m === undefined ? [] : [[`mark ${j} µs`, (m - b.startNs) / 1e3]])));
+    events.push({
+      name: sliceName(k), ph: 'X', pid, tid: slot + 1, ts: b.startNs / 1e3, dur: (b.endNs - b.startNs) / 1e3, cat: k.kind || 'kernel',
+      args: { block: b.block, 'wait µs': (b.readyNs - b.startNs) / 1e3, ...marks },
+    });
+  }
+  return { ...trace, traceEvents: [...trace.traceEvents, ...events] };
 }

@@ -1,7 +1,8 @@
 // A step's timeline from the kernels' stamps (CudaOptions.stamps, runtime/step-timeline.ts): on CUDA (the fake
 // where there is no GPU) every kernel of the decode step and of the prompt's last step (its last chunk's) stamps
 // each of its blocks once, in order, with start ≤ ready ≤ end; stamped kernels give the fixture's tokens; and the
-// stamps' words read back as kernels whose shares add up to the step, refusing stamps of two steps.
+// stamps' words read back as kernels whose shares add up to the step and as a trace (a track per block resident
+// at once on a multiprocessor), refusing stamps of two steps.
 
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -12,7 +13,7 @@ import { STAMP_WORDS } from '../../backends/cuda/prelude.ts';
 import { openLlamaSession } from '../../compiler/open-session.ts';
 import { evalSize } from '../../backends/kernel-ir.ts';
 import { loadLlama } from '../../runtime/llama.ts';
-import { StepTimeline, stepKernelTimes, stepTimeline, stepTimelineTable } from '../../runtime/step-timeline.ts';
+import { StepTimeline, stepKernelTimes, stepTimeline, stepTimelineTable, stepTimelineTrace } from '../../runtime/step-timeline.ts';
 import { buildFakeCuda, fakeCudaEnabled, unavailable, useFakeCuda } from './fake-cuda/build.ts';
 
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
@@ -98,6 +99,20 @@ s('stamps read back as kernels; shares tile the step; two steps refused', () => 
   const at = phases.findIndex((l) => l.startsWith('phases of the kernels that mark them'));
   assert.ok(at > 0, phases.join('\n'));
   assert.match(phases[at + 2], /^\s+1\s+k9\s+0\.2 \(1\)\s+—\s+0\.3 \(1\)\s+0\.2 \(1\)$/);
+  // As a trace: the two kernels on the stream, then SM 3's two blocks (k9's starts at 200, before k7's block 0 ends
+  // at 500: a second track) and SM 4's one; k9's block with its marks.
+  const trace = stepTimelineTrace(stepTimeline(marked, rows.length, facts), 'gpu', undefined, { command: 'x' });
+  const slices = trace.traceEvents.filter((e) => e.ph === 'X');
+  assert.equal(slices.map((e) => [e.pid, e.tid, e.name, e.ts, e.dur]), [
+    [1, 1, 'k7 contraction', 0.1, 0.6], [1, 1, 'k9 attention', 0.8, 0.7],
+    [5, 1, 'k7 contraction', 0, 0.5], [6, 1, 'k7 contraction', 0.1, 0.6], [5, 2, 'k9 attention', 0.2, 1.3],
+  ]);
+  assert.equal(slices[4].args, { block: 0, 'wait µs': 0.6, 'mark 0 µs': 0.8, 'mark 2 µs': 1.1 });
+  assert.equal(trace.traceEvents.filter((e) => e.name === 'process_name').map((e) => e.args?.name), ['gpu', 'gpu SM 3', 'gpu SM 4']);
+  // A block that starts after another on its multiprocessor ended takes its track (k9's block from 1600 ns).
+  const after = stepTimeline(words.map((w, i) => (i === 2 * STAMP_WORDS + 2 ? 1600n : w)), rows.length, facts);
+  const tids = stepTimelineTrace(after, 'gpu', undefined).traceEvents.filter((e) => e.ph === 'X' && e.pid === 5).map((e) => e.tid);
+  assert.equal(tids, [1, 1]);
   // A block stamped twice: two steps' stamps.
   const twice = new BigUint64Array([...words, ...words.subarray(0, STAMP_WORDS)]);
   assert.throws(() => stepTimeline(twice, rows.length + 1, facts), /block 0 twice: clear them before the step/);
