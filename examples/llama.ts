@@ -71,7 +71,7 @@ export function llamaForward(cfg: LlamaConfig, opts: LlamaTraceOptions, tokens: 
   const fromCache = (x: Tensor) => (kv === DType.F32 ? x : x.cast(DType.F32));
 
   const positions = arange(seq).add(pos);
-  const rotary = rotaryTables(cfg, positions, opts.cacheLength);
+  const rotary = rotaryTables(cfg, positions);
 
   let x = weight('model.embed_tokens.weight', cfg.vocabSize, hidden).gather(tokens).cast(DType.F32);
   for (let i = 0; i < cfg.numLayers; i++) {
@@ -105,12 +105,8 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
 
 interface Rotary { cos: Tensor; sin: Tensor }
 
-/**
- * cos and sin of the rotary angles at the positions, [S, 1, headDim]. Where the frequencies do not depend on the
- * sequence, the angles of every position the cache holds are constants (made tables at load time by the
- * constant-tables pass) and the positions' rows are gathered from them; dynamic scaling computes them here.
- */
-function rotaryTables(cfg: LlamaConfig, positions: Tensor, cacheLength: number): Rotary {
+/** cos and sin of the rotary angles, [S, 1, headDim], computed from the positions in the graph. */
+function rotaryTables(cfg: LlamaConfig, positions: Tensor): Rotary {
   const half = cfg.headDim / 2;
   const exponent = arange(half, DType.F32).mul(2).div(cfg.headDim);
   // Dynamic scaling stretches the base by the sequence's length: the last position + 1.
@@ -118,17 +114,9 @@ function rotaryTables(cfg: LlamaConfig, positions: Tensor, cacheLength: number):
   let invFreq = base.pow(exponent).recip();
   if (cfg.rope.type === 'llama3') invFreq = llama3Frequencies(cfg.rope, invFreq);
   else if (cfg.rope.type === 'linear') invFreq = invFreq.div(cfg.rope.factor);
-  const at = (p: Tensor) => {
-    const angles = p.cast(DType.F32).reshape(-1, 1).mul(invFreq.reshape(1, half));
-    return concat([angles, angles], 1);
-  };
-  if (cfg.rope.type === 'dynamic') {
-    const both = at(positions).reshape(positions.dim(0), 1, cfg.headDim);
-    return { cos: both.cos(), sin: both.sin() };
-  }
-  const every = at(arange(cacheLength));
-  const rows = (table: Tensor) => table.gather(positions).reshape(positions.dim(0), 1, cfg.headDim);
-  return { cos: rows(every.cos()), sin: rows(every.sin()) };
+  const angles = positions.cast(DType.F32).reshape(-1, 1).mul(invFreq.reshape(1, half));
+  const both = concat([angles, angles], 1).reshape(positions.dim(0), 1, cfg.headDim);
+  return { cos: both.cos(), sin: both.sin() };
 }
 
 /**

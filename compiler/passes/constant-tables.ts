@@ -1,8 +1,7 @@
 // constant-tables: a small tensor computed from constants alone, through an op that costs more than a multiply-add
 // (Llama's rotary frequencies: a power of the base over an arange, a reciprocal, llama3's smoothing of the long
-// wavelengths; or a larger one only gathered from, its cos and sin at every position), becomes a parameter derived
-// at load time (Graph.derivations, as concatenated projections are), so a kernel reads a table of 32 floats (or
-// the rows it gathers) rather than computing powers, divisions and cosines at every element it rotates.
+// wavelengths), becomes a parameter derived at load time (Graph.derivations, as concatenated projections are), so
+// a kernel reads a table of 32 floats rather than computing powers and divisions at every element it rotates.
 //   The table's cone, every node it is computed from, becomes a chain of derived parameters, each one op of the
 // ones before it (a derivation takes parameters only); nodes left unused are dropped by dce. Names come from what
 // a node computes, so graphs of one module computing the same table share one parameter (one name, one type).
@@ -16,19 +15,11 @@ import { keepNode, rewriteGraph } from './rewrite.ts';
 /** The largest table made (a table is read where it is used; a large one would cost memory and bandwidth). */
 const MAX_TABLE_ELEMENTS = 4096;
 
-/**
- * The largest table made that is only gathered from (a kernel reads the rows it gathers, not the table): 1 MiB of
- * f32. A model's rotary cos and sin at every position of a 2,048-position cache are 131,072 elements each; computed
- * at each element instead, they had cost a 32-token prompt's attention 3.5 µs a layer staging its queries on the H200
- * (step timeline, BENCHMARKS.md, eleventh session).
- */
-const MAX_GATHERED_TABLE_ELEMENTS = 1 << 18;
-
 /** Ops worth computing once: powers, divisions, transcendental functions. */
 const COSTLY = new Set<string>([Op.Pow, Op.Div, Op.Recip, Op.Exp, Op.Log, Op.Sqrt, Op.Rsqrt, Op.Sin, Op.Cos, Op.Tanh, Op.Sigmoid, Op.Silu]);
 
-/** Ops through which a value computed from constants alone stays one (elementwise arithmetic, views, joins). */
-const carries = (op: string) => isElementwise(op) || op === Op.Reshape || op === Op.Expand || op === Op.Concat;
+/** Ops through which a value computed from constants alone stays one (elementwise arithmetic and views). */
+const carries = (op: string) => isElementwise(op) || op === Op.Reshape || op === Op.Expand;
 
 const staticElements = (v: Value): number | undefined => {
   let n = 1;
@@ -53,18 +44,10 @@ export function constantTables(g: Graph): Graph {
   // Tables: costly constant values of a few elements that a node computing something else reads (one returned or
   // stored as it is stays a node: outputs and state are what kernels write).
   const readOutside = new Set<Value>();
-  // Values read otherwise than as the table a gather picks rows of.
-  const readWhole = new Set<Value>();
-  for (const n of g.nodes) {
-    if (constant.has(n.output)) continue;
-    n.inputs.forEach((v, i) => {
-      readOutside.add(v);
-      if (!(n.op === Op.Gather && i === 0)) readWhole.add(v);
-    });
-  }
+  for (const n of g.nodes) if (!constant.has(n.output)) for (const v of n.inputs) readOutside.add(v);
   const tables = new Set([...costly].filter((v) => {
     const n = staticElements(v)!;
-    return readOutside.has(v) && n > 1 && n <= (readWhole.has(v) ? MAX_TABLE_ELEMENTS : MAX_GATHERED_TABLE_ELEMENTS);
+    return readOutside.has(v) && n > 1 && n <= MAX_TABLE_ELEMENTS;
   }));
   if (tables.size === 0) return g;
 

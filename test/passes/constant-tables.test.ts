@@ -1,8 +1,6 @@
 // constant-tables, as golden IR (test/golden/constant-tables): rotary frequencies (a power over an arange and a
 // reciprocal) become a chain of derived params that the rotation reads, a constant also used elsewhere staying a
-// node there; a larger table only gathered from (a position's rotary cos) becomes one too, where read whole (a sum
-// over it) it stays; cheap constant arithmetic, tables past 4,096 elements, symbolic shapes and a table only
-// returned stay.
+// node there; cheap constant arithmetic, tables past 4,096 elements, symbolic shapes and a table only returned stay.
 // UPDATE_GOLDEN=1 npm test -- passes rewrites the .out.ir files from what the passes print now (golden.ts).
 
 import * as assert from 'uvu/assert';
