@@ -52,7 +52,7 @@ export interface CudaOptions {
   readonly stamps?: boolean;
 }
 
-/** Blocks the stamps hold at most: more than a step launches (a 2,048-token prompt's run about 40,000). */
+/** Blocks the stamps hold at most (16 MiB of device memory), more than one step launches. */
 const STAMP_CAPACITY = 1 << 18;
 
 /** A module's kernels rendered, per graph the function of each kernel, and its units compiling. */
