@@ -202,8 +202,8 @@ function taskFunction(sk: ScheduledKernel, name: string): { name: string; code: 
 
 /**
  * The waits and the release (counters released after a barrier and a fence, acquired by one thread then handed to
- * the block by a barrier), the watchdog (a wait that passes its bound records where it is and gives up), the
- * clock and multiprocessor of the timeline, and the prefetch.
+ * the block by a barrier), the watchdog (a wait that passes its bound records where it is and gives up), and the
+ * prefetch; the timeline's clock and multiprocessor are the prelude's (tf_now, tf_processor).
  */
 const megakernelHelpers = `// tsfuse megakernel: counters, waits, the watchdog
 #ifdef __CUDA_ARCH__
@@ -211,16 +211,6 @@ __device__ __forceinline__ unsigned tf_mk_acquire(const unsigned* p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
-}
-__device__ __forceinline__ unsigned long long tf_mk_now() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-__device__ __forceinline__ unsigned tf_mk_processor() {
-  unsigned id;
-  asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
-  return id;
 }
 // Starts pulling bytes [p, p + bytes) into L2, the block's threads sharing the work, and goes on without waiting.
 // p and bytes are multiples of 16 (the schedule's prefetch ranges are).
@@ -236,11 +226,8 @@ __device__ __forceinline__ void tf_mk_prefetch(const char* p, int bytes) {
 #endif
 }
 #else
-// Host compilers (the tests' CPU emulation): its clock64 counts nanoseconds and __nanosleep lets other blocks run;
-// its 16 resident blocks stand for 8 multiprocessors of 2; a prefetch changes nothing there.
+// Host compilers (the tests' CPU emulation): __nanosleep lets other blocks run; a prefetch changes nothing there.
 __device__ __forceinline__ unsigned tf_mk_acquire(const unsigned* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-__device__ __forceinline__ unsigned long long tf_mk_now() { return clock64(); }
-__device__ __forceinline__ unsigned tf_mk_processor() { return blockIdx.x / 2 % 8; }
 __device__ __forceinline__ void tf_mk_prefetch(const char*, int) {}
 #endif
 // Counters count up over every step (wrapping): reached once the count is at or past the target.
@@ -251,12 +238,12 @@ __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target
                                         unsigned block, unsigned entry, unsigned kernel, unsigned task, unsigned awaited_kernel) {
   unsigned seen = tf_mk_acquire(counter);
   if (tf_mk_reached(seen, target)) return true;
-  const unsigned long long start = tf_mk_now();
+  const unsigned long long start = tf_now();
   for (;;) {
     __nanosleep(100);
     seen = tf_mk_acquire(counter);
     if (tf_mk_reached(seen, target)) return true;
-    if (tf_mk_now() - start > limit_ns) {
+    if (tf_now() - start > limit_ns) {
       if (atomicCAS(watchdog, 0u, 1u) == 0u) {
         watchdog[1] = block; watchdog[2] = entry; watchdog[3] = kernel; watchdog[4] = task;
         watchdog[5] = awaited_kernel; watchdog[6] = seen; watchdog[7] = target;
@@ -297,7 +284,7 @@ function kernelCode(name: string, blocksPerProcessor: number, calls: readonly st
       const int* const tf_range = tf_prefetches + 3 * p;
       tf_mk_prefetch(static_cast<const char*>(tf_buf[tf_range[0]]) + tf_range[1], tf_range[2]);
     }
-${time(0, 'tf_mk_now()')}    if (tf_task[5] > 0 && tf_only_kernel < 0) {
+${time(0, 'tf_now()')}    if (tf_task[5] > 0 && tf_only_kernel < 0) {
       if (threadIdx.x == 0) {
         bool ok = true;
         for (int w = tf_task[4]; ok && w < tf_task[4] + tf_task[5]; w++) {
@@ -310,12 +297,12 @@ ${time(0, 'tf_mk_now()')}    if (tf_task[5] > 0 && tf_only_kernel < 0) {
       __syncthreads();
       if (!*tf_go) return;
     }
-${time(1, 'tf_mk_now()')}    switch (tf_kernel) {
+${time(1, 'tf_now()')}    switch (tf_kernel) {
 ${calls.map((c) => c.slice(2)).join('\n')}
     }
     // The next task reuses the pool; the release covers every thread's writes.
     __syncthreads();
-${time(2, 'tf_mk_now()')}${time(3, 'tf_mk_processor()')}    if (threadIdx.x == 0) {
+${time(2, 'tf_now()')}${time(3, 'tf_processor()')}    if (threadIdx.x == 0) {
       __threadfence();
       atomicAdd(tf_done + tf_kernel, 1u);
     }

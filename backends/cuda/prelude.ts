@@ -332,23 +332,24 @@ __device__ __forceinline__ void tf_grid_release() {}
 // thread 0 notes when the block started, when its wait returned, the marks its form sets between phases
 // (tf_stamp_mark; nothing without stamps) and when its last thread was done, and appends them with the block's
 // multiprocessor to tf_stamps: a count and a capacity, then STAMP_WORDS words a block.
-#ifdef TF_STAMPS
+// The clock (ns) and the multiprocessor, for the stamps and the megakernel's timeline and watchdog. Host compilers
+// (the tests' CPU emulation): its clock64 counts nanoseconds; its 16 resident blocks stand for 8 multiprocessors of 2.
 #ifdef __CUDA_ARCH__
-__device__ __forceinline__ unsigned long long tf_stamp_now() {
+__device__ __forceinline__ unsigned long long tf_now() {
   unsigned long long t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
-__device__ __forceinline__ unsigned tf_stamp_processor() {
+__device__ __forceinline__ unsigned tf_processor() {
   unsigned id;
   asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
   return id;
 }
 #else
-// Host compilers (the tests' CPU emulation): its clock64 counts nanoseconds.
-__device__ __forceinline__ unsigned long long tf_stamp_now() { return clock64(); }
-__device__ __forceinline__ unsigned tf_stamp_processor() { return blockIdx.x % 8; }
+__device__ __forceinline__ unsigned long long tf_now() { return clock64(); }
+__device__ __forceinline__ unsigned tf_processor() { return blockIdx.x / 2 % 8; }
 #endif
+#ifdef TF_STAMPS
 __device__ __forceinline__ unsigned long long& tf_stamp_ready() {
   __shared__ unsigned long long ready;
   return ready;
@@ -359,11 +360,11 @@ __device__ __forceinline__ unsigned long long* tf_stamp_marks() {
   return marks;
 }
 __device__ __forceinline__ void tf_stamp_mark(int i) {
-  if (threadIdx.x == 0) tf_stamp_marks()[i] = tf_stamp_now();
+  if (threadIdx.x == 0) tf_stamp_marks()[i] = tf_now();
 }
 __device__ __forceinline__ unsigned long long tf_stamp_start() {
   if (threadIdx.x != 0) return 0;
-  const unsigned long long t = tf_stamp_now();
+  const unsigned long long t = tf_now();
   tf_stamp_ready() = t;
   for (int i = 0; i < ${STAMP_MARKS}; i++) tf_stamp_marks()[i] = 0;
   return t;
@@ -371,12 +372,12 @@ __device__ __forceinline__ unsigned long long tf_stamp_start() {
 __device__ __forceinline__ void tf_stamp_end(unsigned long long* stamps, int id, unsigned long long started) {
   __syncthreads();
   if (threadIdx.x != 0) return;
-  const unsigned long long ended = tf_stamp_now();
+  const unsigned long long ended = tf_now();
   const unsigned slot = atomicAdd((unsigned*)stamps, 1u);
   if (slot >= stamps[1]) return;
   unsigned long long* r = stamps + 2 + ${STAMP_WORDS} * (unsigned long long)slot;
   r[0] = ((unsigned long long)(unsigned)id << 32) | blockIdx.x;
-  r[1] = tf_stamp_processor();
+  r[1] = tf_processor();
   r[2] = started;
   r[3] = tf_stamp_ready();
   r[4] = ended;
@@ -384,7 +385,7 @@ __device__ __forceinline__ void tf_stamp_end(unsigned long long* stamps, int id,
 }
 __device__ __forceinline__ void tf_grid_wait() {
   tf_grid_wait_only();
-  if (threadIdx.x == 0) tf_stamp_ready() = tf_stamp_now();
+  if (threadIdx.x == 0) tf_stamp_ready() = tf_now();
 }
 #else
 __device__ __forceinline__ void tf_grid_wait() { tf_grid_wait_only(); }

@@ -123,7 +123,7 @@ s('task functions take their rows, drop launch-level waits, and take shared memo
   assert.is(mk.blocks, 8);
   // The timeline costs nothing unless asked for.
   assert.not.match(mk.source, /tf_timeline\[/);
-  assert.match(printCudaMegakernel(schedule, 'mlp_megakernel', 2, { timeline: true }).source, /tf_timeline\[4 \* tf_t \+ 3\] = tf_mk_processor\(\)/);
+  assert.match(printCudaMegakernel(schedule, 'mlp_megakernel', 2, { timeline: true }).source, /tf_timeline\[4 \* tf_t \+ 3\] = tf_processor\(\)/);
 });
 
 s('the decode step of a Llama: prefetch ranges hold every weight element its tasks load, tasks about one a block', () => {

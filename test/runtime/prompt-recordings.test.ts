@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { openLlamaSession } from '../../compiler/open-session.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { PROMPT_RECORDINGS } from '../../runtime/session.ts';
-import { buildFakeCuda, fakeCudaEnabled, kernelDevices, unavailable, useFakeCuda } from './fake-cuda/build.ts';
+import { kernelDevices, openOrFake } from './fake-cuda/build.ts';
 
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
 const dir = path.join(fixtures, 'tiny-llama');
@@ -24,18 +24,9 @@ for (const backend of kernelDevices) {
     const cacheLength = gold.input_ids.length + gold.greedy_new_tokens.length;
     const open = (cacheDir?: string) => openLlamaSession(model, { backend, cacheLength, sampling: true, ...(cacheDir ? { cacheDir } : {}) });
     // CUDA: the GPU where a driver opens, else the CPU fake.
-    let session;
-    let restore: (() => void) | undefined;
-    try {
-      session = await open();
-    } catch (e) {
-      const why = unavailable(e);
-      if (!why) throw e;
-      if (backend !== 'cuda' || !fakeCudaEnabled) return void console.log(`  ${backend}: skipped (${why})`);
-      const fake = buildFakeCuda();
-      restore = useFakeCuda(fake);
-      session = await open(fake.cacheDir);
-    }
+    const got = await openOrFake(backend, open);
+    if (typeof got === 'string') return void console.log(`  ${backend}: skipped (${got})`);
+    const { opened: session, restore } = got;
     try {
       const n = gold.greedy_new_tokens.length;
       assert.equal(await session.generate(gold.input_ids, n), gold.greedy_new_tokens);

@@ -14,7 +14,7 @@ import { openLlamaSession } from '../../compiler/open-session.ts';
 import { evalSize } from '../../backends/kernel-ir.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { StepTimeline, stepKernelTimes, stepTimeline, stepTimelineTable, stepTimelineTrace } from '../../runtime/step-timeline.ts';
-import { buildFakeCuda, fakeCudaEnabled, unavailable, useFakeCuda } from './fake-cuda/build.ts';
+import { openOrFake } from './fake-cuda/build.ts';
 
 const fixtures = process.env.TSFUSE_FIXTURES ?? fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
 const dir = path.join(fixtures, 'tiny-llama');
@@ -38,18 +38,9 @@ s('the decode step and the prompt stamped on CUDA, with the fixture\'s tokens', 
   // Prompts in chunks of 5 tokens: the prompt's timeline is its last chunk's step.
   const promptChunk = 5;
   const open = (cacheDir?: string) => openLlamaSession(model, { backend: 'cuda', cacheLength, stamps: true, promptChunk, ...(cacheDir ? { cacheDir } : {}) });
-  let session;
-  let restore: (() => void) | undefined;
-  try {
-    session = await open();
-  } catch (e) {
-    const why = unavailable(e);
-    if (!why) throw e;
-    if (!fakeCudaEnabled) return void console.log(`  cuda: skipped (${why})`);
-    const fake = buildFakeCuda();
-    restore = useFakeCuda(fake);
-    session = await open(fake.cacheDir);
-  }
+  const got = await openOrFake('cuda', open);
+  if (typeof got === 'string') return void console.log(`  cuda: skipped (${got})`);
+  const { opened: session, restore } = got;
   try {
     assert.equal(await session.generate(gold.input_ids, gold.greedy_new_tokens.length), gold.greedy_new_tokens, 'stamped kernels compute the same');
     const grids = (graph: string, sizes: Record<string, number>) => {

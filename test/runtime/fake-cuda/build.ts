@@ -79,6 +79,28 @@ export function onFakeCuda(s: { before(hook: () => void): void; after(hook: () =
 /** The message of a device that is not there (no driver, no adapter), else undefined. */
 export const unavailable = (e: unknown): string | undefined => (/Unavailable/.test((e as Error).name) ? (e as Error).message : undefined);
 
+/**
+ * What `open` opens on `backend` (for CUDA the GPU where a driver opens, else with the CPU fake's kernel cache while
+ * the runtime points at the fake, until `restore`); the reason as a string when the backend cannot run here.
+ */
+export async function openOrFake<T>(backend: DeviceKind, open: (cacheDir?: string) => Promise<T>): Promise<{ opened: T; restore?: () => void } | string> {
+  try {
+    return { opened: await open() };
+  } catch (e) {
+    const why = unavailable(e);
+    if (!why) throw e;
+    if (backend !== 'cuda' || !fakeCudaEnabled) return why;
+  }
+  const fake = buildFakeCuda();
+  const restore = useFakeCuda(fake);
+  try {
+    return { opened: await open(fake.cacheDir), restore };
+  } catch (e) {
+    restore();
+    throw e;
+  }
+}
+
 let restoreFake: (() => void) | undefined;
 
 /**
