@@ -328,10 +328,6 @@ __device__ __forceinline__ void tf_grid_release() { asm volatile("griddepcontrol
 __device__ __forceinline__ void tf_grid_wait_only() {}
 __device__ __forceinline__ void tf_grid_release() {}
 #endif
-// Stamps (a program printed for a step's timeline, TF_STAMPS defined): each kernel is wrapped so that its block's
-// thread 0 notes when the block started, when its wait returned, the marks its form sets between phases
-// (tf_stamp_mark; nothing without stamps) and when its last thread was done, and appends them with the block's
-// multiprocessor to tf_stamps: a count and a capacity, then STAMP_WORDS words a block.
 // The clock (ns) and the multiprocessor, for the stamps and the megakernel's timeline and watchdog. Host compilers
 // (the tests' CPU emulation): its clock64 counts nanoseconds; its 16 resident blocks stand for 8 multiprocessors of 2.
 #ifdef __CUDA_ARCH__
@@ -349,6 +345,10 @@ __device__ __forceinline__ unsigned tf_processor() {
 __device__ __forceinline__ unsigned long long tf_now() { return clock64(); }
 __device__ __forceinline__ unsigned tf_processor() { return blockIdx.x / 2 % 8; }
 #endif
+// Stamps (a program printed for a step's timeline, TF_STAMPS defined): each kernel is wrapped so that its block's
+// thread 0 notes when the block started, when its wait returned, the marks its form sets between phases
+// (tf_stamp_mark; nothing without stamps) and when its last thread was done, and appends them with the block's
+// multiprocessor to tf_stamps: a count and a capacity, then STAMP_WORDS words a block.
 #ifdef TF_STAMPS
 __device__ __forceinline__ unsigned long long& tf_stamp_ready() {
   __shared__ unsigned long long ready;
