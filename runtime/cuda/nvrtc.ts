@@ -1,6 +1,6 @@
 // Compiling CUDA C at run time with NVRTC (through koffi), for the device's own architecture, with the results
 // cached on disk by a hash of source, options and architecture: a second run compiles nothing and does not even
-// load NVRTC. Several modules (one per graph) compile at once in child processes (compileCudaAll): NVRTC is
+// load NVRTC. Several modules (one per graph) compile at once in worker threads (compileCudaAll): NVRTC is
 // synchronous, so a cold start otherwise waits for each in turn.
 
 import crypto from 'node:crypto';
@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ChildProcess, spawn } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
 import koffi from 'koffi';
 import { loadFirst } from './driver.ts';
 import { CudaCompileError, CudaUnavailableError } from './errors.ts';
@@ -163,10 +163,10 @@ export interface CudaSource {
 }
 
 export interface CompileAllOptions {
-  /** Compiling processes at most (default: one per module not in the cache, at most the CPUs). */
+  /** Worker threads at most (default: one per module not in the cache, at most the CPUs). */
   readonly workers?: number;
   /**
-   * The module whose `compileCuda(source, cc, name, cacheDir)` the processes run: this one by default; tests give a
+   * The module whose `compileCuda(source, cc, name, cacheDir)` the workers run: this one by default; tests give a
    * stand-in to check the plumbing without NVRTC.
    */
   readonly compiler?: string | URL;
@@ -174,11 +174,9 @@ export interface CompileAllOptions {
 
 /**
  * The images of several modules for compute capability `cc`, in order: those in the disk cache read from it, the
- * rest compiled at once, each in a child process (written to the cache as each is done), so a cold start waits for
- * the largest module rather than for all of them in turn. Processes rather than worker threads: koffi loaded in
- * several threads of one process now and then aborts the whole process (koffi issue 190; seen once in our CI), and
- * a child that dies is retried once instead. The first failure rejects with its error (a CudaCompileError names the
- * module and holds NVRTC's log).
+ * rest compiled at once, each in a worker thread (written to the cache as each is done), so a cold start waits for
+ * the largest module rather than for all of them in turn. The first failure rejects with its error (a
+ * CudaCompileError names the module and holds NVRTC's log).
  */
 export async function compileCudaAll(sources: readonly CudaSource[], cc: number, cacheDir = defaultCacheDir(),
   opts: CompileAllOptions = {}): Promise<CompiledImage[]> {
@@ -187,62 +185,44 @@ export async function compileCudaAll(sources: readonly CudaSource[], cc: number,
   if (todo.length === 0) return images as CompiledImage[];
   const compiler = String(opts.compiler ?? import.meta.url);
   const workers = Math.max(1, Math.min(todo.length, opts.workers ?? os.availableParallelism()));
-  const pool: ChildProcess[] = [];
-  const start = () => {
-    const child = spawn(process.execPath, ['-e', nvrtcChild], {
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      serialization: 'advanced',
-      env: { ...process.env, TSFUSE_NVRTC_COMPILER: compiler, TSFUSE_NVRTC_TSX: tsxLoader(compiler) ?? '' },
-    });
-    pool.push(child);
-    return child;
-  };
+  const pool = Array.from({ length: workers }, () => new Worker(nvrtcWorker, { eval: true, workerData: { compiler, tsx: tsxLoader(compiler) } }));
   try {
-    await Promise.all(Array.from({ length: workers }, async () => {
-      let child = start();
+    await Promise.all(pool.map(async (worker) => {
       for (let i = todo.shift(); i !== undefined; i = todo.shift()) {
-        const job = { source: sources[i].source, name: sources[i].name, cc, cacheDir };
-        images[i] = await ask(child, job).catch((e) => {
-          if (!(e instanceof ChildStopped)) throw e;
-          child = start();
-          return ask(child, job);
-        });
+        images[i] = await ask(worker, { source: sources[i].source, name: sources[i].name, cc, cacheDir });
       }
     }));
   } finally {
-    for (const child of pool) if (child.exitCode === null && child.signalCode === null) child.kill();
+    await Promise.all(pool.map((w) => w.terminate()));
   }
   return images as CompiledImage[];
 }
 
-/** A compiling child process that stopped before answering (a crash: the module is compiled again, once). */
-class ChildStopped extends Error {}
-
-/** Sends one module to a child; resolves with its image, rejects with its error (of the class it had). */
-function ask(child: ChildProcess, job: { source: string; name: string; cc: number; cacheDir: string }): Promise<CompiledImage> {
+/** Sends one module to a worker; resolves with its image, rejects with its error (of the class it had). */
+function ask(worker: Worker, job: { source: string; name: string; cc: number; cacheDir: string }): Promise<CompiledImage> {
   return new Promise((resolve, reject) => {
     const done = () => {
-      child.off('message', onMessage);
-      child.off('error', onError);
-      child.off('exit', onExit);
+      worker.off('message', onMessage);
+      worker.off('error', onError);
+      worker.off('exit', onExit);
     };
     const onMessage = (m: { image?: CompiledImage; error?: { name: string; message: string } }) => {
       done();
-      if (m.image) resolve({ ...m.image, image: new Uint8Array(m.image.image) });
+      if (m.image) resolve(m.image);
       else reject(rebuild(m.error!));
     };
     const onError = (e: Error) => {
       done();
       reject(e);
     };
-    const onExit = (code: number | null, signal: string | null) => {
+    const onExit = (code: number) => {
       done();
-      reject(new ChildStopped(`the NVRTC process compiling ${job.name} stopped (${signal ? `signal ${signal}` : `exit code ${code}`})`));
+      reject(new Error(`the NVRTC worker compiling ${job.name} stopped (exit code ${code})`));
     };
-    child.on('message', onMessage);
-    child.on('error', onError);
-    child.on('exit', onExit);
-    child.send(job);
+    worker.on('message', onMessage);
+    worker.on('error', onError);
+    worker.on('exit', onExit);
+    worker.postMessage(job);
   });
 }
 
@@ -254,7 +234,7 @@ function rebuild(e: { name: string; message: string }): Error {
 }
 
 /**
- * tsx's loader, for a child that imports a TypeScript module (this one in a checkout; a child process does not
+ * tsx's loader, for a worker that imports a TypeScript module (this one in a checkout; a worker thread does not
  * inherit the main thread's loaders); undefined for JavaScript (dist/).
  */
 function tsxLoader(module: string): string | undefined {
@@ -267,21 +247,23 @@ function tsxLoader(module: string): string | undefined {
 }
 
 /**
- * A compiling child: imports the compiler module (tsx registered first where it is TypeScript), then compiles each
- * module it is sent and sends back the image or the error; it ends when its parent goes.
+ * A worker: imports the compiler module (tsx registered first where it is TypeScript), then compiles each module it
+ * is sent and posts back the image (its bytes moved, not copied) or the error.
  */
-const nvrtcChild = `
+const nvrtcWorker = `
+const { parentPort, workerData } = require('node:worker_threads');
 const loaded = (async () => {
-  if (process.env.TSFUSE_NVRTC_TSX) (await import(process.env.TSFUSE_NVRTC_TSX)).register();
-  return import(process.env.TSFUSE_NVRTC_COMPILER);
+  if (workerData.tsx) (await import(workerData.tsx)).register();
+  return import(workerData.compiler);
 })();
-process.on('disconnect', () => process.exit(0));
-process.on('message', async (job) => {
+parentPort.on('message', async (job) => {
   try {
     const { compileCuda } = await loaded;
-    process.send({ image: compileCuda(job.source, job.cc, job.name, job.cacheDir) });
+    const image = compileCuda(job.source, job.cc, job.name, job.cacheDir);
+    const bytes = image.image.byteOffset === 0 && image.image.byteLength === image.image.buffer.byteLength ? image.image : image.image.slice();
+    parentPort.postMessage({ image: { ...image, image: bytes } }, [bytes.buffer]);
   } catch (e) {
-    process.send({ error: { name: (e && e.name) || 'Error', message: String((e && e.message) || e) } });
+    parentPort.postMessage({ error: { name: (e && e.name) || 'Error', message: String((e && e.message) || e) } });
   }
 });
 `;

@@ -1,8 +1,7 @@
-// A stand-in for runtime/cuda/nvrtc.ts's compileCuda, run by compileCudaAll's child processes in tests: each call
+// A stand-in for runtime/cuda/nvrtc.ts's compileCuda, run by compileCudaAll's worker threads in tests: each call
 // marks that it started (a file in the cache folder), waits until `expected` calls have started or two seconds have
 // passed, and "compiles" to the module's name and how many calls it saw running, written to the cache as NVRTC's
-// results are. A source containing BROKEN fails as NVRTC would; one containing CRASH kills its process (as a native
-// crash), CRASH ONCE only the first time (a marker file in the cache folder remembers).
+// results are. A source containing BROKEN fails as NVRTC would.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,12 +11,6 @@ import { CudaCompileError } from '../../../runtime/cuda/errors.ts';
 const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 
 export function compileCuda(source: string, cc: number, name: string, cacheDir: string): CompiledImage {
-  const marker = path.join(cacheDir, `crashed-${name}`);
-  if (source.includes('CRASH') && !(source.includes('CRASH ONCE') && fs.existsSync(marker))) {
-    fs.mkdirSync(cacheDir, { recursive: true });
-    fs.writeFileSync(marker, '');
-    process.kill(process.pid, 'SIGKILL');
-  }
   if (source.includes('BROKEN')) throw new CudaCompileError(`NVRTC could not compile ${name} for sm_${cc}: NVRTC_ERROR_COMPILATION\n${name}(1): error: BROKEN`);
   const expected = Number(/expected (\d+)/.exec(source)?.[1] ?? 1);
   fs.mkdirSync(cacheDir, { recursive: true });
