@@ -185,9 +185,22 @@ export async function compileCudaAll(sources: readonly CudaSource[], cc: number,
   if (todo.length === 0) return images as CompiledImage[];
   const compiler = String(opts.compiler ?? import.meta.url);
   const workers = Math.max(1, Math.min(todo.length, opts.workers ?? os.availableParallelism()));
-  const pool = Array.from({ length: workers }, () => new Worker(nvrtcWorker, { eval: true, workerData: { compiler, tsx: tsxLoader(compiler) } }));
+  const pool: Worker[] = [];
+  // Workers start one after another, each once the last has loaded the compiler module: koffi loading in several
+  // threads at once now and then aborted the process (a native napi_throw; koffi issue 190, seen once in our CI).
+  let started: Promise<unknown> = Promise.resolve();
+  const start = async (): Promise<Worker> => {
+    const turn = started.then(() => {
+      const worker = new Worker(nvrtcWorker, { eval: true, workerData: { compiler, tsx: tsxLoader(compiler) } });
+      pool.push(worker);
+      return loaded(worker).then(() => worker);
+    });
+    started = turn.catch(() => undefined);
+    return turn;
+  };
   try {
-    await Promise.all(pool.map(async (worker) => {
+    await Promise.all(Array.from({ length: workers }, async () => {
+      const worker = await start();
       for (let i = todo.shift(); i !== undefined; i = todo.shift()) {
         images[i] = await ask(worker, { source: sources[i].source, name: sources[i].name, cc, cacheDir });
       }
@@ -196,6 +209,33 @@ export async function compileCudaAll(sources: readonly CudaSource[], cc: number,
     await Promise.all(pool.map((w) => w.terminate()));
   }
   return images as CompiledImage[];
+}
+
+/** Resolves once a worker has loaded its compiler module; rejects with the error that stopped it. */
+function loaded(worker: Worker): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      worker.off('message', onMessage);
+      worker.off('error', onError);
+      worker.off('exit', onExit);
+    };
+    const onMessage = (m: { ready?: boolean; error?: { name: string; message: string } }) => {
+      done();
+      if (m.ready) resolve();
+      else reject(rebuild(m.error!));
+    };
+    const onError = (e: Error) => {
+      done();
+      reject(e);
+    };
+    const onExit = (code: number) => {
+      done();
+      reject(new Error(`the NVRTC worker stopped while loading its compiler (exit code ${code})`));
+    };
+    worker.on('message', onMessage);
+    worker.on('error', onError);
+    worker.on('exit', onExit);
+  });
 }
 
 /** Sends one module to a worker; resolves with its image, rejects with its error (of the class it had). */
@@ -247,8 +287,8 @@ function tsxLoader(module: string): string | undefined {
 }
 
 /**
- * A worker: imports the compiler module (tsx registered first where it is TypeScript), then compiles each module it
- * is sent and posts back the image (its bytes moved, not copied) or the error.
+ * A worker: imports the compiler module (tsx registered first where it is TypeScript) and says when it has (or the
+ * error), then compiles each module it is sent and posts back the image (its bytes moved, not copied) or the error.
  */
 const nvrtcWorker = `
 const { parentPort, workerData } = require('node:worker_threads');
@@ -256,6 +296,10 @@ const loaded = (async () => {
   if (workerData.tsx) (await import(workerData.tsx)).register();
   return import(workerData.compiler);
 })();
+loaded.then(
+  () => parentPort.postMessage({ ready: true }),
+  (e) => parentPort.postMessage({ error: { name: (e && e.name) || 'Error', message: String((e && e.message) || e) } }),
+);
 parentPort.on('message', async (job) => {
   try {
     const { compileCuda } = await loaded;

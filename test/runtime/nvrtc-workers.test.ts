@@ -1,6 +1,7 @@
 // Compiling several CUDA modules at once (compileCudaAll in runtime/cuda/nvrtc.ts): each module not in the disk
-// cache compiles in a worker thread of its own, all at the same time; results come back in order (the images' bytes
-// moved from the workers), cached ones without any worker; a failure rejects with its own error class and message.
+// cache compiles in a worker thread of its own, all at the same time (the workers having loaded the compiler one
+// after another); results come back in order (the images' bytes moved from the workers), cached ones without any
+// worker; a failure rejects with its own error class and message.
 // Checked with a stand-in compiler (no NVRTC needed), then with the CPU fake of NVRTC where g++ is there.
 
 import fs from 'node:fs';
@@ -29,6 +30,22 @@ test('modules not in the cache compile at once, one worker each; the results com
   assert.equal(again.map((i) => text(i.image)), images.map((i) => text(i.image)));
   assert.ok(again.every((i) => i.cached));
   assert.equal(fs.readdirSync(dir).filter((f) => f.startsWith('started-')), [], 'nothing compiled');
+});
+
+test('workers load the compiler module one after another (koffi loading in two threads at once can abort the process)', async () => {
+  const dir = path.join(tmp, 'loads');
+  fs.mkdirSync(dir, { recursive: true });
+  const log = path.join(dir, 'loads.txt');
+  process.env.TSFUSE_STUB_LOADS = log;
+  try {
+    const sources = ['a', 'b', 'c'].map((name) => ({ name: `${name}.cu`, source: `// ${name}\n` }));
+    await compileCudaAll(sources, 90, dir, { compiler: stub, workers: 3 });
+  } finally {
+    delete process.env.TSFUSE_STUB_LOADS;
+  }
+  const loads = fs.readFileSync(log, 'utf8').trim().split('\n').map((l) => l.split(' ').map(Number)).sort((x, y) => x[0] - y[0]);
+  assert.is(loads.length, 3, 'three workers loaded it');
+  for (let i = 1; i < loads.length; i++) assert.ok(loads[i][0] >= loads[i - 1][1], `load ${i} began at ${loads[i][0]}, before load ${i - 1} ended at ${loads[i - 1][1]}`);
 });
 
 test('fewer workers than modules: each worker takes the next module', async () => {

@@ -10,6 +10,14 @@ import { CudaCompileError } from '../../../runtime/cuda/errors.ts';
 
 const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 
+// Loading, with TSFUSE_STUB_LOADS set to a file: takes 50 ms and appends when it began and ended (ms), as a module
+// whose loading must not overlap another's (koffi's) would.
+if (process.env.TSFUSE_STUB_LOADS) {
+  const began = performance.timeOrigin + performance.now();
+  sleep(50);
+  fs.appendFileSync(process.env.TSFUSE_STUB_LOADS, `${began} ${performance.timeOrigin + performance.now()}\n`);
+}
+
 export function compileCuda(source: string, cc: number, name: string, cacheDir: string): CompiledImage {
   if (source.includes('BROKEN')) throw new CudaCompileError(`NVRTC could not compile ${name} for sm_${cc}: NVRTC_ERROR_COMPILATION\n${name}(1): error: BROKEN`);
   const expected = Number(/expected (\d+)/.exec(source)?.[1] ?? 1);
