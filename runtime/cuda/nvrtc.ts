@@ -212,44 +212,31 @@ export async function compileCudaAll(sources: readonly CudaSource[], cc: number,
 }
 
 /** Resolves once a worker has loaded its compiler module; rejects with the error that stopped it. */
-function loaded(worker: Worker): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const done = () => {
-      worker.off('message', onMessage);
-      worker.off('error', onError);
-      worker.off('exit', onExit);
-    };
-    const onMessage = (m: { ready?: boolean; error?: { name: string; message: string } }) => {
-      done();
-      if (m.ready) resolve();
-      else reject(rebuild(m.error!));
-    };
-    const onError = (e: Error) => {
-      done();
-      reject(e);
-    };
-    const onExit = (code: number) => {
-      done();
-      reject(new Error(`the NVRTC worker stopped while loading its compiler (exit code ${code})`));
-    };
-    worker.on('message', onMessage);
-    worker.on('error', onError);
-    worker.on('exit', onExit);
-  });
-}
+const loaded = (worker: Worker): Promise<void> =>
+  reply<{ ready?: boolean }>(worker, 'while loading its compiler').then(() => undefined);
 
 /** Sends one module to a worker; resolves with its image, rejects with its error (of the class it had). */
 function ask(worker: Worker, job: { source: string; name: string; cc: number; cacheDir: string }): Promise<CompiledImage> {
+  const answer = reply<{ image?: CompiledImage }>(worker, `compiling ${job.name}`);
+  worker.postMessage(job);
+  return answer.then((m) => m.image!);
+}
+
+/**
+ * The worker's next message; rejects with the error it sends (rebuilt in its class), or with the worker's own error
+ * or exit (`doing` says what it was at).
+ */
+function reply<T>(worker: Worker, doing: string): Promise<T> {
   return new Promise((resolve, reject) => {
     const done = () => {
       worker.off('message', onMessage);
       worker.off('error', onError);
       worker.off('exit', onExit);
     };
-    const onMessage = (m: { image?: CompiledImage; error?: { name: string; message: string } }) => {
+    const onMessage = (m: T & { error?: { name: string; message: string } }) => {
       done();
-      if (m.image) resolve(m.image);
-      else reject(rebuild(m.error!));
+      if (m.error) reject(rebuild(m.error));
+      else resolve(m);
     };
     const onError = (e: Error) => {
       done();
@@ -257,12 +244,11 @@ function ask(worker: Worker, job: { source: string; name: string; cc: number; ca
     };
     const onExit = (code: number) => {
       done();
-      reject(new Error(`the NVRTC worker compiling ${job.name} stopped (exit code ${code})`));
+      reject(new Error(`the NVRTC worker stopped ${doing} (exit code ${code})`));
     };
     worker.on('message', onMessage);
     worker.on('error', onError);
     worker.on('exit', onExit);
-    worker.postMessage(job);
   });
 }
 
