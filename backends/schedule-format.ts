@@ -92,7 +92,8 @@ function formatMapping(m: Mapping): string {
   switch (m.kind) {
     case 'split-subgroups': return `split-subgroups between ${m.elements}`;
     case 'sliced': return `sliced x${m.slices}`;
-    case 'serial': case 'uniform': case 'workgroup': case 'thread-per-element': case 'subgroup-per-element': return m.kind;
+    case 'thread-per-element': return m.each ? `thread-per-element, ${m.each} each unrolled` : m.kind;
+    case 'serial': case 'uniform': case 'workgroup': case 'subgroup-per-element': return m.kind;
     default: return m satisfies never;
   }
 }

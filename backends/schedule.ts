@@ -29,8 +29,12 @@ export type Mapping =
   | { readonly kind: 'uniform' }
   /** The threads stride over a reduction's range, then combine (a coop). */
   | { readonly kind: 'workgroup' }
-  /** Elements strided over the threads, each computed by one thread alone. */
-  | { readonly kind: 'thread-per-element' }
+  /**
+   * Elements strided over the threads, each computed by one thread alone. `each`: every thread takes exactly this
+   * many (a constant count, at most UNROLLED_ELEMENTS), in a loop of that count that the printers unroll, so that
+   * its loads issue together.
+   */
+  | { readonly kind: 'thread-per-element'; readonly each?: number }
   /** Elements strided over the subgroups; the lanes of one split its reductions, lane 0 writes. */
   | { readonly kind: 'subgroup-per-element' }
   /** Fewer elements than subgroups: the subgroups are divided between the elements and split their reductions. */
@@ -302,6 +306,9 @@ export interface ScheduleOptions {
    */
   readonly keyChunks?: boolean;
 }
+
+/** Elements a thread may take in an unrolled loop (Mapping 'thread-per-element'). */
+const UNROLLED_ELEMENTS = 8;
 
 /** A reduction shorter than this leaves lanes idle: it is not worth a subgroup or a slice of threads. */
 const LONG_REDUCTION = 32;
@@ -834,7 +841,18 @@ class Scheduler {
       return { mapping: { kind: 'subgroup-per-element' }, reductions: plans };
     }
     this.threadSums(st.value, plans);
-    return { mapping: { kind: 'thread-per-element' }, reductions: plans };
+    return { mapping: this.threadPerElement(st.n), reductions: plans };
+  }
+
+  /**
+   * Elements over the threads; a constant count that gives every thread the same few, unrolled. Decode on the H200,
+   * whose QKV and gate/up projections normalise their input first (8 elements a thread, a load of the row and of
+   * the gain each, one round trip an element while strided): 0.892 → 0.838 ms a token (BENCHMARKS.md).
+   */
+  private threadPerElement(n: number | undefined): Mapping {
+    const threads = this.device.threadsPerWorkgroup;
+    const each = n !== undefined && n % threads === 0 ? n / threads : 0;
+    return each > 1 && each <= UNROLLED_ELEMENTS ? { kind: 'thread-per-element', each } : { kind: 'thread-per-element' };
   }
 
   private store(st: StoreStmt, plans: Map<string, ReductionPlan>): StmtSchedule {
@@ -851,7 +869,7 @@ class Scheduler {
     }
     this.threadSums(st.value, plans);
     this.threadSums(st.index, plans);
-    return { mapping: { kind: 'thread-per-element' }, reductions: plans };
+    return { mapping: this.threadPerElement(n), reductions: plans };
   }
 
   /**

@@ -362,9 +362,6 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody
   return printed();
 }
 
-/** Elements a thread of a parallel loop may take unrolled (parallelLoop). */
-const UNROLLED_ELEMENTS = 8;
-
 /** Declares the row-local arrays where the schedule placed them: statically, or in the launch's dynamic shared memory. */
 function declareArrays(arrays: readonly ArrayPlacement[], shared: SharedMemory, out: string[]): void {
   if (arrays.some((a) => a.dynamicOffset !== undefined)) out.push(`  ${shared.dynamic('tf_smem')}`);
@@ -376,16 +373,12 @@ function declareArrays(arrays: readonly ArrayPlacement[], shared: SharedMemory, 
 }
 
 /**
- * `for (v over [0, n)) { body }` spread over threads, or over warps with lane 0 writing (`count`: n where it is a
- * constant). Over threads, a constant n of at most UNROLLED_ELEMENTS a thread, every thread the same count:
- * unrolled, so that the elements' loads (a norm's row and gain) are all issued before the first is used, rather
- * than one round trip an element. (Decode on the H200, where the QKV and gate/up projections normalise their input
- * first: 0.892 → 0.838 ms a token.)
+ * `for (v over [0, n)) { body }` spread over threads, or over warps with lane 0 writing; over threads `each` at a
+ * thread where the schedule gives every thread the same count (Mapping 'thread-per-element'), unrolled.
  */
-function parallelLoop(v: string, n: string, count: number | undefined, warp: boolean, out: string[], indent: string, body: (inner: string) => string): void {
+function parallelLoop(v: string, n: string, each: number | undefined, warp: boolean, out: string[], indent: string, body: (inner: string) => string): void {
   const inner = indent + '  ';
-  const each = count !== undefined && count % CUDA_BLOCK === 0 ? count / CUDA_BLOCK : 0;
-  if (!warp && each > 1 && each <= UNROLLED_ELEMENTS) {
+  if (!warp && each) {
     out.push(`${indent}#pragma unroll`, `${indent}for (int tf_e = 0; tf_e < ${each}; tf_e++) {`, `${inner}const int ${v} = tf_tid + tf_e * TF_BLOCK;`);
   } else {
     out.push(warp
@@ -509,7 +502,7 @@ function renderStmt(s: KStmt, sched: StmtSchedule, p: CudaPrinter, shared: Share
         break;
       }
       if (m.kind !== 'thread-per-element' && m.kind !== 'subgroup-per-element') throw new Error(`CUDA: an array cannot be mapped ${m.kind}`);
-      parallelLoop(s.v, String(s.n), s.n, m.kind === 'subgroup-per-element', out, indent, (inner) => `${s.name}[${s.v}] = ${p.expr(s.value, out, inner)};`);
+      parallelLoop(s.v, String(s.n), m.kind === 'thread-per-element' ? m.each : undefined, m.kind === 'subgroup-per-element', out, indent, (inner) => `${s.name}[${s.v}] = ${p.expr(s.value, out, inner)};`);
       out.push(`${indent}__syncthreads();`);
       break;
     }
@@ -520,7 +513,7 @@ function renderStmt(s: KStmt, sched: StmtSchedule, p: CudaPrinter, shared: Share
       }
       if (m.kind !== 'thread-per-element' && m.kind !== 'subgroup-per-element') throw new Error(`CUDA: a store cannot be mapped ${m.kind}`);
       const n = p.expr(s.n, out, indent);
-      parallelLoop(s.v, n, s.n.k === 'const' ? s.n.value : undefined, m.kind === 'subgroup-per-element', out, indent, (inner) => {
+      parallelLoop(s.v, n, m.kind === 'thread-per-element' ? m.each : undefined, m.kind === 'subgroup-per-element', out, indent, (inner) => {
         const value = p.expr(s.value, out, inner);
         const index = p.expr(s.index, out, inner);
         return `b${s.buf}[${index}] = ${storeValue(p.buffers[s.buf].dtype, value, s.value.t)};`;

@@ -47,7 +47,7 @@ export function renderStmt(s: KStmt, sched: StmtSchedule, ctx: RowContext, out: 
         out.push(`${inner}${at(s.v)} = ${p.expr(replaceReductions(s.value, new Map([[r, `${s.name}_part`]])), out, inner)};`);
         out.push(`${indent}}`);
       } else if (m.kind === 'thread-per-element') {
-        threadLoop(s.v, String(s.n), s.n, ctx.threads, out, indent);
+        threadLoop(s.v, String(s.n), m.each, ctx.threads, out, indent);
         out.push(`${inner}${at(s.v)} = ${p.expr(s.value, out, inner)};`);
         out.push(`${indent}}`);
       } else if (m.kind === 'sliced') {
@@ -66,7 +66,7 @@ export function renderStmt(s: KStmt, sched: StmtSchedule, ctx: RowContext, out: 
       } else if (m.kind === 'subgroup-per-element') {
         renderSubgroupStore(s, sched, ctx, out, indent);
       } else if (m.kind === 'thread-per-element') {
-        threadLoop(s.v, p.expr(s.n, out, indent), s.n.k === 'const' ? s.n.value : undefined, ctx.threads, out, indent);
+        threadLoop(s.v, p.expr(s.n, out, indent), m.each, ctx.threads, out, indent);
         const value = p.expr(s.value, out, inner);
         out.push(`${inner}store_b${s.buf}(${p.expr(s.index, out, inner)}, ${value});`);
         out.push(`${indent}}`);
@@ -80,22 +80,14 @@ export function renderStmt(s: KStmt, sched: StmtSchedule, ctx: RowContext, out: 
 }
 
 /**
- * The opening of `for (v over [0, n))` spread over the threads (`count`: n where it is a constant). A constant n of
- * at most UNROLLED_ELEMENTS a thread, every thread the same count, loops a constant number of times, which the
- * driver's compiler may unroll: the elements' loads (a norm's row and gain) then issue together rather than one
- * round trip an element (CUDA's form of it took decode on the H200 from 0.892 to 0.838 ms a token).
+ * The opening of `for (v over [0, n))` spread over the threads; `each` at a thread where the schedule gives every
+ * thread the same count (Mapping 'thread-per-element'), in a loop of that constant count for the driver's compiler
+ * to unroll.
  */
-function threadLoop(v: string, n: string, count: number | undefined, threads: number, out: string[], indent: string): void {
-  const each = count !== undefined && count % threads === 0 ? count / threads : 0;
-  if (each > 1 && each <= UNROLLED_ELEMENTS) {
-    out.push(`${indent}for (var tf_e: i32 = 0; tf_e < ${each}; tf_e++) {`, `${indent}  let ${v}: i32 = lid + tf_e * ${threads};`);
-  } else {
-    out.push(`${indent}for (var ${v}: i32 = lid; ${v} < ${n}; ${v} += ${threads}) {`);
-  }
+function threadLoop(v: string, n: string, each: number | undefined, threads: number, out: string[], indent: string): void {
+  if (each) out.push(`${indent}for (var tf_e: i32 = 0; tf_e < ${each}; tf_e++) {`, `${indent}  let ${v}: i32 = lid + tf_e * ${threads};`);
+  else out.push(`${indent}for (var ${v}: i32 = lid; ${v} < ${n}; ${v} += ${threads}) {`);
 }
-
-/** Elements a thread of a parallel loop may take in a loop of constant count (threadLoop). */
-const UNROLLED_ELEMENTS = 8;
 
 /** One output per subgroup: the lanes split every sum of its value, subgroupAdd combines, lane 0 stores. */
 function renderSubgroupStore(s: Store, sched: StmtSchedule, ctx: RowContext, out: string[], indent: string): void {

@@ -1,7 +1,7 @@
 // A row's elements spread over the threads (an array or a store mapped thread-per-element): where every thread
-// takes the same few elements (a constant count, at most 8 a thread), both GPU printers loop a constant number of
-// times, CUDA unrolled, so that the elements' loads issue together (a norm's row and gain before a projection);
-// otherwise they stride over the threads. What they compute is checked by every numeric test that runs a norm on
+// takes the same few elements (a constant count, at most 8 a thread), the scheduler says so ("8 each unrolled") and
+// both GPU printers loop that constant number of times, CUDA unrolled, so that the elements' loads issue together
+// (a norm's row and gain before a projection); otherwise they stride over the threads. What they compute is checked by every numeric test that runs a norm on
 // the CPU fake of CUDA and on WebGPU (e2e/fixtures among them); this checks the loops' form.
 
 import { test } from 'uvu';
@@ -10,6 +10,7 @@ import { printCudaFunction } from '../../backends/cuda/render-cuda.ts';
 import { cudaCaps, webgpuCaps } from '../../backends/device-caps.ts';
 import { int, ivar, KernelIR, ROW } from '../../backends/kernel-ir.ts';
 import { scheduleKernel } from '../../backends/schedule.ts';
+import { formatSchedule } from '../../backends/schedule-format.ts';
 import { printWgsl } from '../../backends/wgsl/render-wgsl.ts';
 import { DType } from '../../ir/dtype.ts';
 
@@ -37,6 +38,14 @@ function scaled(n: number): KernelIR {
 
 const cuda = (n: number) => printCudaFunction(scheduleKernel(scaled(n), cudaCaps(90))).code;
 const wgsl = (n: number) => printWgsl(scheduleKernel(scaled(n), webgpuCaps({ subgroups: true }))).code;
+
+test('the schedule gives 2,048 elements over 256 threads 8 each, unrolled; 300 and 4,096 elements none', () => {
+  const each = (n: number) => scheduleKernel(scaled(n), cudaCaps(90)).stmts.map((st) => (st.mapping.kind === 'thread-per-element' ? st.mapping.each : 'other'));
+  assert.equal(each(2048), [8, 8]);
+  assert.equal(each(300), [undefined, undefined]);
+  assert.equal(each(4096), [undefined, undefined]);
+  assert.match(formatSchedule(scheduleKernel(scaled(2048), cudaCaps(90))), 'array arr0[2048] over j: thread-per-element, 8 each unrolled');
+});
 
 test('CUDA: 2,048 elements over 256 threads loop 8 times unrolled, the array and the store alike', () => {
   const code = cuda(2048);

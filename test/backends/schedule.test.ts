@@ -140,15 +140,15 @@ kernel k0 (reduce) on cuda sm_90: 64 rows, a workgroup of 256 threads each (stri
   'contraction with a norm prologue': `kernel k0 (contraction) on webgpu with subgroups: 64 rows, a workgroup of 256 threads each, subgroups
   arrays: arr1 as vec4
   coop acc4: workgroup | k3 sum<2048 by workgroup, combine subgroup, unroll 4
-  array arr1[2048] over j2: thread-per-element
+  array arr1[2048] over j2: thread-per-element, 8 each unrolled
   store b2 over i0<8: subgroup-per-element | k5 sum<2048 by subgroup, combine subgroup, vec16B(b1, arr1) x8 proved unroll 8
 kernel k0 (contraction) on webgpu: 64 rows, a workgroup of 256 threads each
   coop acc4: workgroup | k3 sum<2048 by workgroup, combine tree, unroll 4
-  array arr1[2048] over j2: thread-per-element
+  array arr1[2048] over j2: thread-per-element, 8 each unrolled
   store b2 over i0<8: thread-per-element
 kernel k0 (contraction) on cuda sm_90: 64 rows, a workgroup of 256 threads each (striding over rows past the grid), subgroups
   coop acc4: workgroup | k3 sum<2048 by workgroup, combine subgroup, vec16B(b0) x8 checked unroll 4
-  array arr1[2048] over j2: thread-per-element
+  array arr1[2048] over j2: thread-per-element, 8 each unrolled
   store b2 over i0<8: subgroup-per-element | k5 sum<2048 by subgroup, combine subgroup, vec16B(arr1, b1) x8 checked unroll 4
   starts while the previous kernel finishes, then waits for its writes
 `,
