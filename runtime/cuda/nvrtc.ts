@@ -181,7 +181,8 @@ export interface CompileAllOptions {
 export async function compileCudaAll(sources: readonly CudaSource[], cc: number, cacheDir = defaultCacheDir(),
   opts: CompileAllOptions = {}): Promise<CompiledImage[]> {
   const images = sources.map((s) => cachedImage(s.source, cc, cacheDir));
-  const todo = images.flatMap((image, i) => (image ? [] : [i]));
+  // The longest sources first: the workers that start last (one after another, below) get the shortest.
+  const todo = images.flatMap((image, i) => (image ? [] : [i])).sort((a, b) => sources[b].source.length - sources[a].source.length);
   if (todo.length === 0) return images as CompiledImage[];
   const compiler = String(opts.compiler ?? import.meta.url);
   const workers = Math.max(1, Math.min(todo.length, opts.workers ?? os.availableParallelism()));

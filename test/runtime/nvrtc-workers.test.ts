@@ -48,6 +48,21 @@ test('workers load the compiler module one after another (koffi loading in two t
   for (let i = 1; i < loads.length; i++) assert.ok(loads[i][0] >= loads[i - 1][1], `load ${i} began at ${loads[i][0]}, before load ${i - 1} ended at ${loads[i - 1][1]}`);
 });
 
+test('the longest modules are compiled first (the last workers to start get the shortest); results come back in order', async () => {
+  const dir = path.join(tmp, 'order');
+  fs.mkdirSync(dir, { recursive: true });
+  const log = path.join(dir, 'order.txt');
+  process.env.TSFUSE_STUB_ORDER = log;
+  const sources = [['short', 1], ['long', 300], ['middle', 50]].map(([name, n]) => ({ name: `${name}.cu`, source: `// ${name}\n${'x'.repeat(n as number)}\n` }));
+  try {
+    const images = await compileCudaAll(sources, 90, dir, { compiler: stub, workers: 1 });
+    assert.equal(images.map((i) => text(i.image).split(',')[0]), sources.map((s) => `${s.name} compiled for sm_90`));
+  } finally {
+    delete process.env.TSFUSE_STUB_ORDER;
+  }
+  assert.equal(fs.readFileSync(log, 'utf8').trim().split('\n'), ['long.cu', 'middle.cu', 'short.cu']);
+});
+
 test('fewer workers than modules: each worker takes the next module', async () => {
   const dir = path.join(tmp, 'two');
   const sources = Array.from({ length: 5 }, (_, i) => ({ name: `m${i}.cu`, source: `// module ${i}, expected 2\n` }));

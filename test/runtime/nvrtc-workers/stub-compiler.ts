@@ -19,6 +19,8 @@ if (process.env.TSFUSE_STUB_LOADS) {
 }
 
 export function compileCuda(source: string, cc: number, name: string, cacheDir: string): CompiledImage {
+  // With TSFUSE_STUB_ORDER set to a file: the order modules are compiled in, a name a line.
+  if (process.env.TSFUSE_STUB_ORDER) fs.appendFileSync(process.env.TSFUSE_STUB_ORDER, `${name}\n`);
   if (source.includes('BROKEN')) throw new CudaCompileError(`NVRTC could not compile ${name} for sm_${cc}: NVRTC_ERROR_COMPILATION\n${name}(1): error: BROKEN`);
   const expected = Number(/expected (\d+)/.exec(source)?.[1] ?? 1);
   fs.mkdirSync(cacheDir, { recursive: true });
