@@ -189,10 +189,11 @@ export async function compileCudaAll(sources: readonly CudaSource[], cc: number,
   const pool: Worker[] = [];
   // Workers start one after another, each once the last has loaded the compiler module: koffi loading in several
   // threads at once now and then aborted the process (a native napi_throw; koffi issue 190, seen once in our CI).
+  const workerData = { compiler, tsx: tsxLoader(compiler) };
   let started: Promise<unknown> = Promise.resolve();
-  const start = async (): Promise<Worker> => {
+  const start = (): Promise<Worker> => {
     const turn = started.then(() => {
-      const worker = new Worker(nvrtcWorker, { eval: true, workerData: { compiler, tsx: tsxLoader(compiler) } });
+      const worker = new Worker(nvrtcWorker, { eval: true, workerData });
       pool.push(worker);
       return loaded(worker).then(() => worker);
     });
