@@ -106,10 +106,13 @@ function formatPlan(p: ReductionPlan): string {
   return parts.join(', ');
 }
 
-/** e.g. `vec16B(b0, arr2) x8 proved, unroll 8`: the streams, elements per step, how alignment is known. */
+/**
+ * e.g. `vec16B(b0, arr2) x8 checked, 8 steps a lane unroll 4`: the streams, elements per step, how alignment is known,
+ * the steps each lane takes where that is one constant, the steps in flight.
+ */
 function formatVector(v: VectorPlan): string {
   const streams = v.streams.map((s) => (s.load.k === 'load' ? `b${s.load.buf}` : s.load.array));
-  return `vec16B(${streams.join(', ')}) x${v.elements} ${v.alignment}${v.unroll > 1 ? ` unroll ${v.unroll}` : ''}`;
+  return `vec16B(${streams.join(', ')}) x${v.elements} ${v.alignment}${v.steps ? `, ${v.steps} step${v.steps === 1 ? '' : 's'} a lane` : ''}${v.unroll > 1 ? ` unroll ${v.unroll}` : ''}`;
 }
 
 /** The statement's reductions by loop variable, at any depth (a plan may name a nested one). */

@@ -2,7 +2,8 @@
 // kernel IR), by one warp (a reduction inside a value computed one element per warp) or run by one thread. Each
 // thread folds a strided share of the range into a partial, then shuffles (and, for a block, shared memory)
 // combine the partials; every taking part thread ends with the result. A planned vector loop reads each stream's
-// elements 16 bytes at a time where the streams are aligned (checked at run time), a scalar loop does the rest.
+// elements 16 bytes at a time where the streams are aligned (checked at run time), a scalar loop does the rest;
+// where every lane takes the same count of steps (VectorPlan.steps) it loops that count, no bound to check.
 
 import { DType } from '../../ir/dtype.ts';
 import { ivar, KExpr, ReduceOp, replaceLoads, Scalar } from '../kernel-ir.ts';
@@ -88,7 +89,13 @@ function vectorLoop(
   out.push(`${l1}if (((${bases.join(' | ')}) & ${w - 1}) == 0) {`);
   out.push(`${l2}const int ${nv} = ${n} / ${w};`);
   out.push(`${l2}#pragma unroll ${vec.unroll}`);
-  out.push(`${l2}for (int ${kv} = ${scope.lane}; ${kv} < ${nv}; ${kv} += ${scope.size}) {`);
+  if (vec.steps) {
+    const s = `${acc}_s`;
+    out.push(`${l2}for (int ${s} = 0; ${s} < ${vec.steps}; ${s}++) {`);
+    out.push(`${l3}const int ${kv} = ${scope.lane} + ${s} * ${scope.size};`);
+  } else {
+    out.push(`${l2}for (int ${kv} = ${scope.lane}; ${kv} < ${nv}; ${kv} += ${scope.size}) {`);
+  }
   const replaced = new Map<string, KExpr>();
   vec.streams.forEach((c, i) => {
     const arr = `${acc}_w${i}`;
