@@ -176,7 +176,7 @@ export interface CompileAllOptions {
  * The images of several modules for compute capability `cc`, in order: those in the disk cache read from it, the
  * rest compiled at once, each in a worker thread (written to the cache as each is done), so a cold start waits for
  * the largest module rather than for all of them in turn. The first failure rejects with its error (a
- * CudaCompileError names the module and holds NVRTC's log).
+ * CudaCompileError names the module and holds NVRTC's log), once the modules being compiled then are done.
  */
 export async function compileCudaAll(sources: readonly CudaSource[], cc: number, cacheDir = defaultCacheDir(),
   opts: CompileAllOptions = {}): Promise<CompiledImage[]> {
@@ -190,9 +190,14 @@ export async function compileCudaAll(sources: readonly CudaSource[], cc: number,
   // Workers start one after another, each once the last has loaded the compiler module: koffi loading in several
   // threads at once now and then aborted the process (a native napi_throw; koffi issue 190, seen once in our CI).
   const workerData = { compiler, tsx: tsxLoader(compiler) };
+  // After the first failure no worker starts or takes another module, and the workers are stopped only once each
+  // has answered: one stopped inside NVRTC (a native call through koffi) aborted the whole process on the H200
+  // (napi_throw) where a generated kernel did not compile.
+  const failures: unknown[] = [];
   let started: Promise<unknown> = Promise.resolve();
-  const start = (): Promise<Worker> => {
+  const start = (): Promise<Worker | undefined> => {
     const turn = started.then(() => {
+      if (failures.length) return undefined;
       const worker = new Worker(nvrtcWorker, { eval: true, workerData });
       pool.push(worker);
       return loaded(worker).then(() => worker);
@@ -202,14 +207,19 @@ export async function compileCudaAll(sources: readonly CudaSource[], cc: number,
   };
   try {
     await Promise.all(Array.from({ length: workers }, async () => {
-      const worker = await start();
-      for (let i = todo.shift(); i !== undefined; i = todo.shift()) {
-        images[i] = await ask(worker, { source: sources[i].source, name: sources[i].name, cc, cacheDir });
+      try {
+        const worker = await start();
+        for (let i = todo.shift(); worker && i !== undefined && !failures.length; i = todo.shift()) {
+          images[i] = await ask(worker, { source: sources[i].source, name: sources[i].name, cc, cacheDir });
+        }
+      } catch (e) {
+        failures.push(e);
       }
     }));
   } finally {
     await Promise.all(pool.map((w) => w.terminate()));
   }
+  if (failures.length) throw failures[0];
   return images as CompiledImage[];
 }
 

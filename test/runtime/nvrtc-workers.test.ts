@@ -1,7 +1,8 @@
 // Compiling several CUDA modules at once (compileCudaAll in runtime/cuda/nvrtc.ts): each module not in the disk
 // cache compiles in a worker thread of its own, all at the same time (the workers having loaded the compiler one
 // after another); results come back in order (the images' bytes moved from the workers), cached ones without any
-// worker; a failure rejects with its own error class and message.
+// worker; a failure rejects with its own error class and message, once the modules other workers are compiling
+// are done (a worker stopped inside NVRTC can abort the process).
 // Checked with a stand-in compiler (no NVRTC needed), then with the CPU fake of NVRTC where g++ is there.
 
 import fs from 'node:fs';
@@ -80,6 +81,17 @@ test('a module that fails rejects with its error, class and message kept', async
     assert.instance(e, CudaCompileError);
     assert.match((e as Error).message, /^NVRTC could not compile bad\.cu for sm_90: NVRTC_ERROR_COMPILATION\nbad\.cu\(1\): error: BROKEN/);
   }
+});
+
+test('after a module fails, the module another worker is compiling finishes before the rejection (no worker is stopped inside NVRTC)', async () => {
+  const dir = path.join(tmp, 'fails-while-busy');
+  // The longer source goes first, to the first worker; the second worker, started once the first has loaded,
+  // fails at once while the first is still compiling.
+  const sources = [{ name: 'slow.cu', source: `// SLOW 600 ${'x'.repeat(100)}\n` }, { name: 'bad.cu', source: '// BROKEN\n' }];
+  const error = await compileCudaAll(sources, 90, dir, { compiler: stub, workers: 2 }).then(() => undefined, (e: Error) => e);
+  assert.instance(error, CudaCompileError);
+  assert.match(error!.message, 'bad.cu');
+  assert.ok(fs.existsSync(path.join(dir, 'finished-slow.cu')), 'the slow module was stopped halfway');
 });
 
 test('a compiler module that does not load rejects naming it', async () => {

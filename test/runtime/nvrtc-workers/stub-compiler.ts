@@ -1,7 +1,7 @@
 // A stand-in for runtime/cuda/nvrtc.ts's compileCuda, run by compileCudaAll's worker threads in tests: each call
 // marks that it started (a file in the cache folder), waits until `expected` calls have started or two seconds have
 // passed, and "compiles" to the module's name and how many calls it saw running, written to the cache as NVRTC's
-// results are. A source containing BROKEN fails as NVRTC would.
+// results are. A source containing BROKEN fails as NVRTC would; one containing SLOW n takes n ms first.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -22,6 +22,13 @@ export function compileCuda(source: string, cc: number, name: string, cacheDir: 
   // With TSFUSE_STUB_ORDER set to a file: the order modules are compiled in, a name a line.
   if (process.env.TSFUSE_STUB_ORDER) fs.appendFileSync(process.env.TSFUSE_STUB_ORDER, `${name}\n`);
   if (source.includes('BROKEN')) throw new CudaCompileError(`NVRTC could not compile ${name} for sm_${cc}: NVRTC_ERROR_COMPILATION\n${name}(1): error: BROKEN`);
+  // A source saying SLOW n takes n ms, then marks that it finished (a file in the cache folder).
+  const slow = /SLOW (\d+)/.exec(source);
+  if (slow) {
+    sleep(Number(slow[1]));
+    fs.mkdirSync(cacheDir, { recursive: true });
+    fs.writeFileSync(path.join(cacheDir, `finished-${name}`), '');
+  }
   const expected = Number(/expected (\d+)/.exec(source)?.[1] ?? 1);
   fs.mkdirSync(cacheDir, { recursive: true });
   fs.writeFileSync(path.join(cacheDir, `started-${name}`), '');
