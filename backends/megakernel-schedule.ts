@@ -77,11 +77,12 @@ const BYTES_PER_NS_PER_PROCESSOR = 32;
 const FLOPS_PER_NS_PER_PROCESSOR = 6000;
 const TASK_NS = 150;
 /**
- * Weight bytes one task prefetches at most: every block prefetching at once should stay well inside the L2 (50 MB
- * on an H200; 264 blocks × 64 KiB is 17 MB), and a wait lasts about as long as a task, in which a block's share of
- * the bandwidth moves some tens of KiB.
+ * Weight bytes one task prefetches into L2 before it waits, by default: none. Llama-3.2-1B decode on the H200
+ * (BENCHMARKS.md, thirteenth session): 64 KiB a task 1.100 / 1.103 ms a token, none 1.058 / 1.059 (1.222 against
+ * 1.224 in the fifth session); the multi-kernel step lost to L2 prefetches too. `--megakernel-prefetch N` still
+ * asks for N KiB.
  */
-export const PREFETCH_BYTES = 64 * 1024;
+export const PREFETCH_BYTES = 0;
 
 /**
  * Blocks a multiprocessor holds. Llama-3.2-1B decode on the H200 (BENCHMARKS.md, issue 12): 2 a multiprocessor

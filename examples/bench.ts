@@ -28,7 +28,7 @@ const options = {
   'kv-dtype': { type: 'string', help: 'what tsfuse\'s KV cache stores: f32, bf16 or f16 (default: bf16 on cuda for these bf16 weights, f32 on webgpu)' },
   'subgroup-matrix': { type: 'string', default: 'on', help: 'webgpu only: on (GEMM tiles on f16 subgroup matrices where Dawn offers them) or off (f32 multiply-adds)' },
   megakernel: { type: 'boolean', default: false, help: 'cuda only: run the decode step as one persistent kernel (runtime/devices/cuda-megakernel.ts)' },
-  'megakernel-prefetch': { type: 'string', help: 'with --megakernel: weight KiB each task prefetches into L2 before it waits, at most (0: none; default 64)' },
+  'megakernel-prefetch': { type: 'string', help: 'with --megakernel: weight KiB each task prefetches into L2 before it waits, at most (default 0: none)' },
   profile: { type: 'boolean', default: false, help: 'also print the GPU time and bandwidth of each kernel of one decode step and the prompt\'s kernels by kind, GEMMs with their TFLOP/s (--megakernel: each kernel\'s tasks, from the step\'s timeline)' },
   trace: { type: 'string', help: 'write a Chrome / Perfetto trace (JSON) of one decode step, a slice per kernel (--megakernel: per task, a track per block; --timeline: as the kernels ran inside the replayed step), to this file' },
   timeline: {

@@ -45,7 +45,7 @@ export interface MegakernelOptions {
   readonly watchdogMs?: number;
   /** Record each task's times (wait, inputs ready, end) and multiprocessor every step, for a timeline. Default off. */
   readonly timeline?: boolean;
-  /** Weight bytes a task prefetches into L2 before it waits, at most (0: none). Default PREFETCH_BYTES (64 KiB). */
+  /** Weight bytes a task prefetches into L2 before it waits, at most (0: none). Default PREFETCH_BYTES (none). */
   readonly prefetchBytes?: number;
 }
 

@@ -23,7 +23,8 @@ const s = suite('megakernel schedule');
 const caps = { ...cudaCaps(90, 4), dependentLaunch: false };
 const module = compileModule({ graphs: [mlpStack()] });
 const kernels = scheduleKernels(module.graphs[0].kernels, caps);
-const schedule = scheduleMegakernel(kernels, {}, { blocks: 8, processors: 4 });
+// Prefetching up to 64 KiB a task (the default is none: slower on the H200), so that the tests see ranges.
+const schedule = scheduleMegakernel(kernels, {}, { blocks: 8, processors: 4, prefetchBytes: 64 * 1024 });
 
 /** The schedule with block `b`'s runs replaced. */
 const withBlock = (b: number, runs: MegakernelTask[]): MegakernelSchedule => ({ ...schedule, blocks: schedule.blocks.map((r, i) => (i === b ? runs : r)) });
@@ -100,6 +101,12 @@ s('coarse tasks: each kernel\'s rows split into contiguous spans covering every 
 s('prefetch ranges hold every weight element each task\'s rows load (the kernels run for those rows on the CPU, loads recorded)', () => {
   const checked = checkPrefetch(schedule);
   assert.ok(checked.ranges > 0, 'some task prefetches');
+});
+
+s('by default no task prefetches', () => {
+  const plain = scheduleMegakernel(kernels, {}, { blocks: 8, processors: 4 });
+  assert.ok(plain.prefetch.every((perKernel) => perKernel.every((ranges) => ranges.length === 0)));
+  assert.ok(schedule.prefetch.some((perKernel) => perKernel.some((ranges) => ranges.length > 0)), 'with a budget some do');
 });
 
 s('the task list names every block\'s tasks and waits, and each task\'s rows and prefetches', () => {
