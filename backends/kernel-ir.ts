@@ -113,9 +113,20 @@ export interface FlashIR {
   readonly qk: string;
   readonly v: KExpr;
   readonly limit?: KExpr;
+  /**
+   * Where the keys (values) are a state that this step updates in place (a KV cache after its write): the elements
+   * of their buffer the update writes, [from, to), read from inputs only. The rest was written before the step.
+   */
+  readonly fresh?: { readonly k?: FreshRange; readonly v?: FreshRange };
   /** Stores at (b, i, e) reading `out`. */
   readonly out: string;
   readonly stores: readonly { readonly buf: number; readonly index: KExpr; readonly value: KExpr }[];
+}
+
+/** A run of a buffer's elements, [from, to). */
+export interface FreshRange {
+  readonly from: KExpr;
+  readonly to: KExpr;
 }
 
 export interface KernelIR {
@@ -183,6 +194,21 @@ export function imod(a: KExpr, b: KExpr): KExpr {
 }
 
 /** Variables an expression reads (to tell row-uniform expressions from those that vary within a row). */
+/** The loads an expression makes (its own and those of its indices), in order. */
+export function loadsOf(e: KExpr, out: Extract<KExpr, { k: 'load' }>[] = []): Extract<KExpr, { k: 'load' }>[] {
+  switch (e.k) {
+    case 'load': out.push(e); loadsOf(e.index, out); break;
+    case 'elem': loadsOf(e.index, out); break;
+    case 'unary': case 'cast': loadsOf(e.a, out); break;
+    case 'binary': loadsOf(e.a, out); loadsOf(e.b, out); break;
+    case 'select': loadsOf(e.cond, out); loadsOf(e.a, out); loadsOf(e.b, out); break;
+    case 'reduce': loadsOf(e.n, out); loadsOf(e.body, out); break;
+    case 'const': case 'var': break;
+    default: e satisfies never;
+  }
+  return out;
+}
+
 export function varsOf(e: KExpr, out = new Set<string>()): Set<string> {
   switch (e.k) {
     case 'const': break;

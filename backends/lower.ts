@@ -15,8 +15,8 @@ import { kernelsNodeLines, printAttrs } from '../ir/printer.ts';
 import { rounderFor } from '../ir/host-tensor.ts';
 import { Dim, formatType, Shape } from '../ir/shape.ts';
 import {
-  add, BinaryOp, Binding, idiv, imod, int, ivar, KBuffer, KernelIR, KExpr, KStmt, mul, ReduceOp, ROW, Scalar,
-  offsetAlong, simplifyIndex, sub, sumTerms, UnaryOp, varsOf,
+  add, BinaryOp, Binding, FlashIR, FreshRange, idiv, imod, int, ivar, KBuffer, KernelIR, KExpr, KStmt, mul, ReduceOp, ROW,
+  loadsOf, Scalar, offsetAlong, simplifyIndex, sub, sumTerms, UnaryOp, varsOf,
 } from './kernel-ir.ts';
 
 export class LoweringError extends Error {}
@@ -219,9 +219,34 @@ class KernelLowering {
       body: [],
       flash: {
         b, i, t, d, e, batch, queries, keys: f.keys, depth: f.depth, width: f.width, q, k, score, qk: qkName, v,
-        limit: causalLimit(score, t), out: outName, stores,
+        limit: causalLimit(score, t), out: outName, stores, ...this.freshRanges(k, qk.inputs[1], v, pv.inputs[1]),
       },
     };
+  }
+
+  /**
+   * The keys' and values' fresh elements (FlashIR.fresh): where an operand is a plain load of a state that an
+   * update_slice along its first axis writes in another kernel of this step, the run of the state that the update
+   * covers; undefined where that is not so, or where saying so needs more than the graph's inputs.
+   */
+  private freshRanges(k: KExpr, kValue: Value, v: KExpr, vValue: Value): { fresh?: FlashIR['fresh'] } {
+    const range = (e: KExpr, value: Value): FreshRange | undefined => {
+      let x = value;
+      while (x.producer && [Op.Reshape, Op.Permute, Op.Slice, Op.Expand, Op.Cast].includes(x.producer.op as Op)) x = x.producer.inputs[0];
+      const n = x.producer;
+      if (e.k !== 'load' || n?.op !== Op.UpdateSlice || this.inside.has(x) || n.attrs.axis !== 0) return undefined;
+      const [target, update, index] = n.inputs;
+      if (JSON.stringify(this.buffers[e.buf].binding) !== JSON.stringify(bindingOf(this.g, this.k, x, this.slotOf))) return undefined;
+      // The update's start as storeUpdate computes it (clamped to keep the update inside the state), in elements.
+      const room = sub(add(this.dim(target.type.shape[0]), int(1)), this.dim(update.type.shape[0]));
+      const at: KExpr = { k: 'binary', op: 'index', a: this.expr(index, index.type.shape.map(() => int(0))), b: room, t: 'i32' };
+      const row = this.numel(target.type.shape.slice(1));
+      const fresh = { from: mul(at, row), to: mul(add(at, this.dim(update.type.shape[0])), row) };
+      const inputsOnly = (x: KExpr): boolean => loadsOf(x).every((l) => ['input', 'param'].includes(this.buffers[l.buf].binding.kind));
+      return inputsOnly(fresh.from) && inputsOnly(fresh.to) ? fresh : undefined;
+    };
+    const [kr, vr] = [range(k, kValue), range(v, vValue)];
+    return kr || vr ? { fresh: { ...(kr ? { k: kr } : {}), ...(vr ? { v: vr } : {}) } } : {};
   }
 
   /**

@@ -7,7 +7,7 @@
 
 import { cudaCaps, cpuCaps, DeviceCaps, GPU_THREADS, subgroupCombines, webgpuCaps } from './device-caps.ts';
 import { DType, dtypeBytes } from '../ir/dtype.ts';
-import { add, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, mul, runsAlong, Scalar, topReductions } from './kernel-ir.ts';
+import { add, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, loadsOf, mul, runsAlong, Scalar, topReductions } from './kernel-ir.ts';
 import { alignedDot, contiguousStreams, Stream } from './schedule-vector.ts';
 import { formatSchedule } from './schedule-format.ts';
 import { boundKeyLoops, maxExtent } from './causal-bound.ts';
@@ -264,6 +264,12 @@ export interface FlashPlan {
   readonly keyUnroll?: number;
   /** 'decode' over a cache longer than a step (tileKeys · keyUnroll keys): a workgroup a step of each head. */
   readonly keyChunks?: KeyChunks;
+  /**
+   * 'decode' launched to overlap its predecessor, over keys and values that this step's update writes a run of
+   * (FlashIR.fresh): the first step's key and value rows are loaded before the wait (through L2, past the L1), and
+   * those in the fresh run again after it. The position and the runs are read from inputs, which no kernel writes.
+   */
+  readonly earlyKeys?: boolean;
 }
 
 export interface ScheduledKernel {
@@ -787,7 +793,19 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
   const step = groups * DECODE_KEY_UNROLL;
   const count = opts.keyChunks === false ? 1 : Math.ceil(f.keys / step);
   const keyChunks = count > 1 ? { keys: step, count, workspaceFloats: f.batch * count * (f.width + 2), counters: f.batch } : undefined;
-  return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll: DECODE_KEY_UNROLL, ...(keyChunks ? { keyChunks } : {}) };
+  const early = device.dependentLaunch && earlyKeys(f, k);
+  return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll: DECODE_KEY_UNROLL, ...(keyChunks ? { keyChunks } : {}), ...(early ? { earlyKeys: true } : {}) };
+}
+
+/**
+ * Whether a decode attention may load its keys and values before it waits for its predecessor (FlashPlan.earlyKeys):
+ * both are runs of a state updated in this step (the fresh elements then read again after the wait), at indices
+ * of no loads, and the causal bound reads inputs only.
+ */
+function earlyKeys(f: FlashIR, k: KernelIR): boolean {
+  const inputsOnly = (e: KExpr | undefined): boolean => !e || loadsOf(e).every((l) => ['input', 'param'].includes(k.buffers[l.buf].binding.kind));
+  const plain = (e: KExpr) => e.k === 'load' && loadsOf(e.index).length === 0;
+  return !!f.fresh?.k && !!f.fresh.v && plain(f.k) && plain(f.v) && inputsOnly(f.limit);
 }
 
 /** Whether every value the expressions load (not the indices they load at) comes from a buffer of `dtype`. */

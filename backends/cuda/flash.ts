@@ -17,12 +17,14 @@ import { FlashIR, KExpr } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { FlashPlan } from '../schedule.ts';
 import { CUDA_BLOCK } from './prelude.ts';
-import { storeValue } from './render-cuda.ts';
+import { gridWait, storeValue } from './render-cuda.ts';
 import { SharedMemory } from './shared-memory.ts';
 
 /** `task`: the megakernel's task form, which loops over its rows [tf_first, tf_end) (the decode form only). */
-export function renderFlashCuda(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMemory, out: string[], task = false): void {
-  if (plan.units === 'decode') decodeFlash(f, plan, p, shared, out, task);
+/** `waits`: the form waits for the kernel's predecessor itself (where the decode form loads keys before it). */
+export function renderFlashCuda(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMemory, out: string[], task = false, waits = false): void {
+  if (waits && !(plan.units === 'decode' && plan.earlyKeys)) throw new Error(`CUDA: flash tiles of ${plan.units} units do not wait on their own`);
+  if (plan.units === 'decode') decodeFlash(f, plan, p, shared, out, task, waits);
   else if (task) throw new Error(`CUDA: a megakernel task cannot run flash tiles of ${plan.units} units`);
   else if (plan.units === 'mma-bf16') mmaFlash(f, plan, p, shared, out);
   else if (plan.units === 'fma') fmaFlash(f, plan, p, shared, out);
@@ -459,7 +461,7 @@ function fmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMem
  * workgroups a step each: a chunk the position reaches leaves its maximum, sum and output run in the workspace
  * (tf_ws) and counts itself done (tf_count); the last merges the chunks in their order and zeroes the counter.
  */
-function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMemory, out: string[], task: boolean): void {
+function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMemory, out: string[], task: boolean, waits: boolean): void {
   const D = f.depth;
   const LG = D / 8;
   const G = plan.tileKeys;
@@ -482,6 +484,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   out.push(`  ${shared.array('float', 'tf_go', G * D, { aligned: true })}`);
   if (chunks) out.push(`  ${shared.array('int', 'tf_last', 1)}`);
   out.push(`  const int tf_grp = threadIdx.x / ${LG}, tf_part = (threadIdx.x % ${LG}) * 8;`);
+  if (waits) out.push('  bool tf_waited = false;');
   out.push(task ? '  for (int tf_work = tf_first; tf_work < tf_end; tf_work++) {' : `  for (int tf_work = blockIdx.x; tf_work < ${f.batch * NC}; tf_work += gridDim.x) {`);
   const i1 = '    ';
   const i2 = i1 + '  ';
@@ -497,22 +500,36 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   out.push(`${i1}if (tf_c >= tf_parts) continue;`);
   out.push(`${i1}const int tf_from = tf_c * ${chunks?.keys ?? 0}, tf_to = ${chunks ? `tf_imin(tf_lim, tf_from + ${chunks.keys})` : 'tf_lim'};`);
   out.push(`${i1}uint4 tf_kr[${U}], tf_vr[${U}];`);
-  const loadStep = (t0: string, ind: string) => {
+  // A step's loads of keys and values (`load`: __ldg, or __ldcg before the wait: past the L1, which could keep a
+  // row the predecessor is writing); `only`, a condition on each key's and value's element index: load those alone.
+  const loadStep = (t0: string, ind: string, load = '__ldg', only?: (index: string, range: 'k' | 'v') => string) => {
     out.push(`${ind}#pragma unroll`);
     out.push(`${ind}for (int tf_u = 0; tf_u < ${U}; tf_u++) {`);
     out.push(`${ind}  const int tf_t = ${t0} + tf_u * ${G} + tf_grp;`);
     out.push(`${ind}  const int ${f.t} = tf_t < tf_to ? tf_t : 0;`);
-    out.push(`${ind}  {`);
-    out.push(`${ind}    const int ${f.d} = tf_part;`);
-    out.push(`${ind}    tf_kr[tf_u] = __ldg(reinterpret_cast<const uint4*>(b${kLoad.buf} + ${p.expr(kLoad.index, out, ind + '    ')}));`);
-    out.push(`${ind}  }`);
-    out.push(`${ind}  {`);
-    out.push(`${ind}    const int ${f.e} = tf_part;`);
-    out.push(`${ind}    tf_vr[tf_u] = __ldg(reinterpret_cast<const uint4*>(b${vLoad.buf} + ${p.expr(vLoad.index, out, ind + '    ')}));`);
-    out.push(`${ind}  }`);
+    for (const [x, ld, reg] of [[f.d, kLoad, 'tf_kr'], [f.e, vLoad, 'tf_vr']] as const) {
+      out.push(`${ind}  {`);
+      out.push(`${ind}    const int ${x} = tf_part;`);
+      const index = p.expr(ld.index, out, ind + '    ');
+      const at = `reinterpret_cast<const uint4*>(b${ld.buf} + ${index})`;
+      out.push(`${ind}    ${only ? `if (${only(index, reg === 'tf_kr' ? 'k' : 'v')}) ` : ''}${reg}[tf_u] = ${load}(${at});`);
+      out.push(`${ind}  }`);
+    }
     out.push(`${ind}}`);
   };
-  loadStep('tf_from', i1);
+  if (waits) {
+    // Keys and values were written before this step but for the run the step's update writes (FlashIR.fresh): the
+    // first step's loads go before the wait, and the fresh ones again after it.
+    const fresh = f.fresh!;
+    const bounds = (r: 'k' | 'v') => [p.expr(fresh[r]!.from, out, i1), p.expr(fresh[r]!.to, out, i1)];
+    const [[kFrom, kTo], [vFrom, vTo]] = [bounds('k'), bounds('v')];
+    loadStep('tf_from', i1, '__ldcg');
+    out.push(`${i1}if (!tf_waited) {`, ...gridWait(`${i1}  `), `${i1}  tf_waited = true;`);
+    loadStep('tf_from', `${i1}  `, '__ldcg', (index, r) => (r === 'k' ? `${index} >= ${kFrom} && ${index} < ${kTo}` : `${index} >= ${vFrom} && ${index} < ${vTo}`));
+    out.push(`${i1}}`);
+  } else {
+    loadStep('tf_from', i1);
+  }
   // The query, an element a thread, while the loads are in flight.
   out.push(`${i1}for (int ${f.d} = threadIdx.x; ${f.d} < ${D}; ${f.d} += TF_BLOCK) {`);
   out.push(`${i2}tf_qs[${f.d}] = ${p.expr(f.q, out, i2)};`);

@@ -316,9 +316,10 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody
   if (coops.includes('argmax:i32')) scratch('int', 'tf_rv');
   declareArrays(sk.arrays, shared, out);
   // A kernel that overlaps its predecessor waits for its writes, then lets its own successor start. A GEMM's short
-  // tile first issues its first weight loads, which no kernel writes (so every form waits on its own).
+  // tile first issues its first weight loads, which no kernel writes, and attention's decode form its first keys and
+  // values (FlashPlan.earlyKeys): so every form waits on its own.
   const overlap = !!sk.overlap && !task;
-  const waitsInForms = overlap && !!sk.gemm?.shortTile;
+  const waitsInForms = overlap && (!!sk.gemm?.shortTile || !!sk.flash?.earlyKeys);
   if (overlap && !waitsInForms) out.push(...gridWait('  '));
 
   const p = new CudaPrinter(cudaDialect, k.buffers);
@@ -330,7 +331,7 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody
     throw new Error(`CUDA: kernel ${k.name} may run as tiles, which loop over the grid's blocks; a megakernel's task runs rows only`);
   }
   if (k.gemm && sk.gemm) renderGemmCuda(k.gemm, sk.gemm, k.gemm.rows, waitsInForms, p, shared, tiles);
-  else if (k.flash && sk.flash) renderFlashCuda(k.flash, sk.flash, p, shared, tiles, task);
+  else if (k.flash && sk.flash) renderFlashCuda(k.flash, sk.flash, p, shared, tiles, task, waitsInForms);
   if (!rowForm) {
     out.push(...tiles, '}');
     return printed();

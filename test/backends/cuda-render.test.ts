@@ -155,15 +155,30 @@ function renderGraphs(label: string, graphs: readonly Graph[], check?: (g: strin
       assert.match(code, new RegExp(`extern "C" __global__ void __launch_bounds__\\(TF_BLOCK(, [2-8])?\\) ${fn}${k.name}\\(`));
       // Overlapping its predecessor (sm_90), a kernel touches no buffer but its weights before it waits: once, or in
       // each of its three forms where a GEMM's short tile loads its first weights first (the row form, the short
-      // tile, the other tiles).
+      // tile, the other tiles). Attention's decode form over a cache this step updates waits in each of its two
+      // forms, having read the graph's inputs (the position) and, past the L1, the cache (its keys and values): the
+      // run the update writes it reads again after the wait.
       const body = code.slice(code.indexOf(') {\n') + 3);
       const short = body.includes('if (tf_m_total < ');
-      assert.is(body.split('tf_grid_wait();').length, short ? 4 : 2, `${label} @${graph.name} ${k.name}: waits once in each form`);
+      const early = !!k.flash?.fresh && body.includes('bool tf_waited = false;');
+      assert.is(body.split('tf_grid_wait();').length, short ? 4 : early ? 3 : 2, `${label} @${graph.name} ${k.name}: waits once in each form`);
       const before = body.slice(0, body.indexOf('tf_grid_wait();')).split('\n').filter((l) => !l.includes('tf_prefetch_l2(')).join('\n');
       const weights = new Set(k.buffers.flatMap((b, j) => (b.binding.kind === 'param' && !b.written ? [`b${j}`] : [])));
-      const used = [...before.matchAll(/\bb\d+\b/g)].map((m) => m[0]).filter((b) => !(short && weights.has(b)));
+      const inputs = new Set(k.buffers.flatMap((b, j) => (b.binding.kind === 'input' ? [`b${j}`] : [])));
+      const cache = new Set(k.flash?.fresh ? [k.flash.k, k.flash.v].flatMap((e) => (e.k === 'load' ? [`b${e.buf}`] : [])) : []);
+      const used = [...before.matchAll(/\bb\d+\b/g)].map((m) => m[0])
+        .filter((b) => !(short && weights.has(b)) && !(early && (inputs.has(b) || cache.has(b))));
       assert.equal(used, [], `${label} @${graph.name} ${k.name}: a buffer is used before the wait`);
       if (short) assert.ok(before.includes('__ldg('), `${label} @${graph.name} ${k.name}: the short tile's first weights load before it waits`);
+      if (early) {
+        for (const b of cache) {
+          assert.match(before, `__ldcg(reinterpret_cast<const uint4*>(${b} + `, `${label} @${graph.name} ${k.name}: ${b} read past the L1 before the wait`);
+          assert.not.match(before, `__ldg(reinterpret_cast<const uint4*>(${b} + `, `${label} @${graph.name} ${k.name}: ${b} read through the L1 before the wait`);
+        }
+        const after = body.slice(body.indexOf('tf_grid_wait();'));
+        assert.match(after, /if \(t\d+ >= t\d+ && t\d+ < t\d+\) tf_kr\[tf_u\] = __ldcg\(/, `${label} @${graph.name} ${k.name}: the fresh keys read again after the wait`);
+        assert.match(after, /if \(t\d+ >= t\d+ && t\d+ < t\d+\) tf_vr\[tf_u\] = __ldcg\(/, `${label} @${graph.name} ${k.name}: the fresh values read again after the wait`);
+      }
     });
     check?.(graph.name, source, kernels);
     units.push({ name: `${label}.${graph.name}`, source });
@@ -187,6 +202,14 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
     });
   });
 }
+
+test('tiny-llama3-bf16 with a bf16 KV cache: decode attention reads the cache before it waits, the position\'s row again after', () => {
+  const model = loadLlama(path.join(fixtures, 'tiny-llama3-bf16'));
+  const module = traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength: 64, kvDType: DType.BF16 });
+  renderGraphs('tiny-llama3-bf16-kv-bf16', module.graphs, (g, source) => {
+    if (g === 'decode') assert.match(source, 'bool tf_waited = false;');
+  }, 'kvbf16_');
+});
 
 test('tiny-llama with the sampler: the random op calls the prelude\'s tf_random', () => {
   const model = loadLlama(path.join(fixtures, 'tiny-llama'));
