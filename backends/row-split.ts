@@ -22,15 +22,17 @@ export interface RowSplit {
 
 /**
  * Outputs per row of a contraction: 8 (a GPU runs one per warp) dividing the last dimension; fewer for narrow
- * outputs, so that there are enough rows to occupy the device; more, up to 64, for very wide outputs (the LM head),
+ * outputs, so that there are enough rows to occupy the device; more, up to 128, for very wide outputs (the LM head),
  * where 8 per row would recompute the shared prologue row too many times.
  */
 const OUTPUT_TILE = 8;
 const MIN_OUTPUT_TILE = 2;
-const MAX_OUTPUT_TILE = 64;
+const MAX_OUTPUT_TILE = 128;
 // Measured on the H200 (issue 11): Llama-3.2-1B's gate/up projection of 8,192 outputs as 1,024 rows of 8, one
-// wave with the registers capped (backends/schedule.ts oneWave), beat 512 rows of 16.
-const ENOUGH_ROWS = 2048;
+// wave with the registers capped (backends/schedule.ts oneWave), beat 512 rows of 16. Rows that redo a norm need
+// half as many (1,000): its LM head of 128,256 outputs then runs as 1,002 rows of 128, one wave at 8 a
+// multiprocessor, rather than 2,004 rows of 64 in two (0.814 → 0.811 ms a token, BENCHMARKS.md thirteenth session).
+const ENOUGH_ROWS = 2000;
 
 /**
  * Columns per row of a 'columns' split: at least 8 (8 f32 fill a 32-byte memory sector, and a [4096, 512] input
