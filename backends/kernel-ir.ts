@@ -193,7 +193,6 @@ export function imod(a: KExpr, b: KExpr): KExpr {
   return { k: 'binary', op: 'imod', a, b, t: 'i32' };
 }
 
-/** Variables an expression reads (to tell row-uniform expressions from those that vary within a row). */
 /** The loads an expression makes (its own and those of its indices), in order. */
 export function loadsOf(e: KExpr, out: Extract<KExpr, { k: 'load' }>[] = []): Extract<KExpr, { k: 'load' }>[] {
   switch (e.k) {
@@ -209,6 +208,7 @@ export function loadsOf(e: KExpr, out: Extract<KExpr, { k: 'load' }>[] = []): Ex
   return out;
 }
 
+/** Variables an expression reads (to tell row-uniform expressions from those that vary within a row). */
 export function varsOf(e: KExpr, out = new Set<string>()): Set<string> {
   switch (e.k) {
     case 'const': break;

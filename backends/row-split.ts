@@ -31,7 +31,8 @@ const MAX_OUTPUT_TILE = 128;
 // Measured on the H200 (issue 11): Llama-3.2-1B's gate/up projection of 8,192 outputs as 1,024 rows of 8, one
 // wave with the registers capped (backends/schedule.ts oneWave), beat 512 rows of 16. Rows that redo a norm need
 // half as many (1,000): its LM head of 128,256 outputs then runs as 1,002 rows of 128, one wave at 8 a
-// multiprocessor, rather than 2,004 rows of 64 in two (0.814 → 0.811 ms a token, BENCHMARKS.md thirteenth session).
+// multiprocessor, rather than 2,004 rows of 64 in two (0.814 → 0.811 and 0.805 → 0.802 ms a token in two leases,
+// BENCHMARKS.md thirteenth session).
 const ENOUGH_ROWS = 2000;
 
 /**

@@ -436,7 +436,7 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
  * same count of 16-byte steps, run that count with no bound to check, so that the compiler issues a lane's loads
  * `unroll` at a time with no remainder loop. Decode on the H200: 0.837 → 0.810 ms a token (the down and output
  * projections' spills gone too); letting kernels of at most 4 workgroups a multiprocessor (QKV: 64 registers and
- * more) take all their 8 steps at once was slower, 0.820 (BENCHMARKS.md, thirteenth session).
+ * more) take all their 8 steps at once was slower, 0.817–0.821 (BENCHMARKS.md, thirteenth session).
  */
 function fixedVectorSteps(k: KernelIR, stmts: readonly StmtSchedule[], device: DeviceCaps): StmtSchedule[] {
   const threads = device.threadsPerWorkgroup;

@@ -92,6 +92,10 @@ schedules('CUDA runs one query row over 16-bit cache rows in the decode form, We
     assert.match(cuda, `decode attention ${KV_HEADS * PER_HEAD} heads × 1 query over ${T} keys (head ${c.D}): a workgroup a head${chunks}, ${2048 / c.D} groups of ${c.D / 8} lanes`);
     assert.match(cuda, 'launched, the decode form below; in a megakernel, the rows above');
     assert.match(cuda, / sum<max\(min\(/, 'the row form is there too');
+    // Keys and values that are inputs, not a state this step updates: nothing says which rows are safe to read
+    // before the wait (FlashIR.fresh), so the kernel waits first.
+    assert.is(c.compiled.graphs[0].kernels[0].flash?.fresh, undefined);
+    assert.not.match(cuda, 'before the wait');
     assert.not.match(formatSchedule(scheduleKernel(k, webgpuCaps({ subgroups: true }))), 'decode attention');
   }
 });
