@@ -193,6 +193,30 @@ export function imod(a: KExpr, b: KExpr): KExpr {
   return { k: 'binary', op: 'imod', a, b, t: 'i32' };
 }
 
+/** The statement's reductions by loop variable, at any depth (a plan may name a nested one). */
+export function reductionsOf(st: KStmt): Map<string, Extract<KExpr, { k: 'reduce' }>> {
+  const out = new Map<string, Extract<KExpr, { k: 'reduce' }>>();
+  const visit = (e: KExpr): void => {
+    switch (e.k) {
+      case 'reduce': out.set(e.v, e); visit(e.n); visit(e.body); break;
+      case 'load': case 'elem': visit(e.index); break;
+      case 'unary': case 'cast': visit(e.a); break;
+      case 'binary': visit(e.a); visit(e.b); break;
+      case 'select': visit(e.cond); visit(e.a); visit(e.b); break;
+      case 'const': case 'var': break;
+      default: e satisfies never;
+    }
+  };
+  switch (st.k) {
+    case 'let': visit(st.value); break;
+    case 'coop': out.set(st.v, { k: 'reduce', op: st.op, v: st.v, n: st.n, body: st.body, t: st.body.t }); visit(st.body); break;
+    case 'array': visit(st.value); break;
+    case 'store': visit(st.value); visit(st.index); break;
+    default: st satisfies never;
+  }
+  return out;
+}
+
 /** The loads an expression makes (its own and those of its indices), in order. */
 export function loadsOf(e: KExpr, out: Extract<KExpr, { k: 'load' }>[] = []): Extract<KExpr, { k: 'load' }>[] {
   switch (e.k) {

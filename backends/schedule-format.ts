@@ -6,10 +6,8 @@
 //     array arr2[8] over j3: sliced x32 | k4 sum<4096 by slices, unroll 4
 //     store b1 over i1<8: thread-per-element
 
-import { BinaryOp, KExpr, KStmt } from './kernel-ir.ts';
+import { BinaryOp, KExpr, KStmt, reductionsOf } from './kernel-ir.ts';
 import { Mapping, ReductionPlan, ScheduledKernel, StagedLoads, StmtSchedule, VectorPlan } from './schedule.ts';
-
-type Reduce = Extract<KExpr, { k: 'reduce' }>;
 
 export function formatSchedule(s: ScheduledKernel): string {
   const k = s.kernel;
@@ -113,30 +111,6 @@ function formatPlan(p: ReductionPlan): string {
 function formatVector(v: VectorPlan): string {
   const streams = v.streams.map((s) => (s.load.k === 'load' ? `b${s.load.buf}` : s.load.array));
   return `vec16B(${streams.join(', ')}) x${v.elements} ${v.alignment}${v.steps ? `, ${v.steps} step${v.steps === 1 ? '' : 's'} a lane` : ''}${v.unroll > 1 ? ` unroll ${v.unroll}` : ''}`;
-}
-
-/** The statement's reductions by loop variable, at any depth (a plan may name a nested one). */
-function reductionsOf(st: KStmt): Map<string, Reduce> {
-  const out = new Map<string, Reduce>();
-  const visit = (e: KExpr): void => {
-    switch (e.k) {
-      case 'reduce': out.set(e.v, e); visit(e.n); visit(e.body); break;
-      case 'load': case 'elem': visit(e.index); break;
-      case 'unary': case 'cast': visit(e.a); break;
-      case 'binary': visit(e.a); visit(e.b); break;
-      case 'select': visit(e.cond); visit(e.a); visit(e.b); break;
-      case 'const': case 'var': break;
-      default: e satisfies never;
-    }
-  };
-  switch (st.k) {
-    case 'let': visit(st.value); break;
-    case 'coop': out.set(st.v, { k: 'reduce', op: st.op, v: st.v, n: st.n, body: st.body, t: st.body.t }); visit(st.body); break;
-    case 'array': visit(st.value); break;
-    case 'store': visit(st.value); visit(st.index); break;
-    default: st satisfies never;
-  }
-  return out;
 }
 
 const infix: Partial<Record<BinaryOp, string>> = { add: '+', sub: '-', mul: '*', idiv: '/', imod: '%', lt: ' < ' };

@@ -7,7 +7,7 @@
 
 import { cudaCaps, cpuCaps, DeviceCaps, GPU_THREADS, subgroupCombines, webgpuCaps } from './device-caps.ts';
 import { DType, dtypeBytes } from '../ir/dtype.ts';
-import { add, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, loadsOf, mul, runsAlong, Scalar, topReductions } from './kernel-ir.ts';
+import { add, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, loadsOf, mul, reductionsOf, runsAlong, Scalar, topReductions } from './kernel-ir.ts';
 import { alignedDot, contiguousStreams, Stream } from './schedule-vector.ts';
 import { formatSchedule } from './schedule-format.ts';
 import { boundKeyLoops, maxExtent } from './causal-bound.ts';
@@ -442,16 +442,12 @@ function fixedVectorSteps(k: KernelIR, stmts: readonly StmtSchedule[], device: D
   const threads = device.threadsPerWorkgroup;
   const width = device.subgroup?.width ?? 1;
   return stmts.map((sched, i) => {
-    const st = k.body[i];
-    // The range of each reduction the statement's plans name, by loop variable.
-    const ranges = new Map<string, KExpr>(st.k === 'coop' ? [[st.v, st.n]] : []);
-    const found = st.k === 'coop' ? topReductions(st.body) : [...topReductions(st.value), ...(st.k === 'store' ? topReductions(st.index) : [])];
-    for (const r of found) ranges.set(r.v, r.n);
+    const ranges = reductionsOf(k.body[i]);
     const m = sched.mapping;
     let changed = false;
     const reductions = new Map([...sched.reductions].map(([v, plan]) => {
       const vec = plan.vector;
-      const n = ranges.get(v);
+      const n = ranges.get(v)?.n;
       if (!vec || vec.alignment !== 'checked' || n?.k !== 'const' || n.value % vec.elements !== 0) return [v, plan];
       const lanes = plan.lanes === 'workgroup' ? threads : plan.lanes === 'subgroup' ? width
         : plan.lanes === 'split-subgroups' && m.kind === 'split-subgroups' ? threads / m.elements : plan.lanes === 'thread' ? 1 : 0;
