@@ -90,7 +90,9 @@ function formatMapping(m: Mapping): string {
   switch (m.kind) {
     case 'split-subgroups': return `split-subgroups between ${m.elements}`;
     case 'sliced': return `sliced x${m.slices}`;
-    case 'thread-per-element': return m.each ? `thread-per-element, ${m.each} each unrolled` : m.kind;
+    case 'thread-per-element':
+      if (m.runs) return `thread-per-element, ${m.each} each in runs of 8, vec16B(${m.runs.map((r) => (r.load.k === 'load' ? `b${r.load.buf}` : r.load.array)).join(', ')})`;
+      return m.each ? `thread-per-element, ${m.each} each unrolled` : m.kind;
     case 'serial': case 'uniform': case 'workgroup': case 'subgroup-per-element': return m.kind;
     default: return m satisfies never;
   }

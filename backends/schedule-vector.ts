@@ -86,7 +86,7 @@ export function alignedDot(r: Reduce, buffers: readonly KBuffer[], arrayLength: 
 }
 
 /** Whether e is a multiple of m for any values of its variables. */
-function multipleOf(e: KExpr, m: number): boolean {
+export function multipleOf(e: KExpr, m: number): boolean {
   if (e.k === 'const') return e.value % m === 0;
   if (e.k === 'binary' && e.op === 'mul') return multipleOf(e.a, m) || multipleOf(e.b, m);
   if (e.k === 'binary' && e.op === 'add') return multipleOf(e.a, m) && multipleOf(e.b, m);

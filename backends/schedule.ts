@@ -7,8 +7,8 @@
 
 import { cudaCaps, cpuCaps, DeviceCaps, GPU_THREADS, subgroupCombines, webgpuCaps } from './device-caps.ts';
 import { DType, dtypeBytes } from '../ir/dtype.ts';
-import { add, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, loadsOf, mul, reductionsOf, runsAlong, Scalar, topReductions } from './kernel-ir.ts';
-import { alignedDot, contiguousStreams, Stream } from './schedule-vector.ts';
+import { add, anyExpr, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, loadsOf, mul, reductionsOf, runsAlong, Scalar, topReductions, varsOf } from './kernel-ir.ts';
+import { alignedDot, contiguousStreams, multipleOf, Stream, streamKey } from './schedule-vector.ts';
 import { formatSchedule } from './schedule-format.ts';
 import { boundKeyLoops, maxExtent } from './causal-bound.ts';
 import { narrowGemmActivations } from './narrow-activations.ts';
@@ -32,9 +32,11 @@ export type Mapping =
   /**
    * Elements strided over the threads, each computed by one thread alone. `each`: every thread takes exactly this
    * many (a constant count, at most UNROLLED_ELEMENTS), in a loop of that count that the printers unroll, so that
-   * its loads issue together.
+   * its loads issue together. `runs` (an array's elements, `each` a multiple of 8): a thread takes runs of 8
+   * neighbouring elements instead, and these loads, contiguous along the array and aligned, are read 16 bytes at
+   * a time: a few wide loads in flight rather than `each` narrow ones per stream, in fewer registers.
    */
-  | { readonly kind: 'thread-per-element'; readonly each?: number }
+  | { readonly kind: 'thread-per-element'; readonly each?: number; readonly runs?: readonly Stream[] }
   /** Elements strided over the subgroups; the lanes of one split its reductions, lane 0 writes. */
   | { readonly kind: 'subgroup-per-element' }
   /** Fewer elements than subgroups: the subgroups are divided between the elements and split their reductions. */
@@ -890,7 +892,27 @@ class Scheduler {
       return { mapping: { kind: 'subgroup-per-element' }, reductions: plans };
     }
     this.threadSums(st.value, plans);
-    return { mapping: this.threadPerElement(st.n), reductions: plans };
+    const mapping = this.threadPerElement(st.n);
+    const runs = mapping.each ? this.elementRuns(st, mapping.each) : undefined;
+    return { mapping: runs ? { ...mapping, runs } : mapping, reductions: plans };
+  }
+
+  /**
+   * An array's loads read 16 bytes at a time, 8 neighbouring elements a thread (Mapping 'thread-per-element'
+   * runs): where every element reads memory only at index base + v (base the same for the row, proved a multiple
+   * of 8) or at an index that is the same for the whole row, and computes no sum of its own. Decode's norm
+   * prologues (a row and a gain, 2,048 elements): 3 loads a thread in place of 16, which keeps the gate/up
+   * kernel, capped at 32 registers, from spilling one of them.
+   */
+  private elementRuns(st: ArrayStmt, each: number): Stream[] | undefined {
+    if (this.tuning.vectorize !== 'all-streams' || this.tuning.streamElements !== 8 || each % 8 !== 0) return undefined;
+    if (topReductions(st.value).length > 0 || anyExpr(st.value, (e) => e.k === 'elem')) return undefined;
+    const streams = contiguousStreams(st.value, st.v, this.k.buffers);
+    const along = (ld: Extract<KExpr, { k: 'load' }>) => varsOf(ld.index).has(st.v);
+    const loads = loadsOf(st.value);
+    const aligned = streams.every((s) => s.load.k === 'load' && multipleOf(s.base, 8));
+    const covered = loads.filter(along).every((ld) => streams.some((s) => s.key === streamKey(ld)));
+    return streams.length > 0 && aligned && covered ? streams : undefined;
   }
 
   /**
@@ -898,7 +920,7 @@ class Scheduler {
    * whose QKV and gate/up projections normalise their input first (8 elements a thread, a load of the row and of
    * the gain each, one round trip an element while strided): 0.892 → 0.838 ms a token (BENCHMARKS.md).
    */
-  private threadPerElement(n: number | undefined): Mapping {
+  private threadPerElement(n: number | undefined): Extract<Mapping, { kind: 'thread-per-element' }> {
     const threads = this.device.threadsPerWorkgroup;
     const each = n !== undefined && n % threads === 0 ? n / threads : 0;
     return each > 1 && each <= UNROLLED_ELEMENTS ? { kind: 'thread-per-element', each } : { kind: 'thread-per-element' };

@@ -133,6 +133,10 @@ __device__ __forceinline__ void tf_ld8_smem(const float* p, float* o) {
   const float4 b = reinterpret_cast<const float4*>(p)[1];
   o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
 }
+__device__ __forceinline__ void tf_st8_smem(float* p, const float* v) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
 
 __device__ __forceinline__ float tf_lowest(float) { return -TF_INF; }
 __device__ __forceinline__ int tf_lowest(int) { return (int)0x80000000; }

@@ -6,7 +6,8 @@
 
 import { DType } from '../../ir/dtype.ts';
 import { cudaCaps, DeviceCaps } from '../device-caps.ts';
-import { KernelIR, KExpr, KStmt, ReduceOp, replaceReductions, ROW, Scalar, topReductions, varsOf } from '../kernel-ir.ts';
+import { KernelIR, KExpr, KStmt, ReduceOp, replaceLoads, replaceReductions, ROW, Scalar, topReductions, varsOf } from '../kernel-ir.ts';
+import { Stream } from '../schedule-vector.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { ArrayPlacement, ReductionPlan, scheduleKernel, scheduleKernels, ScheduledKernel, ScheduleOptions, scheduleOrigin, SplitScratchNeeds, StmtSchedule } from '../schedule.ts';
 import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
@@ -392,6 +393,37 @@ function parallelLoop(v: string, n: string, each: number | undefined, warp: bool
 }
 
 /**
+ * An array's elements in runs of 8 neighbours a thread (Mapping 'thread-per-element' runs): each run's streams
+ * read 16 bytes at a time, its elements computed from them and stored to workgroup memory 16 bytes at a time.
+ */
+function renderArrayRuns(s: ArrayStmt, each: number, runs: readonly Stream[], p: CudaPrinter, out: string[], indent: string): void {
+  const i1 = indent + '  ';
+  const i2 = i1 + '  ';
+  const at = `${s.name}_at`;
+  out.push(`${indent}#pragma unroll`);
+  out.push(`${indent}for (int tf_r = 0; tf_r < ${each / 8}; tf_r++) {`);
+  out.push(`${i1}const int ${at} = (tf_r * TF_BLOCK + tf_tid) * 8;`);
+  const replaced = new Map<string, KExpr>();
+  runs.forEach((r, i) => {
+    if (r.load.k !== 'load') throw new Error(`CUDA: array ${s.name} reads a run of array ${r.load.array}`);
+    const reg = `${s.name}_r${i}`;
+    const ld = r.dtype === DType.F32 ? 'tf_ld8_f32' : r.dtype === DType.BF16 ? 'tf_ld8_bf16' : 'tf_ld8_f16';
+    out.push(`${i1}float ${reg}[8];`);
+    out.push(`${i1}${ld}(b${r.load.buf} + ${p.expr(r.base, out, i1)} + ${at}, ${reg});`);
+    replaced.set(r.key, { k: 'elem', array: reg, index: { k: 'var', name: 'tf_e', t: 'i32' }, t: 'f32' });
+  });
+  out.push(`${i1}float ${s.name}_run[8];`);
+  out.push(`${i1}#pragma unroll`);
+  out.push(`${i1}for (int tf_e = 0; tf_e < 8; tf_e++) {`);
+  out.push(`${i2}const int ${s.v} = ${at} + tf_e;`);
+  out.push(`${i2}(void)${s.v};`);
+  out.push(`${i2}${s.name}_run[tf_e] = ${p.expr(replaceLoads(s.value, replaced), out, i2)};`);
+  out.push(`${i1}}`);
+  out.push(`${i1}tf_st8_smem(${s.name} + ${at}, ${s.name}_run);`);
+  out.push(`${indent}}`);
+}
+
+/**
  * `slices` threads per element, neighbours on neighbours: each folds every slices-th term of the element's
  * reduction, then one thread per element combines the slices through shared memory (an argmax keeps the first
  * index of the largest value).
@@ -503,6 +535,11 @@ function renderStmt(s: KStmt, sched: StmtSchedule, p: CudaPrinter, shared: Share
         break;
       }
       if (m.kind !== 'thread-per-element' && m.kind !== 'subgroup-per-element') throw new Error(`CUDA: an array cannot be mapped ${m.kind}`);
+      if (m.kind === 'thread-per-element' && m.runs) {
+        renderArrayRuns(s, m.each!, m.runs, p, out, indent);
+        out.push(`${indent}__syncthreads();`);
+        break;
+      }
       parallelLoop(s.v, String(s.n), m.kind === 'thread-per-element' ? m.each : undefined, m.kind === 'subgroup-per-element', out, indent, (inner) => `${s.name}[${s.v}] = ${p.expr(s.value, out, inner)};`);
       out.push(`${indent}__syncthreads();`);
       break;

@@ -1,7 +1,8 @@
 // A row's elements spread over the threads (an array or a store mapped thread-per-element): where every thread
 // takes the same few elements (a constant count, at most 8 a thread), the scheduler says so ("8 each unrolled") and
 // both GPU printers loop that constant number of times, CUDA unrolled, so that the elements' loads issue together
-// (a norm's row and gain before a projection); otherwise they stride over the threads. What they compute is checked by every numeric test that runs a norm on
+// (a norm's row and gain before a projection); otherwise they stride over the threads. On CUDA an array whose
+// loads run along it (that norm's row and gain) takes its 8 as neighbours, read 16 bytes at a time ("in runs of 8"). What they compute is checked by every numeric test that runs a norm on
 // the CPU fake of CUDA and on WebGPU (e2e/fixtures among them); this checks the loops' form.
 
 import { test } from 'uvu';
@@ -44,13 +45,19 @@ test('the schedule gives 2,048 elements over 256 threads 8 each, unrolled; 300 a
   assert.equal(each(2048), [8, 8]);
   assert.equal(each(300), [undefined, undefined]);
   assert.equal(each(4096), [undefined, undefined]);
-  assert.match(formatSchedule(scheduleKernel(scaled(2048), cudaCaps(90))), 'array arr0[2048] over j: thread-per-element, 8 each unrolled');
+  const schedule = formatSchedule(scheduleKernel(scaled(2048), cudaCaps(90)));
+  assert.match(schedule, 'array arr0[2048] over j: thread-per-element, 8 each in runs of 8, vec16B(b0, b1)');
+  assert.match(schedule, 'store b2 over i<2048: thread-per-element, 8 each unrolled');
+  assert.match(formatSchedule(scheduleKernel(scaled(2048), webgpuCaps({ subgroups: true }))), 'array arr0[2048] over j: thread-per-element, 8 each unrolled');
 });
 
-test('CUDA: 2,048 elements over 256 threads loop 8 times unrolled, the array and the store alike', () => {
+test('CUDA: 2,048 elements over 256 threads: the array in one run of 8 neighbours a thread, the store loops 8 times unrolled', () => {
   const code = cuda(2048);
   const unrolled = code.match(/#pragma unroll\n\s*for \(int tf_e = 0; tf_e < 8; tf_e\+\+\) \{\n\s*const int (\w+) = tf_tid \+ tf_e \* TF_BLOCK;/g) ?? [];
-  assert.is(unrolled.length, 2, code);
+  assert.is(unrolled.length, 1, code);
+  assert.match(code, /for \(int tf_r = 0; tf_r < 1; tf_r\+\+\) \{\n\s*const int arr0_at = \(tf_r \* TF_BLOCK \+ tf_tid\) \* 8;/, code);
+  assert.match(code, 'tf_ld8_f32(b0 + 0 + arr0_at, arr0_r0);');
+  assert.match(code, 'tf_ld8_f32(b1 + 0 + arr0_at, arr0_r1);');
   assert.not.match(code, /\+= TF_BLOCK\)/, 'no strided loop left');
 });
 

@@ -148,7 +148,7 @@ kernel k0 (contraction) on webgpu: 64 rows, a workgroup of 256 threads each
   store b2 over i0<8: thread-per-element
 kernel k0 (contraction) on cuda sm_90: 64 rows, a workgroup of 256 threads each (striding over rows past the grid), subgroups
   coop acc4: workgroup | k3 sum<2048 by workgroup, combine subgroup, vec16B(b0) x8 checked, 1 step a lane
-  array arr1[2048] over j2: thread-per-element, 8 each unrolled
+  array arr1[2048] over j2: thread-per-element, 8 each in runs of 8, vec16B(b0)
   store b2 over i0<8: subgroup-per-element | k5 sum<2048 by subgroup, combine subgroup, vec16B(arr1, b1) x8 checked, 8 steps a lane unroll 4
   starts while the previous kernel finishes, then waits for its writes
 `,

@@ -24,25 +24,29 @@ import { Rng } from './rng.ts';
 const seed = Number(process.env.STEPS_SEED ?? Date.now() % 1e9);
 const rng = new Rng(seed);
 
-/** y = x · wᵀ for one row x of `depth` and `outputs` rows of bf16 weights, x first normalised (RMS) if `norm`. */
-function matvec(depth: number, outputs: number, norm: boolean) {
+/** y = x · wᵀ for one row x of `depth` and `outputs` rows of bf16 weights, x first normalised (RMS) if `norm`, then scaled by a bf16 gain if `gain`. */
+function matvec(depth: number, outputs: number, norm: boolean, gain = false) {
   const graph = trace('decode', [
     { name: 'x', dtype: DType.F32, shape: [1, depth] },
     { name: 'w', dtype: DType.BF16, shape: [outputs, depth] },
-  ], (x, w) => {
-    const left = norm ? x.mul(x.mul(x).mean(-1, { keepdims: true }).add(1e-5).rsqrt()) : x;
+    { name: 'g', dtype: DType.BF16, shape: [depth] },
+  ], (x, w, g) => {
+    const normed = norm ? x.mul(x.mul(x).mean(-1, { keepdims: true }).add(1e-5).rsqrt()) : x;
+    const left = gain ? normed.mul(g.cast(DType.F32)) : normed;
     return { y: left.matmul(w.cast(DType.F32).transpose()) };
   });
   const inputs = {
     x: Array.from({ length: depth }, () => rng.normal()),
     w: Array.from({ length: outputs * depth }, () => roundBf16(rng.normal())),
+    g: Array.from({ length: depth }, () => roundBf16(1 + 0.5 * rng.normal())),
   };
-  return { depth, outputs, norm, graph, compiled: compileModule({ graphs: [graph] }), reference: { graphs: [{ graph, kernels: [] }] }, inputs };
+  return { depth, outputs, norm, gain, graph, compiled: compileModule({ graphs: [graph] }), reference: { graphs: [{ graph, kernels: [] }] }, inputs };
 }
 // 2,048 deep: 256 runs of 8. Normalised first, 8 outputs a row, one to a warp: 8 steps for each of its 32 lanes
 // (and the norm's sum 1 step for each of 256 threads); plain, 2 outputs a row, 4 warps each: 2 steps a lane.
-// 2,056 deep: 257 runs, which no lane count divides.
-const CASES = [matvec(2048, 64, true), matvec(2048, 64, false), matvec(2056, 64, true)];
+// 2,056 deep: 257 runs, which no lane count divides. Normalised and scaled by a gain: the normalised row's array
+// reads the row and the gain in runs of 8 neighbours a thread, 16 bytes a load.
+const CASES = [matvec(2048, 64, true), matvec(2048, 64, false), matvec(2056, 64, true), matvec(2048, 64, true, true)];
 type Case = (typeof CASES)[number];
 const contraction = (c: Case) => c.compiled.graphs[0].kernels.find((k) => k.kind === 'contraction')!;
 
@@ -68,6 +72,17 @@ form('2,048 deep: each lane takes a constant count of steps, looped with no boun
   assert.is(loops(oddCode).length, 0, oddCode);
   assert.match(oddCode, /for \(int (\w+)_kv = tf_lane; \1_kv < \1_nv; \1_kv \+= 32\)/);
 });
+form('a normalised row scaled by a gain: its array in runs of 8 neighbours a thread, 16-byte loads and stores', () => {
+  const scaled = contraction(CASES[3]);
+  const schedule = formatSchedule(scheduleKernel(scaled, cudaCaps(90)));
+  assert.match(schedule, /array arr\d+\[2048\] over \w+: thread-per-element, 8 each in runs of 8, vec16B\(b0, b1\)/, schedule);
+  const code = renderCudaFunction(scaled).code;
+  assert.match(code, /tf_ld8_f32\(b0 \+ 0 \+ arr\d+_at, arr\d+_r0\);/, code);
+  assert.match(code, /tf_ld8_bf16\(b1 \+ 0 \+ arr\d+_at, arr\d+_r1\);/, code);
+  assert.match(code, /tf_st8_smem\(arr\d+ \+ arr\d+_at, arr\d+_run\);/, code);
+  // 2,056 deep gives no thread the same count: the strided loop, as before.
+  assert.not.match(formatSchedule(scheduleKernel(contraction(CASES[2]), cudaCaps(90))), 'runs of 8');
+});
 form.run();
 
 async function output(device: Device, c: Case, lowered: Case['compiled'] | Case['reference']): Promise<number[]> {
@@ -75,6 +90,7 @@ async function output(device: Device, c: Case, lowered: Case['compiled'] | Case[
   try {
     program.write('input:x', hostTensor(DType.F32, [1, c.depth], c.inputs.x));
     program.write('input:w', hostTensor(DType.BF16, [c.outputs, c.depth], c.inputs.w));
+    program.write('input:g', hostTensor(DType.BF16, [c.depth], c.inputs.g));
     program.run('decode', {});
     return [...(await program.read(namedOutputKey(program.graph('decode'), 'y'), DType.F32, [1, c.outputs])).data];
   } finally {
@@ -85,8 +101,9 @@ async function output(device: Device, c: Case, lowered: Case['compiled'] | Case[
 for (const c of CASES) {
   let expected: number[] | undefined;
   for (const kind of kernelDevices) {
-    const s = suite(`vector steps, ${c.depth} deep${c.norm ? ', normalised' : ''}, on ${kind}`);
-    s(`${c.outputs} outputs${c.norm ? ', normalised first' : ''}: as the reference interpreter`, async () => {
+    const what = `${c.depth} deep${c.norm ? ', normalised' : ''}${c.gain ? ', scaled by a gain' : ''}`;
+    const s = suite(`vector steps, ${what}, on ${kind}`);
+    s(`${c.outputs} outputs: as the reference interpreter`, async () => {
       expected ??= await onDevice('reference', (ref) => output(ref, c, c.reference));
       await onDevice(kind, async (device) => {
         const err = relativeError(await output(device, c, c.compiled), expected!);
