@@ -447,6 +447,9 @@ function fmaFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMem
   out.push('  }');
 }
 
+/** Key chunks whose results the last chunk of a head loads at once when it merges them. */
+const MERGED_CHUNKS = 8;
+
 /**
  * The decode form (FlashPlan 'decode'): a workgroup per head's one query row. Lane group g (depth / 8 lanes) takes
  * keys t0 + u · G + g of each step of G · U keys (G groups, U = keyUnroll), every lane 8 elements of the head: of
@@ -629,30 +632,58 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   out.push(`${i1}}`);
   if (chunks) {
     // The last chunk of the head to finish merges them all, in the chunks' order, reading past the L1.
+    // The block's stores before the count: the barrier orders them before thread 0's fence, which (cumulative)
+    // publishes them with its own; the last chunk's fence orders the count before its threads' loads, and it resets
+    // the count for the next step (as the depth-split GEMM's parts do).
     out.push(`${i1}if (tf_parts > 1) {`);
-    out.push(`${i2}__threadfence();`);
     out.push(`${i2}__syncthreads();`);
-    out.push(`${i2}if (threadIdx.x == 0) tf_last[0] = atomicAdd(tf_count + tf_row, 1u) == (unsigned)(tf_parts - 1);`);
+    out.push(`${i2}if (threadIdx.x == 0) {`);
+    out.push(`${i3}__threadfence();`);
+    out.push(`${i3}const bool tf_l = atomicAdd(tf_count + tf_row, 1u) == (unsigned)(tf_parts - 1);`);
+    out.push(`${i3}if (tf_l) tf_count[tf_row] = 0u;`);
+    out.push(`${i3}__threadfence();`);
+    out.push(`${i3}tf_last[0] = tf_l;`);
+    out.push(`${i2}}`);
     out.push(`${i2}__syncthreads();`);
     out.push(`${i2}if (tf_last[0]) {`);
-    out.push(`${i3}__threadfence();`);
     out.push(`${i3}const float* const tf_head = tf_ws + (size_t)tf_row * ${NC * (D + 2)};`);
     out.push(`${i3}for (int tf_x = threadIdx.x; tf_x < ${D}; tf_x += TF_BLOCK) {`);
     const i5 = i3 + '  ';
-    out.push(`${i5}float tf_mx = -TF_INF;`);
-    out.push(`${i5}for (int tf_q = 0; tf_q < tf_parts; tf_q++) tf_mx = tf_fmax(tf_mx, __ldcg(tf_head + tf_q * ${D + 2} + ${D + 1}));`);
-    out.push(`${i5}const float tf_ref = tf_mx == -TF_INF ? 0.0f : tf_mx;`);
-    out.push(`${i5}float tf_sum = 0.0f, tf_acc = 0.0f;`);
-    out.push(`${i5}for (int tf_q = 0; tf_q < tf_parts; tf_q++) {`);
-    out.push(`${i5}  const float tf_w = expf(__ldcg(tf_head + tf_q * ${D + 2} + ${D + 1}) - tf_ref);`);
-    out.push(`${i5}  tf_sum += __ldcg(tf_head + tf_q * ${D + 2} + ${D}) * tf_w;`);
-    out.push(`${i5}  tf_acc += __ldcg(tf_head + tf_q * ${D + 2} + tf_x) * tf_w;`);
+    // The chunks' three values loaded 8 chunks at once (a round trip a batch, not one a chunk), chunks past the
+    // position adding nothing (−∞, 0, 0); a later batch's larger maximum rescales the sums so far (with 8 chunks at
+    // most, one batch: the sums as in the chunks' order).
+    const B = Math.min(NC, MERGED_CHUNKS);
+    out.push(`${i5}float tf_mx = -TF_INF, tf_sum = 0.0f, tf_acc = 0.0f;`);
+    out.push(`${i5}for (int tf_q0 = 0; tf_q0 < tf_parts; tf_q0 += ${B}) {`);
+    const i6 = i5 + '  ';
+    out.push(`${i6}float tf_pm[${B}], tf_pl[${B}], tf_po[${B}];`);
+    out.push(`${i6}#pragma unroll`);
+    out.push(`${i6}for (int tf_q = 0; tf_q < ${B}; tf_q++) {`);
+    out.push(`${i6}  const bool tf_in = tf_q0 + tf_q < tf_parts;`);
+    out.push(`${i6}  const float* const tf_at = tf_head + (tf_q0 + tf_q) * ${D + 2};`);
+    out.push(`${i6}  tf_pm[tf_q] = tf_in ? __ldcg(tf_at + ${D + 1}) : -TF_INF;`);
+    out.push(`${i6}  tf_pl[tf_q] = tf_in ? __ldcg(tf_at + ${D}) : 0.0f;`);
+    out.push(`${i6}  tf_po[tf_q] = tf_in ? __ldcg(tf_at + tf_x) : 0.0f;`);
+    out.push(`${i6}}`);
+    out.push(`${i6}float tf_bm = tf_mx;`);
+    out.push(`${i6}#pragma unroll`);
+    out.push(`${i6}for (int tf_q = 0; tf_q < ${B}; tf_q++) tf_bm = tf_fmax(tf_bm, tf_pm[tf_q]);`);
+    out.push(`${i6}const float tf_ref = tf_bm == -TF_INF ? 0.0f : tf_bm;`);
+    out.push(`${i6}const float tf_rescale = expf(tf_mx - tf_ref);`);
+    out.push(`${i6}tf_sum *= tf_rescale;`);
+    out.push(`${i6}tf_acc *= tf_rescale;`);
+    out.push(`${i6}#pragma unroll`);
+    out.push(`${i6}for (int tf_q = 0; tf_q < ${B}; tf_q++) {`);
+    out.push(`${i6}  const float tf_w = expf(tf_pm[tf_q] - tf_ref);`);
+    out.push(`${i6}  tf_sum += tf_pl[tf_q] * tf_w;`);
+    out.push(`${i6}  tf_acc += tf_po[tf_q] * tf_w;`);
+    out.push(`${i6}}`);
+    out.push(`${i6}tf_mx = tf_bm;`);
     out.push(`${i5}}`);
     out.push(`${i5}const int ${f.e} = tf_x;`);
     out.push(`${i5}const float ${f.out} = tf_acc / tf_sum;`);
     stores(f, p, out, i5);
     out.push(`${i3}}`);
-    out.push(`${i3}if (threadIdx.x == 0) tf_count[tf_row] = 0u;`);
     out.push(`${i2}}`);
     out.push(`${i1}}`);
   }

@@ -3,13 +3,13 @@
 // merged at the end. CUDA runs it over bf16 and f16 caches (backends/cuda/flash.ts; a cache longer than a step is
 // divided among workgroups whose last merges the chunks), WebGPU over f32 ones (backends/wgsl/flash.ts). Heads 32,
 // 64 and 128 deep (groups of 4, 8 and 16 lanes: a step of 512, 256 and 128 keys, so 1, 2 and 3 chunks on CUDA) over
-// 300 positions, an f16 cache of head 64, f32 caches of heads 64 and 128; grouped-query heads (3 query heads a cache
-// head), positions on both sides of a step's end, at the cache's end, and at −1 (no key visible: NaN, as the
-// reference's softmax of −∞ everywhere gives, and the flash tiles; the row form gives 0 there, its loops bounded to
-// no key: a known difference, checked where the decode form runs); NaN in the cache past the position, which no key
-// loop may let in. The kernel keeps its row form too (the megakernel's tasks, the other devices). Every device
-// against the reference interpreter (both read the same stored values), fresh random inputs, f32 arithmetic on both
-// sides: 1e-5 relative.
+// 300 positions, 256 deep over 600 (10 chunks, merged 8 at a time), an f16 cache of head 64, f32 caches of heads 64
+// and 128; grouped-query heads (3 query heads a cache head), positions on both sides of a step's end, at the cache's
+// end, and at −1 (no key visible: NaN, as the reference's softmax of −∞ everywhere gives, and the flash tiles; the
+// row form gives 0 there, its loops bounded to no key: a known difference, checked where the decode form runs); NaN
+// in the cache past the position, which no key loop may let in. The kernel keeps its row form too (the megakernel's
+// tasks, the other devices). Every device against the reference interpreter (both read the same stored values),
+// fresh random inputs, f32 arithmetic on both sides: 1e-5 relative.
 
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -29,13 +29,13 @@ import { kernelDevices, onDevice } from '../runtime/fake-cuda/build.ts';
 import { relativeError } from './compare.ts';
 import { Rng } from './rng.ts';
 
-const [KV_HEADS, PER_HEAD, T] = [2, 3, 300];
+const [KV_HEADS, PER_HEAD, TOKENS] = [2, 3, 300];
 const POSITIONS = [-1, 0, 1, 127, 128, 255, 256, 299];
 const seed = Number(process.env.DECODE_SEED ?? Date.now() % 1e9);
 const rng = new Rng(seed);
 const randoms = (n: number) => Array.from({ length: n }, () => roundBf16(rng.normal()));
 
-function attention(D: number, kv: DType = DType.BF16) {
+function attention(D: number, kv: DType = DType.BF16, T = TOKENS, positions = POSITIONS) {
   const graph = trace('decode', [
     { name: 'q', dtype: DType.F32, shape: [KV_HEADS, PER_HEAD, 1, D] },
     { name: 'k', dtype: kv, shape: [KV_HEADS, 1, T, D] },
@@ -47,18 +47,22 @@ function attention(D: number, kv: DType = DType.BF16) {
     return { y: scores.softmax(-1).matmul(v.cast(DType.F32)) };
   });
   const inputs = { q: randoms(KV_HEADS * PER_HEAD * D), k: randoms(KV_HEADS * T * D), v: randoms(KV_HEADS * T * D) };
-  return { D, kv, graph, compiled: compileModule({ graphs: [graph] }), reference: { graphs: [{ graph, kernels: [] }] }, inputs };
+  return { D, kv, T, positions, graph, compiled: compileModule({ graphs: [graph] }), reference: { graphs: [{ graph, kernels: [] }] }, inputs };
 }
-const CASES = [attention(32), attention(64), attention(128), attention(64, DType.F16), attention(64, DType.F32), attention(128, DType.F32)];
+// And heads of 256 over 600 rows: 10 chunks of 64 on CUDA, which the last merges 8 at a time (two batches past
+// position 511, one below).
+const CASES = [attention(32), attention(64), attention(128), attention(64, DType.F16), attention(64, DType.F32), attention(128, DType.F32),
+  attention(256, DType.BF16, 600, [0, 511, 512, 599])];
 type Case = (typeof CASES)[number];
 
 async function outputs(device: Device, c: Case, lowered: Case['compiled'] | Case['reference'], nanPast: boolean): Promise<number[][]> {
   const program = await device.load(lowered, new ParamStore(() => { throw new Error('no params'); }), { maxSizes: {} });
+  const T = c.T;
   const shape = [KV_HEADS, 1, T, c.D];
   try {
     program.write('input:q', hostTensor(DType.F32, [KV_HEADS, PER_HEAD, 1, c.D], c.inputs.q));
     const out: number[][] = [];
-    for (const pos of POSITIONS) {
+    for (const pos of c.positions) {
       // Row t of the cache is elements t·D … of each head's T·D.
       const past = (x: number, i: number) => (nanPast && Math.floor(i / c.D) % T > pos ? NaN : x);
       program.write('input:k', hostTensor(c.kv, shape, c.inputs.k.map(past)));
@@ -80,7 +84,7 @@ const schedules = suite('decode form: where it runs');
 schedules('CUDA runs one query row over 16-bit cache rows in the decode form, WebGPU over f32 ones; both keep the row form', () => {
   for (const c of CASES.filter((x) => x.kv === DType.F32)) {
     const [k] = c.compiled.graphs[0].kernels;
-    assert.match(formatSchedule(scheduleKernel(k, webgpuCaps({ subgroups: false }))), `decode attention ${KV_HEADS * PER_HEAD} heads × 1 query over ${T} keys (head ${c.D}): a workgroup a head, ${256 / (c.D / 8)} groups`);
+    assert.match(formatSchedule(scheduleKernel(k, webgpuCaps({ subgroups: false }))), `decode attention ${KV_HEADS * PER_HEAD} heads × 1 query over ${c.T} keys (head ${c.D}): a workgroup a head, ${256 / (c.D / 8)} groups`);
     assert.not.match(formatSchedule(scheduleKernel(k, cudaCaps(90))), 'decode attention');
   }
   for (const c of CASES.filter((x) => x.kv !== DType.F32)) {
@@ -88,8 +92,8 @@ schedules('CUDA runs one query row over 16-bit cache rows in the decode form, We
     const cuda = formatSchedule(scheduleKernel(k, cudaCaps(90)));
     // A step is 8 keys a group (256 threads in groups of D / 8 lanes); a cache longer than a step is divided.
     const step = 8 * 2048 / c.D;
-    const chunks = step < T ? ` and ${step} keys (${Math.ceil(T / step)} chunks, the last of a head to finish merging them in order)` : '';
-    assert.match(cuda, `decode attention ${KV_HEADS * PER_HEAD} heads × 1 query over ${T} keys (head ${c.D}): a workgroup a head${chunks}, ${2048 / c.D} groups of ${c.D / 8} lanes`);
+    const chunks = step < c.T ? ` and ${step} keys (${Math.ceil(c.T / step)} chunks, the last of a head to finish merging them in order)` : '';
+    assert.match(cuda, `decode attention ${KV_HEADS * PER_HEAD} heads × 1 query over ${c.T} keys (head ${c.D}): a workgroup a head${chunks}, ${2048 / c.D} groups of ${c.D / 8} lanes`);
     assert.match(cuda, 'launched, the decode form below; in a megakernel, the rows above');
     assert.match(cuda, / sum<max\(min\(/, 'the row form is there too');
     // Keys and values that are inputs, not a state this step updates: nothing says which rows are safe to read
@@ -113,12 +117,12 @@ schedules.run();
 for (const c of CASES) {
   let expected: number[][] | undefined;
   for (const kind of kernelDevices) {
-    const s = suite(`decode form, head ${c.D}, ${c.kv} cache, on ${kind}`);
-    s(`positions ${POSITIONS.join(', ')} of ${T}, NaN past the position: as the reference interpreter`, async () => {
+    const s = suite(`decode form, head ${c.D}, ${c.kv} cache of ${c.T}, on ${kind}`);
+    s(`positions ${c.positions.join(', ')}, NaN past the position: as the reference interpreter`, async () => {
       expected ??= await onDevice('reference', (ref) => outputs(ref, c, c.reference, false));
       await onDevice(kind, async (device) => {
         const got = await outputs(device, c, c.compiled, true);
-        POSITIONS.forEach((pos, i) => {
+        c.positions.forEach((pos, i) => {
           const [ours, ref] = [got[i], expected![i]];
           if (pos < 0 && !decodeForm(kind, c)) return;
           assert.equal(ours.map(Number.isNaN), ref.map(Number.isNaN), `at ${pos}: NaN where the reference has NaN (DECODE_SEED=${seed})`);
