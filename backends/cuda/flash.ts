@@ -462,7 +462,8 @@ const MERGED_CHUNKS = 8;
  * output element by depth / 8 neighbouring threads a share of the groups, rescaled to the largest maximum (−∞ taken
  * as 0, as the tile forms do). Over a long cache (FlashPlan.keyChunks) each head's keys are divided among
  * workgroups a step each: a chunk the position reaches leaves its maximum, sum and output run in the workspace
- * (tf_ws) and counts itself done (tf_count); the last merges the chunks in their order and zeroes the counter.
+ * (tf_ws) and counts itself done (tf_count); the last merges the chunks, 8 at a time in their order, and zeroes the
+ * counter.
  */
 function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: SharedMemory, out: string[], task: boolean, waits: boolean): void {
   const D = f.depth;
