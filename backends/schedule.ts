@@ -901,8 +901,8 @@ class Scheduler {
    * An array's loads read 16 bytes at a time, 8 neighbouring elements a thread (Mapping 'thread-per-element'
    * runs): where every element reads memory only at index base + v (base the same for the row, proved a multiple
    * of 8) or at an index that is the same for the whole row, and computes no sum of its own. Decode's norm
-   * prologues (a row and a gain, 2,048 elements): 3 loads a thread in place of 16, which keeps the gate/up
-   * kernel, capped at 32 registers, from spilling one of them.
+   * prologues (a row and a gain, 2,048 elements): 3 loads a thread in place of 16; 0.800 → 0.791 ms a token on
+   * the H200 (BENCHMARKS.md, fourteenth session).
    */
   private elementRuns(st: ArrayStmt, each: number): Stream[] | undefined {
     if (this.tuning.vectorize !== 'all-streams' || this.tuning.streamElements !== 8 || each % 8 !== 0) return undefined;
