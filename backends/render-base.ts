@@ -31,6 +31,11 @@ export interface Dialect {
    * counts as the largest, as in PyTorch). Both are names or literals of type `t`.
    */
   readonly argmaxTakes: (x: string, best: string, t: Scalar) => string;
+  /**
+   * Where the target computes an f32 sine and cosine of one argument together (one range reduction): the
+   * statement declaring `s` and `c` as them. The rotary embedding needs both of every angle.
+   */
+  readonly sinCos?: (a: string, s: string, c: string) => string;
 }
 
 /** The shared C-like base: what C, CUDA and (mostly) WGSL and JavaScript spell alike. */
@@ -111,7 +116,19 @@ export class ExprPrinter {
     switch (e.k) {
       case 'load': result = this.bindTemp(d.load(e.buf, this.buffers[e.buf], this.expr(e.index, out, indent, memo)), e.t, out, indent); break;
       case 'elem': result = this.bindTemp(d.elem(e.array, this.expr(e.index, out, indent, memo)), e.t, out, indent); break;
-      case 'unary': result = this.bindTemp(d.unary[e.op](this.expr(e.a, out, indent, memo), e.t), e.t, out, indent); break;
+      case 'unary': {
+        const a = this.expr(e.a, out, indent, memo);
+        if (d.sinCos && e.t === 'f32' && (e.op === 'sin' || e.op === 'cos')) {
+          // Both at once; the other is there for a later read of it in this scope.
+          const [s, c] = [this.fresh(), this.fresh()];
+          out.push(`${indent}${d.sinCos(a, s, c)}`);
+          memo.set(this.keys.key({ k: 'unary', op: 'sin', a: e.a, t: 'f32' }), s);
+          memo.set(this.keys.key({ k: 'unary', op: 'cos', a: e.a, t: 'f32' }), c);
+          return e.op === 'sin' ? s : c;
+        }
+        result = this.bindTemp(d.unary[e.op](a, e.t), e.t, out, indent);
+        break;
+      }
       case 'binary': {
         const a = this.expr(e.a, out, indent, memo);
         const b = this.expr(e.b, out, indent, memo);

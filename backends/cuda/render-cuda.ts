@@ -54,6 +54,7 @@ export const cudaDialect: Dialect = {
     sigmoid: (a) => `(1.0f / (1.0f + expf(-${a})))`,
     silu: (a) => `(${a} / (1.0f + expf(-${a})))`,
   },
+  sinCos: (a, s, c) => `float ${s}, ${c}; sincosf(${a}, &${s}, &${c});`,
   binary: {
     ...cLike.binary,
     // powf has C's special cases; i32 powers, division and maximum/minimum are the prelude's (README, Numerics).

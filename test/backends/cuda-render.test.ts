@@ -211,6 +211,18 @@ test('tiny-llama3-bf16 with a bf16 KV cache: decode attention reads the cache be
   }, 'kvbf16_');
 });
 
+test('a sine and a cosine of one angle (the rotary embedding) are one sincosf; a sine alone too', () => {
+  const both = trace('rotate', [{ name: 'x', dtype: DType.F32, shape: [4, 8] }, { name: 'a', dtype: DType.F32, shape: [4, 8] }],
+    (x, a) => x.mul(a.cos()).add(x.neg().mul(a.sin())));
+  const once = trace('sine', [{ name: 'a', dtype: DType.F32, shape: [4, 8] }], (a) => a.sin().add(1));
+  const code = (g: Graph) => compileModule({ graphs: [g] }).graphs[0].kernels.map((k) => renderCudaFunction(k).code).join('\n');
+  const rotate = code(both);
+  assert.is(rotate.match(/sincosf\(/g)?.length, 1, rotate);
+  assert.not.match(rotate, /\b(sinf|cosf)\(/);
+  assert.match(code(once), /float (t\d+), t\d+; sincosf\((t\d+|b\d+\[\w+\]), &\1, &t\d+\);/);
+  renderGraphs('sincos', [both, once]);
+});
+
 test('tiny-llama with the sampler: the random op calls the prelude\'s tf_random', () => {
   const model = loadLlama(path.join(fixtures, 'tiny-llama'));
   const module = traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength: 64, sampling: true });
