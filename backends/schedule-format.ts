@@ -8,6 +8,7 @@
 
 import { BinaryOp, KExpr, KStmt, reductionsOf } from './kernel-ir.ts';
 import { Mapping, ReductionPlan, ScheduledKernel, StagedLoads, StmtSchedule, VectorPlan } from './schedule.ts';
+import { Stream } from './schedule-vector.ts';
 
 export function formatSchedule(s: ScheduledKernel): string {
   const k = s.kernel;
@@ -91,7 +92,7 @@ function formatMapping(m: Mapping): string {
     case 'split-subgroups': return `split-subgroups between ${m.elements}`;
     case 'sliced': return `sliced x${m.slices}`;
     case 'thread-per-element':
-      if (m.runs) return `thread-per-element, ${m.each} each in runs of 8, vec16B(${m.runs.map((r) => (r.load.k === 'load' ? `b${r.load.buf}` : r.load.array)).join(', ')})`;
+      if (m.runs) return `thread-per-element, ${m.each} each in runs of 8, vec16B(${streamNames(m.runs)})`;
       return m.each ? `thread-per-element, ${m.each} each unrolled` : m.kind;
     case 'serial': case 'uniform': case 'workgroup': case 'subgroup-per-element': return m.kind;
     default: return m satisfies never;
@@ -106,13 +107,17 @@ function formatPlan(p: ReductionPlan): string {
   return parts.join(', ');
 }
 
+/** A 16-byte plan's streams: buffers as the printers name them, row-local arrays by name. */
+function streamNames(streams: readonly Stream[]): string {
+  return streams.map((s) => (s.load.k === 'load' ? `b${s.load.buf}` : s.load.array)).join(', ');
+}
+
 /**
  * e.g. `vec16B(b0, arr2) x8 checked, 8 steps a lane unroll 4`: the streams, elements per step, how alignment is known,
  * the steps each lane takes where that is one constant, the steps in flight.
  */
 function formatVector(v: VectorPlan): string {
-  const streams = v.streams.map((s) => (s.load.k === 'load' ? `b${s.load.buf}` : s.load.array));
-  return `vec16B(${streams.join(', ')}) x${v.elements} ${v.alignment}${v.steps ? `, ${v.steps} step${v.steps === 1 ? '' : 's'} a lane` : ''}${v.unroll > 1 ? ` unroll ${v.unroll}` : ''}`;
+  return `vec16B(${streamNames(v.streams)}) x${v.elements} ${v.alignment}${v.steps ? `, ${v.steps} step${v.steps === 1 ? '' : 's'} a lane` : ''}${v.unroll > 1 ? ` unroll ${v.unroll}` : ''}`;
 }
 
 const infix: Partial<Record<BinaryOp, string>> = { add: '+', sub: '-', mul: '*', idiv: '/', imod: '%', lt: ' < ' };

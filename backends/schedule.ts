@@ -910,7 +910,7 @@ class Scheduler {
     const streams = contiguousStreams(st.value, st.v, this.k.buffers);
     const along = (ld: Extract<KExpr, { k: 'load' }>) => varsOf(ld.index).has(st.v);
     const loads = loadsOf(st.value);
-    const aligned = streams.every((s) => s.load.k === 'load' && multipleOf(s.base, 8));
+    const aligned = streams.every((s) => multipleOf(s.base, 8));
     const covered = loads.filter(along).every((ld) => streams.some((s) => s.key === streamKey(ld)));
     return streams.length > 0 && aligned && covered ? streams : undefined;
   }

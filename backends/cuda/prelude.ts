@@ -2,11 +2,17 @@
 // operations (so NVRTC needs no headers), 16-byte loads of eight elements, and warp- and block-wide reductions
 // whose result every participating thread receives.
 
+import { DType } from '../../ir/dtype.ts';
 import { randomFunction } from '../random-source.ts';
 import { wgmmaHelpers } from './wgmma-prelude.ts';
 
 /** Threads per block; the runtime launches every generated kernel with this many. */
 export const CUDA_BLOCK = 256;
+
+/** The prelude's load of 8 consecutive elements of memory of dtype `d` (16-byte aligned), widened to f32. */
+export function ld8Function(d: DType): string {
+  return d === DType.F32 ? 'tf_ld8_f32' : d === DType.BF16 ? 'tf_ld8_bf16' : 'tf_ld8_f16';
+}
 
 /** Marks (tf_stamp_mark) a kernel's form may set between its phases, for a step's timeline. */
 export const STAMP_MARKS = 3;

@@ -5,10 +5,10 @@
 // elements 16 bytes at a time where the streams are aligned (checked at run time), a scalar loop does the rest;
 // where every lane takes the same count of steps (VectorPlan.steps) it loops that count, no bound to check.
 
-import { DType } from '../../ir/dtype.ts';
 import { ivar, KExpr, ReduceOp, replaceLoads, Scalar } from '../kernel-ir.ts';
 import { Dialect, ExprPrinter } from '../render-base.ts';
 import { ReductionPlan, VectorPlan } from '../schedule.ts';
+import { ld8Function } from './prelude.ts';
 
 /** Who takes part in a reduction: their index, how many, and how partials combine. */
 export interface Scope {
@@ -103,8 +103,7 @@ function vectorLoop(
     if (c.load.k === 'elem') {
       out.push(`${l3}tf_ld8_smem(${c.load.array} + ${bases[i]} + ${kv} * ${w}, ${arr});`);
     } else {
-      const ld = c.dtype === DType.F32 ? 'tf_ld8_f32' : c.dtype === DType.BF16 ? 'tf_ld8_bf16' : 'tf_ld8_f16';
-      out.push(`${l3}${ld}(b${c.load.buf} + ${bases[i]} + ${kv} * ${w}, ${arr});`);
+      out.push(`${l3}${ld8Function(c.dtype)}(b${c.load.buf} + ${bases[i]} + ${kv} * ${w}, ${arr});`);
     }
     replaced.set(c.key, { k: 'elem', array: arr, index: ivar(j), t: 'f32' });
   });

@@ -10,7 +10,7 @@ import { KernelIR, KExpr, KStmt, ReduceOp, replaceLoads, replaceReductions, ROW,
 import { Stream } from '../schedule-vector.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { ArrayPlacement, ReductionPlan, scheduleKernel, scheduleKernels, ScheduledKernel, ScheduleOptions, scheduleOrigin, SplitScratchNeeds, StmtSchedule } from '../schedule.ts';
-import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
+import { CUDA_BLOCK, cudaPrelude, ld8Function } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
 import { renderGemmCuda } from './gemm.ts';
 import { renderFlashCuda } from './flash.ts';
@@ -408,9 +408,8 @@ function renderArrayRuns(s: ArrayStmt, each: number, runs: readonly Stream[], p:
   runs.forEach((r, i) => {
     if (r.load.k !== 'load') throw new Error(`CUDA: array ${s.name} reads a run of array ${r.load.array}`);
     const reg = `${s.name}_r${i}`;
-    const ld = r.dtype === DType.F32 ? 'tf_ld8_f32' : r.dtype === DType.BF16 ? 'tf_ld8_bf16' : 'tf_ld8_f16';
     out.push(`${i1}float ${reg}[8];`);
-    out.push(`${i1}${ld}(b${r.load.buf} + ${p.expr(r.base, out, i1)} + ${at}, ${reg});`);
+    out.push(`${i1}${ld8Function(r.dtype)}(b${r.load.buf} + ${p.expr(r.base, out, i1)} + ${at}, ${reg});`);
     replaced.set(r.key, { k: 'elem', array: reg, index: { k: 'var', name: 'tf_e', t: 'i32' }, t: 'f32' });
   });
   out.push(`${i1}float ${s.name}_run[8];`);

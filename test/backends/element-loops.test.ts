@@ -1,9 +1,10 @@
-// A row's elements spread over the threads (an array or a store mapped thread-per-element): where every thread
-// takes the same few elements (a constant count, at most 8 a thread), the scheduler says so ("8 each unrolled") and
-// both GPU printers loop that constant number of times, CUDA unrolled, so that the elements' loads issue together
-// (a norm's row and gain before a projection); otherwise they stride over the threads. On CUDA an array whose
-// loads run along it (that norm's row and gain) takes its 8 as neighbours, read 16 bytes at a time ("in runs of 8"). What they compute is checked by every numeric test that runs a norm on
-// the CPU fake of CUDA and on WebGPU (e2e/fixtures among them); this checks the loops' form.
+// A row's elements spread over the threads (an array or a store mapped thread-per-element): where every thread takes
+// the same few elements (a constant count, at most 8 a thread), the scheduler says so ("8 each unrolled") and both
+// GPU printers loop that constant number of times, CUDA unrolled, so that the elements' loads issue together (a
+// norm's row and gain before a projection); otherwise they stride over the threads. On CUDA an array whose loads run
+// along it (that norm's row and gain) takes its 8 as neighbours, read 16 bytes at a time ("in runs of 8"). What they
+// compute is checked by every numeric test that runs a norm on the CPU fake of CUDA and on WebGPU (e2e/fixtures
+// among them); this checks the loops' form.
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';

@@ -24,7 +24,10 @@ import { Rng } from './rng.ts';
 const seed = Number(process.env.STEPS_SEED ?? Date.now() % 1e9);
 const rng = new Rng(seed);
 
-/** y = x · wᵀ for one row x of `depth` and `outputs` rows of bf16 weights, x first normalised (RMS) if `norm`, then scaled by a bf16 gain if `gain`. */
+/**
+ * y = x · wᵀ for one row x of `depth` and `outputs` rows of bf16 weights, x first normalised (RMS) if `norm`, then
+ * scaled by a bf16 gain if `gain`.
+ */
 function matvec(depth: number, outputs: number, norm: boolean, gain = false) {
   const graph = trace('decode', [
     { name: 'x', dtype: DType.F32, shape: [1, depth] },
