@@ -118,6 +118,12 @@ export interface FlashIR {
    * of their buffer the update writes, [from, to), read from inputs only. The rest was written before the step.
    */
   readonly fresh?: { readonly k?: FreshRange; readonly v?: FreshRange };
+  /**
+   * The step's cache writes, where this kernel makes them (one query row: compiler/passes/fuse.ts joins them into
+   * attention): a store loop each, whole (for row 0 of 1); the form shares them out among its workgroups. Their rows
+   * are read from FreshRange.value, never from memory.
+   */
+  readonly updates?: readonly Extract<KStmt, { k: 'store' }>[];
   /** Stores at (b, i, e) reading `out`. */
   readonly out: string;
   readonly stores: readonly { readonly buf: number; readonly index: KExpr; readonly value: KExpr }[];
@@ -127,6 +133,11 @@ export interface FlashIR {
 export interface FreshRange {
   readonly from: KExpr;
   readonly to: KExpr;
+  /**
+   * Where the kernel writes the run itself (FlashIR.updates): its elements' values, an expression of the flash's
+   * indices as the operand is (b, t and d for keys, e for values), to use in place of memory's.
+   */
+  readonly value?: KExpr;
 }
 
 export interface KernelIR {
@@ -439,7 +450,12 @@ export function kernelExprs(k: KernelIR): KExpr[] {
   }
   const stores = (ss: readonly { readonly index: KExpr; readonly value: KExpr }[]) => ss.flatMap((x) => [x.index, x.value]);
   if (k.gemm) out.push(k.gemm.rows, k.gemm.a, ...k.gemm.b, ...stores(k.gemm.stores));
-  if (k.flash) out.push(k.flash.queries, k.flash.q, k.flash.k, k.flash.v, k.flash.score, ...(k.flash.limit ? [k.flash.limit] : []), ...stores(k.flash.stores));
+  if (k.flash) {
+    const f = k.flash;
+    const fresh = [f.fresh?.k, f.fresh?.v].flatMap((r) => (r ? [r.from, r.to, ...(r.value ? [r.value] : [])] : []));
+    const updates = (f.updates ?? []).flatMap((u) => [u.n, u.index, u.value]);
+    out.push(f.queries, f.q, f.k, f.v, f.score, ...(f.limit ? [f.limit] : []), ...stores(f.stores), ...fresh, ...updates);
+  }
   return out;
 }
 

@@ -198,6 +198,8 @@ class KernelLowering {
     const bIdx = this.delinear(bv, f.batchShape);
     const lead = (v: Value) => this.broadcastIndex(bIdx, v.type.shape.slice(0, -2));
     const [qk, pv] = [f.qk, f.pv];
+    const updates = writes.filter((w) => w.producer!.op === Op.UpdateSlice);
+    if (updates.length && f.queries !== 1) throw new NotGemm();
     const q = this.expr(qk.inputs[0], [...lead(qk.inputs[0]), iv, dv]);
     const k = this.expr(qk.inputs[1], [...lead(qk.inputs[1]), dv, tv]);
     const v = this.expr(pv.inputs[1], [...lead(pv.inputs[1]), tv, ev]);
@@ -207,7 +209,8 @@ class KernelLowering {
     const score = this.expr(f.scores, [...bIdx, iv, tv]);
     const reads = (x: KExpr, ...names: string[]) => names.some((n) => varsOf(x).has(n));
     if (reads(q, t, e) || reads(k, i, e) || reads(v, i, d) || reads(score, d, e)) throw new NotGemm();
-    const stores = this.tileStores(writes, [...bIdx, iv, ev]);
+    const stores = this.tileStores(writes.filter((w) => !updates.includes(w)), [...bIdx, iv, ev]);
+    const fresh = this.freshRanges(k, qk.inputs[1], v, pv.inputs[1]);
     const queries = this.dim(f.queries);
     return {
       name: this.k.name,
@@ -218,35 +221,38 @@ class KernelLowering {
       rows: mul(int(batch), queries),
       body: [],
       flash: {
-        b, i, t, d, e, batch, queries, keys: f.keys, depth: f.depth, width: f.width, q, k, score, qk: qkName, v,
-        limit: causalLimit(score, t), out: outName, stores, ...this.freshRanges(k, qk.inputs[1], v, pv.inputs[1]),
+        b, i, t, d, e, batch, queries, keys: f.keys, depth: f.depth, width: f.width, q, score, qk: qkName,
+        k: fresh.k?.value ? staleOf(k) : k, v: fresh.v?.value ? staleOf(v) : v,
+        limit: causalLimit(score, t), out: outName, stores, ...(fresh.k || fresh.v ? { fresh } : {}),
+        ...(updates.length ? { updates: updates.map((w) => this.updateStore(w.producer!, int(0), int(1))) } : {}),
       },
     };
   }
 
   /**
    * The keys' and values' fresh elements (FlashIR.fresh): where an operand is a plain load of a state that an
-   * update_slice along its first axis writes in another kernel of this step, the run of the state that the update
-   * covers; undefined where that is not so, or where saying so needs more than the graph's inputs.
+   * update_slice along its first axis writes in this step, the run of the state that the update covers, and where
+   * this kernel computes the update (a select between it and the state: lowering of update_slice), the update's
+   * value there; undefined where that is not so, or where saying so needs more than the graph's inputs.
    */
-  private freshRanges(k: KExpr, kValue: Value, v: KExpr, vValue: Value): { fresh?: FlashIR['fresh'] } {
+  private freshRanges(k: KExpr, kValue: Value, v: KExpr, vValue: Value): FlashIR['fresh'] & object {
     const range = (e: KExpr, value: Value): FreshRange | undefined => {
       let x = value;
       while (x.producer && [Op.Reshape, Op.Permute, Op.Slice, Op.Expand, Op.Cast].includes(x.producer.op as Op)) x = x.producer.inputs[0];
       const n = x.producer;
-      if (e.k !== 'load' || n?.op !== Op.UpdateSlice || this.inside.has(x) || n.attrs.axis !== 0) return undefined;
-      const [target, update, index] = n.inputs;
-      if (JSON.stringify(this.buffers[e.buf].binding) !== JSON.stringify(bindingOf(this.g, this.k, x, this.slotOf))) return undefined;
-      // The update's start as storeUpdate computes it (clamped to keep the update inside the state), in elements.
-      const room = sub(add(this.dim(target.type.shape[0]), int(1)), this.dim(update.type.shape[0]));
-      const at: KExpr = { k: 'binary', op: 'index', a: this.expr(index, index.type.shape.map(() => int(0))), b: room, t: 'i32' };
+      if (n?.op !== Op.UpdateSlice || n.attrs.axis !== 0) return undefined;
+      const here = this.inside.has(x);
+      const load = here ? (e.k === 'select' ? e.b : undefined) : e;
+      if (load?.k !== 'load' || JSON.stringify(this.buffers[load.buf].binding) !== JSON.stringify(bindingOf(this.g, this.k, x, this.slotOf))) return undefined;
+      const [target, update] = n.inputs;
+      const at = this.updateStart(n);
       const row = this.numel(target.type.shape.slice(1));
-      const fresh = { from: mul(at, row), to: mul(add(at, this.dim(update.type.shape[0])), row) };
+      const fresh = { from: mul(at, row), to: mul(add(at, this.dim(update.type.shape[0])), row), ...(here ? { value: (e as Extract<KExpr, { k: 'select' }>).a } : {}) };
       const inputsOnly = (x: KExpr): boolean => loadsOf(x).every((l) => ['input', 'param'].includes(this.buffers[l.buf].binding.kind));
       return inputsOnly(fresh.from) && inputsOnly(fresh.to) ? fresh : undefined;
     };
     const [kr, vr] = [range(k, kValue), range(v, vValue)];
-    return kr || vr ? { fresh: { ...(kr ? { k: kr } : {}), ...(vr ? { v: vr } : {}) } } : {};
+    return { ...(kr ? { k: kr } : {}), ...(vr ? { v: vr } : {}) };
   }
 
   /**
@@ -306,7 +312,7 @@ class KernelLowering {
     }
     for (const v of writes) {
       const p = v.producer!;
-      if (p.op === Op.UpdateSlice) this.storeUpdate(p);
+      if (p.op === Op.UpdateSlice) this.body.push(this.updateStore(p, ivar(ROW), rows));
       else if (split.by === 'columns') this.storeColumns(v, split, rowIdx);
       else this.storeValue(v, rowIdx, split.tile);
     }
@@ -376,19 +382,47 @@ class KernelLowering {
     }
   }
 
-  /** A KV-cache write: the update's elements stored in place into the state at the given position. */
-  private storeUpdate(n: Node): void {
-    const [target, update, index] = n.inputs;
+  /**
+   * A KV-cache write: the update's elements stored in place into the state at the given position, row `row` of
+   * `rows` storing its run of them (a kernel of many rows, attention's heads, shares the write out).
+   */
+  private updateStore(n: Node, row: KExpr, rows: KExpr): Extract<KStmt, { k: 'store' }> {
+    const [target, update] = n.inputs;
     const axis = n.attrs.axis as number;
-    const i = this.bounded('i', this.numel(update.type.shape));
-    const uIdx = this.delinear(ivar(i), update.type.shape);
-    // The write's start, checked (or, on GPUs, clamped) to keep all of the update inside the state.
-    const room = sub(add(this.dim(target.type.shape[axis]), int(1)), this.dim(update.type.shape[axis]));
-    const at: KExpr = { k: 'binary', op: 'index', a: this.expr(index, index.type.shape.map(() => int(0))), b: room, t: 'i32' };
+    const count = this.numel(update.type.shape);
+    // One row stores it all (a kernel of one row may then be spread over many: spreadStores).
+    const whole = rows.k === 'const' && rows.value === 1;
+    const share = whole ? count : count.k === 'const' && rows.k === 'const' ? int(Math.ceil(count.value / rows.value)) : idiv(add(count, sub(rows, int(1))), rows);
+    const first = whole ? int(0) : mul(row, share);
+    const i = this.bounded('i', share);
+    const uIdx = this.delinear(add(first, ivar(i)), update.type.shape);
+    const at = this.updateStart(n);
     const tIdx = uIdx.map((e, d) => (d === axis ? add(e, at) : e));
     const value = this.expr(update, uIdx);
     const buf = this.buffer(n.output, true);
-    this.body.push({ k: 'store', buf, v: i, n: this.numel(update.type.shape), index: this.linear(tIdx, target.type.shape), value });
+    const stored: KExpr = whole ? count : { k: 'binary', op: 'min', a: share, b: sub(count, first), t: 'i32' };
+    return { k: 'store', buf, v: i, n: simplifyIndex(stored, this.bounds), index: this.linear(tIdx, target.type.shape), value };
+  }
+
+  /** Where an update_slice writes along its axis: checked (or, on GPUs, clamped) to keep the update inside the state. */
+  private updateStart(n: Node): KExpr {
+    const [target, update, index] = n.inputs;
+    const axis = n.attrs.axis as number;
+    const room = sub(add(this.dim(target.type.shape[axis]), int(1)), this.dim(update.type.shape[axis]));
+    return { k: 'binary', op: 'index', a: this.expr(index, index.type.shape.map(() => int(0))), b: room, t: 'i32' };
+  }
+
+  /**
+   * A state's new value read inside the kernel that writes it (a decode step's cache read by its attention): the
+   * update where it covers the index, else the state as it was. Nothing is read back from memory this kernel writes.
+   */
+  private updatedExpr(n: Node, idx: KExpr[], t: Scalar): KExpr {
+    const [target, update] = n.inputs;
+    const axis = n.attrs.axis as number;
+    const off = sub(idx[axis], this.updateStart(n));
+    const extent = this.dim(update.type.shape[axis]);
+    const cond: KExpr = { k: 'binary', op: 'and', a: { k: 'binary', op: 'ge', a: off, b: int(0), t: 'bool' }, b: { k: 'binary', op: 'lt', a: off, b: extent, t: 'bool' }, t: 'bool' };
+    return { k: 'select', cond, a: this.expr(update, idx.map((e, d) => (d === axis ? off : e))), b: this.expr(target, idx), t };
   }
 
   // ---- buffers ----
@@ -550,6 +584,7 @@ class KernelLowering {
         return this.expr(n.inputs[0], idx.map((e, i) => (i === axis ? add(e, int(n.attrs.start as number)) : e)));
       }
       case Op.Concat: return this.concat(n, idx, t);
+      case Op.UpdateSlice: return this.updatedExpr(n, idx, t);
       case Op.Gather: {
         const ids = n.inputs[1];
         // The row, checked (or, on GPUs, clamped) to lie in the table.
@@ -819,12 +854,13 @@ interface FlashOperands {
 /**
  * An attention kernel of many query rows: probs·v where probs = exp(s − max s) / Σ exp(s − max s) over the keys
  * (as `decompose` writes softmax), the scores s computed in the kernel from one product q·k, and the kernel writing
- * only values of the output's shape. One query row (decode) too: the scheduler gives it CUDA's decode form, or the row form.
+ * only values of the output's shape (and, with one query row, the cache writes of the step). One query row (decode)
+ * too: the scheduler gives it the decode form, or the row form.
  */
 export function flashOperands(k: Kernel, writes: readonly Value[]): FlashOperands | undefined {
   if (k.attrs.kind !== 'attention') return undefined;
   const matmuls = k.nodes.filter((n) => n.op === Op.Matmul);
-  const reductions = k.nodes.filter((n) => [Op.Sum, Op.Mean, Op.Max, Op.Argmax, Op.UpdateSlice].includes(n.op as Op));
+  const reductions = k.nodes.filter((n) => [Op.Sum, Op.Mean, Op.Max, Op.Argmax].includes(n.op as Op));
   if (matmuls.length !== 2 || reductions.length !== 2) return undefined;
   const pv = matmuls.find((n) => n.inputs[0].producer?.op === Op.Div);
   const div = pv?.inputs[0].producer;
@@ -846,7 +882,8 @@ export function flashOperands(k: Kernel, writes: readonly Value[]): FlashOperand
   if (!qk || typeof keys !== 'number' || typeof depth !== 'number' || typeof width !== 'number') return undefined;
   if (!batchShape.every((x): x is number => typeof x === 'number') || JSON.stringify(qk.output.type.shape) !== JSON.stringify(shape)) return undefined;
   const outShape = JSON.stringify(pv.output.type.shape);
-  if (!writes.every((w) => JSON.stringify(w.type.shape) === outShape)) return undefined;
+  // Besides the output, a decode step's cache writes (compiler/passes/fuse.ts): FlashIR.updates.
+  if (!writes.every((w) => w.producer?.op === Op.UpdateSlice || JSON.stringify(w.type.shape) === outShape)) return undefined;
   return { qk, pv, scores, batchShape, queries, keys, depth, width };
 }
 
@@ -859,6 +896,12 @@ function causalLimit(score: KExpr, t: string): KExpr | undefined {
   const c = score.cond;
   if (c.k !== 'binary' || (c.op !== 'le' && c.op !== 'lt') || c.a.k !== 'var' || c.a.name !== t || varsOf(c.b).has(t)) return undefined;
   return c.op === 'le' ? add(c.b, int(1)) : c.b;
+}
+
+/** What memory held before an update: the state's side of the select updatedExpr builds. */
+function staleOf(e: KExpr): KExpr {
+  if (e.k !== 'select') throw new Error('lowering: an updated state read as no select');
+  return e.b;
 }
 
 /** An epilogue read a product at an index other than its own: the kernel is lowered row by row instead. */

@@ -775,6 +775,8 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
   if (f.depth !== f.width || !Number.isInteger(lanesPerKey) || lanesPerKey > 32 || 32 % lanesPerKey !== 0 || !wide(f.k, f.d) || !wide(f.v, f.e)) return undefined;
   const groups = device.threadsPerWorkgroup / lanesPerKey;
   if (device.target === 'wgsl') {
+    // The WGSL form reads every key and value from memory: not one whose cache write it makes (FlashIR.updates).
+    if (f.updates) return undefined;
     const whole = [f.k, f.v].every((e) => e.k === 'load' && !opts.splitBuffers?.has(e.buf));
     if (!whole || !readsOnly([f.k, f.v], DType.F32, k)) return undefined;
     // The query, a step's partial products (then the groups' output runs), the groups' maxima and sums.
@@ -785,8 +787,11 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
   if (device.target !== 'cuda') return undefined;
   const halves = readsOnly([f.k, f.v], DType.BF16, k) || readsOnly([f.k, f.v], DType.F16, k);
   if (!halves) return undefined;
-  // Each group's maximum, sum and output run, merged through workgroup memory.
-  const bytes = 4 * (groups * (2 + f.width) + f.depth);
+  // Where the kernel writes the cache itself, the new key and value rows it computes: one row (not of the key).
+  const computed = [f.fresh?.k?.value, f.fresh?.v?.value].filter((x) => x !== undefined);
+  if (f.updates && (computed.length !== 2 || computed.some((x) => varsOf(x).has(f.t)))) return undefined;
+  // Each group's maximum, sum and output run, merged through workgroup memory; the query and computed rows.
+  const bytes = 4 * (groups * (2 + f.width) + f.depth * (1 + computed.length));
   if (bytes + SCRATCH_BYTES > device.staticWorkgroupMemoryBytes) return undefined;
   const step = groups * DECODE_KEY_UNROLL;
   const count = opts.keyChunks === false ? 1 : Math.ceil(f.keys / step);

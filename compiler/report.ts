@@ -96,7 +96,7 @@ function kernelRole(k: StepKernel, io: KernelIO, producerRoles: readonly string[
   const kind = String(k.attrs.kind ?? k.nodes[0].op);
   const touched = [...io.reads, ...io.writes].map(stateRoot);
   if (kind === 'state-write') return touched.some((v) => v.kind === 'state' && v.name!.startsWith('cache.')) ? 'KV-cache write' : 'token write';
-  if (kind === 'attention') return 'attention';
+  if (kind === 'attention') return io.writes.some((v) => stateRoot(v).kind === 'state') ? 'KV-cache write + attention' : 'attention';
   const weights = io.reads.filter((v) => v.kind === 'param').map((v) => v.name!);
   for (const [pattern, role] of projections) if (weights.some((w) => pattern.test(w))) return role;
   const finalNorm = weights.some((w) => w.startsWith('model.norm.'));

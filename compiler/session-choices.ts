@@ -27,11 +27,12 @@ export function kvCacheDType(backend: DeviceKind, weights: DType, asked?: DType)
  * which walks a cache of any length in one workgroup a head: never split there. On the H200 with a 2,048-position
  * cache, against chunks and their two combine kernels: 1.009 → 0.902 ms a token after 32 tokens, 1.094 → 1.076
  * after 2,016 (BENCHMARKS.md). Elsewhere the row form keeps a row of scores in workgroup memory and one workgroup a
- * head: split from SPLIT_ATTENTION_AT.
+ * head: split from SPLIT_ATTENTION_AT. Where the decode form runs, a step's cache writes join its attention kernel
+ * (PassContext.cacheWritesInAttention).
  */
 export function sessionContext(backend: DeviceKind, kv: DType, dims: ReadonlyMap<string, number> = defaultContext.dims): PassContext {
   const unsplit = backend === 'cuda' && (kv === DType.BF16 || kv === DType.F16);
-  return { dims, ...(unsplit ? { splitAttentionFrom: Infinity } : {}) };
+  return { dims, ...(unsplit ? { splitAttentionFrom: Infinity, cacheWritesInAttention: true } : {}) };
 }
 
 /** A KV-cache dtype the backend cannot store. */

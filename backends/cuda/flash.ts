@@ -13,7 +13,7 @@
 //             several keys issued together, an online softmax per group, the groups merged at the end.
 
 import { DType } from '../../ir/dtype.ts';
-import { FlashIR, KExpr } from '../kernel-ir.ts';
+import { FlashIR, KExpr, varsOf } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { FlashPlan } from '../schedule.ts';
 import { CUDA_BLOCK } from './prelude.ts';
@@ -482,7 +482,11 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   if (chunks && chunks.keys !== G * U) throw new Error(`CUDA: decode attention chunks of ${chunks.keys} keys for steps of ${G * U}`);
   const NC = chunks?.count ?? 1;
   const full = '0xffffffffu';
+  const computed = { k: f.fresh?.k?.value, v: f.fresh?.v?.value };
+  if ([computed.k, computed.v].some((x) => x && varsOf(x).has(f.t))) throw new Error('CUDA: a decode attention computing more than one new key row is not printed');
   out.push(`  ${shared.array('float', 'tf_qs', D, { aligned: true })}`);
+  if (computed.k) out.push(`  ${shared.array('float', 'tf_ks', D, { aligned: true })}`);
+  if (computed.v) out.push(`  ${shared.array('float', 'tf_vs', D, { aligned: true })}`);
   out.push(`  ${shared.array('float', 'tf_gm', G)}`);
   out.push(`  ${shared.array('float', 'tf_gl', G)}`);
   out.push(`  ${shared.array('float', 'tf_go', G * D, { aligned: true })}`);
@@ -504,29 +508,55 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   out.push(`${i1}if (tf_c >= tf_parts) continue;`);
   out.push(`${i1}const int tf_from = tf_c * ${chunks?.keys ?? 0}, tf_to = ${chunks ? `tf_imin(tf_lim, tf_from + ${chunks.keys})` : 'tf_lim'};`);
   out.push(`${i1}uint4 tf_kr[${U}], tf_vr[${U}];`);
+  // Keys and values of the step's new row that this kernel computes and writes itself (FlashIR.updates): their
+  // elements computed after the wait (they read what the predecessor wrote) into workgroup memory beside the
+  // query, and put in place of what the lanes loaded for that row (not yet written, or being written).
+  const pack = p.buffers[kLoad.buf].dtype === DType.F16 ? 'tf_pack_f16x8' : 'tf_pack_bf16x8';
+  const freshBounds = (r: 'k' | 'v', ind: string) => [p.expr(f.fresh![r]!.from, out, ind), p.expr(f.fresh![r]!.to, out, ind)];
   // A step's loads of keys and values (`load`: __ldg, or __ldcg before the wait: past the L1, which could keep a
-  // row the predecessor is writing); `only`, a condition on each key's and value's element index: load those alone.
-  const loadStep = (t0: string, ind: string, load = '__ldg', only?: (index: string, range: 'k' | 'v') => string) => {
+  // row the predecessor is writing; none: only the computed rows); `only`, a condition on each key's and value's
+  // element index: load those alone; `fresh`: the computed rows in place of what was loaded.
+  const loadStep = (t0: string, ind: string, load: string | undefined = '__ldg', only?: (index: string, range: 'k' | 'v') => string, fresh = false) => {
     out.push(`${ind}#pragma unroll`);
     out.push(`${ind}for (int tf_u = 0; tf_u < ${U}; tf_u++) {`);
     out.push(`${ind}  const int tf_t = ${t0} + tf_u * ${G} + tf_grp;`);
     out.push(`${ind}  const int ${f.t} = tf_t < tf_to ? tf_t : 0;`);
-    for (const [x, ld, reg] of [[f.d, kLoad, 'tf_kr'], [f.e, vLoad, 'tf_vr']] as const) {
+    for (const [x, ld, reg, r] of [[f.d, kLoad, 'tf_kr', 'k'], [f.e, vLoad, 'tf_vr', 'v']] as const) {
       out.push(`${ind}  {`);
       out.push(`${ind}    const int ${x} = tf_part;`);
       const index = p.expr(ld.index, out, ind + '    ');
       const at = `reinterpret_cast<const uint4*>(b${ld.buf} + ${index})`;
-      out.push(`${ind}    ${only ? `if (${only(index, reg === 'tf_kr' ? 'k' : 'v')}) ` : ''}${reg}[tf_u] = ${load}(${at});`);
+      if (load) out.push(`${ind}    ${only ? `if (${only(index, r)}) ` : ''}${reg}[tf_u] = ${load}(${at});`);
+      if (fresh && computed[r]) {
+        const [from, to] = freshBounds(r, ind + '    ');
+        out.push(`${ind}    if (${index} >= ${from} && ${index} < ${to}) ${reg}[tf_u] = ${pack}(${r === 'k' ? 'tf_ks' : 'tf_vs'} + tf_part);`);
+      }
       out.push(`${ind}  }`);
     }
     out.push(`${ind}}`);
   };
-  if (waits) {
+  // The step's cache writes, shared out among the heads' first chunks (always run), after the wait.
+  const updateStores = (ind: string) => {
+    out.push(`${ind}if (tf_c == 0) {`);
+    for (const u of f.updates ?? []) {
+      out.push(`${ind}  for (int ${u.v} = tf_row * TF_BLOCK + threadIdx.x; ${u.v} < ${p.expr(u.n, out, ind + '  ')}; ${u.v} += ${f.batch} * TF_BLOCK) {`);
+      const index = p.expr(u.index, out, ind + '    ');
+      const value = p.expr(u.value, out, ind + '    ');
+      out.push(`${ind}    b${u.buf}[${index}] = ${storeValue(p.buffers[u.buf].dtype, value, u.value.t)};`);
+      out.push(`${ind}  }`);
+    }
+    out.push(`${ind}}`);
+  };
+  const computes = !!(computed.k || computed.v);
+  if (waits && computes) {
+    // Keys and values were written before this step but for the row the step's update writes, which this kernel
+    // computes (FlashIR.updates): the first step's loads go before the wait, the computed row (below) after it.
+    loadStep('tf_from', i1, '__ldcg');
+    out.push(`${i1}if (!tf_waited) {`, ...gridWait(`${i1}  `), `${i1}  tf_waited = true;`, `${i1}}`);
+  } else if (waits) {
     // Keys and values were written before this step but for the run the step's update writes (FlashIR.fresh): the
     // first step's loads go before the wait, and the fresh ones again after it.
-    const fresh = f.fresh!;
-    const bounds = (r: 'k' | 'v') => [p.expr(fresh[r]!.from, out, i1), p.expr(fresh[r]!.to, out, i1)];
-    const [[kFrom, kTo], [vFrom, vTo]] = [bounds('k'), bounds('v')];
+    const [[kFrom, kTo], [vFrom, vTo]] = [freshBounds('k', i1), freshBounds('v', i1)];
     loadStep('tf_from', i1, '__ldcg');
     out.push(`${i1}if (!tf_waited) {`, ...gridWait(`${i1}  `), `${i1}  tf_waited = true;`);
     loadStep('tf_from', `${i1}  `, '__ldcg', (index, r) => (r === 'k' ? `${index} >= ${kFrom} && ${index} < ${kTo}` : `${index} >= ${vFrom} && ${index} < ${vTo}`));
@@ -534,11 +564,18 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   } else {
     loadStep('tf_from', i1);
   }
-  // The query, an element a thread, while the loads are in flight.
+  if (f.updates) updateStores(i1);
+  // The query, an element a thread, while the loads are in flight; and the computed key and value rows.
   out.push(`${i1}for (int ${f.d} = threadIdx.x; ${f.d} < ${D}; ${f.d} += TF_BLOCK) {`);
   out.push(`${i2}tf_qs[${f.d}] = ${p.expr(f.q, out, i2)};`);
+  if (computed.k) out.push(`${i2}tf_ks[${f.d}] = ${p.expr(computed.k, out, i2)};`);
+  if (computed.v) {
+    out.push(`${i2}{`, `${i2}  const int ${f.e} = ${f.d};`);
+    out.push(`${i2}  tf_vs[${f.d}] = ${p.expr(computed.v, out, i2 + '  ')};`, `${i2}}`);
+  }
   out.push(`${i1}}`);
   out.push(`${i1}__syncthreads();`);
+  if (computes) loadStep('tf_from', i1, undefined, undefined, true);
   out.push(`${i1}float tf_qv[8];`);
   out.push(`${i1}tf_ld8_smem(tf_qs + tf_part, tf_qv);`);
   out.push(`${i1}float tf_m = -TF_INF, tf_l = 0.0f, tf_o[8];`);
@@ -583,7 +620,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   out.push(`${i3}}`);
   out.push(`${i2}}`);
   out.push(`${i2}if (tf_t0 + ${G * U} < tf_to) {`);
-  loadStep(`tf_t0 + ${G * U}`, i3);
+  loadStep(`tf_t0 + ${G * U}`, i3, '__ldg', undefined, computes);
   out.push(`${i2}}`);
   out.push(`${i1}}`);
   // The groups merged: each leaves its maximum, sum and output run; output element x is added by the TE threads

@@ -128,6 +128,16 @@ __device__ __forceinline__ void tf_unpack_f16x8(const uint4 w, float* o) {
 __device__ __forceinline__ void tf_ld8_f16(const unsigned short* p, float* o) {
   tf_unpack_f16x8(__ldg(reinterpret_cast<const uint4*>(p)), o);
 }
+// Two f32 values as one u32 of two 16-bit floats (the lower address's element in the low half; for matrix
+// instructions too), and eight as tf_unpack_*x8 reads them (a decode step's new key or value row, computed).
+__device__ __forceinline__ unsigned tf_pack_bf16(float lo, float hi) { return (unsigned)tf_to_bf16(lo) | ((unsigned)tf_to_bf16(hi) << 16); }
+__device__ __forceinline__ unsigned tf_pack_f16(float lo, float hi) { return (unsigned)tf_to_f16(lo) | ((unsigned)tf_to_f16(hi) << 16); }
+__device__ __forceinline__ uint4 tf_pack_bf16x8(const float* v) {
+  return make_uint4(tf_pack_bf16(v[0], v[1]), tf_pack_bf16(v[2], v[3]), tf_pack_bf16(v[4], v[5]), tf_pack_bf16(v[6], v[7]));
+}
+__device__ __forceinline__ uint4 tf_pack_f16x8(const float* v) {
+  return make_uint4(tf_pack_f16(v[0], v[1]), tf_pack_f16(v[2], v[3]), tf_pack_f16(v[4], v[5]), tf_pack_f16(v[6], v[7]));
+}
 __device__ __forceinline__ void tf_ld8_f32(const float* p, float* o) {
   const float4 a = __ldg(reinterpret_cast<const float4*>(p));
   const float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
@@ -249,8 +259,6 @@ template <int P, int U> __device__ __forceinline__ void tf_add_parts(const float
     }
   }
 }
-// Two f32 values as one u32 of two bf16 (the lower address's element in the low half), for matrix instructions.
-__device__ __forceinline__ unsigned tf_pack_bf16(float lo, float hi) { return (unsigned)tf_to_bf16(lo) | ((unsigned)tf_to_bf16(hi) << 16); }
 // c += a · b for one warp: a 16 × 16 tile of bf16 (row-major fragments), b 16 × 8 (column-major), c 16 × 8 f32, in
 // the fragment layout of mma.sync.m16n8k16 (lane = 4 · group + index in group).
 #ifdef __CUDA_ARCH__

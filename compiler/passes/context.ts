@@ -10,6 +10,12 @@ export interface PassContext {
    * Infinity: never (a device whose decode attention walks a long cache in one workgroup a head: compiler/session-choices.ts).
    */
   readonly splitAttentionFrom?: number;
+  /**
+   * A decode step's KV-cache writes (updates of one position) join the attention kernel that reads the cache: it
+   * reads the new rows from the update itself and stores them, one launch fewer a layer (fuse). Only where that
+   * kernel's form reads them so (CUDA's decode form: compiler/session-choices.ts).
+   */
+  readonly cacheWritesInAttention?: boolean;
 }
 
 export const defaultContext: PassContext = { dims: new Map([['S', 32]]) };

@@ -554,6 +554,23 @@ function mergeStateWrites(p: Partition): void {
 }
 
 /**
+ * A decode step's cache writes (updates of one position) join the attention kernel that alone reads the cache after
+ * them (PassContext.cacheWritesInAttention): it reads the new rows from the update rather than from memory, so it
+ * need not wait for another kernel to write them, and the write costs no launch of its own.
+ */
+function mergeCacheWritesIntoAttention(p: Partition): void {
+  if (!p.ctx.cacheWritesInAttention) return;
+  for (const w of p.live().filter((gr) => gr.kind === 'state-write')) {
+    const onePosition = w.members.every((n) => n.inputs[1].type.shape[n.attrs.axis as number] === 1);
+    const readers = new Set(p.readersOf(w).map((n) => p.group(n)!));
+    const [a] = readers;
+    if (!onePosition || readers.size !== 1 || a.kind !== 'attention') continue;
+    const updates = w.members.map((m) => `${formatType(m.inputs[1].type)} into %${m.inputs[0].name}`).join(', ');
+    p.merge(a, w, 'attention', `the cache writes of one position (${updates}) join the attention kernel that reads them: it reads the new rows from the update, one launch fewer`);
+  }
+}
+
+/**
  * Whether each of `groups` reaches each later one. Rows are filled from the last, so that where a reaches some b
  * between it and c that reaches c, it is known to reach c without a search: a layer's KV-cache write reaches the
  * next layer's, and through it every later layer's.
@@ -720,6 +737,7 @@ export function fuse(g: Graph, ctx: PassContext): Graph {
   mergeNormPrologues(p);
   placeEpilogues(p);
   mergeStateWrites(p);
+  mergeCacheWritesIntoAttention(p);
   const fused = emit(p);
   explainBoundaries(fused, p);
   return fused;

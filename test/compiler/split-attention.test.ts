@@ -52,14 +52,17 @@ test('a long cache is split into chunks with per-chunk statistics; a short one, 
 test('sessions split long caches except on CUDA with a 16-bit cache (its decode form walks the whole cache), and cache the choice', () => {
   assert.is(sessionContext('cuda', DType.BF16).splitAttentionFrom, Infinity);
   assert.is(sessionContext('cuda', DType.F16).splitAttentionFrom, Infinity);
+  assert.is(sessionContext('cuda', DType.BF16).cacheWritesInAttention, true);
   for (const [backend, kv] of [['cuda', DType.F32], ['webgpu', DType.F32], ['cpu', DType.F32]] as const) {
     assert.is(sessionContext(backend, kv).splitAttentionFrom, undefined, `${backend}, ${kv}`);
+    assert.is(sessionContext(backend, kv).cacheWritesInAttention, undefined, `${backend}, ${kv}`);
   }
   const dims = new Map([['S', 32]]);
   assert.is.not(cacheKey('m', { dims, splitAttentionFrom: Infinity }), cacheKey('m', { dims }), 'the compile cache keys the choice');
+  assert.is.not(cacheKey('m', { dims, cacheWritesInAttention: true }), cacheKey('m', { dims }), 'and the cache writes\' place');
   const modules = (backend: string) => execFileSync(process.execPath, ['bin/tsfuse.mjs', 'compile', '--config', 'llama-3.2-1b', '--backend', backend, '--no-cache', '--json'], { encoding: 'utf8' });
   const decodeKernels = (backend: string) => (JSON.parse(modules(backend)) as { graphs: Record<string, { kernels: number }> }).graphs.decode.kernels;
-  assert.is(decodeKernels('cuda'), 16 * 6 + 5, 'CUDA: 6 kernels a layer over the 2,048-position cache');
+  assert.is(decodeKernels('cuda'), 16 * 5 + 5, 'CUDA: 5 kernels a layer over the 2,048-position cache (the cache write inside attention)');
   assert.is(decodeKernels('webgpu'), 16 * 8 + 5, 'WebGPU: the attention chunks and two combine kernels a layer');
 });
 
