@@ -179,7 +179,7 @@ export function llamaCacheWhat(req: CompileRequest) {
  * cache for it: S, the prompt length of the byte counts, and where attention is split.
  */
 export function llamaPassContext(req: CompileRequest): PassContext {
-  return sessionContext(req.backend as DeviceKind, req.kvDType ?? DType.F32, new Map([['S', req.promptLength]]));
+  return sessionContext(req.backend as DeviceKind, req.kvDType ?? DType.F32, req.cfg.headDim, new Map([['S', req.promptLength]]));
 }
 
 export function builtinLlama(name: string): LlamaConfig {

@@ -61,7 +61,7 @@ export async function openLlamaSession(model: LoadedLlama, opts: OpenSessionOpti
   const traceOpts = { weightDType: model.weightDType, cacheLength: opts.cacheLength, sampling: opts.sampling ?? false, kvDType };
   const trace = () => traceLlama(model.cfg, traceOpts);
   // Compiled through the compile cache: an unchanged model and options skip tracing and compiling.
-  const ctx: PassContext = sessionContext(opts.backend, kvDType);
+  const ctx: PassContext = sessionContext(opts.backend, kvDType, model.cfg.headDim);
   const compiled = opts.backend === 'reference' ? undefined
     : step('compiling the model', () => compileCached({ model: 'llama', cfg: model.cfg, ...traceOpts }, trace, { ...opts.compileCache, ctx }));
   const lowered = compiled?.module ?? lowerFor(opts.backend, trace(), ctx);

@@ -22,17 +22,24 @@ export function kvCacheDType(backend: DeviceKind, weights: DType, asked?: DType)
 }
 
 /**
- * The passes' context for a session on `backend` with a KV cache of `kv`, assuming `dims`: where attention is split
- * into chunks. CUDA with a bf16 or f16 cache runs decode attention in its decode form (backends/cuda/flash.ts),
- * which walks a cache of any length in one workgroup a head: never split there. On the H200 with a 2,048-position
- * cache, against chunks and their two combine kernels: 1.009 → 0.902 ms a token after 32 tokens, 1.094 → 1.076
- * after 2,016 (BENCHMARKS.md). Elsewhere the row form keeps a row of scores in workgroup memory and one workgroup a
- * head: split from SPLIT_ATTENTION_AT. Where the decode form runs, a step's cache writes join its attention kernel
+ * The passes' context for a session on `backend` with a KV cache of `kv` and heads of `headDim`, assuming `dims`:
+ * where attention is split into chunks, and where the cache writes go. A device whose decode attention walks a
+ * long cache in its decode form is never split: CUDA with a bf16 or f16 cache (backends/cuda/flash.ts; it divides
+ * the cache among workgroups itself), and WebGPU with its f32 cache where the WGSL decode form takes the head (a
+ * multiple of 8 with at most 32 lanes of 8: backends/wgsl/flash.ts). On the H200 with a 2,048-position cache after
+ * 2,016 tokens, against chunks and their two combine kernels: CUDA 1.094 → 1.076 ms a token, WebGPU 1.666 → 1.320
+ * (BENCHMARKS.md). Elsewhere the row form keeps a row of scores in workgroup memory and one workgroup a head: split
+ * from SPLIT_ATTENTION_AT. Where CUDA's decode form runs, a step's cache writes join its attention kernel
  * (PassContext.cacheWritesInAttention).
  */
-export function sessionContext(backend: DeviceKind, kv: DType, dims: ReadonlyMap<string, number> = defaultContext.dims): PassContext {
-  const unsplit = backend === 'cuda' && (kv === DType.BF16 || kv === DType.F16);
-  return { dims, ...(unsplit ? { splitAttentionFrom: Infinity, cacheWritesInAttention: true } : {}) };
+export function sessionContext(backend: DeviceKind, kv: DType, headDim: number, dims: ReadonlyMap<string, number> = defaultContext.dims): PassContext {
+  const cudaDecodeForm = backend === 'cuda' && (kv === DType.BF16 || kv === DType.F16);
+  const wgslDecodeForm = backend === 'webgpu' && kv === DType.F32 && headDim % 8 === 0 && 32 % (headDim / 8) === 0;
+  return {
+    dims,
+    ...(cudaDecodeForm || wgslDecodeForm ? { splitAttentionFrom: Infinity } : {}),
+    ...(cudaDecodeForm ? { cacheWritesInAttention: true } : {}),
+  };
 }
 
 /** A KV-cache dtype the backend cannot store. */
