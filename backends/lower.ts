@@ -422,7 +422,9 @@ class KernelLowering {
     const off = sub(idx[axis], this.updateStart(n));
     const extent = this.dim(update.type.shape[axis]);
     const cond: KExpr = { k: 'binary', op: 'and', a: { k: 'binary', op: 'ge', a: off, b: int(0), t: 'bool' }, b: { k: 'binary', op: 'lt', a: off, b: extent, t: 'bool' }, t: 'bool' };
-    return { k: 'select', cond, a: this.expr(update, idx.map((e, d) => (d === axis ? off : e))), b: this.expr(target, idx), t };
+    // An update of one position is read at 0 along the axis (the select takes it only there), not at idx − start.
+    const along = update.type.shape[axis] === 1 ? int(0) : off;
+    return { k: 'select', cond, a: this.expr(update, idx.map((e, d) => (d === axis ? along : e))), b: this.expr(target, idx), t };
   }
 
   // ---- buffers ----

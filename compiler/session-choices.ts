@@ -29,7 +29,7 @@ export function kvCacheDType(backend: DeviceKind, weights: DType, asked?: DType)
  * multiple of 8 with at most 32 lanes of 8: backends/wgsl/flash.ts). On the H200 with a 2,048-position cache after
  * 2,016 tokens, against chunks and their two combine kernels: CUDA 1.094 → 1.076 ms a token, WebGPU 1.666 → 1.320
  * (BENCHMARKS.md). Elsewhere the row form keeps a row of scores in workgroup memory and one workgroup a head: split
- * from SPLIT_ATTENTION_AT. Where CUDA's decode form runs, a step's cache writes join its attention kernel
+ * from SPLIT_ATTENTION_AT. Where a decode form runs, a step's cache writes join its attention kernel
  * (PassContext.cacheWritesInAttention).
  */
 export function sessionContext(backend: DeviceKind, kv: DType, headDim: number, dims: ReadonlyMap<string, number> = defaultContext.dims): PassContext {
@@ -38,7 +38,7 @@ export function sessionContext(backend: DeviceKind, kv: DType, headDim: number, 
   return {
     dims,
     ...(cudaDecodeForm || wgslDecodeForm ? { splitAttentionFrom: Infinity } : {}),
-    ...(cudaDecodeForm ? { cacheWritesInAttention: true } : {}),
+    ...(cudaDecodeForm || wgslDecodeForm ? { cacheWritesInAttention: true } : {}),
   };
 }
 
