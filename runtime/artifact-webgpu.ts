@@ -9,7 +9,7 @@ import { HostTensor } from '../ir/host-tensor.ts';
 import { resolveShape } from '../ir/shape.ts';
 import { BoundCall, bufferBytes, bufferKey, WebGpuArtifactPlan } from './artifact.ts';
 import { fromDevice, toDevice } from './devices/device-bytes.ts';
-import { align, bindingType, wordBytes } from './devices/webgpu-load.ts';
+import { align, wordBytes } from './devices/webgpu-load.ts';
 import { openDevice } from './webgpu/device.ts';
 
 /** Workgroups per dispatch dimension; larger row counts go on in y (as the kernels expect). */
@@ -86,7 +86,7 @@ async function load(plan: WebGpuArtifactPlan): Promise<Loaded> {
       entries: k.bindings.map((b, binding) => ({
         binding,
         visibility: GPUShaderStage.COMPUTE,
-        buffer: { type: bindingType(b, k.buffers) },
+        buffer: { type: b.kind === 'sizes' ? 'uniform' : b.kind === 'chunk' && k.buffers[b.buffer].written ? 'storage' : 'read-only-storage' },
       })),
     });
     return gpu.createComputePipeline({

@@ -3,7 +3,7 @@
 // each thread's registers), as backends/cuda/flash.ts does; tiles are smaller to fit WebGPU's 16 KiB of workgroup
 // memory. The bound is read back through workgroupUniformLoad, so the loop holding barriers stays uniform.
 
-import { FlashIR, varsOf } from '../kernel-ir.ts';
+import { FlashIR } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { FlashPlan } from '../schedule.ts';
 import { wgslDialect } from './dialect.ts';
@@ -133,17 +133,9 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
     throw new Error(`WGSL: a decode attention of head ${D} in ${G} key groups is not printed`);
   }
   const [kLoad, vLoad] = [f.k, f.v];
-  // The step's new key and value rows where this kernel writes them itself (FlashIR.updates): computed into
-  // workgroup memory beside the query and read from there in place of memory (which another workgroup is writing).
-  const computed = { k: f.fresh?.k?.value, v: f.fresh?.v?.value };
-  if (f.updates && (!computed.k || !computed.v || [computed.k, computed.v].some((x) => varsOf(x!).has(f.t)))) {
-    throw new Error('WGSL: a decode attention writing the cache prints one computed key and value row');
-  }
   const ninf = wgslDialect.literal(-Infinity, 'f32');
   const decls = [
     `var<workgroup> tf_qs: array<f32, ${D}>;`,
-    ...(computed.k ? [`var<workgroup> tf_ks: array<f32, ${D}>;`] : []),
-    ...(computed.v ? [`var<workgroup> tf_vs: array<f32, ${D}>;`] : []),
     // A step's partial dot products, then (after the walk) the groups' output runs.
     `var<workgroup> tf_dp: array<f32, ${U * threads}>;`,
     `var<workgroup> tf_gm: array<f32, ${G}>;`,
@@ -161,19 +153,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   out.push('  }');
   out.push(`  for (var ${f.d}: i32 = lid; ${f.d} < ${D}; ${f.d} += ${threads}) {`);
   out.push(`    tf_qs[${f.d}] = ${p.expr(f.q, out, '    ')};`);
-  if (computed.k) out.push(`    tf_ks[${f.d}] = ${p.expr(computed.k, out, '    ')};`);
-  if (computed.v) {
-    out.push('    {', `      let ${f.e} = ${f.d};`);
-    out.push(`      tf_vs[${f.d}] = ${p.expr(computed.v, out, '      ')};`, '    }');
-  }
   out.push('  }');
-  // The step's cache writes, shared out among the heads.
-  for (const u of f.updates ?? []) {
-    out.push(`  for (var ${u.v}: i32 = row * ${threads} + lid; ${u.v} < ${p.expr(u.n, out, '  ')}; ${u.v} += ${f.batch * threads}) {`);
-    const index = p.expr(u.index, out, '    ');
-    out.push(`    store_b${u.buf}(${index}, ${p.expr(u.value, out, '    ')});`);
-    out.push('  }');
-  }
   out.push('  let tf_lim = workgroupUniformLoad(&tf_lim_w);');
   out.push('  let tf_q0 = vec4<f32>(tf_qs[tf_part], tf_qs[tf_part + 1], tf_qs[tf_part + 2], tf_qs[tf_part + 3]);');
   out.push('  let tf_q1 = vec4<f32>(tf_qs[tf_part + 4], tf_qs[tf_part + 5], tf_qs[tf_part + 6], tf_qs[tf_part + 7]);');
@@ -188,25 +168,12 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   // Keys past the bound read row 0 (unused).
   out.push(`      let ${f.t} = select(0, tf_t, tf_t < tf_lim);`);
   out.push(`      let ${f.d} = tf_part;`);
-  // A key's or value's 8 elements, two vec4s: from memory, or the computed row where the element index is in it.
-  const rowAt = (r: 'k' | 'v', load: typeof kLoad, a: string, b: string) => {
-    const index = p.expr(load.index, out, '      ');
-    const fromMemory = [`${a} = b${load.buf}_v4[(${index}) >> 2];`, `${b} = b${load.buf}_v4[((${index}) >> 2) + 1];`];
-    if (!computed[r]) {
-      out.push(...fromMemory.map((l) => `      ${l}`));
-      return;
-    }
-    const [from, to] = [p.expr(f.fresh![r]!.from, out, '      '), p.expr(f.fresh![r]!.to, out, '      ')];
-    const smem = r === 'k' ? 'tf_ks' : 'tf_vs';
-    const at = (j: number) => `vec4<f32>(${[0, 1, 2, 3].map((x) => `${smem}[tf_part + ${j + x}]`).join(', ')})`;
-    out.push(`      if (${index} >= ${from} && ${index} < ${to}) {`, `        ${a} = ${at(0)};`, `        ${b} = ${at(4)};`, '      } else {');
-    out.push(...fromMemory.map((l) => `        ${l}`), '      }');
-  };
-  out.push('      var tf_k0: vec4<f32>;', '      var tf_k1: vec4<f32>;');
-  rowAt('k', kLoad, 'tf_k0', 'tf_k1');
-  out.push(`      tf_dp[tf_u * ${threads} + lid] = dot(tf_q0, tf_k0) + dot(tf_q1, tf_k1);`);
+  out.push(`      let tf_ki = (${p.expr(kLoad.index, out, '      ')}) >> 2;`);
+  out.push(`      tf_dp[tf_u * ${threads} + lid] = dot(tf_q0, b${kLoad.buf}_v4[tf_ki]) + dot(tf_q1, b${kLoad.buf}_v4[tf_ki + 1]);`);
   out.push(`      let ${f.e} = tf_part;`);
-  rowAt('v', vLoad, 'tf_vv[2 * tf_u]', 'tf_vv[2 * tf_u + 1]');
+  out.push(`      let tf_vi = (${p.expr(vLoad.index, out, '      ')}) >> 2;`);
+  out.push(`      tf_vv[2 * tf_u] = b${vLoad.buf}_v4[tf_vi];`);
+  out.push(`      tf_vv[2 * tf_u + 1] = b${vLoad.buf}_v4[tf_vi + 1];`);
   out.push('    }');
   out.push('    workgroupBarrier();');
   // Each group's scores (its threads' products added in the same order) and their maximum; keys past the bound −∞.

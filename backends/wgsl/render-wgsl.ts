@@ -141,11 +141,7 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   const out: string[] = [];
   const bindings: WgslBinding[] = [];
   out.push(...wgslHelpers(body.join('\n')));
-  // A buffer read as vec4s that the kernel also writes (a KV cache that decode attention reads and writes) is bound
-  // once, as vec4s read and written: a second, writable binding of the same buffer in one dispatch is not allowed.
-  const vec4Only = new Set([...vec4].filter((buf) => k.buffers[buf].written));
   k.buffers.forEach((b, i) => {
-    if (vec4Only.has(i)) return;
     const access = b.written ? 'read_write' : 'read';
     for (let c = 0; c < layouts[i].chunks; c++) {
       out.push(`@group(0) @binding(${bindings.length}) var<storage, ${access}> b${i}_${c}: array<${wordType(b.dtype)}>;`);
@@ -154,13 +150,13 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   });
   for (const buf of vec4) {
     const t = k.buffers[buf].dtype === DType.F32 ? 'vec4<f32>' : 'vec4<u32>';
-    out.push(`@group(0) @binding(${bindings.length}) var<storage, ${vec4Only.has(buf) ? 'read_write' : 'read'}> b${buf}_v4: array<${t}>;`);
+    out.push(`@group(0) @binding(${bindings.length}) var<storage, read> b${buf}_v4: array<${t}>;`);
     bindings.push({ kind: 'vec4', buffer: buf });
   }
   out.push(`struct Sizes { rows: i32, ${k.sizes.map((s) => `${sizeName(s)}: i32, `).join('')}}`);
   out.push(`@group(0) @binding(${bindings.length}) var<uniform> sizes: Sizes;`);
   bindings.push({ kind: 'sizes' });
-  k.buffers.forEach((b, i) => out.push(...accessors(i, b, layouts[i], vec4Only.has(i))));
+  k.buffers.forEach((b, i) => out.push(...accessors(i, b, layouts[i])));
 
   for (const a of sk.arrays) {
     // Workgroup memory holds f32 and i32 (bools as f32, as before the schedule).
@@ -190,16 +186,12 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   return { before, random, after: out.join('\n') + '\n', bindings };
 }
 
-/**
- * load_bN(i) (and store_bN(i, v) for written buffers) over the buffer's chunks and packing, or (`vec4Only`) over
- * its one binding as vec4s.
- */
-function accessors(i: number, b: KBuffer, layout: BufferLayout, vec4Only: boolean): string[] {
+/** load_bN(i) (and store_bN(i, v) for written buffers) over the buffer's chunks and packing. */
+function accessors(i: number, b: KBuffer, layout: BufferLayout): string[] {
   const word = wordType(b.dtype);
   // Kernels compute u32 values as i32 bits (ir/ops.ts allows u32 no arithmetic).
   const t = b.dtype === DType.I32 || b.dtype === DType.U32 ? 'i32' : b.dtype === DType.Bool ? 'bool' : 'f32';
   const chunked = (w: string, body: (arr: string) => string): string[] => {
-    if (vec4Only) return [`  ${body(`b${i}_v4[${w} >> 2u][${w} & 3u]`)}`];
     if (layout.chunks === 1) return [`  ${body(`b${i}_0[${w}]`)}`];
     const lines = [`  let c = ${w} / ${layout.chunkWords}; let o = ${w} % ${layout.chunkWords};`];
     for (let c = 0; c < layout.chunks; c++) lines.push(`  if (c == ${c}) { ${body(`b${i}_${c}[o]`)} }`);

@@ -13,7 +13,7 @@ export interface PassContext {
   /**
    * A decode step's KV-cache writes (updates of one position) join the attention kernel that reads the cache: it
    * reads the new rows from the update itself and stores them, one launch fewer a layer (fuse). Only where that
-   * kernel's form reads them so (the GPUs' decode forms: compiler/session-choices.ts).
+   * kernel's form reads them so (CUDA's decode form: compiler/session-choices.ts).
    */
   readonly cacheWritesInAttention?: boolean;
 }

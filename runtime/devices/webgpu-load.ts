@@ -3,17 +3,11 @@
 
 import { evalSize, KernelIR, KExpr, varsOf } from '../../backends/kernel-ir.ts';
 import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
-import { BufferLayout, renderWgsl, WgslBinding, wgslFeatures } from '../../backends/wgsl/render-wgsl.ts';
+import { BufferLayout, renderWgsl, wgslFeatures } from '../../backends/wgsl/render-wgsl.ts';
 import { DType } from '../../ir/dtype.ts';
 import { bufferKey, BufferKey, planBuffers, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
 import { boolWords, deviceByteLength } from './device-bytes.ts';
-
-/** How a shader's binding is laid out: a buffer the kernel writes is bound writable (once: render-wgsl.ts). */
-export function bindingType(b: WgslBinding, buffers: readonly { readonly written: boolean }[]): GPUBufferBindingType {
-  if (b.kind === 'sizes') return 'uniform';
-  return buffers[b.buffer].written ? 'storage' : 'read-only-storage';
-}
 
 export interface GpuKernel {
   readonly ir: KernelIR;
@@ -93,7 +87,7 @@ export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: Readonly
         entries: bindings.map((b, binding) => ({
           binding,
           visibility: GPUShaderStage.COMPUTE,
-          buffer: { type: bindingType(b, ir.buffers) },
+          buffer: { type: b.kind === 'sizes' ? 'uniform' : b.kind === 'chunk' && ir.buffers[b.buffer].written ? 'storage' : 'read-only-storage' },
         })),
       });
       pipeline = gpu.createComputePipeline({

@@ -56,8 +56,7 @@ test('sessions split long caches except where decode attention walks the whole c
   // WebGPU's f32 cache: the WGSL decode form takes heads of 8 to 256 in powers of two.
   for (const head of [8, 64, 128, 256]) assert.is(sessionContext('webgpu', DType.F32, head).splitAttentionFrom, Infinity, `webgpu, head ${head}`);
   for (const head of [48, 96, 512]) assert.is(sessionContext('webgpu', DType.F32, head).splitAttentionFrom, undefined, `webgpu, head ${head}`);
-  assert.is(sessionContext('webgpu', DType.F32, 64).cacheWritesInAttention, true);
-  assert.is(sessionContext('webgpu', DType.F32, 96).cacheWritesInAttention, undefined);
+  assert.is(sessionContext('webgpu', DType.F32, 64).cacheWritesInAttention, undefined);
   for (const [backend, kv] of [['cuda', DType.F32], ['cpu', DType.F32]] as const) {
     assert.is(sessionContext(backend, kv, 64).splitAttentionFrom, undefined, `${backend}, ${kv}`);
     assert.is(sessionContext(backend, kv, 64).cacheWritesInAttention, undefined, `${backend}, ${kv}`);
@@ -68,7 +67,7 @@ test('sessions split long caches except where decode attention walks the whole c
   const modules = (backend: string) => execFileSync(process.execPath, ['bin/tsfuse.mjs', 'compile', '--config', 'llama-3.2-1b', '--backend', backend, '--no-cache', '--json'], { encoding: 'utf8' });
   const decodeKernels = (backend: string) => (JSON.parse(modules(backend)) as { graphs: Record<string, { kernels: number }> }).graphs.decode.kernels;
   assert.is(decodeKernels('cuda'), 16 * 5 + 5, 'CUDA: 5 kernels a layer over the 2,048-position cache (the cache write inside attention)');
-  assert.is(decodeKernels('webgpu'), 16 * 5 + 5, 'WebGPU: 5 kernels a layer (its decode form walks the whole cache and writes it)');
+  assert.is(decodeKernels('webgpu'), 16 * 6 + 5, 'WebGPU: 6 kernels a layer (its decode form walks the whole cache)');
   assert.is(decodeKernels('cpu'), 16 * 8 + 5, 'the CPU: the attention chunks and two combine kernels a layer');
 });
 
