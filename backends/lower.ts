@@ -235,7 +235,7 @@ class KernelLowering {
    * this kernel computes the update (a select between it and the state: lowering of update_slice), the update's
    * value there; undefined where that is not so, or where saying so needs more than the graph's inputs.
    */
-  private freshRanges(k: KExpr, kValue: Value, v: KExpr, vValue: Value): FlashIR['fresh'] & object {
+  private freshRanges(k: KExpr, kValue: Value, v: KExpr, vValue: Value): NonNullable<FlashIR['fresh']> {
     const range = (e: KExpr, value: Value): FreshRange | undefined => {
       let x = value;
       while (x.producer && [Op.Reshape, Op.Permute, Op.Slice, Op.Expand, Op.Cast].includes(x.producer.op as Op)) x = x.producer.inputs[0];
