@@ -476,8 +476,12 @@ function oneWave(rows: KExpr, device: DeviceCaps): number | undefined {
   return need <= p.maxWorkgroups ? need : undefined;
 }
 
-const lt = (a: KExpr, b: KExpr): KExpr => ({ k: 'binary', op: 'lt', a, b, t: 'bool' });
-const select = (cond: KExpr, a: KExpr, b: KExpr): KExpr => ({ k: 'select', cond, a, b, t: 'i32' });
+// Folded where constant (a decode kernel's grid: 32 rows, not `1 < 1 ? 32 : 32`).
+const lt = (a: KExpr, b: KExpr): KExpr => (a.k === 'const' && b.k === 'const' ? { k: 'const', value: a.value < b.value ? 1 : 0, t: 'bool' } : { k: 'binary', op: 'lt', a, b, t: 'bool' });
+const select = (cond: KExpr, a: KExpr, b: KExpr): KExpr => {
+  if (cond.k === 'const') return cond.value ? a : b;
+  return JSON.stringify(a) === JSON.stringify(b) ? a : { k: 'select', cond, a, b, t: 'i32' };
+};
 
 /**
  * Tiles for a GEMM: bf16 matrix instructions where the device has them and every right operand is a bf16 weight
