@@ -68,7 +68,9 @@ export function alignedDot(r: Reduce, buffers: readonly KBuffer[], arrayLength: 
   const body = r.body;
   if (r.op !== 'sum' || body.k !== 'binary' || body.op !== 'mul' || r.n.k !== 'const') return undefined;
   for (const [load, other] of [[body.b, body.a], [body.a, body.b]] as const) {
-    if (load.k !== 'load') continue;
+    // Read-only buffers only (a WGSL shader binds a buffer it reads wide a second time, read-only, which a buffer
+    // it writes must not be: a decode attention that writes the cache, in its row form).
+    if (load.k !== 'load' || buffers[load.buf].written) continue;
     const dtype = buffers[load.buf].dtype;
     const elements = dtype === DType.F32 ? 4 : dtype === DType.BF16 || dtype === DType.F16 ? 8 : 0;
     if (!elements || r.n.value % elements !== 0) continue;
@@ -77,7 +79,7 @@ export function alignedDot(r: Reduce, buffers: readonly KBuffer[], arrayLength: 
     const streams: Stream[] = [{ load, key: streamKey(load), base, dtype }];
     const otherBase = other.k === 'load' || other.k === 'elem' ? offsetAlong(other.index, r.v) : undefined;
     const contiguous = otherBase !== undefined && multipleOf(otherBase, 4) &&
-      ((other.k === 'load' && buffers[other.buf].dtype === DType.F32) || (other.k === 'elem' && (arrayLength(other.array) ?? 1) % 4 === 0));
+      ((other.k === 'load' && buffers[other.buf].dtype === DType.F32 && !buffers[other.buf].written) || (other.k === 'elem' && (arrayLength(other.array) ?? 1) % 4 === 0));
     if (contiguous) streams.push({ load: other as LoadExpr, key: streamKey(other as LoadExpr), base: otherBase, dtype: DType.F32 });
     const bound = streams.every((st) => st.load.k === 'elem' || wholeBinding(st.load.buf));
     return bound ? { streams, elements } : undefined;

@@ -269,7 +269,8 @@ export interface FlashPlan {
   /**
    * 'decode' launched to overlap its predecessor, over keys and values that this step's update writes a run of
    * (FlashIR.fresh): the first step's key and value rows are loaded before the wait (through L2, past the L1), and
-   * those in the fresh run again after it. The position and the runs are read from inputs, which no kernel writes.
+   * those in the fresh run loaded again after it (or, where the kernel writes them itself, computed: FreshRange.value).
+   * The position and the runs are read from inputs, which no kernel writes.
    */
   readonly earlyKeys?: boolean;
 }
@@ -781,7 +782,8 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
   if (device.target === 'wgsl') {
     // The WGSL form reads every key and value from memory: not one whose cache write it makes (FlashIR.updates).
     // (Computing the new rows into workgroup memory, the cache bound once read-write for its stores, measured on the
-    // H200: 1.077 → 1.063 ms a token at 160 positions, 1.32 → 1.77 at 2,048, the reads no longer read-only.)
+    // H200: 1.080 → 1.064 and 1.074 → 1.062 ms a token at 160 positions, 1.331 → 1.974 and 1.315 → 1.741 at 2,048:
+    // the cache's reads no longer read-only.)
     if (f.updates) return undefined;
     const whole = [f.k, f.v].every((e) => e.k === 'load' && !opts.splitBuffers?.has(e.buf));
     if (!whole || !readsOnly([f.k, f.v], DType.F32, k)) return undefined;
@@ -808,7 +810,7 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
 
 /**
  * Whether a decode attention may load its keys and values before it waits for its predecessor (FlashPlan.earlyKeys):
- * both are runs of a state updated in this step (the fresh elements then read again after the wait), at indices
+ * both are runs of a state updated in this step (the fresh elements then read again, or computed, after the wait), at indices
  * of no loads, and the causal bound reads inputs only.
  */
 function earlyKeys(f: FlashIR, k: KernelIR): boolean {
