@@ -771,8 +771,8 @@ const DECODE_KEY_UNROLL = 8;
 /**
  * One query row (a decode step's attention): the decode form where the keys and values are rows read 16 bytes at a
  * time and a head splits into 8-element runs over at most 32 threads. On CUDA from bf16 or f16 memory (a lane group
- * adds its products by shuffles; a long cache is divided among workgroups); on WebGPU from f32 memory bound whole
- * (read as vec4s; the products added through workgroup memory); else none (the row form runs).
+ * adds its products by shuffles; a long cache is divided among workgroups); on WebGPU from f32, bf16 or f16 memory
+ * bound whole (read as vec4s; the products added through workgroup memory); else none (the row form runs).
  */
 function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): FlashPlan | undefined {
   const lanesPerKey = f.depth / 8;
@@ -786,7 +786,7 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
     // the cache's reads no longer read-only.)
     if (f.updates) return undefined;
     const whole = [f.k, f.v].every((e) => e.k === 'load' && !opts.splitBuffers?.has(e.buf));
-    if (!whole || !readsOnly([f.k, f.v], DType.F32, k)) return undefined;
+    if (!whole || ![DType.F32, DType.BF16, DType.F16].some((d) => readsOnly([f.k, f.v], d, k))) return undefined;
     // The query, a step's partial products (then the groups' output runs), the groups' maxima and sums.
     const bytes = 4 * (f.depth + DECODE_KEY_UNROLL * device.threadsPerWorkgroup + 2 * groups + 1);
     if (groups * f.width > DECODE_KEY_UNROLL * device.threadsPerWorkgroup || bytes + SCRATCH_BYTES > device.staticWorkgroupMemoryBytes) return undefined;

@@ -43,7 +43,7 @@ export const compileCommand = defineCommand({
     megakernel: { type: 'boolean', default: false, help: 'cuda: the decode step as one persistent kernel; with --dump-kernels, its source and task list too' },
     'subgroup-matrix': { type: 'boolean', default: false, help: 'webgpu: dump kernels and schedules as for an adapter with f16 subgroup matrices (48 KiB of workgroup memory, as Dawn offers on the H200)' },
     'cache-length': { type: 'string', value: 'N', help: 'KV-cache positions (default: the model\'s context, at most 2048)' },
-    'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: as generate: bf16/f16 on cuda for 16-bit weights, else f32)' },
+    'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: as generate: bf16/f16 on cuda and webgpu for 16-bit weights, else f32)' },
     'prompt-length': { type: 'string', default: '32', value: 'N', help: 'prompt length S assumed in byte counts' },
     'no-cache': { type: 'boolean', default: false, help: 'compile again rather than read the compile cache (TSFUSE_CACHE_DIR)' },
     entry: { type: 'string', value: 'NAME', help: 'model scripts: the exported function to compile (default: the only one)' },

@@ -34,7 +34,7 @@ export const generateCommand = defineCommand({
     json: { ...jsonOption, help: 'print one line of JSON at the end: tokens, text, prefillMs, msPerToken, tokensPerSecond, start (where the start went)' },
     'ignore-eos': { type: 'boolean', default: false, help: "go on past the model's end-of-sequence tokens (eos_token_id)" },
     'no-cache': { type: 'boolean', default: false, help: 'compile again rather than read the compile cache (TSFUSE_CACHE_DIR)' },
-    'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: bf16/f16 on cuda for 16-bit weights, else f32)' },
+    'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: bf16/f16 on cuda and webgpu for 16-bit weights, else f32)' },
     megakernel: { type: 'boolean', default: false, help: 'cuda: run each decode step as one persistent kernel' },
     'bisect-megakernel': { type: 'boolean', default: false, help: 'with --megakernel: instead of generating, run the prompt but its last token, then the step that takes it both as the megakernel and as its kernels one by one, and say where they first differ' },
   },

@@ -7,26 +7,24 @@ import type { DeviceKind } from '../runtime/device.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
 
 /**
- * The dtype a session's KV cache stores. Asked for: that, but 16-bit on WebGPU (its kernels store no packed 16-bit
- * values) is refused. Not asked for: on CUDA the weights' precision where it is 16-bit (attention then reads half
- * the bytes; logits within 1e-2 of float32, test/e2e/kv-dtype.test.ts), elsewhere f32 (the CPU is the oracle the
- * fixtures check to 1e-4).
+ * The dtype a session's KV cache stores. Asked for: that. Not asked for: on the GPUs the weights' precision where it
+ * is 16-bit (attention then reads half the bytes; logits within 1e-2 of float32, test/e2e/kv-dtype.test.ts),
+ * elsewhere f32 (the CPU is the oracle the fixtures check to 1e-4).
  */
 export function kvCacheDType(backend: DeviceKind, weights: DType, asked?: DType): DType {
   if (asked !== undefined) {
     if (![DType.F32, DType.BF16, DType.F16].includes(asked)) throw new KvDTypeError(`--kv-dtype ${asked}: expected f32, bf16 or f16`);
-    if (asked !== DType.F32 && backend === 'webgpu') throw new KvDTypeError(`--kv-dtype ${asked}: the webgpu backend keeps the KV cache in f32 (its kernels do not store packed 16-bit values)`);
     return asked;
   }
-  return backend === 'cuda' && (weights === DType.BF16 || weights === DType.F16) ? weights : DType.F32;
+  return (backend === 'cuda' || backend === 'webgpu') && (weights === DType.BF16 || weights === DType.F16) ? weights : DType.F32;
 }
 
 /**
  * The passes' context for a session on `backend` with a KV cache of `kv` and heads of `headDim`, assuming `dims`:
  * where attention is split into chunks, and where the cache writes go. A device whose decode attention walks a
  * long cache in its decode form is never split: CUDA with a bf16 or f16 cache (backends/cuda/flash.ts; it divides
- * the cache among workgroups itself), and WebGPU with its f32 cache where the WGSL decode form takes the head (a
- * multiple of 8 with at most 32 lanes of 8: backends/wgsl/flash.ts). On the H200 with a 2,048-position cache after
+ * the cache among workgroups itself), and WebGPU where the WGSL decode form takes the head (a multiple of 8 with at
+ * most 32 lanes of 8: backends/wgsl/flash.ts). On the H200 with a 2,048-position cache after
  * 2,016 tokens, against chunks and their two combine kernels: CUDA 1.094 → 1.076 ms a token, WebGPU 1.666 → 1.320
  * (BENCHMARKS.md). Elsewhere the row form keeps a row of scores in workgroup memory and one workgroup a head: split
  * from SPLIT_ATTENTION_AT. Where CUDA's decode form runs, a step's cache writes join its attention kernel
@@ -35,7 +33,7 @@ export function kvCacheDType(backend: DeviceKind, weights: DType, asked?: DType)
  */
 export function sessionContext(backend: DeviceKind, kv: DType, headDim: number, dims: ReadonlyMap<string, number> = defaultContext.dims): PassContext {
   const cudaDecodeForm = backend === 'cuda' && (kv === DType.BF16 || kv === DType.F16);
-  const wgslDecodeForm = backend === 'webgpu' && kv === DType.F32 && headDim % 8 === 0 && 32 % (headDim / 8) === 0;
+  const wgslDecodeForm = backend === 'webgpu' && headDim % 8 === 0 && 32 % (headDim / 8) === 0;
   return {
     dims,
     ...(cudaDecodeForm || wgslDecodeForm ? { splitAttentionFrom: Infinity } : {}),

@@ -1,5 +1,5 @@
 // Prefill time by prompt length on a host or GPU backend, from random bf16 weights of a built-in config:
-//   node --import tsx examples/bench-prefill.ts [--backend cpu] [--config llama-tiny] [--lengths 550,1100] [--runs 2]
+//   node --import tsx examples/bench-prefill.ts [--backend cpu] [--config llama-tiny] [--lengths 550,1100] [--runs 2] [--kv-dtype f32|bf16|f16]
 // Prints one row per length: after a warm-up, the best wall-clock time of generate(prompt, 1) (the prompt and the first token) and its
 // ratio to the first length's, and the best time on the device's clock, so that growth with the prompt (linear for the projections, quadratic for attention)
 // shows at a glance.
@@ -17,12 +17,13 @@ const { values } = parseArgs({
     config: { type: 'string', default: 'llama-tiny' },
     lengths: { type: 'string', default: '550,1100' },
     runs: { type: 'string', default: '2' },
+    'kv-dtype': { type: 'string' },
   },
 });
 const cfg = builtinConfig(values.config!);
 const lengths = values.lengths!.split(',').map(Number);
 const session = await openLlamaSession({ cfg, weights: randomBf16Weights(cfg), weightDType: DType.BF16 },
-  { backend: values.backend as DeviceKind, cacheLength: Math.max(...lengths) + 1 });
+  { backend: values.backend as DeviceKind, cacheLength: Math.max(...lengths) + 1, kvDType: values['kv-dtype'] as DType | undefined });
 const rows: [number, number, number][] = [];
 for (const n of lengths) {
   const prompt = Array.from({ length: n }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);
@@ -37,8 +38,9 @@ for (const n of lengths) {
   }
   rows.push([n, best, device]);
 }
+const kv = session.program.graph('decode').states.find((v) => v.name === 'cache.k.0')?.type.dtype;
 session.close();
-console.log(`prefill + first token — ${values.backend}, ${values.config}, random bf16 weights, best of ${values.runs}, ${new Date().toISOString().slice(0, 10)}`);
+console.log(`prefill + first token — ${values.backend}, ${values.config}, random bf16 weights, ${kv} KV cache, best of ${values.runs}, ${new Date().toISOString().slice(0, 10)}`);
 // The device's clock (its timestamps; CUDA's events) beside the wall clock, which the host's waits make noisier.
 console.log('| prompt tokens | ms | × the first | device ms |');
 console.log('| ---: | ---: | ---: | ---: |');

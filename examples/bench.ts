@@ -25,7 +25,7 @@ const options = {
   'new-tokens': { type: 'string', default: '128', help: 'tokens generated per run' },
   runs: { type: 'string', default: '3', help: 'runs; the best one is reported' },
   'cache-length': { type: 'string', help: 'KV-cache positions of tsfuse (default: prompt + new tokens; peers keep theirs at that)' },
-  'kv-dtype': { type: 'string', help: 'what tsfuse\'s KV cache stores: f32, bf16 or f16 (default: bf16 on cuda for these bf16 weights, f32 on webgpu)' },
+  'kv-dtype': { type: 'string', help: 'what tsfuse\'s KV cache stores: f32, bf16 or f16 (default: bf16 for these bf16 weights)' },
   'subgroup-matrix': { type: 'string', default: 'on', help: 'webgpu only: on (GEMM tiles on f16 subgroup matrices where Dawn offers them) or off (f32 multiply-adds)' },
   megakernel: { type: 'boolean', default: false, help: 'cuda only: run the decode step as one persistent kernel (runtime/devices/cuda-megakernel.ts)' },
   'megakernel-prefetch': { type: 'string', help: 'with --megakernel: weight KiB each task prefetches into L2 before it waits, at most (default 0: none)' },
@@ -88,7 +88,6 @@ function parseOptions() {
   if (cache !== undefined && !/^[1-9]\d*$/.test(cache)) fail(`--cache-length ${cache}: expected a whole number of positions`);
   const kv = values['kv-dtype'];
   if (kv !== undefined && !['f32', 'bf16', 'f16'].includes(kv)) fail(`--kv-dtype ${kv}: expected f32, bf16 or f16`);
-  if (kv !== undefined && kv !== 'f32' && values.backend === 'webgpu') fail(`--kv-dtype ${kv}: the webgpu backend keeps the KV cache in f32`);
   try {
     return { ...values, peers: parseCompare(values.compare) };
   } catch (e) {

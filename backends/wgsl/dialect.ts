@@ -151,6 +151,25 @@ const helpers: Record<string, string> = {
     '  return bitcast<f32>(sign | ((a + 0xfffu + ((a >> 13u) & 1u)) & 0xffffe000u));',
     '}',
   ].join('\n'),
+  // A vec4<u32> of 8 packed halves: its even elements (the words' low halves) and its odd ones, widened.
+  tf_even_bf16: 'fn tf_even_bf16(w: vec4<u32>) -> vec4<f32> { return bitcast<vec4<f32>>(w << vec4<u32>(16u)); }',
+  tf_odd_bf16: 'fn tf_odd_bf16(w: vec4<u32>) -> vec4<f32> { return bitcast<vec4<f32>>(w & vec4<u32>(0xffff0000u)); }',
+  tf_even_f16: 'fn tf_even_f16(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack2x16float(w.x).x, unpack2x16float(w.y).x, unpack2x16float(w.z).x, unpack2x16float(w.w).x); }',
+  tf_odd_f16: 'fn tf_odd_f16(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack2x16float(w.x).y, unpack2x16float(w.y).y, unpack2x16float(w.z).y, unpack2x16float(w.w).y); }',
+  // The 16 bits a bf16 or f16 store writes (the f16 ones by hand: pack2x16float leaves values outside f16's finite
+  // range indeterminate).
+  tf_bf16_bits: 'fn tf_bf16_bits(x: f32) -> u32 { return bitcast<u32>(tf_round_bf16(x)) >> 16u; }',
+  tf_f16_bits: [
+    'fn tf_f16_bits(x: f32) -> u32 {',
+    '  let b = bitcast<u32>(tf_round_f16(x));',
+    '  let sign = (b >> 16u) & 0x8000u;',
+    '  let a = b & 0x7fffffffu;',
+    '  if (a > 0x7f800000u) { return sign | 0x7e00u; }',
+    '  if (a == 0x7f800000u) { return sign | 0x7c00u; }',
+    '  if (a < 0x38800000u) { return sign | u32(bitcast<f32>(a) * 16777216.0); }',
+    '  return sign | (((a >> 23u) - 112u) << 10u) | ((a >> 13u) & 0x3ffu);',
+    '}',
+  ].join('\n'),
 };
 
 /** The helper functions `code` calls, with those they call, in an order that defines each before its use. */

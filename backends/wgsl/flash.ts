@@ -6,6 +6,7 @@
 import { FlashIR } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { FlashPlan } from '../schedule.ts';
+import { DType } from '../../ir/dtype.ts';
 import { wgslDialect } from './dialect.ts';
 
 export function renderFlashWgsl(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: number): { decls: string[]; body: string[] } {
@@ -116,9 +117,10 @@ export function renderFlashWgsl(f: FlashIR, plan: FlashPlan, p: ExprPrinter, thr
 }
 
 /**
- * The decode form (FlashPlan 'decode', as backends/cuda/flash.ts has it) over an f32 cache: a workgroup a head's
- * one query row; lane group g (depth / 8 threads) takes keys t0 + u · G + g of each step of G · U keys, every thread
- * 8 elements of the head, read as two vec4s (the key and value buffers are bound a second time as vec4s). A step's
+ * The decode form (FlashPlan 'decode', as backends/cuda/flash.ts has it) over an f32, bf16 or f16 cache: a workgroup
+ * a head's one query row; lane group g (depth / 8 threads) takes keys t0 + u · G + g of each step of G · U keys, every
+ * thread 8 elements of the head, read as two vec4s of f32 or one of packed halves (the key and value buffers are bound
+ * a second time as vec4s). A step's
  * loads of keys and values are issued together; each thread's 8 products go through workgroup memory, where its
  * group's threads add them (no subgroups needed), and each group keeps its own online softmax. The groups are
  * merged at the end, a thread an output element. The bound is read back through workgroupUniformLoad, so the loop
@@ -133,6 +135,13 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
     throw new Error(`WGSL: a decode attention of head ${D} in ${G} key groups is not printed`);
   }
   const [kLoad, vLoad] = [f.k, f.v];
+  const dtype = p.buffers[kLoad.buf].dtype;
+  if (p.buffers[vLoad.buf].dtype !== dtype) throw new Error(`WGSL: a decode attention over ${dtype} keys and ${p.buffers[vLoad.buf].dtype} values is not printed`);
+  // A thread's 8 elements: two vec4s of f32, or one vec4<u32> of 16-bit halves whose even and odd elements are taken
+  // apart (the query, the output and a value row kept in that order: the thread's elements 0, 2, 4, 6 then 1, 3, 5, 7).
+  const half = dtype === DType.BF16 || dtype === DType.F16;
+  const split = half ? (dtype === DType.BF16 ? ['tf_even_bf16', 'tf_odd_bf16'] : ['tf_even_f16', 'tf_odd_f16']) : [];
+  const run = half ? [0, 2, 4, 6, 1, 3, 5, 7] : [0, 1, 2, 3, 4, 5, 6, 7];
   const ninf = wgslDialect.literal(-Infinity, 'f32');
   const decls = [
     `var<workgroup> tf_qs: array<f32, ${D}>;`,
@@ -155,8 +164,9 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   out.push(`    tf_qs[${f.d}] = ${p.expr(f.q, out, '    ')};`);
   out.push('  }');
   out.push('  let tf_lim = workgroupUniformLoad(&tf_lim_w);');
-  out.push('  let tf_q0 = vec4<f32>(tf_qs[tf_part], tf_qs[tf_part + 1], tf_qs[tf_part + 2], tf_qs[tf_part + 3]);');
-  out.push('  let tf_q1 = vec4<f32>(tf_qs[tf_part + 4], tf_qs[tf_part + 5], tf_qs[tf_part + 6], tf_qs[tf_part + 7]);');
+  const qs = (js: number[]) => `vec4<f32>(${js.map((j) => `tf_qs[tf_part + ${j}]`).join(', ')})`;
+  out.push(`  let tf_q0 = ${qs(run.slice(0, 4))};`);
+  out.push(`  let tf_q1 = ${qs(run.slice(4))};`);
   out.push(`  var tf_m: f32 = ${ninf};`);
   out.push('  var tf_l: f32 = 0.0;');
   out.push('  var tf_o0 = vec4<f32>(0.0);');
@@ -168,12 +178,21 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   // Keys past the bound read row 0 (unused).
   out.push(`      let ${f.t} = select(0, tf_t, tf_t < tf_lim);`);
   out.push(`      let ${f.d} = tf_part;`);
-  out.push(`      let tf_ki = (${p.expr(kLoad.index, out, '      ')}) >> 2;`);
-  out.push(`      tf_dp[tf_u * ${threads} + lid] = dot(tf_q0, b${kLoad.buf}_v4[tf_ki]) + dot(tf_q1, b${kLoad.buf}_v4[tf_ki + 1]);`);
-  out.push(`      let ${f.e} = tf_part;`);
-  out.push(`      let tf_vi = (${p.expr(vLoad.index, out, '      ')}) >> 2;`);
-  out.push(`      tf_vv[2 * tf_u] = b${vLoad.buf}_v4[tf_vi];`);
-  out.push(`      tf_vv[2 * tf_u + 1] = b${vLoad.buf}_v4[tf_vi + 1];`);
+  if (half) {
+    out.push(`      let tf_kw = b${kLoad.buf}_v4[(${p.expr(kLoad.index, out, '      ')}) >> 3];`);
+    out.push(`      tf_dp[tf_u * ${threads} + lid] = dot(tf_q0, ${split[0]}(tf_kw)) + dot(tf_q1, ${split[1]}(tf_kw));`);
+    out.push(`      let ${f.e} = tf_part;`);
+    out.push(`      let tf_vw = b${vLoad.buf}_v4[(${p.expr(vLoad.index, out, '      ')}) >> 3];`);
+    out.push(`      tf_vv[2 * tf_u] = ${split[0]}(tf_vw);`);
+    out.push(`      tf_vv[2 * tf_u + 1] = ${split[1]}(tf_vw);`);
+  } else {
+    out.push(`      let tf_ki = (${p.expr(kLoad.index, out, '      ')}) >> 2;`);
+    out.push(`      tf_dp[tf_u * ${threads} + lid] = dot(tf_q0, b${kLoad.buf}_v4[tf_ki]) + dot(tf_q1, b${kLoad.buf}_v4[tf_ki + 1]);`);
+    out.push(`      let ${f.e} = tf_part;`);
+    out.push(`      let tf_vi = (${p.expr(vLoad.index, out, '      ')}) >> 2;`);
+    out.push(`      tf_vv[2 * tf_u] = b${vLoad.buf}_v4[tf_vi];`);
+    out.push(`      tf_vv[2 * tf_u + 1] = b${vLoad.buf}_v4[tf_vi + 1];`);
+  }
   out.push('    }');
   out.push('    workgroupBarrier();');
   // Each group's scores (its threads' products added in the same order) and their maximum; keys past the bound −∞.
@@ -213,8 +232,8 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   out.push('    tf_gl[tf_grp] = tf_l;');
   out.push('  }');
   out.push('  for (var tf_j: i32 = 0; tf_j < 4; tf_j++) {');
-  out.push(`    tf_dp[tf_grp * ${D} + tf_part + tf_j] = tf_o0[tf_j];`);
-  out.push(`    tf_dp[tf_grp * ${D} + tf_part + 4 + tf_j] = tf_o1[tf_j];`);
+  out.push(`    tf_dp[tf_grp * ${D} + tf_part + ${half ? '2 * tf_j' : 'tf_j'}] = tf_o0[tf_j];`);
+  out.push(`    tf_dp[tf_grp * ${D} + tf_part + ${half ? '2 * tf_j + 1' : '4 + tf_j'}] = tf_o1[tf_j];`);
   out.push('  }');
   out.push('  workgroupBarrier();');
   out.push(`  for (var tf_x: i32 = lid; tf_x < ${D}; tf_x += ${threads}) {`);

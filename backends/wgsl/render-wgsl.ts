@@ -140,11 +140,14 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   const random = body.some((l) => l.includes('tf_random(')) ? [randomFunction('wgsl')] : [];
   const out: string[] = [];
   const bindings: WgslBinding[] = [];
-  out.push(...wgslHelpers(body.join('\n')));
+  const accessorLines = k.buffers.flatMap((b, i) => accessors(i, b, layouts[i]));
+  out.push(...wgslHelpers([...body, ...accessorLines].join('\n')));
   k.buffers.forEach((b, i) => {
     const access = b.written ? 'read_write' : 'read';
     for (let c = 0; c < layouts[i].chunks; c++) {
-      out.push(`@group(0) @binding(${bindings.length}) var<storage, ${access}> b${i}_${c}: array<${wordType(b.dtype)}>;`);
+      // A written 16-bit buffer's words are atomics: two threads may store the two halves of one (accessors).
+      const word = packedStores(b) ? 'atomic<u32>' : wordType(b.dtype);
+      out.push(`@group(0) @binding(${bindings.length}) var<storage, ${access}> b${i}_${c}: array<${word}>;`);
       bindings.push({ kind: 'chunk', buffer: i, chunk: c });
     }
   });
@@ -156,7 +159,7 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   out.push(`struct Sizes { rows: i32, ${k.sizes.map((s) => `${sizeName(s)}: i32, `).join('')}}`);
   out.push(`@group(0) @binding(${bindings.length}) var<uniform> sizes: Sizes;`);
   bindings.push({ kind: 'sizes' });
-  k.buffers.forEach((b, i) => out.push(...accessors(i, b, layouts[i])));
+  out.push(...accessorLines);
 
   for (const a of sk.arrays) {
     // Workgroup memory holds f32 and i32 (bools as f32, as before the schedule).
@@ -186,25 +189,35 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   return { before, random, after: out.join('\n') + '\n', bindings };
 }
 
-/** load_bN(i) (and store_bN(i, v) for written buffers) over the buffer's chunks and packing. */
+/** Whether a buffer is stored into 16 bits at a time: packed two to a u32 word, written through atomics. */
+const packedStores = (b: KBuffer) => b.written && (b.dtype === DType.F16 || b.dtype === DType.BF16);
+
+/**
+ * load_bN(i) (and store_bN(i, v) for written buffers) over the buffer's chunks and packing. A 16-bit store rounds
+ * to nearest even (NaN stays NaN, overflow goes to ±∞, as on every backend) and replaces its half of the word by
+ * an atomic AND then an atomic OR: the two halves may be stored by different threads of one dispatch, and the two
+ * operations on disjoint bits give the same word in any interleaving.
+ */
 function accessors(i: number, b: KBuffer, layout: BufferLayout): string[] {
-  const word = wordType(b.dtype);
   // Kernels compute u32 values as i32 bits (ir/ops.ts allows u32 no arithmetic).
   const t = b.dtype === DType.I32 || b.dtype === DType.U32 ? 'i32' : b.dtype === DType.Bool ? 'bool' : 'f32';
   const chunked = (w: string, body: (arr: string) => string): string[] => {
     if (layout.chunks === 1) return [`  ${body(`b${i}_0[${w}]`)}`];
     const lines = [`  let c = ${w} / ${layout.chunkWords}; let o = ${w} % ${layout.chunkWords};`];
     for (let c = 0; c < layout.chunks; c++) lines.push(`  if (c == ${c}) { ${body(`b${i}_${c}[o]`)} }`);
-    if (!body('x').startsWith('return')) return lines;
+    if (!body('x').includes('return ')) return lines;
     return [...lines, `  return ${t === 'i32' ? '0i' : t === 'bool' ? 'false' : '0.0'};`];
   };
+  const packed = packedStores(b);
+  // A word as a u32 value (an atomic one loaded).
+  const word = (a: string) => (packed ? `atomicLoad(&${a})` : a);
   const lines: string[] = [`fn load_b${i}(i: i32) -> ${t} {`];
   switch (b.dtype) {
     case DType.BF16:
-      lines.push('  let w = u32(i) >> 1u;', ...chunked('w', (a) => `return bitcast<f32>(select(${a} << 16u, ${a} & 0xffff0000u, (i & 1) == 1));`));
+      lines.push('  let w = u32(i) >> 1u;', ...chunked('w', (a) => `let x = ${word(a)}; return bitcast<f32>(select(x << 16u, x & 0xffff0000u, (i & 1) == 1));`));
       break;
     case DType.F16:
-      lines.push('  let w = u32(i) >> 1u;', ...chunked('w', (a) => `return unpack2x16float(${a})[u32(i) & 1u];`));
+      lines.push('  let w = u32(i) >> 1u;', ...chunked('w', (a) => `return unpack2x16float(${word(a)})[u32(i) & 1u];`));
       break;
     case DType.Bool: case DType.U32:
       lines.push('  let w = u32(i);', ...chunked('w', (a) => (b.dtype === DType.Bool ? `return ${a} != 0u;` : `return bitcast<i32>(${a});`)));
@@ -213,13 +226,19 @@ function accessors(i: number, b: KBuffer, layout: BufferLayout): string[] {
       lines.push('  let w = u32(i);', ...chunked('w', (a) => `return ${a};`));
   }
   lines.push('}');
-  if (b.written) {
-    if (b.dtype === DType.F16 || b.dtype === DType.BF16) {
-      throw new Error(`kernel buffer ${i}: WGSL kernels store f32, i32 or bool, not packed ${b.dtype}`);
-    }
+  if (packed) {
+    const bits = b.dtype === DType.BF16 ? 'tf_bf16_bits(v)' : 'tf_f16_bits(v)';
+    lines.push(
+      `fn store_b${i}(i: i32, v: f32) {`,
+      '  let w = u32(i) >> 1u;',
+      '  let shift = (u32(i) & 1u) * 16u;',
+      `  let bits = ${bits} << shift;`,
+      ...chunked('w', (a) => `atomicAnd(&${a}, ~(0xffffu << shift)); atomicOr(&${a}, bits);`),
+      '}',
+    );
+  } else if (b.written) {
     const value = b.dtype === DType.Bool ? 'select(0u, 1u, v)' : b.dtype === DType.U32 ? 'bitcast<u32>(v)' : 'v';
     lines.push(`fn store_b${i}(i: i32, v: ${t}) {`, '  let w = u32(i);', ...chunked('w', (a) => `${a} = ${value};`), '}');
-    void word;
   }
   return lines;
 }

@@ -2,8 +2,8 @@
 // reads them): against what Hugging Face computed in float32 for the bf16 fixture, the logits at every prompt
 // position within 1e-2 relative (the same bound as bf16 matrix units), the same argmax at every position, and the
 // greedy tokens the same for as long as the float32 argmax margins allow (all 32 on this fixture). The CPU runs it
-// when asked; CUDA (the fake one here, the GPU where there is one) does it by default for 16-bit weights; WebGPU
-// refuses it by name.
+// when asked; CUDA (the fake one here, the GPU where there is one) and WebGPU (lavapipe here) do it by default for
+// 16-bit weights; WebGPU in f16 when asked.
 
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -32,11 +32,12 @@ function argmax(xs: ArrayLike<number>): number {
   return best;
 }
 
-async function check(backend: 'cpu' | 'cuda', kvDType?: DType): Promise<void> {
+async function check(backend: 'cpu' | 'cuda' | 'webgpu', kvDType?: DType): Promise<void> {
   const session = await openLlamaSession(loadLlama(dir), { backend, cacheLength: ids.length + 32, kvDType });
   try {
     const cache = session.program.graph('decode').states.find((v) => v.name === 'cache.k.0');
-    assert.is(cache?.type.dtype, DType.BF16, 'the cache is bf16');
+    const want = kvDType ?? DType.BF16;
+    assert.is(cache?.type.dtype, want, `the cache is ${want}`);
     const logits = (await session.logits(ids)).data as Float32Array;
     ids.forEach((_, i) => {
       const [ours, ref] = [logits.subarray(i * vocab, (i + 1) * vocab), (goldenLogits.data as Float32Array).subarray(i * vocab, (i + 1) * vocab)];
@@ -51,23 +52,22 @@ async function check(backend: 'cpu' | 'cuda', kvDType?: DType): Promise<void> {
 }
 
 const choice = suite('KV-cache dtype');
-choice('16-bit by default on CUDA for 16-bit weights, f32 elsewhere; asked for, as asked; on WebGPU f32 only', () => {
+choice('16-bit by default on the GPUs for 16-bit weights, f32 elsewhere; asked for, as asked', () => {
   assert.is(kvCacheDType('cuda', DType.BF16), DType.BF16);
   assert.is(kvCacheDType('cuda', DType.F16), DType.F16);
   assert.is(kvCacheDType('cuda', DType.F32), DType.F32);
+  assert.is(kvCacheDType('webgpu', DType.BF16), DType.BF16);
+  assert.is(kvCacheDType('webgpu', DType.F16), DType.F16);
+  assert.is(kvCacheDType('webgpu', DType.F32), DType.F32);
   assert.is(kvCacheDType('cpu', DType.BF16), DType.F32);
-  assert.is(kvCacheDType('webgpu', DType.BF16), DType.F32);
   assert.is(kvCacheDType('cuda', DType.BF16, DType.F32), DType.F32, '--kv-dtype f32 keeps f32');
+  assert.is(kvCacheDType('webgpu', DType.BF16, DType.F16), DType.F16);
   assert.is(kvCacheDType('cpu', DType.F32, DType.F16), DType.F16);
-  assert.throws(() => kvCacheDType('webgpu', DType.BF16, DType.BF16), (e: Error) => e instanceof KvDTypeError && /webgpu backend keeps the KV cache in f32/.test(e.message));
-  assert.throws(() => kvCacheDType('cpu', DType.BF16, DType.I32), /--kv-dtype i32: expected f32, bf16 or f16/);
+  assert.throws(() => kvCacheDType('cpu', DType.BF16, DType.I32), (e: Error) => e instanceof KvDTypeError && /--kv-dtype i32: expected f32, bf16 or f16/.test(e.message));
 });
-choice('generate --kv-dtype: refused by name where the backend cannot, or for an unknown dtype', () => {
+choice('generate --kv-dtype: an unknown dtype refused by name', () => {
   const root = fileURLToPath(new URL('../../', import.meta.url));
   const run = (...args: string[]) => spawnSync(process.execPath, [path.join(root, 'bin/tsfuse.mjs'), 'generate', '--model', dir, '--ids', '5,9', '--max-new-tokens', '2', ...args], { encoding: 'utf8' });
-  const webgpu = run('--backend', 'webgpu', '--kv-dtype', 'bf16');
-  assert.is(webgpu.status, 1);
-  assert.is(webgpu.stderr.trim(), 'tsfuse generate: --kv-dtype bf16: the webgpu backend keeps the KV cache in f32 (its kernels do not store packed 16-bit values)');
   const unknown = run('--backend', 'cpu', '--kv-dtype', 'q8');
   assert.is(unknown.status, 1);
   assert.is(unknown.stderr.trim(), "tsfuse generate: --kv-dtype must be f32, bf16 or f16, got 'q8'");
@@ -77,6 +77,11 @@ choice.run();
 const cpu = suite('bf16 KV cache on the cpu');
 cpu(`tiny-llama3-bf16: logits within ${TOLERANCE} of float32, same argmax, 32 greedy tokens`, () => check('cpu', DType.BF16));
 cpu.run();
+
+const webgpu = suite('16-bit KV caches on webgpu (bf16 its default for bf16 weights)');
+webgpu(`tiny-llama3-bf16, bf16 cache: logits within ${TOLERANCE} of float32, same argmax, 32 greedy tokens`, () => check('webgpu'));
+webgpu(`tiny-llama3-bf16, f16 cache: logits within ${TOLERANCE} of float32, same argmax, 32 greedy tokens`, () => check('webgpu', DType.F16));
+webgpu.run();
 
 if (fakeCudaEnabled) {
   const cuda = suite('bf16 KV cache on cuda (its default for bf16 weights)');

@@ -32,7 +32,7 @@ const prompts = LENGTHS.map((n) => Array.from({ length: n }, () => rng.int(0, cf
 async function logitsOn(backend: DeviceKind, upTo: number): Promise<{ logits: Float32Array[]; matrixUnits: boolean } | string> {
   let session;
   try {
-    session = await openLlamaSession(model, { backend, cacheLength: upTo });
+    session = await openLlamaSession(model, { backend, cacheLength: upTo, kvDType: DType.F32 });
   } catch (e) {
     const why = unavailable(e);
     if (why) return why;
