@@ -207,8 +207,9 @@ export interface SplitScratchNeeds {
 /**
  * The decode form's keys divided among workgroups of a head (a long cache): chunk c takes keys [c·keys, (c + 1)·keys)
  * up to the position, and the chunks the position reaches each leave their maximum, sum and output run in the
- * workspace; the last to count itself done in the head's counter merges them in the chunks' order (the same sum
- * whichever is last) and zeroes the counter. Chunks past the position exit at once.
+ * workspace; on CUDA the last to count itself done in the head's counter merges them in the chunks' order (the same
+ * sum whichever is last) and zeroes the counter; on WebGPU (no counters) a second dispatch, a workgroup a head,
+ * merges them in the same order. Chunks past the position exit at once.
  */
 export interface KeyChunks extends SplitScratchNeeds {
   readonly keys: number;
@@ -769,10 +770,17 @@ function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleOp
 const DECODE_KEY_UNROLL = 8;
 
 /**
+ * WebGPU's decode form divides a cache of this many steps or more (FlashPlan.keyChunks) among workgroups, a step
+ * each, whose results a second dispatch merges.
+ */
+const WGSL_KEY_CHUNKS_FROM = 4;
+
+/**
  * One query row (a decode step's attention): the decode form where the keys and values are rows read 16 bytes at a
  * time and a head splits into 8-element runs over at most 32 threads. On CUDA from bf16 or f16 memory (a lane group
- * adds its products by shuffles; a long cache is divided among workgroups); on WebGPU from f32, bf16 or f16 memory
- * bound whole (read as vec4s; the products added through workgroup memory); else none (the row form runs).
+ * adds its products by shuffles; a long cache is divided among workgroups, the last to finish merging them); on
+ * WebGPU from f32, bf16 or f16 memory bound whole (read as vec4s; the products added through workgroup memory; a long
+ * cache divided among workgroups, merged by a second dispatch); else none (the row form runs).
  */
 function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): FlashPlan | undefined {
   const lanesPerKey = f.depth / 8;
@@ -790,7 +798,11 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
     // The query, a step's partial products (then the groups' output runs), the groups' maxima and sums.
     const bytes = 4 * (f.depth + DECODE_KEY_UNROLL * device.threadsPerWorkgroup + 2 * groups + 1);
     if (groups * f.width > DECODE_KEY_UNROLL * device.threadsPerWorkgroup || bytes + SCRATCH_BYTES > device.staticWorkgroupMemoryBytes) return undefined;
-    return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll: DECODE_KEY_UNROLL };
+    // A long cache in chunks of a step, merged by a second dispatch (WGSL has no fence for the last to merge them).
+    const step = groups * DECODE_KEY_UNROLL;
+    const count = opts.keyChunks === false ? 1 : Math.ceil(f.keys / step);
+    const keyChunks = count >= WGSL_KEY_CHUNKS_FROM ? { keys: step, count, workspaceFloats: f.batch * count * (f.width + 2), counters: 0 } : undefined;
+    return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll: DECODE_KEY_UNROLL, ...(keyChunks ? { keyChunks } : {}) };
   }
   if (device.target !== 'cuda') return undefined;
   const halves = readsOnly([f.k, f.v], DType.BF16, k) || readsOnly([f.k, f.v], DType.F16, k);

@@ -40,10 +40,11 @@ export function artifactPlan(cg: CompiledGraph, backend: ArtifactBackend): Artif
     case 'cpu':
       return { backend, ...signature, kernels: cg.kernels.map((k) => ({ name: k.name, buffers: buffers(k), source: renderJs(k) })) };
     case 'webgpu': {
-      // Without subgroups and with every buffer one binding: the shaders then run on any adapter.
+      // Without subgroups, with every buffer one binding, and each kernel one dispatch: the shaders then run on any
+      // adapter, from a runtime of a few hundred lines.
       const shaders: string[] = [];
       const kernels = cg.kernels.map((k) => {
-        const { code, bindings, rows } = renderWgsl(k);
+        const { code, bindings, rows } = renderWgsl(k, { keyChunks: false });
         let shader = shaders.indexOf(code);
         if (shader < 0) shader = shaders.push(code) - 1;
         return { name: k.name, buffers: buffers(k), rows, sizes: [...k.sizes], shader, bindings };

@@ -4,16 +4,16 @@
 // kernel dispatched in one compute pass, outputs and the new state read back.
 
 import { evalSize } from '../backends/kernel-ir.ts';
+import { bindingType } from '../backends/wgsl/bindings.ts';
 import { DType } from '../ir/dtype.ts';
 import { HostTensor } from '../ir/host-tensor.ts';
 import { resolveShape } from '../ir/shape.ts';
 import { BoundCall, bufferBytes, bufferKey, WebGpuArtifactPlan } from './artifact.ts';
 import { fromDevice, toDevice } from './devices/device-bytes.ts';
-import { align, wordBytes } from './devices/webgpu-load.ts';
+import { align, MAX_GROUPS, wordBytes } from './devices/webgpu-load.ts';
 import { openDevice } from './webgpu/device.ts';
 
 /** Workgroups per dispatch dimension; larger row counts go on in y (as the kernels expect). */
-const MAX_GROUPS = 65535;
 
 interface Loaded {
   readonly gpu: GPUDevice;
@@ -86,7 +86,7 @@ async function load(plan: WebGpuArtifactPlan): Promise<Loaded> {
       entries: k.bindings.map((b, binding) => ({
         binding,
         visibility: GPUShaderStage.COMPUTE,
-        buffer: { type: b.kind === 'sizes' ? 'uniform' : b.kind === 'chunk' && k.buffers[b.buffer].written ? 'storage' : 'read-only-storage' },
+        buffer: { type: bindingType(b, k.buffers) },
       })),
     });
     return gpu.createComputePipeline({
@@ -153,6 +153,7 @@ function enqueueRun(plan: WebGpuArtifactPlan, g: Loaded, call: BoundCall, inputs
     const entries: GPUBindGroupEntry[] = k.bindings.map((b, binding) => {
       if (b.kind === 'sizes') return { binding, resource: { buffer: g.uniform, offset: i * g.stride, size: sizeBytes(k.sizes) } };
       if (b.kind === 'chunk' && b.chunk !== 0) throw new Error(`@${plan.name}: kernel ${k.name} binds buffers in chunks, which artifacts do not`);
+      if (b.kind === 'workspace') throw new Error(`@${plan.name}: kernel ${k.name} has a second dispatch and its workspace, which artifacts do not`);
       return { binding, resource: { buffer: bufs[b.buffer] } };
     });
     const pipeline = g.pipelines[k.shader];

@@ -8,7 +8,7 @@ import { evalSize } from '../backends/kernel-ir.ts';
 import type { Binding, KExpr } from '../backends/kernel-ir.ts';
 import type { JsKernelRuntime } from '../backends/cpu/render-js.ts';
 import type { SplitScratchNeeds } from '../backends/schedule.ts';
-import type { WgslBinding } from '../backends/wgsl/render-wgsl.ts';
+import type { WgslBinding } from '../backends/wgsl/bindings.ts';
 import { DType } from '../ir/dtype.ts';
 import { allocData, allocHost, HostData, HostTensor, roundBf16, roundF16 } from '../ir/host-tensor.ts';
 import type { Attrs } from '../ir/ops.ts';

@@ -9,7 +9,18 @@ import { FlashPlan } from '../schedule.ts';
 import { DType } from '../../ir/dtype.ts';
 import { wgslDialect } from './dialect.ts';
 
-export function renderFlashWgsl(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: number): { decls: string[]; body: string[] } {
+/**
+ * The kernel's flash form: its workgroup-memory declarations and the body of `main`; with `merge`, the body of a
+ * second entry point, dispatched right after over `merge.rows` workgroups, and the floats of the workspace both
+ * bind (`tf_ws`).
+ */
+export interface WgslFlash {
+  readonly decls: string[];
+  readonly body: string[];
+  readonly merge?: { readonly body: string[]; readonly rows: number; readonly workspaceFloats: number };
+}
+
+export function renderFlashWgsl(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: number): WgslFlash {
   if (plan.units === 'decode') return decodeFlash(f, plan, p, threads);
   const { tileQueries: BQ, tileKeys: BK, threadsPerQuery: TPR } = plan;
   const [D, E] = [f.depth, f.width];
@@ -107,10 +118,7 @@ export function renderFlashWgsl(f: FlashIR, plan: FlashPlan, p: ExprPrinter, thr
   out.push(`    for (var tf_x: i32 = 0; tf_x < ${ept}; tf_x++) {`);
   out.push(`      let ${f.e} = tf_x * ${TPR} + tf_p;`);
   out.push(`      let ${f.out} = tf_o[tf_x] / tf_l;`);
-  for (const st of f.stores) {
-    const value = p.expr(st.value, out, '      ');
-    out.push(`      store_b${st.buf}(${p.expr(st.index, out, '      ')}, ${value});`);
-  }
+  stores(f, p, out, '      ');
   out.push('    }');
   out.push('  }');
   return { decls, body: out };
@@ -126,11 +134,14 @@ export function renderFlashWgsl(f: FlashIR, plan: FlashPlan, p: ExprPrinter, thr
  * merged at the end, a thread an output element. The bound is read back through workgroupUniformLoad, so the loop
  * holding barriers stays uniform.
  */
-function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: number): { decls: string[]; body: string[] } {
+function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: number): WgslFlash {
   const D = f.depth;
   const LG = D / 8;
   const G = plan.tileKeys;
   const U = plan.keyUnroll ?? 1;
+  const chunks = plan.keyChunks;
+  if (chunks && chunks.keys % (G * U)) throw new Error(`WGSL: decode attention chunks of ${chunks.keys} keys for steps of ${G * U}`);
+  const NC = chunks?.count ?? 1;
   if (f.k.k !== 'load' || f.v.k !== 'load' || f.width !== D || G * LG !== threads || G * D > U * threads) {
     throw new Error(`WGSL: a decode attention of head ${D} in ${G} key groups is not printed`);
   }
@@ -154,7 +165,8 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   const out: string[] = [];
   out.push(`  let tf_grp = lid / ${LG};`);
   out.push(`  let tf_part = (lid % ${LG}) * 8;`);
-  out.push(`  let ${f.b} = row;`);
+  out.push(`  let tf_c = row % ${NC};`);
+  out.push(`  let ${f.b} = row / ${NC};`);
   out.push(`  let ${f.i} = 0;`);
   out.push('  if (lid == 0) {');
   const limit = f.limit ? p.expr(f.limit, out, '    ') : String(f.keys);
@@ -164,6 +176,12 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   out.push(`    tf_qs[${f.d}] = ${p.expr(f.q, out, '    ')};`);
   out.push('  }');
   out.push('  let tf_lim = workgroupUniformLoad(&tf_lim_w);');
+  // This workgroup's keys [tf_from, tf_to): its chunk's, where the position reaches it (at least one chunk runs, so
+  // that a row that sees no key is NaN, as the reference has it), else none.
+  out.push(`  let tf_parts = ${chunks ? `max((tf_lim + ${chunks.keys - 1}) / ${chunks.keys}, 1)` : '1'};`);
+  out.push('  if (tf_c >= tf_parts) { return; }');
+  out.push(`  let tf_from = tf_c * ${chunks?.keys ?? 0};`);
+  out.push(`  let tf_to = ${chunks ? `min(tf_lim, tf_from + ${chunks.keys})` : 'tf_lim'};`);
   const qs = (js: number[]) => `vec4<f32>(${js.map((j) => `tf_qs[tf_part + ${j}]`).join(', ')})`;
   out.push(`  let tf_q0 = ${qs(run.slice(0, 4))};`);
   out.push(`  let tf_q1 = ${qs(run.slice(4))};`);
@@ -171,12 +189,12 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   out.push('  var tf_l: f32 = 0.0;');
   out.push('  var tf_o0 = vec4<f32>(0.0);');
   out.push('  var tf_o1 = vec4<f32>(0.0);');
-  out.push(`  for (var tf_t0: i32 = 0; tf_t0 < tf_lim; tf_t0 += ${G * U}) {`);
+  out.push(`  for (var tf_t0: i32 = tf_from; tf_t0 < tf_to; tf_t0 += ${G * U}) {`);
   out.push(`    var tf_vv: array<vec4<f32>, ${2 * U}>;`);
   out.push(`    for (var tf_u: i32 = 0; tf_u < ${U}; tf_u++) {`);
   out.push(`      let tf_t = tf_t0 + tf_u * ${G} + tf_grp;`);
   // Keys past the bound read row 0 (unused).
-  out.push(`      let ${f.t} = select(0, tf_t, tf_t < tf_lim);`);
+  out.push(`      let ${f.t} = select(0, tf_t, tf_t < tf_to);`);
   out.push(`      let ${f.d} = tf_part;`);
   if (half) {
     out.push(`      let tf_kw = b${kLoad.buf}_v4[(${p.expr(kLoad.index, out, '      ')}) >> 3];`);
@@ -203,7 +221,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   out.push(`      for (var tf_j: i32 = 0; tf_j < ${LG}; tf_j++) { ${f.qk} += tf_dp[tf_u * ${threads} + tf_grp * ${LG} + tf_j]; }`);
   out.push(`      let ${f.t} = tf_t0 + tf_u * ${G} + tf_grp;`);
   out.push(`      var tf_x: f32 = ${ninf};`);
-  out.push(`      if (${f.t} < tf_lim) {`);
+  out.push(`      if (${f.t} < tf_to) {`);
   out.push(`        tf_x = ${p.expr(f.score, out, '        ')};`);
   out.push('      }');
   out.push('      tf_s[tf_u] = tf_x;');
@@ -218,7 +236,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   out.push('    tf_o0 *= tf_scale;');
   out.push('    tf_o1 *= tf_scale;');
   out.push(`    for (var tf_u: i32 = 0; tf_u < ${U}; tf_u++) {`);
-  out.push(`      if (tf_t0 + tf_u * ${G} + tf_grp < tf_lim) {`);
+  out.push(`      if (tf_t0 + tf_u * ${G} + tf_grp < tf_to) {`);
   out.push('        let tf_pr = exp(tf_s[tf_u] - tf_ref);');
   out.push('        tf_l += tf_pr;');
   out.push('        tf_o0 += tf_pr * tf_vv[2 * tf_u];');
@@ -247,12 +265,55 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   out.push('      tf_sum += tf_gl[tf_g] * tf_w;');
   out.push(`      tf_acc += tf_dp[tf_g * ${D} + tf_x] * tf_w;`);
   out.push('    }');
+  if (chunks) {
+    // The chunk's output run, sum and reference maximum (finite: 0 where it saw no key) for the merge.
+    const at = `row * ${D + 2}`;
+    out.push(`    tf_ws[${at} + tf_x] = tf_acc;`);
+    out.push(`    if (tf_x == 0) { tf_ws[${at} + ${D}] = tf_ref; tf_ws[${at} + ${D + 1}] = tf_sum; }`);
+    out.push('  }');
+    return { decls, body: out, merge: { body: mergeChunks(f, chunks.keys, NC, p, threads), rows: f.batch, workspaceFloats: chunks.workspaceFloats } };
+  }
   out.push(`    let ${f.e} = tf_x;`);
   out.push(`    let ${f.out} = tf_acc / tf_sum;`);
-  for (const st of f.stores) {
-    const value = p.expr(st.value, out, '    ');
-    out.push(`    store_b${st.buf}(${p.expr(st.index, out, '    ')}, ${value});`);
-  }
+  stores(f, p, out, '    ');
   out.push('  }');
   return { decls, body: out };
+}
+
+function stores(f: FlashIR, p: ExprPrinter, out: string[], indent: string): void {
+  for (const st of f.stores) {
+    const value = p.expr(st.value, out, indent);
+    out.push(`${indent}store_b${st.buf}(${p.expr(st.index, out, indent)}, ${value});`);
+  }
+}
+
+/**
+ * The second dispatch over a cache in chunks: a workgroup a head, a thread an output element, the chunks the
+ * position reached rescaled to their largest reference maximum and added in order.
+ */
+function mergeChunks(f: FlashIR, keys: number, count: number, p: ExprPrinter, threads: number): string[] {
+  const D = f.depth;
+  const out: string[] = [];
+  out.push(`  let ${f.b} = row;`);
+  out.push(`  let ${f.i} = 0;`);
+  const limit = f.limit ? p.expr(f.limit, out, '  ') : String(f.keys);
+  out.push(`  let tf_lim = clamp(${limit}, 0, ${f.keys});`);
+  out.push(`  let tf_parts = max((tf_lim + ${keys - 1}) / ${keys}, 1);`);
+  out.push(`  let tf_at = row * ${count * (D + 2)};`);
+  out.push(`  var tf_mx: f32 = tf_ws[tf_at + ${D}];`);
+  out.push(`  for (var tf_c: i32 = 1; tf_c < tf_parts; tf_c++) { tf_mx = tf_max(tf_mx, tf_ws[tf_at + tf_c * ${D + 2} + ${D}]); }`);
+  out.push(`  for (var tf_x: i32 = lid; tf_x < ${D}; tf_x += ${threads}) {`);
+  out.push('    var tf_sum: f32 = 0.0;');
+  out.push('    var tf_acc: f32 = 0.0;');
+  out.push('    for (var tf_c: i32 = 0; tf_c < tf_parts; tf_c++) {');
+  out.push(`      let tf_run = tf_at + tf_c * ${D + 2};`);
+  out.push(`      let tf_w = exp(tf_ws[tf_run + ${D}] - tf_mx);`);
+  out.push(`      tf_sum += tf_ws[tf_run + ${D + 1}] * tf_w;`);
+  out.push('      tf_acc += tf_ws[tf_run + tf_x] * tf_w;');
+  out.push('    }');
+  out.push(`    let ${f.e} = tf_x;`);
+  out.push(`    let ${f.out} = tf_acc / tf_sum;`);
+  stores(f, p, out, '    ');
+  out.push('  }');
+  return out;
 }

@@ -14,21 +14,23 @@ import { Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { scheduleKernel, ScheduledKernel, scheduleOrigin } from '../schedule.ts';
 import { BufferLayout, wgslDialect, wgslHelpers, wordType } from './dialect.ts';
 import { renderStmt, RowContext } from './statements.ts';
+import { WgslBinding } from './bindings.ts';
 
 export { perWord, wgslDialect, wordType, WORKGROUP_SIZE } from './dialect.ts';
 export type { BufferLayout } from './dialect.ts';
-
-/** What each @binding of a rendered kernel is: a chunk of a buffer, a whole buffer seen as vec4s, or the sizes. */
-export type WgslBinding =
-  | { readonly kind: 'chunk'; readonly buffer: number; readonly chunk: number }
-  | { readonly kind: 'vec4'; readonly buffer: number }
-  | { readonly kind: 'sizes' };
+export { bindingType } from './bindings.ts';
+export type { WgslBinding } from './bindings.ts';
 
 export interface RenderedWgsl {
   readonly code: string;
   readonly bindings: readonly WgslBinding[];
   /** Workgroups to dispatch (the schedule's grid: a GEMM's tiles, else the kernel's rows). */
   readonly rows: KExpr;
+  /**
+   * A second entry point, `merge`, to dispatch right after `main` with the same bindings over `rows` workgroups
+   * (a decode attention's chunks merged), and the floats of the workspace the two share (binding 'workspace').
+   */
+  readonly merge?: { readonly rows: number; readonly workspaceFloats: number };
 }
 
 export interface WgslOptions {
@@ -38,6 +40,8 @@ export interface WgslOptions {
   readonly subgroups?: boolean;
   /** The device was opened with f16 subgroup matrices (runtime/webgpu/device.ts says when). */
   readonly subgroupMatrix?: SubgroupMatrixCaps;
+  /** false: no kernel needs a second dispatch (a decode attention takes whole heads, as in artifacts). */
+  readonly keyChunks?: boolean;
 }
 
 /** Schedules a kernel for a WebGPU device (webgpuCaps) and prints it: the one-step form. */
@@ -45,7 +49,7 @@ export function renderWgsl(k: KernelIR, opts: WgslOptions = {}): RenderedWgsl {
   const layouts = opts.layouts ?? defaultLayouts(k);
   const splitBuffers = new Set(layouts.flatMap((l, i) => (l.chunks > 1 ? [i] : [])));
   const device = webgpuCaps({ subgroups: opts.subgroups ?? false, ...(opts.subgroupMatrix ? { subgroupMatrix: opts.subgroupMatrix } : {}) });
-  return printWgsl(scheduleKernel(k, device, { splitBuffers }), { layouts });
+  return printWgsl(scheduleKernel(k, device, { splitBuffers, ...(opts.keyChunks === false ? { keyChunks: false } : {}) }), { layouts });
 }
 
 /** What a device's features and limits let its kernels use: subgroups, and f16 subgroup matrices. */
@@ -72,7 +76,7 @@ export function printWgsl(sk: ScheduledKernel, opts: { readonly layouts?: readon
   if (!parts) byLayout.set(layoutKey, (parts = shaderParts(sk, layouts)));
   const out = [...parts.before, `// kernel ${k.name}: fuses`, ...parts.random];
   for (const line of k.fused) out.push(`//   ${line}`);
-  return { code: `${out.join('\n')}\n${parts.after}`, bindings: parts.bindings, rows: sk.grid.rows };
+  return { code: `${out.join('\n')}\n${parts.after}`, bindings: parts.bindings, rows: sk.grid.rows, ...(parts.merge ? { merge: parts.merge } : {}) };
 }
 
 /** A shader but for its comment: the lines before it and after it, and the random function if it calls one. */
@@ -81,6 +85,7 @@ interface ShaderParts {
   readonly random: readonly string[];
   readonly after: string;
   readonly bindings: readonly WgslBinding[];
+  readonly merge?: RenderedWgsl['merge'];
 }
 
 /**
@@ -141,7 +146,8 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   const out: string[] = [];
   const bindings: WgslBinding[] = [];
   const accessorLines = k.buffers.flatMap((b, i) => accessors(i, b, layouts[i]));
-  out.push(...wgslHelpers([...body, ...accessorLines].join('\n')));
+  const merge = tiles && 'merge' in tiles ? tiles.merge : undefined;
+  out.push(...wgslHelpers([...body, ...(merge?.body ?? []), ...accessorLines].join('\n')));
   k.buffers.forEach((b, i) => {
     const access = b.written ? 'read_write' : 'read';
     for (let c = 0; c < layouts[i].chunks; c++) {
@@ -155,6 +161,10 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
     const t = k.buffers[buf].dtype === DType.F32 ? 'vec4<f32>' : 'vec4<u32>';
     out.push(`@group(0) @binding(${bindings.length}) var<storage, read> b${buf}_v4: array<${t}>;`);
     bindings.push({ kind: 'vec4', buffer: buf });
+  }
+  if (merge) {
+    out.push(`@group(0) @binding(${bindings.length}) var<storage, read_write> tf_ws: array<f32>;`);
+    bindings.push({ kind: 'workspace' });
   }
   out.push(`struct Sizes { rows: i32, ${k.sizes.map((s) => `${sizeName(s)}: i32, `).join('')}}`);
   out.push(`@group(0) @binding(${bindings.length}) var<uniform> sizes: Sizes;`);
@@ -186,7 +196,17 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   }
   out.push(...body);
   out.push('}');
-  return { before, random, after: out.join('\n') + '\n', bindings };
+  if (merge) {
+    out.push('', `@compute @workgroup_size(${threads})`);
+    out.push('fn merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {');
+    out.push(`  let ${ROW} = i32(wid.x);`);
+    out.push(`  if (${ROW} >= ${merge.rows}) { return; }`);
+    out.push('  let lid = i32(lidx);');
+    for (const s of k.sizes) out.push(`  let ${sizeName(s)} = sizes.${sizeName(s)};`);
+    out.push(...merge.body);
+    out.push('}');
+  }
+  return { before, random, after: out.join('\n') + '\n', bindings, ...(merge ? { merge: { rows: merge.rows, workspaceFloats: merge.workspaceFloats } } : {}) };
 }
 
 /** Whether a buffer is stored into 16 bits at a time: packed two to a u32 word, written through atomics. */

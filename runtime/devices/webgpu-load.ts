@@ -3,7 +3,7 @@
 
 import { evalSize, KernelIR, KExpr, varsOf } from '../../backends/kernel-ir.ts';
 import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
-import { BufferLayout, renderWgsl, wgslFeatures } from '../../backends/wgsl/render-wgsl.ts';
+import { bindingType, BufferLayout, renderWgsl, wgslFeatures } from '../../backends/wgsl/render-wgsl.ts';
 import { DType } from '../../ir/dtype.ts';
 import { bufferKey, BufferKey, planBuffers, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
@@ -15,11 +15,27 @@ export interface GpuKernel {
   readonly rows: KExpr;
   readonly pipeline: GPUComputePipeline;
   readonly bindGroup: GPUBindGroup;
+  /** A second entry point dispatched right after, with the same bind group (RenderedWgsl.merge). */
+  readonly merge?: { readonly pipeline: GPUComputePipeline; readonly rows: number };
+}
+
+/** Dispatches a kernel's `groups` workgroups (rows past the largest x dimension go along y), then its merge. */
+export function dispatchKernel(pass: GPUComputePassEncoder, k: GpuKernel, groups: number): void {
+  if (groups <= 0) return;
+  pass.setPipeline(k.pipeline);
+  pass.setBindGroup(0, k.bindGroup);
+  pass.dispatchWorkgroups(Math.min(groups, MAX_GROUPS), Math.ceil(groups / MAX_GROUPS));
+  if (k.merge) {
+    pass.setPipeline(k.merge.pipeline);
+    pass.dispatchWorkgroups(k.merge.rows);
+  }
 }
 
 export interface GpuGraph {
   readonly lowered: LoweredGraph;
   readonly kernels: readonly GpuKernel[];
+  /** The workspace its kernels with a merge share (one at a time: each merge runs before the next kernel). */
+  readonly workspace?: GPUBuffer;
   /** Every kernel's size words, at `stride`-byte offsets. */
   readonly uniform: GPUBuffer;
   readonly stride: number;
@@ -32,6 +48,8 @@ export interface GpuGraph {
 }
 
 export const align = (n: number, a: number) => Math.ceil(n / a) * a;
+/** Workgroups a dispatch takes along one dimension (WebGPU's default limit); more continue along y. */
+export const MAX_GROUPS = 65535;
 /** Device bytes of `n` elements, as WebGPU sizes and copies want them (whole words). */
 export const wordBytes = (d: DType, n: number) => align(deviceByteLength(d, n, 'words'), 4);
 
@@ -69,6 +87,7 @@ export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: Readonly
   const uniform = gpu.createBuffer({ size: stride * Math.max(1, lg.kernels.length), usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, label: `${g.name}:sizes` });
   const chunkBytes = Math.floor(maxBinding / 256) * 256;
   if (chunkBytes === 0) throw new RangeError(`bindings of ${maxBinding} bytes: chunks start at multiples of 256`);
+  let workspace: GPUBuffer | undefined;
   const kernels = lg.kernels.map((ir, i): GpuKernel => {
     const bufs = ir.buffers.map((b) => {
       const buf = buffers.get(bufferKey(g, b.binding));
@@ -79,7 +98,11 @@ export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: Readonly
       const chunks = Math.max(1, Math.ceil(buf.size / chunkBytes));
       return { chunks, chunkWords: chunks > 1 ? chunkBytes / 4 : 0 };
     });
-    const { code, bindings, rows } = renderWgsl(ir, { layouts, ...wgslFeatures(gpu) });
+    const { code, bindings, rows, merge } = renderWgsl(ir, { layouts, ...wgslFeatures(gpu) });
+    if (merge && (!workspace || workspace.size < 4 * merge.workspaceFloats)) {
+      workspace?.destroy();
+      workspace = gpu.createBuffer({ size: Math.max(16, 4 * merge.workspaceFloats), usage: GPUBufferUsage.STORAGE, label: `${g.name}:workspace` });
+    }
     let pipeline = pipelines.get(code);
     if (!pipeline) {
       // An explicit layout: 'auto' would drop bindings the shader happens not to read (a buffer read only as vec4s).
@@ -87,27 +110,28 @@ export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: Readonly
         entries: bindings.map((b, binding) => ({
           binding,
           visibility: GPUShaderStage.COMPUTE,
-          buffer: { type: b.kind === 'sizes' ? 'uniform' : b.kind === 'chunk' && ir.buffers[b.buffer].written ? 'storage' : 'read-only-storage' },
+          buffer: { type: bindingType(b, ir.buffers) },
         })),
       });
-      pipeline = gpu.createComputePipeline({
-        layout: gpu.createPipelineLayout({ bindGroupLayouts: [layout] }),
-        compute: { module: gpu.createShaderModule({ code, label: `${g.name}.${ir.name}` }), entryPoint: 'main' },
-        label: `${g.name}.${ir.name}`,
-      });
+      const module = gpu.createShaderModule({ code, label: `${g.name}.${ir.name}` });
+      const pipelineLayout = gpu.createPipelineLayout({ bindGroupLayouts: [layout] });
+      pipeline = gpu.createComputePipeline({ layout: pipelineLayout, compute: { module, entryPoint: 'main' }, label: `${g.name}.${ir.name}` });
       pipelines.set(code, pipeline);
+      if (merge) pipelines.set(`${code}\n// merge`, gpu.createComputePipeline({ layout: pipelineLayout, compute: { module, entryPoint: 'merge' }, label: `${g.name}.${ir.name}.merge` }));
     }
     const entries: GPUBindGroupEntry[] = bindings.map((b, binding) => {
       if (b.kind === 'sizes') return { binding, resource: { buffer: uniform, offset: i * stride, size: wordsBytes(ir) } };
+      if (b.kind === 'workspace') return { binding, resource: { buffer: workspace! } };
       const buf = bufs[b.buffer];
       if (b.kind === 'vec4') return { binding, resource: { buffer: buf } };
       const offset = b.chunk * chunkBytes;
       return { binding, resource: { buffer: buf, offset, size: Math.min(chunkBytes, buf.size - offset) } };
     });
-    return { ir, rows, pipeline, bindGroup: gpu.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: `${g.name}.${ir.name}` }) };
+    const bindGroup = gpu.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: `${g.name}.${ir.name}` });
+    return { ir, rows, pipeline, bindGroup, ...(merge ? { merge: { pipeline: pipelines.get(`${code}\n// merge`)!, rows: merge.rows } } : {}) };
   });
   const uses = [...new Set(kernels.flatMap((k) => [...k.ir.sizes, ...varsOf(k.rows)]))].sort();
-  return { lowered: lg, kernels, uniform, stride, uses, pending: false };
+  return { lowered: lg, kernels, ...(workspace ? { workspace } : {}), uniform, stride, uses, pending: false };
 }
 
 /** A graph's size words for one binding of its sizes, every kernel's at its offset in the uniform. */

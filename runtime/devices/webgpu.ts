@@ -23,7 +23,7 @@ import { WebGpuUnavailableError } from '../webgpu/errors.ts';
 import { pacedWait, pacesPolls } from '../webgpu/polling.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
 import { wgslFeatures } from '../../backends/wgsl/render-wgsl.ts';
-import { align, allocateBuffers, GpuGraph, GpuKernel, prepareGraph, sizeWords, wordBytes } from './webgpu-load.ts';
+import { align, allocateBuffers, dispatchKernel, GpuGraph, GpuKernel, prepareGraph, sizeWords, wordBytes } from './webgpu-load.ts';
 
 export { WebGpuUnavailableError };
 
@@ -124,7 +124,6 @@ interface MarkQuery {
 }
 
 /** Workgroups per dispatch dimension; larger row counts go on in y. */
-const MAX_GROUPS = 65535;
 
 class WebGpuProgram implements Program {
   private readonly gpu: GPUDevice;
@@ -293,12 +292,7 @@ class WebGpuProgram implements Program {
     const n = g.kernels.length;
     const us: number[] = [];
     const startUs: number[] = [];
-    const dispatch = (pass: GPUComputePassEncoder, k: GpuKernel) => {
-      const groups = evalSize(k.rows, sizes);
-      pass.setPipeline(k.pipeline);
-      pass.setBindGroup(0, k.bindGroup);
-      if (groups > 0) pass.dispatchWorkgroups(Math.min(groups, MAX_GROUPS), Math.ceil(groups / MAX_GROUPS));
-    };
+    const dispatch = (pass: GPUComputePassEncoder, k: GpuKernel) => dispatchKernel(pass, k, evalSize(k.rows, sizes));
     if (this.timestamps && n > 0) {
       const querySet = this.gpu.createQuerySet({ type: 'timestamp', count: 2 * n });
       const resolve = this.gpu.createBuffer({ size: 16 * n, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
@@ -349,7 +343,7 @@ class WebGpuProgram implements Program {
     this.pass = undefined;
     this.encoder = undefined;
     for (const b of this.buffers.values()) b.destroy();
-    for (const g of this.graphs.values()) g.uniform.destroy();
+    for (const g of this.graphs.values()) [g.uniform, g.workspace].forEach((b) => b?.destroy());
     for (const pool of this.stagingPool.values()) for (const b of pool) b.destroy();
     for (const q of this.markPool) [q.set, q.resolve, q.readback].forEach((x) => x.destroy());
     this.buffers.clear();
@@ -373,13 +367,7 @@ class WebGpuProgram implements Program {
       case 'run': {
         this.bindSizes(c.graph, c.sizes);
         const pass = this.computePass();
-        c.graph.kernels.forEach((k, i) => {
-          const groups = c.groups[i];
-          if (groups <= 0) return;
-          pass.setPipeline(k.pipeline);
-          pass.setBindGroup(0, k.bindGroup);
-          pass.dispatchWorkgroups(Math.min(groups, MAX_GROUPS), Math.ceil(groups / MAX_GROUPS));
-        });
+        c.graph.kernels.forEach((k, i) => dispatchKernel(pass, k, c.groups[i]));
         c.graph.pending = true;
         break;
       }

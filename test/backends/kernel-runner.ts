@@ -6,7 +6,7 @@ import { printJs } from '../../backends/cpu/render-js.ts';
 import { Binding, evalSize, KernelIR } from '../../backends/kernel-ir.ts';
 import { DeviceCaps } from '../../backends/device-caps.ts';
 import { scheduleKernel, workgroupCount } from '../../backends/schedule.ts';
-import { printWgsl } from '../../backends/wgsl/render-wgsl.ts';
+import { bindingType, printWgsl } from '../../backends/wgsl/render-wgsl.ts';
 import { DType } from '../../ir/dtype.ts';
 import { Graph } from '../../ir/graph.ts';
 import { HostTensor, hostTensor } from '../../ir/host-tensor.ts';
@@ -92,17 +92,17 @@ export async function runOnWebGpu(gpu: GPUDevice, caps: DeviceCaps, g: Graph, ke
       entries: bindings.map((b, binding) => ({
         binding,
         visibility: GPUShaderStage.COMPUTE,
-        buffer: { type: b.kind === 'sizes' ? 'uniform' : b.kind === 'chunk' && k.buffers[b.buffer].written ? 'storage' : 'read-only-storage' },
+        buffer: { type: bindingType(b, k.buffers) },
       })),
     });
     const pipeline = gpu.createComputePipeline({
       layout: gpu.createPipelineLayout({ bindGroupLayouts: [layout] }),
       compute: { module: gpu.createShaderModule({ code }), entryPoint: 'main' },
     });
-    const entries = bindings.map((b, binding) => ({
-      binding,
-      resource: { buffer: b.kind === 'sizes' ? uniform : gpuBuffers.get(key(k.buffers[b.buffer].binding))! },
-    }));
+    const entries = bindings.map((b, binding) => {
+      if (b.kind === 'workspace') throw new Error(`kernel ${k.name}: a second dispatch (its merge) is run by the webgpu device, not here`);
+      return { binding, resource: { buffer: b.kind === 'sizes' ? uniform : gpuBuffers.get(key(k.buffers[b.buffer].binding))! } };
+    });
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, gpu.createBindGroup({ layout, entries }));
     const [x, y] = workgroupCount(scheduled.grid, rows);
