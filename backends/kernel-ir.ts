@@ -437,17 +437,19 @@ export function anyExpr(e: KExpr, test: (x: KExpr) => boolean): boolean {
   }
 }
 
+/** The expressions a statement evaluates at its top. */
+export function statementExprs(s: KStmt): KExpr[] {
+  switch (s.k) {
+    case 'let': case 'array': return [s.value];
+    case 'coop': return [s.n, s.body];
+    case 'store': return [s.n, s.index, s.value];
+    default: return s satisfies never;
+  }
+}
+
 /** Every expression a kernel evaluates at the top: its row form's statements, and its GEMM or flash tile form's. */
 export function kernelExprs(k: KernelIR): KExpr[] {
-  const out: KExpr[] = [];
-  for (const s of k.body) {
-    switch (s.k) {
-      case 'let': case 'array': out.push(s.value); break;
-      case 'coop': out.push(s.n, s.body); break;
-      case 'store': out.push(s.n, s.index, s.value); break;
-      default: s satisfies never;
-    }
-  }
+  const out: KExpr[] = k.body.flatMap(statementExprs);
   const stores = (ss: readonly { readonly index: KExpr; readonly value: KExpr }[]) => ss.flatMap((x) => [x.index, x.value]);
   if (k.gemm) out.push(k.gemm.rows, k.gemm.a, ...k.gemm.b, ...stores(k.gemm.stores));
   if (k.flash) {

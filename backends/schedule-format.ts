@@ -14,9 +14,12 @@ export function formatSchedule(s: ScheduledKernel): string {
   const k = s.kernel;
   const g = s.grid;
   const rows = `${formatSize(g.rows)} ${g.rows.k === 'const' && g.rows.value === 1 ? 'row' : 'rows'}`;
+  const shared = g.sharedStatements === undefined ? ''
+    : `${g.kernelRows} rows, ${g.rowsPerWorkgroup} a workgroup (the first ${g.sharedStatements === 1 ? 'statement' : `${g.sharedStatements} statements`} once for them, the rest row by row): `;
   const grid = g.overflow === 'serial'
     ? `${rows}, one after another`
-    : `${rows}, a workgroup of ${g.threads} threads each${g.overflow === 'grid-stride' ? ' (striding over rows past the grid)' : ''}`;
+    : shared ? `${shared}${formatSize(g.rows)} workgroups of ${g.threads} threads`
+      : `${rows}, a workgroup of ${g.threads} threads each${g.overflow === 'grid-stride' ? ' (striding over rows past the grid)' : ''}`;
   const lines = [`kernel ${k.name} (${k.kind}) on ${s.device.name}: ${grid}${s.subgroups ? ', subgroups' : ''}`];
   const placed = s.arrays.filter((a) => a.vec4 || a.dynamicOffset !== undefined);
   if (placed.length) {

@@ -7,7 +7,7 @@
 
 import { cudaCaps, cpuCaps, DeviceCaps, GPU_THREADS, subgroupCombines, webgpuCaps } from './device-caps.ts';
 import { DType, dtypeBytes } from '../ir/dtype.ts';
-import { add, anyExpr, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, loadsOf, mul, reductionsOf, runsAlong, Scalar, topReductions, varsOf } from './kernel-ir.ts';
+import { add, anyExpr, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, loadsOf, mul, reductionsOf, ROW, runsAlong, Scalar, statementExprs, topReductions, varsOf } from './kernel-ir.ts';
 import { alignedDot, contiguousStreams, multipleOf, Stream, streamKey } from './schedule-vector.ts';
 import { formatSchedule } from './schedule-format.ts';
 import { boundKeyLoops, maxExtent } from './causal-bound.ts';
@@ -77,9 +77,16 @@ export interface StmtSchedule {
 }
 
 export interface Grid {
+  /** Workgroups. */
   readonly rows: KExpr;
-  /** Rows one workgroup computes (one today: the rows of a kernel are its workgroups). */
+  /**
+   * Rows of the kernel one workgroup computes: 1, or (WebGPU, sharedPrologue) more, the kernel's first
+   * `sharedStatements` statements computed once for them all, then the rest for rows w, w + rows, … below
+   * `kernelRows`.
+   */
   readonly rowsPerWorkgroup: number;
+  readonly sharedStatements?: number;
+  readonly kernelRows?: number;
   readonly threads: number;
   /** How rows beyond the device's largest grid dimension run: a second grid dimension (WebGPU), workgroups
    *  looping over rows (CUDA), or one loop over every row (the CPU). */
@@ -421,10 +428,12 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   if (tilesFrom < Infinity && flash?.ring) dynamicWorkgroupBytes = Math.max(dynamicWorkgroupBytes, flash.ring.bytes);
   // Matrix-unit flash tiles: two workgroups a multiprocessor (registers capped at 128; 2,048 tokens 33.6 → 31.9 ms).
   const workgroupsPerProcessor = flash?.units === 'mma-bf16' ? 2 : oneWave(rows, device);
+  const shared = tilesFrom === Infinity ? sharedPrologue(k, device) : undefined;
+  const grid: Grid = { rows, rowsPerWorkgroup: 1, threads: device.threadsPerWorkgroup, overflow: device.rowsPastGrid, maxWorkgroupsX: device.maxWorkgroupsX };
   return {
     kernel: k,
     device,
-    grid: { rows, rowsPerWorkgroup: 1, threads: device.threadsPerWorkgroup, overflow: device.rowsPastGrid, maxWorkgroupsX: device.maxWorkgroupsX },
+    grid: shared ? { ...grid, rows: int(Math.ceil(shared.kernelRows / SHARED_PROLOGUE_ROWS)), rowsPerWorkgroup: SHARED_PROLOGUE_ROWS, ...shared } : grid,
     subgroups: tilesFrom === 0 ? false : subgroups,
     stmts: tilesFrom === 0 ? [] : fixedVectorSteps(k, stmts, device),
     arrays,
@@ -433,6 +442,24 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
     ...(device.dependentLaunch ? { overlap: true } : {}),
     ...(workgroupsPerProcessor ? { workgroupsPerProcessor } : {}),
   };
+}
+
+/**
+ * WebGPU: rows a workgroup computes where the kernel's first statements do not read the row and the rest use no
+ * workgroup memory (a norm's sum and normalised row, then the projection's outputs: decode's QKV, gate/up and LM
+ * head): those statements once for both rows, where one row a workgroup computed them for each. On the H200 (a 1B
+ * model, BENCHMARKS.md): decode 1.061 / 1.061 → 1.039 / 1.039 ms a token; 3 rows a workgroup 1.063 / 1.065.
+ */
+const SHARED_PROLOGUE_ROWS = 2;
+
+/** The statements a WebGPU kernel of many rows computes once a workgroup (Grid.sharedStatements), if any. */
+function sharedPrologue(k: KernelIR, device: DeviceCaps): { sharedStatements: number; kernelRows: number } | undefined {
+  if (device.target !== 'wgsl' || k.rows.k !== 'const' || k.rows.value < 256) return undefined;
+  let shared = 0;
+  while (shared < k.body.length - 1 && statementExprs(k.body[shared]).every((e) => !varsOf(e).has(ROW))) shared++;
+  const memory = (st: KStmt) => st.k === 'coop' || st.k === 'array';
+  if (!k.body.slice(0, shared).some(memory) || k.body.slice(shared).some(memory)) return undefined;
+  return { sharedStatements: shared, kernelRows: k.rows.value };
 }
 
 /**

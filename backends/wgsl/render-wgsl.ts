@@ -130,7 +130,15 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
     : k.flash && sk.flash ? renderFlashWgsl(k.flash, sk.flash, p, threads) : undefined;
   for (const buf of (tiles && 'vec4Buffers' in tiles ? tiles.vec4Buffers : [])) vec4.add(buf);
   const rowForm: string[] = [];
-  if (sk.tilesFrom !== 0) k.body.forEach((s, i) => renderStmt(s, sk.stmts[i], ctx, rowForm, '  '));
+  // Several rows a workgroup (Grid.sharedStatements): the first statements once, the rest in a loop over the rows.
+  const { sharedStatements: shared, kernelRows } = sk.grid;
+  if (sk.tilesFrom !== 0) {
+    k.body.forEach((st, i) => {
+      if (shared !== undefined && i === shared) rowForm.push(`  for (var ${ROW}: i32 = tf_wg; ${ROW} < ${kernelRows}; ${ROW} += ${p.expr(sk.grid.rows, rowForm, '  ')}) {`);
+      renderStmt(st, sk.stmts[i], ctx, rowForm, shared !== undefined && i >= shared ? '    ' : '  ');
+    });
+    if (shared !== undefined) rowForm.push('  }');
+  }
   if (tiles && sk.tilesFrom) {
     const extent = p.expr(k.gemm?.rows ?? k.flash!.queries, body, '  ');
     body.push(`  if (${extent} >= ${sk.tilesFrom}) {`, ...tiles.body.map((l) => `  ${l}`), '  } else {', ...rowForm.map((l) => `  ${l}`), '  }');
@@ -188,8 +196,9 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   const sg = sk.subgroups ? ', @builtin(subgroup_invocation_id) sg_lane: u32, @builtin(subgroup_size) sg_size: u32' : '';
   out.push(`fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32${sg}) {`);
   // Rows beyond the largest x dimension continue along y (the schedule's grid overflow).
-  out.push(`  let ${ROW} = i32(wid.x + wid.y * ${sk.grid.maxWorkgroupsX}u);`);
-  out.push(`  if (${ROW} >= sizes.rows) { return; }`);
+  const first = sk.grid.sharedStatements !== undefined ? 'tf_wg' : ROW;
+  out.push(`  let ${first} = i32(wid.x + wid.y * ${sk.grid.maxWorkgroupsX}u);`);
+  out.push(`  if (${first} >= sizes.rows) { return; }`);
   out.push('  let lid = i32(lidx);');
   if (sk.subgroups) {
     out.push('  let lane = i32(sg_lane);', '  let lanes = i32(sg_size);', '  let subgroup = lid / lanes;', `  let subgroups = ${threads} / lanes;`);

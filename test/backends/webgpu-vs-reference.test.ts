@@ -6,7 +6,10 @@
 
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { cudaCaps, webgpuCaps } from '../../backends/device-caps.ts';
+import { int } from '../../backends/kernel-ir.ts';
 import { interpret } from '../../backends/reference/interpreter.ts';
+import { scheduleKernel } from '../../backends/schedule.ts';
 import { arange, param, Tensor, trace, where } from '../../compiler/index.ts';
 import { compileModule } from '../../compiler/compile-module.ts';
 import { DType } from '../../ir/dtype.ts';
@@ -69,6 +72,9 @@ test(`WGSL kernels match the reference on ${seeds.length} random graphs`, async 
 /** Llama's kernel kinds at awkward sizes: rows and reductions that do not divide the workgroup of 256. */
 const kinds: Record<string, { shape: number[]; fn: (x: Tensor) => Tensor | Tensor[] }> = {
   'rmsnorm over 777': { shape: [3, 777], fn: (x) => x.mul(x.pow(2).mean(-1, { keepdims: true }).add(1e-5).rsqrt()).mul(param('w', DType.BF16, [777]).cast(DType.F32)) },
+  // 2,056 outputs of the same norm: 257 rows of 8, two a workgroup sharing the norm (Grid.sharedStatements), the
+  // last workgroup one row.
+  'norm + bf16 projection 300 → 2056': { shape: [1, 300], fn: (x) => x.mul(x.pow(2).mean(-1, { keepdims: true }).add(1e-5).rsqrt()).matmul(param('p', DType.BF16, [2056, 300]).transpose()) },
   'norm + bf16 projection 300 → 37': { shape: [1, 300], fn: (x) => x.mul(x.pow(2).mean(-1, { keepdims: true }).add(1e-5).rsqrt()).matmul(param('p', DType.BF16, [37, 300]).transpose()) },
   'f32 projection + residual 520 → 520': { shape: [2, 520], fn: (x) => x.add(x.matmul(param('o', DType.F32, [520, 520]).transpose())) },
   'swiglu 264 → 300': { shape: [1, 264], fn: (x) => x.matmul(param('g', DType.BF16, [300, 264]).transpose()).silu().mul(x.matmul(param('u', DType.BF16, [300, 264]).transpose())) },
@@ -104,6 +110,14 @@ test('each Llama kernel kind matches the reference at sizes that are not multipl
     const bad = await check({ graph: g, inputs: { x: random(DType.F32, k.shape) }, params, states: new Map() });
     assert.ok(bad === undefined, `${name}: ${bad}`);
   }
+});
+
+test('a norm before a projection of many rows is computed once for two rows of a workgroup', () => {
+  const g = trace('wide', [{ name: 'x', dtype: DType.F32, shape: [1, 300] }], kinds['norm + bf16 projection 300 → 2056'].fn);
+  const [k] = compileModule({ graphs: [g] }).graphs[0].kernels;
+  const grid = scheduleKernel(k, webgpuCaps({ subgroups: true })).grid;
+  assert.equal([grid.rows, grid.rowsPerWorkgroup, grid.sharedStatements, grid.kernelRows], [int(129), 2, 2, 257]);
+  assert.is(scheduleKernel(k, cudaCaps(90)).grid.rowsPerWorkgroup, 1, 'CUDA keeps a row a workgroup');
 });
 
 test('a copy larger than a binding goes as a dispatch per chunk, in order with the runs around it', async () => {
