@@ -830,7 +830,8 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
     // A long cache in chunks of a step, merged by a second dispatch (WGSL has no fence for the last to merge them).
     const step = groups * DECODE_KEY_UNROLL;
     const count = opts.keyChunks === false ? 1 : Math.ceil(f.keys / step);
-    const keyChunks = count >= WGSL_KEY_CHUNKS_FROM ? { keys: step, count, workspaceFloats: f.batch * count * (f.width + 2), counters: 0 } : undefined;
+    // (The merge dispatches a workgroup a head along x alone.)
+    const keyChunks = count >= WGSL_KEY_CHUNKS_FROM && f.batch <= device.maxWorkgroupsX ? { keys: step, count, workspaceFloats: f.batch * count * (f.width + 2), counters: 0 } : undefined;
     return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll: DECODE_KEY_UNROLL, ...(keyChunks ? { keyChunks } : {}) };
   }
   if (device.target !== 'cuda') return undefined;
