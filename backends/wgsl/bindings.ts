@@ -11,8 +11,11 @@ export type WgslBinding =
   | { readonly kind: 'sizes' }
   | { readonly kind: 'workspace' };
 
-/** A binding's buffer type in its bind group layout (the shader's `var<storage, …>` access). */
-export function bindingType(b: WgslBinding, buffers: readonly { readonly written: boolean }[]): GPUBufferBindingType {
+/**
+ * A binding's buffer type in its bind group layout (the shader's `var<storage, …>` access): GPUBufferBindingType's
+ * values, spelled out so that the declarations need no WebGPU types where the optional packages are not installed.
+ */
+export function bindingType(b: WgslBinding, buffers: readonly { readonly written: boolean }[]): 'uniform' | 'storage' | 'read-only-storage' {
   if (b.kind === 'sizes') return 'uniform';
   if (b.kind === 'workspace') return 'storage';
   return b.kind === 'chunk' && buffers[b.buffer].written ? 'storage' : 'read-only-storage';
