@@ -126,13 +126,14 @@ export function renderFlashWgsl(f: FlashIR, plan: FlashPlan, p: ExprPrinter, thr
 
 /**
  * The decode form (FlashPlan 'decode', as backends/cuda/flash.ts has it) over an f32, bf16 or f16 cache: a workgroup
- * a head's one query row; lane group g (depth / 8 threads) takes keys t0 + u · G + g of each step of G · U keys, every
- * thread 8 elements of the head, read as two vec4s of f32 or one of packed halves (the key and value buffers are bound
- * a second time as vec4s). A step's
- * loads of keys and values are issued together; each thread's 8 products go through workgroup memory, where its
- * group's threads add them (no subgroups needed), and each group keeps its own online softmax. The groups are
- * merged at the end, a thread an output element. The bound is read back through workgroupUniformLoad, so the loop
- * holding barriers stays uniform.
+ * a head's one query row; lane group g (depth / 8 threads) takes keys t0 + u · G + g of each step of G · U keys,
+ * every thread 8 elements of the head, read as two vec4s of f32 or one of packed halves (the key and value buffers
+ * are bound a second time as vec4s). A step's loads of keys and values are issued together; each thread's 8 products
+ * go through workgroup memory, where its group's threads add them (no subgroups needed), and each group keeps its
+ * own online softmax. The groups are merged at the end, a thread an output element. The bound is read back through
+ * workgroupUniformLoad, so the loop holding barriers stays uniform. Over a long cache (FlashPlan.keyChunks) each
+ * workgroup takes a chunk of a head's keys and leaves its output run, sum and maximum in the workspace for the
+ * second entry point (mergeChunks).
  */
 function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: number): WgslFlash {
   const D = f.depth;
