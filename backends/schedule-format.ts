@@ -15,7 +15,7 @@ export function formatSchedule(s: ScheduledKernel): string {
   const g = s.grid;
   const rows = `${formatSize(g.rows)} ${g.rows.k === 'const' && g.rows.value === 1 ? 'row' : 'rows'}`;
   const shared = g.sharedStatements === undefined ? ''
-    : `${g.kernelRows} rows, ${g.rowsPerWorkgroup} a workgroup (the first ${g.sharedStatements === 1 ? 'statement' : `${g.sharedStatements} statements`} once for them, the rest row by row): `;
+    : `${formatSize(k.rows)} rows, ${g.rowsPerWorkgroup} a workgroup (the first ${g.sharedStatements === 1 ? 'statement' : `${g.sharedStatements} statements`} once for them, the rest row by row): `;
   const grid = g.overflow === 'serial'
     ? `${rows}, one after another`
     : shared ? `${shared}${formatSize(g.rows)} workgroups of ${g.threads} threads`

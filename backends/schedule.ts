@@ -81,12 +81,11 @@ export interface Grid {
   readonly rows: KExpr;
   /**
    * Rows of the kernel one workgroup computes: 1, or (WebGPU, sharedPrologue) more, the kernel's first
-   * `sharedStatements` statements computed once for them all, then the rest for rows w, w + rows, … below
-   * `kernelRows`.
+   * `sharedStatements` statements computed once for them all, then the rest for rows w, w + rows, … below the
+   * kernel's rows.
    */
   readonly rowsPerWorkgroup: number;
   readonly sharedStatements?: number;
-  readonly kernelRows?: number;
   readonly threads: number;
   /** How rows beyond the device's largest grid dimension run: a second grid dimension (WebGPU), workgroups
    *  looping over rows (CUDA), or one loop over every row (the CPU). */
@@ -433,7 +432,7 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   return {
     kernel: k,
     device,
-    grid: shared ? { ...grid, rows: int(Math.ceil(shared.kernelRows / SHARED_PROLOGUE_ROWS)), rowsPerWorkgroup: SHARED_PROLOGUE_ROWS, ...shared } : grid,
+    grid: shared !== undefined ? { ...grid, rows: idiv(add(k.rows, int(SHARED_PROLOGUE_ROWS - 1)), int(SHARED_PROLOGUE_ROWS)), rowsPerWorkgroup: SHARED_PROLOGUE_ROWS, sharedStatements: shared } : grid,
     subgroups: tilesFrom === 0 ? false : subgroups,
     stmts: tilesFrom === 0 ? [] : fixedVectorSteps(k, stmts, device),
     arrays,
@@ -452,14 +451,14 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
  */
 const SHARED_PROLOGUE_ROWS = 2;
 
-/** The statements a WebGPU kernel of many rows computes once a workgroup (Grid.sharedStatements), if any. */
-function sharedPrologue(k: KernelIR, device: DeviceCaps): { sharedStatements: number; kernelRows: number } | undefined {
+/** How many of its first statements a WebGPU kernel of many rows computes once a workgroup (Grid.sharedStatements), if any. */
+function sharedPrologue(k: KernelIR, device: DeviceCaps): number | undefined {
   if (device.target !== 'wgsl' || k.rows.k !== 'const' || k.rows.value < 256) return undefined;
   let shared = 0;
   while (shared < k.body.length - 1 && statementExprs(k.body[shared]).every((e) => !varsOf(e).has(ROW))) shared++;
   const memory = (st: KStmt) => st.k === 'coop' || st.k === 'array';
   if (!k.body.slice(0, shared).some(memory) || k.body.slice(shared).some(memory)) return undefined;
-  return { sharedStatements: shared, kernelRows: k.rows.value };
+  return shared;
 }
 
 /**
@@ -814,7 +813,7 @@ const WGSL_KEY_CHUNKS_FROM = 8;
 function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleOptions): FlashPlan | undefined {
   const lanesPerKey = f.depth / 8;
   const wide = (e: KExpr, along: string) => e.k === 'load' && runsAlong(e.index, along, 8);
-  if (f.depth !== f.width || !Number.isInteger(lanesPerKey) || lanesPerKey > 32 || 32 % lanesPerKey !== 0 || !wide(f.k, f.d) || !wide(f.v, f.e)) return undefined;
+  if (f.depth !== f.width || !decodeFormHead(f.depth) || !wide(f.k, f.d) || !wide(f.v, f.e)) return undefined;
   const groups = device.threadsPerWorkgroup / lanesPerKey;
   if (device.target === 'wgsl') {
     // The WGSL form reads every key and value from memory: not one whose cache write it makes (FlashIR.updates).
@@ -848,6 +847,12 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
   const keyChunks = count > 1 ? { keys: step, count, workspaceFloats: f.batch * count * (f.width + 2), counters: f.batch } : undefined;
   const early = device.dependentLaunch && earlyKeys(f, k);
   return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll: DECODE_KEY_UNROLL, ...(keyChunks ? { keyChunks } : {}), ...(early ? { earlyKeys: true } : {}) };
+}
+
+/** Whether the decode form takes heads of `depth`: runs of 8 elements over at most 32 lanes, dividing a warp (8 to 256, powers of two). */
+export function decodeFormHead(depth: number): boolean {
+  const lanes = depth / 8;
+  return Number.isInteger(lanes) && lanes <= 32 && 32 % lanes === 0;
 }
 
 /**

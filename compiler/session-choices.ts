@@ -5,6 +5,7 @@
 import { DType } from '../ir/dtype.ts';
 import type { DeviceKind } from '../runtime/device.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
+import { decodeFormHead } from '../backends/schedule.ts';
 
 /**
  * The dtype a session's KV cache stores. Asked for: that. Not asked for: on the GPUs the weights' precision where it
@@ -22,9 +23,9 @@ export function kvCacheDType(backend: DeviceKind, weights: DType, asked?: DType)
 /**
  * The passes' context for a session on `backend` with a KV cache of `kv` and heads of `headDim`, assuming `dims`:
  * where attention is split into chunks, and where the cache writes go. A device whose decode attention walks a
- * long cache in its decode form is never split: CUDA with a bf16 or f16 cache (backends/cuda/flash.ts; it divides
- * the cache among workgroups itself), and WebGPU where the WGSL decode form takes the head (a multiple of 8 with at
- * most 32 lanes of 8: backends/wgsl/flash.ts). On the H200 with a 2,048-position cache after
+ * long cache in its decode form (dividing the cache among workgroups itself) is never split: CUDA with a bf16 or f16
+ * cache (backends/cuda/flash.ts), and WebGPU where the decode form takes the head (decodeFormHead:
+ * backends/wgsl/flash.ts). On the H200 with a 2,048-position cache after
  * 2,016 tokens, against chunks and their two combine kernels: CUDA 1.094 → 1.076 ms a token, WebGPU 1.666 → 1.320
  * (BENCHMARKS.md). Elsewhere the row form keeps a row of scores in workgroup memory and one workgroup a head: split
  * from SPLIT_ATTENTION_AT. Where CUDA's decode form runs, a step's cache writes join its attention kernel
@@ -33,7 +34,7 @@ export function kvCacheDType(backend: DeviceKind, weights: DType, asked?: DType)
  */
 export function sessionContext(backend: DeviceKind, kv: DType, headDim: number, dims: ReadonlyMap<string, number> = defaultContext.dims): PassContext {
   const cudaDecodeForm = backend === 'cuda' && (kv === DType.BF16 || kv === DType.F16);
-  const wgslDecodeForm = backend === 'webgpu' && headDim % 8 === 0 && 32 % (headDim / 8) === 0;
+  const wgslDecodeForm = backend === 'webgpu' && decodeFormHead(headDim);
   return {
     dims,
     ...(cudaDecodeForm || wgslDecodeForm ? { splitAttentionFrom: Infinity } : {}),

@@ -13,8 +13,6 @@ import { fromDevice, toDevice } from './devices/device-bytes.ts';
 import { align, MAX_GROUPS, wordBytes } from './devices/webgpu-load.ts';
 import { openDevice } from './webgpu/device.ts';
 
-/** Workgroups per dispatch dimension; larger row counts go on in y (as the kernels expect). */
-
 interface Loaded {
   readonly gpu: GPUDevice;
   /** One pipeline per shader. */

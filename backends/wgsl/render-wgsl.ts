@@ -131,10 +131,10 @@ function shaderParts(sk: ScheduledKernel, layouts: readonly BufferLayout[]): Sha
   for (const buf of (tiles && 'vec4Buffers' in tiles ? tiles.vec4Buffers : [])) vec4.add(buf);
   const rowForm: string[] = [];
   // Several rows a workgroup (Grid.sharedStatements): the first statements once, the rest in a loop over the rows.
-  const { sharedStatements: shared, kernelRows } = sk.grid;
+  const shared = sk.grid.sharedStatements;
   if (sk.tilesFrom !== 0) {
     k.body.forEach((st, i) => {
-      if (shared !== undefined && i === shared) rowForm.push(`  for (var ${ROW}: i32 = tf_wg; ${ROW} < ${kernelRows}; ${ROW} += ${p.expr(sk.grid.rows, rowForm, '  ')}) {`);
+      if (shared !== undefined && i === shared) rowForm.push(`  for (var ${ROW}: i32 = tf_wg; ${ROW} < ${p.expr(k.rows, rowForm, '  ')}; ${ROW} += ${p.expr(sk.grid.rows, rowForm, '  ')}) {`);
       renderStmt(st, sk.stmts[i], ctx, rowForm, shared !== undefined && i >= shared ? '    ' : '  ');
     });
     if (shared !== undefined) rowForm.push('  }');

@@ -75,20 +75,25 @@ export function allocateBuffers(gpu: GPUDevice, module: LoweredModule, params: P
   return buffers;
 }
 
+/** A shader's pipelines: `main`'s, and its second entry point's (RenderedWgsl.merge) where it has one. */
+export interface ShaderPipelines {
+  readonly main: GPUComputePipeline;
+  readonly merge?: GPUComputePipeline;
+}
+
 /**
  * A graph's kernels as pipelines and bind groups (kernels with the same shader, as every layer's are, share a
  * pipeline through `pipelines`). Bindings over `maxBinding` bytes are split into chunks the shader indexes.
  */
 export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: ReadonlyMap<BufferKey, GPUBuffer>, maxBinding: number,
-  pipelines: Map<string, GPUComputePipeline>): GpuGraph {
+  pipelines: Map<string, ShaderPipelines>): GpuGraph {
   const g = lg.graph;
   const wordsBytes = (k: KernelIR) => 16 * Math.ceil((1 + k.sizes.length) / 4);
   const stride = align(Math.max(16, ...lg.kernels.map(wordsBytes)), gpu.limits.minUniformBufferOffsetAlignment);
   const uniform = gpu.createBuffer({ size: stride * Math.max(1, lg.kernels.length), usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, label: `${g.name}:sizes` });
   const chunkBytes = Math.floor(maxBinding / 256) * 256;
   if (chunkBytes === 0) throw new RangeError(`bindings of ${maxBinding} bytes: chunks start at multiples of 256`);
-  let workspace: GPUBuffer | undefined;
-  const kernels = lg.kernels.map((ir, i): GpuKernel => {
+  const rendered = lg.kernels.map((ir) => {
     const bufs = ir.buffers.map((b) => {
       const buf = buffers.get(bufferKey(g, b.binding));
       if (!buf) throw new Error(`no buffer ${bufferKey(g, b.binding)} for kernel ${ir.name} of @${g.name}`);
@@ -98,13 +103,16 @@ export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: Readonly
       const chunks = Math.max(1, Math.ceil(buf.size / chunkBytes));
       return { chunks, chunkWords: chunks > 1 ? chunkBytes / 4 : 0 };
     });
-    const { code, bindings, rows, merge } = renderWgsl(ir, { layouts, ...wgslFeatures(gpu) });
-    if (merge && (!workspace || workspace.size < 4 * merge.workspaceFloats)) {
-      workspace?.destroy();
-      workspace = gpu.createBuffer({ size: Math.max(16, 4 * merge.workspaceFloats), usage: GPUBufferUsage.STORAGE, label: `${g.name}:workspace` });
-    }
-    let pipeline = pipelines.get(code);
-    if (!pipeline) {
+    return { ir, bufs, ...renderWgsl(ir, { layouts, ...wgslFeatures(gpu) }) };
+  });
+  // One workspace, as large as the largest need: a merge runs right after its kernel, before the next one.
+  const workspaceFloats = Math.max(0, ...rendered.map((r) => r.merge?.workspaceFloats ?? 0));
+  const workspace = workspaceFloats > 0
+    ? gpu.createBuffer({ size: Math.max(16, 4 * workspaceFloats), usage: GPUBufferUsage.STORAGE, label: `${g.name}:workspace` })
+    : undefined;
+  const kernels = rendered.map(({ ir, bufs, code, bindings, rows, merge }, i): GpuKernel => {
+    let shader = pipelines.get(code);
+    if (!shader) {
       // An explicit layout: 'auto' would drop bindings the shader happens not to read (a buffer read only as vec4s).
       const layout = gpu.createBindGroupLayout({
         entries: bindings.map((b, binding) => ({
@@ -115,9 +123,9 @@ export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: Readonly
       });
       const module = gpu.createShaderModule({ code, label: `${g.name}.${ir.name}` });
       const pipelineLayout = gpu.createPipelineLayout({ bindGroupLayouts: [layout] });
-      pipeline = gpu.createComputePipeline({ layout: pipelineLayout, compute: { module, entryPoint: 'main' }, label: `${g.name}.${ir.name}` });
-      pipelines.set(code, pipeline);
-      if (merge) pipelines.set(`${code}\n// merge`, gpu.createComputePipeline({ layout: pipelineLayout, compute: { module, entryPoint: 'merge' }, label: `${g.name}.${ir.name}.merge` }));
+      const entry = (entryPoint: string) => gpu.createComputePipeline({ layout: pipelineLayout, compute: { module, entryPoint }, label: `${g.name}.${ir.name}${entryPoint === 'main' ? '' : `.${entryPoint}`}` });
+      shader = { main: entry('main'), ...(merge ? { merge: entry('merge') } : {}) };
+      pipelines.set(code, shader);
     }
     const entries: GPUBindGroupEntry[] = bindings.map((b, binding) => {
       if (b.kind === 'sizes') return { binding, resource: { buffer: uniform, offset: i * stride, size: wordsBytes(ir) } };
@@ -127,8 +135,8 @@ export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: Readonly
       const offset = b.chunk * chunkBytes;
       return { binding, resource: { buffer: buf, offset, size: Math.min(chunkBytes, buf.size - offset) } };
     });
-    const bindGroup = gpu.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: `${g.name}.${ir.name}` });
-    return { ir, rows, pipeline, bindGroup, ...(merge ? { merge: { pipeline: pipelines.get(`${code}\n// merge`)!, rows: merge.rows } } : {}) };
+    const bindGroup = gpu.createBindGroup({ layout: shader.main.getBindGroupLayout(0), entries, label: `${g.name}.${ir.name}` });
+    return { ir, rows, pipeline: shader.main, bindGroup, ...(merge && shader.merge ? { merge: { pipeline: shader.merge, rows: merge.rows } } : {}) };
   });
   const uses = [...new Set(kernels.flatMap((k) => [...k.ir.sizes, ...varsOf(k.rows)]))].sort();
   return { lowered: lg, kernels, ...(workspace ? { workspace } : {}), uniform, stride, uses, pending: false };

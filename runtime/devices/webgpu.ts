@@ -23,7 +23,7 @@ import { WebGpuUnavailableError } from '../webgpu/errors.ts';
 import { pacedWait, pacesPolls } from '../webgpu/polling.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
 import { wgslFeatures } from '../../backends/wgsl/render-wgsl.ts';
-import { align, allocateBuffers, dispatchKernel, GpuGraph, GpuKernel, prepareGraph, sizeWords, wordBytes } from './webgpu-load.ts';
+import { align, allocateBuffers, dispatchKernel, GpuGraph, GpuKernel, prepareGraph, ShaderPipelines, sizeWords, wordBytes } from './webgpu-load.ts';
 
 export { WebGpuUnavailableError };
 
@@ -154,7 +154,7 @@ class WebGpuProgram implements Program {
       if (lg.kernels.length === 0 && lg.graph.nodes.length > 0) throw new Error(`the webgpu device runs compiled graphs; @${lg.graph.name} has no kernels`);
     }
     this.buffers = allocateBuffers(this.gpu, module, params, opts.maxSizes);
-    const pipelines = new Map<string, GPUComputePipeline>();
+    const pipelines = new Map<string, ShaderPipelines>();
     for (const lg of module.graphs) this.graphs.set(lg.graph.name, prepareGraph(this.gpu, lg, this.buffers, this.maxBinding, pipelines));
   }
 

@@ -116,7 +116,7 @@ test('a norm before a projection of many rows is computed once for two rows of a
   const g = trace('wide', [{ name: 'x', dtype: DType.F32, shape: [1, 300] }], kinds['norm + bf16 projection 300 → 2056'].fn);
   const [k] = compileModule({ graphs: [g] }).graphs[0].kernels;
   const grid = scheduleKernel(k, webgpuCaps({ subgroups: true })).grid;
-  assert.equal([grid.rows, grid.rowsPerWorkgroup, grid.sharedStatements, grid.kernelRows], [int(129), 2, 2, 257]);
+  assert.equal([k.rows, grid.rows, grid.rowsPerWorkgroup, grid.sharedStatements], [int(257), int(129), 2, 2]);
   assert.is(scheduleKernel(k, cudaCaps(90)).grid.rowsPerWorkgroup, 1, 'CUDA keeps a row a workgroup');
 });
 
