@@ -820,11 +820,15 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
     // (Computing the new rows into workgroup memory, the cache bound once read-write for its stores, measured on the
     // H200: 1.080 → 1.064 and 1.074 → 1.062 ms a token at 160 positions, 1.331 → 1.974 and 1.315 → 1.741 at 2,048:
     // the cache's reads no longer read-only.)
+    // (Where attention computes the new rows and a later kernel writes them, PassContext.cacheWrites
+    // 'after-attention', the cache stays read-only here: the form computes them into workgroup memory.)
     if (f.updates) return undefined;
     const whole = [f.k, f.v].every((e) => e.k === 'load' && !opts.splitBuffers?.has(e.buf));
     if (!whole || ![DType.F32, DType.BF16, DType.F16].some((d) => readsOnly([f.k, f.v], d, k))) return undefined;
-    // The query, a step's partial products (then the groups' output runs), the groups' maxima and sums.
-    const bytes = 4 * (f.depth + DECODE_KEY_UNROLL * device.threadsPerWorkgroup + 2 * groups + 1);
+    const computed = [f.fresh?.k?.value, f.fresh?.v?.value].filter((x) => x !== undefined);
+    if (computed.some((x) => varsOf(x).has(f.t))) return undefined;
+    // The query and computed rows, a step's partial products (then the groups' output runs), the groups' maxima and sums.
+    const bytes = 4 * (f.depth * (1 + computed.length) + DECODE_KEY_UNROLL * device.threadsPerWorkgroup + 2 * groups + 1);
     if (groups * f.width > DECODE_KEY_UNROLL * device.threadsPerWorkgroup || bytes + SCRATCH_BYTES > device.staticWorkgroupMemoryBytes) return undefined;
     // A long cache in chunks of a step, merged by a second dispatch (WGSL has no fence for the last to merge them).
     const step = groups * DECODE_KEY_UNROLL;

@@ -77,7 +77,7 @@ export function readCompiled(entry: { key: string; file: string } | undefined): 
 
 export function cacheKey(what: unknown, ctx: PassContext): string {
   const context = { dims: [...ctx.dims].sort(([a], [b]) => a.localeCompare(b)), splitAttentionFrom: String(ctx.splitAttentionFrom ?? 'default'),
-    cacheWritesInAttention: !!ctx.cacheWritesInAttention };
+    cacheWrites: ctx.cacheWrites ?? 'own kernel' };
   return sha256(JSON.stringify({ format: FORMAT, version: tsfuseVersion(), sources: sourcesHash(), cwd: process.cwd(), context, what }));
 }
 

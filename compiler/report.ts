@@ -96,9 +96,10 @@ function kernelRole(k: StepKernel, io: KernelIO, producerRoles: readonly string[
   const kind = String(k.attrs.kind ?? k.nodes[0].op);
   const touched = [...io.reads, ...io.writes].map(stateRoot);
   if (kind === 'state-write') return touched.some((v) => v.kind === 'state' && v.name!.startsWith('cache.')) ? 'KV-cache write' : 'token write';
-  if (kind === 'attention') return io.writes.some((v) => stateRoot(v).kind === 'state') ? 'KV-cache write + attention' : 'attention';
+  const writesCache = io.writes.some((v) => stateRoot(v).kind === 'state');
+  if (kind === 'attention') return writesCache ? 'KV-cache write + attention' : 'attention';
   const weights = io.reads.filter((v) => v.kind === 'param').map((v) => v.name!);
-  for (const [pattern, role] of projections) if (weights.some((w) => pattern.test(w))) return role;
+  for (const [pattern, role] of projections) if (weights.some((w) => pattern.test(w))) return writesCache ? `${role} + KV-cache write` : role;
   const finalNorm = weights.some((w) => w.startsWith('model.norm.'));
   // With tied embeddings the LM head is a contraction over embed_tokens (which other kernels only gather from).
   if (weights.some((w) => w.startsWith('lm_head.')) || (kind === 'contraction' && weights.some((w) => w.startsWith('model.embed_tokens.')))) {
@@ -138,8 +139,10 @@ function figures(g: Graph, kernels: StepKernel[], dims: ReadonlyMap<string, numb
     for (const v of io.reads) readers.set(v, (readers.get(v) ?? 0) + 1);
     const params = io.reads.filter((v) => v.kind === 'param');
     const weightBytesRead = params.reduce((s, p) => s + paramBytesRead(p, k.nodes, dims), 0);
-    // A state read only as the target of an in-place write costs nothing: the kernel writes a slice of it.
-    const readsValue = (v: Value) => k.nodes.some((n) => n.inputs.some((x, i) => x === v && !(n.op === Op.UpdateSlice && i === 0)));
+    // A state read only as the target of an in-place write costs nothing: the kernel writes a slice of it. (An
+    // update the kernel only reads, recomputed where it is read, reads its target: compiler/passes/fuse.ts.)
+    const inPlace = (n: Node) => n.op === Op.UpdateSlice && io.writes.includes(n.output);
+    const readsValue = (v: Value) => k.nodes.some((n) => n.inputs.some((x, i) => x === v && !(inPlace(n) && i === 0)));
     const otherReads = io.reads.filter((v) => v.kind !== 'param' && readsValue(v)).reduce((s, v) => s + valueBytes(v, dims), 0);
     const written = io.writes.reduce((s, v) => s + (v.producer?.op === Op.UpdateSlice ? valueBytes(v.producer.inputs[1], dims) : valueBytes(v, dims)), 0);
     return {

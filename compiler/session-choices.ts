@@ -28,9 +28,10 @@ export function kvCacheDType(backend: DeviceKind, weights: DType, asked?: DType)
  * backends/wgsl/flash.ts). On the H200 with a 2,048-position cache after
  * 2,016 tokens, against chunks and their two combine kernels: CUDA 1.094 → 1.076 ms a token, WebGPU 1.666 → 1.320
  * (BENCHMARKS.md). Elsewhere the row form keeps a row of scores in workgroup memory and one workgroup a head: split
- * from SPLIT_ATTENTION_AT. Where CUDA's decode form runs, a step's cache writes join its attention kernel
- * (PassContext.cacheWritesInAttention: 0.852 → 0.842 ms a token at 2,048 positions); not on WebGPU, where its
- * decode form would lose the cache's read-only binding (backends/schedule.ts, decodePlan).
+ * from SPLIT_ATTENTION_AT. Where a decode form runs, a step's cache writes take no launch of their own
+ * (PassContext.cacheWrites): on CUDA they join attention (0.852 → 0.842 ms a token at 2,048 positions); on WebGPU,
+ * whose decode form reads a buffer it also writes more slowly (backends/schedule.ts, decodePlan), attention
+ * computes the new rows and the write joins the output projection.
  */
 export function sessionContext(backend: DeviceKind, kv: DType, headDim: number, dims: ReadonlyMap<string, number> = defaultContext.dims): PassContext {
   const cudaDecodeForm = backend === 'cuda' && (kv === DType.BF16 || kv === DType.F16);
@@ -38,7 +39,7 @@ export function sessionContext(backend: DeviceKind, kv: DType, headDim: number, 
   return {
     dims,
     ...(cudaDecodeForm || wgslDecodeForm ? { splitAttentionFrom: Infinity } : {}),
-    ...(cudaDecodeForm ? { cacheWritesInAttention: true } : {}),
+    ...(cudaDecodeForm ? { cacheWrites: 'attention' as const } : wgslDecodeForm ? { cacheWrites: 'after-attention' as const } : {}),
   };
 }
 

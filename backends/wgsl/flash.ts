@@ -3,7 +3,7 @@
 // each thread's registers), as backends/cuda/flash.ts does; tiles are smaller to fit WebGPU's 16 KiB of workgroup
 // memory. The bound is read back through workgroupUniformLoad, so the loop holding barriers stays uniform.
 
-import { FlashIR } from '../kernel-ir.ts';
+import { FlashIR, varsOf } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { FlashPlan } from '../schedule.ts';
 import { DType } from '../../ir/dtype.ts';
@@ -155,8 +155,14 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   const split = half ? (dtype === DType.BF16 ? ['tf_even_bf16', 'tf_odd_bf16'] : ['tf_even_f16', 'tf_odd_f16']) : [];
   const run = half ? [0, 2, 4, 6, 1, 3, 5, 7] : [0, 1, 2, 3, 4, 5, 6, 7];
   const ninf = wgslDialect.literal(-Infinity, 'f32');
+  // The step's new key and value rows where this kernel computes them from the update (FreshRange.value: the cache
+  // is written by a later kernel): into workgroup memory beside the query, read in place of the cache's stale rows.
+  const computed = { k: f.fresh?.k?.value, v: f.fresh?.v?.value };
+  if ([computed.k, computed.v].some((x) => x && varsOf(x).has(f.t))) throw new Error('WGSL: a decode attention computing more than one new key row is not printed');
   const decls = [
     `var<workgroup> tf_qs: array<f32, ${D}>;`,
+    ...(computed.k ? [`var<workgroup> tf_ks: array<f32, ${D}>;`] : []),
+    ...(computed.v ? [`var<workgroup> tf_vs: array<f32, ${D}>;`] : []),
     // A step's partial dot products, then (after the walk) the groups' output runs.
     `var<workgroup> tf_dp: array<f32, ${U * threads}>;`,
     `var<workgroup> tf_gm: array<f32, ${G}>;`,
@@ -175,8 +181,20 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   out.push('  }');
   out.push(`  for (var ${f.d}: i32 = lid; ${f.d} < ${D}; ${f.d} += ${threads}) {`);
   out.push(`    tf_qs[${f.d}] = ${p.expr(f.q, out, '    ')};`);
+  if (computed.k) out.push(`    tf_ks[${f.d}] = ${p.expr(computed.k, out, '    ')};`);
+  if (computed.v) {
+    out.push('    {', `      let ${f.e} = ${f.d};`);
+    out.push(`      tf_vs[${f.d}] = ${p.expr(computed.v, out, '      ')};`, '    }');
+  }
   out.push('  }');
+  // (workgroupUniformLoad is a barrier too: the query and computed rows are in place after it.)
   out.push('  let tf_lim = workgroupUniformLoad(&tf_lim_w);');
+  // The computed rows' element runs in the cache (they read inputs only).
+  for (const r of ['k', 'v'] as const) {
+    if (!computed[r]) continue;
+    out.push(`  let tf_${r}from = ${p.expr(f.fresh![r]!.from, out, '  ')};`);
+    out.push(`  let tf_${r}to = ${p.expr(f.fresh![r]!.to, out, '  ')};`);
+  }
   // This workgroup's keys [tf_from, tf_to): its chunk's, where the position reaches it (at least one chunk runs, so
   // that a row that sees no key is NaN, as the reference has it), else none.
   out.push(`  let tf_parts = ${chunks ? `max((tf_lim + ${chunks.keys - 1}) / ${chunks.keys}, 1)` : '1'};`);
@@ -197,21 +215,27 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
   // Keys past the bound read row 0 (unused).
   out.push(`      let ${f.t} = select(0, tf_t, tf_t < tf_to);`);
   out.push(`      let ${f.d} = tf_part;`);
-  if (half) {
-    out.push(`      let tf_kw = b${kLoad.buf}_v4[(${p.expr(kLoad.index, out, '      ')}) >> 3];`);
-    out.push(`      tf_dp[tf_u * ${threads} + lid] = dot(tf_q0, ${split[0]}(tf_kw)) + dot(tf_q1, ${split[1]}(tf_kw));`);
-    out.push(`      let ${f.e} = tf_part;`);
-    out.push(`      let tf_vw = b${vLoad.buf}_v4[(${p.expr(vLoad.index, out, '      ')}) >> 3];`);
-    out.push(`      tf_vv[2 * tf_u] = ${split[0]}(tf_vw);`);
-    out.push(`      tf_vv[2 * tf_u + 1] = ${split[1]}(tf_vw);`);
-  } else {
-    out.push(`      let tf_ki = (${p.expr(kLoad.index, out, '      ')}) >> 2;`);
-    out.push(`      tf_dp[tf_u * ${threads} + lid] = dot(tf_q0, b${kLoad.buf}_v4[tf_ki]) + dot(tf_q1, b${kLoad.buf}_v4[tf_ki + 1]);`);
-    out.push(`      let ${f.e} = tf_part;`);
-    out.push(`      let tf_vi = (${p.expr(vLoad.index, out, '      ')}) >> 2;`);
-    out.push(`      tf_vv[2 * tf_u] = b${vLoad.buf}_v4[tf_vi];`);
-    out.push(`      tf_vv[2 * tf_u + 1] = b${vLoad.buf}_v4[tf_vi + 1];`);
-  }
+  // A key's (value's) 8 elements as two vec4s of f32 in the thread's order (`run`): from memory, or from the
+  // computed row where the element index is in its run.
+  const rowOf = (r: 'k' | 'v', load: typeof kLoad, lo: string, hi: string) => {
+    const index = p.expr(load.index, out, '      ');
+    out.push(`      let tf_${r}i = ${index};`);
+    if (half) {
+      out.push(`      let tf_${r}w = b${load.buf}_v4[tf_${r}i >> 3];`);
+      out.push(`      ${lo} = ${split[0]}(tf_${r}w);`, `      ${hi} = ${split[1]}(tf_${r}w);`);
+    } else {
+      out.push(`      ${lo} = b${load.buf}_v4[tf_${r}i >> 2];`, `      ${hi} = b${load.buf}_v4[(tf_${r}i >> 2) + 1];`);
+    }
+    if (!computed[r]) return;
+    const row = r === 'k' ? 'tf_ks' : 'tf_vs';
+    const at = (js: number[]) => `vec4<f32>(${js.map((j) => `${row}[tf_part + ${j}]`).join(', ')})`;
+    out.push(`      if (tf_${r}i >= tf_${r}from && tf_${r}i < tf_${r}to) {`, `        ${lo} = ${at(run.slice(0, 4))};`, `        ${hi} = ${at(run.slice(4))};`, '      }');
+  };
+  out.push('      var tf_k0: vec4<f32>;', '      var tf_k1: vec4<f32>;');
+  rowOf('k', kLoad, 'tf_k0', 'tf_k1');
+  out.push(`      tf_dp[tf_u * ${threads} + lid] = dot(tf_q0, tf_k0) + dot(tf_q1, tf_k1);`);
+  out.push(`      let ${f.e} = tf_part;`);
+  rowOf('v', vLoad, 'tf_vv[2 * tf_u]', 'tf_vv[2 * tf_u + 1]');
   out.push('    }');
   out.push('    workgroupBarrier();');
   // Each group's scores (its threads' products added in the same order) and their maximum; keys past the bound −∞.

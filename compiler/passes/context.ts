@@ -11,11 +11,15 @@ export interface PassContext {
    */
   readonly splitAttentionFrom?: number;
   /**
-   * A decode step's KV-cache writes (updates of one position) join the attention kernel that reads the cache: it
-   * reads the new rows from the update itself and stores them, one launch fewer a layer (fuse). Only where that
-   * kernel's form reads them so (CUDA's decode form: compiler/session-choices.ts).
+   * Where a decode step's KV-cache writes (updates of one position) go, where not in a kernel of their own (fuse):
+   *   attention        they join the attention kernel that reads the cache, which reads the new rows from the
+   *                    update and stores them (CUDA's decode form)
+   *   after-attention  attention computes the new rows from the update and reads the rest of the cache read-only;
+   *                    the write joins the kernel that reads attention's result (WebGPU's decode form, whose reads
+   *                    are slower from a buffer it also writes)
+   * Either way a launch fewer a layer (compiler/session-choices.ts).
    */
-  readonly cacheWritesInAttention?: boolean;
+  readonly cacheWrites?: 'attention' | 'after-attention';
 }
 
 export const defaultContext: PassContext = { dims: new Map([['S', 32]]) };

@@ -10,7 +10,7 @@ import { Graph, Kernel, KernelKind, Node, usersOf, Value } from '../../ir/graph.
 import { isElementwise, Op, OpGroup, opDef } from '../../ir/ops.ts';
 import { formatShape, formatType, sameNumel, sameShape, Shape } from '../../ir/shape.ts';
 import { PassContext } from './context.ts';
-import { copySignature, emitterFor, keepNode } from './rewrite.ts';
+import { copySignature, emitterFor, keepNode, rewriteGraph } from './rewrite.ts';
 
 class Group {
   readonly members: Node[] = [];
@@ -125,12 +125,13 @@ class Partition {
   /** Each node's position in the graph. */
   readonly order = new Map<Node, number>();
 
-  constructor(readonly g: Graph, readonly ctx: PassContext) {
+  /** `readCopies`: update_slices that no kernel is built around, recomputed where they are read (withReadCopies). */
+  constructor(readonly g: Graph, readonly ctx: PassContext, readCopies: ReadonlySet<Node> = new Set()) {
     this.users = usersOf(g);
     this.targets = new Set(g.nodes.flatMap((n) => (n.op === Op.UpdateSlice ? [n.inputs[0]] : [])));
     g.nodes.forEach((n, i) => this.order.set(n, i));
     for (const n of g.nodes) {
-      const kind = anchorKind(n);
+      const kind = readCopies.has(n) ? undefined : anchorKind(n);
       if (kind) this.add(this.newGroup(kind), n);
     }
   }
@@ -390,14 +391,19 @@ class Partition {
    * order: the only nodes whose operands can depend on r.
    */
   readersOf(r: Group): Node[] {
+    return this.readersOfValues(r.members.map((n) => n.output), r);
+  }
+
+  /** The nodes of kernels other than `except` that read `values`, directly or through recomputed nodes, in graph order. */
+  readersOfValues(values: readonly Value[], except?: Group): Node[] {
     const readers = new Set<Node>();
-    const stack = r.members.map((n) => n.output);
+    const stack = [...values];
     const seen = new Set(stack);
     while (stack.length) {
       for (const u of this.users.get(stack.pop()!) ?? []) {
         const home = this.groupOf.get(u);
         if (home) {
-          if (home !== r) readers.add(u);
+          if (home !== except) readers.add(u);
         } else if (!seen.has(u.output)) {
           seen.add(u.output);
           stack.push(u.output);
@@ -555,11 +561,11 @@ function mergeStateWrites(p: Partition): void {
 
 /**
  * A decode step's cache writes (updates of one position) join the attention kernel that alone reads the cache after
- * them (PassContext.cacheWritesInAttention): it reads the new rows from the update rather than from memory, so it
+ * them (PassContext.cacheWrites 'attention'): it reads the new rows from the update rather than from memory, so it
  * need not wait for another kernel to write them, and the write costs no launch of its own.
  */
 function mergeCacheWritesIntoAttention(p: Partition): void {
-  if (!p.ctx.cacheWritesInAttention) return;
+  if (p.ctx.cacheWrites !== 'attention') return;
   for (const w of p.live().filter((gr) => gr.kind === 'state-write')) {
     const onePosition = w.members.every((n) => n.inputs[1].type.shape[n.attrs.axis as number] === 1);
     const readers = new Set(p.readersOf(w).map((n) => p.group(n)!));
@@ -567,6 +573,51 @@ function mergeCacheWritesIntoAttention(p: Partition): void {
     if (!onePosition || readers.size !== 1 || a.kind !== 'attention') continue;
     const updates = w.members.map((m) => `${formatType(m.inputs[1].type)} into %${m.inputs[0].name}`).join(', ');
     p.merge(a, w, 'attention', `the cache writes of one position (${updates}) join the attention kernel that reads them: it reads the new rows from the update, one launch fewer`);
+  }
+}
+
+/**
+ * The graph with a copy of each of a decode step's cache updates (one position, the state's new value, read in the
+ * step) for its readers to read (PassContext.cacheWrites 'after-attention'): the update itself stays the state's
+ * write, and the copy is recomputed in each kernel that reads it (the update where it covers the index, else the
+ * cache as it was), so the write is free to join a later kernel (deferCacheWrites). Returns each write's copy.
+ */
+function withReadCopies(g: Graph): { graph: Graph; copyOf: Map<Node, Node> } {
+  const users = usersOf(g);
+  const stateValues = new Set(g.stateUpdates.map((u) => u.value));
+  const writeOf = new Map<Value, Value>();
+  const graph = rewriteGraph(g, (n, ins, out) => {
+    const v = keepNode(n, ins, out);
+    const onePosition = n.op === Op.UpdateSlice && n.inputs[1].type.shape[n.attrs.axis as number] === 1;
+    if (!onePosition || !stateValues.has(n.output) || !users.get(n.output)?.length) return v;
+    const copy = keepNode(n, ins, out);
+    writeOf.set(copy, v);
+    return copy;
+  });
+  // The state's new value (or an output) is the write's; everything else read the copy.
+  graph.stateUpdates = graph.stateUpdates.map((u) => ({ state: u.state, value: writeOf.get(u.value) ?? u.value }));
+  graph.outputs = graph.outputs.map((v) => writeOf.get(v) ?? v);
+  return { graph, copyOf: new Map([...writeOf].map(([copy, write]) => [write.producer!, copy.producer!])) };
+}
+
+/**
+ * A decode step's cache writes whose readers read copies of them (withReadCopies) join the first kernel that reads
+ * the result of the one kernel reading the copies (attention, then the output projection): attention computes the
+ * new rows itself and reads the rest of the cache as it was, read-only; the writes, which must follow that read
+ * (Partition.edges), cost no launch of their own. (Before mergeStateWrites, which would otherwise put every layer's
+ * writes, no longer read in the step, into one kernel at its end.)
+ */
+function deferCacheWrites(p: Partition, copyOf: ReadonlyMap<Node, Node>): void {
+  for (const w of p.live().filter((gr) => gr.kind === 'state-write')) {
+    const copies = w.members.map((m) => copyOf.get(m));
+    if (copies.some((c) => c === undefined)) continue;
+    const readers = new Set(p.readersOfValues(copies.map((c) => c!.output)).map((n) => p.group(n)!));
+    const [reader] = readers;
+    if (readers.size !== 1) continue;
+    const host = p.readersOf(reader).map((n) => p.group(n)!).find((gr) => gr !== w && gr.kind !== 'state-write');
+    if (!host) continue;
+    const updates = w.members.map((m) => `${formatType(m.inputs[1].type)} into %${m.inputs[0].name}`).join(', ');
+    p.merge(host, w, host.kind, `the cache write of one position (${updates}) joins the ${host.kind} kernel after the ${reader.kind} kernel, which computes the new row from the update and reads the cache read-only: one launch fewer`);
   }
 }
 
@@ -729,13 +780,15 @@ function numel(v: Value): number {
 }
 
 export function fuse(g: Graph, ctx: PassContext): Graph {
-  const p = new Partition(g, ctx);
+  const { graph, copyOf } = ctx.cacheWrites === 'after-attention' ? withReadCopies(g) : { graph: g, copyOf: new Map<Node, Node>() };
+  const p = new Partition(graph, ctx, new Set(copyOf.values()));
   cutDeepChains(p);
   mergeReductionChains(p);
   mergeAttention(p);
   mergePairedProjections(p);
   mergeNormPrologues(p);
   placeEpilogues(p);
+  deferCacheWrites(p, copyOf);
   mergeStateWrites(p);
   mergeCacheWritesIntoAttention(p);
   const fused = emit(p);

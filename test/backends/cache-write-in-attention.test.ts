@@ -1,7 +1,9 @@
-// A decode step's cache writes inside its attention kernel (PassContext.cacheWritesInAttention, which CUDA sessions
-// set): fusion joins the write of one position into the attention kernel that reads the cache, and each form of
-// that kernel reads the new rows from the update rather than from memory (CUDA's decode form computes them after its
-// wait and puts them in place of what it loaded; the row form selects them). Grouped-query heads (3 query heads a
+// A decode step's cache writes without a kernel of their own (PassContext.cacheWrites). 'attention', which CUDA
+// sessions set: fusion joins the write of one position into the attention kernel that reads the cache, and each form
+// of that kernel reads the new rows from the update rather than from memory (CUDA's decode form computes them after
+// its wait and puts them in place of what it loaded; the row form selects them). 'after-attention', which WebGPU
+// sessions set: attention computes the new rows the same way but only reads the cache, and the write joins the
+// projection of attention's result. Grouped-query heads (3 query heads a
 // cache head), heads of 64 over 300 cache rows (two chunks on CUDA), a new key row that reads itself at other
 // positions (a rotate-half, as the rotary embedding does) and is rounded to bf16. Several steps in a row, each
 // reading what the steps before wrote, across the chunks' boundary; the rows from the first step's position on start
@@ -27,7 +29,8 @@ import { kernelDevices, onDevice } from '../runtime/fake-cuda/build.ts';
 import { relativeError } from './compare.ts';
 import { Rng } from './rng.ts';
 
-const [KV_HEADS, PER_HEAD, D, T] = [2, 3, 64, 300];
+const [KV_HEADS, PER_HEAD, D, T, OUT] = [2, 3, 64, 300, 48];
+const HEADS = KV_HEADS * PER_HEAD;
 const seed = Number(process.env.CACHE_WRITE_SEED ?? Date.now() % 1e9);
 const rng = new Rng(seed);
 const randoms = (n: number) => Array.from({ length: n }, () => roundBf16(rng.normal()));
@@ -38,7 +41,8 @@ function graph(kv: DType) {
     { name: 'k', dtype: DType.F32, shape: [1, KV_HEADS, D] },
     { name: 'v', dtype: DType.F32, shape: [1, KV_HEADS, D] },
     { name: 'pos', dtype: DType.I32, shape: [] },
-  ], (q, k, v, pos) => {
+    { name: 'wo', dtype: DType.F32, shape: [HEADS * D, OUT] },
+  ], (q, k, v, pos, wo) => {
     const half = D / 2;
     const rotated = k.add(concat([k.slice(2, half, D).neg(), k.slice(2, 0, half)], 2).mul(0.5));
     const keys = state('cache.k', kv, [T, KV_HEADS, D]).write(rotated.cast(kv), pos, 0);
@@ -46,23 +50,24 @@ function graph(kv: DType) {
     const kt = keys.cast(DType.F32).permute(1, 2, 0).reshape(KV_HEADS, 1, D, T);
     const vt = values.cast(DType.F32).permute(1, 0, 2).reshape(KV_HEADS, 1, T, D);
     const scores = where(arange(T).reshape(1, -1).le(pos.reshape(1, 1)), q.matmul(kt).mul(1 / Math.sqrt(D)), -Infinity);
-    return { y: scores.softmax(-1).matmul(vt) };
+    return { y: scores.softmax(-1).matmul(vt).reshape(1, HEADS * D).matmul(wo) };
   });
 }
 
 const lines: string[] = [];
-const ctx = { ...defaultContext, cacheWritesInAttention: true };
+const explain = (_: string, line: string) => lines.push(line);
 const graphs = Object.fromEntries([DType.BF16, DType.F32].map((kv) => {
   const g = graph(kv);
-  const joined = compileModule({ graphs: [g] }, { ctx: { ...ctx, explain: (_, line) => lines.push(line) } });
-  return [kv, { joined, apart: compileModule({ graphs: [g] }), reference: { graphs: [{ graph: g, kernels: [] }] } }];
+  const joined = compileModule({ graphs: [g] }, { ctx: { ...defaultContext, cacheWrites: 'attention', explain } });
+  const after = compileModule({ graphs: [g] }, { ctx: { ...defaultContext, cacheWrites: 'after-attention', explain } });
+  return [kv, { joined, after, apart: compileModule({ graphs: [g] }), reference: { graphs: [{ graph: g, kernels: [] }] } }];
 }));
-const { joined, apart } = graphs[DType.BF16];
+const { joined, after, apart } = graphs[DType.BF16];
 
 const fusion = suite('cache writes in attention: fusion and schedule');
 fusion('the write of one position joins the attention kernel that reads it, and only where the context asks', () => {
-  assert.equal(joined.graphs[0].kernels.map((k) => k.kind), ['attention']);
-  assert.equal(apart.graphs[0].kernels.map((k) => k.kind), ['state-write', 'attention']);
+  assert.equal(joined.graphs[0].kernels.map((k) => k.kind), ['attention', 'contraction']);
+  assert.equal(apart.graphs[0].kernels.map((k) => k.kind), ['state-write', 'attention', 'contraction']);
   assert.ok(lines.some((l) => l.startsWith('merged: the cache writes of one position (bf16[1,2,64] into %cache.k, bf16[1,2,64] into %cache.v) join the attention kernel that reads them')), lines.join('\n'));
   const [k] = joined.graphs[0].kernels;
   assert.is(k.flash?.updates?.length, 2, 'both writes are the flash form\'s');
@@ -79,6 +84,24 @@ fusion('the write of one position joins the attention kernel that reads it, and 
   assert.not.match(wgsl, 'decode attention');
   assert.match(wgsl, /store b\d+ over i\d+<min\(22, 128-\(row\*22\)\)/);
 });
+fusion('after attention: attention computes the new rows and reads the cache read-only; the write joins the projection after it', () => {
+  assert.equal(after.graphs[0].kernels.map((k) => k.kind), ['attention', 'contraction']);
+  for (const cache of ['k', 'v']) {
+    assert.ok(lines.some((l) => l.startsWith(`merged: the cache write of one position (bf16[1,2,64] into %cache.${cache}) joins the contraction kernel after the attention kernel`)), lines.join('\n'));
+  }
+  const [attention, projection] = after.graphs[0].kernels;
+  assert.is(attention.flash?.updates, undefined, 'attention stores nothing but its result');
+  assert.ok(attention.flash?.fresh?.k?.value && attention.flash.fresh.v?.value, 'the new rows computed');
+  assert.ok(attention.buffers.filter((b) => b.binding.kind === 'state').every((b) => !b.written), 'the cache read-only in attention');
+  assert.ok(projection.buffers.some((b) => b.binding.kind === 'state' && b.written), 'the projection writes the cache');
+  for (const kv of [DType.BF16, DType.F32]) {
+    const wgsl = formatSchedule(scheduleKernel(graphs[kv].after.graphs[0].kernels[0], webgpuCaps({ subgroups: true })));
+    assert.match(wgsl, 'decode attention 6 heads × 1 query over 300 keys (head 64)', `${kv}: ${wgsl}`);
+    assert.match(wgsl, 'this step\'s new key and value rows computed here', `${kv}: ${wgsl}`);
+  }
+  // The projection's rows (24 of 2 outputs) share the write out: 6 of the 128 elements a row.
+  assert.match(formatSchedule(scheduleKernel(projection, webgpuCaps({ subgroups: true }))), /store b\d+ over i\d+<min\(6, 128-\(row\*6\)\)/);
+});
 fusion('a prompt\'s write of several positions stays a kernel of its own', () => {
   const prompt = trace('prompt', [
     { name: 'k', dtype: DType.F32, shape: [4, KV_HEADS, D] },
@@ -89,8 +112,10 @@ fusion('a prompt\'s write of several positions stays a kernel of its own', () =>
     const kt = keys.cast(DType.F32).permute(1, 2, 0).reshape(KV_HEADS, 1, D, T);
     return { y: q.matmul(kt).softmax(-1).matmul(kt.permute(0, 1, 3, 2)) };
   });
-  const c = compileModule({ graphs: [prompt] }, { ctx: { ...defaultContext, cacheWritesInAttention: true } });
-  assert.equal(c.graphs[0].kernels.map((k) => k.kind), ['state-write', 'attention']);
+  for (const cacheWrites of ['attention', 'after-attention'] as const) {
+    const c = compileModule({ graphs: [prompt] }, { ctx: { ...defaultContext, cacheWrites } });
+    assert.equal(c.graphs[0].kernels.map((k) => k.kind), ['state-write', 'attention'], cacheWrites);
+  }
 });
 fusion.run();
 
@@ -105,7 +130,8 @@ const cases = [DType.BF16, DType.F32].flatMap((kv) => STARTS.map((first) => ({
   first,
   k: randomCache(),
   v: randomCache(),
-  steps: Array.from({ length: STEPS }, () => ({ q: randoms(KV_HEADS * PER_HEAD * D), k: randoms(ROW), v: randoms(ROW) })),
+  wo: randoms(HEADS * D * OUT).map((x) => x / 16),
+  steps: Array.from({ length: STEPS }, () => ({ q: randoms(HEADS * D), k: randoms(ROW), v: randoms(ROW) })),
 })));
 
 /** Each step's output and cache (keys, then values) after it. */
@@ -116,6 +142,7 @@ async function run(device: Device, lowered: LoweredModule, c: (typeof cases)[num
   try {
     program.write('state:cache.k', hostTensor(c.kv, cacheShape, c.k.map(past)));
     program.write('state:cache.v', hostTensor(c.kv, cacheShape, c.v.map(past)));
+    program.write('input:wo', hostTensor(DType.F32, [HEADS * D, OUT], c.wo));
     const out = [];
     for (let s = 0; s < STEPS; s++) {
       const step = c.steps[s];
@@ -124,7 +151,7 @@ async function run(device: Device, lowered: LoweredModule, c: (typeof cases)[num
       program.write('input:v', hostTensor(DType.F32, [1, KV_HEADS, D], step.v));
       program.write('input:pos', hostTensor(DType.I32, [], [c.first + s]));
       program.run('decode', {});
-      const y = await program.read(namedOutputKey(program.graph('decode'), 'y'), DType.F32, [KV_HEADS, PER_HEAD, 1, D]);
+      const y = await program.read(namedOutputKey(program.graph('decode'), 'y'), DType.F32, [1, OUT]);
       const [k, v] = [await program.read('state:cache.k', c.kv, cacheShape), await program.read('state:cache.v', c.kv, cacheShape)];
       out.push({ y: [...y.data], k: [...k.data], v: [...v.data] });
     }
@@ -139,13 +166,12 @@ const bits = (xs: number[]) => xs.map((x) => (Number.isNaN(x) ? 'NaN' : x));
 for (const c of cases) {
   const compiled = graphs[c.kv];
   let expected: Awaited<ReturnType<typeof run>> | undefined;
-  // WebGPU stores no 16-bit values (its sessions keep an f32 cache).
-  for (const kind of kernelDevices.filter((x) => c.kv === DType.F32 || x !== 'webgpu')) {
-    const s = suite(`cache writes in attention, ${c.kv} cache, steps from ${c.first}, on ${kind}`);
+  for (const [kind, mode] of kernelDevices.flatMap((x) => (['joined', 'after'] as const).map((m) => [x, m] as const))) {
+    const s = suite(`cache writes ${mode === 'joined' ? 'in' : 'after'} attention, ${c.kv} cache, steps from ${c.first}, on ${kind}`);
     s(`${STEPS} steps: outputs and cache as the reference interpreter's`, async () => {
       expected ??= await onDevice('reference', (ref) => run(ref, compiled.reference, c, false));
       await onDevice(kind, async (device) => {
-        const got = await run(device, compiled.joined, c, true);
+        const got = await run(device, compiled[mode], c, true);
         got.forEach((step, i) => {
           const want = expected![i];
           const at = c.first + i;

@@ -60,6 +60,21 @@ test('decode kernels are named as the README names them: 6 per layer and 5 outsi
     ['final RMSNorm + LM head', 'next-token argmax', 'next-token argmax', 'next-token argmax', 'token write']);
 });
 
+test('on WebGPU the KV-cache write joins the output projection, and attention still reads the whole cache', async () => {
+  const text = await report('--config', 'llama-3.2-1b', '--cache-length', '160', '--backend', 'webgpu', '--kv-dtype', 'bf16');
+  const perLayer = ['QKV projection', 'attention', 'output projection + KV-cache write', 'gate/up projection', 'down projection'];
+  const decode = kernels(text, 'decode');
+  assert.is(decode.length, 16 * 5 + 5);
+  for (let layer = 0; layer < 16; layer++) {
+    assert.equal(decode.slice(5 * layer, 5 * layer + 5).map((k) => `${k.layer} ${k.role}`), perLayer.map((r) => `${layer} ${r}`));
+  }
+  // Attention reads both caches (160 × 8 heads × 64, bf16: 163.84 kB each) besides the query; the projection
+  // writes the new rows (8 × 64 × 2 bytes each) besides its output.
+  const row = (name: string) => text.slice(text.indexOf('\ndecode\n')).split('\n').find((l) => l.startsWith(`  ${name} `))!;
+  assert.match(row(decode[1].name), / 0 +(3[3-9]\d\.\d\d) kB /);
+  assert.match(row(decode[2].name), / 10\.24 kB /);
+});
+
 test('with a long cache attention runs in chunks, and the prefill names its norms, LM head and positions', async () => {
   const text = await report('--config', 'llama-3.2-1b');
   const decode = kernels(text, 'decode');
