@@ -109,7 +109,7 @@ function kernelRole(k: StepKernel, io: KernelIO, producerRoles: readonly string[
   if (weights.some((w) => w.endsWith('layernorm.weight'))) return 'RMSNorm';
   if (producerRoles.some((r) => r.startsWith('attention'))) return 'attention (combine)';
   const ops = new Set(k.nodes.map((n) => n.op));
-  if (ops.has(Op.Argmax) || producerRoles.some((r) => r.endsWith('LM head') || r === 'next-token argmax')) return 'next-token argmax';
+  if (ops.has(Op.Argmax) || producerRoles.some((r) => r.endsWith('LM head') || r === 'next-token argmax')) return kind === 'reduce' && ops.has(Op.UpdateSlice) ? 'next-token argmax + token write' : 'next-token argmax';
   if (ops.has(Op.Arange)) return 'positions';
   return kind;
 }

@@ -443,6 +443,28 @@ function mergeReductionChains(p: Partition): void {
   }
 }
 
+/** The axes a reduction reduces. */
+const reducedAxes = (n: Node): number[] => (n.op === Op.Argmax ? [n.attrs.axis as number] : (n.attrs.axes as number[]));
+
+/**
+ * Reductions of one value over the same axes (a chunk's maximum and where it is: split-reductions) share one pass
+ * over it, its elements read once.
+ */
+function mergeSiblingReductions(p: Partition): void {
+  const first = new Map<string, Group>();
+  const ids = new Map<Value, number>();
+  for (const n of p.g.nodes) {
+    const gr = p.group(n);
+    if (gr?.kind !== 'reduce' || opDef(n.op)?.group !== OpGroup.Reduce) continue;
+    const x = n.inputs[0];
+    if (!ids.has(x)) ids.set(x, ids.size);
+    const key = `${ids.get(x)} ${reducedAxes(n).join()}`;
+    const sibling = first.get(key);
+    if (!sibling) first.set(key, gr);
+    else if (sibling !== gr) p.merge(sibling, gr, 'reduce', `reductions of one value over the same axes (${sibling.reductions.map((r) => r.op).join(', ')} and ${n.op} of ${formatType(x.type)}) share one pass over it`);
+  }
+}
+
 /** A max then a sum over the same rows: the reductions of a decomposed softmax. */
 const isSoftmax = (rs: Node[]) => rs.length === 2 && rs[0].op === Op.Max && rs[1].op === Op.Sum;
 
@@ -622,6 +644,21 @@ function deferCacheWrites(p: Partition, copyOf: ReadonlyMap<Node, Node>): void {
 }
 
 /**
+ * State writes of values that one one-row reduction kernel computes (the next token and position, after the
+ * argmax's last step) join that kernel: its single workgroup stores them after the reduction, one launch fewer.
+ */
+function mergeTokenWrites(p: Partition): void {
+  for (const w of p.live().filter((gr) => gr.kind === 'state-write')) {
+    const sources = new Set(w.members.flatMap((m) => [...p.deps(m.inputs[1]), ...p.deps(m.inputs[2])]));
+    const [r] = sources;
+    const oneRow = r?.kind === 'reduce' && r.members.every((n) => numel(n.output) === 1);
+    if (sources.size !== 1 || !oneRow) continue;
+    const updates = w.members.map((m) => `${formatType(m.inputs[1].type)} into %${m.inputs[0].name}`).join(', ');
+    p.merge(r, w, 'reduce', `the state writes (${updates}) of what a one-row reduction computes join its kernel: one launch fewer`);
+  }
+}
+
+/**
  * Whether each of `groups` reaches each later one. Rows are filled from the last, so that where a reaches some b
  * between it and c that reaches c, it is known to reach c without a search: a layer's KV-cache write reaches the
  * next layer's, and through it every later layer's.
@@ -784,6 +821,7 @@ export function fuse(g: Graph, ctx: PassContext): Graph {
   const p = new Partition(graph, ctx, new Set(copyOf.values()));
   cutDeepChains(p);
   mergeReductionChains(p);
+  mergeSiblingReductions(p);
   mergeAttention(p);
   mergePairedProjections(p);
   mergeNormPrologues(p);
@@ -791,6 +829,7 @@ export function fuse(g: Graph, ctx: PassContext): Graph {
   deferCacheWrites(p, copyOf);
   mergeStateWrites(p);
   mergeCacheWritesIntoAttention(p);
+  mergeTokenWrites(p);
   const fused = emit(p);
   explainBoundaries(fused, p);
   return fused;

@@ -1,7 +1,9 @@
 // split-reductions: an argmax over a long last axis with a single row (the next token over a 128k vocabulary)
 // becomes a two-level search, so a GPU spreads it over many workgroups instead of one:
-//   argmax(x) = c·C + argmax(x[c, :])  where  c = argmax_p max(x[p, :])  over x viewed as [P, C].
-// The first chunk holding the maximum, then its first position, is the first position of the maximum overall.
+//   argmax(x) = c·C + a[c]  where  a[p] = argmax(x[p, :]), c = argmax_p max(x[p, :])  over x viewed as [P, C].
+// The first chunk holding the maximum, then its first position, is the first position of the maximum overall. Each
+// chunk's maximum and its position are found in one pass (fuse joins the two reductions of one input), and the last
+// step reads one position of a, not the chunk again.
 
 import { Graph } from '../../ir/graph.ts';
 import { Op } from '../../ir/ops.ts';
@@ -30,9 +32,9 @@ export function splitReductions(g: Graph): Graph {
     const at = n.loc;
     const grid = out.emit(Op.Reshape, [x], { shape: [chunks, width] }, at);
     const chunkMax = out.emit(Op.Max, [grid], { axes: [1], keepdims: false }, at);
+    const chunkArgmax = out.emit(Op.Argmax, [grid], { axis: 1, keepdims: false }, at);
     const chunk = out.emit(Op.Argmax, [chunkMax], { axis: 0, keepdims: true }, at);
-    const row = out.emit(Op.Gather, [grid, chunk], {}, at);
-    const within = out.emit(Op.Argmax, [row], { axis: 1, keepdims: false }, at);
+    const within = out.emit(Op.Gather, [chunkArgmax, chunk], {}, at);
     const base = out.emit(Op.Mul, [chunk, out.emit(Op.Const, [], { value: width, dtype: chunk.type.dtype }, at)], {}, at);
     const index = out.emit(Op.Add, [base, within], {}, at);
     const same = index.type.shape.join() === n.output.type.shape.join();
