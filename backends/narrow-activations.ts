@@ -1,8 +1,9 @@
-// bf16 activations for matrix units. Where a GEMM runs bf16 matrix instructions, its left operand is rounded to
-// bf16 as the fragments are read; a temporary that only such left operands read may as well be stored rounded by
-// the kernel that writes it: half the bytes to write, to copy into shared memory and to hold there, and fragments
-// read without conversion. The one numerical difference: the reading kernels' row form (fewer rows than the tiles
-// start from: short prompts) reads the rounded values too, as the tiles always did.
+// 16-bit activations for matrix units. Where a GEMM runs 16-bit matrix instructions (CUDA's bf16 mma, WebGPU's f16
+// subgroup matrices), its left operand is rounded to that type as it is staged; a temporary that only such left
+// operands read may as well be stored rounded by the kernel that writes it: half the bytes to write, to copy into
+// shared memory and to hold there, and fragments read without conversion. The one numerical difference: the reading
+// kernels' row form (fewer rows than the tiles start from: short prompts) reads the rounded values too, as the tiles
+// always did.
 //
 // A decision about memory that spans kernels, so the scheduler makes it for a graph's kernels at once
 // (scheduleKernels), before it schedules each.
@@ -11,10 +12,11 @@ import { DType } from '../ir/dtype.ts';
 import { anyExpr, KernelIR, kernelExprs } from './kernel-ir.ts';
 
 /**
- * The kernels with every temporary that only matrix-unit GEMMs read as their left operand stored as bf16 by its
- * writer and read as bf16 by them. `onMatrixUnits` says whether a GEMM kernel runs bf16 matrix instructions.
+ * The kernels with every temporary that only matrix-unit GEMMs read as their left operand stored as `dtype` (bf16 or
+ * f16) by its writer and read so by them. `onMatrixUnits` says whether a GEMM kernel runs matrix instructions on
+ * `dtype` inputs.
  */
-export function narrowGemmActivations(kernels: readonly KernelIR[], onMatrixUnits: (k: KernelIR) => boolean): readonly KernelIR[] {
+export function narrowGemmActivations(kernels: readonly KernelIR[], onMatrixUnits: (k: KernelIR) => boolean, dtype: DType.BF16 | DType.F16 = DType.BF16): readonly KernelIR[] {
   const narrowed = new Map<number, Set<number>>(); // kernel index → buffer indices stored as bf16
   const mark = (k: number, b: number) => narrowed.set(k, (narrowed.get(k) ?? new Set()).add(b));
   kernels.forEach((w, i) => {
@@ -43,7 +45,7 @@ export function narrowGemmActivations(kernels: readonly KernelIR[], onMatrixUnit
   if (narrowed.size === 0) return kernels;
   return kernels.map((k, i) => {
     const bufs = narrowed.get(i);
-    return bufs ? { ...k, buffers: k.buffers.map((b, bi) => (bufs.has(bi) ? { ...b, dtype: DType.BF16 } : b)) } : k;
+    return bufs ? { ...k, buffers: k.buffers.map((b, bi) => (bufs.has(bi) ? { ...b, dtype } : b)) } : k;
   });
 }
 

@@ -185,7 +185,7 @@ function stagedLoads(k: KernelIR, gemm: GemmIR, tile: { readonly tileRows: numbe
   const elements = (e: KExpr, tileSide: number) => {
     if (e.k !== 'load' || opts.splitBuffers?.has(e.buf)) return 1;
     const dtype = k.buffers[e.buf].dtype;
-    const per = dtype === DType.F32 ? 4 : dtype === DType.BF16 ? 8 : 1;
+    const per = dtype === DType.F32 ? 4 : dtype === DType.BF16 || dtype === DType.F16 ? 8 : 1;
     const runs = (tileSide * tile.tileDepth) / per;
     const even = tile.tileDepth % per === 0 && threads % (tile.tileDepth / per) === 0 && (runs <= threads || runs % threads === 0);
     return per > 1 && even && runsAlong(e.index, gemm.k, per) ? per : 1;
@@ -338,7 +338,18 @@ const SCRATCH_BYTES = 512;
  * GEMMs read stored as bf16: backends/narrow-activations.ts), then each kernel.
  */
 export function scheduleKernels(kernels: readonly KernelIR[], device: DeviceCaps, opts: ScheduleOptions = {}): ScheduledKernel[] {
-  return narrowGemmActivations(kernels, (k) => gemmOnMatrixUnits(k, device)).map((k) => scheduleKernel(k, device, opts));
+  return narrowActivations(kernels, device).map((k) => scheduleKernel(k, device, opts));
+}
+
+/**
+ * A graph's kernels with the temporaries that only matrix-unit GEMMs read stored in their 16-bit type
+ * (backends/narrow-activations.ts): bf16 for CUDA's mma tiles, f16 for WebGPU's subgroup matrices. On the H200 a
+ * 32-token prompt's WebGPU GEMMs moved about as many bytes a second whether from memory or L2, most of them each
+ * tile's copy of the f32 left rows (BENCHMARKS.md, seventeenth session).
+ */
+export function narrowActivations(kernels: readonly KernelIR[], device: DeviceCaps): readonly KernelIR[] {
+  if (device.target === 'wgsl') return narrowGemmActivations(kernels, (k) => gemmOnSubgroupMatrix(k, device), DType.F16);
+  return narrowGemmActivations(kernels, (k) => gemmOnMatrixUnits(k, device));
 }
 
 export function scheduleKernel(k: KernelIR, device: DeviceCaps, opts: ScheduleOptions = {}): ScheduledKernel {

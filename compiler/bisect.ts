@@ -12,9 +12,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { renderJs } from '../backends/cpu/render-js.ts';
 import { renderCuda } from '../backends/cuda/render-cuda.ts';
+import { narrowActivations } from '../backends/schedule.ts';
+import { cudaCaps } from '../backends/device-caps.ts';
 import { KernelIR } from '../backends/kernel-ir.ts';
 import { lowerGraph } from '../backends/lower.ts';
-import { renderWgsl, wgslFeatures } from '../backends/wgsl/render-wgsl.ts';
+import { narrowWgsl, renderWgsl, wgslFeatures } from '../backends/wgsl/render-wgsl.ts';
 import { allocHost, HostTensor } from '../ir/host-tensor.ts';
 import { Graph, Kernel, kernelIO, KernelKind, Module, Node, Value } from '../ir/graph.ts';
 import { Op } from '../ir/ops.ts';
@@ -195,7 +197,7 @@ export async function bisect(req: BisectRequest): Promise<BisectReport> {
     const firstInside = inside?.checks.find((c) => !c.agrees);
     const check = firstInside ?? outputs.find((c) => !c.agrees)!;
     const node = nodes.find((n) => n.value === check.value)!;
-    const sources = writeSources(req, against, g.name, cg.kernels[i]);
+    const sources = writeSources(req, against, g.name, cg.kernels, i);
     return {
       ...base, kernelsChecked: i + 1, valuesChecked, agrees: false, closest,
       culprit: {
@@ -361,26 +363,32 @@ async function lookInside(req: BisectRequest, cg: CompiledGraph, k: Kernel, inde
 
 // ---- generated source ----
 
-/** The kernel as the device renders it (WebGPU: as scheduled for the adapter's features, one binding per buffer). */
-export function kernelSource(device: Device, k: KernelIR): { ext: string; code: string } | undefined {
+/**
+ * Kernel `i` of a graph's `kernels` as the device renders it (WebGPU: as scheduled for the adapter's features, one
+ * binding per buffer; the GPUs: with the graph's temporaries that matrix units read stored 16-bit, narrowActivations).
+ */
+export function kernelSource(device: Device, kernels: readonly KernelIR[], i: number): { ext: string; code: string } | undefined {
+  const k = kernels[i];
   switch (device.kind) {
     case 'cpu': return { ext: 'js', code: renderJs(k) };
     case 'webgpu': {
       const gpu = (device as { gpu?: Parameters<typeof wgslFeatures>[0] }).gpu;
-      return { ext: 'wgsl', code: renderWgsl(k, gpu ? wgslFeatures(gpu) : {}).code };
+      const features = gpu ? wgslFeatures(gpu) : {};
+      return { ext: 'wgsl', code: renderWgsl(narrowWgsl(kernels, features)[i], features).code };
     }
-    case 'cuda': return { ext: 'cu', code: renderCuda(k) };
+    case 'cuda': return { ext: 'cu', code: renderCuda(narrowActivations(kernels, cudaCaps())[i]) };
     case 'reference': return undefined;
     default: return device.kind satisfies never;
   }
 }
 
-function writeSources(req: BisectRequest, against: 'reference' | Program, graph: string, k: KernelIR): { backend: string; file: string }[] {
+function writeSources(req: BisectRequest, against: 'reference' | Program, graph: string, kernels: readonly KernelIR[], i: number): { backend: string; file: string }[] {
+  const k = kernels[i];
   const devices = [req.program.device, ...(against === 'reference' || against.device.kind === req.program.device.kind ? [] : [against.device])];
   const dir = req.sourceDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-bisect-'));
   fs.mkdirSync(dir, { recursive: true });
   return devices.flatMap((d) => {
-    const src = kernelSource(d, k);
+    const src = kernelSource(d, kernels, i);
     if (!src) return [];
     const file = path.join(dir, `${graph}.${k.name}.${src.ext}`);
     fs.writeFileSync(file, src.code.endsWith('\n') ? src.code : `${src.code}\n`);

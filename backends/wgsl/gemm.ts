@@ -4,6 +4,7 @@
 // either each thread accumulates a 4 × 4 block of outputs with f32 multiply-adds, or each subgroup a block of 16 × 16
 // fragments on subgroup matrices (f16 operands, f32 results).
 
+import { DType } from '../../ir/dtype.ts';
 import { GemmIR, KExpr } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
 import { GemmPlan, ShortTile, StagedLoads, subgroupMatrixBytes } from '../schedule.ts';
@@ -143,7 +144,8 @@ function stageOperands(c: TileContext, tile: TileShape, layout: StagingLayout, o
     const total = (o.tile * TD) / vector;
     if (threads % (TD / vector) !== 0 || (total > threads && total % threads !== 0)) throw new Error(`WGSL: a ${o.tile} × ${TD} operand tile is not a whole number of loads for ${threads} threads`);
     if (vector > 1 && e.k === 'load') vec4Buffers.add(e.buf);
-    return { ...o, vector, loads: Math.ceil(total / threads), runs: TD / vector, busy: total < threads ? `lid < ${total}` : undefined };
+    const f16 = vector === 8 && p.buffers[(e as Extract<KExpr, { k: 'load' }>).buf].dtype === DType.F16;
+    return { ...o, vector, f16, loads: Math.ceil(total / threads), runs: TD / vector, busy: total < threads ? `lid < ${total}` : undefined };
   });
   for (const o of operands) for (let i = 0; i < o.loads; i++) out.push(`  var ${o.reg}${i}: ${o.vector === 4 ? 'vec4<f32>' : o.vector === 8 ? 'vec4<u32>' : 'f32'};`);
   // Register i of a thread holds run (lid + i · threads) of the tile: tile row (column) run / runs, depth
@@ -174,8 +176,9 @@ function stageOperands(c: TileContext, tile: TileShape, layout: StagingLayout, o
         const ind = o.busy ? `${indent}  ` : indent;
         if (o.vector === 1) out.push(`${ind}${o.array}[${place(o.tile, r, d)}] = ${convert(`${o.reg}${i}`)};`);
         for (let j = 0; o.vector > 1 && j < o.vector; j++) {
-          // bf16 words: the element at the even position is the low half.
-          const value = o.vector === 4 ? `${o.reg}${i}[${j}]` : `bitcast<f32>(${j % 2 === 0 ? `${o.reg}${i}[${j >> 1}] << 16u` : `${o.reg}${i}[${j >> 1}] & 0xffff0000u`})`;
+          // bf16 and f16 words: the element at the even position is the low half.
+          const word = `${o.reg}${i}[${j >> 1}]`;
+          const value = o.vector === 4 ? `${o.reg}${i}[${j}]` : o.f16 ? `unpack2x16float(${word})[${j % 2}]` : `bitcast<f32>(${j % 2 === 0 ? `${word} << 16u` : `${word} & 0xffff0000u`})`;
           out.push(`${ind}${o.array}[${place(o.tile, r, `${d} + ${j}`)}] = ${convert(value)};`);
         }
         if (o.busy) out.push(`${indent}}`);

@@ -11,7 +11,7 @@ import { KBuffer, KernelIR, KExpr, ROW } from '../kernel-ir.ts';
 import { renderGemmWgsl } from './gemm.ts';
 import { renderFlashWgsl } from './flash.ts';
 import { Dialect, ExprPrinter, sizeName } from '../render-base.ts';
-import { scheduleKernel, ScheduledKernel, scheduleOrigin } from '../schedule.ts';
+import { narrowActivations, scheduleKernel, ScheduledKernel, scheduleOrigin } from '../schedule.ts';
 import { BufferLayout, wgslDialect, wgslHelpers, wordType } from './dialect.ts';
 import { renderStmt, RowContext } from './statements.ts';
 import { WgslBinding } from './bindings.ts';
@@ -50,6 +50,14 @@ export function renderWgsl(k: KernelIR, opts: WgslOptions = {}): RenderedWgsl {
   const splitBuffers = new Set(layouts.flatMap((l, i) => (l.chunks > 1 ? [i] : [])));
   const device = webgpuCaps({ subgroups: opts.subgroups ?? false, ...(opts.subgroupMatrix ? { subgroupMatrix: opts.subgroupMatrix } : {}) });
   return printWgsl(scheduleKernel(k, device, { splitBuffers, ...(opts.keyChunks === false ? { keyChunks: false } : {}) }), { layouts });
+}
+
+/**
+ * A graph's kernels as the device opened with `opts` runs them: the temporaries only subgroup-matrix GEMMs read
+ * stored as f16 (narrowActivations). Render each with renderWgsl and the same options.
+ */
+export function narrowWgsl(kernels: readonly KernelIR[], opts: WgslOptions = {}): readonly KernelIR[] {
+  return narrowActivations(kernels, webgpuCaps({ subgroups: opts.subgroups ?? false, ...(opts.subgroupMatrix ? { subgroupMatrix: opts.subgroupMatrix } : {}) }));
 }
 
 /** What a device's features and limits let its kernels use: subgroups, and f16 subgroup matrices. */

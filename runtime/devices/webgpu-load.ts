@@ -3,7 +3,7 @@
 
 import { evalSize, KernelIR, KExpr, varsOf } from '../../backends/kernel-ir.ts';
 import { LoweredGraph, LoweredModule } from '../../backends/lowered.ts';
-import { bindingType, BufferLayout, renderWgsl, wgslFeatures } from '../../backends/wgsl/render-wgsl.ts';
+import { bindingType, BufferLayout, narrowWgsl, renderWgsl, wgslFeatures } from '../../backends/wgsl/render-wgsl.ts';
 import { DType } from '../../ir/dtype.ts';
 import { bufferKey, BufferKey, planBuffers, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
@@ -93,7 +93,8 @@ export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: Readonly
   const uniform = gpu.createBuffer({ size: stride * Math.max(1, lg.kernels.length), usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, label: `${g.name}:sizes` });
   const chunkBytes = Math.floor(maxBinding / 256) * 256;
   if (chunkBytes === 0) throw new RangeError(`bindings of ${maxBinding} bytes: chunks start at multiples of 256`);
-  const rendered = lg.kernels.map((ir) => {
+  const features = wgslFeatures(gpu);
+  const rendered = narrowWgsl(lg.kernels, features).map((ir) => {
     const bufs = ir.buffers.map((b) => {
       const buf = buffers.get(bufferKey(g, b.binding));
       if (!buf) throw new Error(`no buffer ${bufferKey(g, b.binding)} for kernel ${ir.name} of @${g.name}`);
@@ -103,7 +104,7 @@ export function prepareGraph(gpu: GPUDevice, lg: LoweredGraph, buffers: Readonly
       const chunks = Math.max(1, Math.ceil(buf.size / chunkBytes));
       return { chunks, chunkWords: chunks > 1 ? chunkBytes / 4 : 0 };
     });
-    return { ir, bufs, ...renderWgsl(ir, { layouts, ...wgslFeatures(gpu) }) };
+    return { ir, bufs, ...renderWgsl(ir, { layouts, ...features }) };
   });
   // One workspace, as large as the largest need: a merge runs right after its kernel, before the next one.
   const workspaceFloats = Math.max(0, ...rendered.map((r) => r.merge?.workspaceFloats ?? 0));

@@ -216,6 +216,15 @@ basics('on WebGPU with f16 subgroup matrices the GEMMs of bf16 weights take subg
   assert.equal(scheduleKernel(gk, matrix, { splitBuffers: new Set([weight]) }).gemm!.loads, { left: 4, right: [1] });
   // The row form keeps the f32 products for fewer rows than the tiles start from.
   assert.is(sk.tilesFrom, 16);
+  // The norm's rows, which only the GEMM reads (as its left operand), are stored as f16 by the norm's kernel and
+  // staged 8 halves a load; without subgroup matrices they stay f32.
+  const normKernels = (caps: typeof matrix) => scheduleKernels(compiled.graphs.find((g) => g.graph.name === 'bf16norm')!.kernels, caps);
+  const [norm, product] = normKernels(matrix);
+  const rowsBuffer = (k: typeof norm) => k.kernel.buffers.find((b) => b.binding.kind === 'temp')!;
+  assert.equal([rowsBuffer(norm).dtype, rowsBuffer(product).dtype], [DType.F16, DType.F16]);
+  assert.equal(product.gemm!.loads, { left: 8, right: [8] });
+  assert.ok(printWgsl(product).code.includes('unpack2x16float('), 'f16 halves unpacked as they are staged');
+  assert.equal(normKernels(webgpuCaps({ subgroups: true })).map((k) => rowsBuffer(k).dtype), [DType.F32, DType.F32]);
 });
 basics('on CUDA (8 multiprocessors) the deep GEMMs split their depth while their tiles are few, the others never', () => {
   const caps = cudaCaps(90, 8);
