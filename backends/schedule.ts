@@ -456,15 +456,18 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
 
 /**
  * WebGPU: rows a workgroup computes where the kernel's first statements do not read the row and the rest use no
- * workgroup memory (a norm's sum and normalised row, then the projection's outputs: decode's QKV, gate/up and LM
- * head): those statements once for both rows, where one row a workgroup computed them for each. On the H200 (a 1B
- * model, BENCHMARKS.md): decode 1.061 / 1.061 → 1.039 / 1.039 ms a token; 3 rows a workgroup 1.063 / 1.065.
+ * workgroup memory (a norm's sum and normalised row, then the projection's outputs: decode's gate/up and LM head):
+ * those statements once for both rows, where one row a workgroup computed them for each; only where that leaves
+ * SHARED_PROLOGUE_WORKGROUPS workgroups or more. On the H200 (a 1B model, BENCHMARKS.md): decode 1.061 / 1.061 →
+ * 1.039 / 1.039 ms a token; 3 rows a workgroup 1.063 / 1.065; QKV (384 rows) one row a workgroup again, 1.007 /
+ * 1.009 → 0.989 / 1.005 (its 192 workgroups had left 60 multiprocessors with two and 72 with one).
  */
 const SHARED_PROLOGUE_ROWS = 2;
+const SHARED_PROLOGUE_WORKGROUPS = 256;
 
 /** How many of its first statements a WebGPU kernel of many rows computes once a workgroup (Grid.sharedStatements), if any. */
 function sharedPrologue(k: KernelIR, device: DeviceCaps): number | undefined {
-  if (device.target !== 'wgsl' || k.rows.k !== 'const' || k.rows.value < 256) return undefined;
+  if (device.target !== 'wgsl' || k.rows.k !== 'const' || k.rows.value < SHARED_PROLOGUE_ROWS * SHARED_PROLOGUE_WORKGROUPS) return undefined;
   let shared = 0;
   while (shared < k.body.length - 1 && statementExprs(k.body[shared]).every((e) => !varsOf(e).has(ROW))) shared++;
   const memory = (st: KStmt) => st.k === 'coop' || st.k === 'array';

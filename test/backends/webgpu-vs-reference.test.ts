@@ -72,9 +72,9 @@ test(`WGSL kernels match the reference on ${seeds.length} random graphs`, async 
 /** Llama's kernel kinds at awkward sizes: rows and reductions that do not divide the workgroup of 256. */
 const kinds: Record<string, { shape: number[]; fn: (x: Tensor) => Tensor | Tensor[] }> = {
   'rmsnorm over 777': { shape: [3, 777], fn: (x) => x.mul(x.pow(2).mean(-1, { keepdims: true }).add(1e-5).rsqrt()).mul(param('w', DType.BF16, [777]).cast(DType.F32)) },
-  // 2,056 outputs of the same norm: 257 rows of 8, two a workgroup sharing the norm (Grid.sharedStatements), the
+  // 4,104 outputs of the same norm: 513 rows of 8, two a workgroup sharing the norm (Grid.sharedStatements), the
   // last workgroup one row.
-  'norm + bf16 projection 300 → 2056': { shape: [1, 300], fn: (x) => x.mul(x.pow(2).mean(-1, { keepdims: true }).add(1e-5).rsqrt()).matmul(param('p', DType.BF16, [2056, 300]).transpose()) },
+  'norm + bf16 projection 300 → 4104': { shape: [1, 300], fn: (x) => x.mul(x.pow(2).mean(-1, { keepdims: true }).add(1e-5).rsqrt()).matmul(param('p', DType.BF16, [4104, 300]).transpose()) },
   'norm + bf16 projection 300 → 37': { shape: [1, 300], fn: (x) => x.mul(x.pow(2).mean(-1, { keepdims: true }).add(1e-5).rsqrt()).matmul(param('p', DType.BF16, [37, 300]).transpose()) },
   'f32 projection + residual 520 → 520': { shape: [2, 520], fn: (x) => x.add(x.matmul(param('o', DType.F32, [520, 520]).transpose())) },
   'swiglu 264 → 300': { shape: [1, 264], fn: (x) => x.matmul(param('g', DType.BF16, [300, 264]).transpose()).silu().mul(x.matmul(param('u', DType.BF16, [300, 264]).transpose())) },
@@ -112,12 +112,16 @@ test('each Llama kernel kind matches the reference at sizes that are not multipl
   }
 });
 
-test('a norm before a projection of many rows is computed once for two rows of a workgroup', () => {
-  const g = trace('wide', [{ name: 'x', dtype: DType.F32, shape: [1, 300] }], kinds['norm + bf16 projection 300 → 2056'].fn);
+test('a norm before a projection of many rows is computed once for two rows of a workgroup, where 256 workgroups remain', () => {
+  const g = trace('wide', [{ name: 'x', dtype: DType.F32, shape: [1, 300] }], kinds['norm + bf16 projection 300 → 4104'].fn);
   const [k] = compileModule({ graphs: [g] }).graphs[0].kernels;
   const grid = scheduleKernel(k, webgpuCaps({ subgroups: true })).grid;
-  assert.equal([k.rows, grid.rows, grid.rowsPerWorkgroup, grid.sharedStatements], [int(257), int(129), 2, 2]);
+  assert.equal([k.rows, grid.rows, grid.rowsPerWorkgroup, grid.sharedStatements], [int(513), int(257), 2, 2]);
   assert.is(scheduleKernel(k, cudaCaps(90)).grid.rowsPerWorkgroup, 1, 'CUDA keeps a row a workgroup');
+  // 3,072 outputs (a 1B model's QKV projection): 384 rows, one a workgroup.
+  const qkv = trace('qkv', [{ name: 'x', dtype: DType.F32, shape: [1, 300] }], (x) => x.mul(x.pow(2).mean(-1, { keepdims: true }).add(1e-5).rsqrt()).matmul(param('p', DType.BF16, [3072, 300]).transpose()));
+  const [q] = compileModule({ graphs: [qkv] }).graphs[0].kernels;
+  assert.equal([q.rows, scheduleKernel(q, webgpuCaps({ subgroups: true })).grid.rowsPerWorkgroup ?? 1], [int(384), 1]);
 });
 
 test('a copy larger than a binding goes as a dispatch per chunk, in order with the runs around it', async () => {
