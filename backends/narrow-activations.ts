@@ -17,7 +17,7 @@ import { anyExpr, KernelIR, kernelExprs } from './kernel-ir.ts';
  * `dtype` inputs.
  */
 export function narrowGemmActivations(kernels: readonly KernelIR[], onMatrixUnits: (k: KernelIR) => boolean, dtype: DType.BF16 | DType.F16 = DType.BF16): readonly KernelIR[] {
-  const narrowed = new Map<number, Set<number>>(); // kernel index → buffer indices stored as bf16
+  const narrowed = new Map<number, Set<number>>(); // kernel index → buffer indices stored as `dtype`
   const mark = (k: number, b: number) => narrowed.set(k, (narrowed.get(k) ?? new Set()).add(b));
   kernels.forEach((w, i) => {
     w.buffers.forEach((buf, bi) => {
