@@ -134,8 +134,9 @@ export interface FreshRange {
   readonly from: KExpr;
   readonly to: KExpr;
   /**
-   * Where the kernel writes the run itself (FlashIR.updates): its elements' values, an expression of the flash's
-   * indices as the operand is (b, t and d for keys, e for values), to use in place of memory's.
+   * Where the kernel computes the run itself (it writes it, FlashIR.updates, or a later kernel does:
+   * PassContext.cacheWrites): its elements' values, an expression of the flash's indices as the operand is (b, t and d
+   * for keys, e for values), to use in place of memory's. Only with one query row.
    */
   readonly value?: KExpr;
 }

@@ -199,7 +199,6 @@ class KernelLowering {
     const lead = (v: Value) => this.broadcastIndex(bIdx, v.type.shape.slice(0, -2));
     const [qk, pv] = [f.qk, f.pv];
     const updates = writes.filter((w) => w.producer!.op === Op.UpdateSlice);
-    if (updates.length && f.queries !== 1) throw new NotGemm();
     const q = this.expr(qk.inputs[0], [...lead(qk.inputs[0]), iv, dv]);
     const k = this.expr(qk.inputs[1], [...lead(qk.inputs[1]), dv, tv]);
     const v = this.expr(pv.inputs[1], [...lead(pv.inputs[1]), tv, ev]);
@@ -211,6 +210,9 @@ class KernelLowering {
     if (reads(q, t, e) || reads(k, i, e) || reads(v, i, d) || reads(score, d, e)) throw new NotGemm();
     const stores = this.tileStores(writes.filter((w) => !updates.includes(w)), [...bIdx, iv, ev]);
     const fresh = this.freshRanges(k, qk.inputs[1], v, pv.inputs[1]);
+    // Only the decode forms compute new rows in place of the cache's (FreshRange.value); with several query rows
+    // (an update of one position read by a prompt's attention) the row form runs, reading the update where it covers.
+    if ((updates.length || fresh.k?.value || fresh.v?.value) && f.queries !== 1) throw new NotGemm();
     const queries = this.dim(f.queries);
     return {
       name: this.k.name,

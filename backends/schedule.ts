@@ -829,6 +829,9 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
   const wide = (e: KExpr, along: string) => e.k === 'load' && runsAlong(e.index, along, 8);
   if (f.depth !== f.width || !decodeFormHead(f.depth) || !wide(f.k, f.d) || !wide(f.v, f.e)) return undefined;
   const groups = device.threadsPerWorkgroup / lanesPerKey;
+  // The new key and value rows the kernel computes (FreshRange.value): one row each, not one per key.
+  const computed = [f.fresh?.k?.value, f.fresh?.v?.value].filter((x) => x !== undefined);
+  if (computed.some((x) => varsOf(x).has(f.t))) return undefined;
   if (device.target === 'wgsl') {
     // The WGSL form reads every key and value from memory: not one whose cache write it makes (FlashIR.updates).
     // (Computing the new rows into workgroup memory, the cache bound once read-write for its stores, measured on the
@@ -839,8 +842,6 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
     if (f.updates) return undefined;
     const whole = [f.k, f.v].every((e) => e.k === 'load' && !opts.splitBuffers?.has(e.buf));
     if (!whole || ![DType.F32, DType.BF16, DType.F16].some((d) => readsOnly([f.k, f.v], d, k))) return undefined;
-    const computed = [f.fresh?.k?.value, f.fresh?.v?.value].filter((x) => x !== undefined);
-    if (computed.some((x) => varsOf(x).has(f.t))) return undefined;
     // The query and computed rows, a step's partial products (then the groups' output runs), the groups' maxima and sums.
     const bytes = 4 * (f.depth * (1 + computed.length) + DECODE_KEY_UNROLL * device.threadsPerWorkgroup + 2 * groups + 1);
     if (groups * f.width > DECODE_KEY_UNROLL * device.threadsPerWorkgroup || bytes + SCRATCH_BYTES > device.staticWorkgroupMemoryBytes) return undefined;
@@ -854,9 +855,8 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
   if (device.target !== 'cuda') return undefined;
   const halves = readsOnly([f.k, f.v], DType.BF16, k) || readsOnly([f.k, f.v], DType.F16, k);
   if (!halves) return undefined;
-  // Where the kernel writes the cache itself, the new key and value rows it computes: one row (not of the key).
-  const computed = [f.fresh?.k?.value, f.fresh?.v?.value].filter((x) => x !== undefined);
-  if (f.updates && (computed.length !== 2 || computed.some((x) => varsOf(x).has(f.t)))) return undefined;
+  // Where the kernel writes the cache itself, it computes both new rows.
+  if (f.updates && computed.length !== 2) return undefined;
   // Each group's maximum, sum and output run, merged through workgroup memory; the query and computed rows.
   const bytes = 4 * (groups * (2 + f.width) + f.depth * (1 + computed.length));
   if (bytes + SCRATCH_BYTES > device.staticWorkgroupMemoryBytes) return undefined;

@@ -20,10 +20,15 @@ const { values } = parseArgs({
     'kv-dtype': { type: 'string' },
   },
 });
+const kvArg = values['kv-dtype'];
+if (kvArg !== undefined && !['f32', 'bf16', 'f16'].includes(kvArg)) {
+  console.error(`bench-prefill: --kv-dtype ${kvArg}: expected f32, bf16 or f16`);
+  process.exit(2);
+}
 const cfg = builtinConfig(values.config!);
 const lengths = values.lengths!.split(',').map(Number);
 const session = await openLlamaSession({ cfg, weights: randomBf16Weights(cfg), weightDType: DType.BF16 },
-  { backend: values.backend as DeviceKind, cacheLength: Math.max(...lengths) + 1, kvDType: values['kv-dtype'] as DType | undefined });
+  { backend: values.backend as DeviceKind, cacheLength: Math.max(...lengths) + 1, kvDType: kvArg as DType | undefined });
 const rows: [number, number, number][] = [];
 for (const n of lengths) {
   const prompt = Array.from({ length: n }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);

@@ -48,8 +48,7 @@ export interface WgslOptions {
 export function renderWgsl(k: KernelIR, opts: WgslOptions = {}): RenderedWgsl {
   const layouts = opts.layouts ?? defaultLayouts(k);
   const splitBuffers = new Set(layouts.flatMap((l, i) => (l.chunks > 1 ? [i] : [])));
-  const device = webgpuCaps({ subgroups: opts.subgroups ?? false, ...(opts.subgroupMatrix ? { subgroupMatrix: opts.subgroupMatrix } : {}) });
-  return printWgsl(scheduleKernel(k, device, { splitBuffers, ...(opts.keyChunks === false ? { keyChunks: false } : {}) }), { layouts });
+  return printWgsl(scheduleKernel(k, wgslDevice(opts), { splitBuffers, ...(opts.keyChunks === false ? { keyChunks: false } : {}) }), { layouts });
 }
 
 /**
@@ -57,8 +56,11 @@ export function renderWgsl(k: KernelIR, opts: WgslOptions = {}): RenderedWgsl {
  * stored as f16 (narrowActivations). Render each with renderWgsl and the same options.
  */
 export function narrowWgsl(kernels: readonly KernelIR[], opts: WgslOptions = {}): readonly KernelIR[] {
-  return narrowActivations(kernels, webgpuCaps({ subgroups: opts.subgroups ?? false, ...(opts.subgroupMatrix ? { subgroupMatrix: opts.subgroupMatrix } : {}) }));
+  return narrowActivations(kernels, wgslDevice(opts));
 }
+
+/** The device caps that `opts` describe. */
+const wgslDevice = (opts: WgslOptions) => webgpuCaps({ subgroups: opts.subgroups ?? false, ...(opts.subgroupMatrix ? { subgroupMatrix: opts.subgroupMatrix } : {}) });
 
 /** What a device's features and limits let its kernels use: subgroups, and f16 subgroup matrices. */
 export function wgslFeatures(gpu: { readonly features: { has(f: string): boolean }; readonly limits: { readonly maxComputeWorkgroupStorageSize: number } }): WgslOptions {

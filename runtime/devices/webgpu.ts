@@ -123,8 +123,6 @@ interface MarkQuery {
   readonly readback: GPUBuffer;
 }
 
-/** Workgroups per dispatch dimension; larger row counts go on in y. */
-
 class WebGpuProgram implements Program {
   private readonly gpu: GPUDevice;
   private readonly buffers: Map<BufferKey, GPUBuffer>;

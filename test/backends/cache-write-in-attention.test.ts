@@ -117,6 +117,23 @@ fusion('a prompt\'s write of several positions stays a kernel of its own', () =>
     assert.equal(c.graphs[0].kernels.map((k) => k.kind), ['state-write', 'attention'], cacheWrites);
   }
 });
+fusion('several query rows over a cache updated at one position: no tile form reads the update in place of memory', () => {
+  // After attention, the attention kernel reads a copy of the update; only the decode forms compute new rows, so
+  // four query rows run the row form (which selects the update where it covers the index).
+  const few = trace('few', [
+    { name: 'k', dtype: DType.F32, shape: [1, KV_HEADS, D] },
+    { name: 'q', dtype: DType.F32, shape: [KV_HEADS, 1, 4, D] },
+    { name: 'pos', dtype: DType.I32, shape: [] },
+  ], (k, q, pos) => {
+    const keys = state('cache.k', DType.F32, [T, KV_HEADS, D]).write(k, pos, 0);
+    const kt = keys.permute(1, 2, 0).reshape(KV_HEADS, 1, D, T);
+    return { y: q.matmul(kt).softmax(-1).matmul(kt.permute(0, 1, 3, 2)) };
+  });
+  const c = compileModule({ graphs: [few] }, { ctx: { ...defaultContext, cacheWrites: 'after-attention' } });
+  const attention = c.graphs[0].kernels.find((k) => k.kind === 'attention')!;
+  assert.is(attention.flash, undefined, 'the row form');
+  assert.ok(attention.buffers.some((b) => b.binding.kind === 'state' && !b.written), 'the cache read, not written, there');
+});
 fusion.run();
 
 const STARTS = [0, 254];
