@@ -313,11 +313,15 @@ function stores(f: FlashIR, p: ExprPrinter, out: string[], indent: string): void
 }
 
 /**
- * The second dispatch over a cache in chunks: a workgroup a head, a thread an output element, the chunks the
- * position reached rescaled to their largest reference maximum and added in order.
+ * The second dispatch over a cache in chunks: a workgroup a head, a thread an output element. The chunks the position
+ * reached are read MERGE_BATCH at a time, every load of a batch issued before any is used (a chunk's maximum, sum and
+ * output element), and merged online: the running sums rescaled to each batch's larger maximum. (A loop over the
+ * chunks one at a time waited for L2 twice a chunk, once for the maxima and once for the sums.)
  */
 function mergeChunks(f: FlashIR, keys: number, count: number, p: ExprPrinter, threads: number): string[] {
   const D = f.depth;
+  const B = Math.min(MERGE_BATCH, count);
+  const ninf = wgslDialect.literal(-Infinity, 'f32');
   const out: string[] = [];
   out.push(`  let ${f.b} = row;`);
   out.push(`  let ${f.i} = 0;`);
@@ -325,16 +329,32 @@ function mergeChunks(f: FlashIR, keys: number, count: number, p: ExprPrinter, th
   out.push(`  let tf_lim = clamp(${limit}, 0, ${f.keys});`);
   out.push(`  let tf_parts = max((tf_lim + ${keys - 1}) / ${keys}, 1);`);
   out.push(`  let tf_at = row * ${count * (D + 2)};`);
-  out.push(`  var tf_mx: f32 = tf_ws[tf_at + ${D}];`);
-  out.push(`  for (var tf_c: i32 = 1; tf_c < tf_parts; tf_c++) { tf_mx = tf_max(tf_mx, tf_ws[tf_at + tf_c * ${D + 2} + ${D}]); }`);
   out.push(`  for (var tf_x: i32 = lid; tf_x < ${D}; tf_x += ${threads}) {`);
+  out.push(`    var tf_mx: f32 = ${ninf};`);
   out.push('    var tf_sum: f32 = 0.0;');
   out.push('    var tf_acc: f32 = 0.0;');
-  out.push('    for (var tf_c: i32 = 0; tf_c < tf_parts; tf_c++) {');
-  out.push(`      let tf_run = tf_at + tf_c * ${D + 2};`);
-  out.push(`      let tf_w = exp(tf_ws[tf_run + ${D}] - tf_mx);`);
-  out.push(`      tf_sum += tf_ws[tf_run + ${D + 1}] * tf_w;`);
-  out.push('      tf_acc += tf_ws[tf_run + tf_x] * tf_w;');
+  out.push(`    for (var tf_c0: i32 = 0; tf_c0 < tf_parts; tf_c0 += ${B}) {`);
+  const js = Array.from({ length: B }, (_, j) => j);
+  // Chunks past the position read the last one's run (in bounds, unused).
+  for (const j of js) {
+    out.push(`      let tf_r${j} = tf_at + min(tf_c0 + ${j}, tf_parts - 1) * ${D + 2};`);
+    out.push(`      let tf_m${j} = select(${ninf}, tf_ws[tf_r${j} + ${D}], tf_c0 + ${j} < tf_parts);`);
+    out.push(`      let tf_l${j} = tf_ws[tf_r${j} + ${D + 1}];`);
+    out.push(`      let tf_a${j} = tf_ws[tf_r${j} + tf_x];`);
+  }
+  // The chunks' maxima are finite (0 where a chunk saw no key): after the first batch tf_mx is too.
+  out.push(`      let tf_nm = ${js.reduce((acc, j) => `tf_max(${acc}, tf_m${j})`, 'tf_mx')};`);
+  out.push('      let tf_scale = exp(tf_mx - tf_nm);');
+  out.push('      tf_sum *= tf_scale;');
+  out.push('      tf_acc *= tf_scale;');
+  for (const j of js) {
+    out.push(`      if (tf_c0 + ${j} < tf_parts) {`);
+    out.push(`        let tf_w = exp(tf_m${j} - tf_nm);`);
+    out.push(`        tf_sum += tf_l${j} * tf_w;`);
+    out.push(`        tf_acc += tf_a${j} * tf_w;`);
+    out.push('      }');
+  }
+  out.push('      tf_mx = tf_nm;');
   out.push('    }');
   out.push(`    let ${f.e} = tf_x;`);
   out.push(`    let ${f.out} = tf_acc / tf_sum;`);
@@ -342,3 +362,6 @@ function mergeChunks(f: FlashIR, keys: number, count: number, p: ExprPrinter, th
   out.push('  }');
   return out;
 }
+
+/** The chunks a round trip of the merge reads (mergeChunks). */
+const MERGE_BATCH = 8;
