@@ -811,11 +811,12 @@ const DECODE_KEY_UNROLL = 8;
 
 /**
  * WebGPU's decode form divides a cache of this many steps or more (FlashPlan.keyChunks) among workgroups, a step
- * each, whose results a second dispatch merges. On the H200 (a 1B model, bf16 cache, BENCHMARKS.md) the merge's
- * dispatch costs more than the chunks save at 4 steps (1,024 positions: 1.145 → 1.185 ms a token on the device's
- * clock) and less at 8 (2,048: 1.251 → 1.206 and 1.240 → 1.203 wall clock).
+ * each, whose results a second dispatch merges. On the H200 (a 1B model, bf16 cache, BENCHMARKS.md): with a merge
+ * that waited for L2 twice a chunk, chunks cost more than they saved at 4 steps (1,024 positions: 1.145 → 1.185 ms a
+ * token on the device's clock) and less at 8 (2,048: 1.251 → 1.206, 1.240 → 1.203 wall clock); with the merge 8
+ * chunks a round trip (eighteenth session) they save at 4 too (1,024 positions: 1.043 / 1.079 → 1.021 / 1.021 wall).
  */
-const WGSL_KEY_CHUNKS_FROM = 8;
+const WGSL_KEY_CHUNKS_FROM = 4;
 
 /**
  * One query row (a decode step's attention): the decode form where the keys and values are rows read 16 bytes at a

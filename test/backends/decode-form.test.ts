@@ -85,9 +85,9 @@ const schedules = suite('decode form: where it runs');
 schedules('CUDA runs one query row over 16-bit cache rows in the decode form, WebGPU over f32 and 16-bit ones; CUDA keeps the row form', () => {
   for (const c of CASES) {
     const [k] = c.compiled.graphs[0].kernels;
-    // A step is 8 keys a group; a cache of 8 steps or more is divided, a second dispatch merging the chunks.
+    // A step is 8 keys a group; a cache of 4 steps or more is divided, a second dispatch merging the chunks.
     const step = 8 * 256 / (c.D / 8);
-    const chunks = Math.ceil(c.T / step) >= 8 ? ` and ${step} keys (${Math.ceil(c.T / step)} chunks, merged by a second dispatch, a workgroup a head, 8 chunks a round trip)` : '';
+    const chunks = Math.ceil(c.T / step) >= 4 ? ` and ${step} keys (${Math.ceil(c.T / step)} chunks, merged by a second dispatch, a workgroup a head, 8 chunks a round trip)` : '';
     assert.match(formatSchedule(scheduleKernel(k, webgpuCaps({ subgroups: false }))), `decode attention ${KV_HEADS * PER_HEAD} heads × 1 query over ${c.T} keys (head ${c.D}): a workgroup a head${chunks}, ${256 / (c.D / 8)} groups`);
   }
   for (const c of CASES.filter((x) => x.kv === DType.F32)) {
