@@ -531,6 +531,14 @@ const select = (cond: KExpr, a: KExpr, b: KExpr): KExpr => {
  * CPU. Tiles of 64 × 64, or 128 × 64 where cp.async copies the operands and the columns are many. Tiles along the
  * rows are neighbours in the grid, so the tiles sharing a weight tile run together and read it from L2.
  */
+/**
+ * The fewest workgroups for which WebGPU's short tiles take 32 columns rather than 16. Measured on the H200
+ * (BENCHMARKS.md, eighteenth session), a 1B model's 32-token prompt, µs a GEMM: 96 workgroups of 32 columns against
+ * 192 of 16 (QKV) 25.2 against 27.5, 256 against 512 (gate/up) 52.9 against 66.5; but 64 against 128 (the output
+ * projection, down) 27.5 against 23.4 and 67.0 against 43.6: too few workgroups for the multiprocessors.
+ */
+const WIDE_SHORT_TILES_FROM = 96;
+
 function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps, opts: ScheduleOptions): GemmPlan | undefined {
   if (device.threadsPerWorkgroup === 1) {
     return { units: 'serial', tileRows: 1, tileColumns: gemm.columns, tileDepth: gemm.depth, rowTiles: gemm.rows, columnTiles: 1 };
@@ -592,14 +600,22 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps, opts: ScheduleO
   // 128 rows 4.3–5.2 / 14.0 / – / –.
   if (gemmOnSubgroupMatrix(k, device)) {
     const below = 128;
-    const short = { tileRows: 32, tileColumns: 16, tileDepth: 128 };
-    const shortTile: ShortTile | undefined = gemm.depth % 128 === 0 && below > device.tuning.tilesFrom.gemm
-      ? { ...short, below, rowTiles: rowTilesOf(32), columnTiles: Math.ceil(gemm.columns / 16), loads: stagedLoads(k, gemm, short, device, opts) } : undefined;
+    const shortTileOf = (columns: number): ShortTile | undefined => {
+      const short = { tileRows: 32, tileColumns: columns, tileDepth: 128 };
+      return gemm.depth % 128 === 0 && below > device.tuning.tilesFrom.gemm
+        ? { ...short, below, rowTiles: rowTilesOf(32), columnTiles: Math.ceil(gemm.columns / columns), loads: stagedLoads(k, gemm, short, device, opts) } : undefined;
+    };
+    // The deepest tiles that fit, with short tiles of 32 columns where they fit too and leave WIDE_SHORT_TILES_FROM
+    // workgroups or more (each tile copies the left rows once: half as many copies as of 16), else 16.
+    const shortColumns = Math.ceil(gemm.columns / 32) >= WIDE_SHORT_TILES_FROM ? [32, 16] : [16];
     for (const depth of [64, 32]) {
-      const shape = { tileRows: 128, tileColumns: 64, tileDepth: depth };
-      const tile: GemmPlan = { ...plan, units: 'subgroup-matrix-f16', ...shape, rowTiles: rowTilesOf(128), staging: { kind: 'registers' }, loads: stagedLoads(k, gemm, shape, device, opts), ...(shortTile ? { shortTile } : {}) };
-      // The row form's reduction arrays (2 × 4 bytes a thread) are declared beside the tiles'.
-      if (gemm.depth % depth === 0 && gemmBytes(gemm, tile) + 2 * 4 * GPU_THREADS <= device.matrixTileBytes!) return tile;
+      for (const columns of shortColumns) {
+        const shortTile = shortTileOf(columns);
+        const shape = { tileRows: 128, tileColumns: 64, tileDepth: depth };
+        const tile: GemmPlan = { ...plan, units: 'subgroup-matrix-f16', ...shape, rowTiles: rowTilesOf(128), staging: { kind: 'registers' }, loads: stagedLoads(k, gemm, shape, device, opts), ...(shortTile ? { shortTile } : {}) };
+        // The row form's reduction arrays (2 × 4 bytes a thread) are declared beside the tiles'.
+        if (gemm.depth % depth === 0 && gemmBytes(gemm, tile) + 2 * 4 * GPU_THREADS <= device.matrixTileBytes!) return tile;
+      }
     }
   }
   if (gemmBytes(gemm, plan) > device.staticWorkgroupMemoryBytes) return undefined;

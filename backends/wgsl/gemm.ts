@@ -246,45 +246,53 @@ function subgroupMatrixTile(c: TileContext, tile: TileShape): string[] {
 }
 
 /**
- * The short tile (GemmPlan.shortTile): tileRows × one fragment of columns, each of the 8 subgroups a 16-deep slice
- * of every step for all the tile's fragments. At the end the subgroups' sums of one product at a time go through
- * the scratch, each thread adding the 8 partial sums of its outputs in the order of the depth; then the epilogue.
+ * The short tile (GemmPlan.shortTile): tileRows × tileColumns (one or two fragments of columns), each of the 8
+ * subgroups a 16-deep slice of every step for all the tile's fragments. At the end the subgroups' sums of one product
+ * and fragment column at a time go through the scratch, each thread adding the 8 partial sums of its outputs in the
+ * order of the depth; then the epilogue.
  */
 function shortSubgroupMatrixTile(c: TileContext, tile: ShortTile): string[] {
   const { g, threads } = c;
   const { tileRows: TM, tileColumns: TN, tileDepth: TD, loads } = tile;
   if (!loads) throw new Error('WGSL: a short tile without its staging loads');
   const [ops, S, subgroups] = [g.b.length, TD + 8, threads / LANES];
-  const fragRows = TM / FRAGMENT;
-  if (TN !== FRAGMENT || TD !== FRAGMENT * subgroups || !Number.isInteger(fragRows)) throw new Error(`WGSL: no short subgroup-matrix tiles of ${TM} × ${TN} × ${TD}`);
+  const [fragRows, fragColumns] = [TM / FRAGMENT, TN / FRAGMENT];
+  if (!Number.isInteger(fragColumns) || TD !== FRAGMENT * subgroups || !Number.isInteger(fragRows)) throw new Error(`WGSL: no short subgroup-matrix tiles of ${TM} × ${TN} × ${TD}`);
   const out = tileSteps(c, { ...tile, loads }, 'rows-f16', (o) => {
     o.push(`  let tf_sk = (lid / ${LANES}) * ${FRAGMENT};`);
-    for (let b = 0; b < ops; b++) for (let i = 0; i < fragRows; i++) o.push(`  var tf_c${b}_${i} = ${RESULT}();`);
+    for (let b = 0; b < ops; b++) for (let i = 0; i < fragRows; i++) for (let j = 0; j < fragColumns; j++) o.push(`  var tf_c${b}_${i}_${j} = ${RESULT}();`);
   }, (o) => {
     for (let i = 0; i < fragRows; i++) o.push(`    let tf_a${i} = subgroupMatrixLoad<${LEFT}, row_major>(&tf_as, u32(${i * FRAGMENT * S} + tf_sk), ${S}u);`);
     for (let b = 0; b < ops; b++) {
-      o.push(`    let tf_b${b} = subgroupMatrixLoad<${RIGHT}, col_major>(&tf_bs${b}, u32(tf_sk), ${S}u);`);
-      for (let i = 0; i < fragRows; i++) o.push(`    tf_c${b}_${i} = subgroupMatrixMultiplyAccumulate(tf_a${i}, tf_b${b}, tf_c${b}_${i});`);
+      for (let j = 0; j < fragColumns; j++) {
+        // Columns j · 16 onwards: rows of the staged right operand, S apart.
+        o.push(`    let tf_b${b}_${j} = subgroupMatrixLoad<${RIGHT}, col_major>(&tf_bs${b}, u32(${j * FRAGMENT * S} + tf_sk), ${S}u);`);
+        for (let i = 0; i < fragRows; i++) o.push(`    tf_c${b}_${i}_${j} = subgroupMatrixMultiplyAccumulate(tf_a${i}, tf_b${b}_${j}, tf_c${b}_${i}_${j});`);
+      }
     }
   });
-  // Each thread's outputs: e = lid + q · threads of the tile's TM × 16, fragment e / 256, place e % 256.
-  const perThread = (TM * TN) / threads;
+  // Each thread's outputs of a fragment column: e = lid + q · threads of its TM × 16, fragment e / 256, place e % 256.
+  const perThread = (TM * FRAGMENT) / threads;
   const frag = FRAGMENT * FRAGMENT;
   for (let o = 0; o < ops; o++) {
-    for (let i = 0; i < fragRows; i++) out.push(`  subgroupMatrixStore<row_major>(&tf_cs, u32((lid / ${LANES}) * ${fragRows * frag} + ${i * frag}), tf_c${o}_${i}, ${FRAGMENT}u);`);
-    out.push('  workgroupBarrier();');
-    for (let q = 0; q < perThread; q++) {
-      const terms = Array.from({ length: subgroups }, (_, sg) => `tf_cs[${sg * fragRows * frag} + lid + ${q * threads}]`);
-      out.push(`  let tf_s${o}_${q} = ${terms.join(' + ')};`);
+    for (let j = 0; j < fragColumns; j++) {
+      for (let i = 0; i < fragRows; i++) out.push(`  subgroupMatrixStore<row_major>(&tf_cs, u32((lid / ${LANES}) * ${fragRows * frag} + ${i * frag}), tf_c${o}_${i}_${j}, ${FRAGMENT}u);`);
+      out.push('  workgroupBarrier();');
+      for (let q = 0; q < perThread; q++) {
+        const terms = Array.from({ length: subgroups }, (_, sg) => `tf_cs[${sg * fragRows * frag} + lid + ${q * threads}]`);
+        out.push(`  let tf_s${o}_${j}_${q} = ${terms.join(' + ')};`);
+      }
+      out.push('  workgroupBarrier();');
     }
-    out.push('  workgroupBarrier();');
   }
-  for (let q = 0; q < perThread; q++) {
-    out.push('  {');
-    // Output e = lid + q · threads is fragment row e / 256 (16 rows each), place e % 256 in it.
-    epilogue(c, `tf_m0 + (lid + ${q * threads}) / ${frag} * ${FRAGMENT} + ((lid + ${q * threads}) % ${frag}) / ${FRAGMENT}`, `tf_n0 + (lid + ${q * threads}) % ${FRAGMENT}`,
-      (o) => `tf_s${o}_${q}`, '    ', out);
-    out.push('  }');
+  for (let j = 0; j < fragColumns; j++) {
+    for (let q = 0; q < perThread; q++) {
+      out.push('  {');
+      // Output e = lid + q · threads is fragment row e / 256 (16 rows each), place e % 256 in it.
+      epilogue(c, `tf_m0 + (lid + ${q * threads}) / ${frag} * ${FRAGMENT} + ((lid + ${q * threads}) % ${frag}) / ${FRAGMENT}`, `tf_n0 + ${j * FRAGMENT} + (lid + ${q * threads}) % ${FRAGMENT}`,
+        (o) => `tf_s${o}_${j}_${q}`, '    ', out);
+      out.push('  }');
+    }
   }
   return out;
 }

@@ -81,7 +81,12 @@ const bf16normglu = trace('bf16normglu', [{ name: 'x', dtype: DType.F32, shape: 
   const h = normed(x);
   return { y: h.matmul(param('gb', DType.BF16, [N, K_MMA]).transpose()).silu().mul(h.matmul(param('ub', DType.BF16, [N, K_MMA]).transpose())) };
 });
-const module = { graphs: [bf16, bf16shallow, bf16norm, bf16prologue, f32mix, bf16deep, bf16odd, bf16normdeep, bf16normodd, bf16normwide, bf16normglu] };
+/** x·mᵀ over 3,090 columns: enough for WebGPU's short tiles of 32 columns (97 workgroups, the last one partial). */
+const MANY = 3090;
+const bf16many = trace('bf16many', [{ name: 'x', dtype: DType.F32, shape: ['S', K_MMA] }], (x) => ({
+  y: x.matmul(param('m', DType.BF16, [MANY, K_MMA]).transpose()),
+}));
+const module = { graphs: [bf16, bf16shallow, bf16norm, bf16prologue, f32mix, bf16deep, bf16odd, bf16normdeep, bf16normodd, bf16normwide, bf16normglu, bf16many] };
 const compiled = compileModule(module);
 const reference = { graphs: module.graphs.map((graph) => ({ graph, kernels: [] })) };
 
@@ -100,11 +105,12 @@ const weights: Record<string, HostTensor> = {
   ww: hostTensor(DType.BF16, [WIDE, K_MMA], randoms(WIDE * K_MMA, 0.2)),
   gb: hostTensor(DType.BF16, [N, K_MMA], randoms(N * K_MMA, 0.2)),
   ub: hostTensor(DType.BF16, [N, K_MMA], randoms(N * K_MMA, 0.2)),
+  m: hostTensor(DType.BF16, [MANY, K_MMA], randoms(MANY * K_MMA, 0.2)),
 };
 // 20 rows take CUDA's short tiles (32 rows), 40 its wgmma tiles.
 const ROWS = [1, 7, 20, 40, 64, 130];
 const depthOf = (graph: string) => ({ bf16deep: K_DEEP, bf16odd: K_ODD, bf16normdeep: K_DEEP, bf16normodd: K_ODD, bf16shallow: K_FMA, f32mix: K_FMA }[graph] ?? K_MMA);
-const columnsOf = (graph: string) => (graph === 'bf16normwide' ? WIDE : N);
+const columnsOf = (graph: string) => ({ bf16normwide: WIDE, bf16many: MANY }[graph] ?? N);
 const inputs = new Map(ROWS.flatMap((s) => module.graphs.map((g) => [`${g.name}:${s}`, randoms(s * depthOf(g.name))])));
 
 async function outputs(device: Device, lowered: typeof compiled | typeof reference): Promise<Map<string, number[]>> {
@@ -140,7 +146,7 @@ function withGemmEnv<T>(value: string, f: () => T): T {
 const basics = suite('GEMM lowering');
 basics('the projections of many rows lower to GEMM kernels with their epilogue, the norm to a kernel of its own', () => {
   const kinds = compiled.graphs.map((g) => g.kernels.map((k) => (k.gemm ? `gemm×${k.gemm.b.length}` : k.kind)));
-  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×2']]);
+  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×2'], ['gemm×1']]);
 });
 basics('on sm_90 the GEMMs of bf16 left operands take wgmma tiles (64, 96 or 128 columns), TSFUSE_GEMM=mma the mma tiles; sm_80 never', () => {
   const plan = (graph: string, caps = cudaCaps(90, 8)) => {
@@ -200,13 +206,17 @@ basics('on WebGPU with f16 subgroup matrices the GEMMs of bf16 weights take subg
   assert.is(plan('bf16', webgpuCaps({ subgroups: true, subgroupMatrix: { workgroupBytes: 40000 } })), 'subgroup-matrix-f16 128×64×32', '64 deep needs 46,080 bytes');
   // Short tiles (the depth split among the subgroups, 128 a step) where the depth is a multiple of 128.
   const short = (graph: string) => scheduleKernels(compiled.graphs.find((g) => g.graph.name === graph)!.kernels, matrix).find((k) => k.gemm)!.gemm!.shortTile;
-  assert.equal(['bf16', 'bf16deep', 'bf16normodd', 'bf16shallow'].map((g) => short(g) && `below ${short(g)!.below}: ${short(g)!.tileRows}×${short(g)!.tileColumns}×${short(g)!.tileDepth}`),
-    ['below 128: 32×16×128', 'below 128: 32×16×128', undefined, undefined]);
+  // 32 columns where that leaves 96 workgroups or more (@bf16many: 97), else 16.
+  assert.equal(['bf16', 'bf16deep', 'bf16normodd', 'bf16shallow', 'bf16many'].map((g) => short(g) && `below ${short(g)!.below}: ${short(g)!.tileRows}×${short(g)!.tileColumns}×${short(g)!.tileDepth}`),
+    ['below 128: 32×16×128', 'below 128: 32×16×128', undefined, undefined, 'below 128: 32×32×128']);
   const sk = scheduleKernels(compiled.graphs.find((g) => g.graph.name === 'bf16')!.kernels, matrix).find((k) => k.gemm)!;
   const code = printWgsl(sk).code;
   for (const needed of ['enable f16;', 'enable chromium_experimental_subgroup_matrix;', 'subgroupMatrixMultiplyAccumulate(', 'subgroupMatrixStore<row_major>(&tf_cs', 'if (sz_S < 128) {']) assert.ok(code.includes(needed), needed);
   // The grid: the row form below 16 rows (35 workgroups a row), short tiles (32 × 16) below 128, else 128 × 64.
   assert.equal([1, 15, 16, 127, 128, 300].map((rows) => evalSize(sk.grid.rows, { S: rows })), [35, 15 * 35, 5, 4 * 5, 1 * 2, 3 * 2]);
+  const mk = scheduleKernels(compiled.graphs.find((g) => g.graph.name === 'bf16many')!.kernels, matrix).find((k) => k.gemm)!;
+  assert.equal([16, 127].map((rows) => evalSize(mk.grid.rows, { S: rows })), [97, 4 * 97]);
+  assert.ok(printWgsl(mk).code.includes('tf_c0_1_1 = subgroupMatrixMultiplyAccumulate('), 'two fragment columns');
   assert.match(formatSchedule(sk), 'f16 subgroup matrices (16 × 16 × 16, f32 results)');
   // Staging loads read 16 bytes (4 f32, 8 bf16) unless the buffer is bound in chunks: then one value each.
   assert.equal(sk.gemm!.loads, { left: 4, right: [8] });
