@@ -160,6 +160,11 @@ export interface ShortTile {
   readonly columnTiles: number;
   /** WGSL: how the staging loads read. */
   readonly loads?: StagedLoads;
+  /**
+   * WGSL: steps whose staging loads are in flight at once, each in registers of its own (1: the next step's while
+   * this one's products run).
+   */
+  readonly stagesAhead?: number;
   /** CUDA: the depth split (parts a constant), where there is one. */
   readonly split?: DepthSplit;
   /**
@@ -539,6 +544,13 @@ const select = (cond: KExpr, a: KExpr, b: KExpr): KExpr => {
  */
 const WIDE_SHORT_TILES_FROM = 96;
 
+/**
+ * Steps of staging loads WebGPU's short tiles keep in flight (ShortTile.stagesAhead). Measured on the H200
+ * (BENCHMARKS.md, eighteenth session), a 1B model's 32-token prompt, its GEMMs: 1 step 2.317 ms (both rounds), 2 steps
+ * 2.419 / 2.411, 4 steps 2.062 / 2.046.
+ */
+const SHORT_TILE_STAGES = 4;
+
 function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps, opts: ScheduleOptions): GemmPlan | undefined {
   if (device.threadsPerWorkgroup === 1) {
     return { units: 'serial', tileRows: 1, tileColumns: gemm.columns, tileDepth: gemm.depth, rowTiles: gemm.rows, columnTiles: 1 };
@@ -603,7 +615,7 @@ function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps, opts: ScheduleO
     const shortTileOf = (columns: number): ShortTile | undefined => {
       const short = { tileRows: 32, tileColumns: columns, tileDepth: 128 };
       return gemm.depth % 128 === 0 && below > device.tuning.tilesFrom.gemm
-        ? { ...short, below, rowTiles: rowTilesOf(32), columnTiles: Math.ceil(gemm.columns / columns), loads: stagedLoads(k, gemm, short, device, opts) } : undefined;
+        ? { ...short, below, rowTiles: rowTilesOf(32), columnTiles: Math.ceil(gemm.columns / columns), loads: stagedLoads(k, gemm, short, device, opts), stagesAhead: Math.min(SHORT_TILE_STAGES, gemm.depth / 128) } : undefined;
     };
     // The deepest tiles that fit, with short tiles of 32 columns where they fit too and leave WIDE_SHORT_TILES_FROM
     // workgroups or more (each tile copies the left rows once: half as many copies as of 16), else 16.

@@ -63,20 +63,32 @@ interface TileContext {
  * in which each step's operands are stored to workgroup memory (stageOperands) and `step` prints its products while
  * the next step's loads are in flight.
  */
-function tileSteps(c: TileContext, tile: TileShape, layout: StagingLayout, setup: (out: string[]) => void, step: (out: string[]) => void): string[] {
+function tileSteps(c: TileContext, tile: TileShape, layout: StagingLayout, setup: (out: string[]) => void, step: (out: string[]) => void, stages = 1): string[] {
   const out: string[] = [];
   const rowTiles = c.p.expr(tile.rowTiles, out, '  ');
   out.push(`  let tf_m0 = (row % ${rowTiles}) * ${tile.tileRows};`);
   out.push(`  let tf_n0 = (row / ${rowTiles}) * ${tile.tileColumns};`);
   setup(out);
-  const staging = stageOperands(c, tile, layout, out);
-  staging.load('0', '  ');
-  out.push(`  for (var tf_k0: i32 = 0; tf_k0 < ${c.g.depth}; tf_k0 += ${tile.tileDepth}) {`);
-  staging.store('    ');
-  out.push('    workgroupBarrier();');
-  staging.load(`tf_k0 + ${tile.tileDepth}`, '    ');
-  step(out);
-  out.push('    workgroupBarrier();');
+  const staging = stageOperands(c, tile, layout, stages, out);
+  const TD = tile.tileDepth;
+  const span = stages * TD;
+  for (let s = 0; s < stages; s++) staging.load(String(s * TD), '  ', s);
+  out.push(`  for (var tf_k0: i32 = 0; tf_k0 < ${c.g.depth}; tf_k0 += ${span}) {`);
+  // With several stages each takes its own registers, the loop unrolled by them: a step stores the registers
+  // loaded `stages` steps earlier and reloads them for `stages` steps later. (A step past the depth is skipped; the
+  // condition is uniform.)
+  for (let s = 0; s < stages; s++) {
+    const indent = stages > 1 ? '      ' : '    ';
+    if (stages > 1) out.push(c.g.depth % span && s > 0 ? `    if (tf_k0 + ${s * TD} < ${c.g.depth}) {` : '    {');
+    staging.store(indent, s);
+    out.push(`${indent}workgroupBarrier();`);
+    staging.load(`tf_k0 + ${s * TD + span}`, indent, s);
+    const body: string[] = [];
+    step(body);
+    out.push(...body.map((l) => (stages > 1 ? `  ${l}` : l)));
+    out.push(`${indent}workgroupBarrier();`);
+    if (stages > 1) out.push('    }');
+  }
   out.push('  }');
   return out;
 }
@@ -129,7 +141,7 @@ type StagingLayout = 'rows-f16' | 'depth-major-f32';
  * schedule says (StagedLoads): 4 or 8 through the buffer's vec4 binding (added to `vec4Buffers`), else one value a
  * thread and register, neighbouring threads along the depth.
  */
-function stageOperands(c: TileContext, tile: TileShape, layout: StagingLayout, out: string[]) {
+function stageOperands(c: TileContext, tile: TileShape, layout: StagingLayout, stages: number, out: string[]) {
   const { g, p, rows, threads, vec4Buffers } = c;
   const { tileRows: TM, tileColumns: TN, tileDepth: TD } = tile;
   const S = TD + 8;
@@ -147,19 +159,22 @@ function stageOperands(c: TileContext, tile: TileShape, layout: StagingLayout, o
     const f16 = vector === 8 && p.buffers[(e as Extract<KExpr, { k: 'load' }>).buf].dtype === DType.F16;
     return { ...o, vector, f16, loads: Math.ceil(total / threads), runs: TD / vector, busy: total < threads ? `lid < ${total}` : undefined };
   });
-  for (const o of operands) for (let i = 0; i < o.loads; i++) out.push(`  var ${o.reg}${i}: ${o.vector === 4 ? 'vec4<f32>' : o.vector === 8 ? 'vec4<u32>' : 'f32'};`);
+  // A stage's registers: stage 0's keep the plain names.
+  const reg = (o: { reg: string }, i: number, stage: number) => `${o.reg}${i}${stage ? `_s${stage}` : ''}`;
+  for (let st = 0; st < stages; st++) for (const o of operands) for (let i = 0; i < o.loads; i++) out.push(`  var ${reg(o, i, st)}: ${o.vector === 4 ? 'vec4<f32>' : o.vector === 8 ? 'vec4<u32>' : 'f32'};`);
   // Register i of a thread holds run (lid + i · threads) of the tile: tile row (column) run / runs, depth
   // (run % runs) · vector.
-  const load = (k0: string, indent: string) => {
+  const load = (k0: string, indent: string, stage: number) => {
     for (const o of operands) {
       for (let i = 0; i < o.loads; i++) {
+        const r = reg(o, i, stage);
         out.push(`${indent}{`);
         out.push(`${indent}  let ${o.v} = ${o.base} + lid / ${o.runs} + ${(i * threads) / o.runs};`);
         out.push(`${indent}  let ${g.k} = ${k0} + (lid % ${o.runs}) * ${o.vector};`);
-        out.push(`${indent}  ${o.reg}${i} = ${o.vector === 4 ? 'vec4<f32>()' : o.vector === 8 ? 'vec4<u32>()' : '0.0'};`);
+        out.push(`${indent}  ${r} = ${o.vector === 4 ? 'vec4<f32>()' : o.vector === 8 ? 'vec4<u32>()' : '0.0'};`);
         out.push(`${indent}  if (${o.busy ? `${o.busy} && ` : ''}${o.v} < ${o.extent} && ${g.k} < ${g.depth}) {`);
-        if (o.vector === 1) out.push(`${indent}    ${o.reg}${i} = ${p.expr(o.e, out, `${indent}    `)};`);
-        else out.push(`${indent}    ${o.reg}${i} = b${(o.e as Extract<KExpr, { k: 'load' }>).buf}_v4[${p.expr((o.e as Extract<KExpr, { k: 'load' }>).index, out, `${indent}    `)} / ${o.vector}];`);
+        if (o.vector === 1) out.push(`${indent}    ${r} = ${p.expr(o.e, out, `${indent}    `)};`);
+        else out.push(`${indent}    ${r} = b${(o.e as Extract<KExpr, { k: 'load' }>).buf}_v4[${p.expr((o.e as Extract<KExpr, { k: 'load' }>).index, out, `${indent}    `)} / ${o.vector}];`);
         out.push(`${indent}  }`, `${indent}}`);
       }
     }
@@ -168,17 +183,18 @@ function stageOperands(c: TileContext, tile: TileShape, layout: StagingLayout, o
   // or depth d of the tile's rows (f32, for multiply-adds reading neighbouring rows).
   const place = (tileRows: number, r: string, d: string) => (layout === 'rows-f16' ? `(${r}) * ${S} + ${d}` : `(${d}) * ${tileRows} + ${r}`);
   const convert = (v: string) => (layout === 'rows-f16' ? `f16(${v})` : v);
-  const store = (indent: string) => {
+  const store = (indent: string, stage: number) => {
     for (const o of operands) {
       for (let i = 0; i < o.loads; i++) {
+        const reg_ = reg(o, i, stage);
         const [r, d] = [`lid / ${o.runs} + ${(i * threads) / o.runs}`, `(lid % ${o.runs}) * ${o.vector}`];
         if (o.busy) out.push(`${indent}if (${o.busy}) {`);
         const ind = o.busy ? `${indent}  ` : indent;
-        if (o.vector === 1) out.push(`${ind}${o.array}[${place(o.tile, r, d)}] = ${convert(`${o.reg}${i}`)};`);
+        if (o.vector === 1) out.push(`${ind}${o.array}[${place(o.tile, r, d)}] = ${convert(reg_)};`);
         for (let j = 0; o.vector > 1 && j < o.vector; j++) {
           // bf16 and f16 words: the element at the even position is the low half.
-          const word = `${o.reg}${i}[${j >> 1}]`;
-          const value = o.vector === 4 ? `${o.reg}${i}[${j}]` : o.f16 ? `unpack2x16float(${word})[${j % 2}]` : `bitcast<f32>(${j % 2 === 0 ? `${word} << 16u` : `${word} & 0xffff0000u`})`;
+          const word = `${reg_}[${j >> 1}]`;
+          const value = o.vector === 4 ? `${reg_}[${j}]` : o.f16 ? `unpack2x16float(${word})[${j % 2}]` : `bitcast<f32>(${j % 2 === 0 ? `${word} << 16u` : `${word} & 0xffff0000u`})`;
           out.push(`${ind}${o.array}[${place(o.tile, r, `${d} + ${j}`)}] = ${convert(value)};`);
         }
         if (o.busy) out.push(`${indent}}`);
@@ -270,7 +286,7 @@ function shortSubgroupMatrixTile(c: TileContext, tile: ShortTile): string[] {
         for (let i = 0; i < fragRows; i++) o.push(`    tf_c${b}_${i}_${j} = subgroupMatrixMultiplyAccumulate(tf_a${i}, tf_b${b}_${j}, tf_c${b}_${i}_${j});`);
       }
     }
-  });
+   }, tile.stagesAhead ?? 1);
   // Each thread's outputs of a fragment column: e = lid + q · threads of its TM × 16, fragment e / 256, place e % 256.
   const perThread = (TM * FRAGMENT) / threads;
   const frag = FRAGMENT * FRAGMENT;

@@ -81,12 +81,17 @@ const bf16normglu = trace('bf16normglu', [{ name: 'x', dtype: DType.F32, shape: 
   const h = normed(x);
   return { y: h.matmul(param('gb', DType.BF16, [N, K_MMA]).transpose()).silu().mul(h.matmul(param('ub', DType.BF16, [N, K_MMA]).transpose())) };
 });
+/** x·fᵀ over a depth of 640: five steps of WebGPU's short tiles, which keep 4 in flight (the loop's second round one). */
+const K_FIVE = 640;
+const bf16five = trace('bf16five', [{ name: 'x', dtype: DType.F32, shape: ['S', K_FIVE] }], (x) => ({
+  y: x.matmul(param('f', DType.BF16, [N, K_FIVE]).transpose()),
+}));
 /** x·mᵀ over 3,090 columns: enough for WebGPU's short tiles of 32 columns (97 workgroups, the last one partial). */
 const MANY = 3090;
 const bf16many = trace('bf16many', [{ name: 'x', dtype: DType.F32, shape: ['S', K_MMA] }], (x) => ({
   y: x.matmul(param('m', DType.BF16, [MANY, K_MMA]).transpose()),
 }));
-const module = { graphs: [bf16, bf16shallow, bf16norm, bf16prologue, f32mix, bf16deep, bf16odd, bf16normdeep, bf16normodd, bf16normwide, bf16normglu, bf16many] };
+const module = { graphs: [bf16, bf16shallow, bf16norm, bf16prologue, f32mix, bf16deep, bf16odd, bf16normdeep, bf16normodd, bf16normwide, bf16normglu, bf16many, bf16five] };
 const compiled = compileModule(module);
 const reference = { graphs: module.graphs.map((graph) => ({ graph, kernels: [] })) };
 
@@ -106,10 +111,11 @@ const weights: Record<string, HostTensor> = {
   gb: hostTensor(DType.BF16, [N, K_MMA], randoms(N * K_MMA, 0.2)),
   ub: hostTensor(DType.BF16, [N, K_MMA], randoms(N * K_MMA, 0.2)),
   m: hostTensor(DType.BF16, [MANY, K_MMA], randoms(MANY * K_MMA, 0.2)),
+  f: hostTensor(DType.BF16, [N, K_FIVE], randoms(N * K_FIVE, 0.05)),
 };
 // 20 rows take CUDA's short tiles (32 rows), 40 its wgmma tiles.
 const ROWS = [1, 7, 20, 40, 64, 130];
-const depthOf = (graph: string) => ({ bf16deep: K_DEEP, bf16odd: K_ODD, bf16normdeep: K_DEEP, bf16normodd: K_ODD, bf16shallow: K_FMA, f32mix: K_FMA }[graph] ?? K_MMA);
+const depthOf = (graph: string) => ({ bf16five: K_FIVE, bf16deep: K_DEEP, bf16odd: K_ODD, bf16normdeep: K_DEEP, bf16normodd: K_ODD, bf16shallow: K_FMA, f32mix: K_FMA }[graph] ?? K_MMA);
 const columnsOf = (graph: string) => ({ bf16normwide: WIDE, bf16many: MANY }[graph] ?? N);
 const inputs = new Map(ROWS.flatMap((s) => module.graphs.map((g) => [`${g.name}:${s}`, randoms(s * depthOf(g.name))])));
 
@@ -146,7 +152,7 @@ function withGemmEnv<T>(value: string, f: () => T): T {
 const basics = suite('GEMM lowering');
 basics('the projections of many rows lower to GEMM kernels with their epilogue, the norm to a kernel of its own', () => {
   const kinds = compiled.graphs.map((g) => g.kernels.map((k) => (k.gemm ? `gemm×${k.gemm.b.length}` : k.kind)));
-  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×2'], ['gemm×1']]);
+  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1']]);
 });
 basics('on sm_90 the GEMMs of bf16 left operands take wgmma tiles (64, 96 or 128 columns), TSFUSE_GEMM=mma the mma tiles; sm_80 never', () => {
   const plan = (graph: string, caps = cudaCaps(90, 8)) => {
@@ -217,6 +223,13 @@ basics('on WebGPU with f16 subgroup matrices the GEMMs of bf16 weights take subg
   const mk = scheduleKernels(compiled.graphs.find((g) => g.graph.name === 'bf16many')!.kernels, matrix).find((k) => k.gemm)!;
   assert.equal([16, 127].map((rows) => evalSize(mk.grid.rows, { S: rows })), [97, 4 * 97]);
   assert.ok(printWgsl(mk).code.includes('tf_c0_1_1 = subgroupMatrixMultiplyAccumulate('), 'two fragment columns');
+  // Staging loads up to 4 steps ahead, each step's registers its own: 1 step over a depth of 128, 4 over 1,024 and
+  // 640 (five steps: the loop's second round takes one, the rest skipped by a uniform condition).
+  const stages = (graph: string) => scheduleKernels(compiled.graphs.find((g) => g.graph.name === graph)!.kernels, matrix).find((k) => k.gemm)!;
+  assert.equal(['bf16', 'bf16deep', 'bf16five'].map((g) => stages(g).gemm!.shortTile!.stagesAhead), [1, 4, 4]);
+  const five = printWgsl(stages('bf16five')).code;
+  for (const needed of ['var tf_ra0_s3: vec4<f32>;', 'for (var tf_k0: i32 = 0; tf_k0 < 640; tf_k0 += 512) {', 'if (tf_k0 + 384 < 640) {']) assert.ok(five.includes(needed), needed);
+  assert.match(formatSchedule(stages('bf16five')), 'the staging loads 4 steps ahead');
   assert.match(formatSchedule(sk), 'f16 subgroup matrices (16 × 16 × 16, f32 results)');
   // Staging loads read 16 bytes (4 f32, 8 bf16) unless the buffer is bound in chunks: then one value each.
   assert.equal(sk.gemm!.loads, { left: 4, right: [8] });
