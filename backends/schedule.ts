@@ -225,6 +225,8 @@ export interface SplitScratchNeeds {
 export interface KeyChunks extends SplitScratchNeeds {
   readonly keys: number;
   readonly count: number;
+  /** WGSL: chunks the merging dispatch reads a round trip (their loads issued before any is used). */
+  readonly mergeBatch?: number;
 }
 
 /**
@@ -531,12 +533,6 @@ const select = (cond: KExpr, a: KExpr, b: KExpr): KExpr => {
 };
 
 /**
- * Tiles for a GEMM: bf16 matrix instructions where the device has them and every right operand is a bf16 weight
- * read along the depth (the products' inputs they take exactly), else f32 multiply-adds; one row at a time on the
- * CPU. Tiles of 64 × 64, or 128 × 64 where cp.async copies the operands and the columns are many. Tiles along the
- * rows are neighbours in the grid, so the tiles sharing a weight tile run together and read it from L2.
- */
-/**
  * The fewest workgroups for which WebGPU's short tiles take 32 columns rather than 16. Measured on the H200
  * (BENCHMARKS.md, eighteenth session), a 1B model's 32-token prompt, µs a GEMM: 96 workgroups of 32 columns against
  * 192 of 16 (QKV) 25.2 against 27.5, 256 against 512 (gate/up) 52.9 against 66.5; but 64 against 128 (the output
@@ -547,10 +543,16 @@ const WIDE_SHORT_TILES_FROM = 96;
 /**
  * Steps of staging loads WebGPU's short tiles keep in flight (ShortTile.stagesAhead). Measured on the H200
  * (BENCHMARKS.md, eighteenth session), a 1B model's 32-token prompt, its GEMMs: 1 step 2.317 ms (both rounds), 2 steps
- * 2.419 / 2.411, 4 steps 2.062 / 2.046.
+ * 2.419 / 2.411, 4 steps 2.062 / 2.046; 8 steps 2.312 / 2.303 against 4 steps' 2.046 / 2.054 in a later lease.
  */
 const SHORT_TILE_STAGES = 4;
 
+/**
+ * Tiles for a GEMM: bf16 matrix instructions where the device has them and every right operand is a bf16 weight
+ * read along the depth (the products' inputs they take exactly), else f32 multiply-adds; one row at a time on the
+ * CPU. Tiles of 64 × 64, or 128 × 64 where cp.async copies the operands and the columns are many. Tiles along the
+ * rows are neighbours in the grid, so the tiles sharing a weight tile run together and read it from L2.
+ */
 function gemmPlan(k: KernelIR, gemm: GemmIR, device: DeviceCaps, opts: ScheduleOptions): GemmPlan | undefined {
   if (device.threadsPerWorkgroup === 1) {
     return { units: 'serial', tileRows: 1, tileColumns: gemm.columns, tileDepth: gemm.depth, rowTiles: gemm.rows, columnTiles: 1 };
@@ -846,6 +848,9 @@ const DECODE_KEY_UNROLL = 8;
  */
 const WGSL_KEY_CHUNKS_FROM = 4;
 
+/** The chunks WebGPU's merging dispatch reads a round trip (KeyChunks.mergeBatch): their 3 loads a thread each. */
+const WGSL_MERGE_BATCH = 8;
+
 /**
  * One query row (a decode step's attention): the decode form where the keys and values are rows read 16 bytes at a
  * time and a head splits into 8-element runs over at most 32 threads. On CUDA from bf16 or f16 memory (a lane group
@@ -878,7 +883,8 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
     const step = groups * DECODE_KEY_UNROLL;
     const count = opts.keyChunks === false ? 1 : Math.ceil(f.keys / step);
     // (The merge dispatches a workgroup a head along x alone.)
-    const keyChunks = count >= WGSL_KEY_CHUNKS_FROM && f.batch <= device.maxWorkgroupsX ? { keys: step, count, workspaceFloats: f.batch * count * (f.width + 2), counters: 0 } : undefined;
+    const keyChunks = count >= WGSL_KEY_CHUNKS_FROM && f.batch <= device.maxWorkgroupsX
+      ? { keys: step, count, workspaceFloats: f.batch * count * (f.width + 2), counters: 0, mergeBatch: Math.min(WGSL_MERGE_BATCH, count) } : undefined;
     return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll: DECODE_KEY_UNROLL, ...(keyChunks ? { keyChunks } : {}) };
   }
   if (device.target !== 'cuda') return undefined;

@@ -5,7 +5,7 @@
 
 import { FlashIR, varsOf } from '../kernel-ir.ts';
 import { ExprPrinter } from '../render-base.ts';
-import { FlashPlan } from '../schedule.ts';
+import { FlashPlan, KeyChunks } from '../schedule.ts';
 import { DType } from '../../ir/dtype.ts';
 import { wgslDialect } from './dialect.ts';
 
@@ -296,7 +296,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, threads: numbe
     out.push(`    tf_ws[${at} + tf_x] = tf_acc;`);
     out.push(`    if (tf_x == 0) { tf_ws[${at} + ${D}] = tf_ref; tf_ws[${at} + ${D + 1}] = tf_sum; }`);
     out.push('  }');
-    return { decls, body: out, merge: { body: mergeChunks(f, chunks.keys, NC, p, threads), rows: f.batch, workspaceFloats: chunks.workspaceFloats } };
+    return { decls, body: out, merge: { body: mergeChunks(f, chunks, p, threads), rows: f.batch, workspaceFloats: chunks.workspaceFloats } };
   }
   out.push(`    let ${f.e} = tf_x;`);
   out.push(`    let ${f.out} = tf_acc / tf_sum;`);
@@ -314,13 +314,14 @@ function stores(f: FlashIR, p: ExprPrinter, out: string[], indent: string): void
 
 /**
  * The second dispatch over a cache in chunks: a workgroup a head, a thread an output element. The chunks the position
- * reached are read MERGE_BATCH at a time, every load of a batch issued before any is used (a chunk's maximum, sum and
+ * reached are read KeyChunks.mergeBatch at a time, every load of a batch issued before any is used (a chunk's maximum, sum and
  * output element), and merged online: the running sums rescaled to each batch's larger maximum. (A loop over the
  * chunks one at a time waited for L2 twice a chunk, once for the maxima and once for the sums.)
  */
-function mergeChunks(f: FlashIR, keys: number, count: number, p: ExprPrinter, threads: number): string[] {
+function mergeChunks(f: FlashIR, chunks: KeyChunks, p: ExprPrinter, threads: number): string[] {
   const D = f.depth;
-  const B = Math.min(MERGE_BATCH, count);
+  const { keys, count } = chunks;
+  const B = chunks.mergeBatch ?? 1;
   const ninf = wgslDialect.literal(-Infinity, 'f32');
   const out: string[] = [];
   out.push(`  let ${f.b} = row;`);
@@ -362,6 +363,3 @@ function mergeChunks(f: FlashIR, keys: number, count: number, p: ExprPrinter, th
   out.push('  }');
   return out;
 }
-
-/** The chunks a round trip of the merge reads (mergeChunks). */
-const MERGE_BATCH = 8;

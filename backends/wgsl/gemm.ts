@@ -61,7 +61,7 @@ interface TileContext {
 /**
  * A tile up to its epilogue: its origin (tf_m0, tf_n0), what `setup` declares, and the loop over the depth's steps,
  * in which each step's operands are stored to workgroup memory (stageOperands) and `step` prints its products while
- * the next step's loads are in flight.
+ * the loads of the next `stages` steps are in flight.
  */
 function tileSteps(c: TileContext, tile: TileShape, layout: StagingLayout, setup: (out: string[]) => void, step: (out: string[]) => void, stages = 1): string[] {
   const out: string[] = [];
@@ -186,15 +186,15 @@ function stageOperands(c: TileContext, tile: TileShape, layout: StagingLayout, s
   const store = (indent: string, stage: number) => {
     for (const o of operands) {
       for (let i = 0; i < o.loads; i++) {
-        const reg_ = reg(o, i, stage);
+        const name = reg(o, i, stage);
         const [r, d] = [`lid / ${o.runs} + ${(i * threads) / o.runs}`, `(lid % ${o.runs}) * ${o.vector}`];
         if (o.busy) out.push(`${indent}if (${o.busy}) {`);
         const ind = o.busy ? `${indent}  ` : indent;
-        if (o.vector === 1) out.push(`${ind}${o.array}[${place(o.tile, r, d)}] = ${convert(reg_)};`);
+        if (o.vector === 1) out.push(`${ind}${o.array}[${place(o.tile, r, d)}] = ${convert(name)};`);
         for (let j = 0; o.vector > 1 && j < o.vector; j++) {
           // bf16 and f16 words: the element at the even position is the low half.
-          const word = `${reg_}[${j >> 1}]`;
-          const value = o.vector === 4 ? `${reg_}[${j}]` : o.f16 ? `unpack2x16float(${word})[${j % 2}]` : `bitcast<f32>(${j % 2 === 0 ? `${word} << 16u` : `${word} & 0xffff0000u`})`;
+          const word = `${name}[${j >> 1}]`;
+          const value = o.vector === 4 ? `${name}[${j}]` : o.f16 ? `unpack2x16float(${word})[${j % 2}]` : `bitcast<f32>(${j % 2 === 0 ? `${word} << 16u` : `${word} & 0xffff0000u`})`;
           out.push(`${ind}${o.array}[${place(o.tile, r, `${d} + ${j}`)}] = ${convert(value)};`);
         }
         if (o.busy) out.push(`${indent}}`);
@@ -286,7 +286,7 @@ function shortSubgroupMatrixTile(c: TileContext, tile: ShortTile): string[] {
         for (let i = 0; i < fragRows; i++) o.push(`    tf_c${b}_${i}_${j} = subgroupMatrixMultiplyAccumulate(tf_a${i}, tf_b${b}_${j}, tf_c${b}_${i}_${j});`);
       }
     }
-   }, tile.stagesAhead ?? 1);
+  }, tile.stagesAhead ?? 1);
   // Each thread's outputs of a fragment column: e = lid + q · threads of its TM × 16, fragment e / 256, place e % 256.
   const perThread = (TM * FRAGMENT) / threads;
   const frag = FRAGMENT * FRAGMENT;

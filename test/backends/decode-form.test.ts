@@ -51,9 +51,11 @@ function attention(D: number, kv: DType = DType.BF16, T = TOKENS, positions = PO
 }
 // And heads of 256 over 600 rows: 10 chunks of 64 on CUDA, which the last merges 8 at a time (two batches past
 // position 511, one below), and on WebGPU, which merges them in a second dispatch (8 a round trip, online); heads of 128 over an f32 cache of
-// 1,000 rows: 8 chunks of 128 on WebGPU.
+// 1,000 rows: 8 chunks of 128 on WebGPU; heads of 128 over 512 bf16 rows: 4 chunks, WebGPU's fewest, merged in one
+// round trip of 4.
 const CASES = [attention(32), attention(64), attention(128), attention(64, DType.F16), attention(64, DType.F32), attention(128, DType.F32),
-  attention(256, DType.BF16, 600, [0, 511, 512, 599]), attention(128, DType.F32, 1000, [0, 127, 128, 895, 896, 999])];
+  attention(256, DType.BF16, 600, [0, 511, 512, 599]), attention(128, DType.F32, 1000, [0, 127, 128, 895, 896, 999]),
+  attention(128, DType.BF16, 512, [0, 127, 128, 383, 384, 511])];
 type Case = (typeof CASES)[number];
 
 async function outputs(device: Device, c: Case, lowered: Case['compiled'] | Case['reference'], nanPast: boolean): Promise<number[][]> {
@@ -87,7 +89,7 @@ schedules('CUDA runs one query row over 16-bit cache rows in the decode form, We
     const [k] = c.compiled.graphs[0].kernels;
     // A step is 8 keys a group; a cache of 4 steps or more is divided, a second dispatch merging the chunks.
     const step = 8 * 256 / (c.D / 8);
-    const chunks = Math.ceil(c.T / step) >= 4 ? ` and ${step} keys (${Math.ceil(c.T / step)} chunks, merged by a second dispatch, a workgroup a head, 8 chunks a round trip)` : '';
+    const chunks = Math.ceil(c.T / step) >= 4 ? ` and ${step} keys (${Math.ceil(c.T / step)} chunks, merged by a second dispatch, a workgroup a head, ${Math.min(8, Math.ceil(c.T / step))} chunks a round trip)` : '';
     assert.match(formatSchedule(scheduleKernel(k, webgpuCaps({ subgroups: false }))), `decode attention ${KV_HEADS * PER_HEAD} heads × 1 query over ${c.T} keys (head ${c.D}): a workgroup a head${chunks}, ${256 / (c.D / 8)} groups`);
   }
   for (const c of CASES.filter((x) => x.kv === DType.F32)) {
