@@ -848,7 +848,10 @@ const DECODE_KEY_UNROLL = 8;
  */
 const WGSL_KEY_CHUNKS_FROM = 4;
 
-/** The chunks WebGPU's merging dispatch reads a round trip (KeyChunks.mergeBatch): their 3 loads a thread each. */
+/**
+ * The chunks WebGPU's merging dispatch reads a round trip (KeyChunks.mergeBatch): each thread loads a chunk's maximum,
+ * sum and output element, 3 loads a chunk, all issued before any is used.
+ */
 const WGSL_MERGE_BATCH = 8;
 
 /**

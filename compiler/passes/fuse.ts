@@ -424,8 +424,11 @@ class Partition {
   }
 }
 
+/** The axes a reduction reduces. */
+const reducedAxes = (n: Node): number[] => (n.op === Op.Argmax ? [n.attrs.axis as number] : (n.attrs.axes as number[]));
+
 const lastAxisReduction = (n: Node) => {
-  const axes = n.op === Op.Argmax ? [n.attrs.axis as number] : (n.attrs.axes as number[]);
+  const axes = reducedAxes(n);
   return axes.length === 1 && axes[0] === n.inputs[0].type.shape.length - 1;
 };
 
@@ -442,9 +445,6 @@ function mergeReductionChains(p: Partition): void {
     }
   }
 }
-
-/** The axes a reduction reduces. */
-const reducedAxes = (n: Node): number[] => (n.op === Op.Argmax ? [n.attrs.axis as number] : (n.attrs.axes as number[]));
 
 /**
  * Reductions of one value over the same axes (a chunk's maximum and where it is: split-reductions) share one pass
@@ -581,6 +581,12 @@ function mergeStateWrites(p: Partition): void {
   }
 }
 
+/** Whether an update_slice writes one position along its axis (a decode step's cache write). */
+const writesOnePosition = (n: Node) => n.inputs[1].type.shape[n.attrs.axis as number] === 1;
+
+/** A state-write kernel's updates for a fusion note: "f32[1,2,64] into %cache.k.0, …". */
+const formatUpdates = (w: Group) => w.members.map((m) => `${formatType(m.inputs[1].type)} into %${m.inputs[0].name}`).join(', ');
+
 /**
  * A decode step's cache writes (updates of one position) join the attention kernel that alone reads the cache after
  * them (PassContext.cacheWrites 'attention'): it reads the new rows from the update rather than from memory, so it
@@ -589,11 +595,11 @@ function mergeStateWrites(p: Partition): void {
 function mergeCacheWritesIntoAttention(p: Partition): void {
   if (p.ctx.cacheWrites !== 'attention') return;
   for (const w of p.live().filter((gr) => gr.kind === 'state-write')) {
-    const onePosition = w.members.every((n) => n.inputs[1].type.shape[n.attrs.axis as number] === 1);
+    const onePosition = w.members.every(writesOnePosition);
     const readers = new Set(p.readersOf(w).map((n) => p.group(n)!));
     const [a] = readers;
     if (!onePosition || readers.size !== 1 || a.kind !== 'attention') continue;
-    const updates = w.members.map((m) => `${formatType(m.inputs[1].type)} into %${m.inputs[0].name}`).join(', ');
+    const updates = formatUpdates(w);
     p.merge(a, w, 'attention', `the cache writes of one position (${updates}) join the attention kernel that reads them: it reads the new rows from the update, one launch fewer`);
   }
 }
@@ -610,7 +616,7 @@ function withReadCopies(g: Graph): { graph: Graph; copyOf: Map<Node, Node> } {
   const writeOf = new Map<Value, Value>();
   const graph = rewriteGraph(g, (n, ins, out) => {
     const v = keepNode(n, ins, out);
-    const onePosition = n.op === Op.UpdateSlice && n.inputs[1].type.shape[n.attrs.axis as number] === 1;
+    const onePosition = n.op === Op.UpdateSlice && writesOnePosition(n);
     if (!onePosition || !stateValues.has(n.output) || !users.get(n.output)?.length) return v;
     const copy = keepNode(n, ins, out);
     writeOf.set(copy, v);
@@ -638,7 +644,7 @@ function deferCacheWrites(p: Partition, copyOf: ReadonlyMap<Node, Node>): void {
     if (readers.size !== 1) continue;
     const host = p.readersOf(reader).map((n) => p.group(n)!).find((gr) => gr !== w && gr.kind !== 'state-write');
     if (!host) continue;
-    const updates = w.members.map((m) => `${formatType(m.inputs[1].type)} into %${m.inputs[0].name}`).join(', ');
+    const updates = formatUpdates(w);
     p.merge(host, w, host.kind, `the cache write of one position (${updates}) joins the ${host.kind} kernel after the ${reader.kind} kernel, which computes the new row from the update and reads the cache read-only: one launch fewer`);
   }
 }
@@ -653,7 +659,7 @@ function mergeTokenWrites(p: Partition): void {
     const [r] = sources;
     const oneRow = r?.kind === 'reduce' && r.members.every((n) => numel(n.output) === 1);
     if (sources.size !== 1 || !oneRow) continue;
-    const updates = w.members.map((m) => `${formatType(m.inputs[1].type)} into %${m.inputs[0].name}`).join(', ');
+    const updates = formatUpdates(w);
     p.merge(r, w, 'reduce', `the state writes (${updates}) of what a one-row reduction computes join its kernel: one launch fewer`);
   }
 }

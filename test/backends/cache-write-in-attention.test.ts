@@ -64,6 +64,22 @@ const graphs = Object.fromEntries([DType.BF16, DType.F32].map((kv) => {
 }));
 const { joined, after, apart } = graphs[DType.BF16];
 
+/**
+ * Four query rows a head over a cache of `kv` written at `positions` positions from `pos`, the keys serving as values
+ * too (no causal mask: only which kernels read and write the cache matters here).
+ */
+function queriesOverCache(name: string, positions: number, kv: DType) {
+  return trace(name, [
+    { name: 'k', dtype: DType.F32, shape: [positions, KV_HEADS, D] },
+    { name: 'q', dtype: DType.F32, shape: [KV_HEADS, 1, 4, D] },
+    { name: 'pos', dtype: DType.I32, shape: [] },
+  ], (k, q, pos) => {
+    const keys = state('cache.k', kv, [T, KV_HEADS, D]).write(kv === DType.F32 ? k : k.cast(kv), pos, 0);
+    const kt = (kv === DType.F32 ? keys : keys.cast(DType.F32)).permute(1, 2, 0).reshape(KV_HEADS, 1, D, T);
+    return { y: q.matmul(kt).softmax(-1).matmul(kt.permute(0, 1, 3, 2)) };
+  });
+}
+
 const fusion = suite('cache writes in attention: fusion and schedule');
 fusion('the write of one position joins the attention kernel that reads it, and only where the context asks', () => {
   assert.equal(joined.graphs[0].kernels.map((k) => k.kind), ['attention', 'contraction']);
@@ -103,15 +119,7 @@ fusion('after attention: attention computes the new rows and reads the cache rea
   assert.match(formatSchedule(scheduleKernel(projection, webgpuCaps({ subgroups: true }))), /store b\d+ over i\d+<min\(6, 128-\(row\*6\)\)/);
 });
 fusion('a prompt\'s write of several positions stays a kernel of its own', () => {
-  const prompt = trace('prompt', [
-    { name: 'k', dtype: DType.F32, shape: [4, KV_HEADS, D] },
-    { name: 'q', dtype: DType.F32, shape: [KV_HEADS, 1, 4, D] },
-    { name: 'pos', dtype: DType.I32, shape: [] },
-  ], (k, q, pos) => {
-    const keys = state('cache.k', DType.BF16, [T, KV_HEADS, D]).write(k.cast(DType.BF16), pos, 0);
-    const kt = keys.cast(DType.F32).permute(1, 2, 0).reshape(KV_HEADS, 1, D, T);
-    return { y: q.matmul(kt).softmax(-1).matmul(kt.permute(0, 1, 3, 2)) };
-  });
+  const prompt = queriesOverCache('prompt', 4, DType.BF16);
   for (const cacheWrites of ['attention', 'after-attention'] as const) {
     const c = compileModule({ graphs: [prompt] }, { ctx: { ...defaultContext, cacheWrites } });
     assert.equal(c.graphs[0].kernels.map((k) => k.kind), ['state-write', 'attention'], cacheWrites);
@@ -120,15 +128,7 @@ fusion('a prompt\'s write of several positions stays a kernel of its own', () =>
 fusion('several query rows over a cache updated at one position: no tile form reads the update in place of memory', () => {
   // After attention, the attention kernel reads a copy of the update; only the decode forms compute new rows, so
   // four query rows run the row form (which selects the update where it covers the index).
-  const few = trace('few', [
-    { name: 'k', dtype: DType.F32, shape: [1, KV_HEADS, D] },
-    { name: 'q', dtype: DType.F32, shape: [KV_HEADS, 1, 4, D] },
-    { name: 'pos', dtype: DType.I32, shape: [] },
-  ], (k, q, pos) => {
-    const keys = state('cache.k', DType.F32, [T, KV_HEADS, D]).write(k, pos, 0);
-    const kt = keys.permute(1, 2, 0).reshape(KV_HEADS, 1, D, T);
-    return { y: q.matmul(kt).softmax(-1).matmul(kt.permute(0, 1, 3, 2)) };
-  });
+  const few = queriesOverCache('few', 1, DType.F32);
   const c = compileModule({ graphs: [few] }, { ctx: { ...defaultContext, cacheWrites: 'after-attention' } });
   const attention = c.graphs[0].kernels.find((k) => k.kind === 'attention')!;
   assert.is(attention.flash, undefined, 'the row form');
