@@ -48,7 +48,7 @@ export function formatSchedule(s: ScheduledKernel): string {
     const t = p.shortTile;
     const shortForm = t && (p.units === 'subgroup-matrix-f16'
       ? `${t.tileDepth} deep per step, each subgroup a ${t.tileDepth / 8}-deep slice of it, the slices' sums added in order at the end${wide(t.loads)}${(t.stagesAhead ?? 1) > 1 ? `, the staging loads ${t.stagesAhead} steps ahead` : ''}`
-      : `the left operand's rows of the tile's part of the depth copied once by cp.async, each warp 8 columns of every row, its weights read 16 bytes a lane straight into the mma registers ${t.tileDepth} deep ahead${s.overlap ? " (the first before the wait for the previous kernel)" : ""}${t.split ? `, the depth split in ${t.split.maxParts} parts, the last to finish adding them in order` : ''}`);
+      : `the left operand's rows of the tile's part of the depth copied once by cp.async, each warp 8 columns of every row, its weights read 16 bytes a lane straight into the mma registers, two steps of ${t.tileDepth} ahead${s.overlap ? " (the first two before the wait for the previous kernel)" : ""}${t.split ? `, the depth split in ${t.split.maxParts} parts, the last to finish adding them in order` : ''}`);
     const short = t ? `; below ${t.below} rows, tiles of ${t.tileRows} × ${t.tileColumns} (${formatSize(t.rowTiles)} × ${t.columnTiles}), ${shortForm}` : '';
     lines.push(`  gemm ${formatSize(k.gemm.rows)} × ${k.gemm.columns} over ${k.gemm.depth}, ${k.gemm.b.length} product${k.gemm.b.length > 1 ? 's' : ''}: tiles of ${p.tileRows} × ${p.tileColumns} (${formatSize(p.rowTiles)} × ${p.columnTiles}), ${p.tileDepth} deep per step, ${units}${wide(p.loads)}${split}${short}`);
   }

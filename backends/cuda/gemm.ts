@@ -79,11 +79,11 @@ function tileBody(g: GemmIR, plan: GemmPlan, p: ExprPrinter, shared: SharedMemor
  *   elements longer than the part, so a warp's fragment reads spread over the banks), in the groups the schedule
  *   gives (ShortTile.leftGroups: halves of the depth, the second landing while the first half's products run).
  *   The weights never pass through shared memory: lane (g, q) of a warp reads 16 bytes of its column g, depth
- *   8q to 8q + 7 of each 32, into registers, `tileDepth` ahead of the products (the first step before the wait for
- *   the previous kernel, whose writes the weights are not). Two m16n8k16 instructions take them as they lie: the
- *   first the lane's elements 8q…8q + 3 as its fragment's depths 2q, 2q + 1, 2q + 8, 2q + 9, the second 8q + 4…
- *   8q + 7; the left fragments are read from the same depths, so each instruction sums a permutation of 16 depths
- *   and the two all 32. The accumulators are as in the mma tiles (mmaEpilogue, addParts).
+ *   8q to 8q + 7 of each 32, into a ring of two steps' registers, each reloaded for two steps on once its products
+ *   are issued (the first two steps before the wait for the previous kernel, whose writes the weights are not).
+ *   Two m16n8k16 instructions take them as they lie: the first the lane's elements 8q…8q + 3 as its fragment's
+ *   depths 2q, 2q + 1, 2q + 8, 2q + 9, the second 8q + 4…8q + 7; the left fragments are read from the same depths,
+ *   so each instruction sums a permutation of 16 depths and the two all 32. The accumulators are as in the mma tiles (mmaEpilogue, addParts).
  */
 function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   const [TM, TN, TD] = [t.tileRows, t.tileColumns, t.tileDepth];
@@ -128,8 +128,12 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
     g.b.forEach((_, o) => out.push(`${ind}  ${into}[${o}][tf_u] = tf_col_in ? __ldg(reinterpret_cast<const uint4*>(tf_wp${o} + (${step}) * ${TD} + tf_u * 32)) : make_uint4(0u, 0u, 0u, 0u);`));
     out.push(`${ind}}`);
   };
-  out.push(`${i}uint4 tf_w[${ops}][${chunks}];`);
-  load(i, 'tf_w', '0');
+  // A ring of two steps' weights (tf_w0, tf_w1), each reloaded for two steps later as soon as its products are
+  // issued: two steps' loads in flight, with no copy from one set of registers to the other (a copy waits for
+  // the loads it copies).
+  out.push(`${i}uint4 tf_w0[${ops}][${chunks}]${steps > 1 ? `, tf_w1[${ops}][${chunks}]` : ''};`);
+  load(i, 'tf_w0', '0');
+  if (steps > 1) load(i, 'tf_w1', '1');
   // The weights no kernel writes are on their way before the wait for the predecessor, whose writes the left rows are.
   if (waits) out.push(...gridWait(i));
   // The left rows: copy x of a group is depth (x / 128) · 32 + (x % 4) · 8 of row (x / 4) % 32, four lanes a row's
@@ -149,33 +153,38 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   out.push(`${i}  tf_cp_commit();`);
   out.push(`${i}}`);
   out.push(`${i}#pragma unroll 1`);
-  out.push(`${i}for (int tf_s = 0; tf_s < ${steps}; tf_s++) {`);
+  out.push(`${i}for (int tf_s = 0; tf_s < ${steps}; tf_s += 2) {`);
   const j = `${i}  `;
-  // Group g's rows before the first step of its share of the steps (at most groups − 1 − g later groups in flight).
-  for (let grp = 0; grp < groups; grp++) out.push(`${j}if (tf_s == ${(grp * steps) / groups}) { tf_cp_wait<${groups - 1 - grp}>(); __syncthreads();${grp ? '' : ' tf_stamp_mark(0);'} }`);
-  out.push(`${j}uint4 tf_w_next[${ops}][${chunks}];`);
-  out.push(`${j}if (tf_s + 1 < ${steps}) {`);
-  load(`${j}  `, 'tf_w_next', 'tf_s + 1');
-  out.push(`${j}}`);
-  out.push(`${j}#pragma unroll`);
-  out.push(`${j}for (int tf_u = 0; tf_u < ${chunks}; tf_u++) {`);
-  out.push(`${j}  const int tf_kc = (tf_s * ${chunks} + tf_u) * 32 + tf_q * 8;`);
-  out.push(`${j}  #pragma unroll`);
-  out.push(`${j}  for (int tf_mi = 0; tf_mi < ${w.mb}; tf_mi++) {`);
-  out.push(`${j}    const uint4 tf_lo = *reinterpret_cast<const uint4*>(tf_as + (tf_mi * 16 + tf_g) * ${AP} + tf_kc);`);
-  out.push(`${j}    const uint4 tf_hi = *reinterpret_cast<const uint4*>(tf_as + (tf_mi * 16 + tf_g + 8) * ${AP} + tf_kc);`);
-  out.push(`${j}    const unsigned tf_fa0[4] = {tf_lo.x, tf_hi.x, tf_lo.y, tf_hi.y}, tf_fa1[4] = {tf_lo.z, tf_hi.z, tf_lo.w, tf_hi.w};`);
-  g.b.forEach((_, o) => {
-    out.push(`${j}    { const unsigned tf_fb0[2] = {tf_w[${o}][tf_u].x, tf_w[${o}][tf_u].y}, tf_fb1[2] = {tf_w[${o}][tf_u].z, tf_w[${o}][tf_u].w};`);
-    out.push(`${j}      tf_mma_bf16(tf_c + ${o * w.mb * 4} + tf_mi * 4, tf_fa0, tf_fb0);`);
-    out.push(`${j}      tf_mma_bf16(tf_c + ${o * w.mb * 4} + tf_mi * 4, tf_fa1, tf_fb1); }`);
-  });
-  out.push(`${j}  }`);
-  out.push(`${j}}`);
-  out.push(`${j}#pragma unroll`);
-  out.push(`${j}for (int tf_u = 0; tf_u < ${chunks}; tf_u++) {`);
-  g.b.forEach((_, o) => out.push(`${j}  tf_w[${o}][tf_u] = tf_w_next[${o}][tf_u];`));
-  out.push(`${j}}`);
+  // Step tf_s + slot from ring slot `slot`, then its registers reloaded for two steps on.
+  const step = (slot: number, ind: string) => {
+    const at = slot ? 'tf_s + 1' : 'tf_s';
+    // Group g's rows before the first step of its share of the steps (at most groups − 1 − g later groups in flight).
+    for (let grp = 0; grp < groups; grp++) out.push(`${ind}if (${at} == ${(grp * steps) / groups}) { tf_cp_wait<${groups - 1 - grp}>(); __syncthreads();${grp ? '' : ' tf_stamp_mark(0);'} }`);
+    out.push(`${ind}#pragma unroll`);
+    out.push(`${ind}for (int tf_u = 0; tf_u < ${chunks}; tf_u++) {`);
+    out.push(`${ind}  const int tf_kc = ((${at}) * ${chunks} + tf_u) * 32 + tf_q * 8;`);
+    out.push(`${ind}  #pragma unroll`);
+    out.push(`${ind}  for (int tf_mi = 0; tf_mi < ${w.mb}; tf_mi++) {`);
+    out.push(`${ind}    const uint4 tf_lo = *reinterpret_cast<const uint4*>(tf_as + (tf_mi * 16 + tf_g) * ${AP} + tf_kc);`);
+    out.push(`${ind}    const uint4 tf_hi = *reinterpret_cast<const uint4*>(tf_as + (tf_mi * 16 + tf_g + 8) * ${AP} + tf_kc);`);
+    out.push(`${ind}    const unsigned tf_fa0[4] = {tf_lo.x, tf_hi.x, tf_lo.y, tf_hi.y}, tf_fa1[4] = {tf_lo.z, tf_hi.z, tf_lo.w, tf_hi.w};`);
+    g.b.forEach((_, o) => {
+      out.push(`${ind}    { const unsigned tf_fb0[2] = {tf_w${slot}[${o}][tf_u].x, tf_w${slot}[${o}][tf_u].y}, tf_fb1[2] = {tf_w${slot}[${o}][tf_u].z, tf_w${slot}[${o}][tf_u].w};`);
+      out.push(`${ind}      tf_mma_bf16(tf_c + ${o * w.mb * 4} + tf_mi * 4, tf_fa0, tf_fb0);`);
+      out.push(`${ind}      tf_mma_bf16(tf_c + ${o * w.mb * 4} + tf_mi * 4, tf_fa1, tf_fb1); }`);
+    });
+    out.push(`${ind}  }`);
+    out.push(`${ind}}`);
+    out.push(`${ind}if (${at} + 2 < ${steps}) {`);
+    load(`${ind}  `, `tf_w${slot}`, `${at} + 2`);
+    out.push(`${ind}}`);
+  };
+  step(0, j);
+  if (steps > 1) {
+    out.push(`${j}if (tf_s + 1 < ${steps}) {`);
+    step(1, `${j}  `);
+    out.push(`${j}}`);
+  }
   out.push(`${i}}`);
   // The next work item's copies overwrite the rows slow warps may still read.
   out.push(`${i}__syncthreads();`);
