@@ -101,6 +101,11 @@ export interface DeviceCaps {
    */
   readonly dependentLaunch: boolean;
   /**
+   * Workgroups a cluster may have at most (CUDA sm_90: a cluster's blocks run at once on neighbouring
+   * multiprocessors and read each other's shared memory); undefined where there are none.
+   */
+  readonly clusterBlocks?: number;
+  /**
    * Multiprocessors (SMs) and the workgroups of GPU_THREADS one can hold at most, where the scheduler sizes
    * register budgets so that a grid runs in one wave (CUDA); undefined elsewhere.
    */
@@ -202,6 +207,8 @@ export function cudaCaps(computeCapability = 90, multiprocessors = 132): DeviceC
     // mma.sync m16n8k16 with bf16 inputs and f32 accumulators (sm_80 and later); wgmma m64nNk16, N up to 256 (sm_90a).
     matrixUnits: computeCapability === 90 && wgmmaTile ? [mma, wgmma] : computeCapability >= 80 ? [mma] : [],
     dependentLaunch: computeCapability >= 90 && overlap !== 'off',
+    // 8: the most every sm_90 part schedules (more needs a function attribute and may not fit a GPC).
+    ...(computeCapability >= 90 ? { clusterBlocks: 8 } : {}),
     // 2,048 threads a multiprocessor since sm_70, but 1,024 on sm_75 and 1,536 on sm_86 and sm_89.
     processors: { count: multiprocessors, maxWorkgroups: computeCapability === 75 ? 4 : computeCapability === 86 || computeCapability === 89 ? 6 : 8 },
     tuning: {

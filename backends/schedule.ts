@@ -91,6 +91,11 @@ export interface Grid {
    *  looping over rows (CUDA), or one loop over every row (the CPU). */
   readonly overflow: 'second-dimension' | 'grid-stride' | 'serial';
   readonly maxWorkgroupsX: number;
+  /**
+   * CUDA: workgroups a cluster, where some form runs its workgroups in clusters (ShortTile.cluster): that form's
+   * count where it runs, else 1.
+   */
+  readonly clusterBlocks?: KExpr;
 }
 
 /** A row-local array: in workgroup memory, declared statically or placed at an offset of memory given at launch. */
@@ -167,6 +172,12 @@ export interface ShortTile {
   readonly stagesAhead?: number;
   /** CUDA: the depth split (parts a constant), where there is one. */
   readonly split?: DepthSplit;
+  /**
+   * CUDA sm_90: a tile's parts run as one cluster, each leaving its sums in its shared memory, where each part's
+   * warps add every part's sums for their own columns (in the parts' order) and run the epilogue there. Launched
+   * without a cluster, the parts add through memory as any split tile's (addParts).
+   */
+  readonly cluster?: boolean;
   /**
    * CUDA: copy groups the left rows of a part land in (2 where the part's steps are even: the second half lands
    * while the first half's products run; else 1).
@@ -446,7 +457,12 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   // Matrix-unit flash tiles: two workgroups a multiprocessor (registers capped at 128; 2,048 tokens 33.6 → 31.9 ms).
   const workgroupsPerProcessor = flash?.units === 'mma-bf16' ? 2 : oneWave(rows, device);
   const shared = tilesFrom === Infinity ? sharedPrologue(k, device) : undefined;
-  const grid: Grid = { rows, rowsPerWorkgroup: 1, threads: device.threadsPerWorkgroup, overflow: device.rowsPastGrid, maxWorkgroupsX: device.maxWorkgroupsX };
+  // A clustered short tile's parts are a cluster where it runs: from tilesFrom rows to below its `below`.
+  const clusterBlocks = short?.cluster && tilesFrom < Infinity ? select(lt(extent!, int(short.below)), short.split!.parts, int(1)) : undefined;
+  const grid: Grid = {
+    rows, rowsPerWorkgroup: 1, threads: device.threadsPerWorkgroup, overflow: device.rowsPastGrid, maxWorkgroupsX: device.maxWorkgroupsX,
+    ...(clusterBlocks ? { clusterBlocks: tilesFrom > 0 ? select(lt(extent!, int(tilesFrom)), int(1), clusterBlocks) : clusterBlocks } : {}),
+  };
   return {
     kernel: k,
     device,
@@ -667,7 +683,8 @@ function streamedShortTile(gemm: GemmIR, device: DeviceCaps, ringBytes: number):
   // Work items: each part of every tile (of the row tiles of fewer rows than `below`).
   const tiles = Math.ceil((below - 1) / tileRows) * columnTiles;
   const split: DepthSplit | undefined = parts > 1 ? { parts: int(parts), maxParts: parts, workspaceFloats: tiles * parts * accs * 256, counters: tiles } : undefined;
-  return { below, tileRows, tileColumns, tileDepth, rowTiles, columnTiles, leftGroups: (part / tileDepth) % 2 === 0 ? 2 : 1, ...(split ? { split } : {}) };
+  const cluster = parts > 1 && parts <= (device.clusterBlocks ?? 0);
+  return { below, tileRows, tileColumns, tileDepth, rowTiles, columnTiles, leftGroups: (part / tileDepth) % 2 === 0 ? 2 : 1, ...(split ? { split } : {}), ...(cluster ? { cluster } : {}) };
 }
 
 /** Bytes a CUDA short tile's left rows of one part take: bf16 rows 32 elements longer than the part (bank spread). */

@@ -56,6 +56,7 @@ export function artifactPlan(cg: CompiledGraph, backend: ArtifactBackend): Artif
       const kernels = cg.kernels.map((k, i) => ({
         name: k.name, buffers: buffers(k), rows: functions[i].rows, sizes: [...k.sizes],
         function: functions[i].name, sharedBytes: functions[i].dynamicSharedBytes,
+        ...(functions[i].clusterBlocks ? { clusterBlocks: functions[i].clusterBlocks } : {}),
         ...(functions[i].splitScratch ? { depthSplit: functions[i].splitScratch } : {}),
       }));
       return { backend, ...signature, threads: CUDA_BLOCK, source, kernels };

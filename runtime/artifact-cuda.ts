@@ -86,7 +86,8 @@ export async function runCuda(plan: CudaArtifactPlan, call: BoundCall, inputs: R
   }
   plan.kernels.forEach((k, i) => {
     const rows = evalSize(k.rows, call.sizes);
-    if (rows > 0) cuda.launch(g.functions[i], Math.min(rows, MAX_GRID), plan.threads, args[i], k.sharedBytes);
+    const cluster = k.clusterBlocks ? evalSize(k.clusterBlocks, call.sizes) : 1;
+    if (rows > 0) cuda.launch(g.functions[i], Math.min(rows, MAX_GRID), plan.threads, args[i], k.sharedBytes, false, cluster);
   });
   const bound = new Map(Object.entries(call.sizes));
   const read = (key: string, dtype: DType, shape: number[]) => {

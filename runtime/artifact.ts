@@ -84,9 +84,10 @@ export interface CudaArtifactPlan extends PlanSignature {
    * `depthSplit`: a GEMM kernel whose tiles may split their depth (or attention's decode form over key chunks) takes,
    * after its sizes, a workspace of this many floats and this many counters, zero at its first launch (it leaves
    * them zero); one pair serves every kernel of a program, as large as the largest asks. (The field keeps its first
-   * name, so that written artifacts load.)
+   * name, so that written artifacts load.) `clusterBlocks`: blocks a cluster at those sizes, where the launch groups
+   * them (a short GEMM tile's parts; launched alone, they add through the workspace instead).
    */
-  readonly kernels: readonly (GpuKernel & { readonly function: string; readonly sharedBytes: number; readonly depthSplit?: SplitScratchNeeds })[];
+  readonly kernels: readonly (GpuKernel & { readonly function: string; readonly sharedBytes: number; readonly clusterBlocks?: KExpr; readonly depthSplit?: SplitScratchNeeds })[];
 }
 
 export type GpuArtifactPlan = WebGpuArtifactPlan | CudaArtifactPlan;

@@ -36,7 +36,7 @@ export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, waits: bo
   const [streamed, tiles]: string[][] = [[], waits ? gridWait('  ') : []];
   if (plan.staging?.kind !== 'async') throw new Error('CUDA: a short tile copies into the memory given at launch');
   const ringBytes = plan.staging.bytes;
-  tileLoop(g, short, p, streamed, () => streamedTile(g, short, ringBytes, waits, p, shared, streamed));
+  tileLoop(g, short, p, streamed, () => streamedTile(g, short, ringBytes, waits, p, shared, streamed), short.cluster);
   tileLoop(g, plan, p, tiles, () => tileBody(g, plan, p, shared, tiles));
   out.push(`  if (tf_m_total < ${short.below}) {`, ...streamed.map((l) => `  ${l}`), '  } else {', ...tiles.map((l) => `  ${l}`), '  }');
 }
@@ -44,15 +44,18 @@ export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, waits: bo
 /** A tile's shape and its place in the grid (GemmPlan, or its ShortTile). */
 type TileGrid = Pick<GemmPlan, 'tileRows' | 'tileColumns' | 'rowTiles' | 'columnTiles' | 'split'>;
 
-/** The loop over a grid of tiles (each part of each, where the depth is split), `body` printing one tile. */
-function tileLoop(g: GemmIR, t: TileGrid, p: ExprPrinter, out: string[], body: () => void): void {
+/**
+ * The loop over a grid of tiles (each part of each, where the depth is split), `body` printing one tile. A tile's
+ * parts are neighbouring work items where they run as a cluster (`clustered`: a cluster's blocks are consecutive, the
+ * part its rank), else a part's tiles are.
+ */
+function tileLoop(g: GemmIR, t: TileGrid, p: ExprPrinter, out: string[], body: () => void, clustered = false): void {
   out.push(`  const int tf_row_tiles = ${p.expr(t.rowTiles, out, '  ')};`);
   out.push(`  const int tf_tiles = tf_row_tiles * ${t.columnTiles};`);
   if (t.split) {
-    // Work item w: part w / tiles of tile w % tiles.
     out.push(`  const int tf_parts = ${p.expr(t.split.parts, out, '  ')};`);
     out.push('  for (int tf_work = blockIdx.x; tf_work < tf_tiles * tf_parts; tf_work += gridDim.x) {');
-    out.push('    const int tf_tile = tf_work % tf_tiles, tf_part = tf_work / tf_tiles;');
+    out.push(clustered ? '    const int tf_tile = tf_work / tf_parts, tf_part = tf_work % tf_parts;' : '    const int tf_tile = tf_work % tf_tiles, tf_part = tf_work / tf_tiles;');
   } else {
     out.push('  for (int tf_tile = blockIdx.x; tf_tile < tf_tiles; tf_tile += gridDim.x) {');
   }
@@ -189,11 +192,55 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   // The next work item's copies overwrite the rows slow warps may still read.
   out.push(`${i}__syncthreads();`);
   // Phases for a step's timeline (stamped programs only): the first rows landed (mark 0), the steps done (1), the
-  // parts summed (2; only the part that sums them gets there).
+  // parts summed (2; through memory, only the part that sums them gets there).
   out.push(`${i}tf_stamp_mark(1);`);
-  if (t.split) addParts(accs, parts, { warpRows: TM, warpsAcross: 8 }, ringBytes, shared, out, i);
+  if (!t.split) {
+    out.push(`${i}tf_stamp_mark(2);`);
+    return mmaEpilogue(g, w, p, out, i);
+  }
+  if (!t.cluster) {
+    addParts(accs, parts, { warpRows: TM, warpsAcross: 8 }, ringBytes, shared, out, i);
+    out.push(`${i}tf_stamp_mark(2);`);
+    return mmaEpilogue(g, w, p, out, i);
+  }
+  out.push(`${i}bool tf_ours = true;`);
+  out.push(`${i}if (tf_cluster_blocks() == ${parts}u) {`);
+  clusterParts(accs, parts, out, `${i}  `);
+  out.push(`${i}} else {`);
+  addParts(accs, parts, { warpRows: TM, warpsAcross: 8 }, ringBytes, shared, out, `${i}  `);
+  out.push(`${i}}`);
   out.push(`${i}tf_stamp_mark(2);`);
-  mmaEpilogue(g, w, p, out, i);
+  out.push(`${i}if (tf_ours) {`);
+  mmaEpilogue(g, w, p, out, `${i}  `);
+  out.push(`${i}}`);
+}
+
+/**
+ * A short tile's parts added in their cluster (ShortTile.cluster; block rank r of the cluster is part r): each part
+ * leaves its accumulators in its shared memory (the ring, free since the steps' last barrier; accumulator a of
+ * thread t at a · 256 + t), then part r's share of the warps (8 / parts, each 8 columns of every row) add every
+ * part's accumulators of theirs, in the parts' order as addParts does, and only they run the epilogue
+ * (tf_ours). The second barrier keeps each block's shared memory in place until the others have read it.
+ */
+function clusterParts(accs: number, parts: number, out: string[], i: string): void {
+  out.push(`${i}float* const tf_sums = reinterpret_cast<float*>(tf_ring);`);
+  out.push(`${i}#pragma unroll`);
+  out.push(`${i}for (int tf_i = 0; tf_i < ${accs}; tf_i++) tf_sums[tf_i * 256 + threadIdx.x] = tf_c[tf_i];`);
+  out.push(`${i}tf_cluster_sync();`);
+  out.push(`${i}tf_ours = tf_warp / ${8 / parts} == tf_part;`);
+  out.push(`${i}if (tf_ours) {`);
+  out.push(`${i}  #pragma unroll`);
+  out.push(`${i}  for (int tf_i = 0; tf_i < ${accs}; tf_i++) {`);
+  out.push(`${i}    float tf_v[${parts}];`);
+  out.push(`${i}    #pragma unroll`);
+  out.push(`${i}    for (int tf_p = 0; tf_p < ${parts}; tf_p++) tf_v[tf_p] = tf_cluster_load(tf_sums + tf_i * 256 + threadIdx.x, tf_p);`);
+  out.push(`${i}    float tf_s = tf_v[0];`);
+  out.push(`${i}    #pragma unroll`);
+  out.push(`${i}    for (int tf_p = 1; tf_p < ${parts}; tf_p++) tf_s += tf_v[tf_p];`);
+  out.push(`${i}    tf_c[tf_i] = tf_s;`);
+  out.push(`${i}  }`);
+  out.push(`${i}}`);
+  out.push(`${i}tf_cluster_sync();`);
 }
 
 /**
@@ -595,7 +642,7 @@ export function addParts(accs: number, maxParts: number, layout: PartsLayout, ri
   out.push(`${i}  const int tf_live = 32 * (tf_live_warps < 8 ? tf_live_warps : 8);`);
   out.push(`${i}  if (threadIdx.x < tf_live) {`);
   out.push(`${i}    #pragma unroll`);
-  out.push(`${i}    for (int tf_i = 0; tf_i < ${accs}; tf_i++) (${slot('tf_work')} + threadIdx.x)[tf_i * 256] = tf_c[tf_i];`);
+  out.push(`${i}    for (int tf_i = 0; tf_i < ${accs}; tf_i++) (${slot('tf_part * tf_tiles + tf_tile')} + threadIdx.x)[tf_i * 256] = tf_c[tf_i];`);
   out.push(`${i}  }`);
   // The block's stores before the count: the barrier orders them before thread 0's fence, which (cumulative)
   // publishes them with its own; the last part's fence orders the count before its threads' loads. (A fence in

@@ -346,6 +346,30 @@ __device__ __forceinline__ void tf_grid_release() { asm volatile("griddepcontrol
 __device__ __forceinline__ void tf_grid_wait_only() {}
 __device__ __forceinline__ void tf_grid_release() {}
 #endif
+// Clusters (sm_90): the blocks a cluster has (1 where the launch made none), a barrier of all their threads (each
+// block's shared-memory writes before it visible to the others' reads after it), and a float read from the same
+// place of cluster block \`rank\`'s shared memory. Older GPUs launch no clusters; the host emulation (the tests' fake
+// CUDA) runs a cluster's blocks as resident neighbours.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ unsigned tf_cluster_blocks() { unsigned n; asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n)); return n; }
+__device__ __forceinline__ void tf_cluster_sync() { asm volatile("barrier.cluster.arrive.release.aligned;\\n\\tbarrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+__device__ __forceinline__ float tf_cluster_load(const float* p, unsigned rank) {
+  unsigned a, r;
+  float v;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
+  return v;
+}
+#elif defined(TF_FAKE_CUDA)
+inline unsigned tf_cluster_blocks() { return tf_fake::cluster_blocks; }
+inline void tf_cluster_sync() { tf_fake::cluster_sync(); }
+inline float tf_cluster_load(const float* p, unsigned rank) { return *tf_fake::cluster_peer(p, rank); }
+#else
+__device__ __forceinline__ unsigned tf_cluster_blocks() { return 1; }
+__device__ __forceinline__ void tf_cluster_sync() {}
+__device__ __forceinline__ float tf_cluster_load(const float* p, unsigned) { return *p; }
+#endif
 // The clock (ns) and the multiprocessor, for the stamps and the megakernel's timeline and watchdog. Host compilers
 // (the tests' CPU emulation): its clock64 counts nanoseconds; its 16 resident blocks stand for 8 multiprocessors of 2.
 #ifdef __CUDA_ARCH__

@@ -111,6 +111,8 @@ export interface CudaFunction {
   readonly name: string;
   /** Blocks to launch (the schedule's grid: a GEMM's tiles, else the kernel's rows). */
   readonly rows: KExpr;
+  /** Blocks a cluster (Grid.clusterBlocks), where the launch groups them; else undefined (1). */
+  readonly clusterBlocks?: KExpr;
   /** Dynamic shared memory the launch must ask for (0 when the row-local arrays fit statically). */
   readonly dynamicSharedBytes: number;
   /** Launched to overlap its predecessor (programmatic dependent launch): the function waits for it inside. */
@@ -261,6 +263,7 @@ export function printCudaFunction(sk: ScheduledKernel, name = sk.kernel.name, co
   }
   return {
     code: `${out.join('\n')}\n${body}`, name, rows: sk.grid.rows, dynamicSharedBytes: sk.dynamicWorkgroupBytes,
+    ...(sk.grid.clusterBlocks ? { clusterBlocks: sk.grid.clusterBlocks } : {}),
     overlapsPredecessor: !!sk.overlap, bufferDTypes: k.buffers.map((b) => b.dtype),
     ...(split ? { splitScratch: { workspaceFloats: split.workspaceFloats, counters: split.counters } } : {}),
   };

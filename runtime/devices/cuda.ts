@@ -84,7 +84,8 @@ export class CudaDevice implements Device {
     const { name, computeCapability: cc } = driver.info;
     this.description = `${name} (sm_${cc})`;
     const caps = cudaCaps(cc, driver.info.multiprocessors);
-    this.caps = driver.overlapLaunches ? caps : { ...caps, dependentLaunch: false };
+    const launchable: DeviceCaps = driver.clusterLaunches ? caps : { ...caps, clusterBlocks: undefined };
+    this.caps = driver.overlapLaunches ? launchable : { ...launchable, dependentLaunch: false };
   }
 
   /**
@@ -158,6 +159,8 @@ export class CudaDevice implements Device {
 interface CudaKernel {
   /** Blocks to launch (the schedule's grid: a GEMM's tiles, else the kernel's rows). */
   readonly rows: KExpr;
+  /** Blocks a cluster (CudaFunction.clusterBlocks), where they are grouped. */
+  readonly clusterBlocks?: KExpr;
   readonly ir: KernelIR;
   readonly fn: Handle;
   readonly sharedBytes: number;
@@ -250,7 +253,7 @@ export class CudaProgram implements Program {
         const tempWrites = ir.buffers.flatMap((b, j) => (b.binding.kind === 'temp' && b.written ? [{ key: bufferKey(lg.graph, b.binding), dtype: f.bufferDTypes[j] }] : []));
         const read = readBuffers(ir);
         const writes = ir.buffers.flatMap((b, j) => (b.written ? [{ key: bufferKey(lg.graph, b.binding), dtype: f.bufferDTypes[j], alsoRead: read.has(j), fresh: b.binding.kind === 'temp' || b.binding.kind === 'output' }] : []));
-        return { ir, rows: f.rows, fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor, tempWrites, takesSplitScratch: !!f.splitScratch, writes };
+        return { ir, rows: f.rows, ...(f.clusterBlocks ? { clusterBlocks: f.clusterBlocks } : {}), fn: fns.get(f.name)!, sharedBytes: f.dynamicSharedBytes, overlap: f.overlapsPredecessor, tempWrites, takesSplitScratch: !!f.splitScratch, writes };
       });
       this.graphs.set(lg.graph.name, { lowered: lg, kernels, args: new Map() });
     }
@@ -292,6 +295,13 @@ export class CudaProgram implements Program {
     if (bytes.byteLength > 0) this.cuda.upload(buf.ptr, bytes);
   }
 
+  /** Queues kernel `k` over `rows` blocks (none where there are no rows), in its clusters where it has them. */
+  private launch(k: CudaKernel, rows: number, sizes: Sizes, args: KernelArgs, overlap = false): void {
+    if (rows <= 0) return;
+    const cluster = k.clusterBlocks ? evalSize(k.clusterBlocks, sizes) : 1;
+    this.cuda.launch(k.fn, Math.min(rows, MAX_GRID), CUDA_BLOCK, args, k.sharedBytes, overlap, cluster);
+  }
+
   zero(key: BufferKey): void {
     const buf = this.buffer(key);
     this.queued('zero');
@@ -318,7 +328,7 @@ export class CudaProgram implements Program {
     this.queued('run');
     for (const k of g.kernels.slice(from, to)) for (const w of k.tempWrites) this.storedAs.set(w.key, w.dtype);
     g.kernels.forEach((k, i) => {
-      if (rows[i] > 0 && i >= from && i < to) this.cuda.launch(k.fn, Math.min(rows[i], MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes, k.overlap);
+      if (i >= from && i < to) this.launch(k, rows[i], sizes, args[i], k.overlap);
     });
   }
 
@@ -444,7 +454,7 @@ export class CudaProgram implements Program {
       })),
       runKernel: (i) => {
         const k = g.kernels[i];
-        if (rows[i] > 0) this.cuda.launch(k.fn, Math.min(rows[i], MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes);
+        this.launch(k, rows[i], sizes, args[i]);
       },
       runTasks: (i, task) => mk.launchOnly(i, task),
       save: (keys) => {
@@ -530,7 +540,7 @@ export class CudaProgram implements Program {
       g.kernels.forEach((k, i) => {
         const rows = evalSize(k.rows, sizes);
         this.cuda.record(events[i][0]);
-        if (rows > 0) this.cuda.launch(k.fn, Math.min(rows, MAX_GRID), CUDA_BLOCK, args[i], k.sharedBytes);
+        this.launch(k, rows, sizes, args[i]);
         this.cuda.record(events[i][1]);
       });
       if (events.length) await this.reached(events[events.length - 1][1]);

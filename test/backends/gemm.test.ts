@@ -6,6 +6,7 @@
 // of the reference's relative error; every f32 path (and @f32mix, depth 96, f32 multiply-adds on every GPU) to 1e-4.
 // WebGPU's GEMMs of bf16 weights run on f16 subgroup matrices where Dawn offers them (the H200): held to 1e-2 too.
 
+import koffi from 'koffi';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { compileModule } from '../../compiler/compile-module.ts';
@@ -198,6 +199,16 @@ basics('on CUDA up to 32 rows, GEMMs of bf16 left operands stream their weights 
   const f = printCudaFunction(norm);
   assert.ok(f.splitScratch!.workspaceFloats >= 2 * 4 * 8 * 256 && f.splitScratch!.counters >= 2);
   for (const needed of ['if (tf_m_total < 33) {', 'tf_mma_bf16(tf_c + 0 + tf_mi * 4, tf_fa1, tf_fb1)', 'tf_cp_wait<0>()']) assert.ok(f.code.includes(needed), needed);
+  // On sm_90 a tile's parts are a cluster where the short tiles run (16 to 32 rows); 16 parts are more than a
+  // cluster may have, and sm_80 has none.
+  assert.equal([15, 16, 32, 33].map((rows) => evalSize(norm.grid.clusterBlocks!, { S: rows })), [1, 4, 4, 1]);
+  assert.equal(f.clusterBlocks, norm.grid.clusterBlocks);
+  for (const needed of ['if (tf_cluster_blocks() == 4u) {', 'tf_ours = tf_warp / 2 == tf_part;', 'tf_part = tf_work % tf_parts']) assert.ok(f.code.includes(needed), needed);
+  assert.match(formatSchedule(norm), 'the depth split in 4 parts, a cluster of workgroups');
+  assert.is(sk('bf16normdeep', cudaCaps(90, 132)).grid.clusterBlocks, undefined, '16 parts');
+  const sm80 = printCudaFunction(sk('bf16norm', cudaCaps(80, 8)));
+  assert.is(sm80.clusterBlocks, undefined);
+  assert.not.ok(sm80.code.includes('tf_cluster_blocks() =='), 'sm_80: the parts add through memory');
 });
 basics('on WebGPU with f16 subgroup matrices the GEMMs of bf16 weights take subgroup-matrix tiles where they fit, f32 weights multiply-adds', () => {
   const plan = (graph: string, caps: DeviceCaps) => {
@@ -312,6 +323,31 @@ wide('the same outputs (unless TSFUSE_GEMM is set outside) as the reference inte
   }
 });
 wide.run();
+
+// A short tile's depth parts run as one cluster on sm_90 and add their sums through each other's shared memory;
+// launched as blocks alone (the CPU fake told to, as a GPU without clusters would) the same kernels add them through
+// the workspace. The fake counts the grids it ran in clusters, so each way is seen to have run.
+const clusters = suite('GEMM tiles on cuda, short tiles\' parts in clusters and alone');
+clusters('the same outputs as the reference interpreter either way', async () => {
+  const device = await openCudaOrFake({});
+  if (typeof device === 'string') return void console.log(`  cuda: skipped (${device})`);
+  try {
+    if (!device.description.includes('fake CUDA')) return void (await checkOutputs(device));
+    const clustered = koffi.load(process.env.TSFUSE_LIBCUDA!).func('unsigned int fakeCudaClusteredLaunches()') as () => number;
+    const before = clustered();
+    await checkOutputs(device);
+    assert.ok(clustered() > before, 'the 20-row short tiles ran in clusters');
+    process.env.FAKE_CUDA_NO_CLUSTERS = '1';
+    const alone = clustered();
+    await checkOutputs(device);
+    assert.is(clustered(), alone, 'no grid ran in clusters');
+  } finally {
+    delete process.env.FAKE_CUDA_NO_CLUSTERS;
+    device.destroy();
+    restoreCudaOrFake();
+  }
+});
+clusters.run();
 
 // NVRTC compiles a module as several units in parallel on a cold start (CudaOptions.units): the same kernels,
 // found in whichever unit holds them.

@@ -13,6 +13,9 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { openLlamaSession } from '../../compiler/open-session.ts';
 import { CudaProgram } from '../../runtime/devices/cuda.ts';
+import { CudaDriver } from '../../runtime/cuda/driver.ts';
+import { compileCuda } from '../../runtime/cuda/nvrtc.ts';
+import { cudaPrelude } from '../../backends/cuda/prelude.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { readSafetensors } from '../../runtime/safetensors.ts';
 import { fakeCudaEnabled as enabled, onFakeCuda } from './fake-cuda/build.ts';
@@ -112,6 +115,33 @@ s('a second session compiles nothing; sampling draws the tokens the cpu draws; s
   const a = await draw('cuda');
   assert.equal(await draw('cuda'), a, 'same seed, same tokens');
   assert.equal(a, await draw('cpu'), 'the tokens the cpu kernels draw');
+});
+
+// The driver groups a grid into clusters only where they all run at once (the fake runs 16 blocks at once): a kernel
+// reading its cluster's size sees 4 in a grid of 4 clusters, 1 in one of 8, whose blocks launched alone.
+s('a grid launches in clusters only where its clusters all run at once, else as blocks alone', () => {
+  if (!enabled) return;
+  const cuda = CudaDriver.open([process.env.TSFUSE_LIBCUDA!]);
+  try {
+    const source = `${cudaPrelude}\nextern "C" __global__ void tf_probe(unsigned* out) { if (threadIdx.x == 0) out[blockIdx.x] = tf_cluster_blocks(); }\n`;
+    const fn = cuda.getFunction(cuda.loadModule(compileCuda(source, 90, 'probe.cu', fake.cacheDir).image), 'tf_probe', 0);
+    const clusterSizes = (grid: number) => {
+      const out = cuda.alloc(4 * grid);
+      try {
+        cuda.launch(fn, grid, 256, cuda.kernelArgs([out]), 0, false, 4);
+        const got = new Uint32Array(grid);
+        cuda.download(got, out);
+        return [...got];
+      } finally {
+        cuda.free(out);
+      }
+    };
+    assert.equal(clusterSizes(16), new Array(16).fill(4));
+    assert.equal(clusterSizes(32), new Array(32).fill(1));
+    assert.throws(() => clusterSizes(6), /a grid of 6 blocks does not divide into clusters of 4/);
+  } finally {
+    cuda.destroy();
+  }
 });
 
 s.run();

@@ -22,7 +22,7 @@
 
 namespace {
 
-using Thunk = void (*)(void** params, unsigned grid, unsigned block, unsigned shared);
+using Thunk = void (*)(void** params, unsigned grid, unsigned block, unsigned shared, unsigned cluster);
 
 struct Op {
   std::function<void()> run;
@@ -145,7 +145,44 @@ int cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
   if (gy != 1 || gz != 1 || by != 1 || bz != 1 || extra) return 1;
   if (gx == 0) return 1;
   auto thunk = reinterpret_cast<Thunk>(fn);
-  submit([=] { thunk(params, gx, bx, shared); });
+  submit([=] { thunk(params, gx, bx, shared, 1); });
+  return 0;
+}
+
+// Grids launched in clusters so far (tests read it to see that a form ran clustered).
+static unsigned clustered_launches = 0;
+
+// CUlaunchConfig as runtime/cuda/driver.ts lays it out: grid and block dims and shared bytes as u32s, the stream at
+// byte 32, the attributes at 40 and their count at 48; an attribute is an id, padding and a 64-byte value. Clusters
+// (attribute 4) run as neighbouring resident blocks, or (FAKE_CUDA_NO_CLUSTERS=1, as a GPU without them) as blocks
+// alone; overlap (6) needs nothing here, launches run one by one.
+int cuLaunchKernelEx(const void* config, void* fn, void** params, void** extra) {
+  const auto* c = static_cast<const unsigned char*>(config);
+  unsigned dims[7];
+  std::memcpy(dims, c, sizeof dims);
+  const unsigned char* attrs;
+  unsigned count;
+  std::memcpy(&attrs, c + 40, 8);
+  std::memcpy(&count, c + 48, 4);
+  unsigned cluster = 1;
+  for (unsigned i = 0; i < count; i++) {
+    unsigned id, value[3];
+    std::memcpy(&id, attrs + 72 * i, 4);
+    std::memcpy(value, attrs + 72 * i + 8, sizeof value);
+    if (id == 4) {
+      if (value[1] != 1 || value[2] != 1 || value[0] == 0 || dims[0] % value[0] != 0) return 1;
+      cluster = value[0];
+    } else if (id != 6) {
+      return 1;
+    }
+  }
+  if (dims[1] != 1 || dims[2] != 1 || dims[4] != 1 || dims[5] != 1 || extra || dims[0] == 0) return 1;
+  const char* alone = std::getenv("FAKE_CUDA_NO_CLUSTERS");
+  if (alone && std::strcmp(alone, "1") == 0) cluster = 1;
+  if (cluster > 1) clustered_launches++;
+  auto thunk = reinterpret_cast<Thunk>(fn);
+  const unsigned grid = dims[0], block = dims[3], shared = dims[6];
+  submit([=] { thunk(params, grid, block, shared, cluster); });
   return 0;
 }
 
@@ -188,6 +225,24 @@ int cuEventElapsedTime_v2(float* ms, void* a, void* b) {
   return 0;
 }
 
+unsigned fakeCudaClusteredLaunches() { return clustered_launches; }
+// Clusters at once: the shim's kResident blocks (16) in clusters of the config's size.
+int cuOccupancyMaxActiveClusters(int* clusters, void*, const void* config) {
+  const auto* c = static_cast<const unsigned char*>(config);
+  const unsigned char* attrs;
+  unsigned count, size = 1;
+  std::memcpy(&attrs, c + 40, 8);
+  std::memcpy(&count, c + 48, 4);
+  for (unsigned i = 0; i < count; i++) {
+    unsigned id;
+    std::memcpy(&id, attrs + 72 * i, 4);
+    if (id == 4) std::memcpy(&size, attrs + 72 * i + 8, 4);
+  }
+  if (size == 0) return 1;
+  *clusters = static_cast<int>(16 / size);
+  return 0;
+}
+
 // ---- libnvrtc ----
 
 int nvrtcVersion(int* major, int* minor) { *major = 13; *minor = 0; return 0; }
@@ -213,8 +268,8 @@ int nvrtcCompileProgram(void* handle, int n, const char** options) {
   std::regex kernel(R"(extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\()");
   for (auto it = std::sregex_iterator(p->source.begin(), p->source.end(), kernel); it != std::sregex_iterator(); ++it) {
     const std::string k = (*it)[1];
-    thunks << "extern \"C\" void tf_thunk_" << k << "(void** p, unsigned g, unsigned b, unsigned s) {\n"
-           << "  tf_fake::run_grid([p] { tf_fake::call(" << k << ", p); }, g, b, s);\n}\n";
+    thunks << "extern \"C\" void tf_thunk_" << k << "(void** p, unsigned g, unsigned b, unsigned s, unsigned c) {\n"
+           << "  tf_fake::run_grid([p] { tf_fake::call(" << k << ", p); }, g, b, s, c);\n}\n";
   }
   char dir[] = "/tmp/fakecuda-nvrtc-XXXXXX";
   if (!mkdtemp(dir)) return 6;

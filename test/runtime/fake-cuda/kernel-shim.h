@@ -64,9 +64,12 @@ struct Block {
   uint64_t slots[2][kMaxThreads];
   std::vector<unsigned char> shared;
   bool started = false;
+  unsigned cluster_syncs = 0;  // cluster barriers its threads have reached
 };
 
 inline Dim3 grid_dim, block_dim;
+// Blocks a cluster of the grid being run (1: none). Its blocks are neighbours in one wave of resident blocks.
+inline unsigned cluster_blocks = 1;
 inline Block* resident = nullptr;  // kResident blocks
 inline Block* block = nullptr;     // the block being run
 inline Fiber* fibers = nullptr;    // its threads
@@ -226,11 +229,16 @@ inline bool run_block(unsigned r, unsigned n) {
 
 // Blocks kResident at a time, each run in turn until all of them finish (a block that never spins runs to its end
 // in its first turn, as blocks one after another would).
-inline void run_grid(std::function<void()> kernel, unsigned grid, unsigned threads, unsigned shared) {
+inline void run_grid(std::function<void()> kernel, unsigned grid, unsigned threads, unsigned shared, unsigned cluster) {
   if (threads == 0 || threads > kMaxThreads || threads % 32 != 0) {
     std::fprintf(stderr, "tf_fake: block of %u threads\n", threads);
     std::abort();
   }
+  if (cluster == 0 || kResident % cluster != 0 || grid % cluster != 0) {
+    std::fprintf(stderr, "tf_fake: clusters of %u blocks in a grid of %u\n", cluster, grid);
+    std::abort();
+  }
+  cluster_blocks = cluster;
   if (!resident) resident = new Block[kResident];
   body = std::move(kernel);
   grid_dim = {grid, 1, 1};
@@ -242,6 +250,7 @@ inline void run_grid(std::function<void()> kernel, unsigned grid, unsigned threa
       resident[r].idx = {first + r, 0, 0};
       resident[r].shared.assign(shared + 16, 0xcd);
       resident[r].started = false;
+      resident[r].cluster_syncs = 0;
     }
     for (unsigned left = n; left > 0;) {
       for (unsigned r = 0; r < n; r++) if (!done[r] && run_block(r, threads)) { done[r] = true; left--; }
@@ -306,3 +315,27 @@ inline unsigned atomicCAS(unsigned* p, unsigned expected, unsigned desired) {
   __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
   return expected;
 }
+
+// Clusters: a barrier of the cluster's threads (its block's first, then its thread 0 spinning until every block of
+// the cluster has reached as many), and the same place of a cluster block's shared memory.
+namespace tf_fake {
+inline Block* cluster_block(unsigned rank) { return block - block->idx.x % cluster_blocks + rank; }
+inline void cluster_sync() {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned reached = ++block->cluster_syncs;
+    for (unsigned r = 0; r < cluster_blocks; r++) {
+      while (cluster_block(r)->cluster_syncs < reached) __nanosleep(0);
+    }
+  }
+  __syncthreads();
+}
+template <typename T> inline const T* cluster_peer(const T* p, unsigned rank) {
+  const size_t at = static_cast<size_t>(reinterpret_cast<const unsigned char*>(p) - block->shared.data());
+  if (rank >= cluster_blocks || at >= block->shared.size()) {
+    std::fprintf(stderr, "tf_fake: a cluster read of block %u (of %u) at shared byte %zu, past its memory\n", rank, cluster_blocks, at);
+    std::abort();
+  }
+  return reinterpret_cast<const T*>(cluster_block(rank)->shared.data() + at);
+}
+}  // namespace tf_fake
