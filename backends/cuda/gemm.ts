@@ -86,7 +86,8 @@ function tileBody(g: GemmIR, plan: GemmPlan, p: ExprPrinter, shared: SharedMemor
  *   are issued (the first two steps before the wait for the previous kernel, whose writes the weights are not).
  *   Two m16n8k16 instructions take them as they lie: the first the lane's elements 8q…8q + 3 as its fragment's
  *   depths 2q, 2q + 1, 2q + 8, 2q + 9, the second 8q + 4…8q + 7; the left fragments are read from the same depths,
- *   so each instruction sums a permutation of 16 depths and the two all 32. The accumulators are as in the mma tiles (mmaEpilogue, addParts).
+ *   so each instruction sums a permutation of 16 depths and the two all 32. The accumulators are as in the mma
+ *   tiles (mmaEpilogue); a split tile's parts add them in their cluster (clusterParts) or through memory (addParts).
  */
 function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   const [TM, TN, TD] = [t.tileRows, t.tileColumns, t.tileDepth];

@@ -1,7 +1,8 @@
 // A stand-in for libcuda and libnvrtc, for testing the CUDA backend on machines without a GPU: the same C entry
 // points runtime/cuda/driver.ts and nvrtc.ts bind, over host memory. The "NVRTC" compiles the CUDA C with g++
 // against kernel-shim.h (which runs a block's threads as fibers) and hands back the shared object as the "cubin";
-// launches run at once, or are recorded while a stream captures and replayed by cuGraphLaunch.
+// launches run at once, or are recorded while a stream captures and replayed by cuGraphLaunch; a cluster's blocks
+// run as resident neighbours.
 //
 //   g++ -std=c++17 -O2 -shared -fPIC -o libfakecuda.so fake-cuda.cpp -ldl
 //   TSFUSE_LIBCUDA=.../libfakecuda.so TSFUSE_LIBNVRTC=.../libfakecuda.so FAKE_CUDA_SHIM=.../kernel-shim.h
@@ -152,30 +153,36 @@ int cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
 // Grids launched in clusters so far (tests read it to see that a form ran clustered).
 static unsigned clustered_launches = 0;
 
-// CUlaunchConfig as runtime/cuda/driver.ts lays it out: grid and block dims and shared bytes as u32s, the stream at
-// byte 32, the attributes at 40 and their count at 48; an attribute is an id, padding and a 64-byte value. Clusters
-// (attribute 4) run as neighbouring resident blocks, or (FAKE_CUDA_NO_CLUSTERS=1, as a GPU without them) as blocks
-// alone; overlap (6) needs nothing here, launches run one by one.
-int cuLaunchKernelEx(const void* config, void* fn, void** params, void** extra) {
+// A CUlaunchConfig as runtime/cuda/driver.ts lays it out: grid and block dims and shared bytes as u32s, the stream
+// at byte 32, the attributes at 40 and their count at 48; an attribute is an id, padding and a 64-byte value. Reads
+// the dims and the cluster's size (attribute 4: x blocks dividing the grid; 1 without it); false for any attribute
+// but that and overlap (6, which needs nothing here: launches run one by one) or a malformed cluster.
+static bool read_config(const void* config, unsigned* dims, unsigned* cluster) {
   const auto* c = static_cast<const unsigned char*>(config);
-  unsigned dims[7];
-  std::memcpy(dims, c, sizeof dims);
+  std::memcpy(dims, c, 7 * sizeof(unsigned));
   const unsigned char* attrs;
   unsigned count;
   std::memcpy(&attrs, c + 40, 8);
   std::memcpy(&count, c + 48, 4);
-  unsigned cluster = 1;
+  *cluster = 1;
   for (unsigned i = 0; i < count; i++) {
     unsigned id, value[3];
     std::memcpy(&id, attrs + 72 * i, 4);
     std::memcpy(value, attrs + 72 * i + 8, sizeof value);
     if (id == 4) {
-      if (value[1] != 1 || value[2] != 1 || value[0] == 0 || dims[0] % value[0] != 0) return 1;
-      cluster = value[0];
+      if (value[1] != 1 || value[2] != 1 || value[0] == 0 || dims[0] % value[0] != 0) return false;
+      *cluster = value[0];
     } else if (id != 6) {
-      return 1;
+      return false;
     }
   }
+  return true;
+}
+
+// Clusters run as neighbouring resident blocks, or (FAKE_CUDA_NO_CLUSTERS=1, as a GPU without them) as blocks alone.
+int cuLaunchKernelEx(const void* config, void* fn, void** params, void** extra) {
+  unsigned dims[7], cluster;
+  if (!read_config(config, dims, &cluster)) return 1;
   if (dims[1] != 1 || dims[2] != 1 || dims[4] != 1 || dims[5] != 1 || extra || dims[0] == 0) return 1;
   const char* alone = std::getenv("FAKE_CUDA_NO_CLUSTERS");
   if (alone && std::strcmp(alone, "1") == 0) cluster = 1;
@@ -228,18 +235,9 @@ int cuEventElapsedTime_v2(float* ms, void* a, void* b) {
 unsigned fakeCudaClusteredLaunches() { return clustered_launches; }
 // Clusters at once: the shim's kResident blocks (16) in clusters of the config's size.
 int cuOccupancyMaxActiveClusters(int* clusters, void*, const void* config) {
-  const auto* c = static_cast<const unsigned char*>(config);
-  const unsigned char* attrs;
-  unsigned count, size = 1;
-  std::memcpy(&attrs, c + 40, 8);
-  std::memcpy(&count, c + 48, 4);
-  for (unsigned i = 0; i < count; i++) {
-    unsigned id;
-    std::memcpy(&id, attrs + 72 * i, 4);
-    if (id == 4) std::memcpy(&size, attrs + 72 * i + 8, 4);
-  }
-  if (size == 0) return 1;
-  *clusters = static_cast<int>(16 / size);
+  unsigned dims[7], cluster;
+  if (!read_config(config, dims, &cluster)) return 1;
+  *clusters = static_cast<int>(16 / cluster);
   return 0;
 }
 

@@ -3,7 +3,8 @@
 // written, barriers and all. A barrier some threads never reach (a shuffle in divergent code, a __syncthreads
 // skipped by part of the block) is reported as a deadlock instead of hanging. Up to kResident blocks are resident
 // at once: a block runs until it finishes or a thread pauses in a spin (__nanosleep), then the next resident block
-// runs, so blocks that wait on each other's counters (the megakernel) make progress. x86-64 only.
+// runs, so blocks that wait on each other's counters (the megakernel) make progress; a cluster's blocks are
+// neighbours in one wave of resident blocks, its barrier a spin of the same kind. x86-64 only.
 
 #include <cmath>
 #include <cstdint>
