@@ -73,6 +73,11 @@ const bf16normdeep = trace('bf16normdeep', [{ name: 'x', dtype: DType.F32, shape
 const bf16normodd = trace('bf16normodd', [{ name: 'x', dtype: DType.F32, shape: ['S', K_ODD] }], (x) => ({
   y: normed(x).matmul(param('o', DType.BF16, [N, K_ODD]).transpose()),
 }));
+/** RMSNorm(x)·dnᵀ over 40 columns (one tile) and the depth of @bf16deep: on CUDA's 8 multiprocessors, 8 parts, a cluster of 8 with a warp each. */
+const NARROW = 40;
+const bf16normnarrow = trace('bf16normnarrow', [{ name: 'x', dtype: DType.F32, shape: ['S', K_DEEP] }], (x) => ({
+  y: normed(x).matmul(param('dn', DType.BF16, [NARROW, K_DEEP]).transpose()),
+}));
 const WIDE = 320;
 const bf16normwide = trace('bf16normwide', [{ name: 'x', dtype: DType.F32, shape: ['S', K_MMA] }], (x) => ({
   y: normed(x).matmul(param('ww', DType.BF16, [WIDE, K_MMA]).transpose()),
@@ -92,7 +97,7 @@ const MANY = 3090;
 const bf16many = trace('bf16many', [{ name: 'x', dtype: DType.F32, shape: ['S', K_MMA] }], (x) => ({
   y: x.matmul(param('m', DType.BF16, [MANY, K_MMA]).transpose()),
 }));
-const module = { graphs: [bf16, bf16shallow, bf16norm, bf16prologue, f32mix, bf16deep, bf16odd, bf16normdeep, bf16normodd, bf16normwide, bf16normglu, bf16many, bf16five] };
+const module = { graphs: [bf16, bf16shallow, bf16norm, bf16prologue, f32mix, bf16deep, bf16odd, bf16normdeep, bf16normodd, bf16normwide, bf16normglu, bf16many, bf16five, bf16normnarrow] };
 const compiled = compileModule(module);
 const reference = { graphs: module.graphs.map((graph) => ({ graph, kernels: [] })) };
 
@@ -107,6 +112,7 @@ const weights: Record<string, HostTensor> = {
   g: hostTensor(DType.F32, [N, K_FMA], randoms(N * K_FMA, 0.2)),
   u: hostTensor(DType.F32, [N, K_FMA], randoms(N * K_FMA, 0.2)),
   d: hostTensor(DType.BF16, [N, K_DEEP], randoms(N * K_DEEP, 0.05)),
+  dn: hostTensor(DType.BF16, [NARROW, K_DEEP], randoms(NARROW * K_DEEP, 0.05)),
   o: hostTensor(DType.BF16, [N, K_ODD], randoms(N * K_ODD, 0.05)),
   ww: hostTensor(DType.BF16, [WIDE, K_MMA], randoms(WIDE * K_MMA, 0.2)),
   gb: hostTensor(DType.BF16, [N, K_MMA], randoms(N * K_MMA, 0.2)),
@@ -116,8 +122,8 @@ const weights: Record<string, HostTensor> = {
 };
 // 20 rows take CUDA's short tiles (32 rows), 40 its wgmma tiles.
 const ROWS = [1, 7, 20, 40, 64, 130];
-const depthOf = (graph: string) => ({ bf16five: K_FIVE, bf16deep: K_DEEP, bf16odd: K_ODD, bf16normdeep: K_DEEP, bf16normodd: K_ODD, bf16shallow: K_FMA, f32mix: K_FMA }[graph] ?? K_MMA);
-const columnsOf = (graph: string) => ({ bf16normwide: WIDE, bf16many: MANY }[graph] ?? N);
+const depthOf = (graph: string) => ({ bf16five: K_FIVE, bf16deep: K_DEEP, bf16odd: K_ODD, bf16normdeep: K_DEEP, bf16normnarrow: K_DEEP, bf16normodd: K_ODD, bf16shallow: K_FMA, f32mix: K_FMA }[graph] ?? K_MMA);
+const columnsOf = (graph: string) => ({ bf16normwide: WIDE, bf16many: MANY, bf16normnarrow: NARROW }[graph] ?? N);
 const inputs = new Map(ROWS.flatMap((s) => module.graphs.map((g) => [`${g.name}:${s}`, randoms(s * depthOf(g.name))])));
 
 async function outputs(device: Device, lowered: typeof compiled | typeof reference): Promise<Map<string, number[]>> {
@@ -153,7 +159,7 @@ function withGemmEnv<T>(value: string, f: () => T): T {
 const basics = suite('GEMM lowering');
 basics('the projections of many rows lower to GEMM kernels with their epilogue, the norm to a kernel of its own', () => {
   const kinds = compiled.graphs.map((g) => g.kernels.map((k) => (k.gemm ? `gemm×${k.gemm.b.length}` : k.kind)));
-  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1']]);
+  assert.equal(kinds, [['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×1'], ['reduce', 'gemm×2'], ['gemm×1'], ['gemm×1'], ['reduce', 'gemm×1']]);
 });
 basics('on sm_90 the GEMMs of bf16 left operands take wgmma tiles (64, 96 or 128 columns), TSFUSE_GEMM=mma the mma tiles; sm_80 never', () => {
   const plan = (graph: string, caps = cudaCaps(90, 8)) => {
@@ -206,6 +212,11 @@ basics('on CUDA up to 32 rows, GEMMs of bf16 left operands stream their weights 
   for (const needed of ['if (tf_cluster_blocks() == 4u) {', 'tf_ours = tf_warp / 2 == tf_part;', 'tf_part = tf_work % tf_parts']) assert.ok(f.code.includes(needed), needed);
   assert.match(formatSchedule(norm), 'the depth split in 4 parts, a cluster of workgroups');
   assert.is(sk('bf16normdeep', cudaCaps(90, 132)).grid.clusterBlocks, undefined, '16 parts');
+  // One column tile on 8 multiprocessors: 8 parts, a cluster of 8, a warp each.
+  const narrow = sk('bf16normnarrow');
+  assert.is(short('bf16normnarrow'), 'below 33: 32×64×128 8 parts');
+  assert.is(evalSize(narrow.grid.clusterBlocks!, { S: 20 }), 8);
+  assert.ok(printCudaFunction(narrow).code.includes('tf_ours = tf_warp / 1 == tf_part;'));
   const sm80 = printCudaFunction(sk('bf16norm', cudaCaps(80, 8)));
   assert.is(sm80.clusterBlocks, undefined);
   assert.not.ok(sm80.code.includes('tf_cluster_blocks() =='), 'sm_80: the parts add through memory');
