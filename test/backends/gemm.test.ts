@@ -120,8 +120,8 @@ const weights: Record<string, HostTensor> = {
   m: hostTensor(DType.BF16, [MANY, K_MMA], randoms(MANY * K_MMA, 0.2)),
   f: hostTensor(DType.BF16, [N, K_FIVE], randoms(N * K_FIVE, 0.05)),
 };
-// 20 rows take CUDA's short tiles (32 rows), 40 its wgmma tiles.
-const ROWS = [1, 7, 20, 40, 64, 130];
+// 16 to 32 rows take CUDA's short tiles (32 rows; 16 and 32 their bounds), 40 its wgmma tiles.
+const ROWS = [1, 7, 16, 20, 32, 40, 64, 130];
 const depthOf = (graph: string) => ({ bf16five: K_FIVE, bf16deep: K_DEEP, bf16odd: K_ODD, bf16normdeep: K_DEEP, bf16normnarrow: K_DEEP, bf16normodd: K_ODD, bf16shallow: K_FMA, f32mix: K_FMA }[graph] ?? K_MMA);
 const columnsOf = (graph: string) => ({ bf16normwide: WIDE, bf16many: MANY, bf16normnarrow: NARROW }[graph] ?? N);
 const inputs = new Map(ROWS.flatMap((s) => module.graphs.map((g) => [`${g.name}:${s}`, randoms(s * depthOf(g.name))])));
