@@ -402,7 +402,7 @@ export class CudaDriver {
   }
 
   /** How many clusters of `cluster` blocks of `fn` the device runs at once (asked once a function and size). */
-  private clustersAtOnce(fn: Handle, block: number, sharedBytes: number, cluster: number): number {
+  clustersAtOnce(fn: Handle, block: number, sharedBytes: number, cluster: number): number {
     let sizes = this.clustersAtOnceOf.get(fn);
     if (!sizes) this.clustersAtOnceOf.set(fn, (sizes = new Map()));
     let n = sizes.get(cluster);

@@ -30,6 +30,7 @@ import { readBuffers } from '../../backends/megakernel-schedule.ts';
 import type { MegakernelTimeline } from '../megakernel-timeline.ts';
 import { KernelFacts, StepTimeline, stepTimeline } from '../step-timeline.ts';
 import { STAMP_WORDS } from '../../backends/cuda/prelude.ts';
+import { log, logsOn } from '../../ir/logs.ts';
 
 export { CudaUnavailableError };
 
@@ -217,6 +218,8 @@ export class CudaProgram implements Program {
    */
   private readonly storedAs = new Map<BufferKey, DType>();
   private splitScratch: SplitScratch | undefined;
+  /** Kernels, grids and cluster sizes whose launch in clusters has been logged (logClusters). */
+  private readonly clustersLogged = new Set<string>();
   /** Where the kernels append their blocks' stamps (a device opened with stamps): a count, a capacity, the stamps. */
   private stamps: DevicePtr | undefined;
   /** A launch's stamp id (graph and kernel index) → the graph's name and kernel index. */
@@ -299,7 +302,25 @@ export class CudaProgram implements Program {
   private launch(k: CudaKernel, rows: number, sizes: Sizes, args: KernelArgs, overlap = false): void {
     if (rows <= 0) return;
     const cluster = k.clusterBlocks ? evalSize(k.clusterBlocks, sizes) : 1;
-    this.cuda.launch(k.fn, Math.min(rows, MAX_GRID), CUDA_BLOCK, args, k.sharedBytes, overlap, cluster);
+    const grid = Math.min(rows, MAX_GRID);
+    if (cluster > 1 && logsOn('schedule')) this.logClusters(k, grid, cluster);
+    this.cuda.launch(k.fn, grid, CUDA_BLOCK, args, k.sharedBytes, overlap, cluster);
+  }
+
+  /** Says once a kernel and cluster size whether its grid runs in clusters (TSFUSE_LOGS=schedule), and why not. */
+  private logClusters(k: CudaKernel, grid: number, cluster: number): void {
+    const key = `${k.ir.name}:${grid}:${cluster}`;
+    if (this.clustersLogged.has(key)) return;
+    this.clustersLogged.add(key);
+    const clusters = grid / cluster;
+    if (!this.cuda.clusterLaunches) {
+      log('schedule', `cuda ${k.ir.name}: ${clusters} clusters of ${cluster} blocks asked, but this driver launches none: its blocks launch alone, the parts adding through memory`);
+      return;
+    }
+    const atOnce = this.cuda.clustersAtOnce(k.fn, CUDA_BLOCK, k.sharedBytes, cluster);
+    log('schedule', atOnce >= clusters
+      ? `cuda ${k.ir.name}: ${clusters} clusters of ${cluster} blocks, ${atOnce} run at once: launched in clusters`
+      : `cuda ${k.ir.name}: ${clusters} clusters of ${cluster} blocks, but ${atOnce} run at once: its blocks launch alone, the parts adding through memory`);
   }
 
   zero(key: BufferKey): void {

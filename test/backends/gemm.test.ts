@@ -24,6 +24,7 @@ import { evalSize, int, mul } from '../../backends/kernel-ir.ts';
 import { printCudaFunction } from '../../backends/cuda/render-cuda.ts';
 import { scheduleKernel, scheduleKernels } from '../../backends/schedule.ts';
 import { Rng } from './rng.ts';
+import { setLogs } from '../../ir/logs.ts';
 
 const [N, K_MMA, K_FMA] = [70, 128, 96];
 /** x·wᵀ (bf16 weights), and silu(h·gᵀ)·(h·uᵀ) + x·rᵀ over h = RMSNorm(x) (f32 weights): one and two products. */
@@ -346,8 +347,10 @@ clusters('the same outputs as the reference interpreter either way', async () =>
     if (!device.description.includes('fake CUDA')) return void (await checkOutputs(device));
     const clustered = koffi.load(process.env.TSFUSE_LIBCUDA!).func('unsigned int fakeCudaClusteredLaunches()') as () => number;
     const before = clustered();
-    await checkOutputs(device);
-    assert.ok(clustered() > before, 'the 20-row short tiles ran in clusters');
+    // TSFUSE_LOGS=schedule says, once a kernel, whether its grid ran in clusters.
+    const logged = await withStderr(() => checkOutputs(device), 'schedule');
+    assert.ok(clustered() > before, 'the 16- to 32-row short tiles ran in clusters');
+    assert.match(logged, /\[tsfuse:schedule\] cuda k\d+: 2 clusters of 4 blocks, 4 run at once: launched in clusters/);
     process.env.FAKE_CUDA_NO_CLUSTERS = '1';
     const alone = clustered();
     await checkOutputs(device);
@@ -359,6 +362,21 @@ clusters('the same outputs as the reference interpreter either way', async () =>
   }
 });
 clusters.run();
+
+/** What `f` writes to stderr with TSFUSE_LOGS topics `logs` on (then off again). */
+async function withStderr(f: () => Promise<void>, logs: string): Promise<string> {
+  const write = process.stderr.write.bind(process.stderr);
+  let text = '';
+  process.stderr.write = ((chunk: string | Uint8Array) => ((text += String(chunk)), true)) as typeof process.stderr.write;
+  setLogs(logs);
+  try {
+    await f();
+  } finally {
+    setLogs('');
+    process.stderr.write = write;
+  }
+  return text;
+}
 
 // NVRTC compiles a module as several units in parallel on a cold start (CudaOptions.units): the same kernels,
 // found in whichever unit holds them.
