@@ -319,20 +319,25 @@ async function checkOutputs(device: Device): Promise<void> {
   }
 }
 
+/** Runs `body` on the CUDA device `opened` (the GPU, else the CPU fake), then closes it; says so where neither runs. */
+async function onCuda(opened: Promise<Device | string>, body: (device: Device) => Promise<void>): Promise<void> {
+  const device = await opened;
+  if (typeof device === 'string') return void console.log(`  cuda: skipped (${device})`);
+  try {
+    await body(device);
+  } finally {
+    device.destroy();
+    restoreCudaOrFake();
+  }
+}
+
 // wgmma tiles of 256 columns from a ring of 3 stages (TSFUSE_GEMM=wgmma:256x3, read as the device opens).
 const wide = suite('GEMM tiles on cuda, TSFUSE_GEMM=wgmma:256x3');
 wide('the same outputs (unless TSFUSE_GEMM is set outside) as the reference interpreter', async () => {
   if (process.env.TSFUSE_GEMM !== undefined) return;
   // The device reads TSFUSE_GEMM as it opens (its caps): set until it is open.
   process.env.TSFUSE_GEMM = 'wgmma:256x3';
-  const device = await openCudaOrFake({}).finally(() => delete process.env.TSFUSE_GEMM);
-  if (typeof device === 'string') return void console.log(`  cuda: skipped (${device})`);
-  try {
-    await checkOutputs(device);
-  } finally {
-    device.destroy();
-    restoreCudaOrFake();
-  }
+  await onCuda(openCudaOrFake({}).finally(() => delete process.env.TSFUSE_GEMM), checkOutputs);
 });
 wide.run();
 
@@ -340,27 +345,23 @@ wide.run();
 // launched as blocks alone (the CPU fake told to, as a GPU without clusters would) the same kernels add them through
 // the workspace. The fake counts the grids it ran in clusters, so each way is seen to have run.
 const clusters = suite('GEMM tiles on cuda, short tiles\' parts in clusters and alone');
-clusters('the same outputs as the reference interpreter either way', async () => {
-  const device = await openCudaOrFake({});
-  if (typeof device === 'string') return void console.log(`  cuda: skipped (${device})`);
+clusters('the same outputs as the reference interpreter either way', () => onCuda(openCudaOrFake({}), async (device) => {
+  if (!device.description.includes('fake CUDA')) return void (await checkOutputs(device));
+  const clustered = koffi.load(process.env.TSFUSE_LIBCUDA!).func('unsigned int fakeCudaClusteredLaunches()') as () => number;
+  const before = clustered();
+  // TSFUSE_LOGS=schedule says, once a kernel, whether its grid ran in clusters.
+  const logged = await withStderr(() => checkOutputs(device), 'schedule');
+  assert.ok(clustered() > before, 'the 16- to 32-row short tiles ran in clusters');
+  assert.match(logged, /\[tsfuse:schedule\] cuda k\d+: 2 clusters of 4 blocks, 4 run at once: launched in clusters/);
+  process.env.FAKE_CUDA_NO_CLUSTERS = '1';
   try {
-    if (!device.description.includes('fake CUDA')) return void (await checkOutputs(device));
-    const clustered = koffi.load(process.env.TSFUSE_LIBCUDA!).func('unsigned int fakeCudaClusteredLaunches()') as () => number;
-    const before = clustered();
-    // TSFUSE_LOGS=schedule says, once a kernel, whether its grid ran in clusters.
-    const logged = await withStderr(() => checkOutputs(device), 'schedule');
-    assert.ok(clustered() > before, 'the 16- to 32-row short tiles ran in clusters');
-    assert.match(logged, /\[tsfuse:schedule\] cuda k\d+: 2 clusters of 4 blocks, 4 run at once: launched in clusters/);
-    process.env.FAKE_CUDA_NO_CLUSTERS = '1';
     const alone = clustered();
     await checkOutputs(device);
     assert.is(clustered(), alone, 'no grid ran in clusters');
   } finally {
     delete process.env.FAKE_CUDA_NO_CLUSTERS;
-    device.destroy();
-    restoreCudaOrFake();
   }
-});
+}));
 clusters.run();
 
 /** What `f` writes to stderr with TSFUSE_LOGS topics `logs` on (then off again). */
@@ -381,14 +382,5 @@ async function withStderr(f: () => Promise<void>, logs: string): Promise<string>
 // NVRTC compiles a module as several units in parallel on a cold start (CudaOptions.units): the same kernels,
 // found in whichever unit holds them.
 const units = suite('GEMM tiles on cuda, the module in 3 compilation units');
-units('the same outputs as the reference interpreter', async () => {
-  const device = await openCudaOrFake({ units: 3 });
-  if (typeof device === 'string') return void console.log(`  cuda: skipped (${device})`);
-  try {
-    await checkOutputs(device);
-  } finally {
-    device.destroy();
-    restoreCudaOrFake();
-  }
-});
+units('the same outputs as the reference interpreter', () => onCuda(openCudaOrFake({ units: 3 }), checkOutputs));
 units.run();
