@@ -195,22 +195,19 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   // Phases for a step's timeline (stamped programs only): the first rows landed (mark 0), the steps done (1), the
   // parts summed (2; through memory, only the part that sums them gets there).
   out.push(`${i}tf_stamp_mark(1);`);
-  if (!t.split) {
-    out.push(`${i}tf_stamp_mark(2);`);
-    return mmaEpilogue(g, w, p, out, i);
+  const throughMemory = (ind: string) => addParts(accs, parts, { warpRows: TM, warpsAcross: 8 }, ringBytes, shared, out, ind);
+  if (t.split && t.cluster) {
+    // Launched in clusters (where they all fit at once), else as blocks alone: through memory.
+    out.push(`${i}bool tf_ours = true;`, `${i}if (tf_cluster_blocks() == ${parts}u) {`);
+    clusterParts(accs, parts, out, `${i}  `);
+    out.push(`${i}} else {`);
+    throughMemory(`${i}  `);
+    out.push(`${i}}`);
+  } else if (t.split) {
+    throughMemory(i);
   }
-  if (!t.cluster) {
-    addParts(accs, parts, { warpRows: TM, warpsAcross: 8 }, ringBytes, shared, out, i);
-    out.push(`${i}tf_stamp_mark(2);`);
-    return mmaEpilogue(g, w, p, out, i);
-  }
-  out.push(`${i}bool tf_ours = true;`);
-  out.push(`${i}if (tf_cluster_blocks() == ${parts}u) {`);
-  clusterParts(accs, parts, out, `${i}  `);
-  out.push(`${i}} else {`);
-  addParts(accs, parts, { warpRows: TM, warpsAcross: 8 }, ringBytes, shared, out, `${i}  `);
-  out.push(`${i}}`);
   out.push(`${i}tf_stamp_mark(2);`);
+  if (!t.cluster) return mmaEpilogue(g, w, p, out, i);
   out.push(`${i}if (tf_ours) {`);
   mmaEpilogue(g, w, p, out, `${i}  `);
   out.push(`${i}}`);

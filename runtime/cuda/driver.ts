@@ -377,10 +377,7 @@ export class CudaDriver {
    * any other.
    */
   launch(fn: Handle, grid: number, block: number, args: KernelArgs, sharedBytes = 0, overlap = false, cluster = 1): void {
-    if (cluster > 1 && grid % cluster) throw new RangeError(`a grid of ${grid} blocks does not divide into clusters of ${cluster}`);
-    // In clusters only where they all run at once: a second wave waits for the first's clusters to finish (on the
-    // H200 a 32-token prompt's 32 clusters of 4 took 1.63–1.65 → 1.76–1.82 ms; its 48 clusters of 2 gained).
-    const clustered = cluster > 1 && this.clusterLaunches && grid / cluster <= this.clustersAtOnce(fn, block, sharedBytes, cluster);
+    const clustered = this.inClusters(fn, grid, block, sharedBytes, cluster).clustered;
     const overlapping = overlap && this.overlapLaunches;
     if (clustered || overlapping) {
       this.exLaunchConfig(grid, block, sharedBytes, clustered ? cluster : 1, overlapping);
@@ -401,8 +398,21 @@ export class CudaDriver {
     koffi.encode(c, 48, 'uint32', (cluster > 1 ? 1 : 0) + (overlap ? 1 : 0));
   }
 
+  /**
+   * Whether a grid of `fn` launches in clusters of `cluster` blocks: only where they all run at once (`atOnce`, asked
+   * of the device where the driver launches clusters), as a second wave waits for the first's clusters to finish (on
+   * the H200 a 32-token prompt's 32 clusters of 4 took 1.63–1.65 → 1.76–1.82 ms; its 48 clusters of 2 gained).
+   */
+  inClusters(fn: Handle, grid: number, block: number, sharedBytes: number, cluster: number): { readonly clustered: boolean; readonly atOnce?: number } {
+    if (cluster <= 1) return { clustered: false };
+    if (grid % cluster) throw new RangeError(`a grid of ${grid} blocks does not divide into clusters of ${cluster}`);
+    if (!this.clusterLaunches) return { clustered: false };
+    const atOnce = this.clustersAtOnce(fn, block, sharedBytes, cluster);
+    return { clustered: grid / cluster <= atOnce, atOnce };
+  }
+
   /** How many clusters of `cluster` blocks of `fn` the device runs at once (asked once a function and size). */
-  clustersAtOnce(fn: Handle, block: number, sharedBytes: number, cluster: number): number {
+  private clustersAtOnce(fn: Handle, block: number, sharedBytes: number, cluster: number): number {
     let sizes = this.clustersAtOnceOf.get(fn);
     if (!sizes) this.clustersAtOnceOf.set(fn, (sizes = new Map()));
     let n = sizes.get(cluster);

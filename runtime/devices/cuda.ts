@@ -313,14 +313,11 @@ export class CudaProgram implements Program {
     if (this.clustersLogged.has(key)) return;
     this.clustersLogged.add(key);
     const clusters = grid / cluster;
-    if (!this.cuda.clusterLaunches) {
-      log('schedule', `cuda ${k.ir.name}: ${clusters} clusters of ${cluster} blocks asked, but this driver launches none: its blocks launch alone, the parts adding through memory`);
-      return;
-    }
-    const atOnce = this.cuda.clustersAtOnce(k.fn, CUDA_BLOCK, k.sharedBytes, cluster);
-    log('schedule', atOnce >= clusters
-      ? `cuda ${k.ir.name}: ${clusters} clusters of ${cluster} blocks, ${atOnce} run at once: launched in clusters`
-      : `cuda ${k.ir.name}: ${clusters} clusters of ${cluster} blocks, but ${atOnce} run at once: its blocks launch alone, the parts adding through memory`);
+    const { clustered, atOnce } = this.cuda.inClusters(k.fn, grid, CUDA_BLOCK, k.sharedBytes, cluster);
+    const alone = 'its blocks launch alone, the parts adding through memory';
+    log('schedule', atOnce === undefined
+      ? `cuda ${k.ir.name}: ${clusters} clusters of ${cluster} blocks asked, but this driver launches none: ${alone}`
+      : `cuda ${k.ir.name}: ${clusters} clusters of ${cluster} blocks, ${clustered ? `${atOnce} run at once: launched in clusters` : `but ${atOnce} run at once: ${alone}`}`);
   }
 
   zero(key: BufferKey): void {
