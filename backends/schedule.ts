@@ -7,7 +7,7 @@
 
 import { cudaCaps, cpuCaps, DeviceCaps, GPU_THREADS, subgroupCombines, webgpuCaps } from './device-caps.ts';
 import { DType, dtypeBytes } from '../ir/dtype.ts';
-import { add, anyExpr, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, loadsOf, mul, reductionsOf, ROW, runsAlong, Scalar, statementExprs, topReductions, varsOf } from './kernel-ir.ts';
+import { add, anyExpr, FlashIR, GemmIR, idiv, int, KernelIR, KExpr, KStmt, loadsOf, mul, offsetAlong, reductionsOf, ROW, runsAlong, Scalar, statementExprs, topReductions, varsOf } from './kernel-ir.ts';
 import { alignedDot, contiguousStreams, multipleOf, Stream, streamKey } from './schedule-vector.ts';
 import { formatSchedule } from './schedule-format.ts';
 import { boundKeyLoops, maxExtent } from './causal-bound.ts';
@@ -183,6 +183,12 @@ export interface ShortTile {
    * while the first half's products run; else 1).
    */
   readonly leftGroups?: number;
+  /**
+   * CUDA sm_90: the left rows copied by the copy engine, a bulk copy of each row's run of each group counted
+   * against a barrier of the group, rather than 16 bytes a thread by cp.async (whose copies ncu saw move twice the
+   * rows' bytes from L2, BENCHMARKS.md, twentieth session).
+   */
+  readonly bulkLeft?: boolean;
 }
 
 /**
@@ -684,7 +690,10 @@ function streamedShortTile(gemm: GemmIR, device: DeviceCaps, ringBytes: number):
   const tiles = Math.ceil((below - 1) / tileRows) * columnTiles;
   const split: DepthSplit | undefined = parts > 1 ? { parts: int(parts), maxParts: parts, workspaceFloats: tiles * parts * accs * 256, counters: tiles } : undefined;
   const cluster = parts > 1 && parts <= (device.clusterBlocks ?? 0);
-  return { below, tileRows, tileColumns, tileDepth, rowTiles, columnTiles, leftGroups: (part / tileDepth) % 2 === 0 ? 2 : 1, ...(split ? { split } : {}), ...(cluster ? { cluster } : {}) };
+  // Bulk copies on sm_90 where each row's run of the depth lies contiguous in memory (not the heads of attention's
+  // output, which lie apart).
+  const bulkLeft = device.clusterBlocks !== undefined && gemm.a.k === 'load' && offsetAlong(gemm.a.index, gemm.k) !== undefined;
+  return { below, tileRows, tileColumns, tileDepth, rowTiles, columnTiles, leftGroups: (part / tileDepth) % 2 === 0 ? 2 : 1, ...(split ? { split } : {}), ...(cluster ? { cluster } : {}), ...(bulkLeft ? { bulkLeft } : {}) };
 }
 
 /** Bytes a CUDA short tile's left rows of one part take: bf16 rows 32 elements longer than the part (bank spread). */

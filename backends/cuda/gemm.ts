@@ -145,17 +145,11 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   const groups = t.leftGroups ?? 1;
   if (steps % groups) throw new Error(`CUDA: a short tile's ${steps} steps do not split into ${groups} groups of left rows`);
   const groupDepth = part / groups;
-  out.push(`${i}#pragma unroll 1`);
-  out.push(`${i}for (int tf_grp = 0; tf_grp < ${groups}; tf_grp++) {`);
-  out.push(`${i}  for (int tf_x = threadIdx.x; tf_x < ${(TM * groupDepth) / 8}; tf_x += TF_BLOCK) {`);
-  out.push(`${i}    const int tf_r = (tf_x >> 2) & 31, tf_kk = tf_grp * ${groupDepth} + (tf_x >> 7) * 32 + (tf_x & 3) * 8;`);
-  out.push(`${i}    const bool tf_in = tf_m0 + tf_r < tf_m_total;`);
-  out.push(`${i}    const int ${g.m} = tf_in ? tf_m0 + tf_r : 0;`);
-  out.push(`${i}    const int ${g.k} = tf_k0 + tf_kk;`);
-  out.push(`${i}    tf_cp16(tf_as + tf_r * ${AP} + tf_kk, b${g.a.buf} + ${p.expr(g.a.index, out, `${i}    `)}, tf_in);`);
-  out.push(`${i}  }`);
-  out.push(`${i}  tf_cp_commit();`);
-  out.push(`${i}}`);
+  if (t.bulkLeft) {
+    bulkLeftRows(g, TM, groups, groupDepth, AP, p, shared, out, i);
+  } else {
+    asyncLeftRows(g, TM, groups, groupDepth, AP, p, out, i);
+  }
   out.push(`${i}#pragma unroll 1`);
   out.push(`${i}for (int tf_s = 0; tf_s < ${steps}; tf_s += 2) {`);
   const j = `${i}  `;
@@ -163,7 +157,10 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   const step = (slot: number, ind: string) => {
     const at = slot ? 'tf_s + 1' : 'tf_s';
     // Group g's rows before the first step of its share of the steps (at most groups − 1 − g later groups in flight).
-    for (let grp = 0; grp < groups; grp++) out.push(`${ind}if (${at} == ${(grp * steps) / groups}) { tf_cp_wait<${groups - 1 - grp}>(); __syncthreads();${grp ? '' : ' tf_stamp_mark(0);'} }`);
+    for (let grp = 0; grp < groups; grp++) {
+      const wait = t.bulkLeft ? `tf_bar_wait(tf_rows_bar + ${grp}, 0u);` : `tf_cp_wait<${groups - 1 - grp}>(); __syncthreads();`;
+      out.push(`${ind}if (${at} == ${(grp * steps) / groups}) { ${wait}${grp ? '' : ' tf_stamp_mark(0);'} }`);
+    }
     out.push(`${ind}#pragma unroll`);
     out.push(`${ind}for (int tf_u = 0; tf_u < ${chunks}; tf_u++) {`);
     out.push(`${ind}  const int tf_kc = ((${at}) * ${chunks} + tf_u) * 32 + tf_q * 8;`);
@@ -190,8 +187,9 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
     out.push(`${j}}`);
   }
   out.push(`${i}}`);
-  // The next work item's copies overwrite the rows slow warps may still read.
+  // The next work item's copies overwrite the rows slow warps may still read (and re-arm the barriers).
   out.push(`${i}__syncthreads();`);
+  if (t.bulkLeft) out.push(`${i}if (threadIdx.x < ${groups}) tf_bar_inval(tf_rows_bar + threadIdx.x);`);
   // Phases for a step's timeline (stamped programs only): the first rows landed (mark 0), the steps done (1), the
   // parts summed (2; through memory, only the part that sums them gets there).
   out.push(`${i}tf_stamp_mark(1);`);
@@ -210,6 +208,61 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   if (!t.cluster) return mmaEpilogue(g, w, p, out, i);
   out.push(`${i}if (tf_ours) {`);
   mmaEpilogue(g, w, p, out, `${i}  `);
+  out.push(`${i}}`);
+}
+
+/**
+ * The left rows of a short tile's part by cp.async through L1 (.ca; the .cg copies moved twice the rows' bytes from
+ * L2 and waited longer, BENCHMARKS.md, twentieth and twenty-first sessions): copy x of a group is depth
+ * (x / 128) · 32 + (x % 4) · 8 of row (x / 4) % 32, four lanes a row's 64 contiguous bytes; rows past the operand's
+ * are zeros. A commit closes each group.
+ */
+function asyncLeftRows(g: GemmIR, TM: number, groups: number, groupDepth: number, AP: number, p: ExprPrinter, out: string[], i: string): void {
+  const a = g.a;
+  if (a.k !== 'load') throw new Error('CUDA: a short tile copies a left operand as it is in memory');
+  out.push(`${i}#pragma unroll 1`);
+  out.push(`${i}for (int tf_grp = 0; tf_grp < ${groups}; tf_grp++) {`);
+  out.push(`${i}  for (int tf_x = threadIdx.x; tf_x < ${(TM * groupDepth) / 8}; tf_x += TF_BLOCK) {`);
+  out.push(`${i}    const int tf_r = (tf_x >> 2) & 31, tf_kk = tf_grp * ${groupDepth} + (tf_x >> 7) * 32 + (tf_x & 3) * 8;`);
+  out.push(`${i}    const bool tf_in = tf_m0 + tf_r < tf_m_total;`);
+  out.push(`${i}    const int ${g.m} = tf_in ? tf_m0 + tf_r : 0;`);
+  out.push(`${i}    const int ${g.k} = tf_k0 + tf_kk;`);
+  out.push(`${i}    tf_cp16_l1(tf_as + tf_r * ${AP} + tf_kk, b${a.buf} + ${p.expr(a.index, out, `${i}    `)}, tf_in);`);
+  out.push(`${i}  }`);
+  out.push(`${i}  tf_cp_commit();`);
+  out.push(`${i}}`);
+}
+
+/**
+ * The left rows of a short tile's part by the copy engine (ShortTile.bulkLeft): lane r of the first warp copies row
+ * r's run of each group (its depth contiguous in memory) in one bulk copy, counted against the group's barrier, armed
+ * first with the bytes of the rows inside the operand. Rows past it are not copied: their sums are never stored.
+ */
+function bulkLeftRows(g: GemmIR, TM: number, groups: number, groupDepth: number, AP: number, p: ExprPrinter, shared: SharedMemory, out: string[], i: string): void {
+  const a = g.a;
+  if (a.k !== 'load') throw new Error('CUDA: a short tile copies a left operand as it is in memory');
+  if (TM !== 32) throw new Error(`CUDA: a short tile's bulk copies are a lane a row, not ${TM} rows`);
+  const base = offsetAlong(a.index, g.k);
+  if (!base) throw new Error('CUDA: a short tile copies its left rows in bulk only where each runs along the depth');
+  const bytes = groupDepth * 2;
+  if (bytes % 16) throw new Error(`CUDA: a bulk copy of ${bytes} bytes (a multiple of 16 only)`);
+  out.push(`${i}${shared.array('unsigned long long', 'tf_rows_bar', groups)}`);
+  out.push(`${i}const int tf_rows_in = tf_m_total - tf_m0 < 32 ? tf_m_total - tf_m0 : 32;`);
+  out.push(`${i}if (threadIdx.x < ${groups}) {`);
+  out.push(`${i}  tf_bar_init(tf_rows_bar + threadIdx.x);`);
+  out.push(`${i}  tf_bar_expect(tf_rows_bar + threadIdx.x, (unsigned)tf_rows_in * ${bytes}u);`);
+  out.push(`${i}}`);
+  // The barriers armed, and every thread's earlier reads and writes of the ring (a previous work item's rows and
+  // sums), before the copies.
+  out.push(`${i}tf_fence_async_shared();`);
+  out.push(`${i}__syncthreads();`);
+  out.push(`${i}if (threadIdx.x < 32) {`);
+  out.push(`${i}  if ((int)threadIdx.x < tf_rows_in) {`);
+  out.push(`${i}    const int ${g.m} = tf_m0 + threadIdx.x;`);
+  out.push(`${i}    const unsigned short* const tf_row = b${a.buf} + ${p.expr(base, out, `${i}    `)} + tf_k0;`);
+  out.push(`${i}    #pragma unroll`);
+  out.push(`${i}    for (int tf_grp = 0; tf_grp < ${groups}; tf_grp++) tf_bulk_copy(tf_as + threadIdx.x * ${AP} + tf_grp * ${groupDepth}, tf_row + tf_grp * ${groupDepth}, ${bytes}u, tf_rows_bar + tf_grp);`);
+  out.push(`${i}  }`);
   out.push(`${i}}`);
 }
 

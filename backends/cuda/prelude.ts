@@ -273,6 +273,13 @@ __device__ __forceinline__ void tf_cp16(void* dst, const void* src, bool full) {
   asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(d) : "l"(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(d), "l"(src), "r"(full ? 16 : 0));
 }
+// The same through L1 (cp.async.ca): measured by ncu, the .cg copies of a short tile's left rows, four or eight
+// lanes a row's contiguous run, moved twice their bytes from L2 (BENCHMARKS.md, twentieth session).
+__device__ __forceinline__ void tf_cp16_l1(void* dst, const void* src, bool full) {
+  unsigned d;
+  asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(d) : "l"(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" :: "r"(d), "l"(src), "r"(full ? 16 : 0));
+}
 __device__ __forceinline__ void tf_cp_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N> __device__ __forceinline__ void tf_cp_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N)); }
 // Two f32 as bf16x2 (lo in the low half), rounded to nearest even.
@@ -295,6 +302,7 @@ __device__ __forceinline__ void tf_ldsm4t(unsigned* r, const unsigned short* row
 __device__ __forceinline__ void tf_cp16(void* dst, const void* src, bool full) {
   if (full) memcpy(dst, src, 16); else memset(dst, 0, 16);
 }
+__device__ __forceinline__ void tf_cp16_l1(void* dst, const void* src, bool full) { tf_cp16(dst, src, full); }
 __device__ __forceinline__ void tf_cp_commit() {}
 template <int N> __device__ __forceinline__ void tf_cp_wait() {}
 __device__ __forceinline__ unsigned tf_pack_bf16x2(float lo, float hi) { return tf_pack_bf16(lo, hi); }
@@ -345,6 +353,65 @@ __device__ __forceinline__ void tf_grid_release() { asm volatile("griddepcontrol
 #else
 __device__ __forceinline__ void tf_grid_wait_only() {}
 __device__ __forceinline__ void tf_grid_release() {}
+#endif
+// Bulk copies (sm_90's copy engine): a contiguous run of global memory into shared memory, counted against a
+// barrier in shared memory: init readies a barrier for one arrival, expect arrives announcing the bytes its copies
+// bring, wait returns once they all landed (their writes then visible to the waiting thread), inval ends its use.
+// The host emulation copies at once.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ unsigned tf_shared_address(const void* p) {
+  unsigned a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  return a;
+}
+__device__ __forceinline__ void tf_bar_init(unsigned long long* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(tf_shared_address(bar)) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+__device__ __forceinline__ void tf_bar_expect(unsigned long long* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(tf_shared_address(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void tf_bar_wait(unsigned long long* bar, unsigned parity) {
+  unsigned done;
+  do {
+    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+      : "=r"(done) : "r"(tf_shared_address(bar)), "r"(parity) : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void tf_bar_inval(unsigned long long* bar) {
+  asm volatile("mbarrier.inval.shared::cta.b64 [%0];" :: "r"(tf_shared_address(bar)) : "memory");
+}
+__device__ __forceinline__ void tf_bulk_copy(void* dst, const void* src, unsigned bytes, unsigned long long* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+    :: "r"(tf_shared_address(dst)), "l"(src), "r"(bytes), "r"(tf_shared_address(bar)) : "memory");
+}
+// Shared memory the threads wrote or read before, ordered before the copy engine's writes to it.
+__device__ __forceinline__ void tf_fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+#elif defined(TF_FAKE_CUDA)
+// The barrier's word: arrivals in the high half, bytes announced and not yet copied in the low (a copy lands at once).
+inline void tf_bar_init(unsigned long long* bar) { __atomic_store_n(bar, 0ull, __ATOMIC_SEQ_CST); }
+inline void tf_bar_expect(unsigned long long* bar, unsigned bytes) { __atomic_fetch_add(bar, (1ull << 32) + bytes, __ATOMIC_SEQ_CST); }
+inline void tf_bar_wait(unsigned long long* bar, unsigned) {
+  for (;;) {
+    const unsigned long long v = __atomic_load_n(bar, __ATOMIC_SEQ_CST);
+    if ((v >> 32) != 0 && (unsigned)v == 0) return;
+    __nanosleep(0);
+  }
+}
+inline void tf_bar_inval(unsigned long long*) {}
+inline void tf_bulk_copy(void* dst, const void* src, unsigned bytes, unsigned long long* bar) {
+  memcpy(dst, src, bytes);
+  __atomic_fetch_sub(bar, (unsigned long long)bytes, __ATOMIC_SEQ_CST);
+}
+inline void tf_fence_async_shared() {}
+#else
+// Older GPUs (and a compiler's host pass): no copy engine; the schedule prints no bulk copy for them.
+__device__ __forceinline__ void tf_bar_init(unsigned long long*) {}
+__device__ __forceinline__ void tf_bar_expect(unsigned long long*, unsigned) {}
+__device__ __forceinline__ void tf_bar_wait(unsigned long long*, unsigned) {}
+__device__ __forceinline__ void tf_bar_inval(unsigned long long*) {}
+__device__ __forceinline__ void tf_bulk_copy(void*, const void*, unsigned, unsigned long long*) {}
+__device__ __forceinline__ void tf_fence_async_shared() {}
 #endif
 // Clusters (sm_90): the blocks a cluster has (1 where the launch made none), a barrier of all their threads (each
 // block's shared-memory writes before it visible to the others' reads after it), and a float read from the same

@@ -3,7 +3,7 @@
 // pool of dynamic shared memory that every task reuses instead (a device function's static __shared__ arrays would
 // each take their own): the dynamic region first, then each array and scalar 16-byte aligned, in the order declared.
 
-const elementBytes = { float: 4, int: 4, 'unsigned short': 2, bool: 1 } as const;
+const elementBytes = { 'unsigned long long': 8, float: 4, int: 4, 'unsigned short': 2, bool: 1 } as const;
 
 /** Element types of shared arrays. */
 export type SharedType = keyof typeof elementBytes;

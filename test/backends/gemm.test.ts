@@ -205,7 +205,12 @@ basics('on CUDA up to 32 rows, GEMMs of bf16 left operands stream their weights 
   // The split scratch serves both forms: the short tiles' 2 column tiles × 4 parts of 8 accumulators a thread.
   const f = printCudaFunction(norm);
   assert.ok(f.splitScratch!.workspaceFloats >= 2 * 4 * 8 * 256 && f.splitScratch!.counters >= 2);
-  for (const needed of ['if (tf_m_total < 33) {', 'tf_mma_bf16(tf_c + 0 + tf_mi * 4, tf_fa1, tf_fb1)', 'tf_cp_wait<0>()']) assert.ok(f.code.includes(needed), needed);
+  // On sm_90 the left rows come by bulk copies, a row's run of each group of the part (a barrier each); on sm_80 by
+  // cp.async.
+  for (const needed of ['if (tf_m_total < 33) {', 'tf_mma_bf16(tf_c + 0 + tf_mi * 4, tf_fa1, tf_fb1)', 'tf_bar_wait(tf_rows_bar + 0, 0u);', 'tf_bulk_copy(tf_as + threadIdx.x * ']) assert.ok(f.code.includes(needed), needed);
+  assert.ok(norm.gemm!.shortTile!.bulkLeft);
+  const sm80rows = printCudaFunction(sk('bf16norm', cudaCaps(80, 8))).code;
+  assert.ok(sm80rows.includes('tf_cp_wait<0>()') && !sm80rows.includes('tf_bulk_copy('), 'sm_80: cp.async');
   // On sm_90 a tile's parts are a cluster where the short tiles run (16 to 32 rows); 16 parts are more than a
   // cluster may have, and sm_80 has none.
   assert.equal([15, 16, 32, 33].map((rows) => evalSize(norm.grid.clusterBlocks!, { S: rows })), [1, 4, 4, 1]);
