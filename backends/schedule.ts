@@ -185,8 +185,9 @@ export interface ShortTile {
   readonly leftGroups?: number;
   /**
    * CUDA sm_90: the left rows copied by the copy engine, a bulk copy of each row's run of each group counted
-   * against a barrier of the group, rather than 16 bytes a thread by cp.async (whose copies ncu saw move twice the
-   * rows' bytes from L2, BENCHMARKS.md, twentieth session).
+   * against a barrier of the group, rather than 16 bytes a thread by cp.async (whose .cg copies ncu saw move twice the
+   * rows' bytes from L2). Measured on the H200 (BENCHMARKS.md, twenty-first session), a 1B model's 32-token prefill:
+   * 1.47–1.51 ms against 1.57–1.62 with cp.async.cg and 1.51–1.55 with cp.async.ca.
    */
   readonly bulkLeft?: boolean;
 }
