@@ -693,7 +693,7 @@ function streamedShortTile(gemm: GemmIR, device: DeviceCaps, ringBytes: number):
   const cluster = parts > 1 && parts <= (device.clusterBlocks ?? 0);
   // Bulk copies on sm_90 where each row's run of the depth lies contiguous in memory (not the heads of attention's
   // output, which lie apart).
-  const bulkLeft = device.clusterBlocks !== undefined && gemm.a.k === 'load' && offsetAlong(gemm.a.index, gemm.k) !== undefined;
+  const bulkLeft = (device.computeCapability ?? 0) >= 90 && gemm.a.k === 'load' && offsetAlong(gemm.a.index, gemm.k) !== undefined;
   return { below, tileRows, tileColumns, tileDepth, rowTiles, columnTiles, leftGroups: (part / tileDepth) % 2 === 0 ? 2 : 1, ...(split ? { split } : {}), ...(cluster ? { cluster } : {}), ...(bulkLeft ? { bulkLeft } : {}) };
 }
 

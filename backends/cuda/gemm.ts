@@ -140,8 +140,7 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   if (steps > 1) load(i, 'tf_w1', '1');
   // The weights no kernel writes are on their way before the wait for the predecessor, whose writes the left rows are.
   if (waits) out.push(...gridWait(i));
-  // The left rows: copy x of a group is depth (x / 128) · 32 + (x % 4) · 8 of row (x / 4) % 32, four lanes a row's
-  // 64 contiguous bytes; rows past the operand's are zeros.
+  // The left rows, in groups of the depth (bulkLeftRows, asyncLeftRows).
   const groups = t.leftGroups ?? 1;
   if (steps % groups) throw new Error(`CUDA: a short tile's ${steps} steps do not split into ${groups} groups of left rows`);
   const groupDepth = part / groups;

@@ -273,8 +273,9 @@ __device__ __forceinline__ void tf_cp16(void* dst, const void* src, bool full) {
   asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(d) : "l"(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(d), "l"(src), "r"(full ? 16 : 0));
 }
-// The same through L1 (cp.async.ca): measured by ncu, the .cg copies of a short tile's left rows, four or eight
-// lanes a row's contiguous run, moved twice their bytes from L2 (BENCHMARKS.md, twentieth session).
+// The same through L1 (cp.async.ca), for a short tile's left rows where they are not copied in bulk: measured by
+// ncu, the .cg copies of them, four or eight lanes a row's contiguous run, moved twice their bytes from L2
+// (BENCHMARKS.md, twentieth session); the wgmma tiles' copies, the same bytes either way, were slower through L1.
 __device__ __forceinline__ void tf_cp16_l1(void* dst, const void* src, bool full) {
   unsigned d;
   asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(d) : "l"(dst));
