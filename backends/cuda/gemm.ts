@@ -41,6 +41,9 @@ export function renderGemmCuda(g: GemmIR, plan: GemmPlan, rows: KExpr, waits: bo
   out.push(`  if (tf_m_total < ${short.below}) {`, ...streamed.map((l) => `  ${l}`), '  } else {', ...tiles.map((l) => `  ${l}`), '  }');
 }
 
+/** A left operand read from memory as it is. */
+type LoadExpr = Extract<KExpr, { k: 'load' }>;
+
 /** A tile's shape and its place in the grid (GemmPlan, or its ShortTile). */
 type TileGrid = Pick<GemmPlan, 'tileRows' | 'tileColumns' | 'rowTiles' | 'columnTiles' | 'split'>;
 
@@ -92,7 +95,8 @@ function tileBody(g: GemmIR, plan: GemmPlan, p: ExprPrinter, shared: SharedMemor
 function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean, p: ExprPrinter, shared: SharedMemory, out: string[]): void {
   const [TM, TN, TD] = [t.tileRows, t.tileColumns, t.tileDepth];
   if (TM !== 32 || TN !== 64 || TD % 32) throw new Error(`CUDA: short tiles of ${TM} × ${TN} × ${TD} are not printed`);
-  if (g.a.k !== 'load' || p.buffers[g.a.buf].dtype !== DType.BF16) throw new Error('CUDA: a short tile copies a bf16 left operand as it is');
+  const left = g.a;
+  if (left.k !== 'load' || p.buffers[left.buf].dtype !== DType.BF16) throw new Error('CUDA: a short tile copies a bf16 left operand as it is');
   const parts = t.split?.maxParts ?? 1;
   const part = g.depth / parts;
   const steps = part / TD;
@@ -145,9 +149,9 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   if (steps % groups) throw new Error(`CUDA: a short tile's ${steps} steps do not split into ${groups} groups of left rows`);
   const groupDepth = part / groups;
   if (t.bulkLeft) {
-    bulkLeftRows(g, TM, groups, groupDepth, AP, p, shared, out, i);
+    bulkLeftRows(g, left, groups, groupDepth, AP, p, shared, out, i);
   } else {
-    asyncLeftRows(g, TM, groups, groupDepth, AP, p, out, i);
+    asyncLeftRows(g, left, groups, groupDepth, AP, p, out, i);
   }
   out.push(`${i}#pragma unroll 1`);
   out.push(`${i}for (int tf_s = 0; tf_s < ${steps}; tf_s += 2) {`);
@@ -216,12 +220,10 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
  * (x / 128) · 32 + (x % 4) · 8 of row (x / 4) % 32, four lanes a row's 64 contiguous bytes; rows past the operand's
  * are zeros. A commit closes each group.
  */
-function asyncLeftRows(g: GemmIR, TM: number, groups: number, groupDepth: number, AP: number, p: ExprPrinter, out: string[], i: string): void {
-  const a = g.a;
-  if (a.k !== 'load') throw new Error('CUDA: a short tile copies a left operand as it is in memory');
+function asyncLeftRows(g: GemmIR, a: LoadExpr, groups: number, groupDepth: number, AP: number, p: ExprPrinter, out: string[], i: string): void {
   out.push(`${i}#pragma unroll 1`);
   out.push(`${i}for (int tf_grp = 0; tf_grp < ${groups}; tf_grp++) {`);
-  out.push(`${i}  for (int tf_x = threadIdx.x; tf_x < ${(TM * groupDepth) / 8}; tf_x += TF_BLOCK) {`);
+  out.push(`${i}  for (int tf_x = threadIdx.x; tf_x < ${(32 * groupDepth) / 8}; tf_x += TF_BLOCK) {`);
   out.push(`${i}    const int tf_r = (tf_x >> 2) & 31, tf_kk = tf_grp * ${groupDepth} + (tf_x >> 7) * 32 + (tf_x & 3) * 8;`);
   out.push(`${i}    const bool tf_in = tf_m0 + tf_r < tf_m_total;`);
   out.push(`${i}    const int ${g.m} = tf_in ? tf_m0 + tf_r : 0;`);
@@ -237,10 +239,7 @@ function asyncLeftRows(g: GemmIR, TM: number, groups: number, groupDepth: number
  * r's run of each group (its depth contiguous in memory) in one bulk copy, counted against the group's barrier, armed
  * first with the bytes of the rows inside the operand. Rows past it are not copied: their sums are never stored.
  */
-function bulkLeftRows(g: GemmIR, TM: number, groups: number, groupDepth: number, AP: number, p: ExprPrinter, shared: SharedMemory, out: string[], i: string): void {
-  const a = g.a;
-  if (a.k !== 'load') throw new Error('CUDA: a short tile copies a left operand as it is in memory');
-  if (TM !== 32) throw new Error(`CUDA: a short tile's bulk copies are a lane a row, not ${TM} rows`);
+function bulkLeftRows(g: GemmIR, a: LoadExpr, groups: number, groupDepth: number, AP: number, p: ExprPrinter, shared: SharedMemory, out: string[], i: string): void {
   const base = offsetAlong(a.index, g.k);
   if (!base) throw new Error('CUDA: a short tile copies its left rows in bulk only where each runs along the depth');
   const bytes = groupDepth * 2;
