@@ -85,11 +85,12 @@ const TASK_NS = 150;
 export const PREFETCH_BYTES = 0;
 
 /**
- * Blocks a multiprocessor holds. Llama-3.2-1B decode on the H200 (BENCHMARKS.md, issue 12): 2 a multiprocessor
- * 1.222 ms a token, 3 1.185, 4 1.212 (registers capped at 64, a few bytes spilled): one run each, within what the
- * kernel-level waits leave to gain; 2 stays until the tasks stream faster.
+ * Blocks a multiprocessor holds. Llama-3.2-1B decode on the H200 (BENCHMARKS.md, twenty-second session): 2 a
+ * multiprocessor 0.995 / 0.994 ms a token, 3 0.983, 4 0.950 / 0.947 (registers capped at 64), 5 1.040, 6 1.196, 8
+ * 1.303. Twice the blocks give each kernel twice the tasks of half the rows, and twice the loads in flight while a
+ * task streams its weights. (In the fifth session, with slower task bodies, 2 and 4 had measured alike.)
  */
-export const DEFAULT_BLOCKS_PER_PROCESSOR = 2;
+export const DEFAULT_BLOCKS_PER_PROCESSOR = 4;
 
 /**
  * The megakernel's schedule for `kernels` (one graph's, in launch order, scheduled for a device without

@@ -201,9 +201,10 @@ function taskFunction(sk: ScheduledKernel, name: string): { name: string; code: 
 }
 
 /**
- * The waits and the release (counters released after a barrier and a fence, acquired by one thread then handed to
- * the block by a barrier), the watchdog (a wait that passes its bound records where it is and gives up), and the
- * prefetch; the timeline's clock and multiprocessor are the prelude's (tf_now, tf_processor).
+ * The waits and the release (a counter released by one thread after a barrier, with a release reduction; acquired
+ * by one thread, then handed to the block by a barrier), the watchdog (a wait that passes its bound records where
+ * it is and gives up), and the prefetch; the timeline's clock and multiprocessor are the prelude's (tf_now,
+ * tf_processor).
  */
 const megakernelHelpers = `// tsfuse megakernel: counters, waits, the watchdog
 #ifdef __CUDA_ARCH__
@@ -225,9 +226,13 @@ __device__ __forceinline__ void tf_mk_prefetch(const char* p, int bytes) {
   for (int at = threadIdx.x * 128; at < bytes; at += TF_BLOCK * 128) asm volatile("prefetch.global.L2 [%0];" :: "l"(p + at));
 #endif
 }
+// Adds one to a counter, ordered after every write the block made before its barrier: a release reduction, with no
+// fence of its own (a fence and an atomic add measured 0.950 against 0.921 ms a decode step, BENCHMARKS.md).
+__device__ __forceinline__ void tf_mk_release(unsigned* p) { asm volatile("red.release.gpu.global.add.u32 [%0], 1;" :: "l"(p) : "memory"); }
 #else
 // Host compilers (the tests' CPU emulation): __nanosleep lets other blocks run; a prefetch changes nothing there.
 __device__ __forceinline__ unsigned tf_mk_acquire(const unsigned* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+__device__ __forceinline__ void tf_mk_release(unsigned* p) { __atomic_fetch_add(p, 1u, __ATOMIC_RELEASE); }
 __device__ __forceinline__ void tf_mk_prefetch(const char*, int) {}
 #endif
 // Counters count up over every step (wrapping): reached once the count is at or past the target.
@@ -291,7 +296,6 @@ ${time(0, 'tf_now()')}    if (tf_task[5] > 0 && tf_only_kernel < 0) {
           const int d = tf_waits[2 * w];
           ok = tf_mk_wait(tf_done + d, tf_step * (unsigned)tf_waits[2 * w + 1], tf_limit_ns, tf_watchdog, tf_me, tf_t, tf_kernel, tf_task[1], d);
         }
-        __threadfence();
         *tf_go = ok;
       }
       __syncthreads();
@@ -302,10 +306,7 @@ ${calls.map((c) => c.slice(2)).join('\n')}
     }
     // The next task reuses the pool; the release covers every thread's writes.
     __syncthreads();
-${time(2, 'tf_now()')}${time(3, 'tf_processor()')}    if (threadIdx.x == 0) {
-      __threadfence();
-      atomicAdd(tf_done + tf_kernel, 1u);
-    }
+${time(2, 'tf_now()')}${time(3, 'tf_processor()')}    if (threadIdx.x == 0) tf_mk_release(tf_done + tf_kernel);
   }
 }
 `;

@@ -55,8 +55,8 @@ struct Fiber {
 
 constexpr size_t kStack = 256 * 1024;
 constexpr unsigned kMaxThreads = 1024;
-// Blocks resident at once: the fake's 8 multiprocessors of 2 blocks each (cuOccupancyMaxActiveBlocksPerMultiprocessor).
-constexpr unsigned kResident = 16;
+// Blocks resident at once: the fake's 8 multiprocessors of 4 blocks each (cuOccupancyMaxActiveBlocksPerMultiprocessor).
+constexpr unsigned kResident = 32;
 
 // What each resident block has of its own: its index, threads, shuffle slots and dynamic shared memory.
 struct Block {
