@@ -439,7 +439,7 @@ __device__ __forceinline__ void tf_cluster_sync() {}
 __device__ __forceinline__ float tf_cluster_load(const float* p, unsigned) { return *p; }
 #endif
 // The clock (ns) and the multiprocessor, for the stamps and the megakernel's timeline and watchdog. Host compilers
-// (the tests' CPU emulation): its clock64 counts nanoseconds; its 16 resident blocks stand for 8 multiprocessors of 2.
+// (the tests' CPU emulation): its clock64 counts nanoseconds; its 32 resident blocks stand for 8 multiprocessors of 4.
 #ifdef __CUDA_ARCH__
 __device__ __forceinline__ unsigned long long tf_now() {
   unsigned long long t;
@@ -453,7 +453,7 @@ __device__ __forceinline__ unsigned tf_processor() {
 }
 #else
 __device__ __forceinline__ unsigned long long tf_now() { return clock64(); }
-__device__ __forceinline__ unsigned tf_processor() { return blockIdx.x / 2 % 8; }
+__device__ __forceinline__ unsigned tf_processor() { return blockIdx.x / 4 % 8; }
 #endif
 // Stamps (a program printed for a step's timeline, TF_STAMPS defined): each kernel is wrapped so that its block's
 // thread 0 notes when the block started, when its wait returned, the marks its form sets between phases

@@ -117,7 +117,7 @@ s('a second session compiles nothing; sampling draws the tokens the cpu draws; s
   assert.equal(a, await draw('cpu'), 'the tokens the cpu kernels draw');
 });
 
-// The driver groups a grid into clusters only where they all run at once (the fake runs 16 blocks at once): a kernel
+// The driver groups a grid into clusters only where they all run at once (the fake runs clusters of 16 blocks in all at once): a kernel
 // reading its cluster's size sees 4 in a grid of 4 clusters, 1 in one of 8, whose blocks launched alone.
 s('a grid launches in clusters only where its clusters all run at once, else as blocks alone', () => {
   if (!enabled) return;
@@ -139,6 +139,53 @@ s('a grid launches in clusters only where its clusters all run at once, else as 
     assert.equal(clusterSizes(16), new Array(16).fill(4));
     assert.equal(clusterSizes(32), new Array(32).fill(1));
     assert.throws(() => clusterSizes(6), /a grid of 6 blocks does not divide into clusters of 4/);
+  } finally {
+    cuda.destroy();
+  }
+});
+
+// Static shared memory is each block's own, as on the device: 16 blocks at once in clusters of 4 store their index in
+// static arrays (one aligned, one sized by an expression) and a static scalar, yield to the other blocks at a
+// cluster barrier, then read back their own values and their cluster neighbour's through a cluster read. (The fake
+// once gave every block one copy of each static array.)
+s('each block has its own static shared memory, which its cluster reads', () => {
+  if (!enabled) return;
+  const cuda = CudaDriver.open([process.env.TSFUSE_LIBCUDA!]);
+  try {
+    const source = `${cudaPrelude}
+extern "C" __global__ void tf_statics(float* out) {
+  __shared__ __align__(16) float mine[256];
+  __shared__ float few[TF_WARPS + 1];
+  __shared__ unsigned long long scalar;
+  mine[threadIdx.x] = blockIdx.x * 1000.0f + threadIdx.x;
+  if (threadIdx.x < TF_WARPS + 1) few[threadIdx.x] = -1.0f - blockIdx.x;
+  if (threadIdx.x == 0) scalar = 7ull * blockIdx.x;
+  tf_cluster_sync();
+  const unsigned next = (blockIdx.x % tf_cluster_blocks() + 1) % tf_cluster_blocks();
+  out[4 * (blockIdx.x * 256 + threadIdx.x) + 0] = mine[threadIdx.x];
+  out[4 * (blockIdx.x * 256 + threadIdx.x) + 1] = tf_cluster_load(&mine[threadIdx.x], next);
+  out[4 * (blockIdx.x * 256 + threadIdx.x) + 2] = few[threadIdx.x % (TF_WARPS + 1)];
+  out[4 * (blockIdx.x * 256 + threadIdx.x) + 3] = (float)scalar;
+  tf_cluster_sync();
+}
+`;
+    const fn = cuda.getFunction(cuda.loadModule(compileCuda(source, 90, 'statics.cu', fake.cacheDir).image), 'tf_statics', 0);
+    const [grid, threads] = [16, 256];
+    const out = cuda.alloc(16 * grid * threads);
+    try {
+      cuda.launch(fn, grid, threads, cuda.kernelArgs([out]), 0, false, 4);
+      const got = new Float32Array(4 * grid * threads);
+      cuda.download(got, out);
+      for (let b = 0; b < grid; b++) {
+        const next = b - (b % 4) + ((b % 4) + 1) % 4;
+        for (const t of [0, 1, 8, 255]) {
+          const at = 4 * (b * threads + t);
+          assert.equal([...got.subarray(at, at + 4)], [b * 1000 + t, next * 1000 + t, -1 - b, 7 * b], `block ${b}, thread ${t}`);
+        }
+      }
+    } finally {
+      cuda.free(out);
+    }
   } finally {
     cuda.destroy();
   }

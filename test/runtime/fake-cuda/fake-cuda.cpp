@@ -260,10 +260,15 @@ int nvrtcCompileProgram(void* handle, int n, const char** options) {
   if (!arch) { p->log = "fake NVRTC: no --gpu-architecture=sm_XY option"; return 5; }
   const char* shim = std::getenv("FAKE_CUDA_SHIM");
   if (!shim) { p->log = "fake NVRTC: FAKE_CUDA_SHIM is not set"; return 6; }
-  // Dynamic shared memory has no C++ spelling: the shim's buffer stands in for it.
+  // Dynamic shared memory has no C++ spelling: the shim's buffer stands in for it. Each static declaration
+  // (`__shared__ [__align__(N)] TYPE NAME[DIMS];`) becomes a reference to the running block's own copy, keyed by a
+  // static that is unique to the declaration (a lambda's: one per place in the source).
   std::string src = std::regex_replace(p->source,
       std::regex(R"(extern __shared__ __align__\(16\) unsigned char (\w+)\[\];)"),
       "unsigned char* const $1 = tf_fake::dynamic_smem();");
+  src = std::regex_replace(src,
+      std::regex(R"(__shared__\s+(?:__align__\(\d+\)\s+)?([A-Za-z_][A-Za-z_0-9 ]*[A-Za-z_0-9])\s+(\w+)((?:\[[^\]]+\])*);)"),
+      "auto& $2 = *reinterpret_cast<$1(*)$3>(tf_fake::block_static([] { static char key; return &key; }(), sizeof($1$3)));");
   std::ostringstream thunks;
   std::regex kernel(R"(extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\()");
   for (auto it = std::sregex_iterator(p->source.begin(), p->source.end(), kernel); it != std::sregex_iterator(); ++it) {

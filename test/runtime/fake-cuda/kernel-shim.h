@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <type_traits>
 #include <utility>
+#include <unordered_map>
 #include <vector>
 
 // Host emulations in the prelude that need the fibers' state (the wgmma queues) test for it.
@@ -25,7 +26,8 @@
 #define __forceinline__ inline
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
-#define __shared__ static
+// No __shared__: the fake NVRTC rewrites each static declaration into the running block's own copy (block_static);
+// a form it does not know fails to compile rather than becoming one copy for every block.
 #define __align__(n) __attribute__((aligned(n)))
 
 struct uint4 { unsigned x, y, z, w; };
@@ -58,12 +60,17 @@ constexpr unsigned kMaxThreads = 1024;
 // Blocks resident at once: the fake's 8 multiprocessors of 4 blocks each (cuOccupancyMaxActiveBlocksPerMultiprocessor).
 constexpr unsigned kResident = 32;
 
-// What each resident block has of its own: its index, threads, shuffle slots and dynamic shared memory.
+// 16 aligned bytes of a block's static shared memory.
+struct alignas(16) SharedChunk { unsigned char bytes[16]; };
+
+// What each resident block has of its own: its index, threads, shuffle slots, dynamic shared memory, and static
+// shared memory by declaration (the key the fake NVRTC gives each).
 struct Block {
   Dim3 idx;
   Fiber fibers[kMaxThreads];
   uint64_t slots[2][kMaxThreads];
   std::vector<unsigned char> shared;
+  std::unordered_map<const void*, std::vector<SharedChunk>> statics;
   bool started = false;
   unsigned cluster_syncs = 0;  // cluster barriers its threads have reached
 };
@@ -80,6 +87,15 @@ inline char* stacks = nullptr;
 inline std::function<void()> body;
 
 inline unsigned char* dynamic_smem() { return block->shared.data(); }
+
+// A static __shared__ declaration's bytes in block b (CUDA gives each block its own; they keep no value from one
+// block to the next, as on the device).
+inline unsigned char* static_smem(Block* b, const void* key, size_t bytes) {
+  auto& chunks = b->statics[key];
+  if (chunks.size() * 16 < bytes || chunks.empty()) chunks.resize(bytes / 16 + 1);
+  return chunks.front().bytes;
+}
+inline unsigned char* block_static(const void* key, size_t bytes) { return static_smem(block, key, bytes); }
 
 }  // namespace tf_fake
 
@@ -332,11 +348,17 @@ inline void cluster_sync() {
   __syncthreads();
 }
 template <typename T> inline const T* cluster_peer(const T* p, unsigned rank) {
-  const size_t at = static_cast<size_t>(reinterpret_cast<const unsigned char*>(p) - block->shared.data());
-  if (rank >= cluster_blocks || at >= block->shared.size()) {
-    std::fprintf(stderr, "tf_fake: a cluster read of block %u (of %u) at shared byte %zu, past its memory\n", rank, cluster_blocks, at);
-    std::abort();
+  const auto* q = reinterpret_cast<const unsigned char*>(p);
+  const size_t at = static_cast<size_t>(q - block->shared.data());
+  if (rank < cluster_blocks && at < block->shared.size()) return reinterpret_cast<const T*>(cluster_block(rank)->shared.data() + at);
+  // A static array: the same place of the peer's copy of the same declaration.
+  for (auto& [key, chunks] : block->statics) {
+    const unsigned char* base = chunks.front().bytes;
+    if (rank < cluster_blocks && q >= base && q < base + 16 * chunks.size()) {
+      return reinterpret_cast<const T*>(static_smem(cluster_block(rank), key, 16 * chunks.size()) + (q - base));
+    }
   }
-  return reinterpret_cast<const T*>(cluster_block(rank)->shared.data() + at);
+  std::fprintf(stderr, "tf_fake: a cluster read of block %u (of %u) at shared byte %zu, past its memory\n", rank, cluster_blocks, at);
+  std::abort();
 }
 }  // namespace tf_fake
