@@ -121,6 +121,13 @@ export function positiveInt(text: string, flag: string): number {
   return Number(text);
 }
 
+/** --megakernel-blocks N (blocks each multiprocessor runs): a positive integer, given only with --megakernel. */
+export function megakernelBlocksOf(text: string | undefined, megakernel: boolean): number | undefined {
+  if (text === undefined) return undefined;
+  if (!megakernel) throw new UsageError('--megakernel-blocks needs --megakernel');
+  return positiveInt(text, '--megakernel-blocks');
+}
+
 export function nonNegative(text: string, flag: string): number {
   const v = Number(text);
   if (text.trim() === '' || !Number.isFinite(v) || v < 0) throw new UsageError(`${flag} must be a non-negative number, got '${text}'`);

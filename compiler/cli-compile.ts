@@ -62,7 +62,7 @@ export function runCompile(req: CompileRequest): void {
   const kernels = compiled.graphs.map((c) => ({ name: c.graph.name, kernels: c.kernels }));
   const dumpOptions = { subgroupMatrix: req.subgroupMatrix };
   if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, kernels, dumpOptions);
-  if (req.megakernel) writeMegakernel(req.dumpKernels, { graphs: compiled.graphs.map((c) => ({ graph: c.graph, kernels: c.kernels })) });
+  if (req.megakernel) writeMegakernel(req.dumpKernels, { graphs: compiled.graphs.map((c) => ({ graph: c.graph, kernels: c.kernels })) }, req.megakernelBlocks);
   if (req.dumpSchedule) process.stdout.write(formatSchedules(req.backend, kernels, dumpOptions));
   if (req.explainFusion) console.log(explained.join('\n'));
   const summary = compileSummary(req, compiled, tracedNodes);
@@ -118,8 +118,8 @@ export function writeKernels(dir: string, backend: string, graphs: { name: strin
  * The decode step as one persistent kernel, as the CUDA device of kernelRenderers renders it: its task summary
  * printed; with a folder, its source (decode.megakernel.cu) and its task list (decode.megakernel.tasks) written there.
  */
-function writeMegakernel(dir: string | undefined, module: Parameters<typeof renderCudaMegakernel>[0]): void {
-  const mk = renderCudaMegakernel(module, kernelRenderers.cuda.device, {});
+function writeMegakernel(dir: string | undefined, module: Parameters<typeof renderCudaMegakernel>[0], blocksPerProcessor?: number): void {
+  const mk = renderCudaMegakernel(module, kernelRenderers.cuda.device, { blocksPerProcessor });
   process.stdout.write(mk.tasks.slice(0, mk.tasks.indexOf('\n') + 1));
   if (dir === undefined) return;
   writingFor('--dump-kernels', dir, 'the megakernel', () => {

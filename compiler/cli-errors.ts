@@ -11,17 +11,18 @@ export async function isUserError(e: unknown): Promise<boolean> {
   const [
     { ScriptError }, { TokenizerError }, { WebGpuUnavailableError }, { CudaUnavailableError }, { CompileUsageError },
     { LoweringError }, { TraceError }, { ConfigError }, { WeightsError }, { IrParseError }, { VerifyError },
-    { GraphError }, { InterpretError },
+    { GraphError }, { InterpretError }, { MegakernelRefused },
   ] = await Promise.all([
     import('./script-error.ts'), import('../runtime/tokenizer.ts'), import('../runtime/webgpu/errors.ts'),
     import('../runtime/cuda/errors.ts'), import('./cli-compile-command.ts'), import('../backends/lower.ts'),
     import('./trace.ts'), import('../runtime/config.ts'), import('../runtime/safetensors.ts'), import('../ir/parser.ts'),
     import('../ir/verify.ts'), import('../ir/graph.ts'), import('../backends/reference/interpreter.ts'),
+    import('../backends/cuda/megakernel.ts'),
   ]);
   const userErrors = [
     UsageError, ScriptError, TokenizerError, WebGpuUnavailableError, CudaUnavailableError, CompileUsageError,
     LoweringError, TraceError, ConfigError, WeightsError, IrParseError, VerifyError, GraphError, InterpretError,
-    RangeError,
+    RangeError, MegakernelRefused,
   ];
   return userErrors.some((cls) => e instanceof cls);
 }

@@ -13,9 +13,10 @@ import { showProgress, step, withWeightProgress } from '../runtime/progress.ts';
 import { loadTokenizer, TextStream, TextTokenizer } from '../runtime/tokenizer.ts';
 import { loadLlama } from '../runtime/llama.ts';
 import {
-  backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, modelOption, nonNegative, parseIds, positiveInt,
-  UsageError,
+  backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, megakernelBlocksOf, modelOption, nonNegative, parseIds,
+  positiveInt, UsageError,
 } from './cli-args.ts';
+import type { MegakernelOptions } from '../backends/cuda/megakernel.ts';
 
 export const generateCommand = defineCommand({
   synopsis: '--model DIR (--ids 5,9,13 | --prompt TEXT) [options]',
@@ -36,6 +37,7 @@ export const generateCommand = defineCommand({
     'no-cache': { type: 'boolean', default: false, help: 'compile again rather than read the compile cache (TSFUSE_CACHE_DIR)' },
     'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: bf16/f16 on cuda and webgpu for 16-bit weights, else f32)' },
     megakernel: { type: 'boolean', default: false, help: 'cuda: run each decode step as one persistent kernel' },
+    'megakernel-blocks': { type: 'string', value: 'N', help: 'with --megakernel: blocks each multiprocessor runs (default 4; fewer where the device holds fewer)' },
     'bisect-megakernel': { type: 'boolean', default: false, help: 'with --megakernel: instead of generating, run the prompt but its last token, then the step that takes it both as the megakernel and as its kernels one by one, and say where they first differ' },
   },
   async run(values) {
@@ -60,6 +62,7 @@ export const generateCommand = defineCommand({
     }
     if (values.megakernel && backend !== 'cuda') throw new UsageError(`--megakernel runs on --backend cuda, not ${backend}`);
     if (values['bisect-megakernel'] && !values.megakernel) throw new UsageError('--bisect-megakernel bisects the megakernel: give --megakernel too');
+    const megakernelBlocks = megakernelBlocksOf(values['megakernel-blocks'], values.megakernel);
     const dir = checkModelDir(values.model);
     const model = loadLlama(dir);
     let tokenizer;
@@ -69,7 +72,7 @@ export const generateCommand = defineCommand({
     }
     const ids = tokenizer ? tokenizer.encode(values.prompt!) : parseIds(values.ids);
     if (ids.length === 0) throw new UsageError('--prompt encodes to no tokens');
-    await runGenerate({ model, backend, ids, tokenizer, maxNewTokens: maxNew, sampling, json: values.json, ignoreEos: values['ignore-eos'], kvDType, megakernel: values.megakernel, bisectMegakernel: values['bisect-megakernel'] });
+    await runGenerate({ model, backend, ids, tokenizer, maxNewTokens: maxNew, sampling, json: values.json, ignoreEos: values['ignore-eos'], kvDType, megakernel: values.megakernel && (megakernelBlocks ? { blocksPerProcessor: megakernelBlocks } : true), bisectMegakernel: values['bisect-megakernel'] });
   },
 });
 
@@ -89,8 +92,8 @@ export interface GenerateRequest {
   readonly ignoreEos?: boolean;
   /** What the KV cache stores (default: open-session's kvCacheDType). */
   readonly kvDType?: DType;
-  /** Run each decode step as one persistent kernel (cuda). */
-  readonly megakernel?: boolean;
+  /** Run each decode step as one persistent kernel (cuda), with these options where given. */
+  readonly megakernel?: boolean | MegakernelOptions;
   /** Instead of generating: where the megakernel's step after the prompt first differs from its kernels (with megakernel). */
   readonly bisectMegakernel?: boolean;
 }

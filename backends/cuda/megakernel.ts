@@ -58,6 +58,9 @@ export interface PreparedMegakernel {
   readonly tasks: string;
 }
 
+/** A megakernel the device or the graph cannot run, or options out of range: bad input (one line), not a bug. */
+export class MegakernelRefused extends Error {}
+
 /** The options `megakernel: true` stands for. */
 export function megakernelOptions(o: true | MegakernelOptions): MegakernelOptions {
   return o === true ? {} : o;
@@ -70,17 +73,17 @@ export function megakernelOptions(o: true | MegakernelOptions): MegakernelOption
  */
 export function renderCudaMegakernel(module: LoweredModule, caps: DeviceCaps, opts: MegakernelOptions): PreparedMegakernel {
   const graph = opts.graph ?? 'decode';
-  if (caps.target !== 'cuda') throw new Error(`--megakernel runs on cuda only, not ${caps.name}`);
+  if (caps.target !== 'cuda') throw new MegakernelRefused(`--megakernel runs on cuda only, not ${caps.name}`);
   // __nanosleep and acquire loads need sm_70.
-  if ((caps.computeCapability ?? 0) < 70) throw new Error(`--megakernel needs compute capability 7.0 or later; this device is ${caps.name}`);
+  if ((caps.computeCapability ?? 0) < 70) throw new MegakernelRefused(`--megakernel needs compute capability 7.0 or later; this device is ${caps.name}`);
   const lg = module.graphs.find((g) => g.graph.name === graph);
-  if (!lg) throw new Error(`--megakernel: the program has no graph @${graph} (it has ${module.graphs.map((g) => '@' + g.graph.name).join(', ')})`);
-  if (lg.kernels.length === 0) throw new Error(`--megakernel: graph @${graph} has no kernels`);
+  if (!lg) throw new MegakernelRefused(`--megakernel: the program has no graph @${graph} (it has ${module.graphs.map((g) => '@' + g.graph.name).join(', ')})`);
+  if (lg.kernels.length === 0) throw new MegakernelRefused(`--megakernel: graph @${graph} has no kernels`);
   const perProcessor = opts.blocksPerProcessor ?? DEFAULT_BLOCKS_PER_PROCESSOR;
   const processors = caps.processors?.count;
-  if (!processors) throw new Error(`--megakernel: ${caps.name} does not say how many multiprocessors it has`);
+  if (!processors) throw new MegakernelRefused(`--megakernel: ${caps.name} does not say how many multiprocessors it has`);
   if (!Number.isInteger(perProcessor) || perProcessor < 1 || perProcessor > caps.processors!.maxWorkgroups) {
-    throw new Error(`--megakernel: ${perProcessor} blocks a multiprocessor; ${caps.name} holds 1 to ${caps.processors!.maxWorkgroups}`);
+    throw new MegakernelRefused(`--megakernel-blocks ${perProcessor}: ${caps.name} holds 1 to ${caps.processors!.maxWorkgroups} blocks a multiprocessor`);
   }
   const kernels = scheduleKernels(lg.kernels, { ...caps, dependentLaunch: false }, MEGAKERNEL_SCHEDULE);
   const schedule = scheduleMegakernel(kernels, {}, { blocks: processors * perProcessor, processors, prefetchBytes: opts.prefetchBytes });

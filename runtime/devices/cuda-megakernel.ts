@@ -4,7 +4,7 @@
 // each task's times), launched in place of the graph's kernels, and its watchdog read back with every read of the
 // program; the timeline is read on request (runtime/megakernel-timeline.ts reads it as tasks).
 
-import { MegakernelOptions, PreparedMegakernel, TIMELINE_WORDS, WATCHDOG_FIELDS, WATCHDOG_WORDS } from '../../backends/cuda/megakernel.ts';
+import { MegakernelOptions, MegakernelRefused, PreparedMegakernel, TIMELINE_WORDS, WATCHDOG_FIELDS, WATCHDOG_WORDS } from '../../backends/cuda/megakernel.ts';
 import { CUDA_BLOCK } from '../../backends/cuda/prelude.ts';
 import { Binding } from '../../backends/kernel-ir.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from '../cuda/driver.ts';
@@ -32,9 +32,9 @@ export class LoadedMegakernel {
   constructor(private readonly cuda: CudaDriver, module: Handle, readonly prepared: PreparedMegakernel, pointer: (b: Binding) => DevicePtr, opts: MegakernelOptions) {
     const k = prepared.kernel;
     this.fn = cuda.getFunction(module, k.name, k.sharedBytes);
-    const resident = cuda.residentBlocks(this.fn, CUDA_BLOCK, k.sharedBytes) * cuda.info.multiprocessors;
-    if (resident < k.blocks) {
-      throw new Error(`--megakernel: its ${k.blocks} blocks (${k.sharedBytes} bytes of shared memory each) must all be resident, and ${cuda.info.name} holds ${resident}; try fewer blocks a multiprocessor`);
+    const perProcessor = cuda.residentBlocks(this.fn, CUDA_BLOCK, k.sharedBytes);
+    if (perProcessor * cuda.info.multiprocessors < k.blocks) {
+      throw new MegakernelRefused(`--megakernel: its ${k.blocks} blocks (${k.sharedBytes} bytes of shared memory each) must all be resident, and ${cuda.info.name} holds ${perProcessor * cuda.info.multiprocessors} (${perProcessor} a multiprocessor): ${perProcessor ? `give --megakernel-blocks ${perProcessor} or fewer` : 'not one block fits a multiprocessor'}`);
     }
     const table = (words: Int32Array | BigUint64Array) => {
       const p = this.alloc(words.byteLength);

@@ -22,6 +22,7 @@ import { runOnce } from '../../runtime/executor.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { ParamStore } from '../../runtime/params.ts';
 import { MegakernelSchedule } from '../../backends/megakernel-schedule.ts';
+import { MegakernelRefused } from '../../backends/cuda/megakernel.ts';
 import { evalSize } from '../../backends/kernel-ir.ts';
 import { timelineTable, timelineTrace } from '../../runtime/megakernel-timeline.ts';
 import { traceText } from '../../runtime/trace.ts';
@@ -107,6 +108,29 @@ s('an MLP stack with an untied bf16 head runs as one kernel and matches the refe
     }
   } finally {
     device.destroy();
+  }
+});
+
+s('more blocks a multiprocessor than the device holds: refused by name, with how many it holds; fewer run', async () => {
+  if (!enabled) return;
+  const module = compileModule({ graphs: [mlpStack()] });
+  const { params } = mlpValues(module.graphs[0].graph, 5);
+  for (const [blocks, refusal] of [[8, /must all be resident, and .* holds 32 \(4 a multiprocessor\): give --megakernel-blocks 4 or fewer$/], [2, undefined]] as const) {
+    const device = await openDevice('cuda', { cacheDir: fake.cacheDir, megakernel: { graph: 'mlp', blocksPerProcessor: blocks } }) as CudaDevice;
+    try {
+      const loading = device.load(module, new ParamStore((n) => params.get(n)!), { maxSizes: {} });
+      if (refusal) {
+        const e = await loading.then(() => undefined, (err: Error) => err);
+        assert.instance(e, MegakernelRefused);
+        assert.match(e!.message, refusal);
+      } else {
+        const program = await loading;
+        assert.is(program.kernelCount('mlp'), 1);
+        program.destroy();
+      }
+    } finally {
+      device.destroy();
+    }
   }
 });
 

@@ -1,0 +1,44 @@
+// --megakernel-blocks N on compile, generate and the benchmark: the blocks each multiprocessor runs, checked before
+// anything compiles (a positive integer, only with --megakernel), refused by name where the device holds fewer;
+// `tsfuse compile --megakernel` prints the megakernel it would run (no GPU needed: it renders, it does not launch).
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { tsfuse } from '../tsfuse-cli.ts';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-megakernel-cli-'));
+test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+const compile = (...args: string[]) => tsfuse(['compile', '--config', 'llama-tiny', '--backend', 'cuda', ...args]);
+
+test('compile --megakernel renders 4 blocks a multiprocessor by default, N with --megakernel-blocks N', async () => {
+  for (const [blocks, args] of [[4, []], [2, ['--megakernel-blocks', '2']]] as const) {
+    const dir = path.join(tmp, `mk${blocks}`);
+    const r = await compile('--megakernel', '--dump-kernels', dir, ...args);
+    assert.is(r.code, 0, r.stderr);
+    // The CLI's CUDA target (sm_90) has 132 multiprocessors.
+    assert.match(r.stdout, new RegExp(`^megakernel: \\d+ kernels, \\d+ tasks on ${132 * blocks} blocks;`, 'm'));
+    assert.ok(fs.readFileSync(path.join(dir, 'decode.megakernel.cu'), 'utf8').includes(`__launch_bounds__(TF_BLOCK, ${blocks}) decode_megakernel(`));
+  }
+});
+
+test('a bad --megakernel-blocks is one line naming it, before anything runs', async () => {
+  for (const [args, message] of [
+    [['--megakernel', '--megakernel-blocks', '0'], "tsfuse compile: --megakernel-blocks must be a positive integer, got '0'"],
+    [['--megakernel', '--megakernel-blocks', 'two'], "tsfuse compile: --megakernel-blocks must be a positive integer, got 'two'"],
+    [['--megakernel-blocks', '2'], 'tsfuse compile: --megakernel-blocks needs --megakernel'],
+    [['--megakernel', '--megakernel-blocks', '9'], 'tsfuse compile: --megakernel-blocks 9: cuda sm_90 holds 1 to 8 blocks a multiprocessor'],
+  ] as const) {
+    const r = await compile(...args);
+    assert.is(r.code, 1, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+    assert.is(r.stderr.trim(), message, args.join(' '));
+  }
+  const g = await tsfuse(['generate', '--model', '/nonexistent', '--ids', '1', '--backend', 'cuda', '--megakernel-blocks', '3']);
+  assert.is(g.code, 1, g.stderr);
+  assert.is(g.stderr.trim(), 'tsfuse generate: --megakernel-blocks needs --megakernel');
+});
+
+test.run();
