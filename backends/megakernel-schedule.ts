@@ -12,7 +12,7 @@ import { DType, dtypeBytes } from '../ir/dtype.ts';
 import { anyExpr, Binding, evalSize, KernelIR, kernelExprs } from './kernel-ir.ts';
 import { gemmFlops, kernelBytes } from './kernel-cost.ts';
 import { weightReads } from './megakernel-prefetch.ts';
-import { ScheduledKernel, scheduleOrigin } from './schedule.ts';
+import { ScheduledKernel, scheduleOrigin, SplitScratchNeeds } from './schedule.ts';
 
 /** One task in a block's list. */
 export interface MegakernelTask {
@@ -58,6 +58,8 @@ export interface MegakernelSchedule {
   readonly sizes: Readonly<Record<string, number>>;
   /** Estimated time of the step by the cost model, in ns (for reports). */
   readonly estimateNs: number;
+  /** The scratch of the kernels whose tasks share work through it (attention's chunks of keys), the largest asked. */
+  readonly scratch?: SplitScratchNeeds;
 }
 
 /** What the megakernel is built for. */
@@ -137,7 +139,9 @@ export function scheduleMegakernel(kernels: readonly ScheduledKernel[], sizes: R
     });
     return list;
   });
-  const schedule = { kernels: fixed, tasks, rows, spans, prefetch, dependsOn, blocks, sizes, estimateNs: Math.max(0, ...finish) };
+  const chunked = fixed.flatMap((sk) => (sk.flash?.keyChunks ? [sk.flash.keyChunks] : []));
+  const scratch = chunked.length ? { workspaceFloats: Math.max(...chunked.map((c) => c.workspaceFloats)), counters: Math.max(...chunked.map((c) => c.counters)) } : undefined;
+  const schedule = { kernels: fixed, tasks, rows, spans, prefetch, dependsOn, blocks, sizes, estimateNs: Math.max(0, ...finish), ...(scratch ? { scratch } : {}) };
   checkMegakernel(schedule);
   return schedule;
 }
@@ -199,11 +203,11 @@ function atFixedSizes(sk: ScheduledKernel, sizes: Readonly<Record<string, number
 
 /**
  * Attention's decode form as a task runs it: the form alone (it loops over rows, as a task does; the row form beside
- * it is not needed). Over whole heads: the graph is scheduled without chunks of keys (cuda/megakernel.ts's
- * MEGAKERNEL_SCHEDULE). Made once for kernels alike, printed once.
+ * it is not needed). Over a long cache its rows are a head's chunks of keys (FlashPlan.keyChunks), the last of a
+ * head to finish merging them through the megakernel's scratch (MegakernelSchedule.scratch). Made once for kernels
+ * alike, printed once.
  */
 function decodeTaskForm(sk: ScheduledKernel): ScheduledKernel {
-  if (sk.flash!.keyChunks) throw new Error(`megakernel: kernel ${sk.kernel.name} divides its keys among workgroups; schedule the graph with keyChunks: false`);
   const origin = scheduleOrigin(sk);
   let form = decodeForms.get(origin);
   if (!form) {

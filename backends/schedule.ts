@@ -343,9 +343,8 @@ export interface ScheduleOptions {
   /** Buffers bound in several chunks (over a WebGPU binding's size limit): read element by element only. */
   readonly splitBuffers?: ReadonlySet<number>;
   /**
-   * false: attention's decode form takes whole heads, never chunks of keys (FlashPlan.keyChunks). For a graph that
-   * runs as a megakernel, whose tasks take whole rows: its kernels launched one by one (as bisecting runs them)
-   * then compute what its tasks do, bit for bit.
+   * false: attention's decode form takes whole heads, never chunks of keys (FlashPlan.keyChunks): for code that runs
+   * without the scratch or second dispatch the chunks merge through (compiler/artifact.ts's WGSL kernels).
    */
   readonly keyChunks?: boolean;
 }

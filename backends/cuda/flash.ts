@@ -478,7 +478,6 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   const [kLoad, vLoad] = [f.k, f.v];
   const unpack = p.buffers[kLoad.buf].dtype === DType.F16 ? 'tf_unpack_f16x8' : 'tf_unpack_bf16x8';
   const chunks = plan.keyChunks;
-  if (task && chunks) throw new Error('CUDA: a megakernel task takes whole heads, not chunks of keys');
   if (chunks && chunks.keys !== G * U) throw new Error(`CUDA: decode attention chunks of ${chunks.keys} keys for steps of ${G * U}`);
   const NC = chunks?.count ?? 1;
   const full = '0xffffffffu';

@@ -12,7 +12,7 @@ import { Binding } from '../kernel-ir.ts';
 import { LoweredModule } from '../lowered.ts';
 import { bindingKey, DEFAULT_BLOCKS_PER_PROCESSOR, formatMegakernel, MegakernelSchedule, megakernelOrigin, scheduleMegakernel } from '../megakernel-schedule.ts';
 import { sizeName } from '../render-base.ts';
-import { ScheduledKernel, scheduleKernels, ScheduleOptions } from '../schedule.ts';
+import { ScheduledKernel, scheduleKernels, SplitScratchNeeds } from '../schedule.ts';
 import { cudaPrelude } from './prelude.ts';
 import { cudaElemType, cudaTaskBody } from './render-cuda.ts';
 
@@ -34,6 +34,8 @@ export interface CudaMegakernel {
   readonly tasks: number;
   /** Whether the kernel records each task's times (TIMELINE_WORDS a task) into tf_timeline. */
   readonly timeline: boolean;
+  /** The scratch its tasks share work through (kernel arguments tf_ws, tf_count; MegakernelSchedule.scratch), if any. */
+  readonly scratch?: SplitScratchNeeds;
 }
 
 export interface MegakernelOptions {
@@ -85,17 +87,11 @@ export function renderCudaMegakernel(module: LoweredModule, caps: DeviceCaps, op
   if (!Number.isInteger(perProcessor) || perProcessor < 1 || perProcessor > caps.processors!.maxWorkgroups) {
     throw new MegakernelRefused(`--megakernel-blocks ${perProcessor}: ${caps.name} holds 1 to ${caps.processors!.maxWorkgroups} blocks a multiprocessor`);
   }
-  const kernels = scheduleKernels(lg.kernels, { ...caps, dependentLaunch: false }, MEGAKERNEL_SCHEDULE);
+  const kernels = scheduleKernels(lg.kernels, { ...caps, dependentLaunch: false });
   const schedule = scheduleMegakernel(kernels, {}, { blocks: processors * perProcessor, processors, prefetchBytes: opts.prefetchBytes });
   const kernel = printCudaMegakernel(schedule, `${graph}_megakernel`, perProcessor, { timeline: !!opts.timeline });
   return { graph, schedule, kernel, tasks: formatMegakernel(schedule) };
 }
-
-/**
- * How a megakernel's graph is scheduled, for its tasks and for its kernels launched one by one alike: attention's
- * decode form over whole heads (a task takes whole rows, and the megakernel gives no scratch for chunks of keys).
- */
-export const MEGAKERNEL_SCHEDULE: ScheduleOptions = { keyChunks: false };
 
 /** Words of the watchdog's record (kernel argument tf_watchdog): see WATCHDOG_FIELDS. */
 export const WATCHDOG_WORDS = 8;
@@ -133,6 +129,7 @@ export function printCudaMegakernel(s: MegakernelSchedule, name: string, blocksP
     if (!f) functions.set(origin, (f = taskFunction(origin, `tf_task${functions.size}`)));
     const args = sk.kernel.buffers.map((b) => `(${b.written ? '' : 'const '}${cudaElemType[b.dtype]}*)tf_buf[${slot(b.binding)}]`);
     for (const size of sk.kernel.sizes) args.push(String(s.sizes[size]));
+    if (sharesWork(sk)) args.push('tf_ws', 'tf_count');
     return `      case ${k}: ${f.name}(${[...args, 'tf_pool', 'tf_first', 'tf_end'].join(', ')}); break;`;
   });
   const pool = Math.max(0, ...[...functions.values()].map((f) => f.poolBytes));
@@ -149,7 +146,7 @@ export function printCudaMegakernel(s: MegakernelSchedule, name: string, blocksP
   const plan = taskTable(s, (k, buffer) => slot(s.kernels[k].kernel.buffers[buffer].binding));
   return {
     source, name, sharedBytes: OWN_BYTES + pool, blocks: s.blocks.length, buffers, plan, counters: s.kernels.length,
-    tasks: s.blocks.reduce((n, list) => n + list.length, 0), timeline,
+    tasks: s.blocks.reduce((n, list) => n + list.length, 0), timeline, ...(s.scratch ? { scratch: s.scratch } : {}),
   };
 }
 
@@ -184,6 +181,9 @@ function taskTable(s: MegakernelSchedule, slotOf: (kernel: number, buffer: numbe
   return table;
 }
 
+/** Whether a kernel's tasks share work through the megakernel's scratch: attention over a cache in chunks of keys. */
+const sharesWork = (sk: ScheduledKernel) => !!sk.flash?.keyChunks;
+
 /**
  * A kernel's code as a device function of the task's rows [tf_first, tf_end), its shared arrays placed in the
  * pool: memory the launch would have given first (the schedule's dynamic offsets), the arrays it declares
@@ -198,6 +198,7 @@ function taskFunction(sk: ScheduledKernel, name: string): { name: string; code: 
   // Weights are never written during a step: the compiler may read them through the read-only path.
   const params = k.buffers.map((b, i) => `${b.written ? '' : 'const '}${cudaElemType[b.dtype]}*${b.binding.kind === 'param' ? ' __restrict__' : ''} b${i}`);
   for (const s of k.sizes) params.push(`const int ${sizeName(s)}`);
+  if (sharesWork(sk)) params.push('float* __restrict__ tf_ws', 'unsigned* __restrict__ tf_count');
   params.push('unsigned char* const tf_pool', 'const int tf_first', 'const int tf_end');
   const code = `// ${k.name}'s code (and every kernel's alike)\nstatic __device__ __noinline__ void ${name}(${params.join(', ')}) {\n${body}`;
   return { name, code, poolBytes };
@@ -269,7 +270,7 @@ function kernelCode(name: string, blocksPerProcessor: number, calls: readonly st
   const time = (word: number, what: string) => (timeline ? `    if (threadIdx.x == 0) tf_timeline[${TIMELINE_WORDS} * tf_t + ${word}] = ${what};\n` : '');
   return `extern "C" __global__ void __launch_bounds__(TF_BLOCK, ${blocksPerProcessor}) ${name}(void* const* __restrict__ tf_buf, const int* __restrict__ tf_plan,
     unsigned* tf_done, unsigned* tf_steps, unsigned* tf_watchdog, const unsigned long long tf_limit_ns, unsigned long long* tf_timeline,
-    const int tf_only_kernel, const int tf_only_task) {
+    float* tf_ws, unsigned* tf_count, const int tf_only_kernel, const int tf_only_task) {
   extern __shared__ __align__(16) unsigned char tf_smem[];
   unsigned char* const tf_pool = tf_smem + ${OWN_BYTES};
   volatile int* const tf_go = reinterpret_cast<volatile int*>(tf_smem);

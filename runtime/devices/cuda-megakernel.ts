@@ -50,13 +50,18 @@ export class LoadedMegakernel {
     const plan = table(k.plan);
     const done = zeroed(4 * k.counters);
     const steps = zeroed(4 * k.blocks);
-    this.counts = [{ ptr: done, bytes: 4 * k.counters }, { ptr: steps, bytes: 4 * k.blocks }];
+    const counts = [{ ptr: done, bytes: 4 * k.counters }, { ptr: steps, bytes: 4 * k.blocks }];
     this.watchdog = zeroed(4 * WATCHDOG_WORDS);
     const limitNs = (opts.watchdogMs ?? DEFAULT_WATCHDOG_MS) * 1e6;
     if (!(limitNs > 0)) throw new Error(`--megakernel: a watchdog of ${opts.watchdogMs} ms`);
     if (k.timeline) this.timeline = zeroed(8 * TIMELINE_WORDS * k.tasks);
+    // The scratch attention's chunks of keys merge through: their counters start at zero and each merge leaves its
+    // own so (zeroed again after bisecting, which can stop a head's chunks halfway).
+    const scratch = k.scratch && { ws: this.alloc(4 * k.scratch.workspaceFloats), count: zeroed(4 * k.scratch.counters) };
+    if (k.scratch) counts.push({ ptr: scratch!.count, bytes: 4 * k.scratch.counters });
+    this.counts = counts;
     // The limit is an unsigned 64-bit argument: passed in a pointer's slot.
-    this.fixedArgs = [buffers, plan, done, steps, this.watchdog, Math.round(limitNs), this.timeline ?? 0];
+    this.fixedArgs = [buffers, plan, done, steps, this.watchdog, Math.round(limitNs), this.timeline ?? 0, scratch?.ws ?? 0, scratch?.count ?? 0];
     this.args = cuda.kernelArgs([...this.fixedArgs, { int: -1 }, { int: -1 }]);
   }
 

@@ -23,7 +23,7 @@ import { BufferKey, bufferKey, checkSizes, planBuffers, Device, gemmFlops, kerne
 import { ParamStore } from '../params.ts';
 import { allocSplitScratch, freeSplitScratch, SplitScratch } from '../cuda/split-scratch.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
-import { MEGAKERNEL_SCHEDULE, MegakernelOptions, megakernelOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
+import { MegakernelOptions, megakernelOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
 import { LoadedMegakernel } from './cuda-megakernel.ts';
 import { BisectTarget, BisectWrite, bisectMegakernel, MegakernelDifference } from '../megakernel-bisect.ts';
 import { readBuffers } from '../../backends/megakernel-schedule.ts';
@@ -102,11 +102,7 @@ export class CudaDevice implements Device {
     // all graphs (a prompt's and a prefill's kernels are alike), dealt over the threads and started before the
     // weights are read, is the next step from there, not yet measured.
     const units = this.opts.units ?? Math.max(1, Math.min(16, os.availableParallelism()));
-    // The megakernel's graph launched one by one (as bisecting runs it) computes what its tasks do.
-    const mkGraph = this.opts.megakernel ? megakernelOptions(this.opts.megakernel).graph ?? 'decode' : undefined;
-    const program = renderCudaProgram(graphs.map((lg) => ({
-      kernels: lg.kernels, prefix: `${lg.graph.name}_`, ...(lg.graph.name === mkGraph ? { opts: MEGAKERNEL_SCHEDULE } : {}),
-    })), this.caps, units, { stamps: this.opts.stamps });
+    const program = renderCudaProgram(graphs.map((lg) => ({ kernels: lg.kernels, prefix: `${lg.graph.name}_` })), this.caps, units, { stamps: this.opts.stamps });
     const sources = program.units.map((u, i) => ({ source: u.source, name: `unit${i}.cu` }));
     const megakernel = this.opts.megakernel ? renderCudaMegakernel(module, this.caps, megakernelOptions(this.opts.megakernel)) : undefined;
     if (megakernel) sources.push({ source: megakernel.kernel.source, name: 'megakernel.cu' });

@@ -17,8 +17,8 @@ import { compileModule } from '../../compiler/compile-module.ts';
 import { arange, trace, where } from '../../compiler/index.ts';
 import { cudaCaps, webgpuCaps } from '../../backends/device-caps.ts';
 import { scheduleKernel } from '../../backends/schedule.ts';
-import { MEGAKERNEL_SCHEDULE } from '../../backends/cuda/megakernel.ts';
-import { renderCudaProgram } from '../../backends/cuda/render-cuda.ts';
+import { printCudaMegakernel } from '../../backends/cuda/megakernel.ts';
+import { scheduleMegakernel } from '../../backends/megakernel-schedule.ts';
 import { formatSchedule } from '../../backends/schedule-format.ts';
 import { DType } from '../../ir/dtype.ts';
 import { roundBf16 } from '../../ir/half.ts';
@@ -111,14 +111,22 @@ schedules('CUDA runs one query row over 16-bit cache rows in the decode form, We
     assert.not.match(cuda, 'before the wait');
   }
 });
-schedules('a megakernel\'s graph takes whole heads, launched or as tasks, so that bisecting compares the same code', () => {
+schedules('a megakernel\'s attention over a long cache runs its chunks of keys as tasks, merging them through its scratch', () => {
   const [k] = CASES[1].compiled.graphs[0].kernels;
-  assert.is(scheduleKernel(k, cudaCaps(90)).flash?.keyChunks?.count, 2, 'launched alone: 2 chunks of 256 keys');
-  const whole = scheduleKernel(k, cudaCaps(90), MEGAKERNEL_SCHEDULE);
-  assert.is(whole.flash?.units, 'decode');
-  assert.is(whole.flash?.keyChunks, undefined);
-  const [launched] = renderCudaProgram([{ kernels: [k], prefix: 'mk_', opts: MEGAKERNEL_SCHEDULE }], cudaCaps(90), 1).functions[0];
-  assert.is(launched.splitScratch, undefined, 'no chunk scratch');
+  const sk = scheduleKernel(k, { ...cudaCaps(90), dependentLaunch: false });
+  assert.is(sk.flash?.keyChunks?.count, 2, '2 chunks of 256 keys');
+  const s = scheduleMegakernel([sk], {}, { blocks: 8, processors: 4 });
+  assert.is(s.rows[0], KV_HEADS * PER_HEAD * 2, 'a row a head and chunk');
+  assert.equal(s.scratch, { workspaceFloats: sk.flash!.keyChunks!.workspaceFloats, counters: sk.flash!.keyChunks!.counters });
+  const mk = printCudaMegakernel(s, 'mk', 2);
+  assert.equal(mk.scratch, s.scratch);
+  assert.match(mk.source, /static __device__ __noinline__ void tf_task0\([^)]*float\* __restrict__ tf_ws, unsigned\* __restrict__ tf_count, unsigned char\* const tf_pool/);
+  assert.match(mk.source, /case 0: tf_task0\([^;]*tf_ws, tf_count, tf_pool, tf_first, tf_end\); break;/);
+  // Over one step of keys: no chunks, no scratch.
+  const [short] = CASES[0].compiled.graphs[0].kernels;
+  const whole = scheduleMegakernel([scheduleKernel(short, { ...cudaCaps(90), dependentLaunch: false })], {}, { blocks: 8, processors: 4 });
+  assert.is(whole.scratch, undefined);
+  assert.not.match(printCudaMegakernel(whole, 'mk', 2).source, /tf_ws, tf_count, tf_pool/);
 });
 schedules.run();
 

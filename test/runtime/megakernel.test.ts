@@ -15,7 +15,10 @@ import { interpret } from '../../backends/reference/interpreter.ts';
 import { compileModule } from '../../compiler/compile-module.ts';
 import { openLlamaSession } from '../../compiler/open-session.ts';
 import { runGenerate } from '../../compiler/cli-generate.ts';
+import { arange, trace, where } from '../../compiler/index.ts';
 import { DType } from '../../ir/dtype.ts';
+import { roundBf16 } from '../../ir/half.ts';
+import { hostTensor } from '../../ir/host-tensor.ts';
 import { CudaDevice, CudaProgram } from '../../runtime/devices/cuda.ts';
 import { openDevice } from '../../runtime/devices/open.ts';
 import { runOnce } from '../../runtime/executor.ts';
@@ -27,6 +30,7 @@ import { evalSize } from '../../backends/kernel-ir.ts';
 import { timelineTable, timelineTrace } from '../../runtime/megakernel-timeline.ts';
 import { traceText } from '../../runtime/trace.ts';
 import { mismatch } from '../backends/compare.ts';
+import { Rng } from '../backends/rng.ts';
 import { mlpStack, mlpValues } from '../backends/mlp-stack.ts';
 import { fakeCudaEnabled as enabled, onFakeCuda } from './fake-cuda/build.ts';
 
@@ -105,6 +109,50 @@ s('an MLP stack with an untied bf16 head runs as one kernel and matches the refe
       } finally {
         program.destroy();
       }
+    }
+  } finally {
+    device.destroy();
+  }
+});
+
+// Decode attention over 600 positions in heads of 64: 3 chunks of 256 keys a head, each a task's row; the last chunk
+// of a head to finish merges them through the megakernel's scratch and zeroes the head's counter for the next step.
+s('attention over a long cache: its chunks of keys run as tasks, merged through the scratch, as the reference computes', async () => {
+  if (!enabled) return;
+  const [H, PER, D, T] = [2, 3, 64, 600];
+  const graph = trace('attn', [
+    { name: 'q', dtype: DType.F32, shape: [H, PER, 1, D] },
+    { name: 'k', dtype: DType.BF16, shape: [H, 1, T, D] },
+    { name: 'v', dtype: DType.BF16, shape: [H, 1, T, D] },
+    { name: 'pos', dtype: DType.I32, shape: [] },
+  ], (q, k, v, pos) => {
+    const scores = where(arange(T).reshape(1, -1).le(pos.reshape(1, 1)), q.matmul(k.cast(DType.F32).transpose()).mul(1 / Math.sqrt(D)), -Infinity);
+    return { y: scores.softmax(-1).matmul(v.cast(DType.F32)) };
+  });
+  const module = compileModule({ graphs: [graph] });
+  const rng = new Rng(Date.now() % 1e9);
+  const values = (n: number) => Array.from({ length: n }, () => roundBf16(rng.normal()));
+  const k = hostTensor(DType.BF16, [H, 1, T, D], values(H * T * D));
+  const v = hostTensor(DType.BF16, [H, 1, T, D], values(H * T * D));
+  const q = hostTensor(DType.F32, [H, PER, 1, D], values(H * PER * D));
+  const device = await openDevice('cuda', { cacheDir: fake.cacheDir, megakernel: { graph: 'attn' } }) as CudaDevice;
+  try {
+    const program = await device.load(module, new ParamStore(() => { throw new Error('no params'); }), { maxSizes: {} });
+    try {
+      assert.is(program.kernelCount('attn'), 1);
+      const schedule = (program as unknown as { megakernel: { prepared: { schedule: MegakernelSchedule } } }).megakernel.prepared.schedule;
+      assert.is(schedule.rows[0], H * PER * 3, 'a row a head and chunk');
+      assert.ok(schedule.scratch, 'the chunks\' scratch');
+      // Positions inside the first chunk, at the chunks' edges and at the last; each twice (the counters reset).
+      for (const at of [0, 255, 256, 511, 599, 599]) {
+        const inputs = { q, k, v, pos: hostTensor(DType.I32, [], [at]) };
+        const [want] = interpret(graph, { inputs, param: () => { throw new Error('no params'); }, states: new Map() });
+        const [got] = await runOnce(program, 'attn', inputs, new Map());
+        const bad = mismatch(got, want, 1e-4);
+        assert.not.ok(bad, `position ${at}: ${bad}`);
+      }
+    } finally {
+      program.destroy();
     }
   } finally {
     device.destroy();
