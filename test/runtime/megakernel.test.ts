@@ -117,7 +117,7 @@ s('an MLP stack with an untied bf16 head runs as one kernel and matches the refe
 
 // Decode attention over 600 positions in heads of 64: 3 chunks of 256 keys a head, each a task's row; the last chunk
 // of a head to finish merges them through the megakernel's scratch and zeroes the head's counter for the next step.
-s('attention over a long cache: its chunks of keys run as tasks, merged through the scratch, as the reference computes', async () => {
+s('attention over a long cache: its chunks of keys run as tasks, merged through the scratch, as the reference computes and the launched kernel does', async () => {
   if (!enabled) return;
   const [H, PER, D, T] = [2, 3, 64, 600];
   const graph = trace('attn', [
@@ -151,6 +151,12 @@ s('attention over a long cache: its chunks of keys run as tasks, merged through 
         const bad = mismatch(got, want, 1e-4);
         assert.not.ok(bad, `position ${at}: ${bad}`);
       }
+      // Byte for byte the launched kernel's chunks (bisecting), and the counters zeroed after: the next step as before.
+      assert.is((program as CudaProgram).bisectMegakernel('attn', {}), undefined);
+      const inputs = { q, k, v, pos: hostTensor(DType.I32, [], [599]) };
+      const [want] = interpret(graph, { inputs, param: () => { throw new Error('no params'); }, states: new Map() });
+      const [got] = await runOnce(program, 'attn', inputs, new Map());
+      assert.not.ok(mismatch(got, want, 1e-4), 'after bisecting');
     } finally {
       program.destroy();
     }
