@@ -37,10 +37,10 @@ export const kernelRenderers: Record<string, { ext: string; device: DeviceCaps; 
 export function runCompile(req: CompileRequest): void {
   const passes = passNames();
   const dump = parseDump(req.dumpIr, passes);
-  const explained: string[] = [];
+  const explained: Explanation[] = [];
   const ctx: PassContext = {
     ...llamaPassContext(req),
-    explain: req.explainFusion ? (pass, line) => explained.push(`[${pass}] ${line}`) : undefined,
+    explain: req.explainFusion ? (pass, line, graph) => explained.push({ pass, line, graph }) : undefined,
   };
   const trace = () => traceLlama(req.cfg, llamaTraceOptions(req));
   const after = (pass: string, m: Module) => {
@@ -64,7 +64,7 @@ export function runCompile(req: CompileRequest): void {
   if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, kernels, dumpOptions);
   if (req.megakernel) writeMegakernel(req.dumpKernels, { graphs: compiled.graphs.map((c) => ({ graph: c.graph, kernels: c.kernels })) }, req.megakernelBlocks);
   if (req.dumpSchedule) process.stdout.write(formatSchedules(req.backend, kernels, dumpOptions));
-  if (req.explainFusion) console.log(explained.join('\n'));
+  if (req.explainFusion) process.stdout.write(formatExplanations(explained));
   const summary = compileSummary(req, compiled, tracedNodes);
   if (!req.report) {
     printSummary(req, summary, dump.final || dump.all || dump.after !== undefined || !!req.dumpSchedule || req.explainFusion);
@@ -112,6 +112,27 @@ export function writeKernels(dir: string, backend: string, graphs: { name: strin
       }
     }
   });
+}
+
+/** A pass's explanation of one decision (PassContext.explain). */
+export interface Explanation {
+  readonly pass: string;
+  readonly line: string;
+  readonly graph: string;
+}
+
+/**
+ * Explanations under their graph's name, in the order they came; a decision repeated word for word in a graph (every
+ * layer's alike) printed once, with how many times it was made.
+ */
+export function formatExplanations(explained: readonly Explanation[]): string {
+  const graphs = new Map<string, Map<string, number>>();
+  for (const e of explained) {
+    const lines = graphs.get(e.graph) ?? graphs.set(e.graph, new Map()).get(e.graph)!;
+    const text = `[${e.pass}] ${e.line}`;
+    lines.set(text, (lines.get(text) ?? 0) + 1);
+  }
+  return [...graphs].map(([graph, lines]) => `@${graph}\n${[...lines].map(([text, n]) => `  ${text}${n > 1 ? ` (×${n})` : ''}\n`).join('')}`).join('');
 }
 
 /**

@@ -27,7 +27,7 @@ export interface CompileOptions {
 export function compileModule(m: Module, opts: CompileOptions = {}): CompiledModule {
   let ctx = opts.ctx ?? defaultContext;
   // TSFUSE_LOGS=fusion: every fusion decision, as --explain-fusion prints them.
-  if (logsOn('fusion') && !ctx.explain) ctx = { ...ctx, explain: (pass, line) => log('fusion', `[${pass}] ${line}`) };
+  if (logsOn('fusion') && !ctx.explain) ctx = { ...ctx, explain: (pass, line, graph) => log('fusion', `[${pass}] @${graph}: ${line}`) };
   const fused = runPipeline(m, { ...opts, ctx });
   // Kernels alike in every graph (the prompt and prefill graphs' layers) are lowered once for the module.
   const lowered: LoweredKernels = new Map();

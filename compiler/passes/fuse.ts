@@ -136,7 +136,7 @@ class Partition {
     }
   }
 
-  explain(line: string): void { this.ctx.explain?.('fuse', line); }
+  explain(line: string): void { this.ctx.explain?.('fuse', line, this.g.name); }
   bytes(v: Value): string { return formatBytes(valueBytes(v, this.ctx.dims)); }
 
   newGroup(kind: KernelKind): Group {
@@ -765,7 +765,7 @@ function explainBoundaries(fused: Graph, p: Partition): void {
     contraction: 'contracts over it, so every output it computes needs all of it',
     attention: 'attends over it, so every head it computes needs all of it',
     reduce: 'reduces over it',
-    'state-write': 'reads it at other positions (rotate-half, reshape into heads)',
+    'state-write': 'writes it into a state (update_slice)',
     elementwise: 'reads it at other indices',
   };
   for (const k of fused.kernels) {
