@@ -9,8 +9,8 @@ import { builtinConfig, LlamaConfig } from '../runtime/config.ts';
 import type { DeviceKind } from '../runtime/device.ts';
 import { step } from '../runtime/progress.ts';
 import {
-  backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, megakernelBlocksOf, modelOption, positiveInt, scriptLimitOptions, scriptLimits,
-  UsageError,
+  backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, megakernelBlocksOf, modelOption, positiveInt, scriptLimitOptions,
+  scriptLimits, UsageError,
 } from './cli-args.ts';
 import { findCompiled } from './compile-cache-entry.ts';
 import type { CompiledModule } from './compile-module.ts';
