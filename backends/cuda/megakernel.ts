@@ -41,7 +41,10 @@ export interface CudaMegakernel {
 export interface MegakernelOptions {
   /** The graph to run as one persistent kernel. Default decode: the step a session replays. */
   readonly graph?: string;
-  /** Blocks each multiprocessor runs (registers are capped to fit them; refused where they do not fit). Default 2. */
+  /**
+   * Blocks each multiprocessor runs (registers are capped to fit them; refused where they do not fit). Default
+   * DEFAULT_BLOCKS_PER_PROCESSOR (4).
+   */
   readonly blocksPerProcessor?: number;
   /** How long one wait may spin before the watchdog stops the step and reports it, in ms. Default 5000. */
   readonly watchdogMs?: number;
