@@ -347,6 +347,11 @@ export interface ScheduleOptions {
    * without the scratch or second dispatch the chunks merge through (compiler/artifact.ts's WGSL kernels).
    */
   readonly keyChunks?: boolean;
+  /**
+   * Registers a thread may use where every kernel runs in a grid that caps them (the megakernel's 4 blocks a
+   * multiprocessor: 64); attention's decode form then keeps fewer keys' loads in flight (FlashPlan.keyUnroll).
+   */
+  readonly registersPerThread?: number;
 }
 
 /** Elements a thread may take in an unrolled loop (Mapping 'thread-per-element'). */
@@ -864,6 +869,16 @@ function flashPlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleOp
  * (BENCHMARKS.md), 0.897 → 0.895 ms a token at a 160-position cache, 0.958 → 0.946 at 528.
  */
 const DECODE_KEY_UNROLL = 8;
+/**
+ * Keys a lane group of the CUDA decode form loads at once over a cache of several chunks where a thread has
+ * REGISTERS_FOR_UNROLL registers or fewer (ScheduleOptions.registersPerThread: the megakernel's): 8 keys' and
+ * values' 16-byte loads alone are 64 registers. Measured on the H200 (BENCHMARKS.md, twenty-third session), the
+ * megakernel of Llama-3.2-1B at a 2,048-position cache: 8 keys 1.172 / 1.176 ms a token, 4 keys in chunks of two
+ * steps 1.030 / 1.032 (in chunks of one step, twice as many, 1.082 / 1.083); at 161 positions (one chunk) 8 keys
+ * 0.919, 4 keys in two steps 0.945.
+ */
+const CAPPED_KEY_UNROLL = 4;
+const REGISTERS_FOR_UNROLL = 64;
 
 /**
  * WebGPU's decode form divides a cache of this many steps or more (FlashPlan.keyChunks) among workgroups, a step
@@ -924,11 +939,14 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
   // Each group's maximum, sum and output run, merged through workgroup memory; the query and computed rows.
   const bytes = 4 * (groups * (2 + f.width) + f.depth * (1 + computed.length));
   if (bytes + SCRATCH_BYTES > device.staticWorkgroupMemoryBytes) return undefined;
-  const step = groups * DECODE_KEY_UNROLL;
-  const count = opts.keyChunks === false ? 1 : Math.ceil(f.keys / step);
-  const keyChunks = count > 1 ? { keys: step, count, workspaceFloats: f.batch * count * (f.width + 2), counters: f.batch } : undefined;
+  // Chunks of the keys a step takes at the full unroll; under a register cap, two steps of half the unroll where
+  // the cache is more than one chunk (CAPPED_KEY_UNROLL).
+  const chunk = groups * DECODE_KEY_UNROLL;
+  const count = opts.keyChunks === false ? 1 : Math.ceil(f.keys / chunk);
+  const keyUnroll = count > 1 && (opts.registersPerThread ?? Infinity) <= REGISTERS_FOR_UNROLL ? CAPPED_KEY_UNROLL : DECODE_KEY_UNROLL;
+  const keyChunks = count > 1 ? { keys: chunk, count, workspaceFloats: f.batch * count * (f.width + 2), counters: f.batch } : undefined;
   const early = device.dependentLaunch && earlyKeys(f, k);
-  return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll: DECODE_KEY_UNROLL, ...(keyChunks ? { keyChunks } : {}), ...(early ? { earlyKeys: true } : {}) };
+  return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll, ...(keyChunks ? { keyChunks } : {}), ...(early ? { earlyKeys: true } : {}) };
 }
 
 /** Whether the decode form takes heads of `depth`: runs of 8 elements over at most 32 lanes, dividing a warp (8 to 256, powers of two). */

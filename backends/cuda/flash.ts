@@ -478,7 +478,7 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   const [kLoad, vLoad] = [f.k, f.v];
   const unpack = p.buffers[kLoad.buf].dtype === DType.F16 ? 'tf_unpack_f16x8' : 'tf_unpack_bf16x8';
   const chunks = plan.keyChunks;
-  if (chunks && chunks.keys !== G * U) throw new Error(`CUDA: decode attention chunks of ${chunks.keys} keys for steps of ${G * U}`);
+  if (chunks && chunks.keys % (G * U) !== 0) throw new Error(`CUDA: decode attention chunks of ${chunks.keys} keys for steps of ${G * U}`);
   const NC = chunks?.count ?? 1;
   const full = '0xffffffffu';
   const computed = { k: f.fresh?.k?.value, v: f.fresh?.v?.value };
@@ -669,16 +669,14 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   out.push(`${i1}}`);
   if (chunks) {
     // The last chunk of the head to finish merges them all, in the chunks' order, reading past the L1.
-    // The block's stores before the count: the barrier orders them before thread 0's fence, which (cumulative)
-    // publishes them with its own; the last chunk's fence orders the count before its threads' loads, and it resets
-    // the count for the next step (as the depth-split GEMM's parts do).
+    // The block's stores before the count: the barrier orders them before thread 0's acquire-release count
+    // (tf_count_part), which publishes them; the last chunk's count acquires the others', and it resets the count
+    // for the next step.
     out.push(`${i1}if (tf_parts > 1) {`);
     out.push(`${i2}__syncthreads();`);
     out.push(`${i2}if (threadIdx.x == 0) {`);
-    out.push(`${i3}__threadfence();`);
-    out.push(`${i3}const bool tf_l = atomicAdd(tf_count + tf_row, 1u) == (unsigned)(tf_parts - 1);`);
+    out.push(`${i3}const bool tf_l = tf_count_part(tf_count + tf_row) == (unsigned)(tf_parts - 1);`);
     out.push(`${i3}if (tf_l) tf_count[tf_row] = 0u;`);
-    out.push(`${i3}__threadfence();`);
     out.push(`${i3}tf_last[0] = tf_l;`);
     out.push(`${i2}}`);
     out.push(`${i2}__syncthreads();`);

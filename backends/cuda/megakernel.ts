@@ -12,7 +12,7 @@ import { Binding } from '../kernel-ir.ts';
 import { LoweredModule } from '../lowered.ts';
 import { bindingKey, DEFAULT_BLOCKS_PER_PROCESSOR, formatMegakernel, MegakernelSchedule, megakernelOrigin, scheduleMegakernel } from '../megakernel-schedule.ts';
 import { sizeName } from '../render-base.ts';
-import { ScheduledKernel, scheduleKernels, SplitScratchNeeds } from '../schedule.ts';
+import { ScheduledKernel, scheduleKernels, ScheduleOptions, SplitScratchNeeds } from '../schedule.ts';
 import { cudaPrelude } from './prelude.ts';
 import { cudaElemType, cudaTaskBody } from './render-cuda.ts';
 
@@ -90,10 +90,23 @@ export function renderCudaMegakernel(module: LoweredModule, caps: DeviceCaps, op
   if (!Number.isInteger(perProcessor) || perProcessor < 1 || perProcessor > caps.processors!.maxWorkgroups) {
     throw new MegakernelRefused(`--megakernel-blocks ${perProcessor}: ${caps.name} holds 1 to ${caps.processors!.maxWorkgroups} blocks a multiprocessor`);
   }
-  const kernels = scheduleKernels(lg.kernels, { ...caps, dependentLaunch: false });
+  const kernels = scheduleKernels(lg.kernels, { ...caps, dependentLaunch: false }, megakernelScheduleOptions(caps, opts));
   const schedule = scheduleMegakernel(kernels, {}, { blocks: processors * perProcessor, processors, prefetchBytes: opts.prefetchBytes });
   const kernel = printCudaMegakernel(schedule, `${graph}_megakernel`, perProcessor, { timeline: !!opts.timeline });
   return { graph, schedule, kernel, tasks: formatMegakernel(schedule) };
+}
+
+/** 32-bit registers a multiprocessor holds (compute capability 7.0 and later, which the megakernel needs). */
+const REGISTERS_PER_PROCESSOR = 65536;
+
+/**
+ * How the megakernel's graph is scheduled, for the megakernel and for its kernels launched one by one (bisecting
+ * compares the two byte for byte): every kernel's code under the megakernel's register cap (launch bounds for its
+ * blocks a multiprocessor).
+ */
+export function megakernelScheduleOptions(caps: DeviceCaps, opts: MegakernelOptions): ScheduleOptions {
+  const perProcessor = opts.blocksPerProcessor ?? DEFAULT_BLOCKS_PER_PROCESSOR;
+  return { registersPerThread: Math.floor(REGISTERS_PER_PROCESSOR / (perProcessor * caps.threadsPerWorkgroup)) };
 }
 
 /** Words of the watchdog's record (kernel argument tf_watchdog): see WATCHDOG_FIELDS. */

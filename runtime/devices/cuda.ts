@@ -23,7 +23,7 @@ import { BufferKey, bufferKey, checkSizes, planBuffers, Device, gemmFlops, kerne
 import { ParamStore } from '../params.ts';
 import { allocSplitScratch, freeSplitScratch, SplitScratch } from '../cuda/split-scratch.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
-import { MegakernelOptions, megakernelOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
+import { MegakernelOptions, megakernelOptions, megakernelScheduleOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
 import { LoadedMegakernel } from './cuda-megakernel.ts';
 import { BisectTarget, BisectWrite, bisectMegakernel, MegakernelDifference } from '../megakernel-bisect.ts';
 import { readBuffers } from '../../backends/megakernel-schedule.ts';
@@ -102,9 +102,12 @@ export class CudaDevice implements Device {
     // all graphs (a prompt's and a prefill's kernels are alike), dealt over the threads and started before the
     // weights are read, is the next step from there, not yet measured.
     const units = this.opts.units ?? Math.max(1, Math.min(16, os.availableParallelism()));
-    const program = renderCudaProgram(graphs.map((lg) => ({ kernels: lg.kernels, prefix: `${lg.graph.name}_` })), this.caps, units, { stamps: this.opts.stamps });
+    // The megakernel's graph launched one by one as the megakernel runs it (bisecting compares the two).
+    const mk = this.opts.megakernel ? megakernelOptions(this.opts.megakernel) : undefined;
+    const scheduled = (lg: LoweredGraph) => (mk && lg.graph.name === (mk.graph ?? 'decode') ? { opts: megakernelScheduleOptions(this.caps, mk) } : {});
+    const program = renderCudaProgram(graphs.map((lg) => ({ kernels: lg.kernels, prefix: `${lg.graph.name}_`, ...scheduled(lg) })), this.caps, units, { stamps: this.opts.stamps });
     const sources = program.units.map((u, i) => ({ source: u.source, name: `unit${i}.cu` }));
-    const megakernel = this.opts.megakernel ? renderCudaMegakernel(module, this.caps, megakernelOptions(this.opts.megakernel)) : undefined;
+    const megakernel = mk ? renderCudaMegakernel(module, this.caps, mk) : undefined;
     if (megakernel) sources.push({ source: megakernel.kernel.source, name: 'megakernel.cu' });
     const compiling = compileCudaAll(sources, this.driver.info.computeCapability, this.opts.cacheDir);
     compiling.catch(() => {}); // load reports it
