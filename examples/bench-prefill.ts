@@ -11,15 +11,27 @@ import { builtinConfig } from '../runtime/config.ts';
 import { DeviceKind } from '../runtime/device.ts';
 import { randomBf16Weights } from './random-checkpoint.ts';
 
-const { values } = parseArgs({
-  options: {
-    backend: { type: 'string', default: 'cpu' },
-    config: { type: 'string', default: 'llama-tiny' },
-    lengths: { type: 'string', default: '550,1100' },
-    runs: { type: 'string', default: '2' },
-    'kv-dtype': { type: 'string' },
-  },
-});
+const USAGE = 'usage: node --import tsx examples/bench-prefill.ts [--backend cpu|webgpu|cuda] [--config llama-tiny|llama-3.2-1b] [--lengths 550,1100] [--runs 2] [--kv-dtype f32|bf16|f16]';
+let values: { backend?: string; config?: string; lengths?: string; runs?: string; 'kv-dtype'?: string; help?: boolean };
+try {
+  ({ values } = parseArgs({
+    options: {
+      backend: { type: 'string', default: 'cpu' },
+      config: { type: 'string', default: 'llama-tiny' },
+      lengths: { type: 'string', default: '550,1100' },
+      runs: { type: 'string', default: '2' },
+      'kv-dtype': { type: 'string' },
+      help: { type: 'boolean' },
+    },
+  }));
+} catch (e) {
+  console.error(`bench-prefill: ${(e as Error).message}\n${USAGE}`);
+  process.exit(2);
+}
+if (values.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
 const kvArg = values['kv-dtype'];
 if (kvArg !== undefined && !['f32', 'bf16', 'f16'].includes(kvArg)) {
   console.error(`bench-prefill: --kv-dtype ${kvArg}: expected f32, bf16 or f16`);

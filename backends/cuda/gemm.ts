@@ -693,15 +693,13 @@ export function addParts(accs: number, maxParts: number, layout: PartsLayout, ri
   out.push(`${i}    #pragma unroll`);
   out.push(`${i}    for (int tf_i = 0; tf_i < ${accs}; tf_i++) (${slot('tf_part * tf_tiles + tf_tile')} + threadIdx.x)[tf_i * 256] = tf_c[tf_i];`);
   out.push(`${i}  }`);
-  // The block's stores before the count: the barrier orders them before thread 0's fence, which (cumulative)
-  // publishes them with its own; the last part's fence orders the count before its threads' loads. (A fence in
-  // every thread had cost a 512-token output projection an eighth of its samples in ncu.)
+  // The block's stores before the count: the barrier orders them before thread 0's acquire-release count
+  // (tf_count_part), which publishes them; the last part's count acquires the others'. (A fence in every thread had
+  // cost a 512-token output projection an eighth of its samples in ncu.)
   out.push(`${i}  __syncthreads();`);
   out.push(`${i}  if (threadIdx.x == 0) {`);
-  out.push(`${i}    __threadfence();`);
-  out.push(`${i}    tf_last = atomicAdd(tf_count + tf_tile, 1u) == (unsigned)(tf_parts - 1);`);
+  out.push(`${i}    tf_last = tf_count_part(tf_count + tf_tile) == (unsigned)(tf_parts - 1);`);
   out.push(`${i}    if (tf_last) tf_count[tf_tile] = 0u;`);
-  out.push(`${i}    __threadfence();`);
   out.push(`${i}  }`);
   out.push(`${i}  __syncthreads();`);
   out.push(`${i}  if (!tf_last) continue;`);
