@@ -5,7 +5,9 @@
 // The queue: runs, and copies as dispatches (webgpu/copy-kernel.ts), are encoded into one open compute pass and
 // submitted in batches; zeroing ends the pass. After the queue was waited on (a write, read or mark submits what
 // is pending), the GPU may be idle: the next batch is one run, each after it twice the last, up to runsPerSubmit, so
-// the GPU starts while the host encodes the rest. `queue.writeBuffer` takes effect at the next submit, ahead of
+// the GPU starts while the host encodes the rest; that first run itself is submitted in parts of FIRST_PART_KERNELS
+// kernels, each part twice the last (a prompt's 133 kernels take the host about 0.7 ms to encode, which the GPU
+// would otherwise wait out). `queue.writeBuffer` takes effect at the next submit, ahead of
 // anything still being encoded, so a write (and a graph's size uniforms, when its sizes change while runs that read
 // the old ones are still unsubmitted) first submits what is pending. WebGPU cannot replay a command buffer, so a
 // recording keeps the list of runs and copies and a replay encodes it again.
@@ -123,6 +125,9 @@ interface MarkQuery {
   readonly readback: GPUBuffer;
 }
 
+/** Kernels in the first part of a batch's first run (WebGpuProgram's queue); each later part twice the last. */
+const FIRST_PART_KERNELS = 4;
+
 class WebGpuProgram implements Program {
   private readonly gpu: GPUDevice;
   private readonly buffers: Map<BufferKey, GPUBuffer>;
@@ -136,6 +141,8 @@ class WebGpuProgram implements Program {
   private encoded = 0;
   /** Runs the batch being encoded is submitted at. */
   private batchRuns = 1;
+  /** Command buffers submitted so far (how the queue batches its work; tests read it). */
+  submissions = 0;
   private recording: Command[] | undefined;
   private readonly marks: Promise<number>[] = [];
   private readonly markPool: MarkQuery[] = [];
@@ -364,8 +371,15 @@ class WebGpuProgram implements Program {
     switch (c.k) {
       case 'run': {
         this.bindSizes(c.graph, c.sizes);
-        const pass = this.computePass();
-        c.graph.kernels.forEach((k, i) => dispatchKernel(pass, k, c.groups[i]));
+        // The batch's first run (the GPU may be idle) in parts, each submitted as soon as it is encoded.
+        let part = this.encoded === 0 && this.batchRuns === 1 ? FIRST_PART_KERNELS : Infinity;
+        let inPart = 0;
+        c.graph.kernels.forEach((k, i) => {
+          dispatchKernel(this.computePass(), k, c.groups[i]);
+          if (++inPart < part || i + 1 === c.graph.kernels.length) return;
+          this.submitEncoded();
+          [part, inPart] = [2 * part, 0];
+        });
         c.graph.pending = true;
         break;
       }
@@ -417,11 +431,17 @@ class WebGpuProgram implements Program {
   private flush(): void {
     this.batchRuns = 1;
     if (!this.encoder) return;
-    this.endPass();
-    this.gpu.queue.submit([this.encoder.finish()]);
-    this.encoder = undefined;
+    this.submitEncoded();
     this.encoded = 0;
     for (const g of this.graphs.values()) g.pending = false;
+  }
+
+  /** Submits what is encoded so far (the batch goes on: a part of a run, or the whole batch from flush). */
+  private submitEncoded(): void {
+    this.endPass();
+    this.gpu.queue.submit([this.encoder!.finish()]);
+    this.encoder = undefined;
+    this.submissions++;
   }
 
   private staging(bytes: number): GPUBuffer {
