@@ -7,9 +7,9 @@ import path from 'node:path';
 import { printJs } from '../backends/cpu/render-js.ts';
 import { printWgsl } from '../backends/wgsl/render-wgsl.ts';
 import { cudaPrelude, printCudaFunction } from '../backends/cuda/render-cuda.ts';
-import { renderCudaMegakernel } from '../backends/cuda/megakernel.ts';
+import { MegakernelOptions, megakernelScheduleOptions, renderCudaMegakernel } from '../backends/cuda/megakernel.ts';
 import { cpuCaps, cudaCaps, DeviceCaps, webgpuCaps } from '../backends/device-caps.ts';
-import { scheduleKernels, ScheduledKernel } from '../backends/schedule.ts';
+import { scheduleKernels, ScheduledKernel, ScheduleOptions } from '../backends/schedule.ts';
 import { formatSchedule } from '../backends/schedule-format.ts';
 import { KernelIR } from '../backends/kernel-ir.ts';
 import { Module } from '../ir/graph.ts';
@@ -60,7 +60,7 @@ export function runCompile(req: CompileRequest): void {
   if (dump.final) process.stdout.write(printModule({ graphs: compiled.graphs.map((c) => c.graph) }));
 
   const kernels = compiled.graphs.map((c) => ({ name: c.graph.name, kernels: c.kernels }));
-  const dumpOptions = { subgroupMatrix: req.subgroupMatrix };
+  const dumpOptions: DumpOptions = { subgroupMatrix: req.subgroupMatrix, ...(req.megakernel ? { megakernel: { blocksPerProcessor: req.megakernelBlocks } } : {}) };
   if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, kernels, dumpOptions);
   if (req.megakernel) writeMegakernel(req.dumpKernels, { graphs: compiled.graphs.map((c) => ({ graph: c.graph, kernels: c.kernels })) }, req.megakernelBlocks);
   if (req.dumpSchedule) process.stdout.write(formatSchedules(req.backend, kernels, dumpOptions));
@@ -94,9 +94,19 @@ export function parseDump(spec: string | undefined, passes: string[]): { final: 
   return { final: false, all: false, after: m[1] };
 }
 
-/** What a dump is rendered for, beyond the backend: WebGPU with f16 subgroup matrices. */
+/**
+ * What a dump is rendered for, beyond the backend: WebGPU with f16 subgroup matrices; CUDA with the megakernel, whose
+ * graph's kernels are scheduled as it runs them (megakernelScheduleOptions), launched alone as when bisecting.
+ */
 export interface DumpOptions {
   readonly subgroupMatrix?: boolean;
+  readonly megakernel?: MegakernelOptions;
+}
+
+/** How a graph's kernels are scheduled in a dump (DumpOptions). */
+function dumpScheduleOptions(graph: string, device: DeviceCaps, opts: DumpOptions): ScheduleOptions {
+  const mk = opts.megakernel;
+  return mk && device.target === 'cuda' && graph === (mk.graph ?? 'decode') ? megakernelScheduleOptions(device, mk) : {};
 }
 
 /** Writes each kernel's source, and its schedule as text (NAME.schedule), into `dir`. */
@@ -105,7 +115,7 @@ export function writeKernels(dir: string, backend: string, graphs: { name: strin
   writingFor('--dump-kernels', dir, 'the kernels', () => {
     fs.mkdirSync(dir, { recursive: true });
     for (const g of graphs) {
-      for (const scheduled of scheduleKernels(g.kernels, renderer.device)) {
+      for (const scheduled of scheduleKernels(g.kernels, renderer.device, dumpScheduleOptions(g.name, renderer.device, opts))) {
         const name = scheduled.kernel.name;
         fs.writeFileSync(path.join(dir, `${g.name}.${name}.${renderer.ext}`), renderer.print(scheduled) + '\n');
         fs.writeFileSync(path.join(dir, `${g.name}.${name}.schedule`), formatSchedule(scheduled));
@@ -152,7 +162,7 @@ function writeMegakernel(dir: string | undefined, module: Parameters<typeof rend
 /** Every kernel's schedule as text, graph by graph (--dump-schedule). */
 export function formatSchedules(backend: string, graphs: { name: string; kernels: readonly KernelIR[] }[], opts: DumpOptions = {}): string {
   const renderer = rendererFor(backend, '--dump-schedule', opts);
-  return graphs.map((g) => `# graph @${g.name}\n${scheduleKernels(g.kernels, renderer.device).map(formatSchedule).join('')}`).join('\n');
+  return graphs.map((g) => `# graph @${g.name}\n${scheduleKernels(g.kernels, renderer.device, dumpScheduleOptions(g.name, renderer.device, opts)).map(formatSchedule).join('')}`).join('\n');
 }
 
 function rendererFor(backend: string, flag: string, opts: DumpOptions = {}) {

@@ -141,8 +141,7 @@ class WebGpuProgram implements Program {
   private encoded = 0;
   /** Runs the batch being encoded is submitted at. */
   private batchRuns = 1;
-  /** Command buffers submitted so far (how the queue batches its work; tests read it). */
-  submissions = 0;
+  private submitted = 0;
   private recording: Command[] | undefined;
   private readonly marks: Promise<number>[] = [];
   private readonly markPool: MarkQuery[] = [];
@@ -441,7 +440,12 @@ class WebGpuProgram implements Program {
     this.endPass();
     this.gpu.queue.submit([this.encoder!.finish()]);
     this.encoder = undefined;
-    this.submissions++;
+    this.submitted++;
+  }
+
+  /** Command buffers submitted so far (how the queue batches its work; tests read it). */
+  get submissions(): number {
+    return this.submitted;
   }
 
   private staging(bytes: number): GPUBuffer {

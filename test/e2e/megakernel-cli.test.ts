@@ -17,11 +17,19 @@ const compile = (...args: string[]) => tsfuse(['compile', '--config', 'llama-tin
 test('compile --megakernel renders 4 blocks a multiprocessor by default, N with --megakernel-blocks N', async () => {
   for (const [blocks, args] of [[4, []], [2, ['--megakernel-blocks', '2']]] as const) {
     const dir = path.join(tmp, `mk${blocks}`);
-    const r = await compile('--megakernel', '--dump-kernels', dir, ...args);
+    const r = await compile('--megakernel', '--dump-kernels', dir, '--cache-length', '600', ...args);
     assert.is(r.code, 0, r.stderr);
     // The CLI's CUDA target (sm_90) has 132 multiprocessors.
     assert.match(r.stdout, new RegExp(`^megakernel: \\d+ kernels, \\d+ tasks on ${132 * blocks} blocks;`, 'm'));
-    assert.ok(fs.readFileSync(path.join(dir, 'decode.megakernel.cu'), 'utf8').includes(`__launch_bounds__(TF_BLOCK, ${blocks}) decode_megakernel(`));
+    const source = fs.readFileSync(path.join(dir, 'decode.megakernel.cu'), 'utf8');
+    assert.ok(source.includes(`__launch_bounds__(TF_BLOCK, ${blocks}) decode_megakernel(`));
+    // Attention over 600 positions in chunks: under 4 blocks' 64 registers a thread, 4 keys' loads in flight, not 8;
+    // the decode kernels dumped beside it are scheduled as it runs them (bisecting launches those).
+    const keys = blocks === 4 ? 'tf_kr[4]' : 'tf_kr[8]';
+    assert.ok(source.includes(`uint4 ${keys}`), `the megakernel's attention keeps ${keys}`);
+    const attention = fs.readdirSync(dir).filter((f) => /^decode\.k\d+\.cu$/.test(f) && fs.readFileSync(path.join(dir, f), 'utf8').includes('uint4 tf_kr['));
+    assert.ok(attention.length > 0, 'a decode attention kernel dumped');
+    for (const f of attention) assert.ok(fs.readFileSync(path.join(dir, f), 'utf8').includes(`uint4 ${keys}`), f);
   }
 });
 
