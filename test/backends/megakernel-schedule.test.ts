@@ -2,8 +2,6 @@
 // device needed: every task dealt once, waits covering every producer, the static check refusing planted faults,
 // and task functions that read their block index from parameters and their shared memory from the pool.
 
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { printCudaMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
@@ -17,6 +15,7 @@ import { dtypeBytes } from '../../ir/dtype.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { compileModule } from '../../compiler/compile-module.ts';
 import { mlpStack } from './mlp-stack.ts';
+import { fixture } from '../fixtures-dir.ts';
 
 const s = suite('megakernel schedule');
 
@@ -134,8 +133,7 @@ s('task functions take their rows, drop launch-level waits, and take shared memo
 });
 
 s('the decode step of a Llama: prefetch ranges hold every weight element its tasks load, tasks about one a block', () => {
-  const dir = fileURLToPath(new URL('../../../shared/fixtures/tiny-llama3-bf16/', import.meta.url));
-  const model = loadLlama(process.env.TSFUSE_FIXTURES ? path.join(process.env.TSFUSE_FIXTURES, 'tiny-llama3-bf16') : dir);
+  const model = loadLlama(fixture('tiny-llama3-bf16'));
   const llama = compileModule(traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength: 16, sampling: false, kvDType: model.weightDType }));
   const decode = llama.graphs.find((g) => g.graph.name === 'decode')!;
   const mk = scheduleMegakernel(scheduleKernels(decode.kernels, caps), {}, { blocks: 8, processors: 4, prefetchBytes: 1 << 30 });

@@ -8,7 +8,6 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { printJs } from '../../backends/cpu/render-js.ts';
@@ -26,6 +25,7 @@ import { Module } from '../../ir/graph.ts';
 import { printModule } from '../../ir/printer.ts';
 import { builtinConfig } from '../../runtime/config.ts';
 import { loadLlama } from '../../runtime/llama.ts';
+import { fixture } from '../fixtures-dir.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-compile-cache-'));
 test.after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -156,7 +156,7 @@ test('the key holds tsfuse\'s version', () => {
 });
 
 test('a session opened twice starts cold, then warm; another option misses; the first token is timed', async () => {
-  const model = loadLlama(fileURLToPath(new URL('../../../shared/fixtures/tiny-llama', import.meta.url)));
+  const model = loadLlama(fixture('tiny-llama'));
   const sessionDir = fs.mkdtempSync(path.join(dir, 'session-'));
   const open = (sampling: boolean, enabled = true) => openLlamaSession(model, { backend: 'cpu', cacheLength: 12, sampling, compileCache: { dir: sessionDir, enabled } });
   const starts = [];

@@ -13,9 +13,10 @@ import { readCheckpoint, readSafetensors, writeSafetensors, type TensorToWrite }
 import { relativeError } from '../backends/compare.ts';
 import { DType } from '../../ir/dtype.ts';
 import { type CliRun, spawnTsfuse, tsfuse as runTsfuse } from '../tsfuse-cli.ts';
+import { fixture } from '../fixtures-dir.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
-const model = fileURLToPath(new URL('../../../shared/fixtures/tiny-llama', import.meta.url));
+const model = fixture('tiny-llama');
 const golden = JSON.parse(fs.readFileSync(path.join(model, 'golden.json'), 'utf8')) as {
   input_ids: number[]; greedy_new_tokens: number[];
 };

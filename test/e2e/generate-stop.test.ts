@@ -6,15 +6,15 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { openLlamaSession } from '../../compiler/open-session.ts';
 import { DeviceKind } from '../../runtime/device.ts';
 import { checkLength, loadLlama } from '../../runtime/llama.ts';
 import { tsfuse as runTsfuse } from '../tsfuse-cli.ts';
+import { fixture as fixtureDir } from '../fixtures-dir.ts';
 
-const fixture = fileURLToPath(new URL('../../../shared/fixtures/tiny-llama', import.meta.url));
+const fixture = fixtureDir('tiny-llama');
 const golden = JSON.parse(fs.readFileSync(path.join(fixture, 'golden.json'), 'utf8')) as { input_ids: number[]; greedy_new_tokens: number[] };
 const prompt = golden.input_ids.slice(0, 8);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-stop-'));

@@ -10,9 +10,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { fixture } from '../fixtures-dir.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
-const model = fileURLToPath(new URL('../../../shared/fixtures/tiny-llama', import.meta.url));
+const model = fixture('tiny-llama');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-start-'));
 test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 

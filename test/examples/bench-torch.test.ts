@@ -11,7 +11,7 @@ import * as assert from 'uvu/assert';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const script = fileURLToPath(new URL('../../examples/bench-torch.py', import.meta.url));
-const fixtures = fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
+const fixtures = fixturesDir + '/';
 const python = process.env.TSFUSE_PYTHON ?? 'python3';
 
 function py(...args: string[]) {
@@ -72,6 +72,7 @@ for name in ("tiny-llama", "tiny-llama3", "tiny-llama3-bf16"):
                  "tokens": tokens == golden["greedy_new_tokens"]}
 print(json.dumps(out))
 `;
+import { fixturesDir } from '../fixtures-dir.ts';
 
 test("the lean model computes Hugging Face's logits and greedy tokens for each fixture (float32, CPU)", () => {
   if (!hasPython) return;

@@ -3,12 +3,12 @@ import * as assert from 'uvu/assert';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   builtinConfig, ConfigError, expectedLlamaTensors, LLAMA_3_2_1B, llamaConfigFromJson, readLlamaConfig,
 } from '../../runtime/config.ts';
+import { fixturesDir } from '../fixtures-dir.ts';
 
-const fixtures = fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
+const fixtures = fixturesDir + '/';
 const configFile = (name: string) => path.join(fixtures, name, 'config.json');
 const tinyJson: Record<string, unknown> = JSON.parse(fs.readFileSync(configFile('tiny-llama'), 'utf8'));
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-config-'));

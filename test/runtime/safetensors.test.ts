@@ -3,15 +3,15 @@ import * as assert from 'uvu/assert';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { DType } from '../../ir/dtype.ts';
 import { checkLlamaWeights, expectedLlamaTensors, readLlamaConfig } from '../../runtime/config.ts';
 import {
   decodeBf16, decodeF16, encodeBf16, encodeF16, readCheckpoint, readSafetensors, WeightsError, writeSafetensors,
   type TensorToWrite,
 } from '../../runtime/safetensors.ts';
+import { fixturesDir } from '../fixtures-dir.ts';
 
-const fixtures = fileURLToPath(new URL('../../../shared/fixtures/', import.meta.url));
+const fixtures = fixturesDir + '/';
 const fixture = (name: string) => path.join(fixtures, name);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-safetensors-'));
 test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));

@@ -3,7 +3,6 @@
 // decode graph, named after it, in order and never overlapping on the queue's one track) and a text table. Run on
 // the cpu, webgpu (lavapipe here) with timestamp queries and with host timing, and cuda (the CPU fake).
 
-import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { openLlamaSession } from '../../compiler/open-session.ts';
@@ -12,8 +11,9 @@ import type { DeviceOptions } from '../../runtime/devices/open.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { chromeTrace, ChromeTrace, fusedOps, kernelRates, profileTable, sliceName, TraceEvent, traceText } from '../../runtime/trace.ts';
 import { buildFakeCuda, fakeCudaEnabled, unavailable, useFakeCuda } from './fake-cuda/build.ts';
+import { fixture as fixtureDir } from '../fixtures-dir.ts';
 
-const fixture = fileURLToPath(new URL('../../../shared/fixtures/tiny-llama/', import.meta.url));
+const fixture = fixtureDir('tiny-llama') + '/';
 
 /** A kernel of a made-up profile. */
 function kernel(name: string, startUs: number, us: number, more: Partial<KernelTime> = {}): KernelTime {
