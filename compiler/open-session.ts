@@ -8,7 +8,7 @@ import { DType } from '../ir/dtype.ts';
 import { traceLlama } from '../examples/llama.ts';
 import { Module } from '../ir/graph.ts';
 import { HostTensor } from '../ir/host-tensor.ts';
-import { DeviceKind } from '../runtime/device.ts';
+import { DeviceKind, deviceKinds, isDeviceKind } from '../runtime/device.ts';
 import { DeviceOptions, openDevice } from '../runtime/devices/open.ts';
 import { checkLength, LoadedLlama } from '../runtime/llama.ts';
 import { ParamStore } from '../runtime/params.ts';
@@ -56,6 +56,7 @@ export async function openLlamaSession(model: LoadedLlama, opts: OpenSessionOpti
   const since = performance.now();
   // Positions past the model's own are refused before anything is traced or allocated.
   checkLength(model.cfg, opts.cacheLength);
+  if (!isDeviceKind(opts.backend)) throw new RangeError(`unknown backend '${opts.backend as string}' (available: ${deviceKinds.join(', ')})`);
   if (opts.megakernel && opts.backend !== 'cuda') throw new Error(`--megakernel runs on the cuda backend only, not ${opts.backend}`);
   const kvDType = kvCacheDType(opts.backend, model.weightDType, opts.kvDType);
   const traceOpts = { weightDType: model.weightDType, cacheLength: opts.cacheLength, sampling: opts.sampling ?? false, kvDType };

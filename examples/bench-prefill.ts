@@ -8,7 +8,10 @@ import { parseArgs } from 'node:util';
 import { openLlamaSession } from '../compiler/open-session.ts';
 import { DType } from '../ir/dtype.ts';
 import { builtinConfig } from '../runtime/config.ts';
-import { DeviceKind } from '../runtime/device.ts';
+import { DeviceKind, deviceKinds, isDeviceKind } from '../runtime/device.ts';
+import { isUserError, userMessage } from '../compiler/cli-errors.ts';
+import { LlamaConfig } from '../runtime/config.ts';
+import { Session } from '../runtime/session.ts';
 import { randomBf16Weights } from './random-checkpoint.ts';
 
 const USAGE = 'usage: node --import tsx examples/bench-prefill.ts [--backend cpu|webgpu|cuda] [--config llama-tiny|llama-3.2-1b] [--lengths 550,1100] [--runs 2] [--kv-dtype f32|bf16|f16]';
@@ -32,15 +35,31 @@ if (values.help) {
   console.log(USAGE);
   process.exit(0);
 }
-const kvArg = values['kv-dtype'];
-if (kvArg !== undefined && !['f32', 'bf16', 'f16'].includes(kvArg)) {
-  console.error(`bench-prefill: --kv-dtype ${kvArg}: expected f32, bf16 or f16`);
+function fail(message: string): never {
+  console.error(`bench-prefill: ${message}\n${USAGE}`);
   process.exit(2);
 }
-const cfg = builtinConfig(values.config!);
+const kvArg = values['kv-dtype'];
+if (kvArg !== undefined && !['f32', 'bf16', 'f16'].includes(kvArg)) fail(`--kv-dtype ${kvArg}: expected f32, bf16 or f16`);
+if (!isDeviceKind(values.backend!)) fail(`--backend ${values.backend}: expected ${deviceKinds.join(', ')}`);
+if (!/^[1-9]\d*(,[1-9]\d*)*$/.test(values.lengths!)) fail(`--lengths ${values.lengths}: expected prompt lengths, whole numbers from 1, separated by commas`);
+if (!/^[1-9]\d*$/.test(values.runs!)) fail(`--runs ${values.runs}: expected a whole number from 1`);
+let cfg: LlamaConfig;
+try {
+  cfg = builtinConfig(values.config!);
+} catch (e) {
+  fail(`--config: ${(e as Error).message}`);
+}
 const lengths = values.lengths!.split(',').map(Number);
-const session = await openLlamaSession({ cfg, weights: randomBf16Weights(cfg), weightDType: DType.BF16 },
-  { backend: values.backend as DeviceKind, cacheLength: Math.max(...lengths) + 1, kvDType: kvArg as DType | undefined });
+let session: Session;
+try {
+  session = await openLlamaSession({ cfg, weights: randomBf16Weights(cfg), weightDType: DType.BF16 },
+    { backend: values.backend as DeviceKind, cacheLength: Math.max(...lengths) + 1, kvDType: kvArg as DType | undefined });
+} catch (e) {
+  // Bad input (a length past the model's context, no GPU): one line, as the CLI says it.
+  if (!(await isUserError(e))) throw e;
+  fail(userMessage(e as Error));
+}
 const rows: [number, number, number][] = [];
 for (const n of lengths) {
   const prompt = Array.from({ length: n }, (_, i) => (i * 7919 + 13) % cfg.vocabSize);

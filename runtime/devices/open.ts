@@ -1,6 +1,7 @@
 // Opening a device by kind. The GPU devices are imported only when asked for, so cpu users never load Dawn or koffi.
 
 import type { Device, DeviceKind } from '../device.ts';
+import { deviceKinds } from '../device.ts';
 import type { CudaOptions } from './cuda.ts';
 import { HostDevice } from './host.ts';
 import type { WebGpuOptions } from './webgpu.ts';
@@ -14,7 +15,10 @@ export async function openDevice(kind: DeviceKind, opts: DeviceOptions = {}): Pr
     case 'cpu': case 'reference': return new HostDevice(kind);
     case 'webgpu': return (await import('./webgpu.ts')).openWebGpu(opts);
     case 'cuda': return (await importCuda()).openCuda(opts);
-    default: return kind satisfies never;
+    default:
+      kind satisfies never;
+      // Called from JavaScript, or with a cast: a name that is none of them.
+      throw new RangeError(`unknown device '${kind as string}' (available: ${deviceKinds.join(', ')})`);
   }
 }
 

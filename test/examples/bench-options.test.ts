@@ -51,4 +51,26 @@ test('a bad option or value is one line naming it', () => {
   }
 });
 
+test('examples/bench-prefill.ts: --help is its usage; a bad option or value is a line naming it, then the usage', () => {
+  const prefill = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'examples/bench-prefill.ts', ...args], { cwd: root, encoding: 'utf8' });
+  const help = prefill('--help');
+  assert.is(help.status, 0, help.stderr);
+  assert.ok(help.stdout.startsWith('usage: node --import tsx examples/bench-prefill.ts [--backend cpu|webgpu|cuda]'), help.stdout);
+  for (const [args, message] of [
+    [['--bogus'], "bench-prefill: Unknown option '--bogus'"],
+    [['--config', 'nope'], "bench-prefill: --config: unknown built-in config 'nope'"],
+    [['--backend', 'nope'], 'bench-prefill: --backend nope: expected cpu, reference, webgpu, cuda'],
+    [['--lengths', '8,x'], 'bench-prefill: --lengths 8,x: expected prompt lengths'],
+    [['--runs', '0'], 'bench-prefill: --runs 0: expected a whole number from 1'],
+    [['--kv-dtype', 'i8'], 'bench-prefill: --kv-dtype i8: expected f32, bf16 or f16'],
+    [['--lengths', '5000'], "bench-prefill: 5001 tokens exceed the model's max_position_embeddings 2048"],
+  ] as const) {
+    const r = prefill(...args);
+    assert.is(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.ok(r.stderr.startsWith(message), `${args.join(' ')}: ${r.stderr}`);
+    assert.is(r.stderr.trim().split('\n').length, 2, `the message and the usage: ${r.stderr}`);
+    assert.is(r.stdout, '');
+  }
+});
+
 test.run();

@@ -341,4 +341,13 @@ errors('cuda without a driver rejects with CudaUnavailableError', async () => {
     assert.is((e as Error).name, 'CudaUnavailableError');
   }
 });
+errors('a kind that is none of them (from JavaScript) rejects with a RangeError naming the kinds there are', async () => {
+  try {
+    await openDevice('tpu' as DeviceKind);
+    assert.unreachable('opened a device');
+  } catch (e) {
+    assert.instance(e, RangeError);
+    assert.is((e as Error).message, "unknown device 'tpu' (available: cpu, reference, webgpu, cuda)");
+  }
+});
 errors.run();
