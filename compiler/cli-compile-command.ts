@@ -87,11 +87,14 @@ export const compileCommand = defineCommand({
     } catch (e) {
       throw new UsageError((e as Error).message);
     }
+    const cacheLength = values['cache-length'] ? positiveInt(values['cache-length'], '--cache-length') : Math.min(cfg.maxPositionEmbeddings, 2048);
+    // As generate refuses a request past the model's positions, a cache longer than them is refused here.
+    if (cacheLength > cfg.maxPositionEmbeddings) throw new UsageError(`--cache-length ${cacheLength}: more than the model's max_position_embeddings ${cfg.maxPositionEmbeddings} (${cfg.source})`);
     const req: CompileRequest = {
       cfg,
       weightDType,
       kvDType,
-      cacheLength: values['cache-length'] ? positiveInt(values['cache-length'], '--cache-length') : Math.min(cfg.maxPositionEmbeddings, 2048),
+      cacheLength,
       backend,
       dumpIr: values['dump-ir'],
       dumpKernels: values['dump-kernels'],

@@ -245,6 +245,7 @@ test('options are validated with messages naming the option', async () => {
   await fails(['generate', '--model', model, '--ids', '1,2', '--temperature', 'hot'], '--temperature', "'hot'");
   await fails(['generate', '--model', model, '--ids', '1,2', '--top-p', '2'], '--top-p', 'between 0 and 1');
   await fails(['compile', path.join(root, 'examples/mlp.ts'), '--report'], '--report', 'model script');
+  await fails(['compile', '--config', 'llama-tiny', '--cache-length', '4096'], '--cache-length 4096', "more than the model's max_position_embeddings 2048");
 });
 
 // --- run: dump, edit, run --------------------------------------------------------------------------------------
