@@ -125,7 +125,11 @@ interface MarkQuery {
   readonly readback: GPUBuffer;
 }
 
-/** Kernels in the first part of a batch's first run (WebGpuProgram's queue); each later part twice the last. */
+/**
+ * Kernels in the first part of a batch's first run (WebGpuProgram's queue); each later part twice the last. Measured
+ * on the H200 (BENCHMARKS.md, twenty-third session), a 1B model's 32-token prompt on the device's clock: 3.93–4.10 ms
+ * submitted whole, 2.70–2.93 in parts; only the first 4 early and the rest whole gained nothing.
+ */
 const FIRST_PART_KERNELS = 4;
 
 class WebGpuProgram implements Program {
