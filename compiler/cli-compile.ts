@@ -7,7 +7,7 @@ import path from 'node:path';
 import { printJs } from '../backends/cpu/render-js.ts';
 import { printWgsl } from '../backends/wgsl/render-wgsl.ts';
 import { cudaPrelude, printCudaFunction } from '../backends/cuda/render-cuda.ts';
-import { MegakernelOptions, megakernelScheduleOptions, renderCudaMegakernel } from '../backends/cuda/megakernel.ts';
+import { megakernelGraph, MegakernelOptions, megakernelScheduleOptions, renderCudaMegakernel } from '../backends/cuda/megakernel.ts';
 import { cpuCaps, cudaCaps, DeviceCaps, webgpuCaps } from '../backends/device-caps.ts';
 import { scheduleKernels, ScheduledKernel, ScheduleOptions } from '../backends/schedule.ts';
 import { formatSchedule } from '../backends/schedule-format.ts';
@@ -103,10 +103,10 @@ export interface DumpOptions {
   readonly megakernel?: MegakernelOptions;
 }
 
-/** How a graph's kernels are scheduled in a dump (DumpOptions). */
+/** How a graph's kernels are scheduled in a dump (DumpOptions; the CLI gives --megakernel with cuda only). */
 function dumpScheduleOptions(graph: string, device: DeviceCaps, opts: DumpOptions): ScheduleOptions {
   const mk = opts.megakernel;
-  return mk && device.target === 'cuda' && graph === (mk.graph ?? 'decode') ? megakernelScheduleOptions(device, mk) : {};
+  return mk && graph === megakernelGraph(mk) ? megakernelScheduleOptions(device, mk) : {};
 }
 
 /** Writes each kernel's source, and its schedule as text (NAME.schedule), into `dir`. */

@@ -66,6 +66,9 @@ export interface PreparedMegakernel {
 /** A megakernel the device or the graph cannot run, or options out of range: bad input (one line), not a bug. */
 export class MegakernelRefused extends Error {}
 
+/** The graph a megakernel runs (MegakernelOptions.graph): the decode step unless another is named. */
+export const megakernelGraph = (o: MegakernelOptions): string => o.graph ?? 'decode';
+
 /** The options `megakernel: true` stands for. */
 export function megakernelOptions(o: true | MegakernelOptions): MegakernelOptions {
   return o === true ? {} : o;
@@ -77,7 +80,7 @@ export function megakernelOptions(o: true | MegakernelOptions): MegakernelOption
  * or graph it cannot run on.
  */
 export function renderCudaMegakernel(module: LoweredModule, caps: DeviceCaps, opts: MegakernelOptions): PreparedMegakernel {
-  const graph = opts.graph ?? 'decode';
+  const graph = megakernelGraph(opts);
   if (caps.target !== 'cuda') throw new MegakernelRefused(`--megakernel runs on cuda only, not ${caps.name}`);
   // __nanosleep and acquire loads need sm_70.
   if ((caps.computeCapability ?? 0) < 70) throw new MegakernelRefused(`--megakernel needs compute capability 7.0 or later; this device is ${caps.name}`);

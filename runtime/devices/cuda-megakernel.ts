@@ -57,8 +57,11 @@ export class LoadedMegakernel {
     if (k.timeline) this.timeline = zeroed(8 * TIMELINE_WORDS * k.tasks);
     // The scratch attention's chunks of keys merge through: their counters start at zero and each merge leaves its
     // own so (zeroed again after bisecting, which can stop a head's chunks halfway).
-    const scratch = k.scratch && { ws: this.alloc(4 * k.scratch.workspaceFloats), count: zeroed(4 * k.scratch.counters) };
-    if (k.scratch) counts.push({ ptr: scratch!.count, bytes: 4 * k.scratch.counters });
+    let scratch: { ws: DevicePtr; count: DevicePtr } | undefined;
+    if (k.scratch) {
+      scratch = { ws: this.alloc(4 * k.scratch.workspaceFloats), count: zeroed(4 * k.scratch.counters) };
+      counts.push({ ptr: scratch.count, bytes: 4 * k.scratch.counters });
+    }
     this.counts = counts;
     // The limit is an unsigned 64-bit argument: passed in a pointer's slot.
     this.fixedArgs = [buffers, plan, done, steps, this.watchdog, Math.round(limitNs), this.timeline ?? 0, scratch?.ws ?? 0, scratch?.count ?? 0];

@@ -1,7 +1,6 @@
 // Opening a device by kind. The GPU devices are imported only when asked for, so cpu users never load Dawn or koffi.
 
-import type { Device, DeviceKind } from '../device.ts';
-import { deviceKinds } from '../device.ts';
+import { type Device, type DeviceKind, deviceKinds } from '../device.ts';
 import type { CudaOptions } from './cuda.ts';
 import { HostDevice } from './host.ts';
 import type { WebGpuOptions } from './webgpu.ts';
