@@ -88,6 +88,12 @@ export interface DeviceCaps {
   readonly staticWorkgroupMemoryBytes: number;
   /** Bytes one wide load reads (0: none). */
   readonly vectorLoadBytes: number;
+  /**
+   * Whether a load may ask the L2 cache to evict its lines first (CUDA sm_80 and later: an eviction policy from
+   * `createpolicy`): for weights a kernel reads once, so that what is read again (the KV cache, activations, a
+   * megakernel's counters) stays in L2.
+   */
+  readonly evictionHints: boolean;
   /** Workgroups a grid may have along x. */
   readonly maxWorkgroupsX: number;
   /** How rows past that run: along a second grid dimension (WebGPU), by workgroups looping over rows (CUDA's
@@ -129,6 +135,7 @@ export const cpuCaps: DeviceCaps = {
   workgroupMemoryBytes: 2 ** 31,
   staticWorkgroupMemoryBytes: 2 ** 31,
   vectorLoadBytes: 0,
+  evictionHints: false,
   maxWorkgroupsX: 2 ** 31 - 1,
   rowsPastGrid: 'serial',
   matrixUnits: [],
@@ -151,6 +158,7 @@ export function webgpuCaps(opts: { readonly subgroups: boolean; readonly subgrou
     workgroupMemoryBytes: 16384,
     staticWorkgroupMemoryBytes: 16384,
     vectorLoadBytes: 16,
+    evictionHints: false,
     maxWorkgroupsX: 65535,
     rowsPastGrid: 'second-dimension',
     matrixUnits: matrix ? [SUBGROUP_MATRIX_F16] : [],
@@ -202,6 +210,7 @@ export function cudaCaps(computeCapability = 90, multiprocessors = 132): DeviceC
     workgroupMemoryBytes: shared,
     staticWorkgroupMemoryBytes: 48 * 1024,
     vectorLoadBytes: 16,
+    evictionHints: computeCapability >= 80,
     maxWorkgroupsX: 2 ** 31 - 1,
     rowsPastGrid: 'grid-stride',
     // mma.sync m16n8k16 with bf16 inputs and f32 accumulators (sm_80 and later); wgmma m64nNk16, N up to 256 (sm_90a).

@@ -2,7 +2,7 @@
 // fixed number of blocks, all resident at once. Each kernel's rows are split into tasks of contiguous rows, about
 // one a block; a cost model (bytes moved and FLOPs, backends/kernel-cost.ts) deals them to the blocks at compile
 // time, each block walking its list in the kernels' order. Before a task, a block starts pulling the weights the
-// task's rows read into the cache (backends/megakernel-prefetch.ts), then, before its first task of a kernel,
+// task's rows read into the cache (backends/weight-reads.ts), then, before its first task of a kernel,
 // waits until every task of each kernel it depends on (a writer of what it reads, a reader or writer of what it
 // overwrites) has finished. Counters in global memory count finished tasks per kernel over every step, so nothing
 // resets them. The CUDA printer (backends/cuda/megakernel.ts) prints these decisions and takes none;
@@ -11,7 +11,7 @@
 import { DType, dtypeBytes } from '../ir/dtype.ts';
 import { anyExpr, Binding, evalSize, KernelIR, kernelExprs } from './kernel-ir.ts';
 import { gemmFlops, kernelBytes } from './kernel-cost.ts';
-import { weightReads } from './megakernel-prefetch.ts';
+import { weightReads } from './weight-reads.ts';
 import { ScheduledKernel, scheduleOrigin, SplitScratchNeeds } from './schedule.ts';
 
 /** One task in a block's list. */

@@ -112,11 +112,12 @@ function formatPlan(p: ReductionPlan): string {
 
 /** A 16-byte plan's streams: buffers as the printers name them, row-local arrays by name. */
 function streamNames(streams: readonly Stream[]): string {
-  return streams.map((s) => (s.load.k === 'load' ? `b${s.load.buf}` : s.load.array)).join(', ');
+  return streams.map((s) => (s.load.k === 'load' ? `b${s.load.buf}${s.readOnce ? ' once' : ''}` : s.load.array)).join(', ');
 }
 
 /**
- * e.g. `vec16B(b0, arr2) x8 checked, 8 steps a lane unroll 4`: the streams, elements per step, how alignment is known,
+ * e.g. `vec16B(b0 once, arr2) x8 checked, 8 steps a lane unroll 4`: the streams (`once`: a weight read once, evicted
+ * from L2 first), elements per step, how alignment is known,
  * the steps each lane takes where that is one constant, the steps in flight.
  */
 function formatVector(v: VectorPlan): string {

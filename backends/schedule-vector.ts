@@ -15,6 +15,8 @@ export interface Stream {
   readonly key: string;
   readonly base: KExpr;
   readonly dtype: DType;
+  /** A weight the kernel reads each element of once (the scheduler's readOnce): loaded asking L2 to evict it first. */
+  readonly readOnce?: boolean;
 }
 
 export const streamKey = (load: LoadExpr): string => JSON.stringify(load);

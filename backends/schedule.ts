@@ -13,6 +13,7 @@ import { formatSchedule } from './schedule-format.ts';
 import { boundKeyLoops, maxExtent } from './causal-bound.ts';
 import { narrowGemmActivations } from './narrow-activations.ts';
 import { log, logsOn } from '../ir/logs.ts';
+import { weightReads } from './weight-reads.ts';
 
 export { cudaCaps, cpuCaps, webgpuCaps };
 export type { DeviceCaps };
@@ -1158,7 +1159,29 @@ class Scheduler {
     if (this.tuning.vectorize !== 'all-streams' || this.device.vectorLoadBytes === 0) return undefined;
     const streams = contiguousStreams(body, v, this.k.buffers);
     if (streams.length === 0) return undefined;
-    return { streams, elements: this.tuning.streamElements, alignment: 'checked', unroll: this.tuning.unroll.vector };
+    const once = this.readOnce();
+    const marked = streams.map((s) => (s.load.k === 'load' && once.has(s.load.buf) ? { ...s, readOnce: true } : s));
+    return { streams: marked, elements: this.tuning.streamElements, alignment: 'checked', unroll: this.tuning.unroll.vector };
+  }
+
+  private readOnceMemo?: ReadonlySet<number>;
+
+  /**
+   * Weights whose every element the kernel reads once, where the device takes eviction hints: the rows times what
+   * one row reads of the weight is no more than the weight (decode's projections, each row its own outputs' part;
+   * not a short prompt's rows, each of which reads the whole weight again). Only kernels of constant rows and sizes.
+   */
+  private readOnce(): ReadonlySet<number> {
+    if (this.readOnceMemo) return this.readOnceMemo;
+    const once = new Set<number>();
+    const rows = this.k.rows;
+    if (this.device.evictionHints && rows.k === 'const') {
+      for (const r of weightReads(this.k, {}, 0, 1)) {
+        const elems = this.k.buffers[r.buffer].elems;
+        if (elems.k === 'const' && rows.value * (r.to - r.from) <= elems.value) once.add(r.buffer);
+      }
+    }
+    return (this.readOnceMemo = once);
   }
 
   /** A dot product the index proves aligned (the weight, and the other factor if contiguous). */

@@ -157,6 +157,28 @@ __device__ __forceinline__ void tf_ld8_f32(const float* p, float* o) {
   o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
 }
 
+// 16 bytes of a weight the kernel reads once (a decode step streams every weight through L2 once): the line is the
+// first L2 evicts, so that what is read again stays (the KV cache, activations, a megakernel's counters; 0.793 →
+// 0.783 ms a decode step on the H200, the megakernel 0.937 → 0.904: BENCHMARKS.md), and L1 keeps none of it.
+__device__ __forceinline__ uint4 tf_ld16_once(const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  uint4 r;
+  asm("{\\n\\t.reg .b64 tf_policy;\\n\\tcreatepolicy.fractional.L2::evict_first.b64 tf_policy, 1.0;\\n\\t"
+      "ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], tf_policy;\\n\\t}"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+#else
+  return __ldg(reinterpret_cast<const uint4*>(p));
+#endif
+}
+__device__ __forceinline__ void tf_ld8_bf16_once(const unsigned short* p, float* o) { tf_unpack_bf16x8(tf_ld16_once(p), o); }
+__device__ __forceinline__ void tf_ld8_f16_once(const unsigned short* p, float* o) { tf_unpack_f16x8(tf_ld16_once(p), o); }
+__device__ __forceinline__ void tf_ld8_f32_once(const float* p, float* o) {
+  const uint4 a = tf_ld16_once(p), b = tf_ld16_once(p + 4);
+  o[0] = __uint_as_float(a.x); o[1] = __uint_as_float(a.y); o[2] = __uint_as_float(a.z); o[3] = __uint_as_float(a.w);
+  o[4] = __uint_as_float(b.x); o[5] = __uint_as_float(b.y); o[6] = __uint_as_float(b.z); o[7] = __uint_as_float(b.w);
+}
+
 __device__ __forceinline__ void tf_ld8_smem(const float* p, float* o) {
   const float4 a = reinterpret_cast<const float4*>(p)[0];
   const float4 b = reinterpret_cast<const float4*>(p)[1];

@@ -103,7 +103,7 @@ function vectorLoop(
     if (c.load.k === 'elem') {
       out.push(`${l3}tf_ld8_smem(${c.load.array} + ${bases[i]} + ${kv} * ${w}, ${arr});`);
     } else {
-      out.push(`${l3}${ld8Function(c.dtype)}(b${c.load.buf} + ${bases[i]} + ${kv} * ${w}, ${arr});`);
+      out.push(`${l3}${ld8Function(c.dtype)}${c.readOnce ? '_once' : ''}(b${c.load.buf} + ${bases[i]} + ${kv} * ${w}, ${arr});`);
     }
     replaced.set(c.key, { k: 'elem', array: arr, index: ivar(j), t: 'f32' });
   });

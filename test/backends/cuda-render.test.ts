@@ -69,7 +69,7 @@ extern "C" __global__ void __launch_bounds__(TF_BLOCK) k0(const unsigned short* 
         #pragma unroll 4
         for (int acc0_kv = tf_tid; acc0_kv < acc0_nv; acc0_kv += TF_BLOCK) {
           float acc0_w0[8];
-          tf_ld8_bf16(b0 + acc0_vb0 + acc0_kv * 8, acc0_w0);
+          tf_ld8_bf16_once(b0 + acc0_vb0 + acc0_kv * 8, acc0_w0);
           float acc0_w1[8];
           tf_ld8_f32(b1 + acc0_vb1 + acc0_kv * 8, acc0_w1);
           #pragma unroll
@@ -102,7 +102,7 @@ extern "C" __global__ void __launch_bounds__(TF_BLOCK) k0(const unsigned short* 
 }
 `;
 
-test('a matrix-vector kernel renders as golden text: waiting for the previous kernel first, one block per row, 16-byte loads of the bf16 weights, block sum', () => {
+test('a matrix-vector kernel renders as golden text: waiting for the previous kernel first, one block per row, 16-byte loads of the bf16 weights (read once: evicted from L2 first), block sum', () => {
   assert.fixture(renderCudaFunction(matvec).code, matvecGolden);
 });
 

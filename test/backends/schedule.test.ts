@@ -149,7 +149,7 @@ kernel k0 (contraction) on webgpu: 64 rows, a workgroup of 256 threads each
 kernel k0 (contraction) on cuda sm_90: 64 rows, a workgroup of 256 threads each (striding over rows past the grid), subgroups
   coop acc4: workgroup | k3 sum<2048 by workgroup, combine subgroup, vec16B(b0) x8 checked, 1 step a lane
   array arr1[2048] over j2: thread-per-element, 8 each in runs of 8, vec16B(b0)
-  store b2 over i0<8: subgroup-per-element | k5 sum<2048 by subgroup, combine subgroup, vec16B(arr1, b1) x8 checked, 8 steps a lane unroll 4
+  store b2 over i0<8: subgroup-per-element | k5 sum<2048 by subgroup, combine subgroup, vec16B(arr1, b1 once) x8 checked, 8 steps a lane unroll 4
   starts while the previous kernel finishes, then waits for its writes
 `,
   'narrow contraction': `kernel k0 (contraction) on webgpu with subgroups: 32 rows, a workgroup of 256 threads each, subgroups
@@ -157,7 +157,7 @@ kernel k0 (contraction) on cuda sm_90: 64 rows, a workgroup of 256 threads each 
 kernel k0 (contraction) on webgpu: 32 rows, a workgroup of 256 threads each
   store b2 over i0<2: thread-per-element
 kernel k0 (contraction) on cuda sm_90: 32 rows, a workgroup of 256 threads each (striding over rows past the grid), subgroups
-  store b2 over i0<2: split-subgroups between 2 | k1 sum<2048 by split-subgroups, combine subgroup, vec16B(b0, b1) x8 checked, 2 steps a lane unroll 2
+  store b2 over i0<2: split-subgroups between 2 | k1 sum<2048 by split-subgroups, combine subgroup, vec16B(b0, b1 once) x8 checked, 2 steps a lane unroll 2
   starts while the previous kernel finishes, then waits for its writes
 `,
   attention: `kernel k0 (attention) on webgpu with subgroups: 4 rows, a workgroup of 256 threads each, subgroups

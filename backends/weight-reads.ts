@@ -1,8 +1,9 @@
-// What a megakernel task may fetch before it waits: for each weight (a parameter buffer) a kernel loads, the
-// elements its row form reads for a range of rows, bounded by interval arithmetic over the load's index with the
-// row, the loop variables and the sizes in their ranges. Weights never depend on another task, so a task can pull
-// them towards the cache while its inputs are still being written. A buffer whose reads cannot be bounded (an
-// index that reads memory, an operation the bounds do not follow) gets no range: nothing is better than a guess.
+// What a kernel's rows read of its weights: for each weight (a parameter buffer) a kernel loads, the elements its
+// row form reads for a range of rows, bounded by interval arithmetic over the load's index with the row, the loop
+// variables and the sizes in their ranges. A megakernel task may fetch them before it waits (weights never depend
+// on another task); the scheduler asks whether the rows read each element once (then nothing in the cache is worth
+// keeping them for). A buffer whose reads cannot be bounded (an index that reads memory, an operation the bounds do
+// not follow) gets no range: nothing is better than a guess.
 
 import { BinaryOp, KernelIR, KExpr, KStmt, ROW } from './kernel-ir.ts';
 
