@@ -174,6 +174,11 @@ export interface ShortTile {
   /** CUDA: the depth split (parts a constant), where there is one. */
   readonly split?: DepthSplit;
   /**
+   * CUDA: the weights, which the one tile of rows reads once, loaded asking L2 to evict them first (where the
+   * device takes eviction hints): a 32-token prompt 1.50–1.55 → 1.37–1.39 ms on the H200's clock (BENCHMARKS.md).
+   */
+  readonly weightsOnce?: boolean;
+  /**
    * CUDA sm_90: a tile's parts run as one cluster, each leaving its sums in its shared memory, where each part's
    * warps add every part's sums for their own columns (in the parts' order) and run the epilogue there. Launched
    * without a cluster, the parts add through memory as any split tile's (addParts).
@@ -699,7 +704,7 @@ function streamedShortTile(gemm: GemmIR, device: DeviceCaps, ringBytes: number):
   // Bulk copies on sm_90 where each row's run of the depth lies contiguous in memory (not the heads of attention's
   // output, which lie apart).
   const bulkLeft = (device.computeCapability ?? 0) >= 90 && gemm.a.k === 'load' && offsetAlong(gemm.a.index, gemm.k) !== undefined;
-  return { below, tileRows, tileColumns, tileDepth, rowTiles, columnTiles, leftGroups: (part / tileDepth) % 2 === 0 ? 2 : 1, ...(split ? { split } : {}), ...(cluster ? { cluster } : {}), ...(bulkLeft ? { bulkLeft } : {}) };
+  return { below, tileRows, tileColumns, tileDepth, rowTiles, columnTiles, leftGroups: (part / tileDepth) % 2 === 0 ? 2 : 1, ...(split ? { split } : {}), ...(cluster ? { cluster } : {}), ...(bulkLeft ? { bulkLeft } : {}), ...(device.evictionHints ? { weightsOnce: true } : {}) };
 }
 
 /** Bytes a CUDA short tile's left rows of one part take: bf16 rows 32 elements longer than the part (bank spread). */

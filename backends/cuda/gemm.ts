@@ -133,7 +133,7 @@ function streamedTile(g: GemmIR, t: ShortTile, ringBytes: number, waits: boolean
   const load = (ind: string, into: string, step: string) => {
     out.push(`${ind}#pragma unroll`);
     out.push(`${ind}for (int tf_u = 0; tf_u < ${chunks}; tf_u++) {`);
-    g.b.forEach((_, o) => out.push(`${ind}  ${into}[${o}][tf_u] = tf_col_in ? __ldg(reinterpret_cast<const uint4*>(tf_wp${o} + (${step}) * ${TD} + tf_u * 32)) : make_uint4(0u, 0u, 0u, 0u);`));
+    g.b.forEach((_, o) => out.push(`${ind}  ${into}[${o}][tf_u] = tf_col_in ? ${t.weightsOnce ? 'tf_ld16_once' : '__ldg'}(reinterpret_cast<const uint4*>(tf_wp${o} + (${step}) * ${TD} + tf_u * 32)) : make_uint4(0u, 0u, 0u, 0u);`));
     out.push(`${ind}}`);
   };
   // A ring of two steps' weights (tf_w0, tf_w1), each reloaded for two steps later as soon as its products are

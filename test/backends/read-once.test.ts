@@ -1,18 +1,19 @@
 // Weights a kernel reads once ask L2 to evict them first (CUDA sm_80 and later): the scheduler marks a stream `once`
 // where the kernel's rows times what one row reads of the weight is no more than the weight (a decode projection,
 // each row its own outputs' part), never where rows read it again (a short prompt run row by row, every row the
-// whole weight) nor on a device without eviction hints. The hint changes no value: both forms against the reference
+// whole weight) nor on a device without eviction hints; CUDA's short GEMM tiles (one tile of up to 32 rows) read
+// every weight once. The hint changes no value: both forms against the reference
 // interpreter on every device (CUDA: the GPU, or the CPU fake, which takes the plain load), fresh random inputs,
-// f32 sums of bf16 weights: 1e-5 relative; the short prompt's normalised rows may be stored in bf16 for the
-// projection (as GEMM inputs are), 4e-3.
+// f32 sums of bf16 weights: 1e-5 relative; the prompts' normalised rows are stored in bf16 for the projection (as
+// GEMM inputs are), 4e-3.
 
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { compileModule } from '../../compiler/compile-module.ts';
 import { param, trace } from '../../compiler/index.ts';
-import { cudaCaps, webgpuCaps } from '../../backends/device-caps.ts';
-import { renderCudaFunction } from '../../backends/cuda/render-cuda.ts';
-import { scheduleKernel } from '../../backends/schedule.ts';
+import { cudaCaps, DeviceCaps, webgpuCaps } from '../../backends/device-caps.ts';
+import { printCudaFunction, renderCudaFunction } from '../../backends/cuda/render-cuda.ts';
+import { scheduleKernel, scheduleKernels } from '../../backends/schedule.ts';
 import { formatSchedule } from '../../backends/schedule-format.ts';
 import { DType } from '../../ir/dtype.ts';
 import { roundBf16 } from '../../ir/half.ts';
@@ -31,17 +32,17 @@ const [DEPTH, OUTPUTS] = [1024, 96];
 function projection(name: string, rows: number) {
   return trace(name, [{ name: 'x', dtype: DType.F32, shape: [rows, DEPTH] }], (x) => {
     const normed = x.mul(x.mul(x).mean(-1, { keepdims: true }).add(1e-5).rsqrt());
-    return { y: normed.matmul(param('w', DType.BF16, [OUTPUTS, DEPTH]).cast(DType.F32).transpose()) };
+    return { y: normed.matmul(param('w', DType.BF16, [OUTPUTS, DEPTH]).transpose()) };
   });
 }
 
-// One row (decode), and 4 (a short prompt below the GEMM tiles, row by row).
-const ROWS = { decode: 1, short: 4 } as const;
+// One row (decode), 4 (a short prompt below the GEMM tiles, row by row) and 32 (CUDA's short GEMM tiles).
+const ROWS = { decode: 1, short: 4, tiles: 32 } as const;
 const graphs = Object.entries(ROWS).map(([name, rows]) => projection(name, rows));
 const compiled = compileModule({ graphs });
 const reference = { graphs: graphs.map((graph) => ({ graph, kernels: [] })) };
 const weights = { w: hostTensor(DType.BF16, [OUTPUTS, DEPTH], Array.from({ length: OUTPUTS * DEPTH }, () => roundBf16(0.1 * rng.normal()))) };
-const inputs: Record<keyof typeof ROWS, number[]> = { decode: [], short: [] };
+const inputs: Record<keyof typeof ROWS, number[]> = { decode: [], short: [], tiles: [] };
 for (const [name, rows] of Object.entries(ROWS) as [keyof typeof ROWS, number][]) inputs[name] = Array.from({ length: rows * DEPTH }, () => rng.normal());
 const contraction = (graph: string) => compiled.graphs.find((g) => g.graph.name === graph)!.kernels.find((k) => k.kind === 'contraction')!;
 
@@ -64,6 +65,16 @@ plan('not where rows read the weight again, nor without eviction hints (sm_75, W
   for (const caps of [cudaCaps(75), webgpuCaps({ subgroups: true })]) {
     assert.not.match(formatSchedule(scheduleKernel(contraction('decode'), caps)), /\bb\d+ once\b/, caps.name);
   }
+});
+plan("CUDA's short GEMM tiles of a 32-row prompt read their weights evicted first, and say so; not without hints", () => {
+  const kernels = compiled.graphs.find((g) => g.graph.name === 'tiles')!.kernels;
+  const gemm = (caps: DeviceCaps) => scheduleKernels(kernels, caps).find((k) => k.gemm)!;
+  const sk = gemm(cudaCaps(90));
+  assert.match(formatSchedule(sk), 'straight into the mma registers (read once: evicted from L2 first)', formatSchedule(sk));
+  assert.match(printCudaFunction(sk).code, /tf_w0\[0\]\[tf_u\] = tf_col_in \? tf_ld16_once\(/);
+  const plain = gemm({ ...cudaCaps(90), evictionHints: false });
+  assert.match(formatSchedule(plain), 'straight into the mma registers, two steps');
+  assert.match(printCudaFunction(plain).code, /tf_w0\[0\]\[tf_u\] = tf_col_in \? __ldg\(/);
 });
 plan.run();
 
