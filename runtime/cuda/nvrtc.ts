@@ -87,9 +87,13 @@ const baseOptions = ['--std=c++17'];
  */
 export const archOf = (cc: number): string => (cc === 90 ? '90a' : `${cc}`);
 
-/** The name a compiled image has in the cache: a hash of what decides its contents. */
+/**
+ * The name a compiled image has in the cache: a hash of what decides its contents, the compiler included (where
+ * NVRTC is looked for: one TSFUSE_LIBNVRTC names, such as the tests' CPU fake, whose images no driver but its own
+ * loads, keeps entries of its own beside the real compiler's in a shared cache).
+ */
 export function cacheKey(source: string, cc: number): string {
-  return crypto.createHash('sha256').update(`${source}\0${baseOptions.join(' ')}\0sm_${archOf(cc)}`).digest('hex');
+  return crypto.createHash('sha256').update(`${source}\0${baseOptions.join(' ')}\0sm_${archOf(cc)}\0${nvrtcCandidates().join('\n')}`).digest('hex');
 }
 
 /** The image of `source` for `cc` from the disk cache, or undefined when it is not there. */

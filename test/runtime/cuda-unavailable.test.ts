@@ -47,9 +47,9 @@ test('no NVRTC is CudaUnavailableError too', () => {
 test('a cached module is read from disk without loading NVRTC', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tsfuse-cuda-cache-'));
   const source = 'extern "C" __global__ void k() {}\n';
-  fs.writeFileSync(path.join(dir, `${cacheKey(source, 90)}.cubin`), 'CUBIN');
   const saved = process.env.TSFUSE_LIBNVRTC;
   process.env.TSFUSE_LIBNVRTC = '/nonexistent/libnvrtc.so';
+  fs.writeFileSync(path.join(dir, `${cacheKey(source, 90)}.cubin`), 'CUBIN');
   try {
     const image = compileCuda(source, 90, 'k.cu', dir);
     assert.ok(image.cached);
@@ -61,6 +61,23 @@ test('a cached module is read from disk without loading NVRTC', () => {
     if (saved === undefined) delete process.env.TSFUSE_LIBNVRTC;
     else process.env.TSFUSE_LIBNVRTC = saved;
     fs.rmSync(dir, { recursive: true });
+  }
+});
+
+test('another NVRTC (TSFUSE_LIBNVRTC) keeps cache entries of its own: the CPU fake\'s images never meet a real driver', () => {
+  const saved = process.env.TSFUSE_LIBNVRTC;
+  const source = 'extern "C" __global__ void k() {}\n';
+  try {
+    process.env.TSFUSE_LIBNVRTC = '/opt/one/libnvrtc.so';
+    const one = cacheKey(source, 90);
+    assert.is(cacheKey(source, 90), one, 'the same compiler, the same entry');
+    process.env.TSFUSE_LIBNVRTC = '/opt/other/libnvrtc.so';
+    assert.is.not(cacheKey(source, 90), one);
+    delete process.env.TSFUSE_LIBNVRTC;
+    assert.is.not(cacheKey(source, 90), one, 'nor the usual places');
+  } finally {
+    if (saved === undefined) delete process.env.TSFUSE_LIBNVRTC;
+    else process.env.TSFUSE_LIBNVRTC = saved;
   }
 });
 
