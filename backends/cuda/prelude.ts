@@ -158,8 +158,9 @@ __device__ __forceinline__ void tf_ld8_f32(const float* p, float* o) {
 }
 
 // 16 bytes of a weight the kernel reads once (a decode step streams every weight through L2 once): the line is the
-// first L2 evicts, so that what is read again stays (the KV cache, activations, a megakernel's counters; 0.793 →
-// 0.783 ms a decode step on the H200, the megakernel 0.937 → 0.904: BENCHMARKS.md), and L1 keeps none of it.
+// first L2 evicts, so that what is read again stays (the KV cache, activations, a megakernel's counters; on the
+// H200 0.793 → 0.785 ms a decode step, the megakernel 0.933 → 0.902, a 32-token prompt 1.49 → 1.33–1.39:
+// BENCHMARKS.md, twenty-fourth session), and L1 keeps none of it.
 __device__ __forceinline__ uint4 tf_ld16_once(const void* p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   uint4 r;
