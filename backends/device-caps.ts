@@ -57,12 +57,12 @@ export interface ScheduleTuning {
    */
   readonly unroll: { readonly workgroup: number; readonly vector: number; readonly sliced: number };
   /**
-   * Rows (a GEMM's m, attention's query rows) from which a kernel runs as tiles rather than row by row: fewer rows
-   * give too few tiles to keep the device busy, where the row kernels stream the weights from every workgroup.
-   * Measured on the H200 (BENCHMARKS.md): GEMM tiles won from 16 rows on CUDA, and on WebGPU since their operands
-   * load 16 bytes at a time a step ahead (a 32-token prompt 17.6 ms with f32 multiply-add tiles against 31.6 row by
-   * row; on subgroup matrices 4.3–5.2 against 26); flash
-   * attention from 2 query rows on both (the row form reads the whole cache, flash only up to the causal bound).
+   * Rows (a GEMM's m, attention's query rows) from which a kernel runs as tiles rather than row by row. The row
+   * form reads every weight once per row; a short prompt's tiles (GemmPlan.shortTile) read each weight once for up
+   * to 32 rows (CUDA) or 128 (WebGPU), so GEMM tiles win from 2 rows: on the H200 (BENCHMARKS.md, twenty-fifth
+   * session) a 1B model's 8-token prompt took 6.96 ms on CUDA with tiles from 16 rows and 1.24 from 2 (2 tokens 2.27
+   * → 1.19, 15 tokens 12.34 → 1.25; one row 0.87–0.89 either way), on WebGPU 18.51 against 2.44. Flash attention
+   * from 2 query rows on both (the row form reads the whole cache, flash only up to the causal bound).
    */
   readonly tilesFrom: { readonly gemm: number; readonly flash: number };
   /**
@@ -164,7 +164,7 @@ export function webgpuCaps(opts: { readonly subgroups: boolean; readonly subgrou
     matrixUnits: matrix ? [SUBGROUP_MATRIX_F16] : [],
     dependentLaunch: false,
     ...(matrix ? { matrixTileBytes: matrix.workgroupBytes } : {}),
-    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 16, flash: 2 } },
+    tuning: { elementMapping: 'long-sums', vectorize: 'aligned-dots', streamElements: 4, unroll: { workgroup: 4, vector: 8, sliced: 4 }, tilesFrom: { gemm: 2, flash: 2 } },
   };
 }
 
@@ -221,7 +221,7 @@ export function cudaCaps(computeCapability = 90, multiprocessors = 132): DeviceC
     // 2,048 threads a multiprocessor since sm_70, but 1,024 on sm_75 and 1,536 on sm_86 and sm_89.
     processors: { count: multiprocessors, maxWorkgroups: computeCapability === 75 ? 4 : computeCapability === 86 || computeCapability === 89 ? 6 : 8 },
     tuning: {
-      elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 8 }, tilesFrom: { gemm: 16, flash: 2 },
+      elementMapping: 'fewest-steps', vectorize: 'all-streams', streamElements: 8, unroll: { workgroup: 1, vector: 4, sliced: 8 }, tilesFrom: { gemm: 2, flash: 2 },
       ...(computeCapability === 90 && wgmmaTile ? { wgmma: { columns: Number(wgmmaTile[1] ?? 128), stages: Number(wgmmaTile[2] ?? 6) } } : {}),
     },
   };

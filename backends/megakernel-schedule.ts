@@ -173,8 +173,8 @@ function prefetchRanges(k: KernelIR, sizes: Readonly<Record<string, number>>, sp
 }
 
 /**
- * The kernel as it runs at fixed sizes: its row form only (refused where its tiles would run), so that the shared
- * memory of the tile form is not reserved.
+ * The kernel as it runs at fixed sizes: its row form only, at any size (launched, a step of more rows would run its
+ * tiles), so that the shared memory of the tile form is not reserved; refused where the kernel has no row form.
  */
 function atFixedSizes(sk: ScheduledKernel, sizes: Readonly<Record<string, number>>): ScheduledKernel {
   const k = sk.kernel;
@@ -183,10 +183,8 @@ function atFixedSizes(sk: ScheduledKernel, sizes: Readonly<Record<string, number
   if (sk.overlap) throw new Error(`megakernel: kernel ${k.name} was scheduled to overlap its predecessor's launch; schedule the graph without dependent launches`);
   if (sk.tilesFrom === undefined) return sk;
   if (sk.flash?.units === 'decode') return decodeTaskForm(sk);
-  const extent = k.gemm?.rows ?? k.flash?.queries;
-  const at = extent ? evalSize(extent, sizes) : 0;
   // A task is a range of rows; tiles are dealt otherwise.
-  if (sk.tilesFrom === 0 || at >= sk.tilesFrom) throw new Error(`megakernel: kernel ${k.name} runs as tiles at the step's sizes (${at} rows, tiles from ${sk.tilesFrom}); the megakernel deals rows only`);
+  if (sk.tilesFrom === 0) throw new Error(`megakernel: kernel ${k.name} runs as tiles only (its row form does not fit beside them); the megakernel deals rows only`);
   const origin = scheduleOrigin(sk);
   let rowForm = rowForms.get(origin);
   if (!rowForm) {

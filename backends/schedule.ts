@@ -358,6 +358,11 @@ export interface ScheduleOptions {
    * multiprocessor: 64); attention's decode form then keeps fewer keys' loads in flight (FlashPlan.keyUnroll).
    */
   readonly registersPerThread?: number;
+  /**
+   * Every kernel row by row at any size but attention's decode form: the megakernel's graph, whose tasks are rows,
+   * and whose kernels launched one by one (which bisecting compares with it byte for byte) must compute as they do.
+   */
+  readonly rowsOnly?: boolean;
 }
 
 /** Elements a thread may take in an unrolled loop (Mapping 'thread-per-element'). */
@@ -438,8 +443,9 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
   // rejects only barriers inside such loops, and a row has none there); a score's own sum keeps its constant extent
   // where only that is read wide (aligned dots).
   const k = boundKeyLoops(lowered, { maskedElements: device.tuning.vectorize !== 'aligned-dots' });
-  const gemm = k.gemm && gemmPlan(k, k.gemm, device, opts);
-  const flash = k.flash && flashPlan(k.flash, k, device, opts);
+  const gemm = k.gemm && !opts.rowsOnly ? gemmPlan(k, k.gemm, device, opts) : undefined;
+  const planned = k.flash && flashPlan(k.flash, k, device, opts);
+  const flash = opts.rowsOnly && planned?.units !== 'decode' ? undefined : planned;
   const tileBytes = gemm ? gemmBytes(k.gemm!, gemm) : flash ? flash.bytes : 0;
   const extent = k.gemm?.rows ?? k.flash?.queries;
   const gemmGrid = gemm && mul(mul(gemm.rowTiles, int(gemm.columnTiles)), gemm.split?.parts ?? int(1));

@@ -105,11 +105,11 @@ const REGISTERS_PER_PROCESSOR = 65536;
 /**
  * How the megakernel's graph is scheduled, for the megakernel and for its kernels launched one by one (bisecting
  * compares the two byte for byte): every kernel's code under the megakernel's register cap (launch bounds for its
- * blocks a multiprocessor).
+ * blocks a multiprocessor), and row by row at any size, as its tasks run (a step of several rows would launch tiles).
  */
 export function megakernelScheduleOptions(caps: DeviceCaps, opts: MegakernelOptions): ScheduleOptions {
   const perProcessor = opts.blocksPerProcessor ?? DEFAULT_BLOCKS_PER_PROCESSOR;
-  return { registersPerThread: Math.floor(REGISTERS_PER_PROCESSOR / (perProcessor * caps.threadsPerWorkgroup)) };
+  return { registersPerThread: Math.floor(REGISTERS_PER_PROCESSOR / (perProcessor * caps.threadsPerWorkgroup)), rowsOnly: true };
 }
 
 /** Words of the watchdog's record (kernel argument tf_watchdog): see WATCHDOG_FIELDS. */

@@ -121,7 +121,8 @@ const weights: Record<string, HostTensor> = {
   m: hostTensor(DType.BF16, [MANY, K_MMA], randoms(MANY * K_MMA, 0.2)),
   f: hostTensor(DType.BF16, [N, K_FIVE], randoms(N * K_FIVE, 0.05)),
 };
-// 16 to 32 rows take CUDA's short tiles (32 rows; 16 and 32 their bounds), 40 its wgmma tiles.
+// One row runs the row form; 2 to 32 rows CUDA's short tiles (7, 16, 20 and 32 among them; 32 their bound), 40 its
+// wgmma tiles.
 const ROWS = [1, 7, 16, 20, 32, 40, 64, 130];
 const depthOf = (graph: string) => ({ bf16five: K_FIVE, bf16deep: K_DEEP, bf16odd: K_ODD, bf16normdeep: K_DEEP, bf16normnarrow: K_DEEP, bf16normodd: K_ODD, bf16shallow: K_FMA, f32mix: K_FMA }[graph] ?? K_MMA);
 const columnsOf = (graph: string) => ({ bf16normwide: WIDE, bf16many: MANY, bf16normnarrow: NARROW }[graph] ?? N);
@@ -195,10 +196,10 @@ basics('on CUDA up to 32 rows, GEMMs of bf16 left operands stream their weights 
   assert.is(short('bf16normdeep', cudaCaps(90, 132)), 'below 33: 32×64×64 16 parts');
   assert.is(short('bf16norm', cudaCaps(80, 8)), 'below 33: 32×64×32 4 parts', 'sm_80: the mma tiles\' ring');
   assert.is(short('bf16norm', webgpuCaps({ subgroups: true })), undefined);
-  // The grid: the row form below 16 rows (35 workgroups a row), then 2 column tiles × 4 parts up to 32 rows, then
+  // The grid: the row form for one row (35 workgroups a row), then 2 column tiles × 4 parts up to 32 rows, then
   // the wgmma tiles (128 × 64, 2 column tiles, split while few).
   const norm = sk('bf16norm');
-  assert.equal([15, 16, 32].map((rows) => evalSize(norm.grid.rows, { S: rows })), [15 * 35, 8, 8]);
+  assert.equal([1, 2, 15, 32].map((rows) => evalSize(norm.grid.rows, { S: rows })), [35, 8, 8, 8]);
   const tiles = (rows: number) => evalSize(mul(norm.gemm!.rowTiles, int(norm.gemm!.columnTiles)), { S: rows }) * evalSize(norm.gemm!.split?.parts ?? int(1), { S: rows });
   assert.equal([33, 64].map((rows) => evalSize(norm.grid.rows, { S: rows })), [tiles(33), tiles(64)]);
   assert.match(formatSchedule(norm), 'below 33 rows, tiles of 32 × 64');
@@ -211,9 +212,9 @@ basics('on CUDA up to 32 rows, GEMMs of bf16 left operands stream their weights 
   assert.ok(norm.gemm!.shortTile!.bulkLeft);
   const sm80rows = printCudaFunction(sk('bf16norm', cudaCaps(80, 8))).code;
   assert.ok(sm80rows.includes('tf_cp_wait<0>()') && !sm80rows.includes('tf_bulk_copy('), 'sm_80: cp.async');
-  // On sm_90 a tile's parts are a cluster where the short tiles run (16 to 32 rows); 16 parts are more than a
+  // On sm_90 a tile's parts are a cluster where the short tiles run (2 to 32 rows); 16 parts are more than a
   // cluster may have, and sm_80 has none.
-  assert.equal([15, 16, 32, 33].map((rows) => evalSize(norm.grid.clusterBlocks!, { S: rows })), [1, 4, 4, 1]);
+  assert.equal([1, 2, 15, 32, 33].map((rows) => evalSize(norm.grid.clusterBlocks!, { S: rows })), [1, 4, 4, 4, 1]);
   assert.equal(f.clusterBlocks, norm.grid.clusterBlocks);
   for (const needed of ['if (tf_cluster_blocks() == 4u) {', 'tf_ours = tf_warp / 2 == tf_part;', 'tf_part = tf_work % tf_parts']) assert.ok(f.code.includes(needed), needed);
   assert.match(formatSchedule(norm), 'the depth split in 4 parts, a cluster of workgroups');
@@ -246,8 +247,8 @@ basics('on WebGPU with f16 subgroup matrices the GEMMs of bf16 weights take subg
   const sk = scheduleKernels(compiled.graphs.find((g) => g.graph.name === 'bf16')!.kernels, matrix).find((k) => k.gemm)!;
   const code = printWgsl(sk).code;
   for (const needed of ['enable f16;', 'enable chromium_experimental_subgroup_matrix;', 'subgroupMatrixMultiplyAccumulate(', 'subgroupMatrixStore<row_major>(&tf_cs', 'if (sz_S < 128) {']) assert.ok(code.includes(needed), needed);
-  // The grid: the row form below 16 rows (35 workgroups a row), short tiles (32 × 16) below 128, else 128 × 64.
-  assert.equal([1, 15, 16, 127, 128, 300].map((rows) => evalSize(sk.grid.rows, { S: rows })), [35, 15 * 35, 5, 4 * 5, 1 * 2, 3 * 2]);
+  // The grid: the row form for one row (35 workgroups a row), short tiles (32 × 16) below 128, else 128 × 64.
+  assert.equal([1, 2, 15, 16, 127, 128, 300].map((rows) => evalSize(sk.grid.rows, { S: rows })), [35, 5, 5, 5, 4 * 5, 1 * 2, 3 * 2]);
   const mk = scheduleKernels(compiled.graphs.find((g) => g.graph.name === 'bf16many')!.kernels, matrix).find((k) => k.gemm)!;
   assert.equal([16, 127].map((rows) => evalSize(mk.grid.rows, { S: rows })), [97, 4 * 97]);
   assert.ok(printWgsl(mk).code.includes('tf_c0_1_1 = subgroupMatrixMultiplyAccumulate('), 'two fragment columns');
@@ -266,7 +267,7 @@ basics('on WebGPU with f16 subgroup matrices the GEMMs of bf16 weights take subg
   const weight = (gk.gemm!.b[0] as { buf: number }).buf;
   assert.equal(scheduleKernel(gk, matrix, { splitBuffers: new Set([weight]) }).gemm!.loads, { left: 4, right: [1] });
   // The row form keeps the f32 products for fewer rows than the tiles start from.
-  assert.is(sk.tilesFrom, 16);
+  assert.is(sk.tilesFrom, 2);
   // The norm's rows, which only the GEMM reads (as its left operand), are stored as f16 by the norm's kernel and
   // staged 8 halves a load; without subgroup matrices they stay f32.
   const normKernels = (caps: typeof matrix) => scheduleKernels(compiled.graphs.find((g) => g.graph.name === 'bf16norm')!.kernels, caps);

@@ -21,23 +21,24 @@ const attention = (head: number, kv: DType = F) => compileModule({
   ], (q, k, v) => ({ y: where(arange(256).reshape(1, -1).le(arange(q.dim(1)).reshape(-1, 1)), q.matmul(k.cast(F)), -Infinity).softmax(-1).matmul(v.cast(F)) }))],
 }).graphs[0].kernels[0];
 
-test('a bf16 projection: cp.async mma tiles on CUDA from 16 rows, f32 tiles on WebGPU from 16, rows on the CPU', () => {
+test('a bf16 projection: cp.async mma tiles on CUDA from 2 rows, f32 tiles on WebGPU from 2, rows on the CPU', () => {
   const k = projection(DType.BF16);
   assert.ok(k.gemm, 'lowered with a tile form');
   const cuda = scheduleKernel(k, cudaCaps());
   assert.is(cuda.gemm?.units, 'mma-bf16');
   assert.is(cuda.gemm?.staging?.kind, 'async');
-  assert.is(cuda.tilesFrom, 16);
+  assert.is(cuda.tilesFrom, 2);
   assert.ok(cuda.dynamicWorkgroupBytes > 0, 'the ring of stages is memory given at launch');
   // 128 × 64 tiles, 64 deep (the depth is 128: two steps, too few to split).
   assert.equal([cuda.gemm?.tileRows, cuda.gemm?.tileColumns, cuda.gemm?.tileDepth], [128, 64, 64]);
   assert.is(cuda.gemm?.split, undefined);
-  // Below the threshold the grid is the row form's rows; from it, the tiles: ceil(S / 128) × ceil(96 / 64).
-  assert.is(evalSize(cuda.grid.rows, { S: 15 }), evalSize(k.rows, { S: 15 }));
+  // Below the threshold (one row) the grid is the row form's rows; from it, the tiles: ceil(S / 128) × ceil(96 / 64).
+  assert.is(evalSize(cuda.grid.rows, { S: 1 }), evalSize(k.rows, { S: 1 }));
+  assert.is(evalSize(cuda.grid.rows, { S: 2 }), 1 * 2);
   assert.is(evalSize(cuda.grid.rows, { S: 130 }), 2 * 2);
   const wgpu = scheduleKernel(k, webgpuCaps({ subgroups: true }));
   assert.is(wgpu.gemm?.units, 'fma');
-  assert.is(wgpu.tilesFrom, 16);
+  assert.is(wgpu.tilesFrom, 2);
   const cpu = scheduleKernel(k, cpuCaps);
   assert.is(cpu.gemm?.units, 'serial');
   assert.is(cpu.tilesFrom, 0);

@@ -23,7 +23,7 @@ const greedyTokens = 32;
 /** Largest allowed ‖ours − ref‖ / ‖ref‖ per position (fixtures/README.md: 1e-4 on the CPU, 1e-3 on a GPU). */
 const tolerance: Record<DeviceKind, number> = { cpu: 1e-4, reference: 1e-4, webgpu: 1e-3, cuda: 1e-3 };
 /**
- * CUDA's prompt GEMMs of 16 rows and more run on bf16 matrix units, the activations rounded to bf16 (README:
+ * CUDA's prompt GEMMs of 2 rows and more run on bf16 matrix units, the activations rounded to bf16 (README:
  * 1e-2 of float32, as the bf16 weights' own rounding): 3.1e-3 on the H200 for the bf16 fixture's 24 tokens.
  * WebGPU's on f16 subgroup matrices (the activations rounded to f16) are held to the same.
  */
