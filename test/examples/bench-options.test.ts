@@ -63,6 +63,7 @@ test('examples/bench-prefill.ts: --help is its usage; a bad option or value is a
     [['--lengths', '8,x'], 'bench-prefill: --lengths 8,x: expected prompt lengths'],
     [['--runs', '0'], 'bench-prefill: --runs 0: expected a whole number from 1'],
     [['--kv-dtype', 'i8'], 'bench-prefill: --kv-dtype i8: expected f32, bf16 or f16'],
+    [['--warmup', 'soon'], 'bench-prefill: --warmup soon: expected seconds, a number from 0'],
     [['--lengths', '5000'], "bench-prefill: 5001 tokens exceed the model's max_position_embeddings 2048"],
   ] as const) {
     const r = prefill(...args);
