@@ -435,7 +435,8 @@ function alike(a: KernelIR, b: KernelIR): boolean {
 /** Options that schedule alike (an option added to ScheduleOptions must be compared here too). */
 function sameOptions(a: ScheduleOptions, b: ScheduleOptions): boolean {
   const [x, y] = [a.splitBuffers ?? new Set<number>(), b.splitBuffers ?? new Set<number>()];
-  return x.size === y.size && [...x].every((i) => y.has(i)) && (a.keyChunks ?? true) === (b.keyChunks ?? true);
+  return x.size === y.size && [...x].every((i) => y.has(i)) && (a.keyChunks ?? true) === (b.keyChunks ?? true) &&
+    a.registersPerThread === b.registersPerThread && !!a.rowsOnly === !!b.rowsOnly;
 }
 
 function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptions): ScheduledKernel {

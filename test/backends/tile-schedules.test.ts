@@ -131,4 +131,19 @@ test('flash over bf16 keys and values: a warp per 16 queries on CUDA\'s matrix u
   assert.is(scheduleKernel(k, webgpuCaps({ subgroups: true })).flash?.units, 'fma');
 });
 
+test('rowsOnly (the megakernel\'s graph): GEMM and flash kernels row by row at every size, whatever was scheduled before', () => {
+  const caps = cudaCaps();
+  for (const k of [projection(DType.BF16), attention(64, DType.BF16)]) {
+    const tiled = scheduleKernel(k, caps);
+    assert.is(tiled.tilesFrom, 2);
+    // The same kernel and device object again, rows only: not the schedule made first.
+    const rows = scheduleKernel(k, caps, { rowsOnly: true });
+    assert.is(rows.tilesFrom, undefined);
+    assert.is(rows.gemm ?? rows.flash, undefined);
+    assert.is(evalSize(rows.grid.rows, { S: 40 }), evalSize(k.rows, { S: 40 }));
+    assert.ok(rows.stmts.length > 0, 'the row form');
+    assert.is(scheduleKernel(k, caps).tilesFrom, 2, 'and the tiled schedule again without the option');
+  }
+});
+
 test.run();
