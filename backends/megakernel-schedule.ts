@@ -173,8 +173,8 @@ function prefetchRanges(k: KernelIR, sizes: Readonly<Record<string, number>>, sp
 }
 
 /**
- * The kernel as it runs at fixed sizes: its row form only, at any size (launched, a step of more rows would run its
- * tiles), so that the shared memory of the tile form is not reserved; refused where the kernel has no row form.
+ * The kernel as it runs at fixed sizes: scheduled row by row (ScheduleOptions.rowsOnly, as megakernelScheduleOptions
+ * asks: a task is a range of rows), or attention's decode form alone.
  */
 function atFixedSizes(sk: ScheduledKernel, sizes: Readonly<Record<string, number>>): ScheduledKernel {
   const k = sk.kernel;
@@ -183,20 +183,7 @@ function atFixedSizes(sk: ScheduledKernel, sizes: Readonly<Record<string, number
   if (sk.overlap) throw new Error(`megakernel: kernel ${k.name} was scheduled to overlap its predecessor's launch; schedule the graph without dependent launches`);
   if (sk.tilesFrom === undefined) return sk;
   if (sk.flash?.units === 'decode') return decodeTaskForm(sk);
-  // A task is a range of rows; tiles are dealt otherwise.
-  if (sk.tilesFrom === 0) throw new Error(`megakernel: kernel ${k.name} runs as tiles only (its row form does not fit beside them); the megakernel deals rows only`);
-  const origin = scheduleOrigin(sk);
-  let rowForm = rowForms.get(origin);
-  if (!rowForm) {
-    const bytes = (a: ScheduledKernel['arrays'][number]) => Math.ceil((a.elements * (a.type === 'bool' ? 1 : 4)) / 16) * 16;
-    const dynamic = origin.arrays.reduce((n, a) => (a.dynamicOffset === undefined ? n : Math.max(n, a.dynamicOffset + bytes(a))), 0);
-    const { gemm: _g, flash: _f, tilesFrom: _t, ...rest } = origin;
-    rowForm = { ...rest, grid: { ...origin.grid, rows: origin.kernel.rows }, dynamicWorkgroupBytes: dynamic };
-    rowForms.set(origin, rowForm);
-  }
-  const fixed = { ...rowForm, kernel: k };
-  printedFrom.set(fixed, rowForm);
-  return fixed;
+  throw new Error(`megakernel: kernel ${k.name} was scheduled with tiles; the megakernel deals rows only: schedule the graph row by row (rowsOnly)`);
 }
 
 /**
@@ -218,9 +205,7 @@ function decodeTaskForm(sk: ScheduledKernel): ScheduledKernel {
 }
 const decodeForms = new WeakMap<ScheduledKernel, ScheduledKernel>();
 
-/** Row forms made, by the schedule they were made from. */
-const rowForms = new WeakMap<ScheduledKernel, ScheduledKernel>();
-/** Each row form taken from one made for a kernel alike, and that one. */
+/** Each decode form taken from one made for a kernel alike, and that one. */
 const printedFrom = new WeakMap<ScheduledKernel, ScheduledKernel>();
 
 /**

@@ -47,8 +47,8 @@ if (!/^[1-9]\d*(,[1-9]\d*)*$/.test(values.lengths!)) fail(`--lengths ${values.le
 if (!/^[1-9]\d*$/.test(values.runs!)) fail(`--runs ${values.runs}: expected a whole number from 1`);
 if (values.warmup !== undefined && !/^\d+(\.\d+)?$/.test(values.warmup)) fail(`--warmup ${values.warmup}: expected seconds, a number from 0`);
 // A WebGPU process's first seconds run at a lower clock (the host leaves the GPU idle between submissions, and its
-// clock rises only under sustained load): on the H200 a 32-token prompt took 9.65 ms first and 3.45 twenty seconds
-// later in the same process (BENCHMARKS.md, twenty-fifth session). The longest prompt runs for this long first.
+// clock rises only under sustained load): on the H200 a 32-token prompt took 9.65 ms first and 3.45 at the end of the
+// same process, 9.61 against 2.47–2.97 with this warm-up (BENCHMARKS.md, twenty-fifth session). The longest prompt runs for this long first.
 const warmupSeconds = Number(values.warmup ?? (values.backend === 'webgpu' ? 3 : 0));
 let cfg: LlamaConfig;
 try {

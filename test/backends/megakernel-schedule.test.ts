@@ -21,7 +21,8 @@ const s = suite('megakernel schedule');
 
 const caps = { ...cudaCaps(90, 4), dependentLaunch: false };
 const module = compileModule({ graphs: [mlpStack()] });
-const kernels = scheduleKernels(module.graphs[0].kernels, caps);
+// Row by row, as the megakernel's graph is scheduled (megakernelScheduleOptions).
+const kernels = scheduleKernels(module.graphs[0].kernels, caps, { rowsOnly: true });
 // Prefetching up to 64 KiB a task (the default is none: slower on the H200), so that the tests see ranges.
 const schedule = scheduleMegakernel(kernels, {}, { blocks: 8, processors: 4, prefetchBytes: 64 * 1024 });
 
@@ -136,12 +137,12 @@ s('the decode step of a Llama: prefetch ranges hold every weight element its tas
   const model = loadLlama(fixture('tiny-llama3-bf16'));
   const llama = compileModule(traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength: 16, sampling: false, kvDType: model.weightDType }));
   const decode = llama.graphs.find((g) => g.graph.name === 'decode')!;
-  const mk = scheduleMegakernel(scheduleKernels(decode.kernels, caps), {}, { blocks: 8, processors: 4, prefetchBytes: 1 << 30 });
+  const mk = scheduleMegakernel(scheduleKernels(decode.kernels, caps, { rowsOnly: true }), {}, { blocks: 8, processors: 4, prefetchBytes: 1 << 30 });
   mk.tasks.forEach((n) => assert.ok(n <= 8));
   const checked = checkPrefetch(mk);
   assert.ok(checked.ranges > mk.kernels.length, `${checked.ranges} ranges`);
   // With a budget, no task prefetches more.
-  const small = scheduleMegakernel(scheduleKernels(decode.kernels, caps), {}, { blocks: 8, processors: 4, prefetchBytes: 1000 });
+  const small = scheduleMegakernel(scheduleKernels(decode.kernels, caps, { rowsOnly: true }), {}, { blocks: 8, processors: 4, prefetchBytes: 1000 });
   for (const perKernel of small.prefetch) for (const ranges of perKernel) assert.ok(ranges.reduce((n, r) => n + r.bytes, 0) <= 1000);
 });
 
@@ -192,8 +193,11 @@ s('refused by name: a graph of symbolic sizes, a device too old, a grid of no bl
   assert.throws(() => scheduleMegakernel(kernels, {}, { blocks: 0, processors: 4 }), /0 blocks is not a grid/);
   const symbolic = compileModule({ graphs: [mlpStack('S')] });
   assert.throws(() => renderCudaMegakernel(symbolic, cudaCaps(90, 4), { graph: 'mlp' }), /reads size S, which the step does not fix/);
-  // The kernels as scheduled for launches keep their GEMM tiles, which loop over the grid's blocks.
-  const tiled = { ...schedule, kernels };
+  // The kernels as scheduled for launches keep their GEMM tiles (3 rows), which loop over the grid's blocks.
+  const launched = scheduleKernels(module.graphs[0].kernels, caps);
+  assert.ok(launched.some((k) => k.gemm), 'tiles at 3 rows');
+  assert.throws(() => scheduleMegakernel(launched, {}, { blocks: 8, processors: 4 }), /kernel k\d+ was scheduled with tiles; the megakernel deals rows only/);
+  const tiled = { ...schedule, kernels: launched };
   assert.throws(() => printCudaMegakernel(tiled, 'mlp_megakernel', 2), /kernel k1 may run as tiles, which loop over the grid's blocks; a megakernel's task runs rows only/);
 });
 

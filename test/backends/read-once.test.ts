@@ -1,7 +1,7 @@
 // Weights a kernel reads once ask L2 to evict them first (CUDA sm_80 and later): the scheduler marks a stream `once`
 // where the kernel's rows times what one row reads of the weight is no more than the weight (a decode projection,
-// each row its own outputs' part), never where rows read it again (a short prompt run row by row, every row the
-// whole weight) nor on a device without eviction hints; CUDA's short GEMM tiles (one tile of up to 32 rows) read
+// each row its own outputs' part), never where rows read it again (several rows run row by row, as a megakernel's
+// tasks run them, every row the whole weight) nor on a device without eviction hints; CUDA's short GEMM tiles (one tile of up to 32 rows) read
 // every weight once. The hint changes no value: both forms against the reference
 // interpreter on every device (CUDA: the GPU, or the CPU fake, which takes the plain load), fresh random inputs,
 // f32 sums of bf16 weights: 1e-5 relative; the prompts' normalised rows are stored in bf16 for the projection (as
@@ -36,7 +36,8 @@ function projection(name: string, rows: number) {
   });
 }
 
-// One row (decode), 4 (a short prompt below the GEMM tiles, row by row) and 32 (CUDA's short GEMM tiles).
+// One row (decode), 4 (row by row where scheduled so, ScheduleOptions.rowsOnly; launched, CUDA's short GEMM tiles)
+// and 32 (CUDA's short GEMM tiles).
 const ROWS = { decode: 1, short: 4, tiles: 32 } as const;
 const graphs = Object.entries(ROWS).map(([name, rows]) => projection(name, rows));
 const compiled = compileModule({ graphs });
@@ -58,10 +59,11 @@ plan('a decode projection streams its weight evicted first on CUDA sm_80 and lat
   assert.match(code, /tf_ld8_f32\(b\d+ \+/, code);
 });
 plan('not where rows read the weight again, nor without eviction hints (sm_75, WebGPU)', () => {
-  const short = formatSchedule(scheduleKernel(contraction('short'), cudaCaps(90)));
+  const rows = scheduleKernel(contraction('short'), cudaCaps(90), { rowsOnly: true });
+  const short = formatSchedule(rows);
   assert.match(short, /vec16B\(/, short);
   assert.not.match(short, /\bb\d+ once\b/, short);
-  assert.not.match(renderCudaFunction(contraction('short')).code, /_once\(b/);
+  assert.not.match(printCudaFunction(rows).code, /_once\(b/);
   for (const caps of [cudaCaps(75), webgpuCaps({ subgroups: true })]) {
     assert.not.match(formatSchedule(scheduleKernel(contraction('decode'), caps)), /\bb\d+ once\b/, caps.name);
   }

@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { fixturesDir } from '../fixtures-dir.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const script = fileURLToPath(new URL('../../examples/bench-torch.py', import.meta.url));
@@ -72,7 +73,6 @@ for name in ("tiny-llama", "tiny-llama3", "tiny-llama3-bf16"):
                  "tokens": tokens == golden["greedy_new_tokens"]}
 print(json.dumps(out))
 `;
-import { fixturesDir } from '../fixtures-dir.ts';
 
 test("the lean model computes Hugging Face's logits and greedy tokens for each fixture (float32, CPU)", () => {
   if (!hasPython) return;
