@@ -515,6 +515,15 @@ const SHARED_PROLOGUE_WORKGROUPS = 256;
 /** How many of its first statements a WebGPU kernel of many rows computes once a workgroup (Grid.sharedStatements), if any. */
 function sharedPrologue(k: KernelIR, device: DeviceCaps): number | undefined {
   if (device.target !== 'wgsl' || k.rows.k !== 'const' || k.rows.value < SHARED_PROLOGUE_ROWS * SHARED_PROLOGUE_WORKGROUPS) return undefined;
+  return rowInvariantPrologue(k);
+}
+
+/**
+ * The kernel's first statements that do not read the row, where they use workgroup memory and the rest do not (a
+ * norm's sum and normalised row, then a projection's outputs): code running several rows computes them once for all
+ * (WebGPU's Grid.sharedStatements; a CUDA megakernel's task). Undefined where there are none such.
+ */
+export function rowInvariantPrologue(k: KernelIR): number | undefined {
   let shared = 0;
   while (shared < k.body.length - 1 && statementExprs(k.body[shared]).every((e) => !varsOf(e).has(ROW))) shared++;
   const memory = (st: KStmt) => st.k === 'coop' || st.k === 'array';

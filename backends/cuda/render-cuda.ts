@@ -9,7 +9,7 @@ import { cudaCaps, DeviceCaps } from '../device-caps.ts';
 import { KernelIR, KExpr, KStmt, ReduceOp, replaceLoads, replaceReductions, ROW, Scalar, topReductions, varsOf } from '../kernel-ir.ts';
 import { Stream } from '../schedule-vector.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
-import { ArrayPlacement, ReductionPlan, scheduleKernel, scheduleKernels, ScheduledKernel, ScheduleOptions, scheduleOrigin, SplitScratchNeeds, StmtSchedule } from '../schedule.ts';
+import { ArrayPlacement, ReductionPlan, rowInvariantPrologue, scheduleKernel, scheduleKernels, ScheduledKernel, ScheduleOptions, scheduleOrigin, SplitScratchNeeds, StmtSchedule } from '../schedule.ts';
 import { CUDA_BLOCK, cudaPrelude, ld8Function } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
 import { renderGemmCuda } from './gemm.ts';
@@ -342,6 +342,10 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody
     return printed();
   }
   const body: string[] = waitsInForms ? gridWait('  ') : [];
+  // A task of several rows computes the statements that do not read the row once (a norm before a projection).
+  const once = task ? rowInvariantPrologue(k) ?? 0 : 0;
+  if (once) body.push(`  // Statements 0 to ${once - 1} once a task: they do not read the row.`);
+  k.body.slice(0, once).forEach((s, i) => renderStmt(s, sk.stmts[i], p, shared, body, '  '));
   if (task) {
     body.push(`  for (int ${ROW} = tf_first; ${ROW} < tf_end; ${ROW}++) {`);
   } else {
@@ -351,9 +355,11 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody
     // Blocks stride over the rows (the grid may have fewer blocks than rows).
     body.push(`  for (int ${ROW} = blockIdx.x; ${ROW} < tf_rows; ${ROW} += gridDim.x) {`);
   }
-  k.body.forEach((s, i) => renderStmt(s, sk.stmts[i], p, shared, body, '    '));
-  // The next row rewrites the shared arrays: wait until every thread has read this row's.
-  if (sk.arrays.length) body.push('    __syncthreads();');
+  k.body.forEach((s, i) => {
+    if (i >= once) renderStmt(s, sk.stmts[i], p, shared, body, '    ');
+  });
+  // The next row rewrites the shared arrays: wait until every thread has read this row's (none do after a prologue).
+  if (sk.arrays.length && !once) body.push('    __syncthreads();');
   body.push('  }');
   const text = body.join('\n');
   if (/\btf_tid\b/.test(text)) out.push('  const int tf_tid = threadIdx.x;');
