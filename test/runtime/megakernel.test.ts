@@ -25,7 +25,7 @@ import { runOnce } from '../../runtime/executor.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { ParamStore } from '../../runtime/params.ts';
 import { MegakernelSchedule } from '../../backends/megakernel-schedule.ts';
-import { MegakernelRefused } from '../../backends/cuda/megakernel.ts';
+import { MegakernelRefused, PreparedMegakernel } from '../../backends/cuda/megakernel.ts';
 import { evalSize } from '../../backends/kernel-ir.ts';
 import { timelineTable, timelineTrace } from '../../runtime/megakernel-timeline.ts';
 import { traceText } from '../../runtime/trace.ts';
@@ -109,6 +109,35 @@ s('an MLP stack with an untied bf16 head runs as one kernel and matches the refe
       } finally {
         program.destroy();
       }
+    }
+  } finally {
+    device.destroy();
+  }
+});
+
+// One input row (as a decode step has): each norm reads no row of its projection, and with 8 blocks the projections'
+// tasks take several rows each, which compute the norm once (the task form's prologue) rather than once a row.
+s('tasks of several rows compute the norm before them once, and match the reference interpreter on fresh inputs', async () => {
+  if (!enabled) return;
+  const graph = mlpStack(1);
+  const module = compileModule({ graphs: [graph] });
+  const device = await openDevice('cuda', { cacheDir: fake.cacheDir, megakernel: { graph: 'mlp', blocksPerProcessor: 1 } }) as CudaDevice;
+  try {
+    const compiled = module.graphs[0].graph;
+    const { params } = mlpValues(compiled, 7);
+    const rng = new Rng(Date.now() % 1e9);
+    const x = hostTensor(DType.F32, [1, 48], Array.from({ length: 48 }, () => rng.normal()));
+    const program = await device.load(module, new ParamStore((n) => params.get(n)!), { maxSizes: {} });
+    try {
+      const { schedule, kernel } = (program as unknown as { megakernel: { prepared: PreparedMegakernel } }).megakernel.prepared;
+      assert.match(kernel.source, /Statements 0 to \d+ once a task: they do not read the row/);
+      assert.ok(schedule.spans.some((spans) => spans.some((r) => r.to - r.from > 1)), 'some task runs several rows');
+      const [want] = interpret(compiled, { inputs: { x }, param: (n) => params.get(n)!, states: new Map() });
+      const [got] = await runOnce(program, 'mlp', { x }, new Map());
+      const bad = mismatch(got, want, 2e-4);
+      assert.not.ok(bad, bad);
+    } finally {
+      program.destroy();
     }
   } finally {
     device.destroy();
