@@ -10,7 +10,7 @@
 import { DType, isFloat } from '../ir/dtype.ts';
 import { Graph, Kernel, kernelIOs, Node, Value } from '../ir/graph.ts';
 import { isElementwise, Op } from '../ir/ops.ts';
-import { RowSplit, rowSplit } from './row-split.ts';
+import { RowOptions, RowSplit, rowSplit } from './row-split.ts';
 import { kernelsNodeLines, printAttrs } from '../ir/printer.ts';
 import { rounderFor } from '../ir/host-tensor.ts';
 import { Dim, formatType, Shape } from '../ir/shape.ts';
@@ -52,9 +52,9 @@ export type LoweredKernels = Map<string, { readonly ir: KernelIR; readonly class
 /**
  * Lowers every kernel of a fused graph; `slotOf` is the memory plan's slot of each intermediate. Kernels alike but
  * for the buffers they are bound to (every transformer layer's) are lowered once: the others take the first one's
- * kernel IR, with their own name, comment and bindings.
+ * kernel IR, with their own name, comment and bindings (`lowered` holds them: one map for one choice of `rows`).
  */
-export function lowerGraph(g: Graph, slotOf: ReadonlyMap<Value, number>, lowered: LoweredKernels = new Map()): KernelIR[] {
+export function lowerGraph(g: Graph, slotOf: ReadonlyMap<Value, number>, lowered: LoweredKernels = new Map(), rows: RowOptions = {}): KernelIR[] {
   const ios = kernelIOs(g);
   const lines = kernelsNodeLines(g);
   return g.kernels.map((k, i) => {
@@ -64,7 +64,7 @@ export function lowerGraph(g: Graph, slotOf: ReadonlyMap<Value, number>, lowered
       const buffers = hit.ir.buffers.map((b, j) => ({ ...b, binding: shape.bindings[hit.classes[j]] }));
       return { ...hit.ir, name: k.name, fused: lines[i], buffers };
     }
-    const ir = new KernelLowering(g, k, slotOf).lower(ios[i].writes, lines[i]);
+    const ir = new KernelLowering(g, k, slotOf, rows).lower(ios[i].writes, lines[i]);
     const classes = shape && ir.buffers.map((b) => shape.classOf.get(bindingKey(b.binding)));
     if (shape && classes?.every((c) => c !== undefined)) lowered.set(shape.key, { ir, classes: classes as number[] });
     return ir;
@@ -154,7 +154,7 @@ class KernelLowering {
   private readonly gemmAccs = new Map<Node, { readonly key: string; readonly value: KExpr }>();
   private counter = 0;
 
-  constructor(readonly g: Graph, readonly k: Kernel, readonly slotOf: ReadonlyMap<Value, number>) {
+  constructor(readonly g: Graph, readonly k: Kernel, readonly slotOf: ReadonlyMap<Value, number>, readonly rows: RowOptions) {
     this.inside = new Set(k.nodes.map((n) => n.output));
     k.nodes.forEach((n, i) => { if (!this.position.has(n.output)) this.position.set(n.output, i); });
     for (const n of k.nodes) for (const x of new Set(n.inputs)) this.uses.set(x, (this.uses.get(x) ?? 0) + 1);
@@ -176,7 +176,7 @@ class KernelLowering {
       } catch (e) {
         if (!(e instanceof NotGemm)) throw e;
         // An epilogue that reads a product at another index: lowered row by row, by a fresh lowering.
-        return new KernelLowering(this.g, this.k, this.slotOf).lowerRows(writes, fused);
+        return new KernelLowering(this.g, this.k, this.slotOf, this.rows).lowerRows(writes, fused);
       }
     }
     return this.lowerRows(writes, fused);
@@ -297,7 +297,7 @@ class KernelLowering {
   }
 
   private lowerRows(writes: readonly Value[], fused: readonly string[]): KernelIR {
-    const split = rowSplit(this.k, writes);
+    const split = rowSplit(this.k, writes, this.rows);
     const rowShape = split.rowAxes.map((a, i) => {
       const d = split.domain[a];
       return i === split.rowAxes.length - 1 && split.tile > 1 ? (d as number) / split.tile : d;

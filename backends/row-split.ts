@@ -48,13 +48,26 @@ const ROW_TERMS = 256;
 
 const reductionOps: readonly string[] = [Op.Sum, Op.Mean, Op.Max, Op.Argmax];
 
-export function rowSplit(k: Kernel, writes: readonly Value[]): RowSplit {
+/** What code that runs the rows wants of them. */
+export interface RowOptions {
+  /**
+   * Rows a narrow contraction takes at most (one a block of a fixed grid: a megakernel's tasks, whose rows a block
+   * runs one after another): its rows of outputs as few as that allows, at least MIN_OUTPUT_TILE outputs each.
+   * Measured on the H200 (Llama-3.2-1B decode as one kernel of 528 blocks, BENCHMARKS.md twenty-sixth session): the
+   * output and down projections as 512 rows of 4 rather than 1,024 of 2, 0.878 / 0.884 → 0.867 / 0.873 ms a token,
+   * 0.966 → 0.953 at a 2,048-position cache; the kernels launched alone lost (0.782 → 0.787), so only the megakernel
+   * asks.
+   */
+  readonly maxRows?: number;
+}
+
+export function rowSplit(k: Kernel, writes: readonly Value[], opts: RowOptions = {}): RowSplit {
   const matmuls = k.nodes.filter((n) => n.op === Op.Matmul);
   const kind = k.attrs.kind;
   switch (kind) {
     case 'contraction': {
       const domain = matmuls[0].output.type.shape;
-      return leading(writes, domain, domain.length, outputTile(domain, reducingPrologue(k)));
+      return leading(writes, domain, domain.length, outputTile(domain, reducingPrologue(k), opts.maxRows));
     }
     case 'attention': {
       const domain = matmuls[matmuls.length - 1].output.type.shape;
@@ -119,15 +132,16 @@ function columns(writes: readonly Value[], domain: Shape, kept: number[]): RowSp
   return { by: 'columns', domain, rowAxes: kept, tile };
 }
 
-function outputTile(domain: Shape, reducingPrologue: boolean): number {
+function outputTile(domain: Shape, reducingPrologue: boolean, maxRows?: number): number {
   const n = domain[domain.length - 1];
   if (typeof n !== 'number') return 1;
   let t = OUTPUT_TILE;
   while (n % t !== 0) t /= 2;
-  // Narrow outputs get more rows, unless every row would redo a normalisation of the input; a row that does
-  // redo it gets more outputs, to spread that work over more weights.
+  // Narrow outputs get more rows (up to maxRows where given), unless every row would redo a normalisation of the
+  // input; a row that does redo it gets more outputs, to spread that work over more weights.
   const enough = reducingPrologue ? ENOUGH_ROWS / 2 : ENOUGH_ROWS;
-  while (!reducingPrologue && t > MIN_OUTPUT_TILE && n % (t / 2) === 0 && n / t < enough) t /= 2;
+  const more = (t: number) => (maxRows === undefined ? n / t < enough : n / (t / 2) <= maxRows);
+  while (!reducingPrologue && t > MIN_OUTPUT_TILE && n % (t / 2) === 0 && more(t)) t /= 2;
   while (t < MAX_OUTPUT_TILE && n % (2 * t) === 0 && n / (2 * t) >= enough) t *= 2;
   return t;
 }

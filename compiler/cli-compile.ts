@@ -62,7 +62,7 @@ export function runCompile(req: CompileRequest): void {
   const kernels = compiled.graphs.map((c) => ({ name: c.graph.name, kernels: c.kernels }));
   const dumpOptions: DumpOptions = { subgroupMatrix: req.subgroupMatrix, ...(req.megakernel ? { megakernel: { blocksPerProcessor: req.megakernelBlocks } } : {}) };
   if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, kernels, dumpOptions);
-  if (req.megakernel) writeMegakernel(req.dumpKernels, { graphs: compiled.graphs.map((c) => ({ graph: c.graph, kernels: c.kernels })) }, req.megakernelBlocks);
+  if (req.megakernel) writeMegakernel(req.dumpKernels, compiled, req.megakernelBlocks);
   if (req.dumpSchedule) process.stdout.write(formatSchedules(req.backend, kernels, dumpOptions));
   if (req.explainFusion) process.stdout.write(formatExplanations(explained));
   const summary = compileSummary(req, compiled, tracedNodes);

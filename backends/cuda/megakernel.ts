@@ -5,11 +5,13 @@
 // kernel walks its block's tasks from a task table in device memory: it prefetches the task's weight ranges into
 // L2, waits on the counters of the kernels the task depends on, calls the task, then adds one to its kernel's
 // counter. The buffers come from a table of pointers. With the timeline on, each task's times are recorded too.
-// renderCudaMegakernel takes a module's graph there: scheduled for the device, dealt over its multiprocessors, printed.
+// renderCudaMegakernel takes a module's graph there: lowered again for its blocks (megakernelKernels), scheduled for
+// the device, dealt over its multiprocessors, printed.
 
 import { DeviceCaps } from '../device-caps.ts';
-import { Binding } from '../kernel-ir.ts';
-import { LoweredModule } from '../lowered.ts';
+import { Binding, KernelIR } from '../kernel-ir.ts';
+import { lowerGraph } from '../lower.ts';
+import { LoweredGraph, LoweredModule } from '../lowered.ts';
 import { bindingKey, DEFAULT_BLOCKS_PER_PROCESSOR, formatMegakernel, MegakernelSchedule, megakernelOrigin, scheduleMegakernel } from '../megakernel-schedule.ts';
 import { sizeName } from '../render-base.ts';
 import { ScheduledKernel, scheduleKernels, ScheduleOptions, SplitScratchNeeds } from '../schedule.ts';
@@ -87,17 +89,45 @@ export function renderCudaMegakernel(module: LoweredModule, caps: DeviceCaps, op
   const lg = module.graphs.find((g) => g.graph.name === graph);
   if (!lg) throw new MegakernelRefused(`--megakernel: the program has no graph @${graph} (it has ${module.graphs.map((g) => '@' + g.graph.name).join(', ')})`);
   if (lg.kernels.length === 0) throw new MegakernelRefused(`--megakernel: graph @${graph} has no kernels`);
+  const { processors, perProcessor } = megakernelGrid(caps, opts);
+  const kernels = scheduleKernels(megakernelKernels(lg, caps, opts), { ...caps, dependentLaunch: false }, megakernelScheduleOptions(caps, opts));
+  const schedule = scheduleMegakernel(kernels, {}, { blocks: processors * perProcessor, processors, prefetchBytes: opts.prefetchBytes });
+  const kernel = printCudaMegakernel(schedule, `${graph}_megakernel`, perProcessor, { timeline: !!opts.timeline });
+  return { graph, schedule, kernel, tasks: formatMegakernel(schedule) };
+}
+
+/** The megakernel's multiprocessors and blocks on each; refused where the device does not say or cannot hold them. */
+function megakernelGrid(caps: DeviceCaps, opts: MegakernelOptions): { processors: number; perProcessor: number } {
   const perProcessor = opts.blocksPerProcessor ?? DEFAULT_BLOCKS_PER_PROCESSOR;
   const processors = caps.processors?.count;
   if (!processors) throw new MegakernelRefused(`--megakernel: ${caps.name} does not say how many multiprocessors it has`);
   if (!Number.isInteger(perProcessor) || perProcessor < 1 || perProcessor > caps.processors!.maxWorkgroups) {
     throw new MegakernelRefused(`--megakernel-blocks ${perProcessor}: ${caps.name} holds 1 to ${caps.processors!.maxWorkgroups} blocks a multiprocessor`);
   }
-  const kernels = scheduleKernels(lg.kernels, { ...caps, dependentLaunch: false }, megakernelScheduleOptions(caps, opts));
-  const schedule = scheduleMegakernel(kernels, {}, { blocks: processors * perProcessor, processors, prefetchBytes: opts.prefetchBytes });
-  const kernel = printCudaMegakernel(schedule, `${graph}_megakernel`, perProcessor, { timeline: !!opts.timeline });
-  return { graph, schedule, kernel, tasks: formatMegakernel(schedule) };
+  return { processors, perProcessor };
 }
+
+/**
+ * The kernels of the megakernel's graph, for the megakernel and for its kernels launched one by one: lowered again
+ * where the module says how (LoweredGraph.plan), a narrow projection in no more rows than the megakernel has
+ * blocks (RowOptions.maxRows: a task a row, not a block's rows one after another); else the module's. Over the same
+ * buffers as the module's kernels (the runtime plans those).
+ */
+export function megakernelKernels(lg: LoweredGraph, caps: DeviceCaps, opts: MegakernelOptions): readonly KernelIR[] {
+  if (!lg.plan) return lg.kernels;
+  const { processors, perProcessor } = megakernelGrid(caps, opts);
+  const maxRows = processors * perProcessor;
+  const memo = relowered.get(lg) ?? relowered.set(lg, new Map()).get(lg)!;
+  let kernels = memo.get(maxRows);
+  if (!kernels) {
+    kernels = lowerGraph(lg.graph, lg.plan.slotOf, new Map(), { maxRows });
+    const bound = (ks: readonly KernelIR[]) => [...new Set(ks.flatMap((k) => k.buffers.map((b) => bindingKey(b.binding))))].sort().join();
+    if (kernels.length !== lg.kernels.length || bound(kernels) !== bound(lg.kernels)) throw new Error(`megakernel: @${lg.graph.name} lowered again for its rows has other kernels or buffers than the module's`);
+    memo.set(maxRows, kernels);
+  }
+  return kernels;
+}
+const relowered = new WeakMap<LoweredGraph, Map<number, KernelIR[]>>();
 
 /** 32-bit registers a multiprocessor holds (compute capability 7.0 and later, which the megakernel needs). */
 const REGISTERS_PER_PROCESSOR = 65536;

@@ -23,7 +23,7 @@ import { BufferKey, bufferKey, checkSizes, planBuffers, Device, gemmFlops, kerne
 import { ParamStore } from '../params.ts';
 import { allocSplitScratch, freeSplitScratch, SplitScratch } from '../cuda/split-scratch.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
-import { megakernelGraph, MegakernelOptions, megakernelOptions, megakernelScheduleOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
+import { megakernelGraph, megakernelKernels, MegakernelOptions, megakernelOptions, megakernelScheduleOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
 import { LoadedMegakernel } from './cuda-megakernel.ts';
 import { BisectTarget, BisectWrite, bisectMegakernel, MegakernelDifference } from '../megakernel-bisect.ts';
 import { readBuffers } from '../../backends/megakernel-schedule.ts';
@@ -59,6 +59,8 @@ const STAMP_CAPACITY = 1 << 18;
 /** A module's kernels rendered, per graph the function of each kernel, and its units compiling. */
 interface Prepared {
   readonly functions: ReadonlyMap<LoweredGraph, readonly CudaFunction[]>;
+  /** Each graph's kernels the functions run: the module's, or the megakernel's graph lowered for it (megakernelKernels). */
+  readonly kernels: ReadonlyMap<LoweredGraph, readonly KernelIR[]>;
   readonly units: readonly CudaUnit[];
   readonly compiling: Promise<CompiledImage[]>;
   /** The megakernel, compiled as the last unit. */
@@ -104,14 +106,16 @@ export class CudaDevice implements Device {
     const units = this.opts.units ?? Math.max(1, Math.min(16, os.availableParallelism()));
     // The megakernel's graph launched one by one as the megakernel runs it (bisecting compares the two).
     const mk = this.opts.megakernel ? megakernelOptions(this.opts.megakernel) : undefined;
-    const scheduled = (lg: LoweredGraph) => (mk && lg.graph.name === megakernelGraph(mk) ? { opts: megakernelScheduleOptions(this.caps, mk) } : {});
-    const program = renderCudaProgram(graphs.map((lg) => ({ kernels: lg.kernels, prefix: `${lg.graph.name}_`, ...scheduled(lg) })), this.caps, units, { stamps: this.opts.stamps });
+    const isMegakernel = (lg: LoweredGraph) => !!mk && lg.graph.name === megakernelGraph(mk);
+    const kernels = new Map(graphs.map((lg) => [lg, isMegakernel(lg) ? megakernelKernels(lg, this.caps, mk!) : lg.kernels]));
+    const scheduled = (lg: LoweredGraph) => (isMegakernel(lg) ? { opts: megakernelScheduleOptions(this.caps, mk!) } : {});
+    const program = renderCudaProgram(graphs.map((lg) => ({ kernels: kernels.get(lg)!, prefix: `${lg.graph.name}_`, ...scheduled(lg) })), this.caps, units, { stamps: this.opts.stamps });
     const sources = program.units.map((u, i) => ({ source: u.source, name: `unit${i}.cu` }));
     const megakernel = mk ? renderCudaMegakernel(module, this.caps, mk) : undefined;
     if (megakernel) sources.push({ source: megakernel.kernel.source, name: 'megakernel.cu' });
     const compiling = compileCudaAll(sources, this.driver.info.computeCapability, this.opts.cacheDir);
     compiling.catch(() => {}); // load reports it
-    this.prepared.set(module, { functions: new Map(graphs.map((lg, i) => [lg, program.functions[i]])), units: program.units, compiling, megakernel });
+    this.prepared.set(module, { functions: new Map(graphs.map((lg, i) => [lg, program.functions[i]])), kernels, units: program.units, compiling, megakernel });
   }
 
   /** Loads a module's program (compiled by prepare, called now if it was not) and uploads the weights meanwhile. */
@@ -128,7 +132,7 @@ export class CudaDevice implements Device {
     }
     this.programs.add(p);
     try {
-      p.link(prepared.functions, prepared.units, await prepared.compiling, prepared.megakernel);
+      p.link(prepared.functions, prepared.kernels, prepared.units, await prepared.compiling, prepared.megakernel);
     } catch (e) {
       p.destroy();
       throw e;
@@ -238,7 +242,7 @@ export class CudaProgram implements Program {
   }
 
   /** The program's units, compiled (CudaDevice.prepare), loaded, and each graph's kernels bound to their functions. */
-  link(functions: ReadonlyMap<LoweredGraph, readonly CudaFunction[]>, units: readonly CudaUnit[], images: readonly CompiledImage[], megakernel?: PreparedMegakernel): void {
+  link(functions: ReadonlyMap<LoweredGraph, readonly CudaFunction[]>, kernelsOf: ReadonlyMap<LoweredGraph, readonly KernelIR[]>, units: readonly CudaUnit[], images: readonly CompiledImage[], megakernel?: PreparedMegakernel): void {
     this.splitScratch = allocSplitScratch(this.cuda, [...functions.values()].flat().flatMap((f) => (f.splitScratch ? [f.splitScratch] : [])));
     const shared = new Map([...functions.values()].flat().map((f) => [f.name, f.dynamicSharedBytes]));
     const fns = new Map<string, Handle>();
@@ -250,7 +254,7 @@ export class CudaProgram implements Program {
     });
     for (const lg of this.module.graphs) {
       const fs = functions.get(lg) ?? [];
-      const kernels = lg.kernels.map((ir, i): CudaKernel => {
+      const kernels = (kernelsOf.get(lg) ?? lg.kernels).map((ir, i): CudaKernel => {
         const f = fs[i];
         const tempWrites = ir.buffers.flatMap((b, j) => (b.binding.kind === 'temp' && b.written ? [{ key: bufferKey(lg.graph, b.binding), dtype: f.bufferDTypes[j] }] : []));
         const read = readBuffers(ir);

@@ -4,11 +4,11 @@
 
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { printCudaMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
+import { megakernelKernels, printCudaMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
 import { cudaCaps } from '../../backends/device-caps.ts';
 import { checkMegakernel, dependencies, formatMegakernel, MegakernelSchedule, MegakernelTask, rowSpans, scheduleMegakernel } from '../../backends/megakernel-schedule.ts';
 import { renderJs } from '../../backends/cpu/render-js.ts';
-import { evalSize } from '../../backends/kernel-ir.ts';
+import { evalSize, KernelIR } from '../../backends/kernel-ir.ts';
 import { scheduleKernels } from '../../backends/schedule.ts';
 import { traceLlama } from '../../examples/llama.ts';
 import { dtypeBytes } from '../../ir/dtype.ts';
@@ -199,6 +199,25 @@ s('refused by name: a graph of symbolic sizes, a device too old, a grid of no bl
   assert.throws(() => scheduleMegakernel(launched, {}, { blocks: 8, processors: 4 }), /kernel k\d+ was scheduled with tiles; the megakernel deals rows only/);
   const tiled = { ...schedule, kernels: launched };
   assert.throws(() => printCudaMegakernel(tiled, 'mlp_megakernel', 2), /kernel k1 may run as tiles, which loop over the grid's blocks; a megakernel's task runs rows only/);
+});
+
+s('the megakernel lowers its graph again: a narrow projection in no more rows than it has blocks, each kernel over the module\'s buffers', () => {
+  // One input row: the down projections (48 outputs, no norm before them) take 2 outputs a row for launches (24 rows);
+  // 16 blocks (4 multiprocessors, 4 each) want at most 16 rows: 12 of 4. The norms' projections keep theirs.
+  const one = compileModule({ graphs: [mlpStack(1)] });
+  const mk = renderCudaMegakernel(one, cudaCaps(90, 4), { graph: 'mlp' });
+  const [mine, launched] = [megakernelKernels(one.graphs[0], cudaCaps(90, 4), { graph: 'mlp' }), one.graphs[0].kernels];
+  assert.is(mine.length, launched.length);
+  const rows = (ks: readonly KernelIR[]) => ks.map((k) => evalSize(k.rows, {}));
+  const narrowed = rows(launched).flatMap((n, i) => (n !== rows(mine)[i] ? [i] : []));
+  assert.ok(narrowed.length > 0, 'some kernel lowered otherwise');
+  for (const i of narrowed) {
+    assert.ok(rows(launched)[i] > 16 && rows(mine)[i] <= 16, `kernel ${i}: ${rows(launched)[i]} rows launched, ${rows(mine)[i]} in the megakernel`);
+    assert.equal(new Set(mine[i].buffers.map((b) => JSON.stringify(b.binding))), new Set(launched[i].buffers.map((b) => JSON.stringify(b.binding))));
+  }
+  assert.equal(mk.schedule.rows, rows(mine), 'the megakernel runs those kernels');
+  // A module without its memory plan (lowered elsewhere) runs its kernels as they are.
+  assert.is(megakernelKernels({ graph: one.graphs[0].graph, kernels: launched }, cudaCaps(90, 4), { graph: 'mlp' }), launched);
 });
 
 s.run();

@@ -63,8 +63,11 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
     assert.ok(mk.images.includes('megakernel'));
     assert.equal(mk.tokens, gold.greedy_new_tokens);
     assert.equal(mk.tokens, multi.tokens);
-    // The same code on the same inputs, row by row: the same bits.
-    assert.equal([...mk.logits.data], [...multi.logits.data]);
+    // The same graph, its narrow projections in fewer rows of more outputs (as many rows as the megakernel has
+    // blocks: RowOptions.maxRows), whose sums add in another order: the logits agree to rounding, not bit for bit
+    // (bisecting compares the megakernel with its own kernels, lowered alike, byte for byte).
+    const bad = mismatch(mk.logits, multi.logits, 1e-5, 1e-6);
+    assert.not.ok(bad, bad);
   });
 }
 
