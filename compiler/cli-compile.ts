@@ -7,7 +7,7 @@ import path from 'node:path';
 import { printJs } from '../backends/cpu/render-js.ts';
 import { printWgsl } from '../backends/wgsl/render-wgsl.ts';
 import { cudaPrelude, printCudaFunction } from '../backends/cuda/render-cuda.ts';
-import { megakernelGraph, megakernelKernels, MegakernelOptions, megakernelScheduleOptions, renderCudaMegakernel } from '../backends/cuda/megakernel.ts';
+import { kernelsAsRun, megakernelGraph, MegakernelOptions, megakernelScheduleOptions, renderCudaMegakernel } from '../backends/cuda/megakernel.ts';
 import { cpuCaps, cudaCaps, DeviceCaps, webgpuCaps } from '../backends/device-caps.ts';
 import { scheduleKernels, ScheduledKernel, ScheduleOptions } from '../backends/schedule.ts';
 import { formatSchedule } from '../backends/schedule-format.ts';
@@ -16,7 +16,7 @@ import { Module } from '../ir/graph.ts';
 import { printModule } from '../ir/printer.ts';
 import { traceLlama } from '../examples/llama.ts';
 import { compileCached } from './compile-cache.ts';
-import { CompiledGraph, compileModule } from './compile-module.ts';
+import { compileModule } from './compile-module.ts';
 import { defaultContext, PassContext } from './passes/context.ts';
 import { passNames, prefusionPasses, runPipeline } from './passes/pipeline.ts';
 import { formatReportTable, stepReport } from './report.ts';
@@ -60,9 +60,7 @@ export function runCompile(req: CompileRequest): void {
   if (dump.final) process.stdout.write(printModule({ graphs: compiled.graphs.map((c) => c.graph) }));
 
   const megakernel: MegakernelOptions | undefined = req.megakernel ? { blocksPerProcessor: req.megakernelBlocks } : undefined;
-  // The megakernel's graph as the megakernel runs it: lowered again for its blocks (megakernelKernels).
-  const ownKernels = (c: CompiledGraph) => (megakernel && c.graph.name === megakernelGraph(megakernel) ? megakernelKernels(c, kernelRenderers.cuda.device, megakernel) : c.kernels);
-  const kernels = compiled.graphs.map((c) => ({ name: c.graph.name, kernels: ownKernels(c) }));
+  const kernels = compiled.graphs.map((c) => ({ name: c.graph.name, kernels: kernelsAsRun(c, kernelRenderers.cuda.device, megakernel) }));
   const dumpOptions: DumpOptions = { subgroupMatrix: req.subgroupMatrix, ...(megakernel ? { megakernel } : {}) };
   if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, kernels, dumpOptions);
   if (req.megakernel) writeMegakernel(req.dumpKernels, compiled, req.megakernelBlocks);

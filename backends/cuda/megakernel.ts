@@ -3,7 +3,7 @@
 // [tf_first, tf_end) for the launch's grid-stride loop), its shared arrays slices of one pool of dynamic shared
 // memory that every task reuses (static __shared__ arrays of device functions would each take their own). The
 // kernel walks its block's tasks from a task table in device memory: it prefetches the task's weight ranges into
-// L2, waits on the counters of the kernels the task depends on, calls the task, then adds one to its kernel's
+// L2 (where asked: none by default), waits on the counters of the kernels the task depends on, calls the task, then adds one to its kernel's
 // counter. The buffers come from a table of pointers. With the timeline on, each task's times are recorded too.
 // renderCudaMegakernel takes a module's graph there: lowered again for its blocks (megakernelKernels), scheduled for
 // the device, dealt over its multiprocessors, printed.
@@ -128,6 +128,11 @@ export function megakernelKernels(lg: LoweredGraph, caps: DeviceCaps, opts: Mega
   return kernels;
 }
 const relowered = new WeakMap<LoweredGraph, Map<number, KernelIR[]>>();
+
+/** A graph's kernels as they run: the megakernel's graph's as the megakernel lowers them (megakernelKernels), where there is one. */
+export function kernelsAsRun(lg: LoweredGraph, caps: DeviceCaps, megakernel: MegakernelOptions | undefined): readonly KernelIR[] {
+  return megakernel && lg.graph.name === megakernelGraph(megakernel) ? megakernelKernels(lg, caps, megakernel) : lg.kernels;
+}
 
 /** 32-bit registers a multiprocessor holds (compute capability 7.0 and later, which the megakernel needs). */
 const REGISTERS_PER_PROCESSOR = 65536;

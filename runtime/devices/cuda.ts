@@ -23,7 +23,7 @@ import { BufferKey, bufferKey, checkSizes, planBuffers, Device, gemmFlops, kerne
 import { ParamStore } from '../params.ts';
 import { allocSplitScratch, freeSplitScratch, SplitScratch } from '../cuda/split-scratch.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
-import { megakernelGraph, megakernelKernels, MegakernelOptions, megakernelOptions, megakernelScheduleOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
+import { kernelsAsRun, megakernelGraph, MegakernelOptions, megakernelOptions, megakernelScheduleOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
 import { LoadedMegakernel } from './cuda-megakernel.ts';
 import { BisectTarget, BisectWrite, bisectMegakernel, MegakernelDifference } from '../megakernel-bisect.ts';
 import { readBuffers } from '../../backends/megakernel-schedule.ts';
@@ -106,9 +106,8 @@ export class CudaDevice implements Device {
     const units = this.opts.units ?? Math.max(1, Math.min(16, os.availableParallelism()));
     // The megakernel's graph launched one by one as the megakernel runs it (bisecting compares the two).
     const mk = this.opts.megakernel ? megakernelOptions(this.opts.megakernel) : undefined;
-    const isMegakernel = (lg: LoweredGraph) => !!mk && lg.graph.name === megakernelGraph(mk);
-    const kernels = new Map(graphs.map((lg) => [lg, isMegakernel(lg) ? megakernelKernels(lg, this.caps, mk!) : lg.kernels]));
-    const scheduled = (lg: LoweredGraph) => (isMegakernel(lg) ? { opts: megakernelScheduleOptions(this.caps, mk!) } : {});
+    const kernels = new Map(graphs.map((lg) => [lg, kernelsAsRun(lg, this.caps, mk)]));
+    const scheduled = (lg: LoweredGraph) => (mk && lg.graph.name === megakernelGraph(mk) ? { opts: megakernelScheduleOptions(this.caps, mk) } : {});
     const program = renderCudaProgram(graphs.map((lg) => ({ kernels: kernels.get(lg)!, prefix: `${lg.graph.name}_`, ...scheduled(lg) })), this.caps, units, { stamps: this.opts.stamps });
     const sources = program.units.map((u, i) => ({ source: u.source, name: `unit${i}.cu` }));
     const megakernel = mk ? renderCudaMegakernel(module, this.caps, mk) : undefined;
