@@ -500,6 +500,22 @@ export function replaceReductions(e: KExpr, names: ReadonlyMap<Extract<KExpr, { 
   }
 }
 
+/**
+ * The loads `e` makes whichever way its selects go, outside its reductions (each outermost: an index's own loads are
+ * part of it), with the structural key replaceLoads takes.
+ */
+export function unconditionalLoads(e: KExpr, out = new Map<string, Extract<KExpr, { k: 'load' }>>()): Map<string, Extract<KExpr, { k: 'load' }>> {
+  switch (e.k) {
+    case 'load': out.set(jsonKey(e), e); break;
+    case 'unary': case 'cast': unconditionalLoads(e.a, out); break;
+    case 'binary': unconditionalLoads(e.a, out); unconditionalLoads(e.b, out); break;
+    case 'select': unconditionalLoads(e.cond, out); break;
+    case 'elem': case 'reduce': case 'const': case 'var': break;
+    default: e satisfies never;
+  }
+  return out;
+}
+
 /** `e` with every load or element read whose structural key (JSON) is in `by` replaced by its expression (unchanged
  * parts shared). */
 export function replaceLoads(e: KExpr, by: ReadonlyMap<string, KExpr>): KExpr {

@@ -311,6 +311,14 @@ export interface FlashPlan {
    * The position and the runs are read from inputs, which no kernel writes.
    */
   readonly earlyKeys?: boolean;
+  /**
+   * 'decode' computing the step's new key and value rows under a register cap (ScheduleOptions.registersPerThread:
+   * the megakernel's): the first step's keys and values are loaded after those rows, not before them. Held across
+   * the rows' rotary arithmetic, 16 registers a key under a cap of 64 cost more than the round trip they hide (the
+   * megakernel of Llama-3.2-1B on the H200, BENCHMARKS.md, twenty-seventh session: 0.873–0.878 ms a token loaded
+   * after against 0.879 before, 0.952 against 0.977 at a 2,048-position cache).
+   */
+  readonly keysAfterRows?: boolean;
 }
 
 export interface ScheduledKernel {
@@ -965,10 +973,12 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
   // the cache is more than one chunk (CAPPED_KEY_UNROLL).
   const chunk = groups * DECODE_KEY_UNROLL;
   const count = opts.keyChunks === false ? 1 : Math.ceil(f.keys / chunk);
-  const keyUnroll = count > 1 && (opts.registersPerThread ?? Infinity) <= REGISTERS_FOR_UNROLL ? CAPPED_KEY_UNROLL : DECODE_KEY_UNROLL;
+  const capped = (opts.registersPerThread ?? Infinity) <= REGISTERS_FOR_UNROLL;
+  const keyUnroll = count > 1 && capped ? CAPPED_KEY_UNROLL : DECODE_KEY_UNROLL;
   const keyChunks = count > 1 ? { keys: chunk, count, workspaceFloats: f.batch * count * (f.width + 2), counters: f.batch } : undefined;
-  const early = device.dependentLaunch && earlyKeys(f, k);
-  return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll, ...(keyChunks ? { keyChunks } : {}), ...(early ? { earlyKeys: true } : {}) };
+  const late = capped && computed.length > 0;
+  const early = !late && device.dependentLaunch && earlyKeys(f, k);
+  return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll, ...(keyChunks ? { keyChunks } : {}), ...(early ? { earlyKeys: true } : {}), ...(late ? { keysAfterRows: true } : {}) };
 }
 
 /** Whether the decode form takes heads of `depth`: runs of 8 elements over at most 32 lanes, dividing a warp (8 to 256, powers of two). */

@@ -513,9 +513,10 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   const pack = p.buffers[kLoad.buf].dtype === DType.F16 ? 'tf_pack_f16x8' : 'tf_pack_bf16x8';
   const freshBounds = (r: 'k' | 'v', ind: string) => [p.expr(f.fresh![r]!.from, out, ind), p.expr(f.fresh![r]!.to, out, ind)];
   // A step's loads of keys and values (`load`: __ldg, or __ldcg before the wait: past the L1, which could keep a
-  // row the predecessor is writing; none: only the computed rows); `only`, a condition on each key's and value's
-  // element index: load those alone; `fresh`: the computed rows in place of what was loaded.
-  const loadStep = (t0: string, ind: string, load: string | undefined = '__ldg', only?: (index: string, range: 'k' | 'v') => string, fresh = false) => {
+  // row the predecessor is writing; null: no loads, only the computed rows put in place of those loaded before);
+  // `only`, a condition on each key's and value's element index: load those alone; `fresh`: the computed rows in
+  // place of what was loaded.
+  const loadStep = (t0: string, ind: string, load: '__ldg' | '__ldcg' | null, only?: (index: string, range: 'k' | 'v') => string, fresh = false) => {
     out.push(`${ind}#pragma unroll`);
     out.push(`${ind}for (int tf_u = 0; tf_u < ${U}; tf_u++) {`);
     out.push(`${ind}  const int tf_t = ${t0} + tf_u * ${G} + tf_grp;`);
@@ -561,7 +562,8 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
     loadStep('tf_from', `${i1}  `, '__ldcg', (index, r) => (r === 'k' ? `${index} >= ${kFrom} && ${index} < ${kTo}` : `${index} >= ${vFrom} && ${index} < ${vTo}`));
     out.push(`${i1}}`);
   } else {
-    loadStep('tf_from', i1);
+    // (Under a register cap, where the kernel computes the new rows, after them: FlashPlan.keysAfterRows.)
+    if (!plan.keysAfterRows) loadStep('tf_from', i1, '__ldg');
   }
   if (f.updates) updateStores(i1);
   // The query, an element a thread, while the loads are in flight; and the computed key and value rows.
@@ -574,7 +576,9 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
   }
   out.push(`${i1}}`);
   out.push(`${i1}__syncthreads();`);
-  if (computes) loadStep('tf_from', i1, undefined, undefined, true);
+  // The computed rows replace what the lanes loaded for them, the loads above long in flight: loading again here would
+  // put a second round trip after the query's (and, waiting, all of them after the wait).
+  if (computes) loadStep('tf_from', i1, plan.keysAfterRows ? '__ldg' : null, undefined, true);
   out.push(`${i1}float tf_qv[8];`);
   out.push(`${i1}tf_ld8_smem(tf_qs + tf_part, tf_qv);`);
   out.push(`${i1}float tf_m = -TF_INF, tf_l = 0.0f, tf_o[8];`);

@@ -6,7 +6,7 @@
 
 import { DType } from '../../ir/dtype.ts';
 import { cudaCaps, DeviceCaps } from '../device-caps.ts';
-import { KernelIR, KExpr, KStmt, ReduceOp, replaceLoads, replaceReductions, ROW, Scalar, topReductions, varsOf } from '../kernel-ir.ts';
+import { KernelIR, KExpr, KStmt, ReduceOp, replaceLoads, replaceReductions, ROW, Scalar, topReductions, unconditionalLoads, varsOf } from '../kernel-ir.ts';
 import { Stream } from '../schedule-vector.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
 import { ArrayPlacement, ReductionPlan, rowInvariantPrologue, scheduleKernel, scheduleKernels, ScheduledKernel, ScheduleOptions, scheduleOrigin, SplitScratchNeeds, StmtSchedule } from '../schedule.ts';
@@ -507,6 +507,15 @@ function renderSplitWarpStore(s: StoreStmt, n: number, p: CudaPrinter, shared: S
   out.push(`${indent}{`);
   out.push(`${inner}${shared.array('float', split, reductions.length * warps)}`);
   out.push(`${inner}const int ${s.v} = tf_warp % ${n};`);
+  // What the result adds to the sums from memory (a residual) is loaded before them: its round trip then overlaps
+  // the weights' rather than following the combine. Every thread loads its output's (the storing lane's index).
+  const early = new Map<string, KExpr>();
+  for (const [key, l] of unconditionalLoads(s.value)) {
+    const value = p.expr(l, out, inner);
+    const name = /^\w+$/.test(value) ? value : p.fresh();
+    if (name !== value) out.push(`${inner}const ${cudaDialect.type[l.t]} ${name} = ${value};`);
+    early.set(key, { k: 'var', name, t: l.t });
+  }
   const names = new Map<ReduceExpr, string>();
   reductions.forEach((r, i) => {
     const acc = p.fresh();
@@ -521,7 +530,7 @@ function renderSplitWarpStore(s: StoreStmt, n: number, p: CudaPrinter, shared: S
     out.push(`${inner}  float ${total} = 0.0f;`);
     out.push(`${inner}  for (int q = 0; q < ${slices}; q++) ${total} += ${split}[${i * warps} + q * ${n} + ${s.v}];`);
   });
-  const value = p.expr(replaceReductions(s.value, names), out, inner + '  ');
+  const value = p.expr(replaceReductions(replaceLoads(s.value, early), names), out, inner + '  ');
   const index = p.expr(s.index, out, inner + '  ');
   out.push(`${inner}  b${s.buf}[${index}] = ${storeValue(p.buffers[s.buf].dtype, value, s.value.t)};`);
   out.push(`${inner}}`);

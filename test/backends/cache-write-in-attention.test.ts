@@ -17,6 +17,8 @@ import { compileModule } from '../../compiler/compile-module.ts';
 import { arange, concat, state, trace, where } from '../../compiler/index.ts';
 import { defaultContext } from '../../compiler/passes/context.ts';
 import { cudaCaps, webgpuCaps } from '../../backends/device-caps.ts';
+import { renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
+import { renderCudaModule } from '../../backends/cuda/render-cuda.ts';
 import { scheduleKernel } from '../../backends/schedule.ts';
 import { formatSchedule } from '../../backends/schedule-format.ts';
 import { DType } from '../../ir/dtype.ts';
@@ -99,6 +101,30 @@ fusion('the write of one position joins the attention kernel that reads it, and 
   const wgsl = formatSchedule(scheduleKernel(f32, webgpuCaps({ subgroups: true })));
   assert.not.match(wgsl, 'decode attention');
   assert.match(wgsl, /store b\d+ over i\d+<min\(22, 128-\(row\*22\)\)/);
+});
+fusion('CUDA\'s decode form loads each step of keys and values once, the computed rows put in place of the loaded ones', () => {
+  // Launched on sm_90, the first step's loads go before the wait; in a megakernel of one block a multiprocessor, the
+  // task has waited before it starts: either way they are issued before the query and the new rows are computed, and
+  // not again after them (a second round trip on the step's critical path). Under 4 blocks' register cap they are
+  // issued after the rows (FlashPlan.keysAfterRows), once. One unconditional load of each for the first step, one for
+  // the next chunk's (300 keys: two chunks), and the computed row put in place after each.
+  const forms = [
+    ['launched', renderCudaModule(joined.graphs[0].kernels.slice(0, 1), '', cudaCaps(90)).source, '__ldcg', true],
+    ['megakernel', renderCudaMegakernel(joined, cudaCaps(90), { blocksPerProcessor: 1 }).kernel.source, '__ldg', true],
+    ['megakernel, 4 blocks', renderCudaMegakernel(joined, cudaCaps(90), { blocksPerProcessor: 4 }).kernel.source, '__ldg', false],
+  ] as const;
+  for (const [form, source, first, before] of forms) {
+    const body = source.slice(source.indexOf('uint4 tf_kr['));
+    for (const r of ['kr', 'vr']) {
+      const loads = [...body.matchAll(new RegExp(`^ *(if \\([^)]*\\) )?tf_${r}\\[tf_u\\] = (__ldg|__ldcg)\\(`, 'gm'))];
+      assert.equal(loads.map((m) => [!!m[1], m[2]]), [[false, first], [false, '__ldg']], `${form}: tf_${r} loads`);
+      const computed = body.split(`tf_${r}[tf_u] = tf_pack_bf16x8(tf_${r === 'kr' ? 'ks' : 'vs'} + tf_part)`).length - 1;
+      assert.is(computed, 2, `${form}: the computed ${r === 'kr' ? 'key' : 'value'} row put in place after each step's loads`);
+    }
+    const rows = body.indexOf('__syncthreads();');
+    assert.is(rows > body.indexOf(`tf_kr[tf_u] = ${first}(`), before, `${form}: the first keys issued ${before ? 'before' : 'after'} the new rows are computed`);
+  }
+  assert.match(formatSchedule(scheduleKernel(joined.graphs[0].kernels[0], cudaCaps(90), { registersPerThread: 64 })), 'the first step\'s keys and values loaded after the new rows (a register cap)');
 });
 fusion('after attention: attention computes the new rows and reads the cache read-only; the write joins the projection after it', () => {
   assert.equal(after.graphs[0].kernels.map((k) => k.kind), ['attention', 'contraction']);

@@ -26,30 +26,34 @@ const rng = new Rng(seed);
 
 /**
  * y = x · wᵀ for one row x of `depth` and `outputs` rows of bf16 weights, x first normalised (RMS) if `norm`, then
- * scaled by a bf16 gain if `gain`.
+ * scaled by a bf16 gain if `gain`; a residual row r added to the result if `residual`.
  */
-function matvec(depth: number, outputs: number, norm: boolean, gain = false) {
+function matvec(depth: number, outputs: number, norm: boolean, gain = false, residual = false) {
   const graph = trace('decode', [
     { name: 'x', dtype: DType.F32, shape: [1, depth] },
     { name: 'w', dtype: DType.BF16, shape: [outputs, depth] },
     { name: 'g', dtype: DType.BF16, shape: [depth] },
-  ], (x, w, g) => {
+    { name: 'r', dtype: DType.F32, shape: [1, outputs] },
+  ], (x, w, g, r) => {
     const normed = norm ? x.mul(x.mul(x).mean(-1, { keepdims: true }).add(1e-5).rsqrt()) : x;
     const left = gain ? normed.mul(g.cast(DType.F32)) : normed;
-    return { y: left.matmul(w.cast(DType.F32).transpose()) };
+    const y = left.matmul(w.cast(DType.F32).transpose());
+    return { y: residual ? y.add(r) : y };
   });
   const inputs = {
     x: Array.from({ length: depth }, () => rng.normal()),
     w: Array.from({ length: outputs * depth }, () => roundBf16(rng.normal())),
     g: Array.from({ length: depth }, () => roundBf16(1 + 0.5 * rng.normal())),
+    r: Array.from({ length: outputs }, () => 8 * rng.normal()),
   };
-  return { depth, outputs, norm, gain, graph, compiled: compileModule({ graphs: [graph] }), reference: { graphs: [{ graph, kernels: [] }] }, inputs };
+  return { depth, outputs, norm, gain, residual, graph, compiled: compileModule({ graphs: [graph] }), reference: { graphs: [{ graph, kernels: [] }] }, inputs };
 }
 // 2,048 deep: 256 runs of 8. Normalised first, 8 outputs a row, one to a warp: 8 steps for each of its 32 lanes
 // (and the norm's sum 1 step for each of 256 threads); plain, 2 outputs a row, 4 warps each: 2 steps a lane.
 // 2,056 deep: 257 runs, which no lane count divides. Normalised and scaled by a gain: the normalised row's array
-// reads the row and the gain in runs of 8 neighbours a thread, 16 bytes a load.
-const CASES = [matvec(2048, 64, true), matvec(2048, 64, false), matvec(2056, 64, true), matvec(2048, 64, true, true)];
+// reads the row and the gain in runs of 8 neighbours a thread, 16 bytes a load. Plain with a residual added, as
+// the output and down projections are.
+const CASES = [matvec(2048, 64, true), matvec(2048, 64, false), matvec(2056, 64, true), matvec(2048, 64, true, true), matvec(2048, 64, false, false, true)];
 type Case = (typeof CASES)[number];
 const contraction = (c: Case) => c.compiled.graphs[0].kernels.find((k) => k.kind === 'contraction')!;
 
@@ -86,6 +90,16 @@ form('a normalised row scaled by a gain: its array in runs of 8 neighbours a thr
   // 2,056 deep gives no thread the same count: the strided loop, as before.
   assert.not.match(formatSchedule(scheduleKernel(contraction(CASES[2]), cudaCaps(90))), 'runs of 8');
 });
+form('a narrow projection\'s residual is loaded before its sums, the result after them reading no memory', () => {
+  const code = renderCudaFunction(contraction(CASES[4])).code;
+  assert.match(formatSchedule(scheduleKernel(contraction(CASES[4]), cudaCaps(90))), 'split-subgroups between 2');
+  const residual = contraction(CASES[4]).buffers.findIndex((b) => b.binding.kind === 'input' && b.binding.name === 'r');
+  const load = code.search(new RegExp(`= b${residual}\\[`));
+  assert.ok(load > 0 && load < code.indexOf('#pragma unroll'), `the residual b${residual} read before the sums' loop:\n${code}`);
+  const result = code.slice(code.indexOf('if (tf_warp < 2 && tf_lane == 0) {'));
+  const reads = result.slice(0, result.indexOf('\n      }')).match(/\bb\d+\[[^\]]*\](?! =)/g);
+  assert.is(reads, null, `the result reads no buffer:\n${result}`);
+});
 form.run();
 
 async function output(device: Device, c: Case, lowered: Case['compiled'] | Case['reference']): Promise<number[]> {
@@ -94,6 +108,7 @@ async function output(device: Device, c: Case, lowered: Case['compiled'] | Case[
     program.write('input:x', hostTensor(DType.F32, [1, c.depth], c.inputs.x));
     program.write('input:w', hostTensor(DType.BF16, [c.outputs, c.depth], c.inputs.w));
     program.write('input:g', hostTensor(DType.BF16, [c.depth], c.inputs.g));
+    program.write('input:r', hostTensor(DType.F32, [1, c.outputs], c.inputs.r));
     program.run('decode', {});
     return [...(await program.read(namedOutputKey(program.graph('decode'), 'y'), DType.F32, [1, c.outputs])).data];
   } finally {
@@ -104,7 +119,7 @@ async function output(device: Device, c: Case, lowered: Case['compiled'] | Case[
 for (const c of CASES) {
   let expected: number[] | undefined;
   for (const kind of kernelDevices) {
-    const what = `${c.depth} deep${c.norm ? ', normalised' : ''}${c.gain ? ', scaled by a gain' : ''}`;
+    const what = `${c.depth} deep${c.norm ? ', normalised' : ''}${c.gain ? ', scaled by a gain' : ''}${c.residual ? ', a residual added' : ''}`;
     const s = suite(`vector steps, ${what}, on ${kind}`);
     s(`${c.outputs} outputs: as the reference interpreter`, async () => {
       expected ??= await onDevice('reference', (ref) => output(ref, c, c.reference));
