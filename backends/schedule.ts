@@ -314,9 +314,9 @@ export interface FlashPlan {
   /**
    * 'decode' computing the step's new key and value rows under a register cap (ScheduleOptions.registersPerThread:
    * the megakernel's): the first step's keys and values are loaded after those rows, not before them. Held across
-   * the rows' rotary arithmetic, 16 registers a key under a cap of 64 cost more than the round trip they hide (the
-   * megakernel of Llama-3.2-1B on the H200, BENCHMARKS.md, twenty-seventh session: 0.873–0.878 ms a token loaded
-   * after against 0.879 before, 0.952 against 0.977 at a 2,048-position cache).
+   * the rows' rotary arithmetic, 8 keys' and values' loads (64 registers) under a cap of 64 cost more than the round
+   * trip they hide (the megakernel of Llama-3.2-1B on the H200, BENCHMARKS.md, twenty-seventh session: 0.873–0.878
+   * ms a token loaded after against 0.879 before, 0.952 against 0.977 at a 2,048-position cache).
    */
   readonly keysAfterRows?: boolean;
 }
