@@ -30,7 +30,7 @@ const options = {
   megakernel: { type: 'boolean', default: false, help: 'cuda only: run the decode step as one persistent kernel (runtime/devices/cuda-megakernel.ts)' },
   'megakernel-prefetch': { type: 'string', help: 'with --megakernel: weight KiB each task prefetches into L2 before it waits, at most (default 0: none)' },
   'megakernel-blocks': { type: 'string', help: 'with --megakernel: blocks each multiprocessor runs (default 4)' },
-  profile: { type: 'boolean', default: false, help: 'also print the GPU time and bandwidth of each kernel of one decode step and the prompt\'s kernels by kind, GEMMs with their TFLOP/s (--megakernel: each kernel\'s tasks, from the step\'s timeline)' },
+  profile: { type: 'boolean', default: false, help: 'also print the GPU time and bandwidth of each kernel of one decode step (on CUDA with its registers and local bytes a thread) and the prompt\'s kernels by kind, GEMMs with their TFLOP/s (--megakernel: each kernel\'s tasks, from the step\'s timeline)' },
   trace: { type: 'string', help: 'write a Chrome / Perfetto trace (JSON) of one decode step, a slice per kernel (--megakernel: per task, a track per block; --timeline: as the kernels ran inside the replayed step), to this file' },
   timeline: {
     type: 'boolean', default: false,

@@ -131,6 +131,12 @@ export interface KernelTime {
   readonly bytes: number;
   /** Multiply-adds × 2 of a GEMM kernel (undefined for others): its achieved FLOP/s is flops / us. */
   readonly flops?: number;
+  /**
+   * CUDA: registers a thread, and bytes of local memory a thread (registers spilled and the stack), as ptxas
+   * compiled it; undefined elsewhere.
+   */
+  readonly registers?: number;
+  readonly localBytes?: number;
   /** The IR lines of the nodes it fuses, in order. */
   readonly fused: readonly string[];
   /** The last of them, to tell kernels apart. */

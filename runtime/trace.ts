@@ -40,13 +40,15 @@ export function profileTable(kernels: readonly KernelTime[], copyBandwidth?: num
   const num = (x: number | undefined, digits: number) => (x === undefined ? '—' : x.toFixed(digits));
   // Three significant digits for small rates (a CPU's), whole numbers for a GPU's.
   const rate = (x: number | undefined) => num(x, x === undefined || x >= 100 ? 0 : x >= 10 ? 1 : 2);
+  // Registers and local memory a thread where the device says (CUDA): a kernel that spills shows local bytes.
+  const resources = kernels.some((k) => k.registers !== undefined);
   const rows = kernels.map((k, i) => {
     const r = kernelRates(k, copyBandwidth);
     return [String(i), k.kernel, k.kind, k.us.toFixed(1), rate(r.gbPerS), num(r.copyFraction && 100 * r.copyFraction, 1),
-      rate(r.tflopPerS), k.last.slice(0, 72)];
+      rate(r.tflopPerS), ...(resources ? [num(k.registers, 0), num(k.localBytes, 0)] : []), k.last.slice(0, 72)];
   });
-  const head = ['#', 'kernel', 'kind', 'µs', 'GB/s', '% copy', 'TFLOP/s', 'last fused IR line'];
-  const lines = columns(head, rows, [true, false, false, true, true, true, true, false]);
+  const head = ['#', 'kernel', 'kind', 'µs', 'GB/s', '% copy', 'TFLOP/s', ...(resources ? ['regs', 'local B'] : []), 'last fused IR line'];
+  const lines = columns(head, rows, [true, false, false, true, true, true, true, ...(resources ? [true, true] : []), false]);
 
   const byKind = new Map<string, { n: number; us: number; bytes: number }>();
   for (const k of kernels) {

@@ -19,6 +19,8 @@ const ATTR_CC_MAJOR = 75;
 const ATTR_CC_MINOR = 76;
 const ATTR_MAX_SHARED_OPTIN = 97;
 const FUNC_ATTR_MAX_DYNAMIC_SHARED = 8;
+const FUNC_ATTR_LOCAL_SIZE_BYTES = 3;
+const FUNC_ATTR_NUM_REGS = 4;
 const STREAM_CAPTURE_MODE_THREAD_LOCAL = 1;
 const LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4;
 const LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
@@ -84,6 +86,7 @@ function bind(lib: koffi.IKoffiLib) {
     cuModuleUnload: f('int cuModuleUnload(void *module)'),
     cuModuleGetFunction: f('int cuModuleGetFunction(_Out_ void **fn, void *module, const char *name)'),
     cuFuncSetAttribute: f('int cuFuncSetAttribute(void *fn, int attrib, int value)'),
+    cuFuncGetAttribute: f('int cuFuncGetAttribute(_Out_ int *value, int attrib, void *fn)'),
     cuOccupancyMaxActiveBlocksPerMultiprocessor: f('int cuOccupancyMaxActiveBlocksPerMultiprocessor(_Out_ int *blocks, void *fn, int blockSize, size_t sharedBytes)'),
     cuMemAlloc: f('int cuMemAlloc_v2(_Out_ uint64_t *ptr, size_t bytes)'),
     cuMemFree: f('int cuMemFree_v2(uint64_t ptr)'),
@@ -344,6 +347,17 @@ export class CudaDriver {
       this.check('cuFuncSetAttribute', this.api.cuFuncSetAttribute(fn[0], FUNC_ATTR_MAX_DYNAMIC_SHARED, dynamicSharedBytes));
     }
     return fn[0];
+  }
+
+  /**
+   * What ptxas gave a loaded kernel: registers a thread, and bytes of local memory a thread (registers spilled and
+   * the stack; 0 where nothing spills).
+   */
+  resources(fn: Handle): { registers: number; localBytes: number } {
+    const [registers, localBytes] = [[0], [0]];
+    this.check('cuFuncGetAttribute', this.api.cuFuncGetAttribute(registers, FUNC_ATTR_NUM_REGS, fn));
+    this.check('cuFuncGetAttribute', this.api.cuFuncGetAttribute(localBytes, FUNC_ATTR_LOCAL_SIZE_BYTES, fn));
+    return { registers: registers[0], localBytes: localBytes[0] };
   }
 
   /** Blocks of `block` threads and `sharedBytes` of dynamic shared memory each that one multiprocessor holds at once. */

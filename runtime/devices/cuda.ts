@@ -568,7 +568,7 @@ export class CudaProgram implements Program {
       return g.kernels.map((k, i) => ({
         kernel: k.ir.name, kind: String(graphKernels[i]?.attrs.kind ?? ''), startUs: this.cuda.elapsed(events[0][0], events[i][0]) * 1e3,
         us: this.cuda.elapsed(events[i][0], events[i][1]) * 1e3,
-        bytes: kernelBytes(k.ir, sizes, cudaBytes), flops: gemmFlops(k.ir, sizes),
+        bytes: kernelBytes(k.ir, sizes, cudaBytes), flops: gemmFlops(k.ir, sizes), ...this.cuda.resources(k.fn),
         fused: k.ir.fused, last: k.ir.fused[k.ir.fused.length - 1] ?? '',
       }));
     } finally {

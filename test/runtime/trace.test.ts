@@ -87,6 +87,11 @@ unit('rates, op names and the text table', () => {
   assert.is(lines[3], 'by kind:');
   assert.match(lines[4], /attention\s+1 kernel\s+8\.0 µs\s+0\.50 GB\/s\s+6\.3 % of copy/);
   assert.match(lines[6], /all\s+2 kernels\s+10\.0 µs\s+0\.80 GB\/s\s+10\.0 % of copy/);
+  // Where the device says a kernel's registers and local memory (CUDA), two columns; a spilling kernel's local bytes.
+  const cuda = profileTable([kernel('k0', 0, 2, { registers: 64, localBytes: 192 }), kernel('k1', 2, 8, { kind: 'attention', registers: 117, localBytes: 0 })], 8e9);
+  assert.match(cuda[0], /#\s+kernel\s+kind\s+µs\s+GB\/s\s+% copy\s+TFLOP\/s\s+regs\s+local B\s+last fused IR line/);
+  assert.match(cuda[1], /^0\s+k0\s+contraction\s+2\.0\s+2\.00\s+25\.0\s+—\s+64\s+192\s+%1: f32\[4\] = add %0, %x$/);
+  assert.match(cuda[2], /^1\s+k1\s+attention\s+8\.0\s+0\.50\s+6\.3\s+—\s+117\s+0\s/);
 });
 
 unit.run();
@@ -148,6 +153,9 @@ for (const t of targets) {
         assert.is(kernels[0].startUs, 0);
         kernels.forEach((k, i) => {
           assert.ok(k.us >= 0 && k.bytes > 0 && k.fused.length > 0 && k.last === k.fused[k.fused.length - 1], JSON.stringify(k));
+          // CUDA says each kernel's registers and local memory (the fake: 40 and none); other devices nothing.
+          if (t.backend === 'cuda') assert.equal([k.registers, k.localBytes], [40, 0], k.kernel);
+          else assert.equal([k.registers, k.localBytes], [undefined, undefined], k.kernel);
           if (i === 0) return;
           const before = kernels[i - 1];
           // Device clocks tick in whole ns, read back as float ms (CUDA) or separately subtracted (WebGPU).
