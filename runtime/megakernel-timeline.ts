@@ -32,6 +32,9 @@ export interface MegakernelTimeline {
   readonly blocks: number;
   /** From the first wait to the last end. */
   readonly spanNs: number;
+  /** The kernel's registers and local memory a thread, as ptxas compiled it (every task runs under them). */
+  readonly registers?: number;
+  readonly localBytes?: number;
 }
 
 /** The timeline's words (TIMELINE_WORDS a task, in the task table's order: block by block) as tasks. */
@@ -95,6 +98,7 @@ export function timelineTable(t: MegakernelTimeline): string[] {
     ...columns(undefined, kinds, [false, true, true, true, true]).map((l) => `  ${l}`),
     `step: ${us(t.spanNs)} µs on ${t.blocks} blocks; tasks ran ${((100 * busy) / Math.max(1, capacity)).toFixed(1)} % of it, `
       + `waited ${((100 * wait) / Math.max(1, capacity)).toFixed(1)} %, the rest between tasks (table, prefetch, call, release)`,
+    ...(t.registers !== undefined ? [`the kernel: ${t.registers} registers and ${t.localBytes ?? 0} bytes of local memory a thread (above 0: it spills)`] : []),
   ];
 }
 

@@ -110,7 +110,7 @@ export class LoadedMegakernel {
     if (this.timeline === undefined) throw new Error(`the megakernel of @${this.graph} records no timeline: open the device with megakernel: { timeline: true }`);
     const words = new BigUint64Array(TIMELINE_WORDS * this.prepared.kernel.tasks);
     this.cuda.download(words, this.timeline);
-    return taskTimes(this.prepared.schedule, words);
+    return { ...taskTimes(this.prepared.schedule, words), ...this.cuda.resources(this.fn) };
   }
 
   destroy(): void {
