@@ -7,7 +7,7 @@ import path from 'node:path';
 import { printJs } from '../backends/cpu/render-js.ts';
 import { printWgsl } from '../backends/wgsl/render-wgsl.ts';
 import { cudaPrelude, printCudaFunction } from '../backends/cuda/render-cuda.ts';
-import { kernelsAsRun, megakernelGraph, MegakernelOptions, megakernelScheduleOptions, renderCudaMegakernel } from '../backends/cuda/megakernel.ts';
+import { graphAsRun, MegakernelOptions, renderCudaMegakernel } from '../backends/cuda/megakernel.ts';
 import { cpuCaps, cudaCaps, DeviceCaps, webgpuCaps } from '../backends/device-caps.ts';
 import { scheduleKernels, ScheduledKernel, ScheduleOptions } from '../backends/schedule.ts';
 import { formatSchedule } from '../backends/schedule-format.ts';
@@ -60,8 +60,8 @@ export function runCompile(req: CompileRequest): void {
   if (dump.final) process.stdout.write(printModule({ graphs: compiled.graphs.map((c) => c.graph) }));
 
   const megakernel: MegakernelOptions | undefined = req.megakernel ? { blocksPerProcessor: req.megakernelBlocks } : undefined;
-  const kernels = compiled.graphs.map((c) => ({ name: c.graph.name, kernels: kernelsAsRun(c, kernelRenderers.cuda.device, megakernel) }));
-  const dumpOptions: DumpOptions = { subgroupMatrix: req.subgroupMatrix, ...(megakernel ? { megakernel } : {}) };
+  const kernels = compiled.graphs.map((c) => ({ name: c.graph.name, ...graphAsRun(c, kernelRenderers.cuda.device, megakernel) }));
+  const dumpOptions: DumpOptions = { subgroupMatrix: req.subgroupMatrix };
   if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, kernels, dumpOptions);
   if (req.megakernel) writeMegakernel(req.dumpKernels, compiled, req.megakernelBlocks);
   if (req.dumpSchedule) process.stdout.write(formatSchedules(req.backend, kernels, dumpOptions));
@@ -95,28 +95,28 @@ export function parseDump(spec: string | undefined, passes: string[]): { final: 
   return { final: false, all: false, after: m[1] };
 }
 
-/**
- * What a dump is rendered for, beyond the backend: WebGPU with f16 subgroup matrices; CUDA with the megakernel, whose
- * graph's kernels are scheduled as it runs them (megakernelScheduleOptions), launched alone as when bisecting.
- */
+/** What a dump is rendered for, beyond the backend: WebGPU with f16 subgroup matrices. */
 export interface DumpOptions {
   readonly subgroupMatrix?: boolean;
-  readonly megakernel?: MegakernelOptions;
 }
 
-/** How a graph's kernels are scheduled in a dump (DumpOptions; the CLI gives --megakernel with cuda only). */
-function dumpScheduleOptions(graph: string, device: DeviceCaps, opts: DumpOptions): ScheduleOptions {
-  const mk = opts.megakernel;
-  return mk && graph === megakernelGraph(mk) ? megakernelScheduleOptions(device, mk) : {};
+/**
+ * A graph's kernels to dump, and what their schedule takes (`opts`: with --megakernel, its graph's as the megakernel
+ * runs them, graphAsRun; the CLI gives --megakernel with cuda only).
+ */
+export interface DumpedGraph {
+  readonly name: string;
+  readonly kernels: readonly KernelIR[];
+  readonly opts?: ScheduleOptions;
 }
 
 /** Writes each kernel's source, and its schedule as text (NAME.schedule), into `dir`. */
-export function writeKernels(dir: string, backend: string, graphs: { name: string; kernels: readonly KernelIR[] }[], opts: DumpOptions = {}): void {
+export function writeKernels(dir: string, backend: string, graphs: readonly DumpedGraph[], opts: DumpOptions = {}): void {
   const renderer = rendererFor(backend, '--dump-kernels', opts);
   writingFor('--dump-kernels', dir, 'the kernels', () => {
     fs.mkdirSync(dir, { recursive: true });
     for (const g of graphs) {
-      for (const scheduled of scheduleKernels(g.kernels, renderer.device, dumpScheduleOptions(g.name, renderer.device, opts))) {
+      for (const scheduled of scheduleKernels(g.kernels, renderer.device, g.opts)) {
         const name = scheduled.kernel.name;
         fs.writeFileSync(path.join(dir, `${g.name}.${name}.${renderer.ext}`), renderer.print(scheduled) + '\n');
         fs.writeFileSync(path.join(dir, `${g.name}.${name}.schedule`), formatSchedule(scheduled));
@@ -161,9 +161,9 @@ function writeMegakernel(dir: string | undefined, module: Parameters<typeof rend
 }
 
 /** Every kernel's schedule as text, graph by graph (--dump-schedule). */
-export function formatSchedules(backend: string, graphs: { name: string; kernels: readonly KernelIR[] }[], opts: DumpOptions = {}): string {
+export function formatSchedules(backend: string, graphs: readonly DumpedGraph[], opts: DumpOptions = {}): string {
   const renderer = rendererFor(backend, '--dump-schedule', opts);
-  return graphs.map((g) => `# graph @${g.name}\n${scheduleKernels(g.kernels, renderer.device, dumpScheduleOptions(g.name, renderer.device, opts)).map(formatSchedule).join('')}`).join('\n');
+  return graphs.map((g) => `# graph @${g.name}\n${scheduleKernels(g.kernels, renderer.device, g.opts).map(formatSchedule).join('')}`).join('\n');
 }
 
 function rendererFor(backend: string, flag: string, opts: DumpOptions = {}) {

@@ -3,8 +3,9 @@
 // [tf_first, tf_end) for the launch's grid-stride loop), its shared arrays slices of one pool of dynamic shared
 // memory that every task reuses (static __shared__ arrays of device functions would each take their own). The
 // kernel walks its block's tasks from a task table in device memory: it prefetches the task's weight ranges into
-// L2 (where asked: none by default), waits on the counters of the kernels the task depends on, calls the task, then adds one to its kernel's
-// counter. The buffers come from a table of pointers. With the timeline on, each task's times are recorded too.
+// L2 (where asked: none by default), waits on the counters of the kernels the task depends on, calls the task, then
+// adds one to its kernel's counter. The buffers come from a table of pointers. With the timeline on, each task's
+// times are recorded too.
 // renderCudaMegakernel takes a module's graph there: lowered again for its blocks (megakernelKernels), scheduled for
 // the device, dealt over its multiprocessors, printed.
 
@@ -129,9 +130,15 @@ export function megakernelKernels(lg: LoweredGraph, caps: DeviceCaps, opts: Mega
 }
 const relowered = new WeakMap<LoweredGraph, Map<number, KernelIR[]>>();
 
-/** A graph's kernels as they run: the megakernel's graph's as the megakernel lowers them (megakernelKernels), where there is one. */
-export function kernelsAsRun(lg: LoweredGraph, caps: DeviceCaps, megakernel: MegakernelOptions | undefined): readonly KernelIR[] {
-  return megakernel && lg.graph.name === megakernelGraph(megakernel) ? megakernelKernels(lg, caps, megakernel) : lg.kernels;
+/**
+ * A graph's kernels as they run and what their schedule takes: the megakernel's graph's as the megakernel lowers and
+ * schedules them (megakernelKernels, megakernelScheduleOptions), where there is one (its kernels launched one by one,
+ * as bisecting and the dumps do, are those); every other graph's as the module lowered them, launched.
+ */
+export function graphAsRun(lg: LoweredGraph, caps: DeviceCaps, megakernel: MegakernelOptions | undefined): { readonly kernels: readonly KernelIR[]; readonly opts: ScheduleOptions } {
+  return megakernel && lg.graph.name === megakernelGraph(megakernel)
+    ? { kernels: megakernelKernels(lg, caps, megakernel), opts: megakernelScheduleOptions(caps, megakernel) }
+    : { kernels: lg.kernels, opts: {} };
 }
 
 /** 32-bit registers a multiprocessor holds (compute capability 7.0 and later, which the megakernel needs). */

@@ -23,7 +23,7 @@ import { BufferKey, bufferKey, checkSizes, planBuffers, Device, gemmFlops, kerne
 import { ParamStore } from '../params.ts';
 import { allocSplitScratch, freeSplitScratch, SplitScratch } from '../cuda/split-scratch.ts';
 import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
-import { kernelsAsRun, megakernelGraph, MegakernelOptions, megakernelOptions, megakernelScheduleOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
+import { graphAsRun, megakernelGraph, MegakernelOptions, megakernelOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
 import { LoadedMegakernel } from './cuda-megakernel.ts';
 import { BisectTarget, BisectWrite, bisectMegakernel, MegakernelDifference } from '../megakernel-bisect.ts';
 import { readBuffers } from '../../backends/megakernel-schedule.ts';
@@ -106,15 +106,14 @@ export class CudaDevice implements Device {
     const units = this.opts.units ?? Math.max(1, Math.min(16, os.availableParallelism()));
     // The megakernel's graph launched one by one as the megakernel runs it (bisecting compares the two).
     const mk = this.opts.megakernel ? megakernelOptions(this.opts.megakernel) : undefined;
-    const kernels = new Map(graphs.map((lg) => [lg, kernelsAsRun(lg, this.caps, mk)]));
-    const scheduled = (lg: LoweredGraph) => (mk && lg.graph.name === megakernelGraph(mk) ? { opts: megakernelScheduleOptions(this.caps, mk) } : {});
-    const program = renderCudaProgram(graphs.map((lg) => ({ kernels: kernels.get(lg)!, prefix: `${lg.graph.name}_`, ...scheduled(lg) })), this.caps, units, { stamps: this.opts.stamps });
+    const asRun = graphs.map((lg) => graphAsRun(lg, this.caps, mk));
+    const program = renderCudaProgram(graphs.map((lg, i) => ({ ...asRun[i], prefix: `${lg.graph.name}_` })), this.caps, units, { stamps: this.opts.stamps });
     const sources = program.units.map((u, i) => ({ source: u.source, name: `unit${i}.cu` }));
     const megakernel = mk ? renderCudaMegakernel(module, this.caps, mk) : undefined;
     if (megakernel) sources.push({ source: megakernel.kernel.source, name: 'megakernel.cu' });
     const compiling = compileCudaAll(sources, this.driver.info.computeCapability, this.opts.cacheDir);
     compiling.catch(() => {}); // load reports it
-    this.prepared.set(module, { functions: new Map(graphs.map((lg, i) => [lg, program.functions[i]])), kernels, units: program.units, compiling, megakernel });
+    this.prepared.set(module, { functions: new Map(graphs.map((lg, i) => [lg, program.functions[i]])), kernels: new Map(graphs.map((lg, i) => [lg, asRun[i].kernels])), units: program.units, compiling, megakernel });
   }
 
   /** Loads a module's program (compiled by prepare, called now if it was not) and uploads the weights meanwhile. */
