@@ -90,9 +90,13 @@ export const PREFETCH_BYTES = 0;
  * Blocks a multiprocessor holds. Llama-3.2-1B decode on the H200 (BENCHMARKS.md, twenty-second session): 2 a
  * multiprocessor 0.995 / 0.994 ms a token, 3 0.983, 4 0.950 / 0.947 (registers capped at 64), 5 1.040, 6 1.196, 8
  * 1.303. Twice the blocks give each kernel twice the tasks of half the rows, and twice the loads in flight while a
- * task streams its weights. (In the fifth session, with slower task bodies, 2 and 4 had measured alike.)
+ * task streams its weights. (In the fifth session, with slower task bodies, 2 and 4 had measured alike.) With every
+ * lane's weight steps in flight at once where 2 blocks leave 128 registers (REGISTERS_FOR_WHOLE_STEPS in schedule.ts),
+ * 2 hold as many loads in flight a multiprocessor as 4 did, and attention no longer spills (twenty-eighth session):
+ * 4 blocks 0.871 / 0.870 / 0.878, 2 0.864 / 0.868 / 0.865; at a 2,048-position cache 0.958 / 0.954 against
+ * 0.934 / 0.935 (attention's tasks 3.9 → 3.5 µs; QKV's, two rows each on 264 blocks, 4.6 → 5.1).
  */
-export const DEFAULT_BLOCKS_PER_PROCESSOR = 4;
+export const DEFAULT_BLOCKS_PER_PROCESSOR = 2;
 
 /**
  * The megakernel's schedule for `kernels` (one graph's, in launch order, scheduled for a device without

@@ -362,8 +362,9 @@ export interface ScheduleOptions {
    */
   readonly keyChunks?: boolean;
   /**
-   * Registers a thread may use where every kernel runs in a grid that caps them (the megakernel's 4 blocks a
-   * multiprocessor: 64); attention's decode form then keeps fewer keys' loads in flight (FlashPlan.keyUnroll).
+   * Registers a thread may use where every kernel runs in a grid that caps them (the megakernel's blocks a
+   * multiprocessor: 128 at 2, 64 at 4); at 64 attention's decode form keeps fewer keys' loads in flight
+   * (FlashPlan.keyUnroll), at 128 a lane's weight steps are all in flight (REGISTERS_FOR_WHOLE_STEPS).
    */
   readonly registersPerThread?: number;
   /**
@@ -500,7 +501,7 @@ function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptio
     device,
     grid: shared !== undefined ? { ...grid, rows: idiv(add(k.rows, int(SHARED_PROLOGUE_ROWS - 1)), int(SHARED_PROLOGUE_ROWS)), rowsPerWorkgroup: SHARED_PROLOGUE_ROWS, sharedStatements: shared } : grid,
     subgroups: tilesFrom === 0 ? false : subgroups,
-    stmts: tilesFrom === 0 ? [] : fixedVectorSteps(k, stmts, device),
+    stmts: tilesFrom === 0 ? [] : fixedVectorSteps(k, stmts, device, opts),
     arrays,
     dynamicWorkgroupBytes,
     ...(tilesFrom < Infinity ? { tilesFrom, gemm, flash } : {}),
@@ -540,14 +541,25 @@ export function rowInvariantPrologue(k: KernelIR): number | undefined {
 }
 
 /**
+ * Where every kernel runs under a register cap of at least this many (ScheduleOptions.registersPerThread: the
+ * megakernel at 2 blocks a multiprocessor, 128), a lane issues up to WHOLE_STEPS_UNROLL of its 16-byte steps at once,
+ * as many loads in flight a multiprocessor as 4 blocks' 4 (where 8 spill: 2.312 ms a token launched, 1.216 in the
+ * megakernel, BENCHMARKS.md, twenty-seventh session). The megakernel of Llama-3.2-1B on the H200 (twenty-eighth
+ * session): 2 blocks with 4 steps in flight 0.869 / 0.866 ms a token, with 8 0.865 / 0.865, 4 blocks 0.869 / 0.879.
+ */
+const REGISTERS_FOR_WHOLE_STEPS = 128;
+const WHOLE_STEPS_UNROLL = 8;
+
+/**
  * Vector loops whose alignment is checked at run time (CUDA's), over a constant range that gives every lane the
  * same count of 16-byte steps, run that count with no bound to check, so that the compiler issues a lane's loads
  * `unroll` at a time with no remainder loop. Decode on the H200: 0.837 → 0.810 ms a token (the down and output
  * projections' spills gone too); letting kernels of at most 4 workgroups a multiprocessor (QKV: 64 registers and
  * more) take all their 8 steps at once was slower, 0.817–0.821 (BENCHMARKS.md, thirteenth session).
  */
-function fixedVectorSteps(k: KernelIR, stmts: readonly StmtSchedule[], device: DeviceCaps): StmtSchedule[] {
+function fixedVectorSteps(k: KernelIR, stmts: readonly StmtSchedule[], device: DeviceCaps, opts: ScheduleOptions): StmtSchedule[] {
   const threads = device.threadsPerWorkgroup;
+  const unrollTo = (opts.registersPerThread ?? 0) >= REGISTERS_FOR_WHOLE_STEPS ? WHOLE_STEPS_UNROLL : undefined;
   const width = device.subgroup?.width ?? 1;
   return stmts.map((sched, i) => {
     const ranges = reductionsOf(k.body[i]);
@@ -562,7 +574,7 @@ function fixedVectorSteps(k: KernelIR, stmts: readonly StmtSchedule[], device: D
       const total = n.value / vec.elements;
       if (!lanes || total % lanes !== 0) return [v, plan];
       changed = true;
-      return [v, { ...plan, vector: { ...vec, steps: total / lanes, unroll: Math.min(total / lanes, vec.unroll) } }];
+      return [v, { ...plan, vector: { ...vec, steps: total / lanes, unroll: Math.min(total / lanes, unrollTo ?? vec.unroll) } }];
     }));
     return changed ? { ...sched, reductions } : sched;
   });

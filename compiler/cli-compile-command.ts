@@ -41,7 +41,7 @@ export const compileCommand = defineCommand({
     'dump-kernels': { type: 'string', value: 'DIR', help: 'write each kernel\'s source for the backend and its schedule (NAME.schedule)' },
     'dump-schedule': { type: 'boolean', default: false, help: 'print every kernel\'s schedule for the backend' },
     megakernel: { type: 'boolean', default: false, help: 'cuda: the decode step as one persistent kernel; with --dump-kernels, its source and task list too' },
-    'megakernel-blocks': { type: 'string', value: 'N', help: 'with --megakernel: blocks each multiprocessor runs (default 4)' },
+    'megakernel-blocks': { type: 'string', value: 'N', help: 'with --megakernel: blocks each multiprocessor runs (default 2)' },
     'subgroup-matrix': { type: 'boolean', default: false, help: 'webgpu: dump kernels and schedules as for an adapter with f16 subgroup matrices (48 KiB of workgroup memory, as Dawn offers on the H200)' },
     'cache-length': { type: 'string', value: 'N', help: 'KV-cache positions (default: the model\'s context, at most 2048)' },
     'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: as generate: bf16/f16 on cuda and webgpu for 16-bit weights, else f32)' },

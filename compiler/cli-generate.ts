@@ -37,7 +37,7 @@ export const generateCommand = defineCommand({
     'no-cache': { type: 'boolean', default: false, help: 'compile again rather than read the compile cache (TSFUSE_CACHE_DIR)' },
     'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: bf16/f16 on cuda and webgpu for 16-bit weights, else f32)' },
     megakernel: { type: 'boolean', default: false, help: 'cuda: run each decode step as one persistent kernel' },
-    'megakernel-blocks': { type: 'string', value: 'N', help: 'with --megakernel: blocks each multiprocessor runs (default 4; a device that holds fewer refuses, saying how many)' },
+    'megakernel-blocks': { type: 'string', value: 'N', help: 'with --megakernel: blocks each multiprocessor runs (default 2; a device that holds fewer refuses, saying how many)' },
     'bisect-megakernel': { type: 'boolean', default: false, help: 'with --megakernel: instead of generating, run the prompt but its last token, then the step that takes it both as the megakernel and as its kernels one by one, and say where they first differ' },
   },
   async run(values) {

@@ -29,7 +29,7 @@ const options = {
   'subgroup-matrix': { type: 'string', default: 'on', help: 'webgpu only: on (GEMM tiles on f16 subgroup matrices where Dawn offers them) or off (f32 multiply-adds)' },
   megakernel: { type: 'boolean', default: false, help: 'cuda only: run the decode step as one persistent kernel (runtime/devices/cuda-megakernel.ts)' },
   'megakernel-prefetch': { type: 'string', help: 'with --megakernel: weight KiB each task prefetches into L2 before it waits, at most (default 0: none)' },
-  'megakernel-blocks': { type: 'string', help: 'with --megakernel: blocks each multiprocessor runs (default 4)' },
+  'megakernel-blocks': { type: 'string', help: 'with --megakernel: blocks each multiprocessor runs (default 2)' },
   profile: { type: 'boolean', default: false, help: 'also print the GPU time and bandwidth of each kernel of one decode step (on CUDA with its registers and local bytes a thread) and the prompt\'s kernels by kind, GEMMs with their TFLOP/s (--megakernel: each kernel\'s tasks, from the step\'s timeline)' },
   trace: { type: 'string', help: 'write a Chrome / Perfetto trace (JSON) of one decode step, a slice per kernel (--megakernel: per task, a track per block; --timeline: as the kernels ran inside the replayed step), to this file' },
   timeline: {

@@ -46,7 +46,7 @@ export interface MegakernelOptions {
   readonly graph?: string;
   /**
    * Blocks each multiprocessor runs (registers are capped to fit them; refused where they do not fit). Default
-   * DEFAULT_BLOCKS_PER_PROCESSOR (4).
+   * DEFAULT_BLOCKS_PER_PROCESSOR (2).
    */
   readonly blocksPerProcessor?: number;
   /** How long one wait may spin before the watchdog stops the step and reports it, in ms. Default 5000. */

@@ -64,6 +64,11 @@ form('2,048 deep: each lane takes a constant count of steps, looped with no boun
   assert.match(normedSchedule, 'k3 sum<2048 by workgroup, combine subgroup, vec16B(b0) x8 checked, 1 step a lane');
   assert.match(normedSchedule, 'subgroup-per-element | k5 sum<2048 by subgroup, combine subgroup, vec16B(arr1, b1) x8 checked, 8 steps a lane unroll 4');
   assert.match(formatSchedule(scheduleKernel(plain, cudaCaps(90))), 'split-subgroups between 2 | k1 sum<2048 by split-subgroups, combine subgroup, vec16B(b0, b1) x8 checked, 2 steps a lane unroll 2');
+  // Under a register cap of 128 (the megakernel at 2 blocks a multiprocessor) a lane's 8 steps are in flight at once;
+  // under 64 (4 blocks) 4 at a time, as launched.
+  for (const [registersPerThread, unroll] of [[128, 8], [64, 4]]) {
+    assert.match(formatSchedule(scheduleKernel(normed, cudaCaps(90), { registersPerThread })), `vec16B(arr1, b1) x8 checked, 8 steps a lane unroll ${unroll}`);
+  }
   const loops = (code: string) => [...code.matchAll(/#pragma unroll (\d+)\n\s*for \(int (\w+)_s = 0; \2_s < (\d+); \2_s\+\+\) \{\n\s*const int \2_kv = (.+) \+ \2_s \* (\w+);/g)]
     .map((m) => ({ unroll: m[1], acc: m[2], steps: m[3], lane: m[4], stride: m[5] }));
   const normedCode = renderCudaFunction(normed).code;

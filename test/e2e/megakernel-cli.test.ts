@@ -14,8 +14,8 @@ test.after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 const compile = (...args: string[]) => tsfuse(['compile', '--config', 'llama-tiny', '--backend', 'cuda', ...args]);
 
-test('compile --megakernel renders 4 blocks a multiprocessor by default, N with --megakernel-blocks N', async () => {
-  for (const [blocks, args] of [[4, []], [2, ['--megakernel-blocks', '2']]] as const) {
+test('compile --megakernel renders 2 blocks a multiprocessor by default, N with --megakernel-blocks N', async () => {
+  for (const [blocks, args] of [[2, []], [4, ['--megakernel-blocks', '4']]] as const) {
     const dir = path.join(tmp, `mk${blocks}`);
     const r = await compile('--megakernel', '--dump-kernels', dir, '--cache-length', '600', ...args);
     assert.is(r.code, 0, r.stderr);

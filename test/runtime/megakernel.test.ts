@@ -147,9 +147,10 @@ s('tasks of several rows compute the norm before them once, and match the refere
   }
 });
 
-// Decode attention over 600 positions in heads of 64: 3 chunks of 256 keys a head, each a task's row, taken in two
-// steps of 128 (4 keys' loads a lane group in flight under the megakernel's 64 registers a thread); the last chunk of
-// a head to finish merges them through the megakernel's scratch and zeroes the head's counter for the next step.
+// Decode attention over 600 positions in heads of 64: 3 chunks of 256 keys a head, each a task's row, taken in one
+// step of 8 keys' loads a lane group at the default 2 blocks a multiprocessor (128 registers a thread) and in two
+// steps of 128 (4 keys' loads in flight) under 4 blocks' 64; the last chunk of a head to finish merges them through the
+// megakernel's scratch and zeroes the head's counter for the next step.
 s('attention over a long cache: its chunks of keys run as tasks, merged through the scratch, as the reference computes and the launched kernel does', async () => {
   if (!enabled) return;
   const [H, PER, D, T] = [2, 3, 64, 600];
@@ -168,34 +169,36 @@ s('attention over a long cache: its chunks of keys run as tasks, merged through 
   const k = hostTensor(DType.BF16, [H, 1, T, D], values(H * T * D));
   const v = hostTensor(DType.BF16, [H, 1, T, D], values(H * T * D));
   const q = hostTensor(DType.F32, [H, PER, 1, D], values(H * PER * D));
-  const device = await openDevice('cuda', { cacheDir: fake.cacheDir, megakernel: { graph: 'attn' } }) as CudaDevice;
-  try {
-    const program = await device.load(module, new ParamStore(() => { throw new Error('no params'); }), { maxSizes: {} });
+  for (const [blocksPerProcessor, keyUnroll] of [[2, 8], [4, 4]]) {
+    const device = await openDevice('cuda', { cacheDir: fake.cacheDir, megakernel: { graph: 'attn', blocksPerProcessor } }) as CudaDevice;
     try {
-      assert.is(program.kernelCount('attn'), 1);
-      const schedule = (program as unknown as { megakernel: { prepared: { schedule: MegakernelSchedule } } }).megakernel.prepared.schedule;
-      assert.is(schedule.rows[0], H * PER * 3, 'a row a head and chunk');
-      assert.is(schedule.kernels[0].flash?.keyUnroll, 4, 'fewer keys in flight under the register cap');
-      assert.ok(schedule.scratch, 'the chunks\' scratch');
-      // Positions inside the first chunk, at the chunks' edges and at the last; each twice (the counters reset).
-      for (const at of [0, 127, 128, 255, 256, 511, 599, 599]) {
-        const inputs = { q, k, v, pos: hostTensor(DType.I32, [], [at]) };
+      const program = await device.load(module, new ParamStore(() => { throw new Error('no params'); }), { maxSizes: {} });
+      try {
+        assert.is(program.kernelCount('attn'), 1);
+        const schedule = (program as unknown as { megakernel: { prepared: { schedule: MegakernelSchedule } } }).megakernel.prepared.schedule;
+        assert.is(schedule.rows[0], H * PER * 3, 'a row a head and chunk');
+        assert.is(schedule.kernels[0].flash?.keyUnroll, keyUnroll, `${blocksPerProcessor} blocks a multiprocessor: ${keyUnroll} keys in flight`);
+        assert.ok(schedule.scratch, 'the chunks\' scratch');
+        // Positions inside the first chunk, at the chunks' edges and at the last; each twice (the counters reset).
+        for (const at of [0, 127, 128, 255, 256, 511, 599, 599]) {
+          const inputs = { q, k, v, pos: hostTensor(DType.I32, [], [at]) };
+          const [want] = interpret(graph, { inputs, param: () => { throw new Error('no params'); }, states: new Map() });
+          const [got] = await runOnce(program, 'attn', inputs, new Map());
+          const bad = mismatch(got, want, 1e-4);
+          assert.not.ok(bad, `position ${at}: ${bad}`);
+        }
+        // Byte for byte the launched kernel's chunks (bisecting), and the counters zeroed after: the next step as before.
+        assert.is((program as CudaProgram).bisectMegakernel('attn', {}), undefined);
+        const inputs = { q, k, v, pos: hostTensor(DType.I32, [], [599]) };
         const [want] = interpret(graph, { inputs, param: () => { throw new Error('no params'); }, states: new Map() });
         const [got] = await runOnce(program, 'attn', inputs, new Map());
-        const bad = mismatch(got, want, 1e-4);
-        assert.not.ok(bad, `position ${at}: ${bad}`);
+        assert.not.ok(mismatch(got, want, 1e-4), 'after bisecting');
+      } finally {
+        program.destroy();
       }
-      // Byte for byte the launched kernel's chunks (bisecting), and the counters zeroed after: the next step as before.
-      assert.is((program as CudaProgram).bisectMegakernel('attn', {}), undefined);
-      const inputs = { q, k, v, pos: hostTensor(DType.I32, [], [599]) };
-      const [want] = interpret(graph, { inputs, param: () => { throw new Error('no params'); }, states: new Map() });
-      const [got] = await runOnce(program, 'attn', inputs, new Map());
-      assert.not.ok(mismatch(got, want, 1e-4), 'after bisecting');
     } finally {
-      program.destroy();
+      device.destroy();
     }
-  } finally {
-    device.destroy();
   }
 });
 
@@ -254,7 +257,8 @@ s('the timeline: every task of a step once, its times in order, after the tasks 
       const table = timelineTable(t);
       assert.match(table[0], /^\s*#\s+kernel\s+kind\s+tasks\s+wait µs\s+max\s+run µs\s+max\s+busy µs\s+from µs\s+to µs$/);
       assert.is(table.filter((l) => /^\s*\d+\s+k\d+\s/.test(l)).length, schedule.kernels.length);
-      assert.match(table[table.length - 2], /^step: [\d.]+ µs on 32 blocks; tasks ran [\d.]+ % of it/);
+      // The fake's 8 multiprocessors at the default 2 blocks each.
+      assert.match(table[table.length - 2], /^step: [\d.]+ µs on 16 blocks; tasks ran [\d.]+ % of it/);
       // The kernel's registers and local memory (the CPU fake's driver reports 40 and none).
       assert.is(table[table.length - 1], 'the kernel: 40 registers and 0 bytes of local memory a thread (above 0: it spills)');
       const trace = JSON.parse(traceText(timelineTrace(t, device.description, { command: 'test' })));
