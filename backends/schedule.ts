@@ -559,7 +559,7 @@ const WHOLE_STEPS_UNROLL = 8;
  */
 function fixedVectorSteps(k: KernelIR, stmts: readonly StmtSchedule[], device: DeviceCaps, opts: ScheduleOptions): StmtSchedule[] {
   const threads = device.threadsPerWorkgroup;
-  const unrollTo = (opts.registersPerThread ?? 0) >= REGISTERS_FOR_WHOLE_STEPS ? WHOLE_STEPS_UNROLL : undefined;
+  const wholeSteps = (opts.registersPerThread ?? 0) >= REGISTERS_FOR_WHOLE_STEPS;
   const width = device.subgroup?.width ?? 1;
   return stmts.map((sched, i) => {
     const ranges = reductionsOf(k.body[i]);
@@ -574,7 +574,7 @@ function fixedVectorSteps(k: KernelIR, stmts: readonly StmtSchedule[], device: D
       const total = n.value / vec.elements;
       if (!lanes || total % lanes !== 0) return [v, plan];
       changed = true;
-      return [v, { ...plan, vector: { ...vec, steps: total / lanes, unroll: Math.min(total / lanes, unrollTo ?? vec.unroll) } }];
+      return [v, { ...plan, vector: { ...vec, steps: total / lanes, unroll: Math.min(total / lanes, wholeSteps ? Math.max(vec.unroll, WHOLE_STEPS_UNROLL) : vec.unroll) } }];
     }));
     return changed ? { ...sched, reductions } : sched;
   });
