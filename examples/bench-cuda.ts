@@ -263,7 +263,7 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
     } else if (steps) {
       const how = 'the last replayed decode step of the megakernel, each task\'s times on its block (%globaltimer), recorded every step';
       console.error(`${how}:`);
-      for (const line of timelineTable(steps)) console.error(`  ${line}`);
+      for (const line of timelineTable(steps, copyBandwidth)) console.error(`  ${line}`);
       if (o.trace !== undefined) writeTimelineTrace(o.trace, timelineTrace(steps, session.device.description, traceAbout(o.command, how)), steps.tasks.length);
     } else if (o.profile || o.trace !== undefined) {
       const kernels = await session.profileDecode(prompt.length);

@@ -5,7 +5,9 @@
 // and one per wait.
 
 import { TIMELINE_WORDS } from '../backends/cuda/megakernel.ts';
+import { kernelBytes } from '../backends/kernel-cost.ts';
 import type { MegakernelSchedule } from '../backends/megakernel-schedule.ts';
+import { deviceByteLength } from './devices/device-bytes.ts';
 import { ChromeTrace, columns, TraceEvent } from './trace.ts';
 
 /** One task of a step. Times in ns from the step's first recorded time. */
@@ -32,6 +34,8 @@ export interface MegakernelTimeline {
   readonly blocks: number;
   /** From the first wait to the last end. */
   readonly spanNs: number;
+  /** Bytes each kernel reads and writes (by its index in the graph), as the launched kernels' profile counts them. */
+  readonly kernelBytes: readonly number[];
   /** The kernel's registers and local memory a thread, as ptxas compiled it (every task runs under them). */
   readonly registers?: number;
   readonly localBytes?: number;
@@ -54,16 +58,20 @@ export function taskTimes(s: MegakernelSchedule, words: BigUint64Array): Megaker
       waitNs: at(i, 0), readyNs: at(i, 1), endNs: at(i, 2),
     };
   });
-  return { tasks, blocks: s.blocks.length, spanNs: Math.max(0, ...tasks.map((t) => t.endNs)) };
+  const bytes = s.kernels.map((sk) => kernelBytes(sk.kernel, s.sizes, (d, n) => deviceByteLength(d, n, 'bytes')));
+  return { tasks, blocks: s.blocks.length, spanNs: Math.max(0, ...tasks.map((t) => t.endNs)), kernelBytes: bytes };
 }
 
 const us = (ns: number) => (ns / 1e3).toFixed(1);
 
 /**
  * One line per kernel in the graph's order: its tasks, their mean and largest wait and run (µs), the time its tasks
- * kept blocks busy, and when in the step its first task started and its last ended; then by kind, and the step.
+ * kept blocks busy, when in the step its first task's inputs were ready and its last task ended, its `share` of the
+ * step (from the kernels before it ending to its own end: the shares add up to the step) and the bandwidth over that
+ * share (its bytes as the launched profile counts them; as a fraction of `copyBandwidth`, bytes a second, where
+ * given); then by kind, and the step.
  */
-export function timelineTable(t: MegakernelTimeline): string[] {
+export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): string[] {
   const byKernel = new Map<number, TaskTime[]>();
   for (const task of t.tasks) {
     let list = byKernel.get(task.kernel);
@@ -71,31 +79,47 @@ export function timelineTable(t: MegakernelTimeline): string[] {
     list.push(task);
   }
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const rate = (bytes: number, ns: number) => (ns > 0 ? bytes / ns : undefined);
+  const shares = new Map<number, number>();
+  let before = 0;
   const rows = [...byKernel].sort((a, b) => a[0] - b[0]).map(([k, tasks]) => {
     const waits = tasks.map((x) => x.readyNs - x.waitNs);
     const runs = tasks.map((x) => x.endNs - x.readyNs);
+    const end = Math.max(...tasks.map((x) => x.endNs));
+    const share = Math.max(0, end - before);
+    before = Math.max(before, end);
+    shares.set(k, share);
+    const gbPerS = rate(t.kernelBytes[k] ?? 0, share);
     return [String(k), tasks[0].name, tasks[0].kind, String(tasks.length), us(mean(waits)), us(Math.max(...waits)), us(mean(runs)),
-      us(Math.max(...runs)), us(runs.reduce((a, b) => a + b, 0)), us(Math.min(...tasks.map((x) => x.readyNs))), us(Math.max(...tasks.map((x) => x.endNs)))];
+      us(Math.max(...runs)), us(runs.reduce((a, b) => a + b, 0)), us(Math.min(...tasks.map((x) => x.readyNs))), us(end), us(share),
+      gbPerS === undefined ? '—' : gbPerS.toFixed(0), gbPerS === undefined || !copyBandwidth ? '—' : ((100 * gbPerS * 1e9) / copyBandwidth).toFixed(1)];
   });
-  const head = ['#', 'kernel', 'kind', 'tasks', 'wait µs', 'max', 'run µs', 'max', 'busy µs', 'from µs', 'to µs'];
-  const lines = columns(head, rows, [true, false, false, true, true, true, true, true, true, true, true]);
-  const byKind = new Map<string, { kernels: Set<number>; busy: number; wait: number }>();
+  const head = ['#', 'kernel', 'kind', 'tasks', 'wait µs', 'max', 'run µs', 'max', 'busy µs', 'from µs', 'to µs', 'share µs', 'GB/s', '% copy'];
+  const lines = columns(head, rows, [true, false, false, true, true, true, true, true, true, true, true, true, true, true]);
+  const byKind = new Map<string, { kernels: Set<number>; busy: number; wait: number; share: number; bytes: number }>();
   for (const x of t.tasks) {
-    const e = byKind.get(x.kind) ?? { kernels: new Set<number>(), busy: 0, wait: 0 };
-    e.kernels.add(x.kernel);
+    const e = byKind.get(x.kind) ?? { kernels: new Set<number>(), busy: 0, wait: 0, share: 0, bytes: 0 };
+    if (!e.kernels.has(x.kernel)) {
+      e.kernels.add(x.kernel);
+      e.share += shares.get(x.kernel)!;
+      e.bytes += t.kernelBytes[x.kernel] ?? 0;
+    }
     e.busy += x.endNs - x.readyNs;
     e.wait += x.readyNs - x.waitNs;
     byKind.set(x.kind, e);
   }
   const busy = t.tasks.reduce((n, x) => n + x.endNs - x.readyNs, 0);
   const wait = t.tasks.reduce((n, x) => n + x.readyNs - x.waitNs, 0);
-  const kinds = [...byKind].sort((a, b) => b[1].busy - a[1].busy)
-    .map(([kind, e]) => [kind, `${e.kernels.size} kernels`, `busy ${us(e.busy)} µs`, `waiting ${us(e.wait)} µs`, `${((100 * e.busy) / Math.max(1, busy)).toFixed(1)} % of busy`]);
+  const kinds = [...byKind].sort((a, b) => b[1].busy - a[1].busy).map(([kind, e]) => {
+    const gbPerS = rate(e.bytes, e.share);
+    return [kind, `${e.kernels.size} kernel${e.kernels.size === 1 ? '' : 's'}`, `busy ${us(e.busy)} µs`, `waiting ${us(e.wait)} µs`, `${((100 * e.busy) / Math.max(1, busy)).toFixed(1)} % of busy`,
+      `share ${us(e.share)} µs`, gbPerS === undefined ? '' : `${gbPerS.toFixed(0)} GB/s`];
+  });
   const capacity = t.blocks * t.spanNs;
   return [
     ...lines,
     'by kind:',
-    ...columns(undefined, kinds, [false, true, true, true, true]).map((l) => `  ${l}`),
+    ...columns(undefined, kinds, [false, true, true, true, true, true, true]).map((l) => `  ${l}`),
     `step: ${us(t.spanNs)} µs on ${t.blocks} blocks; tasks ran ${((100 * busy) / Math.max(1, capacity)).toFixed(1)} % of it, `
       + `waited ${((100 * wait) / Math.max(1, capacity)).toFixed(1)} %, the rest between tasks (table, prefetch, call, release)`,
     ...(t.registers !== undefined ? [`the kernel: ${t.registers} registers and ${t.localBytes ?? 0} bytes of local memory a thread (above 0: it spills)`] : []),

@@ -27,6 +27,7 @@ import { ParamStore } from '../../runtime/params.ts';
 import { MegakernelSchedule } from '../../backends/megakernel-schedule.ts';
 import { MegakernelRefused, PreparedMegakernel } from '../../backends/cuda/megakernel.ts';
 import { evalSize } from '../../backends/kernel-ir.ts';
+import { kernelBytes } from '../../backends/kernel-cost.ts';
 import { timelineTable, timelineTrace } from '../../runtime/megakernel-timeline.ts';
 import { traceText } from '../../runtime/trace.ts';
 import { mismatch } from '../backends/compare.ts';
@@ -255,8 +256,29 @@ s('the timeline: every task of a step once, its times in order, after the tasks 
       // A task's inputs were ready once every task of the kernels it depends on had ended.
       for (const x of t.tasks) for (const d of schedule.dependsOn[x.kernel]) assert.ok(ends.get(d)! <= x.readyNs, `task ${x.kernel}.${x.task} ran before kernel ${d} ended`);
       const table = timelineTable(t);
-      assert.match(table[0], /^\s*#\s+kernel\s+kind\s+tasks\s+wait µs\s+max\s+run µs\s+max\s+busy µs\s+from µs\s+to µs$/);
-      assert.is(table.filter((l) => /^\s*\d+\s+k\d+\s/.test(l)).length, schedule.kernels.length);
+      assert.match(table[0], /^\s*#\s+kernel\s+kind\s+tasks\s+wait µs\s+max\s+run µs\s+max\s+busy µs\s+from µs\s+to µs\s+share µs\s+GB\/s\s+% copy$/);
+      const rows = table.filter((l) => /^\s*\d+\s+k\d+\s/.test(l)).map((l) => l.trim().split(/\s+/));
+      assert.is(rows.length, schedule.kernels.length);
+      // Each kernel's share runs from the kernels before it ending to its own end: the shares add up to the step's
+      // last end; its GB/s is its bytes (those the launched profile counts) over its share; no copy rate, no % copy.
+      let before = 0;
+      const shares = rows.map((_, k) => {
+        const end = ends.get(k)!;
+        const share = Math.max(0, end - before);
+        before = Math.max(before, end);
+        return share;
+      });
+      assert.ok(Math.abs(shares.reduce((a, b) => a + b, 0) - Math.max(...ends.values())) < 1e-6, 'the shares add up to the last end');
+      const withCopy = timelineTable(t, 4e12).filter((l) => /^\s*\d+\s+k\d+\s/.test(l)).map((l) => l.trim().split(/\s+/));
+      rows.forEach((r, k) => {
+        const bytes = kernelBytes(schedule.kernels[k].kernel, schedule.sizes, (d, n) => n * (d === DType.BF16 ? 2 : 4));
+        assert.is(t.kernelBytes[k], bytes, `kernel ${k}'s bytes`);
+        assert.is(r[11], (shares[k] / 1e3).toFixed(1), `kernel ${k}'s share`);
+        const gbPerS = bytes / shares[k];
+        assert.is(r[12], shares[k] > 0 ? gbPerS.toFixed(0) : '—', `kernel ${k}'s GB/s`);
+        assert.is(r[13], '—', 'no copy rate, no % copy');
+        assert.is(withCopy[k][13], shares[k] > 0 ? ((100 * gbPerS * 1e9) / 4e12).toFixed(1) : '—', `kernel ${k}'s % of a 4 TB/s copy rate`);
+      });
       // The fake's 8 multiprocessors at the default 2 blocks each.
       assert.match(table[table.length - 2], /^step: [\d.]+ µs on 16 blocks; tasks ran [\d.]+ % of it/);
       // The kernel's registers and local memory (the CPU fake's driver reports 40 and none).
