@@ -3,10 +3,10 @@
 // one a block; a cost model (bytes moved and FLOPs, backends/kernel-cost.ts) deals them to the blocks at compile
 // time, each block walking its list in the kernels' order. Before a task, a block may start pulling the weights the
 // task's rows read into the cache (backends/weight-reads.ts; none by default, PREFETCH_BYTES), then, before its
-// first task of a kernel, waits until every task of each kernel it depends on (a writer of what it reads, a reader or writer of what it
-// overwrites) has finished. Counters in global memory count finished tasks per kernel over every step, so nothing
-// resets them. The CUDA printer (backends/cuda/megakernel.ts) prints these decisions and takes none;
-// checkMegakernel proves them safe.
+// first task of a kernel, waits until every task of each kernel it depends on (a writer of what it reads, a reader
+// or writer of what it overwrites) has finished. Counters in global memory count finished tasks per kernel over
+// every step, so nothing resets them. The CUDA printer (backends/cuda/megakernel.ts) prints these decisions and
+// takes none; checkMegakernel proves them safe.
 
 import { DType, dtypeBytes } from '../ir/dtype.ts';
 import { anyExpr, Binding, evalSize, KernelIR, kernelExprs } from './kernel-ir.ts';

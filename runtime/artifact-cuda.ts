@@ -11,11 +11,10 @@ import { BoundCall, bufferBytes, bufferKey, CudaArtifactPlan } from './artifact.
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from './cuda/driver.ts';
 import { compileCuda } from './cuda/nvrtc.ts';
 import { allocSplitScratch, freeSplitScratch, SplitScratch } from './cuda/split-scratch.ts';
-import { deviceByteLength, fromDevice, toDevice } from './devices/device-bytes.ts';
+import { cudaByteLength, fromDevice, toDevice } from './devices/device-bytes.ts';
 
 /** Largest grid.x CUDA accepts; kernels grid-stride over any rows beyond it. */
 const MAX_GRID = 2 ** 31 - 1;
-const cudaBytes = (d: DType, n: number) => deviceByteLength(d, n, 'bytes');
 
 interface DeviceBuffer {
   readonly ptr: DevicePtr;
@@ -44,7 +43,7 @@ export async function runCuda(plan: CudaArtifactPlan, call: BoundCall, inputs: R
   let g = loaded.get(plan);
   if (!g) loaded.set(plan, (g = load(plan)));
   const cuda = g.cuda;
-  for (const [key, bytes] of bufferBytes(plan, call, cudaBytes)) {
+  for (const [key, bytes] of bufferBytes(plan, call, cudaByteLength)) {
     const have = g.buffers.get(key);
     if (have && have.bytes >= bytes) continue;
     if (have) cuda.free(have.ptr);
@@ -91,7 +90,7 @@ export async function runCuda(plan: CudaArtifactPlan, call: BoundCall, inputs: R
   });
   const bound = new Map(Object.entries(call.sizes));
   const read = (key: string, dtype: DType, shape: number[]) => {
-    const bytes = new Uint8Array(cudaBytes(dtype, numel(shape)));
+    const bytes = new Uint8Array(cudaByteLength(dtype, numel(shape)));
     // download waits for everything queued on the stream.
     if (bytes.byteLength > 0) cuda.download(bytes, buffer(key).ptr);
     return fromDevice(dtype, shape, bytes, 'bytes');

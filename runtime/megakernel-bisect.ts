@@ -6,7 +6,7 @@
 
 import { DType } from '../ir/dtype.ts';
 import { BufferKey } from './device.ts';
-import { deviceByteLength, fromDevice } from './devices/device-bytes.ts';
+import { cudaByteLength, fromDevice } from './devices/device-bytes.ts';
 
 /** A buffer a kernel writes. */
 export interface BisectWrite {
@@ -136,7 +136,7 @@ function writerOf(t: BisectTarget, i: number, j: number, at: number, before: Sav
 }
 
 /** Bytes of one element as the CUDA device stores it. */
-const bytesOf = (dtype: DType) => deviceByteLength(dtype, 1, 'bytes');
+const bytesOf = (dtype: DType) => cudaByteLength(dtype, 1);
 
 /** The first element whose bytes differ (a NaN equals any NaN). */
 function firstDifference(a: Uint8Array, b: Uint8Array, dtype: DType): number | undefined {

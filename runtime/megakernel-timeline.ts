@@ -7,7 +7,7 @@
 import { TIMELINE_WORDS } from '../backends/cuda/megakernel.ts';
 import { kernelBytes } from '../backends/kernel-cost.ts';
 import type { MegakernelSchedule } from '../backends/megakernel-schedule.ts';
-import { deviceByteLength } from './devices/device-bytes.ts';
+import { cudaByteLength } from './devices/device-bytes.ts';
 import { ChromeTrace, columns, TraceEvent } from './trace.ts';
 
 /** One task of a step. Times in ns from the step's first recorded time. */
@@ -58,7 +58,7 @@ export function taskTimes(s: MegakernelSchedule, words: BigUint64Array): Megaker
       waitNs: at(i, 0), readyNs: at(i, 1), endNs: at(i, 2),
     };
   });
-  const bytes = s.kernels.map((sk) => kernelBytes(sk.kernel, s.sizes, (d, n) => deviceByteLength(d, n, 'bytes')));
+  const bytes = s.kernels.map((sk) => kernelBytes(sk.kernel, s.sizes, cudaByteLength));
   return { tasks, blocks: s.blocks.length, spanNs: Math.max(0, ...tasks.map((t) => t.endNs)), kernelBytes: bytes };
 }
 

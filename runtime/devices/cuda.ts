@@ -22,7 +22,7 @@ import { compileCudaAll, CompiledImage } from '../cuda/nvrtc.ts';
 import { BufferKey, bufferKey, checkSizes, planBuffers, Device, gemmFlops, kernelBytes, KernelRange, kernelSpan, KernelTime, LoadOptions, Mark, Program, Recording, Sizes } from '../device.ts';
 import { ParamStore } from '../params.ts';
 import { allocSplitScratch, freeSplitScratch, SplitScratch } from '../cuda/split-scratch.ts';
-import { deviceByteLength, fromDevice, toDevice } from './device-bytes.ts';
+import { cudaByteLength, fromDevice, toDevice } from './device-bytes.ts';
 import { graphAsRun, megakernelGraph, MegakernelOptions, megakernelOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
 import { LoadedMegakernel } from './cuda-megakernel.ts';
 import { BisectTarget, BisectWrite, bisectMegakernel, MegakernelDifference } from '../megakernel-bisect.ts';
@@ -194,7 +194,6 @@ interface Pinned {
 
 /** Largest grid.x CUDA accepts; kernels grid-stride over any rows beyond it. */
 const MAX_GRID = 2 ** 31 - 1;
-const cudaBytes = (d: DType, n: number) => deviceByteLength(d, n, 'bytes');
 const nextTick = () => new Promise<void>((r) => setImmediate(r));
 
 export class CudaProgram implements Program {
@@ -353,7 +352,7 @@ export class CudaProgram implements Program {
 
   copy(from: BufferKey, to: BufferKey, dtype: DType, count: number): void {
     const [src, dst] = [this.buffer(from), this.buffer(to)];
-    const bytes = cudaBytes(dtype, count);
+    const bytes = cudaByteLength(dtype, count);
     if (bytes > src.bytes || bytes > dst.bytes) throw new RangeError(`copy of ${count} ${dtype} elements from ${from} to ${to}: a buffer is smaller`);
     this.queued('copy');
     if (bytes > 0) this.cuda.copy(dst.ptr, src.ptr, bytes);
@@ -388,7 +387,7 @@ export class CudaProgram implements Program {
     this.usable('read');
     const buf = this.buffer(key);
     const n = numel(shape);
-    const bytes = cudaBytes(dtype, n);
+    const bytes = cudaByteLength(dtype, n);
     if (bytes > buf.bytes) throw new RangeError(`${n} elements of ${dtype} are more than buffer ${key} holds`);
     if (n === 0) return Promise.resolve(allocHost(dtype, shape));
     const pinned = this.pinned(bytes);
@@ -532,7 +531,7 @@ export class CudaProgram implements Program {
       if (!at) throw new Error(`a stamp of unknown launch ${id}`);
       const k = this.graphOf(at.graph).kernels[at.kernel];
       return { kernel: `${at.graph}.${k.ir.name}`, kind: String(this.graphOf(at.graph).lowered.graph.kernels[at.kernel]?.attrs.kind ?? ''),
-        bytes: kernelBytes(k.ir, sizes, cudaBytes), flops: gemmFlops(k.ir, sizes), fused: k.ir.fused, last: k.ir.fused[k.ir.fused.length - 1] ?? '' };
+        bytes: kernelBytes(k.ir, sizes, cudaByteLength), flops: gemmFlops(k.ir, sizes), fused: k.ir.fused, last: k.ir.fused[k.ir.fused.length - 1] ?? '' };
     };
     return stepTimeline(words.subarray(2), head[0], facts);
   }
@@ -567,7 +566,7 @@ export class CudaProgram implements Program {
       return g.kernels.map((k, i) => ({
         kernel: k.ir.name, kind: String(graphKernels[i]?.attrs.kind ?? ''), startUs: this.cuda.elapsed(events[0][0], events[i][0]) * 1e3,
         us: this.cuda.elapsed(events[i][0], events[i][1]) * 1e3,
-        bytes: kernelBytes(k.ir, sizes, cudaBytes), flops: gemmFlops(k.ir, sizes), ...this.cuda.resources(k.fn),
+        bytes: kernelBytes(k.ir, sizes, cudaByteLength), flops: gemmFlops(k.ir, sizes), ...this.cuda.resources(k.fn),
         fused: k.ir.fused, last: k.ir.fused[k.ir.fused.length - 1] ?? '',
       }));
     } finally {
@@ -659,7 +658,7 @@ export class CudaProgram implements Program {
    * uses it with, zeroed; weights a kernel reads, from the store (concatenated projections' parts not apart).
    */
   private allocate(params: ParamStore): void {
-    const { sizes: need, params: uploads } = planBuffers(this.module, this.opts.maxSizes, cudaBytes);
+    const { sizes: need, params: uploads } = planBuffers(this.module, this.opts.maxSizes, cudaByteLength);
     // Rounded up so 16-byte vector loads of the last elements never leave the allocation.
     const alloc = (key: BufferKey, bytes: number) => {
       const rounded = Math.ceil(Math.max(bytes, 4) / 256) * 256;

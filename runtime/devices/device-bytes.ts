@@ -17,6 +17,9 @@ export function deviceByteLength(d: DType, n: number, bools: BoolLayout): number
   }
 }
 
+/** Bytes `n` elements of `d` take in a CUDA device's memory (bools as bytes): what its kernels are counted to move. */
+export const cudaByteLength = (d: DType, n: number): number => deviceByteLength(d, n, 'bytes');
+
 /** Bools as bytes (as ParamStore and encodeTensor give them) widened to u32 words. */
 export function boolWords(bytes: Uint8Array): Uint8Array {
   return new Uint8Array(Uint32Array.from(bytes, (x) => (x ? 1 : 0)).buffer);
