@@ -12,7 +12,8 @@ import { DType, dtypeBytes } from '../ir/dtype.ts';
 import { anyExpr, Binding, evalSize, KernelIR, kernelExprs } from './kernel-ir.ts';
 import { gemmFlops, kernelBytes } from './kernel-cost.ts';
 import { weightReads } from './weight-reads.ts';
-import { ScheduledKernel, scheduleOrigin, SplitScratchNeeds } from './schedule.ts';
+import { rowInvariantPrologue, ScheduledKernel, scheduleOrigin, SplitScratchNeeds } from './schedule.ts';
+import { RowStream, rowStreams } from './weight-stream.ts';
 
 /** One task in a block's list. */
 export interface MegakernelTask {
@@ -50,6 +51,13 @@ export interface MegakernelSchedule {
   readonly spans: readonly (readonly RowSpan[])[];
   /** Per kernel, per task, the weight bytes it prefetches before it waits. */
   readonly prefetch: readonly (readonly (readonly PrefetchRange[])[])[];
+  /**
+   * Per kernel, the weights its rows stream through the megakernel's pages of shared memory (empty: it reads them
+   * from memory; backends/weight-stream.ts).
+   */
+  readonly streams: readonly (readonly RowStream[])[];
+  /** The size of the pages they stream through (MegakernelOptions.streamPageBytes), where any streams. */
+  readonly streamPageBytes?: number;
   /** Per kernel, the earlier kernels it must wait for, by buffer (read after write, write after read or write). */
   readonly dependsOn: readonly (readonly number[])[];
   /** Per block of the megakernel, its tasks in the order it runs them. */
@@ -70,6 +78,8 @@ export interface MegakernelOptions {
   readonly processors: number;
   /** Weight bytes a task prefetches at most (0: none). Default PREFETCH_BYTES. */
   readonly prefetchBytes?: number;
+  /** Bytes of a page of shared memory the rows' weights stream through (rowStreams), where they do. Default none. */
+  readonly streamPageBytes?: number;
 }
 
 // The cost model, per multiprocessor (an H200: 4.3 TB/s and ~790 dense bf16 TFLOP/s over 132 of them; decode is
@@ -112,6 +122,9 @@ export function scheduleMegakernel(kernels: readonly ScheduledKernel[], sizes: R
   const tasks = spans.map((s) => s.length);
   const prefetch = fixed.map((sk, k) => spans[k].map((span) => prefetchRanges(sk.kernel, sizes, span, prefetchBytes)));
   const dependsOn = dependencies(fixed.map((sk) => sk.kernel));
+  const page = opts.streamPageBytes;
+  // Only kernels of rows alone (not attention's decode form, which has no row form) read a row's page.
+  const streams = fixed.map((sk) => (page && sk.tilesFrom === undefined ? rowStreams(sk.kernel, page, rowInvariantPrologue(sk.kernel) ?? 0) : []));
   const rowNs = fixed.map((sk, i) => rowCost(sk, sizes, rows[i], opts));
   // List scheduling: each kernel's tasks start once the kernels it depends on have finished; each goes to the block
   // that can start it soonest (ties to the lowest block), by the estimated times so far.
@@ -145,7 +158,7 @@ export function scheduleMegakernel(kernels: readonly ScheduledKernel[], sizes: R
   });
   const chunked = fixed.flatMap((sk) => (sk.flash?.keyChunks ? [sk.flash.keyChunks] : []));
   const scratch = chunked.length ? { workspaceFloats: Math.max(...chunked.map((c) => c.workspaceFloats)), counters: Math.max(...chunked.map((c) => c.counters)) } : undefined;
-  const schedule = { kernels: fixed, tasks, rows, spans, prefetch, dependsOn, blocks, sizes, estimateNs: Math.max(0, ...finish), ...(scratch ? { scratch } : {}) };
+  const schedule = { kernels: fixed, tasks, rows, spans, prefetch, streams, ...(page && streams.some((r) => r.length) ? { streamPageBytes: page } : {}), dependsOn, blocks, sizes, estimateNs: Math.max(0, ...finish), ...(scratch ? { scratch } : {}) };
   checkMegakernel(schedule);
   return schedule;
 }
@@ -334,7 +347,8 @@ export function formatMegakernel(s: MegakernelSchedule): string {
   const lines = [`megakernel: ${s.kernels.length} kernels, ${s.tasks.reduce((a, b) => a + b, 0)} tasks on ${s.blocks.length} blocks; estimated ${(s.estimateNs / 1000).toFixed(1)} µs a step`];
   s.kernels.forEach((sk, k) => {
     const most = Math.max(0, ...s.spans[k].map((r) => r.to - r.from));
-    lines.push(`  kernel ${k} ${sk.kernel.name}: ${s.rows[k]} rows as ${s.tasks[k]} tasks of at most ${most}${s.dependsOn[k].length ? `, after ${s.dependsOn[k].join(' ')}` : ''}`);
+    const streamed = s.streams[k].length ? `, streaming ${s.streams[k].map((r) => `b${r.buffer}`).join(' ')} (${s.streams[k].reduce((n, r) => n + r.bytes, 0)} bytes a row)` : '';
+    lines.push(`  kernel ${k} ${sk.kernel.name}: ${s.rows[k]} rows as ${s.tasks[k]} tasks of at most ${most}${s.dependsOn[k].length ? `, after ${s.dependsOn[k].join(' ')}` : ''}${streamed}`);
   });
   s.blocks.forEach((list, b) => {
     const text = list.map((t) => `${t.waits.length ? `wait(${t.waits.join(' ')}) ` : ''}k${t.kernel}.${t.task}`).join('; ');

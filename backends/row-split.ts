@@ -2,7 +2,8 @@
 // the part of lowering (backends/lower.ts) that decides what one row computes. How the threads of a workgroup
 // then share a row is the scheduler's (backends/schedule.ts).
 
-import { Kernel, Value } from '../ir/graph.ts';
+import { dtypeBytes } from '../ir/dtype.ts';
+import { Kernel, Node, Value } from '../ir/graph.ts';
 import { Op } from '../ir/ops.ts';
 import { Shape } from '../ir/shape.ts';
 
@@ -59,6 +60,12 @@ export interface RowOptions {
    * asks.
    */
   readonly maxRows?: number;
+  /**
+   * Weight bytes a contraction's row reads at most, where that allows rows of at least MIN_OUTPUT_TILE outputs
+   * (down to 1 output where one alone reads more): the megakernel's rows, each streamed whole through a page of
+   * shared memory (backends/weight-stream.ts).
+   */
+  readonly rowWeightBytes?: number;
 }
 
 export function rowSplit(k: Kernel, writes: readonly Value[], opts: RowOptions = {}): RowSplit {
@@ -67,7 +74,8 @@ export function rowSplit(k: Kernel, writes: readonly Value[], opts: RowOptions =
   switch (kind) {
     case 'contraction': {
       const domain = matmuls[0].output.type.shape;
-      return leading(writes, domain, domain.length, outputTile(domain, reducingPrologue(k), opts.maxRows));
+      const tile = outputTile(domain, reducingPrologue(k), opts.maxRows);
+      return leading(writes, domain, domain.length, opts.rowWeightBytes === undefined ? tile : capByWeights(tile, weightBytesPerOutput(matmuls), opts.rowWeightBytes));
     }
     case 'attention': {
       const domain = matmuls[matmuls.length - 1].output.type.shape;
@@ -144,6 +152,21 @@ function outputTile(domain: Shape, reducingPrologue: boolean, maxRows?: number):
   while (!reducingPrologue && t > MIN_OUTPUT_TILE && n % (t / 2) === 0 && more(t)) t /= 2;
   while (t < MAX_OUTPUT_TILE && n % (2 * t) === 0 && n / (2 * t) >= enough) t *= 2;
   return t;
+}
+
+/** A tile halved while its outputs' weights take more than `bytes` (one output at least). */
+function capByWeights(tile: number, perOutput: number, bytes: number): number {
+  while (tile > 1 && tile * perOutput > bytes) tile /= 2;
+  return tile;
+}
+
+/** Bytes of the weights (each matmul's right operand) one output of a contraction reads: its depth in each. */
+function weightBytesPerOutput(matmuls: readonly Node[]): number {
+  return matmuls.reduce((n, m) => {
+    const shape = m.inputs[0].type.shape;
+    const depth = shape[shape.length - 1];
+    return n + (typeof depth === 'number' ? depth : Infinity) * dtypeBytes[m.inputs[1].type.dtype];
+  }, 0);
 }
 
 /** Whether a matmul's input row is computed in the kernel through a reduction (an RMSNorm): costly to redo per row. */

@@ -14,6 +14,7 @@ import { boundKeyLoops, maxExtent } from './causal-bound.ts';
 import { narrowGemmActivations } from './narrow-activations.ts';
 import { log, logsOn } from '../ir/logs.ts';
 import { weightReads } from './weight-reads.ts';
+import { rowStreams } from './weight-stream.ts';
 
 export { cudaCaps, cpuCaps, webgpuCaps };
 export type { DeviceCaps };
@@ -372,6 +373,11 @@ export interface ScheduleOptions {
    * and whose kernels launched one by one (which bisecting compares with it byte for byte) must compute as they do.
    */
   readonly rowsOnly?: boolean;
+  /**
+   * The megakernel's pages of shared memory, in bytes, where it streams each row's weights through them
+   * (backends/weight-stream.ts): the weights streamed are read from shared memory, so with no eviction hints.
+   */
+  readonly streamPageBytes?: number;
 }
 
 /** Elements a thread may take in an unrolled loop (Mapping 'thread-per-element'). */
@@ -445,7 +451,7 @@ function alike(a: KernelIR, b: KernelIR): boolean {
 function sameOptions(a: ScheduleOptions, b: ScheduleOptions): boolean {
   const [x, y] = [a.splitBuffers ?? new Set<number>(), b.splitBuffers ?? new Set<number>()];
   return x.size === y.size && [...x].every((i) => y.has(i)) && (a.keyChunks ?? true) === (b.keyChunks ?? true) &&
-    a.registersPerThread === b.registersPerThread && !!a.rowsOnly === !!b.rowsOnly;
+    a.registersPerThread === b.registersPerThread && !!a.rowsOnly === !!b.rowsOnly && a.streamPageBytes === b.streamPageBytes;
 }
 
 function scheduleOnce(lowered: KernelIR, device: DeviceCaps, opts: ScheduleOptions): ScheduledKernel {
@@ -1219,7 +1225,10 @@ class Scheduler {
     const once = new Set<number>();
     const rows = this.k.rows;
     if (this.device.evictionHints && rows.k === 'const') {
+      const page = this.opts.streamPageBytes;
+      const streamed = new Set(page ? rowStreams(this.k, page, rowInvariantPrologue(this.k) ?? 0).map((s) => s.buffer) : []);
       for (const r of weightReads(this.k, {}, 0, 1)) {
+        if (streamed.has(r.buffer)) continue;
         const elems = this.k.buffers[r.buffer].elems;
         if (elems.k === 'const' && rows.value * (r.to - r.from) <= elems.value) once.add(r.buffer);
       }

@@ -151,7 +151,7 @@ export function formatExplanations(explained: readonly Explanation[]): string {
  * printed; with a folder, its source (decode.megakernel.cu) and its task list (decode.megakernel.tasks) written there.
  */
 function writeMegakernel(dir: string | undefined, module: Parameters<typeof renderCudaMegakernel>[0], blocksPerProcessor?: number): void {
-  const mk = renderCudaMegakernel(module, kernelRenderers.cuda.device, { blocksPerProcessor });
+  const mk = renderCudaMegakernel(module, kernelRenderers.cuda.device, { blocksPerProcessor, streamWeights: process.env.TF_EXP_STREAM === '1' });
   process.stdout.write(mk.tasks.slice(0, mk.tasks.indexOf('\n') + 1));
   if (dir === undefined) return;
   writingFor('--dump-kernels', dir, 'the megakernel', () => {

@@ -76,6 +76,8 @@ export interface CudaBenchOptions {
   readonly megakernelPrefetch?: number;
   /** Blocks each multiprocessor runs (default the megakernel's). */
   readonly megakernelBlocks?: number;
+  /** --megakernel-stream: the megakernel streams its rows' weights through shared memory. */
+  readonly megakernelStream?: boolean;
   /** Print a decode step and the prompt as they ran, from the kernels' stamps (the device opened with stamps). */
   readonly timeline?: boolean;
 }
@@ -228,7 +230,7 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
   // With --megakernel, --profile and --trace read the step's timeline (each task's times), which the kernel then
   // records every step: its timings include that.
   const timeline = !!o.megakernel && (o.profile || o.trace !== undefined);
-  const megakernel = o.megakernel ? { timeline, prefetchBytes: o.megakernelPrefetch, blocksPerProcessor: o.megakernelBlocks } : undefined;
+  const megakernel = o.megakernel ? { timeline, prefetchBytes: o.megakernelPrefetch, blocksPerProcessor: o.megakernelBlocks, streamWeights: o.megakernelStream } : undefined;
   const session = await openLlamaSession(model, { backend: 'cuda', cacheLength, kvDType: o.kvDType, megakernel, stamps: o.timeline });
   const program = session.program as InstanceType<typeof CudaProgram>;
   try {

@@ -9,12 +9,13 @@
 // renderCudaMegakernel takes a module's graph there: lowered again for its blocks (megakernelKernels), scheduled for
 // the device, dealt over its multiprocessors, printed.
 
-import { DeviceCaps } from '../device-caps.ts';
+import { cudaCaps, DeviceCaps } from '../device-caps.ts';
 import { Binding, KernelIR } from '../kernel-ir.ts';
 import { lowerGraph } from '../lower.ts';
 import { LoweredGraph, LoweredModule } from '../lowered.ts';
 import { bindingKey, DEFAULT_BLOCKS_PER_PROCESSOR, formatMegakernel, MegakernelSchedule, megakernelOrigin, scheduleMegakernel } from '../megakernel-schedule.ts';
 import { sizeName } from '../render-base.ts';
+import { RowStream } from '../weight-stream.ts';
 import { ScheduledKernel, scheduleKernels, ScheduleOptions, SplitScratchNeeds } from '../schedule.ts';
 import { cudaPrelude } from './prelude.ts';
 import { cudaElemType, cudaTaskBody } from './render-cuda.ts';
@@ -55,6 +56,11 @@ export interface MegakernelOptions {
   readonly timeline?: boolean;
   /** Weight bytes a task prefetches into L2 before it waits, at most (0: none). Default PREFETCH_BYTES (none). */
   readonly prefetchBytes?: number;
+  /**
+   * Stream each row's weights through pages of shared memory filled by the copy engine ahead of the rows
+   * (backends/weight-stream.ts; devices of compute capability 9.0 and later). Default off.
+   */
+  readonly streamWeights?: boolean;
 }
 
 /** A megakernel rendered, before compiling. */
@@ -92,9 +98,29 @@ export function renderCudaMegakernel(module: LoweredModule, caps: DeviceCaps, op
   if (lg.kernels.length === 0) throw new MegakernelRefused(`--megakernel: graph @${graph} has no kernels`);
   const { processors, perProcessor } = megakernelGrid(caps, opts);
   const kernels = scheduleKernels(megakernelKernels(lg, caps, opts), { ...caps, dependentLaunch: false }, megakernelScheduleOptions(caps, opts));
-  const schedule = scheduleMegakernel(kernels, {}, { blocks: processors * perProcessor, processors, prefetchBytes: opts.prefetchBytes });
-  const kernel = printCudaMegakernel(schedule, `${graph}_megakernel`, perProcessor, { timeline: !!opts.timeline });
+  const schedule = scheduleMegakernel(kernels, {}, { blocks: processors * perProcessor, processors, prefetchBytes: opts.prefetchBytes, streamPageBytes: streamPageBytes(caps, opts) });
+  // A multiprocessor's shared memory (what one block may take, and the 1 KiB the device keeps a block) shared by its blocks.
+  const sharedPerBlock = Math.floor((caps.workgroupMemoryBytes + RESERVED_SHARED_BYTES) / perProcessor) - RESERVED_SHARED_BYTES;
+  const kernel = printCudaMegakernel(schedule, `${graph}_megakernel`, perProcessor, { timeline: !!opts.timeline, sharedPerBlock });
   return { graph, schedule, kernel, tasks: formatMegakernel(schedule) };
+}
+
+/** Shared memory a CUDA device keeps for itself a resident block. */
+const RESERVED_SHARED_BYTES = 1024;
+
+/**
+ * Bytes of a page of the weight ring: one row's weights (rows are lowered to fit: RowOptions.rowWeightBytes). 32 KiB
+ * is 8 outputs of a 2,048-deep projection; with 2 blocks a multiprocessor the H200's shared memory holds 3 a block.
+ */
+const PAGE_BYTES = 32 * 1024;
+/** Pages a block's ring holds at most; fewer than 2 and it streams nothing (a page would be refilled only after it was read). */
+const MAX_PAGES = 3;
+
+/** The page size where the megakernel streams its weights (bulk copies: compute capability 9.0 and later), else undefined. */
+function streamPageBytes(caps: DeviceCaps, opts: MegakernelOptions): number | undefined {
+  if (!opts.streamWeights) return undefined;
+  if ((caps.computeCapability ?? 0) < 90) throw new MegakernelRefused(`--megakernel-stream needs compute capability 9.0 or later (its copy engine's bulk copies); this device is ${caps.name}`);
+  return PAGE_BYTES;
 }
 
 /** The megakernel's multiprocessors and blocks on each; refused where the device does not say or cannot hold them. */
@@ -119,16 +145,17 @@ export function megakernelKernels(lg: LoweredGraph, caps: DeviceCaps, opts: Mega
   const { processors, perProcessor } = megakernelGrid(caps, opts);
   const maxRows = processors * perProcessor;
   const memo = relowered.get(lg) ?? relowered.set(lg, new Map()).get(lg)!;
-  let kernels = memo.get(maxRows);
+  const key = `${maxRows}${opts.streamWeights ? ' streamed' : ''}`;
+  let kernels = memo.get(key);
   if (!kernels) {
-    kernels = lowerGraph(lg.graph, lg.plan.slotOf, new Map(), { maxRows });
+    kernels = lowerGraph(lg.graph, lg.plan.slotOf, new Map(), { maxRows, ...(opts.streamWeights ? { rowWeightBytes: PAGE_BYTES } : {}) });
     const bound = (ks: readonly KernelIR[]) => [...new Set(ks.flatMap((k) => k.buffers.map((b) => bindingKey(b.binding))))].sort().join();
     if (kernels.length !== lg.kernels.length || bound(kernels) !== bound(lg.kernels)) throw new Error(`megakernel: @${lg.graph.name} lowered again for its rows has other kernels or buffers than the module's`);
-    memo.set(maxRows, kernels);
+    memo.set(key, kernels);
   }
   return kernels;
 }
-const relowered = new WeakMap<LoweredGraph, Map<number, KernelIR[]>>();
+const relowered = new WeakMap<LoweredGraph, Map<string, KernelIR[]>>();
 
 /**
  * A graph's kernels as they run and what their schedule takes: the megakernel's graph's as the megakernel lowers and
@@ -151,7 +178,8 @@ const REGISTERS_PER_PROCESSOR = 65536;
  */
 export function megakernelScheduleOptions(caps: DeviceCaps, opts: MegakernelOptions): ScheduleOptions {
   const perProcessor = opts.blocksPerProcessor ?? DEFAULT_BLOCKS_PER_PROCESSOR;
-  return { registersPerThread: Math.floor(REGISTERS_PER_PROCESSOR / (perProcessor * caps.threadsPerWorkgroup)), rowsOnly: true };
+  const page = streamPageBytes(caps, opts);
+  return { registersPerThread: Math.floor(REGISTERS_PER_PROCESSOR / (perProcessor * caps.threadsPerWorkgroup)), rowsOnly: true, ...(page ? { streamPageBytes: page } : {}) };
 }
 
 /** Words of the watchdog's record (kernel argument tf_watchdog): see WATCHDOG_FIELDS. */
@@ -159,18 +187,57 @@ export const WATCHDOG_WORDS = 8;
 /** What the record holds after a wait timed out, word by word (word 0 is set once one has). */
 export const WATCHDOG_FIELDS = ['tripped', 'block', 'entry', 'kernel', 'task', 'counter', 'seen', 'awaited'] as const;
 
-// TABLE: word 0 where the waits start, word 1 where the prefetches start; words 2..blocks+2 each block's first task
-// (the next block's is its end); then the tasks, TASK_WORDS each (kernel, its task index, first row, end row, first
-// wait, waits, first prefetch, prefetches); then the waits, two words each (the kernel awaited, its tasks a step);
-// then the prefetches, three words each (the buffer's slot in tf_buf, byte offset, bytes).
+// TABLE: word 0 where the waits start, word 1 where the prefetches start, word 2 where the streams start; words
+// 3..blocks+3 each block's first task (the next block's is its end); then the tasks, TASK_WORDS each (kernel, its
+// task index, first row, end row, first wait, waits, first prefetch, prefetches); then the waits, two words each
+// (the kernel awaited, its tasks a step); then the prefetches, three words each (the buffer's slot in tf_buf, byte
+// offset, bytes); then per kernel three words (its first run, runs, bytes a row) and the runs its rows stream
+// (MegakernelSchedule.streams), five words each (the buffer's slot, first byte, bytes from a row's to the next's,
+// bytes, offset in the page). The streams are empty where the kernel keeps no weight ring.
 const TASK_WORDS = 8;
-/** Bytes of the pool the kernel keeps for itself (the flag thread 0 hands the others after waiting). */
-const OWN_BYTES = 16;
+/** Bytes of shared memory the kernel keeps for itself before the pool: the flag thread 0 hands the others after waiting, the ring's state. */
+const OWN_BYTES = 128;
+/** Where the ring's state (tf_ring_t) starts in them. */
+const RING_STATE_AT = 16;
 /** Words (u64) of the timeline a task: when its block started waiting, when its inputs were ready, when it ended (ns, %globaltimer), and its multiprocessor. */
 export const TIMELINE_WORDS = 4;
 
-/** Prints the megakernel of a schedule; `blocksPerProcessor` bounds the registers so that that many fit. */
-export function printCudaMegakernel(s: MegakernelSchedule, name: string, blocksPerProcessor: number, opts: { timeline?: boolean } = {}): CudaMegakernel {
+/**
+ * Prints the megakernel of a schedule; `blocksPerProcessor` bounds the registers so that that many fit,
+ * `sharedPerBlock` (bytes) the pages of its weight ring (default: the H200's share at that many blocks).
+ */
+export function printCudaMegakernel(s: MegakernelSchedule, name: string, blocksPerProcessor: number, opts: { timeline?: boolean; sharedPerBlock?: number } = {}): CudaMegakernel {
+  const sharedPerBlock = opts.sharedPerBlock ?? Math.floor((cudaCaps(90).workgroupMemoryBytes + RESERVED_SHARED_BYTES) / blocksPerProcessor) - RESERVED_SHARED_BYTES;
+  const streamed = printTasks(s, true);
+  const pages = s.streamPageBytes && streamed.streams ? Math.min(MAX_PAGES, Math.floor((sharedPerBlock - OWN_BYTES - poolEnd(streamed.pool)) / s.streamPageBytes)) : 0;
+  // Too little shared memory for a ring: every task reads its weights from memory.
+  const printed = pages >= 2 ? streamed : printTasks(s, false);
+  const ring = pages >= 2 ? { pages, pageBytes: s.streamPageBytes! } : undefined;
+  return printKernel(s, name, blocksPerProcessor, printed, ring, !!opts.timeline);
+}
+
+/** The weight ring a block keeps in shared memory: its pages and their size. */
+interface Ring {
+  readonly pages: number;
+  readonly pageBytes: number;
+}
+
+/** Where the pool ends, rounded to the ring's alignment (its pages follow it). */
+const poolEnd = (pool: number) => Math.ceil(pool / 128) * 128;
+
+interface PrintedTasks {
+  readonly functions: Map<ScheduledKernel, { name: string; code: string; poolBytes: number }>;
+  /** Per kernel, the function it calls and its arguments but the pool's and rows'. */
+  readonly calls: readonly { readonly name: string; readonly args: readonly string[] }[];
+  readonly buffers: Binding[];
+  readonly slotOf: (b: Binding) => number;
+  readonly pool: number;
+  /** Whether any task streams its weights through the ring. */
+  readonly streams: boolean;
+}
+
+/** One device function per kernel body (every layer's kernels share theirs), reading the ring where `streamed`. */
+function printTasks(s: MegakernelSchedule, streamed: boolean): PrintedTasks {
   const buffers: Binding[] = [];
   const slotOf = new Map<string, number>();
   const slot = (b: Binding) => {
@@ -182,49 +249,74 @@ export function printCudaMegakernel(s: MegakernelSchedule, name: string, blocksP
     }
     return i;
   };
-  // One device function per kernel body (every layer's kernels share theirs).
   const functions = new Map<ScheduledKernel, { name: string; code: string; poolBytes: number }>();
+  const streamsOf = new Map<ScheduledKernel, string>();
   const calls = s.kernels.map((sk, k) => {
     const origin = megakernelOrigin(sk);
+    const streams = streamed ? s.streams[k] : [];
+    // The function's code holds its streams' offsets: kernels sharing it must stream alike.
+    const key = JSON.stringify(streams);
+    if ((streamsOf.get(origin) ?? key) !== key) throw new Error(`megakernel: kernel ${sk.kernel.name} streams its weights unlike the kernels whose code it shares`);
+    streamsOf.set(origin, key);
     let f = functions.get(origin);
-    if (!f) functions.set(origin, (f = taskFunction(origin, `tf_task${functions.size}`)));
+    if (!f) functions.set(origin, (f = taskFunction(origin, `tf_task${functions.size}`, streams)));
     const args = sk.kernel.buffers.map((b) => `(${b.written ? '' : 'const '}${cudaElemType[b.dtype]}*)tf_buf[${slot(b.binding)}]`);
     for (const size of sk.kernel.sizes) args.push(String(s.sizes[size]));
     if (sharesWork(sk)) args.push('tf_ws', 'tf_count');
-    return `      case ${k}: ${f.name}(${[...args, 'tf_pool', 'tf_first', 'tf_end'].join(', ')}); break;`;
+    if (streams.length) args.push('tf_ring');
+    return { name: f.name, args };
   });
   const pool = Math.max(0, ...[...functions.values()].map((f) => f.poolBytes));
-  const timeline = !!opts.timeline;
+  return { functions, calls, buffers, slotOf: slot, pool, streams: streamed && s.streams.some((r) => r.length > 0) };
+}
+
+/** The megakernel's source and what its launch needs, from its tasks' functions. */
+function printKernel(s: MegakernelSchedule, name: string, blocksPerProcessor: number, printed: PrintedTasks, ring: Ring | undefined, timeline: boolean): CudaMegakernel {
+  const { functions, buffers, pool } = printed;
+  const calls = printed.calls.map((c, k) => `      case ${k}: ${c.name}(${[...c.args, 'tf_pool', 'tf_first', 'tf_end'].join(', ')}); break;`);
   const source = [
     // Every load is coherent: a task reads what other blocks wrote earlier in the same launch, which the
     // non-coherent path (__ldg) may serve stale.
     '#define __ldg(p) (*(p))',
     cudaPrelude,
     megakernelHelpers,
+    ...(ring ? [ringHelpers(ring)] : []),
     ...[...functions.values()].map((f) => f.code),
-    kernelCode(name, blocksPerProcessor, calls, timeline),
+    kernelCode(name, blocksPerProcessor, calls, timeline, ring, pool, s.kernels.length),
   ].join('\n');
-  const plan = taskTable(s, (k, buffer) => slot(s.kernels[k].kernel.buffers[buffer].binding));
+  const plan = taskTable(s, (k, buffer) => printed.slotOf(s.kernels[k].kernel.buffers[buffer].binding), !!ring);
+  const sharedBytes = ring ? OWN_BYTES + poolEnd(pool) + ring.pages * ring.pageBytes : OWN_BYTES + pool;
   return {
-    source, name, sharedBytes: OWN_BYTES + pool, blocks: s.blocks.length, buffers, plan, counters: s.kernels.length,
+    source, name, sharedBytes, blocks: s.blocks.length, buffers, plan, counters: s.kernels.length,
     tasks: s.blocks.reduce((n, list) => n + list.length, 0), timeline, ...(s.scratch ? { scratch: s.scratch } : {}),
   };
 }
 
 /** The task table the kernel walks (TABLE); `slotOf` gives a kernel's buffer's slot in the pointer table. */
-function taskTable(s: MegakernelSchedule, slotOf: (kernel: number, buffer: number) => number): Int32Array {
+function taskTable(s: MegakernelSchedule, slotOf: (kernel: number, buffer: number) => number, streamed: boolean): Int32Array {
   const tasks = s.blocks.flat();
   const waits = tasks.reduce((n, t) => n + t.waits.length, 0);
   const prefetches = tasks.reduce((n, t) => n + s.prefetch[t.kernel][t.task].length, 0);
+  const streams = streamed ? s.streams : s.streams.map(() => []);
+  const runs = streams.reduce((n, r) => n + r.length, 0);
   const blocks = s.blocks.length;
-  const tasksAt = blocks + 3;
+  const tasksAt = blocks + 4;
   const waitsAt = tasksAt + TASK_WORDS * tasks.length;
   const prefetchesAt = waitsAt + 2 * waits;
-  const table = new Int32Array(prefetchesAt + 3 * prefetches);
-  table.set([waitsAt, prefetchesAt]);
+  const streamsAt = prefetchesAt + 3 * prefetches;
+  const table = new Int32Array(streamsAt + 3 * streams.length + 5 * runs);
+  table.set([waitsAt, prefetchesAt, streamsAt]);
+  let run = 0;
+  streams.forEach((list, k) => {
+    table.set([run, list.length, list.reduce((n, r) => n + r.bytes, 0)], streamsAt + 3 * k);
+    for (const r of list) {
+      if (r.first + r.perRow * (s.rows[k] - 1) > 0x7fffffff) throw new Error(`megakernel: kernel ${s.kernels[k].kernel.name} streams bytes past what the task table's 32-bit words hold`);
+      table.set([slotOf(k, r.buffer), r.first, r.perRow, r.bytes, r.pageOffset], streamsAt + 3 * streams.length + 5 * run++);
+    }
+  });
   let [t, w, p] = [0, 0, 0];
   s.blocks.forEach((list, b) => {
-    table[2 + b] = t;
+    table[3 + b] = t;
     for (const task of list) {
       const k = task.kernel;
       const span = s.spans[k][task.task];
@@ -238,7 +330,7 @@ function taskTable(s: MegakernelSchedule, slotOf: (kernel: number, buffer: numbe
       t++;
     }
   });
-  table[2 + blocks] = t;
+  table[3 + blocks] = t;
   return table;
 }
 
@@ -250,9 +342,9 @@ const sharesWork = (sk: ScheduledKernel) => !!sk.flash?.keyChunks;
  * pool: memory the launch would have given first (the schedule's dynamic offsets), the arrays it declares
  * statically after that (the printer's task form: cudaTaskBody).
  */
-function taskFunction(sk: ScheduledKernel, name: string): { name: string; code: string; poolBytes: number } {
+function taskFunction(sk: ScheduledKernel, name: string, streams: readonly RowStream[]): { name: string; code: string; poolBytes: number } {
   const k = sk.kernel;
-  const { body, poolBytes } = cudaTaskBody(sk);
+  const { body, poolBytes } = cudaTaskBody(sk, streams);
   // The printer refuses what a task cannot run; this catches a path of it that prints a launch's code regardless.
   const launchOnly = /\b(__shared__|blockIdx|gridDim)\b/.exec(body);
   if (launchOnly) throw new Error(`megakernel: kernel ${k.name}'s code has ${launchOnly[1]}, which a task cannot run`);
@@ -260,6 +352,7 @@ function taskFunction(sk: ScheduledKernel, name: string): { name: string; code: 
   const params = k.buffers.map((b, i) => `${b.written ? '' : 'const '}${cudaElemType[b.dtype]}*${b.binding.kind === 'param' ? ' __restrict__' : ''} b${i}`);
   for (const s of k.sizes) params.push(`const int ${sizeName(s)}`);
   if (sharesWork(sk)) params.push('float* __restrict__ tf_ws', 'unsigned* __restrict__ tf_count');
+  if (streams.length) params.push('tf_ring_t* const tf_ring');
   params.push('unsigned char* const tf_pool', 'const int tf_first', 'const int tf_end');
   const code = `// ${k.name}'s code (and every kernel's alike)\nstatic __device__ __noinline__ void ${name}(${params.join(', ')}) {\n${body}`;
   return { name, code, poolBytes };
@@ -325,10 +418,114 @@ __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target
 }
 `;
 
+/**
+ * The weight ring's state and functions (backends/weight-stream.ts): `pages` pages of shared memory that the copy
+ * engine fills with the streamed rows' weights in the order the block runs those rows, up to that many rows ahead of
+ * the row being read and across the waits between kernels. Thread 0 fills; every thread takes a row's page before
+ * the row and gives it back after it (a barrier; thread 0 then fills it with the row `pages` on).
+ */
+function ringHelpers(ring: Ring): string {
+  return `// tsfuse megakernel: the weight ring
+#define TF_RING_PAGES ${ring.pages}
+#define TF_PAGE_BYTES ${ring.pageBytes}
+struct tf_ring_t {
+  unsigned long long full[TF_RING_PAGES];  // a barrier a page: the fill it waits for landed
+  unsigned char* pages;
+  void* const* buf;
+  const int* tasks;    // every block's tasks (TASK_WORDS each)
+  const int* kernels;  // per kernel: its first run, runs, bytes a row
+  const int* runs;     // the buffer's slot, first byte, bytes from a row's to the next's, bytes, offset in the page
+  int task, end, row;  // the next row to fill: a task of the block's (up to end) and its row (-1: the task's first)
+  int filled, taken;   // rows filled, and rows read and given back, since the launch
+};
+static_assert(sizeof(tf_ring_t) <= ${OWN_BYTES - RING_STATE_AT}, "the ring's state fits the kernel's own shared bytes");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void tf_ring_init(unsigned long long* bar) { tf_bar_init(bar); }
+__device__ __forceinline__ void tf_ring_arm(unsigned long long* bar, unsigned bytes) { tf_bar_expect(bar, bytes); }
+__device__ __forceinline__ void tf_ring_copy(void* dst, const void* src, unsigned bytes, unsigned long long* bar) { tf_bulk_copy(dst, src, bytes, bar); }
+__device__ __forceinline__ void tf_ring_landed(unsigned long long*) {}
+__device__ __forceinline__ void tf_ring_wait(unsigned long long* bar, unsigned parity) { tf_bar_wait(bar, parity); }
+#elif defined(TF_FAKE_CUDA)
+// The host emulation copies at once; a page's barrier counts the fills that landed (its phases).
+inline void tf_ring_init(unsigned long long* bar) { __atomic_store_n(bar, 0ull, __ATOMIC_SEQ_CST); }
+inline void tf_ring_arm(unsigned long long*, unsigned) {}
+inline void tf_ring_copy(void* dst, const void* src, unsigned bytes, unsigned long long*) { memcpy(dst, src, bytes); }
+inline void tf_ring_landed(unsigned long long* bar) { __atomic_fetch_add(bar, 1ull, __ATOMIC_SEQ_CST); }
+inline void tf_ring_wait(unsigned long long* bar, unsigned parity) {
+  while ((__atomic_load_n(bar, __ATOMIC_SEQ_CST) & 1ull) == parity) __nanosleep(0);
+}
+#else
+#error "the weight ring needs bulk copies (compute capability 9.0)"
+#endif
+// Thread 0: fills the next streamed row of the block's tasks into its page, if there is one left.
+static __device__ __noinline__ void tf_ring_fill(tf_ring_t* r) {
+  for (; r->task < r->end; r->task++, r->row = -1) {
+    const int* const t = r->tasks + ${TASK_WORDS} * r->task;
+    if (r->row < 0) r->row = t[2];
+    if (r->kernels[3 * t[0] + 1] > 0 && r->row < t[3]) break;
+  }
+  if (r->task >= r->end) return;
+  const int* const k = r->kernels + 3 * r->tasks[${TASK_WORDS} * r->task];
+  const int page = r->filled % TF_RING_PAGES;
+  unsigned char* const dst = r->pages + page * TF_PAGE_BYTES;
+  tf_ring_arm(&r->full[page], (unsigned)k[2]);
+  for (int i = k[0]; i < k[0] + k[1]; i++) {
+    const int* const run = r->runs + 5 * i;
+    tf_ring_copy(dst + run[4], static_cast<const char*>(r->buf[run[0]]) + run[1] + (long long)run[2] * r->row, (unsigned)run[3], &r->full[page]);
+  }
+  tf_ring_landed(&r->full[page]);
+  r->filled++;
+  r->row++;
+}
+// Rows taken so far (a task's first row is the next): every thread keeps its own count through the task.
+__device__ __forceinline__ int tf_ring_first(const tf_ring_t* r) { return r ? r->taken : 0; }
+// The page of the next row once its fill landed; nullptr without a ring (bisecting: the weights are read from memory).
+__device__ __forceinline__ const unsigned char* tf_ring_take(tf_ring_t* r, int taken) {
+  if (!r) return nullptr;
+  const int page = taken % TF_RING_PAGES;
+  tf_ring_wait(&r->full[page], (unsigned)(taken / TF_RING_PAGES) & 1u);
+  return r->pages + page * TF_PAGE_BYTES;
+}
+// The row's page back: once every thread has read it, thread 0 fills it with the row TF_RING_PAGES on (the fence
+// orders the threads' reads of it before the copy engine's writes).
+__device__ __forceinline__ void tf_ring_give(tf_ring_t* r, int& taken) {
+  if (!r) return;
+  taken++;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    r->taken = taken;
+    tf_fence_async_shared();
+    tf_ring_fill(r);
+  }
+}
+// Thread 0, before the block exits: the fills still in flight land first (none unless a wait gave up).
+__device__ __forceinline__ void tf_ring_drain(tf_ring_t* r) {
+  for (int u = r->taken; u < r->filled; u++) tf_ring_wait(&r->full[u % TF_RING_PAGES], (unsigned)(u / TF_RING_PAGES) & 1u);
+}
+`;
+}
+
 /** The persistent kernel: each block its tasks, prefetching, waiting, calling, releasing (and timing them). */
-function kernelCode(name: string, blocksPerProcessor: number, calls: readonly string[], timeline: boolean): string {
+function kernelCode(name: string, blocksPerProcessor: number, calls: readonly string[], timeline: boolean, ring: Ring | undefined, pool: number, kernels: number): string {
   // Thread 0 records the times; the barrier after the wait orders its "ready" after every thread is past the wait.
   const time = (word: number, what: string) => (timeline ? `    if (threadIdx.x == 0) tf_timeline[${TIMELINE_WORDS} * tf_t + ${word}] = ${what};\n` : '');
+  // The ring starts filling before the first wait; none when bisecting (tasks then read their weights from memory).
+  const ringStart = ring ? `  tf_ring_t* const tf_ring = tf_only_kernel < 0 ? reinterpret_cast<tf_ring_t*>(tf_smem + ${RING_STATE_AT}) : nullptr;
+  if (tf_ring && threadIdx.x == 0) {
+    tf_ring->pages = tf_pool + ${poolEnd(pool)};
+    tf_ring->buf = tf_buf;
+    tf_ring->tasks = tf_tasks;
+    tf_ring->kernels = tf_plan + tf_plan[2];
+    tf_ring->runs = tf_ring->kernels + ${3 * kernels};
+    tf_ring->task = tf_plan[3 + tf_me];
+    tf_ring->end = tf_plan[4 + tf_me];
+    tf_ring->row = -1;
+    tf_ring->filled = tf_ring->taken = 0;
+    for (int p = 0; p < TF_RING_PAGES; p++) tf_ring_init(&tf_ring->full[p]);
+    for (int p = 0; p < TF_RING_PAGES; p++) tf_ring_fill(tf_ring);
+  }
+` : '';
+  const drain = (indent: string) => (ring ? `${indent}if (tf_ring && threadIdx.x == 0) tf_ring_drain(tf_ring);\n` : '');
   return `extern "C" __global__ void __launch_bounds__(TF_BLOCK, ${blocksPerProcessor}) ${name}(void* const* __restrict__ tf_buf, const int* __restrict__ tf_plan,
     unsigned* tf_done, unsigned* tf_steps, unsigned* tf_watchdog, const unsigned long long tf_limit_ns, unsigned long long* tf_timeline,
     float* tf_ws, unsigned* tf_count, const int tf_only_kernel, const int tf_only_task) {
@@ -336,14 +533,14 @@ function kernelCode(name: string, blocksPerProcessor: number, calls: readonly st
   unsigned char* const tf_pool = tf_smem + ${OWN_BYTES};
   volatile int* const tf_go = reinterpret_cast<volatile int*>(tf_smem);
   const unsigned tf_me = blockIdx.x;
-  // The block's own count of steps (no other block touches it): the counters' targets this step.
+  const int* const tf_tasks = tf_plan + gridDim.x + 4;
+  const int* const tf_waits = tf_plan + tf_plan[0];
+  const int* const tf_prefetches = tf_plan + tf_plan[1];
+${ringStart}  // The block's own count of steps (no other block touches it): the counters' targets this step.
   if (threadIdx.x == 0) tf_steps[tf_me] += 1u;
   __syncthreads();
   const unsigned tf_step = tf_steps[tf_me];
-  const int* const tf_tasks = tf_plan + gridDim.x + 3;
-  const int* const tf_waits = tf_plan + tf_plan[0];
-  const int* const tf_prefetches = tf_plan + tf_plan[1];
-  for (int tf_t = tf_plan[2 + tf_me]; tf_t < tf_plan[3 + tf_me]; tf_t++) {
+  for (int tf_t = tf_plan[3 + tf_me]; tf_t < tf_plan[4 + tf_me]; tf_t++) {
     const int* const tf_task = tf_tasks + ${TASK_WORDS} * tf_t;
     const int tf_kernel = tf_task[0], tf_first = tf_task[2], tf_end = tf_task[3];
     // Bisecting (tf_only_kernel ≥ 0): only that kernel's tasks (or one of them) run, without waiting, the host
@@ -364,7 +561,9 @@ ${time(0, 'tf_now()')}    if (tf_task[5] > 0 && tf_only_kernel < 0) {
         *tf_go = ok;
       }
       __syncthreads();
-      if (!*tf_go) return;
+      if (!*tf_go) {
+${drain('        ')}        return;
+      }
     }
 ${time(1, 'tf_now()')}    switch (tf_kernel) {
 ${calls.map((c) => c.slice(2)).join('\n')}
@@ -373,6 +572,6 @@ ${calls.map((c) => c.slice(2)).join('\n')}
     __syncthreads();
 ${time(2, 'tf_now()')}${time(3, 'tf_processor()')}    if (threadIdx.x == 0) tf_mk_release(tf_done + tf_kernel);
   }
-}
+${drain('  ')}}
 `;
 }

@@ -9,6 +9,7 @@ import { cudaCaps, DeviceCaps } from '../device-caps.ts';
 import { KernelIR, KExpr, KStmt, ReduceOp, replaceLoads, replaceReductions, ROW, Scalar, topReductions, unconditionalLoads, varsOf } from '../kernel-ir.ts';
 import { Stream } from '../schedule-vector.ts';
 import { cLike, Dialect, ExprPrinter, sizeName } from '../render-base.ts';
+import { RowStream } from '../weight-stream.ts';
 import { ArrayPlacement, ReductionPlan, rowInvariantPrologue, scheduleKernel, scheduleKernels, ScheduledKernel, ScheduleOptions, scheduleOrigin, SplitScratchNeeds, StmtSchedule } from '../schedule.ts';
 import { CUDA_BLOCK, cudaPrelude, ld8Function } from './prelude.ts';
 import { blockScope, renderReduction, Scope, threadScope, warpScope } from './reductions.ts';
@@ -286,8 +287,8 @@ function splitNeeds(forms: readonly (SplitScratchNeeds | undefined)[]): SplitScr
  * shared memory slices of the pool at tf_pool, of which it takes `poolBytes`. Refused for
  * a kernel that runs as tiles (they loop over the grid's blocks).
  */
-export function cudaTaskBody(sk: ScheduledKernel): PrintedBody {
-  return functionBody(sk, 'task');
+export function cudaTaskBody(sk: ScheduledKernel, streams: readonly RowStream[] = []): PrintedBody {
+  return functionBody(sk, 'task', streams);
 }
 
 /**
@@ -306,7 +307,7 @@ interface PrintedBody {
  * A scheduled kernel's function after its signature: shared memory, the tile form and the row form. A kernel's
  * blocks stride over its rows; a task runs rows [tf_first, tf_end) and has no launch to wait for.
  */
-function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody {
+function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task', streams: readonly RowStream[] = []): PrintedBody {
   const k = sk.kernel;
   const task = form === 'task';
   const shared = task ? SharedMemory.task(sk.dynamicWorkgroupBytes) : SharedMemory.kernel();
@@ -349,7 +350,16 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody
   if (once) body.push(`  // Statements 0 to ${once - 1} once a task: they do not read the row.`);
   k.body.slice(0, once).forEach((s, i) => renderStmt(s, sk.stmts[i], p, shared, body, '  '));
   if (task) {
+    // Weights the megakernel streams (backends/weight-stream.ts) are read from the row's page where it has one
+    // (tf_ring: none when bisecting), through pointers of their buffers' names offset so that the same indices land there.
+    for (const r of streams) body.push(`  const ${cudaElemType[k.buffers[r.buffer].dtype]}* const tf_w${r.buffer} = b${r.buffer};`);
+    if (streams.length) body.push('  int tf_taken = tf_ring_first(tf_ring);');
     body.push(`  for (int ${ROW} = tf_first; ${ROW} < tf_end; ${ROW}++) {`);
+    if (streams.length) body.push('    const unsigned char* const tf_page = tf_ring_take(tf_ring, tf_taken);');
+    for (const r of streams) {
+      const t = cudaElemType[k.buffers[r.buffer].dtype];
+      body.push(`    const ${t}* const b${r.buffer} = tf_page ? reinterpret_cast<const ${t}*>(tf_page + ${r.pageOffset} - (${r.first}ll + ${r.perRow}ll * ${ROW})) : tf_w${r.buffer};`);
+    }
   } else {
     // The row form's row count: the kernel's rows (the grid is larger when it may run the tiles instead).
     const rows = p.expr(tiles.length ? k.rows : sk.grid.rows, body, '  ');
@@ -360,6 +370,7 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task'): PrintedBody
   k.body.forEach((s, i) => {
     if (i >= once) renderStmt(s, sk.stmts[i], p, shared, body, '    ');
   });
+  if (streams.length) body.push('    tf_ring_give(tf_ring, tf_taken);');
   // The next row rewrites the shared arrays: wait until every thread has read this row's (none do after a prologue).
   if (sk.arrays.length && !once) body.push('    __syncthreads();');
   body.push('  }');

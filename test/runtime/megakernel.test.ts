@@ -25,7 +25,7 @@ import { runOnce } from '../../runtime/executor.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { ParamStore } from '../../runtime/params.ts';
 import { MegakernelSchedule } from '../../backends/megakernel-schedule.ts';
-import { MegakernelRefused, PreparedMegakernel } from '../../backends/cuda/megakernel.ts';
+import { MegakernelOptions, MegakernelRefused, PreparedMegakernel } from '../../backends/cuda/megakernel.ts';
 import { evalSize } from '../../backends/kernel-ir.ts';
 import { kernelBytes } from '../../backends/kernel-cost.ts';
 import { timelineTable, timelineTrace } from '../../runtime/megakernel-timeline.ts';
@@ -46,19 +46,30 @@ for (const fixture of ['tiny-llama', 'tiny-llama3-bf16']) {
     if (!enabled) return;
     const dir = path.join(fixtures, fixture);
     const gold = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
-    const run = async (megakernel: boolean) => {
+    const run = async (megakernel: boolean | MegakernelOptions) => {
       const session = await openLlamaSession(loadLlama(dir), { backend: 'cuda', cacheLength: gold.input_ids.length + 32, cacheDir: fake.cacheDir, megakernel });
       try {
         const tokens = await session.generate(gold.input_ids, 32);
         const vocab = session.program.graph('decode').outputs[0].type.shape[1] as number;
         const logits = await session.program.read('output:decode:logits', DType.F32, [1, vocab]);
-        return { tokens, logits, kernels: session.decodeKernels(), images: [...(session.program as CudaProgram).images.keys()] };
+        const prepared = (session.program as unknown as { megakernel?: { prepared: PreparedMegakernel } }).megakernel?.prepared;
+        return { tokens, logits, kernels: session.decodeKernels(), images: [...(session.program as CudaProgram).images.keys()], prepared };
       } finally {
         session.close();
       }
     };
     const mk = await run(true);
     const multi = await run(false);
+    // Every projection's rows streaming their weights through the ring's pages (backends/weight-stream.ts).
+    const streamed = await run({ streamWeights: true });
+    const schedule = streamed.prepared!.schedule;
+    const projections = schedule.kernels.flatMap((sk, k) => (sk.kernel.kind === 'contraction' ? [k] : []));
+    assert.ok(projections.length > 0 && projections.every((k) => schedule.streams[k].length > 0), 'every projection streams');
+    assert.match(streamed.prepared!.kernel.source, /tf_ring_fill\(tf_ring\)/);
+    assert.not.match(mk.prepared!.kernel.source, /tf_ring_t/);
+    assert.equal(streamed.tokens, gold.greedy_new_tokens);
+    const off = mismatch(streamed.logits, mk.logits, 1e-5, 1e-6);
+    assert.not.ok(off, off);
     assert.is(mk.kernels, 1);
     assert.ok(multi.kernels > 1);
     assert.ok(mk.images.includes('megakernel'));
@@ -358,11 +369,11 @@ s('bisect: a healthy megakernel agrees with its kernels one by one; a planted fa
   // Planted: the last task of the last kernel runs one row fewer. The row's elements are written by no task.
   let lastKernel = -1;
   const short = await open((prepared) => {
-    // The table: waits' start, prefetches' start, each block's first task and the end, then the tasks, 8 words each
+    // The table: waits' start, prefetches' start, streams' start, each block's first task and the end, then the tasks, 8 words each
     // (kernel, task, first row, end row, …): the task of the last kernel with the largest index loses its last row.
     const plan = prepared.kernel.plan;
     let last = -1;
-    for (let at = prepared.kernel.blocks + 3; at < plan[0]; at += 8) {
+    for (let at = prepared.kernel.blocks + 4; at < plan[0]; at += 8) {
       if (last < 0 || plan[at] > plan[last] || (plan[at] === plan[last] && plan[at + 1] > plan[last + 1])) last = at;
     }
     lastKernel = plan[last];
