@@ -3,6 +3,7 @@
 
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
+import type { MegakernelOptions } from '../backends/cuda/megakernel.ts';
 import { DeviceKind, deviceKinds, isDeviceKind } from '../runtime/device.ts';
 import { defaultScriptLimits, type ScriptLimits } from './script-limits.ts';
 
@@ -121,11 +122,24 @@ export function positiveInt(text: string, flag: string): number {
   return Number(text);
 }
 
-/** --megakernel-blocks N (blocks each multiprocessor runs): a positive integer, given only with --megakernel. */
-export function megakernelBlocksOf(text: string | undefined, megakernel: boolean): number | undefined {
-  if (text === undefined) return undefined;
-  if (!megakernel) throw new UsageError('--megakernel-blocks needs --megakernel');
-  return positiveInt(text, '--megakernel-blocks');
+/** The megakernel's flags, each given only with --megakernel. */
+export const megakernelFlags = {
+  'megakernel-blocks': { type: 'string', value: 'N', help: 'with --megakernel: blocks each multiprocessor runs (default 2; a device that holds fewer refuses, saying how many)' },
+  'megakernel-stream': { type: 'boolean', default: false, help: 'with --megakernel: stream each row\'s weights through pages of shared memory that the copy engine fills ahead of the rows, across the waits between kernels (compute capability 9.0)' },
+} as const;
+
+/**
+ * --megakernel's options from its flags (--megakernel-blocks N: a positive integer; --megakernel-stream), each
+ * refused without --megakernel; undefined without it.
+ */
+export function megakernelOptionsOf(values: { readonly megakernel?: boolean; readonly 'megakernel-blocks'?: string; readonly 'megakernel-stream'?: boolean }): MegakernelOptions | undefined {
+  const blocks = values['megakernel-blocks'];
+  if (!values.megakernel) {
+    if (blocks !== undefined) throw new UsageError('--megakernel-blocks needs --megakernel');
+    if (values['megakernel-stream']) throw new UsageError('--megakernel-stream needs --megakernel');
+    return undefined;
+  }
+  return { ...(blocks !== undefined ? { blocksPerProcessor: positiveInt(blocks, '--megakernel-blocks') } : {}), ...(values['megakernel-stream'] ? { streamWeights: true } : {}) };
 }
 
 export function nonNegative(text: string, flag: string): number {

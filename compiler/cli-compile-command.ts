@@ -6,10 +6,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DType } from '../ir/dtype.ts';
 import { builtinConfig, LlamaConfig } from '../runtime/config.ts';
+import type { MegakernelOptions } from '../backends/cuda/megakernel.ts';
 import type { DeviceKind } from '../runtime/device.ts';
 import { step } from '../runtime/progress.ts';
 import {
-  backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, megakernelBlocksOf, modelOption, positiveInt, scriptLimitOptions,
+  backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, megakernelFlags, megakernelOptionsOf, modelOption, positiveInt, scriptLimitOptions,
   scriptLimits, UsageError,
 } from './cli-args.ts';
 import { findCompiled } from './compile-cache-entry.ts';
@@ -41,7 +42,7 @@ export const compileCommand = defineCommand({
     'dump-kernels': { type: 'string', value: 'DIR', help: 'write each kernel\'s source for the backend and its schedule (NAME.schedule)' },
     'dump-schedule': { type: 'boolean', default: false, help: 'print every kernel\'s schedule for the backend' },
     megakernel: { type: 'boolean', default: false, help: 'cuda: the decode step as one persistent kernel; with --dump-kernels, its source and task list too' },
-    'megakernel-blocks': { type: 'string', value: 'N', help: 'with --megakernel: blocks each multiprocessor runs (default 2)' },
+    ...megakernelFlags,
     'subgroup-matrix': { type: 'boolean', default: false, help: 'webgpu: dump kernels and schedules as for an adapter with f16 subgroup matrices (48 KiB of workgroup memory, as Dawn offers on the H200)' },
     'cache-length': { type: 'string', value: 'N', help: 'KV-cache positions (default: the model\'s context, at most 2048)' },
     'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: as generate: bf16/f16 on cuda and webgpu for 16-bit weights, else f32)' },
@@ -103,8 +104,7 @@ export const compileCommand = defineCommand({
       json: values.json,
       explainFusion: values['explain-fusion'],
       promptLength: positiveInt(values['prompt-length'], '--prompt-length'),
-      megakernel: values.megakernel,
-      megakernelBlocks: megakernelBlocksOf(values['megakernel-blocks'], values.megakernel),
+      megakernel: megakernelOptionsOf(values),
       subgroupMatrix: values['subgroup-matrix'],
     };
     const summaryOnly = req.dumpIr === undefined && !req.dumpKernels && !req.dumpSchedule && !req.report && !req.explainFusion && !req.megakernel;
@@ -163,10 +163,8 @@ export interface CompileRequest {
   readonly explainFusion: boolean;
   /** Size assumed for the prefill's sequence length S in byte counts. */
   readonly promptLength: number;
-  /** Render the decode step as one persistent CUDA kernel: its task summary, and with dumpKernels its source and task list. */
-  readonly megakernel?: boolean;
-  /** With megakernel: blocks each multiprocessor runs (default the megakernel's). */
-  readonly megakernelBlocks?: number;
+  /** Render the decode step as one persistent CUDA kernel, so: its task summary, and with dumpKernels its source and task list. */
+  readonly megakernel?: MegakernelOptions;
   /** WebGPU: dump kernels and schedules as for an adapter with f16 subgroup matrices. */
   readonly subgroupMatrix?: boolean;
 }

@@ -59,11 +59,11 @@ export function runCompile(req: CompileRequest): void {
   const tracedNodes = (name: string) => cached?.tracedNodes[name] ?? traced?.graphs.find((g) => g.name === name)?.nodes.length;
   if (dump.final) process.stdout.write(printModule({ graphs: compiled.graphs.map((c) => c.graph) }));
 
-  const megakernel: MegakernelOptions | undefined = req.megakernel ? { blocksPerProcessor: req.megakernelBlocks } : undefined;
+  const megakernel = req.megakernel;
   const kernels = compiled.graphs.map((c) => ({ name: c.graph.name, ...graphAsRun(c, kernelRenderers.cuda.device, megakernel) }));
   const dumpOptions: DumpOptions = { subgroupMatrix: req.subgroupMatrix };
   if (req.dumpKernels) writeKernels(req.dumpKernels, req.backend, kernels, dumpOptions);
-  if (req.megakernel) writeMegakernel(req.dumpKernels, compiled, req.megakernelBlocks);
+  if (megakernel) writeMegakernel(req.dumpKernels, compiled, megakernel);
   if (req.dumpSchedule) process.stdout.write(formatSchedules(req.backend, kernels, dumpOptions));
   if (req.explainFusion) process.stdout.write(formatExplanations(explained));
   const summary = compileSummary(req, compiled, tracedNodes);
@@ -150,8 +150,8 @@ export function formatExplanations(explained: readonly Explanation[]): string {
  * The decode step as one persistent kernel, as the CUDA device of kernelRenderers renders it: its task summary
  * printed; with a folder, its source (decode.megakernel.cu) and its task list (decode.megakernel.tasks) written there.
  */
-function writeMegakernel(dir: string | undefined, module: Parameters<typeof renderCudaMegakernel>[0], blocksPerProcessor?: number): void {
-  const mk = renderCudaMegakernel(module, kernelRenderers.cuda.device, { blocksPerProcessor, streamWeights: process.env.TF_EXP_STREAM === '1' });
+function writeMegakernel(dir: string | undefined, module: Parameters<typeof renderCudaMegakernel>[0], opts: MegakernelOptions): void {
+  const mk = renderCudaMegakernel(module, kernelRenderers.cuda.device, opts);
   process.stdout.write(mk.tasks.slice(0, mk.tasks.indexOf('\n') + 1));
   if (dir === undefined) return;
   writingFor('--dump-kernels', dir, 'the megakernel', () => {

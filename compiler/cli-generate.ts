@@ -13,7 +13,7 @@ import { showProgress, step, withWeightProgress } from '../runtime/progress.ts';
 import { loadTokenizer, TextStream, TextTokenizer } from '../runtime/tokenizer.ts';
 import { loadLlama } from '../runtime/llama.ts';
 import {
-  backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, megakernelBlocksOf, modelOption, nonNegative, parseIds,
+  backendOption, checkBackend, checkModelDir, defineCommand, jsonOption, megakernelFlags, megakernelOptionsOf, modelOption, nonNegative, parseIds,
   positiveInt, UsageError,
 } from './cli-args.ts';
 import type { MegakernelOptions } from '../backends/cuda/megakernel.ts';
@@ -37,7 +37,7 @@ export const generateCommand = defineCommand({
     'no-cache': { type: 'boolean', default: false, help: 'compile again rather than read the compile cache (TSFUSE_CACHE_DIR)' },
     'kv-dtype': { type: 'string', value: 'f32|bf16|f16', help: 'what the KV cache stores (default: bf16/f16 on cuda and webgpu for 16-bit weights, else f32)' },
     megakernel: { type: 'boolean', default: false, help: 'cuda: run each decode step as one persistent kernel' },
-    'megakernel-blocks': { type: 'string', value: 'N', help: 'with --megakernel: blocks each multiprocessor runs (default 2; a device that holds fewer refuses, saying how many)' },
+    ...megakernelFlags,
     'bisect-megakernel': { type: 'boolean', default: false, help: 'with --megakernel: instead of generating, run the prompt but its last token, then the step that takes it both as the megakernel and as its kernels one by one, and say where they first differ' },
   },
   async run(values) {
@@ -62,7 +62,7 @@ export const generateCommand = defineCommand({
     }
     if (values.megakernel && backend !== 'cuda') throw new UsageError(`--megakernel runs on --backend cuda, not ${backend}`);
     if (values['bisect-megakernel'] && !values.megakernel) throw new UsageError('--bisect-megakernel bisects the megakernel: give --megakernel too');
-    const megakernelBlocks = megakernelBlocksOf(values['megakernel-blocks'], values.megakernel);
+    const megakernel = megakernelOptionsOf(values);
     const dir = checkModelDir(values.model);
     const model = loadLlama(dir);
     let tokenizer;
@@ -72,7 +72,7 @@ export const generateCommand = defineCommand({
     }
     const ids = tokenizer ? tokenizer.encode(values.prompt!) : parseIds(values.ids);
     if (ids.length === 0) throw new UsageError('--prompt encodes to no tokens');
-    await runGenerate({ model, backend, ids, tokenizer, maxNewTokens: maxNew, sampling, json: values.json, ignoreEos: values['ignore-eos'], kvDType, megakernel: values.megakernel && (megakernelBlocks ? { blocksPerProcessor: megakernelBlocks } : true), bisectMegakernel: values['bisect-megakernel'] });
+    await runGenerate({ model, backend, ids, tokenizer, maxNewTokens: maxNew, sampling, json: values.json, ignoreEos: values['ignore-eos'], kvDType, megakernel: megakernel ?? false, bisectMegakernel: values['bisect-megakernel'] });
   },
 });
 

@@ -1,5 +1,6 @@
 // --megakernel-blocks N on compile, generate and the benchmark: the blocks each multiprocessor runs, checked before
 // anything compiles (a positive integer, only with --megakernel), refused by name where the device holds fewer;
+// --megakernel-stream: the projections' weights streamed through the ring's pages, only with --megakernel;
 // `tsfuse compile --megakernel` prints the megakernel it would run (no GPU needed: it renders, it does not launch).
 
 import fs from 'node:fs';
@@ -33,11 +34,27 @@ test('compile --megakernel renders 2 blocks a multiprocessor by default, N with 
   }
 });
 
+test('compile --megakernel --megakernel-stream: every projection streams its rows\' weights through the ring, whose pages the source declares', async () => {
+  const dir = path.join(tmp, 'stream');
+  const r = await compile('--megakernel', '--megakernel-stream', '--dump-kernels', dir);
+  assert.is(r.code, 0, r.stderr);
+  const tasks = fs.readFileSync(path.join(dir, 'decode.megakernel.tasks'), 'utf8');
+  const kernels = tasks.split('\n').filter((l) => /^ {2}kernel \d+ /.test(l));
+  const streaming = kernels.filter((l) => /, streaming b\d+( b\d+)* \(\d+ bytes a row\)$/.test(l));
+  assert.ok(streaming.length > 0 && streaming.length < kernels.length, `${streaming.length} of ${kernels.length} kernels stream`);
+  const source = fs.readFileSync(path.join(dir, 'decode.megakernel.cu'), 'utf8');
+  assert.match(source, /#define TF_RING_PAGES [2-9]\b/);
+  const plain = await compile('--megakernel', '--dump-kernels', path.join(tmp, 'plain'));
+  assert.is(plain.code, 0, plain.stderr);
+  assert.not.match(fs.readFileSync(path.join(tmp, 'plain', 'decode.megakernel.tasks'), 'utf8'), /streaming/);
+});
+
 test('a bad --megakernel-blocks is one line naming it, before anything runs', async () => {
   for (const [args, message] of [
     [['--megakernel', '--megakernel-blocks', '0'], "tsfuse compile: --megakernel-blocks must be a positive integer, got '0'"],
     [['--megakernel', '--megakernel-blocks', 'two'], "tsfuse compile: --megakernel-blocks must be a positive integer, got 'two'"],
     [['--megakernel-blocks', '2'], 'tsfuse compile: --megakernel-blocks needs --megakernel'],
+    [['--megakernel-stream'], 'tsfuse compile: --megakernel-stream needs --megakernel'],
     [['--megakernel', '--megakernel-blocks', '9'], 'tsfuse compile: --megakernel-blocks 9: cuda sm_90 holds 1 to 8 blocks a multiprocessor'],
   ] as const) {
     const r = await compile(...args);
