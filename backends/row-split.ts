@@ -156,9 +156,8 @@ function outputTile(domain: Shape, reducingPrologue: boolean, maxRows?: number):
 
 /** A tile halved while its outputs' weights take more than `bytes` (one output at least). */
 function capByWeights(tile: number, perOutput: number, bytes: number): number {
-  const original = tile;
   while (tile > 1 && tile * perOutput > bytes) tile /= 2;
-  return tile < Number(process.env.TF_EXP_MINTILE ?? 1) ? original : tile;
+  return tile;
 }
 
 /** Bytes of the weights (each matmul's right operand) one output of a contraction reads: its depth in each. */

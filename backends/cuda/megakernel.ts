@@ -114,7 +114,7 @@ const RESERVED_SHARED_BYTES = 1024;
  */
 const PAGE_BYTES = 32 * 1024;
 /** Pages a block's ring holds at most; fewer than 2 and it streams nothing (a page would be refilled only after it was read). */
-const MAX_PAGES = Number(process.env.TF_EXP_PAGES ?? 3);
+const MAX_PAGES = 3;
 
 /** The page size where the megakernel streams its weights (bulk copies: compute capability 9.0 and later), else undefined. */
 function streamPageBytes(caps: DeviceCaps, opts: MegakernelOptions): number | undefined {
@@ -220,7 +220,7 @@ export function printCudaMegakernel(s: MegakernelSchedule, name: string, blocksP
 /**
  * The weight ring a block keeps in shared memory: its pages and their size, and after them the tables its fills
  * read (the block's tasks, each kernel's runs with their addresses), copied there once a launch so that a fill,
- * which the block's thread 0 issues between two rows while the other threads wait at the next barrier, reads no
+ * which one thread issues between two rows while the other threads wait at the next barrier, reads no
  * global memory (measured on the H200 with them read from the task table: 1.330 ms a token against 0.867 without
  * the ring, a chain of four dependent loads a row).
  */
@@ -449,16 +449,15 @@ __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target
 /**
  * The weight ring's state and functions (backends/weight-stream.ts): `pages` pages of shared memory that the copy
  * engine fills with the streamed rows' weights in the order the block runs those rows, up to that many rows ahead of
- * the row being read and across the waits between kernels. Thread 0 fills; every thread takes a row's page before
- * the row and gives it back after it (a barrier; thread 0 then fills it with the row `pages` on).
+ * the row being read and across the waits between kernels. One thread fills; every thread takes a row's page before
+ * the row and gives it back after it (a barrier; the filling thread then fills it with the row `pages` on).
  */
 function ringHelpers(ring: Ring): string {
   return `// tsfuse megakernel: the weight ring
 #define TF_RING_PAGES ${ring.pages}
 #define TF_PAGE_BYTES ${ring.pageBytes}
-// The thread that fills: the last warp's first, not thread 0, which releases the counters: a release waits for its
-// thread's loads in flight, the fills among them (measured on the H200 with thread 0 filling: 2.2 µs between kernels
-// rather than 0.7).
+// The thread that fills: the last warp's first, beside thread 0's counters and stamps (on the H200 as fast as
+// thread 0: 0.966 ms a token either way).
 #define TF_RING_ISSUER (TF_BLOCK - 32)
 ${process.env.TF_EXP_DEFER ? '#define TF_RING_DEFER 1' : ''}
 struct tf_ring_task { int kernel, first, end; };
