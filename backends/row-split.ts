@@ -61,9 +61,8 @@ export interface RowOptions {
    */
   readonly maxRows?: number;
   /**
-   * Weight bytes a contraction's row reads at most, where that allows rows of at least MIN_OUTPUT_TILE outputs
-   * (down to 1 output where one alone reads more): the megakernel's rows, each streamed whole through a page of
-   * shared memory (backends/weight-stream.ts).
+   * Weight bytes a contraction's row reads at most (rows of one output where one alone reads more): the megakernel's
+   * rows when it streams each row's weights whole through a page of shared memory (backends/weight-stream.ts).
    */
   readonly rowWeightBytes?: number;
 }

@@ -459,7 +459,6 @@ function ringHelpers(ring: Ring): string {
 // The thread that fills: the last warp's first, beside thread 0's counters and stamps (on the H200 as fast as
 // thread 0: 0.966 ms a token either way).
 #define TF_RING_ISSUER (TF_BLOCK - 32)
-${process.env.TF_EXP_DEFER ? '#define TF_RING_DEFER 1' : ''}
 struct tf_ring_task { int kernel, first, end; };
 struct tf_ring_kernel { int first_run, runs, row_bytes; };
 struct tf_ring_run { const char* src; int per_row, bytes, page_offset; };
@@ -471,7 +470,6 @@ struct tf_ring_t {
   const tf_ring_run* runs;
   int task, end, row;  // the next row to fill: the block's task (up to end) and its row (-1: the task's first)
   int filled, taken;   // rows filled, and rows read and given back, since the launch
-  int owed;
 };
 static_assert(sizeof(tf_ring_t) <= ${OWN_BYTES - RING_STATE_AT}, "the ring's state fits the kernel's own shared bytes");
 static_assert(sizeof(tf_ring_task) == ${RING_TASK_BYTES} && sizeof(tf_ring_kernel) == ${RING_KERNEL_BYTES} && sizeof(tf_ring_run) == ${RING_RUN_BYTES}, "the ring's tables as laid out");
@@ -522,7 +520,7 @@ __device__ __forceinline__ void tf_ring_load(tf_ring_t* r, unsigned char* pages,
     r->task = 0;
     r->end = end - first;
     r->row = -1;
-    r->filled = r->taken = r->owed = 0;
+    r->filled = r->taken = 0;
     for (int p = 0; p < TF_RING_PAGES; p++) tf_ring_init(&r->full[p]);
   }
 }
@@ -551,26 +549,19 @@ __device__ __forceinline__ int tf_ring_first(const tf_ring_t* r) { return r ? r-
 // The page of the next row once its fill landed; nullptr without a ring (bisecting: the weights are read from memory).
 __device__ __forceinline__ const unsigned char* tf_ring_take(tf_ring_t* r, int taken) {
   if (!r) return nullptr;
-#ifdef TF_RING_DEFER
-  if (threadIdx.x == TF_RING_ISSUER) for (; r->owed > 0; r->owed--) tf_ring_fill(r);
-#endif
   const int page = taken % TF_RING_PAGES;
   tf_ring_wait(&r->full[page], (unsigned)(taken / TF_RING_PAGES) & 1u);
   return r->pages + page * TF_PAGE_BYTES;
 }
 // The row's page back: once every thread has read it, the issuer fills it with the row TF_RING_PAGES on (the fence
 // orders the threads' reads of it before the copy engine's writes).
-__device__ __forceinline__ void tf_ring_give(tf_ring_t* r, int& taken, bool last) {
+__device__ __forceinline__ void tf_ring_give(tf_ring_t* r, int& taken) {
   if (!r) return;
   taken++;
   __syncthreads();
   if (threadIdx.x == TF_RING_ISSUER) {
     r->taken = taken;
     tf_fence_async_shared();
-#ifdef TF_RING_DEFER
-    if (last) r->owed++;
-    else
-#endif
     tf_ring_fill(r);
   }
 }
