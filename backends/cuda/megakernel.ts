@@ -195,8 +195,13 @@ export const WATCHDOG_FIELDS = ['tripped', 'block', 'entry', 'kernel', 'task', '
 // (MegakernelSchedule.streams), five words each (the buffer's slot, first byte, bytes from a row's to the next's,
 // bytes, offset in the page). The streams are empty where the kernel keeps no weight ring.
 const TASK_WORDS = 8;
-/** Bytes of shared memory the kernel keeps for itself before the pool: the flag thread 0 hands the others after waiting, the ring's state. */
-const OWN_BYTES = 128;
+/**
+ * Bytes of shared memory the kernel keeps for itself before the pool: the flag thread 0 hands the others after
+ * waiting, and with a weight ring the ring's state.
+ */
+const OWN_BYTES = 16;
+const OWN_BYTES_WITH_RING = 128;
+const ownBytes = (ring: Ring | undefined) => (ring ? OWN_BYTES_WITH_RING : OWN_BYTES);
 /** Where the ring's state (tf_ring_t) starts in them. */
 const RING_STATE_AT = 16;
 /** Words (u64) of the timeline a task: when its block started waiting, when its inputs were ready, when it ended (ns, %globaltimer), and its multiprocessor. */
@@ -210,7 +215,7 @@ export function printCudaMegakernel(s: MegakernelSchedule, name: string, blocksP
   const sharedPerBlock = opts.sharedPerBlock ?? Math.floor((cudaCaps(90).workgroupMemoryBytes + RESERVED_SHARED_BYTES) / blocksPerProcessor) - RESERVED_SHARED_BYTES;
   const streamed = printTasks(s, true);
   const tables = ringTableBytes(s);
-  const pages = s.streamPageBytes && streamed.streams ? Math.min(MAX_PAGES, Math.floor((sharedPerBlock - OWN_BYTES - poolEnd(streamed.pool) - tables) / s.streamPageBytes)) : 0;
+  const pages = s.streamPageBytes && streamed.streams ? Math.min(MAX_PAGES, Math.floor((sharedPerBlock - OWN_BYTES_WITH_RING - poolEnd(streamed.pool) - tables) / s.streamPageBytes)) : 0;
   // Too little shared memory for a ring: every task reads its weights from memory.
   const printed = pages >= 2 ? streamed : printTasks(s, false);
   const ring = pages >= 2 ? { pages, pageBytes: s.streamPageBytes!, tables, ...ringCounts(s) } : undefined;
@@ -313,7 +318,7 @@ function printKernel(s: MegakernelSchedule, name: string, blocksPerProcessor: nu
     kernelCode(name, blocksPerProcessor, calls, timeline, ring, pool, s.kernels.length),
   ].join('\n');
   const plan = taskTable(s, (k, buffer) => printed.slotOf(s.kernels[k].kernel.buffers[buffer].binding), !!ring);
-  const sharedBytes = ring ? OWN_BYTES + poolEnd(pool) + ring.pages * ring.pageBytes + ring.tables : OWN_BYTES + pool;
+  const sharedBytes = ring ? OWN_BYTES_WITH_RING + poolEnd(pool) + ring.pages * ring.pageBytes + ring.tables : OWN_BYTES + pool;
   return {
     source, name, sharedBytes, blocks: s.blocks.length, buffers, plan, counters: s.kernels.length,
     tasks: s.blocks.reduce((n, list) => n + list.length, 0), timeline, ...(s.scratch ? { scratch: s.scratch } : {}),
@@ -471,7 +476,7 @@ struct tf_ring_t {
   int task, end, row;  // the next row to fill: the block's task (up to end) and its row (-1: the task's first)
   int filled, taken;   // rows filled, and rows read and given back, since the launch
 };
-static_assert(sizeof(tf_ring_t) <= ${OWN_BYTES - RING_STATE_AT}, "the ring's state fits the kernel's own shared bytes");
+static_assert(sizeof(tf_ring_t) <= ${OWN_BYTES_WITH_RING - RING_STATE_AT}, "the ring's state fits the kernel's own shared bytes");
 static_assert(sizeof(tf_ring_task) == ${RING_TASK_BYTES} && sizeof(tf_ring_kernel) == ${RING_KERNEL_BYTES} && sizeof(tf_ring_run) == ${RING_RUN_BYTES}, "the ring's tables as laid out");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void tf_ring_init(unsigned long long* bar) { tf_bar_init(bar); }
@@ -589,7 +594,7 @@ function kernelCode(name: string, blocksPerProcessor: number, calls: readonly st
     unsigned* tf_done, unsigned* tf_steps, unsigned* tf_watchdog, const unsigned long long tf_limit_ns, unsigned long long* tf_timeline,
     float* tf_ws, unsigned* tf_count, const int tf_only_kernel, const int tf_only_task) {
   extern __shared__ __align__(16) unsigned char tf_smem[];
-  unsigned char* const tf_pool = tf_smem + ${OWN_BYTES};
+  unsigned char* const tf_pool = tf_smem + ${ownBytes(ring)};
   volatile int* const tf_go = reinterpret_cast<volatile int*>(tf_smem);
   const unsigned tf_me = blockIdx.x;
   const int* const tf_tasks = tf_plan + gridDim.x + 4;
