@@ -1,5 +1,6 @@
 // A megakernel step as a timeline: each task's times as its block recorded them (backends/cuda/megakernel.ts:
-// when it started waiting for its inputs, when they were ready, when it ended, and on which multiprocessor), read
+// when it started waiting for its inputs, when they were ready, when it ended, on which multiprocessor, and with a
+// weight ring how long it waited for its pages and spent issuing their fills), read
 // three ways: tasks by block, a text table per kernel (how long its tasks waited and ran, and when it ran in the
 // step), and a Chrome / Perfetto trace with a process per multiprocessor, a thread per block, a slice per task
 // and one per wait.
@@ -26,6 +27,9 @@ export interface TaskTime {
   readonly waitNs: number;
   readonly readyNs: number;
   readonly endNs: number;
+  /** With a weight ring: ns the task waited for its rows' pages to land, and ns its issuer spent issuing fills. */
+  readonly pageWaitNs: number;
+  readonly fillNs: number;
 }
 
 export interface MegakernelTimeline {
@@ -49,13 +53,15 @@ export function taskTimes(s: MegakernelSchedule, words: BigUint64Array): Megaker
   let origin = BigInt('0xffffffffffffffff');
   for (let i = 0; i < entries.length; i++) if (words[W * i] < origin) origin = words[W * i];
   const at = (i: number, w: number) => Number(words[W * i + w] - origin);
+  // The ring's times are the block's running sums: a task's are the difference from its block's task before.
+  const since = (i: number, w: number) => Number(words[W * i + w] - (i > 0 && entries[i - 1].block === entries[i].block ? words[W * (i - 1) + w] : 0n));
   const tasks = entries.map((e, i): TaskTime => {
     const sk = s.kernels[e.kernel];
     const span = s.spans[e.kernel][e.task];
     return {
       block: e.block, processor: Number(words[W * i + 3]), kernel: e.kernel, name: sk.kernel.name, kind: sk.kernel.kind,
       task: e.task, rows: [span.from, span.to], prefetchBytes: s.prefetch[e.kernel][e.task].reduce((n, p) => n + p.bytes, 0),
-      waitNs: at(i, 0), readyNs: at(i, 1), endNs: at(i, 2),
+      waitNs: at(i, 0), readyNs: at(i, 1), endNs: at(i, 2), pageWaitNs: since(i, 4), fillNs: since(i, 5),
     };
   });
   const bytes = s.kernels.map((sk) => kernelBytes(sk.kernel, s.sizes, cudaByteLength));
@@ -81,6 +87,7 @@ export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): st
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   const rate = (bytes: number, ns: number) => (ns > 0 ? bytes / ns : undefined);
   const shares = new Map<number, number>();
+  const ringed = t.tasks.some((x) => x.pageWaitNs > 0 || x.fillNs > 0);
   let before = 0;
   const rows = [...byKernel].sort((a, b) => a[0] - b[0]).map(([k, tasks]) => {
     const waits = tasks.map((x) => x.readyNs - x.waitNs);
@@ -92,10 +99,12 @@ export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): st
     const gbPerS = rate(t.kernelBytes[k] ?? 0, share);
     return [String(k), tasks[0].name, tasks[0].kind, String(tasks.length), us(mean(waits)), us(Math.max(...waits)), us(mean(runs)),
       us(Math.max(...runs)), us(runs.reduce((a, b) => a + b, 0)), us(Math.min(...tasks.map((x) => x.readyNs))), us(end), us(share),
-      gbPerS === undefined ? '—' : gbPerS.toFixed(0), gbPerS === undefined || !copyBandwidth ? '—' : ((100 * gbPerS * 1e9) / copyBandwidth).toFixed(1)];
+      gbPerS === undefined ? '—' : gbPerS.toFixed(0), gbPerS === undefined || !copyBandwidth ? '—' : ((100 * gbPerS * 1e9) / copyBandwidth).toFixed(1),
+      ...(ringed ? [us(mean(tasks.map((x) => x.pageWaitNs))), us(mean(tasks.map((x) => x.fillNs)))] : [])];
   });
-  const head = ['#', 'kernel', 'kind', 'tasks', 'wait µs', 'max', 'run µs', 'max', 'busy µs', 'from µs', 'to µs', 'share µs', 'GB/s', '% copy'];
-  const lines = columns(head, rows, [true, false, false, true, true, true, true, true, true, true, true, true, true, true]);
+  // With a weight ring: how long a task waited for its pages, and its issuer spent issuing fills (means).
+  const head = ['#', 'kernel', 'kind', 'tasks', 'wait µs', 'max', 'run µs', 'max', 'busy µs', 'from µs', 'to µs', 'share µs', 'GB/s', '% copy', ...(ringed ? ['pages µs', 'fills µs'] : [])];
+  const lines = columns(head, rows, head.map((_, i) => i < 1 || i > 2));
   const byKind = new Map<string, { kernels: Set<number>; busy: number; wait: number; share: number; bytes: number }>();
   for (const x of t.tasks) {
     const e = byKind.get(x.kind) ?? { kernels: new Set<number>(), busy: 0, wait: 0, share: 0, bytes: 0 };
@@ -149,7 +158,10 @@ export function timelineTrace(t: MegakernelTimeline, device: string, about: Read
     }
     events.push({
       name: `${x.name} task ${x.task}`, ph: 'X', pid, tid, ts: x.readyNs / 1e3, dur: (x.endNs - x.readyNs) / 1e3, cat: x.kind || 'task',
-      args: { kernel: x.kernel, task: x.task, rows: `[${x.rows[0]}, ${x.rows[1]})`, 'wait µs': (x.readyNs - x.waitNs) / 1e3, 'prefetch bytes': x.prefetchBytes },
+      args: {
+        kernel: x.kernel, task: x.task, rows: `[${x.rows[0]}, ${x.rows[1]})`, 'wait µs': (x.readyNs - x.waitNs) / 1e3, 'prefetch bytes': x.prefetchBytes,
+        ...(x.pageWaitNs || x.fillNs ? { 'pages wait µs': x.pageWaitNs / 1e3, 'fills µs': x.fillNs / 1e3 } : {}),
+      },
     });
   }
   return { traceEvents: events, displayTimeUnit: 'ns', otherData: { ...about } };

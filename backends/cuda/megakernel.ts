@@ -204,8 +204,12 @@ const OWN_BYTES_WITH_RING = 128;
 const ownBytes = (ring: Ring | undefined) => (ring ? OWN_BYTES_WITH_RING : OWN_BYTES);
 /** Where the ring's state (tf_ring_t) starts in them. */
 const RING_STATE_AT = 16;
-/** Words (u64) of the timeline a task: when its block started waiting, when its inputs were ready, when it ended (ns, %globaltimer), and its multiprocessor. */
-export const TIMELINE_WORDS = 4;
+/**
+ * Words (u64) of the timeline a task: when its block started waiting, when its inputs were ready, when it ended (ns,
+ * %globaltimer), its multiprocessor, and with a weight ring the block's ns so far spent waiting for pages (thread 0)
+ * and issuing fills (the issuer), zero without one.
+ */
+export const TIMELINE_WORDS = 6;
 
 /**
  * Prints the megakernel of a schedule; `blocksPerProcessor` bounds the registers so that that many fit,
@@ -313,7 +317,7 @@ function printKernel(s: MegakernelSchedule, name: string, blocksPerProcessor: nu
     '#define __ldg(p) (*(p))',
     cudaPrelude,
     megakernelHelpers,
-    ...(ring ? [ringHelpers(ring)] : []),
+    ...(ring ? [ringHelpers(ring, timeline)] : []),
     ...[...functions.values()].map((f) => f.code),
     kernelCode(name, blocksPerProcessor, calls, timeline, ring, pool, s.kernels.length),
   ].join('\n');
@@ -457,9 +461,9 @@ __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target
  * the row being read and across the waits between kernels. One thread fills; every thread takes a row's page before
  * the row and gives it back after it (a barrier; the filling thread then fills it with the row `pages` on).
  */
-function ringHelpers(ring: Ring): string {
+function ringHelpers(ring: Ring, timeline: boolean): string {
   return `// tsfuse megakernel: the weight ring
-#define TF_RING_PAGES ${ring.pages}
+${timeline ? '#define TF_RING_TIMES 1\n' : ''}#define TF_RING_PAGES ${ring.pages}
 #define TF_PAGE_BYTES ${ring.pageBytes}
 // The thread that fills: the last warp's first, beside thread 0's counters and stamps (on the H200 as fast as
 // thread 0: 0.966 ms a token either way).
@@ -475,6 +479,7 @@ struct tf_ring_t {
   const tf_ring_run* runs;
   int task, end, row;  // the next row to fill: the block's task (up to end) and its row (-1: the task's first)
   int filled, taken;   // rows filled, and rows read and given back, since the launch
+  unsigned long long waited, filling;  // the timeline's: ns thread 0 waited for pages, ns the issuer spent filling
 };
 static_assert(sizeof(tf_ring_t) <= ${OWN_BYTES_WITH_RING - RING_STATE_AT}, "the ring's state fits the kernel's own shared bytes");
 static_assert(sizeof(tf_ring_task) == ${RING_TASK_BYTES} && sizeof(tf_ring_kernel) == ${RING_KERNEL_BYTES} && sizeof(tf_ring_run) == ${RING_RUN_BYTES}, "the ring's tables as laid out");
@@ -526,6 +531,7 @@ __device__ __forceinline__ void tf_ring_load(tf_ring_t* r, unsigned char* pages,
     r->end = end - first;
     r->row = -1;
     r->filled = r->taken = 0;
+    r->waited = r->filling = 0;
     for (int p = 0; p < TF_RING_PAGES; p++) tf_ring_init(&r->full[p]);
   }
 }
@@ -555,7 +561,13 @@ __device__ __forceinline__ int tf_ring_first(const tf_ring_t* r) { return r ? r-
 __device__ __forceinline__ const unsigned char* tf_ring_take(tf_ring_t* r, int taken) {
   if (!r) return nullptr;
   const int page = taken % TF_RING_PAGES;
+#ifdef TF_RING_TIMES
+  const unsigned long long start = threadIdx.x == 0 ? tf_now() : 0;
+#endif
   tf_ring_wait(&r->full[page], (unsigned)(taken / TF_RING_PAGES) & 1u);
+#ifdef TF_RING_TIMES
+  if (threadIdx.x == 0) r->waited += tf_now() - start;
+#endif
   return r->pages + page * TF_PAGE_BYTES;
 }
 // The row's page back: once every thread has read it, the issuer fills it with the row TF_RING_PAGES on (the fence
@@ -567,7 +579,13 @@ __device__ __forceinline__ void tf_ring_give(tf_ring_t* r, int& taken) {
   if (threadIdx.x == TF_RING_ISSUER) {
     r->taken = taken;
     tf_fence_async_shared();
+#ifdef TF_RING_TIMES
+    const unsigned long long start = tf_now();
+#endif
     tf_ring_fill(r);
+#ifdef TF_RING_TIMES
+    r->filling += tf_now() - start;
+#endif
   }
 }
 // The issuer, before the block exits: the fills still in flight land first (none unless a wait gave up).
@@ -634,7 +652,7 @@ ${calls.map((c) => c.slice(2)).join('\n')}
     }
     // The next task reuses the pool; the release covers every thread's writes.
     __syncthreads();
-${time(2, 'tf_now()')}${time(3, 'tf_processor()')}    if (threadIdx.x == 0) tf_mk_release(tf_done + tf_kernel);
+${time(2, 'tf_now()')}${time(3, 'tf_processor()')}${ring ? `${time(4, 'tf_ring ? tf_ring->waited : 0ull')}${time(5, 'tf_ring ? tf_ring->filling : 0ull')}` : ''}    if (threadIdx.x == 0) tf_mk_release(tf_done + tf_kernel);
   }
 ${drain('  ')}}
 `;

@@ -307,6 +307,45 @@ s('the timeline: every task of a step once, its times in order, after the tasks 
   }
 });
 
+s('the timeline with a weight ring: each task\'s wait for its pages and its fills, zero where its kernel streams nothing; as columns of the table', async () => {
+  if (!enabled) return;
+  const dir = path.join(fixtures, 'tiny-llama3-bf16');
+  const gold = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
+  const session = await openLlamaSession(loadLlama(dir), {
+    backend: 'cuda', cacheLength: gold.input_ids.length + 8, cacheDir: fake.cacheDir, megakernel: { streamWeights: true, timeline: true },
+  });
+  try {
+    assert.equal(await session.generate(gold.input_ids, 4), gold.greedy_new_tokens.slice(0, 4), 'with the ring and the timeline on');
+    const program = session.program as CudaProgram;
+    const t = await program.megakernelTimeline('decode');
+    const schedule = (program as unknown as { megakernel: { prepared: PreparedMegakernel } }).megakernel.prepared.schedule;
+    const streaming = (k: number) => schedule.streams[k].length > 0;
+    assert.ok(schedule.kernels.some((_, k) => streaming(k)) && schedule.kernels.some((_, k) => !streaming(k)), 'some kernels stream, some not');
+    for (const task of t.tasks) {
+      const what = `task ${task.kernel}.${task.task}`;
+      assert.ok(Number.isFinite(task.pageWaitNs) && task.pageWaitNs >= 0 && Number.isFinite(task.fillNs) && task.fillNs >= 0, what);
+      // Pages are taken and fills issued only around a streamed row, within the task's run.
+      if (!streaming(task.kernel)) assert.ok(task.pageWaitNs === 0 && task.fillNs === 0, `${what} streams nothing`);
+      assert.ok(task.pageWaitNs + task.fillNs <= task.endNs - task.readyNs, `${what}: its page waits and fills within its run`);
+    }
+    // The fake copies a page with memcpy, which takes time on its clock.
+    assert.ok(t.tasks.reduce((n, task) => n + task.fillNs, 0) > 0, 'the fills took time');
+    const table = timelineTable(t);
+    assert.match(table[0], /share µs\s+GB\/s\s+% copy\s+pages µs\s+fills µs$/);
+    const rows = table.filter((l) => /^\s*\d+\s+\S+\s/.test(l) && !l.includes('kernel')).map((l) => l.trim().split(/\s+/));
+    assert.is(rows.length, schedule.kernels.length);
+    rows.forEach((r, k) => {
+      const tasks = t.tasks.filter((task) => task.kernel === k);
+      const mean = (f: (task: (typeof tasks)[number]) => number) => (tasks.reduce((n, task) => n + f(task), 0) / tasks.length / 1e3).toFixed(1);
+      assert.equal(r.slice(-2), [mean((task) => task.pageWaitNs), mean((task) => task.fillNs)], `kernel ${k}'s pages and fills`);
+    });
+    const trace = JSON.parse(traceText(timelineTrace(t, 'fake')));
+    assert.ok(trace.traceEvents.some((e: { args?: Record<string, unknown> }) => typeof e.args?.['fills µs'] === 'number'), 'the trace carries them');
+  } finally {
+    session.close();
+  }
+});
+
 s('bisect: a healthy megakernel agrees with its kernels one by one; a planted fault is named by kernel and task, and the next step runs as before', async () => {
   if (!enabled) return;
   const module = compileModule({ graphs: [mlpStack()] });
