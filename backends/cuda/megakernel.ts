@@ -17,7 +17,7 @@ import { bindingKey, DEFAULT_BLOCKS_PER_PROCESSOR, formatMegakernel, MegakernelS
 import { sizeName } from '../render-base.ts';
 import { RowStream } from '../weight-stream.ts';
 import { ScheduledKernel, scheduleKernels, ScheduleOptions, SplitScratchNeeds } from '../schedule.ts';
-import { cudaPrelude } from './prelude.ts';
+import { CUDA_BLOCK, cudaPrelude } from './prelude.ts';
 import { cudaElemType, cudaTaskBody } from './render-cuda.ts';
 
 export interface CudaMegakernel {
@@ -26,8 +26,9 @@ export interface CudaMegakernel {
   readonly name: string;
   /** Dynamic shared memory a block needs: the pool the largest task uses, and the kernel's own words. */
   readonly sharedBytes: number;
-  /** Blocks to launch (all resident at once). */
+  /** Blocks to launch (all resident at once), and threads a block: CUDA_BLOCK, and a weight ring's producer warp. */
   readonly blocks: number;
+  readonly threads: number;
   /** The buffers of the pointer table (kernel argument tf_buf), in order. */
   readonly buffers: readonly Binding[];
   /** The task table (kernel argument tf_plan): see TABLE below. */
@@ -179,7 +180,9 @@ const REGISTERS_PER_PROCESSOR = 65536;
 export function megakernelScheduleOptions(caps: DeviceCaps, opts: MegakernelOptions): ScheduleOptions {
   const perProcessor = opts.blocksPerProcessor ?? DEFAULT_BLOCKS_PER_PROCESSOR;
   const page = streamPageBytes(caps, opts);
-  return { registersPerThread: Math.floor(REGISTERS_PER_PROCESSOR / (perProcessor * caps.threadsPerWorkgroup)), rowsOnly: true, ...(page ? { streamPageBytes: page } : {}) };
+  // A weight ring's producer warp takes its share of the registers.
+  const threads = caps.threadsPerWorkgroup + (page ? PRODUCER_THREADS : 0);
+  return { registersPerThread: Math.floor(REGISTERS_PER_PROCESSOR / (perProcessor * threads)), rowsOnly: true, ...(page ? { streamPageBytes: page } : {}) };
 }
 
 /** Words of the watchdog's record (kernel argument tf_watchdog): see WATCHDOG_FIELDS. */
@@ -307,6 +310,23 @@ function printTasks(s: MegakernelSchedule, streamed: boolean): PrintedTasks {
   return { functions, calls, buffers, slotOf: slot, pool, streams: streamed && s.streams.some((r) => r.length > 0) };
 }
 
+/** Threads of a weight ring's producer: a warp after the block's CUDA_BLOCK compute threads. */
+const PRODUCER_THREADS = 32;
+
+/**
+ * With a weight ring, a block's barriers (every __syncthreads of the prelude and the tasks) are among its compute
+ * threads only, a named barrier, since the producer's warp after them joins none; the whole block meets once, at
+ * the launch's start (tf_sync_block).
+ */
+const producerBarriers = `#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ void tf_sync_compute() { asm volatile("bar.sync 1, ${CUDA_BLOCK};" ::: "memory"); }
+__device__ __forceinline__ void tf_sync_block() { asm volatile("bar.sync 0;" ::: "memory"); }
+#else
+inline void tf_sync_compute() { tf_fake_sync_first(${CUDA_BLOCK}); }
+inline void tf_sync_block() { __syncthreads(); }
+#endif
+#define __syncthreads() tf_sync_compute()`;
+
 /** The megakernel's source and what its launch needs, from its tasks' functions. */
 function printKernel(s: MegakernelSchedule, name: string, blocksPerProcessor: number, printed: PrintedTasks, ring: Ring | undefined, timeline: boolean): CudaMegakernel {
   const { functions, buffers, pool } = printed;
@@ -315,6 +335,7 @@ function printKernel(s: MegakernelSchedule, name: string, blocksPerProcessor: nu
     // Every load is coherent: a task reads what other blocks wrote earlier in the same launch, which the
     // non-coherent path (__ldg) may serve stale.
     '#define __ldg(p) (*(p))',
+    ...(ring ? [producerBarriers] : []),
     cudaPrelude,
     megakernelHelpers,
     ...(ring ? [ringHelpers(ring, timeline)] : []),
@@ -324,7 +345,7 @@ function printKernel(s: MegakernelSchedule, name: string, blocksPerProcessor: nu
   const plan = taskTable(s, (k, buffer) => printed.slotOf(s.kernels[k].kernel.buffers[buffer].binding), !!ring);
   const sharedBytes = ring ? OWN_BYTES_WITH_RING + poolEnd(pool) + ring.pages * ring.pageBytes + ring.tables : OWN_BYTES + pool;
   return {
-    source, name, sharedBytes, blocks: s.blocks.length, buffers, plan, counters: s.kernels.length,
+    source, name, sharedBytes, blocks: s.blocks.length, threads: CUDA_BLOCK + (ring ? PRODUCER_THREADS : 0), buffers, plan, counters: s.kernels.length,
     tasks: s.blocks.reduce((n, list) => n + list.length, 0), timeline, ...(s.scratch ? { scratch: s.scratch } : {}),
   };
 }
@@ -458,28 +479,33 @@ __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target
 /**
  * The weight ring's state and functions (backends/weight-stream.ts): `pages` pages of shared memory that the copy
  * engine fills with the streamed rows' weights in the order the block runs those rows, up to that many rows ahead of
- * the row being read and across the waits between kernels. One thread fills; every thread takes a row's page before
- * the row and gives it back after it (a barrier; the filling thread then fills it with the row `pages` on).
+ * the row being read and across the waits between kernels. A warp of its own (the producer, after the block's
+ * TF_BLOCK compute threads) issues the fills: issuing a bulk copy stalls the issuing thread while the copy engine's
+ * queue is full (about 1 µs a 32 KiB row on the H200 under a full ring), which a compute thread issuing them put on
+ * every row's critical path. The compute threads take a row's page (its full barrier's phase) before the row and
+ * give it back after it (their barrier, then one arrival on its empty barrier, which the producer waits for before
+ * filling it again).
  */
 function ringHelpers(ring: Ring, timeline: boolean): string {
   return `// tsfuse megakernel: the weight ring
 ${timeline ? '#define TF_RING_TIMES 1\n' : ''}#define TF_RING_PAGES ${ring.pages}
 #define TF_PAGE_BYTES ${ring.pageBytes}
-// The thread that fills: the last warp's first, beside thread 0's counters and stamps (on the H200 as fast as
-// thread 0: 0.966 ms a token either way).
-#define TF_RING_ISSUER (TF_BLOCK - 32)
+// The producer: the first thread of the warp after the compute threads.
+#define TF_RING_PRODUCER TF_BLOCK
 struct tf_ring_task { int kernel, first, end; };
 struct tf_ring_kernel { int first_run, runs, row_bytes; };
 struct tf_ring_run { const char* src; int per_row, bytes, page_offset; };
 struct tf_ring_t {
-  unsigned long long full[TF_RING_PAGES];  // a barrier a page: the fill it waits for landed
+  unsigned long long full[TF_RING_PAGES];   // a barrier a page: the fill it waits for landed
+  unsigned long long empty[TF_RING_PAGES];  // a barrier a page: the row read from it was given back
   unsigned char* pages;
   const tf_ring_task* tasks;      // the block's, in order (in shared memory, as the two below)
   const tf_ring_kernel* kernels;  // per kernel
   const tf_ring_run* runs;
-  int task, end, row;  // the next row to fill: the block's task (up to end) and its row (-1: the task's first)
-  int filled, taken;   // rows filled, and rows read and given back, since the launch
-  unsigned long long waited, filling;  // the timeline's: ns thread 0 waited for pages, ns the issuer spent filling
+  int end;    // the block's tasks
+  int taken;  // rows its tasks read and gave back so far (thread 0's count; a task starts from it)
+  int stop;  // set by thread 0 where a wait gave up: the producer stops filling
+  unsigned long long waited, filling;  // the timeline's: ns thread 0 waited for pages, ns the producer spent issuing fills
 };
 static_assert(sizeof(tf_ring_t) <= ${OWN_BYTES_WITH_RING - RING_STATE_AT}, "the ring's state fits the kernel's own shared bytes");
 static_assert(sizeof(tf_ring_task) == ${RING_TASK_BYTES} && sizeof(tf_ring_kernel) == ${RING_KERNEL_BYTES} && sizeof(tf_ring_run) == ${RING_RUN_BYTES}, "the ring's tables as laid out");
@@ -493,69 +519,100 @@ __device__ __forceinline__ void tf_ring_copy(void* dst, const void* src, unsigne
     :: "r"(tf_shared_address(dst)), "l"(src), "r"(bytes), "r"(tf_shared_address(bar)) : "memory");
 }
 __device__ __forceinline__ void tf_ring_landed(unsigned long long*) {}
-__device__ __forceinline__ void tf_ring_wait(unsigned long long* bar, unsigned parity) { tf_bar_wait(bar, parity); }
+__device__ __forceinline__ void tf_ring_arrive(unsigned long long* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(tf_shared_address(bar)) : "memory");
+}
+// Whether the phase of that parity completed (one probe, which may wait a while in the hardware).
+__device__ __forceinline__ bool tf_ring_passed(unsigned long long* bar, unsigned parity) {
+  unsigned done;
+  asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+    : "=r"(done) : "r"(tf_shared_address(bar)), "r"(parity) : "memory");
+  return done != 0;
+}
 #elif defined(TF_FAKE_CUDA)
-// The host emulation copies at once; a page's barrier counts the fills that landed (its phases).
+// The host emulation copies at once; a barrier's word counts its completed phases.
 inline void tf_ring_init(unsigned long long* bar) { __atomic_store_n(bar, 0ull, __ATOMIC_SEQ_CST); }
 inline void tf_ring_arm(unsigned long long*, unsigned) {}
 inline void tf_ring_copy(void* dst, const void* src, unsigned bytes, unsigned long long*) { memcpy(dst, src, bytes); }
 inline void tf_ring_landed(unsigned long long* bar) { __atomic_fetch_add(bar, 1ull, __ATOMIC_SEQ_CST); }
-inline void tf_ring_wait(unsigned long long* bar, unsigned parity) {
-  while ((__atomic_load_n(bar, __ATOMIC_SEQ_CST) & 1ull) == parity) __nanosleep(0);
+inline void tf_ring_arrive(unsigned long long* bar) { __atomic_fetch_add(bar, 1ull, __ATOMIC_SEQ_CST); }
+inline bool tf_ring_passed(unsigned long long* bar, unsigned parity) {
+  if ((__atomic_load_n(bar, __ATOMIC_SEQ_CST) & 1ull) != parity) return true;
+  __nanosleep(0);
+  return false;
 }
 #else
 #error "the weight ring needs bulk copies (compute capability 9.0)"
 #endif
-// Every thread at the launch's start: the ring's tables copied into shared memory after its pages (a barrier must
-// follow before the issuer fills).
+__device__ __forceinline__ void tf_ring_wait(unsigned long long* bar, unsigned parity) {
+  while (!tf_ring_passed(bar, parity)) {}
+}
+// Every thread at the launch's start: the ring's tables copied into shared memory after its pages, its barriers
+// readied (a barrier of the whole block must follow before the producer fills).
 __device__ __forceinline__ void tf_ring_load(tf_ring_t* r, unsigned char* pages, void* const* buf, const int* plan, const int* tasks, int first, int end) {
   tf_ring_run* const runs = reinterpret_cast<tf_ring_run*>(pages + TF_RING_PAGES * TF_PAGE_BYTES);
   tf_ring_kernel* const kernels = reinterpret_cast<tf_ring_kernel*>(runs + ${ring.runs});
   tf_ring_task* const mine = reinterpret_cast<tf_ring_task*>(kernels + ${ring.kernels});
   const int* const k = plan + plan[2];
-  for (int i = threadIdx.x; i < ${ring.runs}; i += TF_BLOCK) {
+  for (int i = threadIdx.x; i < ${ring.runs}; i += blockDim.x) {
     const int* const run = k + ${3 * ring.kernels} + 5 * i;
     runs[i] = { static_cast<const char*>(buf[run[0]]) + run[1], run[2], run[3], run[4] };
   }
-  for (int i = threadIdx.x; i < ${ring.kernels}; i += TF_BLOCK) kernels[i] = { k[3 * i], k[3 * i + 1], k[3 * i + 2] };
-  for (int i = threadIdx.x; i < end - first; i += TF_BLOCK) {
+  for (int i = threadIdx.x; i < ${ring.kernels}; i += blockDim.x) kernels[i] = { k[3 * i], k[3 * i + 1], k[3 * i + 2] };
+  for (int i = threadIdx.x; i < end - first; i += blockDim.x) {
     const int* const t = tasks + ${TASK_WORDS} * (first + i);
     mine[i] = { t[0], t[2], t[3] };
   }
-  if (threadIdx.x == TF_RING_ISSUER) {
+  if (threadIdx.x == 0) {
     r->pages = pages;
     r->tasks = mine;
     r->kernels = kernels;
     r->runs = runs;
-    r->task = 0;
     r->end = end - first;
-    r->row = -1;
-    r->filled = r->taken = 0;
+    r->taken = r->stop = 0;
     r->waited = r->filling = 0;
-    for (int p = 0; p < TF_RING_PAGES; p++) tf_ring_init(&r->full[p]);
+    for (int p = 0; p < TF_RING_PAGES; p++) {
+      tf_ring_init(&r->full[p]);
+      tf_ring_init(&r->empty[p]);
+    }
   }
 }
-// The issuer: fills the next streamed row of the block's tasks into its page, if there is one left.
-static __device__ __noinline__ void tf_ring_fill(tf_ring_t* r) {
-  for (; r->task < r->end; r->task++, r->row = -1) {
-    const tf_ring_task& t = r->tasks[r->task];
-    if (r->row < 0) r->row = t.first;
-    if (r->kernels[t.kernel].runs > 0 && r->row < t.end) break;
+// The producer: fills the block's streamed rows into the pages in the order its tasks read them, each page once the
+// row before in it was given back; stops where thread 0 says a wait gave up, after its fills in flight landed.
+static __device__ __noinline__ void tf_ring_produce(tf_ring_t* r) {
+  int filled = 0;
+  for (int task = 0; task < r->end; task++) {
+    const tf_ring_task t = r->tasks[task];
+    const tf_ring_kernel k = r->kernels[t.kernel];
+    if (k.runs == 0) continue;
+    for (int row = t.first; row < t.end; row++, filled++) {
+      const int page = filled % TF_RING_PAGES;
+      if (filled >= TF_RING_PAGES) {
+        const unsigned parity = (unsigned)(filled / TF_RING_PAGES - 1) & 1u;
+        while (!tf_ring_passed(&r->empty[page], parity)) {
+          if (*reinterpret_cast<volatile int*>(&r->stop)) {
+            for (int u = filled > TF_RING_PAGES ? filled - TF_RING_PAGES : 0; u < filled; u++) tf_ring_wait(&r->full[u % TF_RING_PAGES], (unsigned)(u / TF_RING_PAGES) & 1u);
+            return;
+          }
+        }
+      }
+#ifdef TF_RING_TIMES
+      const unsigned long long start = tf_now();
+#endif
+      unsigned char* const dst = r->pages + page * TF_PAGE_BYTES;
+      tf_ring_arm(&r->full[page], (unsigned)k.row_bytes);
+      for (int i = k.first_run; i < k.first_run + k.runs; i++) {
+        const tf_ring_run& run = r->runs[i];
+        tf_ring_copy(dst + run.page_offset, run.src + (long long)run.per_row * row, (unsigned)run.bytes, &r->full[page]);
+      }
+      tf_ring_landed(&r->full[page]);
+#ifdef TF_RING_TIMES
+      *reinterpret_cast<volatile unsigned long long*>(&r->filling) += tf_now() - start;
+#endif
+    }
   }
-  if (r->task >= r->end) return;
-  const tf_ring_kernel& k = r->kernels[r->tasks[r->task].kernel];
-  const int page = r->filled % TF_RING_PAGES;
-  unsigned char* const dst = r->pages + page * TF_PAGE_BYTES;
-  tf_ring_arm(&r->full[page], (unsigned)k.row_bytes);
-  for (int i = k.first_run; i < k.first_run + k.runs; i++) {
-    const tf_ring_run& run = r->runs[i];
-    tf_ring_copy(dst + run.page_offset, run.src + (long long)run.per_row * r->row, (unsigned)run.bytes, &r->full[page]);
-  }
-  tf_ring_landed(&r->full[page]);
-  r->filled++;
-  r->row++;
 }
-// Rows taken so far (a task's first row is the next): every thread keeps its own count through the task.
+// Rows taken so far (a task's first row is the next): every compute thread keeps its own count through the task.
 __device__ __forceinline__ int tf_ring_first(const tf_ring_t* r) { return r ? r->taken : 0; }
 // The page of the next row once its fill landed; nullptr without a ring (bisecting: the weights are read from memory).
 __device__ __forceinline__ const unsigned char* tf_ring_take(tf_ring_t* r, int taken) {
@@ -570,27 +627,17 @@ __device__ __forceinline__ const unsigned char* tf_ring_take(tf_ring_t* r, int t
 #endif
   return r->pages + page * TF_PAGE_BYTES;
 }
-// The row's page back: once every thread has read it, the issuer fills it with the row TF_RING_PAGES on (the fence
-// orders the threads' reads of it before the copy engine's writes).
+// The row's page back once every compute thread has read it (the fence orders their reads of it before the copy
+// engine's next writes).
 __device__ __forceinline__ void tf_ring_give(tf_ring_t* r, int& taken) {
   if (!r) return;
-  taken++;
   __syncthreads();
-  if (threadIdx.x == TF_RING_ISSUER) {
-    r->taken = taken;
+  if (threadIdx.x == 0) {
+    r->taken = taken + 1;
     tf_fence_async_shared();
-#ifdef TF_RING_TIMES
-    const unsigned long long start = tf_now();
-#endif
-    tf_ring_fill(r);
-#ifdef TF_RING_TIMES
-    r->filling += tf_now() - start;
-#endif
+    tf_ring_arrive(&r->empty[taken % TF_RING_PAGES]);
   }
-}
-// The issuer, before the block exits: the fills still in flight land first (none unless a wait gave up).
-__device__ __forceinline__ void tf_ring_drain(tf_ring_t* r) {
-  for (int u = r->taken; u < r->filled; u++) tf_ring_wait(&r->full[u % TF_RING_PAGES], (unsigned)(u / TF_RING_PAGES) & 1u);
+  taken++;
 }
 `;
 }
@@ -599,16 +646,19 @@ __device__ __forceinline__ void tf_ring_drain(tf_ring_t* r) {
 function kernelCode(name: string, blocksPerProcessor: number, calls: readonly string[], timeline: boolean, ring: Ring | undefined, pool: number, kernels: number): string {
   // Thread 0 records the times; the barrier after the wait orders its "ready" after every thread is past the wait.
   const time = (word: number, what: string) => (timeline ? `    if (threadIdx.x == 0) tf_timeline[${TIMELINE_WORDS} * tf_t + ${word}] = ${what};\n` : '');
-  // The ring starts filling before the first wait; none when bisecting (tasks then read their weights from memory).
+  // The ring's producer starts filling before the first wait, then leaves the block's loop to the compute threads;
+  // none fills when bisecting (tasks then read their weights from memory).
   const ringStart = ring ? `  tf_ring_t* const tf_ring = tf_only_kernel < 0 ? reinterpret_cast<tf_ring_t*>(tf_smem + ${RING_STATE_AT}) : nullptr;
   if (tf_ring) tf_ring_load(tf_ring, tf_pool + ${poolEnd(pool)}, tf_buf, tf_plan, tf_tasks, tf_plan[3 + tf_me], tf_plan[4 + tf_me]);
-  __syncthreads();
-  if (tf_ring && threadIdx.x == TF_RING_ISSUER) {
-    for (int p = 0; p < TF_RING_PAGES; p++) tf_ring_fill(tf_ring);
+  tf_sync_block();
+  if (threadIdx.x >= TF_BLOCK) {
+    if (tf_ring && threadIdx.x == TF_RING_PRODUCER) tf_ring_produce(tf_ring);
+    return;
   }
 ` : '';
-  const drain = (indent: string) => (ring ? `${indent}if (tf_ring && threadIdx.x == TF_RING_ISSUER) tf_ring_drain(tf_ring);\n` : '');
-  return `extern "C" __global__ void __launch_bounds__(TF_BLOCK, ${blocksPerProcessor}) ${name}(void* const* __restrict__ tf_buf, const int* __restrict__ tf_plan,
+  // A wait that gave up stops the producer too (it returns once its fills in flight landed).
+  const stop = ring ? '        if (tf_ring && threadIdx.x == 0) *reinterpret_cast<volatile int*>(&tf_ring->stop) = 1;\n' : '';
+  return `extern "C" __global__ void __launch_bounds__(${ring ? 'TF_BLOCK + 32' : 'TF_BLOCK'}, ${blocksPerProcessor}) ${name}(void* const* __restrict__ tf_buf, const int* __restrict__ tf_plan,
     unsigned* tf_done, unsigned* tf_steps, unsigned* tf_watchdog, const unsigned long long tf_limit_ns, unsigned long long* tf_timeline,
     float* tf_ws, unsigned* tf_count, const int tf_only_kernel, const int tf_only_task) {
   extern __shared__ __align__(16) unsigned char tf_smem[];
@@ -644,7 +694,7 @@ ${time(0, 'tf_now()')}    if (tf_task[5] > 0 && tf_only_kernel < 0) {
       }
       __syncthreads();
       if (!*tf_go) {
-${drain('        ')}        return;
+${stop}        return;
       }
     }
 ${time(1, 'tf_now()')}    switch (tf_kernel) {
@@ -652,8 +702,8 @@ ${calls.map((c) => c.slice(2)).join('\n')}
     }
     // The next task reuses the pool; the release covers every thread's writes.
     __syncthreads();
-${time(2, 'tf_now()')}${time(3, 'tf_processor()')}${ring ? `${time(4, 'tf_ring ? tf_ring->waited : 0ull')}${time(5, 'tf_ring ? tf_ring->filling : 0ull')}` : ''}    if (threadIdx.x == 0) tf_mk_release(tf_done + tf_kernel);
+${time(2, 'tf_now()')}${time(3, 'tf_processor()')}${ring ? `${time(4, 'tf_ring ? tf_ring->waited : 0ull')}${time(5, 'tf_ring ? *reinterpret_cast<volatile unsigned long long*>(&tf_ring->filling) : 0ull')}` : ''}    if (threadIdx.x == 0) tf_mk_release(tf_done + tf_kernel);
   }
-${drain('  ')}}
+}
 `;
 }

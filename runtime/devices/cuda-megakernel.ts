@@ -5,7 +5,6 @@
 // program; the timeline is read on request (runtime/megakernel-timeline.ts reads it as tasks).
 
 import { MegakernelOptions, MegakernelRefused, PreparedMegakernel, TIMELINE_WORDS, WATCHDOG_FIELDS, WATCHDOG_WORDS } from '../../backends/cuda/megakernel.ts';
-import { CUDA_BLOCK } from '../../backends/cuda/prelude.ts';
 import { Binding } from '../../backends/kernel-ir.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from '../cuda/driver.ts';
 import { MegakernelTimeline, taskTimes } from '../megakernel-timeline.ts';
@@ -32,7 +31,7 @@ export class LoadedMegakernel {
   constructor(private readonly cuda: CudaDriver, module: Handle, readonly prepared: PreparedMegakernel, pointer: (b: Binding) => DevicePtr, opts: MegakernelOptions) {
     const k = prepared.kernel;
     this.fn = cuda.getFunction(module, k.name, k.sharedBytes);
-    const perProcessor = cuda.residentBlocks(this.fn, CUDA_BLOCK, k.sharedBytes);
+    const perProcessor = cuda.residentBlocks(this.fn, k.threads, k.sharedBytes);
     if (perProcessor * cuda.info.multiprocessors < k.blocks) {
       throw new MegakernelRefused(`--megakernel: its ${k.blocks} blocks (${k.sharedBytes} bytes of shared memory each) must all be resident, and ${cuda.info.name} holds ${perProcessor * cuda.info.multiprocessors} (${perProcessor} a multiprocessor): ${perProcessor ? `give --megakernel-blocks ${perProcessor} or fewer` : 'not one block fits a multiprocessor'}`);
     }
@@ -74,7 +73,7 @@ export class LoadedMegakernel {
 
   launch(): void {
     if (this.stuck) throw this.stuck;
-    this.cuda.launch(this.fn, this.prepared.kernel.blocks, CUDA_BLOCK, this.args, this.prepared.kernel.sharedBytes);
+    this.cuda.launch(this.fn, this.prepared.kernel.blocks, this.prepared.kernel.threads, this.args, this.prepared.kernel.sharedBytes);
   }
 
   /**
@@ -84,7 +83,7 @@ export class LoadedMegakernel {
   launchOnly(kernel: number, task = -1): void {
     if (this.stuck) throw this.stuck;
     const args = this.cuda.kernelArgs([...this.fixedArgs, { int: kernel }, { int: task }]);
-    this.cuda.launch(this.fn, this.prepared.kernel.blocks, CUDA_BLOCK, args, this.prepared.kernel.sharedBytes);
+    this.cuda.launch(this.fn, this.prepared.kernel.blocks, this.prepared.kernel.threads, args, this.prepared.kernel.sharedBytes);
   }
 
   /** Queues the zeroing of the counters and step counts, as loaded: the next step starts the count again. */

@@ -12,6 +12,7 @@ import { param, trace } from '../../compiler/index.ts';
 import { cudaCaps } from '../../backends/device-caps.ts';
 import { evalSize, KernelIR } from '../../backends/kernel-ir.ts';
 import { megakernelKernels, MegakernelRefused, megakernelScheduleOptions, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
+import { CUDA_BLOCK } from '../../backends/cuda/prelude.ts';
 import { rowInvariantPrologue, scheduleKernel } from '../../backends/schedule.ts';
 import { formatSchedule } from '../../backends/schedule-format.ts';
 import { rowStreams } from '../../backends/weight-stream.ts';
@@ -76,8 +77,16 @@ s('with streaming asked the megakernel lowers rows that fit a page, reads them w
   const pages = Number(/#define TF_RING_PAGES (\d+)/.exec(mk.kernel.source)?.[1]);
   assert.is(pages, 2);
   assert.ok(mk.kernel.sharedBytes > DEPTH * 4 + pages * PAGE && mk.kernel.sharedBytes <= 113 * 1024, `${mk.kernel.sharedBytes} bytes of shared memory a block`);
+  // The producer's warp after the compute threads: its block is a warp wider, takes its share of the registers,
+  // and the compute threads' barriers leave it out.
+  assert.is(mk.kernel.threads, CUDA_BLOCK + 32);
+  assert.match(mk.kernel.source, /__launch_bounds__\(TF_BLOCK \+ 32, 2\)/);
+  assert.match(mk.kernel.source, new RegExp(`bar\\.sync 1, ${CUDA_BLOCK};[^]*#define __syncthreads\\(\\) tf_sync_compute\\(\\)[^]*tsfuse CUDA helpers`));
+  assert.is(megakernelScheduleOptions(caps, { graph: 'step', streamWeights: true }).registersPerThread, Math.floor(65536 / (2 * (CUDA_BLOCK + 32))));
   const off = renderCudaMegakernel(module, caps, { graph: 'step' });
-  assert.not.match(off.kernel.source, /tf_ring/);
+  assert.not.match(off.kernel.source, /tf_ring|tf_sync_compute/);
+  assert.is(off.kernel.threads, CUDA_BLOCK);
+  assert.is(megakernelScheduleOptions(caps, { graph: 'step' }).registersPerThread, 65536 / (2 * CUDA_BLOCK));
   assert.ok(off.kernel.sharedBytes < DEPTH * 4 + PAGE, `${off.kernel.sharedBytes} bytes without a ring`);
 });
 

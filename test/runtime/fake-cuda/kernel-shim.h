@@ -47,7 +47,8 @@ namespace tf_fake {
 
 struct Dim3 { unsigned x = 0, y = 0, z = 0; };
 // Spin: paused in a spin-wait (__nanosleep), runnable again once the other resident blocks have had a turn.
-enum State { Runnable, WaitWarp, WaitBlock, Spin, Done };
+// WaitFirst: at a barrier of the block's first threads only (bar.sync 1, n: the megakernel's compute threads).
+enum State { Runnable, WaitWarp, WaitBlock, WaitFirst, Spin, Done };
 struct Fiber {
   void* sp = nullptr;
   State state = Done;
@@ -73,6 +74,7 @@ struct Block {
   std::unordered_map<const void*, std::vector<SharedChunk>> statics;
   bool started = false;
   unsigned cluster_syncs = 0;  // cluster barriers its threads have reached
+  unsigned first_threads = 0;  // how many threads a WaitFirst barrier waits for
 };
 
 inline Dim3 grid_dim, block_dim;
@@ -185,7 +187,7 @@ inline void start(Fiber& f, unsigned t, unsigned r) {
 }
 
 inline const char* name(State s) {
-  return s == Runnable ? "runnable" : s == WaitWarp ? "at a warp shuffle" : s == WaitBlock ? "at __syncthreads" : s == Spin ? "spinning" : "done";
+  return s == Runnable ? "runnable" : s == WaitWarp ? "at a warp shuffle" : s == WaitBlock ? "at __syncthreads" : s == WaitFirst ? "at a barrier of the first threads" : s == Spin ? "spinning" : "done";
 }
 
 inline void deadlock(unsigned n) {
@@ -234,6 +236,14 @@ inline bool run_block(unsigned r, unsigned n) {
       block_ready = block_ready && (fibers[t].state == WaitBlock || fibers[t].state == Done);
     }
     if (done) return true;
+    // A barrier of the first threads goes on when each of them is at it or has exited, whatever the others do.
+    bool any_first = false, first_ready = true;
+    for (unsigned t = 0; t < n; t++) any_first = any_first || fibers[t].state == WaitFirst;
+    for (unsigned t = 0; t < block->first_threads && t < n; t++) first_ready = first_ready && (fibers[t].state == WaitFirst || fibers[t].state == Done);
+    if (any_first && first_ready) {
+      for (unsigned t = 0; t < n; t++) if (fibers[t].state == WaitFirst) fibers[t].state = Runnable;
+      continue;
+    }
     if (any_spin) {
       for (unsigned t = 0; t < n; t++) if (fibers[t].state == Spin) fibers[t].state = Runnable;
       return false;
@@ -288,6 +298,11 @@ void call(void (*f)(A...), void** p) {
 }  // namespace tf_fake
 
 inline void __syncthreads() { tf_fake::yield_as(tf_fake::WaitBlock); }
+// bar.sync 1, n: a barrier of the block's first n threads.
+inline void tf_fake_sync_first(unsigned n) {
+  tf_fake::block->first_threads = n;
+  tf_fake::yield_as(tf_fake::WaitFirst);
+}
 
 namespace tf_fake {
 // Every lane of the warp posts v and takes the value lane `src` (of the same warp) posted. Shuffles alternate between
