@@ -111,11 +111,15 @@ const RESERVED_SHARED_BYTES = 1024;
 
 /**
  * Bytes of a page of the weight ring: one row's weights (rows are lowered to fit: RowOptions.rowWeightBytes). 32 KiB
- * is 8 outputs of a 2,048-deep projection; with 2 blocks a multiprocessor the H200's shared memory holds 3 a block.
+ * is 8 outputs of a 2,048-deep projection (16 KiB pages measured no faster on the H200).
  */
 const PAGE_BYTES = 32 * 1024;
-/** Pages a block's ring holds at most; fewer than 2 and it streams nothing (a page would be refilled only after it was read). */
-const MAX_PAGES = 3;
+/**
+ * Pages a block's ring holds at most; fewer than 2 and it streams nothing (a page would be refilled only after it was
+ * read). 2, not the 3 the H200's shared memory holds at 2 blocks a multiprocessor: 0.882 against 0.929 ms a token
+ * (BENCHMARKS.md, thirtieth session), since a counter's release waits for the block's copies in flight.
+ */
+const MAX_PAGES = 2;
 
 /** The page size where the megakernel streams its weights (bulk copies: compute capability 9.0 and later), else undefined. */
 function streamPageBytes(caps: DeviceCaps, opts: MegakernelOptions): number | undefined {
@@ -482,9 +486,10 @@ __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target
  * the row being read and across the waits between kernels. A warp of its own (the producer, after the block's
  * TF_BLOCK compute threads) issues the fills: issuing a bulk copy stalls the issuing thread while the copy engine's
  * queue is full (about 1 µs a 32 KiB row on the H200 under a full ring), which a compute thread issuing them put on
- * every row's critical path. The compute threads take a row's page (its full barrier's phase) before the row and
- * give it back after it (their barrier, then one arrival on its empty barrier, which the producer waits for before
- * filling it again).
+ * every row's critical path (0.940 against 0.969 ms a token on the H200, BENCHMARKS.md, thirtieth session). The
+ * compute threads take a row's page (its full barrier's phase) before the row and give it back after it (their
+ * barrier, then one arrival on its empty barrier, which the producer waits for before filling it again; a task's
+ * last page after its counter's release).
  */
 function ringHelpers(ring: Ring, timeline: boolean): string {
   return `// tsfuse megakernel: the weight ring
@@ -504,6 +509,7 @@ struct tf_ring_t {
   const tf_ring_run* runs;
   int end;    // the block's tasks
   int taken;  // rows its tasks read and gave back so far (thread 0's count; a task starts from it)
+  int held;   // the page of a task's last row, given back after the task's release (-1: none)
   int stop;  // set by thread 0 where a wait gave up: the producer stops filling
   unsigned long long waited, filling;  // the timeline's: ns thread 0 waited for pages, ns the producer spent issuing fills
 };
@@ -570,6 +576,7 @@ __device__ __forceinline__ void tf_ring_load(tf_ring_t* r, unsigned char* pages,
     r->runs = runs;
     r->end = end - first;
     r->taken = r->stop = 0;
+    r->held = -1;
     r->waited = r->filling = 0;
     for (int p = 0; p < TF_RING_PAGES; p++) {
       tf_ring_init(&r->full[p]);
@@ -628,16 +635,26 @@ __device__ __forceinline__ const unsigned char* tf_ring_take(tf_ring_t* r, int t
   return r->pages + page * TF_PAGE_BYTES;
 }
 // The row's page back once every compute thread has read it (the fence orders their reads of it before the copy
-// engine's next writes).
-__device__ __forceinline__ void tf_ring_give(tf_ring_t* r, int& taken) {
+// engine's next writes). A task's last page is held until thread 0 has released the task's counter (tf_ring_release):
+// the release waits for the block's copies in flight, so a fill issued just before it would delay it (0.929 against
+// 0.941 ms a token with 3 pages, 0.882 against 0.901 with 2: BENCHMARKS.md, thirtieth session).
+__device__ __forceinline__ void tf_ring_give(tf_ring_t* r, int& taken, bool last) {
   if (!r) return;
   __syncthreads();
   if (threadIdx.x == 0) {
     r->taken = taken + 1;
     tf_fence_async_shared();
-    tf_ring_arrive(&r->empty[taken % TF_RING_PAGES]);
+    if (last) r->held = taken % TF_RING_PAGES;
+    else tf_ring_arrive(&r->empty[taken % TF_RING_PAGES]);
   }
   taken++;
+}
+// Thread 0, after releasing a task's counter: the page its last row held back.
+__device__ __forceinline__ void tf_ring_release(tf_ring_t* r) {
+  if (r && r->held >= 0) {
+    tf_ring_arrive(&r->empty[r->held]);
+    r->held = -1;
+  }
 }
 `;
 }
@@ -703,7 +720,7 @@ ${calls.map((c) => c.slice(2)).join('\n')}
     // The next task reuses the pool; the release covers every thread's writes.
     __syncthreads();
 ${time(2, 'tf_now()')}${time(3, 'tf_processor()')}${ring ? `${time(4, 'tf_ring ? tf_ring->waited : 0ull')}${time(5, 'tf_ring ? *reinterpret_cast<volatile unsigned long long*>(&tf_ring->filling) : 0ull')}` : ''}    if (threadIdx.x == 0) tf_mk_release(tf_done + tf_kernel);
-  }
+${ring ? '    if (threadIdx.x == 0) tf_ring_release(tf_ring);\n' : ''}  }
 }
 `;
 }

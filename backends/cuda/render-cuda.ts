@@ -370,7 +370,7 @@ function functionBody(sk: ScheduledKernel, form: 'kernel' | 'task', streams: rea
   k.body.forEach((s, i) => {
     if (i >= once) renderStmt(s, sk.stmts[i], p, shared, body, '    ');
   });
-  if (streams.length) body.push('    tf_ring_give(tf_ring, tf_taken);');
+  if (streams.length) body.push(`    tf_ring_give(tf_ring, tf_taken, ${ROW} + 1 == tf_end);`);
   // The next row rewrites the shared arrays: wait until every thread has read this row's (none do after a prologue).
   if (sk.arrays.length && !once) body.push('    __syncthreads();');
   body.push('  }');
