@@ -214,7 +214,7 @@ const RING_STATE_AT = 16;
 /**
  * Words (u64) of the timeline a task: when its block started waiting, when its inputs were ready, when it ended (ns,
  * %globaltimer), its multiprocessor, and with a weight ring the block's ns so far spent waiting for pages (thread 0)
- * and issuing fills (the issuer), zero without one.
+ * and issuing fills (the producer), zero without one.
  */
 export const TIMELINE_WORDS = 6;
 
