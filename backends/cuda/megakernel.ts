@@ -111,7 +111,8 @@ const RESERVED_SHARED_BYTES = 1024;
 
 /**
  * Bytes of a page of the weight ring: one row's weights (rows are lowered to fit: RowOptions.rowWeightBytes). 32 KiB
- * is 8 outputs of a 2,048-deep projection (16 KiB pages measured no faster on the H200).
+ * is 8 outputs of a 2,048-deep projection (16 KiB pages, whose rows are narrower, measured slower on the H200: 0.943
+ * against 0.876 ms a token).
  */
 const PAGE_BYTES = 32 * 1024;
 /**
@@ -584,8 +585,9 @@ __device__ __forceinline__ void tf_ring_load(tf_ring_t* r, unsigned char* pages,
     }
   }
 }
-// The producer: fills the block's streamed rows into the pages in the order its tasks read them, each page once the
-// row before in it was given back; stops where thread 0 says a wait gave up, after its fills in flight landed.
+// The producer: fills the block's streamed rows into the pages in the order its tasks read them, one at a time, each
+// page once the row before in it was given back; stops where thread 0 says a wait gave up, after its fills in flight
+// landed.
 static __device__ __noinline__ void tf_ring_produce(tf_ring_t* r) {
   int filled = 0;
   for (int task = 0; task < r->end; task++) {
@@ -603,6 +605,9 @@ static __device__ __noinline__ void tf_ring_produce(tf_ring_t* r) {
           }
         }
       }
+      // One fill in flight at a time: the row before landed first. Fewer bytes queued in the memory system shorten
+      // the other blocks' waits for counters (0.870 against 0.876 ms a token, BENCHMARKS.md, thirtieth session).
+      if (filled > 0) tf_ring_wait(&r->full[(filled - 1) % TF_RING_PAGES], (unsigned)((filled - 1) / TF_RING_PAGES) & 1u);
 #ifdef TF_RING_TIMES
       const unsigned long long start = tf_now();
 #endif
