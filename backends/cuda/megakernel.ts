@@ -487,7 +487,7 @@ __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target
  * the row being read and across the waits between kernels. A warp of its own (the producer, after the block's
  * TF_BLOCK compute threads) issues the fills: issuing a bulk copy stalls the issuing thread while the copy engine's
  * queue is full (about 1 µs a 32 KiB row on the H200 under a full ring), which a compute thread issuing them put on
- * every row's critical path (0.940 against 0.969 ms a token on the H200, BENCHMARKS.md, thirtieth session). The
+ * every row's critical path (0.940 against 0.973 ms a token on the H200, BENCHMARKS.md, thirtieth session). The
  * compute threads take a row's page (its full barrier's phase) before the row and give it back after it (their
  * barrier, then one arrival on its empty barrier, which the producer waits for before filling it again; a task's
  * last page after its counter's release).
