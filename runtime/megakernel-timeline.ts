@@ -1,6 +1,6 @@
 // A megakernel step as a timeline: each task's times as its block recorded them (backends/cuda/megakernel.ts:
 // when it started waiting for its inputs, when they were ready, when it ended, on which multiprocessor, and with a
-// weight ring how long it waited for its pages and spent issuing their fills), read
+// weight ring how long it waited for its pages and how long the ring's producer spent issuing fills meanwhile), read
 // three ways: tasks by block, a text table per kernel (how long its tasks waited and ran, and when it ran in the
 // step), and a Chrome / Perfetto trace with a process per multiprocessor, a thread per block, a slice per task
 // and one per wait.
@@ -27,7 +27,7 @@ export interface TaskTime {
   readonly waitNs: number;
   readonly readyNs: number;
   readonly endNs: number;
-  /** With a weight ring: ns the task waited for its rows' pages to land, and ns its issuer spent issuing fills. */
+  /** With a weight ring: ns the task waited for its rows' pages to land, and ns the ring's producer spent issuing fills while it ran. */
   readonly pageWaitNs: number;
   readonly fillNs: number;
 }
@@ -102,7 +102,7 @@ export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): st
       gbPerS === undefined ? '—' : gbPerS.toFixed(0), gbPerS === undefined || !copyBandwidth ? '—' : ((100 * gbPerS * 1e9) / copyBandwidth).toFixed(1),
       ...(ringed ? [us(mean(tasks.map((x) => x.pageWaitNs))), us(mean(tasks.map((x) => x.fillNs)))] : [])];
   });
-  // With a weight ring: how long a task waited for its pages, and its issuer spent issuing fills (means).
+  // With a weight ring: how long a task waited for its pages, and the producer spent issuing fills meanwhile (means).
   const head = ['#', 'kernel', 'kind', 'tasks', 'wait µs', 'max', 'run µs', 'max', 'busy µs', 'from µs', 'to µs', 'share µs', 'GB/s', '% copy', ...(ringed ? ['pages µs', 'fills µs'] : [])];
   const lines = columns(head, rows, head.map((_, i) => i < 1 || i > 2));
   const byKind = new Map<string, { kernels: Set<number>; busy: number; wait: number; share: number; bytes: number }>();

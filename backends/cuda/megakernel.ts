@@ -274,7 +274,7 @@ function printKernel(s: MegakernelSchedule, name: string, blocksPerProcessor: nu
     megakernelHelpers,
     ...(ring ? [ringHelpers(ring, timeline, TASK_WORDS)] : []),
     ...[...functions.values()].map((f) => f.code),
-    kernelCode(name, blocksPerProcessor, calls, timeline, ring, pool, s.kernels.length),
+    kernelCode(name, blocksPerProcessor, calls, timeline, ring, pool),
   ].join('\n');
   const plan = taskTable(s, (k, buffer) => printed.slotOf(s.kernels[k].kernel.buffers[buffer].binding), !!ring);
   const sharedBytes = ring ? RING_OWN_BYTES + poolEnd(pool) + ring.pages * ring.pageBytes + ring.tables : OWN_BYTES + pool;
@@ -411,7 +411,7 @@ __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target
 `;
 
 /** The persistent kernel: each block its tasks, prefetching, waiting, calling, releasing (and timing them). */
-function kernelCode(name: string, blocksPerProcessor: number, calls: readonly string[], timeline: boolean, ring: Ring | undefined, pool: number, kernels: number): string {
+function kernelCode(name: string, blocksPerProcessor: number, calls: readonly string[], timeline: boolean, ring: Ring | undefined, pool: number): string {
   // Thread 0 records the times; the barrier after the wait orders its "ready" after every thread is past the wait.
   const time = (word: number, what: string) => (timeline ? `    if (threadIdx.x == 0) tf_timeline[${TIMELINE_WORDS} * tf_t + ${word}] = ${what};\n` : '');
   // The ring's producer starts filling before the first wait, then leaves the block's loop to the compute threads;
@@ -426,7 +426,7 @@ function kernelCode(name: string, blocksPerProcessor: number, calls: readonly st
 ` : '';
   // A wait that gave up stops the producer too (it returns once its fills in flight landed).
   const stop = ring ? '        if (tf_ring && threadIdx.x == 0) *reinterpret_cast<volatile int*>(&tf_ring->stop) = 1;\n' : '';
-  return `extern "C" __global__ void __launch_bounds__(${ring ? 'TF_BLOCK + 32' : 'TF_BLOCK'}, ${blocksPerProcessor}) ${name}(void* const* __restrict__ tf_buf, const int* __restrict__ tf_plan,
+  return `extern "C" __global__ void __launch_bounds__(${ring ? `TF_BLOCK + ${PRODUCER_THREADS}` : 'TF_BLOCK'}, ${blocksPerProcessor}) ${name}(void* const* __restrict__ tf_buf, const int* __restrict__ tf_plan,
     unsigned* tf_done, unsigned* tf_steps, unsigned* tf_watchdog, const unsigned long long tf_limit_ns, unsigned long long* tf_timeline,
     float* tf_ws, unsigned* tf_count, const int tf_only_kernel, const int tf_only_task) {
   extern __shared__ __align__(16) unsigned char tf_smem[];

@@ -37,8 +37,7 @@ export interface Ring {
   readonly pageBytes: number;
   /** Bytes of the tables after the pages. */
   readonly tables: number;
-  /** Tasks of the block with the most, kernels, runs in all. */
-  readonly maxTasks: number;
+  /** Kernels, and runs in all (the tables' first two parts). */
   readonly kernels: number;
   readonly runs: number;
 }
@@ -49,14 +48,6 @@ const RING_TASK_BYTES = 12;
 const RING_KERNEL_BYTES = 12;
 const RING_RUN_BYTES = 24;
 
-function ringCounts(s: MegakernelSchedule): { maxTasks: number; kernels: number; runs: number } {
-  return { maxTasks: Math.max(0, ...s.blocks.map((b) => b.length)), kernels: s.kernels.length, runs: s.streams.reduce((n, r) => n + r.length, 0) };
-}
-
-function ringTableBytes(s: MegakernelSchedule): number {
-  const { maxTasks, kernels, runs } = ringCounts(s);
-  return Math.ceil((RING_RUN_BYTES * runs + RING_KERNEL_BYTES * kernels + RING_TASK_BYTES * maxTasks) / 16) * 16;
-}
 
 /** Where the pool ends, rounded to the ring's alignment (its pages follow it). */
 export const poolEnd = (pool: number) => Math.ceil(pool / 128) * 128;
@@ -68,9 +59,12 @@ export const poolEnd = (pool: number) => Math.ceil(pool / 128) * 128;
  */
 export function planRing(s: MegakernelSchedule, pool: number | undefined, sharedPerBlock: number): Ring | undefined {
   if (!s.streamPageBytes || pool === undefined) return undefined;
-  const tables = ringTableBytes(s);
+  // The tables: every stream's runs, every kernel, and the tasks of the block with the most.
+  const [kernels, runs] = [s.kernels.length, s.streams.reduce((n, r) => n + r.length, 0)];
+  const maxTasks = Math.max(0, ...s.blocks.map((b) => b.length));
+  const tables = Math.ceil((RING_RUN_BYTES * runs + RING_KERNEL_BYTES * kernels + RING_TASK_BYTES * maxTasks) / 16) * 16;
   const pages = Math.min(MAX_PAGES, Math.floor((sharedPerBlock - RING_OWN_BYTES - poolEnd(pool) - tables) / s.streamPageBytes));
-  return pages >= 2 ? { pages, pageBytes: s.streamPageBytes, tables, ...ringCounts(s) } : undefined;
+  return pages >= 2 ? { pages, pageBytes: s.streamPageBytes, tables, kernels, runs } : undefined;
 }
 
 /** Threads of a weight ring's producer: a warp after the block's CUDA_BLOCK compute threads. */
