@@ -234,6 +234,27 @@ export class Session {
     return { msPerToken: (await this.program.elapsedMs(start, end)) / steps, steps, kernelsPerStep: this.decodeKernels() };
   }
 
+  /**
+   * The megakernel's decode step timed with none of its tasks waiting for their inputs (CudaProgram.timeWithoutWaits),
+   * from position `startPos`: the step as if its synchronisation cost nothing, beside timeDecode's the real one.
+   * The cache is cleared after (the steps write garbage into it). CUDA programs loaded with the megakernel only.
+   */
+  async timeDecodeWithoutWaits(steps: number, opts: { warmup?: number; startPos?: number } = {}): Promise<{ msPerToken: number; steps: number }> {
+    const p = this.program as Program & { timeWithoutWaits?: (graph: string, steps: number, warmup: number) => Promise<number> };
+    if (!p.timeWithoutWaits) throw new ContractError(`timing the decode step without waits needs the cuda device opened with the megakernel; this is ${this.device.description}`);
+    const warmup = opts.warmup ?? 3;
+    const startPos = opts.startPos ?? 0;
+    // A task that does not wait may read the position its step's last task already advanced: one more.
+    this.checkFits(startPos + warmup + steps + 1);
+    this.reset();
+    this.writePrompt([0], {}, startPos);
+    try {
+      return { msPerToken: await p.timeWithoutWaits('decode', steps, warmup), steps };
+    } finally {
+      this.reset();
+    }
+  }
+
   /** Each decode kernel's time, launched one by one at position `startPos`, for finding the slow ones. */
   async profileDecode(startPos = 0): Promise<KernelTime[]> {
     this.checkFits(startPos + 1);

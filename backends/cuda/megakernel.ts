@@ -192,6 +192,13 @@ export const WATCHDOG_FIELDS = ['tripped', 'block', 'entry', 'kernel', 'task', '
 // bytes, offset in the page). The streams are empty where the kernel keeps no weight ring.
 const TASK_WORDS = 8;
 /**
+ * The launch's tf_only_kernel: a kernel's index runs only that kernel's tasks (bisecting); RUN_STEP the step;
+ * TIMING_WITHOUT_WAITS every task with none waiting for its inputs: what the step would take if its
+ * synchronisation cost nothing, its writes meaningless.
+ */
+export const RUN_STEP = -1;
+export const TIMING_WITHOUT_WAITS = -2;
+/**
  * Bytes of shared memory the kernel keeps for itself before the pool: the flag thread 0 hands the others after
  * waiting, and with a weight ring the ring's state.
  */
@@ -444,14 +451,15 @@ ${ringStart}  // The block's own count of steps (no other block touches it): the
     const int* const tf_task = tf_tasks + ${TASK_WORDS} * tf_t;
     const int tf_kernel = tf_task[0], tf_first = tf_task[2], tf_end = tf_task[3];
     // Bisecting (tf_only_kernel ≥ 0): only that kernel's tasks (or one of them) run, without waiting, the host
-    // having run their producers before.
+    // having run their producers before. Timing the step without its waits (TIMING_WITHOUT_WAITS): every task
+    // runs, none waiting.
     if (tf_only_kernel >= 0 && (tf_kernel != tf_only_kernel || (tf_only_task >= 0 && tf_task[1] != tf_only_task))) continue;
     // The weights depend on no task: start pulling them before waiting for the inputs.
     for (int p = tf_task[6]; p < tf_task[6] + tf_task[7]; p++) {
       const int* const tf_range = tf_prefetches + 3 * p;
       tf_mk_prefetch(static_cast<const char*>(tf_buf[tf_range[0]]) + tf_range[1], tf_range[2]);
     }
-${time(0, 'tf_now()')}    if (tf_task[5] > 0 && tf_only_kernel < 0) {
+${time(0, 'tf_now()')}    if (tf_task[5] > 0 && tf_only_kernel == ${RUN_STEP}) {
       if (threadIdx.x == 0) {
         bool ok = true;
         for (int w = tf_task[4]; ok && w < tf_task[4] + tf_task[5]; w++) {

@@ -161,12 +161,19 @@ __device__ __forceinline__ void tf_ld8_f32(const float* p, float* o) {
 // first L2 evicts, so that what is read again stays (the KV cache, activations, a megakernel's counters; on the
 // H200 0.793 → 0.785 ms a decode step, the megakernel 0.933 → 0.902, a 32-token prompt 1.49 → 1.33–1.39:
 // BENCHMARKS.md, twenty-fourth session), and L1 keeps none of it.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+// The L2 policy of a weight read once (a cache hint of loads and bulk copies): its lines are the first L2 evicts.
+__device__ __forceinline__ unsigned long long tf_evict_first() {
+  unsigned long long policy;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+#endif
 __device__ __forceinline__ uint4 tf_ld16_once(const void* p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   uint4 r;
-  asm("{\\n\\t.reg .b64 tf_policy;\\n\\tcreatepolicy.fractional.L2::evict_first.b64 tf_policy, 1.0;\\n\\t"
-      "ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], tf_policy;\\n\\t}"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p), "l"(tf_evict_first()));
   return r;
 #else
   return __ldg(reinterpret_cast<const uint4*>(p));
@@ -408,12 +415,15 @@ __device__ __forceinline__ void tf_bar_init(unsigned long long* bar) {
 __device__ __forceinline__ void tf_bar_expect(unsigned long long* bar, unsigned bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(tf_shared_address(bar)), "r"(bytes) : "memory");
 }
-__device__ __forceinline__ void tf_bar_wait(unsigned long long* bar, unsigned parity) {
+// Whether the barrier's phase of that parity completed: one probe (which may wait a while in the hardware).
+__device__ __forceinline__ bool tf_bar_passed(unsigned long long* bar, unsigned parity) {
   unsigned done;
-  do {
-    asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-      : "=r"(done) : "r"(tf_shared_address(bar)), "r"(parity) : "memory");
-  } while (!done);
+  asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+    : "=r"(done) : "r"(tf_shared_address(bar)), "r"(parity) : "memory");
+  return done != 0;
+}
+__device__ __forceinline__ void tf_bar_wait(unsigned long long* bar, unsigned parity) {
+  while (!tf_bar_passed(bar, parity)) {}
 }
 __device__ __forceinline__ void tf_bar_inval(unsigned long long* bar) {
   asm volatile("mbarrier.inval.shared::cta.b64 [%0];" :: "r"(tf_shared_address(bar)) : "memory");

@@ -124,21 +124,14 @@ __device__ __forceinline__ void tf_ring_init(unsigned long long* bar) { tf_bar_i
 __device__ __forceinline__ void tf_ring_arm(unsigned long long* bar, unsigned bytes) { tf_bar_expect(bar, bytes); }
 // Each weight is read once a step: its lines are the first L2 evicts (as tf_ld16_once's).
 __device__ __forceinline__ void tf_ring_copy(void* dst, const void* src, unsigned bytes, unsigned long long* bar) {
-  asm volatile("{\\n\\t.reg .b64 tf_policy;\\n\\tcreatepolicy.fractional.L2::evict_first.b64 tf_policy, 1.0;\\n\\t"
-    "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], tf_policy;\\n\\t}"
-    :: "r"(tf_shared_address(dst)), "l"(src), "r"(bytes), "r"(tf_shared_address(bar)) : "memory");
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
+    :: "r"(tf_shared_address(dst)), "l"(src), "r"(bytes), "r"(tf_shared_address(bar)), "l"(tf_evict_first()) : "memory");
 }
 __device__ __forceinline__ void tf_ring_landed(unsigned long long*) {}
 __device__ __forceinline__ void tf_ring_arrive(unsigned long long* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(tf_shared_address(bar)) : "memory");
 }
-// Whether the phase of that parity completed (one probe, which may wait a while in the hardware).
-__device__ __forceinline__ bool tf_ring_passed(unsigned long long* bar, unsigned parity) {
-  unsigned done;
-  asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-    : "=r"(done) : "r"(tf_shared_address(bar)), "r"(parity) : "memory");
-  return done != 0;
-}
+__device__ __forceinline__ bool tf_ring_passed(unsigned long long* bar, unsigned parity) { return tf_bar_passed(bar, parity); }
 #elif defined(TF_FAKE_CUDA)
 // The host emulation copies at once; a barrier's word counts its completed phases.
 inline void tf_ring_init(unsigned long long* bar) { __atomic_store_n(bar, 0ull, __ATOMIC_SEQ_CST); }

@@ -4,7 +4,7 @@
 // each task's times), launched in place of the graph's kernels, and its watchdog read back with every read of the
 // program; the timeline is read on request (runtime/megakernel-timeline.ts reads it as tasks).
 
-import { MegakernelOptions, MegakernelRefused, PreparedMegakernel, TIMELINE_WORDS, WATCHDOG_FIELDS, WATCHDOG_WORDS } from '../../backends/cuda/megakernel.ts';
+import { MegakernelOptions, MegakernelRefused, PreparedMegakernel, RUN_STEP, TIMELINE_WORDS, TIMING_WITHOUT_WAITS, WATCHDOG_FIELDS, WATCHDOG_WORDS } from '../../backends/cuda/megakernel.ts';
 import { Binding } from '../../backends/kernel-ir.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from '../cuda/driver.ts';
 import { MegakernelTimeline, taskTimes } from '../megakernel-timeline.ts';
@@ -16,6 +16,7 @@ const DEFAULT_WATCHDOG_MS = 5000;
 export class LoadedMegakernel {
   private readonly fn: Handle;
   private readonly args: KernelArgs;
+  private readonly argsWithoutWaits: KernelArgs;
   /** The launch's arguments but the last two (the kernel and task a bisecting launch runs alone). */
   private readonly fixedArgs: readonly (DevicePtr | { int: number })[];
   /** Each kernel's count of finished tasks, and each block's count of steps (zeroed again after bisecting). */
@@ -64,7 +65,8 @@ export class LoadedMegakernel {
     this.counts = counts;
     // The limit is an unsigned 64-bit argument: passed in a pointer's slot.
     this.fixedArgs = [buffers, plan, done, steps, this.watchdog, Math.round(limitNs), this.timeline ?? 0, scratch?.ws ?? 0, scratch?.count ?? 0];
-    this.args = cuda.kernelArgs([...this.fixedArgs, { int: -1 }, { int: -1 }]);
+    this.args = cuda.kernelArgs([...this.fixedArgs, { int: RUN_STEP }, { int: -1 }]);
+    this.argsWithoutWaits = cuda.kernelArgs([...this.fixedArgs, { int: TIMING_WITHOUT_WAITS }, { int: -1 }]);
   }
 
   get graph(): string {
@@ -74,6 +76,16 @@ export class LoadedMegakernel {
   launch(): void {
     if (this.stuck) throw this.stuck;
     this.cuda.launch(this.fn, this.prepared.kernel.blocks, this.prepared.kernel.threads, this.args, this.prepared.kernel.sharedBytes);
+  }
+
+  /**
+   * Queues a step whose tasks do not wait for their inputs, for timing: what the step takes when its synchronisation
+   * costs nothing. Its writes are meaningless (each task reads whatever its inputs hold as it runs); the counters
+   * stay right, since every task still releases its own.
+   */
+  launchWithoutWaits(): void {
+    if (this.stuck) throw this.stuck;
+    this.cuda.launch(this.fn, this.prepared.kernel.blocks, this.prepared.kernel.threads, this.argsWithoutWaits, this.prepared.kernel.sharedBytes);
   }
 
   /**

@@ -440,6 +440,24 @@ export class CudaProgram implements Program {
     return mk.readTimeline();
   }
 
+  /**
+   * Device time of `steps` steps of `graph`'s megakernel with none of its tasks waiting for their inputs, after
+   * `warmup` such steps, in ms a step: the step as if its synchronisation cost nothing. Timing only: what the steps
+   * write is meaningless, so the caller starts its state again after.
+   */
+  async timeWithoutWaits(graph: string, steps: number, warmup: number): Promise<number> {
+    this.usable('timing without waits');
+    const mk = this.megakernelOf(graph);
+    if (!mk) throw new Error(`@${graph} does not run as a megakernel: open the device with the megakernel option to time it without waits`);
+    for (let i = 0; i < warmup; i++) mk.launchWithoutWaits();
+    const start = this.mark();
+    for (let i = 0; i < steps; i++) mk.launchWithoutWaits();
+    const end = this.mark();
+    const ms = await this.elapsedMs(start, end);
+    await this.finish();
+    return ms / steps;
+  }
+
   kernelCount(graph: string): number {
     if (this.megakernelOf(graph)) return 1;
     return this.graphs.get(graph)?.kernels.length ?? 0;

@@ -82,6 +82,10 @@ test('the report: one table without --compare; with peers, a column pair each an
   assert.match(alone, '50.0 %'); // 2 GB per ms is 2 TB/s, half the copy bandwidth
   assert.not.match(alone, 'tsfuse against');
   assert.is(alone.split('\n').find((l) => l.startsWith('| decode ms per token, CUDA events'))!.split('|').length, 4, 'two columns');
+  // The megakernel's step without waits: a row only where it was timed (--megakernel).
+  assert.not.match(alone, 'no task waiting');
+  const floorRow = report({ ...ts, withoutWaitsMs: 0.625 }, [], options(tmp), tmp).split('\n').find((l) => l.includes('no task waiting'));
+  assert.equal(floorRow?.split('|').map((c) => c.trim()).slice(1, 3), ["the megakernel's step with no task waiting (timing only)", '0.625']);
 
   const peer = (decodeMs: number, tokens: number[], logit: number, f32?: boolean): PeerResult => ({
     versions: { torch: '2.11', transformers: '5.17', gpu: 'GPU', cuda: '13.0' }, load_s: 1, warmup_s: [40, 1],

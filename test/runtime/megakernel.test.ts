@@ -102,6 +102,40 @@ s('sampling (temperature, top-p, seed) runs inside the one kernel a step: the mu
   assert.not.equal(mk.tokens, gold.greedy_new_tokens.slice(0, 12), 'sampled, not greedy');
 });
 
+s('the decode step timed with no task waiting: a time, then the greedy tokens as before; refused where it cannot run', async () => {
+  if (!enabled) return;
+  const dir = path.join(fixtures, 'tiny-llama');
+  const gold = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
+  const refusal = async (f: () => Promise<unknown>): Promise<string> => {
+    try {
+      await f();
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return 'not refused';
+  };
+  const open = (megakernel: boolean) => openLlamaSession(loadLlama(dir), { backend: 'cuda', cacheLength: gold.input_ids.length + 8, cacheDir: fake.cacheDir, megakernel });
+  const session = await open(true);
+  try {
+    const from = gold.input_ids.length;
+    const t = await session.timeDecodeWithoutWaits(3, { warmup: 1, startPos: from });
+    assert.is(t.steps, 3);
+    assert.ok(Number.isFinite(t.msPerToken) && t.msPerToken > 0, String(t.msPerToken));
+    // The steps wrote garbage; the session starts again from a cleared cache.
+    assert.equal(await session.generate(gold.input_ids, 8), gold.greedy_new_tokens.slice(0, 8));
+    // A task may read the position one step ahead: the last step must leave room for it.
+    assert.is(await refusal(() => session.timeDecodeWithoutWaits(8, { warmup: 0, startPos: from })), `positions up to ${from + 9} do not fit a KV cache of ${from + 8}`);
+  } finally {
+    session.close();
+  }
+  const launched = await open(false);
+  try {
+    assert.match(await refusal(() => launched.timeDecodeWithoutWaits(1)), '@decode does not run as a megakernel');
+  } finally {
+    launched.close();
+  }
+});
+
 s('an MLP stack with an untied bf16 head runs as one kernel and matches the reference interpreter on fresh inputs', async () => {
   if (!enabled) return;
   const graph = mlpStack();
