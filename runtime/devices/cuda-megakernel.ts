@@ -74,8 +74,7 @@ export class LoadedMegakernel {
   }
 
   launch(): void {
-    if (this.stuck) throw this.stuck;
-    this.cuda.launch(this.fn, this.prepared.kernel.blocks, this.prepared.kernel.threads, this.args, this.prepared.kernel.sharedBytes);
+    this.queue(this.args);
   }
 
   /**
@@ -84,8 +83,7 @@ export class LoadedMegakernel {
    * stay right, since every task still releases its own.
    */
   launchWithoutWaits(): void {
-    if (this.stuck) throw this.stuck;
-    this.cuda.launch(this.fn, this.prepared.kernel.blocks, this.prepared.kernel.threads, this.argsWithoutWaits, this.prepared.kernel.sharedBytes);
+    this.queue(this.argsWithoutWaits);
   }
 
   /**
@@ -93,9 +91,7 @@ export class LoadedMegakernel {
    * has run their producers. The counters are off afterwards until resetCounters.
    */
   launchOnly(kernel: number, task = -1): void {
-    if (this.stuck) throw this.stuck;
-    const args = this.cuda.kernelArgs([...this.fixedArgs, { int: kernel }, { int: task }]);
-    this.cuda.launch(this.fn, this.prepared.kernel.blocks, this.prepared.kernel.threads, args, this.prepared.kernel.sharedBytes);
+    this.queue(this.cuda.kernelArgs([...this.fixedArgs, { int: kernel }, { int: task }]));
   }
 
   /** Queues the zeroing of the counters and step counts, as loaded: the next step starts the count again. */
@@ -129,6 +125,12 @@ export class LoadedMegakernel {
     for (const p of this.memory) this.cuda.free(p);
     this.pinned.length = 0;
     this.memory.length = 0;
+  }
+
+  /** Queues a launch of the whole grid with these arguments (refused once the watchdog stopped a step). */
+  private queue(args: KernelArgs): void {
+    if (this.stuck) throw this.stuck;
+    this.cuda.launch(this.fn, this.prepared.kernel.blocks, this.prepared.kernel.threads, args, this.prepared.kernel.sharedBytes);
   }
 
   private alloc(bytes: number): DevicePtr {

@@ -121,7 +121,10 @@ s('the decode step timed with no task waiting: a time, then the greedy tokens as
     const t = await session.timeDecodeWithoutWaits(3, { warmup: 1, startPos: from });
     assert.is(t.steps, 3);
     assert.ok(Number.isFinite(t.msPerToken) && t.msPerToken > 0, String(t.msPerToken));
-    // The steps wrote garbage; the session starts again from a cleared cache.
+    // The steps wrote garbage (tokens into the history among it); the session's state is cleared after, and
+    // generating gives the greedy tokens (the counters still right).
+    const history = await session.program.read('state:history', DType.I32, [gold.input_ids.length + 9]);
+    assert.ok((history.data as Int32Array).every((t) => t === 0), 'the history cleared');
     assert.equal(await session.generate(gold.input_ids, 8), gold.greedy_new_tokens.slice(0, 8));
     // A task may read the position one step ahead: the last step must leave room for it.
     assert.is(await refusal(() => session.timeDecodeWithoutWaits(8, { warmup: 0, startPos: from })), `positions up to ${from + 9} do not fit a KV cache of ${from + 8}`);
