@@ -222,11 +222,7 @@ export class Session {
    * `startPos` with an otherwise empty cache: what the device takes per token, with no host work in it.
    */
   async timeDecode(steps: number, opts: { warmup?: number; startPos?: number } = {}): Promise<{ msPerToken: number; steps: number; kernelsPerStep: number }> {
-    const warmup = opts.warmup ?? 3;
-    const startPos = opts.startPos ?? 0;
-    this.checkFits(startPos + warmup + steps);
-    this.reset();
-    this.writePrompt([0], {}, startPos);
+    const warmup = this.prepareTimedDecode(steps, opts, 0);
     for (let i = 0; i < warmup; i++) this.program.replay(this.decodeStep);
     const start = this.program.mark();
     for (let i = 0; i < steps; i++) this.program.replay(this.decodeStep);
@@ -242,17 +238,26 @@ export class Session {
   async timeDecodeWithoutWaits(steps: number, opts: { warmup?: number; startPos?: number } = {}): Promise<{ msPerToken: number; steps: number }> {
     const p = this.program as Program & { timeWithoutWaits?: (graph: string, steps: number, warmup: number) => Promise<number> };
     if (!p.timeWithoutWaits) throw new ContractError(`timing the decode step without waits needs the cuda device opened with the megakernel; this is ${this.device.description}`);
-    const warmup = opts.warmup ?? 3;
-    const startPos = opts.startPos ?? 0;
     // A task that does not wait may read the position its step's last task already advanced: one more.
-    this.checkFits(startPos + warmup + steps + 1);
-    this.reset();
-    this.writePrompt([0], {}, startPos);
+    const warmup = this.prepareTimedDecode(steps, opts, 1);
     try {
       return { msPerToken: await p.timeWithoutWaits('decode', steps, warmup), steps };
     } finally {
       this.reset();
     }
+  }
+
+  /**
+   * Before timing `steps` decode steps after a warm-up (3 by default) from position startPos (0): refused where they
+   * and `beyond` more positions would run past the cache; the cache cleared, the position written. The warm-up's steps.
+   */
+  private prepareTimedDecode(steps: number, opts: { warmup?: number; startPos?: number }, beyond: number): number {
+    const warmup = opts.warmup ?? 3;
+    const startPos = opts.startPos ?? 0;
+    this.checkFits(startPos + warmup + steps + beyond);
+    this.reset();
+    this.writePrompt([0], {}, startPos);
+    return warmup;
   }
 
   /** Each decode kernel's time, launched one by one at position `startPos`, for finding the slow ones. */
