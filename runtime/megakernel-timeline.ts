@@ -70,11 +70,18 @@ export function taskTimes(s: MegakernelSchedule, words: BigUint64Array): Megaker
 
 const us = (ns: number) => (ns / 1e3).toFixed(1);
 
+function median(xs: number[]): number {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const m = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[m] : (sorted[m - 1] + sorted[m]) / 2;
+}
+
 /**
  * One line per kernel in the graph's order: its tasks, their mean and largest wait and run (µs), the time its tasks
  * kept blocks busy, when in the step its first task's inputs were ready and its last task ended, its `share` of the
- * step (from the kernels before it ending to its own end: the shares add up to the step) and the bandwidth over that
- * share (its bytes as the launched profile counts them; as a fraction of `copyBandwidth`, bytes a second, where
+ * step (from the kernels before it ending to its own end: the shares add up to the step), its `gap` (from the kernels
+ * before it ending to its first task being ready; negative where it started before them) and `tail` (from its median
+ * task ending to its last), and the bandwidth over that share (its bytes as the launched profile counts them; as a fraction of `copyBandwidth`, bytes a second, where
  * given); then by kind, and the step.
  */
 export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): string[] {
@@ -89,21 +96,30 @@ export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): st
   const shares = new Map<number, number>();
   const ringed = t.tasks.some((x) => x.pageWaitNs > 0 || x.fillNs > 0);
   let before = 0;
+  let gaps = 0;
+  let tails = 0;
   const rows = [...byKernel].sort((a, b) => a[0] - b[0]).map(([k, tasks]) => {
     const waits = tasks.map((x) => x.readyNs - x.waitNs);
     const runs = tasks.map((x) => x.endNs - x.readyNs);
     const end = Math.max(...tasks.map((x) => x.endNs));
+    const from = Math.min(...tasks.map((x) => x.readyNs));
+    // The boundary before the kernel (its first task ready after the kernels before it ended: the release, the poll,
+    // the barrier) and the one it leaves (its last task ending after its median one).
+    const gap = from - before;
+    const tail = end - median(tasks.map((x) => x.endNs));
     const share = Math.max(0, end - before);
+    if (k > 0) gaps += Math.max(0, gap);
+    tails += tail;
     before = Math.max(before, end);
     shares.set(k, share);
     const gbPerS = rate(t.kernelBytes[k] ?? 0, share);
     return [String(k), tasks[0].name, tasks[0].kind, String(tasks.length), us(mean(waits)), us(Math.max(...waits)), us(mean(runs)),
-      us(Math.max(...runs)), us(runs.reduce((a, b) => a + b, 0)), us(Math.min(...tasks.map((x) => x.readyNs))), us(end), us(share),
+      us(Math.max(...runs)), us(runs.reduce((a, b) => a + b, 0)), us(from), us(end), us(share), k > 0 ? us(gap) : '—', us(tail),
       gbPerS === undefined ? '—' : gbPerS.toFixed(0), gbPerS === undefined || !copyBandwidth ? '—' : ((100 * gbPerS * 1e9) / copyBandwidth).toFixed(1),
       ...(ringed ? [us(mean(tasks.map((x) => x.pageWaitNs))), us(mean(tasks.map((x) => x.fillNs)))] : [])];
   });
   // With a weight ring: how long a task waited for its pages, and the producer spent issuing fills meanwhile (means).
-  const head = ['#', 'kernel', 'kind', 'tasks', 'wait µs', 'max', 'run µs', 'max', 'busy µs', 'from µs', 'to µs', 'share µs', 'GB/s', '% copy', ...(ringed ? ['pages µs', 'fills µs'] : [])];
+  const head = ['#', 'kernel', 'kind', 'tasks', 'wait µs', 'max', 'run µs', 'max', 'busy µs', 'from µs', 'to µs', 'share µs', 'gap µs', 'tail µs', 'GB/s', '% copy', ...(ringed ? ['pages µs', 'fills µs'] : [])];
   const lines = columns(head, rows, head.map((_, i) => i < 1 || i > 2));
   const byKind = new Map<string, { kernels: Set<number>; busy: number; wait: number; share: number; bytes: number }>();
   for (const x of t.tasks) {
@@ -131,6 +147,7 @@ export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): st
     ...columns(undefined, kinds, [false, true, true, true, true, true, true]).map((l) => `  ${l}`),
     `step: ${us(t.spanNs)} µs on ${t.blocks} blocks; tasks ran ${((100 * busy) / Math.max(1, capacity)).toFixed(1)} % of it, `
       + `waited ${((100 * wait) / Math.max(1, capacity)).toFixed(1)} %, the rest between tasks (table, prefetch, call, release)`,
+    `boundaries: ${us(gaps)} µs from the kernels before one ending to its first task ready, ${us(tails)} µs from kernels' median tasks ending to their last`,
     ...(t.registers !== undefined ? [`the kernel: ${t.registers} registers and ${t.localBytes ?? 0} bytes of local memory a thread (above 0: it spills)`] : []),
   ];
 }

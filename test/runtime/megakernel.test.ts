@@ -304,14 +304,23 @@ s('the timeline: every task of a step once, its times in order, after the tasks 
       // A task's inputs were ready once every task of the kernels it depends on had ended.
       for (const x of t.tasks) for (const d of schedule.dependsOn[x.kernel]) assert.ok(ends.get(d)! <= x.readyNs, `task ${x.kernel}.${x.task} ran before kernel ${d} ended`);
       const table = timelineTable(t);
-      assert.match(table[0], /^\s*#\s+kernel\s+kind\s+tasks\s+wait µs\s+max\s+run µs\s+max\s+busy µs\s+from µs\s+to µs\s+share µs\s+GB\/s\s+% copy$/);
+      assert.match(table[0], /^\s*#\s+kernel\s+kind\s+tasks\s+wait µs\s+max\s+run µs\s+max\s+busy µs\s+from µs\s+to µs\s+share µs\s+gap µs\s+tail µs\s+GB\/s\s+% copy$/);
       const rows = table.filter((l) => /^\s*\d+\s+k\d+\s/.test(l)).map((l) => l.trim().split(/\s+/));
       assert.is(rows.length, schedule.kernels.length);
       // Each kernel's share runs from the kernels before it ending to its own end: the shares add up to the step's
       // last end; its GB/s is its bytes (those the launched profile counts) over its share; no copy rate, no % copy.
+      // Its gap runs from the kernels before it ending to its first task being ready, its tail from its median task
+      // ending (of an even count, the mean of the middle two) to its last.
       let before = 0;
+      const gaps: number[] = [];
+      const tails: number[] = [];
       const shares = rows.map((_, k) => {
         const end = ends.get(k)!;
+        const mine = t.tasks.filter((x) => x.kernel === k);
+        gaps.push(Math.min(...mine.map((x) => x.readyNs)) - before);
+        const sorted = mine.map((x) => x.endNs).sort((a, b) => a - b);
+        const half = sorted.length >> 1;
+        tails.push(end - (sorted.length % 2 ? sorted[half] : (sorted[half - 1] + sorted[half]) / 2));
         const share = Math.max(0, end - before);
         before = Math.max(before, end);
         return share;
@@ -322,13 +331,20 @@ s('the timeline: every task of a step once, its times in order, after the tasks 
         const bytes = kernelBytes(schedule.kernels[k].kernel, schedule.sizes, (d, n) => n * (d === DType.BF16 ? 2 : 4));
         assert.is(t.kernelBytes[k], bytes, `kernel ${k}'s bytes`);
         assert.is(r[11], (shares[k] / 1e3).toFixed(1), `kernel ${k}'s share`);
+        assert.is(r[12], k > 0 ? (gaps[k] / 1e3).toFixed(1) : '—', `kernel ${k}'s gap`);
+        assert.is(r[13], (tails[k] / 1e3).toFixed(1), `kernel ${k}'s tail`);
+        assert.ok(tails[k] >= 0, `kernel ${k}'s tail`);
         const gbPerS = bytes / shares[k];
-        assert.is(r[12], shares[k] > 0 ? gbPerS.toFixed(0) : '—', `kernel ${k}'s GB/s`);
-        assert.is(r[13], '—', 'no copy rate, no % copy');
-        assert.is(withCopy[k][13], shares[k] > 0 ? ((100 * gbPerS * 1e9) / 4e12).toFixed(1) : '—', `kernel ${k}'s % of a 4 TB/s copy rate`);
+        assert.is(r[14], shares[k] > 0 ? gbPerS.toFixed(0) : '—', `kernel ${k}'s GB/s`);
+        assert.is(r[15], '—', 'no copy rate, no % copy');
+        assert.is(withCopy[k][15], shares[k] > 0 ? ((100 * gbPerS * 1e9) / 4e12).toFixed(1) : '—', `kernel ${k}'s % of a 4 TB/s copy rate`);
       });
       // The fake's 8 multiprocessors at the default 2 blocks each.
-      assert.match(table[table.length - 2], /^step: [\d.]+ µs on 16 blocks; tasks ran [\d.]+ % of it/);
+      assert.match(table[table.length - 3], /^step: [\d.]+ µs on 16 blocks; tasks ran [\d.]+ % of it/);
+      // The boundaries' sums: the gaps after the first kernel (where positive), every kernel's tail.
+      const gapSum = gaps.slice(1).reduce((n, g) => n + Math.max(0, g), 0);
+      const tailSum = tails.reduce((n, x) => n + x, 0);
+      assert.is(table[table.length - 2], `boundaries: ${(gapSum / 1e3).toFixed(1)} µs from the kernels before one ending to its first task ready, ${(tailSum / 1e3).toFixed(1)} µs from kernels' median tasks ending to their last`);
       // The kernel's registers and local memory (the CPU fake's driver reports 40 and none).
       assert.is(table[table.length - 1], 'the kernel: 40 registers and 0 bytes of local memory a thread (above 0: it spills)');
       const trace = JSON.parse(traceText(timelineTrace(t, device.description, { command: 'test' })));
@@ -368,7 +384,7 @@ s('the timeline with a weight ring: each task\'s wait for its pages (none where 
     // The fake copies a page with memcpy, which takes time on its clock.
     assert.ok(t.tasks.reduce((n, task) => n + task.fillNs, 0) > 0, 'the fills took time');
     const table = timelineTable(t);
-    assert.match(table[0], /share µs\s+GB\/s\s+% copy\s+pages µs\s+fills µs$/);
+    assert.match(table[0], /share µs\s+gap µs\s+tail µs\s+GB\/s\s+% copy\s+pages µs\s+fills µs$/);
     const rows = table.filter((l) => /^\s*\d+\s+\S+\s/.test(l) && !l.includes('kernel')).map((l) => l.trim().split(/\s+/));
     assert.is(rows.length, schedule.kernels.length);
     rows.forEach((r, k) => {
