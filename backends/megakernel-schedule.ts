@@ -233,6 +233,18 @@ export function megakernelOrigin(sk: ScheduledKernel): ScheduledKernel {
   return printedFrom.get(sk) ?? scheduleOrigin(sk);
 }
 
+/**
+ * The kernels (indices, in order) whose code is one of `kernels`' (every layer's kernel of a kind shares its code),
+ * those included. Refused, naming it, for an index that is not one of the schedule's kernels.
+ */
+export function kernelsAlike(s: Pick<MegakernelSchedule, 'kernels'>, kernels: readonly number[]): number[] {
+  const n = s.kernels.length;
+  const bad = kernels.find((k) => !(Number.isInteger(k) && k >= 0 && k < n));
+  if (bad !== undefined) throw new RangeError(`megakernel: kernel ${bad} is not one of the step's ${n} kernels (0 to ${n - 1})`);
+  const origins = new Set(kernels.map((k) => megakernelOrigin(s.kernels[k])));
+  return s.kernels.flatMap((sk, k) => (origins.has(megakernelOrigin(sk)) ? [k] : []));
+}
+
 /** The estimated time of one row of a kernel on one block, in ns: its share of the bytes and FLOPs at a block's rate. */
 function rowCost(sk: ScheduledKernel, sizes: Readonly<Record<string, number>>, rows: number, opts: MegakernelOptions): number {
   if (rows === 0) return 0;

@@ -20,6 +20,8 @@ import { timelineTable, timelineTrace } from '../runtime/megakernel-timeline.ts'
 import { StepTimeline, stepTimelineTable, stepTimelineTrace } from '../runtime/step-timeline.ts';
 import { openLlamaSession } from '../compiler/open-session.ts';
 import type { Session } from '../runtime/session.ts';
+import type { CudaProgram } from '../runtime/devices/cuda.ts';
+import { kernelsAlike } from '../backends/megakernel-schedule.ts';
 import { describeFileError, isFileSystemError } from '../compiler/cli-files.ts';
 import { checkpointMetadata, randomBf16Weights, writeBf16Checkpoint } from './random-checkpoint.ts';
 
@@ -78,6 +80,8 @@ export interface CudaBenchOptions {
   readonly megakernelBlocks?: number;
   /** --megakernel-stream: the megakernel streams its rows' weights through shared memory. */
   readonly megakernelStream?: boolean;
+  /** --megakernel-without-waits: kernels (indices in the decode graph) whose tasks a timing runs without waiting. */
+  readonly megakernelWithoutWaits?: readonly number[];
   /** Print a decode step and the prompt as they ran, from the kernels' stamps (the device opened with stamps). */
   readonly timeline?: boolean;
 }
@@ -92,6 +96,8 @@ export interface TsfuseResult {
   readonly replayMs: number;
   /** --megakernel: a decode step with none of the megakernel's tasks waiting for their inputs (timing only). */
   readonly withoutWaitsMs?: number;
+  /** --megakernel-without-waits: a decode step with those kernels' tasks (and those alike) not waiting (timing only). */
+  readonly withoutWaitsOf?: { readonly kernels: readonly number[]; readonly alike: readonly number[]; readonly ms: number };
   readonly prefillEventMs: number;
   readonly prefillWallMs: number;
   readonly kernelsPerToken: number;
@@ -239,6 +245,7 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
     const setupMs = performance.now() - t;
     const modulesCompiled = [...program.images.values()].filter((i) => !i.cached).length;
     log(`tsfuse ready in ${(setupMs / 1e3).toFixed(1)} s on ${session.device.description} (${modulesCompiled} NVRTC units compiled, the rest cached)`);
+    const alike = o.megakernelWithoutWaits ? megakernelKernelsAlike(program, o.megakernelWithoutWaits) : undefined;
     const first = await session.generate(prompt, N); // warm-up
     await session.generate(prompt, 1);
     let deterministic = true;
@@ -285,8 +292,11 @@ async function runTsfuse(dir: string, prompt: number[], o: CudaBenchOptions): Pr
     // as fit beside the position a task may read one ahead.
     const floorSteps = Math.min(N - 1, cacheLength - prompt.length - 2);
     const withoutWaits = o.megakernel && floorSteps > 0 ? (await session.timeDecodeWithoutWaits(floorSteps, { warmup: 1, startPos: prompt.length })).msPerToken : undefined;
+    const withoutWaitsOf = alike && floorSteps > 0
+      ? { kernels: o.megakernelWithoutWaits!, alike, ms: (await session.timeDecodeWithoutWaits(floorSteps, { warmup: 1, startPos: prompt.length, kernels: alike })).msPerToken }
+      : undefined;
     return {
-      device: session.device.description, setupMs, modulesCompiled, withoutWaitsMs: withoutWaits,
+      device: session.device.description, setupMs, modulesCompiled, withoutWaitsMs: withoutWaits, ...(withoutWaitsOf ? { withoutWaitsOf } : {}),
       decodeEventMs: best.decodeEvent, decodeWallMs: (best.wallN - best.wall1) / (N - 1), replayMs: replay.msPerToken,
       prefillEventMs: best.prefillEvent, prefillWallMs: best.wall1, kernelsPerToken: session.decodeKernels(),
       copyBandwidth, weightBytes: model.weights.tensors.reduce((s, w) => s + w.byteLength, 0),
@@ -451,6 +461,7 @@ export function report(ts: TsfuseResult, runs: readonly PeerRun[], o: CudaBenchO
     { label: 'decode tokens/s (events)', ts: (1e3 / ts.decodeEventMs).toFixed(0), peer: (r) => (1e3 / r.decode_ms_per_token_event).toFixed(0) },
     { label: `decode ms per token, ${N - 1} graph replays back to back`, ts: ms(ts.replayMs) },
     ...(ts.withoutWaitsMs === undefined ? [] : [{ label: 'the megakernel\'s step with no task waiting (timing only)', ts: ms(ts.withoutWaitsMs) }]),
+    ...(ts.withoutWaitsOf === undefined ? [] : [{ label: withoutWaitsLabel(ts.withoutWaitsOf), ts: ms(ts.withoutWaitsOf.ms) }]),
     { label: 'kernels per token', ts: String(ts.kernelsPerToken) },
     { label: `weight bandwidth (${(ts.weightBytes / 1e9).toFixed(3)} GB per token, events)`, ts: tbs(bw(ts.decodeEventMs)), peer: (r) => tbs(bw(r.decode_ms_per_token_event)) },
     { label: `fraction of copy bandwidth (${tbs(ts.copyBandwidth)}, this run)`, ts: pct(bw(ts.decodeEventMs) / ts.copyBandwidth), peer: (r) => pct(bw(r.decode_ms_per_token_event) / ts.copyBandwidth) },
@@ -504,4 +515,23 @@ function table(head: string[], rows: string[][]): string {
   const w = head.map((_, c) => Math.max(...all.map((r) => r[c].length)));
   const line = (r: string[]) => `| ${r.map((x, c) => (c === 0 ? x.padEnd(w[c]) : x.padStart(w[c]))).join(' | ')} |`;
   return [line(head), `| ${w.map((n, c) => (c === 0 ? '-'.repeat(n) : `${'-'.repeat(n - 1)}:`)).join(' | ')} |`, ...rows.map(line)].join('\n');
+}
+
+/**
+ * The kernels --megakernel-without-waits asks for (numbers in the decode step, as --profile's table has them) with
+ * every kernel of the same code: checked before anything is timed, a number the step does not have refused by name.
+ */
+function megakernelKernelsAlike(program: CudaProgram, kernels: readonly number[]): number[] {
+  const schedule = program.megakernelSchedule('decode');
+  if (!schedule) throw new BenchError('--megakernel-without-waits: the decode step does not run as a megakernel');
+  const n = schedule.kernels.length;
+  const bad = kernels.find((k) => k >= n);
+  if (bad !== undefined) throw new BenchError(`--megakernel-without-waits: the megakernel's step has kernels 0 to ${n - 1} (--profile's table numbers them), not ${bad}`);
+  return kernelsAlike(schedule, kernels);
+}
+
+/** The report's row for it: the kernels asked for, and how many more share their code. */
+export function withoutWaitsLabel(w: NonNullable<TsfuseResult['withoutWaitsOf']>): string {
+  const more = w.alike.length - new Set(w.kernels).size;
+  return `the megakernel's step with kernel${w.kernels.length === 1 ? '' : 's'} ${w.kernels.join(', ')}${more > 0 ? ` and the ${more} alike` : ''} not waiting (timing only)`;
 }

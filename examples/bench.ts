@@ -31,6 +31,7 @@ const options = {
   'megakernel-prefetch': { type: 'string', help: 'with --megakernel: weight KiB each task prefetches into L2 before it waits, at most (default 0: none)' },
   'megakernel-blocks': { type: 'string', help: 'with --megakernel: blocks each multiprocessor runs (default 2)' },
   'megakernel-stream': { type: 'boolean', default: false, help: 'with --megakernel: stream each row\'s weights through pages of shared memory filled ahead by the copy engine (compute capability 9.0)' },
+  'megakernel-without-waits': { type: 'string', help: 'with --megakernel: also time the step with these kernels\' tasks not waiting for their inputs (comma-separated numbers, as --profile\'s table has them; each with every kernel of the same code, such as every layer\'s): what their waits cost (timing only)' },
   profile: { type: 'boolean', default: false, help: 'also print the GPU time and bandwidth of each kernel of one decode step (on CUDA with its registers and local bytes a thread) and the prompt\'s kernels by kind, GEMMs with their TFLOP/s (--megakernel: each kernel\'s tasks, from the step\'s timeline)' },
   trace: { type: 'string', help: 'write a Chrome / Perfetto trace (JSON) of one decode step, a slice per kernel (--megakernel: per task, a track per block; --timeline: as the kernels ran inside the replayed step), to this file' },
   timeline: {
@@ -90,6 +91,9 @@ function parseOptions() {
   if (blocks !== undefined && !/^[1-9]\d*$/.test(blocks)) fail(`--megakernel-blocks ${blocks}: expected a whole number of blocks, 1 or more`);
   if (blocks !== undefined && !values.megakernel) fail('--megakernel-blocks needs --megakernel');
   if (values['megakernel-stream'] && !values.megakernel) fail('--megakernel-stream needs --megakernel');
+  const withoutWaits = values['megakernel-without-waits'];
+  if (withoutWaits !== undefined && !/^\d+(,\d+)*$/.test(withoutWaits)) fail(`--megakernel-without-waits ${withoutWaits}: expected kernel numbers separated by commas (as --profile's table has them)`);
+  if (withoutWaits !== undefined && !values.megakernel) fail('--megakernel-without-waits needs --megakernel');
   const cache = values['cache-length'];
   if (cache !== undefined && !/^[1-9]\d*$/.test(cache)) fail(`--cache-length ${cache}: expected a whole number of positions`);
   const kv = values['kv-dtype'];
@@ -202,6 +206,7 @@ async function benchCuda(cfg: LlamaConfig): Promise<number> {
     megakernelPrefetch: values['megakernel-prefetch'] === undefined ? undefined : 1024 * Number(values['megakernel-prefetch']),
     megakernelBlocks: values['megakernel-blocks'] === undefined ? undefined : Number(values['megakernel-blocks']),
     megakernelStream: values['megakernel-stream']!,
+    megakernelWithoutWaits: values['megakernel-without-waits']?.split(',').map(Number),
   });
 }
 

@@ -232,16 +232,17 @@ export class Session {
 
   /**
    * The megakernel's decode step timed with none of its tasks waiting for their inputs (CudaProgram.timeWithoutWaits),
-   * from position `startPos`: the step as if its synchronisation cost nothing, beside timeDecode's the real one.
-   * The cache is cleared after (the steps write garbage into it). CUDA programs loaded with the megakernel only.
+   * or only those of `kernels` (indices in the decode graph), from position `startPos`: the step as if that
+   * synchronisation cost nothing, beside timeDecode's the real one. The cache is cleared after (the steps write
+   * garbage into it). CUDA programs loaded with the megakernel only.
    */
-  async timeDecodeWithoutWaits(steps: number, opts: { warmup?: number; startPos?: number } = {}): Promise<{ msPerToken: number; steps: number }> {
-    const p = this.program as Program & { timeWithoutWaits?: (graph: string, steps: number, warmup: number) => Promise<number> };
+  async timeDecodeWithoutWaits(steps: number, opts: { warmup?: number; startPos?: number; kernels?: readonly number[] } = {}): Promise<{ msPerToken: number; steps: number }> {
+    const p = this.program as Program & { timeWithoutWaits?: (graph: string, steps: number, warmup: number, kernels?: readonly number[]) => Promise<number> };
     if (!p.timeWithoutWaits) throw new ContractError(`timing the decode step without waits needs the cuda device opened with the megakernel; this is ${this.device.description}`);
     // A task that does not wait may read the position its step's last task already advanced: one more.
     const warmup = this.prepareTimedDecode(steps, opts, 1);
     try {
-      return { msPerToken: await p.timeWithoutWaits('decode', steps, warmup), steps };
+      return { msPerToken: await p.timeWithoutWaits('decode', steps, warmup, opts.kernels), steps };
     } finally {
       this.reset();
     }

@@ -333,6 +333,19 @@ function taskTable(s: MegakernelSchedule, slotOf: (kernel: number, buffer: numbe
   return table;
 }
 
+/**
+ * The task table with the tasks of `kernels` (indices in the graph) waiting for nothing, the kernel unchanged: for
+ * timing what those waits cost the step (its writes then meaningless).
+ */
+export function planWithoutWaits(k: CudaMegakernel, kernels: ReadonlySet<number>): Int32Array {
+  const plan = k.plan.slice();
+  const tasksAt = k.blocks + 4;
+  for (let t = 0; t < k.plan[3 + k.blocks]; t++) {
+    if (kernels.has(k.plan[tasksAt + TASK_WORDS * t])) plan[tasksAt + TASK_WORDS * t + 5] = 0;
+  }
+  return plan;
+}
+
 /** Whether a kernel's tasks share work through the megakernel's scratch: attention over a cache in chunks of keys. */
 const sharesWork = (sk: ScheduledKernel) => !!sk.flash?.keyChunks;
 

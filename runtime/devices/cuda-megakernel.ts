@@ -4,7 +4,7 @@
 // each task's times), launched in place of the graph's kernels, and its watchdog read back with every read of the
 // program; the timeline is read on request (runtime/megakernel-timeline.ts reads it as tasks).
 
-import { MegakernelOptions, MegakernelRefused, PreparedMegakernel, RUN_STEP, TIMELINE_WORDS, TIMING_WITHOUT_WAITS, WATCHDOG_FIELDS, WATCHDOG_WORDS } from '../../backends/cuda/megakernel.ts';
+import { MegakernelOptions, MegakernelRefused, planWithoutWaits, PreparedMegakernel, RUN_STEP, TIMELINE_WORDS, TIMING_WITHOUT_WAITS, WATCHDOG_FIELDS, WATCHDOG_WORDS } from '../../backends/cuda/megakernel.ts';
 import { Binding } from '../../backends/kernel-ir.ts';
 import { CudaDriver, DevicePtr, Handle, KernelArgs } from '../cuda/driver.ts';
 import { MegakernelTimeline, taskTimes } from '../megakernel-timeline.ts';
@@ -17,6 +17,8 @@ export class LoadedMegakernel {
   private readonly fn: Handle;
   private readonly args: KernelArgs;
   private readonly argsWithoutWaits: KernelArgs;
+  /** Per set of kernels (their sorted indices), a step's arguments with a task table in which those do not wait. */
+  private readonly argsWithoutWaitsOf = new Map<string, KernelArgs>();
   /** The launch's arguments but the last two (the kernel and task a bisecting launch runs alone). */
   private readonly fixedArgs: readonly (DevicePtr | { int: number })[];
   /** Each kernel's count of finished tasks, and each block's count of steps (zeroed again after bisecting). */
@@ -84,6 +86,23 @@ export class LoadedMegakernel {
    */
   launchWithoutWaits(): void {
     this.queue(this.argsWithoutWaits);
+  }
+
+  /**
+   * Queues a step in which the tasks of `kernels` (indices in the graph) do not wait for their inputs, the others
+   * as in a step: what those waits cost. Timing only, as launchWithoutWaits; the counters stay right.
+   */
+  launchWithoutWaitsOf(kernels: readonly number[]): void {
+    const key = [...new Set(kernels)].sort((a, b) => a - b).join();
+    let args = this.argsWithoutWaitsOf.get(key);
+    if (!args) {
+      const words = planWithoutWaits(this.prepared.kernel, new Set(kernels));
+      const plan = this.alloc(words.byteLength);
+      this.cuda.upload(plan, words);
+      args = this.cuda.kernelArgs([this.fixedArgs[0], plan, ...this.fixedArgs.slice(2), { int: RUN_STEP }, { int: -1 }]);
+      this.argsWithoutWaitsOf.set(key, args);
+    }
+    this.queue(args);
   }
 
   /**

@@ -26,7 +26,7 @@ import { cudaByteLength, fromDevice, toDevice } from './device-bytes.ts';
 import { graphAsRun, megakernelGraph, MegakernelOptions, megakernelOptions, PreparedMegakernel, renderCudaMegakernel } from '../../backends/cuda/megakernel.ts';
 import { LoadedMegakernel } from './cuda-megakernel.ts';
 import { BisectTarget, BisectWrite, bisectMegakernel, MegakernelDifference } from '../megakernel-bisect.ts';
-import { readBuffers } from '../../backends/megakernel-schedule.ts';
+import { MegakernelSchedule, readBuffers } from '../../backends/megakernel-schedule.ts';
 import type { MegakernelTimeline } from '../megakernel-timeline.ts';
 import { KernelFacts, StepTimeline, stepTimeline } from '../step-timeline.ts';
 import { STAMP_WORDS } from '../../backends/cuda/prelude.ts';
@@ -441,21 +441,28 @@ export class CudaProgram implements Program {
   }
 
   /**
-   * Device time of `steps` steps of `graph`'s megakernel with none of its tasks waiting for their inputs, after
-   * `warmup` such steps, in ms a step: the step as if its synchronisation cost nothing. Timing only: what the steps
-   * write is meaningless, so the caller starts its state again after.
+   * Device time of `steps` steps of `graph`'s megakernel with none of its tasks waiting for their inputs (or only
+   * those of `kernels`, indices in the graph), after `warmup` such steps, in ms a step: the step as if that
+   * synchronisation cost nothing. Timing only: what the steps write is meaningless, so the caller starts its state
+   * again after.
    */
-  async timeWithoutWaits(graph: string, steps: number, warmup: number): Promise<number> {
+  async timeWithoutWaits(graph: string, steps: number, warmup: number, kernels?: readonly number[]): Promise<number> {
     this.usable('timing without waits');
     const mk = this.megakernelOf(graph);
     if (!mk) throw new Error(`@${graph} does not run as a megakernel: open the device with the megakernel option to time it without waits`);
-    for (let i = 0; i < warmup; i++) mk.launchWithoutWaits();
+    const launch = kernels ? () => mk.launchWithoutWaitsOf(kernels) : () => mk.launchWithoutWaits();
+    for (let i = 0; i < warmup; i++) launch();
     const start = this.mark();
-    for (let i = 0; i < steps; i++) mk.launchWithoutWaits();
+    for (let i = 0; i < steps; i++) launch();
     const end = this.mark();
     const ms = await this.elapsedMs(start, end);
     await this.finish();
     return ms / steps;
+  }
+
+  /** The schedule of `graph`'s megakernel, where it runs as one (its kernels, tasks and blocks). */
+  megakernelSchedule(graph: string): MegakernelSchedule | undefined {
+    return this.megakernelOf(graph)?.prepared.schedule;
   }
 
   kernelCount(graph: string): number {
@@ -463,10 +470,6 @@ export class CudaProgram implements Program {
     return this.graphs.get(graph)?.kernels.length ?? 0;
   }
 
-  /**
-   * Device time of each kernel of one run of `graph`, from events around every launch (which adds gaps, so the
-   * sum exceeds a captured step), with the bytes its buffers hold; each start from the first kernel's start event.
-   */
   /**
    * Where the megakernel of `graph` first differs from the graph's kernels run one by one, from the buffers as they
    * are (runtime/megakernel-bisect.ts); undefined where they agree. The buffers are put back and the megakernel's
@@ -566,6 +569,10 @@ export class CudaProgram implements Program {
     return id;
   }
 
+  /**
+   * Device time of each kernel of one run of `graph`, from events around every launch (which adds gaps, so the
+   * sum exceeds a captured step), with the bytes its buffers hold; each start from the first kernel's start event.
+   */
   async profile(graph: string, sizes: Sizes): Promise<KernelTime[]> {
     this.usable('profile');
     const g = this.graphOf(graph);

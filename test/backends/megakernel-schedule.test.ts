@@ -4,9 +4,9 @@
 
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { megakernelKernels, printCudaMegakernel, renderCudaMegakernel, TIMELINE_WORDS } from '../../backends/cuda/megakernel.ts';
+import { megakernelKernels, planWithoutWaits, printCudaMegakernel, renderCudaMegakernel, TIMELINE_WORDS } from '../../backends/cuda/megakernel.ts';
 import { cudaCaps } from '../../backends/device-caps.ts';
-import { checkMegakernel, dependencies, formatMegakernel, MegakernelSchedule, MegakernelTask, rowSpans, scheduleMegakernel } from '../../backends/megakernel-schedule.ts';
+import { checkMegakernel, dependencies, formatMegakernel, kernelsAlike, megakernelOrigin, MegakernelSchedule, MegakernelTask, rowSpans, scheduleMegakernel } from '../../backends/megakernel-schedule.ts';
 import { renderJs } from '../../backends/cpu/render-js.ts';
 import { evalSize, KernelIR } from '../../backends/kernel-ir.ts';
 import { scheduleKernels } from '../../backends/schedule.ts';
@@ -144,6 +144,44 @@ s('the decode step of a Llama: prefetch ranges hold every weight element its tas
   // With a budget, no task prefetches more.
   const small = scheduleMegakernel(scheduleKernels(decode.kernels, caps, { rowsOnly: true }), {}, { blocks: 8, processors: 4, prefetchBytes: 1000 });
   for (const perKernel of small.prefetch) for (const ranges of perKernel) assert.ok(ranges.reduce((n, r) => n + r.bytes, 0) <= 1000);
+});
+
+s('timing some kernels without waits: every kernel of their code, and a task table in which only those tasks wait for nothing', () => {
+  const model = loadLlama(fixture('tiny-llama3-bf16'));
+  const llama = compileModule(traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength: 16, kvDType: model.weightDType }));
+  const mk = renderCudaMegakernel(llama, cudaCaps(90, 4), {});
+  const kernels = mk.schedule.kernels;
+  // Every layer's kernel of a kind shares its code: asking for one layer's asks for them all, and for nothing else.
+  const layers = model.cfg.numLayers;
+  assert.ok(layers >= 2, `${layers} layers`);
+  const attention = kernels.findIndex((sk) => sk.kernel.kind === 'attention');
+  const alike = kernelsAlike(mk.schedule, [attention]);
+  assert.equal(alike, kernels.flatMap((sk, k) => (sk.kernel.kind === 'attention' ? [k] : [])));
+  assert.is(alike.length, layers);
+  assert.ok(alike.every((k) => megakernelOrigin(kernels[k]) === megakernelOrigin(kernels[attention])));
+  const two = kernelsAlike(mk.schedule, [alike[1], attention + 1]);
+  assert.ok(two.length > layers && alike.every((k) => two.includes(k)) && two.includes(attention + 1), two.join());
+  assert.throws(() => kernelsAlike(mk.schedule, [kernels.length]), (e: unknown) => e instanceof RangeError && (e as Error).message === `megakernel: kernel ${kernels.length} is not one of the step's ${kernels.length} kernels (0 to ${kernels.length - 1})`);
+  assert.throws(() => kernelsAlike(mk.schedule, [-1]), /kernel -1 is not one of/);
+  // The table: the tasks of those kernels have no waits; every other word as printed.
+  const table = mk.kernel.plan;
+  const without = planWithoutWaits(mk.kernel, new Set(alike));
+  assert.is(without.length, table.length);
+  const tasksAt = mk.kernel.blocks + 4;
+  let dropped = 0;
+  let kept = 0;
+  for (let i = 0; i < table.length; i++) {
+    const t = Math.floor((i - tasksAt) / 8);
+    const waitsWord = i >= tasksAt && t < mk.kernel.tasks && (i - tasksAt) % 8 === 5;
+    if (waitsWord && alike.includes(table[tasksAt + 8 * t])) {
+      assert.is(without[i], 0, `task entry ${t}`);
+      if (table[i] > 0) dropped++;
+    } else {
+      assert.is(without[i], table[i], `word ${i}`);
+      if (waitsWord && table[i] > 0) kept++;
+    }
+  }
+  assert.ok(dropped > 0 && kept > 0, `${dropped} tasks' waits dropped, ${kept} kept`);
 });
 
 /**

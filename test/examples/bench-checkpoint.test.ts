@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   BenchError, argmaxAgreement, leadingEqual, maxAbsDifference, parseCompare, prepareCheckpoint, relativeDifference, report,
-  type CudaBenchOptions, type PeerResult, type TsfuseResult,
+  type CudaBenchOptions, type PeerResult, type TsfuseResult, withoutWaitsLabel,
 } from '../../examples/bench-cuda.ts';
 import { randomBf16Weights } from '../../examples/random-checkpoint.ts';
 import { DType } from '../../ir/dtype.ts';
@@ -86,6 +86,10 @@ test('the report: one table without --compare; with peers, a column pair each an
   assert.not.match(alone, 'no task waiting');
   const floorRow = report({ ...ts, withoutWaitsMs: 0.625 }, [], options(tmp), tmp).split('\n').find((l) => l.includes('no task waiting'));
   assert.equal(floorRow?.split('|').map((c) => c.trim()).slice(1, 3), ["the megakernel's step with no task waiting (timing only)", '0.625']);
+  // --megakernel-without-waits: a row naming the kernels asked for and how many more share their code.
+  const someRow = report({ ...ts, withoutWaitsOf: { kernels: [7], alike: [2, 7, 12, 17], ms: 0.81 } }, [], options(tmp), tmp).split('\n').find((l) => l.includes('not waiting'));
+  assert.equal(someRow?.split('|').map((c) => c.trim()).slice(1, 3), ["the megakernel's step with kernel 7 and the 3 alike not waiting (timing only)", '0.810']);
+  assert.is(withoutWaitsLabel({ kernels: [2, 4], alike: [2, 4], ms: 1 }), "the megakernel's step with kernels 2, 4 not waiting (timing only)");
 
   const peer = (decodeMs: number, tokens: number[], logit: number, f32?: boolean): PeerResult => ({
     versions: { torch: '2.11', transformers: '5.17', gpu: 'GPU', cuda: '13.0' }, load_s: 1, warmup_s: [40, 1],

@@ -39,6 +39,8 @@ test('a bad option or value is one line naming it', () => {
     [['--backend', 'cuda', '--kv-dtype', 'i8'], 'bench: --kv-dtype i8: expected f32, bf16 or f16'],
     [['--backend', 'cuda', '--megakernel', '--megakernel-blocks', '0'], 'bench: --megakernel-blocks 0: expected a whole number of blocks, 1 or more'],
     [['--backend', 'cuda', '--megakernel-blocks', '2'], 'bench: --megakernel-blocks needs --megakernel'],
+    [['--backend', 'cuda', '--megakernel', '--megakernel-without-waits', '7,x'], "bench: --megakernel-without-waits 7,x: expected kernel numbers separated by commas (as --profile's table has them)"],
+    [['--backend', 'cuda', '--megakernel-without-waits', '7'], 'bench: --megakernel-without-waits needs --megakernel'],
     [['--trace', '/nonexistent-tsfuse/t.json'], 'bench: --trace /nonexistent-tsfuse/t.json: cannot write the trace: /nonexistent-tsfuse: no such file or folder'],
     [['--trace', root], `bench: --trace ${root}: cannot write the trace: ${root} is a folder, expected a file`],
     [['--backend', 'cuda', '--trace', `${root}package.json/t.json`], `bench: --trace ${root}package.json/t.json: cannot write the trace: ${root}package.json is a file, expected a folder`],

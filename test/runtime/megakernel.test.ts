@@ -126,6 +126,15 @@ s('the decode step timed with no task waiting: a time, then the greedy tokens as
     const history = await session.program.read('state:history', DType.I32, [gold.input_ids.length + 9]);
     assert.ok((history.data as Int32Array).every((t) => t === 0), 'the history cleared');
     assert.equal(await session.generate(gold.input_ids, 8), gold.greedy_new_tokens.slice(0, 8));
+    // Only some kernels' tasks not waiting (every layer's attention): a time, the state cleared, the tokens again.
+    const schedule = (session.program as CudaProgram).megakernelSchedule('decode')!;
+    const attention = schedule.kernels.flatMap((sk, k) => (sk.kernel.kind === 'attention' ? [k] : []));
+    assert.ok(attention.length >= 2, attention.join());
+    const some = await session.timeDecodeWithoutWaits(2, { warmup: 1, startPos: from, kernels: attention });
+    assert.ok(Number.isFinite(some.msPerToken) && some.msPerToken > 0, String(some.msPerToken));
+    const after = await session.program.read('state:history', DType.I32, [gold.input_ids.length + 9]);
+    assert.ok((after.data as Int32Array).every((t) => t === 0), 'the history cleared after');
+    assert.equal(await session.generate(gold.input_ids, 8), gold.greedy_new_tokens.slice(0, 8), 'after timing some kernels without waits');
     // A task may read the position one step ahead: the last step must leave room for it.
     assert.is(await refusal(() => session.timeDecodeWithoutWaits(8, { warmup: 0, startPos: from })), `positions up to ${from + 9} do not fit a KV cache of ${from + 8}`);
   } finally {
