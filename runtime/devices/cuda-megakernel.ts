@@ -93,6 +93,11 @@ export class LoadedMegakernel {
    * as in a step: what those waits cost. Timing only, as launchWithoutWaits; the counters stay right.
    */
   launchWithoutWaitsOf(kernels: readonly number[]): void {
+    this.queue(this.withoutWaitsOf(kernels));
+  }
+
+  /** The arguments of such a step, its task table uploaded the first time (call before timing, to keep the copy out). */
+  withoutWaitsOf(kernels: readonly number[]): KernelArgs {
     const key = [...new Set(kernels)].sort((a, b) => a - b).join();
     let args = this.argsWithoutWaitsOf.get(key);
     if (!args) {
@@ -102,7 +107,7 @@ export class LoadedMegakernel {
       args = this.cuda.kernelArgs([this.fixedArgs[0], plan, ...this.fixedArgs.slice(2), { int: RUN_STEP }, { int: -1 }]);
       this.argsWithoutWaitsOf.set(key, args);
     }
-    this.queue(args);
+    return args;
   }
 
   /**

@@ -450,6 +450,7 @@ export class CudaProgram implements Program {
     this.usable('timing without waits');
     const mk = this.megakernelOf(graph);
     if (!mk) throw new Error(`@${graph} does not run as a megakernel: open the device with the megakernel option to time it without waits`);
+    if (kernels) mk.withoutWaitsOf(kernels);
     const launch = kernels ? () => mk.launchWithoutWaitsOf(kernels) : () => mk.launchWithoutWaits();
     for (let i = 0; i < warmup; i++) launch();
     const start = this.mark();
