@@ -524,10 +524,12 @@ function table(head: string[], rows: string[][]): string {
 function megakernelKernelsAlike(program: CudaProgram, kernels: readonly number[]): number[] {
   const schedule = program.megakernelSchedule('decode');
   if (!schedule) throw new BenchError('--megakernel-without-waits: the decode step does not run as a megakernel');
-  const n = schedule.kernels.length;
-  const bad = kernels.find((k) => k >= n);
-  if (bad !== undefined) throw new BenchError(`--megakernel-without-waits: the megakernel's step has kernels 0 to ${n - 1} (--profile's table numbers them), not ${bad}`);
-  return kernelsAlike(schedule, kernels);
+  try {
+    return kernelsAlike(schedule, kernels);
+  } catch (e) {
+    if (e instanceof RangeError) throw new BenchError(`--megakernel-without-waits: ${e.message} (--profile's table numbers them)`);
+    throw e;
+  }
 }
 
 /** The report's row for it: the kernels asked for, and how many more share their code. */

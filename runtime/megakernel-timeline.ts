@@ -79,10 +79,10 @@ function median(xs: number[]): number {
 /**
  * One line per kernel in the graph's order: its tasks, their mean and largest wait and run (µs), the time its tasks
  * kept blocks busy, when in the step its first task's inputs were ready and its last task ended, its `share` of the
- * step (from the kernels before it ending to its own end: the shares add up to the step), its `gap` (from the kernels
- * before it ending to its first task being ready; negative where it started before them) and `tail` (from its median
- * task ending to its last), and the bandwidth over that share (its bytes as the launched profile counts them; as a fraction of `copyBandwidth`, bytes a second, where
- * given); then by kind, and the step.
+ * step (from the kernels before it ending to its own end: the shares add up to the step), its `gap` (from the
+ * kernels before it ending to its first task being ready; negative where it started before them) and `tail` (from
+ * its median task ending to its last), and the bandwidth over that share (its bytes as the launched profile counts
+ * them; as a fraction of `copyBandwidth`, bytes a second, where given); then by kind, and the step.
  */
 export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): string[] {
   const byKernel = new Map<number, TaskTime[]>();

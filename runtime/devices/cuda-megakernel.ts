@@ -80,23 +80,19 @@ export class LoadedMegakernel {
   }
 
   /**
-   * Queues a step whose tasks do not wait for their inputs, for timing: what the step takes when its synchronisation
-   * costs nothing. Its writes are meaningless (each task reads whatever its inputs hold as it runs); the counters
-   * stay right, since every task still releases its own.
+   * Queues a step whose tasks do not wait for their inputs (or only those of `kernels`, indices in the graph, the
+   * others waiting as in a step), for timing: what the step takes when that synchronisation costs nothing. Its writes
+   * are meaningless (each task reads whatever its inputs hold as it runs); the counters stay right, since every task
+   * still releases its own.
    */
-  launchWithoutWaits(): void {
-    this.queue(this.argsWithoutWaits);
+  launchWithoutWaits(kernels?: readonly number[]): void {
+    this.queue(kernels ? this.withoutWaitsOf(kernels) : this.argsWithoutWaits);
   }
 
   /**
-   * Queues a step in which the tasks of `kernels` (indices in the graph) do not wait for their inputs, the others
-   * as in a step: what those waits cost. Timing only, as launchWithoutWaits; the counters stay right.
+   * A step's arguments with a task table in which the tasks of `kernels` wait for nothing, the table uploaded the
+   * first time (a timing asks before it starts, to keep the copy out of it).
    */
-  launchWithoutWaitsOf(kernels: readonly number[]): void {
-    this.queue(this.withoutWaitsOf(kernels));
-  }
-
-  /** The arguments of such a step, its task table uploaded the first time (call before timing, to keep the copy out). */
   withoutWaitsOf(kernels: readonly number[]): KernelArgs {
     const key = [...new Set(kernels)].sort((a, b) => a - b).join();
     let args = this.argsWithoutWaitsOf.get(key);
