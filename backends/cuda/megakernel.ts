@@ -4,11 +4,13 @@
 // memory that every task reuses (static __shared__ arrays of device functions would each take their own). The
 // kernel walks its block's tasks from a task table in device memory: it prefetches the task's weight ranges into
 // L2 (where asked: none by default), waits on the counters of the kernels the task depends on, calls the task, then
-// adds one to its kernel's counter. The buffers come from a table of pointers. With the timeline on, each task's
-// times are recorded too.
+// adds one to its kernel's counter. The buffers come from a table of pointers, which each block copies into its
+// shared memory as it starts, with the values of the one-element inputs no task writes (launchConstants). With the
+// timeline on, each task's times are recorded too.
 // renderCudaMegakernel takes a module's graph there: lowered again for its blocks (megakernelKernels), scheduled for
 // the device, dealt over its multiprocessors, printed.
 
+import { dtypeBytes } from '../../ir/dtype.ts';
 import { cudaCaps, DeviceCaps } from '../device-caps.ts';
 import { Binding, KernelIR } from '../kernel-ir.ts';
 import { lowerGraph } from '../lower.ts';
@@ -25,7 +27,10 @@ export interface CudaMegakernel {
   /** One compilation unit: the prelude, the task functions and the kernel. */
   readonly source: string;
   readonly name: string;
-  /** Dynamic shared memory a block needs: the pool the largest task uses, and the kernel's own words. */
+  /**
+   * Dynamic shared memory a block needs: the pool the largest task uses, the kernel's own words, and its copy of the
+   * pointer table and the launch's constants (launchConstants).
+   */
   readonly sharedBytes: number;
   /** Blocks to launch (all resident at once), and threads a block: CUDA_BLOCK, and a weight ring's producer warp. */
   readonly blocks: number;
@@ -229,6 +234,8 @@ interface PrintedTasks {
   readonly calls: readonly { readonly name: string; readonly args: readonly string[] }[];
   readonly buffers: Binding[];
   readonly slotOf: (b: Binding) => number;
+  /** The slots of the launch's constants (launchConstants), in the order of their copies. */
+  readonly constants: readonly number[];
   readonly pool: number;
   /** Whether any task streams its weights through the ring. */
   readonly streams: boolean;
@@ -249,6 +256,7 @@ function printTasks(s: MegakernelSchedule, streamed: boolean): PrintedTasks {
   };
   const functions = new Map<ScheduledKernel, { name: string; code: string; poolBytes: number }>();
   const streamsOf = new Map<ScheduledKernel, string>();
+  const constants = launchConstants(s);
   const calls = s.kernels.map((sk, k) => {
     const origin = megakernelOrigin(sk);
     const streams = streamed ? s.streams[k] : [];
@@ -258,20 +266,46 @@ function printTasks(s: MegakernelSchedule, streamed: boolean): PrintedTasks {
     streamsOf.set(origin, key);
     let f = functions.get(origin);
     if (!f) functions.set(origin, (f = taskFunction(origin, `tf_task${functions.size}`, streams)));
-    const args = sk.kernel.buffers.map((b) => `(${b.written ? '' : 'const '}${cudaElemType[b.dtype]}*)tf_buf[${slot(b.binding)}]`);
+    const args = sk.kernel.buffers.map((b) => {
+      const at = slot(b.binding);
+      const copy = constants.indexOf(bindingKey(b.binding));
+      return `(${b.written ? '' : 'const '}${cudaElemType[b.dtype]}*)${copy < 0 ? `tf_bufs[${at}]` : `(tf_constants + ${copy})`}`;
+    });
     for (const size of sk.kernel.sizes) args.push(String(s.sizes[size]));
     if (sharesWork(sk)) args.push('tf_ws', 'tf_count');
     if (streams.length) args.push('tf_ring');
     return { name: f.name, args };
   });
   const pool = Math.max(0, ...[...functions.values()].map((f) => f.poolBytes));
-  return { functions, calls, buffers, slotOf: slot, pool, streams: streamed && s.streams.some((r) => r.length > 0) };
+  const constantSlots = constants.map((key) => buffers.findIndex((b) => bindingKey(b) === key));
+  return { functions, calls, buffers, slotOf: slot, constants: constantSlots, pool, streams: streamed && s.streams.some((r) => r.length > 0) };
+}
+
+/**
+ * The buffers of one 32-bit element that no task writes during the step (a decode step's position), by binding
+ * key: each launch copies their values into shared memory beside the pointer table, where its tasks read them.
+ * After a wait every read from memory is a round trip to L2 (the wait's acquire empties the L1 cache), and
+ * attention reads the position before anything else.
+ */
+function launchConstants(s: MegakernelSchedule): string[] {
+  const one = new Set<string>();
+  const not = new Set<string>();
+  for (const sk of s.kernels) {
+    for (const b of sk.kernel.buffers) {
+      const key = bindingKey(b.binding);
+      const single = b.elems.k === 'const' && b.elems.value === 1 && dtypeBytes[b.dtype] === 4;
+      (single && !b.written ? one : not).add(key);
+    }
+  }
+  return [...one].filter((key) => !not.has(key));
 }
 
 /** The megakernel's source and what its launch needs, from its tasks' functions. */
 function printKernel(s: MegakernelSchedule, name: string, blocksPerProcessor: number, printed: PrintedTasks, ring: Ring | undefined, timeline: boolean): CudaMegakernel {
   const { functions, buffers, pool } = printed;
   const calls = printed.calls.map((c, k) => `      case ${k}: ${c.name}(${[...c.args, 'tf_pool', 'tf_first', 'tf_end'].join(', ')}); break;`);
+  // The launch's pointers and constants go last, after the pool (and the ring's pages and tables).
+  const tableAt = align16(ring ? RING_OWN_BYTES + poolEnd(pool) + ring.pages * ring.pageBytes + ring.tables : OWN_BYTES + pool);
   const source = [
     // Every load is coherent: a task reads what other blocks wrote earlier in the same launch, which the
     // non-coherent path (__ldg) may serve stale.
@@ -281,10 +315,10 @@ function printKernel(s: MegakernelSchedule, name: string, blocksPerProcessor: nu
     megakernelHelpers,
     ...(ring ? [ringHelpers(ring, timeline, TASK_WORDS)] : []),
     ...[...functions.values()].map((f) => f.code),
-    kernelCode(name, blocksPerProcessor, calls, timeline, ring, pool),
+    kernelCode(name, blocksPerProcessor, calls, timeline, ring, pool, { at: tableAt, pointers: buffers.length, constants: printed.constants }),
   ].join('\n');
   const plan = taskTable(s, (k, buffer) => printed.slotOf(s.kernels[k].kernel.buffers[buffer].binding), !!ring);
-  const sharedBytes = ring ? RING_OWN_BYTES + poolEnd(pool) + ring.pages * ring.pageBytes + ring.tables : OWN_BYTES + pool;
+  const sharedBytes = tableAt + 8 * buffers.length + 4 * printed.constants.length;
   return {
     source, name, sharedBytes, blocks: s.blocks.length, threads: CUDA_BLOCK + (ring ? PRODUCER_THREADS : 0), buffers, plan, counters: s.kernels.length,
     tasks: s.blocks.reduce((n, list) => n + list.length, 0), timeline, ...(s.scratch ? { scratch: s.scratch } : {}),
@@ -345,6 +379,8 @@ export function planWithoutWaits(k: CudaMegakernel, kernels: ReadonlySet<number>
   }
   return plan;
 }
+
+const align16 = (n: number) => Math.ceil(n / 16) * 16;
 
 /** Whether a kernel's tasks share work through the megakernel's scratch: attention over a cache in chunks of keys. */
 const sharesWork = (sk: ScheduledKernel) => !!sk.flash?.keyChunks;
@@ -430,8 +466,15 @@ __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target
 }
 `;
 
+/** Where the kernel's copy of its pointer table and constants lies in shared memory, and their slots in tf_buf. */
+interface LaunchTable {
+  readonly at: number;
+  readonly pointers: number;
+  readonly constants: readonly number[];
+}
+
 /** The persistent kernel: each block its tasks, prefetching, waiting, calling, releasing (and timing them). */
-function kernelCode(name: string, blocksPerProcessor: number, calls: readonly string[], timeline: boolean, ring: Ring | undefined, pool: number): string {
+function kernelCode(name: string, blocksPerProcessor: number, calls: readonly string[], timeline: boolean, ring: Ring | undefined, pool: number, table: LaunchTable): string {
   // Thread 0 records the times; the barrier after the wait orders its "ready" after every thread is past the wait.
   const time = (word: number, what: string) => (timeline ? `    if (threadIdx.x == 0) tf_timeline[${TIMELINE_WORDS} * tf_t + ${word}] = ${what};\n` : '');
   // The ring's producer starts filling before the first wait, then leaves the block's loop to the compute threads;
@@ -456,7 +499,11 @@ function kernelCode(name: string, blocksPerProcessor: number, calls: readonly st
   const int* const tf_tasks = tf_plan + gridDim.x + 4;
   const int* const tf_waits = tf_plan + tf_plan[0];
   const int* const tf_prefetches = tf_plan + tf_plan[1];
-${ringStart}  // The block's own count of steps (no other block touches it): the counters' targets this step.
+  // The pointer table and the launch's constants, copied into shared memory once a launch (launchConstants).
+  void** const tf_bufs = reinterpret_cast<void**>(tf_smem + ${table.at});
+  for (int i = threadIdx.x; i < ${table.pointers}; i += blockDim.x) tf_bufs[i] = tf_buf[i];
+  unsigned* const tf_constants = reinterpret_cast<unsigned*>(tf_smem + ${table.at + 8 * table.pointers});
+${table.constants.map((slot, i) => `  if (threadIdx.x == ${i % CUDA_BLOCK}) tf_constants[${i}] = *static_cast<const unsigned*>(tf_buf[${slot}]);\n`).join('')}${ringStart}  // The block's own count of steps (no other block touches it): the counters' targets this step.
   if (threadIdx.x == 0) tf_steps[tf_me] += 1u;
   __syncthreads();
   const unsigned tf_step = tf_steps[tf_me];

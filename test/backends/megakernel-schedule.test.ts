@@ -6,7 +6,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { megakernelKernels, planWithoutWaits, printCudaMegakernel, renderCudaMegakernel, TIMELINE_WORDS } from '../../backends/cuda/megakernel.ts';
 import { cudaCaps } from '../../backends/device-caps.ts';
-import { checkMegakernel, dependencies, formatMegakernel, kernelsAlike, megakernelOrigin, MegakernelSchedule, MegakernelTask, rowSpans, scheduleMegakernel } from '../../backends/megakernel-schedule.ts';
+import { bindingKey, checkMegakernel, dependencies, formatMegakernel, kernelsAlike, megakernelOrigin, MegakernelSchedule, MegakernelTask, rowSpans, scheduleMegakernel } from '../../backends/megakernel-schedule.ts';
 import { renderJs } from '../../backends/cpu/render-js.ts';
 import { evalSize, KernelIR } from '../../backends/kernel-ir.ts';
 import { scheduleKernels } from '../../backends/schedule.ts';
@@ -182,6 +182,37 @@ s('timing some kernels without waits: every kernel of their code, and a task tab
     }
   }
   assert.ok(dropped > 0 && kept > 0, `${dropped} tasks' waits dropped, ${kept} kept`);
+});
+
+s('a launch copies its pointers and the one-element inputs no task writes into shared memory once, and the tasks read them there', () => {
+  const model = loadLlama(fixture('tiny-llama3-bf16'));
+  const llama = compileModule(traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength: 16, kvDType: model.weightDType }));
+  const { kernel, schedule } = renderCudaMegakernel(llama, cudaCaps(90, 4), {});
+  const keys = kernel.buffers.map(bindingKey);
+  const copied = [...kernel.source.matchAll(/if \(threadIdx\.x == \d+\) tf_constants\[(\d+)\] = \*static_cast<const unsigned\*>\(tf_buf\[(\d+)\]\);/g)];
+  assert.equal(copied.map((m) => Number(m[1])), copied.map((_, i) => i));
+  const copies = copied.map((m) => keys[Number(m[2])]);
+  // A decode step's token and position: read by many tasks, written by none (the step writes the next ones elsewhere).
+  assert.equal([...copies].sort(), ['input:pos', 'input:tokens']);
+  const written = new Set(schedule.kernels.flatMap((sk) => sk.kernel.buffers.filter((b) => b.written).map((b) => bindingKey(b.binding))));
+  const oneElement = schedule.kernels.flatMap((sk) => sk.kernel.buffers.filter((b) => b.elems.k === 'const' && b.elems.value === 1).map((b) => bindingKey(b.binding)));
+  assert.ok(oneElement.some((key) => written.has(key)), 'the step writes a one-element buffer too (the next position)');
+  // Every call passes a constant's shared copy and every other buffer's pointer from the shared table.
+  const calls = [...kernel.source.matchAll(/case (\d+): tf_task\d+\(([^;]*)\); break;/g)];
+  assert.is(calls.length, schedule.kernels.length);
+  for (const [, k, args] of calls) {
+    const passed = args.split(', ').slice(0, schedule.kernels[Number(k)].kernel.buffers.length);
+    schedule.kernels[Number(k)].kernel.buffers.forEach((b, i) => {
+      const key = bindingKey(b.binding);
+      const copy = copies.indexOf(key);
+      if (copy >= 0) assert.match(passed[i], new RegExp(`\\(tf_constants \\+ ${copy}\\)$`), `kernel ${k} buffer ${i}`);
+      else assert.match(passed[i], new RegExp(`tf_bufs\\[${keys.indexOf(key)}\\]$`), `kernel ${k} buffer ${i} (${key})`);
+      if (written.has(key)) assert.ok(copy < 0, `${key} is written, so not a constant`);
+    });
+  }
+  // The copies lie in the launch's shared memory, after everything else it holds.
+  const at = Number(/tf_bufs = reinterpret_cast<void\*\*>\(tf_smem \+ (\d+)\)/.exec(kernel.source)?.[1]);
+  assert.is(kernel.sharedBytes, at + 8 * kernel.buffers.length + 4 * copies.length);
 });
 
 /**
