@@ -223,7 +223,8 @@ export const TIMELINE_WORDS = 6;
 export function printCudaMegakernel(s: MegakernelSchedule, name: string, blocksPerProcessor: number, opts: { timeline?: boolean; sharedPerBlock?: number } = {}): CudaMegakernel {
   const sharedPerBlock = opts.sharedPerBlock ?? Math.floor((cudaCaps(90).workgroupMemoryBytes + RESERVED_SHARED_BYTES) / blocksPerProcessor) - RESERVED_SHARED_BYTES;
   const streamed = printTasks(s, true);
-  const ring = planRing(s, streamed.streams ? streamed.pool : undefined, sharedPerBlock);
+  // The ring's pages take what the launch's table (at the end, 16-byte aligned) leaves.
+  const ring = planRing(s, streamed.streams ? streamed.pool : undefined, sharedPerBlock - 16 - launchTableBytes(streamed));
   // Too little shared memory for a ring: every task reads its weights from memory.
   return printKernel(s, name, blocksPerProcessor, ring ? streamed : printTasks(s, false), ring, !!opts.timeline);
 }
@@ -277,8 +278,7 @@ function printTasks(s: MegakernelSchedule, streamed: boolean): PrintedTasks {
     return { name: f.name, args };
   });
   const pool = Math.max(0, ...[...functions.values()].map((f) => f.poolBytes));
-  const constantSlots = constants.map((key) => buffers.findIndex((b) => bindingKey(b) === key));
-  return { functions, calls, buffers, slotOf: slot, constants: constantSlots, pool, streams: streamed && s.streams.some((r) => r.length > 0) };
+  return { functions, calls, buffers, slotOf: slot, constants: constants.map((key) => slotOf.get(key)!), pool, streams: streamed && s.streams.some((r) => r.length > 0) };
 }
 
 /**
@@ -318,7 +318,7 @@ function printKernel(s: MegakernelSchedule, name: string, blocksPerProcessor: nu
     kernelCode(name, blocksPerProcessor, calls, timeline, ring, pool, { at: tableAt, pointers: buffers.length, constants: printed.constants }),
   ].join('\n');
   const plan = taskTable(s, (k, buffer) => printed.slotOf(s.kernels[k].kernel.buffers[buffer].binding), !!ring);
-  const sharedBytes = tableAt + 8 * buffers.length + 4 * printed.constants.length;
+  const sharedBytes = tableAt + launchTableBytes(printed);
   return {
     source, name, sharedBytes, blocks: s.blocks.length, threads: CUDA_BLOCK + (ring ? PRODUCER_THREADS : 0), buffers, plan, counters: s.kernels.length,
     tasks: s.blocks.reduce((n, list) => n + list.length, 0), timeline, ...(s.scratch ? { scratch: s.scratch } : {}),
@@ -381,6 +381,9 @@ export function planWithoutWaits(k: CudaMegakernel, kernels: ReadonlySet<number>
 }
 
 const align16 = (n: number) => Math.ceil(n / 16) * 16;
+
+/** Bytes of the launch's table in shared memory: a pointer a buffer, then a word a constant. */
+const launchTableBytes = (printed: Pick<PrintedTasks, 'buffers' | 'constants'>) => 8 * printed.buffers.length + 4 * printed.constants.length;
 
 /** Whether a kernel's tasks share work through the megakernel's scratch: attention over a cache in chunks of keys. */
 const sharesWork = (sk: ScheduledKernel) => !!sk.flash?.keyChunks;
