@@ -2,16 +2,17 @@
 // fixed number of blocks, all resident at once. Each kernel's rows are split into tasks of contiguous rows, about
 // one a block; a cost model (bytes moved and FLOPs, backends/kernel-cost.ts) deals them to the blocks at compile
 // time, each block walking its list in the kernels' order. Before a task, a block may start pulling the weights the
-// task's rows read into the cache (backends/weight-reads.ts; none by default, PREFETCH_BYTES), then, before its
-// first task of a kernel, waits until every task of each kernel it depends on (a writer of what it reads, a reader
-// or writer of what it overwrites) has finished. Counters in global memory count finished tasks per kernel over
-// every step, so nothing resets them. The CUDA printer (backends/cuda/megakernel.ts) prints these decisions and
+// task's rows read into the cache (backends/element-ranges.ts; none by default, PREFETCH_BYTES), then waits until
+// the tasks it needs have finished: of each kernel it depends on (a writer of what it reads, a reader or writer of
+// what it overwrites), the tasks that write what it reads where their accesses are bounded (attention's head the
+// tasks that wrote its own query, key and value rows), else all of them. Counters in global memory count finished
+// tasks, a counter a run of a kernel's tasks, over every step, so nothing resets them. The CUDA printer (backends/cuda/megakernel.ts) prints these decisions and
 // takes none; checkMegakernel proves them safe.
 
 import { DType, dtypeBytes } from '../ir/dtype.ts';
 import { anyExpr, Binding, evalSize, KernelIR, kernelExprs } from './kernel-ir.ts';
 import { gemmFlops, kernelBytes } from './kernel-cost.ts';
-import { weightReads } from './weight-reads.ts';
+import { ElementRange, RowAccesses, rowAccesses, RowForm, weightReads } from './element-ranges.ts';
 import { rowInvariantPrologue, ScheduledKernel, scheduleOrigin, SplitScratchNeeds } from './schedule.ts';
 import { RowStream, rowStreams } from './weight-stream.ts';
 
@@ -21,10 +22,17 @@ export interface MegakernelTask {
   /** Which of the kernel's tasks (MegakernelSchedule.spans says its rows). */
   readonly task: number;
   /**
-   * Kernels whose every task of this step must have finished before the task starts (those the kernel depends on
-   * that the block has not awaited earlier in the step).
+   * Counters (MegakernelSchedule.counters) that must reach this step's count before the task starts: those its
+   * needs name that its block has not awaited earlier in the step.
    */
   readonly waits: readonly number[];
+}
+
+/** Tasks [from, to) of a kernel, counted together: each adds one to the counter as it finishes. */
+export interface MegakernelCounter {
+  readonly kernel: number;
+  readonly from: number;
+  readonly to: number;
 }
 
 /** Rows [from, to) of a kernel: what one task runs. */
@@ -60,6 +68,17 @@ export interface MegakernelSchedule {
   readonly streamPageBytes?: number;
   /** Per kernel, the earlier kernels it must wait for, by buffer (read after write, write after read or write). */
   readonly dependsOn: readonly (readonly number[])[];
+  /**
+   * The counters, in kernel order: each kernel's tasks split into runs at the edges of the runs its readers need
+   * (one counter for all of them where no reader needs fewer).
+   */
+  readonly counters: readonly MegakernelCounter[];
+  /**
+   * Per kernel, per task, the counters that must have reached the step's count before it starts: of the tasks
+   * that write what it reads, where bounded (rowAccesses), else of every task of each kernel it depends on; none a
+   * counter already implies (waiting for a kernel waits for what its tasks waited for).
+   */
+  readonly needs: readonly (readonly (readonly number[])[])[];
   /** Per block of the megakernel, its tasks in the order it runs them. */
   readonly blocks: readonly (readonly MegakernelTask[])[];
   /** The sizes the step runs at (every size a kernel reads). */
@@ -145,20 +164,22 @@ export function scheduleMegakernel(kernels: readonly ScheduledKernel[], sizes: R
       (dealt[b][k] ??= []).push(t);
     });
   });
+  const { counters, needs } = taskNeeds(fixed, sizes, spans, dependsOn);
   const blocks = dealt.map((perKernel) => {
     const awaited = new Set<number>();
     const list: MegakernelTask[] = [];
     perKernel.forEach((ts, k) => {
-      if (!ts) return;
-      const waits = dependsOn[k].filter((d) => tasks[d] > 0 && !awaited.has(d));
-      for (const d of waits) awaited.add(d);
-      ts.forEach((task, i) => list.push({ kernel: k, task, waits: i === 0 ? waits : [] }));
+      for (const task of ts ?? []) {
+        const waits = needs[k][task].filter((c) => !awaited.has(c));
+        for (const c of waits) awaited.add(c);
+        list.push({ kernel: k, task, waits });
+      }
     });
     return list;
   });
   const chunked = fixed.flatMap((sk) => (sk.flash?.keyChunks ? [sk.flash.keyChunks] : []));
   const scratch = chunked.length ? { workspaceFloats: Math.max(...chunked.map((c) => c.workspaceFloats)), counters: Math.max(...chunked.map((c) => c.counters)) } : undefined;
-  const schedule = { kernels: fixed, tasks, rows, spans, prefetch, streams, ...(page && streams.some((r) => r.length) ? { streamPageBytes: page } : {}), dependsOn, blocks, sizes, estimateNs: Math.max(0, ...finish), ...(scratch ? { scratch } : {}) };
+  const schedule = { kernels: fixed, tasks, rows, spans, prefetch, streams, ...(page && streams.some((r) => r.length) ? { streamPageBytes: page } : {}), dependsOn, counters, needs, blocks, sizes, estimateNs: Math.max(0, ...finish), ...(scratch ? { scratch } : {}) };
   checkMegakernel(schedule);
   return schedule;
 }
@@ -294,6 +315,120 @@ export function dependencies(kernels: readonly KernelIR[]): number[][] {
   });
 }
 
+/** Runs [from, to) of a kernel's task indices, sorted and apart. */
+type TaskRuns = readonly (readonly [number, number])[];
+
+/**
+ * The counters and each task's needs (MegakernelSchedule.counters, needs). A task needs, of each kernel it depends
+ * on, the tasks that write what it reads where it only reads what that kernel wrote and both are bounded
+ * (rowAccesses over their rows); else all of them. Needs that others imply are dropped: a task that waited for all
+ * of a kernel's tasks (or any of them) has waited for all that every one of them waited for. Each kernel's tasks are
+ * then counted in runs split at the edges of what its readers need.
+ */
+function taskNeeds(kernels: readonly ScheduledKernel[], sizes: Readonly<Record<string, number>>, spans: readonly (readonly RowSpan[])[], dependsOn: readonly (readonly number[])[]): { counters: MegakernelCounter[]; needs: number[][][] } {
+  const tasks = spans.map((s) => s.length);
+  const accessed = new Map<number, RowAccesses[]>();
+  const accesses = (k: number) => {
+    let a = accessed.get(k);
+    if (!a) accessed.set(k, (a = spans[k].map((span) => rowAccesses(kernels[k].kernel, sizes, span.from, span.to, taskForm(kernels[k])))));
+    return a;
+  };
+  // Per kernel, per dependency (with tasks), per task: the dependency's tasks it needs.
+  const needed = kernels.map((_, c) => new Map(dependsOn[c].filter((p) => tasks[p] > 0).map((p) => [p, tasksNeeded(kernels, accesses, tasks, c, p) ?? spans[c].map((): TaskRuns => [[0, tasks[p]]])])));
+  const all = (runs: TaskRuns, p: number) => runs.length === 1 && runs[0][0] === 0 && runs[0][1] === tasks[p];
+  // before[k]: kernels whose every task has finished before any of k's starts; done[k]: those that have once all
+  // of k's have.
+  const before: Set<number>[] = [];
+  const done: Set<number>[] = [];
+  kernels.forEach((_, k) => {
+    const b = new Set<number>();
+    const d = new Set<number>([k]);
+    for (const [p, perTask] of needed[k]) {
+      if (perTask.every((runs) => all(runs, p))) for (const x of done[p]) b.add(x);
+      if (perTask.length && perTask.every((runs) => runs.length > 0)) for (const x of before[p]) b.add(x);
+      const covered = perTask.flat().sort((x, y) => x[0] - y[0]).reduce((end, [from, to]) => (from <= end ? Math.max(end, to) : end), 0);
+      if (covered >= tasks[p]) for (const x of done[p]) d.add(x);
+    }
+    for (const x of b) d.add(x);
+    before.push(b);
+    done.push(d);
+  });
+  // Each task's needs less those that its others imply.
+  const kept = needed.map((deps, c) => spans[c].map((_, t) => {
+    const implied = (except: number) => {
+      const out = new Set<number>();
+      for (const [p, perTask] of deps) {
+        if (p === except || !perTask[t].length) continue;
+        for (const x of all(perTask[t], p) ? done[p] : before[p]) out.add(x);
+      }
+      return out;
+    };
+    return [...deps].filter(([p, perTask]) => perTask[t].length > 0 && !implied(p).has(p)).map(([p, perTask]) => [p, perTask[t]] as const);
+  }));
+  // Counters: each kernel's tasks split at the edges of the runs kept.
+  const edges = tasks.map((n) => new Set([0, n]));
+  for (const perTask of kept) for (const deps of perTask) for (const [p, runs] of deps) for (const [from, to] of runs) edges[p].add(from).add(to);
+  const counters: MegakernelCounter[] = [];
+  const firstCounter = edges.map((e, k) => {
+    const at = counters.length;
+    const sorted = [...e].sort((x, y) => x - y);
+    for (let i = 0; i + 1 < sorted.length; i++) counters.push({ kernel: k, from: sorted[i], to: sorted[i + 1] });
+    return at;
+  });
+  const counterAt = (k: number, task: number) => {
+    let i = firstCounter[k];
+    while (counters[i].to <= task) i++;
+    return i;
+  };
+  const needs = kept.map((perTask) => perTask.map((deps) => deps.flatMap(([p, runs]) => runs.flatMap(([from, to]) => {
+    const out: number[] = [];
+    for (let i = counterAt(p, from); i < counters.length && counters[i].kernel === p && counters[i].from < to; i++) out.push(i);
+    return out;
+  })).sort((x, y) => x - y)));
+  return { counters, needs };
+}
+
+/**
+ * Per task of kernel c, the tasks of kernel p that write what it reads, where c only reads what p writes (it
+ * writes nothing p reads or writes) and every access involved is bounded; else undefined.
+ */
+function tasksNeeded(kernels: readonly ScheduledKernel[], accesses: (k: number) => RowAccesses[], tasks: readonly number[], c: number, p: number): TaskRuns[] | undefined {
+  const [kc, kp] = [kernels[c].kernel, kernels[p].kernel];
+  const inP = new Map(kp.buffers.map((b, j) => [bindingKey(b.binding), j]));
+  if (kc.buffers.some((b) => b.written && inP.has(bindingKey(b.binding)))) return undefined;
+  // The buffers p writes that c reads: (c's index, p's index).
+  const reads = readBuffers(kc);
+  const linked = kc.buffers.flatMap((b, j) => {
+    const jp = inP.get(bindingKey(b.binding));
+    return jp !== undefined && kp.buffers[jp].written && reads.has(j) ? [[j, jp] as const] : [];
+  });
+  if (!linked.length) return undefined;
+  const writes = accesses(p).map((a) => linked.map(([, jp]) => a.writes.get(jp)));
+  if (writes.some((w) => w.some((r) => r === undefined || r === 'unbounded'))) return undefined;
+  const out: TaskRuns[] = [];
+  for (const a of accesses(c)) {
+    const read = linked.map(([j]) => a.reads.get(j));
+    if (read.some((r) => r === undefined || r === 'unbounded')) return undefined;
+    const overlaps = (q: number) => linked.some((_, i) => (writes[q][i] as ElementRange[]).some((w) => (read[i] as ElementRange[]).some((r) => w.from < r.to && r.from < w.to)));
+    const runs: [number, number][] = [];
+    for (let q = 0; q < tasks[p]; q++) {
+      if (!overlaps(q)) continue;
+      const last = runs[runs.length - 1];
+      if (last && last[1] === q) last[1] = q + 1;
+      else runs.push([q, q + 1]);
+    }
+    out.push(runs);
+  }
+  return out;
+}
+
+/** The form a kernel's tasks run in, for rowAccesses: attention's decode form (atFixedSizes) or rows. */
+function taskForm(sk: ScheduledKernel): RowForm {
+  const f = sk.flash;
+  if (sk.tilesFrom === undefined || f?.units !== 'decode') return { form: 'rows' };
+  return { form: 'decode', chunks: f.keyChunks?.count ?? 1, ...(f.updateShare ? { updates: f.updateShare } : {}) };
+}
+
 /** Buffers a kernel loads from. */
 export function readBuffers(k: KernelIR): Set<number> {
   const read = new Set<number>();
@@ -308,12 +443,13 @@ export function readBuffers(k: KernelIR): Set<number> {
 
 /**
  * Refuses a schedule that could read before a write, overwrite before a read, miss a row or hang: each kernel's
- * tasks run its rows once each, in order; every task is dealt exactly once; each block walks its tasks in the
- * kernels' order; each task waits for (or its block awaited earlier in the step) every kernel its kernel depends
- * on; every wait is for an earlier kernel (so with every block resident, no wait can be part of a cycle). The
- * error names the block, task and kernel.
+ * tasks run its rows once each, in order; every task is dealt exactly once; each kernel's counters count each of its
+ * tasks once; each block walks its tasks in the kernels' order; each task waits for (or its block awaited earlier in
+ * the step) every counter it needs, needs only counters of kernels it depends on, and needs some counter of each
+ * (or a kernel that depends on it); every wait is for a counter of an earlier kernel (so with every block resident,
+ * no wait can be part of a cycle). The error names the block, task and kernel.
  */
-export function checkMegakernel(s: Pick<MegakernelSchedule, 'tasks' | 'rows' | 'spans' | 'dependsOn' | 'blocks'>): void {
+export function checkMegakernel(s: Pick<MegakernelSchedule, 'tasks' | 'rows' | 'spans' | 'dependsOn' | 'counters' | 'needs' | 'blocks'>): void {
   s.spans.forEach((spans, k) => {
     if (spans.length !== s.tasks[k]) throw new Error(`megakernel: kernel ${k} has ${s.tasks[k]} tasks and ${spans.length} row spans`);
     let next = 0;
@@ -323,6 +459,17 @@ export function checkMegakernel(s: Pick<MegakernelSchedule, 'tasks' | 'rows' | '
     });
     if (next !== s.rows[k]) throw new Error(`megakernel: the tasks of kernel ${k} run ${next} of its ${s.rows[k]} rows`);
   });
+  const counted = s.tasks.map(() => 0);
+  s.counters.forEach((c, i) => {
+    if (c.kernel < 0 || c.kernel >= s.tasks.length || c.from !== counted[c.kernel] || c.to <= c.from || c.to > s.tasks[c.kernel] || (i > 0 && s.counters[i - 1].kernel > c.kernel)) {
+      throw new Error(`megakernel: counter ${i} counts tasks [${c.from}, ${c.to}) of kernel ${c.kernel}, not the next run of its tasks`);
+    }
+    counted[c.kernel] = c.to;
+  });
+  counted.forEach((n, k) => {
+    if (n !== s.tasks[k]) throw new Error(`megakernel: the counters of kernel ${k} count ${n} of its ${s.tasks[k]} tasks`);
+  });
+  const counter = (i: number) => `counter ${i} (kernel ${s.counters[i]?.kernel}, tasks ${s.counters[i]?.from}..${(s.counters[i]?.to ?? 0) - 1})`;
   const dealt = s.tasks.map((n) => new Uint8Array(n));
   s.blocks.forEach((list, b) => {
     const awaited = new Set<number>();
@@ -331,15 +478,25 @@ export function checkMegakernel(s: Pick<MegakernelSchedule, 'tasks' | 'rows' | '
       const where = `megakernel block ${b}, task ${i} (kernel ${task.kernel})`;
       if (task.kernel < last) throw new Error(`${where}: comes after a task of kernel ${last}: a block walks the kernels in order`);
       last = task.kernel;
-      for (const w of task.waits) {
-        if (w >= task.kernel) throw new Error(`${where}: waits for kernel ${w}, which is not earlier: a cycle`);
-        awaited.add(w);
-      }
-      for (const d of s.dependsOn[task.kernel] ?? []) {
-        if (s.tasks[d] > 0 && !awaited.has(d)) throw new Error(`${where}: does not wait for kernel ${d}, which it depends on`);
-      }
       const t = task.task;
       if (!(t >= 0 && t < (s.tasks[task.kernel] ?? 0))) throw new Error(`${where}: task ${t} is not one of the kernel's ${s.tasks[task.kernel] ?? 0}`);
+      for (const w of task.waits) {
+        if (!s.counters[w]) throw new Error(`${where}: waits for counter ${w}, which is not one of the ${s.counters.length}`);
+        if (s.counters[w].kernel >= task.kernel) throw new Error(`${where}: waits for ${counter(w)}, whose kernel is not earlier: a cycle`);
+        awaited.add(w);
+      }
+      const needs = s.needs[task.kernel]?.[t] ?? [];
+      const deps = s.dependsOn[task.kernel] ?? [];
+      for (const c of needs) {
+        if (!deps.includes(s.counters[c]?.kernel)) throw new Error(`${where}: needs ${counter(c)}, of a kernel it does not depend on`);
+        if (!awaited.has(c)) throw new Error(`${where}: does not wait for ${counter(c)}, which it needs`);
+      }
+      // Each kernel it depends on is needed, or a later one it needs depends on it (which waited for it).
+      const reached = new Set(needs.map((c) => s.counters[c].kernel));
+      for (let q = task.kernel - 1; q >= 0; q--) if (reached.has(q)) for (const d of s.dependsOn[q]) reached.add(d);
+      for (const d of deps) {
+        if (s.tasks[d] > 0 && !reached.has(d)) throw new Error(`${where}: needs no counter of kernel ${d}, which it depends on, nor of any kernel that depends on it`);
+      }
       if (dealt[task.kernel][t]) throw new Error(`${where}: task ${t} is dealt twice`);
       dealt[task.kernel][t] = 1;
     });
@@ -351,8 +508,8 @@ export function checkMegakernel(s: Pick<MegakernelSchedule, 'tasks' | 'rows' | '
 }
 
 /**
- * The schedule as text: per kernel its tasks and what it depends on; per block its tasks (kernel.task) and what
- * each waits for; per kernel each task's rows and the weight bytes it prefetches (b3@8192+16384: bytes 8192 on of
+ * The schedule as text: per kernel its tasks, the runs they are counted in and what it depends on; per block its
+ * tasks (kernel.task) and the counters each waits for (counterName); per kernel each task's rows and the weight bytes it prefetches (b3@8192+16384: bytes 8192 on of
  * the kernel's buffer 3).
  */
 export function formatMegakernel(s: MegakernelSchedule): string {
@@ -360,10 +517,11 @@ export function formatMegakernel(s: MegakernelSchedule): string {
   s.kernels.forEach((sk, k) => {
     const most = Math.max(0, ...s.spans[k].map((r) => r.to - r.from));
     const streamed = s.streams[k].length ? `, streaming ${s.streams[k].map((r) => `b${r.buffer}`).join(' ')} (${s.streams[k].reduce((n, r) => n + r.bytes, 0)} bytes a row)` : '';
-    lines.push(`  kernel ${k} ${sk.kernel.name}: ${s.rows[k]} rows as ${s.tasks[k]} tasks of at most ${most}${s.dependsOn[k].length ? `, after ${s.dependsOn[k].join(' ')}` : ''}${streamed}`);
+    const runs = s.counters.filter((c) => c.kernel === k).length;
+    lines.push(`  kernel ${k} ${sk.kernel.name}: ${s.rows[k]} rows as ${s.tasks[k]} tasks of at most ${most}${runs > 1 ? `, counted in ${runs} runs` : ''}${s.dependsOn[k].length ? `, after ${s.dependsOn[k].join(' ')}` : ''}${streamed}`);
   });
   s.blocks.forEach((list, b) => {
-    const text = list.map((t) => `${t.waits.length ? `wait(${t.waits.join(' ')}) ` : ''}k${t.kernel}.${t.task}`).join('; ');
+    const text = list.map((t) => `${t.waits.length ? `wait(${t.waits.map((c) => counterName(s, c)).join(' ')}) ` : ''}k${t.kernel}.${t.task}`).join('; ');
     lines.push(`  block ${b}: ${text || '(no tasks)'}`);
   });
   lines.push('rows and prefetches of each task:');
@@ -376,6 +534,12 @@ export function formatMegakernel(s: MegakernelSchedule): string {
     lines.push(`  k${k}: ${text.join('; ')}`);
   });
   return lines.join('\n') + '\n';
+}
+
+/** A counter as the task list names it: its kernel (k5), and the tasks it counts where it counts some (k5.8-11). */
+export function counterName(s: Pick<MegakernelSchedule, 'counters' | 'tasks'>, i: number): string {
+  const c = s.counters[i];
+  return c.from === 0 && c.to === s.tasks[c.kernel] ? `k${c.kernel}` : `k${c.kernel}.${c.from}-${c.to - 1}`;
 }
 
 /** A binary min-heap of [time, block], ties broken by block. */

@@ -13,7 +13,7 @@ import { formatSchedule } from './schedule-format.ts';
 import { boundKeyLoops, maxExtent } from './causal-bound.ts';
 import { narrowGemmActivations } from './narrow-activations.ts';
 import { log, logsOn } from '../ir/logs.ts';
-import { weightReads } from './weight-reads.ts';
+import { UpdateShare, weightReads } from './element-ranges.ts';
 import { rowStreams } from './weight-stream.ts';
 
 export { cudaCaps, cpuCaps, webgpuCaps };
@@ -320,6 +320,12 @@ export interface FlashPlan {
    * ms a token loaded after against 0.879 before, 0.952 against 0.977 at a 2,048-position cache).
    */
   readonly keysAfterRows?: boolean;
+  /**
+   * 'decode' making the step's cache writes (FlashIR.updates): how its heads share them (UpdateShare: every head an
+   * even share, so that each writes the rows of the keys it reads and a megakernel's head waits only for its own
+   * inputs), on the threads from `firstThread` on (those the query leaves idle, where there are enough).
+   */
+  readonly updateShare?: UpdateShare & { readonly firstThread: number };
 }
 
 export interface ScheduledKernel {
@@ -996,7 +1002,21 @@ function decodePlan(f: FlashIR, k: KernelIR, device: DeviceCaps, opts: ScheduleO
   const keyChunks = count > 1 ? { keys: chunk, count, workspaceFloats: f.batch * count * (f.width + 2), counters: f.batch } : undefined;
   const late = capped && computed.length > 0;
   const early = !late && device.dependentLaunch && earlyKeys(f, k);
-  return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll, ...(keyChunks ? { keyChunks } : {}), ...(early ? { earlyKeys: true } : {}), ...(late ? { keysAfterRows: true } : {}) };
+  const updateShare = f.updates ? shareUpdates(f, device.threadsPerWorkgroup) : undefined;
+  return { units: 'decode', tileQueries: 1, tileKeys: groups, threadsPerQuery: 0, queryTiles: int(1), bytes, wideRows: { keys: true, values: true }, keyUnroll, ...(keyChunks ? { keyChunks } : {}), ...(early ? { earlyKeys: true } : {}), ...(late ? { keysAfterRows: true } : {}), ...(updateShare ? { updateShare } : {}) };
+}
+
+/**
+ * How the decode form's heads share the step's cache writes: each an even share of the largest (a head of Llama's
+ * 32 writes 16 elements of each new row, a quarter of the row its group of 4 heads reads), on the threads the query
+ * leaves idle where the share fits there (the query takes a thread an element of the head); else a workgroup's
+ * threads' worth a head, from thread 0 on.
+ */
+function shareUpdates(f: FlashIR, threads: number): UpdateShare & { firstThread: number } {
+  const sizes = f.updates!.map((u) => (u.n.k === 'const' ? u.n.value : Infinity));
+  const perHead = Math.ceil(Math.max(...sizes) / f.batch);
+  if (Number.isFinite(perHead) && f.depth + perHead <= threads) return { perHead, firstThread: f.depth };
+  return { perHead: threads, firstThread: 0 };
 }
 
 /** Whether the decode form takes heads of `depth`: runs of 8 elements over at most 32 lanes, dividing a warp (8 to 256, powers of two). */

@@ -2,12 +2,12 @@
 // each row's run a fixed distance after the one before, has its rows' runs copied into pages of shared memory by
 // the copy engine, several rows ahead of the rows that read them and across the waits between kernels (weights
 // never depend on another task), so that the memory system is kept busy while a block waits for its inputs. What a
-// row reads is bounded by backends/weight-reads.ts; the megakernel's schedule deals the pages and its printer reads
+// row reads is bounded by backends/element-ranges.ts; the megakernel's schedule deals the pages and its printer reads
 // them (backends/cuda/megakernel.ts).
 
 import { dtypeBytes } from '../ir/dtype.ts';
 import { KernelIR } from './kernel-ir.ts';
-import { weightReads } from './weight-reads.ts';
+import { weightReads } from './element-ranges.ts';
 
 /** One weight a kernel's rows stream: row r reads bytes [first + r · perRow, first + r · perRow + bytes) of it. */
 export interface RowStream {

@@ -535,11 +535,16 @@ function decodeFlash(f: FlashIR, plan: FlashPlan, p: ExprPrinter, shared: Shared
     }
     out.push(`${ind}}`);
   };
-  // The step's cache writes, shared out among the heads' first chunks (always run), after the wait.
+  // The step's cache writes, shared out among the heads' first chunks (always run), after the wait: head r's share
+  // (FlashPlan.updateShare) on its threads from firstThread on.
   const updateStores = (ind: string) => {
-    out.push(`${ind}if (tf_c == 0) {`);
+    const share = plan.updateShare;
+    if (!share) throw new Error('CUDA: a decode attention making cache writes was planned without their share among its heads');
+    const writer = share.firstThread ? `(int)threadIdx.x - ${share.firstThread}` : '(int)threadIdx.x';
+    out.push(`${ind}const int tf_writer = ${writer};`);
+    out.push(`${ind}if (tf_c == 0 && tf_writer >= 0 && tf_writer < ${share.perHead}) {`);
     for (const u of f.updates ?? []) {
-      out.push(`${ind}  for (int ${u.v} = tf_row * TF_BLOCK + threadIdx.x; ${u.v} < ${p.expr(u.n, out, ind + '  ')}; ${u.v} += ${f.batch} * TF_BLOCK) {`);
+      out.push(`${ind}  for (int ${u.v} = tf_row * ${share.perHead} + tf_writer; ${u.v} < ${p.expr(u.n, out, ind + '  ')}; ${u.v} += ${f.batch * share.perHead}) {`);
       const index = p.expr(u.index, out, ind + '    ');
       const value = p.expr(u.value, out, ind + '    ');
       out.push(`${ind}    b${u.buf}[${index}] = ${storeValue(p.buffers[u.buf].dtype, value, u.value.t)};`);

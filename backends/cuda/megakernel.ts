@@ -3,8 +3,8 @@
 // [tf_first, tf_end) for the launch's grid-stride loop), its shared arrays slices of one pool of dynamic shared
 // memory that every task reuses (static __shared__ arrays of device functions would each take their own). The
 // kernel walks its block's tasks from a task table in device memory: it prefetches the task's weight ranges into
-// L2 (where asked: none by default), waits on the counters of the kernels the task depends on, calls the task, then
-// adds one to its kernel's counter. The buffers come from a table of pointers, which each block copies into its
+// L2 (where asked: none by default), waits on the counters of the tasks it needs (the first warp's lanes a counter
+// each), calls the task, then adds one to its own counter. The buffers come from a table of pointers, which each block copies into its
 // shared memory as it starts, with the values of the one-element inputs no task writes (launchConstants). With the
 // timeline on, each task's times are recorded too.
 // renderCudaMegakernel takes a module's graph there: lowered again for its blocks (megakernelKernels), scheduled for
@@ -39,7 +39,7 @@ export interface CudaMegakernel {
   readonly buffers: readonly Binding[];
   /** The task table (kernel argument tf_plan): see TABLE below. */
   readonly plan: Int32Array;
-  /** Counters (kernel argument tf_done): one per kernel. */
+  /** Counters (kernel argument tf_done): MegakernelSchedule.counters. */
   readonly counters: number;
   /** Tasks a step runs: entries of the timeline (kernel argument tf_timeline), in the task table's order. */
   readonly tasks: number;
@@ -190,12 +190,12 @@ export const WATCHDOG_FIELDS = ['tripped', 'block', 'entry', 'kernel', 'task', '
 
 // TABLE: word 0 where the waits start, word 1 where the prefetches start, word 2 where the streams start; words
 // 3..blocks+3 each block's first task (the next block's is its end); then the tasks, TASK_WORDS each (kernel, its
-// task index, first row, end row, first wait, waits, first prefetch, prefetches); then the waits, two words each
-// (the kernel awaited, its tasks a step); then the prefetches, three words each (the buffer's slot in tf_buf, byte
+// task index, first row, end row, first wait, waits, first prefetch, prefetches, the counter it adds to); then the
+// waits, two words each (the counter awaited, the tasks it counts a step); then the prefetches, three words each (the buffer's slot in tf_buf, byte
 // offset, bytes); then per kernel three words (its first run, runs, bytes a row) and the runs its rows stream
 // (MegakernelSchedule.streams), five words each (the buffer's slot, first byte, bytes from a row's to the next's,
 // bytes, offset in the page). The streams are empty where the kernel keeps no weight ring.
-const TASK_WORDS = 8;
+export const TASK_WORDS = 9;
 /**
  * The launch's tf_only_kernel: a kernel's index runs only that kernel's tasks (bisecting); RUN_STEP the step;
  * TIMING_WITHOUT_WAITS every task with none waiting for its inputs: what the step would take if its
@@ -320,7 +320,7 @@ function printKernel(s: MegakernelSchedule, name: string, blocksPerProcessor: nu
   const plan = taskTable(s, (k, buffer) => printed.slotOf(s.kernels[k].kernel.buffers[buffer].binding), !!ring);
   const sharedBytes = tableAt + launchTableBytes(printed);
   return {
-    source, name, sharedBytes, blocks: s.blocks.length, threads: CUDA_BLOCK + (ring ? PRODUCER_THREADS : 0), buffers, plan, counters: s.kernels.length,
+    source, name, sharedBytes, blocks: s.blocks.length, threads: CUDA_BLOCK + (ring ? PRODUCER_THREADS : 0), buffers, plan, counters: s.counters.length,
     tasks: s.blocks.reduce((n, list) => n + list.length, 0), timeline, ...(s.scratch ? { scratch: s.scratch } : {}),
   };
 }
@@ -347,6 +347,8 @@ function taskTable(s: MegakernelSchedule, slotOf: (kernel: number, buffer: numbe
       table.set([slotOf(k, r.buffer), r.first, r.perRow, r.bytes, r.pageOffset], streamsAt + 3 * streams.length + 5 * run++);
     }
   });
+  const counterOf = s.tasks.map((n) => new Int32Array(n));
+  s.counters.forEach((c, i) => counterOf[c.kernel].fill(i, c.from, c.to));
   let [t, w, p] = [0, 0, 0];
   s.blocks.forEach((list, b) => {
     table[3 + b] = t;
@@ -354,8 +356,8 @@ function taskTable(s: MegakernelSchedule, slotOf: (kernel: number, buffer: numbe
       const k = task.kernel;
       const span = s.spans[k][task.task];
       const ranges = s.prefetch[k][task.task];
-      table.set([k, task.task, span.from, span.to, w, task.waits.length, p, ranges.length], tasksAt + TASK_WORDS * t);
-      for (const d of task.waits) table.set([d, s.tasks[d]], waitsAt + 2 * w++);
+      table.set([k, task.task, span.from, span.to, w, task.waits.length, p, ranges.length, counterOf[k][task.task]], tasksAt + TASK_WORDS * t);
+      for (const c of task.waits) table.set([c, s.counters[c].to - s.counters[c].from], waitsAt + 2 * w++);
       for (const r of ranges) {
         if (r.offset + r.bytes > 0x7fffffff) throw new Error(`megakernel: kernel ${s.kernels[k].kernel.name} prefetches bytes ${r.offset}..${r.offset + r.bytes} of buffer ${r.buffer}, past what the task table's 32-bit words hold`);
         table.set([slotOf(k, r.buffer), r.offset, r.bytes], prefetchesAt + 3 * p++);
@@ -449,7 +451,7 @@ __device__ __forceinline__ bool tf_mk_reached(unsigned seen, unsigned target) { 
 // Spins until *counter reaches target; past limit_ns, records the wait in the watchdog (the first to time out does)
 // and returns false.
 __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target, unsigned long long limit_ns, unsigned* watchdog,
-                                        unsigned block, unsigned entry, unsigned kernel, unsigned task, unsigned awaited_kernel) {
+                                        unsigned block, unsigned entry, unsigned kernel, unsigned task, unsigned awaited) {
   unsigned seen = tf_mk_acquire(counter);
   if (tf_mk_reached(seen, target)) return true;
   const unsigned long long start = tf_now();
@@ -460,7 +462,7 @@ __device__ __noinline__ bool tf_mk_wait(const unsigned* counter, unsigned target
     if (tf_now() - start > limit_ns) {
       if (atomicCAS(watchdog, 0u, 1u) == 0u) {
         watchdog[1] = block; watchdog[2] = entry; watchdog[3] = kernel; watchdog[4] = task;
-        watchdog[5] = awaited_kernel; watchdog[6] = seen; watchdog[7] = target;
+        watchdog[5] = awaited; watchdog[6] = seen; watchdog[7] = target;
         __threadfence();
       }
       return false;
@@ -507,7 +509,10 @@ function kernelCode(name: string, blocksPerProcessor: number, calls: readonly st
   for (int i = threadIdx.x; i < ${table.pointers}; i += blockDim.x) tf_bufs[i] = tf_buf[i];
   unsigned* const tf_constants = reinterpret_cast<unsigned*>(tf_smem + ${table.at + 8 * table.pointers});
 ${table.constants.map((slot, i) => `  if (threadIdx.x == ${i % CUDA_BLOCK}) tf_constants[${i}] = *static_cast<const unsigned*>(tf_buf[${slot}]);\n`).join('')}${ringStart}  // The block's own count of steps (no other block touches it): the counters' targets this step.
-  if (threadIdx.x == 0) tf_steps[tf_me] += 1u;
+  if (threadIdx.x == 0) {
+    tf_steps[tf_me] += 1u;
+    *tf_go = 1;
+  }
   __syncthreads();
   const unsigned tf_step = tf_steps[tf_me];
   for (int tf_t = tf_plan[3 + tf_me]; tf_t < tf_plan[4 + tf_me]; tf_t++) {
@@ -523,13 +528,14 @@ ${table.constants.map((slot, i) => `  if (threadIdx.x == ${i % CUDA_BLOCK}) tf_c
       tf_mk_prefetch(static_cast<const char*>(tf_buf[tf_range[0]]) + tf_range[1], tf_range[2]);
     }
 ${time(0, 'tf_now()')}    if (tf_task[5] > 0 && tf_only_kernel == ${RUN_STEP}) {
-      if (threadIdx.x == 0) {
+      // The first warp's lanes poll the counters at once, a counter a lane (a wait that gives up stops the block).
+      if (threadIdx.x < 32) {
         bool ok = true;
-        for (int w = tf_task[4]; ok && w < tf_task[4] + tf_task[5]; w++) {
-          const int d = tf_waits[2 * w];
-          ok = tf_mk_wait(tf_done + d, tf_step * (unsigned)tf_waits[2 * w + 1], tf_limit_ns, tf_watchdog, tf_me, tf_t, tf_kernel, tf_task[1], d);
+        for (int w = tf_task[4] + threadIdx.x; ok && w < tf_task[4] + tf_task[5]; w += 32) {
+          const int c = tf_waits[2 * w];
+          ok = tf_mk_wait(tf_done + c, tf_step * (unsigned)tf_waits[2 * w + 1], tf_limit_ns, tf_watchdog, tf_me, tf_t, tf_kernel, tf_task[1], c);
         }
-        *tf_go = ok;
+        if (!ok) *tf_go = 0;
       }
       __syncthreads();
       if (!*tf_go) {
@@ -541,7 +547,7 @@ ${calls.map((c) => c.slice(2)).join('\n')}
     }
     // The next task reuses the pool; the release covers every thread's writes.
     __syncthreads();
-${time(2, 'tf_now()')}${time(3, 'tf_processor()')}${ring ? `${time(4, 'tf_ring ? tf_ring->waited : 0ull')}${time(5, 'tf_ring ? *reinterpret_cast<volatile unsigned long long*>(&tf_ring->filling) : 0ull')}` : ''}    if (threadIdx.x == 0) tf_mk_release(tf_done + tf_kernel);
+${time(2, 'tf_now()')}${time(3, 'tf_processor()')}${ring ? `${time(4, 'tf_ring ? tf_ring->waited : 0ull')}${time(5, 'tf_ring ? *reinterpret_cast<volatile unsigned long long*>(&tf_ring->filling) : 0ull')}` : ''}    if (threadIdx.x == 0) tf_mk_release(tf_done + tf_task[8]);
 ${ring ? '    if (threadIdx.x == 0) tf_ring_release(tf_ring);\n' : ''}  }
 }
 `;

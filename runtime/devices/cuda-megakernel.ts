@@ -161,9 +161,12 @@ export class LoadedMegakernel {
 
   private stuckError(record: Uint32Array): Error {
     const r = Object.fromEntries(WATCHDOG_FIELDS.map((f, i) => [f, record[i]])) as Record<(typeof WATCHDOG_FIELDS)[number], number>;
-    const name = (k: number) => this.prepared.schedule.kernels[k]?.kernel.name ?? `#${k}`;
+    const s = this.prepared.schedule;
+    const name = (k: number) => s.kernels[k]?.kernel.name ?? `#${k}`;
+    const c = s.counters[r.counter];
+    const counted = c ? `kernel ${c.kernel} ${name(c.kernel)}, tasks ${c.from} to ${c.to - 1}` : 'not one of the schedule\'s';
     return new Error(`the megakernel of @${this.graph} is stuck: block ${r.block}, task entry ${r.entry} (kernel ${r.kernel} ${name(r.kernel)}, task ${r.task}) `
-      + `waited on counter ${r.counter} (kernel ${name(r.counter)}) past the watchdog: it saw ${r.seen}, awaiting ${r.awaited}. `
+      + `waited on counter ${r.counter} (${counted}) past the watchdog: it saw ${r.seen}, awaiting ${r.awaited}. `
       + 'Its counters are off from here on: load the program again');
   }
 }

@@ -92,7 +92,9 @@ fusion('the write of one position joins the attention kernel that reads it, and 
   assert.ok(k.flash?.fresh?.k?.value && k.flash.fresh.v?.value, 'their rows computed');
   const cuda = formatSchedule(scheduleKernel(k, cudaCaps(90)));
   assert.match(cuda, 'decode attention 6 heads × 1 query over 300 keys (head 64): a workgroup a head and 256 keys (2 chunks');
-  assert.match(cuda, 'this step\'s new key and value rows computed here, their cache writes shared among the heads; the first step\'s keys and values loaded before the wait, the new rows computed after it');
+  // An even share a head (6 heads: 22 of the 128 elements each), on the threads the query leaves idle (a thread an
+  // element of the head's 64).
+  assert.match(cuda, 'this step\'s new key and value rows computed here, their cache writes shared among the heads (a head 22 elements of each, on its threads from 64, which the query leaves idle); the first step\'s keys and values loaded before the wait, the new rows computed after it');
   // The row form shares the write out among its rows (6 heads: 22 of the 128 elements a row).
   assert.match(cuda, /store b\d+ over i\d+<min\(22, 128-\(row\*22\)\)/);
   // WebGPU's decode form reads every key and value from memory through a read-only binding: a kernel that writes

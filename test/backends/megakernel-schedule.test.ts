@@ -4,12 +4,14 @@
 
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { megakernelKernels, planWithoutWaits, printCudaMegakernel, renderCudaMegakernel, TIMELINE_WORDS } from '../../backends/cuda/megakernel.ts';
+import { megakernelKernels, planWithoutWaits, printCudaMegakernel, renderCudaMegakernel, TASK_WORDS, TIMELINE_WORDS } from '../../backends/cuda/megakernel.ts';
 import { cudaCaps } from '../../backends/device-caps.ts';
 import { bindingKey, checkMegakernel, dependencies, formatMegakernel, kernelsAlike, megakernelOrigin, MegakernelSchedule, MegakernelTask, rowSpans, scheduleMegakernel } from '../../backends/megakernel-schedule.ts';
 import { renderJs } from '../../backends/cpu/render-js.ts';
 import { evalSize, KernelIR } from '../../backends/kernel-ir.ts';
-import { scheduleKernels } from '../../backends/schedule.ts';
+import { ScheduledKernel, scheduleKernels } from '../../backends/schedule.ts';
+import { sessionContext } from '../../compiler/session-choices.ts';
+import { rowAccesses } from '../../backends/element-ranges.ts';
 import { traceLlama } from '../../examples/llama.ts';
 import { dtypeBytes } from '../../ir/dtype.ts';
 import { loadLlama } from '../../runtime/llama.ts';
@@ -62,11 +64,13 @@ s('the static check refuses a missing wait, a wait on a later kernel, a task dea
   const list = schedule.blocks[b];
   const i = list.findIndex((t) => t.waits.length > 0);
   const planted = (edit: (t: MegakernelTask) => MegakernelTask) => withBlock(b, list.map((t, j) => (j === i ? edit(t) : t)));
-  assert.throws(() => checkMegakernel(planted((t) => ({ ...t, waits: t.waits.slice(1) }))), new RegExp(`block ${b}, task ${i} \\(kernel ${list[i].kernel}\\): does not wait for kernel ${list[i].waits[0]}`));
-  assert.throws(() => checkMegakernel(planted((t) => ({ ...t, waits: [...t.waits, t.kernel + 1] }))), /which is not earlier: a cycle/);
+  const c = schedule.counters[list[i].waits[0]];
+  assert.throws(() => checkMegakernel(planted((t) => ({ ...t, waits: t.waits.slice(1) }))), new RegExp(`block ${b}, task ${i} \\(kernel ${list[i].kernel}\\): does not wait for counter ${list[i].waits[0]} \\(kernel ${c.kernel}, tasks ${c.from}\\.\\.${c.to - 1}\\), which it needs`));
+  const later = schedule.counters.findIndex((x) => x.kernel >= list[i].kernel);
+  assert.throws(() => checkMegakernel(planted((t) => ({ ...t, waits: [...t.waits, later] }))), /whose kernel is not earlier: a cycle/);
   const other = schedule.blocks.findIndex((l, j) => j !== b && l.length > 0);
   assert.throws(() => checkMegakernel(withBlock(other, [...schedule.blocks[other], ...list])), /dealt twice|comes after a task of kernel/);
-  assert.throws(() => checkMegakernel(withBlock(b, list.filter((_, j) => j !== i))), /dealt to no block|does not wait for kernel/);
+  assert.throws(() => checkMegakernel(withBlock(b, list.filter((_, j) => j !== i))), /dealt to no block|does not wait for counter/);
   assert.throws(() => checkMegakernel(withBlock(b, [...list].reverse())), /a block walks the kernels in order/);
   const k = schedule.spans.findIndex((spans) => spans.length > 1);
   const spans = (edit: (r: { from: number; to: number }[]) => void) => {
@@ -112,9 +116,9 @@ s('by default no task prefetches', () => {
 s('the task list names every block\'s tasks and waits, and each task\'s rows and prefetches', () => {
   const text = formatMegakernel(schedule);
   assert.match(text, /^megakernel: \d+ kernels, \d+ tasks on 8 blocks/);
-  assert.match(text, /\n {2}kernel 0 k0: \d+ rows as \d+ tasks of at most \d+\n/);
+  assert.match(text, /\n {2}kernel 0 k0: \d+ rows as \d+ tasks of at most \d+(, counted in \d+ runs)?\n/);
   assert.match(text, /\n {2}block 0: k0\.0/);
-  assert.match(text, /wait\(\d+( \d+)*\) k\d+\.\d+/);
+  assert.match(text, /wait\(k\d+(\.\d+-\d+)?( k\d+(\.\d+-\d+)?)*\) k\d+\.\d+/);
   assert.match(text, /\n {2}k0: 0:\[0,1\) b\d+@\d+\+\d+/);
 });
 
@@ -171,9 +175,9 @@ s('timing some kernels without waits: every kernel of their code, and a task tab
   let dropped = 0;
   let kept = 0;
   for (let i = 0; i < table.length; i++) {
-    const t = Math.floor((i - tasksAt) / 8);
-    const waitsWord = i >= tasksAt && t < mk.kernel.tasks && (i - tasksAt) % 8 === 5;
-    if (waitsWord && alike.includes(table[tasksAt + 8 * t])) {
+    const t = Math.floor((i - tasksAt) / TASK_WORDS);
+    const waitsWord = i >= tasksAt && t < mk.kernel.tasks && (i - tasksAt) % TASK_WORDS === 5;
+    if (waitsWord && alike.includes(table[tasksAt + TASK_WORDS * t])) {
       assert.is(without[i], 0, `task entry ${t}`);
       if (table[i] > 0) dropped++;
     } else {
@@ -216,33 +220,43 @@ s('a launch copies its pointers and the one-element inputs no task writes into s
 });
 
 /**
- * Runs each task's rows of each kernel on the CPU (the JS renderer's code, its row loop cut to the task's rows)
- * with every buffer zero and the weights' reads recorded, and checks that each weight element read lies in the
+ * Runs rows [from, to) of a kernel's row form on the CPU (the JS renderer's code, its row loop cut to those rows; a
+ * GEMM's tiles are the same kernel), every buffer zero, and records the elements it reads and writes of each buffer.
+ */
+function runRows(ir: KernelIR, sizes: Readonly<Record<string, number>>, from: number, to: number): { reads: Set<number>[]; writes: Set<number>[] } {
+  const code = renderJs({ ...ir, gemm: undefined, flash: undefined });
+  const loop = /for \(let row = 0; row < [^;]+; row\+\+\) \{/;
+  assert.match(code, loop, `kernel ${ir.name}'s JS has a row loop`);
+  const run = new Function('b', 'sizes', 'round', code.replace(loop, `for (let row = ${from}; row < ${to}; row++) {`));
+  const seen = { reads: ir.buffers.map(() => new Set<number>()), writes: ir.buffers.map(() => new Set<number>()) };
+  const element = (key: string | symbol) => (typeof key === 'string' && /^\d+$/.test(key) ? Number(key) : undefined);
+  const buffers = ir.buffers.map((b, i) => new Proxy(new (b.dtype === 'i32' || b.dtype === 'bool' ? Int32Array : Float32Array)(evalSize(b.elems, sizes)), {
+    get(target, key) {
+      const e = element(key);
+      if (e !== undefined) seen.reads[i].add(e);
+      const v = Reflect.get(target, key);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+    set(target, key, value) {
+      const e = element(key);
+      if (e !== undefined) seen.writes[i].add(e);
+      return Reflect.set(target, key, value);
+    },
+  }));
+  run(buffers, sizes, { bf16: (x: number) => x, f16: (x: number) => x, random: () => 0 });
+  return seen;
+}
+
+/**
+ * Runs each task's rows of each kernel on the CPU (runRows) and checks that each weight element read lies in the
  * task's prefetch range of that buffer (where it has one: a buffer whose reads cannot be bounded has none).
  */
 function checkPrefetch(s: MegakernelSchedule): { ranges: number } {
   let ranges = 0;
   s.kernels.forEach((sk, k) => {
     const ir = sk.kernel;
-    // The row form (the one the megakernel runs; a GEMM's tiles are the same kernel).
-    const code = renderJs({ ...ir, gemm: undefined, flash: undefined });
-    const loop = /for \(let row = 0; row < [^;]+; row\+\+\) \{/;
-    assert.match(code, loop, `kernel ${ir.name}'s JS has a row loop`);
     s.spans[k].forEach((span, t) => {
-      const run = new Function('b', 'sizes', 'round', code.replace(loop, `for (let row = ${span.from}; row < ${span.to}; row++) {`));
-      const reads = ir.buffers.map(() => new Set<number>());
-      const buffers = ir.buffers.map((b, i) => {
-        const data = new (b.dtype === 'i32' || b.dtype === 'bool' ? Int32Array : Float32Array)(evalSize(b.elems, s.sizes));
-        if (b.binding.kind !== 'param') return data;
-        return new Proxy(data, {
-          get(target, key) {
-            if (typeof key === 'string' && /^\d+$/.test(key)) reads[i].add(Number(key));
-            const v = Reflect.get(target, key);
-            return typeof v === 'function' ? v.bind(target) : v;
-          },
-        });
-      });
-      run(buffers, s.sizes, { bf16: (x: number) => x, f16: (x: number) => x, random: () => 0 });
+      const { reads } = runRows(ir, s.sizes, span.from, span.to);
       for (const r of s.prefetch[k][t]) {
         ranges++;
         const size = dtypeBytes[ir.buffers[r.buffer].dtype];
@@ -255,6 +269,86 @@ function checkPrefetch(s: MegakernelSchedule): { ranges: number } {
   });
   return { ranges };
 }
+
+const attention0 = (mk: MegakernelSchedule): ScheduledKernel['kernel'] => mk.kernels.find((sk) => sk.kernel.kind === 'attention')!.kernel;
+
+/**
+ * Runs every task of each kernel the megakernel runs in its row form on the CPU (runRows; attention's decode form
+ * has no CPU form) and checks that each element it reads or writes lies in the runs rowAccesses gives the task.
+ */
+function checkAccesses(s: MegakernelSchedule): { tasks: number; accesses: number } {
+  let [tasks, accesses] = [0, 0];
+  s.kernels.forEach((sk, k) => {
+    if (sk.tilesFrom !== undefined) return;
+    const ir = sk.kernel;
+    s.spans[k].forEach((span, t) => {
+      const seen = runRows(ir, s.sizes, span.from, span.to);
+      const bounds = rowAccesses(ir, s.sizes, span.from, span.to);
+      tasks++;
+      for (const what of ['reads', 'writes'] as const) {
+        seen[what].forEach((elements, buffer) => {
+          if (!elements.size) return;
+          const runs = bounds[what].get(buffer);
+          assert.ok(runs, `kernel ${k} ${ir.name} task ${t} ${what} buffer ${buffer}, which rowAccesses does not list`);
+          if (runs === 'unbounded') return;
+          for (const e of elements) {
+            accesses++;
+            assert.ok(runs!.some((r) => r.from <= e && e < r.to), `kernel ${k} ${ir.name} task ${t} rows [${span.from}, ${span.to}) ${what} element ${e} of buffer ${buffer}, outside ${JSON.stringify(runs)}`);
+          }
+        });
+      }
+    });
+  });
+  return { tasks, accesses };
+}
+
+s('what a task\'s rows read and write lies within the runs rowAccesses bounds (every row-form task of the MLP stack and of a Llama\'s decode step, run on the CPU)', () => {
+  const mlp = checkAccesses(schedule);
+  assert.ok(mlp.tasks > 8 && mlp.accesses > 0, `${mlp.tasks} tasks`);
+  const model = loadLlama(fixture('tiny-llama3-bf16'));
+  const llama = compileModule(traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength: 16, kvDType: model.weightDType }), { ctx: sessionContext('cuda', model.weightDType, model.cfg.headDim) });
+  const checked = checkAccesses(renderCudaMegakernel(llama, cudaCaps(90, 16), {}).schedule);
+  assert.ok(checked.tasks > 100, `${checked.tasks} tasks`);
+});
+
+s('attention\'s heads wait for the tasks that write their own query, key and value rows, and a wait another implies is not made', () => {
+  // The fixture's shapes widened to a small Llama's (its projections in rows of a few outputs) over 64 multiprocessors,
+  // 128 blocks: the projection's tasks narrower than a head.
+  const model = loadLlama(fixture('tiny-llama3-bf16'));
+  const cfg = { ...model.cfg, hiddenSize: 1024, numHeads: 16, numKvHeads: 4, headDim: 64, intermediateSize: 2048, numLayers: 2 };
+  const { numHeads: H, numKvHeads: KV, headDim: D } = cfg;
+  // As a CUDA session compiles it: the step's cache writes made by attention (their share among the heads bounded too).
+  const llama = compileModule(traceLlama(cfg, { weightDType: model.weightDType, cacheLength: 16, kvDType: model.weightDType }), { ctx: sessionContext('cuda', model.weightDType, D) });
+  const mk = renderCudaMegakernel(llama, cudaCaps(90, 64), {}).schedule;
+  assert.ok(attention0(mk).flash?.updates, 'attention makes the cache writes');
+  const attention = mk.kernels.flatMap((sk, k) => (sk.kernel.kind === 'attention' ? [k] : []));
+  assert.is(attention.length, cfg.numLayers);
+  for (const a of attention) {
+    assert.is(mk.tasks[a], H, 'a task a head');
+    // The projection attention reads: [queries of every head | keys | values], a row of its outputs a run.
+    const qkv = a - 1;
+    assert.ok(mk.dependsOn[a].includes(qkv));
+    const outputs = H * D + 2 * KV * D;
+    const perRow = outputs / mk.rows[qkv];
+    assert.ok(Number.isInteger(perRow) && mk.tasks[qkv] > H, `${mk.tasks[qkv]} tasks of ${perRow} outputs a row`);
+    const writers = (from: number, to: number) => mk.spans[qkv].flatMap((span, t) => (span.from * perRow < to && from < span.to * perRow ? [t] : []));
+    for (let h = 0; h < H; h++) {
+      const g = Math.floor(h / (H / KV));
+      const want = [...new Set([...writers(h * D, (h + 1) * D), ...writers(H * D + g * D, H * D + (g + 1) * D), ...writers((H + KV) * D + g * D, (H + KV) * D + (g + 1) * D)])].sort((x, y) => x - y);
+      const got = mk.needs[a][h].map((c) => mk.counters[c]).flatMap((c) => (c.kernel === qkv ? Array.from({ length: c.to - c.from }, (_, i) => c.from + i) : []));
+      assert.equal(got, want, `head ${h} of kernel ${a}`);
+      assert.ok(got.length < mk.tasks[qkv], 'fewer than every task');
+    }
+    // The output projection waits for attention alone: that wait implies the projection's and the norm's before it.
+    const o = a + 1;
+    assert.ok(mk.dependsOn[o].length > 1, `kernel ${o} depends on ${mk.dependsOn[o].join(' ')}`);
+    for (const needs of mk.needs[o]) assert.equal(needs.map((c) => mk.counters[c].kernel), [a]);
+  }
+  // In the task list: the projection counted in runs, and attention's tasks waiting for some of them.
+  const text = formatMegakernel(mk);
+  assert.match(text, new RegExp(`kernel ${attention[0] - 1} k\\d+: \\d+ rows as \\d+ tasks of at most \\d+, counted in \\d+ runs`));
+  assert.match(text, new RegExp(`wait\\(k${attention[0] - 1}\\.\\d+-\\d+( k${attention[0] - 1}\\.\\d+-\\d+)*\\) k${attention[0]}\\.`));
+});
 
 s('refused by name: a graph of symbolic sizes, a device too old, a grid of no blocks, a task that would run tiles', () => {
   assert.throws(() => renderCudaMegakernel(module, cudaCaps(61, 4), { graph: 'mlp' }), /compute capability 7\.0 or later/);

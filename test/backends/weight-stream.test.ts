@@ -16,7 +16,7 @@ import { CUDA_BLOCK } from '../../backends/cuda/prelude.ts';
 import { rowInvariantPrologue, scheduleKernel } from '../../backends/schedule.ts';
 import { formatSchedule } from '../../backends/schedule-format.ts';
 import { rowStreams } from '../../backends/weight-stream.ts';
-import { weightReads } from '../../backends/weight-reads.ts';
+import { weightReads } from '../../backends/element-ranges.ts';
 import { DType } from '../../ir/dtype.ts';
 
 const [DEPTH, OUTPUTS] = [8192, 96];

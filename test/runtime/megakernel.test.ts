@@ -25,7 +25,7 @@ import { runOnce } from '../../runtime/executor.ts';
 import { loadLlama } from '../../runtime/llama.ts';
 import { ParamStore } from '../../runtime/params.ts';
 import { MegakernelSchedule } from '../../backends/megakernel-schedule.ts';
-import { MegakernelOptions, MegakernelRefused, PreparedMegakernel } from '../../backends/cuda/megakernel.ts';
+import { MegakernelOptions, MegakernelRefused, PreparedMegakernel, TASK_WORDS } from '../../backends/cuda/megakernel.ts';
 import { evalSize } from '../../backends/kernel-ir.ts';
 import { kernelBytes } from '../../backends/kernel-cost.ts';
 import { timelineTable, timelineTrace } from '../../runtime/megakernel-timeline.ts';
@@ -304,14 +304,19 @@ s('the timeline: every task of a step once, its times in order, after the tasks 
       assert.is(seen.size, t.tasks.length, 'every task once');
       const ends = new Map<number, number>();
       for (const x of t.tasks) ends.set(x.kernel, Math.max(ends.get(x.kernel) ?? 0, x.endNs));
+      const taskEnds = new Map(t.tasks.map((x) => [`${x.kernel}.${x.task}`, x.endNs]));
       t.tasks.forEach((x, i) => {
         assert.ok(x.waitNs >= 0 && x.waitNs <= x.readyNs && x.readyNs <= x.endNs && x.endNs <= t.spanNs, `task ${x.kernel}.${x.task}: ${x.waitNs} ${x.readyNs} ${x.endNs}`);
         const before = t.tasks[i - 1];
         if (before?.block === x.block) assert.ok(before.endNs <= x.waitNs, `block ${x.block} runs its tasks one after another`);
         assert.ok(x.processor < 8 && x.block < schedule.blocks.length);
       });
-      // A task's inputs were ready once every task of the kernels it depends on had ended.
-      for (const x of t.tasks) for (const d of schedule.dependsOn[x.kernel]) assert.ok(ends.get(d)! <= x.readyNs, `task ${x.kernel}.${x.task} ran before kernel ${d} ended`);
+      // A task's inputs were ready once every task it needs had ended.
+      for (const x of t.tasks) {
+        for (const c of schedule.needs[x.kernel][x.task].map((i) => schedule.counters[i])) {
+          for (let task = c.from; task < c.to; task++) assert.ok(taskEnds.get(`${c.kernel}.${task}`)! <= x.readyNs, `task ${x.kernel}.${x.task} ran before task ${c.kernel}.${task} ended`);
+        }
+      }
       const table = timelineTable(t);
       assert.match(table[0], /^\s*#\s+kernel\s+kind\s+tasks\s+wait µs\s+max\s+run µs\s+max\s+busy µs\s+from µs\s+to µs\s+share µs\s+gap µs\s+tail µs\s+GB\/s\s+% copy$/);
       const rows = table.filter((l) => /^\s*\d+\s+k\d+\s/.test(l)).map((l) => l.trim().split(/\s+/));
@@ -470,11 +475,11 @@ s('bisect: a healthy megakernel agrees with its kernels one by one; a planted fa
   // Planted: the last task of the last kernel runs one row fewer. The row's elements are written by no task.
   let lastKernel = -1;
   const short = await open((prepared) => {
-    // The table: waits' start, prefetches' start, streams' start, each block's first task and the end, then the tasks, 8 words each
-    // (kernel, task, first row, end row, …): the task of the last kernel with the largest index loses its last row.
+    // The table: waits' start, prefetches' start, streams' start, each block's first task and the end, then the tasks,
+    // TASK_WORDS each (kernel, task, first row, end row, …): the task of the last kernel with the largest index loses its last row.
     const plan = prepared.kernel.plan;
     let last = -1;
-    for (let at = prepared.kernel.blocks + 4; at < plan[0]; at += 8) {
+    for (let at = prepared.kernel.blocks + 4; at < plan[0]; at += TASK_WORDS) {
       if (last < 0 || plan[at] > plan[last] || (plan[at] === plan[last] && plan[at + 1] > plan[last + 1])) last = at;
     }
     lastKernel = plan[last];
@@ -520,7 +525,8 @@ s('the watchdog stops a step whose wait cannot be met and names the block, run, 
   try {
     device.prepare(module);
     // Planted: the first wait of the table awaits one task more than its kernel has.
-    const plan = (device as unknown as { prepared: WeakMap<object, { megakernel: { kernel: { plan: Int32Array } } }> }).prepared.get(module)!.megakernel.kernel.plan;
+    const prepared = (device as unknown as { prepared: WeakMap<object, { megakernel: PreparedMegakernel }> }).prepared.get(module)!.megakernel;
+    const plan = prepared.kernel.plan;
     const waitsAt = plan[0];
     assert.ok(waitsAt + 1 < plan.length, 'the schedule has a wait');
     const [awaited, tasks] = [plan[waitsAt], plan[waitsAt + 1]];
@@ -533,10 +539,11 @@ s('the watchdog stops a step whose wait cannot be met and names the block, run, 
       // the first of those to time out is named (on a loaded machine the fake's fibers may run a later one's
       // clock first, as a clean-clone CI run did). Whichever it is, it awaits more than it saw; the planted one
       // reports its numbers.
-      const stuck = /megakernel of @mlp is stuck: block \d+, task entry \d+ \(kernel \d+ k\d+, task \d+\) waited on counter (\d+) \(kernel k(\d+)\) past the watchdog: it saw (\d+), awaiting (\d+)/.exec(error!.message);
+      const stuck = /megakernel of @mlp is stuck: block \d+, task entry \d+ \(kernel \d+ k\d+, task \d+\) waited on counter (\d+) \(kernel (\d+) k\d+, tasks (\d+) to (\d+)\) past the watchdog: it saw (\d+), awaiting (\d+)/.exec(error!.message);
       assert.ok(stuck, `the report names the block, task, kernel and counter: ${error!.message}`);
-      const [counter, kernel, saw, target] = stuck!.slice(1).map(Number);
-      assert.is(kernel, counter, 'the counter is its kernel\'s');
+      const [counter, kernel, from, last, saw, target] = stuck!.slice(1).map(Number);
+      const c = prepared.schedule.counters[counter];
+      assert.equal([kernel, from, last], [c.kernel, c.from, c.to - 1], 'the counter\'s kernel and tasks, as scheduled');
       assert.ok(saw < target, `it saw ${saw}, fewer than the ${target} it awaited`);
       if (counter === awaited) assert.equal([saw, target], [tasks, tasks + 1], 'the planted wait: one task more than its kernel has');
       // From then on the program refuses to run rather than hang again.
