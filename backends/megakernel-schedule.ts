@@ -200,6 +200,7 @@ export function rowSpans(rows: number, blocks: number): RowSpan[] {
  * from its start, where the task's loop starts reading.
  */
 function prefetchRanges(k: KernelIR, sizes: Readonly<Record<string, number>>, span: RowSpan, budget: number): PrefetchRange[] {
+  if (budget <= 0) return [];
   const ranges = weightReads(k, sizes, span.from, span.to).map((r) => {
     const size = dtypeBytes[k.buffers[r.buffer].dtype];
     const offset = Math.floor((r.from * size) / 16) * 16;
@@ -327,11 +328,15 @@ type TaskRuns = readonly (readonly [number, number])[];
  */
 function taskNeeds(kernels: readonly ScheduledKernel[], sizes: Readonly<Record<string, number>>, spans: readonly (readonly RowSpan[])[], dependsOn: readonly (readonly number[])[]): { counters: MegakernelCounter[]; needs: number[][][] } {
   const tasks = spans.map((s) => s.length);
-  const accessed = new Map<number, RowAccesses[]>();
+  // Kernels alike (every layer's of a kind) access alike: bounded once for all of them.
+  const accessed = new Map<ScheduledKernel, { spans: readonly RowSpan[]; accesses: RowAccesses[] }>();
   const accesses = (k: number) => {
-    let a = accessed.get(k);
-    if (!a) accessed.set(k, (a = spans[k].map((span) => rowAccesses(kernels[k].kernel, sizes, span.from, span.to, taskForm(kernels[k])))));
-    return a;
+    const origin = megakernelOrigin(kernels[k]);
+    let a = accessed.get(origin);
+    if (!a || a.spans.length !== spans[k].length || a.spans.some((x, t) => x.from !== spans[k][t].from || x.to !== spans[k][t].to)) {
+      accessed.set(origin, (a = { spans: spans[k], accesses: spans[k].map((span) => rowAccesses(kernels[k].kernel, sizes, span.from, span.to, taskForm(kernels[k]))) }));
+    }
+    return a.accesses;
   };
   // Per kernel, per dependency (with tasks), per task: the dependency's tasks it needs.
   const needed = kernels.map((_, c) => new Map(dependsOn[c].filter((p) => tasks[p] > 0).map((p) => [p, tasksNeeded(kernels, accesses, tasks, c, p) ?? spans[c].map((): TaskRuns => [[0, tasks[p]]])])));
@@ -354,17 +359,12 @@ function taskNeeds(kernels: readonly ScheduledKernel[], sizes: Readonly<Record<s
     done.push(d);
   });
   // Each task's needs less those that its others imply.
-  const kept = needed.map((deps, c) => spans[c].map((_, t) => {
-    const implied = (except: number) => {
-      const out = new Set<number>();
-      for (const [p, perTask] of deps) {
-        if (p === except || !perTask[t].length) continue;
-        for (const x of all(perTask[t], p) ? done[p] : before[p]) out.add(x);
-      }
-      return out;
-    };
-    return [...deps].filter(([p, perTask]) => perTask[t].length > 0 && !implied(p).has(p)).map(([p, perTask]) => [p, perTask[t]] as const);
-  }));
+  const kept = needed.map((deps, c) => {
+    const entries = [...deps];
+    return spans[c].map((_, t) => entries
+      .filter(([p, perTask]) => perTask[t].length > 0 && !entries.some(([q, other]) => q !== p && other[t].length > 0 && (all(other[t], q) ? done[q] : before[q]).has(p)))
+      .map(([p, perTask]) => [p, perTask[t]] as const));
+  });
   // Counters: each kernel's tasks split at the edges of the runs kept.
   const edges = tasks.map((n) => new Set([0, n]));
   for (const perTask of kept) for (const deps of perTask) for (const [p, runs] of deps) for (const [from, to] of runs) edges[p].add(from).add(to);
@@ -405,10 +405,16 @@ function tasksNeeded(kernels: readonly ScheduledKernel[], accesses: (k: number) 
   if (!linked.length) return undefined;
   const writes = accesses(p).map((a) => linked.map(([, jp]) => a.writes.get(jp)));
   if (writes.some((w) => w.some((r) => r === undefined || r === 'unbounded'))) return undefined;
+  // Where all that p writes of each buffer lies: a task reading all of it needs every task.
+  const hull = linked.map((_, i) => writes.reduce((h, w) => (w[i] as ElementRange[]).reduce((x, r) => [Math.min(x[0], r.from), Math.max(x[1], r.to)], h), [Infinity, -Infinity]));
   const out: TaskRuns[] = [];
   for (const a of accesses(c)) {
     const read = linked.map(([j]) => a.reads.get(j));
     if (read.some((r) => r === undefined || r === 'unbounded')) return undefined;
+    if (linked.some((_, i) => (read[i] as ElementRange[]).some((r) => r.from <= hull[i][0] && hull[i][1] <= r.to))) {
+      out.push([[0, tasks[p]]]);
+      continue;
+    }
     const overlaps = (q: number) => linked.some((_, i) => (writes[q][i] as ElementRange[]).some((w) => (read[i] as ElementRange[]).some((r) => w.from < r.to && r.from < w.to)));
     const runs: [number, number][] = [];
     for (let q = 0; q < tasks[p]; q++) {
@@ -469,6 +475,12 @@ export function checkMegakernel(s: Pick<MegakernelSchedule, 'tasks' | 'rows' | '
   counted.forEach((n, k) => {
     if (n !== s.tasks[k]) throw new Error(`megakernel: the counters of kernel ${k} count ${n} of its ${s.tasks[k]} tasks`);
   });
+  // Per kernel, every kernel it depends on, directly or not.
+  const upstream: Set<number>[] = [];
+  s.dependsOn.forEach((deps, k) => {
+    upstream[k] = new Set(deps);
+    for (const d of deps) for (const x of upstream[d] ?? []) upstream[k].add(x);
+  });
   const counter = (i: number) => `counter ${i} (kernel ${s.counters[i]?.kernel}, tasks ${s.counters[i]?.from}..${(s.counters[i]?.to ?? 0) - 1})`;
   const dealt = s.tasks.map((n) => new Uint8Array(n));
   s.blocks.forEach((list, b) => {
@@ -492,10 +504,9 @@ export function checkMegakernel(s: Pick<MegakernelSchedule, 'tasks' | 'rows' | '
         if (!awaited.has(c)) throw new Error(`${where}: does not wait for ${counter(c)}, which it needs`);
       }
       // Each kernel it depends on is needed, or a later one it needs depends on it (which waited for it).
-      const reached = new Set(needs.map((c) => s.counters[c].kernel));
-      for (let q = task.kernel - 1; q >= 0; q--) if (reached.has(q)) for (const d of s.dependsOn[q]) reached.add(d);
+      const needed = new Set(needs.map((c) => s.counters[c].kernel));
       for (const d of deps) {
-        if (s.tasks[d] > 0 && !reached.has(d)) throw new Error(`${where}: needs no counter of kernel ${d}, which it depends on, nor of any kernel that depends on it`);
+        if (s.tasks[d] > 0 && !needed.has(d) && ![...needed].some((q) => upstream[q].has(d))) throw new Error(`${where}: needs no counter of kernel ${d}, which it depends on, nor of any kernel that depends on it`);
       }
       if (dealt[task.kernel][t]) throw new Error(`${where}: task ${t} is dealt twice`);
       dealt[task.kernel][t] = 1;
