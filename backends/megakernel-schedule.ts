@@ -6,8 +6,8 @@
 // the tasks it needs have finished: of each kernel it depends on (a writer of what it reads, a reader or writer of
 // what it overwrites), the tasks that write what it reads where their accesses are bounded (attention's head the
 // tasks that wrote its own query, key and value rows), else all of them. Counters in global memory count finished
-// tasks, a counter a run of a kernel's tasks, over every step, so nothing resets them. The CUDA printer (backends/cuda/megakernel.ts) prints these decisions and
-// takes none; checkMegakernel proves them safe.
+// tasks, a counter a run of a kernel's tasks, over every step, so nothing resets them. The CUDA printer
+// (backends/cuda/megakernel.ts) prints these decisions and takes none; checkMegakernel proves them safe.
 
 import { DType, dtypeBytes } from '../ir/dtype.ts';
 import { anyExpr, Binding, evalSize, KernelIR, kernelExprs } from './kernel-ir.ts';
@@ -520,8 +520,8 @@ export function checkMegakernel(s: Pick<MegakernelSchedule, 'tasks' | 'rows' | '
 
 /**
  * The schedule as text: per kernel its tasks, the runs they are counted in and what it depends on; per block its
- * tasks (kernel.task) and the counters each waits for (counterName); per kernel each task's rows and the weight bytes it prefetches (b3@8192+16384: bytes 8192 on of
- * the kernel's buffer 3).
+ * tasks (kernel.task) and the counters each waits for (counterName); per kernel each task's rows and the weight
+ * bytes it prefetches (b3@8192+16384: bytes 8192 on of the kernel's buffer 3).
  */
 export function formatMegakernel(s: MegakernelSchedule): string {
   const lines = [`megakernel: ${s.kernels.length} kernels, ${s.tasks.reduce((a, b) => a + b, 0)} tasks on ${s.blocks.length} blocks; estimated ${(s.estimateNs / 1000).toFixed(1)} µs a step`];

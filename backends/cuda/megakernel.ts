@@ -4,9 +4,9 @@
 // memory that every task reuses (static __shared__ arrays of device functions would each take their own). The
 // kernel walks its block's tasks from a task table in device memory: it prefetches the task's weight ranges into
 // L2 (where asked: none by default), waits on the counters of the tasks it needs (the first warp's lanes a counter
-// each), calls the task, then adds one to its own counter. The buffers come from a table of pointers, which each block copies into its
-// shared memory as it starts, with the values of the one-element inputs no task writes (launchConstants). With the
-// timeline on, each task's times are recorded too.
+// each), calls the task, then adds one to its own counter. The buffers come from a table of pointers, which each
+// block copies into its shared memory as it starts, with the values of the one-element inputs no task writes
+// (launchConstants). With the timeline on, each task's times are recorded too.
 // renderCudaMegakernel takes a module's graph there: lowered again for its blocks (megakernelKernels), scheduled for
 // the device, dealt over its multiprocessors, printed.
 
@@ -191,10 +191,10 @@ export const WATCHDOG_FIELDS = ['tripped', 'block', 'entry', 'kernel', 'task', '
 // TABLE: word 0 where the waits start, word 1 where the prefetches start, word 2 where the streams start; words
 // 3..blocks+3 each block's first task (the next block's is its end); then the tasks, TASK_WORDS each (kernel, its
 // task index, first row, end row, first wait, waits, first prefetch, prefetches, the counter it adds to); then the
-// waits, two words each (the counter awaited, the tasks it counts a step); then the prefetches, three words each (the buffer's slot in tf_buf, byte
-// offset, bytes); then per kernel three words (its first run, runs, bytes a row) and the runs its rows stream
-// (MegakernelSchedule.streams), five words each (the buffer's slot, first byte, bytes from a row's to the next's,
-// bytes, offset in the page). The streams are empty where the kernel keeps no weight ring.
+// waits, two words each (the counter awaited, the tasks it counts a step); then the prefetches, three words each
+// (the buffer's slot in tf_buf, byte offset, bytes); then per kernel three words (its first run, runs, bytes a row)
+// and the runs its rows stream (MegakernelSchedule.streams), five words each (the buffer's slot, first byte, bytes
+// from a row's to the next's, bytes, offset in the page). The streams are empty where the kernel keeps no weight ring.
 export const TASK_WORDS = 9;
 /**
  * The launch's tf_only_kernel: a kernel's index runs only that kernel's tasks (bisecting); RUN_STEP the step;
