@@ -122,8 +122,29 @@ export function rowAccesses(k: KernelIR, sizes: Readonly<Record<string, number>>
   /** A store loop: `s.v` over `v` (default [0, n)). */
   const store = (s: Extract<KStmt, { k: 'store' }>, scope: Map<string, Interval>, v?: Interval) =>
     storeAt(s.buf, s.index, s.value, v ? new Map(scope).set(s.v, v) : within(scope, s.v, visit(s.n, scope)));
+  /** Attention's decode form's accesses: its rows are heads' chunks of keys (head row / chunks). */
+  const decode = (f: FlashIR, chunks: number, updates: UpdateShare | undefined) => {
+    const heads = { lo: Math.floor(from / chunks), hi: Math.floor((to - 1) / chunks) };
+    const scope = new Map(env).set(f.b, heads);
+    const queries = visit(f.queries, scope);
+    if (queries && queries.hi >= 1) scope.set(f.i, { lo: 0, hi: queries.hi - 1 });
+    scope.set(f.t, { lo: 0, hi: f.keys - 1 }).set(f.d, { lo: 0, hi: f.depth - 1 }).set(f.e, { lo: 0, hi: f.width - 1 });
+    for (const e of [f.q, f.k, f.v, f.score, ...(f.limit ? [f.limit] : [])]) visit(e, scope);
+    for (const r of [f.fresh?.k, f.fresh?.v]) for (const e of r ? [r.from, r.to, ...(r.value ? [r.value] : [])] : []) visit(e, scope);
+    for (const st of f.stores) storeAt(st.buf, st.index, st.value, scope);
+    // The cache writes run on the heads' first chunks alone (some row in [from, to) is one), each head its share.
+    const firstChunk = Math.ceil(from / chunks) * chunks < to;
+    for (const u of firstChunk ? f.updates ?? [] : []) {
+      const n = visit(u.n, env);
+      const p = updates?.perHead;
+      // Head r's elements, where the share is known and every head writes at most one share; else any.
+      const share = n && p !== undefined && n.hi <= f.batch * p ? { lo: heads.lo * p, hi: Math.min(n.hi, (heads.hi + 1) * p) - 1 } : n && { lo: 0, hi: n.hi - 1 };
+      if (share && share.hi < share.lo) continue;
+      store(u, env, share);
+    }
+  };
   if (form.form === 'decode') {
-    decodeAccesses(k.flash!, env, from, to, form, visit, storeAt, store);
+    decode(k.flash!, form.chunks, form.updates);
   } else {
     env.set(ROW, { lo: from, hi: to - 1 });
     for (const s of k.body) {
@@ -150,31 +171,6 @@ export function rowAccesses(k: KernelIR, sizes: Readonly<Record<string, number>>
   const end = (buffer: number) => { const e = k.buffers[buffer].elems; return e.k === 'const' ? e.value : Infinity; };
   const runs = (m: Map<number, Interval[] | 'unbounded'>) => new Map([...m].map(([buffer, r]) => [buffer, r === 'unbounded' ? r : merged(buffer, r, end(buffer))] as const));
   return { reads: runs(reads), writes: runs(writes) };
-}
-
-/** Attention's decode form's accesses over work items [from, to): a head's chunks of keys, heads row / chunks. */
-function decodeAccesses(f: FlashIR, env: Map<string, Interval>, from: number, to: number, form: Extract<RowForm, { form: 'decode' }>,
-  visit: (e: KExpr, scope: Map<string, Interval>) => Interval | undefined,
-  storeAt: (buf: number, index: KExpr, value: KExpr, scope: Map<string, Interval>) => void,
-  store: (s: Extract<KStmt, { k: 'store' }>, scope: Map<string, Interval>, v?: Interval) => void): void {
-  const heads = { lo: Math.floor(from / form.chunks), hi: Math.floor((to - 1) / form.chunks) };
-  const scope = new Map(env).set(f.b, heads);
-  const queries = visit(f.queries, scope);
-  if (queries && queries.hi >= 1) scope.set(f.i, { lo: 0, hi: queries.hi - 1 });
-  scope.set(f.t, { lo: 0, hi: f.keys - 1 }).set(f.d, { lo: 0, hi: f.depth - 1 }).set(f.e, { lo: 0, hi: f.width - 1 });
-  for (const e of [f.q, f.k, f.v, f.score, ...(f.limit ? [f.limit] : [])]) visit(e, scope);
-  for (const r of [f.fresh?.k, f.fresh?.v]) for (const e of r ? [r.from, r.to, ...(r.value ? [r.value] : [])] : []) visit(e, scope);
-  for (const s of f.stores) storeAt(s.buf, s.index, s.value, scope);
-  // The cache writes run on the heads' first chunks alone, each head its share.
-  const firstChunks = Array.from({ length: to - from }, (_, j) => from + j).some((w) => w % form.chunks === 0);
-  for (const u of firstChunks ? f.updates ?? [] : []) {
-    const n = visit(u.n, env);
-    const p = form.updates?.perHead ?? Infinity;
-    // Head r's elements, where every head writes at most one share (and the share is known); else any.
-    const share = n && n.hi <= f.batch * p && Number.isFinite(p) ? { lo: heads.lo * p, hi: Math.min(n.hi, (heads.hi + 1) * p) - 1 } : n && { lo: 0, hi: n.hi - 1 };
-    if (share && share.hi < share.lo) continue;
-    store(u, env, share);
-  }
 }
 
 /** The runs the intervals cover within [0, end), sorted, overlapping or touching ones joined. */

@@ -548,7 +548,7 @@ export function formatMegakernel(s: MegakernelSchedule): string {
 }
 
 /** A counter as the task list names it: its kernel (k5), and the tasks it counts where it counts some (k5.8-11). */
-export function counterName(s: Pick<MegakernelSchedule, 'counters' | 'tasks'>, i: number): string {
+function counterName(s: Pick<MegakernelSchedule, 'counters' | 'tasks'>, i: number): string {
   const c = s.counters[i];
   return c.from === 0 && c.to === s.tasks[c.kernel] ? `k${c.kernel}` : `k${c.kernel}.${c.from}-${c.to - 1}`;
 }

@@ -9,7 +9,7 @@ import { cudaCaps } from '../../backends/device-caps.ts';
 import { bindingKey, checkMegakernel, dependencies, formatMegakernel, kernelsAlike, megakernelOrigin, MegakernelSchedule, MegakernelTask, rowSpans, scheduleMegakernel } from '../../backends/megakernel-schedule.ts';
 import { renderJs } from '../../backends/cpu/render-js.ts';
 import { evalSize, KernelIR } from '../../backends/kernel-ir.ts';
-import { ScheduledKernel, scheduleKernels } from '../../backends/schedule.ts';
+import { scheduleKernels } from '../../backends/schedule.ts';
 import { sessionContext } from '../../compiler/session-choices.ts';
 import { rowAccesses } from '../../backends/element-ranges.ts';
 import { traceLlama } from '../../examples/llama.ts';
@@ -270,8 +270,6 @@ function checkPrefetch(s: MegakernelSchedule): { ranges: number } {
   return { ranges };
 }
 
-const attention0 = (mk: MegakernelSchedule): ScheduledKernel['kernel'] => mk.kernels.find((sk) => sk.kernel.kind === 'attention')!.kernel;
-
 /**
  * Runs every task of each kernel the megakernel runs in its row form on the CPU (runRows; attention's decode form
  * has no CPU form) and checks that each element it reads or writes lies in the runs rowAccesses gives the task.
@@ -308,7 +306,7 @@ s('what a task\'s rows read and write lies within the runs rowAccesses bounds (e
   const model = loadLlama(fixture('tiny-llama3-bf16'));
   const llama = compileModule(traceLlama(model.cfg, { weightDType: model.weightDType, cacheLength: 16, kvDType: model.weightDType }), { ctx: sessionContext('cuda', model.weightDType, model.cfg.headDim) });
   const checked = checkAccesses(renderCudaMegakernel(llama, cudaCaps(90, 16), {}).schedule);
-  assert.ok(checked.tasks > 100, `${checked.tasks} tasks`);
+  assert.ok(checked.tasks > 100 && checked.accesses > checked.tasks, `${checked.tasks} tasks, ${checked.accesses} accesses checked`);
 });
 
 s('attention\'s heads wait for the tasks that write their own query, key and value rows, and a wait another implies is not made', () => {
@@ -320,7 +318,7 @@ s('attention\'s heads wait for the tasks that write their own query, key and val
   // As a CUDA session compiles it: the step's cache writes made by attention (their share among the heads bounded too).
   const llama = compileModule(traceLlama(cfg, { weightDType: model.weightDType, cacheLength: 16, kvDType: model.weightDType }), { ctx: sessionContext('cuda', model.weightDType, D) });
   const mk = renderCudaMegakernel(llama, cudaCaps(90, 64), {}).schedule;
-  assert.ok(attention0(mk).flash?.updates, 'attention makes the cache writes');
+  assert.ok(mk.kernels.find((sk) => sk.kernel.kind === 'attention')!.kernel.flash?.updates, 'attention makes the cache writes');
   const attention = mk.kernels.flatMap((sk, k) => (sk.kernel.kind === 'attention' ? [k] : []));
   assert.is(attention.length, cfg.numLayers);
   for (const a of attention) {
