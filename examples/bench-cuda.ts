@@ -506,8 +506,19 @@ export function report(ts: TsfuseResult, runs: readonly PeerRun[], o: CudaBenchO
       ...(r.tokens_f32 ? [`${peers[peer].short} f32: ${r.tokens_f32.slice(0, 8).join(' ')} …`] : []),
     ])].join('; '));
   }
+  lines.push('', `tsfuse's ${ts.tokens.length} generated tokens: fingerprint ${tokensFingerprint(ts.tokens)} (equal tokens give equal fingerprints: `
+    + 'compare the megakernel\'s with the launched step\'s, or two builds\')');
   if (!ts.deterministic) lines.push('', 'note: tsfuse generated different tokens in different runs');
   return lines.join('\n');
+}
+
+/** FNV-1a (32 bits) over the token ids' little-endian bytes: a short name for a sequence of generated tokens. */
+export function tokensFingerprint(tokens: readonly number[]): string {
+  let h = 0x811c9dc5;
+  for (const t of tokens) {
+    for (let b = 0; b < 4; b++) h = Math.imul(h ^ ((t >>> (8 * b)) & 0xff), 0x01000193) >>> 0;
+  }
+  return h.toString(16).padStart(8, '0');
 }
 
 function table(head: string[], rows: string[][]): string {

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   BenchError, argmaxAgreement, leadingEqual, maxAbsDifference, parseCompare, prepareCheckpoint, relativeDifference, report,
-  type CudaBenchOptions, type PeerResult, type TsfuseResult, withoutWaitsLabel,
+  tokensFingerprint, type CudaBenchOptions, type PeerResult, type TsfuseResult, withoutWaitsLabel,
 } from '../../examples/bench-cuda.ts';
 import { randomBf16Weights } from '../../examples/random-checkpoint.ts';
 import { DType } from '../../ir/dtype.ts';
@@ -60,6 +60,18 @@ test('agreement measures', () => {
   assert.is(maxAbsDifference([1, -2, 3], [1, 2, 2.5]), 4);
 });
 
+test('the tokens\' fingerprint: FNV-1a of every byte of the ids, so any changed token changes it', () => {
+  assert.is(tokensFingerprint([68823, 36298]), '0e5f463e'); // computed apart, ids past one byte
+  assert.is(tokensFingerprint([]), '811c9dc5');
+  const tokens = Array.from({ length: 128 }, (_, i) => (i * 7919 + 13) % 128256);
+  assert.is(tokensFingerprint(tokens), tokensFingerprint([...tokens]));
+  for (const at of [0, 64, 127]) {
+    const changed = tokens.slice();
+    changed[at] += 65536; // a change in the id's third byte alone
+    assert.is.not(tokensFingerprint(changed), tokensFingerprint(tokens), `token ${at}`);
+  }
+});
+
 test('--compare takes hf, torch or both, in the order given', () => {
   assert.equal(parseCompare(undefined), []);
   assert.equal(parseCompare('hf'), ['hf']);
@@ -84,6 +96,8 @@ test('the report: one table without --compare; with peers, a column pair each an
   assert.is(alone.split('\n').find((l) => l.startsWith('| decode ms per token, CUDA events'))!.split('|').length, 4, 'two columns');
   // The megakernel's step without waits: a row only where it was timed (--megakernel).
   assert.not.match(alone, 'no task waiting');
+  // The generated tokens' fingerprint, always (FNV-1a of 5, 6, 7 as little-endian 32-bit ids, computed apart).
+  assert.match(alone, "tsfuse's 3 generated tokens: fingerprint 5fe93131");
   const floorRow = report({ ...ts, withoutWaitsMs: 0.625 }, [], options(tmp), tmp).split('\n').find((l) => l.includes('no task waiting'));
   assert.equal(floorRow?.split('|').map((c) => c.trim()).slice(1, 3), ["the megakernel's step with no task waiting (timing only)", '0.625']);
   // --megakernel-without-waits: a row naming the kernels asked for and how many more share their code.
