@@ -507,7 +507,7 @@ export function report(ts: TsfuseResult, runs: readonly PeerRun[], o: CudaBenchO
     ])].join('; '));
   }
   lines.push('', `tsfuse's ${ts.tokens.length} generated tokens: fingerprint ${tokensFingerprint(ts.tokens)} (equal tokens give equal fingerprints: `
-    + 'compare the megakernel\'s with the launched step\'s, or two builds\')');
+    + 'compare the megakernel\'s with the launched step\'s, or two builds)');
   if (!ts.deterministic) lines.push('', 'note: tsfuse generated different tokens in different runs');
   return lines.join('\n');
 }
