@@ -524,7 +524,7 @@ export function checkMegakernel(s: Pick<MegakernelSchedule, 'tasks' | 'rows' | '
  * bytes it prefetches (b3@8192+16384: bytes 8192 on of the kernel's buffer 3).
  */
 export function formatMegakernel(s: MegakernelSchedule): string {
-  const lines = [`megakernel: ${s.kernels.length} kernels, ${s.tasks.reduce((a, b) => a + b, 0)} tasks on ${s.blocks.length} blocks; estimated ${(s.estimateNs / 1000).toFixed(1)} µs a step`];
+  const lines = [`megakernel: ${s.kernels.length} kernels, ${s.tasks.reduce((a, b) => a + b, 0)} tasks on ${s.blocks.length} blocks; estimated ${(s.estimateNs / 1000).toFixed(1)} µs a step by the list scheduler's cost model, in which a wait costs nothing past its producers' end`];
   s.kernels.forEach((sk, k) => {
     const most = Math.max(0, ...s.spans[k].map((r) => r.to - r.from));
     const streamed = s.streams[k].length ? `, streaming ${s.streams[k].map((r) => `b${r.buffer}`).join(' ')} (${s.streams[k].reduce((n, r) => n + r.bytes, 0)} bytes a row)` : '';
