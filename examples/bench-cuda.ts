@@ -23,6 +23,7 @@ import type { Session } from '../runtime/session.ts';
 import type { CudaProgram } from '../runtime/devices/cuda.ts';
 import { kernelsAlike } from '../backends/megakernel-schedule.ts';
 import { describeFileError, isFileSystemError } from '../compiler/cli-files.ts';
+import { fnv1a } from '../compiler/fnv.ts';
 import { checkpointMetadata, randomBf16Weights, writeBf16Checkpoint } from './random-checkpoint.ts';
 
 /** A problem with the benchmark's setup (options, python, checkpoint folder): reported in one line. */
@@ -514,11 +515,7 @@ export function report(ts: TsfuseResult, runs: readonly PeerRun[], o: CudaBenchO
 
 /** FNV-1a (32 bits) over the token ids' little-endian bytes: a short name for a sequence of generated tokens. */
 export function tokensFingerprint(tokens: readonly number[]): string {
-  let h = 0x811c9dc5;
-  for (const t of tokens) {
-    for (let b = 0; b < 4; b++) h = Math.imul(h ^ ((t >>> (8 * b)) & 0xff), 0x01000193) >>> 0;
-  }
-  return h.toString(16).padStart(8, '0');
+  return fnv1a(tokens.flatMap((t) => [0, 8, 16, 24].map((shift) => (t >>> shift) & 0xff)));
 }
 
 function table(head: string[], rows: string[][]): string {

@@ -10,6 +10,7 @@
 
 import { Graph, Node, Value } from '../../ir/graph.ts';
 import { Attrs, isElementwise, Op } from '../../ir/ops.ts';
+import { codeUnits, fnv1a } from '../fnv.ts';
 import { keepNode, rewriteGraph } from './rewrite.ts';
 
 /** The largest table made (a table is read where it is used; a large one would cost memory and bandwidth). */
@@ -60,7 +61,8 @@ function derivedFrom(n: Node, out: Graph, made: Map<Node, Value>): Value {
   if (known) return known;
   const inputs = n.inputs.map((v) => derivedFrom(v.producer!, out, made));
   const key = `${n.op}(${inputs.map((v) => v.name).join(',')})${canonical(n.attrs)}`;
-  const name = `const.${hash(key, 0x811c9dc5)}${hash(key, 0x01000193)}`;
+  // FNV-1a from two offset bases: the names' 64 bits.
+  const name = `const.${fnv1a(codeUnits(key), 0x811c9dc5)}${fnv1a(codeUnits(key), 0x01000193)}`;
   const existing = out.params.find((p) => p.name === name);
   if (existing) {
     // The same name computes the same: a collision of the 64-bit hash would otherwise read another table.
@@ -77,11 +79,4 @@ function derivedFrom(n: Node, out: Graph, made: Map<Node, Value>): Value {
 /** Attributes as text that tells every value apart (NaN and ±Infinity included), keys in order. */
 function canonical(a: Attrs): string {
   return Object.keys(a).sort().map((k) => `${k}=${Array.isArray(a[k]) ? `[${(a[k] as unknown[]).map(String).join(',')}]` : String(a[k])}`).join(';');
-}
-
-/** FNV-1a from offset basis `basis`, 32 bits, as 8 hex digits (two bases make the names' 64 bits). */
-function hash(s: string, basis: number): string {
-  let h = basis;
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
-  return h.toString(16).padStart(8, '0');
 }
