@@ -82,7 +82,9 @@ function median(xs: number[]): number {
  * step (from the kernels before it ending to its own end: the shares add up to the step), its `gap` (from the
  * kernels before it ending to its first task being ready; negative where it started before them) and `tail` (from
  * its median task ending to its last), and the bandwidth over that share (its bytes as the launched profile counts
- * them; as a fraction of `copyBandwidth`, bytes a second, where given); then by kind, and the step.
+ * them; as a fraction of `copyBandwidth`, bytes a second, where given) and, with a copy rate, its share `over` the
+ * time its bytes take at that rate (what synchronisation and latency cost it: attention, which reads few bytes,
+ * loses nearly its whole share); then by kind, and the step.
  */
 export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): string[] {
   const byKernel = new Map<number, TaskTime[]>();
@@ -93,6 +95,8 @@ export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): st
   }
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   const rate = (bytes: number, ns: number) => (ns > 0 ? bytes / ns : undefined);
+  // µs past what the bytes take at the copy rate.
+  const over = (share: number, bytes: number) => (copyBandwidth ? us(share - (1e9 * bytes) / copyBandwidth) : '—');
   const shares = new Map<number, number>();
   const ringed = t.tasks.some((x) => x.pageWaitNs > 0 || x.fillNs > 0);
   let before = 0;
@@ -116,10 +120,11 @@ export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): st
     return [String(k), tasks[0].name, tasks[0].kind, String(tasks.length), us(mean(waits)), us(Math.max(...waits)), us(mean(runs)),
       us(Math.max(...runs)), us(runs.reduce((a, b) => a + b, 0)), us(from), us(end), us(share), k > 0 ? us(gap) : '—', us(tail),
       gbPerS === undefined ? '—' : gbPerS.toFixed(0), gbPerS === undefined || !copyBandwidth ? '—' : ((100 * gbPerS * 1e9) / copyBandwidth).toFixed(1),
+      over(share, t.kernelBytes[k] ?? 0),
       ...(ringed ? [us(mean(tasks.map((x) => x.pageWaitNs))), us(mean(tasks.map((x) => x.fillNs)))] : [])];
   });
   // With a weight ring: how long a task waited for its pages, and the producer spent issuing fills meanwhile (means).
-  const head = ['#', 'kernel', 'kind', 'tasks', 'wait µs', 'max', 'run µs', 'max', 'busy µs', 'from µs', 'to µs', 'share µs', 'gap µs', 'tail µs', 'GB/s', '% copy', ...(ringed ? ['pages µs', 'fills µs'] : [])];
+  const head = ['#', 'kernel', 'kind', 'tasks', 'wait µs', 'max', 'run µs', 'max', 'busy µs', 'from µs', 'to µs', 'share µs', 'gap µs', 'tail µs', 'GB/s', '% copy', 'over µs', ...(ringed ? ['pages µs', 'fills µs'] : [])];
   const lines = columns(head, rows, head.map((_, i) => i < 1 || i > 2));
   const byKind = new Map<string, { kernels: Set<number>; busy: number; wait: number; share: number; bytes: number }>();
   for (const x of t.tasks) {
@@ -138,15 +143,17 @@ export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): st
   const kinds = [...byKind].sort((a, b) => b[1].busy - a[1].busy).map(([kind, e]) => {
     const gbPerS = rate(e.bytes, e.share);
     return [kind, `${e.kernels.size} kernel${e.kernels.size === 1 ? '' : 's'}`, `busy ${us(e.busy)} µs`, `waiting ${us(e.wait)} µs`, `${((100 * e.busy) / Math.max(1, busy)).toFixed(1)} % of busy`,
-      `share ${us(e.share)} µs`, gbPerS === undefined ? '' : `${gbPerS.toFixed(0)} GB/s`];
+      `share ${us(e.share)} µs`, gbPerS === undefined ? '' : `${gbPerS.toFixed(0)} GB/s`, copyBandwidth ? `over ${over(e.share, e.bytes)} µs` : ''];
   });
+  const stepBytes = [...byKernel.keys()].reduce((n, k) => n + (t.kernelBytes[k] ?? 0), 0);
   const capacity = t.blocks * t.spanNs;
   return [
     ...lines,
     'by kind:',
-    ...columns(undefined, kinds, [false, true, true, true, true, true, true]).map((l) => `  ${l}`),
+    ...columns(undefined, kinds, [false, true, true, true, true, true, true, true]).map((l) => `  ${l}`),
     `step: ${us(t.spanNs)} µs on ${t.blocks} blocks; tasks ran ${((100 * busy) / Math.max(1, capacity)).toFixed(1)} % of it, `
       + `waited ${((100 * wait) / Math.max(1, capacity)).toFixed(1)} %, the rest between tasks (table, prefetch, call, release)`,
+    ...(copyBandwidth ? [`at the copy rate (${(copyBandwidth / 1e12).toFixed(2)} TB/s) the step's ${(stepBytes / 1e6).toFixed(1)} MB take ${us((1e9 * stepBytes) / copyBandwidth)} µs: the step runs ${over(t.spanNs, stepBytes)} µs over it`] : []),
     `boundaries: ${us(gaps)} µs from the kernels before one ending to its first task ready, ${us(tails)} µs from kernels' median tasks ending to their last`,
     ...(t.registers !== undefined ? [`the kernel: ${t.registers} registers and ${t.localBytes ?? 0} bytes of local memory a thread (above 0: it spills)`] : []),
   ];

@@ -318,7 +318,7 @@ s('the timeline: every task of a step once, its times in order, after the tasks 
         }
       }
       const table = timelineTable(t);
-      assert.match(table[0], /^\s*#\s+kernel\s+kind\s+tasks\s+wait µs\s+max\s+run µs\s+max\s+busy µs\s+from µs\s+to µs\s+share µs\s+gap µs\s+tail µs\s+GB\/s\s+% copy$/);
+      assert.match(table[0], /^\s*#\s+kernel\s+kind\s+tasks\s+wait µs\s+max\s+run µs\s+max\s+busy µs\s+from µs\s+to µs\s+share µs\s+gap µs\s+tail µs\s+GB\/s\s+% copy\s+over µs$/);
       const rows = table.filter((l) => /^\s*\d+\s+k\d+\s/.test(l)).map((l) => l.trim().split(/\s+/));
       assert.is(rows.length, schedule.kernels.length);
       // Each kernel's share runs from the kernels before it ending to its own end: the shares add up to the step's
@@ -340,7 +340,8 @@ s('the timeline: every task of a step once, its times in order, after the tasks 
         return share;
       });
       assert.ok(Math.abs(shares.reduce((a, b) => a + b, 0) - Math.max(...ends.values())) < 1e-6, 'the shares add up to the last end');
-      const withCopy = timelineTable(t, 4e12).filter((l) => /^\s*\d+\s+k\d+\s/.test(l)).map((l) => l.trim().split(/\s+/));
+      const copyTable = timelineTable(t, 4e12);
+      const withCopy = copyTable.filter((l) => /^\s*\d+\s+k\d+\s/.test(l)).map((l) => l.trim().split(/\s+/));
       rows.forEach((r, k) => {
         const bytes = kernelBytes(schedule.kernels[k].kernel, schedule.sizes, (d, n) => n * (d === DType.BF16 ? 2 : 4));
         assert.is(t.kernelBytes[k], bytes, `kernel ${k}'s bytes`);
@@ -351,8 +352,15 @@ s('the timeline: every task of a step once, its times in order, after the tasks 
         const gbPerS = bytes / shares[k];
         assert.is(r[14], shares[k] > 0 ? gbPerS.toFixed(0) : '—', `kernel ${k}'s GB/s`);
         assert.is(r[15], '—', 'no copy rate, no % copy');
+        assert.is(r[16], '—', 'no copy rate, no time over it');
+        // Over: its share less its bytes' time at the copy rate (4 TB/s: 4,000 bytes a ns).
+        assert.is(withCopy[k][16], ((shares[k] - bytes / 4000) / 1e3).toFixed(1), `kernel ${k}'s time over a 4 TB/s copy rate`);
         assert.is(withCopy[k][15], shares[k] > 0 ? ((100 * gbPerS * 1e9) / 4e12).toFixed(1) : '—', `kernel ${k}'s % of a 4 TB/s copy rate`);
       });
+      const stepBytes = t.kernelBytes.reduce((n, b) => n + b, 0);
+      assert.ok(copyTable.includes(`at the copy rate (4.00 TB/s) the step's ${(stepBytes / 1e6).toFixed(1)} MB take ${(stepBytes / 4000 / 1e3).toFixed(1)} µs: the step runs ${((t.spanNs - stepBytes / 4000) / 1e3).toFixed(1)} µs over it`), 'the step against the copy rate');
+      assert.ok(copyTable.some((l) => /^\s+\S+\s+\d+ kernels?\s+busy .* over -?[\d.]+ µs$/.test(l)), 'each kind over the copy rate');
+      assert.ok(!table.some((l) => l.includes('copy rate') || / over -?[\d.]+ µs/.test(l)), 'no copy rate, no lines about it');
       // The fake's 8 multiprocessors at the default 2 blocks each.
       assert.match(table[table.length - 3], /^step: [\d.]+ µs on 16 blocks; tasks ran [\d.]+ % of it/);
       // The boundaries' sums: the gaps after the first kernel (where positive), every kernel's tail.
@@ -398,7 +406,7 @@ s('the timeline with a weight ring: each task\'s wait for its pages (none where 
     // The fake copies a page with memcpy, which takes time on its clock.
     assert.ok(t.tasks.reduce((n, task) => n + task.fillNs, 0) > 0, 'the fills took time');
     const table = timelineTable(t);
-    assert.match(table[0], /share µs\s+gap µs\s+tail µs\s+GB\/s\s+% copy\s+pages µs\s+fills µs$/);
+    assert.match(table[0], /share µs\s+gap µs\s+tail µs\s+GB\/s\s+% copy\s+over µs\s+pages µs\s+fills µs$/);
     const rows = table.filter((l) => /^\s*\d+\s+\S+\s/.test(l) && !l.includes('kernel')).map((l) => l.trim().split(/\s+/));
     assert.is(rows.length, schedule.kernels.length);
     rows.forEach((r, k) => {
