@@ -9,7 +9,7 @@ import { TIMELINE_WORDS } from '../backends/cuda/megakernel.ts';
 import { kernelBytes } from '../backends/kernel-cost.ts';
 import type { MegakernelSchedule } from '../backends/megakernel-schedule.ts';
 import { cudaByteLength } from './devices/device-bytes.ts';
-import { ChromeTrace, columns, TraceEvent } from './trace.ts';
+import { ChromeTrace, columns, stepOverCopyLine, TraceEvent, usOverCopy } from './trace.ts';
 
 /** One task of a step. Times in ns from the step's first recorded time. */
 export interface TaskTime {
@@ -95,8 +95,7 @@ export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): st
   }
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   const rate = (bytes: number, ns: number) => (ns > 0 ? bytes / ns : undefined);
-  // µs past what the bytes take at the copy rate.
-  const over = (share: number, bytes: number) => (copyBandwidth ? us(share - (1e9 * bytes) / copyBandwidth) : '—');
+  const over = (share: number, bytes: number) => (copyBandwidth ? usOverCopy(share, bytes, copyBandwidth) : '—');
   const shares = new Map<number, number>();
   const ringed = t.tasks.some((x) => x.pageWaitNs > 0 || x.fillNs > 0);
   let before = 0;
@@ -153,7 +152,7 @@ export function timelineTable(t: MegakernelTimeline, copyBandwidth?: number): st
     ...columns(undefined, kinds, [false, true, true, true, true, true, true, true]).map((l) => `  ${l}`),
     `step: ${us(t.spanNs)} µs on ${t.blocks} blocks; tasks ran ${((100 * busy) / Math.max(1, capacity)).toFixed(1)} % of it, `
       + `waited ${((100 * wait) / Math.max(1, capacity)).toFixed(1)} %, the rest between tasks (table, prefetch, call, release)`,
-    ...(copyBandwidth ? [`at the copy rate (${(copyBandwidth / 1e12).toFixed(2)} TB/s) the step's ${(stepBytes / 1e6).toFixed(1)} MB take ${us((1e9 * stepBytes) / copyBandwidth)} µs: the step runs ${over(t.spanNs, stepBytes)} µs over it`] : []),
+    ...(copyBandwidth ? [stepOverCopyLine(t.spanNs, stepBytes, copyBandwidth)] : []),
     `boundaries: ${us(gaps)} µs from the kernels before one ending to its first task ready, ${us(tails)} µs from kernels' median tasks ending to their last`,
     ...(t.registers !== undefined ? [`the kernel: ${t.registers} registers and ${t.localBytes ?? 0} bytes of local memory a thread (above 0: it spills)`] : []),
   ];

@@ -6,7 +6,7 @@
 
 import { STAMP_MARKS, STAMP_WORDS } from '../backends/cuda/prelude.ts';
 import type { KernelTime } from './device.ts';
-import { ChromeTrace, chromeTrace, columns, sliceName, TraceEvent } from './trace.ts';
+import { ChromeTrace, chromeTrace, columns, sliceName, stepOverCopyLine, TraceEvent, usOverCopy } from './trace.ts';
 
 /** One block of a kernel, times in ns from the step's first stamp. */
 export interface BlockStamp {
@@ -96,7 +96,8 @@ const us = (ns: number) => (ns / 1e3).toFixed(1);
  * block's wait returned and its last block ended (µs); `after prev` the time from its predecessor's last end to its
  * last block's return from the wait (the dependent launch's latency, and blocks that could not yet be resident);
  * `spread` from its first block's end to its last's (a tail); `share` from its predecessor's end to its own, which
- * adds up to the step, and the bandwidth over that share. Then the shares by kind, and the step.
+ * adds up to the step, and the bandwidth over that share; with a copy rate, how far the share runs `over` the time
+ * its bytes take at that rate. Then the shares by kind, and the step.
  */
 export function stepTimelineTable(t: StepTimeline, copyBandwidth?: number): string[] {
   let prevEnd = 0;
@@ -110,20 +111,23 @@ export function stepTimelineTable(t: StepTimeline, copyBandwidth?: number): stri
     const gbPerS = shareNs > 0 ? k.bytes / shareNs : undefined;
     return [String(i), k.kernel, k.kind, String(k.blocks.length), us(k.startNs), us(k.readyNs), us(k.endNs), us(afterNs),
       us(k.endNs - k.firstEndNs), us(shareNs), gbPerS === undefined ? '—' : gbPerS.toFixed(0),
-      gbPerS === undefined || !copyBandwidth ? '—' : ((100 * gbPerS * 1e9) / copyBandwidth).toFixed(1)];
+      gbPerS === undefined || !copyBandwidth ? '—' : ((100 * gbPerS * 1e9) / copyBandwidth).toFixed(1),
+      copyBandwidth ? usOverCopy(shareNs, k.bytes, copyBandwidth) : '—'];
   });
-  const head = ['#', 'kernel', 'kind', 'blocks', 'start', 'ready', 'end', 'after prev', 'spread', 'share', 'GB/s', '% copy'];
-  const lines = columns(head, rows, [true, false, false, true, true, true, true, true, true, true, true, true]);
+  const head = ['#', 'kernel', 'kind', 'blocks', 'start', 'ready', 'end', 'after prev', 'spread', 'share', 'GB/s', '% copy', 'over'];
+  const lines = columns(head, rows, [true, false, false, true, true, true, true, true, true, true, true, true, true]);
   const kinds = [...byKind].sort((a, b) => b[1].shareNs - a[1].shareNs).map(([kind, e]) => [kind, `${e.n} kernel${e.n === 1 ? '' : 's'}`,
     `${us(e.shareNs)} µs`, `${((100 * e.shareNs) / Math.max(1, t.spanNs)).toFixed(1)} % of the step`, `after prev ${us(e.afterNs)} µs`,
-    e.shareNs > 0 ? `${(e.bytes / e.shareNs).toFixed(0)} GB/s` : '']);
+    e.shareNs > 0 ? `${(e.bytes / e.shareNs).toFixed(0)} GB/s` : '', copyBandwidth ? `over ${usOverCopy(e.shareNs, e.bytes, copyBandwidth)} µs` : '']);
   const after = [...byKind.values()].reduce((n, e) => n + e.afterNs, 0);
+  const bytes = t.kernels.reduce((n, k) => n + k.bytes, 0);
   return [
     ...lines,
     ...phaseLines(t),
     'by kind (share of the step):',
-    ...columns(undefined, kinds, [false, true, true, true, true, true]).map((l) => `  ${l}`),
+    ...columns(undefined, kinds, [false, true, true, true, true, true, true]).map((l) => `  ${l}`),
     `step: ${us(t.spanNs)} µs, ${t.kernels.length} kernels; ${us(after)} µs of it between a kernel's predecessor ending and its last block going on`,
+    ...(copyBandwidth ? [stepOverCopyLine(t.spanNs, bytes, copyBandwidth)] : []),
   ];
 }
 

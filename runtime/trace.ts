@@ -64,6 +64,20 @@ export function profileTable(kernels: readonly KernelTime[], copyBandwidth?: num
   return [...lines, 'by kind:', ...columns(undefined, summary, [false, true, true, true, true]).map((l) => `  ${l}`)];
 }
 
+/**
+ * µs (formatted) that `ns` runs over what `bytes` take at `copyBandwidth` (bytes a second): a share of a step less
+ * its bytes' time at the copy rate, what synchronisation and latency cost it.
+ */
+export function usOverCopy(ns: number, bytes: number, copyBandwidth: number): string {
+  return ((ns - (1e9 * bytes) / copyBandwidth) / 1e3).toFixed(1);
+}
+
+/** The line that sets a step of `ns` against its `bytes` at the copy rate. */
+export function stepOverCopyLine(ns: number, bytes: number, copyBandwidth: number): string {
+  return `at the copy rate (${(copyBandwidth / 1e12).toFixed(2)} TB/s) the step's ${(bytes / 1e6).toFixed(1)} MB take `
+    + `${((1e9 * bytes) / copyBandwidth / 1e3).toFixed(1)} µs: the step runs ${usOverCopy(ns, bytes, copyBandwidth)} µs over it`;
+}
+
 /** Rows as aligned columns (right-aligned where `right` says), with a header line if given. */
 export function columns(head: readonly string[] | undefined, rows: readonly (readonly string[])[], right: readonly boolean[]): string[] {
   const all = head ? [head, ...rows] : rows;

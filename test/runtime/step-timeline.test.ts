@@ -82,6 +82,15 @@ s('stamps read back as kernels; shares tile the step; two steps refused', () => 
   assert.match(table[1], /^0\s+k7\s+contraction\s+2\s+0\.0\s+0\.1\s+0\.7\s+0\.1\s+0\.2\s+0\.7\s+1\b/);
   assert.match(table[2], /^1\s+k9\s+attention\s+1\s+0\.2\s+0\.8\s+1\.5\s+0\.1\s+0\.0\s+0\.8\s+1\b/);
   assert.ok(table.some((l) => l.startsWith('step: 1.5 µs, 2 kernels; 0.2 µs')), table.join('\n'));
+  // No copy rate: no time over it. At 1 GB/s (1 byte a ns) each kernel's 1,000 bytes take 1 µs: k7's share (0.7 µs)
+  // runs −0.3 µs over it, k9's (0.8) −0.2; the step's 2,000 bytes 2 µs against its 1.5.
+  assert.ok(table[0].trimEnd().endsWith('% copy  over') && table.slice(1, 3).every((l) => l.trimEnd().endsWith('—')), table.join('\n'));
+  assert.not.ok(table.some((l) => l.includes('copy rate')));
+  const rated = stepTimelineTable(t, 1e9);
+  assert.match(rated[1], /\s142\.9\s+-0\.3$/);
+  assert.match(rated[2], /\s125\.0\s+-0\.2$/);
+  assert.ok(rated.some((l) => /^\s+contraction\s+1 kernel\s.*over -0\.3 µs$/.test(l)), rated.join('\n'));
+  assert.ok(rated.includes("at the copy rate (0.00 TB/s) the step's 0.0 MB take 2.0 µs: the step runs -0.5 µs over it"), rated.join('\n'));
   // No marks, no phases; kernel 9's block marking phases 0 and 2 (1 not set): 800 → 1000 → 1300 → 1500.
   assert.not.ok(table.some((l) => l.startsWith('phases')));
   const marked = words.slice();
